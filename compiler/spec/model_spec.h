@@ -1,0 +1,100 @@
+// model_spec.h — the validated description of a model, as the compiler sees it.
+//
+// A ModelSpec is produced by the JSON front end (frontends/spec/parse.h) or by the Python front
+// end, and is always validated before the compiler sees it: every field below already satisfies
+// the rules documented in docs/spec.md. Batch size and sequence length are not part of a spec:
+// they are run-time arguments, so a new shape never recompiles.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace lightseq {
+
+enum class Precision { kFp32, kFp16, kBf16 };
+enum class NormPlacement { kPre, kPost };
+enum class Activation { kRelu, kGelu };
+enum class PositionKind { kSinusoidal, kLearned };
+enum class LayerKind { kEncoder, kDecoder };
+enum class OptimizerKind { kAdam, kAdamW };
+enum class CriterionKind { kCrossEntropy };
+
+std::string_view to_string(Precision p);        // "fp32", "fp16", "bf16"
+std::string_view to_string(NormPlacement n);    // "pre", "post"
+std::string_view to_string(Activation a);       // "relu", "gelu"
+std::string_view to_string(PositionKind p);     // "sinusoidal", "learned"
+std::string_view to_string(LayerKind k);        // "encoder", "decoder"
+std::string_view to_string(OptimizerKind k);    // "adam", "adamw"
+std::string_view to_string(CriterionKind k);    // "cross_entropy"
+
+// Bytes of one element of the model's activations and parameters.
+int element_bytes(Precision p);
+
+struct EmbeddingSpec {
+  int64_t vocab = 0;
+  int64_t hidden = 0;
+  PositionKind positions = PositionKind::kSinusoidal;
+  int64_t max_positions = 1024;
+  int64_t padding_idx = -1;      // -1: no padding token
+  double scale = 1.0;            // token embeddings are multiplied by this (sqrt(hidden) in Fairseq)
+  double dropout = 0.0;          // default probability; dropout is compiled in iff > 0
+  bool layernorm = false;        // LayerNorm after the sum (BERT), before dropout
+  double layernorm_eps = 1e-5;
+  bool tie_output = true;        // the output projection reuses the token embedding matrix
+  bool operator==(const EmbeddingSpec&) const = default;
+};
+
+struct DropoutSpec {
+  double attention = 0.0;   // on attention probabilities
+  double activation = 0.0;  // after the FFN activation
+  double hidden = 0.0;      // on each sublayer's output, before the residual add
+  bool operator==(const DropoutSpec&) const = default;
+};
+
+// A stack of `count` identical layers.
+struct LayerStackSpec {
+  LayerKind kind = LayerKind::kEncoder;
+  int64_t count = 1;
+  int64_t hidden = 0;
+  int64_t heads = 0;
+  int64_t ffn = 0;
+  Activation activation = Activation::kRelu;
+  NormPlacement norm = NormPlacement::kPost;
+  double eps = 1e-5;
+  bool causal = false;      // causal self-attention (always true for decoders; GPT-style encoders)
+  DropoutSpec dropout;
+  int64_t head_dim() const { return heads > 0 ? hidden / heads : 0; }
+  bool operator==(const LayerStackSpec&) const = default;
+};
+
+struct CriterionSpec {
+  CriterionKind kind = CriterionKind::kCrossEntropy;
+  double label_smoothing = 0.0;
+  int64_t ignore_index = -100;  // targets equal to this contribute no loss and no gradient
+  bool operator==(const CriterionSpec&) const = default;
+};
+
+struct OptimizerSpec {
+  OptimizerKind kind = OptimizerKind::kAdamW;
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool operator==(const OptimizerSpec&) const = default;
+};
+
+struct ModelSpec {
+  std::string name;
+  Precision precision = Precision::kFp32;
+  std::optional<EmbeddingSpec> embedding;
+  std::vector<LayerStackSpec> layers;
+  std::optional<CriterionSpec> criterion;
+  std::optional<OptimizerSpec> optimizer;
+  bool operator==(const ModelSpec&) const = default;
+};
+
+}  // namespace lightseq
