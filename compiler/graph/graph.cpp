@@ -1,0 +1,197 @@
+#include "compiler/graph/graph.h"
+
+#include <fmt/format.h>
+
+#include "compiler/errors.h"
+
+namespace lightseq {
+
+int64_t Dim::eval(int64_t batch, int64_t seq, int64_t src_seq) const {
+  int64_t v = factor;
+  for (int i = 0; i < b; ++i) v *= batch;
+  for (int i = 0; i < t; ++i) v *= seq;
+  for (int i = 0; i < s; ++i) v *= src_seq;
+  return v;
+}
+
+std::string Dim::to_string() const {
+  std::string out;
+  auto sym = [&](const char* name, int power) {
+    for (int i = 0; i < power; ++i) {
+      if (!out.empty()) out += "·";
+      out += name;
+    }
+  };
+  if (factor != 1 || is_constant()) out = std::to_string(factor);
+  sym("B", b);
+  sym("T", t);
+  sym("S", s);
+  return out;
+}
+
+std::string shape_to_string(const Shape& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) out += ", ";
+    out += shape[i].to_string();
+  }
+  return out + "]";
+}
+
+Dim shape_numel(const Shape& shape) {
+  Dim n = Dim::constant(1);
+  for (const Dim& d : shape) n = n * d;
+  return n;
+}
+
+std::string_view to_string(TensorRole r) {
+  switch (r) {
+    case TensorRole::kInput: return "input";
+    case TensorRole::kParam: return "param";
+    case TensorRole::kActivation: return "activation";
+    case TensorRole::kGradInput: return "grad_input";
+    case TensorRole::kGrad: return "grad";
+    case TensorRole::kParamGrad: return "param_grad";
+    case TensorRole::kOutput: return "output";
+  }
+  throw InternalError("unknown TensorRole");
+}
+
+std::string_view to_string(OpKind k) {
+  switch (k) {
+    case OpKind::kGemm: return "gemm";
+    case OpKind::kBiasAdd: return "bias_add";
+    case OpKind::kActivation: return "activation";
+    case OpKind::kDropout: return "dropout";
+    case OpKind::kResidualAdd: return "residual_add";
+    case OpKind::kLayerNorm: return "layernorm";
+    case OpKind::kSplitHeads: return "split_heads";
+    case OpKind::kMergeHeads: return "merge_heads";
+    case OpKind::kAttentionMask: return "attention_mask";
+    case OpKind::kSoftmax: return "softmax";
+    case OpKind::kEmbedding: return "embedding";
+    case OpKind::kCrossEntropy: return "cross_entropy";
+    case OpKind::kAdam: return "adam";
+    case OpKind::kLayerNormGrad: return "layernorm_grad";
+    case OpKind::kDropoutGrad: return "dropout_grad";
+    case OpKind::kActivationGrad: return "activation_grad";
+    case OpKind::kBiasGrad: return "bias_grad";
+    case OpKind::kGradAdd: return "grad_add";
+    case OpKind::kSoftmaxGrad: return "softmax_grad";
+    case OpKind::kSplitHeadsGrad: return "split_heads_grad";
+    case OpKind::kMergeHeadsGrad: return "merge_heads_grad";
+    case OpKind::kEmbeddingGrad: return "embedding_grad";
+  }
+  throw InternalError("unknown OpKind");
+}
+
+int Graph::add_tensor(Tensor t) {
+  if (by_name_.count(t.name)) throw InternalError(fmt::format("graph: tensor '{}' added twice", t.name));
+  int id = static_cast<int>(tensors_.size());
+  by_name_[t.name] = id;
+  tensors_.push_back(std::move(t));
+  return id;
+}
+
+int Graph::add_op(Op op) {
+  for (const Op& o : ops_) {
+    if (o.name == op.name) throw InternalError(fmt::format("graph: op '{}' added twice", op.name));
+  }
+  ops_.push_back(std::move(op));
+  return static_cast<int>(ops_.size()) - 1;
+}
+
+int Graph::tensor_id(const std::string& name) const {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) throw InternalError(fmt::format("graph: no tensor '{}'", name));
+  return it->second;
+}
+
+int Graph::producer(int tensor) const {
+  for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+    for (int o : ops_[i].outputs) {
+      if (o == tensor) return i;
+    }
+  }
+  const Tensor& t = tensors_.at(tensor);
+  return t.view_of >= 0 ? producer(t.view_of) : -1;
+}
+
+std::vector<int> Graph::consumers(int tensor) const {
+  std::vector<int> out;
+  for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+    for (int in : ops_[i].inputs) {
+      if (in == tensor) {
+        out.push_back(i);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+void Graph::verify() const {
+  std::vector<int> written(tensors_.size(), 0);
+  auto is_given = [&](int id) {
+    TensorRole r = tensors_[id].role;
+    return r == TensorRole::kInput || r == TensorRole::kParam || r == TensorRole::kGradInput;
+  };
+  auto available = [&](int id) {
+    if (is_given(id) || written[id]) return true;
+    const Tensor& t = tensors_[id];
+    if (t.view_of >= 0 && (written[t.view_of] || is_given(t.view_of))) return true;
+    // a whole tensor is available once all of its parts were written
+    int parts = 0, done = 0;
+    for (size_t j = 0; j < tensors_.size(); ++j) {
+      if (tensors_[j].view_of == id) {
+        ++parts;
+        done += written[j] ? 1 : 0;
+      }
+    }
+    return parts > 0 && parts == done;
+  };
+  for (const Op& op : ops_) {
+    for (int in : op.inputs) {
+      if (in < 0 || in >= static_cast<int>(tensors_.size())) {
+        throw InternalError(fmt::format("graph: op '{}' reads tensor id {} out of range", op.name, in));
+      }
+      if (!available(in)) {
+        throw InternalError(fmt::format("graph: op '{}' reads '{}' before anything writes it",
+                                        op.name, tensors_[in].name));
+      }
+    }
+    for (int out : op.outputs) {
+      if (is_given(out)) {
+        throw InternalError(fmt::format("graph: op '{}' writes '{}', which is a {}", op.name,
+                                        tensors_[out].name, to_string(tensors_[out].role)));
+      }
+      if (written[out]++) {
+        throw InternalError(fmt::format("graph: '{}' is written twice (second by op '{}')",
+                                        tensors_[out].name, op.name));
+      }
+    }
+    if (op.kind == OpKind::kGemm) {
+      if (op.inputs.size() < 2 || op.outputs.empty()) {
+        throw InternalError(fmt::format("graph: gemm '{}' needs A, B and an output", op.name));
+      }
+      const Dim mn = op.attrs.batch * op.attrs.m * op.attrs.n;
+      const Dim d = shape_numel(tensors_[op.outputs[0]].shape);
+      const Dim mk = op.attrs.batch * op.attrs.m * op.attrs.k;
+      const Dim kn = op.attrs.batch * op.attrs.k * op.attrs.n;
+      const Dim a = shape_numel(tensors_[op.inputs[0]].shape);
+      const Dim b = shape_numel(tensors_[op.inputs[1]].shape);
+      // B may be shared across the batch (a weight): its size is k·n then.
+      const Dim kn1 = op.attrs.k * op.attrs.n;
+      if (!(d == mn) || !(a == mk) || !(b == kn || b == kn1)) {
+        throw InternalError(fmt::format(
+            "graph: gemm '{}' shapes disagree: m={} n={} k={} batch={}, A {} B {} D {}", op.name,
+            op.attrs.m.to_string(), op.attrs.n.to_string(), op.attrs.k.to_string(),
+            op.attrs.batch.to_string(), shape_to_string(tensors_[op.inputs[0]].shape),
+            shape_to_string(tensors_[op.inputs[1]].shape),
+            shape_to_string(tensors_[op.outputs[0]].shape)));
+      }
+    }
+  }
+}
+
+}  // namespace lightseq

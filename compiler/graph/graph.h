@@ -1,0 +1,140 @@
+// graph.h — the layer-graph IR: tensors with symbolic shapes and primitive ops.
+//
+// A layer (encoder, decoder, embedding, criterion, optimizer) is lowered to a Graph of primitive
+// ops (gemm, bias_add, dropout, layernorm, ...) for its forward and its backward. The fusion
+// planner (compiler/planner) then groups those ops into GEMM epilogues and generated kernels.
+// Shapes are symbolic in the run-time sizes: B (batch), T (target length), S (source length, the
+// encoder side of a decoder's cross-attention); everything else is a compile-time constant.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "compiler/spec/model_spec.h"
+
+namespace lightseq {
+
+// factor · B^b · T^t · S^s
+struct Dim {
+  int64_t factor = 1;
+  int b = 0, t = 0, s = 0;
+  static Dim constant(int64_t n) { return {n, 0, 0, 0}; }
+  static Dim batch() { return {1, 1, 0, 0}; }
+  static Dim seq() { return {1, 0, 1, 0}; }
+  static Dim src_seq() { return {1, 0, 0, 1}; }
+  static Dim tokens() { return {1, 1, 1, 0}; }      // B·T
+  static Dim src_tokens() { return {1, 1, 0, 1}; }  // B·S
+  Dim operator*(const Dim& o) const { return {factor * o.factor, b + o.b, t + o.t, s + o.s}; }
+  Dim operator*(int64_t n) const { return {factor * n, b, t, s}; }
+  bool operator==(const Dim&) const = default;
+  bool is_constant() const { return b == 0 && t == 0 && s == 0; }
+  int64_t eval(int64_t batch, int64_t seq, int64_t src_seq) const;
+  std::string to_string() const;  // "B·T", "1536", "8·B", "T"
+};
+
+using Shape = std::vector<Dim>;
+std::string shape_to_string(const Shape& shape);  // "[B·T, 1536]"
+Dim shape_numel(const Shape& shape);
+
+enum class TensorRole {
+  kInput,      // given by the caller (activations in, padding mask, tokens, targets)
+  kParam,      // a parameter
+  kActivation, // produced by the forward
+  kGradInput,  // gradient given to the backward (of an output)
+  kGrad,       // gradient produced by the backward
+  kParamGrad,  // gradient of a parameter, written (=) or accumulated (+=) as the caller chooses
+  kOutput,     // result of the forward handed to the caller
+};
+std::string_view to_string(TensorRole r);
+
+enum class ElemType { kModel, kF32, kI64, kU8 };  // kModel: the spec's precision
+
+struct Tensor {
+  std::string name;
+  Shape shape;
+  TensorRole role = TensorRole::kActivation;
+  ElemType type = ElemType::kModel;
+  // A view of part `part` (of `parts` equal parts along the leading dim) of another tensor,
+  // e.g. q, k, v of the [3, B, heads, T, d] heads tensor. -1: not a view.
+  int view_of = -1;
+  int part = 0;
+};
+
+enum class OpKind {
+  // forward
+  kGemm, kBiasAdd, kActivation, kDropout, kResidualAdd, kLayerNorm, kSplitHeads, kMergeHeads,
+  kAttentionMask, kSoftmax, kEmbedding, kCrossEntropy, kAdam,
+  // backward
+  kLayerNormGrad, kDropoutGrad, kActivationGrad, kBiasGrad, kGradAdd, kSoftmaxGrad,
+  kSplitHeadsGrad, kMergeHeadsGrad, kEmbeddingGrad,
+};
+std::string_view to_string(OpKind k);
+
+enum class Transpose { kNo, kYes };
+
+// Attributes of an op. Only the fields its kind uses are meaningful.
+struct OpAttrs {
+  // gemm: D = alpha · op(A) · op(B) (+ C), row-major, optionally batched.
+  Transpose trans_a = Transpose::kNo, trans_b = Transpose::kNo;
+  Dim m, n, k, batch = Dim::constant(1);
+  double alpha = 1.0;
+  std::string alpha_text;  // "1/sqrt(64)" for printing; empty: print the number
+  // dropout sites: the site index within the layer (each site draws its own random stream)
+  int dropout_site = -1;
+  std::string dropout_which;  // "attention", "activation", "hidden", "embedding"
+  // heads transforms
+  int parts = 1;
+  // attention mask
+  bool padding_mask = false;
+  bool causal = false;
+  // activation / activation_grad
+  Activation activation = Activation::kRelu;
+  // gemm: D += A·B (the output sums contributions of several layers; the caller zeroes it)
+  bool accumulate_output = false;
+  // adam
+  OptimizerKind optimizer = OptimizerKind::kAdamW;
+};
+
+struct Op {
+  OpKind kind;
+  std::string name;          // unique in its graph: "qkv_proj", "ln1", "ffn_act"
+  std::vector<int> inputs;   // tensor ids; for gemm: A, B
+  std::vector<int> outputs;  // tensor ids
+  OpAttrs attrs;
+};
+
+class Graph {
+ public:
+  int add_tensor(Tensor t);               // returns its id; names must be unique
+  int add_op(Op op);                      // returns its id
+  Op& ops_mut_last() { return ops_.back(); }
+  int tensor_id(const std::string& name) const;  // throws InternalError if absent
+  const Tensor& tensor(int id) const { return tensors_.at(id); }
+  Tensor& tensor(int id) { return tensors_.at(id); }
+  const std::vector<Tensor>& tensors() const { return tensors_; }
+  const std::vector<Op>& ops() const { return ops_; }
+  // The op producing `tensor` (or the tensor it views), or -1 for inputs/params.
+  int producer(int tensor) const;
+  // Ops reading `tensor`, in order.
+  std::vector<int> consumers(int tensor) const;
+
+  // Checks: every op's inputs are produced before it or are inputs/params/grad inputs; every
+  // tensor is produced at most once; shapes of gemm operands agree with m, n, k. Throws
+  // InternalError naming the op and the problem.
+  void verify() const;
+
+  // Ops before this index are the forward, the rest the backward.
+  void begin_backward() { backward_begin_ = static_cast<int>(ops_.size()); }
+  int backward_begin() const { return backward_begin_ < 0 ? static_cast<int>(ops_.size()) : backward_begin_; }
+
+ private:
+  int backward_begin_ = -1;
+  std::vector<Tensor> tensors_;
+  std::vector<Op> ops_;
+  std::map<std::string, int> by_name_;
+};
+
+}  // namespace lightseq

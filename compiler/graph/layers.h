@@ -1,0 +1,33 @@
+// layers.h — lowering of each layer type of a spec to its forward + backward Graph.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "compiler/graph/graph.h"
+#include "compiler/spec/model_spec.h"
+
+namespace lightseq {
+
+enum class LayerType { kEncoder, kDecoder, kEmbedding, kCriterion, kOptimizer };
+std::string_view to_string(LayerType t);
+
+// One distinct layer of a model: a stack of identical layers lowers once.
+struct LayerGraph {
+  LayerType type;
+  std::string name;         // "encoder", "decoder", "embedding", "criterion", "optimizer"
+  std::string description;  // "6 × encoder 512/8/2048 post-LN relu, dropout 0.1/0.1/0.1"
+  int64_t count = 1;        // identical instances (the stack's count)
+  Graph graph;
+};
+
+LayerGraph lower_encoder(const LayerStackSpec& stack, int index);
+LayerGraph lower_decoder(const LayerStackSpec& stack, int index);
+LayerGraph lower_embedding(const EmbeddingSpec& emb);
+LayerGraph lower_criterion(const CriterionSpec& crit, const EmbeddingSpec& emb);
+LayerGraph lower_optimizer(const OptimizerSpec& opt, const ModelSpec& model);
+
+// Every layer of a validated spec, in execution order of the forward.
+std::vector<LayerGraph> lower_model(const ModelSpec& spec);
+
+}  // namespace lightseq

@@ -1,0 +1,101 @@
+// format.cpp — the readable plan printed by `lsc plan` (and pinned by the golden tests).
+#include <fmt/format.h>
+
+#include "compiler/errors.h"
+#include "compiler/planner/planner.h"
+
+namespace lightseq {
+
+namespace {
+
+std::string operand(const Graph& g, int id, Transpose t) {
+  return g.tensor(id).name + (t == Transpose::kYes ? "ᵀ" : "");
+}
+
+std::string format_gemm(const Graph& g, const GemmStep& s) {
+  const OpAttrs& a = s.attrs;
+  std::string batch = a.batch == Dim::constant(1) ? "" : fmt::format("batch {} × ", a.batch.to_string());
+  std::string line = fmt::format("gemm    {:<24} {}[{} × {}] = {} · {}  (k = {})", s.name, batch,
+                                 a.m.to_string(), a.n.to_string(), operand(g, s.a, a.trans_a),
+                                 operand(g, s.b, a.trans_b), a.k.to_string());
+  if (a.alpha != 1.0) line += fmt::format(", alpha {}", a.alpha_text.empty() ? fmt::format("{:g}", a.alpha) : a.alpha_text);
+  if (s.c >= 0) line += fmt::format(", + {}", g.tensor(s.c).name);
+  if (s.accumulate) line += ", += into output";
+  line += fmt::format("\n        {:<24} → {}, epilogue {}", "", g.tensor(s.d).name, to_string(s.epilogue));
+  if (s.bias >= 0) line += fmt::format(", bias {}", g.tensor(s.bias).name);
+  if (s.aux >= 0) line += fmt::format(", aux {}", g.tensor(s.aux).name);
+  if (s.bias_grad >= 0) line += fmt::format(", bias grad {}", g.tensor(s.bias_grad).name);
+  if (!s.fused_ops.empty()) line += fmt::format("\n        {:<24} fuses {}", "", fmt::join(s.fused_ops, " → "));
+  return line;
+}
+
+std::string format_kernel(const Graph& g, const KernelStep& k) {
+  std::string line = fmt::format("kernel  {}", k.kernel.label);
+  if (!k.fused_ops.empty()) line += fmt::format("\n        fuses {}", fmt::join(k.fused_ops, " → "));
+  if (!k.note.empty()) line += fmt::format("\n        {}", k.note);
+  return line;
+}
+
+// Bytes per token (B·T) of the tensors kept from forward to backward, for the plan's summary.
+std::string saved_summary(const LayerPlan& lp, Precision p) {
+  const Graph& g = lp.layer.graph;
+  std::vector<std::string> names;
+  int64_t per_token = 0;
+  std::string other;
+  for (int id : lp.saved) {
+    const Tensor& t = g.tensor(id);
+    names.push_back(t.name);
+    const Dim n = shape_numel(t.shape);
+    const int bytes = t.type == ElemType::kModel ? element_bytes(p)
+                      : t.type == ElemType::kF32 ? 4
+                      : t.type == ElemType::kI64 ? 8
+                                                 : 1;
+    if (n.b == 1 && n.t == 1 && n.s == 0) {
+      per_token += n.factor * bytes;
+    } else if (!(n.is_constant())) {
+      other += fmt::format(" + {}·{} bytes", n.to_string(), bytes);
+    }
+  }
+  if (names.empty()) return "saved for backward: nothing";
+  return fmt::format("saved for backward: {}\n    ({} bytes per token{})", fmt::join(names, ", "),
+                     per_token, other);
+}
+
+}  // namespace
+
+std::string format_plan(const ModelPlan& plan) {
+  const ModelSpec& spec = plan.spec;
+  std::string out;
+  size_t launches = 0, gemms = 0;
+  for (const LayerPlan& l : plan.layers) {
+    for (const auto* steps : {&l.forward, &l.backward}) {
+      for (const Step& st : *steps) (std::holds_alternative<GemmStep>(st) ? gemms : launches) += l.layer.count;
+    }
+  }
+  out += fmt::format("model {} ({}): {} distinct kernels; per training step {} kernel launches and {} GEMMs\n",
+                     spec.name, to_string(spec.precision), plan.kernels().size(), launches, gemms);
+  out += "shapes: B = batch, T = sequence length, S = source length (cross-attention)\n";
+  for (const LayerPlan& l : plan.layers) {
+    const Graph& g = l.layer.graph;
+    out += fmt::format("\n{} — {}\n", l.layer.name, l.layer.description);
+    for (auto [title, steps] : {std::pair{"forward", &l.forward}, std::pair{"backward", &l.backward}}) {
+      if (steps->empty()) continue;
+      out += fmt::format("  {}\n", title);
+      for (const Step& st : *steps) {
+        std::string text = std::holds_alternative<GemmStep>(st) ? format_gemm(g, std::get<GemmStep>(st))
+                                                                : format_kernel(g, std::get<KernelStep>(st));
+        size_t pos = 0;
+        while (true) {
+          size_t nl = text.find('\n', pos);
+          out += "    " + text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos) + "\n";
+          if (nl == std::string::npos) break;
+          pos = nl + 1;
+        }
+      }
+    }
+    out += "  " + saved_summary(l, spec.precision) + "\n";
+  }
+  return out;
+}
+
+}  // namespace lightseq

@@ -1,0 +1,42 @@
+// passes.h — state shared by the planner's passes (internal to compiler/planner).
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include "compiler/planner/plan.h"
+
+namespace lightseq::planner {
+
+struct State {
+  const Graph& g;
+  Precision precision;
+  std::vector<int> claimed;           // per op: 1 once a step covers it
+  std::set<int> internal;             // tensors a fused group never materializes
+  std::map<int, int> epilogue_aux;    // pre-bias GEMM output → aux tensor of its bias+act epilogue
+  std::map<int, int> deferred_bgrad;  // tensor → bias_grad op waiting for a GEMM reading it as A^T
+  int begin = 0, end = 0;             // op range of the direction being planned
+  std::vector<Step>* out = nullptr;
+
+  State(const Graph& graph, Precision p) : g(graph), precision(p), claimed(graph.ops().size(), 0) {}
+  const Op& op(int i) const { return g.ops()[i]; }
+  // The op right after `i` in this direction if it is unclaimed, of `kind`, and reads `tensor`.
+  std::optional<int> next_reading(int i, OpKind kind, int tensor) const;
+  // Unclaimed consumers of `tensor` within this direction.
+  std::vector<int> live_consumers(int tensor) const;
+};
+
+// Pass 1: called for each unclaimed GEMM; emits its GemmStep.
+void plan_gemm(State& s, int op);
+
+// Pass 2: called for each unclaimed non-GEMM op; emits the kernel step(s) of the longest fusion
+// rule that matches at `op`, or returns false if none does.
+bool plan_kernel(State& s, int op);
+
+// Would a fusion rule match a chain starting at `op`? (Used by pass 1 to leave a bias to a
+// kernel rather than a GEMM epilogue.)
+bool kernel_rule_matches(const State& s, int op);
+
+}  // namespace lightseq::planner

@@ -1,0 +1,184 @@
+#include "compiler/planner/planner.h"
+
+#include <fmt/format.h>
+
+#include <set>
+
+#include "compiler/errors.h"
+#include "compiler/planner/passes.h"
+
+namespace lightseq {
+
+std::string KernelInstance::name_expression() const {
+  std::string args;
+  for (size_t i = 0; i < template_args.size(); ++i) {
+    if (i) args += ", ";
+    args += template_args[i];
+  }
+  return fmt::format("&lightseq::kern::{}<{}>", kernel, args);
+}
+
+std::string_view to_string(Epilogue e) {
+  switch (e) {
+    case Epilogue::kNone: return "none";
+    case Epilogue::kBias: return "bias";
+    case Epilogue::kReluAuxBias: return "bias+relu (aux: relu mask)";
+    case Epilogue::kGeluAuxBias: return "bias+gelu (aux: pre-activation)";
+    case Epilogue::kDReluBGrad: return "drelu+bgrad";
+    case Epilogue::kDGeluBGrad: return "dgelu+bgrad";
+    case Epilogue::kBGradA: return "bgrad(A)";
+  }
+  throw InternalError("unknown Epilogue");
+}
+
+std::vector<KernelInstance> ModelPlan::kernels() const {
+  std::vector<KernelInstance> out;
+  std::set<std::string> seen;
+  for (const LayerPlan& l : layers) {
+    for (const auto* steps : {&l.forward, &l.backward}) {
+      for (const Step& st : *steps) {
+        if (const auto* k = std::get_if<KernelStep>(&st)) {
+          if (seen.insert(k->kernel.label).second) out.push_back(k->kernel);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// Reads and writes of a step, for verification and for `saved`.
+void step_io(const Step& st, std::vector<int>* reads, std::vector<int>* writes) {
+  if (const auto* g = std::get_if<GemmStep>(&st)) {
+    *reads = {g->a, g->b};
+    if (g->c >= 0) reads->push_back(g->c);
+    // accumulate: D += A·B into a buffer the caller zeroed before the stack (not a read of a step)
+    if (g->bias >= 0) reads->push_back(g->bias);
+    *writes = {g->d};
+    const bool aux_in = g->epilogue == Epilogue::kDReluBGrad || g->epilogue == Epilogue::kDGeluBGrad;
+    if (g->aux >= 0) (aux_in ? reads : writes)->push_back(g->aux);
+    if (g->bias_grad >= 0) writes->push_back(g->bias_grad);
+  } else {
+    const auto& k = std::get<KernelStep>(st);
+    *reads = k.reads;
+    *writes = k.writes;
+  }
+}
+
+std::string step_name(const Graph& g, const Step& st) {
+  if (const auto* gm = std::get_if<GemmStep>(&st)) return "gemm " + gm->name;
+  return "kernel " + std::get<KernelStep>(st).kernel.label;
+}
+
+void verify(const LayerPlan& lp, const planner::State& s) {
+  const Graph& g = lp.layer.graph;
+  for (size_t i = 0; i < g.ops().size(); ++i) {
+    if (!s.claimed[i]) {
+      throw InternalError(fmt::format("planner: {}: op '{}' ({}) is not covered by any step",
+                                      lp.layer.name, g.ops()[i].name, to_string(g.ops()[i].kind)));
+    }
+  }
+  std::vector<int> written(g.tensors().size(), 0);
+  auto given = [&](int id) {
+    TensorRole r = g.tensor(id).role;
+    return r == TensorRole::kInput || r == TensorRole::kParam || r == TensorRole::kGradInput;
+  };
+  auto available = [&](int id) {
+    if (given(id) || written[id]) return true;
+    const Tensor& t = g.tensor(id);
+    if (t.view_of >= 0 && (written[t.view_of] || given(t.view_of))) return true;
+    int parts = 0, done = 0;
+    for (size_t j = 0; j < g.tensors().size(); ++j) {
+      if (g.tensor(j).view_of == id) ++parts, done += written[j] ? 1 : 0;
+    }
+    return parts > 0 && parts == done;
+  };
+  for (const auto* steps : {&lp.forward, &lp.backward}) {
+    for (const Step& st : *steps) {
+      std::vector<int> reads, writes;
+      step_io(st, &reads, &writes);
+      for (int r : reads) {
+        if (s.internal.count(r)) {
+          throw InternalError(fmt::format("planner: {}: {} reads '{}', which a fused group keeps internal",
+                                          lp.layer.name, step_name(g, st), g.tensor(r).name));
+        }
+        if (!available(r)) {
+          throw InternalError(fmt::format("planner: {}: {} reads '{}' before any step writes it",
+                                          lp.layer.name, step_name(g, st), g.tensor(r).name));
+        }
+      }
+      for (int w : writes) written[w] = 1;
+    }
+  }
+}
+
+std::vector<int> saved_tensors(const LayerPlan& lp) {
+  const Graph& g = lp.layer.graph;
+  std::set<int> fwd_written;
+  for (const Step& st : lp.forward) {
+    std::vector<int> r, w;
+    step_io(st, &r, &w);
+    fwd_written.insert(w.begin(), w.end());
+  }
+  std::set<int> saved;
+  auto saved_root = [&](int id) {
+    while (g.tensor(id).view_of >= 0 && !fwd_written.count(id)) id = g.tensor(id).view_of;
+    return id;
+  };
+  for (const Step& st : lp.backward) {
+    std::vector<int> r, w;
+    step_io(st, &r, &w);
+    for (int id : r) {
+      int root = saved_root(id);
+      if (fwd_written.count(root) || (g.tensor(root).role == TensorRole::kInput)) saved.insert(root);
+    }
+  }
+  return {saved.begin(), saved.end()};
+}
+
+}  // namespace
+
+LayerPlan plan_layer(LayerGraph layer, Precision precision) {
+  LayerPlan lp;
+  lp.layer = std::move(layer);
+  const Graph& g = lp.layer.graph;
+  planner::State s(g, precision);
+  const int n = static_cast<int>(g.ops().size());
+  const int split = g.backward_begin();
+  for (auto [begin, end, out] : {std::tuple{0, split, &lp.forward}, std::tuple{split, n, &lp.backward}}) {
+    s.begin = begin;
+    s.end = end;
+    s.out = out;
+    for (int i = begin; i < end; ++i) {
+      if (s.claimed[i]) continue;
+      const Op& op = g.ops()[i];
+      if (op.kind == OpKind::kGemm) {
+        planner::plan_gemm(s, i);
+      } else if (planner::plan_kernel(s, i)) {
+        continue;
+      } else if (op.kind == OpKind::kBiasGrad) {
+        s.deferred_bgrad[op.inputs[0]] = i;  // for the weight-gradient GEMM that reads it as A^T
+      } else {
+        throw InternalError(fmt::format("planner: {}: no fusion rule or epilogue covers op '{}' ({})",
+                                        lp.layer.name, op.name, to_string(op.kind)));
+      }
+    }
+    for (auto [tensor, op] : s.deferred_bgrad) {
+      throw InternalError(fmt::format("planner: {}: bias gradient '{}' found no GEMM epilogue or kernel",
+                                      lp.layer.name, g.ops()[op].name));
+    }
+  }
+  verify(lp, s);
+  lp.saved = saved_tensors(lp);
+  return lp;
+}
+
+ModelPlan plan_model(const ModelSpec& spec) {
+  ModelPlan plan;
+  plan.spec = spec;
+  for (LayerGraph& lg : lower_model(spec)) plan.layers.push_back(plan_layer(std::move(lg), spec.precision));
+  return plan;
+}
+
+}  // namespace lightseq
