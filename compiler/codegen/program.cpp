@@ -1,0 +1,41 @@
+#include "compiler/codegen/program.h"
+
+#include <fmt/format.h>
+
+#include <map>
+
+#include "compiler/codegen/embedded_templates.h"
+#include "compiler/errors.h"
+
+namespace lightseq::codegen {
+
+std::vector<ProgramSource> generate_programs(const std::vector<KernelInstance>& kernels,
+                                             Precision precision) {
+  std::map<std::string, std::vector<const KernelInstance*>> by_family;
+  for (const KernelInstance& k : kernels) by_family[k.family].push_back(&k);
+  std::vector<ProgramSource> programs;
+  for (const auto& [family, members] : by_family) {
+    const std::string header = family + ".cuh";
+    bool found = false;
+    for (const EmbeddedFile& f : embedded_templates()) found |= f.path == header;
+    if (!found) {
+      throw InternalError(fmt::format("codegen: kernel family '{}' has no template '{}'", family, header));
+    }
+    ProgramSource p;
+    p.name = fmt::format("{}:{}", family, to_string(precision));
+    p.source = fmt::format(
+        "// lightseq generated program: {} kernels, {}.\n// Instantiated through NVRTC name "
+        "expressions:\n",
+        family, to_string(precision));
+    for (const KernelInstance* k : members) {
+      p.source += fmt::format("//   {}\n//     = {}\n", k->label, k->name_expression());
+      p.labels.push_back(k->label);
+      p.name_expressions.push_back(k->name_expression());
+    }
+    p.source += fmt::format("#include \"{}\"\n", header);
+    programs.push_back(std::move(p));
+  }
+  return programs;
+}
+
+}  // namespace lightseq::codegen

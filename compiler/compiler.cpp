@@ -1,0 +1,94 @@
+#include "compiler/compiler.h"
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "compiler/cache/cache_key.h"
+#include "compiler/codegen/program.h"
+#include "compiler/errors.h"
+
+namespace lightseq {
+
+namespace {
+double since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (options.archs.empty()) throw Error("no target arch given: pass at least one, e.g. sm_90");
+  std::vector<std::string> archs;
+  for (const std::string& a : options.archs) archs.push_back(validate_arch(a));
+  const std::vector<KernelInstance> kernels = plan.kernels();
+  const std::vector<ProgramSource> programs = codegen::generate_programs(kernels, plan.spec.precision);
+  const std::string version = nvrtc_version();
+
+  struct Task {
+    const ProgramSource* program;
+    std::string arch;
+  };
+  std::vector<Task> tasks;
+  for (const std::string& arch : archs) {
+    for (const ProgramSource& p : programs) tasks.push_back({&p, arch});
+  }
+  BuildReport report;
+  report.kernels = static_cast<int>(kernels.size());
+  report.programs = static_cast<int>(tasks.size());
+  report.modules.resize(tasks.size());
+
+  std::atomic<size_t> next{0};
+  std::atomic<int> compiled{0}, cached{0};
+  std::mutex mu;
+  int done = 0;
+  std::exception_ptr first_error;
+  auto worker = [&] {
+    for (size_t i = next++; i < tasks.size(); i = next++) {
+      const Task& t = tasks[i];
+      const auto start = std::chrono::steady_clock::now();
+      try {
+        const std::vector<std::string> opts = nvrtc_options(t.arch);
+        const std::string key = make_cache_key(*t.program, t.arch, opts, version);
+        std::optional<CacheEntry> entry = cache.get(key);
+        const bool hit = entry.has_value();
+        if (!hit) {
+          CompiledProgram c = compile_program(*t.program, t.arch);
+          entry = CacheEntry{t.program->name, c.arch, c.is_ptx, t.program->labels,
+                             std::move(c.lowered_names), std::move(c.image)};
+          cache.put(key, *entry);
+          ++compiled;
+        } else {
+          ++cached;
+        }
+        report.modules[i] = CompiledModule{key, std::move(*entry)};
+        std::lock_guard<std::mutex> lock(mu);
+        ++done;
+        if (options.on_progress) {
+          options.on_progress({done, static_cast<int>(tasks.size()), t.program->name, t.arch, hit, since(start)});
+        }
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu);
+        ++done;
+        if (!first_error) first_error = std::current_exception();
+      }
+    }
+  };
+  int jobs = options.jobs > 0 ? options.jobs : static_cast<int>(std::thread::hardware_concurrency());
+  jobs = std::max(1, std::min<int>(jobs, static_cast<int>(tasks.size())));
+  std::vector<std::thread> threads;
+  for (int j = 1; j < jobs; ++j) threads.emplace_back(worker);
+  worker();
+  for (std::thread& th : threads) th.join();
+  if (first_error) std::rethrow_exception(first_error);
+  report.compiled = compiled;
+  report.cached = cached;
+  report.seconds = since(t0);
+  return report;
+}
+
+}  // namespace lightseq

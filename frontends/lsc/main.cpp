@@ -1,0 +1,154 @@
+// lsc — the lightseq command line: build (fill the kernel cache ahead of time), plan (show the
+// fusion plan), cache ls|clear. Thin: parses arguments, calls the compiler, translates errors.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "compiler/compiler.h"
+#include "compiler/errors.h"
+#include "compiler/planner/planner.h"
+#include "frontends/spec/parse.h"
+
+namespace lightseq::lsc {
+namespace {
+
+std::vector<std::string> split_archs(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+DiskCache open_cache(const std::string& dir) {
+  return dir.empty() ? DiskCache() : DiskCache(std::filesystem::path(dir));
+}
+
+int cmd_build(const std::string& spec_path, const std::string& archs, const std::string& cache_dir,
+              int jobs, bool quiet) {
+  const ModelSpec spec = parse_spec_file(spec_path);
+  const ModelPlan plan = plan_model(spec);
+  DiskCache cache = open_cache(cache_dir);
+  BuildOptions options;
+  options.archs = split_archs(archs);
+  options.jobs = jobs;
+  const bool tty = isatty(fileno(stderr)) && !quiet;
+  if (tty) {
+    options.on_progress = [](const BuildProgress& p) {
+      std::fprintf(stderr, "\r\033[K[%d/%d] %s %s for %s (%.2f s)", p.done, p.total,
+                   p.cached ? "loaded" : "compiled", p.program.c_str(), p.arch.c_str(), p.seconds);
+      std::fflush(stderr);
+    };
+  }
+  BuildReport r;
+  try {
+    r = build_plan(plan, cache, options);
+  } catch (...) {
+    if (tty) std::fprintf(stderr, "\r\033[K");
+    throw;
+  }
+  if (tty) std::fprintf(stderr, "\r\033[K");
+  if (!quiet) {
+    std::cout << fmt::format(
+        "{}: {} kernels in {} programs for {}: {} compiled, {} from cache, {:.2f} s\ncache: {}{}\n",
+        spec.name, r.kernels, r.programs, fmt::join(options.archs, ","), r.compiled, r.cached,
+        r.seconds, cache.dir().string(), cache.persistent() ? "" : " (not writable: kept in memory)");
+  }
+  return 0;
+}
+
+int cmd_plan(const std::string& spec_path) {
+  std::cout << format_plan(plan_model(parse_spec_file(spec_path)));
+  return 0;
+}
+
+int cmd_cache_ls(const std::string& cache_dir) {
+  DiskCache cache = open_cache(cache_dir);
+  const auto entries = cache.list();
+  int64_t total = 0;
+  std::cout << fmt::format("cache {}: {} entries\n", cache.dir().string(), entries.size());
+  if (!entries.empty()) {
+    std::cout << fmt::format("{:<16} {:<7} {:>7} {:>10}  {}\n", "key", "arch", "kernels", "bytes", "program");
+  }
+  for (const CacheEntryInfo& e : entries) {
+    total += e.bytes;
+    std::cout << fmt::format("{:<16} {:<7} {:>7} {:>10}  {}{}\n", e.key.substr(0, 16), e.arch,
+                             e.kernels, e.bytes, e.program, e.valid ? "" : "  (invalid: rebuilt on next use)");
+  }
+  std::cout << fmt::format("total {} bytes\n", total);
+  return 0;
+}
+
+int cmd_cache_clear(const std::string& cache_dir) {
+  DiskCache cache = open_cache(cache_dir);
+  const int64_t n = cache.clear();
+  std::cout << fmt::format("removed {} entries from {}\n", n, cache.dir().string());
+  return 0;
+}
+
+}  // namespace
+
+int run(int argc, char** argv) {
+  CLI::App app{"lsc — the lightseq kernel compiler.\n"
+               "Compiles the CUDA kernels a Transformer spec needs for training and keeps them in\n"
+               "the disk cache ($LIGHTSEQ_CACHE_DIR, else $XDG_CACHE_HOME/lightseq, else\n"
+               "~/.cache/lightseq).",
+               "lsc"};
+  app.set_version_flag("--version", std::string("lsc ") + LIGHTSEQ_VERSION);
+  app.require_subcommand(1);
+
+  std::string spec, archs = "sm_90", cache_dir;
+  int jobs = 0;
+  bool quiet = false;
+  auto* build = app.add_subcommand("build", "Compile every kernel the spec needs for training.");
+  build->add_option("spec", spec, "Model spec (JSON, see docs/spec.md)")->required();
+  build->add_option("--arch", archs, "Comma-separated GPU archs, e.g. sm_80,sm_90")->capture_default_str();
+  build->add_option("--cache", cache_dir, "Cache directory (default: see above)");
+  build->add_option("-j,--jobs", jobs, "Parallel compiles (default: one per core)")->check(CLI::NonNegativeNumber);
+  build->add_flag("-q,--quiet", quiet, "Print nothing on success");
+
+  auto* plan = app.add_subcommand("plan", "Print the fusion plan: kernels, fused ops, GEMMs and epilogues.");
+  plan->add_option("spec", spec, "Model spec (JSON)")->required();
+
+  auto* cache = app.add_subcommand("cache", "Inspect or clear the kernel cache.");
+  cache->require_subcommand(1);
+  auto* ls = cache->add_subcommand("ls", "List cache entries (key, arch, kernels, size, program).");
+  ls->add_option("--cache", cache_dir, "Cache directory");
+  auto* clear = cache->add_subcommand("clear", "Remove every cache entry (other files are left alone).");
+  clear->add_option("--cache", cache_dir, "Cache directory");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (*build) return cmd_build(spec, archs, cache_dir, jobs, quiet);
+    if (*plan) return cmd_plan(spec);
+    if (*ls) return cmd_cache_ls(cache_dir);
+    if (*clear) return cmd_cache_clear(cache_dir);
+  } catch (const SpecError& e) {
+    std::cerr << "lsc: error: " << e.what() << "\n";
+    return 1;
+  } catch (const CompileError& e) {
+    std::cerr << "lsc: error: " << e.what() << "\n";
+    return 1;
+  } catch (const Error& e) {
+    std::cerr << "lsc: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "lsc: internal error: " << e.what() << "\n";
+    return 3;
+  }
+  return 2;
+}
+
+}  // namespace lightseq::lsc
+
+int main(int argc, char** argv) { return lightseq::lsc::run(argc, argv); }
