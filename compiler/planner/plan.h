@@ -2,6 +2,7 @@
 // and generated kernel launches (each a fused group of graph ops), forward and backward.
 #pragma once
 
+#include <map>
 #include <string>
 #include <variant>
 #include <vector>
@@ -50,6 +51,15 @@ struct KernelStep {
   std::vector<std::string> fused_ops;  // graph op names, in order
   std::vector<int> reads, writes;      // tensor ids of the layer's graph
   std::string note;                    // e.g. "finishes grad.linear2.bias from per-block partials"
+  // The kernel's pointer arguments, by their names in docs/kernels.md ("grad_out", "gamma"), bound
+  // to tensor ids. Arguments not listed are passed as null.
+  std::map<std::string, int> args;
+  // The dropout site the kernel draws from (its forward op's site), or -1.
+  int dropout_site = -1;
+  std::string dropout_which;  // "attention", "activation", "hidden", "embedding"
+  // column_sum / convert steps: which block of columns of the preceding step's partial buffer
+  // (or which fp32 scatter buffer) they finish.
+  int partial_block = -1;
 };
 
 using Step = std::variant<GemmStep, KernelStep>;
