@@ -90,6 +90,8 @@ struct OpAttrs {
   // attention mask
   bool padding_mask = false;
   bool causal = false;
+  // layernorm
+  double eps = 1e-5;
   // activation / activation_grad
   Activation activation = Activation::kRelu;
   // gemm: D += A·B (the output sums contributions of several layers; the caller zeroes it)

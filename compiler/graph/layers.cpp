@@ -132,7 +132,9 @@ class LayerLowering {
     sub.beta = b_.param(name + ".bias", {Dim::constant(H_)});
     sub.mean = b_.tensor(sub.p + ".ln_mean", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
     sub.rstd = b_.tensor(sub.p + ".ln_rstd", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
-    b_.op(OpKind::kLayerNorm, name, {in, sub.gamma, sub.beta}, {out, sub.mean, sub.rstd});
+    OpAttrs at;
+    at.eps = s_.eps;
+    b_.op(OpKind::kLayerNorm, name, {in, sub.gamma, sub.beta}, {out, sub.mean, sub.rstd}, at);
   }
 
   // Sublayer entry: pre-LN normalizes first.
@@ -521,7 +523,9 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
     mean = b.tensor("ln_mean", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
     rstd = b.tensor("ln_rstd", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
     int normed = b.tensor("normed", hs);
-    b.op(OpKind::kLayerNorm, "layernorm", {sum, gamma, beta}, {normed, mean, rstd});
+    OpAttrs at;
+    at.eps = e.layernorm_eps;
+    b.op(OpKind::kLayerNorm, "layernorm", {sum, gamma, beta}, {normed, mean, rstd}, at);
     cur = normed;
   }
   int out = cur;

@@ -75,6 +75,7 @@ void emit(State& s, const Match& m, KernelInstance k, Args args, std::string not
     if (!op) continue;
     const Op& o = s.op(*op);
     step.fused_ops.push_back(o.name);
+    if (o.kind == OpKind::kLayerNorm) step.eps = o.attrs.eps;
     if (o.kind == OpKind::kDropout || o.kind == OpKind::kDropoutGrad) {
       step.dropout_site = o.attrs.dropout_site;
       step.dropout_which = o.attrs.dropout_which;

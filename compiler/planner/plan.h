@@ -57,6 +57,7 @@ struct KernelStep {
   // The dropout site the kernel draws from (its forward op's site), or -1.
   int dropout_site = -1;
   std::string dropout_which;  // "attention", "activation", "hidden", "embedding"
+  double eps = 0;  // LayerNorm epsilon of ln_fwd / embedding_fwd
   // column_sum / convert steps: which block of columns of the preceding step's partial buffer
   // (or which fp32 scatter buffer) they finish.
   int partial_block = -1;
