@@ -1,0 +1,40 @@
+// rules.h — the limits of a model spec (docs/spec.md lists them) and the "did you mean"
+// suggestion shared by the parser and the validator.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace lightseq::spec_detail {
+
+// Kernels move 16-byte vectors: 8 elements of bf16/fp16. Every width a kernel vectorizes over
+// (hidden, ffn, head_dim) is a multiple of this, in fp32 too, so one rule covers all precisions.
+inline constexpr int64_t kVectorElements = 8;
+inline constexpr int64_t kMaxHidden = 65536;
+inline constexpr int64_t kMaxFfn = 262144;
+inline constexpr int64_t kMaxHeadDim = 256;  // largest head the attention kernels specialize for
+inline constexpr int64_t kMaxCount = 1024;   // layers in one stack
+inline constexpr int64_t kMaxVocab = 2147483647;  // token ids are int32 on the device
+inline constexpr int64_t kMaxPositions = 1048576;
+inline constexpr int64_t kMinIndex = -2147483648LL;  // ignore_index is compared to int32 targets
+inline constexpr int64_t kMaxIndex = 2147483647;
+inline constexpr size_t kMaxNameLength = 128;
+
+static_assert(kMaxHidden % kVectorElements == 0 && kMaxFfn % kVectorElements == 0);
+static_assert(kMaxHeadDim % kVectorElements == 0);
+// Largest parameter matrix (vocab x hidden) and positions table stay far below int64's range.
+static_assert(kMaxVocab <= INT64_MAX / kMaxHidden && kMaxPositions <= INT64_MAX / kMaxHidden);
+
+// Optimal-string-alignment distance (Levenshtein plus adjacent transpositions).
+int64_t edit_distance(std::string_view a, std::string_view b);
+
+// The candidate the user most likely meant by `given`: the nearest by edit distance when it is
+// at most 1 (2 for words of 5+ letters), compared case-insensitively; else a candidate that
+// contains `given` or is contained in it (at least 3 letters: "num_heads" -> "heads").
+std::optional<std::string_view> closest_name(std::string_view given,
+                                             std::span<const std::string_view> candidates);
+
+}  // namespace lightseq::spec_detail

@@ -1,0 +1,65 @@
+// to_json.cpp — ModelSpec -> JSON with every field written out, the inverse of the parser.
+#include <string>
+
+#include "frontends/spec/parse.h"
+
+namespace lightseq {
+namespace {
+
+using Json = nlohmann::json;
+
+std::string name_of(auto e) { return std::string(to_string(e)); }
+
+Json stack_to_json(const LayerStackSpec& s) {
+  return Json{{"type", name_of(s.kind)},
+              {"count", s.count},
+              {"hidden", s.hidden},
+              {"heads", s.heads},
+              {"ffn", s.ffn},
+              {"activation", name_of(s.activation)},
+              {"norm", name_of(s.norm)},
+              {"eps", s.eps},
+              {"causal", s.causal},
+              {"dropout",
+               {{"attention", s.dropout.attention},
+                {"activation", s.dropout.activation},
+                {"hidden", s.dropout.hidden}}}};
+}
+
+}  // namespace
+
+Json spec_to_json(const ModelSpec& spec) {
+  Json j{{"name", spec.name}, {"precision", name_of(spec.precision)}};
+  if (spec.embedding) {
+    const EmbeddingSpec& e = *spec.embedding;
+    j["embedding"] = Json{{"vocab", e.vocab},
+                          {"hidden", e.hidden},
+                          {"positions", name_of(e.positions)},
+                          {"max_positions", e.max_positions},
+                          {"padding_idx", e.padding_idx},
+                          {"scale", e.scale},
+                          {"dropout", e.dropout},
+                          {"layernorm", e.layernorm},
+                          {"layernorm_eps", e.layernorm_eps},
+                          {"tie_output", e.tie_output}};
+  }
+  j["layers"] = Json::array();
+  for (const LayerStackSpec& s : spec.layers) j["layers"].push_back(stack_to_json(s));
+  if (spec.criterion) {
+    const CriterionSpec& c = *spec.criterion;
+    j["criterion"] = Json{{"type", name_of(c.kind)},
+                          {"label_smoothing", c.label_smoothing},
+                          {"ignore_index", c.ignore_index}};
+  }
+  if (spec.optimizer) {
+    const OptimizerSpec& o = *spec.optimizer;
+    j["optimizer"] = Json{{"type", name_of(o.kind)},
+                          {"lr", o.lr},
+                          {"betas", {o.beta1, o.beta2}},
+                          {"eps", o.eps},
+                          {"weight_decay", o.weight_decay}};
+  }
+  return j;
+}
+
+}  // namespace lightseq
