@@ -30,8 +30,8 @@ std::string compile_error_message(const CompileError::Details& d) {
   }
   out += fmt::format("options: {}\n", fmt::join(d.options, " "));
   out += fmt::format("NVRTC version: {}\n", d.nvrtc_version);
-  out += fmt::format("source: {}\n",
-                     d.source_path.empty() ? "(could not be written)" : d.source_path);
+  out +=
+      fmt::format("source: {}\n", d.source_path.empty() ? "(could not be written)" : d.source_path);
   out += "log:\n";
   out += d.log;
   return out;
@@ -39,7 +39,9 @@ std::string compile_error_message(const CompileError::Details& d) {
 
 }  // namespace
 
-std::string SpecIssue::to_string() const { return fmt::format("{} = {}: {}", path, value, message); }
+std::string SpecIssue::to_string() const {
+  return fmt::format("{} = {}: {}", path, value, message);
+}
 
 SpecError::SpecError(std::vector<SpecIssue> issues, std::string source)
     : Error(spec_error_message(issues, source)), issues_(std::move(issues)) {}

@@ -86,18 +86,64 @@ class Mutator {
  private:
   std::mt19937_64 rng_;
 
-  size_t pick(size_t n) { return n == 0 ? 0 : std::uniform_int_distribution<size_t>(0, n - 1)(rng_); }
+  size_t pick(size_t n) {
+    return n == 0 ? 0 : std::uniform_int_distribution<size_t>(0, n - 1)(rng_);
+  }
 
   void mutate_once(std::string& t) {
-    static const std::vector<std::string> kTokens = {
-        "{", "}", "[", "]", ",", ":", "\"", "\\", "null", "true", "false", "-", "0", "1e", "\"x\":",
-        "\"heads\": 7,", "\"causal\": false,", "\xff", "\xc3", "\t", "\n", "\"\\u0000\"", "//",
-        "\"layers\": [],", "\"embedding\": null,", "\"hidden\": 1,", "\"type\": \"decoder\","};
-    static const std::vector<std::string> kNumbers = {
-        "0",      "-1",  "1e999",  "-1e999", "1e-400", "NaN",  "Infinity", "-0", "0.5",
-        "512.0",  "7",   "1e308",  "2147483648", "9223372036854775807", "9223372036854775808",
-        "18446744073709551616", "99999999999999999999999999", "-9223372036854775809", "1.5e3",
-        "0x10",   "1.",  ".5",     "+1",     "00",     "1e+",  "4294967296"};
+    static const std::vector<std::string> kTokens = {"{",
+                                                     "}",
+                                                     "[",
+                                                     "]",
+                                                     ",",
+                                                     ":",
+                                                     "\"",
+                                                     "\\",
+                                                     "null",
+                                                     "true",
+                                                     "false",
+                                                     "-",
+                                                     "0",
+                                                     "1e",
+                                                     "\"x\":",
+                                                     "\"heads\": 7,",
+                                                     "\"causal\": false,",
+                                                     "\xff",
+                                                     "\xc3",
+                                                     "\t",
+                                                     "\n",
+                                                     "\"\\u0000\"",
+                                                     "//",
+                                                     "\"layers\": [],",
+                                                     "\"embedding\": null,",
+                                                     "\"hidden\": 1,",
+                                                     "\"type\": \"decoder\","};
+    static const std::vector<std::string> kNumbers = {"0",
+                                                      "-1",
+                                                      "1e999",
+                                                      "-1e999",
+                                                      "1e-400",
+                                                      "NaN",
+                                                      "Infinity",
+                                                      "-0",
+                                                      "0.5",
+                                                      "512.0",
+                                                      "7",
+                                                      "1e308",
+                                                      "2147483648",
+                                                      "9223372036854775807",
+                                                      "9223372036854775808",
+                                                      "18446744073709551616",
+                                                      "99999999999999999999999999",
+                                                      "-9223372036854775809",
+                                                      "1.5e3",
+                                                      "0x10",
+                                                      "1.",
+                                                      ".5",
+                                                      "+1",
+                                                      "00",
+                                                      "1e+",
+                                                      "4294967296"};
     const size_t pos = pick(t.size() + 1);
     switch (pick(9)) {
       case 0:  // flip a bit
@@ -141,8 +187,8 @@ class Mutator {
         size_t q2 = t.find('"', q + 1);
         if (q2 == std::string::npos) break;
         static const std::vector<std::string> kWords = {
-            "decoder", "encoder", "learned", "gelu", "pre", "adam", "fp32", "", "sqrt_hidden",
-            "hedas", "bf16 ", "a/b", "\\ud800", "\\u00e9"};
+            "decoder", "encoder",     "learned", "gelu",  "pre", "adam",    "fp32",
+            "",        "sqrt_hidden", "hedas",   "bf16 ", "a/b", "\\ud800", "\\u00e9"};
         t.replace(q + 1, q2 - q - 1, kWords[pick(kWords.size())]);
         break;
       }
@@ -189,8 +235,7 @@ TEST(SpecFuzz, MutatedExamplesParseOrThrowSpecError) {
     ++iterations;
   }
   std::printf("[ fuzz     ] %lld iterations (%lld accepted), slowest parse %.2f ms\n",
-              static_cast<long long>(iterations), static_cast<long long>(accepted),
-              slowest * 1e3);
+              static_cast<long long>(iterations), static_cast<long long>(accepted), slowest * 1e3);
   EXPECT_GT(iterations, 100);
 }
 
@@ -208,7 +253,8 @@ TEST(SpecFuzz, DeepNestingIsASpecErrorNotAStackOverflow) {
         ADD_FAILURE() << "accepted " << depth << " levels";
       } catch (const SpecError& e) {
         ASSERT_EQ(e.issues().size(), 1u);
-        EXPECT_EQ(e.issues()[0].message, "nested deeper than 32 levels; a model spec nests at most 4");
+        EXPECT_EQ(e.issues()[0].message,
+                  "nested deeper than 32 levels; a model spec nests at most 4");
       }
     }
   }

@@ -1,11 +1,10 @@
-// spec_test.cpp — the JSON model spec front end: the examples parse and round-trip, and every
-// rule, type check, unknown key and syntax error gives its exact message (docs/spec.md).
+// spec_test.cpp — the JSON model spec front end: the examples parse and round-trip, validate_spec
+// checks built structs, and every rule, type check, unknown key and syntax error gives its exact
+// message (docs/spec.md). Error and file formats: spec_errors_test.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -103,18 +102,38 @@ TEST(SpecParse, RoundTripsNonDefaultValues) {
   ModelSpec s;
   s.name = "odd_values-1.2";
   s.precision = Precision::kFp16;
-  s.embedding = EmbeddingSpec{.vocab = 7, .hidden = 24, .positions = PositionKind::kLearned,
-                              .max_positions = 3, .padding_idx = 6, .scale = 0.1 + 0.2,
-                              .dropout = 1.0 / 3, .layernorm = true, .layernorm_eps = 1e-300,
+  s.embedding = EmbeddingSpec{.vocab = 7,
+                              .hidden = 24,
+                              .positions = PositionKind::kLearned,
+                              .max_positions = 3,
+                              .padding_idx = 6,
+                              .scale = 0.1 + 0.2,
+                              .dropout = 1.0 / 3,
+                              .layernorm = true,
+                              .layernorm_eps = 1e-300,
                               .tie_output = false};
-  s.layers.push_back(LayerStackSpec{.count = 1024, .hidden = 24, .heads = 3, .ffn = 8,
-                                    .activation = Activation::kGelu, .norm = NormPlacement::kPre,
-                                    .eps = 0.5, .causal = true, .dropout = {0.999, 0, 1e-9}});
-  s.layers.push_back(LayerStackSpec{.kind = LayerKind::kDecoder, .hidden = 24, .heads = 1,
-                                    .ffn = 262144, .causal = true, .dropout = {}});
+  s.layers.push_back(LayerStackSpec{.count = 1024,
+                                    .hidden = 24,
+                                    .heads = 3,
+                                    .ffn = 8,
+                                    .activation = Activation::kGelu,
+                                    .norm = NormPlacement::kPre,
+                                    .eps = 0.5,
+                                    .causal = true,
+                                    .dropout = {0.999, 0, 1e-9}});
+  s.layers.push_back(LayerStackSpec{.kind = LayerKind::kDecoder,
+                                    .hidden = 24,
+                                    .heads = 1,
+                                    .ffn = 262144,
+                                    .causal = true,
+                                    .dropout = {}});
   s.criterion = CriterionSpec{.label_smoothing = 0.999999, .ignore_index = -2147483648LL};
-  s.optimizer = OptimizerSpec{.kind = OptimizerKind::kAdam, .lr = 1e300, .beta1 = 0,
-                              .beta2 = 0.9999999999, .eps = 5e-324, .weight_decay = 1e-17};
+  s.optimizer = OptimizerSpec{.kind = OptimizerKind::kAdam,
+                              .lr = 1e300,
+                              .beta1 = 0,
+                              .beta2 = 0.9999999999,
+                              .eps = 5e-324,
+                              .weight_decay = 1e-17};
   ASSERT_TRUE(validate_spec(s).empty());
   EXPECT_EQ(parse_spec_string(spec_to_json(s).dump()), s);
 }
@@ -136,89 +155,6 @@ TEST(SpecValidate, RendersStructValues) {
                      "layers[0].dropout.attention = nan: must be a probability in [0, 1); 0 "
                      "turns it off",
                      "optimizer.lr = inf: must be a positive finite number; try 1e-3"}));
-}
-
-// ---- error formats ------------------------------------------------------------------------------
-
-TEST(SpecErrors, IssueAndErrorFormat) {
-  SpecIssue a{"layers[1].heads", "7", "hidden 512 is not divisible by 7 heads; try 8"};
-  EXPECT_EQ(a.to_string(), "layers[1].heads = 7: hidden 512 is not divisible by 7 heads; try 8");
-  SpecIssue b{"name", "(missing)", "required"};
-  EXPECT_STREQ(SpecError({a, b}, "m.json").what(),
-               "m.json: invalid model spec (2 issues):\n"
-               "layers[1].heads = 7: hidden 512 is not divisible by 7 heads; try 8\n"
-               "name = (missing): required");
-  EXPECT_STREQ(SpecError({b}, "m.json").what(),
-               "m.json: invalid model spec (1 issue):\nname = (missing): required");
-  EXPECT_STREQ(SpecError({a, b}).what(),
-               "layers[1].heads = 7: hidden 512 is not divisible by 7 heads; try 8\n"
-               "name = (missing): required");
-  EXPECT_EQ(SpecError({a}).issues().size(), 1u);
-}
-
-TEST(SpecErrors, CompileErrorCarriesEverything) {
-  CompileError e({.program = "layernorm:bf16:sm_90",
-                  .labels = {"ln_fwd:bf16:h=512:vec=8", "ln_bwd:bf16:h=512:vec=8"},
-                  .options = {"--gpu-architecture=sm_90", "-std=c++17"},
-                  .nvrtc_version = "13.0",
-                  .log = "kernel.cu(3): error: expected a \";\"\n1 error detected\n",
-                  .source_path = "/tmp/lightseq/layernorm.cu"});
-  EXPECT_STREQ(e.what(),
-               "NVRTC failed to compile program layernorm:bf16:sm_90\n"
-               "kernels: ln_fwd:bf16:h=512:vec=8, ln_bwd:bf16:h=512:vec=8\n"
-               "options: --gpu-architecture=sm_90 -std=c++17\n"
-               "NVRTC version: 13.0\n"
-               "source: /tmp/lightseq/layernorm.cu\n"
-               "log:\n"
-               "kernel.cu(3): error: expected a \";\"\n1 error detected\n");
-  EXPECT_EQ(e.details().labels.size(), 2u);
-  CompileError::Details details;
-  details.program = "p";
-  details.nvrtc_version = "13.0";
-  details.log = "log";
-  CompileError unwritten(details);
-  EXPECT_STREQ(unwritten.what(),
-               "NVRTC failed to compile program p\nkernels: (none)\noptions: \n"
-               "NVRTC version: 13.0\nsource: (could not be written)\nlog:\nlog");
-}
-
-TEST(SpecFile, MissingFileNamesPathAndReason) {
-  const std::string path = "/nonexistent-lightseq-dir/spec.json";
-  try {
-    parse_spec_file(path);
-    FAIL() << "no SpecError";
-  } catch (const SpecError& e) {
-    EXPECT_STREQ(e.what(),
-                 "/nonexistent-lightseq-dir/spec.json: invalid model spec (1 issue):\n"
-                 "file = \"/nonexistent-lightseq-dir/spec.json\": cannot open: No such file or "
-                 "directory");
-  }
-}
-
-TEST(SpecFile, DirectoryIsUnreadable) {
-  try {
-    parse_spec_file(kExamples);
-    FAIL() << "no SpecError";
-  } catch (const SpecError& e) {
-    ASSERT_EQ(e.issues().size(), 1u);
-    EXPECT_EQ(e.issues()[0].message, "cannot read: Is a directory");
-  }
-}
-
-TEST(SpecFile, ErrorsNameTheFile) {
-  const std::filesystem::path path =
-      std::filesystem::temp_directory_path() / "lightseq_spec_test_bad.json";
-  std::ofstream(path) << "{\n  \"name\": \"x\",\n  \"precision\": \"fp16\",\n}\n";
-  try {
-    parse_spec_file(path);
-    FAIL() << "no SpecError";
-  } catch (const SpecError& e) {
-    EXPECT_EQ(std::string(e.what()),
-              path.string() +
-                  ": invalid model spec (1 issue):\nline 4, column 1 = }: syntax error while "
-                  "parsing object key - unexpected '}'; expected string literal");
-  }
-  std::filesystem::remove(path);
 }
 
 // ---- bad specs: exact messages ------------------------------------------------------------------
@@ -294,83 +230,115 @@ const std::vector<BadSpec> kBadSpecs = {
      {{R"("heads": 8)", R"("heads": 1)"}},
      {"layers[0].heads = 1: head_dim = hidden 512 / 1 head = 512 exceeds 256, the largest head "
       "the attention kernels support; try 2"}},
-    {"heads_zero", {{R"("heads": 8)", R"("heads": 0)"}},
+    {"heads_zero",
+     {{R"("heads": 8)", R"("heads": 0)"}},
      {"layers[0].heads = 0: must be at least 1; try 2"}},
     {"heads_tie_picks_more_heads",
      {{R"("heads": 8)", R"("heads": 6)"}},
      {"layers[0].heads = 6: hidden 512 is not divisible by 6 heads; try 8"}},
-    {"layer_hidden_not_multiple_of_8", {{R"("hidden": 512, "heads": 8)", R"("hidden": 500, "heads": 8)"}},
+    {"layer_hidden_not_multiple_of_8",
+     {{R"("hidden": 512, "heads": 8)", R"("hidden": 500, "heads": 8)"}},
      {cat("layers[0].hidden = 500: ", kMultipleOf8) + "504"}},
-    {"embedding_hidden_too_large", {{R"("hidden": 512, "padding_idx")", R"("hidden": 131072, "padding_idx")"}},
+    {"embedding_hidden_too_large",
+     {{R"("hidden": 512, "padding_idx")", R"("hidden": 131072, "padding_idx")"}},
      {"embedding.hidden = 131072: must be in [8, 65536]; try 65536"}},
     {"hidden_mismatch",
-     {{R"("hidden": 512, "heads": 8, "ffn": 2048, "norm")", R"("hidden": 768, "heads": 12, "ffn": 2048, "norm")"}},
+     {{R"("hidden": 512, "heads": 8, "ffn": 2048, "norm")",
+       R"("hidden": 768, "heads": 12, "ffn": 2048, "norm")"}},
      {"layers[1].hidden = 768: must equal embedding.hidden = 512 (all stacks share one residual "
       "stream); try 512"}},
-    {"ffn_not_multiple_of_8", {{R"("ffn": 2048)", R"("ffn": 2050)"}},
+    {"ffn_not_multiple_of_8",
+     {{R"("ffn": 2048)", R"("ffn": 2050)"}},
      {cat("layers[0].ffn = 2050: ", kMultipleOf8) + "2056"}},
-    {"ffn_too_large", {{R"("ffn": 2048)", R"("ffn": 1000000)"}},
+    {"ffn_too_large",
+     {{R"("ffn": 2048)", R"("ffn": 1000000)"}},
      {"layers[0].ffn = 1000000: must be in [8, 262144]; try 262144"}},
-    {"count_zero", {{R"("count": 2)", R"("count": 0)"}},
+    {"count_zero",
+     {{R"("count": 2)", R"("count": 0)"}},
      {"layers[0].count = 0: must be in [1, 1024]; try 1"}},
-    {"count_too_large", {{R"("count": 2)", R"("count": 5000)"}},
+    {"count_too_large",
+     {{R"("count": 2)", R"("count": 5000)"}},
      {"layers[0].count = 5000: must be in [1, 1024]; try 1024"}},
     // --- probabilities and epsilons
-    {"attention_dropout_one", {{R"("attention": 0.1)", R"("attention": 1)"}},
+    {"attention_dropout_one",
+     {{R"("attention": 0.1)", R"("attention": 1)"}},
      {cat("layers[0].dropout.attention = 1: ", kProbability)}},
-    {"embedding_dropout_negative", {{R"("dropout": 0.1})", R"("dropout": -0.1})"}},
+    {"embedding_dropout_negative",
+     {{R"("dropout": 0.1})", R"("dropout": -0.1})"}},
      {cat("embedding.dropout = -0.1: ", kProbability)}},
-    {"layer_eps_negative", {{R"("eps": 1e-5)", R"("eps": -1e-5)"}},
+    {"layer_eps_negative",
+     {{R"("eps": 1e-5)", R"("eps": -1e-5)"}},
      {cat("layers[1].eps = -1e-5: ", kLayerNormEps)}},
-    {"layernorm_eps_zero", {{R"("scale")", R"("layernorm_eps": 0.0, "scale")"}},
+    {"layernorm_eps_zero",
+     {{R"("scale")", R"("layernorm_eps": 0.0, "scale")"}},
      {cat("embedding.layernorm_eps = 0.0: ", kLayerNormEps)}},
-    {"label_smoothing_one", {{R"("label_smoothing": 0.1)", R"("label_smoothing": 1.0)"}},
+    {"label_smoothing_one",
+     {{R"("label_smoothing": 0.1)", R"("label_smoothing": 1.0)"}},
      {cat("criterion.label_smoothing = 1.0: ", kProbability)}},
     // --- optimizer
-    {"beta2_one", {{"[0.9, 0.98]", "[0.9, 1.0]"}},
+    {"beta2_one",
+     {{"[0.9, 0.98]", "[0.9, 1.0]"}},
      {"optimizer.betas[1] = 1.0: must be in [0, 1); try 0.999"}},
-    {"beta1_negative", {{"[0.9, 0.98]", "[-0.9, 0.98]"}},
+    {"beta1_negative",
+     {{"[0.9, 0.98]", "[-0.9, 0.98]"}},
      {"optimizer.betas[0] = -0.9: must be in [0, 1); try 0.9"}},
-    {"betas_one_number", {{"[0.9, 0.98]", "[0.9]"}},
+    {"betas_one_number",
+     {{"[0.9, 0.98]", "[0.9]"}},
      {"optimizer.betas = [0.9]: must hold exactly two numbers [beta1, beta2]; try [0.9, 0.999]"}},
-    {"betas_not_array", {{"[0.9, 0.98]", "0.9"}},
+    {"betas_not_array",
+     {{"[0.9, 0.98]", "0.9"}},
      {"optimizer.betas = 0.9: must be an array of two numbers [beta1, beta2], not a number; try "
       "[0.9, 0.999]"}},
-    {"lr_zero", {{R"("lr": 5e-4)", R"("lr": 0)"}},
+    {"lr_zero",
+     {{R"("lr": 5e-4)", R"("lr": 0)"}},
      {"optimizer.lr = 0: must be a positive finite number; try 1e-3"}},
-    {"weight_decay_negative", {{R"("weight_decay": 1e-4)", R"("weight_decay": -0.01)"}},
+    {"weight_decay_negative",
+     {{R"("weight_decay": 1e-4)", R"("weight_decay": -0.01)"}},
      {"optimizer.weight_decay = -0.01: must be a finite number >= 0; 0 turns weight decay off"}},
-    {"adam_eps_zero", {{R"("eps": 1e-8)", R"("eps": 0)"}},
+    {"adam_eps_zero",
+     {{R"("eps": 1e-8)", R"("eps": 0)"}},
      {"optimizer.eps = 0: must be a positive finite number (Adam divides by sqrt(v) + eps); try "
       "1e-8"}},
-    {"optimizer_type_unknown", {{R"("type": "adamw")", R"("type": "sgd")"}},
+    {"optimizer_type_unknown",
+     {{R"("type": "adamw")", R"("type": "sgd")"}},
      {"optimizer.type = \"sgd\": must be one of \"adam\", \"adamw\""}},
     // --- embedding
-    {"vocab_zero", {{R"("vocab": 1000)", R"("vocab": 0)"}},
+    {"vocab_zero",
+     {{R"("vocab": 1000)", R"("vocab": 0)"}},
      {"embedding.vocab = 0: must be in [1, 2147483647]; try 1"}},
-    {"vocab_over_int32", {{R"("vocab": 1000)", R"("vocab": 3000000000)"}},
+    {"vocab_over_int32",
+     {{R"("vocab": 1000)", R"("vocab": 3000000000)"}},
      {"embedding.vocab = 3000000000: must be in [1, 2147483647]; try 2147483647"}},
-    {"padding_idx_equals_vocab", {{R"("padding_idx": 1)", R"("padding_idx": 1000)"}},
+    {"padding_idx_equals_vocab",
+     {{R"("padding_idx": 1)", R"("padding_idx": 1000)"}},
      {"embedding.padding_idx = 1000: must be -1 (no padding token) or a token id in [0, 1000); "
       "try -1"}},
-    {"padding_idx_below_minus_one", {{R"("padding_idx": 1)", R"("padding_idx": -2)"}},
+    {"padding_idx_below_minus_one",
+     {{R"("padding_idx": 1)", R"("padding_idx": -2)"}},
      {"embedding.padding_idx = -2: must be -1 (no padding token) or a token id in [0, 1000); "
       "try -1"}},
-    {"max_positions_zero", {{R"("scale")", R"("max_positions": 0, "scale")"}},
+    {"max_positions_zero",
+     {{R"("scale")", R"("max_positions": 0, "scale")"}},
      {"embedding.max_positions = 0: must be in [1, 1048576]; try 1"}},
-    {"scale_zero", {{R"("sqrt_hidden")", "0"}},
+    {"scale_zero",
+     {{R"("sqrt_hidden")", "0"}},
      {"embedding.scale = 0: must be a positive finite number or \"sqrt_hidden\"; try 1"}},
-    {"scale_unknown_string", {{R"("sqrt_hidden")", R"("sqrt")"}},
+    {"scale_unknown_string",
+     {{R"("sqrt_hidden")", R"("sqrt")"}},
      {"embedding.scale = \"sqrt\": must be a number or \"sqrt_hidden\""}},
-    {"scale_array", {{R"("sqrt_hidden")", "[1]"}},
+    {"scale_array",
+     {{R"("sqrt_hidden")", "[1]"}},
      {"embedding.scale = [1]: must be a number or \"sqrt_hidden\", not an array"}},
-    {"positions_unknown", {{R"("scale")", R"("positions": "rotary", "scale")"}},
+    {"positions_unknown",
+     {{R"("scale")", R"("positions": "rotary", "scale")"}},
      {"embedding.positions = \"rotary\": must be one of \"sinusoidal\", \"learned\""}},
     // --- criterion
-    {"ignore_index_over_int32", {{R"("ignore_index": 1)", R"("ignore_index": 3000000000)"}},
+    {"ignore_index_over_int32",
+     {{R"("ignore_index": 1)", R"("ignore_index": 3000000000)"}},
      {"criterion.ignore_index = 3000000000: must be in [-2147483648, 2147483647]; try "
       "2147483647"}},
-    {"criterion_type_missing", {{R"("type": "cross_entropy", )", ""}},
+    {"criterion_type_missing",
+     {{R"("type": "cross_entropy", )", ""}},
      {"criterion.type = (missing): required; add e.g. \"type\": \"cross_entropy\""}},
     {"criterion_without_embedding",
      {{"", R"({"name": "m", "precision": "fp32",
@@ -380,95 +348,128 @@ const std::vector<BadSpec> kBadSpecs = {
       "the \"embedding\" section defines (vocab, output projection); add an embedding or remove "
       "the criterion"}},
     // --- layer kinds and their order
-    {"decoder_not_causal", {{R"("eps": 1e-5})", R"("eps": 1e-5, "causal": false})"}},
+    {"decoder_not_causal",
+     {{R"("eps": 1e-5})", R"("eps": 1e-5, "causal": false})"}},
      {"layers[1].causal = false: a decoder's self-attention is always causal; remove \"causal\" "
       "or set it to true (for bidirectional attention use \"type\": \"encoder\")"}},
-    {"decoders_without_encoder", {{R"("type": "encoder")", R"("type": "decoder")"}},
+    {"decoders_without_encoder",
+     {{R"("type": "encoder")", R"("type": "decoder")"}},
      {"layers[0].type = \"decoder\": a decoder cross-attends to the output of an encoder stack, "
       "and none comes before it; add an encoder stack first, or for a decoder-only (GPT-style) "
       "model use \"type\": \"encoder\" with \"causal\": true"}},
     {"encoder_after_decoder",
-     {{R"("eps": 1e-5})", R"("eps": 1e-5}, {"type": "encoder", "hidden": 512, "heads": 8, "ffn": 8})"}},
+     {{R"("eps": 1e-5})",
+       R"("eps": 1e-5}, {"type": "encoder", "hidden": 512, "heads": 8, "ffn": 8})"}},
      {"layers[2].type = \"encoder\": encoder stacks must come before the first decoder stack "
       "(layers[1]), whose cross-attention reads the encoder's output; move this stack before "
       "it"}},
-    {"activation_case", {{R"("count": 2)", R"("count": 2, "activation": "GELU")"}},
+    {"activation_case",
+     {{R"("count": 2)", R"("count": 2, "activation": "GELU")"}},
      {"layers[0].activation = \"GELU\": must be one of \"relu\", \"gelu\"; did you mean "
       "\"gelu\"?"}},
-    {"norm_unknown", {{R"("norm": "pre")", R"("norm": "after")"}},
+    {"norm_unknown",
+     {{R"("norm": "pre")", R"("norm": "after")"}},
      {"layers[1].norm = \"after\": must be one of \"pre\", \"post\""}},
-    {"layer_type_typo", {{R"("type": "encoder")", R"("type": "encodr")"}},
+    {"layer_type_typo",
+     {{R"("type": "encoder")", R"("type": "encodr")"}},
      {"layers[0].type = \"encodr\": must be one of \"encoder\", \"decoder\"; did you mean "
       "\"encoder\"?"}},
     // --- top level
-    {"nothing_to_compile", {{"", R"({"name": "m", "precision": "fp32"})"}},
+    {"nothing_to_compile",
+     {{"", R"({"name": "m", "precision": "fp32"})"}},
      {cat("layers = (missing): ", kAtLeastOneStack)}},
-    {"empty_layers_without_embedding", {{"", R"({"name": "m", "precision": "fp32", "layers": []})"}},
+    {"empty_layers_without_embedding",
+     {{"", R"({"name": "m", "precision": "fp32", "layers": []})"}},
      {cat("layers = []: ", kAtLeastOneStack)}},
     {"name_and_precision_missing",
      {{"", R"({"layers": [{"type": "encoder", "hidden": 64, "heads": 1, "ffn": 64}]})"}},
      {"name = (missing): required; add e.g. \"name\": \"my-model\"",
       "precision = (missing): required; add e.g. \"precision\": \"bf16\""}},
-    {"name_with_space_and_slash", {{R"("base")", R"("my model/v1")"}},
+    {"name_with_space_and_slash",
+     {{R"("base")", R"("my model/v1")"}},
      {"name = \"my model/v1\": must be 1 to 128 letters, digits, '.', '_' or '-', starting with a "
       "letter or digit (it is used in file names); try \"my-model-v1\""}},
-    {"name_empty", {{R"("base")", R"("")"}},
+    {"name_empty",
+     {{R"("base")", R"("")"}},
      {"name = \"\": must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or "
       "digit (it is used in file names); try \"model\""}},
-    {"name_not_ascii", {{R"("base")", "\"mod\xc3\xa8le\""}},
+    {"name_not_ascii",
+     {{R"("base")", "\"mod\xc3\xa8le\""}},
      {"name = \"mod\\xc3\\xa8le\": must be 1 to 128 letters, digits, '.', '_' or '-', starting "
       "with a letter or digit (it is used in file names); try \"mod--le\""}},
-    {"precision_typo", {{R"("bf16")", R"("bf17")"}},
+    {"precision_typo",
+     {{R"("bf16")", R"("bf17")"}},
      {"precision = \"bf17\": must be one of \"fp32\", \"fp16\", \"bf16\"; did you mean "
       "\"bf16\"?"}},
-    {"precision_number", {{R"("bf16")", "16"}},
+    {"precision_number",
+     {{R"("bf16")", "16"}},
      {"precision = 16: must be one of \"fp32\", \"fp16\", \"bf16\", not a number"}},
-    {"root_not_object", {{"", "[]"}},
+    {"root_not_object",
+     {{"", "[]"}},
      {"(root) = []: a model spec must be a JSON object, not an array; start with {\"name\": "
       "\"my-model\", \"precision\": \"bf16\", \"layers\": [...]}"}},
     // --- unknown and duplicate keys
-    {"unknown_key_transposed", {{R"("heads": 8)", R"("haeds": 8)"}},
+    {"unknown_key_transposed",
+     {{R"("heads": 8)", R"("haeds": 8)"}},
      {"layers[0].haeds = 8: unknown key; did you mean 'heads'?",
       "layers[0].heads = (missing): required; add e.g. \"heads\": 8"}},
-    {"unknown_key_contains", {{R"("ffn": 2048)", R"("ffn_dim": 2048)"}},
+    {"unknown_key_contains",
+     {{R"("ffn": 2048)", R"("ffn_dim": 2048)"}},
      {"layers[0].ffn_dim = 2048: unknown key; did you mean 'ffn'?",
       "layers[0].ffn = (missing): required; add e.g. \"ffn\": 2048"}},
-    {"unknown_top_level_key", {{R"("optimizer")", R"("optimiser")"}},
+    {"unknown_top_level_key",
+     {{R"("optimizer")", R"("optimiser")"}},
      {"optimiser = {...}: unknown key; did you mean 'optimizer'?"}},
-    {"unknown_key_no_suggestion", {{R"("hidden": 0.1})", R"("hidden": 0.1, "residual": 0.1})"}},
+    {"unknown_key_no_suggestion",
+     {{R"("hidden": 0.1})", R"("hidden": 0.1, "residual": 0.1})"}},
      {"layers[0].dropout.residual = 0.1: unknown key; expected one of: attention, activation, "
       "hidden"}},
-    {"duplicate_key", {{R"("heads": 8)", R"("heads": 8, "heads": 16)"}},
+    {"duplicate_key",
+     {{R"("heads": 8)", R"("heads": 8, "heads": 16)"}},
      {"layers[0].heads = 16: duplicate key (first given as 8); remove one"}},
     // --- types
-    {"integer_as_string", {{R"("vocab": 1000)", R"("vocab": "1000")"}},
+    {"integer_as_string",
+     {{R"("vocab": 1000)", R"("vocab": "1000")"}},
      {"embedding.vocab = \"1000\": must be an integer, not a string; remove the quotes"}},
-    {"integer_as_bool", {{R"("heads": 8)", R"("heads": true)"}},
+    {"integer_as_bool",
+     {{R"("heads": 8)", R"("heads": true)"}},
      {"layers[0].heads = true: must be an integer, not a boolean"}},
-    {"integer_with_fraction", {{R"("ffn": 2048)", R"("ffn": 2048.5)"}},
+    {"integer_with_fraction",
+     {{R"("ffn": 2048)", R"("ffn": 2048.5)"}},
      {"layers[0].ffn = 2048.5: must be an integer, not a fraction"}},
-    {"integer_written_as_float", {{R"("ffn": 2048)", R"("ffn": 2048.0)"}},
+    {"integer_written_as_float",
+     {{R"("ffn": 2048)", R"("ffn": 2048.0)"}},
      {"layers[0].ffn = 2048.0: must be an integer; write 2048"}},
-    {"integer_with_exponent", {{R"("count": 2)", R"("count": 2e0)"}},
+    {"integer_with_exponent",
+     {{R"("count": 2)", R"("count": 2e0)"}},
      {"layers[0].count = 2e0: must be an integer; write 2"}},
-    {"integer_beyond_int64", {{R"("count": 2)", R"("count": 99999999999999999999)"}},
+    {"integer_beyond_int64",
+     {{R"("count": 2)", R"("count": 99999999999999999999)"}},
      {"layers[0].count = 99999999999999999999: is too large for a 64-bit integer"}},
-    {"integer_beyond_int64_unsigned", {{R"("count": 2)", R"("count": 18446744073709551615)"}},
+    {"integer_beyond_int64_unsigned",
+     {{R"("count": 2)", R"("count": 18446744073709551615)"}},
      {"layers[0].count = 18446744073709551615: is too large for a 64-bit integer"}},
-    {"number_as_string", {{R"("lr": 5e-4)", R"("lr": "5e-4")"}},
+    {"number_as_string",
+     {{R"("lr": 5e-4)", R"("lr": "5e-4")"}},
      {"optimizer.lr = \"5e-4\": must be a number, not a string; remove the quotes"}},
-    {"number_as_null", {{R"("lr": 5e-4)", R"("lr": null)"}},
+    {"number_as_null",
+     {{R"("lr": 5e-4)", R"("lr": null)"}},
      {"optimizer.lr = null: must be a number, not null"}},
-    {"bool_as_string", {{R"("scale")", R"("layernorm": "yes", "scale")"}},
+    {"bool_as_string",
+     {{R"("scale")", R"("layernorm": "yes", "scale")"}},
      {"embedding.layernorm = \"yes\": must be true or false, not a string"}},
-    {"dropout_as_number", {{R"("eps": 1e-5})", R"("eps": 1e-5, "dropout": 0.1})"}},
+    {"dropout_as_number",
+     {{R"("eps": 1e-5})", R"("eps": 1e-5, "dropout": 0.1})"}},
      {"layers[1].dropout = 0.1: must be an object such as {\"attention\": 0.1, \"activation\": "
       "0.1, \"hidden\": 0.1}, not a number"}},
-    {"layers_as_object", {{"", R"({"name": "m", "precision": "fp32", "layers": {}})"}},
+    {"layers_as_object",
+     {{"", R"({"name": "m", "precision": "fp32", "layers": {}})"}},
      {"layers = {}: must be an array of layer stacks, not an object"}},
-    {"layer_not_object", {{"", R"({"name": "m", "precision": "fp32", "layers": [5]})"}},
+    {"layer_not_object",
+     {{"", R"({"name": "m", "precision": "fp32", "layers": [5]})"}},
      {"layers[0] = 5: must be an object, not a number"}},
-    {"embedding_as_array", {{"", R"({"name": "m", "precision": "fp32", "embedding": [1, 2],
+    {"embedding_as_array",
+     {{"", R"({"name": "m", "precision": "fp32", "embedding": [1, 2],
                                      "criterion": {"type": "cross_entropy"}})"}},
      {"embedding = [1,2]: must be an object, not an array"}},
     {"missing_layer_fields",
@@ -476,32 +477,41 @@ const std::vector<BadSpec> kBadSpecs = {
      {"layers[0].heads = (missing): required; add e.g. \"heads\": 8",
       "layers[0].ffn = (missing): required; add e.g. \"ffn\": 2048"}},
     // --- malformed JSON: line and column from the byte offset, an excerpt of the line
-    {"trailing_comma", {{"", "{\n  \"name\": \"x\",\n  \"precision\": \"fp16\",\n}"}},
+    {"trailing_comma",
+     {{"", "{\n  \"name\": \"x\",\n  \"precision\": \"fp16\",\n}"}},
      {"line 4, column 1 = }: syntax error while parsing object key - unexpected '}'; expected "
       "string literal"}},
-    {"missing_colon", {{R"("count": 2)", R"("count" 2)"}},
+    {"missing_colon",
+     {{R"("count": 2)", R"("count" 2)"}},
      {"line 7, column 33 = ...  {\"type\": \"encoder\", \"count\" 2, \"hidden\"...: syntax "
       "error while parsing object separator - unexpected number literal; expected ':'"}},
-    {"unterminated", {{"", R"({"name": "x")"}},
+    {"unterminated",
+     {{"", R"({"name": "x")"}},
      {"line 1, column 13 = {\"name\": \"x\": syntax error while parsing object - unexpected end "
       "of input; expected '}'"}},
-    {"empty_text", {{"", ""}},
+    {"empty_text",
+     {{"", ""}},
      {"line 1, column 1 = (empty): syntax error while parsing value - unexpected end of input; "
       "expected '[', '{', or a literal"}},
-    {"comment", {{"", "// a comment\n{}"}},
+    {"comment",
+     {{"", "// a comment\n{}"}},
      {"line 1, column 1 = // a commen...: syntax error while parsing value - invalid literal; last "
       "read: '/'"}},
-    {"number_overflow", {{R"("lr": 5e-4)", R"("lr": 1e999)"}},
+    {"number_overflow",
+     {{R"("lr": 5e-4)", R"("lr": 1e999)"}},
      {"line 13, column 44 = ...: {\"type\": \"adamw\", \"lr\": 1e999, \"betas\":...: number "
       "overflow parsing '1e999'"}},
-    {"nan_literal", {{R"("lr": 5e-4)", R"("lr": NaN)"}},
+    {"nan_literal",
+     {{R"("lr": 5e-4)", R"("lr": NaN)"}},
      {"line 13, column 40 = ...zer\": {\"type\": \"adamw\", \"lr\": NaN, \"betas...: syntax "
       "error while parsing value - invalid literal; last read: '\"lr\": N'"}},
-    {"control_character_in_string", {{"", "{\"name\": \"a\tb\"}"}},
+    {"control_character_in_string",
+     {{"", "{\"name\": \"a\tb\"}"}},
      {"line 1, column 12 = {\"name\": \"a\\tb\"}: syntax error while parsing value - invalid "
       "string: control character U+0009 (HT) must be escaped to \\u0009 or \\t; last read: "
       "'\"a<U+0009>'"}},
-    {"deep_nesting", {{"", std::string(100, '[') + std::string(100, ']')}},
+    {"deep_nesting",
+     {{"", std::string(100, '[') + std::string(100, ']')}},
      {"line 1, column 33 = ...[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[...: nested deeper than "
       "32 levels; a model spec nests at most 4"}},
     // --- several issues in one pass, in document order (keys out of the usual order)

@@ -111,7 +111,7 @@ class TreeBuilder : public nlohmann::json_sax<Json> {
   // "[json.exception.parse_error.101] parse error at line 1, column 4: syntax error ..." ->
   // "syntax error ...". The location is recomputed from the byte offset.
   static std::string strip_prefix(std::string_view what) {
-    if (size_t at = what.find("column "); at != std::string_view::npos) {
+    if (size_t at = what.find("parse error at line "); at != std::string_view::npos) {
       if (size_t colon = what.find(": ", at); colon != std::string_view::npos) {
         return std::string(what.substr(colon + 2));
       }
@@ -209,10 +209,9 @@ JsonParseResult parse_json_tree(std::string_view text) {
                                      : (builder.error_byte == 0 ? 0 : builder.error_byte - 1);
     LineColumn lc = line_column(text, offset);
     std::string message =
-        builder.too_deep
-            ? fmt::format("nested deeper than {} levels; a model spec nests at most 4",
-                          kMaxJsonDepth)
-            : printable(builder.error_message);
+        builder.too_deep ? fmt::format("nested deeper than {} levels; a model spec nests at most 4",
+                                       kMaxJsonDepth)
+                         : printable(builder.error_message);
     result.error = SpecIssue{fmt::format("line {}, column {}", lc.line, lc.column),
                              excerpt(text, offset), std::move(message)};
     return result;

@@ -29,9 +29,10 @@ struct JsonNode {
   int64_t integer = 0;
   bool integer_fits = true;
   double number = 0.0;
-  std::string text;               // kString: the value; kInteger/kFloat: the number as written
-  std::vector<std::string> keys;  // kObject: keys[i] names items[i], document order, duplicates kept
-  std::vector<JsonNode> items;    // kArray elements or kObject values
+  std::string text;  // kString: the value; kInteger/kFloat: the number as written
+  std::vector<std::string>
+      keys;                     // kObject: keys[i] names items[i], document order, duplicates kept
+  std::vector<JsonNode> items;  // kArray elements or kObject values
 };
 
 struct JsonParseResult {

@@ -60,22 +60,22 @@ class SpecReader {
                         kind_name(root_)));
       return spec;
     }
-    read_object(root_, "",
-                {{"name", Need::kRequired, "\"name\": \"my-model\"",
-                  [&](auto& n, auto& p) { read_string(n, p, spec.name); }},
-                 {"precision", Need::kRequired, "\"precision\": \"bf16\"",
-                  [&](auto& n, auto& p) {
-                    read_enum(n, p, {Precision::kFp32, Precision::kFp16, Precision::kBf16},
-                              spec.precision);
-                  }},
-                 {"embedding", Need::kOptional, "",
-                  [&](auto& n, auto& p) { spec.embedding = read_embedding(n, p); }},
-                 {"layers", Need::kOptional, "",
-                  [&](auto& n, auto& p) { spec.layers = read_layers(n, p); }},
-                 {"criterion", Need::kOptional, "",
-                  [&](auto& n, auto& p) { spec.criterion = read_criterion(n, p); }},
-                 {"optimizer", Need::kOptional, "",
-                  [&](auto& n, auto& p) { spec.optimizer = read_optimizer(n, p); }}});
+    read_object(
+        root_, "",
+        {{"name", Need::kRequired, "\"name\": \"my-model\"",
+          [&](auto& n, auto& p) { read_string(n, p, spec.name); }},
+         {"precision", Need::kRequired, "\"precision\": \"bf16\"",
+          [&](auto& n, auto& p) {
+            read_enum(n, p, {Precision::kFp32, Precision::kFp16, Precision::kBf16}, spec.precision);
+          }},
+         {"embedding", Need::kOptional, "",
+          [&](auto& n, auto& p) { spec.embedding = read_embedding(n, p); }},
+         {"layers", Need::kOptional, "",
+          [&](auto& n, auto& p) { spec.layers = read_layers(n, p); }},
+         {"criterion", Need::kOptional, "",
+          [&](auto& n, auto& p) { spec.criterion = read_criterion(n, p); }},
+         {"optimizer", Need::kOptional, "",
+          [&](auto& n, auto& p) { spec.optimizer = read_optimizer(n, p); }}});
     return spec;
   }
 
@@ -151,7 +151,8 @@ class SpecReader {
   }
 
   void issue(const JsonNode& node, const std::string& path, std::string message) {
-    issues_.push_back({SpecIssue{path, render_node(node), std::move(message)}, places_[&node].rank});
+    issues_.push_back(
+        {SpecIssue{path, render_node(node), std::move(message)}, places_[&node].rank});
     reported_.push_back(path);
   }
 
@@ -177,8 +178,8 @@ class SpecReader {
                           render_node(node.items[it->second])));
         continue;
       }
-      auto field = std::find_if(fields.begin(), fields.end(),
-                                [&](const Field& f) { return f.key == key; });
+      auto field =
+          std::find_if(fields.begin(), fields.end(), [&](const Field& f) { return f.key == key; });
       if (field != fields.end()) {
         field->read(node.items[i], at);
         continue;
@@ -188,8 +189,8 @@ class SpecReader {
       if (auto guess = closest_name(key, names)) {
         issue(node.items[i], at, fmt::format("unknown key; did you mean '{}'?", *guess));
       } else {
-        issue(node.items[i], at, fmt::format("unknown key; expected one of: {}",
-                                             fmt::join(names, ", ")));
+        issue(node.items[i], at,
+              fmt::format("unknown key; expected one of: {}", fmt::join(names, ", ")));
       }
     }
     for (const Field& f : fields) {
@@ -260,8 +261,9 @@ class SpecReader {
       }
     }
     auto guess = closest_name(n.text, names);
-    issue(n, path, fmt::format("must be one of {}{}", choices,
-                               guess ? fmt::format("; did you mean \"{}\"?", *guess) : ""));
+    issue(n, path,
+          fmt::format("must be one of {}{}", choices,
+                      guess ? fmt::format("; did you mean \"{}\"?", *guess) : ""));
     return false;
   }
 
@@ -319,35 +321,34 @@ class SpecReader {
     LayerStackSpec s;
     if (!expect(node, path, JsonKind::kObject, "an object")) return s;
     bool causal_given = false;
-    read_object(
-        node, path,
-        {{"type", Need::kRequired, "\"type\": \"encoder\"",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {LayerKind::kEncoder, LayerKind::kDecoder}, s.kind);
-          }},
-         {"count", Need::kOptional, "", [&](auto& n, auto& p) { read_int(n, p, s.count); }},
-         {"hidden", Need::kRequired, "\"hidden\": 512",
-          [&](auto& n, auto& p) { read_int(n, p, s.hidden); }},
-         {"heads", Need::kRequired, "\"heads\": 8",
-          [&](auto& n, auto& p) { read_int(n, p, s.heads); }},
-         {"ffn", Need::kRequired, "\"ffn\": 2048",
-          [&](auto& n, auto& p) { read_int(n, p, s.ffn); }},
-         {"activation", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {Activation::kRelu, Activation::kGelu}, s.activation);
-          }},
-         {"norm", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {NormPlacement::kPre, NormPlacement::kPost}, s.norm);
-          }},
-         {"eps", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, s.eps); }},
-         {"causal", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            causal_given = true;
-            read_bool(n, p, s.causal);
-          }},
-         {"dropout", Need::kOptional, "",
-          [&](auto& n, auto& p) { s.dropout = read_dropout(n, p); }}});
+    read_object(node, path,
+                {{"type", Need::kRequired, "\"type\": \"encoder\"",
+                  [&](auto& n, auto& p) {
+                    read_enum(n, p, {LayerKind::kEncoder, LayerKind::kDecoder}, s.kind);
+                  }},
+                 {"count", Need::kOptional, "", [&](auto& n, auto& p) { read_int(n, p, s.count); }},
+                 {"hidden", Need::kRequired, "\"hidden\": 512",
+                  [&](auto& n, auto& p) { read_int(n, p, s.hidden); }},
+                 {"heads", Need::kRequired, "\"heads\": 8",
+                  [&](auto& n, auto& p) { read_int(n, p, s.heads); }},
+                 {"ffn", Need::kRequired, "\"ffn\": 2048",
+                  [&](auto& n, auto& p) { read_int(n, p, s.ffn); }},
+                 {"activation", Need::kOptional, "",
+                  [&](auto& n, auto& p) {
+                    read_enum(n, p, {Activation::kRelu, Activation::kGelu}, s.activation);
+                  }},
+                 {"norm", Need::kOptional, "",
+                  [&](auto& n, auto& p) {
+                    read_enum(n, p, {NormPlacement::kPre, NormPlacement::kPost}, s.norm);
+                  }},
+                 {"eps", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, s.eps); }},
+                 {"causal", Need::kOptional, "",
+                  [&](auto& n, auto& p) {
+                    causal_given = true;
+                    read_bool(n, p, s.causal);
+                  }},
+                 {"dropout", Need::kOptional, "",
+                  [&](auto& n, auto& p) { s.dropout = read_dropout(n, p); }}});
     if (!causal_given) s.causal = s.kind == LayerKind::kDecoder;
     return s;
   }
@@ -358,58 +359,59 @@ class SpecReader {
                 "an object such as {\"attention\": 0.1, \"activation\": 0.1, \"hidden\": 0.1}")) {
       return d;
     }
-    read_object(node, path,
-                {{"attention", Need::kOptional, "",
-                  [&](auto& n, auto& p) { read_number(n, p, d.attention); }},
-                 {"activation", Need::kOptional, "",
-                  [&](auto& n, auto& p) { read_number(n, p, d.activation); }},
-                 {"hidden", Need::kOptional, "",
-                  [&](auto& n, auto& p) { read_number(n, p, d.hidden); }}});
+    read_object(
+        node, path,
+        {{"attention", Need::kOptional, "",
+          [&](auto& n, auto& p) { read_number(n, p, d.attention); }},
+         {"activation", Need::kOptional, "",
+          [&](auto& n, auto& p) { read_number(n, p, d.activation); }},
+         {"hidden", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, d.hidden); }}});
     return d;
   }
 
   CriterionSpec read_criterion(const JsonNode& node, const std::string& path) {
     CriterionSpec c;
     if (!expect(node, path, JsonKind::kObject, "an object")) return c;
-    read_object(node, path,
-                {{"type", Need::kRequired, "\"type\": \"cross_entropy\"",
-                  [&](auto& n, auto& p) { read_enum(n, p, {CriterionKind::kCrossEntropy}, c.kind); }},
-                 {"label_smoothing", Need::kOptional, "",
-                  [&](auto& n, auto& p) { read_number(n, p, c.label_smoothing); }},
-                 {"ignore_index", Need::kOptional, "",
-                  [&](auto& n, auto& p) { read_int(n, p, c.ignore_index); }}});
+    read_object(
+        node, path,
+        {{"type", Need::kRequired, "\"type\": \"cross_entropy\"",
+          [&](auto& n, auto& p) { read_enum(n, p, {CriterionKind::kCrossEntropy}, c.kind); }},
+         {"label_smoothing", Need::kOptional, "",
+          [&](auto& n, auto& p) { read_number(n, p, c.label_smoothing); }},
+         {"ignore_index", Need::kOptional, "",
+          [&](auto& n, auto& p) { read_int(n, p, c.ignore_index); }}});
     return c;
   }
 
   OptimizerSpec read_optimizer(const JsonNode& node, const std::string& path) {
     OptimizerSpec o;
     if (!expect(node, path, JsonKind::kObject, "an object")) return o;
-    read_object(
-        node, path,
-        {{"type", Need::kRequired, "\"type\": \"adamw\"",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {OptimizerKind::kAdam, OptimizerKind::kAdamW}, o.kind);
-          }},
-         {"lr", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, o.lr); }},
-         {"betas", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            if (n.kind != JsonKind::kArray) {
-              issue(n, p,
-                    fmt::format("must be an array of two numbers [beta1, beta2], not {}; try "
-                                "[0.9, 0.999]",
-                                kind_name(n)));
-              return;
-            }
-            if (n.items.size() != 2) {
-              issue(n, p, "must hold exactly two numbers [beta1, beta2]; try [0.9, 0.999]");
-              return;
-            }
-            read_number(n.items[0], p + "[0]", o.beta1);
-            read_number(n.items[1], p + "[1]", o.beta2);
-          }},
-         {"eps", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, o.eps); }},
-         {"weight_decay", Need::kOptional, "",
-          [&](auto& n, auto& p) { read_number(n, p, o.weight_decay); }}});
+    read_object(node, path,
+                {{"type", Need::kRequired, "\"type\": \"adamw\"",
+                  [&](auto& n, auto& p) {
+                    read_enum(n, p, {OptimizerKind::kAdam, OptimizerKind::kAdamW}, o.kind);
+                  }},
+                 {"lr", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, o.lr); }},
+                 {"betas", Need::kOptional, "",
+                  [&](auto& n, auto& p) {
+                    if (n.kind != JsonKind::kArray) {
+                      issue(
+                          n, p,
+                          fmt::format("must be an array of two numbers [beta1, beta2], not {}; try "
+                                      "[0.9, 0.999]",
+                                      kind_name(n)));
+                      return;
+                    }
+                    if (n.items.size() != 2) {
+                      issue(n, p, "must hold exactly two numbers [beta1, beta2]; try [0.9, 0.999]");
+                      return;
+                    }
+                    read_number(n.items[0], p + "[0]", o.beta1);
+                    read_number(n.items[1], p + "[1]", o.beta2);
+                  }},
+                 {"eps", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, o.eps); }},
+                 {"weight_decay", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_number(n, p, o.weight_decay); }}});
     return o;
   }
 };
@@ -432,7 +434,7 @@ ModelSpec parse_spec_file(const std::filesystem::path& path) {
                     path.string());
   };
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"),
-                                                        &std::fclose);
+                                                       &std::fclose);
   if (!file) {
     const int error = errno;
     return fail(fmt::format("cannot open: {}", std::generic_category().message(error)));

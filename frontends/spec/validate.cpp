@@ -67,12 +67,13 @@ class Validator {
 
   void check_width(const std::string& path, int64_t v, int64_t max) {
     if (v < kVectorElements || v > max) {
-      add(path, show(v), fmt::format("must be in [{}, {}]; try {}", kVectorElements, max,
-                                     nearest_width(v, max)));
+      add(path, show(v),
+          fmt::format("must be in [{}, {}]; try {}", kVectorElements, max, nearest_width(v, max)));
     } else if (v % kVectorElements != 0) {
       add(path, show(v),
-          fmt::format("must be a multiple of 8 (kernels move 16-byte vectors of 8 elements); try {}",
-                      nearest_width(v, max)));
+          fmt::format(
+              "must be a multiple of 8 (kernels move 16-byte vectors of 8 elements); try {}",
+              nearest_width(v, max)));
     }
   }
 
@@ -214,8 +215,7 @@ class Validator {
         }
         if (!first_decoder) first_decoder = i;
       } else {
-        add(at + ".type", show(static_cast<int64_t>(s.kind)),
-            "must be \"encoder\" or \"decoder\"");
+        add(at + ".type", show(static_cast<int64_t>(s.kind)), "must be \"encoder\" or \"decoder\"");
       }
       check_stack(s, at, width, width_source);
       if (width == 0 && width_ok(s.hidden, kMaxHidden)) {
