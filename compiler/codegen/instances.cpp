@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "compiler/errors.h"
+#include "common/launch.cuh"
 
 namespace lightseq::codegen {
 
@@ -38,11 +39,7 @@ std::string cuda_type(Precision p) {
   throw InternalError("codegen: unknown precision");
 }
 
-int vec_width(Precision p, int64_t cols) {
-  int vec = 16 / element_bytes(p);
-  while (vec > 1 && cols % vec != 0) vec /= 2;
-  return vec;
-}
+int vec_width(Precision p, int64_t cols) { return kern::vec_width(element_bytes(p), cols); }
 
 KernelInstance ln_fwd(Precision p, const LnFwd& c) {
   const int vec = vec_width(p, c.hidden);
@@ -107,16 +104,16 @@ KernelInstance softmax_fwd(Precision p, const Softmax& c) {
   const char* mask_label = c.padding ? (c.causal ? "padding+causal" : "padding")
                                      : (c.causal ? "causal" : "none");
   return make("softmax", "attn_softmax_fwd_kernel",
-              {cuda_type(p), std::to_string(kSoftmaxThreads), en("Mask", mask),
+              {cuda_type(p), std::to_string(kern::kSoftmaxDefaultThreads), en("Mask", mask),
                on_off("Drop", c.dropout)},
               fmt::format("attn_softmax_fwd:{}:threads={}:mask={}:drop={}", to_string(p),
-                          kSoftmaxThreads, mask_label, on_off_label(c.dropout)));
+                          kern::kSoftmaxDefaultThreads, mask_label, on_off_label(c.dropout)));
 }
 
 KernelInstance softmax_bwd(Precision p, const Softmax& c) {
   return make("softmax", "attn_softmax_bwd_kernel",
-              {cuda_type(p), std::to_string(kSoftmaxThreads), on_off("Drop", c.dropout)},
-              fmt::format("attn_softmax_bwd:{}:threads={}:drop={}", to_string(p), kSoftmaxThreads,
+              {cuda_type(p), std::to_string(kern::kSoftmaxDefaultThreads), on_off("Drop", c.dropout)},
+              fmt::format("attn_softmax_bwd:{}:threads={}:drop={}", to_string(p), kern::kSoftmaxDefaultThreads,
                           on_off_label(c.dropout)));
 }
 
@@ -142,11 +139,11 @@ KernelInstance embedding_bwd(Precision p, const Embedding& c) {
 
 KernelInstance cross_entropy(Precision p, int64_t vocab) {
   const int vec = vec_width(p, vocab);
+  const int threads = kern::ce_threads(vocab, vec);
   return make("cross_entropy", "cross_entropy_kernel",
-              {cuda_type(p), std::to_string(vocab), std::to_string(kCrossEntropyThreads),
-               std::to_string(vec)},
+              {cuda_type(p), std::to_string(vocab), std::to_string(threads), std::to_string(vec)},
               fmt::format("cross_entropy:{}:vocab={}:threads={}:vec={}", to_string(p), vocab,
-                          kCrossEntropyThreads, vec));
+                          threads, vec));
 }
 
 KernelInstance adam(Precision p, OptimizerKind kind) {

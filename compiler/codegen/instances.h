@@ -62,8 +62,5 @@ KernelInstance check_finite(Precision p);
 KernelInstance column_sum(Precision p);
 KernelInstance convert(Precision p);
 
-// Threads per block of the block-per-row kernels whose row length is a run-time value.
-inline constexpr int kSoftmaxThreads = 128;
-inline constexpr int kCrossEntropyThreads = 256;
 
 }  // namespace lightseq::codegen
