@@ -1,0 +1,265 @@
+// gemm_reference.h — host side of the GEMM tests: a test case, its host buffers (row-major, with
+// leading dimensions and batch strides as GemmArgs describes them) and the float64 reference of
+// every epilogue (runtime/gemm.h). GELU is computed both ways (tanh form, which cuBLASLt uses,
+// and erf form) so a mismatch says which one the library computed.
+#pragma once
+
+#include <cmath>
+#include <numbers>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "compiler/graph/graph.h"
+#include "compiler/planner/plan.h"
+#include "runtime/gemm.h"
+#include "tests/gpu_test_util.h"
+
+namespace lightseq::test {
+
+enum class CMode { kNone, kSeparate, kInPlace };  // beta · C from its own buffer, or C = D
+
+struct GemmCase {
+  Precision dtype = Precision::kFp32;
+  Epilogue epilogue = Epilogue::kNone;
+  Transpose ta = Transpose::kNo, tb = Transpose::kNo;
+  int64_t m = 1, n = 1, k = 1, batch = 1;
+  int64_t pad = 0;        // extra elements at the end of every row (ld = row length + pad)
+  int64_t batch_pad = 0;  // extra elements between batches
+  bool shared_b = false;  // stride_b = 0: B is one matrix shared by every batch (a weight)
+  float alpha = 1.0f, beta = 0.0f;
+  CMode c_mode = CMode::kNone;
+
+  std::string label() const {
+    std::string s = std::string(to_string(dtype)) + " " + std::string(to_string(epilogue)) +
+                    " trans_a=" + (ta == Transpose::kYes ? "yes" : "no") +
+                    " trans_b=" + (tb == Transpose::kYes ? "yes" : "no") +
+                    " m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                    " k=" + std::to_string(k) + " batch=" + std::to_string(batch) +
+                    " pad=" + std::to_string(pad) + " alpha=" + std::to_string(alpha) +
+                    " beta=" + std::to_string(beta);
+    if (shared_b) s += " shared_b";
+    if (c_mode == CMode::kInPlace) s += " c=d";
+    return s;
+  }
+};
+
+inline bool relu_epilogue(Epilogue e) {
+  return e == Epilogue::kReluAuxBias || e == Epilogue::kDReluBGrad;
+}
+inline bool gelu_epilogue(Epilogue e) {
+  return e == Epilogue::kGeluAuxBias || e == Epilogue::kDGeluBGrad;
+}
+inline bool aux_epilogue(Epilogue e) { return relu_epilogue(e) || gelu_epilogue(e); }
+inline bool bias_epilogue(Epilogue e) {
+  return e == Epilogue::kBias || e == Epilogue::kReluAuxBias || e == Epilogue::kGeluAuxBias;
+}
+inline bool bgrad_epilogue(Epilogue e) {
+  return e == Epilogue::kDReluBGrad || e == Epilogue::kDGeluBGrad || e == Epilogue::kBGradA;
+}
+
+inline double gelu_tanh(double x) {
+  const double c = std::sqrt(2.0 / std::numbers::pi);
+  return 0.5 * x * (1.0 + std::tanh(c * (x + 0.044715 * x * x * x)));
+}
+inline double dgelu_tanh(double x) {
+  const double c = std::sqrt(2.0 / std::numbers::pi);
+  const double t = std::tanh(c * (x + 0.044715 * x * x * x));
+  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x);
+}
+inline double gelu_erf(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
+inline double dgelu_erf(double x) {
+  return 0.5 * (1.0 + std::erf(x / std::sqrt(2.0))) +
+         x * std::exp(-0.5 * x * x) / std::sqrt(2.0 * std::numbers::pi);
+}
+
+// Host buffers of one case. Element (b, i, j) of D lives at d[b·sd + i·ldd + j].
+struct HostProblem {
+  GemmCase cs;
+  int64_t lda = 0, ldb = 0, ldc = 0, ldd = 0;
+  int64_t sa = 0, sb = 0, sc = 0, sd = 0;
+  int64_t aux_ld = 0, aux_stride = 0;
+  HostArray a, b, c, d, bias, gelu_aux, bias_grad;
+  std::vector<uint8_t> mask;  // ReLU bit mask bytes
+
+  int64_t rows_a() const { return cs.ta == Transpose::kYes ? cs.k : cs.m; }
+  int64_t rows_b() const { return cs.tb == Transpose::kYes ? cs.n : cs.k; }
+  double opa(int64_t bt, int64_t i, int64_t kk) const {
+    return cs.ta == Transpose::kYes ? a.get(bt * sa + kk * lda + i) : a.get(bt * sa + i * lda + kk);
+  }
+  double opb(int64_t bt, int64_t kk, int64_t j) const {
+    return cs.tb == Transpose::kYes ? b.get(bt * sb + j * ldb + kk) : b.get(bt * sb + kk * ldb + j);
+  }
+  size_t d_index(int64_t bt, int64_t i, int64_t j) const { return bt * sd + i * ldd + j; }
+  size_t aux_index(int64_t bt, int64_t i, int64_t j) const {
+    return bt * aux_stride + i * aux_ld + j;
+  }
+  bool mask_bit(int64_t bt, int64_t i, int64_t j) const {
+    const size_t bit = aux_index(bt, i, j);
+    return (mask[bit / 8] >> (bit % 8)) & 1u;
+  }
+  void set_mask_bit(int64_t bt, int64_t i, int64_t j, bool on) {
+    const size_t bit = aux_index(bt, i, j);
+    if (on) {
+      mask[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+    } else {
+      mask[bit / 8] &= static_cast<uint8_t>(~(1u << (bit % 8)));
+    }
+  }
+  bool aligned_lds() const {
+    bool ok = lda % 8 == 0 && ldb % 8 == 0 && ldd % 8 == 0;
+    if (cs.c_mode == CMode::kSeparate) ok = ok && ldc % 8 == 0;
+    return ok;
+  }
+};
+
+inline size_t span(int64_t batch, int64_t stride, int64_t rows, int64_t ld) {
+  return static_cast<size_t>((batch - 1) * stride + rows * ld);
+}
+
+// Builds the buffers with fresh random inputs; D (and outputs of the epilogue) poisoned, except
+// D with CMode::kInPlace, which holds the random C.
+inline HostProblem make_problem(const GemmCase& cs, std::mt19937_64& rng) {
+  HostProblem p;
+  p.cs = cs;
+  const bool ta = cs.ta == Transpose::kYes, tb = cs.tb == Transpose::kYes;
+  p.lda = (ta ? cs.m : cs.k) + cs.pad;
+  p.ldb = (tb ? cs.k : cs.n) + cs.pad;
+  p.ldd = cs.n + cs.pad;
+  p.ldc = cs.c_mode == CMode::kSeparate ? cs.n + cs.pad + 8 : p.ldd;  // ldc ≠ ldd on purpose
+  p.sa = p.rows_a() * p.lda + cs.batch_pad;
+  p.sb = cs.shared_b ? 0 : p.rows_b() * p.ldb + cs.batch_pad;
+  p.sd = cs.m * p.ldd + cs.batch_pad;
+  p.sc = cs.c_mode == CMode::kSeparate ? cs.m * p.ldc + cs.batch_pad : p.sd;
+  p.a = HostArray(cs.dtype, span(cs.batch, p.sa, p.rows_a(), p.lda));
+  p.b = HostArray(cs.dtype, span(cs.batch, p.sb, p.rows_b(), p.ldb));
+  p.d = HostArray(cs.dtype, span(cs.batch, p.sd, cs.m, p.ldd));
+  p.a.fill_uniform(rng, -1.0, 1.0);
+  p.b.fill_uniform(rng, -1.0, 1.0);
+  if (cs.c_mode == CMode::kSeparate) {
+    p.c = HostArray(cs.dtype, span(cs.batch, p.sc, cs.m, p.ldc));
+    p.c.fill_uniform(rng, -1.0, 1.0);
+  } else if (cs.c_mode == CMode::kInPlace) {
+    p.d.fill_uniform(rng, -1.0, 1.0);
+  }
+  if (bias_epilogue(cs.epilogue)) {
+    p.bias = HostArray(cs.dtype, cs.n);
+    p.bias.fill_uniform(rng, -1.0, 1.0);
+  }
+  if (bgrad_epilogue(cs.epilogue)) {
+    p.bias_grad = HostArray(cs.dtype, cs.epilogue == Epilogue::kBGradA ? cs.m : cs.n);
+  }
+  if (relu_epilogue(cs.epilogue)) {
+    p.aux_ld = relu_mask_ld(cs.n) + (cs.pad > 0 ? 128 : 0);
+    p.aux_stride = cs.m * p.aux_ld + (cs.batch_pad > 0 ? 128 : 0);
+    p.mask.assign(static_cast<size_t>(((cs.batch - 1) * p.aux_stride + cs.m * p.aux_ld) / 8),
+                  0xFF);
+    if (cs.epilogue == Epilogue::kDReluBGrad) {
+      std::bernoulli_distribution coin(0.5);
+      for (auto& byte : p.mask) byte = 0;
+      for (int64_t bt = 0; bt < cs.batch; ++bt) {
+        for (int64_t i = 0; i < cs.m; ++i) {
+          for (int64_t j = 0; j < cs.n; ++j) p.set_mask_bit(bt, i, j, coin(rng));
+        }
+      }
+    }
+  }
+  if (gelu_epilogue(cs.epilogue)) {
+    p.aux_ld = gelu_aux_ld(cs.n) + (cs.pad > 0 ? 8 : 0);
+    p.aux_stride = cs.m * p.aux_ld + (cs.batch_pad > 0 ? 8 : 0);
+    p.gelu_aux = HostArray(cs.dtype, span(cs.batch, p.aux_stride, cs.m, p.aux_ld));
+    if (cs.epilogue == Epilogue::kDGeluBGrad) p.gelu_aux.fill_uniform(rng, -3.0, 3.0);
+  }
+  return p;
+}
+
+// Float64 reference, indexed logically: (b·m + i)·n + j for D and the pre-activation.
+struct Reference {
+  std::vector<double> d, d_erf;  // d_erf: with the erf form of GELU (GELU epilogues only)
+  std::vector<double> pre;       // forward aux epilogues: P + bias
+  std::vector<double> pre_bound; // Σ of |terms| of pre: a bound on its fp32 rounding (× 1e-4)
+  std::vector<double> bias_grad, bias_grad_erf;
+};
+
+inline Reference reference(const HostProblem& p) {
+  const GemmCase& cs = p.cs;
+  const size_t total = static_cast<size_t>(cs.batch * cs.m * cs.n);
+  Reference r;
+  r.d.assign(total, 0.0);
+  r.d_erf.assign(total, 0.0);
+  r.pre.assign(total, 0.0);
+  r.pre_bound.assign(total, 0.0);
+  std::vector<double> col_a(static_cast<size_t>(cs.k));
+  for (int64_t bt = 0; bt < cs.batch; ++bt) {
+    for (int64_t i = 0; i < cs.m; ++i) {
+      for (int64_t kk = 0; kk < cs.k; ++kk) col_a[kk] = p.opa(bt, i, kk);
+      for (int64_t j = 0; j < cs.n; ++j) {
+        double acc = 0.0, bound = 0.0;
+        for (int64_t kk = 0; kk < cs.k; ++kk) {
+          const double t = col_a[kk] * p.opb(bt, kk, j);
+          acc += t;
+          bound += std::abs(t);
+        }
+        double v = cs.alpha * acc;
+        bound *= std::abs(cs.alpha);
+        if (cs.beta != 0.0f) {
+          const double c0 = cs.c_mode == CMode::kSeparate ? p.c.get(bt * p.sc + i * p.ldc + j)
+                                                          : p.d.get(p.d_index(bt, i, j));
+          v += cs.beta * c0;
+          bound += std::abs(cs.beta * c0);
+        }
+        if (bias_epilogue(cs.epilogue)) {
+          v += p.bias.get(j);
+          bound += std::abs(p.bias.get(j));
+        }
+        const size_t o = static_cast<size_t>((bt * cs.m + i) * cs.n + j);
+        r.pre[o] = v;
+        r.pre_bound[o] = bound;
+        double out = v, out_erf = v;
+        switch (cs.epilogue) {
+          case Epilogue::kNone:
+          case Epilogue::kBias:
+          case Epilogue::kBGradA:
+            break;
+          case Epilogue::kReluAuxBias:
+            out = out_erf = v > 0.0 ? v : 0.0;
+            break;
+          case Epilogue::kGeluAuxBias:
+            out = gelu_tanh(v);
+            out_erf = gelu_erf(v);
+            break;
+          case Epilogue::kDReluBGrad:
+            out = out_erf = p.mask_bit(bt, i, j) ? v : 0.0;
+            break;
+          case Epilogue::kDGeluBGrad: {
+            const double x = p.gelu_aux.get(p.aux_index(bt, i, j));
+            out = v * dgelu_tanh(x);
+            out_erf = v * dgelu_erf(x);
+            break;
+          }
+        }
+        r.d[o] = out;
+        r.d_erf[o] = out_erf;
+      }
+    }
+  }
+  if (cs.epilogue == Epilogue::kDReluBGrad || cs.epilogue == Epilogue::kDGeluBGrad) {
+    r.bias_grad.assign(static_cast<size_t>(cs.n), 0.0);
+    r.bias_grad_erf.assign(static_cast<size_t>(cs.n), 0.0);
+    for (int64_t i = 0; i < cs.m; ++i) {
+      for (int64_t j = 0; j < cs.n; ++j) {
+        r.bias_grad[j] += r.d[i * cs.n + j];
+        r.bias_grad_erf[j] += r.d_erf[i * cs.n + j];
+      }
+    }
+  } else if (cs.epilogue == Epilogue::kBGradA) {
+    r.bias_grad.assign(static_cast<size_t>(cs.m), 0.0);
+    for (int64_t i = 0; i < cs.m; ++i) {
+      for (int64_t kk = 0; kk < cs.k; ++kk) r.bias_grad[i] += p.opa(0, i, kk);
+    }
+    r.bias_grad_erf = r.bias_grad;
+  }
+  return r;
+}
+
+}  // namespace lightseq::test
