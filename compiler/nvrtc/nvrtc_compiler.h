@@ -1,48 +1,103 @@
 // nvrtc_compiler.h — compiles one generated CUDA program with NVRTC to a cubin (or PTX when the
 // target is newer than this NVRTC knows). Host-only: works on a machine without a GPU.
+//
+// Arch strings. Accepted forms (anything else is rejected with a message listing these):
+//   "sm_80", "sm_90a", "sm_100f"  — the canonical form; an "a"/"f" suffix (arch-specific /
+//                                   family features) is kept and passed to NVRTC as written;
+//   "80", "90a"                   — the bare number, as in `lsc build --arch 80`;
+//   "8.0", "9.0a"                 — the TORCH_CUDA_ARCH_LIST / device-capability form.
+// All three spell the same target: canonical_arch() maps them to "sm_80", "sm_90a", ...; the
+// canonical form is what CompiledProgram::arch, nvrtc_options() and the cache key use.
+// lightseq needs sm_70 (Volta) or newer (validate_arch); this NVRTC may need newer still.
 #pragma once
 
+#include <filesystem>
+#include <span>
 #include <string>
 #include <vector>
+
+#include "compiler/codegen/embedded_templates.h"
 
 namespace lightseq {
 
 // One NVRTC program: generated source plus the template instantiations it must produce.
 struct ProgramSource {
-  std::string name;                           // readable, e.g. "layernorm:bf16:sm_90"
-  std::string source;                         // complete CUDA source (includes embedded templates)
-  std::vector<std::string> labels;            // one per kernel: "ln_fwd:bf16:h=512:vec=8"
-  std::vector<std::string> name_expressions;  // one per kernel: "&lightseq::kern::ln_fwd_kernel<...>"
+  // Readable, e.g. "layernorm:bf16:sm_90"; also names the dumped source of a failing program.
+  std::string name;
+  // The complete CUDA source; it #includes embedded templates by their relative paths.
+  std::string source;
+  // One per kernel: "ln_fwd:bf16:h=512:vec=8".
+  std::vector<std::string> labels;
+  // One per kernel, parallel to labels: "&lightseq::kern::ln_fwd_kernel<...>".
+  std::vector<std::string> name_expressions;
 };
 
 struct CompiledProgram {
-  std::string arch;                        // "sm_90"
-  bool is_ptx = false;                     // true: image is PTX text (driver JIT), else a cubin
+  // The canonical requested arch, "sm_90" (also when the image is PTX for an older compute_).
+  std::string arch;
+  // true: image is PTX text, NUL-terminated, for the driver JIT; false: a cubin (ELF).
+  bool is_ptx = false;
   std::vector<char> image;
   std::vector<std::string> lowered_names;  // mangled names, parallel to ProgramSource::labels
   std::string log;                         // NVRTC log (warnings), possibly empty
 };
 
-// "sm_80" -> 80. Throws lightseq::Error on a malformed arch with the accepted form in the message.
+// The oldest arch lightseq generates code for: Volta. (Older GPUs lack the fp16 tensor-core and
+// warp-synchronous (__shfl_*_sync) behaviour the templates rely on.)
+inline constexpr int kMinArch = 70;
+
+// "sm_80" / "80" / "8.0" -> 80, "sm_90a" -> 90, "sm_100f" -> 100. Throws lightseq::Error on a
+// malformed arch; the message lists the accepted forms.
 int parse_arch(const std::string& arch);
+
+// "80" / "8.0" / "sm_80" -> "sm_80"; "9.0a" -> "sm_90a". Throws like parse_arch.
+std::string canonical_arch(const std::string& arch);
+
+// canonical_arch(arch), after checking that it is sane for lightseq: parse_arch(arch) >= kMinArch.
+// Throws lightseq::Error naming the arch and the rule otherwise. (Whether this NVRTC can target
+// it is select_nvrtc_target's question.)
+std::string validate_arch(const std::string& arch);
 
 // NVRTC's version, "13.0".
 std::string nvrtc_version();
 
-// Archs this NVRTC can emit cubins for (e.g. {75, 80, 86, 87, 89, 90, 100, ...}).
+// Archs this NVRTC can emit cubins for (e.g. {75, 80, 86, 87, 89, 90, 100, ...}), ascending.
 std::vector<int> nvrtc_supported_archs();
+
+// What NVRTC is asked to produce for an arch.
+struct NvrtcTarget {
+  std::string arch_option;  // "--gpu-architecture=sm_90" or "--gpu-architecture=compute_121"
+  bool is_ptx = false;      // true when the arch is newer than NVRTC knows: PTX for the driver JIT
+};
+
+// The decision, as a pure function of the arch and the NVRTC's supported list (sorted or not):
+// a cubin (sm_XX, suffix kept) when XX is supported; otherwise PTX for compute_YY with YY the
+// newest supported arch below XX (the suffix is dropped: arch-specific PTX runs on exactly one
+// arch). Throws lightseq::Error when no supported arch is <= XX (an NVRTC too new for this GPU).
+NvrtcTarget select_nvrtc_target(const std::string& arch, std::span<const int> supported_archs);
 
 // The CUDA include directory passed to NVRTC: $LIGHTSEQ_CUDA_INCLUDE if set, else the toolkit
 // include directory found at build time.
 std::string cuda_include_dir();
 
-// The exact NVRTC options used for `arch` (they are part of the cache key).
+// The exact NVRTC options used for `arch` (they are part of the cache key). Validates the arch.
 std::vector<std::string> nvrtc_options(const std::string& arch);
 
-// Compiles `program` for `arch`. The embedded templates are supplied as in-memory headers.
-// Throws CompileError (label list, options, NVRTC version, full log, path of the dumped source)
-// when NVRTC rejects the program. The source is dumped under $LIGHTSEQ_DUMP_DIR, else the system
-// temp directory.
+// Compiles `program` for `arch`. The embedded templates are supplied as in-memory headers, under
+// their paths relative to templates/ (`#include "layernorm.cuh"`). Thread-safe: several threads
+// may compile different programs at once.
+// Throws CompileError (program name, labels, options, NVRTC version, full log, path of the dumped
+// source) when NVRTC rejects the program. The source is dumped to
+// $LIGHTSEQ_DUMP_DIR/<name>-<hash>.cu, else <system temp dir>/lightseq-dump/<name>-<hash>.cu,
+// with the log next to it (<name>-<hash>.log). Throws lightseq::Error on a bad arch and
+// InternalError when labels and name_expressions differ in length.
 CompiledProgram compile_program(const ProgramSource& program, const std::string& arch);
+
+// The same with an explicit header set instead of embedded_templates() (tests, tools).
+CompiledProgram compile_program(const ProgramSource& program, const std::string& arch,
+                                std::span<const EmbeddedFile> headers);
+
+// Where a failing program's source goes: $LIGHTSEQ_DUMP_DIR, else <temp>/lightseq-dump.
+std::filesystem::path dump_dir();
 
 }  // namespace lightseq

@@ -1,0 +1,410 @@
+#include "compiler/nvrtc/nvrtc_compiler.h"
+
+#include <fmt/format.h>
+#include <nvrtc.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <string_view>
+#include <system_error>
+
+#include "compiler/cache/atomic_file.h"
+#include "compiler/cache/disk_cache.h"
+#include "compiler/errors.h"
+
+#ifndef LIGHTSEQ_CUDA_INCLUDE_DIR
+#define LIGHTSEQ_CUDA_INCLUDE_DIR "/usr/local/cuda/include"
+#endif
+
+namespace lightseq {
+namespace fs = std::filesystem;
+
+namespace {
+
+[[noreturn]] void throw_nvrtc_error(nvrtcResult status, const char* expression, const char* file,
+                                    int line) {
+  throw CudaError(fmt::format("NVRTC call {} failed: {} ({}:{})", expression,
+                              nvrtcGetErrorString(status), file, line));
+}
+
+// Every NVRTC call goes through this, except nvrtcCompileProgram (whose failure is a
+// CompileError with the log) and nvrtcDestroyProgram in a destructor (nothing to report to).
+#define LIGHTSEQ_NVRTC_CHECK(expr)                                         \
+  do {                                                                     \
+    const nvrtcResult lightseq_nvrtc_status = (expr);                      \
+    if (lightseq_nvrtc_status != NVRTC_SUCCESS) {                          \
+      throw_nvrtc_error(lightseq_nvrtc_status, #expr, __FILE__, __LINE__); \
+    }                                                                      \
+  } while (0)
+
+class ProgramHandle {
+ public:
+  ProgramHandle() = default;
+  ProgramHandle(const ProgramHandle&) = delete;
+  ProgramHandle& operator=(const ProgramHandle&) = delete;
+  ~ProgramHandle() {
+    if (handle_ != nullptr) nvrtcDestroyProgram(&handle_);
+  }
+  nvrtcProgram* out() { return &handle_; }
+  nvrtcProgram get() const { return handle_; }
+
+ private:
+  nvrtcProgram handle_ = nullptr;
+};
+
+struct ArchParts {
+  int number = 0;   // 80, 90, 100, ...
+  char suffix = 0;  // 'a', 'f' or 0
+};
+
+bool all_digits(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+int to_int(std::string_view digits) {
+  int value = 0;
+  for (char c : digits) value = value * 10 + (c - '0');
+  return value;
+}
+
+std::optional<ArchParts> try_parse_arch(std::string_view s) {
+  ArchParts parts;
+  if (!s.empty() && (s.back() == 'a' || s.back() == 'f')) {
+    parts.suffix = s.back();
+    s.remove_suffix(1);
+  }
+  const bool sm_prefix = s.starts_with("sm_");
+  if (sm_prefix) s.remove_prefix(3);
+  const size_t dot = s.find('.');
+  if (dot != std::string_view::npos) {
+    // "8.0", "10.0", "12.1": <major>.<minor>, minor one digit, no "sm_" prefix.
+    const std::string_view major = s.substr(0, dot);
+    const std::string_view minor = s.substr(dot + 1);
+    if (sm_prefix || !all_digits(major) || major.size() > 2 || major[0] == '0' ||
+        !all_digits(minor) || minor.size() != 1) {
+      return std::nullopt;
+    }
+    parts.number = to_int(major) * 10 + to_int(minor);
+  } else {
+    // "80", "90", "100", "121": two or three digits, no leading zero.
+    if (!all_digits(s) || s.size() < 2 || s.size() > 3 || s[0] == '0') return std::nullopt;
+    parts.number = to_int(s);
+  }
+  // Arch-specific ("a") targets exist from sm_90, family ("f") targets from sm_100.
+  if ((parts.suffix == 'a' && parts.number < 90) || (parts.suffix == 'f' && parts.number < 100)) {
+    return std::nullopt;
+  }
+  return parts;
+}
+
+ArchParts parse_arch_parts(const std::string& arch) {
+  std::optional<ArchParts> parts = try_parse_arch(arch);
+  if (!parts) {
+    throw Error(fmt::format(
+        "invalid GPU arch '{}': expected sm_<NN> (\"sm_80\", \"sm_90\", \"sm_120\"), optionally "
+        "with the arch-specific suffix 'a' (sm_90 and newer: \"sm_90a\") or the family suffix "
+        "'f' (sm_100 and newer: \"sm_100f\"); the bare number (\"80\", \"90a\"); or "
+        "<major>.<minor> (\"8.0\", \"9.0a\")",
+        arch));
+  }
+  return *parts;
+}
+
+std::string canonical(const ArchParts& parts) {
+  std::string s = "sm_" + std::to_string(parts.number);
+  if (parts.suffix != 0) s += parts.suffix;
+  return s;
+}
+
+const std::vector<int>& supported_archs() {
+  static const std::vector<int> archs = [] {
+    int count = 0;
+    LIGHTSEQ_NVRTC_CHECK(nvrtcGetNumSupportedArchs(&count));
+    std::vector<int> result(static_cast<size_t>(count));
+    LIGHTSEQ_NVRTC_CHECK(nvrtcGetSupportedArchs(result.data()));
+    std::sort(result.begin(), result.end());
+    return result;
+  }();
+  return archs;
+}
+
+std::string join(const std::vector<std::string>& items, std::string_view separator) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += separator;
+    out += items[i];
+  }
+  return out;
+}
+
+std::vector<std::string> split(std::string_view s, char separator) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t end = std::min(s.find(separator, start), s.size());
+    if (end > start) parts.emplace_back(s.substr(start, end - start));
+    start = end + 1;
+  }
+  return parts;
+}
+
+std::vector<std::string> cuda_include_dirs() {
+  const char* env = std::getenv("LIGHTSEQ_CUDA_INCLUDE");
+  if (env != nullptr && *env != '\0') return {env};
+  // CMake's CUDAToolkit_INCLUDE_DIRS is a list ("a;b") on some toolkits (include/cccl).
+  return split(LIGHTSEQ_CUDA_INCLUDE_DIR, ';');
+}
+
+// "layernorm:bf16:sm_90" -> "layernorm_bf16_sm_90": safe as a file name and in NVRTC's log.
+std::string sanitize_file_stem(std::string_view name) {
+  std::string stem;
+  for (char c : name.substr(0, 100)) {
+    const bool safe = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '-' || c == '_' || c == '.';
+    stem += safe ? c : '_';
+  }
+  if (stem.empty() || stem[0] == '.') stem.insert(0, "program");
+  return stem;
+}
+
+// The program's file name for NVRTC and for the dump: "<sanitized name>-<12 hex of the source
+// hash>". NVRTC's log cites it ("layernorm_bf16_sm_90-1a2b3c4d5e6f.cu(12): error ..."), so the
+// log points at the dumped file. It depends only on the program, never on the environment (it
+// also lands in the cubin's line info).
+std::string program_file_stem(const ProgramSource& program) {
+  return sanitize_file_stem(program.name) + "-" + sha256_hex(program.source).substr(0, 12);
+}
+
+std::string program_log(nvrtcProgram program) {
+  size_t size = 0;
+  LIGHTSEQ_NVRTC_CHECK(nvrtcGetProgramLogSize(program, &size));
+  std::string log(size, '\0');
+  if (size > 0) LIGHTSEQ_NVRTC_CHECK(nvrtcGetProgramLog(program, log.data()));
+  while (!log.empty() && (log.back() == '\0' || log.back() == '\n')) log.pop_back();
+  return log;
+}
+
+// Writes <dump_dir>/<stem>.cu (the exact source) and <stem>.log (the report). Returns the source
+// path, or "" with `problem` set when it could not be written.
+std::string dump_failed_program(const ProgramSource& program, const std::string& stem,
+                                const std::string& report, std::string& problem) {
+  const fs::path dir = dump_dir();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    problem = fmt::format("cannot create '{}': {}", dir.string(), ec.message());
+    return "";
+  }
+  const fs::path source_path = dir / (stem + ".cu");
+  try {
+    write_file_atomically(source_path, program.source);
+  } catch (const CacheError& e) {
+    problem = e.what();
+    return "";
+  }
+  try {
+    write_file_atomically(dir / (stem + ".log"), report);
+  } catch (const CacheError& e) {
+    problem = e.what();  // the source is there; only the side report is missing
+  }
+  return source_path.string();
+}
+
+[[noreturn]] void throw_compile_error(const ProgramSource& program, const std::string& stem,
+                                      const std::vector<std::string>& options, std::string log,
+                                      nvrtcResult status) {
+  if (status != NVRTC_ERROR_COMPILATION) {
+    // Not a diagnostic in the source (an option NVRTC rejects, out of memory, ...): say which.
+    log = fmt::format("nvrtcCompileProgram returned {}\n{}", nvrtcGetErrorString(status), log);
+  }
+  CompileError::Details details;
+  details.program = program.name;
+  details.labels = program.labels;
+  details.options = options;
+  details.nvrtc_version = nvrtc_version();
+  const std::string report =
+      fmt::format("program: {}\nkernels: {}\nnvrtc: {}\noptions: {}\n\n{}\n", program.name,
+                  join(program.labels, ", "), details.nvrtc_version, join(options, " "), log);
+  std::string problem;
+  details.source_path = dump_failed_program(program, stem, report, problem);
+  if (!problem.empty()) log += "\nlightseq: could not dump the source: " + problem;
+  details.log = std::move(log);
+  throw CompileError(std::move(details));
+}
+
+std::vector<char> program_image(nvrtcProgram program, bool is_ptx) {
+  size_t size = 0;
+  std::vector<char> image;
+  if (is_ptx) {
+    // The size includes the terminating NUL, which we keep: cuModuleLoadData wants it.
+    LIGHTSEQ_NVRTC_CHECK(nvrtcGetPTXSize(program, &size));
+    image.resize(size);
+    LIGHTSEQ_NVRTC_CHECK(nvrtcGetPTX(program, image.data()));
+  } else {
+    LIGHTSEQ_NVRTC_CHECK(nvrtcGetCUBINSize(program, &size));
+    image.resize(size);
+    LIGHTSEQ_NVRTC_CHECK(nvrtcGetCUBIN(program, image.data()));
+  }
+  return image;
+}
+
+std::vector<std::string> options_for(const std::string& canonical_arch_name) {
+  const NvrtcTarget target = select_nvrtc_target(canonical_arch_name, supported_archs());
+  // Choices (measured with NVRTC 13.0 on the 2-core development machine, no GPU, one small
+  // elementwise kernel per program, 20-40 programs per configuration, seconds per program):
+  //   no headers 0.025; + cuda_fp16.h + cuda_bf16.h 0.033-0.045; + a template instantiated for
+  //   __half and __nv_bfloat16 0.042-0.058.
+  //   -default-device: 0.040-0.049 for the last case, within noise -> not used (the templates
+  //   annotate every device function anyway).
+  //   -minimal: 0.037-0.049, within noise -> not used (it also drops declarations a template
+  //   might legitimately want).
+  //   -pch (automatic precompiled headers, NVRTC 12.8+): 0.032-0.036 sequentially, i.e. it removes
+  //   most of the header cost; but with two compiling threads 0.027-0.031 per program against
+  //   0.021-0.031 without it: NVRTC serializes compilations that use the PCH heap, which undoes
+  //   the parallel compilation lightseq relies on. It also writes /tmp/__nvrtc_auto_pch_<pid>_*
+  //   and needs -pch-messages=false to keep the log clean. -> not used.
+  //   NVRTC's own in-process cache (12.9+, off with --no-cache) made no measurable difference.
+  // -lineinfo: kernels stay attributable in profilers. --fmad=true (the default, spelled out:
+  // the options are part of the cache key). No --use_fast_math: its ftz / approximate division
+  // and sqrt change results the tests compare against a float64 reference.
+  std::vector<std::string> options = {target.arch_option, "-std=c++17"};
+  for (const std::string& dir : cuda_include_dirs()) options.push_back("-I" + dir);
+  options.push_back("-lineinfo");
+  options.push_back("--fmad=true");
+  return options;
+}
+
+}  // namespace
+
+int parse_arch(const std::string& arch) { return parse_arch_parts(arch).number; }
+
+std::string canonical_arch(const std::string& arch) { return canonical(parse_arch_parts(arch)); }
+
+std::string validate_arch(const std::string& arch) {
+  const ArchParts parts = parse_arch_parts(arch);
+  if (parts.number < kMinArch) {
+    throw Error(
+        fmt::format("GPU arch '{}' (sm_{}) is too old: lightseq needs sm_{} (Volta) or "
+                    "newer",
+                    arch, parts.number, kMinArch));
+  }
+  return canonical(parts);
+}
+
+std::string nvrtc_version() {
+  static const std::string version = [] {
+    int major = 0;
+    int minor = 0;
+    LIGHTSEQ_NVRTC_CHECK(nvrtcVersion(&major, &minor));
+    return fmt::format("{}.{}", major, minor);
+  }();
+  return version;
+}
+
+std::vector<int> nvrtc_supported_archs() { return supported_archs(); }
+
+NvrtcTarget select_nvrtc_target(const std::string& arch, std::span<const int> supported) {
+  const ArchParts parts = parse_arch_parts(arch);
+  if (std::find(supported.begin(), supported.end(), parts.number) != supported.end()) {
+    return NvrtcTarget{.arch_option = "--gpu-architecture=" + canonical(parts), .is_ptx = false};
+  }
+  int newest_older = 0;
+  for (int candidate : supported) {
+    if (candidate < parts.number) newest_older = std::max(newest_older, candidate);
+  }
+  if (newest_older == 0) {
+    std::vector<std::string> names;
+    for (int candidate : supported) names.push_back("sm_" + std::to_string(candidate));
+    std::sort(names.begin(), names.end());
+    throw Error(fmt::format(
+        "NVRTC {} cannot compile for {}: it supports only {}, none of them older than {}; use an "
+        "NVRTC (CUDA toolkit) that supports this GPU",
+        nvrtc_version(), canonical(parts), names.empty() ? "no archs" : join(names, ", "),
+        canonical(parts)));
+  }
+  return NvrtcTarget{.arch_option = "--gpu-architecture=compute_" + std::to_string(newest_older),
+                     .is_ptx = true};
+}
+
+std::string cuda_include_dir() {
+  const std::vector<std::string> dirs = cuda_include_dirs();
+  return dirs.empty() ? std::string() : dirs.front();
+}
+
+std::vector<std::string> nvrtc_options(const std::string& arch) {
+  return options_for(validate_arch(arch));
+}
+
+fs::path dump_dir() {
+  const char* env = std::getenv("LIGHTSEQ_DUMP_DIR");
+  if (env != nullptr && *env != '\0') return fs::path(env);
+  std::error_code ec;
+  fs::path temp = fs::temp_directory_path(ec);
+  if (ec) temp = "/tmp";
+  return temp / "lightseq-dump";
+}
+
+CompiledProgram compile_program(const ProgramSource& program, const std::string& arch) {
+  return compile_program(program, arch, embedded_templates());
+}
+
+CompiledProgram compile_program(const ProgramSource& program, const std::string& arch,
+                                std::span<const EmbeddedFile> headers) {
+  if (program.labels.size() != program.name_expressions.size()) {
+    throw InternalError(fmt::format(
+        "program '{}' has {} kernel labels but {} name expressions; they must be parallel",
+        program.name, program.labels.size(), program.name_expressions.size()));
+  }
+  const std::string target_arch = validate_arch(arch);
+  const NvrtcTarget target = select_nvrtc_target(target_arch, supported_archs());
+  const std::vector<std::string> options = options_for(target_arch);
+  const std::string stem = program_file_stem(program);
+  const std::string file_name = stem + ".cu";
+
+  // NVRTC wants NUL-terminated strings; string_views into the embedded table are not promised
+  // to be, so copy (templates are tens of KB: microseconds against a compile's tens of ms).
+  std::vector<std::string> header_texts;
+  std::vector<std::string> header_names;
+  for (const EmbeddedFile& file : headers) {
+    header_texts.emplace_back(file.text);
+    header_names.emplace_back(file.path);
+  }
+  std::vector<const char*> header_text_ptrs;
+  std::vector<const char*> header_name_ptrs;
+  for (size_t i = 0; i < header_texts.size(); ++i) {
+    header_text_ptrs.push_back(header_texts[i].c_str());
+    header_name_ptrs.push_back(header_names[i].c_str());
+  }
+
+  ProgramHandle handle;
+  LIGHTSEQ_NVRTC_CHECK(
+      nvrtcCreateProgram(handle.out(), program.source.c_str(), file_name.c_str(),
+                         static_cast<int>(header_text_ptrs.size()),
+                         header_text_ptrs.empty() ? nullptr : header_text_ptrs.data(),
+                         header_name_ptrs.empty() ? nullptr : header_name_ptrs.data()));
+  for (const std::string& expression : program.name_expressions) {
+    LIGHTSEQ_NVRTC_CHECK(nvrtcAddNameExpression(handle.get(), expression.c_str()));
+  }
+
+  std::vector<const char*> option_ptrs;
+  for (const std::string& option : options) option_ptrs.push_back(option.c_str());
+  const nvrtcResult status =
+      nvrtcCompileProgram(handle.get(), static_cast<int>(option_ptrs.size()), option_ptrs.data());
+  std::string log = program_log(handle.get());
+  if (status != NVRTC_SUCCESS) throw_compile_error(program, stem, options, std::move(log), status);
+
+  CompiledProgram compiled;
+  compiled.arch = target_arch;
+  compiled.is_ptx = target.is_ptx;
+  compiled.image = program_image(handle.get(), target.is_ptx);
+  for (const std::string& expression : program.name_expressions) {
+    const char* lowered = nullptr;
+    LIGHTSEQ_NVRTC_CHECK(nvrtcGetLoweredName(handle.get(), expression.c_str(), &lowered));
+    compiled.lowered_names.emplace_back(lowered);
+  }
+  compiled.log = std::move(log);
+  return compiled;
+}
+
+}  // namespace lightseq
