@@ -1,0 +1,148 @@
+// cross_entropy.cuh — softmax cross-entropy with label smoothing and ignore index, forward and
+// backward in one pass over the logits (PyTorch CrossEntropyLoss(label_smoothing=eps, reduction=
+// 'none') semantics; the caller reduces loss and folds the reduction into grad_scale).
+#pragma once
+
+#include "common/launch.cuh"
+#include "common/reduce.cuh"
+#include "common/types.cuh"
+
+namespace lightseq::kern {
+
+// cross_entropy_kernel — with lse = log sum_j exp(x_j), V = kVocab:
+//   nll = lse - x[y]; loss = (1 - eps) * nll + eps * (lse - mean_j x_j) (= eps/V * sum_j -logp_j);
+//   grad_logits = grad_scale * (softmax(x) - (1 - eps) * onehot(y) - eps / V).
+//   Rows with y == ignore_index: loss = nll = 0 and a zero gradient row. y outside [0, V) (and not
+//   ignore_index): *bad_target = 1 (never cleared here) and the row is treated as ignored.
+// Fuses:     log-softmax + NLL + label smoothing + softmax backward + scaling + cast.
+// Shapes:    logits, grad_logits [rows, kVocab]; targets [rows] int64; loss, nll [rows] fp32.
+//            All `=`. grad_logits may alias logits.
+// Grid/Block: ce_grid(rows) blocks of kThreads, one row each; the row stays in registers when
+//            ce_cached(kVocab, kThreads, kVec), else it is read twice (the second read mostly hits
+//            L2). Smem: 512 B static.
+// Constants: kVocab % kVec == 0, kVec | 16 / sizeof(T), kThreads a power of two in [32, 1024].
+// Numerics:  fp32, expf / logf; sums in a fixed order (deterministic).
+template <typename T, int kVocab, int kThreads, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    cross_entropy_kernel(const T* logits, const int64_t* targets, float* loss, float* nll,
+                         T* grad_logits, int* bad_target, int64_t rows, int64_t ignore_index,
+                         float label_smoothing, float grad_scale) {
+  static_assert(kVocab > 0 && kVec >= 1 && kVocab % kVec == 0, "kVec must divide kVocab");
+  static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
+  static_assert(kThreads >= 32 && kThreads <= 1024 && (kThreads & (kThreads - 1)) == 0,
+                "kThreads must be a power of two in [32, 1024]");
+  constexpr int kNvec = kVocab / kVec;
+  __shared__ float smem[128];
+  const int64_t row = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int64_t base = row * kVocab;
+  const int64_t y = targets[row];
+  const bool bad = y != ignore_index && (y < 0 || y >= kVocab);
+  if (bad && tid == 0) *bad_target = 1;
+  if (bad || y == ignore_index) {  // uniform over the block
+    const Vec<T, kVec> zero = {};
+    for (int v = tid; v < kNvec; v += kThreads) store_vec<kVec>(grad_logits + base + v * kVec, zero);
+    if (tid == 0) {
+      loss[row] = 0.f;
+      nll[row] = 0.f;
+    }
+    return;
+  }
+  // Read before any thread writes the row (grad_logits may alias logits; the reductions below
+  // order every write after this read).
+  const float x_y = tid == 0 ? to_float(logits[base + y]) : 0.f;
+  const float off_target = grad_scale * label_smoothing / kVocab;
+  const float on_target = grad_scale * (1.f - label_smoothing);
+
+  float m, lse, sum_x;
+  auto finish_stats = [&](float m_row, float sum_e, float sx) {
+    m = m_row;
+    lse = m_row + logf(sum_e);
+    sum_x = sx;
+  };
+  // grad of vector v from its fp32 logits.
+  auto write_grad = [&](int v, float (&x)[kVec], float inv_sum) {
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      x[e] = grad_scale * expf(x[e] - m) * inv_sum - off_target;
+      if (v * kVec + e == y) x[e] -= on_target;
+    }
+    store_float<kVec>(grad_logits + base + v * kVec, x);
+  };
+
+  if constexpr (ce_cached(kVocab, kThreads, kVec)) {
+    constexpr int kSlots = (kNvec + kThreads - 1) / kThreads;
+    Vec<T, kVec> raw[kSlots];
+    float vm = neg_inf();
+#pragma unroll
+    for (int k = 0; k < kSlots; ++k) {
+      const int v = k * kThreads + tid;
+      if (v < kNvec) {
+        raw[k] = load_vec<kVec>(logits + base + v * kVec);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) vm = fmaxf(vm, to_float(raw[k].v[e]));
+      }
+    }
+    const float m_row = block_max<kThreads>(vm, smem);
+    float sums[2] = {0.f, 0.f};  // sum exp(x - m), sum x
+#pragma unroll
+    for (int k = 0; k < kSlots; ++k) {
+      if (k * kThreads + tid < kNvec) {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const float x = to_float(raw[k].v[e]);
+          sums[0] += expf(x - m_row);
+          sums[1] += x;
+        }
+      }
+    }
+    block_sum<kThreads, 2>(sums, smem + 32);
+    finish_stats(m_row, sums[0], sums[1]);
+    const float inv_sum = 1.f / sums[0];
+#pragma unroll
+    for (int k = 0; k < kSlots; ++k) {
+      const int v = k * kThreads + tid;
+      if (v < kNvec) {
+        float x[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) x[e] = to_float(raw[k].v[e]);
+        write_grad(v, x, inv_sum);
+      }
+    }
+  } else {
+    // Per-thread online max/sum over the row, then the row max, then the rescaled sums.
+    float tm = neg_inf(), ts = 0.f, sx = 0.f;
+    for (int v = tid; v < kNvec; v += kThreads) {
+      float x[kVec];
+      load_float<kVec>(logits + base + v * kVec, x);
+      float vm = tm;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        vm = fmaxf(vm, x[e]);
+        sx += x[e];
+      }
+      if (vm == neg_inf()) continue;  // nothing finite yet (-inf logits contribute 0)
+      ts *= expf(tm - vm);            // exp(-inf) = 0 while ts is still 0
+      tm = vm;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) ts += expf(x[e] - tm);
+    }
+    const float m_row = block_max<kThreads>(tm, smem);
+    float sums[2] = {tm == neg_inf() ? 0.f : ts * expf(tm - m_row), sx};
+    block_sum<kThreads, 2>(sums, smem + 32);
+    finish_stats(m_row, sums[0], sums[1]);
+    const float inv_sum = 1.f / sums[0];
+    for (int v = tid; v < kNvec; v += kThreads) {
+      float x[kVec];
+      load_float<kVec>(logits + base + v * kVec, x);
+      write_grad(v, x, inv_sum);
+    }
+  }
+  if (tid == 0) {
+    const float n = lse - x_y;
+    nll[row] = n;
+    loss[row] = (1.f - label_smoothing) * n + label_smoothing * (lse - sum_x / kVocab);
+  }
+}
+
+}  // namespace lightseq::kern

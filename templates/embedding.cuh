@@ -1,0 +1,319 @@
+// embedding.cuh — token embedding lookup, scaled, plus sinusoidal or learned positions, optional
+// LayerNorm and dropout; and its backward (fp32 atomic scatter-add into the table gradients, the
+// LayerNorm parameter partials). Row layout and LayerNorm pieces come from layernorm.cuh.
+#pragma once
+
+#include "common/launch.cuh"
+#include "common/philox.cuh"
+#include "common/reduce.cuh"
+#include "common/types.cuh"
+#include "layernorm.cuh"
+
+namespace lightseq::kern {
+
+// Position embedding of vector v (columns v * kVec ..) at position t, added to e.
+template <typename T, int kHidden, int kVec, Pos kPos>
+__device__ __forceinline__ void add_position(float (&e)[kVec], const T* pos_table, int64_t t,
+                                             int v) {
+  if constexpr (kPos == Pos::kSinusoidal) {
+    // Fairseq: freq_k = exp(-k * ln(10000) / (H/2 - 1)), sin(t * freq) in [0, H/2), cos in [H/2, H),
+    // all in fp32 like fairseq.modules.SinusoidalPositionalEmbedding.
+    constexpr int kHalf = kHidden / 2;
+    constexpr float kNegLogStep = static_cast<float>(-9.210340371976184 / (kHalf - 1));
+    const float pos = static_cast<float>(t);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const int col = v * kVec + i;
+      const int k = col < kHalf ? col : col - kHalf;
+      const float angle = pos * expf(static_cast<float>(k) * kNegLogStep);
+      e[i] += col < kHalf ? sinf(angle) : cosf(angle);
+    }
+  } else if constexpr (kPos == Pos::kLearned) {
+    float p[kVec];
+    load_float<kVec>(pos_table + t * kHidden + v * kVec, p);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) e[i] += p[i];
+  }
+}
+
+// p[0 .. N) += v with fp32 atomics (16-byte vector atomics on sm_90+). p aligned to N floats.
+template <int N>
+__device__ __forceinline__ void atomic_add_f32(float* p, const float (&v)[N]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      atomicAdd(reinterpret_cast<float4*>(p + i), make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]));
+    }
+    return;
+  } else if constexpr (N % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 2) atomicAdd(reinterpret_cast<float2*>(p + i), make_float2(v[i], v[i + 1]));
+    return;
+  }
+#endif
+#pragma unroll
+  for (int i = 0; i < N; ++i) atomicAdd(p + i, v[i]);
+}
+
+// embedding_fwd_kernel — e = token_table[tok] * scale + P[t] (t = row % seq; Pos::kSinusoidal:
+//   Fairseq layout, Pos::kLearned: pos_table[t], Pos::kNone: nothing); Norm::kOn: sum_out = e,
+//   e = LN(e) with mean, rstd saved; out = dropout(e).
+// Fuses:     lookup + scale + positions + LayerNorm + dropout + cast.
+// Shapes:    tokens [batch, seq] int64; token_table [vocab, kHidden]; pos_table [max_positions,
+//            kHidden]; gamma, beta [kHidden]; out, sum_out [batch * seq, kHidden]; mean, rstd
+//            [batch * seq] fp32. All `=`. A padding token gives zero rows (out, sum_out, mean,
+//            rstd). A token outside [0, vocab) or t >= max_positions also gives zero rows and sets
+//            *bad_token = 1 (never cleared here). Dropout element index: row * kHidden + col.
+// Grid/Block: embedding_fwd_grid(batch * seq, kHidden, kVec) blocks of embedding_fwd_block(kHidden,
+//            kVec) (the LayerNorm layout). Smem: 256 B static.
+// Constants: kHidden % kVec == 0, kVec | 16 / sizeof(T); kHidden even and >= 4 for sinusoids.
+// Numerics:  fp32; with Norm::kOn, e is rounded to T (as sum_out stores it) before the statistics.
+template <typename T, int kHidden, int kVec, Pos kPos, Norm kNorm, Drop kDrop>
+__global__ void __launch_bounds__(ln_block(kHidden, kVec))
+    embedding_fwd_kernel(const int64_t* tokens, const T* token_table, const T* pos_table,
+                         const T* gamma, const T* beta, T* out, T* sum_out, float* mean,
+                         float* rstd, int* bad_token, int64_t batch, int64_t seq, int64_t vocab,
+                         int64_t padding_idx, int64_t max_positions, float scale, float eps,
+                         DropoutArgs drop) {
+  static_assert(kHidden > 0 && kVec >= 1 && kHidden % kVec == 0, "kVec must divide kHidden");
+  static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
+  static_assert(kPos == Pos::kNone || kPos == Pos::kSinusoidal || kPos == Pos::kLearned, "Pos");
+  static_assert(kPos != Pos::kSinusoidal || (kHidden % 2 == 0 && kHidden >= 4),
+                "sinusoidal positions need an even kHidden >= 4");
+  static_assert(kNorm == Norm::kOff || kNorm == Norm::kOn, "Norm");
+  static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
+  constexpr int kNvec = kHidden / kVec;
+  constexpr int kTpr = ln_threads_per_row(kHidden, kVec);
+  constexpr int kRows = ln_rows_per_block(kHidden, kVec);
+  __shared__ float smem[64];
+
+  const int tid = threadIdx.x % kTpr;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x / kTpr;
+  if (row >= batch * seq) return;  // only with kRows > 1, whose reductions are warp-only
+  const int64_t base = row * kHidden;
+  const int64_t t = row % seq;
+  const int64_t tok = tokens[row];
+  const bool bad = tok < 0 || tok >= vocab || t >= max_positions;
+  if (bad && tid == 0) *bad_token = 1;
+
+  if (bad || tok == padding_idx) {  // uniform over the row's threads (the block if kTpr > 32)
+    const Vec<T, kVec> zero = {};
+    for (int v = tid; v < kNvec; v += kTpr) {
+      store_vec<kVec>(out + base + v * kVec, zero);
+      if constexpr (kNorm == Norm::kOn) store_vec<kVec>(sum_out + base + v * kVec, zero);
+    }
+    if (kNorm == Norm::kOn && tid == 0) {
+      mean[row] = 0.f;
+      rstd[row] = 0.f;
+    }
+    return;
+  }
+
+  const T* emb_row = token_table + tok * kHidden;
+  auto embed = [&](int v, float (&e)[kVec]) {
+    load_float<kVec>(emb_row + v * kVec, e);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) e[i] *= scale;
+    add_position<T, kHidden, kVec, kPos>(e, pos_table, t, v);
+  };
+  auto emit = [&](int v, float (&y)[kVec]) {
+    if constexpr (kDrop == Drop::kOn) {
+      apply_dropout<kVec>(y, dropout_keep_bits<kVec>(drop, base + v * kVec), drop.scale);
+    }
+    store_float<kVec>(out + base + v * kVec, y);
+  };
+
+  if constexpr (kNorm == Norm::kOff) {
+    for (int v = tid; v < kNvec; v += kTpr) {
+      float e[kVec];
+      embed(v, e);
+      emit(v, e);
+    }
+  } else if constexpr (ln_fwd_cached(kHidden, kVec)) {
+    constexpr int kSlots = ln_slots(kHidden, kVec);
+    Vec<T, kVec> zr[kSlots];
+#pragma unroll
+    for (int k = 0; k < kSlots; ++k) {
+      const int v = k * kTpr + tid;
+      if (v < kNvec) {
+        float e[kVec];
+        embed(v, e);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) zr[k].v[i] = from_float<T>(e[i]);
+        store_vec<kVec>(sum_out + base + v * kVec, zr[k]);
+      }
+    }
+    float mu, rs;
+    ln_row_stats<T, kHidden, kVec, kTpr, kSlots>(zr, tid, eps, smem, mu, rs);
+#pragma unroll
+    for (int k = 0; k < kSlots; ++k) {
+      const int v = k * kTpr + tid;
+      if (v < kNvec) {
+        float y[kVec];
+        ln_normalize<T, kVec>(zr[k], gamma + v * kVec, beta + v * kVec, mu, rs, y);
+        emit(v, y);
+      }
+    }
+    if (tid == 0) {
+      mean[row] = mu;
+      rstd[row] = rs;
+    }
+  } else {
+    auto load_z = [&](int v, float (&z)[kVec]) {
+      embed(v, z);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) z[i] = round_to<T>(z[i]);
+      store_float<kVec>(sum_out + base + v * kVec, z);
+    };
+    auto reload_z = [&](int v, float (&z)[kVec]) {
+      load_float<kVec>(sum_out + base + v * kVec, z);
+    };
+    float mu, rs;
+    ln_row_forward_streamed<T, kHidden, kVec, kTpr>(load_z, reload_z, emit, tid, gamma, beta, eps,
+                                                    smem, mu, rs);
+    if (tid == 0) {
+      mean[row] = mu;
+      rstd[row] = rs;
+    }
+  }
+}
+
+// embedding_bwd_kernel — dE = LN_backward(dropout_mask(grad_out)) (Norm::kOn; kOff: the masked
+//   gradient); grad_table[tok] += scale * dE; grad_pos[t] += dE (Pos::kLearned); per-block
+//   partials of dgamma = sum g * xhat, dbeta = sum g (Norm::kOn, g the masked gradient).
+// Fuses:     dropout backward + LN backward + scatter-add + LN parameter partials.
+// Shapes:    grad_out, sum_out [batch * seq, kHidden]; tokens [batch, seq]; mean, rstd
+//            [batch * seq]; gamma [kHidden]; grad_table [vocab, kHidden] fp32 and grad_pos
+//            [max_positions, kHidden] fp32 (`+=`, zeroed by the caller; convert_kernel writes the
+//            parameter gradients); partials [embedding_bwd_blocks(batch * seq),
+//            embedding_bwd_partial_cols(kHidden, kNorm)] fp32 `=`. Padding tokens, tokens outside
+//            [0, vocab) and t >= max_positions contribute nothing.
+// Grid/Block: embedding_bwd_grid(batch * seq) blocks of embedding_bwd_block(kHidden, kVec) (the
+//            ln_bwd layout; block b owns rows [partial_row_begin(rows, gridDim.x, b), ...(b+1))).
+// Constants: as embedding_fwd_kernel.
+// Numerics:  fp32; the scatter uses fp32 atomics (order, hence the last bits, not deterministic).
+template <typename T, int kHidden, int kVec, Pos kPos, Norm kNorm, Drop kDrop>
+__global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
+    embedding_bwd_kernel(const T* grad_out, const int64_t* tokens, const T* sum_out,
+                         const float* mean, const float* rstd, const T* gamma, float* grad_table,
+                         float* grad_pos, float* partials, int64_t batch, int64_t seq,
+                         int64_t vocab, int64_t padding_idx, int64_t max_positions, float scale,
+                         DropoutArgs drop) {
+  static_assert(kHidden > 0 && kVec >= 1 && kHidden % kVec == 0, "kVec must divide kHidden");
+  static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
+  static_assert(kPos == Pos::kNone || kPos == Pos::kSinusoidal || kPos == Pos::kLearned, "Pos");
+  static_assert(kNorm == Norm::kOff || kNorm == Norm::kOn, "Norm");
+  static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
+  constexpr int kNvec = kHidden / kVec;
+  constexpr int kTpr = ln_bwd_threads_per_row(kHidden, kVec);
+  constexpr int kRows = ln_bwd_rows_per_block(kHidden, kVec);
+  constexpr bool kMasked = kDrop == Drop::kOn;
+  __shared__ float smem[64];
+
+  const int tid = threadIdx.x % kTpr;
+  const int group = threadIdx.x / kTpr;
+  const int64_t rows = batch * seq;
+  const int64_t r0 = partial_row_begin(rows, gridDim.x, blockIdx.x);
+  const int64_t r1 = partial_row_begin(rows, gridDim.x, blockIdx.x + 1);
+  float* part = partials + static_cast<int64_t>(blockIdx.x) * embedding_bwd_partial_cols(kHidden, kNorm);
+
+  // The masked gradient of vector v of a row.
+  auto grad_in = [&](int64_t base, int v, float (&g)[kVec]) {
+    const uint32_t keep = kMasked ? dropout_keep_bits<kVec>(drop, base + v * kVec) : 0u;
+    ln_grad_in<kMasked>(load_vec<kVec>(grad_out + base + v * kVec), keep, drop.scale, g);
+  };
+  auto scatter = [&](int64_t tok, int64_t t, int v, float (&d)[kVec]) {
+    if constexpr (kPos == Pos::kLearned) atomic_add_f32<kVec>(grad_pos + t * kHidden + v * kVec, d);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) d[i] *= scale;
+    atomic_add_f32<kVec>(grad_table + tok * kHidden + v * kVec, d);
+  };
+  auto skip = [&](int64_t tok, int64_t t) {
+    return tok < 0 || tok >= vocab || t >= max_positions || tok == padding_idx;
+  };
+
+  if constexpr (kNorm == Norm::kOff) {
+    for (int64_t row = r0 + group; row < r1; row += kRows) {
+      const int64_t tok = tokens[row];
+      const int64_t t = row % seq;
+      if (skip(tok, t)) continue;
+      for (int v = tid; v < kNvec; v += kTpr) {
+        float g[kVec];
+        grad_in(row * kHidden, v, g);
+        scatter(tok, t, v, g);
+      }
+    }
+  } else if constexpr (ln_bwd_cached(kHidden, kVec)) {
+    constexpr int kSlots = ln_bwd_slots(kHidden, kVec);
+    float acc_gamma[kSlots][kVec], acc_beta[kSlots][kVec];
+#pragma unroll
+    for (int k = 0; k < kSlots; ++k) {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) acc_gamma[k][i] = acc_beta[k][i] = 0.f;
+    }
+    for (int64_t row = r0 + group; row < r1; row += kRows) {
+      const int64_t tok = tokens[row];
+      const int64_t t = row % seq;
+      if (skip(tok, t)) continue;  // uniform over the row's threads (the block if kTpr > 32)
+      const int64_t base = row * kHidden;
+      Vec<T, kVec> g[kSlots], x[kSlots];
+      uint32_t keep[kSlots];
+#pragma unroll
+      for (int k = 0; k < kSlots; ++k) {
+        const int v = k * kTpr + tid;
+        keep[k] = 0u;
+        if (v < kNvec) {
+          g[k] = load_vec<kVec>(grad_out + base + v * kVec);
+          x[k] = load_vec<kVec>(sum_out + base + v * kVec);
+          if constexpr (kMasked) keep[k] = dropout_keep_bits<kVec>(drop, base + v * kVec);
+        }
+      }
+      const float mu = mean[row], rs = rstd[row];
+      float m1, m2;
+      ln_row_backward_stats<kMasked, T, kHidden, kVec, kTpr, kSlots>(
+          g, keep, drop.scale, x, tid, gamma, mu, rs, smem, acc_gamma, acc_beta, m1, m2);
+#pragma unroll
+      for (int k = 0; k < kSlots; ++k) {
+        const int v = k * kTpr + tid;
+        if (v < kNvec) {
+          float d[kVec];
+          ln_grad_in<kMasked>(g[k], keep[k], drop.scale, d);
+          ln_dx<T, kVec>(d, x[k], gamma + v * kVec, mu, rs, m1, m2);
+          scatter(tok, t, v, d);
+        }
+      }
+    }
+    __shared__ alignas(16) float red[kRows > 1 ? kRows * kHidden : 1];
+    ln_write_partial<kHidden, kVec, kTpr, kSlots, kRows>(acc_gamma, tid, group, red, part);
+    ln_write_partial<kHidden, kVec, kTpr, kSlots, kRows>(acc_beta, tid, group, red, part + kHidden);
+  } else {
+    static_assert(kRows == 1, "streamed rows take a block each");
+    for (int v = tid; v < kNvec; v += kTpr) {  // accumulators: this block's partials row
+      const float zero[kVec] = {};
+      store_f32<kVec>(part + v * kVec, zero);
+      store_f32<kVec>(part + kHidden + v * kVec, zero);
+    }
+    for (int64_t row = r0; row < r1; ++row) {
+      const int64_t tok = tokens[row];
+      const int64_t t = row % seq;
+      if (skip(tok, t)) continue;
+      const int64_t base = row * kHidden;
+      auto load_g = [&](int v, float (&g)[kVec]) { grad_in(base, v, g); };
+      auto load_x = [&](int v, float (&x)[kVec]) { load_float<kVec>(sum_out + base + v * kVec, x); };
+      const float mu = mean[row], rs = rstd[row];
+      float m1, m2;
+      ln_row_backward_stats_streamed<T, kHidden, kVec, kTpr>(load_g, load_x, tid, gamma, mu, rs,
+                                                             smem, part, part + kHidden, m1, m2);
+      for (int v = tid; v < kNvec; v += kTpr) {
+        float d[kVec];
+        grad_in(base, v, d);
+        ln_dx<T, kVec>(d, load_vec<kVec>(sum_out + base + v * kVec), gamma + v * kVec, mu, rs, m1,
+                       m2);
+        scatter(tok, t, v, d);
+      }
+    }
+  }
+}
+
+}  // namespace lightseq::kern
