@@ -12,8 +12,7 @@
 
 namespace lightseq {
 
-StreamOrderedAllocator::StreamOrderedAllocator(int device, PoolRelease release)
-    : context_(device) {
+StreamOrderedAllocator::StreamOrderedAllocator(int device, PoolRelease release) : context_(device) {
   if (release == PoolRelease::kKeepCached) {
     CUmemoryPool pool = nullptr;
     LIGHTSEQ_CU_CHECK(driver().cuDeviceGetDefaultMemPool(&pool, cu_device(device)));
@@ -31,9 +30,10 @@ void* StreamOrderedAllocator::allocate(size_t bytes, CUstream stream) {
                         fmt::format("cannot allocate {} bytes ({:.1f} MiB) on CUDA device {}",
                                     bytes, double(bytes) / (1 << 20), device()));
   if (ptr % 256 != 0) {
-    throw InternalError(fmt::format("cuMemAllocAsync returned {:#x} for {} bytes: not 256-byte "
-                                    "aligned as lightseq's Allocator contract requires",
-                                    ptr, bytes));
+    throw InternalError(
+        fmt::format("cuMemAllocAsync returned {:#x} for {} bytes: not 256-byte "
+                    "aligned as lightseq's Allocator contract requires",
+                    ptr, bytes));
   }
   return reinterpret_cast<void*>(ptr);
 }
@@ -41,15 +41,17 @@ void* StreamOrderedAllocator::allocate(size_t bytes, CUstream stream) {
 void StreamOrderedAllocator::deallocate(void* ptr, size_t bytes, CUstream stream) {
   if (ptr == nullptr) return;
   ContextGuard guard(context_.get());
-  LIGHTSEQ_CU_CHECK_MSG(driver().cuMemFreeAsync(reinterpret_cast<CUdeviceptr>(ptr), stream),
-                        fmt::format("freeing {} bytes at {} on CUDA device {}", bytes, ptr,
-                                    device()));
+  LIGHTSEQ_CU_CHECK_MSG(
+      driver().cuMemFreeAsync(reinterpret_cast<CUdeviceptr>(ptr), stream),
+      fmt::format("freeing {} bytes at {} on CUDA device {}", bytes, ptr, device()));
 }
 
 // --- DeviceBuffer ------------------------------------------------------------------------------
 
 DeviceBuffer::DeviceBuffer(Allocator& allocator, size_t bytes, CUstream stream)
-    : allocator_(&allocator), ptr_(allocator.allocate(bytes, stream)), bytes_(bytes),
+    : allocator_(&allocator),
+      ptr_(allocator.allocate(bytes, stream)),
+      bytes_(bytes),
       stream_(stream) {}
 
 DeviceBuffer::~DeviceBuffer() {

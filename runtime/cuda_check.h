@@ -35,23 +35,23 @@ std::string cublas_status_string(cublasStatus_t status);
 
 }  // namespace lightseq
 
-#define LIGHTSEQ_CU_CHECK_MSG(expr, context)                                                \
-  do {                                                                                      \
-    const CUresult lightseq_cu_status_ = (expr);                                            \
-    if (lightseq_cu_status_ != CUDA_SUCCESS) {                                              \
+#define LIGHTSEQ_CU_CHECK_MSG(expr, context)                                                 \
+  do {                                                                                       \
+    const CUresult lightseq_cu_status_ = (expr);                                             \
+    if (lightseq_cu_status_ != CUDA_SUCCESS) {                                               \
       ::lightseq::throw_cu_error(lightseq_cu_status_, #expr, (context), __FILE__, __LINE__); \
-    }                                                                                       \
+    }                                                                                        \
   } while (0)
 
 #define LIGHTSEQ_CU_CHECK(expr) LIGHTSEQ_CU_CHECK_MSG(expr, std::string_view{})
 
-#define LIGHTSEQ_CUBLAS_CHECK_MSG(expr, context)                                    \
-  do {                                                                              \
-    const cublasStatus_t lightseq_cublas_status_ = (expr);                          \
-    if (lightseq_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                         \
+#define LIGHTSEQ_CUBLAS_CHECK_MSG(expr, context)                                          \
+  do {                                                                                    \
+    const cublasStatus_t lightseq_cublas_status_ = (expr);                                \
+    if (lightseq_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                               \
       ::lightseq::throw_cublas_error(lightseq_cublas_status_, #expr, (context), __FILE__, \
-                                     __LINE__);                                     \
-    }                                                                               \
+                                     __LINE__);                                           \
+    }                                                                                     \
   } while (0)
 
 #define LIGHTSEQ_CUBLAS_CHECK(expr) LIGHTSEQ_CUBLAS_CHECK_MSG(expr, std::string_view{})

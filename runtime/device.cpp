@@ -55,10 +55,10 @@ CUdevice cu_device(int ordinal) {
 int device_arch(int ordinal) {
   const CUdevice device = cu_device(ordinal);
   int major = 0, minor = 0;
-  LIGHTSEQ_CU_CHECK(driver().cuDeviceGetAttribute(
-      &major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device));
-  LIGHTSEQ_CU_CHECK(driver().cuDeviceGetAttribute(
-      &minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device));
+  LIGHTSEQ_CU_CHECK(
+      driver().cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device));
+  LIGHTSEQ_CU_CHECK(
+      driver().cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device));
   return major * 10 + minor;
 }
 
@@ -138,8 +138,9 @@ CUcontext stream_context(CUstream stream) {
       driver().cuStreamGetCtx(stream, &context),
       stream == nullptr ? "the default stream needs a current context (use ScopedContext)" : "");
   if (context == nullptr) {
-    throw CudaError("cuStreamGetCtx returned no context: with the default stream, make a device "
-                    "current first (lightseq::ScopedContext)");
+    throw CudaError(
+        "cuStreamGetCtx returned no context: with the default stream, make a device "
+        "current first (lightseq::ScopedContext)");
   }
   return context;
 }
@@ -156,8 +157,8 @@ int context_device(CUcontext context) {
     LIGHTSEQ_CU_CHECK(driver().cuDeviceGet(&candidate, i));
     if (candidate == device) return i;
   }
-  throw CudaError(fmt::format("context {} belongs to no enumerated device",
-                              static_cast<const void*>(context)));
+  throw CudaError(
+      fmt::format("context {} belongs to no enumerated device", static_cast<const void*>(context)));
 }
 
 bool stream_is_capturing(CUstream stream) {

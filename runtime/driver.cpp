@@ -14,9 +14,9 @@ namespace {
 
 struct LoadedDriver {
   DriverApi api;
-  bool library_ok = false;   // libcuda.so.1 loaded and every symbol found
-  bool init_ok = false;      // cuInit(0) succeeded
-  std::string error;         // why not, when either is false
+  bool library_ok = false;  // libcuda.so.1 loaded and every symbol found
+  bool init_ok = false;     // cuInit(0) succeeded
+  std::string error;        // why not, when either is false
 };
 
 // The library handle is never closed: the driver stays loaded for the life of the process, as it
@@ -32,14 +32,14 @@ LoadedDriver load_driver() {
     return out;
   }
   std::string missing;
-#define LIGHTSEQ_RESOLVE(name)                                                          \
-  {                                                                                     \
-    void* symbol = ::dlsym(handle, LIGHTSEQ_STRINGIFY_EXPANDED(name));                  \
-    if (symbol == nullptr) {                                                            \
-      missing += missing.empty() ? "" : ", ";                                           \
-      missing += LIGHTSEQ_STRINGIFY_EXPANDED(name);                                     \
-    }                                                                                   \
-    out.api.name = reinterpret_cast<decltype(out.api.name)>(symbol);                    \
+#define LIGHTSEQ_RESOLVE(name)                                         \
+  {                                                                    \
+    void* symbol = ::dlsym(handle, LIGHTSEQ_STRINGIFY_EXPANDED(name)); \
+    if (symbol == nullptr) {                                           \
+      missing += missing.empty() ? "" : ", ";                          \
+      missing += LIGHTSEQ_STRINGIFY_EXPANDED(name);                    \
+    }                                                                  \
+    out.api.name = reinterpret_cast<decltype(out.api.name)>(symbol);   \
   }
   LIGHTSEQ_DRIVER_FUNCTIONS(LIGHTSEQ_RESOLVE)
 #undef LIGHTSEQ_RESOLVE

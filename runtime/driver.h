@@ -57,7 +57,12 @@
   X(cuModuleGetFunction)             \
   X(cuFuncGetAttribute)              \
   X(cuFuncSetAttribute)              \
-  X(cuLaunchKernel)
+  X(cuLaunchKernel)                  \
+  X(cuEventCreate)                   \
+  X(cuEventDestroy)                  \
+  X(cuEventRecord)                   \
+  X(cuEventSynchronize)              \
+  X(cuEventElapsedTime)
 
 namespace lightseq {
 

@@ -21,8 +21,8 @@ bool reads_bias(Epilogue e) {
   return e == Epilogue::kBias || e == Epilogue::kReluAuxBias || e == Epilogue::kGeluAuxBias;
 }
 bool uses_aux(Epilogue e) {
-  return e == Epilogue::kReluAuxBias || e == Epilogue::kGeluAuxBias ||
-         e == Epilogue::kDReluBGrad || e == Epilogue::kDGeluBGrad;
+  return e == Epilogue::kReluAuxBias || e == Epilogue::kGeluAuxBias || e == Epilogue::kDReluBGrad ||
+         e == Epilogue::kDGeluBGrad;
 }
 bool aux_is_mask(Epilogue e) { return e == Epilogue::kReluAuxBias || e == Epilogue::kDReluBGrad; }
 bool writes_bias_grad(Epilogue e) {
@@ -34,42 +34,59 @@ bool writes_bias_grad(Epilogue e) {
 // reduces B' = op(A)ᵀ over K, which is our Σ_k op(A)[i, k].
 cublasLtEpilogue_t lt_epilogue(Epilogue e) {
   switch (e) {
-    case Epilogue::kNone: return CUBLASLT_EPILOGUE_DEFAULT;
-    case Epilogue::kBias: return CUBLASLT_EPILOGUE_BIAS;
-    case Epilogue::kReluAuxBias: return CUBLASLT_EPILOGUE_RELU_AUX_BIAS;
-    case Epilogue::kGeluAuxBias: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
-    case Epilogue::kDReluBGrad: return CUBLASLT_EPILOGUE_DRELU_BGRAD;
-    case Epilogue::kDGeluBGrad: return CUBLASLT_EPILOGUE_DGELU_BGRAD;
-    case Epilogue::kBGradA: return CUBLASLT_EPILOGUE_BGRADB;
+    case Epilogue::kNone:
+      return CUBLASLT_EPILOGUE_DEFAULT;
+    case Epilogue::kBias:
+      return CUBLASLT_EPILOGUE_BIAS;
+    case Epilogue::kReluAuxBias:
+      return CUBLASLT_EPILOGUE_RELU_AUX_BIAS;
+    case Epilogue::kGeluAuxBias:
+      return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    case Epilogue::kDReluBGrad:
+      return CUBLASLT_EPILOGUE_DRELU_BGRAD;
+    case Epilogue::kDGeluBGrad:
+      return CUBLASLT_EPILOGUE_DGELU_BGRAD;
+    case Epilogue::kBGradA:
+      return CUBLASLT_EPILOGUE_BGRADB;
   }
   throw InternalError(fmt::format("gemm: unknown Epilogue {}", static_cast<int>(e)));
 }
 
 std::string_view lt_epilogue_name(Epilogue e) {
   switch (e) {
-    case Epilogue::kNone: return "CUBLASLT_EPILOGUE_DEFAULT";
-    case Epilogue::kBias: return "CUBLASLT_EPILOGUE_BIAS";
-    case Epilogue::kReluAuxBias: return "CUBLASLT_EPILOGUE_RELU_AUX_BIAS";
-    case Epilogue::kGeluAuxBias: return "CUBLASLT_EPILOGUE_GELU_AUX_BIAS";
-    case Epilogue::kDReluBGrad: return "CUBLASLT_EPILOGUE_DRELU_BGRAD";
-    case Epilogue::kDGeluBGrad: return "CUBLASLT_EPILOGUE_DGELU_BGRAD";
-    case Epilogue::kBGradA: return "CUBLASLT_EPILOGUE_BGRADB";
+    case Epilogue::kNone:
+      return "CUBLASLT_EPILOGUE_DEFAULT";
+    case Epilogue::kBias:
+      return "CUBLASLT_EPILOGUE_BIAS";
+    case Epilogue::kReluAuxBias:
+      return "CUBLASLT_EPILOGUE_RELU_AUX_BIAS";
+    case Epilogue::kGeluAuxBias:
+      return "CUBLASLT_EPILOGUE_GELU_AUX_BIAS";
+    case Epilogue::kDReluBGrad:
+      return "CUBLASLT_EPILOGUE_DRELU_BGRAD";
+    case Epilogue::kDGeluBGrad:
+      return "CUBLASLT_EPILOGUE_DGELU_BGRAD";
+    case Epilogue::kBGradA:
+      return "CUBLASLT_EPILOGUE_BGRADB";
   }
   throw InternalError(fmt::format("gemm: unknown Epilogue {}", static_cast<int>(e)));
 }
 
 cudaDataType_t cuda_type(Precision p) {
   switch (p) {
-    case Precision::kFp32: return CUDA_R_32F;
-    case Precision::kFp16: return CUDA_R_16F;
-    case Precision::kBf16: return CUDA_R_16BF;
+    case Precision::kFp32:
+      return CUDA_R_32F;
+    case Precision::kFp16:
+      return CUDA_R_16F;
+    case Precision::kBf16:
+      return CUDA_R_16BF;
   }
   throw InternalError(fmt::format("gemm: unknown Precision {}", static_cast<int>(p)));
 }
 
 cublasComputeType_t compute_type(const GemmArgs& g) {
   return g.dtype == Precision::kFp32 && g.tf32 == Tf32::kAllow ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                : CUBLAS_COMPUTE_32F;
+                                                               : CUBLAS_COMPUTE_32F;
 }
 
 cublasOperation_t op(Transpose t) { return t == Transpose::kYes ? CUBLAS_OP_T : CUBLAS_OP_N; }
@@ -207,10 +224,10 @@ void validate_gemm_args(const GemmArgs& g) {
   if (g.a == nullptr || g.b == nullptr || g.d == nullptr) fail("a, b and d must be non-null");
   if (g.tf32 == Tf32::kAllow && g.dtype != Precision::kFp32) fail("TF32 applies to fp32 only");
   const bool ta = g.trans_a == Transpose::kYes, tb = g.trans_b == Transpose::kYes;
-  if (g.lda < (ta ? g.m : g.k)) fail(fmt::format("lda must be ≥ {} (row length of A as stored)",
-                                                  ta ? "m" : "k"));
-  if (g.ldb < (tb ? g.k : g.n)) fail(fmt::format("ldb must be ≥ {} (row length of B as stored)",
-                                                  tb ? "k" : "n"));
+  if (g.lda < (ta ? g.m : g.k))
+    fail(fmt::format("lda must be ≥ {} (row length of A as stored)", ta ? "m" : "k"));
+  if (g.ldb < (tb ? g.k : g.n))
+    fail(fmt::format("ldb must be ≥ {} (row length of B as stored)", tb ? "k" : "n"));
   if (g.ldd < g.n) fail("ldd must be ≥ n");
   if (g.beta != 0.0f) {
     if (g.c == nullptr) fail("beta != 0 needs c (c may equal d)");
@@ -242,6 +259,75 @@ void validate_gemm_args(const GemmArgs& g) {
   }
 }
 
+// --- read-back of the cuBLASLt call ------------------------------------------------------------
+
+namespace {
+
+template <typename T>
+T get(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr) {
+  T value{};
+  size_t written = 0;
+  LIGHTSEQ_CUBLAS_CHECK(
+      cublasLtMatmulDescGetAttribute(desc, attr, &value, sizeof(value), &written));
+  return value;
+}
+
+template <typename T>
+T get(cublasLtMatrixLayout_t layout, cublasLtMatrixLayoutAttribute_t attr) {
+  T value{};
+  size_t written = 0;
+  LIGHTSEQ_CUBLAS_CHECK(
+      cublasLtMatrixLayoutGetAttribute(layout, attr, &value, sizeof(value), &written));
+  return value;
+}
+
+LtCall::Matrix read_layout(cublasLtMatrixLayout_t layout, const void* ptr) {
+  LtCall::Matrix m;
+  m.ptr = ptr;
+  m.type = get<int32_t>(layout, CUBLASLT_MATRIX_LAYOUT_TYPE);
+  m.rows = get<uint64_t>(layout, CUBLASLT_MATRIX_LAYOUT_ROWS);
+  m.cols = get<uint64_t>(layout, CUBLASLT_MATRIX_LAYOUT_COLS);
+  m.ld = get<int64_t>(layout, CUBLASLT_MATRIX_LAYOUT_LD);
+  m.batch = get<int32_t>(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT);
+  m.stride = get<int64_t>(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET);
+  return m;
+}
+
+std::string_view epilogue_name(uint32_t e) {
+  for (const Epilogue ours :
+       {Epilogue::kNone, Epilogue::kBias, Epilogue::kReluAuxBias, Epilogue::kGeluAuxBias,
+        Epilogue::kDReluBGrad, Epilogue::kDGeluBGrad, Epilogue::kBGradA}) {
+    if (static_cast<uint32_t>(lt_epilogue(ours)) == e) return lt_epilogue_name(ours);
+  }
+  return "unknown cuBLASLt epilogue";
+}
+
+}  // namespace
+
+LtCall lt_call(const GemmArgs& g) {
+  validate_gemm_args(g);
+  LtProblem p;
+  build(g, p);
+  LtCall call;
+  call.epilogue = epilogue_name(get<uint32_t>(p.op(), CUBLASLT_MATMUL_DESC_EPILOGUE));
+  call.trans_a = get<int32_t>(p.op(), CUBLASLT_MATMUL_DESC_TRANSA) == CUBLAS_OP_T;
+  call.trans_b = get<int32_t>(p.op(), CUBLASLT_MATMUL_DESC_TRANSB) == CUBLAS_OP_T;
+  call.a = read_layout(p.a(), g.b);
+  call.b = read_layout(p.b(), g.a);
+  call.c = read_layout(p.c(), c_pointer(g));
+  call.d = read_layout(p.d(), g.d);
+  call.bias = get<const void*>(p.op(), CUBLASLT_MATMUL_DESC_BIAS_POINTER);
+  call.bias_type = get<int32_t>(p.op(), CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE);
+  call.aux = get<const void*>(p.op(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER);
+  call.aux_ld = get<int64_t>(p.op(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD);
+  call.aux_stride = get<int64_t>(p.op(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE);
+  call.compute_type = get<int32_t>(p.op(), CUBLASLT_MATMUL_DESC_COMPUTE_TYPE);
+  call.scale_type = get<int32_t>(p.op(), CUBLASLT_MATMUL_DESC_SCALE_TYPE);
+  call.alpha = g.alpha;
+  call.beta = g.beta;
+  return call;
+}
+
 // --- runner ------------------------------------------------------------------------------------
 
 namespace {
@@ -266,15 +352,34 @@ Key make_key(const GemmArgs& g, int device) {
   const bool beta = g.beta != 0.0f;
   const bool batched = g.batch > 1;
   const bool aux = uses_aux(g.epilogue);
-  return Key{device, g.dtype, g.tf32, g.trans_a, g.trans_b, g.epilogue, g.m, g.n, g.k, g.batch,
-             g.lda, g.ldb, beta ? g.ldc : 0, g.ldd, batched ? g.stride_a : 0,
-             batched ? g.stride_b : 0, batched && beta ? g.stride_c : 0, batched ? g.stride_d : 0,
-             aux ? g.aux_ld : 0, aux && batched ? g.aux_stride : 0, beta, beta && g.c == g.d,
+  return Key{device,
+             g.dtype,
+             g.tf32,
+             g.trans_a,
+             g.trans_b,
+             g.epilogue,
+             g.m,
+             g.n,
+             g.k,
+             g.batch,
+             g.lda,
+             g.ldb,
+             beta ? g.ldc : 0,
+             g.ldd,
+             batched ? g.stride_a : 0,
+             batched ? g.stride_b : 0,
+             batched && beta ? g.stride_c : 0,
+             batched ? g.stride_d : 0,
+             aux ? g.aux_ld : 0,
+             aux && batched ? g.aux_stride : 0,
+             beta,
+             beta && g.c == g.d,
              operand_alignment(g.a, g.stride_a, g.batch, g.dtype),
              operand_alignment(g.b, g.stride_b, g.batch, g.dtype),
              operand_alignment(c_pointer(g), c_stride(g), g.batch, g.dtype),
              operand_alignment(g.d, g.stride_d, g.batch, g.dtype),
-             alignment(epilogue_vector(g)), aux ? alignment(g.aux) : 256u};
+             alignment(epilogue_vector(g)),
+             aux ? alignment(g.aux) : 256u};
 }
 
 struct Choice {
@@ -313,8 +418,7 @@ struct GemmRunner::State {
   }
 
   // The heuristic's choice for this problem, queried once. The stream's context is current.
-  std::pair<const Choice*, DeviceState*> choose(const GemmArgs& g, int ordinal,
-                                                CUstream stream) {
+  std::pair<const Choice*, DeviceState*> choose(const GemmArgs& g, int ordinal, CUstream stream) {
     const Key key = make_key(g, ordinal);
     std::lock_guard lock(mu);
     DeviceState& dev = device(ordinal);
@@ -351,13 +455,12 @@ struct GemmRunner::State {
       choice.workspace = result.workspaceSize;
     } else if (status == CUBLAS_STATUS_SUCCESS || status == CUBLAS_STATUS_NOT_SUPPORTED ||
                status == CUBLAS_STATUS_INVALID_VALUE) {
-      choice.reason = fmt::format("cuBLASLt has no algorithm ({}) for {}",
-                                  status == CUBLAS_STATUS_SUCCESS ? "0 results"
-                                                                  : cublas_status_name(status),
-                                  where);
+      choice.reason = fmt::format(
+          "cuBLASLt has no algorithm ({}) for {}",
+          status == CUBLAS_STATUS_SUCCESS ? "0 results" : cublas_status_name(status), where);
     } else {
       const bool capturing = stream_is_capturing(stream);
-      throw_cublas_error(status, "cublasLtMatmulAlgoGetHeuristic", 
+      throw_cublas_error(status, "cublasLtMatmulAlgoGetHeuristic",
                          where + (capturing ? "; the stream is being captured into a CUDA graph: "
                                               "run this GEMM once before capturing"
                                             : ""),

@@ -26,8 +26,9 @@
 //   kBGradA       D = P;  bias_grad[i] = Σ_kk op(A)[i, kk]     bias_grad: [m] (weight-gradient
 //                 GEMM dW = dYᵀ·X: the bias gradient Σ_tokens dY comes out of the same pass)
 // bias_grad is overwritten (=), never accumulated. Epilogues with a bias gradient need batch = 1.
-// GELU is cuBLASLt's: the tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), not the
-// erf form (they differ by up to ~5e-4 absolute).
+// GELU is cuBLASLt's, which as far as we know is the tanh form
+// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), not the erf form of PyTorch's default (they differ
+// by up to ~5e-4): the GPU tests compare against both and print the two errors.
 //
 // Aux layouts (row-major [m, n] per batch, leading dimension aux_ld, batch stride aux_stride):
 //   ReLU mask: one bit per element, element (i, j) is bit (i·aux_ld + j) counted from the start
@@ -39,10 +40,21 @@
 //
 // How it maps onto cuBLASLt (column-major): a row-major [r, c] matrix with leading dimension ld is
 // the column-major [c, r] matrix with the same ld, so row-major D = op(A)·op(B) is column-major
-// Dᵀ = op(B)ᵀ·op(A)ᵀ. cuBLASLt is called with A' = b (transa = trans_b), B' = a (transb =
-// trans_a), M' = n, N' = m, K' = k; D' is [n, m] with ldd. A bias "per row of D'" is per column j
-// of our D (length n); a bias gradient "per row of D'" (DRELU_BGRAD, DGELU_BGRAD) is Σ_i over our
-// rows; BGRADB reduces B' = op(A)ᵀ over K' = k, i.e. Σ_kk op(A)[i, kk] (length m): our kBGradA.
+// Dᵀ = op(B)ᵀ·op(A)ᵀ. cuBLASLt is called with A' = b (transa = trans_b; layout [n, k] or, when
+// transposed, [k, n], ld = ldb), B' = a (transb = trans_a; [k, m] or [m, k], ld = lda),
+// M' = n, N' = m, K' = k; C' and D' are [n, m] with ldc, ldd; batch strides carry over. Rows of
+// D' are our columns j, columns of D' our rows i. Per epilogue:
+//   kNone        CUBLASLT_EPILOGUE_DEFAULT
+//   kBias        CUBLASLT_EPILOGUE_BIAS           bias per row of D' (length M' = n)
+//   kReluAuxBias CUBLASLT_EPILOGUE_RELU_AUX_BIAS  aux has D''s layout: bit j + i·aux_ld
+//   kGeluAuxBias CUBLASLT_EPILOGUE_GELU_AUX_BIAS  aux element j + i·aux_ld
+//   kDReluBGrad  CUBLASLT_EPILOGUE_DRELU_BGRAD    bias gradient per row of D' = Σ_i D[i, j]
+//   kDGeluBGrad  CUBLASLT_EPILOGUE_DGELU_BGRAD    likewise
+//   kBGradA      CUBLASLT_EPILOGUE_BGRADB         B' = op(A)ᵀ reduced over K' = k, one per
+//                                                 column of D' = Σ_kk op(A)[i, kk] (length m)
+// (cuBLASLt's BGRADA would reduce our op(B) instead.) lt_call() below reads back what run()
+// passes; tests/gemm_mapping_test.cpp executes that on the host with cuBLASLt's documented
+// column-major semantics and checks it against the row-major reference, without a GPU.
 //
 // CUDA graphs: run() never synchronizes and allocates only through the caller's Allocator on the
 // caller's stream. The first call for a new problem shape creates the device's cuBLASLt handle
@@ -135,6 +147,31 @@ class GemmRunner {
  private:
   std::unique_ptr<State> state_;
 };
+
+// The cublasLtMatmul call run() makes for `args`, read back from the cuBLASLt descriptors it
+// builds (column-major terms; see "How it maps onto cuBLASLt" above). Host-only: needs neither a
+// GPU nor a driver. For tests (tests/gemm_mapping_test.cpp emulates cuBLASLt's documented
+// semantics on it) and diagnostics. Validates the arguments like run().
+struct LtCall {
+  struct Matrix {
+    const void* ptr = nullptr;
+    int32_t type = -1;  // cudaDataType_t
+    uint64_t rows = 0, cols = 0;
+    int64_t ld = 0;
+    int32_t batch = 1;
+    int64_t stride = 0;
+  };
+  std::string epilogue;                   // "CUBLASLT_EPILOGUE_BGRADB"
+  bool trans_a = false, trans_b = false;  // cuBLASLt's transa, transb
+  Matrix a, b, c, d;                      // cuBLASLt's A, B, C, D
+  const void* bias = nullptr;  // CUBLASLT_MATMUL_DESC_BIAS_POINTER (bias or bias gradient)
+  int32_t bias_type = -1;
+  const void* aux = nullptr;
+  int64_t aux_ld = 0, aux_stride = 0;
+  int32_t compute_type = -1, scale_type = -1;
+  float alpha = 1.0f, beta = 0.0f;
+};
+LtCall lt_call(const GemmArgs& args);
 
 // Checks the arguments (the rules above); throws InternalError naming the GEMM and the rule.
 void validate_gemm_args(const GemmArgs& args);

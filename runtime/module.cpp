@@ -23,13 +23,13 @@ std::string log_text(const std::vector<char>& buffer) {
 
 void check_entry(const CacheEntry& entry) {
   if (entry.labels.size() != entry.lowered_names.size()) {
-    throw InternalError(fmt::format(
-        "cache entry for program '{}' has {} labels but {} lowered names", entry.program,
-        entry.labels.size(), entry.lowered_names.size()));
+    throw InternalError(
+        fmt::format("cache entry for program '{}' has {} labels but {} lowered names",
+                    entry.program, entry.labels.size(), entry.lowered_names.size()));
   }
   if (entry.image.empty()) {
-    throw InternalError(fmt::format("cache entry for program '{}' has an empty image",
-                                    entry.program));
+    throw InternalError(
+        fmt::format("cache entry for program '{}' has an empty image", entry.program));
   }
   if (entry.is_ptx && entry.image.back() != '\0') {
     throw InternalError(fmt::format(
@@ -51,28 +51,27 @@ KernelModule::KernelModule(const CacheEntry& entry, int device)
                             CU_JIT_INFO_LOG_BUFFER, CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES};
   void* values[] = {error_log.data(), reinterpret_cast<void*>(uintptr_t{kJitLogBytes}),
                     info_log.data(), reinterpret_cast<void*>(uintptr_t{kJitLogBytes})};
-  const CUresult status = api.cuModuleLoadDataEx(&module_, entry.image.data(),
-                                                 static_cast<unsigned>(std::size(options)),
-                                                 options, values);
+  const CUresult status = api.cuModuleLoadDataEx(
+      &module_, entry.image.data(), static_cast<unsigned>(std::size(options)), options, values);
   jit_log_ = log_text(info_log);
   if (status != CUDA_SUCCESS) {
     module_ = nullptr;
     const std::string errors = log_text(error_log);
-    throw CudaError(fmt::format(
-        "cannot load program '{}' ({} {}, {} kernel{}) on CUDA device {} ({}, sm_{}): "
-        "cuModuleLoadDataEx failed: {} ({}){}{}",
-        program_, arch_, entry.is_ptx ? "PTX" : "cubin", labels_.size(),
-        labels_.size() == 1 ? "" : "s", device, device_name(device), device_arch(device),
-        cu_status_name(status), cu_status_string(status),
-        errors.empty() ? "" : "\nJIT error log:\n", errors));
+    throw CudaError(
+        fmt::format("cannot load program '{}' ({} {}, {} kernel{}) on CUDA device {} ({}, sm_{}): "
+                    "cuModuleLoadDataEx failed: {} ({}){}{}",
+                    program_, arch_, entry.is_ptx ? "PTX" : "cubin", labels_.size(),
+                    labels_.size() == 1 ? "" : "s", device, device_name(device),
+                    device_arch(device), cu_status_name(status), cu_status_string(status),
+                    errors.empty() ? "" : "\nJIT error log:\n", errors));
   }
   try {
     for (size_t i = 0; i < labels_.size(); ++i) {
       CUfunction function = nullptr;
       LIGHTSEQ_CU_CHECK_MSG(
           api.cuModuleGetFunction(&function, module_, entry.lowered_names[i].c_str()),
-          fmt::format("program '{}': kernel '{}' (lowered name {}) is not in the image",
-                      program_, labels_[i], entry.lowered_names[i]));
+          fmt::format("program '{}': kernel '{}' (lowered name {}) is not in the image", program_,
+                      labels_[i], entry.lowered_names[i]));
       functions_.emplace(labels_[i], function);
     }
   } catch (...) {
@@ -126,10 +125,9 @@ void KernelModule::unload() noexcept {
 CUfunction KernelModule::function(const std::string& label) const {
   auto it = functions_.find(label);
   if (it == functions_.end()) {
-    throw CudaError(fmt::format("program '{}' has no kernel labelled '{}'; its kernels: {}",
-                                program_, label,
-                                labels_.empty() ? std::string("(none)")
-                                                : fmt::format("{}", fmt::join(labels_, ", "))));
+    throw CudaError(fmt::format(
+        "program '{}' has no kernel labelled '{}'; its kernels: {}", program_, label,
+        labels_.empty() ? std::string("(none)") : fmt::format("{}", fmt::join(labels_, ", "))));
   }
   return it->second;
 }
@@ -137,18 +135,16 @@ CUfunction KernelModule::function(const std::string& label) const {
 void launch(CUfunction function, Dim3 grid, Dim3 block, size_t smem_bytes, CUstream stream,
             void** args, std::string_view label) {
   const std::string_view name = label.empty() ? std::string_view("(unlabelled kernel)") : label;
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 ||
-      block.z == 0) {
-    throw CudaError(fmt::format("launch of {}: empty grid ({}, {}, {}) or block ({}, {}, {})",
-                                name, grid.x, grid.y, grid.z, block.x, block.y, block.z));
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0) {
+    throw CudaError(fmt::format("launch of {}: empty grid ({}, {}, {}) or block ({}, {}, {})", name,
+                                grid.x, grid.y, grid.z, block.x, block.y, block.z));
   }
   const DriverApi& api = driver();
   ContextGuard guard(stream_context(stream));
   if (smem_bytes > kDefaultDynamicSmemLimit) {
     int current = 0;
     LIGHTSEQ_CU_CHECK_MSG(
-        api.cuFuncGetAttribute(&current, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                               function),
+        api.cuFuncGetAttribute(&current, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, function),
         fmt::format("launch of {}", name));
     if (static_cast<size_t>(current) < smem_bytes) {
       LIGHTSEQ_CU_CHECK_MSG(

@@ -152,8 +152,7 @@ inline HostProblem make_problem(const GemmCase& cs, std::mt19937_64& rng) {
   if (relu_epilogue(cs.epilogue)) {
     p.aux_ld = relu_mask_ld(cs.n) + (cs.pad > 0 ? 128 : 0);
     p.aux_stride = cs.m * p.aux_ld + (cs.batch_pad > 0 ? 128 : 0);
-    p.mask.assign(static_cast<size_t>(((cs.batch - 1) * p.aux_stride + cs.m * p.aux_ld) / 8),
-                  0xFF);
+    p.mask.assign(static_cast<size_t>(((cs.batch - 1) * p.aux_stride + cs.m * p.aux_ld) / 8), 0xFF);
     if (cs.epilogue == Epilogue::kDReluBGrad) {
       std::bernoulli_distribution coin(0.5);
       for (auto& byte : p.mask) byte = 0;
@@ -175,9 +174,9 @@ inline HostProblem make_problem(const GemmCase& cs, std::mt19937_64& rng) {
 
 // Float64 reference, indexed logically: (b·m + i)·n + j for D and the pre-activation.
 struct Reference {
-  std::vector<double> d, d_erf;  // d_erf: with the erf form of GELU (GELU epilogues only)
-  std::vector<double> pre;       // forward aux epilogues: P + bias
-  std::vector<double> pre_bound; // Σ of |terms| of pre: a bound on its fp32 rounding (× 1e-4)
+  std::vector<double> d, d_erf;   // d_erf: with the erf form of GELU (GELU epilogues only)
+  std::vector<double> pre;        // forward aux epilogues: P + bias
+  std::vector<double> pre_bound;  // Σ of |terms| of pre: a bound on its fp32 rounding (× 1e-4)
   std::vector<double> bias_grad, bias_grad_erf;
 };
 
@@ -189,14 +188,23 @@ inline Reference reference(const HostProblem& p) {
   r.d_erf.assign(total, 0.0);
   r.pre.assign(total, 0.0);
   r.pre_bound.assign(total, 0.0);
-  std::vector<double> col_a(static_cast<size_t>(cs.k));
+  // op(A) rows and op(B) columns decoded once per batch, contiguous in k.
+  std::vector<double> op_a(static_cast<size_t>(cs.m * cs.k)),
+      op_bt(static_cast<size_t>(cs.n * cs.k));
   for (int64_t bt = 0; bt < cs.batch; ++bt) {
     for (int64_t i = 0; i < cs.m; ++i) {
-      for (int64_t kk = 0; kk < cs.k; ++kk) col_a[kk] = p.opa(bt, i, kk);
+      for (int64_t kk = 0; kk < cs.k; ++kk) op_a[i * cs.k + kk] = p.opa(bt, i, kk);
+    }
+    for (int64_t j = 0; j < cs.n; ++j) {
+      for (int64_t kk = 0; kk < cs.k; ++kk) op_bt[j * cs.k + kk] = p.opb(bt, kk, j);
+    }
+    for (int64_t i = 0; i < cs.m; ++i) {
+      const double* row = &op_a[i * cs.k];
       for (int64_t j = 0; j < cs.n; ++j) {
+        const double* col = &op_bt[j * cs.k];
         double acc = 0.0, bound = 0.0;
         for (int64_t kk = 0; kk < cs.k; ++kk) {
-          const double t = col_a[kk] * p.opb(bt, kk, j);
+          const double t = row[kk] * col[kk];
           acc += t;
           bound += std::abs(t);
         }

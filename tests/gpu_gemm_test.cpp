@@ -33,13 +33,17 @@ double gelu_tolerance(Precision p) { return std::max(tolerance(p), 1e-3); }
 
 bool planner_layout(const GemmCase& cs) {
   switch (cs.epilogue) {
-    case Epilogue::kNone: return true;
+    case Epilogue::kNone:
+      return true;
     case Epilogue::kBias:
     case Epilogue::kReluAuxBias:
-    case Epilogue::kGeluAuxBias: return cs.ta == kN && cs.tb == kT;
+    case Epilogue::kGeluAuxBias:
+      return cs.ta == kN && cs.tb == kT;
     case Epilogue::kDReluBGrad:
-    case Epilogue::kDGeluBGrad: return cs.ta == kN && cs.tb == kN;
-    case Epilogue::kBGradA: return cs.ta == kT && cs.tb == kN;
+    case Epilogue::kDGeluBGrad:
+      return cs.ta == kN && cs.tb == kN;
+    case Epilogue::kBGradA:
+      return cs.ta == kT && cs.tb == kN;
   }
   return false;
 }
@@ -171,8 +175,8 @@ class GpuGemmTest : public GpuTest {
           }
         }
       }
-      EXPECT_EQ(wrong, 0) << "ReLU mask bits wrong (bit i·aux_ld + j, LSB first; "
-                          << ambiguous << " near-zero elements not checked); first at " << first;
+      EXPECT_EQ(wrong, 0) << "ReLU mask bits wrong (bit i·aux_ld + j, LSB first; " << ambiguous
+                          << " near-zero elements not checked); first at " << first;
     }
     if (cs.epilogue == Epilogue::kGeluAuxBias) {
       HostArray aux(cs.dtype, p.gelu_aux.size());
@@ -193,8 +197,7 @@ class GpuGemmTest : public GpuTest {
       std::vector<double> got_bg(bg.size());
       for (size_t j = 0; j < bg.size(); ++j) got_bg[j] = bg.get(j);
       EXPECT_TRUE(within(compare(got_bg, ref.bias_grad), tol, "bias_grad"))
-          << (gelu ? "; against the erf form: " +
-                         describe(compare(got_bg, ref.bias_grad_erf))
+          << (gelu ? "; against the erf form: " + describe(compare(got_bg, ref.bias_grad_erf))
                    : "");
     }
     return errors;
@@ -218,8 +221,7 @@ class GpuGemmTest : public GpuTest {
       } catch (const CudaError& e) {
         const std::string message = e.what();
         EXPECT_NE(message.find("no algorithm"), std::string::npos) << message;
-        EXPECT_NE(message.find(std::string(to_string(cs.epilogue))), std::string::npos)
-            << message;
+        EXPECT_NE(message.find(std::string(to_string(cs.epilogue))), std::string::npos) << message;
       }
       return support.reason;
     }
@@ -240,13 +242,20 @@ class GpuGemmTest : public GpuTest {
 
 std::string epilogue_id(Epilogue e) {
   switch (e) {
-    case Epilogue::kNone: return "none";
-    case Epilogue::kBias: return "bias";
-    case Epilogue::kReluAuxBias: return "relu_aux_bias";
-    case Epilogue::kGeluAuxBias: return "gelu_aux_bias";
-    case Epilogue::kDReluBGrad: return "drelu_bgrad";
-    case Epilogue::kDGeluBGrad: return "dgelu_bgrad";
-    case Epilogue::kBGradA: return "bgrad_a";
+    case Epilogue::kNone:
+      return "none";
+    case Epilogue::kBias:
+      return "bias";
+    case Epilogue::kReluAuxBias:
+      return "relu_aux_bias";
+    case Epilogue::kGeluAuxBias:
+      return "gelu_aux_bias";
+    case Epilogue::kDReluBGrad:
+      return "drelu_bgrad";
+    case Epilogue::kDGeluBGrad:
+      return "dgelu_bgrad";
+    case Epilogue::kBGradA:
+      return "bgrad_a";
   }
   return "unknown";
 }
@@ -260,8 +269,8 @@ TEST_P(GpuGemmEpilogue, MatchesFloat64Reference) {
     int64_t m, n, k, pad;
   };
   // n, k multiples of 8 first, then not; m = 1, 7, 77, 513; padded leading dimensions.
-  const Shape shapes[] = {{1, 64, 40, 0},  {7, 64, 40, 8},  {77, 128, 72, 0}, {513, 72, 96, 0},
-                          {7, 33, 17, 0},  {77, 9, 131, 3}, {64, 40, 77, 0}};
+  const Shape shapes[] = {{1, 64, 40, 0}, {7, 64, 40, 8},  {77, 128, 72, 0}, {513, 72, 96, 0},
+                          {7, 33, 17, 0}, {77, 9, 131, 3}, {64, 40, 77, 0}};
   const float alpha = epilogue == Epilogue::kNone || epilogue == Epilogue::kBias ? 0.75f : 1.0f;
   int ran = 0;
   std::vector<std::string> unsupported;
@@ -304,10 +313,9 @@ TEST_P(GpuGemmEpilogue, MatchesFloat64Reference) {
 INSTANTIATE_TEST_SUITE_P(
     Gpu, GpuGemmEpilogue,
     ::testing::Combine(::testing::Values(Precision::kFp32, Precision::kFp16, Precision::kBf16),
-                       ::testing::Values(Epilogue::kNone, Epilogue::kBias,
-                                         Epilogue::kReluAuxBias, Epilogue::kGeluAuxBias,
-                                         Epilogue::kDReluBGrad, Epilogue::kDGeluBGrad,
-                                         Epilogue::kBGradA)),
+                       ::testing::Values(Epilogue::kNone, Epilogue::kBias, Epilogue::kReluAuxBias,
+                                         Epilogue::kGeluAuxBias, Epilogue::kDReluBGrad,
+                                         Epilogue::kDGeluBGrad, Epilogue::kBGradA)),
     [](const auto& info) {
       return std::string(to_string(std::get<0>(info.param))) + "_" +
              epilogue_id(std::get<1>(info.param));
@@ -378,7 +386,7 @@ void round_trip(GpuGemmTest& t, GemmRunner& runner, Allocator& alloc, CUstream s
   t.sync();
   t.check_outputs(fp, fref, fdp);
 
-  GemmCase bwd{dt, relu ? Epilogue::kDReluBGrad : Epilogue::kDGeluBGrad, kN, kN, tokens, ffn,
+  GemmCase bwd{dt,    relu ? Epilogue::kDReluBGrad : Epilogue::kDGeluBGrad, kN, kN, tokens, ffn,
                hidden};  // dh = (dY·W2) ⊙ act'(pre), db1 = Σ dh
   HostProblem bp = make_problem(bwd, rng);
   ASSERT_EQ(bp.aux_ld, fp.aux_ld);
@@ -386,7 +394,8 @@ void round_trip(GpuGemmTest& t, GemmRunner& runner, Allocator& alloc, CUstream s
     t.download_bytes(fdp.aux, bp.mask.data(), bp.mask.size());
   } else {
     for (int64_t i = 0; i < tokens; ++i) {
-      for (int64_t j = 0; j < ffn; ++j) bp.gelu_aux.set(bp.aux_index(0, i, j), fref.pre[i * ffn + j]);
+      for (int64_t j = 0; j < ffn; ++j)
+        bp.gelu_aux.set(bp.aux_index(0, i, j), fref.pre[i * ffn + j]);
     }
   }
   const Reference bref = reference(bp);
@@ -410,7 +419,7 @@ TEST_P(GpuGemmDtype, ReluAuxRoundTrip) {
 TEST_P(GpuGemmDtype, SameBitsTwice) {
   SCOPED_TRACE(seed_note());
   for (const GemmCase& cs : {GemmCase{GetParam(), Epilogue::kDGeluBGrad, kN, kN, 513, 256, 96},
-                            GemmCase{GetParam(), Epilogue::kBGradA, kT, kN, 96, 64, 513}}) {
+                             GemmCase{GetParam(), Epilogue::kBGradA, kT, kN, 96, 64, 513}}) {
     SCOPED_TRACE(cs.label());
     const HostProblem p = make_problem(cs, rng_);
     DeviceProblem dp = upload_problem(p);

@@ -186,13 +186,14 @@ TEST_F(GpuRuntime, ModuleLoadsAndLaunchesAnNvrtcKernel) {
   CUdeviceptr r_ptr = dr.device_ptr();
   int rm = m;
   void* rargs[] = {&r_ptr, &rm};
-  launch(module.function("reverse_smem:f32"), Dim3{1}, Dim3{256}, m * sizeof(float), stream_,
-         rargs, "reverse_smem:f32");
+  launch(module.function("reverse_smem:f32"), Dim3{1}, Dim3{256}, m * sizeof(float), stream_, rargs,
+         "reverse_smem:f32");
   std::vector<float> r(m);
   download_bytes(dr, r.data(), m * sizeof(float));
   for (int i = 0; i < m; ++i) ASSERT_EQ(r[i], static_cast<float>(m - 1 - i)) << "element " << i;
 
-  EXPECT_THROW(launch(module.function("axpb:f32"), Dim3{0}, Dim3{128}, 0, stream_, args), CudaError);
+  EXPECT_THROW(launch(module.function("axpb:f32"), Dim3{0}, Dim3{128}, 0, stream_, args),
+               CudaError);
 }
 
 TEST_F(GpuRuntime, MissingLabelListsTheModulesKernels) {
@@ -281,14 +282,15 @@ TEST(GpuMultiDevice, TwoDevicesInOneProcess) {
     StreamOrderedAllocator alloc(dev);
     KernelModule module(to_entry(source, compile_program(source, device_arch_string(dev))), dev);
     {
-      const GemmCase cs{Precision::kFp16, Epilogue::kBias, Transpose::kNo, Transpose::kYes, 77,
-                        64, 128};
+      const GemmCase cs{
+          Precision::kFp16, Epilogue::kBias, Transpose::kNo, Transpose::kYes, 77, 64, 128};
       const HostProblem p = make_problem(cs, rng);
       const Reference ref = reference(p);
       auto up = [&](const std::vector<uint8_t>& bytes) {
         DeviceBuffer buf(alloc, bytes.size(), stream);
-        LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(buf.device_ptr(), bytes.data(), bytes.size(),
-                                                     stream));
+        ScopedContext c(dev);  // test-side copies run in the stream's context
+        LIGHTSEQ_CU_CHECK(
+            driver().cuMemcpyHtoDAsync(buf.device_ptr(), bytes.data(), bytes.size(), stream));
         return buf;
       };
       DeviceBuffer a = up(p.a.bytes()), b = up(p.b.bytes()), d = up(p.d.bytes()),
@@ -309,9 +311,12 @@ TEST(GpuMultiDevice, TwoDevicesInOneProcess) {
       g.bias = bias.get();
       runner.run(g, stream, alloc);
       HostArray out(cs.dtype, p.d.size());
-      LIGHTSEQ_CU_CHECK(driver().cuMemcpyDtoHAsync(out.bytes().data(), d.device_ptr(),
-                                                   out.bytes().size(), stream));
-      LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
+      {
+        ScopedContext c(dev);
+        LIGHTSEQ_CU_CHECK(driver().cuMemcpyDtoHAsync(out.bytes().data(), d.device_ptr(),
+                                                     out.bytes().size(), stream));
+        LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
+      }
       std::vector<double> got(ref.d.size());
       for (int64_t i = 0; i < cs.m; ++i) {
         for (int64_t j = 0; j < cs.n; ++j) got[i * cs.n + j] = out.get(p.d_index(0, i, j));
@@ -322,19 +327,27 @@ TEST(GpuMultiDevice, TwoDevicesInOneProcess) {
       const int n = 256;
       std::vector<float> x(n, 1.0f);
       DeviceBuffer dx(alloc, n * sizeof(float), stream), dy(alloc, n * sizeof(float), stream);
-      LIGHTSEQ_CU_CHECK(
-          driver().cuMemcpyHtoDAsync(dx.device_ptr(), x.data(), n * sizeof(float), stream));
+      {
+        ScopedContext c(dev);
+        LIGHTSEQ_CU_CHECK(
+            driver().cuMemcpyHtoDAsync(dx.device_ptr(), x.data(), n * sizeof(float), stream));
+      }
       CUdeviceptr y_ptr = dy.device_ptr(), x_ptr = dx.device_ptr();
       float a = 3.0f, b = static_cast<float>(dev);
       int count = n;
       void* args[] = {&y_ptr, &x_ptr, &a, &b, &count};
       launch(module.function("axpb:f32"), Dim3{1}, Dim3{256}, 0, stream, args, "axpb:f32");
       std::vector<float> y(n);
-      LIGHTSEQ_CU_CHECK(
-          driver().cuMemcpyDtoHAsync(y.data(), dy.device_ptr(), n * sizeof(float), stream));
-      LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
+      {
+        ScopedContext c(dev);
+        LIGHTSEQ_CU_CHECK(
+            driver().cuMemcpyDtoHAsync(y.data(), dy.device_ptr(), n * sizeof(float), stream));
+        LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
+      }
       EXPECT_EQ(y, std::vector<float>(n, 3.0f + dev));
     }
+    ScopedContext c(dev);
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
     LIGHTSEQ_CU_CHECK(driver().cuStreamDestroy(stream));
   }
 }

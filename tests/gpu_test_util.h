@@ -21,11 +21,11 @@
 #include "runtime/driver.h"
 
 // Skips (visibly, with the reason) when there is no GPU. Use at the top of a test or SetUp().
-#define LIGHTSEQ_SKIP_WITHOUT_GPU()                                          \
-  do {                                                                       \
-    if (::lightseq::device_count() == 0) {                                   \
-      GTEST_SKIP() << "no GPU: " << ::lightseq::no_gpu_reason();             \
-    }                                                                        \
+#define LIGHTSEQ_SKIP_WITHOUT_GPU()                              \
+  do {                                                           \
+    if (::lightseq::device_count() == 0) {                       \
+      GTEST_SKIP() << "no GPU: " << ::lightseq::no_gpu_reason(); \
+    }                                                            \
   } while (0)
 
 namespace lightseq::test {
@@ -147,9 +147,12 @@ class HostArray {
 
 inline double tolerance(Precision p) {
   switch (p) {
-    case Precision::kFp32: return 1e-5;
-    case Precision::kFp16: return 2e-3;
-    case Precision::kBf16: return 1e-2;
+    case Precision::kFp32:
+      return 1e-5;
+    case Precision::kFp16:
+      return 2e-3;
+    case Precision::kBf16:
+      return 1e-2;
   }
   return 0.0;
 }
@@ -259,8 +262,8 @@ class GpuTest : public ::testing::Test {
   }
   void sync() { LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream_)); }
   std::string seed_note() const {
-    return "seed " + std::to_string(seed_) + " (rerun with LIGHTSEQ_TEST_SEED=" +
-           std::to_string(seed_) + ")";
+    return "seed " + std::to_string(seed_) +
+           " (rerun with LIGHTSEQ_TEST_SEED=" + std::to_string(seed_) + ")";
   }
 
   std::optional<ScopedContext> context_;

@@ -72,9 +72,10 @@ TEST(CudaCheck, CublasFailureNamesStatusAndContext) {
     FAIL() << "no throw";
   } catch (const CudaError& e) {
     const std::string message = e.what();
-    EXPECT_TRUE(contains(message, "returns_cublas(CUBLAS_STATUS_NOT_SUPPORTED) failed: "
-                                  "CUBLAS_STATUS_NOT_SUPPORTED (the functionality requested is "
-                                  "not supported) at tests/runtime_cpu_test.cpp:"))
+    EXPECT_TRUE(contains(message,
+                         "returns_cublas(CUBLAS_STATUS_NOT_SUPPORTED) failed: "
+                         "CUBLAS_STATUS_NOT_SUPPORTED (the functionality requested is "
+                         "not supported) at tests/runtime_cpu_test.cpp:"))
         << message;
     EXPECT_TRUE(message.ends_with(": gemm 'ffn.linear1'")) << message;
   }

@@ -1,0 +1,314 @@
+// gemm_mapping_test.cpp — the row-major → cuBLASLt mapping of runtime/gemm checked without a GPU.
+// lt_call() reads back the descriptors run() builds; this file executes that call on the host
+// with cuBLASLt's *documented column-major semantics* (cublasLt.h: op(A) is M×K, D = α·op(A)·op(B)
+// + β·C, BIAS adds bias[row of D], DRELU/DGELU_BGRAD reduce D over its columns into a vector of
+// D's rows, BGRADB reduces op(B) over K into a vector of D's columns, aux has D's layout with its
+// own ld, the ReLU mask one bit per element) on the test's host buffers, and compares what lands
+// in memory with the float64 row-major reference. Every memory access is bounds-checked against
+// the buffers, so a wrong ld, stride or vector length fails here rather than on the GPU.
+#include <cublas_api.h>
+#include <gtest/gtest.h>
+#include <library_types.h>
+
+#include <map>
+#include <random>
+#include <stdexcept>
+
+#include "tests/gemm_reference.h"
+
+namespace lightseq::test {
+namespace {
+
+constexpr Transpose kN = Transpose::kNo, kT = Transpose::kYes;
+
+// Host memory regions the emulated call may touch, for bounds checks.
+class Memory {
+ public:
+  void add(const void* base, size_t bytes) {
+    if (base != nullptr) regions_[static_cast<const uint8_t*>(base)] = bytes;
+  }
+  uint8_t* at(const void* base, int64_t byte_offset, size_t bytes) const {
+    const auto* p = static_cast<const uint8_t*>(base) + byte_offset;
+    auto it = regions_.upper_bound(p);
+    if (it == regions_.begin() || byte_offset < 0) throw std::out_of_range("outside every buffer");
+    --it;
+    if (p + bytes > it->first + it->second) throw std::out_of_range("past the end of a buffer");
+    return const_cast<uint8_t*>(p);
+  }
+
+ private:
+  std::map<const uint8_t*, size_t> regions_;
+};
+
+size_t type_bytes(int32_t type) {
+  switch (type) {
+    case CUDA_R_32F:
+      return 4;
+    case CUDA_R_16F:
+    case CUDA_R_16BF:
+      return 2;
+  }
+  throw std::invalid_argument("unexpected cudaDataType " + std::to_string(type));
+}
+
+double load(const Memory& mem, const void* base, int64_t index, int32_t type) {
+  const size_t eb = type_bytes(type);
+  const uint8_t* p = mem.at(base, index * static_cast<int64_t>(eb), eb);
+  if (type == CUDA_R_32F) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return type == CUDA_R_16F ? half_bits_to_float(h) : bf16_bits_to_float(h);
+}
+
+void store(const Memory& mem, const void* base, int64_t index, int32_t type, double v) {
+  const size_t eb = type_bytes(type);
+  uint8_t* p = mem.at(base, index * static_cast<int64_t>(eb), eb);
+  const float f = static_cast<float>(v);
+  if (type == CUDA_R_32F) {
+    std::memcpy(p, &f, 4);
+  } else {
+    const uint16_t h = type == CUDA_R_16F ? float_to_half_bits(f) : float_to_bf16_bits(f);
+    std::memcpy(p, &h, 2);
+  }
+}
+
+// Element (r, c) of batch bt of a column-major matrix.
+double element(const Memory& mem, const LtCall::Matrix& m, int64_t bt, int64_t r, int64_t c) {
+  if (r < 0 || c < 0 || r >= static_cast<int64_t>(m.rows) || c >= static_cast<int64_t>(m.cols)) {
+    throw std::out_of_range("element outside the matrix");
+  }
+  return load(mem, m.ptr, bt * m.stride + c * m.ld + r, m.type);
+}
+
+// cuBLASLt's documented semantics, column-major, in float64.
+void emulate(const LtCall& call, const Memory& mem) {
+  const int64_t M = call.trans_a ? call.a.cols : call.a.rows;
+  const int64_t K = call.trans_a ? call.a.rows : call.a.cols;
+  const int64_t N = call.trans_b ? call.b.rows : call.b.cols;
+  ASSERT_EQ(K, static_cast<int64_t>(call.trans_b ? call.b.cols : call.b.rows)) << "K of A vs B";
+  ASSERT_EQ(M, static_cast<int64_t>(call.d.rows));
+  ASSERT_EQ(N, static_cast<int64_t>(call.d.cols));
+  ASSERT_EQ(call.c.rows, call.d.rows);
+  ASSERT_EQ(call.c.cols, call.d.cols);
+  const int32_t batch = call.d.batch;
+  ASSERT_EQ(call.a.batch, batch);
+  ASSERT_EQ(call.b.batch, batch);
+  ASSERT_EQ(call.c.batch, batch);
+  ASSERT_TRUE(call.compute_type == CUBLAS_COMPUTE_32F ||
+              call.compute_type == CUBLAS_COMPUTE_32F_FAST_TF32);
+  ASSERT_EQ(call.scale_type, CUDA_R_32F);
+  const std::string& e = call.epilogue;
+  const bool bias = e == "CUBLASLT_EPILOGUE_BIAS" || e == "CUBLASLT_EPILOGUE_RELU_AUX_BIAS" ||
+                    e == "CUBLASLT_EPILOGUE_GELU_AUX_BIAS";
+  const bool drelu = e == "CUBLASLT_EPILOGUE_DRELU_BGRAD";
+  const bool dgelu = e == "CUBLASLT_EPILOGUE_DGELU_BGRAD";
+  auto op_a = [&](int64_t bt, int64_t r, int64_t k) {
+    return call.trans_a ? element(mem, call.a, bt, k, r) : element(mem, call.a, bt, r, k);
+  };
+  auto op_b = [&](int64_t bt, int64_t k, int64_t c) {
+    return call.trans_b ? element(mem, call.b, bt, c, k) : element(mem, call.b, bt, k, c);
+  };
+  std::vector<double> row_sums(static_cast<size_t>(M), 0.0);
+  for (int64_t bt = 0; bt < batch; ++bt) {
+    for (int64_t c = 0; c < N; ++c) {
+      for (int64_t r = 0; r < M; ++r) {
+        double acc = 0.0;
+        for (int64_t k = 0; k < K; ++k) acc += op_a(bt, r, k) * op_b(bt, k, c);
+        double v = call.alpha * acc;
+        if (call.beta != 0.0f) v += call.beta * element(mem, call.c, bt, r, c);
+        if (bias) v += load(mem, call.bias, r, call.bias_type);  // bias: one per row of D
+        const int64_t aux_index = bt * call.aux_stride + c * call.aux_ld + r;
+        if (e == "CUBLASLT_EPILOGUE_RELU_AUX_BIAS") {
+          uint8_t* byte = mem.at(call.aux, aux_index / 8, 1);
+          *byte = static_cast<uint8_t>((*byte & ~(1u << (aux_index % 8))) |
+                                       ((v > 0.0 ? 1u : 0u) << (aux_index % 8)));
+          v = v > 0.0 ? v : 0.0;
+        } else if (e == "CUBLASLT_EPILOGUE_GELU_AUX_BIAS") {
+          store(mem, call.aux, aux_index, call.d.type, v);
+          v = gelu_tanh(v);
+        } else if (drelu) {
+          const uint8_t byte = *mem.at(call.aux, aux_index / 8, 1);
+          v = (byte >> (aux_index % 8)) & 1u ? v : 0.0;
+        } else if (dgelu) {
+          v *= dgelu_tanh(load(mem, call.aux, aux_index, call.d.type));
+        }
+        if (drelu || dgelu) row_sums[r] += v;
+        store(mem, call.d.ptr, bt * call.d.stride + c * call.d.ld + r, call.d.type, v);
+      }
+    }
+  }
+  if (drelu || dgelu) {  // bias gradient: one per row of D, summed over its columns
+    for (int64_t r = 0; r < M; ++r) store(mem, call.bias, r, call.bias_type, row_sums[r]);
+  } else if (e == "CUBLASLT_EPILOGUE_BGRADB") {  // one per column of D: Σ_k op(B)[k, c]
+    for (int64_t c = 0; c < N; ++c) {
+      double sum = 0.0;
+      for (int64_t k = 0; k < K; ++k) sum += op_b(0, k, c);
+      store(mem, call.bias, c, call.bias_type, sum);
+    }
+  }
+}
+
+GemmArgs host_args(HostProblem& p) {
+  const GemmCase& cs = p.cs;
+  GemmArgs g;
+  g.name = "mapping";
+  g.dtype = cs.dtype;
+  g.trans_a = cs.ta;
+  g.trans_b = cs.tb;
+  g.m = cs.m;
+  g.n = cs.n;
+  g.k = cs.k;
+  g.batch = cs.batch;
+  g.alpha = cs.alpha;
+  g.beta = cs.beta;
+  g.a = p.a.bytes().data();
+  g.lda = p.lda;
+  g.stride_a = p.sa;
+  g.b = p.b.bytes().data();
+  g.ldb = p.ldb;
+  g.stride_b = p.sb;
+  g.d = p.d.bytes().data();
+  g.ldd = p.ldd;
+  g.stride_d = p.sd;
+  if (cs.c_mode != CMode::kNone) {
+    g.c = cs.c_mode == CMode::kSeparate ? p.c.bytes().data() : p.d.bytes().data();
+    g.ldc = p.ldc;
+    g.stride_c = p.sc;
+  }
+  g.epilogue = cs.epilogue;
+  if (bias_epilogue(cs.epilogue)) g.bias = p.bias.bytes().data();
+  if (bgrad_epilogue(cs.epilogue)) g.bias_grad = p.bias_grad.bytes().data();
+  if (relu_epilogue(cs.epilogue)) g.aux = p.mask.data();
+  if (gelu_epilogue(cs.epilogue)) g.aux = p.gelu_aux.bytes().data();
+  g.aux_ld = p.aux_ld;
+  g.aux_stride = p.aux_stride;
+  return g;
+}
+
+void check_case(const GemmCase& cs, std::mt19937_64& rng) {
+  SCOPED_TRACE(cs.label());
+  HostProblem p = make_problem(cs, rng);
+  const Reference ref = reference(p);  // before the emulated call overwrites D (C = D case)
+  Memory mem;
+  for (HostArray* h : {&p.a, &p.b, &p.c, &p.d, &p.bias, &p.gelu_aux, &p.bias_grad}) {
+    mem.add(h->bytes().data(), h->bytes().size());
+  }
+  mem.add(p.mask.data(), p.mask.size());
+  const LtCall call = lt_call(host_args(p));
+  EXPECT_EQ(call.a.type, call.d.type);
+  ASSERT_NO_THROW(emulate(call, mem));
+
+  const double tol = tolerance(cs.dtype);
+  std::vector<double> got(ref.d.size());
+  for (int64_t bt = 0; bt < cs.batch; ++bt) {
+    for (int64_t i = 0; i < cs.m; ++i) {
+      for (int64_t j = 0; j < cs.n; ++j)
+        got[(bt * cs.m + i) * cs.n + j] = p.d.get(p.d_index(bt, i, j));
+    }
+  }
+  EXPECT_TRUE(within(compare(got, ref.d), tol, "D"));
+  if (cs.epilogue == Epilogue::kReluAuxBias) {
+    int64_t wrong = 0;
+    for (int64_t bt = 0; bt < cs.batch; ++bt) {
+      for (int64_t i = 0; i < cs.m; ++i) {
+        for (int64_t j = 0; j < cs.n; ++j) {
+          const size_t o = (bt * cs.m + i) * cs.n + j;
+          if (std::abs(ref.pre[o]) > 1e-4 * ref.pre_bound[o] &&
+              p.mask_bit(bt, i, j) != (ref.pre[o] > 0.0)) {
+            ++wrong;
+          }
+        }
+      }
+    }
+    EXPECT_EQ(wrong, 0) << "mask bits";
+  }
+  if (cs.epilogue == Epilogue::kGeluAuxBias) {
+    std::vector<double> pre(ref.pre.size());
+    for (int64_t bt = 0; bt < cs.batch; ++bt) {
+      for (int64_t i = 0; i < cs.m; ++i) {
+        for (int64_t j = 0; j < cs.n; ++j) {
+          pre[(bt * cs.m + i) * cs.n + j] = p.gelu_aux.get(p.aux_index(bt, i, j));
+        }
+      }
+    }
+    EXPECT_TRUE(within(compare(pre, ref.pre), tol, "aux"));
+  }
+  if (bgrad_epilogue(cs.epilogue)) {
+    std::vector<double> bg(p.bias_grad.size());
+    for (size_t j = 0; j < bg.size(); ++j) bg[j] = p.bias_grad.get(j);
+    EXPECT_TRUE(within(compare(bg, ref.bias_grad), tol, "bias_grad"));
+  }
+}
+
+TEST(GemmMapping, EveryEpilogueAndTransposeMatchesTheRowMajorReference) {
+  std::mt19937_64 rng(11);
+  for (const Precision dt : {Precision::kFp32, Precision::kFp16, Precision::kBf16}) {
+    for (const Epilogue e :
+         {Epilogue::kNone, Epilogue::kBias, Epilogue::kReluAuxBias, Epilogue::kGeluAuxBias,
+          Epilogue::kDReluBGrad, Epilogue::kDGeluBGrad, Epilogue::kBGradA}) {
+      for (const Transpose ta : {kN, kT}) {
+        for (const Transpose tb : {kN, kT}) {
+          GemmCase cs{dt, e, ta, tb, 7, 33, 17};  // m, n, k all different
+          check_case(cs, rng);
+          cs.pad = 3;
+          cs.alpha = e == Epilogue::kNone ? 0.5f : 1.0f;
+          check_case(cs, rng);
+        }
+      }
+    }
+  }
+}
+
+TEST(GemmMapping, BatchedStridedAndAccumulating) {
+  std::mt19937_64 rng(12);
+  for (const Transpose ta : {kN, kT}) {
+    for (const Transpose tb : {kN, kT}) {
+      GemmCase cs{Precision::kFp16, Epilogue::kNone, ta, tb, 9, 13, 11, 3};
+      cs.batch_pad = 5;
+      cs.pad = 2;
+      check_case(cs, rng);
+      cs.shared_b = true;
+      check_case(cs, rng);
+      cs.beta = 1.0f;
+      cs.c_mode = CMode::kInPlace;
+      check_case(cs, rng);
+      cs.beta = 0.5f;
+      cs.c_mode = CMode::kSeparate;
+      check_case(cs, rng);
+    }
+  }
+  for (const Epilogue e : {Epilogue::kBias, Epilogue::kReluAuxBias, Epilogue::kGeluAuxBias}) {
+    GemmCase cs{Precision::kBf16, e, kN, kT, 9, 130, 11, 2};
+    cs.batch_pad = 8;
+    check_case(cs, rng);
+  }
+  GemmCase wgrad{Precision::kFp32, Epilogue::kBGradA, kT, kN, 12, 10, 9};
+  wgrad.beta = 1.0f;
+  wgrad.c_mode = CMode::kInPlace;
+  check_case(wgrad, rng);
+}
+
+TEST(GemmMapping, DataTypesAndComputeType) {
+  std::mt19937_64 rng(13);
+  for (const auto& [dt, type] :
+       {std::pair{Precision::kFp32, CUDA_R_32F}, std::pair{Precision::kFp16, CUDA_R_16F},
+        std::pair{Precision::kBf16, CUDA_R_16BF}}) {
+    HostProblem p = make_problem(GemmCase{dt, Epilogue::kBias, kN, kT, 4, 8, 8}, rng);
+    const LtCall call = lt_call(host_args(p));
+    EXPECT_EQ(call.a.type, type);
+    EXPECT_EQ(call.d.type, type);
+    EXPECT_EQ(call.bias_type, type);
+    EXPECT_EQ(call.compute_type, CUBLAS_COMPUTE_32F);
+  }
+  HostProblem p = make_problem(GemmCase{Precision::kFp32, Epilogue::kNone, kN, kT, 4, 8, 8}, rng);
+  GemmArgs g = host_args(p);
+  g.tf32 = Tf32::kAllow;
+  EXPECT_EQ(lt_call(g).compute_type, CUBLAS_COMPUTE_32F_FAST_TF32);
+}
+
+}  // namespace
+}  // namespace lightseq::test
