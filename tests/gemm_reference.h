@@ -4,6 +4,9 @@
 // and erf form) so a mismatch says which one the library computed.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <random>
@@ -27,6 +30,7 @@ struct GemmCase {
   int64_t pad = 0;        // extra elements at the end of every row (ld = row length + pad)
   int64_t batch_pad = 0;  // extra elements between batches
   bool shared_b = false;  // stride_b = 0: B is one matrix shared by every batch (a weight)
+  int64_t c_pad = 0;      // CMode::kSeparate: ldc = ldd + c_pad
   float alpha = 1.0f, beta = 0.0f;
   CMode c_mode = CMode::kNone;
 
@@ -126,7 +130,7 @@ inline HostProblem make_problem(const GemmCase& cs, std::mt19937_64& rng) {
   p.lda = (ta ? cs.m : cs.k) + cs.pad;
   p.ldb = (tb ? cs.k : cs.n) + cs.pad;
   p.ldd = cs.n + cs.pad;
-  p.ldc = cs.c_mode == CMode::kSeparate ? cs.n + cs.pad + 8 : p.ldd;  // ldc ≠ ldd on purpose
+  p.ldc = cs.c_mode == CMode::kSeparate ? p.ldd + cs.c_pad : p.ldd;
   p.sa = p.rows_a() * p.lda + cs.batch_pad;
   p.sb = cs.shared_b ? 0 : p.rows_b() * p.ldb + cs.batch_pad;
   p.sd = cs.m * p.ldd + cs.batch_pad;
@@ -268,6 +272,103 @@ inline Reference reference(const HostProblem& p) {
     r.bias_grad_erf = r.bias_grad;
   }
   return r;
+}
+
+// GELU outputs in fp32 get 1e-3: cuBLASLt may evaluate tanh with the hardware approximation
+// (relative error ~5e-4), which is cuBLASLt's numerics, not a layout error. The GPU tests print
+// the measured error against both GELU forms, so this can be tightened once measured.
+inline double gelu_tolerance(Precision p) { return std::max(tolerance(p), 1e-3); }
+
+// What a call left in memory (whole buffers, as laid out in the HostProblem).
+struct Outputs {
+  HostArray d;
+  std::vector<uint8_t> mask;  // kReluAuxBias
+  HostArray gelu_aux;         // kGeluAuxBias
+  HostArray bias_grad;        // bias-gradient epilogues
+};
+
+struct GeluErrors {  // relative errors of D against both GELU forms (GELU epilogues only)
+  double tanh_form = 0.0, erf_form = 0.0;
+};
+
+// Checks every output against the reference with gtest EXPECTs: D (and that nothing outside its
+// logical elements was written, unless C = D), the ReLU mask bits (near-zero pre-activations,
+// whose sign fp32 rounding may flip, are not checked), the GELU aux, the bias gradient.
+inline GeluErrors check_outputs(const HostProblem& p, const Reference& ref, const Outputs& out) {
+  const GemmCase& cs = p.cs;
+  const bool gelu = gelu_epilogue(cs.epilogue);
+  const double tol = gelu ? gelu_tolerance(cs.dtype) : tolerance(cs.dtype);
+  GeluErrors errors;
+
+  std::vector<double> got(ref.d.size());
+  std::vector<uint8_t> logical(out.d.size(), 0);
+  for (int64_t bt = 0; bt < cs.batch; ++bt) {
+    for (int64_t i = 0; i < cs.m; ++i) {
+      for (int64_t j = 0; j < cs.n; ++j) {
+        got[(bt * cs.m + i) * cs.n + j] = out.d.get(p.d_index(bt, i, j));
+        logical[p.d_index(bt, i, j)] = 1;
+      }
+    }
+  }
+  const Diff dd = compare(got, ref.d);
+  EXPECT_TRUE(within(dd, tol, "D"))
+      << (gelu ? "; against the erf form of GELU: " + describe(compare(got, ref.d_erf)) : "");
+  if (gelu) {
+    errors.tanh_form = dd.rel;
+    errors.erf_form = compare(got, ref.d_erf).rel;
+  }
+  if (cs.c_mode != CMode::kInPlace) {
+    size_t written = 0, first = 0;
+    for (size_t e = 0; e < out.d.size(); ++e) {
+      if (!logical[e] && !out.d.poisoned(e) && written++ == 0) first = e;
+    }
+    EXPECT_EQ(written, 0u) << "D was written outside its logical elements (ld/stride padding), "
+                           << "first at element " << first;
+  }
+
+  if (cs.epilogue == Epilogue::kReluAuxBias) {
+    HostProblem q;  // the decoding helpers only need the layout
+    q.aux_ld = p.aux_ld;
+    q.aux_stride = p.aux_stride;
+    q.mask = out.mask;
+    int64_t wrong = 0, ambiguous = 0;
+    std::string first;
+    for (int64_t bt = 0; bt < cs.batch; ++bt) {
+      for (int64_t i = 0; i < cs.m; ++i) {
+        for (int64_t j = 0; j < cs.n; ++j) {
+          const size_t o = (bt * cs.m + i) * cs.n + j;
+          if (std::abs(ref.pre[o]) <= 1e-4 * ref.pre_bound[o]) {
+            ++ambiguous;
+            continue;
+          }
+          if (q.mask_bit(bt, i, j) != (ref.pre[o] > 0.0) && wrong++ == 0) {
+            first = "(" + std::to_string(bt) + ", " + std::to_string(i) + ", " + std::to_string(j) +
+                    ") pre-activation " + std::to_string(ref.pre[o]);
+          }
+        }
+      }
+    }
+    EXPECT_EQ(wrong, 0) << "ReLU mask bits wrong (bit i·aux_ld + j, LSB first; " << ambiguous
+                        << " near-zero elements not checked); first at " << first;
+  }
+  if (cs.epilogue == Epilogue::kGeluAuxBias) {
+    std::vector<double> pre(ref.pre.size());
+    for (int64_t bt = 0; bt < cs.batch; ++bt) {
+      for (int64_t i = 0; i < cs.m; ++i) {
+        for (int64_t j = 0; j < cs.n; ++j) {
+          pre[(bt * cs.m + i) * cs.n + j] = out.gelu_aux.get(p.aux_index(bt, i, j));
+        }
+      }
+    }
+    EXPECT_TRUE(within(compare(pre, ref.pre), tolerance(cs.dtype), "GELU aux (pre-activation)"));
+  }
+  if (bgrad_epilogue(cs.epilogue)) {
+    std::vector<double> got_bg(out.bias_grad.size());
+    for (size_t j = 0; j < got_bg.size(); ++j) got_bg[j] = out.bias_grad.get(j);
+    EXPECT_TRUE(within(compare(got_bg, ref.bias_grad), tol, "bias_grad"))
+        << (gelu ? "; against the erf form: " + describe(compare(got_bg, ref.bias_grad_erf)) : "");
+  }
+  return errors;
 }
 
 }  // namespace lightseq::test
