@@ -193,7 +193,7 @@ std::string dump_failed_program(const ProgramSource& program, const std::string&
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) {
-    problem = fmt::format("cannot create '{}': {}", dir.string(), ec.message());
+    problem = fmt::format("cannot create '{}': {}", dir.string(), errno_message(ec.value()));
     return "";
   }
   const fs::path source_path = dir / (stem + ".cu");
@@ -251,20 +251,27 @@ std::vector<char> program_image(nvrtcProgram program, bool is_ptx) {
 
 std::vector<std::string> options_for(const std::string& canonical_arch_name) {
   const NvrtcTarget target = select_nvrtc_target(canonical_arch_name, supported_archs());
-  // Choices (measured with NVRTC 13.0 on the 2-core development machine, no GPU, one small
-  // elementwise kernel per program, 20-40 programs per configuration, seconds per program):
-  //   no headers 0.025; + cuda_fp16.h + cuda_bf16.h 0.033-0.045; + a template instantiated for
-  //   __half and __nv_bfloat16 0.042-0.058.
-  //   -default-device: 0.040-0.049 for the last case, within noise -> not used (the templates
-  //   annotate every device function anyway).
-  //   -minimal: 0.037-0.049, within noise -> not used (it also drops declarations a template
-  //   might legitimately want).
-  //   -pch (automatic precompiled headers, NVRTC 12.8+): 0.032-0.036 sequentially, i.e. it removes
-  //   most of the header cost; but with two compiling threads 0.027-0.031 per program against
-  //   0.021-0.031 without it: NVRTC serializes compilations that use the PCH heap, which undoes
-  //   the parallel compilation lightseq relies on. It also writes /tmp/__nvrtc_auto_pch_<pid>_*
-  //   and needs -pch-messages=false to keep the log clean. -> not used.
-  //   NVRTC's own in-process cache (12.9+, off with --no-cache) made no measurable difference.
+  // Choices, measured with NVRTC 13.0 (seconds of wall time per program, sm_90):
+  // Header cost. Tiny kernel, 16-40 programs in one process:
+  //   dev machine (2 cores, no GPU): no headers 0.025; + cuda_fp16.h + cuda_bf16.h 0.033-0.045.
+  //   H100 host (16 cores):          no headers 0.018; + common/types.cuh (fp16 + bf16) 0.047;
+  //                                  + layernorm.cuh 0.055-0.063.
+  //   So fp16 + bf16 cost ~0.01-0.03 s per program, not the ~0.15 s once quoted; real programs
+  //   take 0.1-1.1 s each (transformer-base: 16 programs for sm_80 + sm_90 in 6.2-6.5 s on the
+  //   H100 host with one thread, 2.3-2.8 s with 16: NVRTC runs partly serialized in-process).
+  // -default-device: within noise (0.040-0.049 vs 0.042-0.058) -> not used; the templates
+  //   annotate every device function anyway. -minimal: within noise -> not used.
+  // -pch (automatic precompiled headers, 12.8+): on tiny programs that share one header prefix
+  //   it cuts 0.055 -> 0.015 per program, but lightseq's programs are one per template family
+  //   (distinct headers, and a PCH is also specific to the options / arch), so it is created and
+  //   rarely reused: transformer-base cold, one thread, H100 host: 6.8-7.7 s with -pch vs
+  //   6.2-6.5 s without; with a shared "#include common/types.cuh" prefix put first in every
+  //   program, 7.0-8.7 s. It also adds ~10 ms of system time per program (PCH heap) and writes
+  //   /tmp/__nvrtc_auto_pch_<pid>_*. -> not used.
+  // NVRTC 12.9+ keeps its own disk cache (~/.nv/ComputeCache, seen on the GPU host; it is what
+  //   makes a second cold `lsc build` with an empty lightseq cache 5x faster there). It is left
+  //   on: it only helps. Cold-compile benchmarks must set CUDA_CACHE_DISABLE=1 (or pass
+  //   --no-cache), or they measure that cache.
   // -lineinfo: kernels stay attributable in profilers. --fmad=true (the default, spelled out:
   // the options are part of the cache key). No --use_fast_math: its ftz / approximate division
   // and sqrt change results the tests compare against a float64 reference.
