@@ -166,4 +166,8 @@ KernelInstance convert(Precision p) {
   return make("reduce", "convert_kernel", {cuda_type(p)}, fmt::format("convert:{}", to_string(p)));
 }
 
+KernelInstance accumulate(Precision p) {
+  return make("reduce", "accumulate_kernel", {cuda_type(p)}, fmt::format("accumulate:{}", to_string(p)));
+}
+
 }  // namespace lightseq::codegen

@@ -61,6 +61,7 @@ KernelInstance adam(Precision p, OptimizerKind kind);
 KernelInstance check_finite(Precision p);
 KernelInstance column_sum(Precision p);
 KernelInstance convert(Precision p);
+KernelInstance accumulate(Precision p);
 
 
 }  // namespace lightseq::codegen

@@ -69,6 +69,9 @@ struct LayerPlan {
   LayerGraph layer;
   std::vector<Step> forward, backward;
   std::vector<int> saved;  // forward tensors the backward reads (kept between them)
+  // Kernels the runtime launches outside the step lists: accumulate:<dtype> adds an epilogue's
+  // bias gradient (which cuBLASLt can only overwrite) into a gradient that accumulates (+=).
+  std::vector<KernelInstance> support_kernels;
 };
 
 struct ModelPlan {

@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "compiler/codegen/instances.h"
 #include "compiler/errors.h"
 #include "compiler/planner/passes.h"
 
@@ -41,6 +42,9 @@ std::vector<KernelInstance> ModelPlan::kernels() const {
           if (seen.insert(k->kernel.label).second) out.push_back(k->kernel);
         }
       }
+    }
+    for (const KernelInstance& k : l.support_kernels) {
+      if (seen.insert(k.label).second) out.push_back(k);
     }
   }
   return out;
@@ -171,6 +175,12 @@ LayerPlan plan_layer(LayerGraph layer, Precision precision) {
   }
   verify(lp, s);
   lp.saved = saved_tensors(lp);
+  for (const Step& st : lp.backward) {
+    if (const auto* gm = std::get_if<GemmStep>(&st); gm && gm->bias_grad >= 0) {
+      lp.support_kernels = {codegen::accumulate(precision)};
+      break;
+    }
+  }
   return lp;
 }
 

@@ -11,6 +11,7 @@
 #include "compiler/compiler.h"
 #include "compiler/errors.h"
 #include "compiler/planner/planner.h"
+#include "frontends/lsc/bench.h"
 #include "frontends/spec/parse.h"
 
 namespace lightseq::lsc {
@@ -123,6 +124,15 @@ int run(int argc, char** argv) {
   auto* clear = cache->add_subcommand("clear", "Remove every cache entry (other files are left alone).");
   clear->add_option("--cache", cache_dir, "Cache directory");
 
+  BenchOptions bench_opts;
+  auto* bench = app.add_subcommand("bench", "Time training steps (forward + backward) of the spec's encoder stacks on a GPU.");
+  bench->add_option("spec", bench_opts.spec, "Model spec (JSON)")->required();
+  bench->add_option("--batch", bench_opts.batch, "Sequences per batch")->check(CLI::PositiveNumber)->capture_default_str();
+  bench->add_option("--seq", bench_opts.seq, "Sequence length")->check(CLI::PositiveNumber)->capture_default_str();
+  bench->add_option("--iters", bench_opts.iters, "Timed steps")->check(CLI::PositiveNumber)->capture_default_str();
+  bench->add_option("--warmup", bench_opts.warmup, "Untimed steps first")->check(CLI::NonNegativeNumber)->capture_default_str();
+  bench->add_option("--device", bench_opts.device, "GPU ordinal")->check(CLI::NonNegativeNumber)->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -133,6 +143,7 @@ int run(int argc, char** argv) {
     if (*plan) return cmd_plan(spec);
     if (*ls) return cmd_cache_ls(cache_dir);
     if (*clear) return cmd_cache_clear(cache_dir);
+    if (*bench) return run_bench(bench_opts);
   } catch (const SpecError& e) {
     std::cerr << "lsc: error: " << e.what() << "\n";
     return 1;

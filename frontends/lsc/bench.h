@@ -1,0 +1,20 @@
+// bench.h — `lsc bench`: training-step timing of a spec's encoder stacks on a GPU.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace lightseq::lsc {
+
+struct BenchOptions {
+  std::string spec;
+  int64_t batch = 32;
+  int64_t seq = 128;
+  int iters = 20;
+  int warmup = 5;
+  int device = 0;
+};
+
+int run_bench(const BenchOptions& options);
+
+}  // namespace lightseq::lsc

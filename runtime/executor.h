@@ -1,0 +1,106 @@
+// executor.h — runs one layer's plan (compiler/planner/plan.h) on a GPU.
+//
+// Re-entrant: a LayerExecutor holds only immutable things (the plan, the loaded kernels, the GEMM
+// runner). forward() returns the activations its backward needs (SavedActivations) instead of
+// keeping them, so a layer may run several forwards before their backwards (activation
+// checkpointing, a module called twice) and several models may share a process.
+// Every call takes the caller's stream and allocator; nothing synchronizes, so a step can be
+// captured in a CUDA graph.
+//
+// Tensors are bound by their graph names (the parameter names of PyTorch's modules:
+// "self_attn.in_proj_weight", "norm1.bias", ...; inputs "x", "key_padding_mask"; the output "y";
+// in the backward "grad_y", "grad_x" and "grad.<param>"). Everything else is allocated.
+#pragma once
+
+#include <cuda.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "compiler/planner/plan.h"
+#include "runtime/allocator.h"
+#include "runtime/gemm.h"
+
+namespace lightseq {
+
+// Run-time sizes: B, T and (for a decoder's cross-attention) S.
+struct RunShape {
+  int64_t batch = 0;
+  int64_t seq = 0;
+  int64_t src_seq = 0;
+};
+
+// Dropout at run time: probabilities per site kind and the Philox stream. The layer's sites draw
+// at offset + site index; a caller advancing its offset by kDropoutOffsetStride per call never
+// reuses random numbers.
+struct DropoutConfig {
+  double attention = 0, activation = 0, hidden = 0, embedding = 0;
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+};
+inline constexpr uint64_t kDropoutOffsetStride = 16;
+
+enum class GradMode { kOverwrite, kAccumulate };  // parameter gradients: `=` or `+=`
+
+using Bindings = std::unordered_map<std::string, void*>;
+
+// label → kernel, for the device the executor runs on.
+using KernelTable = std::unordered_map<std::string, CUfunction>;
+
+// What a forward keeps for its backward.
+class SavedActivations {
+ public:
+  SavedActivations() = default;
+  SavedActivations(SavedActivations&&) = default;
+  SavedActivations& operator=(SavedActivations&&) = default;
+  const RunShape& shape() const { return shape_; }
+  const DropoutConfig& dropout() const { return dropout_; }
+  bool empty() const { return buffers_.empty(); }
+
+ private:
+  friend class LayerExecutor;
+  RunShape shape_;
+  DropoutConfig dropout_;
+  std::map<int, DeviceBuffer> buffers_;  // tensor id → memory
+  std::map<int, const void*> inputs_;    // caller inputs the backward reads (x, masks)
+};
+
+class LayerExecutor {
+ public:
+  LayerExecutor(const LayerPlan& plan, Precision precision, KernelTable kernels, GemmRunner* gemm);
+
+  const LayerPlan& plan() const { return plan_; }
+
+  // Runs the forward. `given` binds every input and parameter and the output(s). Throws
+  // lightseq::Error naming a missing binding, a misaligned pointer or a bad shape.
+  SavedActivations forward(const Bindings& given, const RunShape& shape, const DropoutConfig& dropout,
+                           Allocator& allocator, CUstream stream) const;
+
+  // Runs the backward with the activations of one forward. `given` binds the parameters, the
+  // output gradient(s), the input gradient(s) to write and every parameter gradient.
+  void backward(const Bindings& given, const SavedActivations& saved, GradMode mode,
+                Allocator& allocator, CUstream stream) const;
+
+  // Names a direction's steps need bound, for error messages and front ends.
+  std::vector<std::string> required_bindings(bool backward) const;
+
+  struct Frame;  // one call's state (runtime/frame.h), internal
+
+ private:
+  void run_steps(const std::vector<Step>& steps, Frame& frame) const;
+  void run_gemm(const GemmStep& g, Frame& frame) const;
+  void run_kernel(const KernelStep& k, Frame& frame) const;
+  // out[i] += in[i] for n elements of the model's dtype (the `+=` of epilogue bias gradients).
+  void accumulate_into(const void* in, void* out, int64_t n, Frame& frame) const;
+
+  LayerPlan plan_;
+  Precision precision_;
+  KernelTable kernels_;
+  GemmRunner* gemm_;
+  std::vector<bool> relu_aux_;  // per tensor: holds a ReLU bit mask (sized in bits)
+};
+
+}  // namespace lightseq

@@ -1,0 +1,149 @@
+#include "runtime/model.h"
+
+#include <fmt/format.h>
+
+#include "compiler/errors.h"
+#include "compiler/planner/planner.h"
+#include "frontends/spec/parse.h"
+#include "runtime/device.h"
+#include "runtime/module.h"
+
+namespace lightseq {
+
+std::shared_ptr<CompiledModel> CompiledModel::load(const ModelSpec& spec, const RuntimeOptions& options) {
+  if (auto issues = validate_spec(spec); !issues.empty()) throw SpecError(std::move(issues), spec.name);
+  const int count = device_count();
+  if (count == 0) throw Error("lightseq needs an NVIDIA GPU: " + no_gpu_reason());
+  if (options.device < 0 || options.device >= count) {
+    throw Error(fmt::format("device {} does not exist: this machine has {} GPU(s) (0..{})",
+                            options.device, count, count - 1));
+  }
+  std::shared_ptr<CompiledModel> m(new CompiledModel());
+  m->device_ = options.device;
+  m->plan_ = plan_model(spec);
+  DiskCache cache(options.cache_dir);
+  BuildOptions build;
+  build.archs = {fmt::format("sm_{}", device_arch(options.device))};
+  m->report_ = build_plan(m->plan_, cache, build);
+
+  ScopedContext ctx(options.device);
+  KernelTable table;
+  for (const CompiledModule& cm : m->report_.modules) {
+    auto module = std::make_unique<KernelModule>(cm.entry, options.device);
+    for (const std::string& label : cm.entry.labels) table[label] = module->function(label);
+    m->modules_.push_back(std::move(module));
+  }
+  m->gemm_ = std::make_unique<GemmRunner>();
+  m->stack_to_layer_.assign(spec.layers.size(), -1);
+  for (size_t i = 0; i < m->plan_.layers.size(); ++i) {
+    const LayerPlan& lp = m->plan_.layers[i];
+    m->executors_.push_back(std::make_unique<LayerExecutor>(lp, spec.precision, table, m->gemm_.get()));
+    const LayerType t = lp.layer.type;
+    if (t == LayerType::kEncoder || t == LayerType::kDecoder) {
+      // lower_model names stacks "layers[i]" in spec order
+      const int stack = std::stoi(lp.layer.name.substr(7));
+      m->stack_to_layer_.at(stack) = static_cast<int>(i);
+    }
+  }
+  return m;
+}
+
+std::shared_ptr<CompiledModel> CompiledModel::load_file(const std::filesystem::path& spec_json,
+                                                        const RuntimeOptions& options) {
+  return load(parse_spec_file(spec_json), options);
+}
+
+CompiledModel::~CompiledModel() {
+  if (modules_.empty()) return;
+  ScopedContext ctx(device_);
+  executors_.clear();
+  gemm_.reset();
+  modules_.clear();
+}
+
+const LayerExecutor& CompiledModel::stack(int stack) const {
+  if (stack < 0 || stack >= static_cast<int>(stack_to_layer_.size())) {
+    throw Error(fmt::format("model '{}' has {} layer stack(s); there is no stack {}", plan_.spec.name,
+                            stack_to_layer_.size(), stack));
+  }
+  return *executors_.at(stack_to_layer_[stack]);
+}
+
+// ---- EncoderLayer ---------------------------------------------------------------------------------
+
+EncoderLayer::EncoderLayer(std::shared_ptr<const CompiledModel> model, int stack)
+    : model_(std::move(model)), exec_(&model_->stack(stack)), spec_(model_->spec().layers.at(stack)) {
+  if (spec_.kind != LayerKind::kEncoder) {
+    throw Error(fmt::format("layers[{}] of '{}' is a {} stack, not an encoder", stack,
+                            model_->spec().name, to_string(spec_.kind)));
+  }
+}
+
+Bindings EncoderLayer::weight_bindings(const EncoderWeights& w) const {
+  auto c = [](const void* p) { return const_cast<void*>(p); };
+  return {{"self_attn.in_proj_weight", c(w.in_proj_weight)}, {"self_attn.in_proj_bias", c(w.in_proj_bias)},
+          {"self_attn.out_proj.weight", c(w.out_proj_weight)}, {"self_attn.out_proj.bias", c(w.out_proj_bias)},
+          {"linear1.weight", c(w.linear1_weight)},   {"linear1.bias", c(w.linear1_bias)},
+          {"linear2.weight", c(w.linear2_weight)},   {"linear2.bias", c(w.linear2_bias)},
+          {"norm1.weight", c(w.norm1_weight)},       {"norm1.bias", c(w.norm1_bias)},
+          {"norm2.weight", c(w.norm2_weight)},       {"norm2.bias", c(w.norm2_bias)}};
+}
+
+namespace {
+
+// The unfused attention backend materializes [B, heads, T, T] scores; beyond this it refuses
+// rather than fail an allocation or overflow an index.
+constexpr int64_t kMaxScoreElements = int64_t{1} << 36;
+
+void check_shape(const LayerStackSpec& s, const RunShape& shape, const std::string& where) {
+  if (shape.batch < 1 || shape.seq < 1) {
+    throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be at least 1", where,
+                            shape.batch, shape.seq));
+  }
+  if (shape.batch * s.heads * shape.seq > kMaxScoreElements / shape.seq) {
+    throw Error(fmt::format("{}: sequence length {} with batch {} needs {}×{}×{}×{} attention scores, "
+                            "more than the unfused attention backend supports (2^36); use a shorter "
+                            "sequence or a smaller batch", where, shape.seq, shape.batch,
+                            shape.batch, s.heads, shape.seq, shape.seq));
+  }
+}
+
+}  // namespace
+
+SavedActivations EncoderLayer::forward(const EncoderWeights& w, const EncoderInputs& in,
+                                       const RunShape& shape, const DropoutConfig& dropout,
+                                       Allocator& allocator, CUstream stream) const {
+  const std::string where = fmt::format("encoder layer ({})", exec_->plan().layer.description);
+  if (in.dtype != model_->spec().precision) {
+    throw Error(fmt::format("{}: inputs are {} but the model was compiled for {}; convert them or "
+                            "compile the model for {}", where, to_string(in.dtype),
+                            to_string(model_->spec().precision), to_string(in.dtype)));
+  }
+  check_shape(spec_, shape, where);
+  Bindings b = weight_bindings(w);
+  b["x"] = const_cast<void*>(in.x);
+  b["key_padding_mask"] = const_cast<uint8_t*>(in.key_padding_mask);
+  b["y"] = in.y;
+  ScopedContext ctx(model_->device());
+  return exec_->forward(b, shape, dropout, allocator, stream);
+}
+
+void EncoderLayer::backward(const EncoderWeights& w, const EncoderGrads& g, const EncoderGradInputs& io,
+                            const SavedActivations& saved, GradMode mode, Allocator& allocator,
+                            CUstream stream) const {
+  Bindings b = weight_bindings(w);
+  b["grad_y"] = const_cast<void*>(io.grad_y);
+  b["grad_x"] = io.grad_x;
+  const std::pair<const char*, void*> grads[] = {
+      {"grad.self_attn.in_proj_weight", g.in_proj_weight}, {"grad.self_attn.in_proj_bias", g.in_proj_bias},
+      {"grad.self_attn.out_proj.weight", g.out_proj_weight}, {"grad.self_attn.out_proj.bias", g.out_proj_bias},
+      {"grad.linear1.weight", g.linear1_weight}, {"grad.linear1.bias", g.linear1_bias},
+      {"grad.linear2.weight", g.linear2_weight}, {"grad.linear2.bias", g.linear2_bias},
+      {"grad.norm1.weight", g.norm1_weight},     {"grad.norm1.bias", g.norm1_bias},
+      {"grad.norm2.weight", g.norm2_weight},     {"grad.norm2.bias", g.norm2_bias}};
+  for (const auto& [name, p] : grads) b[name] = p;
+  ScopedContext ctx(model_->device());
+  exec_->backward(b, saved, mode, allocator, stream);
+}
+
+}  // namespace lightseq

@@ -1,0 +1,120 @@
+// model.h — the C++ API: a spec compiled for one GPU, and typed encoder layers on it.
+//
+//   auto model = lightseq::CompiledModel::load_file("examples/bert-base.json", {.device = 0});
+//   lightseq::EncoderLayer layer(model, /*stack=*/0);
+//   auto saved = layer.forward(weights, io, shape, dropout, allocator, stream);
+//   layer.backward(weights, grads, grad_io, saved, lightseq::GradMode::kOverwrite, allocator, stream);
+//
+// Kernels are compiled on first use for the device's arch and kept in the disk cache; a later
+// process loads them from there. Nothing here keeps per-call state: several layers of one model,
+// several models and several GPUs may be used from one process.
+#pragma once
+
+#include <cuda.h>
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "compiler/compiler.h"
+#include "runtime/executor.h"
+
+namespace lightseq {
+
+class KernelModule;
+
+struct RuntimeOptions {
+  int device = 0;
+  std::optional<std::filesystem::path> cache_dir;  // default: default_cache_dir()
+};
+
+class CompiledModel {
+ public:
+  // Plans the spec, compiles (or loads from the cache) every kernel for the device's arch and
+  // loads them on the device. Throws Error when there is no GPU (with the reason), SpecError for
+  // an invalid spec, CompileError for a rejected kernel.
+  static std::shared_ptr<CompiledModel> load(const ModelSpec& spec, const RuntimeOptions& options = {});
+  static std::shared_ptr<CompiledModel> load_file(const std::filesystem::path& spec_json,
+                                                  const RuntimeOptions& options = {});
+  ~CompiledModel();
+
+  const ModelSpec& spec() const { return plan_.spec; }
+  const ModelPlan& plan() const { return plan_; }
+  int device() const { return device_; }
+  const BuildReport& build_report() const { return report_; }
+
+  // The executor of spec().layers[stack] (an encoder or decoder stack; its layers share it).
+  const LayerExecutor& stack(int stack) const;
+
+ private:
+  CompiledModel() = default;
+  ModelPlan plan_;
+  int device_ = 0;
+  BuildReport report_;
+  std::vector<std::unique_ptr<KernelModule>> modules_;
+  std::unique_ptr<GemmRunner> gemm_;
+  std::vector<std::unique_ptr<LayerExecutor>> executors_;  // parallel to plan_.layers
+  std::vector<int> stack_to_layer_;
+};
+
+// Parameters of one encoder layer, in the layout of torch.nn.TransformerEncoderLayer (device
+// pointers in the model's precision).
+struct EncoderWeights {
+  const void* in_proj_weight = nullptr;   // [3H, H]
+  const void* in_proj_bias = nullptr;     // [3H]
+  const void* out_proj_weight = nullptr;  // [H, H]
+  const void* out_proj_bias = nullptr;    // [H]
+  const void* linear1_weight = nullptr;   // [F, H]
+  const void* linear1_bias = nullptr;     // [F]
+  const void* linear2_weight = nullptr;   // [H, F]
+  const void* linear2_bias = nullptr;     // [H]
+  const void* norm1_weight = nullptr, *norm1_bias = nullptr;  // [H]
+  const void* norm2_weight = nullptr, *norm2_bias = nullptr;  // [H]
+};
+
+// Their gradients, written (=) or accumulated (+=) as GradMode says.
+struct EncoderGrads {
+  void* in_proj_weight = nullptr, *in_proj_bias = nullptr;
+  void* out_proj_weight = nullptr, *out_proj_bias = nullptr;
+  void* linear1_weight = nullptr, *linear1_bias = nullptr;
+  void* linear2_weight = nullptr, *linear2_bias = nullptr;
+  void* norm1_weight = nullptr, *norm1_bias = nullptr;
+  void* norm2_weight = nullptr, *norm2_bias = nullptr;
+};
+
+struct EncoderInputs {
+  Precision dtype = Precision::kFp32;          // of x and y; must be the model's precision
+  const void* x = nullptr;                     // [B·T, H], rows batch-major (b·T + t)
+  const uint8_t* key_padding_mask = nullptr;   // [B, T], nonzero = pad; null = no padding
+  void* y = nullptr;                           // [B·T, H] output
+};
+
+struct EncoderGradInputs {
+  const void* grad_y = nullptr;  // [B·T, H]
+  void* grad_x = nullptr;        // [B·T, H] output
+};
+
+class EncoderLayer {
+ public:
+  EncoderLayer(std::shared_ptr<const CompiledModel> model, int stack);
+
+  // Shapes: batch ≥ 1, seq ≥ 1. Throws Error for a wrong dtype, a null or misaligned pointer, a
+  // sequence the attention backend cannot run.
+  SavedActivations forward(const EncoderWeights& w, const EncoderInputs& in, const RunShape& shape,
+                           const DropoutConfig& dropout, Allocator& allocator, CUstream stream) const;
+  void backward(const EncoderWeights& w, const EncoderGrads& grads, const EncoderGradInputs& io,
+                const SavedActivations& saved, GradMode mode, Allocator& allocator,
+                CUstream stream) const;
+
+  const LayerStackSpec& spec() const { return spec_; }
+
+ private:
+  Bindings weight_bindings(const EncoderWeights& w) const;
+  std::shared_ptr<const CompiledModel> model_;
+  const LayerExecutor* exec_;
+  LayerStackSpec spec_;
+};
+
+}  // namespace lightseq
