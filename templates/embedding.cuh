@@ -90,14 +90,16 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
 
   const int tid = threadIdx.x % kTpr;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x / kTpr;
-  if (row >= batch * seq) return;  // only with kRows > 1, whose reductions are warp-only
+  const bool in_range = row < batch * seq;
   const int64_t base = row * kHidden;
-  const int64_t t = row % seq;
-  const int64_t tok = tokens[row];
-  const bool bad = tok < 0 || tok >= vocab || t >= max_positions;
+  const int64_t t = in_range ? row % seq : 0;
+  const int64_t tok = in_range ? tokens[row] : padding_idx;
+  const bool bad = in_range && (tok < 0 || tok >= vocab || t >= max_positions);
   if (bad && tid == 0) *bad_token = 1;
-
-  if (bad || tok == padding_idx) {  // uniform over the row's threads (the block if kTpr > 32)
+  // Rows that get the LN: in range, a valid non-padding token. The others write zero rows; they
+  // leave early unless their warps share the LN's barriers with other rows of the block.
+  const bool active = in_range && !bad && tok != padding_idx;
+  if (in_range && !active) {
     const Vec<T, kVec> zero = {};
     for (int v = tid; v < kNvec; v += kTpr) {
       store_vec<kVec>(out + base + v * kVec, zero);
@@ -107,8 +109,9 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
       mean[row] = 0.f;
       rstd[row] = 0.f;
     }
-    return;
   }
+  constexpr bool kSharedBarriers = kNorm == Norm::kOn && kTpr > 32 && kRows > 1;
+  if (!kSharedBarriers && !active) return;
 
   const T* emb_row = token_table + tok * kHidden;
   auto embed = [&](int v, float (&e)[kVec]) {
@@ -132,11 +135,11 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
     }
   } else if constexpr (ln_fwd_cached(kHidden, kVec)) {
     constexpr int kSlots = ln_slots(kHidden, kVec);
-    Vec<T, kVec> zr[kSlots];
+    Vec<T, kVec> zr[kSlots] = {};
 #pragma unroll
     for (int k = 0; k < kSlots; ++k) {
       const int v = k * kTpr + tid;
-      if (v < kNvec) {
+      if (active && v < kNvec) {
         float e[kVec];
         embed(v, e);
 #pragma unroll
@@ -146,6 +149,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
     }
     float mu, rs;
     ln_row_stats<T, kHidden, kVec, kTpr, kSlots>(zr, tid, eps, smem, mu, rs);
+    if (!active) return;  // after the last barrier
 #pragma unroll
     for (int k = 0; k < kSlots; ++k) {
       const int v = k * kTpr + tid;
@@ -160,6 +164,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
       rstd[row] = rs;
     }
   } else {
+    static_assert(kRows == 1, "streamed rows take a block each");
     auto load_z = [&](int v, float (&z)[kVec]) {
       embed(v, z);
 #pragma unroll
@@ -252,27 +257,33 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
 #pragma unroll
       for (int i = 0; i < kVec; ++i) acc_gamma[k][i] = acc_beta[k][i] = 0.f;
     }
-    for (int64_t row = r0 + group; row < r1; row += kRows) {
-      const int64_t tok = tokens[row];
-      const int64_t t = row % seq;
-      if (skip(tok, t)) continue;  // uniform over the row's threads (the block if kTpr > 32)
+    // Every group runs the same number of iterations (the reductions may hold barriers); a group
+    // without a contributing row works on zeros and scatters nothing.
+    for (int64_t first = r0; first < r1; first += kRows) {
+      const int64_t row = first + group;
+      const bool in_chunk = row < r1;
+      const int64_t tok = in_chunk ? tokens[row] : padding_idx;
+      const int64_t t = in_chunk ? row % seq : 0;
+      const bool active = in_chunk && !skip(tok, t);
       const int64_t base = row * kHidden;
-      Vec<T, kVec> g[kSlots], x[kSlots];
+      Vec<T, kVec> g[kSlots] = {}, x[kSlots] = {};
       uint32_t keep[kSlots];
 #pragma unroll
       for (int k = 0; k < kSlots; ++k) {
         const int v = k * kTpr + tid;
         keep[k] = 0u;
-        if (v < kNvec) {
+        if (active && v < kNvec) {
           g[k] = load_vec<kVec>(grad_out + base + v * kVec);
           x[k] = load_vec<kVec>(sum_out + base + v * kVec);
           if constexpr (kMasked) keep[k] = dropout_keep_bits<kVec>(drop, base + v * kVec);
         }
       }
-      const float mu = mean[row], rs = rstd[row];
+      const float mu = active ? mean[row] : 0.f;
+      const float rs = active ? rstd[row] : 0.f;
       float m1, m2;
       ln_row_backward_stats<kMasked, T, kHidden, kVec, kTpr, kSlots>(
           g, keep, drop.scale, x, tid, gamma, mu, rs, smem, acc_gamma, acc_beta, m1, m2);
+      if (!active) continue;
 #pragma unroll
       for (int k = 0; k < kSlots; ++k) {
         const int v = k * kTpr + tid;

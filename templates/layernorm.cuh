@@ -3,8 +3,9 @@
 // split over kTpr = ln_threads_per_row(kHidden, kVec) threads (ln_bwd_threads_per_row backward),
 // each keeping kSlots 16-byte vectors of the row in registers, raw (as T; converted to fp32 when
 // used); vector k of thread t is row vector k * kTpr + t, so each load of the row group is
-// contiguous. One warp per row packs 4 rows into a block (shuffle reductions, no barrier); wider
-// rows take a block each. Rows too long to cache (forward > 16384 elements, backward > 8192) are
+// contiguous. A block holds ln_rows_per_block (ln_bwd_rows_per_block) row groups; a one-warp group
+// reduces by shuffles alone, a wider one through shared memory (barriers: every group of the block
+// takes part in every reduction, valid row or not). Rows too long to cache (forward > 16384 elements, backward > 8192) are
 // streamed by 1024 threads: extra passes over global memory (and, backward, the partial
 // accumulators in global memory): correct for any size, fast up to those.
 #pragma once
@@ -16,17 +17,12 @@
 
 namespace lightseq::kern {
 
-// Sums N values over the kTpr threads of one row: a warp (kTpr == 32, no barrier) or the whole
-// block (kTpr > 32: the block is one row).
+// Sums N values over the kTpr threads of one row: a warp (kTpr == 32, no barrier) or a group of
+// warps (barriers: every row group of the block must call it, valid row or not).
 template <int kTpr, int N>
 __device__ __forceinline__ void row_sum(float (&v)[N], float* smem) {
   static_assert(kTpr >= 32 && kTpr <= 1024 && (kTpr & (kTpr - 1)) == 0, "threads per row");
-  if constexpr (kTpr == 32) {
-#pragma unroll
-    for (int n = 0; n < N; ++n) v[n] = warp_sum(v[n]);
-  } else {
-    block_sum<kTpr, N>(v, smem);
-  }
+  group_sum<N>(v, kTpr, smem);
 }
 
 // ---- cached row LayerNorm ---------------------------------------------------------------------
@@ -261,7 +257,9 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
 
   const int tid = threadIdx.x % kTpr;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x / kTpr;
-  if (row >= rows) return;  // only with kRows > 1, whose reductions are warp-only
+  // A group past the last row leaves unless its warps share barriers with other groups.
+  const bool valid = row < rows;
+  if (kTpr <= 32 && !valid) return;
   const int64_t base = row * kHidden;
 
   auto load_z = [&](int v, float (&z)[kVec]) {
@@ -284,11 +282,11 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
 
   if constexpr (ln_fwd_cached(kHidden, kVec)) {
     constexpr int kSlots = ln_slots(kHidden, kVec);
-    Vec<T, kVec> zr[kSlots];
+    Vec<T, kVec> zr[kSlots] = {};
 #pragma unroll
     for (int k = 0; k < kSlots; ++k) {
       const int v = k * kTpr + tid;
-      if (v < kNvec) {
+      if (valid && v < kNvec) {
         float z[kVec];
         load_z(v, z);
 #pragma unroll
@@ -298,6 +296,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
     if constexpr (kNorm == Norm::kOn) {
       float mu, rs;
       ln_row_stats<T, kHidden, kVec, kTpr, kSlots>(zr, tid, eps, smem, mu, rs);
+      if (!valid) return;  // after the last barrier
 #pragma unroll
       for (int k = 0; k < kSlots; ++k) {
         const int v = k * kTpr + tid;
@@ -407,29 +406,35 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
 #pragma unroll
       for (int e = 0; e < kVec; ++e) acc_gamma[k][e] = acc_beta[k][e] = acc_bias[k][e] = 0.f;
     }
-    for (int64_t row = r0 + group; row < r1; row += kRows) {
+    // Every group runs the same number of iterations (the reductions may hold barriers); a group
+    // past the chunk's end works on zeros and stores nothing.
+    for (int64_t first = r0; first < r1; first += kRows) {
+      const int64_t row = first + group;
+      const bool valid = row < r1;
       const int64_t base = row * kHidden;
-      Vec<T, kVec> g[kSlots], x[kSlots];
+      Vec<T, kVec> g[kSlots] = {}, x[kSlots] = {};
       const uint32_t keep[kSlots] = {};
 #pragma unroll
       for (int k = 0; k < kSlots; ++k) {
         const int v = k * kTpr + tid;
-        if (v < kNvec) {
+        if (valid && v < kNvec) {
           g[k] = load_vec<kVec>(grad_out + base + v * kVec);
           if constexpr (kNorm == Norm::kOn) x[k] = load_vec<kVec>(z + base + v * kVec);
         }
       }
       float mu = 0.f, rs = 0.f, m1 = 0.f, m2 = 0.f;
       if constexpr (kNorm == Norm::kOn) {
-        mu = mean[row];
-        rs = rstd[row];
+        if (valid) {
+          mu = mean[row];
+          rs = rstd[row];
+        }
         ln_row_backward_stats<false, T, kHidden, kVec, kTpr, kSlots>(
             g, keep, 1.f, x, tid, gamma, mu, rs, smem, acc_gamma, acc_beta, m1, m2);
       }
 #pragma unroll
       for (int k = 0; k < kSlots; ++k) {
         const int v = k * kTpr + tid;
-        if (v < kNvec) {
+        if (valid && v < kNvec) {
           float dx[kVec];
           ln_grad_in<false>(g[k], 0u, 1.f, dx);
           if constexpr (kNorm == Norm::kOn) ln_dx<T, kVec>(dx, x[k], gamma + v * kVec, mu, rs, m1, m2);

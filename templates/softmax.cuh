@@ -2,12 +2,13 @@
 // scaled scores with padding / causal masks and dropout, and its backward. Any k_len (< 2^31);
 // the layout is picked at run time from k_len by the launch.cuh formulas (softmax_vec,
 // softmax_lanes, softmax_cached), which the runtime also uses for the grid:
-//  - up to 32 * kSoftmaxSlots vectors (1024 halves, 512 floats): `lanes` (a power of two <= 32)
-//    threads per row, several rows per block, warp-shuffle reductions only;
-//  - longer rows: one row per block (block reductions);
-//  - cached (16-byte vectors, <= kSoftmaxSlots per thread): the row stays in registers (one read,
-//    one write); otherwise streamed: online max/sum, then a second pass (scalar loads when k_len
-//    is not a multiple of 16 / sizeof(T); the dropout then draws one Philox block per element).
+//  - `lanes` threads per row (a power of two giving each at most kSoftmaxSlots vectors, capped at
+//    kThreads), kThreads / lanes rows per block; warp-shuffle reductions, plus shared memory across
+//    the warps of a group wider than a warp;
+//  - cached (<= kSoftmaxSlots vectors per thread): the row stays in registers (one read, one
+//    write); otherwise streamed: online max/sum, then a second pass.
+//  Rows whose k_len is not a multiple of 16 / sizeof(T) use scalars instead of 16-byte vectors
+//  (and one Philox block per element for the dropout).
 // Pointers (key_padding included) must be 16-byte aligned.
 #pragma once
 
@@ -39,18 +40,14 @@ __device__ __forceinline__ SoftmaxRow softmax_row(int threads, int64_t rows, int
   return r;
 }
 
-// Reductions over the `lanes` threads of a row: a group of a warp, or the block (lanes == kThreads
-// > 32; uniform across the block, so the barriers inside are legal).
-template <int kThreads>
+// Reductions over the `lanes` threads of a row: shuffles within a warp, shared memory across the
+// warps of a wider group (every group of the block calls them: the row layout is uniform).
 __device__ __forceinline__ float softmax_row_max(float v, int lanes, float* smem) {
-  if (lanes <= 32) return warp_max(v, lanes);
-  return block_max<kThreads>(v, smem);
+  return group_max(v, lanes, smem);
 }
-template <int kThreads>
 __device__ __forceinline__ float softmax_row_sum(float v, int lanes, float* smem) {
-  if (lanes <= 32) return warp_sum(v, lanes);
   float a[1] = {v};
-  block_sum<kThreads, 1>(a, smem);
+  group_sum<1>(a, lanes, smem);
   return a[0];
 }
 
@@ -137,7 +134,7 @@ __device__ __forceinline__ void softmax_fwd_cached(const T* scores, T* probs, T*
       for (int e = 0; e < V; ++e) x[k][e] = neg_inf();
     }
   }
-  m = softmax_row_max<kThreads>(m, r.lanes, smem);
+  m = softmax_row_max(m, r.lanes, smem);
   const float shift = m == neg_inf() ? 0.f : m;  // fully masked row: exp(-inf) = 0 everywhere
   float sum = 0.f;
 #pragma unroll
@@ -148,7 +145,7 @@ __device__ __forceinline__ void softmax_fwd_cached(const T* scores, T* probs, T*
       sum += x[k][e];
     }
   }
-  sum = softmax_row_sum<kThreads>(sum, r.lanes, smem);
+  sum = softmax_row_sum(sum, r.lanes, smem);
   const float inv = sum > 0.f ? 1.f / sum : 0.f;
   uint32_t keep = 0;
   if constexpr (kDrop == Drop::kOn) keep = softmax_slot_keep_bits<V>(r, drop);
@@ -191,8 +188,8 @@ __device__ __forceinline__ void softmax_fwd_streamed(const T* scores, T* probs, 
 #pragma unroll
     for (int e = 0; e < V; ++e) sum += softmax_exp<T>(x[e] - m);
   }
-  const float row_m = softmax_row_max<kThreads>(m, r.lanes, smem);
-  sum = softmax_row_sum<kThreads>(m == neg_inf() ? 0.f : sum * softmax_exp<T>(m - row_m),
+  const float row_m = softmax_row_max(m, r.lanes, smem);
+  sum = softmax_row_sum(m == neg_inf() ? 0.f : sum * softmax_exp<T>(m - row_m),
                                   r.lanes, smem);
   const float shift = row_m == neg_inf() ? 0.f : row_m;
   const float inv = sum > 0.f ? 1.f / sum : 0.f;
@@ -238,10 +235,16 @@ __global__ void __launch_bounds__(kThreads)
   const SoftmaxRow r =
       softmax_row(kThreads, batch * heads * q_len, k_len, softmax_lanes(k_len, kThreads, kEb));
   const SoftmaxMask mask = softmax_mask<kMask>(key_padding, r.row, heads, q_len, k_len);
+  const bool vec = softmax_vec(k_len, kEb) == kV;
   if (softmax_cached(k_len, kThreads, kEb)) {
-    softmax_fwd_cached<T, kV, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask, drop,
-                                                      smem);
-  } else if (softmax_vec(k_len, kEb) == kV) {
+    if (vec) {
+      softmax_fwd_cached<T, kV, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask, drop,
+                                                        smem);
+    } else {
+      softmax_fwd_cached<T, 1, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask, drop,
+                                                       smem);
+    }
+  } else if (vec) {
     softmax_fwd_streamed<T, kV, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask,
                                                         drop, smem);
   } else {
@@ -271,7 +274,7 @@ __device__ __forceinline__ void softmax_bwd_cached(const T* grad_dropped, const 
       for (int e = 0; e < V; ++e) dot += dp[k][e] * to_float(p[k].v[e]);
     }
   }
-  dot = softmax_row_sum<kThreads>(dot, r.lanes, smem);
+  dot = softmax_row_sum(dot, r.lanes, smem);
 #pragma unroll
   for (int k = 0; k < kSlots; ++k) {
     const int j0 = (k * r.lanes + r.lane) * V;
@@ -307,7 +310,7 @@ __device__ __forceinline__ void softmax_bwd_streamed(const T* grad_dropped, cons
 #pragma unroll
     for (int e = 0; e < V; ++e) dot += dp[e] * p[e];
   }
-  dot = softmax_row_sum<kThreads>(dot, r.lanes, smem);
+  dot = softmax_row_sum(dot, r.lanes, smem);
 #pragma unroll 1
   for (int j0 = r.lane * V; j0 < r.len; j0 += step) {
     float dp[V], p[V];
@@ -338,9 +341,14 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kV = kMaxVec<T>;
   __shared__ float smem[64];
   const SoftmaxRow r = softmax_row(kThreads, rows, k_len, softmax_lanes(k_len, kThreads, kEb));
+  const bool vec = softmax_vec(k_len, kEb) == kV;
   if (softmax_cached(k_len, kThreads, kEb)) {
-    softmax_bwd_cached<T, kV, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);
-  } else if (softmax_vec(k_len, kEb) == kV) {
+    if (vec) {
+      softmax_bwd_cached<T, kV, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);
+    } else {
+      softmax_bwd_cached<T, 1, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);
+    }
+  } else if (vec) {
     softmax_bwd_streamed<T, kV, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);
   } else {
     softmax_bwd_streamed<T, 1, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);

@@ -174,14 +174,14 @@ std::vector<std::pair<int64_t, int>> hidden_and_vec() {
 }
 
 void check_row_layout(int64_t h, int v, int tpr, int rpb, int slots, bool cached, int max_elems,
-                      int block) {
+                      int block, int block_threads) {
   SCOPED_TRACE(testing::Message() << "hidden " << h << " vec " << v);
   EXPECT_GE(tpr, 32);
   EXPECT_LE(tpr, 1024);
   EXPECT_EQ(tpr & (tpr - 1), 0) << "power of two";
   EXPECT_EQ(block, tpr * rpb);
   EXPECT_LE(block, 1024);
-  EXPECT_EQ(rpb, tpr == 32 ? kLnWarpRowsPerBlock : 1);
+  EXPECT_EQ(rpb, tpr >= block_threads ? 1 : block_threads / tpr);
   if (cached) {
     EXPECT_LE(tpr, kLnMaxCachedThreads);
     EXPECT_GE(static_cast<int64_t>(slots) * tpr * v, h) << "slots cover the row";
@@ -196,7 +196,7 @@ void check_row_layout(int64_t h, int v, int tpr, int rpb, int slots, bool cached
 TEST(TemplatesLaunch, LayerNormForwardLayout) {
   for (auto [h, v] : hidden_and_vec()) {
     check_row_layout(h, v, ln_threads_per_row(h, v), ln_rows_per_block(h, v), ln_slots(h, v),
-                     ln_fwd_cached(h, v), kLnFwdMaxElems, ln_block(h, v));
+                     ln_fwd_cached(h, v), kLnFwdMaxElems, ln_block(h, v), kLnFwdBlockThreads);
     for (int64_t rows : kRowCounts) {
       const GridDim g = ln_grid(rows, h, v);
       const int64_t rpb = ln_rows_per_block(h, v);
@@ -220,12 +220,16 @@ TEST(TemplatesLaunch, LayerNormForwardLayout) {
 TEST(TemplatesLaunch, LayerNormBackwardLayout) {
   for (auto [h, v] : hidden_and_vec()) {
     check_row_layout(h, v, ln_bwd_threads_per_row(h, v), ln_bwd_rows_per_block(h, v),
-                     ln_bwd_slots(h, v), ln_bwd_cached(h, v), kLnBwdMaxElems, ln_bwd_block(h, v));
+                     ln_bwd_slots(h, v), ln_bwd_cached(h, v), kLnBwdMaxElems, ln_bwd_block(h, v),
+                     kLnBwdBlockThreads);
     EXPECT_EQ(embedding_bwd_block(h, v), ln_bwd_block(h, v));
     EXPECT_EQ(embedding_fwd_block(h, v), ln_block(h, v));
   }
   EXPECT_EQ(ln_bwd_threads_per_row(512, 8), 32);
   EXPECT_EQ(ln_bwd_threads_per_row(1024, 8), 64);
+  EXPECT_EQ(ln_bwd_rows_per_block(1024, 8), 4);
+  EXPECT_EQ(ln_bwd_block(768, 8), 256);
+  EXPECT_EQ(ln_bwd_block(8192, 8), 512);
   EXPECT_TRUE(ln_bwd_cached(8192, 8));
   EXPECT_FALSE(ln_bwd_cached(16384, 8));
   EXPECT_EQ(ln_bwd_partial_cols(768, Norm::kOn, BranchOut::kOn), 3 * 768);
@@ -324,18 +328,13 @@ TEST(TemplatesLaunch, SoftmaxLayout) {
         EXPECT_TRUE(v == 1 || v == 16 / eb);
         EXPECT_EQ(k % v, 0);
         const int lanes = softmax_lanes(k, threads, eb);
-        EXPECT_TRUE(lanes == threads || (lanes <= 32 && (lanes & (lanes - 1)) == 0));
+        EXPECT_EQ(lanes & (lanes - 1), 0) << "power of two";
+        EXPECT_LE(lanes, threads);
+        EXPECT_TRUE(lanes == threads || ceil_div(ceil_div(k, v), lanes) <= kSoftmaxSlots);
+        EXPECT_TRUE(lanes == 1 || ceil_div(ceil_div(k, v), lanes / 2) > kSoftmaxSlots)
+            << "no more lanes than needed";
         EXPECT_EQ(softmax_rows_per_block(k, threads, eb) * lanes, threads);
-        if (softmax_cached(k, threads, eb)) {
-          EXPECT_GT(v, 1);
-          EXPECT_LE(ceil_div(k / v, lanes), kSoftmaxSlots);
-        }
-        if (ceil_div(k, v) <= 32 * kSoftmaxSlots) {  // short rows: a warp group each
-          EXPECT_LE(lanes, 32);
-          EXPECT_LE(ceil_div(ceil_div(k, v), lanes), kSoftmaxSlots);
-        } else {
-          EXPECT_EQ(lanes, threads);
-        }
+        EXPECT_EQ(softmax_cached(k, threads, eb), ceil_div(k / v, lanes) <= kSoftmaxSlots);
         for (int64_t rows : kRowCounts) {
           const GridDim g = softmax_grid(rows, k, threads, eb);
           const int64_t rpb = softmax_rows_per_block(k, threads, eb);
@@ -345,12 +344,15 @@ TEST(TemplatesLaunch, SoftmaxLayout) {
       }
     }
   }
-  EXPECT_EQ(softmax_lanes(128, 256, 2), 16);
+  EXPECT_EQ(softmax_lanes(128, 256, 2), 4);
   EXPECT_TRUE(softmax_cached(128, 256, 2));
   EXPECT_EQ(softmax_lanes(1024, 256, 2), 32);
   EXPECT_TRUE(softmax_cached(1024, 256, 2));
   EXPECT_EQ(softmax_lanes(71, 256, 2), 32);  // scalar, streamed
-  EXPECT_FALSE(softmax_cached(71, 256, 2));
+  EXPECT_EQ(softmax_lanes(2048, 256, 2), 64);
+  EXPECT_EQ(softmax_rows_per_block(2048, 256, 2), 4);
+  EXPECT_TRUE(softmax_cached(71, 256, 2));  // scalars, 3 per lane
+  EXPECT_FALSE(softmax_cached(1025, 256, 2));  // scalars, 1025 > 256 * 4: streamed
   EXPECT_EQ(softmax_lanes(8192, 256, 2), 256);
   EXPECT_TRUE(softmax_cached(8192, 256, 2));
   EXPECT_FALSE(softmax_cached(16384, 256, 2));

@@ -76,15 +76,18 @@ LIGHTSEQ_HD constexpr GridDim elementwise_grid(int64_t n_vecs) {
 
 // ---- layernorm.cuh (also embedding.cuh) ---------------------------------------------------------
 // A row is split over threads_per_row threads (a power of two, >= 32); each keeps its part of the
-// row in registers as fp32 ("cached"), at most kLnFwdMaxElems values in the forward and
-// kLnBwdMaxElems in the backward (which also keeps dgamma/dbeta/dbias accumulators). One warp per
-// row packs 4 rows into a block; wider rows take a block each. A row too long to cache even with
-// kLnMaxCachedThreads threads is streamed by 1024 threads through global memory (extra passes).
+// row in registers ("cached"), at most kLnFwdMaxElems values in the forward and kLnBwdMaxElems in
+// the backward (which also keeps dgamma/dbeta/dbias accumulators). Rows of one block: as many as
+// fill kLnFwdBlockThreads / kLnBwdBlockThreads threads (the backward's blocks loop over their rows,
+// so it wants more of them in flight); a row group wider than a warp reduces through shared memory.
+// A row too long to cache even with kLnMaxCachedThreads threads is streamed by 1024 threads through
+// global memory (extra passes), one row per block.
 inline constexpr int kLnFwdMaxElems = 32;
 inline constexpr int kLnBwdMaxElems = 16;
 inline constexpr int kLnMaxCachedThreads = 512;
 inline constexpr int kLnStreamThreads = 1024;
-inline constexpr int kLnWarpRowsPerBlock = 4;
+inline constexpr int kLnFwdBlockThreads = 128;
+inline constexpr int kLnBwdBlockThreads = 256;
 
 LIGHTSEQ_HD constexpr bool ln_cached_for(int64_t hidden, int vec, int max_elems) {
   return ceil_div(hidden / vec, kLnMaxCachedThreads) * vec <= max_elems;
@@ -95,8 +98,8 @@ LIGHTSEQ_HD constexpr int ln_threads_for(int64_t hidden, int vec, int max_elems)
              : static_cast<int>(
                    max_i64(32, pow2_ceil(ceil_div(hidden / vec, max_elems / vec))));
 }
-LIGHTSEQ_HD constexpr int ln_rows_for(int threads_per_row) {
-  return threads_per_row == 32 ? kLnWarpRowsPerBlock : 1;
+LIGHTSEQ_HD constexpr int ln_rows_for(int threads_per_row, int block_threads) {
+  return threads_per_row >= block_threads ? 1 : block_threads / threads_per_row;
 }
 
 LIGHTSEQ_HD constexpr bool ln_fwd_cached(int64_t hidden, int vec) {
@@ -106,7 +109,7 @@ LIGHTSEQ_HD constexpr int ln_threads_per_row(int64_t hidden, int vec) {
   return ln_threads_for(hidden, vec, kLnFwdMaxElems);
 }
 LIGHTSEQ_HD constexpr int ln_rows_per_block(int64_t hidden, int vec) {
-  return ln_rows_for(ln_threads_per_row(hidden, vec));
+  return ln_rows_for(ln_threads_per_row(hidden, vec), kLnFwdBlockThreads);
 }
 // Vectors each thread keeps per row (cached path).
 LIGHTSEQ_HD constexpr int ln_slots(int64_t hidden, int vec) {
@@ -126,7 +129,7 @@ LIGHTSEQ_HD constexpr int ln_bwd_threads_per_row(int64_t hidden, int vec) {
   return ln_threads_for(hidden, vec, kLnBwdMaxElems);
 }
 LIGHTSEQ_HD constexpr int ln_bwd_rows_per_block(int64_t hidden, int vec) {
-  return ln_rows_for(ln_bwd_threads_per_row(hidden, vec));
+  return ln_rows_for(ln_bwd_threads_per_row(hidden, vec), kLnBwdBlockThreads);
 }
 LIGHTSEQ_HD constexpr int ln_bwd_slots(int64_t hidden, int vec) {
   return static_cast<int>(ceil_div(hidden / vec, ln_bwd_threads_per_row(hidden, vec)));
@@ -193,10 +196,10 @@ LIGHTSEQ_HD constexpr GridDim merge_grid(int64_t rows, int64_t hidden, int64_t h
 // ---- softmax.cuh -------------------------------------------------------------------------------
 // Chosen at run time from k_len (the kernels call the same functions):
 //  - vec: 16-byte vectors when k_len is a multiple of the full width, else scalars;
-//  - lanes per row: a power of two <= 32 with at most kSoftmaxSlots vectors each when the row has
-//    at most 32 * kSoftmaxSlots vectors (several rows per block, warp-shuffle reductions), else
-//    the whole block (`threads`, block reductions);
-//  - cached: vectorized and at most kSoftmaxSlots vectors per thread: the row stays in registers;
+//  - lanes per row: the power of two that gives each lane at most kSoftmaxSlots vectors, capped at
+//    `threads`; threads / lanes rows per block (groups wider than a warp reduce through shared
+//    memory);
+//  - cached: at most kSoftmaxSlots vectors (or scalars) per lane: the row stays in registers;
 //    otherwise it is streamed (online max/sum, then a second pass that mostly hits L1/L2).
 inline constexpr int kSoftmaxSlots = 4;
 inline constexpr int kSoftmaxDefaultThreads = 256;
@@ -204,15 +207,13 @@ LIGHTSEQ_HD constexpr int softmax_vec(int64_t k_len, int elem_bytes) {
   return k_len % (16 / elem_bytes) == 0 ? 16 / elem_bytes : 1;
 }
 LIGHTSEQ_HD constexpr int softmax_lanes(int64_t k_len, int threads, int elem_bytes) {
-  return ceil_div(k_len, softmax_vec(k_len, elem_bytes)) <= 32 * kSoftmaxSlots
-             ? static_cast<int>(min_i64(
-                   min_i64(32, threads), pow2_ceil(ceil_div(k_len, softmax_vec(k_len, elem_bytes)))))
-             : threads;
+  return static_cast<int>(min_i64(
+      threads,
+      pow2_ceil(ceil_div(ceil_div(k_len, softmax_vec(k_len, elem_bytes)), kSoftmaxSlots))));
 }
 LIGHTSEQ_HD constexpr bool softmax_cached(int64_t k_len, int threads, int elem_bytes) {
-  return softmax_vec(k_len, elem_bytes) > 1 &&
-         ceil_div(k_len / softmax_vec(k_len, elem_bytes), softmax_lanes(k_len, threads, elem_bytes)) <=
-             kSoftmaxSlots;
+  return ceil_div(k_len / softmax_vec(k_len, elem_bytes), softmax_lanes(k_len, threads, elem_bytes)) <=
+         kSoftmaxSlots;
 }
 LIGHTSEQ_HD constexpr int softmax_rows_per_block(int64_t k_len, int threads, int elem_bytes) {
   return threads / softmax_lanes(k_len, threads, elem_bytes);
@@ -250,9 +251,11 @@ LIGHTSEQ_HD constexpr int check_finite_block() { return 256; }
 LIGHTSEQ_HD constexpr GridDim check_finite_grid(int64_t n_chunks) { return grid_1d(n_chunks); }
 
 // ---- reduce.cuh --------------------------------------------------------------------------------
-// column_sum: a block sums kColumnSumCols columns with kColumnSumRowLanes row lanes.
-inline constexpr int kColumnSumCols = 16;
-inline constexpr int kColumnSumRowLanes = 16;
+// column_sum: a block sums kColumnSumCols columns (32 bytes of a partials row: one DRAM sector)
+// with kColumnSumRowLanes row lanes, each keeping 4 loads in flight. 16 x 16 took 32 us for 1024
+// partial rows x 1024 columns on an H100; many lanes per column shorten each thread's serial chain.
+inline constexpr int kColumnSumCols = 8;
+inline constexpr int kColumnSumRowLanes = 64;
 LIGHTSEQ_HD constexpr int column_sum_block() { return kColumnSumCols * kColumnSumRowLanes; }
 LIGHTSEQ_HD constexpr GridDim column_sum_grid(int64_t cols) {
   return grid_1d(ceil_div(cols, kColumnSumCols));

@@ -99,6 +99,49 @@ __device__ __forceinline__ MaxSum block_max_sum(MaxSum v, float* smem) {
   return v;
 }
 
+// Reductions over aligned groups of `width` consecutive threads (a power of two dividing the
+// block). width <= 32: warp shuffles only. width > 32: shuffles, then shared memory across the
+// group's warps between two barriers, so every thread of the block must call it with the same width
+// (threads of an unused group pass neutral values). smem: N * 32 floats. Every thread of a group
+// gets the group's result; the summation order is fixed.
+template <int N>
+__device__ __forceinline__ void group_sum(float (&v)[N], int width, float* smem) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) v[n] = warp_sum(v[n], width < 32 ? width : 32);
+  if (width > 32) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int warps = width >> 5;
+    const int first = warp & ~(warps - 1);
+    __syncthreads();
+    if (lane == 0) {
+#pragma unroll
+      for (int n = 0; n < N; ++n) smem[n * 32 + warp] = v[n];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+      // Lane 0 adds up the group's warps, then hands the total to every lane.
+      const float s = warp_sum(lane < warps ? smem[n * 32 + first + lane] : 0.f, warps);
+      v[n] = __shfl_sync(kFullMask, s, 0);
+    }
+  }
+}
+__device__ __forceinline__ float group_max(float v, int width, float* smem) {
+  v = warp_max(v, width < 32 ? width : 32);
+  if (width > 32) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int warps = width >> 5;
+    const int first = warp & ~(warps - 1);
+    __syncthreads();
+    if (lane == 0) smem[warp] = v;
+    __syncthreads();
+    v = __shfl_sync(kFullMask, warp_max(lane < warps ? smem[first + lane] : neg_inf(), warps), 0);
+  }
+  return v;
+}
+
 // Column partials of a (kTx column-vectors) x (kTy row-lanes) tile: thread (ty, tx) = threadIdx.x
 // / kTx, % kTx holds acc[V] for columns tx*V .. tx*V+V-1. Writes out[c] = sum over ty (fixed order)
 // for c < n_valid (= columns of this tile inside the matrix). smem: kTy * kTx * V floats. Ends with
