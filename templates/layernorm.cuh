@@ -456,7 +456,11 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
     }
   } else {
     static_assert(kRows == 1, "streamed rows take a block each");
-    // Accumulators live in this block's partials row; each thread owns its columns.
+    // Accumulators live in this block's partials row (each thread owns its columns). Rows go in
+    // batches of kBatch, so a batch reads and writes the accumulators once: pass A adds dgamma,
+    // dbeta and the row statistics of the whole batch, pass B writes the gradients and dbias.
+    constexpr int kBatch = 8;
+    __shared__ float bsmem[2 * kBatch * 32];
     for (int v = tid; v < kNvec; v += kTpr) {
       const float zero[kVec] = {};
       if constexpr (kNorm == Norm::kOn) {
@@ -465,35 +469,83 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
       }
       if constexpr (kBranchOut == BranchOut::kOn) store_f32<kVec>(part + kBiasCol + v * kVec, zero);
     }
-    for (int64_t row = r0; row < r1; ++row) {
-      const int64_t base = row * kHidden;
-      auto load_g = [&](int v, float (&g)[kVec]) {
-        load_float<kVec>(grad_out + base + v * kVec, g);
-      };
-      auto load_x = [&](int v, float (&x)[kVec]) { load_float<kVec>(z + base + v * kVec, x); };
-      float mu = 0.f, rs = 0.f, m1 = 0.f, m2 = 0.f;
-      if constexpr (kNorm == Norm::kOn) {
-        mu = mean[row];
-        rs = rstd[row];
-        ln_row_backward_stats_streamed<T, kHidden, kVec, kTpr>(load_g, load_x, tid, gamma, mu, rs,
-                                                               smem, part, part + kHidden, m1, m2);
-      }
-      for (int v = tid; v < kNvec; v += kTpr) {
-        float dx[kVec];
-        load_g(v, dx);
-        if constexpr (kNorm == Norm::kOn) {
-          float x[kVec], gm[kVec];
-          load_x(v, x);
-          load_float<kVec>(gamma + v * kVec, gm);
+    for (int64_t first = r0; first < r1; first += kBatch) {
+      const int n = r1 - first < kBatch ? static_cast<int>(r1 - first) : kBatch;
+      float mu[kBatch], rs[kBatch], m[2 * kBatch];
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) {
-            const float xh = (x[e] - mu) * rs;
-            dx[e] = rs * (dx[e] * gm[e] - m1 - xh * m2);
+      for (int r = 0; r < kBatch; ++r) {
+        mu[r] = 0.f;
+        rs[r] = 0.f;
+        m[2 * r] = m[2 * r + 1] = 0.f;
+      }
+      if constexpr (kNorm == Norm::kOn) {
+#pragma unroll
+        for (int r = 0; r < kBatch; ++r) {
+          if (r < n) {
+            mu[r] = mean[first + r];
+            rs[r] = rstd[first + r];
           }
         }
-        float ab[kVec] = {};
+        for (int v = tid; v < kNvec; v += kTpr) {  // pass A
+          float gm[kVec], ag[kVec], ab[kVec];
+          load_float<kVec>(gamma + v * kVec, gm);
+          load_f32<kVec>(part + v * kVec, ag);
+          load_f32<kVec>(part + kHidden + v * kVec, ab);
+#pragma unroll
+          for (int r = 0; r < kBatch; ++r) {
+            if (r < n) {
+              float g[kVec], x[kVec];
+              load_float<kVec>(grad_out + (first + r) * kHidden + v * kVec, g);
+              load_float<kVec>(z + (first + r) * kHidden + v * kVec, x);
+#pragma unroll
+              for (int e = 0; e < kVec; ++e) {
+                const float xh = (x[e] - mu[r]) * rs[r];
+                ag[e] += g[e] * xh;
+                ab[e] += g[e];
+                m[2 * r] += g[e] * gm[e];
+                m[2 * r + 1] += g[e] * gm[e] * xh;
+              }
+            }
+          }
+          store_f32<kVec>(part + v * kVec, ag);
+          store_f32<kVec>(part + kHidden + v * kVec, ab);
+        }
+        row_sum<kTpr, 2 * kBatch>(m, bsmem);
+      }
+      // Per-row coefficients for pass B, whose row loop indexes them at run time (local memory,
+      // L1-resident), apart from pass A's register arrays.
+      float coef[kBatch][4];
+#pragma unroll
+      for (int r = 0; r < kBatch; ++r) {
+        coef[r][0] = mu[r];
+        coef[r][1] = rs[r];
+        coef[r][2] = m[2 * r] * (1.f / kHidden);
+        coef[r][3] = m[2 * r + 1] * (1.f / kHidden);
+      }
+      for (int v = tid; v < kNvec; v += kTpr) {  // pass B
+        float gm[kVec], ab[kVec] = {};
+        if constexpr (kNorm == Norm::kOn) load_float<kVec>(gamma + v * kVec, gm);
         if constexpr (kBranchOut == BranchOut::kOn) load_f32<kVec>(part + kBiasCol + v * kVec, ab);
-        finish(base + v * kVec, dx, ab);
+        // Not unrolled: one copy of the dropout code (the per-row scalars come from L1).
+#pragma unroll 1
+        for (int r = 0; r < n; ++r) {
+          {
+            const int64_t off = (first + r) * kHidden + v * kVec;
+            float dx[kVec];
+            load_float<kVec>(grad_out + off, dx);
+            if constexpr (kNorm == Norm::kOn) {
+              float x[kVec];
+              load_float<kVec>(z + off, x);
+              const float rmu = coef[r][0], rrs = coef[r][1], m1 = coef[r][2], m2 = coef[r][3];
+#pragma unroll
+              for (int e = 0; e < kVec; ++e) {
+                const float xh = (x[e] - rmu) * rrs;
+                dx[e] = rrs * (dx[e] * gm[e] - m1 - xh * m2);
+              }
+            }
+            finish(off, dx, ab);
+          }
+        }
         if constexpr (kBranchOut == BranchOut::kOn) store_f32<kVec>(part + kBiasCol + v * kVec, ab);
       }
     }
