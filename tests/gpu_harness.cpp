@@ -1,0 +1,246 @@
+#include "tests/gpu_harness.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "compiler/codegen/program.h"
+#include "compiler/errors.h"
+#include "compiler/nvrtc/nvrtc_compiler.h"
+#include "runtime/cuda_check.h"
+#include "runtime/driver.h"
+#include "runtime/module.h"
+
+namespace lightseq::kernel_test {
+
+namespace {
+
+// Instances per NVRTC program: small programs spread the compile over every core.
+constexpr size_t kKernelsPerProgram = 4;
+
+struct Registry {
+  std::mutex mutex;
+  std::map<std::string, CUfunction> functions;         // by label
+  std::map<std::string, std::exception_ptr> failures;  // by label
+  std::vector<std::unique_ptr<KernelModule>> modules;  // kept loaded for the process
+};
+
+Registry& registry() {
+  static Registry* r = new Registry();  // never destroyed: modules outlive every test
+  return *r;
+}
+
+Precision precision_of_type(const std::string& cuda_type) {
+  if (cuda_type == "float") return Precision::kFp32;
+  if (cuda_type == "__half") return Precision::kFp16;
+  if (cuda_type == "__nv_bfloat16") return Precision::kBf16;
+  throw InternalError("gpu_harness: unknown element type '" + cuda_type + "'");
+}
+
+}  // namespace
+
+std::string gpu_unavailable() {
+  static const std::string reason = device_count() > 0 ? std::string() : no_gpu_reason();
+  return reason;
+}
+
+std::string precision_name(Precision p) { return std::string(to_string(p)); }
+
+void prepare_kernels(const std::vector<KernelInstance>& kernels) {
+  if (!gpu_unavailable().empty()) return;
+  Registry& reg = registry();
+  std::lock_guard<std::mutex> lock(reg.mutex);
+
+  // Missing instances, grouped by (family, element type), in chunks.
+  std::map<std::pair<std::string, std::string>, std::vector<KernelInstance>> groups;
+  std::map<std::string, bool> seen;
+  for (const KernelInstance& k : kernels) {
+    if (reg.functions.count(k.label) || reg.failures.count(k.label) || seen[k.label]) continue;
+    seen[k.label] = true;
+    groups[{k.family, k.template_args.at(0)}].push_back(k);
+  }
+  std::vector<std::vector<KernelInstance>> chunks;
+  for (auto& [key, members] : groups) {
+    for (size_t i = 0; i < members.size(); i += kKernelsPerProgram) {
+      chunks.emplace_back(members.begin() + i,
+                          members.begin() + std::min(members.size(), i + kKernelsPerProgram));
+    }
+  }
+  if (chunks.empty()) return;
+
+  const std::string arch = "sm_" + std::to_string(device_arch(0));
+  std::vector<ProgramSource> sources(chunks.size());
+  std::vector<CompiledProgram> compiled(chunks.size());
+  std::vector<std::exception_ptr> errors(chunks.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < chunks.size(); i = next++) {
+      try {
+        const auto programs =
+            codegen::generate_programs(chunks[i], precision_of_type(chunks[i][0].template_args[0]));
+        if (programs.size() != 1)
+          throw InternalError("gpu_harness: expected one program per chunk");
+        sources[i] = programs[0];
+        compiled[i] = compile_program(sources[i], arch);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+  };
+  const size_t n_threads =
+      std::min<size_t>(chunks.size(), std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < n_threads; ++t) threads.emplace_back(work);
+  for (std::thread& t : threads) t.join();
+
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (!errors[i]) {
+      try {
+        CacheEntry entry;
+        entry.program = sources[i].name;
+        entry.arch = compiled[i].arch;
+        entry.is_ptx = compiled[i].is_ptx;
+        entry.labels = sources[i].labels;
+        entry.lowered_names = compiled[i].lowered_names;
+        entry.image = compiled[i].image;
+        auto module = std::make_unique<KernelModule>(entry, 0);
+        for (const std::string& label : entry.labels)
+          reg.functions[label] = module->function(label);
+        reg.modules.push_back(std::move(module));
+        continue;
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+    for (const KernelInstance& k : chunks[i]) reg.failures[k.label] = errors[i];
+  }
+}
+
+CUfunction kernel_function(const KernelInstance& kernel) {
+  prepare_kernels({kernel});
+  Registry& reg = registry();
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  if (auto it = reg.functions.find(kernel.label); it != reg.functions.end()) return it->second;
+  if (auto it = reg.failures.find(kernel.label); it != reg.failures.end()) {
+    try {
+      std::rethrow_exception(it->second);
+    } catch (const CompileError& e) {
+      throw Error(fmt::format("kernel {} did not compile: {}\nNVRTC log:\n{}", kernel.label,
+                              e.what(), e.details().log));
+    } catch (const std::exception& e) {
+      throw Error(fmt::format("kernel {} is unavailable: {}", kernel.label, e.what()));
+    }
+  }
+  throw InternalError("gpu_harness: kernel " + kernel.label + " was neither loaded nor failed");
+}
+
+// ---- fixture ----------------------------------------------------------------------------------
+
+void GpuKernelTest::SetUp() {
+  LIGHTSEQ_KERNEL_TEST_REQUIRE_GPU();
+  context_.emplace(0);
+  allocator_.emplace(0);
+  LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&stream_, CU_STREAM_NON_BLOCKING));
+  seed_ = ref::test_seed();
+  rng_.emplace(seed_);
+  trace_.emplace(__FILE__, __LINE__, ref::seed_note(seed_));
+}
+
+void GpuKernelTest::TearDown() {
+  trace_.reset();
+  if (stream_ != nullptr) {
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream_));
+    LIGHTSEQ_CU_CHECK(driver().cuStreamDestroy(stream_));
+    stream_ = nullptr;
+  }
+}
+
+Vec GpuKernelTest::random(Precision p, size_t n, double lo, double hi) {
+  Vec v = rng_->uniform_vec(n, lo, hi);
+  ref::round_in_place(p, v);
+  return v;
+}
+
+DeviceArray GpuKernelTest::upload_raw(const void* data, size_t n, size_t elem_bytes) {
+  DeviceArray a{DeviceBuffer(*allocator_, n * elem_bytes, stream_), n, elem_bytes, std::nullopt};
+  if (a.bytes() > 0) {
+    LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(a.ptr(), data, a.bytes(), stream_));
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream_));
+  }
+  return a;
+}
+
+DeviceArray GpuKernelTest::upload(Precision p, const Vec& values) {
+  const std::vector<uint8_t> bytes = ref::encode(p, values);
+  DeviceArray a = upload_raw(bytes.data(), values.size(), ref::dtype_bytes(p));
+  a.dtype = p;
+  return a;
+}
+
+DeviceArray GpuKernelTest::poisoned(Precision p, size_t n) {
+  DeviceArray a{DeviceBuffer(*allocator_, n * ref::dtype_bytes(p), stream_), n,
+                static_cast<size_t>(ref::dtype_bytes(p)), p};
+  poison(a);
+  return a;
+}
+
+DeviceArray GpuKernelTest::zeroed_raw(size_t n, size_t elem_bytes) {
+  DeviceArray a{DeviceBuffer(*allocator_, n * elem_bytes, stream_), n, elem_bytes, std::nullopt};
+  fill_zero(a);
+  return a;
+}
+
+void GpuKernelTest::poison(DeviceArray& a) {
+  if (a.bytes() == 0) return;
+  LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(a.ptr(), 0xFF, a.bytes(), stream_));
+  LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream_));
+}
+
+void GpuKernelTest::fill_zero(DeviceArray& a) {
+  if (a.bytes() == 0) return;
+  LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(a.ptr(), 0, a.bytes(), stream_));
+  LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream_));
+}
+
+void GpuKernelTest::write(DeviceArray& a, const Vec& values) {
+  if (!a.dtype || values.size() != a.n)
+    throw InternalError("gpu_harness: write() size or type mismatch");
+  const std::vector<uint8_t> bytes = ref::encode(*a.dtype, values);
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(a.ptr(), bytes.data(), bytes.size(), stream_));
+  LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream_));
+}
+
+void GpuKernelTest::download_into(const DeviceArray& a, void* out) {
+  if (a.bytes() == 0) return;
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyDtoHAsync(out, a.ptr(), a.bytes(), stream_));
+  LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream_));
+}
+
+std::vector<uint8_t> GpuKernelTest::download_bytes(const DeviceArray& a) {
+  std::vector<uint8_t> b(a.bytes());
+  download_into(a, b.data());
+  return b;
+}
+
+Vec GpuKernelTest::download(const DeviceArray& a) {
+  if (!a.dtype) throw InternalError("gpu_harness: download() of a raw array");
+  return ref::decode(*a.dtype, download_bytes(a));
+}
+
+void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int block,
+                           std::vector<void*> args) {
+  CUfunction f = kernel_function(kernel);
+  lightseq::launch(f, Dim3{grid.x, grid.y, grid.z}, Dim3{static_cast<unsigned>(block), 1, 1}, 0,
+                   stream_, args.data(), kernel.label);
+  LIGHTSEQ_CU_CHECK_MSG(driver().cuStreamSynchronize(stream_),
+                        fmt::format("running {} (grid {}x{}x{}, block {})", kernel.label, grid.x,
+                                    grid.y, grid.z, block));
+}
+
+}  // namespace lightseq::kernel_test

@@ -1,0 +1,244 @@
+// gpu_kernels_adam_test.cpp — templates/adam.cuh on the GPU against the float64 reference:
+// adam_kernel for fp32/fp16/bf16 × Adam (L2) / AdamW (decoupled) over tensors of 1, 7, 65539 and
+// 1000003 elements packed back to back (so most chunks start unaligned), split into chunks of at
+// most kAdamChunkElems: one and several steps (bias corrections of steps 1, 2, 3), fp32 master
+// weights with the T copy equal to the rounded master for fp16/bf16 (and 16-bit parameters without
+// a master, updated in place), grad_scale, and found_inf
+// (null, 0: the step happens; 1: nothing is written). check_finite_kernel finds one inf or NaN
+// anywhere (first element, a tail, a one-element tensor) and ignores large finite values.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstddef>
+
+#include "common/adam_types.cuh"
+#include "compiler/codegen/instances.h"
+#include "tests/gpu_harness.h"
+#include "tests/reference/kernels.h"
+
+namespace lightseq::kernel_test {
+namespace {
+
+using ref::all_close;
+
+// AdamChunk<T> and AdamArgs (common/adam_types.cuh) with device addresses as integers; the layout
+// must be theirs.
+struct HostAdamChunk {
+  CUdeviceptr master, param, grad, exp_avg, exp_avg_sq;
+  int64_t n;
+};
+static_assert(sizeof(HostAdamChunk) == sizeof(kern::AdamChunk<float>) &&
+              offsetof(HostAdamChunk, grad) == offsetof(kern::AdamChunk<float>, grad) &&
+              offsetof(HostAdamChunk, n) == offsetof(kern::AdamChunk<float>, n));
+struct HostAdamArgs {
+  float lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale;
+  CUdeviceptr found_inf;
+};
+static_assert(sizeof(HostAdamArgs) == sizeof(kern::AdamArgs) &&
+              offsetof(HostAdamArgs, bias_correction1) ==
+                  offsetof(kern::AdamArgs, bias_correction1) &&
+              offsetof(HostAdamArgs, grad_scale) == offsetof(kern::AdamArgs, grad_scale) &&
+              offsetof(HostAdamArgs, found_inf) == offsetof(kern::AdamArgs, found_inf));
+
+const int64_t kTensorSizes[] = {1, 7, 65539, 1000003};
+
+class AdamKernels : public GpuKernelTest {
+ public:
+  static void SetUpTestSuite() {
+    std::vector<KernelInstance> all;
+    for (Precision p : kAllPrecisions) {
+      all.push_back(codegen::adam(p, OptimizerKind::kAdam));
+      all.push_back(codegen::adam(p, OptimizerKind::kAdamW));
+      all.push_back(codegen::check_finite(p));
+    }
+    prepare_kernels(all);
+  }
+
+ protected:
+  // Flat buffers holding every tensor back to back, and the chunk table over them.
+  struct State {
+    int64_t total = 0;
+    std::vector<int64_t> offsets;  // first element of each tensor
+    DeviceArray master, param, grad, m, v, chunks;
+    int n_chunks = 0;
+  };
+  // has_master: fp32 master weights beside the T parameters (fp16/bf16 only).
+  State make_state(Precision p, const Vec& master, const Vec& grad, bool has_master) {
+    State s;
+    for (int64_t n : kTensorSizes) {
+      s.offsets.push_back(s.total);
+      s.total += n;
+    }
+    s.master = upload(Precision::kFp32, has_master ? master : Vec());
+    s.param = upload(p, master);
+    s.grad = upload(p, grad);
+    s.m = upload(Precision::kFp32, Vec(s.total, 0.0));
+    s.v = upload(Precision::kFp32, Vec(s.total, 0.0));
+    const int64_t eb = ref::dtype_bytes(p);
+    std::vector<HostAdamChunk> chunks;
+    for (size_t t = 0; t < s.offsets.size(); ++t) {
+      for (int64_t c = 0; c < kTensorSizes[t]; c += kern::kAdamChunkElems) {
+        const int64_t at = s.offsets[t] + c;
+        chunks.push_back({has_master ? s.master.ptr() + 4 * at : 0, s.param.ptr() + eb * at,
+                          s.grad.ptr() + eb * at, s.m.ptr() + 4 * at, s.v.ptr() + 4 * at,
+                          std::min<int64_t>(kern::kAdamChunkElems, kTensorSizes[t] - c)});
+      }
+    }
+    s.n_chunks = static_cast<int>(chunks.size());
+    s.chunks = upload_pod(chunks);
+    return s;
+  }
+  void launch_adam(Precision p, OptimizerKind kind, State& s, HostAdamArgs args) {
+    CUdeviceptr chunks = s.chunks.ptr();
+    int n = s.n_chunks;
+    launch(codegen::adam(p, kind), kern::adam_grid(n), kern::adam_block(), {&chunks, &n, &args});
+  }
+  int run_check_finite(Precision p, State& s) {
+    DeviceArray flag = zeroed_raw(1, sizeof(int));
+    CUdeviceptr chunks = s.chunks.ptr(), f = flag.ptr();
+    int n = s.n_chunks;
+    launch(codegen::check_finite(p), kern::check_finite_grid(n), kern::check_finite_block(),
+           {&chunks, &n, &f});
+    return download_pod<int>(flag)[0];
+  }
+};
+
+struct Variant {
+  Precision precision;
+  OptimizerKind kind;
+  bool master;  // fp32 master weights (16-bit parameters)
+};
+std::vector<Variant> all_variants() {
+  std::vector<Variant> v;
+  for (Precision p : kAllPrecisions) {
+    for (OptimizerKind k : {OptimizerKind::kAdam, OptimizerKind::kAdamW}) {
+      v.push_back({p, k, p != Precision::kFp32});
+      if (p != Precision::kFp32) v.push_back({p, k, false});  // 16-bit, updated in place
+    }
+  }
+  return v;
+}
+
+std::string variant_name(const Variant& v) {
+  return precision_name(v.precision) + "_" + std::string(to_string(v.kind)) +
+         (v.precision == Precision::kFp32 ? ""
+          : v.master                      ? "_master"
+                                          : "_nomaster");
+}
+void PrintTo(const Variant& v, std::ostream* os) { *os << variant_name(v); }
+
+class GpuAdam : public AdamKernels, public testing::WithParamInterface<Variant> {};
+
+TEST_P(GpuAdam, StepsMatchReferenceAndFoundInfSkips) {
+  const auto [p, kind, has_master] = GetParam();
+  const bool in_place_16 = p != Precision::kFp32 && !has_master;
+  const kern::AdamMode mode =
+      kind == OptimizerKind::kAdam ? kern::AdamMode::kAdam : kern::AdamMode::kAdamW;
+  int64_t total = 0;
+  for (int64_t n : kTensorSizes) total += n;
+  Vec master = random(Precision::kFp32, total, -1, 1);
+  if (!has_master) ref::round_in_place(p, master);
+  const double loss_scale = p == Precision::kFp16 ? 1024.0 : 1.0;
+  State s = make_state(p, master, random(p, total, -loss_scale, loss_scale), has_master);
+  DeviceArray flag = zeroed_raw(1, sizeof(int));
+  Vec m(total, 0.0), v(total, 0.0);
+
+  for (int step = 1; step <= 3; ++step) {
+    SCOPED_TRACE(testing::Message() << "step " << step);
+    const Vec grad = random(p, total, -loss_scale, loss_scale);
+    write(s.grad, grad);
+    HostAdamArgs args{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0, 0, static_cast<float>(1.0 / loss_scale),
+                      0};
+    args.bias_correction1 = static_cast<float>(1 - std::pow(0.9f, step));
+    args.bias_correction2 = static_cast<float>(1 - std::pow(0.999f, step));
+    args.found_inf = step == 2 ? flag.ptr() : 0;  // found_inf = 0 steps like no found_inf
+    launch_adam(p, kind, s, args);
+
+    ref::AdamHyper h;
+    h.lr = args.lr, h.beta1 = args.beta1, h.beta2 = args.beta2, h.eps = args.eps;
+    h.weight_decay = args.weight_decay, h.grad_scale = args.grad_scale;
+    h.bias_correction1 = args.bias_correction1, h.bias_correction2 = args.bias_correction2;
+    Vec p_ref = master, m_ref = m, v_ref = v, delta(total);
+    for (int64_t i = 0; i < total; ++i) {
+      ref::adam_step(mode, h, grad[i], p_ref[i], m_ref[i], v_ref[i]);
+      delta[i] = p_ref[i] - master[i];
+    }
+    double max_delta = 0;
+    for (double d : delta) max_delta = std::max(max_delta, std::fabs(d));
+    const Vec got_m = download(s.m), got_v = download(s.v);
+    const Vec got_p = has_master ? download(s.master) : download(s.param);
+    EXPECT_TRUE(all_close("exp_avg", got_m, m_ref, ref::fp32_tolerance()));
+    EXPECT_TRUE(all_close("exp_avg_sq", got_v, v_ref, ref::fp32_tolerance()));
+    if (in_place_16) {
+      // fp32 arithmetic, then one rounding to T: within an ulp of T of the rounded exact value.
+      ref::round_in_place(p, p_ref);
+      EXPECT_TRUE(all_close("param (16-bit, in place)", got_p, p_ref,
+                            {2 * ref::unit_roundoff(p), 0, 1, 1e-7}));
+    } else {
+      // 2 ulp of the fp32 weight, plus 1e-4 of the update (a wrong update term is far outside).
+      const ref::Tolerance wt{std::ldexp(1.0, -22), 0, 1, 1e-4 * max_delta};
+      EXPECT_TRUE(all_close(has_master ? "master" : "param", got_p, p_ref, wt));
+      // The update itself, element by element, relative to its size.
+      Vec got_delta(total);
+      for (int64_t i = 0; i < total; ++i) got_delta[i] = got_p[i] - master[i];
+      EXPECT_TRUE(all_close("update", got_delta, delta, {2e-3, 1e-3, 1e-3, 0}));
+    }
+    if (has_master) {
+      EXPECT_TRUE(ref::bytes_equal("param = master rounded to T", download_bytes(s.param),
+                                   ref::encode(p, got_p)));
+    }
+    if (HasFailure()) return;
+    master = got_p, m = got_m, v = got_v;  // continue from the device state (no drift)
+  }
+
+  // *found_inf != 0: nothing is written.
+  const std::vector<int> one{1};
+  DeviceArray inf_flag = upload_pod(one);
+  const std::vector<uint8_t> before_p = download_bytes(s.param),
+                             before_master = download_bytes(s.master);
+  const std::vector<uint8_t> before_m = download_bytes(s.m), before_v = download_bytes(s.v);
+  HostAdamArgs args{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f, 0.5f, 1.0f, inf_flag.ptr()};
+  launch_adam(p, kind, s, args);
+  EXPECT_TRUE(ref::bytes_equal("param after a skipped step", download_bytes(s.param), before_p));
+  EXPECT_TRUE(
+      ref::bytes_equal("master after a skipped step", download_bytes(s.master), before_master));
+  EXPECT_TRUE(ref::bytes_equal("exp_avg after a skipped step", download_bytes(s.m), before_m));
+  EXPECT_TRUE(ref::bytes_equal("exp_avg_sq after a skipped step", download_bytes(s.v), before_v));
+}
+
+INSTANTIATE_TEST_SUITE_P(Gpu, GpuAdam, testing::ValuesIn(all_variants()),
+                         [](const auto& info) { return variant_name(info.param); });
+
+class GpuCheckFinite : public AdamKernels, public testing::WithParamInterface<Precision> {};
+
+TEST_P(GpuCheckFinite, FindsASingleInfOrNan) {
+  const Precision p = GetParam();
+  int64_t total = 0;
+  for (int64_t n : kTensorSizes) total += n;
+  Vec grad = random(p, total, -1, 1);
+  grad[total / 2] = p == Precision::kFp16 ? 65504.0 : 3e38;  // large but finite
+  State s = make_state(p, random(Precision::kFp32, total, -1, 1), grad, p != Precision::kFp32);
+  EXPECT_EQ(run_check_finite(p, s), 0) << "all gradients are finite";
+  const int64_t big = s.offsets[3];
+  const int64_t places[] = {0,
+                            1,
+                            s.offsets[1] + 6,
+                            big + kern::kAdamChunkElems,
+                            total - 1,
+                            big + 5 * kern::kAdamChunkElems + 12345};
+  for (int64_t at : places) {
+    for (double bad : {INFINITY, -INFINITY, NAN}) {
+      SCOPED_TRACE(testing::Message() << "element " << at << " = " << bad);
+      Vec g = grad;
+      g[at] = bad;
+      write(s.grad, g);
+      EXPECT_EQ(run_check_finite(p, s), 1);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Gpu, GpuCheckFinite, testing::ValuesIn(kAllPrecisions),
+                         [](const auto& info) { return precision_name(info.param); });
+
+}  // namespace
+}  // namespace lightseq::kernel_test
