@@ -266,7 +266,10 @@ TEST(SpecFuzz, DeepNestingIsASpecErrorNotAStackOverflow) {
   EXPECT_EQ(check_contract(in_string), "");
 }
 
-TEST(SpecFuzz, HugeFlatInputsStayFast) {
+// A guard against quadratic behaviour (100000 unknown keys each compared with every known one, say),
+// not a speed measurement: the bound is generous so a loaded CI machine cannot trip it, while a
+// quadratic parser (minutes) still does.
+TEST(SpecFuzz, HugeFlatInputsFinish) {
   std::string many_keys = "{";
   for (int i = 0; i < 100000; ++i) many_keys += "\"k" + std::to_string(i) + "\": 1,";
   many_keys += "\"name\": \"x\"}";
@@ -276,7 +279,7 @@ TEST(SpecFuzz, HugeFlatInputsStayFast) {
   for (const std::string* text : {&many_keys, &long_array}) {
     const Clock::time_point t0 = Clock::now();
     EXPECT_EQ(check_contract(*text), "");
-    EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 5.0);
+    EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 60.0);
   }
 }
 

@@ -1,0 +1,257 @@
+// The encoder layer on the GPU against the float64 reference of tests/reference/layers.h (which is
+// proven against finite differences): forward output and every gradient (input, all weights and
+// biases, both LayerNorms), post-LN and pre-LN, ReLU and GELU, fp32/fp16/bf16, with and without
+// padding, at real and awkward sizes. Dropout off here; dropout determinism at the end.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "frontends/spec/parse.h"
+#include "runtime/model.h"
+#include "tests/gpu_test_util.h"
+#include "tests/reference/compare.h"
+#include "tests/reference/dtype.h"
+#include "tests/reference/layers.h"
+
+namespace lightseq {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Case {
+  int64_t hidden, heads, ffn;
+  NormPlacement norm;
+  Activation act;
+  Precision precision;
+  int64_t batch, seq;
+  bool padding;
+  bool causal = false;
+};
+
+std::string case_name(const Case& c) {
+  return fmt::format("h{}_heads{}_f{}_{}_{}_{}_B{}_T{}{}{}", c.hidden, c.heads, c.ffn, to_string(c.norm),
+                     to_string(c.act), to_string(c.precision), c.batch, c.seq, c.padding ? "_pad" : "",
+                     c.causal ? "_causal" : "");
+}
+
+ModelSpec spec_for(const Case& c) {
+  ModelSpec s;
+  s.name = "gpu-encoder-test";
+  s.precision = c.precision;
+  LayerStackSpec l;
+  l.hidden = c.hidden;
+  l.heads = c.heads;
+  l.ffn = c.ffn;
+  l.norm = c.norm;
+  l.activation = c.act;
+  l.causal = c.causal;
+  l.eps = 1e-5;
+  s.layers.push_back(l);
+  return s;
+}
+
+// Layer-level bounds: a layer chains ~15 roundings to the model's dtype, so its error is a few
+// times a single kernel's (tests/reference/compare.h) — the flash-attention rule applied to the
+// whole computation, written as plain numbers.
+ref::Tolerance layer_tolerance(Precision p) {
+  switch (p) {
+    case Precision::kFp32: return {1e-3, 1e-4, 5e-5, 1e-6};
+    case Precision::kFp16: return {5e-2, 1e-2, 1e-2, 1e-4};
+    case Precision::kBf16: return {2e-1, 6e-2, 6e-2, 1e-3};
+  }
+  return {};
+}
+
+// One compiled model per spec for the whole test binary: compiling is the expensive part, and the
+// layer is re-entrant.
+std::shared_ptr<const CompiledModel> model_for(const ModelSpec& spec) {
+  static std::map<std::string, std::shared_ptr<const CompiledModel>> models;
+  const std::string key = spec_to_json(spec).dump();
+  auto it = models.find(key);
+  if (it != models.end()) return it->second;
+  RuntimeOptions o;
+  if (const char* dir = std::getenv("LIGHTSEQ_TEST_CACHE_DIR")) o.cache_dir = dir;
+  auto m = CompiledModel::load(spec, o);
+  models[key] = m;
+  return m;
+}
+
+class GpuEncoderLayer : public test::GpuTest, public ::testing::WithParamInterface<Case> {
+ protected:
+  DeviceBuffer up(const ref::Vec& v, Precision p) {
+    const std::vector<uint8_t> bytes = ref::encode(p, v);
+    return upload_bytes(bytes.data(), bytes.size());
+  }
+  DeviceBuffer poisoned(size_t elems, Precision p) {
+    std::vector<uint8_t> nan(elems * element_bytes(p), 0xff);  // NaN in every dtype
+    return upload_bytes(nan.data(), nan.size());
+  }
+  ref::Vec down(const DeviceBuffer& b, size_t elems, Precision p) {
+    std::vector<uint8_t> bytes(elems * element_bytes(p));
+    download_bytes(b, bytes.data(), bytes.size());
+    return ref::decode(p, bytes);
+  }
+};
+
+TEST_P(GpuEncoderLayer, ForwardAndEveryGradientMatchTheReference) {
+  const Case c = GetParam();
+  const Precision p = c.precision;
+  SCOPED_TRACE(seed_note());
+  ref::Rng rng(seed_);
+  ref::LayerConfig cfg{c.hidden, c.heads, c.ffn, c.norm, c.act, c.causal, 1e-5};
+  ref::EncoderLayerParams params = ref::random_encoder_params(cfg, rng);
+  for (auto& [name, v] : ref::named_tensors(params)) ref::round_in_place(p, *v);
+  const int64_t rows = c.batch * c.seq;
+  ref::EncoderLayerInput in{c.batch, c.seq, rng.uniform_vec(rows * c.hidden, -1, 1), {}};
+  ref::round_in_place(p, in.x);
+  if (c.padding) {
+    in.key_padding.assign(rows, 0);
+    // every other sequence: its last quarter (at least one position, never all) is padding
+    for (int64_t b = 0; b < c.batch; b += 2) {
+      for (int64_t t = c.seq - std::max<int64_t>(1, c.seq / 4); t < c.seq && c.seq > 1; ++t) {
+        in.key_padding[b * c.seq + t] = 1;
+      }
+    }
+  }
+  ref::Vec grad_out = rng.uniform_vec(rows * c.hidden, -1, 1);
+  ref::round_in_place(p, grad_out);
+  const ref::EncoderLayerResult want = ref::encoder_layer_reference(cfg, params, in, grad_out);
+
+  const auto model = model_for(spec_for(c));
+  EncoderLayer layer(model, 0);
+  auto named = ref::named_tensors(params);
+  std::map<std::string, DeviceBuffer> w, g;
+  for (auto& [name, v] : named) {
+    w.emplace(name, up(*v, p));
+    g.emplace(name, poisoned(v->size(), p));
+  }
+  auto wp = [&](const char* n) -> const void* { return w.at(n).get(); };
+  auto gp = [&](const char* n) -> void* { return g.at(n).get(); };
+  EncoderWeights ew{wp("self_attn.in_proj_weight"), wp("self_attn.in_proj_bias"),
+                    wp("self_attn.out_proj.weight"), wp("self_attn.out_proj.bias"),
+                    wp("linear1.weight"), wp("linear1.bias"), wp("linear2.weight"), wp("linear2.bias"),
+                    wp("norm1.weight"), wp("norm1.bias"), wp("norm2.weight"), wp("norm2.bias")};
+  EncoderGrads eg{gp("self_attn.in_proj_weight"), gp("self_attn.in_proj_bias"),
+                  gp("self_attn.out_proj.weight"), gp("self_attn.out_proj.bias"),
+                  gp("linear1.weight"), gp("linear1.bias"), gp("linear2.weight"), gp("linear2.bias"),
+                  gp("norm1.weight"), gp("norm1.bias"), gp("norm2.weight"), gp("norm2.bias")};
+  DeviceBuffer x = up(in.x, p), y = poisoned(rows * c.hidden, p);
+  DeviceBuffer dy = up(grad_out, p), dx = poisoned(rows * c.hidden, p);
+  std::optional<DeviceBuffer> mask;
+  if (c.padding) mask.emplace(upload_bytes(in.key_padding.data(), in.key_padding.size()));
+  const RunShape shape{c.batch, c.seq, 0};
+  SavedActivations saved = layer.forward(
+      ew, {p, x.get(), mask ? static_cast<const uint8_t*>(mask->get()) : nullptr, y.get()}, shape,
+      DropoutConfig{}, *allocator_, stream_);
+  layer.backward(ew, eg, {dy.get(), dx.get()}, saved, GradMode::kOverwrite, *allocator_, stream_);
+  sync();
+  const ref::Tolerance tol = layer_tolerance(p);
+  EXPECT_TRUE(ref::all_close("y", down(y, want.out.size(), p), want.out, tol));
+  EXPECT_TRUE(ref::all_close("grad_x", down(dx, want.grad_x.size(), p), want.grad_x, tol));
+  ref::EncoderLayerParams want_grad = want.grad;
+  for (auto& [name, v] : ref::named_tensors(want_grad)) {
+    EXPECT_TRUE(ref::all_close("grad." + name, down(g.at(name), v->size(), p), *v, tol));
+  }
+
+  // `+=`: a second backward with GradMode::kAccumulate adds the same gradients again.
+  layer.backward(ew, eg, {dy.get(), dx.get()}, saved, GradMode::kAccumulate, *allocator_, stream_);
+  sync();
+  for (auto& [name, v] : ref::named_tensors(want_grad)) {
+    ref::Vec twice = *v;
+    for (double& e : twice) e *= 2;
+    EXPECT_TRUE(ref::all_close("accumulated grad." + name, down(g.at(name), v->size(), p), twice, tol));
+  }
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> out;
+  const struct {
+    int64_t h, heads, f, batch, seq;
+  } real[] = {{512, 8, 2048, 4, 32}, {768, 12, 3072, 2, 64}, {1024, 16, 4096, 2, 33}};
+  for (const auto& s : real) {
+    for (NormPlacement n : {NormPlacement::kPost, NormPlacement::kPre}) {
+      for (Activation a : {Activation::kRelu, Activation::kGelu}) {
+        for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16}) {
+          for (bool pad : {false, true}) out.push_back({s.h, s.heads, s.f, n, a, p, s.batch, s.seq, pad});
+        }
+      }
+    }
+  }
+  // awkward shapes on a small layer
+  const struct {
+    int64_t batch, seq;
+  } awkward[] = {{1, 1}, {3, 1}, {1, 7}, {2, 7}, {3, 77}, {1, 513}};
+  for (const auto& s : awkward) {
+    for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16}) {
+      for (NormPlacement n : {NormPlacement::kPost, NormPlacement::kPre}) {
+        out.push_back({64, 4, 128, n, Activation::kGelu, p, s.batch, s.seq, s.seq > 1});
+      }
+    }
+  }
+  // causal (GPT-style) encoders
+  for (Precision p : {Precision::kFp32, Precision::kBf16}) {
+    out.push_back({256, 4, 1024, NormPlacement::kPre, Activation::kGelu, p, 2, 77, false, true});
+    out.push_back({256, 4, 1024, NormPlacement::kPost, Activation::kRelu, p, 3, 20, true, true});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, GpuEncoderLayer, ::testing::ValuesIn(all_cases()),
+                         [](const auto& info) { return case_name(info.param); });
+
+// ---- dropout at the layer level ----------------------------------------------------------------
+
+class GpuEncoderDropout : public test::GpuTest {};
+
+TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
+  Case c{256, 4, 1024, NormPlacement::kPost, Activation::kRelu, Precision::kBf16, 4, 40, true};
+  ModelSpec spec = spec_for(c);
+  spec.layers[0].dropout = {0.1, 0.1, 0.1};
+  const auto model = model_for(spec);
+  EncoderLayer layer(model, 0);
+  ref::Rng rng(seed_);
+  ref::LayerConfig cfg{c.hidden, c.heads, c.ffn, c.norm, c.act, false, 1e-5};
+  ref::EncoderLayerParams params = ref::random_encoder_params(cfg, rng);
+  const Precision p = c.precision;
+  std::map<std::string, DeviceBuffer> w, g;
+  for (auto& [name, v] : ref::named_tensors(params)) {
+    std::vector<uint8_t> bytes = ref::encode(p, *v);
+    w.emplace(name, upload_bytes(bytes.data(), bytes.size()));
+    g.emplace(name, upload_bytes(bytes.data(), bytes.size()));
+  }
+  auto wp = [&](const char* n) -> const void* { return w.at(n).get(); };
+  auto gp = [&](const char* n) -> void* { return g.at(n).get(); };
+  EncoderWeights ew{wp("self_attn.in_proj_weight"), wp("self_attn.in_proj_bias"),
+                    wp("self_attn.out_proj.weight"), wp("self_attn.out_proj.bias"),
+                    wp("linear1.weight"), wp("linear1.bias"), wp("linear2.weight"), wp("linear2.bias"),
+                    wp("norm1.weight"), wp("norm1.bias"), wp("norm2.weight"), wp("norm2.bias")};
+  EncoderGrads eg{gp("self_attn.in_proj_weight"), gp("self_attn.in_proj_bias"),
+                  gp("self_attn.out_proj.weight"), gp("self_attn.out_proj.bias"),
+                  gp("linear1.weight"), gp("linear1.bias"), gp("linear2.weight"), gp("linear2.bias"),
+                  gp("norm1.weight"), gp("norm1.bias"), gp("norm2.weight"), gp("norm2.bias")};
+  const int64_t rows = c.batch * c.seq;
+  std::vector<uint8_t> xb = ref::encode(p, rng.uniform_vec(rows * c.hidden, -1, 1));
+  std::vector<uint8_t> db = ref::encode(p, rng.uniform_vec(rows * c.hidden, -1, 1));
+  DeviceBuffer x = upload_bytes(xb.data(), xb.size()), dy = upload_bytes(db.data(), db.size());
+  auto run = [&](uint64_t seed, uint64_t offset) {
+    DeviceBuffer y(*allocator_, xb.size(), stream_), dx(*allocator_, xb.size(), stream_);
+    auto saved = layer.forward(ew, {p, x.get(), nullptr, y.get()}, {c.batch, c.seq, 0},
+                               DropoutConfig{0.1, 0.1, 0.1, 0, seed, offset}, *allocator_, stream_);
+    layer.backward(ew, eg, {dy.get(), dx.get()}, saved, GradMode::kOverwrite, *allocator_, stream_);
+    std::vector<uint8_t> out(2 * xb.size());
+    download_bytes(y, out.data(), xb.size());
+    download_bytes(dx, out.data() + xb.size(), xb.size());
+    return out;
+  };
+  const auto a = run(7, 100), b = run(7, 100), other = run(7, 100 + kDropoutOffsetStride);
+  EXPECT_TRUE(ref::bytes_equal("same seed and offset: y and grad_x", a, b));
+  EXPECT_NE(a, other) << "a different offset must draw different dropout masks";
+}
+
+}  // namespace
+}  // namespace lightseq
