@@ -46,7 +46,8 @@ struct Size {
 const Size kSizes[] = {{8, 1, 1, 50257, 1},     {8, 3, 77, 50257, 50256}, {512, 2, 7, 1000, 1},
                        {512, 1, 513, 1000, -1}, {768, 3, 77, 1000, 0},    {4096, 2, 33, 64, 1}};
 const int64_t kHiddens[] = {8, 512, 768, 4096};
-constexpr int64_t kMaxPositions = 1024;
+// Learned position tables have a few rows more than the longest sequence of a case.
+constexpr int64_t kExtraPositions = 5;
 
 KernelInstance fwd_instance(Precision p, int64_t h, const Variant& v) {
   return codegen::embedding_fwd(p, {h, v.pos, v.norm, v.dropout});
@@ -76,7 +77,7 @@ class EmbeddingKernels : public GpuKernelTest {
   ref::EmbeddingArgs args_of(const Size& s, const Variant& v, double p_drop) {
     ref::EmbeddingArgs a;
     a.batch = s.batch, a.seq = s.seq, a.vocab = s.vocab, a.hidden = s.hidden;
-    a.padding_idx = s.padding_idx, a.max_positions = kMaxPositions;
+    a.padding_idx = s.padding_idx, a.max_positions = s.seq + kExtraPositions;
     a.scale = static_cast<float>(std::sqrt(static_cast<double>(s.hidden)));
     a.eps = 1e-5f;
     a.pos = v.pos == PositionKind::kLearned ? Pos::kLearned : Pos::kSinusoidal;
@@ -158,7 +159,7 @@ TEST_P(GpuEmbedding, ForwardMatchesReference) {
     const ref::EmbeddingArgs a = args_of(s, v, v.dropout ? 0.1 : 0.0);
     const int64_t H = s.hidden;
     const std::vector<int64_t> tok = tokens(a);
-    const Vec table = random(p, s.vocab * H, -1, 1), pos = random(p, kMaxPositions * H, -1, 1);
+    const Vec table = random(p, s.vocab * H, -1, 1), pos = random(p, a.max_positions * H, -1, 1);
     const Vec gamma = random(p, H, 0.5, 1.5), beta = random(p, H, -0.5, 0.5);
     DeviceArray d_tok = upload_pod(tok), d_table = upload(p, table), d_pos = upload(p, pos);
     DeviceArray d_gamma = upload(p, gamma), d_beta = upload(p, beta);
@@ -223,8 +224,15 @@ TEST_P(GpuEmbedding, BackwardMatchesReferenceAndSkipsPadding) {
     DeviceArray d_mean = upload(Precision::kFp32, st.mean),
                 d_rstd = upload(Precision::kFp32, st.rstd);
     DeviceArray d_gamma = upload(p, gamma);
-    DeviceArray grad_table = upload(Precision::kFp32, Vec(s.vocab * H, 0.0));
-    DeviceArray grad_pos = upload(Precision::kFp32, Vec(learned ? kMaxPositions * H : 0, 0.0));
+    // The scatter is `+=`: start from nonzero buffers (a caller that zeroed them is a special
+    // case).
+    const Vec old_table = random(Precision::kFp32, s.vocab * H, -1, 1);
+    const Vec old_pos = random(Precision::kFp32, learned ? a.max_positions * H : 0, -1, 1);
+    Vec expect_table = old_table, expect_pos = old_pos;
+    for (size_t i = 0; i < expect_table.size(); ++i) expect_table[i] += r.grad_table[i];
+    for (size_t i = 0; i < expect_pos.size(); ++i) expect_pos[i] += r.grad_pos[i];
+    DeviceArray grad_table = upload(Precision::kFp32, old_table);
+    DeviceArray grad_pos = upload(Precision::kFp32, old_pos);
     DeviceArray partials = poisoned(Precision::kFp32, blocks * cols);
     CUdeviceptr go = d_go.ptr(), t = d_tok.ptr(), sum = v.norm ? d_sum.ptr() : 0;
     CUdeviceptr mean = v.norm ? d_mean.ptr() : 0, rstd = v.norm ? d_rstd.ptr() : 0;
@@ -241,14 +249,15 @@ TEST_P(GpuEmbedding, BackwardMatchesReferenceAndSkipsPadding) {
             &scale, &d});
 
     const Vec got_table = download(grad_table);
-    EXPECT_TRUE(all_close("grad_table", got_table, r.grad_table, fp32_tolerance()));
+    EXPECT_TRUE(all_close("grad_table (+=)", got_table, expect_table, fp32_tolerance()));
     if (s.padding_idx >= 0) {
       for (int64_t c = 0; c < H; ++c) {
-        ASSERT_EQ(got_table[s.padding_idx * H + c], 0.0) << "padding token got a gradient";
+        const int64_t i = s.padding_idx * H + c;
+        ASSERT_EQ(got_table[i], old_table[i]) << "the padding token got a gradient";
       }
     }
     if (learned) {
-      EXPECT_TRUE(all_close("grad_pos", download(grad_pos), r.grad_pos, fp32_tolerance()));
+      EXPECT_TRUE(all_close("grad_pos (+=)", download(grad_pos), expect_pos, fp32_tolerance()));
     }
     if (v.norm) {
       const Vec pv = download(partials);
@@ -275,14 +284,14 @@ TEST_P(GpuEmbedding, BackwardMatchesReferenceAndSkipsPadding) {
     kern::Accumulate acc = kern::Accumulate::kOverwrite;
     launch(codegen::convert(p), kern::convert_grid(n), kern::convert_block(),
            {&in, &out, &n, &acc});
-    EXPECT_TRUE(all_close("convert =", download(param_grad), r.grad_table, tolerance_for(p)));
+    EXPECT_TRUE(all_close("convert =", download(param_grad), expect_table, tolerance_for(p)));
     const Vec old = random(p, n, -1, 1);
     write(param_grad, old);
     acc = kern::Accumulate::kAdd;
     launch(codegen::convert(p), kern::convert_grid(n), kern::convert_block(),
            {&in, &out, &n, &acc});
     Vec sum_expect(n);
-    for (int64_t i = 0; i < n; ++i) sum_expect[i] = old[i] + r.grad_table[i];
+    for (int64_t i = 0; i < n; ++i) sum_expect[i] = old[i] + expect_table[i];
     EXPECT_TRUE(all_close("convert +=", download(param_grad), sum_expect, tolerance_for(p)));
     if (HasFailure()) return;
   }
