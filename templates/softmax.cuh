@@ -5,10 +5,10 @@
 //  - `lanes` threads per row (a power of two giving each at most kSoftmaxSlots vectors, capped at
 //    kThreads), kThreads / lanes rows per block; warp-shuffle reductions, plus shared memory across
 //    the warps of a group wider than a warp;
-//  - cached (<= kSoftmaxSlots vectors per thread): the row stays in registers (one read, one
-//    write); otherwise streamed: online max/sum, then a second pass.
-//  Rows whose k_len is not a multiple of 16 / sizeof(T) use scalars instead of 16-byte vectors
-//  (and one Philox block per element for the dropout).
+//  - cached (16-byte vectors, <= kSoftmaxSlots per thread): the row stays in registers (one read,
+//    one write); otherwise streamed: online max/sum, then a second pass. Rows whose k_len is not a
+//    multiple of 16 / sizeof(T) are streamed on scalars (and one Philox block per element for the
+//    dropout): about a fifth of the bandwidth; the planner should pad k_len and mask the padding.
 // Pointers (key_padding included) must be 16-byte aligned.
 #pragma once
 
@@ -235,16 +235,10 @@ __global__ void __launch_bounds__(kThreads)
   const SoftmaxRow r =
       softmax_row(kThreads, batch * heads * q_len, k_len, softmax_lanes(k_len, kThreads, kEb));
   const SoftmaxMask mask = softmax_mask<kMask>(key_padding, r.row, heads, q_len, k_len);
-  const bool vec = softmax_vec(k_len, kEb) == kV;
   if (softmax_cached(k_len, kThreads, kEb)) {
-    if (vec) {
-      softmax_fwd_cached<T, kV, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask, drop,
-                                                        smem);
-    } else {
-      softmax_fwd_cached<T, 1, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask, drop,
-                                                       smem);
-    }
-  } else if (vec) {
+    softmax_fwd_cached<T, kV, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask, drop,
+                                                      smem);
+  } else if (softmax_vec(k_len, kEb) == kV) {
     softmax_fwd_streamed<T, kV, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask,
                                                         drop, smem);
   } else {
@@ -341,14 +335,9 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kV = kMaxVec<T>;
   __shared__ float smem[64];
   const SoftmaxRow r = softmax_row(kThreads, rows, k_len, softmax_lanes(k_len, kThreads, kEb));
-  const bool vec = softmax_vec(k_len, kEb) == kV;
   if (softmax_cached(k_len, kThreads, kEb)) {
-    if (vec) {
-      softmax_bwd_cached<T, kV, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);
-    } else {
-      softmax_bwd_cached<T, 1, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);
-    }
-  } else if (vec) {
+    softmax_bwd_cached<T, kV, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);
+  } else if (softmax_vec(k_len, kEb) == kV) {
     softmax_bwd_streamed<T, kV, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);
   } else {
     softmax_bwd_streamed<T, 1, kThreads, kDrop>(grad_dropped, probs, grad_scores, r, drop, smem);

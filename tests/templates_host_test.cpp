@@ -334,7 +334,7 @@ TEST(TemplatesLaunch, SoftmaxLayout) {
         EXPECT_TRUE(lanes == 1 || ceil_div(ceil_div(k, v), lanes / 2) > kSoftmaxSlots)
             << "no more lanes than needed";
         EXPECT_EQ(softmax_rows_per_block(k, threads, eb) * lanes, threads);
-        EXPECT_EQ(softmax_cached(k, threads, eb), ceil_div(k / v, lanes) <= kSoftmaxSlots);
+        EXPECT_EQ(softmax_cached(k, threads, eb), v > 1 && ceil_div(k / v, lanes) <= kSoftmaxSlots);
         for (int64_t rows : kRowCounts) {
           const GridDim g = softmax_grid(rows, k, threads, eb);
           const int64_t rpb = softmax_rows_per_block(k, threads, eb);
@@ -351,8 +351,7 @@ TEST(TemplatesLaunch, SoftmaxLayout) {
   EXPECT_EQ(softmax_lanes(71, 256, 2), 32);  // scalar, streamed
   EXPECT_EQ(softmax_lanes(2048, 256, 2), 64);
   EXPECT_EQ(softmax_rows_per_block(2048, 256, 2), 4);
-  EXPECT_TRUE(softmax_cached(71, 256, 2));  // scalars, 3 per lane
-  EXPECT_FALSE(softmax_cached(1025, 256, 2));  // scalars, 1025 > 256 * 4: streamed
+  EXPECT_FALSE(softmax_cached(71, 256, 2));  // scalars: streamed
   EXPECT_EQ(softmax_lanes(8192, 256, 2), 256);
   EXPECT_TRUE(softmax_cached(8192, 256, 2));
   EXPECT_FALSE(softmax_cached(16384, 256, 2));
