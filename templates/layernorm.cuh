@@ -349,7 +349,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
 //            grad_branch is only written with Drop::kOn (else it may be null).
 //            Dropout element index: row * kHidden + col.
 // Grid/Block: ln_bwd_grid(rows) blocks of ln_bwd_block(kHidden, kVec); block b owns rows
-//            [partial_row_begin(rows, gridDim.x, b), ...(b + 1)). Smem: static, <= 8.3 KB.
+//            [partial_row_begin(rows, gridDim.x, b), ...(b + 1)). Smem: static, <= 16.3 KB.
 // Constants: kHidden % kVec == 0, kVec | 16 / sizeof(T) (static_assert).
 // Numerics:  fp32; PyTorch's formula dx = rstd * (g*gamma - mean(g*gamma) - xhat *
 //            mean(g*gamma*xhat)) with the saved mean/rstd; grad_branch and dbias use the fp32 dx.
