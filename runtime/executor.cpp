@@ -24,7 +24,7 @@ int elem_bytes(const Tensor& t, Precision p) {
 
 bool given_role(TensorRole r) {
   return r == TensorRole::kInput || r == TensorRole::kParam || r == TensorRole::kGradInput ||
-         r == TensorRole::kParamGrad || r == TensorRole::kOutput;
+         r == TensorRole::kParamGrad || r == TensorRole::kOutput || r == TensorRole::kGradOutput;
 }
 
 void step_tensors(const Step& st, std::set<int>* out) {

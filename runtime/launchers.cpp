@@ -43,7 +43,10 @@ bool targ_on(const KernelStep& k, size_t i) {
 
 void* arg(const LayerExecutor::Frame& f, const KernelStep& k, const char* name) {
   auto it = k.args.find(name);
-  return it == k.args.end() ? nullptr : f.at(it->second);
+  if (it == k.args.end()) return nullptr;
+  // Padding masks are optional (null: nothing is padded); every other tensor must have memory.
+  if (f.graph->tensor(it->second).type == ElemType::kU8) return f.ptr.at(it->second);
+  return f.at(it->second);
 }
 int arg_id(const KernelStep& k, const char* name) {
   auto it = k.args.find(name);

@@ -103,7 +103,7 @@ TEST_P(GpuEncoderLayer, ForwardAndEveryGradientMatchTheReference) {
   const Precision p = c.precision;
   SCOPED_TRACE(seed_note());
   ref::Rng rng(seed_);
-  ref::LayerConfig cfg{c.hidden, c.heads, c.ffn, c.norm, c.act, c.causal, 1e-5};
+  ref::LayerConfig cfg{c.hidden, c.heads, c.ffn, c.norm, c.act, c.causal, 1e-5, p};
   ref::EncoderLayerParams params = ref::random_encoder_params(cfg, rng);
   for (auto& [name, v] : ref::named_tensors(params)) ref::round_in_place(p, *v);
   const int64_t rows = c.batch * c.seq;

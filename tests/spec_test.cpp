@@ -491,8 +491,8 @@ const std::vector<BadSpec> kBadSpecs = {
       "of input; expected '}'"}},
     {"empty_text",
      {{"", ""}},
-     {"line 1, column 1 = (empty): syntax error while parsing value - unexpected end of input; "
-      "expected '[', '{', or a literal"}},
+     {"line 1, column 1 = (empty): the spec is empty; write a JSON object such as {\"name\": "
+      "\"my-model\", \"precision\": \"bf16\", \"layers\": [...]}"}},
     {"comment",
      {{"", "// a comment\n{}"}},
      {"line 1, column 1 = // a commen...: syntax error while parsing value - invalid literal; last "

@@ -53,6 +53,7 @@ std::string_view to_string(TensorRole r) {
     case TensorRole::kGrad: return "grad";
     case TensorRole::kParamGrad: return "param_grad";
     case TensorRole::kOutput: return "output";
+    case TensorRole::kGradOutput: return "grad_output";
   }
   throw InternalError("unknown TensorRole");
 }

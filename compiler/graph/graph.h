@@ -47,6 +47,7 @@ enum class TensorRole {
   kGrad,       // gradient produced by the backward
   kParamGrad,  // gradient of a parameter, written (=) or accumulated (+=) as the caller chooses
   kOutput,     // result of the forward handed to the caller
+  kGradOutput, // gradient of a layer input, written into the caller's buffer (grad_x, ...)
 };
 std::string_view to_string(TensorRole r);
 

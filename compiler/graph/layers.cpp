@@ -469,7 +469,7 @@ LayerGraph lower_stack(const LayerStackSpec& s, int index) {
   // backward
   lg.graph.begin_backward();
   int dy = b.tensor("grad_y", hs, TensorRole::kGradInput);
-  int d_enc = decoder ? b.tensor("grad_encoder_out", {Dim::src_tokens(), Dim::constant(s.hidden)}, TensorRole::kGrad) : -1;
+  int d_enc = decoder ? b.tensor("grad_encoder_out", {Dim::src_tokens(), Dim::constant(s.hidden)}, TensorRole::kGradOutput) : -1;
   int d_res = -1;
   int d_branch = L.end_grad(ffn, dy, &d_res);
   int d_stream = L.begin_grad(ffn, L.ffn_grad(ffn, d_branch), d_res, decoder ? "ca.d_y" : "attn.d_y");
@@ -478,7 +478,8 @@ LayerGraph lower_stack(const LayerStackSpec& s, int index) {
     d_stream = L.begin_grad(ca, L.attention_grad(ca, d_branch, d_enc), d_res, "sa.d_y");
   }
   d_branch = L.end_grad(sa, d_stream, &d_res);
-  L.begin_grad(sa, L.attention_grad(sa, d_branch, -1), d_res, "grad_x");
+  const int grad_x = L.begin_grad(sa, L.attention_grad(sa, d_branch, -1), d_res, "grad_x");
+  lg.graph.tensor(grad_x).role = TensorRole::kGradOutput;
   lg.graph.verify();
   return lg;
 }
@@ -574,7 +575,7 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   int d_logits = b.tensor("d_logits", {bt, V}, TensorRole::kGrad);
   b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets}, {loss, nll, d_logits});
   lg.graph.begin_backward();
-  int dh = b.tensor("grad_decoder_out", {bt, H}, TensorRole::kGrad);
+  int dh = b.tensor("grad_decoder_out", {bt, H}, TensorRole::kGradOutput);
   b.gemm("output_proj_dgrad", d_logits, Transpose::kNo, w, Transpose::kNo, dh, bt, H, V);
   // Tied: the embedding's backward adds its scatter into this gradient.
   b.gemm("output_proj_wgrad", d_logits, Transpose::kYes, h, Transpose::kNo, b.grad_of_param(w), V, H, bt);

@@ -419,6 +419,13 @@ class SpecReader {
 }  // namespace
 
 ModelSpec parse_spec_string(std::string_view json, std::string_view source_name) {
+  // An empty text gets our own message: nlohmann's wording for it differs between its versions.
+  if (json.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+    throw SpecError({SpecIssue{"line 1, column 1", "(empty)",
+                               "the spec is empty; write a JSON object such as "
+                               "{\"name\": \"my-model\", \"precision\": \"bf16\", \"layers\": [...]}"}},
+                    std::string(source_name));
+  }
   JsonParseResult tree = parse_json_tree(json);
   if (tree.error) throw SpecError({*tree.error}, std::string(source_name));
   SpecReader reader(*tree.root);

@@ -1,5 +1,7 @@
 #include "tests/reference/layers.h"
 
+#include "tests/reference/dtype.h"
+
 #include <cmath>
 #include <stdexcept>
 
@@ -261,13 +263,17 @@ EncoderLayerResult encoder_layer_reference(const LayerConfig& c, const EncoderLa
   EncoderLayerResult r;
   const bool pre = c.norm == NormPlacement::kPre;
   Vec x1;
+  auto stored = [&](Vec v) {
+    if (c.stored) round_in_place(*c.stored, v);
+    return v;
+  };
   if (pre) {
     const Vec a = norm_fwd(in.x, n, H, p.norm1, c.eps, n1);
-    x1 = sum(in.x, attn_fwd(sa, p.self_attn, a, a, a_s));
-    const Vec b = norm_fwd(x1, n, H, p.norm2, c.eps, n2);
+    x1 = stored(sum(in.x, attn_fwd(sa, p.self_attn, a, a, a_s)));
+    const Vec b = stored(norm_fwd(x1, n, H, p.norm2, c.eps, n2));
     r.out = sum(x1, ff_fwd(c, p.linear1, p.linear2, b, n, f_s));
   } else {
-    x1 = norm_fwd(sum(in.x, attn_fwd(sa, p.self_attn, in.x, in.x, a_s)), n, H, p.norm1, c.eps, n1);
+    x1 = stored(norm_fwd(sum(in.x, attn_fwd(sa, p.self_attn, in.x, in.x, a_s)), n, H, p.norm1, c.eps, n1));
     r.out =
         norm_fwd(sum(x1, ff_fwd(c, p.linear1, p.linear2, x1, n, f_s)), n, H, p.norm2, c.eps, n2);
   }

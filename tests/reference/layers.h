@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +52,12 @@ struct LayerConfig {
   Activation activation = Activation::kRelu;
   bool causal = false;  // causal self-attention (decoders: set it, as nn.Transformer does)
   double eps = 1e-5;
+  // When set, the activations a fused implementation stores between kernels in this precision
+  // (each sublayer's output and the FFN's input) are rounded to it, as the GPU layer does: the
+  // judge then computes "the same computation at that precision" where a rounding flips a ReLU
+  // (an element near 0 that rounds to the other side changes its gradient completely). Unset:
+  // pure float64 (the finite-difference tests).
+  std::optional<Precision> stored;
 };
 
 struct EncoderLayerParams {
