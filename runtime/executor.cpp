@@ -6,6 +6,8 @@
 #include <set>
 
 #include "compiler/errors.h"
+#include "runtime/cuda_check.h"
+#include "runtime/driver.h"
 #include "runtime/frame.h"
 
 namespace lightseq {
@@ -142,6 +144,16 @@ SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& s
       (keep.count(parent) ? saved.buffers_ : f.owned).emplace(parent, std::move(buf));
     }
     f.ptr[id] = static_cast<char*>(f.ptr[parent]) + t.part * f.numel(id) * elem_bytes(t, precision_);
+  }
+  // A padding mask the caller left out means "nothing is padded": the kernels read an all-zero
+  // mask (a few bytes per sequence) rather than branching on a null pointer.
+  for (int id : used) {
+    const Tensor& t = g.tensor(id);
+    if (f.ptr[id] || t.type != ElemType::kU8 || t.role != TensorRole::kInput) continue;
+    DeviceBuffer zeros(allocator, static_cast<size_t>(f.numel(id)), stream);
+    LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(zeros.device_ptr(), 0, zeros.bytes(), stream));
+    f.ptr[id] = zeros.get();
+    f.owned.emplace(id, std::move(zeros));
   }
   for (int id : plan_.saved) {
     if (g.tensor(id).role == TensorRole::kInput) saved.inputs_[id] = f.ptr[id];
