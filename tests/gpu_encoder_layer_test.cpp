@@ -81,6 +81,20 @@ std::shared_ptr<const CompiledModel> model_for(const ModelSpec& spec) {
   return m;
 }
 
+// The C++ API's structs over buffers keyed by PyTorch parameter names.
+EncoderWeights encoder_weights(const std::map<std::string, DeviceBuffer>& w) {
+  auto p = [&](const char* n) -> const void* { return w.at(n).get(); };
+  return {p("self_attn.in_proj_weight"), p("self_attn.in_proj_bias"), p("self_attn.out_proj.weight"),
+          p("self_attn.out_proj.bias"), p("linear1.weight"), p("linear1.bias"), p("linear2.weight"),
+          p("linear2.bias"), p("norm1.weight"), p("norm1.bias"), p("norm2.weight"), p("norm2.bias")};
+}
+EncoderGrads encoder_grads(const std::map<std::string, DeviceBuffer>& g) {
+  auto p = [&](const char* n) -> void* { return g.at(n).get(); };
+  return {p("self_attn.in_proj_weight"), p("self_attn.in_proj_bias"), p("self_attn.out_proj.weight"),
+          p("self_attn.out_proj.bias"), p("linear1.weight"), p("linear1.bias"), p("linear2.weight"),
+          p("linear2.bias"), p("norm1.weight"), p("norm1.bias"), p("norm2.weight"), p("norm2.bias")};
+}
+
 class GpuEncoderLayer : public test::GpuTest, public ::testing::WithParamInterface<Case> {
  protected:
   DeviceBuffer up(const ref::Vec& v, Precision p) {
@@ -130,16 +144,8 @@ TEST_P(GpuEncoderLayer, ForwardAndEveryGradientMatchTheReference) {
     w.emplace(name, up(*v, p));
     g.emplace(name, poisoned(v->size(), p));
   }
-  auto wp = [&](const char* n) -> const void* { return w.at(n).get(); };
-  auto gp = [&](const char* n) -> void* { return g.at(n).get(); };
-  EncoderWeights ew{wp("self_attn.in_proj_weight"), wp("self_attn.in_proj_bias"),
-                    wp("self_attn.out_proj.weight"), wp("self_attn.out_proj.bias"),
-                    wp("linear1.weight"), wp("linear1.bias"), wp("linear2.weight"), wp("linear2.bias"),
-                    wp("norm1.weight"), wp("norm1.bias"), wp("norm2.weight"), wp("norm2.bias")};
-  EncoderGrads eg{gp("self_attn.in_proj_weight"), gp("self_attn.in_proj_bias"),
-                  gp("self_attn.out_proj.weight"), gp("self_attn.out_proj.bias"),
-                  gp("linear1.weight"), gp("linear1.bias"), gp("linear2.weight"), gp("linear2.bias"),
-                  gp("norm1.weight"), gp("norm1.bias"), gp("norm2.weight"), gp("norm2.bias")};
+  const EncoderWeights ew = encoder_weights(w);
+  const EncoderGrads eg = encoder_grads(g);
   DeviceBuffer x = up(in.x, p), y = poisoned(rows * c.hidden, p);
   DeviceBuffer dy = up(grad_out, p), dx = poisoned(rows * c.hidden, p);
   std::optional<DeviceBuffer> mask;
@@ -240,16 +246,8 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
     w.emplace(name, upload_bytes(bytes.data(), bytes.size()));
     g.emplace(name, upload_bytes(bytes.data(), bytes.size()));
   }
-  auto wp = [&](const char* n) -> const void* { return w.at(n).get(); };
-  auto gp = [&](const char* n) -> void* { return g.at(n).get(); };
-  EncoderWeights ew{wp("self_attn.in_proj_weight"), wp("self_attn.in_proj_bias"),
-                    wp("self_attn.out_proj.weight"), wp("self_attn.out_proj.bias"),
-                    wp("linear1.weight"), wp("linear1.bias"), wp("linear2.weight"), wp("linear2.bias"),
-                    wp("norm1.weight"), wp("norm1.bias"), wp("norm2.weight"), wp("norm2.bias")};
-  EncoderGrads eg{gp("self_attn.in_proj_weight"), gp("self_attn.in_proj_bias"),
-                  gp("self_attn.out_proj.weight"), gp("self_attn.out_proj.bias"),
-                  gp("linear1.weight"), gp("linear1.bias"), gp("linear2.weight"), gp("linear2.bias"),
-                  gp("norm1.weight"), gp("norm1.bias"), gp("norm2.weight"), gp("norm2.bias")};
+  const EncoderWeights ew = encoder_weights(w);
+  const EncoderGrads eg = encoder_grads(g);
   const int64_t rows = c.batch * c.seq;
   std::vector<uint8_t> xb = ref::encode(p, rng.uniform_vec(rows * c.hidden, -1, 1));
   std::vector<uint8_t> db = ref::encode(p, rng.uniform_vec(rows * c.hidden, -1, 1));
