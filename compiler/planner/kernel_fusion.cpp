@@ -85,13 +85,23 @@ void emit(State& s, const Match& m, KernelInstance k, Args args, std::string not
   s.out->push_back(std::move(step));
 }
 
+// A launch that belongs to no graph op (finishing partial sums, loss-scaling checks).
+KernelStep support_step(KernelInstance k, std::vector<int> reads, std::vector<int> writes, std::string note) {
+  KernelStep step;
+  step.kernel = std::move(k);
+  step.reads = std::move(reads);
+  step.writes = std::move(writes);
+  step.note = std::move(note);
+  return step;
+}
+
 // Finishing launches: per-block fp32 partials → parameter gradients (= or +=), one per block of
 // columns, in the column order of the partial buffer.
 void finish_partials(State& s, const std::vector<int>& param_grads) {
   for (size_t i = 0; i < param_grads.size(); ++i) {
     const int pg = param_grads[i];
-    KernelStep step{codegen::column_sum(s.precision), {}, {}, {pg},
-                    fmt::format("{} = Σ of per-block partials", s.g.tensor(pg).name)};
+    KernelStep step = support_step(codegen::column_sum(s.precision), {}, {pg},
+                                   fmt::format("{} = Σ of per-block partials", s.g.tensor(pg).name));
     step.args["out"] = pg;
     step.partial_block = static_cast<int>(i);
     s.out->push_back(std::move(step));
@@ -212,8 +222,8 @@ std::vector<Rule> make_rules() {
   r.push_back({"adam", {{K::kAdam, false}}, {}, [](State& s, const Match& m) {
                  const Op& a = s.op(*m[0]);
                  if (s.precision == Precision::kFp16) {
-                   KernelStep check{codegen::check_finite(s.precision), {}, {a.inputs[0]}, {},
-                                    "dynamic loss scaling: an inf/NaN gradient skips the step"};
+                   KernelStep check = support_step(codegen::check_finite(s.precision), {a.inputs[0]}, {},
+                                                   "dynamic loss scaling: an inf/NaN gradient skips the step");
                    check.args["grad"] = a.inputs[0];
                    s.out->push_back(std::move(check));
                  }
@@ -322,8 +332,8 @@ std::vector<Rule> make_rules() {
                  finish_partials(s, ln_grads);
                  for (size_t i = 0; i < eg.outputs.size(); ++i) {
                    const int pg = eg.outputs[i];
-                   KernelStep step{codegen::convert(s.precision), {}, {}, {pg},
-                                   fmt::format("{} (=|+=) fp32 scatter buffer", s.g.tensor(pg).name)};
+                   KernelStep step = support_step(codegen::convert(s.precision), {}, {pg},
+                                                  fmt::format("{} (=|+=) fp32 scatter buffer", s.g.tensor(pg).name));
                    step.args["out"] = pg;
                    step.partial_block = static_cast<int>(i);
                    s.out->push_back(std::move(step));
