@@ -19,6 +19,7 @@
 #include "runtime/cuda_check.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
+#include "runtime/host_dtype.h"
 
 // Skips (visibly, with the reason) when there is no GPU. Use at the top of a test or SetUp().
 #define LIGHTSEQ_SKIP_WITHOUT_GPU()                              \
@@ -30,66 +31,12 @@
 
 namespace lightseq::test {
 
-// --- fp16 / bf16 on the host (round to nearest even) -------------------------------------------
-
-inline uint16_t float_to_half_bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t exp = (x >> 23) & 0xffu;
-  uint32_t mant = x & 0x7fffffu;
-  if (exp == 0xff) return static_cast<uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0u));
-  const int e = static_cast<int>(exp) - 127 + 15;
-  if (e >= 31) return static_cast<uint16_t>(sign | 0x7c00u);
-  if (e <= 0) {
-    if (e < -10) return static_cast<uint16_t>(sign);
-    mant |= 0x800000u;
-    const int shift = 14 - e;
-    uint32_t h = mant >> shift;
-    const uint32_t rem = mant & ((1u << shift) - 1);
-    const uint32_t half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (h & 1u))) ++h;
-    return static_cast<uint16_t>(sign | h);
-  }
-  uint32_t h = sign | (static_cast<uint32_t>(e) << 10) | (mant >> 13);
-  const uint32_t rem = mant & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // may carry into the exponent: right
-  return static_cast<uint16_t>(h);
-}
-
-inline float half_bits_to_float(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t mant = h & 0x3ffu;
-  uint32_t x;
-  if (exp == 0) {
-    const float f = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -f : f;
-  }
-  if (exp == 31) {
-    x = sign | 0x7f800000u | (mant << 13);
-  } else {
-    x = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-
-inline uint16_t float_to_bf16_bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if (std::isnan(f)) return static_cast<uint16_t>((x >> 16) | 0x40u);
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<uint16_t>(x >> 16);
-}
-
-inline float bf16_bits_to_float(uint16_t h) {
-  const uint32_t x = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
+// --- fp16 / bf16 on the host: the library's own conversions (runtime/host_dtype.h), so the
+// hand-computed cases in gemm_reference_test.cpp check those.
+using ::lightseq::bf16_bits_to_float;
+using ::lightseq::float_to_bf16_bits;
+using ::lightseq::float_to_half_bits;
+using ::lightseq::half_bits_to_float;
 
 // --- host image of a device array --------------------------------------------------------------
 
