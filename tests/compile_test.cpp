@@ -1,6 +1,8 @@
 // NVRTC compile of every kernel of every example, in every precision, for sm_80 and sm_90, and
 // the cache behaviour of a whole-model build (second build compiles nothing).
 #include <gtest/gtest.h>
+
+#include "tests/test_util.h"
 #include <unistd.h>
 
 #include <filesystem>
@@ -15,16 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 const std::string kSource = LIGHTSEQ_SOURCE_DIR;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("lightseq-compile-test-" + std::to_string(getpid()) + "-" +
-                                        std::to_string(reinterpret_cast<uintptr_t>(this)));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using test::TempDir;
 
 struct Case {
   std::string example;
@@ -39,7 +32,7 @@ TEST_P(CompileAllKernels, EveryKernelCompilesForSm80AndSm90) {
   spec.precision = c.precision;
   const ModelPlan plan = plan_model(spec);
   TempDir dir;
-  DiskCache cache(dir.path);
+  DiskCache cache(dir.path());
   BuildOptions options;
   options.archs = {"sm_80", "sm_90"};
   const BuildReport r = build_plan(plan, cache, options);
@@ -58,7 +51,7 @@ TEST_P(CompileAllKernels, EveryKernelCompilesForSm80AndSm90) {
   EXPECT_EQ(kernels_seen, 2 * r.kernels);
 
   // A second build of the same model compiles nothing: every program comes from the cache.
-  DiskCache again(dir.path);
+  DiskCache again(dir.path());
   const BuildReport warm = build_plan(plan, again, options);
   EXPECT_EQ(warm.compiled, 0);
   EXPECT_EQ(warm.cached, warm.programs);
@@ -87,7 +80,7 @@ INSTANTIATE_TEST_SUITE_P(Examples, CompileAllKernels, ::testing::ValuesIn(all_ca
 TEST(Build, RejectsBadArchBeforeCompiling) {
   const ModelPlan plan = plan_model(parse_spec_file(kSource + "/examples/bert-base.json"));
   TempDir dir;
-  DiskCache cache(dir.path);
+  DiskCache cache(dir.path());
   BuildOptions options;
   options.archs = {"sm_9o"};
   EXPECT_THROW(build_plan(plan, cache, options), Error);

@@ -1,6 +1,8 @@
 // `lsc` end to end: build (cold, warm), plan, cache ls/clear, errors and exit codes, and 8
 // concurrent builds into one cache directory.
 #include <gtest/gtest.h>
+
+#include "tests/test_util.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,22 +38,13 @@ Result run(const std::string& args) {
   return r;
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("lightseq-lsc-test-" + std::to_string(getpid()) + "-" +
-                                        std::to_string(reinterpret_cast<uintptr_t>(this)));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using test::TempDir;
 
 std::string example(const std::string& name) { return kSource + "/examples/" + name + ".json"; }
 
 TEST(Lsc, BuildColdThenWarm) {
   TempDir dir;
-  const std::string cache = "--cache " + dir.path.string();
+  const std::string cache = "--cache " + dir.path().string();
   Result cold = run("build " + example("bert-base") + " --arch sm_90 " + cache);
   ASSERT_EQ(cold.status, 0) << cold.output;
   EXPECT_NE(cold.output.find("bert-base: "), std::string::npos) << cold.output;
@@ -66,7 +59,7 @@ TEST(Lsc, BuildColdThenWarm) {
   EXPECT_NE(ls.output.find("sm_90"), std::string::npos) << ls.output;
   Result clear = run("cache clear " + cache);
   ASSERT_EQ(clear.status, 0) << clear.output;
-  EXPECT_EQ(DiskCache(dir.path).list().size(), 0u);
+  EXPECT_EQ(DiskCache(dir.path()).list().size(), 0u);
 }
 
 TEST(Lsc, PlanPrintsKernelsAndGemms) {
@@ -79,20 +72,20 @@ TEST(Lsc, PlanPrintsKernelsAndGemms) {
 
 TEST(Lsc, BadSpecIsAClearErrorWithExitCode1) {
   TempDir dir;
-  const fs::path spec = dir.path / "bad.json";
+  const fs::path spec = dir.path() / "bad.json";
   std::ofstream(spec) << R"({"name": "x", "precision": "bf16", "layers": [{"type": "encoder",
     "count": 1, "hidden": 512, "heads": 7, "ffn": 2048}]})";
-  Result r = run("build " + spec.string() + " --cache " + (dir.path / "c").string());
+  Result r = run("build " + spec.string() + " --cache " + (dir.path() / "c").string());
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("layers[0].heads = 7"), std::string::npos) << r.output;
-  Result missing = run("plan " + (dir.path / "nope.json").string());
+  Result missing = run("plan " + (dir.path() / "nope.json").string());
   EXPECT_EQ(missing.status, 1) << missing.output;
   EXPECT_NE(missing.output.find("nope.json"), std::string::npos) << missing.output;
 }
 
 TEST(Lsc, BadArchAndUsageErrors) {
   TempDir dir;
-  Result arch = run("build " + example("bert-base") + " --arch sm_9x --cache " + dir.path.string());
+  Result arch = run("build " + example("bert-base") + " --arch sm_9x --cache " + dir.path().string());
   EXPECT_EQ(arch.status, 1) << arch.output;
   EXPECT_NE(arch.output.find("sm_9x"), std::string::npos) << arch.output;
   Result usage = run("frobnicate");
@@ -113,7 +106,7 @@ TEST(Lsc, EightConcurrentBuildsLeaveAValidCache) {
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       const std::string spec = example(i % 2 ? "transformer-base" : "gpt2-small");
-      const std::string cache = dir.path.string();
+      const std::string cache = dir.path().string();
       execl(kLsc.c_str(), "lsc", "build", spec.c_str(), "--arch", "sm_90", "--cache", cache.c_str(),
             "-j", "1", "-q", static_cast<char*>(nullptr));
       _exit(127);
@@ -125,15 +118,15 @@ TEST(Lsc, EightConcurrentBuildsLeaveAValidCache) {
     ASSERT_EQ(waitpid(pid, &st, 0), pid);
     EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "status " << st;
   }
-  DiskCache cache(dir.path);
+  DiskCache cache(dir.path());
   const auto entries = cache.list();
   EXPECT_GT(entries.size(), 0u);
   for (const auto& e : entries) EXPECT_TRUE(e.valid) << e.key;
-  for (const auto& f : fs::recursive_directory_iterator(dir.path)) {
+  for (const auto& f : fs::recursive_directory_iterator(dir.path())) {
     EXPECT_EQ(f.path().extension(), f.is_directory() ? "" : ".lsq") << "stray file " << f.path();
   }
   // and the cache is complete: another build finds everything
-  Result warm = run("build " + example("transformer-base") + " --arch sm_90 --cache " + dir.path.string());
+  Result warm = run("build " + example("transformer-base") + " --arch sm_90 --cache " + dir.path().string());
   EXPECT_NE(warm.output.find(": 0 compiled"), std::string::npos) << warm.output;
 }
 
