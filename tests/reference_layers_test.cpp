@@ -11,38 +11,12 @@
 
 #include "tests/reference/compare.h"
 #include "tests/reference/kernels.h"
+#include "tests/reference/finite_diff.h"
 #include "tests/reference/layers.h"
 
 namespace lightseq::ref {
 namespace {
 
-uint64_t fixed_seed(uint64_t seed) {
-  const char* s = std::getenv("LIGHTSEQ_TEST_SEED");
-  return s && *s ? std::strtoull(s, nullptr, 0) : seed;
-}
-
-Vec numeric_grad(Vec& theta, const std::function<double()>& loss) {
-  Vec g(theta.size());
-  for (size_t i = 0; i < theta.size(); ++i) {
-    const double x = theta[i];
-    const double h = 1e-6 * std::max(1.0, std::fabs(x));
-    theta[i] = x + h;
-    const double up = loss();
-    theta[i] = x - h;
-    const double down = loss();
-    theta[i] = x;
-    g[i] = (up - down) / (2 * h);
-  }
-  return g;
-}
-
-double dot(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-const Tolerance kFd{1e-6, 1e-6, 1e-6};
 
 struct Variant {
   NormPlacement norm;

@@ -14,41 +14,12 @@
 #include "tests/reference/compare.h"
 #include "tests/reference/dtype.h"
 #include "tests/reference/kernels.h"
+#include "tests/reference/finite_diff.h"
 #include "tests/reference/layers.h"
 
 namespace lightseq::ref {
 namespace {
 
-uint64_t fixed_seed(uint64_t seed) {
-  const char* s = std::getenv("LIGHTSEQ_TEST_SEED");
-  return s && *s ? std::strtoull(s, nullptr, 0) : seed;
-}
-
-// Central differences of a scalar function of `theta`, every element (h = 1e-6 relative).
-Vec numeric_grad(Vec& theta, const std::function<double()>& loss) {
-  Vec g(theta.size());
-  for (size_t i = 0; i < theta.size(); ++i) {
-    const double x = theta[i];
-    const double h = 1e-6 * std::max(1.0, std::fabs(x));
-    theta[i] = x + h;
-    const double up = loss();
-    theta[i] = x - h;
-    const double down = loss();
-    theta[i] = x;
-    g[i] = (up - down) / (2 * h);
-  }
-  return g;
-}
-
-double dot(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-// Finite differences agree to ~1e-8 relative in double; 1e-6 leaves room and still catches any
-// real mistake (a wrong term is O(1) relative).
-const Tolerance kFd{1e-6, 1e-6, 1e-6};
 
 // ---- Philox -----------------------------------------------------------------------------------
 
