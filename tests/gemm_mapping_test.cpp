@@ -153,40 +153,10 @@ void emulate(const LtCall& call, const Memory& mem) {
 }
 
 GemmArgs host_args(HostProblem& p) {
-  const GemmCase& cs = p.cs;
-  GemmArgs g;
-  g.name = "mapping";
-  g.dtype = cs.dtype;
-  g.trans_a = cs.ta;
-  g.trans_b = cs.tb;
-  g.m = cs.m;
-  g.n = cs.n;
-  g.k = cs.k;
-  g.batch = cs.batch;
-  g.alpha = cs.alpha;
-  g.beta = cs.beta;
-  g.a = p.a.bytes().data();
-  g.lda = p.lda;
-  g.stride_a = p.sa;
-  g.b = p.b.bytes().data();
-  g.ldb = p.ldb;
-  g.stride_b = p.sb;
-  g.d = p.d.bytes().data();
-  g.ldd = p.ldd;
-  g.stride_d = p.sd;
-  if (cs.c_mode != CMode::kNone) {
-    g.c = cs.c_mode == CMode::kSeparate ? p.c.bytes().data() : p.d.bytes().data();
-    g.ldc = p.ldc;
-    g.stride_c = p.sc;
-  }
-  g.epilogue = cs.epilogue;
-  if (bias_epilogue(cs.epilogue)) g.bias = p.bias.bytes().data();
-  if (bgrad_epilogue(cs.epilogue)) g.bias_grad = p.bias_grad.bytes().data();
-  if (relu_epilogue(cs.epilogue)) g.aux = p.mask.data();
-  if (gelu_epilogue(cs.epilogue)) g.aux = p.gelu_aux.bytes().data();
-  g.aux_ld = p.aux_ld;
-  g.aux_stride = p.aux_stride;
-  return g;
+  void* aux = relu_epilogue(p.cs.epilogue) ? static_cast<void*>(p.mask.data()) : p.gelu_aux.bytes().data();
+  return problem_args(p, {p.a.bytes().data(), p.b.bytes().data(), p.c.bytes().data(), p.d.bytes().data(),
+                          p.bias.bytes().data(), aux, p.bias_grad.bytes().data()},
+                      "mapping");
 }
 
 void check_case(const GemmCase& cs, std::mt19937_64& rng) {

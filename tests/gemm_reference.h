@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "compiler/graph/graph.h"
+#include <string_view>
+
 #include "compiler/planner/plan.h"
 #include "runtime/gemm.h"
 #include "tests/gpu_test_util.h"
@@ -369,6 +371,59 @@ inline GeluErrors check_outputs(const HostProblem& p, const Reference& ref, cons
         << (gelu ? "; against the erf form: " + describe(compare(got_bg, ref.bias_grad_erf)) : "");
   }
   return errors;
+}
+
+// Where one problem's operands live (host memory for the emulation, device memory on a GPU).
+struct GemmPointers {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  const void* c = nullptr;  // CMode::kSeparate only; kInPlace uses d
+  void* d = nullptr;
+  const void* bias = nullptr;
+  void* aux = nullptr;
+  void* bias_grad = nullptr;
+};
+
+// The GemmArgs of a problem: shapes, strides and leading dimensions from `p`, operands from
+// `ptr`; the epilogue's vectors are passed only when its epilogue uses them.
+inline GemmArgs problem_args(const HostProblem& p, const GemmPointers& ptr, std::string_view name) {
+  const GemmCase& cs = p.cs;
+  GemmArgs g;
+  g.name = name;
+  g.dtype = cs.dtype;
+  g.trans_a = cs.ta;
+  g.trans_b = cs.tb;
+  g.m = cs.m;
+  g.n = cs.n;
+  g.k = cs.k;
+  g.batch = cs.batch;
+  g.alpha = cs.alpha;
+  g.beta = cs.beta;
+  g.a = ptr.a;
+  g.lda = p.lda;
+  g.stride_a = p.sa;
+  g.b = ptr.b;
+  g.ldb = p.ldb;
+  g.stride_b = p.sb;
+  g.d = ptr.d;
+  g.ldd = p.ldd;
+  g.stride_d = p.sd;
+  if (cs.c_mode == CMode::kSeparate) {
+    g.c = ptr.c;
+    g.ldc = p.ldc;
+    g.stride_c = p.sc;
+  } else if (cs.c_mode == CMode::kInPlace) {
+    g.c = ptr.d;  // D += ...: C is D, with D's layout
+    g.ldc = p.ldd;
+    g.stride_c = p.sd;
+  }
+  g.epilogue = cs.epilogue;
+  if (bias_epilogue(cs.epilogue)) g.bias = ptr.bias;
+  if (bgrad_epilogue(cs.epilogue)) g.bias_grad = ptr.bias_grad;
+  if (relu_epilogue(cs.epilogue) || gelu_epilogue(cs.epilogue)) g.aux = ptr.aux;
+  g.aux_ld = p.aux_ld;
+  g.aux_stride = p.aux_stride;
+  return g;
 }
 
 }  // namespace lightseq::test

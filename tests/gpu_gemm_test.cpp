@@ -69,43 +69,9 @@ class GpuGemmTest : public GpuTest {
   }
 
   static GemmArgs make_args(const HostProblem& p, const DeviceProblem& dp) {
-    const GemmCase& cs = p.cs;
-    GemmArgs g;
-    g.name = "test";
-    g.dtype = cs.dtype;
-    g.trans_a = cs.ta;
-    g.trans_b = cs.tb;
-    g.m = cs.m;
-    g.n = cs.n;
-    g.k = cs.k;
-    g.batch = cs.batch;
-    g.alpha = cs.alpha;
-    g.beta = cs.beta;
-    g.a = dp.a.get();
-    g.lda = p.lda;
-    g.stride_a = p.sa;
-    g.b = dp.b.get();
-    g.ldb = p.ldb;
-    g.stride_b = p.sb;
-    g.d = dp.d.get();
-    g.ldd = p.ldd;
-    g.stride_d = p.sd;
-    if (cs.c_mode == CMode::kSeparate) {
-      g.c = dp.c.get();
-      g.ldc = p.ldc;
-      g.stride_c = p.sc;
-    } else if (cs.c_mode == CMode::kInPlace) {
-      g.c = dp.d.get();
-      g.ldc = p.ldd;
-      g.stride_c = p.sd;
-    }
-    g.epilogue = cs.epilogue;
-    g.bias = dp.bias.get();
-    g.aux = dp.aux.get();
-    g.aux_ld = p.aux_ld;
-    g.aux_stride = p.aux_stride;
-    g.bias_grad = dp.bias_grad.get();
-    return g;
+    return problem_args(p, {dp.a.get(), dp.b.get(), dp.c.get(), dp.d.get(), dp.bias.get(), dp.aux.get(),
+                            dp.bias_grad.get()},
+                        "test");
   }
 
   // Downloads every output of a finished call and checks it (check_outputs in gemm_reference.h).
