@@ -102,6 +102,34 @@ void bind_given(const Graph& g, const std::set<int>& used, const Bindings& given
 
 }  // namespace
 
+// Memory for every tensor in `used` that nothing bound: those in `keep` go to `kept` (they outlive
+// the call), the rest to the frame. A view points into its parent, allocated whole if needed.
+void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::set<int>& keep,
+                                     std::map<int, DeviceBuffer>* kept, Frame& f) const {
+  const Graph& g = *f.graph;
+  auto allocate = [&](int id) {
+    const Tensor& t = g.tensor(id);
+    int64_t bytes = f.numel(id) * elem_bytes(t, precision_);
+    if (relu_aux_[id]) {
+      const int64_t n = t.shape.back().factor;
+      bytes = relu_mask_bytes(f.numel(id) / n, n);
+    }
+    DeviceBuffer buf(*f.allocator, static_cast<size_t>(bytes), f.stream);
+    f.ptr[id] = buf.get();
+    (keep.count(id) ? *kept : f.owned).emplace(id, std::move(buf));
+  };
+  for (int id : used) {
+    const Tensor& t = g.tensor(id);
+    if (f.ptr[id] || given_role(t.role)) continue;
+    if (t.view_of < 0) {
+      allocate(id);
+      continue;
+    }
+    if (!f.ptr[t.view_of]) allocate(t.view_of);
+    f.ptr[id] = static_cast<char*>(f.ptr[t.view_of]) + t.part * f.numel(id) * elem_bytes(t, precision_);
+  }
+}
+
 SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& shape,
                                         const DropoutConfig& dropout, Allocator& allocator,
                                         CUstream stream) const {
@@ -110,8 +138,7 @@ SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& s
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be positive",
                             plan_.layer.name, shape.batch, shape.seq));
   }
-  Frame f{&g, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream};
-  f.ptr.assign(g.tensors().size(), nullptr);
+  Frame f(&g, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream);
   std::set<int> used;
   for (const Step& st : plan_.forward) step_tensors(st, &used);
   bind_given(g, used, given, &f.ptr, plan_.layer.name, {});
@@ -119,32 +146,7 @@ SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& s
   SavedActivations saved;
   saved.shape_ = shape;
   saved.dropout_ = dropout;
-  const std::set<int> keep(plan_.saved.begin(), plan_.saved.end());
-  // Allocate every other tensor the forward touches (views resolve to their parent below).
-  for (int id : used) {
-    const Tensor& t = g.tensor(id);
-    if (f.ptr[id] || t.view_of >= 0 || given_role(t.role)) continue;
-    int64_t bytes = f.numel(id) * elem_bytes(t, precision_);
-    if (relu_aux_[id]) {
-      const int64_t n = t.shape.back().factor;
-      bytes = relu_mask_bytes(f.numel(id) / n, n);
-    }
-    DeviceBuffer buf(allocator, static_cast<size_t>(bytes), stream);
-    f.ptr[id] = buf.get();
-    (keep.count(id) ? saved.buffers_ : f.owned).emplace(id, std::move(buf));
-  }
-  // Views: the parents of used views must exist too.
-  for (int id : used) {
-    const Tensor& t = g.tensor(id);
-    if (t.view_of < 0) continue;
-    const int parent = t.view_of;
-    if (!f.ptr[parent]) {
-      DeviceBuffer buf(allocator, static_cast<size_t>(f.numel(parent) * elem_bytes(g.tensor(parent), precision_)), stream);
-      f.ptr[parent] = buf.get();
-      (keep.count(parent) ? saved.buffers_ : f.owned).emplace(parent, std::move(buf));
-    }
-    f.ptr[id] = static_cast<char*>(f.ptr[parent]) + t.part * f.numel(id) * elem_bytes(t, precision_);
-  }
+  allocate_unbound(used, std::set<int>(plan_.saved.begin(), plan_.saved.end()), &saved.buffers_, f);
   // A padding mask the caller left out means "nothing is padded": the kernels read an all-zero
   // mask (a few bytes per sequence) rather than branching on a null pointer.
   for (int id : used) {
@@ -168,31 +170,14 @@ void LayerExecutor::backward(const Bindings& given, const SavedActivations& save
   if (saved.buffers_.empty() && saved.inputs_.empty() && !plan_.saved.empty()) {
     throw Error(fmt::format("{}: backward needs the SavedActivations of a forward of this layer", plan_.layer.name));
   }
-  Frame f{&g, precision_, saved.shape_, saved.dropout_, mode, &allocator, stream};
-  f.ptr.assign(g.tensors().size(), nullptr);
+  Frame f(&g, precision_, saved.shape_, saved.dropout_, mode, &allocator, stream);
   std::set<int> used, from_saved;
   for (const Step& st : plan_.backward) step_tensors(st, &used);
   for (const auto& [id, buf] : saved.buffers_) f.ptr[id] = const_cast<void*>(buf.get()), from_saved.insert(id);
   for (const auto& [id, p] : saved.inputs_) f.ptr[id] = const_cast<void*>(p), from_saved.insert(id);
   // Inputs the backward reads come from the forward; bind the rest from `given`.
   bind_given(g, used, given, &f.ptr, plan_.layer.name, from_saved);
-  for (int id : used) {
-    const Tensor& t = g.tensor(id);
-    if (f.ptr[id] || (t.view_of < 0 && given_role(t.role))) continue;
-    if (t.view_of >= 0) {
-      const int parent = t.view_of;
-      if (!f.ptr[parent]) {
-        DeviceBuffer buf(allocator, static_cast<size_t>(f.numel(parent) * elem_bytes(g.tensor(parent), precision_)), stream);
-        f.ptr[parent] = buf.get();
-        f.owned.emplace(parent, std::move(buf));
-      }
-      f.ptr[id] = static_cast<char*>(f.ptr[parent]) + t.part * f.numel(id) * elem_bytes(t, precision_);
-      continue;
-    }
-    DeviceBuffer buf(allocator, static_cast<size_t>(f.numel(id) * elem_bytes(t, precision_)), stream);
-    f.ptr[id] = buf.get();
-    f.owned.emplace(id, std::move(buf));
-  }
+  allocate_unbound(used, {}, nullptr, f);
   run_steps(plan_.backward, f);
 }
 

@@ -15,6 +15,7 @@
 #include <cuda.h>
 
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -90,6 +91,8 @@ class LayerExecutor {
   struct Frame;  // one call's state (runtime/frame.h), internal
 
  private:
+  void allocate_unbound(const std::set<int>& used, const std::set<int>& keep,
+                        std::map<int, DeviceBuffer>* kept, Frame& frame) const;
   void run_steps(const std::vector<Step>& steps, Frame& frame) const;
   void run_gemm(const GemmStep& g, Frame& frame) const;
   void run_kernel(const KernelStep& k, Frame& frame) const;

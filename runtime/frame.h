@@ -13,6 +13,10 @@ namespace lightseq {
 
 // Everything one forward or backward call needs while it runs.
 struct LayerExecutor::Frame {
+  Frame(const Graph* g, Precision p, RunShape s, DropoutConfig d, GradMode m, Allocator* a, CUstream st)
+      : graph(g), precision(p), shape(s), dropout(d), mode(m), allocator(a), stream(st),
+        ptr(g->tensors().size(), nullptr) {}
+
   const Graph* graph;
   Precision precision;
   RunShape shape;
@@ -26,7 +30,6 @@ struct LayerExecutor::Frame {
   // The most recent per-block partial buffer, for the column_sum steps that follow it.
   const float* partials = nullptr;
   int64_t partial_blocks = 0, partial_stride = 0, partial_width = 0;
-  std::vector<float*> scatter;           // embedding backward's fp32 buffers, for convert steps
 
   int64_t numel(int id) const {
     return shape_numel(graph->tensor(id).shape).eval(shape.batch, shape.seq, shape.src_seq);

@@ -237,7 +237,7 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   const auto model = model_for(spec);
   EncoderLayer layer(model, 0);
   ref::Rng rng(seed_);
-  ref::LayerConfig cfg{c.hidden, c.heads, c.ffn, c.norm, c.act, false, 1e-5};
+  ref::LayerConfig cfg{c.hidden, c.heads, c.ffn, c.norm, c.act, false, 1e-5, std::nullopt};
   ref::EncoderLayerParams params = ref::random_encoder_params(cfg, rng);
   const Precision p = c.precision;
   std::map<std::string, DeviceBuffer> w, g;

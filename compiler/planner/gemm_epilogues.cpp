@@ -6,15 +6,6 @@
 
 namespace lightseq::planner {
 
-std::optional<int> State::next_reading(int i, OpKind kind, int tensor) const {
-  const int j = i + 1;
-  if (j >= end || claimed[j] || op(j).kind != kind) return std::nullopt;
-  for (int in : op(j).inputs) {
-    if (in == tensor) return j;
-  }
-  return std::nullopt;
-}
-
 std::vector<int> State::live_consumers(int tensor) const {
   std::vector<int> out;
   for (int c : g.consumers(tensor)) {

@@ -22,8 +22,6 @@ struct State {
 
   State(const Graph& graph, Precision p) : g(graph), precision(p), claimed(graph.ops().size(), 0) {}
   const Op& op(int i) const { return g.ops()[i]; }
-  // The op right after `i` in this direction if it is unclaimed, of `kind`, and reads `tensor`.
-  std::optional<int> next_reading(int i, OpKind kind, int tensor) const;
   // Unclaimed consumers of `tensor` within this direction.
   std::vector<int> live_consumers(int tensor) const;
 };
