@@ -50,6 +50,15 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
       relu_aux_[g->aux] = true;
     }
   }
+  // The saved activations' memory: the roots (a view's parent) of the non-input saved tensors.
+  const Graph& g = plan_.layer.graph;
+  std::set<int> seen;
+  for (int id : plan_.saved) {
+    const Tensor& t = g.tensor(id);
+    if (given_role(t.role)) continue;
+    const int root = t.view_of >= 0 ? t.view_of : id;
+    if (seen.insert(root).second) saved_slots_.push_back({root, g.tensor(root).name, tensor_bytes(root)});
+  }
   for (const auto* steps : {&plan_.forward, &plan_.backward}) {
     for (const Step& st : *steps) {
       if (const auto* k = std::get_if<KernelStep>(&st); k && !kernels_.count(k->kernel.label)) {
@@ -102,21 +111,61 @@ void bind_given(const Graph& g, const std::set<int>& used, const Bindings& given
 
 }  // namespace
 
-// Memory for every tensor in `used` that nothing bound: those in `keep` go to `kept` (they outlive
-// the call), the rest to the frame. A view points into its parent, allocated whole if needed.
-void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::set<int>& keep,
-                                     std::map<int, DeviceBuffer>* kept, Frame& f) const {
+Dim LayerExecutor::tensor_bytes(int id) const {
+  const Tensor& t = plan_.layer.graph.tensor(id);
+  const Dim numel = shape_numel(t.shape);
+  if (relu_aux_[id]) {  // a bit mask: rows × relu_mask_ld(n) bits
+    const int64_t n = t.shape.back().factor;
+    Dim rows = numel;
+    rows.factor /= n;
+    return rows * (relu_mask_ld(n) / 8);
+  }
+  return numel * elem_bytes(t, precision_);
+}
+
+int64_t LayerExecutor::saved_arena_bytes(const RunShape& s) const {
+  int64_t total = 0;
+  for (const SavedSlot& slot : saved_slots_) {
+    total += (slot.bytes.eval(s.batch, s.seq, s.src_seq) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+  }
+  return total;
+}
+
+std::map<int, void*> LayerExecutor::arena_places(void* arena, const RunShape& s) const {
+  std::map<int, void*> out;
+  if (!arena) return out;
+  if (reinterpret_cast<uintptr_t>(arena) % kSavedArenaAlign != 0) {
+    throw Error(fmt::format("{}: the saved-activation arena at {} is not {}-byte aligned",
+                            plan_.layer.name, arena, kSavedArenaAlign));
+  }
+  int64_t offset = 0;
+  for (const SavedSlot& slot : saved_slots_) {
+    out[slot.tensor] = static_cast<char*>(arena) + offset;
+    offset += (slot.bytes.eval(s.batch, s.seq, s.src_seq) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+  }
+  return out;
+}
+
+void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::map<int, void*>& kept_at,
+                                     SavedActivations* saved, Frame& f) const {
   const Graph& g = *f.graph;
+  std::set<int> keep;
+  if (saved) {
+    for (const SavedSlot& slot : saved_slots_) keep.insert(slot.tensor);
+  }
   auto allocate = [&](int id) {
-    const Tensor& t = g.tensor(id);
-    int64_t bytes = f.numel(id) * elem_bytes(t, precision_);
-    if (relu_aux_[id]) {
-      const int64_t n = t.shape.back().factor;
-      bytes = relu_mask_bytes(f.numel(id) / n, n);
+    if (keep.count(id) && kept_at.count(id)) {
+      f.ptr[id] = kept_at.at(id);
+      return;
     }
-    DeviceBuffer buf(*f.allocator, static_cast<size_t>(bytes), f.stream);
+    const auto bytes = static_cast<size_t>(tensor_bytes(id).eval(f.shape.batch, f.shape.seq, f.shape.src_seq));
+    DeviceBuffer buf(*f.allocator, bytes, f.stream);
     f.ptr[id] = buf.get();
-    (keep.count(id) ? *kept : f.owned).emplace(id, std::move(buf));
+    if (keep.count(id)) {
+      saved->owned_.push_back(std::move(buf));
+    } else {
+      f.owned.emplace(id, std::move(buf));
+    }
   };
   for (int id : used) {
     const Tensor& t = g.tensor(id);
@@ -130,9 +179,22 @@ void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::set<i
   }
 }
 
+// A padding mask the caller left out means "nothing is padded": the kernels read an all-zero mask
+// (a few bytes per sequence) rather than branching on a null pointer.
+void LayerExecutor::bind_zero_masks(const std::set<int>& used, Frame& f) const {
+  for (int id : used) {
+    const Tensor& t = f.graph->tensor(id);
+    if (f.ptr[id] || t.type != ElemType::kU8 || t.role != TensorRole::kInput) continue;
+    DeviceBuffer zeros(*f.allocator, static_cast<size_t>(f.numel(id)), f.stream);
+    LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(zeros.device_ptr(), 0, zeros.bytes(), f.stream));
+    f.ptr[id] = zeros.get();
+    f.owned.emplace(id, std::move(zeros));
+  }
+}
+
 SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& shape,
                                         const DropoutConfig& dropout, Allocator& allocator,
-                                        CUstream stream) const {
+                                        CUstream stream, void* saved_arena) const {
   const Graph& g = plan_.layer.graph;
   if (shape.batch <= 0 || shape.seq <= 0) {
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be positive",
@@ -146,38 +208,58 @@ SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& s
   SavedActivations saved;
   saved.shape_ = shape;
   saved.dropout_ = dropout;
-  allocate_unbound(used, std::set<int>(plan_.saved.begin(), plan_.saved.end()), &saved.buffers_, f);
-  // A padding mask the caller left out means "nothing is padded": the kernels read an all-zero
-  // mask (a few bytes per sequence) rather than branching on a null pointer.
-  for (int id : used) {
-    const Tensor& t = g.tensor(id);
-    if (f.ptr[id] || t.type != ElemType::kU8 || t.role != TensorRole::kInput) continue;
-    DeviceBuffer zeros(allocator, static_cast<size_t>(f.numel(id)), stream);
-    LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(zeros.device_ptr(), 0, zeros.bytes(), stream));
-    f.ptr[id] = zeros.get();
-    f.owned.emplace(id, std::move(zeros));
-  }
+  allocate_unbound(used, arena_places(saved_arena, shape), &saved, f);
+  bind_zero_masks(used, f);
   for (int id : plan_.saved) {
-    if (g.tensor(id).role == TensorRole::kInput) saved.inputs_[id] = f.ptr[id];
+    // A zero mask made for this call is not kept: the backward makes its own (bind_zero_masks).
+    const bool made_here = f.owned.count(id) > 0 && g.tensor(id).role == TensorRole::kInput;
+    if (!made_here) saved.ptr_[id] = f.ptr[id];
   }
   run_steps(plan_.forward, f);
+  return saved;
+}
+
+SavedActivations LayerExecutor::saved_from_arena(void* saved_arena, const Bindings& inputs,
+                                                 const RunShape& shape, const DropoutConfig& dropout) const {
+  const Graph& g = plan_.layer.graph;
+  if (!saved_arena && !saved_slots_.empty()) {
+    throw Error(fmt::format("{}: the saved-activation arena is null", plan_.layer.name));
+  }
+  SavedActivations saved;
+  saved.shape_ = shape;
+  saved.dropout_ = dropout;
+  saved.ptr_ = arena_places(saved_arena, shape);
+  for (int id : plan_.saved) {
+    const Tensor& t = g.tensor(id);
+    if (t.role == TensorRole::kInput) {
+      auto it = inputs.find(t.name);
+      if (it != inputs.end() && it->second) {
+        saved.ptr_[id] = it->second;
+      } else if (t.type != ElemType::kU8) {
+        throw Error(fmt::format("{}: the backward needs the forward's input '{}'", plan_.layer.name, t.name));
+      }
+    } else if (t.view_of >= 0) {
+      saved.ptr_[id] = static_cast<char*>(saved.ptr_.at(t.view_of)) + t.part * shape_numel(t.shape).eval(shape.batch, shape.seq, shape.src_seq) * elem_bytes(t, precision_);
+    }
+  }
   return saved;
 }
 
 void LayerExecutor::backward(const Bindings& given, const SavedActivations& saved, GradMode mode,
                              Allocator& allocator, CUstream stream) const {
   const Graph& g = plan_.layer.graph;
-  if (saved.buffers_.empty() && saved.inputs_.empty() && !plan_.saved.empty()) {
+  if (saved.ptr_.empty() && !plan_.saved.empty()) {
     throw Error(fmt::format("{}: backward needs the SavedActivations of a forward of this layer", plan_.layer.name));
   }
   Frame f(&g, precision_, saved.shape_, saved.dropout_, mode, &allocator, stream);
   std::set<int> used, from_saved;
   for (const Step& st : plan_.backward) step_tensors(st, &used);
-  for (const auto& [id, buf] : saved.buffers_) f.ptr[id] = const_cast<void*>(buf.get()), from_saved.insert(id);
-  for (const auto& [id, p] : saved.inputs_) f.ptr[id] = const_cast<void*>(p), from_saved.insert(id);
+  for (const auto& [id, p] : saved.ptr_) f.ptr[id] = p, from_saved.insert(id);
   // Inputs the backward reads come from the forward; bind the rest from `given`.
+  for (int id : plan_.saved) from_saved.insert(id);
   bind_given(g, used, given, &f.ptr, plan_.layer.name, from_saved);
   allocate_unbound(used, {}, nullptr, f);
+  bind_zero_masks(used, f);
   run_steps(plan_.backward, f);
 }
 

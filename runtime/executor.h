@@ -51,7 +51,9 @@ using Bindings = std::unordered_map<std::string, void*>;
 // label → kernel, for the device the executor runs on.
 using KernelTable = std::unordered_map<std::string, CUfunction>;
 
-// What a forward keeps for its backward.
+// What a forward keeps for its backward: its shape and dropout stream, pointers to the caller's
+// inputs the backward reads (x, the padding mask), and the saved activations — either owned
+// buffers from the call's allocator or views into a caller-provided arena (saved_slots()).
 class SavedActivations {
  public:
   SavedActivations() = default;
@@ -59,15 +61,25 @@ class SavedActivations {
   SavedActivations& operator=(SavedActivations&&) = default;
   const RunShape& shape() const { return shape_; }
   const DropoutConfig& dropout() const { return dropout_; }
-  bool empty() const { return buffers_.empty(); }
+  bool empty() const { return ptr_.empty(); }
 
  private:
   friend class LayerExecutor;
   RunShape shape_;
   DropoutConfig dropout_;
-  std::map<int, DeviceBuffer> buffers_;  // tensor id → memory
-  std::map<int, const void*> inputs_;    // caller inputs the backward reads (x, masks)
+  std::map<int, void*> ptr_;           // saved tensor id → memory (activations and inputs)
+  std::vector<DeviceBuffer> owned_;    // what this object owns of that memory
 };
+
+// One saved activation buffer, as laid out in a caller-provided arena: `bytes` is a monomial in
+// B, T, S (Dim), so a front end can size the arena for symbolic shapes too. Slots are placed in
+// order, each at an offset rounded up to kSavedArenaAlign.
+struct SavedSlot {
+  int tensor = -1;
+  std::string name;
+  Dim bytes;
+};
+inline constexpr int64_t kSavedArenaAlign = 256;
 
 class LayerExecutor {
  public:
@@ -76,9 +88,21 @@ class LayerExecutor {
   const LayerPlan& plan() const { return plan_; }
 
   // Runs the forward. `given` binds every input and parameter and the output(s). Throws
-  // lightseq::Error naming a missing binding, a misaligned pointer or a bad shape.
+  // lightseq::Error naming a missing binding, a misaligned pointer or a bad shape. With
+  // `saved_arena` (saved_arena_bytes(shape) bytes, 256-byte aligned) the saved activations are
+  // placed there instead of being allocated; the returned object then only points into it.
   SavedActivations forward(const Bindings& given, const RunShape& shape, const DropoutConfig& dropout,
-                           Allocator& allocator, CUstream stream) const;
+                           Allocator& allocator, CUstream stream, void* saved_arena = nullptr) const;
+
+  // The saved-activation layout of forward(..., saved_arena) and its size for a shape.
+  const std::vector<SavedSlot>& saved_slots() const { return saved_slots_; }
+  int64_t saved_arena_bytes(const RunShape& shape) const;
+
+  // Rebuilds what forward(..., saved_arena) returned from the arena and the forward's inputs
+  // (`inputs` binds "x" and, if the forward had one, "key_padding_mask"): a front end that keeps
+  // the arena as a framework tensor calls this in its backward.
+  SavedActivations saved_from_arena(void* saved_arena, const Bindings& inputs, const RunShape& shape,
+                                    const DropoutConfig& dropout) const;
 
   // Runs the backward with the activations of one forward. `given` binds the parameters, the
   // output gradient(s), the input gradient(s) to write and every parameter gradient.
@@ -91,8 +115,15 @@ class LayerExecutor {
   struct Frame;  // one call's state (runtime/frame.h), internal
 
  private:
-  void allocate_unbound(const std::set<int>& used, const std::set<int>& keep,
-                        std::map<int, DeviceBuffer>* kept, Frame& frame) const;
+  // Memory for every tensor in `used` that nothing bound; views point into their parents.
+  // Kept roots (the saved activations) go to `saved`: placed at `kept_at` when that names them
+  // (the saved arena), else allocated and owned by `saved`.
+  void allocate_unbound(const std::set<int>& used, const std::map<int, void*>& kept_at,
+                        SavedActivations* saved, Frame& frame) const;
+  Dim tensor_bytes(int id) const;  // what a tensor's memory holds, as a monomial in B, T, S
+  // Binds an all-zero mask to every used u8 input left null ("nothing is padded").
+  void bind_zero_masks(const std::set<int>& used, Frame& frame) const;
+  std::map<int, void*> arena_places(void* arena, const RunShape& shape) const;
   void run_steps(const std::vector<Step>& steps, Frame& frame) const;
   void run_gemm(const GemmStep& g, Frame& frame) const;
   void run_kernel(const KernelStep& k, Frame& frame) const;
@@ -104,6 +135,7 @@ class LayerExecutor {
   KernelTable kernels_;
   GemmRunner* gemm_;
   std::vector<bool> relu_aux_;  // per tensor: holds a ReLU bit mask (sized in bits)
+  std::vector<SavedSlot> saved_slots_;
 };
 
 }  // namespace lightseq

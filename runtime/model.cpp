@@ -112,7 +112,7 @@ void check_shape(const LayerStackSpec& s, const RunShape& shape, const std::stri
 
 SavedActivations EncoderLayer::forward(const EncoderWeights& w, const EncoderInputs& in,
                                        const RunShape& shape, const DropoutConfig& dropout,
-                                       Allocator& allocator, CUstream stream) const {
+                                       Allocator& allocator, CUstream stream, void* saved_arena) const {
   const std::string where = fmt::format("encoder layer ({})", exec_->plan().layer.description);
   if (in.dtype != model_->spec().precision) {
     throw Error(fmt::format("{}: inputs are {} but the model was compiled for {}; convert them or "
@@ -125,7 +125,17 @@ SavedActivations EncoderLayer::forward(const EncoderWeights& w, const EncoderInp
   b["key_padding_mask"] = const_cast<uint8_t*>(in.key_padding_mask);
   b["y"] = in.y;
   ScopedContext ctx(model_->device());
-  return exec_->forward(b, shape, dropout, allocator, stream);
+  return exec_->forward(b, shape, dropout, allocator, stream, saved_arena);
+}
+
+SavedActivations EncoderLayer::saved_from_arena(void* saved_arena, const void* x,
+                                                const uint8_t* key_padding_mask, const RunShape& shape,
+                                                const DropoutConfig& dropout) const {
+  check_shape(spec_, shape, fmt::format("encoder layer ({})", exec_->plan().layer.description));
+  return exec_->saved_from_arena(saved_arena,
+                                 {{"x", const_cast<void*>(x)},
+                                  {"key_padding_mask", const_cast<uint8_t*>(key_padding_mask)}},
+                                 shape, dropout);
 }
 
 void EncoderLayer::backward(const EncoderWeights& w, const EncoderGrads& g, const EncoderGradInputs& io,

@@ -102,8 +102,16 @@ class EncoderLayer {
 
   // Shapes: batch ≥ 1, seq ≥ 1. Throws Error for a wrong dtype, a null or misaligned pointer, a
   // sequence the attention backend cannot run.
+  // With `saved_arena` (saved_arena_bytes(shape) bytes) the saved activations live there (see
+  // LayerExecutor::forward); a front end then rebuilds them for the backward with saved_from_arena.
   SavedActivations forward(const EncoderWeights& w, const EncoderInputs& in, const RunShape& shape,
-                           const DropoutConfig& dropout, Allocator& allocator, CUstream stream) const;
+                           const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
+                           void* saved_arena = nullptr) const;
+  int64_t saved_arena_bytes(const RunShape& shape) const { return exec_->saved_arena_bytes(shape); }
+  const std::vector<SavedSlot>& saved_slots() const { return exec_->saved_slots(); }
+  // x and key_padding_mask as given to the forward that filled the arena.
+  SavedActivations saved_from_arena(void* saved_arena, const void* x, const uint8_t* key_padding_mask,
+                                    const RunShape& shape, const DropoutConfig& dropout) const;
   void backward(const EncoderWeights& w, const EncoderGrads& grads, const EncoderGradInputs& io,
                 const SavedActivations& saved, GradMode mode, Allocator& allocator,
                 CUstream stream) const;

@@ -96,6 +96,30 @@ TEST(RuntimeExecutor, BackwardNeedsAForward) {
   EXPECT_THROW(f.exec->backward({}, none, GradMode::kOverwrite, alloc, nullptr), Error);
 }
 
+// The saved-activation arena: every slot is a monomial in B, T whose sum (each rounded up to the
+// arena alignment) is saved_arena_bytes, and the layout covers the activations the backward reads.
+TEST(RuntimeExecutor, SavedArenaLayoutIsAPolynomialInTheShape) {
+  Fixture f;
+  const auto& slots = f.exec->saved_slots();
+  ASSERT_FALSE(slots.empty());
+  for (const RunShape s : {RunShape{1, 1, 0}, RunShape{2, 3, 0}, RunShape{7, 513, 0}}) {
+    int64_t want = 0;
+    for (const SavedSlot& slot : slots) {
+      EXPECT_EQ(slot.bytes.s, 0) << slot.name;
+      const int64_t b = slot.bytes.eval(s.batch, s.seq, 0);
+      EXPECT_GT(b, 0) << slot.name;
+      want += (b + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+    }
+    EXPECT_EQ(f.exec->saved_arena_bytes(s), want);
+  }
+  // B·T·H activations of a bf16 layer are saved (at least the layer input's LayerNorm output or
+  // the attention probabilities), so the arena grows with both B and T.
+  EXPECT_GT(f.exec->saved_arena_bytes({2, 8, 0}), f.exec->saved_arena_bytes({1, 8, 0}));
+  EXPECT_GT(f.exec->saved_arena_bytes({1, 16, 0}), f.exec->saved_arena_bytes({1, 8, 0}));
+  // A null arena is refused before any device work.
+  EXPECT_THROW(f.exec->saved_from_arena(nullptr, {}, {2, 3, 0}, {}), Error);
+}
+
 TEST(RuntimeExecutor, PaddingMaskIsOptional) {
   Fixture f;
   const auto names = f.exec->required_bindings(false);
