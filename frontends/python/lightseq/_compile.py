@@ -1,0 +1,301 @@
+"""lightseq.compile(model): swaps every supported layer for a compiled one in place.
+
+A compiled layer is the same module object with its class changed to a subclass whose forward
+runs lightseq's kernels: its parameters, buffers, hooks, state_dict keys and submodules are the
+ones it had, so optimizers, DDP, load_state_dict and gradient clipping keep working, and
+copy.deepcopy copies it. Anything lightseq cannot compile stays as it was; explain(model) says
+what was replaced and, for the rest, why not."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import _ops, _spec
+from ._native import Error
+from ._spec import EncoderConfig, Unsupported
+
+_STATE = "_lightseq"  # attribute of a compiled layer: its _LayerState
+
+
+class _LayerState:
+    """What a compiled layer knows beyond its PyTorch module: its configuration, the dtype it was
+    compiled for and the cache directory. Picklable and deep-copyable."""
+
+    def __init__(self, config: EncoderConfig, dtype: torch.dtype, cache_dir: Optional[str]):
+        self.config, self.dtype, self.cache_dir = config, dtype, cache_dir
+        self.warned = False
+
+
+@torch._dynamo.assume_constant_result
+def _layer_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
+    return _ops.layer_id(spec_json, device, cache_dir)
+
+
+def _base_name(module: nn.Module) -> str:
+    """The name of the PyTorch/transformers class a compiled layer was (or derives from)."""
+    for cls in type(module).__mro__:
+        if not cls.__module__.startswith("lightseq"):
+            return cls.__name__
+    return type(module).__name__
+
+
+def _where(module: nn.Module) -> str:
+    return f"lightseq-compiled {_base_name(module)}"
+
+
+def _fallback(module: nn.Module, reason: str) -> None:
+    state = getattr(module, _STATE)
+    if not state.warned:
+        state.warned = True
+        warnings.warn(f"{_where(module)}: {reason}; these calls run PyTorch's implementation", stacklevel=3)
+
+
+def _check_input(module: nn.Module, x: torch.Tensor, state: _LayerState) -> torch.dtype:
+    """The dtype to run in; raises for input lightseq cannot take."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{_where(module)}: the input is a {type(x).__name__}, not a tensor")
+    if x.device.type != "cuda":
+        raise ValueError(f"{_where(module)}: the input is on {x.device}; lightseq runs on CUDA devices "
+                         "(move the model and its inputs with .cuda())")
+    if x.dim() != 3 or x.shape[-1] != state.config.hidden:
+        raise ValueError(f"{_where(module)}: the input has shape {tuple(x.shape)}; expected 3 dimensions "
+                         f"with hidden size {state.config.hidden} last")
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    if x.dtype != state.dtype:
+        raise TypeError(f"{_where(module)}: the input is {x.dtype} but the layer was compiled for "
+                        f"{state.dtype}; pass {state.dtype} inputs, run under torch.autocast, or "
+                        f"compile with lightseq.compile(model, dtype={state.dtype})")
+    return state.dtype
+
+
+def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, device) -> Optional[torch.Tensor]:
+    """A [B, T] padding mask (bool, True = pad; or float, 0 = keep, -inf = pad) as uint8."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{_where(module)}: the padding mask is a {type(mask).__name__}, not a tensor")
+    if tuple(mask.shape) != (batch, seq):
+        raise ValueError(f"{_where(module)}: the padding mask has shape {tuple(mask.shape)}; expected "
+                         f"[batch, seq] = [{batch}, {seq}]")
+    if mask.device != device:
+        raise ValueError(f"{_where(module)}: the padding mask is on {mask.device}, the input on {device}")
+    if mask.dtype == torch.bool:
+        return mask.contiguous().view(torch.uint8)
+    if mask.is_floating_point():
+        if not torch.compiler.is_compiling():
+            # One synchronizing check: lightseq masks keys, it cannot add arbitrary biases.
+            if not bool(((mask == 0) | (mask == float("-inf"))).all()):
+                raise ValueError(f"{_where(module)}: a float padding mask must hold only 0 (keep) and "
+                                 "-inf (pad); pass a bool mask (True = pad) instead")
+        return (mask != 0).to(torch.uint8)
+    raise TypeError(f"{_where(module)}: the padding mask is {mask.dtype}; pass a bool mask (True = pad)")
+
+
+def _run(module: nn.Module, x: torch.Tensor, pad: Optional[torch.Tensor], weights, run_dtype: torch.dtype,
+         causal: bool) -> torch.Tensor:
+    """The compiled layer on x [B, T, H]."""
+    state: _LayerState = getattr(module, _STATE)
+    cfg = state.config
+    training = module.training
+    spec = cfg.spec(run_dtype, causal=causal, dropout_on=training)
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    lid = _layer_for(_spec.spec_json(spec), device, state.cache_dir)
+    p = (cfg.dropout_attention, cfg.dropout_activation, cfg.dropout_hidden) if training else (0.0, 0.0, 0.0)
+    x = x.to(run_dtype).contiguous()
+    ws = [w.to(run_dtype).contiguous() for w in weights]
+    y, _saved, _rng = torch.ops.lightseq.encoder_fwd(x, pad, ws, lid, *p)
+    return y
+
+
+# ---- torch.nn.TransformerEncoderLayer ------------------------------------------------------------
+
+class CompiledTransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """A torch.nn.TransformerEncoderLayer running lightseq's kernels (same parameters)."""
+
+    def _weights(self):
+        a = self.self_attn
+        return [a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias, self.linear1.weight,
+                self.linear1.bias, self.linear2.weight, self.linear2.bias, self.norm1.weight, self.norm1.bias,
+                self.norm2.weight, self.norm2.bias]
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        state: _LayerState = getattr(self, _STATE)
+        if isinstance(src, torch.Tensor) and src.is_nested:
+            _fallback(self, "nested-tensor input (PyTorch's inference fast path)")
+            return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+        run_dtype = _check_input(self, src, state)
+        x = src if self.batch_first else src.transpose(0, 1)
+        batch, seq = x.shape[0], x.shape[1]
+        causal = False
+        if src_mask is not None or is_causal:
+            if is_causal:
+                causal = True
+            elif not torch.compiler.is_compiling():
+                from torch.nn.modules.transformer import _detect_is_causal_mask
+                causal = _detect_is_causal_mask(src_mask, None, seq)
+            if not causal:
+                _fallback(self, "an attention mask that is not causal (lightseq masks padding and "
+                                "causal attention only)")
+                return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+        pad = _key_padding(self, src_key_padding_mask, batch, seq, src.device)
+        y = _run(self, x, pad, self._weights(), run_dtype, causal)
+        return y if self.batch_first else y.transpose(0, 1)
+
+
+class CompiledTransformerEncoder(nn.TransformerEncoder):
+    """nn.TransformerEncoder whose layers are compiled: it hands them the padding mask as given
+    (PyTorch's own forward first turns a bool mask into a float one)."""
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        if (not isinstance(src, torch.Tensor) or src.is_nested or
+                not all(isinstance(m, CompiledTransformerEncoderLayer) for m in self.layers)):
+            return super().forward(src, mask, src_key_padding_mask, is_causal)
+        out = src
+        for layer in self.layers:
+            out = layer(out, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        if self.norm is not None:
+            out = self.norm(out)
+        return out
+
+
+# ---- Hugging Face BertLayer ----------------------------------------------------------------------
+
+_bert_class = None
+
+
+def _compiled_bert_class():
+    global _bert_class
+    if _bert_class is not None:
+        return _bert_class
+    BertLayer = _spec.bert_layer_class()
+
+    def _weights(self):
+        sa, ao = self.attention.self, self.attention.output
+        in_w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])
+        in_b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])
+        return [in_w, in_b, ao.dense.weight, ao.dense.bias, self.intermediate.dense.weight,
+                self.intermediate.dense.bias, self.output.dense.weight, self.output.dense.bias,
+                ao.LayerNorm.weight, ao.LayerNorm.bias, self.output.LayerNorm.weight, self.output.LayerNorm.bias]
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, past_key_values=None, **kwargs):
+        state: _LayerState = getattr(self, _STATE)
+        if encoder_hidden_states is not None or past_key_values is not None or kwargs.get("output_attentions"):
+            _fallback(self, "cross-attention, a key/value cache or output_attentions")
+            return BertLayer.forward(self, hidden_states, attention_mask, encoder_hidden_states,
+                                     encoder_attention_mask, past_key_values, **kwargs)
+        run_dtype = _check_input(self, hidden_states, state)
+        batch, seq = hidden_states.shape[0], hidden_states.shape[1]
+        pad = _bert_padding(self, attention_mask, batch, seq, hidden_states.device)
+        return _run(self, hidden_states, pad, _weights(self), run_dtype, causal=False)
+
+    _bert_class = type("CompiledBertLayer", (BertLayer,), {
+        "__doc__": "A transformers BertLayer running lightseq's kernels (same parameters).",
+        "__module__": __name__, "forward": forward, "_weights": _weights})
+    globals()["CompiledBertLayer"] = _bert_class  # so pickle finds it
+    return _bert_class
+
+
+def _bert_padding(module, mask, batch: int, seq: int, device):
+    """BERT's attention mask as the padding of each key: [B, 1, Tq, T] (bool, True = attend, or
+    additive float, 0 = attend), [B, 1, 1, T] or [B, T] (1 = attend)."""
+    if mask is None:
+        return None
+    if mask.dim() == 2:
+        if tuple(mask.shape) != (batch, seq):
+            raise ValueError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
+                             f"[{batch}, {seq}]")
+        return (mask == 0).to(torch.uint8)
+    if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[-1] != seq:
+        raise ValueError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
+                         f"[{batch}, 1, {seq} or 1, {seq}]")
+    if mask.shape[2] not in (1, seq):
+        raise ValueError(f"{_where(module)}: the attention mask has {mask.shape[2]} query rows; expected 1 or {seq}")
+    row = mask[:, 0, 0, :]
+    if mask.shape[2] > 1 and not torch.compiler.is_compiling():
+        # One synchronizing check: lightseq masks keys (padding), the same for every query.
+        if not bool((mask == mask[:, :, :1, :]).all()):
+            raise ValueError(f"{_where(module)}: the attention mask differs between queries; lightseq "
+                             "compiles padding masks (the same keys masked for every query) only")
+    if mask.dtype == torch.bool:
+        return (~row).to(torch.uint8)
+    return (row < 0).to(torch.uint8)
+
+
+# ---- compile / explain ---------------------------------------------------------------------------
+
+def _extract(module: nn.Module):
+    """(compiled class, EncoderConfig) for a module lightseq can compile; Unsupported otherwise;
+    None for modules that are not layers lightseq knows."""
+    if isinstance(module, nn.TransformerEncoderLayer):
+        return CompiledTransformerEncoderLayer, _spec.from_torch_encoder_layer(module)
+    bert = _spec.bert_layer_class()
+    if bert is not None and isinstance(module, bert):
+        return _compiled_bert_class(), _spec.from_bert_layer(module)
+    return None
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """Replaces, in place, every supported layer of `model` with a compiled one that keeps the same
+    nn.Parameters and computes the same function forward and backward; returns `model`.
+
+    Supported: torch.nn.TransformerEncoderLayer (batch_first or not, norm_first, relu/gelu, padding
+    masks, causal masks) and transformers' BertLayer. `dtype` is the dtype the layers run in
+    without autocast (default: their parameters' dtype); under torch.autocast they run in the
+    autocast dtype. Kernels are compiled on a layer's first call (or loaded from the disk cache,
+    `cache_dir` or the default). explain(model) lists what was replaced and why the rest was not."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"lightseq.compile takes an nn.Module, not a {type(model).__name__}")
+    if dtype is not None:
+        _spec.dtype_name(dtype)  # raises Unsupported for a dtype lightseq cannot run
+    report = []
+    for name, module in model.named_modules():
+        if hasattr(module, _STATE):
+            report.append((name or "<model>", _base_name(module), True,
+                           getattr(module, _STATE).config.describe() + " (already compiled)"))
+            continue
+        try:
+            found = _extract(module)
+        except Unsupported as why:
+            report.append((name or "<model>", type(module).__name__, False, str(why)))
+            continue
+        if found is None:
+            continue
+        cls, config = found
+        layer_dtype = dtype or _param_dtype(module)
+        setattr(module, _STATE, _LayerState(config, layer_dtype, cache_dir))
+        module.__class__ = cls
+        report.append((name or "<model>", _base_name(module), True,
+                       f"{config.describe()}, {layer_dtype}"))
+    for module in model.modules():
+        if type(module) is nn.TransformerEncoder and all(
+                isinstance(m, CompiledTransformerEncoderLayer) for m in module.layers):
+            module.__class__ = CompiledTransformerEncoder
+    model.__dict__["_lightseq_report"] = report
+    return model
+
+
+def explain(model: nn.Module) -> str:
+    """What lightseq.compile replaced in `model`, and for each layer it did not, why."""
+    report = model.__dict__.get("_lightseq_report")
+    if report is None:
+        return "lightseq.compile has not been applied to this model"
+    if not report:
+        return "lightseq.compile found no layer it knows (nn.TransformerEncoderLayer, BertLayer) in this model"
+    lines = []
+    for name, kind, replaced, why in report:
+        lines.append(f"{name} ({kind}): " + (f"compiled: {why}" if replaced else f"not compiled: {why}"))
+    return "\n".join(lines)
+
+
+__all__ = ["compile", "explain", "Error", "CompiledTransformerEncoderLayer", "CompiledTransformerEncoder"]

@@ -1,0 +1,162 @@
+"""The compiled encoder layer as torch custom ops (torch.library): `lightseq::encoder_fwd` and
+`lightseq::encoder_bwd`, tied together by autograd. Everything the backward needs travels through
+autograd (the saved-activation arena is a uint8 tensor, the dropout seed/offset a CPU int64
+tensor), so activation checkpointing, calling a layer twice and torch.compile all work.
+
+Compiled layers live in a process-wide registry keyed by (spec, device, cache directory): modules
+with the same configuration share one compiled model and its kernels."""
+from __future__ import annotations
+
+import threading
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _native
+
+# Each call of a dropout-enabled layer advances torch's CUDA generator by this much (the C++
+# runtime's kDropoutOffsetStride): the layer's dropout sites draw at offset + site.
+DROPOUT_OFFSET_STRIDE = 16
+_ARENA_ALIGN = 256
+
+_lock = threading.Lock()
+_keys: dict = {}  # (spec json, device, cache dir) -> layer id
+_layers: list = []  # layer id -> (_C.EncoderLayer, saved slots, spec json, device)
+_models: dict = {}  # (spec json, device, cache dir) -> _C.CompiledModel (shared by its stacks)
+
+
+def layer_id(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
+    """The registry id of a compiled encoder layer, compiling (or loading from the disk cache) on
+    first use in this process."""
+    key = (spec_json, device, cache_dir)
+    found = _keys.get(key)
+    if found is not None:
+        return found
+    C = _native.extension()
+    with _lock:
+        if key in _keys:
+            return _keys[key]
+        model = _models.get(key)
+        if model is None:
+            model = C.CompiledModel.load(spec_json, device, cache_dir)
+            _models[key] = model
+        layer = C.EncoderLayer(model, 0)
+        _layers.append((layer, tuple(layer.saved_slots()), spec_json, device))
+        _keys[key] = len(_layers) - 1
+        return _keys[key]
+
+
+def compiled_models() -> list:
+    """The compiled models of this process (for tests and explain())."""
+    return list(_models.values())
+
+
+def _saved_bytes(layer: int, batch, seq):
+    """Bytes of the saved-activation arena; works on SymInts (torch.compile's fake tensors)."""
+    total = 0
+    for _name, factor, pb, pt in _layers[layer][1]:
+        n = factor * batch**pb * seq**pt
+        total = total + (n + _ARENA_ALIGN - 1) // _ARENA_ALIGN * _ARENA_ALIGN
+    return total
+
+
+def _dtype_name(t: Tensor) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[t.dtype]
+
+
+def _u64_to_i64(v: int) -> int:
+    return v - (1 << 64) if v >= (1 << 63) else v
+
+
+def _i64_to_u64(v: int) -> int:
+    return v + (1 << 64) if v < 0 else v
+
+
+def _allocator(device: torch.device):
+    keep: List[Tensor] = []
+
+    def alloc(nbytes: int) -> int:
+        t = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        keep.append(t)
+        return t.data_ptr()
+
+    return alloc, keep
+
+
+def _draw_rng(device: torch.device, dropout: bool) -> Tensor:
+    """(seed, offset) from torch's CUDA generator, advanced past this call's draws."""
+    if not dropout:
+        return torch.zeros(2, dtype=torch.int64)
+    gen = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    seed, offset = gen.initial_seed(), gen.get_offset()
+    gen.set_offset(offset + DROPOUT_OFFSET_STRIDE)
+    return torch.tensor([_u64_to_i64(seed), offset], dtype=torch.int64)
+
+
+@torch.library.custom_op("lightseq::encoder_fwd", mutates_args=())
+def encoder_fwd(x: Tensor, mask: Optional[Tensor], weights: List[Tensor], layer: int,
+                p_attention: float, p_activation: float, p_hidden: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """y, saved arena, rng state = encoder layer forward of x [B, T, H] (batch-major, contiguous),
+    mask [B, T] uint8 (nonzero = pad) or None."""
+    handle = _layers[layer][0]
+    batch, seq, _ = x.shape
+    y = torch.empty_like(x)
+    saved = torch.empty(_saved_bytes(layer, batch, seq), dtype=torch.uint8, device=x.device)
+    rng = _draw_rng(x.device, p_attention > 0 or p_activation > 0 or p_hidden > 0)
+    seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
+    alloc, _keep = _allocator(x.device)
+    handle.forward([w.data_ptr() for w in weights], _dtype_name(x), x.data_ptr(),
+                   0 if mask is None else mask.data_ptr(), y.data_ptr(), batch, seq, p_attention,
+                   p_activation, p_hidden, seed, offset, saved.data_ptr(),
+                   torch.cuda.current_stream(x.device).cuda_stream, alloc)
+    return y, saved, rng
+
+
+@encoder_fwd.register_fake
+def _encoder_fwd_fake(x, mask, weights, layer, p_attention, p_activation, p_hidden):
+    batch, seq, _ = x.shape
+    return (torch.empty_like(x), x.new_empty((_saved_bytes(layer, batch, seq),), dtype=torch.uint8),
+            torch.empty(2, dtype=torch.int64))
+
+
+@torch.library.custom_op("lightseq::encoder_bwd", mutates_args=())
+def encoder_bwd(grad_y: Tensor, x: Tensor, mask: Optional[Tensor], weights: List[Tensor], saved: Tensor,
+                rng: Tensor, layer: int, p_attention: float, p_activation: float,
+                p_hidden: float) -> List[Tensor]:
+    """[grad_x, grad of each weight] of encoder_fwd."""
+    handle = _layers[layer][0]
+    batch, seq, _ = x.shape
+    grad_x = torch.empty_like(x)
+    grads = [torch.empty_like(w) for w in weights]
+    seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
+    alloc, _keep = _allocator(x.device)
+    handle.backward([w.data_ptr() for w in weights], [g.data_ptr() for g in grads], grad_y.data_ptr(),
+                    grad_x.data_ptr(), x.data_ptr(), 0 if mask is None else mask.data_ptr(), batch, seq,
+                    p_attention, p_activation, p_hidden, seed, offset, saved.data_ptr(), False,
+                    torch.cuda.current_stream(x.device).cuda_stream, alloc)
+    return [grad_x] + grads
+
+
+@encoder_bwd.register_fake
+def _encoder_bwd_fake(grad_y, x, mask, weights, saved, rng, layer, p_attention, p_activation, p_hidden):
+    return [torch.empty_like(x)] + [torch.empty_like(w) for w in weights]
+
+
+def _setup_context(ctx, inputs, output):
+    x, mask, weights, layer, pa, pb, pc = inputs
+    _y, saved, rng = output
+    ctx.save_for_backward(x, mask, saved, rng, *weights)
+    ctx.layer, ctx.p = layer, (pa, pb, pc)
+    ctx.mark_non_differentiable(saved, rng)
+
+
+def _backward(ctx, grad_y, _grad_saved, _grad_rng):
+    x, mask, saved, rng, *weights = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros_like(x)
+    outs = encoder_bwd(grad_y.contiguous(), x, mask, weights, saved, rng, ctx.layer, *ctx.p)
+    return outs[0], None, outs[1:], None, None, None, None
+
+
+torch.library.register_autograd("lightseq::encoder_fwd", _backward, setup_context=_setup_context)

@@ -1,0 +1,204 @@
+"""What lightseq compiles a module into: an encoder-layer configuration read off a PyTorch module,
+or the reason it cannot be compiled. Pure Python (no GPU, no extension needed)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class Unsupported(Exception):
+    """Raised by the extractors with the reason a module stays as it was."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """One encoder layer (the layer of BERT and of nn.TransformerEncoderLayer)."""
+
+    hidden: int
+    heads: int
+    ffn: int
+    norm: str  # "pre" | "post"
+    activation: str  # "relu" | "gelu" (erf form)
+    eps: float
+    dropout_attention: float
+    dropout_activation: float
+    dropout_hidden: float
+
+    def describe(self) -> str:
+        return (f"encoder {self.hidden}/{self.heads}/{self.ffn} {self.norm}-LN {self.activation}, "
+                f"eps {self.eps:g}, dropout attention {self.dropout_attention:g} / activation "
+                f"{self.dropout_activation:g} / hidden {self.dropout_hidden:g}")
+
+    def spec(self, dtype: torch.dtype, *, causal: bool = False, dropout_on: bool = True) -> dict:
+        """The JSON model spec of one layer of this configuration. Dropout sites are compiled in
+        only where `dropout_on` and the probability is non-zero (eval mode compiles none)."""
+        def p(v: float) -> float:
+            return v if dropout_on else 0.0
+
+        layer = {
+            "type": "encoder",
+            "count": 1,
+            "hidden": self.hidden,
+            "heads": self.heads,
+            "ffn": self.ffn,
+            "activation": self.activation,
+            "norm": self.norm,
+            "eps": self.eps,
+            "dropout": {"attention": p(self.dropout_attention), "activation": p(self.dropout_activation),
+                        "hidden": p(self.dropout_hidden)},
+        }
+        if causal:
+            layer["causal"] = True
+        return {"name": "torch-encoder-layer", "precision": dtype_name(dtype), "layers": [layer]}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    try:
+        return _DTYPE_NAMES[dtype]
+    except KeyError:
+        raise Unsupported(f"dtype {dtype} (lightseq runs float32, float16 and bfloat16)") from None
+
+
+def spec_json(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+def check_sizes(hidden: int, heads: int, ffn: int) -> None:
+    """The size rules of the spec (docs/spec.md), checked here too so that explain() works without
+    the extension."""
+    if hidden % 8 or not 8 <= hidden <= 65536:
+        raise Unsupported(f"hidden size {hidden} (lightseq needs a multiple of 8 in 8..65536)")
+    if heads < 1 or hidden % heads:
+        raise Unsupported(f"{heads} heads do not divide hidden size {hidden}")
+    head_dim = hidden // heads
+    if head_dim % 8 or head_dim > 256:
+        raise Unsupported(f"head dimension {head_dim} (lightseq needs a multiple of 8, at most 256)")
+    if ffn % 8 or not 8 <= ffn <= 262144:
+        raise Unsupported(f"feed-forward size {ffn} (lightseq needs a multiple of 8 in 8..262144)")
+
+
+def _activation_name(act) -> str:
+    if act is F.relu or isinstance(act, nn.ReLU):
+        return "relu"
+    if act is F.gelu or (isinstance(act, nn.GELU) and act.approximate == "none"):
+        return "gelu"
+    if isinstance(act, nn.GELU):
+        raise Unsupported(f"GELU with approximate='{act.approximate}' (lightseq's GELU is the exact erf form)")
+    raise Unsupported(f"activation {act!r} (lightseq compiles relu and gelu)")
+
+
+def _layer_norm(ln: nn.Module, what: str) -> float:
+    if not isinstance(ln, nn.LayerNorm):
+        raise Unsupported(f"{what} is a {type(ln).__name__}, not nn.LayerNorm")
+    if ln.weight is None or ln.bias is None:
+        raise Unsupported(f"{what} has no affine weight or bias (elementwise_affine/bias off)")
+    if tuple(ln.normalized_shape) != (ln.weight.shape[0],) or ln.weight.dim() != 1:
+        raise Unsupported(f"{what} normalizes over {tuple(ln.normalized_shape)}, not the last dimension")
+    return float(ln.eps)
+
+
+def _linear(lin: nn.Module, what: str, out_features: int, in_features: int) -> None:
+    if not isinstance(lin, nn.Linear):
+        raise Unsupported(f"{what} is a {type(lin).__name__}, not nn.Linear")
+    if lin.bias is None:
+        raise Unsupported(f"{what} has no bias")
+    if (lin.out_features, lin.in_features) != (out_features, in_features):
+        raise Unsupported(f"{what} is {lin.in_features}->{lin.out_features}, expected {in_features}->{out_features}")
+
+
+def _same_dtype_device(module: nn.Module) -> None:
+    params = list(module.parameters())
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) > 1:
+        raise Unsupported(f"its parameters mix dtypes {sorted(str(d) for d in dtypes)}")
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise Unsupported(f"its parameters are on several devices {sorted(str(d) for d in devices)}")
+    if params:
+        dtype_name(params[0].dtype)
+
+
+def from_torch_encoder_layer(m: nn.TransformerEncoderLayer) -> EncoderConfig:
+    """The configuration of a torch.nn.TransformerEncoderLayer, or Unsupported."""
+    attn = m.self_attn
+    if not getattr(attn, "_qkv_same_embed_dim", True) or attn.in_proj_weight is None:
+        raise Unsupported("self_attn has separate key/value dimensions (kdim/vdim)")
+    if attn.in_proj_bias is None:
+        raise Unsupported("self_attn has no in_proj bias (bias=False)")
+    if attn.bias_k is not None or attn.bias_v is not None:
+        raise Unsupported("self_attn has add_bias_kv=True")
+    if attn.add_zero_attn:
+        raise Unsupported("self_attn has add_zero_attn=True")
+    hidden, heads = attn.embed_dim, attn.num_heads
+    ffn = m.linear1.out_features
+    if attn.out_proj.bias is None:
+        raise Unsupported("self_attn.out_proj has no bias (bias=False)")
+    _linear(m.linear1, "linear1", ffn, hidden)
+    _linear(m.linear2, "linear2", hidden, ffn)
+    eps1, eps2 = _layer_norm(m.norm1, "norm1"), _layer_norm(m.norm2, "norm2")
+    if eps1 != eps2:
+        raise Unsupported(f"norm1 and norm2 have different eps ({eps1:g}, {eps2:g})")
+    act = _activation_name(m.activation)
+    p1, p2 = float(m.dropout1.p), float(m.dropout2.p)
+    if p1 != p2:
+        raise Unsupported(f"dropout1 and dropout2 differ ({p1:g}, {p2:g}): lightseq has one hidden dropout")
+    check_sizes(hidden, heads, ffn)
+    _same_dtype_device(m)
+    return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
+                         activation=act, eps=eps1, dropout_attention=float(attn.dropout),
+                         dropout_activation=float(m.dropout.p), dropout_hidden=p1)
+
+
+_BERT_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
+
+
+def from_bert_layer(m: nn.Module) -> EncoderConfig:
+    """The configuration of a Hugging Face BertLayer, or Unsupported."""
+    if getattr(m, "is_decoder", False) or getattr(m, "add_cross_attention", False):
+        raise Unsupported("a decoder BertLayer (is_decoder / add_cross_attention)")
+    sa = m.attention.self
+    cfg = getattr(sa, "config", None)
+    act_name = getattr(cfg, "hidden_act", None)
+    if not isinstance(act_name, str) or act_name not in _BERT_ACTIVATIONS:
+        raise Unsupported(f"hidden_act {act_name!r} (lightseq compiles 'gelu' (erf) and 'relu')")
+    pos = getattr(cfg, "position_embedding_type", "absolute")
+    if pos not in (None, "absolute"):
+        raise Unsupported(f"position_embedding_type '{pos}' (relative positions change the attention scores)")
+    hidden = sa.query.in_features
+    heads = sa.num_attention_heads
+    if sa.all_head_size != hidden:
+        raise Unsupported(f"attention size {sa.all_head_size} differs from hidden size {hidden}")
+    for name in ("query", "key", "value"):
+        _linear(getattr(sa, name), f"attention.self.{name}", hidden, hidden)
+    _linear(m.attention.output.dense, "attention.output.dense", hidden, hidden)
+    ffn = m.intermediate.dense.out_features
+    _linear(m.intermediate.dense, "intermediate.dense", ffn, hidden)
+    _linear(m.output.dense, "output.dense", hidden, ffn)
+    eps1 = _layer_norm(m.attention.output.LayerNorm, "attention.output.LayerNorm")
+    eps2 = _layer_norm(m.output.LayerNorm, "output.LayerNorm")
+    if eps1 != eps2:
+        raise Unsupported(f"the two LayerNorms have different eps ({eps1:g}, {eps2:g})")
+    p_hidden1, p_hidden2 = float(m.attention.output.dropout.p), float(m.output.dropout.p)
+    if p_hidden1 != p_hidden2:
+        raise Unsupported(f"the two hidden dropouts differ ({p_hidden1:g}, {p_hidden2:g})")
+    check_sizes(hidden, heads, ffn)
+    _same_dtype_device(m)
+    return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="post",
+                         activation=_BERT_ACTIVATIONS[act_name], eps=eps1,
+                         dropout_attention=float(sa.dropout.p), dropout_activation=0.0,
+                         dropout_hidden=p_hidden1)
+
+
+def bert_layer_class():
+    """transformers' BertLayer, or None when transformers is not installed."""
+    try:
+        from transformers.models.bert.modeling_bert import BertLayer
+    except Exception:  # noqa: BLE001 - any import problem means "no BERT support here"
+        return None
+    return BertLayer

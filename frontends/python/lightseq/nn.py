@@ -1,0 +1,35 @@
+"""Standalone compiled modules, for models built from scratch."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _compile, _spec
+
+__all__ = ["TransformerEncoderLayer"]
+
+
+class TransformerEncoderLayer(_compile.CompiledTransformerEncoderLayer):
+    """An encoder layer (self-attention + FFN) compiled by lightseq. Its parameters have the names
+    and layout of torch.nn.TransformerEncoderLayer (self_attn.in_proj_weight, linear1, norm1, ...),
+    so state_dicts move between the two.
+
+        layer = lightseq.nn.TransformerEncoderLayer(768, 12, 3072, activation="gelu").cuda()
+        y = layer(x, src_key_padding_mask=pad)   # x: [B, T, 768]
+    """
+
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float = 0.1, activation: str = "relu",
+                 norm_first: bool = False, eps: float = 1e-5, batch_first: bool = True,
+                 cache_dir: Optional[str] = None, device=None, dtype: Optional[torch.dtype] = None):
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation '{activation}': lightseq compiles 'relu' and 'gelu'")
+        try:
+            _spec.check_sizes(hidden, heads, ffn)
+        except _spec.Unsupported as why:
+            raise ValueError(f"lightseq.nn.TransformerEncoderLayer: {why}") from None
+        super().__init__(d_model=hidden, nhead=heads, dim_feedforward=ffn, dropout=dropout,
+                         activation=activation, layer_norm_eps=eps, batch_first=batch_first,
+                         norm_first=norm_first, device=device, dtype=dtype)
+        config = _spec.from_torch_encoder_layer(self)
+        setattr(self, _compile._STATE, _compile._LayerState(config, dtype or torch.get_default_dtype(), cache_dir))
