@@ -1,0 +1,180 @@
+"""CPU tests (CI): model walking, spec extraction, explain(), and the errors of compiled layers on
+bad input, all without a GPU."""
+import copy
+import json
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import lightseq
+from lightseq import _spec
+
+
+def encoder(hidden=64, heads=4, ffn=128, **kw):
+    return nn.TransformerEncoderLayer(hidden, heads, ffn, **kw)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation,name", [("relu", "relu"), ("gelu", "gelu"), (torch.nn.functional.gelu, "gelu"),
+                                             (torch.nn.functional.relu, "relu")])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_torch_encoder_layer_config(norm_first, activation, name, batch_first):
+    m = encoder(96, 6, 200, dropout=0.25, activation=activation, norm_first=norm_first, layer_norm_eps=1e-6,
+                batch_first=batch_first)
+    c = _spec.from_torch_encoder_layer(m)
+    assert (c.hidden, c.heads, c.ffn) == (96, 6, 200)
+    assert c.norm == ("pre" if norm_first else "post") and c.activation == name
+    assert c.eps == 1e-6
+    assert (c.dropout_attention, c.dropout_activation, c.dropout_hidden) == (0.25, 0.25, 0.25)
+    spec = c.spec(torch.bfloat16)
+    assert spec["precision"] == "bf16"
+    assert spec["layers"][0]["dropout"] == {"attention": 0.25, "activation": 0.25, "hidden": 0.25}
+    assert c.spec(torch.float16, dropout_on=False)["layers"][0]["dropout"] == {
+        "attention": 0.0, "activation": 0.0, "hidden": 0.0}
+    assert c.spec(torch.float32, causal=True)["layers"][0]["causal"] is True
+
+
+def test_dropouts_read_from_each_module():
+    m = encoder(dropout=0.1)
+    m.self_attn.dropout = 0.2
+    m.dropout.p = 0.3
+    c = _spec.from_torch_encoder_layer(m)
+    assert (c.dropout_attention, c.dropout_activation, c.dropout_hidden) == (0.2, 0.3, 0.1)
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda: encoder(60, 4, 128), "hidden size 60"),
+    (lambda: encoder(64, 16, 128), "head dimension 4"),
+    (lambda: encoder(64, 4, 100), "feed-forward size 100"),
+    (lambda: encoder(bias=False), "bias"),
+    (lambda: encoder(activation=nn.GELU(approximate="tanh")), "approximate='tanh'"),
+    (lambda: encoder(activation=torch.tanh), "activation"),
+    (lambda: encoder().to(torch.float64), "float64"),
+])
+def test_unsupported_encoder_layers_say_why(make, reason):
+    m = make()
+    with pytest.raises(_spec.Unsupported, match=None) as e:
+        _spec.from_torch_encoder_layer(m)
+    assert reason in str(e.value)
+    model = nn.Sequential(m)
+    lightseq.compile(model)
+    assert type(model[0]) is nn.TransformerEncoderLayer  # left as it was
+    assert "not compiled" in lightseq.explain(model) and reason in lightseq.explain(model)
+
+
+def test_mismatched_dropouts_and_eps_are_unsupported():
+    m = encoder()
+    m.dropout2.p = 0.3
+    with pytest.raises(_spec.Unsupported, match="dropout1 and dropout2"):
+        _spec.from_torch_encoder_layer(m)
+    m = encoder()
+    m.norm2.eps = 1e-3
+    with pytest.raises(_spec.Unsupported, match="different eps"):
+        _spec.from_torch_encoder_layer(m)
+
+
+def test_compile_walks_the_tree_and_keeps_parameters():
+    stack = nn.TransformerEncoder(encoder(), 3, enable_nested_tensor=False)
+    model = nn.Sequential(nn.Linear(64, 64), stack, nn.LayerNorm(64))
+    params = {n: p for n, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    assert lightseq.compile(model) is model
+    assert {n: p for n, p in model.named_parameters()} == params  # same objects, same names
+    assert list(model.state_dict()) == keys
+    for layer in stack.layers:
+        assert isinstance(layer, lightseq._compile.CompiledTransformerEncoderLayer)
+        assert isinstance(layer, nn.TransformerEncoderLayer)
+    assert isinstance(stack, lightseq._compile.CompiledTransformerEncoder)
+    text = lightseq.explain(model)
+    assert text.count("compiled: encoder 64/4/128 post-LN relu") == 3, text
+    # compiling again changes nothing and says so
+    lightseq.compile(model)
+    assert lightseq.explain(model).count("already compiled") == 3
+    # load_state_dict, deepcopy and pickle keep working
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    twin = copy.deepcopy(model)
+    assert isinstance(twin[1].layers[0], lightseq._compile.CompiledTransformerEncoderLayer)
+    assert all(p is not q for p, q in zip(twin.parameters(), model.parameters()))
+    again = pickle.loads(pickle.dumps(model))
+    assert type(again[1].layers[2]) is type(model[1].layers[2])
+
+
+def test_explain_without_compile_and_without_layers():
+    assert "has not been applied" in lightseq.explain(nn.Linear(2, 2))
+    m = nn.Linear(2, 2)
+    lightseq.compile(m)
+    assert "found no layer" in lightseq.explain(m)
+    with pytest.raises(TypeError, match="nn.Module"):
+        lightseq.compile("not a model")
+
+
+def small_bert_config(**kw):
+    transformers = pytest.importorskip("transformers")
+    args = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                max_position_embeddings=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.05,
+                layer_norm_eps=1e-12)
+    args.update(kw)
+    return transformers.BertConfig(**args)
+
+
+def test_bert_layer_config_and_compile():
+    from transformers import BertModel
+    model = BertModel(small_bert_config())
+    c = _spec.from_bert_layer(model.encoder.layer[0])
+    assert (c.hidden, c.heads, c.ffn, c.norm, c.activation, c.eps) == (64, 4, 128, "post", "gelu", 1e-12)
+    assert (c.dropout_attention, c.dropout_activation, c.dropout_hidden) == (0.05, 0.0, 0.1)
+    lightseq.compile(model)
+    text = lightseq.explain(model)
+    assert text.count("(BertLayer): compiled") == 2, text
+    assert "encoder.layer.0" in text
+
+
+@pytest.mark.parametrize("kw,reason", [({"hidden_act": "gelu_new"}, "hidden_act 'gelu_new'"),
+                                       ({"hidden_size": 60, "num_attention_heads": 6}, "hidden size 60")])
+def test_unsupported_bert_layers_say_why(kw, reason):
+    from transformers import BertModel
+    model = BertModel(small_bert_config(**kw))
+    lightseq.compile(model)
+    assert reason in lightseq.explain(model)
+    assert type(model.encoder.layer[0]).__name__ == "BertLayer"
+
+
+def test_standalone_layer_has_torch_names_and_validates():
+    layer = lightseq.nn.TransformerEncoderLayer(64, 4, 128, activation="gelu", norm_first=True)
+    ref = nn.TransformerEncoderLayer(64, 4, 128, activation="gelu", norm_first=True, batch_first=True)
+    assert list(layer.state_dict()) == list(ref.state_dict())
+    layer.load_state_dict(ref.state_dict())
+    with pytest.raises(ValueError, match="head dimension"):
+        lightseq.nn.TransformerEncoderLayer(64, 16, 128)
+    with pytest.raises(ValueError, match="activation"):
+        lightseq.nn.TransformerEncoderLayer(64, 4, 128, activation="silu")
+
+
+def test_bad_inputs_raise_clear_errors_before_any_gpu_work():
+    layer = lightseq.compile(nn.Sequential(encoder(batch_first=True)))[0]
+    with pytest.raises(ValueError, match="on cpu.*CUDA"):
+        layer(torch.randn(2, 3, 64))
+    with pytest.raises(TypeError, match="not a tensor"):
+        layer([1, 2, 3])
+
+
+def test_spec_is_valid_for_the_compiler():
+    C = pytest.importorskip("lightseq._C", reason="the extension is not built")
+    c = _spec.from_torch_encoder_layer(encoder(512, 8, 2048, norm_first=True, activation="gelu"))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert C.validate_spec(_spec.spec_json(c.spec(dtype, causal=True))) == []
+    bad = json.loads(_spec.spec_json(c.spec(torch.float16)))
+    bad["layers"][0]["heads"] = 7
+    assert any("heads" in line for line in C.validate_spec(json.dumps(bad)))
+
+
+def test_no_gpu_is_a_clear_error():
+    C = pytest.importorskip("lightseq._C", reason="the extension is not built")
+    if C.device_count() > 0:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(lightseq.Error, match="needs an NVIDIA GPU"):
+        lightseq._ops.layer_id(_spec.spec_json(_spec.from_torch_encoder_layer(encoder()).spec(torch.float32)), 0, None)
+    ok, why = lightseq.gpu_available()
+    assert not ok and why

@@ -1,0 +1,341 @@
+"""GPU tests: compiled layers against PyTorch (a float64 copy of the same model as reference),
+forward, loss and every parameter gradient; dropout determinism; checkpointing; torch.compile;
+autocast; the disk cache. Skipped, with the reason, where no GPU is usable."""
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import lightseq
+
+pytestmark = pytest.mark.gpu
+
+# Norm-wise relative error bounds against the float64 reference, per dtype: a layer chains ~15
+# roundings to the dtype (fp16 unit roundoff 4.9e-4, bf16 3.9e-3).
+TOL = {torch.float32: 2e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@pytest.fixture(autouse=True)
+def _precise_fp32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.double(), want.double()
+    assert torch.isfinite(got).all(), "non-finite values"
+    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
+def check_close(name, got, want, tol):
+    e = rel_err(got, want)
+    assert e <= tol, f"{name}: relative error {e:.3g} > {tol:g}"
+
+
+def run(model, x, grad_out, **kw):
+    """Output, and the gradients of every parameter and of the input for loss = sum(y · grad_out)."""
+    x = x.detach().clone().requires_grad_(True)
+    for p in model.parameters():
+        p.grad = None
+    y = model(x, **kw)
+    loss = (y.float() * grad_out.float()).sum()
+    loss.backward()
+    return y.detach(), loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}, x.grad
+
+
+def compare_models(reference, compiled, dtype, x, grad_out, ref_kw, kw):
+    y0, l0, g0, dx0 = run(reference, x.double(), grad_out.double(), **ref_kw)
+    y1, l1, g1, dx1 = run(compiled, x.to(dtype), grad_out.to(dtype), **kw)
+    tol = TOL[dtype]
+    check_close("output", y1, y0, tol)
+    check_close("loss", l1.reshape(1), l0.reshape(1), tol)
+    check_close("grad input", dx1, dx0, tol)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        check_close(f"grad {name}", g1[name], g0[name], tol)
+
+
+def padding(batch, seq, device):
+    pad = torch.zeros(batch, seq, dtype=torch.bool, device=device)
+    for b in range(0, batch, 2):
+        pad[b, seq - max(1, seq // 4):] = True  # every other sequence: its last quarter
+    return pad
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("mask", ["none", "padding", "causal", "causal+padding"])
+def test_transformer_encoder_matches_pytorch(dtype, norm_first, activation, batch_first, mask):
+    dtype = DTYPES[dtype]
+    torch.manual_seed(1234 + hash((norm_first, activation, batch_first, mask)) % 1000)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, activation=activation, norm_first=norm_first,
+                                       batch_first=batch_first)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).cuda()
+    reference = copy.deepcopy(model).double()
+    compiled = lightseq.compile(copy.deepcopy(model).to(dtype))
+    assert "not compiled" not in lightseq.explain(compiled)
+    batch, seq = 3, 19
+    shape = (batch, seq, 64) if batch_first else (seq, batch, 64)
+    x, grad_out = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
+    kw = {}
+    if "padding" in mask:
+        kw["src_key_padding_mask"] = padding(batch, seq, "cuda")
+    if "causal" in mask:
+        kw["mask"] = nn.Transformer.generate_square_subsequent_mask(seq, device="cuda", dtype=torch.float64)
+        kw["is_causal"] = True
+    ref_kw = dict(kw)
+    if "mask" in kw:
+        kw = dict(kw, mask=kw["mask"].to(dtype))
+    compare_models(reference, compiled, dtype, x, grad_out, ref_kw, kw)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_bert_model_matches_transformers(impl, dtype):
+    transformers = pytest.importorskip("transformers")
+    dtype = DTYPES[dtype]
+    torch.manual_seed(7)
+    cfg = transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0, attn_implementation=impl)
+    model = transformers.BertModel(cfg).cuda().train()
+    reference = copy.deepcopy(model).double()
+    compiled = lightseq.compile(copy.deepcopy(model).to(dtype))
+    assert lightseq.explain(compiled).count("(BertLayer): compiled") == 2
+    ids = torch.randint(1, 128, (3, 21), device="cuda")
+    attn = torch.ones(3, 21, dtype=torch.long, device="cuda")
+    attn[0, 15:] = 0
+    attn[2, 5:] = 0
+
+    def grads(m):
+        for p in m.parameters():
+            p.grad = None
+        out = m(input_ids=ids, attention_mask=attn).last_hidden_state
+        w = torch.linspace(-1, 1, out.numel(), device="cuda").reshape(out.shape)
+        loss = (out.double() * w.double() * attn[..., None]).sum()
+        loss.backward()
+        return out.detach(), loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    y0, l0, g0 = grads(reference)
+    y1, l1, g1 = grads(compiled)
+    keep = attn.bool()
+    check_close("output (valid positions)", y1[keep], y0[keep], TOL[dtype])
+    check_close("loss", l1.reshape(1), l0.reshape(1), TOL[dtype])
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        check_close(f"grad {name}", g1[name], g0[name], TOL[dtype])
+
+
+def dropout_model(dtype=torch.bfloat16):
+    torch.manual_seed(3)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.2, batch_first=True)
+    return lightseq.compile(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).cuda().to(dtype))
+
+
+def test_dropout_same_seed_same_bits():
+    model = dropout_model()
+    x = torch.randn(4, 33, 64, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn_like(x)
+    outs = []
+    for seed in (11, 11, 12):
+        torch.manual_seed(seed)
+        y, loss, grads, dx = run(model, x, g)
+        outs.append((y, dx, grads))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert all(torch.equal(outs[0][2][n], outs[1][2][n]) for n in outs[0][2])
+    assert not torch.equal(outs[0][0], outs[2][0]), "another seed must draw other dropout masks"
+    # successive calls advance torch's generator: two forwards in a row differ
+    torch.manual_seed(11)
+    a, b = model(x), model(x)
+    assert not torch.equal(a, b)
+    # eval mode: no dropout, deterministic
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_checkpoint_gives_the_same_gradients():
+    model = dropout_model(torch.float32)
+    layers = list(model.layers)
+    x = torch.randn(2, 17, 64, device="cuda")
+
+    def forward(use_checkpoint):
+        h = x.clone().requires_grad_(True)
+        out = h
+        for layer in layers:
+            out = torch.utils.checkpoint.checkpoint(layer, out, use_reentrant=False) if use_checkpoint else layer(out)
+        out.sum().backward()
+        return h.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    for p in model.parameters():
+        p.grad = None
+    torch.manual_seed(5)
+    dx0, g0 = forward(False)
+    for p in model.parameters():
+        p.grad = None
+    torch.manual_seed(5)
+    dx1, g1 = forward(True)
+    assert torch.equal(dx0, dx1)
+    for n in g0:
+        assert torch.equal(g0[n], g1[n]), n
+
+
+def test_one_layer_called_twice():
+    torch.manual_seed(9)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True).cuda()
+    reference = copy.deepcopy(layer).double()
+    compiled = lightseq.compile(nn.Sequential(copy.deepcopy(layer)))[0]
+    x = torch.randn(2, 9, 64, device="cuda")
+
+    def twice(m, x):
+        x = x.clone().requires_grad_(True)
+        for p in m.parameters():
+            p.grad = None
+        m(m(x)).pow(2).sum().backward()
+        return x.grad, {n: p.grad for n, p in m.named_parameters()}
+
+    dx0, g0 = twice(reference, x.double())
+    dx1, g1 = twice(compiled, x)
+    check_close("grad input", dx1, dx0, TOL[torch.float32])
+    for n in g0:
+        check_close(n, g1[n], g0[n], TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_autocast_with_fp32_parameters(dtype):
+    dtype = DTYPES[dtype]
+    torch.manual_seed(2)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True, activation="gelu")
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).cuda()
+    reference = copy.deepcopy(model).double()
+    compiled = lightseq.compile(copy.deepcopy(model))
+    x, g = torch.randn(3, 16, 64, device="cuda"), torch.randn(3, 16, 64, device="cuda")
+    y0, _, g0, dx0 = run(reference, x.double(), g.double())
+    with torch.autocast("cuda", dtype=dtype):
+        y1, _, g1, dx1 = run(compiled, x, g)
+    assert y1.dtype == dtype
+    assert all(p.dtype == torch.float32 for p in compiled.parameters())
+    check_close("output", y1, y0, TOL[dtype])
+    for n in g0:
+        assert g1[n].dtype == torch.float32
+        check_close(n, g1[n], g0[n], TOL[dtype])
+
+
+def test_torch_compile_has_no_graph_breaks():
+    torch.manual_seed(4)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, batch_first=True)
+    model = lightseq.compile(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).cuda())
+    x = torch.randn(2, 12, 64, device="cuda")
+    pad = padding(2, 12, "cuda")
+    explanation = torch._dynamo.explain(model)(x, src_key_padding_mask=pad)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model)
+    model.eval()
+    torch.testing.assert_close(compiled(x, src_key_padding_mask=pad), model(x, src_key_padding_mask=pad))
+    model.train()
+    y = compiled(x, src_key_padding_mask=pad)
+    y.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bad_input_errors():
+    layer = lightseq.compile(nn.Sequential(nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).cuda()))[0]
+    x = torch.randn(2, 5, 64, device="cuda")
+    with pytest.raises(TypeError, match="compiled for torch.float32"):
+        layer(x.half())
+    with pytest.raises(ValueError, match=r"padding mask has shape \(5, 2\)"):
+        layer(x, src_key_padding_mask=torch.zeros(5, 2, dtype=torch.bool, device="cuda"))
+    with pytest.raises(ValueError, match="float padding mask"):
+        layer(x, src_key_padding_mask=torch.full((2, 5), -1.0, device="cuda"))
+    with pytest.raises(ValueError, match="hidden size 64"):
+        layer(torch.randn(2, 5, 32, device="cuda"))
+    with pytest.warns(UserWarning, match="not causal"):
+        layer(x, src_mask=torch.randn(5, 5, device="cuda"))
+
+
+def test_same_configuration_shares_kernels_and_the_disk_cache(tmp_path):
+    cache = str(tmp_path / "cache")
+
+    def build():
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(128, 4, 256, dropout=0.0, batch_first=True)
+        return lightseq.compile(nn.TransformerEncoder(layer, 3, enable_nested_tensor=False).cuda(), cache_dir=cache)
+
+    before = len(lightseq._ops.compiled_models())
+    a, b = build(), build()
+    x = torch.randn(2, 8, 128, device="cuda")
+    a(x), b(x)
+    models = lightseq._ops.compiled_models()[before:]
+    assert len(models) == 1, "six layers of one configuration share one compiled model"
+    assert models[0].kernels_compiled > 0
+    script = textwrap.dedent(f"""
+        import torch, lightseq
+        from torch import nn
+        layer = nn.TransformerEncoderLayer(128, 4, 256, dropout=0.0, batch_first=True)
+        m = lightseq.compile(nn.TransformerEncoder(layer, 3, enable_nested_tensor=False).cuda(), cache_dir={cache!r})
+        m(torch.randn(2, 8, 128, device="cuda"))
+        (cm,) = lightseq._ops.compiled_models()
+        print("compiled", cm.kernels_compiled, "cached", cm.kernels_cached)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ),
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "compiled 0 cached" in out.stdout, out.stdout
+
+
+def test_training_run_follows_pytorch():
+    """A few hundred AdamW steps of a small encoder classifier on a synthetic task: the loss curve of
+    the compiled copy stays with PyTorch's."""
+    torch.manual_seed(0)
+    vocab, hidden, seq, classes = 50, 64, 16, 4
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(vocab, hidden)
+            layer = nn.TransformerEncoderLayer(hidden, 4, 128, dropout=0.0, batch_first=True, activation="gelu")
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(hidden, classes)
+
+        def forward(self, ids):
+            return self.head(self.encoder(self.emb(ids)).mean(1))
+
+    base = Classifier().cuda()
+    models = [copy.deepcopy(base), lightseq.compile(copy.deepcopy(base))]
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in models]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    curves = [[], []]
+    for step in range(300):
+        ids = torch.randint(0, vocab, (32, seq), device="cuda", generator=gen)
+        labels = (ids[:, 0] + ids[:, -1]) % classes  # needs attention across the sequence
+        for m, opt, curve in zip(models, opts, curves):
+            loss = nn.functional.cross_entropy(m(ids), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            curve.append(loss.item())
+    for a, b in zip(curves[0][::50], curves[1][::50]):
+        assert abs(a - b) <= 0.05 * abs(a) + 0.02, (curves[0][::50], curves[1][::50])
+    assert curves[1][-1] < 0.8 * curves[1][0], "the compiled model learns"
+
+
+def test_ddp_two_gpus_matches_one():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("GPU test SKIPPED: DDP needs 2 GPUs, this machine has "
+                    f"{torch.cuda.device_count()}")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          os.path.join(here, "ddp_check.py")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "DDP gradients match" in out.stdout, out.stdout
