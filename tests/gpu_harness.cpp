@@ -244,3 +244,26 @@ void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int
 }
 
 }  // namespace lightseq::kernel_test
+
+// A crashing test (SIGSEGV, SIGBUS, SIGABRT) prints its native backtrace before dying, so that a
+// crash on the GPU machine (no debugger there) can be located from the log:
+// `addr2line -f -C -e lightseq_tests <offset>` maps the frames.
+#include <execinfo.h>
+#include <csignal>
+#include <unistd.h>
+
+namespace {
+void print_backtrace_and_die(int sig) {
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  const char msg[] = "\nlightseq_tests: fatal signal; native backtrace:\n";
+  (void)!write(2, msg, sizeof msg - 1);
+  backtrace_symbols_fd(frames, n, 2);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+const bool crash_handler_installed = [] {
+  for (int sig : {SIGSEGV, SIGBUS, SIGABRT}) std::signal(sig, print_backtrace_and_die);
+  return true;
+}();
+}  // namespace

@@ -128,7 +128,8 @@ class CompiledTransformerEncoderLayer(nn.TransformerEncoderLayer):
             _fallback(self, "nested-tensor input (PyTorch's inference fast path)")
             return super().forward(src, src_mask, src_key_padding_mask, is_causal)
         run_dtype = _check_input(self, src, state)
-        x = src if self.batch_first else src.transpose(0, 1)
+        batch_first = self.self_attn.batch_first
+        x = src if batch_first else src.transpose(0, 1)
         batch, seq = x.shape[0], x.shape[1]
         causal = False
         if src_mask is not None or is_causal:
@@ -143,7 +144,7 @@ class CompiledTransformerEncoderLayer(nn.TransformerEncoderLayer):
                 return super().forward(src, src_mask, src_key_padding_mask, is_causal)
         pad = _key_padding(self, src_key_padding_mask, batch, seq, src.device)
         y = _run(self, x, pad, self._weights(), run_dtype, causal)
-        return y if self.batch_first else y.transpose(0, 1)
+        return y if batch_first else y.transpose(0, 1)
 
 
 class CompiledTransformerEncoder(nn.TransformerEncoder):
