@@ -84,7 +84,10 @@ def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, dev
     if mask.device != device:
         raise ValueError(f"{_where(module)}: the padding mask is on {mask.device}, the input on {device}")
     if mask.dtype == torch.bool:
-        return mask.contiguous().view(torch.uint8)
+        pad = mask.contiguous().view(torch.uint8)
+        # lightseq's kernels read 16-byte vectors: a view at an odd offset (a slice of a larger
+        # mask, as DDP's per-rank batches are) is copied.
+        return pad if pad.data_ptr() % 16 == 0 else pad.clone()
     if mask.is_floating_point():
         if not torch.compiler.is_compiling():
             # One synchronizing check: lightseq masks keys, it cannot add arbitrary biases.
