@@ -273,6 +273,10 @@ TEST(GpuMultiDevice, TwoDevicesInOneProcess) {
   for (int dev = 0; dev < 2; ++dev) {
     const int other = 1 - dev;
     SCOPED_TRACE("device " + std::to_string(dev));
+    // Holds the device's primary context for the whole iteration: the ScopedContexts below each
+    // release their reference, and a primary context whose count drops to zero is destroyed with
+    // its streams (the stream then dangles: cuMemAllocAsync crashed on it).
+    PrimaryContext hold(dev);
     CUstream stream = nullptr;
     {
       ScopedContext c(dev);

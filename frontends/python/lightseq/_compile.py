@@ -27,6 +27,11 @@ class _LayerState:
     def __init__(self, config: EncoderConfig, dtype: torch.dtype, cache_dir: Optional[str]):
         self.config, self.dtype, self.cache_dir = config, dtype, cache_dir
         self.warned = False
+        # Every spec a call can need, made here: a forward only looks one up (json.dumps inside a
+        # forward would break torch.compile's graph).
+        self.specs = {(d, causal, training): _spec.spec_json(config.spec(d, causal=causal, dropout_on=training))
+                      for d in (torch.float32, torch.float16, torch.bfloat16)
+                      for causal in (False, True) for training in (False, True)}
 
 
 @torch._dynamo.assume_constant_result
@@ -84,10 +89,7 @@ def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, dev
     if mask.device != device:
         raise ValueError(f"{_where(module)}: the padding mask is on {mask.device}, the input on {device}")
     if mask.dtype == torch.bool:
-        pad = mask.contiguous().view(torch.uint8)
-        # lightseq's kernels read 16-byte vectors: a view at an odd offset (a slice of a larger
-        # mask, as DDP's per-rank batches are) is copied.
-        return pad if pad.data_ptr() % 16 == 0 else pad.clone()
+        return mask.contiguous().view(torch.uint8)
     if mask.is_floating_point():
         if not torch.compiler.is_compiling():
             # One synchronizing check: lightseq masks keys, it cannot add arbitrary biases.
@@ -104,9 +106,8 @@ def _run(module: nn.Module, x: torch.Tensor, pad: Optional[torch.Tensor], weight
     state: _LayerState = getattr(module, _STATE)
     cfg = state.config
     training = module.training
-    spec = cfg.spec(run_dtype, causal=causal, dropout_on=training)
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    lid = _layer_for(_spec.spec_json(spec), device, state.cache_dir)
+    lid = _layer_for(state.specs[(run_dtype, causal, training)], device, state.cache_dir)
     p = (cfg.dropout_attention, cfg.dropout_activation, cfg.dropout_hidden) if training else (0.0, 0.0, 0.0)
     x = x.to(run_dtype).contiguous()
     ws = [w.to(run_dtype).contiguous() for w in weights]

@@ -94,6 +94,12 @@ def _draw_rng(device: torch.device, dropout: bool) -> Tensor:
     return torch.tensor([_u64_to_i64(seed), offset], dtype=torch.int64)
 
 
+def _aligned(t: Optional[Tensor]) -> Optional[Tensor]:
+    """lightseq's kernels read 16-byte vectors: a view at another offset (a slice of a larger padding
+    mask, as DDP's per-rank batches are) is copied."""
+    return t if t is None or t.data_ptr() % 16 == 0 else t.clone()
+
+
 @torch.library.custom_op("lightseq::encoder_fwd", mutates_args=())
 def encoder_fwd(x: Tensor, mask: Optional[Tensor], weights: List[Tensor], layer: int,
                 p_attention: float, p_activation: float, p_hidden: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -101,6 +107,7 @@ def encoder_fwd(x: Tensor, mask: Optional[Tensor], weights: List[Tensor], layer:
     mask [B, T] uint8 (nonzero = pad) or None."""
     handle = _layers[layer][0]
     batch, seq, _ = x.shape
+    mask = _aligned(mask)
     y = torch.empty_like(x)
     saved = torch.empty(_saved_bytes(layer, batch, seq), dtype=torch.uint8, device=x.device)
     rng = _draw_rng(x.device, p_attention > 0 or p_activation > 0 or p_hidden > 0)
@@ -127,6 +134,7 @@ def encoder_bwd(grad_y: Tensor, x: Tensor, mask: Optional[Tensor], weights: List
     """[grad_x, grad of each weight] of encoder_fwd."""
     handle = _layers[layer][0]
     batch, seq, _ = x.shape
+    mask = _aligned(mask)
     grad_x = torch.empty_like(x)
     grads = [torch.empty_like(w) for w in weights]
     seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
