@@ -52,12 +52,11 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
   }
   // The saved activations' memory: the roots (a view's parent) of the non-input saved tensors.
   const Graph& g = plan_.layer.graph;
-  std::set<int> seen;
   for (int id : plan_.saved) {
     const Tensor& t = g.tensor(id);
     if (given_role(t.role)) continue;
     const int root = t.view_of >= 0 ? t.view_of : id;
-    if (seen.insert(root).second) saved_slots_.push_back({root, g.tensor(root).name, tensor_bytes(root)});
+    if (saved_roots_.insert(root).second) saved_slots_.push_back({root, g.tensor(root).name, tensor_bytes(root)});
   }
   for (const auto* steps : {&plan_.forward, &plan_.backward}) {
     for (const Step& st : *steps) {
@@ -123,11 +122,23 @@ Dim LayerExecutor::tensor_bytes(int id) const {
   return numel * elem_bytes(t, precision_);
 }
 
+namespace {
+
+// A slot's extent in the arena: its bytes rounded up to the arena alignment.
+int64_t slot_extent(const SavedSlot& slot, const RunShape& s) {
+  return (slot.bytes.eval(s.batch, s.seq, s.src_seq) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+}
+
+// Where view `t` of a parent at `parent` starts.
+void* view_address(const Tensor& t, void* parent, int64_t numel, int elem) {
+  return static_cast<char*>(parent) + t.part * numel * elem;
+}
+
+}  // namespace
+
 int64_t LayerExecutor::saved_arena_bytes(const RunShape& s) const {
   int64_t total = 0;
-  for (const SavedSlot& slot : saved_slots_) {
-    total += (slot.bytes.eval(s.batch, s.seq, s.src_seq) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
-  }
+  for (const SavedSlot& slot : saved_slots_) total += slot_extent(slot, s);
   return total;
 }
 
@@ -141,7 +152,7 @@ std::map<int, void*> LayerExecutor::arena_places(void* arena, const RunShape& s)
   int64_t offset = 0;
   for (const SavedSlot& slot : saved_slots_) {
     out[slot.tensor] = static_cast<char*>(arena) + offset;
-    offset += (slot.bytes.eval(s.batch, s.seq, s.src_seq) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+    offset += slot_extent(slot, s);
   }
   return out;
 }
@@ -149,19 +160,16 @@ std::map<int, void*> LayerExecutor::arena_places(void* arena, const RunShape& s)
 void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::map<int, void*>& kept_at,
                                      SavedActivations* saved, Frame& f) const {
   const Graph& g = *f.graph;
-  std::set<int> keep;
-  if (saved) {
-    for (const SavedSlot& slot : saved_slots_) keep.insert(slot.tensor);
-  }
   auto allocate = [&](int id) {
-    if (keep.count(id) && kept_at.count(id)) {
+    const bool keep = saved && saved_roots_.count(id);
+    if (keep && kept_at.count(id)) {
       f.ptr[id] = kept_at.at(id);
       return;
     }
     const auto bytes = static_cast<size_t>(tensor_bytes(id).eval(f.shape.batch, f.shape.seq, f.shape.src_seq));
     DeviceBuffer buf(*f.allocator, bytes, f.stream);
     f.ptr[id] = buf.get();
-    if (keep.count(id)) {
+    if (keep) {
       saved->owned_.push_back(std::move(buf));
     } else {
       f.owned.emplace(id, std::move(buf));
@@ -175,7 +183,7 @@ void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::map<i
       continue;
     }
     if (!f.ptr[t.view_of]) allocate(t.view_of);
-    f.ptr[id] = static_cast<char*>(f.ptr[t.view_of]) + t.part * f.numel(id) * elem_bytes(t, precision_);
+    f.ptr[id] = view_address(t, f.ptr[t.view_of], f.numel(id), elem_bytes(t, precision_));
   }
 }
 
@@ -239,7 +247,9 @@ SavedActivations LayerExecutor::saved_from_arena(void* saved_arena, const Bindin
         throw Error(fmt::format("{}: the backward needs the forward's input '{}'", plan_.layer.name, t.name));
       }
     } else if (t.view_of >= 0) {
-      saved.ptr_[id] = static_cast<char*>(saved.ptr_.at(t.view_of)) + t.part * shape_numel(t.shape).eval(shape.batch, shape.seq, shape.src_seq) * elem_bytes(t, precision_);
+      saved.ptr_[id] = view_address(t, saved.ptr_.at(t.view_of),
+                                    shape_numel(t.shape).eval(shape.batch, shape.seq, shape.src_seq),
+                                    elem_bytes(t, precision_));
     }
   }
   return saved;

@@ -136,6 +136,7 @@ class LayerExecutor {
   GemmRunner* gemm_;
   std::vector<bool> relu_aux_;  // per tensor: holds a ReLU bit mask (sized in bits)
   std::vector<SavedSlot> saved_slots_;
+  std::set<int> saved_roots_;  // their tensor ids
 };
 
 }  // namespace lightseq

@@ -254,25 +254,16 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   std::vector<uint8_t> xb = ref::encode(p, rng.uniform_vec(rows * c.hidden, -1, 1));
   std::vector<uint8_t> db = ref::encode(p, rng.uniform_vec(rows * c.hidden, -1, 1));
   DeviceBuffer x = upload_bytes(xb.data(), xb.size()), dy = upload_bytes(db.data(), db.size());
-  auto run = [&](uint64_t seed, uint64_t offset) {
-    DeviceBuffer y(*allocator_, xb.size(), stream_), dx(*allocator_, xb.size(), stream_);
-    auto saved = layer.forward(ew, {p, x.get(), nullptr, y.get()}, {c.batch, c.seq, 0},
-                               DropoutConfig{0.1, 0.1, 0.1, 0, seed, offset}, *allocator_, stream_);
-    layer.backward(ew, eg, {dy.get(), dx.get()}, saved, GradMode::kOverwrite, *allocator_, stream_);
-    std::vector<uint8_t> out(2 * xb.size());
-    download_bytes(y, out.data(), xb.size());
-    download_bytes(dx, out.data() + xb.size(), xb.size());
-    return out;
-  };
-  // The front ends' path: saved activations in a caller-provided arena, rebuilt for the backward.
-  auto run_arena = [&](uint64_t seed, uint64_t offset) {
+  // arena: the front ends' path, saved activations in a caller-provided (poisoned) arena that the
+  // backward rebuilds them from.
+  auto run = [&](uint64_t seed, uint64_t offset, bool arena = false) {
     DeviceBuffer y(*allocator_, xb.size(), stream_), dx(*allocator_, xb.size(), stream_);
     const RunShape shape{c.batch, c.seq, 0};
     const DropoutConfig d{0.1, 0.1, 0.1, 0, seed, offset};
-    std::vector<uint8_t> nan(static_cast<size_t>(layer.saved_arena_bytes(shape)), 0xff);  // poisoned
-    DeviceBuffer arena = upload_bytes(nan.data(), nan.size());
-    layer.forward(ew, {p, x.get(), nullptr, y.get()}, shape, d, *allocator_, stream_, arena.get());
-    const auto saved = layer.saved_from_arena(arena.get(), x.get(), nullptr, shape, d);
+    std::vector<uint8_t> nan(arena ? static_cast<size_t>(layer.saved_arena_bytes(shape)) : 0, 0xff);
+    DeviceBuffer memory = arena ? upload_bytes(nan.data(), nan.size()) : DeviceBuffer();
+    auto saved = layer.forward(ew, {p, x.get(), nullptr, y.get()}, shape, d, *allocator_, stream_, memory.get());
+    if (arena) saved = layer.saved_from_arena(memory.get(), x.get(), nullptr, shape, d);
     layer.backward(ew, eg, {dy.get(), dx.get()}, saved, GradMode::kOverwrite, *allocator_, stream_);
     std::vector<uint8_t> out(2 * xb.size());
     download_bytes(y, out.data(), xb.size());
@@ -283,7 +274,7 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   EXPECT_TRUE(ref::bytes_equal("same seed and offset: y and grad_x", a, b));
   EXPECT_NE(a, other) << "a different offset must draw different dropout masks";
   EXPECT_FALSE(layer.saved_slots().empty());
-  EXPECT_TRUE(ref::bytes_equal("saved arena path: y and grad_x", a, run_arena(7, 100)));
+  EXPECT_TRUE(ref::bytes_equal("saved arena path: y and grad_x", a, run(7, 100, /*arena=*/true)));
 }
 
 }  // namespace

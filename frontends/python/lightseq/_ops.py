@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _native
+from . import _native, _spec
 
 # Each call of a dropout-enabled layer advances torch's CUDA generator by this much (the C++
 # runtime's kDropoutOffsetStride): the layer's dropout sites draw at offset + site.
@@ -59,10 +59,6 @@ def _saved_bytes(layer: int, batch, seq):
         n = factor * batch**pb * seq**pt
         total = total + (n + _ARENA_ALIGN - 1) // _ARENA_ALIGN * _ARENA_ALIGN
     return total
-
-
-def _dtype_name(t: Tensor) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[t.dtype]
 
 
 def _u64_to_i64(v: int) -> int:
@@ -113,7 +109,7 @@ def encoder_fwd(x: Tensor, mask: Optional[Tensor], weights: List[Tensor], layer:
     rng = _draw_rng(x.device, p_attention > 0 or p_activation > 0 or p_hidden > 0)
     seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
     alloc, _keep = _allocator(x.device)
-    handle.forward([w.data_ptr() for w in weights], _dtype_name(x), x.data_ptr(),
+    handle.forward([w.data_ptr() for w in weights], _spec.dtype_name(x.dtype), x.data_ptr(),
                    0 if mask is None else mask.data_ptr(), y.data_ptr(), batch, seq, p_attention,
                    p_activation, p_hidden, seed, offset, saved.data_ptr(),
                    torch.cuda.current_stream(x.device).cuda_stream, alloc)
