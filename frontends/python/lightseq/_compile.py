@@ -78,7 +78,9 @@ def _check_input(module: nn.Module, x: torch.Tensor, state: _LayerState) -> torc
 
 
 def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, device) -> Optional[torch.Tensor]:
-    """A [B, T] padding mask (bool, True = pad; or float, 0 = keep, -inf = pad) as uint8."""
+    """A [B, T] padding mask (bool, True = pad; or float, 0 = keep, -inf = pad) as a contiguous bool
+    tensor, which the kernels read as bytes (nonzero = pad): no conversion kernel, and nothing
+    for Inductor to lower (a bool->uint8 view is not lowerable)."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -89,14 +91,14 @@ def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, dev
     if mask.device != device:
         raise ValueError(f"{_where(module)}: the padding mask is on {mask.device}, the input on {device}")
     if mask.dtype == torch.bool:
-        return mask.contiguous().view(torch.uint8)
+        return mask.contiguous()
     if mask.is_floating_point():
         if not torch.compiler.is_compiling():
             # One synchronizing check: lightseq masks keys, it cannot add arbitrary biases.
             if not bool(((mask == 0) | (mask == float("-inf"))).all()):
                 raise ValueError(f"{_where(module)}: a float padding mask must hold only 0 (keep) and "
                                  "-inf (pad); pass a bool mask (True = pad) instead")
-        return (mask != 0).to(torch.uint8)
+        return mask != 0
     raise TypeError(f"{_where(module)}: the padding mask is {mask.dtype}; pass a bool mask (True = pad)")
 
 
@@ -214,7 +216,7 @@ def _bert_padding(module, mask, batch: int, seq: int, device):
         if tuple(mask.shape) != (batch, seq):
             raise ValueError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
                              f"[{batch}, {seq}]")
-        return (mask == 0).to(torch.uint8)
+        return (mask == 0).contiguous()
     if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[-1] != seq:
         raise ValueError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
                          f"[{batch}, 1, {seq} or 1, {seq}]")
@@ -227,8 +229,8 @@ def _bert_padding(module, mask, batch: int, seq: int, device):
             raise ValueError(f"{_where(module)}: the attention mask differs between queries; lightseq "
                              "compiles padding masks (the same keys masked for every query) only")
     if mask.dtype == torch.bool:
-        return (~row).to(torch.uint8)
-    return (row < 0).to(torch.uint8)
+        return (~row).contiguous()
+    return (row < 0).contiguous()
 
 
 # ---- compile / explain ---------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def _aligned(t: Optional[Tensor]) -> Optional[Tensor]:
 def encoder_fwd(x: Tensor, mask: Optional[Tensor], weights: List[Tensor], layer: int,
                 p_attention: float, p_activation: float, p_hidden: float) -> Tuple[Tensor, Tensor, Tensor]:
     """y, saved arena, rng state = encoder layer forward of x [B, T, H] (batch-major, contiguous),
-    mask [B, T] uint8 (nonzero = pad) or None."""
+    mask [B, T] bool or uint8 (nonzero = pad) or None."""
     handle = _layers[layer][0]
     batch, seq, _ = x.shape
     mask = _aligned(mask)
