@@ -277,6 +277,7 @@ EncoderLayerResult encoder_layer_reference(const LayerConfig& c, const EncoderLa
     r.out =
         norm_fwd(sum(x1, ff_fwd(c, p.linear1, p.linear2, x1, n, f_s)), n, H, p.norm2, c.eps, n2);
   }
+  r.ffn_pre = f_s.pre;
   if (grad_out.empty()) return r;
 
   EncoderLayerParams& g = r.grad;

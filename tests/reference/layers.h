@@ -74,6 +74,7 @@ struct EncoderLayerResult {
   Vec out;                  // [batch·seq, H]
   Vec grad_x;               // empty when no output gradient was given
   EncoderLayerParams grad;  // gradients, same layout as the parameters
+  Vec ffn_pre;              // [batch·seq, F]: linear1's output, the activation's input
 };
 // grad_out [batch·seq, H], or empty for the forward only.
 EncoderLayerResult encoder_layer_reference(const LayerConfig& config,
