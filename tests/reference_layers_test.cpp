@@ -10,6 +10,7 @@
 #include <functional>
 
 #include "tests/reference/compare.h"
+#include "tests/reference/dtype.h"
 #include "tests/reference/kernels.h"
 #include "tests/reference/finite_diff.h"
 #include "tests/reference/layers.h"
@@ -130,6 +131,29 @@ bool row_nonzero(const Vec& g, int64_t H, int64_t r) {
     if (g[r * H + c] != 0.0) return true;
   }
   return false;
+}
+
+// The GPU layer tests' kink removal, at a real size (the smallest of theirs): it terminates,
+// leaves no pre-activation in the band, and changes nothing but linear1's bias.
+TEST(ReferenceLayerSemantics, MoveOffReluKinkClearsTheBand) {
+  Rng rng(test_seed());
+  LayerConfig cfg{512, 8, 2048, NormPlacement::kPre, Activation::kRelu, false, 1e-5, Precision::kFp32};
+  EncoderLayerParams params = random_encoder_params(cfg, rng);
+  for (auto& [name, v] : named_tensors(params)) round_in_place(Precision::kFp32, *v);
+  const EncoderLayerParams before = params;
+  const int64_t rows = 4 * 32;
+  EncoderLayerInput in{4, 32, rng.uniform_vec(rows * 512, -1, 1), {}};
+  const Vec grad_out = rng.uniform_vec(rows * 512, -1, 1);
+  const double band_rel = 1e-3;  // wider than the GPU tests' 1e-4: some columns must move
+  const KinkFreeResult k = move_off_relu_kink(cfg, params, in, grad_out, band_rel);
+  EXPECT_GT(k.rounds, 0);
+  double scale = 0;
+  for (double v : k.result.ffn_pre) scale = std::max(scale, std::abs(v));
+  for (double v : k.result.ffn_pre) ASSERT_GT(std::abs(v), band_rel * scale * 0.99);
+  EXPECT_EQ(params.linear1.weight, before.linear1.weight);
+  EXPECT_EQ(params.self_attn.in_proj_weight, before.self_attn.in_proj_weight);
+  EXPECT_NE(params.linear1.bias, before.linear1.bias);
+  EXPECT_EQ(k.result.out, encoder_layer_reference(cfg, params, in, grad_out).out);
 }
 
 TEST(ReferenceLayerSemantics, CausalPaddingAndBatchIndependence) {

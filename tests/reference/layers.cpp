@@ -1,5 +1,8 @@
 #include "tests/reference/layers.h"
 
+#include <set>
+#include <stdexcept>
+
 #include "tests/reference/dtype.h"
 
 #include <cmath>
@@ -299,6 +302,28 @@ EncoderLayerResult encoder_layer_reference(const LayerConfig& c, const EncoderLa
     r.grad_x = sum(da, sum(dq, dkv));
   }
   return r;
+}
+
+KinkFreeResult move_off_relu_kink(const LayerConfig& c, EncoderLayerParams& p, const EncoderLayerInput& in,
+                                  const Vec& grad_out, double band_rel) {
+  KinkFreeResult k{encoder_layer_reference(c, p, in, grad_out), 0};
+  double scale = 0;
+  for (double v : k.result.ffn_pre) scale = std::max(scale, std::abs(v));
+  const double band = band_rel * scale;
+  for (;; ++k.rounds) {
+    std::set<int64_t> columns;
+    for (size_t i = 0; i < k.result.ffn_pre.size(); ++i) {
+      if (std::abs(k.result.ffn_pre[i]) <= band) columns.insert(static_cast<int64_t>(i) % c.ffn);
+    }
+    if (columns.empty()) return k;
+    if (k.rounds == 8) {
+      throw std::runtime_error(std::to_string(columns.size()) +
+                               " linear1 columns still hold pre-activations near 0 after 8 rounds");
+    }
+    for (int64_t j : columns) p.linear1.bias[j] += 3 * band;
+    if (c.stored) round_in_place(*c.stored, p.linear1.bias);
+    k.result = encoder_layer_reference(c, p, in, grad_out);
+  }
 }
 
 DecoderLayerResult decoder_layer_reference(const LayerConfig& c, const DecoderLayerParams& p,

@@ -81,6 +81,18 @@ EncoderLayerResult encoder_layer_reference(const LayerConfig& config,
                                            const EncoderLayerParams& params,
                                            const EncoderLayerInput& input, const Vec& grad_out);
 
+// ReLU's derivative jumps at 0: a pre-activation within a GEMM's rounding error of 0 may land on
+// either side in an implementation, flipping that token's gradients. Shifts linear1's bias of
+// every column holding a pre-activation within `band_rel`·max|pre| of 0 (rounded to the config's
+// stored precision) until none is left; returns the reference of the final parameters and
+// the number of rounds. Throws std::runtime_error if 8 rounds do not clear the band.
+struct KinkFreeResult {
+  EncoderLayerResult result;
+  int rounds = 0;
+};
+KinkFreeResult move_off_relu_kink(const LayerConfig& config, EncoderLayerParams& params,
+                                  const EncoderLayerInput& input, const Vec& grad_out, double band_rel);
+
 struct DecoderLayerParams {
   AttentionParams self_attn, cross_attn;  // cross_attn = PyTorch's multihead_attn
   LinearParams linear1, linear2;
