@@ -310,17 +310,30 @@ KinkFreeResult move_off_relu_kink(const LayerConfig& c, EncoderLayerParams& p, c
   double scale = 0;
   for (double v : k.result.ffn_pre) scale = std::max(scale, std::abs(v));
   const double band = band_rel * scale;
+  const int64_t F = c.ffn, rows = static_cast<int64_t>(k.result.ffn_pre.size()) / F;
   for (;; ++k.rounds) {
-    std::set<int64_t> columns;
-    for (size_t i = 0; i < k.result.ffn_pre.size(); ++i) {
-      if (std::abs(k.result.ffn_pre[i]) <= band) columns.insert(static_cast<int64_t>(i) % c.ffn);
+    bool moved = false;
+    for (int64_t j = 0; j < F; ++j) {
+      auto clear_with = [&](double shift) {
+        for (int64_t r = 0; r < rows; ++r) {
+          if (std::abs(k.result.ffn_pre[r * F + j] + shift) <= band) return false;
+        }
+        return true;
+      };
+      if (clear_with(0)) continue;
+      // The smallest shift (in steps of 3 bands, either way) that leaves the whole column clear.
+      double shift = 0;
+      for (int step = 1; step <= 64 && shift == 0; ++step) {
+        for (double s : {3 * band * step, -3 * band * step}) {
+          if (shift == 0 && clear_with(s)) shift = s;
+        }
+      }
+      if (shift == 0) throw std::runtime_error("linear1 column " + std::to_string(j) + " cannot be moved off 0");
+      p.linear1.bias[j] += shift;
+      moved = true;
     }
-    if (columns.empty()) return k;
-    if (k.rounds == 8) {
-      throw std::runtime_error(std::to_string(columns.size()) +
-                               " linear1 columns still hold pre-activations near 0 after 8 rounds");
-    }
-    for (int64_t j : columns) p.linear1.bias[j] += 3 * band;
+    if (!moved) return k;
+    if (k.rounds == 4) throw std::runtime_error("linear1's pre-activations still near 0 after 4 rounds");
     if (c.stored) round_in_place(*c.stored, p.linear1.bias);
     k.result = encoder_layer_reference(c, p, in, grad_out);
   }
