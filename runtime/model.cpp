@@ -69,15 +69,65 @@ const LayerExecutor& CompiledModel::stack(int stack) const {
   return *executors_.at(stack_to_layer_[stack]);
 }
 
+namespace {
+
+// The unfused attention backend materializes [B, heads, T, T] scores (and [B, heads, T, S] for a
+// decoder's cross-attention); beyond this it refuses rather than fail an allocation or overflow an
+// index.
+constexpr int64_t kMaxScoreElements = int64_t{1} << 36;
+
+void check_scores(const LayerStackSpec& s, const RunShape& shape, int64_t keys, const char* what,
+                  const std::string& where) {
+  if (shape.batch * s.heads * shape.seq > kMaxScoreElements / keys) {
+    throw Error(fmt::format("{}: {} with batch {}, sequence length {} and {} keys needs {}×{}×{}×{} "
+                            "attention scores, more than the unfused attention backend supports "
+                            "(2^36); use shorter sequences or a smaller batch", where, what,
+                            shape.batch, shape.seq, keys, shape.batch, s.heads, shape.seq, keys));
+  }
+}
+
+void check_shape(const LayerStackSpec& s, const RunShape& shape, const std::string& where) {
+  if (shape.batch < 1 || shape.seq < 1) {
+    throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be at least 1", where,
+                            shape.batch, shape.seq));
+  }
+  if (s.kind == LayerKind::kDecoder && shape.src_seq < 1) {
+    throw Error(fmt::format("{}: the encoder sequence length (RunShape::src_seq = {}) must be at "
+                            "least 1: a decoder layer attends to the encoder output", where, shape.src_seq));
+  }
+  check_scores(s, shape, shape.seq, "self-attention", where);
+  if (s.kind == LayerKind::kDecoder) check_scores(s, shape, shape.src_seq, "cross-attention", where);
+}
+
+void check_dtype(Precision given, Precision model, const std::string& where) {
+  if (given != model) {
+    throw Error(fmt::format("{}: inputs are {} but the model was compiled for {}; convert them or "
+                            "compile the model for {}", where, to_string(given), to_string(model),
+                            to_string(given)));
+  }
+}
+
+// The stack's layer, checked to be of the kind a typed layer class wants.
+const LayerStackSpec& stack_of_kind(const CompiledModel& model, int stack, LayerKind kind) {
+  model.stack(stack);  // throws for a stack that does not exist
+  const LayerStackSpec& s = model.spec().layers.at(stack);
+  if (s.kind != kind) {
+    auto a = [](LayerKind k) { return k == LayerKind::kEncoder ? "an encoder" : "a decoder"; };
+    throw Error(fmt::format("layers[{}] of '{}' is {} stack, not {} stack; use {}", stack,
+                            model.spec().name, a(s.kind), a(kind),
+                            s.kind == LayerKind::kEncoder ? "EncoderLayer" : "DecoderLayer"));
+  }
+  return s;
+}
+
+}  // namespace
+
 // ---- EncoderLayer ---------------------------------------------------------------------------------
 
 EncoderLayer::EncoderLayer(std::shared_ptr<const CompiledModel> model, int stack)
-    : model_(std::move(model)), exec_(&model_->stack(stack)), spec_(model_->spec().layers.at(stack)) {
-  if (spec_.kind != LayerKind::kEncoder) {
-    throw Error(fmt::format("layers[{}] of '{}' is a {} stack, not an encoder", stack,
-                            model_->spec().name, to_string(spec_.kind)));
-  }
-}
+    : model_(std::move(model)),
+      exec_(&model_->stack(stack)),
+      spec_(stack_of_kind(*model_, stack, LayerKind::kEncoder)) {}
 
 Bindings EncoderLayer::weight_bindings(const EncoderWeights& w) const {
   auto c = [](const void* p) { return const_cast<void*>(p); };
@@ -89,36 +139,11 @@ Bindings EncoderLayer::weight_bindings(const EncoderWeights& w) const {
           {"norm2.weight", c(w.norm2_weight)},       {"norm2.bias", c(w.norm2_bias)}};
 }
 
-namespace {
-
-// The unfused attention backend materializes [B, heads, T, T] scores; beyond this it refuses
-// rather than fail an allocation or overflow an index.
-constexpr int64_t kMaxScoreElements = int64_t{1} << 36;
-
-void check_shape(const LayerStackSpec& s, const RunShape& shape, const std::string& where) {
-  if (shape.batch < 1 || shape.seq < 1) {
-    throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be at least 1", where,
-                            shape.batch, shape.seq));
-  }
-  if (shape.batch * s.heads * shape.seq > kMaxScoreElements / shape.seq) {
-    throw Error(fmt::format("{}: sequence length {} with batch {} needs {}×{}×{}×{} attention scores, "
-                            "more than the unfused attention backend supports (2^36); use a shorter "
-                            "sequence or a smaller batch", where, shape.seq, shape.batch,
-                            shape.batch, s.heads, shape.seq, shape.seq));
-  }
-}
-
-}  // namespace
-
 SavedActivations EncoderLayer::forward(const EncoderWeights& w, const EncoderInputs& in,
                                        const RunShape& shape, const DropoutConfig& dropout,
                                        Allocator& allocator, CUstream stream, void* saved_arena) const {
   const std::string where = fmt::format("encoder layer ({})", exec_->plan().layer.description);
-  if (in.dtype != model_->spec().precision) {
-    throw Error(fmt::format("{}: inputs are {} but the model was compiled for {}; convert them or "
-                            "compile the model for {}", where, to_string(in.dtype),
-                            to_string(model_->spec().precision), to_string(in.dtype)));
-  }
+  check_dtype(in.dtype, model_->spec().precision, where);
   check_shape(spec_, shape, where);
   Bindings b = weight_bindings(w);
   b["x"] = const_cast<void*>(in.x);
@@ -152,6 +177,110 @@ void EncoderLayer::backward(const EncoderWeights& w, const EncoderGrads& g, cons
       {"grad.norm1.weight", g.norm1_weight},     {"grad.norm1.bias", g.norm1_bias},
       {"grad.norm2.weight", g.norm2_weight},     {"grad.norm2.bias", g.norm2_bias}};
   for (const auto& [name, p] : grads) b[name] = p;
+  ScopedContext ctx(model_->device());
+  exec_->backward(b, saved, mode, allocator, stream);
+}
+
+// ---- DecoderLayer ---------------------------------------------------------------------------------
+
+DecoderLayer::DecoderLayer(std::shared_ptr<const CompiledModel> model, int stack)
+    : model_(std::move(model)),
+      exec_(&model_->stack(stack)),
+      spec_(stack_of_kind(*model_, stack, LayerKind::kDecoder)) {}
+
+namespace {
+
+// PyTorch packs the cross-attention's projections in one in_proj [3H, H] (bias [3H]); the graph
+// takes its q rows and its k/v rows as two parameters (compiler/graph/layers.cpp).
+void bind_cross_in_proj(Bindings& b, const std::string& prefix, const void* weight, const void* bias,
+                        int64_t hidden, int elem) {
+  auto c = [](const void* p) { return const_cast<void*>(p); };
+  auto at = [&](const void* p, int64_t elems) -> void* {
+    return p ? static_cast<char*>(c(p)) + elems * elem : nullptr;
+  };
+  b[prefix + "multihead_attn.in_proj_weight[q]"] = c(weight);
+  b[prefix + "multihead_attn.in_proj_weight[kv]"] = at(weight, hidden * hidden);
+  b[prefix + "multihead_attn.in_proj_bias[q]"] = c(bias);
+  b[prefix + "multihead_attn.in_proj_bias[kv]"] = at(bias, hidden);
+}
+
+}  // namespace
+
+Bindings DecoderLayer::weight_bindings(const DecoderWeights& w) const {
+  auto c = [](const void* p) { return const_cast<void*>(p); };
+  Bindings b{{"self_attn.in_proj_weight", c(w.self_attn.in_proj_weight)},
+             {"self_attn.in_proj_bias", c(w.self_attn.in_proj_bias)},
+             {"self_attn.out_proj.weight", c(w.self_attn.out_proj_weight)},
+             {"self_attn.out_proj.bias", c(w.self_attn.out_proj_bias)},
+             {"multihead_attn.out_proj.weight", c(w.multihead_attn.out_proj_weight)},
+             {"multihead_attn.out_proj.bias", c(w.multihead_attn.out_proj_bias)},
+             {"linear1.weight", c(w.linear1_weight)},
+             {"linear1.bias", c(w.linear1_bias)},
+             {"linear2.weight", c(w.linear2_weight)},
+             {"linear2.bias", c(w.linear2_bias)},
+             {"norm1.weight", c(w.norm1_weight)},
+             {"norm1.bias", c(w.norm1_bias)},
+             {"norm2.weight", c(w.norm2_weight)},
+             {"norm2.bias", c(w.norm2_bias)},
+             {"norm3.weight", c(w.norm3_weight)},
+             {"norm3.bias", c(w.norm3_bias)}};
+  bind_cross_in_proj(b, "", w.multihead_attn.in_proj_weight, w.multihead_attn.in_proj_bias, spec_.hidden,
+                     element_bytes(model_->spec().precision));
+  return b;
+}
+
+namespace {
+
+Bindings decoder_inputs(const DecoderInputs& in) {
+  return {{"x", const_cast<void*>(in.x)},
+          {"key_padding_mask", const_cast<uint8_t*>(in.key_padding_mask)},
+          {"encoder_out", const_cast<void*>(in.encoder_out)},
+          {"encoder_padding_mask", const_cast<uint8_t*>(in.encoder_padding_mask)}};
+}
+
+}  // namespace
+
+SavedActivations DecoderLayer::forward(const DecoderWeights& w, const DecoderInputs& in,
+                                       const RunShape& shape, const DropoutConfig& dropout,
+                                       Allocator& allocator, CUstream stream, void* saved_arena) const {
+  const std::string where = fmt::format("decoder layer ({})", exec_->plan().layer.description);
+  check_dtype(in.dtype, model_->spec().precision, where);
+  check_shape(spec_, shape, where);
+  Bindings b = weight_bindings(w);
+  b.merge(decoder_inputs(in));
+  b["y"] = in.y;
+  ScopedContext ctx(model_->device());
+  return exec_->forward(b, shape, dropout, allocator, stream, saved_arena);
+}
+
+SavedActivations DecoderLayer::saved_from_arena(void* saved_arena, const DecoderInputs& in,
+                                                const RunShape& shape, const DropoutConfig& dropout) const {
+  check_shape(spec_, shape, fmt::format("decoder layer ({})", exec_->plan().layer.description));
+  return exec_->saved_from_arena(saved_arena, decoder_inputs(in), shape, dropout);
+}
+
+void DecoderLayer::backward(const DecoderWeights& w, const DecoderGrads& g, const DecoderGradInputs& io,
+                            const SavedActivations& saved, GradMode mode, Allocator& allocator,
+                            CUstream stream) const {
+  Bindings b = weight_bindings(w);
+  b["grad_y"] = const_cast<void*>(io.grad_y);
+  b["grad_x"] = io.grad_x;
+  b["grad_encoder_out"] = io.grad_encoder_out;
+  const std::pair<const char*, void*> grads[] = {
+      {"grad.self_attn.in_proj_weight", g.self_attn.in_proj_weight},
+      {"grad.self_attn.in_proj_bias", g.self_attn.in_proj_bias},
+      {"grad.self_attn.out_proj.weight", g.self_attn.out_proj_weight},
+      {"grad.self_attn.out_proj.bias", g.self_attn.out_proj_bias},
+      {"grad.multihead_attn.out_proj.weight", g.multihead_attn.out_proj_weight},
+      {"grad.multihead_attn.out_proj.bias", g.multihead_attn.out_proj_bias},
+      {"grad.linear1.weight", g.linear1_weight}, {"grad.linear1.bias", g.linear1_bias},
+      {"grad.linear2.weight", g.linear2_weight}, {"grad.linear2.bias", g.linear2_bias},
+      {"grad.norm1.weight", g.norm1_weight},     {"grad.norm1.bias", g.norm1_bias},
+      {"grad.norm2.weight", g.norm2_weight},     {"grad.norm2.bias", g.norm2_bias},
+      {"grad.norm3.weight", g.norm3_weight},     {"grad.norm3.bias", g.norm3_bias}};
+  for (const auto& [name, p] : grads) b[name] = p;
+  bind_cross_in_proj(b, "grad.", g.multihead_attn.in_proj_weight, g.multihead_attn.in_proj_bias,
+                     spec_.hidden, element_bytes(model_->spec().precision));
   ScopedContext ctx(model_->device());
   exec_->backward(b, saved, mode, allocator, stream);
 }

@@ -1,4 +1,4 @@
-// model.h — the C++ API: a spec compiled for one GPU, and typed encoder layers on it.
+// model.h — the C++ API: a spec compiled for one GPU, and typed encoder and decoder layers on it.
 //
 //   auto model = lightseq::CompiledModel::load_file("examples/bert-base.json", {.device = 0});
 //   lightseq::EncoderLayer layer(model, /*stack=*/0);
@@ -120,6 +120,92 @@ class EncoderLayer {
 
  private:
   Bindings weight_bindings(const EncoderWeights& w) const;
+  std::shared_ptr<const CompiledModel> model_;
+  const LayerExecutor* exec_;
+  LayerStackSpec spec_;
+};
+
+// ---- decoder layers (nn.TransformerDecoderLayer) -----------------------------------------------
+
+// One multi-head attention's parameters, as nn.MultiheadAttention holds them.
+struct AttentionWeights {
+  const void* in_proj_weight = nullptr;   // [3H, H]: rows [0, H) q, [H, 2H) k, [2H, 3H) v
+  const void* in_proj_bias = nullptr;     // [3H]
+  const void* out_proj_weight = nullptr;  // [H, H]
+  const void* out_proj_bias = nullptr;    // [H]
+};
+struct AttentionGrads {
+  void* in_proj_weight = nullptr, *in_proj_bias = nullptr;
+  void* out_proj_weight = nullptr, *out_proj_bias = nullptr;
+};
+
+// Parameters of one decoder layer, in the layout of torch.nn.TransformerDecoderLayer: self_attn,
+// multihead_attn (the cross-attention over the encoder output; its q rows project the decoder
+// stream, its k/v rows the encoder output), linear1/linear2, norm1 (self-attention), norm2
+// (cross-attention), norm3 (feed-forward).
+struct DecoderWeights {
+  AttentionWeights self_attn, multihead_attn;
+  const void* linear1_weight = nullptr;  // [F, H]
+  const void* linear1_bias = nullptr;    // [F]
+  const void* linear2_weight = nullptr;  // [H, F]
+  const void* linear2_bias = nullptr;    // [H]
+  const void* norm1_weight = nullptr, *norm1_bias = nullptr;  // [H]
+  const void* norm2_weight = nullptr, *norm2_bias = nullptr;  // [H]
+  const void* norm3_weight = nullptr, *norm3_bias = nullptr;  // [H]
+};
+struct DecoderGrads {
+  AttentionGrads self_attn, multihead_attn;
+  void* linear1_weight = nullptr, *linear1_bias = nullptr;
+  void* linear2_weight = nullptr, *linear2_bias = nullptr;
+  void* norm1_weight = nullptr, *norm1_bias = nullptr;
+  void* norm2_weight = nullptr, *norm2_bias = nullptr;
+  void* norm3_weight = nullptr, *norm3_bias = nullptr;
+};
+
+// Shapes: RunShape{batch B, seq T (target tokens), src_seq S (encoder tokens)}.
+struct DecoderInputs {
+  Precision dtype = Precision::kFp32;              // of x, encoder_out and y
+  const void* x = nullptr;                         // [B·T, H], rows b·T + t
+  const uint8_t* key_padding_mask = nullptr;       // [B, T], nonzero = pad; null = none
+  const void* encoder_out = nullptr;               // [B·S, H] (PyTorch's `memory`), rows b·S + s
+  const uint8_t* encoder_padding_mask = nullptr;   // [B, S], nonzero = pad; null = none
+  void* y = nullptr;                               // [B·T, H] output
+};
+
+struct DecoderGradInputs {
+  const void* grad_y = nullptr;    // [B·T, H]
+  void* grad_x = nullptr;          // [B·T, H] output (written)
+  // [B·S, H]: ADDED TO (+=) whatever the GradMode, because every decoder layer of a stack reads
+  // the same encoder output and their gradients sum in one buffer. Zero it before the stack's
+  // first backward.
+  void* grad_encoder_out = nullptr;
+};
+
+// The self-attention is causal (a decoder's always is) and masks the padded target keys; the
+// cross-attention masks the padded encoder positions.
+class DecoderLayer {
+ public:
+  DecoderLayer(std::shared_ptr<const CompiledModel> model, int stack);
+
+  // batch, seq and src_seq ≥ 1. Throws Error for a wrong dtype, a null or misaligned pointer, a
+  // sequence the attention backend cannot run. `saved_arena` as for EncoderLayer.
+  SavedActivations forward(const DecoderWeights& w, const DecoderInputs& in, const RunShape& shape,
+                           const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
+                           void* saved_arena = nullptr) const;
+  int64_t saved_arena_bytes(const RunShape& shape) const { return exec_->saved_arena_bytes(shape); }
+  const std::vector<SavedSlot>& saved_slots() const { return exec_->saved_slots(); }
+  // The inputs (x, encoder_out and the masks) as given to the forward that filled the arena; y
+  // and dtype are not read.
+  SavedActivations saved_from_arena(void* saved_arena, const DecoderInputs& in, const RunShape& shape,
+                                    const DropoutConfig& dropout) const;
+  void backward(const DecoderWeights& w, const DecoderGrads& grads, const DecoderGradInputs& io,
+                const SavedActivations& saved, GradMode mode, Allocator& allocator,
+                CUstream stream) const;
+
+  const LayerStackSpec& spec() const { return spec_; }
+
+ private:
+  Bindings weight_bindings(const DecoderWeights& w) const;
   std::shared_ptr<const CompiledModel> model_;
   const LayerExecutor* exec_;
   LayerStackSpec spec_;

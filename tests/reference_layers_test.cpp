@@ -156,6 +156,28 @@ TEST(ReferenceLayerSemantics, MoveOffReluKinkClearsTheBand) {
   EXPECT_EQ(k.result.out, encoder_layer_reference(cfg, params, in, grad_out).out);
 }
 
+TEST(ReferenceLayerSemantics, MoveOffReluKinkClearsTheBandOfADecoder) {
+  Rng rng(test_seed());
+  LayerConfig cfg{256, 4, 1024, NormPlacement::kPost, Activation::kRelu, true, 1e-5, Precision::kBf16};
+  DecoderLayerParams params = random_decoder_params(cfg, rng);
+  for (auto& [name, v] : named_tensors(params)) round_in_place(Precision::kBf16, *v);
+  const DecoderLayerParams before = params;
+  const int64_t rows = 3 * 16;
+  DecoderLayerInput in{3, 16, 12, rng.uniform_vec(rows * 256, -1, 1), rng.uniform_vec(3 * 12 * 256, -1, 1), {}, {}};
+  const Vec grad_out = rng.uniform_vec(rows * 256, -1, 1);
+  const double band_rel = 1e-2;
+  const auto k = move_off_relu_kink(cfg, params, in, grad_out, band_rel);
+  EXPECT_GT(k.rounds, 0);
+  ASSERT_EQ(k.result.ffn_pre.size(), static_cast<size_t>(rows * 1024));
+  double scale = 0;
+  for (double v : k.result.ffn_pre) scale = std::max(scale, std::abs(v));
+  for (double v : k.result.ffn_pre) ASSERT_GT(std::abs(v), band_rel * scale * 0.99);
+  EXPECT_EQ(params.linear1.weight, before.linear1.weight);
+  EXPECT_EQ(params.cross_attn.in_proj_weight, before.cross_attn.in_proj_weight);
+  EXPECT_NE(params.linear1.bias, before.linear1.bias);
+  EXPECT_EQ(k.result.out, decoder_layer_reference(cfg, params, in, grad_out).out);
+}
+
 TEST(ReferenceLayerSemantics, CausalPaddingAndBatchIndependence) {
   for (NormPlacement norm : {NormPlacement::kPost, NormPlacement::kPre}) {
     LayerConfig c = config_of({norm, Activation::kGelu, true, true});

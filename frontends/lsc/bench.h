@@ -1,4 +1,4 @@
-// bench.h — `lsc bench`: training-step timing of a spec's encoder stacks on a GPU.
+// bench.h — `lsc bench`: training-step timing of a spec's encoder and decoder stacks on a GPU.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +10,7 @@ struct BenchOptions {
   std::string spec;
   int64_t batch = 32;
   int64_t seq = 128;
+  int64_t src_seq = 0;  // encoder positions a decoder attends to; 0: the same as seq
   int iters = 20;
   int warmup = 5;
   int device = 0;

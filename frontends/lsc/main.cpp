@@ -125,10 +125,11 @@ int run(int argc, char** argv) {
   clear->add_option("--cache", cache_dir, "Cache directory");
 
   BenchOptions bench_opts;
-  auto* bench = app.add_subcommand("bench", "Time training steps (forward + backward) of the spec's encoder stacks on a GPU.");
+  auto* bench = app.add_subcommand("bench", "Time training steps (forward + backward) of the spec's encoder and decoder stacks on a GPU.");
   bench->add_option("spec", bench_opts.spec, "Model spec (JSON)")->required();
   bench->add_option("--batch", bench_opts.batch, "Sequences per batch")->check(CLI::PositiveNumber)->capture_default_str();
   bench->add_option("--seq", bench_opts.seq, "Sequence length")->check(CLI::PositiveNumber)->capture_default_str();
+  bench->add_option("--src-seq", bench_opts.src_seq, "Encoder positions a decoder stack attends to (default: --seq)")->check(CLI::PositiveNumber);
   bench->add_option("--iters", bench_opts.iters, "Timed steps")->check(CLI::PositiveNumber)->capture_default_str();
   bench->add_option("--warmup", bench_opts.warmup, "Untimed steps first")->check(CLI::NonNegativeNumber)->capture_default_str();
   bench->add_option("--device", bench_opts.device, "GPU ordinal")->check(CLI::NonNegativeNumber)->capture_default_str();

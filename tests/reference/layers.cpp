@@ -304,41 +304,6 @@ EncoderLayerResult encoder_layer_reference(const LayerConfig& c, const EncoderLa
   return r;
 }
 
-KinkFreeResult move_off_relu_kink(const LayerConfig& c, EncoderLayerParams& p, const EncoderLayerInput& in,
-                                  const Vec& grad_out, double band_rel) {
-  KinkFreeResult k{encoder_layer_reference(c, p, in, grad_out), 0};
-  double scale = 0;
-  for (double v : k.result.ffn_pre) scale = std::max(scale, std::abs(v));
-  const double band = band_rel * scale;
-  const int64_t F = c.ffn, rows = static_cast<int64_t>(k.result.ffn_pre.size()) / F;
-  for (;; ++k.rounds) {
-    bool moved = false;
-    for (int64_t j = 0; j < F; ++j) {
-      auto clear_with = [&](double shift) {
-        for (int64_t r = 0; r < rows; ++r) {
-          if (std::abs(k.result.ffn_pre[r * F + j] + shift) <= band) return false;
-        }
-        return true;
-      };
-      if (clear_with(0)) continue;
-      // The smallest shift (in steps of 3 bands, either way) that leaves the whole column clear.
-      double shift = 0;
-      for (int step = 1; step <= 64 && shift == 0; ++step) {
-        for (double s : {3 * band * step, -3 * band * step}) {
-          if (shift == 0 && clear_with(s)) shift = s;
-        }
-      }
-      if (shift == 0) throw std::runtime_error("linear1 column " + std::to_string(j) + " cannot be moved off 0");
-      p.linear1.bias[j] += shift;
-      moved = true;
-    }
-    if (!moved) return k;
-    if (k.rounds == 4) throw std::runtime_error("linear1's pre-activations still near 0 after 4 rounds");
-    if (c.stored) round_in_place(*c.stored, p.linear1.bias);
-    k.result = encoder_layer_reference(c, p, in, grad_out);
-  }
-}
-
 DecoderLayerResult decoder_layer_reference(const LayerConfig& c, const DecoderLayerParams& p,
                                            const DecoderLayerInput& in, const Vec& grad_out) {
   check_config(c);
@@ -351,20 +316,25 @@ DecoderLayerResult decoder_layer_reference(const LayerConfig& c, const DecoderLa
   DecoderLayerResult r;
   const bool pre = c.norm == NormPlacement::kPre;
   Vec x1, x2;
+  auto stored = [&](Vec v) {  // as in encoder_layer_reference
+    if (c.stored) round_in_place(*c.stored, v);
+    return v;
+  };
   if (pre) {
     const Vec a = norm_fwd(in.x, n, H, p.norm1, c.eps, n1);
-    x1 = sum(in.x, attn_fwd(sa, p.self_attn, a, a, sa_s));
+    x1 = stored(sum(in.x, attn_fwd(sa, p.self_attn, a, a, sa_s)));
     const Vec b = norm_fwd(x1, n, H, p.norm2, c.eps, n2);
-    x2 = sum(x1, attn_fwd(ca, p.cross_attn, b, in.memory, ca_s));
-    const Vec f = norm_fwd(x2, n, H, p.norm3, c.eps, n3);
+    x2 = stored(sum(x1, attn_fwd(ca, p.cross_attn, b, in.memory, ca_s)));
+    const Vec f = stored(norm_fwd(x2, n, H, p.norm3, c.eps, n3));
     r.out = sum(x2, ff_fwd(c, p.linear1, p.linear2, f, n, f_s));
   } else {
-    x1 = norm_fwd(sum(in.x, attn_fwd(sa, p.self_attn, in.x, in.x, sa_s)), n, H, p.norm1, c.eps, n1);
-    x2 = norm_fwd(sum(x1, attn_fwd(ca, p.cross_attn, x1, in.memory, ca_s)), n, H, p.norm2, c.eps,
-                  n2);
+    x1 = stored(norm_fwd(sum(in.x, attn_fwd(sa, p.self_attn, in.x, in.x, sa_s)), n, H, p.norm1, c.eps, n1));
+    x2 = stored(norm_fwd(sum(x1, attn_fwd(ca, p.cross_attn, x1, in.memory, ca_s)), n, H, p.norm2,
+                         c.eps, n2));
     r.out =
         norm_fwd(sum(x2, ff_fwd(c, p.linear1, p.linear2, x2, n, f_s)), n, H, p.norm3, c.eps, n3);
   }
+  r.ffn_pre = f_s.pre;
   if (grad_out.empty()) return r;
 
   DecoderLayerParams& g = r.grad;
@@ -395,6 +365,59 @@ DecoderLayerResult decoder_layer_reference(const LayerConfig& c, const DecoderLa
     r.grad_x = sum(da, sum(dq1, dkv1));
   }
   return r;
+}
+
+namespace {
+
+// move_off_relu_kink for either layer: `reference` recomputes the layer's result (with ffn_pre).
+template <class Params, class Input, class Result>
+KinkFree<Result> kink_free(const LayerConfig& c, Params& p, const Input& in, const Vec& grad_out,
+                           double band_rel,
+                           Result (*reference)(const LayerConfig&, const Params&, const Input&, const Vec&)) {
+  KinkFree<Result> k{reference(c, p, in, grad_out), 0};
+  double scale = 0;
+  for (double v : k.result.ffn_pre) scale = std::max(scale, std::abs(v));
+  const double band = band_rel * scale;
+  const int64_t F = c.ffn, rows = static_cast<int64_t>(k.result.ffn_pre.size()) / F;
+  for (;; ++k.rounds) {
+    bool moved = false;
+    for (int64_t j = 0; j < F; ++j) {
+      auto clear_with = [&](double shift) {
+        for (int64_t r = 0; r < rows; ++r) {
+          if (std::abs(k.result.ffn_pre[r * F + j] + shift) <= band) return false;
+        }
+        return true;
+      };
+      if (clear_with(0)) continue;
+      // The smallest shift (in steps of 3 bands, either way) that leaves the whole column clear.
+      double shift = 0;
+      for (int step = 1; step <= 64 && shift == 0; ++step) {
+        for (double s : {3 * band * step, -3 * band * step}) {
+          if (shift == 0 && clear_with(s)) shift = s;
+        }
+      }
+      if (shift == 0) throw std::runtime_error("linear1 column " + std::to_string(j) + " cannot be moved off 0");
+      p.linear1.bias[j] += shift;
+      moved = true;
+    }
+    if (!moved) return k;
+    if (k.rounds == 4) throw std::runtime_error("linear1's pre-activations still near 0 after 4 rounds");
+    if (c.stored) round_in_place(*c.stored, p.linear1.bias);
+    k.result = reference(c, p, in, grad_out);
+  }
+}
+
+}  // namespace
+
+KinkFreeResult move_off_relu_kink(const LayerConfig& c, EncoderLayerParams& p, const EncoderLayerInput& in,
+                                  const Vec& grad_out, double band_rel) {
+  return kink_free(c, p, in, grad_out, band_rel, &encoder_layer_reference);
+}
+
+KinkFree<DecoderLayerResult> move_off_relu_kink(const LayerConfig& c, DecoderLayerParams& p,
+                                                const DecoderLayerInput& in, const Vec& grad_out,
+                                                double band_rel) {
+  return kink_free(c, p, in, grad_out, band_rel, &decoder_layer_reference);
 }
 
 EncoderLayerParams random_encoder_params(const LayerConfig& c, Rng& rng) {

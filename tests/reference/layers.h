@@ -81,19 +81,6 @@ EncoderLayerResult encoder_layer_reference(const LayerConfig& config,
                                            const EncoderLayerParams& params,
                                            const EncoderLayerInput& input, const Vec& grad_out);
 
-// ReLU's derivative jumps at 0: a pre-activation within a GEMM's rounding error of 0 may land on
-// either side in an implementation, flipping that token's gradients. Shifts linear1's bias of
-// every column holding a pre-activation within `band_rel`·max|pre| of 0 by the smallest multiple
-// of 3 bands that clears the whole column (rounded to the config's stored precision), then
-// recomputes; returns the reference of the final parameters and the number of rounds that moved
-// something. Throws std::runtime_error if that does not settle in 4 rounds.
-struct KinkFreeResult {
-  EncoderLayerResult result;
-  int rounds = 0;
-};
-KinkFreeResult move_off_relu_kink(const LayerConfig& config, EncoderLayerParams& params,
-                                  const EncoderLayerInput& input, const Vec& grad_out, double band_rel);
-
 struct DecoderLayerParams {
   AttentionParams self_attn, cross_attn;  // cross_attn = PyTorch's multihead_attn
   LinearParams linear1, linear2;
@@ -109,10 +96,29 @@ struct DecoderLayerInput {
 struct DecoderLayerResult {
   Vec out, grad_x, grad_memory;
   DecoderLayerParams grad;
+  Vec ffn_pre;  // [batch·seq, F]: linear1's output, the activation's input
 };
 DecoderLayerResult decoder_layer_reference(const LayerConfig& config,
                                            const DecoderLayerParams& params,
                                            const DecoderLayerInput& input, const Vec& grad_out);
+
+// ReLU's derivative jumps at 0: a pre-activation within a GEMM's rounding error of 0 may land on
+// either side in an implementation, flipping that token's gradients. Shifts linear1's bias of
+// every column holding a pre-activation within `band_rel`·max|pre| of 0 by the smallest multiple
+// of 3 bands that clears the whole column (rounded to the config's stored precision), then
+// recomputes; returns the reference of the final parameters and the number of rounds that moved
+// something. Throws std::runtime_error if that does not settle in 4 rounds.
+template <class Result>
+struct KinkFree {
+  Result result;
+  int rounds = 0;
+};
+using KinkFreeResult = KinkFree<EncoderLayerResult>;
+KinkFreeResult move_off_relu_kink(const LayerConfig& config, EncoderLayerParams& params,
+                                  const EncoderLayerInput& input, const Vec& grad_out, double band_rel);
+KinkFree<DecoderLayerResult> move_off_relu_kink(const LayerConfig& config, DecoderLayerParams& params,
+                                                const DecoderLayerInput& input, const Vec& grad_out,
+                                                double band_rel);
 
 // Random parameters in PyTorch-like ranges (weights ~ U(±1/sqrt(fan_in)), LayerNorm weight near 1,
 // every bias nonzero so that a missing bias shows).
