@@ -1,6 +1,9 @@
 """Peer timings for one Transformer encoder layer, forward + backward, on the same card and in the
 same run as `lsc bench`: PyTorch eager with explicit attention (Fairseq style), PyTorch's
 nn.TransformerEncoderLayer (scaled_dot_product_attention), and torch.compile of the latter.
+Then one decoder layer (nn.TransformerDecoderLayer: causal self-attention, cross-attention over an
+encoder output that also gets its gradient), eager and compiled, at the sizes of
+`lsc bench examples/transformer-base.json`.
 
 Configurations are DESIGN.md's table (and benchmarks/specs/*.json): bf16, dropout 0.1 everywhere,
 ReLU, half of each batch with its last eighth padded. Times are CUDA-event medians over
@@ -22,6 +25,10 @@ CONFIGS = [  # name, hidden, heads, ffn, norm_first, batch, seq
     ("enc-768-post", 768, 12, 3072, False, 64, 128),
     ("enc-1024-pre", 1024, 16, 4096, True, 32, 512),
     ("enc-2048-pre", 2048, 16, 8192, True, 8, 1024),
+]
+
+DECODER_CONFIGS = [  # name, hidden, heads, ffn, norm_first, batch, seq, src_seq
+    ("dec-512-post", 512, 8, 2048, False, 32, 128, 128),
 ]
 
 
@@ -107,6 +114,30 @@ def main():
                                    args.iters)
         print(f"{name:<14} {f'{b}×{t}':>9} {t_explicit:>15.3f} {t_sdpa:>11.3f} {t_compile:>14.3f}",
               flush=True)
+
+    print(f"{'decoder config':<14} {'B×T (S)':>13} {'eager SDPA':>11} {'torch.compile':>14}")
+    for name, h, heads, ffn, norm_first, b, t, s in DECODER_CONFIGS:
+        torch.manual_seed(0)
+        x = torch.randn(b, t, h, device=dev, dtype=dtype, requires_grad=True)
+        memory = torch.randn(b, s, h, device=dev, dtype=dtype, requires_grad=True)
+        grad = torch.randn(b, t, h, device=dev, dtype=dtype)
+        pad = torch.zeros(b, t, dtype=torch.bool, device=dev)
+        pad[::2, t - t // 8:] = True
+        mem_pad = torch.zeros(b, s, dtype=torch.bool, device=dev)
+        mem_pad[::2, s - s // 8:] = True
+        causal = torch.ones(t, t, dtype=torch.bool, device=dev).triu(1)  # True = masked, like the pads
+        layer = nn.TransformerDecoderLayer(h, heads, ffn, dropout=0.1, activation="relu", batch_first=True,
+                                           norm_first=norm_first).to(dev, dtype).train()
+
+        def run(module):
+            return lambda x, pad: module(x, memory, tgt_mask=causal, tgt_key_padding_mask=pad,
+                                         memory_key_padding_mask=mem_pad, tgt_is_causal=True)
+
+        t_eager = time_layer(run(layer), x, pad, grad, args.iters)
+        t_compile = float("nan")
+        if not args.no_compile:
+            t_compile = time_layer(run(torch.compile(layer)), x, pad, grad, args.iters)
+        print(f"{name:<14} {f'{b}×{t} ({s})':>13} {t_eager:>11.3f} {t_compile:>14.3f}", flush=True)
 
 
 if __name__ == "__main__":

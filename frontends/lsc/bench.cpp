@@ -32,6 +32,23 @@ void upload(void* dst, const std::vector<float>& values, Precision p, CUstream s
   LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
 }
 
+// The bench's stream, synchronized and destroyed after everything allocated on it is freed
+// (declare it before the allocator and the buffers).
+class OwnedStream {
+ public:
+  OwnedStream() { LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&s_, CU_STREAM_NON_BLOCKING)); }
+  ~OwnedStream() {
+    driver().cuStreamSynchronize(s_);  // a destructor must not throw; a failure showed earlier
+    driver().cuStreamDestroy(s_);
+  }
+  OwnedStream(const OwnedStream&) = delete;
+  OwnedStream& operator=(const OwnedStream&) = delete;
+  operator CUstream() const { return s_; }
+
+ private:
+  CUstream s_ = nullptr;
+};
+
 // One layer's parameters and gradients in device memory, random, in the model's dtype.
 class ParamMemory {
  public:
@@ -106,8 +123,7 @@ int run_bench(const BenchOptions& o) {
   const Precision p = spec.precision;
   const int64_t src_seq = o.src_seq > 0 ? o.src_seq : o.seq;
   ScopedContext ctx(o.device);
-  CUstream stream;
-  LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+  OwnedStream stream;
   StreamOrderedAllocator alloc(o.device);
   std::mt19937 rng(1234);
   const bool has_decoder = std::any_of(spec.layers.begin(), spec.layers.end(),
@@ -203,10 +219,10 @@ int run_bench(const BenchOptions& o) {
         "layers[{}] {} × {} {}/{}/{} {}-LN {}: step {:.3f} ms (median of {}, min {:.3f}), "
         "{:.3f} ms per layer fwd+bwd, {:.0f} tokens/s\n",
         s, st.count, to_string(st.kind), H, st.heads, F, to_string(st.norm), to_string(st.activation), t.median,
-        t.count, t.min, t.median / st.count, tokens / (t.median / 1e3));
+        t.count, t.min, t.median / st.count, tokens / (t.median / 1e3))
+              << std::flush;
   }
   LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
-  LIGHTSEQ_CU_CHECK(driver().cuStreamDestroy(stream));
   return 0;
 }
 
