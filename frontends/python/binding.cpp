@@ -81,18 +81,19 @@ T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
+// The saved-activation arena's slots: (name, bytes factor, power of B, power of T, power of S).
+std::vector<py::tuple> slot_tuples(const std::vector<SavedSlot>& slots) {
+  std::vector<py::tuple> out;
+  for (const SavedSlot& s : slots) out.push_back(py::make_tuple(s.name, s.bytes.factor, s.bytes.b, s.bytes.t, s.bytes.s));
+  return out;
+}
+
 // One encoder stack of a compiled model, with the allocation hints of its calls.
 class PyEncoderLayer {
  public:
   PyEncoderLayer(std::shared_ptr<CompiledModel> model, int stack) : layer_(std::move(model), stack) {}
 
-  std::vector<py::tuple> saved_slots() const {
-    std::vector<py::tuple> out;
-    for (const SavedSlot& s : layer_.saved_slots()) {
-      out.push_back(py::make_tuple(s.name, s.bytes.factor, s.bytes.b, s.bytes.t));
-    }
-    return out;
-  }
+  std::vector<py::tuple> saved_slots() const { return slot_tuples(layer_.saved_slots()); }
 
   int64_t saved_arena_bytes(int64_t batch, int64_t seq) const {
     return layer_.saved_arena_bytes({batch, seq, 0});
@@ -139,6 +140,76 @@ class PyEncoderLayer {
   std::atomic<size_t> forward_hint_{0}, backward_hint_{0};
 };
 
+
+// One decoder stack of a compiled model. Parameter pointers (20) in nn.TransformerDecoderLayer's
+// order: self_attn (in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias), multihead_attn
+// (the same four), linear1 (weight, bias), linear2, norm1, norm2, norm3.
+class PyDecoderLayer {
+ public:
+  PyDecoderLayer(std::shared_ptr<CompiledModel> model, int stack) : layer_(std::move(model), stack) {}
+
+  std::vector<py::tuple> saved_slots() const { return slot_tuples(layer_.saved_slots()); }
+
+  int64_t saved_arena_bytes(int64_t batch, int64_t seq, int64_t src_seq) const {
+    return layer_.saved_arena_bytes({batch, seq, src_seq});
+  }
+
+  void forward(const std::vector<uintptr_t>& w, const std::string& dtype, uintptr_t x, uintptr_t mask,
+               uintptr_t memory, uintptr_t memory_mask, uintptr_t y, int64_t batch, int64_t seq,
+               int64_t src_seq, double p_attention, double p_activation, double p_hidden, uint64_t seed,
+               uint64_t offset, uintptr_t saved_arena, uintptr_t stream, const py::function& alloc) {
+    CallbackArena arena(alloc, &forward_hint_);
+    layer_.forward(weights(w), inputs(parse_precision(dtype), x, mask, memory, memory_mask, y),
+                   {batch, seq, src_seq}, {p_attention, p_activation, p_hidden, 0, seed, offset}, arena,
+                   reinterpret_cast<CUstream>(stream), ptr<void>(saved_arena));
+  }
+
+  // grad_memory is added to (+=): the caller zeroes it (or passes another layer's sum).
+  void backward(const std::vector<uintptr_t>& w, const std::vector<uintptr_t>& g, uintptr_t grad_y,
+                uintptr_t grad_x, uintptr_t grad_memory, uintptr_t x, uintptr_t mask, uintptr_t memory,
+                uintptr_t memory_mask, int64_t batch, int64_t seq, int64_t src_seq, double p_attention,
+                double p_activation, double p_hidden, uint64_t seed, uint64_t offset, uintptr_t saved_arena,
+                bool accumulate, uintptr_t stream, const py::function& alloc) {
+    if (g.size() != 20) throw Error(fmt::format("backward needs 20 gradient pointers, got {}", g.size()));
+    const RunShape shape{batch, seq, src_seq};
+    const DropoutConfig d{p_attention, p_activation, p_hidden, 0, seed, offset};
+    const SavedActivations saved =
+        layer_.saved_from_arena(ptr<void>(saved_arena), inputs(Precision::kFp32, x, mask, memory, memory_mask, 0),
+                                shape, d);
+    auto v = [&](int i) { return ptr<void>(g[i]); };
+    DecoderGrads dg;
+    dg.self_attn = {v(0), v(1), v(2), v(3)};
+    dg.multihead_attn = {v(4), v(5), v(6), v(7)};
+    dg.linear1_weight = v(8), dg.linear1_bias = v(9), dg.linear2_weight = v(10), dg.linear2_bias = v(11);
+    dg.norm1_weight = v(12), dg.norm1_bias = v(13), dg.norm2_weight = v(14), dg.norm2_bias = v(15);
+    dg.norm3_weight = v(16), dg.norm3_bias = v(17);
+    CallbackArena arena(alloc, &backward_hint_);
+    layer_.backward(weights(w), dg, {ptr<const void>(grad_y), ptr<void>(grad_x), ptr<void>(grad_memory)}, saved,
+                    accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena,
+                    reinterpret_cast<CUstream>(stream));
+  }
+
+ private:
+  static DecoderInputs inputs(Precision p, uintptr_t x, uintptr_t mask, uintptr_t memory, uintptr_t memory_mask,
+                              uintptr_t y) {
+    return {p, ptr<const void>(x), ptr<const uint8_t>(mask), ptr<const void>(memory),
+            ptr<const uint8_t>(memory_mask), ptr<void>(y)};
+  }
+  static DecoderWeights weights(const std::vector<uintptr_t>& w) {
+    if (w.size() != 20) throw Error(fmt::format("a decoder layer has 20 parameters, got {}", w.size()));
+    auto c = [&](int i) { return ptr<const void>(w[i]); };
+    DecoderWeights d;
+    d.self_attn = {c(0), c(1), c(2), c(3)};
+    d.multihead_attn = {c(4), c(5), c(6), c(7)};
+    d.linear1_weight = c(8), d.linear1_bias = c(9), d.linear2_weight = c(10), d.linear2_bias = c(11);
+    d.norm1_weight = c(12), d.norm1_bias = c(13), d.norm2_weight = c(14), d.norm2_bias = c(15);
+    d.norm3_weight = c(16), d.norm3_bias = c(17);
+    return d;
+  }
+
+  DecoderLayer layer_;
+  std::atomic<size_t> forward_hint_{0}, backward_hint_{0};
+};
 }  // namespace
 }  // namespace lightseq
 
@@ -202,8 +273,16 @@ PYBIND11_MODULE(_C, m) {
   py::class_<PyEncoderLayer>(m, "EncoderLayer")
       .def(py::init<std::shared_ptr<CompiledModel>, int>(), py::arg("model"), py::arg("stack"))
       .def("saved_slots", &PyEncoderLayer::saved_slots,
-           "[(name, bytes factor, power of B, power of T)] of the saved-activation arena")
+           "[(name, bytes factor, power of B, power of T, power of S)] of the saved-activation arena")
       .def("saved_arena_bytes", &PyEncoderLayer::saved_arena_bytes)
       .def("forward", &PyEncoderLayer::forward)
       .def("backward", &PyEncoderLayer::backward);
+
+  py::class_<PyDecoderLayer>(m, "DecoderLayer")
+      .def(py::init<std::shared_ptr<CompiledModel>, int>(), py::arg("model"), py::arg("stack"))
+      .def("saved_slots", &PyDecoderLayer::saved_slots,
+           "[(name, bytes factor, power of B, power of T, power of S)] of the saved-activation arena")
+      .def("saved_arena_bytes", &PyDecoderLayer::saved_arena_bytes)
+      .def("forward", &PyDecoderLayer::forward)
+      .def("backward", &PyDecoderLayer::backward);
 }

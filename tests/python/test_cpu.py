@@ -178,3 +178,90 @@ def test_no_gpu_is_a_clear_error():
         lightseq._ops.layer_id(_spec.spec_json(_spec.from_torch_encoder_layer(encoder()).spec(torch.float32)), 0, None)
     ok, why = lightseq.gpu_available()
     assert not ok and why
+
+
+# ---- decoder layers ------------------------------------------------------------------------------
+
+def decoder(hidden=64, heads=4, ffn=128, **kw):
+    return nn.TransformerDecoderLayer(hidden, heads, ffn, **kw)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_torch_decoder_layer_config_and_spec(norm_first, activation):
+    m = decoder(96, 6, 200, dropout=0.25, activation=activation, norm_first=norm_first, layer_norm_eps=1e-6)
+    c = _spec.from_torch_decoder_layer(m)
+    assert isinstance(c, _spec.DecoderConfig)
+    assert (c.hidden, c.heads, c.ffn, c.activation, c.eps) == (96, 6, 200, activation, 1e-6)
+    assert c.norm == ("pre" if norm_first else "post")
+    assert c.describe().startswith("decoder 96/6/200")
+    spec = c.spec(torch.float16)
+    assert [s["type"] for s in spec["layers"]] == ["encoder", "decoder"]  # a decoder needs an encoder first
+    assert spec["layers"][1]["dropout"] == {"attention": 0.25, "activation": 0.25, "hidden": 0.25}
+    with pytest.raises(_spec.Unsupported, match="causal"):
+        c.spec(torch.float16, causal=False)
+    C = pytest.importorskip("lightseq._C", reason="the extension is not built")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for training in (False, True):
+            assert C.validate_spec(_spec.spec_json(c.spec(dtype, dropout_on=training))) == []
+
+
+def _kdim_decoder():
+    m = decoder()
+    m.multihead_attn = nn.MultiheadAttention(64, 4, kdim=32, vdim=32)
+    return m
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda: decoder(60, 4, 128), "hidden size 60"),
+    (lambda: decoder(bias=False), "bias"),
+    (lambda: decoder(activation=nn.GELU(approximate="tanh")), "approximate='tanh'"),
+    (_kdim_decoder, "multihead_attn has separate key/value dimensions"),
+])
+def test_unsupported_decoder_layers_say_why(make, reason):
+    m = make()
+    with pytest.raises(_spec.Unsupported) as e:
+        _spec.from_torch_decoder_layer(m)
+    assert reason in str(e.value)
+    model = nn.Sequential(m)
+    lightseq.compile(model)
+    assert type(model[0]) is nn.TransformerDecoderLayer
+    assert reason in lightseq.explain(model)
+
+
+def test_decoder_dropouts_must_agree():
+    m = decoder()
+    m.dropout3.p = 0.3
+    with pytest.raises(_spec.Unsupported, match="dropout1, dropout2 and dropout3 differ"):
+        _spec.from_torch_decoder_layer(m)
+    m = decoder()
+    m.multihead_attn.dropout = 0.2
+    with pytest.raises(_spec.Unsupported, match="different dropouts"):
+        _spec.from_torch_decoder_layer(m)
+    m = decoder()
+    m.norm3.eps = 1e-3
+    with pytest.raises(_spec.Unsupported, match="norm1, norm2 and norm3 have different eps"):
+        _spec.from_torch_decoder_layer(m)
+
+
+def test_compile_a_whole_transformer():
+    model = nn.Transformer(64, 4, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=128, batch_first=True)
+    params = {n: p for n, p in model.named_parameters()}
+    lightseq.compile(model)
+    assert {n: p for n, p in model.named_parameters()} == params
+    text = lightseq.explain(model)
+    assert text.count("(TransformerEncoderLayer): compiled: encoder 64/4/128") == 2, text
+    assert text.count("(TransformerDecoderLayer): compiled: decoder 64/4/128") == 3, text
+    again = pickle.loads(pickle.dumps(model))
+    assert type(again.decoder.layers[0]) is lightseq._compile.CompiledTransformerDecoderLayer
+    # bad input is refused before any GPU work
+    with pytest.raises(ValueError, match="the target \\(tgt\\) is on cpu"):
+        model.decoder.layers[0](torch.randn(2, 3, 64), torch.randn(2, 5, 64), tgt_is_causal=True)
+
+
+def test_standalone_decoder_layer_has_torch_names():
+    layer = lightseq.nn.TransformerDecoderLayer(64, 4, 128, norm_first=True)
+    ref = nn.TransformerDecoderLayer(64, 4, 128, norm_first=True, batch_first=True)
+    assert list(layer.state_dict()) == list(ref.state_dict())
+    with pytest.raises(ValueError, match="head dimension"):
+        lightseq.nn.TransformerDecoderLayer(64, 16, 128)

@@ -358,3 +358,166 @@ def test_ddp_two_gpus_matches_one():
                          timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "DDP gradients match" in out.stdout, out.stdout
+
+
+# ---- decoder layers (nn.TransformerDecoderLayer, nn.Transformer) ---------------------------------
+
+def run_decoder(model, tgt, memory, grad_out, **kw):
+    """Output and the gradients of tgt, memory and every parameter for loss = sum(y · grad_out)."""
+    tgt = tgt.detach().clone().requires_grad_(True)
+    memory = memory.detach().clone().requires_grad_(True)
+    for p in model.parameters():
+        p.grad = None
+    y = model(tgt, memory, **kw)
+    (y.float() * grad_out.float()).sum().backward()
+    return y.detach(), tgt.grad, memory.grad, {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def compare_decoders(reference, compiled, dtype, tgt, memory, grad_out, ref_kw, kw, peer=None):
+    """As compare_models, with the memory's gradient too."""
+    want = run_decoder(reference, tgt.double(), memory.double(), grad_out.double(), **ref_kw)
+    got = run_decoder(compiled, tgt.to(dtype), memory.to(dtype), grad_out.to(dtype), **kw)
+    torch_ = run_decoder(peer, tgt.to(dtype), memory.to(dtype), grad_out.to(dtype), **kw) if peer is not None else None
+
+    def bound(w, p):
+        return TOL[dtype] if torch_ is None else max(3 * TOL[dtype], 2 * rel_err(p, w))
+
+    for i, name in enumerate(("output", "grad tgt", "grad memory")):
+        check_close(name, got[i], want[i], bound(want[i], torch_[i] if torch_ else None))
+    assert want[3].keys() == got[3].keys()
+    for n in want[3]:
+        check_close(f"grad {n}", got[3][n], want[3][n], bound(want[3][n], torch_[3][n] if torch_ else None))
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("mask", ["causal", "causal+padding"])
+def test_transformer_decoder_matches_pytorch(dtype, norm_first, activation, batch_first, mask):
+    dtype = DTYPES[dtype]
+    torch.manual_seed(4321 + hash((norm_first, activation, batch_first, mask)) % 1000)
+    layer = nn.TransformerDecoderLayer(64, 4, 128, dropout=0.0, activation=activation, norm_first=norm_first,
+                                       batch_first=batch_first)
+    model = nn.TransformerDecoder(layer, 2).cuda()
+    reference = copy.deepcopy(model).double()
+    compiled = lightseq.compile(copy.deepcopy(model).to(dtype))
+    assert "not compiled" not in lightseq.explain(compiled)
+    batch, seq, src_seq = 3, 19, 13
+    shape = (batch, seq, 64) if batch_first else (seq, batch, 64)
+    mshape = (batch, src_seq, 64) if batch_first else (src_seq, batch, 64)
+    tgt, grad_out = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
+    memory = torch.randn(mshape, device="cuda")
+    kw = {"tgt_mask": nn.Transformer.generate_square_subsequent_mask(seq, device="cuda", dtype=torch.float64),
+          "tgt_is_causal": True}
+    if "padding" in mask:
+        kw["tgt_key_padding_mask"] = padding(batch, seq, "cuda")
+        kw["memory_key_padding_mask"] = padding(batch, src_seq, "cuda")
+    ref_kw = dict(kw)
+    kw = dict(kw, tgt_mask=kw["tgt_mask"].to(dtype))
+    peer = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else None
+    compare_decoders(reference, compiled, dtype, tgt, memory, grad_out, ref_kw, kw, peer)
+
+
+def test_whole_transformer_matches_pytorch():
+    """nn.Transformer (encoder and decoder stacks compiled), float32 with padding everywhere."""
+    torch.manual_seed(21)
+    model = nn.Transformer(64, 4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=128, dropout=0.0,
+                           batch_first=True).cuda()
+    reference = copy.deepcopy(model).double()
+    compiled = lightseq.compile(copy.deepcopy(model))
+    assert "not compiled" not in lightseq.explain(compiled)
+    batch, src_seq, seq = 4, 15, 11
+    src, tgt = torch.randn(batch, src_seq, 64, device="cuda"), torch.randn(batch, seq, 64, device="cuda")
+    grad_out = torch.randn(batch, seq, 64, device="cuda")
+    src_pad, tgt_pad = padding(batch, src_seq, "cuda"), padding(batch, seq, "cuda")
+    causal = nn.Transformer.generate_square_subsequent_mask(seq, device="cuda")
+
+    def go(m, dtype):
+        s = src.to(dtype).requires_grad_(True)
+        t = tgt.to(dtype).requires_grad_(True)
+        for p in m.parameters():
+            p.grad = None
+        y = m(s, t, tgt_mask=causal.to(dtype), src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad,
+              memory_key_padding_mask=src_pad, tgt_is_causal=True)
+        (y * grad_out.to(dtype)).sum().backward()
+        return y, s.grad, t.grad, {n: p.grad for n, p in m.named_parameters()}
+
+    want, got = go(reference, torch.float64), go(compiled, torch.float32)
+    for i, name in enumerate(("output", "grad src", "grad tgt")):
+        check_close(name, got[i], want[i], TOL[torch.float32])
+    for n in want[3]:
+        check_close(f"grad {n}", got[3][n], want[3][n], TOL[torch.float32])
+
+
+def test_decoder_dropout_same_seed_same_bits_and_checkpoint():
+    torch.manual_seed(3)
+    layer = nn.TransformerDecoderLayer(64, 4, 128, dropout=0.1, batch_first=True)
+    model = lightseq.compile(nn.TransformerDecoder(layer, 2).cuda().to(torch.bfloat16))
+    tgt = torch.randn(4, 21, 64, device="cuda", dtype=torch.bfloat16)
+    memory = torch.randn(4, 17, 64, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn_like(tgt)
+    outs = []
+    for seed in (11, 11, 12):
+        torch.manual_seed(seed)
+        outs.append(run_decoder(model, tgt, memory, g, tgt_is_causal=True))
+    for i in range(3):
+        assert torch.equal(outs[0][i], outs[1][i])
+    assert all(torch.equal(outs[0][3][n], outs[1][3][n]) for n in outs[0][3])
+    assert not torch.equal(outs[0][0], outs[2][0]), "another seed must draw other dropout masks"
+    # activation checkpointing re-runs the forward with the same rng state: the same gradients
+    first = model.layers[0]
+
+    def forward(use_checkpoint):
+        t, m = tgt.clone().requires_grad_(True), memory.clone().requires_grad_(True)
+        for p in model.parameters():
+            p.grad = None
+        y = (torch.utils.checkpoint.checkpoint(first, t, m, use_reentrant=False, tgt_is_causal=True)
+             if use_checkpoint else first(t, m, tgt_is_causal=True))
+        (y.float() * g.float()).sum().backward()
+        return t.grad, m.grad, {n: p.grad.clone() for n, p in first.named_parameters()}
+
+    torch.manual_seed(5)
+    a = forward(False)
+    torch.manual_seed(5)
+    b = forward(True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert all(torch.equal(a[2][n], b[2][n]) for n in a[2])
+
+
+def test_decoder_fallbacks_and_errors():
+    torch.manual_seed(6)
+    layer = nn.TransformerDecoderLayer(64, 4, 128, dropout=0.0, batch_first=True).cuda()
+    reference = copy.deepcopy(layer)
+    compiled = lightseq.compile(nn.Sequential(copy.deepcopy(layer)))[0]
+    tgt, memory = torch.randn(2, 7, 64, device="cuda"), torch.randn(2, 5, 64, device="cuda")
+    # no causal mask: not what lightseq's decoder computes, so PyTorch's implementation runs
+    with pytest.warns(UserWarning, match="not causal"):
+        y = compiled(tgt, memory)
+    torch.testing.assert_close(y, reference(tgt, memory))
+    with pytest.warns(UserWarning, match="memory \\(cross-attention\\) mask"):
+        compiled(tgt, memory, tgt_is_causal=True, memory_mask=torch.zeros(7, 5, device="cuda"))
+    with pytest.raises(ValueError, match="memory has batch 3"):
+        compiled(tgt, torch.randn(3, 5, 64, device="cuda"), tgt_is_causal=True)
+    with pytest.raises(ValueError, match="memory_key_padding_mask has shape \\(2, 7\\)"):
+        compiled(tgt, memory, tgt_is_causal=True, memory_key_padding_mask=torch.zeros(2, 7, dtype=torch.bool,
+                                                                                      device="cuda"))
+    with pytest.raises(TypeError, match="the memory is torch.float16"):
+        compiled(tgt, memory.half(), tgt_is_causal=True)
+
+
+def test_decoder_torch_compile_has_no_graph_breaks():
+    torch.manual_seed(8)
+    layer = nn.TransformerDecoderLayer(64, 4, 128, dropout=0.1, batch_first=True)
+    model = lightseq.compile(nn.TransformerDecoder(layer, 2).cuda())
+    tgt, memory = torch.randn(2, 12, 64, device="cuda"), torch.randn(2, 9, 64, device="cuda")
+    pad, mpad = padding(2, 12, "cuda"), padding(2, 9, "cuda")
+    kw = dict(tgt_is_causal=True, tgt_key_padding_mask=pad, memory_key_padding_mask=mpad)
+    explanation = torch._dynamo.explain(model)(tgt, memory, **kw)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model)
+    model.eval()
+    torch.testing.assert_close(compiled(tgt, memory, **kw), model(tgt, memory, **kw))
+    model.train()
+    compiled(tgt, memory, **kw).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

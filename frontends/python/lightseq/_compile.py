@@ -15,7 +15,7 @@ from torch import nn
 
 from . import _ops, _spec
 from ._native import Error
-from ._spec import EncoderConfig, Unsupported
+from ._spec import DecoderConfig, EncoderConfig, Unsupported
 
 _STATE = "_lightseq"  # attribute of a compiled layer: its _LayerState
 
@@ -26,12 +26,13 @@ class _LayerState:
 
     def __init__(self, config: EncoderConfig, dtype: torch.dtype, cache_dir: Optional[str]):
         self.config, self.dtype, self.cache_dir = config, dtype, cache_dir
-        self.warned = False
+        self.warned = set()  # the fallback reasons already warned about
         # Every spec a call can need, made here: a forward only looks one up (json.dumps inside a
         # forward would break torch.compile's graph).
+        causal_options = (True,) if isinstance(config, DecoderConfig) else (False, True)
         self.specs = {(d, causal, training): _spec.spec_json(config.spec(d, causal=causal, dropout_on=training))
                       for d in (torch.float32, torch.float16, torch.bfloat16)
-                      for causal in (False, True) for training in (False, True)}
+                      for causal in causal_options for training in (False, True)}
 
 
 @torch._dynamo.assume_constant_result
@@ -52,69 +53,90 @@ def _where(module: nn.Module) -> str:
 
 
 def _fallback(module: nn.Module, reason: str) -> None:
+    """Warns once per layer and reason that a call runs PyTorch's implementation."""
     state = getattr(module, _STATE)
-    if not state.warned:
-        state.warned = True
+    if not isinstance(state.warned, set):
+        state.warned = set()
+    if reason not in state.warned:
+        state.warned.add(reason)
         warnings.warn(f"{_where(module)}: {reason}; these calls run PyTorch's implementation", stacklevel=3)
 
 
-def _check_input(module: nn.Module, x: torch.Tensor, state: _LayerState) -> torch.dtype:
+def _check_input(module: nn.Module, x: torch.Tensor, state: _LayerState, what: str = "the input") -> torch.dtype:
     """The dtype to run in; raises for input lightseq cannot take."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{_where(module)}: the input is a {type(x).__name__}, not a tensor")
+        raise TypeError(f"{_where(module)}: {what} is a {type(x).__name__}, not a tensor")
     if x.device.type != "cuda":
-        raise ValueError(f"{_where(module)}: the input is on {x.device}; lightseq runs on CUDA devices "
+        raise ValueError(f"{_where(module)}: {what} is on {x.device}; lightseq runs on CUDA devices "
                          "(move the model and its inputs with .cuda())")
     if x.dim() != 3 or x.shape[-1] != state.config.hidden:
-        raise ValueError(f"{_where(module)}: the input has shape {tuple(x.shape)}; expected 3 dimensions "
+        raise ValueError(f"{_where(module)}: {what} has shape {tuple(x.shape)}; expected 3 dimensions "
                          f"with hidden size {state.config.hidden} last")
     if torch.is_autocast_enabled("cuda"):
         return torch.get_autocast_dtype("cuda")
     if x.dtype != state.dtype:
-        raise TypeError(f"{_where(module)}: the input is {x.dtype} but the layer was compiled for "
+        raise TypeError(f"{_where(module)}: {what} is {x.dtype} but the layer was compiled for "
                         f"{state.dtype}; pass {state.dtype} inputs, run under torch.autocast, or "
                         f"compile with lightseq.compile(model, dtype={state.dtype})")
     return state.dtype
 
 
-def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, device) -> Optional[torch.Tensor]:
+def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, device,
+                 what: str = "the padding mask") -> Optional[torch.Tensor]:
     """A [B, T] padding mask (bool, True = pad; or float, 0 = keep, -inf = pad) as a contiguous bool
     tensor, which the kernels read as bytes (nonzero = pad): no conversion kernel, and nothing
     for Inductor to lower (a bool->uint8 view is not lowerable)."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{_where(module)}: the padding mask is a {type(mask).__name__}, not a tensor")
+        raise TypeError(f"{_where(module)}: {what} is a {type(mask).__name__}, not a tensor")
     if tuple(mask.shape) != (batch, seq):
-        raise ValueError(f"{_where(module)}: the padding mask has shape {tuple(mask.shape)}; expected "
+        raise ValueError(f"{_where(module)}: {what} has shape {tuple(mask.shape)}; expected "
                          f"[batch, seq] = [{batch}, {seq}]")
     if mask.device != device:
-        raise ValueError(f"{_where(module)}: the padding mask is on {mask.device}, the input on {device}")
+        raise ValueError(f"{_where(module)}: {what} is on {mask.device}, the input on {device}")
     if mask.dtype == torch.bool:
         return mask.contiguous()
     if mask.is_floating_point():
         if not torch.compiler.is_compiling():
             # One synchronizing check: lightseq masks keys, it cannot add arbitrary biases.
             if not bool(((mask == 0) | (mask == float("-inf"))).all()):
-                raise ValueError(f"{_where(module)}: a float padding mask must hold only 0 (keep) and "
-                                 "-inf (pad); pass a bool mask (True = pad) instead")
+                raise ValueError(f"{_where(module)}: {what} is a float padding mask with values other "
+                                 "than 0 (keep) and -inf (pad); pass a bool mask (True = pad) instead")
         return mask != 0
-    raise TypeError(f"{_where(module)}: the padding mask is {mask.dtype}; pass a bool mask (True = pad)")
+    raise TypeError(f"{_where(module)}: {what} is {mask.dtype}; pass a bool mask (True = pad)")
 
 
-def _run(module: nn.Module, x: torch.Tensor, pad: Optional[torch.Tensor], weights, run_dtype: torch.dtype,
-         causal: bool) -> torch.Tensor:
-    """The compiled layer on x [B, T, H]."""
+def _prepare(module: nn.Module, x: torch.Tensor, weights, run_dtype: torch.dtype, causal: bool):
+    """(layer id, dropout probabilities, x and weights in the run dtype) of one call."""
     state: _LayerState = getattr(module, _STATE)
     cfg = state.config
     training = module.training
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     lid = _layer_for(state.specs[(run_dtype, causal, training)], device, state.cache_dir)
     p = (cfg.dropout_attention, cfg.dropout_activation, cfg.dropout_hidden) if training else (0.0, 0.0, 0.0)
-    x = x.to(run_dtype).contiguous()
-    ws = [w.to(run_dtype).contiguous() for w in weights]
+    return lid, p, x.to(run_dtype).contiguous(), [w.to(run_dtype).contiguous() for w in weights]
+
+
+def _run(module: nn.Module, x: torch.Tensor, pad: Optional[torch.Tensor], weights, run_dtype: torch.dtype,
+         causal: bool) -> torch.Tensor:
+    """The compiled encoder layer on x [B, T, H]."""
+    lid, p, x, ws = _prepare(module, x, weights, run_dtype, causal)
     y, _saved, _rng = torch.ops.lightseq.encoder_fwd(x, pad, ws, lid, *p)
     return y
+
+
+def _causal_or_none(module: nn.Module, mask, is_causal: bool, seq: int) -> Optional[bool]:
+    """Whether an attention mask (or is_causal) asks for causal attention: True/False, or None for
+    a mask lightseq cannot compile (neither absent nor causal)."""
+    if mask is None and not is_causal:
+        return False
+    if is_causal:
+        return True
+    if torch.compiler.is_compiling():
+        return None  # cannot look at the values while tracing: pass is_causal=True
+    from torch.nn.modules.transformer import _detect_is_causal_mask
+    return True if _detect_is_causal_mask(mask, None, seq) else None
 
 
 # ---- torch.nn.TransformerEncoderLayer ------------------------------------------------------------
@@ -137,17 +159,11 @@ class CompiledTransformerEncoderLayer(nn.TransformerEncoderLayer):
         batch_first = self.self_attn.batch_first
         x = src if batch_first else src.transpose(0, 1)
         batch, seq = x.shape[0], x.shape[1]
-        causal = False
-        if src_mask is not None or is_causal:
-            if is_causal:
-                causal = True
-            elif not torch.compiler.is_compiling():
-                from torch.nn.modules.transformer import _detect_is_causal_mask
-                causal = _detect_is_causal_mask(src_mask, None, seq)
-            if not causal:
-                _fallback(self, "an attention mask that is not causal (lightseq masks padding and "
-                                "causal attention only)")
-                return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+        causal = _causal_or_none(self, src_mask, is_causal, seq)
+        if causal is None:
+            _fallback(self, "an attention mask that is not causal (lightseq masks padding and "
+                            "causal attention only)")
+            return super().forward(src, src_mask, src_key_padding_mask, is_causal)
         pad = _key_padding(self, src_key_padding_mask, batch, seq, src.device)
         y = _run(self, x, pad, self._weights(), run_dtype, causal)
         return y if batch_first else y.transpose(0, 1)
@@ -167,6 +183,56 @@ class CompiledTransformerEncoder(nn.TransformerEncoder):
         if self.norm is not None:
             out = self.norm(out)
         return out
+
+
+# ---- torch.nn.TransformerDecoderLayer ------------------------------------------------------------
+
+class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
+    """A torch.nn.TransformerDecoderLayer running lightseq's kernels (same parameters). Its
+    self-attention must be causal (tgt_is_causal=True or a causal tgt_mask, as nn.Transformer's
+    decoders use); other masks run PyTorch's implementation, with a warning."""
+
+    def _weights(self):
+        ws = []
+        for a in (self.self_attn, self.multihead_attn):
+            ws += [a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias]
+        return ws + [self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias,
+                     self.norm1.weight, self.norm1.bias, self.norm2.weight, self.norm2.bias,
+                     self.norm3.weight, self.norm3.bias]
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False):
+        state: _LayerState = getattr(self, _STATE)
+
+        def torch_forward(reason):
+            _fallback(self, reason)
+            return super(CompiledTransformerDecoderLayer, self).forward(
+                tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
+                tgt_is_causal, memory_is_causal)
+
+        if any(isinstance(t, torch.Tensor) and t.is_nested for t in (tgt, memory)):
+            return torch_forward("nested-tensor input")
+        if memory_mask is not None or memory_is_causal:
+            return torch_forward("a memory (cross-attention) mask other than memory_key_padding_mask")
+        run_dtype = _check_input(self, tgt, state, "the target (tgt)")
+        _check_input(self, memory, state, "the memory")
+        batch_first = self.self_attn.batch_first
+        x = tgt if batch_first else tgt.transpose(0, 1)
+        mem = memory if batch_first else memory.transpose(0, 1)
+        batch, seq, src_seq = x.shape[0], x.shape[1], mem.shape[1]
+        if mem.shape[0] != batch:
+            raise ValueError(f"{_where(self)}: the memory has batch {mem.shape[0]}, the target {batch}")
+        if mem.device != x.device:
+            raise ValueError(f"{_where(self)}: the memory is on {mem.device}, the target on {x.device}")
+        if not _causal_or_none(self, tgt_mask, bool(tgt_is_causal), seq):
+            return torch_forward("a self-attention that is not causal (lightseq's decoder layer is causal: "
+                                 "pass tgt_is_causal=True or a causal tgt_mask)")
+        pad = _key_padding(self, tgt_key_padding_mask, batch, seq, x.device, "tgt_key_padding_mask")
+        mem_pad = _key_padding(self, memory_key_padding_mask, batch, src_seq, x.device, "memory_key_padding_mask")
+        lid, p, x, ws = _prepare(self, x, self._weights(), run_dtype, True)
+        y, _saved, _rng = torch.ops.lightseq.decoder_fwd(x, mem.to(run_dtype).contiguous(), pad, mem_pad, ws,
+                                                         lid, *p)
+        return y if batch_first else y.transpose(0, 1)
 
 
 # ---- Hugging Face BertLayer ----------------------------------------------------------------------
@@ -240,6 +306,8 @@ def _extract(module: nn.Module):
     None for modules that are not layers lightseq knows."""
     if isinstance(module, nn.TransformerEncoderLayer):
         return CompiledTransformerEncoderLayer, _spec.from_torch_encoder_layer(module)
+    if isinstance(module, nn.TransformerDecoderLayer):
+        return CompiledTransformerDecoderLayer, _spec.from_torch_decoder_layer(module)
     bert = _spec.bert_layer_class()
     if bert is not None and isinstance(module, bert):
         return _compiled_bert_class(), _spec.from_bert_layer(module)
@@ -257,7 +325,9 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
     nn.Parameters and computes the same function forward and backward; returns `model`.
 
     Supported: torch.nn.TransformerEncoderLayer (batch_first or not, norm_first, relu/gelu, padding
-    masks, causal masks) and transformers' BertLayer. `dtype` is the dtype the layers run in
+    masks, causal masks), torch.nn.TransformerDecoderLayer (causal self-attention, target and
+    memory padding masks; so nn.Transformer and nn.TransformerDecoder too) and transformers'
+    BertLayer. `dtype` is the dtype the layers run in
     without autocast (default: their parameters' dtype); under torch.autocast they run in the
     autocast dtype. Kernels are compiled on a layer's first call (or loaded from the disk cache,
     `cache_dir` or the default). explain(model) lists what was replaced and why the rest was not."""
@@ -298,11 +368,13 @@ def explain(model: nn.Module) -> str:
     if report is None:
         return "lightseq.compile has not been applied to this model"
     if not report:
-        return "lightseq.compile found no layer it knows (nn.TransformerEncoderLayer, BertLayer) in this model"
+        return ("lightseq.compile found no layer it knows (nn.TransformerEncoderLayer, "
+                "nn.TransformerDecoderLayer, BertLayer) in this model")
     lines = []
     for name, kind, replaced, why in report:
         lines.append(f"{name} ({kind}): " + (f"compiled: {why}" if replaced else f"not compiled: {why}"))
     return "\n".join(lines)
 
 
-__all__ = ["compile", "explain", "Error", "CompiledTransformerEncoderLayer", "CompiledTransformerEncoder"]
+__all__ = ["compile", "explain", "Error", "CompiledTransformerEncoderLayer", "CompiledTransformerEncoder",
+           "CompiledTransformerDecoderLayer"]

@@ -1,5 +1,5 @@
-"""What lightseq compiles a module into: an encoder-layer configuration read off a PyTorch module,
-or the reason it cannot be compiled. Pure Python (no GPU, no extension needed)."""
+"""What lightseq compiles a module into: an encoder- or decoder-layer configuration read off a
+PyTorch module, or the reason it cannot be compiled. Pure Python (no GPU, no extension needed)."""
 from __future__ import annotations
 
 import dataclasses
@@ -56,6 +56,25 @@ class EncoderConfig:
         if causal:
             layer["causal"] = True
         return {"name": "torch-encoder-layer", "precision": dtype_name(dtype), "layers": [layer]}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig(EncoderConfig):
+    """One decoder layer (nn.TransformerDecoderLayer): causal self-attention, cross-attention over
+    the encoder output, feed-forward. Both attentions share the attention dropout."""
+
+    def describe(self) -> str:
+        return "decoder" + super().describe()[len("encoder"):]
+
+    def spec(self, dtype: torch.dtype, *, causal: bool = True, dropout_on: bool = True) -> dict:
+        """The JSON model spec: the decoder stack after an encoder stack of the same sizes (a spec's
+        decoder needs one before it; its kernels are a subset of the decoder's, so it costs no
+        extra compilation). A decoder's self-attention is always causal."""
+        if not causal:
+            raise Unsupported("a decoder layer without a causal self-attention mask")
+        enc = super().spec(dtype, dropout_on=dropout_on)
+        decoder = dict(enc["layers"][0], type="decoder")
+        return {"name": "torch-decoder-layer", "precision": enc["precision"], "layers": [enc["layers"][0], decoder]}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -124,35 +143,71 @@ def _same_dtype_device(module: nn.Module) -> None:
         dtype_name(params[0].dtype)
 
 
-def from_torch_encoder_layer(m: nn.TransformerEncoderLayer) -> EncoderConfig:
-    """The configuration of a torch.nn.TransformerEncoderLayer, or Unsupported."""
-    attn = m.self_attn
+def _attention(attn: nn.Module, what: str):
+    """(hidden, heads, dropout) of an nn.MultiheadAttention lightseq can run, or Unsupported."""
+    if not isinstance(attn, nn.MultiheadAttention):
+        raise Unsupported(f"{what} is a {type(attn).__name__}, not nn.MultiheadAttention")
     if not getattr(attn, "_qkv_same_embed_dim", True) or attn.in_proj_weight is None:
-        raise Unsupported("self_attn has separate key/value dimensions (kdim/vdim)")
+        raise Unsupported(f"{what} has separate key/value dimensions (kdim/vdim)")
     if attn.in_proj_bias is None:
-        raise Unsupported("self_attn has no in_proj bias (bias=False)")
+        raise Unsupported(f"{what} has no in_proj bias (bias=False)")
     if attn.bias_k is not None or attn.bias_v is not None:
-        raise Unsupported("self_attn has add_bias_kv=True")
+        raise Unsupported(f"{what} has add_bias_kv=True")
     if attn.add_zero_attn:
-        raise Unsupported("self_attn has add_zero_attn=True")
-    hidden, heads = attn.embed_dim, attn.num_heads
-    ffn = m.linear1.out_features
+        raise Unsupported(f"{what} has add_zero_attn=True")
     if attn.out_proj.bias is None:
-        raise Unsupported("self_attn.out_proj has no bias (bias=False)")
+        raise Unsupported(f"{what}.out_proj has no bias (bias=False)")
+    return attn.embed_dim, attn.num_heads, float(attn.dropout)
+
+
+def _and(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _feed_forward_and_norms(m: nn.Module, hidden: int, norms) -> tuple:
+    """(ffn, activation, eps, hidden dropout) of a torch Transformer layer's linear1/linear2, its
+    LayerNorms `norms` and its dropouts dropout1.. (one per norm), or Unsupported."""
+    ffn = m.linear1.out_features
     _linear(m.linear1, "linear1", ffn, hidden)
     _linear(m.linear2, "linear2", hidden, ffn)
-    eps1, eps2 = _layer_norm(m.norm1, "norm1"), _layer_norm(m.norm2, "norm2")
-    if eps1 != eps2:
-        raise Unsupported(f"norm1 and norm2 have different eps ({eps1:g}, {eps2:g})")
+    eps = [_layer_norm(getattr(m, n), n) for n in norms]
+    if len(set(eps)) > 1:
+        raise Unsupported(f"{_and(norms)} have different eps ({', '.join(f'{e:g}' for e in eps)})")
     act = _activation_name(m.activation)
-    p1, p2 = float(m.dropout1.p), float(m.dropout2.p)
-    if p1 != p2:
-        raise Unsupported(f"dropout1 and dropout2 differ ({p1:g}, {p2:g}): lightseq has one hidden dropout")
+    drops = [float(getattr(m, f"dropout{i + 1}").p) for i in range(len(norms))]
+    if len(set(drops)) > 1:
+        raise Unsupported(f"{_and([f'dropout{i + 1}' for i in range(len(norms))])} differ "
+                          f"({', '.join(f'{p:g}' for p in drops)}): lightseq has one hidden dropout")
+    return ffn, act, eps[0], drops[0]
+
+
+def from_torch_encoder_layer(m: nn.TransformerEncoderLayer) -> EncoderConfig:
+    """The configuration of a torch.nn.TransformerEncoderLayer, or Unsupported."""
+    hidden, heads, p_attn = _attention(m.self_attn, "self_attn")
+    ffn, act, eps, p_hidden = _feed_forward_and_norms(m, hidden, ("norm1", "norm2"))
     check_sizes(hidden, heads, ffn)
     _same_dtype_device(m)
     return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
-                         activation=act, eps=eps1, dropout_attention=float(attn.dropout),
-                         dropout_activation=float(m.dropout.p), dropout_hidden=p1)
+                         activation=act, eps=eps, dropout_attention=p_attn,
+                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden)
+
+
+def from_torch_decoder_layer(m: nn.TransformerDecoderLayer) -> DecoderConfig:
+    """The configuration of a torch.nn.TransformerDecoderLayer, or Unsupported."""
+    hidden, heads, p_self = _attention(m.self_attn, "self_attn")
+    hidden2, heads2, p_cross = _attention(m.multihead_attn, "multihead_attn")
+    if (hidden2, heads2) != (hidden, heads):
+        raise Unsupported(f"multihead_attn is {hidden2}/{heads2} heads, self_attn {hidden}/{heads}")
+    if p_self != p_cross:
+        raise Unsupported(f"self_attn and multihead_attn have different dropouts ({p_self:g}, {p_cross:g}): "
+                          "lightseq has one attention dropout")
+    ffn, act, eps, p_hidden = _feed_forward_and_norms(m, hidden, ("norm1", "norm2", "norm3"))
+    check_sizes(hidden, heads, ffn)
+    _same_dtype_device(m)
+    return DecoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
+                         activation=act, eps=eps, dropout_attention=p_self,
+                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden)
 
 
 _BERT_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}

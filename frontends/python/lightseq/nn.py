@@ -7,7 +7,7 @@ import torch
 
 from . import _compile, _spec
 
-__all__ = ["TransformerEncoderLayer"]
+__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer"]
 
 
 class TransformerEncoderLayer(_compile.CompiledTransformerEncoderLayer):
@@ -32,4 +32,30 @@ class TransformerEncoderLayer(_compile.CompiledTransformerEncoderLayer):
                          activation=activation, layer_norm_eps=eps, batch_first=batch_first,
                          norm_first=norm_first, device=device, dtype=dtype)
         config = _spec.from_torch_encoder_layer(self)
+        setattr(self, _compile._STATE, _compile._LayerState(config, dtype or torch.get_default_dtype(), cache_dir))
+
+
+class TransformerDecoderLayer(_compile.CompiledTransformerDecoderLayer):
+    """A decoder layer (causal self-attention + cross-attention over the encoder output + FFN)
+    compiled by lightseq, with the parameter names and layout of torch.nn.TransformerDecoderLayer
+    (self_attn, multihead_attn, linear1, norm1..norm3, ...).
+
+        layer = lightseq.nn.TransformerDecoderLayer(512, 8, 2048).cuda()
+        y = layer(x, memory, tgt_is_causal=True, tgt_key_padding_mask=pad,
+                  memory_key_padding_mask=memory_pad)   # x: [B, T, 512], memory: [B, S, 512]
+    """
+
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float = 0.1, activation: str = "relu",
+                 norm_first: bool = False, eps: float = 1e-5, batch_first: bool = True,
+                 cache_dir: Optional[str] = None, device=None, dtype: Optional[torch.dtype] = None):
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation '{activation}': lightseq compiles 'relu' and 'gelu'")
+        try:
+            _spec.check_sizes(hidden, heads, ffn)
+        except _spec.Unsupported as why:
+            raise ValueError(f"lightseq.nn.TransformerDecoderLayer: {why}") from None
+        super().__init__(d_model=hidden, nhead=heads, dim_feedforward=ffn, dropout=dropout,
+                         activation=activation, layer_norm_eps=eps, batch_first=batch_first,
+                         norm_first=norm_first, device=device, dtype=dtype)
+        config = _spec.from_torch_decoder_layer(self)
         setattr(self, _compile._STATE, _compile._LayerState(config, dtype or torch.get_default_dtype(), cache_dir))
