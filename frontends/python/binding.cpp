@@ -141,7 +141,7 @@ class PyEncoderLayer {
 };
 
 
-// One decoder stack of a compiled model. Parameter pointers (20) in nn.TransformerDecoderLayer's
+// One decoder stack of a compiled model. Parameter pointers (18) in nn.TransformerDecoderLayer's
 // order: self_attn (in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias), multihead_attn
 // (the same four), linear1 (weight, bias), linear2, norm1, norm2, norm3.
 class PyDecoderLayer {
@@ -170,7 +170,7 @@ class PyDecoderLayer {
                 uintptr_t memory_mask, int64_t batch, int64_t seq, int64_t src_seq, double p_attention,
                 double p_activation, double p_hidden, uint64_t seed, uint64_t offset, uintptr_t saved_arena,
                 bool accumulate, uintptr_t stream, const py::function& alloc) {
-    if (g.size() != 20) throw Error(fmt::format("backward needs 20 gradient pointers, got {}", g.size()));
+    if (g.size() != 18) throw Error(fmt::format("backward needs 18 gradient pointers, got {}", g.size()));
     const RunShape shape{batch, seq, src_seq};
     const DropoutConfig d{p_attention, p_activation, p_hidden, 0, seed, offset};
     const SavedActivations saved =
@@ -196,7 +196,7 @@ class PyDecoderLayer {
             ptr<const uint8_t>(memory_mask), ptr<void>(y)};
   }
   static DecoderWeights weights(const std::vector<uintptr_t>& w) {
-    if (w.size() != 20) throw Error(fmt::format("a decoder layer has 20 parameters, got {}", w.size()));
+    if (w.size() != 18) throw Error(fmt::format("a decoder layer has 18 parameters, got {}", w.size()));
     auto c = [&](int i) { return ptr<const void>(w[i]); };
     DecoderWeights d;
     d.self_attn = {c(0), c(1), c(2), c(3)};

@@ -305,8 +305,10 @@ def test_same_configuration_shares_kernels_and_the_disk_cache(tmp_path):
         (cm,) = lightseq._ops.compiled_models()
         print("compiled", cm.kernels_compiled, "cached", cm.kernels_cached)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ),
-                         timeout=300)
+    # the child imports the same lightseq as this process (installed or from the source tree)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(lightseq.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "compiled 0 cached" in out.stdout, out.stdout
 
@@ -495,8 +497,11 @@ def test_decoder_fallbacks_and_errors():
     with pytest.warns(UserWarning, match="not causal"):
         y = compiled(tgt, memory)
     torch.testing.assert_close(y, reference(tgt, memory))
+    causal = nn.Transformer.generate_square_subsequent_mask(7, device="cuda")
     with pytest.warns(UserWarning, match="memory \\(cross-attention\\) mask"):
-        compiled(tgt, memory, tgt_is_causal=True, memory_mask=torch.zeros(7, 5, device="cuda"))
+        y = compiled(tgt, memory, tgt_mask=causal, tgt_is_causal=True, memory_mask=torch.zeros(7, 5, device="cuda"))
+    torch.testing.assert_close(y, reference(tgt, memory, tgt_mask=causal, tgt_is_causal=True,
+                                            memory_mask=torch.zeros(7, 5, device="cuda")))
     with pytest.raises(ValueError, match="memory has batch 3"):
         compiled(tgt, torch.randn(3, 5, 64, device="cuda"), tgt_is_causal=True)
     with pytest.raises(ValueError, match="memory_key_padding_mask has shape \\(2, 7\\)"):

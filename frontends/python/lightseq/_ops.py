@@ -187,7 +187,7 @@ def decoder_fwd(x: Tensor, memory: Tensor, mask: Optional[Tensor], memory_mask: 
                 p_hidden: float) -> Tuple[Tensor, Tensor, Tensor]:
     """y, saved arena, rng state = decoder layer forward of x [B, T, H] attending causally to itself
     and to memory [B, S, H] (the encoder output; both batch-major, contiguous); masks [B, T] and
-    [B, S] bool (True = pad) or None. weights: the 20 parameters of nn.TransformerDecoderLayer."""
+    [B, S] bool (True = pad) or None. weights: the 18 parameters of nn.TransformerDecoderLayer."""
     handle = _layers[layer][0]
     batch, seq, _ = x.shape
     src_seq = memory.shape[1]
