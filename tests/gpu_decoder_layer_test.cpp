@@ -60,18 +60,16 @@ ModelSpec spec_for(const Case& c) {
   return s;
 }
 
-// The C++ API's structs over buffers keyed by PyTorch parameter names.
-template <class Ptr, class Buffers>
-auto attention_of(const Buffers& b, const std::string& a) {
-  auto p = [&](const std::string& n) -> Ptr { return b.at(a + "." + n).get(); };
-  return std::array<Ptr, 4>{p("in_proj_weight"), p("in_proj_bias"), p("out_proj.weight"), p("out_proj.bias")};
-}
-DecoderWeights decoder_weights(const std::map<std::string, DeviceBuffer>& w) {
-  auto p = [&](const char* n) -> const void* { return w.at(n).get(); };
-  DecoderWeights d;
+// The C++ API's structs over buffers keyed by PyTorch parameter names: DecoderWeights (const
+// pointers) or DecoderGrads.
+template <class Out>
+Out decoder_struct(const std::map<std::string, DeviceBuffer>& buffers) {
+  using Ptr = decltype(Out{}.linear1_weight);
+  auto p = [&](const std::string& n) -> Ptr { return buffers.at(n).get(); };
+  Out d;
   for (auto [att, name] : {std::pair{&d.self_attn, "self_attn"}, std::pair{&d.multihead_attn, "multihead_attn"}}) {
-    const auto a = attention_of<const void*>(w, name);
-    *att = {a[0], a[1], a[2], a[3]};
+    const std::string a = name;
+    *att = {p(a + ".in_proj_weight"), p(a + ".in_proj_bias"), p(a + ".out_proj.weight"), p(a + ".out_proj.bias")};
   }
   d.linear1_weight = p("linear1.weight"), d.linear1_bias = p("linear1.bias");
   d.linear2_weight = p("linear2.weight"), d.linear2_bias = p("linear2.bias");
@@ -80,20 +78,8 @@ DecoderWeights decoder_weights(const std::map<std::string, DeviceBuffer>& w) {
   d.norm3_weight = p("norm3.weight"), d.norm3_bias = p("norm3.bias");
   return d;
 }
-DecoderGrads decoder_grads(const std::map<std::string, DeviceBuffer>& g) {
-  auto p = [&](const char* n) -> void* { return g.at(n).get(); };
-  DecoderGrads d;
-  for (auto [att, name] : {std::pair{&d.self_attn, "self_attn"}, std::pair{&d.multihead_attn, "multihead_attn"}}) {
-    const auto a = attention_of<void*>(g, name);
-    *att = {a[0], a[1], a[2], a[3]};
-  }
-  d.linear1_weight = p("linear1.weight"), d.linear1_bias = p("linear1.bias");
-  d.linear2_weight = p("linear2.weight"), d.linear2_bias = p("linear2.bias");
-  d.norm1_weight = p("norm1.weight"), d.norm1_bias = p("norm1.bias");
-  d.norm2_weight = p("norm2.weight"), d.norm2_bias = p("norm2.bias");
-  d.norm3_weight = p("norm3.weight"), d.norm3_bias = p("norm3.bias");
-  return d;
-}
+DecoderWeights decoder_weights(const std::map<std::string, DeviceBuffer>& w) { return decoder_struct<DecoderWeights>(w); }
+DecoderGrads decoder_grads(const std::map<std::string, DeviceBuffer>& g) { return decoder_struct<DecoderGrads>(g); }
 
 const uint8_t* mask_ptr(const std::optional<DeviceBuffer>& m) {
   return m ? static_cast<const uint8_t*>(m->get()) : nullptr;
@@ -152,19 +138,12 @@ TEST_P(GpuDecoderLayer, ForwardAndEveryGradientMatchTheReference) {
   ref::Vec want_denc = base;
   for (size_t i = 0; i < want_denc.size(); ++i) want_denc[i] += want.grad_memory[i];
   EXPECT_TRUE(ref::all_close("grad_encoder_out (base + gradient)", down(denc, want_denc.size(), p), want_denc, gtol));
-  ref::DecoderLayerParams want_grad = want.grad;
-  for (auto& [name, v] : ref::named_tensors(want_grad)) {
-    EXPECT_TRUE(ref::all_close("grad." + name, down(g.at(name), v->size(), p), *v, gtol));
-  }
+  expect_param_grads(want.grad, g, p, gtol);
 
   // `+=`: a second backward with GradMode::kAccumulate adds the same gradients again.
   layer.backward(dw, dg, {dy.get(), dx.get(), denc.get()}, saved, GradMode::kAccumulate, *allocator_, stream_);
   sync();
-  for (auto& [name, v] : ref::named_tensors(want_grad)) {
-    ref::Vec twice = *v;
-    for (double& e : twice) e *= 2;
-    EXPECT_TRUE(ref::all_close("accumulated grad." + name, down(g.at(name), v->size(), p), twice, gtol));
-  }
+  expect_param_grads(want.grad, g, p, gtol, 2.0, "accumulated grad.");
 }
 
 std::vector<Case> all_cases() {

@@ -111,19 +111,12 @@ TEST_P(GpuEncoderLayer, ForwardAndEveryGradientMatchTheReference) {
   const ref::Tolerance gtol = gradient_tolerance(c.act, p);
   EXPECT_TRUE(ref::all_close("y", down(y, want.out.size(), p), want.out, tol));
   EXPECT_TRUE(ref::all_close("grad_x", down(dx, want.grad_x.size(), p), want.grad_x, gtol));
-  ref::EncoderLayerParams want_grad = want.grad;
-  for (auto& [name, v] : ref::named_tensors(want_grad)) {
-    EXPECT_TRUE(ref::all_close("grad." + name, down(g.at(name), v->size(), p), *v, gtol));
-  }
+  expect_param_grads(want.grad, g, p, gtol);
 
   // `+=`: a second backward with GradMode::kAccumulate adds the same gradients again.
   layer.backward(ew, eg, {dy.get(), dx.get()}, saved, GradMode::kAccumulate, *allocator_, stream_);
   sync();
-  for (auto& [name, v] : ref::named_tensors(want_grad)) {
-    ref::Vec twice = *v;
-    for (double& e : twice) e *= 2;
-    EXPECT_TRUE(ref::all_close("accumulated grad." + name, down(g.at(name), v->size(), p), twice, gtol));
-  }
+  expect_param_grads(want.grad, g, p, gtol, 2.0, "accumulated grad.");
 }
 
 std::vector<Case> all_cases() {

@@ -14,6 +14,7 @@
 #include "tests/gpu_test_util.h"
 #include "tests/reference/compare.h"
 #include "tests/reference/dtype.h"
+#include "tests/reference/layers.h"
 
 namespace lightseq::test {
 
@@ -85,6 +86,16 @@ class GpuLayerTest : public GpuTest {
     std::vector<uint8_t> bytes(elems * element_bytes(p));
     download_bytes(b, bytes.data(), bytes.size());
     return ref::decode(p, bytes);
+  }
+  // Every parameter gradient in `grads` (device, by PyTorch name) against `scale` × the reference's.
+  template <class Params>
+  void expect_param_grads(Params want, const std::map<std::string, DeviceBuffer>& grads, Precision p,
+                          const ref::Tolerance& tol, double scale = 1.0, const std::string& label = "grad.") {
+    for (auto& [name, v] : ref::named_tensors(want)) {
+      ref::Vec scaled = *v;
+      for (double& e : scaled) e *= scale;
+      EXPECT_TRUE(ref::all_close(label + name, down(grads.at(name), v->size(), p), scaled, tol));
+    }
   }
   // Device copies of named reference tensors: the values, and NaN-poisoned gradient buffers.
   void upload_named(const std::vector<std::pair<std::string, ref::Vec*>>& named, Precision p,

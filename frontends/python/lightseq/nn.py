@@ -10,6 +10,26 @@ from . import _compile, _spec
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer"]
 
 
+def _check_arguments(cls_name: str, hidden: int, heads: int, ffn: int, activation: str) -> None:
+    if activation not in ("relu", "gelu"):
+        raise ValueError(f"activation '{activation}': lightseq compiles 'relu' and 'gelu'")
+    try:
+        _spec.check_sizes(hidden, heads, ffn)
+    except _spec.Unsupported as why:
+        raise ValueError(f"lightseq.nn.{cls_name}: {why}") from None
+
+
+def _init(module, torch_cls, extract, hidden, heads, ffn, dropout, activation, norm_first, eps, batch_first,
+          cache_dir, device, dtype) -> None:
+    """Builds `module` as its torch base class `torch_cls` would, then marks it compiled."""
+    _check_arguments(torch_cls.__name__, hidden, heads, ffn, activation)
+    torch_cls.__init__(module, d_model=hidden, nhead=heads, dim_feedforward=ffn, dropout=dropout,
+                       activation=activation, layer_norm_eps=eps, batch_first=batch_first, norm_first=norm_first,
+                       device=device, dtype=dtype)
+    setattr(module, _compile._STATE,
+            _compile._LayerState(extract(module), dtype or torch.get_default_dtype(), cache_dir))
+
+
 class TransformerEncoderLayer(_compile.CompiledTransformerEncoderLayer):
     """An encoder layer (self-attention + FFN) compiled by lightseq. Its parameters have the names
     and layout of torch.nn.TransformerEncoderLayer (self_attn.in_proj_weight, linear1, norm1, ...),
@@ -22,17 +42,8 @@ class TransformerEncoderLayer(_compile.CompiledTransformerEncoderLayer):
     def __init__(self, hidden: int, heads: int, ffn: int, dropout: float = 0.1, activation: str = "relu",
                  norm_first: bool = False, eps: float = 1e-5, batch_first: bool = True,
                  cache_dir: Optional[str] = None, device=None, dtype: Optional[torch.dtype] = None):
-        if activation not in ("relu", "gelu"):
-            raise ValueError(f"activation '{activation}': lightseq compiles 'relu' and 'gelu'")
-        try:
-            _spec.check_sizes(hidden, heads, ffn)
-        except _spec.Unsupported as why:
-            raise ValueError(f"lightseq.nn.TransformerEncoderLayer: {why}") from None
-        super().__init__(d_model=hidden, nhead=heads, dim_feedforward=ffn, dropout=dropout,
-                         activation=activation, layer_norm_eps=eps, batch_first=batch_first,
-                         norm_first=norm_first, device=device, dtype=dtype)
-        config = _spec.from_torch_encoder_layer(self)
-        setattr(self, _compile._STATE, _compile._LayerState(config, dtype or torch.get_default_dtype(), cache_dir))
+        _init(self, torch.nn.TransformerEncoderLayer, _spec.from_torch_encoder_layer, hidden, heads, ffn, dropout,
+              activation, norm_first, eps, batch_first, cache_dir, device, dtype)
 
 
 class TransformerDecoderLayer(_compile.CompiledTransformerDecoderLayer):
@@ -48,14 +59,5 @@ class TransformerDecoderLayer(_compile.CompiledTransformerDecoderLayer):
     def __init__(self, hidden: int, heads: int, ffn: int, dropout: float = 0.1, activation: str = "relu",
                  norm_first: bool = False, eps: float = 1e-5, batch_first: bool = True,
                  cache_dir: Optional[str] = None, device=None, dtype: Optional[torch.dtype] = None):
-        if activation not in ("relu", "gelu"):
-            raise ValueError(f"activation '{activation}': lightseq compiles 'relu' and 'gelu'")
-        try:
-            _spec.check_sizes(hidden, heads, ffn)
-        except _spec.Unsupported as why:
-            raise ValueError(f"lightseq.nn.TransformerDecoderLayer: {why}") from None
-        super().__init__(d_model=hidden, nhead=heads, dim_feedforward=ffn, dropout=dropout,
-                         activation=activation, layer_norm_eps=eps, batch_first=batch_first,
-                         norm_first=norm_first, device=device, dtype=dtype)
-        config = _spec.from_torch_decoder_layer(self)
-        setattr(self, _compile._STATE, _compile._LayerState(config, dtype or torch.get_default_dtype(), cache_dir))
+        _init(self, torch.nn.TransformerDecoderLayer, _spec.from_torch_decoder_layer, hidden, heads, ffn, dropout,
+              activation, norm_first, eps, batch_first, cache_dir, device, dtype)
