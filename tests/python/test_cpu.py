@@ -265,3 +265,21 @@ def test_standalone_decoder_layer_has_torch_names():
     assert list(layer.state_dict()) == list(ref.state_dict())
     with pytest.raises(ValueError, match="head dimension"):
         lightseq.nn.TransformerDecoderLayer(64, 16, 128)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_decoder_fallback_builds_the_causal_mask_pytorch_needs(batch_first):
+    """A call lightseq does not compile (here a memory_mask) runs PyTorch's layer, which needs a
+    mask with the tgt_is_causal hint; lightseq accepts the hint alone and makes the mask."""
+    torch.manual_seed(0)
+    layer = decoder(batch_first=batch_first, dropout=0.0)
+    reference = copy.deepcopy(layer)
+    compiled = lightseq.compile(nn.Sequential(layer))[0]
+    x = torch.randn((2, 7, 64) if batch_first else (7, 2, 64))
+    memory = torch.randn((2, 5, 64) if batch_first else (5, 2, 64))
+    memory_mask = torch.zeros(7, 5)
+    with pytest.warns(UserWarning, match="memory \\(cross-attention\\) mask"):
+        y = compiled(x, memory, tgt_is_causal=True, memory_mask=memory_mask)
+    causal = nn.Transformer.generate_square_subsequent_mask(7)
+    want = reference(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_mask=memory_mask)
+    torch.testing.assert_close(y, want)

@@ -206,8 +206,13 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
 
         def torch_forward(reason):
             _fallback(self, reason)
+            mask = tgt_mask
+            if tgt_is_causal and mask is None and isinstance(tgt, torch.Tensor) and not tgt.is_nested:
+                # lightseq takes tgt_is_causal alone; PyTorch's layer needs the mask with the hint
+                seq = tgt.shape[1] if tgt.dim() == 3 and self.self_attn.batch_first else tgt.shape[0]
+                mask = nn.Transformer.generate_square_subsequent_mask(seq, device=tgt.device, dtype=tgt.dtype)
             return super(CompiledTransformerDecoderLayer, self).forward(
-                tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
+                tgt, memory, mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
                 tgt_is_causal, memory_is_causal)
 
         if any(isinstance(t, torch.Tensor) and t.is_nested for t in (tgt, memory)):
