@@ -195,9 +195,13 @@ namespace {
 void bind_cross_in_proj(Bindings& b, const std::string& prefix, const void* weight, const void* bias,
                         int64_t hidden, int elem) {
   auto c = [](const void* p) { return const_cast<void*>(p); };
-  auto at = [&](const void* p, int64_t elems) -> void* {
-    return p ? static_cast<char*>(c(p)) + elems * elem : nullptr;
-  };
+  for (const auto& [p, name] : {std::pair{weight, "in_proj_weight"}, std::pair{bias, "in_proj_bias"}}) {
+    if (!p) {
+      throw Error(fmt::format("decoder layer: {}multihead_attn.{} is null (the cross-attention's packed "
+                              "q/k/v projection, as nn.MultiheadAttention holds it)", prefix, name));
+    }
+  }
+  auto at = [&](const void* p, int64_t elems) -> void* { return static_cast<char*>(c(p)) + elems * elem; };
   b[prefix + "multihead_attn.in_proj_weight[q]"] = c(weight);
   b[prefix + "multihead_attn.in_proj_weight[kv]"] = at(weight, hidden * hidden);
   b[prefix + "multihead_attn.in_proj_bias[q]"] = c(bias);

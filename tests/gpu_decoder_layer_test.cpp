@@ -144,6 +144,11 @@ TEST_P(GpuDecoderLayer, ForwardAndEveryGradientMatchTheReference) {
   layer.backward(dw, dg, {dy.get(), dx.get(), denc.get()}, saved, GradMode::kAccumulate, *allocator_, stream_);
   sync();
   expect_param_grads(want.grad, g, p, gtol, 2.0, "accumulated grad.");
+  // grad_x is written whatever the mode; grad_encoder_out is always added to
+  EXPECT_TRUE(ref::all_close("grad_x after the += backward", down(dx, want.grad_x.size(), p), want.grad_x, gtol));
+  for (size_t i = 0; i < want_denc.size(); ++i) want_denc[i] += want.grad_memory[i];
+  EXPECT_TRUE(ref::all_close("grad_encoder_out after two backwards (base + 2 gradients)",
+                             down(denc, want_denc.size(), p), want_denc, gtol));
 }
 
 std::vector<Case> all_cases() {
@@ -280,6 +285,10 @@ TEST_F(GpuTypedLayerErrors, EachNamesWhatIsWrong) {
   DecoderInputs misaligned = good;
   misaligned.encoder_out = static_cast<const char*>(enc.get()) + 2;
   EXPECT_CONTAINS(error_of(fwd(misaligned, {c.batch, c.seq, c.src_seq})), "'encoder_out'");
+  DecoderWeights no_cross = dw;
+  no_cross.multihead_attn.in_proj_weight = nullptr;
+  EXPECT_CONTAINS(error_of([&] { layer.forward(no_cross, good, {c.batch, c.seq, c.src_seq}, {}, *allocator_, stream_); }),
+                  "multihead_attn.in_proj_weight is null");
   // the unfused attention's score limit, checked before anything is allocated or launched
   EXPECT_CONTAINS(error_of(fwd(good, {c.batch, c.seq, int64_t{1} << 34})), "cross-attention with batch 2");
   EXPECT_CONTAINS(error_of(fwd(good, {int64_t{1} << 20, 1 << 13, c.src_seq})), "more than the unfused attention backend supports");

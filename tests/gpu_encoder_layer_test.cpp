@@ -117,6 +117,8 @@ TEST_P(GpuEncoderLayer, ForwardAndEveryGradientMatchTheReference) {
   layer.backward(ew, eg, {dy.get(), dx.get()}, saved, GradMode::kAccumulate, *allocator_, stream_);
   sync();
   expect_param_grads(want.grad, g, p, gtol, 2.0, "accumulated grad.");
+  EXPECT_TRUE(ref::all_close("grad_x after the += backward (written, not added)", down(dx, want.grad_x.size(), p),
+                             want.grad_x, gtol));
 }
 
 std::vector<Case> all_cases() {

@@ -283,3 +283,12 @@ def test_decoder_fallback_builds_the_causal_mask_pytorch_needs(batch_first):
     causal = nn.Transformer.generate_square_subsequent_mask(7)
     want = reference(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_mask=memory_mask)
     torch.testing.assert_close(y, want)
+
+
+def test_ops_called_directly_check_their_inputs():
+    from lightseq import _ops
+    x = torch.randn(2, 5, 64)
+    with pytest.raises(ValueError, match="lightseq::encoder_fwd: x must be a contiguous CUDA tensor"):
+        _ops.encoder_fwd(x, None, [torch.randn(64)], 0, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="lightseq::decoder_fwd: x must be a contiguous CUDA tensor"):
+        _ops.decoder_fwd(x, torch.randn(2, 3, 64), None, None, [], 0, 0.0, 0.0, 0.0)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import pytest
 import torch
@@ -75,6 +76,11 @@ def compare_models(reference, compiled, dtype, x, grad_out, ref_kw, kw, torch_sa
         check_close(f"grad {name}", g1[name], g0[name], bound(None, name))
 
 
+def seed_of(*params) -> int:
+    """A per-case seed that is the same in every process (hash() of a str is salted per process)."""
+    return zlib.crc32(repr(params).encode()) % 1000
+
+
 def padding(batch, seq, device):
     pad = torch.zeros(batch, seq, dtype=torch.bool, device=device)
     for b in range(0, batch, 2):
@@ -89,7 +95,7 @@ def padding(batch, seq, device):
 @pytest.mark.parametrize("mask", ["none", "padding", "causal", "causal+padding"])
 def test_transformer_encoder_matches_pytorch(dtype, norm_first, activation, batch_first, mask):
     dtype = DTYPES[dtype]
-    torch.manual_seed(1234 + hash((norm_first, activation, batch_first, mask)) % 1000)
+    torch.manual_seed(1234 + seed_of(norm_first, activation, batch_first, mask))
     layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, activation=activation, norm_first=norm_first,
                                        batch_first=batch_first)
     model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).cuda()
@@ -398,7 +404,7 @@ def compare_decoders(reference, compiled, dtype, tgt, memory, grad_out, ref_kw, 
 @pytest.mark.parametrize("mask", ["causal", "causal+padding"])
 def test_transformer_decoder_matches_pytorch(dtype, norm_first, activation, batch_first, mask):
     dtype = DTYPES[dtype]
-    torch.manual_seed(4321 + hash((norm_first, activation, batch_first, mask)) % 1000)
+    torch.manual_seed(4321 + seed_of(norm_first, activation, batch_first, mask))
     layer = nn.TransformerDecoderLayer(64, 4, 128, dropout=0.0, activation=activation, norm_first=norm_first,
                                        batch_first=batch_first)
     model = nn.TransformerDecoder(layer, 2).cuda()

@@ -96,9 +96,33 @@ def _draw_rng(device: torch.device, dropout: bool) -> Tensor:
 
 
 def _aligned(t: Optional[Tensor]) -> Optional[Tensor]:
-    """lightseq's kernels read 16-byte vectors: a view at another offset (a slice of a larger padding
-    mask, as DDP's per-rank batches are) is copied."""
-    return t if t is None or t.data_ptr() % 16 == 0 else t.clone()
+    """lightseq's kernels read 16-byte vectors of contiguous rows: a strided view, or a view at
+    another offset (a slice of a larger padding mask, as DDP's per-rank batches are), is copied."""
+    if t is None:
+        return t
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _check_op_inputs(op: str, x: Tensor, weights: List[Tensor], masks, memory: Optional[Tensor] = None) -> None:
+    """What the native layer assumes of a direct call of the op (the compiled modules already
+    guarantee it): raises ValueError naming the argument otherwise. No GPU work, no sync."""
+    def bad(what):
+        raise ValueError(f"lightseq::{op}: {what}")
+
+    if x.dim() != 3 or not x.is_cuda or not x.is_contiguous():
+        bad(f"x must be a contiguous CUDA tensor [B, T, H], got shape {tuple(x.shape)} on {x.device}")
+    if memory is not None:
+        if memory.dim() != 3 or memory.shape[0] != x.shape[0] or memory.shape[2] != x.shape[2]:
+            bad(f"memory must be [B, S, H] with x's B and H, got {tuple(memory.shape)} for x {tuple(x.shape)}")
+        if memory.dtype != x.dtype or memory.device != x.device or not memory.is_contiguous():
+            bad(f"memory must be contiguous and match x's dtype and device ({x.dtype}, {x.device})")
+    for w in weights:
+        if w.dtype != x.dtype or w.device != x.device or not w.is_contiguous():
+            bad(f"every weight must be contiguous {x.dtype} on {x.device}, got a {w.dtype} {tuple(w.shape)}")
+    for name, m, keys in masks:
+        if m is not None and (m.dtype not in (torch.bool, torch.uint8) or tuple(m.shape) != (x.shape[0], keys)):
+            bad(f"{name} must be bool or uint8 [B, {keys}] (nonzero = pad), got {m.dtype} {tuple(m.shape)}")
 
 
 @torch.library.custom_op("lightseq::encoder_fwd", mutates_args=())
@@ -106,6 +130,7 @@ def encoder_fwd(x: Tensor, mask: Optional[Tensor], weights: List[Tensor], layer:
                 p_attention: float, p_activation: float, p_hidden: float) -> Tuple[Tensor, Tensor, Tensor]:
     """y, saved arena, rng state = encoder layer forward of x [B, T, H] (batch-major, contiguous),
     mask [B, T] bool or uint8 (nonzero = pad) or None."""
+    _check_op_inputs("encoder_fwd", x, weights, [("mask", mask, x.shape[1])])
     handle = _layers[layer][0]
     batch, seq, _ = x.shape
     mask = _aligned(mask)
@@ -188,6 +213,8 @@ def decoder_fwd(x: Tensor, memory: Tensor, mask: Optional[Tensor], memory_mask: 
     """y, saved arena, rng state = decoder layer forward of x [B, T, H] attending causally to itself
     and to memory [B, S, H] (the encoder output; both batch-major, contiguous); masks [B, T] and
     [B, S] bool (True = pad) or None. weights: the 18 parameters of nn.TransformerDecoderLayer."""
+    _check_op_inputs("decoder_fwd", x, weights, [("mask", mask, x.shape[1]), ("memory_mask", memory_mask,
+                                                                              memory.shape[1])], memory)
     handle = _layers[layer][0]
     batch, seq, _ = x.shape
     src_seq = memory.shape[1]
