@@ -89,7 +89,11 @@ TEST(Lsc, BadArchAndUsageErrors) {
   EXPECT_EQ(arch.status, 1) << arch.output;
   EXPECT_NE(arch.output.find("sm_9x"), std::string::npos) << arch.output;
   Result usage = run("frobnicate");
-  EXPECT_NE(usage.status, 0);
+  EXPECT_EQ(usage.status, 2) << usage.output;
+  // a value the option's check refuses is a usage error too, named by the option
+  Result range = run("bench " + example("transformer-base") + " --src-seq 0");
+  EXPECT_EQ(range.status, 2) << range.output;
+  EXPECT_NE(range.output.find("--src-seq"), std::string::npos) << range.output;
   Result help = run("--help");
   EXPECT_EQ(help.status, 0);
   EXPECT_NE(help.output.find("build"), std::string::npos);

@@ -137,7 +137,8 @@ int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // app.exit prints the message (or the help); a usage error exits 2 whatever CLI11's own code
+    return app.exit(e) == 0 ? 0 : 2;
   }
   try {
     if (*build) return cmd_build(spec, archs, cache_dir, jobs, quiet);
