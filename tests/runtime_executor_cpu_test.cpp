@@ -2,6 +2,9 @@
 // tested on machines without a GPU), and the no-GPU error of CompiledModel::load.
 #include <gtest/gtest.h>
 
+#include <set>
+#include <string>
+
 #include "compiler/errors.h"
 #include "compiler/planner/planner.h"
 #include "runtime/device.h"
@@ -152,6 +155,60 @@ TEST(RuntimeModel, InvalidSpecIsASpecError) {
   ModelSpec s = encoder_spec();
   s.layers[0].heads = 7;
   EXPECT_THROW(CompiledModel::load(s), SpecError);
+}
+
+}  // namespace
+}  // namespace lightseq
+
+namespace lightseq {
+namespace {
+
+// The decoder's graph names are the contract DecoderLayer (runtime/model.cpp) binds: PyTorch's
+// nn.TransformerDecoderLayer names, the cross-attention's packed in_proj split in q and k/v rows.
+TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) {
+  ModelSpec spec = encoder_spec();
+  LayerStackSpec d = spec.layers[0];
+  d.kind = LayerKind::kDecoder;
+  d.causal = true;
+  spec.layers.push_back(d);
+  const ModelPlan plan = plan_model(spec);
+  KernelTable kernels;
+  for (const KernelInstance& k : plan.kernels()) kernels[k.label] = nullptr;
+  GemmRunner gemm;
+  ASSERT_EQ(plan.layers.size(), 2u);
+  LayerExecutor exec(plan.layers[1], Precision::kBf16, kernels, &gemm);
+
+  std::set<std::string> params;
+  for (const char* a : {"self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
+                        "self_attn.out_proj.bias", "multihead_attn.in_proj_weight[q]",
+                        "multihead_attn.in_proj_weight[kv]", "multihead_attn.in_proj_bias[q]",
+                        "multihead_attn.in_proj_bias[kv]", "multihead_attn.out_proj.weight",
+                        "multihead_attn.out_proj.bias", "linear1.weight", "linear1.bias", "linear2.weight",
+                        "linear2.bias", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
+                        "norm3.weight", "norm3.bias"}) {
+    params.insert(a);
+  }
+  std::set<std::string> forward = params;
+  forward.insert({"x", "key_padding_mask", "encoder_out", "encoder_padding_mask", "y"});
+  const auto fwd = exec.required_bindings(false);
+  EXPECT_EQ(std::set<std::string>(fwd.begin(), fwd.end()), forward);
+
+  // The backward needs the parameters, the output gradient, and writes grad_x, grad_encoder_out
+  // and every parameter's gradient; the forward's inputs come from its SavedActivations.
+  std::set<std::string> backward{"grad_y", "grad_x", "grad_encoder_out"};
+  for (const std::string& p : params) backward.insert("grad." + p);
+  const auto bwd = exec.required_bindings(true);
+  const std::set<std::string> got(bwd.begin(), bwd.end());
+  for (const std::string& n : backward) EXPECT_TRUE(got.count(n)) << n << " is not bound in the backward";
+  for (const std::string& n : got) {
+    EXPECT_TRUE(backward.count(n) || params.count(n) || forward.count(n)) << "unexpected binding " << n;
+  }
+
+  // Cross-attention keys/values are saved per encoder position: the arena grows with S too.
+  bool any_s = false;
+  for (const SavedSlot& slot : exec.saved_slots()) any_s |= slot.bytes.s > 0;
+  EXPECT_TRUE(any_s);
+  EXPECT_GT(exec.saved_arena_bytes({2, 8, 16}), exec.saved_arena_bytes({2, 8, 8}));
 }
 
 }  // namespace
