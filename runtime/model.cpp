@@ -122,171 +122,168 @@ const LayerStackSpec& stack_of_kind(const CompiledModel& model, int stack, Layer
 
 }  // namespace
 
-// ---- EncoderLayer ---------------------------------------------------------------------------------
+// ---- StackLayer ----------------------------------------------------------------------------------
 
-EncoderLayer::EncoderLayer(std::shared_ptr<const CompiledModel> model, int stack)
-    : model_(std::move(model)),
-      exec_(&model_->stack(stack)),
-      spec_(stack_of_kind(*model_, stack, LayerKind::kEncoder)) {}
+StackLayer::StackLayer(std::shared_ptr<const CompiledModel> model, int stack, LayerKind kind)
+    : model_(std::move(model)), exec_(&model_->stack(stack)), spec_(stack_of_kind(*model_, stack, kind)) {}
 
-Bindings EncoderLayer::weight_bindings(const EncoderWeights& w) const {
-  auto c = [](const void* p) { return const_cast<void*>(p); };
-  return {{"self_attn.in_proj_weight", c(w.in_proj_weight)}, {"self_attn.in_proj_bias", c(w.in_proj_bias)},
-          {"self_attn.out_proj.weight", c(w.out_proj_weight)}, {"self_attn.out_proj.bias", c(w.out_proj_bias)},
-          {"linear1.weight", c(w.linear1_weight)},   {"linear1.bias", c(w.linear1_bias)},
-          {"linear2.weight", c(w.linear2_weight)},   {"linear2.bias", c(w.linear2_bias)},
-          {"norm1.weight", c(w.norm1_weight)},       {"norm1.bias", c(w.norm1_bias)},
-          {"norm2.weight", c(w.norm2_weight)},       {"norm2.bias", c(w.norm2_bias)}};
+std::string StackLayer::where() const {
+  return fmt::format("{} layer ({})", to_string(spec_.kind), exec_->plan().layer.description);
 }
 
-SavedActivations EncoderLayer::forward(const EncoderWeights& w, const EncoderInputs& in,
-                                       const RunShape& shape, const DropoutConfig& dropout,
-                                       Allocator& allocator, CUstream stream, void* saved_arena) const {
-  const std::string where = fmt::format("encoder layer ({})", exec_->plan().layer.description);
-  check_dtype(in.dtype, model_->spec().precision, where);
-  check_shape(spec_, shape, where);
-  Bindings b = weight_bindings(w);
-  b["x"] = const_cast<void*>(in.x);
-  b["key_padding_mask"] = const_cast<uint8_t*>(in.key_padding_mask);
-  b["y"] = in.y;
+SavedActivations StackLayer::run_forward(const Bindings& b, Precision dtype, const RunShape& shape,
+                                         const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
+                                         void* saved_arena) const {
+  check_dtype(dtype, model_->spec().precision, where());
+  check_shape(spec_, shape, where());
   ScopedContext ctx(model_->device());
   return exec_->forward(b, shape, dropout, allocator, stream, saved_arena);
 }
 
-SavedActivations EncoderLayer::saved_from_arena(void* saved_arena, const void* x,
-                                                const uint8_t* key_padding_mask, const RunShape& shape,
-                                                const DropoutConfig& dropout) const {
-  check_shape(spec_, shape, fmt::format("encoder layer ({})", exec_->plan().layer.description));
-  return exec_->saved_from_arena(saved_arena,
-                                 {{"x", const_cast<void*>(x)},
-                                  {"key_padding_mask", const_cast<uint8_t*>(key_padding_mask)}},
-                                 shape, dropout);
+SavedActivations StackLayer::rebuild_saved(void* saved_arena, const Bindings& inputs, const RunShape& shape,
+                                           const DropoutConfig& dropout) const {
+  check_shape(spec_, shape, where());
+  return exec_->saved_from_arena(saved_arena, inputs, shape, dropout);
 }
 
-void EncoderLayer::backward(const EncoderWeights& w, const EncoderGrads& g, const EncoderGradInputs& io,
-                            const SavedActivations& saved, GradMode mode, Allocator& allocator,
-                            CUstream stream) const {
-  Bindings b = weight_bindings(w);
-  b["grad_y"] = const_cast<void*>(io.grad_y);
-  b["grad_x"] = io.grad_x;
-  const std::pair<const char*, void*> grads[] = {
-      {"grad.self_attn.in_proj_weight", g.in_proj_weight}, {"grad.self_attn.in_proj_bias", g.in_proj_bias},
-      {"grad.self_attn.out_proj.weight", g.out_proj_weight}, {"grad.self_attn.out_proj.bias", g.out_proj_bias},
-      {"grad.linear1.weight", g.linear1_weight}, {"grad.linear1.bias", g.linear1_bias},
-      {"grad.linear2.weight", g.linear2_weight}, {"grad.linear2.bias", g.linear2_bias},
-      {"grad.norm1.weight", g.norm1_weight},     {"grad.norm1.bias", g.norm1_bias},
-      {"grad.norm2.weight", g.norm2_weight},     {"grad.norm2.bias", g.norm2_bias}};
-  for (const auto& [name, p] : grads) b[name] = p;
+void StackLayer::run_backward(const Bindings& b, const SavedActivations& saved, GradMode mode,
+                              Allocator& allocator, CUstream stream) const {
   ScopedContext ctx(model_->device());
   exec_->backward(b, saved, mode, allocator, stream);
 }
 
-// ---- DecoderLayer ---------------------------------------------------------------------------------
-
-DecoderLayer::DecoderLayer(std::shared_ptr<const CompiledModel> model, int stack)
-    : model_(std::move(model)),
-      exec_(&model_->stack(stack)),
-      spec_(stack_of_kind(*model_, stack, LayerKind::kDecoder)) {}
-
 namespace {
+
+void* mutable_ptr(const void* p) { return const_cast<void*>(p); }
+
+// The graph names of a parameter struct's pointers: `prefix` "" for the weights (EncoderWeights,
+// DecoderWeights), "grad." for their gradients (EncoderGrads, DecoderGrads: the same fields).
+template <class A>
+void bind_attention(Bindings& b, const std::string& name, const A& a) {
+  b[name + ".in_proj_weight"] = mutable_ptr(a.in_proj_weight);
+  b[name + ".in_proj_bias"] = mutable_ptr(a.in_proj_bias);
+  b[name + ".out_proj.weight"] = mutable_ptr(a.out_proj_weight);
+  b[name + ".out_proj.bias"] = mutable_ptr(a.out_proj_bias);
+}
+
+template <class S>
+void bind_ffn_and_norms(Bindings& b, const std::string& prefix, const S& w) {
+  b[prefix + "linear1.weight"] = mutable_ptr(w.linear1_weight);
+  b[prefix + "linear1.bias"] = mutable_ptr(w.linear1_bias);
+  b[prefix + "linear2.weight"] = mutable_ptr(w.linear2_weight);
+  b[prefix + "linear2.bias"] = mutable_ptr(w.linear2_bias);
+  b[prefix + "norm1.weight"] = mutable_ptr(w.norm1_weight);
+  b[prefix + "norm1.bias"] = mutable_ptr(w.norm1_bias);
+  b[prefix + "norm2.weight"] = mutable_ptr(w.norm2_weight);
+  b[prefix + "norm2.bias"] = mutable_ptr(w.norm2_bias);
+}
+
+template <class S>
+Bindings encoder_params(const std::string& prefix, const S& w) {
+  Bindings b;
+  bind_attention(b, prefix + "self_attn", AttentionWeights{w.in_proj_weight, w.in_proj_bias, w.out_proj_weight,
+                                                           w.out_proj_bias});
+  bind_ffn_and_norms(b, prefix, w);
+  return b;
+}
 
 // PyTorch packs the cross-attention's projections in one in_proj [3H, H] (bias [3H]); the graph
 // takes its q rows and its k/v rows as two parameters (compiler/graph/layers.cpp).
-void bind_cross_in_proj(Bindings& b, const std::string& prefix, const void* weight, const void* bias,
-                        int64_t hidden, int elem) {
-  auto c = [](const void* p) { return const_cast<void*>(p); };
-  for (const auto& [p, name] : {std::pair{weight, "in_proj_weight"}, std::pair{bias, "in_proj_bias"}}) {
+template <class S>
+Bindings decoder_params(const std::string& prefix, const S& w, int64_t hidden, int elem) {
+  Bindings b;
+  bind_attention(b, prefix + "self_attn", w.self_attn);
+  bind_ffn_and_norms(b, prefix, w);
+  b[prefix + "norm3.weight"] = mutable_ptr(w.norm3_weight);
+  b[prefix + "norm3.bias"] = mutable_ptr(w.norm3_bias);
+  const auto& x = w.multihead_attn;
+  b[prefix + "multihead_attn.out_proj.weight"] = mutable_ptr(x.out_proj_weight);
+  b[prefix + "multihead_attn.out_proj.bias"] = mutable_ptr(x.out_proj_bias);
+  for (const auto& [p, name] : {std::pair{mutable_ptr(x.in_proj_weight), "in_proj_weight"},
+                                std::pair{mutable_ptr(x.in_proj_bias), "in_proj_bias"}}) {
     if (!p) {
       throw Error(fmt::format("decoder layer: {}multihead_attn.{} is null (the cross-attention's packed "
                               "q/k/v projection, as nn.MultiheadAttention holds it)", prefix, name));
     }
   }
-  auto at = [&](const void* p, int64_t elems) -> void* { return static_cast<char*>(c(p)) + elems * elem; };
-  b[prefix + "multihead_attn.in_proj_weight[q]"] = c(weight);
-  b[prefix + "multihead_attn.in_proj_weight[kv]"] = at(weight, hidden * hidden);
-  b[prefix + "multihead_attn.in_proj_bias[q]"] = c(bias);
-  b[prefix + "multihead_attn.in_proj_bias[kv]"] = at(bias, hidden);
-}
-
-}  // namespace
-
-Bindings DecoderLayer::weight_bindings(const DecoderWeights& w) const {
-  auto c = [](const void* p) { return const_cast<void*>(p); };
-  Bindings b{{"self_attn.in_proj_weight", c(w.self_attn.in_proj_weight)},
-             {"self_attn.in_proj_bias", c(w.self_attn.in_proj_bias)},
-             {"self_attn.out_proj.weight", c(w.self_attn.out_proj_weight)},
-             {"self_attn.out_proj.bias", c(w.self_attn.out_proj_bias)},
-             {"multihead_attn.out_proj.weight", c(w.multihead_attn.out_proj_weight)},
-             {"multihead_attn.out_proj.bias", c(w.multihead_attn.out_proj_bias)},
-             {"linear1.weight", c(w.linear1_weight)},
-             {"linear1.bias", c(w.linear1_bias)},
-             {"linear2.weight", c(w.linear2_weight)},
-             {"linear2.bias", c(w.linear2_bias)},
-             {"norm1.weight", c(w.norm1_weight)},
-             {"norm1.bias", c(w.norm1_bias)},
-             {"norm2.weight", c(w.norm2_weight)},
-             {"norm2.bias", c(w.norm2_bias)},
-             {"norm3.weight", c(w.norm3_weight)},
-             {"norm3.bias", c(w.norm3_bias)}};
-  bind_cross_in_proj(b, "", w.multihead_attn.in_proj_weight, w.multihead_attn.in_proj_bias, spec_.hidden,
-                     element_bytes(model_->spec().precision));
+  auto at = [&](const void* p, int64_t elems) -> void* { return static_cast<char*>(mutable_ptr(p)) + elems * elem; };
+  b[prefix + "multihead_attn.in_proj_weight[q]"] = mutable_ptr(x.in_proj_weight);
+  b[prefix + "multihead_attn.in_proj_weight[kv]"] = at(x.in_proj_weight, hidden * hidden);
+  b[prefix + "multihead_attn.in_proj_bias[q]"] = mutable_ptr(x.in_proj_bias);
+  b[prefix + "multihead_attn.in_proj_bias[kv]"] = at(x.in_proj_bias, hidden);
   return b;
 }
 
-namespace {
-
 Bindings decoder_inputs(const DecoderInputs& in) {
-  return {{"x", const_cast<void*>(in.x)},
-          {"key_padding_mask", const_cast<uint8_t*>(in.key_padding_mask)},
-          {"encoder_out", const_cast<void*>(in.encoder_out)},
-          {"encoder_padding_mask", const_cast<uint8_t*>(in.encoder_padding_mask)}};
+  return {{"x", mutable_ptr(in.x)},
+          {"key_padding_mask", mutable_ptr(in.key_padding_mask)},
+          {"encoder_out", mutable_ptr(in.encoder_out)},
+          {"encoder_padding_mask", mutable_ptr(in.encoder_padding_mask)}};
 }
 
 }  // namespace
+
+// ---- EncoderLayer ---------------------------------------------------------------------------------
+
+EncoderLayer::EncoderLayer(std::shared_ptr<const CompiledModel> model, int stack)
+    : StackLayer(std::move(model), stack, LayerKind::kEncoder) {}
+
+SavedActivations EncoderLayer::forward(const EncoderWeights& w, const EncoderInputs& in,
+                                       const RunShape& shape, const DropoutConfig& dropout,
+                                       Allocator& allocator, CUstream stream, void* saved_arena) const {
+  Bindings b = encoder_params("", w);
+  b["x"] = mutable_ptr(in.x);
+  b["key_padding_mask"] = mutable_ptr(in.key_padding_mask);
+  b["y"] = in.y;
+  return run_forward(b, in.dtype, shape, dropout, allocator, stream, saved_arena);
+}
+
+SavedActivations EncoderLayer::saved_from_arena(void* saved_arena, const void* x,
+                                                const uint8_t* key_padding_mask, const RunShape& shape,
+                                                const DropoutConfig& dropout) const {
+  return rebuild_saved(saved_arena, {{"x", mutable_ptr(x)}, {"key_padding_mask", mutable_ptr(key_padding_mask)}},
+                       shape, dropout);
+}
+
+void EncoderLayer::backward(const EncoderWeights& w, const EncoderGrads& g, const EncoderGradInputs& io,
+                            const SavedActivations& saved, GradMode mode, Allocator& allocator,
+                            CUstream stream) const {
+  Bindings b = encoder_params("", w);
+  b.merge(encoder_params("grad.", g));
+  b["grad_y"] = mutable_ptr(io.grad_y);
+  b["grad_x"] = io.grad_x;
+  run_backward(b, saved, mode, allocator, stream);
+}
+
+// ---- DecoderLayer ---------------------------------------------------------------------------------
+
+DecoderLayer::DecoderLayer(std::shared_ptr<const CompiledModel> model, int stack)
+    : StackLayer(std::move(model), stack, LayerKind::kDecoder) {}
 
 SavedActivations DecoderLayer::forward(const DecoderWeights& w, const DecoderInputs& in,
                                        const RunShape& shape, const DropoutConfig& dropout,
                                        Allocator& allocator, CUstream stream, void* saved_arena) const {
-  const std::string where = fmt::format("decoder layer ({})", exec_->plan().layer.description);
-  check_dtype(in.dtype, model_->spec().precision, where);
-  check_shape(spec_, shape, where);
-  Bindings b = weight_bindings(w);
+  Bindings b = decoder_params("", w, spec_.hidden, element_bytes(model_->spec().precision));
   b.merge(decoder_inputs(in));
   b["y"] = in.y;
-  ScopedContext ctx(model_->device());
-  return exec_->forward(b, shape, dropout, allocator, stream, saved_arena);
+  return run_forward(b, in.dtype, shape, dropout, allocator, stream, saved_arena);
 }
 
 SavedActivations DecoderLayer::saved_from_arena(void* saved_arena, const DecoderInputs& in,
                                                 const RunShape& shape, const DropoutConfig& dropout) const {
-  check_shape(spec_, shape, fmt::format("decoder layer ({})", exec_->plan().layer.description));
-  return exec_->saved_from_arena(saved_arena, decoder_inputs(in), shape, dropout);
+  return rebuild_saved(saved_arena, decoder_inputs(in), shape, dropout);
 }
 
 void DecoderLayer::backward(const DecoderWeights& w, const DecoderGrads& g, const DecoderGradInputs& io,
                             const SavedActivations& saved, GradMode mode, Allocator& allocator,
                             CUstream stream) const {
-  Bindings b = weight_bindings(w);
-  b["grad_y"] = const_cast<void*>(io.grad_y);
+  const int elem = element_bytes(model_->spec().precision);
+  Bindings b = decoder_params("", w, spec_.hidden, elem);
+  b.merge(decoder_params("grad.", g, spec_.hidden, elem));
+  b["grad_y"] = mutable_ptr(io.grad_y);
   b["grad_x"] = io.grad_x;
   b["grad_encoder_out"] = io.grad_encoder_out;
-  const std::pair<const char*, void*> grads[] = {
-      {"grad.self_attn.in_proj_weight", g.self_attn.in_proj_weight},
-      {"grad.self_attn.in_proj_bias", g.self_attn.in_proj_bias},
-      {"grad.self_attn.out_proj.weight", g.self_attn.out_proj_weight},
-      {"grad.self_attn.out_proj.bias", g.self_attn.out_proj_bias},
-      {"grad.multihead_attn.out_proj.weight", g.multihead_attn.out_proj_weight},
-      {"grad.multihead_attn.out_proj.bias", g.multihead_attn.out_proj_bias},
-      {"grad.linear1.weight", g.linear1_weight}, {"grad.linear1.bias", g.linear1_bias},
-      {"grad.linear2.weight", g.linear2_weight}, {"grad.linear2.bias", g.linear2_bias},
-      {"grad.norm1.weight", g.norm1_weight},     {"grad.norm1.bias", g.norm1_bias},
-      {"grad.norm2.weight", g.norm2_weight},     {"grad.norm2.bias", g.norm2_bias},
-      {"grad.norm3.weight", g.norm3_weight},     {"grad.norm3.bias", g.norm3_bias}};
-  for (const auto& [name, p] : grads) b[name] = p;
-  bind_cross_in_proj(b, "grad.", g.multihead_attn.in_proj_weight, g.multihead_attn.in_proj_bias,
-                     spec_.hidden, element_bytes(model_->spec().precision));
-  ScopedContext ctx(model_->device());
-  exec_->backward(b, saved, mode, allocator, stream);
+  run_backward(b, saved, mode, allocator, stream);
 }
 
 }  // namespace lightseq

@@ -59,6 +59,33 @@ class CompiledModel {
   std::vector<int> stack_to_layer_;
 };
 
+// What the typed layers share: one layer stack of a compiled model, its executor, the checks
+// every call makes, and the saved-activation arena's layout.
+class StackLayer {
+ public:
+  int64_t saved_arena_bytes(const RunShape& shape) const { return exec_->saved_arena_bytes(shape); }
+  const std::vector<SavedSlot>& saved_slots() const { return exec_->saved_slots(); }
+  const LayerStackSpec& spec() const { return spec_; }
+
+ protected:
+  // Throws Error when stack `stack` of the model is not of `kind`.
+  StackLayer(std::shared_ptr<const CompiledModel> model, int stack, LayerKind kind);
+  // forward / saved_from_arena / backward of the executor after the dtype and shape checks, in
+  // the model's device context.
+  SavedActivations run_forward(const Bindings& b, Precision dtype, const RunShape& shape,
+                               const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
+                               void* saved_arena) const;
+  SavedActivations rebuild_saved(void* saved_arena, const Bindings& inputs, const RunShape& shape,
+                                 const DropoutConfig& dropout) const;
+  void run_backward(const Bindings& b, const SavedActivations& saved, GradMode mode, Allocator& allocator,
+                    CUstream stream) const;
+  std::string where() const;  // "encoder layer (...)" for error messages
+
+  std::shared_ptr<const CompiledModel> model_;
+  const LayerExecutor* exec_;
+  LayerStackSpec spec_;
+};
+
 // Parameters of one encoder layer, in the layout of torch.nn.TransformerEncoderLayer (device
 // pointers in the model's precision).
 struct EncoderWeights {
@@ -96,7 +123,7 @@ struct EncoderGradInputs {
   void* grad_x = nullptr;        // [B·T, H] output
 };
 
-class EncoderLayer {
+class EncoderLayer : public StackLayer {
  public:
   EncoderLayer(std::shared_ptr<const CompiledModel> model, int stack);
 
@@ -107,22 +134,12 @@ class EncoderLayer {
   SavedActivations forward(const EncoderWeights& w, const EncoderInputs& in, const RunShape& shape,
                            const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
                            void* saved_arena = nullptr) const;
-  int64_t saved_arena_bytes(const RunShape& shape) const { return exec_->saved_arena_bytes(shape); }
-  const std::vector<SavedSlot>& saved_slots() const { return exec_->saved_slots(); }
   // x and key_padding_mask as given to the forward that filled the arena.
   SavedActivations saved_from_arena(void* saved_arena, const void* x, const uint8_t* key_padding_mask,
                                     const RunShape& shape, const DropoutConfig& dropout) const;
   void backward(const EncoderWeights& w, const EncoderGrads& grads, const EncoderGradInputs& io,
                 const SavedActivations& saved, GradMode mode, Allocator& allocator,
                 CUstream stream) const;
-
-  const LayerStackSpec& spec() const { return spec_; }
-
- private:
-  Bindings weight_bindings(const EncoderWeights& w) const;
-  std::shared_ptr<const CompiledModel> model_;
-  const LayerExecutor* exec_;
-  LayerStackSpec spec_;
 };
 
 // ---- decoder layers (nn.TransformerDecoderLayer) -----------------------------------------------
@@ -183,7 +200,7 @@ struct DecoderGradInputs {
 
 // The self-attention is causal (a decoder's always is) and masks the padded target keys; the
 // cross-attention masks the padded encoder positions.
-class DecoderLayer {
+class DecoderLayer : public StackLayer {
  public:
   DecoderLayer(std::shared_ptr<const CompiledModel> model, int stack);
 
@@ -192,8 +209,6 @@ class DecoderLayer {
   SavedActivations forward(const DecoderWeights& w, const DecoderInputs& in, const RunShape& shape,
                            const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
                            void* saved_arena = nullptr) const;
-  int64_t saved_arena_bytes(const RunShape& shape) const { return exec_->saved_arena_bytes(shape); }
-  const std::vector<SavedSlot>& saved_slots() const { return exec_->saved_slots(); }
   // The inputs (x, encoder_out and the masks) as given to the forward that filled the arena; y
   // and dtype are not read.
   SavedActivations saved_from_arena(void* saved_arena, const DecoderInputs& in, const RunShape& shape,
@@ -201,14 +216,6 @@ class DecoderLayer {
   void backward(const DecoderWeights& w, const DecoderGrads& grads, const DecoderGradInputs& io,
                 const SavedActivations& saved, GradMode mode, Allocator& allocator,
                 CUstream stream) const;
-
-  const LayerStackSpec& spec() const { return spec_; }
-
- private:
-  Bindings weight_bindings(const DecoderWeights& w) const;
-  std::shared_ptr<const CompiledModel> model_;
-  const LayerExecutor* exec_;
-  LayerStackSpec spec_;
 };
 
 }  // namespace lightseq

@@ -63,6 +63,7 @@ class ParamMemory {
     return d;
   }
   void* weight(size_t n) { return value(n, 0.02f, 0); }
+  // n elements, left as allocated (gradients are written by the step)
   void* grad(size_t n) {
     mem_.push_back(std::make_unique<Buffer>(alloc_, n * element_bytes(p_), stream_));
     return mem_.back()->get();

@@ -55,7 +55,7 @@ def _where(module: nn.Module) -> str:
 def _fallback(module: nn.Module, reason: str) -> None:
     """Warns once per layer and reason that a call runs PyTorch's implementation."""
     state = getattr(module, _STATE)
-    if not isinstance(state.warned, set):
+    if not isinstance(state.warned, set):  # a layer pickled before per-reason warnings kept a bool here
         state.warned = set()
     if reason not in state.warned:
         state.warned.add(reason)
@@ -126,7 +126,7 @@ def _run(module: nn.Module, x: torch.Tensor, pad: Optional[torch.Tensor], weight
     return y
 
 
-def _causal_or_none(module: nn.Module, mask, is_causal: bool, seq: int) -> Optional[bool]:
+def _causal_or_none(mask, is_causal: bool, seq: int) -> Optional[bool]:
     """Whether an attention mask (or is_causal) asks for causal attention: True/False, or None for
     a mask lightseq cannot compile (neither absent nor causal)."""
     if mask is None and not is_causal:
@@ -159,7 +159,7 @@ class CompiledTransformerEncoderLayer(nn.TransformerEncoderLayer):
         batch_first = self.self_attn.batch_first
         x = src if batch_first else src.transpose(0, 1)
         batch, seq = x.shape[0], x.shape[1]
-        causal = _causal_or_none(self, src_mask, is_causal, seq)
+        causal = _causal_or_none(src_mask, is_causal, seq)
         if causal is None:
             _fallback(self, "an attention mask that is not causal (lightseq masks padding and "
                             "causal attention only)")
@@ -229,7 +229,7 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
             raise ValueError(f"{_where(self)}: the memory has batch {mem.shape[0]}, the target {batch}")
         if mem.device != x.device:
             raise ValueError(f"{_where(self)}: the memory is on {mem.device}, the target on {x.device}")
-        if not _causal_or_none(self, tgt_mask, bool(tgt_is_causal), seq):
+        if not _causal_or_none(tgt_mask, bool(tgt_is_causal), seq):
             return torch_forward("a self-attention that is not causal (lightseq's decoder layer is causal: "
                                  "pass tgt_is_causal=True or a causal tgt_mask)")
         pad = _key_padding(self, tgt_key_padding_mask, batch, seq, x.device, "tgt_key_padding_mask")
