@@ -382,18 +382,20 @@ KinkFree<Result> kink_free(const LayerConfig& c, Params& p, const Input& in, con
   for (;; ++k.rounds) {
     bool moved = false;
     for (int64_t j = 0; j < F; ++j) {
-      auto clear_with = [&](double shift) {
+      auto clear_with = [&](double shift, double width) {
         for (int64_t r = 0; r < rows; ++r) {
-          if (std::abs(k.result.ffn_pre[r * F + j] + shift) <= band) return false;
+          if (std::abs(k.result.ffn_pre[r * F + j] + shift) <= width) return false;
         }
         return true;
       };
-      if (clear_with(0)) continue;
-      // The smallest shift (in steps of 3 bands, either way) that leaves the whole column clear.
+      if (clear_with(0, band)) continue;
+      // The smallest shift (in steps of 3 bands, either way) that clears the whole column by half a
+      // band more than needed, so that rounding the bias to a 16-bit stored precision cannot put
+      // a value back into the band.
       double shift = 0;
       for (int step = 1; step <= 64 && shift == 0; ++step) {
         for (double s : {3 * band * step, -3 * band * step}) {
-          if (shift == 0 && clear_with(s)) shift = s;
+          if (shift == 0 && clear_with(s, 1.5 * band)) shift = s;
         }
       }
       if (shift == 0) throw std::runtime_error("linear1 column " + std::to_string(j) + " cannot be moved off 0");

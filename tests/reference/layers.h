@@ -105,7 +105,8 @@ DecoderLayerResult decoder_layer_reference(const LayerConfig& config,
 // ReLU's derivative jumps at 0: a pre-activation within a GEMM's rounding error of 0 may land on
 // either side in an implementation, flipping that token's gradients. Shifts linear1's bias of
 // every column holding a pre-activation within `band_rel`·max|pre| of 0 by the smallest multiple
-// of 3 bands that clears the whole column (rounded to the config's stored precision), then
+// of 3 bands that clears the whole column with half a band to spare (the spare absorbs rounding
+// the bias to the config's stored precision), then
 // recomputes; returns the reference of the final parameters and the number of rounds that moved
 // something. Throws std::runtime_error if that does not settle in 4 rounds.
 template <class Result>
