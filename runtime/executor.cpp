@@ -6,9 +6,11 @@
 #include <set>
 
 #include "compiler/errors.h"
+#include "reduce.sig.cuh"
 #include "runtime/cuda_check.h"
 #include "runtime/driver.h"
 #include "runtime/frame.h"
+#include "runtime/launch.h"
 
 namespace lightseq {
 
@@ -20,6 +22,7 @@ int elem_bytes(const Tensor& t, Precision p) {
     case ElemType::kF32: return 4;
     case ElemType::kI64: return 8;
     case ElemType::kU8: return 1;
+    case ElemType::kI32: return 4;
   }
   throw InternalError("unknown ElemType");
 }
@@ -35,7 +38,9 @@ void step_tensors(const Step& st, std::set<int>* out) {
       if (id >= 0) out->insert(id);
     }
   } else {
-    for (const auto& [name, id] : std::get<KernelStep>(st).args) out->insert(id);
+    for (const KernelArg& a : std::get<KernelStep>(st).args) {
+      if (a.tensor >= 0) out->insert(a.tensor);
+    }
   }
 }
 
@@ -65,6 +70,40 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
       }
     }
   }
+  for (const KernelInstance& k : plan_.support_kernels) {
+    if (k.sig == &sig::kAccumulate) accumulate_fn_ = kernels_.at(k.label);
+  }
+}
+
+LayerExecutor::~LayerExecutor() = default;
+
+const LayerExecutor::ShapePlan& LayerExecutor::resolve(const RunShape& shape) const {
+  const std::array<int64_t, 3> key{shape.batch, shape.seq, shape.src_seq};
+  std::lock_guard<std::mutex> lock(shapes_mutex_);
+  auto it = shapes_.find(key);
+  if (it != shapes_.end()) return *it->second;
+  const Graph& g = plan_.layer.graph;
+  auto sp = std::make_unique<ShapePlan>();
+  sp->scratch.of.assign(g.tensors().size(), sig::Extent{-1, -1});
+  for (auto [steps, out] : {std::pair{&plan_.forward, &sp->forward}, std::pair{&plan_.backward, &sp->backward}}) {
+    out->resize(steps->size());
+    for (size_t i = 0; i < steps->size(); ++i) {
+      if (const auto* k = std::get_if<KernelStep>(&(*steps)[i])) {
+        (*out)[i] = resolve_launch(*k, kernels_.at(k->kernel.label), g, shape, sp->scratch);
+      }
+    }
+  }
+  sp->tensor_bytes.resize(g.tensors().size());
+  for (size_t id = 0; id < g.tensors().size(); ++id) {
+    const Tensor& t = g.tensor(static_cast<int>(id));
+    if (t.sized_by_kernel) {
+      const sig::Extent e = sp->scratch.of[id];
+      sp->tensor_bytes[id] = e.rows < 0 ? 0 : e.rows * e.cols * elem_bytes(t, precision_);
+    } else {
+      sp->tensor_bytes[id] = tensor_bytes(static_cast<int>(id)).eval(shape.batch, shape.seq, shape.src_seq);
+    }
+  }
+  return *shapes_.emplace(key, std::move(sp)).first->second;
 }
 
 std::vector<std::string> LayerExecutor::required_bindings(bool backward) const {
@@ -166,7 +205,7 @@ void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::map<i
       f.ptr[id] = kept_at.at(id);
       return;
     }
-    const auto bytes = static_cast<size_t>(tensor_bytes(id).eval(f.shape.batch, f.shape.seq, f.shape.src_seq));
+    const auto bytes = static_cast<size_t>(f.bytes(id));
     DeviceBuffer buf(*f.allocator, bytes, f.stream);
     f.ptr[id] = buf.get();
     if (keep) {
@@ -208,7 +247,8 @@ SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& s
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be positive",
                             plan_.layer.name, shape.batch, shape.seq));
   }
-  Frame f(&g, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream);
+  const ShapePlan& sp = resolve(shape);
+  Frame f(&g, &sp, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream);
   std::set<int> used;
   for (const Step& st : plan_.forward) step_tensors(st, &used);
   bind_given(g, used, given, &f.ptr, plan_.layer.name, {});
@@ -223,7 +263,7 @@ SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& s
     const bool made_here = f.owned.count(id) > 0 && g.tensor(id).role == TensorRole::kInput;
     if (!made_here) saved.ptr_[id] = f.ptr[id];
   }
-  run_steps(plan_.forward, f);
+  run_steps(plan_.forward, sp.forward, f);
   return saved;
 }
 
@@ -261,7 +301,8 @@ void LayerExecutor::backward(const Bindings& given, const SavedActivations& save
   if (saved.ptr_.empty() && !plan_.saved.empty()) {
     throw Error(fmt::format("{}: backward needs the SavedActivations of a forward of this layer", plan_.layer.name));
   }
-  Frame f(&g, precision_, saved.shape_, saved.dropout_, mode, &allocator, stream);
+  const ShapePlan& sp = resolve(saved.shape_);
+  Frame f(&g, &sp, precision_, saved.shape_, saved.dropout_, mode, &allocator, stream);
   std::set<int> used, from_saved;
   for (const Step& st : plan_.backward) step_tensors(st, &used);
   for (const auto& [id, p] : saved.ptr_) f.ptr[id] = p, from_saved.insert(id);
@@ -270,7 +311,7 @@ void LayerExecutor::backward(const Bindings& given, const SavedActivations& save
   bind_given(g, used, given, &f.ptr, plan_.layer.name, from_saved);
   allocate_unbound(used, {}, nullptr, f);
   bind_zero_masks(used, f);
-  run_steps(plan_.backward, f);
+  run_steps(plan_.backward, sp.backward, f);
 }
 
 void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
@@ -319,7 +360,7 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
   if (g.bias_grad >= 0) {
     if (f.mode == GradMode::kAccumulate) {
       // cuBLASLt overwrites a bias gradient: write it aside, then add it in.
-      bias_grad_temp = DeviceBuffer(*f.allocator, static_cast<size_t>(f.numel(g.bias_grad)) * element_bytes(precision_), f.stream);
+      bias_grad_temp = DeviceBuffer(*f.allocator, static_cast<size_t>(f.bytes(g.bias_grad)), f.stream);
       a.bias_grad = bias_grad_temp.get();
     } else {
       a.bias_grad = f.at(g.bias_grad);
@@ -329,14 +370,24 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
   if (bias_grad_temp) accumulate_into(bias_grad_temp.get(), f.at(g.bias_grad), f.numel(g.bias_grad), f);
 }
 
-void LayerExecutor::run_steps(const std::vector<Step>& steps, Frame& f) const {
-  for (const Step& st : steps) {
-    if (const auto* g = std::get_if<GemmStep>(&st)) {
+void LayerExecutor::run_steps(const std::vector<Step>& steps, const std::vector<ResolvedLaunch>& launches,
+                              Frame& f) const {
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (const auto* g = std::get_if<GemmStep>(&steps[i])) {
       run_gemm(*g, f);
     } else {
-      run_kernel(std::get<KernelStep>(st), f);
+      enqueue(launches[i], f);
     }
   }
+}
+
+void LayerExecutor::accumulate_into(const void* in, void* out, int64_t n, Frame& f) const {
+  if (!accumulate_fn_) throw InternalError("executor: the accumulate support kernel was not planned");
+  const kern::GridDim grid = kern::accumulate_grid(n);
+  if (grid.x == 0) return;
+  void* args[] = {&in, &out, &n};
+  launch(accumulate_fn_, Dim3{grid.x, grid.y, grid.z}, Dim3{static_cast<unsigned>(kern::accumulate_block()), 1, 1},
+         0, f.stream, args, "accumulate");
 }
 
 }  // namespace lightseq

@@ -14,7 +14,9 @@
 
 #include <cuda.h>
 
+#include <array>
 #include <map>
+#include <mutex>
 #include <set>
 #include <memory>
 #include <string>
@@ -26,6 +28,8 @@
 #include "runtime/gemm.h"
 
 namespace lightseq {
+
+struct ResolvedLaunch;  // runtime/launch.h
 
 // Run-time sizes: B, T and (for a decoder's cross-attention) S.
 struct RunShape {
@@ -84,6 +88,7 @@ inline constexpr int64_t kSavedArenaAlign = 256;
 class LayerExecutor {
  public:
   LayerExecutor(const LayerPlan& plan, Precision precision, KernelTable kernels, GemmRunner* gemm);
+  ~LayerExecutor();
 
   const LayerPlan& plan() const { return plan_; }
 
@@ -112,7 +117,11 @@ class LayerExecutor {
   // Names a direction's steps need bound, for error messages and front ends.
   std::vector<std::string> required_bindings(bool backward) const;
 
-  struct Frame;  // one call's state (runtime/frame.h), internal
+  struct Frame;      // one call's state (runtime/frame.h), internal
+  struct ShapePlan;  // the plan resolved at one shape (runtime/frame.h), internal
+
+  // The plan resolved for `shape` (computed on first use, then cached; thread-safe).
+  const ShapePlan& resolve(const RunShape& shape) const;
 
  private:
   // Memory for every tensor in `used` that nothing bound; views point into their parents.
@@ -124,9 +133,8 @@ class LayerExecutor {
   // Binds an all-zero mask to every used u8 input left null ("nothing is padded").
   void bind_zero_masks(const std::set<int>& used, Frame& frame) const;
   std::map<int, void*> arena_places(void* arena, const RunShape& shape) const;
-  void run_steps(const std::vector<Step>& steps, Frame& frame) const;
+  void run_steps(const std::vector<Step>& steps, const std::vector<ResolvedLaunch>& launches, Frame& frame) const;
   void run_gemm(const GemmStep& g, Frame& frame) const;
-  void run_kernel(const KernelStep& k, Frame& frame) const;
   // out[i] += in[i] for n elements of the model's dtype (the `+=` of epilogue bias gradients).
   void accumulate_into(const void* in, void* out, int64_t n, Frame& frame) const;
 
@@ -134,9 +142,12 @@ class LayerExecutor {
   Precision precision_;
   KernelTable kernels_;
   GemmRunner* gemm_;
+  CUfunction accumulate_fn_ = nullptr;  // the `+=` of epilogue bias gradients (support kernel)
   std::vector<bool> relu_aux_;  // per tensor: holds a ReLU bit mask (sized in bits)
   std::vector<SavedSlot> saved_slots_;
   std::set<int> saved_roots_;  // their tensor ids
+  mutable std::mutex shapes_mutex_;
+  mutable std::map<std::array<int64_t, 3>, std::unique_ptr<ShapePlan>> shapes_;
 };
 
 }  // namespace lightseq

@@ -8,16 +8,27 @@
 
 #include "compiler/errors.h"
 #include "runtime/executor.h"
+#include "runtime/launch.h"
 
 namespace lightseq {
 
+// What a layer's plan resolves to at one run-time shape (LayerExecutor::resolve): every kernel
+// launch packed, every tensor's size (kernel-sized scratch included). Computed once per shape.
+struct LayerExecutor::ShapePlan {
+  std::vector<ResolvedLaunch> forward, backward;  // parallel to the plan's steps (GEMMs: unused)
+  ScratchExtents scratch;
+  std::vector<int64_t> tensor_bytes;  // per tensor id
+};
+
 // Everything one forward or backward call needs while it runs.
 struct LayerExecutor::Frame {
-  Frame(const Graph* g, Precision p, RunShape s, DropoutConfig d, GradMode m, Allocator* a, CUstream st)
-      : graph(g), precision(p), shape(s), dropout(d), mode(m), allocator(a), stream(st),
+  Frame(const Graph* g, const ShapePlan* sp, Precision p, RunShape s, DropoutConfig d, GradMode m, Allocator* a,
+        CUstream st)
+      : graph(g), shape_plan(sp), precision(p), shape(s), dropout(d), mode(m), allocator(a), stream(st),
         ptr(g->tensors().size(), nullptr) {}
 
   const Graph* graph;
+  const ShapePlan* shape_plan;
   Precision precision;
   RunShape shape;
   DropoutConfig dropout;
@@ -26,14 +37,11 @@ struct LayerExecutor::Frame {
   CUstream stream;
   std::vector<void*> ptr;                // per tensor id; null = unbound
   std::map<int, DeviceBuffer> owned;     // activations allocated in this call
-  std::vector<DeviceBuffer> temps;       // partial-sum workspaces etc.
-  // The most recent per-block partial buffer, for the column_sum steps that follow it.
-  const float* partials = nullptr;
-  int64_t partial_blocks = 0, partial_stride = 0, partial_width = 0;
 
   int64_t numel(int id) const {
     return shape_numel(graph->tensor(id).shape).eval(shape.batch, shape.seq, shape.src_seq);
   }
+  int64_t bytes(int id) const { return shape_plan->tensor_bytes.at(id); }
   void* at(int id) const {
     void* p = ptr.at(id);
     if (!p) throw InternalError(fmt::format("executor: tensor '{}' has no memory", graph->tensor(id).name));

@@ -72,7 +72,7 @@ std::string_view lt_epilogue_name(Epilogue e) {
   throw InternalError(fmt::format("gemm: unknown Epilogue {}", static_cast<int>(e)));
 }
 
-cudaDataType_t cuda_type(Precision p) {
+cudaDataType_t cuda_data_type(Precision p) {
   switch (p) {
     case Precision::kFp32:
       return CUDA_R_32F;
@@ -160,7 +160,7 @@ void init_layout(cublasLtMatrixLayout_t layout, cudaDataType_t type, int64_t row
 }
 
 void build(const GemmArgs& g, LtProblem& p) {
-  const cudaDataType_t type = cuda_type(g.dtype);
+  const cudaDataType_t type = cuda_data_type(g.dtype);
   LIGHTSEQ_CUBLAS_CHECK(cublasLtMatmulDescInit(p.op(), compute_type(g), CUDA_R_32F));
   set(p.op(), CUBLASLT_MATMUL_DESC_TRANSA, static_cast<int32_t>(op(g.trans_b)));
   set(p.op(), CUBLASLT_MATMUL_DESC_TRANSB, static_cast<int32_t>(op(g.trans_a)));

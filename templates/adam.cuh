@@ -4,7 +4,7 @@
 
 #include "common/adam_types.cuh"
 #include "common/enums.cuh"
-#include "common/launch.cuh"
+#include "adam.sig.cuh"
 #include "common/types.cuh"
 
 namespace lightseq::kern {

@@ -5,7 +5,7 @@
 // 16-byte vector never straddles two heads.
 #pragma once
 
-#include "common/launch.cuh"
+#include "attention.sig.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"
 

@@ -3,7 +3,7 @@
 // dropout (Act::kNone).
 #pragma once
 
-#include "common/launch.cuh"
+#include "bias_act_dropout.sig.cuh"
 #include "common/math.cuh"
 #include "common/philox.cuh"
 #include "common/reduce.cuh"

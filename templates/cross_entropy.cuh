@@ -3,7 +3,7 @@
 // 'none') semantics; the caller reduces loss and folds the reduction into grad_scale).
 #pragma once
 
-#include "common/launch.cuh"
+#include "cross_entropy.sig.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"
 

@@ -3,7 +3,7 @@
 // LayerNorm parameter partials). Row layout and LayerNorm pieces come from layernorm.cuh.
 #pragma once
 
-#include "common/launch.cuh"
+#include "embedding.sig.cuh"
 #include "common/philox.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"

@@ -10,7 +10,7 @@
 // accumulators in global memory): correct for any size, fast up to those.
 #pragma once
 
-#include "common/launch.cuh"
+#include "layernorm.sig.cuh"
 #include "common/philox.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"

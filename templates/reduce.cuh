@@ -4,7 +4,7 @@
 #pragma once
 
 #include "common/enums.cuh"
-#include "common/launch.cuh"
+#include "reduce.sig.cuh"
 #include "common/types.cuh"
 
 namespace lightseq::kern {

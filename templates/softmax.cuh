@@ -12,7 +12,7 @@
 // Pointers (key_padding included) must be 16-byte aligned.
 #pragma once
 
-#include "common/launch.cuh"
+#include "softmax.sig.cuh"
 #include "common/philox.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"

@@ -12,7 +12,7 @@
 #include <cstddef>
 
 #include "common/adam_types.cuh"
-#include "compiler/codegen/instances.h"
+#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
 #include "tests/reference/kernels.h"
 

@@ -7,7 +7,7 @@
 
 #include <cmath>
 
-#include "compiler/codegen/instances.h"
+#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
 #include "tests/reference/kernels.h"
 

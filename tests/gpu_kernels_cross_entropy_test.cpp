@@ -5,7 +5,7 @@
 // set the flag and count as ignored.
 #include <gtest/gtest.h>
 
-#include "compiler/codegen/instances.h"
+#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
 #include "tests/reference/kernels.h"
 

@@ -4,7 +4,7 @@
 // head dims 8, 64, 128, 256 × (batch, seq) from (1, 1) to (1, 513). Copies must be bit-exact.
 #include <gtest/gtest.h>
 
-#include "compiler/codegen/instances.h"
+#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
 #include "tests/reference/kernels.h"
 

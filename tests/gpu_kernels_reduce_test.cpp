@@ -5,7 +5,7 @@
 // and not, in == out), for fp32/fp16/bf16.
 #include <gtest/gtest.h>
 
-#include "compiler/codegen/instances.h"
+#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
 #include "tests/reference/kernels.h"
 

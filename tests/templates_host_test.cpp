@@ -12,6 +12,7 @@
 #include "templates/common/adam_types.cuh"
 #include "templates/common/enums.cuh"
 #include "templates/common/launch.cuh"
+#include "tests/kernel_instances.h"
 #include "templates/common/philox.cuh"
 
 namespace lightseq::kern {

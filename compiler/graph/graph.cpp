@@ -54,8 +54,19 @@ std::string_view to_string(TensorRole r) {
     case TensorRole::kParamGrad: return "param_grad";
     case TensorRole::kOutput: return "output";
     case TensorRole::kGradOutput: return "grad_output";
+    case TensorRole::kScratch: return "scratch";
   }
   throw InternalError("unknown TensorRole");
+}
+
+std::string_view to_string(DropoutKind k) {
+  switch (k) {
+    case DropoutKind::kAttention: return "attention";
+    case DropoutKind::kActivation: return "activation";
+    case DropoutKind::kHidden: return "hidden";
+    case DropoutKind::kEmbedding: return "embedding";
+  }
+  throw InternalError("unknown DropoutKind");
 }
 
 std::string_view to_string(OpKind k) {

@@ -48,10 +48,12 @@ enum class TensorRole {
   kParamGrad,  // gradient of a parameter, written (=) or accumulated (+=) as the caller chooses
   kOutput,     // result of the forward handed to the caller
   kGradOutput, // gradient of a layer input, written into the caller's buffer (grad_x, ...)
+  kScratch,    // a kernel's working buffer (per-block partials, an fp32 scatter target), made by the
+               // planner and provided by the runtime for one call
 };
 std::string_view to_string(TensorRole r);
 
-enum class ElemType { kModel, kF32, kI64, kU8 };  // kModel: the spec's precision
+enum class ElemType { kModel, kF32, kI64, kU8, kI32 };  // kModel: the spec's precision
 
 struct Tensor {
   std::string name;
@@ -62,7 +64,14 @@ struct Tensor {
   // e.g. q, k, v of the [3, B, heads, T, d] heads tensor. -1: not a view.
   int view_of = -1;
   int part = 0;
+  // A scratch tensor whose extent the kernel that writes it computes (its signature's extent
+  // function, from the run-time sizes): `shape` is empty and the runtime sizes it per shape.
+  bool sized_by_kernel = false;
 };
+
+// The kinds of dropout site; each has its own probability at run time (DropoutConfig).
+enum class DropoutKind { kAttention, kActivation, kHidden, kEmbedding };
+std::string_view to_string(DropoutKind k);  // "attention", ...
 
 enum class OpKind {
   // forward
@@ -85,7 +94,7 @@ struct OpAttrs {
   std::string alpha_text;  // "1/sqrt(64)" for printing; empty: print the number
   // dropout sites: the site index within the layer (each site draws its own random stream)
   int dropout_site = -1;
-  std::string dropout_which;  // "attention", "activation", "hidden", "embedding"
+  DropoutKind dropout_kind = DropoutKind::kHidden;
   // heads transforms
   int parts = 1;
   // attention mask
@@ -99,6 +108,12 @@ struct OpAttrs {
   bool accumulate_output = false;
   // adam
   OptimizerKind optimizer = OptimizerKind::kAdamW;
+  // embedding
+  int64_t vocab = 0, padding_idx = -1, max_positions = 0;
+  double scale = 1.0;
+  // cross-entropy
+  int64_t ignore_index = -100;
+  double label_smoothing = 0.0;
 };
 
 struct Op {

@@ -66,16 +66,16 @@ class Builder {
     at.alpha_text = std::move(alpha_text);
     op(OpKind::kGemm, name, {a, b}, {d}, at);
   }
-  int dropout(const std::string& name, int in, int out, int site, const char* which) {
+  int dropout(const std::string& name, int in, int out, int site, DropoutKind kind) {
     OpAttrs at;
     at.dropout_site = site;
-    at.dropout_which = which;
+    at.dropout_kind = kind;
     return op(OpKind::kDropout, name, {in}, {out}, at);
   }
-  int dropout_grad(const std::string& name, int in, int out, int site, const char* which) {
+  int dropout_grad(const std::string& name, int in, int out, int site, DropoutKind kind) {
     OpAttrs at;
     at.dropout_site = site;
-    at.dropout_which = which;
+    at.dropout_kind = kind;
     return op(OpKind::kDropoutGrad, name, {in}, {out}, at);
   }
   Graph& graph() { return g_; }
@@ -157,7 +157,7 @@ class LayerLowering {
     if (s_.dropout.hidden > 0) {
       sub.hidden_site = site_++;
       branch = b_.tensor(sub.p + ".out_dropped", {Dim::tokens(), Dim::constant(H_)});
-      b_.dropout(sub.p + ".out_dropout", biased, branch, sub.hidden_site, "hidden");
+      b_.dropout(sub.p + ".out_dropout", biased, branch, sub.hidden_site, DropoutKind::kHidden);
     }
     const bool post = s_.norm == NormPlacement::kPost;
     int sum = b_.tensor(post ? sub.p + ".residual" : out_name, {Dim::tokens(), Dim::constant(H_)});
@@ -237,7 +237,7 @@ class LayerLowering {
     if (s_.dropout.attention > 0) {
       sub.attn_site = site_++;
       sub.dropped = b_.tensor(sub.p + ".probs_dropped", score_shape);
-      b_.dropout(sub.p + ".probs_dropout", sub.probs, sub.dropped, sub.attn_site, "attention");
+      b_.dropout(sub.p + ".probs_dropout", sub.probs, sub.dropped, sub.attn_site, DropoutKind::kAttention);
     }
     sub.ctx_h = b_.tensor(sub.p + ".ctx_heads", {Dim::constant(1), Dim::batch(), Dim::constant(heads_), Dim::seq(), Dim::constant(d_)});
     int ctx_part = b_.parts(sub.ctx_h, {sub.p + ".ctx_h"})[0];
@@ -272,7 +272,7 @@ class LayerLowering {
     if (s_.dropout.activation > 0) {
       sub.act_site = site_++;
       sub.act_dropped = b_.tensor(sub.p + ".act_dropped", {bt, F});
-      b_.dropout(sub.p + ".act_dropout", sub.act, sub.act_dropped, sub.act_site, "activation");
+      b_.dropout(sub.p + ".act_dropout", sub.act, sub.act_dropped, sub.act_site, DropoutKind::kActivation);
     }
     sub.gemm_out = b_.tensor(sub.p + ".out", {bt, H});
     b_.gemm(sub.p + ".linear2", sub.act_dropped, Transpose::kNo, sub.w2, Transpose::kYes, sub.gemm_out, bt, H, F);
@@ -297,7 +297,7 @@ class LayerLowering {
     int d_branch = d_sum;
     if (sub.hidden_site >= 0) {
       d_branch = b_.tensor(sub.p + ".d_out_dropped", {Dim::tokens(), Dim::constant(H_)}, TensorRole::kGrad);
-      b_.dropout_grad(sub.p + ".out_dropout_grad", d_sum, d_branch, sub.hidden_site, "hidden");
+      b_.dropout_grad(sub.p + ".out_dropout_grad", d_sum, d_branch, sub.hidden_site, DropoutKind::kHidden);
     }
     b_.op(OpKind::kBiasGrad, sub.p + ".out_bias_grad", {d_branch}, {b_.grad_of_param(sub.bias)});
     return d_branch;
@@ -354,7 +354,7 @@ class LayerLowering {
     int d_probs = d_dropped;
     if (sub.attn_site >= 0) {
       d_probs = b_.tensor(sub.p + ".d_probs", score_shape, TensorRole::kGrad);
-      b_.dropout_grad(sub.p + ".probs_dropout_grad", d_dropped, d_probs, sub.attn_site, "attention");
+      b_.dropout_grad(sub.p + ".probs_dropout_grad", d_dropped, d_probs, sub.attn_site, DropoutKind::kAttention);
     }
     int d_scores = b_.tensor(sub.p + ".d_scores", score_shape, TensorRole::kGrad);
     b_.op(OpKind::kSoftmaxGrad, sub.p + ".softmax_grad", {d_probs, sub.probs}, {d_scores});
@@ -401,7 +401,7 @@ class LayerLowering {
     int d_act = d_act_dropped;
     if (sub.act_site >= 0) {
       d_act = b_.tensor(sub.p + ".d_act", {bt, F}, TensorRole::kGrad);
-      b_.dropout_grad(sub.p + ".act_dropout_grad", d_act_dropped, d_act, sub.act_site, "activation");
+      b_.dropout_grad(sub.p + ".act_dropout_grad", d_act_dropped, d_act, sub.act_site, DropoutKind::kActivation);
     }
     int d_h = b_.tensor(sub.p + ".d_h", {bt, F}, TensorRole::kGrad);
     // The activation's derivative is taken at h + b1 (the pre-activation).
@@ -515,7 +515,14 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
     in.push_back(pos);
   }
   int sum = b.tensor("embedded", hs);
-  b.op(OpKind::kEmbedding, "embed", in, {sum});
+  // Set to 1 (never cleared) when a token is outside [0, vocab) or a position past max_positions.
+  int bad = b.tensor("bad_token", {Dim::constant(1)}, TensorRole::kOutput, ElemType::kI32);
+  OpAttrs lookup;
+  lookup.vocab = e.vocab;
+  lookup.padding_idx = e.padding_idx;
+  lookup.max_positions = e.max_positions;
+  lookup.scale = e.scale;
+  b.op(OpKind::kEmbedding, "embed", in, {sum, bad}, lookup);
   int cur = sum;
   int gamma = -1, beta = -1, mean = -1, rstd = -1;
   if (e.layernorm) {
@@ -532,7 +539,7 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   int out = cur;
   if (e.dropout > 0) {
     out = b.tensor("out", hs);
-    b.dropout("dropout", cur, out, 0, "embedding");
+    b.dropout("dropout", cur, out, 0, DropoutKind::kEmbedding);
   }
   lg.graph.tensor(out).role = TensorRole::kOutput;
   lg.graph.begin_backward();
@@ -540,7 +547,7 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   int d = dy;
   if (e.dropout > 0) {
     d = b.tensor("d_dropped", hs, TensorRole::kGrad);
-    b.dropout_grad("dropout_grad", dy, d, 0, "embedding");
+    b.dropout_grad("dropout_grad", dy, d, 0, DropoutKind::kEmbedding);
   }
   if (e.layernorm) {
     int dsum = b.tensor("d_embedded", hs, TensorRole::kGrad);
@@ -550,7 +557,7 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   }
   std::vector<int> grads{b.grad_of_param(table)};
   if (pos >= 0) grads.push_back(b.grad_of_param(pos));
-  b.op(OpKind::kEmbeddingGrad, "embed_grad", {d, tokens}, grads);
+  b.op(OpKind::kEmbeddingGrad, "embed_grad", {d, tokens}, grads, lookup);
   lg.graph.verify();
   return lg;
 }
@@ -573,7 +580,12 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   int nll = b.tensor("nll", {bt}, TensorRole::kOutput, ElemType::kF32);
   // Forward and backward in one pass: the gradient of the logits is produced with the loss.
   int d_logits = b.tensor("d_logits", {bt, V}, TensorRole::kGrad);
-  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets}, {loss, nll, d_logits});
+  // Set to 1 (never cleared) when a target is outside [0, vocab) and not the ignore index.
+  int bad = b.tensor("bad_target", {Dim::constant(1)}, TensorRole::kOutput, ElemType::kI32);
+  OpAttrs ce;
+  ce.ignore_index = c.ignore_index;
+  ce.label_smoothing = c.label_smoothing;
+  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets}, {loss, nll, d_logits, bad}, ce);
   lg.graph.begin_backward();
   int dh = b.tensor("grad_decoder_out", {bt, H}, TensorRole::kGradOutput);
   b.gemm("output_proj_dgrad", d_logits, Transpose::kNo, w, Transpose::kNo, dh, bt, H, V);

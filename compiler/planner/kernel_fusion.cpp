@@ -9,7 +9,14 @@
 #include <set>
 #include <optional>
 
-#include "compiler/codegen/instances.h"
+#include "adam.sig.cuh"
+#include "attention.sig.cuh"
+#include "bias_act_dropout.sig.cuh"
+#include "cross_entropy.sig.cuh"
+#include "embedding.sig.cuh"
+#include "layernorm.sig.cuh"
+#include "reduce.sig.cuh"
+#include "softmax.sig.cuh"
 #include "compiler/errors.h"
 #include "compiler/planner/passes.h"
 
@@ -50,61 +57,109 @@ int64_t cols_of(const State& s, int tensor) {
   return sh.back().factor;
 }
 
-// Pointer arguments a kernel writes (docs/kernels.md); every other bound argument is read.
-// "mean", "rstd", "probs", "sum_out" are written by forward kernels and read by backward ones.
-bool is_output_arg(const std::string& kernel, const std::string& name) {
-  static const std::set<std::string> forward_outputs{
-      "sum_out", "norm_out", "mean", "rstd", "out", "probs", "probs_dropped", "loss", "nll", "grad_logits"};
-  static const std::set<std::string> backward_outputs{"grad_z", "grad_branch", "grad_x", "grad_scores", "out"};
-  const bool backward = kernel.find("_bwd_") != std::string::npos;
-  return (backward ? backward_outputs : forward_outputs).count(name) > 0;
-}
+using Args = std::map<std::string, int>;        // pointer parameters by name → tensor id
+using Scalars = std::map<std::string, ScalarArg>;  // scalar parameters by name
 
-using Args = std::map<std::string, int>;
-
-void emit(State& s, const Match& m, KernelInstance k, Args args, std::string note = "") {
+// A step of `k`: its parameters bound by name, checked against the signature (an unknown name, a
+// missing scalar, a null required pointer are planner bugs), reads and writes from the roles, the
+// dropout parameter from the matched dropout op.
+KernelStep make_step(const Graph& g, KernelInstance k, const Args& args, const Scalars& scalars,
+                     const Op* dropout_op, std::string note) {
+  const sig::Kernel& sg = *k.sig;
   KernelStep step;
-  step.kernel = std::move(k);
-  step.note = std::move(note);
+  step.args.resize(sg.n_params);
   for (const auto& [name, id] : args) {
-    if (id < 0) continue;
-    step.args[name] = id;
-    (is_output_arg(step.kernel.kernel, name) ? step.writes : step.reads).push_back(id);
-  }
-  for (const auto& op : m) {
-    if (!op) continue;
-    const Op& o = s.op(*op);
-    step.fused_ops.push_back(o.name);
-    if (o.kind == OpKind::kLayerNorm) step.eps = o.attrs.eps;
-    if (o.kind == OpKind::kDropout || o.kind == OpKind::kDropoutGrad) {
-      step.dropout_site = o.attrs.dropout_site;
-      step.dropout_which = o.attrs.dropout_which;
+    const sig::Param& p = sg.params[param_index(sg, name)];
+    if (!sig::is_pointer(p.type) && p.role != sig::Role::kTensorList) {
+      throw InternalError(fmt::format("planner: {}: '{}' is not a pointer parameter", k.label, name));
     }
-    s.claimed[*op] = 1;
+    step.args[param_index(sg, name)].tensor = id;
   }
-  s.out->push_back(std::move(step));
-}
-
-// A launch that belongs to no graph op (finishing partial sums, loss-scaling checks).
-KernelStep support_step(KernelInstance k, std::vector<int> reads, std::vector<int> writes, std::string note) {
-  KernelStep step;
+  for (const auto& [name, value] : scalars) {
+    if (sg.params[param_index(sg, name)].role != sig::Role::kScalar) {
+      throw InternalError(fmt::format("planner: {}: '{}' is not a scalar parameter", k.label, name));
+    }
+    step.args[param_index(sg, name)].scalar = value;
+  }
+  for (int i = 0; i < sg.n_params; ++i) {
+    const sig::Param& p = sg.params[i];
+    KernelArg& a = step.args[i];
+    switch (p.role) {
+      case sig::Role::kScalar:
+        if (a.scalar.kind == ScalarArg::Kind::kUnset) {
+          throw InternalError(fmt::format("planner: {}: scalar '{}' has no value", k.label, p.name));
+        }
+        break;
+      case sig::Role::kDropout:
+        if (dropout_op) {
+          a.dropout_site = dropout_op->attrs.dropout_site;
+          a.dropout_kind = dropout_op->attrs.dropout_kind;
+        }
+        break;
+      case sig::Role::kGradMode:
+        break;
+      default:
+        if (a.tensor < 0) {
+          if (p.nullable == sig::Nullable::kNo) {
+            throw InternalError(fmt::format("planner: {}: '{}' is not bound", k.label, p.name));
+          }
+          break;
+        }
+        if (p.role == sig::Role::kIn || p.role == sig::Role::kTensorList) {
+          step.reads.push_back(a.tensor);
+        } else {
+          step.writes.push_back(a.tensor);  // kOut, kOutAcc (into a buffer made ready before), kScratch, kErrorFlag
+        }
+    }
+  }
+  (void)g;
   step.kernel = std::move(k);
-  step.reads = std::move(reads);
-  step.writes = std::move(writes);
   step.note = std::move(note);
   return step;
 }
 
-// Finishing launches: per-block fp32 partials → parameter gradients (= or +=), one per block of
-// columns, in the column order of the partial buffer.
-void finish_partials(State& s, const std::vector<int>& param_grads) {
+void emit(State& s, const Match& m, KernelInstance k, const Args& args, const Scalars& scalars,
+          std::string note = "") {
+  const Op* dropout_op = nullptr;
+  std::vector<std::string> fused;
+  for (const auto& op : m) {
+    if (!op) continue;
+    const Op& o = s.op(*op);
+    fused.push_back(o.name);
+    if (o.kind == OpKind::kDropout || o.kind == OpKind::kDropoutGrad) dropout_op = &o;
+    s.claimed[*op] = 1;
+  }
+  KernelStep step = make_step(s.g, std::move(k), args, scalars, dropout_op, std::move(note));
+  step.fused_ops = std::move(fused);
+  s.out->push_back(std::move(step));
+}
+
+// A scratch tensor for the kernel step about to be emitted: a fixed shape, or (empty shape) sized
+// by the kernel's signature at run time.
+int add_scratch(State& s, const std::string& name, ElemType type, Shape shape = {}) {
+  Tensor t{name, std::move(shape), TensorRole::kScratch, type};
+  t.sized_by_kernel = t.shape.empty();
+  return s.g.add_tensor(std::move(t));
+}
+
+// The rows of a [rows, cols] tensor: the product of all but its last dimension.
+Dim rows_of(const State& s, int tensor) {
+  const Shape& sh = s.g.tensor(tensor).shape;
+  return shape_numel(Shape(sh.begin(), sh.end() - 1));
+}
+
+// Finishing launches: per-block fp32 partials (a scratch tensor whose rows are the blocks) →
+// parameter gradients (= or +=), each `width` columns wide, in the column order of the partials.
+void finish_partials(State& s, int partials, const std::vector<int>& param_grads, int64_t width) {
   for (size_t i = 0; i < param_grads.size(); ++i) {
     const int pg = param_grads[i];
-    KernelStep step = support_step(codegen::column_sum(s.precision), {}, {pg},
-                                   fmt::format("{} = Σ of per-block partials", s.g.tensor(pg).name));
-    step.args["out"] = pg;
-    step.partial_block = static_cast<int>(i);
-    s.out->push_back(std::move(step));
+    s.out->push_back(make_step(s.g, instantiate(sig::kColumnSum, s.precision, {}),
+                               {{"partials", partials}, {"out", pg}},
+                               {{"n_blocks", ScalarArg::rows_of(partials)},
+                                {"stride", ScalarArg::cols_of(partials)},
+                                {"col_offset", ScalarArg::constant(static_cast<double>(i) * width)},
+                                {"cols", ScalarArg::constant(static_cast<double>(width))}},
+                               nullptr, fmt::format("{} = Σ of per-block partials", s.g.tensor(pg).name)));
   }
 }
 
@@ -114,39 +169,58 @@ void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_o
   }
 }
 
+kern::Act act_of(Activation a) { return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu; }
+kern::Pos pos_of(bool learned) { return learned ? kern::Pos::kLearned : kern::Pos::kSinusoidal; }
+
 std::vector<Rule> make_rules() {
   using K = OpKind;
+  using kern::Drop;
+  using kern::Norm;
+  const Dim B = Dim::batch();
   std::vector<Rule> r;
   // ---- forward ----
   r.push_back({"bias + split heads", {{K::kBiasAdd, false}, {K::kSplitHeads, false}}, {},
-               [](State& s, const Match& m) {
+               [B](State& s, const Match& m) {
                  const Op& b = s.op(*m[0]);
                  const Op& sp = s.op(*m[1]);
+                 const Shape out = s.g.tensor(sp.outputs[0]).shape;  // [parts, B, heads, seq, d]
                  const int64_t hidden = cols_of(s, b.inputs[0]) / sp.attrs.parts;
-                 const int64_t heads = s.g.tensor(sp.outputs[0]).shape[2].factor;
                  mark_internal(s, {m[0]});
-                 emit(s, m, codegen::split_heads(s.precision, {hidden, heads, sp.attrs.parts, true}),
-                      {{"in", b.inputs[0]}, {"bias", b.inputs[1]}, {"out", sp.outputs[0]}});
+                 emit(s, m,
+                      instantiate(sig::kSplitHeads, s.precision,
+                                  {{"kHidden", hidden}, {"kHeads", out[2].factor}, {"kParts", sp.attrs.parts},
+                                   tv("kBias", kern::BiasAdd::kOn)}),
+                      {{"in", b.inputs[0]}, {"bias", b.inputs[1]}, {"out", sp.outputs[0]}},
+                      {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(out[3])}});
                }});
   r.push_back({"mask + softmax + dropout",
                {{K::kAttentionMask, false}, {K::kSoftmax, false}, {K::kDropout, true}}, {},
-               [](State& s, const Match& m) {
+               [B](State& s, const Match& m) {
                  const Op& mask = s.op(*m[0]);
+                 const Shape probs = s.g.tensor(out0(s, m[1])).shape;  // [B, heads, q, k]
+                 const int bits = (mask.attrs.padding_mask ? 1 : 0) | (mask.attrs.causal ? 2 : 0);
                  mark_internal(s, {m[0]});
                  emit(s, m,
-                      codegen::softmax_fwd(s.precision, {mask.attrs.padding_mask, mask.attrs.causal,
-                                                         m[2].has_value()}),
+                      instantiate(sig::kSoftmaxFwd, s.precision,
+                                  {tv("kMask", static_cast<kern::Mask>(bits)), on_off<Drop>("kDrop", m[2].has_value())}),
                       {{"scores", mask.inputs[0]},
                        {"key_padding", mask.inputs.size() > 1 ? mask.inputs[1] : -1},
                        {"probs", out0(s, m[1])},
-                       {"probs_dropped", m[2] ? out0(s, m[2]) : -1}});
+                       {"probs_dropped", m[2] ? out0(s, m[2]) : -1}},
+                      {{"batch", ScalarArg::size(B)},
+                       {"heads", ScalarArg::constant(static_cast<double>(probs[1].factor))},
+                       {"q_len", ScalarArg::size(probs[2])},
+                       {"k_len", ScalarArg::size(probs[3])}});
                }});
-  r.push_back({"merge heads", {{K::kMergeHeads, false}}, {}, [](State& s, const Match& m) {
+  r.push_back({"merge heads", {{K::kMergeHeads, false}}, {}, [B](State& s, const Match& m) {
                  const Op& op = s.op(*m[0]);
-                 const Shape& sh = s.g.tensor(op.inputs[0]).shape;
-                 const int64_t heads = sh[2].factor, d = sh[4].factor;
-                 emit(s, m, codegen::merge_heads(s.precision, {heads * d, heads, op.attrs.parts, false}),
-                      {{"in", op.inputs[0]}, {"out", op.outputs[0]}});
+                 const Shape in = s.g.tensor(op.inputs[0]).shape;  // [parts, B, heads, seq, d]
+                 emit(s, m,
+                      instantiate(sig::kMergeHeads, s.precision,
+                                  {{"kHidden", in[2].factor * in[4].factor}, {"kHeads", in[2].factor},
+                                   {"kParts", op.attrs.parts}, tv("kBiasGrad", kern::BiasGrad::kOff)}),
+                      {{"in", op.inputs[0]}, {"out", op.outputs[0]}},
+                      {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(in[3])}});
                }});
   r.push_back({"bias + dropout + residual + layernorm",
                {{K::kBiasAdd, false}, {K::kDropout, true}, {K::kResidualAdd, false}, {K::kLayerNorm, true}},
@@ -158,22 +232,30 @@ std::vector<Rule> make_rules() {
                            {"bias", b.inputs[1]},
                            {"residual", other_input(s, *m[2], branch_end)},
                            {"sum_out", out0(s, m[2])}};
+                 double eps = 0;
                  if (m[3]) {
                    const Op& ln = s.op(*m[3]);
                    args.insert({{"gamma", ln.inputs[1]}, {"beta", ln.inputs[2]}, {"norm_out", ln.outputs[0]},
                                 {"mean", ln.outputs[1]}, {"rstd", ln.outputs[2]}});
+                   eps = ln.attrs.eps;
                  }
                  mark_internal(s, {m[0], m[1]});
                  emit(s, m,
-                      codegen::ln_fwd(s.precision, {cols_of(s, b.inputs[0]), true, m[3].has_value(),
-                                                    m[1].has_value()}),
-                      args);
+                      instantiate(sig::kLnFwd, s.precision,
+                                  {{"kHidden", cols_of(s, b.inputs[0])},
+                                   tv("kBranch", kern::Branch::kBiasDropoutResidual),
+                                   on_off<Norm>("kNorm", m[3].has_value()), on_off<Drop>("kDrop", m[1].has_value())}),
+                      args, {{"rows", ScalarArg::size(rows_of(s, b.inputs[0]))}, {"eps", ScalarArg::constant(eps)}});
                }});
   r.push_back({"layernorm", {{K::kLayerNorm, false}}, {}, [](State& s, const Match& m) {
                  const Op& ln = s.op(*m[0]);
-                 emit(s, m, codegen::ln_fwd(s.precision, {cols_of(s, ln.inputs[0]), false, true, false}),
+                 emit(s, m,
+                      instantiate(sig::kLnFwd, s.precision,
+                                  {{"kHidden", cols_of(s, ln.inputs[0])}, tv("kBranch", kern::Branch::kNone),
+                                   tv("kNorm", Norm::kOn), tv("kDrop", Drop::kOff)}),
                       {{"residual", ln.inputs[0]}, {"gamma", ln.inputs[1]}, {"beta", ln.inputs[2]},
-                       {"norm_out", ln.outputs[0]}, {"mean", ln.outputs[1]}, {"rstd", ln.outputs[2]}});
+                       {"norm_out", ln.outputs[0]}, {"mean", ln.outputs[1]}, {"rstd", ln.outputs[2]}},
+                      {{"rows", ScalarArg::size(rows_of(s, ln.inputs[0]))}, {"eps", ScalarArg::constant(ln.attrs.eps)}});
                }});
   r.push_back({"bias + activation + dropout",
                {{K::kBiasAdd, false}, {K::kActivation, false}, {K::kDropout, true}}, {},
@@ -182,53 +264,85 @@ std::vector<Rule> make_rules() {
                  mark_internal(s, {m[0]});
                  if (m[2]) mark_internal(s, {m[1]});
                  emit(s, m,
-                      codegen::bias_act_dropout_fwd(
-                          s.precision, {cols_of(s, b.inputs[0]), s.op(*m[1]).attrs.activation, m[2].has_value()}),
-                      {{"x", b.inputs[0]}, {"bias", b.inputs[1]}, {"out", m[2] ? out0(s, m[2]) : out0(s, m[1])}});
+                      instantiate(sig::kBiasActDropoutFwd, s.precision,
+                                  {{"kCols", cols_of(s, b.inputs[0])}, tv("kAct", act_of(s.op(*m[1]).attrs.activation)),
+                                   on_off<Drop>("kDrop", m[2].has_value())}),
+                      {{"x", b.inputs[0]}, {"bias", b.inputs[1]}, {"out", m[2] ? out0(s, m[2]) : out0(s, m[1])}},
+                      {{"rows", ScalarArg::size(rows_of(s, b.inputs[0]))}});
                }});
   r.push_back({"embedding + layernorm + dropout",
                {{K::kEmbedding, false}, {K::kLayerNorm, true}, {K::kDropout, true}}, {},
-               [](State& s, const Match& m) {
+               [B](State& s, const Match& m) {
                  const Op& e = s.op(*m[0]);
                  const bool learned = e.inputs.size() > 2;
                  Args args{{"tokens", e.inputs[0]}, {"token_table", e.inputs[1]},
-                           {"pos_table", learned ? e.inputs[2] : -1}};
+                           {"pos_table", learned ? e.inputs[2] : -1}, {"bad_token", e.outputs[1]}};
                  int last = out0(s, m[0]);
+                 double eps = 0;
                  if (m[1]) {
                    const Op& ln = s.op(*m[1]);
                    args.insert({{"gamma", ln.inputs[1]}, {"beta", ln.inputs[2]}, {"sum_out", last},
                                 {"mean", ln.outputs[1]}, {"rstd", ln.outputs[2]}});
                    last = ln.outputs[0];
+                   eps = ln.attrs.eps;
                  }
                  if (m[2]) {
                    s.internal.insert(last);
                    last = out0(s, m[2]);
                  }
                  args["out"] = last;
+                 const Dim seq = s.g.tensor(e.inputs[0]).shape[1];
                  emit(s, m,
-                      codegen::embedding_fwd(s.precision,
-                                             {cols_of(s, e.inputs[1]),
-                                              learned ? PositionKind::kLearned : PositionKind::kSinusoidal,
-                                              m[1].has_value(), m[2].has_value()}),
-                      args);
+                      instantiate(sig::kEmbeddingFwd, s.precision,
+                                  {{"kHidden", cols_of(s, e.inputs[1])}, tv("kPos", pos_of(learned)),
+                                   on_off<Norm>("kNorm", m[1].has_value()), on_off<Drop>("kDrop", m[2].has_value())}),
+                      args,
+                      {{"batch", ScalarArg::size(B)},
+                       {"seq", ScalarArg::size(seq)},
+                       {"vocab", ScalarArg::constant(static_cast<double>(e.attrs.vocab))},
+                       {"padding_idx", ScalarArg::constant(static_cast<double>(e.attrs.padding_idx))},
+                       {"max_positions", ScalarArg::constant(static_cast<double>(e.attrs.max_positions))},
+                       {"scale", ScalarArg::constant(e.attrs.scale)},
+                       {"eps", ScalarArg::constant(eps)}});
                }});
   r.push_back({"cross-entropy forward + backward", {{K::kCrossEntropy, false}}, {},
                [](State& s, const Match& m) {
                  const Op& ce = s.op(*m[0]);
-                 emit(s, m, codegen::cross_entropy(s.precision, cols_of(s, ce.inputs[0])),
+                 emit(s, m, instantiate(sig::kCrossEntropy, s.precision, {{"kVocab", cols_of(s, ce.inputs[0])}}),
                       {{"logits", ce.inputs[0]}, {"targets", ce.inputs[1]}, {"loss", ce.outputs[0]},
-                       {"nll", ce.outputs[1]}, {"grad_logits", ce.outputs[2]}});
+                       {"nll", ce.outputs[1]}, {"grad_logits", ce.outputs[2]}, {"bad_target", ce.outputs[3]}},
+                      {{"rows", ScalarArg::size(rows_of(s, ce.inputs[0]))},
+                       {"ignore_index", ScalarArg::constant(static_cast<double>(ce.attrs.ignore_index))},
+                       {"label_smoothing", ScalarArg::constant(ce.attrs.label_smoothing)},
+                       {"grad_scale", ScalarArg::constant(1.0)}});
                }});
   r.push_back({"adam", {{K::kAdam, false}}, {}, [](State& s, const Match& m) {
                  const Op& a = s.op(*m[0]);
+                 const std::vector<int> list{a.inputs[0], a.inputs[1], a.inputs[2]};
+                 // The chunk table over the parameter tensors (Role::kTensorList): bound to the
+                 // parameters, reading gradients, parameters and optimizer state.
+                 auto chunks = [&](KernelStep step) {
+                   step.reads = list;
+                   return step;
+                 };
                  if (s.precision == Precision::kFp16) {
-                   KernelStep check = support_step(codegen::check_finite(s.precision), {a.inputs[0]}, {},
-                                                   "dynamic loss scaling: an inf/NaN gradient skips the step");
-                   check.args["grad"] = a.inputs[0];
-                   s.out->push_back(std::move(check));
+                   const int found_inf = add_scratch(s, a.name + ".found_inf", ElemType::kI32, {Dim::constant(1)});
+                   s.out->push_back(chunks(make_step(
+                       s.g, instantiate(sig::kCheckFinite, s.precision, {}), {{"chunks", a.inputs[1]}, {"found_inf", found_inf}},
+                       {{"n_chunks", ScalarArg::constant(0)}}, nullptr,
+                       "dynamic loss scaling: an inf/NaN gradient skips the step")));
                  }
-                 emit(s, m, codegen::adam(s.precision, a.attrs.optimizer),
-                      {{"grad", a.inputs[0]}, {"param", a.inputs[1]}, {"state", a.inputs[2]}, {"out", a.outputs[0]}});
+                 s.claimed[*m[0]] = 1;
+                 KernelStep step = chunks(make_step(
+                     s.g,
+                     instantiate(sig::kAdam, s.precision,
+                                 {tv("kMode", a.attrs.optimizer == OptimizerKind::kAdamW ? kern::AdamMode::kAdamW
+                                                                                         : kern::AdamMode::kAdam)}),
+                     {{"chunks", a.inputs[1]}}, {{"n_chunks", ScalarArg::constant(0)}, {"args", ScalarArg::constant(0)}},
+                     nullptr, ""));
+                 step.writes = {a.outputs[0]};
+                 step.fused_ops = {a.name};
+                 s.out->push_back(std::move(step));
                }});
   // ---- backward ----
   r.push_back({"layernorm grad + residual grad + dropout grad + bias grad",
@@ -267,11 +381,18 @@ std::vector<Rule> make_rules() {
                    hidden = cols_of(s, drop.inputs[0]);
                  }
                  if (m[3]) finish.push_back(out0(s, m[3]));
+                 const int first = *(m[0] ? m[0] : m[1] ? m[1] : m[2] ? m[2] : m[3]);
+                 const int partials = finish.empty() ? -1 : add_scratch(s, s.op(first).name + ".partials", ElemType::kF32);
+                 if (partials >= 0) args["partials"] = partials;
+                 const Dim rows = rows_of(s, args.at("grad_out"));
                  emit(s, m,
-                      codegen::ln_bwd(s.precision, {hidden, m[0].has_value(), m[1].has_value(),
-                                                    m[3].has_value(), m[2].has_value()}),
-                      args);
-                 finish_partials(s, finish);
+                      instantiate(sig::kLnBwd, s.precision,
+                                  {{"kHidden", hidden}, on_off<Norm>("kNorm", m[0].has_value()),
+                                   on_off<kern::ResidualIn>("kRes", m[1].has_value()),
+                                   on_off<kern::BranchOut>("kBranchOut", m[3].has_value()),
+                                   on_off<Drop>("kDrop", m[2].has_value())}),
+                      args, {{"rows", ScalarArg::size(rows)}});
+                 if (partials >= 0) finish_partials(s, partials, finish, hidden);
                }});
   r.push_back({"dropout grad + activation grad + bias grad",
                {{K::kDropoutGrad, true}, {K::kActivationGrad, false}, {K::kBiasGrad, false}}, {},
@@ -279,43 +400,65 @@ std::vector<Rule> make_rules() {
                  const Op& ag = s.op(*m[1]);
                  if (m[0]) mark_internal(s, {m[0]});
                  const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : ag.inputs[0];
+                 const int64_t cols = cols_of(s, ag.inputs[1]);
+                 const int partials = add_scratch(s, ag.name + ".partials", ElemType::kF32);
+                 const int bias_grad = out0(s, m[2]);
                  emit(s, m,
-                      codegen::bias_act_dropout_bwd(
-                          s.precision, {cols_of(s, ag.inputs[1]), ag.attrs.activation, m[0].has_value()}),
-                      {{"grad_out", grad_in}, {"x", ag.inputs[1]}, {"bias", ag.inputs[2]}, {"grad_x", ag.outputs[0]}});
-                 finish_partials(s, {out0(s, m[2])});
+                      instantiate(sig::kBiasActDropoutBwd, s.precision,
+                                  {{"kCols", cols}, tv("kAct", act_of(s.op(*m[1]).attrs.activation)),
+                                   on_off<Drop>("kDrop", m[0].has_value())}),
+                      {{"grad_out", grad_in}, {"x", ag.inputs[1]}, {"bias", ag.inputs[2]}, {"grad_x", ag.outputs[0]},
+                       {"partials", partials}},
+                      {{"rows", ScalarArg::size(rows_of(s, ag.inputs[1]))}});
+                 finish_partials(s, partials, {bias_grad}, cols);
                }});
-  r.push_back({"merge heads grad", {{K::kMergeHeadsGrad, false}}, {}, [](State& s, const Match& m) {
+  r.push_back({"merge heads grad", {{K::kMergeHeadsGrad, false}}, {}, [B](State& s, const Match& m) {
                  const Op& op = s.op(*m[0]);
-                 const Shape& sh = s.g.tensor(op.outputs[0]).shape;
-                 const int64_t heads = sh[2].factor, d = sh[4].factor;
-                 emit(s, m, codegen::split_heads(s.precision, {heads * d, heads, op.attrs.parts, false}),
-                      {{"in", op.inputs[0]}, {"out", op.outputs[0]}});
+                 const Shape out = s.g.tensor(op.outputs[0]).shape;  // [parts, B, heads, seq, d]
+                 emit(s, m,
+                      instantiate(sig::kSplitHeads, s.precision,
+                                  {{"kHidden", out[2].factor * out[4].factor}, {"kHeads", out[2].factor},
+                                   {"kParts", op.attrs.parts}, tv("kBias", kern::BiasAdd::kOff)}),
+                      {{"in", op.inputs[0]}, {"out", op.outputs[0]}},
+                      {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(out[3])}});
                }});
   r.push_back({"dropout grad + softmax grad", {{K::kDropoutGrad, true}, {K::kSoftmaxGrad, false}}, {},
                [](State& s, const Match& m) {
                  const Op& sg = s.op(*m[1]);
                  if (m[0]) mark_internal(s, {m[0]});
                  const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : sg.inputs[0];
-                 emit(s, m, codegen::softmax_bwd(s.precision, {false, false, m[0].has_value()}),
-                      {{"grad_dropped", grad_in}, {"probs", sg.inputs[1]}, {"grad_scores", sg.outputs[0]}});
+                 const Shape probs = s.g.tensor(sg.inputs[1]).shape;  // [B, heads, q, k]
+                 emit(s, m, instantiate(sig::kSoftmaxBwd, s.precision, {on_off<Drop>("kDrop", m[0].has_value())}),
+                      {{"grad_dropped", grad_in}, {"probs", sg.inputs[1]}, {"grad_scores", sg.outputs[0]}},
+                      {{"rows", ScalarArg::size(rows_of(s, sg.inputs[1]))}, {"k_len", ScalarArg::size(probs[3])}});
                }});
   r.push_back({"split heads grad + bias grad", {{K::kSplitHeadsGrad, false}, {K::kBiasGrad, true}}, {},
-               [](State& s, const Match& m) {
+               [B](State& s, const Match& m) {
                  const Op& op = s.op(*m[0]);
-                 const Shape& sh = s.g.tensor(op.inputs[0]).shape;
-                 const int64_t heads = sh[2].factor, d = sh[4].factor;
+                 const Shape in = s.g.tensor(op.inputs[0]).shape;  // [parts, B, heads, seq, d]
+                 const int64_t hidden = in[2].factor * in[4].factor;
+                 Args args{{"in", op.inputs[0]}, {"out", op.outputs[0]}};
+                 const int partials = m[1] ? add_scratch(s, op.name + ".partials", ElemType::kF32) : -1;
+                 if (partials >= 0) args["partials"] = partials;
                  emit(s, m,
-                      codegen::merge_heads(s.precision, {heads * d, heads, op.attrs.parts, m[1].has_value()}),
-                      {{"in", op.inputs[0]}, {"out", op.outputs[0]}});
-                 if (m[1]) finish_partials(s, {out0(s, m[1])});
+                      instantiate(sig::kMergeHeads, s.precision,
+                                  {{"kHidden", hidden}, {"kHeads", in[2].factor}, {"kParts", op.attrs.parts},
+                                   on_off<kern::BiasGrad>("kBiasGrad", m[1].has_value())}),
+                      args, {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(in[3])}});
+                 if (m[1]) finish_partials(s, partials, {out0(s, m[1])}, op.attrs.parts * hidden);
                }});
   r.push_back({"dropout grad + layernorm grad + embedding grad",
                {{K::kDropoutGrad, true}, {K::kLayerNormGrad, true}, {K::kEmbeddingGrad, false}}, {},
-               [](State& s, const Match& m) {
+               [B](State& s, const Match& m) {
                  const Op& eg = s.op(*m[2]);
                  const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : (m[1] ? s.op(*m[1]).inputs[0] : eg.inputs[0]);
-                 Args args{{"grad_out", grad_in}, {"tokens", eg.inputs[1]}};
+                 const std::vector<int> param_grads = eg.outputs;
+                 const OpAttrs attrs = eg.attrs;
+                 const std::string name = eg.name;
+                 const int tokens = eg.inputs[1];
+                 const Dim seq = s.g.tensor(tokens).shape[1];
+                 const int64_t hidden = cols_of(s, grad_in);
+                 Args args{{"grad_out", grad_in}, {"tokens", tokens}};
                  std::vector<int> ln_grads;
                  if (m[0]) mark_internal(s, {m[0]});
                  if (m[1]) {
@@ -325,18 +468,35 @@ std::vector<Rule> make_rules() {
                    s.internal.insert(ln.outputs[0]);
                    ln_grads = {ln.outputs[1], ln.outputs[2]};
                  }
-                 const int64_t hidden = cols_of(s, grad_in);
-                 const PositionKind pos = eg.outputs.size() > 1 ? PositionKind::kLearned : PositionKind::kSinusoidal;
-                 emit(s, m, codegen::embedding_bwd(s.precision, {hidden, pos, m[1].has_value(), m[0].has_value()}),
-                      args, "scatter-adds into fp32 gradient buffers the runtime zeroed");
-                 finish_partials(s, ln_grads);
-                 for (size_t i = 0; i < eg.outputs.size(); ++i) {
-                   const int pg = eg.outputs[i];
-                   KernelStep step = support_step(codegen::convert(s.precision), {}, {pg},
-                                                  fmt::format("{} (=|+=) fp32 scatter buffer", s.g.tensor(pg).name));
-                   step.args["out"] = pg;
-                   step.partial_block = static_cast<int>(i);
-                   s.out->push_back(std::move(step));
+                 const bool learned = param_grads.size() > 1;
+                 // fp32 scatter targets, zeroed by the runtime, then converted into the gradients.
+                 std::vector<int> scatter;
+                 for (int pg : param_grads) {
+                   scatter.push_back(add_scratch(s, s.g.tensor(pg).name + ".fp32", ElemType::kF32, s.g.tensor(pg).shape));
+                 }
+                 args["grad_table"] = scatter[0];
+                 if (learned) args["grad_pos"] = scatter[1];
+                 const int partials = m[1] ? add_scratch(s, name + ".partials", ElemType::kF32) : -1;
+                 if (partials >= 0) args["partials"] = partials;
+                 emit(s, m,
+                      instantiate(sig::kEmbeddingBwd, s.precision,
+                                  {{"kHidden", hidden}, tv("kPos", pos_of(learned)),
+                                   on_off<Norm>("kNorm", m[1].has_value()), on_off<Drop>("kDrop", m[0].has_value())}),
+                      args,
+                      {{"batch", ScalarArg::size(B)},
+                       {"seq", ScalarArg::size(seq)},
+                       {"vocab", ScalarArg::constant(static_cast<double>(attrs.vocab))},
+                       {"padding_idx", ScalarArg::constant(static_cast<double>(attrs.padding_idx))},
+                       {"max_positions", ScalarArg::constant(static_cast<double>(attrs.max_positions))},
+                       {"scale", ScalarArg::constant(attrs.scale)}},
+                      "scatter-adds into fp32 gradient buffers the runtime zeroed");
+                 if (partials >= 0) finish_partials(s, partials, ln_grads, hidden);
+                 for (size_t i = 0; i < param_grads.size(); ++i) {
+                   const int pg = param_grads[i];
+                   s.out->push_back(make_step(
+                       s.g, instantiate(sig::kConvert, s.precision, {}), {{"in", scatter[i]}, {"out", pg}},
+                       {{"n", ScalarArg::size(shape_numel(s.g.tensor(pg).shape))}}, nullptr,
+                       fmt::format("{} (=|+=) fp32 scatter buffer", s.g.tensor(pg).name)));
                  }
                }});
   return r;

@@ -11,7 +11,7 @@
 namespace lightseq::planner {
 
 struct State {
-  const Graph& g;
+  Graph& g;  // the planner adds scratch tensors
   Precision precision;
   std::vector<int> claimed;           // per op: 1 once a step covers it
   std::set<int> internal;             // tensors a fused group never materializes
@@ -20,7 +20,7 @@ struct State {
   int begin = 0, end = 0;             // op range of the direction being planned
   std::vector<Step>* out = nullptr;
 
-  State(const Graph& graph, Precision p) : g(graph), precision(p), claimed(graph.ops().size(), 0) {}
+  State(Graph& graph, Precision p) : g(graph), precision(p), claimed(graph.ops().size(), 0) {}
   const Op& op(int i) const { return g.ops()[i]; }
   // Unclaimed consumers of `tensor` within this direction.
   std::vector<int> live_consumers(int tensor) const;

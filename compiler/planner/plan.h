@@ -8,19 +8,10 @@
 #include <vector>
 
 #include "compiler/graph/layers.h"
+#include "compiler/ir/kernel.h"
 #include "compiler/spec/model_spec.h"
 
 namespace lightseq {
-
-// One instantiation of a kernel template (docs/kernels.md).
-struct KernelInstance {
-  std::string family;                      // template file: "layernorm" → templates/layernorm.cuh
-  std::string kernel;                      // "ln_fwd_kernel"
-  std::vector<std::string> template_args;  // C++ template arguments, in order
-  std::string label;                       // "ln_fwd:bf16:h=512:vec=8:branch=none:norm=on:drop=off"
-  std::string name_expression() const;     // "&lightseq::kern::ln_fwd_kernel<__nv_bfloat16, 512, ...>"
-  bool operator==(const KernelInstance&) const = default;
-};
 
 enum class Epilogue {
   kNone,
@@ -46,21 +37,41 @@ struct GemmStep {
   std::vector<std::string> fused_ops;  // graph ops folded into this GEMM (beyond the gemm itself)
 };
 
+// The value of a scalar run-time parameter of a kernel step.
+struct ScalarArg {
+  enum class Kind {
+    kUnset,
+    kDim,     // a size: a monomial in B, T, S (rows = B·T)
+    kConst,   // a number fixed by the model (an epsilon, a column offset)
+    kRowsOf,  // the rows of a scratch tensor as the kernel that wrote it sized it
+    kColsOf,  // its columns
+  };
+  Kind kind = Kind::kUnset;
+  Dim dim;
+  double value = 0;
+  int tensor = -1;
+  static ScalarArg size(Dim d) { return {Kind::kDim, d, 0, -1}; }
+  static ScalarArg constant(double v) { return {Kind::kConst, {}, v, -1}; }
+  static ScalarArg rows_of(int t) { return {Kind::kRowsOf, {}, 0, t}; }
+  static ScalarArg cols_of(int t) { return {Kind::kColsOf, {}, 0, t}; }
+};
+
+// One run-time parameter of a kernel step, in the position of its signature's parameter.
+struct KernelArg {
+  int tensor = -1;        // pointer parameters: the tensor bound (-1: null)
+  ScalarArg scalar;       // Role::kScalar
+  int dropout_site = -1;  // Role::kDropout: the layer's site (-1: no dropout)
+  DropoutKind dropout_kind = DropoutKind::kHidden;
+};
+
 struct KernelStep {
   KernelInstance kernel;
+  std::vector<KernelArg> args;         // parallel to kernel.sig->params
   std::vector<std::string> fused_ops;  // graph op names, in order
-  std::vector<int> reads, writes;      // tensor ids of the layer's graph
-  std::string note;                    // e.g. "finishes grad.linear2.bias from per-block partials"
-  // The kernel's pointer arguments, by their names in docs/kernels.md ("grad_out", "gamma"), bound
-  // to tensor ids. Arguments not listed are passed as null.
-  std::map<std::string, int> args;
-  // The dropout site the kernel draws from (its forward op's site), or -1.
-  int dropout_site = -1;
-  std::string dropout_which;  // "attention", "activation", "hidden", "embedding"
-  double eps = 0;  // LayerNorm epsilon of ln_fwd / embedding_fwd
-  // column_sum / convert steps: which block of columns of the preceding step's partial buffer
-  // (or which fp32 scatter buffer) they finish.
-  int partial_block = -1;
+  std::vector<int> reads, writes;      // tensor ids, from the parameters' roles
+  std::string note;                    // e.g. "grad.linear2.bias = Σ of per-block partials"
+  // The tensor bound to pointer parameter `name` (-1: none); InternalError if no such parameter.
+  int tensor(std::string_view name) const;
 };
 
 using Step = std::variant<GemmStep, KernelStep>;

@@ -4,20 +4,13 @@
 
 #include <set>
 
-#include "compiler/codegen/instances.h"
+#include "reduce.sig.cuh"
 #include "compiler/errors.h"
 #include "compiler/planner/passes.h"
 
 namespace lightseq {
 
-std::string KernelInstance::name_expression() const {
-  std::string args;
-  for (size_t i = 0; i < template_args.size(); ++i) {
-    if (i) args += ", ";
-    args += template_args[i];
-  }
-  return fmt::format("&lightseq::kern::{}<{}>", kernel, args);
-}
+int KernelStep::tensor(std::string_view name) const { return args.at(param_index(*kernel.sig, name)).tensor; }
 
 std::string_view to_string(Epilogue e) {
   switch (e) {
@@ -146,8 +139,8 @@ std::vector<int> saved_tensors(const LayerPlan& lp) {
 LayerPlan plan_layer(LayerGraph layer, Precision precision) {
   LayerPlan lp;
   lp.layer = std::move(layer);
+  planner::State s(lp.layer.graph, precision);
   const Graph& g = lp.layer.graph;
-  planner::State s(g, precision);
   const int n = static_cast<int>(g.ops().size());
   const int split = g.backward_begin();
   for (auto [begin, end, out] : {std::tuple{0, split, &lp.forward}, std::tuple{split, n, &lp.backward}}) {
@@ -177,7 +170,7 @@ LayerPlan plan_layer(LayerGraph layer, Precision precision) {
   lp.saved = saved_tensors(lp);
   for (const Step& st : lp.backward) {
     if (const auto* gm = std::get_if<GemmStep>(&st); gm && gm->bias_grad >= 0) {
-      lp.support_kernels = {codegen::accumulate(precision)};
+      lp.support_kernels = {instantiate(sig::kAccumulate, precision, {})};
       break;
     }
   }

@@ -1,38 +1,80 @@
-// enums.cuh — the compile-time switches of the kernel templates (docs/kernels.md). The code
-// generator spells them in name expressions (`lightseq::kern::Norm::kOn`), so enumerator names are
-// part of the contract. Compiles as device code and as plain host C++.
+// enums.cuh — the compile-time switches of the kernel templates (docs/kernels.md). Each enum is
+// declared once, as a list of (enumerator, label): the list makes the enum class and, on the
+// host, its table (EnumInfo) from which the code generator spells name expressions
+// (`lightseq::kern::Norm::kOn`) and kernel labels (`norm=on`). Enumerator names are part of the
+// contract. Compiles as device code and as plain host C++.
 #pragma once
 
 #include "common/config.cuh"
 
+// X(enumerator, label) lists; values are the positions (0, 1, ...).
+// ln_fwd: what is added to the residual before the norm.
+#define LIGHTSEQ_ENUM_Branch(X) X(kNone, "none") X(kBiasDropoutResidual, "bias_dropout_residual")
+// Whether a LayerNorm is applied (ln_fwd, ln_bwd, embedding).
+#define LIGHTSEQ_ENUM_Norm(X) X(kOff, "off") X(kOn, "on")
+// Whether a dropout site is active; kOff skips the Philox draws entirely.
+#define LIGHTSEQ_ENUM_Drop(X) X(kOff, "off") X(kOn, "on")
+// ln_bwd: whether a residual gradient is added into grad_z.
+#define LIGHTSEQ_ENUM_ResidualIn(X) X(kOff, "off") X(kOn, "on")
+// ln_bwd: whether grad_branch (and its bias-gradient partials) is produced.
+#define LIGHTSEQ_ENUM_BranchOut(X) X(kOff, "off") X(kOn, "on")
+// Activation of bias_act_dropout. kGelu is the exact erf form (PyTorch's default).
+#define LIGHTSEQ_ENUM_Act(X) X(kNone, "none") X(kRelu, "relu") X(kGelu, "gelu")
+// split_heads: whether the QKV bias is added.
+#define LIGHTSEQ_ENUM_BiasAdd(X) X(kOff, "off") X(kOn, "on")
+// merge_heads: whether column sums (a bias gradient) are written as partials.
+#define LIGHTSEQ_ENUM_BiasGrad(X) X(kOff, "off") X(kOn, "on")
+// Attention mask, a bit set: kPadding (key_padding) | kCausal.
+#define LIGHTSEQ_ENUM_Mask(X) \
+  X(kNone, "none") X(kPadding, "padding") X(kCausal, "causal") X(kPaddingCausal, "padding+causal")
+// Position embedding of embedding_fwd/bwd. kNone: no position term.
+#define LIGHTSEQ_ENUM_Pos(X) X(kNone, "none") X(kSinusoidal, "sinusoidal") X(kLearned, "learned")
+// adam_kernel: L2 regularisation folded into the gradient (kAdam) or decoupled decay (kAdamW).
+#define LIGHTSEQ_ENUM_AdamMode(X) X(kAdam, "adam") X(kAdamW, "adamw")
+// Whether a result overwrites (`=`) or is added to (`+=`) its output.
+#define LIGHTSEQ_ENUM_Accumulate(X) X(kOverwrite, "overwrite") X(kAdd, "add")
+
+// Every enum of the templates, by name.
+#define LIGHTSEQ_ENUMS(E) \
+  E(Branch) E(Norm) E(Drop) E(ResidualIn) E(BranchOut) E(Act) E(BiasAdd) E(BiasGrad) E(Mask) \
+  E(Pos) E(AdamMode) E(Accumulate)
+
 namespace lightseq::kern {
 
-// ln_fwd: what is added to the residual before the norm.
-enum class Branch : int { kNone = 0, kBiasDropoutResidual = 1 };
-// Whether a LayerNorm is applied (ln_fwd, ln_bwd, embedding).
-enum class Norm : int { kOff = 0, kOn = 1 };
-// Whether a dropout site is active; kOff skips the Philox draws entirely.
-enum class Drop : int { kOff = 0, kOn = 1 };
-// ln_bwd: whether a residual gradient is added into grad_z.
-enum class ResidualIn : int { kOff = 0, kOn = 1 };
-// ln_bwd: whether grad_branch (and its bias-gradient partials) is produced.
-enum class BranchOut : int { kOff = 0, kOn = 1 };
-// Activation of bias_act_dropout. kGelu is the exact erf form (PyTorch's default).
-enum class Act : int { kNone = 0, kRelu = 1, kGelu = 2 };
-// split_heads: whether the QKV bias is added.
-enum class BiasAdd : int { kOff = 0, kOn = 1 };
-// merge_heads: whether column sums (a bias gradient) are written as partials.
-enum class BiasGrad : int { kOff = 0, kOn = 1 };
-// Attention mask, a bit set: kPadding (key_padding) | kCausal.
-enum class Mask : int { kNone = 0, kPadding = 1, kCausal = 2, kPaddingCausal = 3 };
-// Position embedding of embedding_fwd/bwd. kNone: no position term.
-enum class Pos : int { kNone = 0, kSinusoidal = 1, kLearned = 2 };
-// adam_kernel: L2 regularisation folded into the gradient (kAdam) or decoupled decay (kAdamW).
-enum class AdamMode : int { kAdam = 0, kAdamW = 1 };
-// Whether a result overwrites (`=`) or is added to (`+=`) its output.
-enum class Accumulate : int { kOverwrite = 0, kAdd = 1 };
+#define LIGHTSEQ_ENUMERATOR(name, label) name,
+#define LIGHTSEQ_DECLARE_ENUM(E) enum class E : int { LIGHTSEQ_ENUM_##E(LIGHTSEQ_ENUMERATOR) };
+LIGHTSEQ_ENUMS(LIGHTSEQ_DECLARE_ENUM)
+#undef LIGHTSEQ_DECLARE_ENUM
+#undef LIGHTSEQ_ENUMERATOR
 
 LIGHTSEQ_HD constexpr bool has_padding(Mask m) { return (static_cast<int>(m) & 1) != 0; }
 LIGHTSEQ_HD constexpr bool has_causal(Mask m) { return (static_cast<int>(m) & 2) != 0; }
+static_assert(static_cast<int>(Mask::kPaddingCausal) == 3, "Mask is a bit set");
 
 }  // namespace lightseq::kern
+
+#if !defined(__CUDACC_RTC__)
+namespace lightseq::kern::sig {
+
+// An enum's enumerators and labels, in value order (value = index).
+struct EnumInfo {
+  const char* type;            // "Norm"
+  const char* const* names;    // "kOff", "kOn"
+  const char* const* labels;   // "off", "on"
+  int count;
+};
+
+#define LIGHTSEQ_ENUM_NAME(name, label) #name,
+#define LIGHTSEQ_ENUM_LABEL(name, label) label,
+#define LIGHTSEQ_ENUM_INFO(E)                                                                  \
+  inline constexpr const char* k##E##Names[] = {LIGHTSEQ_ENUM_##E(LIGHTSEQ_ENUM_NAME)};       \
+  inline constexpr const char* k##E##Labels[] = {LIGHTSEQ_ENUM_##E(LIGHTSEQ_ENUM_LABEL)};     \
+  inline constexpr EnumInfo k##E##Info{#E, k##E##Names, k##E##Labels,                         \
+                                       static_cast<int>(sizeof(k##E##Names) / sizeof(const char*))};
+LIGHTSEQ_ENUMS(LIGHTSEQ_ENUM_INFO)
+#undef LIGHTSEQ_ENUM_INFO
+#undef LIGHTSEQ_ENUM_LABEL
+#undef LIGHTSEQ_ENUM_NAME
+
+}  // namespace lightseq::kern::sig
+#endif

@@ -1,0 +1,115 @@
+// kernel_instances.h — shorthands for the kernel tests: one instance of each kernel from a few
+// switches, built with instantiate() on the kernels' signatures (templates/<family>.sig.cuh), so
+// template order and labels come from there as they do for the planner.
+#pragma once
+
+#include <cstdint>
+
+#include "adam.sig.cuh"
+#include "attention.sig.cuh"
+#include "bias_act_dropout.sig.cuh"
+#include "cross_entropy.sig.cuh"
+#include "embedding.sig.cuh"
+#include "layernorm.sig.cuh"
+#include "reduce.sig.cuh"
+#include "softmax.sig.cuh"
+#include "compiler/ir/kernel.h"
+
+namespace lightseq::codegen {
+
+using lightseq::cuda_type;
+using lightseq::vec_width;
+
+struct LnFwd {
+  int64_t hidden;
+  bool branch, norm, dropout;
+};
+struct LnBwd {
+  int64_t hidden;
+  bool norm, residual_in, branch_out, dropout;
+};
+struct BiasAct {
+  int64_t cols;
+  Activation act;
+  bool dropout;
+};
+struct Heads {
+  int64_t hidden, heads;
+  int parts;
+  bool bias;
+};
+struct Softmax {
+  bool padding, causal, dropout;
+};
+struct Embedding {
+  int64_t hidden;
+  PositionKind positions;
+  bool layernorm, dropout;
+};
+
+inline kern::Act act(Activation a) { return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu; }
+inline kern::Pos pos(PositionKind p) {
+  return p == PositionKind::kLearned ? kern::Pos::kLearned : kern::Pos::kSinusoidal;
+}
+
+inline KernelInstance ln_fwd(Precision p, const LnFwd& c) {
+  return instantiate(sig::kLnFwd, p,
+                     {{"kHidden", c.hidden},
+                      tv("kBranch", c.branch ? kern::Branch::kBiasDropoutResidual : kern::Branch::kNone),
+                      on_off<kern::Norm>("kNorm", c.norm), on_off<kern::Drop>("kDrop", c.dropout)});
+}
+inline KernelInstance ln_bwd(Precision p, const LnBwd& c) {
+  return instantiate(sig::kLnBwd, p,
+                     {{"kHidden", c.hidden}, on_off<kern::Norm>("kNorm", c.norm),
+                      on_off<kern::ResidualIn>("kRes", c.residual_in),
+                      on_off<kern::BranchOut>("kBranchOut", c.branch_out), on_off<kern::Drop>("kDrop", c.dropout)});
+}
+inline KernelInstance bias_act_dropout_fwd(Precision p, const BiasAct& c) {
+  return instantiate(sig::kBiasActDropoutFwd, p,
+                     {{"kCols", c.cols}, tv("kAct", act(c.act)), on_off<kern::Drop>("kDrop", c.dropout)});
+}
+inline KernelInstance bias_act_dropout_bwd(Precision p, const BiasAct& c) {
+  return instantiate(sig::kBiasActDropoutBwd, p,
+                     {{"kCols", c.cols}, tv("kAct", act(c.act)), on_off<kern::Drop>("kDrop", c.dropout)});
+}
+inline KernelInstance split_heads(Precision p, const Heads& c) {
+  return instantiate(sig::kSplitHeads, p,
+                     {{"kHidden", c.hidden}, {"kHeads", c.heads}, {"kParts", c.parts},
+                      on_off<kern::BiasAdd>("kBias", c.bias)});
+}
+inline KernelInstance merge_heads(Precision p, const Heads& c) {
+  return instantiate(sig::kMergeHeads, p,
+                     {{"kHidden", c.hidden}, {"kHeads", c.heads}, {"kParts", c.parts},
+                      on_off<kern::BiasGrad>("kBiasGrad", c.bias)});
+}
+inline KernelInstance softmax_fwd(Precision p, const Softmax& c) {
+  const int bits = (c.padding ? 1 : 0) | (c.causal ? 2 : 0);
+  return instantiate(sig::kSoftmaxFwd, p,
+                     {tv("kMask", static_cast<kern::Mask>(bits)), on_off<kern::Drop>("kDrop", c.dropout)});
+}
+inline KernelInstance softmax_bwd(Precision p, const Softmax& c) {
+  return instantiate(sig::kSoftmaxBwd, p, {on_off<kern::Drop>("kDrop", c.dropout)});
+}
+inline KernelInstance embedding_fwd(Precision p, const Embedding& c) {
+  return instantiate(sig::kEmbeddingFwd, p,
+                     {{"kHidden", c.hidden}, tv("kPos", pos(c.positions)), on_off<kern::Norm>("kNorm", c.layernorm),
+                      on_off<kern::Drop>("kDrop", c.dropout)});
+}
+inline KernelInstance embedding_bwd(Precision p, const Embedding& c) {
+  return instantiate(sig::kEmbeddingBwd, p,
+                     {{"kHidden", c.hidden}, tv("kPos", pos(c.positions)), on_off<kern::Norm>("kNorm", c.layernorm),
+                      on_off<kern::Drop>("kDrop", c.dropout)});
+}
+inline KernelInstance cross_entropy(Precision p, int64_t vocab) {
+  return instantiate(sig::kCrossEntropy, p, {{"kVocab", vocab}});
+}
+inline KernelInstance adam(Precision p, OptimizerKind kind) {
+  return instantiate(sig::kAdam, p,
+                     {tv("kMode", kind == OptimizerKind::kAdamW ? kern::AdamMode::kAdamW : kern::AdamMode::kAdam)});
+}
+inline KernelInstance check_finite(Precision p) { return instantiate(sig::kCheckFinite, p, {}); }
+inline KernelInstance column_sum(Precision p) { return instantiate(sig::kColumnSum, p, {}); }
+inline KernelInstance convert(Precision p) { return instantiate(sig::kConvert, p, {}); }
+inline KernelInstance accumulate(Precision p) { return instantiate(sig::kAccumulate, p, {}); }
+
+}  // namespace lightseq::codegen
