@@ -69,6 +69,16 @@ const LayerExecutor& CompiledModel::stack(int stack) const {
   return *executors_.at(stack_to_layer_[stack]);
 }
 
+const LayerExecutor& CompiledModel::layer(std::string_view name) const {
+  std::vector<std::string> names;
+  for (size_t i = 0; i < plan_.layers.size(); ++i) {
+    if (plan_.layers[i].layer.name == name) return *executors_.at(i);
+    names.push_back(plan_.layers[i].layer.name);
+  }
+  throw Error(fmt::format("model '{}' has no layer '{}'; its layers: {}", plan_.spec.name, name,
+                          fmt::join(names, ", ")));
+}
+
 namespace {
 
 // The unfused attention backend materializes [B, heads, T, T] scores (and [B, heads, T, S] for a

@@ -47,6 +47,9 @@ class CompiledModel {
 
   // The executor of spec().layers[stack] (an encoder or decoder stack; its layers share it).
   const LayerExecutor& stack(int stack) const;
+  // The executor of a planned layer by its plan name ("embedding", "criterion", "optimizer",
+  // "layers[0]", ...). Throws Error listing the model's layers when it has none such.
+  const LayerExecutor& layer(std::string_view name) const;
 
  private:
   CompiledModel() = default;

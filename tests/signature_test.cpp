@@ -1,0 +1,248 @@
+// signature_test.cpp — every kernel signature (templates/<family>.sig.cuh) against the kernel NVRTC
+// compiles: the template arguments and parameter types of each kernel's lowered (mangled) name
+// must be exactly what the signature declares, in order. And every plan of the example models
+// resolves through the signatures at several shapes (launch shapes, scratch extents, scalars).
+#include <cxxabi.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "compiler/codegen/program.h"
+#include "compiler/errors.h"
+#include "compiler/ir/kernel.h"
+#include "compiler/nvrtc/nvrtc_compiler.h"
+#include "compiler/planner/planner.h"
+#include "frontends/spec/parse.h"
+#include "runtime/launch.h"
+#include "layernorm.sig.cuh"
+#include "reduce.sig.cuh"
+#include "softmax.sig.cuh"
+
+namespace lightseq {
+namespace {
+
+// A valid value for each integer template parameter (the signatures' own names).
+int64_t sample_value(const sig::TParam& t) {
+  static const std::map<std::string, int64_t> values{
+      {"kHidden", 512}, {"kCols", 2048}, {"kHeads", 8}, {"kParts", 3}, {"kVocab", 1000}};
+  auto it = values.find(t.name);
+  if (it == values.end()) throw InternalError(std::string("signature_test: no sample value for ") + t.name);
+  return it->second;
+}
+
+// One instance of `k` with the last enumerator of every enum (the most features switched on).
+KernelInstance sample_instance(const sig::Kernel& k, Precision p) {
+  std::vector<std::pair<std::string, int64_t>> given;
+  for (int i = 0; i < k.n_tparams; ++i) {
+    const sig::TParam& t = k.tparams[i];
+    if (t.kind == sig::TKind::kDType || t.derive) continue;
+    given.emplace_back(t.name, t.kind == sig::TKind::kEnum ? t.enum_info->count - 1 : sample_value(t));
+  }
+  // instantiate takes an initializer_list: build it from the vector through a small switch.
+  std::vector<TemplateValue> v(given.begin(), given.end());
+  switch (v.size()) {
+    case 0: return instantiate(k, p, {});
+    case 1: return instantiate(k, p, {v[0]});
+    case 2: return instantiate(k, p, {v[0], v[1]});
+    case 3: return instantiate(k, p, {v[0], v[1], v[2]});
+    case 4: return instantiate(k, p, {v[0], v[1], v[2], v[3]});
+    case 5: return instantiate(k, p, {v[0], v[1], v[2], v[3], v[4]});
+    case 6: return instantiate(k, p, {v[0], v[1], v[2], v[3], v[4], v[5]});
+  }
+  throw InternalError("signature_test: too many template parameters");
+}
+
+// How the demangler spells a parameter of C type `c` when T is `t`.
+std::string demangled_type(sig::CType c, const std::string& t) {
+  switch (c) {
+    case sig::CType::kTPtr: return t + "*";
+    case sig::CType::kConstTPtr: return t + " const*";
+    case sig::CType::kF32Ptr: return "float*";
+    case sig::CType::kConstF32Ptr: return "float const*";
+    case sig::CType::kConstI64Ptr: return "long long const*";
+    case sig::CType::kConstU8Ptr: return "unsigned char const*";
+    case sig::CType::kI32Ptr: return "int*";
+    case sig::CType::kConstAdamChunkPtr: return "lightseq::kern::AdamChunk<" + t + "> const*";
+    case sig::CType::kI64: return "long long";
+    case sig::CType::kI32: return "int";
+    case sig::CType::kF32: return "float";
+    case sig::CType::kDropoutArgs: return "lightseq::kern::DropoutArgs";
+    case sig::CType::kAccumulate: return "lightseq::kern::Accumulate";
+    case sig::CType::kAdamArgs: return "lightseq::kern::AdamArgs";
+  }
+  return "?";
+}
+
+std::string demangle(const std::string& mangled) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status),
+                                             std::free);
+  if (status != 0 || !out) return "<cannot demangle " + mangled + ">";
+  return out.get();
+}
+
+// Splits "a, b<c, d>, (e)1" at top-level commas.
+std::vector<std::string> split_top(const std::string& s) {
+  std::vector<std::string> out;
+  int depth = 0;
+  std::string cur;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (c == '<' || c == '(') ++depth;
+    if (c == '>' || c == ')') --depth;
+    if (c == ',' && depth == 0) {
+      out.push_back(cur);
+      cur.clear();
+      if (i + 1 < s.size() && s[i + 1] == ' ') ++i;
+      continue;
+    }
+    cur += c;
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+// "void ns::name<targs>(params)" → targs, params.
+void parse_demangled(const std::string& d, std::vector<std::string>* targs, std::vector<std::string>* params) {
+  const size_t open_t = d.find('<');
+  int depth = 0;
+  size_t close_t = open_t;
+  for (size_t i = open_t; i < d.size(); ++i) {
+    if (d[i] == '<') ++depth;
+    if (d[i] == '>' && --depth == 0) {
+      close_t = i;
+      break;
+    }
+  }
+  *targs = split_top(d.substr(open_t + 1, close_t - open_t - 1));
+  const size_t open_p = d.find('(', close_t);
+  *params = split_top(d.substr(open_p + 1, d.size() - open_p - 2));
+}
+
+TEST(KernelSignature, EverySignatureMatchesTheKernelNvrtcCompiles) {
+  const Precision p = Precision::kBf16;
+  std::vector<KernelInstance> instances;
+  for (const sig::Kernel* k : all_kernel_signatures()) instances.push_back(sample_instance(*k, p));
+  ASSERT_GE(instances.size(), 16u) << "every family's kernels are in the registry";
+  std::map<std::string, std::string> lowered;  // label → mangled name
+  for (const ProgramSource& prog : codegen::generate_programs(instances, p)) {
+    const CompiledProgram c = compile_program(prog, "sm_90");
+    ASSERT_EQ(c.lowered_names.size(), prog.labels.size());
+    for (size_t i = 0; i < prog.labels.size(); ++i) lowered[prog.labels[i]] = c.lowered_names[i];
+  }
+  for (const KernelInstance& inst : instances) {
+    SCOPED_TRACE(inst.label);
+    const sig::Kernel& k = *inst.sig;
+    const std::string d = demangle(lowered.at(inst.label));
+    std::vector<std::string> targs, params;
+    parse_demangled(d, &targs, &params);
+    ASSERT_EQ(static_cast<int>(targs.size()), k.n_tparams) << d;
+    for (int i = 0; i < k.n_tparams; ++i) {
+      const sig::TParam& t = k.tparams[i];
+      const std::string want = t.kind == sig::TKind::kDType ? cuda_type(p)
+                               : t.kind == sig::TKind::kEnum
+                                   ? "(lightseq::kern::" + std::string(t.enum_info->type) + ")" +
+                                         std::to_string(inst.values[i])
+                                   : std::to_string(inst.values[i]);
+      EXPECT_EQ(targs[i], want) << "template parameter " << i << " (" << t.name << ") of " << d;
+    }
+    ASSERT_EQ(static_cast<int>(params.size()), k.n_params) << d;
+    for (int i = 0; i < k.n_params; ++i) {
+      EXPECT_EQ(params[i], demangled_type(k.params[i].type, cuda_type(p)))
+          << "parameter " << i << " (" << k.params[i].name << ") of " << d;
+    }
+  }
+}
+
+TEST(KernelSignature, NamesAreUniqueAndRolesFitTypes) {
+  for (const sig::Kernel* k : all_kernel_signatures()) {
+    SCOPED_TRACE(k->name);
+    for (int i = 0; i < k->n_params; ++i) {
+      const sig::Param& p = k->params[i];
+      for (int j = 0; j < i; ++j) EXPECT_STRNE(p.name, k->params[j].name);
+      const bool pointer_role = p.role == sig::Role::kIn || p.role == sig::Role::kOut ||
+                                p.role == sig::Role::kOutAcc || p.role == sig::Role::kScratch ||
+                                p.role == sig::Role::kErrorFlag || p.role == sig::Role::kTensorList;
+      EXPECT_EQ(pointer_role, sig::is_pointer(p.type)) << p.name;
+      if (p.role == sig::Role::kOut || p.role == sig::Role::kOutAcc || p.role == sig::Role::kScratch) {
+        EXPECT_TRUE(p.type == sig::CType::kTPtr || p.type == sig::CType::kF32Ptr) << p.name << " is written";
+      }
+      if (p.role == sig::Role::kDropout) EXPECT_EQ(p.type, sig::CType::kDropoutArgs);
+      if (p.role == sig::Role::kGradMode) EXPECT_EQ(p.type, sig::CType::kAccumulate);
+    }
+  }
+}
+
+TEST(KernelSignature, ALabelNamesEveryShownTemplateValue) {
+  const KernelInstance k = instantiate(sig::kLnFwd, Precision::kFp16,
+                                       {{"kHidden", 1000}, tv("kBranch", kern::Branch::kBiasDropoutResidual),
+                                        tv("kNorm", kern::Norm::kOn), tv("kDrop", kern::Drop::kOff)});
+  EXPECT_EQ(k.label, "ln_fwd:fp16:h=1000:vec=8:branch=bias_dropout_residual:norm=on:drop=off");
+  EXPECT_EQ(k.name_expression(),
+            "&lightseq::kern::ln_fwd_kernel<__half, 1000, 8, lightseq::kern::Branch::kBiasDropoutResidual, "
+            "lightseq::kern::Norm::kOn, lightseq::kern::Drop::kOff>");
+  const KernelInstance v = instantiate(sig::kLnFwd, Precision::kFp16,
+                                       {{"kHidden", 1004}, tv("kBranch", kern::Branch::kNone),
+                                        tv("kNorm", kern::Norm::kOn), tv("kDrop", kern::Drop::kOff)});
+  EXPECT_EQ(v.value("kVec"), 4) << "derived: the widest vector dividing 1004";
+}
+
+TEST(KernelSignature, InstantiateRefusesWrongValues) {
+  auto msg = [](auto&& f) {
+    try {
+      f();
+    } catch (const InternalError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(msg([] { instantiate(sig::kLnFwd, Precision::kFp16, {{"kHidden", 8}}); }).find("kBranch is not given"),
+            std::string::npos);
+  EXPECT_NE(msg([] { instantiate(sig::kColumnSum, Precision::kFp16, {{"kHiden", 8}}); })
+                .find("no template parameter 'kHiden'"),
+            std::string::npos);
+  EXPECT_NE(msg([] { instantiate(sig::kSoftmaxBwd, Precision::kFp16, {{"kThreads", 64}, tv("kDrop", kern::Drop::kOn)}); })
+                .find("not set by hand"),
+            std::string::npos);
+  EXPECT_NE(msg([] { instantiate(sig::kSoftmaxBwd, Precision::kFp16, {{"kDrop", 2}}); }).find("not an enumerator of Drop"),
+            std::string::npos);
+}
+
+// Every kernel step of every example plan resolves through its signature at several shapes:
+// scalars evaluate, scratch tensors get their extents before anything reads them, launch shapes
+// are non-empty. (resolve_launch touches no GPU; the function handle is not used.)
+TEST(KernelSignature, EveryExamplePlanResolvesAtSeveralShapes) {
+  for (const char* name : {"transformer-base", "transformer-big", "bert-base", "gpt2-small"}) {
+    const ModelPlan plan = plan_model(parse_spec_file(std::string(LIGHTSEQ_SOURCE_DIR) + "/examples/" + name + ".json"));
+    for (const LayerPlan& lp : plan.layers) {
+      if (lp.layer.type == LayerType::kOptimizer) continue;  // tensor lists: not launchable yet
+      for (const RunShape shape : {RunShape{1, 1, 1}, RunShape{3, 7, 5}, RunShape{32, 128, 96}}) {
+        ScratchExtents scratch;
+        scratch.of.assign(lp.layer.graph.tensors().size(), sig::Extent{-1, -1});
+        for (const auto* steps : {&lp.forward, &lp.backward}) {
+          for (const Step& st : *steps) {
+            const auto* k = std::get_if<KernelStep>(&st);
+            if (!k) continue;
+            SCOPED_TRACE(std::string(name) + " " + lp.layer.name + " " + k->kernel.label);
+            const ResolvedLaunch r = resolve_launch(*k, nullptr, lp.layer.graph, shape, scratch);
+            EXPECT_FALSE(r.empty);
+            EXPECT_GT(r.block.x, 0u);
+            EXPECT_LE(r.block.x, 1024u);
+          }
+        }
+        for (size_t id = 0; id < lp.layer.graph.tensors().size(); ++id) {
+          if (lp.layer.graph.tensor(static_cast<int>(id)).sized_by_kernel) {
+            EXPECT_GT(scratch.of[id].rows * scratch.of[id].cols, 0) << lp.layer.graph.tensor(static_cast<int>(id)).name;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lightseq
