@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <iostream>
 #include <random>
 #include <tuple>
@@ -87,9 +88,13 @@ std::vector<uint8_t> bench_mask(int64_t batch, int64_t seq) {
 }
 
 // Median and min of `iters` timed calls of `step` after `warmup` untimed ones (CUDA events).
+// host_median: the host's time to issue one step (enqueue only: the step's calls returning, no
+// synchronization), beside the GPU time between the events around it. When the host takes longer
+// than the GPU, the step is host-bound and the event time measures the host.
 struct Timing {
   double median = 0, min = 0;
   size_t count = 0;
+  double host_median = 0;
 };
 template <class Step>
 Timing time_steps(const BenchOptions& o, CUstream stream, Step&& step) {
@@ -98,9 +103,12 @@ Timing time_steps(const BenchOptions& o, CUstream stream, Step&& step) {
   LIGHTSEQ_CU_CHECK(driver().cuEventCreate(&stop, CU_EVENT_DEFAULT));
   for (int i = 0; i < o.warmup; ++i) step();
   std::vector<float> ms;
+  std::vector<double> host_ms;
   for (int i = 0; i < o.iters; ++i) {
     LIGHTSEQ_CU_CHECK(driver().cuEventRecord(start, stream));
+    const auto issue_begin = std::chrono::steady_clock::now();
     step();
+    host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - issue_begin).count());
     LIGHTSEQ_CU_CHECK(driver().cuEventRecord(stop, stream));
     LIGHTSEQ_CU_CHECK(driver().cuEventSynchronize(stop));
     float t = 0;
@@ -110,7 +118,8 @@ Timing time_steps(const BenchOptions& o, CUstream stream, Step&& step) {
   LIGHTSEQ_CU_CHECK(driver().cuEventDestroy(start));
   LIGHTSEQ_CU_CHECK(driver().cuEventDestroy(stop));
   std::sort(ms.begin(), ms.end());
-  return {ms[ms.size() / 2], ms.front(), ms.size()};
+  std::sort(host_ms.begin(), host_ms.end());
+  return {ms[ms.size() / 2], ms.front(), ms.size(), host_ms[host_ms.size() / 2]};
 }
 
 }  // namespace
@@ -218,9 +227,9 @@ int run_bench(const BenchOptions& o) {
     }
     std::cout << fmt::format(
         "layers[{}] {} × {} {}/{}/{} {}-LN {}: step {:.3f} ms (median of {}, min {:.3f}), "
-        "{:.3f} ms per layer fwd+bwd, {:.0f} tokens/s\n",
+        "{:.3f} ms per layer fwd+bwd, {:.0f} tokens/s; host issue {:.3f} ms per layer fwd+bwd\n",
         s, st.count, to_string(st.kind), H, st.heads, F, to_string(st.norm), to_string(st.activation), t.median,
-        t.count, t.min, t.median / st.count, tokens / (t.median / 1e3))
+        t.count, t.min, t.median / st.count, tokens / (t.median / 1e3), t.host_median / st.count)
               << std::flush;
   }
   LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
