@@ -199,29 +199,45 @@ std::map<int, void*> LayerExecutor::arena_places(void* arena, const RunShape& s)
 void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::map<int, void*>& kept_at,
                                      SavedActivations* saved, Frame& f) const {
   const Graph& g = *f.graph;
-  auto allocate = [&](int id) {
+  // The roots that need memory: this call's temporaries, and (forward) the saved activations
+  // not placed in the caller's arena. Each group is one allocation (host cost: one allocator
+  // call instead of one per tensor), laid out at kSavedArenaAlign offsets.
+  std::vector<int> temps, kept;
+  std::vector<uint8_t> seen(g.tensors().size(), 0);
+  auto want = [&](int id) {
+    if (f.ptr[id] || seen[id]) return;
+    seen[id] = 1;
     const bool keep = saved && saved_roots_.count(id);
     if (keep && kept_at.count(id)) {
       f.ptr[id] = kept_at.at(id);
       return;
     }
-    const auto bytes = static_cast<size_t>(f.bytes(id));
-    DeviceBuffer buf(*f.allocator, bytes, f.stream);
-    f.ptr[id] = buf.get();
-    if (keep) {
-      saved->owned_.push_back(std::move(buf));
-    } else {
-      f.owned.emplace(id, std::move(buf));
-    }
+    (keep ? kept : temps).push_back(id);
   };
   for (int id : used) {
     const Tensor& t = g.tensor(id);
     if (f.ptr[id] || given_role(t.role)) continue;
-    if (t.view_of < 0) {
-      allocate(id);
-      continue;
+    want(t.view_of < 0 ? id : t.view_of);
+  }
+  auto place = [&](const std::vector<int>& ids, std::vector<DeviceBuffer>& owner) {
+    int64_t total = 0;
+    for (int id : ids) total += (f.bytes(id) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+    if (total == 0) {
+      for (int id : ids) f.ptr[id] = nullptr;
+      return;
     }
-    if (!f.ptr[t.view_of]) allocate(t.view_of);
+    owner.emplace_back(*f.allocator, static_cast<size_t>(total), f.stream);
+    char* base = static_cast<char*>(owner.back().get());
+    for (int id : ids) {
+      f.ptr[id] = base;
+      base += (f.bytes(id) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+    }
+  };
+  place(temps, f.blocks);
+  if (saved) place(kept, saved->owned_);
+  for (int id : used) {
+    const Tensor& t = g.tensor(id);
+    if (f.ptr[id] || given_role(t.role) || t.view_of < 0) continue;
     f.ptr[id] = view_address(t, f.ptr[t.view_of], f.numel(id), elem_bytes(t, precision_));
   }
 }
@@ -351,6 +367,12 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
     a.stride_c = a.stride_d;
   }
   a.epilogue = g.epilogue;
+  if (!f.gemm_workspace) {
+    f.blocks.emplace_back(*f.allocator, kGemmMaxWorkspaceBytes, f.stream);
+    f.gemm_workspace = f.blocks.back().get();
+  }
+  a.workspace = f.gemm_workspace;
+  a.workspace_bytes = kGemmMaxWorkspaceBytes;
   if (g.bias >= 0) a.bias = f.at(g.bias);
   if (g.aux >= 0) {
     a.aux = f.at(g.aux);

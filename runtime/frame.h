@@ -36,7 +36,9 @@ struct LayerExecutor::Frame {
   Allocator* allocator;
   CUstream stream;
   std::vector<void*> ptr;                // per tensor id; null = unbound
-  std::map<int, DeviceBuffer> owned;     // activations allocated in this call
+  std::map<int, DeviceBuffer> owned;     // zero padding masks made for this call
+  std::vector<DeviceBuffer> blocks;      // this call's temporaries (one block) and GEMM workspace
+  void* gemm_workspace = nullptr;        // shared by the call's GEMMs (they run in stream order)
 
   int64_t numel(int id) const {
     return shape_numel(graph->tensor(id).shape).eval(shape.batch, shape.seq, shape.src_seq);

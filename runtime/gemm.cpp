@@ -509,14 +509,18 @@ void GemmRunner::run(const GemmArgs& args, CUstream stream, Allocator& allocator
   const auto [choice, dev] = state_->choose(args, context_device(context), stream);
   if (!choice->supported) throw CudaError(choice->reason);
 
-  DeviceBuffer workspace;
-  if (choice->workspace > 0) workspace = DeviceBuffer(allocator, choice->workspace, stream);
+  DeviceBuffer own_workspace;
+  void* workspace = args.workspace;
+  if (choice->workspace > 0 && (!workspace || args.workspace_bytes < choice->workspace)) {
+    own_workspace = DeviceBuffer(allocator, choice->workspace, stream);
+    workspace = own_workspace.get();
+  }
   LtProblem p;
   build(args, p);
   const float alpha = args.alpha, beta = args.beta;
   LIGHTSEQ_CUBLAS_CHECK_MSG(
       cublasLtMatmul(dev->handle, p.op(), &alpha, args.b, p.a(), args.a, p.b(), &beta,
-                     c_pointer(args), p.c(), args.d, p.d(), &choice->algo, workspace.get(),
+                     c_pointer(args), p.c(), args.d, p.d(), &choice->algo, workspace,
                      choice->workspace, stream),
       describe(args));
 }

@@ -101,6 +101,11 @@ struct GemmArgs {
   void* aux = nullptr;         // k*AuxBias: output; kD*BGrad: input (see the layouts above)
   int64_t aux_ld = 0, aux_stride = 0;
   void* bias_grad = nullptr;  // kD*BGrad: [n]; kBGradA: [m]
+
+  // Workspace for cuBLASLt (stream-ordered; several GEMMs on one stream may share it). Null or
+  // smaller than the chosen algorithm needs: run() allocates one from its allocator.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 // Tight aux layouts (see the header comment).
