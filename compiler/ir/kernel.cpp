@@ -28,6 +28,64 @@ int64_t KernelInstance::value(std::string_view name) const {
   throw InternalError(fmt::format("kernel {} has no template parameter '{}'", kernel, name));
 }
 
+namespace {
+
+const char* ctype_text(sig::CType c) {
+  switch (c) {
+    case sig::CType::kTPtr: return "T*";
+    case sig::CType::kConstTPtr: return "const T*";
+    case sig::CType::kF32Ptr: return "float*";
+    case sig::CType::kConstF32Ptr: return "const float*";
+    case sig::CType::kConstI64Ptr: return "const int64_t*";
+    case sig::CType::kConstU8Ptr: return "const uint8_t*";
+    case sig::CType::kI32Ptr: return "int*";
+    case sig::CType::kConstAdamChunkPtr: return "const AdamChunk<T>*";
+    case sig::CType::kI64: return "int64_t";
+    case sig::CType::kI32: return "int";
+    case sig::CType::kF32: return "float";
+    case sig::CType::kDropoutArgs: return "DropoutArgs";
+    case sig::CType::kAccumulate: return "Accumulate";
+    case sig::CType::kAdamArgs: return "AdamArgs";
+  }
+  return "?";
+}
+
+const char* role_text(const sig::Param& p) {
+  switch (p.role) {
+    case sig::Role::kIn: return "in";
+    case sig::Role::kOut: return "out =";
+    case sig::Role::kOutAcc: return "out +=";
+    case sig::Role::kScratch: return p.init == sig::ScratchInit::kZero ? "scratch, zeroed" : "scratch";
+    case sig::Role::kErrorFlag: return "error flag";
+    case sig::Role::kScalar: return "scalar";
+    case sig::Role::kDropout: return "dropout";
+    case sig::Role::kGradMode: return "= or += by grad mode";
+    case sig::Role::kTensorList: return "tensor list";
+  }
+  return "?";
+}
+
+}  // namespace
+
+std::string format_signatures() {
+  std::string out;
+  for (const sig::Kernel* k : all_kernel_signatures()) {
+    std::vector<std::string> t, p;
+    for (int i = 0; i < k->n_tparams; ++i) {
+      const sig::TParam& tp = k->tparams[i];
+      std::string type = tp.kind == sig::TKind::kDType ? "typename" : tp.kind == sig::TKind::kInt ? "int" : tp.enum_info->type;
+      t.push_back(type + " " + tp.name + (tp.derive ? " (derived)" : ""));
+    }
+    for (int i = 0; i < k->n_params; ++i) {
+      const sig::Param& pp = k->params[i];
+      p.push_back(fmt::format("{} {} [{}{}]", ctype_text(pp.type), pp.name, role_text(pp),
+                              pp.nullable == sig::Nullable::kYes ? ", may be null" : ""));
+    }
+    out += fmt::format("- `{}.cuh`: `{}<{}>`\n  ({})\n", k->family, k->name, fmt::join(t, ", "), fmt::join(p, ", "));
+  }
+  return out;
+}
+
 int param_index(const sig::Kernel& k, std::string_view name) {
   for (int i = 0; i < k.n_params; ++i) {
     if (name == k.params[i].name) return i;

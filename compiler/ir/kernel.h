@@ -59,6 +59,10 @@ std::span<const sig::Kernel* const> all_kernel_signatures();
 // The position of a run-time parameter in `k`'s signature; InternalError if it has none.
 int param_index(const sig::Kernel& k, std::string_view name);
 
+// Every signature as a Markdown list (`lsc kernels`; the generated section of docs/kernels.md):
+// template parameters (derived ones marked), then each run-time parameter's C type, name and role.
+std::string format_signatures();
+
 std::string cuda_type(Precision p);       // "float", "__half", "__nv_bfloat16"
 int vec_width(Precision p, int64_t cols);  // elements per 16-byte access that divide `cols`
 

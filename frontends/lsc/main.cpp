@@ -10,6 +10,7 @@
 
 #include "compiler/compiler.h"
 #include "compiler/errors.h"
+#include "compiler/ir/kernel.h"
 #include "compiler/planner/planner.h"
 #include "frontends/lsc/bench.h"
 #include "frontends/spec/parse.h"
@@ -117,6 +118,8 @@ int run(int argc, char** argv) {
   auto* plan = app.add_subcommand("plan", "Print the fusion plan: kernels, fused ops, GEMMs and epilogues.");
   plan->add_option("spec", spec, "Model spec (JSON)")->required();
 
+  auto* kernels = app.add_subcommand("kernels", "Print every kernel signature (templates/*.sig.cuh) as Markdown.");
+
   auto* cache = app.add_subcommand("cache", "Inspect or clear the kernel cache.");
   cache->require_subcommand(1);
   auto* ls = cache->add_subcommand("ls", "List cache entries (key, arch, kernels, size, program).");
@@ -143,6 +146,10 @@ int run(int argc, char** argv) {
   try {
     if (*build) return cmd_build(spec, archs, cache_dir, jobs, quiet);
     if (*plan) return cmd_plan(spec);
+    if (*kernels) {
+      std::cout << format_signatures();
+      return 0;
+    }
     if (*ls) return cmd_cache_ls(cache_dir);
     if (*clear) return cmd_cache_clear(cache_dir);
     if (*bench) return run_bench(bench_opts);
