@@ -63,7 +63,7 @@ using Scalars = std::map<std::string, ScalarArg>;  // scalar parameters by name
 // A step of `k`: its parameters bound by name, checked against the signature (an unknown name, a
 // missing scalar, a null required pointer are planner bugs), reads and writes from the roles, the
 // dropout parameter from the matched dropout op.
-KernelStep make_step(const Graph& g, KernelInstance k, const Args& args, const Scalars& scalars,
+KernelStep make_step(KernelInstance k, const Args& args, const Scalars& scalars,
                      const Op* dropout_op, std::string note) {
   const sig::Kernel& sg = *k.sig;
   KernelStep step;
@@ -112,7 +112,6 @@ KernelStep make_step(const Graph& g, KernelInstance k, const Args& args, const S
         }
     }
   }
-  (void)g;
   step.kernel = std::move(k);
   step.note = std::move(note);
   return step;
@@ -129,7 +128,7 @@ void emit(State& s, const Match& m, KernelInstance k, const Args& args, const Sc
     if (o.kind == OpKind::kDropout || o.kind == OpKind::kDropoutGrad) dropout_op = &o;
     s.claimed[*op] = 1;
   }
-  KernelStep step = make_step(s.g, std::move(k), args, scalars, dropout_op, std::move(note));
+  KernelStep step = make_step(std::move(k), args, scalars, dropout_op, std::move(note));
   step.fused_ops = std::move(fused);
   s.out->push_back(std::move(step));
 }
@@ -153,7 +152,7 @@ Dim rows_of(const State& s, int tensor) {
 void finish_partials(State& s, int partials, const std::vector<int>& param_grads, int64_t width) {
   for (size_t i = 0; i < param_grads.size(); ++i) {
     const int pg = param_grads[i];
-    s.out->push_back(make_step(s.g, instantiate(sig::kColumnSum, s.precision, {}),
+    s.out->push_back(make_step(instantiate(sig::kColumnSum, s.precision, {}),
                                {{"partials", partials}, {"out", pg}},
                                {{"n_blocks", ScalarArg::rows_of(partials)},
                                 {"stride", ScalarArg::cols_of(partials)},
@@ -320,7 +319,9 @@ std::vector<Rule> make_rules() {
                  const Op& a = s.op(*m[0]);
                  const std::vector<int> list{a.inputs[0], a.inputs[1], a.inputs[2]};
                  // The chunk table over the parameter tensors (Role::kTensorList): bound to the
-                 // parameters, reading gradients, parameters and optimizer state.
+                 // parameters, reading gradients, parameters and optimizer state. The chunk count
+                 // and AdamArgs come from the run-time tensor list and step, which the plan cannot
+                 // say yet: the runtime refuses to launch a tensor list (runtime/launch.cpp).
                  auto chunks = [&](KernelStep step) {
                    step.reads = list;
                    return step;
@@ -328,13 +329,12 @@ std::vector<Rule> make_rules() {
                  if (s.precision == Precision::kFp16) {
                    const int found_inf = add_scratch(s, a.name + ".found_inf", ElemType::kI32, {Dim::constant(1)});
                    s.out->push_back(chunks(make_step(
-                       s.g, instantiate(sig::kCheckFinite, s.precision, {}), {{"chunks", a.inputs[1]}, {"found_inf", found_inf}},
+                       instantiate(sig::kCheckFinite, s.precision, {}), {{"chunks", a.inputs[1]}, {"found_inf", found_inf}},
                        {{"n_chunks", ScalarArg::constant(0)}}, nullptr,
                        "dynamic loss scaling: an inf/NaN gradient skips the step")));
                  }
                  s.claimed[*m[0]] = 1;
                  KernelStep step = chunks(make_step(
-                     s.g,
                      instantiate(sig::kAdam, s.precision,
                                  {tv("kMode", a.attrs.optimizer == OptimizerKind::kAdamW ? kern::AdamMode::kAdamW
                                                                                          : kern::AdamMode::kAdam)}),
@@ -494,7 +494,7 @@ std::vector<Rule> make_rules() {
                  for (size_t i = 0; i < param_grads.size(); ++i) {
                    const int pg = param_grads[i];
                    s.out->push_back(make_step(
-                       s.g, instantiate(sig::kConvert, s.precision, {}), {{"in", scatter[i]}, {"out", pg}},
+                       instantiate(sig::kConvert, s.precision, {}), {{"in", scatter[i]}, {"out", pg}},
                        {{"n", ScalarArg::size(shape_numel(s.g.tensor(pg).shape))}}, nullptr,
                        fmt::format("{} (=|+=) fp32 scatter buffer", s.g.tensor(pg).name)));
                  }
