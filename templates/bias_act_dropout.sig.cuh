@@ -44,8 +44,8 @@ inline constexpr Kernel kBiasActDropoutFwd = make_kernel("bias_act_dropout", "bi
 
 namespace bad_bwd {
 inline Extent partials(const Values& v);
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kCols", "cols"), int_param("kVec", "vec", vec_of<1>),
-                                enum_param("kAct", "act", kActInfo), enum_param("kDrop", "drop", kDropInfo)};
+// The same template parameters as the forward.
+inline constexpr const auto& kT = bad_fwd::kT;
 inline constexpr Param kP[] = {in("grad_out", CType::kConstTPtr), in("x", CType::kConstTPtr),
                                in("bias", CType::kConstTPtr),     out("grad_x", CType::kTPtr),
                                scratch("partials", CType::kF32Ptr, &partials, Nullable::kNo),

@@ -69,9 +69,8 @@ inline constexpr Kernel kEmbeddingFwd = make_kernel("embedding", "embedding_fwd_
 
 namespace embedding_bwd {
 inline Extent partials(const Values& v);
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kHidden", "h"), int_param("kVec", "vec", vec_of<1>),
-                                enum_param("kPos", "pos", kPosInfo), enum_param("kNorm", "norm", kNormInfo),
-                                enum_param("kDrop", "drop", kDropInfo)};
+// The same template parameters as the forward.
+inline constexpr const auto& kT = embedding_fwd::kT;
 inline constexpr Param kP[] = {
     in("grad_out", CType::kConstTPtr),
     in("tokens", CType::kConstI64Ptr),
