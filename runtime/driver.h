@@ -47,6 +47,9 @@
   X(cuGraphExecDestroy)              \
   X(cuGraphDestroy)                  \
   X(cuMemPoolSetAttribute)           \
+  X(cuMemAlloc)                      \
+  X(cuMemFree)                       \
+  X(cuMemcpyHtoD)                    \
   X(cuMemAllocAsync)                 \
   X(cuMemFreeAsync)                  \
   X(cuMemcpyHtoDAsync)               \

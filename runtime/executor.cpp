@@ -16,16 +16,7 @@ namespace lightseq {
 
 namespace {
 
-int elem_bytes(const Tensor& t, Precision p) {
-  switch (t.type) {
-    case ElemType::kModel: return element_bytes(p);
-    case ElemType::kF32: return 4;
-    case ElemType::kI64: return 8;
-    case ElemType::kU8: return 1;
-    case ElemType::kI32: return 4;
-  }
-  throw InternalError("unknown ElemType");
-}
+int elem_bytes(const Tensor& t, Precision p) { return elem_bytes(t.type, p); }
 
 bool given_role(TensorRole r) {
   return r == TensorRole::kInput || r == TensorRole::kParam || r == TensorRole::kGradInput ||
@@ -40,6 +31,9 @@ void step_tensors(const Step& st, std::set<int>* out) {
   } else {
     for (const KernelArg& a : std::get<KernelStep>(st).args) {
       if (a.tensor >= 0) out->insert(a.tensor);
+      for (int id : a.list) {
+        if (id >= 0) out->insert(id);
+      }
     }
   }
 }

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -43,6 +44,8 @@ ElemType elem_of(sig::CType c) {
     case sig::CType::kConstI64Ptr: return ElemType::kI64;
     case sig::CType::kConstU8Ptr: return ElemType::kU8;
     case sig::CType::kI32Ptr: return ElemType::kI32;
+    case sig::CType::kOptimStatePtr:
+    case sig::CType::kConstOptimStatePtr: return ElemType::kOptimState;
     default: throw InternalError("elem_of: not a tensor pointer type");
   }
 }
@@ -52,7 +55,74 @@ void put(ResolvedLaunch& r, int param, const V& v) {
   std::memcpy(r.storage.data() + r.offsets[param], &v, sizeof(V));
 }
 
+// The element count of a tensor list's slots at `shape` (all bound slots agree).
+int64_t list_numel(const KernelStep& step, int param, const Graph& graph, const RunShape& shape) {
+  const KernelArg& a = step.args.at(param);
+  int64_t n = -1;
+  for (int id : a.list) {
+    if (id < 0) continue;
+    const int64_t m = shape_numel(graph.tensor(id).shape).eval(shape.batch, shape.seq, shape.src_seq);
+    if (n >= 0 && m != n) {
+      throw InternalError(fmt::format("{}: the tensors of list '{}' differ in size ({} and {} elements)",
+                                      step.kernel.label, step.kernel.sig->params[param].name, n, m));
+    }
+    n = m;
+  }
+  if (n < 0) throw InternalError(fmt::format("{}: tensor list with no tensor bound", step.kernel.label));
+  return n;
+}
+
 }  // namespace
+
+ChunkTables::~ChunkTables() {
+  const DriverApi* d = driver_library();
+  for (auto& t : tables_) {
+    if (d) d->cuMemFree(t.second);  // errors ignored: a destructor, possibly at process exit
+  }
+}
+
+CUdeviceptr ChunkTables::get(const std::vector<void*>& bases, const std::vector<int>& slot_bytes, int64_t numel,
+                             int64_t chunk_elems, CUstream stream, const std::string& label) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& t : tables_) {
+    if (t.first == bases) return t.second;
+  }
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
+  LIGHTSEQ_CU_CHECK(driver().cuStreamIsCapturing(stream, &capture));
+  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
+    throw Error(fmt::format("{}: its chunk table for these tensors is built on first use, which cannot happen "
+                            "during CUDA graph capture: run the step once with the same tensors before capturing it",
+                            label));
+  }
+  const size_t n_slots = bases.size();
+  const int64_t n_chunks = (numel + chunk_elems - 1) / chunk_elems;
+  std::vector<uint64_t> host(static_cast<size_t>(n_chunks) * (n_slots + 1));
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    uint64_t* e = host.data() + c * (n_slots + 1);
+    for (size_t j = 0; j < n_slots; ++j) {
+      e[j] = bases[j] ? reinterpret_cast<uint64_t>(bases[j]) + static_cast<uint64_t>(c * chunk_elems * slot_bytes[j]) : 0;
+    }
+    e[n_slots] = static_cast<uint64_t>(std::min(chunk_elems, numel - c * chunk_elems));
+  }
+  if (tables_.size() >= kMaxTables) {
+    // The oldest table may be in use by queued work: wait for this stream before freeing it.
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
+    LIGHTSEQ_CU_CHECK(driver().cuMemFree(tables_.front().second));
+    tables_.erase(tables_.begin());
+  }
+  CUdeviceptr dev = 0;
+  const size_t bytes = std::max<size_t>(1, host.size() * sizeof(uint64_t));
+  LIGHTSEQ_CU_CHECK(driver().cuMemAlloc(&dev, bytes));
+  if (!host.empty()) {
+    const CUresult r = driver().cuMemcpyHtoD(dev, host.data(), host.size() * sizeof(uint64_t));
+    if (r != CUDA_SUCCESS) {
+      driver().cuMemFree(dev);
+      LIGHTSEQ_CU_CHECK(r);
+    }
+  }
+  tables_.emplace_back(bases, dev);
+  return dev;
+}
 
 double dropout_probability(const DropoutConfig& d, DropoutKind kind) {
   switch (kind) {
@@ -81,10 +151,6 @@ ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph
   size_t used = 0;
   for (int i = 0; i < k.n_params; ++i) {
     const sig::Param& p = k.params[i];
-    if (p.role == sig::Role::kTensorList) {
-      throw Error(fmt::format("kernel {}: its parameter '{}' is a tensor list, which lightseq's runtime "
-                              "cannot launch yet", label, p.name));
-    }
     const Layout l = layout_of(p.type);
     used = (used + l.align - 1) / l.align * l.align;
     if (used + l.bytes > r.storage.size()) throw InternalError(fmt::format("{}: arguments exceed 512 bytes", label));
@@ -104,6 +170,13 @@ ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph
                                           p.name, graph.tensor(s.tensor).name));
         }
         value = static_cast<double>(s.kind == ScalarArg::Kind::kRowsOf ? e.rows : e.cols);
+        break;
+      }
+      case ScalarArg::Kind::kChunksOf: {
+        const sig::TensorList* list = k.params[s.tensor].list;
+        if (!list) throw InternalError(fmt::format("{}: '{}' counts the chunks of a non-list", label, p.name));
+        const int64_t n = list_numel(step, s.tensor, graph, shape);
+        value = static_cast<double>((n + list->chunk_elems - 1) / list->chunk_elems);
         break;
       }
       case ScalarArg::Kind::kUnset: throw InternalError(fmt::format("{}: scalar '{}' unset", label, p.name));
@@ -131,6 +204,25 @@ ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph
         }
         break;
       case sig::Role::kGradMode: r.grad_modes.push_back(r.offsets[i]); break;
+      case sig::Role::kTensorList: {
+        ResolvedLaunch::List list;
+        list.offset = r.offsets[i];
+        list.slots = a.list;
+        list.numel = list_numel(step, i, graph, shape);
+        list.chunk_elems = p.list->chunk_elems;
+        for (int j = 0; j < p.list->n_slots; ++j) {
+          const sig::ListSlot& ls = p.list->slots[j];
+          const int id = list.slots.at(j);
+          if (id >= 0 && graph.tensor(id).type != elem_of(ls.type)) {
+            throw InternalError(fmt::format("{}: slot '{}.{}' is bound to '{}', a tensor of another element type",
+                                            label, p.name, ls.name, graph.tensor(id).name));
+          }
+          list.slot_bytes.push_back(id >= 0 ? elem_bytes(graph.tensor(id).type, step.kernel.precision) : 0);
+        }
+        list.tables = std::make_shared<ChunkTables>();
+        r.lists.push_back(std::move(list));
+        break;
+      }
       default: {
         if (a.tensor < 0) {
           put(r, i, static_cast<void*>(nullptr));
@@ -171,6 +263,12 @@ void enqueue(const ResolvedLaunch& r, const LayerExecutor::Frame& f) {
   }
   const kern::Accumulate acc = f.mode == GradMode::kAccumulate ? kern::Accumulate::kAdd : kern::Accumulate::kOverwrite;
   for (uint16_t off : r.grad_modes) std::memcpy(storage.data() + off, &acc, sizeof(acc));
+  for (const auto& l : r.lists) {
+    std::vector<void*> bases;
+    for (int id : l.slots) bases.push_back(id >= 0 ? f.at(id) : nullptr);
+    const CUdeviceptr table = l.tables->get(bases, l.slot_bytes, l.numel, l.chunk_elems, f.stream, r.step->kernel.label);
+    std::memcpy(storage.data() + l.offset, &table, sizeof(table));
+  }
   for (int id : r.zero_first) {
     LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(f.at(id)), 0,
                                                static_cast<size_t>(f.bytes(id)), f.stream));

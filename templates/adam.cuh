@@ -12,11 +12,31 @@ namespace lightseq::kern {
 inline constexpr int kAdamVec = 4;
 
 // Updates N consecutive elements (PyTorch torch.optim.Adam / AdamW, foreach=False formulas).
+// What one update uses, from the launch's constants and the device-resident lr and OptimState.
+struct AdamStep {
+  float lr, beta1, beta2, eps, weight_decay;
+  float step_size;     // lr / bias_correction1
+  float inv_sqrt_bc2;  // 1 / sqrt(bias_correction2)
+  float grad_scale;    // 1 / loss_scale
+};
+
+// bias_correction = 1 - beta^step in double, as PyTorch computes it (on the host) for Adam/AdamW.
+__device__ __forceinline__ AdamStep adam_step_of(float beta1, float beta2, float eps, float weight_decay,
+                                                 float lr, const OptimState& st) {
+  const double step = static_cast<double>(st.step) + 1.0;
+  const double bc1 = 1.0 - pow(static_cast<double>(beta1), step);
+  const double bc2 = 1.0 - pow(static_cast<double>(beta2), step);
+  AdamStep a;
+  a.lr = lr, a.beta1 = beta1, a.beta2 = beta2, a.eps = eps, a.weight_decay = weight_decay;
+  a.step_size = static_cast<float>(static_cast<double>(lr) / bc1);
+  a.inv_sqrt_bc2 = static_cast<float>(1.0 / sqrt(bc2));
+  a.grad_scale = 1.f / st.loss_scale;
+  return a;
+}
+
 template <AdamMode kMode, int N, typename T>
 __device__ __forceinline__ void adam_update(float (&p)[N], const float (&g_in)[N], float (&m)[N],
-                                            float (&v)[N], const AdamArgs& a) {
-  const float step = a.lr / a.bias_correction1;
-  const float inv_sqrt_bc2 = rsqrtf(a.bias_correction2);
+                                            float (&v)[N], const AdamStep& a) {
 #pragma unroll
   for (int e = 0; e < N; ++e) {
     float g = g_in[e] * a.grad_scale;
@@ -27,12 +47,12 @@ __device__ __forceinline__ void adam_update(float (&p)[N], const float (&g_in)[N
     }
     m[e] = a.beta1 * m[e] + (1.f - a.beta1) * g;
     v[e] = a.beta2 * v[e] + (1.f - a.beta2) * g * g;
-    p[e] -= step * m[e] / (sqrtf(v[e]) * inv_sqrt_bc2 + a.eps);
+    p[e] -= a.step_size * m[e] / (sqrtf(v[e]) * a.inv_sqrt_bc2 + a.eps);
   }
 }
 
 template <AdamMode kMode, int N, typename T>
-__device__ __forceinline__ void adam_elements(const AdamChunk<T>& c, int64_t i, const AdamArgs& a) {
+__device__ __forceinline__ void adam_elements(const AdamChunk<T>& c, int64_t i, const AdamStep& a) {
   float p[N], g[N], m[N], v[N];
   if (c.master != nullptr) {
     load_f32<N>(c.master + i, p);
@@ -49,24 +69,30 @@ __device__ __forceinline__ void adam_elements(const AdamChunk<T>& c, int64_t i, 
   store_float<N>(c.param + i, p);
 }
 
-// adam_kernel — per element: g = grad * grad_scale (+ weight_decay * p for kAdam);
-//   m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2; p *= 1 - lr * weight_decay
-//   (kAdamW, first); p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps); param = T(p).
-//   Nothing is written when found_inf && *found_inf (the step is skipped).
+// adam_kernel — per element, with step = state->step + 1, bc_i = 1 - beta_i^step (double),
+//   g = grad / state->loss_scale (+ weight_decay * p for kAdam); m = beta1 m + (1 - beta1) g;
+//   v = beta2 v + (1 - beta2) g^2; p *= 1 - lr * weight_decay (kAdamW, first);
+//   p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps); param = T(p). lr = *lr.
+//   Nothing is written when state->found_inf (the step is skipped). The state is only read:
+//   optim_finish_kernel advances it after every group's update.
 // Fuses:     unscale + weight decay + both moments + update + master-to-param cast.
 // Shapes:    chunks [n_chunks] in device memory; chunk c covers elements [0, n) of its arrays.
-//            master, param, exp_avg, exp_avg_sq updated in place.
+//            master, param, exp_avg, exp_avg_sq updated in place. lr and state in device memory
+//            (a CUDA graph replays with their current values).
 // Grid/Block: adam_grid(n_chunks) blocks (one per chunk) of adam_block() threads, grid-stride
 //            within the chunk. Split tensors into chunks of about kAdamChunkElems elements.
 // Constants: none. Every element of every chunk, odd sizes included: 4-element vectors where all
 //            the chunk's pointers allow it, scalars for the tail and for unaligned chunks.
-// Numerics:  fp32.
+// Numerics:  fp32 (bias corrections in fp64).
 template <typename T, AdamMode kMode>
 __global__ void __launch_bounds__(adam_block())
-    adam_kernel(const AdamChunk<T>* chunks, int n_chunks, AdamArgs args) {
+    adam_kernel(const AdamChunk<T>* chunks, int n_chunks, float beta1, float beta2, float eps,
+                float weight_decay, const float* lr, const OptimState* state) {
   static_assert(kMode == AdamMode::kAdam || kMode == AdamMode::kAdamW, "AdamMode");
-  if (args.found_inf != nullptr && *args.found_inf != 0) return;
+  const OptimState st = *state;
+  if (st.found_inf != 0) return;
   if (static_cast<int>(blockIdx.x) >= n_chunks) return;
+  const AdamStep args = adam_step_of(beta1, beta2, eps, weight_decay, *lr, st);
   const AdamChunk<T> c = chunks[blockIdx.x];
   constexpr int kThreads = adam_block();
   int64_t vec_end = 0;
@@ -86,16 +112,17 @@ __global__ void __launch_bounds__(adam_block())
   }
 }
 
-// check_finite_kernel — *found_inf = 1 if any gradient element of any chunk is inf or NaN.
+// check_finite_kernel — state->found_inf = 1 if any gradient element of any chunk is inf or NaN.
 // Fuses:     the whole overflow check of dynamic loss scaling (one launch for all parameters).
-// Shapes:    chunks as adam_kernel (only grad and n are read). found_inf is only ever set to 1: the
-//            caller zeroes it before the check.
+// Shapes:    chunks as adam_kernel (only grad and n are read). found_inf is only ever set to 1:
+//            optim_finish_kernel clears it at the end of the step.
 // Grid/Block: check_finite_grid(n_chunks) blocks of check_finite_block() threads.
 // Constants: none. Numerics: exact (exponent bits).
 template <typename T>
 __global__ void __launch_bounds__(check_finite_block())
-    check_finite_kernel(const AdamChunk<T>* chunks, int n_chunks, int* found_inf) {
+    check_finite_kernel(const AdamChunk<T>* chunks, int n_chunks, OptimState* state) {
   if (static_cast<int>(blockIdx.x) >= n_chunks) return;
+  int* found_inf = &state->found_inf;
   if (*found_inf != 0) return;  // already known
   const AdamChunk<T> c = chunks[blockIdx.x];
   constexpr int kThreads = check_finite_block();
@@ -115,6 +142,35 @@ __global__ void __launch_bounds__(check_finite_block())
     bad |= (__float_as_uint(to_float(c.grad[i])) & 0x7f800000u) == 0x7f800000u;
   }
   if (__syncthreads_or(bad) && threadIdx.x == 0) *found_inf = 1;
+}
+
+// optim_finish_kernel — ends an optimizer step on the device (torch.amp.GradScaler.update's rule):
+//   found_inf: the update was skipped; with growth_interval > 0 (dynamic loss scaling)
+//     loss_scale *= backoff_factor and growth_tracker = 0.
+//   else: step += 1; with growth_interval > 0, growth_tracker += 1 and when it reaches
+//     growth_interval loss_scale *= growth_factor (if that stays finite) and growth_tracker = 0.
+//   Then found_inf = 0, ready for the next step. growth_interval = 0: a fixed loss scale.
+// Shapes:    one OptimState. Grid/Block: one thread.
+template <typename T>
+__global__ void optim_finish_kernel(OptimState* state, float growth_factor, float backoff_factor,
+                                    int growth_interval) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  OptimState s = *state;
+  if (s.found_inf != 0) {
+    if (growth_interval > 0) {
+      s.loss_scale *= backoff_factor;
+      s.growth_tracker = 0;
+    }
+  } else {
+    s.step += 1;
+    if (growth_interval > 0 && ++s.growth_tracker >= growth_interval) {
+      const float grown = s.loss_scale * growth_factor;
+      if (isfinite(grown)) s.loss_scale = grown;
+      s.growth_tracker = 0;
+    }
+  }
+  s.found_inf = 0;
+  *state = s;
 }
 
 }  // namespace lightseq::kern

@@ -22,15 +22,41 @@ LIGHTSEQ_HD constexpr GridDim check_finite_grid(int64_t n_chunks) { return grid_
 }  // namespace lightseq::kern
 
 #if !defined(__CUDACC_RTC__)
+#include "common/adam_types.cuh"
 #include "common/signature.cuh"
 
 namespace lightseq::kern::sig {
 
+// The runtime packs a chunk as the slot pointers in order, then int64_t n.
+static_assert(sizeof(AdamChunk<float>) == 5 * sizeof(void*) + sizeof(int64_t) &&
+              offsetof(AdamChunk<float>, n) == 5 * sizeof(void*));
+
+// The chunk table of adam_kernel and check_finite_kernel: AdamChunk<T> (common/adam_types.cuh),
+// one entry per piece of at most kAdamChunkElems elements of the tensors bound to the slots.
+inline constexpr ListSlot kAdamSlots[] = {{"master", CType::kF32Ptr, Role::kOutAcc, Nullable::kYes},
+                                          {"param", CType::kTPtr, Role::kOutAcc},
+                                          {"grad", CType::kConstTPtr, Role::kIn},
+                                          {"exp_avg", CType::kF32Ptr, Role::kOutAcc},
+                                          {"exp_avg_sq", CType::kF32Ptr, Role::kOutAcc}};
+inline constexpr TensorList kAdamList{kAdamSlots, 5, kAdamChunkElems};
+// check_finite_kernel reads only the gradients of the same table.
+inline constexpr ListSlot kGradSlots[] = {{"master", CType::kF32Ptr, Role::kIn, Nullable::kYes},
+                                          {"param", CType::kTPtr, Role::kIn, Nullable::kYes},
+                                          {"grad", CType::kConstTPtr, Role::kIn},
+                                          {"exp_avg", CType::kF32Ptr, Role::kIn, Nullable::kYes},
+                                          {"exp_avg_sq", CType::kF32Ptr, Role::kIn, Nullable::kYes}};
+inline constexpr TensorList kGradList{kGradSlots, 5, kAdamChunkElems};
+
 namespace adam_step {
 inline constexpr TParam kT[] = {kDTypeParam, enum_param("kMode", "mode", kAdamModeInfo)};
-inline constexpr Param kP[] = {{"chunks", Role::kTensorList, CType::kConstAdamChunkPtr},
+inline constexpr Param kP[] = {tensor_list("chunks", CType::kConstAdamChunkPtr, kAdamList),
                                scalar("n_chunks", CType::kI32),
-                               scalar("args", CType::kAdamArgs)};
+                               scalar("beta1", CType::kF32),
+                               scalar("beta2", CType::kF32),
+                               scalar("eps", CType::kF32),
+                               scalar("weight_decay", CType::kF32),
+                               in("lr", CType::kConstF32Ptr),
+                               in("state", CType::kConstOptimStatePtr)};
 inline Launch launch(const Values& v) {
   return {adam_grid(v.i[index_of(kP, "n_chunks")]), adam_block(), 0};
 }
@@ -39,8 +65,8 @@ inline constexpr Kernel kAdam = make_kernel("adam", "adam_kernel", adam_step::kT
 
 namespace check_finite {
 inline constexpr TParam kT[] = {kDTypeParam};
-inline constexpr Param kP[] = {{"chunks", Role::kTensorList, CType::kConstAdamChunkPtr},
-                               scalar("n_chunks", CType::kI32), error_flag("found_inf")};
+inline constexpr Param kP[] = {tensor_list("chunks", CType::kConstAdamChunkPtr, kGradList),
+                               scalar("n_chunks", CType::kI32), out_acc("state", CType::kOptimStatePtr)};
 inline Launch launch(const Values& v) {
   return {check_finite_grid(v.i[index_of(kP, "n_chunks")]), check_finite_block(), 0};
 }
@@ -48,8 +74,17 @@ inline Launch launch(const Values& v) {
 inline constexpr Kernel kCheckFinite = make_kernel("adam", "check_finite_kernel", check_finite::kT,
                                                    check_finite::kP, &check_finite::launch);
 
+namespace optim_finish {
+inline constexpr TParam kT[] = {kDTypeParam};
+inline constexpr Param kP[] = {out_acc("state", CType::kOptimStatePtr), scalar("growth_factor", CType::kF32),
+                               scalar("backoff_factor", CType::kF32), scalar("growth_interval", CType::kI32)};
+inline Launch launch(const Values&) { return {grid_1d(1), 32, 0}; }
+}  // namespace optim_finish
+inline constexpr Kernel kOptimFinish = make_kernel("adam", "optim_finish_kernel", optim_finish::kT,
+                                                   optim_finish::kP, &optim_finish::launch);
+
 namespace adam {
-inline constexpr const Kernel* kKernels[] = {&kAdam, &kCheckFinite};
+inline constexpr const Kernel* kKernels[] = {&kAdam, &kCheckFinite, &kOptimFinish};
 }
 
 }  // namespace lightseq::kern::sig

@@ -3,13 +3,16 @@
 // 1000003 elements packed back to back (so most chunks start unaligned), split into chunks of at
 // most kAdamChunkElems: one and several steps (bias corrections of steps 1, 2, 3), fp32 master
 // weights with the T copy equal to the rounded master for fp16/bf16 (and 16-bit parameters without
-// a master, updated in place), grad_scale, and found_inf
-// (null, 0: the step happens; 1: nothing is written). check_finite_kernel finds one inf or NaN
-// anywhere (first element, a tail, a one-element tensor) and ignores large finite values.
+// a master, updated in place), the loss scale, step and learning rate read from device memory
+// (OptimState, lr), and found_inf (0: the step happens; 1: nothing is written; the state is never
+// written). check_finite_kernel finds one inf or NaN anywhere (first element, a tail, a
+// one-element tensor) and ignores large finite values. optim_finish_kernel follows
+// torch.amp.GradScaler.update's rule over a sequence of good and overflowing steps.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 
 #include "common/adam_types.cuh"
 #include "tests/kernel_instances.h"
@@ -21,8 +24,7 @@ namespace {
 
 using ref::all_close;
 
-// AdamChunk<T> and AdamArgs (common/adam_types.cuh) with device addresses as integers; the layout
-// must be theirs.
+// AdamChunk<T> (common/adam_types.cuh) with device addresses as integers; the layout must be its.
 struct HostAdamChunk {
   CUdeviceptr master, param, grad, exp_avg, exp_avg_sq;
   int64_t n;
@@ -30,15 +32,14 @@ struct HostAdamChunk {
 static_assert(sizeof(HostAdamChunk) == sizeof(kern::AdamChunk<float>) &&
               offsetof(HostAdamChunk, grad) == offsetof(kern::AdamChunk<float>, grad) &&
               offsetof(HostAdamChunk, n) == offsetof(kern::AdamChunk<float>, n));
-struct HostAdamArgs {
-  float lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale;
-  CUdeviceptr found_inf;
+// The launch's constant hyperparameters; lr goes to device memory.
+struct Hyper {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.01f;
 };
-static_assert(sizeof(HostAdamArgs) == sizeof(kern::AdamArgs) &&
-              offsetof(HostAdamArgs, bias_correction1) ==
-                  offsetof(kern::AdamArgs, bias_correction1) &&
-              offsetof(HostAdamArgs, grad_scale) == offsetof(kern::AdamArgs, grad_scale) &&
-              offsetof(HostAdamArgs, found_inf) == offsetof(kern::AdamArgs, found_inf));
+
+bool same_state(const kern::OptimState& a, const kern::OptimState& b) {
+  return std::memcmp(&a, &b, sizeof(a)) == 0;
+}
 
 const int64_t kTensorSizes[] = {1, 7, 65539, 1000003};
 
@@ -50,6 +51,7 @@ class AdamKernels : public GpuKernelTest {
       all.push_back(codegen::adam(p, OptimizerKind::kAdam));
       all.push_back(codegen::adam(p, OptimizerKind::kAdamW));
       all.push_back(codegen::check_finite(p));
+      all.push_back(codegen::optim_finish(p));
     }
     prepare_kernels(all);
   }
@@ -88,18 +90,26 @@ class AdamKernels : public GpuKernelTest {
     s.chunks = upload_pod(chunks);
     return s;
   }
-  void launch_adam(Precision p, OptimizerKind kind, State& s, HostAdamArgs args) {
-    CUdeviceptr chunks = s.chunks.ptr();
+  // One adam_kernel launch with lr and `st` in device memory; returns the state as it is after
+  // (the kernel only reads it).
+  kern::OptimState launch_adam(Precision p, OptimizerKind kind, State& s, const Hyper& h,
+                               const kern::OptimState& st) {
+    DeviceArray lr = upload_pod(std::vector<float>{h.lr});
+    DeviceArray state = upload_pod(std::vector<kern::OptimState>{st});
+    CUdeviceptr chunks = s.chunks.ptr(), lr_ptr = lr.ptr(), state_ptr = state.ptr();
     int n = s.n_chunks;
-    launch(codegen::adam(p, kind), kern::adam_grid(n), kern::adam_block(), {&chunks, &n, &args});
+    float b1 = h.beta1, b2 = h.beta2, eps = h.eps, wd = h.weight_decay;
+    launch(codegen::adam(p, kind), kern::adam_grid(n), kern::adam_block(),
+           {&chunks, &n, &b1, &b2, &eps, &wd, &lr_ptr, &state_ptr});
+    return download_pod<kern::OptimState>(state)[0];
   }
-  int run_check_finite(Precision p, State& s) {
-    DeviceArray flag = zeroed_raw(1, sizeof(int));
-    CUdeviceptr chunks = s.chunks.ptr(), f = flag.ptr();
+  kern::OptimState run_check_finite(Precision p, State& s, kern::OptimState st) {
+    DeviceArray state = upload_pod(std::vector<kern::OptimState>{st});
+    CUdeviceptr chunks = s.chunks.ptr(), f = state.ptr();
     int n = s.n_chunks;
     launch(codegen::check_finite(p), kern::check_finite_grid(n), kern::check_finite_block(),
            {&chunks, &n, &f});
-    return download_pod<int>(flag)[0];
+    return download_pod<kern::OptimState>(state)[0];
   }
 };
 
@@ -143,21 +153,20 @@ TEST_P(GpuAdam, StepsMatchReferenceAndFoundInfSkips) {
   DeviceArray flag = zeroed_raw(1, sizeof(int));
   Vec m(total, 0.0), v(total, 0.0);
 
+  const Hyper hyper;
   for (int step = 1; step <= 3; ++step) {
     SCOPED_TRACE(testing::Message() << "step " << step);
     const Vec grad = random(p, total, -loss_scale, loss_scale);
     write(s.grad, grad);
-    HostAdamArgs args{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0, 0, static_cast<float>(1.0 / loss_scale),
-                      0};
-    args.bias_correction1 = static_cast<float>(1 - std::pow(0.9f, step));
-    args.bias_correction2 = static_cast<float>(1 - std::pow(0.999f, step));
-    args.found_inf = step == 2 ? flag.ptr() : 0;  // found_inf = 0 steps like no found_inf
-    launch_adam(p, kind, s, args);
+    // The device state before update number `step`.
+    const kern::OptimState st{static_cast<float>(loss_scale), step - 1, 0, 7};
+    EXPECT_TRUE(same_state(launch_adam(p, kind, s, hyper, st), st)) << "adam_kernel only reads the state";
 
     ref::AdamHyper h;
-    h.lr = args.lr, h.beta1 = args.beta1, h.beta2 = args.beta2, h.eps = args.eps;
-    h.weight_decay = args.weight_decay, h.grad_scale = args.grad_scale;
-    h.bias_correction1 = args.bias_correction1, h.bias_correction2 = args.bias_correction2;
+    h.lr = hyper.lr, h.beta1 = hyper.beta1, h.beta2 = hyper.beta2, h.eps = hyper.eps;
+    h.weight_decay = hyper.weight_decay, h.grad_scale = 1.0 / loss_scale;
+    h.bias_correction1 = 1 - std::pow(static_cast<double>(hyper.beta1), step);
+    h.bias_correction2 = 1 - std::pow(static_cast<double>(hyper.beta2), step);
     Vec p_ref = master, m_ref = m, v_ref = v, delta(total);
     for (int64_t i = 0; i < total; ++i) {
       ref::adam_step(mode, h, grad[i], p_ref[i], m_ref[i], v_ref[i]);
@@ -191,14 +200,11 @@ TEST_P(GpuAdam, StepsMatchReferenceAndFoundInfSkips) {
     master = got_p, m = got_m, v = got_v;  // continue from the device state (no drift)
   }
 
-  // *found_inf != 0: nothing is written.
-  const std::vector<int> one{1};
-  DeviceArray inf_flag = upload_pod(one);
+  // found_inf: nothing is written.
   const std::vector<uint8_t> before_p = download_bytes(s.param),
                              before_master = download_bytes(s.master);
   const std::vector<uint8_t> before_m = download_bytes(s.m), before_v = download_bytes(s.v);
-  HostAdamArgs args{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f, 0.5f, 1.0f, inf_flag.ptr()};
-  launch_adam(p, kind, s, args);
+  launch_adam(p, kind, s, hyper, kern::OptimState{1.0f, 3, 1, 0});
   EXPECT_TRUE(ref::bytes_equal("param after a skipped step", download_bytes(s.param), before_p));
   EXPECT_TRUE(
       ref::bytes_equal("master after a skipped step", download_bytes(s.master), before_master));
@@ -218,7 +224,8 @@ TEST_P(GpuCheckFinite, FindsASingleInfOrNan) {
   Vec grad = random(p, total, -1, 1);
   grad[total / 2] = p == Precision::kFp16 ? 65504.0 : 3e38;  // large but finite
   State s = make_state(p, random(Precision::kFp32, total, -1, 1), grad, p != Precision::kFp32);
-  EXPECT_EQ(run_check_finite(p, s), 0) << "all gradients are finite";
+  const kern::OptimState clean{128.0f, 5, 0, 9};
+  EXPECT_TRUE(same_state(run_check_finite(p, s, clean), clean)) << "all gradients are finite";
   const int64_t big = s.offsets[3];
   const int64_t places[] = {0,
                             1,
@@ -232,13 +239,67 @@ TEST_P(GpuCheckFinite, FindsASingleInfOrNan) {
       Vec g = grad;
       g[at] = bad;
       write(s.grad, g);
-      EXPECT_EQ(run_check_finite(p, s), 1);
+      const kern::OptimState got = run_check_finite(p, s, clean);
+      EXPECT_EQ(got.found_inf, 1);
+      EXPECT_EQ(got.loss_scale, clean.loss_scale);
+      EXPECT_EQ(got.step, clean.step);
+      EXPECT_EQ(got.growth_tracker, clean.growth_tracker);
     }
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Gpu, GpuCheckFinite, testing::ValuesIn(kAllPrecisions),
                          [](const auto& info) { return precision_name(info.param); });
+
+// torch.amp.GradScaler.update: an overflow halves the scale and restarts the count; growth_interval
+// good steps in a row double it (unless that overflows fp32); the step counts good steps only.
+class GpuOptimFinish : public AdamKernels {};
+
+TEST_F(GpuOptimFinish, FollowsGradScalerUpdate) {
+  struct Case {
+    int interval;
+    float scale;
+    kern::OptimState end;  // worked out by hand for the sequence below
+  };
+  const Case cases[] = {{3, 65536.0f, {16384.0f, 6, 0, 1}}, {0, 1.0f, {1.0f, 6, 0, 0}},
+                        {1, 2e38f, {1e38f, 6, 0, 0}}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "growth_interval " << c.interval << ", scale " << c.scale);
+    kern::OptimState want = kern::initial_optim_state(c.scale);
+    DeviceArray state = upload_pod(std::vector<kern::OptimState>{want});
+    const bool overflow[] = {false, false, true, false, false, false, true, true, false};
+    for (bool inf : overflow) {
+      if (inf) {
+        kern::OptimState with = download_pod<kern::OptimState>(state)[0];
+        with.found_inf = 1;
+        state = upload_pod(std::vector<kern::OptimState>{with});
+      }
+      CUdeviceptr sp = state.ptr();
+      float growth = 2.0f, backoff = 0.5f;
+      int interval = c.interval;
+      launch(codegen::optim_finish(Precision::kFp32), kern::grid_1d(1), 32, {&sp, &growth, &backoff, &interval});
+      // The rule, on the host.
+      if (inf) {
+        if (c.interval > 0) want.loss_scale *= 0.5f, want.growth_tracker = 0;
+      } else {
+        ++want.step;
+        if (c.interval > 0 && ++want.growth_tracker >= c.interval) {
+          if (std::isfinite(want.loss_scale * 2.0f)) want.loss_scale *= 2.0f;
+          want.growth_tracker = 0;
+        }
+      }
+      const kern::OptimState got = download_pod<kern::OptimState>(state)[0];
+      EXPECT_EQ(got.loss_scale, want.loss_scale);
+      EXPECT_EQ(got.step, want.step);
+      EXPECT_EQ(got.growth_tracker, want.growth_tracker);
+      EXPECT_EQ(got.found_inf, 0) << "cleared for the next step";
+    }
+    const kern::OptimState got = download_pod<kern::OptimState>(state)[0];
+    EXPECT_EQ(got.loss_scale, c.end.loss_scale);
+    EXPECT_EQ(got.step, c.end.step);
+    EXPECT_EQ(got.growth_tracker, c.end.growth_tracker);
+  }
+}
 
 }  // namespace
 }  // namespace lightseq::kernel_test

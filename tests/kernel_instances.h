@@ -108,6 +108,7 @@ inline KernelInstance adam(Precision p, OptimizerKind kind) {
                      {tv("kMode", kind == OptimizerKind::kAdamW ? kern::AdamMode::kAdamW : kern::AdamMode::kAdam)});
 }
 inline KernelInstance check_finite(Precision p) { return instantiate(sig::kCheckFinite, p, {}); }
+inline KernelInstance optim_finish(Precision p) { return instantiate(sig::kOptimFinish, p, {}); }
 inline KernelInstance column_sum(Precision p) { return instantiate(sig::kColumnSum, p, {}); }
 inline KernelInstance convert(Precision p) { return instantiate(sig::kConvert, p, {}); }
 inline KernelInstance accumulate(Precision p) { return instantiate(sig::kAccumulate, p, {}); }

@@ -69,12 +69,13 @@ std::string demangled_type(sig::CType c, const std::string& t) {
     case sig::CType::kConstU8Ptr: return "unsigned char const*";
     case sig::CType::kI32Ptr: return "int*";
     case sig::CType::kConstAdamChunkPtr: return "lightseq::kern::AdamChunk<" + t + "> const*";
+    case sig::CType::kOptimStatePtr: return "lightseq::kern::OptimState*";
+    case sig::CType::kConstOptimStatePtr: return "lightseq::kern::OptimState const*";
     case sig::CType::kI64: return "long long";
     case sig::CType::kI32: return "int";
     case sig::CType::kF32: return "float";
     case sig::CType::kDropoutArgs: return "lightseq::kern::DropoutArgs";
     case sig::CType::kAccumulate: return "lightseq::kern::Accumulate";
-    case sig::CType::kAdamArgs: return "lightseq::kern::AdamArgs";
   }
   return "?";
 }
@@ -171,7 +172,22 @@ TEST(KernelSignature, NamesAreUniqueAndRolesFitTypes) {
                                 p.role == sig::Role::kErrorFlag || p.role == sig::Role::kTensorList;
       EXPECT_EQ(pointer_role, sig::is_pointer(p.type)) << p.name;
       if (p.role == sig::Role::kOut || p.role == sig::Role::kOutAcc || p.role == sig::Role::kScratch) {
-        EXPECT_TRUE(p.type == sig::CType::kTPtr || p.type == sig::CType::kF32Ptr) << p.name << " is written";
+        EXPECT_TRUE(p.type == sig::CType::kTPtr || p.type == sig::CType::kF32Ptr ||
+                    p.type == sig::CType::kOptimStatePtr)
+            << p.name << " is written";
+      }
+      EXPECT_EQ(p.role == sig::Role::kTensorList, p.list != nullptr) << p.name << ": a tensor list has slots";
+      if (p.list) {
+        EXPECT_GT(p.list->chunk_elems, 0);
+        bool required = false;
+        for (int j = 0; j < p.list->n_slots; ++j) {
+          const sig::ListSlot& ls = p.list->slots[j];
+          EXPECT_TRUE(sig::is_pointer(ls.type)) << ls.name;
+          EXPECT_TRUE(ls.role == sig::Role::kIn || ls.role == sig::Role::kOutAcc) << ls.name;
+          if (ls.role == sig::Role::kOutAcc) EXPECT_NE(ls.type, sig::CType::kConstTPtr) << ls.name << " is written";
+          required |= ls.nullable == sig::Nullable::kNo;
+        }
+        EXPECT_TRUE(required) << p.name << ": some slot must say how many elements a chunk has";
       }
       if (p.role == sig::Role::kDropout) EXPECT_EQ(p.type, sig::CType::kDropoutArgs);
       if (p.role == sig::Role::kGradMode) EXPECT_EQ(p.type, sig::CType::kAccumulate);
@@ -221,7 +237,6 @@ TEST(KernelSignature, EveryExamplePlanResolvesAtSeveralShapes) {
   for (const char* name : {"transformer-base", "transformer-big", "bert-base", "gpt2-small"}) {
     const ModelPlan plan = plan_model(parse_spec_file(std::string(LIGHTSEQ_SOURCE_DIR) + "/examples/" + name + ".json"));
     for (const LayerPlan& lp : plan.layers) {
-      if (lp.layer.type == LayerType::kOptimizer) continue;  // tensor lists: not launchable yet
       for (const RunShape shape : {RunShape{1, 1, 1}, RunShape{3, 7, 5}, RunShape{32, 128, 96}}) {
         ScratchExtents scratch;
         scratch.of.assign(lp.layer.graph.tensors().size(), sig::Extent{-1, -1});

@@ -387,7 +387,7 @@ TEST(TemplatesLaunch, AdamAndReduce) {
   EXPECT_EQ(accumulate_block(), kElementwiseThreads);
   // The argument structs keep the layout the kernels see (pointers, then int64; floats, pointer).
   EXPECT_EQ(sizeof(AdamChunk<uint16_t>), 48u);
-  EXPECT_EQ(sizeof(AdamArgs), 40u);
+  EXPECT_EQ(sizeof(OptimState), 16u);
   EXPECT_EQ(sizeof(DropoutArgs), 32u);
 }
 

@@ -2,9 +2,22 @@
 
 #include <fmt/format.h>
 
+#include "common/adam_types.cuh"
 #include "compiler/errors.h"
 
 namespace lightseq {
+
+int elem_bytes(ElemType t, Precision model) {
+  switch (t) {
+    case ElemType::kModel: return element_bytes(model);
+    case ElemType::kF32: return 4;
+    case ElemType::kI64: return 8;
+    case ElemType::kU8: return 1;
+    case ElemType::kI32: return 4;
+    case ElemType::kOptimState: return static_cast<int>(sizeof(kern::OptimState));
+  }
+  throw InternalError("unknown ElemType");
+}
 
 int64_t Dim::eval(int64_t batch, int64_t seq, int64_t src_seq) const {
   int64_t v = factor;

@@ -53,7 +53,10 @@ enum class TensorRole {
 };
 std::string_view to_string(TensorRole r);
 
-enum class ElemType { kModel, kF32, kI64, kU8, kI32 };  // kModel: the spec's precision
+// kModel: the spec's precision. kOptimState: kern::OptimState (common/adam_types.cuh), the
+// optimizer's device-resident step, loss scale and overflow flag.
+enum class ElemType { kModel, kF32, kI64, kU8, kI32, kOptimState };
+int elem_bytes(ElemType t, Precision model);  // bytes of one element
 
 struct Tensor {
   std::string name;
@@ -106,8 +109,14 @@ struct OpAttrs {
   Activation activation = Activation::kRelu;
   // gemm: D += A·B (the output sums contributions of several layers; the caller zeroes it)
   bool accumulate_output = false;
-  // adam
+  // adam: the hyperparameters fixed at compile time (the learning rate is a run-time tensor) and
+  // the loss scaler's rule (growth_interval 0: a fixed loss scale, no overflow check)
   OptimizerKind optimizer = OptimizerKind::kAdamW;
+  struct Adam {
+    double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+    double growth_factor = 2.0, backoff_factor = 0.5;
+    int growth_interval = 0;
+  } adam;
   // embedding
   int64_t vocab = 0, padding_idx = -1, max_positions = 0;
   double scale = 1.0;

@@ -30,7 +30,9 @@ class Builder {
              ElemType type = ElemType::kModel) {
     return g_.add_tensor(Tensor{name, std::move(shape), role, type});
   }
-  int param(const std::string& name, Shape shape) { return tensor(name, std::move(shape), TensorRole::kParam); }
+  int param(const std::string& name, Shape shape, ElemType type = ElemType::kModel) {
+    return tensor(name, std::move(shape), TensorRole::kParam, type);
+  }
   int grad_of_param(int param) {
     const Tensor& p = g_.tensor(param);
     return tensor("grad." + p.name, p.shape, TensorRole::kParamGrad);
@@ -615,13 +617,21 @@ LayerGraph lower_optimizer(const OptimizerSpec& o, const ModelSpec& model) {
     }
   }
   const Shape all{Dim::constant(n)};
-  int grads = b.tensor("all.grad", all, TensorRole::kInput);
-  int params = b.tensor("all.params", all, TensorRole::kInput);
-  int state = b.tensor("all.exp_avg|exp_avg_sq|master", all, TensorRole::kInput, ElemType::kF32);
-  int out = b.tensor("all.params_updated", all, TensorRole::kOutput);
+  const Shape one{Dim::constant(1)};
+  std::vector<int> in{b.param("params", all), b.tensor("grads", all, TensorRole::kInput),
+                      b.param("exp_avg", all, ElemType::kF32), b.param("exp_avg_sq", all, ElemType::kF32),
+                      b.tensor("lr", one, TensorRole::kInput, ElemType::kF32),
+                      b.param("optim_state", one, ElemType::kOptimState)};
+  if (model.precision != Precision::kFp32) in.push_back(b.param("master_params", all, ElemType::kF32));
   OpAttrs at;
   at.optimizer = o.kind;
-  b.op(OpKind::kAdam, "step", {grads, params, state}, {out}, at);
+  at.adam.beta1 = o.beta1;
+  at.adam.beta2 = o.beta2;
+  at.adam.eps = o.eps;
+  at.adam.weight_decay = o.weight_decay;
+  // fp16 gradients overflow: dynamic loss scaling with torch.amp.GradScaler's defaults.
+  if (model.precision == Precision::kFp16) at.adam.growth_interval = 2000;
+  b.op(OpKind::kAdam, "step", in, {}, at);
   lg.graph.verify();
   return lg;
 }

@@ -25,7 +25,14 @@ LayerGraph lower_encoder(const LayerStackSpec& stack, int index);
 LayerGraph lower_decoder(const LayerStackSpec& stack, int index);
 LayerGraph lower_embedding(const EmbeddingSpec& emb);
 LayerGraph lower_criterion(const CriterionSpec& crit, const EmbeddingSpec& emb);
+// The optimizer: one update of every parameter, held in flat arenas of the model's parameter
+// count N (the model-level step's layout): "params" (the model's dtype), "grads", fp32 "exp_avg"
+// and "exp_avg_sq", fp32 "master_params" for fp16/bf16 models, the learning rate "lr" [1] fp32
+// and "optim_state" [1] (kern::OptimState) in device memory. fp16 models check the gradients
+// for inf/NaN and scale the loss dynamically (torch.amp.GradScaler's defaults).
 LayerGraph lower_optimizer(const OptimizerSpec& opt, const ModelSpec& model);
+// The inputs of its kAdam op, by position (master last, present for fp16/bf16 only).
+enum AdamInput : int { kAdamParams, kAdamGrads, kAdamExpAvg, kAdamExpAvgSq, kAdamLr, kAdamState, kAdamMaster };
 
 // Every layer of a validated spec, in execution order of the forward.
 std::vector<LayerGraph> lower_model(const ModelSpec& spec);

@@ -40,12 +40,13 @@ const char* ctype_text(sig::CType c) {
     case sig::CType::kConstU8Ptr: return "const uint8_t*";
     case sig::CType::kI32Ptr: return "int*";
     case sig::CType::kConstAdamChunkPtr: return "const AdamChunk<T>*";
+    case sig::CType::kOptimStatePtr: return "OptimState*";
+    case sig::CType::kConstOptimStatePtr: return "const OptimState*";
     case sig::CType::kI64: return "int64_t";
     case sig::CType::kI32: return "int";
     case sig::CType::kF32: return "float";
     case sig::CType::kDropoutArgs: return "DropoutArgs";
     case sig::CType::kAccumulate: return "Accumulate";
-    case sig::CType::kAdamArgs: return "AdamArgs";
   }
   return "?";
 }
@@ -78,7 +79,17 @@ std::string format_signatures() {
     }
     for (int i = 0; i < k->n_params; ++i) {
       const sig::Param& pp = k->params[i];
-      p.push_back(fmt::format("{} {} [{}{}]", ctype_text(pp.type), pp.name, role_text(pp),
+      std::string slots;
+      if (pp.list) {
+        std::vector<std::string> s;
+        for (int j = 0; j < pp.list->n_slots; ++j) {
+          const sig::ListSlot& ls = pp.list->slots[j];
+          s.push_back(fmt::format("{} {}{}", ls.name, ls.role == sig::Role::kIn ? "in" : "+=",
+                                  ls.nullable == sig::Nullable::kYes ? "?" : ""));
+        }
+        slots = fmt::format(" of {} per chunk: {}", pp.list->chunk_elems, fmt::join(s, ", "));
+      }
+      p.push_back(fmt::format("{} {} [{}{}{}]", ctype_text(pp.type), pp.name, role_text(pp), slots,
                               pp.nullable == sig::Nullable::kYes ? ", may be null" : ""));
     }
     out += fmt::format("- `{}.cuh`: `{}<{}>`\n  ({})\n", k->family, k->name, fmt::join(t, ", "), fmt::join(p, ", "));

@@ -46,10 +46,7 @@ std::string saved_summary(const LayerPlan& lp, Precision p) {
     const Tensor& t = g.tensor(id);
     names.push_back(t.name);
     const Dim n = shape_numel(t.shape);
-    const int bytes = t.type == ElemType::kModel ? element_bytes(p)
-                      : t.type == ElemType::kF32 ? 4
-                      : t.type == ElemType::kI64 ? 8
-                                                 : 1;
+    const int bytes = elem_bytes(t.type, p);
     if (n.b == 1 && n.t == 1 && n.s == 0) {
       per_token += n.factor * bytes;
     } else if (!(n.is_constant())) {

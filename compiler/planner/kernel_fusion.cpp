@@ -69,11 +69,26 @@ KernelStep make_step(KernelInstance k, const Args& args, const Scalars& scalars,
   KernelStep step;
   step.args.resize(sg.n_params);
   for (const auto& [name, id] : args) {
-    const sig::Param& p = sg.params[param_index(sg, name)];
-    if (!sig::is_pointer(p.type) && p.role != sig::Role::kTensorList) {
+    // "<list>.<slot>" binds one slot of a tensor-list parameter.
+    const size_t dot = name.find('.');
+    const int pi = param_index(sg, dot == std::string::npos ? name : name.substr(0, dot));
+    const sig::Param& p = sg.params[pi];
+    if (dot != std::string::npos) {
+      if (!p.list) throw InternalError(fmt::format("planner: {}: '{}' is not a tensor list", k.label, p.name));
+      int slot = 0;
+      while (slot < p.list->n_slots && name.substr(dot + 1) != p.list->slots[slot].name) ++slot;
+      if (slot == p.list->n_slots) {
+        throw InternalError(fmt::format("planner: {}: tensor list '{}' has no slot '{}'", k.label, p.name,
+                                        name.substr(dot + 1)));
+      }
+      step.args[pi].list.resize(p.list->n_slots, -1);
+      step.args[pi].list[slot] = id;
+      continue;
+    }
+    if (!sig::is_pointer(p.type) || p.list) {
       throw InternalError(fmt::format("planner: {}: '{}' is not a pointer parameter", k.label, name));
     }
-    step.args[param_index(sg, name)].tensor = id;
+    step.args[pi].tensor = id;
   }
   for (const auto& [name, value] : scalars) {
     if (sg.params[param_index(sg, name)].role != sig::Role::kScalar) {
@@ -98,6 +113,20 @@ KernelStep make_step(KernelInstance k, const Args& args, const Scalars& scalars,
         break;
       case sig::Role::kGradMode:
         break;
+      case sig::Role::kTensorList:
+        a.list.resize(p.list->n_slots, -1);
+        for (int j = 0; j < p.list->n_slots; ++j) {
+          const sig::ListSlot& ls = p.list->slots[j];
+          if (a.list[j] < 0) {
+            if (ls.nullable == sig::Nullable::kNo) {
+              throw InternalError(fmt::format("planner: {}: slot '{}.{}' is not bound", k.label, p.name, ls.name));
+            }
+            continue;
+          }
+          step.reads.push_back(a.list[j]);
+          if (ls.role == sig::Role::kOutAcc) step.writes.push_back(a.list[j]);  // updated in place
+        }
+        break;
       default:
         if (a.tensor < 0) {
           if (p.nullable == sig::Nullable::kNo) {
@@ -105,7 +134,7 @@ KernelStep make_step(KernelInstance k, const Args& args, const Scalars& scalars,
           }
           break;
         }
-        if (p.role == sig::Role::kIn || p.role == sig::Role::kTensorList) {
+        if (p.role == sig::Role::kIn) {
           step.reads.push_back(a.tensor);
         } else {
           step.writes.push_back(a.tensor);  // kOut, kOutAcc (into a buffer made ready before), kScratch, kErrorFlag
@@ -317,32 +346,42 @@ std::vector<Rule> make_rules() {
                }});
   r.push_back({"adam", {{K::kAdam, false}}, {}, [](State& s, const Match& m) {
                  const Op& a = s.op(*m[0]);
-                 const std::vector<int> list{a.inputs[0], a.inputs[1], a.inputs[2]};
-                 // The chunk table over the parameter tensors (Role::kTensorList): bound to the
-                 // parameters, reading gradients, parameters and optimizer state. The chunk count
-                 // and AdamArgs come from the run-time tensor list and step, which the plan cannot
-                 // say yet: the runtime refuses to launch a tensor list (runtime/launch.cpp).
-                 auto chunks = [&](KernelStep step) {
-                   step.reads = list;
-                   return step;
-                 };
-                 if (s.precision == Precision::kFp16) {
-                   const int found_inf = add_scratch(s, a.name + ".found_inf", ElemType::kI32, {Dim::constant(1)});
-                   s.out->push_back(chunks(make_step(
-                       instantiate(sig::kCheckFinite, s.precision, {}), {{"chunks", a.inputs[1]}, {"found_inf", found_inf}},
-                       {{"n_chunks", ScalarArg::constant(0)}}, nullptr,
-                       "dynamic loss scaling: an inf/NaN gradient skips the step")));
-                 }
+                 const OpAttrs::Adam& h = a.attrs.adam;
+                 const int state = a.inputs[kAdamState];
+                 // One chunk table over the flat arenas (Role::kTensorList), built by the runtime.
+                 Args list{{"chunks.param", a.inputs[kAdamParams]}, {"chunks.grad", a.inputs[kAdamGrads]},
+                           {"chunks.exp_avg", a.inputs[kAdamExpAvg]}, {"chunks.exp_avg_sq", a.inputs[kAdamExpAvgSq]}};
+                 if (a.inputs.size() > kAdamMaster) list["chunks.master"] = a.inputs[kAdamMaster];
+                 const int chunks = param_index(sig::kAdam, "chunks");
                  s.claimed[*m[0]] = 1;
-                 KernelStep step = chunks(make_step(
+                 if (h.growth_interval > 0) {
+                   s.out->push_back(make_step(instantiate(sig::kCheckFinite, s.precision, {}),
+                                              {{"chunks.grad", a.inputs[kAdamGrads]}, {"state", state}},
+                                              {{"n_chunks", ScalarArg::chunks_of(param_index(sig::kCheckFinite, "chunks"))}},
+                                              nullptr, "dynamic loss scaling: an inf/NaN gradient skips the step"));
+                 }
+                 Args adam_args = list;
+                 adam_args.insert({{"lr", a.inputs[kAdamLr]}, {"state", state}});
+                 KernelStep step = make_step(
                      instantiate(sig::kAdam, s.precision,
                                  {tv("kMode", a.attrs.optimizer == OptimizerKind::kAdamW ? kern::AdamMode::kAdamW
                                                                                          : kern::AdamMode::kAdam)}),
-                     {{"chunks", a.inputs[1]}}, {{"n_chunks", ScalarArg::constant(0)}, {"args", ScalarArg::constant(0)}},
-                     nullptr, ""));
-                 step.writes = {a.outputs[0]};
+                     adam_args,
+                     {{"n_chunks", ScalarArg::chunks_of(chunks)},
+                      {"beta1", ScalarArg::constant(h.beta1)},
+                      {"beta2", ScalarArg::constant(h.beta2)},
+                      {"eps", ScalarArg::constant(h.eps)},
+                      {"weight_decay", ScalarArg::constant(h.weight_decay)}},
+                     nullptr, "lr, step and loss scale read from device memory");
                  step.fused_ops = {a.name};
                  s.out->push_back(std::move(step));
+                 s.out->push_back(make_step(instantiate(sig::kOptimFinish, s.precision, {}), {{"state", state}},
+                                            {{"growth_factor", ScalarArg::constant(h.growth_factor)},
+                                             {"backoff_factor", ScalarArg::constant(h.backoff_factor)},
+                                             {"growth_interval", ScalarArg::constant(h.growth_interval)}},
+                                            nullptr,
+                                            h.growth_interval > 0 ? "step += 1 or loss scale backed off; found_inf cleared"
+                                                                  : "step += 1"));
                }});
   // ---- backward ----
   r.push_back({"layernorm grad + residual grad + dropout grad + bias grad",
@@ -519,7 +558,8 @@ std::optional<Match> match(const State& s, const Rule& rule, int start) {
     }
     if (ok) {
       m[e] = next;
-      prev_out = s.op(next).outputs.at(0);
+      // An op that only updates in place (the optimizer) ends any chain.
+      prev_out = s.op(next).outputs.empty() ? -2 : s.op(next).outputs[0];
       ++next;
     } else if (!rule.elements[e].optional) {
       return std::nullopt;

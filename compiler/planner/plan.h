@@ -45,6 +45,7 @@ struct ScalarArg {
     kConst,   // a number fixed by the model (an epsilon, a column offset)
     kRowsOf,  // the rows of a scratch tensor as the kernel that wrote it sized it
     kColsOf,  // its columns
+    kChunksOf,  // the chunks of the tensor list bound to parameter `tensor` (its index)
   };
   Kind kind = Kind::kUnset;
   Dim dim;
@@ -54,11 +55,13 @@ struct ScalarArg {
   static ScalarArg constant(double v) { return {Kind::kConst, {}, v, -1}; }
   static ScalarArg rows_of(int t) { return {Kind::kRowsOf, {}, 0, t}; }
   static ScalarArg cols_of(int t) { return {Kind::kColsOf, {}, 0, t}; }
+  static ScalarArg chunks_of(int param) { return {Kind::kChunksOf, {}, 0, param}; }
 };
 
 // One run-time parameter of a kernel step, in the position of its signature's parameter.
 struct KernelArg {
   int tensor = -1;        // pointer parameters: the tensor bound (-1: null)
+  std::vector<int> list;  // Role::kTensorList: the tensor bound to each slot (-1: null)
   ScalarArg scalar;       // Role::kScalar
   int dropout_site = -1;  // Role::kDropout: the layer's site (-1: no dropout)
   DropoutKind dropout_kind = DropoutKind::kHidden;

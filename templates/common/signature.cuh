@@ -51,18 +51,19 @@ struct TParam {
 // the kernel sets to 1 and never clears). kScalar: a value the plan gives (a size, an epsilon).
 // kDropout: DropoutArgs from the step's dropout site and the call's seed and offset.
 // kGradMode: Accumulate::kAdd when the call accumulates parameter gradients, else kOverwrite.
-// kTensorList: a device table of chunks over several tensors (multi-tensor kernels).
+// kTensorList: a device table of chunks over several tensors (multi-tensor kernels), which the
+// runtime builds from the tensors bound to its slots (TensorList).
 enum class Role : int { kIn, kOut, kOutAcc, kScratch, kErrorFlag, kScalar, kDropout, kGradMode, kTensorList };
 
 // The C type of a parameter: how it is packed, what the NVRTC-lowered kernel must take, and what
 // element type a bound tensor must have.
 enum class CType : int {
   kTPtr, kConstTPtr, kF32Ptr, kConstF32Ptr, kConstI64Ptr, kConstU8Ptr, kI32Ptr,
-  kConstAdamChunkPtr,
-  kI64, kI32, kF32, kDropoutArgs, kAccumulate, kAdamArgs,
+  kConstAdamChunkPtr, kOptimStatePtr, kConstOptimStatePtr,
+  kI64, kI32, kF32, kDropoutArgs, kAccumulate,
 };
 
-constexpr bool is_pointer(CType c) { return c <= CType::kConstAdamChunkPtr; }
+constexpr bool is_pointer(CType c) { return c <= CType::kConstOptimStatePtr; }
 
 // A scratch buffer's extent for one launch: rows x cols elements of the pointer's type.
 struct Extent {
@@ -72,6 +73,22 @@ struct Extent {
 enum class Nullable : int { kNo, kYes };
 enum class ScratchInit : int { kNone, kZero };  // whether the runtime zeroes the buffer first
 
+// A tensor list (Role::kTensorList): a device table of chunks, each chunk one pointer per slot
+// (in slot order, each `chunk_elems` elements further into its tensor than the chunk before),
+// then the chunk's element count as int64_t. Every slot's tensor has the same element count; a
+// nullable slot may be left unbound (a null pointer in every chunk).
+struct ListSlot {
+  const char* name;  // bound in a plan as "<list>.<slot>": "chunks.grad"
+  CType type;        // a pointer type
+  Role role;         // kIn (read) or kOutAcc (updated in place)
+  Nullable nullable = Nullable::kNo;
+};
+struct TensorList {
+  const ListSlot* slots;
+  int n_slots;
+  int64_t chunk_elems;
+};
+
 struct Param {
   const char* name;  // as in the template: "grad_out"
   Role role;
@@ -80,6 +97,7 @@ struct Param {
   // kScratch: its extent (nullptr: the plan's tensor shape says it) and initial contents.
   Extent (*extent)(const Values&) = nullptr;
   ScratchInit init = ScratchInit::kNone;
+  const TensorList* list = nullptr;  // kTensorList: its slots
 };
 
 struct Launch {
@@ -153,5 +171,8 @@ constexpr Param scalar(const char* n, CType c) { return {n, Role::kScalar, c}; }
 constexpr Param error_flag(const char* n) { return {n, Role::kErrorFlag, CType::kI32Ptr, Nullable::kYes}; }
 constexpr Param dropout(const char* n) { return {n, Role::kDropout, CType::kDropoutArgs}; }
 constexpr Param grad_mode(const char* n) { return {n, Role::kGradMode, CType::kAccumulate}; }
+constexpr Param tensor_list(const char* n, CType c, const TensorList& l) {
+  return {n, Role::kTensorList, c, Nullable::kNo, nullptr, ScratchInit::kNone, &l};
+}
 
 }  // namespace lightseq::kern::sig
