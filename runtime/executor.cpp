@@ -55,7 +55,11 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
     const Tensor& t = g.tensor(id);
     if (given_role(t.role)) continue;
     const int root = t.view_of >= 0 ? t.view_of : id;
-    if (saved_roots_.insert(root).second) saved_slots_.push_back({root, g.tensor(root).name, tensor_bytes(root)});
+    if (saved_roots_.empty()) saved_roots_.assign(g.tensors().size(), 0);
+    if (!saved_roots_[root]) {
+      saved_roots_[root] = 1;
+      saved_slots_.push_back({root, g.tensor(root).name, tensor_bytes(root)});
+    }
   }
   for (const auto* steps : {&plan_.forward, &plan_.backward}) {
     for (const Step& st : *steps) {
@@ -67,6 +71,14 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
   for (const KernelInstance& k : plan_.support_kernels) {
     if (k.sig == &sig::kAccumulate) accumulate_fn_ = kernels_.at(k.label);
   }
+  // What each direction touches, once (a call walks these lists, nothing else).
+  for (int dir = 0; dir < 2; ++dir) {
+    std::set<int> used;
+    for (const Step& st : dir == 0 ? plan_.forward : plan_.backward) step_tensors(st, &used);
+    used_[dir].assign(used.begin(), used.end());
+  }
+  from_saved_.assign(g.tensors().size(), 0);
+  for (int id : plan_.saved) from_saved_[id] = 1;
 }
 
 LayerExecutor::~LayerExecutor() = default;
@@ -102,8 +114,7 @@ const LayerExecutor::ShapePlan& LayerExecutor::resolve(const RunShape& shape) co
 
 std::vector<std::string> LayerExecutor::required_bindings(bool backward) const {
   const Graph& g = plan_.layer.graph;
-  std::set<int> used;
-  for (const Step& st : backward ? plan_.backward : plan_.forward) step_tensors(st, &used);
+  const std::vector<int>& used = used_[backward ? 1 : 0];
   std::vector<std::string> out;
   for (int id : used) {
     const Tensor& t = g.tensor(id);
@@ -117,12 +128,12 @@ std::vector<std::string> LayerExecutor::required_bindings(bool backward) const {
 namespace {
 
 // Binds caller pointers, checking presence and alignment.
-void bind_given(const Graph& g, const std::set<int>& used, const Bindings& given,
-                std::vector<void*>* ptr, const std::string& layer, const std::set<int>& from_saved) {
+void bind_given(const Graph& g, const std::vector<int>& used, const Bindings& given,
+                std::vector<void*>* ptr, const std::string& layer, const std::vector<uint8_t>* from_saved) {
   std::vector<std::string> missing;
   for (int id : used) {
     const Tensor& t = g.tensor(id);
-    if (t.view_of >= 0 || !given_role(t.role) || from_saved.count(id)) continue;
+    if (t.view_of >= 0 || !given_role(t.role) || (from_saved && (*from_saved)[id])) continue;
     auto it = given.find(t.name);
     if (it == given.end() || it->second == nullptr) {
       // Padding masks are optional: null means no position is padded.
@@ -190,7 +201,7 @@ std::map<int, void*> LayerExecutor::arena_places(void* arena, const RunShape& s)
   return out;
 }
 
-void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::map<int, void*>& kept_at,
+void LayerExecutor::allocate_unbound(const std::vector<int>& used, const std::map<int, void*>& kept_at,
                                      SavedActivations* saved, Frame& f) const {
   const Graph& g = *f.graph;
   // The roots that need memory: this call's temporaries, and (forward) the saved activations
@@ -201,7 +212,7 @@ void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::map<i
   auto want = [&](int id) {
     if (f.ptr[id] || seen[id]) return;
     seen[id] = 1;
-    const bool keep = saved && saved_roots_.count(id);
+    const bool keep = saved && !saved_roots_.empty() && saved_roots_[id];
     if (keep && kept_at.count(id)) {
       f.ptr[id] = kept_at.at(id);
       return;
@@ -238,7 +249,7 @@ void LayerExecutor::allocate_unbound(const std::set<int>& used, const std::map<i
 
 // A padding mask the caller left out means "nothing is padded": the kernels read an all-zero mask
 // (a few bytes per sequence) rather than branching on a null pointer.
-void LayerExecutor::bind_zero_masks(const std::set<int>& used, Frame& f) const {
+void LayerExecutor::bind_zero_masks(const std::vector<int>& used, Frame& f) const {
   for (int id : used) {
     const Tensor& t = f.graph->tensor(id);
     if (f.ptr[id] || t.type != ElemType::kU8 || t.role != TensorRole::kInput) continue;
@@ -259,9 +270,8 @@ SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& s
   }
   const ShapePlan& sp = resolve(shape);
   Frame f(&g, &sp, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream);
-  std::set<int> used;
-  for (const Step& st : plan_.forward) step_tensors(st, &used);
-  bind_given(g, used, given, &f.ptr, plan_.layer.name, {});
+  const std::vector<int>& used = used_[0];
+  bind_given(g, used, given, &f.ptr, plan_.layer.name, nullptr);
 
   SavedActivations saved;
   saved.shape_ = shape;
@@ -313,12 +323,10 @@ void LayerExecutor::backward(const Bindings& given, const SavedActivations& save
   }
   const ShapePlan& sp = resolve(saved.shape_);
   Frame f(&g, &sp, precision_, saved.shape_, saved.dropout_, mode, &allocator, stream);
-  std::set<int> used, from_saved;
-  for (const Step& st : plan_.backward) step_tensors(st, &used);
-  for (const auto& [id, p] : saved.ptr_) f.ptr[id] = p, from_saved.insert(id);
+  const std::vector<int>& used = used_[1];
+  for (const auto& [id, p] : saved.ptr_) f.ptr[id] = p;
   // Inputs the backward reads come from the forward; bind the rest from `given`.
-  for (int id : plan_.saved) from_saved.insert(id);
-  bind_given(g, used, given, &f.ptr, plan_.layer.name, from_saved);
+  bind_given(g, used, given, &f.ptr, plan_.layer.name, &from_saved_);
   allocate_unbound(used, {}, nullptr, f);
   bind_zero_masks(used, f);
   run_steps(plan_.backward, sp.backward, f);

@@ -40,11 +40,16 @@ struct RunShape {
 
 // Dropout at run time: probabilities per site kind and the Philox stream. The layer's sites draw
 // at offset + site index; a caller advancing its offset by kDropoutOffsetStride per call never
-// reuses random numbers.
+// reuses random numbers. Graph-safe form (CUDA graphs, PyTorch's generator under capture): with
+// seed_ptr / offset_ptr set, the kernels read the seed from device memory and add the device
+// offset to `offset`, so a captured graph replays with the values there at replay time. Those
+// values must not change between a forward and its backward.
 struct DropoutConfig {
   double attention = 0, activation = 0, hidden = 0, embedding = 0;
   uint64_t seed = 0;
   uint64_t offset = 0;
+  const uint64_t* seed_ptr = nullptr;    // device address, or null: `seed`
+  const uint64_t* offset_ptr = nullptr;  // device address, or null: `offset` alone
 };
 inline constexpr uint64_t kDropoutOffsetStride = 16;
 
@@ -127,11 +132,11 @@ class LayerExecutor {
   // Memory for every tensor in `used` that nothing bound; views point into their parents.
   // Kept roots (the saved activations) go to `saved`: placed at `kept_at` when that names them
   // (the saved arena), else allocated and owned by `saved`.
-  void allocate_unbound(const std::set<int>& used, const std::map<int, void*>& kept_at,
+  void allocate_unbound(const std::vector<int>& used, const std::map<int, void*>& kept_at,
                         SavedActivations* saved, Frame& frame) const;
   Dim tensor_bytes(int id) const;  // what a tensor's memory holds, as a monomial in B, T, S
   // Binds an all-zero mask to every used u8 input left null ("nothing is padded").
-  void bind_zero_masks(const std::set<int>& used, Frame& frame) const;
+  void bind_zero_masks(const std::vector<int>& used, Frame& frame) const;
   std::map<int, void*> arena_places(void* arena, const RunShape& shape) const;
   void run_steps(const std::vector<Step>& steps, const std::vector<ResolvedLaunch>& launches, Frame& frame) const;
   void run_gemm(const GemmStep& g, Frame& frame) const;
@@ -145,7 +150,9 @@ class LayerExecutor {
   CUfunction accumulate_fn_ = nullptr;  // the `+=` of epilogue bias gradients (support kernel)
   std::vector<bool> relu_aux_;  // per tensor: holds a ReLU bit mask (sized in bits)
   std::vector<SavedSlot> saved_slots_;
-  std::set<int> saved_roots_;  // their tensor ids
+  std::vector<uint8_t> saved_roots_;  // per tensor id: a root of the saved activations (or empty)
+  std::vector<int> used_[2];   // tensor ids the forward [0] / backward [1] steps touch, sorted
+  std::vector<uint8_t> from_saved_;  // per tensor id: the backward takes it from the forward
   mutable std::mutex shapes_mutex_;
   mutable std::map<std::array<int64_t, 3>, std::unique_ptr<ShapePlan>> shapes_;
 };

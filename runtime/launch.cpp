@@ -257,8 +257,10 @@ void enqueue(const ResolvedLaunch& r, const LayerExecutor::Frame& f) {
     std::memcpy(storage.data() + p.offset, &ptr, sizeof(void*));
   }
   for (const auto& d : r.dropouts) {
-    const kern::DropoutArgs a = kern::make_dropout_args(f.dropout.seed, f.dropout.offset + static_cast<uint64_t>(d.site),
-                                                        dropout_probability(f.dropout, d.kind));
+    kern::DropoutArgs a = kern::make_dropout_args(f.dropout.seed, f.dropout.offset + static_cast<uint64_t>(d.site),
+                                                  dropout_probability(f.dropout, d.kind));
+    a.seed_ptr = f.dropout.seed_ptr;
+    a.offset_ptr = f.dropout.offset_ptr;
     std::memcpy(storage.data() + d.offset, &a, sizeof(a));
   }
   const kern::Accumulate acc = f.mode == GradMode::kAccumulate ? kern::Accumulate::kAdd : kern::Accumulate::kOverwrite;

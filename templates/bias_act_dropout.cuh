@@ -27,6 +27,7 @@ __global__ void __launch_bounds__(kElementwiseThreads)
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kAct == Act::kNone || kAct == Act::kRelu || kAct == Act::kGelu, "Act");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
+  drop = load_dropout_state(drop);
   constexpr int kNvc = kCols / kVec;
   const int64_t n = rows * kNvc;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kElementwiseThreads;
@@ -65,6 +66,7 @@ __global__ void __launch_bounds__(bad_bwd_block(kCols, kVec))
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kAct == Act::kNone || kAct == Act::kRelu || kAct == Act::kGelu, "Act");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
+  drop = load_dropout_state(drop);
   constexpr int kNvc = kCols / kVec;
   constexpr int kTx = coltile_tx(kNvc);
   constexpr int kTy = coltile_ty(kNvc);

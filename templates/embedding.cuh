@@ -83,6 +83,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
                 "sinusoidal positions need an even kHidden >= 4");
   static_assert(kNorm == Norm::kOff || kNorm == Norm::kOn, "Norm");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
+  drop = load_dropout_state(drop);
   constexpr int kNvec = kHidden / kVec;
   constexpr int kTpr = ln_threads_per_row(kHidden, kVec);
   constexpr int kRows = ln_rows_per_block(kHidden, kVec);
@@ -210,6 +211,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
   static_assert(kPos == Pos::kNone || kPos == Pos::kSinusoidal || kPos == Pos::kLearned, "Pos");
   static_assert(kNorm == Norm::kOff || kNorm == Norm::kOn, "Norm");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
+  drop = load_dropout_state(drop);
   constexpr int kNvec = kHidden / kVec;
   constexpr int kTpr = ln_bwd_threads_per_row(kHidden, kVec);
   constexpr int kRows = ln_bwd_rows_per_block(kHidden, kVec);

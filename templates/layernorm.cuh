@@ -250,6 +250,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
   static_assert(kNorm == Norm::kOn || kBranch != Branch::kNone, "ln_fwd with nothing to do");
   static_assert(kDrop == Drop::kOff || kBranch != Branch::kNone, "dropout needs a branch");
+  drop = load_dropout_state(drop);
   constexpr int kNvec = kHidden / kVec;
   constexpr int kTpr = ln_threads_per_row(kHidden, kVec);
   constexpr int kRows = ln_rows_per_block(kHidden, kVec);
@@ -365,6 +366,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
   static_assert(kRes == ResidualIn::kOff || kRes == ResidualIn::kOn, "ResidualIn");
   static_assert(kBranchOut == BranchOut::kOff || kBranchOut == BranchOut::kOn, "BranchOut");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
+  drop = load_dropout_state(drop);
   constexpr int kNvec = kHidden / kVec;
   constexpr int kTpr = ln_bwd_threads_per_row(kHidden, kVec);
   constexpr int kRows = ln_bwd_rows_per_block(kHidden, kVec);

@@ -229,6 +229,7 @@ __global__ void __launch_bounds__(kThreads)
                     kMask == Mask::kPaddingCausal,
                 "Mask");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
+  drop = load_dropout_state(drop);
   constexpr int kEb = DType<T>::kBytes;
   constexpr int kV = kMaxVec<T>;
   __shared__ float smem[64];
@@ -331,6 +332,7 @@ __global__ void __launch_bounds__(kThreads)
   static_assert(kThreads >= 32 && kThreads <= 1024 && (kThreads & (kThreads - 1)) == 0,
                 "kThreads must be a power of two in [32, 1024]");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
+  drop = load_dropout_state(drop);
   constexpr int kEb = DType<T>::kBytes;
   constexpr int kV = kMaxVec<T>;
   __shared__ float smem[64];

@@ -187,10 +187,19 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   DeviceBuffer x = upload_bytes(xb.data(), xb.size()), dy = upload_bytes(db.data(), db.size());
   // arena: the front ends' path, saved activations in a caller-provided (poisoned) arena that the
   // backward rebuilds them from.
-  auto run = [&](uint64_t seed, uint64_t offset, bool arena = false) {
+  // device: the graph-safe form, seed and offset read from device memory (0 and 0 on the host).
+  auto run = [&](uint64_t seed, uint64_t offset, bool arena = false, bool device = false) {
     DeviceBuffer y(*allocator_, xb.size(), stream_), dx(*allocator_, xb.size(), stream_);
     const RunShape shape{c.batch, c.seq, 0};
-    const DropoutConfig d{0.1, 0.1, 0.1, 0, seed, offset};
+    DropoutConfig d{0.1, 0.1, 0.1, 0, seed, offset};
+    DeviceBuffer state;
+    if (device) {
+      const uint64_t philox[2] = {seed, offset};
+      state = upload_bytes(philox, sizeof(philox));
+      d.seed = d.offset = 0;
+      d.seed_ptr = static_cast<const uint64_t*>(state.get());
+      d.offset_ptr = d.seed_ptr + 1;
+    }
     std::vector<uint8_t> nan(arena ? static_cast<size_t>(layer.saved_arena_bytes(shape)) : 0, 0xff);
     DeviceBuffer memory = arena ? upload_bytes(nan.data(), nan.size()) : DeviceBuffer();
     auto saved = layer.forward(ew, {p, x.get(), nullptr, y.get()}, shape, d, *allocator_, stream_, memory.get());
@@ -206,6 +215,10 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   EXPECT_NE(a, other) << "a different offset must draw different dropout masks";
   EXPECT_FALSE(layer.saved_slots().empty());
   EXPECT_TRUE(ref::bytes_equal("saved arena path: y and grad_x", a, run(7, 100, /*arena=*/true)));
+  EXPECT_TRUE(ref::bytes_equal("seed and offset from device memory: y and grad_x", a,
+                               run(7, 100, /*arena=*/false, /*device=*/true)));
+  EXPECT_TRUE(ref::bytes_equal("device seed and offset, saved arena path", a, run(7, 100, true, true)));
+  EXPECT_NE(a, run(8, 100, false, true)) << "another seed in device memory must draw other masks";
 }
 
 }  // namespace

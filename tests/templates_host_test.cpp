@@ -388,7 +388,7 @@ TEST(TemplatesLaunch, AdamAndReduce) {
   // The argument structs keep the layout the kernels see (pointers, then int64; floats, pointer).
   EXPECT_EQ(sizeof(AdamChunk<uint16_t>), 48u);
   EXPECT_EQ(sizeof(OptimState), 16u);
-  EXPECT_EQ(sizeof(DropoutArgs), 32u);
+  EXPECT_EQ(sizeof(DropoutArgs), 48u);
 }
 
 TEST(TemplatesEnums, MaskBits) {

@@ -18,6 +18,11 @@ struct DropoutArgs {
   uint64_t offset;
   uint64_t keep_below;  // in [0, 2^32]: 2^32 keeps everything, 0 drops everything
   float scale;
+  // Graph-safe random numbers (PyTorch's PhiloxCudaState under capture): when set, the kernel
+  // reads the seed from *seed_ptr and adds *offset_ptr to `offset`, so a captured CUDA graph
+  // replays with the values in device memory at replay time. Null: the values above are used.
+  const uint64_t* seed_ptr;
+  const uint64_t* offset_ptr;
 };
 
 // p is clamped to [0, 1]. p = 0: keep_below = 2^32, scale = 1. p = 1: keep_below = 0, scale = 0.
@@ -29,6 +34,18 @@ LIGHTSEQ_HD inline DropoutArgs make_dropout_args(uint64_t seed, uint64_t offset,
   a.offset = offset;
   a.keep_below = static_cast<uint64_t>((1.0 - p) * 4294967296.0 + 0.5);
   a.scale = p >= 1.0 ? 0.f : static_cast<float>(1.0 / (1.0 - p));
+  a.seed_ptr = nullptr;
+  a.offset_ptr = nullptr;
+  return a;
+}
+
+// What a kernel with a dropout site does first: the seed and offset from device memory where the
+// caller gave pointers (device code only: the pointers are device addresses).
+LIGHTSEQ_HD inline DropoutArgs load_dropout_state(DropoutArgs a) {
+  if (a.seed_ptr != nullptr) a.seed = *a.seed_ptr;
+  if (a.offset_ptr != nullptr) a.offset += *a.offset_ptr;
+  a.seed_ptr = nullptr;
+  a.offset_ptr = nullptr;
   return a;
 }
 
