@@ -56,7 +56,10 @@ ModelSpec optimizer_spec(const OptCase& c) {
   o.lr = 2e-3;
   o.beta1 = 0.9;
   o.beta2 = 0.98;
-  o.eps = 1e-6;
+  // Adam's default eps: with |g| near eps the update is g/(|g| + eps), as sensitive to g's fp32
+  // rounding (L2 mode: g = grad/scale + wd·p, a sum that can cancel) as the per-element check is
+  // strict; far from eps it is lr·sign(g), insensitive.
+  o.eps = 1e-8;
   o.weight_decay = 0.05;
   s.optimizer = o;
   return s;
