@@ -97,6 +97,8 @@ std::string_view to_string(OpKind k) {
     case OpKind::kEmbedding: return "embedding";
     case OpKind::kCrossEntropy: return "cross_entropy";
     case OpKind::kAdam: return "adam";
+    case OpKind::kAttention: return "attention";
+    case OpKind::kAttentionGrad: return "attention_grad";
     case OpKind::kLayerNormGrad: return "layernorm_grad";
     case OpKind::kDropoutGrad: return "dropout_grad";
     case OpKind::kActivationGrad: return "activation_grad";
@@ -153,6 +155,11 @@ std::vector<int> Graph::consumers(int tensor) const {
     }
   }
   return out;
+}
+
+void Graph::set_ops(std::vector<Op> ops, int backward_begin) {
+  ops_ = std::move(ops);
+  backward_begin_ = backward_begin;
 }
 
 void Graph::verify() const {

@@ -80,9 +80,15 @@ enum class OpKind {
   // forward
   kGemm, kBiasAdd, kActivation, kDropout, kResidualAdd, kLayerNorm, kSplitHeads, kMergeHeads,
   kAttentionMask, kSoftmax, kEmbedding, kCrossEntropy, kAdam,
+  // softmax(q·kᵀ·scale + mask) (dropped) · v over [B, heads, T, d] views: inputs q, k, v (and the
+  // key padding mask), output the context. A backend pass (compiler/planner/attention_backend.h)
+  // replaces it, and its gradient, before fusion.
+  kAttention,
   // backward
   kLayerNormGrad, kDropoutGrad, kActivationGrad, kBiasGrad, kGradAdd, kSoftmaxGrad,
   kSplitHeadsGrad, kMergeHeadsGrad, kEmbeddingGrad,
+  // inputs the context's gradient, q, k, v (and the key padding mask); outputs dq, dk, dv
+  kAttentionGrad,
 };
 std::string_view to_string(OpKind k);
 
@@ -117,6 +123,16 @@ struct OpAttrs {
     double growth_factor = 2.0, backoff_factor = 0.5;
     int growth_interval = 0;
   } adam;
+  // attention / attention_grad
+  struct Attention {
+    int64_t heads = 0, head_dim = 0;
+    double scale = 1.0;
+    std::string scale_text;  // "1/sqrt(64)"
+    bool padding = false;    // a key padding mask is the 4th (forward) / 5th (gradient) input
+    bool causal = false;
+    int dropout_site = -1;   // -1: no attention dropout
+    std::string forward_op;  // the kAttention op a kAttentionGrad differentiates
+  } attn;
   // embedding
   int64_t vocab = 0, padding_idx = -1, max_positions = 0;
   double scale = 1.0;
@@ -152,6 +168,9 @@ class Graph {
   // tensor is produced at most once; shapes of gemm operands agree with m, n, k. Throws
   // InternalError naming the op and the problem.
   void verify() const;
+
+  // Replaces every op (a rewriting pass); ops before `backward_begin` are the forward.
+  void set_ops(std::vector<Op> ops, int backward_begin);
 
   // Ops before this index are the forward, the rest the backward.
   void begin_backward() { backward_begin_ = static_cast<int>(ops_.size()); }

@@ -118,13 +118,26 @@ class LayerLowering {
     int hidden_site = -1;
     // attention
     int w_in = -1, b_in = -1, w_kv = -1, b_kv = -1, w_o = -1;
-    int heads = -1, q = -1, k = -1, v = -1, kv_heads = -1, probs = -1, dropped = -1, ctx_h = -1, ctx = -1;
-    int q_src = -1, kv_src = -1;
+    int heads = -1, q = -1, k = -1, v = -1, kv_heads = -1, ctx_h = -1, ctx = -1;
+    int q_src = -1, kv_src = -1, key_padding = -1;
     bool cross = false;
     // ffn
     int w1 = -1, b1 = -1, w2 = -1, h = -1, act = -1, act_dropped = -1;
     int act_site = -1, attn_site = -1;
   };
+
+  OpAttrs attention_attrs(const Sub& sub) const {
+    OpAttrs at;
+    at.attn.heads = heads_;
+    at.attn.head_dim = d_;
+    at.attn.scale = 1.0 / std::sqrt(static_cast<double>(d_));
+    at.attn.scale_text = fmt::format("1/sqrt({})", d_);
+    at.attn.padding = sub.key_padding >= 0;
+    at.attn.causal = !sub.cross && s_.causal;
+    at.attn.dropout_site = sub.attn_site;
+    at.attn.forward_op = sub.p + ".attention";
+    return at;
+  }
 
   // --- forward --------------------------------------------------------------------------------
   void norm_fwd(Sub& sub, int in, int out, const std::string& name) {
@@ -220,31 +233,15 @@ class LayerLowering {
       auto kv_parts = b_.parts(sub.kv_heads, {sub.p + ".k", sub.p + ".v"});
       sub.k = kv_parts[0], sub.v = kv_parts[1];
     }
-    const Dim bh = Dim::batch() * heads_;
-    const Shape score_shape{Dim::batch(), Dim::constant(heads_), Dim::seq(), seq_k};
-    int scores = b_.tensor(sub.p + ".scores", score_shape);
-    b_.gemm(sub.p + ".scores", sub.q, Transpose::kNo, sub.k, Transpose::kYes, scores, Dim::seq(),
-            seq_k, Dim::constant(d_), bh, 1.0 / std::sqrt(static_cast<double>(d_)),
-            fmt::format("1/sqrt({})", d_));
-    int masked = b_.tensor(sub.p + ".scores_masked", score_shape);
-    OpAttrs mask;
-    mask.padding_mask = key_padding >= 0;
-    mask.causal = !sub.cross && s_.causal;
-    std::vector<int> mask_in{scores};
-    if (key_padding >= 0) mask_in.push_back(key_padding);
-    b_.op(OpKind::kAttentionMask, sub.p + ".mask", mask_in, {masked}, mask);
-    sub.probs = b_.tensor(sub.p + ".probs", score_shape);
-    b_.op(OpKind::kSoftmax, sub.p + ".softmax", {masked}, {sub.probs});
-    sub.dropped = sub.probs;
-    if (s_.dropout.attention > 0) {
-      sub.attn_site = site_++;
-      sub.dropped = b_.tensor(sub.p + ".probs_dropped", score_shape);
-      b_.dropout(sub.p + ".probs_dropout", sub.probs, sub.dropped, sub.attn_site, DropoutKind::kAttention);
-    }
+    if (s_.dropout.attention > 0) sub.attn_site = site_++;
+    sub.key_padding = key_padding;
     sub.ctx_h = b_.tensor(sub.p + ".ctx_heads", {Dim::constant(1), Dim::batch(), Dim::constant(heads_), Dim::seq(), Dim::constant(d_)});
     int ctx_part = b_.parts(sub.ctx_h, {sub.p + ".ctx_h"})[0];
-    b_.gemm(sub.p + ".context", sub.dropped, Transpose::kNo, sub.v, Transpose::kNo, ctx_part,
-            Dim::seq(), Dim::constant(d_), seq_k, bh);
+    // softmax(q·kᵀ / sqrt(d) + mask) (dropped) · v: one op; the planner's attention backend pass
+    // chooses how it runs (compiler/planner/attention_backend.h).
+    std::vector<int> in{sub.q, sub.k, sub.v};
+    if (key_padding >= 0) in.push_back(key_padding);
+    b_.op(OpKind::kAttention, sub.p + ".attention", in, {ctx_part}, attention_attrs(sub));
     sub.ctx = b_.tensor(sub.p + ".ctx", {bt, H});
     OpAttrs at;
     at.parts = 1;
@@ -323,9 +320,6 @@ class LayerLowering {
   int attention_grad(Sub& sub, int d_out, int d_enc) {
     const Dim bt = Dim::tokens();
     const Dim H = Dim::constant(H_);
-    const Dim seq_k = sub.cross ? Dim::src_seq() : Dim::seq();
-    const Dim bh = Dim::batch() * heads_;
-    const Shape score_shape{Dim::batch(), Dim::constant(heads_), Dim::seq(), seq_k};
     int d_ctx = b_.tensor(sub.p + ".d_ctx", {bt, H}, TensorRole::kGrad);
     b_.gemm(sub.p + ".out_proj_dgrad", d_out, Transpose::kNo, sub.w_o, Transpose::kNo, d_ctx, bt, H, H);
     b_.gemm(sub.p + ".out_proj_wgrad", d_out, Transpose::kYes, sub.ctx, Transpose::kNo,
@@ -335,9 +329,6 @@ class LayerLowering {
     one.parts = 1;
     b_.op(OpKind::kMergeHeadsGrad, sub.p + ".merge_heads_grad", {d_ctx}, {d_ctx_h}, one);
     int d_ctx_part = b_.parts(d_ctx_h, {sub.p + ".d_ctx_h"})[0];
-    int d_dropped = b_.tensor(sub.p + ".d_probs_dropped", score_shape, TensorRole::kGrad);
-    b_.gemm(sub.p + ".context_dgrad_probs", d_ctx_part, Transpose::kNo, sub.v, Transpose::kYes,
-            d_dropped, Dim::seq(), seq_k, Dim::constant(d_), bh);
     // gradient of the head tensors (q | k | v), written part by part
     int d_heads = -1, d_q = -1, d_k = -1, d_v = -1, d_kv_heads = -1;
     if (!sub.cross) {
@@ -351,21 +342,9 @@ class LayerLowering {
       auto p = b_.parts(d_kv_heads, {sub.p + ".d_k", sub.p + ".d_v"});
       d_k = p[0], d_v = p[1];
     }
-    b_.gemm(sub.p + ".context_dgrad_v", sub.dropped, Transpose::kYes, d_ctx_part, Transpose::kNo,
-            d_v, seq_k, Dim::constant(d_), Dim::seq(), bh);
-    int d_probs = d_dropped;
-    if (sub.attn_site >= 0) {
-      d_probs = b_.tensor(sub.p + ".d_probs", score_shape, TensorRole::kGrad);
-      b_.dropout_grad(sub.p + ".probs_dropout_grad", d_dropped, d_probs, sub.attn_site, DropoutKind::kAttention);
-    }
-    int d_scores = b_.tensor(sub.p + ".d_scores", score_shape, TensorRole::kGrad);
-    b_.op(OpKind::kSoftmaxGrad, sub.p + ".softmax_grad", {d_probs, sub.probs}, {d_scores});
-    const double scale = 1.0 / std::sqrt(static_cast<double>(d_));
-    const std::string scale_text = fmt::format("1/sqrt({})", d_);
-    b_.gemm(sub.p + ".scores_dgrad_q", d_scores, Transpose::kNo, sub.k, Transpose::kNo, d_q,
-            Dim::seq(), Dim::constant(d_), seq_k, bh, scale, scale_text);
-    b_.gemm(sub.p + ".scores_dgrad_k", d_scores, Transpose::kYes, sub.q, Transpose::kNo, d_k,
-            seq_k, Dim::constant(d_), Dim::seq(), bh, scale, scale_text);
+    std::vector<int> in{d_ctx_part, sub.q, sub.k, sub.v};
+    if (sub.key_padding >= 0) in.push_back(sub.key_padding);
+    b_.op(OpKind::kAttentionGrad, sub.p + ".attention_grad", in, {d_q, d_k, d_v}, attention_attrs(sub));
     const int parts_q = sub.cross ? 1 : 3;
     int d_lin = b_.tensor(sub.p + (sub.cross ? ".d_q_lin" : ".d_qkv"), {bt, Dim::constant(parts_q * H_)}, TensorRole::kGrad);
     OpAttrs at;

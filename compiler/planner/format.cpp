@@ -75,6 +75,9 @@ std::string format_plan(const ModelPlan& plan) {
   for (const LayerPlan& l : plan.layers) {
     const Graph& g = l.layer.graph;
     out += fmt::format("\n{} — {}\n", l.layer.name, l.layer.description);
+    for (const AttentionChoice& a : l.attention) {
+      out += fmt::format("  attention {}: {} ({})\n", a.op, a.backend, a.reason);
+    }
     for (auto [title, steps] : {std::pair{"forward", &l.forward}, std::pair{"backward", &l.backward}}) {
       if (steps->empty()) continue;
       out += fmt::format("  {}\n", title);

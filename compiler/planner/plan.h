@@ -79,8 +79,16 @@ struct KernelStep {
 
 using Step = std::variant<GemmStep, KernelStep>;
 
+// How one attention op runs (compiler/planner/attention_backend.h chooses).
+struct AttentionChoice {
+  std::string op;       // the kAttention op: "sa.attention"
+  std::string backend;  // "unfused"
+  std::string reason;   // why this backend, for `lsc plan`
+};
+
 struct LayerPlan {
-  LayerGraph layer;
+  LayerGraph layer;         // as planned: after the attention backend pass rewrote it
+  std::vector<AttentionChoice> attention;  // the backend chosen for each attention op
   std::vector<Step> forward, backward;
   std::vector<int> saved;  // forward tensors the backward reads (kept between them)
   // Kernels the runtime launches outside the step lists: accumulate:<dtype> adds an epilogue's

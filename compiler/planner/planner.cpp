@@ -6,6 +6,7 @@
 
 #include "reduce.sig.cuh"
 #include "compiler/errors.h"
+#include "compiler/planner/attention_backend.h"
 #include "compiler/planner/passes.h"
 
 namespace lightseq {
@@ -139,6 +140,7 @@ std::vector<int> saved_tensors(const LayerPlan& lp) {
 LayerPlan plan_layer(LayerGraph layer, Precision precision) {
   LayerPlan lp;
   lp.layer = std::move(layer);
+  lp.attention = choose_attention(lp.layer, precision);
   planner::State s(lp.layer.graph, precision);
   const Graph& g = lp.layer.graph;
   const int n = static_cast<int>(g.ops().size());

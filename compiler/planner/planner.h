@@ -1,6 +1,7 @@
 // planner.h — turns layer graphs into fusion plans.
 //
-// Passes, per layer and per direction (forward, then backward), over the graph's ops in order:
+// Pass 0 (attention_backend.cpp) rewrites each attention op into its chosen backend's ops. Then,
+// per layer and per direction (forward, then backward), over the graph's ops in order:
 //   1. GEMM epilogues (gemm_epilogues.cpp): a GEMM absorbs bias + ReLU/GELU (with aux) when no
 //      dropout follows, dReLU/dGELU + bias gradient in the backward of such an activation, the
 //      residual-gradient sum (beta = 1), a bias the next kernel cannot take, and the bias
