@@ -1,10 +1,12 @@
 // host_floor — what the host pays to issue each kind of work a layer's step enqueues, measured on
-// this machine: one GEMM through GemmRunner::run (heuristic cached, as in a step), one kernel
+// this machine: one GEMM through GemmRunner::run (heuristic cached, as in a step) and the same
+// GEMM as a bare cublasLtMatmul with descriptors built once (cuBLASLt's own floor), one kernel
 // launch through runtime/module.h's launch() (an empty kernel), one stream-ordered allocation and
 // free, one cuMemsetD8Async. A step's host-issue floor is then its GEMM count × the GEMM cost +
 // its kernel count × the launch cost (+ its allocations): `lsc plan` gives the counts.
 //
 // Usage: host_floor [calls]   (default 2000 per measurement; needs a GPU)
+#include <cublasLt.h>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -77,6 +79,31 @@ int main(int argc, char** argv) {
     g.workspace_bytes = kGemmMaxWorkspaceBytes;
     const double gemm_us = host_us(calls, stream, [&] { gemm.run(g, stream, allocator); });
 
+    // The same problem straight to cuBLASLt: column-major D'[n, m] = B'[n, k] · A'[k, m].
+    cublasLtHandle_t lt = nullptr;
+    LIGHTSEQ_CUBLAS_CHECK(cublasLtCreate(&lt));
+    cublasLtMatmulDescOpaque_t op_s;
+    cublasLtMatrixLayoutOpaque_t la_s, lb_s, ld_s;
+    cublasLtMatmulPreferenceOpaque_t pref_s;
+    LIGHTSEQ_CUBLAS_CHECK(cublasLtMatmulDescInit(&op_s, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LIGHTSEQ_CUBLAS_CHECK(cublasLtMatrixLayoutInit(&la_s, CUDA_R_16BF, n, k, n));
+    LIGHTSEQ_CUBLAS_CHECK(cublasLtMatrixLayoutInit(&lb_s, CUDA_R_16BF, k, m, k));
+    LIGHTSEQ_CUBLAS_CHECK(cublasLtMatrixLayoutInit(&ld_s, CUDA_R_16BF, n, m, n));
+    LIGHTSEQ_CUBLAS_CHECK(cublasLtMatmulPreferenceInit(&pref_s));
+    const uint64_t ws_bytes = kGemmMaxWorkspaceBytes;
+    LIGHTSEQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(&pref_s, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                               &ws_bytes, sizeof(ws_bytes)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    LIGHTSEQ_CUBLAS_CHECK(
+        cublasLtMatmulAlgoGetHeuristic(lt, &op_s, &la_s, &lb_s, &ld_s, &ld_s, &pref_s, 1, &result, &found));
+    const float one = 1.0f, zero = 0.0f;
+    const double lt_us = found == 0 ? -1 : host_us(calls, stream, [&] {
+      LIGHTSEQ_CUBLAS_CHECK(cublasLtMatmul(lt, &op_s, &one, b.get(), &la_s, a.get(), &lb_s, &zero, d.get(), &ld_s,
+                                           d.get(), &ld_s, &result.algo, workspace.get(), result.workspaceSize,
+                                           stream));
+    });
+
     CUmodule module = nullptr;
     CUfunction fn = nullptr;
     LIGHTSEQ_CU_CHECK(driver().cuModuleLoadDataEx(&module, kEmptyKernelPtx, 0, nullptr, nullptr));
@@ -94,11 +121,13 @@ int main(int argc, char** argv) {
 
     fmt::print("host_floor on {}: host microseconds per call (mean of {})\n", device_name(0), calls);
     fmt::print("  GemmRunner::run (bf16 {}x{}x{}, cached heuristic)  {:.2f}\n", m, n, k, gemm_us);
+    fmt::print("  bare cublasLtMatmul, descriptors built once          {:.2f}\n", lt_us);
     fmt::print("  kernel launch (empty kernel, launch())              {:.2f}\n", launch_us);
     fmt::print("  DeviceBuffer 1 MiB, stream-ordered alloc + free     {:.2f}\n", alloc_us);
     fmt::print("  cuMemsetD8Async 4 KiB                               {:.2f}\n", memset_us);
     LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
     driver().cuModuleUnload(module);
+    cublasLtDestroy(lt);
     driver().cuStreamDestroy(stream);
     return 0;
   } catch (const std::exception& e) {

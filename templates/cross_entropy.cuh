@@ -11,7 +11,8 @@ namespace lightseq::kern {
 
 // cross_entropy_kernel — with lse = log sum_j exp(x_j), V = kVocab:
 //   nll = lse - x[y]; loss = (1 - eps) * nll + eps * (lse - mean_j x_j) (= eps/V * sum_j -logp_j);
-//   grad_logits = grad_scale * (softmax(x) - (1 - eps) * onehot(y) - eps / V).
+//   grad_logits = *grad_scale * (softmax(x) - (1 - eps) * onehot(y) - eps / V) (grad_scale in
+//   device memory, null: 1).
 //   Rows with y == ignore_index: loss = nll = 0 and a zero gradient row. y outside [0, V) (and not
 //   ignore_index): *bad_target = 1 (never cleared here) and the row is treated as ignored.
 // Fuses:     log-softmax + NLL + label smoothing + softmax backward + scaling + cast.
@@ -26,7 +27,7 @@ template <typename T, int kVocab, int kThreads, int kVec>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_kernel(const T* logits, const int64_t* targets, float* loss, float* nll,
                          T* grad_logits, int* bad_target, int64_t rows, int64_t ignore_index,
-                         float label_smoothing, float grad_scale) {
+                         float label_smoothing, const float* grad_scale) {
   static_assert(kVocab > 0 && kVec >= 1 && kVocab % kVec == 0, "kVec must divide kVocab");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kThreads >= 32 && kThreads <= 1024 && (kThreads & (kThreads - 1)) == 0,
@@ -51,8 +52,11 @@ __global__ void __launch_bounds__(kThreads)
   // Read before any thread writes the row (grad_logits may alias logits; the reductions below
   // order every write after this read).
   const float x_y = tid == 0 ? to_float(logits[base + y]) : 0.f;
-  const float off_target = grad_scale * label_smoothing / kVocab;
-  const float on_target = grad_scale * (1.f - label_smoothing);
+  // In device memory (null: 1): the loss scale and the reduction's divisor, which a step captured
+  // in a CUDA graph computes on the device.
+  const float scale = grad_scale != nullptr ? *grad_scale : 1.f;
+  const float off_target = scale * label_smoothing / kVocab;
+  const float on_target = scale * (1.f - label_smoothing);
 
   float m, lse, sum_x;
   auto finish_stats = [&](float m_row, float sum_e, float sx) {
@@ -64,7 +68,7 @@ __global__ void __launch_bounds__(kThreads)
   auto write_grad = [&](int v, float (&x)[kVec], float inv_sum) {
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
-      x[e] = grad_scale * expf(x[e] - m) * inv_sum - off_target;
+      x[e] = scale * expf(x[e] - m) * inv_sum - off_target;
       if (v * kVec + e == y) x[e] -= on_target;
     }
     store_float<kVec>(grad_logits + base + v * kVec, x);

@@ -45,7 +45,7 @@ inline constexpr Param kP[] = {in("logits", CType::kConstTPtr),  in("targets", C
                                out("loss", CType::kF32Ptr),       out("nll", CType::kF32Ptr),
                                out("grad_logits", CType::kTPtr),  error_flag("bad_target"),
                                scalar("rows", CType::kI64),       scalar("ignore_index", CType::kI64),
-                               scalar("label_smoothing", CType::kF32), scalar("grad_scale", CType::kF32)};
+                               scalar("label_smoothing", CType::kF32), in("grad_scale", CType::kConstF32Ptr, Nullable::kYes)};
 inline Launch launch(const Values& v) {
   return {ce_grid(v.i[index_of(kP, "rows")]), ce_block(static_cast<int>(v.t[index_of(kT, "kThreads")])), 0};
 }

@@ -49,7 +49,10 @@ class GpuCrossEntropy : public GpuKernelTest,
     CUdeviceptr lg = logits.ptr(), tg = targets.ptr(), loss = o.loss.ptr(), nll = o.nll.ptr();
     CUdeviceptr grad = grad_into ? grad_into->ptr() : o.grad.ptr(), bad = o.bad.ptr();
     int64_t rows = c.rows, ignore = c.ignore_index;
-    float eps = static_cast<float>(c.smoothing), scale = static_cast<float>(c.grad_scale);
+    float eps = static_cast<float>(c.smoothing);
+    // grad_scale lives in device memory; 1.0 also goes as a null pointer (the kernel's default).
+    DeviceArray scale_buf = upload_pod(std::vector<float>{static_cast<float>(c.grad_scale)});
+    CUdeviceptr scale = c.grad_scale == 1.0 ? 0 : scale_buf.ptr();
     const KernelInstance inst = codegen::cross_entropy(p, vocab);
     const int threads = std::stoi(inst.template_args.at(2));  // kThreads
     launch(inst, kern::ce_grid(rows), kern::ce_block(threads),

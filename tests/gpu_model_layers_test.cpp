@@ -202,7 +202,7 @@ ModelSpec criterion_spec(const CritCase& c) {
 
 std::string crit_weight(const CritCase& c) { return c.tie ? "embed_tokens.weight" : "output_projection.weight"; }
 Names crit_bindings(const CritCase& c, bool backward) {
-  if (!backward) return {"decoder_out", "targets", crit_weight(c), "loss", "nll", "bad_target"};
+  if (!backward) return {"decoder_out", "targets", crit_weight(c), "loss", "nll", "bad_target", "grad_scale"};
   return {"grad_decoder_out", crit_weight(c), "grad." + crit_weight(c)};
 }
 
@@ -382,15 +382,22 @@ class ModelLayerTest : public test::GpuLayerTest {
     const double a = 4.0 / std::sqrt(static_cast<double>(H));
     const Vec weight = random(rng, V * H, -a, a, p);
     const double ls = static_cast<float>(c.smoothing);  // an F32 scalar of the kernel
-    const CritRef want = criterion_reference(h, weight, targets, rows, H, V, c.ignore_index, ls);
+    CritRef want = criterion_reference(h, weight, targets, rows, H, V, c.ignore_index, ls);
+    for (double& g : want.grad_h) g *= 0.25;  // the grad_scale bound below
+    for (double& g : want.grad_w) g *= 0.25;
     ASSERT_EQ(want.ce.bad_target, expect_bad);
 
     const auto model = model_for(criterion_spec(c));
     const LayerExecutor& exec = model->layer("criterion");
     DeviceBuffer d_h = up(h, p), d_w = up(weight, p), d_t = up_i64(targets);
     DeviceBuffer loss = poisoned(rows, Precision::kFp32), nll = poisoned(rows, Precision::kFp32), bad = zero_flag();
+    // The gradient's scale is read from device memory: a power of two, so the reference's
+    // gradients scale exactly.
+    const float grad_scale = 0.25f;
+    DeviceBuffer d_scale = upload_bytes(&grad_scale, sizeof(grad_scale));
     const Bindings fb{{"decoder_out", d_h.get()}, {"targets", d_t.get()}, {crit_weight(c), d_w.get()},
-                      {"loss", loss.get()},       {"nll", nll.get()},     {"bad_target", bad.get()}};
+                      {"loss", loss.get()},       {"nll", nll.get()},     {"bad_target", bad.get()},
+                      {"grad_scale", d_scale.get()}};
     const SavedActivations saved = exec.forward(fb, {c.batch, c.seq, 0}, DropoutConfig{}, *allocator_, stream_);
     sync();
     EXPECT_EQ(flag(bad), expect_bad ? 1 : 0) << "bad_target";

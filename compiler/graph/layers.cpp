@@ -563,10 +563,13 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   int d_logits = b.tensor("d_logits", {bt, V}, TensorRole::kGrad);
   // Set to 1 (never cleared) when a target is outside [0, vocab) and not the ignore index.
   int bad = b.tensor("bad_target", {Dim::constant(1)}, TensorRole::kOutput, ElemType::kI32);
+  // What d_logits is multiplied by, in device memory: the loss scale over the reduction's divisor
+  // (1 for a plain sum), which a captured step computes on the device.
+  int grad_scale = b.tensor("grad_scale", {Dim::constant(1)}, TensorRole::kInput, ElemType::kF32);
   OpAttrs ce;
   ce.ignore_index = c.ignore_index;
   ce.label_smoothing = c.label_smoothing;
-  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets}, {loss, nll, d_logits, bad}, ce);
+  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale}, {loss, nll, d_logits, bad}, ce);
   lg.graph.begin_backward();
   int dh = b.tensor("grad_decoder_out", {bt, H}, TensorRole::kGradOutput);
   b.gemm("output_proj_dgrad", d_logits, Transpose::kNo, w, Transpose::kNo, dh, bt, H, V);

@@ -338,11 +338,11 @@ std::vector<Rule> make_rules() {
                  const Op& ce = s.op(*m[0]);
                  emit(s, m, instantiate(sig::kCrossEntropy, s.precision, {{"kVocab", cols_of(s, ce.inputs[0])}}),
                       {{"logits", ce.inputs[0]}, {"targets", ce.inputs[1]}, {"loss", ce.outputs[0]},
-                       {"nll", ce.outputs[1]}, {"grad_logits", ce.outputs[2]}, {"bad_target", ce.outputs[3]}},
+                       {"nll", ce.outputs[1]}, {"grad_logits", ce.outputs[2]}, {"bad_target", ce.outputs[3]},
+                       {"grad_scale", ce.inputs[2]}},
                       {{"rows", ScalarArg::size(rows_of(s, ce.inputs[0]))},
                        {"ignore_index", ScalarArg::constant(static_cast<double>(ce.attrs.ignore_index))},
-                       {"label_smoothing", ScalarArg::constant(ce.attrs.label_smoothing)},
-                       {"grad_scale", ScalarArg::constant(1.0)}});
+                       {"label_smoothing", ScalarArg::constant(ce.attrs.label_smoothing)}});
                }});
   r.push_back({"adam", {{K::kAdam, false}}, {}, [](State& s, const Match& m) {
                  const Op& a = s.op(*m[0]);
