@@ -4,7 +4,7 @@
 
 #include "compiler/errors.h"
 #include "compiler/planner/planner.h"
-#include "frontends/spec/parse.h"
+#include "compiler/spec/validate.h"
 #include "runtime/device.h"
 #include "runtime/module.h"
 
@@ -46,11 +46,6 @@ std::shared_ptr<CompiledModel> CompiledModel::load(const ModelSpec& spec, const 
     }
   }
   return m;
-}
-
-std::shared_ptr<CompiledModel> CompiledModel::load_file(const std::filesystem::path& spec_json,
-                                                        const RuntimeOptions& options) {
-  return load(parse_spec_file(spec_json), options);
 }
 
 CompiledModel::~CompiledModel() {

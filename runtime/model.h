@@ -1,6 +1,7 @@
 // model.h — the C++ API: a spec compiled for one GPU, and typed encoder and decoder layers on it.
 //
-//   auto model = lightseq::CompiledModel::load_file("examples/bert-base.json", {.device = 0});
+//   auto model = lightseq::CompiledModel::load(lightseq::parse_spec_file("examples/bert-base.json"),
+//                                              {.device = 0});  // parse_spec_file: frontends/spec/parse.h
 //   lightseq::EncoderLayer layer(model, /*stack=*/0);
 //   auto saved = layer.forward(weights, io, shape, dropout, allocator, stream);
 //   layer.backward(weights, grads, grad_io, saved, lightseq::GradMode::kOverwrite, allocator, stream);
@@ -36,8 +37,6 @@ class CompiledModel {
   // loads them on the device. Throws Error when there is no GPU (with the reason), SpecError for
   // an invalid spec, CompileError for a rejected kernel.
   static std::shared_ptr<CompiledModel> load(const ModelSpec& spec, const RuntimeOptions& options = {});
-  static std::shared_ptr<CompiledModel> load_file(const std::filesystem::path& spec_json,
-                                                  const RuntimeOptions& options = {});
   ~CompiledModel();
 
   const ModelSpec& spec() const { return plan_.spec; }

@@ -184,7 +184,9 @@ TEST(KernelSignature, NamesAreUniqueAndRolesFitTypes) {
           const sig::ListSlot& ls = p.list->slots[j];
           EXPECT_TRUE(sig::is_pointer(ls.type)) << ls.name;
           EXPECT_TRUE(ls.role == sig::Role::kIn || ls.role == sig::Role::kOutAcc) << ls.name;
-          if (ls.role == sig::Role::kOutAcc) EXPECT_NE(ls.type, sig::CType::kConstTPtr) << ls.name << " is written";
+          if (ls.role == sig::Role::kOutAcc) {
+            EXPECT_NE(ls.type, sig::CType::kConstTPtr) << ls.name << " is written";
+          }
           required |= ls.nullable == sig::Nullable::kNo;
         }
         EXPECT_TRUE(required) << p.name << ": some slot must say how many elements a chunk has";

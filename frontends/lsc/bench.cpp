@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "compiler/errors.h"
+#include "frontends/spec/parse.h"
 #include "runtime/cuda_check.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
@@ -125,7 +126,7 @@ Timing time_steps(const BenchOptions& o, CUstream stream, Step&& step) {
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
-  const auto model = CompiledModel::load_file(o.spec, RuntimeOptions{o.device, std::nullopt});
+  const auto model = CompiledModel::load(parse_spec_file(o.spec), RuntimeOptions{o.device, std::nullopt});
   const ModelSpec& spec = model->spec();
   if (spec.layers.empty()) {
     throw Error(fmt::format("{} has no encoder or decoder stack to benchmark (lsc bench times layer stacks)", spec.name));

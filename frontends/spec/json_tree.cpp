@@ -263,31 +263,6 @@ std::string_view kind_name(const JsonNode& node) {
   return "an unknown value";
 }
 
-std::string quote_string(std::string_view s, size_t max_chars) {
-  std::string out = "\"";
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (out.size() >= max_chars) {
-      out += "...";
-      break;
-    }
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c < 0x20 || c >= 0x7f) {
-      out += fmt::format("\\x{:02x}", c);
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-  return out;
-}
-
 std::string printable(std::string_view s, size_t max_chars) {
   std::string out;
   for (unsigned char c : s) {

@@ -15,6 +15,8 @@
 
 #include "compiler/errors.h"
 
+#include "compiler/spec/rules.h"  // quote_string
+
 namespace lightseq::spec_detail {
 
 // Deepest nesting accepted. A model spec nests 4 levels (root, layers, a stack, its dropout).
@@ -56,9 +58,6 @@ std::string render_node(const JsonNode& node);
 // "a string", "a number", "a boolean", "null", "an array", "an object".
 std::string_view kind_name(const JsonNode& node);
 
-// `s` as a JSON string literal with everything outside printable ASCII escaped, cut to about
-// `max_chars` characters with "..." when longer.
-std::string quote_string(std::string_view s, size_t max_chars = 60);
 
 // Bytes outside printable ASCII written as \n, \t, \xNN; cut with "..." beyond `max_chars`.
 std::string printable(std::string_view s, size_t max_chars = 200);

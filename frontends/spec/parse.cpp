@@ -17,7 +17,7 @@
 #include <unordered_set>
 
 #include "frontends/spec/json_tree.h"
-#include "frontends/spec/rules.h"
+#include "compiler/spec/rules.h"
 
 namespace lightseq {
 namespace {

@@ -14,6 +14,7 @@
 
 #include "compiler/errors.h"
 #include "compiler/spec/model_spec.h"
+#include "compiler/spec/validate.h"
 
 namespace lightseq {
 
@@ -30,10 +31,5 @@ ModelSpec parse_spec_file(const std::filesystem::path& path);
 // The spec as JSON with every field written out (defaults included; "scale" as a number).
 // Round-trips: parse_spec_string(spec_to_json(s).dump()) == s for every valid spec s.
 nlohmann::json spec_to_json(const ModelSpec& spec);
-
-// Checks every rule of docs/spec.md on an already-built spec (the Python front end builds one
-// from a PyTorch model). Empty when the spec is valid. Issues name JSON paths ("layers[1].heads")
-// and render values from the struct (doubles in shortest round-trip form).
-std::vector<SpecIssue> validate_spec(const ModelSpec& spec);
 
 }  // namespace lightseq

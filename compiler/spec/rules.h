@@ -38,3 +38,11 @@ std::optional<std::string_view> closest_name(std::string_view given,
                                              std::span<const std::string_view> candidates);
 
 }  // namespace lightseq::spec_detail
+
+namespace lightseq {
+
+// `s` as a JSON string literal with everything outside printable ASCII escaped, cut to about
+// `max_chars` characters with "..." when longer (how spec issues quote names and paths).
+std::string quote_string(std::string_view s, size_t max_chars = 60);
+
+}  // namespace lightseq

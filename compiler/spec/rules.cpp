@@ -1,4 +1,6 @@
-#include "frontends/spec/rules.h"
+#include "compiler/spec/rules.h"
+
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cctype>
@@ -63,3 +65,32 @@ std::optional<std::string_view> closest_name(std::string_view given,
 }
 
 }  // namespace lightseq::spec_detail
+
+namespace lightseq {
+
+std::string quote_string(std::string_view s, size_t max_chars) {
+  std::string out = "\"";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (out.size() >= max_chars) {
+      out += "...";
+      break;
+    }
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c >= 0x7f) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += '"';
+  return out;
+}
+
+}  // namespace lightseq

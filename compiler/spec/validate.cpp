@@ -1,5 +1,7 @@
 // validate.cpp — every rule of docs/spec.md, checked on a built ModelSpec. The parser runs this
 // after reading the JSON (and quotes values as written); the Python front end runs it directly.
+#include "compiler/spec/validate.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -9,9 +11,7 @@
 #include <optional>
 #include <string>
 
-#include "frontends/spec/json_tree.h"
-#include "frontends/spec/parse.h"
-#include "frontends/spec/rules.h"
+#include "compiler/spec/rules.h"
 
 namespace lightseq {
 namespace {
