@@ -186,6 +186,12 @@ class Validator {
   }
 
   void check_layers(const ModelSpec& spec) {
+    if (spec.layers.size() > static_cast<size_t>(kMaxStacks)) {
+      add("layers", fmt::format("[{} stacks]", spec.layers.size()),
+          fmt::format("at most {} stacks; give a stack of identical layers once, with \"count\": "
+                      "N (up to {})",
+                      kMaxStacks, kMaxCount));
+    }
     int64_t width = 0;
     std::string width_source;
     if (spec.embedding && width_ok(spec.embedding->hidden, kMaxHidden)) {
