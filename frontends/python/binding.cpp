@@ -1,7 +1,7 @@
 // lightseq._C — the Python binding. It does not link against torch: the Python package passes
 // device pointers (tensor.data_ptr()), the current CUDA stream (as an integer) and an allocation
 // callback that allocates through PyTorch's caching allocator. Errors become lightseq.Error (a
-// RuntimeError) with lightseq's message.
+// RuntimeError; lightseq.SpecError, also a ValueError, for a bad spec) with lightseq's message.
 #include <fmt/format.h>
 #include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
@@ -217,16 +217,17 @@ PYBIND11_MODULE(_C, m) {
   using namespace lightseq;
   m.doc() = "lightseq's native extension (see the lightseq package)";
   m.attr("__version__") = LIGHTSEQ_VERSION;
-  // lightseq.Error (a RuntimeError) for everything lightseq reports; an invalid spec is also a
-  // ValueError (SpecError).
-  static py::exception<Error> error(m, "Error", PyExc_RuntimeError);
-  static py::handle spec_error = [&] {
-    py::object bases = py::make_tuple(error, py::handle(PyExc_ValueError));
-    py::object cls = py::reinterpret_steal<py::object>(
-        PyErr_NewException("lightseq._C.SpecError", bases.ptr(), nullptr));
-    m.attr("SpecError") = cls;
-    return cls.release();
+  // The exception classes are the package's (lightseq/_errors.py), so that `except lightseq.Error`
+  // catches these and the pure-Python errors alike: lightseq.Error (a RuntimeError) for everything
+  // lightseq reports, lightseq.SpecError (also a ValueError) for an invalid spec.
+  static py::handle error = [] {
+    return py::object(py::module_::import("lightseq._errors").attr("Error")).release();
   }();
+  static py::handle spec_error = [] {
+    return py::object(py::module_::import("lightseq._errors").attr("SpecError")).release();
+  }();
+  m.attr("Error") = error;
+  m.attr("SpecError") = spec_error;
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);

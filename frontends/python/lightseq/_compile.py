@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from . import _ops, _spec
-from ._native import Error
-from ._spec import DecoderConfig, EncoderConfig, Unsupported
+from ._errors import ArgumentError, ArgumentTypeError, Error, Unsupported, a_type
+from ._spec import DecoderConfig, EncoderConfig
 
 _STATE = "_lightseq"  # attribute of a compiled layer: its _LayerState
 
@@ -65,17 +65,17 @@ def _fallback(module: nn.Module, reason: str) -> None:
 def _check_input(module: nn.Module, x: torch.Tensor, state: _LayerState, what: str = "the input") -> torch.dtype:
     """The dtype to run in; raises for input lightseq cannot take."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{_where(module)}: {what} is a {type(x).__name__}, not a tensor")
+        raise ArgumentTypeError(f"{_where(module)}: {what} is {a_type(x)}, not a tensor")
     if x.device.type != "cuda":
-        raise ValueError(f"{_where(module)}: {what} is on {x.device}; lightseq runs on CUDA devices "
+        raise ArgumentError(f"{_where(module)}: {what} is on {x.device}; lightseq runs on CUDA devices "
                          "(move the model and its inputs with .cuda())")
     if x.dim() != 3 or x.shape[-1] != state.config.hidden:
-        raise ValueError(f"{_where(module)}: {what} has shape {tuple(x.shape)}; expected 3 dimensions "
+        raise ArgumentError(f"{_where(module)}: {what} has shape {tuple(x.shape)}; expected 3 dimensions "
                          f"with hidden size {state.config.hidden} last")
     if torch.is_autocast_enabled("cuda"):
         return torch.get_autocast_dtype("cuda")
     if x.dtype != state.dtype:
-        raise TypeError(f"{_where(module)}: {what} is {x.dtype} but the layer was compiled for "
+        raise ArgumentTypeError(f"{_where(module)}: {what} is {x.dtype} but the layer was compiled for "
                         f"{state.dtype}; pass {state.dtype} inputs, run under torch.autocast, or "
                         f"compile with lightseq.compile(model, dtype={state.dtype})")
     return state.dtype
@@ -89,22 +89,22 @@ def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, dev
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{_where(module)}: {what} is a {type(mask).__name__}, not a tensor")
+        raise ArgumentTypeError(f"{_where(module)}: {what} is {a_type(mask)}, not a tensor")
     if tuple(mask.shape) != (batch, seq):
-        raise ValueError(f"{_where(module)}: {what} has shape {tuple(mask.shape)}; expected "
+        raise ArgumentError(f"{_where(module)}: {what} has shape {tuple(mask.shape)}; expected "
                          f"[batch, seq] = [{batch}, {seq}]")
     if mask.device != device:
-        raise ValueError(f"{_where(module)}: {what} is on {mask.device}, the input on {device}")
+        raise ArgumentError(f"{_where(module)}: {what} is on {mask.device}, the input on {device}")
     if mask.dtype == torch.bool:
         return mask.contiguous()
     if mask.is_floating_point():
         if not torch.compiler.is_compiling():
             # One synchronizing check: lightseq masks keys, it cannot add arbitrary biases.
             if not bool(((mask == 0) | (mask == float("-inf"))).all()):
-                raise ValueError(f"{_where(module)}: {what} is a float padding mask with values other "
+                raise ArgumentError(f"{_where(module)}: {what} is a float padding mask with values other "
                                  "than 0 (keep) and -inf (pad); pass a bool mask (True = pad) instead")
         return mask != 0
-    raise TypeError(f"{_where(module)}: {what} is {mask.dtype}; pass a bool mask (True = pad)")
+    raise ArgumentTypeError(f"{_where(module)}: {what} is {mask.dtype}; pass a bool mask (True = pad)")
 
 
 def _prepare(module: nn.Module, x: torch.Tensor, weights, run_dtype: torch.dtype, causal: bool):
@@ -226,9 +226,9 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
         mem = memory if batch_first else memory.transpose(0, 1)
         batch, seq, src_seq = x.shape[0], x.shape[1], mem.shape[1]
         if mem.shape[0] != batch:
-            raise ValueError(f"{_where(self)}: the memory has batch {mem.shape[0]}, the target {batch}")
+            raise ArgumentError(f"{_where(self)}: the memory has batch {mem.shape[0]}, the target {batch}")
         if mem.device != x.device:
-            raise ValueError(f"{_where(self)}: the memory is on {mem.device}, the target on {x.device}")
+            raise ArgumentError(f"{_where(self)}: the memory is on {mem.device}, the target on {x.device}")
         if not _causal_or_none(tgt_mask, bool(tgt_is_causal), seq):
             return torch_forward("a self-attention that is not causal (lightseq's decoder layer is causal: "
                                  "pass tgt_is_causal=True or a causal tgt_mask)")
@@ -285,19 +285,19 @@ def _bert_padding(module, mask, batch: int, seq: int, device):
         return None
     if mask.dim() == 2:
         if tuple(mask.shape) != (batch, seq):
-            raise ValueError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
+            raise ArgumentError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
                              f"[{batch}, {seq}]")
         return (mask == 0).contiguous()
     if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[-1] != seq:
-        raise ValueError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
+        raise ArgumentError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
                          f"[{batch}, 1, {seq} or 1, {seq}]")
     if mask.shape[2] not in (1, seq):
-        raise ValueError(f"{_where(module)}: the attention mask has {mask.shape[2]} query rows; expected 1 or {seq}")
+        raise ArgumentError(f"{_where(module)}: the attention mask has {mask.shape[2]} query rows; expected 1 or {seq}")
     row = mask[:, 0, 0, :]
     if mask.shape[2] > 1 and not torch.compiler.is_compiling():
         # One synchronizing check: lightseq masks keys (padding), the same for every query.
         if not bool((mask == mask[:, :, :1, :]).all()):
-            raise ValueError(f"{_where(module)}: the attention mask differs between queries; lightseq "
+            raise ArgumentError(f"{_where(module)}: the attention mask differs between queries; lightseq "
                              "compiles padding masks (the same keys masked for every query) only")
     if mask.dtype == torch.bool:
         return (~row).contiguous()
@@ -337,9 +337,12 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
     autocast dtype. Kernels are compiled on a layer's first call (or loaded from the disk cache,
     `cache_dir` or the default). explain(model) lists what was replaced and why the rest was not."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"lightseq.compile takes an nn.Module, not a {type(model).__name__}")
+        raise ArgumentTypeError(f"lightseq.compile takes an nn.Module, not {a_type(model)}")
     if dtype is not None:
-        _spec.dtype_name(dtype)  # raises Unsupported for a dtype lightseq cannot run
+        try:
+            _spec.dtype_name(dtype)
+        except Unsupported as why:
+            raise Unsupported(f"lightseq.compile: {why}") from None
     report = []
     for name, module in model.named_modules():
         if hasattr(module, _STATE):
@@ -369,6 +372,9 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
 
 def explain(model: nn.Module) -> str:
     """What lightseq.compile replaced in `model`, and for each layer it did not, why."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"lightseq.explain takes the nn.Module given to lightseq.compile, not "
+                                f"{a_type(model)}")
     report = model.__dict__.get("_lightseq_report")
     if report is None:
         return "lightseq.compile has not been applied to this model"

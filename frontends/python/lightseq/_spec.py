@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._errors import ArgumentTypeError, Unsupported, a_type
+
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-class Unsupported(Exception):
-    """Raised by the extractors with the reason a module stays as it was."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +76,9 @@ class DecoderConfig(EncoderConfig):
 
 
 def dtype_name(dtype: torch.dtype) -> str:
+    if not isinstance(dtype, torch.dtype):
+        raise ArgumentTypeError(f"dtype {dtype!r} is {a_type(dtype)}, not a torch.dtype; pass "
+                                "torch.float32, torch.float16 or torch.bfloat16")
     try:
         return _DTYPE_NAMES[dtype]
     except KeyError:
