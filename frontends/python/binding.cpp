@@ -253,6 +253,19 @@ PYBIND11_MODULE(_C, m) {
         return out;
       },
       "the problems of a JSON model spec, one line each (empty when it is valid)");
+  m.def(
+      "spec_issues",
+      [](const std::string& json) {
+        std::vector<std::tuple<std::string, std::string, std::string>> out;
+        try {
+          parse_spec_string(json, "<python>");
+        } catch (const SpecError& e) {
+          for (const SpecIssue& i : e.issues()) out.emplace_back(i.path, i.value, i.message);
+        }
+        return out;
+      },
+      "the problems of a JSON model spec as (path, value, message), e.g. ('layers[0].eps', '0.0', "
+      "'must be a positive finite number ...'); empty when it is valid");
 
   py::class_<CompiledModel, std::shared_ptr<CompiledModel>>(m, "CompiledModel")
       .def_static(

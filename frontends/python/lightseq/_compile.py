@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _ops, _spec
+from . import _native, _ops, _spec
 from ._errors import ArgumentError, ArgumentTypeError, Error, Unsupported, a_type
 from ._spec import DecoderConfig, EncoderConfig
 
@@ -33,6 +33,18 @@ class _LayerState:
         self.specs = {(d, causal, training): _spec.spec_json(config.spec(d, causal=causal, dropout_on=training))
                       for d in (torch.float32, torch.float16, torch.bfloat16)
                       for causal in causal_options for training in (False, True)}
+
+
+def _compiler_issues(state: _LayerState, module_name: str) -> list:
+    """What the compiler rejects in a layer's spec (the training variant: every dropout on), in the
+    module's terms ("encoder.layers.0.norm1.eps = 0.0: must be ..."); [] when it is valid or the
+    extension is not built (the first call then says so)."""
+    try:
+        C = _native.extension()
+    except Error:
+        return []
+    causal = isinstance(state.config, DecoderConfig)
+    return _spec.torch_issues(state.config, C.spec_issues(state.specs[(state.dtype, causal, True)]), module_name)
 
 
 @torch._dynamo.assume_constant_result
@@ -358,7 +370,12 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
             continue
         cls, config = found
         layer_dtype = dtype or _param_dtype(module)
-        setattr(module, _STATE, _LayerState(config, layer_dtype, cache_dir))
+        state = _LayerState(config, layer_dtype, cache_dir)
+        issues = _compiler_issues(state, name)
+        if issues:
+            report.append((name or "<model>", type(module).__name__, False, "\n  ".join(issues)))
+            continue
+        setattr(module, _STATE, state)
         module.__class__ = cls
         report.append((name or "<model>", _base_name(module), True,
                        f"{config.describe()}, {layer_dtype}"))

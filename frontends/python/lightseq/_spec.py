@@ -27,6 +27,9 @@ class EncoderConfig:
     dropout_attention: float
     dropout_activation: float
     dropout_hidden: float
+    # (spec field, the PyTorch attribute it comes from), e.g. ("eps", "norm1.eps"): issues of the
+    # generated spec are reported in the module's terms (torch_issues).
+    names: tuple = dataclasses.field(default=(), compare=False, repr=False)
 
     def describe(self) -> str:
         return (f"encoder {self.hidden}/{self.heads}/{self.ffn} {self.norm}-LN {self.activation}, "
@@ -73,6 +76,31 @@ class DecoderConfig(EncoderConfig):
         enc = super().spec(dtype, dropout_on=dropout_on)
         decoder = dict(enc["layers"][0], type="decoder")
         return {"name": "torch-decoder-layer", "precision": enc["precision"], "layers": [enc["layers"][0], decoder]}
+
+
+_TORCH_NAMES = (("hidden", "self_attn.embed_dim"), ("heads", "self_attn.num_heads"),
+                ("ffn", "linear1.out_features"), ("eps", "norm1.eps"), ("dropout.attention", "self_attn.dropout"),
+                ("dropout.activation", "dropout.p"), ("dropout.hidden", "dropout1.p"))
+_BERT_NAMES = (("hidden", "attention.self.query.in_features"), ("heads", "attention.self.num_attention_heads"),
+               ("ffn", "intermediate.dense.out_features"), ("eps", "attention.output.LayerNorm.eps"),
+               ("dropout.attention", "attention.self.dropout.p"), ("dropout.hidden", "attention.output.dropout.p"))
+
+
+def torch_issues(config: EncoderConfig, issues, module_name: str) -> list:
+    """The compiler's issues with a layer's generated spec, [(path, value, message)] as
+    lightseq._C.spec_issues gives them, in the module's terms: ("layers[0].eps", "0.0", "...")
+    becomes "encoder.layers.0.norm1.eps = 0.0: ..." for the module named encoder.layers.0. A
+    decoder's spec repeats its configuration in two stacks: each issue is reported once."""
+    names = dict(config.names)
+    prefix = f"{module_name}." if module_name else ""
+    out = []
+    for path, value, message in issues:
+        stack, _, field = path.partition("].")
+        where = prefix + names[field] if stack.startswith("layers[") and field in names else path
+        line = f"{where} = {value}: {message}"
+        if line not in out:
+            out.append(line)
+    return out
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -191,7 +219,7 @@ def from_torch_encoder_layer(m: nn.TransformerEncoderLayer) -> EncoderConfig:
     _same_dtype_device(m)
     return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
                          activation=act, eps=eps, dropout_attention=p_attn,
-                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden)
+                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden, names=_TORCH_NAMES)
 
 
 def from_torch_decoder_layer(m: nn.TransformerDecoderLayer) -> DecoderConfig:
@@ -208,7 +236,7 @@ def from_torch_decoder_layer(m: nn.TransformerDecoderLayer) -> DecoderConfig:
     _same_dtype_device(m)
     return DecoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
                          activation=act, eps=eps, dropout_attention=p_self,
-                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden)
+                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden, names=_TORCH_NAMES)
 
 
 _BERT_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
@@ -248,7 +276,7 @@ def from_bert_layer(m: nn.Module) -> EncoderConfig:
     return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="post",
                          activation=_BERT_ACTIVATIONS[act_name], eps=eps1,
                          dropout_attention=float(sa.dropout.p), dropout_activation=0.0,
-                         dropout_hidden=p_hidden1)
+                         dropout_hidden=p_hidden1, names=_BERT_NAMES)
 
 
 def bert_layer_class():

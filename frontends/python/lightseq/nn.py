@@ -33,8 +33,11 @@ def _init(module, torch_cls, extract, hidden, heads, ffn, dropout, activation, n
     torch_cls.__init__(module, d_model=hidden, nhead=heads, dim_feedforward=ffn, dropout=dropout,
                        activation=activation, layer_norm_eps=eps, batch_first=batch_first, norm_first=norm_first,
                        device=device, dtype=dtype)
-    setattr(module, _compile._STATE,
-            _compile._LayerState(extract(module), dtype or torch.get_default_dtype(), cache_dir))
+    state = _compile._LayerState(extract(module), dtype or torch.get_default_dtype(), cache_dir)
+    issues = _compile._compiler_issues(state, "")
+    if issues:
+        raise Unsupported(f"lightseq.nn.{torch_cls.__name__}: " + "; ".join(issues))
+    setattr(module, _compile._STATE, state)
 
 
 class TransformerEncoderLayer(_compile.CompiledTransformerEncoderLayer):
