@@ -195,48 +195,75 @@ def _and(names) -> str:
 
 
 def _feed_forward_and_norms(m: nn.Module, hidden: int, norms) -> tuple:
-    """(ffn, activation, eps, hidden dropout) of a torch Transformer layer's linear1/linear2, its
-    LayerNorms `norms` and its dropouts dropout1.. (one per norm), or Unsupported."""
+    """(ffn, activation, eps) of a torch Transformer layer's linear1/linear2 and its LayerNorms
+    `norms`, or Unsupported."""
     ffn = m.linear1.out_features
     _linear(m.linear1, "linear1", ffn, hidden)
     _linear(m.linear2, "linear2", hidden, ffn)
     eps = [_layer_norm(getattr(m, n), n) for n in norms]
     if len(set(eps)) > 1:
         raise Unsupported(f"{_and(norms)} have different eps ({', '.join(f'{e:g}' for e in eps)})")
-    act = _activation_name(m.activation)
-    drops = [float(getattr(m, f"dropout{i + 1}").p) for i in range(len(norms))]
-    if len(set(drops)) > 1:
-        raise Unsupported(f"{_and([f'dropout{i + 1}' for i in range(len(norms))])} differ "
-                          f"({', '.join(f'{p:g}' for p in drops)}): lightseq has one hidden dropout")
-    return ffn, act, eps[0], drops[0]
+    return ffn, _activation_name(m.activation), eps[0]
+
+
+def _one(values, names, kind: str) -> float:
+    if len(set(values)) > 1:
+        raise Unsupported(f"{_and(names)} differ ({', '.join(f'{p:g}' for p in values)}): lightseq has one "
+                          f"{kind} dropout")
+    return values[0]
+
+
+def torch_layer_dropouts(m: nn.Module) -> tuple:
+    """(attention, activation, hidden) dropout probabilities of a torch.nn.TransformerEncoderLayer
+    or TransformerDecoderLayer, read from its modules (a compiled layer reads them at every
+    training call: they may change after compiling); Unsupported when the layer's dropouts of one
+    kind differ, as lightseq has one of each."""
+    if isinstance(m, nn.TransformerDecoderLayer):
+        p_self, p_cross = float(m.self_attn.dropout), float(m.multihead_attn.dropout)
+        if p_self != p_cross:
+            raise Unsupported(f"self_attn and multihead_attn have different dropouts ({p_self:g}, {p_cross:g}): "
+                              "lightseq has one attention dropout")
+        hidden = ("dropout1", "dropout2", "dropout3")
+    else:
+        p_self, hidden = float(m.self_attn.dropout), ("dropout1", "dropout2")
+    p_hidden = _one([float(getattr(m, n).p) for n in hidden], hidden, "hidden")
+    return p_self, float(m.dropout.p), p_hidden
+
+
+def bert_layer_dropouts(m: nn.Module) -> tuple:
+    """(attention, activation, hidden) dropout probabilities of a BertLayer, read from its modules
+    (the ones its forward reads), or Unsupported."""
+    p_hidden1, p_hidden2 = float(m.attention.output.dropout.p), float(m.output.dropout.p)
+    if p_hidden1 != p_hidden2:
+        raise Unsupported(f"the two hidden dropouts differ ({p_hidden1:g}, {p_hidden2:g})")
+    return float(m.attention.self.dropout.p), 0.0, p_hidden1
 
 
 def from_torch_encoder_layer(m: nn.TransformerEncoderLayer) -> EncoderConfig:
     """The configuration of a torch.nn.TransformerEncoderLayer, or Unsupported."""
-    hidden, heads, p_attn = _attention(m.self_attn, "self_attn")
-    ffn, act, eps, p_hidden = _feed_forward_and_norms(m, hidden, ("norm1", "norm2"))
+    hidden, heads, _ = _attention(m.self_attn, "self_attn")
+    ffn, act, eps = _feed_forward_and_norms(m, hidden, ("norm1", "norm2"))
+    p_attn, p_act, p_hidden = torch_layer_dropouts(m)
     check_sizes(hidden, heads, ffn)
     _same_dtype_device(m)
     return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
-                         activation=act, eps=eps, dropout_attention=p_attn,
-                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden, names=_TORCH_NAMES)
+                         activation=act, eps=eps, dropout_attention=p_attn, dropout_activation=p_act,
+                         dropout_hidden=p_hidden, names=_TORCH_NAMES)
 
 
 def from_torch_decoder_layer(m: nn.TransformerDecoderLayer) -> DecoderConfig:
     """The configuration of a torch.nn.TransformerDecoderLayer, or Unsupported."""
-    hidden, heads, p_self = _attention(m.self_attn, "self_attn")
-    hidden2, heads2, p_cross = _attention(m.multihead_attn, "multihead_attn")
+    hidden, heads, _ = _attention(m.self_attn, "self_attn")
+    hidden2, heads2, _ = _attention(m.multihead_attn, "multihead_attn")
     if (hidden2, heads2) != (hidden, heads):
         raise Unsupported(f"multihead_attn is {hidden2}/{heads2} heads, self_attn {hidden}/{heads}")
-    if p_self != p_cross:
-        raise Unsupported(f"self_attn and multihead_attn have different dropouts ({p_self:g}, {p_cross:g}): "
-                          "lightseq has one attention dropout")
-    ffn, act, eps, p_hidden = _feed_forward_and_norms(m, hidden, ("norm1", "norm2", "norm3"))
+    p_attn, p_act, p_hidden = torch_layer_dropouts(m)
+    ffn, act, eps = _feed_forward_and_norms(m, hidden, ("norm1", "norm2", "norm3"))
     check_sizes(hidden, heads, ffn)
     _same_dtype_device(m)
     return DecoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
-                         activation=act, eps=eps, dropout_attention=p_self,
-                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden, names=_TORCH_NAMES)
+                         activation=act, eps=eps, dropout_attention=p_attn, dropout_activation=p_act,
+                         dropout_hidden=p_hidden, names=_TORCH_NAMES)
 
 
 _BERT_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
@@ -268,15 +295,12 @@ def from_bert_layer(m: nn.Module) -> EncoderConfig:
     eps2 = _layer_norm(m.output.LayerNorm, "output.LayerNorm")
     if eps1 != eps2:
         raise Unsupported(f"the two LayerNorms have different eps ({eps1:g}, {eps2:g})")
-    p_hidden1, p_hidden2 = float(m.attention.output.dropout.p), float(m.output.dropout.p)
-    if p_hidden1 != p_hidden2:
-        raise Unsupported(f"the two hidden dropouts differ ({p_hidden1:g}, {p_hidden2:g})")
+    p_attn, _, p_hidden = bert_layer_dropouts(m)
     check_sizes(hidden, heads, ffn)
     _same_dtype_device(m)
     return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="post",
-                         activation=_BERT_ACTIVATIONS[act_name], eps=eps1,
-                         dropout_attention=float(sa.dropout.p), dropout_activation=0.0,
-                         dropout_hidden=p_hidden1, names=_BERT_NAMES)
+                         activation=_BERT_ACTIVATIONS[act_name], eps=eps1, dropout_attention=p_attn,
+                         dropout_activation=0.0, dropout_hidden=p_hidden, names=_BERT_NAMES)
 
 
 def bert_layer_class():
