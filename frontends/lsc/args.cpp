@@ -28,7 +28,7 @@ CLI::Validator whole_number_at_least(int64_t min, std::string note) {
         return fmt::format("'{}' is not a whole number: give one of at least {}{}", text, min,
                            suffix);
       },
-      fmt::format("INT>={}", min));
+      "");  // no help-text suffix: the option's description says what it takes
 }
 
 CLI::Validator non_empty(std::string fix) {
@@ -36,7 +36,7 @@ CLI::Validator non_empty(std::string fix) {
       [fix](std::string& text) -> std::string {
         return text.empty() ? "an empty value is not allowed: " + fix : "";
       },
-      "NONEMPTY");
+      "");
 }
 
 std::string subcommand_error(const CLI::App& app) {

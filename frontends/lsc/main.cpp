@@ -38,7 +38,7 @@ CLI::Validator arch_list() {
                    ? fmt::format("no arch in '{}': give one or more, e.g. sm_80,sm_90", text)
                    : "";
       },
-      "ARCHS");
+      "");
 }
 
 DiskCache open_cache(const std::string& dir, CacheAccess access = CacheAccess::kReadWrite) {
