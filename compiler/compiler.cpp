@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <exception>
@@ -23,11 +24,16 @@ double since(std::chrono::steady_clock::time_point t0) {
 BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
   if (options.archs.empty()) throw Error("no target arch given: pass at least one, e.g. sm_90");
-  std::vector<std::string> archs;
-  for (const std::string& a : options.archs) archs.push_back(validate_arch(a));
+  std::vector<std::string> archs;  // in the order given, each once
+  for (const std::string& a : options.archs) {
+    std::string arch = validate_arch(a);
+    if (std::find(archs.begin(), archs.end(), arch) == archs.end()) archs.push_back(std::move(arch));
+  }
   const std::vector<KernelInstance> kernels = plan.kernels();
   const std::vector<ProgramSource> programs = codegen::generate_programs(kernels, plan.spec.precision);
   const std::string version = nvrtc_version();
+  // What killed writers left behind goes now (best effort: a failure here costs disk space only).
+  if (cache.persistent()) cache.remove_stale_temp_files();
 
   struct Task {
     const ProgramSource* program;
@@ -38,6 +44,7 @@ BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptio
     for (const ProgramSource& p : programs) tasks.push_back({&p, arch});
   }
   BuildReport report;
+  report.archs = archs;
   report.kernels = static_cast<int>(kernels.size());
   report.programs = static_cast<int>(tasks.size());
   report.modules.resize(tasks.size());

@@ -34,6 +34,7 @@ struct CompiledModule {
 };
 
 struct BuildReport {
+  std::vector<std::string> archs;  // the archs built for: canonical names, duplicates removed
   int kernels = 0;   // distinct kernel instances
   int programs = 0;  // programs × archs
   int compiled = 0;  // compiled by NVRTC in this build
@@ -42,7 +43,8 @@ struct BuildReport {
   std::vector<CompiledModule> modules;
 };
 
-// Compiles (or loads from `cache`) every kernel of `plan` for every arch in options.archs.
+// Compiles (or loads from `cache`) every kernel of `plan` for every arch in options.archs, and
+// removes the cache's stale temp files (DiskCache::remove_stale_temp_files).
 // Throws CompileError for a rejected program (after the other programs finished), Error for a bad
 // arch.
 BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptions& options);

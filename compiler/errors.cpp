@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+
 namespace lightseq {
 namespace {
 
@@ -14,10 +16,12 @@ std::string spec_error_message(const std::vector<SpecIssue>& issues, const std::
   } else if (issues.empty()) {
     out = "invalid model spec";
   }
-  for (const SpecIssue& issue : issues) {
+  const size_t listed = std::min(issues.size(), SpecError::kMaxListedIssues);
+  for (size_t i = 0; i < listed; ++i) {
     if (!out.empty()) out += '\n';
-    out += issue.to_string();
+    out += issues[i].to_string();
   }
+  if (listed < issues.size()) out += fmt::format("\n... and {} more", issues.size() - listed);
   return out;
 }
 

@@ -23,9 +23,11 @@ struct SpecIssue {
   std::string to_string() const;
 };
 
-// All problems of a spec, found in one pass. what() lists them one per line.
+// All problems of a spec, found in one pass. what() lists them one per line, the first
+// kMaxListedIssues of them, then "... and N more" (issues() holds them all).
 class SpecError : public Error {
  public:
+  static constexpr size_t kMaxListedIssues = 50;
   explicit SpecError(std::vector<SpecIssue> issues, std::string source = "");
   const std::vector<SpecIssue>& issues() const { return issues_; }
 

@@ -298,11 +298,12 @@ TEST(CacheAtomicFile, ReadReportsMissingAndUnreadableFiles) {
   EXPECT_EQ(ok.status, ReadStatus::kOk);
   EXPECT_EQ(ok.data, "0123456789");
   const ReadResult big = read_whole_file(dir.path() / "f", 5);
-  EXPECT_EQ(big.status, ReadStatus::kReadFailed);
+  EXPECT_EQ(big.status, ReadStatus::kTooLarge);
+  EXPECT_EQ(big.reason, "is 10 bytes, more than the limit of 5");
   EXPECT_NE(big.error.find((dir.path() / "f").string()), std::string::npos) << big.error;
   const ReadResult is_dir = read_whole_file(dir.path(), 1 << 20);
-  EXPECT_EQ(is_dir.status, ReadStatus::kReadFailed);
-  EXPECT_NE(is_dir.error.find("Is a directory"), std::string::npos) << is_dir.error;
+  EXPECT_EQ(is_dir.status, ReadStatus::kNotRegular);
+  EXPECT_EQ(is_dir.error, "'" + dir.path().string() + "' is a directory, not a regular file");
 }
 
 }  // namespace

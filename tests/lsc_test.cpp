@@ -2,45 +2,24 @@
 // concurrent builds into one cache directory.
 #include <gtest/gtest.h>
 
-#include "tests/test_util.h"
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <array>
-#include <cstdio>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
 #include "compiler/cache/disk_cache.h"
+#include "tests/lsc_test_util.h"
+#include "tests/test_util.h"
 
 namespace lightseq {
 namespace {
 
 namespace fs = std::filesystem;
-const std::string kSource = LIGHTSEQ_SOURCE_DIR;
-const std::string kLsc = LIGHTSEQ_LSC_PATH;
-
-struct Result {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  Result r;
-  const std::string cmd = kLsc + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
+using namespace lsc_test;  // NOLINT: test helpers
 using test::TempDir;
-
-std::string example(const std::string& name) { return kSource + "/examples/" + name + ".json"; }
 
 TEST(Lsc, BuildColdThenWarm) {
   TempDir dir;
@@ -60,6 +39,74 @@ TEST(Lsc, BuildColdThenWarm) {
   Result clear = run("cache clear " + cache);
   ASSERT_EQ(clear.status, 0) << clear.output;
   EXPECT_EQ(DiskCache(dir.path()).list().size(), 0u);
+}
+
+// A directory and a FIFO at entry paths, a stale temp file: `cache ls` shows them without
+// hanging, `build` replaces the bad entries (no "not writable" fallback) and removes the temp file.
+TEST(Lsc, BuildReplacesBadEntriesAndRemovesStaleTempFiles) {
+  TempDir dir;
+  const std::string cache = "--cache " + dir.path().string();
+  ASSERT_EQ(run("build " + example("bert-base") + " -q " + cache).status, 0);
+  std::vector<fs::path> entries;
+  for (const auto& f : fs::directory_iterator(dir.path() / "v1")) entries.push_back(f.path());
+  ASSERT_GE(entries.size(), 2u);
+  fs::remove(entries[0]);
+  fs::create_directories(entries[0] / "sub");
+  fs::remove(entries[1]);
+  ASSERT_EQ(::mkfifo(entries[1].c_str(), 0644), 0);
+  const fs::path stale = dir.path() / "v1" / ".abc.4242.0123456789abcdef.tmp";
+  std::ofstream(stale) << "partial";
+  fs::last_write_time(stale, fs::file_time_type::clock::now() - std::chrono::hours(1));
+
+  Result ls = run_shell("timeout 60 " + kLsc + " cache ls " + cache);
+  ASSERT_EQ(ls.status, 0) << ls.output;
+  EXPECT_NE(ls.output.find("(invalid: '" + entries[0].string() +
+                           "' is a directory, not a regular file; replaced on next use)"),
+            std::string::npos)
+      << ls.output;
+  EXPECT_NE(ls.output.find("(invalid: '" + entries[1].string() +
+                           "' is a FIFO, not a regular file; replaced on next use)"),
+            std::string::npos)
+      << ls.output;
+  EXPECT_NE(ls.output.find("1 temp files (writes in progress, or left by killed writers; `lsc "
+                           "build` and `lsc cache clear` remove those older than 10 minutes):\n  " +
+                           stale.string() + " 7 bytes (stale: left by a killed writer)\n"),
+            std::string::npos)
+      << ls.output;
+
+  Result build = run_shell("timeout 60 " + kLsc + " build " + example("bert-base") + " " + cache);
+  ASSERT_EQ(build.status, 0) << build.output;
+  EXPECT_NE(build.output.find(": 2 compiled"), std::string::npos) << build.output;
+  EXPECT_EQ(build.output.find("not writable"), std::string::npos) << build.output;
+  EXPECT_FALSE(fs::exists(stale));
+  for (const CacheEntryInfo& e : DiskCache(dir.path()).list()) EXPECT_TRUE(e.valid) << e.key;
+  EXPECT_EQ(fs::symlink_status(entries[1]).type(), fs::file_type::regular);
+}
+
+TEST(Lsc, CacheLsAndClearDoNotCreateTheDirectory) {
+  TempDir dir;
+  const fs::path missing = dir.path() / "none";
+  Result ls = run("cache ls --cache " + missing.string());
+  EXPECT_EQ(ls.status, 0) << ls.output;
+  EXPECT_EQ(ls.output, "cache " + missing.string() + ": 0 entries (the directory does not exist)\n");
+  Result clear = run("cache clear --cache " + missing.string());
+  EXPECT_EQ(clear.status, 0) << clear.output;
+  EXPECT_EQ(clear.output, "removed 0 entries from " + missing.string() + "\n");
+  EXPECT_FALSE(fs::exists(missing));
+}
+
+// Past `ulimit -f` a write fails with EFBIG (lsc ignores SIGXFSZ) and the cache falls back to memory.
+TEST(Lsc, FileSizeLimitFallsBackToMemory) {
+  TempDir dir;
+  Result r = run_shell("ulimit -f 1 && exec " + kLsc + " build " + example("bert-base") +
+                       " --cache " + dir.path().string());
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("File too large); compiled kernels will be kept in memory only"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("(not writable: kept in memory)"), std::string::npos) << r.output;
+  EXPECT_TRUE(DiskCache(dir.path()).list().empty());
+  EXPECT_TRUE(DiskCache(dir.path()).temp_files().empty()) << "the failed write's temp file is removed";
 }
 
 TEST(Lsc, PlanPrintsKernelsAndGemms) {

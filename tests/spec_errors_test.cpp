@@ -1,13 +1,19 @@
 // spec_errors_test.cpp — the text of SpecIssue, SpecError and CompileError, and the errors of
-// parse_spec_file for files that are missing, unreadable or malformed.
+// parse_spec_file for files that are missing, unreadable, malformed, not regular files or too
+// large; the cap on listed issues.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "compiler/errors.h"
 #include "frontends/spec/parse.h"
+#include "frontends/spec/rules.h"
+#include "tests/test_util.h"
 
 namespace lightseq {
 namespace {
@@ -75,7 +81,8 @@ TEST(SpecFile, DirectoryIsUnreadable) {
     FAIL() << "no SpecError";
   } catch (const SpecError& e) {
     ASSERT_EQ(e.issues().size(), 1u);
-    EXPECT_EQ(e.issues()[0].message, "cannot read: Is a directory");
+    EXPECT_EQ(e.issues()[0].message,
+              "is a directory, not a regular file; give the path of a JSON spec file");
   }
 }
 
@@ -93,6 +100,89 @@ TEST(SpecFile, ErrorsNameTheFile) {
                   "parsing object key - unexpected '}'; expected string literal");
   }
   std::filesystem::remove(path);
+}
+
+// The single issue of a spec file that cannot be parsed at all.
+SpecIssue file_issue(const std::filesystem::path& path) {
+  try {
+    parse_spec_file(path);
+  } catch (const SpecError& e) {
+    EXPECT_EQ(e.issues().size(), 1u) << e.what();
+    if (!e.issues().empty()) return e.issues()[0];
+  }
+  ADD_FAILURE() << "no SpecError for " << path;
+  return {};
+}
+
+TEST(SpecFile, FifoAndDevicesAreRefusedWithoutBlocking) {
+  ::alarm(30);  // a FIFO opened for reading would block: fail fast instead
+  test::TempDir dir;
+  const std::filesystem::path fifo = dir.path() / "spec.json";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  const SpecIssue issue = file_issue(fifo);
+  EXPECT_EQ(issue.to_string(), "file = \"" + fifo.string() +
+                                   "\": is a FIFO, not a regular file; give the path of a JSON spec "
+                                   "file");
+  EXPECT_EQ(file_issue("/dev/zero").message,
+            "is a character device, not a regular file; give the path of a JSON spec file");
+  ::alarm(0);
+}
+
+TEST(SpecFile, SymlinkToASpecIsFollowed) {
+  test::TempDir dir;
+  std::filesystem::create_symlink(kExamples / "bert-base.json", dir.path() / "link.json");
+  EXPECT_EQ(parse_spec_file(dir.path() / "link.json").name, "bert-base");
+}
+
+TEST(SpecFile, LargeFilesAreRefusedQuickly) {
+  test::TempDir dir;
+  const std::filesystem::path path = dir.path() / "big.json";
+  std::ofstream(path) << std::string(spec_detail::kMaxSpecBytes + 1, ' ');
+  EXPECT_EQ(file_issue(path).message,
+            "larger than 1024 KiB; a model spec is a few KiB of JSON (a stack of identical layers "
+            "is written once, with \"count\")");
+  try {
+    parse_spec_string(std::string(spec_detail::kMaxSpecBytes + 1, ' '));
+    FAIL() << "no SpecError";
+  } catch (const SpecError& e) {
+    EXPECT_EQ(e.issues().at(0).to_string(),
+              "(root) = (1048577 bytes): larger than 1024 KiB; a model spec is a few KiB of JSON (a "
+              "stack of identical layers is written once, with \"count\")");
+  }
+}
+
+// A spec just under the size bound, every stack broken twice (an unknown key, bad heads): it is
+// rejected in seconds (it was quadratic), and what() lists 50 issues then "... and N more".
+TEST(SpecFile, ThousandsOfIssuesAreCappedInTheMessage) {
+  const std::string stack =
+      R"({"type": "encoder", "hidden": 512, "heads": 7, "ffn": 2048, "hedas": 1},)";
+  const size_t stacks = (spec_detail::kMaxSpecBytes - 100) / stack.size();
+  std::string text = R"({"name": "x", "precision": "bf16", "layers": [)";
+  for (size_t i = 0; i < stacks; ++i) text += stack;
+  text.back() = ']';
+  text += "}";
+  ASSERT_LE(text.size(), spec_detail::kMaxSpecBytes);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    parse_spec_string(text, "big.json");
+    FAIL() << "no SpecError";
+  } catch (const SpecError& e) {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(seconds, 30.0);
+    const size_t issues = 2 * stacks + 1;  // + "at most 256 stacks"
+    ASSERT_EQ(e.issues().size(), issues);
+    EXPECT_EQ(e.issues()[0].to_string(),
+              "layers = [...]: at most 256 stacks; give a stack of identical layers once, with "
+              "\"count\": N (up to 1024)");
+    const std::string what = e.what();
+    EXPECT_TRUE(what.starts_with("big.json: invalid model spec (" + std::to_string(issues) +
+                                 " issues):\nlayers = [...]: at most 256 stacks"))
+        << what.substr(0, 200);
+    EXPECT_EQ(std::count(what.begin(), what.end(), '\n'), 1 + 50);
+    EXPECT_TRUE(what.ends_with("\n... and " + std::to_string(issues - 50) + " more"))
+        << what.substr(what.size() - 200);
+  }
 }
 
 }  // namespace

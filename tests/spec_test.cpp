@@ -110,7 +110,7 @@ TEST(SpecParse, RoundTripsNonDefaultValues) {
                               .scale = 0.1 + 0.2,
                               .dropout = 1.0 / 3,
                               .layernorm = true,
-                              .layernorm_eps = 1e-300,
+                              .layernorm_eps = 1e-45,  // the smallest positive float32, rounded
                               .tie_output = false};
   s.layers.push_back(LayerStackSpec{.count = 1024,
                                     .hidden = 24,
@@ -129,10 +129,10 @@ TEST(SpecParse, RoundTripsNonDefaultValues) {
                                     .dropout = {}});
   s.criterion = CriterionSpec{.label_smoothing = 0.999999, .ignore_index = -2147483648LL};
   s.optimizer = OptimizerSpec{.kind = OptimizerKind::kAdam,
-                              .lr = 1e300,
+                              .lr = 3.4e38,
                               .beta1 = 0,
-                              .beta2 = 0.9999999999,
-                              .eps = 5e-324,
+                              .beta2 = 0.99999994,  // the largest float32 below 1
+                              .eps = 1e-45,
                               .weight_decay = 1e-17};
   ASSERT_TRUE(validate_spec(s).empty());
   EXPECT_EQ(parse_spec_string(spec_to_json(s).dump()), s);
@@ -155,6 +155,24 @@ TEST(SpecValidate, RendersStructValues) {
                      "layers[0].dropout.attention = nan: must be a probability in [0, 1); 0 "
                      "turns it off",
                      "optimizer.lr = inf: must be a positive finite number; try 1e-3"}));
+}
+
+// The Python front end builds the struct from float fields that were never JSON: the float32
+// rules apply to it the same way, the embedding's eps included.
+TEST(SpecValidate, ChecksRealsInFloat32) {
+  ModelSpec s = parse_spec_file(kExamples / "transformer-base.json");
+  s.layers[0].eps = 1e-50;
+  s.embedding->layernorm_eps = 1e39;
+  s.layers[1].eps = 1e-45;  // a positive float32 (subnormal): valid
+  std::vector<std::string> got;
+  for (const SpecIssue& i : validate_spec(s)) got.push_back(i.to_string());
+  EXPECT_EQ(got, (std::vector<std::string>{
+                     "embedding.layernorm_eps = 1e+39: becomes inf in float32, the precision the "
+                     "kernels use (at most 3.4028235e+38); it must be a positive finite number "
+                     "(LayerNorm divides by sqrt(variance + eps)); try 1e-5",
+                     "layers[0].eps = 1e-50: becomes 0 in float32, the precision the kernels use "
+                     "(the smallest positive float32 is 1e-45); it must be a positive finite "
+                     "number (LayerNorm divides by sqrt(variance + eps)); try 1e-5"}));
 }
 
 // ---- bad specs: exact messages ------------------------------------------------------------------
@@ -272,6 +290,40 @@ const std::vector<BadSpec> kBadSpecs = {
     {"layernorm_eps_zero",
      {{R"("scale")", R"("layernorm_eps": 0.0, "scale")"}},
      {cat("embedding.layernorm_eps = 0.0: ", kLayerNormEps)}},
+    // --- in float32, the precision the kernels take these in
+    {"layer_eps_zero_in_float32",
+     {{R"("eps": 1e-5)", R"("eps": 1e-50)"}},
+     {cat("layers[1].eps = 1e-50: becomes 0 in float32, the precision the kernels use (the smallest "
+          "positive float32 is 1e-45); it ",
+          kLayerNormEps)}},
+    {"layer_eps_double_subnormal",
+     {{R"("eps": 1e-5)", R"("eps": 1e-320)"}},
+     {cat("layers[1].eps = 1e-320: becomes 0 in float32, the precision the kernels use (the "
+          "smallest positive float32 is 1e-45); it ",
+          kLayerNormEps)}},
+    {"layer_eps_inf_in_float32",
+     {{R"("eps": 1e-5)", R"("eps": 1e39)"}},
+     {cat("layers[1].eps = 1e39: becomes inf in float32, the precision the kernels use (at most "
+          "3.4028235e+38); it ",
+          kLayerNormEps)}},
+    {"embedding_eps_zero_in_float32",
+     {{R"("scale")", R"("layernorm_eps": 1e-50, "scale")"}},
+     {cat("embedding.layernorm_eps = 1e-50: becomes 0 in float32, the precision the kernels use "
+          "(the smallest positive float32 is 1e-45); it ",
+          kLayerNormEps)}},
+    {"label_smoothing_one_in_float32",
+     {{R"("label_smoothing": 0.1)", R"("label_smoothing": 0.99999999)"}},
+     {cat("criterion.label_smoothing = 0.99999999: becomes 1 in float32, the precision the kernels "
+          "use; it ",
+          kProbability)}},
+    {"beta2_one_in_float32",
+     {{"[0.9, 0.98]", "[0.9, 0.9999999999]"}},
+     {"optimizer.betas[1] = 0.9999999999: becomes 1 in float32, the precision the kernels use; it "
+      "must be in [0, 1); try 0.999"}},
+    {"lr_inf_in_float32",
+     {{R"("lr": 5e-4)", R"("lr": 1e300)"}},
+     {"optimizer.lr = 1e300: becomes inf in float32, the precision the kernels use (at most "
+      "3.4028235e+38); it must be a positive finite number; try 1e-3"}},
     {"label_smoothing_one",
      {{R"("label_smoothing": 0.1)", R"("label_smoothing": 1.0)"}},
      {cat("criterion.label_smoothing = 1.0: ", kProbability)}},

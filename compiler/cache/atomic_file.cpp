@@ -119,30 +119,64 @@ void write_file_atomically(const fs::path& path, std::string_view data) {
   }
 }
 
-ReadResult read_whole_file(const fs::path& path, std::size_t max_bytes) {
+std::string_view file_type_name(mode_t mode) {
+  if (S_ISREG(mode)) return "a regular file";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  return "not a regular file";
+}
+
+ReadResult read_whole_file(const fs::path& path, std::size_t max_bytes, Symlinks symlinks) {
   ReadResult result;
-  FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // "cannot open: Permission denied" / "cannot open '<path>': Permission denied".
+  auto call_failed = [&](ReadStatus status, std::string_view call, int err) {
+    result.status = status;
+    result.reason = fmt::format("cannot {}: {}", call, errno_message(err));
+    result.error = fmt::format("cannot {} '{}': {}", call, path.string(), errno_message(err));
+    result.data.clear();
+    return result;
+  };
+  // "is a FIFO, not a regular file" / "'<path>' is a FIFO, not a regular file".
+  auto refused = [&](ReadStatus status, std::string reason) {
+    result.status = status;
+    result.error = fmt::format("'{}' {}", path.string(), reason);
+    result.reason = std::move(reason);
+    result.data.clear();
+    return result;
+  };
+  const int follow = symlinks == Symlinks::kFollow ? 0 : O_NOFOLLOW;
+  FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | follow));
   if (fd.get() < 0) {
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
       result.status = ReadStatus::kMissing;
-    } else {
-      result.status = ReadStatus::kOpenFailed;
-      result.error = fmt::format("cannot open '{}': {}", path.string(), errno_message(err));
+      result.reason = fmt::format("cannot open: {}", errno_message(err));
+      return result;
     }
-    return result;
+    // A symbolic link (ELOOP under O_NOFOLLOW) or a socket (ENXIO) fails to open: say what it is.
+    struct stat st {};
+    const int found = symlinks == Symlinks::kFollow ? ::stat(path.c_str(), &st)
+                                                    : ::lstat(path.c_str(), &st);
+    if (found == 0 && !S_ISREG(st.st_mode)) {
+      return refused(ReadStatus::kNotRegular,
+                     fmt::format("is {}, not a regular file", file_type_name(st.st_mode)));
+    }
+    return call_failed(ReadStatus::kOpenFailed, "open", err);
   }
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) {
-    result.status = ReadStatus::kReadFailed;
-    result.error = fmt::format("cannot stat '{}': {}", path.string(), errno_message(errno));
-    return result;
+  if (::fstat(fd.get(), &st) != 0) return call_failed(ReadStatus::kReadFailed, "stat", errno);
+  if (!S_ISREG(st.st_mode)) {
+    return refused(ReadStatus::kNotRegular,
+                   fmt::format("is {}, not a regular file", file_type_name(st.st_mode)));
   }
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
-    result.status = ReadStatus::kReadFailed;
-    result.error = fmt::format("'{}' is {} bytes, more than the limit of {}", path.string(),
-                               static_cast<int64_t>(st.st_size), max_bytes);
-    return result;
+    return refused(ReadStatus::kTooLarge,
+                   fmt::format("is {} bytes, more than the limit of {}",
+                               static_cast<int64_t>(st.st_size), max_bytes));
   }
   // The size is a hint: the file may change under us (a concurrent rename replaces the whole
   // file, so we keep reading the inode we opened); read until EOF, bounded by max_bytes.
@@ -151,20 +185,14 @@ ReadResult read_whole_file(const fs::path& path, std::size_t max_bytes) {
   for (;;) {
     if (done == result.data.size()) {
       if (result.data.size() > max_bytes) {
-        result.status = ReadStatus::kReadFailed;
-        result.error = fmt::format("'{}' grew beyond {} bytes", path.string(), max_bytes);
-        result.data.clear();
-        return result;
+        return refused(ReadStatus::kTooLarge, fmt::format("grew beyond {} bytes", max_bytes));
       }
       result.data.resize(result.data.size() + 4096);
     }
     const ssize_t n = ::read(fd.get(), result.data.data() + done, result.data.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      result.status = ReadStatus::kReadFailed;
-      result.error = fmt::format("cannot read '{}': {}", path.string(), errno_message(errno));
-      result.data.clear();
-      return result;
+      return call_failed(ReadStatus::kReadFailed, "read", errno);
     }
     if (n == 0) break;
     done += static_cast<size_t>(n);

@@ -233,10 +233,14 @@ fs::path default_cache_dir() {
   return temp / fmt::format("lightseq-cache-{}", static_cast<unsigned long>(::getuid()));
 }
 
-DiskCache::DiskCache(std::optional<fs::path> dir, CacheWarningSink warn)
+DiskCache::DiskCache(std::optional<fs::path> dir, CacheWarningSink warn, CacheAccess access)
     : dir_(dir ? *dir : default_cache_dir()),
       entries_dir_(dir_ / fmt::format("v{}", kCacheFormatVersion)),
       warn_(std::move(warn)) {
+  if (access == CacheAccess::kInspect) {
+    persistent_.store(false);
+    return;
+  }
   const std::string reason = probe_writable(entries_dir_);
   if (!reason.empty()) fall_back_to_memory(reason);
 }
@@ -299,6 +303,8 @@ std::optional<CacheEntry> DiskCache::get(const std::string& key) {
       ++misses_;
       return std::nullopt;
     case ReadStatus::kReadFailed:
+    case ReadStatus::kTooLarge:
+    case ReadStatus::kNotRegular:
       ++corrupt_;
       ++misses_;
       return std::nullopt;
@@ -315,30 +321,41 @@ std::optional<CacheEntry> DiskCache::get(const std::string& key) {
   return std::move(decoded->entry);
 }
 
+bool DiskCache::write_to_disk(const std::string& key, std::string_view bytes, std::string& reason) {
+  const fs::path path = entry_path(key);
+  try {
+    write_file_atomically(path, bytes);
+    return true;
+  } catch (const CacheError& first) {
+    reason = first.what();
+  }
+  // rename() replaces any file, FIFO, socket, device or symbolic link at the entry path, but not
+  // a directory: that bad entry is removed. And the directory may have been removed under us
+  // (`rm -rf` of the cache while running): it is recreated. Then one retry.
+  std::error_code ec;
+  if (fs::symlink_status(path, ec).type() == fs::file_type::directory) {
+    fs::remove_all(path, ec);
+  } else if (fs::exists(entries_dir_, ec) || !fs::create_directories(entries_dir_, ec)) {
+    return false;
+  }
+  try {
+    write_file_atomically(path, bytes);
+    return true;
+  } catch (const CacheError& second) {
+    reason = second.what();
+    return false;
+  }
+}
+
 void DiskCache::put(const std::string& key, const CacheEntry& entry) {
   require_valid_key(key);
   if (persistent_.load()) {
-    const std::string bytes = encode_entry(key, entry);
-    try {
-      write_file_atomically(entry_path(key), bytes);
+    std::string reason;
+    if (write_to_disk(key, encode_entry(key, entry), reason)) {
       ++writes_;
       return;
-    } catch (const CacheError& first) {
-      // The directory may have been removed under us (`rm -rf` of the cache while running):
-      // recreate it and retry once before giving up on the disk.
-      std::error_code ec;
-      std::string reason = first.what();
-      if (!fs::exists(entries_dir_, ec) && fs::create_directories(entries_dir_, ec)) {
-        try {
-          write_file_atomically(entry_path(key), bytes);
-          ++writes_;
-          return;
-        } catch (const CacheError& second) {
-          reason = second.what();
-        }
-      }
-      fall_back_to_memory(reason);
     }
+    fall_back_to_memory(reason);
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -362,12 +379,17 @@ std::vector<CacheEntryInfo> DiskCache::list() const {
     if (read.status == ReadStatus::kOk) {
       info.bytes = static_cast<int64_t>(read.data.size());
       decoded = decode_entry(read.data);
+      if (!decoded) info.problem = "truncated, corrupted or of another format";
+      else if (decoded->key != info.key) info.problem = "holds another key's entry";
     } else {
+      info.problem = read.error;
       std::error_code size_ec;
-      const uintmax_t size = fs::file_size(it->path(), size_ec);
-      info.bytes = size_ec ? 0 : static_cast<int64_t>(size);
+      if (it->is_regular_file(size_ec) && !it->is_symlink(size_ec)) {
+        const uintmax_t size = it->file_size(size_ec);
+        info.bytes = size_ec ? 0 : static_cast<int64_t>(size);
+      }
     }
-    info.valid = decoded.has_value() && decoded->key == info.key;
+    info.valid = info.problem.empty();
     if (info.valid) {
       info.program = decoded->entry.program;
       info.arch = decoded->entry.arch;
@@ -395,23 +417,8 @@ std::vector<CacheEntryInfo> DiskCache::list() const {
   return infos;
 }
 
-int64_t DiskCache::clear() {
-  int64_t removed = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    removed += static_cast<int64_t>(memory_.size());
-    memory_.clear();
-  }
-  std::string first_error;
-  auto remove_file = [&](const fs::path& path) {
-    if (::unlink(path.c_str()) == 0) return true;
-    const int err = errno;
-    if (err != ENOENT && first_error.empty()) {  // ENOENT: a concurrent clear() got there first
-      first_error = fmt::format("cannot remove '{}': {}", path.string(), errno_message(err));
-    }
-    return false;
-  };
-  const auto stale_before = fs::file_time_type::clock::now() - kStaleTempAge;
+void DiskCache::for_each_format_file(const std::function<void(const fs::directory_entry&)>& visit,
+                                     std::string& error) const {
   std::error_code ec;
   for (fs::directory_iterator dirs(dir_, ec), end; !ec && dirs != end; dirs.increment(ec)) {
     std::error_code type_ec;
@@ -421,25 +428,86 @@ int64_t DiskCache::clear() {
     std::error_code file_ec;
     for (fs::directory_iterator files(dirs->path(), file_ec); !file_ec && files != end;
          files.increment(file_ec)) {
-      const std::string name = files->path().filename().string();
-      if (is_entry_file_name(name)) {
-        if (remove_file(files->path())) ++removed;
-      } else if (is_temp_file_name(name)) {
-        std::error_code time_ec;
-        const auto written = fs::last_write_time(files->path(), time_ec);
-        if (!time_ec && written < stale_before) remove_file(files->path());
-      }
+      visit(*files);
     }
-    if (file_ec && first_error.empty()) {
-      first_error = fmt::format("cannot list '{}': {}", dirs->path().string(),
-                                errno_message(file_ec.value()));
+    if (file_ec && error.empty()) {
+      error = fmt::format("cannot list '{}': {}", dirs->path().string(),
+                          errno_message(file_ec.value()));
     }
   }
-  // No directory (or a file on its path): nothing of ours on disk to remove.
+  // No directory (or a file on its path): nothing of ours on disk.
   if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory &&
-      first_error.empty()) {
-    first_error = fmt::format("cannot list '{}': {}", dir_.string(), errno_message(ec.value()));
+      error.empty()) {
+    error = fmt::format("cannot list '{}': {}", dir_.string(), errno_message(ec.value()));
   }
+}
+
+std::vector<CacheTempFile> DiskCache::temp_files() const {
+  std::vector<CacheTempFile> temps;
+  const auto stale_before = fs::file_time_type::clock::now() - kStaleTempAge;
+  std::string ignored;
+  for_each_format_file(
+      [&](const fs::directory_entry& file) {
+        if (!is_temp_file_name(file.path().filename().string())) return;
+        CacheTempFile temp{.path = file.path()};
+        std::error_code ec;
+        const uintmax_t size = file.is_regular_file(ec) ? file.file_size(ec) : 0;
+        temp.bytes = ec ? 0 : static_cast<int64_t>(size);
+        const auto written = fs::last_write_time(file.path(), ec);
+        temp.stale = !ec && written < stale_before;
+        temps.push_back(std::move(temp));
+      },
+      ignored);
+  std::sort(temps.begin(), temps.end(),
+            [](const CacheTempFile& a, const CacheTempFile& b) { return a.path < b.path; });
+  return temps;
+}
+
+int64_t DiskCache::remove_stale_temp_files(std::string* error) {
+  int64_t removed = 0;
+  std::string first_error;
+  for (const CacheTempFile& temp : temp_files()) {
+    if (!temp.stale) continue;
+    if (::unlink(temp.path.c_str()) == 0) {
+      ++removed;
+    } else if (errno != ENOENT && first_error.empty()) {  // ENOENT: another process got there first
+      first_error = fmt::format("cannot remove '{}': {}", temp.path.string(), errno_message(errno));
+    }
+  }
+  if (error != nullptr) *error = first_error;
+  return removed;
+}
+
+int64_t DiskCache::clear() {
+  int64_t removed = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    removed += static_cast<int64_t>(memory_.size());
+    memory_.clear();
+  }
+  std::string first_error;
+  for_each_format_file(
+      [&](const fs::directory_entry& file) {
+        if (!is_entry_file_name(file.path().filename().string())) return;
+        // A directory at an entry path is a bad entry too: it goes with its contents.
+        std::error_code ec;
+        int err = 0;
+        if (file.symlink_status(ec).type() == fs::file_type::directory) {
+          fs::remove_all(file.path(), ec);
+          err = ec.value();
+        } else if (::unlink(file.path().c_str()) != 0) {
+          err = errno;
+        }
+        if (err == 0) {
+          ++removed;
+        } else if (err != ENOENT && first_error.empty()) {  // ENOENT: a concurrent clear()
+          first_error = fmt::format("cannot remove '{}': {}", file.path().string(), errno_message(err));
+        }
+      },
+      first_error);
+  std::string temp_error;
+  remove_stale_temp_files(&temp_error);
+  if (first_error.empty()) first_error = temp_error;
   if (!first_error.empty()) throw CacheError(first_error);
   return removed;
 }

@@ -66,10 +66,25 @@ struct CacheEntryInfo {
   std::string key;
   std::string program;
   std::string arch;
-  int64_t bytes = 0;  // file size (encoded size for an in-memory entry)
+  int64_t bytes = 0;  // file size (encoded size for an in-memory entry; 0 for a non-file)
   int kernels = 0;
-  bool valid = true;       // false: the entry fails its checksum (it will be rebuilt on use)
+  bool valid = true;       // false: the entry is bad (it will be rebuilt on use); `problem` says why
   bool in_memory = false;  // true: held by this object only (the directory is not writable)
+  std::string problem;     // "" when valid; "fails its checksum", "'<path>' is a FIFO, not ..."
+};
+
+// A temp file in a format directory: a write in progress, or what a killed writer left behind.
+struct CacheTempFile {
+  std::filesystem::path path;
+  int64_t bytes = 0;
+  bool stale = false;  // older than DiskCache::kStaleTempAge: no live writer is expected to own it
+};
+
+// How a DiskCache treats its directory.
+enum class CacheAccess {
+  kReadWrite,  // create the directory if missing and probe that a file can be written in it
+  kInspect,    // for list(), temp_files() and clear() (`lsc cache ls|clear`): never create the
+               // directory, no probe, no warning; put() keeps entries in memory
 };
 
 // Default directory: $LIGHTSEQ_CACHE_DIR, else $XDG_CACHE_HOME/lightseq (when absolute, as the
@@ -92,9 +107,11 @@ class DiskCache {
   // missing, and probed by creating (and removing) a temp file in it. If it cannot be created or
   // written, one warning goes to `warn` (by default: stderr, printed once per directory per
   // process) and the cache works in memory; existing readable entries are still served. A later
-  // write failure (disk full, directory made read-only) does the same, once.
+  // write failure (disk full, file too large, directory made read-only) does the same, once.
+  // Anything at an entry path that is not a regular file (a directory, FIFO, device, symbolic
+  // link) is a bad entry: get() never reads through it, put() replaces it.
   explicit DiskCache(std::optional<std::filesystem::path> dir = std::nullopt,
-                     CacheWarningSink warn = {});
+                     CacheWarningSink warn = {}, CacheAccess access = CacheAccess::kReadWrite);
 
   // A hit, or nullopt (a miss; an entry that is unreadable or fails verification is also counted
   // in `corrupt`). Throws InternalError for a key that is not is_valid_cache_key().
@@ -112,6 +129,11 @@ class DiskCache {
 
   // Entries on disk (and in memory when not persistent), sorted by key.
   std::vector<CacheEntryInfo> list() const;
+  // Temp files of every format version, sorted by path.
+  std::vector<CacheTempFile> temp_files() const;
+  // Removes the stale temp files (a killed writer's; build_plan calls it). Best effort: returns
+  // how many it removed; `error`, when given, receives the first failure ("" if none).
+  int64_t remove_stale_temp_files(std::string* error = nullptr);
   // Removes every entry file of every format version (v<N>/<key>.lsq), stray temp files older
   // than kStaleTempAge (younger ones may belong to a live writer), and the in-memory entries;
   // returns how many entries (files + in-memory) it removed. Files in the directory that are not
@@ -123,6 +145,13 @@ class DiskCache {
 
  private:
   std::filesystem::path entry_path(const std::string& key) const;
+  // Writes an entry file, repairing once what a rebuild can repair (a directory at the entry path
+  // is removed, a removed entries directory is recreated). false, and why, if the disk refuses.
+  bool write_to_disk(const std::string& key, std::string_view bytes, std::string& reason);
+  // Calls `visit` for every file directly inside a format directory (<dir>/v<N>/...). A format
+  // directory that cannot be listed is reported in `error` (the first failure only).
+  void for_each_format_file(const std::function<void(const std::filesystem::directory_entry&)>& visit,
+                            std::string& error) const;
   // Switches to memory-only mode and emits the warning, the first time only.
   void fall_back_to_memory(const std::string& reason);
 

@@ -17,11 +17,15 @@ inline constexpr int64_t kMaxHidden = 65536;
 inline constexpr int64_t kMaxFfn = 262144;
 inline constexpr int64_t kMaxHeadDim = 256;  // largest head the attention kernels specialize for
 inline constexpr int64_t kMaxCount = 1024;   // layers in one stack
+inline constexpr int64_t kMaxStacks = 256;   // stacks in `layers`: identical layers share one stack
 inline constexpr int64_t kMaxVocab = 2147483647;  // token ids are int32 on the device
 inline constexpr int64_t kMaxPositions = 1048576;
 inline constexpr int64_t kMinIndex = -2147483648LL;  // ignore_index is compared to int32 targets
 inline constexpr int64_t kMaxIndex = 2147483647;
 inline constexpr size_t kMaxNameLength = 128;
+// A spec is a few KiB (examples/*.json: under 1 KiB). The bound keeps a wrong file (a dataset, a
+// generated 14 MB spec) from costing gigabytes: parsing takes about 40 bytes of memory per byte.
+inline constexpr size_t kMaxSpecBytes = size_t{1} << 20;
 
 static_assert(kMaxHidden % kVectorElements == 0 && kMaxFfn % kVectorElements == 0);
 static_assert(kMaxHeadDim % kVectorElements == 0);

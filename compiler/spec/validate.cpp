@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -23,8 +24,48 @@ std::string show(int64_t x) { return std::to_string(x); }
 std::string show(bool x) { return x ? "true" : "false"; }
 std::string in_quotes(std::string_view s) { return fmt::format("\"{}\"", s); }
 
-bool probability(double p) { return p >= 0.0 && p < 1.0; }  // false for NaN
-bool positive_finite(double x) { return std::isfinite(x) && x > 0.0; }
+// The kernels take every real-valued field as a float (kF32 scalars in templates/*.sig.cuh,
+// AdamArgs), so the rules on them hold for the float a value becomes: 1e-50 is 0 and 1e39 is inf
+// in float32, 0.9999999999 is 1. (A double beyond float's range converts to inf, as on IEEE
+// hardware; the cast itself would be undefined behaviour.)
+float as_float32(double x) {
+  constexpr double kRoundsToInf = 0x1.ffffffp127;  // FLT_MAX + half its ulp
+  if (std::fabs(x) >= kRoundsToInf) return std::copysign(std::numeric_limits<float>::infinity(), x);
+  return static_cast<float>(x);
+}
+
+bool probability(double p) {  // false for NaN
+  const float f = as_float32(p);
+  return p >= 0.0 && f < 1.0f;
+}
+bool positive_finite(double x) {
+  const float f = as_float32(x);
+  return std::isfinite(f) && f > 0.0f;
+}
+bool non_negative_finite(double x) {
+  const float f = as_float32(x);
+  return std::isfinite(f) && x >= 0.0;
+}
+
+// A rule's message for `x`, prefixed with why, when `x` passes the rule as a double but not as the
+// float the kernels take: "becomes 0 in float32, the precision the kernels use (the smallest
+// positive float32 is 1e-45); it must be ...".
+std::string float32_message(double x, std::string_view message) {
+  const float f = as_float32(x);
+  std::string why;
+  if (std::isfinite(x) && std::isinf(f)) {
+    why = fmt::format("becomes inf in float32, the precision the kernels use (at most {})",
+                      std::numeric_limits<float>::max());
+  } else if (f == 0.0f && x != 0.0) {
+    why = fmt::format(
+        "becomes 0 in float32, the precision the kernels use (the smallest positive float32 is {})",
+        std::numeric_limits<float>::denorm_min());
+  } else if (f == 1.0f && x < 1.0) {
+    why = "becomes 1 in float32, the precision the kernels use";
+  }
+  if (why.empty()) return std::string(message);
+  return fmt::format("{}; it {}", why, message);
+}
 
 bool width_ok(int64_t w, int64_t max) {
   return w >= kVectorElements && w <= max && w % kVectorElements == 0;
@@ -78,13 +119,16 @@ class Validator {
   }
 
   void check_probability(const std::string& path, double p) {
-    if (!probability(p)) add(path, show(p), "must be a probability in [0, 1); 0 turns it off");
+    if (!probability(p)) {
+      add(path, show(p), float32_message(p, "must be a probability in [0, 1); 0 turns it off"));
+    }
   }
 
   void check_eps(const std::string& path, double eps) {
     if (!positive_finite(eps)) {
       add(path, show(eps),
-          "must be a positive finite number (LayerNorm divides by sqrt(variance + eps)); try 1e-5");
+          float32_message(eps, "must be a positive finite number (LayerNorm divides by "
+                               "sqrt(variance + eps)); try 1e-5"));
     }
   }
 
@@ -121,7 +165,7 @@ class Validator {
     }
     if (!positive_finite(e.scale)) {
       add("embedding.scale", show(e.scale),
-          "must be a positive finite number or \"sqrt_hidden\"; try 1");
+          float32_message(e.scale, "must be a positive finite number or \"sqrt_hidden\"; try 1"));
     }
     check_probability("embedding.dropout", e.dropout);
     check_eps("embedding.layernorm_eps", e.layernorm_eps);
@@ -186,6 +230,12 @@ class Validator {
   }
 
   void check_layers(const ModelSpec& spec) {
+    if (spec.layers.size() > static_cast<size_t>(kMaxStacks)) {
+      add("layers", fmt::format("[{} stacks]", spec.layers.size()),
+          fmt::format("at most {} stacks; give a stack of identical layers once, with \"count\": "
+                      "N (up to {})",
+                      kMaxStacks, kMaxCount));
+    }
     int64_t width = 0;
     std::string width_source;
     if (spec.embedding && width_ok(spec.embedding->hidden, kMaxHidden)) {
@@ -244,21 +294,23 @@ class Validator {
       add("optimizer.type", show(static_cast<int64_t>(o.kind)), "must be \"adam\" or \"adamw\"");
     }
     if (!positive_finite(o.lr)) {
-      add("optimizer.lr", show(o.lr), "must be a positive finite number; try 1e-3");
+      add("optimizer.lr", show(o.lr), float32_message(o.lr, "must be a positive finite number; try 1e-3"));
     }
     if (!probability(o.beta1)) {
-      add("optimizer.betas[0]", show(o.beta1), "must be in [0, 1); try 0.9");
+      add("optimizer.betas[0]", show(o.beta1), float32_message(o.beta1, "must be in [0, 1); try 0.9"));
     }
     if (!probability(o.beta2)) {
-      add("optimizer.betas[1]", show(o.beta2), "must be in [0, 1); try 0.999");
+      add("optimizer.betas[1]", show(o.beta2),
+          float32_message(o.beta2, "must be in [0, 1); try 0.999"));
     }
     if (!positive_finite(o.eps)) {
       add("optimizer.eps", show(o.eps),
-          "must be a positive finite number (Adam divides by sqrt(v) + eps); try 1e-8");
+          float32_message(o.eps,
+                          "must be a positive finite number (Adam divides by sqrt(v) + eps); try 1e-8"));
     }
-    if (!(std::isfinite(o.weight_decay) && o.weight_decay >= 0.0)) {
+    if (!non_negative_finite(o.weight_decay)) {
       add("optimizer.weight_decay", show(o.weight_decay),
-          "must be a finite number >= 0; 0 turns weight decay off");
+          float32_message(o.weight_decay, "must be a finite number >= 0; 0 turns weight decay off"));
     }
   }
 };

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include "compiler/errors.h"
 #include "compiler/ir/kernel.h"
 #include "compiler/planner/planner.h"
+#include "frontends/lsc/args.h"
 #include "frontends/lsc/bench.h"
 #include "frontends/spec/parse.h"
 
@@ -28,8 +30,20 @@ std::vector<std::string> split_archs(const std::string& list) {
   return out;
 }
 
-DiskCache open_cache(const std::string& dir) {
-  return dir.empty() ? DiskCache() : DiskCache(std::filesystem::path(dir));
+// `--arch` must name at least one arch ("", "," do not); bad names are reported by the build.
+CLI::Validator arch_list() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        return split_archs(text).empty()
+                   ? fmt::format("no arch in '{}': give one or more, e.g. sm_80,sm_90", text)
+                   : "";
+      },
+      "");
+}
+
+DiskCache open_cache(const std::string& dir, CacheAccess access = CacheAccess::kReadWrite) {
+  return DiskCache(dir.empty() ? std::nullopt : std::optional<std::filesystem::path>(dir), {},
+                   access);
 }
 
 int cmd_build(const std::string& spec_path, const std::string& archs, const std::string& cache_dir,
@@ -59,7 +73,7 @@ int cmd_build(const std::string& spec_path, const std::string& archs, const std:
   if (!quiet) {
     std::cout << fmt::format(
         "{}: {} kernels in {} programs for {}: {} compiled, {} from cache, {:.2f} s\ncache: {}{}\n",
-        spec.name, r.kernels, r.programs, fmt::join(options.archs, ","), r.compiled, r.cached,
+        spec.name, r.kernels, r.programs, fmt::join(r.archs, ","), r.compiled, r.cached,
         r.seconds, cache.dir().string(), cache.persistent() ? "" : " (not writable: kept in memory)");
   }
   return 0;
@@ -71,7 +85,13 @@ int cmd_plan(const std::string& spec_path) {
 }
 
 int cmd_cache_ls(const std::string& cache_dir) {
-  DiskCache cache = open_cache(cache_dir);
+  DiskCache cache = open_cache(cache_dir, CacheAccess::kInspect);
+  std::error_code ec;
+  if (!std::filesystem::exists(cache.dir(), ec)) {
+    std::cout << fmt::format("cache {}: 0 entries (the directory does not exist)\n",
+                             cache.dir().string());
+    return 0;
+  }
   const auto entries = cache.list();
   int64_t total = 0;
   std::cout << fmt::format("cache {}: {} entries\n", cache.dir().string(), entries.size());
@@ -81,14 +101,26 @@ int cmd_cache_ls(const std::string& cache_dir) {
   for (const CacheEntryInfo& e : entries) {
     total += e.bytes;
     std::cout << fmt::format("{:<16} {:<7} {:>7} {:>10}  {}{}\n", e.key.substr(0, 16), e.arch,
-                             e.kernels, e.bytes, e.program, e.valid ? "" : "  (invalid: rebuilt on next use)");
+                             e.kernels, e.bytes, e.program,
+                             e.valid ? "" : fmt::format("  (invalid: {}; replaced on next use)", e.problem));
   }
   std::cout << fmt::format("total {} bytes\n", total);
+  const std::vector<CacheTempFile> temps = cache.temp_files();
+  if (!temps.empty()) {
+    std::cout << fmt::format(
+        "{} temp files (writes in progress, or left by killed writers; `lsc build` and `lsc cache "
+        "clear` remove those older than {} minutes):\n",
+        temps.size(), DiskCache::kStaleTempAge.count());
+  }
+  for (const CacheTempFile& t : temps) {
+    std::cout << fmt::format("  {} {} bytes{}\n", t.path.string(), t.bytes,
+                             t.stale ? " (stale: left by a killed writer)" : "");
+  }
   return 0;
 }
 
 int cmd_cache_clear(const std::string& cache_dir) {
-  DiskCache cache = open_cache(cache_dir);
+  DiskCache cache = open_cache(cache_dir, CacheAccess::kInspect);
   const int64_t n = cache.clear();
   std::cout << fmt::format("removed {} entries from {}\n", n, cache.dir().string());
   return 0;
@@ -97,6 +129,9 @@ int cmd_cache_clear(const std::string& cache_dir) {
 }  // namespace
 
 int run(int argc, char** argv) {
+  // A cache write past `ulimit -f` then fails with EFBIG and the cache falls back to memory,
+  // instead of SIGXFSZ killing lsc.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"lsc — the lightseq kernel compiler.\n"
                "Compiles the CUDA kernels a Transformer spec needs for training and keeps them in\n"
                "the disk cache ($LIGHTSEQ_CACHE_DIR, else $XDG_CACHE_HOME/lightseq, else\n"
@@ -108,11 +143,15 @@ int run(int argc, char** argv) {
   std::string spec, archs = "sm_90", cache_dir;
   int jobs = 0;
   bool quiet = false;
+  const CLI::Validator cache_check =
+      non_empty("give a directory, or leave --cache out for the default (see lsc --help)");
+  const CLI::Validator positive = whole_number_at_least(1);
+  const CLI::Validator non_negative = whole_number_at_least(0);
   auto* build = app.add_subcommand("build", "Compile every kernel the spec needs for training.");
   build->add_option("spec", spec, "Model spec (JSON, see docs/spec.md)")->required();
-  build->add_option("--arch", archs, "Comma-separated GPU archs, e.g. sm_80,sm_90")->capture_default_str();
-  build->add_option("--cache", cache_dir, "Cache directory (default: see above)");
-  build->add_option("-j,--jobs", jobs, "Parallel compiles (default: one per core)")->check(CLI::NonNegativeNumber);
+  build->add_option("--arch", archs, "Comma-separated GPU archs, e.g. sm_80,sm_90")->check(arch_list())->capture_default_str();
+  build->add_option("--cache", cache_dir, "Cache directory (default: see above)")->check(cache_check);
+  build->add_option("-j,--jobs", jobs, "Parallel compiles (default: one per core)")->check(whole_number_at_least(0, "0 = one per core"));
   build->add_flag("-q,--quiet", quiet, "Print nothing on success");
 
   auto* plan = app.add_subcommand("plan", "Print the fusion plan: kernels, fused ops, GEMMs and epilogues.");
@@ -123,22 +162,27 @@ int run(int argc, char** argv) {
   auto* cache = app.add_subcommand("cache", "Inspect or clear the kernel cache.");
   cache->require_subcommand(1);
   auto* ls = cache->add_subcommand("ls", "List cache entries (key, arch, kernels, size, program).");
-  ls->add_option("--cache", cache_dir, "Cache directory");
+  ls->add_option("--cache", cache_dir, "Cache directory")->check(cache_check);
   auto* clear = cache->add_subcommand("clear", "Remove every cache entry (other files are left alone).");
-  clear->add_option("--cache", cache_dir, "Cache directory");
+  clear->add_option("--cache", cache_dir, "Cache directory")->check(cache_check);
 
   BenchOptions bench_opts;
   auto* bench = app.add_subcommand("bench", "Time training steps (forward + backward) of the spec's encoder and decoder stacks on a GPU.");
   bench->add_option("spec", bench_opts.spec, "Model spec (JSON)")->required();
-  bench->add_option("--batch", bench_opts.batch, "Sequences per batch")->check(CLI::PositiveNumber)->capture_default_str();
-  bench->add_option("--seq", bench_opts.seq, "Sequence length")->check(CLI::PositiveNumber)->capture_default_str();
-  bench->add_option("--src-seq", bench_opts.src_seq, "Encoder positions a decoder stack attends to (default: --seq)")->check(CLI::PositiveNumber);
-  bench->add_option("--iters", bench_opts.iters, "Timed steps")->check(CLI::PositiveNumber)->capture_default_str();
-  bench->add_option("--warmup", bench_opts.warmup, "Untimed steps first")->check(CLI::NonNegativeNumber)->capture_default_str();
-  bench->add_option("--device", bench_opts.device, "GPU ordinal")->check(CLI::NonNegativeNumber)->capture_default_str();
+  bench->add_option("--batch", bench_opts.batch, "Sequences per batch")->check(positive)->capture_default_str();
+  bench->add_option("--seq", bench_opts.seq, "Sequence length")->check(positive)->capture_default_str();
+  bench->add_option("--src-seq", bench_opts.src_seq, "Encoder positions a decoder stack attends to (default: --seq)")->check(positive);
+  bench->add_option("--iters", bench_opts.iters, "Timed steps")->check(positive)->capture_default_str();
+  bench->add_option("--warmup", bench_opts.warmup, "Untimed steps first")->check(non_negative)->capture_default_str();
+  bench->add_option("--device", bench_opts.device, "GPU ordinal")->check(non_negative)->capture_default_str();
 
   try {
     app.parse(argc, argv);
+  } catch (const CLI::RequiredError& e) {
+    const std::string message = subcommand_error(app);
+    if (message.empty()) return app.exit(e) == 0 ? 0 : 2;
+    std::cerr << message << "\nRun with --help for more information.\n";
+    return 2;
   } catch (const CLI::ParseError& e) {
     // app.exit prints the message (or the help); a usage error exits 2 whatever CLI11's own code
     return app.exit(e) == 0 ? 0 : 2;

@@ -1,7 +1,7 @@
 // lightseq._C — the Python binding. It does not link against torch: the Python package passes
 // device pointers (tensor.data_ptr()), the current CUDA stream (as an integer) and an allocation
 // callback that allocates through PyTorch's caching allocator. Errors become lightseq.Error (a
-// RuntimeError) with lightseq's message.
+// RuntimeError; lightseq.SpecError, also a ValueError, for a bad spec) with lightseq's message.
 #include <fmt/format.h>
 #include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
@@ -217,16 +217,17 @@ PYBIND11_MODULE(_C, m) {
   using namespace lightseq;
   m.doc() = "lightseq's native extension (see the lightseq package)";
   m.attr("__version__") = LIGHTSEQ_VERSION;
-  // lightseq.Error (a RuntimeError) for everything lightseq reports; an invalid spec is also a
-  // ValueError (SpecError).
-  static py::exception<Error> error(m, "Error", PyExc_RuntimeError);
-  static py::handle spec_error = [&] {
-    py::object bases = py::make_tuple(error, py::handle(PyExc_ValueError));
-    py::object cls = py::reinterpret_steal<py::object>(
-        PyErr_NewException("lightseq._C.SpecError", bases.ptr(), nullptr));
-    m.attr("SpecError") = cls;
-    return cls.release();
+  // The exception classes are the package's (lightseq/_errors.py), so that `except lightseq.Error`
+  // catches these and the pure-Python errors alike: lightseq.Error (a RuntimeError) for everything
+  // lightseq reports, lightseq.SpecError (also a ValueError) for an invalid spec.
+  static py::handle error = [] {
+    return py::object(py::module_::import("lightseq._errors").attr("Error")).release();
   }();
+  static py::handle spec_error = [] {
+    return py::object(py::module_::import("lightseq._errors").attr("SpecError")).release();
+  }();
+  m.attr("Error") = error;
+  m.attr("SpecError") = spec_error;
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -252,6 +253,19 @@ PYBIND11_MODULE(_C, m) {
         return out;
       },
       "the problems of a JSON model spec, one line each (empty when it is valid)");
+  m.def(
+      "spec_issues",
+      [](const std::string& json) {
+        std::vector<std::tuple<std::string, std::string, std::string>> out;
+        try {
+          parse_spec_string(json, "<python>");
+        } catch (const SpecError& e) {
+          for (const SpecIssue& i : e.issues()) out.emplace_back(i.path, i.value, i.message);
+        }
+        return out;
+      },
+      "the problems of a JSON model spec as (path, value, message), e.g. ('layers[0].eps', '0.0', "
+      "'must be a positive finite number ...'); empty when it is valid");
 
   py::class_<CompiledModel, std::shared_ptr<CompiledModel>>(m, "CompiledModel")
       .def_static(

@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "compiler/cache/atomic_file.h"
 #include "frontends/spec/json_tree.h"
 #include "compiler/spec/rules.h"
 
@@ -23,9 +24,6 @@ namespace lightseq {
 namespace {
 
 using namespace spec_detail;
-
-// A spec is a few KiB; this bounds the memory a wrong file (a dataset, a binary) can take.
-constexpr size_t kMaxSpecBytes = 16 << 20;
 
 enum class Need { kOptional, kRequired };
 
@@ -113,7 +111,7 @@ class SpecReader {
   std::unordered_map<const JsonNode*, Place> places_;
   std::unordered_map<std::string, const JsonNode*> by_path_;  // first occurrence of each path
   int64_t next_rank_ = 0;
-  std::vector<std::string> reported_;  // paths with a structural issue
+  std::unordered_set<std::string> reported_;  // paths with a structural issue
   std::vector<Ranked> issues_;
 
   void index(const JsonNode& node, const std::string& path) {
@@ -139,26 +137,26 @@ class SpecReader {
     }
   }
 
-  bool already_reported(const std::string& path) const {
-    for (const std::string& r : reported_) {
-      if (r.empty() || path == r) return true;
-      if (path.size() > r.size() && path.starts_with(r) &&
-          (path[r.size()] == '.' || path[r.size()] == '[')) {
-        return true;
-      }
+  // True when `path` or an enclosing path ("layers[1]" for "layers[1].heads") has a structural
+  // issue: one lookup per level, so a spec with thousands of issues stays linear.
+  bool already_reported(std::string path) const {
+    for (;;) {
+      if (reported_.count(path) > 0) return true;
+      if (path.empty()) return false;
+      const size_t cut = path.find_last_of(".[");
+      path = cut == std::string::npos ? "" : path.substr(0, cut);
     }
-    return false;
   }
 
   void issue(const JsonNode& node, const std::string& path, std::string message) {
     issues_.push_back(
         {SpecIssue{path, render_node(node), std::move(message)}, places_[&node].rank});
-    reported_.push_back(path);
+    reported_.insert(path);
   }
 
   void missing(const std::string& path, std::string message) {
     issues_.push_back({SpecIssue{path, "(missing)", std::move(message)}, rank_of_path(path)});
-    reported_.push_back(path);
+    reported_.insert(path);
   }
 
   bool expect(const JsonNode& n, const std::string& path, JsonKind kind, std::string_view what) {
@@ -416,9 +414,19 @@ class SpecReader {
   }
 };
 
+std::string too_large_message() {
+  return fmt::format("larger than {} KiB; a model spec is a few KiB of JSON (a stack of identical "
+                     "layers is written once, with \"count\")",
+                     kMaxSpecBytes >> 10);
+}
+
 }  // namespace
 
 ModelSpec parse_spec_string(std::string_view json, std::string_view source_name) {
+  if (json.size() > kMaxSpecBytes) {
+    throw SpecError({SpecIssue{"(root)", fmt::format("({} bytes)", json.size()), too_large_message()}},
+                    std::string(source_name));
+  }
   // An empty text gets our own message: nlohmann's wording for it differs between its versions.
   if (json.find_first_not_of(" \t\r\n") == std::string_view::npos) {
     throw SpecError({SpecIssue{"line 1, column 1", "(empty)",
@@ -440,26 +448,21 @@ ModelSpec parse_spec_file(const std::filesystem::path& path) {
     throw SpecError({SpecIssue{"file", quote_string(path.string(), 200), std::move(reason)}},
                     path.string());
   };
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"),
-                                                       &std::fclose);
-  if (!file) {
-    const int error = errno;
-    return fail(fmt::format("cannot open: {}", std::generic_category().message(error)));
+  // A FIFO, a device or a directory is refused before the first read: none can block or stream.
+  ReadResult file = read_whole_file(path, kMaxSpecBytes, Symlinks::kFollow);
+  switch (file.status) {
+    case ReadStatus::kOk:
+      return parse_spec_string(file.data, path.string());
+    case ReadStatus::kNotRegular:
+      return fail(file.reason + "; give the path of a JSON spec file");
+    case ReadStatus::kTooLarge:
+      return fail(too_large_message());
+    case ReadStatus::kMissing:
+    case ReadStatus::kOpenFailed:
+    case ReadStatus::kReadFailed:
+      break;
   }
-  std::string text;
-  char buffer[1 << 16];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, file.get())) {
-    text.append(buffer, n);
-    if (text.size() > kMaxSpecBytes) {
-      return fail(fmt::format("larger than {} MiB; a model spec is a few KiB of JSON",
-                              kMaxSpecBytes >> 20));
-    }
-  }
-  if (std::ferror(file.get())) {
-    const int error = errno;
-    return fail(fmt::format("cannot read: {}", std::generic_category().message(error)));
-  }
-  return parse_spec_string(text, path.string());
+  return fail(file.reason);
 }
 
 }  // namespace lightseq

@@ -154,8 +154,6 @@ def test_standalone_layer_has_torch_names_and_validates():
 
 def test_bad_inputs_raise_clear_errors_before_any_gpu_work():
     layer = lightseq.compile(nn.Sequential(encoder(batch_first=True)))[0]
-    with pytest.raises(ValueError, match="on cpu.*CUDA"):
-        layer(torch.randn(2, 3, 64))
     with pytest.raises(TypeError, match="not a tensor"):
         layer([1, 2, 3])
 
@@ -254,9 +252,8 @@ def test_compile_a_whole_transformer():
     assert text.count("(TransformerDecoderLayer): compiled: decoder 64/4/128") == 3, text
     again = pickle.loads(pickle.dumps(model))
     assert type(again.decoder.layers[0]) is lightseq._compile.CompiledTransformerDecoderLayer
-    # bad input is refused before any GPU work
-    with pytest.raises(ValueError, match="the target \\(tgt\\) is on cpu"):
-        model.decoder.layers[0](torch.randn(2, 3, 64), torch.randn(2, 5, 64), tgt_is_causal=True)
+    # on CPU inputs the compiled layers run PyTorch's implementation (tests/python/test_cpu_fallback.py)
+    assert model.decoder.layers[0](torch.randn(2, 3, 64), torch.randn(2, 5, 64), tgt_is_causal=True).shape == (2, 3, 64)
 
 
 def test_standalone_decoder_layer_has_torch_names():
@@ -269,8 +266,8 @@ def test_standalone_decoder_layer_has_torch_names():
 
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_decoder_fallback_builds_the_causal_mask_pytorch_needs(batch_first):
-    """A call lightseq does not compile (here a memory_mask) runs PyTorch's layer, which needs a
-    mask with the tgt_is_causal hint; lightseq accepts the hint alone and makes the mask."""
+    """A call that runs PyTorch's layer (here on CPU, with a memory_mask) needs a mask with the
+    tgt_is_causal hint; lightseq accepts the hint alone and makes the mask."""
     torch.manual_seed(0)
     layer = decoder(batch_first=batch_first, dropout=0.0)
     reference = copy.deepcopy(layer)
@@ -278,8 +275,7 @@ def test_decoder_fallback_builds_the_causal_mask_pytorch_needs(batch_first):
     x = torch.randn((2, 7, 64) if batch_first else (7, 2, 64))
     memory = torch.randn((2, 5, 64) if batch_first else (5, 2, 64))
     memory_mask = torch.zeros(7, 5)
-    with pytest.warns(UserWarning, match="memory \\(cross-attention\\) mask"):
-        y = compiled(x, memory, tgt_is_causal=True, memory_mask=memory_mask)
+    y = compiled(x, memory, tgt_is_causal=True, memory_mask=memory_mask)
     causal = nn.Transformer.generate_square_subsequent_mask(7)
     want = reference(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_mask=memory_mask)
     torch.testing.assert_close(y, want)

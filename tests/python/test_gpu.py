@@ -186,6 +186,23 @@ def test_dropout_same_seed_same_bits():
     assert torch.equal(model(x), model(x))
 
 
+def test_dropout_changed_after_compiling_is_used():
+    """layer.dropout.p = 0 after compiling takes effect at the next training call (issue 13)."""
+    model = dropout_model(torch.float32)
+    x = torch.randn(4, 33, 64, device="cuda")
+    model.eval()
+    want = model(x)
+    model.train()
+    for layer in model.layers:
+        layer.self_attn.dropout = 0.0
+        for m in layer.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+    torch.testing.assert_close(model(x), want, rtol=0, atol=0)
+    model.layers[0].dropout.p = 0.5  # one site on again: other outputs
+    assert not torch.equal(model(x), want)
+
+
 def test_checkpoint_gives_the_same_gradients():
     model = dropout_model(torch.float32)
     layers = list(model.layers)

@@ -8,20 +8,9 @@ from __future__ import annotations
 
 from . import nn
 from ._compile import compile, explain  # noqa: A004 - the public name is compile
-from ._native import Error, gpu_available
+from ._errors import ArgumentError, ArgumentTypeError, Error, SpecError, Unsupported
+from ._native import gpu_available
 
 __version__ = "0.1.0"
-__all__ = ["compile", "explain", "nn", "Error", "gpu_available", "__version__"]
-
-
-def _adopt_extension_errors():
-    """Make lightseq.Error catch the extension's errors too (they derive from RuntimeError)."""
-    try:
-        from . import _C
-    except ImportError:
-        return
-    global Error
-    Error = _C.Error
-
-
-_adopt_extension_errors()
+__all__ = ["compile", "explain", "nn", "Error", "ArgumentError", "ArgumentTypeError", "Unsupported",
+           "SpecError", "gpu_available", "__version__"]

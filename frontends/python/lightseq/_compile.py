@@ -7,15 +7,16 @@ copy.deepcopy copies it. Anything lightseq cannot compile stays as it was; expla
 what was replaced and, for the rest, why not."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Optional
 
 import torch
 from torch import nn
 
-from . import _ops, _spec
-from ._native import Error
-from ._spec import DecoderConfig, EncoderConfig, Unsupported
+from . import _native, _ops, _spec
+from ._errors import ArgumentError, ArgumentTypeError, Error, Unsupported, a_type
+from ._spec import DecoderConfig, EncoderConfig
 
 _STATE = "_lightseq"  # attribute of a compiled layer: its _LayerState
 
@@ -33,6 +34,18 @@ class _LayerState:
         self.specs = {(d, causal, training): _spec.spec_json(config.spec(d, causal=causal, dropout_on=training))
                       for d in (torch.float32, torch.float16, torch.bfloat16)
                       for causal in causal_options for training in (False, True)}
+
+
+def _compiler_issues(state: _LayerState, module_name: str) -> list:
+    """What the compiler rejects in a layer's spec (the training variant: every dropout on), in the
+    module's terms ("encoder.layers.0.norm1.eps = 0.0: must be ..."); [] when it is valid or the
+    extension is not built (the first call then says so)."""
+    try:
+        C = _native.extension()
+    except Error:
+        return []
+    causal = isinstance(state.config, DecoderConfig)
+    return _spec.torch_issues(state.config, C.spec_issues(state.specs[(state.dtype, causal, True)]), module_name)
 
 
 @torch._dynamo.assume_constant_result
@@ -65,20 +78,52 @@ def _fallback(module: nn.Module, reason: str) -> None:
 def _check_input(module: nn.Module, x: torch.Tensor, state: _LayerState, what: str = "the input") -> torch.dtype:
     """The dtype to run in; raises for input lightseq cannot take."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{_where(module)}: {what} is a {type(x).__name__}, not a tensor")
+        raise ArgumentTypeError(f"{_where(module)}: {what} is {a_type(x)}, not a tensor")
     if x.device.type != "cuda":
-        raise ValueError(f"{_where(module)}: {what} is on {x.device}; lightseq runs on CUDA devices "
+        raise ArgumentError(f"{_where(module)}: {what} is on {x.device}; lightseq runs on CUDA devices "
                          "(move the model and its inputs with .cuda())")
     if x.dim() != 3 or x.shape[-1] != state.config.hidden:
-        raise ValueError(f"{_where(module)}: {what} has shape {tuple(x.shape)}; expected 3 dimensions "
+        raise ArgumentError(f"{_where(module)}: {what} has shape {tuple(x.shape)}; expected 3 dimensions "
                          f"with hidden size {state.config.hidden} last")
     if torch.is_autocast_enabled("cuda"):
         return torch.get_autocast_dtype("cuda")
     if x.dtype != state.dtype:
-        raise TypeError(f"{_where(module)}: {what} is {x.dtype} but the layer was compiled for "
+        raise ArgumentTypeError(f"{_where(module)}: {what} is {x.dtype} but the layer was compiled for "
                         f"{state.dtype}; pass {state.dtype} inputs, run under torch.autocast, or "
                         f"compile with lightseq.compile(model, dtype={state.dtype})")
     return state.dtype
+
+
+def _runs_pytorch(x) -> bool:
+    """True for a tensor on a device other than CUDA (CPU, for evaluation and debugging): the layer
+    runs PyTorch's implementation on it, with the same parameters."""
+    return isinstance(x, torch.Tensor) and x.device.type != "cuda"
+
+
+def _call_state(module: nn.Module):
+    """(the layer's state for this call, None), or (None, why) when the call must run PyTorch's
+    implementation. A training call reads the dropout probabilities from the module's dropout
+    modules, as PyTorch's forward does (they may change after compiling: layer.dropout.p = 0): when
+    they differ from the compiled ones the layer is specialized anew (kernels come from the cache);
+    when lightseq cannot take them (p = 1, or two dropouts of one kind now differ), PyTorch runs."""
+    state: _LayerState = getattr(module, _STATE)
+    if not module.training:
+        return state, None
+    cfg = state.config
+    try:
+        p = module._dropouts()
+    except Unsupported as why:
+        return None, f"its dropouts changed after compiling: {why}"
+    if p == (cfg.dropout_attention, cfg.dropout_activation, cfg.dropout_hidden):
+        return state, None
+    changed = _LayerState(dataclasses.replace(cfg, dropout_attention=p[0], dropout_activation=p[1],
+                                              dropout_hidden=p[2]), state.dtype, state.cache_dir)
+    issues = _compiler_issues(changed, "")
+    if issues:
+        return None, "its dropouts changed after compiling: " + "; ".join(issues)
+    changed.warned = state.warned
+    setattr(module, _STATE, changed)
+    return changed, None
 
 
 def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, device,
@@ -89,27 +134,27 @@ def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, dev
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{_where(module)}: {what} is a {type(mask).__name__}, not a tensor")
+        raise ArgumentTypeError(f"{_where(module)}: {what} is {a_type(mask)}, not a tensor")
     if tuple(mask.shape) != (batch, seq):
-        raise ValueError(f"{_where(module)}: {what} has shape {tuple(mask.shape)}; expected "
+        raise ArgumentError(f"{_where(module)}: {what} has shape {tuple(mask.shape)}; expected "
                          f"[batch, seq] = [{batch}, {seq}]")
     if mask.device != device:
-        raise ValueError(f"{_where(module)}: {what} is on {mask.device}, the input on {device}")
+        raise ArgumentError(f"{_where(module)}: {what} is on {mask.device}, the input on {device}")
     if mask.dtype == torch.bool:
         return mask.contiguous()
     if mask.is_floating_point():
         if not torch.compiler.is_compiling():
             # One synchronizing check: lightseq masks keys, it cannot add arbitrary biases.
             if not bool(((mask == 0) | (mask == float("-inf"))).all()):
-                raise ValueError(f"{_where(module)}: {what} is a float padding mask with values other "
+                raise ArgumentError(f"{_where(module)}: {what} is a float padding mask with values other "
                                  "than 0 (keep) and -inf (pad); pass a bool mask (True = pad) instead")
         return mask != 0
-    raise TypeError(f"{_where(module)}: {what} is {mask.dtype}; pass a bool mask (True = pad)")
+    raise ArgumentTypeError(f"{_where(module)}: {what} is {mask.dtype}; pass a bool mask (True = pad)")
 
 
-def _prepare(module: nn.Module, x: torch.Tensor, weights, run_dtype: torch.dtype, causal: bool):
+def _prepare(module: nn.Module, state: _LayerState, x: torch.Tensor, weights, run_dtype: torch.dtype,
+             causal: bool):
     """(layer id, dropout probabilities, x and weights in the run dtype) of one call."""
-    state: _LayerState = getattr(module, _STATE)
     cfg = state.config
     training = module.training
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
@@ -118,10 +163,10 @@ def _prepare(module: nn.Module, x: torch.Tensor, weights, run_dtype: torch.dtype
     return lid, p, x.to(run_dtype).contiguous(), [w.to(run_dtype).contiguous() for w in weights]
 
 
-def _run(module: nn.Module, x: torch.Tensor, pad: Optional[torch.Tensor], weights, run_dtype: torch.dtype,
-         causal: bool) -> torch.Tensor:
+def _run(module: nn.Module, state: _LayerState, x: torch.Tensor, pad: Optional[torch.Tensor], weights,
+         run_dtype: torch.dtype, causal: bool) -> torch.Tensor:
     """The compiled encoder layer on x [B, T, H]."""
-    lid, p, x, ws = _prepare(module, x, weights, run_dtype, causal)
+    lid, p, x, ws = _prepare(module, state, x, weights, run_dtype, causal)
     y, _saved, _rng = torch.ops.lightseq.encoder_fwd(x, pad, ws, lid, *p)
     return y
 
@@ -150,10 +195,18 @@ class CompiledTransformerEncoderLayer(nn.TransformerEncoderLayer):
                 self.linear1.bias, self.linear2.weight, self.linear2.bias, self.norm1.weight, self.norm1.bias,
                 self.norm2.weight, self.norm2.bias]
 
+    def _dropouts(self):
+        return _spec.torch_layer_dropouts(self)
+
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
-        state: _LayerState = getattr(self, _STATE)
+        if _runs_pytorch(src):
+            return super().forward(src, src_mask, src_key_padding_mask, is_causal)
         if isinstance(src, torch.Tensor) and src.is_nested:
             _fallback(self, "nested-tensor input (PyTorch's inference fast path)")
+            return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+        state, why = _call_state(self)
+        if why:
+            _fallback(self, why)
             return super().forward(src, src_mask, src_key_padding_mask, is_causal)
         run_dtype = _check_input(self, src, state)
         batch_first = self.self_attn.batch_first
@@ -165,7 +218,7 @@ class CompiledTransformerEncoderLayer(nn.TransformerEncoderLayer):
                             "causal attention only)")
             return super().forward(src, src_mask, src_key_padding_mask, is_causal)
         pad = _key_padding(self, src_key_padding_mask, batch, seq, src.device)
-        y = _run(self, x, pad, self._weights(), run_dtype, causal)
+        y = _run(self, state, x, pad, self._weights(), run_dtype, causal)
         return y if batch_first else y.transpose(0, 1)
 
 
@@ -200,12 +253,14 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
                      self.norm1.weight, self.norm1.bias, self.norm2.weight, self.norm2.bias,
                      self.norm3.weight, self.norm3.bias]
 
+    def _dropouts(self):
+        return _spec.torch_layer_dropouts(self)
+
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False):
-        state: _LayerState = getattr(self, _STATE)
-
         def torch_forward(reason):
-            _fallback(self, reason)
+            if reason:
+                _fallback(self, reason)
             mask = tgt_mask
             if tgt_is_causal and mask is None and isinstance(tgt, torch.Tensor) and not tgt.is_nested:
                 # lightseq takes tgt_is_causal alone; PyTorch's layer needs the mask with the hint
@@ -215,8 +270,13 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
                 tgt, memory, mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
                 tgt_is_causal, memory_is_causal)
 
+        if _runs_pytorch(tgt):
+            return torch_forward(None)
         if any(isinstance(t, torch.Tensor) and t.is_nested for t in (tgt, memory)):
             return torch_forward("nested-tensor input")
+        state, why = _call_state(self)
+        if why:
+            return torch_forward(why)
         if memory_mask is not None or memory_is_causal:
             return torch_forward("a memory (cross-attention) mask other than memory_key_padding_mask")
         run_dtype = _check_input(self, tgt, state, "the target (tgt)")
@@ -226,15 +286,15 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
         mem = memory if batch_first else memory.transpose(0, 1)
         batch, seq, src_seq = x.shape[0], x.shape[1], mem.shape[1]
         if mem.shape[0] != batch:
-            raise ValueError(f"{_where(self)}: the memory has batch {mem.shape[0]}, the target {batch}")
+            raise ArgumentError(f"{_where(self)}: the memory has batch {mem.shape[0]}, the target {batch}")
         if mem.device != x.device:
-            raise ValueError(f"{_where(self)}: the memory is on {mem.device}, the target on {x.device}")
+            raise ArgumentError(f"{_where(self)}: the memory is on {mem.device}, the target on {x.device}")
         if not _causal_or_none(tgt_mask, bool(tgt_is_causal), seq):
             return torch_forward("a self-attention that is not causal (lightseq's decoder layer is causal: "
                                  "pass tgt_is_causal=True or a causal tgt_mask)")
         pad = _key_padding(self, tgt_key_padding_mask, batch, seq, x.device, "tgt_key_padding_mask")
         mem_pad = _key_padding(self, memory_key_padding_mask, batch, src_seq, x.device, "memory_key_padding_mask")
-        lid, p, x, ws = _prepare(self, x, self._weights(), run_dtype, True)
+        lid, p, x, ws = _prepare(self, state, x, self._weights(), run_dtype, True)
         y, _saved, _rng = torch.ops.lightseq.decoder_fwd(x, mem.to(run_dtype).contiguous(), pad, mem_pad, ws,
                                                          lid, *p)
         return y if batch_first else y.transpose(0, 1)
@@ -260,20 +320,32 @@ def _compiled_bert_class():
                 ao.LayerNorm.weight, ao.LayerNorm.bias, self.output.LayerNorm.weight, self.output.LayerNorm.bias]
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
-                encoder_attention_mask=None, past_key_values=None, **kwargs):
-        state: _LayerState = getattr(self, _STATE)
-        if encoder_hidden_states is not None or past_key_values is not None or kwargs.get("output_attentions"):
-            _fallback(self, "cross-attention, a key/value cache or output_attentions")
+                encoder_attention_mask=None, *args, **kwargs):
+        def torch_forward(reason):
+            if reason:
+                _fallback(self, reason)
+            # exactly the arguments given: the key/value cache is `past_key_values` (positional
+            # or not) in older transformers and `cache` in newer ones
             return BertLayer.forward(self, hidden_states, attention_mask, encoder_hidden_states,
-                                     encoder_attention_mask, past_key_values, **kwargs)
+                                     encoder_attention_mask, *args, **kwargs)
+
+        if _runs_pytorch(hidden_states):
+            return torch_forward(None)
+        kv_cache = args[0] if args else kwargs.get("cache", kwargs.get("past_key_values"))
+        if encoder_hidden_states is not None or kv_cache is not None or kwargs.get("output_attentions"):
+            return torch_forward("cross-attention, a key/value cache or output_attentions")
+        state, why = _call_state(self)
+        if why:
+            return torch_forward(why)
         run_dtype = _check_input(self, hidden_states, state)
         batch, seq = hidden_states.shape[0], hidden_states.shape[1]
         pad = _bert_padding(self, attention_mask, batch, seq, hidden_states.device)
-        return _run(self, hidden_states, pad, _weights(self), run_dtype, causal=False)
+        return _run(self, state, hidden_states, pad, _weights(self), run_dtype, causal=False)
 
     _bert_class = type("CompiledBertLayer", (BertLayer,), {
         "__doc__": "A transformers BertLayer running lightseq's kernels (same parameters).",
-        "__module__": __name__, "forward": forward, "_weights": _weights})
+        "__module__": __name__, "forward": forward, "_weights": _weights,
+        "_dropouts": lambda self: _spec.bert_layer_dropouts(self)})
     globals()["CompiledBertLayer"] = _bert_class  # so pickle finds it
     return _bert_class
 
@@ -285,19 +357,19 @@ def _bert_padding(module, mask, batch: int, seq: int, device):
         return None
     if mask.dim() == 2:
         if tuple(mask.shape) != (batch, seq):
-            raise ValueError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
+            raise ArgumentError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
                              f"[{batch}, {seq}]")
         return (mask == 0).contiguous()
     if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[-1] != seq:
-        raise ValueError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
+        raise ArgumentError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
                          f"[{batch}, 1, {seq} or 1, {seq}]")
     if mask.shape[2] not in (1, seq):
-        raise ValueError(f"{_where(module)}: the attention mask has {mask.shape[2]} query rows; expected 1 or {seq}")
+        raise ArgumentError(f"{_where(module)}: the attention mask has {mask.shape[2]} query rows; expected 1 or {seq}")
     row = mask[:, 0, 0, :]
     if mask.shape[2] > 1 and not torch.compiler.is_compiling():
         # One synchronizing check: lightseq masks keys (padding), the same for every query.
         if not bool((mask == mask[:, :, :1, :]).all()):
-            raise ValueError(f"{_where(module)}: the attention mask differs between queries; lightseq "
+            raise ArgumentError(f"{_where(module)}: the attention mask differs between queries; lightseq "
                              "compiles padding masks (the same keys masked for every query) only")
     if mask.dtype == torch.bool:
         return (~row).contiguous()
@@ -325,6 +397,11 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+# What every compiled layer does beyond its configuration, said by explain().
+_CALL_NOTE = ("; on CUDA inputs; inputs on another device (CPU) run PyTorch's implementation with the "
+              "same parameters; dropout probabilities are read at each training call")
+
+
 def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> nn.Module:
     """Replaces, in place, every supported layer of `model` with a compiled one that keeps the same
     nn.Parameters and computes the same function forward and backward; returns `model`.
@@ -337,9 +414,12 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
     autocast dtype. Kernels are compiled on a layer's first call (or loaded from the disk cache,
     `cache_dir` or the default). explain(model) lists what was replaced and why the rest was not."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"lightseq.compile takes an nn.Module, not a {type(model).__name__}")
+        raise ArgumentTypeError(f"lightseq.compile takes an nn.Module, not {a_type(model)}")
     if dtype is not None:
-        _spec.dtype_name(dtype)  # raises Unsupported for a dtype lightseq cannot run
+        try:
+            _spec.dtype_name(dtype)
+        except Unsupported as why:
+            raise Unsupported(f"lightseq.compile: {why}") from None
     report = []
     for name, module in model.named_modules():
         if hasattr(module, _STATE):
@@ -355,10 +435,15 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
             continue
         cls, config = found
         layer_dtype = dtype or _param_dtype(module)
-        setattr(module, _STATE, _LayerState(config, layer_dtype, cache_dir))
+        state = _LayerState(config, layer_dtype, cache_dir)
+        issues = _compiler_issues(state, name)
+        if issues:
+            report.append((name or "<model>", type(module).__name__, False, "\n  ".join(issues)))
+            continue
+        setattr(module, _STATE, state)
         module.__class__ = cls
         report.append((name or "<model>", _base_name(module), True,
-                       f"{config.describe()}, {layer_dtype}"))
+                       f"{config.describe()}, {layer_dtype}{_CALL_NOTE}"))
     for module in model.modules():
         if type(module) is nn.TransformerEncoder and all(
                 isinstance(m, CompiledTransformerEncoderLayer) for m in module.layers):
@@ -369,6 +454,9 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
 
 def explain(model: nn.Module) -> str:
     """What lightseq.compile replaced in `model`, and for each layer it did not, why."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"lightseq.explain takes the nn.Module given to lightseq.compile, not "
+                                f"{a_type(model)}")
     report = model.__dict__.get("_lightseq_report")
     if report is None:
         return "lightseq.compile has not been applied to this model"

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import importlib
 
+from ._errors import Error
+
 _ext = None
-
-
-class Error(RuntimeError):
-    """Raised by lightseq; the extension's own errors (lightseq._C.Error) derive from RuntimeError
-    too, and are re-exported as lightseq.Error once the extension is loaded."""
 
 
 def extension():

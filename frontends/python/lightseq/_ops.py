@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import _native, _spec
+from ._errors import ArgumentError
 
 # Each call of a dropout-enabled layer advances torch's CUDA generator by this much (the C++
 # runtime's kDropoutOffsetStride): the layer's dropout sites draw at offset + site.
@@ -106,9 +107,9 @@ def _aligned(t: Optional[Tensor]) -> Optional[Tensor]:
 
 def _check_op_inputs(op: str, x: Tensor, weights: List[Tensor], masks, memory: Optional[Tensor] = None) -> None:
     """What the native layer assumes of a direct call of the op (the compiled modules already
-    guarantee it): raises ValueError naming the argument otherwise. No GPU work, no sync."""
+    guarantee it): raises ArgumentError (a ValueError) naming the argument otherwise. No GPU work, no sync."""
     def bad(what):
-        raise ValueError(f"lightseq::{op}: {what}")
+        raise ArgumentError(f"lightseq::{op}: {what}")
 
     if x.dim() != 3 or not x.is_cuda or not x.is_contiguous():
         bad(f"x must be a contiguous CUDA tensor [B, T, H], got shape {tuple(x.shape)} on {x.device}")

@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._errors import ArgumentTypeError, Unsupported, a_type
+
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-class Unsupported(Exception):
-    """Raised by the extractors with the reason a module stays as it was."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +27,9 @@ class EncoderConfig:
     dropout_attention: float
     dropout_activation: float
     dropout_hidden: float
+    # (spec field, the PyTorch attribute it comes from), e.g. ("eps", "norm1.eps"): issues of the
+    # generated spec are reported in the module's terms (torch_issues).
+    names: tuple = dataclasses.field(default=(), compare=False, repr=False)
 
     def describe(self) -> str:
         return (f"encoder {self.hidden}/{self.heads}/{self.ffn} {self.norm}-LN {self.activation}, "
@@ -77,7 +78,35 @@ class DecoderConfig(EncoderConfig):
         return {"name": "torch-decoder-layer", "precision": enc["precision"], "layers": [enc["layers"][0], decoder]}
 
 
+_TORCH_NAMES = (("hidden", "self_attn.embed_dim"), ("heads", "self_attn.num_heads"),
+                ("ffn", "linear1.out_features"), ("eps", "norm1.eps"), ("dropout.attention", "self_attn.dropout"),
+                ("dropout.activation", "dropout.p"), ("dropout.hidden", "dropout1.p"))
+_BERT_NAMES = (("hidden", "attention.self.query.in_features"), ("heads", "attention.self.num_attention_heads"),
+               ("ffn", "intermediate.dense.out_features"), ("eps", "attention.output.LayerNorm.eps"),
+               ("dropout.attention", "attention.self.dropout.p"), ("dropout.hidden", "attention.output.dropout.p"))
+
+
+def torch_issues(config: EncoderConfig, issues, module_name: str) -> list:
+    """The compiler's issues with a layer's generated spec, [(path, value, message)] as
+    lightseq._C.spec_issues gives them, in the module's terms: ("layers[0].eps", "0.0", "...")
+    becomes "encoder.layers.0.norm1.eps = 0.0: ..." for the module named encoder.layers.0. A
+    decoder's spec repeats its configuration in two stacks: each issue is reported once."""
+    names = dict(config.names)
+    prefix = f"{module_name}." if module_name else ""
+    out = []
+    for path, value, message in issues:
+        stack, _, field = path.partition("].")
+        where = prefix + names[field] if stack.startswith("layers[") and field in names else path
+        line = f"{where} = {value}: {message}"
+        if line not in out:
+            out.append(line)
+    return out
+
+
 def dtype_name(dtype: torch.dtype) -> str:
+    if not isinstance(dtype, torch.dtype):
+        raise ArgumentTypeError(f"dtype {dtype!r} is {a_type(dtype)}, not a torch.dtype; pass "
+                                "torch.float32, torch.float16 or torch.bfloat16")
     try:
         return _DTYPE_NAMES[dtype]
     except KeyError:
@@ -166,48 +195,75 @@ def _and(names) -> str:
 
 
 def _feed_forward_and_norms(m: nn.Module, hidden: int, norms) -> tuple:
-    """(ffn, activation, eps, hidden dropout) of a torch Transformer layer's linear1/linear2, its
-    LayerNorms `norms` and its dropouts dropout1.. (one per norm), or Unsupported."""
+    """(ffn, activation, eps) of a torch Transformer layer's linear1/linear2 and its LayerNorms
+    `norms`, or Unsupported."""
     ffn = m.linear1.out_features
     _linear(m.linear1, "linear1", ffn, hidden)
     _linear(m.linear2, "linear2", hidden, ffn)
     eps = [_layer_norm(getattr(m, n), n) for n in norms]
     if len(set(eps)) > 1:
         raise Unsupported(f"{_and(norms)} have different eps ({', '.join(f'{e:g}' for e in eps)})")
-    act = _activation_name(m.activation)
-    drops = [float(getattr(m, f"dropout{i + 1}").p) for i in range(len(norms))]
-    if len(set(drops)) > 1:
-        raise Unsupported(f"{_and([f'dropout{i + 1}' for i in range(len(norms))])} differ "
-                          f"({', '.join(f'{p:g}' for p in drops)}): lightseq has one hidden dropout")
-    return ffn, act, eps[0], drops[0]
+    return ffn, _activation_name(m.activation), eps[0]
+
+
+def _one(values, names, kind: str) -> float:
+    if len(set(values)) > 1:
+        raise Unsupported(f"{_and(names)} differ ({', '.join(f'{p:g}' for p in values)}): lightseq has one "
+                          f"{kind} dropout")
+    return values[0]
+
+
+def torch_layer_dropouts(m: nn.Module) -> tuple:
+    """(attention, activation, hidden) dropout probabilities of a torch.nn.TransformerEncoderLayer
+    or TransformerDecoderLayer, read from its modules (a compiled layer reads them at every
+    training call: they may change after compiling); Unsupported when the layer's dropouts of one
+    kind differ, as lightseq has one of each."""
+    if isinstance(m, nn.TransformerDecoderLayer):
+        p_self, p_cross = float(m.self_attn.dropout), float(m.multihead_attn.dropout)
+        if p_self != p_cross:
+            raise Unsupported(f"self_attn and multihead_attn have different dropouts ({p_self:g}, {p_cross:g}): "
+                              "lightseq has one attention dropout")
+        hidden = ("dropout1", "dropout2", "dropout3")
+    else:
+        p_self, hidden = float(m.self_attn.dropout), ("dropout1", "dropout2")
+    p_hidden = _one([float(getattr(m, n).p) for n in hidden], hidden, "hidden")
+    return p_self, float(m.dropout.p), p_hidden
+
+
+def bert_layer_dropouts(m: nn.Module) -> tuple:
+    """(attention, activation, hidden) dropout probabilities of a BertLayer, read from its modules
+    (the ones its forward reads), or Unsupported."""
+    p_hidden1, p_hidden2 = float(m.attention.output.dropout.p), float(m.output.dropout.p)
+    if p_hidden1 != p_hidden2:
+        raise Unsupported(f"the two hidden dropouts differ ({p_hidden1:g}, {p_hidden2:g})")
+    return float(m.attention.self.dropout.p), 0.0, p_hidden1
 
 
 def from_torch_encoder_layer(m: nn.TransformerEncoderLayer) -> EncoderConfig:
     """The configuration of a torch.nn.TransformerEncoderLayer, or Unsupported."""
-    hidden, heads, p_attn = _attention(m.self_attn, "self_attn")
-    ffn, act, eps, p_hidden = _feed_forward_and_norms(m, hidden, ("norm1", "norm2"))
+    hidden, heads, _ = _attention(m.self_attn, "self_attn")
+    ffn, act, eps = _feed_forward_and_norms(m, hidden, ("norm1", "norm2"))
+    p_attn, p_act, p_hidden = torch_layer_dropouts(m)
     check_sizes(hidden, heads, ffn)
     _same_dtype_device(m)
     return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
-                         activation=act, eps=eps, dropout_attention=p_attn,
-                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden)
+                         activation=act, eps=eps, dropout_attention=p_attn, dropout_activation=p_act,
+                         dropout_hidden=p_hidden, names=_TORCH_NAMES)
 
 
 def from_torch_decoder_layer(m: nn.TransformerDecoderLayer) -> DecoderConfig:
     """The configuration of a torch.nn.TransformerDecoderLayer, or Unsupported."""
-    hidden, heads, p_self = _attention(m.self_attn, "self_attn")
-    hidden2, heads2, p_cross = _attention(m.multihead_attn, "multihead_attn")
+    hidden, heads, _ = _attention(m.self_attn, "self_attn")
+    hidden2, heads2, _ = _attention(m.multihead_attn, "multihead_attn")
     if (hidden2, heads2) != (hidden, heads):
         raise Unsupported(f"multihead_attn is {hidden2}/{heads2} heads, self_attn {hidden}/{heads}")
-    if p_self != p_cross:
-        raise Unsupported(f"self_attn and multihead_attn have different dropouts ({p_self:g}, {p_cross:g}): "
-                          "lightseq has one attention dropout")
-    ffn, act, eps, p_hidden = _feed_forward_and_norms(m, hidden, ("norm1", "norm2", "norm3"))
+    p_attn, p_act, p_hidden = torch_layer_dropouts(m)
+    ffn, act, eps = _feed_forward_and_norms(m, hidden, ("norm1", "norm2", "norm3"))
     check_sizes(hidden, heads, ffn)
     _same_dtype_device(m)
     return DecoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
-                         activation=act, eps=eps, dropout_attention=p_self,
-                         dropout_activation=float(m.dropout.p), dropout_hidden=p_hidden)
+                         activation=act, eps=eps, dropout_attention=p_attn, dropout_activation=p_act,
+                         dropout_hidden=p_hidden, names=_TORCH_NAMES)
 
 
 _BERT_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
@@ -239,15 +295,12 @@ def from_bert_layer(m: nn.Module) -> EncoderConfig:
     eps2 = _layer_norm(m.output.LayerNorm, "output.LayerNorm")
     if eps1 != eps2:
         raise Unsupported(f"the two LayerNorms have different eps ({eps1:g}, {eps2:g})")
-    p_hidden1, p_hidden2 = float(m.attention.output.dropout.p), float(m.output.dropout.p)
-    if p_hidden1 != p_hidden2:
-        raise Unsupported(f"the two hidden dropouts differ ({p_hidden1:g}, {p_hidden2:g})")
+    p_attn, _, p_hidden = bert_layer_dropouts(m)
     check_sizes(hidden, heads, ffn)
     _same_dtype_device(m)
     return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="post",
-                         activation=_BERT_ACTIVATIONS[act_name], eps=eps1,
-                         dropout_attention=float(sa.dropout.p), dropout_activation=0.0,
-                         dropout_hidden=p_hidden1)
+                         activation=_BERT_ACTIVATIONS[act_name], eps=eps1, dropout_attention=p_attn,
+                         dropout_activation=0.0, dropout_hidden=p_hidden, names=_BERT_NAMES)
 
 
 def bert_layer_class():

@@ -6,28 +6,38 @@ from typing import Optional
 import torch
 
 from . import _compile, _spec
+from ._errors import ArgumentError, Unsupported
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer"]
 
 
 def _check_arguments(cls_name: str, hidden: int, heads: int, ffn: int, activation: str) -> None:
     if activation not in ("relu", "gelu"):
-        raise ValueError(f"activation '{activation}': lightseq compiles 'relu' and 'gelu'")
+        raise ArgumentError(f"lightseq.nn.{cls_name}: activation '{activation}': lightseq compiles 'relu' "
+                            "and 'gelu'")
     try:
         _spec.check_sizes(hidden, heads, ffn)
-    except _spec.Unsupported as why:
-        raise ValueError(f"lightseq.nn.{cls_name}: {why}") from None
+    except Unsupported as why:
+        raise Unsupported(f"lightseq.nn.{cls_name}: {why}") from None
 
 
 def _init(module, torch_cls, extract, hidden, heads, ffn, dropout, activation, norm_first, eps, batch_first,
           cache_dir, device, dtype) -> None:
     """Builds `module` as its torch base class `torch_cls` would, then marks it compiled."""
     _check_arguments(torch_cls.__name__, hidden, heads, ffn, activation)
+    if dtype is not None:
+        try:
+            _spec.dtype_name(dtype)
+        except Unsupported as why:
+            raise Unsupported(f"lightseq.nn.{torch_cls.__name__}: {why}") from None
     torch_cls.__init__(module, d_model=hidden, nhead=heads, dim_feedforward=ffn, dropout=dropout,
                        activation=activation, layer_norm_eps=eps, batch_first=batch_first, norm_first=norm_first,
                        device=device, dtype=dtype)
-    setattr(module, _compile._STATE,
-            _compile._LayerState(extract(module), dtype or torch.get_default_dtype(), cache_dir))
+    state = _compile._LayerState(extract(module), dtype or torch.get_default_dtype(), cache_dir)
+    issues = _compile._compiler_issues(state, "")
+    if issues:
+        raise Unsupported(f"lightseq.nn.{torch_cls.__name__}: " + "; ".join(issues))
+    setattr(module, _compile._STATE, state)
 
 
 class TransformerEncoderLayer(_compile.CompiledTransformerEncoderLayer):
