@@ -12,7 +12,7 @@
 
 #include "compiler/errors.h"
 #include "frontends/spec/parse.h"
-#include "frontends/spec/rules.h"
+#include "compiler/spec/rules.h"
 #include "tests/test_util.h"
 
 namespace lightseq {

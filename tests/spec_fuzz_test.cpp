@@ -15,7 +15,7 @@
 
 #include "compiler/errors.h"
 #include "frontends/spec/parse.h"
-#include "frontends/spec/rules.h"
+#include "compiler/spec/rules.h"
 
 namespace lightseq {
 namespace {

@@ -187,7 +187,6 @@ class LayerLowering {
 
   void attention_fwd(Sub& sub, int enc, int key_padding) {
     const Dim bt = Dim::tokens();
-    const Dim seq_k = sub.cross ? Dim::src_seq() : Dim::seq();
     const Dim H = Dim::constant(H_);
     const std::string a = sub.cross ? "multihead_attn" : "self_attn";
     if (!sub.cross) {
