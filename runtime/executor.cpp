@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <set>
+#include <span>
 
 #include "compiler/errors.h"
 #include "reduce.sig.cuh"
@@ -75,10 +76,14 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
   for (int dir = 0; dir < 2; ++dir) {
     std::set<int> used;
     for (const Step& st : dir == 0 ? plan_.forward : plan_.backward) step_tensors(st, &used);
+    for (int id : std::set<int>(used)) {
+      if (g.tensor(id).view_of >= 0) used.insert(g.tensor(id).view_of);  // the view's memory
+    }
     used_[dir].assign(used.begin(), used.end());
   }
   from_saved_.assign(g.tensors().size(), 0);
   for (int id : plan_.saved) from_saved_[id] = 1;
+  build_manifest();
 }
 
 LayerExecutor::~LayerExecutor() = default;
@@ -113,43 +118,84 @@ const LayerExecutor::ShapePlan& LayerExecutor::resolve(const RunShape& shape) co
 }
 
 std::vector<std::string> LayerExecutor::required_bindings(bool backward) const {
-  const Graph& g = plan_.layer.graph;
-  const std::vector<int>& used = used_[backward ? 1 : 0];
   std::vector<std::string> out;
-  for (int id : used) {
-    const Tensor& t = g.tensor(id);
-    if (t.view_of >= 0) continue;
-    const bool saved = backward && std::find(plan_.saved.begin(), plan_.saved.end(), id) != plan_.saved.end();
-    if (given_role(t.role) && !(saved && t.role != TensorRole::kInput)) out.push_back(t.name);
-  }
+  for (const ManifestEntry& e : manifest_[backward ? 1 : 0]) out.push_back(e.name);
   return out;
+}
+
+void LayerExecutor::build_manifest() {
+  const Graph& g = plan_.layer.graph;
+  for (int dir = 0; dir < 2; ++dir) {
+    const std::vector<Step>& steps = dir == 0 ? plan_.forward : plan_.backward;
+    for (int id : used_[dir]) {
+      const Tensor& t = g.tensor(id);
+      if (t.view_of >= 0 || !given_role(t.role)) continue;
+      // The backward takes the forward's saved activations from SavedActivations; of the
+      // forward's inputs it reads, the caller passes them again (they rebuild a saved arena).
+      if (dir == 1 && from_saved_[id] && t.role != TensorRole::kInput) continue;
+      ManifestEntry e;
+      e.name = t.name;
+      e.tensor = id;
+      e.role = t.role;
+      e.shape = t.shape;
+      e.type = t.type;
+      e.optional = t.type == ElemType::kU8 && t.role == TensorRole::kInput;
+      e.grad_of = t.grad_of >= 0 ? g.tensor(t.grad_of).name : "";
+      for (const Step& st : steps) {
+        if (const auto* gm = std::get_if<GemmStep>(&st)) {
+          e.accumulates |= gm->accumulate && gm->d == id;
+        } else if (t.role != TensorRole::kParamGrad) {
+          const KernelStep& k = std::get<KernelStep>(st);
+          for (int i = 0; i < k.kernel.sig->n_params; ++i) {
+            const sig::Role r = k.kernel.sig->params[i].role;
+            e.accumulates |= (r == sig::Role::kOutAcc || r == sig::Role::kErrorFlag) && k.args[i].tensor == id;
+          }
+        }
+      }
+      manifest_[dir].push_back(std::move(e));
+    }
+  }
 }
 
 namespace {
 
-// Binds caller pointers, checking presence and alignment.
-void bind_given(const Graph& g, const std::vector<int>& used, const Bindings& given,
-                std::vector<void*>* ptr, const std::string& layer, const std::vector<uint8_t>* from_saved) {
+// Binds the caller's pointers, parallel to `entries`, checking presence and alignment. Entries
+// marked in `skip` (the backward's tensors taken from SavedActivations) are left alone.
+void bind_positional(const std::vector<ManifestEntry>& entries, std::span<void* const> args,
+                     std::vector<void*>* ptr, const std::string& layer, const std::vector<uint8_t>* skip) {
+  if (args.size() != entries.size()) {
+    throw Error(fmt::format("{}: {} tensor pointers given, the layer's manifest has {}", layer, args.size(),
+                            entries.size()));
+  }
   std::vector<std::string> missing;
-  for (int id : used) {
-    const Tensor& t = g.tensor(id);
-    if (t.view_of >= 0 || !given_role(t.role) || (from_saved && (*from_saved)[id])) continue;
-    auto it = given.find(t.name);
-    if (it == given.end() || it->second == nullptr) {
-      // Padding masks are optional: null means no position is padded.
-      if (t.type != ElemType::kU8) missing.push_back(t.name);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const ManifestEntry& e = entries[i];
+    if (skip && (*skip)[e.tensor]) continue;
+    void* p = args[i];
+    if (p == nullptr) {
+      if (!e.optional) missing.push_back(e.name);  // a padding mask may be null: nothing is padded
       continue;
     }
-    if (reinterpret_cast<uintptr_t>(it->second) % 16 != 0) {
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
       throw Error(fmt::format("{}: '{}' at {} is not 16-byte aligned; lightseq's kernels use 16-byte "
                               "vector accesses (allocate with cudaMalloc/torch, and do not pass a view "
-                              "at an odd offset)", layer, t.name, it->second));
+                              "at an odd offset)", layer, e.name, p));
     }
-    (*ptr)[id] = it->second;
+    (*ptr)[e.tensor] = p;
   }
   if (!missing.empty()) {
     throw Error(fmt::format("{}: missing or null tensor(s): {}", layer, fmt::join(missing, ", ")));
   }
+}
+
+// The manifest's pointers from name bindings (absent: null).
+std::vector<void*> by_manifest(const std::vector<ManifestEntry>& entries, const Bindings& given) {
+  std::vector<void*> args(entries.size(), nullptr);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    auto it = given.find(entries[i].name);
+    if (it != given.end()) args[i] = it->second;
+  }
+  return args;
 }
 
 }  // namespace
@@ -175,7 +221,8 @@ int64_t slot_extent(const SavedSlot& slot, const RunShape& s) {
 
 // Where view `t` of a parent at `parent` starts.
 void* view_address(const Tensor& t, void* parent, int64_t numel, int elem) {
-  return static_cast<char*>(parent) + t.part * numel * elem;
+  const int64_t offset = t.view_offset >= 0 ? t.view_offset : t.part * numel;
+  return static_cast<char*>(parent) + offset * elem;
 }
 
 }  // namespace
@@ -240,9 +287,10 @@ void LayerExecutor::allocate_unbound(const std::vector<int>& used, const std::ma
   };
   place(temps, f.blocks);
   if (saved) place(kept, saved->owned_);
+  // Views (of this call's memory and of the caller's tensors: a slice of a packed parameter).
   for (int id : used) {
     const Tensor& t = g.tensor(id);
-    if (f.ptr[id] || given_role(t.role) || t.view_of < 0) continue;
+    if (f.ptr[id] || t.view_of < 0 || !f.ptr[t.view_of]) continue;
     f.ptr[id] = view_address(t, f.ptr[t.view_of], f.numel(id), elem_bytes(t, precision_));
   }
 }
@@ -263,6 +311,12 @@ void LayerExecutor::bind_zero_masks(const std::vector<int>& used, Frame& f) cons
 SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& shape,
                                         const DropoutConfig& dropout, Allocator& allocator,
                                         CUstream stream, void* saved_arena) const {
+  return forward_at(by_manifest(manifest_[0], given), shape, dropout, allocator, stream, saved_arena);
+}
+
+SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const RunShape& shape,
+                                           const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
+                                           void* saved_arena) const {
   const Graph& g = plan_.layer.graph;
   if (shape.batch <= 0 || shape.seq <= 0) {
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be positive",
@@ -271,7 +325,7 @@ SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& s
   const ShapePlan& sp = resolve(shape);
   Frame f(&g, &sp, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream);
   const std::vector<int>& used = used_[0];
-  bind_given(g, used, given, &f.ptr, plan_.layer.name, nullptr);
+  bind_positional(manifest_[0], args, &f.ptr, plan_.layer.name, nullptr);
 
   SavedActivations saved;
   saved.shape_ = shape;
@@ -289,6 +343,16 @@ SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& s
 
 SavedActivations LayerExecutor::saved_from_arena(void* saved_arena, const Bindings& inputs,
                                                  const RunShape& shape, const DropoutConfig& dropout) const {
+  std::vector<void*> by_id(plan_.layer.graph.tensors().size(), nullptr);
+  for (int id : plan_.saved) {
+    auto it = inputs.find(plan_.layer.graph.tensor(id).name);
+    if (it != inputs.end()) by_id[id] = it->second;
+  }
+  return rebuild_saved(saved_arena, by_id, shape, dropout);
+}
+
+SavedActivations LayerExecutor::rebuild_saved(void* saved_arena, const std::vector<void*>& inputs,
+                                              const RunShape& shape, const DropoutConfig& dropout) const {
   const Graph& g = plan_.layer.graph;
   if (!saved_arena && !saved_slots_.empty()) {
     throw Error(fmt::format("{}: the saved-activation arena is null", plan_.layer.name));
@@ -300,9 +364,8 @@ SavedActivations LayerExecutor::saved_from_arena(void* saved_arena, const Bindin
   for (int id : plan_.saved) {
     const Tensor& t = g.tensor(id);
     if (t.role == TensorRole::kInput) {
-      auto it = inputs.find(t.name);
-      if (it != inputs.end() && it->second) {
-        saved.ptr_[id] = it->second;
+      if (inputs[id]) {
+        saved.ptr_[id] = inputs[id];
       } else if (t.type != ElemType::kU8) {
         throw Error(fmt::format("{}: the backward needs the forward's input '{}'", plan_.layer.name, t.name));
       }
@@ -317,6 +380,26 @@ SavedActivations LayerExecutor::saved_from_arena(void* saved_arena, const Bindin
 
 void LayerExecutor::backward(const Bindings& given, const SavedActivations& saved, GradMode mode,
                              Allocator& allocator, CUstream stream) const {
+  std::vector<void*> args = by_manifest(manifest_[1], given);
+  run_backward(args, saved, mode, allocator, stream);
+}
+
+void LayerExecutor::backward_at(std::span<void* const> args, void* saved_arena, const RunShape& shape,
+                                const DropoutConfig& dropout, GradMode mode, Allocator& allocator,
+                                CUstream stream) const {
+  // The forward's inputs the backward reads come with the arguments; they and the arena are what
+  // the forward saved.
+  std::vector<void*> inputs(plan_.layer.graph.tensors().size(), nullptr);
+  if (args.size() == manifest_[1].size()) {
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (manifest_[1][i].role == TensorRole::kInput) inputs[manifest_[1][i].tensor] = args[i];
+    }
+  }
+  run_backward(args, rebuild_saved(saved_arena, inputs, shape, dropout), mode, allocator, stream);
+}
+
+void LayerExecutor::run_backward(std::span<void* const> args, const SavedActivations& saved, GradMode mode,
+                                 Allocator& allocator, CUstream stream) const {
   const Graph& g = plan_.layer.graph;
   if (saved.ptr_.empty() && !plan_.saved.empty()) {
     throw Error(fmt::format("{}: backward needs the SavedActivations of a forward of this layer", plan_.layer.name));
@@ -325,8 +408,8 @@ void LayerExecutor::backward(const Bindings& given, const SavedActivations& save
   Frame f(&g, &sp, precision_, saved.shape_, saved.dropout_, mode, &allocator, stream);
   const std::vector<int>& used = used_[1];
   for (const auto& [id, p] : saved.ptr_) f.ptr[id] = p;
-  // Inputs the backward reads come from the forward; bind the rest from `given`.
-  bind_given(g, used, given, &f.ptr, plan_.layer.name, &from_saved_);
+  // Inputs the backward reads come from the forward; bind the rest.
+  bind_positional(manifest_[1], args, &f.ptr, plan_.layer.name, &from_saved_);
   allocate_unbound(used, {}, nullptr, f);
   bind_zero_masks(used, f);
   run_steps(plan_.backward, sp.backward, f);

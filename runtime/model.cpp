@@ -127,6 +127,20 @@ const LayerStackSpec& stack_of_kind(const CompiledModel& model, int stack, Layer
 
 }  // namespace
 
+void CompiledModel::check_run_shape(std::string_view name, const RunShape& shape) const {
+  const LayerExecutor& exec = layer(name);  // throws for a layer that does not exist
+  for (size_t i = 0; i < stack_to_layer_.size(); ++i) {
+    if (executors_.at(stack_to_layer_[i]).get() == &exec) {
+      check_shape(plan_.spec.layers[i], shape, fmt::format("{} ({})", name, exec.plan().layer.description));
+      return;
+    }
+  }
+  if (shape.batch < 1 || shape.seq < 1) {
+    throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be at least 1", name, shape.batch,
+                            shape.seq));
+  }
+}
+
 // ---- StackLayer ----------------------------------------------------------------------------------
 
 StackLayer::StackLayer(std::shared_ptr<const CompiledModel> model, int stack, LayerKind kind)
@@ -192,30 +206,16 @@ Bindings encoder_params(const std::string& prefix, const S& w) {
   return b;
 }
 
-// PyTorch packs the cross-attention's projections in one in_proj [3H, H] (bias [3H]); the graph
-// takes its q rows and its k/v rows as two parameters (compiler/graph/layers.cpp).
+// The cross-attention's packed in_proj [3H, H] (bias [3H]) is bound whole, as PyTorch holds it:
+// the graph reads its q rows and its k/v rows as slices (compiler/graph/layers.cpp).
 template <class S>
-Bindings decoder_params(const std::string& prefix, const S& w, int64_t hidden, int elem) {
+Bindings decoder_params(const std::string& prefix, const S& w) {
   Bindings b;
   bind_attention(b, prefix + "self_attn", w.self_attn);
   bind_ffn_and_norms(b, prefix, w);
   b[prefix + "norm3.weight"] = mutable_ptr(w.norm3_weight);
   b[prefix + "norm3.bias"] = mutable_ptr(w.norm3_bias);
-  const auto& x = w.multihead_attn;
-  b[prefix + "multihead_attn.out_proj.weight"] = mutable_ptr(x.out_proj_weight);
-  b[prefix + "multihead_attn.out_proj.bias"] = mutable_ptr(x.out_proj_bias);
-  for (const auto& [p, name] : {std::pair{mutable_ptr(x.in_proj_weight), "in_proj_weight"},
-                                std::pair{mutable_ptr(x.in_proj_bias), "in_proj_bias"}}) {
-    if (!p) {
-      throw Error(fmt::format("decoder layer: {}multihead_attn.{} is null (the cross-attention's packed "
-                              "q/k/v projection, as nn.MultiheadAttention holds it)", prefix, name));
-    }
-  }
-  auto at = [&](const void* p, int64_t elems) -> void* { return static_cast<char*>(mutable_ptr(p)) + elems * elem; };
-  b[prefix + "multihead_attn.in_proj_weight[q]"] = mutable_ptr(x.in_proj_weight);
-  b[prefix + "multihead_attn.in_proj_weight[kv]"] = at(x.in_proj_weight, hidden * hidden);
-  b[prefix + "multihead_attn.in_proj_bias[q]"] = mutable_ptr(x.in_proj_bias);
-  b[prefix + "multihead_attn.in_proj_bias[kv]"] = at(x.in_proj_bias, hidden);
+  bind_attention(b, prefix + "multihead_attn", w.multihead_attn);
   return b;
 }
 
@@ -268,7 +268,7 @@ DecoderLayer::DecoderLayer(std::shared_ptr<const CompiledModel> model, int stack
 SavedActivations DecoderLayer::forward(const DecoderWeights& w, const DecoderInputs& in,
                                        const RunShape& shape, const DropoutConfig& dropout,
                                        Allocator& allocator, CUstream stream, void* saved_arena) const {
-  Bindings b = decoder_params("", w, spec_.hidden, element_bytes(model_->spec().precision));
+  Bindings b = decoder_params("", w);
   b.merge(decoder_inputs(in));
   b["y"] = in.y;
   return run_forward(b, in.dtype, shape, dropout, allocator, stream, saved_arena);
@@ -282,9 +282,8 @@ SavedActivations DecoderLayer::saved_from_arena(void* saved_arena, const Decoder
 void DecoderLayer::backward(const DecoderWeights& w, const DecoderGrads& g, const DecoderGradInputs& io,
                             const SavedActivations& saved, GradMode mode, Allocator& allocator,
                             CUstream stream) const {
-  const int elem = element_bytes(model_->spec().precision);
-  Bindings b = decoder_params("", w, spec_.hidden, elem);
-  b.merge(decoder_params("grad.", g, spec_.hidden, elem));
+  Bindings b = decoder_params("", w);
+  b.merge(decoder_params("grad.", g));
   b["grad_y"] = mutable_ptr(io.grad_y);
   b["grad_x"] = io.grad_x;
   b["grad_encoder_out"] = io.grad_encoder_out;

@@ -49,6 +49,9 @@ class CompiledModel {
   // The executor of a planned layer by its plan name ("embedding", "criterion", "optimizer",
   // "layers[0]", ...). Throws Error listing the model's layers when it has none such.
   const LayerExecutor& layer(std::string_view name) const;
+  // Refuses a run shape that layer `name` cannot take (sizes below 1, attention scores beyond the
+  // unfused backend's limit), with a message naming the layer.
+  void check_run_shape(std::string_view name, const RunShape& shape) const;
 
  private:
   CompiledModel() = default;

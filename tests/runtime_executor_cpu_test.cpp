@@ -180,9 +180,8 @@ TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) 
 
   std::set<std::string> params;
   for (const char* a : {"self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
-                        "self_attn.out_proj.bias", "multihead_attn.in_proj_weight[q]",
-                        "multihead_attn.in_proj_weight[kv]", "multihead_attn.in_proj_bias[q]",
-                        "multihead_attn.in_proj_bias[kv]", "multihead_attn.out_proj.weight",
+                        "self_attn.out_proj.bias", "multihead_attn.in_proj_weight", "multihead_attn.in_proj_bias",
+                        "multihead_attn.out_proj.weight",
                         "multihead_attn.out_proj.bias", "linear1.weight", "linear1.bias", "linear2.weight",
                         "linear2.bias", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
                         "norm3.weight", "norm3.bias"}) {
@@ -202,6 +201,26 @@ TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) 
   for (const std::string& n : backward) EXPECT_TRUE(got.count(n)) << n << " is not bound in the backward";
   for (const std::string& n : got) {
     EXPECT_TRUE(backward.count(n) || params.count(n) || forward.count(n)) << "unexpected binding " << n;
+  }
+
+  // The manifest says what each binding is: shapes, the +=, which forward tensor a gradient is of.
+  for (const ManifestEntry& e : exec.manifest(true)) {
+    if (e.name == "grad_encoder_out") {
+      EXPECT_TRUE(e.accumulates) << "the decoder adds its memory gradient into the caller's buffer";
+      EXPECT_EQ(e.grad_of, "encoder_out");
+      EXPECT_EQ(shape_to_string(e.shape), "[B·S, 64]");
+    } else {
+      EXPECT_FALSE(e.accumulates) << e.name;
+    }
+    if (e.name == "grad_y") EXPECT_EQ(e.grad_of, "y");
+    if (e.name == "grad_x") EXPECT_EQ(e.grad_of, "x");
+    if (e.name == "grad.multihead_attn.in_proj_weight") {
+      EXPECT_EQ(e.grad_of, "multihead_attn.in_proj_weight");
+      EXPECT_EQ(shape_to_string(e.shape), "[192, 64]") << "the whole packed parameter, as PyTorch holds it";
+    }
+  }
+  for (const ManifestEntry& e : exec.manifest(false)) {
+    EXPECT_EQ(e.optional, e.name == "key_padding_mask" || e.name == "encoder_padding_mask") << e.name;
   }
 
   // Cross-attention keys/values are saved per encoder position: the arena grows with S too.

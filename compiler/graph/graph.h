@@ -67,6 +67,11 @@ struct Tensor {
   // e.g. q, k, v of the [3, B, heads, T, d] heads tensor. -1: not a view.
   int view_of = -1;
   int part = 0;
+  // ≥ 0: the view starts this many elements into its parent instead (an unequal slice: the q rows
+  // and the k/v rows of a packed in_proj_weight).
+  int64_t view_offset = -1;
+  // A gradient's forward tensor (grad_y of y, grad_x of x, grad.<p> of p); -1 for others.
+  int grad_of = -1;
   // A scratch tensor whose extent the kernel that writes it computes (its signature's extent
   // function, from the run-time sizes): `shape` is empty and the runtime sizes it per shape.
   bool sized_by_kernel = false;

@@ -1,6 +1,7 @@
 #include "compiler/graph/layers.h"
 
 #include <cmath>
+#include <map>
 
 #include <fmt/format.h>
 
@@ -33,9 +34,34 @@ class Builder {
   int param(const std::string& name, Shape shape, ElemType type = ElemType::kModel) {
     return tensor(name, std::move(shape), TensorRole::kParam, type);
   }
+  // The gradient of a parameter; of a slice of a parameter, the same slice of the parameter's
+  // gradient (one gradient tensor per caller-visible parameter).
   int grad_of_param(int param) {
-    const Tensor& p = g_.tensor(param);
-    return tensor("grad." + p.name, p.shape, TensorRole::kParamGrad);
+    const Tensor p = g_.tensor(param);
+    if (p.view_of >= 0) {
+      const int root = grad_of_root(p.view_of);
+      Tensor t{"grad." + p.name, p.shape, TensorRole::kParamGrad};
+      t.view_of = root;
+      t.view_offset = p.view_offset;
+      t.part = p.part;
+      t.grad_of = param;
+      return g_.add_tensor(std::move(t));
+    }
+    return grad_of_root(param);
+  }
+  // A gradient of `of` given or returned by the caller (grad_y, grad_x).
+  int grad(const std::string& name, Shape shape, TensorRole role, int of) {
+    const int id = tensor(name, std::move(shape), role);
+    g_.tensor(id).grad_of = of;
+    return id;
+  }
+  // Rows [row, row + shape[0]) of a parameter `whole` [R, ...] (`elems_per_row` elements each).
+  int slice(int whole, const std::string& name, int64_t row, int64_t elems_per_row, Shape shape) {
+    const Tensor w = g_.tensor(whole);
+    Tensor t{name, std::move(shape), w.role, w.type};
+    t.view_of = whole;
+    t.view_offset = row * elems_per_row;
+    return g_.add_tensor(std::move(t));
   }
   // Equal parts of `whole` along its leading dimension.
   std::vector<int> parts(int whole, const std::vector<std::string>& names) {
@@ -83,7 +109,16 @@ class Builder {
   Graph& graph() { return g_; }
 
  private:
+  int grad_of_root(int param) {
+    auto it = grads_.find(param);
+    if (it != grads_.end()) return it->second;
+    const Tensor p = g_.tensor(param);
+    const int id = tensor("grad." + p.name, p.shape, TensorRole::kParamGrad);
+    g_.tensor(id).grad_of = param;
+    return grads_[param] = id;
+  }
   Graph& g_;
+  std::map<int, int> grads_;  // parameter → its gradient
 };
 
 std::string fmt_p(double p) { return fmt::format("{:g}", p); }
@@ -206,11 +241,13 @@ class LayerLowering {
       sub.q = qkv_parts[0], sub.k = qkv_parts[1], sub.v = qkv_parts[2];
     } else {
       // PyTorch packs the cross-attention projections in one in_proj_weight [3H, H]: rows [0, H)
-      // project the query, rows [H, 3H) the key and value. They are passed as two row slices.
-      sub.w_in = b_.param(a + ".in_proj_weight[q]", {H, H});
-      sub.b_in = b_.param(a + ".in_proj_bias[q]", {H});
-      sub.w_kv = b_.param(a + ".in_proj_weight[kv]", {Dim::constant(2 * H_), H});
-      sub.b_kv = b_.param(a + ".in_proj_bias[kv]", {Dim::constant(2 * H_)});
+      // project the query, rows [H, 3H) the key and value: two row slices of the one parameter.
+      const int w = b_.param(a + ".in_proj_weight", {Dim::constant(3 * H_), H});
+      const int bias = b_.param(a + ".in_proj_bias", {Dim::constant(3 * H_)});
+      sub.w_in = b_.slice(w, a + ".in_proj_weight[q]", 0, H_, {H, H});
+      sub.b_in = b_.slice(bias, a + ".in_proj_bias[q]", 0, 1, {H});
+      sub.w_kv = b_.slice(w, a + ".in_proj_weight[kv]", H_, H_, {Dim::constant(2 * H_), H});
+      sub.b_kv = b_.slice(bias, a + ".in_proj_bias[kv]", H_, 1, {Dim::constant(2 * H_)});
       int q = b_.tensor(sub.p + ".q_lin", {bt, H});
       b_.gemm(sub.p + ".q_proj", sub.branch_in, Transpose::kNo, sub.w_in, Transpose::kYes, q, bt, H, H);
       int q_b = b_.tensor(sub.p + ".q_biased", {bt, H});
@@ -448,8 +485,10 @@ LayerGraph lower_stack(const LayerStackSpec& s, int index) {
 
   // backward
   lg.graph.begin_backward();
-  int dy = b.tensor("grad_y", hs, TensorRole::kGradInput);
-  int d_enc = decoder ? b.tensor("grad_encoder_out", {Dim::src_tokens(), Dim::constant(s.hidden)}, TensorRole::kGradOutput) : -1;
+  int dy = b.grad("grad_y", hs, TensorRole::kGradInput, b.graph().tensor_id("y"));
+  int d_enc = decoder ? b.grad("grad_encoder_out", {Dim::src_tokens(), Dim::constant(s.hidden)},
+                               TensorRole::kGradOutput, b.graph().tensor_id("encoder_out"))
+                      : -1;
   int d_res = -1;
   int d_branch = L.end_grad(ffn, dy, &d_res);
   int d_stream = L.begin_grad(ffn, L.ffn_grad(ffn, d_branch), d_res, decoder ? "ca.d_y" : "attn.d_y");
@@ -460,6 +499,7 @@ LayerGraph lower_stack(const LayerStackSpec& s, int index) {
   d_branch = L.end_grad(sa, d_stream, &d_res);
   const int grad_x = L.begin_grad(sa, L.attention_grad(sa, d_branch, -1), d_res, "grad_x");
   lg.graph.tensor(grad_x).role = TensorRole::kGradOutput;
+  lg.graph.tensor(grad_x).grad_of = lg.graph.tensor_id("x");
   lg.graph.verify();
   return lg;
 }
@@ -523,7 +563,7 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   }
   lg.graph.tensor(out).role = TensorRole::kOutput;
   lg.graph.begin_backward();
-  int dy = b.tensor("grad_out", hs, TensorRole::kGradInput);
+  int dy = b.grad("grad_out", hs, TensorRole::kGradInput, out);
   int d = dy;
   if (e.dropout > 0) {
     d = b.tensor("d_dropped", hs, TensorRole::kGrad);
@@ -570,7 +610,7 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   ce.label_smoothing = c.label_smoothing;
   b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale}, {loss, nll, d_logits, bad}, ce);
   lg.graph.begin_backward();
-  int dh = b.tensor("grad_decoder_out", {bt, H}, TensorRole::kGradOutput);
+  int dh = b.grad("grad_decoder_out", {bt, H}, TensorRole::kGradOutput, h);
   b.gemm("output_proj_dgrad", d_logits, Transpose::kNo, w, Transpose::kNo, dh, bt, H, V);
   // Tied: the embedding's backward adds its scatter into this gradient.
   b.gemm("output_proj_wgrad", d_logits, Transpose::kYes, h, Transpose::kNo, b.grad_of_param(w), V, H, bt);

@@ -88,128 +88,95 @@ std::vector<py::tuple> slot_tuples(const std::vector<SavedSlot>& slots) {
   return out;
 }
 
-// One encoder stack of a compiled model, with the allocation hints of its calls.
-class PyEncoderLayer {
- public:
-  PyEncoderLayer(std::shared_ptr<CompiledModel> model, int stack) : layer_(std::move(model), stack) {}
-
-  std::vector<py::tuple> saved_slots() const { return slot_tuples(layer_.saved_slots()); }
-
-  int64_t saved_arena_bytes(int64_t batch, int64_t seq) const {
-    return layer_.saved_arena_bytes({batch, seq, 0});
+const char* dtype_name(ElemType t) {
+  switch (t) {
+    case ElemType::kModel: return "model";
+    case ElemType::kF32: return "float32";
+    case ElemType::kI64: return "int64";
+    case ElemType::kU8: return "uint8";
+    case ElemType::kI32: return "int32";
+    case ElemType::kOptimState: return "optim_state";
   }
+  return "?";
+}
 
-  // weights: the 12 parameter pointers in EncoderWeights order.
-  void forward(const std::vector<uintptr_t>& w, const std::string& dtype, uintptr_t x, uintptr_t mask,
-               uintptr_t y, int64_t batch, int64_t seq, double p_attention, double p_activation,
-               double p_hidden, uint64_t seed, uint64_t offset, uintptr_t saved_arena, uintptr_t stream,
+// A manifest entry as a dict: name, role, shape [(factor, power of B, of T, of S)], dtype ("model"
+// for the model's precision), optional, accumulates, grad_of.
+py::dict entry_dict(const ManifestEntry& e) {
+  std::vector<py::tuple> shape;
+  for (const Dim& d : e.shape) shape.push_back(py::make_tuple(d.factor, d.b, d.t, d.s));
+  py::dict out;
+  out["name"] = e.name;
+  out["role"] = std::string(to_string(e.role));
+  out["shape"] = shape;
+  out["dtype"] = dtype_name(e.type);
+  out["optional"] = e.optional;
+  out["accumulates"] = e.accumulates;
+  out["grad_of"] = e.grad_of;
+  return out;
+}
+
+// Any layer of a compiled model (an encoder or decoder stack, the embedding, the criterion, the
+// optimizer), bound positionally by its manifest: one class, and no code per layer kind.
+class PyLayer {
+ public:
+  PyLayer(std::shared_ptr<CompiledModel> model, std::string name)
+      : model_(std::move(model)), name_(std::move(name)), exec_(&model_->layer(name_)) {}
+
+  std::vector<py::dict> manifest(bool backward) const {
+    std::vector<py::dict> out;
+    for (const ManifestEntry& e : exec_->manifest(backward)) out.push_back(entry_dict(e));
+    return out;
+  }
+  std::vector<py::tuple> saved_slots() const { return slot_tuples(exec_->saved_slots()); }
+
+  // args: a device pointer (0: null) per forward manifest entry, in order.
+  void forward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
+               const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t saved_arena, uintptr_t stream,
                const py::function& alloc) {
-    CallbackArena arena(alloc, &forward_hint_);
-    layer_.forward(weights(w), {parse_precision(dtype), ptr<const void>(x), ptr<const uint8_t>(mask), ptr<void>(y)},
-                   {batch, seq, 0}, {p_attention, p_activation, p_hidden, 0, seed, offset}, arena,
-                   reinterpret_cast<CUstream>(stream), ptr<void>(saved_arena));
-  }
-
-  void backward(const std::vector<uintptr_t>& w, const std::vector<uintptr_t>& g, uintptr_t grad_y,
-                uintptr_t grad_x, uintptr_t x, uintptr_t mask, int64_t batch, int64_t seq,
-                double p_attention, double p_activation, double p_hidden, uint64_t seed, uint64_t offset,
-                uintptr_t saved_arena, bool accumulate, uintptr_t stream, const py::function& alloc) {
-    if (g.size() != 12) throw Error(fmt::format("backward needs 12 gradient pointers, got {}", g.size()));
-    const RunShape shape{batch, seq, 0};
-    const DropoutConfig d{p_attention, p_activation, p_hidden, 0, seed, offset};
-    const SavedActivations saved =
-        layer_.saved_from_arena(ptr<void>(saved_arena), ptr<const void>(x), ptr<const uint8_t>(mask), shape, d);
-    EncoderGrads eg{ptr<void>(g[0]), ptr<void>(g[1]), ptr<void>(g[2]),  ptr<void>(g[3]),
-                    ptr<void>(g[4]), ptr<void>(g[5]), ptr<void>(g[6]),  ptr<void>(g[7]),
-                    ptr<void>(g[8]), ptr<void>(g[9]), ptr<void>(g[10]), ptr<void>(g[11])};
-    CallbackArena arena(alloc, &backward_hint_);
-    layer_.backward(weights(w), eg, {ptr<const void>(grad_y), ptr<void>(grad_x)}, saved,
-                    accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena,
-                    reinterpret_cast<CUstream>(stream));
-  }
-
- private:
-  static EncoderWeights weights(const std::vector<uintptr_t>& w) {
-    if (w.size() != 12) throw Error(fmt::format("an encoder layer has 12 parameters, got {}", w.size()));
-    auto c = [](uintptr_t p) { return reinterpret_cast<const void*>(p); };
-    return {c(w[0]), c(w[1]), c(w[2]), c(w[3]), c(w[4]),  c(w[5]),
-            c(w[6]), c(w[7]), c(w[8]), c(w[9]), c(w[10]), c(w[11])};
-  }
-
-  EncoderLayer layer_;
-  std::atomic<size_t> forward_hint_{0}, backward_hint_{0};
-};
-
-
-// One decoder stack of a compiled model. Parameter pointers (18) in nn.TransformerDecoderLayer's
-// order: self_attn (in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias), multihead_attn
-// (the same four), linear1 (weight, bias), linear2, norm1, norm2, norm3.
-class PyDecoderLayer {
- public:
-  PyDecoderLayer(std::shared_ptr<CompiledModel> model, int stack) : layer_(std::move(model), stack) {}
-
-  std::vector<py::tuple> saved_slots() const { return slot_tuples(layer_.saved_slots()); }
-
-  int64_t saved_arena_bytes(int64_t batch, int64_t seq, int64_t src_seq) const {
-    return layer_.saved_arena_bytes({batch, seq, src_seq});
-  }
-
-  void forward(const std::vector<uintptr_t>& w, const std::string& dtype, uintptr_t x, uintptr_t mask,
-               uintptr_t memory, uintptr_t memory_mask, uintptr_t y, int64_t batch, int64_t seq,
-               int64_t src_seq, double p_attention, double p_activation, double p_hidden, uint64_t seed,
-               uint64_t offset, uintptr_t saved_arena, uintptr_t stream, const py::function& alloc) {
-    CallbackArena arena(alloc, &forward_hint_);
-    layer_.forward(weights(w), inputs(parse_precision(dtype), x, mask, memory, memory_mask, y),
-                   {batch, seq, src_seq}, {p_attention, p_activation, p_hidden, 0, seed, offset}, arena,
-                   reinterpret_cast<CUstream>(stream), ptr<void>(saved_arena));
-  }
-
-  // grad_memory is added to (+=): the caller zeroes it (or passes another layer's sum).
-  void backward(const std::vector<uintptr_t>& w, const std::vector<uintptr_t>& g, uintptr_t grad_y,
-                uintptr_t grad_x, uintptr_t grad_memory, uintptr_t x, uintptr_t mask, uintptr_t memory,
-                uintptr_t memory_mask, int64_t batch, int64_t seq, int64_t src_seq, double p_attention,
-                double p_activation, double p_hidden, uint64_t seed, uint64_t offset, uintptr_t saved_arena,
-                bool accumulate, uintptr_t stream, const py::function& alloc) {
-    if (g.size() != 18) throw Error(fmt::format("backward needs 18 gradient pointers, got {}", g.size()));
     const RunShape shape{batch, seq, src_seq};
-    const DropoutConfig d{p_attention, p_activation, p_hidden, 0, seed, offset};
-    const SavedActivations saved =
-        layer_.saved_from_arena(ptr<void>(saved_arena), inputs(Precision::kFp32, x, mask, memory, memory_mask, 0),
-                                shape, d);
-    auto v = [&](int i) { return ptr<void>(g[i]); };
-    DecoderGrads dg;
-    dg.self_attn = {v(0), v(1), v(2), v(3)};
-    dg.multihead_attn = {v(4), v(5), v(6), v(7)};
-    dg.linear1_weight = v(8), dg.linear1_bias = v(9), dg.linear2_weight = v(10), dg.linear2_bias = v(11);
-    dg.norm1_weight = v(12), dg.norm1_bias = v(13), dg.norm2_weight = v(14), dg.norm2_bias = v(15);
-    dg.norm3_weight = v(16), dg.norm3_bias = v(17);
+    model_->check_run_shape(name_, shape);
+    CallbackArena arena(alloc, &forward_hint_);
+    ScopedContext ctx(model_->device());
+    exec_->forward_at(pointers(args), shape, dropout(p, seed, offset), arena, reinterpret_cast<CUstream>(stream),
+                      ptr<void>(saved_arena));
+  }
+
+  // args: a device pointer per backward manifest entry, in order; accumulate: parameter gradients
+  // `+=` instead of `=`.
+  void backward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
+                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t saved_arena, bool accumulate,
+                uintptr_t stream, const py::function& alloc) {
+    const RunShape shape{batch, seq, src_seq};
+    model_->check_run_shape(name_, shape);
     CallbackArena arena(alloc, &backward_hint_);
-    layer_.backward(weights(w), dg, {ptr<const void>(grad_y), ptr<void>(grad_x), ptr<void>(grad_memory)}, saved,
-                    accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena,
-                    reinterpret_cast<CUstream>(stream));
+    ScopedContext ctx(model_->device());
+    exec_->backward_at(pointers(args), ptr<void>(saved_arena), shape, dropout(p, seed, offset),
+                       accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena,
+                       reinterpret_cast<CUstream>(stream));
   }
 
  private:
-  static DecoderInputs inputs(Precision p, uintptr_t x, uintptr_t mask, uintptr_t memory, uintptr_t memory_mask,
-                              uintptr_t y) {
-    return {p, ptr<const void>(x), ptr<const uint8_t>(mask), ptr<const void>(memory),
-            ptr<const uint8_t>(memory_mask), ptr<void>(y)};
+  static std::vector<void*> pointers(const std::vector<uintptr_t>& args) {
+    std::vector<void*> out(args.size());
+    for (size_t i = 0; i < args.size(); ++i) out[i] = reinterpret_cast<void*>(args[i]);
+    return out;
   }
-  static DecoderWeights weights(const std::vector<uintptr_t>& w) {
-    if (w.size() != 18) throw Error(fmt::format("a decoder layer has 18 parameters, got {}", w.size()));
-    auto c = [&](int i) { return ptr<const void>(w[i]); };
-    DecoderWeights d;
-    d.self_attn = {c(0), c(1), c(2), c(3)};
-    d.multihead_attn = {c(4), c(5), c(6), c(7)};
-    d.linear1_weight = c(8), d.linear1_bias = c(9), d.linear2_weight = c(10), d.linear2_bias = c(11);
-    d.norm1_weight = c(12), d.norm1_bias = c(13), d.norm2_weight = c(14), d.norm2_bias = c(15);
-    d.norm3_weight = c(16), d.norm3_bias = c(17);
-    return d;
+  // p: the probabilities of the attention, activation, hidden and embedding dropout sites.
+  static DropoutConfig dropout(const std::vector<double>& p, uint64_t seed, uint64_t offset) {
+    if (p.size() != 4) {
+      throw Error(fmt::format("dropout: 4 probabilities (attention, activation, hidden, embedding), got {}",
+                              p.size()));
+    }
+    return DropoutConfig{p[0], p[1], p[2], p[3], seed, offset};
   }
 
-  DecoderLayer layer_;
+  std::shared_ptr<CompiledModel> model_;
+  std::string name_;
+  const LayerExecutor* exec_;
   std::atomic<size_t> forward_hint_{0}, backward_hint_{0};
 };
+
 }  // namespace
 }  // namespace lightseq
 
@@ -284,19 +251,17 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("kernels_cached", [](const CompiledModel& c) { return c.build_report().cached; })
       .def_property_readonly("spec_json", [](const CompiledModel& c) { return spec_to_json(c.spec()).dump(); });
 
-  py::class_<PyEncoderLayer>(m, "EncoderLayer")
-      .def(py::init<std::shared_ptr<CompiledModel>, int>(), py::arg("model"), py::arg("stack"))
-      .def("saved_slots", &PyEncoderLayer::saved_slots,
+  py::class_<PyLayer>(m, "Layer")
+      .def(py::init<std::shared_ptr<CompiledModel>, std::string>(), py::arg("model"), py::arg("name"))
+      .def("manifest", &PyLayer::manifest, py::arg("backward"),
+           "what a call binds, in order: [{name, role, shape, dtype, optional, accumulates, grad_of}]")
+      .def("saved_slots", &PyLayer::saved_slots,
            "[(name, bytes factor, power of B, power of T, power of S)] of the saved-activation arena")
-      .def("saved_arena_bytes", &PyEncoderLayer::saved_arena_bytes)
-      .def("forward", &PyEncoderLayer::forward)
-      .def("backward", &PyEncoderLayer::backward);
-
-  py::class_<PyDecoderLayer>(m, "DecoderLayer")
-      .def(py::init<std::shared_ptr<CompiledModel>, int>(), py::arg("model"), py::arg("stack"))
-      .def("saved_slots", &PyDecoderLayer::saved_slots,
-           "[(name, bytes factor, power of B, power of T, power of S)] of the saved-activation arena")
-      .def("saved_arena_bytes", &PyDecoderLayer::saved_arena_bytes)
-      .def("forward", &PyDecoderLayer::forward)
-      .def("backward", &PyDecoderLayer::backward);
+      .def("forward", &PyLayer::forward)
+      .def("backward", &PyLayer::backward);
+  m.def("layer_names", [](const CompiledModel& c) {
+    std::vector<std::string> out;
+    for (const LayerPlan& l : c.plan().layers) out.push_back(l.layer.name);
+    return out;
+  }, "the names of a compiled model's layers, in the order of its plan");
 }

@@ -281,10 +281,28 @@ def test_decoder_fallback_builds_the_causal_mask_pytorch_needs(batch_first):
     torch.testing.assert_close(y, want)
 
 
-def test_ops_called_directly_check_their_inputs():
+def test_ops_called_directly_check_their_inputs_against_the_manifest():
+    """The generic op pair checks each argument against the layer's manifest (count, device,
+    contiguity, dtype, shape at the call's B, T, S) before any GPU work."""
     from lightseq import _ops
-    x = torch.randn(2, 5, 64)
-    with pytest.raises(ValueError, match="lightseq::encoder_fwd: x must be a contiguous CUDA tensor"):
-        _ops.encoder_fwd(x, None, [torch.randn(64)], 0, 0.0, 0.0, 0.0)
-    with pytest.raises(ValueError, match="lightseq::decoder_fwd: x must be a contiguous CUDA tensor"):
-        _ops.decoder_fwd(x, torch.randn(2, 3, 64), None, None, [], 0, 0.0, 0.0, 0.0)
+    E = _ops.Entry
+    fwd = (E("x", "input", ((1, 1, 1, 0), (64, 0, 0, 0)), torch.float32, False, False, ""),
+           E("key_padding_mask", "input", ((1, 1, 0, 0), (1, 0, 1, 0)), torch.uint8, True, False, ""),
+           E("w", "param", ((64, 0, 0, 0),), torch.float32, False, False, ""),
+           E("y", "output", ((1, 1, 1, 0), (64, 0, 0, 0)), torch.float32, False, False, ""))
+    _ops._layers.append(_ops.Layer(None, "layers[0]", (), fwd, ()))
+    lid = len(_ops._layers) - 1
+    try:
+        x = torch.randn(10, 64)
+        with pytest.raises(ValueError, match=r"lightseq::layer_fwd \(layers\[0\]\): 3 tensors \(x, key_padding_mask, "
+                                             r"w\), got 1"):
+            _ops.layer_fwd([x], lid, [2, 5, 0], [0.0] * 4)
+        with pytest.raises(ValueError, match=r"'x' must be a contiguous CUDA torch.float32 tensor of shape \[10, 64\], "
+                                             r"got a contiguous torch.float32 tensor of shape \[10, 64\] on cpu"):
+            _ops.layer_fwd([x, None, torch.randn(64)], lid, [2, 5, 0], [0.0] * 4)
+        with pytest.raises(ValueError, match=r"'x' is None"):
+            _ops.layer_fwd([None, None, torch.randn(64)], lid, [2, 5, 0], [0.0] * 4)
+        with pytest.raises(ValueError, match=r"no tensor for w"):
+            _ops.run_layer(lid, {"x": x}, (2, 5, 0), [0.0, 0.0, 0.0])
+    finally:
+        _ops._layers.pop()

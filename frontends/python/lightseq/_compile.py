@@ -160,15 +160,17 @@ def _prepare(module: nn.Module, state: _LayerState, x: torch.Tensor, weights, ru
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     lid = _layer_for(state.specs[(run_dtype, causal, training)], device, state.cache_dir)
     p = (cfg.dropout_attention, cfg.dropout_activation, cfg.dropout_hidden) if training else (0.0, 0.0, 0.0)
-    return lid, p, x.to(run_dtype).contiguous(), [w.to(run_dtype).contiguous() for w in weights]
+    return lid, p, x.to(run_dtype).contiguous(), {n: w.to(run_dtype).contiguous() for n, w in weights.items()}
 
 
 def _run(module: nn.Module, state: _LayerState, x: torch.Tensor, pad: Optional[torch.Tensor], weights,
          run_dtype: torch.dtype, causal: bool) -> torch.Tensor:
-    """The compiled encoder layer on x [B, T, H]."""
+    """The compiled encoder layer on x [B, T, H]; weights by the layer's parameter names
+    (nn.TransformerEncoderLayer's)."""
     lid, p, x, ws = _prepare(module, state, x, weights, run_dtype, causal)
-    y, _saved, _rng = torch.ops.lightseq.encoder_fwd(x, pad, ws, lid, *p)
-    return y
+    batch, seq, hidden = x.shape
+    out = _ops.run_layer(lid, {"x": x.view(batch * seq, hidden), "key_padding_mask": pad, **ws}, (batch, seq, 0), p)
+    return out["y"].view(batch, seq, hidden)
 
 
 def _causal_or_none(mask, is_causal: bool, seq: int) -> Optional[bool]:
@@ -190,10 +192,7 @@ class CompiledTransformerEncoderLayer(nn.TransformerEncoderLayer):
     """A torch.nn.TransformerEncoderLayer running lightseq's kernels (same parameters)."""
 
     def _weights(self):
-        a = self.self_attn
-        return [a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias, self.linear1.weight,
-                self.linear1.bias, self.linear2.weight, self.linear2.bias, self.norm1.weight, self.norm1.bias,
-                self.norm2.weight, self.norm2.bias]
+        return dict(self.named_parameters())  # the layer graph's parameter names
 
     def _dropouts(self):
         return _spec.torch_layer_dropouts(self)
@@ -246,12 +245,7 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
     decoders use); other masks run PyTorch's implementation, with a warning."""
 
     def _weights(self):
-        ws = []
-        for a in (self.self_attn, self.multihead_attn):
-            ws += [a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias]
-        return ws + [self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias,
-                     self.norm1.weight, self.norm1.bias, self.norm2.weight, self.norm2.bias,
-                     self.norm3.weight, self.norm3.bias]
+        return dict(self.named_parameters())  # the layer graph's parameter names
 
     def _dropouts(self):
         return _spec.torch_layer_dropouts(self)
@@ -295,8 +289,12 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
         pad = _key_padding(self, tgt_key_padding_mask, batch, seq, x.device, "tgt_key_padding_mask")
         mem_pad = _key_padding(self, memory_key_padding_mask, batch, src_seq, x.device, "memory_key_padding_mask")
         lid, p, x, ws = _prepare(self, state, x, self._weights(), run_dtype, True)
-        y, _saved, _rng = torch.ops.lightseq.decoder_fwd(x, mem.to(run_dtype).contiguous(), pad, mem_pad, ws,
-                                                         lid, *p)
+        hidden = x.shape[2]
+        mem = mem.to(run_dtype).contiguous()
+        out = _ops.run_layer(lid, {"x": x.view(batch * seq, hidden), "key_padding_mask": pad,
+                                   "encoder_out": mem.view(batch * src_seq, hidden),
+                                   "encoder_padding_mask": mem_pad, **ws}, (batch, seq, src_seq), p)
+        y = out["y"].view(batch, seq, hidden)
         return y if batch_first else y.transpose(0, 1)
 
 
@@ -312,12 +310,15 @@ def _compiled_bert_class():
     BertLayer = _spec.bert_layer_class()
 
     def _weights(self):
-        sa, ao = self.attention.self, self.attention.output
-        in_w = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight])
-        in_b = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias])
-        return [in_w, in_b, ao.dense.weight, ao.dense.bias, self.intermediate.dense.weight,
-                self.intermediate.dense.bias, self.output.dense.weight, self.output.dense.bias,
-                ao.LayerNorm.weight, ao.LayerNorm.bias, self.output.LayerNorm.weight, self.output.LayerNorm.bias]
+        # BertLayer's parameters under the encoder graph's (nn.TransformerEncoderLayer's) names.
+        sa, ao, out = self.attention.self, self.attention.output, self.output
+        return {"self_attn.in_proj_weight": torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]),
+                "self_attn.in_proj_bias": torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]),
+                "self_attn.out_proj.weight": ao.dense.weight, "self_attn.out_proj.bias": ao.dense.bias,
+                "linear1.weight": self.intermediate.dense.weight, "linear1.bias": self.intermediate.dense.bias,
+                "linear2.weight": out.dense.weight, "linear2.bias": out.dense.bias,
+                "norm1.weight": ao.LayerNorm.weight, "norm1.bias": ao.LayerNorm.bias,
+                "norm2.weight": out.LayerNorm.weight, "norm2.bias": out.LayerNorm.bias}
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
                 encoder_attention_mask=None, *args, **kwargs):

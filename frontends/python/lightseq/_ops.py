@@ -1,21 +1,23 @@
-"""The compiled layers as torch custom ops (torch.library): `lightseq::encoder_fwd` /
-`lightseq::encoder_bwd` and `lightseq::decoder_fwd` / `lightseq::decoder_bwd`, tied together by
-autograd. Everything the backward needs travels through
-autograd (the saved-activation arena is a uint8 tensor, the dropout seed/offset a CPU int64
-tensor), so activation checkpointing, calling a layer twice and torch.compile all work.
+"""Any compiled layer as one pair of torch custom ops (torch.library), `lightseq::layer_fwd` and
+`lightseq::layer_bwd`, tied together by autograd. A layer is bound by its manifest (the C++
+LayerExecutor's calling convention: each tensor's name, role, shape in B/T/S, dtype), so a new layer
+kind needs no code here. Everything the backward needs travels through autograd (the saved-activation
+arena is a uint8 tensor, the dropout seed/offset a CPU int64 tensor), so activation checkpointing,
+calling a layer twice and torch.compile all work.
 
-Compiled layers live in a process-wide registry keyed by (spec, device, cache directory): modules
-with the same configuration share one compiled model and its kernels."""
+Compiled layers live in a process-wide registry keyed by (spec, device, cache directory, layer
+name): modules with the same configuration share one compiled model and its kernels."""
 from __future__ import annotations
 
 import json
 import threading
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from . import _native, _spec
+from . import _native
 from ._errors import ArgumentError
 
 # Each call of a dropout-enabled layer advances torch's CUDA generator by this much (the C++
@@ -23,17 +25,63 @@ from ._errors import ArgumentError
 DROPOUT_OFFSET_STRIDE = 16
 _ARENA_ALIGN = 256
 
+_DTYPES = {"float32": torch.float32, "int64": torch.int64, "uint8": torch.uint8, "int32": torch.int32}
+_MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest entry (runtime/executor.h, ManifestEntry)."""
+    name: str
+    role: str            # input, param, output, grad_input, grad_output, param_grad
+    shape: tuple         # ((factor, power of B, power of T, power of S), ...)
+    dtype: torch.dtype
+    optional: bool       # may be None (a padding mask)
+    accumulates: bool    # the call adds into it: it starts zeroed
+    grad_of: str         # a gradient's forward tensor
+
+
+@dataclass(frozen=True)
+class Layer:
+    handle: object       # _C.Layer
+    name: str            # "layers[0]", "embedding", ...
+    slots: tuple         # the saved arena's slots
+    forward: Tuple[Entry, ...]
+    backward: Tuple[Entry, ...]
+
+    def fwd_inputs(self):
+        return [e for e in self.forward if e.role != "output"]
+
+    def fwd_outputs(self):
+        return [e for e in self.forward if e.role == "output"]
+
+    def bwd_inputs(self):
+        return [e for e in self.backward if e.role not in ("grad_output", "param_grad")]
+
+    def bwd_outputs(self):
+        return [e for e in self.backward if e.role in ("grad_output", "param_grad")]
+
+
 _lock = threading.Lock()
-_keys: dict = {}  # (spec json, device, cache dir) -> layer id
-_layers: list = []  # layer id -> (_C.EncoderLayer or _C.DecoderLayer, saved slots, spec json, device)
-_models: dict = {}  # (spec json, device, cache dir) -> _C.CompiledModel (shared by its stacks)
+_keys: dict = {}  # (spec json, device, cache dir, layer name) -> layer id
+_layers: List[Layer] = []
+_models: dict = {}  # (spec json, device, cache dir) -> _C.CompiledModel (shared by its layers)
 
 
-def layer_id(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
-    """The registry id of the compiled layer of a spec's last stack (an encoder, or a decoder after
-    the encoder stack its spec needs), compiling (or loading from the disk cache) on first use in
-    this process."""
-    key = (spec_json, device, cache_dir)
+def _entries(manifest, model_dtype: torch.dtype) -> Tuple[Entry, ...]:
+    return tuple(Entry(e["name"], e["role"], tuple(tuple(d) for d in e["shape"]),
+                       model_dtype if e["dtype"] == "model" else _DTYPES[e["dtype"]], e["optional"],
+                       e["accumulates"], e["grad_of"]) for e in manifest)
+
+
+def layer_id(spec_json: str, device: int, cache_dir: Optional[str], name: Optional[str] = None) -> int:
+    """The registry id of layer `name` of a spec (default: its last stack, "layers[N-1]": an
+    encoder, or a decoder after the encoder stack its spec needs), compiling (or loading from the
+    disk cache) on first use in this process."""
+    spec = json.loads(spec_json)
+    if name is None:
+        name = f"layers[{len(spec['layers']) - 1}]"
+    key = (spec_json, device, cache_dir, name)
     found = _keys.get(key)
     if found is not None:
         return found
@@ -41,16 +89,20 @@ def layer_id(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
     with _lock:
         if key in _keys:
             return _keys[key]
-        model = _models.get(key)
+        model = _models.get(key[:3])
         if model is None:
             model = C.CompiledModel.load(spec_json, device, cache_dir)
-            _models[key] = model
-        stacks = json.loads(spec_json)["layers"]
-        kind = C.DecoderLayer if stacks[-1]["type"] == "decoder" else C.EncoderLayer
-        layer = kind(model, len(stacks) - 1)
-        _layers.append((layer, tuple(layer.saved_slots()), spec_json, device))
+            _models[key[:3]] = model
+        handle = C.Layer(model, name)
+        dtype = _MODEL_DTYPES[spec.get("precision", "fp32")]
+        _layers.append(Layer(handle, name, tuple(handle.saved_slots()), _entries(handle.manifest(False), dtype),
+                             _entries(handle.manifest(True), dtype)))
         _keys[key] = len(_layers) - 1
         return _keys[key]
+
+
+def layer(lid: int) -> Layer:
+    return _layers[lid]
 
 
 def compiled_models() -> list:
@@ -58,10 +110,15 @@ def compiled_models() -> list:
     return list(_models.values())
 
 
-def _saved_bytes(layer: int, batch, seq, src_seq=1):
-    """Bytes of the saved-activation arena; works on SymInts (torch.compile's fake tensors)."""
+def _size(dims: Sequence, batch, seq, src_seq):
+    """A manifest shape at (B, T, S); works on SymInts (torch.compile's fake tensors)."""
+    return [f * batch**b * seq**t * src_seq**s for f, b, t, s in dims]
+
+
+def _saved_bytes(lay: Layer, batch, seq, src_seq):
+    """Bytes of the saved-activation arena; works on SymInts."""
     total = 0
-    for _name, factor, pb, pt, ps in _layers[layer][1]:
+    for _name, factor, pb, pt, ps in lay.slots:
         n = factor * batch**pb * seq**pt * src_seq**ps
         total = total + (n + _ARENA_ALIGN - 1) // _ARENA_ALIGN * _ARENA_ALIGN
     return total
@@ -105,181 +162,144 @@ def _aligned(t: Optional[Tensor]) -> Optional[Tensor]:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _check_op_inputs(op: str, x: Tensor, weights: List[Tensor], masks, memory: Optional[Tensor] = None) -> None:
-    """What the native layer assumes of a direct call of the op (the compiled modules already
-    guarantee it): raises ArgumentError (a ValueError) naming the argument otherwise. No GPU work, no sync."""
+def _check_args(op: str, lay: Layer, entries: List[Entry], args: Sequence[Optional[Tensor]], dims) -> torch.device:
+    """What the native layer assumes of its arguments, from its manifest: one per entry, each a
+    contiguous CUDA tensor of the entry's dtype and shape (a mask: bool or uint8), on one device.
+    Raises ArgumentError naming the argument otherwise. No GPU work, no sync."""
     def bad(what):
-        raise ArgumentError(f"lightseq::{op}: {what}")
+        raise ArgumentError(f"lightseq::{op} ({lay.name}): {what}")
 
-    if x.dim() != 3 or not x.is_cuda or not x.is_contiguous():
-        bad(f"x must be a contiguous CUDA tensor [B, T, H], got shape {tuple(x.shape)} on {x.device}")
-    if memory is not None:
-        if memory.dim() != 3 or memory.shape[0] != x.shape[0] or memory.shape[2] != x.shape[2]:
-            bad(f"memory must be [B, S, H] with x's B and H, got {tuple(memory.shape)} for x {tuple(x.shape)}")
-        if memory.dtype != x.dtype or memory.device != x.device or not memory.is_contiguous():
-            bad(f"memory must be contiguous and match x's dtype and device ({x.dtype}, {x.device})")
-    for w in weights:
-        if w.dtype != x.dtype or w.device != x.device or not w.is_contiguous():
-            bad(f"every weight must be contiguous {x.dtype} on {x.device}, got a {w.dtype} {tuple(w.shape)}")
-    for name, m, keys in masks:
-        if m is not None and (m.dtype not in (torch.bool, torch.uint8) or tuple(m.shape) != (x.shape[0], keys)):
-            bad(f"{name} must be bool or uint8 [B, {keys}] (nonzero = pad), got {m.dtype} {tuple(m.shape)}")
+    if len(args) != len(entries):
+        bad(f"{len(entries)} tensors ({', '.join(e.name for e in entries)}), got {len(args)}")
+    device = None
+    for e, t in zip(entries, args):
+        if t is None:
+            if not e.optional:
+                bad(f"'{e.name}' is None")
+            continue
+        want = _size(e.shape, *dims)
+        dtypes = (torch.bool, torch.uint8) if e.dtype == torch.uint8 else (e.dtype,)
+        if not t.is_cuda or not t.is_contiguous() or t.dtype not in dtypes or list(t.shape) != want:
+            bad(f"'{e.name}' must be a contiguous CUDA {e.dtype} tensor of shape {want}, got a "
+                f"{'contiguous ' if t.is_contiguous() else 'strided '}{t.dtype} tensor of shape "
+                f"{list(t.shape)} on {t.device}")
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            bad(f"'{e.name}' is on {t.device}, the other tensors on {device}")
+    if device is None:
+        bad("no tensor argument")
+    return device
 
 
-@torch.library.custom_op("lightseq::encoder_fwd", mutates_args=())
-def encoder_fwd(x: Tensor, mask: Optional[Tensor], weights: List[Tensor], layer: int,
-                p_attention: float, p_activation: float, p_hidden: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """y, saved arena, rng state = encoder layer forward of x [B, T, H] (batch-major, contiguous),
-    mask [B, T] bool or uint8 (nonzero = pad) or None."""
-    _check_op_inputs("encoder_fwd", x, weights, [("mask", mask, x.shape[1])])
-    handle = _layers[layer][0]
-    batch, seq, _ = x.shape
-    mask = _aligned(mask)
-    y = torch.empty_like(x)
-    saved = torch.empty(_saved_bytes(layer, batch, seq), dtype=torch.uint8, device=x.device)
-    rng = _draw_rng(x.device, p_attention > 0 or p_activation > 0 or p_hidden > 0)
+def _ptrs(tensors: Sequence[Optional[Tensor]]) -> List[int]:
+    return [0 if t is None else t.data_ptr() for t in tensors]
+
+
+def _p4(p: Sequence[float]) -> List[float]:
+    """The dropout probabilities (attention, activation, hidden[, embedding])."""
+    p = list(p)
+    return p + [0.0] * (4 - len(p))
+
+
+def _new(e: Entry, dims, device) -> Tensor:
+    size = _size(e.shape, *dims)
+    return (torch.zeros if e.accumulates else torch.empty)(size, dtype=e.dtype, device=device)
+
+
+@torch.library.custom_op("lightseq::layer_fwd", mutates_args=())
+def layer_fwd(args: List[Optional[Tensor]], layer_id: int, dims: List[int],
+              p: List[float]) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """(outputs, saved arena, rng state) of layer `layer_id`'s forward. args: its manifest's inputs
+    and parameters in manifest order (a padding mask may be None); dims: [B, T, S]; p: the dropout
+    probabilities (attention, activation, hidden, embedding)."""
+    lay = _layers[layer_id]
+    device = _check_args("layer_fwd", lay, lay.fwd_inputs(), args, dims)
+    args = [_aligned(a) if a is not None and a.dtype in (torch.bool, torch.uint8) else a for a in args]
+    outs = [_new(e, dims, device) for e in lay.fwd_outputs()]
+    saved = torch.empty(_saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
+    rng = _draw_rng(device, any(q > 0 for q in p))
     seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
-    alloc, _keep = _allocator(x.device)
-    handle.forward([w.data_ptr() for w in weights], _spec.dtype_name(x.dtype), x.data_ptr(),
-                   0 if mask is None else mask.data_ptr(), y.data_ptr(), batch, seq, p_attention,
-                   p_activation, p_hidden, seed, offset, saved.data_ptr(),
-                   torch.cuda.current_stream(x.device).cuda_stream, alloc)
-    return y, saved, rng
+    it_in, it_out = iter(args), iter(outs)
+    ordered = [next(it_out) if e.role == "output" else next(it_in) for e in lay.forward]
+    alloc, _keep = _allocator(device)
+    lay.handle.forward(_ptrs(ordered), *dims, _p4(p), seed, offset, saved.data_ptr(),
+                       torch.cuda.current_stream(device).cuda_stream, alloc)
+    return outs, saved, rng
 
 
-@encoder_fwd.register_fake
-def _encoder_fwd_fake(x, mask, weights, layer, p_attention, p_activation, p_hidden):
-    batch, seq, _ = x.shape
-    return (torch.empty_like(x), x.new_empty((_saved_bytes(layer, batch, seq),), dtype=torch.uint8),
-            torch.empty(2, dtype=torch.int64))
+@layer_fwd.register_fake
+def _layer_fwd_fake(args, layer_id, dims, p):
+    lay = _layers[layer_id]
+    like = next(a for a in args if a is not None)
+    outs = [like.new_empty(_size(e.shape, *dims), dtype=e.dtype) for e in lay.fwd_outputs()]
+    return outs, like.new_empty((_saved_bytes(lay, *dims),), dtype=torch.uint8), torch.empty(2, dtype=torch.int64)
 
 
-@torch.library.custom_op("lightseq::encoder_bwd", mutates_args=())
-def encoder_bwd(grad_y: Tensor, x: Tensor, mask: Optional[Tensor], weights: List[Tensor], saved: Tensor,
-                rng: Tensor, layer: int, p_attention: float, p_activation: float,
-                p_hidden: float) -> List[Tensor]:
-    """[grad_x, grad of each weight] of encoder_fwd."""
-    handle = _layers[layer][0]
-    batch, seq, _ = x.shape
-    mask = _aligned(mask)
-    grad_x = torch.empty_like(x)
-    grads = [torch.empty_like(w) for w in weights]
+@torch.library.custom_op("lightseq::layer_bwd", mutates_args=())
+def layer_bwd(args: List[Optional[Tensor]], saved: Tensor, rng: Tensor, layer_id: int, dims: List[int],
+              p: List[float]) -> List[Tensor]:
+    """The gradients layer_fwd's backward writes (its manifest's grad_output and param_grad entries,
+    in order). args: the backward manifest's parameters, forward inputs and output gradients, in
+    manifest order."""
+    lay = _layers[layer_id]
+    device = _check_args("layer_bwd", lay, lay.bwd_inputs(), args, dims)
+    args = [_aligned(a) if a is not None and a.dtype in (torch.bool, torch.uint8) else a for a in args]
+    outs = [_new(e, dims, device) for e in lay.bwd_outputs()]
     seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
-    alloc, _keep = _allocator(x.device)
-    handle.backward([w.data_ptr() for w in weights], [g.data_ptr() for g in grads], grad_y.data_ptr(),
-                    grad_x.data_ptr(), x.data_ptr(), 0 if mask is None else mask.data_ptr(), batch, seq,
-                    p_attention, p_activation, p_hidden, seed, offset, saved.data_ptr(), False,
-                    torch.cuda.current_stream(x.device).cuda_stream, alloc)
-    return [grad_x] + grads
+    it_in, it_out = iter(args), iter(outs)
+    ordered = [next(it_out) if e.role in ("grad_output", "param_grad") else next(it_in) for e in lay.backward]
+    alloc, _keep = _allocator(device)
+    lay.handle.backward(_ptrs(ordered), *dims, _p4(p), seed, offset, saved.data_ptr(), False,
+                        torch.cuda.current_stream(device).cuda_stream, alloc)
+    return outs
 
 
-@encoder_bwd.register_fake
-def _encoder_bwd_fake(grad_y, x, mask, weights, saved, rng, layer, p_attention, p_activation, p_hidden):
-    return [torch.empty_like(x)] + [torch.empty_like(w) for w in weights]
-
-
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
-
-
-def _ptr(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
+@layer_bwd.register_fake
+def _layer_bwd_fake(args, saved, rng, layer_id, dims, p):
+    lay = _layers[layer_id]
+    return [saved.new_empty(_size(e.shape, *dims), dtype=e.dtype) for e in lay.bwd_outputs()]
 
 
 def _setup_context(ctx, inputs, output):
-    x, mask, weights, layer, pa, pb, pc = inputs
-    _y, saved, rng = output
-    ctx.save_for_backward(x, mask, saved, rng, *weights)
-    ctx.layer, ctx.p = layer, (pa, pb, pc)
+    args, layer_id, dims, p = inputs
+    outs, saved, rng = output
+    ctx.save_for_backward(saved, rng, *args)
+    ctx.layer_id, ctx.dims, ctx.p = layer_id, dims, p
     ctx.mark_non_differentiable(saved, rng)
 
 
-def _backward(ctx, grad_y, _grad_saved, _grad_rng):
-    x, mask, saved, rng, *weights = ctx.saved_tensors
-    if grad_y is None:
-        grad_y = torch.zeros_like(x)
-    outs = encoder_bwd(grad_y.contiguous(), x, mask, weights, saved, rng, ctx.layer, *ctx.p)
-    return outs[0], None, outs[1:], None, None, None, None
+def _backward(ctx, grad_outs, _grad_saved, _grad_rng):
+    saved, rng, *args = ctx.saved_tensors
+    lay = _layers[ctx.layer_id]
+    by_name = {e.name: a for e, a in zip(lay.fwd_inputs(), args)}
+    outputs = lay.fwd_outputs()
+    grads_of = {e.name: g for e, g in zip(outputs, grad_outs)}
+    bwd_args = []
+    for e in lay.bwd_inputs():
+        if e.role == "grad_input":
+            g = grads_of.get(e.grad_of)
+            out = next(o for o in outputs if o.name == e.grad_of)
+            bwd_args.append(torch.zeros(_size(out.shape, *ctx.dims), dtype=out.dtype, device=saved.device)
+                            if g is None else g.contiguous())
+        else:
+            bwd_args.append(by_name[e.name])
+    grads = layer_bwd(bwd_args, saved, rng, ctx.layer_id, ctx.dims, ctx.p)
+    by_forward = {e.grad_of: g for e, g in zip(lay.bwd_outputs(), grads)}
+    return [by_forward.get(e.name) for e in lay.fwd_inputs()], None, None, None
 
 
-torch.library.register_autograd("lightseq::encoder_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("lightseq::layer_fwd", _backward, setup_context=_setup_context)
 
 
-# ---- decoder layers ------------------------------------------------------------------------------
-
-@torch.library.custom_op("lightseq::decoder_fwd", mutates_args=())
-def decoder_fwd(x: Tensor, memory: Tensor, mask: Optional[Tensor], memory_mask: Optional[Tensor],
-                weights: List[Tensor], layer: int, p_attention: float, p_activation: float,
-                p_hidden: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """y, saved arena, rng state = decoder layer forward of x [B, T, H] attending causally to itself
-    and to memory [B, S, H] (the encoder output; both batch-major, contiguous); masks [B, T] and
-    [B, S] bool (True = pad) or None. weights: the 18 parameters of nn.TransformerDecoderLayer."""
-    _check_op_inputs("decoder_fwd", x, weights, [("mask", mask, x.shape[1]), ("memory_mask", memory_mask,
-                                                                              memory.shape[1])], memory)
-    handle = _layers[layer][0]
-    batch, seq, _ = x.shape
-    src_seq = memory.shape[1]
-    mask, memory_mask = _aligned(mask), _aligned(memory_mask)
-    y = torch.empty_like(x)
-    saved = torch.empty(_saved_bytes(layer, batch, seq, src_seq), dtype=torch.uint8, device=x.device)
-    rng = _draw_rng(x.device, p_attention > 0 or p_activation > 0 or p_hidden > 0)
-    seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
-    alloc, _keep = _allocator(x.device)
-    handle.forward([w.data_ptr() for w in weights], _spec.dtype_name(x.dtype), x.data_ptr(), _ptr(mask),
-                   memory.data_ptr(), _ptr(memory_mask), y.data_ptr(), batch, seq, src_seq, p_attention,
-                   p_activation, p_hidden, seed, offset, saved.data_ptr(), _stream(x.device), alloc)
-    return y, saved, rng
-
-
-@decoder_fwd.register_fake
-def _decoder_fwd_fake(x, memory, mask, memory_mask, weights, layer, p_attention, p_activation, p_hidden):
-    batch, seq, _ = x.shape
-    return (torch.empty_like(x),
-            x.new_empty((_saved_bytes(layer, batch, seq, memory.shape[1]),), dtype=torch.uint8),
-            torch.empty(2, dtype=torch.int64))
-
-
-@torch.library.custom_op("lightseq::decoder_bwd", mutates_args=())
-def decoder_bwd(grad_y: Tensor, x: Tensor, memory: Tensor, mask: Optional[Tensor], memory_mask: Optional[Tensor],
-                weights: List[Tensor], saved: Tensor, rng: Tensor, layer: int, p_attention: float,
-                p_activation: float, p_hidden: float) -> List[Tensor]:
-    """[grad_x, grad_memory, grad of each weight] of decoder_fwd."""
-    handle = _layers[layer][0]
-    batch, seq, _ = x.shape
-    src_seq = memory.shape[1]
-    mask, memory_mask = _aligned(mask), _aligned(memory_mask)
-    grad_x = torch.empty_like(x)
-    grad_memory = torch.zeros_like(memory)  # the layer adds its gradient into it
-    grads = [torch.empty_like(w) for w in weights]
-    seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
-    alloc, _keep = _allocator(x.device)
-    handle.backward([w.data_ptr() for w in weights], [g.data_ptr() for g in grads], grad_y.data_ptr(),
-                    grad_x.data_ptr(), grad_memory.data_ptr(), x.data_ptr(), _ptr(mask), memory.data_ptr(),
-                    _ptr(memory_mask), batch, seq, src_seq, p_attention, p_activation, p_hidden, seed, offset,
-                    saved.data_ptr(), False, _stream(x.device), alloc)
-    return [grad_x, grad_memory] + grads
-
-
-@decoder_bwd.register_fake
-def _decoder_bwd_fake(grad_y, x, memory, mask, memory_mask, weights, saved, rng, layer, p_attention,
-                      p_activation, p_hidden):
-    return [torch.empty_like(x), torch.empty_like(memory)] + [torch.empty_like(w) for w in weights]
-
-
-def _decoder_setup_context(ctx, inputs, output):
-    x, memory, mask, memory_mask, weights, layer, pa, pb, pc = inputs
-    _y, saved, rng = output
-    ctx.save_for_backward(x, memory, mask, memory_mask, saved, rng, *weights)
-    ctx.layer, ctx.p = layer, (pa, pb, pc)
-    ctx.mark_non_differentiable(saved, rng)
-
-
-def _decoder_backward(ctx, grad_y, _grad_saved, _grad_rng):
-    x, memory, mask, memory_mask, saved, rng, *weights = ctx.saved_tensors
-    if grad_y is None:
-        grad_y = torch.zeros_like(x)
-    outs = decoder_bwd(grad_y.contiguous(), x, memory, mask, memory_mask, weights, saved, rng, ctx.layer, *ctx.p)
-    return outs[0], outs[1], None, None, outs[2:], None, None, None, None
-
-
-torch.library.register_autograd("lightseq::decoder_fwd", _decoder_backward, setup_context=_decoder_setup_context)
+def run_layer(layer_id: int, named: Dict[str, Optional[Tensor]], dims: Tuple[int, int, int],
+              p: Sequence[float]) -> Dict[str, Tensor]:
+    """Layer `layer_id`'s forward with its inputs and parameters by manifest name (a module's
+    named_parameters() are the graph's names); returns its outputs by name. Autograd-aware."""
+    lay = _layers[layer_id]
+    missing = [e.name for e in lay.fwd_inputs() if e.name not in named and not e.optional]
+    if missing:
+        raise ArgumentError(f"lightseq ({lay.name}): no tensor for {', '.join(missing)}")
+    outs, _saved, _rng = torch.ops.lightseq.layer_fwd([named.get(e.name) for e in lay.fwd_inputs()], layer_id,
+                                                      list(dims), _p4(p))
+    return {e.name: o for e, o in zip(lay.fwd_outputs(), outs)}
