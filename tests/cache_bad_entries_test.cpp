@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "compiler/cache/atomic_file.h"
+#include "compiler/util/atomic_file.h"
 #include "compiler/cache/disk_cache.h"
 #include "tests/cache_test_util.h"
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "compiler/cache/atomic_file.h"
+#include "compiler/util/atomic_file.h"
 #include "compiler/cache/cache_key.h"
 #include "compiler/cache/disk_cache.h"
 #include "compiler/errors.h"

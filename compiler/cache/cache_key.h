@@ -24,8 +24,6 @@ namespace lightseq {
 // or a different way the runtime interprets lowered names / labels of a cached entry).
 inline constexpr int kGeneratorVersion = 1;
 
-// SHA-256 of `data`, raw bytes. (sha256_hex, the hex form, is declared in disk_cache.h.)
-std::array<uint8_t, 32> sha256_digest(std::string_view data);
 
 // What identifies the code generator's output conventions.
 struct GeneratorIdentity {

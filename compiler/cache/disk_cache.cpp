@@ -12,7 +12,7 @@
 #include <set>
 #include <system_error>
 
-#include "compiler/cache/atomic_file.h"
+#include "compiler/util/atomic_file.h"
 #include "compiler/cache/cache_key.h"
 #include "compiler/errors.h"
 

@@ -41,9 +41,10 @@
 #include <string_view>
 #include <vector>
 
+#include "compiler/util/sha256.h"  // sha256_hex, for the cache's users
+
 namespace lightseq {
 
-std::string sha256_hex(std::string_view data);
 
 struct CacheEntry {
   std::string program;  // program name, for `lsc cache ls`

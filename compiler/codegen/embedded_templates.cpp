@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "compiler/cache/disk_cache.h"
+#include "compiler/util/sha256.h"
 
 namespace lightseq {
 

@@ -9,9 +9,9 @@
 #include <string_view>
 #include <system_error>
 
-#include "compiler/cache/atomic_file.h"
-#include "compiler/cache/disk_cache.h"
 #include "compiler/errors.h"
+#include "compiler/util/atomic_file.h"
+#include "compiler/util/sha256.h"
 
 #ifndef LIGHTSEQ_CUDA_INCLUDE_DIR
 #define LIGHTSEQ_CUDA_INCLUDE_DIR "/usr/local/cuda/include"

@@ -17,20 +17,9 @@
 #include <vector>
 
 #include "compiler/codegen/embedded_templates.h"
+#include "compiler/codegen/program.h"
 
 namespace lightseq {
-
-// One NVRTC program: generated source plus the template instantiations it must produce.
-struct ProgramSource {
-  // Readable, e.g. "layernorm:bf16:sm_90"; also names the dumped source of a failing program.
-  std::string name;
-  // The complete CUDA source; it #includes embedded templates by their relative paths.
-  std::string source;
-  // One per kernel: "ln_fwd:bf16:h=512:vec=8".
-  std::vector<std::string> labels;
-  // One per kernel, parallel to labels: "&lightseq::kern::ln_fwd_kernel<...>".
-  std::vector<std::string> name_expressions;
-};
 
 struct CompiledProgram {
   // The canonical requested arch, "sm_90" (also when the image is PTX for an older compute_).

@@ -16,7 +16,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "compiler/cache/atomic_file.h"
+#include "compiler/util/atomic_file.h"
 #include "frontends/spec/json_tree.h"
 #include "compiler/spec/rules.h"
 

@@ -1,4 +1,4 @@
-#include "compiler/cache/atomic_file.h"
+#include "compiler/util/atomic_file.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
