@@ -288,7 +288,7 @@ TEST_F(GpuTypedLayerErrors, EachNamesWhatIsWrong) {
   DecoderWeights no_cross = dw;
   no_cross.multihead_attn.in_proj_weight = nullptr;
   EXPECT_CONTAINS(error_of([&] { layer.forward(no_cross, good, {c.batch, c.seq, c.src_seq}, {}, *allocator_, stream_); }),
-                  "multihead_attn.in_proj_weight is null");
+                  "missing or null tensor(s): multihead_attn.in_proj_weight");
   // the unfused attention's score limit, checked before anything is allocated or launched
   EXPECT_CONTAINS(error_of(fwd(good, {c.batch, c.seq, int64_t{1} << 34})), "cross-attention with batch 2");
   EXPECT_CONTAINS(error_of(fwd(good, {int64_t{1} << 20, 1 << 13, c.src_seq})), "more than the unfused attention backend supports");

@@ -299,9 +299,9 @@ def test_ops_called_directly_check_their_inputs_against_the_manifest():
             _ops.layer_fwd([x], lid, [2, 5, 0], [0.0] * 4)
         with pytest.raises(ValueError, match=r"'x' must be a contiguous CUDA torch.float32 tensor of shape \[10, 64\], "
                                              r"got a contiguous torch.float32 tensor of shape \[10, 64\] on cpu"):
-            _ops.layer_fwd([x, None, torch.randn(64)], lid, [2, 5, 0], [0.0] * 4)
-        with pytest.raises(ValueError, match=r"'x' is None"):
-            _ops.layer_fwd([None, None, torch.randn(64)], lid, [2, 5, 0], [0.0] * 4)
+            _ops.layer_fwd([x, torch.empty(0, dtype=torch.uint8), torch.randn(64)], lid, [2, 5, 0], [0.0] * 4)
+        with pytest.raises(ValueError, match=r"no tensor for x, w"):
+            _ops.run_layer(lid, {"x": None, "key_padding_mask": None}, (2, 5, 0), [0.0, 0.0, 0.0])
         with pytest.raises(ValueError, match=r"no tensor for w"):
             _ops.run_layer(lid, {"x": x}, (2, 5, 0), [0.0, 0.0, 0.0])
     finally:

@@ -173,7 +173,7 @@ def _check_args(op: str, lay: Layer, entries: List[Entry], args: Sequence[Option
         bad(f"{len(entries)} tensors ({', '.join(e.name for e in entries)}), got {len(args)}")
     device = None
     for e, t in zip(entries, args):
-        if t is None:
+        if t is None or (e.optional and t.numel() == 0):
             if not e.optional:
                 bad(f"'{e.name}' is None")
             continue
@@ -193,7 +193,12 @@ def _check_args(op: str, lay: Layer, entries: List[Entry], args: Sequence[Option
 
 
 def _ptrs(tensors: Sequence[Optional[Tensor]]) -> List[int]:
-    return [0 if t is None else t.data_ptr() for t in tensors]
+    return [0 if t is None or t.numel() == 0 else t.data_ptr() for t in tensors]
+
+
+def _absent(like: Tensor) -> Tensor:
+    """What an absent optional argument (a padding mask) is passed as: no elements."""
+    return like.new_empty((0,), dtype=torch.uint8)
 
 
 def _p4(p: Sequence[float]) -> List[float]:
@@ -208,14 +213,15 @@ def _new(e: Entry, dims, device) -> Tensor:
 
 
 @torch.library.custom_op("lightseq::layer_fwd", mutates_args=())
-def layer_fwd(args: List[Optional[Tensor]], layer_id: int, dims: List[int],
+def layer_fwd(args: List[Tensor], layer_id: int, dims: List[int],
               p: List[float]) -> Tuple[List[Tensor], Tensor, Tensor]:
     """(outputs, saved arena, rng state) of layer `layer_id`'s forward. args: its manifest's inputs
-    and parameters in manifest order (a padding mask may be None); dims: [B, T, S]; p: the dropout
+    and parameters in manifest order (an absent padding mask: a tensor with no elements, since
+    autograd tracks a tensor list only when it holds no None); dims: [B, T, S]; p: the dropout
     probabilities (attention, activation, hidden, embedding)."""
     lay = _layers[layer_id]
     device = _check_args("layer_fwd", lay, lay.fwd_inputs(), args, dims)
-    args = [_aligned(a) if a is not None and a.dtype in (torch.bool, torch.uint8) else a for a in args]
+    args = [_aligned(a) if a.numel() > 0 and a.dtype in (torch.bool, torch.uint8) else a for a in args]
     outs = [_new(e, dims, device) for e in lay.fwd_outputs()]
     saved = torch.empty(_saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
     rng = _draw_rng(device, any(q > 0 for q in p))
@@ -231,20 +237,20 @@ def layer_fwd(args: List[Optional[Tensor]], layer_id: int, dims: List[int],
 @layer_fwd.register_fake
 def _layer_fwd_fake(args, layer_id, dims, p):
     lay = _layers[layer_id]
-    like = next(a for a in args if a is not None)
+    like = next(a for a in args if a is not None and a.numel() > 0)
     outs = [like.new_empty(_size(e.shape, *dims), dtype=e.dtype) for e in lay.fwd_outputs()]
     return outs, like.new_empty((_saved_bytes(lay, *dims),), dtype=torch.uint8), torch.empty(2, dtype=torch.int64)
 
 
 @torch.library.custom_op("lightseq::layer_bwd", mutates_args=())
-def layer_bwd(args: List[Optional[Tensor]], saved: Tensor, rng: Tensor, layer_id: int, dims: List[int],
+def layer_bwd(args: List[Tensor], saved: Tensor, rng: Tensor, layer_id: int, dims: List[int],
               p: List[float]) -> List[Tensor]:
     """The gradients layer_fwd's backward writes (its manifest's grad_output and param_grad entries,
     in order). args: the backward manifest's parameters, forward inputs and output gradients, in
     manifest order."""
     lay = _layers[layer_id]
     device = _check_args("layer_bwd", lay, lay.bwd_inputs(), args, dims)
-    args = [_aligned(a) if a is not None and a.dtype in (torch.bool, torch.uint8) else a for a in args]
+    args = [_aligned(a) if a.numel() > 0 and a.dtype in (torch.bool, torch.uint8) else a for a in args]
     outs = [_new(e, dims, device) for e in lay.bwd_outputs()]
     seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
     it_in, it_out = iter(args), iter(outs)
@@ -297,9 +303,10 @@ def run_layer(layer_id: int, named: Dict[str, Optional[Tensor]], dims: Tuple[int
     """Layer `layer_id`'s forward with its inputs and parameters by manifest name (a module's
     named_parameters() are the graph's names); returns its outputs by name. Autograd-aware."""
     lay = _layers[layer_id]
-    missing = [e.name for e in lay.fwd_inputs() if e.name not in named and not e.optional]
+    missing = [e.name for e in lay.fwd_inputs() if named.get(e.name) is None and not e.optional]
     if missing:
         raise ArgumentError(f"lightseq ({lay.name}): no tensor for {', '.join(missing)}")
-    outs, _saved, _rng = torch.ops.lightseq.layer_fwd([named.get(e.name) for e in lay.fwd_inputs()], layer_id,
-                                                      list(dims), _p4(p))
+    like = next(t for t in named.values() if t is not None)
+    args = [named.get(e.name) if named.get(e.name) is not None else _absent(like) for e in lay.fwd_inputs()]
+    outs, _saved, _rng = torch.ops.lightseq.layer_fwd(args, layer_id, list(dims), _p4(p))
     return {e.name: o for e, o in zip(lay.fwd_outputs(), outs)}
