@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <string>
@@ -61,6 +62,9 @@ int main(int argc, char** argv) {
     ContextGuard guard(context.get());
     CUstream stream = nullptr;
     LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+    fmt::print("host_floor on {}: host microseconds per call (mean of {})\n", device_name(0), calls);
+    std::fflush(stdout);
+    {  // everything that holds device memory goes before the stream
     StreamOrderedAllocator allocator(0);
 
     // The GEMM of transformer-base's QKV projection at 4096 tokens: bf16 [4096, 512] x [512, 1536].
@@ -78,6 +82,8 @@ int main(int argc, char** argv) {
     g.workspace = workspace.get();
     g.workspace_bytes = kGemmMaxWorkspaceBytes;
     const double gemm_us = host_us(calls, stream, [&] { gemm.run(g, stream, allocator); });
+    fmt::print("  GemmRunner::run (bf16 {}x{}x{}, cached heuristic)  {:.2f}\n", m, n, k, gemm_us);
+    std::fflush(stdout);
 
     // The same problem straight to cuBLASLt: column-major D'[n, m] = B'[n, k] · A'[k, m].
     cublasLtHandle_t lt = nullptr;
@@ -119,15 +125,16 @@ int main(int argc, char** argv) {
       LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(d.device_ptr(), 0, 4096, stream));
     });
 
-    fmt::print("host_floor on {}: host microseconds per call (mean of {})\n", device_name(0), calls);
-    fmt::print("  GemmRunner::run (bf16 {}x{}x{}, cached heuristic)  {:.2f}\n", m, n, k, gemm_us);
     fmt::print("  bare cublasLtMatmul, descriptors built once          {:.2f}\n", lt_us);
     fmt::print("  kernel launch (empty kernel, launch())              {:.2f}\n", launch_us);
     fmt::print("  DeviceBuffer 1 MiB, stream-ordered alloc + free     {:.2f}\n", alloc_us);
     fmt::print("  cuMemsetD8Async 4 KiB                               {:.2f}\n", memset_us);
+    std::fflush(stdout);
     LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
     driver().cuModuleUnload(module);
     cublasLtDestroy(lt);
+    }
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
     driver().cuStreamDestroy(stream);
     return 0;
   } catch (const std::exception& e) {

@@ -23,6 +23,15 @@ Tolerance fp32_tolerance() { return {2e-5, 2e-6, 2e-5}; }
 
 ::testing::AssertionResult all_close(std::string_view name, std::span<const double> got,
                                      std::span<const double> ref, const Tolerance& tol) {
+  return all_close(name, got, ref, tol, {});
+}
+
+::testing::AssertionResult all_close(std::string_view name, std::span<const double> got,
+                                     std::span<const double> ref, const Tolerance& tol,
+                                     std::span<const double> slack) {
+  if (!slack.empty() && slack.size() != ref.size()) {
+    return ::testing::AssertionFailure() << name << ": " << slack.size() << " slacks for " << ref.size() << " elements";
+  }
   if (got.size() != ref.size()) {
     return ::testing::AssertionFailure()
            << name << ": size " << got.size() << " != reference size " << ref.size();
@@ -40,7 +49,7 @@ Tolerance fp32_tolerance() { return {2e-5, 2e-6, 2e-5}; }
   for (size_t i = 0; i < got.size(); ++i) {
     const double g = got[i], r = ref[i];
     const double err = std::fabs(g - r);
-    const double bound = tol.rtol * std::fabs(r) + tol.atol * max_ref + tol.abs;
+    const double bound = tol.rtol * std::fabs(r) + tol.atol * max_ref + tol.abs + (slack.empty() ? 0.0 : slack[i]);
     if (!std::isfinite(g)) ++n_nan;
     if (!(err <= bound)) {  // NaN-aware: a NaN error fails
       ++n_bad;

@@ -39,6 +39,12 @@ Tolerance fp32_tolerance();
 ::testing::AssertionResult all_close(std::string_view name, std::span<const double> got,
                                      std::span<const double> ref, const Tolerance& tol);
 
+// The same with an extra absolute allowance per element (`slack`, parallel to ref): an error the
+// element's conditioning explains (ref::adam_update_slack).
+::testing::AssertionResult all_close(std::string_view name, std::span<const double> got,
+                                     std::span<const double> ref, const Tolerance& tol,
+                                     std::span<const double> slack);
+
 // Bitwise identity of two byte buffers (determinism, untouched buffers).
 ::testing::AssertionResult bytes_equal(std::string_view name, std::span<const uint8_t> a,
                                        std::span<const uint8_t> b);

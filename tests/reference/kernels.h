@@ -145,6 +145,10 @@ struct AdamHyper {
 // g' = g·grad_scale; kAdam: g' += wd·p; m = β1 m + (1-β1) g'; v = β2 v + (1-β2) g'^2;
 // kAdamW: p -= lr·wd·p; p -= lr · (m / bc1) / (sqrt(v / bc2) + eps) (PyTorch's Adam/AdamW).
 void adam_step(kern::AdamMode mode, const AdamHyper& h, double g, double& p, double& m, double& v);
+// How far the updated weight may be off because g' = g·grad_scale (+ wd·p for kAdam) is computed
+// in fp32: with |g'| near eps the update g'/(|g'| + eps) amplifies g's rounding, and in kAdam mode
+// g' can cancel to far below its terms. The spread of adam_step's p over g' ± 2 ulp of its terms.
+double adam_update_slack(kern::AdamMode mode, const AdamHyper& h, double g, double p, double m, double v);
 
 // ---- reduce.cuh --------------------------------------------------------------------------------
 // out[c] (=|+=) Σ_b partials[b·stride + col_offset + c]; `out` holds the old values for kAdd.
