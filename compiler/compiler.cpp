@@ -27,10 +27,12 @@ BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptio
   std::vector<std::string> archs;  // in the order given, each once
   for (const std::string& a : options.archs) {
     std::string arch = validate_arch(a);
-    if (std::find(archs.begin(), archs.end(), arch) == archs.end()) archs.push_back(std::move(arch));
+    if (std::find(archs.begin(), archs.end(), arch) == archs.end())
+      archs.push_back(std::move(arch));
   }
   const std::vector<KernelInstance> kernels = plan.kernels();
-  const std::vector<ProgramSource> programs = codegen::generate_programs(kernels, plan.spec.precision);
+  const std::vector<ProgramSource> programs =
+      codegen::generate_programs(kernels, plan.spec.precision);
   const std::string version = nvrtc_version();
   // What killed writers left behind goes now (best effort: a failure here costs disk space only).
   if (cache.persistent()) cache.remove_stale_temp_files();
@@ -65,8 +67,9 @@ BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptio
         const bool hit = entry.has_value();
         if (!hit) {
           CompiledProgram c = compile_program(*t.program, t.arch);
-          entry = CacheEntry{t.program->name, c.arch, c.is_ptx, t.program->labels,
-                             std::move(c.lowered_names), std::move(c.image)};
+          entry = CacheEntry{
+              t.program->name,   c.arch, c.is_ptx, t.program->labels, std::move(c.lowered_names),
+              std::move(c.image)};
           cache.put(key, *entry);
           ++compiled;
         } else {
@@ -76,7 +79,8 @@ BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptio
         std::lock_guard<std::mutex> lock(mu);
         ++done;
         if (options.on_progress) {
-          options.on_progress({done, static_cast<int>(tasks.size()), t.program->name, t.arch, hit, since(start)});
+          options.on_progress(
+              {done, static_cast<int>(tasks.size()), t.program->name, t.arch, hit, since(start)});
         }
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu);
@@ -85,7 +89,8 @@ BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptio
       }
     }
   };
-  int jobs = options.jobs > 0 ? options.jobs : static_cast<int>(std::thread::hardware_concurrency());
+  int jobs =
+      options.jobs > 0 ? options.jobs : static_cast<int>(std::thread::hardware_concurrency());
   jobs = std::max(1, std::min<int>(jobs, static_cast<int>(tasks.size())));
   std::vector<std::thread> threads;
   for (int j = 1; j < jobs; ++j) threads.emplace_back(worker);

@@ -17,8 +17,8 @@ struct BuildProgress {
   int done = 0, total = 0;  // programs × archs finished / in all
   std::string program;      // the one that just finished
   std::string arch;
-  bool cached = false;      // came from the cache
-  double seconds = 0;       // its compile (or load) time
+  bool cached = false;  // came from the cache
+  double seconds = 0;   // its compile (or load) time
 };
 
 struct BuildOptions {
@@ -35,10 +35,10 @@ struct CompiledModule {
 
 struct BuildReport {
   std::vector<std::string> archs;  // the archs built for: canonical names, duplicates removed
-  int kernels = 0;   // distinct kernel instances
-  int programs = 0;  // programs × archs
-  int compiled = 0;  // compiled by NVRTC in this build
-  int cached = 0;    // loaded from the cache
+  int kernels = 0;                 // distinct kernel instances
+  int programs = 0;                // programs × archs
+  int compiled = 0;                // compiled by NVRTC in this build
+  int cached = 0;                  // loaded from the cache
   double seconds = 0;
   std::vector<CompiledModule> modules;
 };

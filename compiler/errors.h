@@ -39,7 +39,7 @@ class SpecError : public Error {
 class CompileError : public Error {
  public:
   struct Details {
-    std::string program;        // program name, e.g. "layernorm:bf16:sm_90"
+    std::string program;              // program name, e.g. "layernorm:bf16:sm_90"
     std::vector<std::string> labels;  // kernel labels in the program
     std::vector<std::string> options;
     std::string nvrtc_version;  // "13.0"

@@ -30,8 +30,9 @@ void* library() {
     if (!h) h = ::dlopen("libcublasLt.so", RTLD_NOW | RTLD_LOCAL);
     if (!h) {
       const char* why = ::dlerror();
-      throw CudaError("cuBLASLt could not be loaded (" + name + "): " + (why ? why : "unknown dlopen error") +
-                      "; install the CUDA Toolkit's cuBLAS or add its lib directory to LD_LIBRARY_PATH");
+      throw CudaError(
+          "cuBLASLt could not be loaded (" + name + "): " + (why ? why : "unknown dlopen error") +
+          "; install the CUDA Toolkit's cuBLAS or add its lib directory to LD_LIBRARY_PATH");
     }
     return h;
   }();
@@ -51,21 +52,22 @@ Fn* resolve(const char* name) {
 }  // namespace
 }  // namespace lightseq
 
-#define LIGHTSEQ_LT_FORWARD(ret, name, params, args)                                   \
-  extern "C" ret CUBLASWINAPI name params {                                             \
+#define LIGHTSEQ_LT_FORWARD(ret, name, params, args)                                  \
+  extern "C" ret CUBLASWINAPI name params {                                           \
     static decltype(::name)* const fn = ::lightseq::resolve<decltype(::name)>(#name); \
-    return fn args;                                                                     \
+    return fn args;                                                                   \
   }
 
 LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtCreate, (cublasLtHandle_t * h), (h))
 LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtDestroy, (cublasLtHandle_t h), (h))
 LIGHTSEQ_LT_FORWARD(size_t, cublasLtGetVersion, (void), ())
 LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtMatmul,
-                    (cublasLtHandle_t h, cublasLtMatmulDesc_t desc, const void* alpha, const void* A,
-                     cublasLtMatrixLayout_t Adesc, const void* B, cublasLtMatrixLayout_t Bdesc,
-                     const void* beta, const void* C, cublasLtMatrixLayout_t Cdesc, void* D,
-                     cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t* algo, void* workspace,
-                     size_t workspace_bytes, cudaStream_t stream),
+                    (cublasLtHandle_t h, cublasLtMatmulDesc_t desc, const void* alpha,
+                     const void* A, cublasLtMatrixLayout_t Adesc, const void* B,
+                     cublasLtMatrixLayout_t Bdesc, const void* beta, const void* C,
+                     cublasLtMatrixLayout_t Cdesc, void* D, cublasLtMatrixLayout_t Ddesc,
+                     const cublasLtMatmulAlgo_t* algo, void* workspace, size_t workspace_bytes,
+                     cudaStream_t stream),
                     (h, desc, alpha, A, Adesc, B, Bdesc, beta, C, Cdesc, D, Ddesc, algo, workspace,
                      workspace_bytes, stream))
 LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtMatrixLayoutInit_internal,
@@ -73,8 +75,8 @@ LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtMatrixLayoutInit_internal,
                      uint64_t cols, int64_t ld),
                     (layout, size, type, rows, cols, ld))
 LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtMatrixLayoutSetAttribute,
-                    (cublasLtMatrixLayout_t layout, cublasLtMatrixLayoutAttribute_t attr, const void* buf,
-                     size_t bytes),
+                    (cublasLtMatrixLayout_t layout, cublasLtMatrixLayoutAttribute_t attr,
+                     const void* buf, size_t bytes),
                     (layout, attr, buf, bytes))
 LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtMatrixLayoutGetAttribute,
                     (cublasLtMatrixLayout_t layout, cublasLtMatrixLayoutAttribute_t attr, void* buf,
@@ -85,8 +87,8 @@ LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtMatmulDescInit_internal,
                      cudaDataType_t scale),
                     (desc, size, compute, scale))
 LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtMatmulDescSetAttribute,
-                    (cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const void* buf,
-                     size_t bytes),
+                    (cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr,
+                     const void* buf, size_t bytes),
                     (desc, attr, buf, bytes))
 LIGHTSEQ_LT_FORWARD(cublasStatus_t, cublasLtMatmulDescGetAttribute,
                     (cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, void* buf,

@@ -96,7 +96,8 @@ const LayerExecutor::ShapePlan& LayerExecutor::resolve(const RunShape& shape) co
   const Graph& g = plan_.layer.graph;
   auto sp = std::make_unique<ShapePlan>();
   sp->scratch.of.assign(g.tensors().size(), sig::Extent{-1, -1});
-  for (auto [steps, out] : {std::pair{&plan_.forward, &sp->forward}, std::pair{&plan_.backward, &sp->backward}}) {
+  for (auto [steps, out] :
+       {std::pair{&plan_.forward, &sp->forward}, std::pair{&plan_.backward, &sp->backward}}) {
     out->resize(steps->size());
     for (size_t i = 0; i < steps->size(); ++i) {
       if (const auto* k = std::get_if<KernelStep>(&(*steps)[i])) {
@@ -111,7 +112,8 @@ const LayerExecutor::ShapePlan& LayerExecutor::resolve(const RunShape& shape) co
       const sig::Extent e = sp->scratch.of[id];
       sp->tensor_bytes[id] = e.rows < 0 ? 0 : e.rows * e.cols * elem_bytes(t, precision_);
     } else {
-      sp->tensor_bytes[id] = tensor_bytes(static_cast<int>(id)).eval(shape.batch, shape.seq, shape.src_seq);
+      sp->tensor_bytes[id] =
+          tensor_bytes(static_cast<int>(id)).eval(shape.batch, shape.seq, shape.src_seq);
     }
   }
   return *shapes_.emplace(key, std::move(sp)).first->second;
@@ -148,7 +150,8 @@ void LayerExecutor::build_manifest() {
           const KernelStep& k = std::get<KernelStep>(st);
           for (int i = 0; i < k.kernel.sig->n_params; ++i) {
             const sig::Role r = k.kernel.sig->params[i].role;
-            e.accumulates |= (r == sig::Role::kOutAcc || r == sig::Role::kErrorFlag) && k.args[i].tensor == id;
+            e.accumulates |=
+                (r == sig::Role::kOutAcc || r == sig::Role::kErrorFlag) && k.args[i].tensor == id;
           }
         }
       }
@@ -162,10 +165,11 @@ namespace {
 // Binds the caller's pointers, parallel to `entries`, checking presence and alignment. Entries
 // marked in `skip` (the backward's tensors taken from SavedActivations) are left alone.
 void bind_positional(const std::vector<ManifestEntry>& entries, std::span<void* const> args,
-                     std::vector<void*>* ptr, const std::string& layer, const std::vector<uint8_t>* skip) {
+                     std::vector<void*>* ptr, const std::string& layer,
+                     const std::vector<uint8_t>* skip) {
   if (args.size() != entries.size()) {
-    throw Error(fmt::format("{}: {} tensor pointers given, the layer's manifest has {}", layer, args.size(),
-                            entries.size()));
+    throw Error(fmt::format("{}: {} tensor pointers given, the layer's manifest has {}", layer,
+                            args.size(), entries.size()));
   }
   std::vector<std::string> missing;
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -177,9 +181,11 @@ void bind_positional(const std::vector<ManifestEntry>& entries, std::span<void* 
       continue;
     }
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
-      throw Error(fmt::format("{}: '{}' at {} is not 16-byte aligned; lightseq's kernels use 16-byte "
-                              "vector accesses (allocate with cudaMalloc/torch, and do not pass a view "
-                              "at an odd offset)", layer, e.name, p));
+      throw Error(
+          fmt::format("{}: '{}' at {} is not 16-byte aligned; lightseq's kernels use 16-byte "
+                      "vector accesses (allocate with cudaMalloc/torch, and do not pass a view "
+                      "at an odd offset)",
+                      layer, e.name, p));
     }
     (*ptr)[e.tensor] = p;
   }
@@ -216,7 +222,8 @@ namespace {
 
 // A slot's extent in the arena: its bytes rounded up to the arena alignment.
 int64_t slot_extent(const SavedSlot& slot, const RunShape& s) {
-  return (slot.bytes.eval(s.batch, s.seq, s.src_seq) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+  return (slot.bytes.eval(s.batch, s.seq, s.src_seq) + kSavedArenaAlign - 1) / kSavedArenaAlign *
+         kSavedArenaAlign;
 }
 
 // Where view `t` of a parent at `parent` starts.
@@ -248,8 +255,9 @@ std::map<int, void*> LayerExecutor::arena_places(void* arena, const RunShape& s)
   return out;
 }
 
-void LayerExecutor::allocate_unbound(const std::vector<int>& used, const std::map<int, void*>& kept_at,
-                                     SavedActivations* saved, Frame& f) const {
+void LayerExecutor::allocate_unbound(const std::vector<int>& used,
+                                     const std::map<int, void*>& kept_at, SavedActivations* saved,
+                                     Frame& f) const {
   const Graph& g = *f.graph;
   // The roots that need memory: this call's temporaries, and (forward) the saved activations
   // not placed in the caller's arena. Each group is one allocation (host cost: one allocator
@@ -273,7 +281,8 @@ void LayerExecutor::allocate_unbound(const std::vector<int>& used, const std::ma
   }
   auto place = [&](const std::vector<int>& ids, std::vector<DeviceBuffer>& owner) {
     int64_t total = 0;
-    for (int id : ids) total += (f.bytes(id) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+    for (int id : ids)
+      total += (f.bytes(id) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
     if (total == 0) {
       for (int id : ids) f.ptr[id] = nullptr;
       return;
@@ -311,12 +320,13 @@ void LayerExecutor::bind_zero_masks(const std::vector<int>& used, Frame& f) cons
 SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& shape,
                                         const DropoutConfig& dropout, Allocator& allocator,
                                         CUstream stream, void* saved_arena) const {
-  return forward_at(by_manifest(manifest_[0], given), shape, dropout, allocator, stream, saved_arena);
+  return forward_at(by_manifest(manifest_[0], given), shape, dropout, allocator, stream,
+                    saved_arena);
 }
 
 SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const RunShape& shape,
-                                           const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
-                                           void* saved_arena) const {
+                                           const DropoutConfig& dropout, Allocator& allocator,
+                                           CUstream stream, void* saved_arena) const {
   const Graph& g = plan_.layer.graph;
   if (shape.batch <= 0 || shape.seq <= 0) {
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be positive",
@@ -342,7 +352,8 @@ SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const Ru
 }
 
 SavedActivations LayerExecutor::saved_from_arena(void* saved_arena, const Bindings& inputs,
-                                                 const RunShape& shape, const DropoutConfig& dropout) const {
+                                                 const RunShape& shape,
+                                                 const DropoutConfig& dropout) const {
   std::vector<void*> by_id(plan_.layer.graph.tensors().size(), nullptr);
   for (int id : plan_.saved) {
     auto it = inputs.find(plan_.layer.graph.tensor(id).name);
@@ -352,7 +363,8 @@ SavedActivations LayerExecutor::saved_from_arena(void* saved_arena, const Bindin
 }
 
 SavedActivations LayerExecutor::rebuild_saved(void* saved_arena, const std::vector<void*>& inputs,
-                                              const RunShape& shape, const DropoutConfig& dropout) const {
+                                              const RunShape& shape,
+                                              const DropoutConfig& dropout) const {
   const Graph& g = plan_.layer.graph;
   if (!saved_arena && !saved_slots_.empty()) {
     throw Error(fmt::format("{}: the saved-activation arena is null", plan_.layer.name));
@@ -367,12 +379,14 @@ SavedActivations LayerExecutor::rebuild_saved(void* saved_arena, const std::vect
       if (inputs[id]) {
         saved.ptr_[id] = inputs[id];
       } else if (t.type != ElemType::kU8) {
-        throw Error(fmt::format("{}: the backward needs the forward's input '{}'", plan_.layer.name, t.name));
+        throw Error(fmt::format("{}: the backward needs the forward's input '{}'", plan_.layer.name,
+                                t.name));
       }
     } else if (t.view_of >= 0) {
-      saved.ptr_[id] = view_address(t, saved.ptr_.at(t.view_of),
-                                    shape_numel(t.shape).eval(shape.batch, shape.seq, shape.src_seq),
-                                    elem_bytes(t, precision_));
+      saved.ptr_[id] =
+          view_address(t, saved.ptr_.at(t.view_of),
+                       shape_numel(t.shape).eval(shape.batch, shape.seq, shape.src_seq),
+                       elem_bytes(t, precision_));
     }
   }
   return saved;
@@ -384,9 +398,9 @@ void LayerExecutor::backward(const Bindings& given, const SavedActivations& save
   run_backward(args, saved, mode, allocator, stream);
 }
 
-void LayerExecutor::backward_at(std::span<void* const> args, void* saved_arena, const RunShape& shape,
-                                const DropoutConfig& dropout, GradMode mode, Allocator& allocator,
-                                CUstream stream) const {
+void LayerExecutor::backward_at(std::span<void* const> args, void* saved_arena,
+                                const RunShape& shape, const DropoutConfig& dropout, GradMode mode,
+                                Allocator& allocator, CUstream stream) const {
   // The forward's inputs the backward reads come with the arguments; they and the arena are what
   // the forward saved.
   std::vector<void*> inputs(plan_.layer.graph.tensors().size(), nullptr);
@@ -398,11 +412,12 @@ void LayerExecutor::backward_at(std::span<void* const> args, void* saved_arena, 
   run_backward(args, rebuild_saved(saved_arena, inputs, shape, dropout), mode, allocator, stream);
 }
 
-void LayerExecutor::run_backward(std::span<void* const> args, const SavedActivations& saved, GradMode mode,
-                                 Allocator& allocator, CUstream stream) const {
+void LayerExecutor::run_backward(std::span<void* const> args, const SavedActivations& saved,
+                                 GradMode mode, Allocator& allocator, CUstream stream) const {
   const Graph& g = plan_.layer.graph;
   if (saved.ptr_.empty() && !plan_.saved.empty()) {
-    throw Error(fmt::format("{}: backward needs the SavedActivations of a forward of this layer", plan_.layer.name));
+    throw Error(fmt::format("{}: backward needs the SavedActivations of a forward of this layer",
+                            plan_.layer.name));
   }
   const ShapePlan& sp = resolve(saved.shape_);
   Frame f(&g, &sp, precision_, saved.shape_, saved.dropout_, mode, &allocator, stream);
@@ -467,18 +482,20 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
   if (g.bias_grad >= 0) {
     if (f.mode == GradMode::kAccumulate) {
       // cuBLASLt overwrites a bias gradient: write it aside, then add it in.
-      bias_grad_temp = DeviceBuffer(*f.allocator, static_cast<size_t>(f.bytes(g.bias_grad)), f.stream);
+      bias_grad_temp =
+          DeviceBuffer(*f.allocator, static_cast<size_t>(f.bytes(g.bias_grad)), f.stream);
       a.bias_grad = bias_grad_temp.get();
     } else {
       a.bias_grad = f.at(g.bias_grad);
     }
   }
   gemm_->run(a, f.stream, *f.allocator);
-  if (bias_grad_temp) accumulate_into(bias_grad_temp.get(), f.at(g.bias_grad), f.numel(g.bias_grad), f);
+  if (bias_grad_temp)
+    accumulate_into(bias_grad_temp.get(), f.at(g.bias_grad), f.numel(g.bias_grad), f);
 }
 
-void LayerExecutor::run_steps(const std::vector<Step>& steps, const std::vector<ResolvedLaunch>& launches,
-                              Frame& f) const {
+void LayerExecutor::run_steps(const std::vector<Step>& steps,
+                              const std::vector<ResolvedLaunch>& launches, Frame& f) const {
   for (size_t i = 0; i < steps.size(); ++i) {
     if (const auto* g = std::get_if<GemmStep>(&steps[i])) {
       run_gemm(*g, f);
@@ -489,12 +506,14 @@ void LayerExecutor::run_steps(const std::vector<Step>& steps, const std::vector<
 }
 
 void LayerExecutor::accumulate_into(const void* in, void* out, int64_t n, Frame& f) const {
-  if (!accumulate_fn_) throw InternalError("executor: the accumulate support kernel was not planned");
+  if (!accumulate_fn_)
+    throw InternalError("executor: the accumulate support kernel was not planned");
   const kern::GridDim grid = kern::accumulate_grid(n);
   if (grid.x == 0) return;
   void* args[] = {&in, &out, &n};
-  launch(accumulate_fn_, Dim3{grid.x, grid.y, grid.z}, Dim3{static_cast<unsigned>(kern::accumulate_block()), 1, 1},
-         0, f.stream, args, "accumulate");
+  launch(accumulate_fn_, Dim3{grid.x, grid.y, grid.z},
+         Dim3{static_cast<unsigned>(kern::accumulate_block()), 1, 1}, 0, f.stream, args,
+         "accumulate");
 }
 
 }  // namespace lightseq

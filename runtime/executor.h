@@ -16,8 +16,8 @@
 
 #include <array>
 #include <map>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <span>
 #include <string>
@@ -77,8 +77,8 @@ class SavedActivations {
   friend class LayerExecutor;
   RunShape shape_;
   DropoutConfig dropout_;
-  std::map<int, void*> ptr_;           // saved tensor id → memory (activations and inputs)
-  std::vector<DeviceBuffer> owned_;    // what this object owns of that memory
+  std::map<int, void*> ptr_;         // saved tensor id → memory (activations and inputs)
+  std::vector<DeviceBuffer> owned_;  // what this object owns of that memory
 };
 
 // One saved activation buffer, as laid out in a caller-provided arena: `bytes` is a monomial in
@@ -94,16 +94,16 @@ inline constexpr int64_t kSavedArenaAlign = 256;
 // One tensor a call of a layer binds: the layer's calling convention, derived from its graph. The
 // C++ API, the Python binding and the front ends bind by this list (positionally, or by name).
 struct ManifestEntry {
-  std::string name;     // the graph's name: PyTorch's parameter names, "x", "y", "grad.<param>"
-  int tensor = -1;      // its graph tensor id
-  TensorRole role;      // forward: kInput, kParam, kOutput; backward: kParam, kInput (the forward's
-                        // inputs it reads again), kGradInput, kGradOutput, kParamGrad
-  Shape shape;          // symbolic in B, T, S
-  ElemType type;        // kModel: the model's precision
+  std::string name;  // the graph's name: PyTorch's parameter names, "x", "y", "grad.<param>"
+  int tensor = -1;   // its graph tensor id
+  TensorRole role;   // forward: kInput, kParam, kOutput; backward: kParam, kInput (the forward's
+                     // inputs it reads again), kGradInput, kGradOutput, kParamGrad
+  Shape shape;       // symbolic in B, T, S
+  ElemType type;     // kModel: the model's precision
   bool optional = false;     // may be null (a padding mask: nothing is padded)
   bool accumulates = false;  // the call adds into it (or only ever sets an error flag in it): the
                              // caller zeroes it (or passes a sum)
-  std::string grad_of;  // a gradient's forward tensor ("y" for grad_y); empty otherwise
+  std::string grad_of;       // a gradient's forward tensor ("y" for grad_y); empty otherwise
 };
 
 class LayerExecutor {
@@ -117,8 +117,9 @@ class LayerExecutor {
   // lightseq::Error naming a missing binding, a misaligned pointer or a bad shape. With
   // `saved_arena` (saved_arena_bytes(shape) bytes, 256-byte aligned) the saved activations are
   // placed there instead of being allocated; the returned object then only points into it.
-  SavedActivations forward(const Bindings& given, const RunShape& shape, const DropoutConfig& dropout,
-                           Allocator& allocator, CUstream stream, void* saved_arena = nullptr) const;
+  SavedActivations forward(const Bindings& given, const RunShape& shape,
+                           const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
+                           void* saved_arena = nullptr) const;
 
   // The saved-activation layout of forward(..., saved_arena) and its size for a shape.
   const std::vector<SavedSlot>& saved_slots() const { return saved_slots_; }
@@ -127,8 +128,8 @@ class LayerExecutor {
   // Rebuilds what forward(..., saved_arena) returned from the arena and the forward's inputs
   // (`inputs` binds "x" and, if the forward had one, "key_padding_mask"): a front end that keeps
   // the arena as a framework tensor calls this in its backward.
-  SavedActivations saved_from_arena(void* saved_arena, const Bindings& inputs, const RunShape& shape,
-                                    const DropoutConfig& dropout) const;
+  SavedActivations saved_from_arena(void* saved_arena, const Bindings& inputs,
+                                    const RunShape& shape, const DropoutConfig& dropout) const;
 
   // Runs the backward with the activations of one forward. `given` binds the parameters, the
   // output gradient(s), the input gradient(s) to write and every parameter gradient.
@@ -136,17 +137,21 @@ class LayerExecutor {
                 Allocator& allocator, CUstream stream) const;
 
   // What a call binds, in order (the positional calls' argument order).
-  const std::vector<ManifestEntry>& manifest(bool backward) const { return manifest_[backward ? 1 : 0]; }
+  const std::vector<ManifestEntry>& manifest(bool backward) const {
+    return manifest_[backward ? 1 : 0];
+  }
   // Their names.
   std::vector<std::string> required_bindings(bool backward) const;
 
   // The calls above with the manifest's pointers in its order (no lookups by name): a front end
   // that binds every call the same way. backward_at rebuilds what the forward saved from its
   // arena and the forward's inputs among `args`.
-  SavedActivations forward_at(std::span<void* const> args, const RunShape& shape, const DropoutConfig& dropout,
-                              Allocator& allocator, CUstream stream, void* saved_arena = nullptr) const;
+  SavedActivations forward_at(std::span<void* const> args, const RunShape& shape,
+                              const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
+                              void* saved_arena = nullptr) const;
   void backward_at(std::span<void* const> args, void* saved_arena, const RunShape& shape,
-                   const DropoutConfig& dropout, GradMode mode, Allocator& allocator, CUstream stream) const;
+                   const DropoutConfig& dropout, GradMode mode, Allocator& allocator,
+                   CUstream stream) const;
 
   struct Frame;      // one call's state (runtime/frame.h), internal
   struct ShapePlan;  // the plan resolved at one shape (runtime/frame.h), internal
@@ -165,11 +170,12 @@ class LayerExecutor {
   void bind_zero_masks(const std::vector<int>& used, Frame& frame) const;
   std::map<int, void*> arena_places(void* arena, const RunShape& shape) const;
   void build_manifest();
-  SavedActivations rebuild_saved(void* saved_arena, const std::vector<void*>& inputs_by_id, const RunShape& shape,
-                                 const DropoutConfig& dropout) const;
+  SavedActivations rebuild_saved(void* saved_arena, const std::vector<void*>& inputs_by_id,
+                                 const RunShape& shape, const DropoutConfig& dropout) const;
   void run_backward(std::span<void* const> args, const SavedActivations& saved, GradMode mode,
                     Allocator& allocator, CUstream stream) const;
-  void run_steps(const std::vector<Step>& steps, const std::vector<ResolvedLaunch>& launches, Frame& frame) const;
+  void run_steps(const std::vector<Step>& steps, const std::vector<ResolvedLaunch>& launches,
+                 Frame& frame) const;
   void run_gemm(const GemmStep& g, Frame& frame) const;
   // out[i] += in[i] for n elements of the model's dtype (the `+=` of epilogue bias gradients).
   void accumulate_into(const void* in, void* out, int64_t n, Frame& frame) const;
@@ -179,10 +185,10 @@ class LayerExecutor {
   KernelTable kernels_;
   GemmRunner* gemm_;
   CUfunction accumulate_fn_ = nullptr;  // the `+=` of epilogue bias gradients (support kernel)
-  std::vector<bool> relu_aux_;  // per tensor: holds a ReLU bit mask (sized in bits)
+  std::vector<bool> relu_aux_;          // per tensor: holds a ReLU bit mask (sized in bits)
   std::vector<SavedSlot> saved_slots_;
   std::vector<uint8_t> saved_roots_;  // per tensor id: a root of the saved activations (or empty)
-  std::vector<int> used_[2];   // tensor ids the forward [0] / backward [1] steps touch, sorted
+  std::vector<int> used_[2];  // tensor ids the forward [0] / backward [1] steps touch, sorted
   std::vector<uint8_t> from_saved_;  // per tensor id: the backward takes it from the forward
   std::vector<ManifestEntry> manifest_[2];
   mutable std::mutex shapes_mutex_;

@@ -22,9 +22,16 @@ struct LayerExecutor::ShapePlan {
 
 // Everything one forward or backward call needs while it runs.
 struct LayerExecutor::Frame {
-  Frame(const Graph* g, const ShapePlan* sp, Precision p, RunShape s, DropoutConfig d, GradMode m, Allocator* a,
-        CUstream st)
-      : graph(g), shape_plan(sp), precision(p), shape(s), dropout(d), mode(m), allocator(a), stream(st),
+  Frame(const Graph* g, const ShapePlan* sp, Precision p, RunShape s, DropoutConfig d, GradMode m,
+        Allocator* a, CUstream st)
+      : graph(g),
+        shape_plan(sp),
+        precision(p),
+        shape(s),
+        dropout(d),
+        mode(m),
+        allocator(a),
+        stream(st),
         ptr(g->tensors().size(), nullptr) {}
 
   const Graph* graph;
@@ -35,10 +42,10 @@ struct LayerExecutor::Frame {
   GradMode mode = GradMode::kOverwrite;
   Allocator* allocator;
   CUstream stream;
-  std::vector<void*> ptr;                // per tensor id; null = unbound
-  std::map<int, DeviceBuffer> owned;     // zero padding masks made for this call
-  std::vector<DeviceBuffer> blocks;      // this call's temporaries (one block) and GEMM workspace
-  void* gemm_workspace = nullptr;        // shared by the call's GEMMs (they run in stream order)
+  std::vector<void*> ptr;             // per tensor id; null = unbound
+  std::map<int, DeviceBuffer> owned;  // zero padding masks made for this call
+  std::vector<DeviceBuffer> blocks;   // this call's temporaries (one block) and GEMM workspace
+  void* gemm_workspace = nullptr;     // shared by the call's GEMMs (they run in stream order)
 
   int64_t numel(int id) const {
     return shape_numel(graph->tensor(id).shape).eval(shape.batch, shape.seq, shape.src_seq);
@@ -46,7 +53,9 @@ struct LayerExecutor::Frame {
   int64_t bytes(int id) const { return shape_plan->tensor_bytes.at(id); }
   void* at(int id) const {
     void* p = ptr.at(id);
-    if (!p) throw InternalError(fmt::format("executor: tensor '{}' has no memory", graph->tensor(id).name));
+    if (!p)
+      throw InternalError(
+          fmt::format("executor: tensor '{}' has no memory", graph->tensor(id).name));
     return p;
   }
 };

@@ -518,11 +518,10 @@ void GemmRunner::run(const GemmArgs& args, CUstream stream, Allocator& allocator
   LtProblem p;
   build(args, p);
   const float alpha = args.alpha, beta = args.beta;
-  LIGHTSEQ_CUBLAS_CHECK_MSG(
-      cublasLtMatmul(dev->handle, p.op(), &alpha, args.b, p.a(), args.a, p.b(), &beta,
-                     c_pointer(args), p.c(), args.d, p.d(), &choice->algo, workspace,
-                     choice->workspace, stream),
-      describe(args));
+  LIGHTSEQ_CUBLAS_CHECK_MSG(cublasLtMatmul(dev->handle, p.op(), &alpha, args.b, p.a(), args.a,
+                                           p.b(), &beta, c_pointer(args), p.c(), args.d, p.d(),
+                                           &choice->algo, workspace, choice->workspace, stream),
+                            describe(args));
 }
 
 }  // namespace lightseq

@@ -14,7 +14,8 @@ namespace lightseq {
 inline uint16_t float_to_bf16_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
 }
@@ -46,7 +47,8 @@ inline std::vector<uint8_t> encode(const std::vector<float>& values, Precision p
     if (p == Precision::kFp32) {
       std::memcpy(out.data() + 4 * i, &values[i], 4);
     } else {
-      const uint16_t b = p == Precision::kBf16 ? float_to_bf16_bits(values[i]) : float_to_half_bits(values[i]);
+      const uint16_t b =
+          p == Precision::kBf16 ? float_to_bf16_bits(values[i]) : float_to_half_bits(values[i]);
       std::memcpy(out.data() + 2 * i, &b, 2);
     }
   }

@@ -22,11 +22,14 @@ struct Layout {
 
 Layout layout_of(sig::CType c) {
   switch (c) {
-    case sig::CType::kI64: return {8, 8};
+    case sig::CType::kI64:
+      return {8, 8};
     case sig::CType::kI32:
     case sig::CType::kF32:
-    case sig::CType::kAccumulate: return {4, 4};
-    case sig::CType::kDropoutArgs: return {sizeof(kern::DropoutArgs), alignof(kern::DropoutArgs)};
+    case sig::CType::kAccumulate:
+      return {4, 4};
+    case sig::CType::kDropoutArgs:
+      return {sizeof(kern::DropoutArgs), alignof(kern::DropoutArgs)};
     default:
       if (sig::is_pointer(c)) return {sizeof(void*), alignof(void*)};
       throw Error(fmt::format("lightseq's runtime cannot pack a parameter of C type {} yet",
@@ -38,15 +41,22 @@ Layout layout_of(sig::CType c) {
 ElemType elem_of(sig::CType c) {
   switch (c) {
     case sig::CType::kTPtr:
-    case sig::CType::kConstTPtr: return ElemType::kModel;
+    case sig::CType::kConstTPtr:
+      return ElemType::kModel;
     case sig::CType::kF32Ptr:
-    case sig::CType::kConstF32Ptr: return ElemType::kF32;
-    case sig::CType::kConstI64Ptr: return ElemType::kI64;
-    case sig::CType::kConstU8Ptr: return ElemType::kU8;
-    case sig::CType::kI32Ptr: return ElemType::kI32;
+    case sig::CType::kConstF32Ptr:
+      return ElemType::kF32;
+    case sig::CType::kConstI64Ptr:
+      return ElemType::kI64;
+    case sig::CType::kConstU8Ptr:
+      return ElemType::kU8;
+    case sig::CType::kI32Ptr:
+      return ElemType::kI32;
     case sig::CType::kOptimStatePtr:
-    case sig::CType::kConstOptimStatePtr: return ElemType::kOptimState;
-    default: throw InternalError("elem_of: not a tensor pointer type");
+    case sig::CType::kConstOptimStatePtr:
+      return ElemType::kOptimState;
+    default:
+      throw InternalError("elem_of: not a tensor pointer type");
   }
 }
 
@@ -61,14 +71,17 @@ int64_t list_numel(const KernelStep& step, int param, const Graph& graph, const 
   int64_t n = -1;
   for (int id : a.list) {
     if (id < 0) continue;
-    const int64_t m = shape_numel(graph.tensor(id).shape).eval(shape.batch, shape.seq, shape.src_seq);
+    const int64_t m =
+        shape_numel(graph.tensor(id).shape).eval(shape.batch, shape.seq, shape.src_seq);
     if (n >= 0 && m != n) {
-      throw InternalError(fmt::format("{}: the tensors of list '{}' differ in size ({} and {} elements)",
-                                      step.kernel.label, step.kernel.sig->params[param].name, n, m));
+      throw InternalError(
+          fmt::format("{}: the tensors of list '{}' differ in size ({} and {} elements)",
+                      step.kernel.label, step.kernel.sig->params[param].name, n, m));
     }
     n = m;
   }
-  if (n < 0) throw InternalError(fmt::format("{}: tensor list with no tensor bound", step.kernel.label));
+  if (n < 0)
+    throw InternalError(fmt::format("{}: tensor list with no tensor bound", step.kernel.label));
   return n;
 }
 
@@ -81,8 +94,9 @@ ChunkTables::~ChunkTables() {
   }
 }
 
-CUdeviceptr ChunkTables::get(const std::vector<void*>& bases, const std::vector<int>& slot_bytes, int64_t numel,
-                             int64_t chunk_elems, CUstream stream, const std::string& label) {
+CUdeviceptr ChunkTables::get(const std::vector<void*>& bases, const std::vector<int>& slot_bytes,
+                             int64_t numel, int64_t chunk_elems, CUstream stream,
+                             const std::string& label) {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& t : tables_) {
     if (t.first == bases) return t.second;
@@ -90,9 +104,10 @@ CUdeviceptr ChunkTables::get(const std::vector<void*>& bases, const std::vector<
   CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
   LIGHTSEQ_CU_CHECK(driver().cuStreamIsCapturing(stream, &capture));
   if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
-    throw Error(fmt::format("{}: its chunk table for these tensors is built on first use, which cannot happen "
-                            "during CUDA graph capture: run the step once with the same tensors before capturing it",
-                            label));
+    throw Error(fmt::format(
+        "{}: its chunk table for these tensors is built on first use, which cannot happen "
+        "during CUDA graph capture: run the step once with the same tensors before capturing it",
+        label));
   }
   const size_t n_slots = bases.size();
   const int64_t n_chunks = (numel + chunk_elems - 1) / chunk_elems;
@@ -100,7 +115,9 @@ CUdeviceptr ChunkTables::get(const std::vector<void*>& bases, const std::vector<
   for (int64_t c = 0; c < n_chunks; ++c) {
     uint64_t* e = host.data() + c * (n_slots + 1);
     for (size_t j = 0; j < n_slots; ++j) {
-      e[j] = bases[j] ? reinterpret_cast<uint64_t>(bases[j]) + static_cast<uint64_t>(c * chunk_elems * slot_bytes[j]) : 0;
+      e[j] = bases[j] ? reinterpret_cast<uint64_t>(bases[j]) +
+                            static_cast<uint64_t>(c * chunk_elems * slot_bytes[j])
+                      : 0;
     }
     e[n_slots] = static_cast<uint64_t>(std::min(chunk_elems, numel - c * chunk_elems));
   }
@@ -126,16 +143,20 @@ CUdeviceptr ChunkTables::get(const std::vector<void*>& bases, const std::vector<
 
 double dropout_probability(const DropoutConfig& d, DropoutKind kind) {
   switch (kind) {
-    case DropoutKind::kAttention: return d.attention;
-    case DropoutKind::kActivation: return d.activation;
-    case DropoutKind::kHidden: return d.hidden;
-    case DropoutKind::kEmbedding: return d.embedding;
+    case DropoutKind::kAttention:
+      return d.attention;
+    case DropoutKind::kActivation:
+      return d.activation;
+    case DropoutKind::kHidden:
+      return d.hidden;
+    case DropoutKind::kEmbedding:
+      return d.embedding;
   }
   throw InternalError("unknown DropoutKind");
 }
 
-ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph& graph, const RunShape& shape,
-                              ScratchExtents& scratch) {
+ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph& graph,
+                              const RunShape& shape, ScratchExtents& scratch) {
   const sig::Kernel& k = *step.kernel.sig;
   const std::string& label = step.kernel.label;
   if (static_cast<int>(step.args.size()) != k.n_params) {
@@ -153,33 +174,42 @@ ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph
     const sig::Param& p = k.params[i];
     const Layout l = layout_of(p.type);
     used = (used + l.align - 1) / l.align * l.align;
-    if (used + l.bytes > r.storage.size()) throw InternalError(fmt::format("{}: arguments exceed 512 bytes", label));
+    if (used + l.bytes > r.storage.size())
+      throw InternalError(fmt::format("{}: arguments exceed 512 bytes", label));
     r.offsets.push_back(static_cast<uint16_t>(used));
     used += l.bytes;
     if (p.role != sig::Role::kScalar) continue;
     const ScalarArg& s = step.args[i].scalar;
     double value = 0;
     switch (s.kind) {
-      case ScalarArg::Kind::kDim: value = static_cast<double>(s.dim.eval(shape.batch, shape.seq, shape.src_seq)); break;
-      case ScalarArg::Kind::kConst: value = s.value; break;
+      case ScalarArg::Kind::kDim:
+        value = static_cast<double>(s.dim.eval(shape.batch, shape.seq, shape.src_seq));
+        break;
+      case ScalarArg::Kind::kConst:
+        value = s.value;
+        break;
       case ScalarArg::Kind::kRowsOf:
       case ScalarArg::Kind::kColsOf: {
         const sig::Extent& e = scratch.of.at(s.tensor);
         if (e.rows < 0) {
-          throw InternalError(fmt::format("{}: '{}' reads the extent of '{}' before a kernel sized it", label,
-                                          p.name, graph.tensor(s.tensor).name));
+          throw InternalError(
+              fmt::format("{}: '{}' reads the extent of '{}' before a kernel sized it", label,
+                          p.name, graph.tensor(s.tensor).name));
         }
         value = static_cast<double>(s.kind == ScalarArg::Kind::kRowsOf ? e.rows : e.cols);
         break;
       }
       case ScalarArg::Kind::kChunksOf: {
         const sig::TensorList* list = k.params[s.tensor].list;
-        if (!list) throw InternalError(fmt::format("{}: '{}' counts the chunks of a non-list", label, p.name));
+        if (!list)
+          throw InternalError(
+              fmt::format("{}: '{}' counts the chunks of a non-list", label, p.name));
         const int64_t n = list_numel(step, s.tensor, graph, shape);
         value = static_cast<double>((n + list->chunk_elems - 1) / list->chunk_elems);
         break;
       }
-      case ScalarArg::Kind::kUnset: throw InternalError(fmt::format("{}: scalar '{}' unset", label, p.name));
+      case ScalarArg::Kind::kUnset:
+        throw InternalError(fmt::format("{}: scalar '{}' unset", label, p.name));
     }
     v.f[i] = value;
     v.i[i] = static_cast<int64_t>(std::llround(value));
@@ -195,7 +225,8 @@ ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph
     const sig::Param& p = k.params[i];
     const KernelArg& a = step.args[i];
     switch (p.role) {
-      case sig::Role::kScalar: break;
+      case sig::Role::kScalar:
+        break;
       case sig::Role::kDropout:
         if (a.dropout_site >= 0) {
           r.dropouts.push_back({r.offsets[i], a.dropout_site, a.dropout_kind});
@@ -203,7 +234,9 @@ ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph
           put(r, i, kern::make_dropout_args(0, 0, 0.0));
         }
         break;
-      case sig::Role::kGradMode: r.grad_modes.push_back(r.offsets[i]); break;
+      case sig::Role::kGradMode:
+        r.grad_modes.push_back(r.offsets[i]);
+        break;
       case sig::Role::kTensorList: {
         ResolvedLaunch::List list;
         list.offset = r.offsets[i];
@@ -214,10 +247,12 @@ ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph
           const sig::ListSlot& ls = p.list->slots[j];
           const int id = list.slots.at(j);
           if (id >= 0 && graph.tensor(id).type != elem_of(ls.type)) {
-            throw InternalError(fmt::format("{}: slot '{}.{}' is bound to '{}', a tensor of another element type",
-                                            label, p.name, ls.name, graph.tensor(id).name));
+            throw InternalError(
+                fmt::format("{}: slot '{}.{}' is bound to '{}', a tensor of another element type",
+                            label, p.name, ls.name, graph.tensor(id).name));
           }
-          list.slot_bytes.push_back(id >= 0 ? elem_bytes(graph.tensor(id).type, step.kernel.precision) : 0);
+          list.slot_bytes.push_back(
+              id >= 0 ? elem_bytes(graph.tensor(id).type, step.kernel.precision) : 0);
         }
         list.tables = std::make_shared<ChunkTables>();
         r.lists.push_back(std::move(list));
@@ -230,8 +265,9 @@ ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph
         }
         const Tensor& t = graph.tensor(a.tensor);
         if (t.type != elem_of(p.type)) {
-          throw InternalError(fmt::format("{}: '{}' is bound to '{}', a tensor of another element type", label,
-                                          p.name, t.name));
+          throw InternalError(
+              fmt::format("{}: '{}' is bound to '{}', a tensor of another element type", label,
+                          p.name, t.name));
         }
         r.pointers.push_back({r.offsets[i], a.tensor});
         if (p.role == sig::Role::kScratch) {
@@ -257,18 +293,21 @@ void enqueue(const ResolvedLaunch& r, const LayerExecutor::Frame& f) {
     std::memcpy(storage.data() + p.offset, &ptr, sizeof(void*));
   }
   for (const auto& d : r.dropouts) {
-    kern::DropoutArgs a = kern::make_dropout_args(f.dropout.seed, f.dropout.offset + static_cast<uint64_t>(d.site),
-                                                  dropout_probability(f.dropout, d.kind));
+    kern::DropoutArgs a =
+        kern::make_dropout_args(f.dropout.seed, f.dropout.offset + static_cast<uint64_t>(d.site),
+                                dropout_probability(f.dropout, d.kind));
     a.seed_ptr = f.dropout.seed_ptr;
     a.offset_ptr = f.dropout.offset_ptr;
     std::memcpy(storage.data() + d.offset, &a, sizeof(a));
   }
-  const kern::Accumulate acc = f.mode == GradMode::kAccumulate ? kern::Accumulate::kAdd : kern::Accumulate::kOverwrite;
+  const kern::Accumulate acc =
+      f.mode == GradMode::kAccumulate ? kern::Accumulate::kAdd : kern::Accumulate::kOverwrite;
   for (uint16_t off : r.grad_modes) std::memcpy(storage.data() + off, &acc, sizeof(acc));
   for (const auto& l : r.lists) {
     std::vector<void*> bases;
     for (int id : l.slots) bases.push_back(id >= 0 ? f.at(id) : nullptr);
-    const CUdeviceptr table = l.tables->get(bases, l.slot_bytes, l.numel, l.chunk_elems, f.stream, r.step->kernel.label);
+    const CUdeviceptr table =
+        l.tables->get(bases, l.slot_bytes, l.numel, l.chunk_elems, f.stream, r.step->kernel.label);
     std::memcpy(storage.data() + l.offset, &table, sizeof(table));
   }
   for (int id : r.zero_first) {

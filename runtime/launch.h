@@ -34,8 +34,8 @@ class ChunkTables {
   ~ChunkTables();
   // The table for `bases` (one pointer per slot, null for an unbound one): `n_chunks` entries of
   // the slot pointers advanced by chunk_elems elements each, then the chunk's element count.
-  CUdeviceptr get(const std::vector<void*>& bases, const std::vector<int>& slot_bytes, int64_t numel,
-                  int64_t chunk_elems, CUstream stream, const std::string& label);
+  CUdeviceptr get(const std::vector<void*>& bases, const std::vector<int>& slot_bytes,
+                  int64_t numel, int64_t chunk_elems, CUstream stream, const std::string& label);
   static constexpr size_t kMaxTables = 64;  // distinct pointer sets kept per parameter
 
  private:
@@ -56,15 +56,15 @@ struct ResolvedLaunch {
     uint16_t offset;
     int tensor;
   };
-  std::vector<Pointer> pointers;      // tensor parameters, patched from the call's frame
+  std::vector<Pointer> pointers;  // tensor parameters, patched from the call's frame
   struct Dropout {
     uint16_t offset;
     int site;
     DropoutKind kind;
   };
-  std::vector<Dropout> dropouts;      // DropoutArgs, from the call's seed/offset and probabilities
-  std::vector<uint16_t> grad_modes;   // Accumulate, from the call's GradMode
-  std::vector<int> zero_first;        // scratch tensors the kernel expects zeroed
+  std::vector<Dropout> dropouts;     // DropoutArgs, from the call's seed/offset and probabilities
+  std::vector<uint16_t> grad_modes;  // Accumulate, from the call's GradMode
+  std::vector<int> zero_first;       // scratch tensors the kernel expects zeroed
   struct List {
     uint16_t offset;
     std::vector<int> slots;       // tensor per slot (-1: null)
@@ -72,14 +72,14 @@ struct ResolvedLaunch {
     int64_t numel = 0, chunk_elems = 0;
     std::shared_ptr<ChunkTables> tables;
   };
-  std::vector<List> lists;            // tensor lists: chunk tables from the call's slot pointers
+  std::vector<List> lists;  // tensor lists: chunk tables from the call's slot pointers
 };
 
 // Resolves `step` for `shape`: template values and scalars into the signature's launch and
 // scratch-extent functions, arguments packed. Records the extents of the scratch tensors it
 // sizes in `scratch`. Throws InternalError for a plan that disagrees with the signature.
-ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph& graph, const RunShape& shape,
-                              ScratchExtents& scratch);
+ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph& graph,
+                              const RunShape& shape, ScratchExtents& scratch);
 
 // Enqueues a resolved launch with one call's pointers (frame.ptr), dropout and gradient mode.
 void enqueue(const ResolvedLaunch& launch, const LayerExecutor::Frame& frame);

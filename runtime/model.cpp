@@ -10,8 +10,10 @@
 
 namespace lightseq {
 
-std::shared_ptr<CompiledModel> CompiledModel::load(const ModelSpec& spec, const RuntimeOptions& options) {
-  if (auto issues = validate_spec(spec); !issues.empty()) throw SpecError(std::move(issues), spec.name);
+std::shared_ptr<CompiledModel> CompiledModel::load(const ModelSpec& spec,
+                                                   const RuntimeOptions& options) {
+  if (auto issues = validate_spec(spec); !issues.empty())
+    throw SpecError(std::move(issues), spec.name);
   const int count = device_count();
   if (count == 0) throw Error("lightseq needs an NVIDIA GPU: " + no_gpu_reason());
   if (options.device < 0 || options.device >= count) {
@@ -37,7 +39,8 @@ std::shared_ptr<CompiledModel> CompiledModel::load(const ModelSpec& spec, const 
   m->stack_to_layer_.assign(spec.layers.size(), -1);
   for (size_t i = 0; i < m->plan_.layers.size(); ++i) {
     const LayerPlan& lp = m->plan_.layers[i];
-    m->executors_.push_back(std::make_unique<LayerExecutor>(lp, spec.precision, table, m->gemm_.get()));
+    m->executors_.push_back(
+        std::make_unique<LayerExecutor>(lp, spec.precision, table, m->gemm_.get()));
     const LayerType t = lp.layer.type;
     if (t == LayerType::kEncoder || t == LayerType::kDecoder) {
       // lower_model names stacks "layers[i]" in spec order
@@ -58,8 +61,8 @@ CompiledModel::~CompiledModel() {
 
 const LayerExecutor& CompiledModel::stack(int stack) const {
   if (stack < 0 || stack >= static_cast<int>(stack_to_layer_.size())) {
-    throw Error(fmt::format("model '{}' has {} layer stack(s); there is no stack {}", plan_.spec.name,
-                            stack_to_layer_.size(), stack));
+    throw Error(fmt::format("model '{}' has {} layer stack(s); there is no stack {}",
+                            plan_.spec.name, stack_to_layer_.size(), stack));
   }
   return *executors_.at(stack_to_layer_[stack]);
 }
@@ -84,10 +87,11 @@ constexpr int64_t kMaxScoreElements = int64_t{1} << 36;
 void check_scores(const LayerStackSpec& s, const RunShape& shape, int64_t keys, const char* what,
                   const std::string& where) {
   if (shape.batch * s.heads * shape.seq > kMaxScoreElements / keys) {
-    throw Error(fmt::format("{}: {} with batch {}, sequence length {} and {} keys needs {}×{}×{}×{} "
-                            "attention scores, more than the unfused attention backend supports "
-                            "(2^36); use shorter sequences or a smaller batch", where, what,
-                            shape.batch, shape.seq, keys, shape.batch, s.heads, shape.seq, keys));
+    throw Error(fmt::format(
+        "{}: {} with batch {}, sequence length {} and {} keys needs {}×{}×{}×{} "
+        "attention scores, more than the unfused attention backend supports "
+        "(2^36); use shorter sequences or a smaller batch",
+        where, what, shape.batch, shape.seq, keys, shape.batch, s.heads, shape.seq, keys));
   }
 }
 
@@ -97,18 +101,22 @@ void check_shape(const LayerStackSpec& s, const RunShape& shape, const std::stri
                             shape.batch, shape.seq));
   }
   if (s.kind == LayerKind::kDecoder && shape.src_seq < 1) {
-    throw Error(fmt::format("{}: the encoder sequence length (RunShape::src_seq = {}) must be at "
-                            "least 1: a decoder layer attends to the encoder output", where, shape.src_seq));
+    throw Error(
+        fmt::format("{}: the encoder sequence length (RunShape::src_seq = {}) must be at "
+                    "least 1: a decoder layer attends to the encoder output",
+                    where, shape.src_seq));
   }
   check_scores(s, shape, shape.seq, "self-attention", where);
-  if (s.kind == LayerKind::kDecoder) check_scores(s, shape, shape.src_seq, "cross-attention", where);
+  if (s.kind == LayerKind::kDecoder)
+    check_scores(s, shape, shape.src_seq, "cross-attention", where);
 }
 
 void check_dtype(Precision given, Precision model, const std::string& where) {
   if (given != model) {
-    throw Error(fmt::format("{}: inputs are {} but the model was compiled for {}; convert them or "
-                            "compile the model for {}", where, to_string(given), to_string(model),
-                            to_string(given)));
+    throw Error(
+        fmt::format("{}: inputs are {} but the model was compiled for {}; convert them or "
+                    "compile the model for {}",
+                    where, to_string(given), to_string(model), to_string(given)));
   }
 }
 
@@ -131,35 +139,40 @@ void CompiledModel::check_run_shape(std::string_view name, const RunShape& shape
   const LayerExecutor& exec = layer(name);  // throws for a layer that does not exist
   for (size_t i = 0; i < stack_to_layer_.size(); ++i) {
     if (executors_.at(stack_to_layer_[i]).get() == &exec) {
-      check_shape(plan_.spec.layers[i], shape, fmt::format("{} ({})", name, exec.plan().layer.description));
+      check_shape(plan_.spec.layers[i], shape,
+                  fmt::format("{} ({})", name, exec.plan().layer.description));
       return;
     }
   }
   if (shape.batch < 1 || shape.seq < 1) {
-    throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be at least 1", name, shape.batch,
-                            shape.seq));
+    throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be at least 1", name,
+                            shape.batch, shape.seq));
   }
 }
 
-// ---- StackLayer ----------------------------------------------------------------------------------
+// ---- StackLayer
+// ----------------------------------------------------------------------------------
 
 StackLayer::StackLayer(std::shared_ptr<const CompiledModel> model, int stack, LayerKind kind)
-    : model_(std::move(model)), exec_(&model_->stack(stack)), spec_(stack_of_kind(*model_, stack, kind)) {}
+    : model_(std::move(model)),
+      exec_(&model_->stack(stack)),
+      spec_(stack_of_kind(*model_, stack, kind)) {}
 
 std::string StackLayer::where() const {
   return fmt::format("{} layer ({})", to_string(spec_.kind), exec_->plan().layer.description);
 }
 
 SavedActivations StackLayer::run_forward(const Bindings& b, Precision dtype, const RunShape& shape,
-                                         const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
-                                         void* saved_arena) const {
+                                         const DropoutConfig& dropout, Allocator& allocator,
+                                         CUstream stream, void* saved_arena) const {
   check_dtype(dtype, model_->spec().precision, where());
   check_shape(spec_, shape, where());
   ScopedContext ctx(model_->device());
   return exec_->forward(b, shape, dropout, allocator, stream, saved_arena);
 }
 
-SavedActivations StackLayer::rebuild_saved(void* saved_arena, const Bindings& inputs, const RunShape& shape,
+SavedActivations StackLayer::rebuild_saved(void* saved_arena, const Bindings& inputs,
+                                           const RunShape& shape,
                                            const DropoutConfig& dropout) const {
   check_shape(spec_, shape, where());
   return exec_->saved_from_arena(saved_arena, inputs, shape, dropout);
@@ -200,8 +213,9 @@ void bind_ffn_and_norms(Bindings& b, const std::string& prefix, const S& w) {
 template <class S>
 Bindings encoder_params(const std::string& prefix, const S& w) {
   Bindings b;
-  bind_attention(b, prefix + "self_attn", AttentionWeights{w.in_proj_weight, w.in_proj_bias, w.out_proj_weight,
-                                                           w.out_proj_bias});
+  bind_attention(
+      b, prefix + "self_attn",
+      AttentionWeights{w.in_proj_weight, w.in_proj_bias, w.out_proj_weight, w.out_proj_bias});
   bind_ffn_and_norms(b, prefix, w);
   return b;
 }
@@ -228,14 +242,16 @@ Bindings decoder_inputs(const DecoderInputs& in) {
 
 }  // namespace
 
-// ---- EncoderLayer ---------------------------------------------------------------------------------
+// ---- EncoderLayer
+// ---------------------------------------------------------------------------------
 
 EncoderLayer::EncoderLayer(std::shared_ptr<const CompiledModel> model, int stack)
     : StackLayer(std::move(model), stack, LayerKind::kEncoder) {}
 
 SavedActivations EncoderLayer::forward(const EncoderWeights& w, const EncoderInputs& in,
                                        const RunShape& shape, const DropoutConfig& dropout,
-                                       Allocator& allocator, CUstream stream, void* saved_arena) const {
+                                       Allocator& allocator, CUstream stream,
+                                       void* saved_arena) const {
   Bindings b = encoder_params("", w);
   b["x"] = mutable_ptr(in.x);
   b["key_padding_mask"] = mutable_ptr(in.key_padding_mask);
@@ -244,15 +260,17 @@ SavedActivations EncoderLayer::forward(const EncoderWeights& w, const EncoderInp
 }
 
 SavedActivations EncoderLayer::saved_from_arena(void* saved_arena, const void* x,
-                                                const uint8_t* key_padding_mask, const RunShape& shape,
+                                                const uint8_t* key_padding_mask,
+                                                const RunShape& shape,
                                                 const DropoutConfig& dropout) const {
-  return rebuild_saved(saved_arena, {{"x", mutable_ptr(x)}, {"key_padding_mask", mutable_ptr(key_padding_mask)}},
+  return rebuild_saved(saved_arena,
+                       {{"x", mutable_ptr(x)}, {"key_padding_mask", mutable_ptr(key_padding_mask)}},
                        shape, dropout);
 }
 
-void EncoderLayer::backward(const EncoderWeights& w, const EncoderGrads& g, const EncoderGradInputs& io,
-                            const SavedActivations& saved, GradMode mode, Allocator& allocator,
-                            CUstream stream) const {
+void EncoderLayer::backward(const EncoderWeights& w, const EncoderGrads& g,
+                            const EncoderGradInputs& io, const SavedActivations& saved,
+                            GradMode mode, Allocator& allocator, CUstream stream) const {
   Bindings b = encoder_params("", w);
   b.merge(encoder_params("grad.", g));
   b["grad_y"] = mutable_ptr(io.grad_y);
@@ -260,14 +278,16 @@ void EncoderLayer::backward(const EncoderWeights& w, const EncoderGrads& g, cons
   run_backward(b, saved, mode, allocator, stream);
 }
 
-// ---- DecoderLayer ---------------------------------------------------------------------------------
+// ---- DecoderLayer
+// ---------------------------------------------------------------------------------
 
 DecoderLayer::DecoderLayer(std::shared_ptr<const CompiledModel> model, int stack)
     : StackLayer(std::move(model), stack, LayerKind::kDecoder) {}
 
 SavedActivations DecoderLayer::forward(const DecoderWeights& w, const DecoderInputs& in,
                                        const RunShape& shape, const DropoutConfig& dropout,
-                                       Allocator& allocator, CUstream stream, void* saved_arena) const {
+                                       Allocator& allocator, CUstream stream,
+                                       void* saved_arena) const {
   Bindings b = decoder_params("", w);
   b.merge(decoder_inputs(in));
   b["y"] = in.y;
@@ -275,13 +295,14 @@ SavedActivations DecoderLayer::forward(const DecoderWeights& w, const DecoderInp
 }
 
 SavedActivations DecoderLayer::saved_from_arena(void* saved_arena, const DecoderInputs& in,
-                                                const RunShape& shape, const DropoutConfig& dropout) const {
+                                                const RunShape& shape,
+                                                const DropoutConfig& dropout) const {
   return rebuild_saved(saved_arena, decoder_inputs(in), shape, dropout);
 }
 
-void DecoderLayer::backward(const DecoderWeights& w, const DecoderGrads& g, const DecoderGradInputs& io,
-                            const SavedActivations& saved, GradMode mode, Allocator& allocator,
-                            CUstream stream) const {
+void DecoderLayer::backward(const DecoderWeights& w, const DecoderGrads& g,
+                            const DecoderGradInputs& io, const SavedActivations& saved,
+                            GradMode mode, Allocator& allocator, CUstream stream) const {
   Bindings b = decoder_params("", w);
   b.merge(decoder_params("grad.", g));
   b["grad_y"] = mutable_ptr(io.grad_y);

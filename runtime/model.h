@@ -1,10 +1,13 @@
 // model.h — the C++ API: a spec compiled for one GPU, and typed encoder and decoder layers on it.
 //
-//   auto model = lightseq::CompiledModel::load(lightseq::parse_spec_file("examples/bert-base.json"),
-//                                              {.device = 0});  // parse_spec_file: frontends/spec/parse.h
+//   auto model =
+//   lightseq::CompiledModel::load(lightseq::parse_spec_file("examples/bert-base.json"),
+//                                              {.device = 0});  // parse_spec_file:
+//                                              frontends/spec/parse.h
 //   lightseq::EncoderLayer layer(model, /*stack=*/0);
 //   auto saved = layer.forward(weights, io, shape, dropout, allocator, stream);
-//   layer.backward(weights, grads, grad_io, saved, lightseq::GradMode::kOverwrite, allocator, stream);
+//   layer.backward(weights, grads, grad_io, saved, lightseq::GradMode::kOverwrite, allocator,
+//   stream);
 //
 // Kernels are compiled on first use for the device's arch and kept in the disk cache; a later
 // process loads them from there. Nothing here keeps per-call state: several layers of one model,
@@ -36,7 +39,8 @@ class CompiledModel {
   // Plans the spec, compiles (or loads from the cache) every kernel for the device's arch and
   // loads them on the device. Throws Error when there is no GPU (with the reason), SpecError for
   // an invalid spec, CompileError for a rejected kernel.
-  static std::shared_ptr<CompiledModel> load(const ModelSpec& spec, const RuntimeOptions& options = {});
+  static std::shared_ptr<CompiledModel> load(const ModelSpec& spec,
+                                             const RuntimeOptions& options = {});
   ~CompiledModel();
 
   const ModelSpec& spec() const { return plan_.spec; }
@@ -82,8 +86,8 @@ class StackLayer {
                                void* saved_arena) const;
   SavedActivations rebuild_saved(void* saved_arena, const Bindings& inputs, const RunShape& shape,
                                  const DropoutConfig& dropout) const;
-  void run_backward(const Bindings& b, const SavedActivations& saved, GradMode mode, Allocator& allocator,
-                    CUstream stream) const;
+  void run_backward(const Bindings& b, const SavedActivations& saved, GradMode mode,
+                    Allocator& allocator, CUstream stream) const;
   std::string where() const;  // "encoder layer (...)" for error messages
 
   std::shared_ptr<const CompiledModel> model_;
@@ -94,33 +98,33 @@ class StackLayer {
 // Parameters of one encoder layer, in the layout of torch.nn.TransformerEncoderLayer (device
 // pointers in the model's precision).
 struct EncoderWeights {
-  const void* in_proj_weight = nullptr;   // [3H, H]
-  const void* in_proj_bias = nullptr;     // [3H]
-  const void* out_proj_weight = nullptr;  // [H, H]
-  const void* out_proj_bias = nullptr;    // [H]
-  const void* linear1_weight = nullptr;   // [F, H]
-  const void* linear1_bias = nullptr;     // [F]
-  const void* linear2_weight = nullptr;   // [H, F]
-  const void* linear2_bias = nullptr;     // [H]
-  const void* norm1_weight = nullptr, *norm1_bias = nullptr;  // [H]
-  const void* norm2_weight = nullptr, *norm2_bias = nullptr;  // [H]
+  const void* in_proj_weight = nullptr;                       // [3H, H]
+  const void* in_proj_bias = nullptr;                         // [3H]
+  const void* out_proj_weight = nullptr;                      // [H, H]
+  const void* out_proj_bias = nullptr;                        // [H]
+  const void* linear1_weight = nullptr;                       // [F, H]
+  const void* linear1_bias = nullptr;                         // [F]
+  const void* linear2_weight = nullptr;                       // [H, F]
+  const void* linear2_bias = nullptr;                         // [H]
+  const void *norm1_weight = nullptr, *norm1_bias = nullptr;  // [H]
+  const void *norm2_weight = nullptr, *norm2_bias = nullptr;  // [H]
 };
 
 // Their gradients, written (=) or accumulated (+=) as GradMode says.
 struct EncoderGrads {
-  void* in_proj_weight = nullptr, *in_proj_bias = nullptr;
-  void* out_proj_weight = nullptr, *out_proj_bias = nullptr;
-  void* linear1_weight = nullptr, *linear1_bias = nullptr;
-  void* linear2_weight = nullptr, *linear2_bias = nullptr;
-  void* norm1_weight = nullptr, *norm1_bias = nullptr;
-  void* norm2_weight = nullptr, *norm2_bias = nullptr;
+  void *in_proj_weight = nullptr, *in_proj_bias = nullptr;
+  void *out_proj_weight = nullptr, *out_proj_bias = nullptr;
+  void *linear1_weight = nullptr, *linear1_bias = nullptr;
+  void *linear2_weight = nullptr, *linear2_bias = nullptr;
+  void *norm1_weight = nullptr, *norm1_bias = nullptr;
+  void *norm2_weight = nullptr, *norm2_bias = nullptr;
 };
 
 struct EncoderInputs {
-  Precision dtype = Precision::kFp32;          // of x and y; must be the model's precision
-  const void* x = nullptr;                     // [B·T, H], rows batch-major (b·T + t)
-  const uint8_t* key_padding_mask = nullptr;   // [B, T], nonzero = pad; null = no padding
-  void* y = nullptr;                           // [B·T, H] output
+  Precision dtype = Precision::kFp32;         // of x and y; must be the model's precision
+  const void* x = nullptr;                    // [B·T, H], rows batch-major (b·T + t)
+  const uint8_t* key_padding_mask = nullptr;  // [B, T], nonzero = pad; null = no padding
+  void* y = nullptr;                          // [B·T, H] output
 };
 
 struct EncoderGradInputs {
@@ -140,8 +144,9 @@ class EncoderLayer : public StackLayer {
                            const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
                            void* saved_arena = nullptr) const;
   // x and key_padding_mask as given to the forward that filled the arena.
-  SavedActivations saved_from_arena(void* saved_arena, const void* x, const uint8_t* key_padding_mask,
-                                    const RunShape& shape, const DropoutConfig& dropout) const;
+  SavedActivations saved_from_arena(void* saved_arena, const void* x,
+                                    const uint8_t* key_padding_mask, const RunShape& shape,
+                                    const DropoutConfig& dropout) const;
   void backward(const EncoderWeights& w, const EncoderGrads& grads, const EncoderGradInputs& io,
                 const SavedActivations& saved, GradMode mode, Allocator& allocator,
                 CUstream stream) const;
@@ -157,8 +162,8 @@ struct AttentionWeights {
   const void* out_proj_bias = nullptr;    // [H]
 };
 struct AttentionGrads {
-  void* in_proj_weight = nullptr, *in_proj_bias = nullptr;
-  void* out_proj_weight = nullptr, *out_proj_bias = nullptr;
+  void *in_proj_weight = nullptr, *in_proj_bias = nullptr;
+  void *out_proj_weight = nullptr, *out_proj_bias = nullptr;
 };
 
 // Parameters of one decoder layer, in the layout of torch.nn.TransformerDecoderLayer: self_attn,
@@ -167,36 +172,36 @@ struct AttentionGrads {
 // (cross-attention), norm3 (feed-forward).
 struct DecoderWeights {
   AttentionWeights self_attn, multihead_attn;
-  const void* linear1_weight = nullptr;  // [F, H]
-  const void* linear1_bias = nullptr;    // [F]
-  const void* linear2_weight = nullptr;  // [H, F]
-  const void* linear2_bias = nullptr;    // [H]
-  const void* norm1_weight = nullptr, *norm1_bias = nullptr;  // [H]
-  const void* norm2_weight = nullptr, *norm2_bias = nullptr;  // [H]
-  const void* norm3_weight = nullptr, *norm3_bias = nullptr;  // [H]
+  const void* linear1_weight = nullptr;                       // [F, H]
+  const void* linear1_bias = nullptr;                         // [F]
+  const void* linear2_weight = nullptr;                       // [H, F]
+  const void* linear2_bias = nullptr;                         // [H]
+  const void *norm1_weight = nullptr, *norm1_bias = nullptr;  // [H]
+  const void *norm2_weight = nullptr, *norm2_bias = nullptr;  // [H]
+  const void *norm3_weight = nullptr, *norm3_bias = nullptr;  // [H]
 };
 struct DecoderGrads {
   AttentionGrads self_attn, multihead_attn;
-  void* linear1_weight = nullptr, *linear1_bias = nullptr;
-  void* linear2_weight = nullptr, *linear2_bias = nullptr;
-  void* norm1_weight = nullptr, *norm1_bias = nullptr;
-  void* norm2_weight = nullptr, *norm2_bias = nullptr;
-  void* norm3_weight = nullptr, *norm3_bias = nullptr;
+  void *linear1_weight = nullptr, *linear1_bias = nullptr;
+  void *linear2_weight = nullptr, *linear2_bias = nullptr;
+  void *norm1_weight = nullptr, *norm1_bias = nullptr;
+  void *norm2_weight = nullptr, *norm2_bias = nullptr;
+  void *norm3_weight = nullptr, *norm3_bias = nullptr;
 };
 
 // Shapes: RunShape{batch B, seq T (target tokens), src_seq S (encoder tokens)}.
 struct DecoderInputs {
-  Precision dtype = Precision::kFp32;              // of x, encoder_out and y
-  const void* x = nullptr;                         // [B·T, H], rows b·T + t
-  const uint8_t* key_padding_mask = nullptr;       // [B, T], nonzero = pad; null = none
-  const void* encoder_out = nullptr;               // [B·S, H] (PyTorch's `memory`), rows b·S + s
-  const uint8_t* encoder_padding_mask = nullptr;   // [B, S], nonzero = pad; null = none
-  void* y = nullptr;                               // [B·T, H] output
+  Precision dtype = Precision::kFp32;             // of x, encoder_out and y
+  const void* x = nullptr;                        // [B·T, H], rows b·T + t
+  const uint8_t* key_padding_mask = nullptr;      // [B, T], nonzero = pad; null = none
+  const void* encoder_out = nullptr;              // [B·S, H] (PyTorch's `memory`), rows b·S + s
+  const uint8_t* encoder_padding_mask = nullptr;  // [B, S], nonzero = pad; null = none
+  void* y = nullptr;                              // [B·T, H] output
 };
 
 struct DecoderGradInputs {
-  const void* grad_y = nullptr;    // [B·T, H]
-  void* grad_x = nullptr;          // [B·T, H] output (written)
+  const void* grad_y = nullptr;  // [B·T, H]
+  void* grad_x = nullptr;        // [B·T, H] output (written)
   // [B·S, H]: ADDED TO (+=) whatever the GradMode, because every decoder layer of a stack reads
   // the same encoder output and their gradients sum in one buffer. Zero it before the stack's
   // first backward.
@@ -216,8 +221,8 @@ class DecoderLayer : public StackLayer {
                            void* saved_arena = nullptr) const;
   // The inputs (x, encoder_out and the masks) as given to the forward that filled the arena; y
   // and dtype are not read.
-  SavedActivations saved_from_arena(void* saved_arena, const DecoderInputs& in, const RunShape& shape,
-                                    const DropoutConfig& dropout) const;
+  SavedActivations saved_from_arena(void* saved_arena, const DecoderInputs& in,
+                                    const RunShape& shape, const DropoutConfig& dropout) const;
   void backward(const DecoderWeights& w, const DecoderGrads& grads, const DecoderGradInputs& io,
                 const SavedActivations& saved, GradMode mode, Allocator& allocator,
                 CUstream stream) const;

@@ -2,9 +2,9 @@
 // 16-bit models, loss-scale aware), and the finite-gradient check of dynamic loss scaling.
 #pragma once
 
+#include "adam.sig.cuh"
 #include "common/adam_types.cuh"
 #include "common/enums.cuh"
-#include "adam.sig.cuh"
 #include "common/types.cuh"
 
 namespace lightseq::kern {
@@ -21,8 +21,9 @@ struct AdamStep {
 };
 
 // bias_correction = 1 - beta^step in double, as PyTorch computes it (on the host) for Adam/AdamW.
-__device__ __forceinline__ AdamStep adam_step_of(float beta1, float beta2, float eps, float weight_decay,
-                                                 float lr, const OptimState& st) {
+__device__ __forceinline__ AdamStep adam_step_of(float beta1, float beta2, float eps,
+                                                 float weight_decay, float lr,
+                                                 const OptimState& st) {
   const double step = static_cast<double>(st.step) + 1.0;
   const double bc1 = 1.0 - pow(static_cast<double>(beta1), step);
   const double bc2 = 1.0 - pow(static_cast<double>(beta2), step);
@@ -135,7 +136,8 @@ __global__ void __launch_bounds__(check_finite_block())
       float g[kAdamVec];
       load_float<kAdamVec>(c.grad + i, g);
 #pragma unroll
-      for (int e = 0; e < kAdamVec; ++e) bad |= (__float_as_uint(g[e]) & 0x7f800000u) == 0x7f800000u;
+      for (int e = 0; e < kAdamVec; ++e)
+        bad |= (__float_as_uint(g[e]) & 0x7f800000u) == 0x7f800000u;
     }
   }
   for (int64_t i = vec_end + threadIdx.x; i < c.n; i += kThreads) {

@@ -1,12 +1,12 @@
-// adam.sig.cuh — adam.cuh's traits and signatures: multi-tensor Adam / AdamW and the finite-gradient check.
-// Traits: the family's launch formulas as __host__ __device__ constexpr functions, which the
-// kernels and the runtime share. Signatures (host-only, common/signature.cuh): each kernel's
-// template and run-time parameters with their roles, its launch shape and its scratch extents,
-// declared once; codegen, the planner and the runtime derive everything else from them.
+// adam.sig.cuh — adam.cuh's traits and signatures: multi-tensor Adam / AdamW and the
+// finite-gradient check. Traits: the family's launch formulas as __host__ __device__ constexpr
+// functions, which the kernels and the runtime share. Signatures (host-only, common/signature.cuh):
+// each kernel's template and run-time parameters with their roles, its launch shape and its scratch
+// extents, declared once; codegen, the planner and the runtime derive everything else from them.
 #pragma once
 
-#include "common/launch.cuh"
 #include "common/enums.cuh"
+#include "common/launch.cuh"
 
 namespace lightseq::kern {
 
@@ -40,11 +40,12 @@ inline constexpr ListSlot kAdamSlots[] = {{"master", CType::kF32Ptr, Role::kOutA
                                           {"exp_avg_sq", CType::kF32Ptr, Role::kOutAcc}};
 inline constexpr TensorList kAdamList{kAdamSlots, 5, kAdamChunkElems};
 // check_finite_kernel reads only the gradients of the same table.
-inline constexpr ListSlot kGradSlots[] = {{"master", CType::kF32Ptr, Role::kIn, Nullable::kYes},
-                                          {"param", CType::kTPtr, Role::kIn, Nullable::kYes},
-                                          {"grad", CType::kConstTPtr, Role::kIn},
-                                          {"exp_avg", CType::kF32Ptr, Role::kIn, Nullable::kYes},
-                                          {"exp_avg_sq", CType::kF32Ptr, Role::kIn, Nullable::kYes}};
+inline constexpr ListSlot kGradSlots[] = {
+    {"master", CType::kF32Ptr, Role::kIn, Nullable::kYes},
+    {"param", CType::kTPtr, Role::kIn, Nullable::kYes},
+    {"grad", CType::kConstTPtr, Role::kIn},
+    {"exp_avg", CType::kF32Ptr, Role::kIn, Nullable::kYes},
+    {"exp_avg_sq", CType::kF32Ptr, Role::kIn, Nullable::kYes}};
 inline constexpr TensorList kGradList{kGradSlots, 5, kAdamChunkElems};
 
 namespace adam_step {
@@ -61,12 +62,14 @@ inline Launch launch(const Values& v) {
   return {adam_grid(v.i[index_of(kP, "n_chunks")]), adam_block(), 0};
 }
 }  // namespace adam_step
-inline constexpr Kernel kAdam = make_kernel("adam", "adam_kernel", adam_step::kT, adam_step::kP, &adam_step::launch);
+inline constexpr Kernel kAdam =
+    make_kernel("adam", "adam_kernel", adam_step::kT, adam_step::kP, &adam_step::launch);
 
 namespace check_finite {
 inline constexpr TParam kT[] = {kDTypeParam};
 inline constexpr Param kP[] = {tensor_list("chunks", CType::kConstAdamChunkPtr, kGradList),
-                               scalar("n_chunks", CType::kI32), out_acc("state", CType::kOptimStatePtr)};
+                               scalar("n_chunks", CType::kI32),
+                               out_acc("state", CType::kOptimStatePtr)};
 inline Launch launch(const Values& v) {
   return {check_finite_grid(v.i[index_of(kP, "n_chunks")]), check_finite_block(), 0};
 }
@@ -76,8 +79,9 @@ inline constexpr Kernel kCheckFinite = make_kernel("adam", "check_finite_kernel"
 
 namespace optim_finish {
 inline constexpr TParam kT[] = {kDTypeParam};
-inline constexpr Param kP[] = {out_acc("state", CType::kOptimStatePtr), scalar("growth_factor", CType::kF32),
-                               scalar("backoff_factor", CType::kF32), scalar("growth_interval", CType::kI32)};
+inline constexpr Param kP[] = {
+    out_acc("state", CType::kOptimStatePtr), scalar("growth_factor", CType::kF32),
+    scalar("backoff_factor", CType::kF32), scalar("growth_interval", CType::kI32)};
 inline Launch launch(const Values&) { return {grid_1d(1), 32, 0}; }
 }  // namespace optim_finish
 inline constexpr Kernel kOptimFinish = make_kernel("adam", "optim_finish_kernel", optim_finish::kT,

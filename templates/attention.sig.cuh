@@ -1,12 +1,12 @@
-// attention.sig.cuh — attention.cuh's traits and signatures: the head layout: split and merge heads.
-// Traits: the family's launch formulas as __host__ __device__ constexpr functions, which the
+// attention.sig.cuh — attention.cuh's traits and signatures: the head layout: split and merge
+// heads. Traits: the family's launch formulas as __host__ __device__ constexpr functions, which the
 // kernels and the runtime share. Signatures (host-only, common/signature.cuh): each kernel's
 // template and run-time parameters with their roles, its launch shape and its scratch extents,
 // declared once; codegen, the planner and the runtime derive everything else from them.
 #pragma once
 
-#include "common/launch.cuh"
 #include "common/enums.cuh"
+#include "common/launch.cuh"
 
 namespace lightseq::kern {
 
@@ -39,11 +39,12 @@ LIGHTSEQ_HD constexpr GridDim merge_grid(int64_t rows, int64_t hidden, int64_t h
 namespace lightseq::kern::sig {
 
 namespace split_heads {
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kHidden", "h"), int_param("kHeads", "heads"),
-                                int_param("kParts", "parts"), enum_param("kBias", "bias", kBiasAddInfo)};
-inline constexpr Param kP[] = {in("in", CType::kConstTPtr), in("bias", CType::kConstTPtr, Nullable::kYes),
-                               out("out", CType::kTPtr), scalar("batch", CType::kI64),
-                               scalar("seq", CType::kI64)};
+inline constexpr TParam kT[] = {kDTypeParam, int_param("kHidden", "h"),
+                                int_param("kHeads", "heads"), int_param("kParts", "parts"),
+                                enum_param("kBias", "bias", kBiasAddInfo)};
+inline constexpr Param kP[] = {
+    in("in", CType::kConstTPtr), in("bias", CType::kConstTPtr, Nullable::kYes),
+    out("out", CType::kTPtr), scalar("batch", CType::kI64), scalar("seq", CType::kI64)};
 inline Launch launch(const Values& v) {
   const int64_t rows = v.i[index_of(kP, "batch")] * v.i[index_of(kP, "seq")];
   return {split_heads_grid(rows, v.t[index_of(kT, "kHidden")], v.t[index_of(kT, "kHeads")],
@@ -51,17 +52,19 @@ inline Launch launch(const Values& v) {
           split_heads_block(), 0};
 }
 }  // namespace split_heads
-inline constexpr Kernel kSplitHeads = make_kernel("attention", "split_heads_kernel", split_heads::kT,
-                                                  split_heads::kP, &split_heads::launch);
+inline constexpr Kernel kSplitHeads = make_kernel(
+    "attention", "split_heads_kernel", split_heads::kT, split_heads::kP, &split_heads::launch);
 
 namespace merge_heads {
 inline Extent partials(const Values& v);
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kHidden", "h"), int_param("kHeads", "heads"),
-                                int_param("kParts", "parts"), enum_param("kBiasGrad", "bias_grad", kBiasGradInfo)};
+inline constexpr TParam kT[] = {kDTypeParam, int_param("kHidden", "h"),
+                                int_param("kHeads", "heads"), int_param("kParts", "parts"),
+                                enum_param("kBiasGrad", "bias_grad", kBiasGradInfo)};
 inline constexpr Param kP[] = {in("in", CType::kConstTPtr), out("out", CType::kTPtr),
                                scratch("partials", CType::kF32Ptr, &partials, Nullable::kYes),
                                scalar("batch", CType::kI64), scalar("seq", CType::kI64)};
-// Column sums of out (a bias gradient) as per-block partials [merge_blocks(rows), kParts * kHidden].
+// Column sums of out (a bias gradient) as per-block partials [merge_blocks(rows), kParts *
+// kHidden].
 inline Extent partials(const Values& v) {
   return {merge_blocks(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "seq")]),
           v.t[index_of(kT, "kParts")] * v.t[index_of(kT, "kHidden")]};
@@ -73,8 +76,8 @@ inline Launch launch(const Values& v) {
   return {merge_grid(rows, hidden, heads, parts, eb), merge_block(hidden, heads, parts, eb), 0};
 }
 }  // namespace merge_heads
-inline constexpr Kernel kMergeHeads = make_kernel("attention", "merge_heads_kernel", merge_heads::kT,
-                                                  merge_heads::kP, &merge_heads::launch);
+inline constexpr Kernel kMergeHeads = make_kernel(
+    "attention", "merge_heads_kernel", merge_heads::kT, merge_heads::kP, &merge_heads::launch);
 
 namespace attention {
 inline constexpr const Kernel* kKernels[] = {&kSplitHeads, &kMergeHeads};

@@ -21,8 +21,7 @@ namespace lightseq::kern {
 // Numerics:  fp32 (x + bias is not rounded to T before the activation).
 template <typename T, int kCols, int kVec, Act kAct, Drop kDrop>
 __global__ void __launch_bounds__(kElementwiseThreads)
-    bias_act_dropout_fwd_kernel(const T* x, const T* bias, T* out, int64_t rows,
-                                DropoutArgs drop) {
+    bias_act_dropout_fwd_kernel(const T* x, const T* bias, T* out, int64_t rows, DropoutArgs drop) {
   static_assert(kCols > 0 && kVec >= 1 && kCols % kVec == 0, "kVec must divide kCols");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kAct == Act::kNone || kAct == Act::kRelu || kAct == Act::kGelu, "Act");

@@ -1,12 +1,13 @@
-// bias_act_dropout.sig.cuh — bias_act_dropout.cuh's traits and signatures: bias + activation + dropout, forward and backward.
-// Traits: the family's launch formulas as __host__ __device__ constexpr functions, which the
-// kernels and the runtime share. Signatures (host-only, common/signature.cuh): each kernel's
-// template and run-time parameters with their roles, its launch shape and its scratch extents,
-// declared once; codegen, the planner and the runtime derive everything else from them.
+// bias_act_dropout.sig.cuh — bias_act_dropout.cuh's traits and signatures: bias + activation +
+// dropout, forward and backward. Traits: the family's launch formulas as __host__ __device__
+// constexpr functions, which the kernels and the runtime share. Signatures (host-only,
+// common/signature.cuh): each kernel's template and run-time parameters with their roles, its
+// launch shape and its scratch extents, declared once; codegen, the planner and the runtime derive
+// everything else from them.
 #pragma once
 
-#include "common/launch.cuh"
 #include "common/enums.cuh"
+#include "common/launch.cuh"
 
 namespace lightseq::kern {
 
@@ -29,27 +30,32 @@ LIGHTSEQ_HD constexpr GridDim bad_bwd_grid(int64_t rows, int64_t cols, int vec) 
 namespace lightseq::kern::sig {
 
 namespace bad_fwd {
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kCols", "cols"), int_param("kVec", "vec", vec_of<1>),
-                                enum_param("kAct", "act", kActInfo), enum_param("kDrop", "drop", kDropInfo)};
+inline constexpr TParam kT[] = {
+    kDTypeParam, int_param("kCols", "cols"), int_param("kVec", "vec", vec_of<1>),
+    enum_param("kAct", "act", kActInfo), enum_param("kDrop", "drop", kDropInfo)};
 inline constexpr Param kP[] = {in("x", CType::kConstTPtr), in("bias", CType::kConstTPtr),
-                               out("out", CType::kTPtr), scalar("rows", CType::kI64), dropout("drop")};
+                               out("out", CType::kTPtr), scalar("rows", CType::kI64),
+                               dropout("drop")};
 inline Launch launch(const Values& v) {
   return {bad_fwd_grid(v.i[index_of(kP, "rows")], v.t[index_of(kT, "kCols")],
                        static_cast<int>(v.t[index_of(kT, "kVec")])),
           bad_fwd_block(), 0};
 }
 }  // namespace bad_fwd
-inline constexpr Kernel kBiasActDropoutFwd = make_kernel("bias_act_dropout", "bias_act_dropout_fwd_kernel",
-                                                         bad_fwd::kT, bad_fwd::kP, &bad_fwd::launch);
+inline constexpr Kernel kBiasActDropoutFwd = make_kernel(
+    "bias_act_dropout", "bias_act_dropout_fwd_kernel", bad_fwd::kT, bad_fwd::kP, &bad_fwd::launch);
 
 namespace bad_bwd {
 inline Extent partials(const Values& v);
 // The same template parameters as the forward.
 inline constexpr const auto& kT = bad_fwd::kT;
-inline constexpr Param kP[] = {in("grad_out", CType::kConstTPtr), in("x", CType::kConstTPtr),
-                               in("bias", CType::kConstTPtr),     out("grad_x", CType::kTPtr),
+inline constexpr Param kP[] = {in("grad_out", CType::kConstTPtr),
+                               in("x", CType::kConstTPtr),
+                               in("bias", CType::kConstTPtr),
+                               out("grad_x", CType::kTPtr),
                                scratch("partials", CType::kF32Ptr, &partials, Nullable::kNo),
-                               scalar("rows", CType::kI64),       dropout("drop")};
+                               scalar("rows", CType::kI64),
+                               dropout("drop")};
 // The bias gradient's per-block partials [bad_bwd_blocks(rows), kCols] fp32.
 inline Extent partials(const Values& v) {
   return {bad_bwd_blocks(v.i[index_of(kP, "rows")]), v.t[index_of(kT, "kCols")]};
@@ -60,8 +66,8 @@ inline Launch launch(const Values& v) {
   return {bad_bwd_grid(rows, cols, vec), bad_bwd_block(cols, vec), 0};
 }
 }  // namespace bad_bwd
-inline constexpr Kernel kBiasActDropoutBwd = make_kernel("bias_act_dropout", "bias_act_dropout_bwd_kernel",
-                                                         bad_bwd::kT, bad_bwd::kP, &bad_bwd::launch);
+inline constexpr Kernel kBiasActDropoutBwd = make_kernel(
+    "bias_act_dropout", "bias_act_dropout_bwd_kernel", bad_bwd::kT, bad_bwd::kP, &bad_bwd::launch);
 
 namespace bias_act_dropout {
 inline constexpr const Kernel* kKernels[] = {&kBiasActDropoutFwd, &kBiasActDropoutBwd};

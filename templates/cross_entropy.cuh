@@ -3,9 +3,9 @@
 // 'none') semantics; the caller reduces loss and folds the reduction into grad_scale).
 #pragma once
 
-#include "cross_entropy.sig.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"
+#include "cross_entropy.sig.cuh"
 
 namespace lightseq::kern {
 
@@ -42,7 +42,8 @@ __global__ void __launch_bounds__(kThreads)
   if (bad && tid == 0) *bad_target = 1;
   if (bad || y == ignore_index) {  // uniform over the block
     const Vec<T, kVec> zero = {};
-    for (int v = tid; v < kNvec; v += kThreads) store_vec<kVec>(grad_logits + base + v * kVec, zero);
+    for (int v = tid; v < kNvec; v += kThreads)
+      store_vec<kVec>(grad_logits + base + v * kVec, zero);
     if (tid == 0) {
       loss[row] = 0.f;
       nll[row] = 0.f;
@@ -65,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
     sum_x = sx;
   };
   // grad of vector v from its fp32 logits.
-  auto write_grad = [&](int v, float (&x)[kVec], float inv_sum) {
+  auto write_grad = [&](int v, float(&x)[kVec], float inv_sum) {
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
       x[e] = scale * expf(x[e] - m) * inv_sum - off_target;

@@ -1,12 +1,13 @@
-// cross_entropy.sig.cuh — cross_entropy.cuh's traits and signatures: label-smoothed softmax cross-entropy, forward and backward in one pass.
-// Traits: the family's launch formulas as __host__ __device__ constexpr functions, which the
-// kernels and the runtime share. Signatures (host-only, common/signature.cuh): each kernel's
-// template and run-time parameters with their roles, its launch shape and its scratch extents,
-// declared once; codegen, the planner and the runtime derive everything else from them.
+// cross_entropy.sig.cuh — cross_entropy.cuh's traits and signatures: label-smoothed softmax
+// cross-entropy, forward and backward in one pass. Traits: the family's launch formulas as __host__
+// __device__ constexpr functions, which the kernels and the runtime share. Signatures (host-only,
+// common/signature.cuh): each kernel's template and run-time parameters with their roles, its
+// launch shape and its scratch extents, declared once; codegen, the planner and the runtime derive
+// everything else from them.
 #pragma once
 
-#include "common/launch.cuh"
 #include "common/enums.cuh"
+#include "common/launch.cuh"
 
 namespace lightseq::kern {
 
@@ -37,20 +38,29 @@ namespace lightseq::kern::sig {
 namespace cross_entropy {
 // kVec: 16-byte vectors that divide the vocabulary; kThreads: the fewest that cache the row.
 inline int64_t vocab_vec(const Values& v) { return vec_width(static_cast<int>(v.t[0]), v.t[1]); }
-inline int64_t vocab_threads(const Values& v) { return ce_threads(v.t[1], static_cast<int>(vocab_vec(v))); }
+inline int64_t vocab_threads(const Values& v) {
+  return ce_threads(v.t[1], static_cast<int>(vocab_vec(v)));
+}
 inline constexpr TParam kT[] = {kDTypeParam, int_param("kVocab", "vocab"),
                                 int_param("kThreads", "threads", &vocab_threads),
                                 int_param("kVec", "vec", &vocab_vec)};
-inline constexpr Param kP[] = {in("logits", CType::kConstTPtr),  in("targets", CType::kConstI64Ptr),
-                               out("loss", CType::kF32Ptr),       out("nll", CType::kF32Ptr),
-                               out("grad_logits", CType::kTPtr),  error_flag("bad_target"),
-                               scalar("rows", CType::kI64),       scalar("ignore_index", CType::kI64),
-                               scalar("label_smoothing", CType::kF32), in("grad_scale", CType::kConstF32Ptr, Nullable::kYes)};
+inline constexpr Param kP[] = {in("logits", CType::kConstTPtr),
+                               in("targets", CType::kConstI64Ptr),
+                               out("loss", CType::kF32Ptr),
+                               out("nll", CType::kF32Ptr),
+                               out("grad_logits", CType::kTPtr),
+                               error_flag("bad_target"),
+                               scalar("rows", CType::kI64),
+                               scalar("ignore_index", CType::kI64),
+                               scalar("label_smoothing", CType::kF32),
+                               in("grad_scale", CType::kConstF32Ptr, Nullable::kYes)};
 inline Launch launch(const Values& v) {
-  return {ce_grid(v.i[index_of(kP, "rows")]), ce_block(static_cast<int>(v.t[index_of(kT, "kThreads")])), 0};
+  return {ce_grid(v.i[index_of(kP, "rows")]),
+          ce_block(static_cast<int>(v.t[index_of(kT, "kThreads")])), 0};
 }
 static_assert(index_of(kT, "kVocab") == 1, "vocab_vec reads kVocab at 1");
-inline constexpr const Kernel kKernel = make_kernel("cross_entropy", "cross_entropy_kernel", kT, kP, &launch);
+inline constexpr const Kernel kKernel =
+    make_kernel("cross_entropy", "cross_entropy_kernel", kT, kP, &launch);
 inline constexpr const Kernel* kKernels[] = {&kKernel};
 }  // namespace cross_entropy
 inline constexpr const Kernel& kCrossEntropy = cross_entropy::kKernel;

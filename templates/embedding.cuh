@@ -3,10 +3,10 @@
 // LayerNorm parameter partials). Row layout and LayerNorm pieces come from layernorm.cuh.
 #pragma once
 
-#include "embedding.sig.cuh"
 #include "common/philox.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"
+#include "embedding.sig.cuh"
 #include "layernorm.cuh"
 
 namespace lightseq::kern {
@@ -16,8 +16,8 @@ template <typename T, int kHidden, int kVec, Pos kPos>
 __device__ __forceinline__ void add_position(float (&e)[kVec], const T* pos_table, int64_t t,
                                              int v) {
   if constexpr (kPos == Pos::kSinusoidal) {
-    // Fairseq: freq_k = exp(-k * ln(10000) / (H/2 - 1)), sin(t * freq) in [0, H/2), cos in [H/2, H),
-    // all in fp32 like fairseq.modules.SinusoidalPositionalEmbedding.
+    // Fairseq: freq_k = exp(-k * ln(10000) / (H/2 - 1)), sin(t * freq) in [0, H/2), cos in [H/2,
+    // H), all in fp32 like fairseq.modules.SinusoidalPositionalEmbedding.
     constexpr int kHalf = kHidden / 2;
     constexpr float kNegLogStep = static_cast<float>(-9.210340371976184 / (kHalf - 1));
     const float pos = static_cast<float>(t);
@@ -48,7 +48,8 @@ __device__ __forceinline__ void atomic_add_f32(float* p, const float (&v)[N]) {
     return;
   } else if constexpr (N % 2 == 0) {
 #pragma unroll
-    for (int i = 0; i < N; i += 2) atomicAdd(reinterpret_cast<float2*>(p + i), make_float2(v[i], v[i + 1]));
+    for (int i = 0; i < N; i += 2)
+      atomicAdd(reinterpret_cast<float2*>(p + i), make_float2(v[i], v[i + 1]));
     return;
   }
 #endif
@@ -115,13 +116,13 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   if (!kSharedBarriers && !active) return;
 
   const T* emb_row = token_table + tok * kHidden;
-  auto embed = [&](int v, float (&e)[kVec]) {
+  auto embed = [&](int v, float(&e)[kVec]) {
     load_float<kVec>(emb_row + v * kVec, e);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) e[i] *= scale;
     add_position<T, kHidden, kVec, kPos>(e, pos_table, t, v);
   };
-  auto emit = [&](int v, float (&y)[kVec]) {
+  auto emit = [&](int v, float(&y)[kVec]) {
     if constexpr (kDrop == Drop::kOn) {
       apply_dropout<kVec>(y, dropout_keep_bits<kVec>(drop, base + v * kVec), drop.scale);
     }
@@ -166,15 +167,13 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
     }
   } else {
     static_assert(kRows == 1, "streamed rows take a block each");
-    auto load_z = [&](int v, float (&z)[kVec]) {
+    auto load_z = [&](int v, float(&z)[kVec]) {
       embed(v, z);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) z[i] = round_to<T>(z[i]);
       store_float<kVec>(sum_out + base + v * kVec, z);
     };
-    auto reload_z = [&](int v, float (&z)[kVec]) {
-      load_float<kVec>(sum_out + base + v * kVec, z);
-    };
+    auto reload_z = [&](int v, float(&z)[kVec]) { load_float<kVec>(sum_out + base + v * kVec, z); };
     float mu, rs;
     ln_row_forward_streamed<T, kHidden, kVec, kTpr>(load_z, reload_z, emit, tid, gamma, beta, eps,
                                                     smem, mu, rs);
@@ -223,14 +222,15 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
   const int64_t rows = batch * seq;
   const int64_t r0 = partial_row_begin(rows, gridDim.x, blockIdx.x);
   const int64_t r1 = partial_row_begin(rows, gridDim.x, blockIdx.x + 1);
-  float* part = partials + static_cast<int64_t>(blockIdx.x) * embedding_bwd_partial_cols(kHidden, kNorm);
+  float* part =
+      partials + static_cast<int64_t>(blockIdx.x) * embedding_bwd_partial_cols(kHidden, kNorm);
 
   // The masked gradient of vector v of a row.
-  auto grad_in = [&](int64_t base, int v, float (&g)[kVec]) {
+  auto grad_in = [&](int64_t base, int v, float(&g)[kVec]) {
     const uint32_t keep = kMasked ? dropout_keep_bits<kVec>(drop, base + v * kVec) : 0u;
     ln_grad_in<kMasked>(load_vec<kVec>(grad_out + base + v * kVec), keep, drop.scale, g);
   };
-  auto scatter = [&](int64_t tok, int64_t t, int v, float (&d)[kVec]) {
+  auto scatter = [&](int64_t tok, int64_t t, int v, float(&d)[kVec]) {
     if constexpr (kPos == Pos::kLearned) atomic_add_f32<kVec>(grad_pos + t * kHidden + v * kVec, d);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) d[i] *= scale;
@@ -312,8 +312,8 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
       const int64_t t = row % seq;
       if (skip(tok, t)) continue;
       const int64_t base = row * kHidden;
-      auto load_g = [&](int v, float (&g)[kVec]) { grad_in(base, v, g); };
-      auto load_x = [&](int v, float (&x)[kVec]) { load_float<kVec>(sum_out + base + v * kVec, x); };
+      auto load_g = [&](int v, float(&g)[kVec]) { grad_in(base, v, g); };
+      auto load_x = [&](int v, float(&x)[kVec]) { load_float<kVec>(sum_out + base + v * kVec, x); };
       const float mu = mean[row], rs = rstd[row];
       float m1, m2;
       ln_row_backward_stats_streamed<T, kHidden, kVec, kTpr>(load_g, load_x, tid, gamma, mu, rs,

@@ -1,18 +1,21 @@
-// embedding.sig.cuh — embedding.cuh's traits and signatures: token + position embedding (+ LayerNorm, dropout), forward and backward.
-// Traits: the family's launch formulas as __host__ __device__ constexpr functions, which the
-// kernels and the runtime share. Signatures (host-only, common/signature.cuh): each kernel's
-// template and run-time parameters with their roles, its launch shape and its scratch extents,
-// declared once; codegen, the planner and the runtime derive everything else from them.
+// embedding.sig.cuh — embedding.cuh's traits and signatures: token + position embedding (+
+// LayerNorm, dropout), forward and backward. Traits: the family's launch formulas as __host__
+// __device__ constexpr functions, which the kernels and the runtime share. Signatures (host-only,
+// common/signature.cuh): each kernel's template and run-time parameters with their roles, its
+// launch shape and its scratch extents, declared once; codegen, the planner and the runtime derive
+// everything else from them.
 #pragma once
 
+#include "common/enums.cuh"
 #include "common/launch.cuh"
 #include "layernorm.sig.cuh"
-#include "common/enums.cuh"
 
 namespace lightseq::kern {
 
 // ---- embedding.cuh: the LayerNorm layouts ------------------------------------------------------
-LIGHTSEQ_HD constexpr int embedding_fwd_block(int64_t hidden, int vec) { return ln_block(hidden, vec); }
+LIGHTSEQ_HD constexpr int embedding_fwd_block(int64_t hidden, int vec) {
+  return ln_block(hidden, vec);
+}
 LIGHTSEQ_HD constexpr GridDim embedding_fwd_grid(int64_t rows, int64_t hidden, int vec) {
   return ln_grid(rows, hidden, vec);
 }
@@ -36,8 +39,11 @@ LIGHTSEQ_HD constexpr int64_t embedding_bwd_partial_cols(int64_t hidden, Norm no
 namespace lightseq::kern::sig {
 
 namespace embedding_fwd {
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kHidden", "h"), int_param("kVec", "vec", vec_of<1>),
-                                enum_param("kPos", "pos", kPosInfo), enum_param("kNorm", "norm", kNormInfo),
+inline constexpr TParam kT[] = {kDTypeParam,
+                                int_param("kHidden", "h"),
+                                int_param("kVec", "vec", vec_of<1>),
+                                enum_param("kPos", "pos", kPosInfo),
+                                enum_param("kNorm", "norm", kNormInfo),
                                 enum_param("kDrop", "drop", kDropInfo)};
 inline constexpr Param kP[] = {in("tokens", CType::kConstI64Ptr),
                                in("token_table", CType::kConstTPtr),
@@ -64,8 +70,9 @@ inline Launch launch(const Values& v) {
   return {embedding_fwd_grid(rows, hidden, vec), embedding_fwd_block(hidden, vec), 0};
 }
 }  // namespace embedding_fwd
-inline constexpr Kernel kEmbeddingFwd = make_kernel("embedding", "embedding_fwd_kernel", embedding_fwd::kT,
-                                                    embedding_fwd::kP, &embedding_fwd::launch);
+inline constexpr Kernel kEmbeddingFwd =
+    make_kernel("embedding", "embedding_fwd_kernel", embedding_fwd::kT, embedding_fwd::kP,
+                &embedding_fwd::launch);
 
 namespace embedding_bwd {
 inline Extent partials(const Values& v);
@@ -91,16 +98,19 @@ inline constexpr Param kP[] = {
 // The LayerNorm's dgamma | dbeta per-block partials (Norm::kOn; none otherwise).
 inline Extent partials(const Values& v) {
   return {embedding_bwd_blocks(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "seq")]),
-          embedding_bwd_partial_cols(v.t[index_of(kT, "kHidden")], static_cast<Norm>(v.t[index_of(kT, "kNorm")]))};
+          embedding_bwd_partial_cols(v.t[index_of(kT, "kHidden")],
+                                     static_cast<Norm>(v.t[index_of(kT, "kNorm")]))};
 }
 inline Launch launch(const Values& v) {
   const int64_t rows = v.i[index_of(kP, "batch")] * v.i[index_of(kP, "seq")];
   const int64_t hidden = v.t[index_of(kT, "kHidden")];
-  return {embedding_bwd_grid(rows), embedding_bwd_block(hidden, static_cast<int>(v.t[index_of(kT, "kVec")])), 0};
+  return {embedding_bwd_grid(rows),
+          embedding_bwd_block(hidden, static_cast<int>(v.t[index_of(kT, "kVec")])), 0};
 }
 }  // namespace embedding_bwd
-inline constexpr Kernel kEmbeddingBwd = make_kernel("embedding", "embedding_bwd_kernel", embedding_bwd::kT,
-                                                    embedding_bwd::kP, &embedding_bwd::launch);
+inline constexpr Kernel kEmbeddingBwd =
+    make_kernel("embedding", "embedding_bwd_kernel", embedding_bwd::kT, embedding_bwd::kP,
+                &embedding_bwd::launch);
 
 namespace embedding {
 inline constexpr const Kernel* kKernels[] = {&kEmbeddingFwd, &kEmbeddingBwd};

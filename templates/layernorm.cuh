@@ -5,15 +5,15 @@
 // used); vector k of thread t is row vector k * kTpr + t, so each load of the row group is
 // contiguous. A block holds ln_rows_per_block (ln_bwd_rows_per_block) row groups; a one-warp group
 // reduces by shuffles alone, a wider one through shared memory (barriers: every group of the block
-// takes part in every reduction, valid row or not). Rows too long to cache (forward > 16384 elements, backward > 8192) are
-// streamed by 1024 threads: extra passes over global memory (and, backward, the partial
-// accumulators in global memory): correct for any size, fast up to those.
+// takes part in every reduction, valid row or not). Rows too long to cache (forward > 16384
+// elements, backward > 8192) are streamed by 1024 threads: extra passes over global memory (and,
+// backward, the partial accumulators in global memory): correct for any size, fast up to those.
 #pragma once
 
-#include "layernorm.sig.cuh"
 #include "common/philox.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"
+#include "layernorm.sig.cuh"
 
 namespace lightseq::kern {
 
@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   if (kTpr <= 32 && !valid) return;
   const int64_t base = row * kHidden;
 
-  auto load_z = [&](int v, float (&z)[kVec]) {
+  auto load_z = [&](int v, float(&z)[kVec]) {
     const int64_t off = base + static_cast<int64_t>(v) * kVec;
     load_float<kVec>(residual + off, z);
     if constexpr (kBranch == Branch::kBiasDropoutResidual) {
@@ -314,11 +314,11 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
     }
   } else {
     if constexpr (kNorm == Norm::kOn) {
-      auto reload_z = [&](int v, float (&z)[kVec]) {
+      auto reload_z = [&](int v, float(&z)[kVec]) {
         const T* src = kBranch == Branch::kNone ? residual : sum_out;
         load_float<kVec>(src + base + v * kVec, z);
       };
-      auto store_y = [&](int v, const float (&y)[kVec]) {
+      auto store_y = [&](int v, const float(&y)[kVec]) {
         store_float<kVec>(norm_out + base + v * kVec, y);
       };
       float mu, rs;
@@ -344,11 +344,11 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
 // Fuses:     LN backward + residual-gradient add + dropout backward + bias-gradient partials.
 // Shapes:    grad_out, z, grad_residual, grad_z, grad_branch [rows, kHidden]; mean, rstd [rows];
 //            gamma [kHidden]; partials [ln_bwd_blocks(rows), ln_bwd_partial_cols(kHidden, kNorm,
-//            kBranchOut)] fp32, columns dgamma [0,H), dbeta [H,2H) (kNorm), then dbias (kBranchOut).
-//            All outputs `=` (every block writes its whole partials row, zeros if it owns no row).
-//            grad_z may alias grad_out, and may be null (not written: only grad_branch is wanted);
-//            grad_branch is only written with Drop::kOn (else it may be null).
-//            Dropout element index: row * kHidden + col.
+//            kBranchOut)] fp32, columns dgamma [0,H), dbeta [H,2H) (kNorm), then dbias
+//            (kBranchOut). All outputs `=` (every block writes its whole partials row, zeros if it
+//            owns no row). grad_z may alias grad_out, and may be null (not written: only
+//            grad_branch is wanted); grad_branch is only written with Drop::kOn (else it may be
+//            null). Dropout element index: row * kHidden + col.
 // Grid/Block: ln_bwd_grid(rows) blocks of ln_bwd_block(kHidden, kVec); block b owns rows
 //            [partial_row_begin(rows, gridDim.x, b), ...(b + 1)). Smem: static, <= 16.3 KB.
 // Constants: kHidden % kVec == 0, kVec | 16 / sizeof(T) (static_assert).
@@ -382,7 +382,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
 
   // Finishes one vector from dx (the LN part): adds the residual gradient, writes grad_z (unless
   // null) and grad_branch (Drop::kOn), accumulates the bias gradient (BranchOut::kOn).
-  auto finish = [&](int64_t off, float (&dx)[kVec], float* acc_bias) {
+  auto finish = [&](int64_t off, float(&dx)[kVec], float* acc_bias) {
     if constexpr (kRes == ResidualIn::kOn) {
       float r[kVec];
       load_float<kVec>(grad_residual + off, r);
@@ -439,7 +439,8 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
         if (valid && v < kNvec) {
           float dx[kVec];
           ln_grad_in<false>(g[k], 0u, 1.f, dx);
-          if constexpr (kNorm == Norm::kOn) ln_dx<T, kVec>(dx, x[k], gamma + v * kVec, mu, rs, m1, m2);
+          if constexpr (kNorm == Norm::kOn)
+            ln_dx<T, kVec>(dx, x[k], gamma + v * kVec, mu, rs, m1, m2);
           finish(base + v * kVec, dx, acc_bias[k]);
         }
       }
@@ -528,7 +529,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
         float gm[kVec], ab[kVec] = {};
         if constexpr (kNorm == Norm::kOn) load_float<kVec>(gamma + v * kVec, gm);
         if constexpr (kBranchOut == BranchOut::kOn) load_f32<kVec>(part + kBiasCol + v * kVec, ab);
-        // Not unrolled: one copy of the dropout code (the per-row scalars come from L1).
+          // Not unrolled: one copy of the dropout code (the per-row scalars come from L1).
 #pragma unroll 1
         for (int r = 0; r < n; ++r) {
           {

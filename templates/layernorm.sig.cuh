@@ -1,12 +1,13 @@
-// layernorm.sig.cuh — layernorm.cuh's traits and signatures: LayerNorm forward and backward (ln_fwd_kernel, ln_bwd_kernel).
-// Traits: the family's launch formulas as __host__ __device__ constexpr functions, which the
-// kernels and the runtime share. Signatures (host-only, common/signature.cuh): each kernel's
-// template and run-time parameters with their roles, its launch shape and its scratch extents,
-// declared once; codegen, the planner and the runtime derive everything else from them.
+// layernorm.sig.cuh — layernorm.cuh's traits and signatures: LayerNorm forward and backward
+// (ln_fwd_kernel, ln_bwd_kernel). Traits: the family's launch formulas as __host__ __device__
+// constexpr functions, which the kernels and the runtime share. Signatures (host-only,
+// common/signature.cuh): each kernel's template and run-time parameters with their roles, its
+// launch shape and its scratch extents, declared once; codegen, the planner and the runtime derive
+// everything else from them.
 #pragma once
 
-#include "common/launch.cuh"
 #include "common/enums.cuh"
+#include "common/launch.cuh"
 
 namespace lightseq::kern {
 
@@ -31,8 +32,7 @@ LIGHTSEQ_HD constexpr bool ln_cached_for(int64_t hidden, int vec, int max_elems)
 LIGHTSEQ_HD constexpr int ln_threads_for(int64_t hidden, int vec, int max_elems) {
   return !ln_cached_for(hidden, vec, max_elems)
              ? kLnStreamThreads
-             : static_cast<int>(
-                   max_i64(32, pow2_ceil(ceil_div(hidden / vec, max_elems / vec))));
+             : static_cast<int>(max_i64(32, pow2_ceil(ceil_div(hidden / vec, max_elems / vec))));
 }
 LIGHTSEQ_HD constexpr int ln_rows_for(int threads_per_row, int block_threads) {
   return threads_per_row >= block_threads ? 1 : block_threads / threads_per_row;
@@ -88,43 +88,53 @@ LIGHTSEQ_HD constexpr int64_t ln_bwd_partial_cols(int64_t hidden, Norm norm, Bra
 namespace lightseq::kern::sig {
 
 namespace ln_fwd {
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kHidden", "h"), int_param("kVec", "vec", vec_of<1>),
+inline constexpr TParam kT[] = {kDTypeParam,
+                                int_param("kHidden", "h"),
+                                int_param("kVec", "vec", vec_of<1>),
                                 enum_param("kBranch", "branch", kBranchInfo),
-                                enum_param("kNorm", "norm", kNormInfo), enum_param("kDrop", "drop", kDropInfo)};
-inline constexpr Param kP[] = {
-    in("branch", CType::kConstTPtr, Nullable::kYes), in("bias", CType::kConstTPtr, Nullable::kYes),
-    in("residual", CType::kConstTPtr),              in("gamma", CType::kConstTPtr, Nullable::kYes),
-    in("beta", CType::kConstTPtr, Nullable::kYes),   out("sum_out", CType::kTPtr, Nullable::kYes),
-    out("norm_out", CType::kTPtr, Nullable::kYes),   out("mean", CType::kF32Ptr, Nullable::kYes),
-    out("rstd", CType::kF32Ptr, Nullable::kYes),     scalar("rows", CType::kI64),
-    scalar("eps", CType::kF32),                      dropout("drop")};
+                                enum_param("kNorm", "norm", kNormInfo),
+                                enum_param("kDrop", "drop", kDropInfo)};
+inline constexpr Param kP[] = {in("branch", CType::kConstTPtr, Nullable::kYes),
+                               in("bias", CType::kConstTPtr, Nullable::kYes),
+                               in("residual", CType::kConstTPtr),
+                               in("gamma", CType::kConstTPtr, Nullable::kYes),
+                               in("beta", CType::kConstTPtr, Nullable::kYes),
+                               out("sum_out", CType::kTPtr, Nullable::kYes),
+                               out("norm_out", CType::kTPtr, Nullable::kYes),
+                               out("mean", CType::kF32Ptr, Nullable::kYes),
+                               out("rstd", CType::kF32Ptr, Nullable::kYes),
+                               scalar("rows", CType::kI64),
+                               scalar("eps", CType::kF32),
+                               dropout("drop")};
 inline Launch launch(const Values& v) {
   const int64_t hidden = v.t[index_of(kT, "kHidden")];
   const int vec = static_cast<int>(v.t[index_of(kT, "kVec")]);
   return {ln_grid(v.i[index_of(kP, "rows")], hidden, vec), ln_block(hidden, vec), 0};
 }
 }  // namespace ln_fwd
-inline constexpr Kernel kLnFwd = make_kernel("layernorm", "ln_fwd_kernel", ln_fwd::kT, ln_fwd::kP, &ln_fwd::launch);
+inline constexpr Kernel kLnFwd =
+    make_kernel("layernorm", "ln_fwd_kernel", ln_fwd::kT, ln_fwd::kP, &ln_fwd::launch);
 
 namespace ln_bwd {
 inline Extent partials(const Values& v);
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kHidden", "h"), int_param("kVec", "vec", vec_of<1>),
+inline constexpr TParam kT[] = {kDTypeParam,
+                                int_param("kHidden", "h"),
+                                int_param("kVec", "vec", vec_of<1>),
                                 enum_param("kNorm", "norm", kNormInfo),
                                 enum_param("kRes", "residual_in", kResidualInInfo),
                                 enum_param("kBranchOut", "branch_out", kBranchOutInfo),
                                 enum_param("kDrop", "drop", kDropInfo)};
-inline constexpr Param kP[] = {
-    in("grad_out", CType::kConstTPtr),
-    in("z", CType::kConstTPtr, Nullable::kYes),
-    in("mean", CType::kConstF32Ptr, Nullable::kYes),
-    in("rstd", CType::kConstF32Ptr, Nullable::kYes),
-    in("gamma", CType::kConstTPtr, Nullable::kYes),
-    in("grad_residual", CType::kConstTPtr, Nullable::kYes),
-    out("grad_z", CType::kTPtr, Nullable::kYes),
-    out("grad_branch", CType::kTPtr, Nullable::kYes),
-    scratch("partials", CType::kF32Ptr, &partials, Nullable::kYes),
-    scalar("rows", CType::kI64),
-    dropout("drop")};
+inline constexpr Param kP[] = {in("grad_out", CType::kConstTPtr),
+                               in("z", CType::kConstTPtr, Nullable::kYes),
+                               in("mean", CType::kConstF32Ptr, Nullable::kYes),
+                               in("rstd", CType::kConstF32Ptr, Nullable::kYes),
+                               in("gamma", CType::kConstTPtr, Nullable::kYes),
+                               in("grad_residual", CType::kConstTPtr, Nullable::kYes),
+                               out("grad_z", CType::kTPtr, Nullable::kYes),
+                               out("grad_branch", CType::kTPtr, Nullable::kYes),
+                               scratch("partials", CType::kF32Ptr, &partials, Nullable::kYes),
+                               scalar("rows", CType::kI64),
+                               dropout("drop")};
 // [ln_bwd_blocks(rows), dgamma | dbeta (kNorm) | dbias (kBranchOut)] fp32.
 inline Extent partials(const Values& v) {
   const int64_t cols = ln_bwd_partial_cols(v.t[index_of(kT, "kHidden")],
@@ -138,7 +148,8 @@ inline Launch launch(const Values& v) {
   return {ln_bwd_grid(v.i[index_of(kP, "rows")]), ln_bwd_block(hidden, vec), 0};
 }
 }  // namespace ln_bwd
-inline constexpr Kernel kLnBwd = make_kernel("layernorm", "ln_bwd_kernel", ln_bwd::kT, ln_bwd::kP, &ln_bwd::launch);
+inline constexpr Kernel kLnBwd =
+    make_kernel("layernorm", "ln_bwd_kernel", ln_bwd::kT, ln_bwd::kP, &ln_bwd::launch);
 
 namespace layernorm {
 inline constexpr const Kernel* kKernels[] = {&kLnFwd, &kLnBwd};

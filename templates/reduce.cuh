@@ -4,8 +4,8 @@
 #pragma once
 
 #include "common/enums.cuh"
-#include "reduce.sig.cuh"
 #include "common/types.cuh"
+#include "reduce.sig.cuh"
 
 namespace lightseq::kern {
 

@@ -1,12 +1,12 @@
-// reduce.sig.cuh — reduce.cuh's traits and signatures: column sums of per-block partials, fp32 conversion, accumulation.
-// Traits: the family's launch formulas as __host__ __device__ constexpr functions, which the
-// kernels and the runtime share. Signatures (host-only, common/signature.cuh): each kernel's
-// template and run-time parameters with their roles, its launch shape and its scratch extents,
-// declared once; codegen, the planner and the runtime derive everything else from them.
+// reduce.sig.cuh — reduce.cuh's traits and signatures: column sums of per-block partials, fp32
+// conversion, accumulation. Traits: the family's launch formulas as __host__ __device__ constexpr
+// functions, which the kernels and the runtime share. Signatures (host-only, common/signature.cuh):
+// each kernel's template and run-time parameters with their roles, its launch shape and its scratch
+// extents, declared once; codegen, the planner and the runtime derive everything else from them.
 #pragma once
 
-#include "common/launch.cuh"
 #include "common/enums.cuh"
+#include "common/launch.cuh"
 
 namespace lightseq::kern {
 
@@ -23,7 +23,9 @@ LIGHTSEQ_HD constexpr GridDim column_sum_grid(int64_t cols) {
 LIGHTSEQ_HD constexpr int convert_block() { return kElementwiseThreads; }
 LIGHTSEQ_HD constexpr GridDim convert_grid(int64_t n) { return elementwise_grid(ceil_div(n, 4)); }
 LIGHTSEQ_HD constexpr int accumulate_block() { return kElementwiseThreads; }
-LIGHTSEQ_HD constexpr GridDim accumulate_grid(int64_t n) { return elementwise_grid(ceil_div(n, 4)); }
+LIGHTSEQ_HD constexpr GridDim accumulate_grid(int64_t n) {
+  return elementwise_grid(ceil_div(n, 4));
+}
 
 }  // namespace lightseq::kern
 
@@ -34,24 +36,30 @@ namespace lightseq::kern::sig {
 
 namespace column_sum {
 inline constexpr TParam kT[] = {kDTypeParam};
-inline constexpr Param kP[] = {in("partials", CType::kConstF32Ptr), scalar("n_blocks", CType::kI64),
-                               scalar("stride", CType::kI64),       scalar("col_offset", CType::kI64),
-                               scalar("cols", CType::kI64),         out("out", CType::kTPtr),
+inline constexpr Param kP[] = {in("partials", CType::kConstF32Ptr),
+                               scalar("n_blocks", CType::kI64),
+                               scalar("stride", CType::kI64),
+                               scalar("col_offset", CType::kI64),
+                               scalar("cols", CType::kI64),
+                               out("out", CType::kTPtr),
                                grad_mode("acc")};
 inline Launch launch(const Values& v) {
   return {column_sum_grid(v.i[index_of(kP, "cols")]), column_sum_block(), 0};
 }
 }  // namespace column_sum
-inline constexpr Kernel kColumnSum = make_kernel("reduce", "column_sum_kernel", column_sum::kT, column_sum::kP,
-                                                 &column_sum::launch);
+inline constexpr Kernel kColumnSum =
+    make_kernel("reduce", "column_sum_kernel", column_sum::kT, column_sum::kP, &column_sum::launch);
 
 namespace convert {
 inline constexpr TParam kT[] = {kDTypeParam};
 inline constexpr Param kP[] = {in("in", CType::kConstF32Ptr), out("out", CType::kTPtr),
                                scalar("n", CType::kI64), grad_mode("acc")};
-inline Launch launch(const Values& v) { return {convert_grid(v.i[index_of(kP, "n")]), convert_block(), 0}; }
+inline Launch launch(const Values& v) {
+  return {convert_grid(v.i[index_of(kP, "n")]), convert_block(), 0};
+}
 }  // namespace convert
-inline constexpr Kernel kConvert = make_kernel("reduce", "convert_kernel", convert::kT, convert::kP, &convert::launch);
+inline constexpr Kernel kConvert =
+    make_kernel("reduce", "convert_kernel", convert::kT, convert::kP, &convert::launch);
 
 namespace accumulate {
 inline constexpr TParam kT[] = {kDTypeParam};
@@ -61,8 +69,8 @@ inline Launch launch(const Values& v) {
   return {accumulate_grid(v.i[index_of(kP, "n")]), accumulate_block(), 0};
 }
 }  // namespace accumulate
-inline constexpr Kernel kAccumulate = make_kernel("reduce", "accumulate_kernel", accumulate::kT, accumulate::kP,
-                                                  &accumulate::launch);
+inline constexpr Kernel kAccumulate =
+    make_kernel("reduce", "accumulate_kernel", accumulate::kT, accumulate::kP, &accumulate::launch);
 
 namespace reduce {
 inline constexpr const Kernel* kKernels[] = {&kColumnSum, &kConvert, &kAccumulate};

@@ -12,10 +12,10 @@
 // Pointers (key_padding included) must be 16-byte aligned.
 #pragma once
 
-#include "softmax.sig.cuh"
 #include "common/philox.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"
+#include "softmax.sig.cuh"
 
 namespace lightseq::kern {
 
@@ -189,8 +189,7 @@ __device__ __forceinline__ void softmax_fwd_streamed(const T* scores, T* probs, 
     for (int e = 0; e < V; ++e) sum += softmax_exp<T>(x[e] - m);
   }
   const float row_m = softmax_row_max(m, r.lanes, smem);
-  sum = softmax_row_sum(m == neg_inf() ? 0.f : sum * softmax_exp<T>(m - row_m),
-                                  r.lanes, smem);
+  sum = softmax_row_sum(m == neg_inf() ? 0.f : sum * softmax_exp<T>(m - row_m), r.lanes, smem);
   const float shift = row_m == neg_inf() ? 0.f : row_m;
   const float inv = sum > 0.f ? 1.f / sum : 0.f;
 #pragma unroll 1
@@ -220,9 +219,9 @@ __device__ __forceinline__ void softmax_fwd_streamed(const T* scores, T* probs, 
 // Numerics:  fp32, max-subtracted exp (softmax_exp), multiplication by 1 / fp32 row sum.
 template <typename T, int kThreads, Mask kMask, Drop kDrop>
 __global__ void __launch_bounds__(kThreads)
-    attn_softmax_fwd_kernel(const T* scores, T* probs, T* probs_dropped,
-                            const uint8_t* key_padding, int64_t batch, int64_t heads,
-                            int64_t q_len, int64_t k_len, DropoutArgs drop) {
+    attn_softmax_fwd_kernel(const T* scores, T* probs, T* probs_dropped, const uint8_t* key_padding,
+                            int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
+                            DropoutArgs drop) {
   static_assert(kThreads >= 32 && kThreads <= 1024 && (kThreads & (kThreads - 1)) == 0,
                 "kThreads must be a power of two in [32, 1024]");
   static_assert(kMask == Mask::kNone || kMask == Mask::kPadding || kMask == Mask::kCausal ||
@@ -240,11 +239,11 @@ __global__ void __launch_bounds__(kThreads)
     softmax_fwd_cached<T, kV, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask, drop,
                                                       smem);
   } else if (softmax_vec(k_len, kEb) == kV) {
-    softmax_fwd_streamed<T, kV, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask,
-                                                        drop, smem);
+    softmax_fwd_streamed<T, kV, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask, drop,
+                                                        smem);
   } else {
-    softmax_fwd_streamed<T, 1, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask,
-                                                       drop, smem);
+    softmax_fwd_streamed<T, 1, kThreads, kMask, kDrop>(scores, probs, probs_dropped, r, mask, drop,
+                                                       smem);
   }
 }
 

@@ -1,13 +1,14 @@
 // attention_backend_test.cpp — pass 0 of the planner (compiler/planner/attention_backend.h): the
 // lowering emits one attention op (and its gradient) per attention sublayer; the pass chooses a
 // backend for each, says why, and rewrites them into that backend's ops before fusion.
+#include "compiler/planner/attention_backend.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <string>
 
 #include "compiler/errors.h"
-#include "compiler/planner/attention_backend.h"
 #include "compiler/planner/planner.h"
 #include "frontends/spec/parse.h"
 
@@ -15,7 +16,8 @@ namespace lightseq {
 namespace {
 
 int count(const Graph& g, OpKind k) {
-  return static_cast<int>(std::count_if(g.ops().begin(), g.ops().end(), [&](const Op& o) { return o.kind == k; }));
+  return static_cast<int>(
+      std::count_if(g.ops().begin(), g.ops().end(), [&](const Op& o) { return o.kind == k; }));
 }
 
 ModelSpec example(const std::string& name) {
@@ -28,7 +30,8 @@ TEST(AttentionBackend, TheLoweringEmitsOneAttentionOpPerSublayer) {
     const int want = l.type == LayerType::kEncoder ? 1 : l.type == LayerType::kDecoder ? 2 : 0;
     EXPECT_EQ(count(l.graph, OpKind::kAttention), want) << l.name;
     EXPECT_EQ(count(l.graph, OpKind::kAttentionGrad), want) << l.name;
-    EXPECT_EQ(count(l.graph, OpKind::kSoftmax), 0) << l.name << ": the decomposition is the backend's";
+    EXPECT_EQ(count(l.graph, OpKind::kSoftmax), 0)
+        << l.name << ": the decomposition is the backend's";
   }
 }
 
@@ -58,7 +61,8 @@ TEST(AttentionBackend, UnfusedRewritesForwardAndBackwardAndSaysWhy) {
     EXPECT_NO_THROW(g.verify());
     // The causal mask is the self-attention's only.
     for (const Op& o : g.ops()) {
-      if (o.kind == OpKind::kAttentionMask) EXPECT_EQ(o.attrs.causal, o.name == "sa.mask") << o.name;
+      if (o.kind == OpKind::kAttentionMask)
+        EXPECT_EQ(o.attrs.causal, o.name == "sa.mask") << o.name;
     }
   }
 }
@@ -76,7 +80,8 @@ TEST(AttentionBackend, AGradientWithoutItsForwardIsAnInternalError) {
       choose_attention(l, spec.precision);
       FAIL() << "no error";
     } catch (const InternalError& e) {
-      EXPECT_NE(std::string(e.what()).find("'nowhere.attention', which is not in the forward"), std::string::npos)
+      EXPECT_NE(std::string(e.what()).find("'nowhere.attention', which is not in the forward"),
+                std::string::npos)
           << e.what();
     }
   }
@@ -84,7 +89,8 @@ TEST(AttentionBackend, AGradientWithoutItsForwardIsAnInternalError) {
 
 TEST(AttentionBackend, LscPlanPrintsEachChoice) {
   const std::string text = format_plan(plan_model(example("bert-base")));
-  EXPECT_NE(text.find("attention sa.attention: unfused (no fused attention kernel"), std::string::npos);
+  EXPECT_NE(text.find("attention sa.attention: unfused (no fused attention kernel"),
+            std::string::npos);
 }
 
 }  // namespace

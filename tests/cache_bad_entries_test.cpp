@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "compiler/util/atomic_file.h"
 #include "compiler/cache/disk_cache.h"
+#include "compiler/util/atomic_file.h"
 #include "tests/cache_test_util.h"
 
 namespace lightseq {

@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "compiler/util/atomic_file.h"
 #include "compiler/cache/cache_key.h"
 #include "compiler/cache/disk_cache.h"
 #include "compiler/errors.h"
+#include "compiler/util/atomic_file.h"
 #include "tests/cache_test_util.h"
 
 namespace lightseq {

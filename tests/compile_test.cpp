@@ -1,8 +1,6 @@
 // NVRTC compile of every kernel of every example, in every precision, for sm_80 and sm_90, and
 // the cache behaviour of a whole-model build (second build compiles nothing).
 #include <gtest/gtest.h>
-
-#include "tests/test_util.h"
 #include <unistd.h>
 
 #include <filesystem>
@@ -10,6 +8,7 @@
 #include "compiler/compiler.h"
 #include "compiler/planner/planner.h"
 #include "frontends/spec/parse.h"
+#include "tests/test_util.h"
 
 namespace lightseq {
 namespace {
@@ -65,14 +64,16 @@ TEST_P(CompileAllKernels, EveryKernelCompilesForSm80AndSm90) {
 std::vector<Case> all_cases() {
   std::vector<Case> out;
   for (const char* e : {"transformer-base", "transformer-big", "bert-base", "gpt2-small"}) {
-    for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16}) out.push_back({e, p});
+    for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16})
+      out.push_back({e, p});
   }
   return out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Examples, CompileAllKernels, ::testing::ValuesIn(all_cases()),
                          [](const auto& info) {
-                           std::string n = info.param.example + "_" + std::string(to_string(info.param.precision));
+                           std::string n = info.param.example + "_" +
+                                           std::string(to_string(info.param.precision));
                            for (char& ch : n) ch = ch == '-' ? '_' : ch;
                            return n;
                          });

@@ -153,9 +153,11 @@ void emulate(const LtCall& call, const Memory& mem) {
 }
 
 GemmArgs host_args(HostProblem& p) {
-  void* aux = relu_epilogue(p.cs.epilogue) ? static_cast<void*>(p.mask.data()) : p.gelu_aux.bytes().data();
-  return problem_args(p, {p.a.bytes().data(), p.b.bytes().data(), p.c.bytes().data(), p.d.bytes().data(),
-                          p.bias.bytes().data(), aux, p.bias_grad.bytes().data()},
+  void* aux =
+      relu_epilogue(p.cs.epilogue) ? static_cast<void*>(p.mask.data()) : p.gelu_aux.bytes().data();
+  return problem_args(p,
+                      {p.a.bytes().data(), p.b.bytes().data(), p.c.bytes().data(),
+                       p.d.bytes().data(), p.bias.bytes().data(), aux, p.bias_grad.bytes().data()},
                       "mapping");
 }
 

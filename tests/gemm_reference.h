@@ -11,11 +11,10 @@
 #include <numbers>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "compiler/graph/graph.h"
-#include <string_view>
-
 #include "compiler/planner/plan.h"
 #include "runtime/gemm.h"
 #include "tests/gpu_test_util.h"

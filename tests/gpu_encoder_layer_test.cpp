@@ -2,12 +2,11 @@
 // proven against finite differences): forward output and every gradient (input, all weights and
 // biases, both LayerNorms), post-LN and pre-LN, ReLU and GELU, fp32/fp16/bf16, with and without
 // padding, at real and awkward sizes. Dropout off here; dropout determinism at the end.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <map>
 #include <optional>
-
-#include <fmt/format.h>
 
 #include "runtime/model.h"
 #include "tests/gpu_layer_test_util.h"
@@ -27,9 +26,9 @@ struct Case {
 };
 
 std::string case_name(const Case& c) {
-  return fmt::format("h{}_heads{}_f{}_{}_{}_{}_B{}_T{}{}{}", c.hidden, c.heads, c.ffn, to_string(c.norm),
-                     to_string(c.act), to_string(c.precision), c.batch, c.seq, c.padding ? "_pad" : "",
-                     c.causal ? "_causal" : "");
+  return fmt::format("h{}_heads{}_f{}_{}_{}_{}_B{}_T{}{}{}", c.hidden, c.heads, c.ffn,
+                     to_string(c.norm), to_string(c.act), to_string(c.precision), c.batch, c.seq,
+                     c.padding ? "_pad" : "", c.causal ? "_causal" : "");
 }
 
 ModelSpec spec_for(const Case& c) {
@@ -51,15 +50,33 @@ ModelSpec spec_for(const Case& c) {
 // The C++ API's structs over buffers keyed by PyTorch parameter names.
 EncoderWeights encoder_weights(const std::map<std::string, DeviceBuffer>& w) {
   auto p = [&](const char* n) -> const void* { return w.at(n).get(); };
-  return {p("self_attn.in_proj_weight"), p("self_attn.in_proj_bias"), p("self_attn.out_proj.weight"),
-          p("self_attn.out_proj.bias"), p("linear1.weight"), p("linear1.bias"), p("linear2.weight"),
-          p("linear2.bias"), p("norm1.weight"), p("norm1.bias"), p("norm2.weight"), p("norm2.bias")};
+  return {p("self_attn.in_proj_weight"),
+          p("self_attn.in_proj_bias"),
+          p("self_attn.out_proj.weight"),
+          p("self_attn.out_proj.bias"),
+          p("linear1.weight"),
+          p("linear1.bias"),
+          p("linear2.weight"),
+          p("linear2.bias"),
+          p("norm1.weight"),
+          p("norm1.bias"),
+          p("norm2.weight"),
+          p("norm2.bias")};
 }
 EncoderGrads encoder_grads(const std::map<std::string, DeviceBuffer>& g) {
   auto p = [&](const char* n) -> void* { return g.at(n).get(); };
-  return {p("self_attn.in_proj_weight"), p("self_attn.in_proj_bias"), p("self_attn.out_proj.weight"),
-          p("self_attn.out_proj.bias"), p("linear1.weight"), p("linear1.bias"), p("linear2.weight"),
-          p("linear2.bias"), p("norm1.weight"), p("norm1.bias"), p("norm2.weight"), p("norm2.bias")};
+  return {p("self_attn.in_proj_weight"),
+          p("self_attn.in_proj_bias"),
+          p("self_attn.out_proj.weight"),
+          p("self_attn.out_proj.bias"),
+          p("linear1.weight"),
+          p("linear1.bias"),
+          p("linear2.weight"),
+          p("linear2.bias"),
+          p("norm1.weight"),
+          p("norm1.bias"),
+          p("norm2.weight"),
+          p("norm2.bias")};
 }
 
 using test::gradient_tolerance;
@@ -117,8 +134,8 @@ TEST_P(GpuEncoderLayer, ForwardAndEveryGradientMatchTheReference) {
   layer.backward(ew, eg, {dy.get(), dx.get()}, saved, GradMode::kAccumulate, *allocator_, stream_);
   sync();
   expect_param_grads(want.grad, g, p, gtol, 2.0, "accumulated grad.");
-  EXPECT_TRUE(ref::all_close("grad_x after the += backward (written, not added)", down(dx, want.grad_x.size(), p),
-                             want.grad_x, gtol));
+  EXPECT_TRUE(ref::all_close("grad_x after the += backward (written, not added)",
+                             down(dx, want.grad_x.size(), p), want.grad_x, gtol));
 }
 
 std::vector<Case> all_cases() {
@@ -130,7 +147,8 @@ std::vector<Case> all_cases() {
     for (NormPlacement n : {NormPlacement::kPost, NormPlacement::kPre}) {
       for (Activation a : {Activation::kRelu, Activation::kGelu}) {
         for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16}) {
-          for (bool pad : {false, true}) out.push_back({s.h, s.heads, s.f, n, a, p, s.batch, s.seq, pad});
+          for (bool pad : {false, true})
+            out.push_back({s.h, s.heads, s.f, n, a, p, s.batch, s.seq, pad});
         }
       }
     }
@@ -147,7 +165,8 @@ std::vector<Case> all_cases() {
     }
   }
   // the longest sequence the issue asks of the unfused attention backend
-  out.push_back({64, 4, 128, NormPlacement::kPre, Activation::kGelu, Precision::kFp16, 1, 4096, true});
+  out.push_back(
+      {64, 4, 128, NormPlacement::kPre, Activation::kGelu, Precision::kFp16, 1, 4096, true});
   // causal (GPT-style) encoders
   for (Precision p : {Precision::kFp32, Precision::kBf16}) {
     out.push_back({256, 4, 1024, NormPlacement::kPre, Activation::kGelu, p, 2, 77, false, true});
@@ -202,7 +221,8 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
     }
     std::vector<uint8_t> nan(arena ? static_cast<size_t>(layer.saved_arena_bytes(shape)) : 0, 0xff);
     DeviceBuffer memory = arena ? upload_bytes(nan.data(), nan.size()) : DeviceBuffer();
-    auto saved = layer.forward(ew, {p, x.get(), nullptr, y.get()}, shape, d, *allocator_, stream_, memory.get());
+    auto saved = layer.forward(ew, {p, x.get(), nullptr, y.get()}, shape, d, *allocator_, stream_,
+                               memory.get());
     if (arena) saved = layer.saved_from_arena(memory.get(), x.get(), nullptr, shape, d);
     layer.backward(ew, eg, {dy.get(), dx.get()}, saved, GradMode::kOverwrite, *allocator_, stream_);
     std::vector<uint8_t> out(2 * xb.size());
@@ -217,7 +237,8 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   EXPECT_TRUE(ref::bytes_equal("saved arena path: y and grad_x", a, run(7, 100, /*arena=*/true)));
   EXPECT_TRUE(ref::bytes_equal("seed and offset from device memory: y and grad_x", a,
                                run(7, 100, /*arena=*/false, /*device=*/true)));
-  EXPECT_TRUE(ref::bytes_equal("device seed and offset, saved arena path", a, run(7, 100, true, true)));
+  EXPECT_TRUE(
+      ref::bytes_equal("device seed and offset, saved arena path", a, run(7, 100, true, true)));
   EXPECT_NE(a, run(8, 100, false, true)) << "another seed in device memory must draw other masks";
 }
 

@@ -69,8 +69,9 @@ class GpuGemmTest : public GpuTest {
   }
 
   static GemmArgs make_args(const HostProblem& p, const DeviceProblem& dp) {
-    return problem_args(p, {dp.a.get(), dp.b.get(), dp.c.get(), dp.d.get(), dp.bias.get(), dp.aux.get(),
-                            dp.bias_grad.get()},
+    return problem_args(p,
+                        {dp.a.get(), dp.b.get(), dp.c.get(), dp.d.get(), dp.bias.get(),
+                         dp.aux.get(), dp.bias_grad.get()},
                         "test");
   }
 

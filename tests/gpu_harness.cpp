@@ -249,8 +249,9 @@ void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int
 // crash on the GPU machine (no debugger there) can be located from the log:
 // `addr2line -f -C -e lightseq_tests <offset>` maps the frames.
 #include <execinfo.h>
-#include <csignal>
 #include <unistd.h>
+
+#include <csignal>
 
 namespace {
 void print_backtrace_and_die(int sig) {

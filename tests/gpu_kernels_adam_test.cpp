@@ -15,8 +15,8 @@
 #include <cstring>
 
 #include "common/adam_types.cuh"
-#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
+#include "tests/kernel_instances.h"
 #include "tests/reference/kernels.h"
 
 namespace lightseq::kernel_test {
@@ -160,7 +160,8 @@ TEST_P(GpuAdam, StepsMatchReferenceAndFoundInfSkips) {
     write(s.grad, grad);
     // The device state before update number `step`.
     const kern::OptimState st{static_cast<float>(loss_scale), step - 1, 0, 7};
-    EXPECT_TRUE(same_state(launch_adam(p, kind, s, hyper, st), st)) << "adam_kernel only reads the state";
+    EXPECT_TRUE(same_state(launch_adam(p, kind, s, hyper, st), st))
+        << "adam_kernel only reads the state";
 
     ref::AdamHyper h;
     h.lr = hyper.lr, h.beta1 = hyper.beta1, h.beta2 = hyper.beta2, h.eps = hyper.eps;
@@ -262,8 +263,8 @@ TEST_F(GpuOptimFinish, FollowsGradScalerUpdate) {
     float scale;
     kern::OptimState end;  // worked out by hand for the sequence below
   };
-  const Case cases[] = {{3, 65536.0f, {16384.0f, 6, 0, 1}}, {0, 1.0f, {1.0f, 6, 0, 0}},
-                        {1, 2e38f, {1e38f, 6, 0, 0}}};
+  const Case cases[] = {
+      {3, 65536.0f, {16384.0f, 6, 0, 1}}, {0, 1.0f, {1.0f, 6, 0, 0}}, {1, 2e38f, {1e38f, 6, 0, 0}}};
   for (const Case& c : cases) {
     SCOPED_TRACE(testing::Message() << "growth_interval " << c.interval << ", scale " << c.scale);
     kern::OptimState want = kern::initial_optim_state(c.scale);
@@ -278,7 +279,8 @@ TEST_F(GpuOptimFinish, FollowsGradScalerUpdate) {
       CUdeviceptr sp = state.ptr();
       float growth = 2.0f, backoff = 0.5f;
       int interval = c.interval;
-      launch(codegen::optim_finish(Precision::kFp32), kern::grid_1d(1), 32, {&sp, &growth, &backoff, &interval});
+      launch(codegen::optim_finish(Precision::kFp32), kern::grid_1d(1), 32,
+             {&sp, &growth, &backoff, &interval});
       // The rule, on the host.
       if (inf) {
         if (c.interval > 0) want.loss_scale *= 0.5f, want.growth_tracker = 0;

@@ -5,8 +5,8 @@
 // set the flag and count as ignored.
 #include <gtest/gtest.h>
 
-#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
+#include "tests/kernel_instances.h"
 #include "tests/reference/kernels.h"
 
 namespace lightseq::kernel_test {

@@ -9,8 +9,8 @@
 
 #include <cmath>
 
-#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
+#include "tests/kernel_instances.h"
 #include "tests/reference/kernels.h"
 
 namespace lightseq::kernel_test {

@@ -4,8 +4,8 @@
 // head dims 8, 64, 128, 256 × (batch, seq) from (1, 1) to (1, 513). Copies must be bit-exact.
 #include <gtest/gtest.h>
 
-#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
+#include "tests/kernel_instances.h"
 #include "tests/reference/kernels.h"
 
 namespace lightseq::kernel_test {

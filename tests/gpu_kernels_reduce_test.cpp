@@ -5,8 +5,8 @@
 // and not, in == out), for fp32/fp16/bf16.
 #include <gtest/gtest.h>
 
-#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
+#include "tests/kernel_instances.h"
 #include "tests/reference/kernels.h"
 
 namespace lightseq::kernel_test {

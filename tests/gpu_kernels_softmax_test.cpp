@@ -10,8 +10,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "tests/kernel_instances.h"
 #include "tests/gpu_harness.h"
+#include "tests/kernel_instances.h"
 #include "tests/reference/kernels.h"
 
 namespace lightseq::kernel_test {

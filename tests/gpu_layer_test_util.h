@@ -23,9 +23,12 @@ namespace lightseq::test {
 // whole computation, written as plain numbers.
 inline ref::Tolerance layer_tolerance(Precision p) {
   switch (p) {
-    case Precision::kFp32: return {1e-3, 1e-4, 5e-5, 1e-6};
-    case Precision::kFp16: return {5e-2, 1e-2, 1e-2, 1e-4};
-    case Precision::kBf16: return {2e-1, 6e-2, 6e-2, 1e-3};
+    case Precision::kFp32:
+      return {1e-3, 1e-4, 5e-5, 1e-6};
+    case Precision::kFp16:
+      return {5e-2, 1e-2, 1e-2, 1e-4};
+    case Precision::kBf16:
+      return {2e-1, 6e-2, 6e-2, 1e-3};
   }
   return {};
 }
@@ -87,10 +90,12 @@ class GpuLayerTest : public GpuTest {
     download_bytes(b, bytes.data(), bytes.size());
     return ref::decode(p, bytes);
   }
-  // Every parameter gradient in `grads` (device, by PyTorch name) against `scale` × the reference's.
+  // Every parameter gradient in `grads` (device, by PyTorch name) against `scale` × the
+  // reference's.
   template <class Params>
-  void expect_param_grads(Params want, const std::map<std::string, DeviceBuffer>& grads, Precision p,
-                          const ref::Tolerance& tol, double scale = 1.0, const std::string& label = "grad.") {
+  void expect_param_grads(Params want, const std::map<std::string, DeviceBuffer>& grads,
+                          Precision p, const ref::Tolerance& tol, double scale = 1.0,
+                          const std::string& label = "grad.") {
     for (auto& [name, v] : ref::named_tensors(want)) {
       ref::Vec scaled = *v;
       for (double& e : scaled) e *= scale;
@@ -99,7 +104,8 @@ class GpuLayerTest : public GpuTest {
   }
   // Device copies of named reference tensors: the values, and NaN-poisoned gradient buffers.
   void upload_named(const std::vector<std::pair<std::string, ref::Vec*>>& named, Precision p,
-                    std::map<std::string, DeviceBuffer>* values, std::map<std::string, DeviceBuffer>* grads) {
+                    std::map<std::string, DeviceBuffer>* values,
+                    std::map<std::string, DeviceBuffer>* grads) {
     for (const auto& [name, v] : named) {
       values->emplace(name, up(*v, p));
       if (grads) grads->emplace(name, poisoned(v->size(), p));

@@ -1,19 +1,19 @@
 // The embedding and criterion layers of a spec run through their plans (CompiledModel::layer
-// "embedding" / "criterion", LayerExecutor, tensors bound by graph name) on the GPU, against float64
-// CPU references (tests/reference/kernels.h):
+// "embedding" / "criterion", LayerExecutor, tensors bound by graph name) on the GPU, against
+// float64 CPU references (tests/reference/kernels.h):
 //  - embedding: out (the graph's output: "embedded", "normed" or "out"), the parameter gradients
 //    with GradMode::kOverwrite and kAccumulate (base + gradient), padding rows (zero rows, no
 //    gradient), sinusoidal / learned positions, LayerNorm on / off, dropout 0 / 0.1 (the reference
 //    draws the executor's site-0 Philox bits), fp32/fp16/bf16, real and awkward sizes; bad_token.
-//  - criterion: output projection GEMM + label-smoothed cross-entropy + the two backward GEMMs: loss
+//  - criterion: output projection GEMM + label-smoothed cross-entropy + the two backward GEMMs:
+//  loss
 //    and nll per row, grad_decoder_out and the weight gradient (= and +=), ignore_index rows,
 //    smoothing 0 / 0.1, tied and untied output projection, fp32/fp16/bf16; bad_target.
 // The CPU part (ModelLayerPlans) checks what the GPU part relies on: its specs are valid, it binds
 // exactly the names the executors ask for, the embedding dropout is site 0, and the criterion's
 // composed reference against finite differences.
-#include <gtest/gtest.h>
-
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
@@ -37,7 +37,8 @@ using Names = std::set<std::string>;
 constexpr double kDropP = 0.1;
 constexpr double kEps = 1e-5;
 
-// ---- embedding cases -----------------------------------------------------------------------------
+// ---- embedding cases
+// -----------------------------------------------------------------------------
 
 struct EmbCase {
   Precision precision;
@@ -47,8 +48,9 @@ struct EmbCase {
 };
 
 std::string emb_case_name(const EmbCase& c) {
-  return fmt::format("{}_{}{}{}_h{}_v{}_pad{}_maxpos{}_B{}_T{}", to_string(c.precision), to_string(c.pos),
-                     c.norm ? "_norm" : "", c.dropout ? "_drop" : "", c.hidden, c.vocab,
+  return fmt::format("{}_{}{}{}_h{}_v{}_pad{}_maxpos{}_B{}_T{}", to_string(c.precision),
+                     to_string(c.pos), c.norm ? "_norm" : "", c.dropout ? "_drop" : "", c.hidden,
+                     c.vocab,
                      c.padding_idx < 0 ? std::string("none") : std::to_string(c.padding_idx),
                      c.max_positions, c.batch, c.seq);
 }
@@ -75,7 +77,9 @@ ModelSpec embedding_spec(const EmbCase& c) {
 
 bool learned(const EmbCase& c) { return c.pos == PositionKind::kLearned; }
 // lower_embedding's output: after dropout "out", else after the LayerNorm "normed", else the sum.
-std::string emb_output(const EmbCase& c) { return c.dropout ? "out" : c.norm ? "normed" : "embedded"; }
+std::string emb_output(const EmbCase& c) {
+  return c.dropout ? "out" : c.norm ? "normed" : "embedded";
+}
 std::vector<std::string> emb_params(const EmbCase& c) {
   std::vector<std::string> p{"embed_tokens.weight"};
   if (learned(c)) p.push_back("embed_positions.weight");
@@ -103,7 +107,8 @@ std::vector<EmbCase> all_emb_cases() {
   for (Precision p : dtypes) {
     for (PositionKind pos : {PositionKind::kSinusoidal, PositionKind::kLearned}) {
       for (bool norm : {false, true}) {
-        for (bool drop : {false, true}) out.push_back({p, pos, norm, drop, 512, 32000, 1, 64, 4, 32});
+        for (bool drop : {false, true})
+          out.push_back({p, pos, norm, drop, 512, 32000, 1, 64, 4, 32});
       }
     }
   }
@@ -127,7 +132,8 @@ ref::EmbeddingArgs emb_args(const EmbCase& c, const DropoutConfig& d) {
   a.pos = learned(c) ? kern::Pos::kLearned : kern::Pos::kSinusoidal;
   a.norm = c.norm ? kern::Norm::kOn : kern::Norm::kOff;
   a.drop = c.dropout ? kern::Drop::kOn : kern::Drop::kOff;
-  a.d = kern::make_dropout_args(d.seed, d.offset + 0, d.embedding);  // the embedding's dropout is site 0
+  a.d = kern::make_dropout_args(d.seed, d.offset + 0,
+                                d.embedding);  // the embedding's dropout is site 0
   return a;
 }
 
@@ -135,7 +141,8 @@ ref::EmbeddingArgs emb_args(const EmbCase& c, const DropoutConfig& d) {
 // and the last row repeating row 0's token (the scatter-add sums) when there are 3 rows or more.
 std::vector<int64_t> random_tokens(ref::Rng& rng, const EmbCase& c) {
   std::vector<int64_t> t(c.batch * c.seq);
-  for (int64_t& x : t) x = c.padding_idx >= 0 && rng.below(8) == 0 ? c.padding_idx : rng.below(c.vocab);
+  for (int64_t& x : t)
+    x = c.padding_idx >= 0 && rng.below(8) == 0 ? c.padding_idx : rng.below(c.vocab);
   if (t[0] == c.padding_idx) t[0] = (c.padding_idx + 1) % c.vocab;
   if (t.size() >= 3) {
     if (c.padding_idx >= 0) t[1] = c.padding_idx;
@@ -154,7 +161,8 @@ double max_abs(const Vec& v) {
 // know: fp32 sin/cos of t·freq carry ~1.5 ulp(t) in any fp32 code, and with LayerNorm the
 // reference normalizes its own T-rounded sum, which may round a value the other way than the
 // kernel's (an ulp of the sum, times γ·rstd).
-ref::Tolerance emb_out_tolerance(const EmbCase& c, const ref::EmbeddingForward& want, const Vec& gamma) {
+ref::Tolerance emb_out_tolerance(const EmbCase& c, const ref::EmbeddingForward& want,
+                                 const Vec& gamma) {
   ref::Tolerance t = ref::tolerance_for(c.precision);
   const double sin_abs = c.pos == PositionKind::kSinusoidal ? 4e-7 * c.seq : 0.0;
   const double drop_scale = c.dropout ? 1.0 / (1.0 - kDropP) : 1.0;
@@ -167,7 +175,8 @@ ref::Tolerance emb_out_tolerance(const EmbCase& c, const ref::EmbeddingForward& 
   return t;
 }
 
-// ---- criterion cases -----------------------------------------------------------------------------
+// ---- criterion cases
+// -----------------------------------------------------------------------------
 
 struct CritCase {
   Precision precision;
@@ -177,10 +186,11 @@ struct CritCase {
 };
 
 std::string crit_case_name(const CritCase& c) {
-  return fmt::format("{}_ls{}_{}_h{}_v{}_ignore{}_B{}_T{}", to_string(c.precision), c.smoothing > 0 ? "0p1" : "0",
-                     c.tie ? "tied" : "untied", c.hidden, c.vocab,
-                     c.ignore_index < 0 ? "m" + std::to_string(-c.ignore_index) : std::to_string(c.ignore_index),
-                     c.batch, c.seq);
+  return fmt::format(
+      "{}_ls{}_{}_h{}_v{}_ignore{}_B{}_T{}", to_string(c.precision), c.smoothing > 0 ? "0p1" : "0",
+      c.tie ? "tied" : "untied", c.hidden, c.vocab,
+      c.ignore_index < 0 ? "m" + std::to_string(-c.ignore_index) : std::to_string(c.ignore_index),
+      c.batch, c.seq);
 }
 
 // A criterion needs an embedding (its vocabulary, the tied projection); nothing else.
@@ -200,9 +210,12 @@ ModelSpec criterion_spec(const CritCase& c) {
   return s;
 }
 
-std::string crit_weight(const CritCase& c) { return c.tie ? "embed_tokens.weight" : "output_projection.weight"; }
+std::string crit_weight(const CritCase& c) {
+  return c.tie ? "embed_tokens.weight" : "output_projection.weight";
+}
 Names crit_bindings(const CritCase& c, bool backward) {
-  if (!backward) return {"decoder_out", "targets", crit_weight(c), "loss", "nll", "bad_target", "grad_scale"};
+  if (!backward)
+    return {"decoder_out", "targets", crit_weight(c), "loss", "nll", "bad_target", "grad_scale"};
   return {"grad_decoder_out", crit_weight(c), "grad." + crit_weight(c)};
 }
 
@@ -210,7 +223,8 @@ std::vector<CritCase> all_crit_cases() {
   std::vector<CritCase> out;
   for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16}) {
     for (double ls : {0.0, 0.1}) {
-      for (bool tie : {true, false}) out.push_back({p, ls, tie, 512, 32000, 1, 2, 12});  // transformer-base
+      for (bool tie : {true, false})
+        out.push_back({p, ls, tie, 512, 32000, 1, 2, 12});  // transformer-base
     }
     for (const auto& [b, t] : {std::pair<int64_t, int64_t>{1, 1}, {3, 7}}) {
       out.push_back({p, 0.1, false, 768, 1001, -100, b, t});
@@ -226,8 +240,9 @@ struct CritRef {
   ref::CrossEntropy ce;
   Vec grad_h, grad_w;
 };
-CritRef criterion_reference(const Vec& h, const Vec& w, const std::vector<int64_t>& targets, int64_t rows,
-                            int64_t hidden, int64_t vocab, int64_t ignore_index, double smoothing) {
+CritRef criterion_reference(const Vec& h, const Vec& w, const std::vector<int64_t>& targets,
+                            int64_t rows, int64_t hidden, int64_t vocab, int64_t ignore_index,
+                            double smoothing) {
   Vec logits(rows * vocab);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < vocab; ++j) {
@@ -251,11 +266,14 @@ CritRef criterion_reference(const Vec& h, const Vec& w, const std::vector<int64_
   return out;
 }
 
-// ---- the GPU fixture -----------------------------------------------------------------------------
+// ---- the GPU fixture
+// -----------------------------------------------------------------------------
 
 class ModelLayerTest : public test::GpuLayerTest {
  protected:
-  DeviceBuffer up_i64(const std::vector<int64_t>& v) { return upload_bytes(v.data(), v.size() * sizeof(int64_t)); }
+  DeviceBuffer up_i64(const std::vector<int64_t>& v) {
+    return upload_bytes(v.data(), v.size() * sizeof(int64_t));
+  }
   DeviceBuffer zero_flag() {
     const int32_t zero = 0;
     return upload_bytes(&zero, sizeof(zero));
@@ -272,7 +290,8 @@ class ModelLayerTest : public test::GpuLayerTest {
   }
 
   // One embedding forward and backward (= then +=) through the plan, checked against the
-  // reference. `expect_bad`: the tokens hold out-of-range ids (bad_token must become 1, else stay 0).
+  // reference. `expect_bad`: the tokens hold out-of-range ids (bad_token must become 1, else stay
+  // 0).
   void check_embedding(const EmbCase& c, const std::vector<int64_t>& tok, bool expect_bad) {
     const Precision p = c.precision;
     const int64_t H = c.hidden, rows = c.batch * c.seq;
@@ -290,14 +309,15 @@ class ModelLayerTest : public test::GpuLayerTest {
     const ref::EmbeddingArgs a = emb_args(c, drop);
 
     // Reference. With LayerNorm the kernel normalizes the sum as it stores it (T): so does this.
-    ref::EmbeddingForward want = ref::embedding_fwd(a, tok, param("embed_tokens.weight"),
-                                                    param("embed_positions.weight"), gamma,
-                                                    param("layernorm.bias"), nullptr);
+    ref::EmbeddingForward want =
+        ref::embedding_fwd(a, tok, param("embed_tokens.weight"), param("embed_positions.weight"),
+                           gamma, param("layernorm.bias"), nullptr);
     Vec sum_t = want.sum;
     ref::round_in_place(p, sum_t);
     if (c.norm) {
-      want = ref::embedding_fwd(a, tok, param("embed_tokens.weight"), param("embed_positions.weight"), gamma,
-                                param("layernorm.bias"), &sum_t);
+      want =
+          ref::embedding_fwd(a, tok, param("embed_tokens.weight"), param("embed_positions.weight"),
+                             gamma, param("layernorm.bias"), &sum_t);
       ref::round_in_place(Precision::kFp32, want.mean);
       ref::round_in_place(Precision::kFp32, want.rstd);
     }
@@ -310,7 +330,8 @@ class ModelLayerTest : public test::GpuLayerTest {
     DeviceBuffer d_tok = up_i64(tok), out = poisoned(rows * H, p), bad = zero_flag();
     Bindings fb{{"tokens", d_tok.get()}, {emb_output(c), out.get()}, {"bad_token", bad.get()}};
     for (const auto& [n, b] : w) fb[n] = b.get();
-    const SavedActivations saved = exec.forward(fb, {c.batch, c.seq, 0}, drop, *allocator_, stream_);
+    const SavedActivations saved =
+        exec.forward(fb, {c.batch, c.seq, 0}, drop, *allocator_, stream_);
     sync();
     EXPECT_EQ(flag(bad), expect_bad ? 1 : 0) << "bad_token";
     const Vec got = down(out, rows * H, p);
@@ -318,14 +339,16 @@ class ModelLayerTest : public test::GpuLayerTest {
     for (int64_t r = 0; r < rows; ++r) {
       if (want.kind[r] == ref::RowKind::kToken) continue;
       for (int64_t col = 0; col < H; ++col) {
-        ASSERT_EQ(got[r * H + col], 0.0) << (want.kind[r] == ref::RowKind::kPadding ? "padding" : "bad")
-                                         << " row " << r << " column " << col;
+        ASSERT_EQ(got[r * H + col], 0.0)
+            << (want.kind[r] == ref::RowKind::kPadding ? "padding" : "bad") << " row " << r
+            << " column " << col;
       }
     }
 
     // Backward, GradMode::kOverwrite into poisoned gradients.
     const Vec grad_out = random(rng, rows * H, -1, 1, p);
-    const ref::EmbeddingBackward gr = ref::embedding_bwd(a, grad_out, tok, sum_t, want.mean, want.rstd, gamma);
+    const ref::EmbeddingBackward gr =
+        ref::embedding_bwd(a, grad_out, tok, sum_t, want.mean, want.rstd, gamma);
     std::map<std::string, Vec> want_grad{{"embed_tokens.weight", gr.grad_table}};
     if (learned(c)) want_grad["embed_positions.weight"] = gr.grad_pos;
     if (c.norm) want_grad["layernorm.weight"] = gr.dgamma, want_grad["layernorm.bias"] = gr.dbeta;
@@ -341,11 +364,13 @@ class ModelLayerTest : public test::GpuLayerTest {
     exec.backward(bindings(), saved, GradMode::kOverwrite, *allocator_, stream_);
     sync();
     const ref::Tolerance tol = ref::tolerance_for(p);
-    for (const auto& [n, v] : want_grad) EXPECT_TRUE(ref::all_close("grad." + n, down(g.at(n), v.size(), p), v, tol));
+    for (const auto& [n, v] : want_grad)
+      EXPECT_TRUE(ref::all_close("grad." + n, down(g.at(n), v.size(), p), v, tol));
     if (c.padding_idx >= 0) {
       const Vec gt = down(g.at("embed_tokens.weight"), c.vocab * H, p);
       for (int64_t col = 0; col < H; ++col) {
-        ASSERT_EQ(gt[c.padding_idx * H + col], 0.0) << "the padding token got a gradient, column " << col;
+        ASSERT_EQ(gt[c.padding_idx * H + col], 0.0)
+            << "the padding token got a gradient, column " << col;
       }
     }
 
@@ -366,7 +391,8 @@ class ModelLayerTest : public test::GpuLayerTest {
       const Vec gt = down(g.at("embed_tokens.weight"), c.vocab * H, p);
       for (int64_t col = 0; col < H; ++col) {
         const int64_t i = c.padding_idx * H + col;
-        ASSERT_EQ(gt[i], base.at("embed_tokens.weight")[i]) << "the padding token's gradient changed, column " << col;
+        ASSERT_EQ(gt[i], base.at("embed_tokens.weight")[i])
+            << "the padding token's gradient changed, column " << col;
       }
     }
   }
@@ -390,24 +416,30 @@ class ModelLayerTest : public test::GpuLayerTest {
     const auto model = model_for(criterion_spec(c));
     const LayerExecutor& exec = model->layer("criterion");
     DeviceBuffer d_h = up(h, p), d_w = up(weight, p), d_t = up_i64(targets);
-    DeviceBuffer loss = poisoned(rows, Precision::kFp32), nll = poisoned(rows, Precision::kFp32), bad = zero_flag();
+    DeviceBuffer loss = poisoned(rows, Precision::kFp32), nll = poisoned(rows, Precision::kFp32),
+                 bad = zero_flag();
     // The gradient's scale is read from device memory: a power of two, so the reference's
     // gradients scale exactly.
     const float grad_scale = 0.25f;
     DeviceBuffer d_scale = upload_bytes(&grad_scale, sizeof(grad_scale));
-    const Bindings fb{{"decoder_out", d_h.get()}, {"targets", d_t.get()}, {crit_weight(c), d_w.get()},
-                      {"loss", loss.get()},       {"nll", nll.get()},     {"bad_target", bad.get()},
+    const Bindings fb{{"decoder_out", d_h.get()},   {"targets", d_t.get()},
+                      {crit_weight(c), d_w.get()},  {"loss", loss.get()},
+                      {"nll", nll.get()},           {"bad_target", bad.get()},
                       {"grad_scale", d_scale.get()}};
-    const SavedActivations saved = exec.forward(fb, {c.batch, c.seq, 0}, DropoutConfig{}, *allocator_, stream_);
+    const SavedActivations saved =
+        exec.forward(fb, {c.batch, c.seq, 0}, DropoutConfig{}, *allocator_, stream_);
     sync();
     EXPECT_EQ(flag(bad), expect_bad ? 1 : 0) << "bad_target";
     const ref::Tolerance tol = layer_tolerance(p);
-    const Vec got_loss = down(loss, rows, Precision::kFp32), got_nll = down(nll, rows, Precision::kFp32);
+    const Vec got_loss = down(loss, rows, Precision::kFp32),
+              got_nll = down(nll, rows, Precision::kFp32);
     EXPECT_TRUE(ref::all_close("loss", got_loss, want.ce.loss, tol));
     EXPECT_TRUE(ref::all_close("nll", got_nll, want.ce.nll, tol));
 
     DeviceBuffer dh = poisoned(rows * H, p), dw = poisoned(V * H, p);
-    const Bindings bb{{"grad_decoder_out", dh.get()}, {crit_weight(c), d_w.get()}, {"grad." + crit_weight(c), dw.get()}};
+    const Bindings bb{{"grad_decoder_out", dh.get()},
+                      {crit_weight(c), d_w.get()},
+                      {"grad." + crit_weight(c), dw.get()}};
     exec.backward(bb, saved, GradMode::kOverwrite, *allocator_, stream_);
     sync();
     const Vec got_dh = down(dh, rows * H, p);
@@ -418,24 +450,30 @@ class ModelLayerTest : public test::GpuLayerTest {
       if (targets[r] != c.ignore_index && targets[r] >= 0 && targets[r] < V) continue;
       EXPECT_EQ(got_loss[r], 0.0) << "ignored row " << r;
       EXPECT_EQ(got_nll[r], 0.0) << "ignored row " << r;
-      for (int64_t col = 0; col < H; ++col) ASSERT_EQ(got_dh[r * H + col], 0.0) << "ignored row " << r;
+      for (int64_t col = 0; col < H; ++col)
+        ASSERT_EQ(got_dh[r * H + col], 0.0) << "ignored row " << r;
     }
 
     // GradMode::kAccumulate: the weight gradient ends as base + gradient; grad_decoder_out (an
     // input gradient) is written again.
     const Vec base = random(rng, V * H, -1, 1, p);
     DeviceBuffer dw2 = up(base, p), dh2 = poisoned(rows * H, p);
-    const Bindings bb2{{"grad_decoder_out", dh2.get()}, {crit_weight(c), d_w.get()}, {"grad." + crit_weight(c), dw2.get()}};
+    const Bindings bb2{{"grad_decoder_out", dh2.get()},
+                       {crit_weight(c), d_w.get()},
+                       {"grad." + crit_weight(c), dw2.get()}};
     exec.backward(bb2, saved, GradMode::kAccumulate, *allocator_, stream_);
     sync();
     Vec sum = base;
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += want.grad_w[i];
-    EXPECT_TRUE(ref::all_close("accumulated grad." + crit_weight(c), down(dw2, V * H, p), sum, tol));
-    EXPECT_TRUE(ref::all_close("grad_decoder_out (kAccumulate: written)", down(dh2, rows * H, p), want.grad_h, tol));
+    EXPECT_TRUE(
+        ref::all_close("accumulated grad." + crit_weight(c), down(dw2, V * H, p), sum, tol));
+    EXPECT_TRUE(ref::all_close("grad_decoder_out (kAccumulate: written)", down(dh2, rows * H, p),
+                               want.grad_h, tol));
   }
 };
 
-// ---- embedding on the GPU ------------------------------------------------------------------------
+// ---- embedding on the GPU
+// ------------------------------------------------------------------------
 
 class GpuEmbeddingLayer : public ModelLayerTest, public ::testing::WithParamInterface<EmbCase> {};
 
@@ -451,12 +489,14 @@ INSTANTIATE_TEST_SUITE_P(All, GpuEmbeddingLayer, ::testing::ValuesIn(all_emb_cas
 
 // Tokens outside [0, vocab) set bad_token and give zero rows and no gradient; the other rows are
 // still right.
-class GpuEmbeddingLayerBadTokens : public ModelLayerTest, public ::testing::WithParamInterface<Precision> {};
+class GpuEmbeddingLayerBadTokens : public ModelLayerTest,
+                                   public ::testing::WithParamInterface<Precision> {};
 
 TEST_P(GpuEmbeddingLayerBadTokens, SetTheFlagAndGiveZeroRows) {
   SCOPED_TRACE(seed_note());
-  for (const EmbCase& c : {EmbCase{GetParam(), PositionKind::kSinusoidal, false, false, 512, 1000, 1, 64, 2, 7},
-                           EmbCase{GetParam(), PositionKind::kLearned, true, true, 512, 1000, 1, 64, 2, 7}}) {
+  for (const EmbCase& c :
+       {EmbCase{GetParam(), PositionKind::kSinusoidal, false, false, 512, 1000, 1, 64, 2, 7},
+        EmbCase{GetParam(), PositionKind::kLearned, true, true, 512, 1000, 1, 64, 2, 7}}) {
     SCOPED_TRACE(emb_case_name(c));
     check_embedding(c, {3, 1000, 5, -1, 7, 8, 9, /**/ 10, 11, 1, 12, 999, 1005, 14}, true);
   }
@@ -466,7 +506,8 @@ INSTANTIATE_TEST_SUITE_P(All, GpuEmbeddingLayerBadTokens,
                          ::testing::Values(Precision::kFp32, Precision::kFp16, Precision::kBf16),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
-// ---- criterion on the GPU ------------------------------------------------------------------------
+// ---- criterion on the GPU
+// ------------------------------------------------------------------------
 
 class GpuCriterionLayer : public ModelLayerTest, public ::testing::WithParamInterface<CritCase> {};
 
@@ -489,7 +530,8 @@ INSTANTIATE_TEST_SUITE_P(All, GpuCriterionLayer, ::testing::ValuesIn(all_crit_ca
                          [](const auto& info) { return crit_case_name(info.param); });
 
 // Targets outside [0, vocab) (and not ignore_index) set bad_target and count as ignored.
-class GpuCriterionLayerBadTargets : public ModelLayerTest, public ::testing::WithParamInterface<Precision> {};
+class GpuCriterionLayerBadTargets : public ModelLayerTest,
+                                    public ::testing::WithParamInterface<Precision> {};
 
 TEST_P(GpuCriterionLayerBadTargets, SetTheFlagAndCountAsIgnored) {
   SCOPED_TRACE(seed_note());
@@ -504,7 +546,8 @@ INSTANTIATE_TEST_SUITE_P(All, GpuCriterionLayerBadTargets,
                          ::testing::Values(Precision::kFp32, Precision::kFp16, Precision::kBf16),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
-// ---- CPU: what the GPU tests rely on -------------------------------------------------------------
+// ---- CPU: what the GPU tests rely on
+// -------------------------------------------------------------
 
 const LayerPlan& layer_named(const ModelPlan& plan, std::string_view name) {
   for (const LayerPlan& l : plan.layers) {
@@ -515,7 +558,8 @@ const LayerPlan& layer_named(const ModelPlan& plan, std::string_view name) {
 
 // The executor's required bindings against what the GPU test binds: the forward exactly; the
 // backward may also list the forward's inputs it reads, which come from SavedActivations.
-void expect_bindings(const ModelSpec& spec, std::string_view layer, const Names& fwd, const Names& bwd) {
+void expect_bindings(const ModelSpec& spec, std::string_view layer, const Names& fwd,
+                     const Names& bwd) {
   SCOPED_TRACE(spec_to_json(spec).dump());
   ASSERT_TRUE(validate_spec(spec).empty());
   const ModelPlan plan = plan_model(spec);
@@ -527,7 +571,8 @@ void expect_bindings(const ModelSpec& spec, std::string_view layer, const Names&
   EXPECT_EQ(Names(f.begin(), f.end()), fwd);
   const auto b = exec.required_bindings(true);
   const Names got(b.begin(), b.end());
-  for (const std::string& n : bwd) EXPECT_TRUE(got.count(n)) << n << " is not asked for in the backward";
+  for (const std::string& n : bwd)
+    EXPECT_TRUE(got.count(n)) << n << " is not asked for in the backward";
   for (const std::string& n : got) {
     EXPECT_TRUE(bwd.count(n) || (fwd.count(n) && (n == "tokens" || n == "decoder_out")))
         << "the backward asks for " << n << ", which the GPU test does not bind";
@@ -545,13 +590,16 @@ TEST(ModelLayerPlans, EmbeddingBindingsAreTheNamesTheGpuTestBinds) {
 TEST(ModelLayerPlans, CriterionBindingsAreTheNamesTheGpuTestBinds) {
   for (bool tie : {true, false}) {
     const CritCase c{Precision::kBf16, 0.1, tie, 512, 32000, 1, 2, 12};
-    expect_bindings(criterion_spec(c), "criterion", crit_bindings(c, false), crit_bindings(c, true));
+    expect_bindings(criterion_spec(c), "criterion", crit_bindings(c, false),
+                    crit_bindings(c, true));
   }
 }
 
 TEST(ModelLayerPlans, EveryGpuTestSpecIsValid) {
-  for (const EmbCase& c : all_emb_cases()) EXPECT_TRUE(validate_spec(embedding_spec(c)).empty()) << emb_case_name(c);
-  for (const CritCase& c : all_crit_cases()) EXPECT_TRUE(validate_spec(criterion_spec(c)).empty()) << crit_case_name(c);
+  for (const EmbCase& c : all_emb_cases())
+    EXPECT_TRUE(validate_spec(embedding_spec(c)).empty()) << emb_case_name(c);
+  for (const CritCase& c : all_crit_cases())
+    EXPECT_TRUE(validate_spec(criterion_spec(c)).empty()) << crit_case_name(c);
 }
 
 // The reference draws the embedding's dropout bits at offset + 0: the plan's embedding kernels,

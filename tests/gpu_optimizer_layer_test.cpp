@@ -9,9 +9,8 @@
 //    scale off and does not count the step; the loss scale divides the gradients;
 //  - a second set of arenas (other pointers) gets its own chunk table: the same update bit for bit.
 // The CPU part checks the bindings the executor asks for and the arena size.
-#include <gtest/gtest.h>
-
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
@@ -38,7 +37,9 @@ struct OptCase {
   Precision precision;
   OptimizerKind kind;
 };
-std::string opt_case_name(const OptCase& c) { return fmt::format("{}_{}", to_string(c.precision), to_string(c.kind)); }
+std::string opt_case_name(const OptCase& c) {
+  return fmt::format("{}_{}", to_string(c.precision), to_string(c.kind));
+}
 
 ModelSpec optimizer_spec(const OptCase& c) {
   ModelSpec s;
@@ -84,8 +85,9 @@ class GpuOptimizerLayer : public test::GpuLayerTest, public ::testing::WithParam
   struct Arenas {
     DeviceBuffer params, grads, exp_avg, exp_avg_sq, master;
     Bindings bind(const DeviceBuffer& lr, const DeviceBuffer& state) const {
-      Bindings b{{"params", params.get()},   {"grads", grads.get()}, {"exp_avg", exp_avg.get()},
-                 {"exp_avg_sq", exp_avg_sq.get()}, {"lr", lr.get()},     {"optim_state", state.get()}};
+      Bindings b{{"params", params.get()},   {"grads", grads.get()},
+                 {"exp_avg", exp_avg.get()}, {"exp_avg_sq", exp_avg_sq.get()},
+                 {"lr", lr.get()},           {"optim_state", state.get()}};
       if (master) b["master_params"] = master.get();
       return b;
     }
@@ -111,7 +113,8 @@ TEST_P(GpuOptimizerLayer, StepsMatchTheReferenceWithDeviceScalars) {
   const bool fp16 = p == Precision::kFp16;
   const ModelSpec spec = optimizer_spec(c);
   const OptimizerSpec& o = *spec.optimizer;
-  const kern::AdamMode mode = c.kind == OptimizerKind::kAdam ? kern::AdamMode::kAdam : kern::AdamMode::kAdamW;
+  const kern::AdamMode mode =
+      c.kind == OptimizerKind::kAdam ? kern::AdamMode::kAdam : kern::AdamMode::kAdamW;
   const auto model = model_for(spec);
   const LayerExecutor& exec = model->layer("optimizer");
   const int64_t n = kParams;
@@ -144,15 +147,19 @@ TEST_P(GpuOptimizerLayer, StepsMatchTheReferenceWithDeviceScalars) {
     const float lr_now = static_cast<float>(o.lr * call);
     lr = up_lr(lr_now);
     const std::vector<uint8_t> before_p = bytes_of(a.params, n * element_bytes(p));
-    const std::vector<uint8_t> before_m = bytes_of(a.exp_avg, n * 4), before_v = bytes_of(a.exp_avg_sq, n * 4);
+    const std::vector<uint8_t> before_m = bytes_of(a.exp_avg, n * 4),
+                               before_v = bytes_of(a.exp_avg_sq, n * 4);
     exec.forward(a.bind(lr, state), {1, 1, 0}, {}, *allocator_, stream_);
     sync();
     const kern::OptimState st = state_of(state);
     EXPECT_EQ(st.found_inf, 0) << "cleared by optim_finish";
     if (overflow) {
-      EXPECT_TRUE(ref::bytes_equal("params after an overflow", bytes_of(a.params, n * element_bytes(p)), before_p));
-      EXPECT_TRUE(ref::bytes_equal("exp_avg after an overflow", bytes_of(a.exp_avg, n * 4), before_m));
-      EXPECT_TRUE(ref::bytes_equal("exp_avg_sq after an overflow", bytes_of(a.exp_avg_sq, n * 4), before_v));
+      EXPECT_TRUE(ref::bytes_equal("params after an overflow",
+                                   bytes_of(a.params, n * element_bytes(p)), before_p));
+      EXPECT_TRUE(
+          ref::bytes_equal("exp_avg after an overflow", bytes_of(a.exp_avg, n * 4), before_m));
+      EXPECT_TRUE(ref::bytes_equal("exp_avg_sq after an overflow", bytes_of(a.exp_avg_sq, n * 4),
+                                   before_v));
       want_scale *= 0.5f;
       EXPECT_EQ(st.step, good_steps) << "a skipped update is not counted";
       EXPECT_EQ(st.loss_scale, want_scale) << "backed off";
@@ -177,7 +184,8 @@ TEST_P(GpuOptimizerLayer, StepsMatchTheReferenceWithDeviceScalars) {
       delta[i] = p_ref[i] - master[i];
       max_delta = std::max(max_delta, std::fabs(delta[i]));
     }
-    const Vec got_m = down(a.exp_avg, n, Precision::kFp32), got_v = down(a.exp_avg_sq, n, Precision::kFp32);
+    const Vec got_m = down(a.exp_avg, n, Precision::kFp32),
+              got_v = down(a.exp_avg_sq, n, Precision::kFp32);
     const Vec got_p = has_master ? down(a.master, n, Precision::kFp32) : down(a.params, n, p);
     EXPECT_TRUE(ref::all_close("exp_avg", got_m, m_ref, ref::fp32_tolerance()));
     EXPECT_TRUE(ref::all_close("exp_avg_sq", got_v, v_ref, ref::fp32_tolerance()));
@@ -188,7 +196,8 @@ TEST_P(GpuOptimizerLayer, StepsMatchTheReferenceWithDeviceScalars) {
     for (int64_t i = 0; i < n; ++i) got_delta[i] = got_p[i] - master[i];
     EXPECT_TRUE(ref::all_close("update", got_delta, delta, {2e-3, 1e-3, 1e-3, 0}, slack));
     if (has_master) {
-      EXPECT_TRUE(ref::bytes_equal("params = master rounded to T", bytes_of(a.params, n * element_bytes(p)),
+      EXPECT_TRUE(ref::bytes_equal("params = master rounded to T",
+                                   bytes_of(a.params, n * element_bytes(p)),
                                    ref::encode(p, got_p)));
     }
     if (HasFailure()) return;
@@ -213,14 +222,16 @@ TEST_P(GpuOptimizerLayer, StepsMatchTheReferenceWithDeviceScalars) {
   sync();
   EXPECT_TRUE(ref::bytes_equal("params, other arenas", bytes_of(b.params, n * element_bytes(p)),
                                bytes_of(a.params, n * element_bytes(p))));
-  EXPECT_TRUE(ref::bytes_equal("exp_avg_sq, other arenas", bytes_of(b.exp_avg_sq, n * 4), bytes_of(a.exp_avg_sq, n * 4)));
+  EXPECT_TRUE(ref::bytes_equal("exp_avg_sq, other arenas", bytes_of(b.exp_avg_sq, n * 4),
+                               bytes_of(a.exp_avg_sq, n * 4)));
   EXPECT_EQ(state_of(state_b).step, st.step + 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, GpuOptimizerLayer, ::testing::ValuesIn(all_opt_cases()),
                          [](const auto& info) { return opt_case_name(info.param); });
 
-// ---- CPU: what the GPU test relies on ------------------------------------------------------------
+// ---- CPU: what the GPU test relies on
+// ------------------------------------------------------------
 
 TEST(ModelOptimizerPlan, BindingsAndArenaSizeAreWhatTheGpuTestUses) {
   for (const OptCase& c : all_opt_cases()) {
@@ -244,7 +255,8 @@ TEST(ModelOptimizerPlan, BindingsAndArenaSizeAreWhatTheGpuTestUses) {
     EXPECT_TRUE(exec.required_bindings(true).empty()) << "the optimizer has no backward";
     // check_finite only where the loss is scaled (fp16), optim_finish always, after adam.
     std::vector<std::string> kernels_run;
-    for (const Step& st : opt->forward) kernels_run.push_back(std::get<KernelStep>(st).kernel.kernel);
+    for (const Step& st : opt->forward)
+      kernels_run.push_back(std::get<KernelStep>(st).kernel.kernel);
     std::vector<std::string> want{"adam_kernel", "optim_finish_kernel"};
     if (c.precision == Precision::kFp16) want.insert(want.begin(), "check_finite_kernel");
     EXPECT_EQ(kernels_run, want);

@@ -8,12 +8,12 @@
 #include "adam.sig.cuh"
 #include "attention.sig.cuh"
 #include "bias_act_dropout.sig.cuh"
+#include "compiler/ir/kernel.h"
 #include "cross_entropy.sig.cuh"
 #include "embedding.sig.cuh"
 #include "layernorm.sig.cuh"
 #include "reduce.sig.cuh"
 #include "softmax.sig.cuh"
-#include "compiler/ir/kernel.h"
 
 namespace lightseq::codegen {
 
@@ -47,57 +47,74 @@ struct Embedding {
   bool layernorm, dropout;
 };
 
-inline kern::Act act(Activation a) { return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu; }
+inline kern::Act act(Activation a) {
+  return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu;
+}
 inline kern::Pos pos(PositionKind p) {
   return p == PositionKind::kLearned ? kern::Pos::kLearned : kern::Pos::kSinusoidal;
 }
 
 inline KernelInstance ln_fwd(Precision p, const LnFwd& c) {
-  return instantiate(sig::kLnFwd, p,
-                     {{"kHidden", c.hidden},
-                      tv("kBranch", c.branch ? kern::Branch::kBiasDropoutResidual : kern::Branch::kNone),
-                      on_off<kern::Norm>("kNorm", c.norm), on_off<kern::Drop>("kDrop", c.dropout)});
+  return instantiate(
+      sig::kLnFwd, p,
+      {{"kHidden", c.hidden},
+       tv("kBranch", c.branch ? kern::Branch::kBiasDropoutResidual : kern::Branch::kNone),
+       on_off<kern::Norm>("kNorm", c.norm),
+       on_off<kern::Drop>("kDrop", c.dropout)});
 }
 inline KernelInstance ln_bwd(Precision p, const LnBwd& c) {
   return instantiate(sig::kLnBwd, p,
-                     {{"kHidden", c.hidden}, on_off<kern::Norm>("kNorm", c.norm),
+                     {{"kHidden", c.hidden},
+                      on_off<kern::Norm>("kNorm", c.norm),
                       on_off<kern::ResidualIn>("kRes", c.residual_in),
-                      on_off<kern::BranchOut>("kBranchOut", c.branch_out), on_off<kern::Drop>("kDrop", c.dropout)});
+                      on_off<kern::BranchOut>("kBranchOut", c.branch_out),
+                      on_off<kern::Drop>("kDrop", c.dropout)});
 }
 inline KernelInstance bias_act_dropout_fwd(Precision p, const BiasAct& c) {
-  return instantiate(sig::kBiasActDropoutFwd, p,
-                     {{"kCols", c.cols}, tv("kAct", act(c.act)), on_off<kern::Drop>("kDrop", c.dropout)});
+  return instantiate(
+      sig::kBiasActDropoutFwd, p,
+      {{"kCols", c.cols}, tv("kAct", act(c.act)), on_off<kern::Drop>("kDrop", c.dropout)});
 }
 inline KernelInstance bias_act_dropout_bwd(Precision p, const BiasAct& c) {
-  return instantiate(sig::kBiasActDropoutBwd, p,
-                     {{"kCols", c.cols}, tv("kAct", act(c.act)), on_off<kern::Drop>("kDrop", c.dropout)});
+  return instantiate(
+      sig::kBiasActDropoutBwd, p,
+      {{"kCols", c.cols}, tv("kAct", act(c.act)), on_off<kern::Drop>("kDrop", c.dropout)});
 }
 inline KernelInstance split_heads(Precision p, const Heads& c) {
   return instantiate(sig::kSplitHeads, p,
-                     {{"kHidden", c.hidden}, {"kHeads", c.heads}, {"kParts", c.parts},
+                     {{"kHidden", c.hidden},
+                      {"kHeads", c.heads},
+                      {"kParts", c.parts},
                       on_off<kern::BiasAdd>("kBias", c.bias)});
 }
 inline KernelInstance merge_heads(Precision p, const Heads& c) {
   return instantiate(sig::kMergeHeads, p,
-                     {{"kHidden", c.hidden}, {"kHeads", c.heads}, {"kParts", c.parts},
+                     {{"kHidden", c.hidden},
+                      {"kHeads", c.heads},
+                      {"kParts", c.parts},
                       on_off<kern::BiasGrad>("kBiasGrad", c.bias)});
 }
 inline KernelInstance softmax_fwd(Precision p, const Softmax& c) {
   const int bits = (c.padding ? 1 : 0) | (c.causal ? 2 : 0);
-  return instantiate(sig::kSoftmaxFwd, p,
-                     {tv("kMask", static_cast<kern::Mask>(bits)), on_off<kern::Drop>("kDrop", c.dropout)});
+  return instantiate(
+      sig::kSoftmaxFwd, p,
+      {tv("kMask", static_cast<kern::Mask>(bits)), on_off<kern::Drop>("kDrop", c.dropout)});
 }
 inline KernelInstance softmax_bwd(Precision p, const Softmax& c) {
   return instantiate(sig::kSoftmaxBwd, p, {on_off<kern::Drop>("kDrop", c.dropout)});
 }
 inline KernelInstance embedding_fwd(Precision p, const Embedding& c) {
   return instantiate(sig::kEmbeddingFwd, p,
-                     {{"kHidden", c.hidden}, tv("kPos", pos(c.positions)), on_off<kern::Norm>("kNorm", c.layernorm),
+                     {{"kHidden", c.hidden},
+                      tv("kPos", pos(c.positions)),
+                      on_off<kern::Norm>("kNorm", c.layernorm),
                       on_off<kern::Drop>("kDrop", c.dropout)});
 }
 inline KernelInstance embedding_bwd(Precision p, const Embedding& c) {
   return instantiate(sig::kEmbeddingBwd, p,
-                     {{"kHidden", c.hidden}, tv("kPos", pos(c.positions)), on_off<kern::Norm>("kNorm", c.layernorm),
+                     {{"kHidden", c.hidden},
+                      tv("kPos", pos(c.positions)),
+                      on_off<kern::Norm>("kNorm", c.layernorm),
                       on_off<kern::Drop>("kDrop", c.dropout)});
 }
 inline KernelInstance cross_entropy(Precision p, int64_t vocab) {
@@ -105,7 +122,8 @@ inline KernelInstance cross_entropy(Precision p, int64_t vocab) {
 }
 inline KernelInstance adam(Precision p, OptimizerKind kind) {
   return instantiate(sig::kAdam, p,
-                     {tv("kMode", kind == OptimizerKind::kAdamW ? kern::AdamMode::kAdamW : kern::AdamMode::kAdam)});
+                     {tv("kMode", kind == OptimizerKind::kAdamW ? kern::AdamMode::kAdamW
+                                                                : kern::AdamMode::kAdam)});
 }
 inline KernelInstance check_finite(Precision p) { return instantiate(sig::kCheckFinite, p, {}); }
 inline KernelInstance optim_finish(Precision p) { return instantiate(sig::kOptimFinish, p, {}); }

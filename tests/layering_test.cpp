@@ -21,13 +21,16 @@ namespace fs = std::filesystem;
 // compiler.h) are split: errors is below every stage, the driver above the cache.
 int stage_of(const std::string& path) {
   static const std::vector<std::pair<std::string, int>> stages{
-      {"compiler/errors", 0}, {"compiler/util/", 0}, {"common/", 0},          {"compiler/spec/", 1},    {"compiler/ir/", 2},
-      {"compiler/graph/", 2}, {"compiler/planner/", 3}, {"compiler/codegen/", 4}, {"compiler/nvrtc/", 5},
-      {"compiler/cache/", 6}, {"compiler/compiler", 7}, {"runtime/", 8},          {"frontends/", 9}};
+      {"compiler/errors", 0},   {"compiler/util/", 0},    {"common/", 0},
+      {"compiler/spec/", 1},    {"compiler/ir/", 2},      {"compiler/graph/", 2},
+      {"compiler/planner/", 3}, {"compiler/codegen/", 4}, {"compiler/nvrtc/", 5},
+      {"compiler/cache/", 6},   {"compiler/compiler", 7}, {"runtime/", 8},
+      {"frontends/", 9}};
   int best = -1;
   size_t best_len = 0;
   for (const auto& [prefix, stage] : stages) {
-    if (path.rfind(prefix, 0) == 0 && prefix.size() > best_len) best = stage, best_len = prefix.size();
+    if (path.rfind(prefix, 0) == 0 && prefix.size() > best_len)
+      best = stage, best_len = prefix.size();
   }
   return best;
 }
@@ -53,7 +56,8 @@ TEST(Layering, EveryStageIncludesOnlyTheStagesBeforeIt) {
         if (!std::regex_search(line, m, include)) continue;
         const int to = stage_of(m[1].str());
         if (to < 0) continue;  // a template header ("layernorm.sig.cuh" style paths have no folder)
-        if (to > from) violations.push_back(rel + ":" + std::to_string(n) + " includes " + m[1].str());
+        if (to > from)
+          violations.push_back(rel + ":" + std::to_string(n) + " includes " + m[1].str());
       }
     }
   }

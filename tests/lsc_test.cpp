@@ -1,7 +1,6 @@
 // `lsc` end to end: build (cold, warm), plan, cache ls/clear, errors and exit codes, and 8
 // concurrent builds into one cache directory.
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -88,14 +87,16 @@ TEST(Lsc, CacheLsAndClearDoNotCreateTheDirectory) {
   const fs::path missing = dir.path() / "none";
   Result ls = run("cache ls --cache " + missing.string());
   EXPECT_EQ(ls.status, 0) << ls.output;
-  EXPECT_EQ(ls.output, "cache " + missing.string() + ": 0 entries (the directory does not exist)\n");
+  EXPECT_EQ(ls.output,
+            "cache " + missing.string() + ": 0 entries (the directory does not exist)\n");
   Result clear = run("cache clear --cache " + missing.string());
   EXPECT_EQ(clear.status, 0) << clear.output;
   EXPECT_EQ(clear.output, "removed 0 entries from " + missing.string() + "\n");
   EXPECT_FALSE(fs::exists(missing));
 }
 
-// Past `ulimit -f` a write fails with EFBIG (lsc ignores SIGXFSZ) and the cache falls back to memory.
+// Past `ulimit -f` a write fails with EFBIG (lsc ignores SIGXFSZ) and the cache falls back to
+// memory.
 TEST(Lsc, FileSizeLimitFallsBackToMemory) {
   TempDir dir;
   Result r = run_shell("ulimit -f 1 && exec " + kLsc + " build " + example("bert-base") +
@@ -106,7 +107,8 @@ TEST(Lsc, FileSizeLimitFallsBackToMemory) {
       << r.output;
   EXPECT_NE(r.output.find("(not writable: kept in memory)"), std::string::npos) << r.output;
   EXPECT_TRUE(DiskCache(dir.path()).list().empty());
-  EXPECT_TRUE(DiskCache(dir.path()).temp_files().empty()) << "the failed write's temp file is removed";
+  EXPECT_TRUE(DiskCache(dir.path()).temp_files().empty())
+      << "the failed write's temp file is removed";
 }
 
 TEST(Lsc, PlanPrintsKernelsAndGemms) {
@@ -132,7 +134,8 @@ TEST(Lsc, BadSpecIsAClearErrorWithExitCode1) {
 
 TEST(Lsc, BadArchAndUsageErrors) {
   TempDir dir;
-  Result arch = run("build " + example("bert-base") + " --arch sm_9x --cache " + dir.path().string());
+  Result arch =
+      run("build " + example("bert-base") + " --arch sm_9x --cache " + dir.path().string());
   EXPECT_EQ(arch.status, 1) << arch.output;
   EXPECT_NE(arch.output.find("sm_9x"), std::string::npos) << arch.output;
   Result usage = run("frobnicate");
@@ -177,7 +180,8 @@ TEST(Lsc, EightConcurrentBuildsLeaveAValidCache) {
     EXPECT_EQ(f.path().extension(), f.is_directory() ? "" : ".lsq") << "stray file " << f.path();
   }
   // and the cache is complete: another build finds everything
-  Result warm = run("build " + example("transformer-base") + " --arch sm_90 --cache " + dir.path().string());
+  Result warm =
+      run("build " + example("transformer-base") + " --arch sm_90 --cache " + dir.path().string());
   EXPECT_NE(warm.output.find(": 0 compiled"), std::string::npos) << warm.output;
 }
 

@@ -27,7 +27,8 @@ class GoldenPlan : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenPlan, MatchesGolden) {
   const std::string name = GetParam();
-  const std::string text = format_plan(plan_model(parse_spec_file(kSource + "/examples/" + name + ".json")));
+  const std::string text =
+      format_plan(plan_model(parse_spec_file(kSource + "/examples/" + name + ".json")));
   const std::string golden_path = kSource + "/tests/golden/" + name + ".plan";
   if (std::getenv("LIGHTSEQ_UPDATE_GOLDENS")) {
     std::ofstream(golden_path, std::ios::binary) << text;
@@ -40,7 +41,8 @@ TEST_P(GoldenPlan, MatchesGolden) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Examples, GoldenPlan,
-                         ::testing::Values("transformer-base", "transformer-big", "bert-base", "gpt2-small"),
+                         ::testing::Values("transformer-base", "transformer-big", "bert-base",
+                                           "gpt2-small"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) c = c == '-' ? '_' : c;
@@ -125,7 +127,8 @@ TEST_P(PlanVariants, CoversEveryOpAndChoosesEpilogues) {
     EXPECT_EQ(ffn1->epilogue, Epilogue::kNone);
     EXPECT_EQ(ffn2_dgrad->epilogue, Epilogue::kNone);
     bool bad_kernel = false;
-    for (const auto& l : kernel_labels(lp.forward)) bad_kernel |= l.rfind("bias_act_dropout_fwd", 0) == 0;
+    for (const auto& l : kernel_labels(lp.forward))
+      bad_kernel |= l.rfind("bias_act_dropout_fwd", 0) == 0;
     EXPECT_TRUE(bad_kernel);
   }
   // Residual gradients: post-LN adds them in the dgrad GEMM (beta = 1); pre-LN in the LN backward.
@@ -159,12 +162,15 @@ std::vector<Variant> all_variants() {
   return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(All, PlanVariants, ::testing::ValuesIn(all_variants()), [](const auto& info) {
-  const Variant& v = info.param;
-  return std::string(to_string(v.kind)) + "_" + std::string(to_string(v.norm)) + "_" +
-         std::string(to_string(v.act)) + (v.dropout > 0 ? "_dropout" : "_nodropout") +
-         (v.causal ? "_causal" : "");
-});
+INSTANTIATE_TEST_SUITE_P(All, PlanVariants, ::testing::ValuesIn(all_variants()),
+                         [](const auto& info) {
+                           const Variant& v = info.param;
+                           return std::string(to_string(v.kind)) + "_" +
+                                  std::string(to_string(v.norm)) + "_" +
+                                  std::string(to_string(v.act)) +
+                                  (v.dropout > 0 ? "_dropout" : "_nodropout") +
+                                  (v.causal ? "_causal" : "");
+                         });
 
 TEST(Plan, SharedKernelsAreListedOnce) {
   const ModelPlan plan = plan_model(parse_spec_file(kSource + "/examples/transformer-base.json"));
@@ -189,7 +195,8 @@ TEST(Plan, PartialSumsAreFinishedIntoEveryBiasAndNormGradient) {
     for (size_t i = 0; i < lp.layer.graph.tensors().size(); ++i) {
       const Tensor& t = lp.layer.graph.tensor(static_cast<int>(i));
       if (t.role == TensorRole::kParamGrad) {
-        EXPECT_TRUE(written.count(static_cast<int>(i))) << lp.layer.name << ": " << t.name << " never written";
+        EXPECT_TRUE(written.count(static_cast<int>(i)))
+            << lp.layer.name << ": " << t.name << " never written";
       }
     }
   }

@@ -11,13 +11,12 @@
 
 #include "tests/reference/compare.h"
 #include "tests/reference/dtype.h"
-#include "tests/reference/kernels.h"
 #include "tests/reference/finite_diff.h"
+#include "tests/reference/kernels.h"
 #include "tests/reference/layers.h"
 
 namespace lightseq::ref {
 namespace {
-
 
 struct Variant {
   NormPlacement norm;
@@ -143,7 +142,8 @@ double max_abs(const Vec& v) {
 // leaves no pre-activation in the band, and changes nothing but linear1's bias.
 TEST(ReferenceLayerSemantics, MoveOffReluKinkClearsTheBand) {
   Rng rng(test_seed());
-  LayerConfig cfg{512, 8, 2048, NormPlacement::kPre, Activation::kRelu, false, 1e-5, Precision::kFp32};
+  LayerConfig cfg{
+      512, 8, 2048, NormPlacement::kPre, Activation::kRelu, false, 1e-5, Precision::kFp32};
   EncoderLayerParams params = random_encoder_params(cfg, rng);
   for (auto& [name, v] : named_tensors(params)) round_in_place(Precision::kFp32, *v);
   const EncoderLayerParams before = params;
@@ -152,7 +152,8 @@ TEST(ReferenceLayerSemantics, MoveOffReluKinkClearsTheBand) {
   const Vec grad_out = rng.uniform_vec(rows * 512, -1, 1);
   const double band_rel = 1e-3;  // wider than the GPU tests' 1e-4: some columns must move
   // the band is relative to the pre-activations before any shift (shifts can raise the maximum)
-  const double band = band_rel * max_abs(encoder_layer_reference(cfg, params, in, grad_out).ffn_pre);
+  const double band =
+      band_rel * max_abs(encoder_layer_reference(cfg, params, in, grad_out).ffn_pre);
   const KinkFreeResult k = move_off_relu_kink(cfg, params, in, grad_out, band_rel);
   EXPECT_GT(k.rounds, 0);
   for (double v : k.result.ffn_pre) ASSERT_GT(std::abs(v), band);
@@ -164,15 +165,18 @@ TEST(ReferenceLayerSemantics, MoveOffReluKinkClearsTheBand) {
 
 TEST(ReferenceLayerSemantics, MoveOffReluKinkClearsTheBandOfADecoder) {
   Rng rng(test_seed());
-  LayerConfig cfg{256, 4, 1024, NormPlacement::kPost, Activation::kRelu, true, 1e-5, Precision::kBf16};
+  LayerConfig cfg{
+      256, 4, 1024, NormPlacement::kPost, Activation::kRelu, true, 1e-5, Precision::kBf16};
   DecoderLayerParams params = random_decoder_params(cfg, rng);
   for (auto& [name, v] : named_tensors(params)) round_in_place(Precision::kBf16, *v);
   const DecoderLayerParams before = params;
   const int64_t rows = 3 * 16;
-  DecoderLayerInput in{3, 16, 12, rng.uniform_vec(rows * 256, -1, 1), rng.uniform_vec(3 * 12 * 256, -1, 1), {}, {}};
+  DecoderLayerInput in{
+      3, 16, 12, rng.uniform_vec(rows * 256, -1, 1), rng.uniform_vec(3 * 12 * 256, -1, 1), {}, {}};
   const Vec grad_out = rng.uniform_vec(rows * 256, -1, 1);
   const double band_rel = 1e-2;
-  const double band = band_rel * max_abs(decoder_layer_reference(cfg, params, in, grad_out).ffn_pre);
+  const double band =
+      band_rel * max_abs(decoder_layer_reference(cfg, params, in, grad_out).ffn_pre);
   const auto k = move_off_relu_kink(cfg, params, in, grad_out, band_rel);
   EXPECT_GT(k.rounds, 0);
   ASSERT_EQ(k.result.ffn_pre.size(), static_cast<size_t>(rows * 1024));

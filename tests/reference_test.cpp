@@ -13,13 +13,12 @@
 
 #include "tests/reference/compare.h"
 #include "tests/reference/dtype.h"
-#include "tests/reference/kernels.h"
 #include "tests/reference/finite_diff.h"
+#include "tests/reference/kernels.h"
 #include "tests/reference/layers.h"
 
 namespace lightseq::ref {
 namespace {
-
 
 // ---- Philox -----------------------------------------------------------------------------------
 

@@ -67,7 +67,8 @@ TEST(RuntimeExecutor, NamesMissingBindings) {
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("missing or null tensor(s): linear1.weight, norm2.bias"),
-              std::string::npos) << e.what();
+              std::string::npos)
+        << e.what();
   }
 }
 
@@ -142,12 +143,14 @@ TEST(RuntimeExecutor, PaddingMaskIsOptional) {
 }
 
 TEST(RuntimeModel, LoadWithoutGpuSaysWhy) {
-  if (device_count() > 0) GTEST_SKIP() << "this machine has a GPU; the no-GPU error is tested on CPU machines";
+  if (device_count() > 0)
+    GTEST_SKIP() << "this machine has a GPU; the no-GPU error is tested on CPU machines";
   try {
     CompiledModel::load(encoder_spec());
     FAIL() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("lightseq needs an NVIDIA GPU: "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("lightseq needs an NVIDIA GPU: "), std::string::npos)
+        << e.what();
   }
 }
 
@@ -179,12 +182,12 @@ TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) 
   LayerExecutor exec(plan.layers[1], Precision::kBf16, kernels, &gemm);
 
   std::set<std::string> params;
-  for (const char* a : {"self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
-                        "self_attn.out_proj.bias", "multihead_attn.in_proj_weight", "multihead_attn.in_proj_bias",
-                        "multihead_attn.out_proj.weight",
-                        "multihead_attn.out_proj.bias", "linear1.weight", "linear1.bias", "linear2.weight",
-                        "linear2.bias", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
-                        "norm3.weight", "norm3.bias"}) {
+  for (const char* a :
+       {"self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
+        "self_attn.out_proj.bias", "multihead_attn.in_proj_weight", "multihead_attn.in_proj_bias",
+        "multihead_attn.out_proj.weight", "multihead_attn.out_proj.bias", "linear1.weight",
+        "linear1.bias", "linear2.weight", "linear2.bias", "norm1.weight", "norm1.bias",
+        "norm2.weight", "norm2.bias", "norm3.weight", "norm3.bias"}) {
     params.insert(a);
   }
   std::set<std::string> forward = params;
@@ -198,9 +201,11 @@ TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) 
   for (const std::string& p : params) backward.insert("grad." + p);
   const auto bwd = exec.required_bindings(true);
   const std::set<std::string> got(bwd.begin(), bwd.end());
-  for (const std::string& n : backward) EXPECT_TRUE(got.count(n)) << n << " is not bound in the backward";
+  for (const std::string& n : backward)
+    EXPECT_TRUE(got.count(n)) << n << " is not bound in the backward";
   for (const std::string& n : got) {
-    EXPECT_TRUE(backward.count(n) || params.count(n) || forward.count(n)) << "unexpected binding " << n;
+    EXPECT_TRUE(backward.count(n) || params.count(n) || forward.count(n))
+        << "unexpected binding " << n;
   }
 
   // The manifest says what each binding is: shapes, the +=, which forward tensor a gradient is of.
@@ -216,11 +221,13 @@ TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) 
     if (e.name == "grad_x") EXPECT_EQ(e.grad_of, "x");
     if (e.name == "grad.multihead_attn.in_proj_weight") {
       EXPECT_EQ(e.grad_of, "multihead_attn.in_proj_weight");
-      EXPECT_EQ(shape_to_string(e.shape), "[192, 64]") << "the whole packed parameter, as PyTorch holds it";
+      EXPECT_EQ(shape_to_string(e.shape), "[192, 64]")
+          << "the whole packed parameter, as PyTorch holds it";
     }
   }
   for (const ManifestEntry& e : exec.manifest(false)) {
-    EXPECT_EQ(e.optional, e.name == "key_padding_mask" || e.name == "encoder_padding_mask") << e.name;
+    EXPECT_EQ(e.optional, e.name == "key_padding_mask" || e.name == "encoder_padding_mask")
+        << e.name;
   }
 
   // Cross-attention keys/values are saved per encoder position: the arena grows with S too.

@@ -19,9 +19,9 @@
 #include "compiler/nvrtc/nvrtc_compiler.h"
 #include "compiler/planner/planner.h"
 #include "frontends/spec/parse.h"
-#include "runtime/launch.h"
 #include "layernorm.sig.cuh"
 #include "reduce.sig.cuh"
+#include "runtime/launch.h"
 #include "softmax.sig.cuh"
 
 namespace lightseq {
@@ -32,7 +32,8 @@ int64_t sample_value(const sig::TParam& t) {
   static const std::map<std::string, int64_t> values{
       {"kHidden", 512}, {"kCols", 2048}, {"kHeads", 8}, {"kParts", 3}, {"kVocab", 1000}};
   auto it = values.find(t.name);
-  if (it == values.end()) throw InternalError(std::string("signature_test: no sample value for ") + t.name);
+  if (it == values.end())
+    throw InternalError(std::string("signature_test: no sample value for ") + t.name);
   return it->second;
 }
 
@@ -42,18 +43,26 @@ KernelInstance sample_instance(const sig::Kernel& k, Precision p) {
   for (int i = 0; i < k.n_tparams; ++i) {
     const sig::TParam& t = k.tparams[i];
     if (t.kind == sig::TKind::kDType || t.derive) continue;
-    given.emplace_back(t.name, t.kind == sig::TKind::kEnum ? t.enum_info->count - 1 : sample_value(t));
+    given.emplace_back(t.name,
+                       t.kind == sig::TKind::kEnum ? t.enum_info->count - 1 : sample_value(t));
   }
   // instantiate takes an initializer_list: build it from the vector through a small switch.
   std::vector<TemplateValue> v(given.begin(), given.end());
   switch (v.size()) {
-    case 0: return instantiate(k, p, {});
-    case 1: return instantiate(k, p, {v[0]});
-    case 2: return instantiate(k, p, {v[0], v[1]});
-    case 3: return instantiate(k, p, {v[0], v[1], v[2]});
-    case 4: return instantiate(k, p, {v[0], v[1], v[2], v[3]});
-    case 5: return instantiate(k, p, {v[0], v[1], v[2], v[3], v[4]});
-    case 6: return instantiate(k, p, {v[0], v[1], v[2], v[3], v[4], v[5]});
+    case 0:
+      return instantiate(k, p, {});
+    case 1:
+      return instantiate(k, p, {v[0]});
+    case 2:
+      return instantiate(k, p, {v[0], v[1]});
+    case 3:
+      return instantiate(k, p, {v[0], v[1], v[2]});
+    case 4:
+      return instantiate(k, p, {v[0], v[1], v[2], v[3]});
+    case 5:
+      return instantiate(k, p, {v[0], v[1], v[2], v[3], v[4]});
+    case 6:
+      return instantiate(k, p, {v[0], v[1], v[2], v[3], v[4], v[5]});
   }
   throw InternalError("signature_test: too many template parameters");
 }
@@ -61,29 +70,44 @@ KernelInstance sample_instance(const sig::Kernel& k, Precision p) {
 // How the demangler spells a parameter of C type `c` when T is `t`.
 std::string demangled_type(sig::CType c, const std::string& t) {
   switch (c) {
-    case sig::CType::kTPtr: return t + "*";
-    case sig::CType::kConstTPtr: return t + " const*";
-    case sig::CType::kF32Ptr: return "float*";
-    case sig::CType::kConstF32Ptr: return "float const*";
-    case sig::CType::kConstI64Ptr: return "long long const*";
-    case sig::CType::kConstU8Ptr: return "unsigned char const*";
-    case sig::CType::kI32Ptr: return "int*";
-    case sig::CType::kConstAdamChunkPtr: return "lightseq::kern::AdamChunk<" + t + "> const*";
-    case sig::CType::kOptimStatePtr: return "lightseq::kern::OptimState*";
-    case sig::CType::kConstOptimStatePtr: return "lightseq::kern::OptimState const*";
-    case sig::CType::kI64: return "long long";
-    case sig::CType::kI32: return "int";
-    case sig::CType::kF32: return "float";
-    case sig::CType::kDropoutArgs: return "lightseq::kern::DropoutArgs";
-    case sig::CType::kAccumulate: return "lightseq::kern::Accumulate";
+    case sig::CType::kTPtr:
+      return t + "*";
+    case sig::CType::kConstTPtr:
+      return t + " const*";
+    case sig::CType::kF32Ptr:
+      return "float*";
+    case sig::CType::kConstF32Ptr:
+      return "float const*";
+    case sig::CType::kConstI64Ptr:
+      return "long long const*";
+    case sig::CType::kConstU8Ptr:
+      return "unsigned char const*";
+    case sig::CType::kI32Ptr:
+      return "int*";
+    case sig::CType::kConstAdamChunkPtr:
+      return "lightseq::kern::AdamChunk<" + t + "> const*";
+    case sig::CType::kOptimStatePtr:
+      return "lightseq::kern::OptimState*";
+    case sig::CType::kConstOptimStatePtr:
+      return "lightseq::kern::OptimState const*";
+    case sig::CType::kI64:
+      return "long long";
+    case sig::CType::kI32:
+      return "int";
+    case sig::CType::kF32:
+      return "float";
+    case sig::CType::kDropoutArgs:
+      return "lightseq::kern::DropoutArgs";
+    case sig::CType::kAccumulate:
+      return "lightseq::kern::Accumulate";
   }
   return "?";
 }
 
 std::string demangle(const std::string& mangled) {
   int status = 0;
-  std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status),
-                                             std::free);
+  std::unique_ptr<char, void (*)(void*)> out(
+      abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status), std::free);
   if (status != 0 || !out) return "<cannot demangle " + mangled + ">";
   return out.get();
 }
@@ -110,7 +134,8 @@ std::vector<std::string> split_top(const std::string& s) {
 }
 
 // "void ns::name<targs>(params)" → targs, params.
-void parse_demangled(const std::string& d, std::vector<std::string>* targs, std::vector<std::string>* params) {
+void parse_demangled(const std::string& d, std::vector<std::string>* targs,
+                     std::vector<std::string>* params) {
   const size_t open_t = d.find('<');
   int depth = 0;
   size_t close_t = open_t;
@@ -171,12 +196,14 @@ TEST(KernelSignature, NamesAreUniqueAndRolesFitTypes) {
                                 p.role == sig::Role::kOutAcc || p.role == sig::Role::kScratch ||
                                 p.role == sig::Role::kErrorFlag || p.role == sig::Role::kTensorList;
       EXPECT_EQ(pointer_role, sig::is_pointer(p.type)) << p.name;
-      if (p.role == sig::Role::kOut || p.role == sig::Role::kOutAcc || p.role == sig::Role::kScratch) {
+      if (p.role == sig::Role::kOut || p.role == sig::Role::kOutAcc ||
+          p.role == sig::Role::kScratch) {
         EXPECT_TRUE(p.type == sig::CType::kTPtr || p.type == sig::CType::kF32Ptr ||
                     p.type == sig::CType::kOptimStatePtr)
             << p.name << " is written";
       }
-      EXPECT_EQ(p.role == sig::Role::kTensorList, p.list != nullptr) << p.name << ": a tensor list has slots";
+      EXPECT_EQ(p.role == sig::Role::kTensorList, p.list != nullptr)
+          << p.name << ": a tensor list has slots";
       if (p.list) {
         EXPECT_GT(p.list->chunk_elems, 0);
         bool required = false;
@@ -199,15 +226,20 @@ TEST(KernelSignature, NamesAreUniqueAndRolesFitTypes) {
 
 TEST(KernelSignature, ALabelNamesEveryShownTemplateValue) {
   const KernelInstance k = instantiate(sig::kLnFwd, Precision::kFp16,
-                                       {{"kHidden", 1000}, tv("kBranch", kern::Branch::kBiasDropoutResidual),
-                                        tv("kNorm", kern::Norm::kOn), tv("kDrop", kern::Drop::kOff)});
+                                       {{"kHidden", 1000},
+                                        tv("kBranch", kern::Branch::kBiasDropoutResidual),
+                                        tv("kNorm", kern::Norm::kOn),
+                                        tv("kDrop", kern::Drop::kOff)});
   EXPECT_EQ(k.label, "ln_fwd:fp16:h=1000:vec=8:branch=bias_dropout_residual:norm=on:drop=off");
   EXPECT_EQ(k.name_expression(),
-            "&lightseq::kern::ln_fwd_kernel<__half, 1000, 8, lightseq::kern::Branch::kBiasDropoutResidual, "
+            "&lightseq::kern::ln_fwd_kernel<__half, 1000, 8, "
+            "lightseq::kern::Branch::kBiasDropoutResidual, "
             "lightseq::kern::Norm::kOn, lightseq::kern::Drop::kOff>");
   const KernelInstance v = instantiate(sig::kLnFwd, Precision::kFp16,
-                                       {{"kHidden", 1004}, tv("kBranch", kern::Branch::kNone),
-                                        tv("kNorm", kern::Norm::kOn), tv("kDrop", kern::Drop::kOff)});
+                                       {{"kHidden", 1004},
+                                        tv("kBranch", kern::Branch::kNone),
+                                        tv("kNorm", kern::Norm::kOn),
+                                        tv("kDrop", kern::Drop::kOff)});
   EXPECT_EQ(v.value("kVec"), 4) << "derived: the widest vector dividing 1004";
 }
 
@@ -220,15 +252,22 @@ TEST(KernelSignature, InstantiateRefusesWrongValues) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(msg([] { instantiate(sig::kLnFwd, Precision::kFp16, {{"kHidden", 8}}); }).find("kBranch is not given"),
+  EXPECT_NE(msg([] {
+              instantiate(sig::kLnFwd, Precision::kFp16, {{"kHidden", 8}});
+            }).find("kBranch is not given"),
             std::string::npos);
-  EXPECT_NE(msg([] { instantiate(sig::kColumnSum, Precision::kFp16, {{"kHiden", 8}}); })
-                .find("no template parameter 'kHiden'"),
+  EXPECT_NE(msg([] {
+              instantiate(sig::kColumnSum, Precision::kFp16, {{"kHiden", 8}});
+            }).find("no template parameter 'kHiden'"),
             std::string::npos);
-  EXPECT_NE(msg([] { instantiate(sig::kSoftmaxBwd, Precision::kFp16, {{"kThreads", 64}, tv("kDrop", kern::Drop::kOn)}); })
-                .find("not set by hand"),
+  EXPECT_NE(msg([] {
+              instantiate(sig::kSoftmaxBwd, Precision::kFp16,
+                          {{"kThreads", 64}, tv("kDrop", kern::Drop::kOn)});
+            }).find("not set by hand"),
             std::string::npos);
-  EXPECT_NE(msg([] { instantiate(sig::kSoftmaxBwd, Precision::kFp16, {{"kDrop", 2}}); }).find("not an enumerator of Drop"),
+  EXPECT_NE(msg([] {
+              instantiate(sig::kSoftmaxBwd, Precision::kFp16, {{"kDrop", 2}});
+            }).find("not an enumerator of Drop"),
             std::string::npos);
 }
 
@@ -237,7 +276,8 @@ TEST(KernelSignature, InstantiateRefusesWrongValues) {
 // are non-empty. (resolve_launch touches no GPU; the function handle is not used.)
 TEST(KernelSignature, EveryExamplePlanResolvesAtSeveralShapes) {
   for (const char* name : {"transformer-base", "transformer-big", "bert-base", "gpt2-small"}) {
-    const ModelPlan plan = plan_model(parse_spec_file(std::string(LIGHTSEQ_SOURCE_DIR) + "/examples/" + name + ".json"));
+    const ModelPlan plan = plan_model(
+        parse_spec_file(std::string(LIGHTSEQ_SOURCE_DIR) + "/examples/" + name + ".json"));
     for (const LayerPlan& lp : plan.layers) {
       for (const RunShape shape : {RunShape{1, 1, 1}, RunShape{3, 7, 5}, RunShape{32, 128, 96}}) {
         ScratchExtents scratch;
@@ -255,7 +295,8 @@ TEST(KernelSignature, EveryExamplePlanResolvesAtSeveralShapes) {
         }
         for (size_t id = 0; id < lp.layer.graph.tensors().size(); ++id) {
           if (lp.layer.graph.tensor(static_cast<int>(id)).sized_by_kernel) {
-            EXPECT_GT(scratch.of[id].rows * scratch.of[id].cols, 0) << lp.layer.graph.tensor(static_cast<int>(id)).name;
+            EXPECT_GT(scratch.of[id].rows * scratch.of[id].cols, 0)
+                << lp.layer.graph.tensor(static_cast<int>(id)).name;
           }
         }
       }

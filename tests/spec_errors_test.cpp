@@ -11,8 +11,8 @@
 #include <string>
 
 #include "compiler/errors.h"
-#include "frontends/spec/parse.h"
 #include "compiler/spec/rules.h"
+#include "frontends/spec/parse.h"
 #include "tests/test_util.h"
 
 namespace lightseq {
@@ -120,9 +120,10 @@ TEST(SpecFile, FifoAndDevicesAreRefusedWithoutBlocking) {
   const std::filesystem::path fifo = dir.path() / "spec.json";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
   const SpecIssue issue = file_issue(fifo);
-  EXPECT_EQ(issue.to_string(), "file = \"" + fifo.string() +
-                                   "\": is a FIFO, not a regular file; give the path of a JSON spec "
-                                   "file");
+  EXPECT_EQ(issue.to_string(),
+            "file = \"" + fifo.string() +
+                "\": is a FIFO, not a regular file; give the path of a JSON spec "
+                "file");
   EXPECT_EQ(file_issue("/dev/zero").message,
             "is a character device, not a regular file; give the path of a JSON spec file");
   ::alarm(0);
@@ -145,9 +146,10 @@ TEST(SpecFile, LargeFilesAreRefusedQuickly) {
     parse_spec_string(std::string(spec_detail::kMaxSpecBytes + 1, ' '));
     FAIL() << "no SpecError";
   } catch (const SpecError& e) {
-    EXPECT_EQ(e.issues().at(0).to_string(),
-              "(root) = (1048577 bytes): larger than 1024 KiB; a model spec is a few KiB of JSON (a "
-              "stack of identical layers is written once, with \"count\")");
+    EXPECT_EQ(
+        e.issues().at(0).to_string(),
+        "(root) = (1048577 bytes): larger than 1024 KiB; a model spec is a few KiB of JSON (a "
+        "stack of identical layers is written once, with \"count\")");
   }
 }
 

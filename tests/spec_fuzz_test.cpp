@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "compiler/errors.h"
-#include "frontends/spec/parse.h"
 #include "compiler/spec/rules.h"
+#include "frontends/spec/parse.h"
 
 namespace lightseq {
 namespace {

@@ -293,9 +293,10 @@ const std::vector<BadSpec> kBadSpecs = {
     // --- in float32, the precision the kernels take these in
     {"layer_eps_zero_in_float32",
      {{R"("eps": 1e-5)", R"("eps": 1e-50)"}},
-     {cat("layers[1].eps = 1e-50: becomes 0 in float32, the precision the kernels use (the smallest "
-          "positive float32 is 1e-45); it ",
-          kLayerNormEps)}},
+     {cat(
+         "layers[1].eps = 1e-50: becomes 0 in float32, the precision the kernels use (the smallest "
+         "positive float32 is 1e-45); it ",
+         kLayerNormEps)}},
     {"layer_eps_double_subnormal",
      {{R"("eps": 1e-5)", R"("eps": 1e-320)"}},
      {cat("layers[1].eps = 1e-320: becomes 0 in float32, the precision the kernels use (the "

@@ -12,8 +12,8 @@
 #include "templates/common/adam_types.cuh"
 #include "templates/common/enums.cuh"
 #include "templates/common/launch.cuh"
-#include "tests/kernel_instances.h"
 #include "templates/common/philox.cuh"
+#include "tests/kernel_instances.h"
 
 namespace lightseq::kern {
 namespace {
@@ -47,8 +47,7 @@ TEST(TemplatesPhilox, DrawsUseCounterAndKeyLayout) {
   // counter = {lo(i/4), hi(i/4), lo(offset), hi(offset)}, key = {lo(seed), hi(seed)}.
   const DropoutArgs a = make_dropout_args(0x0123456789abcdefull, 0xfedcba9876543210ull, 0.25);
   const uint64_t group = (uint64_t{5} << 32) | 7u;
-  const Philox4 want =
-      philox4x32_10(7u, 5u, 0x76543210u, 0xfedcba98u, 0x89abcdefu, 0x01234567u);
+  const Philox4 want = philox4x32_10(7u, 5u, 0x76543210u, 0xfedcba98u, 0x89abcdefu, 0x01234567u);
   const Philox4 got = dropout_draws(a, group);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(got.v[i], want.v[i]);
   for (int k = 0; k < 4; ++k) {
@@ -299,8 +298,8 @@ TEST(TemplatesLaunch, BiasActDropout) {
 }
 
 TEST(TemplatesLaunch, Heads) {
-  for (auto [h, heads] : {std::pair<int64_t, int64_t>{512, 8}, {768, 12}, {1024, 16}, {520, 8},
-                          {8192, 64}}) {
+  for (auto [h, heads] :
+       {std::pair<int64_t, int64_t>{512, 8}, {768, 12}, {1024, 16}, {520, 8}, {8192, 64}}) {
     for (int eb : {2, 4}) {
       const int v = heads_vec(eb, h, heads);
       EXPECT_EQ((h / heads) % v, 0);
@@ -322,8 +321,8 @@ TEST(TemplatesLaunch, Heads) {
 TEST(TemplatesLaunch, SoftmaxLayout) {
   for (int threads : {32, 128, 256, 512, 1024}) {
     for (int eb : {2, 4}) {
-      for (int64_t k : {1, 2, 7, 8, 31, 32, 64, 71, 100, 128, 512, 1000, 1024, 1025, 2048, 4096,
-                        8192, 16384, 100000, 1000003}) {
+      for (int64_t k : {1,   2,    7,    8,    31,   32,   64,   71,    100,    128,
+                        512, 1000, 1024, 1025, 2048, 4096, 8192, 16384, 100000, 1000003}) {
         SCOPED_TRACE(testing::Message() << "k_len " << k << " threads " << threads << " eb " << eb);
         const int v = softmax_vec(k, eb);
         EXPECT_TRUE(v == 1 || v == 16 / eb);

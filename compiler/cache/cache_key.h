@@ -24,7 +24,6 @@ namespace lightseq {
 // or a different way the runtime interprets lowered names / labels of a cached entry).
 inline constexpr int kGeneratorVersion = 1;
 
-
 // What identifies the code generator's output conventions.
 struct GeneratorIdentity {
   int generator_version = kGeneratorVersion;

@@ -12,9 +12,9 @@
 #include <set>
 #include <system_error>
 
-#include "compiler/util/atomic_file.h"
 #include "compiler/cache/cache_key.h"
 #include "compiler/errors.h"
+#include "compiler/util/atomic_file.h"
 
 namespace lightseq {
 namespace fs = std::filesystem;
@@ -379,8 +379,10 @@ std::vector<CacheEntryInfo> DiskCache::list() const {
     if (read.status == ReadStatus::kOk) {
       info.bytes = static_cast<int64_t>(read.data.size());
       decoded = decode_entry(read.data);
-      if (!decoded) info.problem = "truncated, corrupted or of another format";
-      else if (decoded->key != info.key) info.problem = "holds another key's entry";
+      if (!decoded)
+        info.problem = "truncated, corrupted or of another format";
+      else if (decoded->key != info.key)
+        info.problem = "holds another key's entry";
     } else {
       info.problem = read.error;
       std::error_code size_ec;
@@ -501,7 +503,8 @@ int64_t DiskCache::clear() {
         if (err == 0) {
           ++removed;
         } else if (err != ENOENT && first_error.empty()) {  // ENOENT: a concurrent clear()
-          first_error = fmt::format("cannot remove '{}': {}", file.path().string(), errno_message(err));
+          first_error =
+              fmt::format("cannot remove '{}': {}", file.path().string(), errno_message(err));
         }
       },
       first_error);

@@ -45,7 +45,6 @@
 
 namespace lightseq {
 
-
 struct CacheEntry {
   std::string program;  // program name, for `lsc cache ls`
   std::string arch;     // "sm_90"
@@ -69,7 +68,7 @@ struct CacheEntryInfo {
   std::string arch;
   int64_t bytes = 0;  // file size (encoded size for an in-memory entry; 0 for a non-file)
   int kernels = 0;
-  bool valid = true;       // false: the entry is bad (it will be rebuilt on use); `problem` says why
+  bool valid = true;  // false: the entry is bad (it will be rebuilt on use); `problem` says why
   bool in_memory = false;  // true: held by this object only (the directory is not writable)
   std::string problem;     // "" when valid; "fails its checksum", "'<path>' is a FIFO, not ..."
 };
@@ -151,8 +150,9 @@ class DiskCache {
   bool write_to_disk(const std::string& key, std::string_view bytes, std::string& reason);
   // Calls `visit` for every file directly inside a format directory (<dir>/v<N>/...). A format
   // directory that cannot be listed is reported in `error` (the first failure only).
-  void for_each_format_file(const std::function<void(const std::filesystem::directory_entry&)>& visit,
-                            std::string& error) const;
+  void for_each_format_file(
+      const std::function<void(const std::filesystem::directory_entry&)>& visit,
+      std::string& error) const;
   // Switches to memory-only mode and emits the warning, the first time only.
   void fall_back_to_memory(const std::string& reason);
 

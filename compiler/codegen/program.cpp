@@ -19,7 +19,8 @@ std::vector<ProgramSource> generate_programs(const std::vector<KernelInstance>& 
     bool found = false;
     for (const EmbeddedFile& f : embedded_templates()) found |= f.path == header;
     if (!found) {
-      throw InternalError(fmt::format("codegen: kernel family '{}' has no template '{}'", family, header));
+      throw InternalError(
+          fmt::format("codegen: kernel family '{}' has no template '{}'", family, header));
     }
     ProgramSource p;
     p.name = fmt::format("{}:{}", family, to_string(precision));

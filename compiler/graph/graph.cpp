@@ -9,12 +9,18 @@ namespace lightseq {
 
 int elem_bytes(ElemType t, Precision model) {
   switch (t) {
-    case ElemType::kModel: return element_bytes(model);
-    case ElemType::kF32: return 4;
-    case ElemType::kI64: return 8;
-    case ElemType::kU8: return 1;
-    case ElemType::kI32: return 4;
-    case ElemType::kOptimState: return static_cast<int>(sizeof(kern::OptimState));
+    case ElemType::kModel:
+      return element_bytes(model);
+    case ElemType::kF32:
+      return 4;
+    case ElemType::kI64:
+      return 8;
+    case ElemType::kU8:
+      return 1;
+    case ElemType::kI32:
+      return 4;
+    case ElemType::kOptimState:
+      return static_cast<int>(sizeof(kern::OptimState));
   }
   throw InternalError("unknown ElemType");
 }
@@ -59,61 +65,99 @@ Dim shape_numel(const Shape& shape) {
 
 std::string_view to_string(TensorRole r) {
   switch (r) {
-    case TensorRole::kInput: return "input";
-    case TensorRole::kParam: return "param";
-    case TensorRole::kActivation: return "activation";
-    case TensorRole::kGradInput: return "grad_input";
-    case TensorRole::kGrad: return "grad";
-    case TensorRole::kParamGrad: return "param_grad";
-    case TensorRole::kOutput: return "output";
-    case TensorRole::kGradOutput: return "grad_output";
-    case TensorRole::kScratch: return "scratch";
+    case TensorRole::kInput:
+      return "input";
+    case TensorRole::kParam:
+      return "param";
+    case TensorRole::kActivation:
+      return "activation";
+    case TensorRole::kGradInput:
+      return "grad_input";
+    case TensorRole::kGrad:
+      return "grad";
+    case TensorRole::kParamGrad:
+      return "param_grad";
+    case TensorRole::kOutput:
+      return "output";
+    case TensorRole::kGradOutput:
+      return "grad_output";
+    case TensorRole::kScratch:
+      return "scratch";
   }
   throw InternalError("unknown TensorRole");
 }
 
 std::string_view to_string(DropoutKind k) {
   switch (k) {
-    case DropoutKind::kAttention: return "attention";
-    case DropoutKind::kActivation: return "activation";
-    case DropoutKind::kHidden: return "hidden";
-    case DropoutKind::kEmbedding: return "embedding";
+    case DropoutKind::kAttention:
+      return "attention";
+    case DropoutKind::kActivation:
+      return "activation";
+    case DropoutKind::kHidden:
+      return "hidden";
+    case DropoutKind::kEmbedding:
+      return "embedding";
   }
   throw InternalError("unknown DropoutKind");
 }
 
 std::string_view to_string(OpKind k) {
   switch (k) {
-    case OpKind::kGemm: return "gemm";
-    case OpKind::kBiasAdd: return "bias_add";
-    case OpKind::kActivation: return "activation";
-    case OpKind::kDropout: return "dropout";
-    case OpKind::kResidualAdd: return "residual_add";
-    case OpKind::kLayerNorm: return "layernorm";
-    case OpKind::kSplitHeads: return "split_heads";
-    case OpKind::kMergeHeads: return "merge_heads";
-    case OpKind::kAttentionMask: return "attention_mask";
-    case OpKind::kSoftmax: return "softmax";
-    case OpKind::kEmbedding: return "embedding";
-    case OpKind::kCrossEntropy: return "cross_entropy";
-    case OpKind::kAdam: return "adam";
-    case OpKind::kAttention: return "attention";
-    case OpKind::kAttentionGrad: return "attention_grad";
-    case OpKind::kLayerNormGrad: return "layernorm_grad";
-    case OpKind::kDropoutGrad: return "dropout_grad";
-    case OpKind::kActivationGrad: return "activation_grad";
-    case OpKind::kBiasGrad: return "bias_grad";
-    case OpKind::kGradAdd: return "grad_add";
-    case OpKind::kSoftmaxGrad: return "softmax_grad";
-    case OpKind::kSplitHeadsGrad: return "split_heads_grad";
-    case OpKind::kMergeHeadsGrad: return "merge_heads_grad";
-    case OpKind::kEmbeddingGrad: return "embedding_grad";
+    case OpKind::kGemm:
+      return "gemm";
+    case OpKind::kBiasAdd:
+      return "bias_add";
+    case OpKind::kActivation:
+      return "activation";
+    case OpKind::kDropout:
+      return "dropout";
+    case OpKind::kResidualAdd:
+      return "residual_add";
+    case OpKind::kLayerNorm:
+      return "layernorm";
+    case OpKind::kSplitHeads:
+      return "split_heads";
+    case OpKind::kMergeHeads:
+      return "merge_heads";
+    case OpKind::kAttentionMask:
+      return "attention_mask";
+    case OpKind::kSoftmax:
+      return "softmax";
+    case OpKind::kEmbedding:
+      return "embedding";
+    case OpKind::kCrossEntropy:
+      return "cross_entropy";
+    case OpKind::kAdam:
+      return "adam";
+    case OpKind::kAttention:
+      return "attention";
+    case OpKind::kAttentionGrad:
+      return "attention_grad";
+    case OpKind::kLayerNormGrad:
+      return "layernorm_grad";
+    case OpKind::kDropoutGrad:
+      return "dropout_grad";
+    case OpKind::kActivationGrad:
+      return "activation_grad";
+    case OpKind::kBiasGrad:
+      return "bias_grad";
+    case OpKind::kGradAdd:
+      return "grad_add";
+    case OpKind::kSoftmaxGrad:
+      return "softmax_grad";
+    case OpKind::kSplitHeadsGrad:
+      return "split_heads_grad";
+    case OpKind::kMergeHeadsGrad:
+      return "merge_heads_grad";
+    case OpKind::kEmbeddingGrad:
+      return "embedding_grad";
   }
   throw InternalError("unknown OpKind");
 }
 
 int Graph::add_tensor(Tensor t) {
-  if (by_name_.count(t.name)) throw InternalError(fmt::format("graph: tensor '{}' added twice", t.name));
+  if (by_name_.count(t.name))
+    throw InternalError(fmt::format("graph: tensor '{}' added twice", t.name));
   int id = static_cast<int>(tensors_.size());
   by_name_[t.name] = id;
   tensors_.push_back(std::move(t));
@@ -185,7 +229,8 @@ void Graph::verify() const {
   for (const Op& op : ops_) {
     for (int in : op.inputs) {
       if (in < 0 || in >= static_cast<int>(tensors_.size())) {
-        throw InternalError(fmt::format("graph: op '{}' reads tensor id {} out of range", op.name, in));
+        throw InternalError(
+            fmt::format("graph: op '{}' reads tensor id {} out of range", op.name, in));
       }
       if (!available(in)) {
         throw InternalError(fmt::format("graph: op '{}' reads '{}' before anything writes it",

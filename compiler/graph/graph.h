@@ -40,16 +40,16 @@ std::string shape_to_string(const Shape& shape);  // "[B·T, 1536]"
 Dim shape_numel(const Shape& shape);
 
 enum class TensorRole {
-  kInput,      // given by the caller (activations in, padding mask, tokens, targets)
-  kParam,      // a parameter
-  kActivation, // produced by the forward
-  kGradInput,  // gradient given to the backward (of an output)
-  kGrad,       // gradient produced by the backward
-  kParamGrad,  // gradient of a parameter, written (=) or accumulated (+=) as the caller chooses
-  kOutput,     // result of the forward handed to the caller
-  kGradOutput, // gradient of a layer input, written into the caller's buffer (grad_x, ...)
-  kScratch,    // a kernel's working buffer (per-block partials, an fp32 scatter target), made by the
-               // planner and provided by the runtime for one call
+  kInput,       // given by the caller (activations in, padding mask, tokens, targets)
+  kParam,       // a parameter
+  kActivation,  // produced by the forward
+  kGradInput,   // gradient given to the backward (of an output)
+  kGrad,        // gradient produced by the backward
+  kParamGrad,   // gradient of a parameter, written (=) or accumulated (+=) as the caller chooses
+  kOutput,      // result of the forward handed to the caller
+  kGradOutput,  // gradient of a layer input, written into the caller's buffer (grad_x, ...)
+  kScratch,  // a kernel's working buffer (per-block partials, an fp32 scatter target), made by the
+             // planner and provided by the runtime for one call
 };
 std::string_view to_string(TensorRole r);
 
@@ -83,15 +83,33 @@ std::string_view to_string(DropoutKind k);  // "attention", ...
 
 enum class OpKind {
   // forward
-  kGemm, kBiasAdd, kActivation, kDropout, kResidualAdd, kLayerNorm, kSplitHeads, kMergeHeads,
-  kAttentionMask, kSoftmax, kEmbedding, kCrossEntropy, kAdam,
+  kGemm,
+  kBiasAdd,
+  kActivation,
+  kDropout,
+  kResidualAdd,
+  kLayerNorm,
+  kSplitHeads,
+  kMergeHeads,
+  kAttentionMask,
+  kSoftmax,
+  kEmbedding,
+  kCrossEntropy,
+  kAdam,
   // softmax(q·kᵀ·scale + mask) (dropped) · v over [B, heads, T, d] views: inputs q, k, v (and the
   // key padding mask), output the context. A backend pass (compiler/planner/attention_backend.h)
   // replaces it, and its gradient, before fusion.
   kAttention,
   // backward
-  kLayerNormGrad, kDropoutGrad, kActivationGrad, kBiasGrad, kGradAdd, kSoftmaxGrad,
-  kSplitHeadsGrad, kMergeHeadsGrad, kEmbeddingGrad,
+  kLayerNormGrad,
+  kDropoutGrad,
+  kActivationGrad,
+  kBiasGrad,
+  kGradAdd,
+  kSoftmaxGrad,
+  kSplitHeadsGrad,
+  kMergeHeadsGrad,
+  kEmbeddingGrad,
   // inputs the context's gradient, q, k, v (and the key padding mask); outputs dq, dk, dv
   kAttentionGrad,
 };
@@ -156,8 +174,8 @@ struct Op {
 
 class Graph {
  public:
-  int add_tensor(Tensor t);               // returns its id; names must be unique
-  int add_op(Op op);                      // returns its id
+  int add_tensor(Tensor t);  // returns its id; names must be unique
+  int add_op(Op op);         // returns its id
   Op& ops_mut_last() { return ops_.back(); }
   int tensor_id(const std::string& name) const;  // throws InternalError if absent
   const Tensor& tensor(int id) const { return tensors_.at(id); }
@@ -179,7 +197,9 @@ class Graph {
 
   // Ops before this index are the forward, the rest the backward.
   void begin_backward() { backward_begin_ = static_cast<int>(ops_.size()); }
-  int backward_begin() const { return backward_begin_ < 0 ? static_cast<int>(ops_.size()) : backward_begin_; }
+  int backward_begin() const {
+    return backward_begin_ < 0 ? static_cast<int>(ops_.size()) : backward_begin_;
+  }
 
  private:
   int backward_begin_ = -1;

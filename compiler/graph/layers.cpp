@@ -1,9 +1,9 @@
 #include "compiler/graph/layers.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <map>
-
-#include <fmt/format.h>
 
 #include "compiler/errors.h"
 
@@ -11,11 +11,16 @@ namespace lightseq {
 
 std::string_view to_string(LayerType t) {
   switch (t) {
-    case LayerType::kEncoder: return "encoder";
-    case LayerType::kDecoder: return "decoder";
-    case LayerType::kEmbedding: return "embedding";
-    case LayerType::kCriterion: return "criterion";
-    case LayerType::kOptimizer: return "optimizer";
+    case LayerType::kEncoder:
+      return "encoder";
+    case LayerType::kDecoder:
+      return "decoder";
+    case LayerType::kEmbedding:
+      return "embedding";
+    case LayerType::kCriterion:
+      return "criterion";
+    case LayerType::kOptimizer:
+      return "optimizer";
   }
   throw InternalError("unknown LayerType");
 }
@@ -145,9 +150,9 @@ class LayerLowering {
   struct Sub {
     std::string p;  // prefix ("sa", "ca", "ffn")
     std::string norm_name;
-    int x = -1;        // residual stream in
+    int x = -1;          // residual stream in
     int branch_in = -1;  // what the branch reads (x, or LN(x) for pre-LN)
-    int out = -1;      // residual stream out
+    int out = -1;        // residual stream out
     int ln_in = -1, gamma = -1, beta = -1, mean = -1, rstd = -1;
     int bias = -1, gemm_out = -1;  // the branch's last GEMM and its bias
     int hidden_site = -1;
@@ -180,8 +185,10 @@ class LayerLowering {
     sub.norm_name = name;
     sub.gamma = b_.param(name + ".weight", {Dim::constant(H_)});
     sub.beta = b_.param(name + ".bias", {Dim::constant(H_)});
-    sub.mean = b_.tensor(sub.p + ".ln_mean", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
-    sub.rstd = b_.tensor(sub.p + ".ln_rstd", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
+    sub.mean =
+        b_.tensor(sub.p + ".ln_mean", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
+    sub.rstd =
+        b_.tensor(sub.p + ".ln_rstd", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
     OpAttrs at;
     at.eps = s_.eps;
     b_.op(OpKind::kLayerNorm, name, {in, sub.gamma, sub.beta}, {out, sub.mean, sub.rstd}, at);
@@ -232,8 +239,9 @@ class LayerLowering {
               bt, Dim::constant(3 * H_), H);
       int qkv_b = b_.tensor(sub.p + ".qkv_biased", {bt, Dim::constant(3 * H_)});
       b_.op(OpKind::kBiasAdd, sub.p + ".qkv_bias", {qkv, sub.b_in}, {qkv_b});
-      sub.heads = b_.tensor(sub.p + ".qkv_heads", {Dim::constant(3), Dim::batch(),
-                                                   Dim::constant(heads_), Dim::seq(), Dim::constant(d_)});
+      sub.heads = b_.tensor(
+          sub.p + ".qkv_heads",
+          {Dim::constant(3), Dim::batch(), Dim::constant(heads_), Dim::seq(), Dim::constant(d_)});
       OpAttrs at;
       at.parts = 3;
       b_.op(OpKind::kSplitHeads, sub.p + ".split_heads", {qkv_b}, {sub.heads}, at);
@@ -249,10 +257,13 @@ class LayerLowering {
       sub.w_kv = b_.slice(w, a + ".in_proj_weight[kv]", H_, H_, {Dim::constant(2 * H_), H});
       sub.b_kv = b_.slice(bias, a + ".in_proj_bias[kv]", H_, 1, {Dim::constant(2 * H_)});
       int q = b_.tensor(sub.p + ".q_lin", {bt, H});
-      b_.gemm(sub.p + ".q_proj", sub.branch_in, Transpose::kNo, sub.w_in, Transpose::kYes, q, bt, H, H);
+      b_.gemm(sub.p + ".q_proj", sub.branch_in, Transpose::kNo, sub.w_in, Transpose::kYes, q, bt, H,
+              H);
       int q_b = b_.tensor(sub.p + ".q_biased", {bt, H});
       b_.op(OpKind::kBiasAdd, sub.p + ".q_bias", {q, sub.b_in}, {q_b});
-      sub.heads = b_.tensor(sub.p + ".q_heads", {Dim::constant(1), Dim::batch(), Dim::constant(heads_), Dim::seq(), Dim::constant(d_)});
+      sub.heads = b_.tensor(
+          sub.p + ".q_heads",
+          {Dim::constant(1), Dim::batch(), Dim::constant(heads_), Dim::seq(), Dim::constant(d_)});
       OpAttrs at;
       at.parts = 1;
       b_.op(OpKind::kSplitHeads, sub.p + ".split_q", {q_b}, {sub.heads}, at);
@@ -263,7 +274,9 @@ class LayerLowering {
               Dim::constant(2 * H_), H);
       int kv_b = b_.tensor(sub.p + ".kv_biased", {bs, Dim::constant(2 * H_)});
       b_.op(OpKind::kBiasAdd, sub.p + ".kv_bias", {kv, sub.b_kv}, {kv_b});
-      sub.kv_heads = b_.tensor(sub.p + ".kv_heads", {Dim::constant(2), Dim::batch(), Dim::constant(heads_), Dim::src_seq(), Dim::constant(d_)});
+      sub.kv_heads =
+          b_.tensor(sub.p + ".kv_heads", {Dim::constant(2), Dim::batch(), Dim::constant(heads_),
+                                          Dim::src_seq(), Dim::constant(d_)});
       at.parts = 2;
       b_.op(OpKind::kSplitHeads, sub.p + ".split_kv", {kv_b}, {sub.kv_heads}, at);
       auto kv_parts = b_.parts(sub.kv_heads, {sub.p + ".k", sub.p + ".v"});
@@ -271,7 +284,9 @@ class LayerLowering {
     }
     if (s_.dropout.attention > 0) sub.attn_site = site_++;
     sub.key_padding = key_padding;
-    sub.ctx_h = b_.tensor(sub.p + ".ctx_heads", {Dim::constant(1), Dim::batch(), Dim::constant(heads_), Dim::seq(), Dim::constant(d_)});
+    sub.ctx_h = b_.tensor(
+        sub.p + ".ctx_heads",
+        {Dim::constant(1), Dim::batch(), Dim::constant(heads_), Dim::seq(), Dim::constant(d_)});
     int ctx_part = b_.parts(sub.ctx_h, {sub.p + ".ctx_h"})[0];
     // softmax(q·kᵀ / sqrt(d) + mask) (dropped) · v: one op; the planner's attention backend pass
     // chooses how it runs (compiler/planner/attention_backend.h).
@@ -285,7 +300,8 @@ class LayerLowering {
     sub.w_o = b_.param(a + ".out_proj.weight", {H, H});
     sub.bias = b_.param(a + ".out_proj.bias", {H});
     sub.gemm_out = b_.tensor(sub.p + ".out", {bt, H});
-    b_.gemm(sub.p + ".out_proj", sub.ctx, Transpose::kNo, sub.w_o, Transpose::kYes, sub.gemm_out, bt, H, H);
+    b_.gemm(sub.p + ".out_proj", sub.ctx, Transpose::kNo, sub.w_o, Transpose::kYes, sub.gemm_out,
+            bt, H, H);
   }
 
   void ffn_fwd(Sub& sub) {
@@ -296,7 +312,8 @@ class LayerLowering {
     sub.w2 = b_.param("linear2.weight", {H, F});
     sub.bias = b_.param("linear2.bias", {H});
     sub.h = b_.tensor(sub.p + ".h", {bt, F});
-    b_.gemm(sub.p + ".linear1", sub.branch_in, Transpose::kNo, sub.w1, Transpose::kYes, sub.h, bt, F, H);
+    b_.gemm(sub.p + ".linear1", sub.branch_in, Transpose::kNo, sub.w1, Transpose::kYes, sub.h, bt,
+            F, H);
     int hb = b_.tensor(sub.p + ".h_biased", {bt, F});
     b_.op(OpKind::kBiasAdd, sub.p + ".linear1_bias", {sub.h, sub.b1}, {hb});
     sub.act = b_.tensor(sub.p + ".act", {bt, F});
@@ -307,10 +324,12 @@ class LayerLowering {
     if (s_.dropout.activation > 0) {
       sub.act_site = site_++;
       sub.act_dropped = b_.tensor(sub.p + ".act_dropped", {bt, F});
-      b_.dropout(sub.p + ".act_dropout", sub.act, sub.act_dropped, sub.act_site, DropoutKind::kActivation);
+      b_.dropout(sub.p + ".act_dropout", sub.act, sub.act_dropped, sub.act_site,
+                 DropoutKind::kActivation);
     }
     sub.gemm_out = b_.tensor(sub.p + ".out", {bt, H});
-    b_.gemm(sub.p + ".linear2", sub.act_dropped, Transpose::kNo, sub.w2, Transpose::kYes, sub.gemm_out, bt, H, F);
+    b_.gemm(sub.p + ".linear2", sub.act_dropped, Transpose::kNo, sub.w2, Transpose::kYes,
+            sub.gemm_out, bt, H, F);
   }
 
   // --- backward -------------------------------------------------------------------------------
@@ -331,8 +350,10 @@ class LayerLowering {
     *d_residual = d_sum;
     int d_branch = d_sum;
     if (sub.hidden_site >= 0) {
-      d_branch = b_.tensor(sub.p + ".d_out_dropped", {Dim::tokens(), Dim::constant(H_)}, TensorRole::kGrad);
-      b_.dropout_grad(sub.p + ".out_dropout_grad", d_sum, d_branch, sub.hidden_site, DropoutKind::kHidden);
+      d_branch = b_.tensor(sub.p + ".d_out_dropped", {Dim::tokens(), Dim::constant(H_)},
+                           TensorRole::kGrad);
+      b_.dropout_grad(sub.p + ".out_dropout_grad", d_sum, d_branch, sub.hidden_site,
+                      DropoutKind::kHidden);
     }
     b_.op(OpKind::kBiasGrad, sub.p + ".out_bias_grad", {d_branch}, {b_.grad_of_param(sub.bias)});
     return d_branch;
@@ -357,10 +378,14 @@ class LayerLowering {
     const Dim bt = Dim::tokens();
     const Dim H = Dim::constant(H_);
     int d_ctx = b_.tensor(sub.p + ".d_ctx", {bt, H}, TensorRole::kGrad);
-    b_.gemm(sub.p + ".out_proj_dgrad", d_out, Transpose::kNo, sub.w_o, Transpose::kNo, d_ctx, bt, H, H);
+    b_.gemm(sub.p + ".out_proj_dgrad", d_out, Transpose::kNo, sub.w_o, Transpose::kNo, d_ctx, bt, H,
+            H);
     b_.gemm(sub.p + ".out_proj_wgrad", d_out, Transpose::kYes, sub.ctx, Transpose::kNo,
             b_.grad_of_param(sub.w_o), H, H, bt);
-    int d_ctx_h = b_.tensor(sub.p + ".d_ctx_heads", {Dim::constant(1), Dim::batch(), Dim::constant(heads_), Dim::seq(), Dim::constant(d_)}, TensorRole::kGrad);
+    int d_ctx_h = b_.tensor(
+        sub.p + ".d_ctx_heads",
+        {Dim::constant(1), Dim::batch(), Dim::constant(heads_), Dim::seq(), Dim::constant(d_)},
+        TensorRole::kGrad);
     OpAttrs one;
     one.parts = 1;
     b_.op(OpKind::kMergeHeadsGrad, sub.p + ".merge_heads_grad", {d_ctx}, {d_ctx_h}, one);
@@ -368,30 +393,38 @@ class LayerLowering {
     // gradient of the head tensors (q | k | v), written part by part
     int d_heads = -1, d_q = -1, d_k = -1, d_v = -1, d_kv_heads = -1;
     if (!sub.cross) {
-      d_heads = b_.tensor(sub.p + ".d_qkv_heads", b_.graph().tensor(sub.heads).shape, TensorRole::kGrad);
+      d_heads =
+          b_.tensor(sub.p + ".d_qkv_heads", b_.graph().tensor(sub.heads).shape, TensorRole::kGrad);
       auto p = b_.parts(d_heads, {sub.p + ".d_q", sub.p + ".d_k", sub.p + ".d_v"});
       d_q = p[0], d_k = p[1], d_v = p[2];
     } else {
-      d_heads = b_.tensor(sub.p + ".d_q_heads", b_.graph().tensor(sub.heads).shape, TensorRole::kGrad);
+      d_heads =
+          b_.tensor(sub.p + ".d_q_heads", b_.graph().tensor(sub.heads).shape, TensorRole::kGrad);
       d_q = b_.parts(d_heads, {sub.p + ".d_q"})[0];
-      d_kv_heads = b_.tensor(sub.p + ".d_kv_heads", b_.graph().tensor(sub.kv_heads).shape, TensorRole::kGrad);
+      d_kv_heads = b_.tensor(sub.p + ".d_kv_heads", b_.graph().tensor(sub.kv_heads).shape,
+                             TensorRole::kGrad);
       auto p = b_.parts(d_kv_heads, {sub.p + ".d_k", sub.p + ".d_v"});
       d_k = p[0], d_v = p[1];
     }
     std::vector<int> in{d_ctx_part, sub.q, sub.k, sub.v};
     if (sub.key_padding >= 0) in.push_back(sub.key_padding);
-    b_.op(OpKind::kAttentionGrad, sub.p + ".attention_grad", in, {d_q, d_k, d_v}, attention_attrs(sub));
+    b_.op(OpKind::kAttentionGrad, sub.p + ".attention_grad", in, {d_q, d_k, d_v},
+          attention_attrs(sub));
     const int parts_q = sub.cross ? 1 : 3;
-    int d_lin = b_.tensor(sub.p + (sub.cross ? ".d_q_lin" : ".d_qkv"), {bt, Dim::constant(parts_q * H_)}, TensorRole::kGrad);
+    int d_lin = b_.tensor(sub.p + (sub.cross ? ".d_q_lin" : ".d_qkv"),
+                          {bt, Dim::constant(parts_q * H_)}, TensorRole::kGrad);
     OpAttrs at;
     at.parts = parts_q;
-    b_.op(OpKind::kSplitHeadsGrad, sub.p + (sub.cross ? ".split_q_grad" : ".split_heads_grad"), {d_heads}, {d_lin}, at);
-    b_.op(OpKind::kBiasGrad, sub.p + (sub.cross ? ".q_bias_grad" : ".qkv_bias_grad"), {d_lin}, {b_.grad_of_param(sub.b_in)});
+    b_.op(OpKind::kSplitHeadsGrad, sub.p + (sub.cross ? ".split_q_grad" : ".split_heads_grad"),
+          {d_heads}, {d_lin}, at);
+    b_.op(OpKind::kBiasGrad, sub.p + (sub.cross ? ".q_bias_grad" : ".qkv_bias_grad"), {d_lin},
+          {b_.grad_of_param(sub.b_in)});
     int d_in = b_.tensor(sub.p + ".d_branch_in", {bt, H}, TensorRole::kGrad);
     b_.gemm(sub.p + (sub.cross ? ".q_proj_dgrad" : ".qkv_proj_dgrad"), d_lin, Transpose::kNo,
             sub.w_in, Transpose::kNo, d_in, bt, H, Dim::constant(parts_q * H_));
     b_.gemm(sub.p + (sub.cross ? ".q_proj_wgrad" : ".qkv_proj_wgrad"), d_lin, Transpose::kYes,
-            sub.branch_in, Transpose::kNo, b_.grad_of_param(sub.w_in), Dim::constant(parts_q * H_), H, bt);
+            sub.branch_in, Transpose::kNo, b_.grad_of_param(sub.w_in), Dim::constant(parts_q * H_),
+            H, bt);
     if (sub.cross) {
       const Dim bs = Dim::src_tokens();
       int d_kv = b_.tensor(sub.p + ".d_kv", {bs, Dim::constant(2 * H_)}, TensorRole::kGrad);
@@ -412,13 +445,15 @@ class LayerLowering {
     const Dim bt = Dim::tokens();
     const Dim H = Dim::constant(H_), F = Dim::constant(F_);
     int d_act_dropped = b_.tensor(sub.p + ".d_act_dropped", {bt, F}, TensorRole::kGrad);
-    b_.gemm(sub.p + ".linear2_dgrad", d_out, Transpose::kNo, sub.w2, Transpose::kNo, d_act_dropped, bt, F, H);
+    b_.gemm(sub.p + ".linear2_dgrad", d_out, Transpose::kNo, sub.w2, Transpose::kNo, d_act_dropped,
+            bt, F, H);
     b_.gemm(sub.p + ".linear2_wgrad", d_out, Transpose::kYes, sub.act_dropped, Transpose::kNo,
             b_.grad_of_param(sub.w2), H, F, bt);
     int d_act = d_act_dropped;
     if (sub.act_site >= 0) {
       d_act = b_.tensor(sub.p + ".d_act", {bt, F}, TensorRole::kGrad);
-      b_.dropout_grad(sub.p + ".act_dropout_grad", d_act_dropped, d_act, sub.act_site, DropoutKind::kActivation);
+      b_.dropout_grad(sub.p + ".act_dropout_grad", d_act_dropped, d_act, sub.act_site,
+                      DropoutKind::kActivation);
     }
     int d_h = b_.tensor(sub.p + ".d_h", {bt, F}, TensorRole::kGrad);
     // The activation's derivative is taken at h + b1 (the pre-activation).
@@ -454,11 +489,13 @@ LayerGraph lower_stack(const LayerStackSpec& s, int index) {
   const Shape hs{Dim::tokens(), Dim::constant(s.hidden)};
   int x = b.tensor("x", hs, TensorRole::kInput);
   // Self-attention keys are the layer's own tokens: the padding mask [B, T] applies to them.
-  int pad = b.tensor("key_padding_mask", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kU8);
+  int pad =
+      b.tensor("key_padding_mask", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kU8);
   int enc = -1, enc_pad = -1;
   if (decoder) {
     enc = b.tensor("encoder_out", {Dim::src_tokens(), Dim::constant(s.hidden)}, TensorRole::kInput);
-    enc_pad = b.tensor("encoder_padding_mask", {Dim::batch(), Dim::src_seq()}, TensorRole::kInput, ElemType::kU8);
+    enc_pad = b.tensor("encoder_padding_mask", {Dim::batch(), Dim::src_seq()}, TensorRole::kInput,
+                       ElemType::kU8);
     L.enc_ = enc;
   }
   using Sub = LayerLowering::Sub;
@@ -491,7 +528,8 @@ LayerGraph lower_stack(const LayerStackSpec& s, int index) {
                       : -1;
   int d_res = -1;
   int d_branch = L.end_grad(ffn, dy, &d_res);
-  int d_stream = L.begin_grad(ffn, L.ffn_grad(ffn, d_branch), d_res, decoder ? "ca.d_y" : "attn.d_y");
+  int d_stream =
+      L.begin_grad(ffn, L.ffn_grad(ffn, d_branch), d_res, decoder ? "ca.d_y" : "attn.d_y");
   if (decoder) {
     d_branch = L.end_grad(ca, d_stream, &d_res);
     d_stream = L.begin_grad(ca, L.attention_grad(ca, d_branch, d_enc), d_res, "sa.d_y");
@@ -586,9 +624,9 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   LayerGraph lg;
   lg.type = LayerType::kCriterion;
   lg.name = "criterion";
-  lg.description = fmt::format("output projection {}×{}{} + cross-entropy, label smoothing {:g}, ignore index {}",
-                               e.hidden, e.vocab, e.tie_output ? " (tied to the embedding)" : "",
-                               c.label_smoothing, c.ignore_index);
+  lg.description = fmt::format(
+      "output projection {}×{}{} + cross-entropy, label smoothing {:g}, ignore index {}", e.hidden,
+      e.vocab, e.tie_output ? " (tied to the embedding)" : "", c.label_smoothing, c.ignore_index);
   Builder b(lg.graph);
   const Dim H = Dim::constant(e.hidden), V = Dim::constant(e.vocab), bt = Dim::tokens();
   int h = b.tensor("decoder_out", {bt, H}, TensorRole::kInput);
@@ -608,12 +646,14 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   OpAttrs ce;
   ce.ignore_index = c.ignore_index;
   ce.label_smoothing = c.label_smoothing;
-  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale}, {loss, nll, d_logits, bad}, ce);
+  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale},
+       {loss, nll, d_logits, bad}, ce);
   lg.graph.begin_backward();
   int dh = b.grad("grad_decoder_out", {bt, H}, TensorRole::kGradOutput, h);
   b.gemm("output_proj_dgrad", d_logits, Transpose::kNo, w, Transpose::kNo, dh, bt, H, V);
   // Tied: the embedding's backward adds its scatter into this gradient.
-  b.gemm("output_proj_wgrad", d_logits, Transpose::kYes, h, Transpose::kNo, b.grad_of_param(w), V, H, bt);
+  b.gemm("output_proj_wgrad", d_logits, Transpose::kYes, h, Transpose::kNo, b.grad_of_param(w), V,
+         H, bt);
   lg.graph.verify();
   return lg;
 }
@@ -631,19 +671,22 @@ LayerGraph lower_optimizer(const OptimizerSpec& o, const ModelSpec& model) {
   for (const LayerGraph& l : lower_model(ModelSpec{model.name, model.precision, model.embedding,
                                                    model.layers, model.criterion, std::nullopt})) {
     for (const Tensor& t : l.graph.tensors()) {
-      if (t.role == TensorRole::kParam && !(l.type == LayerType::kCriterion && model.embedding &&
-                                            model.embedding->tie_output)) {
+      if (t.role == TensorRole::kParam &&
+          !(l.type == LayerType::kCriterion && model.embedding && model.embedding->tie_output)) {
         n += shape_numel(t.shape).factor * l.count;
       }
     }
   }
   const Shape all{Dim::constant(n)};
   const Shape one{Dim::constant(1)};
-  std::vector<int> in{b.param("params", all), b.tensor("grads", all, TensorRole::kInput),
-                      b.param("exp_avg", all, ElemType::kF32), b.param("exp_avg_sq", all, ElemType::kF32),
+  std::vector<int> in{b.param("params", all),
+                      b.tensor("grads", all, TensorRole::kInput),
+                      b.param("exp_avg", all, ElemType::kF32),
+                      b.param("exp_avg_sq", all, ElemType::kF32),
                       b.tensor("lr", one, TensorRole::kInput, ElemType::kF32),
                       b.param("optim_state", one, ElemType::kOptimState)};
-  if (model.precision != Precision::kFp32) in.push_back(b.param("master_params", all, ElemType::kF32));
+  if (model.precision != Precision::kFp32)
+    in.push_back(b.param("master_params", all, ElemType::kF32));
   OpAttrs at;
   at.optimizer = o.kind;
   at.adam.beta1 = o.beta1;

@@ -32,7 +32,15 @@ LayerGraph lower_criterion(const CriterionSpec& crit, const EmbeddingSpec& emb);
 // for inf/NaN and scale the loss dynamically (torch.amp.GradScaler's defaults).
 LayerGraph lower_optimizer(const OptimizerSpec& opt, const ModelSpec& model);
 // The inputs of its kAdam op, by position (master last, present for fp16/bf16 only).
-enum AdamInput : int { kAdamParams, kAdamGrads, kAdamExpAvg, kAdamExpAvgSq, kAdamLr, kAdamState, kAdamMaster };
+enum AdamInput : int {
+  kAdamParams,
+  kAdamGrads,
+  kAdamExpAvg,
+  kAdamExpAvgSq,
+  kAdamLr,
+  kAdamState,
+  kAdamMaster
+};
 
 // Every layer of a validated spec, in execution order of the forward.
 std::vector<LayerGraph> lower_model(const ModelSpec& spec);

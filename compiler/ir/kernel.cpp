@@ -8,9 +8,12 @@ namespace lightseq {
 
 std::string cuda_type(Precision p) {
   switch (p) {
-    case Precision::kFp32: return "float";
-    case Precision::kFp16: return "__half";
-    case Precision::kBf16: return "__nv_bfloat16";
+    case Precision::kFp32:
+      return "float";
+    case Precision::kFp16:
+      return "__half";
+    case Precision::kBf16:
+      return "__nv_bfloat16";
   }
   throw InternalError("unknown precision");
 }
@@ -32,36 +35,60 @@ namespace {
 
 const char* ctype_text(sig::CType c) {
   switch (c) {
-    case sig::CType::kTPtr: return "T*";
-    case sig::CType::kConstTPtr: return "const T*";
-    case sig::CType::kF32Ptr: return "float*";
-    case sig::CType::kConstF32Ptr: return "const float*";
-    case sig::CType::kConstI64Ptr: return "const int64_t*";
-    case sig::CType::kConstU8Ptr: return "const uint8_t*";
-    case sig::CType::kI32Ptr: return "int*";
-    case sig::CType::kConstAdamChunkPtr: return "const AdamChunk<T>*";
-    case sig::CType::kOptimStatePtr: return "OptimState*";
-    case sig::CType::kConstOptimStatePtr: return "const OptimState*";
-    case sig::CType::kI64: return "int64_t";
-    case sig::CType::kI32: return "int";
-    case sig::CType::kF32: return "float";
-    case sig::CType::kDropoutArgs: return "DropoutArgs";
-    case sig::CType::kAccumulate: return "Accumulate";
+    case sig::CType::kTPtr:
+      return "T*";
+    case sig::CType::kConstTPtr:
+      return "const T*";
+    case sig::CType::kF32Ptr:
+      return "float*";
+    case sig::CType::kConstF32Ptr:
+      return "const float*";
+    case sig::CType::kConstI64Ptr:
+      return "const int64_t*";
+    case sig::CType::kConstU8Ptr:
+      return "const uint8_t*";
+    case sig::CType::kI32Ptr:
+      return "int*";
+    case sig::CType::kConstAdamChunkPtr:
+      return "const AdamChunk<T>*";
+    case sig::CType::kOptimStatePtr:
+      return "OptimState*";
+    case sig::CType::kConstOptimStatePtr:
+      return "const OptimState*";
+    case sig::CType::kI64:
+      return "int64_t";
+    case sig::CType::kI32:
+      return "int";
+    case sig::CType::kF32:
+      return "float";
+    case sig::CType::kDropoutArgs:
+      return "DropoutArgs";
+    case sig::CType::kAccumulate:
+      return "Accumulate";
   }
   return "?";
 }
 
 const char* role_text(const sig::Param& p) {
   switch (p.role) {
-    case sig::Role::kIn: return "in";
-    case sig::Role::kOut: return "out =";
-    case sig::Role::kOutAcc: return "out +=";
-    case sig::Role::kScratch: return p.init == sig::ScratchInit::kZero ? "scratch, zeroed" : "scratch";
-    case sig::Role::kErrorFlag: return "error flag";
-    case sig::Role::kScalar: return "scalar";
-    case sig::Role::kDropout: return "dropout";
-    case sig::Role::kGradMode: return "= or += by grad mode";
-    case sig::Role::kTensorList: return "tensor list";
+    case sig::Role::kIn:
+      return "in";
+    case sig::Role::kOut:
+      return "out =";
+    case sig::Role::kOutAcc:
+      return "out +=";
+    case sig::Role::kScratch:
+      return p.init == sig::ScratchInit::kZero ? "scratch, zeroed" : "scratch";
+    case sig::Role::kErrorFlag:
+      return "error flag";
+    case sig::Role::kScalar:
+      return "scalar";
+    case sig::Role::kDropout:
+      return "dropout";
+    case sig::Role::kGradMode:
+      return "= or += by grad mode";
+    case sig::Role::kTensorList:
+      return "tensor list";
   }
   return "?";
 }
@@ -74,7 +101,9 @@ std::string format_signatures() {
     std::vector<std::string> t, p;
     for (int i = 0; i < k->n_tparams; ++i) {
       const sig::TParam& tp = k->tparams[i];
-      std::string type = tp.kind == sig::TKind::kDType ? "typename" : tp.kind == sig::TKind::kInt ? "int" : tp.enum_info->type;
+      std::string type = tp.kind == sig::TKind::kDType ? "typename"
+                         : tp.kind == sig::TKind::kInt ? "int"
+                                                       : tp.enum_info->type;
       t.push_back(type + " " + tp.name + (tp.derive ? " (derived)" : ""));
     }
     for (int i = 0; i < k->n_params; ++i) {
@@ -92,7 +121,8 @@ std::string format_signatures() {
       p.push_back(fmt::format("{} {} [{}{}{}]", ctype_text(pp.type), pp.name, role_text(pp), slots,
                               pp.nullable == sig::Nullable::kYes ? ", may be null" : ""));
     }
-    out += fmt::format("- `{}.cuh`: `{}<{}>`\n  ({})\n", k->family, k->name, fmt::join(t, ", "), fmt::join(p, ", "));
+    out += fmt::format("- `{}.cuh`: `{}<{}>`\n  ({})\n", k->family, k->name, fmt::join(t, ", "),
+                       fmt::join(p, ", "));
   }
   return out;
 }
@@ -104,7 +134,8 @@ int param_index(const sig::Kernel& k, std::string_view name) {
   throw InternalError(fmt::format("kernel {} has no run-time parameter '{}'", k.name, name));
 }
 
-KernelInstance instantiate(const sig::Kernel& k, Precision p, std::initializer_list<TemplateValue> given) {
+KernelInstance instantiate(const sig::Kernel& k, Precision p,
+                           std::initializer_list<TemplateValue> given) {
   KernelInstance inst;
   inst.sig = &k;
   inst.precision = p;
@@ -120,12 +151,15 @@ KernelInstance instantiate(const sig::Kernel& k, Precision p, std::initializer_l
     }
     const sig::TParam& t = k.tparams[i];
     if (t.kind == sig::TKind::kDType || t.derive) {
-      throw InternalError(fmt::format("kernel {}: template parameter {} is not set by hand", k.name, name));
+      throw InternalError(
+          fmt::format("kernel {}: template parameter {} is not set by hand", k.name, name));
     }
-    if (seen[i]++) throw InternalError(fmt::format("kernel {}: template parameter {} given twice", k.name, name));
+    if (seen[i]++)
+      throw InternalError(
+          fmt::format("kernel {}: template parameter {} given twice", k.name, name));
     if (t.kind == sig::TKind::kEnum && (value < 0 || value >= t.enum_info->count)) {
-      throw InternalError(fmt::format("kernel {}: {} = {} is not an enumerator of {}", k.name, name, value,
-                                      t.enum_info->type));
+      throw InternalError(fmt::format("kernel {}: {} = {} is not an enumerator of {}", k.name, name,
+                                      value, t.enum_info->type));
     }
     v.t[i] = value;
   }
@@ -143,7 +177,8 @@ KernelInstance instantiate(const sig::Kernel& k, Precision p, std::initializer_l
     if (t.derive) {
       v.t[i] = t.derive(v);
     } else if (!seen[i]) {
-      throw InternalError(fmt::format("kernel {}: template parameter {} is not given", k.name, t.name));
+      throw InternalError(
+          fmt::format("kernel {}: template parameter {} is not given", k.name, t.name));
     }
     std::string shown = std::to_string(v.t[i]);
     if (t.kind == sig::TKind::kEnum) {

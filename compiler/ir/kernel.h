@@ -27,7 +27,7 @@ struct KernelInstance {
   std::string kernel;                      // "ln_fwd_kernel"
   std::vector<std::string> template_args;  // C++ template arguments, in order
   std::string label;                       // "ln_fwd:bf16:h=512:vec=8:branch=none:norm=on:drop=off"
-  std::string name_expression() const;     // "&lightseq::kern::ln_fwd_kernel<__nv_bfloat16, 512, ...>"
+  std::string name_expression() const;  // "&lightseq::kern::ln_fwd_kernel<__nv_bfloat16, 512, ...>"
   // The value of template parameter `name` (InternalError if the signature has none).
   int64_t value(std::string_view name) const;
   bool operator==(const KernelInstance& o) const { return label == o.label && sig == o.sig; }
@@ -37,8 +37,7 @@ using TemplateValue = std::pair<std::string_view, int64_t>;
 
 // An enumerator as a template value: tv("kNorm", kern::Norm::kOn).
 template <class E>
-  requires std::is_enum_v<E>
-TemplateValue tv(std::string_view name, E e) {
+requires std::is_enum_v<E> TemplateValue tv(std::string_view name, E e) {
   return {name, static_cast<int64_t>(e)};
 }
 // kOn / kOff of an on/off enum.
@@ -51,7 +50,8 @@ TemplateValue on_off(std::string_view name, bool on) {
 // (by name); derived ones (vector widths, thread counts) are computed from the others. Throws
 // InternalError naming the kernel and the parameter for a missing, unknown, repeated or
 // out-of-range value.
-KernelInstance instantiate(const sig::Kernel& k, Precision p, std::initializer_list<TemplateValue> values);
+KernelInstance instantiate(const sig::Kernel& k, Precision p,
+                           std::initializer_list<TemplateValue> values);
 
 // Every kernel signature of templates/ (generated from templates/*.sig.cuh by the build).
 std::span<const sig::Kernel* const> all_kernel_signatures();
@@ -63,7 +63,7 @@ int param_index(const sig::Kernel& k, std::string_view name);
 // template parameters (derived ones marked), then each run-time parameter's C type, name and role.
 std::string format_signatures();
 
-std::string cuda_type(Precision p);       // "float", "__half", "__nv_bfloat16"
+std::string cuda_type(Precision p);        // "float", "__half", "__nv_bfloat16"
 int vec_width(Precision p, int64_t cols);  // elements per 16-byte access that divide `cols`
 
 }  // namespace lightseq

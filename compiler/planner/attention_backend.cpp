@@ -28,12 +28,13 @@ class Rewriter {
   int tensor(const std::string& name, Shape shape, TensorRole role) {
     return g_.add_tensor(Tensor{name, std::move(shape), role, ElemType::kModel});
   }
-  void op(OpKind kind, const std::string& name, std::vector<int> in, std::vector<int> out, OpAttrs at = {}) {
+  void op(OpKind kind, const std::string& name, std::vector<int> in, std::vector<int> out,
+          OpAttrs at = {}) {
     ops_.push_back(Op{kind, name, std::move(in), std::move(out), std::move(at)});
   }
   // D[batch; m, n] = alpha · op(A) · op(B)
-  void gemm(const std::string& name, int a, Transpose ta, int b, Transpose tb, int d, Dim m, Dim n, Dim k, Dim batch,
-            double alpha = 1.0, std::string alpha_text = "") {
+  void gemm(const std::string& name, int a, Transpose ta, int b, Transpose tb, int d, Dim m, Dim n,
+            Dim k, Dim batch, double alpha = 1.0, std::string alpha_text = "") {
     OpAttrs at;
     at.trans_a = ta, at.trans_b = tb;
     at.m = m, at.n = n, at.k = k, at.batch = batch;
@@ -59,7 +60,8 @@ Sizes sizes_of(const Rewriter& r, const Op& op) {
   const Shape& q = r.t(op.inputs[0]).shape;
   const Shape& k = r.t(op.inputs[1]).shape;
   if (q.size() != 4 || k.size() != 4) {
-    throw InternalError(fmt::format("attention backend: '{}' expects [B, heads, T, d] views", op.name));
+    throw InternalError(
+        fmt::format("attention backend: '{}' expects [B, heads, T, d] views", op.name));
   }
   return {q[2], k[2], q[3], q[0] * q[1], Shape{q[0], q[1], q[2], k[2]}};
 }
@@ -70,8 +72,8 @@ UnfusedSaved unfused_forward(Rewriter& r, const Op& op) {
   const Sizes z = sizes_of(r, op);
   const int q = op.inputs[0], k = op.inputs[1], v = op.inputs[2], ctx = op.outputs[0];
   const int scores = r.tensor(p + ".scores", z.scores, TensorRole::kActivation);
-  r.gemm(p + ".scores", q, Transpose::kNo, k, Transpose::kYes, scores, z.seq_q, z.seq_k, z.d, z.bh, a.scale,
-         a.scale_text);
+  r.gemm(p + ".scores", q, Transpose::kNo, k, Transpose::kYes, scores, z.seq_q, z.seq_k, z.d, z.bh,
+         a.scale, a.scale_text);
   const int masked = r.tensor(p + ".scores_masked", z.scores, TensorRole::kActivation);
   OpAttrs mask;
   mask.padding_mask = a.padding;
@@ -90,7 +92,8 @@ UnfusedSaved unfused_forward(Rewriter& r, const Op& op) {
     d.dropout_kind = DropoutKind::kAttention;
     r.op(OpKind::kDropout, p + ".probs_dropout", {s.probs}, {s.dropped}, d);
   }
-  r.gemm(p + ".context", s.dropped, Transpose::kNo, v, Transpose::kNo, ctx, z.seq_q, z.d, z.seq_k, z.bh);
+  r.gemm(p + ".context", s.dropped, Transpose::kNo, v, Transpose::kNo, ctx, z.seq_q, z.d, z.seq_k,
+         z.bh);
   return s;
 }
 
@@ -103,10 +106,10 @@ void unfused_backward(Rewriter& r, const Op& op, const UnfusedSaved& s) {
   const int d_ctx = op.inputs[0], q = op.inputs[1], k = op.inputs[2], v = op.inputs[3];
   const int d_q = op.outputs[0], d_k = op.outputs[1], d_v = op.outputs[2];
   const int d_dropped = r.tensor(p + ".d_probs_dropped", z.scores, TensorRole::kGrad);
-  r.gemm(p + ".context_dgrad_probs", d_ctx, Transpose::kNo, v, Transpose::kYes, d_dropped, z.seq_q, z.seq_k, z.d,
-         z.bh);
-  r.gemm(p + ".context_dgrad_v", s.dropped, Transpose::kYes, d_ctx, Transpose::kNo, d_v, z.seq_k, z.d, z.seq_q,
-         z.bh);
+  r.gemm(p + ".context_dgrad_probs", d_ctx, Transpose::kNo, v, Transpose::kYes, d_dropped, z.seq_q,
+         z.seq_k, z.d, z.bh);
+  r.gemm(p + ".context_dgrad_v", s.dropped, Transpose::kYes, d_ctx, Transpose::kNo, d_v, z.seq_k,
+         z.d, z.seq_q, z.bh);
   int d_probs = d_dropped;
   if (a.dropout_site >= 0) {
     d_probs = r.tensor(p + ".d_probs", z.scores, TensorRole::kGrad);
@@ -117,10 +120,10 @@ void unfused_backward(Rewriter& r, const Op& op, const UnfusedSaved& s) {
   }
   const int d_scores = r.tensor(p + ".d_scores", z.scores, TensorRole::kGrad);
   r.op(OpKind::kSoftmaxGrad, p + ".softmax_grad", {d_probs, s.probs}, {d_scores});
-  r.gemm(p + ".scores_dgrad_q", d_scores, Transpose::kNo, k, Transpose::kNo, d_q, z.seq_q, z.d, z.seq_k, z.bh,
-         a.scale, a.scale_text);
-  r.gemm(p + ".scores_dgrad_k", d_scores, Transpose::kYes, q, Transpose::kNo, d_k, z.seq_k, z.d, z.seq_q, z.bh,
-         a.scale, a.scale_text);
+  r.gemm(p + ".scores_dgrad_q", d_scores, Transpose::kNo, k, Transpose::kNo, d_q, z.seq_q, z.d,
+         z.seq_k, z.bh, a.scale, a.scale_text);
+  r.gemm(p + ".scores_dgrad_k", d_scores, Transpose::kYes, q, Transpose::kNo, d_k, z.seq_k, z.d,
+         z.seq_q, z.bh, a.scale, a.scale_text);
 }
 
 }  // namespace
@@ -138,14 +141,16 @@ std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision preci
     if (i == old_split) split = static_cast<int>(r.ops().size());
     const Op& op = old[i];
     if (op.kind == OpKind::kAttention) {
-      choices.push_back({op.name, "unfused",
-                         "no fused attention kernel in templates/ yet: scores materialized as [B, heads, T, S]"});
+      choices.push_back(
+          {op.name, "unfused",
+           "no fused attention kernel in templates/ yet: scores materialized as [B, heads, T, S]"});
       saved[op.name] = unfused_forward(r, op);
     } else if (op.kind == OpKind::kAttentionGrad) {
       auto it = saved.find(op.attrs.attn.forward_op);
       if (it == saved.end()) {
-        throw InternalError(fmt::format("attention backend: '{}' differentiates '{}', which is not in the forward",
-                                        op.name, op.attrs.attn.forward_op));
+        throw InternalError(
+            fmt::format("attention backend: '{}' differentiates '{}', which is not in the forward",
+                        op.name, op.attrs.attn.forward_op));
       }
       unfused_backward(r, op, it->second);
     } else {

@@ -14,24 +14,30 @@ std::string operand(const Graph& g, int id, Transpose t) {
 
 std::string format_gemm(const Graph& g, const GemmStep& s) {
   const OpAttrs& a = s.attrs;
-  std::string batch = a.batch == Dim::constant(1) ? "" : fmt::format("batch {} × ", a.batch.to_string());
+  std::string batch =
+      a.batch == Dim::constant(1) ? "" : fmt::format("batch {} × ", a.batch.to_string());
   std::string line = fmt::format("gemm    {:<24} {}[{} × {}] = {} · {}  (k = {})", s.name, batch,
                                  a.m.to_string(), a.n.to_string(), operand(g, s.a, a.trans_a),
                                  operand(g, s.b, a.trans_b), a.k.to_string());
-  if (a.alpha != 1.0) line += fmt::format(", alpha {}", a.alpha_text.empty() ? fmt::format("{:g}", a.alpha) : a.alpha_text);
+  if (a.alpha != 1.0)
+    line += fmt::format(", alpha {}",
+                        a.alpha_text.empty() ? fmt::format("{:g}", a.alpha) : a.alpha_text);
   if (s.c >= 0) line += fmt::format(", + {}", g.tensor(s.c).name);
   if (s.accumulate) line += ", += into output";
-  line += fmt::format("\n        {:<24} → {}, epilogue {}", "", g.tensor(s.d).name, to_string(s.epilogue));
+  line += fmt::format("\n        {:<24} → {}, epilogue {}", "", g.tensor(s.d).name,
+                      to_string(s.epilogue));
   if (s.bias >= 0) line += fmt::format(", bias {}", g.tensor(s.bias).name);
   if (s.aux >= 0) line += fmt::format(", aux {}", g.tensor(s.aux).name);
   if (s.bias_grad >= 0) line += fmt::format(", bias grad {}", g.tensor(s.bias_grad).name);
-  if (!s.fused_ops.empty()) line += fmt::format("\n        {:<24} fuses {}", "", fmt::join(s.fused_ops, " → "));
+  if (!s.fused_ops.empty())
+    line += fmt::format("\n        {:<24} fuses {}", "", fmt::join(s.fused_ops, " → "));
   return line;
 }
 
 std::string format_kernel(const Graph& g, const KernelStep& k) {
   std::string line = fmt::format("kernel  {}", k.kernel.label);
-  if (!k.fused_ops.empty()) line += fmt::format("\n        fuses {}", fmt::join(k.fused_ops, " → "));
+  if (!k.fused_ops.empty())
+    line += fmt::format("\n        fuses {}", fmt::join(k.fused_ops, " → "));
   if (!k.note.empty()) line += fmt::format("\n        {}", k.note);
   return line;
 }
@@ -66,11 +72,13 @@ std::string format_plan(const ModelPlan& plan) {
   size_t launches = 0, gemms = 0;
   for (const LayerPlan& l : plan.layers) {
     for (const auto* steps : {&l.forward, &l.backward}) {
-      for (const Step& st : *steps) (std::holds_alternative<GemmStep>(st) ? gemms : launches) += l.layer.count;
+      for (const Step& st : *steps)
+        (std::holds_alternative<GemmStep>(st) ? gemms : launches) += l.layer.count;
     }
   }
-  out += fmt::format("model {} ({}): {} distinct kernels; per training step {} kernel launches and {} GEMMs\n",
-                     spec.name, to_string(spec.precision), plan.kernels().size(), launches, gemms);
+  out += fmt::format(
+      "model {} ({}): {} distinct kernels; per training step {} kernel launches and {} GEMMs\n",
+      spec.name, to_string(spec.precision), plan.kernels().size(), launches, gemms);
   out += "shapes: B = batch, T = sequence length, S = source length (cross-attention)\n";
   for (const LayerPlan& l : plan.layers) {
     const Graph& g = l.layer.graph;
@@ -78,16 +86,19 @@ std::string format_plan(const ModelPlan& plan) {
     for (const AttentionChoice& a : l.attention) {
       out += fmt::format("  attention {}: {} ({})\n", a.op, a.backend, a.reason);
     }
-    for (auto [title, steps] : {std::pair{"forward", &l.forward}, std::pair{"backward", &l.backward}}) {
+    for (auto [title, steps] :
+         {std::pair{"forward", &l.forward}, std::pair{"backward", &l.backward}}) {
       if (steps->empty()) continue;
       out += fmt::format("  {}\n", title);
       for (const Step& st : *steps) {
-        std::string text = std::holds_alternative<GemmStep>(st) ? format_gemm(g, std::get<GemmStep>(st))
-                                                                : format_kernel(g, std::get<KernelStep>(st));
+        std::string text = std::holds_alternative<GemmStep>(st)
+                               ? format_gemm(g, std::get<GemmStep>(st))
+                               : format_kernel(g, std::get<KernelStep>(st));
         size_t pos = 0;
         while (true) {
           size_t nl = text.find('\n', pos);
-          out += "    " + text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos) + "\n";
+          out += "    " + text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos) +
+                 "\n";
           if (nl == std::string::npos) break;
           pos = nl + 1;
         }

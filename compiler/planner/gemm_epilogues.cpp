@@ -27,7 +27,8 @@ void absorb(State& s, GemmStep& step, int op) {
 // A bias that no kernel rule can take goes into a plain bias epilogue.
 void forward_epilogue(State& s, GemmStep& step) {
   const auto cons = s.live_consumers(step.d);
-  if (cons.size() != 1 || s.op(cons[0]).kind != OpKind::kBiasAdd || s.op(cons[0]).inputs[0] != step.d) {
+  if (cons.size() != 1 || s.op(cons[0]).kind != OpKind::kBiasAdd ||
+      s.op(cons[0]).inputs[0] != step.d) {
     return;
   }
   const int bias_op = cons[0];
@@ -73,7 +74,8 @@ void backward_activation_epilogue(State& s, GemmStep& step) {
     if (s.op(c).kind == OpKind::kBiasGrad) bias_grad_op = c;
   }
   if (bias_grad_op < 0) return;
-  step.epilogue = ag.attrs.activation == Activation::kRelu ? Epilogue::kDReluBGrad : Epilogue::kDGeluBGrad;
+  step.epilogue =
+      ag.attrs.activation == Activation::kRelu ? Epilogue::kDReluBGrad : Epilogue::kDGeluBGrad;
   step.aux = aux->second;
   s.internal.insert(step.d);
   step.d = ag.outputs[0];

@@ -6,19 +6,19 @@
 #include <algorithm>
 #include <functional>
 #include <map>
-#include <set>
 #include <optional>
+#include <set>
 
 #include "adam.sig.cuh"
 #include "attention.sig.cuh"
 #include "bias_act_dropout.sig.cuh"
+#include "compiler/errors.h"
+#include "compiler/planner/passes.h"
 #include "cross_entropy.sig.cuh"
 #include "embedding.sig.cuh"
 #include "layernorm.sig.cuh"
 #include "reduce.sig.cuh"
 #include "softmax.sig.cuh"
-#include "compiler/errors.h"
-#include "compiler/planner/passes.h"
 
 namespace lightseq::planner {
 
@@ -52,12 +52,13 @@ int other_input(const State& s, int op, int other) {
 int64_t cols_of(const State& s, int tensor) {
   const Shape& sh = s.g.tensor(tensor).shape;
   if (sh.empty() || !sh.back().is_constant()) {
-    throw InternalError(fmt::format("planner: '{}' has no constant last dimension", s.g.tensor(tensor).name));
+    throw InternalError(
+        fmt::format("planner: '{}' has no constant last dimension", s.g.tensor(tensor).name));
   }
   return sh.back().factor;
 }
 
-using Args = std::map<std::string, int>;        // pointer parameters by name → tensor id
+using Args = std::map<std::string, int>;           // pointer parameters by name → tensor id
 using Scalars = std::map<std::string, ScalarArg>;  // scalar parameters by name
 
 // A step of `k`: its parameters bound by name, checked against the signature (an unknown name, a
@@ -74,25 +75,28 @@ KernelStep make_step(KernelInstance k, const Args& args, const Scalars& scalars,
     const int pi = param_index(sg, dot == std::string::npos ? name : name.substr(0, dot));
     const sig::Param& p = sg.params[pi];
     if (dot != std::string::npos) {
-      if (!p.list) throw InternalError(fmt::format("planner: {}: '{}' is not a tensor list", k.label, p.name));
+      if (!p.list)
+        throw InternalError(fmt::format("planner: {}: '{}' is not a tensor list", k.label, p.name));
       int slot = 0;
       while (slot < p.list->n_slots && name.substr(dot + 1) != p.list->slots[slot].name) ++slot;
       if (slot == p.list->n_slots) {
-        throw InternalError(fmt::format("planner: {}: tensor list '{}' has no slot '{}'", k.label, p.name,
-                                        name.substr(dot + 1)));
+        throw InternalError(fmt::format("planner: {}: tensor list '{}' has no slot '{}'", k.label,
+                                        p.name, name.substr(dot + 1)));
       }
       step.args[pi].list.resize(p.list->n_slots, -1);
       step.args[pi].list[slot] = id;
       continue;
     }
     if (!sig::is_pointer(p.type) || p.list) {
-      throw InternalError(fmt::format("planner: {}: '{}' is not a pointer parameter", k.label, name));
+      throw InternalError(
+          fmt::format("planner: {}: '{}' is not a pointer parameter", k.label, name));
     }
     step.args[pi].tensor = id;
   }
   for (const auto& [name, value] : scalars) {
     if (sg.params[param_index(sg, name)].role != sig::Role::kScalar) {
-      throw InternalError(fmt::format("planner: {}: '{}' is not a scalar parameter", k.label, name));
+      throw InternalError(
+          fmt::format("planner: {}: '{}' is not a scalar parameter", k.label, name));
     }
     step.args[param_index(sg, name)].scalar = value;
   }
@@ -102,7 +106,8 @@ KernelStep make_step(KernelInstance k, const Args& args, const Scalars& scalars,
     switch (p.role) {
       case sig::Role::kScalar:
         if (a.scalar.kind == ScalarArg::Kind::kUnset) {
-          throw InternalError(fmt::format("planner: {}: scalar '{}' has no value", k.label, p.name));
+          throw InternalError(
+              fmt::format("planner: {}: scalar '{}' has no value", k.label, p.name));
         }
         break;
       case sig::Role::kDropout:
@@ -119,7 +124,8 @@ KernelStep make_step(KernelInstance k, const Args& args, const Scalars& scalars,
           const sig::ListSlot& ls = p.list->slots[j];
           if (a.list[j] < 0) {
             if (ls.nullable == sig::Nullable::kNo) {
-              throw InternalError(fmt::format("planner: {}: slot '{}.{}' is not bound", k.label, p.name, ls.name));
+              throw InternalError(
+                  fmt::format("planner: {}: slot '{}.{}' is not bound", k.label, p.name, ls.name));
             }
             continue;
           }
@@ -137,7 +143,8 @@ KernelStep make_step(KernelInstance k, const Args& args, const Scalars& scalars,
         if (p.role == sig::Role::kIn) {
           step.reads.push_back(a.tensor);
         } else {
-          step.writes.push_back(a.tensor);  // kOut, kOutAcc (into a buffer made ready before), kScratch, kErrorFlag
+          step.writes.push_back(
+              a.tensor);  // kOut, kOutAcc (into a buffer made ready before), kScratch, kErrorFlag
         }
     }
   }
@@ -181,13 +188,13 @@ Dim rows_of(const State& s, int tensor) {
 void finish_partials(State& s, int partials, const std::vector<int>& param_grads, int64_t width) {
   for (size_t i = 0; i < param_grads.size(); ++i) {
     const int pg = param_grads[i];
-    s.out->push_back(make_step(instantiate(sig::kColumnSum, s.precision, {}),
-                               {{"partials", partials}, {"out", pg}},
-                               {{"n_blocks", ScalarArg::rows_of(partials)},
-                                {"stride", ScalarArg::cols_of(partials)},
-                                {"col_offset", ScalarArg::constant(static_cast<double>(i) * width)},
-                                {"cols", ScalarArg::constant(static_cast<double>(width))}},
-                               nullptr, fmt::format("{} = Σ of per-block partials", s.g.tensor(pg).name)));
+    s.out->push_back(make_step(
+        instantiate(sig::kColumnSum, s.precision, {}), {{"partials", partials}, {"out", pg}},
+        {{"n_blocks", ScalarArg::rows_of(partials)},
+         {"stride", ScalarArg::cols_of(partials)},
+         {"col_offset", ScalarArg::constant(static_cast<double>(i) * width)},
+         {"cols", ScalarArg::constant(static_cast<double>(width))}},
+        nullptr, fmt::format("{} = Σ of per-block partials", s.g.tensor(pg).name)));
   }
 }
 
@@ -197,7 +204,9 @@ void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_o
   }
 }
 
-kern::Act act_of(Activation a) { return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu; }
+kern::Act act_of(Activation a) {
+  return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu;
+}
 kern::Pos pos_of(bool learned) { return learned ? kern::Pos::kLearned : kern::Pos::kSinusoidal; }
 
 std::vector<Rule> make_rules() {
@@ -207,7 +216,9 @@ std::vector<Rule> make_rules() {
   const Dim B = Dim::batch();
   std::vector<Rule> r;
   // ---- forward ----
-  r.push_back({"bias + split heads", {{K::kBiasAdd, false}, {K::kSplitHeads, false}}, {},
+  r.push_back({"bias + split heads",
+               {{K::kBiasAdd, false}, {K::kSplitHeads, false}},
+               {},
                [B](State& s, const Match& m) {
                  const Op& b = s.op(*m[0]);
                  const Op& sp = s.op(*m[1]);
@@ -216,13 +227,16 @@ std::vector<Rule> make_rules() {
                  mark_internal(s, {m[0]});
                  emit(s, m,
                       instantiate(sig::kSplitHeads, s.precision,
-                                  {{"kHidden", hidden}, {"kHeads", out[2].factor}, {"kParts", sp.attrs.parts},
+                                  {{"kHidden", hidden},
+                                   {"kHeads", out[2].factor},
+                                   {"kParts", sp.attrs.parts},
                                    tv("kBias", kern::BiasAdd::kOn)}),
                       {{"in", b.inputs[0]}, {"bias", b.inputs[1]}, {"out", sp.outputs[0]}},
                       {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(out[3])}});
                }});
   r.push_back({"mask + softmax + dropout",
-               {{K::kAttentionMask, false}, {K::kSoftmax, false}, {K::kDropout, true}}, {},
+               {{K::kAttentionMask, false}, {K::kSoftmax, false}, {K::kDropout, true}},
+               {},
                [B](State& s, const Match& m) {
                  const Op& mask = s.op(*m[0]);
                  const Shape probs = s.g.tensor(out0(s, m[1])).shape;  // [B, heads, q, k]
@@ -230,7 +244,8 @@ std::vector<Rule> make_rules() {
                  mark_internal(s, {m[0]});
                  emit(s, m,
                       instantiate(sig::kSoftmaxFwd, s.precision,
-                                  {tv("kMask", static_cast<kern::Mask>(bits)), on_off<Drop>("kDrop", m[2].has_value())}),
+                                  {tv("kMask", static_cast<kern::Mask>(bits)),
+                                   on_off<Drop>("kDrop", m[2].has_value())}),
                       {{"scores", mask.inputs[0]},
                        {"key_padding", mask.inputs.size() > 1 ? mask.inputs[1] : -1},
                        {"probs", out0(s, m[1])},
@@ -245,147 +260,193 @@ std::vector<Rule> make_rules() {
                  const Shape in = s.g.tensor(op.inputs[0]).shape;  // [parts, B, heads, seq, d]
                  emit(s, m,
                       instantiate(sig::kMergeHeads, s.precision,
-                                  {{"kHidden", in[2].factor * in[4].factor}, {"kHeads", in[2].factor},
-                                   {"kParts", op.attrs.parts}, tv("kBiasGrad", kern::BiasGrad::kOff)}),
+                                  {{"kHidden", in[2].factor * in[4].factor},
+                                   {"kHeads", in[2].factor},
+                                   {"kParts", op.attrs.parts},
+                                   tv("kBiasGrad", kern::BiasGrad::kOff)}),
                       {{"in", op.inputs[0]}, {"out", op.outputs[0]}},
                       {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(in[3])}});
                }});
-  r.push_back({"bias + dropout + residual + layernorm",
-               {{K::kBiasAdd, false}, {K::kDropout, true}, {K::kResidualAdd, false}, {K::kLayerNorm, true}},
-               {},
-               [](State& s, const Match& m) {
-                 const Op& b = s.op(*m[0]);
-                 const int branch_end = m[1] ? out0(s, m[1]) : out0(s, m[0]);
-                 Args args{{"branch", b.inputs[0]},
-                           {"bias", b.inputs[1]},
-                           {"residual", other_input(s, *m[2], branch_end)},
-                           {"sum_out", out0(s, m[2])}};
-                 double eps = 0;
-                 if (m[3]) {
-                   const Op& ln = s.op(*m[3]);
-                   args.insert({{"gamma", ln.inputs[1]}, {"beta", ln.inputs[2]}, {"norm_out", ln.outputs[0]},
-                                {"mean", ln.outputs[1]}, {"rstd", ln.outputs[2]}});
-                   eps = ln.attrs.eps;
-                 }
-                 mark_internal(s, {m[0], m[1]});
-                 emit(s, m,
-                      instantiate(sig::kLnFwd, s.precision,
-                                  {{"kHidden", cols_of(s, b.inputs[0])},
-                                   tv("kBranch", kern::Branch::kBiasDropoutResidual),
-                                   on_off<Norm>("kNorm", m[3].has_value()), on_off<Drop>("kDrop", m[1].has_value())}),
-                      args, {{"rows", ScalarArg::size(rows_of(s, b.inputs[0]))}, {"eps", ScalarArg::constant(eps)}});
-               }});
+  r.push_back(
+      {"bias + dropout + residual + layernorm",
+       {{K::kBiasAdd, false}, {K::kDropout, true}, {K::kResidualAdd, false}, {K::kLayerNorm, true}},
+       {},
+       [](State& s, const Match& m) {
+         const Op& b = s.op(*m[0]);
+         const int branch_end = m[1] ? out0(s, m[1]) : out0(s, m[0]);
+         Args args{{"branch", b.inputs[0]},
+                   {"bias", b.inputs[1]},
+                   {"residual", other_input(s, *m[2], branch_end)},
+                   {"sum_out", out0(s, m[2])}};
+         double eps = 0;
+         if (m[3]) {
+           const Op& ln = s.op(*m[3]);
+           args.insert({{"gamma", ln.inputs[1]},
+                        {"beta", ln.inputs[2]},
+                        {"norm_out", ln.outputs[0]},
+                        {"mean", ln.outputs[1]},
+                        {"rstd", ln.outputs[2]}});
+           eps = ln.attrs.eps;
+         }
+         mark_internal(s, {m[0], m[1]});
+         emit(s, m,
+              instantiate(sig::kLnFwd, s.precision,
+                          {{"kHidden", cols_of(s, b.inputs[0])},
+                           tv("kBranch", kern::Branch::kBiasDropoutResidual),
+                           on_off<Norm>("kNorm", m[3].has_value()),
+                           on_off<Drop>("kDrop", m[1].has_value())}),
+              args,
+              {{"rows", ScalarArg::size(rows_of(s, b.inputs[0]))},
+               {"eps", ScalarArg::constant(eps)}});
+       }});
   r.push_back({"layernorm", {{K::kLayerNorm, false}}, {}, [](State& s, const Match& m) {
                  const Op& ln = s.op(*m[0]);
                  emit(s, m,
                       instantiate(sig::kLnFwd, s.precision,
-                                  {{"kHidden", cols_of(s, ln.inputs[0])}, tv("kBranch", kern::Branch::kNone),
-                                   tv("kNorm", Norm::kOn), tv("kDrop", Drop::kOff)}),
-                      {{"residual", ln.inputs[0]}, {"gamma", ln.inputs[1]}, {"beta", ln.inputs[2]},
-                       {"norm_out", ln.outputs[0]}, {"mean", ln.outputs[1]}, {"rstd", ln.outputs[2]}},
-                      {{"rows", ScalarArg::size(rows_of(s, ln.inputs[0]))}, {"eps", ScalarArg::constant(ln.attrs.eps)}});
+                                  {{"kHidden", cols_of(s, ln.inputs[0])},
+                                   tv("kBranch", kern::Branch::kNone),
+                                   tv("kNorm", Norm::kOn),
+                                   tv("kDrop", Drop::kOff)}),
+                      {{"residual", ln.inputs[0]},
+                       {"gamma", ln.inputs[1]},
+                       {"beta", ln.inputs[2]},
+                       {"norm_out", ln.outputs[0]},
+                       {"mean", ln.outputs[1]},
+                       {"rstd", ln.outputs[2]}},
+                      {{"rows", ScalarArg::size(rows_of(s, ln.inputs[0]))},
+                       {"eps", ScalarArg::constant(ln.attrs.eps)}});
                }});
   r.push_back({"bias + activation + dropout",
-               {{K::kBiasAdd, false}, {K::kActivation, false}, {K::kDropout, true}}, {},
+               {{K::kBiasAdd, false}, {K::kActivation, false}, {K::kDropout, true}},
+               {},
                [](State& s, const Match& m) {
                  const Op& b = s.op(*m[0]);
                  mark_internal(s, {m[0]});
                  if (m[2]) mark_internal(s, {m[1]});
                  emit(s, m,
                       instantiate(sig::kBiasActDropoutFwd, s.precision,
-                                  {{"kCols", cols_of(s, b.inputs[0])}, tv("kAct", act_of(s.op(*m[1]).attrs.activation)),
+                                  {{"kCols", cols_of(s, b.inputs[0])},
+                                   tv("kAct", act_of(s.op(*m[1]).attrs.activation)),
                                    on_off<Drop>("kDrop", m[2].has_value())}),
-                      {{"x", b.inputs[0]}, {"bias", b.inputs[1]}, {"out", m[2] ? out0(s, m[2]) : out0(s, m[1])}},
+                      {{"x", b.inputs[0]},
+                       {"bias", b.inputs[1]},
+                       {"out", m[2] ? out0(s, m[2]) : out0(s, m[1])}},
                       {{"rows", ScalarArg::size(rows_of(s, b.inputs[0]))}});
                }});
-  r.push_back({"embedding + layernorm + dropout",
-               {{K::kEmbedding, false}, {K::kLayerNorm, true}, {K::kDropout, true}}, {},
-               [B](State& s, const Match& m) {
-                 const Op& e = s.op(*m[0]);
-                 const bool learned = e.inputs.size() > 2;
-                 Args args{{"tokens", e.inputs[0]}, {"token_table", e.inputs[1]},
-                           {"pos_table", learned ? e.inputs[2] : -1}, {"bad_token", e.outputs[1]}};
-                 int last = out0(s, m[0]);
-                 double eps = 0;
-                 if (m[1]) {
-                   const Op& ln = s.op(*m[1]);
-                   args.insert({{"gamma", ln.inputs[1]}, {"beta", ln.inputs[2]}, {"sum_out", last},
-                                {"mean", ln.outputs[1]}, {"rstd", ln.outputs[2]}});
-                   last = ln.outputs[0];
-                   eps = ln.attrs.eps;
-                 }
-                 if (m[2]) {
-                   s.internal.insert(last);
-                   last = out0(s, m[2]);
-                 }
-                 args["out"] = last;
-                 const Dim seq = s.g.tensor(e.inputs[0]).shape[1];
-                 emit(s, m,
-                      instantiate(sig::kEmbeddingFwd, s.precision,
-                                  {{"kHidden", cols_of(s, e.inputs[1])}, tv("kPos", pos_of(learned)),
-                                   on_off<Norm>("kNorm", m[1].has_value()), on_off<Drop>("kDrop", m[2].has_value())}),
-                      args,
-                      {{"batch", ScalarArg::size(B)},
-                       {"seq", ScalarArg::size(seq)},
-                       {"vocab", ScalarArg::constant(static_cast<double>(e.attrs.vocab))},
-                       {"padding_idx", ScalarArg::constant(static_cast<double>(e.attrs.padding_idx))},
-                       {"max_positions", ScalarArg::constant(static_cast<double>(e.attrs.max_positions))},
-                       {"scale", ScalarArg::constant(e.attrs.scale)},
-                       {"eps", ScalarArg::constant(eps)}});
-               }});
-  r.push_back({"cross-entropy forward + backward", {{K::kCrossEntropy, false}}, {},
-               [](State& s, const Match& m) {
-                 const Op& ce = s.op(*m[0]);
-                 emit(s, m, instantiate(sig::kCrossEntropy, s.precision, {{"kVocab", cols_of(s, ce.inputs[0])}}),
-                      {{"logits", ce.inputs[0]}, {"targets", ce.inputs[1]}, {"loss", ce.outputs[0]},
-                       {"nll", ce.outputs[1]}, {"grad_logits", ce.outputs[2]}, {"bad_target", ce.outputs[3]},
-                       {"grad_scale", ce.inputs[2]}},
-                      {{"rows", ScalarArg::size(rows_of(s, ce.inputs[0]))},
-                       {"ignore_index", ScalarArg::constant(static_cast<double>(ce.attrs.ignore_index))},
-                       {"label_smoothing", ScalarArg::constant(ce.attrs.label_smoothing)}});
-               }});
-  r.push_back({"adam", {{K::kAdam, false}}, {}, [](State& s, const Match& m) {
-                 const Op& a = s.op(*m[0]);
-                 const OpAttrs::Adam& h = a.attrs.adam;
-                 const int state = a.inputs[kAdamState];
-                 // One chunk table over the flat arenas (Role::kTensorList), built by the runtime.
-                 Args list{{"chunks.param", a.inputs[kAdamParams]}, {"chunks.grad", a.inputs[kAdamGrads]},
-                           {"chunks.exp_avg", a.inputs[kAdamExpAvg]}, {"chunks.exp_avg_sq", a.inputs[kAdamExpAvgSq]}};
-                 if (a.inputs.size() > kAdamMaster) list["chunks.master"] = a.inputs[kAdamMaster];
-                 const int chunks = param_index(sig::kAdam, "chunks");
-                 s.claimed[*m[0]] = 1;
-                 if (h.growth_interval > 0) {
-                   s.out->push_back(make_step(instantiate(sig::kCheckFinite, s.precision, {}),
-                                              {{"chunks.grad", a.inputs[kAdamGrads]}, {"state", state}},
-                                              {{"n_chunks", ScalarArg::chunks_of(param_index(sig::kCheckFinite, "chunks"))}},
-                                              nullptr, "dynamic loss scaling: an inf/NaN gradient skips the step"));
-                 }
-                 Args adam_args = list;
-                 adam_args.insert({{"lr", a.inputs[kAdamLr]}, {"state", state}});
-                 KernelStep step = make_step(
-                     instantiate(sig::kAdam, s.precision,
-                                 {tv("kMode", a.attrs.optimizer == OptimizerKind::kAdamW ? kern::AdamMode::kAdamW
-                                                                                         : kern::AdamMode::kAdam)}),
-                     adam_args,
-                     {{"n_chunks", ScalarArg::chunks_of(chunks)},
-                      {"beta1", ScalarArg::constant(h.beta1)},
-                      {"beta2", ScalarArg::constant(h.beta2)},
-                      {"eps", ScalarArg::constant(h.eps)},
-                      {"weight_decay", ScalarArg::constant(h.weight_decay)}},
-                     nullptr, "lr, step and loss scale read from device memory");
-                 step.fused_ops = {a.name};
-                 s.out->push_back(std::move(step));
-                 s.out->push_back(make_step(instantiate(sig::kOptimFinish, s.precision, {}), {{"state", state}},
-                                            {{"growth_factor", ScalarArg::constant(h.growth_factor)},
-                                             {"backoff_factor", ScalarArg::constant(h.backoff_factor)},
-                                             {"growth_interval", ScalarArg::constant(h.growth_interval)}},
-                                            nullptr,
-                                            h.growth_interval > 0 ? "step += 1 or loss scale backed off; found_inf cleared"
-                                                                  : "step += 1"));
-               }});
+  r.push_back(
+      {"embedding + layernorm + dropout",
+       {{K::kEmbedding, false}, {K::kLayerNorm, true}, {K::kDropout, true}},
+       {},
+       [B](State& s, const Match& m) {
+         const Op& e = s.op(*m[0]);
+         const bool learned = e.inputs.size() > 2;
+         Args args{{"tokens", e.inputs[0]},
+                   {"token_table", e.inputs[1]},
+                   {"pos_table", learned ? e.inputs[2] : -1},
+                   {"bad_token", e.outputs[1]}};
+         int last = out0(s, m[0]);
+         double eps = 0;
+         if (m[1]) {
+           const Op& ln = s.op(*m[1]);
+           args.insert({{"gamma", ln.inputs[1]},
+                        {"beta", ln.inputs[2]},
+                        {"sum_out", last},
+                        {"mean", ln.outputs[1]},
+                        {"rstd", ln.outputs[2]}});
+           last = ln.outputs[0];
+           eps = ln.attrs.eps;
+         }
+         if (m[2]) {
+           s.internal.insert(last);
+           last = out0(s, m[2]);
+         }
+         args["out"] = last;
+         const Dim seq = s.g.tensor(e.inputs[0]).shape[1];
+         emit(s, m,
+              instantiate(sig::kEmbeddingFwd, s.precision,
+                          {{"kHidden", cols_of(s, e.inputs[1])},
+                           tv("kPos", pos_of(learned)),
+                           on_off<Norm>("kNorm", m[1].has_value()),
+                           on_off<Drop>("kDrop", m[2].has_value())}),
+              args,
+              {{"batch", ScalarArg::size(B)},
+               {"seq", ScalarArg::size(seq)},
+               {"vocab", ScalarArg::constant(static_cast<double>(e.attrs.vocab))},
+               {"padding_idx", ScalarArg::constant(static_cast<double>(e.attrs.padding_idx))},
+               {"max_positions", ScalarArg::constant(static_cast<double>(e.attrs.max_positions))},
+               {"scale", ScalarArg::constant(e.attrs.scale)},
+               {"eps", ScalarArg::constant(eps)}});
+       }});
+  r.push_back(
+      {"cross-entropy forward + backward",
+       {{K::kCrossEntropy, false}},
+       {},
+       [](State& s, const Match& m) {
+         const Op& ce = s.op(*m[0]);
+         emit(s, m,
+              instantiate(sig::kCrossEntropy, s.precision, {{"kVocab", cols_of(s, ce.inputs[0])}}),
+              {{"logits", ce.inputs[0]},
+               {"targets", ce.inputs[1]},
+               {"loss", ce.outputs[0]},
+               {"nll", ce.outputs[1]},
+               {"grad_logits", ce.outputs[2]},
+               {"bad_target", ce.outputs[3]},
+               {"grad_scale", ce.inputs[2]}},
+              {{"rows", ScalarArg::size(rows_of(s, ce.inputs[0]))},
+               {"ignore_index", ScalarArg::constant(static_cast<double>(ce.attrs.ignore_index))},
+               {"label_smoothing", ScalarArg::constant(ce.attrs.label_smoothing)}});
+       }});
+  r.push_back(
+      {"adam", {{K::kAdam, false}}, {}, [](State& s, const Match& m) {
+         const Op& a = s.op(*m[0]);
+         const OpAttrs::Adam& h = a.attrs.adam;
+         const int state = a.inputs[kAdamState];
+         // One chunk table over the flat arenas (Role::kTensorList), built by the runtime.
+         Args list{{"chunks.param", a.inputs[kAdamParams]},
+                   {"chunks.grad", a.inputs[kAdamGrads]},
+                   {"chunks.exp_avg", a.inputs[kAdamExpAvg]},
+                   {"chunks.exp_avg_sq", a.inputs[kAdamExpAvgSq]}};
+         if (a.inputs.size() > kAdamMaster) list["chunks.master"] = a.inputs[kAdamMaster];
+         const int chunks = param_index(sig::kAdam, "chunks");
+         s.claimed[*m[0]] = 1;
+         if (h.growth_interval > 0) {
+           s.out->push_back(make_step(
+               instantiate(sig::kCheckFinite, s.precision, {}),
+               {{"chunks.grad", a.inputs[kAdamGrads]}, {"state", state}},
+               {{"n_chunks", ScalarArg::chunks_of(param_index(sig::kCheckFinite, "chunks"))}},
+               nullptr, "dynamic loss scaling: an inf/NaN gradient skips the step"));
+         }
+         Args adam_args = list;
+         adam_args.insert({{"lr", a.inputs[kAdamLr]}, {"state", state}});
+         KernelStep step = make_step(
+             instantiate(
+                 sig::kAdam, s.precision,
+                 {tv("kMode", a.attrs.optimizer == OptimizerKind::kAdamW ? kern::AdamMode::kAdamW
+                                                                         : kern::AdamMode::kAdam)}),
+             adam_args,
+             {{"n_chunks", ScalarArg::chunks_of(chunks)},
+              {"beta1", ScalarArg::constant(h.beta1)},
+              {"beta2", ScalarArg::constant(h.beta2)},
+              {"eps", ScalarArg::constant(h.eps)},
+              {"weight_decay", ScalarArg::constant(h.weight_decay)}},
+             nullptr, "lr, step and loss scale read from device memory");
+         step.fused_ops = {a.name};
+         s.out->push_back(std::move(step));
+         s.out->push_back(make_step(
+             instantiate(sig::kOptimFinish, s.precision, {}), {{"state", state}},
+             {{"growth_factor", ScalarArg::constant(h.growth_factor)},
+              {"backoff_factor", ScalarArg::constant(h.backoff_factor)},
+              {"growth_interval", ScalarArg::constant(h.growth_interval)}},
+             nullptr,
+             h.growth_interval > 0 ? "step += 1 or loss scale backed off; found_inf cleared"
+                                   : "step += 1"));
+       }});
   // ---- backward ----
   r.push_back({"layernorm grad + residual grad + dropout grad + bias grad",
-               {{K::kLayerNormGrad, true}, {K::kGradAdd, true}, {K::kDropoutGrad, true}, {K::kBiasGrad, true}},
+               {{K::kLayerNormGrad, true},
+                {K::kGradAdd, true},
+                {K::kDropoutGrad, true},
+                {K::kBiasGrad, true}},
                {0, 1, 2},
                [](State& s, const Match& m) {
                  Args args;
@@ -394,8 +455,11 @@ std::vector<Rule> make_rules() {
                  int64_t hidden = 0;
                  if (m[0]) {
                    const Op& ln = s.op(*m[0]);
-                   args.insert({{"grad_out", ln.inputs[0]}, {"z", ln.inputs[1]}, {"mean", ln.inputs[2]},
-                                {"rstd", ln.inputs[3]}, {"gamma", ln.inputs[4]}});
+                   args.insert({{"grad_out", ln.inputs[0]},
+                                {"z", ln.inputs[1]},
+                                {"mean", ln.inputs[2]},
+                                {"rstd", ln.inputs[3]},
+                                {"gamma", ln.inputs[4]}});
                    grad_z = ln.outputs[0];
                    finish = {ln.outputs[1], ln.outputs[2]};
                    hidden = cols_of(s, ln.inputs[0]);
@@ -421,12 +485,16 @@ std::vector<Rule> make_rules() {
                  }
                  if (m[3]) finish.push_back(out0(s, m[3]));
                  const int first = *(m[0] ? m[0] : m[1] ? m[1] : m[2] ? m[2] : m[3]);
-                 const int partials = finish.empty() ? -1 : add_scratch(s, s.op(first).name + ".partials", ElemType::kF32);
+                 const int partials =
+                     finish.empty()
+                         ? -1
+                         : add_scratch(s, s.op(first).name + ".partials", ElemType::kF32);
                  if (partials >= 0) args["partials"] = partials;
                  const Dim rows = rows_of(s, args.at("grad_out"));
                  emit(s, m,
                       instantiate(sig::kLnBwd, s.precision,
-                                  {{"kHidden", hidden}, on_off<Norm>("kNorm", m[0].has_value()),
+                                  {{"kHidden", hidden},
+                                   on_off<Norm>("kNorm", m[0].has_value()),
                                    on_off<kern::ResidualIn>("kRes", m[1].has_value()),
                                    on_off<kern::BranchOut>("kBranchOut", m[3].has_value()),
                                    on_off<Drop>("kDrop", m[2].has_value())}),
@@ -434,7 +502,8 @@ std::vector<Rule> make_rules() {
                  if (partials >= 0) finish_partials(s, partials, finish, hidden);
                }});
   r.push_back({"dropout grad + activation grad + bias grad",
-               {{K::kDropoutGrad, true}, {K::kActivationGrad, false}, {K::kBiasGrad, false}}, {},
+               {{K::kDropoutGrad, true}, {K::kActivationGrad, false}, {K::kBiasGrad, false}},
+               {},
                [](State& s, const Match& m) {
                  const Op& ag = s.op(*m[1]);
                  if (m[0]) mark_internal(s, {m[0]});
@@ -444,100 +513,125 @@ std::vector<Rule> make_rules() {
                  const int bias_grad = out0(s, m[2]);
                  emit(s, m,
                       instantiate(sig::kBiasActDropoutBwd, s.precision,
-                                  {{"kCols", cols}, tv("kAct", act_of(s.op(*m[1]).attrs.activation)),
+                                  {{"kCols", cols},
+                                   tv("kAct", act_of(s.op(*m[1]).attrs.activation)),
                                    on_off<Drop>("kDrop", m[0].has_value())}),
-                      {{"grad_out", grad_in}, {"x", ag.inputs[1]}, {"bias", ag.inputs[2]}, {"grad_x", ag.outputs[0]},
+                      {{"grad_out", grad_in},
+                       {"x", ag.inputs[1]},
+                       {"bias", ag.inputs[2]},
+                       {"grad_x", ag.outputs[0]},
                        {"partials", partials}},
                       {{"rows", ScalarArg::size(rows_of(s, ag.inputs[1]))}});
                  finish_partials(s, partials, {bias_grad}, cols);
                }});
-  r.push_back({"merge heads grad", {{K::kMergeHeadsGrad, false}}, {}, [B](State& s, const Match& m) {
-                 const Op& op = s.op(*m[0]);
-                 const Shape out = s.g.tensor(op.outputs[0]).shape;  // [parts, B, heads, seq, d]
-                 emit(s, m,
-                      instantiate(sig::kSplitHeads, s.precision,
-                                  {{"kHidden", out[2].factor * out[4].factor}, {"kHeads", out[2].factor},
-                                   {"kParts", op.attrs.parts}, tv("kBias", kern::BiasAdd::kOff)}),
-                      {{"in", op.inputs[0]}, {"out", op.outputs[0]}},
-                      {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(out[3])}});
-               }});
-  r.push_back({"dropout grad + softmax grad", {{K::kDropoutGrad, true}, {K::kSoftmaxGrad, false}}, {},
-               [](State& s, const Match& m) {
-                 const Op& sg = s.op(*m[1]);
-                 if (m[0]) mark_internal(s, {m[0]});
-                 const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : sg.inputs[0];
-                 const Shape probs = s.g.tensor(sg.inputs[1]).shape;  // [B, heads, q, k]
-                 emit(s, m, instantiate(sig::kSoftmaxBwd, s.precision, {on_off<Drop>("kDrop", m[0].has_value())}),
-                      {{"grad_dropped", grad_in}, {"probs", sg.inputs[1]}, {"grad_scores", sg.outputs[0]}},
-                      {{"rows", ScalarArg::size(rows_of(s, sg.inputs[1]))}, {"k_len", ScalarArg::size(probs[3])}});
-               }});
-  r.push_back({"split heads grad + bias grad", {{K::kSplitHeadsGrad, false}, {K::kBiasGrad, true}}, {},
+  r.push_back(
+      {"merge heads grad", {{K::kMergeHeadsGrad, false}}, {}, [B](State& s, const Match& m) {
+         const Op& op = s.op(*m[0]);
+         const Shape out = s.g.tensor(op.outputs[0]).shape;  // [parts, B, heads, seq, d]
+         emit(s, m,
+              instantiate(sig::kSplitHeads, s.precision,
+                          {{"kHidden", out[2].factor * out[4].factor},
+                           {"kHeads", out[2].factor},
+                           {"kParts", op.attrs.parts},
+                           tv("kBias", kern::BiasAdd::kOff)}),
+              {{"in", op.inputs[0]}, {"out", op.outputs[0]}},
+              {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(out[3])}});
+       }});
+  r.push_back(
+      {"dropout grad + softmax grad",
+       {{K::kDropoutGrad, true}, {K::kSoftmaxGrad, false}},
+       {},
+       [](State& s, const Match& m) {
+         const Op& sg = s.op(*m[1]);
+         if (m[0]) mark_internal(s, {m[0]});
+         const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : sg.inputs[0];
+         const Shape probs = s.g.tensor(sg.inputs[1]).shape;  // [B, heads, q, k]
+         emit(s, m,
+              instantiate(sig::kSoftmaxBwd, s.precision, {on_off<Drop>("kDrop", m[0].has_value())}),
+              {{"grad_dropped", grad_in}, {"probs", sg.inputs[1]}, {"grad_scores", sg.outputs[0]}},
+              {{"rows", ScalarArg::size(rows_of(s, sg.inputs[1]))},
+               {"k_len", ScalarArg::size(probs[3])}});
+       }});
+  r.push_back({"split heads grad + bias grad",
+               {{K::kSplitHeadsGrad, false}, {K::kBiasGrad, true}},
+               {},
                [B](State& s, const Match& m) {
                  const Op& op = s.op(*m[0]);
                  const Shape in = s.g.tensor(op.inputs[0]).shape;  // [parts, B, heads, seq, d]
                  const int64_t hidden = in[2].factor * in[4].factor;
                  Args args{{"in", op.inputs[0]}, {"out", op.outputs[0]}};
-                 const int partials = m[1] ? add_scratch(s, op.name + ".partials", ElemType::kF32) : -1;
+                 const int partials =
+                     m[1] ? add_scratch(s, op.name + ".partials", ElemType::kF32) : -1;
                  if (partials >= 0) args["partials"] = partials;
                  emit(s, m,
                       instantiate(sig::kMergeHeads, s.precision,
-                                  {{"kHidden", hidden}, {"kHeads", in[2].factor}, {"kParts", op.attrs.parts},
+                                  {{"kHidden", hidden},
+                                   {"kHeads", in[2].factor},
+                                   {"kParts", op.attrs.parts},
                                    on_off<kern::BiasGrad>("kBiasGrad", m[1].has_value())}),
                       args, {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(in[3])}});
                  if (m[1]) finish_partials(s, partials, {out0(s, m[1])}, op.attrs.parts * hidden);
                }});
-  r.push_back({"dropout grad + layernorm grad + embedding grad",
-               {{K::kDropoutGrad, true}, {K::kLayerNormGrad, true}, {K::kEmbeddingGrad, false}}, {},
-               [B](State& s, const Match& m) {
-                 const Op& eg = s.op(*m[2]);
-                 const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : (m[1] ? s.op(*m[1]).inputs[0] : eg.inputs[0]);
-                 const std::vector<int> param_grads = eg.outputs;
-                 const OpAttrs attrs = eg.attrs;
-                 const std::string name = eg.name;
-                 const int tokens = eg.inputs[1];
-                 const Dim seq = s.g.tensor(tokens).shape[1];
-                 const int64_t hidden = cols_of(s, grad_in);
-                 Args args{{"grad_out", grad_in}, {"tokens", tokens}};
-                 std::vector<int> ln_grads;
-                 if (m[0]) mark_internal(s, {m[0]});
-                 if (m[1]) {
-                   const Op& ln = s.op(*m[1]);
-                   args.insert({{"sum_out", ln.inputs[1]}, {"mean", ln.inputs[2]}, {"rstd", ln.inputs[3]},
-                                {"gamma", ln.inputs[4]}});
-                   s.internal.insert(ln.outputs[0]);
-                   ln_grads = {ln.outputs[1], ln.outputs[2]};
-                 }
-                 const bool learned = param_grads.size() > 1;
-                 // fp32 scatter targets, zeroed by the runtime, then converted into the gradients.
-                 std::vector<int> scatter;
-                 for (int pg : param_grads) {
-                   scatter.push_back(add_scratch(s, s.g.tensor(pg).name + ".fp32", ElemType::kF32, s.g.tensor(pg).shape));
-                 }
-                 args["grad_table"] = scatter[0];
-                 if (learned) args["grad_pos"] = scatter[1];
-                 const int partials = m[1] ? add_scratch(s, name + ".partials", ElemType::kF32) : -1;
-                 if (partials >= 0) args["partials"] = partials;
-                 emit(s, m,
-                      instantiate(sig::kEmbeddingBwd, s.precision,
-                                  {{"kHidden", hidden}, tv("kPos", pos_of(learned)),
-                                   on_off<Norm>("kNorm", m[1].has_value()), on_off<Drop>("kDrop", m[0].has_value())}),
-                      args,
-                      {{"batch", ScalarArg::size(B)},
-                       {"seq", ScalarArg::size(seq)},
-                       {"vocab", ScalarArg::constant(static_cast<double>(attrs.vocab))},
-                       {"padding_idx", ScalarArg::constant(static_cast<double>(attrs.padding_idx))},
-                       {"max_positions", ScalarArg::constant(static_cast<double>(attrs.max_positions))},
-                       {"scale", ScalarArg::constant(attrs.scale)}},
-                      "scatter-adds into fp32 gradient buffers the runtime zeroed");
-                 if (partials >= 0) finish_partials(s, partials, ln_grads, hidden);
-                 for (size_t i = 0; i < param_grads.size(); ++i) {
-                   const int pg = param_grads[i];
-                   s.out->push_back(make_step(
-                       instantiate(sig::kConvert, s.precision, {}), {{"in", scatter[i]}, {"out", pg}},
-                       {{"n", ScalarArg::size(shape_numel(s.g.tensor(pg).shape))}}, nullptr,
-                       fmt::format("{} (=|+=) fp32 scatter buffer", s.g.tensor(pg).name)));
-                 }
-               }});
+  r.push_back(
+      {"dropout grad + layernorm grad + embedding grad",
+       {{K::kDropoutGrad, true}, {K::kLayerNormGrad, true}, {K::kEmbeddingGrad, false}},
+       {},
+       [B](State& s, const Match& m) {
+         const Op& eg = s.op(*m[2]);
+         const int grad_in =
+             m[0] ? s.op(*m[0]).inputs[0] : (m[1] ? s.op(*m[1]).inputs[0] : eg.inputs[0]);
+         const std::vector<int> param_grads = eg.outputs;
+         const OpAttrs attrs = eg.attrs;
+         const std::string name = eg.name;
+         const int tokens = eg.inputs[1];
+         const Dim seq = s.g.tensor(tokens).shape[1];
+         const int64_t hidden = cols_of(s, grad_in);
+         Args args{{"grad_out", grad_in}, {"tokens", tokens}};
+         std::vector<int> ln_grads;
+         if (m[0]) mark_internal(s, {m[0]});
+         if (m[1]) {
+           const Op& ln = s.op(*m[1]);
+           args.insert({{"sum_out", ln.inputs[1]},
+                        {"mean", ln.inputs[2]},
+                        {"rstd", ln.inputs[3]},
+                        {"gamma", ln.inputs[4]}});
+           s.internal.insert(ln.outputs[0]);
+           ln_grads = {ln.outputs[1], ln.outputs[2]};
+         }
+         const bool learned = param_grads.size() > 1;
+         // fp32 scatter targets, zeroed by the runtime, then converted into the gradients.
+         std::vector<int> scatter;
+         for (int pg : param_grads) {
+           scatter.push_back(
+               add_scratch(s, s.g.tensor(pg).name + ".fp32", ElemType::kF32, s.g.tensor(pg).shape));
+         }
+         args["grad_table"] = scatter[0];
+         if (learned) args["grad_pos"] = scatter[1];
+         const int partials = m[1] ? add_scratch(s, name + ".partials", ElemType::kF32) : -1;
+         if (partials >= 0) args["partials"] = partials;
+         emit(s, m,
+              instantiate(sig::kEmbeddingBwd, s.precision,
+                          {{"kHidden", hidden},
+                           tv("kPos", pos_of(learned)),
+                           on_off<Norm>("kNorm", m[1].has_value()),
+                           on_off<Drop>("kDrop", m[0].has_value())}),
+              args,
+              {{"batch", ScalarArg::size(B)},
+               {"seq", ScalarArg::size(seq)},
+               {"vocab", ScalarArg::constant(static_cast<double>(attrs.vocab))},
+               {"padding_idx", ScalarArg::constant(static_cast<double>(attrs.padding_idx))},
+               {"max_positions", ScalarArg::constant(static_cast<double>(attrs.max_positions))},
+               {"scale", ScalarArg::constant(attrs.scale)}},
+              "scatter-adds into fp32 gradient buffers the runtime zeroed");
+         if (partials >= 0) finish_partials(s, partials, ln_grads, hidden);
+         for (size_t i = 0; i < param_grads.size(); ++i) {
+           const int pg = param_grads[i];
+           s.out->push_back(make_step(
+               instantiate(sig::kConvert, s.precision, {}), {{"in", scatter[i]}, {"out", pg}},
+               {{"n", ScalarArg::size(shape_numel(s.g.tensor(pg).shape))}}, nullptr,
+               fmt::format("{} (=|+=) fp32 scatter buffer", s.g.tensor(pg).name)));
+         }
+       }});
   return r;
 }
 

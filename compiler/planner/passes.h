@@ -13,9 +13,9 @@ namespace lightseq::planner {
 struct State {
   Graph& g;  // the planner adds scratch tensors
   Precision precision;
-  std::vector<int> claimed;           // per op: 1 once a step covers it
-  std::set<int> internal;             // tensors a fused group never materializes
-  std::map<int, int> epilogue_aux;    // pre-bias GEMM output → aux tensor of its bias+act epilogue
+  std::vector<int> claimed;         // per op: 1 once a step covers it
+  std::set<int> internal;           // tensors a fused group never materializes
+  std::map<int, int> epilogue_aux;  // pre-bias GEMM output → aux tensor of its bias+act epilogue
   std::map<int, int> deferred_bgrad;  // tensor → bias_grad op waiting for a GEMM reading it as A^T
   int begin = 0, end = 0;             // op range of the direction being planned
   std::vector<Step>* out = nullptr;

@@ -15,25 +15,25 @@ namespace lightseq {
 
 enum class Epilogue {
   kNone,
-  kBias,          // D = A·B + bias
-  kReluAuxBias,   // D = relu(A·B + bias); aux = relu bit mask
-  kGeluAuxBias,   // D = gelu(A·B + bias); aux = A·B + bias
-  kDReluBGrad,    // D = dD ⊙ relu'(aux); bias grad = Σ_rows D
-  kDGeluBGrad,    // D = dD ⊙ gelu'(aux); bias grad = Σ_rows D
-  kBGradA,        // D = op(A)·op(B); bias grad = Σ_k op(A) (the weight-gradient GEMM's bias)
+  kBias,         // D = A·B + bias
+  kReluAuxBias,  // D = relu(A·B + bias); aux = relu bit mask
+  kGeluAuxBias,  // D = gelu(A·B + bias); aux = A·B + bias
+  kDReluBGrad,   // D = dD ⊙ relu'(aux); bias grad = Σ_rows D
+  kDGeluBGrad,   // D = dD ⊙ gelu'(aux); bias grad = Σ_rows D
+  kBGradA,       // D = op(A)·op(B); bias grad = Σ_k op(A) (the weight-gradient GEMM's bias)
 };
 std::string_view to_string(Epilogue e);
 
 struct GemmStep {
-  std::string name;        // the graph op's name: "sa.qkv_proj"
-  OpAttrs attrs;           // m, n, k, batch, transposes, alpha
+  std::string name;  // the graph op's name: "sa.qkv_proj"
+  OpAttrs attrs;     // m, n, k, batch, transposes, alpha
   int a = -1, b = -1, d = -1;
-  int c = -1;              // ≥ 0: D = A·B + C (beta = 1), C read from this tensor
-  bool accumulate = false; // D += A·B (beta = 1 onto D): gradients summed over layers
+  int c = -1;               // ≥ 0: D = A·B + C (beta = 1), C read from this tensor
+  bool accumulate = false;  // D += A·B (beta = 1 onto D): gradients summed over layers
   Epilogue epilogue = Epilogue::kNone;
-  int bias = -1;           // epilogue bias input (kBias, k*AuxBias)
-  int aux = -1;            // epilogue aux output (k*AuxBias) or input (kD*BGrad)
-  int bias_grad = -1;      // epilogue bias-gradient output (kD*BGrad, kBGradA)
+  int bias = -1;                       // epilogue bias input (kBias, k*AuxBias)
+  int aux = -1;                        // epilogue aux output (k*AuxBias) or input (kD*BGrad)
+  int bias_grad = -1;                  // epilogue bias-gradient output (kD*BGrad, kBGradA)
   std::vector<std::string> fused_ops;  // graph ops folded into this GEMM (beyond the gemm itself)
 };
 
@@ -41,10 +41,10 @@ struct GemmStep {
 struct ScalarArg {
   enum class Kind {
     kUnset,
-    kDim,     // a size: a monomial in B, T, S (rows = B·T)
-    kConst,   // a number fixed by the model (an epsilon, a column offset)
-    kRowsOf,  // the rows of a scratch tensor as the kernel that wrote it sized it
-    kColsOf,  // its columns
+    kDim,       // a size: a monomial in B, T, S (rows = B·T)
+    kConst,     // a number fixed by the model (an epsilon, a column offset)
+    kRowsOf,    // the rows of a scratch tensor as the kernel that wrote it sized it
+    kColsOf,    // its columns
     kChunksOf,  // the chunks of the tensor list bound to parameter `tensor` (its index)
   };
   Kind kind = Kind::kUnset;
@@ -87,7 +87,7 @@ struct AttentionChoice {
 };
 
 struct LayerPlan {
-  LayerGraph layer;         // as planned: after the attention backend pass rewrote it
+  LayerGraph layer;  // as planned: after the attention backend pass rewrote it
   std::vector<AttentionChoice> attention;  // the backend chosen for each attention op
   std::vector<Step> forward, backward;
   std::vector<int> saved;  // forward tensors the backward reads (kept between them)

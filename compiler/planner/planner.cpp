@@ -4,24 +4,33 @@
 
 #include <set>
 
-#include "reduce.sig.cuh"
 #include "compiler/errors.h"
 #include "compiler/planner/attention_backend.h"
 #include "compiler/planner/passes.h"
+#include "reduce.sig.cuh"
 
 namespace lightseq {
 
-int KernelStep::tensor(std::string_view name) const { return args.at(param_index(*kernel.sig, name)).tensor; }
+int KernelStep::tensor(std::string_view name) const {
+  return args.at(param_index(*kernel.sig, name)).tensor;
+}
 
 std::string_view to_string(Epilogue e) {
   switch (e) {
-    case Epilogue::kNone: return "none";
-    case Epilogue::kBias: return "bias";
-    case Epilogue::kReluAuxBias: return "bias+relu (aux: relu mask)";
-    case Epilogue::kGeluAuxBias: return "bias+gelu (aux: pre-activation)";
-    case Epilogue::kDReluBGrad: return "drelu+bgrad";
-    case Epilogue::kDGeluBGrad: return "dgelu+bgrad";
-    case Epilogue::kBGradA: return "bgrad(A)";
+    case Epilogue::kNone:
+      return "none";
+    case Epilogue::kBias:
+      return "bias";
+    case Epilogue::kReluAuxBias:
+      return "bias+relu (aux: relu mask)";
+    case Epilogue::kGeluAuxBias:
+      return "bias+gelu (aux: pre-activation)";
+    case Epilogue::kDReluBGrad:
+      return "drelu+bgrad";
+    case Epilogue::kDGeluBGrad:
+      return "dgelu+bgrad";
+    case Epilogue::kBGradA:
+      return "bgrad(A)";
   }
   throw InternalError("unknown Epilogue");
 }
@@ -54,7 +63,8 @@ void step_io(const Step& st, std::vector<int>* reads, std::vector<int>* writes) 
     // accumulate: D += A·B into a buffer the caller zeroed before the stack (not a read of a step)
     if (g->bias >= 0) reads->push_back(g->bias);
     *writes = {g->d};
-    const bool aux_in = g->epilogue == Epilogue::kDReluBGrad || g->epilogue == Epilogue::kDGeluBGrad;
+    const bool aux_in =
+        g->epilogue == Epilogue::kDReluBGrad || g->epilogue == Epilogue::kDGeluBGrad;
     if (g->aux >= 0) (aux_in ? reads : writes)->push_back(g->aux);
     if (g->bias_grad >= 0) writes->push_back(g->bias_grad);
   } else {
@@ -98,8 +108,9 @@ void verify(const LayerPlan& lp, const planner::State& s) {
       step_io(st, &reads, &writes);
       for (int r : reads) {
         if (s.internal.count(r)) {
-          throw InternalError(fmt::format("planner: {}: {} reads '{}', which a fused group keeps internal",
-                                          lp.layer.name, step_name(g, st), g.tensor(r).name));
+          throw InternalError(
+              fmt::format("planner: {}: {} reads '{}', which a fused group keeps internal",
+                          lp.layer.name, step_name(g, st), g.tensor(r).name));
         }
         if (!available(r)) {
           throw InternalError(fmt::format("planner: {}: {} reads '{}' before any step writes it",
@@ -129,7 +140,8 @@ std::vector<int> saved_tensors(const LayerPlan& lp) {
     step_io(st, &r, &w);
     for (int id : r) {
       int root = saved_root(id);
-      if (fwd_written.count(root) || (g.tensor(root).role == TensorRole::kInput)) saved.insert(root);
+      if (fwd_written.count(root) || (g.tensor(root).role == TensorRole::kInput))
+        saved.insert(root);
     }
   }
   return {saved.begin(), saved.end()};
@@ -145,7 +157,8 @@ LayerPlan plan_layer(LayerGraph layer, Precision precision) {
   const Graph& g = lp.layer.graph;
   const int n = static_cast<int>(g.ops().size());
   const int split = g.backward_begin();
-  for (auto [begin, end, out] : {std::tuple{0, split, &lp.forward}, std::tuple{split, n, &lp.backward}}) {
+  for (auto [begin, end, out] :
+       {std::tuple{0, split, &lp.forward}, std::tuple{split, n, &lp.backward}}) {
     s.begin = begin;
     s.end = end;
     s.out = out;
@@ -159,13 +172,15 @@ LayerPlan plan_layer(LayerGraph layer, Precision precision) {
       } else if (op.kind == OpKind::kBiasGrad) {
         s.deferred_bgrad[op.inputs[0]] = i;  // for the weight-gradient GEMM that reads it as A^T
       } else {
-        throw InternalError(fmt::format("planner: {}: no fusion rule or epilogue covers op '{}' ({})",
-                                        lp.layer.name, op.name, to_string(op.kind)));
+        throw InternalError(
+            fmt::format("planner: {}: no fusion rule or epilogue covers op '{}' ({})",
+                        lp.layer.name, op.name, to_string(op.kind)));
       }
     }
     for (auto [tensor, op] : s.deferred_bgrad) {
-      throw InternalError(fmt::format("planner: {}: bias gradient '{}' found no GEMM epilogue or kernel",
-                                      lp.layer.name, g.ops()[op].name));
+      throw InternalError(
+          fmt::format("planner: {}: bias gradient '{}' found no GEMM epilogue or kernel",
+                      lp.layer.name, g.ops()[op].name));
     }
   }
   verify(lp, s);
@@ -182,7 +197,8 @@ LayerPlan plan_layer(LayerGraph layer, Precision precision) {
 ModelPlan plan_model(const ModelSpec& spec) {
   ModelPlan plan;
   plan.spec = spec;
-  for (LayerGraph& lg : lower_model(spec)) plan.layers.push_back(plan_layer(std::move(lg), spec.precision));
+  for (LayerGraph& lg : lower_model(spec))
+    plan.layers.push_back(plan_layer(std::move(lg), spec.precision));
   return plan;
 }
 

@@ -22,13 +22,13 @@ enum class LayerKind { kEncoder, kDecoder };
 enum class OptimizerKind { kAdam, kAdamW };
 enum class CriterionKind { kCrossEntropy };
 
-std::string_view to_string(Precision p);        // "fp32", "fp16", "bf16"
-std::string_view to_string(NormPlacement n);    // "pre", "post"
-std::string_view to_string(Activation a);       // "relu", "gelu"
-std::string_view to_string(PositionKind p);     // "sinusoidal", "learned"
-std::string_view to_string(LayerKind k);        // "encoder", "decoder"
-std::string_view to_string(OptimizerKind k);    // "adam", "adamw"
-std::string_view to_string(CriterionKind k);    // "cross_entropy"
+std::string_view to_string(Precision p);      // "fp32", "fp16", "bf16"
+std::string_view to_string(NormPlacement n);  // "pre", "post"
+std::string_view to_string(Activation a);     // "relu", "gelu"
+std::string_view to_string(PositionKind p);   // "sinusoidal", "learned"
+std::string_view to_string(LayerKind k);      // "encoder", "decoder"
+std::string_view to_string(OptimizerKind k);  // "adam", "adamw"
+std::string_view to_string(CriterionKind k);  // "cross_entropy"
 
 // Bytes of one element of the model's activations and parameters.
 int element_bytes(Precision p);
@@ -38,12 +38,12 @@ struct EmbeddingSpec {
   int64_t hidden = 0;
   PositionKind positions = PositionKind::kSinusoidal;
   int64_t max_positions = 1024;
-  int64_t padding_idx = -1;      // -1: no padding token
-  double scale = 1.0;            // token embeddings are multiplied by this (sqrt(hidden) in Fairseq)
-  double dropout = 0.0;          // default probability; dropout is compiled in iff > 0
-  bool layernorm = false;        // LayerNorm after the sum (BERT), before dropout
+  int64_t padding_idx = -1;  // -1: no padding token
+  double scale = 1.0;        // token embeddings are multiplied by this (sqrt(hidden) in Fairseq)
+  double dropout = 0.0;      // default probability; dropout is compiled in iff > 0
+  bool layernorm = false;    // LayerNorm after the sum (BERT), before dropout
   double layernorm_eps = 1e-5;
-  bool tie_output = true;        // the output projection reuses the token embedding matrix
+  bool tie_output = true;  // the output projection reuses the token embedding matrix
   bool operator==(const EmbeddingSpec&) const = default;
 };
 
@@ -64,7 +64,7 @@ struct LayerStackSpec {
   Activation activation = Activation::kRelu;
   NormPlacement norm = NormPlacement::kPost;
   double eps = 1e-5;
-  bool causal = false;      // causal self-attention (always true for decoders; GPT-style encoders)
+  bool causal = false;  // causal self-attention (always true for decoders; GPT-style encoders)
   DropoutSpec dropout;
   int64_t head_dim() const { return heads > 0 ? hidden / heads : 0; }
   bool operator==(const LayerStackSpec&) const = default;

@@ -127,8 +127,9 @@ class Validator {
   void check_eps(const std::string& path, double eps) {
     if (!positive_finite(eps)) {
       add(path, show(eps),
-          float32_message(eps, "must be a positive finite number (LayerNorm divides by "
-                               "sqrt(variance + eps)); try 1e-5"));
+          float32_message(eps,
+                          "must be a positive finite number (LayerNorm divides by "
+                          "sqrt(variance + eps)); try 1e-5"));
     }
   }
 
@@ -294,10 +295,12 @@ class Validator {
       add("optimizer.type", show(static_cast<int64_t>(o.kind)), "must be \"adam\" or \"adamw\"");
     }
     if (!positive_finite(o.lr)) {
-      add("optimizer.lr", show(o.lr), float32_message(o.lr, "must be a positive finite number; try 1e-3"));
+      add("optimizer.lr", show(o.lr),
+          float32_message(o.lr, "must be a positive finite number; try 1e-3"));
     }
     if (!probability(o.beta1)) {
-      add("optimizer.betas[0]", show(o.beta1), float32_message(o.beta1, "must be in [0, 1); try 0.9"));
+      add("optimizer.betas[0]", show(o.beta1),
+          float32_message(o.beta1, "must be in [0, 1); try 0.9"));
     }
     if (!probability(o.beta2)) {
       add("optimizer.betas[1]", show(o.beta2),
@@ -305,12 +308,13 @@ class Validator {
     }
     if (!positive_finite(o.eps)) {
       add("optimizer.eps", show(o.eps),
-          float32_message(o.eps,
-                          "must be a positive finite number (Adam divides by sqrt(v) + eps); try 1e-8"));
+          float32_message(
+              o.eps, "must be a positive finite number (Adam divides by sqrt(v) + eps); try 1e-8"));
     }
     if (!non_negative_finite(o.weight_decay)) {
       add("optimizer.weight_decay", show(o.weight_decay),
-          float32_message(o.weight_decay, "must be a finite number >= 0; 0 turns weight decay off"));
+          float32_message(o.weight_decay,
+                          "must be a finite number >= 0; 0 turns weight decay off"));
     }
   }
 };

@@ -159,8 +159,8 @@ ReadResult read_whole_file(const fs::path& path, std::size_t max_bytes, Symlinks
     }
     // A symbolic link (ELOOP under O_NOFOLLOW) or a socket (ENXIO) fails to open: say what it is.
     struct stat st {};
-    const int found = symlinks == Symlinks::kFollow ? ::stat(path.c_str(), &st)
-                                                    : ::lstat(path.c_str(), &st);
+    const int found =
+        symlinks == Symlinks::kFollow ? ::stat(path.c_str(), &st) : ::lstat(path.c_str(), &st);
     if (found == 0 && !S_ISREG(st.st_mode)) {
       return refused(ReadStatus::kNotRegular,
                      fmt::format("is {}, not a regular file", file_type_name(st.st_mode)));
@@ -174,9 +174,8 @@ ReadResult read_whole_file(const fs::path& path, std::size_t max_bytes, Symlinks
                    fmt::format("is {}, not a regular file", file_type_name(st.st_mode)));
   }
   if (static_cast<uint64_t>(st.st_size) > max_bytes) {
-    return refused(ReadStatus::kTooLarge,
-                   fmt::format("is {} bytes, more than the limit of {}",
-                               static_cast<int64_t>(st.st_size), max_bytes));
+    return refused(ReadStatus::kTooLarge, fmt::format("is {} bytes, more than the limit of {}",
+                                                      static_cast<int64_t>(st.st_size), max_bytes));
   }
   // The size is a hint: the file may change under us (a concurrent rename replaces the whole
   // file, so we keep reading the inode we opened); read until EOF, bounded by max_bytes.

@@ -30,7 +30,8 @@ struct Buffer {
 
 void upload(void* dst, const std::vector<float>& values, Precision p, CUstream stream) {
   const std::vector<uint8_t> bytes = encode(values, p);
-  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), bytes.data(), bytes.size(), stream));
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), bytes.data(),
+                                               bytes.size(), stream));
   LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
 }
 
@@ -54,7 +55,8 @@ class OwnedStream {
 // One layer's parameters and gradients in device memory, random, in the model's dtype.
 class ParamMemory {
  public:
-  ParamMemory(Allocator& a, CUstream s, Precision p, std::mt19937& rng) : alloc_(a), stream_(s), p_(p), rng_(rng) {}
+  ParamMemory(Allocator& a, CUstream s, Precision p, std::mt19937& rng)
+      : alloc_(a), stream_(s), p_(p), rng_(rng) {}
   // n values ~ N(offset, scale²)
   void* value(size_t n, float scale, float offset) {
     std::normal_distribution<float> normal(0.f, 1.f);
@@ -109,7 +111,9 @@ Timing time_steps(const BenchOptions& o, CUstream stream, Step&& step) {
     LIGHTSEQ_CU_CHECK(driver().cuEventRecord(start, stream));
     const auto issue_begin = std::chrono::steady_clock::now();
     step();
-    host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - issue_begin).count());
+    host_ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - issue_begin)
+            .count());
     LIGHTSEQ_CU_CHECK(driver().cuEventRecord(stop, stream));
     LIGHTSEQ_CU_CHECK(driver().cuEventSynchronize(stop));
     float t = 0;
@@ -126,10 +130,13 @@ Timing time_steps(const BenchOptions& o, CUstream stream, Step&& step) {
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
-  const auto model = CompiledModel::load(parse_spec_file(o.spec), RuntimeOptions{o.device, std::nullopt});
+  const auto model =
+      CompiledModel::load(parse_spec_file(o.spec), RuntimeOptions{o.device, std::nullopt});
   const ModelSpec& spec = model->spec();
   if (spec.layers.empty()) {
-    throw Error(fmt::format("{} has no encoder or decoder stack to benchmark (lsc bench times layer stacks)", spec.name));
+    throw Error(fmt::format(
+        "{} has no encoder or decoder stack to benchmark (lsc bench times layer stacks)",
+        spec.name));
   }
   const Precision p = spec.precision;
   const int64_t src_seq = o.src_seq > 0 ? o.src_seq : o.seq;
@@ -137,24 +144,30 @@ int run_bench(const BenchOptions& o) {
   OwnedStream stream;
   StreamOrderedAllocator alloc(o.device);
   std::mt19937 rng(1234);
-  const bool has_decoder = std::any_of(spec.layers.begin(), spec.layers.end(),
-                                       [](const LayerStackSpec& s) { return s.kind == LayerKind::kDecoder; });
-  std::cout << fmt::format("lsc bench {} on {} (sm_{}), {}, batch {} × seq {} ({} tokens){}, "
-                           "half the batch with its last eighth padded\n",
-                           spec.name, device_name(o.device), device_arch(o.device), to_string(p), o.batch,
-                           o.seq, o.batch * o.seq,
-                           has_decoder ? fmt::format(", decoders attend to {} encoder positions", src_seq) : "");
-  const std::vector<uint8_t> mask = bench_mask(o.batch, o.seq), src_mask = bench_mask(o.batch, src_seq);
+  const bool has_decoder =
+      std::any_of(spec.layers.begin(), spec.layers.end(),
+                  [](const LayerStackSpec& s) { return s.kind == LayerKind::kDecoder; });
+  std::cout << fmt::format(
+      "lsc bench {} on {} (sm_{}), {}, batch {} × seq {} ({} tokens){}, "
+      "half the batch with its last eighth padded\n",
+      spec.name, device_name(o.device), device_arch(o.device), to_string(p), o.batch, o.seq,
+      o.batch * o.seq,
+      has_decoder ? fmt::format(", decoders attend to {} encoder positions", src_seq) : "");
+  const std::vector<uint8_t> mask = bench_mask(o.batch, o.seq),
+                             src_mask = bench_mask(o.batch, src_seq);
   Buffer mask_dev(alloc, mask.size(), stream), src_mask_dev(alloc, src_mask.size(), stream);
-  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(mask_dev.get()), mask.data(), mask.size(), stream));
-  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(src_mask_dev.get()), src_mask.data(), src_mask.size(), stream));
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(mask_dev.get()),
+                                               mask.data(), mask.size(), stream));
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(src_mask_dev.get()),
+                                               src_mask.data(), src_mask.size(), stream));
   const auto* pad = static_cast<const uint8_t*>(mask_dev.get());
   const auto* src_pad = static_cast<const uint8_t*>(src_mask_dev.get());
 
   for (int s = 0; s < static_cast<int>(spec.layers.size()); ++s) {
     const LayerStackSpec& st = spec.layers[s];
     const bool decoder = st.kind == LayerKind::kDecoder;
-    const int64_t H = st.hidden, F = st.ffn, tokens = o.batch * o.seq, src_tokens = o.batch * src_seq;
+    const int64_t H = st.hidden, F = st.ffn, tokens = o.batch * o.seq,
+                  src_tokens = o.batch * src_seq;
     ParamMemory mem(alloc, stream, p, rng);
     // activations between layers: x0 … xN, and their gradients; a decoder stack also reads an
     // encoder output and sums its gradient
@@ -170,9 +183,10 @@ int run_bench(const BenchOptions& o) {
       EncoderLayer layer(model, s);
       std::vector<std::pair<EncoderWeights, EncoderGrads>> layers;
       for (int i = 0; i < st.count; ++i) {
-        EncoderWeights w{mem.weight(3 * H * H), mem.weight(3 * H), mem.weight(H * H), mem.weight(H),
-                         mem.weight(F * H),     mem.weight(F),     mem.weight(H * F), mem.weight(H),
-                         mem.value(H, 0, 1),    mem.value(H, 0, 0), mem.value(H, 0, 1), mem.value(H, 0, 0)};
+        EncoderWeights w{mem.weight(3 * H * H), mem.weight(3 * H),  mem.weight(H * H),
+                         mem.weight(H),         mem.weight(F * H),  mem.weight(F),
+                         mem.weight(H * F),     mem.weight(H),      mem.value(H, 0, 1),
+                         mem.value(H, 0, 0),    mem.value(H, 0, 1), mem.value(H, 0, 0)};
         EncoderGrads g{mem.grad(3 * H * H), mem.grad(3 * H), mem.grad(H * H), mem.grad(H),
                        mem.grad(F * H),     mem.grad(F),     mem.grad(H * F), mem.grad(H),
                        mem.grad(H),         mem.grad(H),     mem.grad(H),     mem.grad(H)};
@@ -182,7 +196,8 @@ int run_bench(const BenchOptions& o) {
         std::vector<SavedActivations> saved;
         for (int i = 0; i < st.count; ++i) {
           drop.offset += kDropoutOffsetStride;
-          saved.push_back(layer.forward(layers[i].first, {p, xs[i], pad, xs[i + 1]}, shape, drop, alloc, stream));
+          saved.push_back(layer.forward(layers[i].first, {p, xs[i], pad, xs[i + 1]}, shape, drop,
+                                        alloc, stream));
         }
         for (int i = st.count - 1; i >= 0; --i) {
           layer.backward(layers[i].first, layers[i].second, {grads[i + 1], grads[i]}, saved[i],
@@ -195,15 +210,17 @@ int run_bench(const BenchOptions& o) {
       for (int i = 0; i < st.count; ++i) {
         DecoderWeights w;
         DecoderGrads g;
-        for (auto [aw, ag] : {std::pair{&w.self_attn, &g.self_attn}, std::pair{&w.multihead_attn, &g.multihead_attn}}) {
+        for (auto [aw, ag] : {std::pair{&w.self_attn, &g.self_attn},
+                              std::pair{&w.multihead_attn, &g.multihead_attn}}) {
           *aw = {mem.weight(3 * H * H), mem.weight(3 * H), mem.weight(H * H), mem.weight(H)};
           *ag = {mem.grad(3 * H * H), mem.grad(3 * H), mem.grad(H * H), mem.grad(H)};
         }
         w.linear1_weight = mem.weight(F * H), w.linear1_bias = mem.weight(F);
         w.linear2_weight = mem.weight(H * F), w.linear2_bias = mem.weight(H);
-        for (auto [wg, wb, gg, gb] : {std::tuple{&w.norm1_weight, &w.norm1_bias, &g.norm1_weight, &g.norm1_bias},
-                                      std::tuple{&w.norm2_weight, &w.norm2_bias, &g.norm2_weight, &g.norm2_bias},
-                                      std::tuple{&w.norm3_weight, &w.norm3_bias, &g.norm3_weight, &g.norm3_bias}}) {
+        for (auto [wg, wb, gg, gb] :
+             {std::tuple{&w.norm1_weight, &w.norm1_bias, &g.norm1_weight, &g.norm1_bias},
+              std::tuple{&w.norm2_weight, &w.norm2_bias, &g.norm2_weight, &g.norm2_bias},
+              std::tuple{&w.norm3_weight, &w.norm3_bias, &g.norm3_weight, &g.norm3_bias}}) {
           *wg = mem.value(H, 0, 1), *wb = mem.value(H, 0, 0), *gg = mem.grad(H), *gb = mem.grad(H);
         }
         g.linear1_weight = mem.grad(F * H), g.linear1_bias = mem.grad(F);
@@ -215,23 +232,27 @@ int run_bench(const BenchOptions& o) {
         std::vector<SavedActivations> saved;
         for (int i = 0; i < st.count; ++i) {
           drop.offset += kDropoutOffsetStride;
-          saved.push_back(layer.forward(layers[i].first, {p, xs[i], pad, enc, src_pad, xs[i + 1]}, shape, drop,
-                                        alloc, stream));
+          saved.push_back(layer.forward(layers[i].first, {p, xs[i], pad, enc, src_pad, xs[i + 1]},
+                                        shape, drop, alloc, stream));
         }
         // the layers' encoder-output gradients sum into one buffer, zeroed first (part of the step)
-        LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(grad_enc), 0, enc_bytes, stream));
+        LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(grad_enc), 0,
+                                                   enc_bytes, stream));
         for (int i = st.count - 1; i >= 0; --i) {
-          layer.backward(layers[i].first, layers[i].second, {grads[i + 1], grads[i], grad_enc}, saved[i],
-                         GradMode::kOverwrite, alloc, stream);
+          layer.backward(layers[i].first, layers[i].second, {grads[i + 1], grads[i], grad_enc},
+                         saved[i], GradMode::kOverwrite, alloc, stream);
         }
       });
     }
-    std::cout << fmt::format(
-        "layers[{}] {} × {} {}/{}/{} {}-LN {}: step {:.3f} ms (median of {}, min {:.3f}), "
-        "{:.3f} ms per layer fwd+bwd, {:.0f} tokens/s; host issue {:.3f} ms per layer fwd+bwd\n",
-        s, st.count, to_string(st.kind), H, st.heads, F, to_string(st.norm), to_string(st.activation), t.median,
-        t.count, t.min, t.median / st.count, tokens / (t.median / 1e3), t.host_median / st.count)
-              << std::flush;
+    std::cout
+        << fmt::format(
+               "layers[{}] {} × {} {}/{}/{} {}-LN {}: step {:.3f} ms (median of {}, min {:.3f}), "
+               "{:.3f} ms per layer fwd+bwd, {:.0f} tokens/s; host issue {:.3f} ms per layer "
+               "fwd+bwd\n",
+               s, st.count, to_string(st.kind), H, st.heads, F, to_string(st.norm),
+               to_string(st.activation), t.median, t.count, t.min, t.median / st.count,
+               tokens / (t.median / 1e3), t.host_median / st.count)
+        << std::flush;
   }
   LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
   return 0;

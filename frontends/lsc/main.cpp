@@ -1,9 +1,9 @@
 // lsc — the lightseq command line: build (fill the kernel cache ahead of time), plan (show the
 // fusion plan), cache ls|clear. Thin: parses arguments, calls the compiler, translates errors.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -73,8 +73,8 @@ int cmd_build(const std::string& spec_path, const std::string& archs, const std:
   if (!quiet) {
     std::cout << fmt::format(
         "{}: {} kernels in {} programs for {}: {} compiled, {} from cache, {:.2f} s\ncache: {}{}\n",
-        spec.name, r.kernels, r.programs, fmt::join(r.archs, ","), r.compiled, r.cached,
-        r.seconds, cache.dir().string(), cache.persistent() ? "" : " (not writable: kept in memory)");
+        spec.name, r.kernels, r.programs, fmt::join(r.archs, ","), r.compiled, r.cached, r.seconds,
+        cache.dir().string(), cache.persistent() ? "" : " (not writable: kept in memory)");
   }
   return 0;
 }
@@ -96,13 +96,14 @@ int cmd_cache_ls(const std::string& cache_dir) {
   int64_t total = 0;
   std::cout << fmt::format("cache {}: {} entries\n", cache.dir().string(), entries.size());
   if (!entries.empty()) {
-    std::cout << fmt::format("{:<16} {:<7} {:>7} {:>10}  {}\n", "key", "arch", "kernels", "bytes", "program");
+    std::cout << fmt::format("{:<16} {:<7} {:>7} {:>10}  {}\n", "key", "arch", "kernels", "bytes",
+                             "program");
   }
   for (const CacheEntryInfo& e : entries) {
     total += e.bytes;
-    std::cout << fmt::format("{:<16} {:<7} {:>7} {:>10}  {}{}\n", e.key.substr(0, 16), e.arch,
-                             e.kernels, e.bytes, e.program,
-                             e.valid ? "" : fmt::format("  (invalid: {}; replaced on next use)", e.problem));
+    std::cout << fmt::format(
+        "{:<16} {:<7} {:>7} {:>10}  {}{}\n", e.key.substr(0, 16), e.arch, e.kernels, e.bytes,
+        e.program, e.valid ? "" : fmt::format("  (invalid: {}; replaced on next use)", e.problem));
   }
   std::cout << fmt::format("total {} bytes\n", total);
   const std::vector<CacheTempFile> temps = cache.temp_files();
@@ -132,11 +133,12 @@ int run(int argc, char** argv) {
   // A cache write past `ulimit -f` then fails with EFBIG and the cache falls back to memory,
   // instead of SIGXFSZ killing lsc.
   std::signal(SIGXFSZ, SIG_IGN);
-  CLI::App app{"lsc — the lightseq kernel compiler.\n"
-               "Compiles the CUDA kernels a Transformer spec needs for training and keeps them in\n"
-               "the disk cache ($LIGHTSEQ_CACHE_DIR, else $XDG_CACHE_HOME/lightseq, else\n"
-               "~/.cache/lightseq).",
-               "lsc"};
+  CLI::App app{
+      "lsc — the lightseq kernel compiler.\n"
+      "Compiles the CUDA kernels a Transformer spec needs for training and keeps them in\n"
+      "the disk cache ($LIGHTSEQ_CACHE_DIR, else $XDG_CACHE_HOME/lightseq, else\n"
+      "~/.cache/lightseq).",
+      "lsc"};
   app.set_version_flag("--version", std::string("lsc ") + LIGHTSEQ_VERSION);
   app.require_subcommand(1);
 
@@ -149,32 +151,54 @@ int run(int argc, char** argv) {
   const CLI::Validator non_negative = whole_number_at_least(0);
   auto* build = app.add_subcommand("build", "Compile every kernel the spec needs for training.");
   build->add_option("spec", spec, "Model spec (JSON, see docs/spec.md)")->required();
-  build->add_option("--arch", archs, "Comma-separated GPU archs, e.g. sm_80,sm_90")->check(arch_list())->capture_default_str();
-  build->add_option("--cache", cache_dir, "Cache directory (default: see above)")->check(cache_check);
-  build->add_option("-j,--jobs", jobs, "Parallel compiles (default: one per core)")->check(whole_number_at_least(0, "0 = one per core"));
+  build->add_option("--arch", archs, "Comma-separated GPU archs, e.g. sm_80,sm_90")
+      ->check(arch_list())
+      ->capture_default_str();
+  build->add_option("--cache", cache_dir, "Cache directory (default: see above)")
+      ->check(cache_check);
+  build->add_option("-j,--jobs", jobs, "Parallel compiles (default: one per core)")
+      ->check(whole_number_at_least(0, "0 = one per core"));
   build->add_flag("-q,--quiet", quiet, "Print nothing on success");
 
-  auto* plan = app.add_subcommand("plan", "Print the fusion plan: kernels, fused ops, GEMMs and epilogues.");
+  auto* plan =
+      app.add_subcommand("plan", "Print the fusion plan: kernels, fused ops, GEMMs and epilogues.");
   plan->add_option("spec", spec, "Model spec (JSON)")->required();
 
-  auto* kernels = app.add_subcommand("kernels", "Print every kernel signature (templates/*.sig.cuh) as Markdown.");
+  auto* kernels = app.add_subcommand(
+      "kernels", "Print every kernel signature (templates/*.sig.cuh) as Markdown.");
 
   auto* cache = app.add_subcommand("cache", "Inspect or clear the kernel cache.");
   cache->require_subcommand(1);
   auto* ls = cache->add_subcommand("ls", "List cache entries (key, arch, kernels, size, program).");
   ls->add_option("--cache", cache_dir, "Cache directory")->check(cache_check);
-  auto* clear = cache->add_subcommand("clear", "Remove every cache entry (other files are left alone).");
+  auto* clear =
+      cache->add_subcommand("clear", "Remove every cache entry (other files are left alone).");
   clear->add_option("--cache", cache_dir, "Cache directory")->check(cache_check);
 
   BenchOptions bench_opts;
-  auto* bench = app.add_subcommand("bench", "Time training steps (forward + backward) of the spec's encoder and decoder stacks on a GPU.");
+  auto* bench = app.add_subcommand("bench",
+                                   "Time training steps (forward + backward) of the spec's encoder "
+                                   "and decoder stacks on a GPU.");
   bench->add_option("spec", bench_opts.spec, "Model spec (JSON)")->required();
-  bench->add_option("--batch", bench_opts.batch, "Sequences per batch")->check(positive)->capture_default_str();
-  bench->add_option("--seq", bench_opts.seq, "Sequence length")->check(positive)->capture_default_str();
-  bench->add_option("--src-seq", bench_opts.src_seq, "Encoder positions a decoder stack attends to (default: --seq)")->check(positive);
-  bench->add_option("--iters", bench_opts.iters, "Timed steps")->check(positive)->capture_default_str();
-  bench->add_option("--warmup", bench_opts.warmup, "Untimed steps first")->check(non_negative)->capture_default_str();
-  bench->add_option("--device", bench_opts.device, "GPU ordinal")->check(non_negative)->capture_default_str();
+  bench->add_option("--batch", bench_opts.batch, "Sequences per batch")
+      ->check(positive)
+      ->capture_default_str();
+  bench->add_option("--seq", bench_opts.seq, "Sequence length")
+      ->check(positive)
+      ->capture_default_str();
+  bench
+      ->add_option("--src-seq", bench_opts.src_seq,
+                   "Encoder positions a decoder stack attends to (default: --seq)")
+      ->check(positive);
+  bench->add_option("--iters", bench_opts.iters, "Timed steps")
+      ->check(positive)
+      ->capture_default_str();
+  bench->add_option("--warmup", bench_opts.warmup, "Untimed steps first")
+      ->check(non_negative)
+      ->capture_default_str();
+  bench->add_option("--device", bench_opts.device, "GPU ordinal")
+      ->check(non_negative)
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);

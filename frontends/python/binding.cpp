@@ -34,7 +34,8 @@ size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 // of the same kind (`hint`), so a steady training loop makes one callback per call.
 class CallbackArena final : public Allocator {
  public:
-  CallbackArena(const py::function& alloc, std::atomic<size_t>* hint) : alloc_(alloc), hint_(hint) {}
+  CallbackArena(const py::function& alloc, std::atomic<size_t>* hint)
+      : alloc_(alloc), hint_(hint) {}
   ~CallbackArena() override {
     const size_t prev = hint_->load();
     if (total_ > prev) hint_->store(total_);
@@ -47,8 +48,10 @@ class CallbackArena final : public Allocator {
       const size_t want = std::max(bytes, chunks_ == 0 ? hint_->load() : size_t{0});
       const auto ptr = alloc_(want).cast<uintptr_t>();
       if (ptr == 0 || ptr % kAlign != 0) {
-        throw Error(fmt::format("the allocation callback returned {:#x} for {} bytes; it must return a "
-                                "{}-byte aligned device pointer", ptr, want, kAlign));
+        throw Error(
+            fmt::format("the allocation callback returned {:#x} for {} bytes; it must return a "
+                        "{}-byte aligned device pointer",
+                        ptr, want, kAlign));
       }
       base_ = ptr;
       capacity_ = want;
@@ -84,18 +87,25 @@ T* ptr(uintptr_t p) {
 // The saved-activation arena's slots: (name, bytes factor, power of B, power of T, power of S).
 std::vector<py::tuple> slot_tuples(const std::vector<SavedSlot>& slots) {
   std::vector<py::tuple> out;
-  for (const SavedSlot& s : slots) out.push_back(py::make_tuple(s.name, s.bytes.factor, s.bytes.b, s.bytes.t, s.bytes.s));
+  for (const SavedSlot& s : slots)
+    out.push_back(py::make_tuple(s.name, s.bytes.factor, s.bytes.b, s.bytes.t, s.bytes.s));
   return out;
 }
 
 const char* dtype_name(ElemType t) {
   switch (t) {
-    case ElemType::kModel: return "model";
-    case ElemType::kF32: return "float32";
-    case ElemType::kI64: return "int64";
-    case ElemType::kU8: return "uint8";
-    case ElemType::kI32: return "int32";
-    case ElemType::kOptimState: return "optim_state";
+    case ElemType::kModel:
+      return "model";
+    case ElemType::kF32:
+      return "float32";
+    case ElemType::kI64:
+      return "int64";
+    case ElemType::kU8:
+      return "uint8";
+    case ElemType::kI32:
+      return "int32";
+    case ElemType::kOptimState:
+      return "optim_state";
   }
   return "?";
 }
@@ -132,21 +142,21 @@ class PyLayer {
 
   // args: a device pointer (0: null) per forward manifest entry, in order.
   void forward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
-               const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t saved_arena, uintptr_t stream,
-               const py::function& alloc) {
+               const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t saved_arena,
+               uintptr_t stream, const py::function& alloc) {
     const RunShape shape{batch, seq, src_seq};
     model_->check_run_shape(name_, shape);
     CallbackArena arena(alloc, &forward_hint_);
     ScopedContext ctx(model_->device());
-    exec_->forward_at(pointers(args), shape, dropout(p, seed, offset), arena, reinterpret_cast<CUstream>(stream),
-                      ptr<void>(saved_arena));
+    exec_->forward_at(pointers(args), shape, dropout(p, seed, offset), arena,
+                      reinterpret_cast<CUstream>(stream), ptr<void>(saved_arena));
   }
 
   // args: a device pointer per backward manifest entry, in order; accumulate: parameter gradients
   // `+=` instead of `=`.
   void backward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
-                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t saved_arena, bool accumulate,
-                uintptr_t stream, const py::function& alloc) {
+                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t saved_arena,
+                bool accumulate, uintptr_t stream, const py::function& alloc) {
     const RunShape shape{batch, seq, src_seq};
     model_->check_run_shape(name_, shape);
     CallbackArena arena(alloc, &backward_hint_);
@@ -165,8 +175,8 @@ class PyLayer {
   // p: the probabilities of the attention, activation, hidden and embedding dropout sites.
   static DropoutConfig dropout(const std::vector<double>& p, uint64_t seed, uint64_t offset) {
     if (p.size() != 4) {
-      throw Error(fmt::format("dropout: 4 probabilities (attention, activation, hidden, embedding), got {}",
-                              p.size()));
+      throw Error(fmt::format(
+          "dropout: 4 probabilities (attention, activation, hidden, embedding), got {}", p.size()));
     }
     return DropoutConfig{p[0], p[1], p[2], p[3], seed, offset};
   }
@@ -247,21 +257,30 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("spec_json"), py::arg("device"), py::arg("cache_dir") = py::none())
       .def_property_readonly("device", &CompiledModel::device)
-      .def_property_readonly("kernels_compiled", [](const CompiledModel& c) { return c.build_report().compiled; })
-      .def_property_readonly("kernels_cached", [](const CompiledModel& c) { return c.build_report().cached; })
-      .def_property_readonly("spec_json", [](const CompiledModel& c) { return spec_to_json(c.spec()).dump(); });
+      .def_property_readonly("kernels_compiled",
+                             [](const CompiledModel& c) { return c.build_report().compiled; })
+      .def_property_readonly("kernels_cached",
+                             [](const CompiledModel& c) { return c.build_report().cached; })
+      .def_property_readonly("spec_json",
+                             [](const CompiledModel& c) { return spec_to_json(c.spec()).dump(); });
 
   py::class_<PyLayer>(m, "Layer")
-      .def(py::init<std::shared_ptr<CompiledModel>, std::string>(), py::arg("model"), py::arg("name"))
+      .def(py::init<std::shared_ptr<CompiledModel>, std::string>(), py::arg("model"),
+           py::arg("name"))
       .def("manifest", &PyLayer::manifest, py::arg("backward"),
-           "what a call binds, in order: [{name, role, shape, dtype, optional, accumulates, grad_of}]")
+           "what a call binds, in order: [{name, role, shape, dtype, optional, accumulates, "
+           "grad_of}]")
       .def("saved_slots", &PyLayer::saved_slots,
-           "[(name, bytes factor, power of B, power of T, power of S)] of the saved-activation arena")
+           "[(name, bytes factor, power of B, power of T, power of S)] of the saved-activation "
+           "arena")
       .def("forward", &PyLayer::forward)
       .def("backward", &PyLayer::backward);
-  m.def("layer_names", [](const CompiledModel& c) {
-    std::vector<std::string> out;
-    for (const LayerPlan& l : c.plan().layers) out.push_back(l.layer.name);
-    return out;
-  }, "the names of a compiled model's layers, in the order of its plan");
+  m.def(
+      "layer_names",
+      [](const CompiledModel& c) {
+        std::vector<std::string> out;
+        for (const LayerPlan& l : c.plan().layers) out.push_back(l.layer.name);
+        return out;
+      },
+      "the names of a compiled model's layers, in the order of its plan");
 }

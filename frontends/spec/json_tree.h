@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "compiler/errors.h"
-
 #include "compiler/spec/rules.h"  // quote_string
 
 namespace lightseq::spec_detail {
@@ -57,7 +56,6 @@ std::string render_node(const JsonNode& node);
 
 // "a string", "a number", "a boolean", "null", "an array", "an object".
 std::string_view kind_name(const JsonNode& node);
-
 
 // Bytes outside printable ASCII written as \n, \t, \xNN; cut with "..." beyond `max_chars`.
 std::string printable(std::string_view s, size_t max_chars = 200);

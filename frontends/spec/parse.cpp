@@ -16,9 +16,9 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "compiler/spec/rules.h"
 #include "compiler/util/atomic_file.h"
 #include "frontends/spec/json_tree.h"
-#include "compiler/spec/rules.h"
 
 namespace lightseq {
 namespace {
@@ -415,24 +415,27 @@ class SpecReader {
 };
 
 std::string too_large_message() {
-  return fmt::format("larger than {} KiB; a model spec is a few KiB of JSON (a stack of identical "
-                     "layers is written once, with \"count\")",
-                     kMaxSpecBytes >> 10);
+  return fmt::format(
+      "larger than {} KiB; a model spec is a few KiB of JSON (a stack of identical "
+      "layers is written once, with \"count\")",
+      kMaxSpecBytes >> 10);
 }
 
 }  // namespace
 
 ModelSpec parse_spec_string(std::string_view json, std::string_view source_name) {
   if (json.size() > kMaxSpecBytes) {
-    throw SpecError({SpecIssue{"(root)", fmt::format("({} bytes)", json.size()), too_large_message()}},
-                    std::string(source_name));
+    throw SpecError(
+        {SpecIssue{"(root)", fmt::format("({} bytes)", json.size()), too_large_message()}},
+        std::string(source_name));
   }
   // An empty text gets our own message: nlohmann's wording for it differs between its versions.
   if (json.find_first_not_of(" \t\r\n") == std::string_view::npos) {
-    throw SpecError({SpecIssue{"line 1, column 1", "(empty)",
-                               "the spec is empty; write a JSON object such as "
-                               "{\"name\": \"my-model\", \"precision\": \"bf16\", \"layers\": [...]}"}},
-                    std::string(source_name));
+    throw SpecError(
+        {SpecIssue{"line 1, column 1", "(empty)",
+                   "the spec is empty; write a JSON object such as "
+                   "{\"name\": \"my-model\", \"precision\": \"bf16\", \"layers\": [...]}"}},
+        std::string(source_name));
   }
   JsonParseResult tree = parse_json_tree(json);
   if (tree.error) throw SpecError({*tree.error}, std::string(source_name));

@@ -30,6 +30,8 @@ struct OptimState {
 };
 
 // The state before the first step.
-LIGHTSEQ_HD inline OptimState initial_optim_state(float loss_scale) { return OptimState{loss_scale, 0, 0, 0}; }
+LIGHTSEQ_HD inline OptimState initial_optim_state(float loss_scale) {
+  return OptimState{loss_scale, 0, 0, 0};
+}
 
 }  // namespace lightseq::kern

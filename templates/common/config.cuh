@@ -3,8 +3,8 @@
 // compiler (launch.cuh, enums.cuh and philox.cuh are also included by host code).
 //
 // NVRTC predefines no <stdint.h> names (and we include no host headers there), so under NVRTC
-// they are typedefs of the builtin types; elsewhere they are the <cstdint> types themselves, so that
-// host code mixing `std::int64_t` and `lightseq::kern::int64_t` sees one type.
+// they are typedefs of the builtin types; elsewhere they are the <cstdint> types themselves, so
+// that host code mixing `std::int64_t` and `lightseq::kern::int64_t` sees one type.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)

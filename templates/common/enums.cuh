@@ -36,8 +36,10 @@
 
 // Every enum of the templates, by name.
 #define LIGHTSEQ_ENUMS(E) \
-  E(Branch) E(Norm) E(Drop) E(ResidualIn) E(BranchOut) E(Act) E(BiasAdd) E(BiasGrad) E(Mask) \
-  E(Pos) E(AdamMode) E(Accumulate)
+  E(Branch)               \
+  E(Norm)                 \
+  E(Drop)                 \
+  E(ResidualIn) E(BranchOut) E(Act) E(BiasAdd) E(BiasGrad) E(Mask) E(Pos) E(AdamMode) E(Accumulate)
 
 namespace lightseq::kern {
 
@@ -58,19 +60,19 @@ namespace lightseq::kern::sig {
 
 // An enum's enumerators and labels, in value order (value = index).
 struct EnumInfo {
-  const char* type;            // "Norm"
-  const char* const* names;    // "kOff", "kOn"
-  const char* const* labels;   // "off", "on"
+  const char* type;           // "Norm"
+  const char* const* names;   // "kOff", "kOn"
+  const char* const* labels;  // "off", "on"
   int count;
 };
 
 #define LIGHTSEQ_ENUM_NAME(name, label) #name,
 #define LIGHTSEQ_ENUM_LABEL(name, label) label,
-#define LIGHTSEQ_ENUM_INFO(E)                                                                  \
-  inline constexpr const char* k##E##Names[] = {LIGHTSEQ_ENUM_##E(LIGHTSEQ_ENUM_NAME)};       \
-  inline constexpr const char* k##E##Labels[] = {LIGHTSEQ_ENUM_##E(LIGHTSEQ_ENUM_LABEL)};     \
-  inline constexpr EnumInfo k##E##Info{#E, k##E##Names, k##E##Labels,                         \
-                                       static_cast<int>(sizeof(k##E##Names) / sizeof(const char*))};
+#define LIGHTSEQ_ENUM_INFO(E)                                                             \
+  inline constexpr const char* k##E##Names[] = {LIGHTSEQ_ENUM_##E(LIGHTSEQ_ENUM_NAME)};   \
+  inline constexpr const char* k##E##Labels[] = {LIGHTSEQ_ENUM_##E(LIGHTSEQ_ENUM_LABEL)}; \
+  inline constexpr EnumInfo k##E##Info{                                                   \
+      #E, k##E##Names, k##E##Labels, static_cast<int>(sizeof(k##E##Names) / sizeof(const char*))};
 LIGHTSEQ_ENUMS(LIGHTSEQ_ENUM_INFO)
 #undef LIGHTSEQ_ENUM_INFO
 #undef LIGHTSEQ_ENUM_LABEL

@@ -27,7 +27,9 @@ LIGHTSEQ_HD constexpr int64_t pow2_ceil(int64_t x) {
   while (p < x) p *= 2;
   return p;
 }
-LIGHTSEQ_HD constexpr GridDim grid_1d(int64_t x) { return GridDim{static_cast<uint32_t>(x), 1u, 1u}; }
+LIGHTSEQ_HD constexpr GridDim grid_1d(int64_t x) {
+  return GridDim{static_cast<uint32_t>(x), 1u, 1u};
+}
 
 // ---- vector width -----------------------------------------------------------------------------
 // Elements per 16-byte access, halved until it divides n (the row length); 1 at worst.
@@ -39,15 +41,17 @@ LIGHTSEQ_HD constexpr int vec_width(int elem_bytes, int64_t n) {
 
 // ---- per-block partials of column sums ---------------------------------------------------------
 // Kernels that produce per-column sums (bias, gamma, beta gradients) split the rows into
-// contiguous chunks, one per block (block b owns rows [partial_row_begin(b), partial_row_begin(b+1))),
-// and write one fp32 row of partials per block; column_sum_kernel adds them up. At least
-// kPartialMinBlocks blocks (2 per SM of an H100 SXM, 132 SMs) keep the GPU busy at small row
-// counts; at least kPartialRowsPerBlock rows per block keep the partial traffic small at large ones.
+// contiguous chunks, one per block (block b owns rows [partial_row_begin(b),
+// partial_row_begin(b+1))), and write one fp32 row of partials per block; column_sum_kernel adds
+// them up. At least kPartialMinBlocks blocks (2 per SM of an H100 SXM, 132 SMs) keep the GPU busy
+// at small row counts; at least kPartialRowsPerBlock rows per block keep the partial traffic small
+// at large ones.
 inline constexpr int64_t kPartialMinBlocks = 264;
 inline constexpr int64_t kPartialRowsPerBlock = 64;
 LIGHTSEQ_HD constexpr int64_t partial_blocks(int64_t rows) {
-  return rows <= 0 ? 0
-                   : min_i64(rows, max_i64(kPartialMinBlocks, ceil_div(rows, kPartialRowsPerBlock)));
+  return rows <= 0
+             ? 0
+             : min_i64(rows, max_i64(kPartialMinBlocks, ceil_div(rows, kPartialRowsPerBlock)));
 }
 LIGHTSEQ_HD constexpr int64_t partial_row_begin(int64_t rows, int64_t blocks, int64_t b) {
   return b * rows / blocks;
@@ -55,7 +59,9 @@ LIGHTSEQ_HD constexpr int64_t partial_row_begin(int64_t rows, int64_t blocks, in
 
 // Column-tile layout of partial-writing elementwise kernels (bias_act_dropout_bwd, merge_heads):
 // a block is kTx column-vectors x kTy rows; grid = (partial_blocks(rows), column tiles).
-LIGHTSEQ_HD constexpr int coltile_tx(int64_t col_vecs) { return static_cast<int>(min_i64(col_vecs, 128)); }
+LIGHTSEQ_HD constexpr int coltile_tx(int64_t col_vecs) {
+  return static_cast<int>(min_i64(col_vecs, 128));
+}
 LIGHTSEQ_HD constexpr int coltile_ty(int64_t col_vecs) {
   return static_cast<int>(max_i64(1, 256 / coltile_tx(col_vecs)));
 }

@@ -1,10 +1,11 @@
 // philox.cuh — counter-based dropout (docs/kernels.md, "Dropout"). Philox4x32-10 exactly as in
-// Random123 (Salmon et al., SC'11), the per-element keep test, and the DropoutArgs every kernel with
-// a dropout site takes. Compiles as device code and as plain host C++ (the runtime builds
+// Random123 (Salmon et al., SC'11), the per-element keep test, and the DropoutArgs every kernel
+// with a dropout site takes. Compiles as device code and as plain host C++ (the runtime builds
 // DropoutArgs with make_dropout_args; the host test checks the known-answer vectors).
 //
 // Element i (flat index in the layout of the dropout op's output) draws
-//   r = philox4x32_10(counter = {lo(i/4), hi(i/4), lo(offset), hi(offset)}, key = {lo(seed), hi(seed)})
+//   r = philox4x32_10(counter = {lo(i/4), hi(i/4), lo(offset), hi(offset)}, key = {lo(seed),
+//   hi(seed)})
 // and is kept iff r[i % 4] < keep_below, keep_below = round((1 - p) * 2^32); kept elements are
 // multiplied by scale = 1 / (1 - p) (0 when p = 1). One Philox call serves 4 consecutive elements.
 #pragma once

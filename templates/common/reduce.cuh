@@ -9,8 +9,8 @@ namespace lightseq::kern {
 
 inline constexpr unsigned kFullMask = 0xffffffffu;
 
-// Sum / max over aligned groups of `width` lanes (a power of two <= 32); every lane of the warp must
-// call it (the shuffles use the full mask). Every lane of a group gets the group's result.
+// Sum / max over aligned groups of `width` lanes (a power of two <= 32); every lane of the warp
+// must call it (the shuffles use the full mask). Every lane of a group gets the group's result.
 __device__ __forceinline__ float warp_sum(float v, int width = 32) {
   for (int o = width >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
   return v;

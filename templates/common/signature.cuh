@@ -36,7 +36,7 @@ struct Values {
 };
 
 struct TParam {
-  const char* name;   // as in the template: "kHidden"
+  const char* name;  // as in the template: "kHidden"
   TKind kind;
   const char* label;  // key in the kernel label ("h" gives "h=512"); nullptr for T (shown as dtype)
   const EnumInfo* enum_info = nullptr;
@@ -53,14 +53,36 @@ struct TParam {
 // kGradMode: Accumulate::kAdd when the call accumulates parameter gradients, else kOverwrite.
 // kTensorList: a device table of chunks over several tensors (multi-tensor kernels), which the
 // runtime builds from the tensors bound to its slots (TensorList).
-enum class Role : int { kIn, kOut, kOutAcc, kScratch, kErrorFlag, kScalar, kDropout, kGradMode, kTensorList };
+enum class Role : int {
+  kIn,
+  kOut,
+  kOutAcc,
+  kScratch,
+  kErrorFlag,
+  kScalar,
+  kDropout,
+  kGradMode,
+  kTensorList
+};
 
 // The C type of a parameter: how it is packed, what the NVRTC-lowered kernel must take, and what
 // element type a bound tensor must have.
 enum class CType : int {
-  kTPtr, kConstTPtr, kF32Ptr, kConstF32Ptr, kConstI64Ptr, kConstU8Ptr, kI32Ptr,
-  kConstAdamChunkPtr, kOptimStatePtr, kConstOptimStatePtr,
-  kI64, kI32, kF32, kDropoutArgs, kAccumulate,
+  kTPtr,
+  kConstTPtr,
+  kF32Ptr,
+  kConstF32Ptr,
+  kConstI64Ptr,
+  kConstU8Ptr,
+  kI32Ptr,
+  kConstAdamChunkPtr,
+  kOptimStatePtr,
+  kConstOptimStatePtr,
+  kI64,
+  kI32,
+  kF32,
+  kDropoutArgs,
+  kAccumulate,
 };
 
 constexpr bool is_pointer(CType c) { return c <= CType::kConstOptimStatePtr; }
@@ -158,8 +180,12 @@ constexpr TParam int_param(const char* name, const char* label,
 constexpr TParam enum_param(const char* name, const char* label, const EnumInfo& info) {
   return TParam{name, TKind::kEnum, label, &info};
 }
-constexpr Param in(const char* n, CType c, Nullable z = Nullable::kNo) { return {n, Role::kIn, c, z}; }
-constexpr Param out(const char* n, CType c, Nullable z = Nullable::kNo) { return {n, Role::kOut, c, z}; }
+constexpr Param in(const char* n, CType c, Nullable z = Nullable::kNo) {
+  return {n, Role::kIn, c, z};
+}
+constexpr Param out(const char* n, CType c, Nullable z = Nullable::kNo) {
+  return {n, Role::kOut, c, z};
+}
 constexpr Param out_acc(const char* n, CType c, Nullable z = Nullable::kNo) {
   return {n, Role::kOutAcc, c, z};
 }
@@ -168,7 +194,9 @@ constexpr Param scratch(const char* n, CType c, Extent (*extent)(const Values&),
   return {n, Role::kScratch, c, z, extent, init};
 }
 constexpr Param scalar(const char* n, CType c) { return {n, Role::kScalar, c}; }
-constexpr Param error_flag(const char* n) { return {n, Role::kErrorFlag, CType::kI32Ptr, Nullable::kYes}; }
+constexpr Param error_flag(const char* n) {
+  return {n, Role::kErrorFlag, CType::kI32Ptr, Nullable::kYes};
+}
 constexpr Param dropout(const char* n) { return {n, Role::kDropout, CType::kDropoutArgs}; }
 constexpr Param grad_mode(const char* n) { return {n, Role::kGradMode, CType::kAccumulate}; }
 constexpr Param tensor_list(const char* n, CType c, const TensorList& l) {

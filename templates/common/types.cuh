@@ -159,7 +159,8 @@ __device__ __forceinline__ void load_f32(const float* p, float (&v)[N]) {
 
 // Whether p is aligned to `bytes` (a power of two).
 __device__ __forceinline__ bool is_aligned(const void* p, int bytes) {
-  return (reinterpret_cast<unsigned long long>(p) & static_cast<unsigned long long>(bytes - 1)) == 0;
+  return (reinterpret_cast<unsigned long long>(p) & static_cast<unsigned long long>(bytes - 1)) ==
+         0;
 }
 
 }  // namespace lightseq::kern

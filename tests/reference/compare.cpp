@@ -30,7 +30,8 @@ Tolerance fp32_tolerance() { return {2e-5, 2e-6, 2e-5}; }
                                      std::span<const double> ref, const Tolerance& tol,
                                      std::span<const double> slack) {
   if (!slack.empty() && slack.size() != ref.size()) {
-    return ::testing::AssertionFailure() << name << ": " << slack.size() << " slacks for " << ref.size() << " elements";
+    return ::testing::AssertionFailure()
+           << name << ": " << slack.size() << " slacks for " << ref.size() << " elements";
   }
   if (got.size() != ref.size()) {
     return ::testing::AssertionFailure()
@@ -49,7 +50,8 @@ Tolerance fp32_tolerance() { return {2e-5, 2e-6, 2e-5}; }
   for (size_t i = 0; i < got.size(); ++i) {
     const double g = got[i], r = ref[i];
     const double err = std::fabs(g - r);
-    const double bound = tol.rtol * std::fabs(r) + tol.atol * max_ref + tol.abs + (slack.empty() ? 0.0 : slack[i]);
+    const double bound =
+        tol.rtol * std::fabs(r) + tol.atol * max_ref + tol.abs + (slack.empty() ? 0.0 : slack[i]);
     if (!std::isfinite(g)) ++n_nan;
     if (!(err <= bound)) {  // NaN-aware: a NaN error fails
       ++n_bad;

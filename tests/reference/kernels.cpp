@@ -376,10 +376,12 @@ void adam_step(kern::AdamMode mode, const AdamHyper& h, double g, double& p, dou
   p -= h.lr * (m / h.bias_correction1) / (std::sqrt(v / h.bias_correction2) + h.eps);
 }
 
-double adam_update_slack(kern::AdamMode mode, const AdamHyper& h, double g, double p, double m, double v) {
+double adam_update_slack(kern::AdamMode mode, const AdamHyper& h, double g, double p, double m,
+                         double v) {
   // g' = g·grad_scale (+ wd·p) rounded to fp32 is off by up to an ulp of its larger term; move it
   // by 2 ulp (in units of g) either way and take the spread of the updated weight.
-  const double term = std::fabs(g * h.grad_scale) + (mode == kern::AdamMode::kAdam ? std::fabs(h.weight_decay * p) : 0);
+  const double term = std::fabs(g * h.grad_scale) +
+                      (mode == kern::AdamMode::kAdam ? std::fabs(h.weight_decay * p) : 0);
   const double dg = std::ldexp(term, -22) / (h.grad_scale != 0 ? h.grad_scale : 1);
   double p_lo = p, m_lo = m, v_lo = v, p_hi = p, m_hi = m, v_hi = v;
   adam_step(mode, h, g - dg, p_lo, m_lo, v_lo);

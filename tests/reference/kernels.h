@@ -148,7 +148,8 @@ void adam_step(kern::AdamMode mode, const AdamHyper& h, double g, double& p, dou
 // How far the updated weight may be off because g' = g·grad_scale (+ wd·p for kAdam) is computed
 // in fp32: with |g'| near eps the update g'/(|g'| + eps) amplifies g's rounding, and in kAdam mode
 // g' can cancel to far below its terms. The spread of adam_step's p over g' ± 2 ulp of its terms.
-double adam_update_slack(kern::AdamMode mode, const AdamHyper& h, double g, double p, double m, double v);
+double adam_update_slack(kern::AdamMode mode, const AdamHyper& h, double g, double p, double m,
+                         double v);
 
 // ---- reduce.cuh --------------------------------------------------------------------------------
 // out[c] (=|+=) Σ_b partials[b·stride + col_offset + c]; `out` holds the old values for kAdd.

@@ -1,13 +1,10 @@
 #include "tests/reference/layers.h"
 
+#include <cmath>
 #include <set>
 #include <stdexcept>
 
 #include "tests/reference/dtype.h"
-
-#include <cmath>
-#include <stdexcept>
-
 #include "tests/reference/kernels.h"
 
 namespace lightseq::ref {
@@ -276,7 +273,8 @@ EncoderLayerResult encoder_layer_reference(const LayerConfig& c, const EncoderLa
     const Vec b = stored(norm_fwd(x1, n, H, p.norm2, c.eps, n2));
     r.out = sum(x1, ff_fwd(c, p.linear1, p.linear2, b, n, f_s));
   } else {
-    x1 = stored(norm_fwd(sum(in.x, attn_fwd(sa, p.self_attn, in.x, in.x, a_s)), n, H, p.norm1, c.eps, n1));
+    x1 = stored(
+        norm_fwd(sum(in.x, attn_fwd(sa, p.self_attn, in.x, in.x, a_s)), n, H, p.norm1, c.eps, n1));
     r.out =
         norm_fwd(sum(x1, ff_fwd(c, p.linear1, p.linear2, x1, n, f_s)), n, H, p.norm2, c.eps, n2);
   }
@@ -328,7 +326,8 @@ DecoderLayerResult decoder_layer_reference(const LayerConfig& c, const DecoderLa
     const Vec f = stored(norm_fwd(x2, n, H, p.norm3, c.eps, n3));
     r.out = sum(x2, ff_fwd(c, p.linear1, p.linear2, f, n, f_s));
   } else {
-    x1 = stored(norm_fwd(sum(in.x, attn_fwd(sa, p.self_attn, in.x, in.x, sa_s)), n, H, p.norm1, c.eps, n1));
+    x1 = stored(
+        norm_fwd(sum(in.x, attn_fwd(sa, p.self_attn, in.x, in.x, sa_s)), n, H, p.norm1, c.eps, n1));
     x2 = stored(norm_fwd(sum(x1, attn_fwd(ca, p.cross_attn, x1, in.memory, ca_s)), n, H, p.norm2,
                          c.eps, n2));
     r.out =
@@ -373,7 +372,8 @@ namespace {
 template <class Params, class Input, class Result>
 KinkFree<Result> kink_free(const LayerConfig& c, Params& p, const Input& in, const Vec& grad_out,
                            double band_rel,
-                           Result (*reference)(const LayerConfig&, const Params&, const Input&, const Vec&)) {
+                           Result (*reference)(const LayerConfig&, const Params&, const Input&,
+                                               const Vec&)) {
   KinkFree<Result> k{reference(c, p, in, grad_out), 0};
   double scale = 0;
   for (double v : k.result.ffn_pre) scale = std::max(scale, std::abs(v));
@@ -398,12 +398,14 @@ KinkFree<Result> kink_free(const LayerConfig& c, Params& p, const Input& in, con
           if (shift == 0 && clear_with(s, 1.5 * band)) shift = s;
         }
       }
-      if (shift == 0) throw std::runtime_error("linear1 column " + std::to_string(j) + " cannot be moved off 0");
+      if (shift == 0)
+        throw std::runtime_error("linear1 column " + std::to_string(j) + " cannot be moved off 0");
       p.linear1.bias[j] += shift;
       moved = true;
     }
     if (!moved) return k;
-    if (k.rounds == 4) throw std::runtime_error("linear1's pre-activations still near 0 after 4 rounds");
+    if (k.rounds == 4)
+      throw std::runtime_error("linear1's pre-activations still near 0 after 4 rounds");
     if (c.stored) round_in_place(*c.stored, p.linear1.bias);
     k.result = reference(c, p, in, grad_out);
   }
@@ -411,8 +413,9 @@ KinkFree<Result> kink_free(const LayerConfig& c, Params& p, const Input& in, con
 
 }  // namespace
 
-KinkFreeResult move_off_relu_kink(const LayerConfig& c, EncoderLayerParams& p, const EncoderLayerInput& in,
-                                  const Vec& grad_out, double band_rel) {
+KinkFreeResult move_off_relu_kink(const LayerConfig& c, EncoderLayerParams& p,
+                                  const EncoderLayerInput& in, const Vec& grad_out,
+                                  double band_rel) {
   return kink_free(c, p, in, grad_out, band_rel, &encoder_layer_reference);
 }
 

@@ -116,8 +116,10 @@ struct KinkFree {
 };
 using KinkFreeResult = KinkFree<EncoderLayerResult>;
 KinkFreeResult move_off_relu_kink(const LayerConfig& config, EncoderLayerParams& params,
-                                  const EncoderLayerInput& input, const Vec& grad_out, double band_rel);
-KinkFree<DecoderLayerResult> move_off_relu_kink(const LayerConfig& config, DecoderLayerParams& params,
+                                  const EncoderLayerInput& input, const Vec& grad_out,
+                                  double band_rel);
+KinkFree<DecoderLayerResult> move_off_relu_kink(const LayerConfig& config,
+                                                DecoderLayerParams& params,
                                                 const DecoderLayerInput& input, const Vec& grad_out,
                                                 double band_rel);
 
