@@ -1,0 +1,161 @@
+// model_layers.cpp — lowering of the model-level layers of a spec: the embedding, the output
+// projection + criterion, and the optimizer (the layer stacks are layers.cpp's).
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "compiler/errors.h"
+#include "compiler/graph/builder.h"
+#include "compiler/graph/layers.h"
+
+namespace lightseq {
+
+using graph_detail::Builder;
+
+LayerGraph lower_embedding(const EmbeddingSpec& e) {
+  LayerGraph lg;
+  lg.type = LayerType::kEmbedding;
+  lg.name = "embedding";
+  lg.description = fmt::format("embedding {}×{}, {} positions (max {}), scale {:g}{}, dropout {:g}",
+                               e.vocab, e.hidden, to_string(e.positions), e.max_positions, e.scale,
+                               e.layernorm ? ", layernorm" : "", e.dropout);
+  Builder b(lg.graph);
+  const Dim H = Dim::constant(e.hidden);
+  const Shape hs{Dim::tokens(), H};
+  int tokens = b.tensor("tokens", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kI64);
+  int table = b.param("embed_tokens.weight", {Dim::constant(e.vocab), H});
+  std::vector<int> in{tokens, table};
+  int pos = -1;
+  if (e.positions == PositionKind::kLearned) {
+    pos = b.param("embed_positions.weight", {Dim::constant(e.max_positions), H});
+    in.push_back(pos);
+  }
+  int sum = b.tensor("embedded", hs);
+  // Set to 1 (never cleared) when a token is outside [0, vocab) or a position past max_positions.
+  int bad = b.tensor("bad_token", {Dim::constant(1)}, TensorRole::kOutput, ElemType::kI32);
+  OpAttrs lookup;
+  lookup.vocab = e.vocab;
+  lookup.padding_idx = e.padding_idx;
+  lookup.max_positions = e.max_positions;
+  lookup.scale = e.scale;
+  b.op(OpKind::kEmbedding, "embed", in, {sum, bad}, lookup);
+  int cur = sum;
+  int gamma = -1, beta = -1, mean = -1, rstd = -1;
+  if (e.layernorm) {
+    gamma = b.param("layernorm.weight", {H});
+    beta = b.param("layernorm.bias", {H});
+    mean = b.tensor("ln_mean", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
+    rstd = b.tensor("ln_rstd", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
+    int normed = b.tensor("normed", hs);
+    OpAttrs at;
+    at.eps = e.layernorm_eps;
+    b.op(OpKind::kLayerNorm, "layernorm", {sum, gamma, beta}, {normed, mean, rstd}, at);
+    cur = normed;
+  }
+  int out = cur;
+  if (e.dropout > 0) {
+    out = b.tensor("out", hs);
+    b.dropout("dropout", cur, out, 0, DropoutKind::kEmbedding);
+  }
+  lg.graph.tensor(out).role = TensorRole::kOutput;
+  lg.graph.begin_backward();
+  int dy = b.grad("grad_out", hs, TensorRole::kGradInput, out);
+  int d = dy;
+  if (e.dropout > 0) {
+    d = b.tensor("d_dropped", hs, TensorRole::kGrad);
+    b.dropout_grad("dropout_grad", dy, d, 0, DropoutKind::kEmbedding);
+  }
+  if (e.layernorm) {
+    int dsum = b.tensor("d_embedded", hs, TensorRole::kGrad);
+    b.op(OpKind::kLayerNormGrad, "layernorm_grad", {d, sum, mean, rstd, gamma},
+         {dsum, b.grad_of_param(gamma), b.grad_of_param(beta)});
+    d = dsum;
+  }
+  std::vector<int> grads{b.grad_of_param(table)};
+  if (pos >= 0) grads.push_back(b.grad_of_param(pos));
+  b.op(OpKind::kEmbeddingGrad, "embed_grad", {d, tokens}, grads, lookup);
+  lg.graph.verify();
+  return lg;
+}
+
+LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
+  LayerGraph lg;
+  lg.type = LayerType::kCriterion;
+  lg.name = "criterion";
+  lg.description = fmt::format(
+      "output projection {}×{}{} + cross-entropy, label smoothing {:g}, ignore index {}", e.hidden,
+      e.vocab, e.tie_output ? " (tied to the embedding)" : "", c.label_smoothing, c.ignore_index);
+  Builder b(lg.graph);
+  const Dim H = Dim::constant(e.hidden), V = Dim::constant(e.vocab), bt = Dim::tokens();
+  int h = b.tensor("decoder_out", {bt, H}, TensorRole::kInput);
+  int targets = b.tensor("targets", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kI64);
+  int w = b.param(e.tie_output ? "embed_tokens.weight" : "output_projection.weight", {V, H});
+  int logits = b.tensor("logits", {bt, V});
+  b.gemm("output_proj", h, Transpose::kNo, w, Transpose::kYes, logits, bt, V, H);
+  int loss = b.tensor("loss", {bt}, TensorRole::kOutput, ElemType::kF32);
+  int nll = b.tensor("nll", {bt}, TensorRole::kOutput, ElemType::kF32);
+  // Forward and backward in one pass: the gradient of the logits is produced with the loss.
+  int d_logits = b.tensor("d_logits", {bt, V}, TensorRole::kGrad);
+  // Set to 1 (never cleared) when a target is outside [0, vocab) and not the ignore index.
+  int bad = b.tensor("bad_target", {Dim::constant(1)}, TensorRole::kOutput, ElemType::kI32);
+  // What d_logits is multiplied by, in device memory: the loss scale over the reduction's divisor
+  // (1 for a plain sum), which a captured step computes on the device.
+  int grad_scale = b.tensor("grad_scale", {Dim::constant(1)}, TensorRole::kInput, ElemType::kF32);
+  OpAttrs ce;
+  ce.ignore_index = c.ignore_index;
+  ce.label_smoothing = c.label_smoothing;
+  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale},
+       {loss, nll, d_logits, bad}, ce);
+  lg.graph.begin_backward();
+  int dh = b.grad("grad_decoder_out", {bt, H}, TensorRole::kGradOutput, h);
+  b.gemm("output_proj_dgrad", d_logits, Transpose::kNo, w, Transpose::kNo, dh, bt, H, V);
+  // Tied: the embedding's backward adds its scatter into this gradient.
+  b.gemm("output_proj_wgrad", d_logits, Transpose::kYes, h, Transpose::kNo, b.grad_of_param(w), V,
+         H, bt);
+  lg.graph.verify();
+  return lg;
+}
+
+LayerGraph lower_optimizer(const OptimizerSpec& o, const ModelSpec& model) {
+  LayerGraph lg;
+  lg.type = LayerType::kOptimizer;
+  lg.name = "optimizer";
+  lg.description = fmt::format("{} lr {:g}, betas ({:g}, {:g}), eps {:g}, weight decay {:g}{}",
+                               to_string(o.kind), o.lr, o.beta1, o.beta2, o.eps, o.weight_decay,
+                               model.precision == Precision::kFp32 ? "" : ", fp32 master weights");
+  Builder b(lg.graph);
+  // The optimizer sees all parameters as one list; its size is the model's parameter count.
+  int64_t n = 0;
+  for (const LayerGraph& l : lower_model(ModelSpec{model.name, model.precision, model.embedding,
+                                                   model.layers, model.criterion, std::nullopt})) {
+    for (const Tensor& t : l.graph.tensors()) {
+      if (t.role == TensorRole::kParam &&
+          !(l.type == LayerType::kCriterion && model.embedding && model.embedding->tie_output)) {
+        n += shape_numel(t.shape).factor * l.count;
+      }
+    }
+  }
+  const Shape all{Dim::constant(n)};
+  const Shape one{Dim::constant(1)};
+  std::vector<int> in{b.param("params", all),
+                      b.tensor("grads", all, TensorRole::kInput),
+                      b.param("exp_avg", all, ElemType::kF32),
+                      b.param("exp_avg_sq", all, ElemType::kF32),
+                      b.tensor("lr", one, TensorRole::kInput, ElemType::kF32),
+                      b.param("optim_state", one, ElemType::kOptimState)};
+  if (model.precision != Precision::kFp32)
+    in.push_back(b.param("master_params", all, ElemType::kF32));
+  OpAttrs at;
+  at.optimizer = o.kind;
+  at.adam.beta1 = o.beta1;
+  at.adam.beta2 = o.beta2;
+  at.adam.eps = o.eps;
+  at.adam.weight_decay = o.weight_decay;
+  // fp16 gradients overflow: dynamic loss scaling with torch.amp.GradScaler's defaults.
+  if (model.precision == Precision::kFp16) at.adam.growth_interval = 2000;
+  b.op(OpKind::kAdam, "step", in, {}, at);
+  lg.graph.verify();
+  return lg;
+}
+
+}  // namespace lightseq

@@ -1,0 +1,221 @@
+// fusion_backward.cpp — the kernel-fusion rules of the backward (compiler/planner/kernel_fusion.cpp
+// matches them; fusion_rules.h holds what they share).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <set>
+
+#include "adam.sig.cuh"
+#include "attention.sig.cuh"
+#include "bias_act_dropout.sig.cuh"
+#include "compiler/errors.h"
+#include "compiler/planner/fusion_rules.h"
+#include "cross_entropy.sig.cuh"
+#include "embedding.sig.cuh"
+#include "layernorm.sig.cuh"
+#include "reduce.sig.cuh"
+#include "softmax.sig.cuh"
+
+namespace lightseq::planner::fusion {
+
+void add_backward_rules(std::vector<Rule>& r) {
+  using K = OpKind;
+  using kern::Drop;
+  using kern::Norm;
+  const Dim B = Dim::batch();
+  // ---- backward ----
+  r.push_back({"layernorm grad + residual grad + dropout grad + bias grad",
+               {{K::kLayerNormGrad, true},
+                {K::kGradAdd, true},
+                {K::kDropoutGrad, true},
+                {K::kBiasGrad, true}},
+               {0, 1, 2},
+               [](State& s, const Match& m) {
+                 Args args;
+                 std::vector<int> finish;
+                 int grad_z = -1;
+                 int64_t hidden = 0;
+                 if (m[0]) {
+                   const Op& ln = s.op(*m[0]);
+                   args.insert({{"grad_out", ln.inputs[0]},
+                                {"z", ln.inputs[1]},
+                                {"mean", ln.inputs[2]},
+                                {"rstd", ln.inputs[3]},
+                                {"gamma", ln.inputs[4]}});
+                   grad_z = ln.outputs[0];
+                   finish = {ln.outputs[1], ln.outputs[2]};
+                   hidden = cols_of(s, ln.inputs[0]);
+                 }
+                 if (m[1]) {
+                   const Op& add = s.op(*m[1]);
+                   if (grad_z >= 0) {
+                     s.internal.insert(grad_z);
+                     args["grad_residual"] = other_input(s, *m[1], grad_z);
+                   } else {
+                     args["grad_out"] = add.inputs[0];
+                     args["grad_residual"] = add.inputs[1];
+                   }
+                   grad_z = add.outputs[0];
+                   hidden = cols_of(s, add.inputs[0]);
+                 }
+                 if (grad_z >= 0) args["grad_z"] = grad_z;
+                 if (m[2]) {
+                   const Op& drop = s.op(*m[2]);
+                   if (!args.count("grad_out")) args["grad_out"] = drop.inputs[0];
+                   args["grad_branch"] = drop.outputs[0];
+                   hidden = cols_of(s, drop.inputs[0]);
+                 }
+                 if (m[3]) finish.push_back(out0(s, m[3]));
+                 const int first = *(m[0] ? m[0] : m[1] ? m[1] : m[2] ? m[2] : m[3]);
+                 const int partials =
+                     finish.empty()
+                         ? -1
+                         : add_scratch(s, s.op(first).name + ".partials", ElemType::kF32);
+                 if (partials >= 0) args["partials"] = partials;
+                 const Dim rows = rows_of(s, args.at("grad_out"));
+                 emit(s, m,
+                      instantiate(sig::kLnBwd, s.precision,
+                                  {{"kHidden", hidden},
+                                   on_off<Norm>("kNorm", m[0].has_value()),
+                                   on_off<kern::ResidualIn>("kRes", m[1].has_value()),
+                                   on_off<kern::BranchOut>("kBranchOut", m[3].has_value()),
+                                   on_off<Drop>("kDrop", m[2].has_value())}),
+                      args, {{"rows", ScalarArg::size(rows)}});
+                 if (partials >= 0) finish_partials(s, partials, finish, hidden);
+               }});
+  r.push_back({"dropout grad + activation grad + bias grad",
+               {{K::kDropoutGrad, true}, {K::kActivationGrad, false}, {K::kBiasGrad, false}},
+               {},
+               [](State& s, const Match& m) {
+                 const Op& ag = s.op(*m[1]);
+                 if (m[0]) mark_internal(s, {m[0]});
+                 const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : ag.inputs[0];
+                 const int64_t cols = cols_of(s, ag.inputs[1]);
+                 const int partials = add_scratch(s, ag.name + ".partials", ElemType::kF32);
+                 const int bias_grad = out0(s, m[2]);
+                 emit(s, m,
+                      instantiate(sig::kBiasActDropoutBwd, s.precision,
+                                  {{"kCols", cols},
+                                   tv("kAct", act_of(s.op(*m[1]).attrs.activation)),
+                                   on_off<Drop>("kDrop", m[0].has_value())}),
+                      {{"grad_out", grad_in},
+                       {"x", ag.inputs[1]},
+                       {"bias", ag.inputs[2]},
+                       {"grad_x", ag.outputs[0]},
+                       {"partials", partials}},
+                      {{"rows", ScalarArg::size(rows_of(s, ag.inputs[1]))}});
+                 finish_partials(s, partials, {bias_grad}, cols);
+               }});
+  r.push_back(
+      {"merge heads grad", {{K::kMergeHeadsGrad, false}}, {}, [B](State& s, const Match& m) {
+         const Op& op = s.op(*m[0]);
+         const Shape out = s.g.tensor(op.outputs[0]).shape;  // [parts, B, heads, seq, d]
+         emit(s, m,
+              instantiate(sig::kSplitHeads, s.precision,
+                          {{"kHidden", out[2].factor * out[4].factor},
+                           {"kHeads", out[2].factor},
+                           {"kParts", op.attrs.parts},
+                           tv("kBias", kern::BiasAdd::kOff)}),
+              {{"in", op.inputs[0]}, {"out", op.outputs[0]}},
+              {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(out[3])}});
+       }});
+  r.push_back(
+      {"dropout grad + softmax grad",
+       {{K::kDropoutGrad, true}, {K::kSoftmaxGrad, false}},
+       {},
+       [](State& s, const Match& m) {
+         const Op& sg = s.op(*m[1]);
+         if (m[0]) mark_internal(s, {m[0]});
+         const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : sg.inputs[0];
+         const Shape probs = s.g.tensor(sg.inputs[1]).shape;  // [B, heads, q, k]
+         emit(s, m,
+              instantiate(sig::kSoftmaxBwd, s.precision, {on_off<Drop>("kDrop", m[0].has_value())}),
+              {{"grad_dropped", grad_in}, {"probs", sg.inputs[1]}, {"grad_scores", sg.outputs[0]}},
+              {{"rows", ScalarArg::size(rows_of(s, sg.inputs[1]))},
+               {"k_len", ScalarArg::size(probs[3])}});
+       }});
+  r.push_back({"split heads grad + bias grad",
+               {{K::kSplitHeadsGrad, false}, {K::kBiasGrad, true}},
+               {},
+               [B](State& s, const Match& m) {
+                 const Op& op = s.op(*m[0]);
+                 const Shape in = s.g.tensor(op.inputs[0]).shape;  // [parts, B, heads, seq, d]
+                 const int64_t hidden = in[2].factor * in[4].factor;
+                 Args args{{"in", op.inputs[0]}, {"out", op.outputs[0]}};
+                 const int partials =
+                     m[1] ? add_scratch(s, op.name + ".partials", ElemType::kF32) : -1;
+                 if (partials >= 0) args["partials"] = partials;
+                 emit(s, m,
+                      instantiate(sig::kMergeHeads, s.precision,
+                                  {{"kHidden", hidden},
+                                   {"kHeads", in[2].factor},
+                                   {"kParts", op.attrs.parts},
+                                   on_off<kern::BiasGrad>("kBiasGrad", m[1].has_value())}),
+                      args, {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(in[3])}});
+                 if (m[1]) finish_partials(s, partials, {out0(s, m[1])}, op.attrs.parts * hidden);
+               }});
+  r.push_back(
+      {"dropout grad + layernorm grad + embedding grad",
+       {{K::kDropoutGrad, true}, {K::kLayerNormGrad, true}, {K::kEmbeddingGrad, false}},
+       {},
+       [B](State& s, const Match& m) {
+         const Op& eg = s.op(*m[2]);
+         const int grad_in =
+             m[0] ? s.op(*m[0]).inputs[0] : (m[1] ? s.op(*m[1]).inputs[0] : eg.inputs[0]);
+         const std::vector<int> param_grads = eg.outputs;
+         const OpAttrs attrs = eg.attrs;
+         const std::string name = eg.name;
+         const int tokens = eg.inputs[1];
+         const Dim seq = s.g.tensor(tokens).shape[1];
+         const int64_t hidden = cols_of(s, grad_in);
+         Args args{{"grad_out", grad_in}, {"tokens", tokens}};
+         std::vector<int> ln_grads;
+         if (m[0]) mark_internal(s, {m[0]});
+         if (m[1]) {
+           const Op& ln = s.op(*m[1]);
+           args.insert({{"sum_out", ln.inputs[1]},
+                        {"mean", ln.inputs[2]},
+                        {"rstd", ln.inputs[3]},
+                        {"gamma", ln.inputs[4]}});
+           s.internal.insert(ln.outputs[0]);
+           ln_grads = {ln.outputs[1], ln.outputs[2]};
+         }
+         const bool learned = param_grads.size() > 1;
+         // fp32 scatter targets, zeroed by the runtime, then converted into the gradients.
+         std::vector<int> scatter;
+         for (int pg : param_grads) {
+           scatter.push_back(
+               add_scratch(s, s.g.tensor(pg).name + ".fp32", ElemType::kF32, s.g.tensor(pg).shape));
+         }
+         args["grad_table"] = scatter[0];
+         if (learned) args["grad_pos"] = scatter[1];
+         const int partials = m[1] ? add_scratch(s, name + ".partials", ElemType::kF32) : -1;
+         if (partials >= 0) args["partials"] = partials;
+         emit(s, m,
+              instantiate(sig::kEmbeddingBwd, s.precision,
+                          {{"kHidden", hidden},
+                           tv("kPos", pos_of(learned)),
+                           on_off<Norm>("kNorm", m[1].has_value()),
+                           on_off<Drop>("kDrop", m[0].has_value())}),
+              args,
+              {{"batch", ScalarArg::size(B)},
+               {"seq", ScalarArg::size(seq)},
+               {"vocab", ScalarArg::constant(static_cast<double>(attrs.vocab))},
+               {"padding_idx", ScalarArg::constant(static_cast<double>(attrs.padding_idx))},
+               {"max_positions", ScalarArg::constant(static_cast<double>(attrs.max_positions))},
+               {"scale", ScalarArg::constant(attrs.scale)}},
+              "scatter-adds into fp32 gradient buffers the runtime zeroed");
+         if (partials >= 0) finish_partials(s, partials, ln_grads, hidden);
+         for (size_t i = 0; i < param_grads.size(); ++i) {
+           const int pg = param_grads[i];
+           s.out->push_back(make_step(
+               instantiate(sig::kConvert, s.precision, {}), {{"in", scatter[i]}, {"out", pg}},
+               {{"n", ScalarArg::size(shape_numel(s.g.tensor(pg).shape))}}, nullptr,
+               fmt::format("{} (=|+=) fp32 scatter buffer", s.g.tensor(pg).name)));
+         }
+       }});
+}
+
+}  // namespace lightseq::planner::fusion
