@@ -403,11 +403,13 @@ void LayerExecutor::backward_at(std::span<void* const> args, void* saved_arena,
                                 Allocator& allocator, CUstream stream) const {
   // The forward's inputs the backward reads come with the arguments; they and the arena are what
   // the forward saved.
+  if (args.size() != manifest_[1].size()) {
+    throw Error(fmt::format("{}: {} tensor pointers given, the layer's backward manifest has {}",
+                            plan_.layer.name, args.size(), manifest_[1].size()));
+  }
   std::vector<void*> inputs(plan_.layer.graph.tensors().size(), nullptr);
-  if (args.size() == manifest_[1].size()) {
-    for (size_t i = 0; i < args.size(); ++i) {
-      if (manifest_[1][i].role == TensorRole::kInput) inputs[manifest_[1][i].tensor] = args[i];
-    }
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (manifest_[1][i].role == TensorRole::kInput) inputs[manifest_[1][i].tensor] = args[i];
   }
   run_backward(args, rebuild_saved(saved_arena, inputs, shape, dropout), mode, allocator, stream);
 }
