@@ -80,7 +80,9 @@ void check_keep_bits(const DropoutArgs& d) {
     for (int e = 0; e < N; ++e) {
       ASSERT_EQ((bits >> e) & 1u, keep(d, i0 + e) ? 1u : 0u) << "N=" << N << " i0=" << i0;
     }
-    if (N < 32) ASSERT_EQ(bits >> N, 0u);
+    if (N < 32) {
+      ASSERT_EQ(bits >> N, 0u);
+    }
   }
 }
 
@@ -240,7 +242,9 @@ TEST(ReferenceKernels, SoftmaxBackwardIsTheGradientOfTheForwardAndMasksAreExact)
         for (int64_t j = 0; j < k; ++j) {
           const double p = f.probs[((b * heads + 1) * q + i) * k + j];
           const bool m = attn_masked(mask, pad, b, i, j, q, k);
-          if (m) EXPECT_EQ(p, 0.0);
+          if (m) {
+            EXPECT_EQ(p, 0.0);
+          }
           any |= !m;
           total += p;
         }

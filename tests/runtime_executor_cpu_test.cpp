@@ -1,5 +1,6 @@
 // The executor's and the C++ API's input checks, which run before any device work (so they are
 // tested on machines without a GPU), and the no-GPU error of CompiledModel::load.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <set>
@@ -84,6 +85,44 @@ TEST(RuntimeExecutor, RejectsMisalignedPointers) {
     EXPECT_NE(std::string(e.what()).find("'x'"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("16-byte aligned"), std::string::npos) << e.what();
   }
+}
+
+// The positional calls bind by the manifest's order: the count is checked first, and a null slot
+// is named by its manifest entry.
+TEST(RuntimeExecutor, PositionalCallsCheckTheManifest) {
+  Fixture f;
+  NoAllocator alloc;
+  const std::vector<ManifestEntry>& fwd = f.exec->manifest(false);
+  ASSERT_EQ(fwd.size(), f.exec->required_bindings(false).size());
+  auto message = [](auto&& call) {
+    try {
+      call();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::vector<void*> too_few(fwd.size() - 1, nullptr);
+  EXPECT_NE(message([&] {
+              f.exec->forward_at(too_few, {2, 3, 0}, {}, alloc, nullptr);
+            })
+                .find(fmt::format("{} tensor pointers given, the layer's manifest has {}",
+                                  fwd.size() - 1, fwd.size())),
+            std::string::npos);
+  const Bindings b = f.all_forward();
+  std::vector<void*> args;
+  for (const ManifestEntry& e : fwd)
+    args.push_back(e.name == "linear2.bias" ? nullptr : b.at(e.name));
+  EXPECT_NE(message([&] {
+              f.exec->forward_at(args, {2, 3, 0}, {}, alloc, nullptr);
+            }).find("missing or null tensor(s): linear2.bias"),
+            std::string::npos);
+  std::vector<void*> bwd(f.exec->manifest(true).size() + 1, nullptr);
+  EXPECT_NE(
+      message([&] {
+        f.exec->backward_at(bwd, nullptr, {2, 3, 0}, {}, GradMode::kOverwrite, alloc, nullptr);
+      }).find("tensor pointers given, the layer's backward manifest has"),
+      std::string::npos);
 }
 
 TEST(RuntimeExecutor, RejectsEmptyShapes) {
@@ -217,8 +256,12 @@ TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) 
     } else {
       EXPECT_FALSE(e.accumulates) << e.name;
     }
-    if (e.name == "grad_y") EXPECT_EQ(e.grad_of, "y");
-    if (e.name == "grad_x") EXPECT_EQ(e.grad_of, "x");
+    if (e.name == "grad_y") {
+      EXPECT_EQ(e.grad_of, "y");
+    }
+    if (e.name == "grad_x") {
+      EXPECT_EQ(e.grad_of, "x");
+    }
     if (e.name == "grad.multihead_attn.in_proj_weight") {
       EXPECT_EQ(e.grad_of, "multihead_attn.in_proj_weight");
       EXPECT_EQ(shape_to_string(e.shape), "[192, 64]")

@@ -218,8 +218,12 @@ TEST(KernelSignature, NamesAreUniqueAndRolesFitTypes) {
         }
         EXPECT_TRUE(required) << p.name << ": some slot must say how many elements a chunk has";
       }
-      if (p.role == sig::Role::kDropout) EXPECT_EQ(p.type, sig::CType::kDropoutArgs);
-      if (p.role == sig::Role::kGradMode) EXPECT_EQ(p.type, sig::CType::kAccumulate);
+      if (p.role == sig::Role::kDropout) {
+        EXPECT_EQ(p.type, sig::CType::kDropoutArgs);
+      }
+      if (p.role == sig::Role::kGradMode) {
+        EXPECT_EQ(p.type, sig::CType::kAccumulate);
+      }
     }
   }
 }
