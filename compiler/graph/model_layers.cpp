@@ -7,6 +7,7 @@
 #include "compiler/errors.h"
 #include "compiler/graph/builder.h"
 #include "compiler/graph/layers.h"
+#include "compiler/graph/param_arena.h"
 
 namespace lightseq {
 
@@ -124,17 +125,8 @@ LayerGraph lower_optimizer(const OptimizerSpec& o, const ModelSpec& model) {
                                to_string(o.kind), o.lr, o.beta1, o.beta2, o.eps, o.weight_decay,
                                model.precision == Precision::kFp32 ? "" : ", fp32 master weights");
   Builder b(lg.graph);
-  // The optimizer sees all parameters as one list; its size is the model's parameter count.
-  int64_t n = 0;
-  for (const LayerGraph& l : lower_model(ModelSpec{model.name, model.precision, model.embedding,
-                                                   model.layers, model.criterion, std::nullopt})) {
-    for (const Tensor& t : l.graph.tensors()) {
-      if (t.role == TensorRole::kParam &&
-          !(l.type == LayerType::kCriterion && model.embedding && model.embedding->tie_output)) {
-        n += shape_numel(t.shape).factor * l.count;
-      }
-    }
-  }
+  // The optimizer sees all parameters as one list: the model's parameter arena (param_arena.h).
+  const int64_t n = parameter_arena(model).total;
   const Shape all{Dim::constant(n)};
   const Shape one{Dim::constant(1)};
   std::vector<int> in{b.param("params", all),

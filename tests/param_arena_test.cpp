@@ -1,0 +1,99 @@
+// param_arena_test.cpp — the model's parameter arena (compiler/graph/param_arena.h): every
+// parameter once, under PyTorch's state_dict names (nn.Transformer's for the stacks), aligned and
+// non-overlapping; the optimizer layer's arenas have exactly its size.
+#include "compiler/graph/param_arena.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+#include <string>
+
+#include "frontends/spec/parse.h"
+
+namespace lightseq {
+namespace {
+
+ModelSpec example(const std::string& name) {
+  return parse_spec_file(std::string(LIGHTSEQ_SOURCE_DIR) + "/examples/" + name + ".json");
+}
+
+void expect_well_formed(const ParamArena& a) {
+  std::set<std::string> names;
+  int64_t end = 0;
+  for (const ArenaEntry& e : a.entries) {
+    EXPECT_TRUE(names.insert(e.name).second) << e.name << " twice";
+    EXPECT_EQ(e.offset % kArenaAlignElems, 0) << e.name;
+    EXPECT_GE(e.offset, end) << e.name << " overlaps the entry before it";
+    EXPECT_EQ(e.numel, shape_numel(e.shape).factor) << e.name;
+    EXPECT_GT(e.numel, 0) << e.name;
+    end = e.offset + e.numel;
+  }
+  EXPECT_GE(a.total, end);
+  EXPECT_LT(a.total - end, kArenaAlignElems);
+  EXPECT_EQ(a.total % kArenaAlignElems, 0);
+}
+
+TEST(ParamArena, TransformerBaseHasNnTransformersNamesAndOneTiedTable) {
+  const ModelSpec spec = example("transformer-base");
+  const ParamArena a = parameter_arena(spec);
+  expect_well_formed(a);
+  std::set<std::string> names;
+  for (const ArenaEntry& e : a.entries) names.insert(e.name);
+  const int64_t enc = spec.layers[0].count, dec = spec.layers[1].count;
+  // 12 parameters per encoder layer, 18 per decoder layer (the cross-attention's packed
+  // in_proj_weight/bias whole, as nn.MultiheadAttention holds them), the token table once.
+  EXPECT_EQ(a.entries.size(), static_cast<size_t>(1 + 12 * enc + 18 * dec));
+  for (const char* n :
+       {"embed_tokens.weight", "encoder.layers.0.self_attn.in_proj_weight",
+        "encoder.layers.5.norm2.bias", "decoder.layers.0.multihead_attn.in_proj_weight",
+        "decoder.layers.5.multihead_attn.in_proj_bias", "decoder.layers.3.norm3.weight",
+        "decoder.layers.5.linear2.weight"}) {
+    EXPECT_TRUE(names.count(n)) << n;
+  }
+  for (const std::string& n : names) {
+    EXPECT_EQ(n.find('['), std::string::npos) << n << ": a slice is its parameter's, not an entry";
+    EXPECT_NE(n, "output_projection.weight") << "the output projection is tied to embed_tokens";
+  }
+  const ArenaEntry& first_dec =
+      *std::find_if(a.entries.begin(), a.entries.end(), [](const ArenaEntry& e) {
+        return e.name == "decoder.layers.0.multihead_attn.in_proj_weight";
+      });
+  EXPECT_EQ(first_dec.layer, "layers[1]");
+  EXPECT_EQ(first_dec.param, "multihead_attn.in_proj_weight");
+  EXPECT_EQ(shape_to_string(first_dec.shape), "[1536, 512]");
+}
+
+TEST(ParamArena, EveryExampleIsWellFormedAndSizesTheOptimizer) {
+  for (const char* name : {"transformer-base", "transformer-big", "bert-base", "gpt2-small"}) {
+    SCOPED_TRACE(name);
+    const ModelSpec spec = example(name);
+    const ParamArena a = parameter_arena(spec);
+    expect_well_formed(a);
+    if (!spec.optimizer) continue;
+    for (const LayerGraph& l : lower_model(spec)) {
+      if (l.type != LayerType::kOptimizer) continue;
+      for (const char* t : {"params", "grads", "exp_avg", "exp_avg_sq"}) {
+        EXPECT_EQ(shape_to_string(l.graph.tensor(l.graph.tensor_id(t)).shape),
+                  "[" + std::to_string(a.total) + "]")
+            << t;
+      }
+    }
+  }
+}
+
+TEST(ParamArena, AnUntiedOutputProjectionIsItsOwnEntry) {
+  ModelSpec spec = example("transformer-base");
+  ASSERT_TRUE(spec.embedding && spec.criterion);
+  spec.embedding->tie_output = false;
+  const ParamArena a = parameter_arena(spec);
+  const auto it = std::find_if(a.entries.begin(), a.entries.end(), [](const ArenaEntry& e) {
+    return e.name == "output_projection.weight";
+  });
+  ASSERT_NE(it, a.entries.end());
+  EXPECT_EQ(it->layer, "criterion");
+  EXPECT_EQ(it->numel, spec.embedding->vocab * spec.embedding->hidden);
+}
+
+}  // namespace
+}  // namespace lightseq
