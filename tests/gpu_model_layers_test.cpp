@@ -10,8 +10,9 @@
 //    and nll per row, grad_decoder_out and the weight gradient (= and +=), ignore_index rows,
 //    smoothing 0 / 0.1, tied and untied output projection, fp32/fp16/bf16; bad_target.
 // The CPU part (ModelLayerPlans) checks what the GPU part relies on: its specs are valid, it binds
-// exactly the names the executors ask for, the embedding dropout is site 0, and the criterion's
-// composed reference against finite differences.
+// exactly the names the executors ask for, and the embedding dropout is site 0 (the criterion's
+// composed reference, ref::output_criterion, is checked against finite differences in
+// reference_test.cpp).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -23,7 +24,6 @@
 #include "compiler/planner/planner.h"
 #include "runtime/model.h"
 #include "tests/gpu_layer_test_util.h"
-#include "tests/reference/finite_diff.h"
 #include "tests/reference/kernels.h"
 
 namespace lightseq {
@@ -234,38 +234,6 @@ std::vector<CritCase> all_crit_cases() {
   return out;
 }
 
-// float64: logits = h·Wᵀ, the cross-entropy (grad_scale 1, as the plan binds it: the gradient of
-// Σ_rows loss), grad_h = d_logits·W, grad_w = d_logitsᵀ·h.
-struct CritRef {
-  ref::CrossEntropy ce;
-  Vec grad_h, grad_w;
-};
-CritRef criterion_reference(const Vec& h, const Vec& w, const std::vector<int64_t>& targets,
-                            int64_t rows, int64_t hidden, int64_t vocab, int64_t ignore_index,
-                            double smoothing) {
-  Vec logits(rows * vocab);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < vocab; ++j) {
-      double s = 0;
-      for (int64_t c = 0; c < hidden; ++c) s += h[r * hidden + c] * w[j * hidden + c];
-      logits[r * vocab + j] = s;
-    }
-  }
-  CritRef out{ref::cross_entropy(logits, targets, rows, vocab, ignore_index, smoothing, 1.0),
-              Vec(rows * hidden, 0.0), Vec(vocab * hidden, 0.0)};
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < vocab; ++j) {
-      const double g = out.ce.grad[r * vocab + j];
-      if (g == 0) continue;
-      for (int64_t c = 0; c < hidden; ++c) {
-        out.grad_h[r * hidden + c] += g * w[j * hidden + c];
-        out.grad_w[j * hidden + c] += g * h[r * hidden + c];
-      }
-    }
-  }
-  return out;
-}
-
 // ---- the GPU fixture
 // -----------------------------------------------------------------------------
 
@@ -408,7 +376,8 @@ class ModelLayerTest : public test::GpuLayerTest {
     const double a = 4.0 / std::sqrt(static_cast<double>(H));
     const Vec weight = random(rng, V * H, -a, a, p);
     const double ls = static_cast<float>(c.smoothing);  // an F32 scalar of the kernel
-    CritRef want = criterion_reference(h, weight, targets, rows, H, V, c.ignore_index, ls);
+    ref::OutputCriterion want =
+        ref::output_criterion(h, weight, targets, rows, H, V, c.ignore_index, ls);
     for (double& g : want.grad_h) g *= 0.25;  // the grad_scale bound below
     for (double& g : want.grad_w) g *= 0.25;
     ASSERT_EQ(want.ce.bad_target, expect_bad);
@@ -622,26 +591,6 @@ TEST(ModelLayerPlans, EmbeddingDropoutIsSiteZero) {
     }
   }
   EXPECT_EQ(sites, 2) << "one dropout parameter in the forward kernel, one in the backward";
-}
-
-// The criterion's composed reference (GEMM, cross-entropy, GEMMs) is the gradient of Σ_rows loss.
-TEST(ModelLayerPlans, CriterionReferenceMatchesFiniteDifferences) {
-  ref::Rng rng(ref::fixed_seed(7));
-  const int64_t rows = 4, H = 8, V = 7, ignore = 3;
-  Vec h = rng.uniform_vec(rows * H, -1, 1), w = rng.uniform_vec(V * H, -1, 1);
-  const std::vector<int64_t> targets{0, 3, 6, 2};  // row 1 ignored
-  for (double ls : {0.0, 0.1}) {
-    const CritRef r = criterion_reference(h, w, targets, rows, H, V, ignore, ls);
-    EXPECT_EQ(r.ce.loss[1], 0.0);
-    auto total = [&] {
-      const CritRef x = criterion_reference(h, w, targets, rows, H, V, ignore, ls);
-      double s = 0;
-      for (double l : x.ce.loss) s += l;
-      return s;
-    };
-    EXPECT_TRUE(ref::all_close("grad_h", r.grad_h, ref::numeric_grad(h, total), ref::kFd));
-    EXPECT_TRUE(ref::all_close("grad_w", r.grad_w, ref::numeric_grad(w, total), ref::kFd));
-  }
 }
 
 }  // namespace

@@ -362,5 +362,25 @@ TEST(ReferenceKernels, ColumnSumOverwritesOrAdds) {
   EXPECT_EQ(column_sum(partials, 3, 4, 1, 2, {100, 200}, kern::Accumulate::kAdd), (Vec{118, 221}));
 }
 
+// The criterion's composed reference (GEMM, cross-entropy, GEMMs) is the gradient of Σ_rows loss.
+TEST(ReferenceKernels, OutputCriterionIsTheGradientOfTheSummedLoss) {
+  Rng rng(fixed_seed(7));
+  const int64_t rows = 4, H = 8, V = 7, ignore = 3;
+  Vec h = rng.uniform_vec(rows * H, -1, 1), w = rng.uniform_vec(V * H, -1, 1);
+  const std::vector<int64_t> targets{0, 3, 6, 2};  // row 1 ignored
+  for (double ls : {0.0, 0.1}) {
+    const OutputCriterion r = output_criterion(h, w, targets, rows, H, V, ignore, ls);
+    EXPECT_EQ(r.ce.loss[1], 0.0);
+    auto total = [&] {
+      const OutputCriterion x = output_criterion(h, w, targets, rows, H, V, ignore, ls);
+      double s = 0;
+      for (double l : x.ce.loss) s += l;
+      return s;
+    };
+    EXPECT_TRUE(all_close("grad_h", r.grad_h, numeric_grad(h, total), kFd));
+    EXPECT_TRUE(all_close("grad_w", r.grad_w, numeric_grad(w, total), kFd));
+  }
+}
+
 }  // namespace
 }  // namespace lightseq::ref

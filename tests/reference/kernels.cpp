@@ -389,6 +389,34 @@ double adam_update_slack(kern::AdamMode mode, const AdamHyper& h, double g, doub
   return std::fabs(p_hi - p_lo);
 }
 
+// ---- output projection + criterion ------------------------------------------------------------
+
+OutputCriterion output_criterion(const Vec& h, const Vec& w, const std::vector<int64_t>& targets,
+                                 int64_t rows, int64_t hidden, int64_t vocab, int64_t ignore_index,
+                                 double smoothing) {
+  Vec logits(rows * vocab);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < vocab; ++j) {
+      double s = 0;
+      for (int64_t c = 0; c < hidden; ++c) s += h[r * hidden + c] * w[j * hidden + c];
+      logits[r * vocab + j] = s;
+    }
+  }
+  OutputCriterion out{cross_entropy(logits, targets, rows, vocab, ignore_index, smoothing, 1.0),
+                      Vec(rows * hidden, 0.0), Vec(vocab * hidden, 0.0)};
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < vocab; ++j) {
+      const double g = out.ce.grad[r * vocab + j];
+      if (g == 0) continue;
+      for (int64_t c = 0; c < hidden; ++c) {
+        out.grad_h[r * hidden + c] += g * w[j * hidden + c];
+        out.grad_w[j * hidden + c] += g * h[r * hidden + c];
+      }
+    }
+  }
+  return out;
+}
+
 // ---- reduce -----------------------------------------------------------------------------------
 
 Vec column_sum(const Vec& partials, int64_t n_blocks, int64_t stride, int64_t col_offset,

@@ -135,6 +135,17 @@ CrossEntropy cross_entropy(const Vec& logits, const std::vector<int64_t>& target
                            int64_t vocab, int64_t ignore_index, double label_smoothing,
                            double grad_scale);
 
+// The criterion layer composed: output projection, cross-entropy, and the two backward GEMMs.
+// float64: logits = h·Wᵀ, the cross-entropy (grad_scale 1, as the plan binds it: the gradient of
+// Σ_rows loss), grad_h = d_logits·W, grad_w = d_logitsᵀ·h.
+struct OutputCriterion {
+  CrossEntropy ce;
+  Vec grad_h, grad_w;
+};
+OutputCriterion output_criterion(const Vec& h, const Vec& w, const std::vector<int64_t>& targets,
+                                 int64_t rows, int64_t hidden, int64_t vocab, int64_t ignore_index,
+                                 double smoothing);
+
 // ---- adam.cuh ----------------------------------------------------------------------------------
 struct AdamHyper {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
