@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import _native
+from . import _native, _spec
 from ._errors import ArgumentError
 
 # Each call of a dropout-enabled layer advances torch's CUDA generator by this much (the C++
@@ -26,7 +26,7 @@ DROPOUT_OFFSET_STRIDE = 16
 _ARENA_ALIGN = 256
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64, "uint8": torch.uint8, "int32": torch.int32}
-_MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_MODEL_DTYPES = {name: dtype for dtype, name in _spec._DTYPE_NAMES.items()}  # "bf16" -> torch.bfloat16
 
 
 @dataclass(frozen=True)
