@@ -19,26 +19,6 @@ namespace {
 
 int elem_bytes(const Tensor& t, Precision p) { return elem_bytes(t.type, p); }
 
-bool given_role(TensorRole r) {
-  return r == TensorRole::kInput || r == TensorRole::kParam || r == TensorRole::kGradInput ||
-         r == TensorRole::kParamGrad || r == TensorRole::kOutput || r == TensorRole::kGradOutput;
-}
-
-void step_tensors(const Step& st, std::set<int>* out) {
-  if (const auto* g = std::get_if<GemmStep>(&st)) {
-    for (int id : {g->a, g->b, g->c, g->d, g->bias, g->aux, g->bias_grad}) {
-      if (id >= 0) out->insert(id);
-    }
-  } else {
-    for (const KernelArg& a : std::get<KernelStep>(st).args) {
-      if (a.tensor >= 0) out->insert(a.tensor);
-      for (int id : a.list) {
-        if (id >= 0) out->insert(id);
-      }
-    }
-  }
-}
-
 }  // namespace
 
 LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelTable kernels,
@@ -54,7 +34,7 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
   const Graph& g = plan_.layer.graph;
   for (int id : plan_.saved) {
     const Tensor& t = g.tensor(id);
-    if (given_role(t.role)) continue;
+    if (given_by_caller(t.role)) continue;
     const int root = t.view_of >= 0 ? t.view_of : id;
     if (saved_roots_.empty()) saved_roots_.assign(g.tensors().size(), 0);
     if (!saved_roots_[root]) {
@@ -72,18 +52,8 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
   for (const KernelInstance& k : plan_.support_kernels) {
     if (k.sig == &sig::kAccumulate) accumulate_fn_ = kernels_.at(k.label);
   }
-  // What each direction touches, once (a call walks these lists, nothing else).
-  for (int dir = 0; dir < 2; ++dir) {
-    std::set<int> used;
-    for (const Step& st : dir == 0 ? plan_.forward : plan_.backward) step_tensors(st, &used);
-    for (int id : std::set<int>(used)) {
-      if (g.tensor(id).view_of >= 0) used.insert(g.tensor(id).view_of);  // the view's memory
-    }
-    used_[dir].assign(used.begin(), used.end());
-  }
   from_saved_.assign(g.tensors().size(), 0);
   for (int id : plan_.saved) from_saved_[id] = 1;
-  build_manifest();
 }
 
 LayerExecutor::~LayerExecutor() = default;
@@ -121,43 +91,8 @@ const LayerExecutor::ShapePlan& LayerExecutor::resolve(const RunShape& shape) co
 
 std::vector<std::string> LayerExecutor::required_bindings(bool backward) const {
   std::vector<std::string> out;
-  for (const ManifestEntry& e : manifest_[backward ? 1 : 0]) out.push_back(e.name);
+  for (const ManifestEntry& e : plan_.manifest[backward ? 1 : 0]) out.push_back(e.name);
   return out;
-}
-
-void LayerExecutor::build_manifest() {
-  const Graph& g = plan_.layer.graph;
-  for (int dir = 0; dir < 2; ++dir) {
-    const std::vector<Step>& steps = dir == 0 ? plan_.forward : plan_.backward;
-    for (int id : used_[dir]) {
-      const Tensor& t = g.tensor(id);
-      if (t.view_of >= 0 || !given_role(t.role)) continue;
-      // The backward takes the forward's saved activations from SavedActivations; of the
-      // forward's inputs it reads, the caller passes them again (they rebuild a saved arena).
-      if (dir == 1 && from_saved_[id] && t.role != TensorRole::kInput) continue;
-      ManifestEntry e;
-      e.name = t.name;
-      e.tensor = id;
-      e.role = t.role;
-      e.shape = t.shape;
-      e.type = t.type;
-      e.optional = t.type == ElemType::kU8 && t.role == TensorRole::kInput;
-      e.grad_of = t.grad_of >= 0 ? g.tensor(t.grad_of).name : "";
-      for (const Step& st : steps) {
-        if (const auto* gm = std::get_if<GemmStep>(&st)) {
-          e.accumulates |= gm->accumulate && gm->d == id;
-        } else if (t.role != TensorRole::kParamGrad) {
-          const KernelStep& k = std::get<KernelStep>(st);
-          for (int i = 0; i < k.kernel.sig->n_params; ++i) {
-            const sig::Role r = k.kernel.sig->params[i].role;
-            e.accumulates |=
-                (r == sig::Role::kOutAcc || r == sig::Role::kErrorFlag) && k.args[i].tensor == id;
-          }
-        }
-      }
-      manifest_[dir].push_back(std::move(e));
-    }
-  }
 }
 
 namespace {
@@ -276,7 +211,7 @@ void LayerExecutor::allocate_unbound(const std::vector<int>& used,
   };
   for (int id : used) {
     const Tensor& t = g.tensor(id);
-    if (f.ptr[id] || given_role(t.role)) continue;
+    if (f.ptr[id] || given_by_caller(t.role)) continue;
     want(t.view_of < 0 ? id : t.view_of);
   }
   auto place = [&](const std::vector<int>& ids, std::vector<DeviceBuffer>& owner) {
@@ -320,7 +255,7 @@ void LayerExecutor::bind_zero_masks(const std::vector<int>& used, Frame& f) cons
 SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& shape,
                                         const DropoutConfig& dropout, Allocator& allocator,
                                         CUstream stream, void* saved_arena) const {
-  return forward_at(by_manifest(manifest_[0], given), shape, dropout, allocator, stream,
+  return forward_at(by_manifest(plan_.manifest[0], given), shape, dropout, allocator, stream,
                     saved_arena);
 }
 
@@ -334,8 +269,8 @@ SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const Ru
   }
   const ShapePlan& sp = resolve(shape);
   Frame f(&g, &sp, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream);
-  const std::vector<int>& used = used_[0];
-  bind_positional(manifest_[0], args, &f.ptr, plan_.layer.name, nullptr);
+  const std::vector<int>& used = plan_.used[0];
+  bind_positional(plan_.manifest[0], args, &f.ptr, plan_.layer.name, nullptr);
 
   SavedActivations saved;
   saved.shape_ = shape;
@@ -394,7 +329,7 @@ SavedActivations LayerExecutor::rebuild_saved(void* saved_arena, const std::vect
 
 void LayerExecutor::backward(const Bindings& given, const SavedActivations& saved, GradMode mode,
                              Allocator& allocator, CUstream stream) const {
-  std::vector<void*> args = by_manifest(manifest_[1], given);
+  std::vector<void*> args = by_manifest(plan_.manifest[1], given);
   run_backward(args, saved, mode, allocator, stream);
 }
 
@@ -403,13 +338,14 @@ void LayerExecutor::backward_at(std::span<void* const> args, void* saved_arena,
                                 Allocator& allocator, CUstream stream) const {
   // The forward's inputs the backward reads come with the arguments; they and the arena are what
   // the forward saved.
-  if (args.size() != manifest_[1].size()) {
+  if (args.size() != plan_.manifest[1].size()) {
     throw Error(fmt::format("{}: {} tensor pointers given, the layer's backward manifest has {}",
-                            plan_.layer.name, args.size(), manifest_[1].size()));
+                            plan_.layer.name, args.size(), plan_.manifest[1].size()));
   }
   std::vector<void*> inputs(plan_.layer.graph.tensors().size(), nullptr);
   for (size_t i = 0; i < args.size(); ++i) {
-    if (manifest_[1][i].role == TensorRole::kInput) inputs[manifest_[1][i].tensor] = args[i];
+    if (plan_.manifest[1][i].role == TensorRole::kInput)
+      inputs[plan_.manifest[1][i].tensor] = args[i];
   }
   run_backward(args, rebuild_saved(saved_arena, inputs, shape, dropout), mode, allocator, stream);
 }
@@ -423,10 +359,10 @@ void LayerExecutor::run_backward(std::span<void* const> args, const SavedActivat
   }
   const ShapePlan& sp = resolve(saved.shape_);
   Frame f(&g, &sp, precision_, saved.shape_, saved.dropout_, mode, &allocator, stream);
-  const std::vector<int>& used = used_[1];
+  const std::vector<int>& used = plan_.used[1];
   for (const auto& [id, p] : saved.ptr_) f.ptr[id] = p;
   // Inputs the backward reads come from the forward; bind the rest.
-  bind_positional(manifest_[1], args, &f.ptr, plan_.layer.name, &from_saved_);
+  bind_positional(plan_.manifest[1], args, &f.ptr, plan_.layer.name, &from_saved_);
   allocate_unbound(used, {}, nullptr, f);
   bind_zero_masks(used, f);
   run_steps(plan_.backward, sp.backward, f);

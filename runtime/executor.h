@@ -91,21 +91,6 @@ struct SavedSlot {
 };
 inline constexpr int64_t kSavedArenaAlign = 256;
 
-// One tensor a call of a layer binds: the layer's calling convention, derived from its graph. The
-// C++ API, the Python binding and the front ends bind by this list (positionally, or by name).
-struct ManifestEntry {
-  std::string name;  // the graph's name: PyTorch's parameter names, "x", "y", "grad.<param>"
-  int tensor = -1;   // its graph tensor id
-  TensorRole role;   // forward: kInput, kParam, kOutput; backward: kParam, kInput (the forward's
-                     // inputs it reads again), kGradInput, kGradOutput, kParamGrad
-  Shape shape;       // symbolic in B, T, S
-  ElemType type;     // kModel: the model's precision
-  bool optional = false;     // may be null (a padding mask: nothing is padded)
-  bool accumulates = false;  // the call adds into it (or only ever sets an error flag in it): the
-                             // caller zeroes it (or passes a sum)
-  std::string grad_of;       // a gradient's forward tensor ("y" for grad_y); empty otherwise
-};
-
 class LayerExecutor {
  public:
   LayerExecutor(const LayerPlan& plan, Precision precision, KernelTable kernels, GemmRunner* gemm);
@@ -138,7 +123,7 @@ class LayerExecutor {
 
   // What a call binds, in order (the positional calls' argument order).
   const std::vector<ManifestEntry>& manifest(bool backward) const {
-    return manifest_[backward ? 1 : 0];
+    return plan_.manifest[backward ? 1 : 0];
   }
   // Their names.
   std::vector<std::string> required_bindings(bool backward) const;
@@ -169,7 +154,6 @@ class LayerExecutor {
   // Binds an all-zero mask to every used u8 input left null ("nothing is padded").
   void bind_zero_masks(const std::vector<int>& used, Frame& frame) const;
   std::map<int, void*> arena_places(void* arena, const RunShape& shape) const;
-  void build_manifest();
   SavedActivations rebuild_saved(void* saved_arena, const std::vector<void*>& inputs_by_id,
                                  const RunShape& shape, const DropoutConfig& dropout) const;
   void run_backward(std::span<void* const> args, const SavedActivations& saved, GradMode mode,
@@ -188,9 +172,7 @@ class LayerExecutor {
   std::vector<bool> relu_aux_;          // per tensor: holds a ReLU bit mask (sized in bits)
   std::vector<SavedSlot> saved_slots_;
   std::vector<uint8_t> saved_roots_;  // per tensor id: a root of the saved activations (or empty)
-  std::vector<int> used_[2];  // tensor ids the forward [0] / backward [1] steps touch, sorted
-  std::vector<uint8_t> from_saved_;  // per tensor id: the backward takes it from the forward
-  std::vector<ManifestEntry> manifest_[2];
+  std::vector<uint8_t> from_saved_;   // per tensor id: the backward takes it from the forward
   mutable std::mutex shapes_mutex_;
   mutable std::map<std::array<int64_t, 3>, std::unique_ptr<ShapePlan>> shapes_;
 };

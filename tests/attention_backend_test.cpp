@@ -61,8 +61,9 @@ TEST(AttentionBackend, UnfusedRewritesForwardAndBackwardAndSaysWhy) {
     EXPECT_NO_THROW(g.verify());
     // The causal mask is the self-attention's only.
     for (const Op& o : g.ops()) {
-      if (o.kind == OpKind::kAttentionMask)
+      if (o.kind == OpKind::kAttentionMask) {
         EXPECT_EQ(o.attrs.causal, o.name == "sa.mask") << o.name;
+      }
     }
   }
 }

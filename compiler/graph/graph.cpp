@@ -87,6 +87,11 @@ std::string_view to_string(TensorRole r) {
   throw InternalError("unknown TensorRole");
 }
 
+bool given_by_caller(TensorRole r) {
+  return r == TensorRole::kInput || r == TensorRole::kParam || r == TensorRole::kGradInput ||
+         r == TensorRole::kParamGrad || r == TensorRole::kOutput || r == TensorRole::kGradOutput;
+}
+
 std::string_view to_string(DropoutKind k) {
   switch (k) {
     case DropoutKind::kAttention:

@@ -52,6 +52,9 @@ enum class TensorRole {
              // planner and provided by the runtime for one call
 };
 std::string_view to_string(TensorRole r);
+// Whether a call's caller provides the tensor's memory (inputs, parameters, outputs, gradients
+// given or returned), rather than the runtime (activations, internal gradients, scratch).
+bool given_by_caller(TensorRole r);
 
 // kModel: the spec's precision. kOptimState: kern::OptimState (common/adam_types.cuh), the
 // optimizer's device-resident step, loss scale and overflow flag.

@@ -66,6 +66,31 @@ std::string saved_summary(const LayerPlan& lp, Precision p) {
 
 }  // namespace
 
+// "forward binds x, key_padding_mask (optional), y (out) and 12 parameters": the tensors a call
+// binds (LayerPlan::manifest), parameters and their gradients counted rather than listed.
+std::string manifest_summary(const std::vector<ManifestEntry>& m, const char* direction) {
+  std::vector<std::string> named;
+  int params = 0, grads = 0;
+  for (const ManifestEntry& e : m) {
+    if (e.role == TensorRole::kParam) {
+      ++params;
+    } else if (e.role == TensorRole::kParamGrad) {
+      ++grads;
+    } else {
+      const bool out = e.role == TensorRole::kOutput || e.role == TensorRole::kGradOutput;
+      named.push_back(e.name + (e.optional ? " (optional)" : "") +
+                      (e.accumulates ? " (+=)"
+                       : out         ? " (out)"
+                                     : ""));
+    }
+  }
+  std::vector<std::string> parts = named;
+  if (params) parts.push_back(fmt::format("{} parameter{}", params, params == 1 ? "" : "s"));
+  if (grads) parts.push_back(fmt::format("{} parameter gradient{}", grads, grads == 1 ? "" : "s"));
+  return fmt::format("{} binds {}", direction,
+                     parts.empty() ? "nothing" : fmt::format("{}", fmt::join(parts, ", ")));
+}
+
 std::string format_plan(const ModelPlan& plan) {
   const ModelSpec& spec = plan.spec;
   std::string out;
@@ -105,6 +130,8 @@ std::string format_plan(const ModelPlan& plan) {
       }
     }
     out += "  " + saved_summary(l, spec.precision) + "\n";
+    out += "  " + manifest_summary(l.manifest[0], "forward") + "\n";
+    if (!l.backward.empty()) out += "  " + manifest_summary(l.manifest[1], "backward") + "\n";
   }
   return out;
 }

@@ -33,6 +33,9 @@ void plan_gemm(State& s, int op);
 // rule that matches at `op`, or returns false if none does.
 bool plan_kernel(State& s, int op);
 
+// The plan's calling convention: LayerPlan::used and LayerPlan::manifest, from its steps.
+void build_manifest(LayerPlan& lp);
+
 // Would a fusion rule match a chain starting at `op`? (Used by pass 1 to leave a bias to a
 // kernel rather than a GEMM epilogue.)
 bool kernel_rule_matches(const State& s, int op);

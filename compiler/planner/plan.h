@@ -86,11 +86,30 @@ struct AttentionChoice {
   std::string reason;   // why this backend, for `lsc plan`
 };
 
+// One tensor a call of a layer binds: the layer's calling convention, derived from its plan. The
+// runtime, the C++ API, the Python binding and `lsc plan` all read it (positionally, or by name).
+struct ManifestEntry {
+  std::string name;  // the graph's name: PyTorch's parameter names, "x", "y", "grad.<param>"
+  int tensor = -1;   // its graph tensor id
+  TensorRole role;   // forward: kInput, kParam, kOutput; backward: kParam, kInput (the forward's
+                     // inputs it reads again), kGradInput, kGradOutput, kParamGrad
+  Shape shape;       // symbolic in B, T, S
+  ElemType type;     // kModel: the model's precision
+  bool optional = false;     // may be null (a padding mask: nothing is padded)
+  bool accumulates = false;  // the call adds into it (or only ever sets an error flag in it): the
+                             // caller zeroes it (or passes a sum)
+  std::string grad_of;       // a gradient's forward tensor ("y" for grad_y); empty otherwise
+};
+
 struct LayerPlan {
   LayerGraph layer;  // as planned: after the attention backend pass rewrote it
   std::vector<AttentionChoice> attention;  // the backend chosen for each attention op
   std::vector<Step> forward, backward;
   std::vector<int> saved;  // forward tensors the backward reads (kept between them)
+  // Per direction (0 forward, 1 backward): the tensors its steps touch (views' parents included),
+  // sorted, and what a call binds (the manifest).
+  std::vector<int> used[2];
+  std::vector<ManifestEntry> manifest[2];
   // Kernels the runtime launches outside the step lists: accumulate:<dtype> adds an epilogue's
   // bias gradient (which cuBLASLt can only overwrite) into a gradient that accumulates (+=).
   std::vector<KernelInstance> support_kernels;

@@ -185,6 +185,7 @@ LayerPlan plan_layer(LayerGraph layer, Precision precision) {
   }
   verify(lp, s);
   lp.saved = saved_tensors(lp);
+  planner::build_manifest(lp);
   for (const Step& st : lp.backward) {
     if (const auto* gm = std::get_if<GemmStep>(&st); gm && gm->bias_grad >= 0) {
       lp.support_kernels = {instantiate(sig::kAccumulate, precision, {})};

@@ -72,13 +72,6 @@ class CallbackArena final : public Allocator {
   int chunks_ = 0;
 };
 
-Precision parse_precision(const std::string& s) {
-  if (s == "fp32") return Precision::kFp32;
-  if (s == "fp16") return Precision::kFp16;
-  if (s == "bf16") return Precision::kBf16;
-  throw Error(fmt::format("unknown dtype '{}': lightseq runs fp32, fp16 and bf16", s));
-}
-
 template <typename T>
 T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
