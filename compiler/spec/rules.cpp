@@ -68,27 +68,32 @@ std::optional<std::string_view> closest_name(std::string_view given,
 
 namespace lightseq {
 
-std::string quote_string(std::string_view s, size_t max_chars) {
-  std::string out = "\"";
-  for (size_t i = 0; i < s.size(); ++i) {
+void append_escaped(std::string& out, std::string_view s, size_t max_chars, Escape mode) {
+  for (unsigned char c : s) {
     if (out.size() >= max_chars) {
       out += "...";
       break;
     }
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c == '"' || c == '\\') {
+    if (mode == Escape::kJsonString && (c == '"' || c == '\\')) {
       out += '\\';
       out += static_cast<char>(c);
     } else if (c == '\n') {
       out += "\\n";
     } else if (c == '\t') {
       out += "\\t";
+    } else if (c == '\r' && mode == Escape::kText) {
+      out += "\\r";
     } else if (c < 0x20 || c >= 0x7f) {
       out += fmt::format("\\x{:02x}", c);
     } else {
       out += static_cast<char>(c);
     }
   }
+}
+
+std::string quote_string(std::string_view s, size_t max_chars) {
+  std::string out = "\"";
+  append_escaped(out, s, max_chars, Escape::kJsonString);
   out += '"';
   return out;
 }

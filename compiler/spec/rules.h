@@ -45,6 +45,11 @@ std::optional<std::string_view> closest_name(std::string_view given,
 
 namespace lightseq {
 
+// Appends `s` to `out` with everything outside printable ASCII escaped (\n, \t, \xNN; kText also
+// \r; kJsonString also \" and \\), stopping with "..." once `out` reaches `max_chars`.
+enum class Escape { kText, kJsonString };
+void append_escaped(std::string& out, std::string_view s, size_t max_chars, Escape mode);
+
 // `s` as a JSON string literal with everything outside printable ASCII escaped, cut to about
 // `max_chars` characters with "..." when longer (how spec issues quote names and paths).
 std::string quote_string(std::string_view s, size_t max_chars = 60);

@@ -265,23 +265,7 @@ std::string_view kind_name(const JsonNode& node) {
 
 std::string printable(std::string_view s, size_t max_chars) {
   std::string out;
-  for (unsigned char c : s) {
-    if (out.size() >= max_chars) {
-      out += "...";
-      break;
-    }
-    if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c < 0x20 || c >= 0x7f) {
-      out += fmt::format("\\x{:02x}", c);
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
+  append_escaped(out, s, max_chars, Escape::kText);
   return out;
 }
 
