@@ -39,14 +39,9 @@ inline constexpr ListSlot kAdamSlots[] = {{"master", CType::kF32Ptr, Role::kOutA
                                           {"exp_avg", CType::kF32Ptr, Role::kOutAcc},
                                           {"exp_avg_sq", CType::kF32Ptr, Role::kOutAcc}};
 inline constexpr TensorList kAdamList{kAdamSlots, 5, kAdamChunkElems};
-// check_finite_kernel reads only the gradients of the same table.
-inline constexpr ListSlot kGradSlots[] = {
-    {"master", CType::kF32Ptr, Role::kIn, Nullable::kYes},
-    {"param", CType::kTPtr, Role::kIn, Nullable::kYes},
-    {"grad", CType::kConstTPtr, Role::kIn},
-    {"exp_avg", CType::kF32Ptr, Role::kIn, Nullable::kYes},
-    {"exp_avg_sq", CType::kF32Ptr, Role::kIn, Nullable::kYes}};
-inline constexpr TensorList kGradList{kGradSlots, 5, kAdamChunkElems};
+// check_finite_kernel reads only the gradients of the same table: its slots, derived.
+inline constexpr auto kGradSlots = only_reads(kAdamSlots, "grad");
+inline constexpr TensorList kGradList{kGradSlots.data(), 5, kAdamChunkElems};
 
 namespace adam_step {
 inline constexpr TParam kT[] = {kDTypeParam, enum_param("kMode", "mode", kAdamModeInfo)};

@@ -12,6 +12,8 @@
 #error "signature.cuh is host-only"
 #endif
 
+#include <array>
+
 #include "common/config.cuh"
 #include "common/enums.cuh"
 #include "common/launch.cuh"
@@ -142,6 +144,19 @@ struct Kernel {
 constexpr bool same(const char* a, const char* b) {
   while (*a && *a == *b) ++a, ++b;
   return *a == *b;
+}
+
+// The slots of `slots` for a kernel that reads only slot `keep` of the same table: every slot
+// kIn, the others nullable (left unbound).
+template <int N>
+constexpr std::array<ListSlot, N> only_reads(const ListSlot (&slots)[N], const char* keep) {
+  std::array<ListSlot, N> out{};
+  for (int i = 0; i < N; ++i) {
+    out[i] = slots[i];
+    out[i].role = Role::kIn;
+    if (!same(slots[i].name, keep)) out[i].nullable = Nullable::kYes;
+  }
+  return out;
 }
 template <int N>
 consteval int index_of(const Param (&ps)[N], const char* name) {
