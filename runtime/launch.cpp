@@ -49,6 +49,7 @@ ElemType elem_of(sig::CType c) {
     case sig::CType::kConstI64Ptr:
       return ElemType::kI64;
     case sig::CType::kConstU8Ptr:
+    case sig::CType::kU8Ptr:
       return ElemType::kU8;
     case sig::CType::kI32Ptr:
       return ElemType::kI32;

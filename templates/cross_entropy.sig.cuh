@@ -27,6 +27,8 @@ LIGHTSEQ_HD constexpr int ce_threads(int64_t vocab, int vec) {
 }
 LIGHTSEQ_HD constexpr int ce_block(int threads) { return threads; }
 LIGHTSEQ_HD constexpr GridDim ce_grid(int64_t rows) { return grid_1d(rows); }
+// ce_grad_scale_kernel: one block.
+LIGHTSEQ_HD constexpr int ce_scale_block() { return 1024; }
 
 }  // namespace lightseq::kern
 
@@ -61,9 +63,25 @@ inline Launch launch(const Values& v) {
 static_assert(index_of(kT, "kVocab") == 1, "vocab_vec reads kVocab at 1");
 inline constexpr const Kernel kKernel =
     make_kernel("cross_entropy", "cross_entropy_kernel", kT, kP, &launch);
-inline constexpr const Kernel* kKernels[] = {&kKernel};
 }  // namespace cross_entropy
 inline constexpr const Kernel& kCrossEntropy = cross_entropy::kKernel;
+
+namespace ce_grad_scale {
+inline constexpr TParam kT[] = {kDTypeParam};
+inline constexpr Param kP[] = {
+    in("targets", CType::kConstI64Ptr), in("loss_scale", CType::kConstF32Ptr, Nullable::kYes),
+    out("grad_scale", CType::kF32Ptr),  out("n_tokens", CType::kF32Ptr),
+    scalar("rows", CType::kI64),        scalar("vocab", CType::kI64),
+    scalar("ignore_index", CType::kI64)};
+inline Launch launch(const Values&) { return {grid_1d(1), ce_scale_block(), 0}; }
+}  // namespace ce_grad_scale
+inline constexpr Kernel kCeGradScale =
+    make_kernel("cross_entropy", "ce_grad_scale_kernel", ce_grad_scale::kT, ce_grad_scale::kP,
+                &ce_grad_scale::launch);
+
+namespace cross_entropy {
+inline constexpr const Kernel* kKernels[] = {&kKernel, &kCeGradScale};
+}  // namespace cross_entropy
 
 }  // namespace lightseq::kern::sig
 #endif

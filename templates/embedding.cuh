@@ -63,9 +63,11 @@ __device__ __forceinline__ void atomic_add_f32(float* p, const float (&v)[N]) {
 // Fuses:     lookup + scale + positions + LayerNorm + dropout + cast.
 // Shapes:    tokens [batch, seq] int64; token_table [vocab, kHidden]; pos_table [max_positions,
 //            kHidden]; gamma, beta [kHidden]; out, sum_out [batch * seq, kHidden]; mean, rstd
-//            [batch * seq] fp32. All `=`. A padding token gives zero rows (out, sum_out, mean,
-//            rstd). A token outside [0, vocab) or t >= max_positions also gives zero rows and sets
-//            *bad_token = 1 (never cleared here). Dropout element index: row * kHidden + col.
+//            [batch * seq] fp32; pad_mask [batch, seq] uint8 (may be null): 1 where the token is
+//            padding_idx, else 0 (the layers' key padding mask). All `=`. A padding token gives
+//            zero rows (out, sum_out, mean, rstd). A token outside [0, vocab) or t >= max_positions
+//            also gives zero rows and sets *bad_token = 1 (never cleared here). Dropout element
+//            index: row * kHidden + col.
 // Grid/Block: embedding_fwd_grid(batch * seq, kHidden, kVec) blocks of embedding_fwd_block(kHidden,
 //            kVec) (the LayerNorm layout). Smem: 256 B static.
 // Constants: kHidden % kVec == 0, kVec | 16 / sizeof(T); kHidden even and >= 4 for sinusoids.
@@ -74,9 +76,9 @@ template <typename T, int kHidden, int kVec, Pos kPos, Norm kNorm, Drop kDrop>
 __global__ void __launch_bounds__(ln_block(kHidden, kVec))
     embedding_fwd_kernel(const int64_t* tokens, const T* token_table, const T* pos_table,
                          const T* gamma, const T* beta, T* out, T* sum_out, float* mean,
-                         float* rstd, int* bad_token, int64_t batch, int64_t seq, int64_t vocab,
-                         int64_t padding_idx, int64_t max_positions, float scale, float eps,
-                         DropoutArgs drop) {
+                         float* rstd, int* bad_token, uint8_t* pad_mask, int64_t batch, int64_t seq,
+                         int64_t vocab, int64_t padding_idx, int64_t max_positions, float scale,
+                         float eps, DropoutArgs drop) {
   static_assert(kHidden > 0 && kVec >= 1 && kHidden % kVec == 0, "kVec must divide kHidden");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kPos == Pos::kNone || kPos == Pos::kSinusoidal || kPos == Pos::kLearned, "Pos");
@@ -98,6 +100,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   const int64_t tok = in_range ? tokens[row] : padding_idx;
   const bool bad = in_range && (tok < 0 || tok >= vocab || t >= max_positions);
   if (bad && tid == 0) *bad_token = 1;
+  if (in_range && tid == 0 && pad_mask != nullptr) pad_mask[row] = tok == padding_idx ? 1 : 0;
   // Rows that get the LN: in range, a valid non-padding token. The others write zero rows; they
   // leave early unless their warps share the LN's barriers with other rows of the block.
   const bool active = in_range && !bad && tok != padding_idx;

@@ -94,20 +94,25 @@ class EmbeddingKernels : public GpuKernelTest {
     return t;
   }
   struct Fwd {
-    DeviceArray out, sum_out, mean, rstd, bad;
+    DeviceArray out, sum_out, mean, rstd, bad, pad_mask;
   };
   Fwd run_fwd(Precision p, const Variant& v, const ref::EmbeddingArgs& a, const DeviceArray& tok,
               const DeviceArray& table, const DeviceArray& pos, const DeviceArray& gamma,
               const DeviceArray& beta) {
     const int64_t rows = a.batch * a.seq, H = a.hidden;
-    Fwd f{poisoned(p, rows * H), poisoned(p, v.norm ? rows * H : 0),
+    DeviceArray pad_mask = zeroed_raw(rows, 1);
+    poison(pad_mask);
+    Fwd f{poisoned(p, rows * H),
+          poisoned(p, v.norm ? rows * H : 0),
           poisoned(Precision::kFp32, v.norm ? rows : 0),
-          poisoned(Precision::kFp32, v.norm ? rows : 0), zeroed_raw(1, sizeof(int))};
+          poisoned(Precision::kFp32, v.norm ? rows : 0),
+          zeroed_raw(1, sizeof(int)),
+          std::move(pad_mask)};
     CUdeviceptr t = tok.ptr(), tb = table.ptr(),
                 ps = v.pos == PositionKind::kLearned ? pos.ptr() : 0;
     CUdeviceptr g = v.norm ? gamma.ptr() : 0, b = v.norm ? beta.ptr() : 0, out = f.out.ptr();
     CUdeviceptr sum = v.norm ? f.sum_out.ptr() : 0, mean = v.norm ? f.mean.ptr() : 0;
-    CUdeviceptr rstd = v.norm ? f.rstd.ptr() : 0, bad = f.bad.ptr();
+    CUdeviceptr rstd = v.norm ? f.rstd.ptr() : 0, bad = f.bad.ptr(), pm = f.pad_mask.ptr();
     int64_t batch = a.batch, seq = a.seq, vocab = a.vocab, pad = a.padding_idx,
             maxp = a.max_positions;
     float scale = static_cast<float>(a.scale), eps = static_cast<float>(a.eps);
@@ -115,9 +120,18 @@ class EmbeddingKernels : public GpuKernelTest {
     const int vec = codegen::vec_width(p, H);
     launch(fwd_instance(p, H, v), kern::embedding_fwd_grid(rows, H, vec),
            kern::embedding_fwd_block(H, vec),
-           {&t, &tb, &ps, &g, &b, &out, &sum, &mean, &rstd, &bad, &batch, &seq, &vocab, &pad, &maxp,
-            &scale, &eps, &d});
+           {&t, &tb, &ps, &g, &b, &out, &sum, &mean, &rstd, &bad, &pm, &batch, &seq, &vocab, &pad,
+            &maxp, &scale, &eps, &d});
     return f;
+  }
+  // pad_mask[row] is 1 exactly where the token is padding_idx (bad tokens are not padding).
+  void expect_pad_mask(const DeviceArray& mask, const std::vector<int64_t>& tok,
+                       int64_t padding_idx) {
+    const std::vector<uint8_t> got = download_pod<uint8_t>(mask);
+    ASSERT_EQ(got.size(), tok.size());
+    for (size_t i = 0; i < tok.size(); ++i) {
+      ASSERT_EQ(int{got[i]}, tok[i] == padding_idx ? 1 : 0) << "pad_mask row " << i;
+    }
   }
   // Token rows only (padding and bad rows have no defined sum_out / mean / rstd).
   static Vec token_rows(const Vec& v, const std::vector<ref::RowKind>& kind, int64_t width) {
@@ -166,6 +180,7 @@ TEST_P(GpuEmbedding, ForwardMatchesReference) {
     Fwd f = run_fwd(p, v, a, d_tok, d_table, d_pos, d_gamma, d_beta);
 
     EXPECT_EQ(download_pod<int>(f.bad)[0], 0) << "bad_token set for valid tokens";
+    expect_pad_mask(f.pad_mask, tok, a.padding_idx);
     const ref::EmbeddingForward r = ref::embedding_fwd(a, tok, table, pos, gamma, beta, nullptr);
     const Vec out = download(f.out);
     if (v.norm) {
@@ -324,6 +339,7 @@ TEST_P(GpuEmbeddingBadTokens, SetTheFlagAndGiveZeroRows) {
     DeviceArray d_gamma = upload(p, gamma), d_beta = upload(p, beta);
     Fwd f = run_fwd(p, v, a, d_tok, d_table, d_pos, d_gamma, d_beta);
     EXPECT_EQ(download_pod<int>(f.bad)[0], 1);
+    expect_pad_mask(f.pad_mask, tok, a.padding_idx);
     const ref::EmbeddingForward r = ref::embedding_fwd(a, tok, table, pos, gamma, beta, nullptr);
     ASSERT_TRUE(r.bad_token);
     const Vec out = download(f.out);

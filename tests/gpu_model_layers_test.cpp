@@ -91,6 +91,7 @@ Names emb_bindings(const EmbCase& c, bool backward) {
   Names n;
   if (!backward) {
     n = {"tokens", emb_output(c), "bad_token"};
+    if (c.padding_idx >= 0) n.insert("padding_mask");
     for (const std::string& p : emb_params(c)) n.insert(p);
   } else {
     n = {"grad_out"};
@@ -215,7 +216,8 @@ std::string crit_weight(const CritCase& c) {
 }
 Names crit_bindings(const CritCase& c, bool backward) {
   if (!backward)
-    return {"decoder_out", "targets", crit_weight(c), "loss", "nll", "bad_target", "grad_scale"};
+    return {"decoder_out", "targets",    crit_weight(c), "loss",
+            "nll",         "bad_target", "loss_scale",   "n_tokens"};
   return {"grad_decoder_out", crit_weight(c), "grad." + crit_weight(c)};
 }
 
@@ -296,12 +298,20 @@ class ModelLayerTest : public test::GpuLayerTest {
     std::map<std::string, DeviceBuffer> w;
     for (const auto& [n, v] : params) w.emplace(n, up(v, p));
     DeviceBuffer d_tok = up_i64(tok), out = poisoned(rows * H, p), bad = zero_flag();
+    DeviceBuffer mask = poisoned(static_cast<size_t>(rows), Precision::kFp32);  // ≥ rows bytes
     Bindings fb{{"tokens", d_tok.get()}, {emb_output(c), out.get()}, {"bad_token", bad.get()}};
+    if (c.padding_idx >= 0) fb["padding_mask"] = mask.get();
     for (const auto& [n, b] : w) fb[n] = b.get();
     const SavedActivations saved =
         exec.forward(fb, {c.batch, c.seq, 0}, drop, *allocator_, stream_);
     sync();
     EXPECT_EQ(flag(bad), expect_bad ? 1 : 0) << "bad_token";
+    if (c.padding_idx >= 0) {
+      std::vector<uint8_t> m(static_cast<size_t>(rows));
+      download_bytes(mask, m.data(), m.size());
+      for (int64_t r = 0; r < rows; ++r)
+        ASSERT_EQ(int{m[r]}, tok[r] == c.padding_idx ? 1 : 0) << "padding_mask row " << r;
+    }
     const Vec got = down(out, rows * H, p);
     EXPECT_TRUE(ref::all_close(emb_output(c), got, want.out, emb_out_tolerance(c, want, gamma)));
     for (int64_t r = 0; r < rows; ++r) {
@@ -387,18 +397,23 @@ class ModelLayerTest : public test::GpuLayerTest {
     DeviceBuffer d_h = up(h, p), d_w = up(weight, p), d_t = up_i64(targets);
     DeviceBuffer loss = poisoned(rows, Precision::kFp32), nll = poisoned(rows, Precision::kFp32),
                  bad = zero_flag();
-    // The gradient's scale is read from device memory: a power of two, so the reference's
-    // gradients scale exactly.
-    const float grad_scale = 0.25f;
-    DeviceBuffer d_scale = upload_bytes(&grad_scale, sizeof(grad_scale));
-    const Bindings fb{{"decoder_out", d_h.get()},   {"targets", d_t.get()},
-                      {crit_weight(c), d_w.get()},  {"loss", loss.get()},
-                      {"nll", nll.get()},           {"bad_target", bad.get()},
-                      {"grad_scale", d_scale.get()}};
+    // The gradient's scale is the loss scale (in device memory) over the counted targets (the
+    // mean reduction): a loss scale of 0.25 × the count makes it exactly 0.25, a power of two, so
+    // the reference's gradients scale exactly.
+    int64_t counted = 0;
+    for (int64_t y : targets) counted += y != c.ignore_index && y >= 0 && y < V ? 1 : 0;
+    const float loss_scale = 0.25f * static_cast<float>(counted);
+    DeviceBuffer d_scale = upload_bytes(&loss_scale, sizeof(loss_scale)),
+                 n_tokens = poisoned(1, Precision::kFp32);
+    const Bindings fb{
+        {"decoder_out", d_h.get()},    {"targets", d_t.get()},      {crit_weight(c), d_w.get()},
+        {"loss", loss.get()},          {"nll", nll.get()},          {"bad_target", bad.get()},
+        {"loss_scale", d_scale.get()}, {"n_tokens", n_tokens.get()}};
     const SavedActivations saved =
         exec.forward(fb, {c.batch, c.seq, 0}, DropoutConfig{}, *allocator_, stream_);
     sync();
     EXPECT_EQ(flag(bad), expect_bad ? 1 : 0) << "bad_target";
+    EXPECT_EQ(down(n_tokens, 1, Precision::kFp32)[0], static_cast<double>(counted)) << "n_tokens";
     const ref::Tolerance tol = layer_tolerance(p);
     const Vec got_loss = down(loss, rows, Precision::kFp32),
               got_nll = down(nll, rows, Precision::kFp32);

@@ -132,6 +132,8 @@ std::string_view to_string(OpKind k) {
       return "embedding";
     case OpKind::kCrossEntropy:
       return "cross_entropy";
+    case OpKind::kGradScale:
+      return "grad_scale";
     case OpKind::kAdam:
       return "adam";
     case OpKind::kAttention:

@@ -98,6 +98,9 @@ enum class OpKind {
   kSoftmax,
   kEmbedding,
   kCrossEntropy,
+  // the cross-entropy's gradient scale: inputs targets, the loss scale [1]; outputs grad_scale [1]
+  // (loss scale / counted targets: the mean reduction) and n_tokens [1]
+  kGradScale,
   kAdam,
   // softmax(q·kᵀ·scale + mask) (dropped) · v over [B, heads, T, d] views: inputs q, k, v (and the
   // key padding mask), output the context. A backend pass (compiler/planner/attention_backend.h)

@@ -34,12 +34,18 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   int sum = b.tensor("embedded", hs);
   // Set to 1 (never cleared) when a token is outside [0, vocab) or a position past max_positions.
   int bad = b.tensor("bad_token", {Dim::constant(1)}, TensorRole::kOutput, ElemType::kI32);
+  std::vector<int> outs{sum, bad};
+  // The stacks' key padding mask (1 where the token is padding_idx), made with the lookup.
+  if (e.padding_idx >= 0) {
+    outs.push_back(
+        b.tensor("padding_mask", {Dim::batch(), Dim::seq()}, TensorRole::kOutput, ElemType::kU8));
+  }
   OpAttrs lookup;
   lookup.vocab = e.vocab;
   lookup.padding_idx = e.padding_idx;
   lookup.max_positions = e.max_positions;
   lookup.scale = e.scale;
-  b.op(OpKind::kEmbedding, "embed", in, {sum, bad}, lookup);
+  b.op(OpKind::kEmbedding, "embed", in, outs, lookup);
   int cur = sum;
   int gamma = -1, beta = -1, mean = -1, rstd = -1;
   if (e.layernorm) {
@@ -99,12 +105,18 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   int d_logits = b.tensor("d_logits", {bt, V}, TensorRole::kGrad);
   // Set to 1 (never cleared) when a target is outside [0, vocab) and not the ignore index.
   int bad = b.tensor("bad_target", {Dim::constant(1)}, TensorRole::kOutput, ElemType::kI32);
-  // What d_logits is multiplied by, in device memory: the loss scale over the reduction's divisor
-  // (1 for a plain sum), which a captured step computes on the device.
-  int grad_scale = b.tensor("grad_scale", {Dim::constant(1)}, TensorRole::kInput, ElemType::kF32);
+  // The loss is the mean over the counted targets (torch's reduction='mean'): d_logits is
+  // multiplied by loss_scale / their count, both in device memory (the optimizer's loss scale; a
+  // captured step counts each batch's targets on the device).
+  const Shape one{Dim::constant(1)};
+  int loss_scale = b.tensor("loss_scale", one, TensorRole::kInput, ElemType::kF32);
+  int grad_scale = b.tensor("grad_scale", one, TensorRole::kActivation, ElemType::kF32);
+  int n_tokens = b.tensor("n_tokens", one, TensorRole::kOutput, ElemType::kF32);
   OpAttrs ce;
+  ce.vocab = e.vocab;
   ce.ignore_index = c.ignore_index;
   ce.label_smoothing = c.label_smoothing;
+  b.op(OpKind::kGradScale, "grad_scale", {targets, loss_scale}, {grad_scale, n_tokens}, ce);
   b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale},
        {loss, nll, d_logits, bad}, ce);
   lg.graph.begin_backward();

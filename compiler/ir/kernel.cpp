@@ -47,6 +47,8 @@ const char* ctype_text(sig::CType c) {
       return "const int64_t*";
     case sig::CType::kConstU8Ptr:
       return "const uint8_t*";
+    case sig::CType::kU8Ptr:
+      return "uint8_t*";
     case sig::CType::kI32Ptr:
       return "int*";
     case sig::CType::kConstAdamChunkPtr:

@@ -153,7 +153,8 @@ void add_forward_rules(std::vector<Rule>& r) {
          Args args{{"tokens", e.inputs[0]},
                    {"token_table", e.inputs[1]},
                    {"pos_table", learned ? e.inputs[2] : -1},
-                   {"bad_token", e.outputs[1]}};
+                   {"bad_token", e.outputs[1]},
+                   {"pad_mask", e.outputs.size() > 2 ? e.outputs[2] : -1}};
          int last = out0(s, m[0]);
          double eps = 0;
          if (m[1]) {
@@ -205,6 +206,18 @@ void add_forward_rules(std::vector<Rule>& r) {
               {{"rows", ScalarArg::size(rows_of(s, ce.inputs[0]))},
                {"ignore_index", ScalarArg::constant(static_cast<double>(ce.attrs.ignore_index))},
                {"label_smoothing", ScalarArg::constant(ce.attrs.label_smoothing)}});
+       }});
+  r.push_back(
+      {"cross-entropy gradient scale", {{K::kGradScale, false}}, {}, [](State& s, const Match& m) {
+         const Op& op = s.op(*m[0]);
+         emit(s, m, instantiate(sig::kCeGradScale, s.precision, {}),
+              {{"targets", op.inputs[0]},
+               {"loss_scale", op.inputs[1]},
+               {"grad_scale", op.outputs[0]},
+               {"n_tokens", op.outputs[1]}},
+              {{"rows", ScalarArg::size(Dim::tokens())},
+               {"vocab", ScalarArg::constant(static_cast<double>(op.attrs.vocab))},
+               {"ignore_index", ScalarArg::constant(static_cast<double>(op.attrs.ignore_index))}});
        }});
   r.push_back(
       {"adam", {{K::kAdam, false}}, {}, [](State& s, const Match& m) {

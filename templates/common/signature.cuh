@@ -76,6 +76,7 @@ enum class CType : int {
   kConstF32Ptr,
   kConstI64Ptr,
   kConstU8Ptr,
+  kU8Ptr,
   kI32Ptr,
   kConstAdamChunkPtr,
   kOptimStatePtr,
