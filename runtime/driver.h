@@ -55,6 +55,8 @@
   X(cuMemcpyHtoDAsync)               \
   X(cuMemcpyDtoHAsync)               \
   X(cuMemsetD8Async)                 \
+  X(cuMemsetD32Async)                \
+  X(cuMemcpyDtoDAsync)               \
   X(cuModuleLoadDataEx)              \
   X(cuModuleUnload)                  \
   X(cuModuleGetFunction)             \
