@@ -263,19 +263,29 @@ void TrainStep::set_lr(float lr, CUstream stream) {
   memset32(mem_->lr, bits, 1, stream);  // by value: nothing on the host must outlive the call
 }
 
-void TrainStep::check_batch(const StepBatch& b) const {
+void TrainStep::check_pointers(const StepBatch& b) const {
   const bool two = calls_.front().stream == Call::Stream::kSource;
   std::vector<std::string> bad;
-  if (b.batch < 1) bad.push_back(fmt::format("batch = {} (must be at least 1)", b.batch));
-  if (b.len < 1) bad.push_back(fmt::format("len = {} (must be at least 1)", b.len));
-  if (two && b.src_len < 1)
-    bad.push_back(fmt::format("src_len = {} (must be at least 1)", b.src_len));
   if (!b.tokens) bad.push_back("tokens is null");
   if (!b.targets) bad.push_back("targets is null");
   if (two && !b.src_tokens)
     bad.push_back("src_tokens is null (the model has decoder stacks: it reads a source)");
   if (!two && b.src_tokens)
     bad.push_back("src_tokens is given but the model has no decoder stack to attend to it");
+  if (!bad.empty()) {
+    throw Error(
+        fmt::format("TrainStep ({}): bad batch: {}", model_->spec().name, fmt::join(bad, "; ")));
+  }
+}
+
+void TrainStep::check_batch(const StepBatch& b) const {
+  check_pointers(b);
+  const bool two = calls_.front().stream == Call::Stream::kSource;
+  std::vector<std::string> bad;
+  if (b.batch < 1) bad.push_back(fmt::format("batch = {} (must be at least 1)", b.batch));
+  if (b.len < 1) bad.push_back(fmt::format("len = {} (must be at least 1)", b.len));
+  if (two && b.src_len < 1)
+    bad.push_back(fmt::format("src_len = {} (must be at least 1)", b.src_len));
   if (!bad.empty()) {
     throw Error(
         fmt::format("TrainStep ({}): bad batch: {}", model_->spec().name, fmt::join(bad, "; ")));
@@ -478,6 +488,7 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
 
 void TrainStep::run(const StepBatch& b, CUstream s) {
   ScopedContext ctx(model_->device());
+  check_pointers(b);
   Bucket& bk = bucket_for(b, s);
   const Io io = io_of(bk);
   const bool two = calls_.front().stream == Call::Stream::kSource;

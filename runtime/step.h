@@ -122,7 +122,8 @@ class TrainStep {
   struct Arenas;
   std::vector<DeviceBuffer*> state_blobs() const;  // what a checkpoint holds, in file order
   void enqueue(Bucket& bk, bool train, CUstream stream);
-  void check_batch(const StepBatch& b) const;
+  void check_batch(const StepBatch& b) const;     // sizes and pointers (a new shape)
+  void check_pointers(const StepBatch& b) const;  // every run
 
   std::shared_ptr<const CompiledModel> model_;
   StepOptions options_;

@@ -19,6 +19,7 @@
 #include "frontends/spec/parse.h"
 #include "runtime/device.h"
 #include "runtime/model.h"
+#include "runtime/step.h"
 
 namespace py = pybind11;
 
@@ -268,6 +269,107 @@ PYBIND11_MODULE(_C, m) {
            "arena")
       .def("forward", &PyLayer::forward)
       .def("backward", &PyLayer::backward);
+  // The whole-model training step (runtime/step.h). Pointers are integers: device addresses of
+  // int64 token tensors for run/evaluate, host addresses of contiguous CPU tensors in the model's
+  // dtype for the parameter copies; streams are torch's cuda_stream integers.
+  auto stream_of = [](uintptr_t s) { return reinterpret_cast<CUstream>(s); };
+  auto batch_of = [](uintptr_t src, uintptr_t tokens, uintptr_t targets, int64_t batch,
+                     int64_t src_len, int64_t len) {
+    return StepBatch{reinterpret_cast<const int64_t*>(src),
+                     reinterpret_cast<const int64_t*>(tokens),
+                     reinterpret_cast<const int64_t*>(targets),
+                     batch,
+                     src_len,
+                     len};
+  };
+  auto stats_dict = [](const StepStats& s) {
+    py::dict d;
+    d["loss"] = s.loss;
+    d["nll"] = s.nll;
+    d["tokens"] = s.tokens;
+    d["updates"] = s.updates;
+    d["loss_scale"] = s.loss_scale;
+    d["skipped_updates"] = s.skipped_updates;
+    d["bad_token"] = s.bad_token;
+    d["bad_target"] = s.bad_target;
+    return d;
+  };
+  py::class_<TrainStep>(m, "TrainStep")
+      .def(py::init([](std::shared_ptr<CompiledModel> model, uint64_t seed,
+                       std::optional<float> loss_scale, bool cuda_graphs) {
+             StepOptions o;
+             o.seed = seed;
+             o.loss_scale = loss_scale;
+             o.cuda_graphs = cuda_graphs;
+             return std::make_unique<TrainStep>(std::move(model), o);
+           }),
+           py::arg("model"), py::arg("seed") = 0, py::arg("loss_scale") = py::none(),
+           py::arg("cuda_graphs") = true)
+      .def(
+          "parameters",
+          [](const TrainStep& t) {
+            std::vector<std::tuple<std::string, std::vector<int64_t>>> out;
+            for (const ArenaEntry& e : t.arena().entries) {
+              std::vector<int64_t> shape;
+              for (const Dim& d : e.shape) shape.push_back(d.factor);
+              out.emplace_back(e.name, shape);
+            }
+            return out;
+          },
+          "[(state_dict name, shape)] of every parameter, in arena order")
+      .def("init_parameters", &TrainStep::init_parameters, py::arg("seed"))
+      .def(
+          "set_parameter",
+          [](TrainStep& t, const std::string& name, uintptr_t host, size_t bytes) {
+            t.set_parameter(name, reinterpret_cast<const void*>(host), bytes);
+          },
+          py::arg("name"), py::arg("host_ptr"), py::arg("nbytes"))
+      .def(
+          "get_parameter",
+          [](const TrainStep& t, const std::string& name, uintptr_t host, size_t bytes) {
+            t.get_parameter(name, reinterpret_cast<void*>(host), bytes);
+          },
+          py::arg("name"), py::arg("host_ptr"), py::arg("nbytes"))
+      .def(
+          "get_gradient",
+          [](const TrainStep& t, const std::string& name, uintptr_t host, size_t bytes) {
+            t.get_gradient(name, reinterpret_cast<void*>(host), bytes);
+          },
+          py::arg("name"), py::arg("host_ptr"), py::arg("nbytes"))
+      .def(
+          "set_lr", [=](TrainStep& t, float lr, uintptr_t s) { t.set_lr(lr, stream_of(s)); },
+          py::arg("lr"), py::arg("stream"))
+      .def(
+          "run",
+          [=](TrainStep& t, uintptr_t src, uintptr_t tokens, uintptr_t targets, int64_t batch,
+              int64_t src_len, int64_t len, uintptr_t s) {
+            t.run(batch_of(src, tokens, targets, batch, src_len, len), stream_of(s));
+          },
+          py::arg("src"), py::arg("tokens"), py::arg("targets"), py::arg("batch"),
+          py::arg("src_len"), py::arg("len"), py::arg("stream"))
+      .def(
+          "evaluate",
+          [=](TrainStep& t, uintptr_t src, uintptr_t tokens, uintptr_t targets, int64_t batch,
+              int64_t src_len, int64_t len, uintptr_t s) {
+            return stats_dict(
+                t.evaluate(batch_of(src, tokens, targets, batch, src_len, len), stream_of(s)));
+          },
+          py::arg("src"), py::arg("tokens"), py::arg("targets"), py::arg("batch"),
+          py::arg("src_len"), py::arg("len"), py::arg("stream"))
+      .def(
+          "stats",
+          [=](const TrainStep& t, uintptr_t s) { return stats_dict(t.stats(stream_of(s))); },
+          py::arg("stream"))
+      .def(
+          "save",
+          [=](const TrainStep& t, const std::string& f, uintptr_t s) { t.save(f, stream_of(s)); },
+          py::arg("path"), py::arg("stream"))
+      .def(
+          "load", [=](TrainStep& t, const std::string& f, uintptr_t s) { t.load(f, stream_of(s)); },
+          py::arg("path"), py::arg("stream"))
+      .def_property_readonly("steps_run", &TrainStep::steps_run)
+      .def_property_readonly("graphs_captured", &TrainStep::graphs_captured)
+      .def_property_readonly("graph_replays", &TrainStep::graph_replays);
   m.def(
       "layer_names",
       [](const CompiledModel& c) {

@@ -1,0 +1,243 @@
+"""The whole-model training step (runtime/step.h, lightseq._C.TrainStep) against PyTorch.
+
+A small Transformer (nn.Embedding with sinusoidal positions + nn.TransformerEncoder/Decoder +
+tied output projection + label-smoothed F.cross_entropy + torch.optim.AdamW) and the C++ step from
+the same initial weights, dropout off, trained for several steps on the same batches: losses step
+by step (fp32 tight, bf16 within its noise), every gradient of the first step, the weights after the
+last. A graph-replayed run equals an uncaptured one bit for bit; two runs with one seed are bitwise
+identical; a checkpoint resumes bit for bit; an fp16 overflow skips the update and leaves the weights
+bit-identical.
+"""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lightseq
+
+pytestmark = pytest.mark.gpu
+
+V, H, HEADS, FFN, PAD = 997, 64, 4, 128, 1
+LR, BETAS, EPS, WD, SMOOTH = 2e-3, (0.9, 0.98), 1e-8, 0.01, 0.1
+
+
+def spec(precision, layers=(2, 2), dropout=0.0, vocab=V):
+    stack = lambda kind, n: {  # noqa: E731
+        "type": kind, "count": n, "hidden": H, "heads": HEADS, "ffn": FFN, "activation": "relu",
+        "norm": "post", "eps": 1e-5,
+        "dropout": {"attention": dropout, "activation": dropout, "hidden": dropout}}
+    s = {
+        "name": "train-step-test", "precision": precision,
+        "embedding": {"vocab": vocab, "hidden": H, "positions": "sinusoidal", "max_positions": 64,
+                      "padding_idx": PAD, "scale": "sqrt_hidden", "dropout": dropout,
+                      "layernorm": False, "tie_output": True},
+        "layers": [stack("encoder", layers[0])] + ([stack("decoder", layers[1])] if layers[1] else []),
+        "criterion": {"type": "cross_entropy", "label_smoothing": SMOOTH, "ignore_index": PAD},
+        "optimizer": {"type": "adamw", "lr": LR, "betas": list(BETAS), "eps": EPS,
+                      "weight_decay": WD},
+    }
+    return json.dumps(s)
+
+
+_models = {}
+
+
+def step_for(precision, seed=0, graphs=True, **kw):
+    key = (precision, tuple(sorted(kw.items())))
+    if key not in _models:
+        _models[key] = lightseq._C.CompiledModel.load(spec(precision, **kw), 0, None)
+    return lightseq._C.TrainStep(_models[key], seed=seed, cuda_graphs=graphs)
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def sinusoids(T):
+    """fairseq's table: sin in [0, H/2), cos in [H/2, H), positions 0 .. T-1 (fp32)."""
+    half = H // 2
+    freq = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    ang = torch.arange(T, dtype=torch.float32)[:, None] * freq[None, :]
+    return torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
+
+
+class Reference(nn.Module):
+    def __init__(self, n_enc=2, n_dec=2):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(V, H, padding_idx=PAD)
+        enc = nn.TransformerEncoderLayer(H, HEADS, FFN, dropout=0.0, batch_first=True)
+        dec = nn.TransformerDecoderLayer(H, HEADS, FFN, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(enc, n_enc, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(dec, n_dec)
+
+    def embed(self, tokens):
+        pad = tokens == PAD
+        x = self.embed_tokens(tokens) * math.sqrt(H) + sinusoids(tokens.shape[1]).to(tokens.device)
+        return x.masked_fill(pad[..., None], 0.0), pad  # lightseq's padding rows are zeros
+
+    def forward(self, src, tgt, targets):
+        x, src_pad = self.embed(src)
+        mem = self.encoder(x, src_key_padding_mask=src_pad)
+        y, tgt_pad = self.embed(tgt)
+        T = tgt.shape[1]
+        causal = nn.Transformer.generate_square_subsequent_mask(T, device=tgt.device)
+        out = self.decoder(y, mem, tgt_mask=causal, tgt_is_causal=True,
+                           tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad)
+        logits = out @ self.embed_tokens.weight.t()
+        return F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1),
+                               ignore_index=PAD, label_smoothing=SMOOTH)
+
+
+def batches(n, B=6, S=13, T=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        src = torch.randint(2, V, (B, S), generator=g)
+        tgt = torch.randint(2, V, (B, T), generator=g)
+        tgt_out = torch.randint(2, V, (B, T), generator=g)
+        for b in range(1, B, 2):  # every other sequence padded at its end (never all of it)
+            k = 1 + b % 3
+            src[b, S - k:] = PAD
+            tgt[b, T - k:] = PAD
+            tgt_out[b, T - k:] = PAD
+        out.append((src.cuda(), tgt.cuda(), tgt_out.cuda()))
+    return out
+
+
+def load_into(step, ref, dtype):
+    sd = ref.state_dict()
+    for name, _shape in step.parameters():
+        t = sd[name].detach().to(dtype).cpu().contiguous()
+        step.set_parameter(name, t.data_ptr(), t.numel() * t.element_size())
+
+
+def read(step, name, shape, dtype, grad=False):
+    t = torch.empty(shape, dtype=dtype)
+    (step.get_gradient if grad else step.get_parameter)(name, t.data_ptr(), t.numel() * t.element_size())
+    return t
+
+
+def run(step, batch):
+    src, tgt, tgt_out = batch
+    B, S = src.shape
+    T = tgt.shape[1]
+    s = torch.cuda.current_stream().cuda_stream
+    step.run(src.data_ptr(), tgt.data_ptr(), tgt_out.data_ptr(), B, S, T, s)
+    st = step.stats(s)
+    return st["loss"] / st["tokens"], st
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_whole_step_trains_like_pytorch(precision):
+    torch.manual_seed(0)
+    dtype = DTYPES[precision]
+    ref = Reference().cuda()
+    step = step_for(precision)
+    load_into(step, ref, dtype)
+    ref = ref.to(dtype)
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
+    data = batches(8)
+    tol = {"fp32": 2e-4, "bf16": 2e-2}[precision]
+    for i, b in enumerate(data):
+        opt.zero_grad()
+        want = ref(*b)
+        want.backward()
+        if i == 0:  # every gradient of the first step
+            sd = dict(ref.named_parameters())
+            for name, shape in step.parameters():
+                got = read(step, name, shape, dtype, grad=True).float()
+                g = sd[name].grad.float().cpu()
+                err = (got - g).norm() / max(g.norm(), 1e-12)
+                assert err < {"fp32": 1e-3, "bf16": 5e-2}[precision], f"grad {name}: rel err {err}"
+        opt.step()
+        got, st = run(step, b)
+        assert st["tokens"] == int((b[2] != PAD).sum())
+        assert not st["bad_token"] and not st["bad_target"]
+        assert abs(got - want.item()) <= tol * abs(want.item()), f"step {i}: {got} vs {want.item()}"
+    assert st["updates"] == len(data)
+    # the weights after the last step
+    sd = ref.state_dict()
+    for name, shape in step.parameters():
+        got = read(step, name, shape, dtype).float()
+        w = sd[name].float().cpu()
+        err = (got - w).norm() / max(w.norm(), 1e-12)
+        assert err < {"fp32": 1e-4, "bf16": 2e-2}[precision], f"{name}: rel err {err}"
+    assert step.graphs_captured == 1 and step.graph_replays == len(data) - 1
+
+
+def params_of(step, dtype=torch.bfloat16):
+    return {n: read(step, n, s, dtype) for n, s in step.parameters()}
+
+
+def test_graph_replay_equals_uncaptured_run_bitwise_with_dropout():
+    data = batches(5)
+    results = []
+    for graphs in (True, False, True):
+        step = step_for("bf16", seed=7, graphs=graphs, dropout=0.1)
+        step.init_parameters(3)
+        losses = [run(step, b)[0] for b in data]
+        results.append((losses, params_of(step)))
+        assert step.graphs_captured == (1 if graphs else 0)
+    for losses, params in results[1:]:
+        assert losses == results[0][0]
+        for n, t in params.items():
+            assert torch.equal(t, results[0][1][n]), n
+    # a different seed draws other masks
+    step = step_for("bf16", seed=8, dropout=0.1)
+    step.init_parameters(3)
+    assert [run(step, b)[0] for b in data] != results[0][0]
+
+
+def test_checkpoint_resumes_bit_for_bit(tmp_path):
+    data = batches(6)
+    full = step_for("bf16", seed=5, dropout=0.1)
+    full.init_parameters(1)
+    want = [run(full, b)[0] for b in data]
+    part = step_for("bf16", seed=5, dropout=0.1)
+    part.init_parameters(1)
+    for b in data[:3]:
+        run(part, b)
+    s = torch.cuda.current_stream().cuda_stream
+    part.save(str(tmp_path / "ckpt"), s)
+    resumed = step_for("bf16", seed=99, dropout=0.1)  # the seed comes from the checkpoint
+    resumed.load(str(tmp_path / "ckpt"), s)
+    assert [run(resumed, b)[0] for b in data[3:]] == want[3:]
+    other = lightseq._C.TrainStep(lightseq._C.CompiledModel.load(spec("bf16", layers=(1, 1)), 0, None))
+    with pytest.raises(lightseq.Error, match="is of another model"):
+        other.load(str(tmp_path / "ckpt"), s)
+
+
+def test_fp16_overflow_skips_the_update():
+    step = step_for("fp16")
+    step.init_parameters(2)
+    data = batches(2)
+    run(step, data[0])
+    before = params_of(step, torch.float16)
+    # a huge loss scale makes the fp16 gradients overflow: the update is skipped, the scale backs off
+    s = torch.cuda.current_stream().cuda_stream
+    st0 = step.stats(s)
+    step2 = lightseq._C.TrainStep(_models[("fp16", ())], loss_scale=3e38)
+    for n, shape in step.parameters():
+        t = before[n].contiguous()
+        step2.set_parameter(n, t.data_ptr(), t.numel() * t.element_size())
+    _, st = run(step2, data[1])
+    assert st["skipped_updates"] == 1 and st["updates"] == 0
+    assert st["loss_scale"] == pytest.approx(1.5e38)
+    after = params_of(step2, torch.float16)
+    for n, t in before.items():
+        assert torch.equal(t, after[n]), n
+    assert st0["updates"] == 1
+
+
+def test_bad_batches_are_refused():
+    step = step_for("fp32")
+    src, tgt, tgt_out = batches(1)[0]
+    s = torch.cuda.current_stream().cuda_stream
+    with pytest.raises(lightseq.Error, match="src_tokens is null"):
+        step.run(0, tgt.data_ptr(), tgt_out.data_ptr(), 6, 13, 11, s)
+    with pytest.raises(lightseq.Error, match="longer than the embedding's max_positions 64"):
+        step.run(src.data_ptr(), tgt.data_ptr(), tgt_out.data_ptr(), 1, 65, 11, s)
+    with pytest.raises(lightseq.Error, match="has no parameter 'encoder.layers.9.norm1.weight'"):
+        step.get_parameter("encoder.layers.9.norm1.weight", 0, 4)
