@@ -47,6 +47,11 @@
   X(cuGraphExecDestroy)              \
   X(cuGraphDestroy)                  \
   X(cuMemPoolSetAttribute)           \
+  X(cuMemPoolGetAttribute)           \
+  X(cuDeviceGetGraphMemAttribute)    \
+  X(cuMemGetInfo)                    \
+  X(cuMemHostAlloc)                  \
+  X(cuMemFreeHost)                   \
   X(cuMemAlloc)                      \
   X(cuMemFree)                       \
   X(cuMemcpyHtoD)                    \

@@ -357,9 +357,9 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
   std::vector<int64_t> hidden_at(n_calls, -1);
   for (size_t i = 0; i + 1 < n_calls; ++i) {
     const Call& c = calls_[i];
-    if (c.type == LayerType::kCriterion) continue;
     saved_at[i] = saved_total;
     saved_total += align_up(c.exec->saved_arena_bytes(shape_of(c)), kSavedArenaAlign);
+    if (c.type == LayerType::kCriterion) continue;
     hidden_at[i] = hidden_total;  // this call's output
     hidden_total += align_up(rows_of(shape_of(c)) * H * eb, kSavedArenaAlign);
   }

@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <climits>
+#include <cmath>
 #include <vector>
 
 namespace lightseq::lsc {
@@ -29,6 +30,35 @@ CLI::Validator whole_number_at_least(int64_t min, std::string note) {
                            suffix);
       },
       "");  // no help-text suffix: the option's description says what it takes
+}
+
+CLI::Validator positive_number(std::string example) {
+  return CLI::Validator(
+      [example](std::string& text) -> std::string {
+        double value = 0;
+        const char* end = text.data() + text.size();
+        const auto [stop, ec] = std::from_chars(text.data(), end, value);
+        if (ec != std::errc() || stop != end) {
+          return fmt::format("'{}' is not a number: give one greater than 0, e.g. {}", text,
+                             example);
+        }
+        if (!(value > 0) || !std::isfinite(value)) {
+          return fmt::format("{} is not greater than 0: give one such as {}", text, example);
+        }
+        return "";
+      },
+      "");
+}
+
+CLI::Validator one_of(std::vector<std::string> names) {
+  return CLI::Validator(
+      [names](std::string& text) -> std::string {
+        for (const std::string& n : names) {
+          if (text == n) return "";
+        }
+        return fmt::format("'{}' is not one of {}", text, fmt::join(names, ", "));
+      },
+      "");
 }
 
 CLI::Validator non_empty(std::string fix) {

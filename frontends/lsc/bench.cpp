@@ -5,12 +5,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <iostream>
 #include <random>
 #include <tuple>
 
 #include "compiler/errors.h"
+#include "frontends/lsc/timing.h"
+#include "frontends/lsc/upload.h"
 #include "frontends/spec/parse.h"
 #include "runtime/cuda_check.h"
 #include "runtime/device.h"
@@ -34,23 +35,6 @@ void upload(void* dst, const std::vector<float>& values, Precision p, CUstream s
                                                bytes.size(), stream));
   LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
 }
-
-// The bench's stream, synchronized and destroyed after everything allocated on it is freed
-// (declare it before the allocator and the buffers).
-class OwnedStream {
- public:
-  OwnedStream() { LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&s_, CU_STREAM_NON_BLOCKING)); }
-  ~OwnedStream() {
-    driver().cuStreamSynchronize(s_);  // a destructor must not throw; a failure showed earlier
-    driver().cuStreamDestroy(s_);
-  }
-  OwnedStream(const OwnedStream&) = delete;
-  OwnedStream& operator=(const OwnedStream&) = delete;
-  operator CUstream() const { return s_; }
-
- private:
-  CUstream s_ = nullptr;
-};
 
 // One layer's parameters and gradients in device memory, random, in the model's dtype.
 class ParamMemory {
@@ -90,46 +74,10 @@ std::vector<uint8_t> bench_mask(int64_t batch, int64_t seq) {
   return mask;
 }
 
-// Median and min of `iters` timed calls of `step` after `warmup` untimed ones (CUDA events).
-// host_median: the host's time to issue one step (enqueue only: the step's calls returning, no
-// synchronization), beside the GPU time between the events around it. When the host takes longer
-// than the GPU, the step is host-bound and the event time measures the host.
-struct Timing {
-  double median = 0, min = 0;
-  size_t count = 0;
-  double host_median = 0;
-};
-template <class Step>
-Timing time_steps(const BenchOptions& o, CUstream stream, Step&& step) {
-  CUevent start, stop;
-  LIGHTSEQ_CU_CHECK(driver().cuEventCreate(&start, CU_EVENT_DEFAULT));
-  LIGHTSEQ_CU_CHECK(driver().cuEventCreate(&stop, CU_EVENT_DEFAULT));
-  for (int i = 0; i < o.warmup; ++i) step();
-  std::vector<float> ms;
-  std::vector<double> host_ms;
-  for (int i = 0; i < o.iters; ++i) {
-    LIGHTSEQ_CU_CHECK(driver().cuEventRecord(start, stream));
-    const auto issue_begin = std::chrono::steady_clock::now();
-    step();
-    host_ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - issue_begin)
-            .count());
-    LIGHTSEQ_CU_CHECK(driver().cuEventRecord(stop, stream));
-    LIGHTSEQ_CU_CHECK(driver().cuEventSynchronize(stop));
-    float t = 0;
-    LIGHTSEQ_CU_CHECK(driver().cuEventElapsedTime(&t, start, stop));
-    ms.push_back(t);
-  }
-  LIGHTSEQ_CU_CHECK(driver().cuEventDestroy(start));
-  LIGHTSEQ_CU_CHECK(driver().cuEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  std::sort(host_ms.begin(), host_ms.end());
-  return {ms[ms.size() / 2], ms.front(), ms.size(), host_ms[host_ms.size() / 2]};
-}
-
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
+  if (o.step) return run_step_bench(o);
   const auto model =
       CompiledModel::load(parse_spec_file(o.spec), RuntimeOptions{o.device, std::nullopt});
   const ModelSpec& spec = model->spec();
@@ -192,7 +140,7 @@ int run_bench(const BenchOptions& o) {
                        mem.grad(H),         mem.grad(H),     mem.grad(H),     mem.grad(H)};
         layers.emplace_back(w, g);
       }
-      t = time_steps(o, stream, [&] {
+      t = time_steps(o.warmup, o.iters, stream, [&] {
         std::vector<SavedActivations> saved;
         for (int i = 0; i < st.count; ++i) {
           drop.offset += kDropoutOffsetStride;
@@ -228,7 +176,7 @@ int run_bench(const BenchOptions& o) {
         layers.emplace_back(w, g);
       }
       const size_t enc_bytes = static_cast<size_t>(src_tokens * H) * element_bytes(p);
-      t = time_steps(o, stream, [&] {
+      t = time_steps(o.warmup, o.iters, stream, [&] {
         std::vector<SavedActivations> saved;
         for (int i = 0; i < st.count; ++i) {
           drop.offset += kDropoutOffsetStride;

@@ -1,4 +1,5 @@
-// bench.h — `lsc bench`: training-step timing of a spec's encoder and decoder stacks on a GPU.
+// bench.h — `lsc bench`: training-step timing of a spec's encoder and decoder stacks on a GPU, or
+// with --step of its whole training step (TrainStep: embedding → stacks → criterion → optimizer).
 #pragma once
 
 #include <cstdint>
@@ -14,8 +15,13 @@ struct BenchOptions {
   int iters = 20;
   int warmup = 5;
   int device = 0;
+  bool step = false;       // --step: time TrainStep::run on a synthetic batch
+  int64_t tokens = 4096;   // --step: tokens per batch (batch = tokens / seq)
+  bool no_graphs = false;  // --step: the eager step instead of the CUDA graph replay
 };
 
 int run_bench(const BenchOptions& options);
+// `lsc bench --step` (bench_step.cpp).
+int run_step_bench(const BenchOptions& options);
 
 }  // namespace lightseq::lsc

@@ -1,5 +1,7 @@
 // lsc — the lightseq command line: build (fill the kernel cache ahead of time), plan (show the
-// fusion plan), cache ls|clear. Thin: parses arguments, calls the compiler, translates errors.
+// fusion plan), kernels, cache ls|clear, bench (time layer stacks or the whole step), train (a
+// whole model, frontends/lsc/train.h). Thin: parses arguments, calls the compiler and the runtime,
+// translates errors.
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -15,6 +17,7 @@
 #include "compiler/planner/planner.h"
 #include "frontends/lsc/args.h"
 #include "frontends/lsc/bench.h"
+#include "frontends/lsc/train.h"
 #include "frontends/spec/parse.h"
 
 namespace lightseq::lsc {
@@ -199,6 +202,85 @@ int run(int argc, char** argv) {
   bench->add_option("--device", bench_opts.device, "GPU ordinal")
       ->check(non_negative)
       ->capture_default_str();
+  bench->add_flag("--step", bench_opts.step,
+                  "Time the whole training step instead (TrainStep: embedding, stacks, criterion, "
+                  "backward, optimizer) on a batch of --tokens, rows of --seq");
+  bench->add_option("--tokens", bench_opts.tokens, "With --step: tokens per batch")
+      ->check(positive)
+      ->capture_default_str();
+  bench->add_flag("--no-graphs", bench_opts.no_graphs,
+                  "With --step: time the eager step (no CUDA graph replay)");
+
+  TrainOptions train_opts;
+  auto* train = app.add_subcommand(
+      "train",
+      "Train the spec's whole model on a GPU from tokenized examples (docs/train.md) or a "
+      "synthetic task.");
+  train
+      ->add_option("spec", train_opts.spec,
+                   "Model spec (JSON) with embedding, criterion, optimizer")
+      ->required();
+  train
+      ->add_option("--data", train_opts.data,
+                   "Training examples, one per line: 'source ids ||| target ids' (docs/train.md)")
+      ->check(non_empty("give a file of examples (docs/train.md)"));
+  train
+      ->add_option("--valid", train_opts.valid,
+                   "Validation examples, the same format (with --data)")
+      ->check(non_empty("give a file of examples (docs/train.md)"));
+  train
+      ->add_option("--synthetic", train_opts.synthetic,
+                   "A synthetic task instead of --data: copy or reverse")
+      ->check(one_of({"copy", "reverse"}));
+  train->add_option("--steps", train_opts.steps, "Optimizer steps in all (a resumed run included)")
+      ->check(positive)
+      ->capture_default_str();
+  train
+      ->add_option("--tokens-per-batch", train_opts.tokens_per_batch,
+                   "Token budget of a batch: rows × length rounded up to a multiple of 8")
+      ->check(whole_number_at_least(8))
+      ->capture_default_str();
+  train
+      ->add_option("--lr", train_opts.lr,
+                   "Peak learning rate (default: the spec's optimizer.lr); inverse_sqrt schedule")
+      ->check(positive_number("5e-4"));
+  train
+      ->add_option("--warmup", train_opts.warmup,
+                   "Linear warm-up steps before the inverse-sqrt decay (default: --steps / 10, at "
+                   "most 4000)")
+      ->check(non_negative);
+  train->add_option("--save", train_opts.save, "Checkpoint directory (default: --resume's)")
+      ->check(non_empty("give a directory, or leave --save out for no checkpoints"));
+  train
+      ->add_option("--save-every", train_opts.save_every,
+                   "Steps between checkpoints (and the last)")
+      ->check(positive)
+      ->capture_default_str();
+  train
+      ->add_option("--resume", train_opts.resume,
+                   "Continue the run saved in DIR, bit for bit (same spec, data, seed, budget)")
+      ->check(non_empty("give a directory written by --save"));
+  train
+      ->add_option("--valid-every", train_opts.valid_every,
+                   "Steps between validations (0: only after the last step)")
+      ->check(non_negative)
+      ->capture_default_str();
+  train
+      ->add_option("--seed", train_opts.seed, "Seed of the initial weights, dropout and data order")
+      ->check(non_negative)
+      ->capture_default_str();
+  train
+      ->add_option("--max-len", train_opts.max_len,
+                   "Longest sequence (default: 32 for --synthetic; for --data the embedding's "
+                   "max_positions; longer examples are skipped)")
+      ->check(positive);
+  train->add_option("--log-every", train_opts.log_every, "Steps between progress lines")
+      ->check(positive)
+      ->capture_default_str();
+  train->add_flag("--no-graphs", train_opts.no_graphs, "Run every step eagerly (no CUDA graphs)");
+  train->add_option("--device", train_opts.device, "GPU ordinal")
+      ->check(non_negative)
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -211,6 +293,13 @@ int run(int argc, char** argv) {
     // app.exit prints the message (or the help); a usage error exits 2 whatever CLI11's own code
     return app.exit(e) == 0 ? 0 : 2;
   }
+  if (*train) {
+    const std::string usage = train_usage_error(train_opts);
+    if (!usage.empty()) {
+      std::cerr << usage << "\nRun with --help for more information.\n";
+      return 2;
+    }
+  }
   try {
     if (*build) return cmd_build(spec, archs, cache_dir, jobs, quiet);
     if (*plan) return cmd_plan(spec);
@@ -221,6 +310,7 @@ int run(int argc, char** argv) {
     if (*ls) return cmd_cache_ls(cache_dir);
     if (*clear) return cmd_cache_clear(cache_dir);
     if (*bench) return run_bench(bench_opts);
+    if (*train) return run_train(train_opts);
   } catch (const SpecError& e) {
     std::cerr << "lsc: error: " << e.what() << "\n";
     return 1;
