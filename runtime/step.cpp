@@ -115,6 +115,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   ScopedContext ctx(model_->device());
   arena_ = parameter_arena(spec);
   allocator_ = std::make_unique<StreamOrderedAllocator>(model_->device());
+  LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&capture_stream_, CU_STREAM_NON_BLOCKING));
   mem_ = std::make_unique<Arenas>();
   const Precision p = spec.precision;
   const int64_t n = arena_.total;
@@ -236,6 +237,7 @@ TrainStep::~TrainStep() {
   ScopedContext ctx(model_->device());
   buckets_.clear();
   mem_.reset();
+  if (capture_stream_) driver().cuStreamDestroy(capture_stream_);
 }
 
 void* TrainStep::params() const { return mem_->params.get(); }
@@ -504,17 +506,20 @@ void TrainStep::run(const StepBatch& b, CUstream s) {
     bk.warm = true;
   } else {
     if (!bk.exec) {
-      LIGHTSEQ_CU_CHECK(driver().cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+      // Captured on the step's own stream (the caller's may be the legacy default stream, which
+      // cannot capture); capturing runs nothing, and the graph is launched on the caller's.
+      const CUstream c = capture_stream_;
+      LIGHTSEQ_CU_CHECK(driver().cuStreamBeginCapture(c, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
       try {
-        enqueue(bk, /*train=*/true, s);
+        enqueue(bk, /*train=*/true, c);
       } catch (...) {
         CUgraph broken = nullptr;
-        driver().cuStreamEndCapture(s, &broken);
+        driver().cuStreamEndCapture(c, &broken);
         if (broken) driver().cuGraphDestroy(broken);
         throw;
       }
       CUgraph graph = nullptr;
-      LIGHTSEQ_CU_CHECK(driver().cuStreamEndCapture(s, &graph));
+      LIGHTSEQ_CU_CHECK(driver().cuStreamEndCapture(c, &graph));
       const CUresult r = driver().cuGraphInstantiate(&bk.exec, graph, 0);
       driver().cuGraphDestroy(graph);
       LIGHTSEQ_CU_CHECK(r);

@@ -133,6 +133,7 @@ class TrainStep {
   std::vector<Call> calls_;  // the layer calls of a step, in forward order
   std::map<std::array<int64_t, 3>, std::unique_ptr<Bucket>> buckets_;
   Bucket* last_ = nullptr;
+  CUstream capture_stream_ = nullptr;  // where graphs are captured
   int64_t steps_run_ = 0;
   int64_t updates_base_ = 0;  // the optimizer's step count when steps_run_ was 0
   int64_t graphs_captured_ = 0, graph_replays_ = 0;
