@@ -74,7 +74,8 @@ class Reference(nn.Module):
 
     def embed(self, tokens):
         pad = tokens == PAD
-        x = self.embed_tokens(tokens) * math.sqrt(H) + sinusoids(tokens.shape[1]).to(tokens.device)
+        w = self.embed_tokens.weight
+        x = self.embed_tokens(tokens) * math.sqrt(H) + sinusoids(tokens.shape[1]).to(w.device, w.dtype)
         return x.masked_fill(pad[..., None], 0.0), pad  # lightseq's padding rows are zeros
 
     def forward(self, src, tgt, targets):
