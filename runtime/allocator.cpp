@@ -22,6 +22,19 @@ StreamOrderedAllocator::StreamOrderedAllocator(int device, PoolRelease release) 
   }
 }
 
+size_t pool_peak_bytes(int device, bool reset) {
+  PrimaryContext ctx(device);
+  CUmemoryPool pool = nullptr;
+  LIGHTSEQ_CU_CHECK(driver().cuDeviceGetDefaultMemPool(&pool, cu_device(device)));
+  cuuint64_t high = 0;
+  LIGHTSEQ_CU_CHECK(driver().cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_USED_MEM_HIGH, &high));
+  if (reset) {
+    cuuint64_t zero = 0;  // resets the mark to the memory in use now
+    LIGHTSEQ_CU_CHECK(driver().cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_USED_MEM_HIGH, &zero));
+  }
+  return static_cast<size_t>(high);
+}
+
 void* StreamOrderedAllocator::allocate(size_t bytes, CUstream stream) {
   if (bytes == 0) return nullptr;
   ContextGuard guard(context_.get());

@@ -52,6 +52,12 @@ class StreamOrderedAllocator final : public Allocator {
   PrimaryContext context_;
 };
 
+// The high-water mark of the memory in use from the device's default pool
+// (StreamOrderedAllocator's: a TrainStep's arenas and every step's temporaries, captured graphs'
+// included), in bytes; with `reset`, the mark restarts from what is in use now. For benchmarks'
+// peak-memory figures.
+size_t pool_peak_bytes(int device, bool reset);
+
 // Owns one allocation: allocated in the constructor, returned to its allocator on the same stream
 // in the destructor (stream-ordered: work already enqueued on that stream may still use it).
 // Movable, not copyable.

@@ -371,6 +371,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("graphs_captured", &TrainStep::graphs_captured)
       .def_property_readonly("graph_replays", &TrainStep::graph_replays);
   m.def(
+      "pool_peak_bytes", &pool_peak_bytes, py::arg("device"), py::arg("reset"),
+      "the high-water mark of lightseq's CUDA memory pool on `device` (bytes); reset restarts it");
+  m.def(
       "layer_names",
       [](const CompiledModel& c) {
         std::vector<std::string> out;

@@ -1,0 +1,191 @@
+"""Whole training step of a Transformer (examples/transformer-base.json: 6+6 layers, 512/8/2048,
+post-LN, ReLU, vocab 32000, tied output projection, label smoothing 0.1, AdamW, dropout 0.1, bf16),
+one mode per process (so each mode's peak memory is its own), on the same card in one run:
+
+  lightseq        lightseq._C.TrainStep, the C++ whole-model step, replaying a CUDA graph per shape
+  lightseq-eager  the same step uncaptured (every launch issued by the host)
+  eager           PyTorch: nn.Embedding + sinusoidal positions + nn.TransformerEncoder/Decoder
+                  (SDPA) + tied projection + F.cross_entropy(label_smoothing) + fused AdamW
+  compile         torch.compile(model) of the same (default mode)
+  compile-ro      torch.compile(model, mode="reduce-overhead")
+  layers          lightseq.compile(model): the layers compiled, the rest PyTorch
+
+Per tokens-per-batch (B x 128 source and target tokens): ms per step (CUDA events over N
+back-to-back steps after warm-up), the host's issue time per step (wall time of the call that
+enqueues it, median), and peak device memory (torch: max_memory_allocated; lightseq's TrainStep:
+the high-water mark of the CUDA memory pool it allocates from).
+
+usage: python3 benchmarks/train_step.py [--modes ...] [--tokens 512 4096 16384 65536] [--iters 20]
+"""
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODES = ["lightseq", "lightseq-eager", "eager", "compile", "compile-ro", "layers"]
+SEQ = 128
+
+
+def spec():
+    return json.loads((ROOT / "examples" / "transformer-base.json").read_text())
+
+
+def batch(tokens, V, device):
+    import torch
+    g = torch.Generator().manual_seed(tokens)
+    B = max(1, tokens // SEQ)
+    mk = lambda: torch.randint(2, V, (B, SEQ), generator=g).to(device)  # noqa: E731
+    return mk(), mk(), mk()
+
+
+def torch_model(s):
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    e, enc, dec = s["embedding"], s["layers"][0], s["layers"][1]
+    H, V, pad = e["hidden"], e["vocab"], e["padding_idx"]
+    p = enc["dropout"]["hidden"]
+
+    class MT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = nn.Embedding(V, H, padding_idx=pad)
+            el = nn.TransformerEncoderLayer(H, enc["heads"], enc["ffn"], dropout=p, batch_first=True)
+            dl = nn.TransformerDecoderLayer(H, dec["heads"], dec["ffn"], dropout=p, batch_first=True)
+            self.encoder = nn.TransformerEncoder(el, enc["count"], enable_nested_tensor=False)
+            self.decoder = nn.TransformerDecoder(dl, dec["count"])
+            half = H // 2
+            freq = torch.exp(torch.arange(half) * -(math.log(10000.0) / (half - 1)))
+            ang = torch.arange(e["max_positions"])[:, None] * freq[None, :]
+            self.register_buffer("pos", torch.cat([ang.sin(), ang.cos()], 1), persistent=False)
+            self.drop = nn.Dropout(e["dropout"])
+
+        def embed(self, t):
+            x = self.embed_tokens(t) * math.sqrt(H) + self.pos[: t.shape[1]].to(self.embed_tokens.weight.dtype)
+            return self.drop(x)
+
+        def forward(self, src, tgt, targets):
+            mem = self.encoder(self.embed(src), src_key_padding_mask=src == pad)
+            T = tgt.shape[1]
+            causal = nn.Transformer.generate_square_subsequent_mask(T, device=tgt.device, dtype=mem.dtype)
+            out = self.decoder(self.embed(tgt), mem, tgt_mask=causal, tgt_is_causal=True,
+                               tgt_key_padding_mask=tgt == pad, memory_key_padding_mask=src == pad)
+            logits = out @ self.embed_tokens.weight.t()
+            return F.cross_entropy(logits.view(-1, V).float(), targets.view(-1), ignore_index=pad,
+                                   label_smoothing=s["criterion"]["label_smoothing"])
+
+    return MT()
+
+
+def run_mode(mode, tokens_list, iters):
+    import torch
+    sys.path.insert(0, str(ROOT / "frontends" / "python"))
+    import lightseq
+
+    s = spec()
+    V = s["embedding"]["vocab"]
+    o = s["optimizer"]
+    rows = []
+    if mode.startswith("lightseq"):
+        model = lightseq._C.CompiledModel.load(json.dumps(s), 0, None)
+        step = lightseq._C.TrainStep(model, seed=1, cuda_graphs=(mode == "lightseq"))
+        step.init_parameters(1)
+        stream = torch.cuda.Stream()
+        sid = stream.cuda_stream
+        for tokens in tokens_list:
+            src, tgt, y = batch(tokens, V, "cuda")
+            torch.cuda.synchronize()
+            lightseq._C.pool_peak_bytes(0, True)
+            call = lambda: step.run(src.data_ptr(), tgt.data_ptr(), y.data_ptr(), src.shape[0],  # noqa: E731
+                                    SEQ, SEQ, sid)
+            rows.append(measure(mode, tokens, call, stream, iters,
+                                peak=lambda: lightseq._C.pool_peak_bytes(0, False)))
+            st = step.stats(sid)
+            rows[-1]["loss"] = st["loss"] / st["tokens"]
+        return rows
+    torch.manual_seed(0)
+    net = torch_model(s).cuda().to(torch.bfloat16)
+    if mode == "layers":
+        net = lightseq.compile(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+                            weight_decay=o["weight_decay"], fused=True)
+    fwd = net
+    if mode == "compile":
+        fwd = torch.compile(net)
+    elif mode == "compile-ro":
+        fwd = torch.compile(net, mode="reduce-overhead")
+    stream = torch.cuda.Stream()
+    for tokens in tokens_list:
+        src, tgt, y = batch(tokens, V, "cuda")
+
+        def call():
+            with torch.cuda.stream(stream):
+                opt.zero_grad(set_to_none=True)
+                loss = fwd(src, tgt, y)
+                loss.backward()
+                opt.step()
+                call.loss = loss
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        rows.append(measure(mode, tokens, call, stream, iters, peak=torch.cuda.max_memory_allocated))
+        rows[-1]["loss"] = float(call.loss)
+    return rows
+
+
+def measure(mode, tokens, call, stream, iters, peak):
+    import torch
+    for _ in range(3):  # the first run of a shape is eager, the second captures (lightseq); compiles
+        call()
+    torch.cuda.synchronize()
+    issue = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(stream)
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        call()
+        issue.append((time.perf_counter() - t0) * 1e3)
+    end.record(stream)
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / iters
+    return {"mode": mode, "tokens": tokens, "ms": ms, "issue_ms": statistics.median(issue),
+            "tokens_per_s": tokens / ms * 1e3, "peak_gib": peak() / 2**30}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    ap.add_argument("--tokens", nargs="+", type=int, default=[512, 4096, 16384, 65536])
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        for r in run_mode(a.one, a.tokens, a.iters):
+            print("ROW " + json.dumps(r), flush=True)
+        return
+    import torch
+    print(f"# {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {SEQ} source and target "
+          f"tokens per sequence, bf16, dropout 0.1")
+    print(f"{'mode':<15} {'tokens':>6} {'ms/step':>8} {'issue ms':>8} {'tok/s':>10} {'peak GiB':>8} {'loss':>7}")
+    for mode in a.modes:
+        cmd = [sys.executable, __file__, "--one", mode, "--iters", str(a.iters), "--tokens",
+               *map(str, a.tokens)]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        rows = [json.loads(l[4:]) for l in p.stdout.splitlines() if l.startswith("ROW ")]
+        for r in rows:
+            print(f"{r['mode']:<15} {r['tokens']:>6} {r['ms']:>8.2f} {r['issue_ms']:>8.2f} "
+                  f"{r['tokens_per_s']:>10.0f} {r['peak_gib']:>8.2f} {r['loss']:>7.3f}", flush=True)
+        if p.returncode != 0:
+            print(f"{mode}: failed (exit {p.returncode}):\n{p.stderr[-3000:]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
