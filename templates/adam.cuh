@@ -5,6 +5,7 @@
 #include "adam.sig.cuh"
 #include "common/adam_types.cuh"
 #include "common/enums.cuh"
+#include "common/reduce.cuh"
 #include "common/types.cuh"
 
 namespace lightseq::kern {
@@ -74,6 +75,8 @@ __device__ __forceinline__ void adam_elements(const AdamChunk<T>& c, int64_t i, 
 //   g = grad / state->loss_scale (+ weight_decay * p for kAdam); m = beta1 m + (1 - beta1) g;
 //   v = beta2 v + (1 - beta2) g^2; p *= 1 - lr * weight_decay (kAdamW, first);
 //   p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps); param = T(p). lr = *lr.
+//   With norm_partials (grad_norm_kernel's, one per chunk): g is first multiplied by
+//   min(1, max_norm / (‖grad / loss_scale‖₂ + 1e-6)) (torch.nn.utils.clip_grad_norm_).
 //   Nothing is written when state->found_inf (the step is skipped). The state is only read:
 //   optim_finish_kernel advances it after every group's update.
 // Fuses:     unscale + weight decay + both moments + update + master-to-param cast.
@@ -88,14 +91,24 @@ __device__ __forceinline__ void adam_elements(const AdamChunk<T>& c, int64_t i, 
 template <typename T, AdamMode kMode>
 __global__ void __launch_bounds__(adam_block())
     adam_kernel(const AdamChunk<T>* chunks, int n_chunks, float beta1, float beta2, float eps,
-                float weight_decay, const float* lr, const OptimState* state) {
+                float weight_decay, const float* lr, const OptimState* state,
+                const float* norm_partials, float max_norm) {
   static_assert(kMode == AdamMode::kAdam || kMode == AdamMode::kAdamW, "AdamMode");
   const OptimState st = *state;
   if (st.found_inf != 0) return;
   if (static_cast<int>(blockIdx.x) >= n_chunks) return;
-  const AdamStep args = adam_step_of(beta1, beta2, eps, weight_decay, *lr, st);
-  const AdamChunk<T> c = chunks[blockIdx.x];
+  AdamStep args = adam_step_of(beta1, beta2, eps, weight_decay, *lr, st);
   constexpr int kThreads = adam_block();
+  if (norm_partials != nullptr) {  // global-norm clipping: every block sums in the same order
+    __shared__ float smem[32];
+    float sq[1] = {0.f};
+    for (int i = threadIdx.x; i < n_chunks; i += kThreads) sq[0] += norm_partials[i];
+    block_sum<kThreads, 1>(sq, smem);
+    const float norm = sqrtf(sq[0]) * args.grad_scale;  // of the unscaled gradients
+    const float coef = max_norm / (norm + 1e-6f);
+    if (coef < 1.f) args.grad_scale *= coef;
+  }
+  const AdamChunk<T> c = chunks[blockIdx.x];
   int64_t vec_end = 0;
   const bool aligned = (c.master == nullptr || is_aligned(c.master, 16)) &&
                        is_aligned(c.param, kAdamVec * DType<T>::kBytes) &&
@@ -144,6 +157,39 @@ __global__ void __launch_bounds__(check_finite_block())
     bad |= (__float_as_uint(to_float(c.grad[i])) & 0x7f800000u) == 0x7f800000u;
   }
   if (__syncthreads_or(bad) && threadIdx.x == 0) *found_inf = 1;
+}
+
+// grad_norm_kernel — partials[c] = Σ grad² over chunk c (fp32): the pieces of the global gradient
+//   norm that adam_kernel's clipping sums (in a fixed order: deterministic).
+// Fuses:     the squared norm of every gradient in one launch.
+// Shapes:    chunks as adam_kernel (only grad and n are read); partials [n_chunks] fp32, `=`.
+// Grid/Block: check_finite_grid(n_chunks) blocks of check_finite_block() threads. Smem: 128 B.
+// Constants: none. Numerics: fp32 sums of squares in a fixed order.
+template <typename T>
+__global__ void __launch_bounds__(check_finite_block())
+    grad_norm_kernel(const AdamChunk<T>* chunks, int n_chunks, float* partials) {
+  if (static_cast<int>(blockIdx.x) >= n_chunks) return;
+  constexpr int kThreads = check_finite_block();
+  __shared__ float smem[32];
+  const AdamChunk<T> c = chunks[blockIdx.x];
+  float acc[1] = {0.f};
+  int64_t vec_end = 0;
+  if (is_aligned(c.grad, kAdamVec * DType<T>::kBytes)) {
+    vec_end = c.n / kAdamVec * kAdamVec;
+    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kAdamVec; i < vec_end;
+         i += static_cast<int64_t>(kThreads) * kAdamVec) {
+      float g[kAdamVec];
+      load_float<kAdamVec>(c.grad + i, g);
+#pragma unroll
+      for (int e = 0; e < kAdamVec; ++e) acc[0] += g[e] * g[e];
+    }
+  }
+  for (int64_t i = vec_end + threadIdx.x; i < c.n; i += kThreads) {
+    const float g = to_float(c.grad[i]);
+    acc[0] += g * g;
+  }
+  block_sum<kThreads, 1>(acc, smem);
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc[0];
 }
 
 // optim_finish_kernel — ends an optimizer step on the device (torch.amp.GradScaler.update's rule):

@@ -52,7 +52,9 @@ inline constexpr Param kP[] = {tensor_list("chunks", CType::kConstAdamChunkPtr, 
                                scalar("eps", CType::kF32),
                                scalar("weight_decay", CType::kF32),
                                in("lr", CType::kConstF32Ptr),
-                               in("state", CType::kConstOptimStatePtr)};
+                               in("state", CType::kConstOptimStatePtr),
+                               in("norm_partials", CType::kConstF32Ptr, Nullable::kYes),
+                               scalar("max_norm", CType::kF32)};
 inline Launch launch(const Values& v) {
   return {adam_grid(v.i[index_of(kP, "n_chunks")]), adam_block(), 0};
 }
@@ -72,6 +74,20 @@ inline Launch launch(const Values& v) {
 inline constexpr Kernel kCheckFinite = make_kernel("adam", "check_finite_kernel", check_finite::kT,
                                                    check_finite::kP, &check_finite::launch);
 
+namespace grad_norm {
+inline Extent partials(const Values& v);
+inline constexpr TParam kT[] = {kDTypeParam};
+inline constexpr Param kP[] = {tensor_list("chunks", CType::kConstAdamChunkPtr, kGradList),
+                               scalar("n_chunks", CType::kI32),
+                               scratch("partials", CType::kF32Ptr, &partials, Nullable::kNo)};
+inline Extent partials(const Values& v) { return {v.i[index_of(kP, "n_chunks")], 1}; }
+inline Launch launch(const Values& v) {
+  return {check_finite_grid(v.i[index_of(kP, "n_chunks")]), check_finite_block(), 0};
+}
+}  // namespace grad_norm
+inline constexpr Kernel kGradNorm =
+    make_kernel("adam", "grad_norm_kernel", grad_norm::kT, grad_norm::kP, &grad_norm::launch);
+
 namespace optim_finish {
 inline constexpr TParam kT[] = {kDTypeParam};
 inline constexpr Param kP[] = {
@@ -83,7 +99,7 @@ inline constexpr Kernel kOptimFinish = make_kernel("adam", "optim_finish_kernel"
                                                    optim_finish::kP, &optim_finish::launch);
 
 namespace adam {
-inline constexpr const Kernel* kKernels[] = {&kAdam, &kCheckFinite, &kOptimFinish};
+inline constexpr const Kernel* kKernels[] = {&kAdam, &kCheckFinite, &kGradNorm, &kOptimFinish};
 }
 
 }  // namespace lightseq::kern::sig

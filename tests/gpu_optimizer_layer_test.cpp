@@ -40,10 +40,13 @@ constexpr int64_t kParams =
 struct OptCase {
   Precision precision;
   OptimizerKind kind;
+  bool clip = false;  // global-norm clipping (clip_norm below the gradients' norm)
 };
 std::string opt_case_name(const OptCase& c) {
-  return fmt::format("{}_{}", to_string(c.precision), to_string(c.kind));
+  return fmt::format("{}_{}{}", to_string(c.precision), to_string(c.kind), c.clip ? "_clip" : "");
 }
+// The gradients are uniform in ±1 (unscaled): their norm is about sqrt(kParams / 3) ≈ 213.
+constexpr double kClipNorm = 50;
 
 ModelSpec optimizer_spec(const OptCase& c) {
   ModelSpec s;
@@ -65,6 +68,7 @@ ModelSpec optimizer_spec(const OptCase& c) {
   // g's fp32 rounding (ref::adam_update_slack bounds what that explains).
   o.eps = 1e-6;
   o.weight_decay = 0.05;
+  o.clip_norm = c.clip ? kClipNorm : 0.0;
   s.optimizer = o;
   return s;
 }
@@ -79,6 +83,7 @@ std::vector<OptCase> all_opt_cases() {
   std::vector<OptCase> out;
   for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16}) {
     for (OptimizerKind k : {OptimizerKind::kAdam, OptimizerKind::kAdamW}) out.push_back({p, k});
+    out.push_back({p, OptimizerKind::kAdamW, true});
   }
   return out;
 }
@@ -178,6 +183,13 @@ TEST_P(GpuOptimizerLayer, StepsMatchTheReferenceWithDeviceScalars) {
     h.beta1 = static_cast<float>(o.beta1), h.beta2 = static_cast<float>(o.beta2);
     h.eps = static_cast<float>(o.eps), h.weight_decay = static_cast<float>(o.weight_decay);
     h.grad_scale = 1.0 / want_scale;
+    if (c.clip) {  // torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (‖g‖ + 1e-6))
+      double sq = 0;
+      for (double g : grad) sq += (g / want_scale) * (g / want_scale);
+      const double coef = kClipNorm / (std::sqrt(sq) + 1e-6);
+      ASSERT_LT(coef, 0.5) << "the test's gradients must be clipped";
+      h.grad_scale *= coef;
+    }
     h.bias_correction1 = 1 - std::pow(h.beta1, good_steps);
     h.bias_correction2 = 1 - std::pow(h.beta2, good_steps);
     Vec p_ref = master, m_ref = m, v_ref = v, delta(n), slack(n);
@@ -261,11 +273,13 @@ TEST(ModelOptimizerPlan, BindingsAndArenaSizeAreWhatTheGpuTestUses) {
     const auto f = exec.required_bindings(false);
     EXPECT_EQ(Names(f.begin(), f.end()), opt_bindings(c));
     EXPECT_TRUE(exec.required_bindings(true).empty()) << "the optimizer has no backward";
-    // check_finite only where the loss is scaled (fp16), optim_finish always, after adam.
+    // check_finite only where the loss is scaled (fp16), grad_norm only when clipping,
+    // optim_finish always, after adam.
     std::vector<std::string> kernels_run;
     for (const Step& st : opt->forward)
       kernels_run.push_back(std::get<KernelStep>(st).kernel.kernel);
     std::vector<std::string> want{"adam_kernel", "optim_finish_kernel"};
+    if (c.clip) want.insert(want.begin(), "grad_norm_kernel");
     if (c.precision == Precision::kFp16) want.insert(want.begin(), "check_finite_kernel");
     EXPECT_EQ(kernels_run, want);
   }

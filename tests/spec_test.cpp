@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "compiler/errors.h"
+#include "compiler/planner/planner.h"
 #include "frontends/spec/parse.h"
 
 namespace lightseq {
@@ -68,6 +69,22 @@ TEST(SpecExamples, TransformerBaseFields) {
   EXPECT_EQ(s.optimizer->kind, OptimizerKind::kAdamW);
   EXPECT_EQ(s.optimizer->beta2, 0.98);
   EXPECT_EQ(s.optimizer->weight_decay, 1e-4);
+  EXPECT_EQ(s.optimizer->clip_norm, 0.0) << "no clipping unless asked for";
+}
+
+TEST(SpecOptimizer, ClipNormParsesPrintsAndPlansTheNormKernel) {
+  ModelSpec s = parse_spec_file(kExamples / "transformer-base.json");
+  s.optimizer->clip_norm = 1.0;
+  const std::string json = spec_to_json(s).dump();
+  EXPECT_NE(json.find("\"clip_norm\":1.0"), std::string::npos) << json;
+  EXPECT_EQ(parse_spec_string(json, "<test>").optimizer->clip_norm, 1.0);
+  const ModelPlan plan = plan_model(s);
+  std::vector<std::string> kernels;
+  for (const Step& st : plan.layers.back().forward) {
+    if (const auto* k = std::get_if<KernelStep>(&st)) kernels.push_back(k->kernel.label);
+  }
+  EXPECT_EQ(kernels, (std::vector<std::string>{"grad_norm:bf16", "adam:bf16:mode=adamw",
+                                               "optim_finish:bf16"}));
 }
 
 TEST(SpecExamples, Gpt2IsACausalEncoderStack) {
@@ -348,6 +365,10 @@ const std::vector<BadSpec> kBadSpecs = {
     {"weight_decay_negative",
      {{R"("weight_decay": 1e-4)", R"("weight_decay": -0.01)"}},
      {"optimizer.weight_decay = -0.01: must be a finite number >= 0; 0 turns weight decay off"}},
+    {"clip_norm_negative",
+     {{R"("weight_decay": 1e-4)", R"("weight_decay": 1e-4, "clip_norm": -1)"}},
+     {"optimizer.clip_norm = -1: must be a finite number >= 0 (the largest global gradient norm); "
+      "0 turns clipping off; try 1.0"}},
     {"adam_eps_zero",
      {{R"("eps": 1e-8)", R"("eps": 0)"}},
      {"optimizer.eps = 0: must be a positive finite number (Adam divides by sqrt(v) + eps); try "

@@ -151,6 +151,7 @@ struct OpAttrs {
     double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
     double growth_factor = 2.0, backoff_factor = 0.5;
     int growth_interval = 0;
+    double clip_norm = 0;  // > 0: global-norm gradient clipping
   } adam;
   // attention / attention_grad
   struct Attention {

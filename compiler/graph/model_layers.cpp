@@ -157,6 +157,7 @@ LayerGraph lower_optimizer(const OptimizerSpec& o, const ModelSpec& model) {
   at.adam.weight_decay = o.weight_decay;
   // fp16 gradients overflow: dynamic loss scaling with torch.amp.GradScaler's defaults.
   if (model.precision == Precision::kFp16) at.adam.growth_interval = 2000;
+  at.adam.clip_norm = o.clip_norm;
   b.op(OpKind::kAdam, "step", in, {}, at);
   lg.graph.verify();
   return lg;

@@ -241,6 +241,15 @@ void add_forward_rules(std::vector<Rule>& r) {
          }
          Args adam_args = list;
          adam_args.insert({{"lr", a.inputs[kAdamLr]}, {"state", state}});
+         if (h.clip_norm > 0) {
+           const int partials = add_scratch(s, a.name + ".norm_partials", ElemType::kF32);
+           s.out->push_back(make_step(
+               instantiate(sig::kGradNorm, s.precision, {}),
+               {{"chunks.grad", a.inputs[kAdamGrads]}, {"partials", partials}},
+               {{"n_chunks", ScalarArg::chunks_of(param_index(sig::kGradNorm, "chunks"))}}, nullptr,
+               "Σ grad² per chunk, for global-norm clipping"));
+           adam_args["norm_partials"] = partials;
+         }
          KernelStep step = make_step(
              instantiate(
                  sig::kAdam, s.precision,
@@ -251,8 +260,12 @@ void add_forward_rules(std::vector<Rule>& r) {
               {"beta1", ScalarArg::constant(h.beta1)},
               {"beta2", ScalarArg::constant(h.beta2)},
               {"eps", ScalarArg::constant(h.eps)},
-              {"weight_decay", ScalarArg::constant(h.weight_decay)}},
-             nullptr, "lr, step and loss scale read from device memory");
+              {"weight_decay", ScalarArg::constant(h.weight_decay)},
+              {"max_norm", ScalarArg::constant(h.clip_norm)}},
+             nullptr,
+             h.clip_norm > 0 ? "lr, step and loss scale read from device memory; gradients "
+                               "clipped to the global norm"
+                             : "lr, step and loss scale read from device memory");
          step.fused_ops = {a.name};
          s.out->push_back(std::move(step));
          s.out->push_back(make_step(

@@ -84,6 +84,9 @@ struct OptimizerSpec {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;
+  // > 0: gradients are scaled by min(1, clip_norm / (‖g‖₂ + 1e-6)) over all parameters first
+  // (torch.nn.utils.clip_grad_norm_); 0: no clipping.
+  double clip_norm = 0.0;
   bool operator==(const OptimizerSpec&) const = default;
 };
 

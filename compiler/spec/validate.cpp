@@ -316,6 +316,12 @@ class Validator {
           float32_message(o.weight_decay,
                           "must be a finite number >= 0; 0 turns weight decay off"));
     }
+    if (!non_negative_finite(o.clip_norm)) {
+      add("optimizer.clip_norm", show(o.clip_norm),
+          float32_message(o.clip_norm,
+                          "must be a finite number >= 0 (the largest global gradient norm); 0 "
+                          "turns clipping off; try 1.0"));
+    }
   }
 };
 

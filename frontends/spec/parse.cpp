@@ -409,7 +409,9 @@ class SpecReader {
                   }},
                  {"eps", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, o.eps); }},
                  {"weight_decay", Need::kOptional, "",
-                  [&](auto& n, auto& p) { read_number(n, p, o.weight_decay); }}});
+                  [&](auto& n, auto& p) { read_number(n, p, o.weight_decay); }},
+                 {"clip_norm", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_number(n, p, o.clip_norm); }}});
     return o;
   }
 };

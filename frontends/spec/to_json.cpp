@@ -58,6 +58,7 @@ Json spec_to_json(const ModelSpec& spec) {
                           {"betas", {o.beta1, o.beta2}},
                           {"eps", o.eps},
                           {"weight_decay", o.weight_decay}};
+    if (o.clip_norm > 0) j["optimizer"]["clip_norm"] = o.clip_norm;
   }
   return j;
 }
