@@ -25,13 +25,13 @@ void expect_usage_error(const std::string& args, const std::string& message) {
 TEST(LscUsage, UnknownOrMissingSubcommandIsNamed) {
   expect_usage_error("frobnicate",
                      "lsc: unknown subcommand 'frobnicate': expected one of build, plan, kernels, "
-                     "cache, bench");
+                     "cache, bench, train");
   expect_usage_error("--frob",
                      "lsc: unknown option '--frob': expected one of build, plan, kernels, cache, "
-                     "bench");
+                     "bench, train");
   expect_usage_error("",
                      "lsc: a subcommand is required: expected one of build, plan, kernels, "
-                     "cache, bench");
+                     "cache, bench, train");
   expect_usage_error("cache frob",
                      "lsc cache: unknown subcommand 'frob': expected one of ls, clear");
   expect_usage_error("cache", "lsc cache: a subcommand is required: expected one of ls, clear");

@@ -219,18 +219,22 @@ int run(int argc, char** argv) {
   train
       ->add_option("spec", train_opts.spec,
                    "Model spec (JSON) with embedding, criterion, optimizer")
+      ->type_name("SPEC")
       ->required();
   train
       ->add_option("--data", train_opts.data,
                    "Training examples, one per line: 'source ids ||| target ids' (docs/train.md)")
+      ->type_name("FILE")
       ->check(non_empty("give a file of examples (docs/train.md)"));
   train
       ->add_option("--valid", train_opts.valid,
                    "Validation examples, the same format (with --data)")
+      ->type_name("FILE")
       ->check(non_empty("give a file of examples (docs/train.md)"));
   train
       ->add_option("--synthetic", train_opts.synthetic,
                    "A synthetic task instead of --data: copy or reverse")
+      ->type_name("TASK")
       ->check(one_of({"copy", "reverse"}));
   train->add_option("--steps", train_opts.steps, "Optimizer steps in all (a resumed run included)")
       ->check(positive)
@@ -241,15 +245,18 @@ int run(int argc, char** argv) {
       ->check(whole_number_at_least(8))
       ->capture_default_str();
   train
-      ->add_option("--lr", train_opts.lr,
-                   "Peak learning rate (default: the spec's optimizer.lr); inverse_sqrt schedule")
+      ->add_option(
+          "--lr", train_opts.lr,
+          "Peak learning rate of the inverse_sqrt schedule (default: the spec's optimizer.lr; "
+          "with --resume, the saved run's)")
       ->check(positive_number("5e-4"));
   train
       ->add_option("--warmup", train_opts.warmup,
                    "Linear warm-up steps before the inverse-sqrt decay (default: --steps / 10, at "
-                   "most 4000)")
+                   "most 4000; with --resume, the saved run's)")
       ->check(non_negative);
   train->add_option("--save", train_opts.save, "Checkpoint directory (default: --resume's)")
+      ->type_name("DIR")
       ->check(non_empty("give a directory, or leave --save out for no checkpoints"));
   train
       ->add_option("--save-every", train_opts.save_every,
@@ -259,6 +266,7 @@ int run(int argc, char** argv) {
   train
       ->add_option("--resume", train_opts.resume,
                    "Continue the run saved in DIR, bit for bit (same spec, data, seed, budget)")
+      ->type_name("DIR")
       ->check(non_empty("give a directory written by --save"));
   train
       ->add_option("--valid-every", train_opts.valid_every,
