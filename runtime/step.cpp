@@ -309,7 +309,7 @@ void TrainStep::check_batch(const StepBatch& b) const {
   }
 }
 
-TrainStep::Bucket& TrainStep::bucket_for(const StepBatch& b, CUstream stream) {
+TrainStep::Bucket& TrainStep::bucket_for(const StepBatch& b) {
   const bool two = calls_.front().stream == Call::Stream::kSource;
   const std::array<int64_t, 3> key{b.batch, two ? b.src_len : 0, b.len};
   auto it = buckets_.find(key);
@@ -318,7 +318,9 @@ TrainStep::Bucket& TrainStep::bucket_for(const StepBatch& b, CUstream stream) {
   auto bk = std::make_unique<Bucket>();
   bk->src = {b.batch, two ? b.src_len : 0, 0};
   bk->tgt = {b.batch, b.len, two ? b.src_len : 0};
+  // The step's own memory (on the null stream, made ready once): it outlives any caller's stream.
   Allocator& al = *allocator_;
+  const CUstream stream = nullptr;
   const size_t rows = static_cast<size_t>(b.batch * b.len);
   if (two) bk->src_tokens = DeviceBuffer(al, b.batch * b.src_len * sizeof(int64_t), stream);
   bk->tokens = DeviceBuffer(al, rows * sizeof(int64_t), stream);
@@ -326,6 +328,7 @@ TrainStep::Bucket& TrainStep::bucket_for(const StepBatch& b, CUstream stream) {
   bk->loss = DeviceBuffer(al, rows * sizeof(float), stream);
   bk->nll = DeviceBuffer(al, rows * sizeof(float), stream);
   bk->counters = DeviceBuffer(al, 16, stream);
+  sync(stream);
   return *buckets_.emplace(key, std::move(bk)).first->second;
 }
 
@@ -491,7 +494,7 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
 void TrainStep::run(const StepBatch& b, CUstream s) {
   ScopedContext ctx(model_->device());
   check_pointers(b);
-  Bucket& bk = bucket_for(b, s);
+  Bucket& bk = bucket_for(b);
   const Io io = io_of(bk);
   const bool two = calls_.front().stream == Call::Stream::kSource;
   if (two) copy_d2d(const_cast<int64_t*>(io.src_tokens), b.src_tokens, bk.src_tokens.bytes(), s);
@@ -563,7 +566,7 @@ StepStats TrainStep::evaluate(const StepBatch& b, CUstream s) {
   check_batch(b);
   // Its own buffers: the last training step's outputs stay readable by stats().
   Bucket bk;
-  const Bucket& like = bucket_for(b, s);
+  const Bucket& like = bucket_for(b);
   bk.src = like.src;
   bk.tgt = like.tgt;
   Allocator& al = *allocator_;

@@ -117,7 +117,7 @@ class TrainStep {
   struct Call;    // one layer call's bound arguments (step.cpp)
 
  private:
-  Bucket& bucket_for(const StepBatch& b, CUstream stream);
+  Bucket& bucket_for(const StepBatch& b);
   StepStats read_stats(const Bucket& bk, CUstream stream) const;
   struct Arenas;
   std::vector<DeviceBuffer*> state_blobs() const;  // what a checkpoint holds, in file order
