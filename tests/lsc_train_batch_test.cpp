@@ -39,26 +39,49 @@ TEST(TrainBatch, RoundUpLength) {
 
 TEST(TrainBatch, BudgetIsRespectedAndBucketsAreUniform) {
   const std::vector<Example> ex = random_examples(3000, 5);
-  for (const int64_t budget : {64, 500, 4096}) {
-    SCOPED_TRACE(budget);
-    const auto batches = make_batches(ex, budget, Order::kShuffled, 11);
-    std::vector<int> seen(ex.size(), 0);
-    std::map<std::pair<int64_t, int64_t>, int> partial;  // batches below the cap, per bucket
-    for (const auto& rows : batches) {
-      ASSERT_FALSE(rows.empty());
-      const BatchShape s = batch_shape(ex, rows);
-      EXPECT_LE(s.batch * s.row_tokens(), budget);
-      EXPECT_EQ(s.len % kLengthMultiple, 0);
-      EXPECT_EQ(s.src_len % kLengthMultiple, 0);
-      for (uint32_t r : rows) {
-        ++seen[r];
-        EXPECT_EQ(bucket_of(ex[r]).len, s.len);  // one bucket per batch
-        EXPECT_EQ(bucket_of(ex[r]).src_len, s.src_len);
+  for (const Order order : {Order::kShuffled, Order::kInOrder}) {
+    for (const int64_t budget : {64, 500, 4096}) {
+      SCOPED_TRACE(testing::Message() << budget << (order == Order::kShuffled ? " shuffled" : ""));
+      const auto batches = make_batches(ex, budget, order, 11);
+      std::vector<int> seen(ex.size(), 0);
+      std::map<std::pair<int64_t, int64_t>, std::set<int64_t>> rows;  // batch sizes per bucket
+      std::map<std::pair<int64_t, int64_t>, int64_t> examples;        // examples per bucket
+      for (const Example& e : ex) ++examples[{bucket_of(e).src_len, bucket_of(e).len}];
+      for (const auto& batch : batches) {
+        ASSERT_FALSE(batch.empty());
+        const BatchShape s = batch_shape(ex, batch);
+        EXPECT_LE(s.batch * s.row_tokens(), budget);
+        EXPECT_EQ(s.len % kLengthMultiple, 0);
+        EXPECT_EQ(s.src_len % kLengthMultiple, 0);
+        const std::set<uint32_t> distinct(batch.begin(), batch.end());
+        EXPECT_EQ(distinct.size(), batch.size());  // no example twice in one batch
+        for (uint32_t r : batch) {
+          ++seen[r];
+          EXPECT_EQ(bucket_of(ex[r]).len, s.len);  // one bucket per batch
+          EXPECT_EQ(bucket_of(ex[r]).src_len, s.src_len);
+        }
+        rows[{s.src_len, s.len}].insert(s.batch);
       }
-      if (s.batch < budget / s.row_tokens()) ++partial[{s.src_len, s.len}];
+      int64_t repeats = 0;
+      for (int n : seen) {
+        ASSERT_GE(n, 1);  // every example
+        ASSERT_LE(n, order == Order::kShuffled ? 2 : 1);
+        repeats += n - 1;
+      }
+      for (const auto& [bucket, sizes] : rows) {
+        const int64_t cap =
+            std::min(budget / std::max(bucket.first, bucket.second), examples[bucket]);
+        if (order == Order::kShuffled) {
+          EXPECT_EQ(sizes, std::set<int64_t>{cap});  // one shape per bucket
+        } else {
+          EXPECT_LE(sizes.size(), 2u);  // full batches, and the last one
+          EXPECT_EQ(*sizes.rbegin(), cap);
+        }
+      }
+      if (order == Order::kInOrder) {
+        EXPECT_EQ(repeats, 0);
+      }
     }
-    for (int n : seen) ASSERT_EQ(n, 1);  // every example once
-    for (const auto& [bucket, n] : partial) EXPECT_EQ(n, 1) << bucket.first << "/" << bucket.second;
   }
 }
 

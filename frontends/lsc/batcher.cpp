@@ -50,12 +50,19 @@ std::vector<std::vector<uint32_t>> make_batches(const std::vector<Example>& exam
            std::tuple(y.row_tokens(), y.len, y.src_len);
   });
   std::vector<std::vector<uint32_t>> batches;
-  for (size_t i = 0; i < idx.size();) {
-    const BatchShape& b = buckets[idx[i]];
-    const auto cap = static_cast<size_t>(tokens_per_batch / b.row_tokens());
-    std::vector<uint32_t> batch;
-    while (i < idx.size() && batch.size() < cap && buckets[idx[i]] == b) batch.push_back(idx[i++]);
-    batches.push_back(std::move(batch));
+  for (size_t begin = 0; begin < idx.size();) {
+    const BatchShape& b = buckets[idx[begin]];
+    size_t end = begin;
+    while (end < idx.size() && buckets[idx[end]] == b) ++end;
+    const auto cap = std::min(static_cast<size_t>(tokens_per_batch / b.row_tokens()), end - begin);
+    for (size_t i = begin; i < end; i += cap) {
+      std::vector<uint32_t> batch(idx.begin() + i, idx.begin() + std::min(i + cap, end));
+      for (size_t k = 0; order == Order::kShuffled && batch.size() < cap; ++k) {
+        batch.push_back(idx[begin + k]);  // the bucket's first examples again: a full batch
+      }
+      batches.push_back(std::move(batch));
+    }
+    begin = end;
   }
   if (order == Order::kShuffled) shuffle(batches, rng);
   return batches;

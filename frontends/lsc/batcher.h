@@ -35,13 +35,19 @@ struct BatchShape {
 BatchShape bucket_of(const Example& e);
 
 enum class Order {
-  kShuffled,  // examples shuffled (by the seed) before bucketing, batches shuffled after
-  kInOrder,   // examples in order within a bucket, buckets shortest first (validation)
+  // Training: examples shuffled (by the seed) before bucketing, batches shuffled after; the last
+  // batch of a bucket is filled up with the bucket's first examples (of this order), so that
+  // every batch of a bucket has one shape — one CUDA graph per bucket, however many epochs.
+  kShuffled,
+  // Validation: examples in order within a bucket, buckets shortest first, every example once
+  // (the last batch of a bucket may be smaller).
+  kInOrder,
 };
 
-// Groups examples into batches: examples of one bucket go together, batch × row_tokens() <=
-// tokens_per_batch (every batch of a bucket is full but its last). Returns each batch's example
-// indices in the order they run. Throws DataError when an example alone exceeds the budget.
+// Groups examples into batches: examples of one bucket go together, as many as fit the budget
+// (batch × row_tokens() <= tokens_per_batch; a bucket with fewer examples is one batch). Returns
+// each batch's example indices in the order they run. Throws DataError when an example alone
+// exceeds the budget.
 std::vector<std::vector<uint32_t>> make_batches(const std::vector<Example>& examples,
                                                 int64_t tokens_per_batch, Order order,
                                                 uint64_t seed);

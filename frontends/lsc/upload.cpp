@@ -86,28 +86,11 @@ BatchUploader::Uploaded BatchUploader::upload(const std::vector<Example>& exampl
   return up;
 }
 
-namespace {
-
-CUmemoryPool default_pool(int device) {
-  CUmemoryPool pool = nullptr;
-  LIGHTSEQ_CU_CHECK(driver().cuDeviceGetDefaultMemPool(&pool, cu_device(device)));
-  return pool;
-}
-
-}  // namespace
-
-void reset_memory_peaks(int device) {
-  cuuint64_t zero = 0;
-  LIGHTSEQ_CU_CHECK(
-      driver().cuMemPoolSetAttribute(default_pool(device), CU_MEMPOOL_ATTR_USED_MEM_HIGH, &zero));
-}
+void reset_memory_peaks(int device) { pool_peak_bytes(device, /*reset=*/true); }
 
 MemoryFigures memory_figures(int device) {
   MemoryFigures m;
-  cuuint64_t v = 0;
-  LIGHTSEQ_CU_CHECK(
-      driver().cuMemPoolGetAttribute(default_pool(device), CU_MEMPOOL_ATTR_USED_MEM_HIGH, &v));
-  m.pool_peak = v;
+  m.pool_peak = pool_peak_bytes(device, /*reset=*/false);
   cuuint64_t g = 0;
   LIGHTSEQ_CU_CHECK(driver().cuDeviceGetGraphMemAttribute(cu_device(device),
                                                           CU_GRAPH_MEM_ATTR_USED_MEM_HIGH, &g));

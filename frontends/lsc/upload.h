@@ -70,8 +70,10 @@ class BatchUploader {
   std::map<BatchShape, DeviceBuffer> device_;
 };
 
-// Device memory figures for `lsc bench --step`: the default pool's and the graph pool's
-// high-water marks (reset by reset_memory_peaks) and the device's used memory (cuMemGetInfo).
+// Device memory figures for `lsc bench --step` and `lsc train`: the default pool's high-water mark
+// (pool_peak_bytes, reset by reset_memory_peaks), the graph memory's (memory that captured graphs
+// allocate, if any), and the device's used memory (cuMemGetInfo: the context, cuBLAS, cached pool
+// memory and every other process included). Needs the device's context current.
 struct MemoryFigures {
   uint64_t pool_peak = 0;   // the default memory pool (StreamOrderedAllocator, TrainStep arenas)
   uint64_t graph_peak = 0;  // memory allocated inside captured graphs
