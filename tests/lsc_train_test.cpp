@@ -153,6 +153,15 @@ TEST(LscTrain, AResumeThatWouldChangeTheBatchesIsRefused) {
             std::string::npos)
       << r.output;
   std::ofstream(dir.path() / s.checkpoint) << "x";
+  // a new run does not overwrite a saved one
+  r = run("train " + example("transformer-base") + " --synthetic copy --save " +
+          dir.path().string());
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("lsc: error: --save " + dir.path().string() +
+                          ": it holds a saved run (train-state.json): continue it with --resume " +
+                          dir.path().string() + ", or save into another directory"),
+            std::string::npos)
+      << r.output;
   r = run(base + " --steps 30");
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("has trained 30 steps already, --steps is 30: nothing to do"),
@@ -194,16 +203,17 @@ TEST(LscTrainGpu, TinyModelLearnsToCopy) {
   TempDir dir;
   const std::string spec = write(dir.path() / "tiny.json", kTinySpec);
   const Result r = run("train " + spec +
-                       " --synthetic copy --steps 400 --tokens-per-batch 1024 --max-len 16 "
-                       "--log-every 50 --valid-every 200 --warmup 40");
+                       " --synthetic copy --steps 600 --tokens-per-batch 2048 --max-len 16 "
+                       "--log-every 50 --valid-every 300 --warmup 40");
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("valid step 400 |"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("valid step 600 |"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("loss curve (per target token, nats):"), std::string::npos) << r.output;
-  const size_t v = r.output.rfind("valid step 400 | loss ");
+  const size_t v = r.output.rfind("valid step 600 | loss ");
   ASSERT_NE(v, std::string::npos);
   const double valid_loss = std::stod(r.output.substr(v + 22));
-  EXPECT_LT(valid_loss, 1.0) << "ln(100) = 4.6 is chance; the copy task should be learnt\n"
-                             << r.output;
+  // chance is ln(100) = 4.6; nn.Transformer of this shape, trained the same way on the CPU, is
+  // at 0.08 after 400 steps and 0.04-0.07 after 600
+  EXPECT_LT(valid_loss, 1.0) << "the copy task should be learnt\n" << r.output;
 }
 
 TEST(LscTrainGpu, AResumedRunContinuesTheSameLossCurve) {

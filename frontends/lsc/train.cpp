@@ -389,6 +389,16 @@ int run_train(const TrainOptions& o) {
     data.train->seek({0, 0});  // batches the first epoch now: a budget error shows before the GPU
   }
 
+  if (!o.save.empty()) {  // a fresh run (or another run's resume) must not replace a saved run
+    std::error_code ec;
+    const bool same = !o.resume.empty() && fs::equivalent(o.save, o.resume, ec);
+    if (!same && fs::exists(fs::path(o.save) / kStateFile, ec)) {
+      throw DataError(fmt::format(
+          "--save {}: it holds a saved run ({}): continue it with --resume {}, or save into "
+          "another directory",
+          o.save, kStateFile, o.save));
+    }
+  }
   if (device_count() == 0) {
     throw Error(fmt::format(
         "lsc train needs an NVIDIA GPU: {}; run it on a machine with one (lsc build {} compiles "
