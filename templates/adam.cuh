@@ -126,6 +126,24 @@ __global__ void __launch_bounds__(adam_block())
   }
 }
 
+// Calls f(g) for each gradient element of chunk c that this thread owns (as float): 4-element
+// vectors where the pointer's alignment allows, then the tail, each thread striding by kThreads.
+template <int kThreads, typename T, typename F>
+__device__ __forceinline__ void for_each_grad(const AdamChunk<T>& c, F&& f) {
+  int64_t vec_end = 0;
+  if (is_aligned(c.grad, kAdamVec * DType<T>::kBytes)) {
+    vec_end = c.n / kAdamVec * kAdamVec;
+    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kAdamVec; i < vec_end;
+         i += static_cast<int64_t>(kThreads) * kAdamVec) {
+      float g[kAdamVec];
+      load_float<kAdamVec>(c.grad + i, g);
+#pragma unroll
+      for (int e = 0; e < kAdamVec; ++e) f(g[e]);
+    }
+  }
+  for (int64_t i = vec_end + threadIdx.x; i < c.n; i += kThreads) f(to_float(c.grad[i]));
+}
+
 // check_finite_kernel — state->found_inf = 1 if any gradient element of any chunk is inf or NaN.
 // Fuses:     the whole overflow check of dynamic loss scaling (one launch for all parameters).
 // Shapes:    chunks as adam_kernel (only grad and n are read). found_inf is only ever set to 1:
@@ -141,21 +159,8 @@ __global__ void __launch_bounds__(check_finite_block())
   const AdamChunk<T> c = chunks[blockIdx.x];
   constexpr int kThreads = check_finite_block();
   bool bad = false;
-  int64_t vec_end = 0;
-  if (is_aligned(c.grad, kAdamVec * DType<T>::kBytes)) {
-    vec_end = c.n / kAdamVec * kAdamVec;
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kAdamVec; i < vec_end;
-         i += static_cast<int64_t>(kThreads) * kAdamVec) {
-      float g[kAdamVec];
-      load_float<kAdamVec>(c.grad + i, g);
-#pragma unroll
-      for (int e = 0; e < kAdamVec; ++e)
-        bad |= (__float_as_uint(g[e]) & 0x7f800000u) == 0x7f800000u;
-    }
-  }
-  for (int64_t i = vec_end + threadIdx.x; i < c.n; i += kThreads) {
-    bad |= (__float_as_uint(to_float(c.grad[i])) & 0x7f800000u) == 0x7f800000u;
-  }
+  for_each_grad<kThreads>(
+      c, [&](float g) { bad |= (__float_as_uint(g) & 0x7f800000u) == 0x7f800000u; });
   if (__syncthreads_or(bad) && threadIdx.x == 0) *found_inf = 1;
 }
 
@@ -173,21 +178,7 @@ __global__ void __launch_bounds__(check_finite_block())
   __shared__ float smem[32];
   const AdamChunk<T> c = chunks[blockIdx.x];
   float acc[1] = {0.f};
-  int64_t vec_end = 0;
-  if (is_aligned(c.grad, kAdamVec * DType<T>::kBytes)) {
-    vec_end = c.n / kAdamVec * kAdamVec;
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kAdamVec; i < vec_end;
-         i += static_cast<int64_t>(kThreads) * kAdamVec) {
-      float g[kAdamVec];
-      load_float<kAdamVec>(c.grad + i, g);
-#pragma unroll
-      for (int e = 0; e < kAdamVec; ++e) acc[0] += g[e] * g[e];
-    }
-  }
-  for (int64_t i = vec_end + threadIdx.x; i < c.n; i += kThreads) {
-    const float g = to_float(c.grad[i]);
-    acc[0] += g * g;
-  }
+  for_each_grad<kThreads>(c, [&](float g) { acc[0] += g * g; });
   block_sum<kThreads, 1>(acc, smem);
   if (threadIdx.x == 0) partials[blockIdx.x] = acc[0];
 }
