@@ -13,7 +13,8 @@ one mode per process (so each mode's peak memory is its own), on the same card i
 Per tokens-per-batch (B x 128 source and target tokens): ms per step (CUDA events over N
 back-to-back steps after warm-up), the host's issue time per step (wall time of the call that
 enqueues it, median), and peak device memory (torch: max_memory_allocated; lightseq's TrainStep:
-the high-water mark of the CUDA memory pool it allocates from).
+the high-water marks of the CUDA memory pool it allocates from and of its graphs' memory,
+after the warm-up).
 
 usage: python3 benchmarks/train_step.py [--modes ...] [--tokens 512 4096 16384 65536] [--iters 20]
 """
@@ -101,12 +102,13 @@ def run_mode(mode, tokens_list, iters):
         sid = stream.cuda_stream
         for tokens in tokens_list:
             src, tgt, y = batch(tokens, V, "cuda")
-            torch.cuda.synchronize()
-            lightseq._C.pool_peak_bytes(0, True)
             call = lambda: step.run(src.data_ptr(), tgt.data_ptr(), y.data_ptr(), src.shape[0],  # noqa: E731
                                     SEQ, SEQ, sid)
-            rows.append(measure(mode, tokens, call, stream, iters,
-                                peak=lambda: lightseq._C.pool_peak_bytes(0, False)))
+            # After the warm-up (an uncaptured run, then the capture): the pool holds the arenas,
+            # the graph its replays' temporaries.
+            reset = lambda: (lightseq._C.pool_peak_bytes(0, True), lightseq._C.graph_peak_bytes(0, True))  # noqa: E731
+            peak = lambda: lightseq._C.pool_peak_bytes(0, False) + lightseq._C.graph_peak_bytes(0, False)  # noqa: E731
+            rows.append(measure(mode, tokens, call, stream, iters, peak=peak, reset=reset))
             st = step.stats(sid)
             rows[-1]["loss"] = st["loss"] / st["tokens"]
         return rows
@@ -135,17 +137,18 @@ def run_mode(mode, tokens_list, iters):
 
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        rows.append(measure(mode, tokens, call, stream, iters, peak=torch.cuda.max_memory_allocated))
+        rows.append(measure(mode, tokens, call, stream, iters, peak=torch.cuda.max_memory_allocated,
+                            reset=torch.cuda.reset_peak_memory_stats))
         rows[-1]["loss"] = float(call.loss)
     return rows
 
 
-def measure(mode, tokens, call, stream, iters, peak):
+def measure(mode, tokens, call, stream, iters, peak, reset):
     import torch
     for _ in range(3):  # the first run of a shape is eager, the second captures (lightseq); compiles
         call()
     torch.cuda.synchronize()
+    reset()
     issue = []
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record(stream)

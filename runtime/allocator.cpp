@@ -35,6 +35,19 @@ size_t pool_peak_bytes(int device, bool reset) {
   return static_cast<size_t>(high);
 }
 
+size_t graph_peak_bytes(int device, bool reset) {
+  PrimaryContext ctx(device);
+  cuuint64_t high = 0;
+  LIGHTSEQ_CU_CHECK(driver().cuDeviceGetGraphMemAttribute(cu_device(device),
+                                                          CU_GRAPH_MEM_ATTR_USED_MEM_HIGH, &high));
+  if (reset) {
+    cuuint64_t zero = 0;
+    LIGHTSEQ_CU_CHECK(driver().cuDeviceSetGraphMemAttribute(
+        cu_device(device), CU_GRAPH_MEM_ATTR_USED_MEM_HIGH, &zero));
+  }
+  return static_cast<size_t>(high);
+}
+
 void* StreamOrderedAllocator::allocate(size_t bytes, CUstream stream) {
   if (bytes == 0) return nullptr;
   ContextGuard guard(context_.get());

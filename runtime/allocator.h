@@ -53,10 +53,13 @@ class StreamOrderedAllocator final : public Allocator {
 };
 
 // The high-water mark of the memory in use from the device's default pool
-// (StreamOrderedAllocator's: a TrainStep's arenas and every step's temporaries, captured graphs'
-// included), in bytes; with `reset`, the mark restarts from what is in use now. For benchmarks'
-// peak-memory figures.
+// (StreamOrderedAllocator's: a TrainStep's arenas and every uncaptured step's temporaries), in
+// bytes; with `reset`, the mark restarts from what is in use now. For benchmarks' peak-memory
+// figures.
 size_t pool_peak_bytes(int device, bool reset);
+// The same for the memory captured CUDA graphs allocate (a replayed step's temporaries), which the
+// driver keeps apart from the pool.
+size_t graph_peak_bytes(int device, bool reset);
 
 // Owns one allocation: allocated in the constructor, returned to its allocator on the same stream
 // in the destructor (stream-ordered: work already enqueued on that stream may still use it).

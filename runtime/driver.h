@@ -49,6 +49,7 @@
   X(cuMemPoolSetAttribute)           \
   X(cuMemPoolGetAttribute)           \
   X(cuDeviceGetGraphMemAttribute)    \
+  X(cuDeviceSetGraphMemAttribute)    \
   X(cuMemGetInfo)                    \
   X(cuMemHostAlloc)                  \
   X(cuMemFreeHost)                   \

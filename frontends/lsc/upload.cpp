@@ -86,15 +86,15 @@ BatchUploader::Uploaded BatchUploader::upload(const std::vector<Example>& exampl
   return up;
 }
 
-void reset_memory_peaks(int device) { pool_peak_bytes(device, /*reset=*/true); }
+void reset_memory_peaks(int device) {
+  pool_peak_bytes(device, /*reset=*/true);
+  graph_peak_bytes(device, /*reset=*/true);
+}
 
 MemoryFigures memory_figures(int device) {
   MemoryFigures m;
   m.pool_peak = pool_peak_bytes(device, /*reset=*/false);
-  cuuint64_t g = 0;
-  LIGHTSEQ_CU_CHECK(driver().cuDeviceGetGraphMemAttribute(cu_device(device),
-                                                          CU_GRAPH_MEM_ATTR_USED_MEM_HIGH, &g));
-  m.graph_peak = g;
+  m.graph_peak = graph_peak_bytes(device, /*reset=*/false);
   size_t free = 0, total = 0;
   LIGHTSEQ_CU_CHECK(driver().cuMemGetInfo(&free, &total));
   m.device_used = total - free;

@@ -373,6 +373,8 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "pool_peak_bytes", &pool_peak_bytes, py::arg("device"), py::arg("reset"),
       "the high-water mark of lightseq's CUDA memory pool on `device` (bytes); reset restarts it");
+  m.def("graph_peak_bytes", &graph_peak_bytes, py::arg("device"), py::arg("reset"),
+        "the high-water mark of the memory captured CUDA graphs allocate on `device` (bytes)");
   m.def(
       "layer_names",
       [](const CompiledModel& c) {
