@@ -309,26 +309,39 @@ void TrainStep::check_batch(const StepBatch& b) const {
   }
 }
 
+// A shape's buffers, on stream `s`.
+std::unique_ptr<TrainStep::Bucket> TrainStep::make_bucket(const StepBatch& b, CUstream s) const {
+  const bool two = calls_.front().stream == Call::Stream::kSource;
+  auto bk = std::make_unique<Bucket>();
+  bk->src = {b.batch, two ? b.src_len : 0, 0};
+  bk->tgt = {b.batch, b.len, two ? b.src_len : 0};
+  Allocator& al = *allocator_;
+  const size_t rows = static_cast<size_t>(b.batch * b.len);
+  if (two) bk->src_tokens = DeviceBuffer(al, b.batch * b.src_len * sizeof(int64_t), s);
+  bk->tokens = DeviceBuffer(al, rows * sizeof(int64_t), s);
+  bk->targets = DeviceBuffer(al, rows * sizeof(int64_t), s);
+  bk->loss = DeviceBuffer(al, rows * sizeof(float), s);
+  bk->nll = DeviceBuffer(al, rows * sizeof(float), s);
+  bk->counters = DeviceBuffer(al, 16, s);
+  return bk;
+}
+
+// The batch's tokens into the bucket's (fixed) input buffers, on `s`.
+void TrainStep::copy_inputs(Bucket& bk, const StepBatch& b, CUstream s) const {
+  if (bk.src_tokens) copy_d2d(bk.src_tokens.get(), b.src_tokens, bk.src_tokens.bytes(), s);
+  copy_d2d(bk.tokens.get(), b.tokens, bk.tokens.bytes(), s);
+  copy_d2d(bk.targets.get(), b.targets, bk.targets.bytes(), s);
+}
+
 TrainStep::Bucket& TrainStep::bucket_for(const StepBatch& b) {
   const bool two = calls_.front().stream == Call::Stream::kSource;
   const std::array<int64_t, 3> key{b.batch, two ? b.src_len : 0, b.len};
   auto it = buckets_.find(key);
   if (it != buckets_.end()) return *it->second;
   check_batch(b);
-  auto bk = std::make_unique<Bucket>();
-  bk->src = {b.batch, two ? b.src_len : 0, 0};
-  bk->tgt = {b.batch, b.len, two ? b.src_len : 0};
   // The step's own memory (on the null stream, made ready once): it outlives any caller's stream.
-  Allocator& al = *allocator_;
-  const CUstream stream = nullptr;
-  const size_t rows = static_cast<size_t>(b.batch * b.len);
-  if (two) bk->src_tokens = DeviceBuffer(al, b.batch * b.src_len * sizeof(int64_t), stream);
-  bk->tokens = DeviceBuffer(al, rows * sizeof(int64_t), stream);
-  bk->targets = DeviceBuffer(al, rows * sizeof(int64_t), stream);
-  bk->loss = DeviceBuffer(al, rows * sizeof(float), stream);
-  bk->nll = DeviceBuffer(al, rows * sizeof(float), stream);
-  bk->counters = DeviceBuffer(al, 16, stream);
-  sync(stream);
+  std::unique_ptr<Bucket> bk = make_bucket(b, nullptr);
+  sync(nullptr);
   return *buckets_.emplace(key, std::move(bk)).first->second;
 }
 
@@ -495,11 +508,7 @@ void TrainStep::run(const StepBatch& b, CUstream s) {
   ScopedContext ctx(model_->device());
   check_pointers(b);
   Bucket& bk = bucket_for(b);
-  const Io io = io_of(bk);
-  const bool two = calls_.front().stream == Call::Stream::kSource;
-  if (two) copy_d2d(const_cast<int64_t*>(io.src_tokens), b.src_tokens, bk.src_tokens.bytes(), s);
-  copy_d2d(const_cast<int64_t*>(io.tokens), b.tokens, bk.tokens.bytes(), s);
-  copy_d2d(const_cast<int64_t*>(io.targets), b.targets, bk.targets.bytes(), s);
+  copy_inputs(bk, b, s);
   // This step's dropout stream: every call draws at its own offset past the steps before.
   const uint64_t offset = static_cast<uint64_t>(steps_run_) * calls_.size() * kDropoutOffsetStride;
   memset32(mem_->offset, static_cast<uint32_t>(offset), 1, s);
@@ -564,28 +573,11 @@ StepStats TrainStep::read_stats(const Bucket& bk, CUstream s) const {
 StepStats TrainStep::evaluate(const StepBatch& b, CUstream s) {
   ScopedContext ctx(model_->device());
   check_batch(b);
-  // Its own buffers: the last training step's outputs stay readable by stats().
-  Bucket bk;
-  const Bucket& like = bucket_for(b);
-  bk.src = like.src;
-  bk.tgt = like.tgt;
-  Allocator& al = *allocator_;
-  auto copy_of = [&](const DeviceBuffer& shape_of, const int64_t* from) {
-    DeviceBuffer d;
-    if (!shape_of) return d;
-    d = DeviceBuffer(al, shape_of.bytes(), s);
-    copy_d2d(d.get(), from, static_cast<int64_t>(d.bytes()), s);
-    return d;
-  };
-  bk.src_tokens = copy_of(like.src_tokens, b.src_tokens);
-  bk.tokens = copy_of(like.tokens, b.tokens);
-  bk.targets = copy_of(like.targets, b.targets);
-  bk.loss = DeviceBuffer(al, like.loss.bytes(), s);
-  bk.nll = DeviceBuffer(al, like.nll.bytes(), s);
-  bk.counters = DeviceBuffer(al, like.counters.bytes(), s);
-  enqueue(bk, /*train=*/false, s);
-  StepStats st = read_stats(bk, s);
-  return st;
+  // Its own buffers, freed at the end: the last training step's outputs stay readable by stats().
+  std::unique_ptr<Bucket> bk = make_bucket(b, s);
+  copy_inputs(*bk, b, s);
+  enqueue(*bk, /*train=*/false, s);
+  return read_stats(*bk, s);
 }
 
 }  // namespace lightseq

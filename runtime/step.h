@@ -118,6 +118,8 @@ class TrainStep {
 
  private:
   Bucket& bucket_for(const StepBatch& b);
+  std::unique_ptr<Bucket> make_bucket(const StepBatch& b, CUstream stream) const;
+  void copy_inputs(Bucket& bk, const StepBatch& b, CUstream stream) const;
   StepStats read_stats(const Bucket& bk, CUstream stream) const;
   struct Arenas;
   std::vector<DeviceBuffer*> state_blobs() const;  // what a checkpoint holds, in file order
