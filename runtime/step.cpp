@@ -162,7 +162,8 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
     Call c;
     c.exec = &ex;
     c.type = ex.plan().layer.type;
-    for (int dir = 0; dir < 2; ++dir) {
+    // The optimizer's "parameters" are the arenas themselves (bound below).
+    for (int dir = 0; dir < 2 && c.type != LayerType::kOptimizer; ++dir) {
       const std::vector<ManifestEntry>& m = ex.manifest(dir == 1);
       std::vector<void*>& args = dir == 0 ? c.fwd : c.bwd;
       args.assign(m.size(), nullptr);
@@ -218,6 +219,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   }
   calls_.push_back(make_call(model_->layer("criterion"), ""));
   Call opt = make_call(model_->layer("optimizer"), "");
+  opt.fwd.assign(opt.exec->manifest(false).size(), nullptr);
   auto bind_opt = [&](std::string_view name, void* ptr) {
     const int i = opt.fslot(name);
     if (i >= 0) opt.fwd[i] = ptr;
