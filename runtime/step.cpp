@@ -294,13 +294,21 @@ void TrainStep::check_batch(const StepBatch& b) const {
     throw Error(
         fmt::format("TrainStep ({}): bad batch: {}", model_->spec().name, fmt::join(bad, "; ")));
   }
-  const int64_t maxp = model_->spec().embedding->max_positions;
+  const EmbeddingSpec& e = *model_->spec().embedding;
+  // Counted positions (fairseq's) start past padding_idx.
+  const int64_t maxp = e.positions_from == PositionsFrom::kTokens
+                           ? e.max_positions - e.padding_idx - 1
+                           : e.max_positions;
   for (int64_t l : {b.len, two ? b.src_len : int64_t{0}}) {
     if (l > maxp) {
-      throw Error(
-          fmt::format("TrainStep ({}): a sequence of {} tokens is longer than the "
-                      "embedding's max_positions {}: cut it, or raise max_positions",
-                      model_->spec().name, l, maxp));
+      throw Error(fmt::format(
+          "TrainStep ({}): a sequence of {} tokens is longer than the embedding's max_positions "
+          "{}{}: cut it, or raise max_positions",
+          model_->spec().name, l, e.max_positions,
+          e.positions_from == PositionsFrom::kTokens
+              ? fmt::format(" allows ({} with positions counted from padding_idx {})", maxp,
+                            e.padding_idx)
+              : ""));
     }
   }
   for (const Call& c : calls_) {

@@ -36,6 +36,24 @@ __device__ __forceinline__ void add_position(float (&e)[kVec], const T* pos_tabl
   }
 }
 
+// The position of the token at `row` (rows b·seq + t). PosFrom::kIndex: t. PosFrom::kTokens
+// (fairseq's make_positions): padding_idx + the count of non-padding tokens of its sequence up to
+// and including it; the sequence's tokens before it are read again (L1/L2 hits; seq is short next
+// to the row's hidden-width work).
+template <PosFrom kPosFrom>
+__device__ __forceinline__ int64_t position_of(const int64_t* tokens, int64_t row, int64_t seq,
+                                               int64_t padding_idx) {
+  static_assert(kPosFrom == PosFrom::kIndex || kPosFrom == PosFrom::kTokens, "PosFrom");
+  const int64_t t = row % seq;
+  if constexpr (kPosFrom == PosFrom::kIndex) {
+    return t;
+  } else {
+    int64_t n = 0;
+    for (int64_t j = row - t; j <= row; ++j) n += tokens[j] != padding_idx ? 1 : 0;
+    return padding_idx + n;
+  }
+}
+
 // p[0 .. N) += v with fp32 atomics (16-byte vector atomics on sm_90+). p aligned to N floats.
 template <int N>
 __device__ __forceinline__ void atomic_add_f32(float* p, const float (&v)[N]) {
@@ -57,7 +75,8 @@ __device__ __forceinline__ void atomic_add_f32(float* p, const float (&v)[N]) {
   for (int i = 0; i < N; ++i) atomicAdd(p + i, v[i]);
 }
 
-// embedding_fwd_kernel — e = token_table[tok] * scale + P[t] (t = row % seq; Pos::kSinusoidal:
+// embedding_fwd_kernel — e = token_table[tok] * scale + P[t] (t = position_of<kPosFrom>: row %
+//   seq, or fairseq's count over non-padding tokens; Pos::kSinusoidal:
 //   Fairseq layout, Pos::kLearned: pos_table[t], Pos::kNone: nothing); Norm::kOn: sum_out = e,
 //   e = LN(e) with mean, rstd saved; out = dropout(e).
 // Fuses:     lookup + scale + positions + LayerNorm + dropout + cast.
@@ -72,7 +91,7 @@ __device__ __forceinline__ void atomic_add_f32(float* p, const float (&v)[N]) {
 //            kVec) (the LayerNorm layout). Smem: 256 B static.
 // Constants: kHidden % kVec == 0, kVec | 16 / sizeof(T); kHidden even and >= 4 for sinusoids.
 // Numerics:  fp32; with Norm::kOn, e is rounded to T (as sum_out stores it) before the statistics.
-template <typename T, int kHidden, int kVec, Pos kPos, Norm kNorm, Drop kDrop>
+template <typename T, int kHidden, int kVec, Pos kPos, PosFrom kPosFrom, Norm kNorm, Drop kDrop>
 __global__ void __launch_bounds__(ln_block(kHidden, kVec))
     embedding_fwd_kernel(const int64_t* tokens, const T* token_table, const T* pos_table,
                          const T* gamma, const T* beta, T* out, T* sum_out, float* mean,
@@ -96,7 +115,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x / kTpr;
   const bool in_range = row < batch * seq;
   const int64_t base = row * kHidden;
-  const int64_t t = in_range ? row % seq : 0;
+  const int64_t t = in_range ? position_of<kPosFrom>(tokens, row, seq, padding_idx) : 0;
   const int64_t tok = in_range ? tokens[row] : padding_idx;
   const bool bad = in_range && (tok < 0 || tok >= vocab || t >= max_positions);
   if (bad && tid == 0) *bad_token = 1;
@@ -201,7 +220,7 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
 //            ln_bwd layout; block b owns rows [partial_row_begin(rows, gridDim.x, b), ...(b+1))).
 // Constants: as embedding_fwd_kernel.
 // Numerics:  fp32; the scatter uses fp32 atomics (order, hence the last bits, not deterministic).
-template <typename T, int kHidden, int kVec, Pos kPos, Norm kNorm, Drop kDrop>
+template <typename T, int kHidden, int kVec, Pos kPos, PosFrom kPosFrom, Norm kNorm, Drop kDrop>
 __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
     embedding_bwd_kernel(const T* grad_out, const int64_t* tokens, const T* sum_out,
                          const float* mean, const float* rstd, const T* gamma, float* grad_table,
@@ -246,7 +265,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
   if constexpr (kNorm == Norm::kOff) {
     for (int64_t row = r0 + group; row < r1; row += kRows) {
       const int64_t tok = tokens[row];
-      const int64_t t = row % seq;
+      const int64_t t = position_of<kPosFrom>(tokens, row, seq, padding_idx);
       if (skip(tok, t)) continue;
       for (int v = tid; v < kNvec; v += kTpr) {
         float g[kVec];
@@ -268,7 +287,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
       const int64_t row = first + group;
       const bool in_chunk = row < r1;
       const int64_t tok = in_chunk ? tokens[row] : padding_idx;
-      const int64_t t = in_chunk ? row % seq : 0;
+      const int64_t t = in_chunk ? position_of<kPosFrom>(tokens, row, seq, padding_idx) : 0;
       const bool active = in_chunk && !skip(tok, t);
       const int64_t base = row * kHidden;
       Vec<T, kVec> g[kSlots] = {}, x[kSlots] = {};
@@ -312,7 +331,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
     }
     for (int64_t row = r0; row < r1; ++row) {
       const int64_t tok = tokens[row];
-      const int64_t t = row % seq;
+      const int64_t t = position_of<kPosFrom>(tokens, row, seq, padding_idx);
       if (skip(tok, t)) continue;
       const int64_t base = row * kHidden;
       auto load_g = [&](int v, float(&g)[kVec]) { grad_in(base, v, g); };

@@ -43,6 +43,7 @@ inline constexpr TParam kT[] = {kDTypeParam,
                                 int_param("kHidden", "h"),
                                 int_param("kVec", "vec", vec_of<1>),
                                 enum_param("kPos", "pos", kPosInfo),
+                                enum_param("kPosFrom", "pos_from", kPosFromInfo),
                                 enum_param("kNorm", "norm", kNormInfo),
                                 enum_param("kDrop", "drop", kDropInfo)};
 inline constexpr Param kP[] = {in("tokens", CType::kConstI64Ptr),

@@ -26,6 +26,7 @@ using ref::tolerance_for;
 struct Variant {
   PositionKind pos;
   bool norm, dropout;
+  PositionsFrom from = PositionsFrom::kIndex;
 };
 std::vector<Variant> all_variants() {
   std::vector<Variant> v;
@@ -34,10 +35,14 @@ std::vector<Variant> all_variants() {
       for (bool drop : {false, true}) v.push_back({pos, norm, drop});
     }
   }
+  // fairseq's positions (counted over the non-padding tokens)
+  v.push_back({PositionKind::kSinusoidal, false, false, PositionsFrom::kTokens});
+  v.push_back({PositionKind::kLearned, true, true, PositionsFrom::kTokens});
   return v;
 }
 std::string variant_name(const Variant& v) {
-  return std::string(to_string(v.pos)) + (v.norm ? "_norm" : "") + (v.dropout ? "_drop" : "");
+  return std::string(to_string(v.pos)) + (v.norm ? "_norm" : "") + (v.dropout ? "_drop" : "") +
+         (v.from == PositionsFrom::kTokens ? "_from_tokens" : "");
 }
 void PrintTo(const Variant& v, std::ostream* os) { *os << variant_name(v); }
 struct Size {
@@ -50,10 +55,10 @@ const int64_t kHiddens[] = {8, 512, 768, 4096};
 constexpr int64_t kExtraPositions = 5;
 
 KernelInstance fwd_instance(Precision p, int64_t h, const Variant& v) {
-  return codegen::embedding_fwd(p, {h, v.pos, v.norm, v.dropout});
+  return codegen::embedding_fwd(p, {h, v.pos, v.norm, v.dropout, v.from});
 }
 KernelInstance bwd_instance(Precision p, int64_t h, const Variant& v) {
-  return codegen::embedding_bwd(p, {h, v.pos, v.norm, v.dropout});
+  return codegen::embedding_bwd(p, {h, v.pos, v.norm, v.dropout, v.from});
 }
 
 class EmbeddingKernels : public GpuKernelTest {
@@ -78,6 +83,10 @@ class EmbeddingKernels : public GpuKernelTest {
     ref::EmbeddingArgs a;
     a.batch = s.batch, a.seq = s.seq, a.vocab = s.vocab, a.hidden = s.hidden;
     a.padding_idx = s.padding_idx, a.max_positions = s.seq + kExtraPositions;
+    a.pos_from = v.from == PositionsFrom::kTokens ? kern::PosFrom::kTokens : kern::PosFrom::kIndex;
+    // Counted positions start past padding_idx.
+    if (v.from == PositionsFrom::kTokens)
+      a.max_positions += std::max<int64_t>(s.padding_idx, 0) + 1;
     a.scale = static_cast<float>(std::sqrt(static_cast<double>(s.hidden)));
     a.eps = 1e-5f;
     a.pos = v.pos == PositionKind::kLearned ? Pos::kLearned : Pos::kSinusoidal;

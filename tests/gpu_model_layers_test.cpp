@@ -45,6 +45,7 @@ struct EmbCase {
   PositionKind pos;
   bool norm, dropout;
   int64_t hidden, vocab, padding_idx, max_positions, batch, seq;
+  PositionsFrom from = PositionsFrom::kIndex;
 };
 
 std::string emb_case_name(const EmbCase& c) {
@@ -52,7 +53,8 @@ std::string emb_case_name(const EmbCase& c) {
                      to_string(c.pos), c.norm ? "_norm" : "", c.dropout ? "_drop" : "", c.hidden,
                      c.vocab,
                      c.padding_idx < 0 ? std::string("none") : std::to_string(c.padding_idx),
-                     c.max_positions, c.batch, c.seq);
+                     c.max_positions, c.batch, c.seq) +
+         (c.from == PositionsFrom::kTokens ? "_from_tokens" : "");
 }
 
 // The smallest valid spec with this embedding: an embedding alone (docs/spec.md: a spec needs a
@@ -67,6 +69,7 @@ ModelSpec embedding_spec(const EmbCase& c) {
   e.positions = c.pos;
   e.max_positions = c.max_positions;
   e.padding_idx = c.padding_idx;
+  e.positions_from = c.from;
   e.scale = std::sqrt(static_cast<double>(c.hidden));
   e.dropout = c.dropout ? kDropP : 0.0;
   e.layernorm = c.norm;
@@ -120,6 +123,11 @@ std::vector<EmbCase> all_emb_cases() {
     out.push_back({p, PositionKind::kLearned, true, true, 768, 1001, 1000, 1, 1, 1});
     out.push_back({p, PositionKind::kLearned, false, true, 768, 1001, -1, 7, 3, 7});
     out.push_back({p, PositionKind::kSinusoidal, true, false, 768, 1001, 0, 9, 3, 7});
+    // fairseq's positions: padding_idx + the count of non-padding tokens (positions 2 .. 33)
+    out.push_back(
+        {p, PositionKind::kLearned, true, true, 512, 32000, 1, 40, 4, 32, PositionsFrom::kTokens});
+    out.push_back({p, PositionKind::kSinusoidal, false, false, 512, 32000, 1, 40, 4, 32,
+                   PositionsFrom::kTokens});
   }
   return out;
 }
@@ -131,6 +139,7 @@ ref::EmbeddingArgs emb_args(const EmbCase& c, const DropoutConfig& d) {
   a.scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden)));  // an F32 scalar
   a.eps = static_cast<float>(kEps);
   a.pos = learned(c) ? kern::Pos::kLearned : kern::Pos::kSinusoidal;
+  a.pos_from = c.from == PositionsFrom::kTokens ? kern::PosFrom::kTokens : kern::PosFrom::kIndex;
   a.norm = c.norm ? kern::Norm::kOn : kern::Norm::kOff;
   a.drop = c.dropout ? kern::Drop::kOn : kern::Drop::kOff;
   a.d = kern::make_dropout_args(d.seed, d.offset + 0,

@@ -45,6 +45,7 @@ struct Embedding {
   int64_t hidden;
   PositionKind positions;
   bool layernorm, dropout;
+  PositionsFrom from = PositionsFrom::kIndex;
 };
 
 inline kern::Act act(Activation a) {
@@ -107,6 +108,8 @@ inline KernelInstance embedding_fwd(Precision p, const Embedding& c) {
   return instantiate(sig::kEmbeddingFwd, p,
                      {{"kHidden", c.hidden},
                       tv("kPos", pos(c.positions)),
+                      tv("kPosFrom", c.from == PositionsFrom::kTokens ? kern::PosFrom::kTokens
+                                                                      : kern::PosFrom::kIndex),
                       on_off<kern::Norm>("kNorm", c.layernorm),
                       on_off<kern::Drop>("kDrop", c.dropout)});
 }
@@ -114,6 +117,8 @@ inline KernelInstance embedding_bwd(Precision p, const Embedding& c) {
   return instantiate(sig::kEmbeddingBwd, p,
                      {{"kHidden", c.hidden},
                       tv("kPos", pos(c.positions)),
+                      tv("kPosFrom", c.from == PositionsFrom::kTokens ? kern::PosFrom::kTokens
+                                                                      : kern::PosFrom::kIndex),
                       on_off<kern::Norm>("kNorm", c.layernorm),
                       on_off<kern::Drop>("kDrop", c.dropout)});
 }

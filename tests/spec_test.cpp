@@ -377,6 +377,13 @@ const std::vector<BadSpec> kBadSpecs = {
      {{R"("type": "adamw")", R"("type": "sgd")"}},
      {"optimizer.type = \"sgd\": must be one of \"adam\", \"adamw\""}},
     // --- embedding
+    {"positions_from_tokens_without_padding",
+     {{R"("padding_idx": 1)", R"("padding_idx": -1, "positions_from": "tokens")"}},
+     {"embedding.positions_from = \"tokens\": counts positions over the non-padding tokens, so "
+      "it needs a padding token: set \"padding_idx\", or use \"index\""}},
+    {"positions_from_unknown",
+     {{R"("padding_idx": 1)", R"("padding_idx": 1, "positions_from": "count")"}},
+     {"embedding.positions_from = \"count\": must be one of \"index\", \"tokens\""}},
     {"vocab_zero",
      {{R"("vocab": 1000)", R"("vocab": 0)"}},
      {"embedding.vocab = 0: must be in [1, 2147483647]; try 1"}},

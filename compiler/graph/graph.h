@@ -165,6 +165,7 @@ struct OpAttrs {
   } attn;
   // embedding
   int64_t vocab = 0, padding_idx = -1, max_positions = 0;
+  PositionsFrom positions_from = PositionsFrom::kIndex;
   double scale = 1.0;
   // cross-entropy
   int64_t ignore_index = -100;

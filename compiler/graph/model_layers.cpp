@@ -44,6 +44,7 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   lookup.vocab = e.vocab;
   lookup.padding_idx = e.padding_idx;
   lookup.max_positions = e.max_positions;
+  lookup.positions_from = e.positions_from;
   lookup.scale = e.scale;
   b.op(OpKind::kEmbedding, "embed", in, outs, lookup);
   int cur = sum;

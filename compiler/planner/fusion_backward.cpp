@@ -197,6 +197,7 @@ void add_backward_rules(std::vector<Rule>& r) {
               instantiate(sig::kEmbeddingBwd, s.precision,
                           {{"kHidden", hidden},
                            tv("kPos", pos_of(learned)),
+                           tv("kPosFrom", pos_from_of(attrs.positions_from)),
                            on_off<Norm>("kNorm", m[1].has_value()),
                            on_off<Drop>("kDrop", m[0].has_value())}),
               args,

@@ -177,6 +177,7 @@ void add_forward_rules(std::vector<Rule>& r) {
               instantiate(sig::kEmbeddingFwd, s.precision,
                           {{"kHidden", cols_of(s, e.inputs[1])},
                            tv("kPos", pos_of(learned)),
+                           tv("kPosFrom", pos_from_of(e.attrs.positions_from)),
                            on_off<Norm>("kNorm", m[1].has_value()),
                            on_off<Drop>("kDrop", m[2].has_value())}),
               args,

@@ -51,6 +51,7 @@ void finish_partials(State& s, int partials, const std::vector<int>& param_grads
 void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_of_ops);
 kern::Act act_of(Activation a);
 kern::Pos pos_of(bool learned);
+kern::PosFrom pos_from_of(PositionsFrom p);
 
 // The rules, longest first within each direction.
 void add_forward_rules(std::vector<Rule>& r);

@@ -182,6 +182,9 @@ kern::Act act_of(Activation a) {
   return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu;
 }
 kern::Pos pos_of(bool learned) { return learned ? kern::Pos::kLearned : kern::Pos::kSinusoidal; }
+kern::PosFrom pos_from_of(PositionsFrom p) {
+  return p == PositionsFrom::kTokens ? kern::PosFrom::kTokens : kern::PosFrom::kIndex;
+}
 
 const std::vector<Rule>& rules() {
   static const std::vector<Rule> r = [] {

@@ -57,6 +57,16 @@ std::string_view to_string(PositionKind p) {
   bad_enum("PositionKind", static_cast<int>(p));
 }
 
+std::string_view to_string(PositionsFrom p) {
+  switch (p) {
+    case PositionsFrom::kIndex:
+      return "index";
+    case PositionsFrom::kTokens:
+      return "tokens";
+  }
+  bad_enum("PositionsFrom", static_cast<int>(p));
+}
+
 std::string_view to_string(LayerKind k) {
   switch (k) {
     case LayerKind::kEncoder:

@@ -18,6 +18,9 @@ enum class Precision { kFp32, kFp16, kBf16 };
 enum class NormPlacement { kPre, kPost };
 enum class Activation { kRelu, kGelu };
 enum class PositionKind { kSinusoidal, kLearned };
+// Which position a token gets: its index in the sequence (0, 1, ...), or (fairseq's
+// make_positions) padding_idx + the count of non-padding tokens up to and including it.
+enum class PositionsFrom { kIndex, kTokens };
 enum class LayerKind { kEncoder, kDecoder };
 enum class OptimizerKind { kAdam, kAdamW };
 enum class CriterionKind { kCrossEntropy };
@@ -26,6 +29,7 @@ std::string_view to_string(Precision p);      // "fp32", "fp16", "bf16"
 std::string_view to_string(NormPlacement n);  // "pre", "post"
 std::string_view to_string(Activation a);     // "relu", "gelu"
 std::string_view to_string(PositionKind p);   // "sinusoidal", "learned"
+std::string_view to_string(PositionsFrom p);  // "index", "tokens"
 std::string_view to_string(LayerKind k);      // "encoder", "decoder"
 std::string_view to_string(OptimizerKind k);  // "adam", "adamw"
 std::string_view to_string(CriterionKind k);  // "cross_entropy"
@@ -37,6 +41,7 @@ struct EmbeddingSpec {
   int64_t vocab = 0;
   int64_t hidden = 0;
   PositionKind positions = PositionKind::kSinusoidal;
+  PositionsFrom positions_from = PositionsFrom::kIndex;
   int64_t max_positions = 1024;
   int64_t padding_idx = -1;  // -1: no padding token
   double scale = 1.0;        // token embeddings are multiplied by this (sqrt(hidden) in Fairseq)

@@ -159,6 +159,11 @@ class Validator {
           "must be \"sinusoidal\" or \"learned\"");
     }
     check_range("embedding.max_positions", e.max_positions, 1, kMaxPositions);
+    if (e.positions_from == PositionsFrom::kTokens && e.padding_idx < 0) {
+      add("embedding.positions_from", "\"tokens\"",
+          "counts positions over the non-padding tokens, so it needs a padding token: set "
+          "\"padding_idx\", or use \"index\"");
+    }
     int64_t vocab = (e.vocab >= 1 && e.vocab <= kMaxVocab) ? e.vocab : kMaxVocab;
     if (e.padding_idx < -1 || e.padding_idx >= vocab) {
       add("embedding.padding_idx", show(e.padding_idx),

@@ -279,6 +279,10 @@ class SpecReader {
           [&](auto& n, auto& p) {
             read_enum(n, p, {PositionKind::kSinusoidal, PositionKind::kLearned}, e.positions);
           }},
+         {"positions_from", Need::kOptional, "",
+          [&](auto& n, auto& p) {
+            read_enum(n, p, {PositionsFrom::kIndex, PositionsFrom::kTokens}, e.positions_from);
+          }},
          {"max_positions", Need::kOptional, "",
           [&](auto& n, auto& p) { read_int(n, p, e.max_positions); }},
          {"padding_idx", Need::kOptional, "",

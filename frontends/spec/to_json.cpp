@@ -42,6 +42,8 @@ Json spec_to_json(const ModelSpec& spec) {
                           {"layernorm", e.layernorm},
                           {"layernorm_eps", e.layernorm_eps},
                           {"tie_output", e.tie_output}};
+    if (e.positions_from != PositionsFrom::kIndex)
+      j["embedding"]["positions_from"] = name_of(e.positions_from);
   }
   j["layers"] = Json::array();
   for (const LayerStackSpec& s : spec.layers) j["layers"].push_back(stack_to_json(s));

@@ -29,6 +29,9 @@
   X(kNone, "none") X(kPadding, "padding") X(kCausal, "causal") X(kPaddingCausal, "padding+causal")
 // Position embedding of embedding_fwd/bwd. kNone: no position term.
 #define LIGHTSEQ_ENUM_Pos(X) X(kNone, "none") X(kSinusoidal, "sinusoidal") X(kLearned, "learned")
+// Which position a token of embedding_fwd/bwd has: its index t, or padding_idx + the count of
+// non-padding tokens of its sequence up to and including it (fairseq's make_positions).
+#define LIGHTSEQ_ENUM_PosFrom(X) X(kIndex, "index") X(kTokens, "tokens")
 // adam_kernel: L2 regularisation folded into the gradient (kAdam) or decoupled decay (kAdamW).
 #define LIGHTSEQ_ENUM_AdamMode(X) X(kAdam, "adam") X(kAdamW, "adamw")
 // Whether a result overwrites (`=`) or is added to (`+=`) its output.
@@ -39,7 +42,8 @@
   E(Branch)               \
   E(Norm)                 \
   E(Drop)                 \
-  E(ResidualIn) E(BranchOut) E(Act) E(BiasAdd) E(BiasGrad) E(Mask) E(Pos) E(AdamMode) E(Accumulate)
+  E(ResidualIn)           \
+  E(BranchOut) E(Act) E(BiasAdd) E(BiasGrad) E(Mask) E(Pos) E(PosFrom) E(AdamMode) E(Accumulate)
 
 namespace lightseq::kern {
 

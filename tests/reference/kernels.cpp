@@ -264,6 +264,20 @@ double sinusoidal(int64_t t, int64_t c, int64_t hidden) {
   return c < half ? std::sin(t * freq) : std::cos(t * freq);
 }
 
+namespace {
+
+// The position of row r's token: its index, or padding_idx + the count of non-padding tokens of
+// its sequence up to and including it (fairseq's make_positions).
+int64_t position(const EmbeddingArgs& a, const std::vector<int64_t>& tokens, int64_t r) {
+  const int64_t t = r % a.seq;
+  if (a.pos_from == kern::PosFrom::kIndex) return t;
+  int64_t n = 0;
+  for (int64_t j = r - t; j <= r; ++j) n += tokens[j] != a.padding_idx ? 1 : 0;
+  return a.padding_idx + n;
+}
+
+}  // namespace
+
 EmbeddingForward embedding_fwd(const EmbeddingArgs& a, const std::vector<int64_t>& tokens,
                                const Vec& table, const Vec& pos_table, const Vec& gamma,
                                const Vec& beta, const Vec* ln_input) {
@@ -275,7 +289,7 @@ EmbeddingForward embedding_fwd(const EmbeddingArgs& a, const std::vector<int64_t
   f.mean.assign(rows, 0.0);
   f.rstd.assign(rows, 0.0);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t t = r % a.seq, tok = tokens[r];
+    const int64_t t = position(a, tokens, r), tok = tokens[r];
     if (tok < 0 || tok >= a.vocab || t >= a.max_positions) {
       f.kind[r] = RowKind::kBad;
       f.bad_token = true;
@@ -315,7 +329,7 @@ EmbeddingBackward embedding_bwd(const EmbeddingArgs& a, const Vec& grad_out,
   EmbeddingBackward b{Vec(a.vocab * H), Vec(a.max_positions * H), Vec(H), Vec(H)};
   Vec g(H), de(H);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t t = r % a.seq, tok = tokens[r];
+    const int64_t t = position(a, tokens, r), tok = tokens[r];
     if (tok < 0 || tok >= a.vocab || tok == a.padding_idx || t >= a.max_positions) continue;
     for (int64_t c = 0; c < H; ++c) {
       const int64_t i = r * H + c;

@@ -99,6 +99,7 @@ struct EmbeddingArgs {
   int64_t padding_idx = -1, max_positions = 0;
   double scale = 1, eps = 1e-5;
   kern::Pos pos = kern::Pos::kSinusoidal;
+  kern::PosFrom pos_from = kern::PosFrom::kIndex;
   kern::Norm norm = kern::Norm::kOff;
   kern::Drop drop = kern::Drop::kOff;
   DropoutArgs d{};
