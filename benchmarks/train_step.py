@@ -89,6 +89,7 @@ def run_mode(mode, tokens_list, iters):
     import torch
     sys.path.insert(0, str(ROOT / "frontends" / "python"))
     import lightseq
+    import lightseq._C  # noqa: F401  (the extension: TrainStep, memory figures)
 
     s = spec()
     V = s["embedding"]["vocab"]

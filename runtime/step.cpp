@@ -59,6 +59,9 @@ struct TrainStep::Bucket {
 
 namespace {
 
+// A step's counters: n_tokens (f32), bad_token, bad_target (i32), 16 bytes apart.
+constexpr size_t kCounterBytes = 48;
+
 struct Io {
   const int64_t *src_tokens, *tokens, *targets;
   float *loss, *nll, *n_tokens;
@@ -67,14 +70,15 @@ struct Io {
 
 Io io_of(TrainStep::Bucket& b) {
   auto* c = static_cast<char*>(b.counters.get());
+  // Each in its own 16-byte slot (every bound pointer is 16-byte aligned).
   return {b.src_tokens.as<int64_t>(),
           b.tokens.as<int64_t>(),
           b.targets.as<int64_t>(),
           b.loss.as<float>(),
           b.nll.as<float>(),
           reinterpret_cast<float*>(c),
-          reinterpret_cast<int*>(c + 4),
-          reinterpret_cast<int*>(c + 8)};
+          reinterpret_cast<int*>(c + 16),
+          reinterpret_cast<int*>(c + 32)};
 }
 
 void memset32(void* p, uint32_t v, size_t n, CUstream s) {
@@ -332,7 +336,7 @@ std::unique_ptr<TrainStep::Bucket> TrainStep::make_bucket(const StepBatch& b, CU
   bk->targets = DeviceBuffer(al, rows * sizeof(int64_t), s);
   bk->loss = DeviceBuffer(al, rows * sizeof(float), s);
   bk->nll = DeviceBuffer(al, rows * sizeof(float), s);
-  bk->counters = DeviceBuffer(al, 16, s);
+  bk->counters = DeviceBuffer(al, kCounterBytes, s);
   return bk;
 }
 
@@ -363,7 +367,8 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
   const int64_t H = spec.embedding->hidden, eb = element_bytes(p);
   Allocator& al = *allocator_;
   const Io io = io_of(bk);
-  memset32(bk.counters.get(), 0, 4, s);  // n_tokens and the error flags of this step
+  memset32(bk.counters.get(), 0, kCounterBytes / 4,
+           s);  // n_tokens and the error flags of this step
   const bool two = calls_.front().stream == Call::Stream::kSource;
   const RunShape src = bk.src, tgt = bk.tgt;
   auto rows_of = [](const RunShape& r) { return r.batch * r.seq; };
@@ -564,7 +569,7 @@ StepStats TrainStep::read_stats(const Bucket& bk, CUstream s) const {
   const size_t rows = static_cast<size_t>(bk.tgt.batch * bk.tgt.seq);
   auto loss = download<float>(bk.loss.get(), rows, s);
   auto nll = download<float>(bk.nll.get(), rows, s);
-  auto counters = download<int32_t>(bk.counters.get(), 4, s);
+  auto counters = download<int32_t>(bk.counters.get(), kCounterBytes / 4, s);
   auto state = download<kern::OptimState>(mem_->state, 1, s);
   sync(s);
   StepStats st;
@@ -572,8 +577,8 @@ StepStats TrainStep::read_stats(const Bucket& bk, CUstream s) const {
   float n_tokens;
   std::memcpy(&n_tokens, &counters[0], sizeof(float));
   st.tokens = static_cast<int64_t>(n_tokens);
-  st.bad_token = counters[1] != 0;
-  st.bad_target = counters[2] != 0;
+  st.bad_token = counters[4] != 0;
+  st.bad_target = counters[8] != 0;
   st.updates = state[0].step;
   st.loss_scale = state[0].loss_scale;
   st.skipped_updates = steps_run_ - (st.updates - updates_base_);

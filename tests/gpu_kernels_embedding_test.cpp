@@ -165,7 +165,7 @@ class EmbeddingKernels : public GpuKernelTest {
   static ref::Tolerance out_tolerance(Precision p, const ref::EmbeddingArgs& a) {
     ref::Tolerance t = tolerance_for(p);
     // fp32 sin/cos of t·freq: the argument alone carries ~1.5 ulp(t) of error in any fp32 code.
-    if (a.pos == Pos::kSinusoidal && a.norm == Norm::kOff) t.abs = 4e-7 * a.seq;
+    if (a.pos == Pos::kSinusoidal && a.norm == Norm::kOff) t.abs = 4e-7 * a.max_positions;
     return t;
   }
 };
@@ -195,7 +195,7 @@ TEST_P(GpuEmbedding, ForwardMatchesReference) {
     if (v.norm) {
       const Vec sum_out = download(f.sum_out);
       ref::Tolerance st = tolerance_for(p);
-      if (a.pos == Pos::kSinusoidal) st.abs = 4e-7 * a.seq;
+      if (a.pos == Pos::kSinusoidal) st.abs = 4e-7 * a.max_positions;
       EXPECT_TRUE(
           all_close("sum_out", token_rows(sum_out, r.kind, H), token_rows(r.sum, r.kind, H), st));
       // The LayerNorm normalizes e rounded to T, the value sum_out stores (docs/kernels.md).

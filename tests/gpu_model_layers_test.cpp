@@ -174,7 +174,7 @@ double max_abs(const Vec& v) {
 ref::Tolerance emb_out_tolerance(const EmbCase& c, const ref::EmbeddingForward& want,
                                  const Vec& gamma) {
   ref::Tolerance t = ref::tolerance_for(c.precision);
-  const double sin_abs = c.pos == PositionKind::kSinusoidal ? 4e-7 * c.seq : 0.0;
+  const double sin_abs = c.pos == PositionKind::kSinusoidal ? 4e-7 * c.max_positions : 0.0;
   const double drop_scale = c.dropout ? 1.0 / (1.0 - kDropP) : 1.0;
   if (!c.norm) {
     t.abs = sin_abs * drop_scale;
