@@ -184,7 +184,8 @@ TEST(LscTrain, WithoutAGpuSaysSo) {
   }
 }
 
-// "step    40/60 ... | loss 1.2345 | nll ..." -> the loss and nll columns of every progress line
+// "step    40/60 ... | loss 1.2345 | nll ..." -> the step (without the run's total) and the loss
+// and nll columns of every progress line
 std::vector<std::string> losses(const std::string& output) {
   std::vector<std::string> out;
   size_t at = 0;
@@ -192,7 +193,7 @@ std::vector<std::string> losses(const std::string& output) {
     const size_t end = output.find('\n', at + 1);
     const std::string line = output.substr(at + 1, end - at - 1);
     const size_t from = line.find("| loss "), to = line.find("| lr ");
-    out.push_back(line.substr(0, line.find(' ', 6)) + line.substr(from, to - from));
+    out.push_back(line.substr(0, line.find('/')) + line.substr(from, to - from));
     at = end;
   }
   return out;

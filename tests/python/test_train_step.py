@@ -149,9 +149,9 @@ def test_whole_step_trains_like_pytorch(precision):
         if i == 0:  # every gradient of the first step
             sd = dict(ref.named_parameters())
             for name, shape in step.parameters():
-                got = read(step, name, shape, dtype, grad=True).float()
+                mine = read(step, name, shape, dtype, grad=True).float()
                 g = sd[name].grad.float().cpu()
-                err = (got - g).norm() / max(g.norm(), 1e-12)
+                err = (mine - g).norm() / max(g.norm(), 1e-12)
                 assert err < {"fp32": 1e-3, "bf16": 5e-2}[precision], f"grad {name}: rel err {err}"
         opt.step()
         assert st["tokens"] == int((b[2] != PAD).sum())
@@ -161,9 +161,9 @@ def test_whole_step_trains_like_pytorch(precision):
     # the weights after the last step
     sd = ref.state_dict()
     for name, shape in step.parameters():
-        got = read(step, name, shape, dtype).float()
+        mine = read(step, name, shape, dtype).float()
         w = sd[name].float().cpu()
-        err = (got - w).norm() / max(w.norm(), 1e-12)
+        err = (mine - w).norm() / max(w.norm(), 1e-12)
         assert err < {"fp32": 1e-4, "bf16": 2e-2}[precision], f"{name}: rel err {err}"
     assert step.graphs_captured == 1 and step.graph_replays == len(data) - 1
 
