@@ -109,7 +109,8 @@ class TrainStep {
 
   // Training state (parameters, master weights, moments, optimizer state, the dropout stream's
   // position) as one file, written atomically (temp file, fsync, rename); load() restores it so
-  // that training continues bit for bit. load() refuses a file of another model.
+  // that training continues where it stopped (bit for bit up to the embedding backward's fp32
+  // atomics, whose summation order varies). load() refuses a file of another model.
   void save(const std::filesystem::path& file, CUstream stream) const;
   void load(const std::filesystem::path& file, CUstream stream);
 
