@@ -153,8 +153,6 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
 
   // The calls: embedding (source), encoder instances, embedding (target), decoder instances,
   // criterion, optimizer. Parameters bind to the arena by state_dict name.
-  std::map<std::string, const ArenaEntry*> by_name;
-  for (const ArenaEntry& e : arena_.entries) by_name[e.name] = &e;
   auto param_at = [&](const ArenaEntry& e, bool grad) -> void* {
     char* base = static_cast<char*>(grad ? mem_->grads.get() : mem_->params.get());
     return base + e.offset * element_bytes(p);
@@ -162,7 +160,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   const bool has_decoder = std::any_of(spec.layers.begin(), spec.layers.end(),
                                        [](const auto& l) { return l.kind == LayerKind::kDecoder; });
   int call_index = 0;
-  auto make_call = [&](const LayerExecutor& ex, const std::string& prefix) {
+  auto make_call = [&](const LayerExecutor& ex, int64_t instance) {
     Call c;
     c.exec = &ex;
     c.type = ex.plan().layer.type;
@@ -174,14 +172,13 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
       for (size_t i = 0; i < m.size(); ++i) {
         const bool grad = m[i].role == TensorRole::kParamGrad;
         if (m[i].role != TensorRole::kParam && !grad) continue;
-        const std::string param = grad ? m[i].grad_of : m[i].name;
-        auto it = by_name.find(prefix + param);
-        if (it == by_name.end()) it = by_name.find(param);  // a tied parameter: its owner's
-        if (it == by_name.end()) {
+        const std::string name = arena_name(c.type, instance, grad ? m[i].grad_of : m[i].name);
+        const ArenaEntry* e = find_entry(arena_, name);
+        if (!e) {
           throw InternalError(fmt::format("TrainStep: {} binds '{}', which the arena lacks",
-                                          ex.plan().layer.name, prefix + param));
+                                          ex.plan().layer.name, name));
         }
-        args[i] = param_at(*it->second, grad);
+        args[i] = param_at(*e, grad);
       }
     }
     c.dropout.seed_ptr = mem_->seed;
@@ -191,7 +188,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   };
   const LayerExecutor& emb = model_->layer("embedding");
   auto emb_call = [&](Call::Stream st) {
-    Call c = make_call(emb, "");
+    Call c = make_call(emb, 0);
     c.stream = st;
     c.dropout.embedding = spec.embedding->dropout;
     c.mode = GradMode::kAccumulate;  // both streams add into one table (zeroed or tied below)
@@ -203,8 +200,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
       const LayerStackSpec& l = spec.layers[i];
       if (l.kind != kind) continue;
       for (int64_t k = 0; k < l.count; ++k) {
-        const std::string prefix = fmt::format("{}.layers.{}.", to_string(kind), instances[kind]++);
-        Call c = make_call(model_->stack(static_cast<int>(i)), prefix);
+        Call c = make_call(model_->stack(static_cast<int>(i)), instances[kind]++);
         c.dropout.attention = l.dropout.attention;
         c.dropout.activation = l.dropout.activation;
         c.dropout.hidden = l.dropout.hidden;
@@ -221,8 +217,8 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
     calls_.push_back(emb_call(Call::Stream::kTarget));
     stack_calls(LayerKind::kEncoder);
   }
-  calls_.push_back(make_call(model_->layer("criterion"), ""));
-  Call opt = make_call(model_->layer("optimizer"), "");
+  calls_.push_back(make_call(model_->layer("criterion"), 0));
+  Call opt = make_call(model_->layer("optimizer"), 0);
   opt.fwd.assign(opt.exec->manifest(false).size(), nullptr);
   auto bind_opt = [&](std::string_view name, void* ptr) {
     const int i = opt.fslot(name);
@@ -250,9 +246,7 @@ void* TrainStep::params() const { return mem_->params.get(); }
 void* TrainStep::grads() const { return mem_->grads.get(); }
 
 const ArenaEntry& TrainStep::entry(std::string_view name) const {
-  for (const ArenaEntry& e : arena_.entries) {
-    if (e.name == name) return e;
-  }
+  if (const ArenaEntry* e = find_entry(arena_, name)) return *e;
   std::vector<std::string> near;
   const std::string_view tail = name.substr(
       name.rfind('.') == std::string_view::npos ? 0 : name.rfind('.', name.rfind('.') - 1) + 1);

@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <string>
 
+#include "compiler/planner/planner.h"
 #include "frontends/spec/parse.h"
 
 namespace lightseq {
@@ -93,6 +95,42 @@ TEST(ParamArena, AnUntiedOutputProjectionIsItsOwnEntry) {
   ASSERT_NE(it, a.entries.end());
   EXPECT_EQ(it->layer, "criterion");
   EXPECT_EQ(it->numel, spec.embedding->vocab * spec.embedding->hidden);
+}
+
+// What TrainStep binds: every parameter and parameter gradient of every layer instance's manifest
+// (the optimizer's arenas aside) is an arena entry of the same size, found by arena_name; every
+// entry is bound by some layer.
+TEST(ParamArena, EveryLayerInstanceBindsItsParametersByArenaName) {
+  for (const char* name : {"transformer-base", "transformer-big", "bert-base", "gpt2-small"}) {
+    SCOPED_TRACE(name);
+    ModelSpec spec = example(name);
+    const ParamArena a = parameter_arena(spec);
+    const ModelPlan plan = plan_model(spec);
+    std::set<std::string> bound;
+    std::map<LayerType, int64_t> instances;
+    for (const LayerPlan& lp : plan.layers) {
+      const LayerType type = lp.layer.type;
+      if (type == LayerType::kOptimizer) continue;
+      const int64_t first = instances[type];
+      instances[type] += lp.layer.count;
+      for (int64_t i = first; i < first + lp.layer.count; ++i) {
+        for (const auto& dir : lp.manifest) {
+          for (const ManifestEntry& m : dir) {
+            const bool grad = m.role == TensorRole::kParamGrad;
+            if (m.role != TensorRole::kParam && !grad) continue;
+            const std::string n = arena_name(type, i, grad ? m.grad_of : m.name);
+            const ArenaEntry* e = find_entry(a, n);
+            ASSERT_NE(e, nullptr) << lp.layer.name << " binds " << n << ", not in the arena";
+            EXPECT_EQ(e->numel, shape_numel(m.shape).factor) << n;
+            bound.insert(n);
+          }
+        }
+      }
+    }
+    EXPECT_EQ(bound.size(), a.entries.size()) << "an arena entry no layer binds";
+  }
+  EXPECT_EQ(arena_name(LayerType::kDecoder, 3, "norm3.bias"), "decoder.layers.3.norm3.bias");
+  EXPECT_EQ(arena_name(LayerType::kCriterion, 0, "embed_tokens.weight"), "embed_tokens.weight");
 }
 
 }  // namespace

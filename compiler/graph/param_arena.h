@@ -32,6 +32,15 @@ struct ParamArena {
   int64_t total = 0;                // elements, alignment padding included
 };
 
+// The state_dict name of parameter `param` (the layer graph's name) of instance `instance` of a
+// layer of `type`: stacks are numbered over the model's stacks of their kind, as nn.Transformer's
+// encoder.layers.i / decoder.layers.i ("encoder.layers.3.norm1.weight"); the model-level layers'
+// parameters keep their names ("embed_tokens.weight"; a tied output projection is that one too).
+std::string arena_name(LayerType type, int64_t instance, std::string_view param);
+
+// The entry named `name`, or null.
+const ArenaEntry* find_entry(const ParamArena& arena, std::string_view name);
+
 // The arena of `spec`'s parameters (the optimizer's own state is not a parameter). A tied output
 // projection is the embedding's table: one entry. Padding between entries is part of the arena:
 // its gradients must be zero (the arena is zeroed once), so no optimizer moves it.
