@@ -121,24 +121,27 @@ void TrainStep::set_parameter(std::string_view name, const void* host, size_t by
   sync(s);
 }
 
-void TrainStep::get_parameter(std::string_view name, void* host, size_t bytes) const {
-  const ArenaEntry& e = entry(name);
-  const Precision p = model_->spec().precision;
-  check_bytes(e, bytes, p, "get_parameter");
-  ScopedContext ctx(model_->device());
+namespace {
+
+// One tensor of an arena (params or grads, the model's dtype) into host memory.
+void copy_out(const ArenaEntry& e, const DeviceBuffer& arena, Precision p, void* host, size_t bytes,
+              std::string_view what) {
+  check_bytes(e, bytes, p, what);
   LIGHTSEQ_CU_CHECK(driver().cuMemcpyDtoHAsync(
-      host, mem_->params.device_ptr() + e.offset * element_bytes(p), bytes, nullptr));
+      host, arena.device_ptr() + e.offset * element_bytes(p), bytes, nullptr));
   sync(nullptr);
 }
 
-void TrainStep::get_gradient(std::string_view name, void* host, size_t bytes) const {
-  const ArenaEntry& e = entry(name);
-  const Precision p = model_->spec().precision;
-  check_bytes(e, bytes, p, "get_gradient");
+}  // namespace
+
+void TrainStep::get_parameter(std::string_view name, void* host, size_t bytes) const {
   ScopedContext ctx(model_->device());
-  LIGHTSEQ_CU_CHECK(driver().cuMemcpyDtoHAsync(
-      host, mem_->grads.device_ptr() + e.offset * element_bytes(p), bytes, nullptr));
-  sync(nullptr);
+  copy_out(entry(name), mem_->params, model_->spec().precision, host, bytes, "get_parameter");
+}
+
+void TrainStep::get_gradient(std::string_view name, void* host, size_t bytes) const {
+  ScopedContext ctx(model_->device());
+  copy_out(entry(name), mem_->grads, model_->spec().precision, host, bytes, "get_gradient");
 }
 
 // ---- checkpoints --------------------------------------------------------------------------------

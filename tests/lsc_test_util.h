@@ -2,11 +2,13 @@
 // output, for the `lsc` end-to-end tests.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
 #include <string>
+#include <string_view>
 
 namespace lightseq::lsc_test {
 
@@ -33,6 +35,18 @@ inline Result run_shell(const std::string& command) {
 
 // Runs `lsc <args>`; args are passed through the shell as written.
 inline Result run(const std::string& args) { return run_shell(kLsc + " " + args); }
+
+// What CLI11 adds after a usage error.
+inline constexpr std::string_view kMore = "\nRun with --help for more information.\n";
+
+// `lsc <args>` is a usage error: exit status 2 and exactly `message` (then kMore). A gtest
+// assertion helper: include <gtest/gtest.h> first.
+inline void expect_usage_error(const std::string& args, const std::string& message) {
+  SCOPED_TRACE(args);
+  const Result r = run(args);
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_EQ(r.output, message + std::string(kMore));
+}
 
 inline std::string example(const std::string& name) {
   return kSource + "/examples/" + name + ".json";

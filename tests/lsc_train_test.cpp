@@ -20,8 +20,6 @@ namespace fs = std::filesystem;
 using namespace lsc_test;  // NOLINT: test helpers
 using test::TempDir;
 
-constexpr std::string_view kMore = "\nRun with --help for more information.\n";
-
 // An encoder-decoder small enough to learn the copy task in a few hundred steps.
 constexpr std::string_view kTinySpec = R"({
   "name": "tiny-copy", "precision": "fp32",
@@ -38,13 +36,6 @@ constexpr std::string_view kTinySpec = R"({
 std::string write(const fs::path& path, std::string_view text) {
   std::ofstream(path) << text;
   return path.string();
-}
-
-void expect_usage_error(const std::string& args, const std::string& message) {
-  SCOPED_TRACE(args);
-  const Result r = run(args);
-  EXPECT_EQ(r.status, 2) << r.output;
-  EXPECT_EQ(r.output, message + std::string(kMore));
 }
 
 TEST(LscTrain, HelpListsEveryOption) {

@@ -13,15 +13,6 @@ namespace {
 using namespace lsc_test;  // NOLINT: test helpers
 using test::TempDir;
 
-constexpr std::string_view kMore = "\nRun with --help for more information.\n";
-
-void expect_usage_error(const std::string& args, const std::string& message) {
-  SCOPED_TRACE(args);
-  const Result r = run(args);
-  EXPECT_EQ(r.status, 2) << r.output;
-  EXPECT_EQ(r.output, message + std::string(kMore));
-}
-
 TEST(LscUsage, UnknownOrMissingSubcommandIsNamed) {
   expect_usage_error("frobnicate",
                      "lsc: unknown subcommand 'frobnicate': expected one of build, plan, kernels, "
