@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -23,26 +24,6 @@ namespace {
 int64_t align_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
 
 }  // namespace
-
-// One layer call of the step: its executor, its arguments in manifest order with the parameters
-// (and their gradients) already bound, and where the per-step tensors go.
-struct TrainStep::Call {
-  enum class Stream { kSource, kTarget };  // which token stream an embedding call reads
-  const LayerExecutor* exec = nullptr;
-  LayerType type = LayerType::kEncoder;
-  Stream stream = Stream::kTarget;
-  std::vector<void*> fwd, bwd;
-  DropoutConfig dropout;
-  GradMode mode = GradMode::kOverwrite;
-  int fslot(std::string_view name) const { return slot(exec->manifest(false), name); }
-  int bslot(std::string_view name) const { return slot(exec->manifest(true), name); }
-  static int slot(const std::vector<ManifestEntry>& m, std::string_view name) {
-    for (size_t i = 0; i < m.size(); ++i) {
-      if (m[i].name == name) return static_cast<int>(i);
-    }
-    return -1;
-  }
-};
 
 // One shape's inputs and outputs at fixed addresses (a captured graph reads and writes them),
 // and its graph.
@@ -184,6 +165,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
     c.dropout.seed_ptr = mem_->seed;
     c.dropout.offset_ptr = mem_->offset;
     c.dropout.offset = static_cast<uint64_t>(call_index++) * kDropoutOffsetStride;
+    c.resolve_slots();
     return c;
   };
   const LayerExecutor& emb = model_->layer("embedding");
@@ -413,40 +395,37 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
       case LayerType::kEmbedding: {
         const bool source = c.stream == Call::Stream::kSource;
         if (!source && two) memory = prev;
-        set(a, c.fslot("tokens"), source ? io.src_tokens : io.tokens);
-        set(a, c.fslot("padding_mask"), source ? src_mask : tgt_mask);
-        set(a, c.fslot("bad_token"), io.bad_token);
+        set(a, c.f[Call::kTokens], source ? io.src_tokens : io.tokens);
+        set(a, c.f[Call::kPaddingMask], source ? src_mask : tgt_mask);
+        set(a, c.f[Call::kBadToken], io.bad_token);
         break;
       }
       case LayerType::kEncoder:
       case LayerType::kDecoder: {
         const bool source = two && c.type == LayerType::kEncoder;
-        set(a, c.fslot("x"), prev);
-        set(a, c.fslot("key_padding_mask"),
+        set(a, c.f[Call::kX], prev);
+        set(a, c.f[Call::kKeyPaddingMask],
             spec.embedding->padding_idx >= 0 ? (source ? src_mask : tgt_mask) : nullptr);
-        set(a, c.fslot("encoder_out"), memory);
-        set(a, c.fslot("encoder_padding_mask"),
+        set(a, c.f[Call::kEncoderOut], memory);
+        set(a, c.f[Call::kEncoderPaddingMask],
             spec.embedding->padding_idx >= 0 ? src_mask : nullptr);
         break;
       }
       case LayerType::kCriterion:
-        set(a, c.fslot("decoder_out"), prev);
-        set(a, c.fslot("targets"), io.targets);
-        set(a, c.fslot("loss"), io.loss);
-        set(a, c.fslot("nll"), io.nll);
-        set(a, c.fslot("bad_target"), io.bad_target);
-        set(a, c.fslot("loss_scale"), &mem_->state->loss_scale);
-        set(a, c.fslot("n_tokens"), io.n_tokens);
+        set(a, c.f[Call::kDecoderOut], prev);
+        set(a, c.f[Call::kTargets], io.targets);
+        set(a, c.f[Call::kLoss], io.loss);
+        set(a, c.f[Call::kNll], io.nll);
+        set(a, c.f[Call::kBadTarget], io.bad_target);
+        set(a, c.f[Call::kLossScale], &mem_->state->loss_scale);
+        set(a, c.f[Call::kNTokens], io.n_tokens);
         break;
       default:
         break;
     }
     if (c.type != LayerType::kCriterion) {
       // The layer's output: "out" / "normed" / "embedded" for the embedding, "y" for a stack.
-      const auto& m = c.exec->manifest(false);
-      for (size_t k = 0; k < m.size(); ++k) {
-        if (m[k].role == TensorRole::kOutput && m[k].type == ElemType::kModel) a[k] = out_of(i);
-      }
+      for (int k : c.outputs) a[k] = out_of(i);
       prev = out_of(i);
     }
     c.exec->forward_at(a, shape, dropout_of(c), al, s,
@@ -477,8 +456,8 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
   void* dy = g[0];  // the gradient of the current call's output
   {
     std::vector<void*> a = crit.bwd;
-    set(a, crit.bslot("decoder_out"), fargs[n_calls - 2][crit.fslot("decoder_out")]);
-    set(a, crit.bslot("grad_decoder_out"), dy);
+    set(a, crit.b[Call::kDecoderOut], fargs[n_calls - 2][crit.f[Call::kDecoderOut]]);
+    set(a, crit.b[Call::kGradDecoderOut], dy);
     crit.exec->backward_at(a, static_cast<char*>(saved.get()) + saved_at[n_calls - 2],
                            shape_of(crit), dropout_of(crit), GradMode::kOverwrite, al, s);
   }
@@ -488,8 +467,8 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
     const RunShape shape = shape_of(c);
     if (c.type == LayerType::kEmbedding) {
       const bool source = c.stream == Call::Stream::kSource;
-      set(a, c.bslot("tokens"), source ? io.src_tokens : io.tokens);
-      set(a, c.bslot("grad_out"), dy);
+      set(a, c.b[Call::kTokens], source ? io.src_tokens : io.tokens);
+      set(a, c.b[Call::kGradOut], dy);
       c.exec->backward_at(a, static_cast<char*>(saved.get()) + saved_at[i], shape, dropout_of(c),
                           c.mode, al, s);
       // Below the target stream's embedding come the encoders: their output's gradient is what
@@ -498,11 +477,11 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
       continue;
     }
     void* dx = dy == g[0] ? g[1] : g[0];
-    set(a, c.bslot("x"), out_of(i - 1));  // a stack's input: the previous call's output
-    set(a, c.bslot("encoder_out"), memory);
-    set(a, c.bslot("grad_y"), dy);
-    set(a, c.bslot("grad_x"), dx);
-    set(a, c.bslot("grad_encoder_out"), grad_memory.get());
+    set(a, c.b[Call::kX], out_of(i - 1));  // a stack's input: the previous call's output
+    set(a, c.b[Call::kEncoderOut], memory);
+    set(a, c.b[Call::kGradY], dy);
+    set(a, c.b[Call::kGradX], dx);
+    set(a, c.b[Call::kGradEncoderOut], grad_memory.get());
     c.exec->backward_at(a, static_cast<char*>(saved.get()) + saved_at[i], shape, dropout_of(c),
                         GradMode::kOverwrite, al, s);
     dy = dx;
