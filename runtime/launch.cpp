@@ -52,6 +52,7 @@ ElemType elem_of(sig::CType c) {
     case sig::CType::kU8Ptr:
       return ElemType::kU8;
     case sig::CType::kI32Ptr:
+    case sig::CType::kConstI32Ptr:
       return ElemType::kI32;
     case sig::CType::kOptimStatePtr:
     case sig::CType::kConstOptimStatePtr:

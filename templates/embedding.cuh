@@ -1,6 +1,7 @@
 // embedding.cuh — token embedding lookup, scaled, plus sinusoidal or learned positions, optional
-// LayerNorm and dropout; and its backward (fp32 atomic scatter-add into the table gradients, the
-// LayerNorm parameter partials). Row layout and LayerNorm pieces come from layernorm.cuh.
+// LayerNorm and dropout; and the LayerNorm part of its backward (per-row statistics and the
+// LayerNorm parameter partials; the table gradients are embedding_grad.cuh's deterministic
+// scatter). Row layout and LayerNorm pieces come from layernorm.cuh.
 #pragma once
 
 #include "common/philox.cuh"
@@ -52,27 +53,6 @@ __device__ __forceinline__ int64_t position_of(const int64_t* tokens, int64_t ro
     for (int64_t j = row - t; j <= row; ++j) n += tokens[j] != padding_idx ? 1 : 0;
     return padding_idx + n;
   }
-}
-
-// p[0 .. N) += v with fp32 atomics (16-byte vector atomics on sm_90+). p aligned to N floats.
-template <int N>
-__device__ __forceinline__ void atomic_add_f32(float* p, const float (&v)[N]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (N % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < N; i += 4) {
-      atomicAdd(reinterpret_cast<float4*>(p + i), make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]));
-    }
-    return;
-  } else if constexpr (N % 2 == 0) {
-#pragma unroll
-    for (int i = 0; i < N; i += 2)
-      atomicAdd(reinterpret_cast<float2*>(p + i), make_float2(v[i], v[i + 1]));
-    return;
-  }
-#endif
-#pragma unroll
-  for (int i = 0; i < N; ++i) atomicAdd(p + i, v[i]);
 }
 
 // embedding_fwd_kernel — e = token_table[tok] * scale + P[t] (t = position_of<kPosFrom>: row %
@@ -206,31 +186,28 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   }
 }
 
-// embedding_bwd_kernel — dE = LN_backward(dropout_mask(grad_out)) (Norm::kOn; kOff: the masked
-//   gradient); grad_table[tok] += scale * dE; grad_pos[t] += dE (Pos::kLearned); per-block
-//   partials of dgamma = sum g * xhat, dbeta = sum g (Norm::kOn, g the masked gradient).
-// Fuses:     dropout backward + LN backward + scatter-add + LN parameter partials.
+// embedding_bwd_kernel — the LayerNorm part of the embedding backward (Norm::kOn embeddings):
+//   with g = dropout_mask(grad_out), row_stats[row] = (m1, m2) = (mean(g * gamma),
+//   mean(g * gamma * xhat)) for embedding_grad_kernel's dx, and per-block partials of
+//   dgamma = sum g * xhat, dbeta = sum g.
+// Fuses:     dropout backward + LN backward statistics + LN parameter partials.
 // Shapes:    grad_out, sum_out [batch * seq, kHidden]; tokens [batch, seq]; mean, rstd
-//            [batch * seq]; gamma [kHidden]; grad_table [vocab, kHidden] fp32 and grad_pos
-//            [max_positions, kHidden] fp32 (`+=`, zeroed by the caller; convert_kernel writes the
-//            parameter gradients); partials [embedding_bwd_blocks(batch * seq),
-//            embedding_bwd_partial_cols(kHidden, kNorm)] fp32 `=`. Padding tokens, tokens outside
-//            [0, vocab) and t >= max_positions contribute nothing.
+//            [batch * seq]; gamma [kHidden]; row_stats [batch * seq, 2] fp32 `=` (rows with a
+//            gradient only: padding tokens, tokens outside [0, vocab) and t >= max_positions have
+//            none and contribute nothing); partials [embedding_bwd_blocks(batch * seq), 2 *
+//            kHidden] fp32 `=`.
 // Grid/Block: embedding_bwd_grid(batch * seq) blocks of embedding_bwd_block(kHidden, kVec) (the
 //            ln_bwd layout; block b owns rows [partial_row_begin(rows, gridDim.x, b), ...(b+1))).
 // Constants: as embedding_fwd_kernel.
-// Numerics:  fp32; the scatter uses fp32 atomics (order, hence the last bits, not deterministic).
-template <typename T, int kHidden, int kVec, Pos kPos, PosFrom kPosFrom, Norm kNorm, Drop kDrop>
+// Numerics:  fp32, fixed summation order (deterministic).
+template <typename T, int kHidden, int kVec, PosFrom kPosFrom, Drop kDrop>
 __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
     embedding_bwd_kernel(const T* grad_out, const int64_t* tokens, const T* sum_out,
-                         const float* mean, const float* rstd, const T* gamma, float* grad_table,
-                         float* grad_pos, float* partials, int64_t batch, int64_t seq,
-                         int64_t vocab, int64_t padding_idx, int64_t max_positions, float scale,
-                         DropoutArgs drop) {
+                         const float* mean, const float* rstd, const T* gamma, float* row_stats,
+                         float* partials, int64_t batch, int64_t seq, int64_t vocab,
+                         int64_t padding_idx, int64_t max_positions, DropoutArgs drop) {
   static_assert(kHidden > 0 && kVec >= 1 && kHidden % kVec == 0, "kVec must divide kHidden");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
-  static_assert(kPos == Pos::kNone || kPos == Pos::kSinusoidal || kPos == Pos::kLearned, "Pos");
-  static_assert(kNorm == Norm::kOff || kNorm == Norm::kOn, "Norm");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
   drop = load_dropout_state(drop);
   constexpr int kNvec = kHidden / kVec;
@@ -244,36 +221,15 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
   const int64_t rows = batch * seq;
   const int64_t r0 = partial_row_begin(rows, gridDim.x, blockIdx.x);
   const int64_t r1 = partial_row_begin(rows, gridDim.x, blockIdx.x + 1);
-  float* part =
-      partials + static_cast<int64_t>(blockIdx.x) * embedding_bwd_partial_cols(kHidden, kNorm);
-
-  // The masked gradient of vector v of a row.
-  auto grad_in = [&](int64_t base, int v, float(&g)[kVec]) {
-    const uint32_t keep = kMasked ? dropout_keep_bits<kVec>(drop, base + v * kVec) : 0u;
-    ln_grad_in<kMasked>(load_vec<kVec>(grad_out + base + v * kVec), keep, drop.scale, g);
-  };
-  auto scatter = [&](int64_t tok, int64_t t, int v, float(&d)[kVec]) {
-    if constexpr (kPos == Pos::kLearned) atomic_add_f32<kVec>(grad_pos + t * kHidden + v * kVec, d);
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) d[i] *= scale;
-    atomic_add_f32<kVec>(grad_table + tok * kHidden + v * kVec, d);
-  };
-  auto skip = [&](int64_t tok, int64_t t) {
-    return tok < 0 || tok >= vocab || t >= max_positions || tok == padding_idx;
+  float* part = partials + static_cast<int64_t>(blockIdx.x) * 2 * kHidden;
+  // Rows with a gradient (the forward's active rows).
+  auto has_grad = [&](int64_t row) {
+    const int64_t tok = tokens[row];
+    if (tok < 0 || tok >= vocab || tok == padding_idx) return false;
+    return position_of<kPosFrom>(tokens, row, seq, padding_idx) < max_positions;
   };
 
-  if constexpr (kNorm == Norm::kOff) {
-    for (int64_t row = r0 + group; row < r1; row += kRows) {
-      const int64_t tok = tokens[row];
-      const int64_t t = position_of<kPosFrom>(tokens, row, seq, padding_idx);
-      if (skip(tok, t)) continue;
-      for (int v = tid; v < kNvec; v += kTpr) {
-        float g[kVec];
-        grad_in(row * kHidden, v, g);
-        scatter(tok, t, v, g);
-      }
-    }
-  } else if constexpr (ln_bwd_cached(kHidden, kVec)) {
+  if constexpr (ln_bwd_cached(kHidden, kVec)) {
     constexpr int kSlots = ln_bwd_slots(kHidden, kVec);
     float acc_gamma[kSlots][kVec], acc_beta[kSlots][kVec];
 #pragma unroll
@@ -282,13 +238,10 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
       for (int i = 0; i < kVec; ++i) acc_gamma[k][i] = acc_beta[k][i] = 0.f;
     }
     // Every group runs the same number of iterations (the reductions may hold barriers); a group
-    // without a contributing row works on zeros and scatters nothing.
+    // without a contributing row works on zeros.
     for (int64_t first = r0; first < r1; first += kRows) {
       const int64_t row = first + group;
-      const bool in_chunk = row < r1;
-      const int64_t tok = in_chunk ? tokens[row] : padding_idx;
-      const int64_t t = in_chunk ? position_of<kPosFrom>(tokens, row, seq, padding_idx) : 0;
-      const bool active = in_chunk && !skip(tok, t);
+      const bool active = row < r1 && has_grad(row);
       const int64_t base = row * kHidden;
       Vec<T, kVec> g[kSlots] = {}, x[kSlots] = {};
       uint32_t keep[kSlots];
@@ -307,16 +260,9 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
       float m1, m2;
       ln_row_backward_stats<kMasked, T, kHidden, kVec, kTpr, kSlots>(
           g, keep, drop.scale, x, tid, gamma, mu, rs, smem, acc_gamma, acc_beta, m1, m2);
-      if (!active) continue;
-#pragma unroll
-      for (int k = 0; k < kSlots; ++k) {
-        const int v = k * kTpr + tid;
-        if (v < kNvec) {
-          float d[kVec];
-          ln_grad_in<kMasked>(g[k], keep[k], drop.scale, d);
-          ln_dx<T, kVec>(d, x[k], gamma + v * kVec, mu, rs, m1, m2);
-          scatter(tok, t, v, d);
-        }
+      if (active && tid == 0) {
+        row_stats[2 * row] = m1;
+        row_stats[2 * row + 1] = m2;
       }
     }
     __shared__ alignas(16) float red[kRows > 1 ? kRows * kHidden : 1];
@@ -330,22 +276,19 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
       store_f32<kVec>(part + kHidden + v * kVec, zero);
     }
     for (int64_t row = r0; row < r1; ++row) {
-      const int64_t tok = tokens[row];
-      const int64_t t = position_of<kPosFrom>(tokens, row, seq, padding_idx);
-      if (skip(tok, t)) continue;
+      if (!has_grad(row)) continue;
       const int64_t base = row * kHidden;
-      auto load_g = [&](int v, float(&g)[kVec]) { grad_in(base, v, g); };
+      auto load_g = [&](int v, float(&g)[kVec]) {
+        const uint32_t keep = kMasked ? dropout_keep_bits<kVec>(drop, base + v * kVec) : 0u;
+        ln_grad_in<kMasked>(load_vec<kVec>(grad_out + base + v * kVec), keep, drop.scale, g);
+      };
       auto load_x = [&](int v, float(&x)[kVec]) { load_float<kVec>(sum_out + base + v * kVec, x); };
-      const float mu = mean[row], rs = rstd[row];
       float m1, m2;
-      ln_row_backward_stats_streamed<T, kHidden, kVec, kTpr>(load_g, load_x, tid, gamma, mu, rs,
-                                                             smem, part, part + kHidden, m1, m2);
-      for (int v = tid; v < kNvec; v += kTpr) {
-        float d[kVec];
-        grad_in(base, v, d);
-        ln_dx<T, kVec>(d, load_vec<kVec>(sum_out + base + v * kVec), gamma + v * kVec, mu, rs, m1,
-                       m2);
-        scatter(tok, t, v, d);
+      ln_row_backward_stats_streamed<T, kHidden, kVec, kTpr>(
+          load_g, load_x, tid, gamma, mean[row], rstd[row], smem, part, part + kHidden, m1, m2);
+      if (tid == 0) {
+        row_stats[2 * row] = m1;
+        row_stats[2 * row + 1] = m2;
       }
     }
   }

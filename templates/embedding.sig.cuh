@@ -77,36 +77,38 @@ inline constexpr Kernel kEmbeddingFwd =
                 &embedding_fwd::launch);
 
 namespace embedding_bwd {
+inline Extent row_stats(const Values& v);
 inline Extent partials(const Values& v);
-// The same template parameters as the forward.
-inline constexpr const auto& kT = embedding_fwd::kT;
-inline constexpr Param kP[] = {
-    in("grad_out", CType::kConstTPtr),
-    in("tokens", CType::kConstI64Ptr),
-    in("sum_out", CType::kConstTPtr, Nullable::kYes),
-    in("mean", CType::kConstF32Ptr, Nullable::kYes),
-    in("rstd", CType::kConstF32Ptr, Nullable::kYes),
-    in("gamma", CType::kConstTPtr, Nullable::kYes),
-    scratch("grad_table", CType::kF32Ptr, nullptr, Nullable::kNo, ScratchInit::kZero),
-    scratch("grad_pos", CType::kF32Ptr, nullptr, Nullable::kYes, ScratchInit::kZero),
-    scratch("partials", CType::kF32Ptr, &partials, Nullable::kYes),
-    scalar("batch", CType::kI64),
-    scalar("seq", CType::kI64),
-    scalar("vocab", CType::kI64),
-    scalar("padding_idx", CType::kI64),
-    scalar("max_positions", CType::kI64),
-    scalar("scale", CType::kF32),
-    dropout("drop")};
-// The LayerNorm's dgamma | dbeta per-block partials (Norm::kOn; none otherwise).
+inline constexpr TParam kT[] = {
+    kDTypeParam, int_param("kHidden", "h"), int_param("kVec", "vec", vec_of<1>),
+    enum_param("kPosFrom", "pos_from", kPosFromInfo), enum_param("kDrop", "drop", kDropInfo)};
+inline constexpr Param kP[] = {in("grad_out", CType::kConstTPtr),
+                               in("tokens", CType::kConstI64Ptr),
+                               in("sum_out", CType::kConstTPtr),
+                               in("mean", CType::kConstF32Ptr),
+                               in("rstd", CType::kConstF32Ptr),
+                               in("gamma", CType::kConstTPtr),
+                               scratch("row_stats", CType::kF32Ptr, &row_stats, Nullable::kNo),
+                               scratch("partials", CType::kF32Ptr, &partials, Nullable::kNo),
+                               scalar("batch", CType::kI64),
+                               scalar("seq", CType::kI64),
+                               scalar("vocab", CType::kI64),
+                               scalar("padding_idx", CType::kI64),
+                               scalar("max_positions", CType::kI64),
+                               dropout("drop")};
+inline int64_t rows_of(const Values& v) {
+  return v.i[index_of(kP, "batch")] * v.i[index_of(kP, "seq")];
+}
+// (m1, m2) per row, for embedding_grad_kernel's LayerNorm dx.
+inline Extent row_stats(const Values& v) { return {rows_of(v), 2}; }
+// The LayerNorm's dgamma | dbeta per-block partials.
 inline Extent partials(const Values& v) {
-  return {embedding_bwd_blocks(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "seq")]),
-          embedding_bwd_partial_cols(v.t[index_of(kT, "kHidden")],
-                                     static_cast<Norm>(v.t[index_of(kT, "kNorm")]))};
+  return {embedding_bwd_blocks(rows_of(v)),
+          embedding_bwd_partial_cols(v.t[index_of(kT, "kHidden")], Norm::kOn)};
 }
 inline Launch launch(const Values& v) {
-  const int64_t rows = v.i[index_of(kP, "batch")] * v.i[index_of(kP, "seq")];
   const int64_t hidden = v.t[index_of(kT, "kHidden")];
-  return {embedding_bwd_grid(rows),
+  return {embedding_bwd_grid(rows_of(v)),
           embedding_bwd_block(hidden, static_cast<int>(v.t[index_of(kT, "kVec")])), 0};
 }
 }  // namespace embedding_bwd

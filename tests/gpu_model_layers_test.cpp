@@ -596,7 +596,8 @@ TEST(ModelLayerPlans, EveryGpuTestSpecIsValid) {
 }
 
 // The reference draws the embedding's dropout bits at offset + 0: the plan's embedding kernels,
-// forward and backward, use dropout site 0 of kind embedding.
+// forward and backward (the LayerNorm statistics, the sum of each table's gradient), use dropout
+// site 0 of kind embedding.
 TEST(ModelLayerPlans, EmbeddingDropoutIsSiteZero) {
   const EmbCase c{Precision::kBf16, PositionKind::kLearned, true, true, 512, 32000, 1, 64, 4, 32};
   const ModelPlan plan = plan_model(embedding_spec(c));
@@ -614,7 +615,7 @@ TEST(ModelLayerPlans, EmbeddingDropoutIsSiteZero) {
       }
     }
   }
-  EXPECT_EQ(sites, 2) << "one dropout parameter in the forward kernel, one in the backward";
+  EXPECT_EQ(sites, 4) << "the forward; the LayerNorm statistics and the token and position sums";
 }
 
 }  // namespace

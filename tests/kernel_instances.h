@@ -11,6 +11,7 @@
 #include "compiler/ir/kernel.h"
 #include "cross_entropy.sig.cuh"
 #include "embedding.sig.cuh"
+#include "embedding_grad.sig.cuh"
 #include "layernorm.sig.cuh"
 #include "reduce.sig.cuh"
 #include "softmax.sig.cuh"
@@ -104,21 +105,38 @@ inline KernelInstance softmax_fwd(Precision p, const Softmax& c) {
 inline KernelInstance softmax_bwd(Precision p, const Softmax& c) {
   return instantiate(sig::kSoftmaxBwd, p, {on_off<kern::Drop>("kDrop", c.dropout)});
 }
+inline kern::PosFrom pos_from(PositionsFrom f) {
+  return f == PositionsFrom::kTokens ? kern::PosFrom::kTokens : kern::PosFrom::kIndex;
+}
 inline KernelInstance embedding_fwd(Precision p, const Embedding& c) {
   return instantiate(sig::kEmbeddingFwd, p,
                      {{"kHidden", c.hidden},
                       tv("kPos", pos(c.positions)),
-                      tv("kPosFrom", c.from == PositionsFrom::kTokens ? kern::PosFrom::kTokens
-                                                                      : kern::PosFrom::kIndex),
+                      tv("kPosFrom", pos_from(c.from)),
                       on_off<kern::Norm>("kNorm", c.layernorm),
                       on_off<kern::Drop>("kDrop", c.dropout)});
 }
+// The LayerNorm part of the backward (layernorm embeddings only).
 inline KernelInstance embedding_bwd(Precision p, const Embedding& c) {
   return instantiate(sig::kEmbeddingBwd, p,
                      {{"kHidden", c.hidden},
-                      tv("kPos", pos(c.positions)),
-                      tv("kPosFrom", c.from == PositionsFrom::kTokens ? kern::PosFrom::kTokens
-                                                                      : kern::PosFrom::kIndex),
+                      tv("kPosFrom", pos_from(c.from)),
+                      on_off<kern::Drop>("kDrop", c.dropout)});
+}
+// The deterministic scatter (embedding_grad.cuh): the grouping kernels and the sum.
+struct EmbeddingGroup {
+  KernelInstance count, start, place, order;
+};
+inline EmbeddingGroup embedding_group(Precision p, kern::Key key, PositionsFrom from) {
+  return {
+      instantiate(sig::kEmbeddingGroupCount, p, {tv("kKey", key), tv("kPosFrom", pos_from(from))}),
+      instantiate(sig::kEmbeddingGroupStart, p, {tv("kKey", key)}),
+      instantiate(sig::kEmbeddingGroupPlace, p, {tv("kKey", key)}),
+      instantiate(sig::kEmbeddingGroupOrder, p, {tv("kKey", key)})};
+}
+inline KernelInstance embedding_grad(Precision p, const Embedding& c) {
+  return instantiate(sig::kEmbeddingGrad, p,
+                     {{"kHidden", c.hidden},
                       on_off<kern::Norm>("kNorm", c.layernorm),
                       on_off<kern::Drop>("kDrop", c.dropout)});
 }

@@ -86,6 +86,8 @@ std::string demangled_type(sig::CType c, const std::string& t) {
       return "unsigned char*";
     case sig::CType::kI32Ptr:
       return "int*";
+    case sig::CType::kConstI32Ptr:
+      return "int const*";
     case sig::CType::kConstAdamChunkPtr:
       return "lightseq::kern::AdamChunk<" + t + "> const*";
     case sig::CType::kOptimStatePtr:
@@ -201,7 +203,8 @@ TEST(KernelSignature, NamesAreUniqueAndRolesFitTypes) {
       if (p.role == sig::Role::kOut || p.role == sig::Role::kOutAcc ||
           p.role == sig::Role::kScratch) {
         EXPECT_TRUE(p.type == sig::CType::kTPtr || p.type == sig::CType::kF32Ptr ||
-                    p.type == sig::CType::kU8Ptr || p.type == sig::CType::kOptimStatePtr)
+                    p.type == sig::CType::kU8Ptr || p.type == sig::CType::kI32Ptr ||
+                    p.type == sig::CType::kOptimStatePtr)
             << p.name << " is written";
       }
       EXPECT_EQ(p.role == sig::Role::kTensorList, p.list != nullptr)

@@ -51,6 +51,8 @@ const char* ctype_text(sig::CType c) {
       return "uint8_t*";
     case sig::CType::kI32Ptr:
       return "int*";
+    case sig::CType::kConstI32Ptr:
+      return "const int*";
     case sig::CType::kConstAdamChunkPtr:
       return "const AdamChunk<T>*";
     case sig::CType::kOptimStatePtr:

@@ -14,11 +14,102 @@
 #include "compiler/planner/fusion_rules.h"
 #include "cross_entropy.sig.cuh"
 #include "embedding.sig.cuh"
+#include "embedding_grad.sig.cuh"
 #include "layernorm.sig.cuh"
 #include "reduce.sig.cuh"
 #include "softmax.sig.cuh"
 
 namespace lightseq::planner::fusion {
+
+namespace {
+
+// The embedding backward: the LayerNorm statistics and parameter partials (with a LayerNorm), then
+// for the token table (and a learned position table) the deterministic scatter of
+// embedding_grad.cuh: group the rows by key, order each group by row, sum it in that order.
+void emit_embedding_backward(State& s, const Match& m, Dim batch) {
+  const Op& eg = s.op(*m[2]);
+  const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : (m[1] ? s.op(*m[1]).inputs[0] : eg.inputs[0]);
+  const std::vector<int> param_grads = eg.outputs;
+  const OpAttrs attrs = eg.attrs;
+  const std::string name = eg.name;
+  const int tokens = eg.inputs[1];
+  const Dim seq = s.g.tensor(tokens).shape[1];
+  const Dim rows = rows_of(s, grad_in);
+  const int64_t hidden = cols_of(s, grad_in);
+  const bool norm = m[1].has_value();
+  const Op* dropout_op = m[0] ? &s.op(*m[0]) : nullptr;
+  const auto pos_from = tv("kPosFrom", pos_from_of(attrs.positions_from));
+  const auto drop = on_off<kern::Drop>("kDrop", m[0].has_value());
+  const Scalars rows_scalars{
+      {"batch", ScalarArg::size(batch)},
+      {"seq", ScalarArg::size(seq)},
+      {"vocab", ScalarArg::constant(static_cast<double>(attrs.vocab))},
+      {"padding_idx", ScalarArg::constant(static_cast<double>(attrs.padding_idx))},
+      {"max_positions", ScalarArg::constant(static_cast<double>(attrs.max_positions))}};
+  if (m[0]) mark_internal(s, {m[0]});
+  // What the sums read: grad_out, and with a LayerNorm its saved input, statistics and gamma plus
+  // the per-row backward statistics.
+  Args sum_args{{"grad_out", grad_in}};
+  if (norm) {
+    const Op& ln = s.op(*m[1]);
+    sum_args.insert({{"sum_out", ln.inputs[1]},
+                     {"mean", ln.inputs[2]},
+                     {"rstd", ln.inputs[3]},
+                     {"gamma", ln.inputs[4]}});
+    s.internal.insert(ln.outputs[0]);
+    const std::vector<int> ln_grads{ln.outputs[1], ln.outputs[2]};
+    const int row_stats = add_scratch(s, name + ".row_stats", ElemType::kF32);
+    const int partials = add_scratch(s, name + ".partials", ElemType::kF32);
+    sum_args["row_stats"] = row_stats;
+    Args args = sum_args;
+    args.erase("row_stats");
+    args.insert({{"tokens", tokens}, {"row_stats", row_stats}, {"partials", partials}});
+    emit(s, m, instantiate(sig::kEmbeddingBwd, s.precision, {{"kHidden", hidden}, pos_from, drop}),
+         args, rows_scalars, "LayerNorm backward statistics and parameter partials");
+    finish_partials(s, partials, ln_grads, hidden);
+  }
+  for (size_t i = 0; i < param_grads.size(); ++i) {
+    const kern::Key key = i == 0 ? kern::Key::kToken : kern::Key::kPosition;
+    const std::string what = key == kern::Key::kToken ? "tokens" : "positions";
+    const auto k = tv("kKey", key);
+    const int64_t n_keys = kern::embedding_keys(key, attrs.vocab, attrs.max_positions);
+    const int keys = add_scratch(s, fmt::format("{}.{}.keys", name, what), ElemType::kI32);
+    const int groups = add_scratch(s, fmt::format("{}.{}.groups", name, what), ElemType::kI32);
+    const int members = add_scratch(s, fmt::format("{}.{}.members", name, what), ElemType::kI32);
+    const int order = add_scratch(s, fmt::format("{}.{}.order", name, what), ElemType::kI32);
+    const Scalars per_key{{"rows", ScalarArg::size(rows)},
+                          {"n_keys", ScalarArg::constant(static_cast<double>(n_keys))}};
+    KernelInstance count = instantiate(sig::kEmbeddingGroupCount, s.precision, {k, pos_from});
+    const Args count_args{{"tokens", tokens}, {"keys", keys}, {"groups", groups}};
+    const std::string note = fmt::format("group the rows by {} (deterministic scatter)", what);
+    if (!norm && i == 0) {
+      emit(s, m, std::move(count), count_args, rows_scalars, note);
+    } else {
+      s.out->push_back(make_step(std::move(count), count_args, rows_scalars, nullptr, note));
+    }
+    s.out->push_back(make_step(instantiate(sig::kEmbeddingGroupStart, s.precision, {k}),
+                               {{"groups", groups}}, {{"n_keys", per_key.at("n_keys")}}, nullptr,
+                               ""));
+    s.out->push_back(make_step(instantiate(sig::kEmbeddingGroupPlace, s.precision, {k}),
+                               {{"keys", keys}, {"groups", groups}, {"members", members}}, per_key,
+                               nullptr, ""));
+    s.out->push_back(
+        make_step(instantiate(sig::kEmbeddingGroupOrder, s.precision, {k}),
+                  {{"keys", keys}, {"groups", groups}, {"members", members}, {"order", order}},
+                  per_key, nullptr, "each group sorted by row"));
+    Args args = sum_args;
+    args.insert({{"groups", groups}, {"order", order}, {"grad", param_grads[i]}});
+    const double scale = key == kern::Key::kToken ? attrs.scale : 1.0;
+    s.out->push_back(make_step(
+        instantiate(sig::kEmbeddingGrad, s.precision,
+                    {{"kHidden", hidden}, on_off<kern::Norm>("kNorm", norm), drop}),
+        args, {{"n_keys", per_key.at("n_keys")}, {"scale", ScalarArg::constant(scale)}}, dropout_op,
+        fmt::format("{} (=|+=) each group's rows summed in row order",
+                    s.g.tensor(param_grads[i]).name)));
+  }
+}
+
+}  // namespace
 
 void add_backward_rules(std::vector<Rule>& r) {
   using K = OpKind;
@@ -156,67 +247,10 @@ void add_backward_rules(std::vector<Rule>& r) {
                       args, {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(in[3])}});
                  if (m[1]) finish_partials(s, partials, {out0(s, m[1])}, op.attrs.parts * hidden);
                }});
-  r.push_back(
-      {"dropout grad + layernorm grad + embedding grad",
-       {{K::kDropoutGrad, true}, {K::kLayerNormGrad, true}, {K::kEmbeddingGrad, false}},
-       {},
-       [B](State& s, const Match& m) {
-         const Op& eg = s.op(*m[2]);
-         const int grad_in =
-             m[0] ? s.op(*m[0]).inputs[0] : (m[1] ? s.op(*m[1]).inputs[0] : eg.inputs[0]);
-         const std::vector<int> param_grads = eg.outputs;
-         const OpAttrs attrs = eg.attrs;
-         const std::string name = eg.name;
-         const int tokens = eg.inputs[1];
-         const Dim seq = s.g.tensor(tokens).shape[1];
-         const int64_t hidden = cols_of(s, grad_in);
-         Args args{{"grad_out", grad_in}, {"tokens", tokens}};
-         std::vector<int> ln_grads;
-         if (m[0]) mark_internal(s, {m[0]});
-         if (m[1]) {
-           const Op& ln = s.op(*m[1]);
-           args.insert({{"sum_out", ln.inputs[1]},
-                        {"mean", ln.inputs[2]},
-                        {"rstd", ln.inputs[3]},
-                        {"gamma", ln.inputs[4]}});
-           s.internal.insert(ln.outputs[0]);
-           ln_grads = {ln.outputs[1], ln.outputs[2]};
-         }
-         const bool learned = param_grads.size() > 1;
-         // fp32 scatter targets, zeroed by the runtime, then converted into the gradients.
-         std::vector<int> scatter;
-         for (int pg : param_grads) {
-           scatter.push_back(
-               add_scratch(s, s.g.tensor(pg).name + ".fp32", ElemType::kF32, s.g.tensor(pg).shape));
-         }
-         args["grad_table"] = scatter[0];
-         if (learned) args["grad_pos"] = scatter[1];
-         const int partials = m[1] ? add_scratch(s, name + ".partials", ElemType::kF32) : -1;
-         if (partials >= 0) args["partials"] = partials;
-         emit(s, m,
-              instantiate(sig::kEmbeddingBwd, s.precision,
-                          {{"kHidden", hidden},
-                           tv("kPos", pos_of(learned)),
-                           tv("kPosFrom", pos_from_of(attrs.positions_from)),
-                           on_off<Norm>("kNorm", m[1].has_value()),
-                           on_off<Drop>("kDrop", m[0].has_value())}),
-              args,
-              {{"batch", ScalarArg::size(B)},
-               {"seq", ScalarArg::size(seq)},
-               {"vocab", ScalarArg::constant(static_cast<double>(attrs.vocab))},
-               {"padding_idx", ScalarArg::constant(static_cast<double>(attrs.padding_idx))},
-               {"max_positions", ScalarArg::constant(static_cast<double>(attrs.max_positions))},
-               {"scale", ScalarArg::constant(attrs.scale)}},
-              "scatter-adds into fp32 gradient buffers the runtime zeroed");
-         if (partials >= 0) finish_partials(s, partials, ln_grads, hidden);
-         for (size_t i = 0; i < param_grads.size(); ++i) {
-           const int pg = param_grads[i];
-           s.out->push_back(make_step(
-               instantiate(sig::kConvert, s.precision, {}), {{"in", scatter[i]}, {"out", pg}},
-               {{"n", ScalarArg::size(shape_numel(s.g.tensor(pg).shape))}}, nullptr,
-               fmt::format("{} (=|+=) fp32 scatter buffer", s.g.tensor(pg).name)));
-         }
-       }});
+  r.push_back({"dropout grad + layernorm grad + embedding grad",
+               {{K::kDropoutGrad, true}, {K::kLayerNormGrad, true}, {K::kEmbeddingGrad, false}},
+               {},
+               [B](State& s, const Match& m) { emit_embedding_backward(s, m, B); }});
 }
 
 }  // namespace lightseq::planner::fusion

@@ -32,6 +32,9 @@
 // Which position a token of embedding_fwd/bwd has: its index t, or padding_idx + the count of
 // non-padding tokens of its sequence up to and including it (fairseq's make_positions).
 #define LIGHTSEQ_ENUM_PosFrom(X) X(kIndex, "index") X(kTokens, "tokens")
+// What the embedding gradient's rows are grouped by (embedding_grad.cuh): the token (the token
+// table's gradient) or the position (a learned position table's).
+#define LIGHTSEQ_ENUM_Key(X) X(kToken, "token") X(kPosition, "position")
 // adam_kernel: L2 regularisation folded into the gradient (kAdam) or decoupled decay (kAdamW).
 #define LIGHTSEQ_ENUM_AdamMode(X) X(kAdam, "adam") X(kAdamW, "adamw")
 // Whether a result overwrites (`=`) or is added to (`+=`) its output.
@@ -43,7 +46,8 @@
   E(Norm)                 \
   E(Drop)                 \
   E(ResidualIn)           \
-  E(BranchOut) E(Act) E(BiasAdd) E(BiasGrad) E(Mask) E(Pos) E(PosFrom) E(AdamMode) E(Accumulate)
+  E(BranchOut)            \
+  E(Act) E(BiasAdd) E(BiasGrad) E(Mask) E(Pos) E(PosFrom) E(Key) E(AdamMode) E(Accumulate)
 
 namespace lightseq::kern {
 

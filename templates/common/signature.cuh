@@ -78,6 +78,7 @@ enum class CType : int {
   kConstU8Ptr,
   kU8Ptr,
   kI32Ptr,
+  kConstI32Ptr,
   kConstAdamChunkPtr,
   kOptimStatePtr,
   kConstOptimStatePtr,
