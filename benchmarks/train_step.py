@@ -5,7 +5,10 @@ one mode per process (so each mode's peak memory is its own), on the same card i
   lightseq        lightseq._C.TrainStep, the C++ whole-model step, replaying a CUDA graph per shape
   lightseq-eager  the same step uncaptured (every launch issued by the host)
   eager           PyTorch: nn.Embedding + sinusoidal positions + nn.TransformerEncoder/Decoder
-                  (SDPA) + tied projection + F.cross_entropy(label_smoothing) + fused AdamW
+                  (SDPA) + tied projection + F.cross_entropy(label_smoothing) + fused AdamW, the
+                  model in bf16 (weights, gradients and AdamW moments all bf16)
+  eager-amp       the same with fp32 weights under bf16 autocast (fp32 gradients and moments:
+                  the mixed-precision recipe whose state matches lightseq's fp32 master weights)
   compile         torch.compile(model) of the same (default mode)
   compile-ro      torch.compile(model, mode="reduce-overhead")
   layers          lightseq.compile(model): the layers compiled, the rest PyTorch
@@ -29,7 +32,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODES = ["lightseq", "lightseq-eager", "eager", "compile", "compile-ro", "layers"]
+MODES = ["lightseq", "lightseq-eager", "eager", "eager-amp", "compile", "compile-ro", "layers"]
 SEQ = 128
 
 
@@ -114,7 +117,9 @@ def run_mode(mode, tokens_list, iters):
             rows[-1]["loss"] = st["loss"] / st["tokens"]
         return rows
     torch.manual_seed(0)
-    net = torch_model(s).cuda().to(torch.bfloat16)
+    net = torch_model(s).cuda()
+    if mode != "eager-amp":
+        net = net.to(torch.bfloat16)
     if mode == "layers":
         net = lightseq.compile(net)
     opt = torch.optim.AdamW(net.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
@@ -131,7 +136,8 @@ def run_mode(mode, tokens_list, iters):
         def call():
             with torch.cuda.stream(stream):
                 opt.zero_grad(set_to_none=True)
-                loss = fwd(src, tgt, y)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "eager-amp"):
+                    loss = fwd(src, tgt, y)
                 loss.backward()
                 opt.step()
                 call.loss = loss
