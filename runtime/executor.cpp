@@ -254,18 +254,26 @@ void LayerExecutor::bind_zero_masks(const std::vector<int>& used, Frame& f) cons
 
 SavedActivations LayerExecutor::forward(const Bindings& given, const RunShape& shape,
                                         const DropoutConfig& dropout, Allocator& allocator,
-                                        CUstream stream, void* saved_arena) const {
+                                        CUstream stream, void* saved_arena, GradMode grads) const {
   return forward_at(by_manifest(plan_.manifest[0], given), shape, dropout, allocator, stream,
-                    saved_arena);
+                    saved_arena, grads);
 }
 
 SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const RunShape& shape,
                                            const DropoutConfig& dropout, Allocator& allocator,
-                                           CUstream stream, void* saved_arena) const {
+                                           CUstream stream, void* saved_arena,
+                                           GradMode grads) const {
   const Graph& g = plan_.layer.graph;
   if (shape.batch <= 0 || shape.seq <= 0) {
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be positive",
                             plan_.layer.name, shape.batch, shape.seq));
+  }
+  if (plan_.row_chunks.max_rows > 0) {
+    run_chunked_forward(args, shape, dropout, grads, allocator, stream);
+    SavedActivations saved;  // the region did the backward: nothing is kept
+    saved.shape_ = shape;
+    saved.dropout_ = dropout;
+    return saved;
   }
   const ShapePlan& sp = resolve(shape);
   Frame f(&g, &sp, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream);
@@ -433,13 +441,66 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
 }
 
 void LayerExecutor::run_steps(const std::vector<Step>& steps,
-                              const std::vector<ResolvedLaunch>& launches, Frame& f) const {
-  for (size_t i = 0; i < steps.size(); ++i) {
-    if (const auto* g = std::get_if<GemmStep>(&steps[i])) {
-      run_gemm(*g, f);
+                              const std::vector<ResolvedLaunch>& launches, Frame& f, size_t begin,
+                              size_t end) const {
+  const Graph& g = *f.graph;
+  // A gradient the caller left null (the forward's optional gradients) is not wanted.
+  auto unwanted = [&](int id) {
+    const TensorRole r = g.tensor(id).role;
+    return !f.ptr[id] && (r == TensorRole::kGradOutput || r == TensorRole::kParamGrad);
+  };
+  for (size_t i = begin; i < std::min(end, steps.size()); ++i) {
+    if (const auto* gm = std::get_if<GemmStep>(&steps[i])) {
+      if (!unwanted(gm->d)) run_gemm(*gm, f);
     } else {
-      enqueue(launches[i], f);
+      const auto& k = std::get<KernelStep>(steps[i]);
+      if (std::none_of(k.writes.begin(), k.writes.end(), unwanted)) enqueue(launches[i], f);
     }
+  }
+}
+
+void LayerExecutor::run_chunked_forward(std::span<void* const> args, const RunShape& shape,
+                                        const DropoutConfig& dropout, GradMode grads,
+                                        Allocator& allocator, CUstream stream) const {
+  const Graph& g = plan_.layer.graph;
+  const LayerPlan::RowChunks& rc = plan_.row_chunks;
+  const int64_t per = std::max<int64_t>(1, rc.max_rows / shape.seq);  // sequences per chunk
+  const RunShape first{std::min(per, shape.batch), shape.seq, shape.src_seq};
+  const ShapePlan& sp_first = resolve(first);
+  // Temporaries (the logits and their gradient) for the largest chunk, the first.
+  Frame f(&g, &sp_first, precision_, first, dropout, grads, &allocator, stream);
+  const std::vector<int>& used = plan_.used[0];
+  bind_positional(plan_.manifest[0], args, &f.ptr, plan_.layer.name, nullptr);
+  allocate_unbound(used, {}, nullptr, f);
+  bind_zero_masks(used, f);
+  // The caller's tensors sized by the batch move with the chunk: bytes per sequence.
+  const std::vector<void*> base = f.ptr;
+  std::vector<std::pair<int, int64_t>> moving;
+  for (int id : used) {
+    const Tensor& t = g.tensor(id);
+    const Dim bytes = tensor_bytes(id);
+    if (!given_by_caller(t.role) || bytes.b == 0) continue;
+    if (bytes.b != 1 || t.view_of >= 0) {
+      throw InternalError(fmt::format("{}: '{}' cannot be split into chunks of sequences",
+                                      plan_.layer.name, t.name));
+    }
+    moving.push_back({id, bytes.eval(1, shape.seq, shape.src_seq)});
+  }
+  // What precedes the region (the mean reduction's target count) sees every row.
+  const ShapePlan& sp_full = resolve(shape);
+  f.shape = shape;
+  f.shape_plan = &sp_full;
+  run_steps(plan_.forward, sp_full.forward, f, 0, rc.begin);
+  for (int64_t b0 = 0; b0 < shape.batch; b0 += per) {
+    const RunShape cs{std::min(per, shape.batch - b0), shape.seq, shape.src_seq};
+    const ShapePlan& sp = resolve(cs);
+    f.shape = cs;
+    f.shape_plan = &sp;
+    f.mode = b0 == 0 ? grads : GradMode::kAccumulate;  // parameter gradients sum over chunks
+    for (const auto& [id, stride] : moving) {
+      f.ptr[id] = base[id] ? static_cast<char*>(base[id]) + b0 * stride : nullptr;
+    }
+    run_steps(plan_.forward, sp.forward, f, rc.begin);
   }
 }
 

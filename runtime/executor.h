@@ -102,9 +102,13 @@ class LayerExecutor {
   // lightseq::Error naming a missing binding, a misaligned pointer or a bad shape. With
   // `saved_arena` (saved_arena_bytes(shape) bytes, 256-byte aligned) the saved activations are
   // placed there instead of being allocated; the returned object then only points into it.
+  // A criterion's fused linear + cross-entropy (LayerPlan::row_chunks) also writes its gradients
+  // here (the backward has nothing left to do): bound gradients are written as `grads` says, and
+  // gradients left null are not computed (evaluation).
   SavedActivations forward(const Bindings& given, const RunShape& shape,
                            const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
-                           void* saved_arena = nullptr) const;
+                           void* saved_arena = nullptr,
+                           GradMode grads = GradMode::kOverwrite) const;
 
   // The saved-activation layout of forward(..., saved_arena) and its size for a shape.
   const std::vector<SavedSlot>& saved_slots() const { return saved_slots_; }
@@ -133,7 +137,8 @@ class LayerExecutor {
   // arena and the forward's inputs among `args`.
   SavedActivations forward_at(std::span<void* const> args, const RunShape& shape,
                               const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
-                              void* saved_arena = nullptr) const;
+                              void* saved_arena = nullptr,
+                              GradMode grads = GradMode::kOverwrite) const;
   void backward_at(std::span<void* const> args, void* saved_arena, const RunShape& shape,
                    const DropoutConfig& dropout, GradMode mode, Allocator& allocator,
                    CUstream stream) const;
@@ -158,8 +163,16 @@ class LayerExecutor {
                                  const RunShape& shape, const DropoutConfig& dropout) const;
   void run_backward(std::span<void* const> args, const SavedActivations& saved, GradMode mode,
                     Allocator& allocator, CUstream stream) const;
+  // Steps [begin, end) of `steps` (all of them by default); a step that writes a gradient the
+  // caller left null is skipped.
   void run_steps(const std::vector<Step>& steps, const std::vector<ResolvedLaunch>& launches,
-                 Frame& frame) const;
+                 Frame& frame, size_t begin = 0, size_t end = SIZE_MAX) const;
+  // The forward of a plan with a chunked region (LayerPlan::row_chunks): temporaries sized for
+  // one chunk, the steps before the region at the full shape, the region once per chunk of whole
+  // sequences with the caller's batch-sized tensors offset to the chunk.
+  void run_chunked_forward(std::span<void* const> args, const RunShape& shape,
+                           const DropoutConfig& dropout, GradMode grads, Allocator& allocator,
+                           CUstream stream) const;
   void run_gemm(const GemmStep& g, Frame& frame) const;
   // out[i] += in[i] for n elements of the model's dtype (the `+=` of epilogue bias gradients).
   void accumulate_into(const void* in, void* out, int64_t n, Frame& frame) const;

@@ -379,6 +379,17 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
   uint8_t* src_mask = masks.as<uint8_t>();
   uint8_t* tgt_mask = masks.as<uint8_t>() + align_up(src_rows, 256);
   auto out_of = [&](size_t i) { return static_cast<char*>(hidden.get()) + hidden_at[i]; };
+  // Two [rows, H] gradient buffers the backward alternates between (the current call's output
+  // gradient, its input gradient); the criterion's fused linear + cross-entropy writes the first
+  // in the forward.
+  const int64_t max_rows = std::max(src_rows, tgt_rows);
+  DeviceBuffer grad_buf;
+  void* g[2] = {nullptr, nullptr};
+  if (train) {
+    grad_buf = DeviceBuffer(al, static_cast<size_t>(2 * align_up(max_rows * H * eb, 256)), s);
+    g[0] = grad_buf.get();
+    g[1] = static_cast<char*>(grad_buf.get()) + align_up(max_rows * H * eb, 256);
+  }
   auto set = [](std::vector<void*>& args, int slot, const void* ptr) {
     if (slot >= 0) args[slot] = const_cast<void*>(ptr);
   };
@@ -419,6 +430,11 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
         set(a, c.f[Call::kBadTarget], io.bad_target);
         set(a, c.f[Call::kLossScale], &mem_->state->loss_scale);
         set(a, c.f[Call::kNTokens], io.n_tokens);
+        // Fused linear + cross-entropy: its gradients come with the forward (none in evaluation).
+        set(a, c.f[Call::kGradDecoderOut], g[0]);
+        if (!train) {
+          for (int k : c.fgrads) a[k] = nullptr;
+        }
         break;
       default:
         break;
@@ -443,18 +459,14 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
         reinterpret_cast<CUdeviceptr>(static_cast<char*>(mem_->grads.get()) + e.offset * eb), 0,
         static_cast<size_t>(e.numel * eb), s));
   }
-  const int64_t max_rows = std::max(src_rows, tgt_rows);
-  DeviceBuffer grad_buf(al, static_cast<size_t>(2 * align_up(max_rows * H * eb, 256)), s);
-  void* g[2] = {grad_buf.get(),
-                static_cast<char*>(grad_buf.get()) + align_up(max_rows * H * eb, 256)};
   DeviceBuffer grad_memory;
   if (two) {
     grad_memory = DeviceBuffer(al, static_cast<size_t>(src_rows * H * eb), s);
     LIGHTSEQ_CU_CHECK(
         driver().cuMemsetD8Async(grad_memory.device_ptr(), 0, grad_memory.bytes(), s));
   }
-  void* dy = g[0];  // the gradient of the current call's output
-  {
+  void* dy = g[0];                            // the gradient of the current call's output
+  if (!crit.exec->plan().backward.empty()) {  // else its forward wrote the gradients
     std::vector<void*> a = crit.bwd;
     set(a, crit.b[Call::kDecoderOut], fargs[n_calls - 2][crit.f[Call::kDecoderOut]]);
     set(a, crit.b[Call::kGradDecoderOut], dy);

@@ -82,6 +82,7 @@ struct TrainStep::Call {
                                                      "grad_decoder_out"};
   std::array<int, kSlots> f{}, b{};
   std::vector<int> outputs;  // the forward's model-dtype outputs ("y", the embedding's "out")
+  std::vector<int> fgrads;   // parameter gradients the forward writes (the fused criterion)
   void resolve_slots() {
     for (int dir = 0; dir < 2; ++dir) {
       const std::vector<ManifestEntry>& m = exec->manifest(dir == 1);
@@ -93,6 +94,7 @@ struct TrainStep::Call {
         }
         if (dir == 0 && m[i].role == TensorRole::kOutput && m[i].type == ElemType::kModel)
           outputs.push_back(static_cast<int>(i));
+        if (dir == 0 && m[i].role == TensorRole::kParamGrad) fgrads.push_back(static_cast<int>(i));
       }
     }
   }

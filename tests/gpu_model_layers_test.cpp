@@ -5,10 +5,11 @@
 //    with GradMode::kOverwrite and kAccumulate (base + gradient), padding rows (zero rows, no
 //    gradient), sinusoidal / learned positions, LayerNorm on / off, dropout 0 / 0.1 (the reference
 //    draws the executor's site-0 Philox bits), fp32/fp16/bf16, real and awkward sizes; bad_token.
-//  - criterion: output projection GEMM + label-smoothed cross-entropy + the two backward GEMMs:
-//  loss
-//    and nll per row, grad_decoder_out and the weight gradient (= and +=), ignore_index rows,
-//    smoothing 0 / 0.1, tied and untied output projection, fp32/fp16/bf16; bad_target.
+//  - criterion (the fused linear + cross-entropy: output projection GEMM, label-smoothed
+//    cross-entropy and the two backward GEMMs in the forward call, over chunks of sequences):
+//    loss and nll per row, grad_decoder_out and the weight gradient (= and +=), ignore_index
+//    rows, smoothing 0 / 0.1, tied and untied output projection, one chunk and several (the last
+//    shorter), evaluation without gradients, fp32/fp16/bf16; bad_target.
 // The CPU part (ModelLayerPlans) checks what the GPU part relies on: its specs are valid, it binds
 // exactly the names the executors ask for, and the embedding dropout is site 0 (the criterion's
 // composed reference, ref::output_criterion, is checked against finite differences in
@@ -193,14 +194,17 @@ struct CritCase {
   double smoothing;
   bool tie;
   int64_t hidden, vocab, ignore_index, batch, seq;
+  int64_t chunk_mib = CriterionSpec{}.logits_chunk_mib;  // small: several chunks
 };
 
 std::string crit_case_name(const CritCase& c) {
-  return fmt::format(
-      "{}_ls{}_{}_h{}_v{}_ignore{}_B{}_T{}", to_string(c.precision), c.smoothing > 0 ? "0p1" : "0",
-      c.tie ? "tied" : "untied", c.hidden, c.vocab,
-      c.ignore_index < 0 ? "m" + std::to_string(-c.ignore_index) : std::to_string(c.ignore_index),
-      c.batch, c.seq);
+  return fmt::format("{}_ls{}_{}_h{}_v{}_ignore{}_B{}_T{}", to_string(c.precision),
+                     c.smoothing > 0 ? "0p1" : "0", c.tie ? "tied" : "untied", c.hidden, c.vocab,
+                     c.ignore_index < 0 ? "m" + std::to_string(-c.ignore_index)
+                                        : std::to_string(c.ignore_index),
+                     c.batch, c.seq) +
+         (c.chunk_mib != CriterionSpec{}.logits_chunk_mib ? fmt::format("_chunk{}mib", c.chunk_mib)
+                                                          : "");
 }
 
 // A criterion needs an embedding (its vocabulary, the tied projection); nothing else.
@@ -216,6 +220,7 @@ ModelSpec criterion_spec(const CritCase& c) {
   CriterionSpec cr;
   cr.label_smoothing = c.smoothing;
   cr.ignore_index = c.ignore_index;
+  cr.logits_chunk_mib = c.chunk_mib;
   s.criterion = cr;
   return s;
 }
@@ -223,11 +228,20 @@ ModelSpec criterion_spec(const CritCase& c) {
 std::string crit_weight(const CritCase& c) {
   return c.tie ? "embed_tokens.weight" : "output_projection.weight";
 }
+// The fused linear + cross-entropy: the forward binds the gradients too; the backward nothing.
 Names crit_bindings(const CritCase& c, bool backward) {
   if (!backward)
-    return {"decoder_out", "targets",    crit_weight(c), "loss",
-            "nll",         "bad_target", "loss_scale",   "n_tokens"};
-  return {"grad_decoder_out", crit_weight(c), "grad." + crit_weight(c)};
+    return {"decoder_out",
+            "targets",
+            crit_weight(c),
+            "loss",
+            "nll",
+            "bad_target",
+            "loss_scale",
+            "n_tokens",
+            "grad_decoder_out",
+            "grad." + crit_weight(c)};
+  return {};
 }
 
 std::vector<CritCase> all_crit_cases() {
@@ -241,6 +255,10 @@ std::vector<CritCase> all_crit_cases() {
       out.push_back({p, 0.1, false, 768, 1001, -100, b, t});
       out.push_back({p, 0.0, true, 768, 1001, -100, b, t});
     }
+    // Several chunks of whole sequences (1 MiB of logits: 16 rows in bf16/fp16, 8 in fp32), the
+    // last one shorter in 16-bit.
+    out.push_back({p, 0.1, true, 64, 32000, 1, 5, 7, 1});
+    out.push_back({p, 0.0, false, 64, 32000, -100, 5, 7, 1});
   }
   return out;
 }
@@ -414,12 +432,17 @@ class ModelLayerTest : public test::GpuLayerTest {
     const float loss_scale = 0.25f * static_cast<float>(counted);
     DeviceBuffer d_scale = upload_bytes(&loss_scale, sizeof(loss_scale)),
                  n_tokens = poisoned(1, Precision::kFp32);
-    const Bindings fb{
+    // The forward writes the loss and, fused, both gradients (= here).
+    DeviceBuffer dh = poisoned(rows * H, p), dw = poisoned(V * H, p);
+    const Bindings inputs{
         {"decoder_out", d_h.get()},    {"targets", d_t.get()},      {crit_weight(c), d_w.get()},
         {"loss", loss.get()},          {"nll", nll.get()},          {"bad_target", bad.get()},
         {"loss_scale", d_scale.get()}, {"n_tokens", n_tokens.get()}};
-    const SavedActivations saved =
-        exec.forward(fb, {c.batch, c.seq, 0}, DropoutConfig{}, *allocator_, stream_);
+    Bindings fb = inputs;
+    fb["grad_decoder_out"] = dh.get();
+    fb["grad." + crit_weight(c)] = dw.get();
+    const RunShape shape{c.batch, c.seq, 0};
+    exec.forward(fb, shape, DropoutConfig{}, *allocator_, stream_);
     sync();
     EXPECT_EQ(flag(bad), expect_bad ? 1 : 0) << "bad_target";
     EXPECT_EQ(down(n_tokens, 1, Precision::kFp32)[0], static_cast<double>(counted)) << "n_tokens";
@@ -428,13 +451,6 @@ class ModelLayerTest : public test::GpuLayerTest {
               got_nll = down(nll, rows, Precision::kFp32);
     EXPECT_TRUE(ref::all_close("loss", got_loss, want.ce.loss, tol));
     EXPECT_TRUE(ref::all_close("nll", got_nll, want.ce.nll, tol));
-
-    DeviceBuffer dh = poisoned(rows * H, p), dw = poisoned(V * H, p);
-    const Bindings bb{{"grad_decoder_out", dh.get()},
-                      {crit_weight(c), d_w.get()},
-                      {"grad." + crit_weight(c), dw.get()}};
-    exec.backward(bb, saved, GradMode::kOverwrite, *allocator_, stream_);
-    sync();
     const Vec got_dh = down(dh, rows * H, p);
     EXPECT_TRUE(ref::all_close("grad_decoder_out", got_dh, want.grad_h, tol));
     EXPECT_TRUE(ref::all_close("grad." + crit_weight(c), down(dw, V * H, p), want.grad_w, tol));
@@ -451,10 +467,10 @@ class ModelLayerTest : public test::GpuLayerTest {
     // input gradient) is written again.
     const Vec base = random(rng, V * H, -1, 1, p);
     DeviceBuffer dw2 = up(base, p), dh2 = poisoned(rows * H, p);
-    const Bindings bb2{{"grad_decoder_out", dh2.get()},
-                       {crit_weight(c), d_w.get()},
-                       {"grad." + crit_weight(c), dw2.get()}};
-    exec.backward(bb2, saved, GradMode::kAccumulate, *allocator_, stream_);
+    Bindings fb2 = inputs;
+    fb2["grad_decoder_out"] = dh2.get();
+    fb2["grad." + crit_weight(c)] = dw2.get();
+    exec.forward(fb2, shape, DropoutConfig{}, *allocator_, stream_, nullptr, GradMode::kAccumulate);
     sync();
     Vec sum = base;
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += want.grad_w[i];
@@ -462,6 +478,14 @@ class ModelLayerTest : public test::GpuLayerTest {
         ref::all_close("accumulated grad." + crit_weight(c), down(dw2, V * H, p), sum, tol));
     EXPECT_TRUE(ref::all_close("grad_decoder_out (kAccumulate: written)", down(dh2, rows * H, p),
                                want.grad_h, tol));
+
+    // Evaluation: no gradients bound, the same loss bit for bit and nothing else written.
+    DeviceBuffer loss3 = poisoned(rows, Precision::kFp32);
+    Bindings eval = inputs;
+    eval["loss"] = loss3.get();
+    exec.forward(eval, shape, DropoutConfig{}, *allocator_, stream_);
+    sync();
+    EXPECT_EQ(down(loss3, rows, Precision::kFp32), got_loss) << "evaluation loss";
   }
 };
 

@@ -72,6 +72,22 @@ TEST(SpecExamples, TransformerBaseFields) {
   EXPECT_EQ(s.optimizer->clip_norm, 0.0) << "no clipping unless asked for";
 }
 
+// criterion.logits_chunk_mib: the fused linear + cross-entropy's chunk budget, printed only when
+// set, and the rows per chunk the planner derives from it (vocab 32000 in bf16: 64000 B a row).
+TEST(SpecCriterion, LogitsChunkParsesPrintsAndSizesTheChunks) {
+  ModelSpec s = parse_spec_file(kExamples / "transformer-base.json");
+  EXPECT_EQ(spec_to_json(s).dump().find("logits_chunk_mib"), std::string::npos);
+  s.criterion->logits_chunk_mib = 64;
+  const std::string json = spec_to_json(s).dump();
+  EXPECT_NE(json.find("\"logits_chunk_mib\":64"), std::string::npos) << json;
+  EXPECT_EQ(parse_spec_string(json, "<test>").criterion->logits_chunk_mib, 64);
+  for (const LayerPlan& lp : plan_model(s).layers) {
+    if (lp.layer.type != LayerType::kCriterion) continue;
+    EXPECT_EQ(lp.row_chunks.max_rows, (int64_t{64} << 20) / 64000);
+    EXPECT_TRUE(lp.backward.empty()) << "the forward does the backward";
+  }
+}
+
 TEST(SpecOptimizer, ClipNormParsesPrintsAndPlansTheNormKernel) {
   ModelSpec s = parse_spec_file(kExamples / "transformer-base.json");
   s.optimizer->clip_norm = 1.0;
@@ -369,6 +385,9 @@ const std::vector<BadSpec> kBadSpecs = {
      {{R"("weight_decay": 1e-4)", R"("weight_decay": 1e-4, "clip_norm": -1)"}},
      {"optimizer.clip_norm = -1: must be a finite number >= 0 (the largest global gradient norm); "
       "0 turns clipping off; try 1.0"}},
+    {"logits_chunk_zero",
+     {{R"("ignore_index": 1})", R"("ignore_index": 1, "logits_chunk_mib": 0})"}},
+     {"criterion.logits_chunk_mib = 0: must be in [1, 1048576]; try 1"}},
     {"adam_eps_zero",
      {{R"("eps": 1e-8)", R"("eps": 0)"}},
      {"optimizer.eps = 0: must be a positive finite number (Adam divides by sqrt(v) + eps); try "

@@ -170,6 +170,7 @@ struct OpAttrs {
   // cross-entropy
   int64_t ignore_index = -100;
   double label_smoothing = 0.0;
+  int64_t logits_chunk_bytes = 0;  // the fused linear + cross-entropy's chunk budget
 };
 
 struct Op {

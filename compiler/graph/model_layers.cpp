@@ -98,8 +98,6 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   int h = b.tensor("decoder_out", {bt, H}, TensorRole::kInput);
   int targets = b.tensor("targets", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kI64);
   int w = b.param(e.tie_output ? "embed_tokens.weight" : "output_projection.weight", {V, H});
-  int logits = b.tensor("logits", {bt, V});
-  b.gemm("output_proj", h, Transpose::kNo, w, Transpose::kYes, logits, bt, V, H);
   int loss = b.tensor("loss", {bt}, TensorRole::kOutput, ElemType::kF32);
   int nll = b.tensor("nll", {bt}, TensorRole::kOutput, ElemType::kF32);
   // Forward and backward in one pass: the gradient of the logits is produced with the loss.
@@ -117,7 +115,11 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   ce.vocab = e.vocab;
   ce.ignore_index = c.ignore_index;
   ce.label_smoothing = c.label_smoothing;
+  ce.logits_chunk_bytes = c.logits_chunk_mib << 20;
+  // First: the count is over every row, also when the rest runs in chunks of rows.
   b.op(OpKind::kGradScale, "grad_scale", {targets, loss_scale}, {grad_scale, n_tokens}, ce);
+  int logits = b.tensor("logits", {bt, V});
+  b.gemm("output_proj", h, Transpose::kNo, w, Transpose::kYes, logits, bt, V, H);
   b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale},
        {loss, nll, d_logits, bad}, ce);
   lg.graph.begin_backward();

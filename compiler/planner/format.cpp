@@ -115,7 +115,15 @@ std::string format_plan(const ModelPlan& plan) {
          {std::pair{"forward", &l.forward}, std::pair{"backward", &l.backward}}) {
       if (steps->empty()) continue;
       out += fmt::format("  {}\n", title);
-      for (const Step& st : *steps) {
+      for (size_t i = 0; i < steps->size(); ++i) {
+        const Step& st = (*steps)[i];
+        if (steps == &l.forward && l.row_chunks.max_rows > 0 && i == l.row_chunks.begin) {
+          out += fmt::format(
+              "    fused linear + cross-entropy: the steps below (forward and backward) run over "
+              "chunks of at most {} token rows\n    (whole sequences; logits and their gradient "
+              "never exceed {} MiB each)\n",
+              l.row_chunks.max_rows, l.row_chunks.budget_bytes >> 20);
+        }
         std::string text = std::holds_alternative<GemmStep>(st)
                                ? format_gemm(g, std::get<GemmStep>(st))
                                : format_kernel(g, std::get<KernelStep>(st));

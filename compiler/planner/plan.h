@@ -113,6 +113,18 @@ struct LayerPlan {
   // Kernels the runtime launches outside the step lists: accumulate:<dtype> adds an epilogue's
   // bias gradient (which cuBLASLt can only overwrite) into a gradient that accumulates (+=).
   std::vector<KernelInstance> support_kernels;
+  // Fused linear + cross-entropy (a criterion layer): its output projection, cross-entropy and
+  // their backward GEMMs run in the forward call, over chunks of at most `max_rows` token rows
+  // (whole sequences; at least one), so no more than one chunk's [rows, vocab] logits ever
+  // exist. Forward steps [begin, end) form the chunked region; the backward has no steps; the
+  // forward's gradient bindings may be null (evaluation: the region's gradient steps are
+  // skipped). max_rows 0: no chunked region.
+  struct RowChunks {
+    int64_t max_rows = 0;
+    int64_t budget_bytes = 0;  // what max_rows follows from (the spec's logits_chunk_mib)
+    size_t begin = 0;
+  };
+  RowChunks row_chunks;
 };
 
 struct ModelPlan {

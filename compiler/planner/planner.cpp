@@ -147,6 +147,42 @@ std::vector<int> saved_tensors(const LayerPlan& lp) {
   return {saved.begin(), saved.end()};
 }
 
+// Fused linear + cross-entropy: a criterion's output projection, cross-entropy and backward
+// GEMMs move into one chunked region of the forward (LayerPlan::row_chunks). The chunk holds as
+// many token rows as keep its logits (and their gradient, as large) within the spec's
+// criterion.logits_chunk_mib. What
+// precedes the region (the target count of the mean reduction) runs once over all rows.
+void fuse_linear_cross_entropy(LayerPlan& lp, Precision precision) {
+  const Graph& g = lp.layer.graph;
+  size_t begin = 0;
+  while (begin < lp.forward.size() && !std::holds_alternative<GemmStep>(lp.forward[begin])) ++begin;
+  if (begin == lp.forward.size())
+    throw InternalError("planner: criterion: no output projection GEMM to chunk");
+  for (size_t i = 0; i < begin; ++i) {  // run once at the full shape: no row-sized temporaries
+    std::vector<int> r, w;
+    step_io(lp.forward[i], &r, &w);
+    for (int id : w) {
+      const Tensor& t = g.tensor(id);
+      if (!given_by_caller(t.role) && shape_numel(t.shape).b > 0) {
+        throw InternalError(fmt::format(
+            "planner: criterion: '{}' before the chunked region is sized by the batch", t.name));
+      }
+    }
+  }
+  const Op* ce = nullptr;
+  for (const Op& op : g.ops()) {
+    if (op.kind == OpKind::kCrossEntropy) ce = &op;
+  }
+  if (!ce || ce->attrs.vocab <= 0 || ce->attrs.logits_chunk_bytes <= 0)
+    throw InternalError("planner: criterion: no cross-entropy op with a vocabulary and a budget");
+  lp.row_chunks.begin = begin;
+  lp.row_chunks.budget_bytes = ce->attrs.logits_chunk_bytes;
+  lp.row_chunks.max_rows = std::max<int64_t>(
+      1, ce->attrs.logits_chunk_bytes / (ce->attrs.vocab * element_bytes(precision)));
+  for (Step& st : lp.backward) lp.forward.push_back(std::move(st));
+  lp.backward.clear();
+}
+
 }  // namespace
 
 LayerPlan plan_layer(LayerGraph layer, Precision precision) {
@@ -184,6 +220,7 @@ LayerPlan plan_layer(LayerGraph layer, Precision precision) {
     }
   }
   verify(lp, s);
+  if (lp.layer.type == LayerType::kCriterion) fuse_linear_cross_entropy(lp, precision);
   lp.saved = saved_tensors(lp);
   planner::build_manifest(lp);
   for (const Step& st : lp.backward) {

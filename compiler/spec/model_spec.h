@@ -79,6 +79,9 @@ struct CriterionSpec {
   CriterionKind kind = CriterionKind::kCrossEntropy;
   double label_smoothing = 0.0;
   int64_t ignore_index = -100;  // targets equal to this contribute no loss and no gradient
+  // The fused linear + cross-entropy computes the logits (and their gradient, as large) over
+  // chunks of token rows, each chunk's logits at most this many MiB.
+  int64_t logits_chunk_mib = 256;
   bool operator==(const CriterionSpec&) const = default;
 };
 

@@ -293,6 +293,7 @@ class Validator {
     }
     check_probability("criterion.label_smoothing", c.label_smoothing);
     check_range("criterion.ignore_index", c.ignore_index, kMinIndex, kMaxIndex);
+    check_range("criterion.logits_chunk_mib", c.logits_chunk_mib, 1, int64_t{1} << 20);
   }
 
   void check_optimizer(const OptimizerSpec& o) {

@@ -381,7 +381,9 @@ class SpecReader {
          {"label_smoothing", Need::kOptional, "",
           [&](auto& n, auto& p) { read_number(n, p, c.label_smoothing); }},
          {"ignore_index", Need::kOptional, "",
-          [&](auto& n, auto& p) { read_int(n, p, c.ignore_index); }}});
+          [&](auto& n, auto& p) { read_int(n, p, c.ignore_index); }},
+         {"logits_chunk_mib", Need::kOptional, "",
+          [&](auto& n, auto& p) { read_int(n, p, c.logits_chunk_mib); }}});
     return c;
   }
 

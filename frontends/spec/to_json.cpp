@@ -52,6 +52,8 @@ Json spec_to_json(const ModelSpec& spec) {
     j["criterion"] = Json{{"type", name_of(c.kind)},
                           {"label_smoothing", c.label_smoothing},
                           {"ignore_index", c.ignore_index}};
+    if (c.logits_chunk_mib != CriterionSpec{}.logits_chunk_mib)
+      j["criterion"]["logits_chunk_mib"] = c.logits_chunk_mib;
   }
   if (spec.optimizer) {
     const OptimizerSpec& o = *spec.optimizer;
