@@ -36,12 +36,6 @@ Registry& registry() {
   return *r;
 }
 
-Precision precision_of_type(const std::string& cuda_type) {
-  if (cuda_type == "float") return Precision::kFp32;
-  if (cuda_type == "__half") return Precision::kFp16;
-  if (cuda_type == "__nv_bfloat16") return Precision::kBf16;
-  throw InternalError("gpu_harness: unknown element type '" + cuda_type + "'");
-}
 
 }  // namespace
 
@@ -57,13 +51,13 @@ void prepare_kernels(const std::vector<KernelInstance>& kernels) {
   Registry& reg = registry();
   std::lock_guard<std::mutex> lock(reg.mutex);
 
-  // Missing instances, grouped by (family, element type), in chunks.
-  std::map<std::pair<std::string, std::string>, std::vector<KernelInstance>> groups;
+  // Missing instances, grouped by (family, precision), in chunks.
+  std::map<std::pair<std::string, Precision>, std::vector<KernelInstance>> groups;
   std::map<std::string, bool> seen;
   for (const KernelInstance& k : kernels) {
     if (reg.functions.count(k.label) || reg.failures.count(k.label) || seen[k.label]) continue;
     seen[k.label] = true;
-    groups[{k.family, k.template_args.at(0)}].push_back(k);
+    groups[{k.family, k.precision}].push_back(k);
   }
   std::vector<std::vector<KernelInstance>> chunks;
   for (auto& [key, members] : groups) {
@@ -83,7 +77,7 @@ void prepare_kernels(const std::vector<KernelInstance>& kernels) {
     for (size_t i = next++; i < chunks.size(); i = next++) {
       try {
         const auto programs =
-            codegen::generate_programs(chunks[i], precision_of_type(chunks[i][0].template_args[0]));
+            codegen::generate_programs(chunks[i], chunks[i][0].precision);
         if (programs.size() != 1)
           throw InternalError("gpu_harness: expected one program per chunk");
         sources[i] = programs[0];

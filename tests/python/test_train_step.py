@@ -186,10 +186,20 @@ def test_whole_step_trains_like_pytorch(precision):
         assert not st["bad_token"] and not st["bad_target"]
         assert abs(got - want.item()) <= tol * abs(want.item()), f"step {i}: {got} vs {want.item()}"
     assert st["updates"] == len(data)
-    # the weights after the last step
+    # the weights after the last step. The key bias's gradient is zero in exact arithmetic (a
+    # softmax does not change when every score of a query moves by the same q·b): both sides
+    # update it from rounding noise, which Adam scales to steps of about lr, so it is compared
+    # absolutely (within the 2·lr per step the two noisy runs can drift apart).
     sd = ref.state_dict()
     for name, shape in step.parameters():
-        err = rel_err(read(step, name, shape, dtype), sd[name])
+        mine, theirs = read(step, name, shape, dtype).float().cpu(), sd[name].float().cpu()
+        if name.endswith("in_proj_bias"):
+            q, k, v = mine.chunk(3)
+            tq, tk, tv = theirs.chunk(3)
+            drift = float((k - tk).abs().max())
+            assert drift <= 2 * LR * len(data), f"{name} (key part): |diff| {drift}"
+            mine, theirs = torch.cat([q, v]), torch.cat([tq, tv])
+        err = rel_err(mine, theirs)
         assert err < {"fp32": 1e-4, "bf16": 1e-2}[precision], f"{name}: rel err {err}"
     assert step.graphs_captured == 1 and step.graph_replays == len(data) - 1
 
