@@ -36,7 +36,6 @@ Registry& registry() {
   return *r;
 }
 
-
 }  // namespace
 
 std::string gpu_unavailable() {
@@ -76,8 +75,7 @@ void prepare_kernels(const std::vector<KernelInstance>& kernels) {
   auto work = [&] {
     for (size_t i = next++; i < chunks.size(); i = next++) {
       try {
-        const auto programs =
-            codegen::generate_programs(chunks[i], chunks[i][0].precision);
+        const auto programs = codegen::generate_programs(chunks[i], chunks[i][0].precision);
         if (programs.size() != 1)
           throw InternalError("gpu_harness: expected one program per chunk");
         sources[i] = programs[0];
