@@ -160,6 +160,7 @@ def test_whole_step_trains_like_pytorch(precision):
     ref16 = copy.deepcopy(ref).to(dtype) if dtype != torch.float32 else None
     opt = torch.optim.AdamW(ref.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
     data = batches(8)
+    initial = {n: p.detach().clone().cpu() for n, p in ref.named_parameters()}
     tol = {"fp32": 2e-4, "bf16": 2e-2}[precision]
     for i, b in enumerate(data):
         opt.zero_grad()
@@ -189,7 +190,11 @@ def test_whole_step_trains_like_pytorch(precision):
     # the weights after the last step. The key bias's gradient is zero in exact arithmetic (a
     # softmax does not change when every score of a query moves by the same q·b): both sides
     # update it from rounding noise, which Adam scales to steps of about lr, so it is compared
-    # absolutely (within the 2·lr per step the two noisy runs can drift apart).
+    # absolutely (within the 2·lr per step the two noisy runs can drift apart). In bf16 the
+    # parameters that start at zero (the biases) get 10%: their values are only the sum of 8
+    # Adam steps, and their small gradients carry bf16 noise that Adam's normalization turns into
+    # whole lr-sized steps (the H100 run of 2026-12-06 saw 4.9% on the query and value biases; the
+    # step-1 gradients themselves were checked against PyTorch's own bf16 error above).
     sd = ref.state_dict()
     for name, shape in step.parameters():
         mine, theirs = read(step, name, shape, dtype).float().cpu(), sd[name].float().cpu()
@@ -200,7 +205,10 @@ def test_whole_step_trains_like_pytorch(precision):
             assert drift <= 2 * LR * len(data), f"{name} (key part): |diff| {drift}"
             mine, theirs = torch.cat([q, v]), torch.cat([tq, tv])
         err = rel_err(mine, theirs)
-        assert err < {"fp32": 1e-4, "bf16": 1e-2}[precision], f"{name}: rel err {err}"
+        limit = {"fp32": 1e-4, "bf16": 1e-2}[precision]
+        if precision != "fp32" and not bool(initial[name].any()):
+            limit = 0.1
+        assert err < limit, f"{name}: rel err {err} (limit {limit})"
     assert step.graphs_captured == 1 and step.graph_replays == len(data) - 1
 
 
