@@ -148,6 +148,30 @@ class EmbeddingKernels : public GpuKernelTest {
   struct BwdIn {
     CUdeviceptr grad_out, tokens, sum_out, mean, rstd, gamma;
   };
+  // A backward case: what the forward saved (sum_out in T, its LayerNorm statistics in fp32), a
+  // random incoming gradient, the float64 reference, and all of it on the device.
+  struct BwdCase {
+    ref::EmbeddingBackward want;
+    DeviceArray grad_out, tokens, sum_out, mean, rstd, gamma;
+    BwdIn in() const {
+      return {grad_out.ptr(), tokens.ptr(), sum_out.ptr(), mean.ptr(), rstd.ptr(), gamma.ptr()};
+    }
+  };
+  BwdCase bwd_case(Precision p, const ref::EmbeddingArgs& a, const std::vector<int64_t>& tok,
+                   const Vec& gamma) {
+    const int64_t rows = a.batch * a.seq, H = a.hidden;
+    const Vec sum_out = random(p, rows * H, -2, 2), grad_out = random(p, rows * H, -1, 1);
+    ref::LnForward st = ref::layernorm_fwd(sum_out, gamma, gamma, rows, H, a.eps);
+    ref::round_in_place(Precision::kFp32, st.mean);
+    ref::round_in_place(Precision::kFp32, st.rstd);
+    return {ref::embedding_bwd(a, grad_out, tok, sum_out, st.mean, st.rstd, gamma),
+            upload(p, grad_out),
+            upload_pod(tok),
+            upload(p, sum_out),
+            upload(Precision::kFp32, st.mean),
+            upload(Precision::kFp32, st.rstd),
+            upload(p, gamma)};
+  }
   // The backward pipeline as the planner emits it: the LayerNorm statistics and partials (norm),
   // then per table the grouping kernels and the ordered sum into grad (T, `acc`).
   void run_bwd(Precision p, const Variant& v, const ref::EmbeddingArgs& a, const BwdIn& in,
@@ -295,22 +319,11 @@ TEST_P(GpuEmbedding, BackwardMatchesReferenceAndSkipsPadding) {
     const int64_t H = s.hidden, rows = s.batch * s.seq;
     const bool learned = v.pos == PositionKind::kLearned;
     const std::vector<int64_t> tok = tokens(a);
-    // What the forward saved: sum_out in T, its statistics in fp32.
-    const Vec sum_out = random(p, rows * H, -2, 2), gamma = random(p, H, 0.5, 1.5);
-    ref::LnForward st = ref::layernorm_fwd(sum_out, gamma, gamma, rows, H, a.eps);
-    ref::round_in_place(Precision::kFp32, st.mean);
-    ref::round_in_place(Precision::kFp32, st.rstd);
-    const Vec grad_out = random(p, rows * H, -1, 1);
-    const ref::EmbeddingBackward r =
-        ref::embedding_bwd(a, grad_out, tok, sum_out, st.mean, st.rstd, gamma);
-
+    const BwdCase bc = bwd_case(p, a, tok, random(p, H, 0.5, 1.5));
+    const ref::EmbeddingBackward& r = bc.want;
     const int64_t blocks = kern::embedding_bwd_blocks(rows);
     const int64_t cols = kern::embedding_bwd_partial_cols(H, Norm::kOn);
-    DeviceArray d_go = upload(p, grad_out), d_tok = upload_pod(tok), d_sum = upload(p, sum_out);
-    DeviceArray d_mean = upload(Precision::kFp32, st.mean),
-                d_rstd = upload(Precision::kFp32, st.rstd);
-    DeviceArray d_gamma = upload(p, gamma);
-    const BwdIn in{d_go.ptr(), d_tok.ptr(), d_sum.ptr(), d_mean.ptr(), d_rstd.ptr(), d_gamma.ptr()};
+    const BwdIn in = bc.in();
     // `=`: every row written (rows of tokens without a gradient: zero), into poisoned buffers.
     DeviceArray grad_table = poisoned(p, s.vocab * H);
     DeviceArray grad_pos = poisoned(p, learned ? a.max_positions * H : 0);
@@ -399,18 +412,9 @@ TEST_P(GpuEmbedding, RepeatedTokensAreSummedDeterministically) {
     const uint64_t u = rng().below(16);
     x = u < 12 ? 7 : u < 14 ? s.padding_idx : static_cast<int64_t>(rng().below(s.vocab));
   }
-  const Vec sum_out = random(p, rows * H, -2, 2), gamma = random(p, H, 0.5, 1.5);
-  ref::LnForward st = ref::layernorm_fwd(sum_out, gamma, gamma, rows, H, a.eps);
-  ref::round_in_place(Precision::kFp32, st.mean);
-  ref::round_in_place(Precision::kFp32, st.rstd);
-  const Vec grad_out = random(p, rows * H, -1, 1);
-  const ref::EmbeddingBackward r =
-      ref::embedding_bwd(a, grad_out, tok, sum_out, st.mean, st.rstd, gamma);
-  DeviceArray d_go = upload(p, grad_out), d_tok = upload_pod(tok), d_sum = upload(p, sum_out);
-  DeviceArray d_mean = upload(Precision::kFp32, st.mean),
-              d_rstd = upload(Precision::kFp32, st.rstd);
-  DeviceArray d_gamma = upload(p, gamma);
-  const BwdIn in{d_go.ptr(), d_tok.ptr(), d_sum.ptr(), d_mean.ptr(), d_rstd.ptr(), d_gamma.ptr()};
+  const BwdCase bc = bwd_case(p, a, tok, random(p, H, 0.5, 1.5));
+  const ref::EmbeddingBackward& r = bc.want;
+  const BwdIn in = bc.in();
   const int64_t cols = kern::embedding_bwd_partial_cols(H, Norm::kOn);
   std::vector<uint8_t> first_table, first_pos;
   for (int run = 0; run < 3; ++run) {
@@ -475,23 +479,15 @@ TEST_P(GpuEmbeddingBadTokens, SetTheFlagAndGiveZeroRows) {
     // Backward: those rows contribute nothing, and nothing lands outside the tables (a guard row
     // after each table stays zero).
     const int64_t rows = a.batch * a.seq, H = a.hidden;
-    const Vec sum_out = random(p, rows * H, -2, 2), grad_out = random(p, rows * H, -1, 1);
-    ref::LnForward st = ref::layernorm_fwd(sum_out, gamma, gamma, rows, H, a.eps);
-    ref::round_in_place(Precision::kFp32, st.mean);
-    ref::round_in_place(Precision::kFp32, st.rstd);
-    const ref::EmbeddingBackward rb =
-        ref::embedding_bwd(a, grad_out, tok, sum_out, st.mean, st.rstd, gamma);
-    DeviceArray d_go = upload(p, grad_out), d_sum = upload(p, sum_out);
-    DeviceArray d_mean = upload(Precision::kFp32, st.mean),
-                d_rstd = upload(Precision::kFp32, st.rstd);
+    const BwdCase bc = bwd_case(p, a, tok, gamma);
+    const ref::EmbeddingBackward& rb = bc.want;
     // A guard row after each table stays zero: nothing lands outside the tables.
     DeviceArray grad_table = upload(p, Vec((a.vocab + 1) * H, 0.0));
     DeviceArray grad_pos = upload(p, Vec((a.max_positions + 2) * H, 0.0));
     const int64_t cols = kern::embedding_bwd_partial_cols(H, Norm::kOn);
     DeviceArray partials =
         poisoned(Precision::kFp32, v.norm ? kern::embedding_bwd_blocks(rows) * cols : 0);
-    const BwdIn in{d_go.ptr(), d_tok.ptr(), d_sum.ptr(), d_mean.ptr(), d_rstd.ptr(), d_gamma.ptr()};
-    run_bwd(p, v, a, in, grad_table, v.pos == PositionKind::kLearned ? &grad_pos : nullptr,
+    run_bwd(p, v, a, bc.in(), grad_table, v.pos == PositionKind::kLearned ? &grad_pos : nullptr,
             &partials, kern::Accumulate::kAdd);
     Vec table_expect = rb.grad_table, pos_expect = rb.grad_pos;
     table_expect.resize((a.vocab + 1) * H, 0.0);
