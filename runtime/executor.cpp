@@ -321,7 +321,7 @@ SavedActivations LayerExecutor::rebuild_saved(void* saved_arena, const std::vect
     if (t.role == TensorRole::kInput) {
       if (inputs[id]) {
         saved.ptr_[id] = inputs[id];
-      } else if (t.type != ElemType::kU8) {
+      } else if (t.type != ElemType::kU8 && !t.optional) {  // a mask or token types may be null
         throw Error(fmt::format("{}: the backward needs the forward's input '{}'", plan_.layer.name,
                                 t.name));
       }

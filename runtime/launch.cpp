@@ -271,7 +271,7 @@ ResolvedLaunch resolve_launch(const KernelStep& step, CUfunction fn, const Graph
               fmt::format("{}: '{}' is bound to '{}', a tensor of another element type", label,
                           p.name, t.name));
         }
-        r.pointers.push_back({r.offsets[i], a.tensor});
+        r.pointers.push_back({r.offsets[i], a.tensor, p.nullable == sig::Nullable::kYes});
         if (p.role == sig::Role::kScratch) {
           if (p.extent) scratch.of.at(a.tensor) = p.extent(v);
           if (p.init == sig::ScratchInit::kZero) r.zero_first.push_back(a.tensor);
@@ -291,7 +291,7 @@ void enqueue(const ResolvedLaunch& r, const LayerExecutor::Frame& f) {
   if (r.empty) return;
   alignas(16) std::array<unsigned char, 512> storage = r.storage;
   for (const auto& p : r.pointers) {
-    void* ptr = f.at(p.tensor);
+    void* ptr = p.nullable ? f.ptr.at(p.tensor) : f.at(p.tensor);
     std::memcpy(storage.data() + p.offset, &ptr, sizeof(void*));
   }
   for (const auto& d : r.dropouts) {

@@ -55,6 +55,7 @@ struct ResolvedLaunch {
   struct Pointer {
     uint16_t offset;
     int tensor;
+    bool nullable = false;  // the kernel takes null (an optional input the caller left out)
   };
   std::vector<Pointer> pointers;  // tensor parameters, patched from the call's frame
   struct Dropout {

@@ -66,7 +66,7 @@ void TrainStep::init_parameters(uint64_t seed) {
       const int64_t pad = spec.embedding->padding_idx;
       if (name == "embed_tokens.weight" && pad >= 0)
         std::fill(v + pad * hidden, v + (pad + 1) * hidden, 0.f);
-    } else if (name == "embed_positions.weight") {
+    } else if (name == "embed_positions.weight" || name == "embed_token_types.weight") {
       for (int64_t i = 0; i < e.numel; ++i) v[i] = static_cast<float>(0.02 * rng.normal());
     } else if (ends_with(name, ".bias")) {
       // zero

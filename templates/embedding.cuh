@@ -55,18 +55,29 @@ __device__ __forceinline__ int64_t position_of(const int64_t* tokens, int64_t ro
   }
 }
 
+// The token type of `row` (0 when the caller gave no types), or -1 when it lies outside
+// [0, n_types). Models without a type table (n_types 0) have no types: 0.
+__device__ __forceinline__ int64_t type_of(const int64_t* token_types, int64_t row,
+                                           int64_t n_types) {
+  if (n_types == 0) return 0;
+  const int64_t tt = token_types != nullptr ? token_types[row] : 0;
+  return tt >= 0 && tt < n_types ? tt : -1;
+}
+
 // embedding_fwd_kernel — e = token_table[tok] * scale + P[t] (t = position_of<kPosFrom>: row %
 //   seq, or fairseq's count over non-padding tokens; Pos::kSinusoidal:
-//   Fairseq layout, Pos::kLearned: pos_table[t], Pos::kNone: nothing); Norm::kOn: sum_out = e,
+//   Fairseq layout, Pos::kLearned: pos_table[t], Pos::kNone: nothing) (+ type_table[type] when
+//   n_types > 0: BERT's token types, type 0 where token_types is null); Norm::kOn: sum_out = e,
 //   e = LN(e) with mean, rstd saved; out = dropout(e).
 // Fuses:     lookup + scale + positions + LayerNorm + dropout + cast.
 // Shapes:    tokens [batch, seq] int64; token_table [vocab, kHidden]; pos_table [max_positions,
 //            kHidden]; gamma, beta [kHidden]; out, sum_out [batch * seq, kHidden]; mean, rstd
 //            [batch * seq] fp32; pad_mask [batch, seq] uint8 (may be null): 1 where the token is
 //            padding_idx, else 0 (the layers' key padding mask). All `=`. A padding token gives
-//            zero rows (out, sum_out, mean, rstd). A token outside [0, vocab) or t >= max_positions
-//            also gives zero rows and sets *bad_token = 1 (never cleared here). Dropout element
-//            index: row * kHidden + col.
+//            zero rows (out, sum_out, mean, rstd). A token outside [0, vocab), t >= max_positions
+//            or a type outside [0, n_types) also gives zero rows and sets *bad_token = 1 (never
+//            cleared here). token_types [batch, seq] (may be null), type_table [n_types, kHidden].
+//            Dropout element index: row * kHidden + col.
 // Grid/Block: embedding_fwd_grid(batch * seq, kHidden, kVec) blocks of embedding_fwd_block(kHidden,
 //            kVec) (the LayerNorm layout). Smem: 256 B static.
 // Constants: kHidden % kVec == 0, kVec | 16 / sizeof(T); kHidden even and >= 4 for sinusoids.
@@ -74,10 +85,11 @@ __device__ __forceinline__ int64_t position_of(const int64_t* tokens, int64_t ro
 template <typename T, int kHidden, int kVec, Pos kPos, PosFrom kPosFrom, Norm kNorm, Drop kDrop>
 __global__ void __launch_bounds__(ln_block(kHidden, kVec))
     embedding_fwd_kernel(const int64_t* tokens, const T* token_table, const T* pos_table,
-                         const T* gamma, const T* beta, T* out, T* sum_out, float* mean,
-                         float* rstd, int* bad_token, uint8_t* pad_mask, int64_t batch, int64_t seq,
-                         int64_t vocab, int64_t padding_idx, int64_t max_positions, float scale,
-                         float eps, DropoutArgs drop) {
+                         const T* gamma, const T* beta, const int64_t* token_types,
+                         const T* type_table, T* out, T* sum_out, float* mean, float* rstd,
+                         int* bad_token, uint8_t* pad_mask, int64_t batch, int64_t seq,
+                         int64_t vocab, int64_t padding_idx, int64_t max_positions, int64_t n_types,
+                         float scale, float eps, DropoutArgs drop) {
   static_assert(kHidden > 0 && kVec >= 1 && kHidden % kVec == 0, "kVec must divide kHidden");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kPos == Pos::kNone || kPos == Pos::kSinusoidal || kPos == Pos::kLearned, "Pos");
@@ -97,7 +109,8 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   const int64_t base = row * kHidden;
   const int64_t t = in_range ? position_of<kPosFrom>(tokens, row, seq, padding_idx) : 0;
   const int64_t tok = in_range ? tokens[row] : padding_idx;
-  const bool bad = in_range && (tok < 0 || tok >= vocab || t >= max_positions);
+  const int64_t type = in_range ? type_of(token_types, row, n_types) : 0;
+  const bool bad = in_range && (tok < 0 || tok >= vocab || t >= max_positions || type < 0);
   if (bad && tid == 0) *bad_token = 1;
   if (in_range && tid == 0 && pad_mask != nullptr) pad_mask[row] = tok == padding_idx ? 1 : 0;
   // Rows that get the LN: in range, a valid non-padding token. The others write zero rows; they
@@ -118,11 +131,18 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   if (!kSharedBarriers && !active) return;
 
   const T* emb_row = token_table + tok * kHidden;
+  const T* type_row = n_types > 0 ? type_table + type * kHidden : nullptr;
   auto embed = [&](int v, float(&e)[kVec]) {
     load_float<kVec>(emb_row + v * kVec, e);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) e[i] *= scale;
     add_position<T, kHidden, kVec, kPos>(e, pos_table, t, v);
+    if (type_row != nullptr) {
+      float ty[kVec];
+      load_float<kVec>(type_row + v * kVec, ty);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) e[i] += ty[i];
+    }
   };
   auto emit = [&](int v, float(&y)[kVec]) {
     if constexpr (kDrop == Drop::kOn) {
@@ -193,9 +213,9 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
 // Fuses:     dropout backward + LN backward statistics + LN parameter partials.
 // Shapes:    grad_out, sum_out [batch * seq, kHidden]; tokens [batch, seq]; mean, rstd
 //            [batch * seq]; gamma [kHidden]; row_stats [batch * seq, 2] fp32 `=` (rows with a
-//            gradient only: padding tokens, tokens outside [0, vocab) and t >= max_positions have
-//            none and contribute nothing); partials [embedding_bwd_blocks(batch * seq), 2 *
-//            kHidden] fp32 `=`.
+//            gradient only: padding tokens, tokens outside [0, vocab), t >= max_positions and
+//            types outside [0, n_types) have none and contribute nothing); partials
+//            [embedding_bwd_blocks(batch * seq), 2 * kHidden] fp32 `=`.
 // Grid/Block: embedding_bwd_grid(batch * seq) blocks of embedding_bwd_block(kHidden, kVec) (the
 //            ln_bwd layout; block b owns rows [partial_row_begin(rows, gridDim.x, b), ...(b+1))).
 // Constants: as embedding_fwd_kernel.
@@ -203,9 +223,10 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
 template <typename T, int kHidden, int kVec, PosFrom kPosFrom, Drop kDrop>
 __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
     embedding_bwd_kernel(const T* grad_out, const int64_t* tokens, const T* sum_out,
-                         const float* mean, const float* rstd, const T* gamma, float* row_stats,
-                         float* partials, int64_t batch, int64_t seq, int64_t vocab,
-                         int64_t padding_idx, int64_t max_positions, DropoutArgs drop) {
+                         const float* mean, const float* rstd, const T* gamma,
+                         const int64_t* token_types, float* row_stats, float* partials,
+                         int64_t batch, int64_t seq, int64_t vocab, int64_t padding_idx,
+                         int64_t max_positions, int64_t n_types, DropoutArgs drop) {
   static_assert(kHidden > 0 && kVec >= 1 && kHidden % kVec == 0, "kVec must divide kHidden");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
@@ -226,6 +247,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
   auto has_grad = [&](int64_t row) {
     const int64_t tok = tokens[row];
     if (tok < 0 || tok >= vocab || tok == padding_idx) return false;
+    if (type_of(token_types, row, n_types) < 0) return false;
     return position_of<kPosFrom>(tokens, row, seq, padding_idx) < max_positions;
   };
 

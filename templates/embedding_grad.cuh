@@ -4,7 +4,8 @@
 // the same batch gives the same bits on every run, however many rows share a token.
 //
 // The pipeline, per key kind (Key::kToken into the token table, Key::kPosition into a learned
-// position table), over a `groups` buffer of 3 * n_keys + 1 ints zeroed by the runtime:
+// position table, Key::kType into a token-type table), over a `groups` buffer of 3 * n_keys + 1
+// ints zeroed by the runtime:
 //   1. embedding_group_count_kernel:  keys[row] (-1: no gradient), counts[key] (integer atomics).
 //   2. embedding_group_start_kernel:  starts[key], the segments of `order` (allocated per block of
 //                                     keys with one atomic; where a segment lies does not matter).
@@ -27,35 +28,41 @@
 
 namespace lightseq::kern {
 
-// The key of a row whose gradient lands in a table row: its token (Key::kToken) or its position
-// (Key::kPosition); -1 for rows without a gradient (padding, tokens outside [0, vocab), positions
-// >= max_positions: the forward gave them zero rows).
+// The key of a row whose gradient lands in a table row: its token (Key::kToken), its position
+// (Key::kPosition) or its token type (Key::kType); -1 for rows without a gradient (padding, tokens
+// outside [0, vocab), positions >= max_positions, types outside [0, n_types): the forward gave
+// them zero rows).
 template <Key kKey, PosFrom kPosFrom>
-__device__ __forceinline__ int row_key(const int64_t* tokens, int64_t row, int64_t seq,
-                                       int64_t vocab, int64_t padding_idx, int64_t max_positions) {
+__device__ __forceinline__ int row_key(const int64_t* tokens, const int64_t* token_types,
+                                       int64_t row, int64_t seq, int64_t vocab, int64_t padding_idx,
+                                       int64_t max_positions, int64_t n_types) {
   const int64_t tok = tokens[row];
   if (tok < 0 || tok >= vocab || tok == padding_idx) return -1;
+  const int64_t type = type_of(token_types, row, n_types);
+  if (type < 0) return -1;
   const int64_t t = position_of<kPosFrom>(tokens, row, seq, padding_idx);
   if (t >= max_positions) return -1;
-  return static_cast<int>(kKey == Key::kToken ? tok : t);
+  return static_cast<int>(kKey == Key::kToken ? tok : kKey == Key::kPosition ? t : type);
 }
 
 // embedding_group_count_kernel — keys[row] = row_key(row); groups.counts[key] += 1.
-// Shapes:    tokens [batch, seq]; keys [batch * seq] int `=`; groups [3 * n_keys + 1] int, zeroed
-//            by the runtime, counts `+=`. n_keys: vocab (kToken) or max_positions (kPosition).
+// Shapes:    tokens, token_types (may be null: type 0) [batch, seq]; keys [batch * seq] int `=`;
+//            groups [3 * n_keys + 1] int, zeroed by the runtime, counts `+=`. n_keys: vocab
+//            (kToken), max_positions (kPosition) or n_types (kType).
 // Grid/Block: embedding_group_grid(batch * seq) blocks of kElementwiseThreads, grid-stride.
 // Numerics:  integer atomics only.
 template <Key kKey, PosFrom kPosFrom>
 __global__ void __launch_bounds__(kElementwiseThreads)
-    embedding_group_count_kernel(const int64_t* tokens, int* keys, int* groups, int64_t batch,
-                                 int64_t seq, int64_t vocab, int64_t padding_idx,
-                                 int64_t max_positions) {
-  static_assert(kKey == Key::kToken || kKey == Key::kPosition, "Key");
+    embedding_group_count_kernel(const int64_t* tokens, const int64_t* token_types, int* keys,
+                                 int* groups, int64_t batch, int64_t seq, int64_t vocab,
+                                 int64_t padding_idx, int64_t max_positions, int64_t n_types) {
+  static_assert(kKey == Key::kToken || kKey == Key::kPosition || kKey == Key::kType, "Key");
   const int64_t rows = batch * seq;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
        row += stride) {
-    const int k = row_key<kKey, kPosFrom>(tokens, row, seq, vocab, padding_idx, max_positions);
+    const int k = row_key<kKey, kPosFrom>(tokens, token_types, row, seq, vocab, padding_idx,
+                                          max_positions, n_types);
     keys[row] = k;
     if (k >= 0) atomicAdd(groups + k, 1);
   }

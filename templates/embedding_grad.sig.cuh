@@ -29,9 +29,11 @@ LIGHTSEQ_HD constexpr int embedding_grad_slots(int64_t hidden, int vec) {
 LIGHTSEQ_HD constexpr GridDim embedding_grad_grid(int64_t n_keys) {
   return grid_1d(min_i64(n_keys, kEmbeddingGradMaxBlocks));
 }
-// How many table rows a key kind has: the vocabulary (tokens) or the position table.
-LIGHTSEQ_HD constexpr int64_t embedding_keys(Key key, int64_t vocab, int64_t max_positions) {
-  return key == Key::kToken ? vocab : max_positions;
+// How many table rows a key kind has: the vocabulary (tokens), the position table or the type
+// table.
+LIGHTSEQ_HD constexpr int64_t embedding_keys(Key key, int64_t vocab, int64_t max_positions,
+                                             int64_t n_types) {
+  return key == Key::kToken ? vocab : key == Key::kPosition ? max_positions : n_types;
 }
 
 }  // namespace lightseq::kern
@@ -48,20 +50,23 @@ inline constexpr TParam kT[] = {enum_param("kKey", "key", kKeyInfo),
                                 enum_param("kPosFrom", "pos_from", kPosFromInfo)};
 inline constexpr Param kP[] = {
     in("tokens", CType::kConstI64Ptr),
+    in("token_types", CType::kConstI64Ptr, Nullable::kYes),
     scratch("keys", CType::kI32Ptr, &keys, Nullable::kNo),
     scratch("groups", CType::kI32Ptr, &groups, Nullable::kNo, ScratchInit::kZero),
     scalar("batch", CType::kI64),
     scalar("seq", CType::kI64),
     scalar("vocab", CType::kI64),
     scalar("padding_idx", CType::kI64),
-    scalar("max_positions", CType::kI64)};
+    scalar("max_positions", CType::kI64),
+    scalar("n_types", CType::kI64)};
 inline Extent keys(const Values& v) {
   return {1, v.i[index_of(kP, "batch")] * v.i[index_of(kP, "seq")]};
 }
 inline Extent groups(const Values& v) {
   const auto key = static_cast<Key>(v.t[index_of(kT, "kKey")]);
   return {1, embedding_groups_size(embedding_keys(key, v.i[index_of(kP, "vocab")],
-                                                  v.i[index_of(kP, "max_positions")]))};
+                                                  v.i[index_of(kP, "max_positions")],
+                                                  v.i[index_of(kP, "n_types")]))};
 }
 inline Launch launch(const Values& v) {
   return {embedding_group_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "seq")]),

@@ -5,7 +5,8 @@
 // 50257; out, sum_out, mean, rstd; padding tokens give zero rows and no gradient (table, positions,
 // LayerNorm parameters); out-of-range tokens and positions set the flag and give zero rows; the
 // table gradients `=` and `+=`, the LayerNorm partials with column_sum; a batch of one repeated
-// token; every backward run twice, bit for bit the same.
+// token; every backward run twice, bit for bit the same; BERT's token types (with and without
+// ids, a bad id).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -78,7 +79,7 @@ class EmbeddingKernels : public GpuKernelTest {
           all.push_back(codegen::embedding_grad(p, config(h, v)));
         }
       }
-      for (kern::Key key : {kern::Key::kToken, kern::Key::kPosition}) {
+      for (kern::Key key : {kern::Key::kToken, kern::Key::kPosition, kern::Key::kType}) {
         for (PositionsFrom from : {PositionsFrom::kIndex, PositionsFrom::kTokens}) {
           const codegen::EmbeddingGroup g = codegen::embedding_group(p, key, from);
           all.insert(all.end(), {g.count, g.start, g.place, g.order});
@@ -118,7 +119,8 @@ class EmbeddingKernels : public GpuKernelTest {
   };
   Fwd run_fwd(Precision p, const Variant& v, const ref::EmbeddingArgs& a, const DeviceArray& tok,
               const DeviceArray& table, const DeviceArray& pos, const DeviceArray& gamma,
-              const DeviceArray& beta) {
+              const DeviceArray& beta, const DeviceArray* types = nullptr,
+              const DeviceArray* type_table = nullptr) {
     const int64_t rows = a.batch * a.seq, H = a.hidden;
     DeviceArray pad_mask = zeroed_raw(rows, 1);
     poison(pad_mask);
@@ -133,20 +135,22 @@ class EmbeddingKernels : public GpuKernelTest {
     CUdeviceptr g = v.norm ? gamma.ptr() : 0, b = v.norm ? beta.ptr() : 0, out = f.out.ptr();
     CUdeviceptr sum = v.norm ? f.sum_out.ptr() : 0, mean = v.norm ? f.mean.ptr() : 0;
     CUdeviceptr rstd = v.norm ? f.rstd.ptr() : 0, bad = f.bad.ptr(), pm = f.pad_mask.ptr();
+    CUdeviceptr ty = ptr_or_null(types), tt = ptr_or_null(type_table);
     int64_t batch = a.batch, seq = a.seq, vocab = a.vocab, pad = a.padding_idx,
-            maxp = a.max_positions;
+            maxp = a.max_positions, n_types = a.n_types;
     float scale = static_cast<float>(a.scale), eps = static_cast<float>(a.eps);
     kern::DropoutArgs d = a.d;
     const int vec = codegen::vec_width(p, H);
     launch(fwd_instance(p, H, v), kern::embedding_fwd_grid(rows, H, vec),
            kern::embedding_fwd_block(H, vec),
-           {&t, &tb, &ps, &g, &b, &out, &sum, &mean, &rstd, &bad, &pm, &batch, &seq, &vocab, &pad,
-            &maxp, &scale, &eps, &d});
+           {&t,   &tb, &ps,    &g,   &b,     &ty,  &tt,   &out,     &sum,   &mean, &rstd,
+            &bad, &pm, &batch, &seq, &vocab, &pad, &maxp, &n_types, &scale, &eps,  &d});
     return f;
   }
   // The backward's inputs on the device (what the forward saved and the incoming gradient).
   struct BwdIn {
     CUdeviceptr grad_out, tokens, sum_out, mean, rstd, gamma;
+    CUdeviceptr token_types = 0;  // null: every row type 0 (models with a type table)
   };
   // A backward case: what the forward saved (sum_out in T, its LayerNorm statistics in fp32), a
   // random incoming gradient, the float64 reference, and all of it on the device.
@@ -176,13 +180,13 @@ class EmbeddingKernels : public GpuKernelTest {
   // then per table the grouping kernels and the ordered sum into grad (T, `acc`).
   void run_bwd(Precision p, const Variant& v, const ref::EmbeddingArgs& a, const BwdIn& in,
                DeviceArray& grad_table, DeviceArray* grad_pos, DeviceArray* partials,
-               kern::Accumulate acc) {
+               kern::Accumulate acc, DeviceArray* grad_type = nullptr) {
     const int64_t rows = a.batch * a.seq, H = a.hidden;
     const int vec = codegen::vec_width(p, H);
     int64_t batch = a.batch, seq = a.seq, vocab = a.vocab, pad = a.padding_idx,
-            maxp = a.max_positions, n_rows = rows;
+            maxp = a.max_positions, n_rows = rows, n_types = a.n_types;
     kern::DropoutArgs d = a.d;
-    CUdeviceptr go = in.grad_out, tok = in.tokens;
+    CUdeviceptr go = in.grad_out, tok = in.tokens, ty = in.token_types;
     CUdeviceptr sum = v.norm ? in.sum_out : 0, mean = v.norm ? in.mean : 0;
     CUdeviceptr rstd = v.norm ? in.rstd : 0, g = v.norm ? in.gamma : 0, stats_ptr = 0;
     DeviceArray stats = poisoned(Precision::kFp32, v.norm ? rows * 2 : 0);
@@ -191,13 +195,15 @@ class EmbeddingKernels : public GpuKernelTest {
       CUdeviceptr part = partials->ptr();
       launch(codegen::embedding_bwd(p, config(H, v)), kern::embedding_bwd_grid(rows),
              kern::embedding_bwd_block(H, vec),
-             {&go, &tok, &sum, &mean, &rstd, &g, &stats_ptr, &part, &batch, &seq, &vocab, &pad,
-              &maxp, &d});
+             {&go, &tok, &sum, &mean, &rstd, &g, &ty, &stats_ptr, &part, &batch, &seq, &vocab, &pad,
+              &maxp, &n_types, &d});
     }
-    for (kern::Key key : {kern::Key::kToken, kern::Key::kPosition}) {
-      DeviceArray* grad = key == kern::Key::kToken ? &grad_table : grad_pos;
+    for (kern::Key key : {kern::Key::kToken, kern::Key::kPosition, kern::Key::kType}) {
+      DeviceArray* grad = key == kern::Key::kToken      ? &grad_table
+                          : key == kern::Key::kPosition ? grad_pos
+                                                        : grad_type;
       if (grad == nullptr) continue;
-      int64_t n_keys = kern::embedding_keys(key, a.vocab, a.max_positions);
+      int64_t n_keys = kern::embedding_keys(key, a.vocab, a.max_positions, a.n_types);
       const codegen::EmbeddingGroup k = codegen::embedding_group(p, key, v.from);
       DeviceArray keys = zeroed_raw(rows, sizeof(int)), members = zeroed_raw(rows, sizeof(int));
       DeviceArray order = zeroed_raw(rows, sizeof(int));
@@ -209,7 +215,7 @@ class EmbeddingKernels : public GpuKernelTest {
       CUdeviceptr out = grad->ptr();
       const int t = kern::kElementwiseThreads;
       launch(k.count, kern::embedding_group_grid(rows), t,
-             {&tok, &kp, &gp, &batch, &seq, &vocab, &pad, &maxp});
+             {&tok, &ty, &kp, &gp, &batch, &seq, &vocab, &pad, &maxp, &n_types});
       launch(k.start, kern::embedding_group_grid(n_keys), t, {&gp, &n_keys});
       launch(k.place, kern::embedding_group_grid(rows), t, {&kp, &gp, &mp, &n_rows, &n_keys});
       launch(k.order, kern::embedding_group_grid(rows), t, {&kp, &gp, &mp, &op, &n_rows, &n_keys});
@@ -497,6 +503,70 @@ TEST_P(GpuEmbeddingBadTokens, SetTheFlagAndGiveZeroRows) {
     if (v.pos == PositionKind::kLearned) {
       EXPECT_TRUE(
           all_close("grad_pos (+ guard rows)", download(grad_pos), pos_expect, grad_tolerance(p)));
+    }
+  }
+}
+
+// BERT's token types: type_table[type] joins the sum (type 0 where the caller gives no ids), its
+// gradient is the deterministic sum over each type's rows, and an id outside [0, n_types) is a bad
+// row (flag, zero row, no gradient anywhere).
+TEST_P(GpuEmbeddingBadTokens, TokenTypesAreAddedAndGetTheirGradient) {
+  const Precision p = GetParam();
+  const Variant variants[] = {{PositionKind::kLearned, true, true},
+                              {PositionKind::kSinusoidal, false, false}};
+  for (const Variant& v : variants) {
+    for (bool ids : {true, false}) {
+      SCOPED_TRACE(variant_name(v) + (ids ? ", type ids" : ", no type ids (all 0)"));
+      ref::EmbeddingArgs a = args_of({512, 3, 77, 1000, 1}, v, v.dropout ? 0.1 : 0.0);
+      const int64_t H = a.hidden, rows = a.batch * a.seq;
+      a.n_types = 3;
+      a.type_table = random(p, a.n_types * H, -1, 1);
+      if (ids) {
+        a.types.resize(rows);
+        for (int64_t& t : a.types) t = static_cast<int64_t>(rng().below(3));
+        a.types[5] = 3;  // out of range: a bad row
+      }
+      const std::vector<int64_t> tok = tokens(a);
+      const Vec table = random(p, a.vocab * H, -1, 1), pos = random(p, a.max_positions * H, -1, 1);
+      const Vec gamma = random(p, H, 0.5, 1.5), beta = random(p, H, -0.5, 0.5);
+      DeviceArray d_tok = upload_pod(tok), d_table = upload(p, table), d_pos = upload(p, pos);
+      DeviceArray d_gamma = upload(p, gamma), d_beta = upload(p, beta);
+      DeviceArray d_types = upload_pod(a.types), d_type_table = upload(p, a.type_table);
+      Fwd f = run_fwd(p, v, a, d_tok, d_table, d_pos, d_gamma, d_beta, ids ? &d_types : nullptr,
+                      &d_type_table);
+      const ref::EmbeddingForward r = ref::embedding_fwd(a, tok, table, pos, gamma, beta, nullptr);
+      EXPECT_EQ(download_pod<int>(f.bad)[0], r.bad_token ? 1 : 0);
+      EXPECT_EQ(r.bad_token, ids) << "row 5's type is out of range";
+      const Vec out = download(f.out);
+      expect_zero_rows(out, r.kind, H);
+      if (v.norm) {
+        ref::Tolerance st = tolerance_for(p);
+        EXPECT_TRUE(all_close("sum_out", token_rows(download(f.sum_out), r.kind, H),
+                              token_rows(r.sum, r.kind, H), st));
+      } else {
+        EXPECT_TRUE(all_close("out", out, r.out, out_tolerance(p, a)));
+      }
+
+      const BwdCase bc = bwd_case(p, a, tok, gamma);
+      BwdIn in = bc.in();
+      in.token_types = ids ? d_types.ptr() : 0;
+      const bool learned = v.pos == PositionKind::kLearned;
+      DeviceArray grad_table = poisoned(p, a.vocab * H);
+      DeviceArray grad_pos = poisoned(p, learned ? a.max_positions * H : 0);
+      DeviceArray grad_type = poisoned(p, a.n_types * H);
+      const int64_t cols = kern::embedding_bwd_partial_cols(H, Norm::kOn);
+      DeviceArray partials =
+          poisoned(Precision::kFp32, v.norm ? kern::embedding_bwd_blocks(rows) * cols : 0);
+      run_bwd(p, v, a, in, grad_table, learned ? &grad_pos : nullptr, &partials,
+              kern::Accumulate::kOverwrite, &grad_type);
+      EXPECT_TRUE(
+          all_close("grad_type", download(grad_type), bc.want.grad_type, grad_tolerance(p)));
+      EXPECT_TRUE(
+          all_close("grad_table", download(grad_table), bc.want.grad_table, grad_tolerance(p)));
+      if (learned) {
+        EXPECT_TRUE(all_close("grad_pos", download(grad_pos), bc.want.grad_pos, grad_tolerance(p)));
+      }
+      if (HasFailure()) return;
     }
   }
 }

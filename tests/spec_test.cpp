@@ -72,6 +72,23 @@ TEST(SpecExamples, TransformerBaseFields) {
   EXPECT_EQ(s.optimizer->clip_norm, 0.0) << "no clipping unless asked for";
 }
 
+// embedding.token_types: BERT's segment table; printed only when set, validated (the plan of
+// its table and third backward grouping: tests/golden/bert-base.plan).
+TEST(SpecEmbedding, TokenTypesParseAndPrint) {
+  ModelSpec s = parse_spec_file(kExamples / "bert-base.json");
+  EXPECT_EQ(s.embedding->token_types, 2);
+  const std::string json = spec_to_json(s).dump();
+  EXPECT_NE(json.find("\"token_types\":2"), std::string::npos) << json;
+  EXPECT_EQ(parse_spec_string(json, "<test>"), s);
+  s.embedding->token_types = 0;
+  EXPECT_EQ(spec_to_json(s).dump().find("token_types"), std::string::npos);
+  s.embedding->token_types = -1;
+  std::vector<std::string> got;
+  for (const SpecIssue& i : validate_spec(s)) got.push_back(i.to_string());
+  EXPECT_EQ(got,
+            (std::vector<std::string>{"embedding.token_types = -1: must be in [0, 65536]; try 0"}));
+}
+
 // criterion.logits_chunk_mib: the fused linear + cross-entropy's chunk budget, printed only when
 // set, and the rows per chunk the planner derives from it (vocab 32000 in bf16: 64000 B a row).
 TEST(SpecCriterion, LogitsChunkParsesPrintsAndSizesTheChunks) {

@@ -78,6 +78,9 @@ struct Tensor {
   // A scratch tensor whose extent the kernel that writes it computes (its signature's extent
   // function, from the run-time sizes): `shape` is empty and the runtime sizes it per shape.
   bool sized_by_kernel = false;
+  // An input the caller may leave null (token types: all type 0). Padding masks are optional too
+  // (as u8 inputs; the runtime binds zeros for them).
+  bool optional = false;
 };
 
 // The kinds of dropout site; each has its own probability at run time (DropoutConfig).
@@ -165,6 +168,8 @@ struct OpAttrs {
   } attn;
   // embedding
   int64_t vocab = 0, padding_idx = -1, max_positions = 0;
+  int64_t token_types = 0;         // rows of the token-type table (0: none)
+  bool learned_positions = false;  // a position table among the inputs (after the token table)
   PositionsFrom positions_from = PositionsFrom::kIndex;
   double scale = 1.0;
   // cross-entropy

@@ -17,9 +17,11 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   LayerGraph lg;
   lg.type = LayerType::kEmbedding;
   lg.name = "embedding";
-  lg.description = fmt::format("embedding {}×{}, {} positions (max {}), scale {:g}{}, dropout {:g}",
-                               e.vocab, e.hidden, to_string(e.positions), e.max_positions, e.scale,
-                               e.layernorm ? ", layernorm" : "", e.dropout);
+  lg.description =
+      fmt::format("embedding {}×{}, {} positions (max {}){}, scale {:g}{}, dropout {:g}", e.vocab,
+                  e.hidden, to_string(e.positions), e.max_positions,
+                  e.token_types > 0 ? fmt::format(", {} token types", e.token_types) : "", e.scale,
+                  e.layernorm ? ", layernorm" : "", e.dropout);
   Builder b(lg.graph);
   const Dim H = Dim::constant(e.hidden);
   const Shape hs{Dim::tokens(), H};
@@ -30,6 +32,15 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   if (e.positions == PositionKind::kLearned) {
     pos = b.param("embed_positions.weight", {Dim::constant(e.max_positions), H});
     in.push_back(pos);
+  }
+  // BERT's token types: ids (may be left null: all type 0) and their table, after the others.
+  int types = -1, type_table = -1;
+  if (e.token_types > 0) {
+    types = b.tensor("token_types", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kI64);
+    lg.graph.tensor(types).optional = true;
+    type_table = b.param("embed_token_types.weight", {Dim::constant(e.token_types), H});
+    in.push_back(types);
+    in.push_back(type_table);
   }
   int sum = b.tensor("embedded", hs);
   // Set to 1 (never cleared) when a token is outside [0, vocab) or a position past max_positions.
@@ -46,6 +57,8 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   lookup.max_positions = e.max_positions;
   lookup.positions_from = e.positions_from;
   lookup.scale = e.scale;
+  lookup.token_types = e.token_types;
+  lookup.learned_positions = pos >= 0;
   b.op(OpKind::kEmbedding, "embed", in, outs, lookup);
   int cur = sum;
   int gamma = -1, beta = -1, mean = -1, rstd = -1;
@@ -79,9 +92,15 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
          {dsum, b.grad_of_param(gamma), b.grad_of_param(beta)});
     d = dsum;
   }
+  // Gradients in the order of the keys they are grouped by: token, position, type.
   std::vector<int> grads{b.grad_of_param(table)};
   if (pos >= 0) grads.push_back(b.grad_of_param(pos));
-  b.op(OpKind::kEmbeddingGrad, "embed_grad", {d, tokens}, grads, lookup);
+  std::vector<int> grad_in{d, tokens};
+  if (types >= 0) {
+    grads.push_back(b.grad_of_param(type_table));
+    grad_in.push_back(types);
+  }
+  b.op(OpKind::kEmbeddingGrad, "embed_grad", grad_in, grads, lookup);
   lg.graph.verify();
   return lg;
 }

@@ -33,6 +33,7 @@ void emit_embedding_backward(State& s, const Match& m, Dim batch) {
   const OpAttrs attrs = eg.attrs;
   const std::string name = eg.name;
   const int tokens = eg.inputs[1];
+  const int types = eg.attrs.token_types > 0 ? eg.inputs[2] : -1;  // may be bound to null
   const Dim seq = s.g.tensor(tokens).shape[1];
   const Dim rows = rows_of(s, grad_in);
   const int64_t hidden = cols_of(s, grad_in);
@@ -45,7 +46,8 @@ void emit_embedding_backward(State& s, const Match& m, Dim batch) {
       {"seq", ScalarArg::size(seq)},
       {"vocab", ScalarArg::constant(static_cast<double>(attrs.vocab))},
       {"padding_idx", ScalarArg::constant(static_cast<double>(attrs.padding_idx))},
-      {"max_positions", ScalarArg::constant(static_cast<double>(attrs.max_positions))}};
+      {"max_positions", ScalarArg::constant(static_cast<double>(attrs.max_positions))},
+      {"n_types", ScalarArg::constant(static_cast<double>(attrs.token_types))}};
   if (m[0]) mark_internal(s, {m[0]});
   // What the sums read: grad_out, and with a LayerNorm its saved input, statistics and gamma plus
   // the per-row backward statistics.
@@ -63,16 +65,28 @@ void emit_embedding_backward(State& s, const Match& m, Dim batch) {
     sum_args["row_stats"] = row_stats;
     Args args = sum_args;
     args.erase("row_stats");
-    args.insert({{"tokens", tokens}, {"row_stats", row_stats}, {"partials", partials}});
+    args.insert({{"tokens", tokens},
+                 {"token_types", types},
+                 {"row_stats", row_stats},
+                 {"partials", partials}});
     emit(s, m, instantiate(sig::kEmbeddingBwd, s.precision, {{"kHidden", hidden}, pos_from, drop}),
          args, rows_scalars, "LayerNorm backward statistics and parameter partials");
     finish_partials(s, partials, ln_grads, hidden);
   }
+  // The tables' gradients, in the embed_grad op's order: token, [position], [type].
+  std::vector<kern::Key> keys_of{kern::Key::kToken};
+  if (attrs.learned_positions) keys_of.push_back(kern::Key::kPosition);
+  if (attrs.token_types > 0) keys_of.push_back(kern::Key::kType);
+  if (keys_of.size() != param_grads.size())
+    throw InternalError("planner: embedding: gradients and tables disagree");
   for (size_t i = 0; i < param_grads.size(); ++i) {
-    const kern::Key key = i == 0 ? kern::Key::kToken : kern::Key::kPosition;
-    const std::string what = key == kern::Key::kToken ? "tokens" : "positions";
+    const kern::Key key = keys_of[i];
+    const std::string what = key == kern::Key::kToken      ? "tokens"
+                             : key == kern::Key::kPosition ? "positions"
+                                                           : "types";
     const auto k = tv("kKey", key);
-    const int64_t n_keys = kern::embedding_keys(key, attrs.vocab, attrs.max_positions);
+    const int64_t n_keys =
+        kern::embedding_keys(key, attrs.vocab, attrs.max_positions, attrs.token_types);
     const int keys = add_scratch(s, fmt::format("{}.{}.keys", name, what), ElemType::kI32);
     const int groups = add_scratch(s, fmt::format("{}.{}.groups", name, what), ElemType::kI32);
     const int members = add_scratch(s, fmt::format("{}.{}.members", name, what), ElemType::kI32);
@@ -80,7 +94,8 @@ void emit_embedding_backward(State& s, const Match& m, Dim batch) {
     const Scalars per_key{{"rows", ScalarArg::size(rows)},
                           {"n_keys", ScalarArg::constant(static_cast<double>(n_keys))}};
     KernelInstance count = instantiate(sig::kEmbeddingGroupCount, s.precision, {k, pos_from});
-    const Args count_args{{"tokens", tokens}, {"keys", keys}, {"groups", groups}};
+    const Args count_args{
+        {"tokens", tokens}, {"token_types", types}, {"keys", keys}, {"groups", groups}};
     const std::string note = fmt::format("group the rows by {} (deterministic scatter)", what);
     if (!norm && i == 0) {
       emit(s, m, std::move(count), count_args, rows_scalars, note);
@@ -99,7 +114,7 @@ void emit_embedding_backward(State& s, const Match& m, Dim batch) {
                   per_key, nullptr, "each group sorted by row"));
     Args args = sum_args;
     args.insert({{"groups", groups}, {"order", order}, {"grad", param_grads[i]}});
-    const double scale = key == kern::Key::kToken ? attrs.scale : 1.0;
+    const double scale = key == kern::Key::kToken ? attrs.scale : 1.0;  // positions, types: 1
     s.out->push_back(make_step(
         instantiate(sig::kEmbeddingGrad, s.precision,
                     {{"kHidden", hidden}, on_off<kern::Norm>("kNorm", norm), drop}),

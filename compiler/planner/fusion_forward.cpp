@@ -149,10 +149,13 @@ void add_forward_rules(std::vector<Rule>& r) {
        {},
        [B](State& s, const Match& m) {
          const Op& e = s.op(*m[0]);
-         const bool learned = e.inputs.size() > 2;
+         const bool learned = e.attrs.learned_positions, typed = e.attrs.token_types > 0;
+         const size_t types_at = learned ? 3 : 2;  // inputs: tokens, table, [pos], [types, table]
          Args args{{"tokens", e.inputs[0]},
                    {"token_table", e.inputs[1]},
                    {"pos_table", learned ? e.inputs[2] : -1},
+                   {"token_types", typed ? e.inputs[types_at] : -1},
+                   {"type_table", typed ? e.inputs[types_at + 1] : -1},
                    {"bad_token", e.outputs[1]},
                    {"pad_mask", e.outputs.size() > 2 ? e.outputs[2] : -1}};
          int last = out0(s, m[0]);
@@ -186,6 +189,7 @@ void add_forward_rules(std::vector<Rule>& r) {
                {"vocab", ScalarArg::constant(static_cast<double>(e.attrs.vocab))},
                {"padding_idx", ScalarArg::constant(static_cast<double>(e.attrs.padding_idx))},
                {"max_positions", ScalarArg::constant(static_cast<double>(e.attrs.max_positions))},
+               {"n_types", ScalarArg::constant(static_cast<double>(e.attrs.token_types))},
                {"scale", ScalarArg::constant(e.attrs.scale)},
                {"eps", ScalarArg::constant(eps)}});
        }});

@@ -71,7 +71,7 @@ void build_manifest(LayerPlan& lp) {
       // A padding mask may be null (nothing is padded); so may a gradient a forward computes
       // (the fused linear + cross-entropy, LayerPlan::row_chunks) when nobody wants it.
       e.optional =
-          (t.type == ElemType::kU8 && t.role == TensorRole::kInput) ||
+          t.optional || (t.type == ElemType::kU8 && t.role == TensorRole::kInput) ||
           (dir == 0 && (t.role == TensorRole::kGradOutput || t.role == TensorRole::kParamGrad));
       e.accumulates = accumulates(steps, id, t.role);
       e.grad_of = t.grad_of >= 0 ? g.tensor(t.grad_of).name : "";

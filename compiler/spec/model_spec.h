@@ -46,6 +46,7 @@ struct EmbeddingSpec {
   int64_t padding_idx = -1;  // -1: no padding token
   double scale = 1.0;        // token embeddings are multiplied by this (sqrt(hidden) in Fairseq)
   double dropout = 0.0;      // default probability; dropout is compiled in iff > 0
+  int64_t token_types = 0;   // rows of a token-type table added to the sum (BERT: 2); 0: none
   bool layernorm = false;    // LayerNorm after the sum (BERT), before dropout
   double layernorm_eps = 1e-5;
   bool tie_output = true;  // the output projection reuses the token embedding matrix

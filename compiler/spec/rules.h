@@ -20,6 +20,7 @@ inline constexpr int64_t kMaxCount = 1024;   // layers in one stack
 inline constexpr int64_t kMaxStacks = 256;   // stacks in `layers`: identical layers share one stack
 inline constexpr int64_t kMaxVocab = 2147483647;  // token ids are int32 on the device
 inline constexpr int64_t kMaxPositions = 1048576;
+inline constexpr int64_t kMaxTokenTypes = 65536;     // rows of a token-type table
 inline constexpr int64_t kMinIndex = -2147483648LL;  // ignore_index is compared to int32 targets
 inline constexpr int64_t kMaxIndex = 2147483647;
 inline constexpr size_t kMaxNameLength = 128;

@@ -174,6 +174,7 @@ class Validator {
           float32_message(e.scale, "must be a positive finite number or \"sqrt_hidden\"; try 1"));
     }
     check_probability("embedding.dropout", e.dropout);
+    check_range("embedding.token_types", e.token_types, 0, kMaxTokenTypes);
     check_eps("embedding.layernorm_eps", e.layernorm_eps);
   }
 

@@ -300,6 +300,8 @@ class SpecReader {
             }
           }},
          {"dropout", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, e.dropout); }},
+         {"token_types", Need::kOptional, "",
+          [&](auto& n, auto& p) { read_int(n, p, e.token_types); }},
          {"layernorm", Need::kOptional, "",
           [&](auto& n, auto& p) { read_bool(n, p, e.layernorm); }},
          {"layernorm_eps", Need::kOptional, "",

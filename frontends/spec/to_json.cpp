@@ -44,6 +44,7 @@ Json spec_to_json(const ModelSpec& spec) {
                           {"tie_output", e.tie_output}};
     if (e.positions_from != PositionsFrom::kIndex)
       j["embedding"]["positions_from"] = name_of(e.positions_from);
+    if (e.token_types > 0) j["embedding"]["token_types"] = e.token_types;
   }
   j["layers"] = Json::array();
   for (const LayerStackSpec& s : spec.layers) j["layers"].push_back(stack_to_json(s));

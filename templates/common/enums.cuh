@@ -33,8 +33,9 @@
 // non-padding tokens of its sequence up to and including it (fairseq's make_positions).
 #define LIGHTSEQ_ENUM_PosFrom(X) X(kIndex, "index") X(kTokens, "tokens")
 // What the embedding gradient's rows are grouped by (embedding_grad.cuh): the token (the token
-// table's gradient) or the position (a learned position table's).
-#define LIGHTSEQ_ENUM_Key(X) X(kToken, "token") X(kPosition, "position")
+// table's gradient), the position (a learned position table's) or the token type (BERT's
+// token-type table's).
+#define LIGHTSEQ_ENUM_Key(X) X(kToken, "token") X(kPosition, "position") X(kType, "type")
 // adam_kernel: L2 regularisation folded into the gradient (kAdam) or decoupled decay (kAdamW).
 #define LIGHTSEQ_ENUM_AdamMode(X) X(kAdam, "adam") X(kAdamW, "adamw")
 // Whether a result overwrites (`=`) or is added to (`+=`) its output.

@@ -278,6 +278,15 @@ int64_t position(const EmbeddingArgs& a, const std::vector<int64_t>& tokens, int
 
 }  // namespace
 
+namespace {
+// A row's token type (0 without types or ids), -1 outside [0, n_types).
+int64_t type_of(const EmbeddingArgs& a, int64_t row) {
+  if (a.n_types == 0) return 0;
+  const int64_t t = a.types.empty() ? 0 : a.types[row];
+  return t >= 0 && t < a.n_types ? t : -1;
+}
+}  // namespace
+
 EmbeddingForward embedding_fwd(const EmbeddingArgs& a, const std::vector<int64_t>& tokens,
                                const Vec& table, const Vec& pos_table, const Vec& gamma,
                                const Vec& beta, const Vec* ln_input) {
@@ -289,8 +298,8 @@ EmbeddingForward embedding_fwd(const EmbeddingArgs& a, const std::vector<int64_t
   f.mean.assign(rows, 0.0);
   f.rstd.assign(rows, 0.0);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t t = position(a, tokens, r), tok = tokens[r];
-    if (tok < 0 || tok >= a.vocab || t >= a.max_positions) {
+    const int64_t t = position(a, tokens, r), tok = tokens[r], type = type_of(a, r);
+    if (tok < 0 || tok >= a.vocab || t >= a.max_positions || type < 0) {
       f.kind[r] = RowKind::kBad;
       f.bad_token = true;
       continue;
@@ -306,6 +315,7 @@ EmbeddingForward embedding_fwd(const EmbeddingArgs& a, const std::vector<int64_t
       if (a.pos == kern::Pos::kSinusoidal) p = sinusoidal(t, c, H);
       if (a.pos == kern::Pos::kLearned) p = pos_table[t * H + c];
       e[c] = table[tok * H + c] * a.scale + p;
+      if (a.n_types > 0) e[c] += a.type_table[type * H + c];
     }
     Vec y(e, e + H);
     if (a.norm == Norm::kOn) {
@@ -326,11 +336,13 @@ EmbeddingBackward embedding_bwd(const EmbeddingArgs& a, const Vec& grad_out,
                                 const std::vector<int64_t>& tokens, const Vec& sum_out,
                                 const Vec& mean, const Vec& rstd, const Vec& gamma) {
   const int64_t rows = a.batch * a.seq, H = a.hidden;
-  EmbeddingBackward b{Vec(a.vocab * H), Vec(a.max_positions * H), Vec(H), Vec(H)};
+  EmbeddingBackward b{Vec(a.vocab * H), Vec(a.max_positions * H), Vec(a.n_types * H), Vec(H),
+                      Vec(H)};
   Vec g(H), de(H);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t t = position(a, tokens, r), tok = tokens[r];
-    if (tok < 0 || tok >= a.vocab || tok == a.padding_idx || t >= a.max_positions) continue;
+    const int64_t t = position(a, tokens, r), tok = tokens[r], type = type_of(a, r);
+    if (tok < 0 || tok >= a.vocab || tok == a.padding_idx || t >= a.max_positions || type < 0)
+      continue;
     for (int64_t c = 0; c < H; ++c) {
       const int64_t i = r * H + c;
       g[c] = a.drop == Drop::kOn ? dropout(a.d, i, grad_out[i]) : grad_out[i];
@@ -344,6 +356,7 @@ EmbeddingBackward embedding_bwd(const EmbeddingArgs& a, const Vec& grad_out,
     for (int64_t c = 0; c < H; ++c) {
       b.grad_table[tok * H + c] += a.scale * de[c];
       if (a.pos == kern::Pos::kLearned) b.grad_pos[t * H + c] += de[c];
+      if (a.n_types > 0) b.grad_type[type * H + c] += de[c];
     }
   }
   return b;

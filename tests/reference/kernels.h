@@ -103,6 +103,10 @@ struct EmbeddingArgs {
   kern::Norm norm = kern::Norm::kOff;
   kern::Drop drop = kern::Drop::kOff;
   DropoutArgs d{};
+  // BERT's token types: a table of n_types rows added to the sum; types[row] (empty: all 0).
+  int64_t n_types = 0;
+  std::vector<int64_t> types;
+  Vec type_table;
 };
 enum class RowKind : uint8_t { kToken, kPadding, kBad };
 struct EmbeddingForward {
@@ -118,6 +122,7 @@ EmbeddingForward embedding_fwd(const EmbeddingArgs& a, const std::vector<int64_t
 struct EmbeddingBackward {
   Vec grad_table;  // [vocab, hidden]: Σ scale · dE over rows holding the token
   Vec grad_pos;    // [max_positions, hidden] (Pos::kLearned): Σ dE over rows at position t
+  Vec grad_type;   // [n_types, hidden]: Σ dE over rows of the type
   Vec dgamma, dbeta;
 };
 // sum_out, mean, rstd: the forward's saved values (Norm::kOn). Padding and out-of-range tokens
