@@ -30,6 +30,7 @@ int64_t align_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
 struct TrainStep::Bucket {
   RunShape src, tgt;  // {B, S}, {B, T, S}
   DeviceBuffer src_tokens, tokens, targets;
+  DeviceBuffer token_types;          // a model with token types: the batch's, or zeros
   DeviceBuffer loss, nll, counters;  // counters: n_tokens (f32) | bad_token | bad_target (i32)
   bool warm = false;                 // ran once uncaptured
   CUgraphExec exec = nullptr;
@@ -44,7 +45,7 @@ namespace {
 constexpr size_t kCounterBytes = 48;
 
 struct Io {
-  const int64_t *src_tokens, *tokens, *targets;
+  const int64_t *src_tokens, *tokens, *targets, *token_types;
   float *loss, *nll, *n_tokens;
   int *bad_token, *bad_target;
 };
@@ -55,6 +56,7 @@ Io io_of(TrainStep::Bucket& b) {
   return {b.src_tokens.as<int64_t>(),
           b.tokens.as<int64_t>(),
           b.targets.as<int64_t>(),
+          b.token_types ? b.token_types.as<int64_t>() : nullptr,
           b.loss.as<float>(),
           b.nll.as<float>(),
           reinterpret_cast<float*>(c),
@@ -256,6 +258,10 @@ void TrainStep::check_pointers(const StepBatch& b) const {
     bad.push_back("src_tokens is null (the model has decoder stacks: it reads a source)");
   if (!two && b.src_tokens)
     bad.push_back("src_tokens is given but the model has no decoder stack to attend to it");
+  if (b.token_types && model_->spec().embedding->token_types == 0)
+    bad.push_back(
+        "token_types is given but the embedding has no token-type table (set "
+        "embedding.token_types)");
   if (!bad.empty()) {
     throw Error(
         fmt::format("TrainStep ({}): bad batch: {}", model_->spec().name, fmt::join(bad, "; ")));
@@ -310,6 +316,8 @@ std::unique_ptr<TrainStep::Bucket> TrainStep::make_bucket(const StepBatch& b, CU
   if (two) bk->src_tokens = DeviceBuffer(al, b.batch * b.src_len * sizeof(int64_t), s);
   bk->tokens = DeviceBuffer(al, rows * sizeof(int64_t), s);
   bk->targets = DeviceBuffer(al, rows * sizeof(int64_t), s);
+  if (model_->spec().embedding->token_types > 0)
+    bk->token_types = DeviceBuffer(al, rows * sizeof(int64_t), s);
   bk->loss = DeviceBuffer(al, rows * sizeof(float), s);
   bk->nll = DeviceBuffer(al, rows * sizeof(float), s);
   bk->counters = DeviceBuffer(al, kCounterBytes, s);
@@ -321,6 +329,14 @@ void TrainStep::copy_inputs(Bucket& bk, const StepBatch& b, CUstream s) const {
   if (bk.src_tokens) copy_d2d(bk.src_tokens.get(), b.src_tokens, bk.src_tokens.bytes(), s);
   copy_d2d(bk.tokens.get(), b.tokens, bk.tokens.bytes(), s);
   copy_d2d(bk.targets.get(), b.targets, bk.targets.bytes(), s);
+  if (bk.token_types) {
+    if (b.token_types) {
+      copy_d2d(bk.token_types.get(), b.token_types, bk.token_types.bytes(), s);
+    } else {
+      LIGHTSEQ_CU_CHECK(
+          driver().cuMemsetD8Async(bk.token_types.device_ptr(), 0, bk.token_types.bytes(), s));
+    }
+  }
 }
 
 TrainStep::Bucket& TrainStep::bucket_for(const StepBatch& b) {
@@ -407,6 +423,7 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
         const bool source = c.stream == Call::Stream::kSource;
         if (!source && two) memory = prev;
         set(a, c.f[Call::kTokens], source ? io.src_tokens : io.tokens);
+        set(a, c.f[Call::kTokenTypes], source ? nullptr : io.token_types);
         set(a, c.f[Call::kPaddingMask], source ? src_mask : tgt_mask);
         set(a, c.f[Call::kBadToken], io.bad_token);
         break;
@@ -480,6 +497,7 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
     if (c.type == LayerType::kEmbedding) {
       const bool source = c.stream == Call::Stream::kSource;
       set(a, c.b[Call::kTokens], source ? io.src_tokens : io.tokens);
+      set(a, c.b[Call::kTokenTypes], source ? nullptr : io.token_types);
       set(a, c.b[Call::kGradOut], dy);
       c.exec->backward_at(a, static_cast<char*>(saved.get()) + saved_at[i], shape, dropout_of(c),
                           c.mode, al, s);

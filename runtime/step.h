@@ -52,6 +52,9 @@ struct StepBatch {
   const int64_t* tokens = nullptr;
   const int64_t* targets = nullptr;  // [batch, len]
   int64_t batch = 0, src_len = 0, len = 0;
+  // [batch, len]: the token types of `tokens` (a model with embedding.token_types, BERT's
+  // segments); null: every token type 0. A source stream's tokens are type 0.
+  const int64_t* token_types = nullptr;
 };
 
 // What the last step computed (read back by stats(), which synchronizes).

@@ -41,6 +41,7 @@ struct TrainStep::Call {
   // the manifests (kSlotNames), so a step binds them without looking anything up by name.
   enum Slot {
     kTokens,
+    kTokenTypes,
     kPaddingMask,
     kBadToken,
     kX,
@@ -62,6 +63,7 @@ struct TrainStep::Call {
     kSlots
   };
   static constexpr const char* kSlotNames[kSlots] = {"tokens",
+                                                     "token_types",
                                                      "padding_mask",
                                                      "bad_token",
                                                      "x",

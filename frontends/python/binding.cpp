@@ -274,13 +274,14 @@ PYBIND11_MODULE(_C, m) {
   // dtype for the parameter copies; streams are torch's cuda_stream integers.
   auto stream_of = [](uintptr_t s) { return reinterpret_cast<CUstream>(s); };
   auto batch_of = [](uintptr_t src, uintptr_t tokens, uintptr_t targets, int64_t batch,
-                     int64_t src_len, int64_t len) {
+                     int64_t src_len, int64_t len, uintptr_t token_types) {
     return StepBatch{reinterpret_cast<const int64_t*>(src),
                      reinterpret_cast<const int64_t*>(tokens),
                      reinterpret_cast<const int64_t*>(targets),
                      batch,
                      src_len,
-                     len};
+                     len,
+                     reinterpret_cast<const int64_t*>(token_types)};
   };
   auto stats_dict = [](const StepStats& s) {
     py::dict d;
@@ -342,20 +343,20 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "run",
           [=](TrainStep& t, uintptr_t src, uintptr_t tokens, uintptr_t targets, int64_t batch,
-              int64_t src_len, int64_t len, uintptr_t s) {
-            t.run(batch_of(src, tokens, targets, batch, src_len, len), stream_of(s));
+              int64_t src_len, int64_t len, uintptr_t s, uintptr_t token_types) {
+            t.run(batch_of(src, tokens, targets, batch, src_len, len, token_types), stream_of(s));
           },
           py::arg("src"), py::arg("tokens"), py::arg("targets"), py::arg("batch"),
-          py::arg("src_len"), py::arg("len"), py::arg("stream"))
+          py::arg("src_len"), py::arg("len"), py::arg("stream"), py::arg("token_types") = 0)
       .def(
           "evaluate",
           [=](TrainStep& t, uintptr_t src, uintptr_t tokens, uintptr_t targets, int64_t batch,
-              int64_t src_len, int64_t len, uintptr_t s) {
-            return stats_dict(
-                t.evaluate(batch_of(src, tokens, targets, batch, src_len, len), stream_of(s)));
+              int64_t src_len, int64_t len, uintptr_t s, uintptr_t token_types) {
+            return stats_dict(t.evaluate(
+                batch_of(src, tokens, targets, batch, src_len, len, token_types), stream_of(s)));
           },
           py::arg("src"), py::arg("tokens"), py::arg("targets"), py::arg("batch"),
-          py::arg("src_len"), py::arg("len"), py::arg("stream"))
+          py::arg("src_len"), py::arg("len"), py::arg("stream"), py::arg("token_types") = 0)
       .def(
           "stats",
           [=](const TrainStep& t, uintptr_t s) { return stats_dict(t.stats(stream_of(s))); },
