@@ -25,7 +25,7 @@ V, H, HEADS, FFN, PAD = 997, 64, 4, 128, 1
 LR, BETAS, EPS, WD, SMOOTH = 2e-3, (0.9, 0.98), 1e-8, 0.01, 0.1
 
 
-def spec(precision, layers=(2, 2), dropout=0.0, vocab=V):
+def spec(precision, layers=(2, 2), dropout=0.0, vocab=V, token_types=0):
     stack = lambda kind, n: {  # noqa: E731
         "type": kind, "count": n, "hidden": H, "heads": HEADS, "ffn": FFN, "activation": "relu",
         "norm": "post", "eps": 1e-5,
@@ -34,7 +34,7 @@ def spec(precision, layers=(2, 2), dropout=0.0, vocab=V):
         "name": "train-step-test", "precision": precision,
         "embedding": {"vocab": vocab, "hidden": H, "positions": "sinusoidal", "max_positions": 64,
                       "padding_idx": PAD, "scale": "sqrt_hidden", "dropout": dropout,
-                      "layernorm": False, "tie_output": True},
+                      "layernorm": False, "tie_output": True, "token_types": token_types},
         "layers": [stack("encoder", layers[0])] + ([stack("decoder", layers[1])] if layers[1] else []),
         "criterion": {"type": "cross_entropy", "label_smoothing": SMOOTH, "ignore_index": PAD},
         "optimizer": {"type": "adamw", "lr": LR, "betas": list(BETAS), "eps": EPS,
@@ -286,3 +286,35 @@ def test_bad_batches_are_refused():
         step.run(src.data_ptr(), tgt.data_ptr(), tgt_out.data_ptr(), 1, 65, 11, s)
     with pytest.raises(lightseq.Error, match="has no parameter 'encoder.layers.9.norm1.weight'"):
         step.get_parameter("encoder.layers.9.norm1.weight", 0, 4)
+
+
+def test_token_types_enter_the_embedding():
+    """A token-type table (BERT's segments) on the target stream: no ids means every token is type
+    0, bit for bit; other ids change the loss, and only the rows of the types used get a gradient;
+    ids given to a model without a table are refused."""
+    step = step_for("fp32", token_types=3)
+    step.init_parameters(1)
+    src, tgt, y = batches(1)[0]
+    B, S = src.shape
+    T = tgt.shape[1]
+    s = torch.cuda.current_stream().cuda_stream
+    zeros, ones = torch.zeros_like(tgt), torch.ones_like(tgt)
+
+    def loss(types):
+        return step.evaluate(src.data_ptr(), tgt.data_ptr(), y.data_ptr(), B, S, T, s,
+                             token_types=types)["loss"]
+
+    none = loss(0)
+    assert loss(zeros.data_ptr()) == none
+    assert loss(ones.data_ptr()) != none
+    step.run(src.data_ptr(), tgt.data_ptr(), y.data_ptr(), B, S, T, s, token_types=ones.data_ptr())
+    shape = dict(step.parameters())["embed_token_types.weight"]
+    g = read(step, "embed_token_types.weight", shape, torch.float32, grad=True)
+    assert torch.count_nonzero(g[1]) > 0, "the type used got no gradient"
+    assert torch.count_nonzero(g[0]) == 0 and torch.count_nonzero(g[2]) == 0, "unused types did"
+    plain = step_for("fp32")
+    plain.init_parameters(1)
+    with pytest.raises(lightseq.Error, match="no token-type table"):
+        plain.run(src.data_ptr(), tgt.data_ptr(), y.data_ptr(), B, S, T, s,
+                  token_types=ones.data_ptr())
+
