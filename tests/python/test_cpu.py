@@ -141,6 +141,47 @@ def test_unsupported_bert_layers_say_why(kw, reason):
     assert type(model.encoder.layer[0]).__name__ == "BertLayer"
 
 
+# The families whose layers run BertLayer's code (transformers copies it into each).
+BERT_FAMILIES = [("RobertaModel", "RobertaConfig", "RobertaLayer"),
+                 ("XLMRobertaModel", "XLMRobertaConfig", "XLMRobertaLayer"),
+                 ("CamembertModel", "CamembertConfig", "CamembertLayer"),
+                 ("ElectraModel", "ElectraConfig", "ElectraLayer"),
+                 ("Data2VecTextModel", "Data2VecTextConfig", "Data2VecTextLayer")]
+
+
+@pytest.mark.parametrize("model_name,config_name,layer_name", BERT_FAMILIES)
+def test_bert_family_layers_compile_by_their_code(model_name, config_name, layer_name):
+    transformers = pytest.importorskip("transformers")
+    config = getattr(transformers, config_name)(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.05,
+        **({"embedding_size": 64} if config_name == "ElectraConfig" else {}))
+    model = getattr(transformers, model_name)(config)
+    original = type(model.encoder.layer[0])
+    assert original.__name__ == layer_name and _spec.bert_like(model.encoder.layer[0]) == ""
+    lightseq.compile(model)
+    text = lightseq.explain(model)
+    assert text.count(f"({layer_name}): compiled") == 2, text
+    layer = model.encoder.layer[0]
+    assert type(layer).__name__ == "Compiled" + layer_name and isinstance(layer, original)
+
+
+def test_a_bert_shaped_layer_with_other_code_says_why():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    class ScaledLayer(BertLayer):  # BertLayer's parts, another function
+        def forward(self, hidden_states, *args, **kwargs):
+            return BertLayer.forward(self, hidden_states, *args, **kwargs) * 2
+
+    layer = ScaledLayer(small_bert_config())
+    assert "ScaledLayer is shaped like BertLayer, but its own forward is not BertLayer's code" in \
+        _spec.bert_like(layer)
+    lightseq.compile(layer)
+    assert "not compiled: ScaledLayer is shaped like BertLayer" in lightseq.explain(layer)
+    assert type(layer) is ScaledLayer
+
+
 def test_standalone_layer_has_torch_names_and_validates():
     layer = lightseq.nn.TransformerEncoderLayer(64, 4, 128, activation="gelu", norm_first=True)
     ref = nn.TransformerEncoderLayer(64, 4, 128, activation="gelu", norm_first=True, batch_first=True)

@@ -58,14 +58,15 @@ def test_decoder_layer_on_cpu_is_pytorch():
     same_as_pytorch(reference, compiled, x, memory, tgt_mask=causal, tgt_is_causal=True)
 
 
-def test_bert_layer_on_cpu_is_pytorch():
+@pytest.mark.parametrize("family", ["Bert", "Roberta"])
+def test_bert_layer_on_cpu_is_pytorch(family):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(2)
-    config = transformers.BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128,
-                                     num_hidden_layers=2, vocab_size=50)
-    reference = transformers.BertModel(config)
+    config = getattr(transformers, family + "Config")(hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                                                      num_hidden_layers=2, vocab_size=50)
+    reference = getattr(transformers, family + "Model")(config)
     compiled = lightseq.compile(copy.deepcopy(reference))
-    assert type(compiled.encoder.layer[0]).__name__ == "CompiledBertLayer"
+    assert type(compiled.encoder.layer[0]).__name__ == f"Compiled{family}Layer"
     ids = torch.randint(0, 50, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0

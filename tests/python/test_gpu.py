@@ -118,19 +118,21 @@ def test_transformer_encoder_matches_pytorch(dtype, norm_first, activation, batc
     compare_models(reference, compiled, dtype, x, grad_out, ref_kw, kw, peer)
 
 
+@pytest.mark.parametrize("family", ["Bert", "Roberta", "Electra"])  # layers that run BertLayer's code
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_bert_model_matches_transformers(impl, dtype):
+def test_bert_model_matches_transformers(family, impl, dtype):
     transformers = pytest.importorskip("transformers")
     dtype = DTYPES[dtype]
     torch.manual_seed(7)
-    cfg = transformers.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0, attn_implementation=impl)
-    model = transformers.BertModel(cfg).cuda().train()
+    cfg = getattr(transformers, family + "Config")(
+        vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        attn_implementation=impl)
+    model = getattr(transformers, family + "Model")(cfg).cuda().train()
     reference = copy.deepcopy(model).double()
     compiled = lightseq.compile(copy.deepcopy(model).to(dtype))
-    assert lightseq.explain(compiled).count("(BertLayer): compiled") == 2
+    assert lightseq.explain(compiled).count(f"({family}Layer): compiled") == 2
     ids = torch.randint(1, 128, (3, 21), device="cuda")
     attn = torch.ones(3, 21, dtype=torch.long, device="cuda")
     attn[0, 15:] = 0

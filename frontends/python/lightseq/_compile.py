@@ -300,14 +300,14 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
 
 # ---- Hugging Face BertLayer ----------------------------------------------------------------------
 
-_bert_class = None
+_bert_classes = {}  # a BERT-family layer class -> its compiled subclass
 
 
-def _compiled_bert_class():
-    global _bert_class
-    if _bert_class is not None:
-        return _bert_class
-    BertLayer = _spec.bert_layer_class()
+def _compiled_bert_class(BertLayer: type):
+    """The compiled subclass of a layer class that runs BertLayer's code (BertLayer, RobertaLayer,
+    ...): its own forward is the PyTorch fallback."""
+    if BertLayer in _bert_classes:
+        return _bert_classes[BertLayer]
 
     def _weights(self):
         # BertLayer's parameters under the encoder graph's (nn.TransformerEncoderLayer's) names.
@@ -343,12 +343,14 @@ def _compiled_bert_class():
         pad = _bert_padding(self, attention_mask, batch, seq, hidden_states.device)
         return _run(self, state, hidden_states, pad, _weights(self), run_dtype, causal=False)
 
-    _bert_class = type("CompiledBertLayer", (BertLayer,), {
-        "__doc__": "A transformers BertLayer running lightseq's kernels (same parameters).",
-        "__module__": __name__, "forward": forward, "_weights": _weights,
+    name = "Compiled" + BertLayer.__name__
+    cls = type(name, (BertLayer,), {
+        "__doc__": f"A transformers {BertLayer.__name__} running lightseq's kernels (same parameters).",
+        "__module__": __name__, "__qualname__": name, "forward": forward, "_weights": _weights,
         "_dropouts": lambda self: _spec.bert_layer_dropouts(self)})
-    globals()["CompiledBertLayer"] = _bert_class  # so pickle finds it
-    return _bert_class
+    globals()[name] = cls  # so pickle finds it
+    _bert_classes[BertLayer] = cls
+    return cls
 
 
 def _bert_padding(module, mask, batch: int, seq: int, device):
@@ -386,10 +388,12 @@ def _extract(module: nn.Module):
         return CompiledTransformerEncoderLayer, _spec.from_torch_encoder_layer(module)
     if isinstance(module, nn.TransformerDecoderLayer):
         return CompiledTransformerDecoderLayer, _spec.from_torch_decoder_layer(module)
-    bert = _spec.bert_layer_class()
-    if bert is not None and isinstance(module, bert):
-        return _compiled_bert_class(), _spec.from_bert_layer(module)
-    return None
+    why = _spec.bert_like(module)  # BertLayer and the layers that run its code
+    if why is None:
+        return None
+    if why:
+        raise Unsupported(why)
+    return _compiled_bert_class(type(module)), _spec.from_bert_layer(module)
 
 
 def _param_dtype(module: nn.Module) -> torch.dtype:
@@ -410,7 +414,9 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
     Supported: torch.nn.TransformerEncoderLayer (batch_first or not, norm_first, relu/gelu, padding
     masks, causal masks), torch.nn.TransformerDecoderLayer (causal self-attention, target and
     memory padding masks; so nn.Transformer and nn.TransformerDecoder too) and transformers'
-    BertLayer. `dtype` is the dtype the layers run in
+    BertLayer with every layer that runs its code (RobertaLayer, XLMRobertaLayer, CamembertLayer,
+    ElectraLayer, Data2VecTextLayer, ...: checked part by part against BertLayer's source; a layer
+    shaped like it that runs other code is explained, not compiled). `dtype` is the dtype the layers run in
     without autocast (default: their parameters' dtype); under torch.autocast they run in the
     autocast dtype. Kernels are compiled on a layer's first call (or loaded from the disk cache,
     `cache_dir` or the default). explain(model) lists what was replaced and why the rest was not."""
@@ -463,7 +469,8 @@ def explain(model: nn.Module) -> str:
         return "lightseq.compile has not been applied to this model"
     if not report:
         return ("lightseq.compile found no layer it knows (nn.TransformerEncoderLayer, "
-                "nn.TransformerDecoderLayer, BertLayer) in this model")
+                "nn.TransformerDecoderLayer, BertLayer or a layer that runs its code: RobertaLayer, "
+                "XLMRobertaLayer, CamembertLayer, ElectraLayer, ...) in this model")
     lines = []
     for name, kind, replaced, why in report:
         lines.append(f"{name} ({kind}): " + (f"compiled: {why}" if replaced else f"not compiled: {why}"))

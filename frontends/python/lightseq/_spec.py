@@ -2,8 +2,12 @@
 PyTorch module, or the reason it cannot be compiled. Pure Python (no GPU, no extension needed)."""
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import json
+import textwrap
 
 import torch
 import torch.nn.functional as F
@@ -303,10 +307,61 @@ def from_bert_layer(m: nn.Module) -> EncoderConfig:
                          dropout_activation=0.0, dropout_hidden=p_hidden, names=_BERT_NAMES)
 
 
-def bert_layer_class():
-    """transformers' BertLayer, or None when transformers is not installed."""
+def _bert_module():
+    """transformers' modeling_bert, or None when transformers is not installed."""
     try:
-        from transformers.models.bert.modeling_bert import BertLayer
+        from transformers.models.bert import modeling_bert
     except Exception:  # noqa: BLE001 - any import problem means "no BERT support here"
         return None
-    return BertLayer
+    return modeling_bert
+
+
+# A BERT-shaped layer's parts (attribute path, BERT's class): the layer and each part must run
+# exactly BERT's code for the layer to compute BertLayer's function.
+_BERT_PARTS = (("", "BertLayer"), ("attention", "BertAttention"), ("attention.self", "BertSelfAttention"),
+               ("attention.output", "BertSelfOutput"), ("intermediate", "BertIntermediate"),
+               ("output", "BertOutput"))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_code(cls: type):
+    """cls.forward's code with formatting, comments, decorators and its docstring left out (an AST
+    dump), or None when its source cannot be read."""
+    try:
+        f = ast.parse(textwrap.dedent(inspect.getsource(cls.forward))).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return None
+    if not isinstance(f, ast.FunctionDef):
+        return None
+    f.decorator_list = []
+    if f.body and isinstance(f.body[0], ast.Expr) and isinstance(f.body[0].value, ast.Constant) \
+            and isinstance(f.body[0].value.value, str):
+        f.body = f.body[1:]
+    return ast.dump(f, annotate_fields=False)
+
+
+def _part(m: nn.Module, path: str):
+    for name in filter(None, path.split(".")):
+        m = getattr(m, name, None)
+        if not isinstance(m, nn.Module):
+            return None
+    return m
+
+
+def bert_like(m: nn.Module):
+    """For a module shaped like transformers' BertLayer (attention.self, attention.output,
+    intermediate, output): "" when it and each of those parts run exactly BertLayer's code —
+    BertLayer itself and the families that copy it (RobertaLayer, XLMRobertaLayer, CamembertLayer,
+    ElectraLayer, Data2VecTextLayer, ...) — else why not. None for any other module."""
+    if type(m).__name__.startswith("Compiled") or any(_part(m, p) is None for p, _ in _BERT_PARTS[1:]):
+        return None
+    bert = _bert_module()
+    if bert is None:
+        return None
+    for path, name in _BERT_PARTS:
+        part = _part(m, path)
+        if _forward_code(type(part)) != _forward_code(getattr(bert, name)):
+            where = f"its {path} ({type(part).__name__})" if path else "its own"
+            return (f"{type(m).__name__} is shaped like BertLayer, but {where} forward is not "
+                    f"{name}'s code, so lightseq cannot prove it computes the same function")
+    return ""
