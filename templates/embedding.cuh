@@ -64,6 +64,29 @@ __device__ __forceinline__ int64_t type_of(const int64_t* token_types, int64_t r
   return tt >= 0 && tt < n_types ? tt : -1;
 }
 
+// A row of the batch as every embedding kernel sees it: its token, position and type; `bad` when
+// the forward rejects it (a token outside [0, vocab), t >= max_positions, a type outside
+// [0, n_types): a zero row and the flag); `padding` for padding_idx. The one rule: a row has a
+// gradient iff it is neither.
+struct EmbRow {
+  int64_t tok, t, type;
+  bool bad, padding;
+  __device__ __forceinline__ bool has_grad() const { return !bad && !padding; }
+};
+template <PosFrom kPosFrom>
+__device__ __forceinline__ EmbRow embedding_row(const int64_t* tokens, const int64_t* token_types,
+                                                int64_t row, int64_t seq, int64_t vocab,
+                                                int64_t padding_idx, int64_t max_positions,
+                                                int64_t n_types) {
+  EmbRow r;
+  r.tok = tokens[row];
+  r.t = position_of<kPosFrom>(tokens, row, seq, padding_idx);
+  r.type = type_of(token_types, row, n_types);
+  r.bad = r.tok < 0 || r.tok >= vocab || r.t >= max_positions || r.type < 0;
+  r.padding = r.tok == padding_idx;
+  return r;
+}
+
 // embedding_fwd_kernel — e = token_table[tok] * scale + P[t] (t = position_of<kPosFrom>: row %
 //   seq, or fairseq's count over non-padding tokens; Pos::kSinusoidal:
 //   Fairseq layout, Pos::kLearned: pos_table[t], Pos::kNone: nothing) (+ type_table[type] when
@@ -107,15 +130,15 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x / kTpr;
   const bool in_range = row < batch * seq;
   const int64_t base = row * kHidden;
-  const int64_t t = in_range ? position_of<kPosFrom>(tokens, row, seq, padding_idx) : 0;
-  const int64_t tok = in_range ? tokens[row] : padding_idx;
-  const int64_t type = in_range ? type_of(token_types, row, n_types) : 0;
-  const bool bad = in_range && (tok < 0 || tok >= vocab || t >= max_positions || type < 0);
-  if (bad && tid == 0) *bad_token = 1;
-  if (in_range && tid == 0 && pad_mask != nullptr) pad_mask[row] = tok == padding_idx ? 1 : 0;
+  const EmbRow er = in_range ? embedding_row<kPosFrom>(tokens, token_types, row, seq, vocab,
+                                                       padding_idx, max_positions, n_types)
+                             : EmbRow{padding_idx, 0, 0, false, true};
+  const int64_t t = er.t, tok = er.tok, type = er.type;
+  if (er.bad && tid == 0) *bad_token = 1;
+  if (in_range && tid == 0 && pad_mask != nullptr) pad_mask[row] = er.padding ? 1 : 0;
   // Rows that get the LN: in range, a valid non-padding token. The others write zero rows; they
   // leave early unless their warps share the LN's barriers with other rows of the block.
-  const bool active = in_range && !bad && tok != padding_idx;
+  const bool active = in_range && er.has_grad();
   if (in_range && !active) {
     const Vec<T, kVec> zero = {};
     for (int v = tid; v < kNvec; v += kTpr) {
@@ -245,10 +268,9 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
   float* part = partials + static_cast<int64_t>(blockIdx.x) * 2 * kHidden;
   // Rows with a gradient (the forward's active rows).
   auto has_grad = [&](int64_t row) {
-    const int64_t tok = tokens[row];
-    if (tok < 0 || tok >= vocab || tok == padding_idx) return false;
-    if (type_of(token_types, row, n_types) < 0) return false;
-    return position_of<kPosFrom>(tokens, row, seq, padding_idx) < max_positions;
+    return embedding_row<kPosFrom>(tokens, token_types, row, seq, vocab, padding_idx, max_positions,
+                                   n_types)
+        .has_grad();
   };
 
   if constexpr (ln_bwd_cached(kHidden, kVec)) {

@@ -36,13 +36,10 @@ template <Key kKey, PosFrom kPosFrom>
 __device__ __forceinline__ int row_key(const int64_t* tokens, const int64_t* token_types,
                                        int64_t row, int64_t seq, int64_t vocab, int64_t padding_idx,
                                        int64_t max_positions, int64_t n_types) {
-  const int64_t tok = tokens[row];
-  if (tok < 0 || tok >= vocab || tok == padding_idx) return -1;
-  const int64_t type = type_of(token_types, row, n_types);
-  if (type < 0) return -1;
-  const int64_t t = position_of<kPosFrom>(tokens, row, seq, padding_idx);
-  if (t >= max_positions) return -1;
-  return static_cast<int>(kKey == Key::kToken ? tok : kKey == Key::kPosition ? t : type);
+  const EmbRow r = embedding_row<kPosFrom>(tokens, token_types, row, seq, vocab, padding_idx,
+                                           max_positions, n_types);
+  if (!r.has_grad()) return -1;
+  return static_cast<int>(kKey == Key::kToken ? r.tok : kKey == Key::kPosition ? r.t : r.type);
 }
 
 // embedding_group_count_kernel — keys[row] = row_key(row); groups.counts[key] += 1.

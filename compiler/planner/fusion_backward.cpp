@@ -41,13 +41,7 @@ void emit_embedding_backward(State& s, const Match& m, Dim batch) {
   const Op* dropout_op = m[0] ? &s.op(*m[0]) : nullptr;
   const auto pos_from = tv("kPosFrom", pos_from_of(attrs.positions_from));
   const auto drop = on_off<kern::Drop>("kDrop", m[0].has_value());
-  const Scalars rows_scalars{
-      {"batch", ScalarArg::size(batch)},
-      {"seq", ScalarArg::size(seq)},
-      {"vocab", ScalarArg::constant(static_cast<double>(attrs.vocab))},
-      {"padding_idx", ScalarArg::constant(static_cast<double>(attrs.padding_idx))},
-      {"max_positions", ScalarArg::constant(static_cast<double>(attrs.max_positions))},
-      {"n_types", ScalarArg::constant(static_cast<double>(attrs.token_types))}};
+  const Scalars rows_scalars = embedding_row_scalars(attrs, batch, seq);
   if (m[0]) mark_internal(s, {m[0]});
   // What the sums read: grad_out, and with a LayerNorm its saved input, statistics and gamma plus
   // the per-row backward statistics.

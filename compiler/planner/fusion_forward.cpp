@@ -143,56 +143,51 @@ void add_forward_rules(std::vector<Rule>& r) {
                        {"out", m[2] ? out0(s, m[2]) : out0(s, m[1])}},
                       {{"rows", ScalarArg::size(rows_of(s, b.inputs[0]))}});
                }});
-  r.push_back(
-      {"embedding + layernorm + dropout",
-       {{K::kEmbedding, false}, {K::kLayerNorm, true}, {K::kDropout, true}},
-       {},
-       [B](State& s, const Match& m) {
-         const Op& e = s.op(*m[0]);
-         const bool learned = e.attrs.learned_positions, typed = e.attrs.token_types > 0;
-         const size_t types_at = learned ? 3 : 2;  // inputs: tokens, table, [pos], [types, table]
-         Args args{{"tokens", e.inputs[0]},
-                   {"token_table", e.inputs[1]},
-                   {"pos_table", learned ? e.inputs[2] : -1},
-                   {"token_types", typed ? e.inputs[types_at] : -1},
-                   {"type_table", typed ? e.inputs[types_at + 1] : -1},
-                   {"bad_token", e.outputs[1]},
-                   {"pad_mask", e.outputs.size() > 2 ? e.outputs[2] : -1}};
-         int last = out0(s, m[0]);
-         double eps = 0;
-         if (m[1]) {
-           const Op& ln = s.op(*m[1]);
-           args.insert({{"gamma", ln.inputs[1]},
-                        {"beta", ln.inputs[2]},
-                        {"sum_out", last},
-                        {"mean", ln.outputs[1]},
-                        {"rstd", ln.outputs[2]}});
-           last = ln.outputs[0];
-           eps = ln.attrs.eps;
-         }
-         if (m[2]) {
-           s.internal.insert(last);
-           last = out0(s, m[2]);
-         }
-         args["out"] = last;
-         const Dim seq = s.g.tensor(e.inputs[0]).shape[1];
-         emit(s, m,
-              instantiate(sig::kEmbeddingFwd, s.precision,
-                          {{"kHidden", cols_of(s, e.inputs[1])},
-                           tv("kPos", pos_of(learned)),
-                           tv("kPosFrom", pos_from_of(e.attrs.positions_from)),
-                           on_off<Norm>("kNorm", m[1].has_value()),
-                           on_off<Drop>("kDrop", m[2].has_value())}),
-              args,
-              {{"batch", ScalarArg::size(B)},
-               {"seq", ScalarArg::size(seq)},
-               {"vocab", ScalarArg::constant(static_cast<double>(e.attrs.vocab))},
-               {"padding_idx", ScalarArg::constant(static_cast<double>(e.attrs.padding_idx))},
-               {"max_positions", ScalarArg::constant(static_cast<double>(e.attrs.max_positions))},
-               {"n_types", ScalarArg::constant(static_cast<double>(e.attrs.token_types))},
-               {"scale", ScalarArg::constant(e.attrs.scale)},
-               {"eps", ScalarArg::constant(eps)}});
-       }});
+  r.push_back({"embedding + layernorm + dropout",
+               {{K::kEmbedding, false}, {K::kLayerNorm, true}, {K::kDropout, true}},
+               {},
+               [B](State& s, const Match& m) {
+                 const Op& e = s.op(*m[0]);
+                 const bool learned = e.attrs.learned_positions, typed = e.attrs.token_types > 0;
+                 const size_t types_at =
+                     learned ? 3 : 2;  // inputs: tokens, table, [pos], [types, table]
+                 Args args{{"tokens", e.inputs[0]},
+                           {"token_table", e.inputs[1]},
+                           {"pos_table", learned ? e.inputs[2] : -1},
+                           {"token_types", typed ? e.inputs[types_at] : -1},
+                           {"type_table", typed ? e.inputs[types_at + 1] : -1},
+                           {"bad_token", e.outputs[1]},
+                           {"pad_mask", e.outputs.size() > 2 ? e.outputs[2] : -1}};
+                 int last = out0(s, m[0]);
+                 double eps = 0;
+                 if (m[1]) {
+                   const Op& ln = s.op(*m[1]);
+                   args.insert({{"gamma", ln.inputs[1]},
+                                {"beta", ln.inputs[2]},
+                                {"sum_out", last},
+                                {"mean", ln.outputs[1]},
+                                {"rstd", ln.outputs[2]}});
+                   last = ln.outputs[0];
+                   eps = ln.attrs.eps;
+                 }
+                 if (m[2]) {
+                   s.internal.insert(last);
+                   last = out0(s, m[2]);
+                 }
+                 args["out"] = last;
+                 const Dim seq = s.g.tensor(e.inputs[0]).shape[1];
+                 Scalars scalars = embedding_row_scalars(e.attrs, B, seq);
+                 scalars.insert({{"scale", ScalarArg::constant(e.attrs.scale)},
+                                 {"eps", ScalarArg::constant(eps)}});
+                 emit(s, m,
+                      instantiate(sig::kEmbeddingFwd, s.precision,
+                                  {{"kHidden", cols_of(s, e.inputs[1])},
+                                   tv("kPos", pos_of(learned)),
+                                   tv("kPosFrom", pos_from_of(e.attrs.positions_from)),
+                                   on_off<Norm>("kNorm", m[1].has_value()),
+                                   on_off<Drop>("kDrop", m[2].has_value())}),
+                      args, scalars);
+               }});
   r.push_back(
       {"cross-entropy forward + backward",
        {{K::kCrossEntropy, false}},

@@ -52,6 +52,9 @@ void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_o
 kern::Act act_of(Activation a);
 kern::Pos pos_of(bool learned);
 kern::PosFrom pos_from_of(PositionsFrom p);
+// The scalars every embedding kernel's row rule reads (embedding.cuh's embedding_row): batch, seq,
+// vocab, padding_idx, max_positions, n_types, from the embedding op's attributes.
+Scalars embedding_row_scalars(const OpAttrs& a, Dim batch, Dim seq);
 
 // The rules, longest first within each direction.
 void add_forward_rules(std::vector<Rule>& r);

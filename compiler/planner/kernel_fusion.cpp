@@ -186,6 +186,16 @@ kern::PosFrom pos_from_of(PositionsFrom p) {
   return p == PositionsFrom::kTokens ? kern::PosFrom::kTokens : kern::PosFrom::kIndex;
 }
 
+Scalars embedding_row_scalars(const OpAttrs& a, Dim batch, Dim seq) {
+  auto constant = [](int64_t v) { return ScalarArg::constant(static_cast<double>(v)); };
+  return {{"batch", ScalarArg::size(batch)},
+          {"seq", ScalarArg::size(seq)},
+          {"vocab", constant(a.vocab)},
+          {"padding_idx", constant(a.padding_idx)},
+          {"max_positions", constant(a.max_positions)},
+          {"n_types", constant(a.token_types)}};
+}
+
 const std::vector<Rule>& rules() {
   static const std::vector<Rule> r = [] {
     std::vector<Rule> all;
