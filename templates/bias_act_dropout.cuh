@@ -24,7 +24,6 @@ __global__ void __launch_bounds__(kElementwiseThreads)
     bias_act_dropout_fwd_kernel(const T* x, const T* bias, T* out, int64_t rows, DropoutArgs drop) {
   static_assert(kCols > 0 && kVec >= 1 && kCols % kVec == 0, "kVec must divide kCols");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
-  static_assert(kAct == Act::kNone || kAct == Act::kRelu || kAct == Act::kGelu, "Act");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
   drop = load_dropout_state(drop);
   constexpr int kNvc = kCols / kVec;
@@ -63,7 +62,6 @@ __global__ void __launch_bounds__(bad_bwd_block(kCols, kVec))
                                 float* partials, int64_t rows, DropoutArgs drop) {
   static_assert(kCols > 0 && kVec >= 1 && kCols % kVec == 0, "kVec must divide kCols");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
-  static_assert(kAct == Act::kNone || kAct == Act::kRelu || kAct == Act::kGelu, "Act");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
   drop = load_dropout_state(drop);
   constexpr int kNvc = kCols / kVec;

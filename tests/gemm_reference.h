@@ -18,6 +18,7 @@
 #include "compiler/planner/plan.h"
 #include "runtime/gemm.h"
 #include "tests/gpu_test_util.h"
+#include "tests/reference/kernels.h"
 
 namespace lightseq::test {
 
@@ -63,20 +64,11 @@ inline bool bgrad_epilogue(Epilogue e) {
   return e == Epilogue::kDReluBGrad || e == Epilogue::kDGeluBGrad || e == Epilogue::kBGradA;
 }
 
-inline double gelu_tanh(double x) {
-  const double c = std::sqrt(2.0 / std::numbers::pi);
-  return 0.5 * x * (1.0 + std::tanh(c * (x + 0.044715 * x * x * x)));
-}
-inline double dgelu_tanh(double x) {
-  const double c = std::sqrt(2.0 / std::numbers::pi);
-  const double t = std::tanh(c * (x + 0.044715 * x * x * x));
-  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x);
-}
-inline double gelu_erf(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
-inline double dgelu_erf(double x) {
-  return 0.5 * (1.0 + std::erf(x / std::sqrt(2.0))) +
-         x * std::exp(-0.5 * x * x) / std::sqrt(2.0 * std::numbers::pi);
-}
+// The two GELU forms, from the kernels' float64 reference (tests/reference/kernels.h).
+inline double gelu_tanh(double x) { return ref::activate(kern::Act::kGeluTanh, x); }
+inline double dgelu_tanh(double x) { return ref::activate_grad(kern::Act::kGeluTanh, x); }
+inline double gelu_erf(double x) { return ref::activate(kern::Act::kGelu, x); }
+inline double dgelu_erf(double x) { return ref::activate_grad(kern::Act::kGelu, x); }
 
 // Host buffers of one case. Element (b, i, j) of D lives at d[b·sd + i·ldd + j].
 struct HostProblem {

@@ -172,6 +172,15 @@ std::vector<Case> all_cases() {
     out.push_back({256, 4, 1024, NormPlacement::kPre, Activation::kGelu, p, 2, 77, false, true});
     out.push_back({256, 4, 1024, NormPlacement::kPost, Activation::kRelu, p, 3, 20, true, true});
   }
+  // GPT-2's block: pre-LN, causal, tanh GELU (bias + GELU in cuBLASLt's epilogue)
+  for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16}) {
+    for (bool pad : {false, true}) {
+      out.push_back(
+          {768, 12, 3072, NormPlacement::kPre, Activation::kGeluTanh, p, 2, 64, pad, true});
+    }
+  }
+  out.push_back(
+      {64, 4, 128, NormPlacement::kPost, Activation::kGeluTanh, Precision::kBf16, 3, 77, true});
   return out;
 }
 

@@ -24,10 +24,9 @@ struct Variant {
   Activation act;
   bool dropout;
 };
-const Variant kVariants[] = {{Activation::kRelu, false},
-                             {Activation::kRelu, true},
-                             {Activation::kGelu, false},
-                             {Activation::kGelu, true}};
+const Variant kVariants[] = {{Activation::kRelu, false},     {Activation::kRelu, true},
+                             {Activation::kGelu, false},     {Activation::kGelu, true},
+                             {Activation::kGeluTanh, false}, {Activation::kGeluTanh, true}};
 struct Size {
   int64_t cols, rows;
 };
@@ -35,7 +34,7 @@ const Size kSizes[] = {{8, 1},    {8, 16901}, {1000, 7}, {1000, 513}, {2048, 77}
                        {3072, 1}, {3072, 77}, {4096, 7}, {4096, 77}};
 const int64_t kCols[] = {8, 1000, 2048, 3072, 4096};
 
-Act act_of(Activation a) { return a == Activation::kRelu ? Act::kRelu : Act::kGelu; }
+using planner::fusion::act_of;
 std::string variant_name(const Variant& v) {
   return std::string(to_string(v.act)) + (v.dropout ? "_drop" : "");
 }

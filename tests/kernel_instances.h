@@ -9,6 +9,7 @@
 #include "attention.sig.cuh"
 #include "bias_act_dropout.sig.cuh"
 #include "compiler/ir/kernel.h"
+#include "compiler/planner/fusion_rules.h"
 #include "cross_entropy.sig.cuh"
 #include "embedding.sig.cuh"
 #include "embedding_grad.sig.cuh"
@@ -49,9 +50,7 @@ struct Embedding {
   PositionsFrom from = PositionsFrom::kIndex;
 };
 
-inline kern::Act act(Activation a) {
-  return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu;
-}
+inline kern::Act act(Activation a) { return planner::fusion::act_of(a); }
 inline kern::Pos pos(PositionKind p) {
   return p == PositionKind::kLearned ? kern::Pos::kLearned : kern::Pos::kSinusoidal;
 }

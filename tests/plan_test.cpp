@@ -115,11 +115,13 @@ TEST_P(PlanVariants, CoversEveryOpAndChoosesEpilogues) {
   const GemmStep* ffn1 = find_gemm(lp.forward, "ffn.linear1");
   const GemmStep* ffn2_dgrad = find_gemm(lp.backward, "ffn.linear2_dgrad");
   ASSERT_TRUE(ffn1 && ffn2_dgrad);
-  if (v.dropout == 0 && v.act == Activation::kRelu) {
-    // No activation dropout: bias + ReLU ride in the GEMM epilogue, and the backward uses the
-    // d-ReLU + bias-gradient epilogue with the forward's bit mask.
-    EXPECT_EQ(ffn1->epilogue, Epilogue::kReluAuxBias);
-    EXPECT_EQ(ffn2_dgrad->epilogue, Epilogue::kDReluBGrad);
+  if (v.dropout == 0 && v.act != Activation::kGelu) {
+    // No activation dropout: bias + ReLU (or the tanh GELU) ride in the GEMM epilogue, and the
+    // backward uses the d-activation + bias-gradient epilogue with the forward's aux (ReLU's bit
+    // mask, GELU's pre-activation).
+    const bool relu = v.act == Activation::kRelu;
+    EXPECT_EQ(ffn1->epilogue, relu ? Epilogue::kReluAuxBias : Epilogue::kGeluAuxBias);
+    EXPECT_EQ(ffn2_dgrad->epilogue, relu ? Epilogue::kDReluBGrad : Epilogue::kDGeluBGrad);
     EXPECT_EQ(ffn2_dgrad->aux, ffn1->aux);
   } else {
     // Dropout after the activation, or exact GELU (cuBLASLt's GELU epilogue is the tanh form):
@@ -151,7 +153,7 @@ std::vector<Variant> all_variants() {
   std::vector<Variant> out;
   for (LayerKind k : {LayerKind::kEncoder, LayerKind::kDecoder}) {
     for (NormPlacement n : {NormPlacement::kPost, NormPlacement::kPre}) {
-      for (Activation a : {Activation::kRelu, Activation::kGelu}) {
+      for (Activation a : kActivations) {
         for (double p : {0.0, 0.1}) {
           out.push_back({k, n, a, p, false});
           if (k == LayerKind::kEncoder) out.push_back({k, n, a, p, true});

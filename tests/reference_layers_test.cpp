@@ -34,7 +34,7 @@ void PrintTo(const Variant& v, std::ostream* os) { *os << name_of(v); }
 std::vector<Variant> all_variants() {
   std::vector<Variant> out;
   for (NormPlacement n : {NormPlacement::kPost, NormPlacement::kPre}) {
-    for (Activation a : {Activation::kRelu, Activation::kGelu}) {
+    for (Activation a : kActivations) {
       for (bool causal : {false, true}) {
         for (bool padding : {false, true}) out.push_back({n, a, causal, padding});
       }

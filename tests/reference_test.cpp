@@ -206,7 +206,7 @@ TEST(ReferenceKernels, BiasActivationDropoutBackwardIsTheGradientOfTheForward) {
   Rng rng(fixed_seed(2));
   const int64_t rows = 4, cols = 6;
   const DropoutArgs d = kern::make_dropout_args(9, 1, 0.3);
-  for (kern::Act act : {kern::Act::kRelu, kern::Act::kGelu}) {
+  for (kern::Act act : {kern::Act::kRelu, kern::Act::kGelu, kern::Act::kGeluTanh}) {
     for (kern::Drop drop : {kern::Drop::kOff, kern::Drop::kOn}) {
       Vec x = rng.uniform_vec(rows * cols, -2, 2), bias = rng.uniform_vec(cols, -1, 1);
       const Vec G = rng.uniform_vec(rows * cols, -1, 1);
@@ -217,6 +217,9 @@ TEST(ReferenceKernels, BiasActivationDropoutBackwardIsTheGradientOfTheForward) {
     }
   }
   EXPECT_EQ(activate(kern::Act::kGelu, 1.0), 0.5 * (1 + std::erf(M_SQRT1_2)));
+  EXPECT_NEAR(activate(kern::Act::kGeluTanh, 1.0), 0.8411919906,
+              1e-10);  // torch, approximate='tanh'
+  EXPECT_NEAR(activate(kern::Act::kGeluTanh, -2.0), -0.0454023059, 1e-10);
   EXPECT_EQ(activate_grad(kern::Act::kRelu, 0.0), 0.0);
 }
 

@@ -482,7 +482,8 @@ const std::vector<BadSpec> kBadSpecs = {
       "it"}},
     {"activation_case",
      {{R"("count": 2)", R"("count": 2, "activation": "GELU")"}},
-     {"layers[0].activation = \"GELU\": must be one of \"relu\", \"gelu\"; did you mean "
+     {"layers[0].activation = \"GELU\": must be one of \"relu\", \"gelu\", \"gelu_tanh\"; did you "
+      "mean "
       "\"gelu\"?"}},
     {"norm_unknown",
      {{R"("norm": "pre")", R"("norm": "after")"}},

@@ -1,6 +1,8 @@
 // gemm_epilogues.cpp — pass 1: what each GEMM absorbs into its cuBLASLt epilogue.
 #include <fmt/format.h>
 
+#include <optional>
+
 #include "compiler/errors.h"
 #include "compiler/planner/passes.h"
 
@@ -21,10 +23,18 @@ void absorb(State& s, GemmStep& step, int op) {
   step.fused_ops.push_back(s.op(op).name);
 }
 
-// gemm → bias_add → ReLU with no dropout after it: bias + ReLU epilogue with its bit-mask aux.
-// GELU stays in a generated kernel: cuBLASLt's GELU epilogue is the tanh approximation, and the
-// spec's GELU is the exact erf form (PyTorch's default); they differ by up to ~5e-4.
-// A bias that no kernel rule can take goes into a plain bias epilogue.
+// The cuBLASLt epilogue computing bias + `a` with an aux for its backward, if it has one: ReLU
+// (aux: its bit mask) and the tanh GELU (aux: the pre-activation). The exact (erf) GELU has none:
+// cuBLASLt's GELU epilogue is the tanh approximation, which differs from it by up to ~5e-4, so it
+// stays in a generated kernel.
+std::optional<Epilogue> bias_act_epilogue(Activation a) {
+  if (a == Activation::kRelu) return Epilogue::kReluAuxBias;
+  if (a == Activation::kGeluTanh) return Epilogue::kGeluAuxBias;
+  return std::nullopt;
+}
+
+// gemm → bias_add → activation with no dropout after it: a bias + activation epilogue with its
+// aux (bias_act_epilogue). A bias that no kernel rule can take goes into a plain bias epilogue.
 void forward_epilogue(State& s, GemmStep& step) {
   const auto cons = s.live_consumers(step.d);
   if (cons.size() != 1 || s.op(cons[0]).kind != OpKind::kBiasAdd ||
@@ -34,13 +44,15 @@ void forward_epilogue(State& s, GemmStep& step) {
   const int bias_op = cons[0];
   const int biased = s.op(bias_op).outputs[0];
   const auto act = s.live_consumers(biased);
-  if (act.size() == 1 && s.op(act[0]).kind == OpKind::kActivation &&
-      s.op(act[0]).attrs.activation == Activation::kRelu) {
+  const auto epilogue = act.size() == 1 && s.op(act[0]).kind == OpKind::kActivation
+                            ? bias_act_epilogue(s.op(act[0]).attrs.activation)
+                            : std::nullopt;
+  if (epilogue) {
     const int act_out = s.op(act[0]).outputs[0];
     bool dropout_follows = false;
     for (int c : s.live_consumers(act_out)) dropout_follows |= s.op(c).kind == OpKind::kDropout;
     if (!dropout_follows) {
-      step.epilogue = Epilogue::kReluAuxBias;
+      step.epilogue = *epilogue;
       step.bias = s.op(bias_op).inputs[1];
       step.aux = biased;
       s.internal.insert(step.d);
@@ -76,6 +88,9 @@ void backward_activation_epilogue(State& s, GemmStep& step) {
   if (bias_grad_op < 0) return;
   step.epilogue =
       ag.attrs.activation == Activation::kRelu ? Epilogue::kDReluBGrad : Epilogue::kDGeluBGrad;
+  if (ag.attrs.activation == Activation::kGelu) {
+    throw InternalError(fmt::format("{}: the erf GELU has no cuBLASLt epilogue", ag.name));
+  }
   step.aux = aux->second;
   s.internal.insert(step.d);
   step.d = ag.outputs[0];

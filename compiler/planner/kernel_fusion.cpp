@@ -179,7 +179,15 @@ void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_o
 }
 
 kern::Act act_of(Activation a) {
-  return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu;
+  switch (a) {
+    case Activation::kRelu:
+      return kern::Act::kRelu;
+    case Activation::kGelu:
+      return kern::Act::kGelu;
+    case Activation::kGeluTanh:
+      return kern::Act::kGeluTanh;
+  }
+  throw InternalError(fmt::format("act_of: unknown activation {}", static_cast<int>(a)));
 }
 kern::Pos pos_of(bool learned) { return learned ? kern::Pos::kLearned : kern::Pos::kSinusoidal; }
 kern::PosFrom pos_from_of(PositionsFrom p) {

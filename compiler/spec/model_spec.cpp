@@ -43,6 +43,8 @@ std::string_view to_string(Activation a) {
       return "relu";
     case Activation::kGelu:
       return "gelu";
+    case Activation::kGeluTanh:
+      return "gelu_tanh";
   }
   bad_enum("Activation", static_cast<int>(a));
 }

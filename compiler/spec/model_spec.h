@@ -6,6 +6,7 @@
 // they are run-time arguments, so a new shape never recompiles.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -16,7 +17,10 @@ namespace lightseq {
 
 enum class Precision { kFp32, kFp16, kBf16 };
 enum class NormPlacement { kPre, kPost };
-enum class Activation { kRelu, kGelu };
+// kGelu: the exact (erf) GELU; kGeluTanh: its tanh approximation (GPT-2).
+enum class Activation { kRelu, kGelu, kGeluTanh };
+inline constexpr std::array kActivations{Activation::kRelu, Activation::kGelu,
+                                         Activation::kGeluTanh};
 enum class PositionKind { kSinusoidal, kLearned };
 // Which position a token gets: its index in the sequence (0, 1, ...), or (fairseq's
 // make_positions) padding_idx + the count of non-padding tokens up to and including it.
@@ -27,7 +31,7 @@ enum class CriterionKind { kCrossEntropy };
 
 std::string_view to_string(Precision p);      // "fp32", "fp16", "bf16"
 std::string_view to_string(NormPlacement n);  // "pre", "post"
-std::string_view to_string(Activation a);     // "relu", "gelu"
+std::string_view to_string(Activation a);     // "relu", "gelu", "gelu_tanh"
 std::string_view to_string(PositionKind p);   // "sinusoidal", "learned"
 std::string_view to_string(PositionsFrom p);  // "index", "tokens"
 std::string_view to_string(LayerKind k);      // "encoder", "decoder"

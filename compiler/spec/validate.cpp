@@ -11,6 +11,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "compiler/spec/rules.h"
 
@@ -192,9 +193,11 @@ class Validator {
     }
     check_heads(s, at, hidden_ok);
     check_width(at + ".ffn", s.ffn, kMaxFfn);
-    if (s.activation != Activation::kRelu && s.activation != Activation::kGelu) {
+    if (std::ranges::find(kActivations, s.activation) == kActivations.end()) {
+      std::vector<std::string_view> names;
+      for (Activation a : kActivations) names.push_back(to_string(a));
       add(at + ".activation", show(static_cast<int64_t>(s.activation)),
-          "must be \"relu\" or \"gelu\"");
+          fmt::format("must be one of \"{}\"", fmt::join(names, "\", \"")));
     }
     if (s.norm != NormPlacement::kPre && s.norm != NormPlacement::kPost) {
       add(at + ".norm", show(static_cast<int64_t>(s.norm)), "must be \"pre\" or \"post\"");

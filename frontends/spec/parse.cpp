@@ -243,8 +243,8 @@ class SpecReader {
   }
 
   template <typename E>
-  bool read_enum(const JsonNode& n, const std::string& path, std::initializer_list<E> values,
-                 E& out) {
+  // `values` is a non-deduced context: E comes from `out`, so a braced list converts.
+  bool read_enum(const JsonNode& n, const std::string& path, const std::vector<E>& values, E& out) {
     std::vector<std::string_view> names;
     for (E v : values) names.push_back(to_string(v));
     const std::string choices = fmt::format("\"{}\"", fmt::join(names, "\", \""));
@@ -339,7 +339,7 @@ class SpecReader {
                   [&](auto& n, auto& p) { read_int(n, p, s.ffn); }},
                  {"activation", Need::kOptional, "",
                   [&](auto& n, auto& p) {
-                    read_enum(n, p, {Activation::kRelu, Activation::kGelu}, s.activation);
+                    read_enum(n, p, {kActivations.begin(), kActivations.end()}, s.activation);
                   }},
                  {"norm", Need::kOptional, "",
                   [&](auto& n, auto& p) {

@@ -18,8 +18,10 @@
 #define LIGHTSEQ_ENUM_ResidualIn(X) X(kOff, "off") X(kOn, "on")
 // ln_bwd: whether grad_branch (and its bias-gradient partials) is produced.
 #define LIGHTSEQ_ENUM_BranchOut(X) X(kOff, "off") X(kOn, "on")
-// Activation of bias_act_dropout. kGelu is the exact erf form (PyTorch's default).
-#define LIGHTSEQ_ENUM_Act(X) X(kNone, "none") X(kRelu, "relu") X(kGelu, "gelu")
+// Activation of bias_act_dropout. kGelu is the exact erf form (PyTorch's default), kGeluTanh the
+// tanh approximation (GPT-2's "gelu_new", nn.GELU(approximate="tanh")).
+#define LIGHTSEQ_ENUM_Act(X) \
+  X(kNone, "none") X(kRelu, "relu") X(kGelu, "gelu") X(kGeluTanh, "gelu_tanh")
 // split_heads: whether the QKV bias is added.
 #define LIGHTSEQ_ENUM_BiasAdd(X) X(kOff, "off") X(kOn, "on")
 // merge_heads: whether column sums (a bias gradient) are written as partials.

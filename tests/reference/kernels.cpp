@@ -116,6 +116,8 @@ double activate(Act act, double x) {
       return x > 0 ? x : 0.0;
     case Act::kGelu:
       return 0.5 * x * (1.0 + std::erf(x * M_SQRT1_2));
+    case Act::kGeluTanh:
+      return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
   }
   return std::numeric_limits<double>::quiet_NaN();
 }
@@ -129,6 +131,11 @@ double activate_grad(Act act, double x) {
     case Act::kGelu:
       return 0.5 * (1.0 + std::erf(x * M_SQRT1_2)) +
              x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI);
+    case Act::kGeluTanh: {
+      const double c = std::sqrt(2.0 / M_PI);
+      const double t = std::tanh(c * (x + 0.044715 * x * x * x));
+      return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * x * x);
+    }
   }
   return std::numeric_limits<double>::quiet_NaN();
 }

@@ -50,7 +50,7 @@ void layernorm_bwd_row(const double* g, const double* z, double mean, double rst
                        double* dbeta);
 
 // ---- bias_act_dropout.cuh -----------------------------------------------------------------------
-double activate(kern::Act act, double x);       // ReLU, exact erf GELU, identity
+double activate(kern::Act act, double x);       // ReLU, exact erf GELU, tanh GELU, identity
 double activate_grad(kern::Act act, double x);  // relu'(0) = 0; gelu' = Φ(x) + x·φ(x)
 // out = dropout(act(x + bias)).
 Vec bias_act_dropout_fwd(const Vec& x, const Vec& bias, int64_t rows, int64_t cols, kern::Act act,

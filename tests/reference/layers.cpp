@@ -4,6 +4,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "compiler/planner/fusion_rules.h"
 #include "tests/reference/dtype.h"
 #include "tests/reference/kernels.h"
 
@@ -68,9 +69,7 @@ Vec norm_bwd(const Vec& dy, int64_t n, int64_t h, const NormParams& p, const Nor
   return dx;
 }
 
-kern::Act act_of(Activation a) {
-  return a == Activation::kRelu ? kern::Act::kRelu : kern::Act::kGelu;
-}
+using planner::fusion::act_of;  // the spec activation → the kernels' Act, as the planner maps it
 
 // ---- multi-head attention ---------------------------------------------------------------------
 struct AttnShape {
