@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lightseq
-from lightseq import _spec
+from lightseq import _hf, _spec
 
 
 def encoder(hidden=64, heads=4, ffn=128, **kw):
@@ -18,7 +18,8 @@ def encoder(hidden=64, heads=4, ffn=128, **kw):
 
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("activation,name", [("relu", "relu"), ("gelu", "gelu"), (torch.nn.functional.gelu, "gelu"),
-                                             (torch.nn.functional.relu, "relu")])
+                                             (torch.nn.functional.relu, "relu"),
+                                             (torch.nn.GELU(approximate="tanh"), "gelu_tanh")])
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_torch_encoder_layer_config(norm_first, activation, name, batch_first):
     m = encoder(96, 6, 200, dropout=0.25, activation=activation, norm_first=norm_first, layer_norm_eps=1e-6,
@@ -49,7 +50,7 @@ def test_dropouts_read_from_each_module():
     (lambda: encoder(64, 16, 128), "head dimension 4"),
     (lambda: encoder(64, 4, 100), "feed-forward size 100"),
     (lambda: encoder(bias=False), "bias"),
-    (lambda: encoder(activation=nn.GELU(approximate="tanh")), "approximate='tanh'"),
+    (lambda: encoder(activation=nn.SiLU()), "activation SiLU()"),
     (lambda: encoder(activation=torch.tanh), "activation"),
     (lambda: encoder().to(torch.float64), "float64"),
 ])
@@ -122,7 +123,7 @@ def small_bert_config(**kw):
 def test_bert_layer_config_and_compile():
     from transformers import BertModel
     model = BertModel(small_bert_config())
-    c = _spec.from_bert_layer(model.encoder.layer[0])
+    c = _hf.FAMILIES[0].config(model.encoder.layer[0])
     assert (c.hidden, c.heads, c.ffn, c.norm, c.activation, c.eps) == (64, 4, 128, "post", "gelu", 1e-12)
     assert (c.dropout_attention, c.dropout_activation, c.dropout_hidden) == (0.05, 0.0, 0.1)
     lightseq.compile(model)
@@ -131,7 +132,7 @@ def test_bert_layer_config_and_compile():
     assert "encoder.layer.0" in text
 
 
-@pytest.mark.parametrize("kw,reason", [({"hidden_act": "gelu_new"}, "hidden_act 'gelu_new'"),
+@pytest.mark.parametrize("kw,reason", [({"hidden_act": "quick_gelu"}, "hidden_act 'quick_gelu'"),
                                        ({"hidden_size": 60, "num_attention_heads": 6}, "hidden size 60")])
 def test_unsupported_bert_layers_say_why(kw, reason):
     from transformers import BertModel
@@ -158,7 +159,7 @@ def test_bert_family_layers_compile_by_their_code(model_name, config_name, layer
         **({"embedding_size": 64} if config_name == "ElectraConfig" else {}))
     model = getattr(transformers, model_name)(config)
     original = type(model.encoder.layer[0])
-    assert original.__name__ == layer_name and _spec.bert_like(model.encoder.layer[0]) == ""
+    assert original.__name__ == layer_name and _hf.match(model.encoder.layer[0])[1] == ""
     lightseq.compile(model)
     text = lightseq.explain(model)
     assert text.count(f"({layer_name}): compiled") == 2, text
@@ -176,7 +177,7 @@ def test_a_bert_shaped_layer_with_other_code_says_why():
 
     layer = ScaledLayer(small_bert_config())
     assert "ScaledLayer is shaped like BertLayer, but its own forward is not BertLayer's code" in \
-        _spec.bert_like(layer)
+        _hf.match(layer)[1]
     lightseq.compile(layer)
     assert "not compiled: ScaledLayer is shaped like BertLayer" in lightseq.explain(layer)
     assert type(layer) is ScaledLayer
@@ -254,7 +255,7 @@ def _kdim_decoder():
 @pytest.mark.parametrize("make,reason", [
     (lambda: decoder(60, 4, 128), "hidden size 60"),
     (lambda: decoder(bias=False), "bias"),
-    (lambda: decoder(activation=nn.GELU(approximate="tanh")), "approximate='tanh'"),
+    (lambda: decoder(activation=nn.Hardswish()), "activation Hardswish()"),
     (_kdim_decoder, "multihead_attn has separate key/value dimensions"),
 ])
 def test_unsupported_decoder_layers_say_why(make, reason):

@@ -65,8 +65,8 @@ def test_standalone_layer_sizes_and_activation():
                       "of 8, at most 256)")
     e = raised(lambda: lightseq.nn.TransformerEncoderLayer(64, 4, 128, activation="tanh"))
     assert type(e) is lightseq.ArgumentError
-    assert str(e) == ("lightseq.nn.TransformerEncoderLayer: activation 'tanh': lightseq compiles 'relu' and "
-                      "'gelu'")
+    assert str(e) == ("lightseq.nn.TransformerEncoderLayer: activation 'tanh': lightseq compiles 'relu', "
+                      "'gelu', 'gelu_tanh'")
 
 
 @pytest.mark.parametrize("value,article", [(42, "an int"), ("model", "a str"), (None, "a NoneType")])

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _native, _ops, _spec
+from . import _hf, _native, _ops, _spec
 from ._errors import ArgumentError, ArgumentTypeError, Error, Unsupported, a_type
 from ._spec import DecoderConfig, EncoderConfig
 
@@ -65,14 +65,19 @@ def _where(module: nn.Module) -> str:
     return f"lightseq-compiled {_base_name(module)}"
 
 
-def _fallback(module: nn.Module, reason: str) -> None:
-    """Warns once per layer and reason that a call runs PyTorch's implementation."""
+def _warn(module: nn.Module, message: str, stacklevel: int = 3) -> None:
+    """Warns once per layer and message."""
     state = getattr(module, _STATE)
     if not isinstance(state.warned, set):  # a layer pickled before per-reason warnings kept a bool here
         state.warned = set()
-    if reason not in state.warned:
-        state.warned.add(reason)
-        warnings.warn(f"{_where(module)}: {reason}; these calls run PyTorch's implementation", stacklevel=3)
+    if message not in state.warned:
+        state.warned.add(message)
+        warnings.warn(f"{_where(module)}: {message}", stacklevel=stacklevel + 1)
+
+
+def _fallback(module: nn.Module, reason: str) -> None:
+    """Warns once per layer and reason that a call runs PyTorch's implementation."""
+    _warn(module, f"{reason}; these calls run PyTorch's implementation", stacklevel=4)
 
 
 def _check_input(module: nn.Module, x: torch.Tensor, state: _LayerState, what: str = "the input") -> torch.dtype:
@@ -171,6 +176,16 @@ def _run(module: nn.Module, state: _LayerState, x: torch.Tensor, pad: Optional[t
     batch, seq, hidden = x.shape
     out = _ops.run_layer(lid, {"x": x.view(batch * seq, hidden), "key_padding_mask": pad, **ws}, (batch, seq, 0), p)
     return out["y"].view(batch, seq, hidden)
+
+
+def run_encoder(module: nn.Module, x: torch.Tensor, pad: Optional[torch.Tensor], *, causal: bool, torch_forward):
+    """A compiled encoder-graph layer (module._weights() by the graph's names) on x [B, T, H], or
+    torch_forward(why) when this call must run PyTorch's implementation."""
+    state, why = _call_state(module)
+    if why:
+        return torch_forward(why)
+    run_dtype = _check_input(module, x, state)
+    return _run(module, state, x, pad, module._weights(), run_dtype, causal)
 
 
 def _causal_or_none(mask, is_causal: bool, seq: int) -> Optional[bool]:
@@ -298,87 +313,6 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
         return y if batch_first else y.transpose(0, 1)
 
 
-# ---- Hugging Face BertLayer ----------------------------------------------------------------------
-
-_bert_classes = {}  # a BERT-family layer class -> its compiled subclass
-
-
-def _compiled_bert_class(BertLayer: type):
-    """The compiled subclass of a layer class that runs BertLayer's code (BertLayer, RobertaLayer,
-    ...): its own forward is the PyTorch fallback."""
-    if BertLayer in _bert_classes:
-        return _bert_classes[BertLayer]
-
-    def _weights(self):
-        # BertLayer's parameters under the encoder graph's (nn.TransformerEncoderLayer's) names.
-        sa, ao, out = self.attention.self, self.attention.output, self.output
-        return {"self_attn.in_proj_weight": torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]),
-                "self_attn.in_proj_bias": torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]),
-                "self_attn.out_proj.weight": ao.dense.weight, "self_attn.out_proj.bias": ao.dense.bias,
-                "linear1.weight": self.intermediate.dense.weight, "linear1.bias": self.intermediate.dense.bias,
-                "linear2.weight": out.dense.weight, "linear2.bias": out.dense.bias,
-                "norm1.weight": ao.LayerNorm.weight, "norm1.bias": ao.LayerNorm.bias,
-                "norm2.weight": out.LayerNorm.weight, "norm2.bias": out.LayerNorm.bias}
-
-    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
-                encoder_attention_mask=None, *args, **kwargs):
-        def torch_forward(reason):
-            if reason:
-                _fallback(self, reason)
-            # exactly the arguments given: the key/value cache is `past_key_values` (positional
-            # or not) in older transformers and `cache` in newer ones
-            return BertLayer.forward(self, hidden_states, attention_mask, encoder_hidden_states,
-                                     encoder_attention_mask, *args, **kwargs)
-
-        if _runs_pytorch(hidden_states):
-            return torch_forward(None)
-        kv_cache = args[0] if args else kwargs.get("cache", kwargs.get("past_key_values"))
-        if encoder_hidden_states is not None or kv_cache is not None or kwargs.get("output_attentions"):
-            return torch_forward("cross-attention, a key/value cache or output_attentions")
-        state, why = _call_state(self)
-        if why:
-            return torch_forward(why)
-        run_dtype = _check_input(self, hidden_states, state)
-        batch, seq = hidden_states.shape[0], hidden_states.shape[1]
-        pad = _bert_padding(self, attention_mask, batch, seq, hidden_states.device)
-        return _run(self, state, hidden_states, pad, _weights(self), run_dtype, causal=False)
-
-    name = "Compiled" + BertLayer.__name__
-    cls = type(name, (BertLayer,), {
-        "__doc__": f"A transformers {BertLayer.__name__} running lightseq's kernels (same parameters).",
-        "__module__": __name__, "__qualname__": name, "forward": forward, "_weights": _weights,
-        "_dropouts": lambda self: _spec.bert_layer_dropouts(self)})
-    globals()[name] = cls  # so pickle finds it
-    _bert_classes[BertLayer] = cls
-    return cls
-
-
-def _bert_padding(module, mask, batch: int, seq: int, device):
-    """BERT's attention mask as the padding of each key: [B, 1, Tq, T] (bool, True = attend, or
-    additive float, 0 = attend), [B, 1, 1, T] or [B, T] (1 = attend)."""
-    if mask is None:
-        return None
-    if mask.dim() == 2:
-        if tuple(mask.shape) != (batch, seq):
-            raise ArgumentError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
-                             f"[{batch}, {seq}]")
-        return (mask == 0).contiguous()
-    if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[-1] != seq:
-        raise ArgumentError(f"{_where(module)}: the attention mask has shape {tuple(mask.shape)}; expected "
-                         f"[{batch}, 1, {seq} or 1, {seq}]")
-    if mask.shape[2] not in (1, seq):
-        raise ArgumentError(f"{_where(module)}: the attention mask has {mask.shape[2]} query rows; expected 1 or {seq}")
-    row = mask[:, 0, 0, :]
-    if mask.shape[2] > 1 and not torch.compiler.is_compiling():
-        # One synchronizing check: lightseq masks keys (padding), the same for every query.
-        if not bool((mask == mask[:, :, :1, :]).all()):
-            raise ArgumentError(f"{_where(module)}: the attention mask differs between queries; lightseq "
-                             "compiles padding masks (the same keys masked for every query) only")
-    if mask.dtype == torch.bool:
-        return (~row).contiguous()
-    return (row < 0).contiguous()
-
-
 # ---- compile / explain ---------------------------------------------------------------------------
 
 def _extract(module: nn.Module):
@@ -388,12 +322,7 @@ def _extract(module: nn.Module):
         return CompiledTransformerEncoderLayer, _spec.from_torch_encoder_layer(module)
     if isinstance(module, nn.TransformerDecoderLayer):
         return CompiledTransformerDecoderLayer, _spec.from_torch_decoder_layer(module)
-    why = _spec.bert_like(module)  # BertLayer and the layers that run its code
-    if why is None:
-        return None
-    if why:
-        raise Unsupported(why)
-    return _compiled_bert_class(type(module)), _spec.from_bert_layer(module)
+    return _hf.extract(module)  # transformers' layers: BERT and the layers that run its code, GPT-2, ViT
 
 
 def _param_dtype(module: nn.Module) -> torch.dtype:
@@ -411,12 +340,13 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
     """Replaces, in place, every supported layer of `model` with a compiled one that keeps the same
     nn.Parameters and computes the same function forward and backward; returns `model`.
 
-    Supported: torch.nn.TransformerEncoderLayer (batch_first or not, norm_first, relu/gelu, padding
-    masks, causal masks), torch.nn.TransformerDecoderLayer (causal self-attention, target and
-    memory padding masks; so nn.Transformer and nn.TransformerDecoder too) and transformers'
-    BertLayer with every layer that runs its code (RobertaLayer, XLMRobertaLayer, CamembertLayer,
-    ElectraLayer, Data2VecTextLayer, ...: checked part by part against BertLayer's source; a layer
-    shaped like it that runs other code is explained, not compiled). `dtype` is the dtype the layers run in
+    Supported: torch.nn.TransformerEncoderLayer (batch_first or not, norm_first, relu/gelu/tanh
+    gelu, padding masks, causal masks), torch.nn.TransformerDecoderLayer (causal self-attention,
+    target and memory padding masks; so nn.Transformer and nn.TransformerDecoder too) and
+    transformers' BertLayer with every layer that runs its code (RobertaLayer, XLMRobertaLayer,
+    CamembertLayer, ElectraLayer, Data2VecTextLayer, ...), GPT2Block and ViTLayer: checked part
+    by part against the family's source; a layer shaped like one that runs other code is
+    explained, not compiled. `dtype` is the dtype the layers run in
     without autocast (default: their parameters' dtype); under torch.autocast they run in the
     autocast dtype. Kernels are compiled on a layer's first call (or loaded from the disk cache,
     `cache_dir` or the default). explain(model) lists what was replaced and why the rest was not."""
@@ -469,8 +399,7 @@ def explain(model: nn.Module) -> str:
         return "lightseq.compile has not been applied to this model"
     if not report:
         return ("lightseq.compile found no layer it knows (nn.TransformerEncoderLayer, "
-                "nn.TransformerDecoderLayer, BertLayer or a layer that runs its code: RobertaLayer, "
-                "XLMRobertaLayer, CamembertLayer, ElectraLayer, ...) in this model")
+                f"nn.TransformerDecoderLayer, {_hf.known_layers()}) in this model")
     lines = []
     for name, kind, replaced, why in report:
         lines.append(f"{name} ({kind}): " + (f"compiled: {why}" if replaced else f"not compiled: {why}"))

@@ -2,12 +2,8 @@
 PyTorch module, or the reason it cannot be compiled. Pure Python (no GPU, no extension needed)."""
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import inspect
 import json
-import textwrap
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +22,7 @@ class EncoderConfig:
     heads: int
     ffn: int
     norm: str  # "pre" | "post"
-    activation: str  # "relu" | "gelu" (erf form)
+    activation: str  # "relu" | "gelu" (erf form) | "gelu_tanh" (tanh approximation)
     eps: float
     dropout_attention: float
     dropout_activation: float
@@ -85,9 +81,6 @@ class DecoderConfig(EncoderConfig):
 _TORCH_NAMES = (("hidden", "self_attn.embed_dim"), ("heads", "self_attn.num_heads"),
                 ("ffn", "linear1.out_features"), ("eps", "norm1.eps"), ("dropout.attention", "self_attn.dropout"),
                 ("dropout.activation", "dropout.p"), ("dropout.hidden", "dropout1.p"))
-_BERT_NAMES = (("hidden", "attention.self.query.in_features"), ("heads", "attention.self.num_attention_heads"),
-               ("ffn", "intermediate.dense.out_features"), ("eps", "attention.output.LayerNorm.eps"),
-               ("dropout.attention", "attention.self.dropout.p"), ("dropout.hidden", "attention.output.dropout.p"))
 
 
 def torch_issues(config: EncoderConfig, issues, module_name: str) -> list:
@@ -140,9 +133,9 @@ def _activation_name(act) -> str:
         return "relu"
     if act is F.gelu or (isinstance(act, nn.GELU) and act.approximate == "none"):
         return "gelu"
-    if isinstance(act, nn.GELU):
-        raise Unsupported(f"GELU with approximate='{act.approximate}' (lightseq's GELU is the exact erf form)")
-    raise Unsupported(f"activation {act!r} (lightseq compiles relu and gelu)")
+    if isinstance(act, nn.GELU) and act.approximate == "tanh":
+        return "gelu_tanh"
+    raise Unsupported(f"activation {act!r} (lightseq compiles relu, gelu and gelu with approximate='tanh')")
 
 
 def _layer_norm(ln: nn.Module, what: str) -> float:
@@ -234,15 +227,6 @@ def torch_layer_dropouts(m: nn.Module) -> tuple:
     return p_self, float(m.dropout.p), p_hidden
 
 
-def bert_layer_dropouts(m: nn.Module) -> tuple:
-    """(attention, activation, hidden) dropout probabilities of a BertLayer, read from its modules
-    (the ones its forward reads), or Unsupported."""
-    p_hidden1, p_hidden2 = float(m.attention.output.dropout.p), float(m.output.dropout.p)
-    if p_hidden1 != p_hidden2:
-        raise Unsupported(f"the two hidden dropouts differ ({p_hidden1:g}, {p_hidden2:g})")
-    return float(m.attention.self.dropout.p), 0.0, p_hidden1
-
-
 def from_torch_encoder_layer(m: nn.TransformerEncoderLayer) -> EncoderConfig:
     """The configuration of a torch.nn.TransformerEncoderLayer, or Unsupported."""
     hidden, heads, _ = _attention(m.self_attn, "self_attn")
@@ -268,103 +252,3 @@ def from_torch_decoder_layer(m: nn.TransformerDecoderLayer) -> DecoderConfig:
     return DecoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
                          activation=act, eps=eps, dropout_attention=p_attn, dropout_activation=p_act,
                          dropout_hidden=p_hidden, names=_TORCH_NAMES)
-
-
-_BERT_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
-
-
-def from_bert_layer(m: nn.Module) -> EncoderConfig:
-    """The configuration of a Hugging Face BertLayer, or Unsupported."""
-    if getattr(m, "is_decoder", False) or getattr(m, "add_cross_attention", False):
-        raise Unsupported("a decoder BertLayer (is_decoder / add_cross_attention)")
-    sa = m.attention.self
-    cfg = getattr(sa, "config", None)
-    act_name = getattr(cfg, "hidden_act", None)
-    if not isinstance(act_name, str) or act_name not in _BERT_ACTIVATIONS:
-        raise Unsupported(f"hidden_act {act_name!r} (lightseq compiles 'gelu' (erf) and 'relu')")
-    pos = getattr(cfg, "position_embedding_type", "absolute")
-    if pos not in (None, "absolute"):
-        raise Unsupported(f"position_embedding_type '{pos}' (relative positions change the attention scores)")
-    hidden = sa.query.in_features
-    heads = sa.num_attention_heads
-    if sa.all_head_size != hidden:
-        raise Unsupported(f"attention size {sa.all_head_size} differs from hidden size {hidden}")
-    for name in ("query", "key", "value"):
-        _linear(getattr(sa, name), f"attention.self.{name}", hidden, hidden)
-    _linear(m.attention.output.dense, "attention.output.dense", hidden, hidden)
-    ffn = m.intermediate.dense.out_features
-    _linear(m.intermediate.dense, "intermediate.dense", ffn, hidden)
-    _linear(m.output.dense, "output.dense", hidden, ffn)
-    eps1 = _layer_norm(m.attention.output.LayerNorm, "attention.output.LayerNorm")
-    eps2 = _layer_norm(m.output.LayerNorm, "output.LayerNorm")
-    if eps1 != eps2:
-        raise Unsupported(f"the two LayerNorms have different eps ({eps1:g}, {eps2:g})")
-    p_attn, _, p_hidden = bert_layer_dropouts(m)
-    check_sizes(hidden, heads, ffn)
-    _same_dtype_device(m)
-    return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="post",
-                         activation=_BERT_ACTIVATIONS[act_name], eps=eps1, dropout_attention=p_attn,
-                         dropout_activation=0.0, dropout_hidden=p_hidden, names=_BERT_NAMES)
-
-
-def _bert_module():
-    """transformers' modeling_bert, or None when transformers is not installed."""
-    try:
-        from transformers.models.bert import modeling_bert
-    except Exception:  # noqa: BLE001 - any import problem means "no BERT support here"
-        return None
-    return modeling_bert
-
-
-# A BERT-shaped layer's parts (attribute path, BERT's class): the layer and each part must run
-# exactly BERT's code for the layer to compute BertLayer's function.
-_BERT_PARTS = (("", "BertLayer"), ("attention", "BertAttention"), ("attention.self", "BertSelfAttention"),
-               ("attention.output", "BertSelfOutput"), ("intermediate", "BertIntermediate"),
-               ("output", "BertOutput"))
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_code(cls: type):
-    """cls.forward's code with formatting, comments, decorators and its docstring left out (an AST
-    dump), or None when its source cannot be read."""
-    try:
-        f = ast.parse(textwrap.dedent(inspect.getsource(cls.forward))).body[0]
-    except (OSError, TypeError, SyntaxError, IndexError):
-        return None
-    if not isinstance(f, ast.FunctionDef):
-        return None
-    f.decorator_list = []
-    if f.body and isinstance(f.body[0], ast.Expr) and isinstance(f.body[0].value, ast.Constant) \
-            and isinstance(f.body[0].value.value, str):
-        f.body = f.body[1:]
-    return ast.dump(f, annotate_fields=False)
-
-
-def _part(m: nn.Module, path: str):
-    for name in filter(None, path.split(".")):
-        m = getattr(m, name, None)
-        if not isinstance(m, nn.Module):
-            return None
-    return m
-
-
-def bert_like(m: nn.Module):
-    """For a module shaped like transformers' BertLayer (attention.self, attention.output,
-    intermediate, output): "" when it and each of those parts run exactly BertLayer's code —
-    BertLayer itself and the families that copy it (RobertaLayer, XLMRobertaLayer, CamembertLayer,
-    ElectraLayer, Data2VecTextLayer, ...) — else why not. None for any other module."""
-    if type(m).__name__.startswith("Compiled") or any(_part(m, p) is None for p, _ in _BERT_PARTS[1:]):
-        return None
-    bert = _bert_module()
-    if bert is None:
-        return None
-    for path, name in _BERT_PARTS:
-        part, theirs = _part(m, path), getattr(bert, name)
-        if type(part).forward is theirs.forward:  # BERT's own (or inherited unchanged)
-            continue
-        code = _forward_code(type(part))
-        if code is None or code != _forward_code(theirs):
-            where = f"its {path} ({type(part).__name__})" if path else "its own"
-            return (f"{type(m).__name__} is shaped like BertLayer, but {where} forward is not "
-                    f"{name}'s code, so lightseq cannot prove it computes the same function")
-    return ""

@@ -11,10 +11,14 @@ from ._errors import ArgumentError, Unsupported
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer"]
 
 
+# The activation names lightseq.nn takes -> what torch's layer is built with.
+_TORCH_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_tanh": lambda: torch.nn.GELU(approximate="tanh")}
+
+
 def _check_arguments(cls_name: str, hidden: int, heads: int, ffn: int, activation: str) -> None:
-    if activation not in ("relu", "gelu"):
-        raise ArgumentError(f"lightseq.nn.{cls_name}: activation '{activation}': lightseq compiles 'relu' "
-                            "and 'gelu'")
+    if activation not in _TORCH_ACTIVATIONS:
+        raise ArgumentError(f"lightseq.nn.{cls_name}: activation '{activation}': lightseq compiles "
+                            + ", ".join(f"'{a}'" for a in _TORCH_ACTIVATIONS))
     try:
         _spec.check_sizes(hidden, heads, ffn)
     except Unsupported as why:
@@ -30,8 +34,9 @@ def _init(module, torch_cls, extract, hidden, heads, ffn, dropout, activation, n
             _spec.dtype_name(dtype)
         except Unsupported as why:
             raise Unsupported(f"lightseq.nn.{torch_cls.__name__}: {why}") from None
+    act = _TORCH_ACTIVATIONS[activation]
     torch_cls.__init__(module, d_model=hidden, nhead=heads, dim_feedforward=ffn, dropout=dropout,
-                       activation=activation, layer_norm_eps=eps, batch_first=batch_first, norm_first=norm_first,
+                       activation=act if isinstance(act, str) else act(), layer_norm_eps=eps, batch_first=batch_first, norm_first=norm_first,
                        device=device, dtype=dtype)
     state = _compile._LayerState(extract(module), dtype or torch.get_default_dtype(), cache_dir)
     issues = _compile._compiler_issues(state, "")
