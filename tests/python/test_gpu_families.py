@@ -72,16 +72,25 @@ def grads(m, kw, keep, autocast=None):
             {n: p.grad for n, p in m.named_parameters() if p.grad is not None})
 
 
-def compare(reference, compiled, kw, keep, tol, autocast=None):
-    ref_kw = {k: v.double() if v.is_floating_point() else v for k, v in kw.items() if isinstance(v, torch.Tensor)}
-    ref_kw.update({k: v for k, v in kw.items() if not isinstance(v, torch.Tensor)})
-    run_kw = dict(kw)
-    if "pixel_values" in kw and autocast is None:
-        run_kw["pixel_values"] = kw["pixel_values"].to(next(compiled.parameters()).dtype)
-    y0, l0, scale0, g0 = grads(reference, ref_kw, keep)
+def compare(reference, compiled, kw, keep, tol, autocast=None, peer=None):
+    """compiled against the float64 reference: output at valid positions, loss, every parameter
+    gradient. With `peer` (the uncompiled model in compiled's dtype, or under the same autocast),
+    each bound is the dtype's or twice PyTorch's own error in that dtype, whichever is larger."""
+    def cast(v, dtype):
+        return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+    y0, l0, scale0, g0 = grads(reference, {k: cast(v, torch.float64) for k, v in kw.items()}, keep)
+    dtype = torch.float32 if autocast else next(compiled.parameters()).dtype
+    run_kw = {k: cast(v, dtype) for k, v in kw.items()}
     y1, l1, _, g1 = grads(compiled, run_kw, keep, autocast)
-    check_close("output (valid positions)", y1[keep], y0[keep], tol)
-    assert abs(l1.item() - l0.item()) <= tol * scale0, f"loss {l1.item()} vs {l0.item()} (scale {scale0:.3g})"
+    y2, l2, _, g2 = grads(peer, run_kw, keep, autocast) if peer is not None else (None, None, None, None)
+
+    def bound(got, want):
+        return tol if got is None else max(tol, 2 * ((got.double() - want).norm() / want.norm()).item())
+
+    check_close("output (valid positions)", y1[keep], y0[keep], bound(None if y2 is None else y2[keep], y0[keep]))
+    loss_tol = tol if l2 is None else max(tol, 2 * abs(l2.item() - l0.item()) / scale0)
+    assert abs(l1.item() - l0.item()) <= loss_tol * scale0, f"loss {l1.item()} vs {l0.item()} (scale {scale0:.3g})"
     assert g0.keys() == g1.keys()
     scale = max(g.norm().item() for g in g0.values())
     for name in g0:
@@ -89,8 +98,9 @@ def compare(reference, compiled, kw, keep, tol, autocast=None):
             assert g1[name].norm().item() <= tol * scale, name
             continue
         # the embeddings sum every position's gradient: twice the bound
-        check_close(f"grad {name}", g1[name], g0[name], 2 * tol if "emb" in name or name.startswith("wte") or
-                    name.startswith("wpe") else tol)
+        b = bound(None if g2 is None else g2[name], g0[name])
+        check_close(f"grad {name}", g1[name], g0[name], 2 * b if "emb" in name or name.startswith("wte") or
+                    name.startswith("wpe") else b)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -103,13 +113,14 @@ def test_family_matches_transformers(family, impl, precision, training):
     model = model.cuda().train(training)
     reference = copy.deepcopy(model).double()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peer = copy.deepcopy(model).to(dtype) if precision != "fp32" else None
     compiled = lightseq.compile(copy.deepcopy(model).to(dtype))
     assert lightseq.explain(compiled).count(f"({layer_name}): compiled") == 2, lightseq.explain(compiled)
     kw, keep = inputs(family)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no call falls back
         compare(reference, compiled, kw, keep, TOL[torch.float32 if precision == "fp32" else torch.bfloat16],
-                torch.bfloat16 if precision == "autocast" else None)
+                torch.bfloat16 if precision == "autocast" else None, peer)
 
 
 def test_gpt2_with_a_cache_runs_lightseq_in_training_and_pytorch_in_generation():
