@@ -47,6 +47,8 @@ struct RunShape {
 // values must not change between a forward and its backward.
 struct DropoutConfig {
   double attention = 0, activation = 0, hidden = 0, embedding = 0;
+  double attention_output =
+      0;  // sites of kind kAttentionOutput (a spec's dropout.attention_output)
   uint64_t seed = 0;
   uint64_t offset = 0;
   const uint64_t* seed_ptr = nullptr;    // device address, or null: `seed`

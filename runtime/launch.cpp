@@ -153,6 +153,8 @@ double dropout_probability(const DropoutConfig& d, DropoutKind kind) {
       return d.hidden;
     case DropoutKind::kEmbedding:
       return d.embedding;
+    case DropoutKind::kAttentionOutput:
+      return d.attention_output;
   }
   throw InternalError("unknown DropoutKind");
 }

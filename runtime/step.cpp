@@ -188,6 +188,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
         c.dropout.attention = l.dropout.attention;
         c.dropout.activation = l.dropout.activation;
         c.dropout.hidden = l.dropout.hidden;
+        c.dropout.attention_output = l.dropout.attention_output_p();
         calls_.push_back(std::move(c));
       }
     }
@@ -371,7 +372,7 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
   };
   auto dropout_of = [&](const Call& c) {
     DropoutConfig d = c.dropout;
-    if (!train) d.attention = d.activation = d.hidden = d.embedding = 0;
+    if (!train) d.attention = d.activation = d.hidden = d.embedding = d.attention_output = 0;
     return d;
   };
   // Activations: one [rows, H] buffer per stack boundary (the layers' inputs stay alive for their

@@ -1,9 +1,11 @@
 // Planner tests: golden plans of the examples, and the fusion decisions for every layer variant.
 // Regenerate the goldens after an intended change with LIGHTSEQ_UPDATE_GOLDENS=1.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -173,6 +175,35 @@ INSTANTIATE_TEST_SUITE_P(All, PlanVariants, ::testing::ValuesIn(all_variants()),
                                   (v.dropout > 0 ? "_dropout" : "_nodropout") +
                                   (v.causal ? "_causal" : "");
                          });
+
+// dropout.attention_output: the attention sublayers' output sites take its probability (a kind of
+// their own), or are compiled out at 0 (DistilBERT), the FFN's keep `hidden`.
+TEST(Plan, AttentionOutputDropoutHasItsOwnSites) {
+  for (double p : {0.0, 0.2}) {
+    for (LayerKind kind : {LayerKind::kEncoder, LayerKind::kDecoder}) {
+      ModelSpec s = spec_for({kind, NormPlacement::kPost, Activation::kGelu, 0.1, false});
+      s.layers[0].dropout.attention_output = p;
+      const ModelPlan plan = plan_model(s);
+      const LayerPlan& lp = plan.layers.back();
+      std::map<std::string, DropoutKind> sites;
+      for (const Op& op : lp.layer.graph.ops()) {
+        if (op.kind == OpKind::kDropout) sites[op.name] = op.attrs.dropout_kind;
+      }
+      SCOPED_TRACE(fmt::format("{} attention_output {}", to_string(kind), p));
+      for (const char* a : {"sa.out_dropout", "ca.out_dropout"}) {
+        if (kind == LayerKind::kEncoder && a[0] == 'c') continue;
+        if (p == 0) {
+          EXPECT_EQ(sites.count(a), 0u) << a;
+        } else {
+          ASSERT_EQ(sites.count(a), 1u) << a;
+          EXPECT_EQ(sites[a], DropoutKind::kAttentionOutput) << a;
+        }
+      }
+      ASSERT_EQ(sites.count("ffn.out_dropout"), 1u);
+      EXPECT_EQ(sites["ffn.out_dropout"], DropoutKind::kHidden);
+    }
+  }
+}
 
 TEST(Plan, SharedKernelsAreListedOnce) {
   const ModelPlan plan = plan_model(parse_spec_file(kSource + "/examples/transformer-base.json"));

@@ -11,6 +11,7 @@
 #include "runtime/device.h"
 #include "runtime/driver.h"
 #include "runtime/gemm.h"
+#include "runtime/launch.h"
 
 namespace lightseq {
 namespace {
@@ -114,6 +115,18 @@ void expect_rule(const GemmArgs& g, const std::string& rule) {
     EXPECT_TRUE(contains(e.what(), rule)) << e.what();
     EXPECT_TRUE(contains(e.what(), "gemm 'ffn.linear1'")) << e.what();
   }
+}
+
+// Each dropout site kind reads its own probability (a spec's dropout.attention_output included).
+TEST(DropoutConfig, EveryKindReadsItsOwnProbability) {
+  DropoutConfig d;
+  d.attention = 0.1, d.activation = 0.2, d.hidden = 0.3, d.embedding = 0.4,
+  d.attention_output = 0.5;
+  EXPECT_EQ(dropout_probability(d, DropoutKind::kAttention), 0.1);
+  EXPECT_EQ(dropout_probability(d, DropoutKind::kActivation), 0.2);
+  EXPECT_EQ(dropout_probability(d, DropoutKind::kHidden), 0.3);
+  EXPECT_EQ(dropout_probability(d, DropoutKind::kEmbedding), 0.4);
+  EXPECT_EQ(dropout_probability(d, DropoutKind::kAttentionOutput), 0.5);
 }
 
 TEST(GemmArgs, ValidationNamesTheRule) {

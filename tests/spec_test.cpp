@@ -89,6 +89,25 @@ TEST(SpecEmbedding, TokenTypesParseAndPrint) {
             (std::vector<std::string>{"embedding.token_types = -1: must be in [0, 65536]; try 0"}));
 }
 
+// layers[].dropout.attention_output: the attention sublayers' own output dropout (DistilBERT: 0),
+// printed only when set, validated like the others.
+TEST(SpecDropout, AttentionOutputParsesPrintsAndValidates) {
+  ModelSpec s = parse_spec_file(kExamples / "bert-base.json");
+  EXPECT_FALSE(s.layers[0].dropout.attention_output);
+  EXPECT_EQ(s.layers[0].dropout.attention_output_p(), s.layers[0].dropout.hidden);
+  EXPECT_EQ(spec_to_json(s).dump().find("attention_output"), std::string::npos);
+  s.layers[0].dropout.attention_output = 0.0;
+  const std::string json = spec_to_json(s).dump();
+  EXPECT_NE(json.find("\"attention_output\":0.0"), std::string::npos) << json;
+  EXPECT_EQ(parse_spec_string(json, "<test>"), s);
+  EXPECT_EQ(s.layers[0].dropout.attention_output_p(), 0.0);
+  s.layers[0].dropout.attention_output = 1.0;
+  std::vector<std::string> got;
+  for (const SpecIssue& i : validate_spec(s)) got.push_back(i.to_string());
+  EXPECT_EQ(got, (std::vector<std::string>{"layers[0].dropout.attention_output = 1: must be a "
+                                           "probability in [0, 1); 0 turns it off"}));
+}
+
 // criterion.logits_chunk_mib: the fused linear + cross-entropy's chunk budget, printed only when
 // set, and the rows per chunk the planner derives from it (vocab 32000 in bf16: 64000 B a row).
 TEST(SpecCriterion, LogitsChunkParsesPrintsAndSizesTheChunks) {
@@ -541,7 +560,7 @@ const std::vector<BadSpec> kBadSpecs = {
     {"unknown_key_no_suggestion",
      {{R"("hidden": 0.1})", R"("hidden": 0.1, "residual": 0.1})"}},
      {"layers[0].dropout.residual = 0.1: unknown key; expected one of: attention, activation, "
-      "hidden"}},
+      "hidden, attention_output"}},
     {"duplicate_key",
      {{R"("heads": 8)", R"("heads": 8, "heads": 16)"}},
      {"layers[0].heads = 16: duplicate key (first given as 8); remove one"}},

@@ -102,6 +102,8 @@ std::string_view to_string(DropoutKind k) {
       return "hidden";
     case DropoutKind::kEmbedding:
       return "embedding";
+    case DropoutKind::kAttentionOutput:
+      return "attention_output";
   }
   throw InternalError("unknown DropoutKind");
 }

@@ -84,7 +84,9 @@ struct Tensor {
 };
 
 // The kinds of dropout site; each has its own probability at run time (DropoutConfig).
-enum class DropoutKind { kAttention, kActivation, kHidden, kEmbedding };
+// kAttentionOutput: the attention sublayers' outputs, where the spec gives them their own
+// probability (dropout.attention_output); otherwise those sites are kHidden.
+enum class DropoutKind { kAttention, kActivation, kHidden, kEmbedding, kAttentionOutput };
 std::string_view to_string(DropoutKind k);  // "attention", ...
 
 enum class OpKind {

@@ -33,10 +33,13 @@ using graph_detail::Builder;
 std::string fmt_p(double p) { return fmt::format("{:g}", p); }
 
 std::string stack_description(const LayerStackSpec& s) {
-  return fmt::format("{} × {} {}/{}/{} {}-LN {}{}, dropout attention {} activation {} hidden {}",
+  return fmt::format("{} × {} {}/{}/{} {}-LN {}{}, dropout attention {} activation {} hidden {}{}",
                      s.count, to_string(s.kind), s.hidden, s.heads, s.ffn, to_string(s.norm),
                      to_string(s.activation), s.causal ? " causal" : "", fmt_p(s.dropout.attention),
-                     fmt_p(s.dropout.activation), fmt_p(s.dropout.hidden));
+                     fmt_p(s.dropout.activation), fmt_p(s.dropout.hidden),
+                     s.dropout.attention_output
+                         ? fmt::format(" attention output {}", fmt_p(*s.dropout.attention_output))
+                         : "");
 }
 
 // The pieces shared by the sublayers of encoder and decoder layers.
@@ -60,6 +63,7 @@ class LayerLowering {
     int ln_in = -1, gamma = -1, beta = -1, mean = -1, rstd = -1;
     int bias = -1, gemm_out = -1;  // the branch's last GEMM and its bias
     int hidden_site = -1;
+    DropoutKind hidden_kind = DropoutKind::kHidden;
     // attention
     int w_in = -1, b_in = -1, w_kv = -1, b_kv = -1, w_o = -1;
     int heads = -1, q = -1, k = -1, v = -1, kv_heads = -1, ctx_h = -1, ctx = -1;
@@ -110,15 +114,18 @@ class LayerLowering {
     }
   }
 
-  // Sublayer exit: bias + dropout + residual (+ LN for post-LN).
-  void end(Sub& sub, const std::string& out_name) {
+  // Sublayer exit: bias + dropout + residual (+ LN for post-LN). An attention sublayer's output
+  // dropout is dropout.attention_output's where the spec sets it.
+  void end(Sub& sub, const std::string& out_name, bool attention) {
     int biased = b_.tensor(sub.p + ".out_biased", {Dim::tokens(), Dim::constant(H_)});
     b_.op(OpKind::kBiasAdd, sub.p + ".out_bias", {sub.gemm_out, sub.bias}, {biased});
     int branch = biased;
-    if (s_.dropout.hidden > 0) {
+    const bool own = attention && s_.dropout.attention_output.has_value();
+    if ((own ? *s_.dropout.attention_output : s_.dropout.hidden) > 0) {
       sub.hidden_site = site_++;
+      sub.hidden_kind = own ? DropoutKind::kAttentionOutput : DropoutKind::kHidden;
       branch = b_.tensor(sub.p + ".out_dropped", {Dim::tokens(), Dim::constant(H_)});
-      b_.dropout(sub.p + ".out_dropout", biased, branch, sub.hidden_site, DropoutKind::kHidden);
+      b_.dropout(sub.p + ".out_dropout", biased, branch, sub.hidden_site, sub.hidden_kind);
     }
     const bool post = s_.norm == NormPlacement::kPost;
     int sum = b_.tensor(post ? sub.p + ".residual" : out_name, {Dim::tokens(), Dim::constant(H_)});
@@ -257,7 +264,7 @@ class LayerLowering {
       d_branch = b_.tensor(sub.p + ".d_out_dropped", {Dim::tokens(), Dim::constant(H_)},
                            TensorRole::kGrad);
       b_.dropout_grad(sub.p + ".out_dropout_grad", d_sum, d_branch, sub.hidden_site,
-                      DropoutKind::kHidden);
+                      sub.hidden_kind);
     }
     b_.op(OpKind::kBiasGrad, sub.p + ".out_bias_grad", {d_branch}, {b_.grad_of_param(sub.bias)});
     return d_branch;
@@ -411,17 +418,17 @@ LayerGraph lower_stack(const LayerStackSpec& s, int index) {
   // forward
   L.begin(sa, x, "norm1");
   L.attention_fwd(sa, -1, pad);
-  L.end(sa, decoder ? "sa.y" : "attn.y");
+  L.end(sa, decoder ? "sa.y" : "attn.y", true);
   int stream = sa.out;
   if (decoder) {
     L.begin(ca, stream, "norm2");
     L.attention_fwd(ca, enc, enc_pad);
-    L.end(ca, "ca.y");
+    L.end(ca, "ca.y", true);
     stream = ca.out;
   }
   L.begin(ffn, stream, decoder ? "norm3" : "norm2");
   L.ffn_fwd(ffn);
-  L.end(ffn, "y");
+  L.end(ffn, "y", false);
   lg.graph.tensor(ffn.out).role = TensorRole::kOutput;
 
   // backward

@@ -211,6 +211,9 @@ class Validator {
     check_probability(at + ".dropout.attention", s.dropout.attention);
     check_probability(at + ".dropout.activation", s.dropout.activation);
     check_probability(at + ".dropout.hidden", s.dropout.hidden);
+    if (s.dropout.attention_output) {
+      check_probability(at + ".dropout.attention_output", *s.dropout.attention_output);
+    }
   }
 
   void check_heads(const LayerStackSpec& s, const std::string& at, bool hidden_ok) {

@@ -125,7 +125,13 @@ int run_bench(const BenchOptions& o) {
     void* enc = decoder ? mem.value(src_tokens * H, 1.f, 0) : nullptr;
     void* grad_enc = decoder ? mem.grad(src_tokens * H) : nullptr;
     const RunShape shape{o.batch, o.seq, decoder ? src_seq : 0};
-    DropoutConfig drop{st.dropout.attention, st.dropout.activation, st.dropout.hidden, 0, 42, 0};
+    DropoutConfig drop{st.dropout.attention,
+                       st.dropout.activation,
+                       st.dropout.hidden,
+                       0,
+                       st.dropout.attention_output_p(),
+                       42,
+                       0};
     Timing t;
     if (!decoder) {
       EncoderLayer layer(model, s);

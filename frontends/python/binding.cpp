@@ -166,13 +166,16 @@ class PyLayer {
     for (size_t i = 0; i < args.size(); ++i) out[i] = reinterpret_cast<void*>(args[i]);
     return out;
   }
-  // p: the probabilities of the attention, activation, hidden and embedding dropout sites.
+  // p: the probabilities of the attention, activation, hidden, embedding and attention-output
+  // dropout sites.
   static DropoutConfig dropout(const std::vector<double>& p, uint64_t seed, uint64_t offset) {
-    if (p.size() != 4) {
-      throw Error(fmt::format(
-          "dropout: 4 probabilities (attention, activation, hidden, embedding), got {}", p.size()));
+    if (p.size() != 5) {
+      throw Error(
+          fmt::format("dropout: 5 probabilities (attention, activation, hidden, embedding, "
+                      "attention output), got {}",
+                      p.size()));
     }
-    return DropoutConfig{p[0], p[1], p[2], p[3], seed, offset};
+    return DropoutConfig{p[0], p[1], p[2], p[3], p[4], seed, offset};
   }
 
   std::shared_ptr<CompiledModel> model_;

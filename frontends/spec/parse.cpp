@@ -369,7 +369,11 @@ class SpecReader {
           [&](auto& n, auto& p) { read_number(n, p, d.attention); }},
          {"activation", Need::kOptional, "",
           [&](auto& n, auto& p) { read_number(n, p, d.activation); }},
-         {"hidden", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, d.hidden); }}});
+         {"hidden", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, d.hidden); }},
+         {"attention_output", Need::kOptional, "", [&](auto& n, auto& p) {
+            double v = 0;
+            if (read_number(n, p, v)) d.attention_output = v;
+          }}});
     return d;
   }
 

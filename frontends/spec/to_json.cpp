@@ -8,6 +8,13 @@ namespace {
 
 using Json = nlohmann::json;
 
+// attention_output only when set: specs without it keep their JSON (and cache keys).
+Json dropout_json(const DropoutSpec& d) {
+  Json j{{"attention", d.attention}, {"activation", d.activation}, {"hidden", d.hidden}};
+  if (d.attention_output) j["attention_output"] = *d.attention_output;
+  return j;
+}
+
 std::string name_of(auto e) { return std::string(to_string(e)); }
 
 Json stack_to_json(const LayerStackSpec& s) {
@@ -20,10 +27,7 @@ Json stack_to_json(const LayerStackSpec& s) {
               {"norm", name_of(s.norm)},
               {"eps", s.eps},
               {"causal", s.causal},
-              {"dropout",
-               {{"attention", s.dropout.attention},
-                {"activation", s.dropout.activation},
-                {"hidden", s.dropout.hidden}}}};
+              {"dropout", dropout_json(s.dropout)}};
 }
 
 }  // namespace

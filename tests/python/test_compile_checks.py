@@ -34,7 +34,7 @@ def test_dropout_one_is_reported_for_each_dropout():
     assert lightseq.explain(layer) == (
         f"<model> (TransformerEncoderLayer): not compiled: dropout.p = 1.0: {PROBABILITY_RULE}\n"
         f"  self_attn.dropout = 1.0: {PROBABILITY_RULE}\n"
-        f"  dropout1.p = 1.0: {PROBABILITY_RULE}")
+        f"  dropout2.p = 1.0: {PROBABILITY_RULE}")
     assert type(layer) is nn.TransformerEncoderLayer
 
 

@@ -65,11 +65,15 @@ def test_unsupported_encoder_layers_say_why(make, reason):
     assert "not compiled" in lightseq.explain(model) and reason in lightseq.explain(model)
 
 
-def test_mismatched_dropouts_and_eps_are_unsupported():
+def test_attention_output_dropout_of_its_own_and_mismatched_eps():
     m = encoder()
+    assert _spec.from_torch_encoder_layer(m).dropout_attention_output is None, "the same: one hidden dropout"
     m.dropout2.p = 0.3
-    with pytest.raises(_spec.Unsupported, match="dropout1 and dropout2"):
-        _spec.from_torch_encoder_layer(m)
+    c = _spec.from_torch_encoder_layer(m)
+    assert (c.dropout_hidden, c.dropout_attention_output) == (0.3, 0.1)
+    assert c.spec(torch.float32)["layers"][0]["dropout"] == {"attention": 0.1, "activation": 0.1, "hidden": 0.3,
+                                                            "attention_output": 0.1}
+    assert c.probabilities(True) == (0.1, 0.1, 0.3, 0.0, 0.1) and c.probabilities(False) == (0.0,) * 5
     m = encoder()
     m.norm2.eps = 1e-3
     with pytest.raises(_spec.Unsupported, match="different eps"):
@@ -271,8 +275,10 @@ def test_unsupported_decoder_layers_say_why(make, reason):
 
 def test_decoder_dropouts_must_agree():
     m = decoder()
-    m.dropout3.p = 0.3
-    with pytest.raises(_spec.Unsupported, match="dropout1, dropout2 and dropout3 differ"):
+    m.dropout3.p = 0.3  # the FFN's: hidden; the attentions' outputs: attention_output
+    assert _spec.from_torch_decoder_layer(m).dropouts() == (0.1, 0.1, 0.3, 0.1)
+    m.dropout2.p = 0.2
+    with pytest.raises(_spec.Unsupported, match="dropout1 and dropout2 differ"):
         _spec.from_torch_decoder_layer(m)
     m = decoder()
     m.multihead_attn.dropout = 0.2

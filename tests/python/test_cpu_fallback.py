@@ -99,11 +99,11 @@ def test_dropout_changed_after_compiling_is_read_at_the_next_training_call():
 
 def test_dropout_changes_lightseq_cannot_take_run_pytorch_with_the_reason():
     pytest.importorskip("lightseq._C", reason="the native extension is not built")
-    layer = lightseq.compile(nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1))
+    layer = lightseq.compile(nn.TransformerDecoderLayer(64, 4, 128, dropout=0.1))
     layer.dropout1.p = 0.3
     assert _compile._call_state(layer) == (
         None, "its dropouts changed after compiling: dropout1 and dropout2 differ (0.3, 0.1): lightseq "
-              "has one hidden dropout")
+              "has one attention output dropout")
     layer.dropout1.p = 0.1
     layer.dropout.p = 1.0
     assert _compile._call_state(layer) == (

@@ -1,4 +1,4 @@
-"""The transformers families beyond BERT (GPT-2, ViT), without a GPU: what lightseq.compile reads
+"""The transformers families beyond BERT (GPT-2, ViT, DistilBERT), without a GPU: what lightseq.compile reads
 from their layers, what it refuses and why, what their attention masks mean as key padding, and
 that a compiled model on CPU inputs is PyTorch's, bit for bit."""
 import copy
@@ -160,3 +160,24 @@ def test_gpt2_and_vit_on_cpu_are_pytorch():
     reference = transformers.ViTModel(vit_config())
     compiled = lightseq.compile(copy.deepcopy(reference))
     same_as_pytorch(reference, compiled, torch.randn(2, 3, 32, 32))
+
+
+def test_distilbert_block_config_compile_and_cpu():
+    torch.manual_seed(4)
+    cfg = transformers.DistilBertConfig(vocab_size=100, max_position_embeddings=64, dim=64, n_layers=2, n_heads=4,
+                                        hidden_dim=128, dropout=0.1, attention_dropout=0.05)
+    reference = transformers.DistilBertModel(cfg)
+    block = reference.transformer.layer[0]
+    fam, why = _hf.match(block)
+    assert (fam.name, why) == ("DistilBERT", "")
+    c = fam.config(block)
+    assert (c.hidden, c.heads, c.ffn, c.norm, c.activation, c.eps) == (64, 4, 128, "post", "gelu", 1e-12)
+    # no dropout after the attention's out_lin: a spec with attention_output 0
+    assert c.dropouts() == (0.05, 0.0, 0.1, 0.0)
+    assert c.spec(torch.float32)["layers"][0]["dropout"]["attention_output"] == 0.0
+    compiled = lightseq.compile(copy.deepcopy(reference))
+    assert lightseq.explain(compiled).count("(TransformerBlock): compiled") == 2
+    assert "attention output 0" in lightseq.explain(compiled)
+    attn = torch.ones(2, 7, dtype=torch.long)
+    attn[0, 4:] = 0
+    same_as_pytorch(reference, compiled, torch.randint(0, 100, (2, 7)), attention_mask=attn)

@@ -1,5 +1,5 @@
 """GPU tests of the transformers families lightseq.compile swaps in (BERT and the layers that run
-its code, GPT-2, ViT): a compiled model against a float64 copy of the uncompiled one, its output
+its code, GPT-2, ViT, DistilBERT): a compiled model against a float64 copy of the uncompiled one, its output
 at valid positions, a loss and every parameter gradient, in training and eval mode, in fp32, bf16
 and under bf16 autocast, with both of transformers' attention implementations."""
 import copy
@@ -38,8 +38,14 @@ def vit(impl):
     return transformers.ViTModel(cfg, add_pooling_layer=False), "ViTLayer"
 
 
+def distilbert(impl):
+    cfg = transformers.DistilBertConfig(vocab_size=128, max_position_embeddings=64, dim=64, n_layers=2, n_heads=4,
+                                        hidden_dim=128, dropout=0.0, attention_dropout=0.0, attn_implementation=impl)
+    return transformers.DistilBertModel(cfg), "TransformerBlock"
+
+
 FAMILIES = {"Bert": bert_like("Bert"), "Roberta": bert_like("Roberta"), "Electra": bert_like("Electra"),
-            "GPT2": gpt2, "ViT": vit}
+            "GPT2": gpt2, "ViT": vit, "DistilBert": distilbert}
 
 
 def inputs(family):

@@ -7,7 +7,6 @@ copy.deepcopy copies it. Anything lightseq cannot compile stays as it was; expla
 what was replaced and, for the rest, why not."""
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from typing import Optional
 
@@ -119,10 +118,9 @@ def _call_state(module: nn.Module):
         p = module._dropouts()
     except Unsupported as why:
         return None, f"its dropouts changed after compiling: {why}"
-    if p == (cfg.dropout_attention, cfg.dropout_activation, cfg.dropout_hidden):
+    if p == cfg.dropouts():
         return state, None
-    changed = _LayerState(dataclasses.replace(cfg, dropout_attention=p[0], dropout_activation=p[1],
-                                              dropout_hidden=p[2]), state.dtype, state.cache_dir)
+    changed = _LayerState(cfg.with_dropouts(p), state.dtype, state.cache_dir)
     issues = _compiler_issues(changed, "")
     if issues:
         return None, "its dropouts changed after compiling: " + "; ".join(issues)
@@ -164,7 +162,7 @@ def _prepare(module: nn.Module, state: _LayerState, x: torch.Tensor, weights, ru
     training = module.training
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     lid = _layer_for(state.specs[(run_dtype, causal, training)], device, state.cache_dir)
-    p = (cfg.dropout_attention, cfg.dropout_activation, cfg.dropout_hidden) if training else (0.0, 0.0, 0.0)
+    p = cfg.probabilities(training)
     return lid, p, x.to(run_dtype).contiguous(), {n: w.to(run_dtype).contiguous() for n, w in weights.items()}
 
 
@@ -344,10 +342,10 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
     gelu, padding masks, causal masks), torch.nn.TransformerDecoderLayer (causal self-attention,
     target and memory padding masks; so nn.Transformer and nn.TransformerDecoder too) and
     transformers' BertLayer with every layer that runs its code (RobertaLayer, XLMRobertaLayer,
-    CamembertLayer, ElectraLayer, Data2VecTextLayer, ...), GPT2Block and ViTLayer: checked part
-    by part against the family's source; a layer shaped like one that runs other code is
-    explained, not compiled. `dtype` is the dtype the layers run in
-    without autocast (default: their parameters' dtype); under torch.autocast they run in the
+    CamembertLayer, ElectraLayer, Data2VecTextLayer, ...), GPT2Block, ViTLayer and DistilBERT's
+    TransformerBlock: checked part by part against the family's source; a layer shaped like one
+    that runs other code is explained, not compiled. `dtype` is the dtype the layers run in without
+    autocast (default: their parameters' dtype); under torch.autocast they run in the
     autocast dtype. Kernels are compiled on a layer's first call (or loaded from the disk cache,
     `cache_dir` or the default). explain(model) lists what was replaced and why the rest was not."""
     if not isinstance(model, nn.Module):

@@ -1,5 +1,5 @@
 """The Hugging Face transformers layers lightseq compiles, family by family: BERT (and every layer
-that runs BertLayer's code: RoBERTa, XLM-R, CamemBERT, ELECTRA, ...), GPT-2 and ViT.
+that runs BertLayer's code: RoBERTa, XLM-R, CamemBERT, ELECTRA, ...), GPT-2, ViT and DistilBERT.
 
 A family is found by structure (the layer has the parts its layer class has) and proven by code:
 the layer and each of its parts must run exactly the family's forward (compared as syntax trees,
@@ -135,29 +135,26 @@ def _eps(norms, what) -> float:
     return eps[0]
 
 
-def _same(values, names, kind: str) -> float:
-    return _spec._one([float(v) for v in values], names, kind)
-
-
 def _encoder(m, dropouts, *, hidden, heads, ffn, norm, activation, eps, names) -> EncoderConfig:
-    p_attn, p_act, p_hidden = dropouts(m)
+    p_attn, p_act, p_hidden, p_out = dropouts(m)
     _spec.check_sizes(hidden, heads, ffn)
     _spec._same_dtype_device(m)
     return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm=norm, activation=activation, eps=eps,
-                         dropout_attention=p_attn, dropout_activation=p_act, dropout_hidden=p_hidden, names=names)
+                         dropout_attention=p_attn, dropout_activation=p_act, dropout_hidden=p_hidden,
+                         dropout_attention_output=p_out, names=names)
 
 
 # ---- BERT ----------------------------------------------------------------------------------------
 
 _BERT_NAMES = (("hidden", "attention.self.query.in_features"), ("heads", "attention.self.num_attention_heads"),
                ("ffn", "intermediate.dense.out_features"), ("eps", "attention.output.LayerNorm.eps"),
-               ("dropout.attention", "attention.self.dropout.p"), ("dropout.hidden", "attention.output.dropout.p"))
+               ("dropout.attention", "attention.self.dropout.p"), ("dropout.hidden", "output.dropout.p"),
+               ("dropout.attention_output", "attention.output.dropout.p"))
 
 
 def _bert_dropouts(m: nn.Module) -> tuple:
     return (float(m.attention.self.dropout.p), 0.0,
-            _same([m.attention.output.dropout.p, m.output.dropout.p], ["attention.output.dropout", "output.dropout"],
-                  "hidden"))
+            *_spec.hidden_dropouts(float(m.attention.output.dropout.p), float(m.output.dropout.p)))
 
 
 def _bert_config(m: nn.Module) -> EncoderConfig:
@@ -215,12 +212,12 @@ def _bert_call(m, torch_forward, x, named):
 
 _GPT2_NAMES = (("hidden", "attn.embed_dim"), ("heads", "attn.num_heads"), ("ffn", "mlp.c_fc.nf"),
                ("eps", "ln_1.eps"), ("dropout.attention", "attn.attn_dropout.p"),
-               ("dropout.hidden", "attn.resid_dropout.p"))
+               ("dropout.hidden", "mlp.dropout.p"), ("dropout.attention_output", "attn.resid_dropout.p"))
 
 
 def _gpt2_dropouts(m: nn.Module) -> tuple:
     return (float(m.attn.attn_dropout.p), 0.0,
-            _same([m.attn.resid_dropout.p, m.mlp.dropout.p], ["attn.resid_dropout", "mlp.dropout"], "hidden"))
+            *_spec.hidden_dropouts(float(m.attn.resid_dropout.p), float(m.mlp.dropout.p)))
 
 
 def _gpt2_config(m: nn.Module) -> EncoderConfig:
@@ -283,7 +280,7 @@ _VIT_NAMES = (("hidden", "attention.q_proj.in_features"), ("heads", "attention.n
 
 
 def _vit_dropouts(m: nn.Module) -> tuple:
-    return float(m.attention.attention_dropout), 0.0, float(m.dropout.p)
+    return float(m.attention.attention_dropout), 0.0, float(m.dropout.p), None  # one dropout module for both
 
 
 def _vit_linear_qkv(lin: nn.Module, what: str, hidden: int) -> None:
@@ -327,11 +324,52 @@ def _vit_weights(m: nn.Module) -> dict:
             "norm2.weight": m.layernorm_after.weight, "norm2.bias": m.layernorm_after.bias}
 
 
-def _vit_call(m, torch_forward, x, named):
+def _encoder_call(m, torch_forward, x, named):
+    """A bidirectional encoder layer's call: the attention mask as key padding."""
     if named.get("output_attentions"):
         return torch_forward("output_attentions")
     pad = _padding(m, named.get("attention_mask"), x.shape[0], x.shape[1], causal=False)
     return _compile.run_encoder(m, x, pad, causal=False, torch_forward=torch_forward)
+
+
+# ---- DistilBERT ----------------------------------------------------------------------------------
+
+_DISTILBERT_NAMES = (("hidden", "attention.dim"), ("heads", "attention.n_heads"), ("ffn", "ffn.lin1.out_features"),
+                     ("eps", "sa_layer_norm.eps"), ("dropout.attention", "attention.dropout.p"),
+                     ("dropout.hidden", "ffn.dropout.p"))
+
+
+def _distilbert_dropouts(m: nn.Module) -> tuple:
+    # no dropout after the attention's out_lin: the attention output's probability is 0
+    return float(m.attention.dropout.p), 0.0, *_spec.hidden_dropouts(0.0, float(m.ffn.dropout.p))
+
+
+def _distilbert_config(m: nn.Module) -> EncoderConfig:
+    a = m.attention
+    hidden, heads = a.dim, a.n_heads
+    for name in ("q_lin", "k_lin", "v_lin", "out_lin"):
+        _spec._linear(getattr(a, name), f"attention.{name}", hidden, hidden)
+    if getattr(a, "is_causal", False):
+        raise Unsupported("a causal DistilBertSelfAttention")
+    _scaling(a, hidden // heads, "attention")
+    ffn = m.ffn.lin1.out_features
+    _spec._linear(m.ffn.lin1, "ffn.lin1", ffn, hidden)
+    _spec._linear(m.ffn.lin2, "ffn.lin2", hidden, ffn)
+    act = _activation(getattr(a.config, "activation", None), "activation")
+    eps = _eps([m.sa_layer_norm, m.output_layer_norm], ["sa_layer_norm", "output_layer_norm"])
+    return _encoder(m, _distilbert_dropouts, hidden=hidden, heads=heads, ffn=ffn, norm="post", activation=act,
+                    eps=eps, names=_DISTILBERT_NAMES)
+
+
+def _distilbert_weights(m: nn.Module) -> dict:
+    a, f = m.attention, m.ffn
+    return {"self_attn.in_proj_weight": torch.cat([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
+            "self_attn.in_proj_bias": torch.cat([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias]),
+            "self_attn.out_proj.weight": a.out_lin.weight, "self_attn.out_proj.bias": a.out_lin.bias,
+            "linear1.weight": f.lin1.weight, "linear1.bias": f.lin1.bias,
+            "linear2.weight": f.lin2.weight, "linear2.bias": f.lin2.bias,
+            "norm1.weight": m.sa_layer_norm.weight, "norm1.bias": m.sa_layer_norm.bias,
+            "norm2.weight": m.output_layer_norm.weight, "norm2.bias": m.output_layer_norm.bias}
 
 
 # ---- masks ---------------------------------------------------------------------------------------
@@ -404,7 +442,12 @@ FAMILIES = (
            (("", "ViTLayer", ("forward",)), ("attention", "ViTAttention", ("forward",)),
             ("mlp", "ViTMLP", ("forward",))),
            ("layernorm_before", "layernorm_after", "attention.q_proj", "attention.o_proj", "mlp.fc1", "mlp.fc2"),
-           _vit_config, _vit_dropouts, _vit_weights, _vit_call),
+           _vit_config, _vit_dropouts, _vit_weights, _encoder_call),
+    Family("DistilBERT", "transformers.models.distilbert.modeling_distilbert",
+           (("", "TransformerBlock", ("forward",)), ("attention", "DistilBertSelfAttention", ("forward",)),
+            ("ffn", "FFN", ("forward", "ff_chunk"))),
+           ("sa_layer_norm", "output_layer_norm", "attention.q_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"),
+           _distilbert_config, _distilbert_dropouts, _distilbert_weights, _encoder_call),
 )
 
 

@@ -201,10 +201,11 @@ def _absent(like: Tensor) -> Tensor:
     return like.new_empty((0,), dtype=torch.uint8)
 
 
-def _p4(p: Sequence[float]) -> List[float]:
-    """The dropout probabilities (attention, activation, hidden[, embedding])."""
-    p = list(p)
-    return p + [0.0] * (4 - len(p))
+def _p5(p: Sequence[float]) -> List[float]:
+    """The dropout probabilities (attention, activation, hidden[, embedding[, attention output]]);
+    the attention output's defaults to the hidden one."""
+    p = list(p) + [0.0] * max(0, 4 - len(p))
+    return p + [p[2]] if len(p) == 4 else p
 
 
 def _new(e: Entry, dims, device) -> Tensor:
@@ -218,7 +219,7 @@ def layer_fwd(args: List[Tensor], layer_id: int, dims: List[int],
     """(outputs, saved arena, rng state) of layer `layer_id`'s forward. args: its manifest's inputs
     and parameters in manifest order (an absent padding mask: a tensor with no elements, since
     autograd tracks a tensor list only when it holds no None); dims: [B, T, S]; p: the dropout
-    probabilities (attention, activation, hidden, embedding)."""
+    probabilities (attention, activation, hidden, embedding, attention output)."""
     lay = _layers[layer_id]
     device = _check_args("layer_fwd", lay, lay.fwd_inputs(), args, dims)
     args = [_aligned(a) if a.numel() > 0 and a.dtype in (torch.bool, torch.uint8) else a for a in args]
@@ -229,7 +230,7 @@ def layer_fwd(args: List[Tensor], layer_id: int, dims: List[int],
     it_in, it_out = iter(args), iter(outs)
     ordered = [next(it_out) if e.role == "output" else next(it_in) for e in lay.forward]
     alloc, _keep = _allocator(device)
-    lay.handle.forward(_ptrs(ordered), *dims, _p4(p), seed, offset, saved.data_ptr(),
+    lay.handle.forward(_ptrs(ordered), *dims, _p5(p), seed, offset, saved.data_ptr(),
                        torch.cuda.current_stream(device).cuda_stream, alloc)
     return outs, saved, rng
 
@@ -256,7 +257,7 @@ def layer_bwd(args: List[Tensor], saved: Tensor, rng: Tensor, layer_id: int, dim
     it_in, it_out = iter(args), iter(outs)
     ordered = [next(it_out) if e.role in ("grad_output", "param_grad") else next(it_in) for e in lay.backward]
     alloc, _keep = _allocator(device)
-    lay.handle.backward(_ptrs(ordered), *dims, _p4(p), seed, offset, saved.data_ptr(), False,
+    lay.handle.backward(_ptrs(ordered), *dims, _p5(p), seed, offset, saved.data_ptr(), False,
                         torch.cuda.current_stream(device).cuda_stream, alloc)
     return outs
 
@@ -308,5 +309,5 @@ def run_layer(layer_id: int, named: Dict[str, Optional[Tensor]], dims: Tuple[int
         raise ArgumentError(f"lightseq ({lay.name}): no tensor for {', '.join(missing)}")
     like = next(t for t in named.values() if t is not None)
     args = [named.get(e.name) if named.get(e.name) is not None else _absent(like) for e in lay.fwd_inputs()]
-    outs, _saved, _rng = torch.ops.lightseq.layer_fwd(args, layer_id, list(dims), _p4(p))
+    outs, _saved, _rng = torch.ops.lightseq.layer_fwd(args, layer_id, list(dims), _p5(p))
     return {e.name: o for e, o in zip(lay.fwd_outputs(), outs)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,8 @@ class EncoderConfig:
     dropout_attention: float
     dropout_activation: float
     dropout_hidden: float
+    # the attention sublayers' output dropout where it differs from dropout_hidden (the FFN's)
+    dropout_attention_output: Optional[float] = None
     # (spec field, the PyTorch attribute it comes from), e.g. ("eps", "norm1.eps"): issues of the
     # generated spec are reported in the module's terms (torch_issues).
     names: tuple = dataclasses.field(default=(), compare=False, repr=False)
@@ -34,7 +37,26 @@ class EncoderConfig:
     def describe(self) -> str:
         return (f"encoder {self.hidden}/{self.heads}/{self.ffn} {self.norm}-LN {self.activation}, "
                 f"eps {self.eps:g}, dropout attention {self.dropout_attention:g} / activation "
-                f"{self.dropout_activation:g} / hidden {self.dropout_hidden:g}")
+                f"{self.dropout_activation:g} / hidden {self.dropout_hidden:g}"
+                + ("" if self.dropout_attention_output is None
+                   else f" / attention output {self.dropout_attention_output:g}"))
+
+    def dropouts(self) -> tuple:
+        """(attention, activation, hidden, attention output or None): what _dropouts() of a compiled
+        layer returns."""
+        return (self.dropout_attention, self.dropout_activation, self.dropout_hidden, self.dropout_attention_output)
+
+    def with_dropouts(self, p: tuple) -> "EncoderConfig":
+        return dataclasses.replace(self, dropout_attention=p[0], dropout_activation=p[1], dropout_hidden=p[2],
+                                   dropout_attention_output=p[3])
+
+    def probabilities(self, training: bool) -> tuple:
+        """The run-time probabilities of the sites: attention, activation, hidden, embedding (none in
+        a layer), attention output."""
+        if not training:
+            return (0.0,) * 5
+        out = self.dropout_hidden if self.dropout_attention_output is None else self.dropout_attention_output
+        return (self.dropout_attention, self.dropout_activation, self.dropout_hidden, 0.0, out)
 
     def spec(self, dtype: torch.dtype, *, causal: bool = False, dropout_on: bool = True) -> dict:
         """The JSON model spec of one layer of this configuration. Dropout sites are compiled in
@@ -42,6 +64,10 @@ class EncoderConfig:
         def p(v: float) -> float:
             return v if dropout_on else 0.0
 
+        dropout = {"attention": p(self.dropout_attention), "activation": p(self.dropout_activation),
+                   "hidden": p(self.dropout_hidden)}
+        if self.dropout_attention_output is not None:
+            dropout["attention_output"] = p(self.dropout_attention_output)
         layer = {
             "type": "encoder",
             "count": 1,
@@ -51,8 +77,7 @@ class EncoderConfig:
             "activation": self.activation,
             "norm": self.norm,
             "eps": self.eps,
-            "dropout": {"attention": p(self.dropout_attention), "activation": p(self.dropout_activation),
-                        "hidden": p(self.dropout_hidden)},
+            "dropout": dropout,
         }
         if causal:
             layer["causal"] = True
@@ -80,7 +105,8 @@ class DecoderConfig(EncoderConfig):
 
 _TORCH_NAMES = (("hidden", "self_attn.embed_dim"), ("heads", "self_attn.num_heads"),
                 ("ffn", "linear1.out_features"), ("eps", "norm1.eps"), ("dropout.attention", "self_attn.dropout"),
-                ("dropout.activation", "dropout.p"), ("dropout.hidden", "dropout1.p"))
+                ("dropout.activation", "dropout.p"), ("dropout.hidden", "dropout2.p"),
+                ("dropout.attention_output", "dropout1.p"))
 
 
 def torch_issues(config: EncoderConfig, issues, module_name: str) -> list:
@@ -210,33 +236,38 @@ def _one(values, names, kind: str) -> float:
     return values[0]
 
 
+def hidden_dropouts(attention_output: float, ffn_output: float) -> tuple:
+    """(hidden, attention output or None) of a layer whose attention sublayers' outputs drop with
+    probability `attention_output` and whose FFN's output with `ffn_output`: one hidden dropout
+    where they agree (the spec then needs no attention_output)."""
+    return ffn_output, (None if attention_output == ffn_output else attention_output)
+
+
 def torch_layer_dropouts(m: nn.Module) -> tuple:
-    """(attention, activation, hidden) dropout probabilities of a torch.nn.TransformerEncoderLayer
-    or TransformerDecoderLayer, read from its modules (a compiled layer reads them at every
-    training call: they may change after compiling); Unsupported when the layer's dropouts of one
-    kind differ, as lightseq has one of each."""
+    """(attention, activation, hidden, attention output or None) dropout probabilities of a
+    torch.nn.TransformerEncoderLayer or TransformerDecoderLayer, read from its modules (a compiled
+    layer reads them at every training call: they may change after compiling); Unsupported when
+    a decoder's two attentions, or their two output dropouts, differ: lightseq has one of each."""
     if isinstance(m, nn.TransformerDecoderLayer):
         p_self, p_cross = float(m.self_attn.dropout), float(m.multihead_attn.dropout)
         if p_self != p_cross:
             raise Unsupported(f"self_attn and multihead_attn have different dropouts ({p_self:g}, {p_cross:g}): "
                               "lightseq has one attention dropout")
-        hidden = ("dropout1", "dropout2", "dropout3")
-    else:
-        p_self, hidden = float(m.self_attn.dropout), ("dropout1", "dropout2")
-    p_hidden = _one([float(getattr(m, n).p) for n in hidden], hidden, "hidden")
-    return p_self, float(m.dropout.p), p_hidden
+        p_out = _one([float(m.dropout1.p), float(m.dropout2.p)], ("dropout1", "dropout2"), "attention output")
+        return (p_self, float(m.dropout.p), *hidden_dropouts(p_out, float(m.dropout3.p)))
+    return (float(m.self_attn.dropout), float(m.dropout.p), *hidden_dropouts(float(m.dropout1.p), float(m.dropout2.p)))
 
 
 def from_torch_encoder_layer(m: nn.TransformerEncoderLayer) -> EncoderConfig:
     """The configuration of a torch.nn.TransformerEncoderLayer, or Unsupported."""
     hidden, heads, _ = _attention(m.self_attn, "self_attn")
     ffn, act, eps = _feed_forward_and_norms(m, hidden, ("norm1", "norm2"))
-    p_attn, p_act, p_hidden = torch_layer_dropouts(m)
+    p_attn, p_act, p_hidden, p_out = torch_layer_dropouts(m)
     check_sizes(hidden, heads, ffn)
     _same_dtype_device(m)
     return EncoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
                          activation=act, eps=eps, dropout_attention=p_attn, dropout_activation=p_act,
-                         dropout_hidden=p_hidden, names=_TORCH_NAMES)
+                         dropout_hidden=p_hidden, dropout_attention_output=p_out, names=_TORCH_NAMES)
 
 
 def from_torch_decoder_layer(m: nn.TransformerDecoderLayer) -> DecoderConfig:
@@ -245,10 +276,10 @@ def from_torch_decoder_layer(m: nn.TransformerDecoderLayer) -> DecoderConfig:
     hidden2, heads2, _ = _attention(m.multihead_attn, "multihead_attn")
     if (hidden2, heads2) != (hidden, heads):
         raise Unsupported(f"multihead_attn is {hidden2}/{heads2} heads, self_attn {hidden}/{heads}")
-    p_attn, p_act, p_hidden = torch_layer_dropouts(m)
+    p_attn, p_act, p_hidden, p_out = torch_layer_dropouts(m)
     ffn, act, eps = _feed_forward_and_norms(m, hidden, ("norm1", "norm2", "norm3"))
     check_sizes(hidden, heads, ffn)
     _same_dtype_device(m)
     return DecoderConfig(hidden=hidden, heads=heads, ffn=ffn, norm="pre" if m.norm_first else "post",
                          activation=act, eps=eps, dropout_attention=p_attn, dropout_activation=p_act,
-                         dropout_hidden=p_hidden, names=_TORCH_NAMES)
+                         dropout_hidden=p_hidden, dropout_attention_output=p_out, names=_TORCH_NAMES)
