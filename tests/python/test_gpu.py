@@ -160,6 +160,13 @@ def test_dropout_changed_after_compiling_is_used():
     torch.testing.assert_close(model(x), want, rtol=0, atol=0)
     model.layers[0].dropout.p = 0.5  # one site on again: other outputs
     assert not torch.equal(model(x), want)
+    model.layers[0].dropout.p = 0.0
+    # the attention output's dropout alone (dropout1, its own site kind), then the FFN output's
+    for name in ("dropout1", "dropout2"):
+        getattr(model.layers[1], name).p = 0.5
+        assert not torch.equal(model(x), want), name
+        getattr(model.layers[1], name).p = 0.0
+        torch.testing.assert_close(model(x), want, rtol=0, atol=0)
 
 
 def test_checkpoint_gives_the_same_gradients():
