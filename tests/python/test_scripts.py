@@ -83,3 +83,15 @@ def test_readme_in_tree_import_route_works(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(ROOT / "frontends" / "python" / "lightseq" / "__init__.py")
+
+
+def test_fine_tuning_examples_say_they_need_a_gpu():
+    """examples/finetune_*.py: on a machine without a GPU each exits with that reason (on a GPU
+    machine scripts/gpu-check runs them)."""
+    import pytest
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: scripts/gpu-check runs the examples")
+    for script in sorted((ROOT / "examples").glob("finetune_*.py")):
+        p = subprocess.run([sys.executable, str(script), "--steps", "1"], capture_output=True, text=True)
+        assert p.returncode != 0 and f"{script.stem}: needs a CUDA GPU" in p.stderr, (script, p.stderr[-2000:])
