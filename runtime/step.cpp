@@ -191,6 +191,12 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
         c.dropout.attention_output = l.dropout.attention_output_p();
         calls_.push_back(std::move(c));
       }
+      if (l.final_norm) {  // after the kind's last stack (validated)
+        Call c = make_call(model_->layer(fmt::format("layers[{}].final_norm", i)), 0);
+        c.stream = has_decoder && kind == LayerKind::kEncoder ? Call::Stream::kSource
+                                                              : Call::Stream::kTarget;
+        calls_.push_back(std::move(c));
+      }
     }
   };
   if (has_decoder) {
@@ -366,7 +372,8 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
   const RunShape src = bk.src, tgt = bk.tgt;
   auto rows_of = [](const RunShape& r) { return r.batch * r.seq; };
   auto shape_of = [&](const Call& c) {
-    const bool source = (c.type == LayerType::kEmbedding && c.stream == Call::Stream::kSource) ||
+    const bool source = ((c.type == LayerType::kEmbedding || c.type == LayerType::kFinalNorm) &&
+                         c.stream == Call::Stream::kSource) ||
                         (two && c.type == LayerType::kEncoder);
     return source ? src : tgt;
   };
@@ -440,6 +447,9 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
             spec.embedding->padding_idx >= 0 ? src_mask : nullptr);
         break;
       }
+      case LayerType::kFinalNorm:
+        set(a, c.f[Call::kX], prev);
+        break;
       case LayerType::kCriterion:
         set(a, c.f[Call::kDecoderOut], prev);
         set(a, c.f[Call::kTargets], io.targets);

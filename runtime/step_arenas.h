@@ -30,7 +30,8 @@ struct TrainStep::Arenas {
 // One layer call of the step: its executor, its arguments in manifest order with the parameters
 // (and their gradients) already bound, and where the per-step tensors go.
 struct TrainStep::Call {
-  enum class Stream { kSource, kTarget };  // which token stream an embedding call reads
+  // which token stream an embedding (or a final LayerNorm) call reads
+  enum class Stream { kSource, kTarget };
   const LayerExecutor* exec = nullptr;
   LayerType type = LayerType::kEncoder;
   Stream stream = Stream::kTarget;

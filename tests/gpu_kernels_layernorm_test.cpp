@@ -42,6 +42,7 @@ const BwdVariant kBwdVariants[] = {
     {true, true, false, false},  {true, true, true, false},  {true, true, true, true},
     {false, true, false, false},  // documented: "with Norm::kOff and BranchOut::kOff it only adds"
     {false, false, false, true},  // documented: a plain dropout backward (no bias)
+    {true, false, false, false},  // a final LayerNorm's backward (final_norm): dx only
 };
 
 struct Size {

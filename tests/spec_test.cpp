@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "compiler/errors.h"
+#include "compiler/graph/param_arena.h"
 #include "compiler/planner/planner.h"
 #include "frontends/spec/parse.h"
 
@@ -106,6 +107,30 @@ TEST(SpecDropout, AttentionOutputParsesPrintsAndValidates) {
   for (const SpecIssue& i : validate_spec(s)) got.push_back(i.to_string());
   EXPECT_EQ(got, (std::vector<std::string>{"layers[0].dropout.attention_output = 1: must be a "
                                            "probability in [0, 1); 0 turns it off"}));
+}
+
+// layers[].final_norm: the LayerNorm after a kind's last stack (GPT-2's ln_f), printed only when
+// set, refused on a stack that another of its kind follows; its parameters are
+// nn.TransformerEncoder's `norm` (the plan: tests/golden/gpt2-small.plan).
+TEST(SpecStack, FinalNormParsesPrintsValidatesAndNamesItsParameters) {
+  ModelSpec s = parse_spec_file(kExamples / "gpt2-small.json");
+  EXPECT_TRUE(s.layers[0].final_norm);
+  const std::string json = spec_to_json(s).dump();
+  EXPECT_NE(json.find("\"final_norm\":true"), std::string::npos) << json;
+  EXPECT_EQ(parse_spec_string(json, "<test>"), s);
+  const ParamArena arena = parameter_arena(s);
+  EXPECT_NE(find_entry(arena, "encoder.norm.weight"), nullptr);
+  EXPECT_NE(find_entry(arena, "encoder.norm.bias"), nullptr);
+  s.layers.push_back(s.layers[0]);  // two encoder stacks: only the last may end in the norm
+  std::vector<std::string> got;
+  for (const SpecIssue& i : validate_spec(s)) got.push_back(i.to_string());
+  EXPECT_EQ(got, (std::vector<std::string>{
+                     "layers[0].final_norm = true: the final LayerNorm follows the last encoder "
+                     "stack, and layers[1] comes after this one; set it there instead"}));
+  s.layers[0].final_norm = false;
+  EXPECT_TRUE(validate_spec(s).empty());
+  ModelSpec base = parse_spec_file(kExamples / "transformer-base.json");
+  EXPECT_EQ(spec_to_json(base).dump().find("final_norm"), std::string::npos);
 }
 
 // criterion.logits_chunk_mib: the fused linear + cross-entropy's chunk budget, printed only when

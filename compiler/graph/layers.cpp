@@ -22,6 +22,8 @@ std::string_view to_string(LayerType t) {
       return "criterion";
     case LayerType::kOptimizer:
       return "optimizer";
+    case LayerType::kFinalNorm:
+      return "final_norm";
   }
   throw InternalError("unknown LayerType");
 }
@@ -470,6 +472,8 @@ std::vector<LayerGraph> lower_model(const ModelSpec& spec) {
   if (spec.embedding) out.push_back(lower_embedding(*spec.embedding));
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     out.push_back(lower_stack(spec.layers[i], static_cast<int>(i)));
+    if (spec.layers[i].final_norm)
+      out.push_back(lower_final_norm(spec.layers[i], static_cast<int>(i)));
   }
   if (spec.criterion) {
     if (!spec.embedding) throw InternalError("lower_model: a criterion needs an embedding (vocab)");

@@ -9,7 +9,8 @@
 
 namespace lightseq {
 
-enum class LayerType { kEncoder, kDecoder, kEmbedding, kCriterion, kOptimizer };
+// kFinalNorm: the LayerNorm after a kind's last stack (LayerStackSpec::final_norm).
+enum class LayerType { kEncoder, kDecoder, kEmbedding, kCriterion, kOptimizer, kFinalNorm };
 std::string_view to_string(LayerType t);
 
 // One distinct layer of a model: a stack of identical layers lowers once.
@@ -30,6 +31,9 @@ LayerGraph lower_criterion(const CriterionSpec& crit, const EmbeddingSpec& emb);
 // and "exp_avg_sq", fp32 "master_params" for fp16/bf16 models, the learning rate "lr" [1] fp32
 // and "optim_state" [1] (kern::OptimState) in device memory. fp16 models check the gradients
 // for inf/NaN and scale the loss dynamically (torch.amp.GradScaler's defaults).
+// "layers[i].final_norm": y = LayerNorm(x) after stack i, its parameters nn.TransformerEncoder's
+// / nn.TransformerDecoder's `norm` ("encoder.norm.weight", ...).
+LayerGraph lower_final_norm(const LayerStackSpec& stack, int index);
 LayerGraph lower_optimizer(const OptimizerSpec& opt, const ModelSpec& model);
 // The inputs of its kAdam op, by position (master last, present for fp16/bf16 only).
 enum AdamInput : int {

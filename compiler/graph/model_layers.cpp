@@ -151,6 +151,34 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   return lg;
 }
 
+LayerGraph lower_final_norm(const LayerStackSpec& s, int index) {
+  LayerGraph lg;
+  lg.type = LayerType::kFinalNorm;
+  lg.name = fmt::format("layers[{}].final_norm", index);
+  lg.description =
+      fmt::format("LayerNorm after the last {} stack, eps {:g}", to_string(s.kind), s.eps);
+  Builder b(lg.graph);
+  const Dim H = Dim::constant(s.hidden);
+  const Shape hs{Dim::tokens(), H};
+  const std::string prefix = fmt::format("{}.norm", to_string(s.kind));
+  int x = b.tensor("x", hs, TensorRole::kInput);
+  int gamma = b.param(prefix + ".weight", {H});
+  int beta = b.param(prefix + ".bias", {H});
+  int mean = b.tensor("ln_mean", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
+  int rstd = b.tensor("ln_rstd", {Dim::tokens()}, TensorRole::kActivation, ElemType::kF32);
+  int y = b.tensor("y", hs, TensorRole::kOutput);
+  OpAttrs at;
+  at.eps = s.eps;
+  b.op(OpKind::kLayerNorm, "norm", {x, gamma, beta}, {y, mean, rstd}, at);
+  lg.graph.begin_backward();
+  int dy = b.grad("grad_y", hs, TensorRole::kGradInput, y);
+  int dx = b.grad("grad_x", hs, TensorRole::kGradOutput, x);
+  b.op(OpKind::kLayerNormGrad, "norm_grad", {dy, x, mean, rstd, gamma},
+       {dx, b.grad_of_param(gamma), b.grad_of_param(beta)});
+  lg.graph.verify();
+  return lg;
+}
+
 LayerGraph lower_optimizer(const OptimizerSpec& o, const ModelSpec& model) {
   LayerGraph lg;
   lg.type = LayerType::kOptimizer;

@@ -79,6 +79,9 @@ struct LayerStackSpec {
   NormPlacement norm = NormPlacement::kPost;
   double eps = 1e-5;
   bool causal = false;  // causal self-attention (always true for decoders; GPT-style encoders)
+  // A LayerNorm after the stack's last layer (pre-LN models: GPT-2's ln_f, Fairseq's
+  // encoder/decoder_normalize_before); only the last stack of its kind has one.
+  bool final_norm = false;
   DropoutSpec dropout;
   int64_t head_dim() const { return heads > 0 ? hidden / heads : 0; }
   bool operator==(const LayerStackSpec&) const = default;

@@ -281,6 +281,17 @@ class Validator {
         add(at + ".type", show(static_cast<int64_t>(s.kind)), "must be \"encoder\" or \"decoder\"");
       }
       check_stack(s, at, width, width_source);
+      if (s.final_norm) {
+        for (size_t j = i + 1; j < spec.layers.size(); ++j) {
+          if (spec.layers[j].kind == s.kind) {
+            add(at + ".final_norm", "true",
+                fmt::format("the final LayerNorm follows the last {} stack, and layers[{}] comes "
+                            "after this one; set it there instead",
+                            to_string(s.kind), j));
+            break;
+          }
+        }
+      }
       if (width == 0 && width_ok(s.hidden, kMaxHidden)) {
         width = s.hidden;
         width_source = at + ".hidden";

@@ -351,6 +351,8 @@ class SpecReader {
                     causal_given = true;
                     read_bool(n, p, s.causal);
                   }},
+                 {"final_norm", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_bool(n, p, s.final_norm); }},
                  {"dropout", Need::kOptional, "",
                   [&](auto& n, auto& p) { s.dropout = read_dropout(n, p); }}});
     if (!causal_given) s.causal = s.kind == LayerKind::kDecoder;

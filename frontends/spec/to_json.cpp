@@ -18,16 +18,18 @@ Json dropout_json(const DropoutSpec& d) {
 std::string name_of(auto e) { return std::string(to_string(e)); }
 
 Json stack_to_json(const LayerStackSpec& s) {
-  return Json{{"type", name_of(s.kind)},
-              {"count", s.count},
-              {"hidden", s.hidden},
-              {"heads", s.heads},
-              {"ffn", s.ffn},
-              {"activation", name_of(s.activation)},
-              {"norm", name_of(s.norm)},
-              {"eps", s.eps},
-              {"causal", s.causal},
-              {"dropout", dropout_json(s.dropout)}};
+  Json j{{"type", name_of(s.kind)},
+         {"count", s.count},
+         {"hidden", s.hidden},
+         {"heads", s.heads},
+         {"ffn", s.ffn},
+         {"activation", name_of(s.activation)},
+         {"norm", name_of(s.norm)},
+         {"eps", s.eps},
+         {"causal", s.causal},
+         {"dropout", dropout_json(s.dropout)}};
+  if (s.final_norm) j["final_norm"] = true;  // only when set: specs without it keep their JSON
+  return j;
 }
 
 }  // namespace

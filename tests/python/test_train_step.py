@@ -25,10 +25,10 @@ V, H, HEADS, FFN, PAD = 997, 64, 4, 128, 1
 LR, BETAS, EPS, WD, SMOOTH = 2e-3, (0.9, 0.98), 1e-8, 0.01, 0.1
 
 
-def spec(precision, layers=(2, 2), dropout=0.0, vocab=V, token_types=0):
+def spec(precision, layers=(2, 2), dropout=0.0, vocab=V, token_types=0, norm="post", final_norm=False):
     stack = lambda kind, n: {  # noqa: E731
         "type": kind, "count": n, "hidden": H, "heads": HEADS, "ffn": FFN, "activation": "relu",
-        "norm": "post", "eps": 1e-5,
+        "norm": norm, "eps": 1e-5, "final_norm": final_norm,
         "dropout": {"attention": dropout, "activation": dropout, "hidden": dropout}}
     s = {
         "name": "train-step-test", "precision": precision,
@@ -65,7 +65,7 @@ def sinusoids(T):
 
 
 class Reference(nn.Module):
-    def __init__(self, n_enc=2, n_dec=2):
+    def __init__(self, n_enc=2, n_dec=2, norm_first=False, final_norm=False):
         super().__init__()
         self.embed_tokens = nn.Embedding(V, H, padding_idx=PAD)
         # fairseq's initialization: with nn.Embedding's N(0, 1) the scaled embeddings and the tied
@@ -77,10 +77,13 @@ class Reference(nn.Module):
         nn.init.normal_(self.embed_tokens.weight, 0.0, H ** -0.5)
         with torch.no_grad():
             self.embed_tokens.weight[PAD].zero_()
-        enc = nn.TransformerEncoderLayer(H, HEADS, FFN, dropout=0.0, batch_first=True)
-        dec = nn.TransformerDecoderLayer(H, HEADS, FFN, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(enc, n_enc, enable_nested_tensor=False)
-        self.decoder = nn.TransformerDecoder(dec, n_dec)
+        enc = nn.TransformerEncoderLayer(H, HEADS, FFN, dropout=0.0, batch_first=True, norm_first=norm_first)
+        dec = nn.TransformerDecoderLayer(H, HEADS, FFN, dropout=0.0, batch_first=True, norm_first=norm_first)
+        # final_norm: nn.TransformerEncoder/Decoder's `norm` (encoder.norm.weight, ...), Fairseq's
+        # encoder/decoder_normalize_before
+        self.encoder = nn.TransformerEncoder(enc, n_enc, enable_nested_tensor=False,
+                                             norm=nn.LayerNorm(H) if final_norm else None)
+        self.decoder = nn.TransformerDecoder(dec, n_dec, norm=nn.LayerNorm(H) if final_norm else None)
 
     def embed(self, tokens):
         pad = tokens == PAD
@@ -225,6 +228,42 @@ def test_whole_step_trains_like_pytorch(precision):
         limit = 1e-4 if peer is None else 2 * rel_err(peer, theirs) + 1e-3
         assert err < limit, f"{name}: rel err {err} (limit {limit})"
     assert step.graphs_captured == 1 and step.graph_replays == len(data) - 1
+
+
+def test_pre_ln_with_final_norms_trains_like_pytorch():
+    """A pre-LN encoder-decoder with a LayerNorm after each kind's last stack (spec final_norm;
+    nn.TransformerEncoder/Decoder's `norm`): the final norms' parameters are in the step under
+    PyTorch's names, and three steps follow PyTorch in fp32: losses, every first-step gradient and
+    the weights after."""
+    torch.manual_seed(1)
+    ref = Reference(norm_first=True, final_norm=True).cuda()
+    with torch.no_grad():  # LayerNorm weights away from 1 and biases away from 0: they matter
+        for name, p in ref.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    step = step_for("fp32", norm="pre", final_norm=True)
+    names = dict(step.parameters())
+    assert {"encoder.norm.weight", "encoder.norm.bias", "decoder.norm.weight", "decoder.norm.bias"} <= names.keys()
+    assert names.keys() == dict(ref.named_parameters()).keys()
+    load_into(step, ref, torch.float32)
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
+    for i, b in enumerate(batches(3, seed=4)):
+        opt.zero_grad()
+        want = ref(*b)
+        want.backward()
+        got, _ = run(step, b)
+        assert abs(got - want.item()) <= 2e-4 * abs(want.item()), f"step {i}: {got} vs {want.item()}"
+        if i == 0:
+            for name, shape in step.parameters():
+                err = rel_err(read(step, name, shape, torch.float32, grad=True), ref.get_parameter(name).grad)
+                assert err <= 1e-3, f"grad {name}: rel err {err}"
+        opt.step()
+    sd = ref.state_dict()
+    for name, shape in step.parameters():
+        if name.endswith("in_proj_bias"):
+            continue  # its key part: rounding noise through Adam (test_whole_step_trains_like_pytorch)
+        err = rel_err(read(step, name, shape, torch.float32), sd[name])
+        assert err <= 1e-4, f"{name}: rel err {err}"
 
 
 def params_of(step, dtype=torch.bfloat16):
