@@ -51,8 +51,9 @@ struct Embedding {
 };
 
 inline kern::Act act(Activation a) { return planner::fusion::act_of(a); }
+// The spec → template-argument mappings are the planner's (compiler/planner/fusion_rules.h).
 inline kern::Pos pos(PositionKind p) {
-  return p == PositionKind::kLearned ? kern::Pos::kLearned : kern::Pos::kSinusoidal;
+  return planner::fusion::pos_of(p == PositionKind::kLearned);
 }
 
 inline KernelInstance ln_fwd(Precision p, const LnFwd& c) {
@@ -104,9 +105,7 @@ inline KernelInstance softmax_fwd(Precision p, const Softmax& c) {
 inline KernelInstance softmax_bwd(Precision p, const Softmax& c) {
   return instantiate(sig::kSoftmaxBwd, p, {on_off<kern::Drop>("kDrop", c.dropout)});
 }
-inline kern::PosFrom pos_from(PositionsFrom f) {
-  return f == PositionsFrom::kTokens ? kern::PosFrom::kTokens : kern::PosFrom::kIndex;
-}
+inline kern::PosFrom pos_from(PositionsFrom f) { return planner::fusion::pos_from_of(f); }
 inline KernelInstance embedding_fwd(Precision p, const Embedding& c) {
   return instantiate(sig::kEmbeddingFwd, p,
                      {{"kHidden", c.hidden},
