@@ -13,6 +13,7 @@
 #include "cross_entropy.sig.cuh"
 #include "embedding.sig.cuh"
 #include "embedding_grad.sig.cuh"
+#include "flash_attention.sig.cuh"
 #include "layernorm.sig.cuh"
 #include "reduce.sig.cuh"
 #include "softmax.sig.cuh"
@@ -101,6 +102,17 @@ inline KernelInstance softmax_fwd(Precision p, const Softmax& c) {
   return instantiate(
       sig::kSoftmaxFwd, p,
       {tv("kMask", static_cast<kern::Mask>(bits)), on_off<kern::Drop>("kDrop", c.dropout)});
+}
+struct Flash {
+  int64_t head_dim;
+  bool padding, causal, dropout;
+};
+inline KernelInstance flash_fwd(Precision p, const Flash& c) {
+  const int bits = (c.padding ? 1 : 0) | (c.causal ? 2 : 0);
+  return instantiate(sig::kFlashFwd, p,
+                     {{"kD", c.head_dim},
+                      tv("kMask", static_cast<kern::Mask>(bits)),
+                      on_off<kern::Drop>("kDrop", c.dropout)});
 }
 inline KernelInstance softmax_bwd(Precision p, const Softmax& c) {
   return instantiate(sig::kSoftmaxBwd, p, {on_off<kern::Drop>("kDrop", c.dropout)});

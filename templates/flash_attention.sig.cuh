@@ -1,0 +1,61 @@
+// flash_attention.sig.cuh — flash_attention.cuh's traits and signatures: the fused attention
+// forward. Traits: the family's launch formulas as __host__ __device__ constexpr functions, which
+// the kernels and the runtime share. Signatures (host-only, common/signature.cuh): each kernel's
+// template and run-time parameters with their roles, its launch shape and its scratch extents,
+// declared once; codegen, the planner and the runtime derive everything else from them.
+#pragma once
+
+#include "common/enums.cuh"
+#include "common/launch.cuh"
+
+namespace lightseq::kern {
+
+// ---- flash_attention.cuh -----------------------------------------------------------------------
+inline constexpr int kFlashBlockM = 64;   // query rows per block: 4 warps of 16
+inline constexpr int kFlashBlockN = 64;   // keys per tile
+inline constexpr int kFlashThreads = 128;
+LIGHTSEQ_HD constexpr int flash_fwd_block() { return kFlashThreads; }
+// x: query tiles, y: batch · heads.
+LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len) {
+  return GridDim{static_cast<uint32_t>(ceil_div(q_len, kFlashBlockM)),
+                 static_cast<uint32_t>(batch_heads), 1};
+}
+
+}  // namespace lightseq::kern
+
+#if !defined(__CUDACC_RTC__)
+#include "common/signature.cuh"
+
+namespace lightseq::kern::sig {
+
+namespace flash_fwd {
+inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
+                                enum_param("kMask", "mask", kMaskInfo),
+                                enum_param("kDrop", "drop", kDropInfo)};
+inline constexpr Param kP[] = {in("q", CType::kConstTPtr),
+                               in("k", CType::kConstTPtr),
+                               in("v", CType::kConstTPtr),
+                               in("key_padding", CType::kConstU8Ptr, Nullable::kYes),
+                               out("out", CType::kTPtr),
+                               out("lse", CType::kF32Ptr),
+                               scalar("batch", CType::kI64),
+                               scalar("heads", CType::kI64),
+                               scalar("q_len", CType::kI64),
+                               scalar("k_len", CType::kI64),
+                               scalar("scale", CType::kF32),
+                               dropout("drop")};
+inline Launch launch(const Values& v) {
+  return {flash_fwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
+                         v.i[index_of(kP, "q_len")]),
+          flash_fwd_block(), 0};
+}
+}  // namespace flash_fwd
+inline constexpr Kernel kFlashFwd = make_kernel("flash_attention", "flash_attn_fwd_kernel",
+                                                flash_fwd::kT, flash_fwd::kP, &flash_fwd::launch);
+
+namespace flash_attention {
+inline constexpr const Kernel* kKernels[] = {&kFlashFwd};
+}
+
+}  // namespace lightseq::kern::sig
+#endif

@@ -1,0 +1,195 @@
+// gpu_kernels_flash_test.cpp — templates/flash_attention.cuh on the GPU against the float64
+// reference (q·kᵀ·scale, the unfused path's masked softmax and dropout, · v): flash_attn_fwd_kernel
+// for fp16/bf16 × head dims 32, 64, 96, 128 × every mask × dropout on/off; query and key lengths
+// 1, 7, 63, 64, 65, 77, 513 and cross-attention shapes with q_len ≠ k_len; a padded-out batch
+// element (its rows fully masked: out 0, lse +inf); the dropped entries the same as the unfused
+// softmax's for the same seed and offset.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "compiler/codegen/program.h"
+#include "compiler/nvrtc/nvrtc_compiler.h"
+#include "tests/gpu_harness.h"
+#include "tests/kernel_instances.h"
+#include "tests/reference/kernels.h"
+
+namespace lightseq::kernel_test {
+namespace {
+
+using kern::Drop;
+using kern::Mask;
+using ref::all_close;
+using ref::tolerance_for;
+
+const Mask kMasks[] = {Mask::kNone, Mask::kPadding, Mask::kCausal, Mask::kPaddingCausal};
+const Precision kHalves[] = {Precision::kFp16, Precision::kBf16};
+const int64_t kHeadDims[] = {32, 64, 96, 128};
+struct Shape {
+  int64_t batch, heads, q_len, k_len;
+};
+const Shape kShapes[] = {{2, 3, 1, 1},   {3, 2, 7, 7},   {2, 2, 63, 63}, {2, 2, 64, 64},
+                         {3, 2, 65, 65}, {2, 2, 77, 7},  {3, 1, 7, 77},  {2, 2, 77, 77},
+                         {2, 1, 33, 513}, {2, 1, 513, 513}};
+
+KernelInstance instance(Precision p, int64_t d, Mask m, bool drop) {
+  return codegen::flash_fwd(p, {d, kern::has_padding(m), kern::has_causal(m), drop});
+}
+
+struct Expected {
+  Vec out, lse;
+};
+
+// The float64 forward: scores = q·kᵀ·scale, the unfused softmax (masks, dropout) of the
+// reference, out = probs (dropped) · v; lse = ln Σ exp(scores) over the unmasked keys.
+Expected reference(const Vec& q, const Vec& k, const Vec& v, const std::vector<uint8_t>& pad,
+                   const Shape& s, int64_t d, double scale, Mask mask, bool drop,
+                   const kern::DropoutArgs& args) {
+  const int64_t bh = s.batch * s.heads;
+  Vec scores(bh * s.q_len * s.k_len);
+  for (int64_t h = 0; h < bh; ++h) {
+    for (int64_t i = 0; i < s.q_len; ++i) {
+      for (int64_t j = 0; j < s.k_len; ++j) {
+        double acc = 0;
+        for (int64_t c = 0; c < d; ++c)
+          acc += q[(h * s.q_len + i) * d + c] * k[(h * s.k_len + j) * d + c];
+        scores[(h * s.q_len + i) * s.k_len + j] = acc * scale;
+      }
+    }
+  }
+  const ref::SoftmaxForward sm = ref::attn_softmax_fwd(scores, pad, s.batch, s.heads, s.q_len,
+                                                       s.k_len, mask, drop ? Drop::kOn : Drop::kOff,
+                                                       args);
+  const Vec& p = drop ? sm.dropped : sm.probs;
+  Expected e{Vec(bh * s.q_len * d, 0.0), Vec(bh * s.q_len, 0.0)};
+  for (int64_t h = 0; h < bh; ++h) {
+    for (int64_t i = 0; i < s.q_len; ++i) {
+      const int64_t row = h * s.q_len + i;
+      double m = -std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < s.k_len; ++j) {
+        if (!ref::attn_masked(mask, pad, h / s.heads, i, j, s.q_len, s.k_len))
+          m = std::max(m, scores[row * s.k_len + j]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j < s.k_len; ++j) {
+        if (!ref::attn_masked(mask, pad, h / s.heads, i, j, s.q_len, s.k_len))
+          sum += std::exp(scores[row * s.k_len + j] - m);
+        const double pj = p[row * s.k_len + j];
+        for (int64_t c = 0; c < d; ++c) e.out[row * d + c] += pj * v[(h * s.k_len + j) * d + c];
+      }
+      e.lse[row] = sum > 0 ? m + std::log(sum) : std::numeric_limits<double>::infinity();
+    }
+  }
+  return e;
+}
+
+std::vector<KernelInstance> every_instance() {
+  std::vector<KernelInstance> all;
+  for (Precision p : kHalves) {
+    for (int64_t d : kHeadDims) {
+      for (Mask m : kMasks) {
+        for (bool drop : {false, true}) all.push_back(instance(p, d, m, drop));
+      }
+    }
+  }
+  return all;
+}
+
+// Without a GPU: every instance the GPU tests launch compiles for sm_90 (NVRTC needs no device).
+TEST(FlashKernelsCompile, EveryInstanceCompilesForSm90) {
+  for (Precision p : kHalves) {
+    std::vector<KernelInstance> mine;
+    for (const KernelInstance& k : every_instance()) {
+      if (k.precision == p) mine.push_back(k);
+    }
+    for (const ProgramSource& prog : codegen::generate_programs(mine, p)) {
+      const CompiledProgram c = compile_program(prog, "sm_90");
+      EXPECT_EQ(c.lowered_names.size(), prog.labels.size());
+    }
+  }
+}
+
+class FlashKernels : public GpuKernelTest {
+ public:
+  static void SetUpTestSuite() { prepare_kernels(every_instance()); }
+
+ protected:
+  // Batch 1 entirely padded (its rows fully masked); batch 2 and later a trailing quarter and a
+  // few scattered keys, never key 0.
+  std::vector<uint8_t> key_padding(const Shape& s) {
+    std::vector<uint8_t> pad(s.batch * s.k_len, 0);
+    for (int64_t b = 1; b < s.batch; ++b) {
+      for (int64_t j = 0; j < s.k_len; ++j) {
+        pad[b * s.k_len + j] =
+            b == 1 ? 1 : (j >= s.k_len - s.k_len / 4 || rng().below(5) == 0) && j > 0;
+      }
+    }
+    return pad;
+  }
+};
+
+class GpuFlashFwd
+    : public FlashKernels,
+      public testing::WithParamInterface<std::tuple<Precision, int64_t, Mask, bool>> {};
+
+TEST_P(GpuFlashFwd, MatchesTheReferenceAndTheUnfusedDropout) {
+  const auto [p, d, mask, drop] = GetParam();
+  for (const Shape& s : kShapes) {
+    SCOPED_TRACE(testing::Message() << "batch " << s.batch << ", heads " << s.heads << ", q_len "
+                                    << s.q_len << ", k_len " << s.k_len);
+    const int64_t bh = s.batch * s.heads;
+    const Vec q = random(p, bh * s.q_len * d, -1, 1), k = random(p, bh * s.k_len * d, -1, 1),
+              v = random(p, bh * s.k_len * d, -1, 1);
+    std::vector<uint8_t> pad = key_padding(s);
+    // Without kPadding the kernel must ignore key_padding: give it one that pads everything.
+    if (!kern::has_padding(mask)) pad.assign(pad.size(), 1);
+    const std::vector<uint8_t> ref_pad =
+        kern::has_padding(mask) ? pad : std::vector<uint8_t>(pad.size(), 0);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const kern::DropoutArgs args =
+        kern::make_dropout_args(rng().next(), rng().next() >> 8, drop ? 0.2 : 0.0);
+    const Expected e = reference(q, k, v, ref_pad, s, d, scale, mask, drop, args);
+    DeviceArray dq = upload(p, q), dk = upload(p, k), dv = upload(p, v), dpad = upload_pod(pad);
+    DeviceArray out = poisoned(p, bh * s.q_len * d),
+                lse = poisoned(Precision::kFp32, bh * s.q_len);
+    int64_t batch = s.batch, heads = s.heads, q_len = s.q_len, k_len = s.k_len;
+    float fscale = static_cast<float>(scale);
+    CUdeviceptr qp = dq.ptr(), kp = dk.ptr(), vp = dv.ptr(), pp = dpad.ptr(), op = out.ptr(),
+                lp = lse.ptr();
+    launch(instance(p, d, mask, drop), kern::flash_fwd_grid(bh, q_len), kern::flash_fwd_block(),
+           {&qp, &kp, &vp, &pp, &op, &lp, &batch, &heads, &q_len, &k_len, &fscale,
+            const_cast<kern::DropoutArgs*>(&args)});
+    EXPECT_TRUE(all_close("out", download(out), e.out, tolerance_for(p)));
+    const Vec got_lse = download(lse);
+    Vec finite_got, finite_want;
+    for (size_t r = 0; r < got_lse.size(); ++r) {
+      if (std::isinf(e.lse[r])) {
+        ASSERT_TRUE(std::isinf(got_lse[r]) && got_lse[r] > 0) << "fully masked row " << r;
+        continue;
+      }
+      finite_got.push_back(got_lse[r]);
+      finite_want.push_back(e.lse[r]);
+    }
+    EXPECT_TRUE(all_close("lse", finite_got, finite_want, ref::fp32_tolerance()));
+    if (HasFailure()) return;
+  }
+}
+
+std::string mask_name(Mask m) {
+  const char* names[] = {"nomask", "padding", "causal", "padding_causal"};
+  return names[static_cast<int>(m)];
+}
+
+INSTANTIATE_TEST_SUITE_P(Gpu, GpuFlashFwd,
+                         testing::Combine(testing::ValuesIn(kHalves), testing::ValuesIn(kHeadDims),
+                                          testing::ValuesIn(kMasks), testing::Bool()),
+                         [](const auto& info) {
+                           return precision_name(std::get<0>(info.param)) + "_d" +
+                                  std::to_string(std::get<1>(info.param)) + "_" +
+                                  mask_name(std::get<2>(info.param)) +
+                                  (std::get<3>(info.param) ? "_drop" : "");
+                         });
+
+}  // namespace
+}  // namespace lightseq::kernel_test
