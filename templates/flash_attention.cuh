@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       shift[r] = m_new[r] == neg_inf() ? 0.f : m_new[r];  // all masked so far: exp2(-inf) = 0
-      rescale[r] = exp2f(m_run[r] - shift[r]);             // m_run = -inf: 0 (nothing to rescale)
+      rescale[r] = exp2f(m_run[r] - shift[r]);            // m_run = -inf: 0 (nothing to rescale)
       m_run[r] = m_new[r];
       l_run[r] *= rescale[r];
     }
@@ -257,8 +257,302 @@ __global__ void __launch_bounds__(kFlashThreads)
           flash::pack_float<T>(acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
     }
     if (t == 0) {
-      lse[bh * q_len + row[r]] = l_run[r] > 0.f ? (m_run[r] + log2f(l_run[r])) / kLog2e
-                                                : __int_as_float(0x7f800000);
+      lse[bh * q_len + row[r]] =
+          l_run[r] > 0.f ? (m_run[r] + log2f(l_run[r])) / kLog2e : __int_as_float(0x7f800000);
+    }
+  }
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+// The gradients of out = P̃·v, P̃ = dropout(P), P = softmax(s), s = q·kᵀ·scale + mask, recomputing P
+// from q, k and the forward's lse: with dP = dropout_mask(grad_out·vᵀ) and D_i = Σ_d grad_out[i]·
+// out[i] (= Σ_j P_ij·dP_ij), dS = P ∘ (dP - D), grad_q = scale·dS·k, grad_k = scale·dSᵀ·q,
+// grad_v = P̃ᵀ·grad_out. Three kernels, no atomics (deterministic): D per query row, then grad_k
+// and grad_v per key tile (looping over query tiles), then grad_q per query tile (looping over
+// key tiles).
+
+// flash_attn_bwd_dot_kernel — dot[r] = Σ_d grad_out[r, d]·out[r, d] in fp32.
+// Shapes:    out, grad_out [rows, kD]; dot [rows] fp32 `=`.
+// Grid/Block: flash_dot_grid(rows) blocks of kElementwiseThreads, one row per thread.
+template <typename T, int kD>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    flash_attn_bwd_dot_kernel(const T* out, const T* grad_out, float* dot, int64_t rows) {
+  constexpr int kVec = 16 / sizeof(T);
+  static_assert(kD % kVec == 0, "kD: a multiple of the 16-byte vector");
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kElementwiseThreads + threadIdx.x;
+  if (r >= rows) return;
+  float acc = 0.f;
+#pragma unroll
+  for (int c = 0; c < kD; c += kVec) {
+    const Vec<T, kVec> o = load_vec<kVec>(out + r * kD + c);
+    const Vec<T, kVec> g = load_vec<kVec>(grad_out + r * kD + c);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) acc += to_float(o.v[e]) * to_float(g.v[e]);
+  }
+  dot[r] = acc;
+}
+
+namespace flash {
+
+// The A fragments of 16 rows (row0, row0 + 16) of a [rows, kD] head read from global memory, zeros
+// past `rows`: for every 16 columns.
+template <typename T, int kD>
+__device__ __forceinline__ void row_fragments(uint32_t (&f)[kD / 16][4], const T* src, int64_t row0,
+                                              int64_t rows, int g, int t) {
+  const T zero = from_float<T>(0.f);
+  const int64_t r0 = row0 + g, r1 = row0 + g + 8;
+#pragma unroll
+  for (int c = 0; c < kD / 16; ++c) {
+    const int col = c * 16 + 2 * t;
+    f[c][0] = r0 < rows ? pair_at(src + r0 * kD + col) : pack<T>(zero, zero);
+    f[c][1] = r1 < rows ? pair_at(src + r1 * kD + col) : pack<T>(zero, zero);
+    f[c][2] = r0 < rows ? pair_at(src + r0 * kD + col + 8) : pack<T>(zero, zero);
+    f[c][3] = r1 < rows ? pair_at(src + r1 * kD + col + 8) : pack<T>(zero, zero);
+  }
+}
+
+// c[n] (16 x kCols, C layout) += A(16 x kD, fragments) · Bᵀ where B is a [kCols, kD] tile in
+// shared memory (row stride kStride): B operand element (kdim, n) = tile[n][kdim].
+template <typename T, int kD, int kCols, int kStride>
+__device__ __forceinline__ void mma_abt(float (&c)[kCols / 8][4], const uint32_t (&a)[kD / 16][4],
+                                        const T* tile, int g, int t) {
+#pragma unroll
+  for (int k = 0; k < kD / 16; ++k) {
+#pragma unroll
+    for (int n = 0; n < kCols / 8; ++n) {
+      const T* p = tile + (n * 8 + g) * kStride + k * 16 + 2 * t;
+      uint32_t b[2] = {pair_at(p), pair_at(p + 8)};
+      mma_16816<T>(c[n], a[k], b);
+    }
+  }
+}
+
+// acc[n] (16 x kD, C layout) += P(16 x kRows, C layout fragments in p) · tile where tile is a
+// [kRows, kD] tile in shared memory: B operand element (row, dim) = tile[row][dim].
+template <typename T, int kD, int kRows, int kStride>
+__device__ __forceinline__ void mma_pb(float (&acc)[kD / 8][4], const float (&p)[kRows / 8][4],
+                                       const T* tile, int g, int t) {
+#pragma unroll
+  for (int c = 0; c < kRows / 16; ++c) {
+    uint32_t a[4] = {pack_float<T>(p[2 * c][0], p[2 * c][1]),
+                     pack_float<T>(p[2 * c][2], p[2 * c][3]),
+                     pack_float<T>(p[2 * c + 1][0], p[2 * c + 1][1]),
+                     pack_float<T>(p[2 * c + 1][2], p[2 * c + 1][3])};
+    const T* r = tile + (c * 16 + 2 * t) * kStride;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      const int col = n * 8 + g;
+      uint32_t b[2] = {pack<T>(r[col], r[kStride + col]),
+                       pack<T>(r[8 * kStride + col], r[9 * kStride + col])};
+      mma_16816<T>(acc[n], a, b);
+    }
+  }
+}
+
+// Whether query i may attend to key j (both in range).
+template <Mask kMask>
+__device__ __forceinline__ bool attends(int64_t i, int64_t j, int64_t q_len, int64_t k_len,
+                                        const uint8_t* pad) {
+  if (i >= q_len || j >= k_len) return false;
+  if constexpr (has_padding(kMask)) {
+    if (pad[j] != 0) return false;
+  }
+  if constexpr (has_causal(kMask)) {
+    if (j > i + (k_len - q_len)) return false;
+  }
+  return true;
+}
+
+}  // namespace flash
+
+// flash_attn_bwd_dkdv_kernel — grad_k, grad_v of one tile of 64 keys per block (4 warps of 16
+//   keys), over every query tile: sᵀ = k·qᵀ and dPᵀ = v·grad_outᵀ with the keys as rows, so the
+//   probabilities' fragments feed the products for grad_v and grad_k directly.
+// Shapes:    q, grad_out [batch·heads, q_len, kD]; k, v, grad_k, grad_v [batch·heads, k_len, kD];
+//            lse, dot [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_kernel's).
+//            grad_k, grad_v `=`.
+// Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of kFlashThreads. Smem: static,
+//            2·kFlashBlockM·(kD + 8) elements (a query tile and its grad_out tile).
+template <typename T, int kD, Mask kMask, Drop kDrop>
+__global__ void __launch_bounds__(kFlashThreads)
+    flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
+                               const T* grad_out, const float* lse, const float* dot, T* grad_k,
+                               T* grad_v, int64_t batch, int64_t heads, int64_t q_len,
+                               int64_t k_len, float scale, DropoutArgs drop) {
+  static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
+  static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
+  constexpr int kM = kFlashBlockM, kN = kFlashBlockN;
+  constexpr int kStride = kD + 8;
+  __shared__ __align__(16) T qs[kM * kStride];
+  __shared__ __align__(16) T gs[kM * kStride];
+  if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float scale2 = scale * kLog2e;
+
+  const int64_t bh = blockIdx.y;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kN;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const T* qh = q + bh * q_len * kD;
+  const T* gh = grad_out + bh * q_len * kD;
+  const uint8_t* pad = has_padding(kMask) ? key_padding + (bh / heads) * k_len : nullptr;
+  // This warp's 16 keys: their k and v rows as A fragments.
+  const int64_t key0 = n0 + warp * 16;
+  uint32_t kf[kD / 16][4], vf[kD / 16][4];
+  flash::row_fragments<T, kD>(kf, k + bh * k_len * kD, key0, k_len, g, t);
+  flash::row_fragments<T, kD>(vf, v + bh * k_len * kD, key0, k_len, g, t);
+  const int64_t key[2] = {key0 + g, key0 + g + 8};
+  float dk[kD / 8][4], dv[kD / 8][4];
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
+  }
+  // Causal: no query before the first that may see the tile's first key.
+  int64_t m_begin = 0;
+  if constexpr (has_causal(kMask)) {
+    const int64_t first = n0 - (k_len - q_len);
+    m_begin = first > 0 ? first / kM * kM : 0;
+  }
+  for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
+    __syncthreads();
+    flash::load_tile<T, kD, kM, kStride>(qs, qh, m0, q_len);
+    flash::load_tile<T, kD, kM, kStride>(gs, gh, m0, q_len);
+    __syncthreads();
+    float s[kM / 8][4], dp[kM / 8][4];
+#pragma unroll
+    for (int n = 0; n < kM / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+    }
+    flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, g, t);   // sᵀ[key][query]
+    flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, g, t);  // (grad_out·vᵀ)ᵀ[key][query]
+    float pd[kM / 8][4];                                   // dropped probabilities
+#pragma unroll
+    for (int n = 0; n < kM / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const int64_t i = m0 + n * 8 + 2 * t + (e % 2);
+        const bool on = flash::attends<kMask>(i, key[r], q_len, k_len, pad);
+        const float p = on ? exp2f(s[n][e] * scale2 - lse[bh * q_len + i] * kLog2e) : 0.f;
+        float keep = 1.f;
+        if constexpr (kDrop == Drop::kOn) {
+          const uint64_t idx = static_cast<uint64_t>((bh * q_len + i) * k_len + key[r]);
+          keep = on && dropout_keep(drop, idx) ? drop.scale : 0.f;
+        }
+        pd[n][e] = p * keep;
+        // dS = P ∘ (dropout_mask(dP) - D)
+        s[n][e] = on ? p * (dp[n][e] * keep - dot[bh * q_len + i]) : 0.f;
+      }
+    }
+    flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, g, t);  // grad_v += P̃ᵀ·grad_out
+    flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, g, t);   // grad_k += dSᵀ·q (scaled below)
+  }
+  T* gk = grad_k + bh * k_len * kD;
+  T* gv = grad_v + bh * k_len * kD;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key[r] >= k_len) continue;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      const int col = n * 8 + 2 * t;
+      *reinterpret_cast<uint32_t*>(gk + key[r] * kD + col) =
+          flash::pack_float<T>(dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
+      *reinterpret_cast<uint32_t*>(gv + key[r] * kD + col) =
+          flash::pack_float<T>(dv[n][2 * r], dv[n][2 * r + 1]);
+    }
+  }
+}
+
+// flash_attn_bwd_dq_kernel — grad_q of one tile of 64 query rows per block (4 warps of 16), over
+//   every key tile.
+// Shapes:    q, grad_out, grad_q [batch·heads, q_len, kD]; k, v [batch·heads, k_len, kD]; lse,
+//            dot [batch·heads, q_len] fp32. grad_q `=`.
+// Grid/Block: flash_fwd_grid(batch·heads, q_len) blocks of kFlashThreads. Smem: static,
+//            2·kFlashBlockN·(kD + 8) elements (a key tile and its value tile).
+template <typename T, int kD, Mask kMask, Drop kDrop>
+__global__ void __launch_bounds__(kFlashThreads)
+    flash_attn_bwd_dq_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
+                             const T* grad_out, const float* lse, const float* dot, T* grad_q,
+                             int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
+                             float scale, DropoutArgs drop) {
+  static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
+  static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
+  constexpr int kM = kFlashBlockM, kN = kFlashBlockN;
+  constexpr int kStride = kD + 8;
+  __shared__ __align__(16) T ks[kN * kStride];
+  __shared__ __align__(16) T vs[kN * kStride];
+  if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float scale2 = scale * kLog2e;
+
+  const int64_t bh = blockIdx.y;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kM;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const uint8_t* pad = has_padding(kMask) ? key_padding + (bh / heads) * k_len : nullptr;
+  const int64_t row0 = m0 + warp * 16;
+  uint32_t qf[kD / 16][4], gf[kD / 16][4];
+  flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, row0, q_len, g, t);
+  flash::row_fragments<T, kD>(gf, grad_out + bh * q_len * kD, row0, q_len, g, t);
+  const int64_t row[2] = {row0 + g, row0 + g + 8};
+  float lse2[2], dot_r[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lse2[r] = row[r] < q_len ? lse[bh * q_len + row[r]] * kLog2e : 0.f;
+    dot_r[r] = row[r] < q_len ? dot[bh * q_len + row[r]] : 0.f;
+  }
+  float dq[kD / 8][4];
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
+  int64_t n_end = k_len;
+  if constexpr (has_causal(kMask)) {
+    const int64_t lim = m0 + kM - 1 + (k_len - q_len);
+    n_end = lim + 1 < k_len ? (lim + 1 > 0 ? lim + 1 : 0) : k_len;
+  }
+  const T* kh = k + bh * k_len * kD;
+  const T* vh = v + bh * k_len * kD;
+  for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
+    __syncthreads();
+    flash::load_tile<T, kD, kN, kStride>(ks, kh, n0, k_len);
+    flash::load_tile<T, kD, kN, kStride>(vs, vh, n0, k_len);
+    __syncthreads();
+    float s[kN / 8][4], dp[kN / 8][4];
+#pragma unroll
+    for (int n = 0; n < kN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+    }
+    flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, g, t);   // s[query][key]
+    flash::mma_abt<T, kD, kN, kStride>(dp, gf, vs, g, t);  // grad_out·vᵀ
+#pragma unroll
+    for (int n = 0; n < kN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const int64_t j = n0 + n * 8 + 2 * t + (e % 2);
+        const bool on = flash::attends<kMask>(row[r], j, q_len, k_len, pad);
+        const float p = on ? exp2f(s[n][e] * scale2 - lse2[r]) : 0.f;
+        float keep = 1.f;
+        if constexpr (kDrop == Drop::kOn) {
+          const uint64_t idx = static_cast<uint64_t>((bh * q_len + row[r]) * k_len + j);
+          keep = on && dropout_keep(drop, idx) ? drop.scale : 0.f;
+        }
+        s[n][e] = on ? p * (dp[n][e] * keep - dot_r[r]) : 0.f;  // dS
+      }
+    }
+    flash::mma_pb<T, kD, kN, kStride>(dq, s, ks, g, t);  // grad_q += dS·k (scaled below)
+  }
+  T* gq = grad_q + bh * q_len * kD;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (row[r] >= q_len) continue;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      const int col = n * 8 + 2 * t;
+      *reinterpret_cast<uint32_t*>(gq + row[r] * kD + col) =
+          flash::pack_float<T>(dq[n][2 * r] * scale, dq[n][2 * r + 1] * scale);
     }
   }
 }

@@ -1,9 +1,10 @@
 // gpu_kernels_flash_test.cpp — templates/flash_attention.cuh on the GPU against the float64
-// reference (q·kᵀ·scale, the unfused path's masked softmax and dropout, · v): flash_attn_fwd_kernel
-// for fp16/bf16 × head dims 32, 64, 96, 128 × every mask × dropout on/off; query and key lengths
-// 1, 7, 63, 64, 65, 77, 513 and cross-attention shapes with q_len ≠ k_len; a padded-out batch
-// element (its rows fully masked: out 0, lse +inf); the dropped entries the same as the unfused
-// softmax's for the same seed and offset.
+// reference (q·kᵀ·scale, the unfused path's masked softmax and dropout, · v; its softmax backward
+// for the gradients): flash_attn_fwd_kernel and the backward (dot, grad_k/grad_v, grad_q) for
+// fp16/bf16 × head dims 32, 64, 96, 128 × every mask × dropout on/off; query and key lengths 1, 7,
+// 63, 64, 65, 77, 513 and cross-attention shapes with q_len ≠ k_len; a padded-out batch element
+// (its rows fully masked: out 0, lse +inf, no gradient); the dropped entries the same as the
+// unfused softmax's for the same seed and offset; the backward bitwise the same twice.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -29,8 +30,8 @@ const int64_t kHeadDims[] = {32, 64, 96, 128};
 struct Shape {
   int64_t batch, heads, q_len, k_len;
 };
-const Shape kShapes[] = {{2, 3, 1, 1},   {3, 2, 7, 7},   {2, 2, 63, 63}, {2, 2, 64, 64},
-                         {3, 2, 65, 65}, {2, 2, 77, 7},  {3, 1, 7, 77},  {2, 2, 77, 77},
+const Shape kShapes[] = {{2, 3, 1, 1},    {3, 2, 7, 7},    {2, 2, 63, 63}, {2, 2, 64, 64},
+                         {3, 2, 65, 65},  {2, 2, 77, 7},   {3, 1, 7, 77},  {2, 2, 77, 77},
                          {2, 1, 33, 513}, {2, 1, 513, 513}};
 
 KernelInstance instance(Precision p, int64_t d, Mask m, bool drop) {
@@ -39,6 +40,7 @@ KernelInstance instance(Precision p, int64_t d, Mask m, bool drop) {
 
 struct Expected {
   Vec out, lse;
+  Vec probs, dropped;  // [batch·heads, q_len, k_len]
 };
 
 // The float64 forward: scores = q·kᵀ·scale, the unfused softmax (masks, dropout) of the
@@ -58,11 +60,10 @@ Expected reference(const Vec& q, const Vec& k, const Vec& v, const std::vector<u
       }
     }
   }
-  const ref::SoftmaxForward sm = ref::attn_softmax_fwd(scores, pad, s.batch, s.heads, s.q_len,
-                                                       s.k_len, mask, drop ? Drop::kOn : Drop::kOff,
-                                                       args);
+  const ref::SoftmaxForward sm = ref::attn_softmax_fwd(
+      scores, pad, s.batch, s.heads, s.q_len, s.k_len, mask, drop ? Drop::kOn : Drop::kOff, args);
   const Vec& p = drop ? sm.dropped : sm.probs;
-  Expected e{Vec(bh * s.q_len * d, 0.0), Vec(bh * s.q_len, 0.0)};
+  Expected e{Vec(bh * s.q_len * d, 0.0), Vec(bh * s.q_len, 0.0), sm.probs, sm.dropped};
   for (int64_t h = 0; h < bh; ++h) {
     for (int64_t i = 0; i < s.q_len; ++i) {
       const int64_t row = h * s.q_len + i;
@@ -84,24 +85,75 @@ Expected reference(const Vec& q, const Vec& k, const Vec& v, const std::vector<u
   return e;
 }
 
+struct Grads {
+  Vec q, k, v;
+};
+
+// dP̃ = grad_out·vᵀ, dS = the reference softmax backward (dropout mask included), grad_q =
+// scale·dS·k, grad_k = scale·dSᵀ·q, grad_v = P̃ᵀ·grad_out.
+Grads reference_grads(const Vec& q, const Vec& k, const Vec& v, const Vec& grad_out,
+                      const Expected& fwd, const Shape& s, int64_t d, double scale, bool drop,
+                      const kern::DropoutArgs& args) {
+  const int64_t bh = s.batch * s.heads, T = s.q_len, S = s.k_len;
+  Vec dpd(bh * T * S, 0.0);
+  for (int64_t h = 0; h < bh; ++h) {
+    for (int64_t i = 0; i < T; ++i) {
+      for (int64_t j = 0; j < S; ++j) {
+        double acc = 0;
+        for (int64_t c = 0; c < d; ++c)
+          acc += grad_out[(h * T + i) * d + c] * v[(h * S + j) * d + c];
+        dpd[(h * T + i) * S + j] = acc;
+      }
+    }
+  }
+  const Vec ds =
+      ref::attn_softmax_bwd(dpd, fwd.probs, bh * T, S, drop ? Drop::kOn : Drop::kOff, args);
+  const Vec& pd = drop ? fwd.dropped : fwd.probs;
+  Grads g{Vec(bh * T * d, 0.0), Vec(bh * S * d, 0.0), Vec(bh * S * d, 0.0)};
+  for (int64_t h = 0; h < bh; ++h) {
+    for (int64_t i = 0; i < T; ++i) {
+      for (int64_t j = 0; j < S; ++j) {
+        const double dsij = ds[(h * T + i) * S + j] * scale, pij = pd[(h * T + i) * S + j];
+        for (int64_t c = 0; c < d; ++c) {
+          g.q[(h * T + i) * d + c] += dsij * k[(h * S + j) * d + c];
+          g.k[(h * S + j) * d + c] += dsij * q[(h * T + i) * d + c];
+          g.v[(h * S + j) * d + c] += pij * grad_out[(h * T + i) * d + c];
+        }
+      }
+    }
+  }
+  return g;
+}
+
 std::vector<KernelInstance> every_instance() {
   std::vector<KernelInstance> all;
   for (Precision p : kHalves) {
     for (int64_t d : kHeadDims) {
+      all.push_back(codegen::flash_dot(p, d));
       for (Mask m : kMasks) {
-        for (bool drop : {false, true}) all.push_back(instance(p, d, m, drop));
+        for (bool drop : {false, true}) {
+          const codegen::Flash f{d, kern::has_padding(m), kern::has_causal(m), drop};
+          all.push_back(codegen::flash_fwd(p, f));
+          all.push_back(codegen::flash_dkdv(p, f));
+          all.push_back(codegen::flash_dq(p, f));
+        }
       }
     }
   }
   return all;
 }
 
-// Without a GPU: every instance the GPU tests launch compiles for sm_90 (NVRTC needs no device).
-TEST(FlashKernelsCompile, EveryInstanceCompilesForSm90) {
+// Without a GPU: the instances at the ends of what the GPU tests launch (the smallest and largest
+// head dim, where registers and shared memory run out; no mask and both masks; dropout off and
+// on) compile for sm_90 (NVRTC needs no device). All of them take minutes on 2 cores.
+TEST(FlashKernelsCompile, TheExtremeInstancesCompileForSm90) {
   for (Precision p : kHalves) {
     std::vector<KernelInstance> mine;
     for (const KernelInstance& k : every_instance()) {
-      if (k.precision == p) mine.push_back(k);
+      const int64_t d = k.value("kD");
+      const bool extreme_mask =
+          k.sig->n_tparams < 3 || k.value("kMask") == 0 || k.value("kMask") == 3;
+      if (k.precision == p && (d == 32 || d == 128) && extreme_mask) mine.push_back(k);
     }
     for (const ProgramSource& prog : codegen::generate_programs(mine, p)) {
       const CompiledProgram c = compile_program(prog, "sm_90");
@@ -129,11 +181,11 @@ class FlashKernels : public GpuKernelTest {
   }
 };
 
-class GpuFlashFwd
-    : public FlashKernels,
-      public testing::WithParamInterface<std::tuple<Precision, int64_t, Mask, bool>> {};
+class GpuFlashFwd : public FlashKernels,
+                    public testing::WithParamInterface<std::tuple<Precision, int64_t, Mask, bool>> {
+};
 
-TEST_P(GpuFlashFwd, MatchesTheReferenceAndTheUnfusedDropout) {
+TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
   const auto [p, d, mask, drop] = GetParam();
   for (const Shape& s : kShapes) {
     SCOPED_TRACE(testing::Message() << "batch " << s.batch << ", heads " << s.heads << ", q_len "
@@ -151,8 +203,7 @@ TEST_P(GpuFlashFwd, MatchesTheReferenceAndTheUnfusedDropout) {
         kern::make_dropout_args(rng().next(), rng().next() >> 8, drop ? 0.2 : 0.0);
     const Expected e = reference(q, k, v, ref_pad, s, d, scale, mask, drop, args);
     DeviceArray dq = upload(p, q), dk = upload(p, k), dv = upload(p, v), dpad = upload_pod(pad);
-    DeviceArray out = poisoned(p, bh * s.q_len * d),
-                lse = poisoned(Precision::kFp32, bh * s.q_len);
+    DeviceArray out = poisoned(p, bh * s.q_len * d), lse = poisoned(Precision::kFp32, bh * s.q_len);
     int64_t batch = s.batch, heads = s.heads, q_len = s.q_len, k_len = s.k_len;
     float fscale = static_cast<float>(scale);
     CUdeviceptr qp = dq.ptr(), kp = dk.ptr(), vp = dv.ptr(), pp = dpad.ptr(), op = out.ptr(),
@@ -172,6 +223,39 @@ TEST_P(GpuFlashFwd, MatchesTheReferenceAndTheUnfusedDropout) {
       finite_want.push_back(e.lse[r]);
     }
     EXPECT_TRUE(all_close("lse", finite_got, finite_want, ref::fp32_tolerance()));
+    if (HasFailure()) return;
+
+    // The backward from the kernel's own out and lse, as training runs it.
+    const Vec go = random(p, bh * s.q_len * d, -1, 1);
+    const Grads want = reference_grads(q, k, v, go, e, s, d, scale, drop, args);
+    DeviceArray dgo = upload(p, go), dot = poisoned(Precision::kFp32, bh * s.q_len);
+    int64_t rows = bh * s.q_len;
+    CUdeviceptr gop = dgo.ptr(), dotp = dot.ptr();
+    launch(codegen::flash_dot(p, d), kern::flash_dot_grid(rows), kern::kElementwiseThreads,
+           {&op, &gop, &dotp, &rows});
+    const codegen::Flash f{d, kern::has_padding(mask), kern::has_causal(mask), drop};
+    std::vector<uint8_t> first[3];
+    for (int run = 0; run < 2; ++run) {
+      DeviceArray gq = poisoned(p, bh * s.q_len * d), gk = poisoned(p, bh * s.k_len * d),
+                  gv = poisoned(p, bh * s.k_len * d);
+      CUdeviceptr gqp = gq.ptr(), gkp = gk.ptr(), gvp = gv.ptr();
+      launch(codegen::flash_dkdv(p, f), kern::flash_bwd_grid(bh, k_len), kern::kFlashThreads,
+             {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &gkp, &gvp, &batch, &heads, &q_len, &k_len,
+              &fscale, const_cast<kern::DropoutArgs*>(&args)});
+      launch(codegen::flash_dq(p, f), kern::flash_fwd_grid(bh, q_len), kern::kFlashThreads,
+             {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &gqp, &batch, &heads, &q_len, &k_len, &fscale,
+              const_cast<kern::DropoutArgs*>(&args)});
+      if (run == 0) {
+        EXPECT_TRUE(all_close("grad_q", download(gq), want.q, tolerance_for(p)));
+        EXPECT_TRUE(all_close("grad_k", download(gk), want.k, tolerance_for(p)));
+        EXPECT_TRUE(all_close("grad_v", download(gv), want.v, tolerance_for(p)));
+        first[0] = download_bytes(gq), first[1] = download_bytes(gk), first[2] = download_bytes(gv);
+      } else {
+        EXPECT_EQ(download_bytes(gq), first[0]) << "grad_q differs between two runs";
+        EXPECT_EQ(download_bytes(gk), first[1]) << "grad_k differs between two runs";
+        EXPECT_EQ(download_bytes(gv), first[2]) << "grad_v differs between two runs";
+      }
+    }
     if (HasFailure()) return;
   }
 }

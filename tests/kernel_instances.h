@@ -107,12 +107,21 @@ struct Flash {
   int64_t head_dim;
   bool padding, causal, dropout;
 };
-inline KernelInstance flash_fwd(Precision p, const Flash& c) {
+// The forward and the two gradient kernels share their template parameters.
+inline KernelInstance flash(const sig::Kernel& k, Precision p, const Flash& c) {
   const int bits = (c.padding ? 1 : 0) | (c.causal ? 2 : 0);
-  return instantiate(sig::kFlashFwd, p,
+  return instantiate(k, p,
                      {{"kD", c.head_dim},
                       tv("kMask", static_cast<kern::Mask>(bits)),
                       on_off<kern::Drop>("kDrop", c.dropout)});
+}
+inline KernelInstance flash_fwd(Precision p, const Flash& c) { return flash(sig::kFlashFwd, p, c); }
+inline KernelInstance flash_dkdv(Precision p, const Flash& c) {
+  return flash(sig::kFlashDkDv, p, c);
+}
+inline KernelInstance flash_dq(Precision p, const Flash& c) { return flash(sig::kFlashDq, p, c); }
+inline KernelInstance flash_dot(Precision p, int64_t head_dim) {
+  return instantiate(sig::kFlashDot, p, {{"kD", head_dim}});
 }
 inline KernelInstance softmax_bwd(Precision p, const Softmax& c) {
   return instantiate(sig::kSoftmaxBwd, p, {on_off<kern::Drop>("kDrop", c.dropout)});
