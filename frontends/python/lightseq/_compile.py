@@ -155,6 +155,13 @@ def _key_padding(module, mask: Optional[torch.Tensor], batch: int, seq: int, dev
     raise ArgumentTypeError(f"{_where(module)}: {what} is {mask.dtype}; pass a bool mask (True = pad)")
 
 
+def _dense(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype, contiguous, with one copy at most: a cast writes the contiguous layout itself
+    (a transposed weight, GPT-2's Conv1D, under autocast); `.to` of the same dtype keeps strides,
+    so `.contiguous()` then copies (or not, when already dense)."""
+    return t.to(dtype, memory_format=torch.contiguous_format).contiguous()
+
+
 def _prepare(module: nn.Module, state: _LayerState, x: torch.Tensor, weights, run_dtype: torch.dtype,
              causal: bool):
     """(layer id, dropout probabilities, x and weights in the run dtype) of one call."""
@@ -163,7 +170,7 @@ def _prepare(module: nn.Module, state: _LayerState, x: torch.Tensor, weights, ru
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     lid = _layer_for(state.specs[(run_dtype, causal, training)], device, state.cache_dir)
     p = cfg.probabilities(training)
-    return lid, p, x.to(run_dtype).contiguous(), {n: w.to(run_dtype).contiguous() for n, w in weights.items()}
+    return lid, p, _dense(x, run_dtype), {n: _dense(w, run_dtype) for n, w in weights.items()}
 
 
 def _run(module: nn.Module, state: _LayerState, x: torch.Tensor, pad: Optional[torch.Tensor], weights,
@@ -303,7 +310,7 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
         mem_pad = _key_padding(self, memory_key_padding_mask, batch, src_seq, x.device, "memory_key_padding_mask")
         lid, p, x, ws = _prepare(self, state, x, self._weights(), run_dtype, True)
         hidden = x.shape[2]
-        mem = mem.to(run_dtype).contiguous()
+        mem = _dense(mem, run_dtype)
         out = _ops.run_layer(lid, {"x": x.view(batch * seq, hidden), "key_padding_mask": pad,
                                    "encoder_out": mem.view(batch * src_seq, hidden),
                                    "encoder_padding_mask": mem_pad, **ws}, (batch, seq, src_seq), p)
