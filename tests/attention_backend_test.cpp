@@ -89,9 +89,14 @@ TEST(AttentionBackend, AGradientWithoutItsForwardIsAnInternalError) {
 }
 
 TEST(AttentionBackend, LscPlanPrintsEachChoice) {
-  const std::string text = format_plan(plan_model(example("bert-base")));
-  EXPECT_NE(text.find("attention sa.attention: unfused (no fused attention kernel"),
-            std::string::npos);
+  ModelSpec spec = example("bert-base");
+  EXPECT_NE(
+      format_plan(plan_model(spec)).find("attention sa.attention: unfused (the spec's default"),
+      std::string::npos);
+  spec.layers[0].attention = AttentionBackend::kFused;
+  EXPECT_NE(
+      format_plan(plan_model(spec)).find("attention sa.attention: fused (the spec asks for it"),
+      std::string::npos);
 }
 
 }  // namespace

@@ -23,12 +23,13 @@ struct Case {
   int64_t batch, seq;
   bool padding;
   bool causal = false;
+  bool fused = false;  // "attention": "fused" (templates/flash_attention.cuh)
 };
 
 std::string case_name(const Case& c) {
-  return fmt::format("h{}_heads{}_f{}_{}_{}_{}_B{}_T{}{}{}", c.hidden, c.heads, c.ffn,
+  return fmt::format("h{}_heads{}_f{}_{}_{}_{}_B{}_T{}{}{}{}", c.hidden, c.heads, c.ffn,
                      to_string(c.norm), to_string(c.act), to_string(c.precision), c.batch, c.seq,
-                     c.padding ? "_pad" : "", c.causal ? "_causal" : "");
+                     c.padding ? "_pad" : "", c.causal ? "_causal" : "", c.fused ? "_fused" : "");
 }
 
 ModelSpec spec_for(const Case& c) {
@@ -42,6 +43,7 @@ ModelSpec spec_for(const Case& c) {
   l.norm = c.norm;
   l.activation = c.act;
   l.causal = c.causal;
+  if (c.fused) l.attention = AttentionBackend::kFused;
   l.eps = 1e-5;
   s.layers.push_back(l);
   return s;
@@ -171,6 +173,16 @@ std::vector<Case> all_cases() {
   for (Precision p : {Precision::kFp32, Precision::kBf16}) {
     out.push_back({256, 4, 1024, NormPlacement::kPre, Activation::kGelu, p, 2, 77, false, true});
     out.push_back({256, 4, 1024, NormPlacement::kPost, Activation::kRelu, p, 3, 20, true, true});
+  }
+  // the fused attention (flash_attention.cuh) against the same reference: head dims 64 and 32,
+  // padding, causal, sequences across and inside one 64-row tile
+  for (Precision p : {Precision::kFp16, Precision::kBf16}) {
+    out.push_back(
+        {512, 8, 2048, NormPlacement::kPost, Activation::kRelu, p, 4, 32, true, false, true});
+    out.push_back(
+        {256, 8, 1024, NormPlacement::kPre, Activation::kGelu, p, 2, 130, true, true, true});
+    out.push_back(
+        {768, 12, 3072, NormPlacement::kPre, Activation::kGeluTanh, p, 2, 77, false, true, true});
   }
   // GPT-2's block: pre-LN, causal, tanh GELU (bias + GELU in cuBLASLt's epilogue)
   for (Precision p : {Precision::kFp32, Precision::kFp16, Precision::kBf16}) {

@@ -205,6 +205,46 @@ TEST(Plan, AttentionOutputDropoutHasItsOwnSites) {
   }
 }
 
+// "attention": "fused": every attention runs flash_attention.cuh's kernels — no scores GEMM,
+// softmax or [B, heads, T, S] tensor, forward or backward — and saves its log-sum-exp instead of
+// the probabilities.
+TEST(Plan, FusedAttentionRunsTheFlashKernelsAndSavesNoScores) {
+  for (LayerKind kind : {LayerKind::kEncoder, LayerKind::kDecoder}) {
+    for (double p : {0.0, 0.1}) {
+      ModelSpec s = spec_for({kind, NormPlacement::kPre, Activation::kGelu, p, false});
+      s.layers[0].attention = AttentionBackend::kFused;
+      const ModelPlan plan = plan_model(s);  // verifies coverage and data flow
+      const LayerPlan& lp = plan.layers.back();
+      SCOPED_TRACE(fmt::format("{} dropout {}", to_string(kind), p));
+      const size_t n_attn = kind == LayerKind::kDecoder ? 2 : 1;
+      std::map<std::string, size_t> count;
+      for (const auto* steps : {&lp.forward, &lp.backward}) {
+        for (const std::string& l : kernel_labels(*steps)) count[l.substr(0, l.find(':'))]++;
+      }
+      EXPECT_EQ(count["flash_attn_fwd"], n_attn);
+      EXPECT_EQ(count["flash_attn_bwd_dot"], n_attn);
+      EXPECT_EQ(count["flash_attn_bwd_dkdv"], n_attn);
+      EXPECT_EQ(count["flash_attn_bwd_dq"], n_attn);
+      EXPECT_EQ(count["attn_softmax_fwd"] + count["attn_softmax_bwd"], 0u);
+      // GEMMs: forward qkv|q+kv, out, ffn1, ffn2; backward two each
+      EXPECT_EQ(gemms(lp.forward).size(), kind == LayerKind::kDecoder ? 7u : 4u);
+      EXPECT_EQ(gemms(lp.backward).size(), kind == LayerKind::kDecoder ? 14u : 8u);
+      std::set<std::string> saved;
+      for (int id : lp.saved) saved.insert(lp.layer.graph.tensor(id).name);
+      EXPECT_TRUE(saved.count("sa.lse"));
+      EXPECT_FALSE(saved.count("sa.probs"));
+      for (const auto& c : lp.attention) EXPECT_EQ(c.backend, "fused") << c.op;
+      for (const auto& st : lp.forward) {
+        if (const auto* k = std::get_if<KernelStep>(&st);
+            k && k->kernel.kernel == "flash_attn_fwd_kernel") {
+          EXPECT_EQ(k->kernel.value("kDrop"), p > 0 ? 1 : 0);
+          EXPECT_EQ(k->kernel.value("kD"), 64);
+        }
+      }
+    }
+  }
+}
+
 TEST(Plan, SharedKernelsAreListedOnce) {
   const ModelPlan plan = plan_model(parse_spec_file(kSource + "/examples/transformer-base.json"));
   const auto kernels = plan.kernels();

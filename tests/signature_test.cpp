@@ -285,9 +285,16 @@ TEST(KernelSignature, InstantiateRefusesWrongValues) {
 // scalars evaluate, scratch tensors get their extents before anything reads them, launch shapes
 // are non-empty. (resolve_launch touches no GPU; the function handle is not used.)
 TEST(KernelSignature, EveryExamplePlanResolvesAtSeveralShapes) {
-  for (const char* name : {"transformer-base", "transformer-big", "bert-base", "gpt2-small"}) {
-    const ModelPlan plan = plan_model(
-        parse_spec_file(std::string(LIGHTSEQ_SOURCE_DIR) + "/examples/" + name + ".json"));
+  for (const std::string name : {"transformer-base", "transformer-big", "bert-base", "gpt2-small",
+                                 "transformer-base fused", "bert-base fused"}) {
+    // "<example> fused": its stacks with "attention": "fused" (the flash kernels)
+    const std::string file = name.substr(0, name.find(' '));
+    ModelSpec spec =
+        parse_spec_file(std::string(LIGHTSEQ_SOURCE_DIR) + "/examples/" + file + ".json");
+    if (name != file) {
+      for (LayerStackSpec& l : spec.layers) l.attention = AttentionBackend::kFused;
+    }
+    const ModelPlan plan = plan_model(spec);
     for (const LayerPlan& lp : plan.layers) {
       for (const RunShape shape : {RunShape{1, 1, 1}, RunShape{3, 7, 5}, RunShape{32, 128, 96}}) {
         ScratchExtents scratch;
@@ -296,7 +303,7 @@ TEST(KernelSignature, EveryExamplePlanResolvesAtSeveralShapes) {
           for (const Step& st : *steps) {
             const auto* k = std::get_if<KernelStep>(&st);
             if (!k) continue;
-            SCOPED_TRACE(std::string(name) + " " + lp.layer.name + " " + k->kernel.label);
+            SCOPED_TRACE(name + " " + lp.layer.name + " " + k->kernel.label);
             const ResolvedLaunch r = resolve_launch(*k, nullptr, lp.layer.graph, shape, scratch);
             EXPECT_FALSE(r.empty);
             EXPECT_GT(r.block.x, 0u);

@@ -133,6 +133,36 @@ TEST(SpecStack, FinalNormParsesPrintsValidatesAndNamesItsParameters) {
   EXPECT_EQ(spec_to_json(base).dump().find("final_norm"), std::string::npos);
 }
 
+// layers[].attention: "unfused" (default, not printed) or "fused", which needs fp16/bf16 and a
+// head_dim the fused kernels take.
+TEST(SpecStack, AttentionBackendParsesPrintsAndValidates) {
+  ModelSpec s = parse_spec_file(kExamples / "transformer-base.json");
+  EXPECT_EQ(s.layers[0].attention, AttentionBackend::kUnfused);
+  EXPECT_EQ(spec_to_json(s).dump().find("\"attention\":\""), std::string::npos);
+  s.layers[0].attention = AttentionBackend::kFused;
+  const std::string json = spec_to_json(s).dump();
+  EXPECT_NE(json.find("\"attention\":\"fused\""), std::string::npos) << json;
+  EXPECT_EQ(parse_spec_string(json, "<test>"), s);
+  EXPECT_TRUE(validate_spec(s).empty());
+  auto issues = [](const ModelSpec& m) {
+    std::vector<std::string> got;
+    for (const SpecIssue& i : validate_spec(m)) got.push_back(i.to_string());
+    return got;
+  };
+  ModelSpec fp32 = s;
+  fp32.precision = Precision::kFp32;
+  EXPECT_EQ(issues(fp32), (std::vector<std::string>{
+                              "layers[0].attention = \"fused\": the fused attention runs fp16 and "
+                              "bf16 (tensor cores); use \"unfused\" for an fp32 model"}));
+  ModelSpec wide = s;
+  wide.layers[0].heads = 2;  // head_dim 256
+  wide.layers[1].heads = 2;
+  EXPECT_EQ(issues(wide),
+            (std::vector<std::string>{
+                "layers[0].attention = \"fused\": the fused attention takes head_dim "
+                "(hidden / heads = 256) a multiple of 16 up to 128; use \"unfused\""}));
+}
+
 // criterion.logits_chunk_mib: the fused linear + cross-entropy's chunk budget, printed only when
 // set, and the rows per chunk the planner derives from it (vocab 32000 in bf16: 64000 B a row).
 TEST(SpecCriterion, LogitsChunkParsesPrintsAndSizesTheChunks) {

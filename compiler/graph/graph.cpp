@@ -142,6 +142,14 @@ std::string_view to_string(OpKind k) {
       return "attention";
     case OpKind::kAttentionGrad:
       return "attention_grad";
+    case OpKind::kFlashAttention:
+      return "flash_attention";
+    case OpKind::kFlashAttentionDot:
+      return "flash_attention_dot";
+    case OpKind::kFlashAttentionGradKV:
+      return "flash_attention_grad_kv";
+    case OpKind::kFlashAttentionGradQ:
+      return "flash_attention_grad_q";
     case OpKind::kLayerNormGrad:
       return "layernorm_grad";
     case OpKind::kDropoutGrad:

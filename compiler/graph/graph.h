@@ -111,6 +111,9 @@ enum class OpKind {
   // key padding mask), output the context. A backend pass (compiler/planner/attention_backend.h)
   // replaces it, and its gradient, before fusion.
   kAttention,
+  // The fused backend's forward (templates/flash_attention.cuh): inputs q, k, v (and the key
+  // padding mask); outputs the context and the log-sum-exp of each query row [B, heads, T] fp32.
+  kFlashAttention,
   // backward
   kLayerNormGrad,
   kDropoutGrad,
@@ -123,6 +126,12 @@ enum class OpKind {
   kEmbeddingGrad,
   // inputs the context's gradient, q, k, v (and the key padding mask); outputs dq, dk, dv
   kAttentionGrad,
+  // The fused backend's backward: D = Σ grad_ctx·ctx per query row (inputs ctx, grad_ctx; output
+  // dot [B, heads, T] fp32); then dk, dv and dq (inputs q, k, v, grad_ctx, lse, dot (and the key
+  // padding mask); outputs dk, dv / dq).
+  kFlashAttentionDot,
+  kFlashAttentionGradKV,
+  kFlashAttentionGradQ,
 };
 std::string_view to_string(OpKind k);
 
@@ -166,6 +175,7 @@ struct OpAttrs {
     bool padding = false;    // a key padding mask is the 4th (forward) / 5th (gradient) input
     bool causal = false;
     int dropout_site = -1;   // -1: no attention dropout
+    bool fused = false;      // the spec asks for the fused backend (layers[].attention)
     std::string forward_op;  // the kAttention op a kAttentionGrad differentiates
   } attn;
   // embedding

@@ -10,9 +10,12 @@ namespace lightseq {
 
 namespace {
 
-// What the unfused forward of one attention op made that its gradient reads.
-struct UnfusedSaved {
+// What the forward of one attention op made that its gradient reads: the unfused backend's
+// probabilities, or the fused backend's context and log-sum-exp.
+struct Saved {
+  bool fused = false;
   int probs = -1, dropped = -1;
+  int ctx = -1, lse = -1;
 };
 
 // "sa.attention" → "sa".
@@ -25,8 +28,9 @@ class Rewriter {
  public:
   explicit Rewriter(Graph& g) : g_(g) {}
 
-  int tensor(const std::string& name, Shape shape, TensorRole role) {
-    return g_.add_tensor(Tensor{name, std::move(shape), role, ElemType::kModel});
+  int tensor(const std::string& name, Shape shape, TensorRole role,
+             ElemType type = ElemType::kModel) {
+    return g_.add_tensor(Tensor{name, std::move(shape), role, type});
   }
   void op(OpKind kind, const std::string& name, std::vector<int> in, std::vector<int> out,
           OpAttrs at = {}) {
@@ -66,7 +70,7 @@ Sizes sizes_of(const Rewriter& r, const Op& op) {
   return {q[2], k[2], q[3], q[0] * q[1], Shape{q[0], q[1], q[2], k[2]}};
 }
 
-UnfusedSaved unfused_forward(Rewriter& r, const Op& op) {
+Saved unfused_forward(Rewriter& r, const Op& op) {
   const OpAttrs::Attention& a = op.attrs.attn;
   const std::string p = prefix_of(op.name);
   const Sizes z = sizes_of(r, op);
@@ -81,7 +85,7 @@ UnfusedSaved unfused_forward(Rewriter& r, const Op& op) {
   std::vector<int> mask_in{scores};
   if (a.padding) mask_in.push_back(op.inputs.at(3));
   r.op(OpKind::kAttentionMask, p + ".mask", mask_in, {masked}, mask);
-  UnfusedSaved s;
+  Saved s;
   s.probs = r.tensor(p + ".probs", z.scores, TensorRole::kActivation);
   r.op(OpKind::kSoftmax, p + ".softmax", {masked}, {s.probs});
   s.dropped = s.probs;
@@ -97,7 +101,7 @@ UnfusedSaved unfused_forward(Rewriter& r, const Op& op) {
   return s;
 }
 
-void unfused_backward(Rewriter& r, const Op& op, const UnfusedSaved& s) {
+void unfused_backward(Rewriter& r, const Op& op, const Saved& s) {
   const OpAttrs::Attention& a = op.attrs.attn;
   const std::string p = prefix_of(op.attrs.attn.forward_op);
   Op fwd_like = op;
@@ -126,25 +130,80 @@ void unfused_backward(Rewriter& r, const Op& op, const UnfusedSaved& s) {
          z.seq_q, z.bh, a.scale, a.scale_text);
 }
 
+// The fused backend (templates/flash_attention.cuh): one forward op saving the context and the
+// log-sum-exp, and a backward of three ops recomputing the probabilities.
+Saved fused_forward(Rewriter& r, const Op& op) {
+  const std::string p = prefix_of(op.name);
+  const Sizes z = sizes_of(r, op);
+  const Shape q = r.t(op.inputs[0]).shape;  // [B, heads, T, d]
+  Saved s;
+  s.fused = true;
+  s.ctx = op.outputs[0];
+  s.lse = r.tensor(p + ".lse", {q[0], q[1], z.seq_q}, TensorRole::kActivation, ElemType::kF32);
+  OpAttrs at = op.attrs;
+  at.dropout_site = op.attrs.attn.dropout_site;
+  at.dropout_kind = DropoutKind::kAttention;
+  r.op(OpKind::kFlashAttention, p + ".flash_attention", op.inputs, {s.ctx, s.lse}, at);
+  return s;
+}
+
+void fused_backward(Rewriter& r, const Op& op, const Saved& s) {
+  const std::string p = prefix_of(op.attrs.attn.forward_op);
+  const int d_ctx = op.inputs[0], q = op.inputs[1], k = op.inputs[2], v = op.inputs[3];
+  const int d_q = op.outputs[0], d_k = op.outputs[1], d_v = op.outputs[2];
+  const Shape& lse = r.t(s.lse).shape;
+  const int dot = r.tensor(p + ".flash_dot", lse, TensorRole::kGrad, ElemType::kF32);
+  r.op(OpKind::kFlashAttentionDot, p + ".flash_dot", {s.ctx, d_ctx}, {dot}, op.attrs);
+  std::vector<int> in{q, k, v, d_ctx, s.lse, dot};
+  if (op.attrs.attn.padding) in.push_back(op.inputs.at(4));
+  OpAttrs at = op.attrs;
+  at.dropout_site = op.attrs.attn.dropout_site;
+  at.dropout_kind = DropoutKind::kAttention;
+  r.op(OpKind::kFlashAttentionGradKV, p + ".flash_grad_kv", in, {d_k, d_v}, at);
+  r.op(OpKind::kFlashAttentionGradQ, p + ".flash_grad_q", in, {d_q}, at);
+}
+
+// Why an attention op may not run fused ("" when it may): the kernels' limits.
+std::string fused_refusal(const Op& op, Precision precision) {
+  const int64_t d = op.attrs.attn.head_dim;
+  if (precision == Precision::kFp32) return "the fused kernels run fp16 and bf16";
+  if (d % 16 != 0 || d > 128)
+    return fmt::format("head_dim {} (the fused kernels: 16..128 by 16)", d);
+  return "";
+}
+
 }  // namespace
 
 std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision precision) {
-  (void)precision;  // the fused backend's rule will read it (dtype, head dim, lengths, arch)
   Graph& g = layer.graph;
   const std::vector<Op> old = g.ops();
   const int old_split = g.backward_begin();
   Rewriter r(g);
   std::vector<AttentionChoice> choices;
-  std::map<std::string, UnfusedSaved> saved;  // forward op name → what its gradient reads
+  std::map<std::string, Saved> saved;  // forward op name → what its gradient reads
   int split = -1;
   for (int i = 0; i < static_cast<int>(old.size()); ++i) {
     if (i == old_split) split = static_cast<int>(r.ops().size());
     const Op& op = old[i];
     if (op.kind == OpKind::kAttention) {
-      choices.push_back(
-          {op.name, "unfused",
-           "no fused attention kernel in templates/ yet: scores materialized as [B, heads, T, S]"});
-      saved[op.name] = unfused_forward(r, op);
+      if (op.attrs.attn.fused) {
+        const std::string why = fused_refusal(op, precision);
+        if (!why.empty()) {  // the spec validator refuses these: a planner bug if one gets here
+          throw InternalError(
+              fmt::format("attention backend: '{}' cannot run fused: {}", op.name, why));
+        }
+        choices.push_back({op.name, "fused",
+                           "the spec asks for it (\"attention\": \"fused\"): scores never "
+                           "materialized; the backward recomputes them from q, k and the "
+                           "log-sum-exp"});
+        saved[op.name] = fused_forward(r, op);
+      } else {
+        choices.push_back({op.name, "unfused",
+                           "the spec's default (\"attention\": \"unfused\"; the fused kernels "
+                           "are not yet measured against it): scores materialized as [B, heads, "
+                           "T, S]"});
+        saved[op.name] = unfused_forward(r, op);
+      }
     } else if (op.kind == OpKind::kAttentionGrad) {
       auto it = saved.find(op.attrs.attn.forward_op);
       if (it == saved.end()) {
@@ -152,7 +211,11 @@ std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision preci
             fmt::format("attention backend: '{}' differentiates '{}', which is not in the forward",
                         op.name, op.attrs.attn.forward_op));
       }
-      unfused_backward(r, op, it->second);
+      if (it->second.fused) {
+        fused_backward(r, op, it->second);
+      } else {
+        unfused_backward(r, op, it->second);
+      }
     } else {
       r.keep(op);
     }

@@ -6,8 +6,13 @@
 //   unfused  scores = q·kᵀ·scale (batched GEMM), mask, softmax, dropout, context = probs·v
 //            (batched GEMM); the backward recomputes nothing and reads the saved probabilities.
 //            Materializes [B, heads, T, S] scores: memory and bandwidth grow with T·S.
-// A fused (flash-style) backend joins the list when its kernels exist; the rule that picks it
-// lives here, and `lsc plan` prints each choice with its reason.
+//   fused    templates/flash_attention.cuh: one kernel forward (saving the context and the
+//            log-sum-exp), three backward (D = Σ grad·out, grad k/v per key tile, grad q per query
+//            tile), recomputing the probabilities; scores never stored. fp16/bf16, head_dim a
+//            multiple of 16 up to 128.
+// The spec chooses per stack ("attention": "unfused" | "fused"; the validator refuses "fused"
+// where its kernels cannot run); an "auto" rule from measurements is to come. `lsc plan` prints
+// each choice with its reason.
 #pragma once
 
 #include <string>

@@ -14,6 +14,7 @@
 #include "compiler/planner/fusion_rules.h"
 #include "cross_entropy.sig.cuh"
 #include "embedding.sig.cuh"
+#include "flash_attention.sig.cuh"
 #include "layernorm.sig.cuh"
 #include "reduce.sig.cuh"
 #include "softmax.sig.cuh"
@@ -64,6 +65,17 @@ void add_forward_rules(std::vector<Rule>& r) {
                        {"heads", ScalarArg::constant(static_cast<double>(probs[1].factor))},
                        {"q_len", ScalarArg::size(probs[2])},
                        {"k_len", ScalarArg::size(probs[3])}});
+               }});
+  r.push_back({"fused attention", {{K::kFlashAttention, false}}, {}, [](State& s, const Match& m) {
+                 const Op& op = s.op(*m[0]);
+                 emit(s, m, flash_instance(s, sig::kFlashFwd, op),
+                      {{"q", op.inputs[0]},
+                       {"k", op.inputs[1]},
+                       {"v", op.inputs[2]},
+                       {"key_padding", op.inputs.size() > 3 ? op.inputs[3] : -1},
+                       {"out", op.outputs[0]},
+                       {"lse", op.outputs[1]}},
+                      flash_scalars(s, op));
                }});
   r.push_back({"merge heads", {{K::kMergeHeads, false}}, {}, [B](State& s, const Match& m) {
                  const Op& op = s.op(*m[0]);

@@ -50,6 +50,11 @@ Dim rows_of(const State& s, int tensor);
 void finish_partials(State& s, int partials, const std::vector<int>& param_grads, int64_t width);
 void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_of_ops);
 kern::Act act_of(Activation a);
+// The fused attention ops (kFlashAttention*, whose q and k are inputs 0 and 1, [B, heads, T | S,
+// d] views): a kernel of flash_attention.cuh for the op's head dim, masks and dropout, and its
+// shape scalars (batch, heads, q_len, k_len, scale).
+KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op);
+Scalars flash_scalars(const State& s, const Op& op);
 kern::Pos pos_of(bool learned);
 kern::PosFrom pos_from_of(PositionsFrom p);
 // The scalars every embedding kernel's row rule reads (embedding.cuh's embedding_row): batch, seq,

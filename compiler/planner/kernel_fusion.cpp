@@ -135,7 +135,8 @@ void emit(State& s, const Match& m, KernelInstance k, const Args& args, const Sc
     if (!op) continue;
     const Op& o = s.op(*op);
     fused.push_back(o.name);
-    if (o.kind == OpKind::kDropout || o.kind == OpKind::kDropoutGrad) dropout_op = &o;
+    // a dropout op, or an op with a dropout site of its own (the fused attention)
+    if (o.attrs.dropout_site >= 0) dropout_op = &o;
     s.claimed[*op] = 1;
   }
   KernelStep step = make_step(std::move(k), args, scalars, dropout_op, std::move(note));
@@ -176,6 +177,25 @@ void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_o
   for (const auto& op : tensors_of_ops) {
     if (op) s.internal.insert(out0(s, op));
   }
+}
+
+KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op) {
+  const OpAttrs::Attention& a = op.attrs.attn;
+  const int bits = (a.padding ? 1 : 0) | (a.causal ? 2 : 0);
+  return instantiate(k, s.precision,
+                     {{"kD", a.head_dim},
+                      tv("kMask", static_cast<kern::Mask>(bits)),
+                      on_off<kern::Drop>("kDrop", a.dropout_site >= 0)});
+}
+
+Scalars flash_scalars(const State& s, const Op& op) {
+  const Shape& q = s.g.tensor(op.inputs[0]).shape;  // [B, heads, T, d]
+  const Shape& k = s.g.tensor(op.inputs[1]).shape;  // [B, heads, S, d]
+  return {{"batch", ScalarArg::size(q[0])},
+          {"heads", ScalarArg::constant(static_cast<double>(q[1].factor))},
+          {"q_len", ScalarArg::size(q[2])},
+          {"k_len", ScalarArg::size(k[2])},
+          {"scale", ScalarArg::constant(op.attrs.attn.scale)}};
 }
 
 kern::Act act_of(Activation a) {

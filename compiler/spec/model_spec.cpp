@@ -37,6 +37,16 @@ std::string_view to_string(NormPlacement n) {
   bad_enum("NormPlacement", static_cast<int>(n));
 }
 
+std::string_view to_string(AttentionBackend a) {
+  switch (a) {
+    case AttentionBackend::kUnfused:
+      return "unfused";
+    case AttentionBackend::kFused:
+      return "fused";
+  }
+  bad_enum("AttentionBackend", static_cast<int>(a));
+}
+
 std::string_view to_string(Activation a) {
   switch (a) {
     case Activation::kRelu:

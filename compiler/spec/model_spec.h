@@ -26,17 +26,22 @@ enum class PositionKind { kSinusoidal, kLearned };
 // make_positions) padding_idx + the count of non-padding tokens up to and including it.
 enum class PositionsFrom { kIndex, kTokens };
 enum class LayerKind { kEncoder, kDecoder };
+// How a stack's attention runs (compiler/planner/attention_backend.h): the unfused GEMM + softmax
+// path, or the fused kernels of templates/flash_attention.cuh (fp16/bf16, head_dim a multiple of
+// 16 up to 128).
+enum class AttentionBackend { kUnfused, kFused };
 enum class OptimizerKind { kAdam, kAdamW };
 enum class CriterionKind { kCrossEntropy };
 
-std::string_view to_string(Precision p);      // "fp32", "fp16", "bf16"
-std::string_view to_string(NormPlacement n);  // "pre", "post"
-std::string_view to_string(Activation a);     // "relu", "gelu", "gelu_tanh"
-std::string_view to_string(PositionKind p);   // "sinusoidal", "learned"
-std::string_view to_string(PositionsFrom p);  // "index", "tokens"
-std::string_view to_string(LayerKind k);      // "encoder", "decoder"
-std::string_view to_string(OptimizerKind k);  // "adam", "adamw"
-std::string_view to_string(CriterionKind k);  // "cross_entropy"
+std::string_view to_string(Precision p);         // "fp32", "fp16", "bf16"
+std::string_view to_string(NormPlacement n);     // "pre", "post"
+std::string_view to_string(Activation a);        // "relu", "gelu", "gelu_tanh"
+std::string_view to_string(PositionKind p);      // "sinusoidal", "learned"
+std::string_view to_string(PositionsFrom p);     // "index", "tokens"
+std::string_view to_string(LayerKind k);         // "encoder", "decoder"
+std::string_view to_string(AttentionBackend a);  // "unfused", "fused"
+std::string_view to_string(OptimizerKind k);     // "adam", "adamw"
+std::string_view to_string(CriterionKind k);     // "cross_entropy"
 
 // Bytes of one element of the model's activations and parameters.
 int element_bytes(Precision p);
@@ -82,6 +87,7 @@ struct LayerStackSpec {
   // A LayerNorm after the stack's last layer (pre-LN models: GPT-2's ln_f, Fairseq's
   // encoder/decoder_normalize_before); only the last stack of its kind has one.
   bool final_norm = false;
+  AttentionBackend attention = AttentionBackend::kUnfused;
   DropoutSpec dropout;
   int64_t head_dim() const { return heads > 0 ? hidden / heads : 0; }
   bool operator==(const LayerStackSpec&) const = default;

@@ -242,6 +242,23 @@ class Validator {
     }
   }
 
+  // The fused attention kernels' limits (templates/flash_attention.cuh).
+  void check_fused_attention(const ModelSpec& spec, const LayerStackSpec& s,
+                             const std::string& at) {
+    if (spec.precision == Precision::kFp32) {
+      add(at + ".attention", "\"fused\"",
+          "the fused attention runs fp16 and bf16 (tensor cores); use \"unfused\" for an fp32 "
+          "model");
+    }
+    const int64_t d = s.head_dim();
+    if (s.heads > 0 && s.hidden % s.heads == 0 && (d % 16 != 0 || d > 128)) {
+      add(at + ".attention", "\"fused\"",
+          fmt::format("the fused attention takes head_dim (hidden / heads = {}) a multiple of 16 "
+                      "up to 128; use \"unfused\"",
+                      d));
+    }
+  }
+
   void check_layers(const ModelSpec& spec) {
     if (spec.layers.size() > static_cast<size_t>(kMaxStacks)) {
       add("layers", fmt::format("[{} stacks]", spec.layers.size()),
@@ -281,6 +298,7 @@ class Validator {
         add(at + ".type", show(static_cast<int64_t>(s.kind)), "must be \"encoder\" or \"decoder\"");
       }
       check_stack(s, at, width, width_source);
+      if (s.attention == AttentionBackend::kFused) check_fused_attention(spec, s, at);
       if (s.final_norm) {
         for (size_t j = i + 1; j < spec.layers.size(); ++j) {
           if (spec.layers[j].kind == s.kind) {

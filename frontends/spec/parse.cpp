@@ -325,36 +325,41 @@ class SpecReader {
     LayerStackSpec s;
     if (!expect(node, path, JsonKind::kObject, "an object")) return s;
     bool causal_given = false;
-    read_object(node, path,
-                {{"type", Need::kRequired, "\"type\": \"encoder\"",
-                  [&](auto& n, auto& p) {
-                    read_enum(n, p, {LayerKind::kEncoder, LayerKind::kDecoder}, s.kind);
-                  }},
-                 {"count", Need::kOptional, "", [&](auto& n, auto& p) { read_int(n, p, s.count); }},
-                 {"hidden", Need::kRequired, "\"hidden\": 512",
-                  [&](auto& n, auto& p) { read_int(n, p, s.hidden); }},
-                 {"heads", Need::kRequired, "\"heads\": 8",
-                  [&](auto& n, auto& p) { read_int(n, p, s.heads); }},
-                 {"ffn", Need::kRequired, "\"ffn\": 2048",
-                  [&](auto& n, auto& p) { read_int(n, p, s.ffn); }},
-                 {"activation", Need::kOptional, "",
-                  [&](auto& n, auto& p) {
-                    read_enum(n, p, {kActivations.begin(), kActivations.end()}, s.activation);
-                  }},
-                 {"norm", Need::kOptional, "",
-                  [&](auto& n, auto& p) {
-                    read_enum(n, p, {NormPlacement::kPre, NormPlacement::kPost}, s.norm);
-                  }},
-                 {"eps", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, s.eps); }},
-                 {"causal", Need::kOptional, "",
-                  [&](auto& n, auto& p) {
-                    causal_given = true;
-                    read_bool(n, p, s.causal);
-                  }},
-                 {"final_norm", Need::kOptional, "",
-                  [&](auto& n, auto& p) { read_bool(n, p, s.final_norm); }},
-                 {"dropout", Need::kOptional, "",
-                  [&](auto& n, auto& p) { s.dropout = read_dropout(n, p); }}});
+    read_object(
+        node, path,
+        {{"type", Need::kRequired, "\"type\": \"encoder\"",
+          [&](auto& n, auto& p) {
+            read_enum(n, p, {LayerKind::kEncoder, LayerKind::kDecoder}, s.kind);
+          }},
+         {"count", Need::kOptional, "", [&](auto& n, auto& p) { read_int(n, p, s.count); }},
+         {"hidden", Need::kRequired, "\"hidden\": 512",
+          [&](auto& n, auto& p) { read_int(n, p, s.hidden); }},
+         {"heads", Need::kRequired, "\"heads\": 8",
+          [&](auto& n, auto& p) { read_int(n, p, s.heads); }},
+         {"ffn", Need::kRequired, "\"ffn\": 2048",
+          [&](auto& n, auto& p) { read_int(n, p, s.ffn); }},
+         {"activation", Need::kOptional, "",
+          [&](auto& n, auto& p) {
+            read_enum(n, p, {kActivations.begin(), kActivations.end()}, s.activation);
+          }},
+         {"norm", Need::kOptional, "",
+          [&](auto& n, auto& p) {
+            read_enum(n, p, {NormPlacement::kPre, NormPlacement::kPost}, s.norm);
+          }},
+         {"eps", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, s.eps); }},
+         {"causal", Need::kOptional, "",
+          [&](auto& n, auto& p) {
+            causal_given = true;
+            read_bool(n, p, s.causal);
+          }},
+         {"final_norm", Need::kOptional, "",
+          [&](auto& n, auto& p) { read_bool(n, p, s.final_norm); }},
+         {"attention", Need::kOptional, "",
+          [&](auto& n, auto& p) {
+            read_enum(n, p, {AttentionBackend::kUnfused, AttentionBackend::kFused}, s.attention);
+          }},
+         {"dropout", Need::kOptional, "",
+          [&](auto& n, auto& p) { s.dropout = read_dropout(n, p); }}});
     if (!causal_given) s.causal = s.kind == LayerKind::kDecoder;
     return s;
   }

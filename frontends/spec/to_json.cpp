@@ -29,6 +29,7 @@ Json stack_to_json(const LayerStackSpec& s) {
          {"causal", s.causal},
          {"dropout", dropout_json(s.dropout)}};
   if (s.final_norm) j["final_norm"] = true;  // only when set: specs without it keep their JSON
+  if (s.attention != AttentionBackend::kUnfused) j["attention"] = name_of(s.attention);
   return j;
 }
 
