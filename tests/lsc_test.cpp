@@ -144,6 +144,9 @@ TEST(Lsc, BadArchAndUsageErrors) {
   Result range = run("bench " + example("transformer-base") + " --src-seq 0");
   EXPECT_EQ(range.status, 2) << range.output;
   EXPECT_NE(range.output.find("--src-seq"), std::string::npos) << range.output;
+  Result backend = run("bench " + example("transformer-base") + " --attention flash");
+  EXPECT_EQ(backend.status, 2) << backend.output;
+  EXPECT_NE(backend.output.find("--attention"), std::string::npos) << backend.output;
   Result help = run("--help");
   EXPECT_EQ(help.status, 0);
   EXPECT_NE(help.output.find("build"), std::string::npos);

@@ -76,10 +76,19 @@ std::vector<uint8_t> bench_mask(int64_t batch, int64_t seq) {
 
 }  // namespace
 
+ModelSpec bench_spec(const BenchOptions& o) {
+  ModelSpec spec = parse_spec_file(o.spec);
+  if (!o.attention.empty()) {
+    for (LayerStackSpec& l : spec.layers) {
+      l.attention = o.attention == "fused" ? AttentionBackend::kFused : AttentionBackend::kUnfused;
+    }
+  }
+  return spec;
+}
+
 int run_bench(const BenchOptions& o) {
   if (o.step) return run_step_bench(o);
-  const auto model =
-      CompiledModel::load(parse_spec_file(o.spec), RuntimeOptions{o.device, std::nullopt});
+  const auto model = CompiledModel::load(bench_spec(o), RuntimeOptions{o.device, std::nullopt});
   const ModelSpec& spec = model->spec();
   if (spec.layers.empty()) {
     throw Error(fmt::format(

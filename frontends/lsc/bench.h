@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "compiler/spec/model_spec.h"
+
 namespace lightseq::lsc {
 
 struct BenchOptions {
@@ -18,7 +20,12 @@ struct BenchOptions {
   bool step = false;       // --step: time TrainStep::run on a synthetic batch
   int64_t tokens = 4096;   // --step: tokens per batch (batch = tokens / seq)
   bool no_graphs = false;  // --step: the eager step instead of the CUDA graph replay
+  std::string attention;  // --attention: every stack's backend ("unfused", "fused"); "": the spec's
 };
+
+// The spec a bench runs: the file's, with --attention applied to every stack (the runtime
+// validates it when it loads).
+ModelSpec bench_spec(const BenchOptions& options);
 
 int run_bench(const BenchOptions& options);
 // `lsc bench --step` (bench_step.cpp).

@@ -58,7 +58,7 @@ int64_t random_batch(const TokenRules& rules, int64_t batch, int64_t src_len, in
 }  // namespace
 
 int run_step_bench(const BenchOptions& o) {
-  const ModelSpec parsed = parse_spec_file(o.spec);
+  const ModelSpec parsed = bench_spec(o);
   const TokenRules rules = token_rules(parsed);  // refuses a spec without embedding, criterion...
   const bool two = rules.shape == ModelShape::kEncoderDecoder;
   const int64_t len = o.seq, src_len = two ? (o.src_seq > 0 ? o.src_seq : o.seq) : 0;

@@ -210,6 +210,11 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   bench->add_flag("--no-graphs", bench_opts.no_graphs,
                   "With --step: time the eager step (no CUDA graph replay)");
+  bench
+      ->add_option("--attention", bench_opts.attention,
+                   "Run every stack's attention unfused or fused (flash_attention.cuh), whatever "
+                   "the spec says")
+      ->check(CLI::IsMember({"unfused", "fused"}));
 
   TrainOptions train_opts;
   auto* train = app.add_subcommand(
