@@ -354,3 +354,23 @@ def test_ops_called_directly_check_their_inputs_against_the_manifest():
             _ops.run_layer(lid, {"x": x}, (2, 5, 0), [0.0, 0.0, 0.0])
     finally:
         _ops._layers.pop()
+
+
+def test_fused_attention_is_asked_for_and_explained():
+    layer = lightseq.compile(encoder(norm_first=True).to(torch.bfloat16), attention="fused")
+    text = lightseq.explain(layer)
+    assert "fused attention in fp16/bf16 (and under autocast)" in text, text
+    specs = layer._lightseq.specs
+    for (dtype, _causal, _training), s in specs.items():
+        assert ('"attention": "fused"' in s) == (dtype != torch.float32), (dtype, s)
+    # a head dim the fused kernels do not take: unfused, and explain says why
+    narrow = lightseq.compile(encoder(64, 8, 128), attention="fused")
+    assert "attention unfused: head_dim 8" in lightseq.explain(narrow)
+    assert not any('"fused"' in s for s in narrow._lightseq.specs.values())
+    # the default compiles no fused attention; a changed dropout keeps the choice
+    assert not any('"fused"' in s for s in lightseq.compile(encoder())._lightseq.specs.values())
+    layer.dropout.p = 0.3
+    state, why = lightseq._compile._call_state(layer.train())
+    assert why is None and state.attention == "fused" and state is not None
+    with pytest.raises(lightseq.ArgumentError, match="attention='flash'"):
+        lightseq.compile(encoder(), attention="flash")

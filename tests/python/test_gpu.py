@@ -118,6 +118,30 @@ def test_transformer_encoder_matches_pytorch(dtype, norm_first, activation, batc
     compare_models(reference, compiled, dtype, x, grad_out, ref_kw, kw, peer)
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("mask", ["padding", "causal+padding"])
+def test_fused_attention_matches_pytorch(dtype, mask):
+    """lightseq.compile(..., attention="fused"): the encoder stack with the fused attention kernels
+    against the float64 reference, as the unfused tests above."""
+    dtype = DTYPES[dtype]
+    torch.manual_seed(4321 + seed_of(dtype, mask))
+    layer = nn.TransformerEncoderLayer(128, 4, 256, dropout=0.0, norm_first=True, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).cuda()
+    reference = copy.deepcopy(model).double()
+    compiled = lightseq.compile(copy.deepcopy(model).to(dtype), attention="fused")
+    assert "fused attention" in lightseq.explain(compiled)
+    batch, seq = 3, 70
+    x, grad_out = torch.randn(batch, seq, 128, device="cuda"), torch.randn(batch, seq, 128, device="cuda")
+    kw = {"src_key_padding_mask": padding(batch, seq, "cuda")}
+    if "causal" in mask:
+        kw["mask"] = nn.Transformer.generate_square_subsequent_mask(seq, device="cuda", dtype=torch.float64)
+        kw["is_causal"] = True
+    ref_kw = dict(kw)
+    if "mask" in kw:
+        kw = dict(kw, mask=kw["mask"].to(dtype))
+    compare_models(reference, compiled, dtype, x, grad_out, ref_kw, kw, copy.deepcopy(model).to(dtype))
+
+
 def dropout_model(dtype=torch.bfloat16):
     torch.manual_seed(3)
     layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.2, batch_first=True)

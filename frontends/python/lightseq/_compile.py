@@ -24,13 +24,15 @@ class _LayerState:
     """What a compiled layer knows beyond its PyTorch module: its configuration, the dtype it was
     compiled for and the cache directory. Picklable and deep-copyable."""
 
-    def __init__(self, config: EncoderConfig, dtype: torch.dtype, cache_dir: Optional[str]):
-        self.config, self.dtype, self.cache_dir = config, dtype, cache_dir
+    def __init__(self, config: EncoderConfig, dtype: torch.dtype, cache_dir: Optional[str],
+                 attention: str = "unfused"):
+        self.config, self.dtype, self.cache_dir, self.attention = config, dtype, cache_dir, attention
         self.warned = set()  # the fallback reasons already warned about
         # Every spec a call can need, made here: a forward only looks one up (json.dumps inside a
         # forward would break torch.compile's graph).
         causal_options = (True,) if isinstance(config, DecoderConfig) else (False, True)
-        self.specs = {(d, causal, training): _spec.spec_json(config.spec(d, causal=causal, dropout_on=training))
+        self.specs = {(d, causal, training): _spec.spec_json(config.spec(d, causal=causal, dropout_on=training,
+                                                                         attention=attention))
                       for d in (torch.float32, torch.float16, torch.bfloat16)
                       for causal in causal_options for training in (False, True)}
 
@@ -120,7 +122,7 @@ def _call_state(module: nn.Module):
         return None, f"its dropouts changed after compiling: {why}"
     if p == cfg.dropouts():
         return state, None
-    changed = _LayerState(cfg.with_dropouts(p), state.dtype, state.cache_dir)
+    changed = _LayerState(cfg.with_dropouts(p), state.dtype, state.cache_dir, getattr(state, "attention", "unfused"))
     issues = _compiler_issues(changed, "")
     if issues:
         return None, "its dropouts changed after compiling: " + "; ".join(issues)
@@ -341,7 +343,22 @@ _CALL_NOTE = ("; on CUDA inputs; inputs on another device (CPU) run PyTorch's im
               "same parameters; dropout probabilities are read at each training call")
 
 
-def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> nn.Module:
+_ATTENTION = ("unfused", "fused")
+
+
+def _attention_note(config: EncoderConfig, dtype: torch.dtype, attention: str) -> str:
+    """What explain() says of a layer's attention backend."""
+    if attention != "fused":
+        return ""
+    why = config.fused_attention_refusal(torch.bfloat16)
+    if why:
+        return f"; attention unfused: {why}"
+    return "; fused attention in fp16/bf16 (and under autocast)" + (
+        ", unfused in fp32" if dtype == torch.float32 else "")
+
+
+def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optional[torch.dtype] = None,
+            attention: str = "unfused") -> nn.Module:
     """Replaces, in place, every supported layer of `model` with a compiled one that keeps the same
     nn.Parameters and computes the same function forward and backward; returns `model`.
 
@@ -354,7 +371,10 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
     that runs other code is explained, not compiled. `dtype` is the dtype the layers run in without
     autocast (default: their parameters' dtype); under torch.autocast they run in the
     autocast dtype. Kernels are compiled on a layer's first call (or loaded from the disk cache,
-    `cache_dir` or the default). explain(model) lists what was replaced and why the rest was not."""
+    `cache_dir` or the default). `attention="fused"` runs the layers' attention with the fused
+    kernels (templates/flash_attention.cuh: scores never stored) wherever they can: fp16/bf16
+    (autocast included) and head dims 16..128 by 16; elsewhere, and by default, the unfused
+    GEMM + softmax path. explain(model) lists what was replaced and why the rest was not."""
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"lightseq.compile takes an nn.Module, not {a_type(model)}")
     if dtype is not None:
@@ -362,6 +382,8 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
             _spec.dtype_name(dtype)
         except Unsupported as why:
             raise Unsupported(f"lightseq.compile: {why}") from None
+    if attention not in _ATTENTION:
+        raise ArgumentError(f"lightseq.compile: attention={attention!r}; give one of {', '.join(map(repr, _ATTENTION))}")
     report = []
     for name, module in model.named_modules():
         if hasattr(module, _STATE):
@@ -377,7 +399,7 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
             continue
         cls, config = found
         layer_dtype = dtype or _param_dtype(module)
-        state = _LayerState(config, layer_dtype, cache_dir)
+        state = _LayerState(config, layer_dtype, cache_dir, attention)
         issues = _compiler_issues(state, name)
         if issues:
             report.append((name or "<model>", type(module).__name__, False, "\n  ".join(issues)))
@@ -385,7 +407,8 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
         setattr(module, _STATE, state)
         module.__class__ = cls
         report.append((name or "<model>", _base_name(module), True,
-                       f"{config.describe()}, {layer_dtype}{_CALL_NOTE}"))
+                       f"{config.describe()}, {layer_dtype}{_attention_note(config, layer_dtype, attention)}"
+                       f"{_CALL_NOTE}"))
     for module in model.modules():
         if type(module) is nn.TransformerEncoder and all(
                 isinstance(m, CompiledTransformerEncoderLayer) for m in module.layers):

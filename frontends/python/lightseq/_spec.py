@@ -58,9 +58,22 @@ class EncoderConfig:
         out = self.dropout_hidden if self.dropout_attention_output is None else self.dropout_attention_output
         return (self.dropout_attention, self.dropout_activation, self.dropout_hidden, 0.0, out)
 
-    def spec(self, dtype: torch.dtype, *, causal: bool = False, dropout_on: bool = True) -> dict:
+    def fused_attention_refusal(self, dtype: torch.dtype) -> str:
+        """Why this layer's attention cannot run fused in `dtype` ("" when it can): the fused
+        kernels' limits (docs/spec.md, "attention")."""
+        if dtype == torch.float32:
+            return "the fused attention runs fp16 and bf16"
+        head_dim = self.hidden // self.heads
+        if head_dim % 16 or head_dim > 128:
+            return f"head_dim {head_dim} (the fused attention takes 16..128 by 16)"
+        return ""
+
+    def spec(self, dtype: torch.dtype, *, causal: bool = False, dropout_on: bool = True,
+             attention: str = "unfused") -> dict:
         """The JSON model spec of one layer of this configuration. Dropout sites are compiled in
-        only where `dropout_on` and the probability is non-zero (eval mode compiles none)."""
+        only where `dropout_on` and the probability is non-zero (eval mode compiles none).
+        attention "fused" runs the fused attention kernels where they can (fp16/bf16 and their
+        head dims; elsewhere unfused)."""
         def p(v: float) -> float:
             return v if dropout_on else 0.0
 
@@ -81,6 +94,8 @@ class EncoderConfig:
         }
         if causal:
             layer["causal"] = True
+        if attention == "fused" and not self.fused_attention_refusal(dtype):
+            layer["attention"] = "fused"
         return {"name": "torch-encoder-layer", "precision": dtype_name(dtype), "layers": [layer]}
 
 
@@ -92,13 +107,14 @@ class DecoderConfig(EncoderConfig):
     def describe(self) -> str:
         return "decoder" + super().describe()[len("encoder"):]
 
-    def spec(self, dtype: torch.dtype, *, causal: bool = True, dropout_on: bool = True) -> dict:
+    def spec(self, dtype: torch.dtype, *, causal: bool = True, dropout_on: bool = True,
+             attention: str = "unfused") -> dict:
         """The JSON model spec: the decoder stack after an encoder stack of the same sizes (a spec's
         decoder needs one before it; its kernels are a subset of the decoder's, so it costs no
         extra compilation). A decoder's self-attention is always causal."""
         if not causal:
             raise Unsupported("a decoder layer without a causal self-attention mask")
-        enc = super().spec(dtype, dropout_on=dropout_on)
+        enc = super().spec(dtype, dropout_on=dropout_on, attention=attention)
         decoder = dict(enc["layers"][0], type="decoder")
         return {"name": "torch-decoder-layer", "precision": enc["precision"], "layers": [enc["layers"][0], decoder]}
 
