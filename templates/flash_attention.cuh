@@ -372,7 +372,8 @@ __device__ __forceinline__ bool attends(int64_t i, int64_t j, int64_t q_len, int
 //            lse, dot [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_kernel's).
 //            grad_k, grad_v `=`.
 // Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of kFlashThreads. Smem: static,
-//            2·kFlashBlockM·(kD + 8) elements (a query tile and its grad_out tile).
+//            2·kM·(kD + 8) elements (a query tile and its grad_out tile; kM = 64, 32 past head
+//            dim 64).
 template <typename T, int kD, Mask kMask, Drop kDrop>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
@@ -381,7 +382,9 @@ __global__ void __launch_bounds__(kFlashThreads)
                                int64_t k_len, float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
-  constexpr int kM = kFlashBlockM, kN = kFlashBlockN;
+  // Query tiles of 32 past head dim 64: k and v fragments and two accumulators already hold
+  // kD / 2 registers each per thread.
+  constexpr int kM = kD > 64 ? kFlashBlockM / 2 : kFlashBlockM, kN = kFlashBlockN;
   constexpr int kStride = kD + 8;
   __shared__ __align__(16) T qs[kM * kStride];
   __shared__ __align__(16) T gs[kM * kStride];
