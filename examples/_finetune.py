@@ -18,9 +18,30 @@ except ImportError:  # the source tree, built with scripts/build
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def need_gpu(name: str) -> None:
+def parse_args(doc: str, name: str, add_more=None):
+    """The examples' command line (model sizes, batch, steps, dtype; `add_more(parser)` adds an
+    example's own), parsed; exits with the reason where no GPU is usable."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add_more:
+        add_more(ap)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit(f"{name}: needs a CUDA GPU")
+    return args
+
+
+def right_padded_mask(batch: int, seq: int, min_len: int, gen: torch.Generator) -> torch.Tensor:
+    """A [batch, seq] attention mask (1 = token, 0 = padding) of random lengths in [min_len, seq]."""
+    lengths = torch.randint(min_len, seq + 1, (batch,), device="cuda", generator=gen)
+    return (torch.arange(seq, device="cuda")[None, :] < lengths[:, None]).long()
 
 
 def train_both(base: torch.nn.Module, data: list, loss_of, dtype_name: str, lr: float) -> None:

@@ -3,24 +3,13 @@ synthetic task, with and without lightseq.compile, and prints both step times.
 
     python3 examples/finetune_bert.py [--layers 4 --hidden 256 --steps 100 --dtype bf16]
 """
-import argparse
-
 import torch
 
-from _finetune import need_gpu, train_both
+from _finetune import parse_args, right_padded_mask, train_both
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
-    args = ap.parse_args()
-    need_gpu("finetune_bert")
+    args = parse_args(__doc__, "finetune_bert")
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -31,8 +20,7 @@ def main():
 
     def batch():
         ids = torch.randint(1, 1000, (args.batch, args.seq), device="cuda", generator=gen)
-        lengths = torch.randint(args.seq // 2, args.seq + 1, (args.batch,), device="cuda", generator=gen)
-        mask = (torch.arange(args.seq, device="cuda")[None, :] < lengths[:, None]).long()
+        mask = right_padded_mask(args.batch, args.seq, args.seq // 2, gen)
         labels = (ids[:, 0] > 500).long()  # the first token decides the class
         return ids, mask, labels
 

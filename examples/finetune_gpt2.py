@@ -6,26 +6,15 @@ second half), right-padded to varied lengths, padding ignored by the loss.
 
     python3 examples/finetune_gpt2.py [--layers 4 --hidden 256 --steps 100 --dtype bf16]
 """
-import argparse
-
 import torch
 
-from _finetune import need_gpu, train_both
+from _finetune import parse_args, right_padded_mask, train_both
 
 VOCAB = 1000
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
-    args = ap.parse_args()
-    need_gpu("finetune_gpt2")
+    args = parse_args(__doc__, "finetune_gpt2")
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -38,8 +27,7 @@ def main():
     def batch():
         prefix = torch.randint(2, VOCAB, (args.batch, half), device="cuda", generator=gen)
         ids = torch.cat([prefix, prefix], dim=1)
-        lengths = torch.randint(args.seq // 2 + 1, 2 * half + 1, (args.batch,), device="cuda", generator=gen)
-        mask = (torch.arange(2 * half, device="cuda")[None, :] < lengths[:, None]).long()
+        mask = right_padded_mask(args.batch, 2 * half, half + 1, gen)
         return ids.masked_fill(mask == 0, 1), mask, ids.masked_fill(mask == 0, -100)
 
     train_both(GPT2LMHeadModel(cfg).cuda(), [batch() for _ in range(args.steps)],

@@ -7,11 +7,9 @@ upper half of the vocabulary; "O" below), padded batches of varied lengths, padd
 
     python3 examples/finetune_ner.py [--model roberta --layers 4 --hidden 256 --steps 100 --dtype bf16]
 """
-import argparse
-
 import torch
 
-from _finetune import need_gpu, train_both
+from _finetune import parse_args, right_padded_mask, train_both
 
 VOCAB, TAGS = 1000, 9  # tags: O and B/I of four entity types, as CoNLL-2003
 
@@ -32,25 +30,15 @@ def model_for(name, layers, hidden, heads, seq):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["roberta", "bert", "distilbert"], default="roberta")
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
-    args = ap.parse_args()
-    need_gpu("finetune_ner")
+    args = parse_args(__doc__, "finetune_ner", lambda ap: ap.add_argument(
+        "--model", choices=["roberta", "bert", "distilbert"], default="roberta"))
     torch.manual_seed(0)
     base = model_for(args.model, args.layers, args.hidden, args.heads, args.seq).cuda()
     gen = torch.Generator(device="cuda").manual_seed(1)
 
     def batch():
         ids = torch.randint(2, VOCAB, (args.batch, args.seq), device="cuda", generator=gen)
-        lengths = torch.randint(args.seq // 4, args.seq + 1, (args.batch,), device="cuda", generator=gen)
-        mask = (torch.arange(args.seq, device="cuda")[None, :] < lengths[:, None]).long()
+        mask = right_padded_mask(args.batch, args.seq, args.seq // 4, gen)
         tags = torch.where(ids >= VOCAB // 2, ids % (TAGS - 1) + 1, 0)
         return ids.masked_fill(mask == 0, 1), mask, tags.masked_fill(mask == 0, -100)
 

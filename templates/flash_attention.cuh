@@ -363,6 +363,20 @@ __device__ __forceinline__ bool attends(int64_t i, int64_t j, int64_t q_len, int
   return true;
 }
 
+// One recomputed entry of the backward, query i and key j of head bh: the probability P =
+// exp2(s·scale2 - lse2) (0 where masked), its dropped value P̃ (= P·mask/(1-p)), and dS = P ∘
+// (dropout_mask(dP) - D), dP the entry of grad_out·vᵀ. Returns dS; *dropped gets P̃.
+template <Drop kDrop>
+__device__ __forceinline__ float recompute(bool on, float s, float scale2, float lse2, float dp,
+                                           float dot, uint64_t element, const DropoutArgs& drop,
+                                           float* dropped) {
+  const float p = on ? exp2f(s * scale2 - lse2) : 0.f;
+  float keep = 1.f;
+  if constexpr (kDrop == Drop::kOn) keep = on && dropout_keep(drop, element) ? drop.scale : 0.f;
+  *dropped = p * keep;
+  return on ? p * (dp * keep - dot) : 0.f;
+}
+
 }  // namespace flash
 
 // flash_attn_bwd_dkdv_kernel — grad_k, grad_v of one tile of 64 keys per block (4 warps of 16
@@ -438,15 +452,10 @@ __global__ void __launch_bounds__(kFlashThreads)
         const int r = e / 2;
         const int64_t i = m0 + n * 8 + 2 * t + (e % 2);
         const bool on = flash::attends<kMask>(i, key[r], q_len, k_len, pad);
-        const float p = on ? exp2f(s[n][e] * scale2 - lse[bh * q_len + i] * kLog2e) : 0.f;
-        float keep = 1.f;
-        if constexpr (kDrop == Drop::kOn) {
-          const uint64_t idx = static_cast<uint64_t>((bh * q_len + i) * k_len + key[r]);
-          keep = on && dropout_keep(drop, idx) ? drop.scale : 0.f;
-        }
-        pd[n][e] = p * keep;
-        // dS = P ∘ (dropout_mask(dP) - D)
-        s[n][e] = on ? p * (dp[n][e] * keep - dot[bh * q_len + i]) : 0.f;
+        s[n][e] = flash::recompute<kDrop>(
+            on, s[n][e], scale2, on ? lse[bh * q_len + i] * kLog2e : 0.f, dp[n][e],
+            on ? dot[bh * q_len + i] : 0.f,
+            static_cast<uint64_t>((bh * q_len + i) * k_len + key[r]), drop, &pd[n][e]);
       }
     }
     flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, g, t);  // grad_v += P̃ᵀ·grad_out
@@ -535,14 +544,10 @@ __global__ void __launch_bounds__(kFlashThreads)
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2;
         const int64_t j = n0 + n * 8 + 2 * t + (e % 2);
-        const bool on = flash::attends<kMask>(row[r], j, q_len, k_len, pad);
-        const float p = on ? exp2f(s[n][e] * scale2 - lse2[r]) : 0.f;
-        float keep = 1.f;
-        if constexpr (kDrop == Drop::kOn) {
-          const uint64_t idx = static_cast<uint64_t>((bh * q_len + row[r]) * k_len + j);
-          keep = on && dropout_keep(drop, idx) ? drop.scale : 0.f;
-        }
-        s[n][e] = on ? p * (dp[n][e] * keep - dot_r[r]) : 0.f;  // dS
+        float unused;
+        s[n][e] = flash::recompute<kDrop>(
+            flash::attends<kMask>(row[r], j, q_len, k_len, pad), s[n][e], scale2, lse2[r], dp[n][e],
+            dot_r[r], static_cast<uint64_t>((bh * q_len + row[r]) * k_len + j), drop, &unused);
       }
     }
     flash::mma_pb<T, kD, kN, kStride>(dq, s, ks, g, t);  // grad_q += dS·k (scaled below)

@@ -167,17 +167,8 @@ class FlashKernels : public GpuKernelTest {
   static void SetUpTestSuite() { prepare_kernels(every_instance()); }
 
  protected:
-  // Batch 1 entirely padded (its rows fully masked); batch 2 and later a trailing quarter and a
-  // few scattered keys, never key 0.
   std::vector<uint8_t> key_padding(const Shape& s) {
-    std::vector<uint8_t> pad(s.batch * s.k_len, 0);
-    for (int64_t b = 1; b < s.batch; ++b) {
-      for (int64_t j = 0; j < s.k_len; ++j) {
-        pad[b * s.k_len + j] =
-            b == 1 ? 1 : (j >= s.k_len - s.k_len / 4 || rng().below(5) == 0) && j > 0;
-      }
-    }
-    return pad;
+    return ref::test_key_padding(rng(), s.batch, s.k_len);
   }
 };
 

@@ -85,17 +85,8 @@ class SoftmaxKernels : public GpuKernelTest {
   kern::DropoutArgs random_dropout(double p) {
     return kern::make_dropout_args(rng().next(), rng().next() >> 8, p);
   }
-  // Batch 0 unpadded, batch 1 entirely padded (its rows are fully masked), later batches a
-  // random set of keys padded (trailing run plus scattered ones), never all.
   std::vector<uint8_t> key_padding(const Shape& s) {
-    std::vector<uint8_t> pad(s.batch * s.k_len, 0);
-    for (int64_t b = 1; b < s.batch; ++b) {
-      for (int64_t j = 0; j < s.k_len; ++j) {
-        pad[b * s.k_len + j] =
-            b == 1 ? 1 : (j >= s.k_len - s.k_len / 4 || rng().below(5) == 0) && j > 0;
-      }
-    }
-    return pad;
+    return ref::test_key_padding(rng(), s.batch, s.k_len);
   }
 };
 

@@ -208,6 +208,16 @@ MergeHeads merge_heads(const Vec& in, int64_t batch, int64_t seq, int64_t hidden
 
 // ---- softmax ----------------------------------------------------------------------------------
 
+std::vector<uint8_t> test_key_padding(Rng& rng, int64_t batch, int64_t k_len) {
+  std::vector<uint8_t> pad(batch * k_len, 0);
+  for (int64_t b = 1; b < batch; ++b) {
+    for (int64_t j = 0; j < k_len; ++j) {
+      pad[b * k_len + j] = b == 1 ? 1 : (j >= k_len - k_len / 4 || rng.below(5) == 0) && j > 0;
+    }
+  }
+  return pad;
+}
+
 bool attn_masked(Mask mask, const std::vector<uint8_t>& key_padding, int64_t b, int64_t i,
                  int64_t j, int64_t q_len, int64_t k_len) {
   if (kern::has_padding(mask) && key_padding[b * k_len + j] != 0) return true;

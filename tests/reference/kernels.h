@@ -11,6 +11,7 @@
 
 #include "common/enums.cuh"
 #include "common/philox.cuh"
+#include "tests/reference/random.h"
 
 namespace lightseq::ref {
 
@@ -80,6 +81,10 @@ MergeHeads merge_heads(const Vec& in, int64_t batch, int64_t seq, int64_t hidden
 // causal: j > i + k_len - q_len).
 bool attn_masked(kern::Mask mask, const std::vector<uint8_t>& key_padding, int64_t b, int64_t i,
                  int64_t j, int64_t q_len, int64_t k_len);
+// A key padding mask [batch, k_len] for the attention tests: batch 0 unpadded, batch 1 entirely
+// padded (its rows fully masked), later batches a trailing quarter and a few scattered keys,
+// never key 0.
+std::vector<uint8_t> test_key_padding(Rng& rng, int64_t batch, int64_t k_len);
 struct SoftmaxForward {
   Vec probs, dropped;  // [batch, heads, q_len, k_len]; dropped = dropout(probs) when kDrop
 };
