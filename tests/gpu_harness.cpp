@@ -45,6 +45,14 @@ std::string gpu_unavailable() {
 
 std::string precision_name(Precision p) { return std::string(to_string(p)); }
 
+// The enum's own labels ("padding+causal"), spelled for a test name.
+std::string mask_name(kern::Mask m) {
+  std::string label = kern::sig::kMaskInfo.labels[static_cast<int>(m)];
+  if (label == "none") return "nomask";
+  std::replace(label.begin(), label.end(), '+', '_');
+  return label;
+}
+
 void prepare_kernels(const std::vector<KernelInstance>& kernels) {
   if (!gpu_unavailable().empty()) return;
   Registry& reg = registry();

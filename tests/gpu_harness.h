@@ -110,5 +110,10 @@ class GpuKernelTest : public ::testing::Test {
 // Names of test parameters.
 std::string precision_name(Precision p);  // "fp32", "fp16", "bf16"
 inline const Precision kAllPrecisions[] = {Precision::kFp32, Precision::kFp16, Precision::kBf16};
+// The attention masks, and their names in test names: "nomask", "padding", "causal",
+// "padding_causal".
+inline const kern::Mask kAllMasks[] = {kern::Mask::kNone, kern::Mask::kPadding, kern::Mask::kCausal,
+                                       kern::Mask::kPaddingCausal};
+std::string mask_name(kern::Mask m);
 
 }  // namespace lightseq::kernel_test

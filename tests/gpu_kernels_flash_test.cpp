@@ -24,7 +24,6 @@ using kern::Mask;
 using ref::all_close;
 using ref::tolerance_for;
 
-const Mask kMasks[] = {Mask::kNone, Mask::kPadding, Mask::kCausal, Mask::kPaddingCausal};
 const Precision kHalves[] = {Precision::kFp16, Precision::kBf16};
 const int64_t kHeadDims[] = {32, 64, 96, 128};
 struct Shape {
@@ -130,7 +129,7 @@ std::vector<KernelInstance> every_instance() {
   for (Precision p : kHalves) {
     for (int64_t d : kHeadDims) {
       all.push_back(codegen::flash_dot(p, d));
-      for (Mask m : kMasks) {
+      for (Mask m : kAllMasks) {
         for (bool drop : {false, true}) {
           const codegen::Flash f{d, kern::has_padding(m), kern::has_causal(m), drop};
           all.push_back(codegen::flash_fwd(p, f));
@@ -251,14 +250,9 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
   }
 }
 
-std::string mask_name(Mask m) {
-  const char* names[] = {"nomask", "padding", "causal", "padding_causal"};
-  return names[static_cast<int>(m)];
-}
-
 INSTANTIATE_TEST_SUITE_P(Gpu, GpuFlashFwd,
                          testing::Combine(testing::ValuesIn(kHalves), testing::ValuesIn(kHeadDims),
-                                          testing::ValuesIn(kMasks), testing::Bool()),
+                                          testing::ValuesIn(kAllMasks), testing::Bool()),
                          [](const auto& info) {
                            return precision_name(std::get<0>(info.param)) + "_d" +
                                   std::to_string(std::get<1>(info.param)) + "_" +

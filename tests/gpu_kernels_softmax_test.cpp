@@ -22,26 +22,11 @@ using kern::Mask;
 using ref::all_close;
 using ref::tolerance_for;
 
-const Mask kMasks[] = {Mask::kNone, Mask::kPadding, Mask::kCausal, Mask::kPaddingCausal};
 struct Shape {
   int64_t batch, heads, q_len, k_len;
 };
 const Shape kShapes[] = {{2, 3, 1, 1},   {3, 2, 7, 7},    {2, 2, 77, 7},   {3, 2, 7, 77},
                          {2, 2, 77, 77}, {2, 2, 33, 513}, {2, 1, 3, 4096}, {2, 1, 5, 4097}};
-
-std::string mask_name(Mask m) {
-  switch (m) {
-    case Mask::kNone:
-      return "nomask";
-    case Mask::kPadding:
-      return "padding";
-    case Mask::kCausal:
-      return "causal";
-    case Mask::kPaddingCausal:
-      return "padding_causal";
-  }
-  return "?";
-}
 
 KernelInstance fwd_instance(Precision p, Mask m, bool drop) {
   return codegen::softmax_fwd(p, {kern::has_padding(m), kern::has_causal(m), drop});
@@ -56,7 +41,7 @@ class SoftmaxKernels : public GpuKernelTest {
     std::vector<KernelInstance> all;
     for (Precision p : kAllPrecisions) {
       for (bool drop : {false, true}) {
-        for (Mask m : kMasks) all.push_back(fwd_instance(p, m, drop));
+        for (Mask m : kAllMasks) all.push_back(fwd_instance(p, m, drop));
         all.push_back(bwd_instance(p, drop));
       }
     }
@@ -150,7 +135,7 @@ TEST_P(GpuSoftmaxFwd, MatchesReferenceWithMasksAndAliasing) {
 
 INSTANTIATE_TEST_SUITE_P(Gpu, GpuSoftmaxFwd,
                          testing::Combine(testing::ValuesIn(kAllPrecisions),
-                                          testing::ValuesIn(kMasks), testing::Bool()),
+                                          testing::ValuesIn(kAllMasks), testing::Bool()),
                          [](const auto& info) {
                            return precision_name(std::get<0>(info.param)) + "_" +
                                   mask_name(std::get<1>(info.param)) +

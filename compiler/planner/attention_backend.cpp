@@ -5,6 +5,7 @@
 #include <map>
 
 #include "compiler/errors.h"
+#include "compiler/spec/rules.h"
 
 namespace lightseq {
 
@@ -167,8 +168,10 @@ void fused_backward(Rewriter& r, const Op& op, const Saved& s) {
 std::string fused_refusal(const Op& op, Precision precision) {
   const int64_t d = op.attrs.attn.head_dim;
   if (precision == Precision::kFp32) return "the fused kernels run fp16 and bf16";
-  if (d % 16 != 0 || d > 128)
-    return fmt::format("head_dim {} (the fused kernels: 16..128 by 16)", d);
+  if (!spec_detail::fused_head_dim_ok(d)) {
+    return fmt::format("head_dim {} (the fused kernels: up to {} by {})", d,
+                       spec_detail::kFusedMaxHeadDim, spec_detail::kFusedHeadDimMultiple);
+  }
   return "";
 }
 

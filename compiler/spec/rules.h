@@ -16,8 +16,16 @@ inline constexpr int64_t kVectorElements = 8;
 inline constexpr int64_t kMaxHidden = 65536;
 inline constexpr int64_t kMaxFfn = 262144;
 inline constexpr int64_t kMaxHeadDim = 256;  // largest head the attention kernels specialize for
-inline constexpr int64_t kMaxCount = 1024;   // layers in one stack
-inline constexpr int64_t kMaxStacks = 256;   // stacks in `layers`: identical layers share one stack
+// The head dims "attention": "fused" takes (templates/flash_attention.cuh: m16n8k16 tensor-core
+// steps over the head dim, its tiles in static shared memory); the validator and the planner's
+// backend pass both ask fused_head_dim_ok.
+inline constexpr int64_t kFusedHeadDimMultiple = 16;
+inline constexpr int64_t kFusedMaxHeadDim = 128;
+constexpr bool fused_head_dim_ok(int64_t d) {
+  return d > 0 && d % kFusedHeadDimMultiple == 0 && d <= kFusedMaxHeadDim;
+}
+inline constexpr int64_t kMaxCount = 1024;  // layers in one stack
+inline constexpr int64_t kMaxStacks = 256;  // stacks in `layers`: identical layers share one stack
 inline constexpr int64_t kMaxVocab = 2147483647;  // token ids are int32 on the device
 inline constexpr int64_t kMaxPositions = 1048576;
 inline constexpr int64_t kMaxTokenTypes = 65536;     // rows of a token-type table

@@ -251,11 +251,11 @@ class Validator {
           "model");
     }
     const int64_t d = s.head_dim();
-    if (s.heads > 0 && s.hidden % s.heads == 0 && (d % 16 != 0 || d > 128)) {
+    if (s.heads > 0 && s.hidden % s.heads == 0 && !fused_head_dim_ok(d)) {
       add(at + ".attention", "\"fused\"",
-          fmt::format("the fused attention takes head_dim (hidden / heads = {}) a multiple of 16 "
-                      "up to 128; use \"unfused\"",
-                      d));
+          fmt::format("the fused attention takes head_dim (hidden / heads = {}) a multiple of {} "
+                      "up to {}; use \"unfused\"",
+                      d, kFusedHeadDimMultiple, kFusedMaxHeadDim));
     }
   }
 

@@ -88,6 +88,18 @@ def padding(batch, seq, device):
     return pad
 
 
+def encoder_mask_args(mask, batch, seq, dtype):
+    """nn.TransformerEncoder's mask keywords for a "padding" / "causal" / "causal+padding" case:
+    (for the float64 reference, for the model in `dtype`)."""
+    kw = {}
+    if "padding" in mask:
+        kw["src_key_padding_mask"] = padding(batch, seq, "cuda")
+    if "causal" in mask:
+        kw["mask"] = nn.Transformer.generate_square_subsequent_mask(seq, device="cuda", dtype=torch.float64)
+        kw["is_causal"] = True
+    return kw, (dict(kw, mask=kw["mask"].to(dtype)) if "mask" in kw else dict(kw))
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
@@ -105,15 +117,7 @@ def test_transformer_encoder_matches_pytorch(dtype, norm_first, activation, batc
     batch, seq = 3, 19
     shape = (batch, seq, 64) if batch_first else (seq, batch, 64)
     x, grad_out = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
-    kw = {}
-    if "padding" in mask:
-        kw["src_key_padding_mask"] = padding(batch, seq, "cuda")
-    if "causal" in mask:
-        kw["mask"] = nn.Transformer.generate_square_subsequent_mask(seq, device="cuda", dtype=torch.float64)
-        kw["is_causal"] = True
-    ref_kw = dict(kw)
-    if "mask" in kw:
-        kw = dict(kw, mask=kw["mask"].to(dtype))
+    ref_kw, kw = encoder_mask_args(mask, batch, seq, dtype)
     peer = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else None
     compare_models(reference, compiled, dtype, x, grad_out, ref_kw, kw, peer)
 
@@ -132,13 +136,7 @@ def test_fused_attention_matches_pytorch(dtype, mask):
     assert "fused attention" in lightseq.explain(compiled)
     batch, seq = 3, 70
     x, grad_out = torch.randn(batch, seq, 128, device="cuda"), torch.randn(batch, seq, 128, device="cuda")
-    kw = {"src_key_padding_mask": padding(batch, seq, "cuda")}
-    if "causal" in mask:
-        kw["mask"] = nn.Transformer.generate_square_subsequent_mask(seq, device="cuda", dtype=torch.float64)
-        kw["is_causal"] = True
-    ref_kw = dict(kw)
-    if "mask" in kw:
-        kw = dict(kw, mask=kw["mask"].to(dtype))
+    ref_kw, kw = encoder_mask_args(mask, batch, seq, dtype)
     compare_models(reference, compiled, dtype, x, grad_out, ref_kw, kw, copy.deepcopy(model).to(dtype))
 
 

@@ -204,8 +204,7 @@ def _bert_call(m, torch_forward, x, named):
     if named.get("encoder_hidden_states") is not None or _cache_of(named) is not None or \
             named.get("output_attentions"):
         return torch_forward("cross-attention, a key/value cache or output_attentions")
-    pad = _padding(m, named.get("attention_mask"), x.shape[0], x.shape[1], causal=False)
-    return _compile.run_encoder(m, x, pad, causal=False, torch_forward=torch_forward)
+    return _encoder_call(m, torch_forward, x, named)
 
 
 # ---- GPT-2 ---------------------------------------------------------------------------------------
