@@ -39,8 +39,8 @@ __device__ __forceinline__ void add_position(float (&e)[kVec], const T* pos_tabl
 
 // The position of the token at `row` (rows b·seq + t). PosFrom::kIndex: t. PosFrom::kTokens
 // (fairseq's make_positions): padding_idx + the count of non-padding tokens of its sequence up to
-// and including it; the sequence's tokens before it are read again (L1/L2 hits; seq is short next
-// to the row's hidden-width work).
+// and including it, and padding_idx for a padding token; the sequence's tokens before it are read
+// again (L1/L2 hits; seq is short next to the row's hidden-width work).
 template <PosFrom kPosFrom>
 __device__ __forceinline__ int64_t position_of(const int64_t* tokens, int64_t row, int64_t seq,
                                                int64_t padding_idx) {
@@ -49,6 +49,7 @@ __device__ __forceinline__ int64_t position_of(const int64_t* tokens, int64_t ro
   if constexpr (kPosFrom == PosFrom::kIndex) {
     return t;
   } else {
+    if (tokens[row] == padding_idx) return padding_idx;
     int64_t n = 0;
     for (int64_t j = row - t; j <= row; ++j) n += tokens[j] != padding_idx ? 1 : 0;
     return padding_idx + n;
@@ -66,24 +67,38 @@ __device__ __forceinline__ int64_t type_of(const int64_t* token_types, int64_t r
 
 // A row of the batch as every embedding kernel sees it: its token, position and type; `bad` when
 // the forward rejects it (a token outside [0, vocab), t >= max_positions, a type outside
-// [0, n_types): a zero row and the flag); `padding` for padding_idx. The one rule: a row has a
-// gradient iff it is neither.
+// [0, n_types): a zero row and the flag); `padding` for padding_idx, which with zero_padding
+// (PaddingRows::kZero, fairseq) also gives a zero row and no gradient, and otherwise
+// (PaddingRows::kEmbedded, torch.nn.Embedding) is embedded like any token. The rules, in one
+// place: a row is embedded (and its gradient flows back through LayerNorm and dropout) iff
+// active(); its gradient lands in a table row iff grads_into(key).
 struct EmbRow {
   int64_t tok, t, type;
-  bool bad, padding;
-  __device__ __forceinline__ bool has_grad() const { return !bad && !padding; }
+  bool bad, padding, zero_padding;
+  __device__ __forceinline__ bool active() const { return !bad && !(padding && zero_padding); }
+  // An embedded padding row gives no gradient to the padding token's row (nn.Embedding's
+  // padding_idx) nor, with positions from tokens, to the padding position's row (fairseq's and
+  // RoBERTa's position tables have padding_idx too); its position (from the index) and type rows
+  // get theirs.
+  template <Key kKey, PosFrom kPosFrom>
+  __device__ __forceinline__ bool grads_into() const {
+    if (!active()) return false;
+    if (!padding) return true;
+    return kKey == Key::kType || (kKey == Key::kPosition && kPosFrom == PosFrom::kIndex);
+  }
 };
 template <PosFrom kPosFrom>
 __device__ __forceinline__ EmbRow embedding_row(const int64_t* tokens, const int64_t* token_types,
                                                 int64_t row, int64_t seq, int64_t vocab,
-                                                int64_t padding_idx, int64_t max_positions,
-                                                int64_t n_types) {
+                                                int64_t padding_idx, int64_t zero_padding,
+                                                int64_t max_positions, int64_t n_types) {
   EmbRow r;
   r.tok = tokens[row];
   r.t = position_of<kPosFrom>(tokens, row, seq, padding_idx);
   r.type = type_of(token_types, row, n_types);
   r.bad = r.tok < 0 || r.tok >= vocab || r.t >= max_positions || r.type < 0;
   r.padding = r.tok == padding_idx;
+  r.zero_padding = zero_padding != 0;
   return r;
 }
 
@@ -111,8 +126,9 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
                          const T* gamma, const T* beta, const int64_t* token_types,
                          const T* type_table, T* out, T* sum_out, float* mean, float* rstd,
                          int* bad_token, uint8_t* pad_mask, int64_t batch, int64_t seq,
-                         int64_t vocab, int64_t padding_idx, int64_t max_positions, int64_t n_types,
-                         float scale, float eps, DropoutArgs drop) {
+                         int64_t vocab, int64_t padding_idx, int64_t zero_padding,
+                         int64_t max_positions, int64_t n_types, float scale, float eps,
+                         DropoutArgs drop) {
   static_assert(kHidden > 0 && kVec >= 1 && kHidden % kVec == 0, "kVec must divide kHidden");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kPos == Pos::kNone || kPos == Pos::kSinusoidal || kPos == Pos::kLearned, "Pos");
@@ -130,15 +146,17 @@ __global__ void __launch_bounds__(ln_block(kHidden, kVec))
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x / kTpr;
   const bool in_range = row < batch * seq;
   const int64_t base = row * kHidden;
-  const EmbRow er = in_range ? embedding_row<kPosFrom>(tokens, token_types, row, seq, vocab,
-                                                       padding_idx, max_positions, n_types)
-                             : EmbRow{padding_idx, 0, 0, false, true};
+  const EmbRow er = in_range
+                        ? embedding_row<kPosFrom>(tokens, token_types, row, seq, vocab, padding_idx,
+                                                  zero_padding, max_positions, n_types)
+                        : EmbRow{padding_idx, 0, 0, false, true, true};
   const int64_t t = er.t, tok = er.tok, type = er.type;
   if (er.bad && tid == 0) *bad_token = 1;
   if (in_range && tid == 0 && pad_mask != nullptr) pad_mask[row] = er.padding ? 1 : 0;
-  // Rows that get the LN: in range, a valid non-padding token. The others write zero rows; they
-  // leave early unless their warps share the LN's barriers with other rows of the block.
-  const bool active = in_range && er.has_grad();
+  // Rows that get the LN: in range and active (a valid token, not a zeroed padding token). The
+  // others write zero rows; they leave early unless their warps share the LN's barriers with
+  // other rows of the block.
+  const bool active = in_range && er.active();
   if (in_range && !active) {
     const Vec<T, kVec> zero = {};
     for (int v = tid; v < kNvec; v += kTpr) {
@@ -249,7 +267,8 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
                          const float* mean, const float* rstd, const T* gamma,
                          const int64_t* token_types, float* row_stats, float* partials,
                          int64_t batch, int64_t seq, int64_t vocab, int64_t padding_idx,
-                         int64_t max_positions, int64_t n_types, DropoutArgs drop) {
+                         int64_t zero_padding, int64_t max_positions, int64_t n_types,
+                         DropoutArgs drop) {
   static_assert(kHidden > 0 && kVec >= 1 && kHidden % kVec == 0, "kVec must divide kHidden");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
@@ -267,10 +286,10 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
   const int64_t r1 = partial_row_begin(rows, gridDim.x, blockIdx.x + 1);
   float* part = partials + static_cast<int64_t>(blockIdx.x) * 2 * kHidden;
   // Rows with a gradient (the forward's active rows).
-  auto has_grad = [&](int64_t row) {
-    return embedding_row<kPosFrom>(tokens, token_types, row, seq, vocab, padding_idx, max_positions,
-                                   n_types)
-        .has_grad();
+  auto is_active = [&](int64_t row) {
+    return embedding_row<kPosFrom>(tokens, token_types, row, seq, vocab, padding_idx, zero_padding,
+                                   max_positions, n_types)
+        .active();
   };
 
   if constexpr (ln_bwd_cached(kHidden, kVec)) {
@@ -285,7 +304,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
     // without a contributing row works on zeros.
     for (int64_t first = r0; first < r1; first += kRows) {
       const int64_t row = first + group;
-      const bool active = row < r1 && has_grad(row);
+      const bool active = row < r1 && is_active(row);
       const int64_t base = row * kHidden;
       Vec<T, kVec> g[kSlots] = {}, x[kSlots] = {};
       uint32_t keep[kSlots];
@@ -320,7 +339,7 @@ __global__ void __launch_bounds__(ln_bwd_block(kHidden, kVec))
       store_f32<kVec>(part + kHidden + v * kVec, zero);
     }
     for (int64_t row = r0; row < r1; ++row) {
-      if (!has_grad(row)) continue;
+      if (!is_active(row)) continue;
       const int64_t base = row * kHidden;
       auto load_g = [&](int v, float(&g)[kVec]) {
         const uint32_t keep = kMasked ? dropout_keep_bits<kVec>(drop, base + v * kVec) : 0u;

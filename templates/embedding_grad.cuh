@@ -29,16 +29,17 @@
 namespace lightseq::kern {
 
 // The key of a row whose gradient lands in a table row: its token (Key::kToken), its position
-// (Key::kPosition) or its token type (Key::kType); -1 for rows without a gradient (padding, tokens
-// outside [0, vocab), positions >= max_positions, types outside [0, n_types): the forward gave
-// them zero rows).
+// (Key::kPosition) or its token type (Key::kType); -1 for rows without a gradient there
+// (EmbRow::grads_into: tokens outside [0, vocab), positions >= max_positions, types outside
+// [0, n_types), zeroed padding rows; an embedded padding row's token and counted position).
 template <Key kKey, PosFrom kPosFrom>
 __device__ __forceinline__ int row_key(const int64_t* tokens, const int64_t* token_types,
                                        int64_t row, int64_t seq, int64_t vocab, int64_t padding_idx,
-                                       int64_t max_positions, int64_t n_types) {
+                                       int64_t zero_padding, int64_t max_positions,
+                                       int64_t n_types) {
   const EmbRow r = embedding_row<kPosFrom>(tokens, token_types, row, seq, vocab, padding_idx,
-                                           max_positions, n_types);
-  if (!r.has_grad()) return -1;
+                                           zero_padding, max_positions, n_types);
+  if (!r.template grads_into<kKey, kPosFrom>()) return -1;
   return static_cast<int>(kKey == Key::kToken ? r.tok : kKey == Key::kPosition ? r.t : r.type);
 }
 
@@ -52,14 +53,15 @@ template <Key kKey, PosFrom kPosFrom>
 __global__ void __launch_bounds__(kElementwiseThreads)
     embedding_group_count_kernel(const int64_t* tokens, const int64_t* token_types, int* keys,
                                  int* groups, int64_t batch, int64_t seq, int64_t vocab,
-                                 int64_t padding_idx, int64_t max_positions, int64_t n_types) {
+                                 int64_t padding_idx, int64_t zero_padding, int64_t max_positions,
+                                 int64_t n_types) {
   static_assert(kKey == Key::kToken || kKey == Key::kPosition || kKey == Key::kType, "Key");
   const int64_t rows = batch * seq;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
        row += stride) {
     const int k = row_key<kKey, kPosFrom>(tokens, token_types, row, seq, vocab, padding_idx,
-                                          max_positions, n_types);
+                                          zero_padding, max_positions, n_types);
     keys[row] = k;
     if (k >= 0) atomicAdd(groups + k, 1);
   }

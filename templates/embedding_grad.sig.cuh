@@ -57,6 +57,7 @@ inline constexpr Param kP[] = {
     scalar("seq", CType::kI64),
     scalar("vocab", CType::kI64),
     scalar("padding_idx", CType::kI64),
+    scalar("zero_padding", CType::kI64),
     scalar("max_positions", CType::kI64),
     scalar("n_types", CType::kI64)};
 inline Extent keys(const Values& v) {

@@ -3,10 +3,11 @@
 // grouping, ordered sums) for fp32/fp16/bf16 × sinusoidal/learned positions × LayerNorm on/off ×
 // dropout on/off × hidden 8, 512, 768, 4096 × (batch, seq) up to (1, 513), vocab 64, 1000 and
 // 50257; out, sum_out, mean, rstd; padding tokens give zero rows and no gradient (table, positions,
-// LayerNorm parameters); out-of-range tokens and positions set the flag and give zero rows; the
-// table gradients `=` and `+=`, the LayerNorm partials with column_sum; a batch of one repeated
-// token; every backward run twice, bit for bit the same; BERT's token types (with and without
-// ids, a bad id).
+// LayerNorm parameters), or (PaddingRows::kEmbedded) are embedded like any token with no gradient
+// into their table row and counted position's row; out-of-range tokens and positions set the flag
+// and give zero rows; the table gradients `=` and `+=`, the LayerNorm partials with column_sum; a
+// batch of one repeated token; every backward run twice, bit for bit the same; BERT's token types
+// (with and without ids, a bad id).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -29,6 +30,7 @@ struct Variant {
   PositionKind pos;
   bool norm, dropout;
   PositionsFrom from = PositionsFrom::kIndex;
+  bool embed_padding = false;  // PaddingRows::kEmbedded (BERT, RoBERTa) instead of zero rows
 };
 std::vector<Variant> all_variants() {
   std::vector<Variant> v;
@@ -40,11 +42,16 @@ std::vector<Variant> all_variants() {
   // fairseq's positions (counted over the non-padding tokens)
   v.push_back({PositionKind::kSinusoidal, false, false, PositionsFrom::kTokens});
   v.push_back({PositionKind::kLearned, true, true, PositionsFrom::kTokens});
+  // padding tokens embedded like any other: BERT (index positions), RoBERTa (counted positions)
+  v.push_back({PositionKind::kLearned, true, true, PositionsFrom::kIndex, true});
+  v.push_back({PositionKind::kLearned, true, false, PositionsFrom::kTokens, true});
+  v.push_back({PositionKind::kSinusoidal, false, false, PositionsFrom::kTokens, true});
   return v;
 }
 std::string variant_name(const Variant& v) {
   return std::string(to_string(v.pos)) + (v.norm ? "_norm" : "") + (v.dropout ? "_drop" : "") +
-         (v.from == PositionsFrom::kTokens ? "_from_tokens" : "");
+         (v.from == PositionsFrom::kTokens ? "_from_tokens" : "") +
+         (v.embed_padding ? "_embedded_padding" : "");
 }
 void PrintTo(const Variant& v, std::ostream* os) { *os << variant_name(v); }
 struct Size {
@@ -95,6 +102,7 @@ class EmbeddingKernels : public GpuKernelTest {
     ref::EmbeddingArgs a;
     a.batch = s.batch, a.seq = s.seq, a.vocab = s.vocab, a.hidden = s.hidden;
     a.padding_idx = s.padding_idx, a.max_positions = s.seq + kExtraPositions;
+    a.zero_padding = !v.embed_padding;
     a.pos_from = v.from == PositionsFrom::kTokens ? kern::PosFrom::kTokens : kern::PosFrom::kIndex;
     // Counted positions start past padding_idx.
     if (v.from == PositionsFrom::kTokens)
@@ -137,14 +145,14 @@ class EmbeddingKernels : public GpuKernelTest {
     CUdeviceptr rstd = v.norm ? f.rstd.ptr() : 0, bad = f.bad.ptr(), pm = f.pad_mask.ptr();
     CUdeviceptr ty = ptr_or_null(types), tt = ptr_or_null(type_table);
     int64_t batch = a.batch, seq = a.seq, vocab = a.vocab, pad = a.padding_idx,
-            maxp = a.max_positions, n_types = a.n_types;
+            zero_pad = a.zero_padding ? 1 : 0, maxp = a.max_positions, n_types = a.n_types;
     float scale = static_cast<float>(a.scale), eps = static_cast<float>(a.eps);
     kern::DropoutArgs d = a.d;
     const int vec = codegen::vec_width(p, H);
     launch(fwd_instance(p, H, v), kern::embedding_fwd_grid(rows, H, vec),
            kern::embedding_fwd_block(H, vec),
-           {&t,   &tb, &ps,    &g,   &b,     &ty,  &tt,   &out,     &sum,   &mean, &rstd,
-            &bad, &pm, &batch, &seq, &vocab, &pad, &maxp, &n_types, &scale, &eps,  &d});
+           {&t,  &tb,    &ps,  &g,     &b,   &ty,       &tt,   &out,     &sum,   &mean, &rstd, &bad,
+            &pm, &batch, &seq, &vocab, &pad, &zero_pad, &maxp, &n_types, &scale, &eps,  &d});
     return f;
   }
   // The backward's inputs on the device (what the forward saved and the incoming gradient).
@@ -184,7 +192,8 @@ class EmbeddingKernels : public GpuKernelTest {
     const int64_t rows = a.batch * a.seq, H = a.hidden;
     const int vec = codegen::vec_width(p, H);
     int64_t batch = a.batch, seq = a.seq, vocab = a.vocab, pad = a.padding_idx,
-            maxp = a.max_positions, n_rows = rows, n_types = a.n_types;
+            zero_pad = a.zero_padding ? 1 : 0, maxp = a.max_positions, n_rows = rows,
+            n_types = a.n_types;
     kern::DropoutArgs d = a.d;
     CUdeviceptr go = in.grad_out, tok = in.tokens, ty = in.token_types;
     CUdeviceptr sum = v.norm ? in.sum_out : 0, mean = v.norm ? in.mean : 0;
@@ -196,7 +205,7 @@ class EmbeddingKernels : public GpuKernelTest {
       launch(codegen::embedding_bwd(p, config(H, v)), kern::embedding_bwd_grid(rows),
              kern::embedding_bwd_block(H, vec),
              {&go, &tok, &sum, &mean, &rstd, &g, &ty, &stats_ptr, &part, &batch, &seq, &vocab, &pad,
-              &maxp, &n_types, &d});
+              &zero_pad, &maxp, &n_types, &d});
     }
     for (kern::Key key : {kern::Key::kToken, kern::Key::kPosition, kern::Key::kType}) {
       DeviceArray* grad = key == kern::Key::kToken      ? &grad_table
@@ -215,7 +224,7 @@ class EmbeddingKernels : public GpuKernelTest {
       CUdeviceptr out = grad->ptr();
       const int t = kern::kElementwiseThreads;
       launch(k.count, kern::embedding_group_grid(rows), t,
-             {&tok, &ty, &kp, &gp, &batch, &seq, &vocab, &pad, &maxp, &n_types});
+             {&tok, &ty, &kp, &gp, &batch, &seq, &vocab, &pad, &zero_pad, &maxp, &n_types});
       launch(k.start, kern::embedding_group_grid(n_keys), t, {&gp, &n_keys});
       launch(k.place, kern::embedding_group_grid(rows), t, {&kp, &gp, &mp, &n_rows, &n_keys});
       launch(k.order, kern::embedding_group_grid(rows), t, {&kp, &gp, &mp, &op, &n_rows, &n_keys});

@@ -40,13 +40,24 @@ KernelInstance instance(Precision p, int64_t d, Mask m, bool drop) {
 struct Expected {
   Vec out, lse;
   Vec probs, dropped;  // [batch·heads, q_len, k_len]
+  Vec out_slack;       // per element of out: what the kernel's rounding points explain
 };
 
+// T's unit roundoff (half an ulp of 1): the relative error of one rounding to T.
+double unit_roundoff(Precision p) {
+  return p == Precision::kBf16 ? 0x1p-8 : p == Precision::kFp16 ? 0x1p-11 : 0x1p-24;
+}
+
 // The float64 forward: scores = q·kᵀ·scale, the unfused softmax (masks, dropout) of the
-// reference, out = probs (dropped) · v; lse = ln Σ exp(scores) over the unmasked keys.
+// reference, out = probs (dropped) · v; lse = ln Σ exp(scores) over the unmasked keys. The
+// reference keeps every intermediate exact; the kernel rounds the probabilities to T before the
+// product with v (as FlashAttention does, and as the unfused path stores them), so an element of
+// out may be off by u·Σ_j |p_ij·v_jc| beyond its own rounding: out_slack allows twice that (the
+// fp32 accumulation and the rescaling by the running maximum), which matters only where the sum
+// cancels to far below its terms.
 Expected reference(const Vec& q, const Vec& k, const Vec& v, const std::vector<uint8_t>& pad,
                    const Shape& s, int64_t d, double scale, Mask mask, bool drop,
-                   const kern::DropoutArgs& args) {
+                   const kern::DropoutArgs& args, double u) {
   const int64_t bh = s.batch * s.heads;
   Vec scores(bh * s.q_len * s.k_len);
   for (int64_t h = 0; h < bh; ++h) {
@@ -62,7 +73,8 @@ Expected reference(const Vec& q, const Vec& k, const Vec& v, const std::vector<u
   const ref::SoftmaxForward sm = ref::attn_softmax_fwd(
       scores, pad, s.batch, s.heads, s.q_len, s.k_len, mask, drop ? Drop::kOn : Drop::kOff, args);
   const Vec& p = drop ? sm.dropped : sm.probs;
-  Expected e{Vec(bh * s.q_len * d, 0.0), Vec(bh * s.q_len, 0.0), sm.probs, sm.dropped};
+  Expected e{Vec(bh * s.q_len * d, 0.0), Vec(bh * s.q_len, 0.0), sm.probs, sm.dropped,
+             Vec(bh * s.q_len * d, 0.0)};
   for (int64_t h = 0; h < bh; ++h) {
     for (int64_t i = 0; i < s.q_len; ++i) {
       const int64_t row = h * s.q_len + i;
@@ -76,7 +88,11 @@ Expected reference(const Vec& q, const Vec& k, const Vec& v, const std::vector<u
         if (!ref::attn_masked(mask, pad, h / s.heads, i, j, s.q_len, s.k_len))
           sum += std::exp(scores[row * s.k_len + j] - m);
         const double pj = p[row * s.k_len + j];
-        for (int64_t c = 0; c < d; ++c) e.out[row * d + c] += pj * v[(h * s.k_len + j) * d + c];
+        for (int64_t c = 0; c < d; ++c) {
+          const double vj = v[(h * s.k_len + j) * d + c];
+          e.out[row * d + c] += pj * vj;
+          e.out_slack[row * d + c] += 2 * u * std::fabs(pj * vj);
+        }
       }
       e.lse[row] = sum > 0 ? m + std::log(sum) : std::numeric_limits<double>::infinity();
     }
@@ -86,13 +102,18 @@ Expected reference(const Vec& q, const Vec& k, const Vec& v, const std::vector<u
 
 struct Grads {
   Vec q, k, v;
+  Vec q_slack, k_slack, v_slack;  // per element: what the kernels' rounding points explain
 };
 
 // dP̃ = grad_out·vᵀ, dS = the reference softmax backward (dropout mask included), grad_q =
-// scale·dS·k, grad_k = scale·dSᵀ·q, grad_v = P̃ᵀ·grad_out.
+// scale·dS·k, grad_k = scale·dSᵀ·q, grad_v = P̃ᵀ·grad_out. The kernels round P̃ to T before P̃ᵀ·dO
+// and dS to T before dS·k and dSᵀ·q, and take D = rowsum(dO∘O) from the stored (rounded) O: dS_ij
+// may be off by δ_ij = u·|dS_ij| + P_ij·(u·|dP_ij| + ΔD_i), ΔD_i = u·Σ_c |dO_ic·O_ic|. The slacks
+// allow twice the sums of those term errors (where a gradient cancels to far below its terms, as
+// with one key, where dS is exactly 0).
 Grads reference_grads(const Vec& q, const Vec& k, const Vec& v, const Vec& grad_out,
                       const Expected& fwd, const Shape& s, int64_t d, double scale, bool drop,
-                      const kern::DropoutArgs& args) {
+                      const kern::DropoutArgs& args, double p_drop, double u) {
   const int64_t bh = s.batch * s.heads, T = s.q_len, S = s.k_len;
   Vec dpd(bh * T * S, 0.0);
   for (int64_t h = 0; h < bh; ++h) {
@@ -108,15 +129,27 @@ Grads reference_grads(const Vec& q, const Vec& k, const Vec& v, const Vec& grad_
   const Vec ds =
       ref::attn_softmax_bwd(dpd, fwd.probs, bh * T, S, drop ? Drop::kOn : Drop::kOff, args);
   const Vec& pd = drop ? fwd.dropped : fwd.probs;
-  Grads g{Vec(bh * T * d, 0.0), Vec(bh * S * d, 0.0), Vec(bh * S * d, 0.0)};
+  const double inv_keep = drop ? 1.0 / (1.0 - p_drop) : 1.0;
+  const size_t nq = bh * T * d, nk = bh * S * d;
+  Grads g{Vec(nq, 0.0), Vec(nk, 0.0), Vec(nk, 0.0), Vec(nq, 0.0), Vec(nk, 0.0), Vec(nk, 0.0)};
   for (int64_t h = 0; h < bh; ++h) {
     for (int64_t i = 0; i < T; ++i) {
+      double dd = 0;  // ΔD_i
+      for (int64_t c = 0; c < d; ++c)
+        dd += u * std::fabs(grad_out[(h * T + i) * d + c] * fwd.out[(h * T + i) * d + c]);
       for (int64_t j = 0; j < S; ++j) {
-        const double dsij = ds[(h * T + i) * S + j] * scale, pij = pd[(h * T + i) * S + j];
+        const int64_t ij = (h * T + i) * S + j;
+        const double dsij = ds[ij] * scale, pij = pd[ij];
+        const double delta = scale * (u * std::fabs(ds[ij]) +
+                                      fwd.probs[ij] * (u * std::fabs(dpd[ij]) * inv_keep + dd));
         for (int64_t c = 0; c < d; ++c) {
-          g.q[(h * T + i) * d + c] += dsij * k[(h * S + j) * d + c];
-          g.k[(h * S + j) * d + c] += dsij * q[(h * T + i) * d + c];
-          g.v[(h * S + j) * d + c] += pij * grad_out[(h * T + i) * d + c];
+          const int64_t qi = (h * T + i) * d + c, kj = (h * S + j) * d + c;
+          g.q[qi] += dsij * k[kj];
+          g.k[kj] += dsij * q[qi];
+          g.v[kj] += pij * grad_out[qi];
+          g.q_slack[qi] += 2 * delta * std::fabs(k[kj]);
+          g.k_slack[kj] += 2 * delta * std::fabs(q[qi]);
+          g.v_slack[kj] += 2 * u * std::fabs(pij * grad_out[qi]);
         }
       }
     }
@@ -189,9 +222,9 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
     const std::vector<uint8_t> ref_pad =
         kern::has_padding(mask) ? pad : std::vector<uint8_t>(pad.size(), 0);
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-    const kern::DropoutArgs args =
-        kern::make_dropout_args(rng().next(), rng().next() >> 8, drop ? 0.2 : 0.0);
-    const Expected e = reference(q, k, v, ref_pad, s, d, scale, mask, drop, args);
+    const double p_drop = drop ? 0.2 : 0.0, u = unit_roundoff(p);
+    const kern::DropoutArgs args = kern::make_dropout_args(rng().next(), rng().next() >> 8, p_drop);
+    const Expected e = reference(q, k, v, ref_pad, s, d, scale, mask, drop, args, u);
     DeviceArray dq = upload(p, q), dk = upload(p, k), dv = upload(p, v), dpad = upload_pod(pad);
     DeviceArray out = poisoned(p, bh * s.q_len * d), lse = poisoned(Precision::kFp32, bh * s.q_len);
     int64_t batch = s.batch, heads = s.heads, q_len = s.q_len, k_len = s.k_len;
@@ -201,7 +234,7 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
     launch(instance(p, d, mask, drop), kern::flash_fwd_grid(bh, q_len), kern::flash_fwd_block(),
            {&qp, &kp, &vp, &pp, &op, &lp, &batch, &heads, &q_len, &k_len, &fscale,
             const_cast<kern::DropoutArgs*>(&args)});
-    EXPECT_TRUE(all_close("out", download(out), e.out, tolerance_for(p)));
+    EXPECT_TRUE(all_close("out", download(out), e.out, tolerance_for(p), e.out_slack));
     const Vec got_lse = download(lse);
     Vec finite_got, finite_want;
     for (size_t r = 0; r < got_lse.size(); ++r) {
@@ -217,7 +250,7 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
 
     // The backward from the kernel's own out and lse, as training runs it.
     const Vec go = random(p, bh * s.q_len * d, -1, 1);
-    const Grads want = reference_grads(q, k, v, go, e, s, d, scale, drop, args);
+    const Grads want = reference_grads(q, k, v, go, e, s, d, scale, drop, args, p_drop, u);
     DeviceArray dgo = upload(p, go), dot = poisoned(Precision::kFp32, bh * s.q_len);
     int64_t rows = bh * s.q_len;
     CUdeviceptr gop = dgo.ptr(), dotp = dot.ptr();
@@ -236,9 +269,9 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
              {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &gqp, &batch, &heads, &q_len, &k_len, &fscale,
               const_cast<kern::DropoutArgs*>(&args)});
       if (run == 0) {
-        EXPECT_TRUE(all_close("grad_q", download(gq), want.q, tolerance_for(p)));
-        EXPECT_TRUE(all_close("grad_k", download(gk), want.k, tolerance_for(p)));
-        EXPECT_TRUE(all_close("grad_v", download(gv), want.v, tolerance_for(p)));
+        EXPECT_TRUE(all_close("grad_q", download(gq), want.q, tolerance_for(p), want.q_slack));
+        EXPECT_TRUE(all_close("grad_k", download(gk), want.k, tolerance_for(p), want.k_slack));
+        EXPECT_TRUE(all_close("grad_v", download(gv), want.v, tolerance_for(p), want.v_slack));
         first[0] = download_bytes(gq), first[1] = download_bytes(gk), first[2] = download_bytes(gv);
       } else {
         EXPECT_EQ(download_bytes(gq), first[0]) << "grad_q differs between two runs";

@@ -47,6 +47,7 @@ struct EmbCase {
   bool norm, dropout;
   int64_t hidden, vocab, padding_idx, max_positions, batch, seq;
   PositionsFrom from = PositionsFrom::kIndex;
+  PaddingRows padding_rows = PaddingRows::kZero;
 };
 
 std::string emb_case_name(const EmbCase& c) {
@@ -55,7 +56,8 @@ std::string emb_case_name(const EmbCase& c) {
                      c.vocab,
                      c.padding_idx < 0 ? std::string("none") : std::to_string(c.padding_idx),
                      c.max_positions, c.batch, c.seq) +
-         (c.from == PositionsFrom::kTokens ? "_from_tokens" : "");
+         (c.from == PositionsFrom::kTokens ? "_from_tokens" : "") +
+         (c.padding_rows == PaddingRows::kEmbedded ? "_embedded_padding" : "");
 }
 
 // The smallest valid spec with this embedding: an embedding alone (docs/spec.md: a spec needs a
@@ -71,6 +73,7 @@ ModelSpec embedding_spec(const EmbCase& c) {
   e.max_positions = c.max_positions;
   e.padding_idx = c.padding_idx;
   e.positions_from = c.from;
+  e.padding_rows = c.padding_rows;
   e.scale = std::sqrt(static_cast<double>(c.hidden));
   e.dropout = c.dropout ? kDropP : 0.0;
   e.layernorm = c.norm;
@@ -129,6 +132,11 @@ std::vector<EmbCase> all_emb_cases() {
         {p, PositionKind::kLearned, true, true, 512, 32000, 1, 40, 4, 32, PositionsFrom::kTokens});
     out.push_back({p, PositionKind::kSinusoidal, false, false, 512, 32000, 1, 40, 4, 32,
                    PositionsFrom::kTokens});
+    // padding tokens embedded like any other: BERT (index positions), RoBERTa (counted ones)
+    out.push_back({p, PositionKind::kLearned, true, true, 768, 30522, 0, 40, 4, 32,
+                   PositionsFrom::kIndex, PaddingRows::kEmbedded});
+    out.push_back({p, PositionKind::kLearned, true, false, 768, 50265, 1, 40, 4, 32,
+                   PositionsFrom::kTokens, PaddingRows::kEmbedded});
   }
   return out;
 }
@@ -141,6 +149,7 @@ ref::EmbeddingArgs emb_args(const EmbCase& c, const DropoutConfig& d) {
   a.eps = static_cast<float>(kEps);
   a.pos = learned(c) ? kern::Pos::kLearned : kern::Pos::kSinusoidal;
   a.pos_from = c.from == PositionsFrom::kTokens ? kern::PosFrom::kTokens : kern::PosFrom::kIndex;
+  a.zero_padding = c.padding_rows == PaddingRows::kZero;
   a.norm = c.norm ? kern::Norm::kOn : kern::Norm::kOff;
   a.drop = c.dropout ? kern::Drop::kOn : kern::Drop::kOff;
   a.d = kern::make_dropout_args(d.seed, d.offset + 0,

@@ -183,6 +183,7 @@ struct OpAttrs {
   int64_t token_types = 0;         // rows of the token-type table (0: none)
   bool learned_positions = false;  // a position table among the inputs (after the token table)
   PositionsFrom positions_from = PositionsFrom::kIndex;
+  PaddingRows padding_rows = PaddingRows::kZero;
   double scale = 1.0;
   // cross-entropy
   int64_t ignore_index = -100;

@@ -17,11 +17,12 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   LayerGraph lg;
   lg.type = LayerType::kEmbedding;
   lg.name = "embedding";
-  lg.description =
-      fmt::format("embedding {}×{}, {} positions (max {}){}, scale {:g}{}, dropout {:g}", e.vocab,
-                  e.hidden, to_string(e.positions), e.max_positions,
-                  e.token_types > 0 ? fmt::format(", {} token types", e.token_types) : "", e.scale,
-                  e.layernorm ? ", layernorm" : "", e.dropout);
+  lg.description = fmt::format(
+      "embedding {}×{}, {} positions (max {}){}{}, scale {:g}{}, dropout {:g}", e.vocab, e.hidden,
+      to_string(e.positions), e.max_positions,
+      e.padding_idx >= 0 && e.padding_rows == PaddingRows::kEmbedded ? ", padding embedded" : "",
+      e.token_types > 0 ? fmt::format(", {} token types", e.token_types) : "", e.scale,
+      e.layernorm ? ", layernorm" : "", e.dropout);
   Builder b(lg.graph);
   const Dim H = Dim::constant(e.hidden);
   const Shape hs{Dim::tokens(), H};
@@ -56,6 +57,7 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   lookup.padding_idx = e.padding_idx;
   lookup.max_positions = e.max_positions;
   lookup.positions_from = e.positions_from;
+  lookup.padding_rows = e.padding_rows;
   lookup.scale = e.scale;
   lookup.token_types = e.token_types;
   lookup.learned_positions = pos >= 0;

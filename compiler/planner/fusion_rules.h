@@ -58,7 +58,8 @@ Scalars flash_scalars(const State& s, const Op& op);
 kern::Pos pos_of(bool learned);
 kern::PosFrom pos_from_of(PositionsFrom p);
 // The scalars every embedding kernel's row rule reads (embedding.cuh's embedding_row): batch, seq,
-// vocab, padding_idx, max_positions, n_types, from the embedding op's attributes.
+// vocab, padding_idx, zero_padding (PaddingRows::kZero), max_positions, n_types, from the
+// embedding op's attributes.
 Scalars embedding_row_scalars(const OpAttrs& a, Dim batch, Dim seq);
 
 // The rules, longest first within each direction.

@@ -220,6 +220,7 @@ Scalars embedding_row_scalars(const OpAttrs& a, Dim batch, Dim seq) {
           {"seq", ScalarArg::size(seq)},
           {"vocab", constant(a.vocab)},
           {"padding_idx", constant(a.padding_idx)},
+          {"zero_padding", constant(a.padding_rows == PaddingRows::kZero ? 1 : 0)},
           {"max_positions", constant(a.max_positions)},
           {"n_types", constant(a.token_types)}};
 }

@@ -79,6 +79,16 @@ std::string_view to_string(PositionsFrom p) {
   bad_enum("PositionsFrom", static_cast<int>(p));
 }
 
+std::string_view to_string(PaddingRows p) {
+  switch (p) {
+    case PaddingRows::kZero:
+      return "zero";
+    case PaddingRows::kEmbedded:
+      return "embedded";
+  }
+  bad_enum("PaddingRows", static_cast<int>(p));
+}
+
 std::string_view to_string(LayerKind k) {
   switch (k) {
     case LayerKind::kEncoder:

@@ -25,6 +25,11 @@ enum class PositionKind { kSinusoidal, kLearned };
 // Which position a token gets: its index in the sequence (0, 1, ...), or (fairseq's
 // make_positions) padding_idx + the count of non-padding tokens up to and including it.
 enum class PositionsFrom { kIndex, kTokens };
+// What a padding token (padding_idx) embeds to: zero rows (fairseq: nothing flows through padding,
+// positions and LayerNorm included), or embedded like any other token (torch.nn.Embedding, BERT,
+// RoBERTa: the padding token's table row, and with positions from tokens the padding position's
+// row, get no gradient; everything else does).
+enum class PaddingRows { kZero, kEmbedded };
 enum class LayerKind { kEncoder, kDecoder };
 // How a stack's attention runs (compiler/planner/attention_backend.h): the unfused GEMM + softmax
 // path, or the fused kernels of templates/flash_attention.cuh (fp16/bf16, head_dim a multiple of
@@ -38,6 +43,7 @@ std::string_view to_string(NormPlacement n);     // "pre", "post"
 std::string_view to_string(Activation a);        // "relu", "gelu", "gelu_tanh"
 std::string_view to_string(PositionKind p);      // "sinusoidal", "learned"
 std::string_view to_string(PositionsFrom p);     // "index", "tokens"
+std::string_view to_string(PaddingRows p);       // "zero", "embedded"
 std::string_view to_string(LayerKind k);         // "encoder", "decoder"
 std::string_view to_string(AttentionBackend a);  // "unfused", "fused"
 std::string_view to_string(OptimizerKind k);     // "adam", "adamw"
@@ -53,10 +59,11 @@ struct EmbeddingSpec {
   PositionsFrom positions_from = PositionsFrom::kIndex;
   int64_t max_positions = 1024;
   int64_t padding_idx = -1;  // -1: no padding token
-  double scale = 1.0;        // token embeddings are multiplied by this (sqrt(hidden) in Fairseq)
-  double dropout = 0.0;      // default probability; dropout is compiled in iff > 0
-  int64_t token_types = 0;   // rows of a token-type table added to the sum (BERT: 2); 0: none
-  bool layernorm = false;    // LayerNorm after the sum (BERT), before dropout
+  PaddingRows padding_rows = PaddingRows::kZero;
+  double scale = 1.0;       // token embeddings are multiplied by this (sqrt(hidden) in Fairseq)
+  double dropout = 0.0;     // default probability; dropout is compiled in iff > 0
+  int64_t token_types = 0;  // rows of a token-type table added to the sum (BERT: 2); 0: none
+  bool layernorm = false;   // LayerNorm after the sum (BERT), before dropout
   double layernorm_eps = 1e-5;
   bool tie_output = true;  // the output projection reuses the token embedding matrix
   bool operator==(const EmbeddingSpec&) const = default;

@@ -165,6 +165,14 @@ class Validator {
           "counts positions over the non-padding tokens, so it needs a padding token: set "
           "\"padding_idx\", or use \"index\"");
     }
+    if (e.padding_rows == PaddingRows::kEmbedded && e.padding_idx < 0) {
+      add("embedding.padding_rows", "\"embedded\"",
+          "says how a padding token is embedded, so it needs one: set \"padding_idx\", or "
+          "remove \"padding_rows\"");
+    } else if (e.padding_rows != PaddingRows::kZero && e.padding_rows != PaddingRows::kEmbedded) {
+      add("embedding.padding_rows", show(static_cast<int64_t>(e.padding_rows)),
+          "must be \"zero\" or \"embedded\"");
+    }
     int64_t vocab = (e.vocab >= 1 && e.vocab <= kMaxVocab) ? e.vocab : kMaxVocab;
     if (e.padding_idx < -1 || e.padding_idx >= vocab) {
       add("embedding.padding_idx", show(e.padding_idx),

@@ -287,6 +287,10 @@ class SpecReader {
           [&](auto& n, auto& p) { read_int(n, p, e.max_positions); }},
          {"padding_idx", Need::kOptional, "",
           [&](auto& n, auto& p) { read_int(n, p, e.padding_idx); }},
+         {"padding_rows", Need::kOptional, "",
+          [&](auto& n, auto& p) {
+            read_enum(n, p, {PaddingRows::kZero, PaddingRows::kEmbedded}, e.padding_rows);
+          }},
          {"scale", Need::kOptional, "",
           [&](auto& n, auto& p) {
             if (n.kind == JsonKind::kString && n.text == "sqrt_hidden") {

@@ -51,6 +51,8 @@ Json spec_to_json(const ModelSpec& spec) {
                           {"tie_output", e.tie_output}};
     if (e.positions_from != PositionsFrom::kIndex)
       j["embedding"]["positions_from"] = name_of(e.positions_from);
+    if (e.padding_rows != PaddingRows::kZero)
+      j["embedding"]["padding_rows"] = name_of(e.padding_rows);
     if (e.token_types > 0) j["embedding"]["token_types"] = e.token_types;
   }
   j["layers"] = Json::array();

@@ -288,6 +288,7 @@ namespace {
 int64_t position(const EmbeddingArgs& a, const std::vector<int64_t>& tokens, int64_t r) {
   const int64_t t = r % a.seq;
   if (a.pos_from == kern::PosFrom::kIndex) return t;
+  if (tokens[r] == a.padding_idx) return a.padding_idx;  // fairseq's make_positions
   int64_t n = 0;
   for (int64_t j = r - t; j <= r; ++j) n += tokens[j] != a.padding_idx ? 1 : 0;
   return a.padding_idx + n;
@@ -321,11 +322,11 @@ EmbeddingForward embedding_fwd(const EmbeddingArgs& a, const std::vector<int64_t
       f.bad_token = true;
       continue;
     }
-    if (tok == a.padding_idx) {
+    if (tok == a.padding_idx && a.zero_padding) {
       f.kind[r] = RowKind::kPadding;
       continue;
     }
-    f.kind[r] = RowKind::kToken;
+    f.kind[r] = RowKind::kToken;  // an embedded padding token too
     double* e = f.sum.data() + r * H;
     for (int64_t c = 0; c < H; ++c) {
       double p = 0;
@@ -358,7 +359,9 @@ EmbeddingBackward embedding_bwd(const EmbeddingArgs& a, const Vec& grad_out,
   Vec g(H), de(H);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t t = position(a, tokens, r), tok = tokens[r], type = type_of(a, r);
-    if (tok < 0 || tok >= a.vocab || tok == a.padding_idx || t >= a.max_positions || type < 0)
+    const bool padding = tok == a.padding_idx;
+    if (tok < 0 || tok >= a.vocab || t >= a.max_positions || type < 0 ||
+        (padding && a.zero_padding))
       continue;
     for (int64_t c = 0; c < H; ++c) {
       const int64_t i = r * H + c;
@@ -371,8 +374,11 @@ EmbeddingBackward embedding_bwd(const EmbeddingArgs& a, const Vec& grad_out,
       de = g;
     }
     for (int64_t c = 0; c < H; ++c) {
-      b.grad_table[tok * H + c] += a.scale * de[c];
-      if (a.pos == kern::Pos::kLearned) b.grad_pos[t * H + c] += de[c];
+      // An embedded padding token: no gradient into its table row (nn.Embedding's padding_idx),
+      // nor into its counted position's row (padding_idx too); its index position gets one.
+      if (!padding) b.grad_table[tok * H + c] += a.scale * de[c];
+      const bool pos_grad = !padding || a.pos_from == kern::PosFrom::kIndex;
+      if (a.pos == kern::Pos::kLearned && pos_grad) b.grad_pos[t * H + c] += de[c];
       if (a.n_types > 0) b.grad_type[type * H + c] += de[c];
     }
   }

@@ -102,6 +102,9 @@ double sinusoidal(int64_t t, int64_t c, int64_t hidden);
 struct EmbeddingArgs {
   int64_t batch = 0, seq = 0, vocab = 0, hidden = 0;
   int64_t padding_idx = -1, max_positions = 0;
+  // PaddingRows::kZero: a padding token gives a zero row and no gradient; false (kEmbedded): it is
+  // embedded like any token, only its table row (and its counted position's row) get no gradient.
+  bool zero_padding = true;
   double scale = 1, eps = 1e-5;
   kern::Pos pos = kern::Pos::kSinusoidal;
   kern::PosFrom pos_from = kern::PosFrom::kIndex;
@@ -117,8 +120,8 @@ enum class RowKind : uint8_t { kToken, kPadding, kBad };
 struct EmbeddingForward {
   std::vector<RowKind> kind;  // per row
   bool bad_token = false;     // some row is kBad
-  Vec sum = {};               // e = table[tok]·scale + P[t] (0 for padding/bad rows)
-  Vec out, mean, rstd;        // out = dropout(LN(e) or e); zero rows for padding/bad
+  Vec sum = {};               // e = table[tok]·scale + P[t] (0 for zeroed padding/bad rows)
+  Vec out, mean, rstd;        // out = dropout(LN(e) or e); zero rows for zeroed padding/bad
 };
 // ln_input: the LayerNorm input to use per row (the kernel's rounded sum_out), or null for `sum`.
 EmbeddingForward embedding_fwd(const EmbeddingArgs& a, const std::vector<int64_t>& tokens,
@@ -130,8 +133,8 @@ struct EmbeddingBackward {
   Vec grad_type;   // [n_types, hidden]: Σ dE over rows of the type
   Vec dgamma, dbeta;
 };
-// sum_out, mean, rstd: the forward's saved values (Norm::kOn). Padding and out-of-range tokens
-// contribute nothing.
+// sum_out, mean, rstd: the forward's saved values (Norm::kOn). Out-of-range tokens and zeroed
+// padding tokens contribute nothing; embedded padding tokens all but their table rows.
 EmbeddingBackward embedding_bwd(const EmbeddingArgs& a, const Vec& grad_out,
                                 const std::vector<int64_t>& tokens, const Vec& sum_out,
                                 const Vec& mean, const Vec& rstd, const Vec& gamma);

@@ -1,0 +1,222 @@
+// attention_bench — the fused attention kernels alone (templates/flash_attention.cuh): forward and
+// forward + backward (dot, dK/dV, dQ) time and TFLOP/s per head dim, sequence length and dropout,
+// in the layout the planner runs them ([batch·heads, T, d] q/k/v, fp32 log-sum-exp). Shapes follow
+// FlashAttention's benchmark: batch·T = 16384 tokens, hidden 2048 (heads = 2048 / d), no mask
+// unless --causal. FLOPs: forward 4·B·H·T²·d (halved when causal), backward 2.5× the forward.
+// benchmarks/attention_peers.py times torch SDPA's flash and cuDNN backends on the same shapes.
+//
+// Usage: attention_bench [--dtype bf16|fp16] [--dims 64,128] [--seqs 512,...] [--causal]
+//                        [--iters N]   (needs a GPU)
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/philox.cuh"
+#include "compiler/codegen/program.h"
+#include "compiler/errors.h"
+#include "compiler/ir/kernel.h"
+#include "compiler/nvrtc/nvrtc_compiler.h"
+#include "flash_attention.sig.cuh"
+#include "runtime/allocator.h"
+#include "runtime/cuda_check.h"
+#include "runtime/device.h"
+#include "runtime/driver.h"
+#include "runtime/module.h"
+
+namespace {
+
+using namespace lightseq;
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    const size_t comma = s.find(',', pos);
+    out.push_back(std::stoll(s.substr(pos, comma == std::string::npos ? std::string::npos
+                                                                      : comma - pos)));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+struct Kernels {
+  KernelInstance fwd, dot, dkdv, dq;
+};
+
+Kernels instances(Precision p, int64_t d, bool causal, bool drop) {
+  const auto mask = tv("kMask", causal ? kern::Mask::kCausal : kern::Mask::kNone);
+  const auto dropout = tv("kDrop", drop ? kern::Drop::kOn : kern::Drop::kOff);
+  return {instantiate(sig::kFlashFwd, p, {{"kD", d}, mask, dropout}),
+          instantiate(sig::kFlashDot, p, {{"kD", d}}),
+          instantiate(sig::kFlashDkDv, p, {{"kD", d}, mask, dropout}),
+          instantiate(sig::kFlashDq, p, {{"kD", d}, mask, dropout})};
+}
+
+// Milliseconds per call of `issue` (events around `iters` calls, after 3 warm-up calls).
+template <class F>
+double time_ms(CUstream stream, int iters, F&& issue) {
+  for (int i = 0; i < 3; ++i) issue();
+  CUevent start = nullptr, stop = nullptr;
+  LIGHTSEQ_CU_CHECK(driver().cuEventCreate(&start, CU_EVENT_DEFAULT));
+  LIGHTSEQ_CU_CHECK(driver().cuEventCreate(&stop, CU_EVENT_DEFAULT));
+  LIGHTSEQ_CU_CHECK(driver().cuEventRecord(start, stream));
+  for (int i = 0; i < iters; ++i) issue();
+  LIGHTSEQ_CU_CHECK(driver().cuEventRecord(stop, stream));
+  LIGHTSEQ_CU_CHECK(driver().cuEventSynchronize(stop));
+  float ms = 0;
+  LIGHTSEQ_CU_CHECK(driver().cuEventElapsedTime(&ms, start, stop));
+  driver().cuEventDestroy(start);
+  driver().cuEventDestroy(stop);
+  return ms / iters;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    Precision p = Precision::kBf16;
+    std::vector<int64_t> dims{64, 128}, seqs{512, 1024, 2048, 4096, 8192};
+    bool causal = false;
+    int iters = 20;
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      auto next = [&]() -> std::string {
+        if (i + 1 >= argc) throw Error(fmt::format("attention_bench: {} needs a value", a));
+        return argv[++i];
+      };
+      if (a == "--dtype") {
+        const std::string v = next();
+        if (v != "bf16" && v != "fp16")
+          throw Error("attention_bench: --dtype takes bf16 or fp16, got " + v);
+        p = v == "bf16" ? Precision::kBf16 : Precision::kFp16;
+      } else if (a == "--dims") {
+        dims = parse_list(next());
+      } else if (a == "--seqs") {
+        seqs = parse_list(next());
+      } else if (a == "--causal") {
+        causal = true;
+      } else if (a == "--iters") {
+        iters = std::max(1, std::atoi(next().c_str()));
+      } else {
+        throw Error(fmt::format(
+            "attention_bench: unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
+            "[--dims 64,128] [--seqs 512,1024] [--causal] [--iters N]",
+            a));
+      }
+    }
+    if (device_count() == 0) {
+      fmt::print(stderr, "attention_bench: no GPU: {}\n", driver_unavailable_reason());
+      return 1;
+    }
+    PrimaryContext context(0);
+    ContextGuard guard(context.get());
+    const std::string arch = fmt::format("sm_{}", device_arch(0));
+
+    // Every instance, compiled once.
+    std::vector<KernelInstance> all;
+    for (int64_t d : dims) {
+      for (bool drop : {false, true}) {
+        const Kernels k = instances(p, d, causal, drop);
+        all.insert(all.end(), {k.fwd, k.dot, k.dkdv, k.dq});
+      }
+    }
+    std::vector<KernelModule> modules;
+    std::map<std::string, CUfunction> fns;
+    for (const ProgramSource& prog : codegen::generate_programs(all, p)) {
+      const CompiledProgram c = compile_program(prog, arch);
+      CacheEntry entry;
+      entry.program = prog.name;
+      entry.arch = c.arch;
+      entry.is_ptx = c.is_ptx;
+      entry.labels = prog.labels;
+      entry.lowered_names = c.lowered_names;
+      entry.image = c.image;
+      modules.emplace_back(entry, 0);
+      for (const std::string& label : prog.labels) fns[label] = modules.back().function(label);
+    }
+
+    CUstream stream = nullptr;
+    LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+    fmt::print("attention_bench on {}: {}, hidden 2048 (heads = 2048/d), batch·T = 16384{}, {} "
+               "iterations\n",
+               device_name(0), to_string(p), causal ? ", causal" : "", iters);
+    fmt::print("{:>4} {:>6} {:>5} {:>6} {:>5} {:>10} {:>8} {:>12} {:>8}\n", "d", "T", "batch",
+               "heads", "drop", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
+    {
+      StreamOrderedAllocator allocator(0);
+      const size_t elem = p == Precision::kFp32 ? 4 : 2;
+      for (int64_t d : dims) {
+        for (int64_t T : seqs) {
+          int64_t batch = std::max<int64_t>(1, 16384 / T), heads = 2048 / d;
+          const int64_t bh = batch * heads, n = bh * T * d, rows = bh * T;
+          DeviceBuffer q(allocator, n * elem, stream), k(allocator, n * elem, stream),
+              v(allocator, n * elem, stream), o(allocator, n * elem, stream),
+              go(allocator, n * elem, stream), gq(allocator, n * elem, stream),
+              gk(allocator, n * elem, stream), gv(allocator, n * elem, stream),
+              lse(allocator, rows * 4, stream), dot(allocator, rows * 4, stream);
+          // 0.125 in either dtype: a well-defined softmax (the timing does not depend on values).
+          const unsigned eighth = p == Precision::kBf16 ? 0x3E003E00u : 0x30003000u;
+          for (const DeviceBuffer* b : {&q, &k, &v, &go})
+            LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(b->device_ptr(), eighth, n / 2, stream));
+          for (bool drop : {false, true}) {
+            const Kernels ks = instances(p, d, causal, drop);
+            kern::DropoutArgs args = kern::make_dropout_args(1234, 0, drop ? 0.1 : 0.0);
+            CUdeviceptr qp = q.device_ptr(), kp = k.device_ptr(), vp = v.device_ptr(), pad = 0,
+                        op = o.device_ptr(), lp = lse.device_ptr(), gop = go.device_ptr(),
+                        dotp = dot.device_ptr(), gqp = gq.device_ptr(), gkp = gk.device_ptr(),
+                        gvp = gv.device_ptr();
+            float scale = 1.0f / std::sqrt(static_cast<float>(d));
+            int64_t n_rows = rows;
+            void* fwd_args[] = {&qp, &kp,    &vp, &pad,   &op,    &lp,   &batch,
+                                &heads, &T, &T, &scale, &args};
+            void* dot_args[] = {&op, &gop, &dotp, &n_rows};
+            void* dkdv_args[] = {&qp,   &kp,    &vp, &pad, &gop, &lp,    &dotp, &gkp,
+                                 &gvp,  &batch, &heads, &T,  &T,   &scale, &args};
+            void* dq_args[] = {&qp,    &kp,   &vp, &pad, &gop, &lp,    &dotp,
+                               &gqp,   &batch, &heads, &T,  &T,   &scale, &args};
+            auto to3 = [](kern::GridDim g) { return Dim3{g.x, g.y, g.z}; };
+            auto fwd = [&] {
+              launch(fns.at(ks.fwd.label), to3(kern::flash_fwd_grid(bh, T)),
+                     Dim3{static_cast<unsigned>(kern::flash_fwd_block())}, 0, stream, fwd_args,
+                     ks.fwd.label);
+            };
+            auto bwd = [&] {
+              launch(fns.at(ks.dot.label), to3(kern::flash_dot_grid(rows)),
+                     Dim3{static_cast<unsigned>(kern::kElementwiseThreads)}, 0, stream, dot_args,
+                     ks.dot.label);
+              launch(fns.at(ks.dkdv.label), to3(kern::flash_bwd_grid(bh, T)),
+                     Dim3{static_cast<unsigned>(kern::kFlashThreads)}, 0, stream, dkdv_args,
+                     ks.dkdv.label);
+              launch(fns.at(ks.dq.label), to3(kern::flash_fwd_grid(bh, T)),
+                     Dim3{static_cast<unsigned>(kern::kFlashThreads)}, 0, stream, dq_args,
+                     ks.dq.label);
+            };
+            const double fwd_ms = time_ms(stream, iters, fwd);
+            const double all_ms = time_ms(stream, iters, [&] {
+              fwd();
+              bwd();
+            });
+            const double flops = 4.0 * batch * heads * T * T * d * (causal ? 0.5 : 1.0);
+            fmt::print("{:>4} {:>6} {:>5} {:>6} {:>5} {:>10.3f} {:>8.1f} {:>12.3f} {:>8.1f}\n", d,
+                       T, batch, heads, drop ? 0.1 : 0.0, fwd_ms, flops / fwd_ms * 1e-9, all_ms,
+                       3.5 * flops / all_ms * 1e-9);
+            std::fflush(stdout);
+          }
+        }
+      }
+      LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
+    }
+    driver().cuStreamDestroy(stream);
+    return 0;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "attention_bench: {}\n", e.what());
+    return 1;
+  }
+}
