@@ -38,8 +38,8 @@ std::vector<int64_t> parse_list(const std::string& s) {
   size_t pos = 0;
   while (pos < s.size()) {
     const size_t comma = s.find(',', pos);
-    out.push_back(std::stoll(s.substr(pos, comma == std::string::npos ? std::string::npos
-                                                                      : comma - pos)));
+    out.push_back(
+        std::stoll(s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos)));
     if (comma == std::string::npos) break;
     pos = comma + 1;
   }
@@ -144,9 +144,10 @@ int main(int argc, char** argv) {
 
     CUstream stream = nullptr;
     LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
-    fmt::print("attention_bench on {}: {}, hidden 2048 (heads = 2048/d), batch·T = 16384{}, {} "
-               "iterations\n",
-               device_name(0), to_string(p), causal ? ", causal" : "", iters);
+    fmt::print(
+        "attention_bench on {}: {}, hidden 2048 (heads = 2048/d), batch·T = 16384{}, {} "
+        "iterations\n",
+        device_name(0), to_string(p), causal ? ", causal" : "", iters);
     fmt::print("{:>4} {:>6} {:>5} {:>6} {:>5} {:>10} {:>8} {:>12} {:>8}\n", "d", "T", "batch",
                "heads", "drop", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
     {
@@ -174,13 +175,13 @@ int main(int argc, char** argv) {
                         gvp = gv.device_ptr();
             float scale = 1.0f / std::sqrt(static_cast<float>(d));
             int64_t n_rows = rows;
-            void* fwd_args[] = {&qp, &kp,    &vp, &pad,   &op,    &lp,   &batch,
-                                &heads, &T, &T, &scale, &args};
+            void* fwd_args[] = {&qp,    &kp,    &vp, &pad, &op,    &lp,
+                                &batch, &heads, &T,  &T,   &scale, &args};
             void* dot_args[] = {&op, &gop, &dotp, &n_rows};
-            void* dkdv_args[] = {&qp,   &kp,    &vp, &pad, &gop, &lp,    &dotp, &gkp,
-                                 &gvp,  &batch, &heads, &T,  &T,   &scale, &args};
-            void* dq_args[] = {&qp,    &kp,   &vp, &pad, &gop, &lp,    &dotp,
-                               &gqp,   &batch, &heads, &T,  &T,   &scale, &args};
+            void* dkdv_args[] = {&qp,  &kp,    &vp,    &pad, &gop, &lp,    &dotp, &gkp,
+                                 &gvp, &batch, &heads, &T,   &T,   &scale, &args};
+            void* dq_args[] = {&qp,  &kp,    &vp,    &pad, &gop, &lp,    &dotp,
+                               &gqp, &batch, &heads, &T,   &T,   &scale, &args};
             auto to3 = [](kern::GridDim g) { return Dim3{g.x, g.y, g.z}; };
             auto fwd = [&] {
               launch(fns.at(ks.fwd.label), to3(kern::flash_fwd_grid(bh, T)),

@@ -75,6 +75,144 @@ __device__ __forceinline__ void load_tile(T* smem, const T* src, int64_t row0, i
   }
 }
 
+// A shared-memory address as the 32-bit operand of ldmatrix / cp.async.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8x8 matrices of 16-bit elements from shared memory: lane l gives the address of row l % 8
+// of matrix l / 8 (16 bytes); register m of lane 4g + t holds row g, elements 2t, 2t + 1 of
+// matrix m (with .trans: row 2t and 2t + 1, element g, i.e. the matrix transposed).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+
+// Rows [row0, row0 + kRows) of a [rows, kD] head into shared memory (row stride kStride) with
+// cp.async (16 bytes per copy, bypassing L1), zeros past `rows`; the caller commits the group and
+// waits for it (cp_async_wait) before reading.
+template <typename T, int kD, int kRows, int kStride>
+__device__ __forceinline__ void load_tile_async(T* smem, const T* src, int64_t row0, int64_t rows) {
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kVecsPerRow = kD / kVec;
+  for (int i = threadIdx.x; i < kRows * kVecsPerRow; i += blockDim.x) {
+    const int r = i / kVecsPerRow, c = (i % kVecsPerRow) * kVec;
+    const bool in = row0 + r < rows;
+    const T* from = in ? src + (row0 + r) * kD + c : src;  // any valid address: 0 bytes read
+    asm volatile(
+        "cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem + r * kStride + c)),
+        "l"(from), "r"(in ? 16 : 0));
+  }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+// Waits until at most kPending of this thread's most recent groups are in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// The keep bits (bit e: element i0 + e) of a pair of adjacent dropout elements: one Philox call
+// when the pair lies in one group of 4 (i0 even), two otherwise.
+__device__ __forceinline__ uint32_t keep_pair(const DropoutArgs& drop, uint64_t i0) {
+  if ((i0 & 1) == 0) return dropout_keep_bits<2>(drop, i0);
+  return (dropout_keep(drop, i0) ? 1u : 0u) | (dropout_keep(drop, i0 + 1) ? 2u : 0u);
+}
+
+// The A fragments of 16 rows (row0, row0 + 16) of a [rows, kD] head read from global memory, zeros
+// past `rows`: for every 16 columns.
+template <typename T, int kD>
+__device__ __forceinline__ void row_fragments(uint32_t (&f)[kD / 16][4], const T* src, int64_t row0,
+                                              int64_t rows, int g, int t) {
+  const T zero = from_float<T>(0.f);
+  const int64_t r0 = row0 + g, r1 = row0 + g + 8;
+#pragma unroll
+  for (int c = 0; c < kD / 16; ++c) {
+    const int col = c * 16 + 2 * t;
+    f[c][0] = r0 < rows ? pair_at(src + r0 * kD + col) : pack<T>(zero, zero);
+    f[c][1] = r1 < rows ? pair_at(src + r1 * kD + col) : pack<T>(zero, zero);
+    f[c][2] = r0 < rows ? pair_at(src + r0 * kD + col + 8) : pack<T>(zero, zero);
+    f[c][3] = r1 < rows ? pair_at(src + r1 * kD + col + 8) : pack<T>(zero, zero);
+  }
+}
+
+// c[n] (16 x kCols, C layout) += A(16 x kD, fragments) · Bᵀ where B is a [kCols, kD] tile in
+// shared memory (row stride kStride): B operand element (kdim, n) = tile[n][kdim]. One ldmatrix.x4
+// gives the B fragments of two 8-column blocks for one 16-deep step: matrices (n, kdim 0..7),
+// (n, 8..15), (n + 1, 0..7), (n + 1, 8..15).
+template <typename T, int kD, int kCols, int kStride>
+__device__ __forceinline__ void mma_abt(float (&c)[kCols / 8][4], const uint32_t (&a)[kD / 16][4],
+                                        const T* tile, int lane) {
+  static_assert(kCols % 16 == 0, "pairs of 8-column blocks");
+  const int m = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int k = 0; k < kD / 16; ++k) {
+#pragma unroll
+    for (int n = 0; n < kCols / 8; n += 2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, tile + ((n + m / 2) * 8 + r) * kStride + k * 16 + (m % 2) * 8);
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_16816<T>(c[n], a[k], b0);
+      mma_16816<T>(c[n + 1], a[k], b1);
+    }
+  }
+}
+
+// acc[n] (16 x kD, C layout) += P(16 x kRows, C layout fragments in p) · tile where tile is a
+// [kRows, kD] tile in shared memory: B operand element (row, dim) = tile[row][dim]. One
+// ldmatrix.x4.trans gives the B fragments of two 8-column blocks for one 16-row step: matrices
+// (rows 0..7, n), (rows 8..15, n), (rows 0..7, n + 1), (rows 8..15, n + 1).
+template <typename T, int kD, int kRows, int kStride>
+__device__ __forceinline__ void mma_pb(float (&acc)[kD / 8][4], const float (&p)[kRows / 8][4],
+                                       const T* tile, int lane) {
+  const int m = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int c = 0; c < kRows / 16; ++c) {
+    uint32_t a[4] = {pack_float<T>(p[2 * c][0], p[2 * c][1]),
+                     pack_float<T>(p[2 * c][2], p[2 * c][3]),
+                     pack_float<T>(p[2 * c + 1][0], p[2 * c + 1][1]),
+                     pack_float<T>(p[2 * c + 1][2], p[2 * c + 1][3])};
+#pragma unroll
+    for (int n = 0; n < kD / 8; n += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, tile + (c * 16 + (m % 2) * 8 + r) * kStride + (n + m / 2) * 8);
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_16816<T>(acc[n], a, b0);
+      mma_16816<T>(acc[n + 1], a, b1);
+    }
+  }
+}
+
+// Whether query i may attend to key j (both in range).
+template <Mask kMask>
+__device__ __forceinline__ bool attends(int64_t i, int64_t j, int64_t q_len, int64_t k_len,
+                                        const uint8_t* pad) {
+  if (i >= q_len || j >= k_len) return false;
+  if constexpr (has_padding(kMask)) {
+    if (pad[j] != 0) return false;
+  }
+  if constexpr (has_causal(kMask)) {
+    if (j > i + (k_len - q_len)) return false;
+  }
+  return true;
+}
+
+// One recomputed entry of the backward, query i and key j: the probability P = exp2(s·scale2 -
+// lse2) (0 where masked), its dropped value P̃ = P·keep, and dS = P ∘ (dP·keep - D), dP the entry
+// of grad_out·vᵀ; keep is the dropout factor of the entry (1/(1-p) kept, 0 dropped; 1 without
+// dropout). Returns dS; *dropped gets P̃.
+__device__ __forceinline__ float recompute(bool on, float s, float scale2, float lse2, float dp,
+                                           float dot, float keep, float* dropped) {
+  const float p = on ? exp2f(s * scale2 - lse2) : 0.f;
+  *dropped = p * keep;
+  return on ? p * (dp * keep - dot) : 0.f;
+}
+
 }  // namespace flash
 
 // flash_attn_fwd_kernel — out = softmax(q·kᵀ·scale + mask) (dropped) · v per (batch, head); lse =
@@ -91,8 +229,9 @@ __device__ __forceinline__ void load_tile(T* smem, const T* src, int64_t row0, i
 //            paths drop the same entries for the same seed and offset.
 // Grid/Block: flash_fwd_grid(batch·heads, q_len) blocks of flash_fwd_block() threads (4 warps,
 //            16 query rows each, their query fragments in registers); key tiles of kFlashBlockN.
-//            Smem: static, 2·kFlashBlockN·(kD + 8) elements (the key tile's buffer stages the
-//            query tile first).
+//            Smem: static, 2·kFlashBlockN·(kD + 8) elements: a key tile and a value tile, loaded
+//            with cp.async so that the value tile arrives while q·kᵀ runs and the next key tile
+//            while the softmax and p·v run; B fragments by ldmatrix (.trans for v).
 // Constants: kD a multiple of 16 in [16, 128] (static_assert). Pointers 16-byte aligned.
 // Numerics:  products in fp32 on tensor cores; the softmax in fp32 (exp2 with log2(e) folded in
 //            the scale); probabilities rounded to T before the context product (as the unfused
@@ -105,8 +244,7 @@ __global__ void __launch_bounds__(kFlashThreads)
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
   constexpr int kM = kFlashBlockM, kN = kFlashBlockN;
-  constexpr int kStride = kD + 8;  // 16 bytes of padding per row: fewer bank conflicts
-  static_assert(kM == kN, "the query tile is staged in the key tile's buffer");
+  constexpr int kStride = kD + 8;  // 16 bytes of padding per row: conflict-free ldmatrix
   __shared__ __align__(16) T ks[kN * kStride];
   __shared__ __align__(16) T vs[kN * kStride];
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
@@ -115,28 +253,26 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const T* qh = q + bh * q_len * kD;
   const T* kh = k + bh * k_len * kD;
   const T* vh = v + bh * k_len * kD;
   const uint8_t* pad = has_padding(kMask) ? key_padding + (bh / heads) * k_len : nullptr;
   constexpr float kLog2e = 1.4426950408889634f;
   const float scale2 = scale * kLog2e;
 
-  // The query tile, staged through the key buffer into registers: the A fragments of the warp's 16
-  // rows for every 16 columns of the head.
-  flash::load_tile<T, kD, kM, kStride>(ks, qh, m0, q_len);
-  __syncthreads();
-  uint32_t qf[kD / 16][4];
-  {
-    const T* qw = ks + warp * 16 * kStride;
-#pragma unroll
-    for (int c = 0; c < kD / 16; ++c) {
-      qf[c][0] = flash::pair_at(qw + g * kStride + c * 16 + 2 * t);
-      qf[c][1] = flash::pair_at(qw + (g + 8) * kStride + c * 16 + 2 * t);
-      qf[c][2] = flash::pair_at(qw + g * kStride + c * 16 + 2 * t + 8);
-      qf[c][3] = flash::pair_at(qw + (g + 8) * kStride + c * 16 + 2 * t + 8);
-    }
+  // Causal: no key past the block's last query's limit.
+  int64_t n_end = k_len;
+  if constexpr (has_causal(kMask)) {
+    const int64_t lim = m0 + kM - 1 + (k_len - q_len);
+    n_end = lim + 1 < k_len ? (lim + 1 > 0 ? lim + 1 : 0) : k_len;
   }
+  if (n_end > 0) {
+    flash::load_tile_async<T, kD, kN, kStride>(ks, kh, 0, k_len);
+    flash::cp_async_commit();
+  }
+  // The warp's 16 query rows as A fragments, straight from global memory (while the first key
+  // tile is in flight).
+  uint32_t qf[kD / 16][4];
+  flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, m0 + warp * 16, q_len, g, t);
   // This thread's two query rows (g and g + 8 of its warp's 16).
   const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
   float m_run[2] = {neg_inf(), neg_inf()};  // running max, in log2 units
@@ -145,43 +281,41 @@ __global__ void __launch_bounds__(kFlashThreads)
 #pragma unroll
   for (int n = 0; n < kD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 
-  // Causal: no key past the block's last query's limit.
-  int64_t n_end = k_len;
-  if constexpr (has_causal(kMask)) {
-    const int64_t lim = m0 + kM - 1 + (k_len - q_len);
-    n_end = lim + 1 < k_len ? (lim + 1 > 0 ? lim + 1 : 0) : k_len;
-  }
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
-    __syncthreads();  // the previous tile's (first: the query fragments') readers are done
-    flash::load_tile<T, kD, kN, kStride>(ks, kh, n0, k_len);
-    flash::load_tile<T, kD, kN, kStride>(vs, vh, n0, k_len);
+    // The value tile (its buffer's readers finished with the previous tile's p·v).
+    flash::load_tile_async<T, kD, kN, kStride>(vs, vh, n0, k_len);
+    flash::cp_async_commit();
+    flash::cp_async_wait<1>();  // the key tile (the value tile may still be in flight)
     __syncthreads();
 
     // s = q·kᵀ for the warp's 16 rows and the tile's kN keys: kN / 8 fragments.
     float s[kN / 8][4];
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-    for (int c = 0; c < kD / 16; ++c) {
-#pragma unroll
-      for (int n = 0; n < kN / 8; ++n) {
-        const T* kr = ks + (n * 8 + g) * kStride + c * 16 + 2 * t;  // B[kdim][key] = k[key][kdim]
-        uint32_t b[2] = {flash::pair_at(kr), flash::pair_at(kr + 8)};
-        flash::mma_16816<T>(s[n], qf[c], b);
-      }
+    flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);
+    __syncthreads();  // every warp is done with the key tile: fetch the next one
+    const bool more = n0 + kN < n_end;
+    if (more) {
+      flash::load_tile_async<T, kD, kN, kStride>(ks, kh, n0 + kN, k_len);
+      flash::cp_async_commit();
     }
 
-    // Mask, scale (log2 units), the new running max of each row.
+    // Mask (only where the tile needs it), scale (log2 units), the new running max of each row.
+    bool masked = n0 + kN > k_len || has_padding(kMask);
+    if constexpr (has_causal(kMask)) masked = masked || n0 + kN - 1 > m0 + (k_len - q_len);
     float m_new[2] = {m_run[0], m_run[1]};
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2;
-        const int64_t j = n0 + n * 8 + 2 * t + (e % 2);
-        bool keep = j < k_len;
-        if constexpr (has_padding(kMask)) keep = keep && pad[j < k_len ? j : 0] == 0;
-        if constexpr (has_causal(kMask)) keep = keep && j <= row[r] + (k_len - q_len);
+        bool keep = true;
+        if (masked) {
+          const int64_t j = n0 + n * 8 + 2 * t + (e % 2);
+          keep = j < k_len;
+          if constexpr (has_padding(kMask)) keep = keep && pad[j < k_len ? j : 0] == 0;
+          if constexpr (has_causal(kMask)) keep = keep && j <= row[r] + (k_len - q_len);
+        }
         s[n][e] = keep ? s[n][e] * scale2 : neg_inf();
         m_new[r] = fmaxf(m_new[r], s[n][e]);
       }
@@ -208,35 +342,30 @@ __global__ void __launch_bounds__(kFlashThreads)
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        float p = exp2f(s[n][e] - shift[r]);
-        l_run[r] += p;
+      for (int r = 0; r < 2; ++r) {
+        float p0 = exp2f(s[n][2 * r] - shift[r]), p1 = exp2f(s[n][2 * r + 1] - shift[r]);
+        l_run[r] += p0 + p1;
         if constexpr (kDrop == Drop::kOn) {
-          const int64_t j = n0 + n * 8 + 2 * t + (e % 2);
-          const uint64_t i = static_cast<uint64_t>((bh * q_len + row[r]) * k_len + j);
-          p = (row[r] < q_len && j < k_len && dropout_keep(drop, i)) ? p * drop.scale : 0.f;
+          const int64_t j = n0 + n * 8 + 2 * t;
+          uint32_t keep = 0;
+          if (row[r] < q_len && j < k_len)
+            keep = flash::keep_pair(drop, static_cast<uint64_t>((bh * q_len + row[r]) * k_len + j));
+          if (j + 1 >= k_len) keep &= 1u;
+          p0 = (keep & 1u) ? p0 * drop.scale : 0.f;
+          p1 = (keep & 2u) ? p1 * drop.scale : 0.f;
         }
-        s[n][e] = p;
+        s[n][2 * r] = p0;
+        s[n][2 * r + 1] = p1;
       }
     }
-    // acc += p · v: the scores' fragments of key blocks 2c, 2c + 1 are the A fragment of k-step
-    // c; B[key][dim] = v[key][dim], two keys per register.
-#pragma unroll
-    for (int c = 0; c < kN / 16; ++c) {
-      uint32_t a[4] = {flash::pack_float<T>(s[2 * c][0], s[2 * c][1]),
-                       flash::pack_float<T>(s[2 * c][2], s[2 * c][3]),
-                       flash::pack_float<T>(s[2 * c + 1][0], s[2 * c + 1][1]),
-                       flash::pack_float<T>(s[2 * c + 1][2], s[2 * c + 1][3])};
-      const T* v0 = vs + (c * 16 + 2 * t) * kStride;
-#pragma unroll
-      for (int n = 0; n < kD / 8; ++n) {
-        const int col = n * 8 + g;
-        uint32_t b[2] = {flash::pack<T>(v0[col], v0[kStride + col]),
-                         flash::pack<T>(v0[8 * kStride + col], v0[9 * kStride + col])};
-        flash::mma_16816<T>(acc[n], a, b);
-      }
+    if (more) {
+      flash::cp_async_wait<1>();  // the value tile (the next key tile may still be in flight)
+    } else {
+      flash::cp_async_wait<0>();
     }
+    __syncthreads();
+    flash::mma_pb<T, kD, kN, kStride>(acc, s, vs, lane);  // acc += p · v
+    __syncthreads();                                      // every warp is done with the value tile
   }
 
   // The denominators: the row's 4 threads' parts summed; out = acc / l, lse = ln(l) + max.
@@ -292,93 +421,6 @@ __global__ void __launch_bounds__(kElementwiseThreads)
   dot[r] = acc;
 }
 
-namespace flash {
-
-// The A fragments of 16 rows (row0, row0 + 16) of a [rows, kD] head read from global memory, zeros
-// past `rows`: for every 16 columns.
-template <typename T, int kD>
-__device__ __forceinline__ void row_fragments(uint32_t (&f)[kD / 16][4], const T* src, int64_t row0,
-                                              int64_t rows, int g, int t) {
-  const T zero = from_float<T>(0.f);
-  const int64_t r0 = row0 + g, r1 = row0 + g + 8;
-#pragma unroll
-  for (int c = 0; c < kD / 16; ++c) {
-    const int col = c * 16 + 2 * t;
-    f[c][0] = r0 < rows ? pair_at(src + r0 * kD + col) : pack<T>(zero, zero);
-    f[c][1] = r1 < rows ? pair_at(src + r1 * kD + col) : pack<T>(zero, zero);
-    f[c][2] = r0 < rows ? pair_at(src + r0 * kD + col + 8) : pack<T>(zero, zero);
-    f[c][3] = r1 < rows ? pair_at(src + r1 * kD + col + 8) : pack<T>(zero, zero);
-  }
-}
-
-// c[n] (16 x kCols, C layout) += A(16 x kD, fragments) · Bᵀ where B is a [kCols, kD] tile in
-// shared memory (row stride kStride): B operand element (kdim, n) = tile[n][kdim].
-template <typename T, int kD, int kCols, int kStride>
-__device__ __forceinline__ void mma_abt(float (&c)[kCols / 8][4], const uint32_t (&a)[kD / 16][4],
-                                        const T* tile, int g, int t) {
-#pragma unroll
-  for (int k = 0; k < kD / 16; ++k) {
-#pragma unroll
-    for (int n = 0; n < kCols / 8; ++n) {
-      const T* p = tile + (n * 8 + g) * kStride + k * 16 + 2 * t;
-      uint32_t b[2] = {pair_at(p), pair_at(p + 8)};
-      mma_16816<T>(c[n], a[k], b);
-    }
-  }
-}
-
-// acc[n] (16 x kD, C layout) += P(16 x kRows, C layout fragments in p) · tile where tile is a
-// [kRows, kD] tile in shared memory: B operand element (row, dim) = tile[row][dim].
-template <typename T, int kD, int kRows, int kStride>
-__device__ __forceinline__ void mma_pb(float (&acc)[kD / 8][4], const float (&p)[kRows / 8][4],
-                                       const T* tile, int g, int t) {
-#pragma unroll
-  for (int c = 0; c < kRows / 16; ++c) {
-    uint32_t a[4] = {pack_float<T>(p[2 * c][0], p[2 * c][1]),
-                     pack_float<T>(p[2 * c][2], p[2 * c][3]),
-                     pack_float<T>(p[2 * c + 1][0], p[2 * c + 1][1]),
-                     pack_float<T>(p[2 * c + 1][2], p[2 * c + 1][3])};
-    const T* r = tile + (c * 16 + 2 * t) * kStride;
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      const int col = n * 8 + g;
-      uint32_t b[2] = {pack<T>(r[col], r[kStride + col]),
-                       pack<T>(r[8 * kStride + col], r[9 * kStride + col])};
-      mma_16816<T>(acc[n], a, b);
-    }
-  }
-}
-
-// Whether query i may attend to key j (both in range).
-template <Mask kMask>
-__device__ __forceinline__ bool attends(int64_t i, int64_t j, int64_t q_len, int64_t k_len,
-                                        const uint8_t* pad) {
-  if (i >= q_len || j >= k_len) return false;
-  if constexpr (has_padding(kMask)) {
-    if (pad[j] != 0) return false;
-  }
-  if constexpr (has_causal(kMask)) {
-    if (j > i + (k_len - q_len)) return false;
-  }
-  return true;
-}
-
-// One recomputed entry of the backward, query i and key j of head bh: the probability P =
-// exp2(s·scale2 - lse2) (0 where masked), its dropped value P̃ (= P·mask/(1-p)), and dS = P ∘
-// (dropout_mask(dP) - D), dP the entry of grad_out·vᵀ. Returns dS; *dropped gets P̃.
-template <Drop kDrop>
-__device__ __forceinline__ float recompute(bool on, float s, float scale2, float lse2, float dp,
-                                           float dot, uint64_t element, const DropoutArgs& drop,
-                                           float* dropped) {
-  const float p = on ? exp2f(s * scale2 - lse2) : 0.f;
-  float keep = 1.f;
-  if constexpr (kDrop == Drop::kOn) keep = on && dropout_keep(drop, element) ? drop.scale : 0.f;
-  *dropped = p * keep;
-  return on ? p * (dp * keep - dot) : 0.f;
-}
-
-}  // namespace flash
-
 // flash_attn_bwd_dkdv_kernel — grad_k, grad_v of one tile of 64 keys per block (4 warps of 16
 //   keys), over every query tile: sᵀ = k·qᵀ and dPᵀ = v·grad_outᵀ with the keys as rows, so the
 //   probabilities' fragments feed the products for grad_v and grad_k directly.
@@ -431,19 +473,25 @@ __global__ void __launch_bounds__(kFlashThreads)
     const int64_t first = n0 - (k_len - q_len);
     m_begin = first > 0 ? first / kM * kM : 0;
   }
+  // Query and grad_out tiles by cp.async: the next grad_out tile loads while grad_k's product
+  // runs; the next query tile is requested as soon as the last reader of this one is done.
+  if (m_begin < q_len) {
+    flash::load_tile_async<T, kD, kM, kStride>(qs, qh, m_begin, q_len);
+    flash::load_tile_async<T, kD, kM, kStride>(gs, gh, m_begin, q_len);
+    flash::cp_async_commit();
+  }
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
+    flash::cp_async_wait<0>();
     __syncthreads();
-    flash::load_tile<T, kD, kM, kStride>(qs, qh, m0, q_len);
-    flash::load_tile<T, kD, kM, kStride>(gs, gh, m0, q_len);
-    __syncthreads();
+    const bool more = m0 + kM < q_len;
     float s[kM / 8][4], dp[kM / 8][4];
 #pragma unroll
     for (int n = 0; n < kM / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
     }
-    flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, g, t);   // sᵀ[key][query]
-    flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, g, t);  // (grad_out·vᵀ)ᵀ[key][query]
+    flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, lane);   // sᵀ[key][query]
+    flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, lane);  // (grad_out·vᵀ)ᵀ[key][query]
     float pd[kM / 8][4];                                   // dropped probabilities
 #pragma unroll
     for (int n = 0; n < kM / 8; ++n) {
@@ -452,14 +500,29 @@ __global__ void __launch_bounds__(kFlashThreads)
         const int r = e / 2;
         const int64_t i = m0 + n * 8 + 2 * t + (e % 2);
         const bool on = flash::attends<kMask>(i, key[r], q_len, k_len, pad);
-        s[n][e] = flash::recompute<kDrop>(
-            on, s[n][e], scale2, on ? lse[bh * q_len + i] * kLog2e : 0.f, dp[n][e],
-            on ? dot[bh * q_len + i] : 0.f,
-            static_cast<uint64_t>((bh * q_len + i) * k_len + key[r]), drop, &pd[n][e]);
+        float keep = 1.f;
+        if constexpr (kDrop == Drop::kOn) {
+          // keys are this fragment's rows: the pair (e, e + 1) is two queries, k_len apart
+          keep = on && dropout_keep(drop, static_cast<uint64_t>((bh * q_len + i) * k_len + key[r]))
+                     ? drop.scale
+                     : 0.f;
+        }
+        s[n][e] = flash::recompute(on, s[n][e], scale2, on ? lse[bh * q_len + i] * kLog2e : 0.f,
+                                   dp[n][e], on ? dot[bh * q_len + i] : 0.f, keep, &pd[n][e]);
       }
     }
-    flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, g, t);  // grad_v += P̃ᵀ·grad_out
-    flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, g, t);   // grad_k += dSᵀ·q (scaled below)
+    flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out
+    __syncthreads();                                      // every warp is done with gs
+    if (more) {
+      flash::load_tile_async<T, kD, kM, kStride>(gs, gh, m0 + kM, q_len);
+      flash::cp_async_commit();
+    }
+    flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, lane);  // grad_k += dSᵀ·q (scaled below)
+    __syncthreads();                                     // every warp is done with qs
+    if (more) {
+      flash::load_tile_async<T, kD, kM, kStride>(qs, qh, m0 + kM, q_len);
+      flash::cp_async_commit();
+    }
   }
   T* gk = grad_k + bh * k_len * kD;
   T* gv = grad_v + bh * k_len * kD;
@@ -525,32 +588,58 @@ __global__ void __launch_bounds__(kFlashThreads)
   }
   const T* kh = k + bh * k_len * kD;
   const T* vh = v + bh * k_len * kD;
+  // Key and value tiles by cp.async: the next value tile loads while dS and grad_q's product run;
+  // the next key tile is requested as soon as the last reader of this one is done.
+  if (n_end > 0) {
+    flash::load_tile_async<T, kD, kN, kStride>(ks, kh, 0, k_len);
+    flash::load_tile_async<T, kD, kN, kStride>(vs, vh, 0, k_len);
+    flash::cp_async_commit();
+  }
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
+    flash::cp_async_wait<0>();
     __syncthreads();
-    flash::load_tile<T, kD, kN, kStride>(ks, kh, n0, k_len);
-    flash::load_tile<T, kD, kN, kStride>(vs, vh, n0, k_len);
-    __syncthreads();
+    const bool more = n0 + kN < n_end;
     float s[kN / 8][4], dp[kN / 8][4];
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
     }
-    flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, g, t);   // s[query][key]
-    flash::mma_abt<T, kD, kN, kStride>(dp, gf, vs, g, t);  // grad_out·vᵀ
+    flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);   // s[query][key]
+    flash::mma_abt<T, kD, kN, kStride>(dp, gf, vs, lane);  // grad_out·vᵀ
+    __syncthreads();                                       // every warp is done with vs
+    if (more) {
+      flash::load_tile_async<T, kD, kN, kStride>(vs, vh, n0 + kN, k_len);
+      flash::cp_async_commit();
+    }
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        const int64_t j = n0 + n * 8 + 2 * t + (e % 2);
-        float unused;
-        s[n][e] = flash::recompute<kDrop>(
-            flash::attends<kMask>(row[r], j, q_len, k_len, pad), s[n][e], scale2, lse2[r], dp[n][e],
-            dot_r[r], static_cast<uint64_t>((bh * q_len + row[r]) * k_len + j), drop, &unused);
+      for (int r = 0; r < 2; ++r) {
+        const int64_t j = n0 + n * 8 + 2 * t;  // this pair's keys: j, j + 1
+        uint32_t keep_bits = 3u;
+        if constexpr (kDrop == Drop::kOn) {
+          keep_bits =
+              row[r] < q_len && j < k_len
+                  ? flash::keep_pair(drop, static_cast<uint64_t>((bh * q_len + row[r]) * k_len + j))
+                  : 0u;
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float keep = kDrop == Drop::kOn ? ((keep_bits >> h) & 1u ? drop.scale : 0.f) : 1.f;
+          float unused;
+          s[n][2 * r + h] = flash::recompute(
+              flash::attends<kMask>(row[r], j + h, q_len, k_len, pad), s[n][2 * r + h], scale2,
+              lse2[r], dp[n][2 * r + h], dot_r[r], keep, &unused);
+        }
       }
     }
-    flash::mma_pb<T, kD, kN, kStride>(dq, s, ks, g, t);  // grad_q += dS·k (scaled below)
+    flash::mma_pb<T, kD, kN, kStride>(dq, s, ks, lane);  // grad_q += dS·k (scaled below)
+    __syncthreads();                                     // every warp is done with ks
+    if (more) {
+      flash::load_tile_async<T, kD, kN, kStride>(ks, kh, n0 + kN, k_len);
+      flash::cp_async_commit();
+    }
   }
   T* gq = grad_q + bh * q_len * kD;
 #pragma unroll
