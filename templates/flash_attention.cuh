@@ -124,6 +124,80 @@ __device__ __forceinline__ uint32_t keep_pair(const DropoutArgs& drop, uint64_t 
   return (dropout_keep(drop, i0) ? 1u : 0u) | (dropout_keep(drop, i0 + 1) ? 2u : 0u);
 }
 
+// The dropout keep bits of a thread's entries of a [16 queries, kN keys] tile in the C layout
+// (queries as rows: the forward, grad_q): kb[n][r] bit h <-> query row r (g, g + 8; its elements
+// start at row_base[r] = (bh·q_len + row)·k_len), key n0 + 8n + 2t + h. One Philox call per 4
+// elements when k_len % 4 == 0 (uniform over the block): threads t and t ^ 1 hold the two halves of
+// a group of 4 keys, each draws one group of two neighbouring key blocks and a shuffle swaps them;
+// one call per pair otherwise.
+template <int kN>
+__device__ __forceinline__ void row_keep_bits(const DropoutArgs& drop,
+                                              const uint64_t (&row_base)[2], int64_t n0,
+                                              int64_t k_len, int t, uint32_t (&kb)[kN / 8][2]) {
+  static_assert(kN % 16 == 0, "pairs of key blocks");
+  if (k_len % 4 == 0) {
+    const int blk = t & 1, shift = 2 * (t & 1);
+#pragma unroll
+    for (int n = 0; n < kN / 8; n += 2) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const uint32_t mine =
+            dropout_keep_bits<4>(drop, row_base[r] + n0 + (n + blk) * 8 + 4 * (t >> 1));
+        const uint32_t other = __shfl_xor_sync(0xffffffffu, mine, 1);
+        kb[n][r] = ((blk == 0 ? mine : other) >> shift) & 3u;
+        kb[n + 1][r] = ((blk == 1 ? mine : other) >> shift) & 3u;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < kN / 8; ++n) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) kb[n][r] = keep_pair(drop, row_base[r] + n0 + n * 8 + 2 * t);
+    }
+  }
+}
+
+// The same for a [16 keys, kM queries] tile with the keys as rows (grad_k, grad_v): kb[n] bit
+// 2r + h <-> key key0 + g + 8r (key0 a multiple of 16), query m0 + 8n + 2t + h, element
+// (bhq + query)·k_len + key. With k_len % 4 == 0 a group of 4 keys of one query is needed by the
+// 4 threads of one t whose keys share it: thread g draws query h = g / 4, key group g % 4, and
+// each thread gathers its 4 bits by shuffles (one call per 4 elements); one call per element
+// otherwise.
+template <int kM>
+__device__ __forceinline__ void col_keep_bits(const DropoutArgs& drop, uint64_t bhq, int64_t m0,
+                                              int64_t key0, int64_t k_len, int g, int t,
+                                              uint32_t (&kb)[kM / 8]) {
+  if (k_len % 4 == 0) {
+#pragma unroll
+    for (int n = 0; n < kM / 8; ++n) {
+      const uint64_t query = bhq + m0 + n * 8 + 2 * t + (g >> 2);
+      const uint32_t mine = dropout_keep_bits<4>(drop, query * k_len + key0 + 4 * (g & 3));
+      uint32_t bits = 0;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int src = 4 * (4 * h + 2 * r + (g >> 2)) + t;
+          const uint32_t b = __shfl_sync(0xffffffffu, mine, src);
+          bits |= ((b >> (g & 3)) & 1u) << (2 * r + h);
+        }
+      }
+      kb[n] = bits;
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < kM / 8; ++n) {
+      uint32_t bits = 0;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint64_t query = bhq + m0 + n * 8 + 2 * t + (e & 1);
+        bits |= (dropout_keep(drop, query * k_len + key0 + g + 8 * (e >> 1)) ? 1u : 0u) << e;
+      }
+      kb[n] = bits;
+    }
+  }
+}
+
 // The A fragments of 16 rows (row0, row0 + 16) of a [rows, kD] head read from global memory, zeros
 // past `rows`: for every 16 columns.
 template <typename T, int kD>
@@ -275,6 +349,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, m0 + warp * 16, q_len, g, t);
   // This thread's two query rows (g and g + 8 of its warp's 16).
   const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
+  const uint64_t row_base[2] = {static_cast<uint64_t>((bh * q_len + row[0]) * k_len),
+                                static_cast<uint64_t>((bh * q_len + row[1]) * k_len)};
   float m_run[2] = {neg_inf(), neg_inf()};  // running max, in log2 units
   float l_run[2] = {0.f, 0.f};              // this thread's part of the denominator
   float acc[kD / 8][4];
@@ -338,7 +414,10 @@ __global__ void __launch_bounds__(kFlashThreads)
       acc[n][0] *= rescale[0], acc[n][1] *= rescale[0];
       acc[n][2] *= rescale[1], acc[n][3] *= rescale[1];
     }
-    // p = exp2(s - max); the denominator takes p undropped, the product the dropped p.
+    // p = exp2(s - max); the denominator takes p undropped, the product the dropped p (masked
+    // keys have p = 0 already; rows past q_len are never stored).
+    uint32_t kb[kN / 8][2];
+    if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, row_base, n0, k_len, t, kb);
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
 #pragma unroll
@@ -346,13 +425,8 @@ __global__ void __launch_bounds__(kFlashThreads)
         float p0 = exp2f(s[n][2 * r] - shift[r]), p1 = exp2f(s[n][2 * r + 1] - shift[r]);
         l_run[r] += p0 + p1;
         if constexpr (kDrop == Drop::kOn) {
-          const int64_t j = n0 + n * 8 + 2 * t;
-          uint32_t keep = 0;
-          if (row[r] < q_len && j < k_len)
-            keep = flash::keep_pair(drop, static_cast<uint64_t>((bh * q_len + row[r]) * k_len + j));
-          if (j + 1 >= k_len) keep &= 1u;
-          p0 = (keep & 1u) ? p0 * drop.scale : 0.f;
-          p1 = (keep & 2u) ? p1 * drop.scale : 0.f;
+          p0 = (kb[n][r] & 1u) ? p0 * drop.scale : 0.f;
+          p1 = (kb[n][r] & 2u) ? p1 * drop.scale : 0.f;
         }
         s[n][2 * r] = p0;
         s[n][2 * r + 1] = p1;
@@ -444,6 +518,7 @@ __global__ void __launch_bounds__(kFlashThreads)
   constexpr int kStride = kD + 8;
   __shared__ __align__(16) T qs[kM * kStride];
   __shared__ __align__(16) T gs[kM * kStride];
+  __shared__ float lse_s[kM], dot_s[kM];
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
   constexpr float kLog2e = 1.4426950408889634f;
   const float scale2 = scale * kLog2e;
@@ -481,6 +556,12 @@ __global__ void __launch_bounds__(kFlashThreads)
     flash::cp_async_commit();
   }
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
+    // The tile's lse (log2 units) and D, staged once (the previous tile's readers are done).
+    for (int i = threadIdx.x; i < kM; i += blockDim.x) {
+      const bool in = m0 + i < q_len;
+      lse_s[i] = in ? lse[bh * q_len + m0 + i] * kLog2e : 0.f;
+      dot_s[i] = in ? dot[bh * q_len + m0 + i] : 0.f;
+    }
     flash::cp_async_wait<0>();
     __syncthreads();
     const bool more = m0 + kM < q_len;
@@ -492,23 +573,24 @@ __global__ void __launch_bounds__(kFlashThreads)
     }
     flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, lane);   // sᵀ[key][query]
     flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, lane);  // (grad_out·vᵀ)ᵀ[key][query]
-    float pd[kM / 8][4];                                   // dropped probabilities
+    // Masks only where the tile needs them (queries past q_len, keys past k_len, padding, the
+    // causal diagonal).
+    bool masked = m0 + kM > q_len || n0 + kN > k_len || has_padding(kMask);
+    if constexpr (has_causal(kMask)) masked = masked || n0 + kN - 1 > m0 + (k_len - q_len);
+    uint32_t kb[kM / 8];
+    if constexpr (kDrop == Drop::kOn) {
+      flash::col_keep_bits<kM>(drop, static_cast<uint64_t>(bh * q_len), m0, key0, k_len, g, t, kb);
+    }
+    float pd[kM / 8][4];  // dropped probabilities
 #pragma unroll
     for (int n = 0; n < kM / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        const int64_t i = m0 + n * 8 + 2 * t + (e % 2);
-        const bool on = flash::attends<kMask>(i, key[r], q_len, k_len, pad);
-        float keep = 1.f;
-        if constexpr (kDrop == Drop::kOn) {
-          // keys are this fragment's rows: the pair (e, e + 1) is two queries, k_len apart
-          keep = on && dropout_keep(drop, static_cast<uint64_t>((bh * q_len + i) * k_len + key[r]))
-                     ? drop.scale
-                     : 0.f;
-        }
-        s[n][e] = flash::recompute(on, s[n][e], scale2, on ? lse[bh * q_len + i] * kLog2e : 0.f,
-                                   dp[n][e], on ? dot[bh * q_len + i] : 0.f, keep, &pd[n][e]);
+        const int r = e / 2, qi = n * 8 + 2 * t + (e % 2);
+        const bool on = !masked || flash::attends<kMask>(m0 + qi, key[r], q_len, k_len, pad);
+        const float keep = kDrop == Drop::kOn ? ((kb[n] >> e) & 1u ? drop.scale : 0.f) : 1.f;
+        s[n][e] =
+            flash::recompute(on, s[n][e], scale2, lse_s[qi], dp[n][e], dot_s[qi], keep, &pd[n][e]);
       }
     }
     flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out
@@ -572,6 +654,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, row0, q_len, g, t);
   flash::row_fragments<T, kD>(gf, grad_out + bh * q_len * kD, row0, q_len, g, t);
   const int64_t row[2] = {row0 + g, row0 + g + 8};
+  const uint64_t row_base[2] = {static_cast<uint64_t>((bh * q_len + row[0]) * k_len),
+                                static_cast<uint64_t>((bh * q_len + row[1]) * k_len)};
   float lse2[2], dot_r[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -612,26 +696,21 @@ __global__ void __launch_bounds__(kFlashThreads)
       flash::load_tile_async<T, kD, kN, kStride>(vs, vh, n0 + kN, k_len);
       flash::cp_async_commit();
     }
+    // Masks only where the tile needs them (the keys past k_len, padding, the causal diagonal).
+    bool masked = n0 + kN > k_len || m0 + kM > q_len || has_padding(kMask);
+    if constexpr (has_causal(kMask)) masked = masked || n0 + kN - 1 > m0 + (k_len - q_len);
+    uint32_t kb[kN / 8][2];
+    if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, row_base, n0, k_len, t, kb);
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int64_t j = n0 + n * 8 + 2 * t;  // this pair's keys: j, j + 1
-        uint32_t keep_bits = 3u;
-        if constexpr (kDrop == Drop::kOn) {
-          keep_bits =
-              row[r] < q_len && j < k_len
-                  ? flash::keep_pair(drop, static_cast<uint64_t>((bh * q_len + row[r]) * k_len + j))
-                  : 0u;
-        }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float keep = kDrop == Drop::kOn ? ((keep_bits >> h) & 1u ? drop.scale : 0.f) : 1.f;
-          float unused;
-          s[n][2 * r + h] = flash::recompute(
-              flash::attends<kMask>(row[r], j + h, q_len, k_len, pad), s[n][2 * r + h], scale2,
-              lse2[r], dp[n][2 * r + h], dot_r[r], keep, &unused);
-        }
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2, h = e % 2;
+        const bool on =
+            !masked || flash::attends<kMask>(row[r], n0 + n * 8 + 2 * t + h, q_len, k_len, pad);
+        const float keep = kDrop == Drop::kOn ? ((kb[n][r] >> h) & 1u ? drop.scale : 0.f) : 1.f;
+        float unused;
+        s[n][e] = flash::recompute(on, s[n][e], scale2, lse2[r], dp[n][e], dot_r[r], keep, &unused);
       }
     }
     flash::mma_pb<T, kD, kN, kStride>(dq, s, ks, lane);  // grad_q += dS·k (scaled below)

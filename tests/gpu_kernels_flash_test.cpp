@@ -29,9 +29,19 @@ const int64_t kHeadDims[] = {32, 64, 96, 128};
 struct Shape {
   int64_t batch, heads, q_len, k_len;
 };
-const Shape kShapes[] = {{2, 3, 1, 1},    {3, 2, 7, 7},    {2, 2, 63, 63}, {2, 2, 64, 64},
-                         {3, 2, 65, 65},  {2, 2, 77, 7},   {3, 1, 7, 77},  {2, 2, 77, 77},
-                         {2, 1, 33, 513}, {2, 1, 513, 513}};
+const Shape kShapes[] = {{2, 3, 1, 1},
+                         {3, 2, 7, 7},
+                         {2, 2, 63, 63},
+                         {2, 2, 64, 64},
+                         {3, 2, 65, 65},
+                         {2, 2, 77, 7},
+                         {3, 1, 7, 77},
+                         {2, 2, 77, 77},
+                         {2, 1, 33, 513},
+                         {2, 1, 513, 513},
+                         // k_len % 4 == 0: the dropout draws shared between threads
+                         {2, 2, 130, 128},
+                         {1, 3, 200, 196}};
 
 KernelInstance instance(Precision p, int64_t d, Mask m, bool drop) {
   return codegen::flash_fwd(p, {d, kern::has_padding(m), kern::has_causal(m), drop});

@@ -63,7 +63,13 @@ Tolerance fp32_tolerance() { return {2e-5, 2e-6, 2e-5}; }
     if (!(err <= max_err)) max_err = err;
   }
   const double rel_norm = ref_sq > 0 ? std::sqrt(err_sq / ref_sq) : std::sqrt(err_sq);
-  const double abs_norm = tol.abs * std::sqrt(static_cast<double>(got.size()));
+  // The absolute allowances (tol.abs, and the slacks where given) bound the error's norm too.
+  double abs_sq = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double a = tol.abs + (slack.empty() ? 0.0 : slack[i]);
+    abs_sq += a * a;
+  }
+  const double abs_norm = std::sqrt(abs_sq);
   const bool norm_ok =
       rel_norm <= tol.rnorm || std::sqrt(err_sq) <= abs_norm || (ref_sq == 0 && err_sq == 0);
   if (n_bad == 0 && norm_ok) return ::testing::AssertionSuccess();

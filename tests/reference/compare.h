@@ -40,7 +40,8 @@ Tolerance fp32_tolerance();
                                      std::span<const double> ref, const Tolerance& tol);
 
 // The same with an extra absolute allowance per element (`slack`, parallel to ref): an error the
-// element's conditioning explains (ref::adam_update_slack).
+// element's conditioning explains (ref::adam_update_slack, the fused attention's rounding points).
+// The allowances bound the error's norm as well as each element.
 ::testing::AssertionResult all_close(std::string_view name, std::span<const double> got,
                                      std::span<const double> ref, const Tolerance& tol,
                                      std::span<const double> slack);
