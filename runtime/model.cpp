@@ -106,6 +106,18 @@ void check_shape(const LayerStackSpec& s, const RunShape& shape, const std::stri
                     "least 1: a decoder layer attends to the encoder output",
                     where, shape.src_seq));
   }
+  // The fused attention never materializes the scores (the validator allows it only where its
+  // kernels run): no limit from them.
+  if (s.attention == AttentionBackend::kFused) {
+    // Its grids put batch·heads in y (flash_fwd_grid), at most 65535.
+    if (shape.batch * s.heads > 65535) {
+      throw Error(fmt::format(
+          "{}: the fused attention runs batch × heads = {} × {} = {} blocks in a grid dimension "
+          "of at most 65535; use a batch of at most {}",
+          where, shape.batch, s.heads, shape.batch * s.heads, 65535 / s.heads));
+    }
+    return;
+  }
   check_scores(s, shape, shape.seq, "self-attention", where);
   if (s.kind == LayerKind::kDecoder)
     check_scores(s, shape, shape.src_seq, "cross-attention", where);
