@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _hf, _native, _ops, _spec
+from . import _embedding, _hf, _native, _ops, _spec
 from ._errors import ArgumentError, ArgumentTypeError, Error, Unsupported, a_type
 from ._spec import DecoderConfig, EncoderConfig
 
@@ -329,7 +329,8 @@ def _extract(module: nn.Module):
         return CompiledTransformerEncoderLayer, _spec.from_torch_encoder_layer(module)
     if isinstance(module, nn.TransformerDecoderLayer):
         return CompiledTransformerDecoderLayer, _spec.from_torch_decoder_layer(module)
-    return _hf.extract(module)  # transformers' layers: BERT and the layers that run its code, GPT-2, ViT
+    found = _hf.extract(module)  # transformers' layers: BERT and the layers that run its code, GPT-2, ViT
+    return found if found is not None else _embedding.extract_hf(module)  # BERT's and RoBERTa's embeddings
 
 
 def _param_dtype(module: nn.Module) -> torch.dtype:
@@ -399,6 +400,18 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
             continue
         cls, config = found
         layer_dtype = dtype or _param_dtype(module)
+        if isinstance(config, _embedding.EmbeddingConfig):
+            issues = [f"{name or '<model>'}: {i}" for i in config.issues(layer_dtype)]
+            if issues:
+                report.append((name or "<model>", type(module).__name__, False, "\n  ".join(issues)))
+                continue
+            setattr(module, _STATE, _embedding.EmbeddingState(config, cache_dir))
+            module.__class__ = cls
+            report.append((name or "<model>", _base_name(module), True,
+                           f"{config.describe()}, on CUDA input_ids (position_ids, inputs_embeds or a cache "
+                           "length run PyTorch's implementation); runs in the parameters' dtype, or the "
+                           "autocast dtype; the dropout probability is read at each training call"))
+            continue
         state = _LayerState(config, layer_dtype, cache_dir, attention)
         issues = _compiler_issues(state, name)
         if issues:

@@ -6,9 +6,10 @@ from typing import Optional
 import torch
 
 from . import _compile, _spec
+from ._embedding import Embedding
 from ._errors import ArgumentError, Unsupported
 
-__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer"]
+__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Embedding"]
 
 
 # The activation names lightseq.nn takes -> what torch's layer is built with.

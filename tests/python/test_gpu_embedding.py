@@ -1,0 +1,133 @@
+"""lightseq.nn.Embedding on the GPU against its PyTorch function in float64 (the CPU tests tie that
+function to BERT's, RoBERTa's, GPT-2's and fairseq's embeddings): output and every table's
+gradient, fp32/fp16/bf16 and autocast; dropout's keep rate, scaling and gradient; bad tokens
+reported without a synchronizing call."""
+import copy
+
+import pytest
+import torch
+
+import lightseq
+
+pytestmark = pytest.mark.gpu
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRESETS = {
+    "bert": lambda: lightseq.nn.Embedding.bert(1000, 256, max_positions=64),
+    "roberta": lambda: lightseq.nn.Embedding.roberta(1000, 256, max_positions=70),
+    "gpt2": lambda: lightseq.nn.Embedding.gpt2(1001, 256, max_positions=64),
+    "fairseq": lambda: lightseq.nn.Embedding.fairseq(1000, 256, padding_idx=1, max_positions=70),
+    "fairseq_learned": lambda: lightseq.nn.Embedding.fairseq(1000, 256, padding_idx=1, max_positions=70,
+                                                             learned=True),
+}
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.double(), want.double()
+    assert torch.isfinite(got).all(), "non-finite values"
+    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
+def tokens_for(emb, batch=4, seq=48, seed=0):
+    c = emb.config
+    g = torch.Generator().manual_seed(seed)
+    tok = torch.randint(0, c.vocab, (batch, seq), generator=g)
+    tok[:, 0] = 7  # a repeated token: the deterministic scatter sums it in row order
+    if c.padding_idx is not None:
+        tok[tok == c.padding_idx] = c.padding_idx + 1
+        tok[0, -5:] = c.padding_idx
+        tok[1, :3] = c.padding_idx
+    return tok.cuda()
+
+
+def reference(emb, tok, types, grad):
+    """emb's PyTorch function in float64 on the same tables: output and parameter gradients."""
+    ref = copy.deepcopy(emb).double().eval()
+    y = ref.torch_forward(tok, types)
+    y.backward(grad.double())
+    return y, {n: p.grad for n, p in ref.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_matches_pytorch_in_float64(preset, dtype):
+    dtype = DTYPES[dtype]
+    torch.manual_seed(11)
+    emb = PRESETS[preset]().cuda().eval()
+    with torch.no_grad():
+        for p in emb.parameters():
+            p.normal_()
+    emb = emb.to(dtype)
+    tok = tokens_for(emb)
+    types = torch.randint(0, emb.config.token_types, tok.shape, device="cuda") if emb.config.token_types > 1 else None
+    y = emb(tok, types)
+    assert y.dtype == dtype and y.shape == (*tok.shape, 256)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    want, want_grads = reference(emb, tok, types, grad)
+    tol = TOL[dtype] * (4 if emb.config.layernorm else 1)
+    assert rel_err(y, want) <= tol, f"output: {rel_err(y, want):.3g}"
+    for name, p in emb.named_parameters():
+        e = rel_err(p.grad, want_grads[name])
+        assert e <= tol * 4, f"{name}.grad: relative error {e:.3g}"
+    pad = emb.config.padding_idx
+    if pad is not None:
+        assert emb.embed_tokens.weight.grad[pad].abs().max() == 0, "the padding token's row got a gradient"
+    emb.check_tokens()  # no bad tokens
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    torch.manual_seed(12)
+    emb = PRESETS["bert"]().cuda().eval()
+    tok = tokens_for(emb)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = emb(tok)
+    assert y.dtype == torch.bfloat16
+    want = emb.torch_forward(tok)
+    assert rel_err(y, want) <= 4 * TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "bert"])
+def test_dropout_keep_rate_scaling_and_gradient(preset):
+    """Training mode: about 1 - p of the elements kept, the kept ones scaled by 1/(1 - p), the
+    gradient through the same mask; the same torch seed gives the same mask."""
+    torch.manual_seed(13)
+    emb = PRESETS[preset]().cuda().train()
+    emb.dropout.p = 0.25
+    tok = tokens_for(emb, batch=8, seq=64)
+    torch.manual_seed(5)
+    y = emb(tok)
+    torch.manual_seed(5)
+    assert torch.equal(emb(tok), y), "the same seed must give the same mask"
+    base = emb.eval().torch_forward(tok).detach()
+    emb.train()
+    keep = (y != 0).double()
+    rate = keep.mean().item()
+    assert abs(rate - 0.75) < 0.01, f"keep rate {rate:.4f}, expected 0.75"
+    torch.testing.assert_close(y.double(), base.double() * keep / 0.75, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    got = {n: p.grad.clone() for n, p in emb.named_parameters()}
+    ref = copy.deepcopy(emb).double()
+    ref.zero_grad()
+    (ref.eval().torch_forward(tok) * keep / 0.75).backward(grad.double())
+    for name, p in ref.named_parameters():
+        assert rel_err(got[name], p.grad) <= 1e-5, name
+
+
+def test_bad_tokens_are_reported_without_a_sync():
+    emb = PRESETS["gpt2"]().cuda()
+    tok = tokens_for(emb)
+    tok[2, 5] = 5000  # outside the vocabulary
+    y = emb(tok)  # no error yet: the flag is copied to the host asynchronously
+    assert y[2, 5].abs().max() == 0, "a bad token gives a zero row"
+    with pytest.raises(lightseq.ArgumentError, match=r"outside \[0, 1001\)"):
+        emb.check_tokens()
+    tok[2, 5] = 3
+    emb(tok)
+    emb.check_tokens()  # reported once; the next good call is fine
+    long = torch.zeros(1, 65, dtype=torch.long, device="cuda")
+    emb(long)
+    with pytest.raises(lightseq.ArgumentError, match="max_positions 64"):
+        emb.check_tokens()
