@@ -134,28 +134,31 @@ class PyLayer {
   }
   std::vector<py::tuple> saved_slots() const { return slot_tuples(exec_->saved_slots()); }
 
-  // args: a device pointer (0: null) per forward manifest entry, in order.
+  // args: a device pointer (0: null) per forward manifest entry, in order. rng: the device address
+  // of two uint64, the dropout seed and offset, read by the kernels when they run (graph-safe:
+  // a captured call replays with what is there at replay), or 0 for `seed` and `offset`.
   void forward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
-               const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t saved_arena,
-               uintptr_t stream, const py::function& alloc) {
+               const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t rng,
+               uintptr_t saved_arena, uintptr_t stream, const py::function& alloc) {
     const RunShape shape{batch, seq, src_seq};
     model_->check_run_shape(name_, shape);
     CallbackArena arena(alloc, &forward_hint_);
     ScopedContext ctx(model_->device());
-    exec_->forward_at(pointers(args), shape, dropout(p, seed, offset), arena,
+    exec_->forward_at(pointers(args), shape, dropout(p, seed, offset, rng), arena,
                       reinterpret_cast<CUstream>(stream), ptr<void>(saved_arena));
   }
 
   // args: a device pointer per backward manifest entry, in order; accumulate: parameter gradients
   // `+=` instead of `=`.
   void backward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
-                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t saved_arena,
-                bool accumulate, uintptr_t stream, const py::function& alloc) {
+                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t rng,
+                uintptr_t saved_arena, bool accumulate, uintptr_t stream,
+                const py::function& alloc) {
     const RunShape shape{batch, seq, src_seq};
     model_->check_run_shape(name_, shape);
     CallbackArena arena(alloc, &backward_hint_);
     ScopedContext ctx(model_->device());
-    exec_->backward_at(pointers(args), ptr<void>(saved_arena), shape, dropout(p, seed, offset),
+    exec_->backward_at(pointers(args), ptr<void>(saved_arena), shape, dropout(p, seed, offset, rng),
                        accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena,
                        reinterpret_cast<CUstream>(stream));
   }
@@ -168,14 +171,20 @@ class PyLayer {
   }
   // p: the probabilities of the attention, activation, hidden, embedding and attention-output
   // dropout sites.
-  static DropoutConfig dropout(const std::vector<double>& p, uint64_t seed, uint64_t offset) {
+  static DropoutConfig dropout(const std::vector<double>& p, uint64_t seed, uint64_t offset,
+                               uintptr_t rng) {
     if (p.size() != 5) {
       throw Error(
           fmt::format("dropout: 5 probabilities (attention, activation, hidden, embedding, "
                       "attention output), got {}",
                       p.size()));
     }
-    return DropoutConfig{p[0], p[1], p[2], p[3], p[4], seed, offset};
+    if (rng % alignof(uint64_t) != 0) {
+      throw Error(fmt::format("dropout: the seed/offset address {:#x} is not 8-byte aligned", rng));
+    }
+    const auto* words = ptr<const uint64_t>(rng);
+    return DropoutConfig{
+        p[0], p[1], p[2], p[3], p[4], seed, offset, words, words != nullptr ? words + 1 : nullptr};
   }
 
   std::shared_ptr<CompiledModel> model_;

@@ -2,7 +2,7 @@
 `lightseq::layer_bwd`, tied together by autograd. A layer is bound by its manifest (the C++
 LayerExecutor's calling convention: each tensor's name, role, shape in B/T/S, dtype), so a new layer
 kind needs no code here. Everything the backward needs travels through autograd (the saved-activation
-arena is a uint8 tensor, the dropout seed/offset a CPU int64 tensor), so activation checkpointing,
+arena is a uint8 tensor, the dropout seed/offset a device int64 tensor), so activation checkpointing,
 calling a layer twice and torch.compile all work.
 
 Compiled layers live in a process-wide registry keyed by (spec, device, cache directory, layer
@@ -20,9 +20,6 @@ from torch import Tensor
 from . import _native, _spec
 from ._errors import ArgumentError
 
-# Each call of a dropout-enabled layer advances torch's CUDA generator by this much (the C++
-# runtime's kDropoutOffsetStride): the layer's dropout sites draw at offset + site.
-DROPOUT_OFFSET_STRIDE = 16
 _ARENA_ALIGN = 256
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64, "uint8": torch.uint8, "int32": torch.int32}
@@ -124,14 +121,6 @@ def _saved_bytes(lay: Layer, batch, seq, src_seq):
     return total
 
 
-def _u64_to_i64(v: int) -> int:
-    return v - (1 << 64) if v >= (1 << 63) else v
-
-
-def _i64_to_u64(v: int) -> int:
-    return v + (1 << 64) if v < 0 else v
-
-
 def _allocator(device: torch.device):
     keep: List[Tensor] = []
 
@@ -144,13 +133,17 @@ def _allocator(device: torch.device):
 
 
 def _draw_rng(device: torch.device, dropout: bool) -> Tensor:
-    """(seed, offset) from torch's CUDA generator, advanced past this call's draws."""
+    """The call's dropout seed and offset: two random int64 on the device, drawn from torch's CUDA
+    generator by torch.randint (graph-safe: under CUDA graph capture each replay draws afresh, as
+    PyTorch's own dropout does; torch.manual_seed makes runs reproducible). The kernels read them
+    where they run; nothing is copied to the host. Without dropout: two unused words."""
     if not dropout:
-        return torch.zeros(2, dtype=torch.int64)
-    gen = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
-    seed, offset = gen.initial_seed(), gen.get_offset()
-    gen.set_offset(offset + DROPOUT_OFFSET_STRIDE)
-    return torch.tensor([_u64_to_i64(seed), offset], dtype=torch.int64)
+        return torch.empty(2, dtype=torch.int64, device=device)
+    return torch.randint(0, 1 << 62, (2,), dtype=torch.int64, device=device)
+
+
+def _rng_ptr(rng: Tensor, p: Sequence[float]) -> int:
+    return rng.data_ptr() if any(q > 0 for q in p) else 0
 
 
 def _aligned(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -226,11 +219,10 @@ def layer_fwd(args: List[Tensor], layer_id: int, dims: List[int],
     outs = [_new(e, dims, device) for e in lay.fwd_outputs()]
     saved = torch.empty(_saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
     rng = _draw_rng(device, any(q > 0 for q in p))
-    seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
     it_in, it_out = iter(args), iter(outs)
     ordered = [next(it_out) if e.role == "output" else next(it_in) for e in lay.forward]
     alloc, _keep = _allocator(device)
-    lay.handle.forward(_ptrs(ordered), *dims, _p5(p), seed, offset, saved.data_ptr(),
+    lay.handle.forward(_ptrs(ordered), *dims, _p5(p), 0, 0, _rng_ptr(rng, p), saved.data_ptr(),
                        torch.cuda.current_stream(device).cuda_stream, alloc)
     return outs, saved, rng
 
@@ -240,7 +232,8 @@ def _layer_fwd_fake(args, layer_id, dims, p):
     lay = _layers[layer_id]
     like = next(a for a in args if a is not None and a.numel() > 0)
     outs = [like.new_empty(_size(e.shape, *dims), dtype=e.dtype) for e in lay.fwd_outputs()]
-    return outs, like.new_empty((_saved_bytes(lay, *dims),), dtype=torch.uint8), torch.empty(2, dtype=torch.int64)
+    return (outs, like.new_empty((_saved_bytes(lay, *dims),), dtype=torch.uint8),
+            like.new_empty((2,), dtype=torch.int64))
 
 
 @torch.library.custom_op("lightseq::layer_bwd", mutates_args=())
@@ -253,11 +246,10 @@ def layer_bwd(args: List[Tensor], saved: Tensor, rng: Tensor, layer_id: int, dim
     device = _check_args("layer_bwd", lay, lay.bwd_inputs(), args, dims)
     args = [_aligned(a) if a.numel() > 0 and a.dtype in (torch.bool, torch.uint8) else a for a in args]
     outs = [_new(e, dims, device) for e in lay.bwd_outputs()]
-    seed, offset = (_i64_to_u64(int(v)) for v in rng.tolist())
     it_in, it_out = iter(args), iter(outs)
     ordered = [next(it_out) if e.role in ("grad_output", "param_grad") else next(it_in) for e in lay.backward]
     alloc, _keep = _allocator(device)
-    lay.handle.backward(_ptrs(ordered), *dims, _p5(p), seed, offset, saved.data_ptr(), False,
+    lay.handle.backward(_ptrs(ordered), *dims, _p5(p), 0, 0, _rng_ptr(rng, p), saved.data_ptr(), False,
                         torch.cuda.current_stream(device).cuda_stream, alloc)
     return outs
 
