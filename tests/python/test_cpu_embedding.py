@@ -187,3 +187,34 @@ def test_embeddings_lightseq_cannot_prove_are_explained():
     if bad is not None:
         lightseq.compile(bad)
         assert "position_embedding_type 'relative_key'" in lightseq.explain(bad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_cross_entropy_on_cpu_is_torchs(reduction):
+    """lightseq.nn.LinearCrossEntropyLoss's definition is torch's cross_entropy of hidden · Wᵀ
+    (label smoothing, ignore_index, reduction), which CPU inputs run."""
+    torch.manual_seed(5)
+    h, w = torch.randn(3, 7, 16, requires_grad=True), torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (3, 7))
+    t[0, :2] = -100
+    loss_fn = lightseq.nn.LinearCrossEntropyLoss(label_smoothing=0.1, reduction=reduction)
+    got = loss_fn(h, w, t)
+    want = torch.nn.functional.cross_entropy((h @ w.t()).reshape(-1, 50), t.reshape(-1), label_smoothing=0.1,
+                                             reduction=reduction)
+    torch.testing.assert_close(got, want.view(t.shape) if reduction == "none" else want)
+
+
+def test_linear_cross_entropy_arguments():
+    with pytest.raises(lightseq.ArgumentError, match="reduction='avg'"):
+        lightseq.nn.LinearCrossEntropyLoss(reduction="avg")
+    loss_fn = lightseq.nn.LinearCrossEntropyLoss()
+    with pytest.raises(lightseq.ArgumentError, match=r"\[vocab, hidden\]"):
+        loss_fn(torch.randn(2, 8), torch.randn(10, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(lightseq.ArgumentError, match="targets must be integers"):
+        loss_fn(torch.randn(2, 8), torch.randn(10, 8), torch.zeros(3, dtype=torch.long))
+    try:
+        lightseq._native.extension()
+    except lightseq.Error:
+        return
+    with pytest.raises(lightseq.SpecError, match="criterion.label_smoothing"):
+        lightseq.nn.LinearCrossEntropyLoss(label_smoothing=1.5)

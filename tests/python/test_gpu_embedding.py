@@ -131,3 +131,44 @@ def test_bad_tokens_are_reported_without_a_sync():
     emb(long)
     with pytest.raises(lightseq.ArgumentError, match="max_positions 64"):
         emb.check_tokens()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("chunk_mib", [256, 1])
+def test_linear_cross_entropy_matches_pytorch_in_float64(dtype, reduction, chunk_mib):
+    """lightseq.nn.LinearCrossEntropyLoss against cross_entropy(hidden · Wᵀ) in float64: the loss and
+    the gradients of hidden and W, with label smoothing, ignored targets and an upstream gradient
+    other than 1; chunk_mib 1 runs the logits in many chunks of rows (vocab 32000: 16 rows each in
+    bf16)."""
+    dtype = DTYPES[dtype]
+    torch.manual_seed(21)
+    h = torch.randn(4, 50, 256, device="cuda").to(dtype).requires_grad_(True)
+    w = (torch.randn(32000, 256, device="cuda") * 0.05).to(dtype).requires_grad_(True)
+    t = torch.randint(0, 32000, (4, 50), device="cuda")
+    t[0, -7:] = 1
+    loss_fn = lightseq.nn.LinearCrossEntropyLoss(ignore_index=1, label_smoothing=0.1, reduction=reduction,
+                                                 logits_chunk_mib=chunk_mib)
+    loss = loss_fn(h, w, t)
+    (loss * 3).backward()
+    h64, w64 = h.detach().double().requires_grad_(True), w.detach().double().requires_grad_(True)
+    want = torch.nn.functional.cross_entropy((h64 @ w64.t()).reshape(-1, 32000), t.reshape(-1), ignore_index=1,
+                                             label_smoothing=0.1, reduction=reduction)
+    (want * 3).backward()
+    tol = TOL[dtype] * 4
+    assert abs(loss.item() - want.item()) <= tol * abs(want.item()), (loss.item(), want.item())
+    assert rel_err(h.grad, h64.grad) <= tol, rel_err(h.grad, h64.grad)
+    assert rel_err(w.grad, w64.grad) <= tol, rel_err(w.grad, w64.grad)
+    loss_fn.check_targets()
+
+
+def test_linear_cross_entropy_bad_targets_are_reported():
+    loss_fn = lightseq.nn.LinearCrossEntropyLoss()
+    h = torch.randn(6, 64, device="cuda")
+    w = torch.randn(100, 64, device="cuda")
+    t = torch.tensor([1, 2, 3, 100, -100, 5], device="cuda")
+    loss = loss_fn(h, w, t)
+    want = torch.nn.functional.cross_entropy(h @ w.t(), torch.tensor([1, 2, 3, -100, -100, 5], device="cuda"))
+    torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-4)  # the bad target counted as ignored
+    with pytest.raises(lightseq.ArgumentError, match="outside"):
+        loss_fn.check_targets()

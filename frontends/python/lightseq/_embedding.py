@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _native, _ops, _spec
+from ._flags import ErrorFlags
 from ._errors import ArgumentError, ArgumentTypeError, Error, SpecError, Unsupported, a_type
 
 _POSITIONS = ("learned", "sinusoidal")
@@ -136,7 +137,7 @@ class Embedding(nn.Module):
         if layernorm:
             self.layernorm = nn.LayerNorm(hidden, eps=eps, **kw)
         self.dropout = nn.Dropout(dropout)
-        self._bad = BadTokens()  # earlier calls' bad-token flags, read without synchronizing
+        self._bad = ErrorFlags()  # earlier calls' bad-token flags, read without synchronizing
         self._check_spec(dtype or torch.get_default_dtype())
 
     # ---- presets ---------------------------------------------------------------------------------
@@ -217,12 +218,7 @@ class Embedding(nn.Module):
 
     def check_tokens(self) -> None:
         """Waits for the calls so far and raises lightseq.ArgumentError if one had a bad token."""
-        self._bad.check(self.config, "lightseq.nn.Embedding", wait=True)
-
-    def __getstate__(self):  # copies and pickles leave the pending flags (CUDA events) behind
-        state = dict(self.__dict__)
-        state["_bad"] = BadTokens()
-        return state
+        self._bad.check(bad_token_message(self.config, "lightseq.nn.Embedding"), wait=True)
 
     # ---- PyTorch's implementation (CPU inputs; the reference of the tests) ------------------------
     def positions_of(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -256,48 +252,19 @@ class Embedding(nn.Module):
         return x
 
 
-class BadTokens:
-    """The bad-token flags of earlier calls, copied to pinned host memory without synchronizing and
-    read once their copy is done: a bad token is reported by a later call (or check(wait=True))."""
-
-    def __init__(self):
-        self.pending = []  # (event, pinned flag)
-
-    def watch(self, flag: torch.Tensor) -> None:
-        if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
-            return  # no host copies while tracing or capturing
-        host = torch.empty(1, dtype=flag.dtype, pin_memory=True)
-        host.copy_(flag, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self.pending.append((event, host))
-
-    def check(self, c: EmbeddingConfig, where: str, wait: bool = False) -> None:
-        if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
-            return
-        keep, bad = [], False
-        for event, host in self.pending:
-            if wait:
-                event.synchronize()
-            elif not event.query():
-                keep.append((event, host))
-                continue
-            bad = bad or int(host[0]) != 0
-        self.pending = [] if bad else keep
-        if bad:
-            raise ArgumentError(
-                f"{where}: an earlier call had a token id outside [0, {c.vocab}), a position at or past "
-                f"max_positions {c.max_positions}"
-                + (f" or a token type outside [0, {c.token_types})" if c.token_types else "")
-                + "; its rows were zero. Check the tokenizer's vocabulary and the sequence lengths "
-                "(check_tokens() after each call finds the call)")
+def bad_token_message(c: EmbeddingConfig, where: str) -> str:
+    return (f"{where}: an earlier call had a token id outside [0, {c.vocab}), a position at or past "
+            f"max_positions {c.max_positions}"
+            + (f" or a token type outside [0, {c.token_types})" if c.token_types else "")
+            + "; its rows were zero. Check the tokenizer's vocabulary and the sequence lengths "
+            "(check_tokens() after each call finds the call)")
 
 
 def run(c: EmbeddingConfig, weights: dict, tokens: torch.Tensor, token_types: Optional[torch.Tensor], p: float,
-        param_dtype: torch.dtype, cache_dir: Optional[str], bad: BadTokens, where: str) -> torch.Tensor:
+        param_dtype: torch.dtype, cache_dir: Optional[str], bad: ErrorFlags, where: str) -> torch.Tensor:
     """The compiled embedding on CUDA tokens [B, T] (weights by the layer graph's names): [B, T,
     hidden] in the autocast dtype under autocast, else the parameters' dtype."""
-    bad.check(c, where)
+    bad.check(bad_token_message(c, where))
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else param_dtype
     device = tokens.device.index if tokens.device.index is not None else torch.cuda.current_device()
     lid = _layer_for(_spec.spec_json(c.spec(dtype, p)), device, cache_dir)
@@ -335,7 +302,7 @@ class EmbeddingState:
 
     def __init__(self, config: EmbeddingConfig, cache_dir: Optional[str]):
         self.config, self.cache_dir = config, cache_dir
-        self.bad = BadTokens()
+        self.bad = ErrorFlags()
 
     def __getstate__(self):
         return {"config": self.config, "cache_dir": self.cache_dir}
@@ -423,7 +390,7 @@ def compiled_hf_class(base: type) -> type:
 
     def check_tokens(self):
         state = getattr(self, _compile._STATE)
-        state.bad.check(state.config, f"lightseq-compiled {base.__name__}", wait=True)
+        state.bad.check(bad_token_message(state.config, f"lightseq-compiled {base.__name__}"), wait=True)
 
     name = "Compiled" + base.__name__
     cls = type(name, (base,), {"__doc__": f"A transformers {base.__name__} running lightseq's embedding kernels.",

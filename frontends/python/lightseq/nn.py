@@ -7,9 +7,10 @@ import torch
 
 from . import _compile, _spec
 from ._embedding import Embedding
+from ._loss import LinearCrossEntropyLoss
 from ._errors import ArgumentError, Unsupported
 
-__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Embedding"]
+__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Embedding", "LinearCrossEntropyLoss"]
 
 
 # The activation names lightseq.nn takes -> what torch's layer is built with.

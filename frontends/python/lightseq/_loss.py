@@ -1,0 +1,162 @@
+"""lightseq.nn.LinearCrossEntropyLoss: the output projection and a label-smoothed softmax
+cross-entropy fused (the spec's `criterion` over an untied projection, docs/spec.md): the logits
+are computed, used and differentiated in chunks of rows (at most `logits_chunk_mib` MiB each) and
+never exist whole. The forward computes the gradients too (as fused linear + cross-entropy losses
+do); the backward only scales them by the incoming gradient, on the device.
+
+    loss_fn = lightseq.nn.LinearCrossEntropyLoss(label_smoothing=0.1, ignore_index=pad)
+    loss = loss_fn(hidden, lm_head.weight, targets)   # = F.cross_entropy(hidden @ W.T, targets, ...)
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import _native, _ops, _spec
+from ._flags import ErrorFlags
+from ._errors import ArgumentError, ArgumentTypeError, Error, SpecError, a_type
+
+_REDUCTIONS = ("mean", "sum")
+
+
+def _spec_json(vocab: int, hidden: int, dtype: torch.dtype, label_smoothing: float, ignore_index: int,
+               chunk_mib: int) -> str:
+    # The criterion needs the embedding section for its vocabulary; the projection is its own
+    # (tie_output false). The embedding layer is compiled but never run here.
+    return _spec.spec_json({
+        "name": "lightseq-linear-cross-entropy", "precision": _spec.dtype_name(dtype),
+        "embedding": {"vocab": vocab, "hidden": hidden, "tie_output": False},
+        "criterion": {"type": "cross_entropy", "label_smoothing": label_smoothing, "ignore_index": ignore_index,
+                      "logits_chunk_mib": chunk_mib}})
+
+
+@torch._dynamo.assume_constant_result
+def _criterion_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
+    return _ops.layer_id(spec_json, device, cache_dir, "criterion")
+
+
+@torch.library.custom_op("lightseq::linear_cross_entropy", mutates_args=())
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, layer_id: int,
+                         reduction: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, grad_hidden, grad_weight, n_tokens, bad_target) of the criterion layer `layer_id`
+    on hidden [N, H], weight [V, H], targets [N]: the loss reduced ('mean' over the counted
+    targets, or 'sum'), and the gradients of the 'mean' loss."""
+    lay = _ops.layer(layer_id)
+    n, dims = hidden.shape[0], [hidden.shape[0], 1, 0]  # one row per "sequence": chunks of rows
+    device = hidden.device
+    named = {"decoder_out": hidden, "targets": targets.view(n, 1), "output_projection.weight": weight,
+             "loss_scale": torch.ones(1, dtype=torch.float32, device=device)}
+    outs = {e.name: _ops._new(e, dims, device) for e in lay.forward if e.role in ("output", "grad_output",
+                                                                                    "param_grad")}
+    ordered = [outs[e.name] if e.name in outs else named[e.name] for e in lay.forward]
+    alloc, _keep = _ops._allocator(device)
+    saved = torch.empty(_ops._saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
+    lay.handle.forward(_ops._ptrs(ordered), *dims, [0.0] * 5, 0, 0, 0, saved.data_ptr(),
+                       torch.cuda.current_stream(device).cuda_stream, alloc)
+    total = outs["loss"].sum()
+    loss = total / outs["n_tokens"][0] if reduction == "mean" else total
+    return (loss, outs["grad_decoder_out"], outs["grad.output_projection.weight"], outs["n_tokens"],
+            outs["bad_target"])
+
+
+@linear_cross_entropy.register_fake
+def _fake(hidden, weight, targets, layer_id, reduction):
+    return (hidden.new_empty((), dtype=torch.float32), torch.empty_like(hidden), torch.empty_like(weight),
+            hidden.new_empty((1,), dtype=torch.float32), hidden.new_empty((1,), dtype=torch.int32))
+
+
+def _setup(ctx, inputs, output):
+    _hidden, _weight, _targets, _lid, reduction = inputs
+    _loss, gh, gw, n_tokens, bad = output
+    ctx.save_for_backward(gh, gw, n_tokens)
+    ctx.reduction = reduction
+    ctx.mark_non_differentiable(gh, gw, n_tokens, bad)
+
+
+def _backward(ctx, g_loss, _g_h, _g_w, _g_n, _g_bad):
+    gh, gw, n_tokens = ctx.saved_tensors
+    scale = g_loss.float() * (n_tokens[0] if ctx.reduction == "sum" else 1.0)
+    return (gh * scale).to(gh.dtype), (gw * scale).to(gw.dtype), None, None, None
+
+
+torch.library.register_autograd("lightseq::linear_cross_entropy", _backward, setup_context=_setup)
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """loss = cross_entropy(hidden · weightᵀ, targets, ignore_index=, label_smoothing=,
+    reduction=) with the projection and the loss fused in chunks of rows (the [N, vocab] logits
+    never exist whole). forward(hidden [..., H], weight [V, H], targets [...]) -> a float32 scalar.
+    reduction 'mean' (over the targets that are not ignore_index, as torch) or 'sum'; 'none' runs
+    PyTorch's implementation. The same definition as torch.nn.functional.cross_entropy; hidden and
+    weight in float32, float16 or bfloat16 (weight is cast to hidden's dtype, as under autocast).
+    Targets outside [0, V) other than ignore_index count as ignored and are reported by a
+    lightseq.ArgumentError at a later call (read without synchronizing) or by check_targets()."""
+
+    def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
+                 logits_chunk_mib: int = 256, cache_dir: Optional[str] = None):
+        super().__init__()
+        if reduction not in _REDUCTIONS + ("none",):
+            raise ArgumentError(f"lightseq.nn.LinearCrossEntropyLoss: reduction={reduction!r}; give 'mean', "
+                                "'sum' or 'none'")
+        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+            raise ArgumentTypeError(f"lightseq.nn.LinearCrossEntropyLoss: ignore_index is {a_type(ignore_index)}, "
+                                    "not an int")
+        self.ignore_index, self.label_smoothing, self.reduction = ignore_index, float(label_smoothing), reduction
+        self.logits_chunk_mib, self.cache_dir = logits_chunk_mib, cache_dir
+        self._bad = ErrorFlags()  # earlier calls' bad-target flags
+        try:
+            C = _native.extension()
+        except Error:
+            return
+        issues = C.spec_issues(_spec_json(8, 8, torch.float32, self.label_smoothing, ignore_index, logits_chunk_mib))
+        issues = [i for i in issues if i[0].startswith("criterion")]
+        if issues:
+            raise SpecError("lightseq.nn.LinearCrossEntropyLoss: " + "; ".join(f"{p} = {v}: {m}" for p, v, m in issues))
+
+    def extra_repr(self) -> str:
+        return (f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing:g}, "
+                f"reduction={self.reduction!r}, logits_chunk_mib={self.logits_chunk_mib}")
+
+    def torch_forward(self, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+        """The same function in PyTorch (CPU inputs, reduction='none', the tests' reference)."""
+        logits = hidden.reshape(-1, hidden.shape[-1]) @ weight.to(hidden.dtype).t()
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets.reshape(-1), ignore_index=self.ignore_index,
+                                                 label_smoothing=self.label_smoothing, reduction=self.reduction)
+        return loss.view(targets.shape) if self.reduction == "none" else loss
+
+    def forward(self, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+        for name, t in (("hidden", hidden), ("weight", weight), ("targets", targets)):
+            if not isinstance(t, Tensor):
+                raise ArgumentTypeError(f"lightseq.nn.LinearCrossEntropyLoss: {name} is {a_type(t)}, not a tensor")
+        if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
+            raise ArgumentError(f"lightseq.nn.LinearCrossEntropyLoss: weight {tuple(weight.shape)} must be "
+                                f"[vocab, hidden] with hidden = hidden's last dimension {hidden.shape[-1]}")
+        if targets.shape != hidden.shape[:-1] or targets.dtype not in (torch.int64, torch.int32):
+            raise ArgumentError(f"lightseq.nn.LinearCrossEntropyLoss: targets must be integers of shape "
+                                f"{tuple(hidden.shape[:-1])} (hidden's without its last dimension), got "
+                                f"{targets.dtype} {tuple(targets.shape)}")
+        if hidden.device.type != "cuda" or self.reduction == "none":
+            return self.torch_forward(hidden, weight, targets)
+        if weight.device != hidden.device or targets.device != hidden.device:
+            raise ArgumentError("lightseq.nn.LinearCrossEntropyLoss: hidden, weight and targets must be on one device")
+        self._bad.check(self._message())
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else hidden.dtype
+        vocab, h = weight.shape
+        device = hidden.device.index if hidden.device.index is not None else torch.cuda.current_device()
+        lid = _criterion_for(_spec_json(vocab, h, dtype, self.label_smoothing, self.ignore_index,
+                                        self.logits_chunk_mib), device, self.cache_dir)
+        loss, _gh, _gw, _n, bad = torch.ops.lightseq.linear_cross_entropy(
+            hidden.reshape(-1, h).to(dtype).contiguous(), weight.to(dtype).contiguous(),
+            targets.reshape(-1).long().contiguous(), lid, self.reduction)
+        self._bad.watch(bad)
+        return loss
+
+    def _message(self) -> str:
+        return (f"lightseq.nn.LinearCrossEntropyLoss: an earlier call had a target outside [0, vocab) that is "
+                f"not ignore_index {self.ignore_index}; it counted as ignored")
+
+    def check_targets(self) -> None:
+        """Waits for the calls so far and raises lightseq.ArgumentError if one had a bad target."""
+        self._bad.check(self._message(), wait=True)
