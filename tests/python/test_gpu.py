@@ -601,13 +601,14 @@ def test_make_graphed_callables():
     torch.manual_seed(98)
     layer = nn.TransformerEncoderLayer(128, 4, 256, dropout=0.0, batch_first=True).cuda()
     lightseq.compile(layer)
-    x = torch.randn(4, 32, 128, device="cuda", requires_grad=True)
+    eager = copy.deepcopy(layer)  # the reference runs on a copy: no autograd node of the graphed
+    x = torch.randn(4, 32, 128, device="cuda", requires_grad=True)  # module's parameters outlives it
     g = torch.randn(4, 32, 128, device="cuda")
-    y0 = layer(x)
+    x0 = x.detach().clone().requires_grad_(True)
+    y0 = eager(x0)
     y0.backward(g)
-    want_dx, want_w = x.grad.clone(), layer.linear2.weight.grad.clone()
+    want_dx, want_w, y0 = x0.grad, eager.linear2.weight.grad, y0.detach()
     graphed = torch.cuda.make_graphed_callables(layer, (x,))
-    x.grad = None
     layer.zero_grad()
     y1 = graphed(x)
     y1.backward(g)
