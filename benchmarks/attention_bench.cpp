@@ -19,6 +19,7 @@
 
 #include "common/philox.cuh"
 #include "compiler/codegen/program.h"
+#include "compiler/compiler.h"
 #include "compiler/errors.h"
 #include "compiler/ir/kernel.h"
 #include "compiler/nvrtc/nvrtc_compiler.h"
@@ -130,14 +131,7 @@ int main(int argc, char** argv) {
     std::vector<KernelModule> modules;
     std::map<std::string, CUfunction> fns;
     for (const ProgramSource& prog : codegen::generate_programs(all, p)) {
-      const CompiledProgram c = compile_program(prog, arch);
-      CacheEntry entry;
-      entry.program = prog.name;
-      entry.arch = c.arch;
-      entry.is_ptx = c.is_ptx;
-      entry.labels = prog.labels;
-      entry.lowered_names = c.lowered_names;
-      entry.image = c.image;
+      const CacheEntry entry = to_cache_entry(prog, compile_program(prog, arch));
       modules.emplace_back(entry, 0);
       for (const std::string& label : prog.labels) fns[label] = modules.back().function(label);
     }

@@ -15,6 +15,15 @@
 
 namespace lightseq {
 
+CacheEntry to_cache_entry(const ProgramSource& program, CompiledProgram compiled) {
+  return CacheEntry{program.name,
+                    compiled.arch,
+                    compiled.is_ptx,
+                    program.labels,
+                    std::move(compiled.lowered_names),
+                    std::move(compiled.image)};
+}
+
 namespace {
 double since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -66,10 +75,7 @@ BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptio
         std::optional<CacheEntry> entry = cache.get(key);
         const bool hit = entry.has_value();
         if (!hit) {
-          CompiledProgram c = compile_program(*t.program, t.arch);
-          entry = CacheEntry{
-              t.program->name,   c.arch, c.is_ptx, t.program->labels, std::move(c.lowered_names),
-              std::move(c.image)};
+          entry = to_cache_entry(*t.program, compile_program(*t.program, t.arch));
           cache.put(key, *entry);
           ++compiled;
         } else {

@@ -27,6 +27,9 @@ struct BuildOptions {
   std::function<void(const BuildProgress&)> on_progress;  // called under a lock, in any thread
 };
 
+// What the cache keeps of one NVRTC compile of `program`: its name, labels, lowered names, image.
+CacheEntry to_cache_entry(const ProgramSource& program, CompiledProgram compiled);
+
 // One compiled program for one arch, with its kernels' lowered names.
 struct CompiledModule {
   std::string key;

@@ -56,25 +56,6 @@ __device__ __forceinline__ uint32_t pack_float(float lo, float hi) {
   return pack<T>(from_float<T>(lo), from_float<T>(hi));
 }
 
-// Rows [row0, row0 + kRows) of a [rows, kD] head into shared memory (row stride kD + kPad),
-// zeros past `rows`: 16-byte vectors, all threads of the block.
-template <typename T, int kD, int kRows, int kStride>
-__device__ __forceinline__ void load_tile(T* smem, const T* src, int64_t row0, int64_t rows) {
-  constexpr int kVec = 16 / sizeof(T);
-  constexpr int kVecsPerRow = kD / kVec;
-  for (int i = threadIdx.x; i < kRows * kVecsPerRow; i += blockDim.x) {
-    const int r = i / kVecsPerRow, c = (i % kVecsPerRow) * kVec;
-    Vec<T, kVec> v;
-    if (row0 + r < rows) {
-      v = load_vec<kVec>(src + (row0 + r) * kD + c);
-    } else {
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) v.v[e] = from_float<T>(0.f);
-    }
-    store_vec<kVec>(smem + r * kStride + c, v);
-  }
-}
-
 // A shared-memory address as the 32-bit operand of ldmatrix / cp.async.
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));

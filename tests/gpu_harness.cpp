@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "compiler/codegen/program.h"
+#include "compiler/compiler.h"
 #include "compiler/errors.h"
 #include "compiler/nvrtc/nvrtc_compiler.h"
 #include "runtime/cuda_check.h"
@@ -102,13 +103,7 @@ void prepare_kernels(const std::vector<KernelInstance>& kernels) {
   for (size_t i = 0; i < chunks.size(); ++i) {
     if (!errors[i]) {
       try {
-        CacheEntry entry;
-        entry.program = sources[i].name;
-        entry.arch = compiled[i].arch;
-        entry.is_ptx = compiled[i].is_ptx;
-        entry.labels = sources[i].labels;
-        entry.lowered_names = compiled[i].lowered_names;
-        entry.image = compiled[i].image;
+        const CacheEntry entry = to_cache_entry(sources[i], std::move(compiled[i]));
         auto module = std::make_unique<KernelModule>(entry, 0);
         for (const std::string& label : entry.labels)
           reg.functions[label] = module->function(label);

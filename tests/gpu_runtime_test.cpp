@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "compiler/compiler.h"
 #include "compiler/errors.h"
 #include "compiler/nvrtc/nvrtc_compiler.h"
 #include "runtime/gemm.h"
@@ -43,17 +44,6 @@ __global__ void reverse_smem_kernel(T* y, int n) {
   p.name_expressions = {"&lightseq::kern::axpb_kernel<float>",
                         "&lightseq::kern::reverse_smem_kernel<float>"};
   return p;
-}
-
-CacheEntry to_entry(const ProgramSource& source, const CompiledProgram& compiled) {
-  CacheEntry e;
-  e.program = source.name;
-  e.arch = compiled.arch;
-  e.is_ptx = compiled.is_ptx;
-  e.labels = source.labels;
-  e.lowered_names = compiled.lowered_names;
-  e.image = compiled.image;
-  return e;
 }
 
 std::string device_arch_string(int device) { return "sm_" + std::to_string(device_arch(device)); }
@@ -160,7 +150,7 @@ TEST_F(GpuRuntime, AllocationFailureNamesTheByteCount) {
 TEST_F(GpuRuntime, ModuleLoadsAndLaunchesAnNvrtcKernel) {
   const ProgramSource source = test_program();
   const CompiledProgram compiled = compile_program(source, device_arch_string(0));
-  KernelModule module(to_entry(source, compiled), 0);
+  KernelModule module(to_cache_entry(source, compiled), 0);
   EXPECT_EQ(module.labels(), source.labels);
   EXPECT_TRUE(module.contains("axpb:f32"));
 
@@ -198,7 +188,7 @@ TEST_F(GpuRuntime, ModuleLoadsAndLaunchesAnNvrtcKernel) {
 
 TEST_F(GpuRuntime, MissingLabelListsTheModulesKernels) {
   const ProgramSource source = test_program();
-  KernelModule module(to_entry(source, compile_program(source, device_arch_string(0))), 0);
+  KernelModule module(to_cache_entry(source, compile_program(source, device_arch_string(0))), 0);
   try {
     module.function("layernorm_fwd:bf16:h=512");
     FAIL() << "an absent label was found";
@@ -242,7 +232,7 @@ TEST_F(GpuRuntime, CubinOfAnotherArchIsRefusedNamingBothArchs) {
   const CompiledProgram compiled = compile_program(source, other);
   ASSERT_FALSE(compiled.is_ptx);
   try {
-    KernelModule module(to_entry(source, compiled), 0);
+    KernelModule module(to_cache_entry(source, compiled), 0);
     FAIL() << other << " cubin loaded on sm_" << arch;
   } catch (const CudaError& e) {
     const std::string message = e.what();
@@ -284,7 +274,8 @@ TEST(GpuMultiDevice, TwoDevicesInOneProcess) {
     }
     ScopedContext wrong(other);  // the other device is current: the runtime must switch
     StreamOrderedAllocator alloc(dev);
-    KernelModule module(to_entry(source, compile_program(source, device_arch_string(dev))), dev);
+    KernelModule module(to_cache_entry(source, compile_program(source, device_arch_string(dev))),
+                        dev);
     {
       const GemmCase cs{
           Precision::kFp16, Epilogue::kBias, Transpose::kNo, Transpose::kYes, 77, 64, 128};
