@@ -360,17 +360,29 @@ def test_training_run_follows_pytorch():
     assert curves[1][-1] < 0.8 * curves[1][0], "the compiled model learns"
 
 
-def test_ddp_two_gpus_matches_one():
-    if torch.cuda.device_count() < 2:
-        pytest.skip("GPU test SKIPPED: DDP needs 2 GPUs, this machine has "
-                    f"{torch.cuda.device_count()}")
+def _ddp_check(*args):
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          os.path.join(here, "ddp_check.py")], capture_output=True, text=True, env=env,
+                          os.path.join(here, "ddp_check.py"), *args], capture_output=True, text=True, env=env,
                          timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "DDP gradients match" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("model", ["encoder", "bert"])
+def test_ddp_two_gpus_matches_one(model):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("GPU test SKIPPED: DDP over NCCL needs 2 GPUs, this machine has "
+                    f"{torch.cuda.device_count()}")
+    _ddp_check("--model", model)
+
+
+@pytest.mark.parametrize("model", ["encoder", "bert"])
+def test_ddp_two_ranks_gloo_matches_one(model):
+    """DDP's bucketing, hooks and gradient averaging over compiled modules (BERT: compiled embeddings
+    and layers), two ranks over gloo, which may share one GPU."""
+    _ddp_check("--model", model, "--backend", "gloo")
 
 
 # ---- decoder layers (nn.TransformerDecoderLayer, nn.Transformer) ---------------------------------
