@@ -218,3 +218,20 @@ def test_linear_cross_entropy_arguments():
         return
     with pytest.raises(lightseq.SpecError, match="criterion.label_smoothing"):
         lightseq.nn.LinearCrossEntropyLoss(label_smoothing=1.5)
+
+
+def test_negative_padding_idx_counts_from_the_end_as_nn_embedding():
+    emb = lightseq.nn.Embedding(16, 8, padding_idx=-1, padding_rows="zero", positions="sinusoidal")
+    assert emb.config.padding_idx == 15 == emb.embed_tokens.padding_idx
+    y = emb(torch.tensor([[3, 15, 4]]))
+    assert y[0, 1].abs().max() == 0 and y[0, 0].abs().max() > 0
+    with pytest.raises(lightseq.ArgumentError, match="padding_idx must be in"):
+        lightseq.nn.Embedding(16, 8, padding_idx=16)
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 5])
+def test_modules_pickle_with_every_protocol(protocol):
+    import pickle
+    for m in (lightseq.nn.Embedding.gpt2(100, 16, max_positions=8), lightseq.nn.LinearCrossEntropyLoss()):
+        again = pickle.loads(pickle.dumps(m, protocol=protocol))
+        assert again._bad.pending == []

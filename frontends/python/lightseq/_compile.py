@@ -405,12 +405,13 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
             if issues:
                 report.append((name or "<model>", type(module).__name__, False, "\n  ".join(issues)))
                 continue
-            setattr(module, _STATE, _embedding.EmbeddingState(config, cache_dir))
+            setattr(module, _STATE, _embedding.EmbeddingState(config, cache_dir, dtype))
             module.__class__ = cls
             report.append((name or "<model>", _base_name(module), True,
                            f"{config.describe()}, on CUDA input_ids (position_ids, inputs_embeds or a cache "
-                           "length run PyTorch's implementation); runs in the parameters' dtype, or the "
-                           "autocast dtype; the dropout probability is read at each training call"))
+                           f"length run PyTorch's implementation); runs in {layer_dtype}, or the autocast "
+                           "dtype (its output float32 then, as transformers' is, for float32 parameters); "
+                           "the dropout probability is read at each training call"))
             continue
         state = _LayerState(config, layer_dtype, cache_dir, attention)
         issues = _compiler_issues(state, name)

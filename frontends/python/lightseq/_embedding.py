@@ -121,6 +121,11 @@ class Embedding(nn.Module):
         _choice("padding_rows", padding_rows, _PADDING_ROWS)
         if dtype is not None:
             _spec.dtype_name(dtype)  # raises for a dtype lightseq does not run
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += vocab  # as nn.Embedding counts it
+        if padding_idx is not None and not 0 <= padding_idx < vocab:
+            raise ArgumentError(f"lightseq.nn.Embedding: padding_idx must be in [-vocab, vocab) = [{-vocab}, {vocab}), "
+                                f"got {padding_idx - vocab if padding_idx < 0 else padding_idx}")
         self.config = EmbeddingConfig(vocab, hidden, padding_idx, positions, positions_from, max_positions,
                                       token_types, bool(layernorm), float(eps), float(scale), padding_rows)
         self.cache_dir = cache_dir
@@ -300,15 +305,15 @@ HF_NAMES = {"embed_tokens.weight": "word_embeddings.weight", "embed_positions.we
 class EmbeddingState:
     """What a compiled transformers embedding knows beyond its module (picklable)."""
 
-    def __init__(self, config: EmbeddingConfig, cache_dir: Optional[str]):
-        self.config, self.cache_dir = config, cache_dir
+    def __init__(self, config: EmbeddingConfig, cache_dir: Optional[str], dtype: Optional[torch.dtype] = None):
+        self.config, self.cache_dir, self.dtype = config, cache_dir, dtype  # dtype: lightseq.compile's
         self.bad = ErrorFlags()
 
     def __getstate__(self):
-        return {"config": self.config, "cache_dir": self.cache_dir}
+        return {"config": self.config, "cache_dir": self.cache_dir, "dtype": self.dtype}
 
     def __setstate__(self, state):
-        self.__init__(state["config"], state["cache_dir"])
+        self.__init__(state["config"], state["cache_dir"], state.get("dtype"))
 
 
 def _hf_family(module: nn.Module):
@@ -341,6 +346,11 @@ def hf_config(module: nn.Module, positions_from: str) -> EmbeddingConfig:
     for name, e in (("word_embeddings", we), ("position_embeddings", pe), ("token_type_embeddings", te)):
         if type(e) is not nn.Embedding or e.max_norm is not None or e.scale_grad_by_freq or e.sparse:
             raise Unsupported(f"its {name} is not a plain nn.Embedding (max_norm, scale_grad_by_freq or sparse)")
+    # Which rows get no gradient: the padding token's, and with counted positions the padding
+    # position's; any other padding_idx is a rule lightseq does not apply.
+    if te.padding_idx is not None or (positions_from == "index" and pe.padding_idx is not None):
+        raise Unsupported("its token_type_embeddings (or, with positions from the index, its position_embeddings) "
+                          "has a padding_idx: a row without gradient lightseq would train")
     if type(ln) is not nn.LayerNorm or ln.weight is None or ln.bias is None or ln.normalized_shape != (we.embedding_dim,):
         raise Unsupported("its LayerNorm is not an affine nn.LayerNorm over the hidden size")
     if getattr(module, "position_embedding_type", "absolute") != "absolute":
@@ -385,8 +395,11 @@ def compiled_hf_class(base: type) -> type:
             return base.forward(self, *args, **kwargs)
         state: EmbeddingState = getattr(self, _compile._STATE)
         weights = {mine: self.get_parameter(theirs) for mine, theirs in HF_NAMES.items()}
-        return run(state.config, weights, ids, types, p, self.word_embeddings.weight.dtype, state.cache_dir,
-                   state.bad, f"lightseq-compiled {base.__name__}")
+        param_dtype = self.word_embeddings.weight.dtype
+        y = run(state.config, weights, ids, types, p, getattr(state, "dtype", None) or param_dtype,
+                state.cache_dir, state.bad, f"lightseq-compiled {base.__name__}")
+        # transformers' LayerNorm runs in float32 under autocast: so does its output here
+        return y.float() if torch.is_autocast_enabled("cuda") and param_dtype == torch.float32 else y
 
     def check_tokens(self):
         state = getattr(self, _compile._STATE)

@@ -13,7 +13,7 @@ class ErrorFlags:
         self.pending = []  # (event, pinned flag)
 
     def __getstate__(self):  # copies and pickles leave the pending flags (CUDA events) behind
-        return {}
+        return {"pending": None}  # (not empty: pickle protocols 0 and 1 skip __setstate__ for {})
 
     def __setstate__(self, state):
         self.pending = []
@@ -21,10 +21,12 @@ class ErrorFlags:
     def watch(self, flag: torch.Tensor) -> None:
         if torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
             return  # no host copies while tracing or capturing
-        host = torch.empty(1, dtype=flag.dtype, pin_memory=True)
-        host.copy_(flag, non_blocking=True)
+        host = torch.zeros(1, dtype=flag.dtype, pin_memory=True)
+        stream = torch.cuda.current_stream(flag.device)  # where the copy is queued
+        with torch.cuda.stream(stream):
+            host.copy_(flag, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(stream)
         self.pending.append((event, host))
 
     def check(self, message: str, wait: bool = False) -> None:

@@ -38,37 +38,41 @@ def _criterion_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int
 
 
 @torch.library.custom_op("lightseq::linear_cross_entropy", mutates_args=())
-def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, layer_id: int,
-                         reduction: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, layer_id: int, reduction: str,
+                         grad_hidden: bool, grad_weight: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, grad_hidden, grad_weight, n_tokens, bad_target) of the criterion layer `layer_id`
     on hidden [N, H], weight [V, H], targets [N]: the loss reduced ('mean' over the counted
-    targets, or 'sum'), and the gradients of the 'mean' loss."""
+    targets, or 'sum'), and the gradients of the 'mean' loss that are asked for (the others are
+    empty tensors, and their GEMMs do not run)."""
     lay = _ops.layer(layer_id)
     n, dims = hidden.shape[0], [hidden.shape[0], 1, 0]  # one row per "sequence": chunks of rows
     device = hidden.device
     named = {"decoder_out": hidden, "targets": targets.view(n, 1), "output_projection.weight": weight,
              "loss_scale": torch.ones(1, dtype=torch.float32, device=device)}
-    outs = {e.name: _ops._new(e, dims, device) for e in lay.forward if e.role in ("output", "grad_output",
-                                                                                    "param_grad")}
-    ordered = [outs[e.name] if e.name in outs else named[e.name] for e in lay.forward]
+    wanted = {"grad_output": grad_hidden, "param_grad": grad_weight, "output": True}
+    outs = {e.name: _ops._new(e, dims, device) for e in lay.forward if wanted.get(e.role, False)}
+    ordered = [outs.get(e.name) if e.role in wanted else named[e.name] for e in lay.forward]
     alloc, _keep = _ops._allocator(device)
     saved = torch.empty(_ops._saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
     lay.handle.forward(_ops._ptrs(ordered), *dims, [0.0] * 5, 0, 0, 0, saved.data_ptr(),
                        torch.cuda.current_stream(device).cuda_stream, alloc)
     total = outs["loss"].sum()
     loss = total / outs["n_tokens"][0] if reduction == "mean" else total
-    return (loss, outs["grad_decoder_out"], outs["grad.output_projection.weight"], outs["n_tokens"],
-            outs["bad_target"])
+    gh = outs.get("grad_decoder_out", hidden.new_empty((0,)))
+    gw = outs.get("grad.output_projection.weight", weight.new_empty((0,)))
+    return loss, gh, gw, outs["n_tokens"], outs["bad_target"]
 
 
 @linear_cross_entropy.register_fake
-def _fake(hidden, weight, targets, layer_id, reduction):
-    return (hidden.new_empty((), dtype=torch.float32), torch.empty_like(hidden), torch.empty_like(weight),
+def _fake(hidden, weight, targets, layer_id, reduction, grad_hidden, grad_weight):
+    return (hidden.new_empty((), dtype=torch.float32),
+            torch.empty_like(hidden) if grad_hidden else hidden.new_empty((0,)),
+            torch.empty_like(weight) if grad_weight else weight.new_empty((0,)),
             hidden.new_empty((1,), dtype=torch.float32), hidden.new_empty((1,), dtype=torch.int32))
 
 
 def _setup(ctx, inputs, output):
-    _hidden, _weight, _targets, _lid, reduction = inputs
+    _hidden, _weight, _targets, _lid, reduction, _gh_on, _gw_on = inputs
     _loss, gh, gw, n_tokens, bad = output
     ctx.save_for_backward(gh, gw, n_tokens)
     ctx.reduction = reduction
@@ -78,7 +82,10 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, g_loss, _g_h, _g_w, _g_n, _g_bad):
     gh, gw, n_tokens = ctx.saved_tensors
     scale = g_loss.float() * (n_tokens[0] if ctx.reduction == "sum" else 1.0)
-    return (gh * scale).to(gh.dtype), (gw * scale).to(gw.dtype), None, None, None
+
+    def scaled(g):
+        return (g * scale).to(g.dtype) if g.numel() > 0 else None
+    return scaled(gh), scaled(gw), None, None, None, None, None
 
 
 torch.library.register_autograd("lightseq::linear_cross_entropy", _backward, setup_context=_setup)
@@ -92,7 +99,11 @@ class LinearCrossEntropyLoss(nn.Module):
     PyTorch's implementation. The same definition as torch.nn.functional.cross_entropy; hidden and
     weight in float32, float16 or bfloat16 (weight is cast to hidden's dtype, as under autocast).
     Targets outside [0, V) other than ignore_index count as ignored and are reported by a
-    lightseq.ArgumentError at a later call (read without synchronizing) or by check_targets()."""
+    lightseq.ArgumentError at a later call (read without synchronizing) or by check_targets().
+    The gradients are those of the 'mean' loss, computed (in the inputs' dtype) with the loss and
+    scaled by the incoming gradient afterwards, as fused linear + cross-entropy losses do: in
+    float16, gradient entries below float16's range (tiny probabilities over many targets) are
+    lost even where a GradScaler would have kept them; prefer bfloat16."""
 
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
                  logits_chunk_mib: int = 256, cache_dir: Optional[str] = None):
@@ -147,9 +158,11 @@ class LinearCrossEntropyLoss(nn.Module):
         device = hidden.device.index if hidden.device.index is not None else torch.cuda.current_device()
         lid = _criterion_for(_spec_json(vocab, h, dtype, self.label_smoothing, self.ignore_index,
                                         self.logits_chunk_mib), device, self.cache_dir)
+        grads = torch.is_grad_enabled()
         loss, _gh, _gw, _n, bad = torch.ops.lightseq.linear_cross_entropy(
             hidden.reshape(-1, h).to(dtype).contiguous(), weight.to(dtype).contiguous(),
-            targets.reshape(-1).long().contiguous(), lid, self.reduction)
+            targets.reshape(-1).long().contiguous(), lid, self.reduction, grads and hidden.requires_grad,
+            grads and weight.requires_grad)
         self._bad.watch(bad)
         return loss
 
