@@ -1,8 +1,8 @@
 // flash_attention.cuh — fused attention forward on tensor cores (FlashAttention-2's schedule with
 // mma.sync m16n8k16, sm_80 and later): softmax(q·kᵀ·scale + mask) (dropped) · v without
 // materializing the [B, heads, T, S] scores. Saves the output and the log-sum-exp of each query
-// row; the backward recomputes the probabilities from them. Issue 12's first kernel: the planner
-// does not choose it yet.
+// row; the backward recomputes the probabilities from them. Chosen per stack by the spec
+// ("attention": "fused"; compiler/planner/attention_backend.h).
 #pragma once
 
 #include "common/philox.cuh"
@@ -483,8 +483,8 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 //            lse, dot [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_kernel's).
 //            grad_k, grad_v `=`.
 // Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of kFlashThreads. Smem: static,
-//            2·kM·(kD + 8) elements (a query tile and its grad_out tile; kM = 64, 32 past head
-//            dim 64).
+//            2·kM·(kD + 8) elements (a query tile and its grad_out tile, by cp.async; kM = 64, 32
+//            past head dim 64) and the tile's lse and D (2·kM floats).
 template <typename T, int kD, Mask kMask, Drop kDrop>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
@@ -608,7 +608,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 // Shapes:    q, grad_out, grad_q [batch·heads, q_len, kD]; k, v [batch·heads, k_len, kD]; lse,
 //            dot [batch·heads, q_len] fp32. grad_q `=`.
 // Grid/Block: flash_fwd_grid(batch·heads, q_len) blocks of kFlashThreads. Smem: static,
-//            2·kFlashBlockN·(kD + 8) elements (a key tile and its value tile).
+//            2·kFlashBlockN·(kD + 8) elements (a key tile and its value tile, by cp.async).
 template <typename T, int kD, Mask kMask, Drop kDrop>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_attn_bwd_dq_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,

@@ -11,8 +11,10 @@
 //            tile), recomputing the probabilities; scores never stored. fp16/bf16, head_dim a
 //            multiple of 16 up to 128.
 // The spec chooses per stack ("attention": "unfused" | "fused"; the validator refuses "fused"
-// where its kernels cannot run); an "auto" rule from measurements is to come. `lsc plan` prints
-// each choice with its reason.
+// where its kernels cannot run). No "auto" rule yet: measured on an H100 (benchmarks/RESULTS.md,
+// "Fused attention"), the fused kernels are 3-20 % slower per layer than the unfused path in all
+// five layer configurations, so the default stays unfused. `lsc plan` prints each choice with its
+// reason.
 #pragma once
 
 #include <string>
