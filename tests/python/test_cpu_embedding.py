@@ -235,3 +235,28 @@ def test_modules_pickle_with_every_protocol(protocol):
     for m in (lightseq.nn.Embedding.gpt2(100, 16, max_positions=8), lightseq.nn.LinearCrossEntropyLoss()):
         again = pickle.loads(pickle.dumps(m, protocol=protocol))
         assert again._bad.pending == []
+
+
+def test_a_compiled_model_unpickles_in_a_fresh_process(tmp_path):
+    """The compiled transformers classes are made by lightseq.compile; a pickled compiled model
+    rebuilds them when loaded in a process that never called it."""
+    import pathlib
+    import pickle
+    import subprocess
+    import sys
+    torch.manual_seed(6)
+    model = lightseq.compile(small_bert().eval())
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(model))
+    ids = torch.randint(2, 128, (2, 9))
+    torch.save(ids, tmp_path / "ids.pt")
+    torch.save(model(input_ids=ids).last_hidden_state, tmp_path / "want.pt")
+    src = pathlib.Path(lightseq.__file__).resolve().parents[1]
+    code = (f"import sys, pickle, torch; sys.path.insert(0, {str(src)!r}); "
+            f"m = pickle.loads(open({str(path)!r}, 'rb').read()); "
+            f"ids = torch.load({str(tmp_path / 'ids.pt')!r}); want = torch.load({str(tmp_path / 'want.pt')!r}); "
+            "assert type(m.encoder.layer[0]).__name__ == 'CompiledBertLayer', type(m.encoder.layer[0]); "
+            "assert type(m.embeddings).__name__ == 'CompiledBertEmbeddings'; "
+            "assert torch.equal(m(input_ids=ids).last_hidden_state, want); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

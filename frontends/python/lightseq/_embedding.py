@@ -408,10 +408,17 @@ def compiled_hf_class(base: type) -> type:
     name = "Compiled" + base.__name__
     cls = type(name, (base,), {"__doc__": f"A transformers {base.__name__} running lightseq's embedding kernels.",
                                "__module__": _compile.__name__, "__qualname__": name, "forward": forward,
-                               "check_tokens": check_tokens})
-    setattr(_compile, name, cls)  # so pickle finds it
+                               "check_tokens": check_tokens,
+                               # pickled as its transformers class: a fresh process rebuilds the class
+                               "__reduce_ex__": lambda self, protocol: (_restore, (base,), self.__getstate__())})
+    setattr(_compile, name, cls)
     _classes[base] = cls
     return cls
+
+
+def _restore(base: type) -> nn.Module:
+    """An empty compiled embedding of `base` (unpickling; its state follows)."""
+    return object.__new__(compiled_hf_class(base))
 
 
 def extract_hf(module: nn.Module):

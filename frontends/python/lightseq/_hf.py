@@ -490,10 +490,18 @@ def compiled_class(base: type, fam: Family) -> type:
     cls = type(name, (base,), {
         "__doc__": f"A transformers {base.__name__} running lightseq's kernels (same parameters).",
         "__module__": _compile.__name__, "__qualname__": name, "forward": forward,
-        "_weights": lambda self: fam.weights(self), "_dropouts": lambda self: fam.dropouts(self)})
-    setattr(_compile, name, cls)  # so pickle finds it
+        "_weights": lambda self: fam.weights(self), "_dropouts": lambda self: fam.dropouts(self),
+        # pickled as (its transformers class, the family): a fresh process rebuilds the class
+        "__reduce_ex__": lambda self, protocol: (_restore, (base, fam.name), self.__getstate__())})
+    setattr(_compile, name, cls)
     _classes[base] = cls
     return cls
+
+
+def _restore(base: type, family: str) -> nn.Module:
+    """An empty compiled layer of `base` (unpickling; its state follows)."""
+    fam = next(f for f in FAMILIES if f.name == family)
+    return object.__new__(compiled_class(base, fam))
 
 
 def extract(module: nn.Module) -> Optional[tuple]:
