@@ -55,8 +55,11 @@ inline Launch launch(const Values& v) {
           flash_fwd_block(), 0};
 }
 }  // namespace flash_fwd
-inline constexpr Kernel kFlashFwd = make_kernel("flash_attention", "flash_attn_fwd_kernel",
-                                                flash_fwd::kT, flash_fwd::kP, &flash_fwd::launch);
+// The forward and the two gradient kernels each take ~1 s of NVRTC per instance: each its own
+// program, so that a model's instances compile in parallel.
+inline constexpr Kernel kFlashFwd =
+    make_kernel("flash_attention", "flash_attn_fwd_kernel", flash_fwd::kT, flash_fwd::kP,
+                &flash_fwd::launch, Program::kOwn);
 
 namespace flash_dot {
 inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d")};
@@ -88,7 +91,7 @@ inline Launch launch(const Values& v) {
 }  // namespace flash_dkdv
 inline constexpr Kernel kFlashDkDv =
     make_kernel("flash_attention", "flash_attn_bwd_dkdv_kernel", flash_fwd::kT, flash_dkdv::kP,
-                &flash_dkdv::launch);
+                &flash_dkdv::launch, Program::kOwn);
 
 namespace flash_dq {
 inline constexpr Param kP[] = {LIGHTSEQ_FLASH_BWD_PARAMS(out("grad_q", CType::kTPtr))};
@@ -99,8 +102,9 @@ inline Launch launch(const Values& v) {
 }
 }  // namespace flash_dq
 #undef LIGHTSEQ_FLASH_BWD_PARAMS
-inline constexpr Kernel kFlashDq = make_kernel("flash_attention", "flash_attn_bwd_dq_kernel",
-                                               flash_fwd::kT, flash_dq::kP, &flash_dq::launch);
+inline constexpr Kernel kFlashDq =
+    make_kernel("flash_attention", "flash_attn_bwd_dq_kernel", flash_fwd::kT, flash_dq::kP,
+                &flash_dq::launch, Program::kOwn);
 
 namespace flash_attention {
 inline constexpr const Kernel* kKernels[] = {&kFlashFwd, &kFlashDot, &kFlashDkDv, &kFlashDq};

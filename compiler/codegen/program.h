@@ -2,9 +2,12 @@
 //
 // One program per template family and precision: a program includes one family header and asks
 // NVRTC (through name expressions) for every instantiation the model needs from it. Few programs
-// keep the per-program header cost low (DESIGN.md: headers are expensive under NVRTC); one per
-// family keeps them independent, so they compile in parallel and models that share a family's
-// instantiations share cache entries. The source names no model: identical kernels of different
+// keep the per-program header cost low (DESIGN.md: headers are expensive under NVRTC); programs
+// compile in parallel, so the longest one bounds a cold build: a kernel whose signature says
+// sig::Program::kOwn (the fused attention's forward, dK/dV and dQ, ~1 s of NVRTC per instance)
+// gets a program of its own — transformer-base with the fused attention builds cold in 4.0 s
+// instead of 5.9 on the 2-core machine (benchmarks/RESULTS.md, "Compile time"). Models that share
+// instantiations share cache entries; the source names no model: identical kernels of different
 // models hit the same cache entry.
 #pragma once
 
@@ -17,7 +20,8 @@ namespace lightseq {
 
 // One NVRTC program: generated source plus the template instantiations it must produce.
 struct ProgramSource {
-  // Readable, e.g. "layernorm:bf16:sm_90"; also names the dumped source of a failing program.
+  // Readable, e.g. "layernorm:bf16" ("flash_attention:bf16:flash_attn_fwd" for a kOwn kernel);
+  // also names the dumped source of a failing program.
   std::string name;
   // The complete CUDA source; it #includes embedded templates by their relative paths.
   std::string source;

@@ -132,6 +132,12 @@ struct Launch {
   int smem_bytes;
 };
 
+// How codegen groups a kernel's instances into NVRTC programs: with its family's other kernels
+// (kFamily: one header parse for all), or in a program of its own (kOwn: a kernel whose
+// instantiation is expensive compiles in parallel with the rest instead of lengthening its
+// family's serial NVRTC run; compiler/codegen/program.h).
+enum class Program { kFamily, kOwn };
+
 struct Kernel {
   const char* family;  // template file: "layernorm" -> templates/layernorm.cuh
   const char* name;    // "ln_fwd_kernel"
@@ -140,6 +146,7 @@ struct Kernel {
   const Param* params;
   int n_params;
   Launch (*launch)(const Values&);
+  Program program = Program::kFamily;
 };
 
 // ---- compile-time lookup by name (a misspelt name does not compile) -------------------------
@@ -176,9 +183,10 @@ consteval int index_of(const TParam (&ts)[N], const char* name) {
 }
 template <int NT, int NP>
 constexpr Kernel make_kernel(const char* family, const char* name, const TParam (&t)[NT],
-                             const Param (&p)[NP], Launch (*launch)(const Values&)) {
+                             const Param (&p)[NP], Launch (*launch)(const Values&),
+                             Program program = Program::kFamily) {
   static_assert(NT <= kMaxTParams && NP <= kMaxParams, "raise kMaxTParams / kMaxParams");
-  return Kernel{family, name, t, NT, p, NP, launch};
+  return Kernel{family, name, t, NT, p, NP, launch, program};
 }
 
 // The usual derived vector width: 16-byte accesses of T, halved until they divide template
