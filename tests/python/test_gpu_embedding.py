@@ -133,7 +133,7 @@ def test_bad_tokens_are_reported_without_a_sync():
         emb.check_tokens()
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("chunk_mib", [256, 1])
 def test_linear_cross_entropy_matches_pytorch_in_float64(dtype, reduction, chunk_mib):

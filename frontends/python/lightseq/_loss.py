@@ -37,6 +37,13 @@ def _criterion_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int
     return _ops.layer_id(spec_json, device, cache_dir, "criterion")
 
 
+def _grad_scale(dtype: torch.dtype) -> float:
+    """What the forward's gradients are computed multiplied by (and the backward divides out, in
+    float32): float16 keeps gradient entries 256× smaller than it could hold unscaled; the weight's
+    gradient, at most 256·max|hidden|, stays below float16's 65504 for |hidden| < 256."""
+    return 256.0 if dtype == torch.float16 else 1.0
+
+
 @torch.library.custom_op("lightseq::linear_cross_entropy", mutates_args=())
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, layer_id: int, reduction: str,
                          grad_hidden: bool, grad_weight: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -48,7 +55,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, layer_
     n, dims = hidden.shape[0], [hidden.shape[0], 1, 0]  # one row per "sequence": chunks of rows
     device = hidden.device
     named = {"decoder_out": hidden, "targets": targets.view(n, 1), "output_projection.weight": weight,
-             "loss_scale": torch.ones(1, dtype=torch.float32, device=device)}
+             "loss_scale": torch.full((1,), _grad_scale(hidden.dtype), dtype=torch.float32, device=device)}
     wanted = {"grad_output": grad_hidden, "param_grad": grad_weight, "output": True}
     outs = {e.name: _ops._new(e, dims, device) for e in lay.forward if wanted.get(e.role, False)}
     ordered = [outs.get(e.name) if e.role in wanted else named[e.name] for e in lay.forward]
@@ -81,7 +88,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, g_loss, _g_h, _g_w, _g_n, _g_bad):
     gh, gw, n_tokens = ctx.saved_tensors
-    scale = g_loss.float() * (n_tokens[0] if ctx.reduction == "sum" else 1.0)
+    scale = g_loss.float() * (n_tokens[0] if ctx.reduction == "sum" else 1.0) / _grad_scale(gh.dtype)
 
     def scaled(g):
         return (g * scale).to(g.dtype) if g.numel() > 0 else None
@@ -101,9 +108,10 @@ class LinearCrossEntropyLoss(nn.Module):
     Targets outside [0, V) other than ignore_index count as ignored and are reported by a
     lightseq.ArgumentError at a later call (read without synchronizing) or by check_targets().
     The gradients are those of the 'mean' loss, computed (in the inputs' dtype) with the loss and
-    scaled by the incoming gradient afterwards, as fused linear + cross-entropy losses do: in
-    float16, gradient entries below float16's range (tiny probabilities over many targets) are
-    lost even where a GradScaler would have kept them; prefer bfloat16."""
+    scaled by the incoming gradient afterwards, as fused linear + cross-entropy losses do; in
+    float16 they are computed ×256 (divided out in float32), but entries far below float16's
+    range (tiny probabilities over very many targets) can still be lost where a GradScaler with a
+    larger scale would have kept them: bfloat16 has no such limit."""
 
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
                  logits_chunk_mib: int = 256, cache_dir: Optional[str] = None):
