@@ -268,6 +268,56 @@ __device__ __forceinline__ float recompute(bool on, float s, float scale2, float
   return on ? p * (dp * keep - dot) : 0.f;
 }
 
+// ---- what the three tile loops share -----------------------------------------------------------
+
+// The end of the keys a query tile [m0, m0 + kM) may see: k_len, or (causal) its last query's
+// limit, clamped to [0, k_len].
+template <Mask kMask>
+__device__ __forceinline__ int64_t key_end(int64_t m0, int kM, int64_t q_len, int64_t k_len) {
+  if constexpr (!has_causal(kMask)) return k_len;
+  const int64_t lim = m0 + kM + (k_len - q_len);  // one past the last query's last key
+  return lim < k_len ? (lim > 0 ? lim : 0) : k_len;
+}
+
+// Whether the tile of queries [m0, m0 + kM) and keys [n0, n0 + kN) needs its entries masked one by
+// one: queries or keys past the end, key padding, or the causal diagonal crossing it.
+template <Mask kMask>
+__device__ __forceinline__ bool tile_masked(int64_t m0, int kM, int64_t n0, int kN, int64_t q_len,
+                                            int64_t k_len) {
+  bool masked = m0 + kM > q_len || n0 + kN > k_len || has_padding(kMask);
+  if constexpr (has_causal(kMask)) masked = masked || n0 + kN - 1 > m0 + (k_len - q_len);
+  return masked;
+}
+
+// The dropout element offsets of this thread's two query rows: (bh·q_len + row)·k_len.
+__device__ __forceinline__ void row_bases(uint64_t (&base)[2], const int64_t (&row)[2], int64_t bh,
+                                          int64_t q_len, int64_t k_len) {
+  for (int r = 0; r < 2; ++r) base[r] = static_cast<uint64_t>((bh * q_len + row[r]) * k_len);
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&a)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) a[n][0] = a[n][1] = a[n][2] = a[n][3] = 0.f;
+}
+
+// dst rows row[0], row[1] (those below `rows`) = a C-layout accumulator of kD columns times
+// mul[r], rounded to T.
+template <typename T, int kD>
+__device__ __forceinline__ void store_rows(T* dst, const int64_t (&row)[2], int64_t rows,
+                                           const float (&acc)[kD / 8][4], const float (&mul)[2],
+                                           int t) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (row[r] >= rows) continue;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(dst + row[r] * kD + n * 8 + 2 * t) =
+          pack_float<T>(acc[n][2 * r] * mul[r], acc[n][2 * r + 1] * mul[r]);
+    }
+  }
+}
+
 }  // namespace flash
 
 // flash_attn_fwd_kernel — out = softmax(q·kᵀ·scale + mask) (dropped) · v per (batch, head); lse =
@@ -314,12 +364,7 @@ __global__ void __launch_bounds__(kFlashThreads)
   constexpr float kLog2e = 1.4426950408889634f;
   const float scale2 = scale * kLog2e;
 
-  // Causal: no key past the block's last query's limit.
-  int64_t n_end = k_len;
-  if constexpr (has_causal(kMask)) {
-    const int64_t lim = m0 + kM - 1 + (k_len - q_len);
-    n_end = lim + 1 < k_len ? (lim + 1 > 0 ? lim + 1 : 0) : k_len;
-  }
+  const int64_t n_end = flash::key_end<kMask>(m0, kM, q_len, k_len);
   if (n_end > 0) {
     flash::load_tile_async<T, kD, kN, kStride>(ks, kh, 0, k_len);
     flash::cp_async_commit();
@@ -330,13 +375,12 @@ __global__ void __launch_bounds__(kFlashThreads)
   flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, m0 + warp * 16, q_len, g, t);
   // This thread's two query rows (g and g + 8 of its warp's 16).
   const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
-  const uint64_t row_base[2] = {static_cast<uint64_t>((bh * q_len + row[0]) * k_len),
-                                static_cast<uint64_t>((bh * q_len + row[1]) * k_len)};
+  uint64_t row_base[2];
+  flash::row_bases(row_base, row, bh, q_len, k_len);
   float m_run[2] = {neg_inf(), neg_inf()};  // running max, in log2 units
   float l_run[2] = {0.f, 0.f};              // this thread's part of the denominator
   float acc[kD / 8][4];
-#pragma unroll
-  for (int n = 0; n < kD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  flash::zero(acc);
 
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
     // The value tile (its buffer's readers finished with the previous tile's p·v).
@@ -347,8 +391,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 
     // s = q·kᵀ for the warp's 16 rows and the tile's kN keys: kN / 8 fragments.
     float s[kN / 8][4];
-#pragma unroll
-    for (int n = 0; n < kN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+    flash::zero(s);
     flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);
     __syncthreads();  // every warp is done with the key tile: fetch the next one
     const bool more = n0 + kN < n_end;
@@ -358,8 +401,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     }
 
     // Mask (only where the tile needs it), scale (log2 units), the new running max of each row.
-    bool masked = n0 + kN > k_len || has_padding(kMask);
-    if constexpr (has_causal(kMask)) masked = masked || n0 + kN - 1 > m0 + (k_len - q_len);
+    const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
     float m_new[2] = {m_run[0], m_run[1]};
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
@@ -429,18 +471,13 @@ __global__ void __launch_bounds__(kFlashThreads)
     l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
     l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
   }
-  T* oh = out + bh * q_len * kD;
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) inv[r] = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
+  flash::store_rows<T, kD>(out + bh * q_len * kD, row, q_len, acc, inv, t);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    if (row[r] >= q_len) continue;
-    const float inv = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      const int col = n * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(oh + row[r] * kD + col) =
-          flash::pack_float<T>(acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
-    }
-    if (t == 0) {
+    if (t == 0 && row[r] < q_len) {
       lse[bh * q_len + row[r]] =
           l_run[r] > 0.f ? (m_run[r] + log2f(l_run[r])) / kLog2e : __int_as_float(0x7f800000);
     }
@@ -518,11 +555,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   flash::row_fragments<T, kD>(vf, v + bh * k_len * kD, key0, k_len, g, t);
   const int64_t key[2] = {key0 + g, key0 + g + 8};
   float dk[kD / 8][4], dv[kD / 8][4];
-#pragma unroll
-  for (int n = 0; n < kD / 8; ++n) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
-  }
+  flash::zero(dk);
+  flash::zero(dv);
   // Causal: no query before the first that may see the tile's first key.
   int64_t m_begin = 0;
   if constexpr (has_causal(kMask)) {
@@ -547,17 +581,13 @@ __global__ void __launch_bounds__(kFlashThreads)
     __syncthreads();
     const bool more = m0 + kM < q_len;
     float s[kM / 8][4], dp[kM / 8][4];
-#pragma unroll
-    for (int n = 0; n < kM / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
-    }
+    flash::zero(s);
+    flash::zero(dp);
     flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, lane);   // sᵀ[key][query]
     flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, lane);  // (grad_out·vᵀ)ᵀ[key][query]
     // Masks only where the tile needs them (queries past q_len, keys past k_len, padding, the
     // causal diagonal).
-    bool masked = m0 + kM > q_len || n0 + kN > k_len || has_padding(kMask);
-    if constexpr (has_causal(kMask)) masked = masked || n0 + kN - 1 > m0 + (k_len - q_len);
+    const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
     uint32_t kb[kM / 8];
     if constexpr (kDrop == Drop::kOn) {
       flash::col_keep_bits<kM>(drop, static_cast<uint64_t>(bh * q_len), m0, key0, k_len, g, t, kb);
@@ -587,20 +617,9 @@ __global__ void __launch_bounds__(kFlashThreads)
       flash::cp_async_commit();
     }
   }
-  T* gk = grad_k + bh * k_len * kD;
-  T* gv = grad_v + bh * k_len * kD;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (key[r] >= k_len) continue;
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      const int col = n * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(gk + key[r] * kD + col) =
-          flash::pack_float<T>(dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
-      *reinterpret_cast<uint32_t*>(gv + key[r] * kD + col) =
-          flash::pack_float<T>(dv[n][2 * r], dv[n][2 * r + 1]);
-    }
-  }
+  const float scales[2] = {scale, scale}, ones[2] = {1.f, 1.f};
+  flash::store_rows<T, kD>(grad_k + bh * k_len * kD, key, k_len, dk, scales, t);
+  flash::store_rows<T, kD>(grad_v + bh * k_len * kD, key, k_len, dv, ones, t);
 }
 
 // flash_attn_bwd_dq_kernel — grad_q of one tile of 64 query rows per block (4 warps of 16), over
@@ -635,8 +654,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, row0, q_len, g, t);
   flash::row_fragments<T, kD>(gf, grad_out + bh * q_len * kD, row0, q_len, g, t);
   const int64_t row[2] = {row0 + g, row0 + g + 8};
-  const uint64_t row_base[2] = {static_cast<uint64_t>((bh * q_len + row[0]) * k_len),
-                                static_cast<uint64_t>((bh * q_len + row[1]) * k_len)};
+  uint64_t row_base[2];
+  flash::row_bases(row_base, row, bh, q_len, k_len);
   float lse2[2], dot_r[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -644,13 +663,8 @@ __global__ void __launch_bounds__(kFlashThreads)
     dot_r[r] = row[r] < q_len ? dot[bh * q_len + row[r]] : 0.f;
   }
   float dq[kD / 8][4];
-#pragma unroll
-  for (int n = 0; n < kD / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
-  int64_t n_end = k_len;
-  if constexpr (has_causal(kMask)) {
-    const int64_t lim = m0 + kM - 1 + (k_len - q_len);
-    n_end = lim + 1 < k_len ? (lim + 1 > 0 ? lim + 1 : 0) : k_len;
-  }
+  flash::zero(dq);
+  const int64_t n_end = flash::key_end<kMask>(m0, kM, q_len, k_len);
   const T* kh = k + bh * k_len * kD;
   const T* vh = v + bh * k_len * kD;
   // Key and value tiles by cp.async: the next value tile loads while dS and grad_q's product run;
@@ -665,11 +679,8 @@ __global__ void __launch_bounds__(kFlashThreads)
     __syncthreads();
     const bool more = n0 + kN < n_end;
     float s[kN / 8][4], dp[kN / 8][4];
-#pragma unroll
-    for (int n = 0; n < kN / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
-    }
+    flash::zero(s);
+    flash::zero(dp);
     flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);   // s[query][key]
     flash::mma_abt<T, kD, kN, kStride>(dp, gf, vs, lane);  // grad_out·vᵀ
     __syncthreads();                                       // every warp is done with vs
@@ -678,8 +689,7 @@ __global__ void __launch_bounds__(kFlashThreads)
       flash::cp_async_commit();
     }
     // Masks only where the tile needs them (the keys past k_len, padding, the causal diagonal).
-    bool masked = n0 + kN > k_len || m0 + kM > q_len || has_padding(kMask);
-    if constexpr (has_causal(kMask)) masked = masked || n0 + kN - 1 > m0 + (k_len - q_len);
+    const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
     uint32_t kb[kN / 8][2];
     if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, row_base, n0, k_len, t, kb);
 #pragma unroll
@@ -701,17 +711,8 @@ __global__ void __launch_bounds__(kFlashThreads)
       flash::cp_async_commit();
     }
   }
-  T* gq = grad_q + bh * q_len * kD;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (row[r] >= q_len) continue;
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      const int col = n * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(gq + row[r] * kD + col) =
-          flash::pack_float<T>(dq[n][2 * r] * scale, dq[n][2 * r + 1] * scale);
-    }
-  }
+  const float scales[2] = {scale, scale};
+  flash::store_rows<T, kD>(grad_q + bh * q_len * kD, row, q_len, dq, scales, t);
 }
 
 }  // namespace lightseq::kern

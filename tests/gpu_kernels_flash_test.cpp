@@ -25,8 +25,8 @@ using ref::all_close;
 using ref::tolerance_for;
 
 const Precision kHalves[] = {Precision::kFp16, Precision::kBf16};
-const int64_t kHeadDims[] = {32, 64, 80, 96,
-                             128};  // 80: the issue's list (a multiple of 16, not of 32)
+// Every head dim the issue lists that the kernels take (80: a multiple of 16, not of 32).
+const int64_t kHeadDims[] = {32, 64, 80, 96, 128};
 struct Shape {
   int64_t batch, heads, q_len, k_len;
 };
