@@ -5,6 +5,7 @@
 #include "compiler/errors.h"
 #include "compiler/planner/planner.h"
 #include "compiler/spec/validate.h"
+#include "flash_attention.sig.cuh"
 #include "runtime/device.h"
 #include "runtime/module.h"
 
@@ -109,12 +110,12 @@ void check_shape(const LayerStackSpec& s, const RunShape& shape, const std::stri
   // The fused attention never materializes the scores (the validator allows it only where its
   // kernels run): no limit from them.
   if (s.attention == AttentionBackend::kFused) {
-    // Its grids put batch·heads in y (flash_fwd_grid), at most 65535.
-    if (shape.batch * s.heads > 65535) {
+    if (shape.batch * s.heads > kern::kFlashMaxBatchHeads) {
       throw Error(fmt::format(
           "{}: the fused attention runs batch × heads = {} × {} = {} blocks in a grid dimension "
-          "of at most 65535; use a batch of at most {}",
-          where, shape.batch, s.heads, shape.batch * s.heads, 65535 / s.heads));
+          "of at most {}; use a batch of at most {}",
+          where, shape.batch, s.heads, shape.batch * s.heads, kern::kFlashMaxBatchHeads,
+          kern::kFlashMaxBatchHeads / s.heads));
     }
     return;
   }

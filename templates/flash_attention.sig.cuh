@@ -15,6 +15,8 @@ inline constexpr int kFlashBlockM = 64;  // query rows per block: 4 warps of 16
 inline constexpr int kFlashBlockN = 64;  // keys per tile
 inline constexpr int kFlashThreads = 128;
 LIGHTSEQ_HD constexpr int flash_fwd_block() { return kFlashThreads; }
+// The most batch · heads the grids below take: CUDA's limit on gridDim.y.
+inline constexpr int64_t kFlashMaxBatchHeads = 65535;
 // x: query tiles, y: batch · heads.
 LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len) {
   return GridDim{static_cast<uint32_t>(ceil_div(q_len, kFlashBlockM)),
