@@ -169,7 +169,7 @@ def _prepare(module: nn.Module, state: _LayerState, x: torch.Tensor, weights, ru
     """(layer id, dropout probabilities, x and weights in the run dtype) of one call."""
     cfg = state.config
     training = module.training
-    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    device = _ops.device_index(x)
     lid = _layer_for(state.specs[(run_dtype, causal, training)], device, state.cache_dir)
     p = cfg.probabilities(training)
     return lid, p, _dense(x, run_dtype), {n: _dense(w, run_dtype) for n, w in weights.items()}

@@ -270,9 +270,8 @@ def run(c: EmbeddingConfig, weights: dict, tokens: torch.Tensor, token_types: Op
     """The compiled embedding on CUDA tokens [B, T] (weights by the layer graph's names): [B, T,
     hidden] in the autocast dtype under autocast, else the parameters' dtype."""
     bad.check(bad_token_message(c, where))
-    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else param_dtype
-    device = tokens.device.index if tokens.device.index is not None else torch.cuda.current_device()
-    lid = _layer_for(_spec.spec_json(c.spec(dtype, p)), device, cache_dir)
+    dtype = _ops.run_dtype(param_dtype)
+    lid = _layer_for(_spec.spec_json(c.spec(dtype, p)), _ops.device_index(tokens), cache_dir)
     named = {n: w.to(dtype) for n, w in weights.items()}
     named["tokens"] = tokens.long().contiguous()
     if token_types is not None:

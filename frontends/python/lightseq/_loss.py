@@ -161,11 +161,10 @@ class LinearCrossEntropyLoss(nn.Module):
         if weight.device != hidden.device or targets.device != hidden.device:
             raise ArgumentError("lightseq.nn.LinearCrossEntropyLoss: hidden, weight and targets must be on one device")
         self._bad.check(self._message())
-        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else hidden.dtype
+        dtype = _ops.run_dtype(hidden.dtype)
         vocab, h = weight.shape
-        device = hidden.device.index if hidden.device.index is not None else torch.cuda.current_device()
         lid = _criterion_for(_spec_json(vocab, h, dtype, self.label_smoothing, self.ignore_index,
-                                        self.logits_chunk_mib), device, self.cache_dir)
+                                        self.logits_chunk_mib), _ops.device_index(hidden), self.cache_dir)
         grads = torch.is_grad_enabled()
         loss, _gh, _gw, _n, bad = torch.ops.lightseq.linear_cross_entropy(
             hidden.reshape(-1, h).to(dtype).contiguous(), weight.to(dtype).contiguous(),

@@ -121,6 +121,16 @@ def _saved_bytes(lay: Layer, batch, seq, src_seq):
     return total
 
 
+def device_index(t: Tensor) -> int:
+    """The CUDA device ordinal of a CUDA tensor (the current device for a bare "cuda")."""
+    return t.device.index if t.device.index is not None else torch.cuda.current_device()
+
+
+def run_dtype(default: torch.dtype) -> torch.dtype:
+    """The dtype a compiled module runs in: the autocast dtype under torch.autocast, else `default`."""
+    return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else default
+
+
 def _allocator(device: torch.device):
     keep: List[Tensor] = []
 
