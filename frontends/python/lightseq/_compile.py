@@ -54,6 +54,18 @@ def _layer_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
     return _ops.layer_id(spec_json, device, cache_dir)
 
 
+def compiled_subclass(base: type, doc: str, attrs: dict, restore, restore_args: tuple) -> type:
+    """The compiled subclass "Compiled<base>" of a transformers class (attrs: its forward and
+    helpers), reachable as lightseq._compile.Compiled<base>, and pickled as restore(*restore_args)
+    plus its state: a process that never called lightseq.compile rebuilds the class."""
+    name = "Compiled" + base.__name__
+    cls = type(name, (base,), {"__doc__": doc, "__module__": __name__, "__qualname__": name, **attrs,
+                               "__reduce_ex__": lambda self, protocol: (restore, restore_args,
+                                                                        self.__getstate__())})
+    globals()[name] = cls
+    return cls
+
+
 def _base_name(module: nn.Module) -> str:
     """The name of the PyTorch/transformers class a compiled layer was (or derives from)."""
     for cls in type(module).__mro__:

@@ -404,13 +404,9 @@ def compiled_hf_class(base: type) -> type:
         state = getattr(self, _compile._STATE)
         state.bad.check(bad_token_message(state.config, f"lightseq-compiled {base.__name__}"), wait=True)
 
-    name = "Compiled" + base.__name__
-    cls = type(name, (base,), {"__doc__": f"A transformers {base.__name__} running lightseq's embedding kernels.",
-                               "__module__": _compile.__name__, "__qualname__": name, "forward": forward,
-                               "check_tokens": check_tokens,
-                               # pickled as its transformers class: a fresh process rebuilds the class
-                               "__reduce_ex__": lambda self, protocol: (_restore, (base,), self.__getstate__())})
-    setattr(_compile, name, cls)
+    cls = _compile.compiled_subclass(
+        base, f"A transformers {base.__name__} running lightseq's embedding kernels.",
+        {"forward": forward, "check_tokens": check_tokens}, _restore, (base,))
     _classes[base] = cls
     return cls
 

@@ -486,14 +486,10 @@ def compiled_class(base: type, fam: Family) -> type:
         except Unsupported as why:  # a mask that is more than padding (and causal)
             return torch_forward(f"{why} (lightseq masks key padding{' and causal attention' if fam.name == 'GPT-2' else ''})")
 
-    name = "Compiled" + base.__name__
-    cls = type(name, (base,), {
-        "__doc__": f"A transformers {base.__name__} running lightseq's kernels (same parameters).",
-        "__module__": _compile.__name__, "__qualname__": name, "forward": forward,
-        "_weights": lambda self: fam.weights(self), "_dropouts": lambda self: fam.dropouts(self),
-        # pickled as (its transformers class, the family): a fresh process rebuilds the class
-        "__reduce_ex__": lambda self, protocol: (_restore, (base, fam.name), self.__getstate__())})
-    setattr(_compile, name, cls)
+    cls = _compile.compiled_subclass(
+        base, f"A transformers {base.__name__} running lightseq's kernels (same parameters).",
+        {"forward": forward, "_weights": lambda self: fam.weights(self),
+         "_dropouts": lambda self: fam.dropouts(self)}, _restore, (base, fam.name))
     _classes[base] = cls
     return cls
 
