@@ -16,7 +16,6 @@ import warnings
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import _native, _ops, _spec
