@@ -67,27 +67,30 @@ void prepare_kernels(const std::vector<KernelInstance>& kernels) {
     seen[k.label] = true;
     groups[{k.family, k.precision}].push_back(k);
   }
-  std::vector<std::vector<KernelInstance>> chunks;
+  // One program per chunk of a group, or several where the family's kernels own their programs
+  // (sig::Program::kOwn); generating sources is cheap, compiling them runs in parallel.
+  std::vector<ProgramSource> sources;
   for (auto& [key, members] : groups) {
     for (size_t i = 0; i < members.size(); i += kKernelsPerProgram) {
-      chunks.emplace_back(members.begin() + i,
-                          members.begin() + std::min(members.size(), i + kKernelsPerProgram));
+      const std::vector<KernelInstance> chunk(
+          members.begin() + i, members.begin() + std::min(members.size(), i + kKernelsPerProgram));
+      try {
+        for (ProgramSource& p : codegen::generate_programs(chunk, key.second))
+          sources.push_back(std::move(p));
+      } catch (...) {
+        for (const KernelInstance& k : chunk) reg.failures[k.label] = std::current_exception();
+      }
     }
   }
-  if (chunks.empty()) return;
+  if (sources.empty()) return;
 
   const std::string arch = "sm_" + std::to_string(device_arch(0));
-  std::vector<ProgramSource> sources(chunks.size());
-  std::vector<CompiledProgram> compiled(chunks.size());
-  std::vector<std::exception_ptr> errors(chunks.size());
+  std::vector<CompiledProgram> compiled(sources.size());
+  std::vector<std::exception_ptr> errors(sources.size());
   std::atomic<size_t> next{0};
   auto work = [&] {
-    for (size_t i = next++; i < chunks.size(); i = next++) {
+    for (size_t i = next++; i < sources.size(); i = next++) {
       try {
-        const auto programs = codegen::generate_programs(chunks[i], chunks[i][0].precision);
-        if (programs.size() != 1)
-          throw InternalError("gpu_harness: expected one program per chunk");
-        sources[i] = programs[0];
         compiled[i] = compile_program(sources[i], arch);
       } catch (...) {
         errors[i] = std::current_exception();
@@ -95,12 +98,12 @@ void prepare_kernels(const std::vector<KernelInstance>& kernels) {
     }
   };
   const size_t n_threads =
-      std::min<size_t>(chunks.size(), std::max(1u, std::thread::hardware_concurrency()));
+      std::min<size_t>(sources.size(), std::max(1u, std::thread::hardware_concurrency()));
   std::vector<std::thread> threads;
   for (size_t t = 0; t < n_threads; ++t) threads.emplace_back(work);
   for (std::thread& t : threads) t.join();
 
-  for (size_t i = 0; i < chunks.size(); ++i) {
+  for (size_t i = 0; i < sources.size(); ++i) {
     if (!errors[i]) {
       try {
         const CacheEntry entry = to_cache_entry(sources[i], std::move(compiled[i]));
@@ -113,7 +116,7 @@ void prepare_kernels(const std::vector<KernelInstance>& kernels) {
         errors[i] = std::current_exception();
       }
     }
-    for (const KernelInstance& k : chunks[i]) reg.failures[k.label] = errors[i];
+    for (const std::string& label : sources[i].labels) reg.failures[label] = errors[i];
   }
 }
 

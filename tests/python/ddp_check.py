@@ -64,8 +64,14 @@ def main():
     part = slice(rank * 4, (rank + 1) * 4)
     call(ddp, x[part], pad[part]).pow(2).mean().backward()
     worst = 0.0
-    for (name, p), q in zip(single.named_parameters(), ddp.module.parameters()):
-        err = ((p.grad - q.grad).norm() / p.grad.norm().clamp_min(1e-30)).item()
+    pairs = list(zip(single.named_parameters(), ddp.module.parameters()))
+    scale = max(p.grad.norm().item() for (_, p), _ in pairs)
+    for (name, p), q in pairs:
+        # A gradient that is zero in exact arithmetic (BERT's key bias: softmax ignores it) is rounding
+        # noise in both runs, which sum different halves of the batch: compared absolutely, against
+        # the largest gradient.
+        denom = p.grad.norm().item() if p.grad.norm().item() > 1e-5 * scale else scale
+        err = (p.grad - q.grad).norm().item() / max(denom, 1e-30)
         worst = max(worst, err)
         assert err < 1e-4, f"rank {rank}: {name}: relative error {err:.3g}"
     dist.barrier()
