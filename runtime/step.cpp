@@ -235,6 +235,16 @@ TrainStep::~TrainStep() {
 
 void* TrainStep::params() const { return mem_->params.get(); }
 void* TrainStep::grads() const { return mem_->grads.get(); }
+void* TrainStep::masters() const { return mem_->master ? mem_->master.get() : nullptr; }
+void* TrainStep::exp_avg() const { return mem_->exp_avg.get(); }
+void* TrainStep::exp_avg_sq() const { return mem_->exp_avg_sq.get(); }
+
+TrainStep::Outputs TrainStep::last_outputs() const {
+  if (!last_) throw Error("TrainStep::last_outputs: no step has run yet");
+  const Bucket& bk = *last_;
+  return {bk.loss.as<float>(), bk.nll.as<float>(), bk.tgt.batch * bk.tgt.seq,
+          static_cast<const float*>(bk.counters.get())};  // n_tokens is the counters' first slot
+}
 
 const ArenaEntry& TrainStep::entry(std::string_view name) const {
   if (const ArenaEntry* e = find_entry(arena_, name)) return *e;

@@ -83,6 +83,23 @@ class TrainStep {
   // Device addresses of the arenas (elements of the model's dtype for params and grads).
   void* params() const;
   void* grads() const;
+  // The optimizer's arenas, at the parameter arena's offsets, fp32: the master weights (null for
+  // an fp32 model, whose parameters are their own masters) and Adam's two moments.
+  void* masters() const;
+  void* exp_avg() const;
+  void* exp_avg_sq() const;
+
+  // Where the last run() left its results on the device, valid until the next run() of the same
+  // shape (the next step on the same stream may read them first, as the Python frontend does):
+  // per target row (batch·len of them) the label-smoothed loss and the NLL, 0 on ignored rows,
+  // and the count of targets that are not ignore_index (one float). Throws before the first run.
+  struct Outputs {
+    const float* loss = nullptr;
+    const float* nll = nullptr;
+    int64_t rows = 0;
+    const float* tokens = nullptr;
+  };
+  Outputs last_outputs() const;
 
   // Deterministic initialization from `seed`: Xavier-uniform weight matrices, zero biases, unit
   // LayerNorm weights, N(0, hidden^-1/2) token embeddings with a zero padding row, N(0, 0.02)

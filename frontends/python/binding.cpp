@@ -330,6 +330,46 @@ PYBIND11_MODULE(_C, m) {
             return out;
           },
           "[(state_dict name, shape)] of every parameter, in arena order")
+      .def(
+          "layout",
+          [](const TrainStep& t) {
+            std::vector<std::tuple<std::string, std::vector<int64_t>, int64_t>> out;
+            for (const ArenaEntry& e : t.arena().entries) {
+              std::vector<int64_t> shape;
+              for (const Dim& d : e.shape) shape.push_back(d.factor);
+              out.emplace_back(e.name, shape, e.offset);
+            }
+            return py::make_tuple(out, t.arena().total);
+          },
+          "([(state_dict name, shape, offset in elements)], the arena's total elements): where "
+          "each parameter lives in the arenas (addresses())")
+      .def(
+          "addresses",
+          [](const TrainStep& t) {
+            auto a = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+            py::dict d;
+            d["params"] = a(t.params());
+            d["grads"] = a(t.grads());
+            d["masters"] = a(t.masters());
+            d["exp_avg"] = a(t.exp_avg());
+            d["exp_avg_sq"] = a(t.exp_avg_sq());
+            return d;
+          },
+          "device addresses of the arenas: params and grads (model dtype), masters (fp32; 0 for an "
+          "fp32 model), exp_avg and exp_avg_sq (fp32), all at layout()'s offsets")
+      .def(
+          "last_outputs",
+          [](const TrainStep& t) {
+            const TrainStep::Outputs o = t.last_outputs();
+            py::dict d;
+            d["loss"] = reinterpret_cast<uintptr_t>(o.loss);
+            d["nll"] = reinterpret_cast<uintptr_t>(o.nll);
+            d["rows"] = o.rows;
+            d["tokens"] = reinterpret_cast<uintptr_t>(o.tokens);
+            return d;
+          },
+          "device addresses of the last run's per-row loss and NLL (fp32 [rows]) and its target "
+          "count (one fp32), valid until the next run of that shape")
       .def("init_parameters", &TrainStep::init_parameters, py::arg("seed"))
       .def(
           "set_parameter",

@@ -86,12 +86,12 @@ def test_readme_in_tree_import_route_works(tmp_path):
 
 
 def test_fine_tuning_examples_say_they_need_a_gpu():
-    """examples/finetune_*.py: on a machine without a GPU each exits with that reason (on a GPU
+    """examples/finetune_*.py and train_mt.py: on a machine without a GPU each exits with that reason (on a GPU
     machine scripts/gpu-check runs them)."""
     import pytest
     import torch
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: scripts/gpu-check runs the examples")
-    for script in sorted((ROOT / "examples").glob("finetune_*.py")):
+    for script in sorted((ROOT / "examples").glob("finetune_*.py")) + [ROOT / "examples" / "train_mt.py"]:
         p = subprocess.run([sys.executable, str(script), "--steps", "1"], capture_output=True, text=True)
         assert p.returncode != 0 and f"{script.stem}: needs a CUDA GPU" in p.stderr, (script, p.stderr[-2000:])

@@ -374,3 +374,126 @@ def test_token_types_enter_the_embedding():
         plain.run(src.data_ptr(), tgt.data_ptr(), y.data_ptr(), B, S, T, s,
                   token_types=ones.data_ptr())
 
+
+
+# ---- lightseq.TrainStep: the step from Python, on the module's own parameters --------------------
+
+class MT(nn.Module):
+    """An MT model as people write it: nn.Embedding (padding row zero and frozen, as nn.Embedding
+    does), fairseq's sinusoidal positions, nn.Transformer (with its final LayerNorms), a tied output
+    projection and a label-smoothed cross-entropy."""
+
+    def __init__(self, norm_first=False, dropout=0.0):
+        super().__init__()
+        self.embed = nn.Embedding(V, H, padding_idx=PAD)
+        nn.init.normal_(self.embed.weight, 0.0, H ** -0.5)
+        with torch.no_grad():
+            self.embed.weight[PAD].zero_()
+        self.transformer = nn.Transformer(H, HEADS, 2, 2, FFN, dropout=dropout, batch_first=True,
+                                          norm_first=norm_first)
+        self.loss = nn.CrossEntropyLoss(label_smoothing=SMOOTH, ignore_index=PAD)
+
+    def embed_tokens(self, t):
+        return self.embed(t) * math.sqrt(H) + sinusoids(t.shape[1]).to(t.device, self.embed.weight.dtype)
+
+    def forward(self, src, tgt, targets):
+        T = tgt.shape[1]
+        causal = nn.Transformer.generate_square_subsequent_mask(T, device=tgt.device)
+        out = self.transformer(self.embed_tokens(src), self.embed_tokens(tgt), tgt_mask=causal, tgt_is_causal=True,
+                               src_key_padding_mask=src == PAD, tgt_key_padding_mask=tgt == PAD,
+                               memory_key_padding_mask=src == PAD)
+        return self.loss((out @ self.embed.weight.t()).reshape(-1, V).float(), targets.reshape(-1))
+
+
+def python_step(model, opt, **kw):
+    return lightseq.TrainStep(embedding=model.embed, transformer=model.transformer, loss=model.loss, optimizer=opt,
+                              max_positions=64, **kw)
+
+
+def test_python_train_step_trains_the_modules_parameters_like_pytorch():
+    """fp32, an LR schedule, 6 steps: each returned loss equals PyTorch's, the module's own
+    parameters (now views of the step's arena) equal PyTorch's after training, and an in-place
+    change to them (load_state_dict) is what the next step trains from."""
+    torch.manual_seed(2)
+    ref = MT().cuda()
+    mine = copy.deepcopy(ref)
+    opts = [torch.optim.AdamW(m.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD) for m in (ref, mine)]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda i: min(1.0, (i + 1) / 3)) for o in opts]
+    step = python_step(mine, opts[1])
+    assert set(step.parameter_names()) == set(dict(ref.named_parameters()))
+    data = batches(6, seed=11)
+    for i, b in enumerate(data):
+        opts[0].zero_grad()
+        want = ref(*b)
+        want.backward()
+        opts[0].step()
+        got = step(*b)
+        assert got.dtype == torch.float32 and got.dim() == 0
+        assert abs(got.item() - want.item()) <= 2e-4 * abs(want.item()), f"step {i}: {got.item()} vs {want.item()}"
+        assert step.stats()["loss"] == pytest.approx(got.item(), rel=1e-6)
+        for s in scheds:
+            s.step()
+    assert step.graph_replays == len(data) - 1
+    for name, p in mine.named_parameters():
+        want_p = ref.get_parameter(name)
+        if name.endswith("in_proj_bias"):  # the key part: rounding noise through Adam (see above)
+            assert float((p - want_p).abs().max()) <= 2 * LR * len(data), name
+            continue
+        assert rel_err(p.detach(), want_p.detach()) <= 1e-4, name
+    # the module's parameters are the step's: an in-place load is trained from at the next step
+    mine.load_state_dict(ref.state_dict())
+    b = batches(1, seed=12)[0]
+    assert step.evaluate(*b)["loss"] == pytest.approx(ref(*b).item(), rel=2e-4)
+
+
+def test_python_train_step_fp32_module_in_bf16_keeps_its_masters():
+    """fp32 parameters trained in bf16: the module's parameters are the fp32 master weights (they
+    change by steps smaller than bf16 can hold), the losses follow PyTorch's fp32 run within 2%,
+    padding to a multiple of 8 changes nothing but the graphs' shapes, and dropout runs."""
+    torch.manual_seed(3)
+    ref = MT().cuda()
+    mine = copy.deepcopy(ref)
+    opts = [torch.optim.AdamW(m.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD) for m in (ref, mine)]
+    step = python_step(mine, opts[1], dtype=torch.bfloat16, pad_to_multiple=8)
+    assert all(p.dtype == torch.float32 for p in mine.parameters())
+    w0 = mine.transformer.encoder.layers[0].linear1.weight.detach().clone()
+    for i, b in enumerate(batches(4, seed=13)):
+        opts[0].zero_grad()
+        want = ref(*b)
+        want.backward()
+        opts[0].step()
+        got = step(*b).item()
+        assert abs(got - want.item()) <= 2e-2 * abs(want.item()), f"step {i}: {got} vs {want.item()}"
+    w1 = mine.transformer.encoder.layers[0].linear1.weight.detach()
+    assert not torch.equal(w1, w0) and not torch.equal(w1, w1.bfloat16().float()), "not fp32 master weights"
+    assert step.graphs_captured == 1  # T = 11 and S = 13 padded to 16: one shape
+    # dropout: a model with dropout trains too, and its losses differ from dropout-free ones
+    torch.manual_seed(3)
+    drop = MT(dropout=0.1).cuda()
+    dstep = python_step(drop, torch.optim.AdamW(drop.parameters(), lr=LR), dtype=torch.bfloat16, seed=1)
+    b = batches(1, seed=14)[0]
+    losses = [dstep(*b).item() for _ in range(3)]
+    assert all(math.isfinite(x) for x in losses) and losses[0] != losses[1]
+
+
+def test_python_train_step_refuses_what_it_cannot_train():
+    torch.manual_seed(4)
+    m = MT().cuda()
+    opt = torch.optim.AdamW(m.parameters(), lr=LR)
+    with pytest.raises(lightseq.Unsupported, match="reduction is 'sum'"):
+        lightseq.TrainStep(embedding=m.embed, transformer=m.transformer, optimizer=opt,
+                           loss=nn.CrossEntropyLoss(reduction="sum"))
+    with pytest.raises(lightseq.ArgumentError, match="exactly the parameters"):
+        lightseq.TrainStep(embedding=m.embed, transformer=m.transformer, loss=m.loss,
+                           optimizer=torch.optim.AdamW(m.transformer.parameters(), lr=LR))
+    with pytest.raises(lightseq.ArgumentTypeError, match="torch.optim.AdamW or"):
+        lightseq.TrainStep(embedding=m.embed, transformer=m.transformer, loss=m.loss,
+                           optimizer=torch.optim.SGD(m.parameters(), lr=LR))
+    step = python_step(m, opt)
+    src, tgt, tgt_out = batches(1)[0]
+    with pytest.raises(lightseq.ArgumentError, match="takes \\(src, tgt, targets\\)"):
+        step(tgt, tgt_out)
+    with pytest.raises(lightseq.ArgumentError, match="targets has 10 positions, the target tokens 11"):
+        step(src, tgt, tgt_out[:, :10])
+    with pytest.raises(lightseq.ArgumentError, match="is on cpu"):
+        step(src.cpu(), tgt, tgt_out)

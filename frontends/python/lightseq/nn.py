@@ -6,11 +6,12 @@ from typing import Optional
 import torch
 
 from . import _compile, _spec
-from ._embedding import Embedding
+from ._embedding import Embedding, sinusoidal_table
 from ._loss import LinearCrossEntropyLoss
 from ._errors import ArgumentError, Unsupported
 
-__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Embedding", "LinearCrossEntropyLoss"]
+__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Embedding", "LinearCrossEntropyLoss",
+           "sinusoidal_table"]
 
 
 # The activation names lightseq.nn takes -> what torch's layer is built with.
