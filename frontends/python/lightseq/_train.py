@@ -390,6 +390,9 @@ class TrainStep:
         return src, tgt, targets
 
     def _prepare(self, stream: int) -> None:
+        # The step is the optimizer's update: an LR scheduler stepped after it must not warn that
+        # optimizer.step() was never called (torch reads this flag).
+        self.optimizer._opt_called = True
         if self._versions() != self._version:
             self._sync_parameters()
         lr = self.optimizer.param_groups[0]["lr"]
