@@ -350,8 +350,8 @@ TEST_P(SpecBad, ReportsExactIssues) {
 }
 
 const char* const kAtLeastOneStack =
-    "a spec needs at least one layer stack or an embedding; add a stack such as "
-    "{\"type\": \"encoder\", \"hidden\": 512, \"heads\": 8, \"ffn\": 2048}";
+    "a spec needs at least one layer stack, an embedding or an optimizer; add a stack such "
+    "as {\"type\": \"encoder\", \"hidden\": 512, \"heads\": 8, \"ffn\": 2048}";
 const char* const kMultipleOf8 =
     "must be a multiple of 8 (kernels move 16-byte vectors of 8 elements); try ";
 const char* const kProbability = "must be a probability in [0, 1); 0 turns it off";

@@ -189,9 +189,11 @@ LayerGraph lower_optimizer(const OptimizerSpec& o, const ModelSpec& model) {
                                to_string(o.kind), o.lr, o.beta1, o.beta2, o.eps, o.weight_decay,
                                model.precision == Precision::kFp32 ? "" : ", fp32 master weights");
   Builder b(lg.graph);
-  // The optimizer sees all parameters as one list: the model's parameter arena (param_arena.h).
-  const int64_t n = parameter_arena(model).total;
-  const Shape all{Dim::constant(n)};
+  // The optimizer sees all parameters as one list: the model's parameter arena (param_arena.h),
+  // or, in a spec with nothing else (lightseq.optim: parameters that live elsewhere), an arena
+  // whose element count is the run's `batch`.
+  const bool alone = model.layers.empty() && !model.embedding;
+  const Shape all{alone ? Dim::batch() : Dim::constant(parameter_arena(model).total)};
   const Shape one{Dim::constant(1)};
   std::vector<int> in{b.param("params", all),
                       b.tensor("grads", all, TensorRole::kInput),

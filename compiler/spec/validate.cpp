@@ -386,10 +386,10 @@ std::vector<SpecIssue> validate_spec(const ModelSpec& spec) {
           "must be \"fp32\", \"fp16\" or \"bf16\"");
   }
   if (spec.embedding) v.check_embedding(*spec.embedding);
-  if (spec.layers.empty() && !spec.embedding) {
+  if (spec.layers.empty() && !spec.embedding && !spec.optimizer) {
     v.add("layers", "[]",
-          "a spec needs at least one layer stack or an embedding; add a stack such as "
-          "{\"type\": \"encoder\", \"hidden\": 512, \"heads\": 8, \"ffn\": 2048}");
+          "a spec needs at least one layer stack, an embedding or an optimizer; add a stack such "
+          "as {\"type\": \"encoder\", \"hidden\": 512, \"heads\": 8, \"ffn\": 2048}");
   }
   v.check_layers(spec);
   if (spec.criterion) v.check_criterion(spec);

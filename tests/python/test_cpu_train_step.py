@@ -114,3 +114,32 @@ def test_a_model_off_the_gpu_is_refused():
     with pytest.raises(lightseq.ArgumentError, match="transformer= or encoder=/decoder=, not both"):
         lightseq.TrainStep(embedding=emb, transformer=t, encoder=t.encoder, loss=nn.CrossEntropyLoss(),
                            optimizer=opt)
+
+
+# ---- lightseq.optim without a GPU: its spec and its argument checks ------------------------------
+
+def test_an_optimizer_alone_is_a_valid_spec():
+    spec = {"name": "opt", "precision": "bf16", "optimizer": {"type": "adamw", "lr": 1e-3, "clip_norm": 1.0}}
+    assert issues(spec) == []
+    assert issues({"name": "nothing", "precision": "bf16"})[0][2].startswith(
+        "a spec needs at least one layer stack, an embedding or an optimizer")
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"lr": -1.0}, "lr=-1.0 is out of range"),
+    ({"eps": 0.0}, "eps=0.0 is out of range"),
+    ({"betas": (0.9, 1.0)}, "betas=\\(0.9, 1.0\\); give two numbers in \\[0, 1\\)"),
+    ({"loss_scale": 0.0}, "loss_scale=0.0 must be positive"),
+])
+def test_optimizer_arguments_are_checked(kw, match):
+    with pytest.raises(lightseq.ArgumentError, match=match):
+        lightseq.optim.AdamW([nn.Parameter(torch.zeros(3))], **kw)
+
+
+def test_an_optimizer_of_cpu_parameters_says_so_at_its_first_step():
+    p = nn.Parameter(torch.zeros(3))
+    opt = lightseq.optim.Adam([p])
+    p.grad = torch.ones(3)
+    with pytest.raises(lightseq.ArgumentError, match="on cpu; lightseq's Adam runs on CUDA devices"):
+        opt.step()
+    assert isinstance(opt, torch.optim.Optimizer) and opt.param_groups[0]["decoupled_weight_decay"] is False

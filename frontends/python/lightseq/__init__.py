@@ -9,12 +9,12 @@
 """
 from __future__ import annotations
 
-from . import nn
+from . import nn, optim
 from ._compile import compile, explain  # noqa: A004 - the public name is compile
 from ._errors import ArgumentError, ArgumentTypeError, Error, SpecError, Unsupported
 from ._native import gpu_available
 from ._train import TrainStep
 
 __version__ = "0.1.0"
-__all__ = ["compile", "explain", "nn", "TrainStep", "Error", "ArgumentError", "ArgumentTypeError", "Unsupported",
+__all__ = ["compile", "explain", "nn", "optim", "TrainStep", "Error", "ArgumentError", "ArgumentTypeError", "Unsupported",
            "SpecError", "gpu_available", "__version__"]
