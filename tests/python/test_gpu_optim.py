@@ -131,6 +131,7 @@ def test_gradscaler_skips_an_overflow_step():
     ps = params(torch.float32, seed=9)
     ours = lightseq.optim.AdamW(ps, lr=1e-2)
     scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
+    scaler.scale(torch.ones((), device="cuda"))  # as scaler.scale(loss).backward() would: its scale exists
     for p, g in zip(ps, grads(1, torch.float32, seed=10)[0]):
         p.grad = g * 1024
     scaler.step(ours)

@@ -22,7 +22,8 @@ from ._errors import ArgumentError
 
 _ARENA_ALIGN = 256
 
-_DTYPES = {"float32": torch.float32, "int64": torch.int64, "uint8": torch.uint8, "int32": torch.int32}
+_DTYPES = {"float32": torch.float32, "int64": torch.int64, "uint8": torch.uint8, "int32": torch.int32,
+           "optim_state": torch.int32}  # OptimState: 16 bytes (the optimizer owns it; never allocated here)
 _MODEL_DTYPES = {name: dtype for dtype, name in _spec._DTYPE_NAMES.items()}  # "bf16" -> torch.bfloat16
 
 
