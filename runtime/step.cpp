@@ -89,6 +89,12 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
                     "\"embedding\", \"criterion\" and \"optimizer\" sections)",
                     spec.name, fmt::join(missing, ", no ")));
   }
+  if (spec.criterion->input != CriterionInput::kHidden) {
+    throw Error(fmt::format(
+        "model '{}' cannot train as a whole: its criterion reads logits (criterion.input \"{}\"), "
+        "and the step's criterion projects the last stack's output itself; remove \"input\"",
+        spec.name, to_string(spec.criterion->input)));
+  }
   bool seen_decoder = false;
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     if (spec.layers[i].kind == LayerKind::kDecoder) seen_decoder = true;

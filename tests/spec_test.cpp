@@ -252,7 +252,8 @@ TEST(SpecParse, RoundTripsNonDefaultValues) {
                                     .ffn = 262144,
                                     .causal = true,
                                     .dropout = {}});
-  s.criterion = CriterionSpec{.label_smoothing = 0.999999, .ignore_index = -2147483648LL};
+  s.criterion = CriterionSpec{
+      .label_smoothing = 0.999999, .ignore_index = -2147483648LL, .input = CriterionInput::kLogits};
   s.optimizer = OptimizerSpec{.kind = OptimizerKind::kAdam,
                               .lr = 3.4e38,
                               .beta1 = 0,
@@ -480,6 +481,9 @@ const std::vector<BadSpec> kBadSpecs = {
     {"logits_chunk_zero",
      {{R"("ignore_index": 1})", R"("ignore_index": 1, "logits_chunk_mib": 0})"}},
      {"criterion.logits_chunk_mib = 0: must be in [1, 1048576]; try 1"}},
+    {"criterion_input_unknown",
+     {{R"("ignore_index": 1})", R"("ignore_index": 1, "input": "probs"})"}},
+     {"criterion.input = \"probs\": must be one of \"hidden\", \"logits\""}},
     {"adam_eps_zero",
      {{R"("eps": 1e-8)", R"("eps": 0)"}},
      {"optimizer.eps = 0: must be a positive finite number (Adam divides by sqrt(v) + eps); try "

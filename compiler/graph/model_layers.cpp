@@ -107,7 +107,46 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
   return lg;
 }
 
+namespace {
+
+// A cross-entropy over logits computed elsewhere (lightseq.nn.CrossEntropyLoss): the loss and the
+// logits' gradient of the mean loss in one pass, both outputs of the forward (the caller scales the
+// gradient by the loss's incoming gradient); nothing to save, no backward.
+LayerGraph lower_logits_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
+  LayerGraph lg;
+  lg.type = LayerType::kCriterion;
+  lg.name = "criterion";
+  lg.description =
+      fmt::format("cross-entropy over {} logits, label smoothing {:g}, ignore index {}", e.vocab,
+                  c.label_smoothing, c.ignore_index);
+  Builder b(lg.graph);
+  const Dim V = Dim::constant(e.vocab), bt = Dim::tokens();
+  const Shape one{Dim::constant(1)};
+  int logits = b.tensor("logits", {bt, V}, TensorRole::kInput);
+  int targets = b.tensor("targets", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kI64);
+  int loss_scale = b.tensor("loss_scale", one, TensorRole::kInput, ElemType::kF32);
+  int loss = b.tensor("loss", {bt}, TensorRole::kOutput, ElemType::kF32);
+  int nll = b.tensor("nll", {bt}, TensorRole::kOutput, ElemType::kF32);
+  int d_logits = b.tensor("grad_logits", {bt, V}, TensorRole::kOutput);
+  int bad = b.tensor("bad_target", one, TensorRole::kOutput, ElemType::kI32);
+  int grad_scale = b.tensor("grad_scale", one, TensorRole::kActivation, ElemType::kF32);
+  int n_tokens = b.tensor("n_tokens", one, TensorRole::kOutput, ElemType::kF32);
+  OpAttrs ce;
+  ce.vocab = e.vocab;
+  ce.ignore_index = c.ignore_index;
+  ce.label_smoothing = c.label_smoothing;
+  b.op(OpKind::kGradScale, "grad_scale", {targets, loss_scale}, {grad_scale, n_tokens}, ce);
+  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale},
+       {loss, nll, d_logits, bad}, ce);
+  lg.graph.begin_backward();
+  lg.graph.verify();
+  return lg;
+}
+
+}  // namespace
+
 LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
+  if (c.input == CriterionInput::kLogits) return lower_logits_criterion(c, e);
   LayerGraph lg;
   lg.type = LayerType::kCriterion;
   lg.name = "criterion";

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <set>
 
 #include "compiler/errors.h"
@@ -220,7 +221,11 @@ LayerPlan plan_layer(LayerGraph layer, Precision precision) {
     }
   }
   verify(lp, s);
-  if (lp.layer.type == LayerType::kCriterion) fuse_linear_cross_entropy(lp, precision);
+  const bool projects = std::any_of(lp.forward.begin(), lp.forward.end(), [](const Step& st) {
+    return std::holds_alternative<GemmStep>(st);
+  });
+  // A criterion over given logits has no projection to chunk.
+  if (lp.layer.type == LayerType::kCriterion && projects) fuse_linear_cross_entropy(lp, precision);
   lp.saved = saved_tensors(lp);
   planner::build_manifest(lp);
   for (const Step& st : lp.backward) {

@@ -79,6 +79,16 @@ std::string_view to_string(PositionsFrom p) {
   bad_enum("PositionsFrom", static_cast<int>(p));
 }
 
+std::string_view to_string(CriterionInput i) {
+  switch (i) {
+    case CriterionInput::kHidden:
+      return "hidden";
+    case CriterionInput::kLogits:
+      return "logits";
+  }
+  bad_enum("CriterionInput", static_cast<int>(i));
+}
+
 std::string_view to_string(PaddingRows p) {
   switch (p) {
     case PaddingRows::kZero:

@@ -37,6 +37,9 @@ enum class LayerKind { kEncoder, kDecoder };
 enum class AttentionBackend { kUnfused, kFused };
 enum class OptimizerKind { kAdam, kAdamW };
 enum class CriterionKind { kCrossEntropy };
+// What the criterion reads: the last stack's output, projected to the vocabulary in chunks by its
+// own GEMM (the fused linear + cross-entropy), or logits computed elsewhere (a loss on its own).
+enum class CriterionInput { kHidden, kLogits };
 
 std::string_view to_string(Precision p);         // "fp32", "fp16", "bf16"
 std::string_view to_string(NormPlacement n);     // "pre", "post"
@@ -48,6 +51,7 @@ std::string_view to_string(LayerKind k);         // "encoder", "decoder"
 std::string_view to_string(AttentionBackend a);  // "unfused", "fused"
 std::string_view to_string(OptimizerKind k);     // "adam", "adamw"
 std::string_view to_string(CriterionKind k);     // "cross_entropy"
+std::string_view to_string(CriterionInput i);    // "hidden", "logits"
 
 // Bytes of one element of the model's activations and parameters.
 int element_bytes(Precision p);
@@ -107,6 +111,7 @@ struct CriterionSpec {
   // The fused linear + cross-entropy computes the logits (and their gradient, as large) over
   // chunks of token rows, each chunk's logits at most this many MiB.
   int64_t logits_chunk_mib = 256;
+  CriterionInput input = CriterionInput::kHidden;
   bool operator==(const CriterionSpec&) const = default;
 };
 

@@ -338,6 +338,10 @@ class Validator {
     check_probability("criterion.label_smoothing", c.label_smoothing);
     check_range("criterion.ignore_index", c.ignore_index, kMinIndex, kMaxIndex);
     check_range("criterion.logits_chunk_mib", c.logits_chunk_mib, 1, int64_t{1} << 20);
+    if (c.input != CriterionInput::kHidden && c.input != CriterionInput::kLogits) {
+      add("criterion.input", show(static_cast<int64_t>(c.input)),
+          "must be \"hidden\" or \"logits\"");
+    }
   }
 
   void check_optimizer(const OptimizerSpec& o) {

@@ -400,7 +400,10 @@ class SpecReader {
          {"ignore_index", Need::kOptional, "",
           [&](auto& n, auto& p) { read_int(n, p, c.ignore_index); }},
          {"logits_chunk_mib", Need::kOptional, "",
-          [&](auto& n, auto& p) { read_int(n, p, c.logits_chunk_mib); }}});
+          [&](auto& n, auto& p) { read_int(n, p, c.logits_chunk_mib); }},
+         {"input", Need::kOptional, "", [&](auto& n, auto& p) {
+            read_enum(n, p, {CriterionInput::kHidden, CriterionInput::kLogits}, c.input);
+          }}});
     return c;
   }
 

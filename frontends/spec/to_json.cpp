@@ -64,6 +64,7 @@ Json spec_to_json(const ModelSpec& spec) {
                           {"ignore_index", c.ignore_index}};
     if (c.logits_chunk_mib != CriterionSpec{}.logits_chunk_mib)
       j["criterion"]["logits_chunk_mib"] = c.logits_chunk_mib;
+    if (c.input != CriterionInput::kHidden) j["criterion"]["input"] = name_of(c.input);
   }
   if (spec.optimizer) {
     const OptimizerSpec& o = *spec.optimizer;

@@ -260,3 +260,25 @@ def test_a_compiled_model_unpickles_in_a_fresh_process(tmp_path):
             "assert torch.equal(m(input_ids=ids).last_hidden_state, want); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_cross_entropy_loss_is_a_drop_in_that_compile_swaps():
+    """lightseq.nn.CrossEntropyLoss is an nn.CrossEntropyLoss (CPU calls run torch's); compile swaps
+    an nn.CrossEntropyLoss submodule and says so; a transformers model's own loss is explained."""
+    loss_fn = lightseq.nn.CrossEntropyLoss(label_smoothing=0.1, ignore_index=0)
+    assert isinstance(loss_fn, torch.nn.CrossEntropyLoss)
+    x, t = torch.randn(6, 9), torch.randint(0, 9, (6,))
+    assert "logits on cpu" in loss_fn.runs_lightseq(x, t)
+    torch.testing.assert_close(loss_fn(x, t), torch.nn.functional.cross_entropy(x, t, label_smoothing=0.1,
+                                                                                ignore_index=0))
+    with pytest.raises(lightseq.ArgumentError, match="reduction='avg'"):
+        lightseq.nn.CrossEntropyLoss(reduction="avg")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 9))
+    model.loss = torch.nn.CrossEntropyLoss(weight=torch.ones(9))
+    lightseq.compile(model)
+    assert type(model.loss) is lightseq.nn.CrossEntropyLoss  # its class weights run torch's path
+    assert "class weights" in model.loss.runs_lightseq(x, t)
+    bert = transformers.BertForMaskedLM(transformers.BertConfig(hidden_size=64, num_hidden_layers=1,
+                                                                num_attention_heads=4, intermediate_size=128,
+                                                                vocab_size=100))
+    assert "call the model without labels" in lightseq.explain(lightseq.compile(bert))

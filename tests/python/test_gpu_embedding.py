@@ -172,3 +172,64 @@ def test_linear_cross_entropy_bad_targets_are_reported():
     torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-4)  # the bad target counted as ignored
     with pytest.raises(lightseq.ArgumentError, match="outside"):
         loss_fn.check_targets()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("vocab, rows", [(32000, 200), (50257, 96), (256000, 40)])
+@pytest.mark.parametrize("smoothing, reduction", [(0.0, "mean"), (0.1, "mean"), (0.1, "sum")])
+def test_cross_entropy_matches_pytorch_in_float64(dtype, vocab, rows, smoothing, reduction):
+    """lightseq.nn.CrossEntropyLoss on logits against F.cross_entropy in float64: the loss and the
+    logits' gradient, ignored targets included, an upstream gradient other than 1."""
+    dtype = DTYPES[dtype]
+    torch.manual_seed(vocab + rows)
+    x = (torch.randn(rows, vocab, device="cuda") * 3).to(dtype).requires_grad_(True)
+    t = torch.randint(0, vocab, (rows,), device="cuda")
+    t[::7] = -100
+    loss_fn = lightseq.nn.CrossEntropyLoss(label_smoothing=smoothing, reduction=reduction)
+    assert loss_fn.runs_lightseq(x, t) == ""
+    loss = loss_fn(x, t)
+    (loss * 3).backward()
+    x64 = x.detach().double().requires_grad_(True)
+    want = torch.nn.functional.cross_entropy(x64, t, label_smoothing=smoothing, reduction=reduction)
+    (want * 3).backward()
+    tol = TOL[dtype] * 4
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - want.item()) <= tol * abs(want.item()), (loss.item(), want.item())
+    assert rel_err(x.grad, x64.grad) <= tol, rel_err(x.grad, x64.grad)
+    assert x.grad[::7].abs().max() == 0  # ignored rows get no gradient
+    loss_fn.check_targets()
+
+
+def test_cross_entropy_runs_torch_where_lightseq_does_not_and_is_swapped_by_compile():
+    loss_fn = lightseq.nn.CrossEntropyLoss(label_smoothing=0.1)
+    x = torch.randn(4, 10, 3, device="cuda")  # [N, C, d]: torch's
+    t = torch.randint(0, 10, (4, 3), device="cuda")
+    assert "lightseq takes [N, C]" in loss_fn.runs_lightseq(x, t)
+    torch.testing.assert_close(loss_fn(x, t), torch.nn.functional.cross_entropy(x, t, label_smoothing=0.1))
+    probs = torch.softmax(torch.randn(4, 10, device="cuda"), -1)
+    x2 = torch.randn(4, 10, device="cuda")
+    torch.testing.assert_close(loss_fn(x2, probs), torch.nn.functional.cross_entropy(x2, probs, label_smoothing=0.1))
+    bad = torch.tensor([1, 2, 10, 3], device="cuda")
+    loss_fn(x2, bad)  # counted as ignored, reported later
+    with pytest.raises(lightseq.ArgumentError, match="outside"):
+        loss_fn.check_targets()
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(16, 50)
+            self.loss = torch.nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.1)
+
+        def forward(self, h, y):
+            return self.loss(self.proj(h), y)
+
+    torch.manual_seed(3)
+    ref = Head().cuda()
+    model = lightseq.compile(copy.deepcopy(ref))
+    assert type(model.loss) is lightseq.nn.CrossEntropyLoss and "loss (CrossEntropyLoss): compiled" in lightseq.explain(model)
+    h, y = torch.randn(32, 16, device="cuda"), torch.randint(0, 50, (32,), device="cuda")
+    a, b = model(h, y), ref(h, y)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.proj.weight.grad, ref.proj.weight.grad, rtol=1e-4, atol=1e-6)

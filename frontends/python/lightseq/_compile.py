@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _embedding, _hf, _native, _ops, _spec
+from . import _embedding, _hf, _loss, _native, _ops, _spec
 from ._errors import ArgumentError, ArgumentTypeError, Error, Unsupported, a_type
 from ._spec import DecoderConfig, EncoderConfig
 
@@ -435,12 +435,43 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
         report.append((name or "<model>", _base_name(module), True,
                        f"{config.describe()}, {layer_dtype}{_attention_note(config, layer_dtype, attention)}"
                        f"{_CALL_NOTE}"))
+    report += _swap_losses(model, cache_dir)
     for module in model.modules():
         if type(module) is nn.TransformerEncoder and all(
                 isinstance(m, CompiledTransformerEncoderLayer) for m in module.layers):
             module.__class__ = CompiledTransformerEncoder
     model.__dict__["_lightseq_report"] = report
     return model
+
+
+def _swap_losses(model: nn.Module, cache_dir: Optional[str]) -> list:
+    """nn.CrossEntropyLoss submodules become lightseq.nn.CrossEntropyLoss (the same function: calls
+    it does not take run torch's implementation); a transformers model's own loss, made inside its
+    forward, cannot be swapped, and the report says what to do instead."""
+    report, swapped = [], 0
+    for name, module in model.named_modules():
+        if type(module) is not nn.CrossEntropyLoss:
+            continue
+        try:
+            _loss._setup_loss(module, "CrossEntropyLoss", module.ignore_index, module.label_smoothing,
+                              module.reduction, 256, cache_dir)
+        except Error as why:
+            report.append((name or "<model>", "CrossEntropyLoss", False, str(why)))
+            continue
+        module.__class__ = _loss.CrossEntropyLoss
+        swapped += 1
+        report.append((name or "<model>", "CrossEntropyLoss", True,
+                       f"label smoothing {module.label_smoothing:g}, ignore index {module.ignore_index}, reduction "
+                       f"{module.reduction!r}: lightseq's fused softmax + loss + gradient on CUDA [N, C] logits with "
+                       "integer targets and no class weights; other calls run torch's"))
+    if not swapped and hasattr(model, "loss_function") and any(
+            c.__name__ == "PreTrainedModel" for c in type(model).__mro__):
+        report.append(("<loss>", "CrossEntropyLoss", False,
+                       "transformers computes this model's loss inside forward (model.loss_function), where "
+                       "lightseq cannot swap it; to run the loss with lightseq, call the model without labels "
+                       "and apply lightseq.nn.CrossEntropyLoss to the logits (or lightseq.nn.LinearCrossEntropyLoss "
+                       "to the last hidden states and the output embedding, which never materializes the logits)"))
+    return report
 
 
 def explain(model: nn.Module) -> str:

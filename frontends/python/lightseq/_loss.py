@@ -22,14 +22,18 @@ _REDUCTIONS = ("mean", "sum")
 
 
 def _spec_json(vocab: int, hidden: int, dtype: torch.dtype, label_smoothing: float, ignore_index: int,
-               chunk_mib: int) -> str:
+               chunk_mib: int, logits: bool = False) -> str:
     # The criterion needs the embedding section for its vocabulary; the projection is its own
-    # (tie_output false). The embedding layer is compiled but never run here.
+    # (tie_output false). The embedding layer is compiled but never run here. logits: the criterion
+    # reads given logits (criterion.input "logits") instead of projecting `hidden`.
+    criterion = {"type": "cross_entropy", "label_smoothing": label_smoothing, "ignore_index": ignore_index,
+                 "logits_chunk_mib": chunk_mib}
+    if logits:
+        criterion["input"] = "logits"
     return _spec.spec_json({
-        "name": "lightseq-linear-cross-entropy", "precision": _spec.dtype_name(dtype),
-        "embedding": {"vocab": vocab, "hidden": hidden, "tie_output": False},
-        "criterion": {"type": "cross_entropy", "label_smoothing": label_smoothing, "ignore_index": ignore_index,
-                      "logits_chunk_mib": chunk_mib}})
+        "name": "lightseq-cross-entropy" if logits else "lightseq-linear-cross-entropy",
+        "precision": _spec.dtype_name(dtype), "embedding": {"vocab": vocab, "hidden": hidden, "tie_output": False},
+        "criterion": criterion})
 
 
 @torch._dynamo.assume_constant_result
@@ -86,16 +90,50 @@ def _setup(ctx, inputs, output):
     ctx.mark_non_differentiable(gh, gw, n_tokens, bad)
 
 
+def _scaled(grads, g_loss: Tensor, n_tokens: Tensor, reduction: str, dtype: torch.dtype) -> list:
+    """The forward's gradients of the 'mean' loss (computed ×_grad_scale) times the loss's incoming
+    gradient (× the target count for 'sum'); None for those not computed (no elements)."""
+    scale = g_loss.float() * (n_tokens[0] if reduction == "sum" else 1.0) / _grad_scale(dtype)
+    return [(g * scale).to(g.dtype) if g.numel() > 0 else None for g in grads]
+
+
 def _backward(ctx, g_loss, _g_h, _g_w, _g_n, _g_bad):
     gh, gw, n_tokens = ctx.saved_tensors
-    scale = g_loss.float() * (n_tokens[0] if ctx.reduction == "sum" else 1.0) / _grad_scale(gh.dtype)
-
-    def scaled(g):
-        return (g * scale).to(g.dtype) if g.numel() > 0 else None
-    return scaled(gh), scaled(gw), None, None, None, None, None
+    return (*_scaled((gh, gw), g_loss, n_tokens, ctx.reduction, gh.dtype), None, None, None, None, None)
 
 
 torch.library.register_autograd("lightseq::linear_cross_entropy", _backward, setup_context=_setup)
+
+
+def _setup_loss(m: nn.Module, name: str, ignore_index: int, label_smoothing: float, reduction: str,
+                logits_chunk_mib: int, cache_dir: Optional[str]) -> None:
+    """The settings both losses check and keep (`name`: the class, for messages)."""
+    m._name = f"lightseq.nn.{name}"
+    if reduction not in _REDUCTIONS + ("none",):
+        raise ArgumentError(f"{m._name}: reduction={reduction!r}; give 'mean', 'sum' or 'none'")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise ArgumentTypeError(f"{m._name}: ignore_index is {a_type(ignore_index)}, not an int")
+    m.ignore_index, m.label_smoothing, m.reduction = ignore_index, float(label_smoothing), reduction
+    m.logits_chunk_mib, m.cache_dir = logits_chunk_mib, cache_dir
+    m._bad = ErrorFlags()  # earlier calls' bad-target flags
+    try:
+        C = _native.extension()
+    except Error:
+        return
+    issues = C.spec_issues(_spec_json(8, 8, torch.float32, m.label_smoothing, ignore_index, logits_chunk_mib))
+    issues = [i for i in issues if i[0].startswith("criterion")]
+    if issues:
+        raise SpecError(f"{m._name}: " + "; ".join(f"{p} = {v}: {msg}" for p, v, msg in issues))
+
+
+def _bad_target_message(m) -> str:
+    return (f"{m._name}: an earlier call had a target outside [0, vocab) that is not ignore_index "
+            f"{m.ignore_index}; it counted as ignored")
+
+
+def _check_targets(m) -> None:
+    """Waits for the calls so far and raises lightseq.ArgumentError if one had a bad target."""
+    m._bad.check(m._message(), wait=True)
 
 
 class LinearCrossEntropyLoss(nn.Module):
@@ -116,23 +154,8 @@ class LinearCrossEntropyLoss(nn.Module):
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
                  logits_chunk_mib: int = 256, cache_dir: Optional[str] = None):
         super().__init__()
-        if reduction not in _REDUCTIONS + ("none",):
-            raise ArgumentError(f"lightseq.nn.LinearCrossEntropyLoss: reduction={reduction!r}; give 'mean', "
-                                "'sum' or 'none'")
-        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-            raise ArgumentTypeError(f"lightseq.nn.LinearCrossEntropyLoss: ignore_index is {a_type(ignore_index)}, "
-                                    "not an int")
-        self.ignore_index, self.label_smoothing, self.reduction = ignore_index, float(label_smoothing), reduction
-        self.logits_chunk_mib, self.cache_dir = logits_chunk_mib, cache_dir
-        self._bad = ErrorFlags()  # earlier calls' bad-target flags
-        try:
-            C = _native.extension()
-        except Error:
-            return
-        issues = C.spec_issues(_spec_json(8, 8, torch.float32, self.label_smoothing, ignore_index, logits_chunk_mib))
-        issues = [i for i in issues if i[0].startswith("criterion")]
-        if issues:
-            raise SpecError("lightseq.nn.LinearCrossEntropyLoss: " + "; ".join(f"{p} = {v}: {m}" for p, v, m in issues))
+        _setup_loss(self, "LinearCrossEntropyLoss", ignore_index, label_smoothing, reduction, logits_chunk_mib,
+                    cache_dir)
 
     def extra_repr(self) -> str:
         return (f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing:g}, "
@@ -173,10 +196,106 @@ class LinearCrossEntropyLoss(nn.Module):
         self._bad.watch(bad)
         return loss
 
-    def _message(self) -> str:
-        return (f"lightseq.nn.LinearCrossEntropyLoss: an earlier call had a target outside [0, vocab) that is "
-                f"not ignore_index {self.ignore_index}; it counted as ignored")
+    _message = _bad_target_message
+    check_targets = _check_targets
 
-    def check_targets(self) -> None:
-        """Waits for the calls so far and raises lightseq.ArgumentError if one had a bad target."""
-        self._bad.check(self._message(), wait=True)
+
+# ---- cross-entropy over given logits --------------------------------------------------------------
+
+@torch._dynamo.assume_constant_result
+def _logits_criterion_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
+    return _ops.layer_id(spec_json, device, cache_dir, "criterion")
+
+
+@torch.library.custom_op("lightseq::cross_entropy", mutates_args=())
+def cross_entropy(logits: Tensor, targets: Tensor, layer_id: int, reduction: str,
+                  grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, grad_logits, n_tokens, bad_target) of the logits criterion `layer_id` on logits
+    [N, V] and targets [N]: the loss reduced ('mean' over the counted targets, or 'sum') and, where
+    `grad`, the gradient of the 'mean' loss (×_grad_scale; else an empty tensor)."""
+    lay = _ops.layer(layer_id)
+    n, dims = logits.shape[0], [logits.shape[0], 1, 0]
+    device = logits.device
+    named = {"logits": logits, "targets": targets.view(n, 1),
+             "loss_scale": torch.full((1,), _grad_scale(logits.dtype), dtype=torch.float32, device=device)}
+    outs = {e.name: _ops._new(e, dims, device) for e in lay.forward if e.role == "output"}
+    lay.handle.forward(_ops._ptrs([outs.get(e.name, named.get(e.name)) for e in lay.forward]), *dims, [0.0] * 5,
+                       0, 0, 0, 0, torch.cuda.current_stream(device).cuda_stream, _ops._allocator(device)[0])
+    total = outs["loss"].sum()
+    loss = total / outs["n_tokens"][0] if reduction == "mean" else total
+    g = outs["grad_logits"] if grad else logits.new_empty((0,))
+    return loss, g, outs["n_tokens"], outs["bad_target"]
+
+
+@cross_entropy.register_fake
+def _ce_fake(logits, targets, layer_id, reduction, grad):
+    return (logits.new_empty((), dtype=torch.float32), torch.empty_like(logits) if grad else logits.new_empty((0,)),
+            logits.new_empty((1,), dtype=torch.float32), logits.new_empty((1,), dtype=torch.int32))
+
+
+def _ce_setup(ctx, inputs, output):
+    _loss, g, n_tokens, bad = output
+    ctx.save_for_backward(g, n_tokens)
+    ctx.reduction = inputs[3]
+    ctx.mark_non_differentiable(g, n_tokens, bad)
+
+
+def _ce_backward(ctx, g_loss, _g, _n, _bad):
+    g, n_tokens = ctx.saved_tensors
+    return _scaled((g,), g_loss, n_tokens, ctx.reduction, g.dtype)[0], None, None, None, None
+
+
+torch.library.register_autograd("lightseq::cross_entropy", _ce_backward, setup_context=_ce_setup)
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """torch.nn.CrossEntropyLoss whose common case — logits [N, C] on a CUDA device in float32,
+    float16 or bfloat16, integer targets [N], no class weights, reduction 'mean' or 'sum' — runs
+    lightseq's fused kernel: softmax, label-smoothed loss and the logits' gradient in one pass over
+    the logits (fp32 statistics), the gradient scaled by the loss's incoming gradient in backward.
+    Everything else (class probabilities as targets, extra dimensions, class weights, 'none', CPU
+    tensors) runs torch's own implementation, so the module is a drop-in for nn.CrossEntropyLoss.
+    Targets outside [0, C) other than ignore_index count as ignored and are reported by a
+    lightseq.ArgumentError at a later call (read without synchronizing) or by check_targets();
+    torch raises for them instead. Memory: the gradient ([N, C], the logits' dtype) is made in the
+    forward and kept until backward (torch keeps the logits instead)."""
+
+    def __init__(self, weight: Optional[Tensor] = None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0, cache_dir: Optional[str] = None):
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        _setup_loss(self, "CrossEntropyLoss", ignore_index, label_smoothing, self.reduction, 256, cache_dir)
+
+    _message = _bad_target_message
+    check_targets = _check_targets
+
+    def runs_lightseq(self, logits: Tensor, targets: Tensor) -> str:
+        """Why this call runs torch's implementation ("" when lightseq's runs)."""
+        if self.weight is not None:
+            return "class weights"
+        if self.reduction not in _REDUCTIONS:
+            return f"reduction {self.reduction!r}"
+        if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
+            return "inputs that are not tensors"
+        if logits.device.type != "cuda" or targets.device != logits.device:
+            return f"logits on {logits.device}"
+        if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+            return f"logits {tuple(logits.shape)} with targets {tuple(targets.shape)} (lightseq takes [N, C] and [N])"
+        if targets.dtype not in (torch.int64, torch.int32):
+            return f"{targets.dtype} targets (class probabilities)"
+        if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return f"{logits.dtype} logits"
+        if logits.shape[0] == 0:
+            return "an empty batch"
+        return ""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:  # noqa: A002 - torch's argument names
+        if self.runs_lightseq(input, target):
+            return super().forward(input, target)
+        self._bad.check(self._message())
+        lid = _logits_criterion_for(_spec_json(input.shape[1], 8, input.dtype, self.label_smoothing, self.ignore_index,
+                                               256, logits=True), _ops.device_index(input), self.cache_dir)
+        loss, _g, _n, bad = torch.ops.lightseq.cross_entropy(
+            input.contiguous(), target.long().contiguous(), lid, self.reduction,
+            torch.is_grad_enabled() and input.requires_grad)
+        self._bad.watch(bad)
+        return loss

@@ -7,10 +7,10 @@ import torch
 
 from . import _compile, _spec
 from ._embedding import Embedding, sinusoidal_table
-from ._loss import LinearCrossEntropyLoss
+from ._loss import CrossEntropyLoss, LinearCrossEntropyLoss
 from ._errors import ArgumentError, Unsupported
 
-__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Embedding", "LinearCrossEntropyLoss",
+__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Embedding", "CrossEntropyLoss", "LinearCrossEntropyLoss",
            "sinusoidal_table"]
 
 
