@@ -109,6 +109,39 @@ LayerGraph lower_embedding(const EmbeddingSpec& e) {
 
 namespace {
 
+// What both criteria declare after their inputs, in manifest order: the per-row loss and NLL, the
+// logits' gradient (`d_role`: internal to the fused linear + cross-entropy, an output of a loss
+// over given logits), the bad-target flag, and the mean reduction's scale and count.
+struct CeTensors {
+  int loss, nll, d_logits, bad, loss_scale, grad_scale, n_tokens;
+};
+
+CeTensors declare_cross_entropy(Builder& b, Dim rows, Dim vocab, TensorRole d_role,
+                                const char* d_name) {
+  const Shape one{Dim::constant(1)};
+  CeTensors t;
+  t.loss = b.tensor("loss", {rows}, TensorRole::kOutput, ElemType::kF32);
+  t.nll = b.tensor("nll", {rows}, TensorRole::kOutput, ElemType::kF32);
+  t.d_logits = b.tensor(d_name, {rows, vocab}, d_role);
+  // Set to 1 (never cleared) when a target is outside [0, vocab) and not the ignore index.
+  t.bad = b.tensor("bad_target", one, TensorRole::kOutput, ElemType::kI32);
+  // The loss is the mean over the counted targets (torch's reduction='mean'): d_logits is
+  // multiplied by loss_scale / their count, both in device memory (the optimizer's loss scale; a
+  // captured step counts each batch's targets on the device).
+  t.loss_scale = b.tensor("loss_scale", one, TensorRole::kInput, ElemType::kF32);
+  t.grad_scale = b.tensor("grad_scale", one, TensorRole::kActivation, ElemType::kF32);
+  t.n_tokens = b.tensor("n_tokens", one, TensorRole::kOutput, ElemType::kF32);
+  return t;
+}
+
+OpAttrs cross_entropy_attrs(const CriterionSpec& c, const EmbeddingSpec& e) {
+  OpAttrs ce;
+  ce.vocab = e.vocab;
+  ce.ignore_index = c.ignore_index;
+  ce.label_smoothing = c.label_smoothing;
+  return ce;
+}
+
 // A cross-entropy over logits computed elsewhere (lightseq.nn.CrossEntropyLoss): the loss and the
 // logits' gradient of the mean loss in one pass, both outputs of the forward (the caller scales the
 // gradient by the loss's incoming gradient); nothing to save, no backward.
@@ -121,23 +154,13 @@ LayerGraph lower_logits_criterion(const CriterionSpec& c, const EmbeddingSpec& e
                   c.label_smoothing, c.ignore_index);
   Builder b(lg.graph);
   const Dim V = Dim::constant(e.vocab), bt = Dim::tokens();
-  const Shape one{Dim::constant(1)};
   int logits = b.tensor("logits", {bt, V}, TensorRole::kInput);
   int targets = b.tensor("targets", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kI64);
-  int loss_scale = b.tensor("loss_scale", one, TensorRole::kInput, ElemType::kF32);
-  int loss = b.tensor("loss", {bt}, TensorRole::kOutput, ElemType::kF32);
-  int nll = b.tensor("nll", {bt}, TensorRole::kOutput, ElemType::kF32);
-  int d_logits = b.tensor("grad_logits", {bt, V}, TensorRole::kOutput);
-  int bad = b.tensor("bad_target", one, TensorRole::kOutput, ElemType::kI32);
-  int grad_scale = b.tensor("grad_scale", one, TensorRole::kActivation, ElemType::kF32);
-  int n_tokens = b.tensor("n_tokens", one, TensorRole::kOutput, ElemType::kF32);
-  OpAttrs ce;
-  ce.vocab = e.vocab;
-  ce.ignore_index = c.ignore_index;
-  ce.label_smoothing = c.label_smoothing;
-  b.op(OpKind::kGradScale, "grad_scale", {targets, loss_scale}, {grad_scale, n_tokens}, ce);
-  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale},
-       {loss, nll, d_logits, bad}, ce);
+  const CeTensors t = declare_cross_entropy(b, bt, V, TensorRole::kOutput, "grad_logits");
+  const OpAttrs ce = cross_entropy_attrs(c, e);
+  b.op(OpKind::kGradScale, "grad_scale", {targets, t.loss_scale}, {t.grad_scale, t.n_tokens}, ce);
+  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, t.grad_scale},
+       {t.loss, t.nll, t.d_logits, t.bad}, ce);
   lg.graph.begin_backward();
   lg.graph.verify();
   return lg;
@@ -158,35 +181,21 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   int h = b.tensor("decoder_out", {bt, H}, TensorRole::kInput);
   int targets = b.tensor("targets", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kI64);
   int w = b.param(e.tie_output ? "embed_tokens.weight" : "output_projection.weight", {V, H});
-  int loss = b.tensor("loss", {bt}, TensorRole::kOutput, ElemType::kF32);
-  int nll = b.tensor("nll", {bt}, TensorRole::kOutput, ElemType::kF32);
   // Forward and backward in one pass: the gradient of the logits is produced with the loss.
-  int d_logits = b.tensor("d_logits", {bt, V}, TensorRole::kGrad);
-  // Set to 1 (never cleared) when a target is outside [0, vocab) and not the ignore index.
-  int bad = b.tensor("bad_target", {Dim::constant(1)}, TensorRole::kOutput, ElemType::kI32);
-  // The loss is the mean over the counted targets (torch's reduction='mean'): d_logits is
-  // multiplied by loss_scale / their count, both in device memory (the optimizer's loss scale; a
-  // captured step counts each batch's targets on the device).
-  const Shape one{Dim::constant(1)};
-  int loss_scale = b.tensor("loss_scale", one, TensorRole::kInput, ElemType::kF32);
-  int grad_scale = b.tensor("grad_scale", one, TensorRole::kActivation, ElemType::kF32);
-  int n_tokens = b.tensor("n_tokens", one, TensorRole::kOutput, ElemType::kF32);
-  OpAttrs ce;
-  ce.vocab = e.vocab;
-  ce.ignore_index = c.ignore_index;
-  ce.label_smoothing = c.label_smoothing;
+  const CeTensors t = declare_cross_entropy(b, bt, V, TensorRole::kGrad, "d_logits");
+  OpAttrs ce = cross_entropy_attrs(c, e);
   ce.logits_chunk_bytes = c.logits_chunk_mib << 20;
   // First: the count is over every row, also when the rest runs in chunks of rows.
-  b.op(OpKind::kGradScale, "grad_scale", {targets, loss_scale}, {grad_scale, n_tokens}, ce);
+  b.op(OpKind::kGradScale, "grad_scale", {targets, t.loss_scale}, {t.grad_scale, t.n_tokens}, ce);
   int logits = b.tensor("logits", {bt, V});
   b.gemm("output_proj", h, Transpose::kNo, w, Transpose::kYes, logits, bt, V, H);
-  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, grad_scale},
-       {loss, nll, d_logits, bad}, ce);
+  b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, t.grad_scale},
+       {t.loss, t.nll, t.d_logits, t.bad}, ce);
   lg.graph.begin_backward();
   int dh = b.grad("grad_decoder_out", {bt, H}, TensorRole::kGradOutput, h);
-  b.gemm("output_proj_dgrad", d_logits, Transpose::kNo, w, Transpose::kNo, dh, bt, H, V);
+  b.gemm("output_proj_dgrad", t.d_logits, Transpose::kNo, w, Transpose::kNo, dh, bt, H, V);
   // Tied: the embedding's backward adds its scatter into this gradient.
-  b.gemm("output_proj_wgrad", d_logits, Transpose::kYes, h, Transpose::kNo, b.grad_of_param(w), V,
+  b.gemm("output_proj_wgrad", t.d_logits, Transpose::kYes, h, Transpose::kNo, b.grad_of_param(w), V,
          H, bt);
   lg.graph.verify();
   return lg;
