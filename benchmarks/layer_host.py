@@ -1,0 +1,75 @@
+"""What one compiled layer's forward + backward costs the host from Python (issue 11, item 1):
+a lightseq-compiled nn.TransformerEncoderLayer against the same layer in PyTorch eager, at
+512/8/2048 post-LN bf16 with dropout 0.1 and a padding mask, batch 128 × 32 tokens (the issue's
+configuration), on the same card in the same run:
+
+  gpu ms     CUDA events around N back-to-back fwd+bwd calls, per call
+  host ms    median wall time of one fwd+bwd call's Python (the GPU is kept busy behind it)
+  --profile  cProfile of N calls: where the host time goes, by function (tottime)
+
+usage: python3 benchmarks/layer_host.py [--iters 200] [--profile] [--config 512,8,2048,128,32]
+"""
+import argparse
+import copy
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "frontends", "python"))
+import lightseq  # noqa: E402
+
+
+def run(name, layer, x, pad, g, iters, profile):
+    def call():
+        y = layer(x, src_key_padding_mask=pad)
+        y.backward(g)
+    for _ in range(5):
+        call()
+    torch.cuda.synchronize()
+    host = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        call()
+        host.append(time.perf_counter() - t0)
+    end.record()
+    torch.cuda.synchronize()
+    print(f"{name:10s} gpu+wait {start.elapsed_time(end) / iters:.3f} ms/call  host {1e3 * statistics.median(host):.3f} "
+          f"ms/call")
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(iters):
+            call()
+        prof.disable()
+        torch.cuda.synchronize()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--config", default="512,8,2048,128,32")
+    args = ap.parse_args()
+    H, heads, ffn, B, T = (int(v) for v in args.config.split(","))
+    torch.manual_seed(0)
+    base = nn.TransformerEncoderLayer(H, heads, ffn, dropout=0.1, batch_first=True).cuda().to(torch.bfloat16)
+    x = torch.randn(B, T, H, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn_like(x)
+    pad = torch.zeros(B, T, dtype=torch.bool, device="cuda")
+    pad[::2, T - T // 8:] = True
+    print(torch.cuda.get_device_name(), f"{H}/{heads}/{ffn} {B}x{T} bf16")
+    run("eager", base, x, pad, g, args.iters, False)
+    run("lightseq", lightseq.compile(copy.deepcopy(base)), x, pad, g, args.iters, args.profile)
+
+
+if __name__ == "__main__":
+    main()
