@@ -217,8 +217,7 @@ def _new(e: Entry, dims, device) -> Tensor:
     return (torch.zeros if e.accumulates else torch.empty)(size, dtype=e.dtype, device=device)
 
 
-@torch.library.custom_op("lightseq::layer_fwd", mutates_args=())
-def layer_fwd(args: List[Tensor], layer_id: int, dims: List[int],
+def _fwd_impl(args: List[Tensor], layer_id: int, dims: List[int],
               p: List[float]) -> Tuple[List[Tensor], Tensor, Tensor]:
     """(outputs, saved arena, rng state) of layer `layer_id`'s forward. args: its manifest's inputs
     and parameters in manifest order (an absent padding mask: a tensor with no elements, since
@@ -238,6 +237,9 @@ def layer_fwd(args: List[Tensor], layer_id: int, dims: List[int],
     return outs, saved, rng
 
 
+layer_fwd = torch.library.custom_op("lightseq::layer_fwd", _fwd_impl, mutates_args=())
+
+
 @layer_fwd.register_fake
 def _layer_fwd_fake(args, layer_id, dims, p):
     lay = _layers[layer_id]
@@ -247,8 +249,7 @@ def _layer_fwd_fake(args, layer_id, dims, p):
             like.new_empty((2,), dtype=torch.int64))
 
 
-@torch.library.custom_op("lightseq::layer_bwd", mutates_args=())
-def layer_bwd(args: List[Tensor], saved: Tensor, rng: Tensor, layer_id: int, dims: List[int],
+def _bwd_impl(args: List[Tensor], saved: Tensor, rng: Tensor, layer_id: int, dims: List[int],
               p: List[float]) -> List[Tensor]:
     """The gradients layer_fwd's backward writes (its manifest's grad_output and param_grad entries,
     in order). args: the backward manifest's parameters, forward inputs and output gradients, in
@@ -263,6 +264,9 @@ def layer_bwd(args: List[Tensor], saved: Tensor, rng: Tensor, layer_id: int, dim
     lay.handle.backward(_ptrs(ordered), *dims, _p5(p), 0, 0, _rng_ptr(rng, p), saved.data_ptr(), False,
                         torch.cuda.current_stream(device).cuda_stream, alloc)
     return outs
+
+
+layer_bwd = torch.library.custom_op("lightseq::layer_bwd", _bwd_impl, mutates_args=())
 
 
 @layer_bwd.register_fake
@@ -280,6 +284,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_outs, _grad_saved, _grad_rng):
+    return _input_grads(ctx, grad_outs, layer_bwd), None, None, None
+
+
+def _input_grads(ctx, grad_outs, bwd) -> list:
+    """The gradients of the forward's inputs (None where the layer gives none), by `bwd` (the
+    custom op, or its body outside torch.compile) from the saved state and the outputs' gradients."""
     saved, rng, *args = ctx.saved_tensors
     lay = _layers[ctx.layer_id]
     by_name = {e.name: a for e, a in zip(lay.fwd_inputs(), args)}
@@ -294,12 +304,31 @@ def _backward(ctx, grad_outs, _grad_saved, _grad_rng):
                             if g is None else g.contiguous())
         else:
             bwd_args.append(by_name[e.name])
-    grads = layer_bwd(bwd_args, saved, rng, ctx.layer_id, ctx.dims, ctx.p)
+    grads = bwd(bwd_args, saved, rng, ctx.layer_id, ctx.dims, ctx.p)
     by_forward = {e.grad_of: g for e, g in zip(lay.bwd_outputs(), grads)}
-    return [by_forward.get(e.name) for e in lay.fwd_inputs()], None, None, None
+    return [by_forward.get(e.name) for e in lay.fwd_inputs()]
 
 
 torch.library.register_autograd("lightseq::layer_fwd", _backward, setup_context=_setup_context)
+
+
+class _EagerLayer(torch.autograd.Function):
+    """The same forward and backward outside torch.compile: a plain autograd.Function that calls the
+    custom ops' bodies directly. Through torch.library's dispatch (schema checks, pytree flattening,
+    the autograd and backend wrappers) one fwd+bwd cost the host ~1.4 ms more (H100, 512/8/2048 at
+    128×32: benchmarks/layer_host.py); torch.compile still sees the custom ops, which it traces."""
+
+    @staticmethod
+    def forward(ctx, layer_id: int, dims: List[int], p: List[float], *args: Tensor):
+        outs, saved, rng = _fwd_impl(list(args), layer_id, dims, p)
+        ctx.save_for_backward(saved, rng, *args)
+        ctx.layer_id, ctx.dims, ctx.p = layer_id, dims, p
+        return tuple(outs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grad_outs):
+        return (None, None, None, *_input_grads(ctx, list(grad_outs), _bwd_impl))
 
 
 def run_layer(layer_id: int, named: Dict[str, Optional[Tensor]], dims: Tuple[int, int, int],
@@ -312,5 +341,8 @@ def run_layer(layer_id: int, named: Dict[str, Optional[Tensor]], dims: Tuple[int
         raise ArgumentError(f"lightseq ({lay.name}): no tensor for {', '.join(missing)}")
     like = next(t for t in named.values() if t is not None)
     args = [named.get(e.name) if named.get(e.name) is not None else _absent(like) for e in lay.fwd_inputs()]
-    outs, _saved, _rng = torch.ops.lightseq.layer_fwd(args, layer_id, list(dims), _p5(p))
+    if torch.compiler.is_compiling():
+        outs, _saved, _rng = torch.ops.lightseq.layer_fwd(args, layer_id, list(dims), _p5(p))
+    else:
+        outs = _EagerLayer.apply(layer_id, list(dims), _p5(p), *args)
     return {e.name: o for e, o in zip(lay.fwd_outputs(), outs)}
