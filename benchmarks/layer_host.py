@@ -3,8 +3,11 @@ a lightseq-compiled nn.TransformerEncoderLayer against the same layer in PyTorch
 512/8/2048 post-LN bf16 with dropout 0.1 and a padding mask, batch 128 × 32 tokens (the issue's
 configuration), on the same card in the same run:
 
-  gpu ms     CUDA events around N back-to-back fwd+bwd calls, per call
-  host ms    median wall time of one fwd+bwd call's Python (the GPU is kept busy behind it)
+  wall ms    CUDA events around N back-to-back fwd+bwd calls, per call (host and GPU overlapped:
+             the slower of the two, once the launch queue is full)
+  host ms    median time the host takes to issue one call, measured while the GPU is held busy by
+             a sleep kernel enqueued first (so the host never waits on a full queue or the GPU)
+  gpu ms     the GPU's time per call for N calls enqueued behind that sleep (run back to back)
   --profile  cProfile of N calls: where the host time goes, by function (tottime)
 
 usage: python3 benchmarks/layer_host.py [--iters 200] [--profile] [--config 512,8,2048,128,32]
@@ -32,17 +35,28 @@ def run(name, layer, x, pad, g, iters, profile):
     for _ in range(5):
         call()
     torch.cuda.synchronize()
-    host = []
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
+        call()
+    end.record()
+    torch.cuda.synchronize()
+    wall = start.elapsed_time(end) / iters
+    # The host's issue time and the GPU's time, apart: a sleep kernel holds the GPU while the host
+    # enqueues `n` calls behind it (n small enough that the launch queue never fills).
+    n, host = 20, []
+    torch.cuda._sleep(int(2e9))  # ~1 s at ~2 GHz: longer than issuing n calls
+    start.record()
+    for _ in range(n):
         t0 = time.perf_counter()
         call()
         host.append(time.perf_counter() - t0)
     end.record()
+    issued = sum(host)
     torch.cuda.synchronize()
-    print(f"{name:10s} gpu+wait {start.elapsed_time(end) / iters:.3f} ms/call  host {1e3 * statistics.median(host):.3f} "
-          f"ms/call")
+    gpu = start.elapsed_time(end) / n
+    print(f"{name:10s} wall {wall:.3f} ms/call  host {1e3 * statistics.median(host):.3f} ms/call  gpu {gpu:.3f} "
+          f"ms/call  (issued {n} calls in {1e3 * issued:.1f} ms behind the sleep)")
     if profile:
         prof = cProfile.Profile()
         prof.enable()
