@@ -43,8 +43,8 @@ def run(name, layer, x, pad, g, iters, profile):
     torch.cuda.synchronize()
     wall = start.elapsed_time(end) / iters
     # The host's issue time and the GPU's time, apart: a sleep kernel holds the GPU while the host
-    # enqueues `n` calls behind it (n small enough that the launch queue never fills).
-    n, host = 20, []
+    # enqueues `n` calls behind it (n small enough that the launch queue, ~1000 entries, never fills).
+    n, host = 5, []
     torch.cuda._sleep(int(2e9))  # ~1 s at ~2 GHz: longer than issuing n calls
     start.record()
     for _ in range(n):
