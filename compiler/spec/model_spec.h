@@ -53,6 +53,20 @@ std::string_view to_string(OptimizerKind k);     // "adam", "adamw"
 std::string_view to_string(CriterionKind k);     // "cross_entropy"
 std::string_view to_string(CriterionInput i);    // "hidden", "logits"
 
+// Every value of each spec enum, in the order messages list them: the parser reads its choices
+// here, and Python (the binding's spec_choices()) its argument checks.
+inline constexpr std::array kPrecisions{Precision::kFp32, Precision::kFp16, Precision::kBf16};
+inline constexpr std::array kNormPlacements{NormPlacement::kPre, NormPlacement::kPost};
+inline constexpr std::array kPositionKinds{PositionKind::kSinusoidal, PositionKind::kLearned};
+inline constexpr std::array kPositionsFromValues{PositionsFrom::kIndex, PositionsFrom::kTokens};
+inline constexpr std::array kPaddingRowsValues{PaddingRows::kZero, PaddingRows::kEmbedded};
+inline constexpr std::array kLayerKinds{LayerKind::kEncoder, LayerKind::kDecoder};
+inline constexpr std::array kAttentionBackends{AttentionBackend::kUnfused,
+                                               AttentionBackend::kFused};
+inline constexpr std::array kOptimizerKinds{OptimizerKind::kAdam, OptimizerKind::kAdamW};
+inline constexpr std::array kCriterionKinds{CriterionKind::kCrossEntropy};
+inline constexpr std::array kCriterionInputs{CriterionInput::kHidden, CriterionInput::kLogits};
+
 // Bytes of one element of the model's activations and parameters.
 int element_bytes(Precision p);
 

@@ -237,6 +237,30 @@ PYBIND11_MODULE(_C, m) {
       },
       "the problems of a JSON model spec, one line each (empty when it is valid)");
   m.def(
+      "spec_choices",
+      [] {
+        auto names = [](const auto& values) {
+          std::vector<std::string> out;
+          for (auto v : values) out.emplace_back(to_string(v));
+          return out;
+        };
+        py::dict d;
+        d["precision"] = names(kPrecisions);
+        d["embedding.positions"] = names(kPositionKinds);
+        d["embedding.positions_from"] = names(kPositionsFromValues);
+        d["embedding.padding_rows"] = names(kPaddingRowsValues);
+        d["layers.type"] = names(kLayerKinds);
+        d["layers.activation"] = names(kActivations);
+        d["layers.norm"] = names(kNormPlacements);
+        d["layers.attention"] = names(kAttentionBackends);
+        d["criterion.type"] = names(kCriterionKinds);
+        d["criterion.input"] = names(kCriterionInputs);
+        d["optimizer.type"] = names(kOptimizerKinds);
+        return d;
+      },
+      "{spec path: [the names it takes]} for every enumerated field of a spec (docs/spec.md), as "
+      "the parser accepts them");
+  m.def(
       "spec_issues",
       [](const std::string& json) {
         std::vector<std::tuple<std::string, std::string, std::string>> out;

@@ -58,22 +58,19 @@ class SpecReader {
                         kind_name(root_)));
       return spec;
     }
-    read_object(
-        root_, "",
-        {{"name", Need::kRequired, "\"name\": \"my-model\"",
-          [&](auto& n, auto& p) { read_string(n, p, spec.name); }},
-         {"precision", Need::kRequired, "\"precision\": \"bf16\"",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {Precision::kFp32, Precision::kFp16, Precision::kBf16}, spec.precision);
-          }},
-         {"embedding", Need::kOptional, "",
-          [&](auto& n, auto& p) { spec.embedding = read_embedding(n, p); }},
-         {"layers", Need::kOptional, "",
-          [&](auto& n, auto& p) { spec.layers = read_layers(n, p); }},
-         {"criterion", Need::kOptional, "",
-          [&](auto& n, auto& p) { spec.criterion = read_criterion(n, p); }},
-         {"optimizer", Need::kOptional, "",
-          [&](auto& n, auto& p) { spec.optimizer = read_optimizer(n, p); }}});
+    read_object(root_, "",
+                {{"name", Need::kRequired, "\"name\": \"my-model\"",
+                  [&](auto& n, auto& p) { read_string(n, p, spec.name); }},
+                 {"precision", Need::kRequired, "\"precision\": \"bf16\"",
+                  [&](auto& n, auto& p) { read_enum(n, p, all(kPrecisions), spec.precision); }},
+                 {"embedding", Need::kOptional, "",
+                  [&](auto& n, auto& p) { spec.embedding = read_embedding(n, p); }},
+                 {"layers", Need::kOptional, "",
+                  [&](auto& n, auto& p) { spec.layers = read_layers(n, p); }},
+                 {"criterion", Need::kOptional, "",
+                  [&](auto& n, auto& p) { spec.criterion = read_criterion(n, p); }},
+                 {"optimizer", Need::kOptional, "",
+                  [&](auto& n, auto& p) { spec.optimizer = read_optimizer(n, p); }}});
     return spec;
   }
 
@@ -242,6 +239,11 @@ class SpecReader {
     if (expect(n, path, JsonKind::kString, "a string")) out = n.text;
   }
 
+  template <typename E, size_t N>
+  static std::vector<E> all(const std::array<E, N>& values) {
+    return {values.begin(), values.end()};
+  }
+
   template <typename E>
   // `values` is a non-deduced context: E comes from `out`, so a braced list converts.
   bool read_enum(const JsonNode& n, const std::string& path, const std::vector<E>& values, E& out) {
@@ -276,21 +278,15 @@ class SpecReader {
          {"hidden", Need::kRequired, "\"hidden\": 512",
           [&](auto& n, auto& p) { read_int(n, p, e.hidden); }},
          {"positions", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {PositionKind::kSinusoidal, PositionKind::kLearned}, e.positions);
-          }},
+          [&](auto& n, auto& p) { read_enum(n, p, all(kPositionKinds), e.positions); }},
          {"positions_from", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {PositionsFrom::kIndex, PositionsFrom::kTokens}, e.positions_from);
-          }},
+          [&](auto& n, auto& p) { read_enum(n, p, all(kPositionsFromValues), e.positions_from); }},
          {"max_positions", Need::kOptional, "",
           [&](auto& n, auto& p) { read_int(n, p, e.max_positions); }},
          {"padding_idx", Need::kOptional, "",
           [&](auto& n, auto& p) { read_int(n, p, e.padding_idx); }},
          {"padding_rows", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {PaddingRows::kZero, PaddingRows::kEmbedded}, e.padding_rows);
-          }},
+          [&](auto& n, auto& p) { read_enum(n, p, all(kPaddingRowsValues), e.padding_rows); }},
          {"scale", Need::kOptional, "",
           [&](auto& n, auto& p) {
             if (n.kind == JsonKind::kString && n.text == "sqrt_hidden") {
@@ -329,41 +325,32 @@ class SpecReader {
     LayerStackSpec s;
     if (!expect(node, path, JsonKind::kObject, "an object")) return s;
     bool causal_given = false;
-    read_object(
-        node, path,
-        {{"type", Need::kRequired, "\"type\": \"encoder\"",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {LayerKind::kEncoder, LayerKind::kDecoder}, s.kind);
-          }},
-         {"count", Need::kOptional, "", [&](auto& n, auto& p) { read_int(n, p, s.count); }},
-         {"hidden", Need::kRequired, "\"hidden\": 512",
-          [&](auto& n, auto& p) { read_int(n, p, s.hidden); }},
-         {"heads", Need::kRequired, "\"heads\": 8",
-          [&](auto& n, auto& p) { read_int(n, p, s.heads); }},
-         {"ffn", Need::kRequired, "\"ffn\": 2048",
-          [&](auto& n, auto& p) { read_int(n, p, s.ffn); }},
-         {"activation", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {kActivations.begin(), kActivations.end()}, s.activation);
-          }},
-         {"norm", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {NormPlacement::kPre, NormPlacement::kPost}, s.norm);
-          }},
-         {"eps", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, s.eps); }},
-         {"causal", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            causal_given = true;
-            read_bool(n, p, s.causal);
-          }},
-         {"final_norm", Need::kOptional, "",
-          [&](auto& n, auto& p) { read_bool(n, p, s.final_norm); }},
-         {"attention", Need::kOptional, "",
-          [&](auto& n, auto& p) {
-            read_enum(n, p, {AttentionBackend::kUnfused, AttentionBackend::kFused}, s.attention);
-          }},
-         {"dropout", Need::kOptional, "",
-          [&](auto& n, auto& p) { s.dropout = read_dropout(n, p); }}});
+    read_object(node, path,
+                {{"type", Need::kRequired, "\"type\": \"encoder\"",
+                  [&](auto& n, auto& p) { read_enum(n, p, all(kLayerKinds), s.kind); }},
+                 {"count", Need::kOptional, "", [&](auto& n, auto& p) { read_int(n, p, s.count); }},
+                 {"hidden", Need::kRequired, "\"hidden\": 512",
+                  [&](auto& n, auto& p) { read_int(n, p, s.hidden); }},
+                 {"heads", Need::kRequired, "\"heads\": 8",
+                  [&](auto& n, auto& p) { read_int(n, p, s.heads); }},
+                 {"ffn", Need::kRequired, "\"ffn\": 2048",
+                  [&](auto& n, auto& p) { read_int(n, p, s.ffn); }},
+                 {"activation", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_enum(n, p, all(kActivations), s.activation); }},
+                 {"norm", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_enum(n, p, all(kNormPlacements), s.norm); }},
+                 {"eps", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, s.eps); }},
+                 {"causal", Need::kOptional, "",
+                  [&](auto& n, auto& p) {
+                    causal_given = true;
+                    read_bool(n, p, s.causal);
+                  }},
+                 {"final_norm", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_bool(n, p, s.final_norm); }},
+                 {"attention", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_enum(n, p, all(kAttentionBackends), s.attention); }},
+                 {"dropout", Need::kOptional, "",
+                  [&](auto& n, auto& p) { s.dropout = read_dropout(n, p); }}});
     if (!causal_given) s.causal = s.kind == LayerKind::kDecoder;
     return s;
   }
@@ -391,19 +378,17 @@ class SpecReader {
   CriterionSpec read_criterion(const JsonNode& node, const std::string& path) {
     CriterionSpec c;
     if (!expect(node, path, JsonKind::kObject, "an object")) return c;
-    read_object(
-        node, path,
-        {{"type", Need::kRequired, "\"type\": \"cross_entropy\"",
-          [&](auto& n, auto& p) { read_enum(n, p, {CriterionKind::kCrossEntropy}, c.kind); }},
-         {"label_smoothing", Need::kOptional, "",
-          [&](auto& n, auto& p) { read_number(n, p, c.label_smoothing); }},
-         {"ignore_index", Need::kOptional, "",
-          [&](auto& n, auto& p) { read_int(n, p, c.ignore_index); }},
-         {"logits_chunk_mib", Need::kOptional, "",
-          [&](auto& n, auto& p) { read_int(n, p, c.logits_chunk_mib); }},
-         {"input", Need::kOptional, "", [&](auto& n, auto& p) {
-            read_enum(n, p, {CriterionInput::kHidden, CriterionInput::kLogits}, c.input);
-          }}});
+    read_object(node, path,
+                {{"type", Need::kRequired, "\"type\": \"cross_entropy\"",
+                  [&](auto& n, auto& p) { read_enum(n, p, all(kCriterionKinds), c.kind); }},
+                 {"label_smoothing", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_number(n, p, c.label_smoothing); }},
+                 {"ignore_index", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_int(n, p, c.ignore_index); }},
+                 {"logits_chunk_mib", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_int(n, p, c.logits_chunk_mib); }},
+                 {"input", Need::kOptional, "",
+                  [&](auto& n, auto& p) { read_enum(n, p, all(kCriterionInputs), c.input); }}});
     return c;
   }
 
@@ -412,9 +397,7 @@ class SpecReader {
     if (!expect(node, path, JsonKind::kObject, "an object")) return o;
     read_object(node, path,
                 {{"type", Need::kRequired, "\"type\": \"adamw\"",
-                  [&](auto& n, auto& p) {
-                    read_enum(n, p, {OptimizerKind::kAdam, OptimizerKind::kAdamW}, o.kind);
-                  }},
+                  [&](auto& n, auto& p) { read_enum(n, p, all(kOptimizerKinds), o.kind); }},
                  {"lr", Need::kOptional, "", [&](auto& n, auto& p) { read_number(n, p, o.lr); }},
                  {"betas", Need::kOptional, "",
                   [&](auto& n, auto& p) {

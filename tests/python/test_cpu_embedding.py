@@ -282,3 +282,18 @@ def test_cross_entropy_loss_is_a_drop_in_that_compile_swaps():
                                                                 num_attention_heads=4, intermediate_size=128,
                                                                 vocab_size=100))
     assert "call the model without labels" in lightseq.explain(lightseq.compile(bert))
+
+
+def test_enumerated_arguments_are_checked_against_the_compilers_own_lists():
+    """Python keeps no copy of the spec's enum names: lightseq._C.spec_choices() is the parser's."""
+    from lightseq import _native
+    try:
+        choices = _native.extension().spec_choices()
+    except lightseq.Error:
+        pytest.skip("the extension is not built")
+    assert choices["embedding.positions"] == ["sinusoidal", "learned"]
+    assert choices["criterion.input"] == ["hidden", "logits"]
+    with pytest.raises(lightseq.ArgumentError, match="positions='rotary'; give one of 'sinusoidal', 'learned'"):
+        lightseq.nn.Embedding(10, 8, positions="rotary")
+    with pytest.raises(lightseq.ArgumentError, match="attention='flash'; give one of 'unfused', 'fused'"):
+        lightseq.compile(torch.nn.Linear(2, 2), attention="flash")

@@ -356,7 +356,6 @@ _CALL_NOTE = ("; on CUDA inputs; inputs on another device (CPU) run PyTorch's im
               "same parameters; dropout probabilities are read at each training call")
 
 
-_ATTENTION = ("unfused", "fused")
 
 
 def _attention_note(config: EncoderConfig, dtype: torch.dtype, attention: str) -> str:
@@ -395,8 +394,7 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
             _spec.dtype_name(dtype)
         except Unsupported as why:
             raise Unsupported(f"lightseq.compile: {why}") from None
-    if attention not in _ATTENTION:
-        raise ArgumentError(f"lightseq.compile: attention={attention!r}; give one of {', '.join(map(repr, _ATTENTION))}")
+    _native.check_choice("lightseq.compile", "attention", attention, "layers.attention")
     report = []
     for name, module in model.named_modules():
         if hasattr(module, _STATE):

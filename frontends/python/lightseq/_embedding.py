@@ -22,9 +22,6 @@ from . import _native, _ops, _spec
 from ._flags import ErrorFlags
 from ._errors import ArgumentError, ArgumentTypeError, Error, SpecError, Unsupported, a_type
 
-_POSITIONS = ("learned", "sinusoidal")
-_POSITIONS_FROM = ("index", "tokens")
-_PADDING_ROWS = ("embedded", "zero")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +67,6 @@ class EmbeddingConfig:
         return {"name": "lightseq-embedding", "precision": _spec.dtype_name(dtype), "embedding": e}
 
 
-def _choice(name: str, value, allowed) -> str:
-    if value not in allowed:
-        raise ArgumentError(f"lightseq.nn.Embedding: {name}={value!r}; give one of "
-                            + ", ".join(map(repr, allowed)))
-    return value
-
-
 def sinusoidal_table(rows: int, hidden: int, device=None) -> torch.Tensor:
     """fairseq's SinusoidalPositionalEmbedding table (float32 [rows, hidden]): sin in the first
     half, cos in the second, frequencies exp(-k·ln(10000)/(hidden/2 - 1))."""
@@ -115,9 +105,9 @@ class Embedding(nn.Module):
                         ("token_types", token_types)):
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ArgumentTypeError(f"lightseq.nn.Embedding: {name} is {a_type(v)}, not an int")
-        _choice("positions", positions, _POSITIONS)
-        _choice("positions_from", positions_from, _POSITIONS_FROM)
-        _choice("padding_rows", padding_rows, _PADDING_ROWS)
+        for name, value in (("positions", positions), ("positions_from", positions_from),
+                            ("padding_rows", padding_rows)):
+            _native.check_choice("lightseq.nn.Embedding", name, value, f"embedding.{name}")
         if dtype is not None:
             _spec.dtype_name(dtype)  # raises for a dtype lightseq does not run
         if padding_idx is not None and padding_idx < 0:

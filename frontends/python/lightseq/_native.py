@@ -21,6 +21,29 @@ def extension():
     return _ext
 
 
+def check_choice(where: str, name: str, value, path: str) -> None:
+    """Raises ArgumentError unless `value` is one of the names the spec's enumerated field `path`
+    takes ("embedding.positions"; the compiler's own list, lightseq._C.spec_choices()). Without the
+    extension nothing is checked here: the first call that needs it says it is missing."""
+    from ._errors import ArgumentError
+    try:
+        allowed = _choices()[path]
+    except Error:
+        return
+    if value not in allowed:
+        raise ArgumentError(f"{where}: {name}={value!r}; give one of " + ", ".join(map(repr, allowed)))
+
+
+def _choices() -> dict:
+    global _spec_choices
+    if _spec_choices is None:
+        _spec_choices = dict(extension().spec_choices())
+    return _spec_choices
+
+
+_spec_choices = None
+
+
 def gpu_available() -> tuple[bool, str]:
     """(True, "") when lightseq can run on a GPU here, else (False, why)."""
     C = extension()

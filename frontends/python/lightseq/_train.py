@@ -263,8 +263,7 @@ class TrainStep:
             encoder, decoder = transformer.encoder, transformer.decoder
         if not isinstance(pad_to_multiple, int) or pad_to_multiple < 1:
             raise ArgumentError(f"lightseq.TrainStep: pad_to_multiple must be a positive int, got {pad_to_multiple!r}")
-        if attention not in ("unfused", "fused"):
-            raise ArgumentError(f"lightseq.TrainStep: attention={attention!r}; give 'unfused' or 'fused'")
+        _native.check_choice("lightseq.TrainStep", "attention", attention, "layers.attention")
         table = embedding.weight if isinstance(embedding, nn.Embedding) else getattr(
             getattr(embedding, "embed_tokens", None), "weight", None)
         if not isinstance(table, Tensor):
