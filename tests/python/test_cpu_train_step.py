@@ -65,6 +65,10 @@ def test_layers_that_differ_form_stacks_and_an_untied_projection_is_its_own():
         (2, 0.1, True), (1, 0.3, True)]
     assert not s.spec["embedding"]["tie_output"] and s.tensors["output_projection.weight"] is proj.weight
     assert s.spec["optimizer"]["type"] == "adam" and not s.two_streams
+    # lightseq.optim's optimizers describe the step's too, their clipping included
+    s = structure(emb, enc, projection=proj, opt=lightseq.optim.AdamW(params, lr=1e-3, max_grad_norm=2.0),
+                  dtype=torch.float32)
+    assert (s.spec["optimizer"]["type"], s.spec["optimizer"]["clip_norm"]) == ("adamw", 2.0)
 
 
 @pytest.mark.parametrize("case, error, match", [

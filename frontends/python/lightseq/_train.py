@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import _native, _spec
+from . import _native, _spec, optim
 from ._embedding import Embedding as LsEmbedding
 from ._embedding import EmbeddingConfig
 from ._errors import ArgumentError, ArgumentTypeError, SpecError, Unsupported, a_type
@@ -146,13 +146,16 @@ def _hyper(group: dict, key: str):
 
 
 def _optimizer(opt, clip_norm: float) -> dict:
-    if isinstance(opt, torch.optim.AdamW):
+    if isinstance(opt, optim.Adam):  # lightseq.optim's (AdamW is its subclass): its own clipping too
+        kind = "adamw" if opt._decoupled else "adam"
+        clip_norm = clip_norm or float(opt.param_groups[0].get("max_grad_norm", 0.0))
+    elif isinstance(opt, torch.optim.AdamW):
         kind = "adamw"
     elif isinstance(opt, torch.optim.Adam):
         kind = "adamw" if opt.defaults.get("decoupled_weight_decay", False) else "adam"
     else:
         raise ArgumentTypeError(f"lightseq.TrainStep: optimizer is {a_type(opt)}; pass a torch.optim.AdamW or "
-                                "torch.optim.Adam (its hyperparameters and its learning rate, which LR schedulers "
+                                "torch.optim.Adam, or lightseq.optim's (its hyperparameters and its learning rate, which LR schedulers "
                                 "change, drive the step's own Adam)")
     keys = ("lr", "betas", "eps", "weight_decay")
     first = opt.param_groups[0]
@@ -237,7 +240,8 @@ class TrainStep:
     output_projection: None (tied to the embedding table) or nn.Linear(hidden, vocab, bias=False).
     loss: nn.CrossEntropyLoss(label_smoothing=, ignore_index=) (reduction 'mean') or
       lightseq.nn.LinearCrossEntropyLoss.
-    optimizer: torch.optim.AdamW or Adam over exactly these parameters; its hyperparameters are
+    optimizer: torch.optim.AdamW or Adam (or lightseq.optim's) over exactly these parameters; its
+      hyperparameters are
       compiled in, its param_groups' lr is read at every step (LR schedulers work); its own state
       stays empty (the step keeps Adam's moments, fp32, and fp32 master weights for 16-bit dtypes).
     dtype: the compute dtype (default: the parameters'). float32 parameters trained in float16 or
