@@ -498,3 +498,33 @@ def test_python_train_step_refuses_what_it_cannot_train():
         step(src, tgt, tgt_out[:, :10])
     with pytest.raises(lightseq.ArgumentError, match="is on cpu"):
         step(src.cpu(), tgt, tgt_out)
+
+
+def test_python_train_step_encoder_only_with_token_types_and_a_bert_embedding():
+    """An encoder-only model (BERT-like: lightseq.nn.Embedding.bert with token types, an untied
+    projection) trains from Python: the step's loss equals PyTorch's on the same weights (dropout
+    off, evaluate), token types change it, and a step moves the loss."""
+    torch.manual_seed(5)
+    emb = lightseq.nn.Embedding.bert(V, H, max_positions=64, token_types=2, dropout=0.0).cuda()
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(H, HEADS, FFN, dropout=0.0, batch_first=True,
+                                                           activation="gelu"), 2, enable_nested_tensor=False).cuda()
+    proj = nn.Linear(H, V, bias=False).cuda()
+    params = list(emb.parameters()) + list(enc.parameters()) + list(proj.parameters())
+    loss = nn.CrossEntropyLoss(ignore_index=-100)
+    step = lightseq.TrainStep(embedding=emb, encoder=enc, output_projection=proj, loss=loss,
+                              optimizer=torch.optim.AdamW(params, lr=LR))
+    g = torch.Generator().manual_seed(6)
+    tokens = torch.randint(2, V, (4, 12), generator=g).cuda()
+    types = (torch.arange(12) >= 6).long().expand(4, 12).contiguous().cuda()
+    targets = torch.randint(2, V, (4, 12), generator=g).cuda()
+    targets[:, ::3] = -100
+    with torch.no_grad():
+        want = loss((enc(emb(tokens, types)) @ proj.weight.t()).reshape(-1, V), targets.reshape(-1)).item()
+    got = step.evaluate(tokens, targets, token_types=types)["loss"]
+    assert got == pytest.approx(want, rel=2e-4)
+    assert step.evaluate(tokens, targets)["loss"] != pytest.approx(want, rel=1e-6)  # type 0 everywhere differs
+    first = step(tokens, targets, token_types=types).item()
+    assert first == pytest.approx(want, rel=2e-4)
+    assert step.evaluate(tokens, targets, token_types=types)["loss"] < first
+    with pytest.raises(lightseq.ArgumentError, match="token_types is"):
+        step(tokens, targets, token_types=types[:, :5])

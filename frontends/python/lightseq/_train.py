@@ -409,16 +409,30 @@ class TrainStep:
             self._step.set_lr(lr, stream)
             self._lr = lr
 
-    def __call__(self, *batch: Tensor) -> Tensor:
+    def _types(self, token_types: Optional[Tensor], like: Tensor) -> int:
+        """The address of a batch's token types (a model with embedding token types; 0: all type 0)."""
+        if token_types is None:
+            return 0
+        if not self._structure.spec["embedding"].get("token_types", 0):
+            raise ArgumentError("lightseq.TrainStep: token_types given, but the embedding has no token types")
+        t = self._tokens(token_types, "token_types", 0, None)
+        if t.shape != like.shape:
+            raise ArgumentError(f"lightseq.TrainStep: token_types is {tuple(token_types.shape)}, the tokens "
+                                f"{tuple(like.shape)} (after padding to a multiple of {self.pad_to_multiple})")
+        return t.data_ptr()  # copied by the step on this stream: freeing t after the call is safe
+
+    def __call__(self, *batch: Tensor, token_types: Optional[Tensor] = None) -> Tensor:
         """One training step (forward, backward, update) on (src, tgt, targets) — or (tokens,
-        targets) for an encoder-only model — [batch, len] int64 CUDA tensors. Returns the mean loss
-        over the counted targets (a float32 scalar on the device; reading it synchronizes)."""
+        targets) for an encoder-only model — [batch, len] int64 CUDA tensors (token_types: the
+        tokens' types, for an embedding with token types). Returns the mean loss over the counted
+        targets (a float32 scalar on the device; reading it synchronizes)."""
         src, tgt, targets = self._batch(batch)
         stream = torch.cuda.current_stream(self.device).cuda_stream
         self._prepare(stream)
         B, T = tgt.shape
         S = src.shape[1] if src is not None else 0
-        self._step.run(src.data_ptr() if src is not None else 0, tgt.data_ptr(), targets.data_ptr(), B, S, T, stream)
+        self._step.run(src.data_ptr() if src is not None else 0, tgt.data_ptr(), targets.data_ptr(), B, S, T, stream,
+                       self._types(token_types, tgt))
         o = self._step.last_outputs()
         key = (o["loss"], o["rows"])
         views = self._outputs.get(key)
@@ -434,7 +448,7 @@ class TrainStep:
         st = self._step.stats(torch.cuda.current_stream(self.device).cuda_stream)
         return _mean_stats(st)
 
-    def evaluate(self, *batch: Tensor) -> dict:
+    def evaluate(self, *batch: Tensor, token_types: Optional[Tensor] = None) -> dict:
         """The loss of a batch without training (dropout off, nothing updated): stats()' keys."""
         src, tgt, targets = self._batch(batch)
         stream = torch.cuda.current_stream(self.device).cuda_stream
@@ -443,7 +457,7 @@ class TrainStep:
         B, T = tgt.shape
         S = src.shape[1] if src is not None else 0
         return _mean_stats(self._step.evaluate(src.data_ptr() if src is not None else 0, tgt.data_ptr(),
-                                               targets.data_ptr(), B, S, T, stream))
+                                               targets.data_ptr(), B, S, T, stream, self._types(token_types, tgt)))
 
     def save(self, path: str) -> None:
         """The whole training state (weights, master weights, moments, step count, loss scale,
