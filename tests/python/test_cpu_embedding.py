@@ -297,3 +297,33 @@ def test_enumerated_arguments_are_checked_against_the_compilers_own_lists():
         lightseq.nn.Embedding(10, 8, positions="rotary")
     with pytest.raises(lightseq.ArgumentError, match="attention='flash'; give one of 'unfused', 'fused'"):
         lightseq.compile(torch.nn.Linear(2, 2), attention="flash")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_the_eager_loss_function_scales_the_forwards_gradients_as_the_ops_autograd_does(reduction):
+    """_loss._EagerLoss (the losses outside torch.compile) on a stand-in body that computes, as the
+    kernels do, the loss and the gradients of the 'mean' loss ×_grad_scale in its forward: the
+    backward gives torch's gradients for both reductions and an upstream gradient other than 1, two
+    differentiable inputs included."""
+    from lightseq import _loss
+
+    def body(h, w, targets, lid, red, gh_on, gw_on):
+        h2, w2 = h.detach().requires_grad_(True), w.detach().requires_grad_(True)
+        with torch.enable_grad():
+            total = torch.nn.functional.cross_entropy(h2 @ w2.t(), targets, reduction="sum")
+            n = (targets != -100).sum().float()
+            (total / n * _loss._grad_scale(h.dtype)).backward()
+        loss = total / n if red == "mean" else total
+        return loss.detach(), h2.grad, w2.grad, n.view(1), torch.zeros(1, dtype=torch.int32)
+
+    h, w = torch.randn(6, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+    t = torch.tensor([0, 1, -100, 3, 4, 2])
+    loss, bad = _loss._run_loss(None, body, reduction, h, w, t, 0, reduction, True, True)
+    (loss * 3).backward()
+    h0, w0 = h.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    want = torch.nn.functional.cross_entropy(h0 @ w0.t(), t, reduction=reduction)
+    (want * 3).backward()
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(h.grad, h0.grad)
+    torch.testing.assert_close(w.grad, w0.grad)
+    assert not bad.requires_grad

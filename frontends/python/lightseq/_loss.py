@@ -48,8 +48,7 @@ def _grad_scale(dtype: torch.dtype) -> float:
     return 256.0 if dtype == torch.float16 else 1.0
 
 
-@torch.library.custom_op("lightseq::linear_cross_entropy", mutates_args=())
-def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, layer_id: int, reduction: str,
+def _linear_ce_impl(hidden: Tensor, weight: Tensor, targets: Tensor, layer_id: int, reduction: str,
                          grad_hidden: bool, grad_weight: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, grad_hidden, grad_weight, n_tokens, bad_target) of the criterion layer `layer_id`
     on hidden [N, H], weight [V, H], targets [N]: the loss reduced ('mean' over the counted
@@ -72,6 +71,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, layer_
     gh = outs.get("grad_decoder_out", hidden.new_empty((0,)))
     gw = outs.get("grad.output_projection.weight", weight.new_empty((0,)))
     return loss, gh, gw, outs["n_tokens"], outs["bad_target"]
+
+
+linear_cross_entropy = torch.library.custom_op("lightseq::linear_cross_entropy", _linear_ce_impl, mutates_args=())
 
 
 @linear_cross_entropy.register_fake
@@ -189,7 +191,8 @@ class LinearCrossEntropyLoss(nn.Module):
         lid = _criterion_for(_spec_json(vocab, h, dtype, self.label_smoothing, self.ignore_index,
                                         self.logits_chunk_mib), _ops.device_index(hidden), self.cache_dir)
         grads = torch.is_grad_enabled()
-        loss, _gh, _gw, _n, bad = torch.ops.lightseq.linear_cross_entropy(
+        loss, bad = _run_loss(
+            torch.ops.lightseq.linear_cross_entropy, _linear_ce_impl, self.reduction,
             hidden.reshape(-1, h).to(dtype).contiguous(), weight.to(dtype).contiguous(),
             targets.reshape(-1).long().contiguous(), lid, self.reduction, grads and hidden.requires_grad,
             grads and weight.requires_grad)
@@ -207,8 +210,7 @@ def _logits_criterion_for(spec_json: str, device: int, cache_dir: Optional[str])
     return _ops.layer_id(spec_json, device, cache_dir, "criterion")
 
 
-@torch.library.custom_op("lightseq::cross_entropy", mutates_args=())
-def cross_entropy(logits: Tensor, targets: Tensor, layer_id: int, reduction: str,
+def _ce_impl(logits: Tensor, targets: Tensor, layer_id: int, reduction: str,
                   grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, grad_logits, n_tokens, bad_target) of the logits criterion `layer_id` on logits
     [N, V] and targets [N]: the loss reduced ('mean' over the counted targets, or 'sum') and, where
@@ -225,6 +227,9 @@ def cross_entropy(logits: Tensor, targets: Tensor, layer_id: int, reduction: str
     loss = total / outs["n_tokens"][0] if reduction == "mean" else total
     g = outs["grad_logits"] if grad else logits.new_empty((0,))
     return loss, g, outs["n_tokens"], outs["bad_target"]
+
+
+cross_entropy = torch.library.custom_op("lightseq::cross_entropy", _ce_impl, mutates_args=())
 
 
 @cross_entropy.register_fake
@@ -246,6 +251,37 @@ def _ce_backward(ctx, g_loss, _g, _n, _bad):
 
 
 torch.library.register_autograd("lightseq::cross_entropy", _ce_backward, setup_context=_ce_setup)
+
+
+class _EagerLoss(torch.autograd.Function):
+    """A loss op outside torch.compile: its body called directly (as _ops._EagerLayer does for the
+    layers: torch.library's per-call dispatch costs the host more than the op). body(*args) ->
+    (loss, *gradients of args[0], args[1], ..., n_tokens, bad_target); backward scales them."""
+
+    @staticmethod
+    def forward(ctx, body, reduction: str, *args):
+        out = body(*args)
+        grads, n_tokens, bad = out[1:-2], out[-2], out[-1]
+        ctx.save_for_backward(*grads, n_tokens)
+        ctx.reduction, ctx.n_args = reduction, len(args)
+        ctx.mark_non_differentiable(n_tokens, bad)
+        return out[0], n_tokens, bad
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_loss, _g_n, _g_bad):
+        *grads, n_tokens = ctx.saved_tensors
+        scaled = _scaled(grads, g_loss, n_tokens, ctx.reduction, grads[0].dtype)
+        return (None, None, *scaled, *([None] * (ctx.n_args - len(scaled))))
+
+
+def _run_loss(op, body, reduction: str, *args) -> Tuple[Tensor, Tensor]:
+    """(loss, bad_target flag) of a loss op: the custom op under torch.compile, else _EagerLoss."""
+    if torch.compiler.is_compiling():
+        out = op(*args)
+        return out[0], out[-1]
+    loss, _n, bad = _EagerLoss.apply(body, reduction, *args)
+    return loss, bad
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -294,8 +330,8 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         self._bad.check(self._message())
         lid = _logits_criterion_for(_spec_json(input.shape[1], 8, input.dtype, self.label_smoothing, self.ignore_index,
                                                256, logits=True), _ops.device_index(input), self.cache_dir)
-        loss, _g, _n, bad = torch.ops.lightseq.cross_entropy(
-            input.contiguous(), target.long().contiguous(), lid, self.reduction,
-            torch.is_grad_enabled() and input.requires_grad)
+        loss, bad = _run_loss(torch.ops.lightseq.cross_entropy, _ce_impl, self.reduction, input.contiguous(),
+                              target.long().contiguous(), lid, self.reduction,
+                              torch.is_grad_enabled() and input.requires_grad)
         self._bad.watch(bad)
         return loss
