@@ -14,19 +14,13 @@ matches lightseq's fp32 master weights); lightseq trains the same fp32 module in
 import argparse
 import copy
 import math
-import os
 import sys
 import time
 
 import torch
 from torch import nn
 
-try:
-    import lightseq._C  # noqa: F401  (an installed lightseq)
-    import lightseq
-except ImportError:  # the source tree, built with scripts/build
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "frontends", "python"))
-    import lightseq
+from _finetune import lightseq  # an installed lightseq, or the source tree's
 
 PAD, BOS = 1, 2
 

@@ -50,7 +50,7 @@ struct Io {
   int *bad_token, *bad_target;
 };
 
-Io io_of(TrainStep::Bucket& b) {
+Io io_of(const TrainStep::Bucket& b) {
   auto* c = static_cast<char*>(b.counters.get());
   // Each in its own 16-byte slot (every bound pointer is 16-byte aligned).
   return {b.src_tokens.as<int64_t>(),
@@ -247,9 +247,8 @@ void* TrainStep::exp_avg_sq() const { return mem_->exp_avg_sq.get(); }
 
 TrainStep::Outputs TrainStep::last_outputs() const {
   if (!last_) throw Error("TrainStep::last_outputs: no step has run yet");
-  const Bucket& bk = *last_;
-  return {bk.loss.as<float>(), bk.nll.as<float>(), bk.tgt.batch * bk.tgt.seq,
-          static_cast<const float*>(bk.counters.get())};  // n_tokens is the counters' first slot
+  const Io io = io_of(*last_);
+  return {io.loss, io.nll, last_->tgt.batch * last_->tgt.seq, io.n_tokens};
 }
 
 const ArenaEntry& TrainStep::entry(std::string_view name) const {

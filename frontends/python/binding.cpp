@@ -9,13 +9,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "common/adam_types.cuh"
 #include "compiler/errors.h"
+#include "compiler/graph/param_arena.h"
 #include "frontends/spec/parse.h"
 #include "runtime/device.h"
 #include "runtime/model.h"
@@ -319,6 +322,24 @@ PYBIND11_MODULE(_C, m) {
                      len,
                      reinterpret_cast<const int64_t*>(token_types)};
   };
+  auto shape_of = [](const ArenaEntry& e) {  // an arena entry's constant shape
+    std::vector<int64_t> shape;
+    for (const Dim& d : e.shape) shape.push_back(d.factor);
+    return shape;
+  };
+  // What lightseq.optim's flat arenas follow: each tensor starts at a multiple of this many
+  // elements (param_arena.h), and its optimizer state is an OptimState (adam_types.cuh).
+  m.attr("ARENA_ALIGN_ELEMS") = kArenaAlignElems;
+  m.attr("OPTIM_STATE_STEP_OFFSET") = offsetof(kern::OptimState, step);
+  m.def(
+      "initial_optim_state",
+      [](float loss_scale) {
+        const kern::OptimState st = kern::initial_optim_state(loss_scale);
+        return py::bytes(reinterpret_cast<const char*>(&st), sizeof(st));
+      },
+      py::arg("loss_scale"),
+      "the bytes of the optimizer state before the first step (the step count is an int32 at "
+      "OPTIM_STATE_STEP_OFFSET)");
   auto stats_dict = [](const StepStats& s) {
     py::dict d;
     d["loss"] = s.loss;
@@ -344,25 +365,18 @@ PYBIND11_MODULE(_C, m) {
            py::arg("cuda_graphs") = true)
       .def(
           "parameters",
-          [](const TrainStep& t) {
+          [=](const TrainStep& t) {
             std::vector<std::tuple<std::string, std::vector<int64_t>>> out;
-            for (const ArenaEntry& e : t.arena().entries) {
-              std::vector<int64_t> shape;
-              for (const Dim& d : e.shape) shape.push_back(d.factor);
-              out.emplace_back(e.name, shape);
-            }
+            for (const ArenaEntry& e : t.arena().entries) out.emplace_back(e.name, shape_of(e));
             return out;
           },
           "[(state_dict name, shape)] of every parameter, in arena order")
       .def(
           "layout",
-          [](const TrainStep& t) {
+          [=](const TrainStep& t) {
             std::vector<std::tuple<std::string, std::vector<int64_t>, int64_t>> out;
-            for (const ArenaEntry& e : t.arena().entries) {
-              std::vector<int64_t> shape;
-              for (const Dim& d : e.shape) shape.push_back(d.factor);
-              out.emplace_back(e.name, shape, e.offset);
-            }
+            for (const ArenaEntry& e : t.arena().entries)
+              out.emplace_back(e.name, shape_of(e), e.offset);
             return py::make_tuple(out, t.arena().total);
           },
           "([(state_dict name, shape, offset in elements)], the arena's total elements): where "

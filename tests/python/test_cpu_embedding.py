@@ -301,29 +301,42 @@ def test_enumerated_arguments_are_checked_against_the_compilers_own_lists():
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_the_eager_loss_function_scales_the_forwards_gradients_as_the_ops_autograd_does(reduction):
-    """_loss._EagerLoss (the losses outside torch.compile) on a stand-in body that computes, as the
-    kernels do, the loss and the gradients of the 'mean' loss ×_grad_scale in its forward: the
-    backward gives torch's gradients for both reductions and an upstream gradient other than 1, two
-    differentiable inputs included."""
+    """_loss._EagerLoss (the losses outside torch.compile) and the custom ops' autograd
+    registration, on a stand-in body that computes, as the kernels do, the loss and the gradients
+    of the 'mean' loss ×_grad_scale in its forward: the backward gives torch's gradients for both
+    reductions and an upstream gradient other than 1, two differentiable inputs included."""
     from lightseq import _loss
 
-    def body(h, w, targets, lid, red, gh_on, gw_on):
-        h2, w2 = h.detach().requires_grad_(True), w.detach().requires_grad_(True)
-        with torch.enable_grad():
-            total = torch.nn.functional.cross_entropy(h2 @ w2.t(), targets, reduction="sum")
-            n = (targets != -100).sum().float()
-            (total / n * _loss._grad_scale(h.dtype)).backward()
+    def body(h, w, targets, lid, red, gh_on, gw_on):  # no autograd inside: custom op bodies run without it
+        keep = targets != -100
+        logp = torch.log_softmax(h @ w.t(), dim=-1)
+        total = -logp[keep].gather(1, targets[keep, None]).sum()
+        n = keep.sum().float()
+        d = logp.exp()
+        d[keep] -= torch.nn.functional.one_hot(targets[keep], w.shape[0]).float()
+        d[~keep] = 0
+        d = d / n * _loss._grad_scale(h.dtype)  # the 'mean' loss's gradient of the logits, scaled
         loss = total / n if red == "mean" else total
-        return loss.detach(), h2.grad, w2.grad, n.view(1), torch.zeros(1, dtype=torch.int32)
+        return loss, d @ w, d.t() @ h, n.view(1), torch.zeros(1, dtype=torch.int32)
 
-    h, w = torch.randn(6, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+    # the same body as a custom op with the losses' autograd registration (their torch.compile path)
+    name = f"lightseq_test::stand_in_{reduction}"
+    op = torch.library.custom_op(name, lambda h, w, targets, lid, red, gh_on, gw_on: tuple(
+        t.clone() for t in body(h, w, targets, lid, red, gh_on, gw_on)), mutates_args=(),
+        schema="(Tensor h, Tensor w, Tensor targets, int lid, str red, bool gh_on, bool gw_on) -> "
+               "(Tensor, Tensor, Tensor, Tensor, Tensor)")
+    _loss._register_loss_autograd(name, reduction_at=4)
+
     t = torch.tensor([0, 1, -100, 3, 4, 2])
-    loss, bad = _loss._run_loss(None, body, reduction, h, w, t, 0, reduction, True, True)
-    (loss * 3).backward()
-    h0, w0 = h.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    h0, w0 = torch.randn(6, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
     want = torch.nn.functional.cross_entropy(h0 @ w0.t(), t, reduction=reduction)
     (want * 3).backward()
-    torch.testing.assert_close(loss, want)
-    torch.testing.assert_close(h.grad, h0.grad)
-    torch.testing.assert_close(w.grad, w0.grad)
-    assert not bad.requires_grad
+    for run in (lambda h, w: _loss._run_loss(None, body, reduction, h, w, t, 0, reduction, True, True),
+                lambda h, w: (lambda out: (out[0], out[-1]))(op(h, w, t, 0, reduction, True, True))):
+        h, w = h0.detach().requires_grad_(True), w0.detach().requires_grad_(True)
+        loss, bad = run(h, w)
+        (loss * 3).backward()
+        torch.testing.assert_close(loss, want)
+        torch.testing.assert_close(h.grad, h0.grad)
+        torch.testing.assert_close(w.grad, w0.grad)
+        assert not bad.requires_grad

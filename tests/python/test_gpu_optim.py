@@ -191,7 +191,7 @@ def test_zero_grad_keeps_the_arena_and_backward_accumulates_into_it():
             o.zero_grad(set_to_none=False)
             m(x).square().mean().backward()
             o.step()
-    arena = ours._arenas[0]
+    arena = ours._arenas[0][1]  # (group index, arena)
     assert all(p.grad.data_ptr() == v.data_ptr() for p, v in zip(arena.params, arena.grad_views))
     for p, q in zip(model.parameters(), ref.parameters()):
         assert rel(p, q) <= 1e-5

@@ -48,29 +48,40 @@ def _grad_scale(dtype: torch.dtype) -> float:
     return 256.0 if dtype == torch.float16 else 1.0
 
 
+def _criterion_forward(layer_id: int, named: dict, rows: int, device, wanted: dict) -> dict:
+    """One call of a criterion layer (rows [N] as N one-row "sequences", so the fused linear one
+    chunks whole rows): `named` its inputs and parameters by manifest name (loss_scale added here),
+    `wanted` which output roles to allocate; returns the outputs by name. Both losses' op bodies."""
+    lay = _ops.layer(layer_id)
+    dims = [rows, 1, 0]
+    like = next(iter(named.values()))
+    named = dict(named, loss_scale=torch.full((1,), _grad_scale(like.dtype), dtype=torch.float32, device=device))
+    outs = {e.name: _ops._new(e, dims, device) for e in lay.forward if wanted.get(e.role, False)}
+    ordered = [outs.get(e.name) if e.role in wanted else named[e.name] for e in lay.forward]
+    saved = torch.empty(_ops._saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
+    lay.handle.forward(_ops._ptrs(ordered), *dims, [0.0] * 5, 0, 0, 0, saved.data_ptr(),
+                       torch.cuda.current_stream(device).cuda_stream, _ops._allocator(device)[0])
+    return outs
+
+
+def _reduced(outs: dict, reduction: str) -> Tensor:
+    total = outs["loss"].sum()
+    return total / outs["n_tokens"][0] if reduction == "mean" else total
+
+
 def _linear_ce_impl(hidden: Tensor, weight: Tensor, targets: Tensor, layer_id: int, reduction: str,
                          grad_hidden: bool, grad_weight: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, grad_hidden, grad_weight, n_tokens, bad_target) of the criterion layer `layer_id`
     on hidden [N, H], weight [V, H], targets [N]: the loss reduced ('mean' over the counted
     targets, or 'sum'), and the gradients of the 'mean' loss that are asked for (the others are
     empty tensors, and their GEMMs do not run)."""
-    lay = _ops.layer(layer_id)
-    n, dims = hidden.shape[0], [hidden.shape[0], 1, 0]  # one row per "sequence": chunks of rows
-    device = hidden.device
-    named = {"decoder_out": hidden, "targets": targets.view(n, 1), "output_projection.weight": weight,
-             "loss_scale": torch.full((1,), _grad_scale(hidden.dtype), dtype=torch.float32, device=device)}
-    wanted = {"grad_output": grad_hidden, "param_grad": grad_weight, "output": True}
-    outs = {e.name: _ops._new(e, dims, device) for e in lay.forward if wanted.get(e.role, False)}
-    ordered = [outs.get(e.name) if e.role in wanted else named[e.name] for e in lay.forward]
-    alloc, _keep = _ops._allocator(device)
-    saved = torch.empty(_ops._saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
-    lay.handle.forward(_ops._ptrs(ordered), *dims, [0.0] * 5, 0, 0, 0, saved.data_ptr(),
-                       torch.cuda.current_stream(device).cuda_stream, alloc)
-    total = outs["loss"].sum()
-    loss = total / outs["n_tokens"][0] if reduction == "mean" else total
+    n = hidden.shape[0]
+    outs = _criterion_forward(layer_id, {"decoder_out": hidden, "targets": targets.view(n, 1),
+                                         "output_projection.weight": weight}, n, hidden.device,
+                              {"grad_output": grad_hidden, "param_grad": grad_weight, "output": True})
     gh = outs.get("grad_decoder_out", hidden.new_empty((0,)))
     gw = outs.get("grad.output_projection.weight", weight.new_empty((0,)))
-    return loss, gh, gw, outs["n_tokens"], outs["bad_target"]
+    return _reduced(outs, reduction), gh, gw, outs["n_tokens"], outs["bad_target"]
 
 
 linear_cross_entropy = torch.library.custom_op("lightseq::linear_cross_entropy", _linear_ce_impl, mutates_args=())
@@ -84,14 +95,6 @@ def _fake(hidden, weight, targets, layer_id, reduction, grad_hidden, grad_weight
             hidden.new_empty((1,), dtype=torch.float32), hidden.new_empty((1,), dtype=torch.int32))
 
 
-def _setup(ctx, inputs, output):
-    _hidden, _weight, _targets, _lid, reduction, _gh_on, _gw_on = inputs
-    _loss, gh, gw, n_tokens, bad = output
-    ctx.save_for_backward(gh, gw, n_tokens)
-    ctx.reduction = reduction
-    ctx.mark_non_differentiable(gh, gw, n_tokens, bad)
-
-
 def _scaled(grads, g_loss: Tensor, n_tokens: Tensor, reduction: str, dtype: torch.dtype) -> list:
     """The forward's gradients of the 'mean' loss (computed ×_grad_scale) times the loss's incoming
     gradient (× the target count for 'sum'); None for those not computed (no elements)."""
@@ -99,12 +102,33 @@ def _scaled(grads, g_loss: Tensor, n_tokens: Tensor, reduction: str, dtype: torc
     return [(g * scale).to(g.dtype) if g.numel() > 0 else None for g in grads]
 
 
-def _backward(ctx, g_loss, _g_h, _g_w, _g_n, _g_bad):
-    gh, gw, n_tokens = ctx.saved_tensors
-    return (*_scaled((gh, gw), g_loss, n_tokens, ctx.reduction, gh.dtype), None, None, None, None, None)
+# A loss op's outputs are (loss, *gradients of its first inputs, n_tokens, bad_target): its
+# backward scales the forward's gradients (_scaled). Shared by the custom ops' autograd and
+# _EagerLoss.
+def _save_loss(ctx, output, reduction: str, n_args: int) -> None:
+    ctx.save_for_backward(*output[1:-2], output[-2])
+    ctx.reduction, ctx.n_args = reduction, n_args
 
 
-torch.library.register_autograd("lightseq::linear_cross_entropy", _backward, setup_context=_setup)
+def _loss_input_grads(ctx, g_loss: Tensor) -> tuple:
+    *grads, n_tokens = ctx.saved_tensors
+    scaled = _scaled(grads, g_loss, n_tokens, ctx.reduction, grads[0].dtype)
+    return (*scaled, *([None] * (ctx.n_args - len(scaled))))
+
+
+def _register_loss_autograd(name: str, reduction_at: int) -> None:
+    """The autograd of loss op `name`, whose input `reduction_at` is the reduction."""
+    def setup(ctx, inputs, output):
+        _save_loss(ctx, output, inputs[reduction_at], len(inputs))
+        ctx.mark_non_differentiable(*output[1:])
+
+    def backward(ctx, g_loss, *_g_rest):
+        return _loss_input_grads(ctx, g_loss)
+
+    torch.library.register_autograd(name, backward, setup_context=setup)
+
+
+_register_loss_autograd("lightseq::linear_cross_entropy", reduction_at=4)
 
 
 def _setup_loss(m: nn.Module, name: str, ignore_index: int, label_smoothing: float, reduction: str,
@@ -215,18 +239,11 @@ def _ce_impl(logits: Tensor, targets: Tensor, layer_id: int, reduction: str,
     """(loss, grad_logits, n_tokens, bad_target) of the logits criterion `layer_id` on logits
     [N, V] and targets [N]: the loss reduced ('mean' over the counted targets, or 'sum') and, where
     `grad`, the gradient of the 'mean' loss (×_grad_scale; else an empty tensor)."""
-    lay = _ops.layer(layer_id)
-    n, dims = logits.shape[0], [logits.shape[0], 1, 0]
-    device = logits.device
-    named = {"logits": logits, "targets": targets.view(n, 1),
-             "loss_scale": torch.full((1,), _grad_scale(logits.dtype), dtype=torch.float32, device=device)}
-    outs = {e.name: _ops._new(e, dims, device) for e in lay.forward if e.role == "output"}
-    lay.handle.forward(_ops._ptrs([outs.get(e.name, named.get(e.name)) for e in lay.forward]), *dims, [0.0] * 5,
-                       0, 0, 0, 0, torch.cuda.current_stream(device).cuda_stream, _ops._allocator(device)[0])
-    total = outs["loss"].sum()
-    loss = total / outs["n_tokens"][0] if reduction == "mean" else total
+    n = logits.shape[0]
+    outs = _criterion_forward(layer_id, {"logits": logits, "targets": targets.view(n, 1)}, n, logits.device,
+                              {"output": True})
     g = outs["grad_logits"] if grad else logits.new_empty((0,))
-    return loss, g, outs["n_tokens"], outs["bad_target"]
+    return _reduced(outs, reduction), g, outs["n_tokens"], outs["bad_target"]
 
 
 cross_entropy = torch.library.custom_op("lightseq::cross_entropy", _ce_impl, mutates_args=())
@@ -238,19 +255,7 @@ def _ce_fake(logits, targets, layer_id, reduction, grad):
             logits.new_empty((1,), dtype=torch.float32), logits.new_empty((1,), dtype=torch.int32))
 
 
-def _ce_setup(ctx, inputs, output):
-    _loss, g, n_tokens, bad = output
-    ctx.save_for_backward(g, n_tokens)
-    ctx.reduction = inputs[3]
-    ctx.mark_non_differentiable(g, n_tokens, bad)
-
-
-def _ce_backward(ctx, g_loss, _g, _n, _bad):
-    g, n_tokens = ctx.saved_tensors
-    return _scaled((g,), g_loss, n_tokens, ctx.reduction, g.dtype)[0], None, None, None, None
-
-
-torch.library.register_autograd("lightseq::cross_entropy", _ce_backward, setup_context=_ce_setup)
+_register_loss_autograd("lightseq::cross_entropy", reduction_at=3)
 
 
 class _EagerLoss(torch.autograd.Function):
@@ -261,18 +266,14 @@ class _EagerLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, body, reduction: str, *args):
         out = body(*args)
-        grads, n_tokens, bad = out[1:-2], out[-2], out[-1]
-        ctx.save_for_backward(*grads, n_tokens)
-        ctx.reduction, ctx.n_args = reduction, len(args)
-        ctx.mark_non_differentiable(n_tokens, bad)
-        return out[0], n_tokens, bad
+        _save_loss(ctx, out, reduction, len(args))
+        ctx.mark_non_differentiable(out[-2], out[-1])
+        return out[0], out[-2], out[-1]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_loss, _g_n, _g_bad):
-        *grads, n_tokens = ctx.saved_tensors
-        scaled = _scaled(grads, g_loss, n_tokens, ctx.reduction, grads[0].dtype)
-        return (None, None, *scaled, *([None] * (ctx.n_args - len(scaled))))
+        return (None, None, *_loss_input_grads(ctx, g_loss))
 
 
 def _run_loss(op, body, reduction: str, *args) -> Tuple[Tensor, Tensor]:

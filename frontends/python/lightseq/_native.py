@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._errors import Error
+from ._errors import ArgumentError, Error
 
 _ext = None
 
@@ -25,7 +25,6 @@ def check_choice(where: str, name: str, value, path: str) -> None:
     """Raises ArgumentError unless `value` is one of the names the spec's enumerated field `path`
     takes ("embedding.positions"; the compiler's own list, lightseq._C.spec_choices()). Without the
     extension nothing is checked here: the first call that needs it says it is missing."""
-    from ._errors import ArgumentError
     try:
         allowed = _choices()[path]
     except Error:

@@ -275,11 +275,16 @@ def _layer_bwd_fake(args, saved, rng, layer_id, dims, p):
     return [saved.new_empty(_size(e.shape, *dims), dtype=e.dtype) for e in lay.bwd_outputs()]
 
 
-def _setup_context(ctx, inputs, output):
-    args, layer_id, dims, p = inputs
-    outs, saved, rng = output
+def _save(ctx, args, saved: Tensor, rng: Tensor, layer_id: int, dims, p) -> None:
+    """What a layer's backward needs (_input_grads reads it), for the custom op and _EagerLayer."""
     ctx.save_for_backward(saved, rng, *args)
     ctx.layer_id, ctx.dims, ctx.p = layer_id, dims, p
+
+
+def _setup_context(ctx, inputs, output):
+    args, layer_id, dims, p = inputs
+    _outs, saved, rng = output
+    _save(ctx, args, saved, rng, layer_id, dims, p)
     ctx.mark_non_differentiable(saved, rng)
 
 
@@ -321,8 +326,7 @@ class _EagerLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer_id: int, dims: List[int], p: List[float], *args: Tensor):
         outs, saved, rng = _fwd_impl(list(args), layer_id, dims, p)
-        ctx.save_for_backward(saved, rng, *args)
-        ctx.layer_id, ctx.dims, ctx.p = layer_id, dims, p
+        _save(ctx, args, saved, rng, layer_id, dims, p)  # saved and rng are not outputs here
         return tuple(outs)
 
     @staticmethod

@@ -155,8 +155,8 @@ def _optimizer(opt, clip_norm: float) -> dict:
         kind = "adamw" if opt.defaults.get("decoupled_weight_decay", False) else "adam"
     else:
         raise ArgumentTypeError(f"lightseq.TrainStep: optimizer is {a_type(opt)}; pass a torch.optim.AdamW or "
-                                "torch.optim.Adam, or lightseq.optim's (its hyperparameters and its learning rate, which LR schedulers "
-                                "change, drive the step's own Adam)")
+                                "torch.optim.Adam, or lightseq.optim's (its hyperparameters and its learning rate, "
+                                "which LR schedulers change, drive the step's own Adam)")
     keys = ("lr", "betas", "eps", "weight_decay")
     first = opt.param_groups[0]
     for g in opt.param_groups:
@@ -167,8 +167,7 @@ def _optimizer(opt, clip_norm: float) -> dict:
         for k in ("amsgrad", "maximize"):
             if g.get(k, False):
                 raise Unsupported(f"lightseq.TrainStep: the optimizer has {k}=True")
-    return {"type": kind, "lr": _hyper(first, "lr"), "betas": list(_hyper(first, "betas")),
-            "eps": _hyper(first, "eps"), "weight_decay": _hyper(first, "weight_decay"), "clip_norm": float(clip_norm)}
+    return optim.spec_section(kind, dict(first, lr=_hyper(first, "lr")), clip_norm)
 
 
 def _structure(embedding, encoder, decoder, output_projection, loss, optimizer, dtype, *, positions,
@@ -334,7 +333,7 @@ class TrainStep:
     # ---- views ---------------------------------------------------------------------------------
     def _view(self, arena: Tensor, name: str) -> Tensor:
         shape, off = self._layout[name]
-        return arena[off:off + math.prod(shape)].view(shape)
+        return optim.flat_view(arena, off, shape)
 
     def parameter_names(self) -> List[str]:
         """The parameters the step trains, by their state_dict names in nn.Transformer's layout."""
@@ -392,12 +391,23 @@ class TrainStep:
             raise ArgumentError(f"lightseq.TrainStep: src has {src.shape[0]} sequences, tgt {tgt.shape[0]}")
         return src, tgt, targets
 
-    def _prepare(self, stream: int) -> None:
+    def _run_args(self, batch, token_types: Optional[Tensor], stream: int) -> Tuple[tuple, tuple]:
+        """(run()'s and evaluate()'s arguments for a batch, the tensors they point into: keep them
+        until the call has enqueued its copies), after the parameters' copies agree."""
+        src, tgt, targets = self._batch(batch)
+        types = self._types(token_types, tgt)
+        if self._versions() != self._version:
+            self._sync_parameters()
+        ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+        B, T = tgt.shape
+        args = (ptr(src), tgt.data_ptr(), targets.data_ptr(), B, src.shape[1] if src is not None else 0, T, stream,
+                ptr(types))
+        return args, (src, tgt, targets, types)
+
+    def _set_lr(self, stream: int) -> None:
         # The step is the optimizer's update: an LR scheduler stepped after it must not warn that
         # optimizer.step() was never called (torch reads this flag).
         self.optimizer._opt_called = True
-        if self._versions() != self._version:
-            self._sync_parameters()
         lr = self.optimizer.param_groups[0]["lr"]
         if lr != self._lr:
             lr = float(lr)
@@ -409,30 +419,28 @@ class TrainStep:
             self._step.set_lr(lr, stream)
             self._lr = lr
 
-    def _types(self, token_types: Optional[Tensor], like: Tensor) -> int:
-        """The address of a batch's token types (a model with embedding token types; 0: all type 0)."""
+    def _types(self, token_types: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
+        """A batch's token types as the step reads them (a model with embedding token types; None:
+        all type 0)."""
         if token_types is None:
-            return 0
+            return None
         if not self._structure.spec["embedding"].get("token_types", 0):
             raise ArgumentError("lightseq.TrainStep: token_types given, but the embedding has no token types")
         t = self._tokens(token_types, "token_types", 0, None)
         if t.shape != like.shape:
             raise ArgumentError(f"lightseq.TrainStep: token_types is {tuple(token_types.shape)}, the tokens "
                                 f"{tuple(like.shape)} (after padding to a multiple of {self.pad_to_multiple})")
-        return t.data_ptr()  # copied by the step on this stream: freeing t after the call is safe
+        return t
 
     def __call__(self, *batch: Tensor, token_types: Optional[Tensor] = None) -> Tensor:
         """One training step (forward, backward, update) on (src, tgt, targets) — or (tokens,
         targets) for an encoder-only model — [batch, len] int64 CUDA tensors (token_types: the
         tokens' types, for an embedding with token types). Returns the mean loss over the counted
         targets (a float32 scalar on the device; reading it synchronizes)."""
-        src, tgt, targets = self._batch(batch)
         stream = torch.cuda.current_stream(self.device).cuda_stream
-        self._prepare(stream)
-        B, T = tgt.shape
-        S = src.shape[1] if src is not None else 0
-        self._step.run(src.data_ptr() if src is not None else 0, tgt.data_ptr(), targets.data_ptr(), B, S, T, stream,
-                       self._types(token_types, tgt))
+        args, _keep = self._run_args(batch, token_types, stream)
+        self._set_lr(stream)
+        self._step.run(*args)
         o = self._step.last_outputs()
         key = (o["loss"], o["rows"])
         views = self._outputs.get(key)
@@ -450,14 +458,9 @@ class TrainStep:
 
     def evaluate(self, *batch: Tensor, token_types: Optional[Tensor] = None) -> dict:
         """The loss of a batch without training (dropout off, nothing updated): stats()' keys."""
-        src, tgt, targets = self._batch(batch)
         stream = torch.cuda.current_stream(self.device).cuda_stream
-        if self._versions() != self._version:
-            self._sync_parameters()
-        B, T = tgt.shape
-        S = src.shape[1] if src is not None else 0
-        return _mean_stats(self._step.evaluate(src.data_ptr() if src is not None else 0, tgt.data_ptr(),
-                                               targets.data_ptr(), B, S, T, stream, self._types(token_types, tgt)))
+        args, _keep = self._run_args(batch, token_types, stream)
+        return _mean_stats(self._step.evaluate(*args))
 
     def save(self, path: str) -> None:
         """The whole training state (weights, master weights, moments, step count, loss scale,

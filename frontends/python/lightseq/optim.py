@@ -24,17 +24,30 @@ parameters in their own group, or freeze them); a group where none has one is sk
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import _ops, _spec
+from . import _native, _ops, _spec
 from ._errors import ArgumentError, Unsupported
 
 __all__ = ["Adam", "AdamW"]
 
-_ALIGN = 64  # elements: every tensor starts 16-byte aligned (param_arena.h's rule)
+
+def flat_view(flat: Tensor, offset: int, shape) -> Tensor:
+    """The tensor of `shape` at element `offset` of a flat arena (this module's, or the C++ step's
+    in lightseq.TrainStep)."""
+    return flat[offset:offset + math.prod(shape)].view(shape)
+
+
+def spec_section(kind: str, group: dict, clip_norm: float) -> dict:
+    """The spec's `optimizer` section (docs/spec.md) of a param group's hyperparameters: what
+    lightseq.optim compiles, and what lightseq.TrainStep reads off a torch or lightseq optimizer."""
+    lr = group["lr"]
+    return {"type": kind, "lr": 1e-3 if isinstance(lr, Tensor) else float(lr),
+            "betas": [float(b) for b in group["betas"]], "eps": float(group["eps"]),
+            "weight_decay": float(group["weight_decay"]), "clip_norm": float(clip_norm)}
 
 
 class _Arena:
@@ -42,22 +55,24 @@ class _Arena:
 
     def __init__(self, params: List[Tensor], group: dict, decoupled: bool, cache_dir: Optional[str],
                  loss_scale: float):
-        p0 = params[0]
+        C = _native.extension()
+        p0, align = params[0], C.ARENA_ALIGN_ELEMS
         self.params, self.device, self.dtype = params, p0.device, p0.dtype
         self.offsets, n = [], 0
         for p in params:
             self.offsets.append(n)
-            n += (p.numel() + _ALIGN - 1) // _ALIGN * _ALIGN
-        self.numel = max(n, _ALIGN)
+            n += (p.numel() + align - 1) // align * align
+        self.numel = max(n, align)
         dev = self.device
         self.flat = torch.zeros(self.numel, dtype=self.dtype, device=dev)
         self.grads = torch.zeros(self.numel, dtype=self.dtype, device=dev)
         self.masters = torch.zeros(self.numel, dtype=torch.float32, device=dev) if self.dtype != torch.float32 else None
         self.exp_avg = torch.zeros(self.numel, dtype=torch.float32, device=dev)
         self.exp_avg_sq = torch.zeros(self.numel, dtype=torch.float32, device=dev)
-        # OptimState (templates/common/adam_types.cuh): loss scale (f32) | step | found_inf |
-        # growth tracker (i32): 1.0 then zeros, whose bits are the same as f32 zeros.
-        self.state = torch.tensor([loss_scale, 0.0, 0.0, 0.0], dtype=torch.float32, device=dev)
+        # OptimState (templates/common/adam_types.cuh), its bytes as the extension makes them
+        state = torch.frombuffer(bytearray(C.initial_optim_state(loss_scale)), dtype=torch.uint8)
+        self.state = state.to(dev)
+        self.step_at = C.OPTIM_STATE_STEP_OFFSET // 4
         self.lr = torch.zeros(1, dtype=torch.float32, device=dev)
         self.lr_value = None
         with torch.no_grad():
@@ -82,10 +97,9 @@ class _Arena:
         key = (tuple(float(b) for b in group["betas"]), float(group["eps"]), float(group["weight_decay"]),
                float(group.get("max_grad_norm", 0.0)))
         if key != self.key:
-            (b1, b2), eps, wd, clip = key
-            spec = {"name": "lightseq-optim", "precision": _spec.dtype_name(self.dtype),
-                    "optimizer": {"type": "adamw" if self.decoupled else "adam", "lr": 1e-3, "betas": [b1, b2],
-                                  "eps": eps, "weight_decay": wd, "clip_norm": clip}}
+            # lr is not compiled in (the kernel reads it from device memory): any valid value
+            section = spec_section("adamw" if self.decoupled else "adam", dict(group, lr=1e-3), key[-1])
+            spec = {"name": "lightseq-optim", "precision": _spec.dtype_name(self.dtype), "optimizer": section}
             self.layer = _ops.layer_id(_spec.spec_json(spec), _ops.device_index(self.flat), self.cache_dir,
                                        "optimizer")
             self.key = key
@@ -93,10 +107,18 @@ class _Arena:
 
     @staticmethod
     def view(flat: Tensor, p: Tensor, off: int) -> Tensor:
-        return flat[off:off + p.numel()].view(p.shape)
+        return flat_view(flat, off, p.shape)
 
     def step_count(self) -> Tensor:
-        return self.state.view(torch.int32)[1:2]
+        return self.state.view(torch.int32)[self.step_at:self.step_at + 1]
+
+    def point_state(self, state: dict) -> None:
+        """The optimizer's per-parameter state (what state_dict() packs) as views of this arena."""
+        for p, off in zip(self.params, self.offsets):
+            state[p] = {"step": self.step_count(), "exp_avg": self.view(self.exp_avg, p, off),
+                        "exp_avg_sq": self.view(self.exp_avg_sq, p, off)}
+            if self.masters is not None:
+                state[p]["master_param"] = self.view(self.masters, p, off)
 
     def run(self, group: dict) -> None:
         lay = _ops.layer(self.layer_for(group))
@@ -152,7 +174,7 @@ class Adam(torch.optim.Optimizer):
         if not (math.isfinite(loss_scale) and loss_scale > 0):
             raise ArgumentError(f"lightseq.optim.{type(self).__name__}: loss_scale={loss_scale} must be positive")
         self._loss_scale = float(loss_scale)
-        self._arenas: Optional[List[_Arena]] = None
+        self._arenas: Optional[List[Tuple[int, _Arena]]] = None  # (param group index, its arena)
 
     @property
     def loss_scale(self) -> Tensor:
@@ -161,10 +183,11 @@ class Adam(torch.optim.Optimizer):
         inf or NaN is skipped (weights and moments untouched) and halves it; 2000 good steps in a
         row double it (torch.amp.GradScaler's defaults). Other dtypes: 1 (use GradScaler with float32
         parameters under fp16 autocast)."""
-        fp16 = [a for a in self._build() if a.dtype == torch.float16]
+        arenas = [a for _, a in self._build()]
+        fp16 = [a for a in arenas if a.dtype == torch.float16]
         if len(fp16) > 1:
             raise Unsupported("lightseq.optim: loss_scale with float16 parameters in several groups or devices")
-        return fp16[0].state[0:1] if fp16 else torch.ones(1, device=self._build()[0].device)
+        return fp16[0].state.view(torch.float32)[0:1] if fp16 else torch.ones(1, device=arenas[0].device)
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
@@ -174,7 +197,7 @@ class Adam(torch.optim.Optimizer):
                     group.setdefault(k, v)
 
     # ---- arenas -----------------------------------------------------------------------------
-    def _build(self) -> List[_Arena]:
+    def _build(self) -> List[Tuple[int, _Arena]]:
         if self._arenas is not None:
             return self._arenas
         arenas = []
@@ -196,15 +219,10 @@ class Adam(torch.optim.Optimizer):
             raise Unsupported("lightseq.optim: max_grad_norm clips over one arena, and these parameters make "
                               f"{len(arenas)} (param groups × dtypes × devices); clip with "
                               "torch.nn.utils.clip_grad_norm_ before step() instead")
-        self._groups_of = [gi for gi, _ in arenas]
-        self._arenas = [a for _, a in arenas]
-        for a in self._arenas:
-            for p, off in zip(a.params, a.offsets):
-                self.state[p] = {"step": a.step_count(), "exp_avg": a.view(a.exp_avg, p, off),
-                                 "exp_avg_sq": a.view(a.exp_avg_sq, p, off)}
-                if a.masters is not None:
-                    self.state[p]["master_param"] = a.view(a.masters, p, off)
-        return self._arenas
+        self._arenas = arenas
+        for _, a in arenas:
+            a.point_state(self.state)
+        return arenas
 
     # ---- the update -------------------------------------------------------------------------
     @torch.no_grad()
@@ -213,7 +231,7 @@ class Adam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for gi, a in zip(self._groups_of_built(), self._build()):
+        for gi, a in self._build():
             grads = [p.grad for p in a.params]
             missing = [i for i, g in enumerate(grads) if g is None]
             if len(missing) == len(grads):
@@ -235,20 +253,16 @@ class Adam(torch.optim.Optimizer):
             a.run(self.param_groups[gi])
         return loss
 
-    def _groups_of_built(self):
-        self._build()
-        return self._groups_of
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         """set_to_none=False zeroes each arena's gradients in one launch and keeps them its views
         (the next backward accumulates into the arena); True sets them to None, as torch does."""
         if set_to_none or self._arenas is None:
             return super().zero_grad(set_to_none)
-        for a in self._arenas:
+        for _, a in self._arenas:
             a.grads.zero_()
             for p, v in zip(a.params, a.grad_views):
                 p.grad = v
-        managed = {id(p) for a in self._arenas for p in a.params}
+        managed = {id(p) for _, a in self._arenas for p in a.params}
         for g in self.param_groups:
             for p in g["params"]:
                 if id(p) not in managed and p.grad is not None:
@@ -272,7 +286,7 @@ class Adam(torch.optim.Optimizer):
         arenas = self._build()
         index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         with torch.no_grad():
-            for a in arenas:
+            for _, a in arenas:
                 steps = set()
                 for p, off in zip(a.params, a.offsets):
                     s = raw.get(index[id(p)])
@@ -288,13 +302,8 @@ class Adam(torch.optim.Optimizer):
                                         f"step counts {sorted(steps)}; lightseq's Adam keeps one per group")
                 if steps:
                     a.step_count().fill_(steps.pop())
-        # super() replaced the state with casted copies: point it at the arenas again
-        for a in arenas:
-            for p, off in zip(a.params, a.offsets):
-                self.state[p] = {"step": a.step_count(), "exp_avg": a.view(a.exp_avg, p, off),
-                                 "exp_avg_sq": a.view(a.exp_avg_sq, p, off)}
-                if a.masters is not None:
-                    self.state[p]["master_param"] = a.view(a.masters, p, off)
+        for _, a in arenas:  # super() replaced the state with casted copies: point it at the arenas again
+            a.point_state(self.state)
 
 
 class AdamW(Adam):
