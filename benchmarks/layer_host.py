@@ -64,7 +64,8 @@ def run(name, layer, x, pad, g, iters, profile):
             call()
         prof.disable()
         torch.cuda.synchronize()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
 
 
 def main():
