@@ -10,6 +10,10 @@ configuration), on the same card in the same run:
   gpu ms     the GPU's time per call for N calls enqueued behind that sleep (run back to back)
   --profile  cProfile of N calls: where the host time goes, by function (tottime)
 
+Each twice: with the gradients accumulating into existing .grad tensors (an add per parameter, as
+in gradient accumulation), and with .grad set to None before each call (what a training loop's
+optimizer.zero_grad() does by default: backward then assigns the gradients).
+
 usage: python3 benchmarks/layer_host.py [--iters 200] [--profile] [--config 512,8,2048,128,32]
 """
 import argparse
@@ -28,8 +32,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import lightseq  # noqa: E402
 
 
-def run(name, layer, x, pad, g, iters, profile):
+def run(name, layer, x, pad, g, iters, profile, fresh):
     def call():
+        if fresh:  # a training loop's optimizer.zero_grad() (set_to_none): backward assigns .grad
+            for w in layer.parameters():
+                w.grad = None
+            x.grad = None
         y = layer(x, src_key_padding_mask=pad)
         y.backward(g)
     for _ in range(5):
@@ -55,7 +63,8 @@ def run(name, layer, x, pad, g, iters, profile):
     issued = sum(host)
     torch.cuda.synchronize()
     gpu = start.elapsed_time(end) / n
-    print(f"{name:10s} wall {wall:.3f} ms/call  host {1e3 * statistics.median(host):.3f} ms/call  gpu {gpu:.3f} "
+    name += " (.grad = None)" if fresh else " (.grad +=)"
+    print(f"{name:24s} wall {wall:.3f} ms/call  host {1e3 * statistics.median(host):.3f} ms/call  gpu {gpu:.3f} "
           f"ms/call  (issued {n} calls in {1e3 * issued:.1f} ms behind the sleep)")
     if profile:
         prof = cProfile.Profile()
@@ -82,8 +91,10 @@ def main():
     pad = torch.zeros(B, T, dtype=torch.bool, device="cuda")
     pad[::2, T - T // 8:] = True
     print(torch.cuda.get_device_name(), f"{H}/{heads}/{ffn} {B}x{T} bf16")
-    run("eager", base, x, pad, g, args.iters, False)
-    run("lightseq", lightseq.compile(copy.deepcopy(base)), x, pad, g, args.iters, args.profile)
+    compiled = lightseq.compile(copy.deepcopy(base))
+    for fresh in (False, True):
+        run("eager", base, x, pad, g, args.iters, False, fresh)
+        run("lightseq", compiled, x, pad, g, args.iters, args.profile and fresh, fresh)
 
 
 if __name__ == "__main__":
