@@ -173,6 +173,8 @@ def _dense(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """t in dtype, contiguous, with one copy at most: a cast writes the contiguous layout itself
     (a transposed weight, GPT-2's Conv1D, under autocast); `.to` of the same dtype keeps strides,
     so `.contiguous()` then copies (or not, when already dense)."""
+    if t.dtype == dtype and t.is_contiguous():
+        return t
     return t.to(dtype, memory_format=torch.contiguous_format).contiguous()
 
 
@@ -226,7 +228,7 @@ class CompiledTransformerEncoderLayer(nn.TransformerEncoderLayer):
     """A torch.nn.TransformerEncoderLayer running lightseq's kernels (same parameters)."""
 
     def _weights(self):
-        return dict(self.named_parameters())  # the layer graph's parameter names
+        return _ops.parameters_by_name(self)  # the layer graph's parameter names
 
     def _dropouts(self):
         return _spec.torch_layer_dropouts(self)
@@ -279,7 +281,7 @@ class CompiledTransformerDecoderLayer(nn.TransformerDecoderLayer):
     decoders use); other masks run PyTorch's implementation, with a warning."""
 
     def _weights(self):
-        return dict(self.named_parameters())  # the layer graph's parameter names
+        return _ops.parameters_by_name(self)  # the layer graph's parameter names
 
     def _dropouts(self):
         return _spec.torch_layer_dropouts(self)

@@ -179,7 +179,7 @@ class Embedding(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------------
     def _weights(self) -> dict:
-        return dict(self.named_parameters())  # the layer graph's parameter names
+        return _ops.parameters_by_name(self)  # the layer graph's parameter names
 
     def _check_inputs(self, tokens, token_types):
         if not isinstance(tokens, torch.Tensor):

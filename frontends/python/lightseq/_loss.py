@@ -60,7 +60,7 @@ def _criterion_forward(layer_id: int, named: dict, rows: int, device, wanted: di
     ordered = [outs.get(e.name) if e.role in wanted else named[e.name] for e in lay.forward]
     saved = torch.empty(_ops._saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
     lay.handle.forward(_ops._ptrs(ordered), *dims, [0.0] * 5, 0, 0, 0, saved.data_ptr(),
-                       torch.cuda.current_stream(device).cuda_stream, _ops._allocator(device)[0])
+                       _ops.stream_of(like.get_device()), _ops._allocator(device)[0])
     return outs
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -39,31 +40,104 @@ class Entry:
     grad_of: str         # a gradient's forward tensor
 
 
+_BWD_WRITES = ("grad_output", "param_grad")
+
+
 @dataclass(frozen=True)
 class Layer:
+    """A compiled layer and its calling convention. The derived fields are what a call needs,
+    computed once here so that a call does no lookups by name: its manifest split into inputs and
+    outputs, the positions of both in the manifest's order, where each backward input comes from
+    and which backward output is each forward input's gradient."""
     handle: object       # _C.Layer
     name: str            # "layers[0]", "embedding", ...
     slots: tuple         # the saved arena's slots
     forward: Tuple[Entry, ...]
     backward: Tuple[Entry, ...]
+    fwd_in: tuple = field(init=False)     # the forward's inputs and parameters (a call's args)
+    fwd_out: tuple = field(init=False)    # what the forward writes
+    bwd_in: tuple = field(init=False)
+    bwd_out: tuple = field(init=False)    # the gradients the backward writes
+    fwd_order: tuple = field(init=False)  # per forward manifest entry: its index in args + outs
+    bwd_order: tuple = field(init=False)
+    bwd_from: tuple = field(init=False)   # per backward input: (False, forward arg) | (True, output)
+    grad_at: tuple = field(init=False)    # per forward arg: its gradient's index in bwd_out, or -1
+    masks: tuple = field(init=False)      # indices of the u8 forward args (padding masks)
+    anchor: int = field(init=False)       # a forward arg that is never absent
+
+    def __post_init__(self):
+        def split(entries, writes):
+            ins = tuple(e for e in entries if e.role not in writes)
+            outs = tuple(e for e in entries if e.role in writes)
+            n_in, n_out, order = 0, 0, []
+            for e in entries:
+                if e.role in writes:
+                    order.append(len(ins) + n_out)
+                    n_out += 1
+                else:
+                    order.append(n_in)
+                    n_in += 1
+            return ins, outs, tuple(order)
+
+        fwd_in, fwd_out, fwd_order = split(self.forward, ("output",))
+        bwd_in, bwd_out, bwd_order = split(self.backward, _BWD_WRITES)
+        arg_at = {e.name: i for i, e in enumerate(fwd_in)}
+        out_at = {e.name: i for i, e in enumerate(fwd_out)}
+        grad_of = {e.grad_of: i for i, e in enumerate(bwd_out)}
+        bwd_from = []
+        for e in bwd_in:
+            if e.role == "grad_input":
+                bwd_from.append((True, out_at[e.grad_of]))
+            elif e.name in arg_at:
+                bwd_from.append((False, arg_at[e.name]))
+            else:
+                raise ArgumentError(f"lightseq ({self.name}): the backward reads '{e.name}', which the forward "
+                                    "does not take")
+        derived = dict(
+            fwd_in=fwd_in, fwd_out=fwd_out, bwd_in=bwd_in, bwd_out=bwd_out, fwd_order=fwd_order,
+            bwd_order=bwd_order, bwd_from=tuple(bwd_from), grad_at=tuple(grad_of.get(e.name, -1) for e in fwd_in),
+            masks=tuple(i for i, e in enumerate(fwd_in) if e.dtype == torch.uint8),
+            anchor=next((i for i, e in enumerate(fwd_in) if not e.optional), 0))
+        for k, v in derived.items():
+            object.__setattr__(self, k, v)
 
     def fwd_inputs(self):
-        return [e for e in self.forward if e.role != "output"]
+        return list(self.fwd_in)
 
     def fwd_outputs(self):
-        return [e for e in self.forward if e.role == "output"]
+        return list(self.fwd_out)
 
     def bwd_inputs(self):
-        return [e for e in self.backward if e.role not in ("grad_output", "param_grad")]
+        return list(self.bwd_in)
 
     def bwd_outputs(self):
-        return [e for e in self.backward if e.role in ("grad_output", "param_grad")]
+        return list(self.bwd_out)
+
+
+class _Shapes:
+    """One layer at one (B, T, S): each argument's expected shape and dtypes, each output's size,
+    the saved arena's bytes. Made on a shape's first call, then found by one dict lookup."""
+    __slots__ = ("fwd_in", "fwd_out", "bwd_in", "bwd_out", "saved_bytes")
+
+    def __init__(self, lay: Layer, dims):
+        def expect(entries):
+            return tuple((torch.Size(_size(e.shape, *dims)),
+                          (torch.bool, torch.uint8) if e.dtype == torch.uint8 else (e.dtype,), e.optional)
+                         for e in entries)
+
+        def sizes(entries):
+            return tuple((tuple(_size(e.shape, *dims)), e.dtype, e.accumulates) for e in entries)
+
+        self.fwd_in, self.fwd_out = expect(lay.fwd_in), sizes(lay.fwd_out)
+        self.bwd_in, self.bwd_out = expect(lay.bwd_in), sizes(lay.bwd_out)
+        self.saved_bytes = _saved_bytes(lay, *dims)
 
 
 _lock = threading.Lock()
 _keys: dict = {}  # (spec json, device, cache dir, layer name) -> layer id
 _layers: List[Layer] = []
 _models: dict = {}  # (spec json, device, cache dir) -> _C.CompiledModel (shared by its layers)
+_shapes: dict = {}  # (layer id, B, T, S) -> _Shapes
 
 
 def _entries(manifest, model_dtype: torch.dtype) -> Tuple[Entry, ...]:
@@ -76,16 +150,22 @@ def layer_id(spec_json: str, device: int, cache_dir: Optional[str], name: Option
     """The registry id of layer `name` of a spec (default: its last stack, "layers[N-1]": an
     encoder, or a decoder after the encoder stack its spec needs), compiling (or loading from the
     disk cache) on first use in this process."""
-    spec = json.loads(spec_json)
-    if name is None:
-        name = f"layers[{len(spec['layers']) - 1}]"
     key = (spec_json, device, cache_dir, name)
     found = _keys.get(key)
     if found is not None:
         return found
+    spec = json.loads(spec_json)
+    if name is None:
+        name = f"layers[{len(spec['layers']) - 1}]"
+    named = (spec_json, device, cache_dir, name)
+    found = _keys.get(named)
+    if found is not None:
+        _keys[key] = found
+        return found
     C = _native.extension()
     with _lock:
-        if key in _keys:
+        if named in _keys:
+            _keys[key] = _keys[named]
             return _keys[key]
         model = _models.get(key[:3])
         if model is None:
@@ -95,7 +175,7 @@ def layer_id(spec_json: str, device: int, cache_dir: Optional[str], name: Option
         dtype = _MODEL_DTYPES[spec.get("precision", "fp32")]
         _layers.append(Layer(handle, name, tuple(handle.saved_slots()), _entries(handle.manifest(False), dtype),
                              _entries(handle.manifest(True), dtype)))
-        _keys[key] = len(_layers) - 1
+        _keys[named] = _keys[key] = len(_layers) - 1
         return _keys[key]
 
 
@@ -106,6 +186,35 @@ def layer(lid: int) -> Layer:
 def compiled_models() -> list:
     """The compiled models of this process (for tests and explain())."""
     return list(_models.values())
+
+
+_param_paths = weakref.WeakKeyDictionary()  # module -> ((name, submodule path, attribute), ...)
+
+
+def parameters_by_name(module: torch.nn.Module) -> Dict[str, Tensor]:
+    """dict(module.named_parameters()) without walking the module tree at every call: the paths
+    are found once, then each call reads each parameter where it is now (a parameter or submodule
+    assigned anew is seen; a path that no longer holds a parameter makes the walk again)."""
+    if torch.compiler.is_compiling():
+        return dict(module.named_parameters())
+    paths = _param_paths.get(module)
+    if paths is not None:
+        out = {}
+        for name, path, attr in paths:
+            m = module
+            for part in path:
+                m = m._modules.get(part)
+                if m is None:
+                    break
+            t = None if m is None else m._parameters.get(attr)
+            if t is None:
+                break
+            out[name] = t
+        else:
+            return out
+    named = dict(module.named_parameters())
+    _param_paths[module] = tuple((name, tuple(name.split(".")[:-1]), name.rsplit(".", 1)[-1]) for name in named)
+    return named
 
 
 def _size(dims: Sequence, batch, seq, src_seq):
@@ -217,6 +326,60 @@ def _new(e: Entry, dims, device) -> Tensor:
     return (torch.zeros if e.accumulates else torch.empty)(size, dtype=e.dtype, device=device)
 
 
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def stream_of(device: int) -> int:
+    """The current CUDA stream of `device` as an integer (torch's raw stream: no Stream object)."""
+    return _raw_stream(device) if _raw_stream is not None else torch.cuda.current_stream(device).cuda_stream
+
+
+def _shapes_at(layer_id: int, dims) -> _Shapes:
+    key = (layer_id, *dims)
+    found = _shapes.get(key)
+    if found is None:
+        found = _shapes[key] = _Shapes(_layers[layer_id], dims)
+    return found
+
+
+def _args_ok(args: Sequence[Tensor], expect: tuple, device: int) -> bool:
+    """Whether every argument is what the manifest says at this shape (the fast test; _check_args
+    says what is wrong)."""
+    if len(args) != len(expect):
+        return False
+    for t, (shape, dtypes, optional) in zip(args, expect):
+        if t.shape != shape:
+            if optional and t.numel() == 0:
+                continue
+            return False
+        if t.dtype not in dtypes or t.get_device() != device or not t.is_contiguous():
+            return False
+    return True
+
+
+def _checked(op: str, lay: Layer, entries, expect, args: List[Tensor], dims) -> Tuple[List[Tensor], Tensor]:
+    """args, their masks made 16-byte aligned (_aligned), and a tensor on their device; raises
+    ArgumentError naming what is wrong."""
+    like = args[lay.anchor] if lay.anchor < len(args) else None
+    try:
+        ok = like.get_device() >= 0 and _args_ok(args, expect, like.get_device())
+    except AttributeError:  # not tensors: _check_args says which
+        ok = False
+    if not ok:
+        device = _check_args(op, lay, entries, args, dims)
+        like = next(a for a in args if a is not None and a.numel() > 0 and a.device == device)
+    for i in lay.masks:
+        if i < len(args) and args[i].numel() > 0 and args[i].data_ptr() % 16:
+            args = list(args)
+            args[i] = _aligned(args[i])
+    return args, like
+
+
+def _outputs(sizes, like: Tensor) -> List[Tensor]:
+    return [like.new_zeros(size, dtype=dtype) if zero else like.new_empty(size, dtype=dtype)
+            for size, dtype, zero in sizes]
+
+
 def _fwd_impl(args: List[Tensor], layer_id: int, dims: List[int],
               p: List[float]) -> Tuple[List[Tensor], Tensor, Tensor]:
     """(outputs, saved arena, rng state) of layer `layer_id`'s forward. args: its manifest's inputs
@@ -224,16 +387,16 @@ def _fwd_impl(args: List[Tensor], layer_id: int, dims: List[int],
     autograd tracks a tensor list only when it holds no None); dims: [B, T, S]; p: the dropout
     probabilities (attention, activation, hidden, embedding, attention output)."""
     lay = _layers[layer_id]
-    device = _check_args("layer_fwd", lay, lay.fwd_inputs(), args, dims)
-    args = [_aligned(a) if a.numel() > 0 and a.dtype in (torch.bool, torch.uint8) else a for a in args]
-    outs = [_new(e, dims, device) for e in lay.fwd_outputs()]
-    saved = torch.empty(_saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
-    rng = _draw_rng(device, any(q > 0 for q in p))
-    it_in, it_out = iter(args), iter(outs)
-    ordered = [next(it_out) if e.role == "output" else next(it_in) for e in lay.forward]
-    alloc, _keep = _allocator(device)
-    lay.handle.forward(_ptrs(ordered), *dims, _p5(p), 0, 0, _rng_ptr(rng, p), saved.data_ptr(),
-                       torch.cuda.current_stream(device).cuda_stream, alloc)
+    shapes = _shapes_at(layer_id, dims)
+    args, like = _checked("layer_fwd", lay, lay.fwd_in, shapes.fwd_in, args, dims)
+    outs = _outputs(shapes.fwd_out, like)
+    saved = like.new_empty((shapes.saved_bytes,), dtype=torch.uint8)
+    dropout = any(q > 0 for q in p)
+    rng = _draw_rng(like.device, dropout)
+    every = [*args, *outs]
+    alloc, _keep = _allocator(like.device)
+    lay.handle.forward(_ptrs([every[i] for i in lay.fwd_order]), *dims, _p5(p), 0, 0,
+                       rng.data_ptr() if dropout else 0, saved.data_ptr(), stream_of(like.get_device()), alloc)
     return outs, saved, rng
 
 
@@ -255,14 +418,15 @@ def _bwd_impl(args: List[Tensor], saved: Tensor, rng: Tensor, layer_id: int, dim
     in order). args: the backward manifest's parameters, forward inputs and output gradients, in
     manifest order."""
     lay = _layers[layer_id]
-    device = _check_args("layer_bwd", lay, lay.bwd_inputs(), args, dims)
-    args = [_aligned(a) if a.numel() > 0 and a.dtype in (torch.bool, torch.uint8) else a for a in args]
-    outs = [_new(e, dims, device) for e in lay.bwd_outputs()]
-    it_in, it_out = iter(args), iter(outs)
-    ordered = [next(it_out) if e.role in ("grad_output", "param_grad") else next(it_in) for e in lay.backward]
-    alloc, _keep = _allocator(device)
-    lay.handle.backward(_ptrs(ordered), *dims, _p5(p), 0, 0, _rng_ptr(rng, p), saved.data_ptr(), False,
-                        torch.cuda.current_stream(device).cuda_stream, alloc)
+    shapes = _shapes_at(layer_id, dims)
+    args, like = _checked("layer_bwd", lay, lay.bwd_in, shapes.bwd_in, args, dims)
+    outs = _outputs(shapes.bwd_out, like)
+    dropout = any(q > 0 for q in p)
+    every = [*args, *outs]
+    alloc, _keep = _allocator(like.device)
+    lay.handle.backward(_ptrs([every[i] for i in lay.bwd_order]), *dims, _p5(p), 0, 0,
+                        rng.data_ptr() if dropout else 0, saved.data_ptr(), False, stream_of(like.get_device()),
+                        alloc)
     return outs
 
 
@@ -297,21 +461,17 @@ def _input_grads(ctx, grad_outs, bwd) -> list:
     custom op, or its body outside torch.compile) from the saved state and the outputs' gradients."""
     saved, rng, *args = ctx.saved_tensors
     lay = _layers[ctx.layer_id]
-    by_name = {e.name: a for e, a in zip(lay.fwd_inputs(), args)}
-    outputs = lay.fwd_outputs()
-    grads_of = {e.name: g for e, g in zip(outputs, grad_outs)}
     bwd_args = []
-    for e in lay.bwd_inputs():
-        if e.role == "grad_input":
-            g = grads_of.get(e.grad_of)
-            out = next(o for o in outputs if o.name == e.grad_of)
-            bwd_args.append(torch.zeros(_size(out.shape, *ctx.dims), dtype=out.dtype, device=saved.device)
-                            if g is None else g.contiguous())
+    for is_grad, i in lay.bwd_from:
+        if not is_grad:
+            bwd_args.append(args[i])
+        elif grad_outs[i] is None:  # an output that did not reach the loss
+            size, dtype, _zero = _shapes_at(ctx.layer_id, ctx.dims).fwd_out[i]
+            bwd_args.append(saved.new_zeros(size, dtype=dtype))
         else:
-            bwd_args.append(by_name[e.name])
+            bwd_args.append(grad_outs[i].contiguous())
     grads = bwd(bwd_args, saved, rng, ctx.layer_id, ctx.dims, ctx.p)
-    by_forward = {e.grad_of: g for e, g in zip(lay.bwd_outputs(), grads)}
-    return [by_forward.get(e.name) for e in lay.fwd_inputs()]
+    return [None if j < 0 else grads[j] for j in lay.grad_at]
 
 
 torch.library.register_autograd("lightseq::layer_fwd", _backward, setup_context=_setup_context)
@@ -340,13 +500,15 @@ def run_layer(layer_id: int, named: Dict[str, Optional[Tensor]], dims: Tuple[int
     """Layer `layer_id`'s forward with its inputs and parameters by manifest name (a module's
     named_parameters() are the graph's names); returns its outputs by name. Autograd-aware."""
     lay = _layers[layer_id]
-    missing = [e.name for e in lay.fwd_inputs() if named.get(e.name) is None and not e.optional]
-    if missing:
-        raise ArgumentError(f"lightseq ({lay.name}): no tensor for {', '.join(missing)}")
-    like = next(t for t in named.values() if t is not None)
-    args = [named.get(e.name) if named.get(e.name) is not None else _absent(like) for e in lay.fwd_inputs()]
+    args = [named.get(e.name) for e in lay.fwd_in]
+    if any(a is None for a in args):
+        missing = [e.name for e, a in zip(lay.fwd_in, args) if a is None and not e.optional]
+        if missing:
+            raise ArgumentError(f"lightseq ({lay.name}): no tensor for {', '.join(missing)}")
+        like = next(t for t in args if t is not None)
+        args = [_absent(like) if a is None else a for a in args]
     if torch.compiler.is_compiling():
         outs, _saved, _rng = torch.ops.lightseq.layer_fwd(args, layer_id, list(dims), _p5(p))
     else:
         outs = _EagerLayer.apply(layer_id, list(dims), _p5(p), *args)
-    return {e.name: o for e, o in zip(lay.fwd_outputs(), outs)}
+    return {e.name: o for e, o in zip(lay.fwd_out, outs)}
