@@ -82,7 +82,9 @@ def run(mode, base, data, args):
         def train(batch):  # ...and runs forward, backward and the update in one call
             return step(*batch)
     else:
-        fwd = torch.compile(model) if mode == "compile" else model
+        # dynamic=False: every batch has the same shape; a recompilation for dynamic shapes (which
+        # the variable padding can otherwise trigger) would land in the timed steps
+        fwd = torch.compile(model, dynamic=False) if mode == "compile" else model
 
         def train(batch):
             opt.zero_grad(set_to_none=True)
