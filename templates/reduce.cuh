@@ -9,26 +9,32 @@
 
 namespace lightseq::kern {
 
-// column_sum_kernel — out[c] (= | +=) sum_b partials[b * stride + col_offset + c], c < cols.
-// Fuses:     the partial-sum reduction + cast + optional accumulation into an existing gradient.
-// Shapes:    partials [n_blocks, stride] fp32; out [cols]. acc: Accumulate::kOverwrite (`=`) or
-//            Accumulate::kAdd (`+=`, e.g. gradient accumulation or a shared parameter).
-// Grid/Block: column_sum_grid(cols) blocks of column_sum_block() = kColumnSumCols columns x
-//            kColumnSumRowLanes row lanes. Smem: 2.3 KB static.
-// Constants: none. Numerics: fp32, fixed summation order (deterministic).
+// column_sum_kernel — out_y[c] (= | +=) sum_b partials[b * stride + col_offset + y * cols + c],
+//            c < cols, for each output y < n_out: out0, out1, out2.
+// Fuses:     the partial-sum reduction + cast + optional accumulation into an existing gradient,
+//            for up to kColumnSumMaxOuts parameter gradients of one partials tensor per launch.
+// Shapes:    partials [n_blocks, stride] fp32; out0, out1, out2 [cols] (out1, out2 null beyond
+//            n_out). acc, for every output: Accumulate::kOverwrite (`=`) or Accumulate::kAdd (`+=`,
+//            e.g. gradient accumulation or a shared parameter).
+// Grid/Block: column_sum_grid(cols, n_out) blocks (y: the output) of column_sum_block() =
+//            kColumnSumCols columns x kColumnSumRowLanes row lanes. Smem: 2.3 KB static.
+// Constants: 1 <= n_out <= kColumnSumMaxOuts (n_out is gridDim.y; the launch formula reads it).
+//            Numerics: fp32, fixed summation order (deterministic), the same for every output.
 template <typename T>
 __global__ void __launch_bounds__(column_sum_block())
     column_sum_kernel(const float* partials, int64_t n_blocks, int64_t stride, int64_t col_offset,
-                      int64_t cols, T* out, Accumulate acc) {
+                      int64_t cols, int64_t n_out, T* out0, T* out1, T* out2, Accumulate acc) {
+  static_assert(kColumnSumMaxOuts == 3, "one output pointer per grid row");
   constexpr int kCols = kColumnSumCols;
   constexpr int kLanes = kColumnSumRowLanes;
   __shared__ float red[kLanes][kCols + 1];
+  T* const out = blockIdx.y == 0 ? out0 : blockIdx.y == 1 ? out1 : out2;
   const int cx = threadIdx.x % kCols;
   const int ry = threadIdx.x / kCols;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kCols + cx;
   float s = 0.f;
   if (c < cols) {
-    const float* p = partials + col_offset + c;
+    const float* p = partials + col_offset + static_cast<int64_t>(blockIdx.y) * cols + c;
     int64_t b = ry;
     // Four independent accumulators: four loads in flight per thread.
     float s1 = 0.f, s2 = 0.f, s3 = 0.f;

@@ -14,11 +14,15 @@ namespace lightseq::kern {
 // column_sum: a block sums kColumnSumCols columns (32 bytes of a partials row: one DRAM sector)
 // with kColumnSumRowLanes row lanes, each keeping 4 loads in flight. 16 x 16 took 32 us for 1024
 // partial rows x 1024 columns on an H100; many lanes per column shorten each thread's serial chain.
+// One launch finishes up to kColumnSumMaxOuts gradients of one partials tensor (grid y: the
+// output), e.g. a LayerNorm backward's gamma, beta and preceding bias.
 inline constexpr int kColumnSumCols = 8;
 inline constexpr int kColumnSumRowLanes = 64;
+inline constexpr int kColumnSumMaxOuts = 3;
 LIGHTSEQ_HD constexpr int column_sum_block() { return kColumnSumCols * kColumnSumRowLanes; }
-LIGHTSEQ_HD constexpr GridDim column_sum_grid(int64_t cols) {
-  return grid_1d(ceil_div(cols, kColumnSumCols));
+LIGHTSEQ_HD constexpr GridDim column_sum_grid(int64_t cols, int64_t n_out) {
+  return GridDim{static_cast<uint32_t>(ceil_div(cols, kColumnSumCols)),
+                 static_cast<uint32_t>(n_out), 1u};
 }
 LIGHTSEQ_HD constexpr int convert_block() { return kElementwiseThreads; }
 LIGHTSEQ_HD constexpr GridDim convert_grid(int64_t n) { return elementwise_grid(ceil_div(n, 4)); }
@@ -41,10 +45,14 @@ inline constexpr Param kP[] = {in("partials", CType::kConstF32Ptr),
                                scalar("stride", CType::kI64),
                                scalar("col_offset", CType::kI64),
                                scalar("cols", CType::kI64),
-                               out("out", CType::kTPtr),
+                               scalar("n_out", CType::kI64),
+                               out("out0", CType::kTPtr),
+                               out("out1", CType::kTPtr, Nullable::kYes),
+                               out("out2", CType::kTPtr, Nullable::kYes),
                                grad_mode("acc")};
 inline Launch launch(const Values& v) {
-  return {column_sum_grid(v.i[index_of(kP, "cols")]), column_sum_block(), 0};
+  return {column_sum_grid(v.i[index_of(kP, "cols")], v.i[index_of(kP, "n_out")]),
+          column_sum_block(), 0};
 }
 }  // namespace column_sum
 inline constexpr Kernel kColumnSum =

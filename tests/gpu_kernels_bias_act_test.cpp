@@ -77,16 +77,16 @@ class BiasActKernels : public GpuKernelTest {
                        const Vec& expect) {
     const KernelInstance k = codegen::column_sum(p);
     DeviceArray out = poisoned(p, cols);
-    CUdeviceptr part = partials.ptr(), o = out.ptr();
-    int64_t offset = 0;
+    CUdeviceptr part = partials.ptr(), o = out.ptr(), none = 0;
+    int64_t offset = 0, n_out = 1;
     kern::Accumulate acc = kern::Accumulate::kOverwrite;
-    std::vector<void*> args{&part, &blocks, &cols, &offset, &cols, &o, &acc};
-    launch(k, kern::column_sum_grid(cols), kern::column_sum_block(), args);
+    std::vector<void*> args{&part, &blocks, &cols, &offset, &cols, &n_out, &o, &none, &none, &acc};
+    launch(k, kern::column_sum_grid(cols, n_out), kern::column_sum_block(), args);
     EXPECT_TRUE(all_close("dbias (column_sum =)", download(out), expect, tolerance_for(p)));
     const Vec old = random(p, cols, -1, 1);
     write(out, old);
     acc = kern::Accumulate::kAdd;
-    launch(k, kern::column_sum_grid(cols), kern::column_sum_block(), args);
+    launch(k, kern::column_sum_grid(cols, n_out), kern::column_sum_block(), args);
     Vec sum(cols);
     for (int64_t c = 0; c < cols; ++c) sum[c] = old[c] + expect[c];
     EXPECT_TRUE(all_close("dbias (column_sum +=)", download(out), sum, tolerance_for(p)));

@@ -365,13 +365,15 @@ TEST_P(GpuEmbedding, BackwardMatchesReferenceAndSkipsPadding) {
           all_close("dbeta (partials)",
                     ref::column_sum(pv, blocks, cols, H, H, {}, kern::Accumulate::kOverwrite),
                     r.dbeta, fp32_tolerance()));
-      DeviceArray dgamma = poisoned(p, H);
-      CUdeviceptr part = partials.ptr(), out = dgamma.ptr();
-      int64_t n_blocks = blocks, stride = cols, offset = 0, n_cols = H;
+      // dgamma and dbeta in one launch, as the planner finishes them.
+      DeviceArray dgamma = poisoned(p, H), dbeta = poisoned(p, H);
+      CUdeviceptr part = partials.ptr(), g = dgamma.ptr(), b = dbeta.ptr(), none = 0;
+      int64_t n_blocks = blocks, stride = cols, offset = 0, n_cols = H, n_out = 2;
       kern::Accumulate acc = kern::Accumulate::kOverwrite;
-      launch(codegen::column_sum(p), kern::column_sum_grid(H), kern::column_sum_block(),
-             {&part, &n_blocks, &stride, &offset, &n_cols, &out, &acc});
+      launch(codegen::column_sum(p), kern::column_sum_grid(H, n_out), kern::column_sum_block(),
+             {&part, &n_blocks, &stride, &offset, &n_cols, &n_out, &g, &b, &none, &acc});
       EXPECT_TRUE(all_close("dgamma (column_sum)", download(dgamma), r.dgamma, tolerance_for(p)));
+      EXPECT_TRUE(all_close("dbeta (column_sum)", download(dbeta), r.dbeta, tolerance_for(p)));
     }
     // Deterministic: a second run gives the same bits.
     {

@@ -98,11 +98,12 @@ TEST_P(GpuHeads, MergeMatchesReferenceIncludingBiasGradPartials) {
                                               kern::Accumulate::kOverwrite),
                               m.colsum, ref::fp32_tolerance()));
         DeviceArray grad = poisoned(p, width);
-        CUdeviceptr g_ptr = grad.ptr();
-        int64_t n_blocks = blocks, stride = width, offset = 0, cols = width;
+        CUdeviceptr g_ptr = grad.ptr(), none = 0;
+        int64_t n_blocks = blocks, stride = width, offset = 0, cols = width, n_out = 1;
         kern::Accumulate acc = kern::Accumulate::kOverwrite;
-        launch(codegen::column_sum(p), kern::column_sum_grid(width), kern::column_sum_block(),
-               {&part_ptr, &n_blocks, &stride, &offset, &cols, &g_ptr, &acc});
+        launch(codegen::column_sum(p), kern::column_sum_grid(width, n_out),
+               kern::column_sum_block(),
+               {&part_ptr, &n_blocks, &stride, &offset, &cols, &n_out, &g_ptr, &none, &none, &acc});
         EXPECT_TRUE(
             all_close("bias grad (column_sum)", download(grad), m.colsum, ref::tolerance_for(p)));
       }

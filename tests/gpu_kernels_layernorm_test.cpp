@@ -2,14 +2,16 @@
 // references (tests/reference/kernels.h): ln_fwd_kernel and ln_bwd_kernel for fp32/fp16/bf16 ×
 // every switch combination the planner emits (plus the documented pure-add and plain-dropout
 // backwards) × hidden 8…20480 (register-cached and streamed rows) × rows 1…16901; every output
-// (sum_out, norm_out, mean, rstd, grad_z, grad_branch, the partials and their column_sum with =
-// and +=), grad_z aliasing grad_out or null, grad_branch untouched without dropout; dropout: the
-// forward and backward masks are the Philox mask, the same one, bit-identical across runs,
-// different for another offset, kept fraction within 5 sigma of 1 - p. Outputs are poisoned (NaN
-// bytes) before every launch.
+// (sum_out, norm_out, mean, rstd, grad_z, grad_branch, the partials and their column sums: all 1
+// to 3 of them in one column_sum launch, with = and +=), grad_z aliasing grad_out or null,
+// grad_branch untouched without dropout; dropout: the forward and backward masks are the Philox
+// mask, the same one, bit-identical across runs, different for another offset, kept fraction
+// within 5 sigma of 1 - p. Outputs are poisoned (NaN bytes) before every launch.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "tests/gpu_harness.h"
 #include "tests/kernel_instances.h"
@@ -114,24 +116,41 @@ class LayerNormKernels : public GpuKernelTest {
            {&a.grad_out, &a.z, &a.mean, &a.rstd, &a.gamma, &a.grad_residual, &a.grad_z,
             &a.grad_branch, &a.partials, &a.rows, &a.drop});
   }
-  // column_sum_kernel over columns [offset, offset + cols) of the partials, = and +=, against
-  // `expect` (the exact column sums).
-  void check_column_sum(Precision p, const DeviceArray& partials, int64_t n_blocks, int64_t stride,
-                        int64_t offset, int64_t cols, const Vec& expect, const std::string& what) {
+  // One column_sum_kernel launch over the whole partials row, [n_out * cols] (n_out = 1..3: dgamma,
+  // dbeta and dbias as the planner finishes them), = then +=, output y against expect[y] (the exact
+  // column sums of columns [y * cols, (y + 1) * cols)).
+  void check_column_sums(Precision p, const DeviceArray& partials, int64_t n_blocks, int64_t cols,
+                         const std::vector<Vec>& expect, const std::vector<std::string>& what) {
     const KernelInstance k = codegen::column_sum(p);
-    DeviceArray out = poisoned(p, cols);
-    CUdeviceptr part = partials.ptr(), out_ptr = out.ptr();
+    int64_t n_out = static_cast<int64_t>(expect.size());
+    ASSERT_TRUE(n_out >= 1 && n_out <= kern::kColumnSumMaxOuts) << n_out;
+    std::vector<DeviceArray> outs;
+    CUdeviceptr out_ptr[kern::kColumnSumMaxOuts] = {};
+    for (int64_t y = 0; y < n_out; ++y) {
+      outs.push_back(poisoned(p, cols));
+      out_ptr[y] = outs.back().ptr();
+    }
+    CUdeviceptr part = partials.ptr();
+    int64_t stride = n_out * cols, offset = 0;
     kern::Accumulate acc = kern::Accumulate::kOverwrite;
-    std::vector<void*> args{&part, &n_blocks, &stride, &offset, &cols, &out_ptr, &acc};
-    launch(k, kern::column_sum_grid(cols), kern::column_sum_block(), args);
-    EXPECT_TRUE(all_close(what + " (column_sum =)", download(out), expect, tolerance_for(p)));
-    const Vec old = random(p, cols, -1, 1);
-    write(out, old);
+    std::vector<void*> args{&part,  &n_blocks,   &stride,     &offset,     &cols,
+                            &n_out, &out_ptr[0], &out_ptr[1], &out_ptr[2], &acc};
+    launch(k, kern::column_sum_grid(cols, n_out), kern::column_sum_block(), args);
+    std::vector<Vec> old;
+    for (int64_t y = 0; y < n_out; ++y) {
+      EXPECT_TRUE(
+          all_close(what[y] + " (column_sum =)", download(outs[y]), expect[y], tolerance_for(p)));
+      old.push_back(random(p, cols, -1, 1));
+      write(outs[y], old[y]);
+    }
     acc = kern::Accumulate::kAdd;
-    launch(k, kern::column_sum_grid(cols), kern::column_sum_block(), args);
-    Vec sum(cols);
-    for (int64_t c = 0; c < cols; ++c) sum[c] = old[c] + expect[c];
-    EXPECT_TRUE(all_close(what + " (column_sum +=)", download(out), sum, tolerance_for(p)));
+    launch(k, kern::column_sum_grid(cols, n_out), kern::column_sum_block(), args);
+    for (int64_t y = 0; y < n_out; ++y) {
+      Vec sum(cols);
+      for (int64_t c = 0; c < cols; ++c) sum[c] = old[y][c] + expect[y][c];
+      EXPECT_TRUE(
+          all_close(what[y] + " (column_sum +=)", download(outs[y]), sum, tolerance_for(p)));
+    }
   }
   kern::DropoutArgs random_dropout(double p) {
     return kern::make_dropout_args(rng().next(), rng().next() >> 8, p);
@@ -261,19 +280,22 @@ TEST_P(GpuLnBwd, MatchesReferenceIncludingPartialsAndAliasing) {
                                    std::vector<uint8_t>(grad_branch.bytes(), 0xFF)));
     }
     const Vec part = download(partials);
-    int64_t col = 0;
-    auto check_part = [&](const Vec& expect, const char* what) {
-      EXPECT_TRUE(all_close(std::string(what) + " (partials)",
-                            host_column_sums(part, blocks, cols, col, H), expect,
-                            fp32_tolerance()));
-      check_column_sum(p, partials, blocks, cols, col, H, expect, what);
-      col += H;
+    std::vector<Vec> expect;
+    std::vector<std::string> what;
+    auto check_part = [&](const Vec& e, const char* name) {
+      EXPECT_TRUE(all_close(
+          std::string(name) + " (partials)",
+          host_column_sums(part, blocks, cols, H * static_cast<int64_t>(expect.size()), H), e,
+          fp32_tolerance()));
+      expect.push_back(e);
+      what.push_back(name);
     };
     if (v.norm) {
       check_part(r.dgamma, "dgamma");
       check_part(r.dbeta, "dbeta");
     }
     if (v.branch_out) check_part(r.dbias, "dbias");
+    if (!expect.empty()) check_column_sums(p, partials, blocks, H, expect, what);
 
     // grad_z may alias grad_out.
     DeviceArray inplace = upload(p, grad_out);

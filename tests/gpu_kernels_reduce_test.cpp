@@ -1,9 +1,11 @@
 // gpu_kernels_reduce_test.cpp — templates/reduce.cuh on the GPU: column_sum_kernel over partials
-// [n_blocks, stride] with a column offset (n_blocks 1, 7, 264, 513; cols 1, 7, 512, 4096, 12289)
-// and convert_kernel (n 1, 7, 77, 1000003), each with Accumulate::kOverwrite (`=`, poisoned
-// output) and Accumulate::kAdd (`+=` onto existing values), and accumulate_kernel (`+=`, aligned
-// and not, in == out), for fp32/fp16/bf16.
+// [n_blocks, stride] with a column offset and 1 to 3 outputs per launch (n_blocks 1, 7, 264, 513;
+// cols 1, 7, 512, 4096, 12289) and convert_kernel (n 1, 7, 77, 1000003), each with
+// Accumulate::kOverwrite (`=`, poisoned output) and Accumulate::kAdd (`+=` onto existing values),
+// and accumulate_kernel (`+=`, aligned and not, in == out), for fp32/fp16/bf16.
 #include <gtest/gtest.h>
+
+#include <string>
 
 #include "tests/gpu_harness.h"
 #include "tests/kernel_instances.h"
@@ -28,32 +30,55 @@ class GpuReduce : public GpuKernelTest, public testing::WithParamInterface<Preci
   }
 };
 
+// column_sum_kernel with n_out outputs in one launch: output y sums columns
+// [col_offset + y * cols, col_offset + (y + 1) * cols); the unused output pointers are null.
 TEST_P(GpuReduce, ColumnSumOverwritesAndAccumulates) {
   const Precision p = GetParam();
-  for (int64_t n_blocks : {1, 7, 264, 513}) {
-    for (int64_t cols : {1, 7, 512, 4096, 12289}) {
-      int64_t col_offset = cols % 2 == 1 ? 3 : 0;
-      int64_t stride = cols + col_offset + (n_blocks % 2);
-      SCOPED_TRACE(testing::Message() << "n_blocks " << n_blocks << ", cols " << cols << ", stride "
-                                      << stride << ", col_offset " << col_offset);
-      const Vec partials = random(Precision::kFp32, n_blocks * stride, -1, 1);
-      DeviceArray d_part = upload(Precision::kFp32, partials), out = poisoned(p, cols);
-      CUdeviceptr part = d_part.ptr(), o = out.ptr();
-      int64_t nb = n_blocks, c = cols;
-      kern::Accumulate acc = kern::Accumulate::kOverwrite;
-      std::vector<void*> args{&part, &nb, &stride, &col_offset, &c, &o, &acc};
-      launch(codegen::column_sum(p), kern::column_sum_grid(cols), kern::column_sum_block(), args);
-      EXPECT_TRUE(all_close("=", download(out),
-                            ref::column_sum(partials, n_blocks, stride, col_offset, cols, {}, acc),
-                            tolerance_for(p)));
-      const Vec old = random(p, cols, -4, 4);
-      write(out, old);
-      acc = kern::Accumulate::kAdd;
-      launch(codegen::column_sum(p), kern::column_sum_grid(cols), kern::column_sum_block(), args);
-      EXPECT_TRUE(all_close("+=", download(out),
-                            ref::column_sum(partials, n_blocks, stride, col_offset, cols, old, acc),
-                            tolerance_for(p)));
-      if (HasFailure()) return;
+  for (int64_t n_out = 1; n_out <= kern::kColumnSumMaxOuts; ++n_out) {
+    for (int64_t n_blocks : {1, 7, 264, 513}) {
+      for (int64_t cols : {1, 7, 512, 4096, 12289}) {
+        int64_t col_offset = cols % 2 == 1 ? 3 : 0;
+        int64_t stride = n_out * cols + col_offset + (n_blocks % 2);
+        SCOPED_TRACE(testing::Message()
+                     << "n_out " << n_out << ", n_blocks " << n_blocks << ", cols " << cols
+                     << ", stride " << stride << ", col_offset " << col_offset);
+        const Vec partials = random(Precision::kFp32, n_blocks * stride, -1, 1);
+        DeviceArray d_part = upload(Precision::kFp32, partials);
+        std::vector<DeviceArray> outs;
+        CUdeviceptr o[kern::kColumnSumMaxOuts] = {};
+        for (int64_t y = 0; y < n_out; ++y) {
+          outs.push_back(poisoned(p, cols));
+          o[y] = outs.back().ptr();
+        }
+        CUdeviceptr part = d_part.ptr();
+        int64_t nb = n_blocks, c = cols, n = n_out;
+        kern::Accumulate acc = kern::Accumulate::kOverwrite;
+        std::vector<void*> args{&part, &nb,   &stride, &col_offset, &c,
+                                &n,    &o[0], &o[1],   &o[2],       &acc};
+        launch(codegen::column_sum(p), kern::column_sum_grid(cols, n_out), kern::column_sum_block(),
+               args);
+        for (int64_t y = 0; y < n_out; ++y) {
+          EXPECT_TRUE(all_close(
+              "= out" + std::to_string(y), download(outs[y]),
+              ref::column_sum(partials, n_blocks, stride, col_offset + y * cols, cols, {}, acc),
+              tolerance_for(p)));
+        }
+        std::vector<Vec> old;
+        for (int64_t y = 0; y < n_out; ++y) {
+          old.push_back(random(p, cols, -4, 4));
+          write(outs[y], old[y]);
+        }
+        acc = kern::Accumulate::kAdd;
+        launch(codegen::column_sum(p), kern::column_sum_grid(cols, n_out), kern::column_sum_block(),
+               args);
+        for (int64_t y = 0; y < n_out; ++y) {
+          EXPECT_TRUE(all_close(
+              "+= out" + std::to_string(y), download(outs[y]),
+              ref::column_sum(partials, n_blocks, stride, col_offset + y * cols, cols, old[y], acc),
+              tolerance_for(p)));
+        }
+        if (HasFailure()) return;
+      }
     }
   }
 }

@@ -376,7 +376,13 @@ TEST(TemplatesLaunch, AdamAndReduce) {
   EXPECT_EQ(kAdamChunkElems % 4, 0);
   EXPECT_EQ(column_sum_block(), kColumnSumCols * kColumnSumRowLanes);
   for (int64_t cols : {1, 15, 16, 17, 768, 3 * 1024}) {
-    EXPECT_GE(int64_t{column_sum_grid(cols).x} * kColumnSumCols, cols);
+    for (int64_t n_out = 1; n_out <= kColumnSumMaxOuts; ++n_out) {
+      const GridDim g = column_sum_grid(cols, n_out);
+      EXPECT_GE(int64_t{g.x} * kColumnSumCols, cols);
+      EXPECT_LT(int64_t{g.x - 1} * kColumnSumCols, cols);
+      EXPECT_EQ(g.y, static_cast<uint32_t>(n_out));
+      EXPECT_EQ(g.z, 1u);
+    }
   }
   EXPECT_EQ(convert_grid(1).x, 1u);
   EXPECT_EQ(convert_grid(4 * 256 + 1).x, 2u);

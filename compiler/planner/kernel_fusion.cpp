@@ -164,11 +164,12 @@ void finish_partials(State& s, int partials, const std::vector<int>& param_grads
   for (size_t i = 0; i < param_grads.size(); ++i) {
     const int pg = param_grads[i];
     s.out->push_back(make_step(
-        instantiate(sig::kColumnSum, s.precision, {}), {{"partials", partials}, {"out", pg}},
+        instantiate(sig::kColumnSum, s.precision, {}), {{"partials", partials}, {"out0", pg}},
         {{"n_blocks", ScalarArg::rows_of(partials)},
          {"stride", ScalarArg::cols_of(partials)},
          {"col_offset", ScalarArg::constant(static_cast<double>(i) * width)},
-         {"cols", ScalarArg::constant(static_cast<double>(width))}},
+         {"cols", ScalarArg::constant(static_cast<double>(width))},
+         {"n_out", ScalarArg::constant(1)}},
         nullptr, fmt::format("{} = Σ of per-block partials", s.g.tensor(pg).name)));
   }
 }
