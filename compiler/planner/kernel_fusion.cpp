@@ -160,17 +160,25 @@ Dim rows_of(const State& s, int tensor) {
 
 // Finishing launches: per-block fp32 partials (a scratch tensor whose rows are the blocks) →
 // parameter gradients (= or +=), each `width` columns wide, in the column order of the partials.
+// One column_sum launch finishes up to kColumnSumMaxOuts consecutive gradients.
 void finish_partials(State& s, int partials, const std::vector<int>& param_grads, int64_t width) {
-  for (size_t i = 0; i < param_grads.size(); ++i) {
-    const int pg = param_grads[i];
-    s.out->push_back(make_step(
-        instantiate(sig::kColumnSum, s.precision, {}), {{"partials", partials}, {"out0", pg}},
-        {{"n_blocks", ScalarArg::rows_of(partials)},
-         {"stride", ScalarArg::cols_of(partials)},
-         {"col_offset", ScalarArg::constant(static_cast<double>(i) * width)},
-         {"cols", ScalarArg::constant(static_cast<double>(width))},
-         {"n_out", ScalarArg::constant(1)}},
-        nullptr, fmt::format("{} = Σ of per-block partials", s.g.tensor(pg).name)));
+  constexpr size_t kMaxOuts = kern::kColumnSumMaxOuts;
+  for (size_t first = 0; first < param_grads.size(); first += kMaxOuts) {
+    const size_t n = std::min(kMaxOuts, param_grads.size() - first);
+    Args args{{"partials", partials}};
+    std::vector<std::string> names;
+    for (size_t j = 0; j < n; ++j) {
+      args[fmt::format("out{}", j)] = param_grads[first + j];
+      names.push_back(s.g.tensor(param_grads[first + j]).name);
+    }
+    s.out->push_back(
+        make_step(instantiate(sig::kColumnSum, s.precision, {}), args,
+                  {{"n_blocks", ScalarArg::rows_of(partials)},
+                   {"stride", ScalarArg::cols_of(partials)},
+                   {"col_offset", ScalarArg::constant(static_cast<double>(first) * width)},
+                   {"cols", ScalarArg::constant(static_cast<double>(width))},
+                   {"n_out", ScalarArg::constant(static_cast<double>(n))}},
+                  nullptr, fmt::format("{} = Σ of per-block partials", fmt::join(names, ", "))));
   }
 }
 
