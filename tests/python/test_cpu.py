@@ -2,7 +2,10 @@
 bad input, all without a GPU."""
 import copy
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -374,3 +377,31 @@ def test_fused_attention_is_asked_for_and_explained():
     assert why is None and state.attention == "fused" and state is not None
     with pytest.raises(lightseq.ArgumentError, match="attention='flash'"):
         lightseq.compile(encoder(), attention="flash")
+
+
+def test_assume_constant_result_marks_as_torch_does(monkeypatch):
+    """lightseq marks its layer lookups for torch.compile without importing torch._dynamo: the mark
+    must be the one torch._dynamo.assume_constant_result sets."""
+    import torch._dynamo
+    from lightseq import _native
+
+    def ours():
+        return 1
+
+    def torchs():
+        return 1
+
+    monkeypatch.delitem(sys.modules, "torch._dynamo")  # the branch taken at `import lightseq`
+    assert _native.assume_constant_result(ours) is ours
+    monkeypatch.undo()
+    assert torch._dynamo.assume_constant_result(torchs) is torchs
+    assert ours.__dict__ == torchs.__dict__ and ours.__dict__, (ours.__dict__, torchs.__dict__)
+
+
+def test_import_lightseq_does_not_import_dynamo():
+    """`import lightseq` stays cheap (issue 11, first-call latency): torch._dynamo (1-4 s) is loaded
+    only by what needs it."""
+    code = ("import sys, torch; before = 'torch._dynamo' in sys.modules; import lightseq; "
+            "assert ('torch._dynamo' in sys.modules) == before, 'import lightseq imported torch._dynamo'")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(lightseq.__file__)), os.environ.get("PYTHONPATH", "")] if p))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

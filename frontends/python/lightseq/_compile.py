@@ -49,7 +49,7 @@ def _compiler_issues(state: _LayerState, module_name: str) -> list:
     return _spec.torch_issues(state.config, C.spec_issues(state.specs[(state.dtype, causal, True)]), module_name)
 
 
-@torch._dynamo.assume_constant_result
+@_native.assume_constant_result
 def _layer_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
     return _ops.layer_id(spec_json, device, cache_dir)
 

@@ -272,7 +272,7 @@ def run(c: EmbeddingConfig, weights: dict, tokens: torch.Tensor, token_types: Op
     return y.view(batch, seq, c.hidden)
 
 
-@torch._dynamo.assume_constant_result
+@_native.assume_constant_result
 def _layer_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
     return _ops.layer_id(spec_json, device, cache_dir, "embedding")
 

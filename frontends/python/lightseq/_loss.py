@@ -36,7 +36,7 @@ def _spec_json(vocab: int, hidden: int, dtype: torch.dtype, label_smoothing: flo
         "criterion": criterion})
 
 
-@torch._dynamo.assume_constant_result
+@_native.assume_constant_result
 def _criterion_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
     return _ops.layer_id(spec_json, device, cache_dir, "criterion")
 
@@ -229,7 +229,7 @@ class LinearCrossEntropyLoss(nn.Module):
 
 # ---- cross-entropy over given logits --------------------------------------------------------------
 
-@torch._dynamo.assume_constant_result
+@_native.assume_constant_result
 def _logits_criterion_for(spec_json: str, device: int, cache_dir: Optional[str]) -> int:
     return _ops.layer_id(spec_json, device, cache_dir, "criterion")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 from ._errors import ArgumentError, Error
 
@@ -49,3 +50,15 @@ def gpu_available() -> tuple[bool, str]:
     if C.device_count() > 0:
         return True, ""
     return False, C.no_gpu_reason()
+
+
+def assume_constant_result(fn):
+    """torch._dynamo.assume_constant_result(fn) (torch.compile then calls fn while tracing and bakes
+    in its result) without importing torch._dynamo, which costs 1-4 s at `import lightseq`: the
+    decorator only marks the function, and dynamo reads the mark when it traces.
+    tests/python/test_cpu.py checks that the mark is the one torch's decorator sets."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        return dynamo.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
