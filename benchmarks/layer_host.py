@@ -10,6 +10,9 @@ configuration), on the same card in the same run:
   gpu ms     the GPU's time per call for N calls enqueued behind that sleep (run back to back)
   --profile  cProfile of N calls: where the host time goes, by function (tottime)
 
+lightseq runs twice: replaying each call's launches from a CUDA graph once the call recurs
+(runtime/call_graphs.h, the default) and issuing every launch ("no graphs", LIGHTSEQ_LAYER_GRAPHS=0).
+
 Each twice: with the gradients accumulating into existing .grad tensors (an add per parameter, as
 in gradient accumulation), and with .grad set to None before each call (what a training loop's
 optimizer.zero_grad() does by default: backward then assigns the gradients).
@@ -64,7 +67,7 @@ def run(name, layer, x, pad, g, iters, profile, fresh):
     torch.cuda.synchronize()
     gpu = start.elapsed_time(end) / n
     name += " (.grad = None)" if fresh else " (.grad +=)"
-    print(f"{name:24s} wall {wall:.3f} ms/call  host {1e3 * statistics.median(host):.3f} ms/call  gpu {gpu:.3f} "
+    print(f"{name:34s} wall {wall:.3f} ms/call  host {1e3 * statistics.median(host):.3f} ms/call  gpu {gpu:.3f} "
           f"ms/call  (issued {n} calls in {1e3 * issued:.1f} ms behind the sleep)")
     if profile:
         prof = cProfile.Profile()
@@ -94,7 +97,12 @@ def main():
     compiled = lightseq.compile(copy.deepcopy(base))
     for fresh in (False, True):
         run("eager", base, x, pad, g, args.iters, False, fresh)
+        lightseq._ops.LAYER_GRAPHS = False
+        run("lightseq no graphs", compiled, x, pad, g, args.iters, False, fresh)
+        lightseq._ops.LAYER_GRAPHS = True
         run("lightseq", compiled, x, pad, g, args.iters, args.profile and fresh, fresh)
+    stats = [lay.handle.graph_stats() for lay in lightseq._ops._layers]
+    print("lightseq layer graphs:", {k: sum(s[k] for s in stats) for k in stats[0]})
 
 
 if __name__ == "__main__":

@@ -170,6 +170,9 @@ def main():
             rows.append({"config": name, "mode": mode, **r, "lsc_ms": lsc_ms, "lsc_host": lsc_host})
             del fn, params
             torch.cuda.empty_cache()
+    stats = [lay.handle.graph_stats() for lay in lightseq._ops._layers]
+    if stats:
+        print("# lightseq layer graphs (runtime/call_graphs.h):", {k: sum(s[k] for s in stats) for k in stats[0]})
     print("JSON " + json.dumps(rows))
 
 

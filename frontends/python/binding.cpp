@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -20,6 +21,7 @@
 #include "compiler/errors.h"
 #include "compiler/graph/param_arena.h"
 #include "frontends/spec/parse.h"
+#include "runtime/call_graphs.h"
 #include "runtime/device.h"
 #include "runtime/model.h"
 #include "runtime/step.h"
@@ -151,6 +153,58 @@ class PyLayer {
                       reinterpret_cast<CUstream>(stream), ptr<void>(saved_arena));
   }
 
+  // forward() (backward = false) or backward(), replayed from a CUDA graph when the same call
+  // recurs (runtime/call_graphs.h): the key is everything the launches depend on. `keep` is the
+  // Python object that holds what `alloc` allocated; a captured call keeps it as long as its graph.
+  void call(bool backward, const std::vector<uintptr_t>& args, int64_t batch, int64_t seq,
+            int64_t src_seq, const std::vector<double>& p, uintptr_t rng, uintptr_t saved_arena,
+            bool accumulate, uintptr_t stream, const py::function& alloc, const py::object& keep) {
+    const RunShape shape{batch, seq, src_seq};
+    model_->check_run_shape(name_, shape);
+    const DropoutConfig drop = dropout(p, 0, 0, rng);
+    CallGraphs::Key key{backward ? 1u : 0u,
+                        static_cast<uint64_t>(batch),
+                        static_cast<uint64_t>(seq),
+                        static_cast<uint64_t>(src_seq),
+                        rng,
+                        saved_arena,
+                        accumulate ? 1u : 0u,
+                        stream};
+    for (double q : p) key.push_back(std::bit_cast<uint64_t>(q));
+    key.insert(key.end(), args.begin(), args.end());
+    std::atomic<size_t>* hint = backward ? &backward_hint_ : &forward_hint_;
+    ScopedContext ctx(model_->device());
+    graphs_.call(
+        key, reinterpret_cast<CUstream>(stream), hint->load(),
+        [&](CUstream s) {
+          CallbackArena arena(alloc, hint);
+          if (backward) {
+            exec_->backward_at(pointers(args), ptr<void>(saved_arena), shape, drop,
+                               accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena, s);
+          } else {
+            exec_->forward_at(pointers(args), shape, drop, arena, s, ptr<void>(saved_arena));
+          }
+        },
+        [&] {
+          return std::shared_ptr<void>(new py::object(keep), [](void* o) {
+            py::gil_scoped_acquire gil;
+            delete static_cast<py::object*>(o);
+          });
+        });
+  }
+
+  py::dict graph_stats() const {
+    const CallGraphs::Stats st = graphs_.stats();
+    py::dict out;
+    out["eager"] = st.eager;
+    out["captures"] = st.captures;
+    out["replays"] = st.replays;
+    out["refused"] = st.refused;
+    out["pinned_bytes"] = st.pinned_bytes;
+    return out;
+  }
+  void set_graphs(bool on) { graphs_.set_enabled(on); }
+
   // args: a device pointer per backward manifest entry, in order; accumulate: parameter gradients
   // `+=` instead of `=`.
   void backward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
@@ -194,6 +248,7 @@ class PyLayer {
   std::string name_;
   const LayerExecutor* exec_;
   std::atomic<size_t> forward_hint_{0}, backward_hint_{0};
+  CallGraphs graphs_;
 };
 
 }  // namespace
@@ -307,7 +362,15 @@ PYBIND11_MODULE(_C, m) {
            "[(name, bytes factor, power of B, power of T, power of S)] of the saved-activation "
            "arena")
       .def("forward", &PyLayer::forward)
-      .def("backward", &PyLayer::backward);
+      .def("backward", &PyLayer::backward)
+      .def("call", &PyLayer::call,
+           "forward (backward=False) or backward, replayed from a CUDA graph when the same call "
+           "recurs: (backward, args, batch, seq, src_seq, p, rng, saved_arena, accumulate, stream, "
+           "alloc, keep)")
+      .def("graph_stats", &PyLayer::graph_stats,
+           "{eager, captures, replays, refused, pinned_bytes} of call()")
+      .def("set_graphs", &PyLayer::set_graphs, py::arg("on"),
+           "whether call() captures and replays graphs (captured ones stay until the layer goes)");
   // The whole-model training step (runtime/step.h). Pointers are integers: device addresses of
   // int64 token tensors for run/evaluate, host addresses of contiguous CPU tensors in the model's
   // dtype for the parameter copies; streams are torch's cuda_stream integers.

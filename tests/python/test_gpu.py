@@ -627,3 +627,54 @@ def test_make_graphed_callables():
     torch.testing.assert_close(y1, y0, rtol=0, atol=0)
     torch.testing.assert_close(x.grad, want_dx, rtol=0, atol=0)
     torch.testing.assert_close(layer.linear2.weight.grad, want_w, rtol=0, atol=0)
+
+
+def _graph_stats():
+    from lightseq import _ops
+    total = {}
+    for lay in _ops._layers:
+        if lay.handle is not None:
+            for k, v in lay.handle.graph_stats().items():
+                total[k] = total.get(k, 0) + v
+    return total
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_repeated_layer_calls_replay_a_graph_with_the_eager_results(dtype, monkeypatch):
+    """A layer call that recurs with the same pointers is captured on its second sighting and
+    replayed from then on (runtime/call_graphs.h): every replay gives the eager call's forward and
+    gradients bit for bit from the same RNG state, dropout included, and draws fresh dropout masks
+    from a different one."""
+    from lightseq import _ops
+    dtype = DTYPES[dtype]
+    torch.manual_seed(0)
+    compiled = lightseq.compile(nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, batch_first=True).cuda().to(dtype))
+    x = torch.randn(4, 16, 64, device="cuda", dtype=dtype, requires_grad=True)
+    g = torch.randn_like(x)
+    pad = padding(4, 16, "cuda")
+
+    def run(seed):
+        for p in compiled.parameters():
+            p.grad = None
+        x.grad = None
+        if seed is not None:
+            torch.manual_seed(seed)
+        y = compiled(x, src_key_padding_mask=pad)
+        y.backward(g)
+        return [y.detach().clone(), x.grad.clone(), *[p.grad.clone() for p in compiled.parameters()]]
+
+    monkeypatch.setattr(_ops, "LAYER_GRAPHS", False)
+    eager = run(7)
+    monkeypatch.setattr(_ops, "LAYER_GRAPHS", True)
+    before = _graph_stats()
+    runs = [run(7) for _ in range(5)]
+    after = _graph_stats()
+    assert after.get("captures", 0) - before.get("captures", 0) >= 2, (before, after)  # forward and backward
+    assert after.get("replays", 0) - before.get("replays", 0) >= 4, (before, after)
+    for i, r in enumerate(runs):
+        for j, (got, want) in enumerate(zip(r, eager)):
+            assert torch.equal(got, want), f"call {i}, tensor {j}: a replay differs from the eager call"
+    fresh = [run(None)[0] for _ in range(3)]
+    assert _graph_stats()["replays"] > after["replays"]
+    assert not torch.equal(fresh[0], fresh[1]) and not torch.equal(fresh[1], fresh[2]), \
+        "replays without reseeding drew the same dropout masks"

@@ -10,6 +10,7 @@ name): modules with the same configuration share one compiled model and its kern
 from __future__ import annotations
 
 import json
+import os
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -326,6 +327,11 @@ def _new(e: Entry, dims, device) -> Tensor:
     return (torch.zeros if e.accumulates else torch.empty)(size, dtype=e.dtype, device=device)
 
 
+# A layer call that recurs with the same pointers (a training loop's) is replayed from a CUDA graph
+# of its launches (runtime/call_graphs.h): the host then issues one launch per direction instead of
+# ~30. LIGHTSEQ_LAYER_GRAPHS=0 issues every launch each call.
+LAYER_GRAPHS = os.environ.get("LIGHTSEQ_LAYER_GRAPHS", "1") != "0"
+
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
@@ -394,10 +400,23 @@ def _fwd_impl(args: List[Tensor], layer_id: int, dims: List[int],
     dropout = any(q > 0 for q in p)
     rng = _draw_rng(like.device, dropout)
     every = [*args, *outs]
-    alloc, _keep = _allocator(like.device)
-    lay.handle.forward(_ptrs([every[i] for i in lay.fwd_order]), *dims, _p5(p), 0, 0,
-                       rng.data_ptr() if dropout else 0, saved.data_ptr(), stream_of(like.get_device()), alloc)
+    _run(lay, False, _ptrs([every[i] for i in lay.fwd_order]), dims, p, rng.data_ptr() if dropout else 0,
+         saved.data_ptr(), like)
     return outs, saved, rng
+
+
+def _run(lay: Layer, backward: bool, ptrs: List[int], dims, p, rng: int, saved: int, like: Tensor) -> None:
+    """One native call of `lay` (its forward or backward), through the graph cache unless
+    LAYER_GRAPHS is off. The temporaries it allocates live in `keep` for the call (and, when the
+    call is captured, as long as its graph)."""
+    alloc, keep = _allocator(like.device)
+    stream = stream_of(like.get_device())
+    if LAYER_GRAPHS:
+        lay.handle.call(backward, ptrs, *dims, _p5(p), rng, saved, False, stream, alloc, keep)
+    elif backward:
+        lay.handle.backward(ptrs, *dims, _p5(p), 0, 0, rng, saved, False, stream, alloc)
+    else:
+        lay.handle.forward(ptrs, *dims, _p5(p), 0, 0, rng, saved, stream, alloc)
 
 
 layer_fwd = torch.library.custom_op("lightseq::layer_fwd", _fwd_impl, mutates_args=())
@@ -423,10 +442,8 @@ def _bwd_impl(args: List[Tensor], saved: Tensor, rng: Tensor, layer_id: int, dim
     outs = _outputs(shapes.bwd_out, like)
     dropout = any(q > 0 for q in p)
     every = [*args, *outs]
-    alloc, _keep = _allocator(like.device)
-    lay.handle.backward(_ptrs([every[i] for i in lay.bwd_order]), *dims, _p5(p), 0, 0,
-                        rng.data_ptr() if dropout else 0, saved.data_ptr(), False, stream_of(like.get_device()),
-                        alloc)
+    _run(lay, True, _ptrs([every[i] for i in lay.bwd_order]), dims, p, rng.data_ptr() if dropout else 0,
+         saved.data_ptr(), like)
     return outs
 
 
