@@ -10,8 +10,8 @@ configuration), on the same card in the same run:
   gpu ms     the GPU's time per call for N calls enqueued behind that sleep (run back to back)
   --profile  cProfile of N calls: where the host time goes, by function (tottime)
 
-lightseq runs twice: replaying each call's launches from a CUDA graph once the call recurs
-(runtime/call_graphs.h, the default) and issuing every launch ("no graphs", LIGHTSEQ_LAYER_GRAPHS=0).
+lightseq runs twice: issuing every launch ("no graphs", the default) and replaying each call's
+launches from a CUDA graph once the call recurs (runtime/call_graphs.h, LIGHTSEQ_LAYER_GRAPHS=1).
 
 Each twice: with the gradients accumulating into existing .grad tensors (an add per parameter, as
 in gradient accumulation), and with .grad set to None before each call (what a training loop's
@@ -100,7 +100,7 @@ def main():
         lightseq._ops.LAYER_GRAPHS = False
         run("lightseq no graphs", compiled, x, pad, g, args.iters, False, fresh)
         lightseq._ops.LAYER_GRAPHS = True
-        run("lightseq", compiled, x, pad, g, args.iters, args.profile and fresh, fresh)
+        run("lightseq layer graphs", compiled, x, pad, g, args.iters, args.profile and fresh, fresh)
     stats = [lay.handle.graph_stats() for lay in lightseq._ops._layers]
     print("lightseq layer graphs:", {k: sum(s[k] for s in stats) for k in stats[0]})
 
