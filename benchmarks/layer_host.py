@@ -5,9 +5,9 @@ configuration), on the same card in the same run:
 
   wall ms    CUDA events around N back-to-back fwd+bwd calls, per call (host and GPU overlapped:
              the slower of the two, once the launch queue is full)
-  host ms    median time the host takes to issue one call, measured while the GPU is held busy by
-             a sleep kernel enqueued first (so the host never waits on a full queue or the GPU)
-  gpu ms     the GPU's time per call for N calls enqueued behind that sleep (run back to back)
+  host ms    median time the host takes to issue one call while sleep kernels hold the GPU (so the
+             host never waits on a full queue or the GPU): 4 rounds of 5 calls (host_timing.py)
+  gpu ms     the GPU's time per call for the calls enqueued behind a sleep (run back to back)
   --profile  cProfile of N calls: where the host time goes, by function (tottime)
 
 lightseq runs twice: issuing every launch ("no graphs", the default) and replaying each call's
@@ -26,13 +26,14 @@ import os
 import pstats
 import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "frontends", "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lightseq  # noqa: E402
+from host_timing import wall_host_gpu  # noqa: E402
 
 
 def run(name, layer, x, pad, g, iters, profile, fresh):
@@ -43,32 +44,10 @@ def run(name, layer, x, pad, g, iters, profile, fresh):
             x.grad = None
         y = layer(x, src_key_padding_mask=pad)
         y.backward(g)
-    for _ in range(5):
-        call()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        call()
-    end.record()
-    torch.cuda.synchronize()
-    wall = start.elapsed_time(end) / iters
-    # The host's issue time and the GPU's time, apart: a sleep kernel holds the GPU while the host
-    # enqueues `n` calls behind it (n small enough that the launch queue, ~1000 entries, never fills).
-    n, host = 5, []
-    torch.cuda._sleep(int(2e9))  # ~1 s at ~2 GHz: longer than issuing n calls
-    start.record()
-    for _ in range(n):
-        t0 = time.perf_counter()
-        call()
-        host.append(time.perf_counter() - t0)
-    end.record()
-    issued = sum(host)
-    torch.cuda.synchronize()
-    gpu = start.elapsed_time(end) / n
+    wall, host, gpu = wall_host_gpu(call, iters)
     name += " (.grad = None)" if fresh else " (.grad +=)"
-    print(f"{name:34s} wall {wall:.3f} ms/call  host {1e3 * statistics.median(host):.3f} ms/call  gpu {gpu:.3f} "
-          f"ms/call  (issued {n} calls in {1e3 * issued:.1f} ms behind the sleep)")
+    print(f"{name:34s} wall {wall:.3f} ms/call  host {statistics.median(host):.3f} ms/call  gpu {gpu:.3f} "
+          f"ms/call  (host median of {len(host)} calls behind sleep kernels)")
     if profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -33,14 +33,15 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from torch import nn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "frontends" / "python"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import lightseq  # noqa: E402
+from host_timing import wall_host_gpu  # noqa: E402
 
 CONFIGS = {  # name: (batch, seq), the shapes of DESIGN.md's table
     "enc-512-post": (128, 32),
@@ -109,25 +110,8 @@ def measure(fn, params, x, pad, g, iters: int, rounds: int, graphs: bool) -> dic
         fn(x, pad).backward(g)
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        call()
-    end.record()
-    torch.cuda.synchronize()
-    wall = start.elapsed_time(end) / iters
-    host, gpu = [], []
-    for _ in range(rounds):
-        torch.cuda._sleep(int(1e9))  # ~0.5 s at ~2 GHz: longer than issuing 5 calls
-        start.record()
-        for _ in range(5):
-            t0 = time.perf_counter()
-            call()
-            host.append((time.perf_counter() - t0) * 1e3)
-        end.record()
-        torch.cuda.synchronize()
-        gpu.append(start.elapsed_time(end) / 5)
-    return {"wall": wall, "host": statistics.median(host), "gpu": statistics.median(gpu), "peak": peak}
+    wall, host, gpu = wall_host_gpu(call, iters, rounds)
+    return {"wall": wall, "host": statistics.median(host), "gpu": gpu, "peak": peak}
 
 
 def main():

@@ -145,12 +145,24 @@ class PyLayer {
   void forward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t rng,
                uintptr_t saved_arena, uintptr_t stream, const py::function& alloc) {
-    const RunShape shape{batch, seq, src_seq};
-    model_->check_run_shape(name_, shape);
+    const RunShape shape = checked_shape(batch, seq, src_seq);
     CallbackArena arena(alloc, &forward_hint_);
     ScopedContext ctx(model_->device());
-    exec_->forward_at(pointers(args), shape, dropout(p, seed, offset, rng), arena,
-                      reinterpret_cast<CUstream>(stream), ptr<void>(saved_arena));
+    invoke(false, args, shape, dropout(p, seed, offset, rng), saved_arena, false, arena,
+           reinterpret_cast<CUstream>(stream));
+  }
+
+  // args: a device pointer per backward manifest entry, in order; accumulate: parameter gradients
+  // `+=` instead of `=`.
+  void backward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
+                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t rng,
+                uintptr_t saved_arena, bool accumulate, uintptr_t stream,
+                const py::function& alloc) {
+    const RunShape shape = checked_shape(batch, seq, src_seq);
+    CallbackArena arena(alloc, &backward_hint_);
+    ScopedContext ctx(model_->device());
+    invoke(true, args, shape, dropout(p, seed, offset, rng), saved_arena, accumulate, arena,
+           reinterpret_cast<CUstream>(stream));
   }
 
   // forward() (backward = false) or backward(), replayed from a CUDA graph when the same call
@@ -159,8 +171,7 @@ class PyLayer {
   void call(bool backward, const std::vector<uintptr_t>& args, int64_t batch, int64_t seq,
             int64_t src_seq, const std::vector<double>& p, uintptr_t rng, uintptr_t saved_arena,
             bool accumulate, uintptr_t stream, const py::function& alloc, const py::object& keep) {
-    const RunShape shape{batch, seq, src_seq};
-    model_->check_run_shape(name_, shape);
+    const RunShape shape = checked_shape(batch, seq, src_seq);
     const DropoutConfig drop = dropout(p, 0, 0, rng);
     CallGraphs::Key key{backward ? 1u : 0u,
                         static_cast<uint64_t>(batch),
@@ -178,12 +189,7 @@ class PyLayer {
         key, reinterpret_cast<CUstream>(stream), hint->load(),
         [&](CUstream s) {
           CallbackArena arena(alloc, hint);
-          if (backward) {
-            exec_->backward_at(pointers(args), ptr<void>(saved_arena), shape, drop,
-                               accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena, s);
-          } else {
-            exec_->forward_at(pointers(args), shape, drop, arena, s, ptr<void>(saved_arena));
-          }
+          invoke(backward, args, shape, drop, saved_arena, accumulate, arena, s);
         },
         [&] {
           return std::shared_ptr<void>(new py::object(keep), [](void* o) {
@@ -205,22 +211,23 @@ class PyLayer {
   }
   void set_graphs(bool on) { graphs_.set_enabled(on); }
 
-  // args: a device pointer per backward manifest entry, in order; accumulate: parameter gradients
-  // `+=` instead of `=`.
-  void backward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
-                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t rng,
-                uintptr_t saved_arena, bool accumulate, uintptr_t stream,
-                const py::function& alloc) {
+ private:
+  RunShape checked_shape(int64_t batch, int64_t seq, int64_t src_seq) const {
     const RunShape shape{batch, seq, src_seq};
     model_->check_run_shape(name_, shape);
-    CallbackArena arena(alloc, &backward_hint_);
-    ScopedContext ctx(model_->device());
-    exec_->backward_at(pointers(args), ptr<void>(saved_arena), shape, dropout(p, seed, offset, rng),
-                       accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena,
-                       reinterpret_cast<CUstream>(stream));
+    return shape;
   }
-
- private:
+  // One forward or backward on stream s, its temporaries from `arena`.
+  void invoke(bool backward, const std::vector<uintptr_t>& args, const RunShape& shape,
+              const DropoutConfig& drop, uintptr_t saved_arena, bool accumulate, Allocator& arena,
+              CUstream s) const {
+    if (backward) {
+      exec_->backward_at(pointers(args), ptr<void>(saved_arena), shape, drop,
+                         accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena, s);
+    } else {
+      exec_->forward_at(pointers(args), shape, drop, arena, s, ptr<void>(saved_arena));
+    }
+  }
   static std::vector<void*> pointers(const std::vector<uintptr_t>& args) {
     std::vector<void*> out(args.size());
     for (size_t i = 0; i < args.size(); ++i) out[i] = reinterpret_cast<void*>(args[i]);
