@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <set>
 #include <span>
+#include <string_view>
 
 #include "compiler/errors.h"
 #include "reduce.sig.cuh"
@@ -32,6 +34,10 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
   }
   // The saved activations' memory: the roots (a view's parent) of the non-input saved tensors.
   const Graph& g = plan_.layer.graph;
+  lifetimes_[0] = step_lifetimes(g, plan_.forward);
+  lifetimes_[1] = step_lifetimes(g, plan_.backward);
+  const char* reuse = std::getenv("LIGHTSEQ_REUSE_TEMPORARIES");
+  reuse_temporaries_ = reuse && std::string_view(reuse) == "1";
   for (int id : plan_.saved) {
     const Tensor& t = g.tensor(id);
     if (given_by_caller(t.role)) continue;
@@ -192,7 +198,7 @@ std::map<int, void*> LayerExecutor::arena_places(void* arena, const RunShape& s)
 
 void LayerExecutor::allocate_unbound(const std::vector<int>& used,
                                      const std::map<int, void*>& kept_at, SavedActivations* saved,
-                                     Frame& f) const {
+                                     Frame& f, const std::vector<Lifetime>* lives) const {
   const Graph& g = *f.graph;
   // The roots that need memory: this call's temporaries, and (forward) the saved activations
   // not placed in the caller's arena. Each group is one allocation (host cost: one allocator
@@ -214,23 +220,31 @@ void LayerExecutor::allocate_unbound(const std::vector<int>& used,
     if (f.ptr[id] || given_by_caller(t.role)) continue;
     want(t.view_of < 0 ? id : t.view_of);
   }
-  auto place = [&](const std::vector<int>& ids, std::vector<DeviceBuffer>& owner) {
-    int64_t total = 0;
-    for (int id : ids)
-      total += (f.bytes(id) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
-    if (total == 0) {
+  // Each tensor at its own offset, or (temporaries, with `lives`) sharing memory with those whose
+  // lifetimes in this call's steps do not meet its own (runtime/temp_placement.h).
+  auto place = [&](const std::vector<int>& ids, std::vector<DeviceBuffer>& owner,
+                   const std::vector<Lifetime>* by_life) {
+    std::vector<PlacedTensor> items;
+    for (int id : ids) items.push_back({f.bytes(id), by_life ? (*by_life)[id] : Lifetime{}});
+    Placement at;
+    if (by_life) {
+      at = place_by_lifetime(items, kSavedArenaAlign);
+    } else {
+      for (const PlacedTensor& t : items) {
+        at.offset.push_back(at.total);
+        at.total += (t.bytes + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
+      }
+    }
+    if (at.total == 0) {
       for (int id : ids) f.ptr[id] = nullptr;
       return;
     }
-    owner.emplace_back(*f.allocator, static_cast<size_t>(total), f.stream);
+    owner.emplace_back(*f.allocator, static_cast<size_t>(at.total), f.stream);
     char* base = static_cast<char*>(owner.back().get());
-    for (int id : ids) {
-      f.ptr[id] = base;
-      base += (f.bytes(id) + kSavedArenaAlign - 1) / kSavedArenaAlign * kSavedArenaAlign;
-    }
+    for (size_t i = 0; i < ids.size(); ++i) f.ptr[ids[i]] = base + at.offset[i];
   };
-  place(temps, f.blocks);
-  if (saved) place(kept, saved->owned_);
+  place(temps, f.blocks, reuse_temporaries_ ? lives : nullptr);
+  if (saved) place(kept, saved->owned_, nullptr);
   // Views (of this call's memory and of the caller's tensors: a slice of a packed parameter).
   for (int id : used) {
     const Tensor& t = g.tensor(id);
@@ -283,7 +297,7 @@ SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const Ru
   SavedActivations saved;
   saved.shape_ = shape;
   saved.dropout_ = dropout;
-  allocate_unbound(used, arena_places(saved_arena, shape), &saved, f);
+  allocate_unbound(used, arena_places(saved_arena, shape), &saved, f, &lifetimes_[0]);
   bind_zero_masks(used, f);
   for (int id : plan_.saved) {
     // A zero mask made for this call is not kept: the backward makes its own (bind_zero_masks).
@@ -371,7 +385,7 @@ void LayerExecutor::run_backward(std::span<void* const> args, const SavedActivat
   for (const auto& [id, p] : saved.ptr_) f.ptr[id] = p;
   // Inputs the backward reads come from the forward; bind the rest.
   bind_positional(plan_.manifest[1], args, &f.ptr, plan_.layer.name, &from_saved_);
-  allocate_unbound(used, {}, nullptr, f);
+  allocate_unbound(used, {}, nullptr, f, &lifetimes_[1]);
   bind_zero_masks(used, f);
   run_steps(plan_.backward, sp.backward, f);
 }

@@ -27,6 +27,7 @@
 #include "compiler/planner/plan.h"
 #include "runtime/allocator.h"
 #include "runtime/gemm.h"
+#include "runtime/temp_placement.h"
 
 namespace lightseq {
 
@@ -155,8 +156,11 @@ class LayerExecutor {
   // Memory for every tensor in `used` that nothing bound; views point into their parents.
   // Kept roots (the saved activations) go to `saved`: placed at `kept_at` when that names them
   // (the saved arena), else allocated and owned by `saved`.
+  // With `lives` (the direction's step lifetimes) and reuse_temporaries_, temporaries whose
+  // lifetimes do not meet share memory (runtime/temp_placement.h).
   void allocate_unbound(const std::vector<int>& used, const std::map<int, void*>& kept_at,
-                        SavedActivations* saved, Frame& frame) const;
+                        SavedActivations* saved, Frame& frame,
+                        const std::vector<Lifetime>* lives = nullptr) const;
   Dim tensor_bytes(int id) const;  // what a tensor's memory holds, as a monomial in B, T, S
   // Binds an all-zero mask to every used u8 input left null ("nothing is padded").
   void bind_zero_masks(const std::vector<int>& used, Frame& frame) const;
@@ -186,8 +190,12 @@ class LayerExecutor {
   CUfunction accumulate_fn_ = nullptr;  // the `+=` of epilogue bias gradients (support kernel)
   std::vector<bool> relu_aux_;          // per tensor: holds a ReLU bit mask (sized in bits)
   std::vector<SavedSlot> saved_slots_;
-  std::vector<uint8_t> saved_roots_;  // per tensor id: a root of the saved activations (or empty)
-  std::vector<uint8_t> from_saved_;   // per tensor id: the backward takes it from the forward
+  std::vector<uint8_t> saved_roots_;    // per tensor id: a root of the saved activations (or empty)
+  std::vector<uint8_t> from_saved_;     // per tensor id: the backward takes it from the forward
+  std::vector<Lifetime> lifetimes_[2];  // per direction, per tensor id (runtime/temp_placement.h)
+  // LIGHTSEQ_REUSE_TEMPORARIES=1: a call's temporaries share memory by lifetime. Off until the
+  // GPU tests have run with it.
+  bool reuse_temporaries_ = false;
   mutable std::mutex shapes_mutex_;
   mutable std::map<std::array<int64_t, 3>, std::unique_ptr<ShapePlan>> shapes_;
 };
