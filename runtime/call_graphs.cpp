@@ -1,6 +1,7 @@
 // call_graphs.cpp — see call_graphs.h.
 #include "runtime/call_graphs.h"
 
+#include "compiler/errors.h"
 #include "runtime/cuda_check.h"
 #include "runtime/driver.h"
 
@@ -17,12 +18,13 @@ bool CallGraphs::full(size_t call_bytes) const {
          stats_.pinned_bytes + call_bytes > limits_.max_total_bytes;
 }
 
-void CallGraphs::call(const Key& key, CUstream stream, size_t call_bytes,
-                      const std::function<void(CUstream)>& run,
+void CallGraphs::call(const Key& key, CUstream stream,
+                      const std::function<size_t(CUstream, size_t)>& run,
                       const std::function<std::shared_ptr<void>()>& owner) {
   CUstreamCaptureStatus outer = CU_STREAM_CAPTURE_STATUS_NONE;
   LIGHTSEQ_CU_CHECK(driver().cuStreamIsCapturing(stream, &outer));
-  bool capture = false;
+  bool capture = false, remember = false;
+  size_t call_bytes = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (enabled_ && outer == CU_STREAM_CAPTURE_STATUS_NONE) {
@@ -32,19 +34,25 @@ void CallGraphs::call(const Key& key, CUstream stream, size_t call_bytes,
         ++stats_.replays;
         return;
       }
-      if (call_bytes <= limits_.max_call_bytes && !refused_.count(key) && !full(call_bytes)) {
-        if (seen_.count(key)) {
+      if (!refused_.count(key)) {
+        auto s = seen_.find(key);
+        if (s == seen_.end()) {
+          remember = true;
+        } else if (s->second <= limits_.max_call_bytes && !full(s->second)) {
           capture = true;
-        } else {
-          if (seen_.size() >= kMaxSeen) seen_.clear();
-          seen_.insert(key);
+          call_bytes = s->second;
         }
       }
     }
     if (!capture) ++stats_.eager;
   }
   if (!capture) {
-    run(stream);
+    const size_t used = run(stream, 0);
+    if (remember) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (seen_.size() >= kMaxSeen) seen_.clear();
+      seen_[key] = used;
+    }
     return;
   }
   // Capture on a stream of our own (the caller's may be the legacy default stream, which cannot
@@ -55,14 +63,25 @@ void CallGraphs::call(const Key& key, CUstream stream, size_t call_bytes,
   CUgraphExec exec = nullptr;
   bool ok = driver().cuStreamBeginCapture(c, CU_STREAM_CAPTURE_MODE_RELAXED) == CUDA_SUCCESS;
   if (ok) {
+    auto end_capture = [&] {
+      const bool ended = driver().cuStreamEndCapture(c, &graph) == CUDA_SUCCESS;
+      if (graph && !ended) {
+        driver().cuGraphDestroy(graph);
+        graph = nullptr;
+      }
+    };
     try {
-      run(c);
+      call_bytes = run(c, call_bytes);
+    } catch (const Error&) {
+      ok = false;  // not capturable (or a real error, which the eager run below raises again)
     } catch (...) {
-      ok = false;
+      end_capture();
+      if (graph) driver().cuGraphDestroy(graph);
+      driver().cuStreamDestroy(c);
+      throw;
     }
-    const bool ended = driver().cuStreamEndCapture(c, &graph) == CUDA_SUCCESS;
-    ok = ok && ended && graph != nullptr &&
-         driver().cuGraphInstantiate(&exec, graph, 0) == CUDA_SUCCESS;
+    end_capture();
+    ok = ok && graph != nullptr && driver().cuGraphInstantiate(&exec, graph, 0) == CUDA_SUCCESS;
     if (graph) driver().cuGraphDestroy(graph);
   }
   driver().cuStreamDestroy(c);
@@ -71,10 +90,11 @@ void CallGraphs::call(const Key& key, CUstream stream, size_t call_bytes,
     {
       std::lock_guard<std::mutex> lock(mutex_);
       refused_.insert(key);
-      ++stats_.refused;
+      seen_.erase(key);
+      if (++stats_.refused >= kMaxRefused) enabled_ = false;
       ++stats_.eager;
     }
-    run(stream);  // an error the call itself raises surfaces here, as it would have eagerly
+    run(stream, 0);  // an error the call itself raises surfaces here, as it would have eagerly
     return;
   }
   std::shared_ptr<void> keep = owner();

@@ -14,13 +14,13 @@
 // (allocated by the call itself) must outlive the graph: the caller hands over an owner of it
 // when a capture happens, and the cache holds it as long as the graph.
 //
-// Limits keep the pinned memory bounded: a call whose temporaries exceed max_call_bytes always
-// runs eagerly, and once max_graphs graphs or max_total_bytes of temporaries are held, new keys
-// run eagerly (graphs are never evicted: one may still be running). A call on a stream that is
-// being captured (an outer CUDA graph: torch.cuda.graph, torch.compile's cudagraphs) runs eagerly,
-// into that capture. A capture that fails runs the call eagerly and never retries that key.
-// Thread-safe (no lock is held while `run` runs: it may call back into an interpreter). Not for
-// calls whose launches read host state that changes between calls with the
+// Limits keep the pinned memory bounded: a call whose temporaries (as its eager run measured
+// them) exceed max_call_bytes always runs eagerly, and once max_graphs graphs or max_total_bytes of
+// temporaries are held, new keys run eagerly (graphs are never evicted: one may still be running).
+// A call on a stream that is being captured (an outer CUDA graph: torch.cuda.graph, torch.compile's
+// cudagraphs) runs eagerly, into that capture. A capture that fails runs the call eagerly and never
+// retries that key. Thread-safe (no lock is held while `run` runs: it may call back into an
+// interpreter). Not for calls whose launches read host state that changes between calls with the
 // same key.
 #pragma once
 
@@ -33,7 +33,6 @@
 #include <memory>
 #include <mutex>
 #include <set>
-#include <span>
 #include <vector>
 
 namespace lightseq {
@@ -57,11 +56,13 @@ class CallGraphs {
   CallGraphs(const CallGraphs&) = delete;
   CallGraphs& operator=(const CallGraphs&) = delete;
 
-  // Runs the call `key` on `stream`: run(s) issues its launches on stream s (the caller's, or the
-  // capture stream); call_bytes: the size of the temporaries it will allocate (an estimate:
-  // the previous call's); owner(): what keeps those temporaries alive, asked for after a capture.
-  void call(const Key& key, CUstream stream, size_t call_bytes,
-            const std::function<void(CUstream)>& run,
+  // Runs the call `key` on `stream`: run(s, bytes) issues its launches on stream s (the caller's,
+  // or the capture stream), its temporaries allocated as one block of `bytes` where that is not 0
+  // (a capture: what this key's eager call used), and returns the bytes it used; owner(): what
+  // keeps those temporaries alive, asked for after a capture. lightseq::Error from a capture makes
+  // the key run eagerly from then on (kMaxRefused of them turn capturing off); any other
+  // exception (the interpreter's, from an allocation callback) propagates.
+  void call(const Key& key, CUstream stream, const std::function<size_t(CUstream, size_t)>& run,
             const std::function<std::shared_ptr<void>()>& owner);
 
   Stats stats() const;
@@ -79,9 +80,11 @@ class CallGraphs {
   bool enabled_ = true;
   mutable std::mutex mutex_;
   std::map<Key, Entry> graphs_;
-  std::set<Key> seen_, refused_;  // seen_ is forgotten past kMaxSeen keys
+  std::map<Key, size_t> seen_;  // keys run once, with the bytes they used (forgotten past kMaxSeen)
+  std::set<Key> refused_;
   Stats stats_;
   static constexpr size_t kMaxSeen = 4096;
+  static constexpr int64_t kMaxRefused = 8;
 };
 
 }  // namespace lightseq

@@ -1,6 +1,8 @@
 // Temporaries placed by lifetime (runtime/temp_placement.h): on random lifetimes, and on every
 // layer of the example and benchmark plans, no step touches two temporaries that share memory,
 // and the block is no larger than the tensors laid end to end.
+#include "runtime/temp_placement.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,7 +13,6 @@
 
 #include "compiler/planner/planner.h"
 #include "frontends/spec/parse.h"
-#include "runtime/temp_placement.h"
 
 namespace lightseq {
 namespace {
@@ -99,7 +100,8 @@ void check_direction(const LayerPlan& lp, int dir, const std::string& what) {
   int64_t end_to_end = 0;
   for (int r : temps) {
     const Tensor& t = g.tensor(r);
-    const int64_t bytes = t.shape.empty() ? 4096 : shape_numel(t.shape).eval(8, 64, 48) * elem_size(t.type);
+    const int64_t bytes =
+        t.shape.empty() ? 4096 : shape_numel(t.shape).eval(8, 64, 48) * elem_size(t.type);
     items.push_back({bytes, life[r]});
     end_to_end += (bytes + kAlign - 1) / kAlign * kAlign;
   }
@@ -159,8 +161,8 @@ TEST_P(TempPlacementPlans, NoStepSeesTwoTemporariesInOnePlace) {
     for (const LayerPlan& lp : plan.layers) {
       if (lp.row_chunks.max_rows > 0) continue;  // the chunked criterion keeps its own layout
       for (int dir = 0; dir < 2; ++dir) {
-        check_direction(lp, dir,
-                        GetParam() + " " + attention + " " + lp.layer.name + (dir ? " bwd" : " fwd"));
+        check_direction(
+            lp, dir, GetParam() + " " + attention + " " + lp.layer.name + (dir ? " bwd" : " fwd"));
       }
     }
   }

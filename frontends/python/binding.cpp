@@ -69,6 +69,7 @@ class CallbackArena final : public Allocator {
     return p;
   }
   void deallocate(void*, size_t, CUstream) override {}  // the chunks go back when Python drops them
+  size_t total() const { return total_; }               // bytes handed out so far
 
  private:
   py::function alloc_;
@@ -186,10 +187,13 @@ class PyLayer {
     std::atomic<size_t>* hint = backward ? &backward_hint_ : &forward_hint_;
     ScopedContext ctx(model_->device());
     graphs_.call(
-        key, reinterpret_cast<CUstream>(stream), hint->load(),
-        [&](CUstream s) {
-          CallbackArena arena(alloc, hint);
+        key, reinterpret_cast<CUstream>(stream),
+        [&](CUstream s, size_t bytes) {
+          // A capture allocates exactly what this call used eagerly: one chunk, pinned.
+          std::atomic<size_t> exact{bytes};
+          CallbackArena arena(alloc, bytes ? &exact : hint);
           invoke(backward, args, shape, drop, saved_arena, accumulate, arena, s);
+          return arena.total();
         },
         [&] {
           return std::shared_ptr<void>(new py::object(keep), [](void* o) {

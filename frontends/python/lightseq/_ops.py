@@ -63,8 +63,8 @@ class Layer:
     bwd_order: tuple = field(init=False)
     bwd_from: tuple = field(init=False)   # per backward input: (False, forward arg) | (True, output)
     grad_at: tuple = field(init=False)    # per forward arg: its gradient's index in bwd_out, or -1
-    masks: tuple = field(init=False)      # indices of the u8 forward args (padding masks)
-    anchor: int = field(init=False)       # a forward arg that is never absent
+    masks: tuple = field(init=False)      # per direction: indices of its u8 args (padding masks)
+    anchor: tuple = field(init=False)     # per direction: an arg that is never absent
 
     def __post_init__(self):
         def split(entries, writes):
@@ -97,8 +97,8 @@ class Layer:
         derived = dict(
             fwd_in=fwd_in, fwd_out=fwd_out, bwd_in=bwd_in, bwd_out=bwd_out, fwd_order=fwd_order,
             bwd_order=bwd_order, bwd_from=tuple(bwd_from), grad_at=tuple(grad_of.get(e.name, -1) for e in fwd_in),
-            masks=tuple(i for i, e in enumerate(fwd_in) if e.dtype == torch.uint8),
-            anchor=next((i for i, e in enumerate(fwd_in) if not e.optional), 0))
+            masks=tuple(tuple(i for i, e in enumerate(ins) if e.dtype == torch.uint8) for ins in (fwd_in, bwd_in)),
+            anchor=tuple(next((i for i, e in enumerate(ins) if not e.optional), 0) for ins in (fwd_in, bwd_in)))
         for k, v in derived.items():
             object.__setattr__(self, k, v)
 
@@ -364,18 +364,19 @@ def _args_ok(args: Sequence[Tensor], expect: tuple, device: int) -> bool:
     return True
 
 
-def _checked(op: str, lay: Layer, entries, expect, args: List[Tensor], dims) -> Tuple[List[Tensor], Tensor]:
-    """args, their masks made 16-byte aligned (_aligned), and a tensor on their device; raises
-    ArgumentError naming what is wrong."""
-    like = args[lay.anchor] if lay.anchor < len(args) else None
+def _checked(op: str, lay: Layer, backward: bool, expect, args: List[Tensor], dims) -> Tuple[List[Tensor], Tensor]:
+    """args (of the forward, or of the backward), their masks made 16-byte aligned (_aligned), and
+    a tensor on their device; raises ArgumentError naming what is wrong."""
+    anchor, masks = lay.anchor[backward], lay.masks[backward]
+    like = args[anchor] if anchor < len(args) else None
     try:
         ok = like.get_device() >= 0 and _args_ok(args, expect, like.get_device())
     except AttributeError:  # not tensors: _check_args says which
         ok = False
     if not ok:
-        device = _check_args(op, lay, entries, args, dims)
+        device = _check_args(op, lay, lay.bwd_in if backward else lay.fwd_in, args, dims)
         like = next(a for a in args if a is not None and a.numel() > 0 and a.device == device)
-    for i in lay.masks:
+    for i in masks:
         if i < len(args) and args[i].numel() > 0 and args[i].data_ptr() % 16:
             args = list(args)
             args[i] = _aligned(args[i])
@@ -395,7 +396,7 @@ def _fwd_impl(args: List[Tensor], layer_id: int, dims: List[int],
     probabilities (attention, activation, hidden, embedding, attention output)."""
     lay = _layers[layer_id]
     shapes = _shapes_at(layer_id, dims)
-    args, like = _checked("layer_fwd", lay, lay.fwd_in, shapes.fwd_in, args, dims)
+    args, like = _checked("layer_fwd", lay, False, shapes.fwd_in, args, dims)
     outs = _outputs(shapes.fwd_out, like)
     saved = like.new_empty((shapes.saved_bytes,), dtype=torch.uint8)
     dropout = any(q > 0 for q in p)
@@ -439,7 +440,7 @@ def _bwd_impl(args: List[Tensor], saved: Tensor, rng: Tensor, layer_id: int, dim
     manifest order."""
     lay = _layers[layer_id]
     shapes = _shapes_at(layer_id, dims)
-    args, like = _checked("layer_bwd", lay, lay.bwd_in, shapes.bwd_in, args, dims)
+    args, like = _checked("layer_bwd", lay, True, shapes.bwd_in, args, dims)
     outs = _outputs(shapes.bwd_out, like)
     dropout = any(q > 0 for q in p)
     every = [*args, *outs]
@@ -483,9 +484,9 @@ def _input_grads(ctx, grad_outs, bwd) -> list:
     for is_grad, i in lay.bwd_from:
         if not is_grad:
             bwd_args.append(args[i])
-        elif grad_outs[i] is None:  # an output that did not reach the loss
-            size, dtype, _zero = _shapes_at(ctx.layer_id, ctx.dims).fwd_out[i]
-            bwd_args.append(saved.new_zeros(size, dtype=dtype))
+        elif grad_outs[i] is None:  # an output that did not reach the loss (_size: SymInts too)
+            out = lay.fwd_out[i]
+            bwd_args.append(saved.new_zeros(_size(out.shape, *ctx.dims), dtype=out.dtype))
         else:
             bwd_args.append(grad_outs[i].contiguous())
     grads = bwd(bwd_args, saved, rng, ctx.layer_id, ctx.dims, ctx.p)
