@@ -64,23 +64,6 @@ TEST(TempPlacement, DisjointLifetimesShareMemory) {
   EXPECT_EQ(p.total, 1024 + 512);
 }
 
-int64_t elem_size(ElemType t) {
-  switch (t) {
-    case ElemType::kF32:
-    case ElemType::kI32:
-      return 4;
-    case ElemType::kI64:
-      return 8;
-    case ElemType::kU8:
-      return 1;
-    case ElemType::kOptimState:
-      return 16;
-    case ElemType::kModel:
-      return 2;
-  }
-  return 1;
-}
-
 // The executor's temporaries of one direction: roots of the tensors its steps touch that the
 // caller does not bind and (backward) the forward did not save.
 void check_direction(const LayerPlan& lp, int dir, const std::string& what) {
@@ -100,8 +83,9 @@ void check_direction(const LayerPlan& lp, int dir, const std::string& what) {
   int64_t end_to_end = 0;
   for (int r : temps) {
     const Tensor& t = g.tensor(r);
-    const int64_t bytes =
-        t.shape.empty() ? 4096 : shape_numel(t.shape).eval(8, 64, 48) * elem_size(t.type);
+    const int64_t bytes = t.shape.empty() ? 4096
+                                          : shape_numel(t.shape).eval(8, 64, 48) *
+                                                elem_bytes(t.type, Precision::kBf16);
     items.push_back({bytes, life[r]});
     end_to_end += (bytes + kAlign - 1) / kAlign * kAlign;
   }
