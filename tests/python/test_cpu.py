@@ -405,3 +405,42 @@ def test_import_lightseq_does_not_import_dynamo():
             "assert ('torch._dynamo' in sys.modules) == before, 'import lightseq imported torch._dynamo'")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(lightseq.__file__)), os.environ.get("PYTHONPATH", "")] if p))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_layer_calling_convention_is_derived_once_from_the_manifest():
+    """A layer's call positions come from its manifest (lightseq._ops.Layer): where each input and
+    output sits in the native call's argument order, where each backward input comes from, which
+    backward output is each forward input's gradient, and the padding masks of both directions."""
+    from lightseq import _ops
+    E = _ops.Entry
+    tok = ((1, 1, 1, 0), (8, 0, 0, 0))
+    fwd = (E("x", "input", tok, torch.float32, False, False, ""),
+           E("key_padding_mask", "input", ((1, 1, 0, 0), (1, 0, 1, 0)), torch.uint8, True, False, ""),
+           E("w", "param", ((8, 0, 0, 0),), torch.float32, False, False, ""),
+           E("y", "output", tok, torch.float32, False, False, ""),
+           E("bad", "output", ((1, 0, 0, 0),), torch.int32, False, True, ""))
+    bwd = (E("w", "param", ((8, 0, 0, 0),), torch.float32, False, False, ""),
+           E("grad_x", "grad_output", tok, torch.float32, False, False, "x"),
+           E("key_padding_mask", "input", ((1, 1, 0, 0), (1, 0, 1, 0)), torch.uint8, True, False, ""),
+           E("x", "input", tok, torch.float32, False, False, ""),
+           E("grad_y", "grad_input", tok, torch.float32, False, False, "y"),
+           E("grad.w", "param_grad", ((8, 0, 0, 0),), torch.float32, False, False, "w"))
+    lay = _ops.Layer(None, "layers[0]", (), fwd, bwd)
+    assert [e.name for e in lay.fwd_in] == ["x", "key_padding_mask", "w"]
+    assert [e.name for e in lay.fwd_out] == ["y", "bad"]
+    # args + outs = [x, mask, w, y, bad]: the manifest's order
+    assert lay.fwd_order == (0, 1, 2, 3, 4)
+    assert [e.name for e in lay.bwd_in] == ["w", "key_padding_mask", "x", "grad_y"]
+    assert [e.name for e in lay.bwd_out] == ["grad_x", "grad.w"]
+    # args + outs = [w, mask, x, grad_y, grad_x, grad.w] -> manifest order w, grad_x, mask, x, grad_y, grad.w
+    assert lay.bwd_order == (0, 4, 1, 2, 3, 5)
+    # backward inputs: w, mask, x from the forward's args; grad_y is output 0's gradient
+    assert lay.bwd_from == ((False, 2), (False, 1), (False, 0), (True, 0))
+    # the forward args' gradients: x -> grad_x (0), mask -> none, w -> grad.w (1)
+    assert lay.grad_at == (0, -1, 1)
+    assert lay.masks == ((1,), (1,)) and lay.anchor == (0, 0)
+    shapes = _ops._Shapes(lay, (2, 5, 0))
+    assert shapes.fwd_out == (((10, 8), torch.float32, False), ((1,), torch.int32, True))
+    assert shapes.fwd_in[1] == (torch.Size([2, 5]), (torch.bool, torch.uint8), True)
+    with pytest.raises(ValueError, match=r"the backward reads 'z', which the forward does not take"):
+        _ops.Layer(None, "layers[0]", (), fwd, (E("z", "input", tok, torch.float32, False, False, ""),))
