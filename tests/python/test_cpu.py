@@ -444,3 +444,70 @@ def test_layer_calling_convention_is_derived_once_from_the_manifest():
     assert shapes.fwd_in[1] == (torch.Size([2, 5]), (torch.bool, torch.uint8), True)
     with pytest.raises(ValueError, match=r"the backward reads 'z', which the forward does not take"):
         _ops.Layer(None, "layers[0]", (), fwd, (E("z", "input", tok, torch.float32, False, False, ""),))
+
+
+def test_bert_query_key_value_are_laid_out_together_and_joined_without_a_copy():
+    """compile() moves a BERT layer's query, key and value parameters into one buffer (the same
+    Parameter objects and values), so each call passes them as the graph's in_proj without a copy;
+    gradients reach the three as through torch.cat. Parameters inside a larger buffer (an
+    optimizer's flat arena) are left there and concatenated per call."""
+    transformers = pytest.importorskip("transformers")
+    from lightseq import _hf
+    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, vocab_size=100)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    ref = copy.deepcopy(model)
+    params = list(model.parameters())
+    lightseq.compile(model)
+    assert [id(p) for p in model.parameters()] == [id(p) for p in params]
+    for layer, ref_layer in zip(model.encoder.layer, ref.encoder.layer):
+        sa = layer.attention.self
+        for w in ("weight", "bias"):
+            q, k, v = (getattr(getattr(sa, n), w) for n in ("query", "key", "value"))
+            assert k.data_ptr() == q.data_ptr() + q.numel() * q.element_size()
+            assert v.data_ptr() == k.data_ptr() + k.numel() * k.element_size()
+            assert torch.equal(q, getattr(ref_layer.attention.self.query, w))
+        joined = layer._weights()
+        W, b = joined["self_attn.in_proj_weight"], joined["self_attn.in_proj_bias"]
+        assert W.data_ptr() == sa.query.weight.data_ptr() and b.data_ptr() == sa.query.bias.data_ptr()
+        assert torch.equal(W, torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]))
+        g = torch.randn_like(W)
+        (W * g).sum().backward()
+        for i, n in enumerate(("query", "key", "value")):
+            assert torch.equal(getattr(sa, n).weight.grad, g[64 * i:64 * (i + 1)])
+    x = torch.randint(0, 100, (2, 7))
+    torch.testing.assert_close(model(x).last_hidden_state, ref(x).last_hidden_state)
+    # a state_dict round trip keeps values and layout
+    fresh = lightseq.compile(transformers.BertModel(cfg).eval())
+    fresh.load_state_dict(model.state_dict())
+    sa = fresh.encoder.layer[0].attention.self
+    assert sa.key.weight.data_ptr() == sa.query.weight.data_ptr() + sa.query.weight.numel() * 4
+    torch.testing.assert_close(fresh(x).last_hidden_state, ref(x).last_hidden_state)
+    # parameters that are views into a larger buffer stay there; the call concatenates
+    other = transformers.BertModel(cfg).eval()
+    flat = torch.zeros(3 * (64 * 64 + 8))
+    sa = other.encoder.layer[0].attention.self
+    for i, n in enumerate(("query", "key", "value")):
+        w = getattr(sa, n).weight
+        w.data = flat[i * (64 * 64 + 8):i * (64 * 64 + 8) + 64 * 64].view(64, 64).copy_(w.data)
+    lightseq.compile(other)
+    assert sa.query.weight.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+    W = other.encoder.layer[0]._weights()["self_attn.in_proj_weight"]
+    assert torch.equal(W, torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]))
+    assert not _hf._adjacent([sa.query.weight, sa.key.weight, sa.value.weight])
+
+
+def test_bert_query_key_value_moved_one_by_one_are_laid_out_again_on_the_next_call():
+    """model.to(...) after compile() moves each parameter to storage of its own: the next call lays
+    the group out together again (once), with the values it had."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=128, vocab_size=100)
+    model = lightseq.compile(transformers.BertModel(cfg).eval()).to(torch.float64)
+    sa = model.encoder.layer[0].attention.self
+    assert sa.key.weight.data_ptr() != sa.query.weight.data_ptr() + 64 * 64 * 8  # moved apart
+    want = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]).clone()
+    W = model.encoder.layer[0]._weights()["self_attn.in_proj_weight"]
+    assert sa.key.weight.data_ptr() == sa.query.weight.data_ptr() + 64 * 64 * 8
+    assert W.data_ptr() == sa.query.weight.data_ptr() and torch.equal(W, want)

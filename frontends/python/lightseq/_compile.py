@@ -432,6 +432,8 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
             continue
         setattr(module, _STATE, state)
         module.__class__ = cls
+        if hasattr(module, "_lay_out_joined"):  # a transformers layer's Q/K/V: one buffer (_hf.py)
+            module._lay_out_joined()
         report.append((name or "<model>", _base_name(module), True,
                        f"{config.describe()}, {layer_dtype}{_attention_note(config, layer_dtype, attention)}"
                        f"{_CALL_NOTE}"))

@@ -36,6 +36,77 @@ def _activation(name, what: str) -> str:
     return _ACTIVATIONS[name]
 
 
+def _param(m: nn.Module, path: str):
+    for part in path.split(".")[:-1]:
+        m = getattr(m, part)
+    return getattr(m, path.rsplit(".", 1)[-1])
+
+
+def _adjacent(parts) -> bool:
+    """Whether tensors lie one after another in one storage, contiguous, of one dtype and device:
+    then they are one tensor of their concatenation's shape."""
+    first = parts[0]
+    offset, storage = first.storage_offset(), first.untyped_storage().data_ptr()
+    for p in parts:
+        if (not p.is_contiguous() or p.dtype != first.dtype or p.device != first.device
+                or p.shape[1:] != first.shape[1:] or p.storage_offset() != offset
+                or p.untyped_storage().data_ptr() != storage):
+            return False
+        offset += p.numel()
+    return True
+
+
+class _Joined(torch.autograd.Function):
+    """Tensors that lie one after another in one storage as one tensor, without a copy (what
+    torch.cat would compute); the gradient goes back as views of the joined gradient."""
+
+    @staticmethod
+    def forward(ctx, *parts):
+        ctx.sizes = [p.shape[0] for p in parts]
+        first = parts[0]
+        shape = (sum(ctx.sizes), *first.shape[1:])
+        return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), shape, first.stride())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return tuple(grad.split(ctx.sizes))
+
+
+def _joined(m: nn.Module, paths: tuple) -> torch.Tensor:
+    """The concatenation of a layer's parameters `paths` (a Family.joined group): a view of their
+    memory when they lie together (compile() laid them out so; a later .to()/.cuda() that moved
+    them one by one is undone here, once), else torch.cat."""
+    parts = [_param(m, p) for p in paths]
+    if torch.compiler.is_compiling():
+        return torch.cat(parts)
+    if not _adjacent(parts) and not (parts[0].is_cuda and torch.cuda.is_current_stream_capturing()):
+        _lay_out(parts)  # not while a CUDA graph captures: the copy would be captured
+    return _Joined.apply(*parts) if _adjacent(parts) else torch.cat(parts)
+
+
+def _lay_out(parts) -> None:
+    """Moves parameters into one buffer, one after another (the same Parameter objects, their values
+    unchanged), unless one is missing or is a view into a larger buffer (an optimizer's flat arena,
+    FSDP's flat parameters): moving it would detach it from that buffer."""
+    if any(p is None or p.is_meta for p in parts) or _adjacent(parts):
+        return
+    if any(p.untyped_storage().nbytes() != p.numel() * p.element_size() or not p.is_contiguous()
+           or p.dtype != parts[0].dtype or p.device != parts[0].device or p.shape[1:] != parts[0].shape[1:]
+           for p in parts):
+        return
+    with torch.no_grad():
+        packed = torch.cat([p.detach() for p in parts])
+        for p, view in zip(parts, packed.split([p.shape[0] for p in parts])):
+            p.data = view
+
+
+def lay_out_joined(module: nn.Module, groups: tuple) -> None:
+    """compile()'s part: each Family.joined group of `module` in one buffer (_lay_out), so that
+    _joined passes it without a copy."""
+    for paths in groups:
+        _lay_out([_param(module, p) for p in paths])
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """One family of transformers layers lightseq compiles."""
@@ -51,6 +122,10 @@ class Family:
     weights: Callable     # layer -> {graph parameter name: tensor}
     call: Callable        # (layer, torch_forward, hidden_states, named arguments) -> output
     layer_note: str = ""  # for explain(): what else runs its code
+    # Groups of parameters (attribute paths) that the graph takes as one tensor, concatenated in
+    # this order (the query, key and value projections: its in_proj): compile() lays each group out
+    # one after another in memory so that a call passes it without a copy (_joined).
+    joined: tuple = ()
 
 
 def _module(name: str):
@@ -181,10 +256,13 @@ def _bert_config(m: nn.Module) -> EncoderConfig:
                     names=_BERT_NAMES)
 
 
+_BERT_JOINED = tuple(tuple(f"attention.self.{p}.{w}" for p in ("query", "key", "value")) for w in ("weight", "bias"))
+
+
 def _bert_weights(m: nn.Module) -> dict:
-    sa, ao, out = m.attention.self, m.attention.output, m.output
-    return {"self_attn.in_proj_weight": torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]),
-            "self_attn.in_proj_bias": torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]),
+    ao, out = m.attention.output, m.output
+    return {"self_attn.in_proj_weight": _joined(m, _BERT_JOINED[0]),
+            "self_attn.in_proj_bias": _joined(m, _BERT_JOINED[1]),
             "self_attn.out_proj.weight": ao.dense.weight, "self_attn.out_proj.bias": ao.dense.bias,
             "linear1.weight": m.intermediate.dense.weight, "linear1.bias": m.intermediate.dense.bias,
             "linear2.weight": out.dense.weight, "linear2.bias": out.dense.bias,
@@ -309,13 +387,16 @@ def _vit_config(m: nn.Module) -> EncoderConfig:
                     names=_VIT_NAMES)
 
 
+_VIT_JOINED = tuple(tuple(f"attention.{p}.{w}" for p in ("q_proj", "k_proj", "v_proj")) for w in ("weight", "bias"))
+
+
 def _vit_weights(m: nn.Module) -> dict:
     a = m.attention
-    q, k, v = a.q_proj, a.k_proj, a.v_proj
+    q = a.q_proj
     # qkv_bias=False: the graph's bias is zeros (a constant: no gradient flows into a parameter)
     bias = torch.zeros(3 * q.out_features, dtype=q.weight.dtype, device=q.weight.device) if q.bias is None \
-        else torch.cat([q.bias, k.bias, v.bias])
-    return {"self_attn.in_proj_weight": torch.cat([q.weight, k.weight, v.weight]), "self_attn.in_proj_bias": bias,
+        else _joined(m, _VIT_JOINED[1])
+    return {"self_attn.in_proj_weight": _joined(m, _VIT_JOINED[0]), "self_attn.in_proj_bias": bias,
             "self_attn.out_proj.weight": a.o_proj.weight, "self_attn.out_proj.bias": a.o_proj.bias,
             "linear1.weight": m.mlp.fc1.weight, "linear1.bias": m.mlp.fc1.bias,
             "linear2.weight": m.mlp.fc2.weight, "linear2.bias": m.mlp.fc2.bias,
@@ -360,10 +441,13 @@ def _distilbert_config(m: nn.Module) -> EncoderConfig:
                     eps=eps, names=_DISTILBERT_NAMES)
 
 
+_DISTILBERT_JOINED = tuple(tuple(f"attention.{p}.{w}" for p in ("q_lin", "k_lin", "v_lin")) for w in ("weight", "bias"))
+
+
 def _distilbert_weights(m: nn.Module) -> dict:
     a, f = m.attention, m.ffn
-    return {"self_attn.in_proj_weight": torch.cat([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
-            "self_attn.in_proj_bias": torch.cat([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias]),
+    return {"self_attn.in_proj_weight": _joined(m, _DISTILBERT_JOINED[0]),
+            "self_attn.in_proj_bias": _joined(m, _DISTILBERT_JOINED[1]),
             "self_attn.out_proj.weight": a.out_lin.weight, "self_attn.out_proj.bias": a.out_lin.bias,
             "linear1.weight": f.lin1.weight, "linear1.bias": f.lin1.bias,
             "linear2.weight": f.lin2.weight, "linear2.bias": f.lin2.bias,
@@ -432,7 +516,7 @@ FAMILIES = (
             ("attention.output", "BertSelfOutput", ("forward",)),
             ("intermediate", "BertIntermediate", ("forward",)), ("output", "BertOutput", ("forward",))),
            (), _bert_config, _bert_dropouts, _bert_weights, _bert_call,
-           "RobertaLayer, XLMRobertaLayer, CamembertLayer, ElectraLayer, ..."),
+           "RobertaLayer, XLMRobertaLayer, CamembertLayer, ElectraLayer, ...", _BERT_JOINED),
     Family("GPT-2", "transformers.models.gpt2.modeling_gpt2",
            (("", "GPT2Block", ("forward",)), ("attn", "GPT2Attention", ("forward",)),
             ("mlp", "GPT2MLP", ("forward",))),
@@ -441,12 +525,12 @@ FAMILIES = (
            (("", "ViTLayer", ("forward",)), ("attention", "ViTAttention", ("forward",)),
             ("mlp", "ViTMLP", ("forward",))),
            ("layernorm_before", "layernorm_after", "attention.q_proj", "attention.o_proj", "mlp.fc1", "mlp.fc2"),
-           _vit_config, _vit_dropouts, _vit_weights, _encoder_call),
+           _vit_config, _vit_dropouts, _vit_weights, _encoder_call, joined=_VIT_JOINED),
     Family("DistilBERT", "transformers.models.distilbert.modeling_distilbert",
            (("", "TransformerBlock", ("forward",)), ("attention", "DistilBertSelfAttention", ("forward",)),
             ("ffn", "FFN", ("forward", "ff_chunk"))),
            ("sa_layer_norm", "output_layer_norm", "attention.q_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"),
-           _distilbert_config, _distilbert_dropouts, _distilbert_weights, _encoder_call),
+           _distilbert_config, _distilbert_dropouts, _distilbert_weights, _encoder_call, joined=_DISTILBERT_JOINED),
 )
 
 
@@ -489,7 +573,8 @@ def compiled_class(base: type, fam: Family) -> type:
     cls = _compile.compiled_subclass(
         base, f"A transformers {base.__name__} running lightseq's kernels (same parameters).",
         {"forward": forward, "_weights": lambda self: fam.weights(self),
-         "_dropouts": lambda self: fam.dropouts(self)}, _restore, (base, fam.name))
+         "_dropouts": lambda self: fam.dropouts(self),
+         "_lay_out_joined": lambda self: lay_out_joined(self, fam.joined)}, _restore, (base, fam.name))
     _classes[base] = cls
     return cls
 
