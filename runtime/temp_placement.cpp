@@ -12,36 +12,32 @@ int root_of(const Graph& g, int id) {
   return id;
 }
 
-namespace {
-
-// Every tensor a step reads or writes (its arguments, epilogue operands, tensor-list slots).
-template <typename F>
-void for_each_tensor(const Step& step, F&& f) {
+std::vector<int> step_tensors(const Step& step) {
+  std::vector<int> out;
   if (const auto* gm = std::get_if<GemmStep>(&step)) {
     for (int id : {gm->a, gm->b, gm->c, gm->d, gm->bias, gm->aux, gm->bias_grad})
-      if (id >= 0) f(id);
-    return;
+      if (id >= 0) out.push_back(id);
+    return out;
   }
   const auto& k = std::get<KernelStep>(step);
-  for (int id : k.reads) f(id);
-  for (int id : k.writes) f(id);
+  out.insert(out.end(), k.reads.begin(), k.reads.end());
+  out.insert(out.end(), k.writes.begin(), k.writes.end());
   for (const KernelArg& a : k.args) {
-    if (a.tensor >= 0) f(a.tensor);
+    if (a.tensor >= 0) out.push_back(a.tensor);
     for (int id : a.list)
-      if (id >= 0) f(id);
+      if (id >= 0) out.push_back(id);
   }
+  return out;
 }
-
-}  // namespace
 
 std::vector<Lifetime> step_lifetimes(const Graph& g, const std::vector<Step>& steps) {
   std::vector<Lifetime> life(g.tensors().size());
   for (size_t i = 0; i < steps.size(); ++i) {
-    for_each_tensor(steps[i], [&](int id) {
+    for (int id : step_tensors(steps[i])) {
       Lifetime& l = life[root_of(g, id)];
       l.first = std::min(l.first, i);
       l.last = std::max(l.last, i);
-    });
+    }
   }
   // A view lives as long as its root.
   for (size_t id = 0; id < life.size(); ++id) life[id] = life[root_of(g, static_cast<int>(id))];

@@ -19,6 +19,10 @@
 
 namespace lightseq {
 
+// Every tensor id a step reads or writes: its GEMM operands and epilogue tensors, or its kernel's
+// reads, writes, arguments and tensor-list slots (views as themselves, not their roots).
+std::vector<int> step_tensors(const Step& step);
+
 // Per tensor id: the first and last index of a step in `steps` that touches its root tensor (a
 // view's parent), or {SIZE_MAX, 0} for a tensor no step touches.
 struct Lifetime {

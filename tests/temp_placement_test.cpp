@@ -95,20 +95,8 @@ void check_direction(const LayerPlan& lp, int dir, const std::string& what) {
   for (size_t i = 0; i < temps.size(); ++i) index[temps[i]] = static_cast<int>(i);
   for (size_t s = 0; s < steps.size(); ++s) {
     std::vector<int> touched;
-    auto add = [&](int id) {
-      if (id >= 0 && index[root_of(g, id)] >= 0) touched.push_back(index[root_of(g, id)]);
-    };
-    if (const auto* gm = std::get_if<GemmStep>(&steps[s])) {
-      for (int id : {gm->a, gm->b, gm->c, gm->d, gm->bias, gm->aux, gm->bias_grad}) add(id);
-    } else {
-      const auto& k = std::get<KernelStep>(steps[s]);
-      for (int id : k.reads) add(id);
-      for (int id : k.writes) add(id);
-      for (const KernelArg& a : k.args) {
-        add(a.tensor);
-        for (int id : a.list) add(id);
-      }
-    }
+    for (int id : step_tensors(steps[s]))
+      if (index[root_of(g, id)] >= 0) touched.push_back(index[root_of(g, id)]);
     std::sort(touched.begin(), touched.end());
     touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
     for (size_t i = 0; i < touched.size(); ++i) {

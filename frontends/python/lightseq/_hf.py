@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import operator
 import textwrap
 import weakref
 from typing import Callable, Optional
@@ -34,12 +35,6 @@ def _activation(name, what: str) -> str:
     if not isinstance(name, str) or name not in _ACTIVATIONS:
         raise Unsupported(f"{what} {name!r} (lightseq compiles {', '.join(repr(n) for n in _ACTIVATIONS)})")
     return _ACTIVATIONS[name]
-
-
-def _param(m: nn.Module, path: str):
-    for part in path.split(".")[:-1]:
-        m = getattr(m, part)
-    return getattr(m, path.rsplit(".", 1)[-1])
 
 
 def _adjacent(parts) -> bool:
@@ -76,7 +71,7 @@ def _joined(m: nn.Module, paths: tuple) -> torch.Tensor:
     """The concatenation of a layer's parameters `paths` (a Family.joined group): a view of their
     memory when they lie together (compile() laid them out so; a later .to()/.cuda() that moved
     them one by one is undone here, once), else torch.cat."""
-    parts = [_param(m, p) for p in paths]
+    parts = [operator.attrgetter(p)(m) for p in paths]
     if torch.compiler.is_compiling():
         return torch.cat(parts)
     if not _adjacent(parts) and not (parts[0].is_cuda and torch.cuda.is_current_stream_capturing()):
@@ -104,7 +99,7 @@ def lay_out_joined(module: nn.Module, groups: tuple) -> None:
     """compile()'s part: each Family.joined group of `module` in one buffer (_lay_out), so that
     _joined passes it without a copy."""
     for paths in groups:
-        _lay_out([_param(module, p) for p in paths])
+        _lay_out([operator.attrgetter(p)(module) for p in paths])
 
 
 @dataclasses.dataclass(frozen=True)
