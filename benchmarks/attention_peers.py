@@ -34,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128])
-    ap.add_argument("--seqs", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
+    ap.add_argument("--seqs", type=int, nargs="+", default=[128, 512, 1024, 2048, 4096, 8192])
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--iters", type=int, default=20)
     args = ap.parse_args()

@@ -318,6 +318,90 @@ __device__ __forceinline__ void store_rows(T* dst, const int64_t (&row)[2], int6
   }
 }
 
+// The D of query rows [m0, m0 + kM) of a head (Σ_d grad_out·out in fp32) into dot[kM] (0 past
+// `rows`): kThreads / kM consecutive threads per row, each summing pairs of elements, then a
+// fixed-order shuffle sum (the same bits every run). Every thread of the block takes part.
+template <typename T, int kD, int kM, int kThreads>
+__device__ __forceinline__ void stage_dot(float* dot, const T* out, const T* grad_out, int64_t m0,
+                                          int64_t rows) {
+  constexpr int kPer = kThreads / kM;
+  static_assert(
+      kThreads % kM == 0 && kPer <= 32 && (kPer & (kPer - 1)) == 0 && kD % (2 * kPer) == 0,
+      "kThreads / kM threads per row, a power of two dividing the row's pairs");
+  const int i = threadIdx.x / kPer, part = threadIdx.x % kPer;
+  const int64_t row = m0 + i;
+  float acc = 0.f;
+  if (row < rows) {
+#pragma unroll
+    for (int c = 2 * part; c < kD; c += 2 * kPer) {
+      const T* o = out + row * kD + c;
+      const T* go = grad_out + row * kD + c;
+      acc += to_float(o[0]) * to_float(go[0]) + to_float(o[1]) * to_float(go[1]);
+    }
+  }
+#pragma unroll
+  for (int off = kPer / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (part == 0) dot[i] = acc;
+}
+
+// A warp's [16 rows, kCols] C-layout fragments (c[n][2r + h]: row g + 8r, column 8n + 2t + h) into
+// shared memory rounded to T (row stride kStride elements).
+template <typename T, int kCols, int kStride>
+__device__ __forceinline__ void store_rows_t(T* dst, const float (&c)[kCols / 8][4], int g, int t) {
+#pragma unroll
+  for (int n = 0; n < kCols / 8; ++n) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      *reinterpret_cast<uint32_t*>(dst + (g + 8 * r) * kStride + 8 * n + 2 * t) =
+          pack_float<T>(c[n][2 * r], c[n][2 * r + 1]);
+    }
+  }
+}
+
+// grad_q rows [m0, m0 + kM) of a head (those below `rows`) = scale · dS · k over kN keys: dS from
+// dSᵀ [kN keys, kM queries] in shared memory (A fragments by ldmatrix.trans), k from the [kN, kD]
+// key tile (B fragments by ldmatrix.trans). Warp w takes the 16 rows w % (kM / 16) and the pairs of
+// 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...
+template <typename T, int kD, int kM, int kN, int kWarps>
+__device__ __forceinline__ void grad_q_tile(T* grad_q, const T* dst, const T* ks, int64_t m0,
+                                            int64_t rows, float scale, int warp, int lane) {
+  constexpr int kRowBlocks = kM / 16, kGroups = kWarps / kRowBlocks, kPairs = kD / 16;
+  constexpr int kMine = (kPairs + kGroups - 1) / kGroups;
+  constexpr int kStride = kD + 8, kSStride = kM + 8;
+  static_assert(kWarps % kRowBlocks == 0, "whole row blocks per warp group");
+  const int rb = warp % kRowBlocks, grp = warp / kRowBlocks;
+  const int m = lane / 8, r = lane % 8, g = lane / 4, t = lane % 4;
+  uint32_t a[kN / 16][4];  // dS rows rb·16.., keys 16c..16c+15
+#pragma unroll
+  for (int c = 0; c < kN / 16; ++c) {
+    ldmatrix_x4_trans(a[c], dst + (c * 16 + (m / 2) * 8 + r) * kSStride + rb * 16 + (m % 2) * 8);
+  }
+#pragma unroll
+  for (int i = 0; i < kMine; ++i) {
+    const int pair = grp + i * kGroups;
+    if (pair >= kPairs) break;
+    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int c = 0; c < kN / 16; ++c) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, ks + (c * 16 + (m % 2) * 8 + r) * kStride + (2 * pair + m / 2) * 8);
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_16816<T>(acc[0], a[c], b0);
+      mma_16816<T>(acc[1], a[c], b1);
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int64_t row = m0 + rb * 16 + g + 8 * rr;
+      if (row >= rows) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        *reinterpret_cast<uint32_t*>(grad_q + row * kD + (2 * pair + h) * 8 + 2 * t) =
+            pack_float<T>(acc[h][2 * rr] * scale, acc[h][2 * rr + 1] * scale);
+      }
+    }
+  }
+}
+
 }  // namespace flash
 
 // flash_attn_fwd_kernel — out = softmax(q·kᵀ·scale + mask) (dropped) · v per (batch, head); lse =
@@ -488,16 +572,20 @@ __global__ void __launch_bounds__(kFlashThreads)
 // The gradients of out = P̃·v, P̃ = dropout(P), P = softmax(s), s = q·kᵀ·scale + mask, recomputing P
 // from q, k and the forward's lse: with dP = dropout_mask(grad_out·vᵀ) and D_i = Σ_d grad_out[i]·
 // out[i] (= Σ_j P_ij·dP_ij), dS = P ∘ (dP - D), grad_q = scale·dS·k, grad_k = scale·dSᵀ·q,
-// grad_v = P̃ᵀ·grad_out. Three kernels, no atomics (deterministic): D per query row, then grad_k
-// and grad_v per key tile (looping over query tiles), then grad_q per query tile (looping over
-// key tiles).
+// grad_v = P̃ᵀ·grad_out. No atomics (deterministic). Keys in one block (k_len <= 128, the common
+// training lengths): one kernel, grad_k/grad_v/grad_q and D together. Longer: three, D per query
+// row, then grad_k and grad_v per key block (looping over query tiles), then grad_q per query tile
+// (looping over key tiles).
 
 // flash_attn_bwd_dot_kernel — dot[r] = Σ_d grad_out[r, d]·out[r, d] in fp32.
 // Shapes:    out, grad_out [rows, kD]; dot [rows] fp32 `=`.
-// Grid/Block: flash_dot_grid(rows) blocks of kElementwiseThreads, one row per thread.
+// Grid/Block: flash_dot_grid(rows, k_len) blocks of kElementwiseThreads, one row per thread; none
+//            (k_len only decides that) when one key block holds every key: the grad_k/grad_v kernel
+//            computes D itself then.
 template <typename T, int kD>
 __global__ void __launch_bounds__(kElementwiseThreads)
-    flash_attn_bwd_dot_kernel(const T* out, const T* grad_out, float* dot, int64_t rows) {
+    flash_attn_bwd_dot_kernel(const T* out, const T* grad_out, float* dot, int64_t rows,
+                              int64_t k_len) {
   constexpr int kVec = 16 / sizeof(T);
   static_assert(kD % kVec == 0, "kD: a multiple of the 16-byte vector");
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kElementwiseThreads + threadIdx.x;
@@ -513,34 +601,44 @@ __global__ void __launch_bounds__(kElementwiseThreads)
   dot[r] = acc;
 }
 
-// flash_attn_bwd_dkdv_kernel — grad_k, grad_v of one tile of 64 keys per block (4 warps of 16
-//   keys), over every query tile: sᵀ = k·qᵀ and dPᵀ = v·grad_outᵀ with the keys as rows, so the
-//   probabilities' fragments feed the products for grad_v and grad_k directly.
-// Shapes:    q, grad_out [batch·heads, q_len, kD]; k, v, grad_k, grad_v [batch·heads, k_len, kD];
-//            lse, dot [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_kernel's).
-//            grad_k, grad_v `=`.
-// Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of kFlashThreads. Smem: static,
-//            2·kM·(kD + 8) elements (a query tile and its grad_out tile, by cp.async; kM = 64, 32
-//            past head dim 64) and the tile's lse and D (2·kM floats).
+// flash_attn_bwd_dkdv_kernel — grad_k, grad_v of one block of kFlashBwdBlockN (128) keys per
+//   block (8 warps of 16 keys), over every query tile: sᵀ = k·qᵀ and dPᵀ = v·grad_outᵀ with the
+//   keys as rows, so the probabilities' fragments feed the products for grad_v and grad_k directly.
+//   When the block holds every key (flash_bwd_one_block(k_len)), it also computes each query
+//   tile's D from out and grad_out, and grad_q = scale·dS·k (dSᵀ through shared memory): the whole
+//   backward in one launch, one recomputation of P and one dropout draw per entry.
+// Shapes:    q, grad_out, out, grad_q [batch·heads, q_len, kD]; k, v, grad_k, grad_v [batch·heads,
+//            k_len, kD]; lse, dot [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_
+//            kernel's, read only with several key blocks). grad_k, grad_v `=`; grad_q `=` with one
+//            key block (otherwise flash_attn_bwd_dq_kernel writes it; out is then not read).
+// Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of kFlashBwdThreads; dynamic smem
+//            flash_bwd_smem(kD, k_len): a query tile and its grad_out tile (kM = flash_bwd_block_m
+//            rows, by cp.async), the tile's lse and D; with one key block also the keys and the
+//            tile's dSᵀ.
 template <typename T, int kD, Mask kMask, Drop kDrop>
-__global__ void __launch_bounds__(kFlashThreads)
+__global__ void __launch_bounds__(kFlashBwdThreads)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
-                               const T* grad_out, const float* lse, const float* dot, T* grad_k,
-                               T* grad_v, int64_t batch, int64_t heads, int64_t q_len,
-                               int64_t k_len, float scale, DropoutArgs drop) {
+                               const T* grad_out, const float* lse, const float* dot, const T* out,
+                               T* grad_q, T* grad_k, T* grad_v, int64_t batch, int64_t heads,
+                               int64_t q_len, int64_t k_len, float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
-  // Query tiles of 32 past head dim 64: k and v fragments and two accumulators already hold
-  // kD / 2 registers each per thread.
-  constexpr int kM = kD > 64 ? kFlashBlockM / 2 : kFlashBlockM, kN = kFlashBlockN;
-  constexpr int kStride = kD + 8;
-  __shared__ __align__(16) T qs[kM * kStride];
-  __shared__ __align__(16) T gs[kM * kStride];
-  __shared__ float lse_s[kM], dot_s[kM];
+  constexpr int kM = flash_bwd_block_m(kD), kN = kFlashBwdBlockN;
+  constexpr int kWarps = kFlashBwdThreads / 32;
+  static_assert(kN == 16 * kWarps, "16 keys per warp");
+  constexpr int kStride = kD + 8, kSStride = kM + 8;
+  extern __shared__ __align__(16) unsigned char flash_bwd_smem_bytes[];
+  T* qs = reinterpret_cast<T*>(flash_bwd_smem_bytes);
+  T* gs = qs + kM * kStride;
+  float* lse_s = reinterpret_cast<float*>(gs + kM * kStride);
+  float* dot_s = lse_s + kM;
+  T* ks = reinterpret_cast<T*>(dot_s + kM);  // one key block: the keys (grad_q's B operand)
+  T* dst = ks + kN * kStride;                // one key block: the tile's dSᵀ [key][query]
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
   constexpr float kLog2e = 1.4426950408889634f;
   const float scale2 = scale * kLog2e;
 
+  const bool one = flash_bwd_one_block(k_len);
   const int64_t bh = blockIdx.y;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -557,25 +655,32 @@ __global__ void __launch_bounds__(kFlashThreads)
   float dk[kD / 8][4], dv[kD / 8][4];
   flash::zero(dk);
   flash::zero(dv);
-  // Causal: no query before the first that may see the tile's first key.
+  // Causal: no query before the first that may see the block's first key (with one key block
+  // every query tile is visited: each writes its grad_q rows, zeros where no key is visible).
   int64_t m_begin = 0;
   if constexpr (has_causal(kMask)) {
     const int64_t first = n0 - (k_len - q_len);
-    m_begin = first > 0 ? first / kM * kM : 0;
+    if (!one) m_begin = first > 0 ? first / kM * kM : 0;
   }
   // Query and grad_out tiles by cp.async: the next grad_out tile loads while grad_k's product
   // runs; the next query tile is requested as soon as the last reader of this one is done.
+  if (one) flash::load_tile_async<T, kD, kN, kStride>(ks, k + bh * k_len * kD, 0, k_len);
   if (m_begin < q_len) {
     flash::load_tile_async<T, kD, kM, kStride>(qs, qh, m_begin, q_len);
     flash::load_tile_async<T, kD, kM, kStride>(gs, gh, m_begin, q_len);
-    flash::cp_async_commit();
   }
+  flash::cp_async_commit();
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
     // The tile's lse (log2 units) and D, staged once (the previous tile's readers are done).
+    if (one) {
+      flash::stage_dot<T, kD, kM, kFlashBwdThreads>(dot_s, out + bh * q_len * kD, gh, m0, q_len);
+    } else {
+      for (int i = threadIdx.x; i < kM; i += blockDim.x) {
+        dot_s[i] = m0 + i < q_len ? dot[bh * q_len + m0 + i] : 0.f;
+      }
+    }
     for (int i = threadIdx.x; i < kM; i += blockDim.x) {
-      const bool in = m0 + i < q_len;
-      lse_s[i] = in ? lse[bh * q_len + m0 + i] * kLog2e : 0.f;
-      dot_s[i] = in ? dot[bh * q_len + m0 + i] : 0.f;
+      lse_s[i] = m0 + i < q_len ? lse[bh * q_len + m0 + i] * kLog2e : 0.f;
     }
     flash::cp_async_wait<0>();
     __syncthreads();
@@ -605,7 +710,8 @@ __global__ void __launch_bounds__(kFlashThreads)
       }
     }
     flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out
-    __syncthreads();                                      // every warp is done with gs
+    if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
+    __syncthreads();  // every warp is done with gs (and has stored its dSᵀ rows)
     if (more) {
       flash::load_tile_async<T, kD, kM, kStride>(gs, gh, m0 + kM, q_len);
       flash::cp_async_commit();
@@ -615,6 +721,12 @@ __global__ void __launch_bounds__(kFlashThreads)
     if (more) {
       flash::load_tile_async<T, kD, kM, kStride>(qs, qh, m0 + kM, q_len);
       flash::cp_async_commit();
+    }
+    // grad_q of the tile's rows (while the next tiles load; dSᵀ is rewritten only after the next
+    // iteration's first barrier).
+    if (one) {
+      flash::grad_q_tile<T, kD, kM, kN, kWarps>(grad_q + bh * q_len * kD, dst, ks, m0, q_len, scale,
+                                                warp, lane);
     }
   }
   const float scales[2] = {scale, scale}, ones[2] = {1.f, 1.f};
@@ -626,7 +738,8 @@ __global__ void __launch_bounds__(kFlashThreads)
 //   every key tile.
 // Shapes:    q, grad_out, grad_q [batch·heads, q_len, kD]; k, v [batch·heads, k_len, kD]; lse,
 //            dot [batch·heads, q_len] fp32. grad_q `=`.
-// Grid/Block: flash_fwd_grid(batch·heads, q_len) blocks of kFlashThreads. Smem: static,
+// Grid/Block: flash_dq_grid(batch·heads, q_len, k_len) blocks of kFlashThreads (none when one key
+//            block holds every key: flash_attn_bwd_dkdv_kernel writes grad_q then). Smem: static,
 //            2·kFlashBlockN·(kD + 8) elements (a key tile and its value tile, by cp.async).
 template <typename T, int kD, Mask kMask, Drop kDrop>
 __global__ void __launch_bounds__(kFlashThreads)

@@ -23,14 +23,37 @@ LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len)
                  static_cast<uint32_t>(batch_heads), 1};
 }
 
-// The backward: grad_k/grad_v per key tile (x: key tiles, y: batch · heads); grad_q per query tile
-// as the forward; D (Σ grad_out·out) one row per thread.
+// The backward: grad_k/grad_v per block of kFlashBwdBlockN keys (8 warps of 16; x: key blocks, y:
+// batch · heads), looping over query tiles of flash_bwd_block_m(kD) rows; grad_q per query tile as
+// the forward; D (Σ grad_out·out) one row per thread. When one key block holds every key
+// (flash_bwd_one_block), the grad_k/grad_v kernel also writes grad_q and computes D itself: the D
+// and grad_q kernels' grids are then empty (nothing launched), and the backward is one launch.
+inline constexpr int kFlashBwdBlockN = 128;
+inline constexpr int kFlashBwdThreads = 256;
+LIGHTSEQ_HD constexpr bool flash_bwd_one_block(int64_t k_len) {
+  return k_len > 0 && k_len <= kFlashBwdBlockN;
+}
+// Query rows per tile of the grad_k/grad_v kernel: 32 past head dim 64 (the block's k and v
+// fragments and its two accumulators already hold kD / 2 registers each per thread).
+LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d) { return d > 64 ? 32 : 64; }
+// Its dynamic shared memory (fp16/bf16 elements, rows padded by 8): a query tile and its grad_out
+// tile, the tile's lse and D; with one key block also the keys and the tile's dSᵀ [keys, queries].
+LIGHTSEQ_HD constexpr int flash_bwd_smem(int64_t d, int64_t k_len) {
+  const int64_t m = flash_bwd_block_m(d);
+  const int64_t base = 2 * m * (d + 8) * 2 + 2 * m * 4;
+  const int64_t one = kFlashBwdBlockN * (d + 8) * 2 + kFlashBwdBlockN * (m + 8) * 2;
+  return static_cast<int>(base + (flash_bwd_one_block(k_len) ? one : 0));
+}
 LIGHTSEQ_HD constexpr GridDim flash_bwd_grid(int64_t batch_heads, int64_t k_len) {
-  return GridDim{static_cast<uint32_t>(ceil_div(k_len, kFlashBlockN)),
+  return GridDim{static_cast<uint32_t>(ceil_div(k_len, kFlashBwdBlockN)),
                  static_cast<uint32_t>(batch_heads), 1};
 }
-LIGHTSEQ_HD constexpr GridDim flash_dot_grid(int64_t rows) {
-  return grid_1d(ceil_div(rows, kElementwiseThreads));
+LIGHTSEQ_HD constexpr GridDim flash_dq_grid(int64_t batch_heads, int64_t q_len, int64_t k_len) {
+  return flash_bwd_one_block(k_len) ? GridDim{0, 1, 1} : flash_fwd_grid(batch_heads, q_len);
+}
+LIGHTSEQ_HD constexpr GridDim flash_dot_grid(int64_t rows, int64_t k_len) {
+  return flash_bwd_one_block(k_len) ? GridDim{0, 1, 1}
+                                    : grid_1d(ceil_div(rows, kElementwiseThreads));
 }
 
 }  // namespace lightseq::kern
@@ -66,9 +89,11 @@ inline constexpr Kernel kFlashFwd =
 namespace flash_dot {
 inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d")};
 inline constexpr Param kP[] = {in("out", CType::kConstTPtr), in("grad_out", CType::kConstTPtr),
-                               out("dot", CType::kF32Ptr), scalar("rows", CType::kI64)};
+                               out("dot", CType::kF32Ptr), scalar("rows", CType::kI64),
+                               scalar("k_len", CType::kI64)};
 inline Launch launch(const Values& v) {
-  return {flash_dot_grid(v.i[index_of(kP, "rows")]), kElementwiseThreads, 0};
+  return {flash_dot_grid(v.i[index_of(kP, "rows")], v.i[index_of(kP, "k_len")]),
+          kElementwiseThreads, 0};
 }
 }  // namespace flash_dot
 inline constexpr Kernel kFlashDot = make_kernel("flash_attention", "flash_attn_bwd_dot_kernel",
@@ -82,13 +107,15 @@ inline constexpr Kernel kFlashDot = make_kernel("flash_attention", "flash_attn_b
       scalar("batch", CType::kI64), scalar("heads", CType::kI64), scalar("q_len", CType::kI64), \
       scalar("k_len", CType::kI64), scalar("scale", CType::kF32), dropout("drop")
 
+// grad_q: written only when one key block holds every key (flash_bwd_one_block); `out` read then.
 namespace flash_dkdv {
 inline constexpr Param kP[] = {
-    LIGHTSEQ_FLASH_BWD_PARAMS(out("grad_k", CType::kTPtr), out("grad_v", CType::kTPtr))};
+    LIGHTSEQ_FLASH_BWD_PARAMS(in("out", CType::kConstTPtr), out("grad_q", CType::kTPtr),
+                              out("grad_k", CType::kTPtr), out("grad_v", CType::kTPtr))};
 inline Launch launch(const Values& v) {
-  return {flash_bwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
-                         v.i[index_of(kP, "k_len")]),
-          kFlashThreads, 0};
+  const int64_t k_len = v.i[index_of(kP, "k_len")];
+  return {flash_bwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")], k_len),
+          kFlashBwdThreads, flash_bwd_smem(v.t[index_of(flash_fwd::kT, "kD")], k_len)};
 }
 }  // namespace flash_dkdv
 inline constexpr Kernel kFlashDkDv =
@@ -98,8 +125,8 @@ inline constexpr Kernel kFlashDkDv =
 namespace flash_dq {
 inline constexpr Param kP[] = {LIGHTSEQ_FLASH_BWD_PARAMS(out("grad_q", CType::kTPtr))};
 inline Launch launch(const Values& v) {
-  return {flash_fwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
-                         v.i[index_of(kP, "q_len")]),
+  return {flash_dq_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
+                        v.i[index_of(kP, "q_len")], v.i[index_of(kP, "k_len")]),
           kFlashThreads, 0};
 }
 }  // namespace flash_dq

@@ -233,9 +233,14 @@ Vec GpuKernelTest::download(const DeviceArray& a) {
 
 void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int block,
                            std::vector<void*> args) {
+  launch(kernel, grid, block, 0, std::move(args));
+}
+
+void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int block,
+                           int smem_bytes, std::vector<void*> args) {
   CUfunction f = kernel_function(kernel);
-  lightseq::launch(f, Dim3{grid.x, grid.y, grid.z}, Dim3{static_cast<unsigned>(block), 1, 1}, 0,
-                   stream_, args.data(), kernel.label);
+  lightseq::launch(f, Dim3{grid.x, grid.y, grid.z}, Dim3{static_cast<unsigned>(block), 1, 1},
+                   static_cast<size_t>(smem_bytes), stream_, args.data(), kernel.label);
   LIGHTSEQ_CU_CHECK_MSG(driver().cuStreamSynchronize(stream_),
                         fmt::format("running {} (grid {}x{}x{}, block {})", kernel.label, grid.x,
                                     grid.y, grid.z, block));

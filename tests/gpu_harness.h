@@ -94,6 +94,9 @@ class GpuKernelTest : public ::testing::Test {
   // Launches and synchronizes; a launch or execution error throws CudaError naming the label.
   // args: one pointer per kernel parameter, each to a value of exactly the parameter's type.
   void launch(const KernelInstance& kernel, kern::GridDim grid, int block, std::vector<void*> args);
+  // The same with `smem_bytes` of dynamic shared memory.
+  void launch(const KernelInstance& kernel, kern::GridDim grid, int block, int smem_bytes,
+              std::vector<void*> args);
 
   CUstream stream() const { return stream_; }
 

@@ -2,7 +2,8 @@
 // reference (q·kᵀ·scale, the unfused path's masked softmax and dropout, · v; its softmax backward
 // for the gradients): flash_attn_fwd_kernel and the backward (dot, grad_k/grad_v, grad_q) for
 // fp16/bf16 × head dims 32, 64, 96, 128 × every mask × dropout on/off; query and key lengths 1, 7,
-// 63, 64, 65, 77, 513 and cross-attention shapes with q_len ≠ k_len; a padded-out batch element
+// 63, 64, 65, 77, 128, 129, 513 and cross-attention shapes with q_len ≠ k_len (the backward in one
+// launch where k_len <= 128, in three past it); a padded-out batch element
 // (its rows fully masked: out 0, lse +inf, no gradient); the dropped entries the same as the
 // unfused softmax's for the same seed and offset; the backward bitwise the same twice.
 #include <gtest/gtest.h>
@@ -42,7 +43,11 @@ const Shape kShapes[] = {{2, 3, 1, 1},
                          {2, 1, 513, 513},
                          // k_len % 4 == 0: the dropout draws shared between threads
                          {2, 2, 130, 128},
-                         {1, 3, 200, 196}};
+                         {1, 3, 200, 196},
+                         // one key block (every key in one grad_k/grad_v block: the backward in
+                         // one launch) over many query tiles; just past it, two blocks
+                         {1, 2, 300, 64},
+                         {2, 1, 129, 129}};
 
 KernelInstance instance(Precision p, int64_t d, Mask m, bool drop) {
   return codegen::flash_fwd(p, {d, kern::has_padding(m), kern::has_causal(m), drop});
@@ -265,20 +270,29 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
     DeviceArray dgo = upload(p, go), dot = poisoned(Precision::kFp32, bh * s.q_len);
     int64_t rows = bh * s.q_len;
     CUdeviceptr gop = dgo.ptr(), dotp = dot.ptr();
-    launch(codegen::flash_dot(p, d), kern::flash_dot_grid(rows), kern::kElementwiseThreads,
-           {&op, &gop, &dotp, &rows});
+    // The grids of flash_attention.sig.cuh: where one key block holds every key the grad_k/grad_v
+    // kernel does everything (the D and grad_q grids are empty, nothing launched).
+    auto run_grid = [&](const KernelInstance& kernel, kern::GridDim grid, int block, int smem,
+                        std::vector<void*> a) {
+      if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+      launch(kernel, grid, block, smem, std::move(a));
+    };
+    run_grid(codegen::flash_dot(p, d), kern::flash_dot_grid(rows, k_len), kern::kElementwiseThreads,
+             0, {&op, &gop, &dotp, &rows, &k_len});
     const codegen::Flash f{d, kern::has_padding(mask), kern::has_causal(mask), drop};
     std::vector<uint8_t> first[3];
     for (int run = 0; run < 2; ++run) {
       DeviceArray gq = poisoned(p, bh * s.q_len * d), gk = poisoned(p, bh * s.k_len * d),
                   gv = poisoned(p, bh * s.k_len * d);
       CUdeviceptr gqp = gq.ptr(), gkp = gk.ptr(), gvp = gv.ptr();
-      launch(codegen::flash_dkdv(p, f), kern::flash_bwd_grid(bh, k_len), kern::kFlashThreads,
-             {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &gkp, &gvp, &batch, &heads, &q_len, &k_len,
-              &fscale, const_cast<kern::DropoutArgs*>(&args)});
-      launch(codegen::flash_dq(p, f), kern::flash_fwd_grid(bh, q_len), kern::kFlashThreads,
-             {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &gqp, &batch, &heads, &q_len, &k_len, &fscale,
-              const_cast<kern::DropoutArgs*>(&args)});
+      run_grid(codegen::flash_dkdv(p, f), kern::flash_bwd_grid(bh, k_len), kern::kFlashBwdThreads,
+               kern::flash_bwd_smem(d, k_len),
+               {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &op, &gqp, &gkp, &gvp, &batch, &heads, &q_len,
+                &k_len, &fscale, const_cast<kern::DropoutArgs*>(&args)});
+      run_grid(codegen::flash_dq(p, f), kern::flash_dq_grid(bh, q_len, k_len), kern::kFlashThreads,
+               0,
+               {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &gqp, &batch, &heads, &q_len, &k_len, &fscale,
+                const_cast<kern::DropoutArgs*>(&args)});
       if (run == 0) {
         EXPECT_TRUE(all_close("grad_q", download(gq), want.q, tolerance_for(p), want.q_slack));
         EXPECT_TRUE(all_close("grad_k", download(gk), want.k, tolerance_for(p), want.k_slack));

@@ -144,12 +144,8 @@ std::string_view to_string(OpKind k) {
       return "attention_grad";
     case OpKind::kFlashAttention:
       return "flash_attention";
-    case OpKind::kFlashAttentionDot:
-      return "flash_attention_dot";
-    case OpKind::kFlashAttentionGradKV:
-      return "flash_attention_grad_kv";
-    case OpKind::kFlashAttentionGradQ:
-      return "flash_attention_grad_q";
+    case OpKind::kFlashAttentionGrad:
+      return "flash_attention_grad";
     case OpKind::kLayerNormGrad:
       return "layernorm_grad";
     case OpKind::kDropoutGrad:

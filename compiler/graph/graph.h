@@ -126,12 +126,9 @@ enum class OpKind {
   kEmbeddingGrad,
   // inputs the context's gradient, q, k, v (and the key padding mask); outputs dq, dk, dv
   kAttentionGrad,
-  // The fused backend's backward: D = Σ grad_ctx·ctx per query row (inputs ctx, grad_ctx; output
-  // dot [B, heads, T] fp32); then dk, dv and dq (inputs q, k, v, grad_ctx, lse, dot (and the key
-  // padding mask); outputs dk, dv / dq).
-  kFlashAttentionDot,
-  kFlashAttentionGradKV,
-  kFlashAttentionGradQ,
+  // The fused backend's backward: inputs q, k, v, grad_ctx, lse, ctx (and the key padding mask);
+  // outputs dq, dk, dv (D = Σ grad_ctx·ctx per query row is the planner's scratch).
+  kFlashAttentionGrad,
 };
 std::string_view to_string(OpKind k);
 

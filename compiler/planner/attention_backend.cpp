@@ -151,17 +151,12 @@ Saved fused_forward(Rewriter& r, const Op& op) {
 void fused_backward(Rewriter& r, const Op& op, const Saved& s) {
   const std::string p = prefix_of(op.attrs.attn.forward_op);
   const int d_ctx = op.inputs[0], q = op.inputs[1], k = op.inputs[2], v = op.inputs[3];
-  const int d_q = op.outputs[0], d_k = op.outputs[1], d_v = op.outputs[2];
-  const Shape& lse = r.t(s.lse).shape;
-  const int dot = r.tensor(p + ".flash_dot", lse, TensorRole::kGrad, ElemType::kF32);
-  r.op(OpKind::kFlashAttentionDot, p + ".flash_dot", {s.ctx, d_ctx}, {dot}, op.attrs);
-  std::vector<int> in{q, k, v, d_ctx, s.lse, dot};
+  std::vector<int> in{q, k, v, d_ctx, s.lse, s.ctx};
   if (op.attrs.attn.padding) in.push_back(op.inputs.at(4));
   OpAttrs at = op.attrs;
   at.dropout_site = op.attrs.attn.dropout_site;
   at.dropout_kind = DropoutKind::kAttention;
-  r.op(OpKind::kFlashAttentionGradKV, p + ".flash_grad_kv", in, {d_k, d_v}, at);
-  r.op(OpKind::kFlashAttentionGradQ, p + ".flash_grad_q", in, {d_q}, at);
+  r.op(OpKind::kFlashAttentionGrad, p + ".flash_grad", in, op.outputs, at);
 }
 
 // Why an attention op may not run fused ("" when it may): the kernels' limits.

@@ -237,44 +237,36 @@ void add_backward_rules(std::vector<Rule>& r) {
               {{"rows", ScalarArg::size(rows_of(s, sg.inputs[1]))},
                {"k_len", ScalarArg::size(probs[3])}});
        }});
-  r.push_back({"fused attention: Σ grad·out",
-               {{K::kFlashAttentionDot, false}},
-               {},
-               [](State& s, const Match& m) {
-                 const Op& op = s.op(*m[0]);
-                 emit(s, m,
-                      instantiate(sig::kFlashDot, s.precision, {{"kD", op.attrs.attn.head_dim}}),
-                      {{"out", op.inputs[0]}, {"grad_out", op.inputs[1]}, {"dot", op.outputs[0]}},
-                      {{"rows", ScalarArg::size(shape_numel(s.g.tensor(op.outputs[0]).shape))}});
-               }});
-  // The two gradient kernels read the same inputs: q, k, v, grad_ctx, lse, dot (, key padding).
-  auto flash_grad_args = [](const Op& op) {
-    return Args{{"q", op.inputs[0]},
-                {"k", op.inputs[1]},
-                {"v", op.inputs[2]},
-                {"grad_out", op.inputs[3]},
-                {"lse", op.inputs[4]},
-                {"dot", op.inputs[5]},
-                {"key_padding", op.inputs.size() > 6 ? op.inputs[6] : -1}};
-  };
-  r.push_back({"fused attention: grad k, v",
-               {{K::kFlashAttentionGradKV, false}},
-               {},
-               [flash_grad_args](State& s, const Match& m) {
-                 const Op& op = s.op(*m[0]);
-                 Args args = flash_grad_args(op);
-                 args.insert({{"grad_k", op.outputs[0]}, {"grad_v", op.outputs[1]}});
-                 emit(s, m, flash_instance(s, sig::kFlashDkDv, op), args, flash_scalars(s, op));
-               }});
-  r.push_back({"fused attention: grad q",
-               {{K::kFlashAttentionGradQ, false}},
-               {},
-               [flash_grad_args](State& s, const Match& m) {
-                 const Op& op = s.op(*m[0]);
-                 Args args = flash_grad_args(op);
-                 args.insert({"grad_q", op.outputs[0]});
-                 emit(s, m, flash_instance(s, sig::kFlashDq, op), args, flash_scalars(s, op));
-               }});
+  // The fused backward: D = Σ grad·out (no launch where one key block holds every key), grad k, v
+  // (and then grad q and D too), grad q (no launch then); flash_attention.sig.cuh's grids decide
+  // by k_len at run time.
+  r.push_back(
+      {"fused attention grad", {{K::kFlashAttentionGrad, false}}, {}, [](State& s, const Match& m) {
+         const Op& op = s.op(*m[0]);
+         const int q = op.inputs[0], lse = op.inputs[4], ctx = op.inputs[5];
+         const Scalars scalars = flash_scalars(s, op);
+         const int dot = add_scratch(s, op.name + ".dot", ElemType::kF32, s.g.tensor(lse).shape);
+         const std::string one_block = fmt::format(
+             "launches nothing where the keys fit one block (k_len <= {}): "
+             "flash_attn_bwd_dkdv does its work",
+             kern::kFlashBwdBlockN);
+         emit(s, m, instantiate(sig::kFlashDot, s.precision, {{"kD", op.attrs.attn.head_dim}}),
+              {{"out", ctx}, {"grad_out", op.inputs[3]}, {"dot", dot}},
+              {{"rows", ScalarArg::size(rows_of(s, q))}, {"k_len", scalars.at("k_len")}},
+              one_block);
+         Args args{{"q", q},
+                   {"k", op.inputs[1]},
+                   {"v", op.inputs[2]},
+                   {"grad_out", op.inputs[3]},
+                   {"lse", lse},
+                   {"dot", dot},
+                   {"key_padding", op.inputs.size() > 6 ? op.inputs[6] : -1},
+                   {"grad_q", op.outputs[0]}};
+         Args kv = args;
+         kv.insert({{"out", ctx}, {"grad_k", op.outputs[1]}, {"grad_v", op.outputs[2]}});
+         emit(s, m, flash_instance(s, sig::kFlashDkDv, op), kv, scalars);
+         emit(s, m, flash_instance(s, sig::kFlashDq, op), args, scalars, one_block);
+       }});
   r.push_back({"split heads grad + bias grad",
                {{K::kSplitHeadsGrad, false}, {K::kBiasGrad, true}},
                {},
