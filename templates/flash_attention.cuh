@@ -98,83 +98,69 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
-// The keep bits (bit e: element i0 + e) of a pair of adjacent dropout elements: one Philox call
-// when the pair lies in one group of 4 (i0 even), two otherwise.
-__device__ __forceinline__ uint32_t keep_pair(const DropoutArgs& drop, uint64_t i0) {
-  if ((i0 & 1) == 0) return dropout_keep_bits<2>(drop, i0);
-  return (dropout_keep(drop, i0) ? 1u : 0u) | (dropout_keep(drop, i0 + 1) ? 2u : 0u);
-}
-
 // The dropout keep bits of a thread's entries of a [16 queries, kN keys] tile in the C layout
-// (queries as rows: the forward, grad_q): kb[n][r] bit h <-> query row r (g, g + 8; its elements
-// start at row_base[r] = (bh·q_len + row)·k_len), key n0 + 8n + 2t + h. One Philox call per 4
-// elements when k_len % 4 == 0 (uniform over the block): threads t and t ^ 1 hold the two halves of
-// a group of 4 keys, each draws one group of two neighbouring key blocks and a shuffle swaps them;
-// one call per pair otherwise.
+// (queries as rows: the forward, grad_q): kb[n][r] bit h <-> query row r (g, g + 8; its flat row
+// rows[r] = bh·q_len + row), key n0 + 8n + 2t + h, n0 a multiple of 8. The attention numbering
+// (common/philox.cuh, attn_keep_byte): one Philox call per 8 keys of a row, whose keys the 4
+// threads of a quad hold 2 each: the quad's kN/8 · 2 calls are split between its threads (thread
+// t draws the blocks n ≡ t mod 4, both rows) and the bytes exchanged by shuffles.
 template <int kN>
-__device__ __forceinline__ void row_keep_bits(const DropoutArgs& drop,
-                                              const uint64_t (&row_base)[2], int64_t n0,
-                                              int64_t k_len, int t, uint32_t (&kb)[kN / 8][2]) {
-  static_assert(kN % 16 == 0, "pairs of key blocks");
-  if (k_len % 4 == 0) {
-    const int blk = t & 1, shift = 2 * (t & 1);
+__device__ __forceinline__ void row_keep_bits(const DropoutArgs& drop, const uint64_t (&rows)[2],
+                                              int64_t n0, int64_t k_len, int t,
+                                              uint32_t (&kb)[kN / 8][2]) {
+  constexpr int kMine = kN / 8 / 4 * 2, kWords = kMine / 4;  // byte i: block 4·(i/2) + t, row i%2
+  static_assert(kN % 32 == 0 && kMine % 4 == 0, "whole words of bytes per thread");
+  const uint64_t per_row = static_cast<uint64_t>((k_len + 7) / 8);
+  uint32_t mine[kWords] = {};
 #pragma unroll
-    for (int n = 0; n < kN / 8; n += 2) {
+  for (int i = 0; i < kMine; ++i) {
+    const int64_t n = 4 * (i / 2) + t;
+    const uint32_t byte = attn_keep_byte(drop, rows[i % 2] * per_row + n0 / 8 + n);
+    mine[i / 4] |= byte << (8 * (i % 4));
+  }
+  const int quad = (threadIdx.x % 32) & ~3;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const uint32_t mine =
-            dropout_keep_bits<4>(drop, row_base[r] + n0 + (n + blk) * 8 + 4 * (t >> 1));
-        const uint32_t other = __shfl_xor_sync(0xffffffffu, mine, 1);
-        kb[n][r] = ((blk == 0 ? mine : other) >> shift) & 3u;
-        kb[n + 1][r] = ((blk == 1 ? mine : other) >> shift) & 3u;
+  for (int w = 0; w < kWords; ++w) {
+#pragma unroll
+    for (int src = 0; src < 4; ++src) {
+      const uint32_t word = __shfl_sync(0xffffffffu, mine[w], quad | src);
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int i = 4 * w + b;
+        kb[4 * (i / 2) + src][i % 2] = (word >> (8 * b + 2 * t)) & 3u;
       }
-    }
-  } else {
-#pragma unroll
-    for (int n = 0; n < kN / 8; ++n) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) kb[n][r] = keep_pair(drop, row_base[r] + n0 + n * 8 + 2 * t);
     }
   }
 }
 
 // The same for a [16 keys, kM queries] tile with the keys as rows (grad_k, grad_v): kb[n] bit
-// 2r + h <-> key key0 + g + 8r (key0 a multiple of 16), query m0 + 8n + 2t + h, element
-// (bhq + query)·k_len + key. With k_len % 4 == 0 a group of 4 keys of one query is needed by the
-// 4 threads of one t whose keys share it: thread g draws query h = g / 4, key group g % 4, and
-// each thread gathers its 4 bits by shuffles (one call per 4 elements); one call per element
-// otherwise.
+// 2r + h <-> key key0 + g + 8r (key0 a multiple of 16), query m0 + 8n + 2t + h, flat row bhq +
+// query. A call's 8 keys of one query are held by the 8 threads of one t (one bit each): for
+// each two key-column blocks n, n + 1 the warp's 32 calls (2 blocks × 8 queries × 2 key groups)
+// are drawn one per thread (thread g draws block n + g / 4, query 2t + g % 2, key group
+// (g / 2) % 2), each thread gathering its 4 bits per block by shuffles.
 template <int kM>
 __device__ __forceinline__ void col_keep_bits(const DropoutArgs& drop, uint64_t bhq, int64_t m0,
                                               int64_t key0, int64_t k_len, int g, int t,
                                               uint32_t (&kb)[kM / 8]) {
-  if (k_len % 4 == 0) {
+  static_assert(kM % 16 == 0, "pairs of query blocks");
+  const uint64_t per_row = static_cast<uint64_t>((k_len + 7) / 8);
 #pragma unroll
-    for (int n = 0; n < kM / 8; ++n) {
-      const uint64_t query = bhq + m0 + n * 8 + 2 * t + (g >> 2);
-      const uint32_t mine = dropout_keep_bits<4>(drop, query * k_len + key0 + 4 * (g & 3));
+  for (int n = 0; n < kM / 8; n += 2) {
+    const uint64_t query = bhq + m0 + 8 * (n + g / 4) + 2 * t + g % 2;
+    const uint32_t byte = attn_keep_byte(drop, query * per_row + key0 / 8 + (g / 2) % 2);
+#pragma unroll
+    for (int dn = 0; dn < 2; ++dn) {
       uint32_t bits = 0;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int r = 0; r < 2; ++r) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int src = 4 * (4 * h + 2 * r + (g >> 2)) + t;
-          const uint32_t b = __shfl_sync(0xffffffffu, mine, src);
-          bits |= ((b >> (g & 3)) & 1u) << (2 * r + h);
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t b = __shfl_sync(0xffffffffu, byte, 4 * (4 * dn + 2 * r + h) + t);
+          bits |= ((b >> g) & 1u) << (2 * r + h);
         }
       }
-      kb[n] = bits;
-    }
-  } else {
-#pragma unroll
-    for (int n = 0; n < kM / 8; ++n) {
-      uint32_t bits = 0;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const uint64_t query = bhq + m0 + n * 8 + 2 * t + (e & 1);
-        bits |= (dropout_keep(drop, query * k_len + key0 + g + 8 * (e >> 1)) ? 1u : 0u) << e;
-      }
-      kb[n] = bits;
+      kb[n + dn] = bits;
     }
   }
 }
@@ -289,10 +275,10 @@ __device__ __forceinline__ bool tile_masked(int64_t m0, int kM, int64_t n0, int 
   return masked;
 }
 
-// The dropout element offsets of this thread's two query rows: (bh·q_len + row)·k_len.
-__device__ __forceinline__ void row_bases(uint64_t (&base)[2], const int64_t (&row)[2], int64_t bh,
-                                          int64_t q_len, int64_t k_len) {
-  for (int r = 0; r < 2; ++r) base[r] = static_cast<uint64_t>((bh * q_len + row[r]) * k_len);
+// The flat rows of this thread's two query rows (the dropout numbering's): bh·q_len + row.
+__device__ __forceinline__ void flat_rows(uint64_t (&flat)[2], const int64_t (&row)[2], int64_t bh,
+                                          int64_t q_len) {
+  for (int r = 0; r < 2; ++r) flat[r] = static_cast<uint64_t>(bh * q_len + row[r]);
 }
 
 template <int N>
@@ -413,9 +399,9 @@ __device__ __forceinline__ void grad_q_tile(T* grad_q, const T* dst, const T* ks
 //            [batch·heads, q_len] fp32. out, lse `=`.
 // Masks:     padding by key; causal keeps key j for query i when j <= i + k_len - q_len (the
 //            unfused softmax's rule).
-// Dropout:   the probability of query i, key j of head bh is dropped by the Philox draw of
-//            element (bh·q_len + i)·k_len + j: the unfused path's probs_dropped element, so both
-//            paths drop the same entries for the same seed and offset.
+// Dropout:   entry (query i, key j) of head bh by the attention numbering (common/philox.cuh,
+//            row bh·q_len + i): the unfused softmax's, so both paths drop the same entries for the
+//            same seed and offset.
 // Grid/Block: flash_fwd_grid(batch·heads, q_len) blocks of flash_fwd_block() threads (4 warps,
 //            16 query rows each, their query fragments in registers); key tiles of kFlashBlockN.
 //            Smem: static, 2·kFlashBlockN·(kD + 8) elements: a key tile and a value tile, loaded
@@ -459,8 +445,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, m0 + warp * 16, q_len, g, t);
   // This thread's two query rows (g and g + 8 of its warp's 16).
   const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
-  uint64_t row_base[2];
-  flash::row_bases(row_base, row, bh, q_len, k_len);
+  uint64_t flat[2];
+  flash::flat_rows(flat, row, bh, q_len);
   float m_run[2] = {neg_inf(), neg_inf()};  // running max, in log2 units
   float l_run[2] = {0.f, 0.f};              // this thread's part of the denominator
   float acc[kD / 8][4];
@@ -524,7 +510,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     // p = exp2(s - max); the denominator takes p undropped, the product the dropped p (masked
     // keys have p = 0 already; rows past q_len are never stored).
     uint32_t kb[kN / 8][2];
-    if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, row_base, n0, k_len, t, kb);
+    if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, flat, n0, k_len, t, kb);
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
 #pragma unroll
@@ -767,8 +753,8 @@ __global__ void __launch_bounds__(kFlashThreads)
   flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, row0, q_len, g, t);
   flash::row_fragments<T, kD>(gf, grad_out + bh * q_len * kD, row0, q_len, g, t);
   const int64_t row[2] = {row0 + g, row0 + g + 8};
-  uint64_t row_base[2];
-  flash::row_bases(row_base, row, bh, q_len, k_len);
+  uint64_t flat[2];
+  flash::flat_rows(flat, row, bh, q_len);
   float lse2[2], dot_r[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -804,7 +790,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     // Masks only where the tile needs them (the keys past k_len, padding, the causal diagonal).
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
     uint32_t kb[kN / 8][2];
-    if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, row_base, n0, k_len, t, kb);
+    if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, flat, n0, k_len, t, kb);
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
 #pragma unroll

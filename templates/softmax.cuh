@@ -7,8 +7,10 @@
 //    the warps of a group wider than a warp;
 //  - cached (16-byte vectors, <= kSoftmaxSlots per thread): the row stays in registers (one read,
 //    one write); otherwise streamed: online max/sum, then a second pass. Rows whose k_len is not a
-//    multiple of 16 / sizeof(T) are streamed on scalars (and one Philox block per element for the
+//    multiple of 16 / sizeof(T) are streamed on scalars (and one Philox call per element for the
 //    dropout): about a fifth of the bandwidth; the planner should pad k_len and mask the padding.
+// Dropout: the attention numbering of common/philox.cuh (attn_keep_bits: per row, 8 keys a call),
+// the fused attention's too.
 // Pointers (key_padding included) must be 16-byte aligned.
 #pragma once
 
@@ -109,7 +111,7 @@ __device__ __forceinline__ uint32_t softmax_slot_keep_bits(const SoftmaxRow& r,
 #pragma unroll 1
   for (int k = 0; k < kSoftmaxSlots; ++k) {
     const int j0 = (k * r.lanes + r.lane) * V;
-    if (j0 < r.len) keep |= dropout_keep_bits<V>(drop, r.base + j0) << (k * V);
+    if (j0 < r.len) keep |= attn_keep_bits<V>(drop, r.row, r.len, j0) << (k * V);
   }
   return keep;
 }
@@ -201,7 +203,7 @@ __device__ __forceinline__ void softmax_fwd_streamed(const T* scores, T* probs, 
     for (int e = 0; e < V; ++e) x[e] = softmax_exp<T>(x[e] - shift) * inv;
     store_float<V>(probs + r.base + j0, x);
     if constexpr (kDrop == Drop::kOn) {
-      apply_dropout<V>(x, dropout_keep_bits<V>(drop, r.base + j0), drop.scale);
+      apply_dropout<V>(x, attn_keep_bits<V>(drop, r.row, r.len, j0), drop.scale);
       store_float<V>(probs_dropped + r.base + j0, x);
     }
   }
@@ -213,7 +215,7 @@ __device__ __forceinline__ void softmax_fwd_streamed(const T* scores, T* probs, 
 //            q_len); key_padding [batch, k_len] uint8, nonzero = padded key. probs may alias
 //            scores. Key j is masked for query i when key_padding[b, j] != 0 (Mask::kPadding) or
 //            j > i + k_len - q_len (Mask::kCausal). A row with every key masked gives zeros.
-//            Outputs `=`. Dropout element index: flat index in probs (row * k_len + j).
+//            Outputs `=`. Dropout: entry j of row `row` by attn_keep_bits (common/philox.cuh).
 // Grid/Block: softmax_grid(rows, k_len, kThreads, sizeof(T)) blocks of kThreads. Smem: 256 B.
 // Constants: kThreads a power of two in [32, 1024] (static_assert).
 // Numerics:  fp32, max-subtracted exp (softmax_exp), multiplication by 1 / fp32 row sum.
@@ -280,13 +282,13 @@ __device__ __forceinline__ void softmax_bwd_cached(const T* grad_dropped, const 
   }
 }
 
-// dP = dropout_mask(grad_dropped) for V keys at flat index off.
+// dP = dropout_mask(grad_dropped) for the V keys at j0 of the row.
 template <typename T, int V, Drop kDrop>
-__device__ __forceinline__ void softmax_grad_in(const T* grad_dropped, int64_t off,
+__device__ __forceinline__ void softmax_grad_in(const T* grad_dropped, const SoftmaxRow& r, int j0,
                                                 const DropoutArgs& drop, float (&dp)[V]) {
-  load_float<V>(grad_dropped + off, dp);
+  load_float<V>(grad_dropped + r.base + j0, dp);
   if constexpr (kDrop == Drop::kOn) {
-    apply_dropout<V>(dp, dropout_keep_bits<V>(drop, off), drop.scale);
+    apply_dropout<V>(dp, attn_keep_bits<V>(drop, r.row, r.len, j0), drop.scale);
   }
 }
 
@@ -299,7 +301,7 @@ __device__ __forceinline__ void softmax_bwd_streamed(const T* grad_dropped, cons
 #pragma unroll 1
   for (int j0 = r.lane * V; j0 < r.len; j0 += step) {
     float dp[V], p[V];
-    softmax_grad_in<T, V, kDrop>(grad_dropped, r.base + j0, drop, dp);
+    softmax_grad_in<T, V, kDrop>(grad_dropped, r, j0, drop, dp);
     load_float<V>(probs + r.base + j0, p);
 #pragma unroll
     for (int e = 0; e < V; ++e) dot += dp[e] * p[e];
@@ -308,7 +310,7 @@ __device__ __forceinline__ void softmax_bwd_streamed(const T* grad_dropped, cons
 #pragma unroll 1
   for (int j0 = r.lane * V; j0 < r.len; j0 += step) {
     float dp[V], p[V];
-    softmax_grad_in<T, V, kDrop>(grad_dropped, r.base + j0, drop, dp);
+    softmax_grad_in<T, V, kDrop>(grad_dropped, r, j0, drop, dp);
     load_float<V>(probs + r.base + j0, p);
 #pragma unroll
     for (int e = 0; e < V; ++e) dp[e] = p[e] * (dp[e] - dot);
@@ -320,7 +322,7 @@ __device__ __forceinline__ void softmax_bwd_streamed(const T* grad_dropped, cons
 //   grad_scores = probs * (dP - sum_j dP * probs).
 // Fuses:     dropout backward + softmax backward (masked keys have probs 0, so gradient 0).
 // Shapes:    grad_dropped, probs, grad_scores [rows, k_len]. grad_scores `=`, may alias
-//            grad_dropped. Dropout element index: row * k_len + j.
+//            grad_dropped. Dropout: as the forward (attn_keep_bits).
 // Grid/Block: softmax_grid(rows, k_len, kThreads, sizeof(T)) blocks of kThreads. Smem: 256 B.
 // Constants: kThreads a power of two in [32, 1024] (static_assert).
 // Numerics:  fp32 dot product and products.

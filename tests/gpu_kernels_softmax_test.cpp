@@ -206,7 +206,8 @@ TEST_P(GpuSoftmaxDropout, ForwardAndBackwardMasksAreThePhiloxMask) {
     const kern::DropoutArgs d = random_dropout(prob);
     const std::vector<uint8_t> fwd_bytes = forward(d);
     const std::vector<uint8_t> fwd_mask = mask_of(fwd_bytes);
-    EXPECT_TRUE(ref::bytes_equal("forward mask vs Philox", fwd_mask, ref::keep_mask(d, n)));
+    EXPECT_TRUE(ref::bytes_equal("forward mask vs Philox", fwd_mask,
+                                 ref::attn_keep_mask(d, rows, s.k_len)));
     EXPECT_TRUE(ref::bytes_equal("forward rerun", forward(d), fwd_bytes));
     double kept = 0;
     for (uint8_t m : fwd_mask) kept += m;

@@ -125,6 +125,54 @@ TEST(TemplatesDropout, KeepRateAndIndependenceOfSites) {
   EXPECT_NEAR(static_cast<double>(same) / n, 0.82, 0.01);
 }
 
+// The attention probabilities' numbering: 16-bit draws, 8 per call, per row.
+TEST(TemplatesDropout, AttentionDrawsAreSixteenBitHalvesPerRow) {
+  const DropoutArgs a = make_dropout_args(1234, 99, 0.37);
+  EXPECT_EQ(attn_keep16(a), static_cast<uint32_t>((a.keep_below + 32768) >> 16));
+  EXPECT_EQ(attn_keep16(make_dropout_args(1, 0, 0.1)), 58982u);  // round(0.9 · 2^16)
+  EXPECT_EQ(attn_keep16(make_dropout_args(1, 0, 0.0)), 65536u);
+  EXPECT_EQ(attn_keep16(make_dropout_args(1, 0, 1.0)), 0u);
+  for (const int64_t k_len : {1, 7, 8, 77, 128}) {
+    for (uint64_t row : {uint64_t{0}, uint64_t{5}, uint64_t{1} << 33}) {
+      for (int64_t j = 0; j < k_len; ++j) {
+        // the definition: call row·⌈k_len/8⌉ + j/8, its 16-bit half (j % 8)
+        const Philox4 r = dropout_draws(a, row * ((k_len + 7) / 8) + j / 8);
+        const uint32_t u = (r.v[(j % 8) / 2] >> (16 * (j % 2))) & 0xFFFFu;
+        const uint32_t want = u < attn_keep16(a) ? 1u : 0u;
+        ASSERT_EQ(attn_keep_bits<1>(a, row, k_len, j), want) << k_len << " " << row << " " << j;
+        if (j % 2 == 0) ASSERT_EQ(attn_keep_bits<2>(a, row, k_len, j) & 1u, want);
+        if (j % 4 == 0) ASSERT_EQ(attn_keep_bits<4>(a, row, k_len, j) & 1u, want);
+        if (j % 8 == 0) {
+          const uint32_t byte = attn_keep_bits<8>(a, row, k_len, j);
+          for (int e = 0; e < 8 && j + e < k_len; ++e) {
+            ASSERT_EQ((byte >> e) & 1u, attn_keep_bits<1>(a, row, k_len, j + e));
+          }
+        }
+      }
+    }
+  }
+  const DropoutArgs keep = make_dropout_args(42, 0, 0.0), drop = make_dropout_args(42, 0, 1.0);
+  EXPECT_EQ(attn_keep_byte(keep, 123), 0xffu);
+  EXPECT_EQ(attn_keep_byte(drop, 123), 0u);
+}
+
+TEST(TemplatesDropout, AttentionKeepRateAndIndependence) {
+  const double p = 0.1;
+  const DropoutArgs a = make_dropout_args(7, 0, p), b = make_dropout_args(7, 1, p);
+  const int64_t rows = 2048, k_len = 77;  // rows of 77: calls never straddle two
+  int64_t kept = 0, same = 0, n = rows * k_len;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < k_len; ++j) {
+      const uint32_t ka = attn_keep_bits<1>(a, r, k_len, j);
+      kept += ka;
+      same += ka == attn_keep_bits<1>(b, r, k_len, j);
+    }
+  }
+  const double sigma = std::sqrt(p * (1 - p) / n);
+  EXPECT_NEAR(static_cast<double>(kept) / n, 1 - p, 6 * sigma);
+  EXPECT_NEAR(static_cast<double>(same) / n, 0.82, 0.01);
+}
+
 TEST(TemplatesDropout, ApplyDropout) {
   float v[4] = {1.f, 2.f, 3.f, 4.f};
   apply_dropout<4>(v, 0b1010u, 1.25f);

@@ -8,6 +8,14 @@
 //   hi(seed)})
 // and is kept iff r[i % 4] < keep_below, keep_below = round((1 - p) * 2^32); kept elements are
 // multiplied by scale = 1 / (1 - p) (0 when p = 1). One Philox call serves 4 consecutive elements.
+//
+// The attention probabilities (the unfused softmax's dropout and the fused attention's, which drop
+// the same entries) are numbered per row and drawn 16 bits at a time, 8 per call: entry j of row
+// `row` of a [rows, k_len] probability matrix draws r = philox4x32_10(counter = row·⌈k_len/8⌉ +
+// j/8, ...) and is kept iff u < keep16, u = bits 16·(j % 2) .. +15 of r[(j % 8) / 2], keep16 =
+// (keep_below + 2^15) >> 16 (p resolved to 2^-16). The fused kernels regenerate these draws for
+// every tile of the scores, forward and backward, where they cost more than the tensor-core
+// products: twice the decisions per call halves that.
 #pragma once
 
 #include "common/config.cuh"
@@ -131,6 +139,46 @@ LIGHTSEQ_HD inline uint32_t dropout_keep_bits(const DropoutArgs& a, uint64_t i0)
     }
   }
   return bits;
+}
+
+// ---- attention probabilities: 8 keys per Philox call, numbered per row ------------------------
+
+// The 16-bit threshold: u < attn_keep16 keeps (65536 keeps everything, 0 drops everything).
+LIGHTSEQ_HD inline uint32_t attn_keep16(const DropoutArgs& a) {
+  return static_cast<uint32_t>((a.keep_below + 32768u) >> 16);
+}
+
+// The keep bits of keys 8·group_in_row .. +7 of a row (bit e: key 8·(j / 8) + e), from the call
+// numbered `group` = row·⌈k_len/8⌉ + j/8 (attn_group). Bits past k_len are meaningless.
+LIGHTSEQ_HD inline uint64_t attn_group(uint64_t row, int64_t k_len, int64_t j) {
+  return row * static_cast<uint64_t>((k_len + 7) / 8) + static_cast<uint64_t>(j / 8);
+}
+LIGHTSEQ_HD inline uint32_t attn_keep_byte(const DropoutArgs& a, uint64_t group) {
+  const Philox4 r = dropout_draws(a, group);
+  const uint32_t keep16 = attn_keep16(a);
+  uint32_t bits = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int e = 0; e < 8; ++e) {
+    const uint32_t u = (r.v[e / 2] >> (16 * (e % 2))) & 0xFFFFu;
+    bits |= static_cast<uint32_t>(u < keep16) << e;
+  }
+  return bits;
+}
+
+// Keep bits of keys j0 .. j0+N-1 of row `row` (bit e: key j0 + e): N a power of two <= 8, j0 a
+// multiple of N (so they lie in one call's 8).
+template <int N>
+LIGHTSEQ_HD inline uint32_t attn_keep_bits(const DropoutArgs& a, uint64_t row, int64_t k_len,
+                                           int64_t j0) {
+  static_assert(N >= 1 && N <= 8 && (N & (N - 1)) == 0, "N must be a power of two <= 8");
+  const uint32_t byte = attn_keep_byte(a, attn_group(row, k_len, j0));
+  if constexpr (N == 8) {
+    return byte;
+  } else {
+    return (byte >> (j0 % 8)) & ((1u << N) - 1u);
+  }
 }
 
 // Applies a dropout keep mask to N values: kept ones scaled, dropped ones zeroed.

@@ -18,6 +18,21 @@ double dropout(const DropoutArgs& d, uint64_t i, double x) {
   return keep(d, i) ? x * static_cast<double>(d.scale) : 0.0;
 }
 
+bool attn_keep(const DropoutArgs& d, uint64_t row, int64_t k_len, int64_t j) {
+  return kern::attn_keep_bits<1>(d, row, k_len, j) != 0;
+}
+
+std::vector<uint8_t> attn_keep_mask(const DropoutArgs& d, int64_t rows, int64_t k_len) {
+  std::vector<uint8_t> m(rows * k_len);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j0 = 0; j0 < k_len; j0 += 8) {
+      const uint32_t byte = kern::attn_keep_byte(d, kern::attn_group(r, k_len, j0));
+      for (int64_t e = 0; e < 8 && j0 + e < k_len; ++e) m[r * k_len + j0 + e] = (byte >> e) & 1u;
+    }
+  }
+  return m;
+}
+
 std::vector<uint8_t> keep_mask(const DropoutArgs& d, uint64_t n) {
   std::vector<uint8_t> m(n);
   for (uint64_t g = 0; g * 4 < n; ++g) {
@@ -246,8 +261,9 @@ SoftmaxForward attn_softmax_fwd(const Vec& scores, const std::vector<uint8_t>& k
         }
         for (int64_t j = 0; j < k_len; ++j) {
           if (sum > 0) f.probs[base + j] /= sum;  // a fully masked row stays all zeros
+          const bool kept = drop == Drop::kOff || attn_keep(d, base / k_len, k_len, j);
           f.dropped[base + j] =
-              drop == Drop::kOn ? dropout(d, base + j, f.probs[base + j]) : f.probs[base + j];
+              kept ? f.probs[base + j] * (drop == Drop::kOn ? d.scale : 1.0) : 0.0;
         }
       }
     }
@@ -262,8 +278,8 @@ Vec attn_softmax_bwd(const Vec& grad_dropped, const Vec& probs, int64_t rows, in
     const int64_t base = r * k_len;
     double dot = 0;
     for (int64_t j = 0; j < k_len; ++j) {
-      const double dp =
-          drop == Drop::kOn ? dropout(d, base + j, grad_dropped[base + j]) : grad_dropped[base + j];
+      const bool kept = drop == Drop::kOff || attn_keep(d, r, k_len, j);
+      const double dp = kept ? grad_dropped[base + j] * (drop == Drop::kOn ? d.scale : 1.0) : 0.0;
       g[base + j] = dp;
       dot += dp * probs[base + j];
     }

@@ -22,6 +22,10 @@ using kern::DropoutArgs;
 bool keep(const DropoutArgs& d, uint64_t i);                       // element i survives
 double dropout(const DropoutArgs& d, uint64_t i, double x);        // keep ? x · scale : 0
 std::vector<uint8_t> keep_mask(const DropoutArgs& d, uint64_t n);  // 1 = kept, elements [0, n)
+// The attention probabilities' numbering (common/philox.cuh): entry j of row `row` of a
+// [rows, k_len] matrix survives; the mask of the whole matrix.
+bool attn_keep(const DropoutArgs& d, uint64_t row, int64_t k_len, int64_t j);
+std::vector<uint8_t> attn_keep_mask(const DropoutArgs& d, int64_t rows, int64_t k_len);
 
 // ---- layernorm.cuh ----------------------------------------------------------------------------
 // z = residual + dropout(branch + bias), dropout on iff drop != nullptr (index row·hidden + col).
