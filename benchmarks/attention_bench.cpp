@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
             };
             auto bwd = [&] {
               run(ks.dot, kern::flash_dot_grid(rows, T), kern::kElementwiseThreads, 0, dot_args);
-              run(ks.dkdv, kern::flash_bwd_grid(bh, T), kern::kFlashBwdThreads,
+              run(ks.dkdv, kern::flash_bwd_grid(bh, T), kern::flash_bwd_threads(T),
                   kern::flash_bwd_smem(d, T), dkdv_args);
               run(ks.dq, kern::flash_dq_grid(bh, T, T), kern::kFlashThreads, 0, dq_args);
             };

@@ -587,8 +587,8 @@ __global__ void __launch_bounds__(kElementwiseThreads)
   dot[r] = acc;
 }
 
-// flash_attn_bwd_dkdv_kernel — grad_k, grad_v of one block of kFlashBwdBlockN (128) keys per
-//   block (8 warps of 16 keys), over every query tile: sᵀ = k·qᵀ and dPᵀ = v·grad_outᵀ with the
+// flash_attn_bwd_dkdv_kernel — grad_k, grad_v of one block of keys (16 per warp, 4 or 8 warps:
+//   flash_bwd_warps), over every query tile: sᵀ = k·qᵀ and dPᵀ = v·grad_outᵀ with the
 //   keys as rows, so the probabilities' fragments feed the products for grad_v and grad_k directly.
 //   When the block holds every key (flash_bwd_one_block(k_len)), it also computes each query
 //   tile's D from out and grad_out, and grad_q = scale·dS·k (dSᵀ through shared memory): the whole
@@ -597,7 +597,7 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 //            k_len, kD]; lse, dot [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_
 //            kernel's, read only with several key blocks). grad_k, grad_v `=`; grad_q `=` with one
 //            key block (otherwise flash_attn_bwd_dq_kernel writes it; out is then not read).
-// Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of kFlashBwdThreads; dynamic smem
+// Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of flash_bwd_threads(k_len); dynamic smem
 //            flash_bwd_smem(kD, k_len): a query tile and its grad_out tile (kM = flash_bwd_block_m
 //            rows, by cp.async), the tile's lse and D; with one key block also the keys and the
 //            tile's dSᵀ.
@@ -609,10 +609,10 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
                                int64_t q_len, int64_t k_len, float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
-  constexpr int kM = flash_bwd_block_m(kD), kN = kFlashBwdBlockN;
-  constexpr int kWarps = kFlashBwdThreads / 32;
-  static_assert(kN == 16 * kWarps, "16 keys per warp");
+  constexpr int kM = flash_bwd_block_m(kD);
   constexpr int kStride = kD + 8, kSStride = kM + 8;
+  // 16 keys per warp: 4 warps (64 keys) or, one block of more than 64 keys, 8 (flash_bwd_warps)
+  const int warps = blockDim.x / 32, kN = 16 * warps;
   extern __shared__ __align__(16) unsigned char flash_bwd_smem_bytes[];
   T* qs = reinterpret_cast<T*>(flash_bwd_smem_bytes);
   T* gs = qs + kM * kStride;
@@ -620,6 +620,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   float* dot_s = lse_s + kM;
   T* ks = reinterpret_cast<T*>(dot_s + kM);  // one key block: the keys (grad_q's B operand)
   T* dst = ks + kN * kStride;                // one key block: the tile's dSᵀ [key][query]
+  static_assert(16 * kFlashBwdThreads / 32 == kFlashBwdBlockN, "one block: 16 keys per warp");
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
   constexpr float kLog2e = 1.4426950408889634f;
   const float scale2 = scale * kLog2e;
@@ -650,7 +651,13 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   }
   // Query and grad_out tiles by cp.async: the next grad_out tile loads while grad_k's product
   // runs; the next query tile is requested as soon as the last reader of this one is done.
-  if (one) flash::load_tile_async<T, kD, kN, kStride>(ks, k + bh * k_len * kD, 0, k_len);
+  if (one) {  // the whole key block (zeros past k_len)
+    if (warps == 8) {
+      flash::load_tile_async<T, kD, 128, kStride>(ks, k + bh * k_len * kD, 0, k_len);
+    } else {
+      flash::load_tile_async<T, kD, 64, kStride>(ks, k + bh * k_len * kD, 0, k_len);
+    }
+  }
   if (m_begin < q_len) {
     flash::load_tile_async<T, kD, kM, kStride>(qs, qh, m_begin, q_len);
     flash::load_tile_async<T, kD, kM, kStride>(gs, gh, m_begin, q_len);
@@ -658,8 +665,10 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   flash::cp_async_commit();
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
     // The tile's lse (log2 units) and D, staged once (the previous tile's readers are done).
-    if (one) {
-      flash::stage_dot<T, kD, kM, kFlashBwdThreads>(dot_s, out + bh * q_len * kD, gh, m0, q_len);
+    if (one && warps == 8) {
+      flash::stage_dot<T, kD, kM, 256>(dot_s, out + bh * q_len * kD, gh, m0, q_len);
+    } else if (one) {
+      flash::stage_dot<T, kD, kM, 128>(dot_s, out + bh * q_len * kD, gh, m0, q_len);
     } else {
       for (int i = threadIdx.x; i < kM; i += blockDim.x) {
         dot_s[i] = m0 + i < q_len ? dot[bh * q_len + m0 + i] : 0.f;
@@ -710,9 +719,12 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
     }
     // grad_q of the tile's rows (while the next tiles load; dSᵀ is rewritten only after the next
     // iteration's first barrier).
-    if (one) {
-      flash::grad_q_tile<T, kD, kM, kN, kWarps>(grad_q + bh * q_len * kD, dst, ks, m0, q_len, scale,
-                                                warp, lane);
+    if (one && warps == 8) {
+      flash::grad_q_tile<T, kD, kM, 128, 8>(grad_q + bh * q_len * kD, dst, ks, m0, q_len, scale,
+                                            warp, lane);
+    } else if (one) {
+      flash::grad_q_tile<T, kD, kM, 64, 4>(grad_q + bh * q_len * kD, dst, ks, m0, q_len, scale,
+                                           warp, lane);
     }
   }
   const float scales[2] = {scale, scale}, ones[2] = {1.f, 1.f};

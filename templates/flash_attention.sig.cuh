@@ -23,29 +23,37 @@ LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len)
                  static_cast<uint32_t>(batch_heads), 1};
 }
 
-// The backward: grad_k/grad_v per block of kFlashBwdBlockN keys (8 warps of 16; x: key blocks, y:
-// batch · heads), looping over query tiles of flash_bwd_block_m(kD) rows; grad_q per query tile as
-// the forward; D (Σ grad_out·out) one row per thread. When one key block holds every key
-// (flash_bwd_one_block), the grad_k/grad_v kernel also writes grad_q and computes D itself: the D
-// and grad_q kernels' grids are then empty (nothing launched), and the backward is one launch.
-inline constexpr int kFlashBwdBlockN = 128;
-inline constexpr int kFlashBwdThreads = 256;
+// The backward: grad_k/grad_v per block of keys, 16 per warp (x: key blocks, y: batch · heads),
+// looping over query tiles of flash_bwd_block_m(kD) rows; grad_q per query tile as the forward;
+// D (Σ grad_out·out) one row per thread. When one key block holds every key (flash_bwd_one_block:
+// up to kFlashBwdBlockN keys), the grad_k/grad_v kernel also writes grad_q and computes D itself:
+// the D and grad_q kernels' grids are then empty (nothing launched), and the backward is one
+// launch. Blocks of 8 warps only where they make one block of more than 64 keys; 4 otherwise
+// (measured on an H100: with several blocks, 8 warps were 8-10 % slower than 4 — one block per
+// SM at ~255 registers instead of two).
+inline constexpr int kFlashBwdBlockN = 128;   // the most keys of one block (8 warps)
+inline constexpr int kFlashBwdThreads = 256;  // the most threads of one block
 LIGHTSEQ_HD constexpr bool flash_bwd_one_block(int64_t k_len) {
   return k_len > 0 && k_len <= kFlashBwdBlockN;
 }
+LIGHTSEQ_HD constexpr int flash_bwd_warps(int64_t k_len) {
+  return flash_bwd_one_block(k_len) && k_len > 64 ? 8 : 4;
+}
+LIGHTSEQ_HD constexpr int flash_bwd_threads(int64_t k_len) { return 32 * flash_bwd_warps(k_len); }
+LIGHTSEQ_HD constexpr int flash_bwd_block_n(int64_t k_len) { return 16 * flash_bwd_warps(k_len); }
 // Query rows per tile of the grad_k/grad_v kernel: 32 past head dim 64 (the block's k and v
 // fragments and its two accumulators already hold kD / 2 registers each per thread).
 LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d) { return d > 64 ? 32 : 64; }
 // Its dynamic shared memory (fp16/bf16 elements, rows padded by 8): a query tile and its grad_out
 // tile, the tile's lse and D; with one key block also the keys and the tile's dSᵀ [keys, queries].
 LIGHTSEQ_HD constexpr int flash_bwd_smem(int64_t d, int64_t k_len) {
-  const int64_t m = flash_bwd_block_m(d);
+  const int64_t m = flash_bwd_block_m(d), n = flash_bwd_block_n(k_len);
   const int64_t base = 2 * m * (d + 8) * 2 + 2 * m * 4;
-  const int64_t one = kFlashBwdBlockN * (d + 8) * 2 + kFlashBwdBlockN * (m + 8) * 2;
+  const int64_t one = n * (d + 8) * 2 + n * (m + 8) * 2;
   return static_cast<int>(base + (flash_bwd_one_block(k_len) ? one : 0));
 }
 LIGHTSEQ_HD constexpr GridDim flash_bwd_grid(int64_t batch_heads, int64_t k_len) {
-  return GridDim{static_cast<uint32_t>(ceil_div(k_len, kFlashBwdBlockN)),
+  return GridDim{static_cast<uint32_t>(ceil_div(k_len, flash_bwd_block_n(k_len))),
                  static_cast<uint32_t>(batch_heads), 1};
 }
 LIGHTSEQ_HD constexpr GridDim flash_dq_grid(int64_t batch_heads, int64_t q_len, int64_t k_len) {
@@ -115,7 +123,7 @@ inline constexpr Param kP[] = {
 inline Launch launch(const Values& v) {
   const int64_t k_len = v.i[index_of(kP, "k_len")];
   return {flash_bwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")], k_len),
-          kFlashBwdThreads, flash_bwd_smem(v.t[index_of(flash_fwd::kT, "kD")], k_len)};
+          flash_bwd_threads(k_len), flash_bwd_smem(v.t[index_of(flash_fwd::kT, "kD")], k_len)};
 }
 }  // namespace flash_dkdv
 inline constexpr Kernel kFlashDkDv =

@@ -285,8 +285,8 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
       DeviceArray gq = poisoned(p, bh * s.q_len * d), gk = poisoned(p, bh * s.k_len * d),
                   gv = poisoned(p, bh * s.k_len * d);
       CUdeviceptr gqp = gq.ptr(), gkp = gk.ptr(), gvp = gv.ptr();
-      run_grid(codegen::flash_dkdv(p, f), kern::flash_bwd_grid(bh, k_len), kern::kFlashBwdThreads,
-               kern::flash_bwd_smem(d, k_len),
+      run_grid(codegen::flash_dkdv(p, f), kern::flash_bwd_grid(bh, k_len),
+               kern::flash_bwd_threads(k_len), kern::flash_bwd_smem(d, k_len),
                {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &op, &gqp, &gkp, &gvp, &batch, &heads, &q_len,
                 &k_len, &fscale, const_cast<kern::DropoutArgs*>(&args)});
       run_grid(codegen::flash_dq(p, f), kern::flash_dq_grid(bh, q_len, k_len), kern::kFlashThreads,
