@@ -41,8 +41,10 @@ struct TrainStep::Bucket {
 
 namespace {
 
-// A step's counters: n_tokens (f32), bad_token, bad_target (i32), 16 bytes apart.
-constexpr size_t kCounterBytes = 48;
+// A step's counters, each in its own 16-byte slot (every bound pointer is 16-byte aligned):
+// n_tokens (f32), bad_token, bad_target (i32).
+enum CounterSlot : size_t { kTokensSlot, kBadTokenSlot, kBadTargetSlot, kCounterSlots };
+constexpr size_t kCounterSlotBytes = 16, kCounterBytes = kCounterSlots * kCounterSlotBytes;
 
 struct Io {
   const int64_t *src_tokens, *tokens, *targets, *token_types;
@@ -52,16 +54,15 @@ struct Io {
 
 Io io_of(const TrainStep::Bucket& b) {
   auto* c = static_cast<char*>(b.counters.get());
-  // Each in its own 16-byte slot (every bound pointer is 16-byte aligned).
   return {b.src_tokens.as<int64_t>(),
           b.tokens.as<int64_t>(),
           b.targets.as<int64_t>(),
           b.token_types ? b.token_types.as<int64_t>() : nullptr,
           b.loss.as<float>(),
           b.nll.as<float>(),
-          reinterpret_cast<float*>(c),
-          reinterpret_cast<int*>(c + 16),
-          reinterpret_cast<int*>(c + 32)};
+          reinterpret_cast<float*>(c + kTokensSlot * kCounterSlotBytes),
+          reinterpret_cast<int*>(c + kBadTokenSlot * kCounterSlotBytes),
+          reinterpret_cast<int*>(c + kBadTargetSlot * kCounterSlotBytes)};
 }
 
 void memset32(void* p, uint32_t v, size_t n, CUstream s) {
@@ -598,16 +599,18 @@ StepStats TrainStep::read_stats(const Bucket& bk, CUstream s) const {
   const size_t rows = static_cast<size_t>(bk.tgt.batch * bk.tgt.seq);
   auto loss = download<float>(bk.loss.get(), rows, s);
   auto nll = download<float>(bk.nll.get(), rows, s);
-  auto counters = download<int32_t>(bk.counters.get(), kCounterBytes / 4, s);
+  auto counters = download<char>(bk.counters.get(), kCounterBytes, s);
   auto state = download<kern::OptimState>(mem_->state, 1, s);
   sync(s);
   StepStats st;
   for (size_t i = 0; i < rows; ++i) st.loss += loss[i], st.nll += nll[i];
-  float n_tokens;
-  std::memcpy(&n_tokens, &counters[0], sizeof(float));
-  st.tokens = static_cast<int64_t>(n_tokens);
-  st.bad_token = counters[4] != 0;
-  st.bad_target = counters[8] != 0;
+  auto slot = [&]<typename V>(CounterSlot i, V v) {
+    std::memcpy(&v, counters.data() + i * kCounterSlotBytes, sizeof(V));
+    return v;
+  };
+  st.tokens = static_cast<int64_t>(slot(kTokensSlot, 0.f));
+  st.bad_token = slot(kBadTokenSlot, int32_t{0}) != 0;
+  st.bad_target = slot(kBadTargetSlot, int32_t{0}) != 0;
   st.updates = state[0].step;
   st.loss_scale = state[0].loss_scale;
   st.skipped_updates = steps_run_ - (st.updates - updates_base_);
