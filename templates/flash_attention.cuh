@@ -626,6 +626,9 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   const float scale2 = scale * kLog2e;
 
   const bool one = flash_bwd_one_block(k_len);
+  // The launch's block must hold the keys its grid assumes (flash_bwd_threads): a smaller one
+  // would leave keys out of grad_q silently.
+  if (blockDim.x != static_cast<unsigned>(flash_bwd_threads(k_len))) __trap();
   const int64_t bh = blockIdx.y;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -727,6 +730,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
                                            warp, lane);
     }
   }
+  flash::cp_async_wait<0>();  // no copy left in flight (the key tile, when no query tile ran)
   const float scales[2] = {scale, scale}, ones[2] = {1.f, 1.f};
   flash::store_rows<T, kD>(grad_k + bh * k_len * kD, key, k_len, dk, scales, t);
   flash::store_rows<T, kD>(grad_v + bh * k_len * kD, key, k_len, dv, ones, t);

@@ -244,6 +244,14 @@ void add_backward_rules(std::vector<Rule>& r) {
       {"fused attention grad", {{K::kFlashAttentionGrad, false}}, {}, [](State& s, const Match& m) {
          const Op& op = s.op(*m[0]);
          const int q = op.inputs[0], lse = op.inputs[4], ctx = op.inputs[5];
+         // The grad_k/grad_v launch writes grad_q too (one key block): grad_q must be a tensor
+         // the runtime provides, never a gradient the caller may leave null (the executor skips a
+         // step writing one, which would lose grad_k and grad_v).
+         if (given_by_caller(s.g.tensor(op.outputs[0]).role)) {
+           throw InternalError(fmt::format(
+               "planner: '{}': grad_q is a caller's gradient; the fused backward needs it internal",
+               op.name));
+         }
          const Scalars scalars = flash_scalars(s, op);
          const int dot = add_scratch(s, op.name + ".dot", ElemType::kF32, s.g.tensor(lse).shape);
          const std::string one_block = fmt::format(
