@@ -198,7 +198,7 @@ std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision preci
       } else {
         choices.push_back({op.name, "unfused",
                            "the spec's default (\"attention\": \"unfused\"; on an H100 the "
-                           "fused kernels are 3-20 % slower per layer, benchmarks/RESULTS.md): "
+                           "fused kernels win only where k_len <= 128, benchmarks/RESULTS.md): "
                            "scores materialized as [B, heads, T, S]"});
         saved[op.name] = unfused_forward(r, op);
       }

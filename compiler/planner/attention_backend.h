@@ -12,9 +12,11 @@
 //            multiple of 16 up to 128.
 // The spec chooses per stack ("attention": "unfused" | "fused"; the validator refuses "fused"
 // where its kernels cannot run). No "auto" rule yet: measured on an H100 (benchmarks/RESULTS.md,
-// "Fused attention"), the fused kernels are 3-20 % slower per layer than the unfused path in all
-// five layer configurations, so the default stays unfused. `lsc plan` prints each choice with its
-// reason.
+// "Fused attention"), the fused kernels win where every key fits one backward block (k_len <= 128;
+// the Transformer-base step, the 768/12 layer at T = 128) and lose 3-17 % per layer at T = 32, 64
+// and >= 512. The lengths are run-time sizes while the backend is chosen per plan, so a length
+// rule needs both backends planned and a choice per call; until then the default stays unfused.
+// `lsc plan` prints each choice with its reason.
 #pragma once
 
 #include <string>
