@@ -106,10 +106,10 @@ int main(int argc, char** argv) {
       } else if (a == "--iters") {
         iters = std::max(1, std::atoi(next().c_str()));
       } else {
-        throw Error(fmt::format(
-            "attention_bench: unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
-            "[--dims 64,128] [--seqs 512,1024] [--causal] [--iters N]",
-            a));
+        throw Error(
+            fmt::format("unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
+                        "[--dims 64,128] [--seqs 512,1024] [--causal] [--iters N]",
+                        a));
       }
     }
     if (device_count() == 0) {
