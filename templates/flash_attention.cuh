@@ -5,6 +5,7 @@
 // ("attention": "fused"; compiler/planner/attention_backend.h).
 #pragma once
 
+#include "common/attn_dropout.cuh"
 #include "common/philox.cuh"
 #include "common/types.cuh"
 #include "flash_attention.sig.cuh"
@@ -100,67 +101,36 @@ __device__ __forceinline__ void cp_async_wait() {
 
 // The dropout keep bits of a thread's entries of a [16 queries, kN keys] tile in the C layout
 // (queries as rows: the forward, grad_q): kb[n][r] bit h <-> query row r (g, g + 8; its flat row
-// rows[r] = bh·q_len + row), key n0 + 8n + 2t + h, n0 a multiple of 8. The attention numbering
-// (common/philox.cuh, attn_keep_byte): one Philox call per 8 keys of a row, whose keys the 4
-// threads of a quad hold 2 each: the quad's kN/8 · 2 calls are split between its threads (thread
-// t draws the blocks n ≡ t mod 4, both rows) and the bytes exchanged by shuffles.
+// rows[r] = bh·q_len + row), key n0 + 8n + 2t + h, n0 a multiple of 8. One Philox call per 8 keys
+// of a row, split between the 4 threads of a quad and exchanged by shuffles
+// (common/attn_dropout.cuh).
 template <int kN>
 __device__ __forceinline__ void row_keep_bits(const DropoutArgs& drop, const uint64_t (&rows)[2],
                                               int64_t n0, int64_t k_len, int t,
                                               uint32_t (&kb)[kN / 8][2]) {
-  constexpr int kMine = kN / 8 / 4 * 2, kWords = kMine / 4;  // byte i: block 4·(i/2) + t, row i%2
-  static_assert(kN % 32 == 0 && kMine % 4 == 0, "whole words of bytes per thread");
-  const uint64_t per_row = static_cast<uint64_t>((k_len + 7) / 8);
-  uint32_t mine[kWords] = {};
-#pragma unroll
-  for (int i = 0; i < kMine; ++i) {
-    const int64_t n = 4 * (i / 2) + t;
-    const uint32_t byte = attn_keep_byte(drop, rows[i % 2] * per_row + n0 / 8 + n);
-    mine[i / 4] |= byte << (8 * (i % 4));
-  }
+  uint32_t mine[attn_dropout::Row<kN>::kWords];
+  attn_dropout::row_draw<kN>(drop, rows, n0, k_len, t, mine);
   const int quad = (threadIdx.x % 32) & ~3;
-#pragma unroll
-  for (int w = 0; w < kWords; ++w) {
-#pragma unroll
-    for (int src = 0; src < 4; ++src) {
-      const uint32_t word = __shfl_sync(0xffffffffu, mine[w], quad | src);
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        const int i = 4 * w + b;
-        kb[4 * (i / 2) + src][i % 2] = (word >> (8 * b + 2 * t)) & 3u;
-      }
-    }
-  }
+  attn_dropout::row_gather<kN>(
+      [&](int src, int w) { return __shfl_sync(0xffffffffu, mine[w], quad | src); }, t, kb);
 }
 
 // The same for a [16 keys, kM queries] tile with the keys as rows (grad_k, grad_v): kb[n] bit
 // 2r + h <-> key key0 + g + 8r (key0 a multiple of 16), query m0 + 8n + 2t + h, flat row bhq +
-// query. A call's 8 keys of one query are held by the 8 threads of one t (one bit each): for
-// each two key-column blocks n, n + 1 the warp's 32 calls (2 blocks × 8 queries × 2 key groups)
-// are drawn one per thread (thread g draws block n + g / 4, query 2t + g % 2, key group
-// (g / 2) % 2), each thread gathering its 4 bits per block by shuffles.
+// query. One call per thread per two query blocks, the bits gathered by shuffles
+// (common/attn_dropout.cuh).
 template <int kM>
 __device__ __forceinline__ void col_keep_bits(const DropoutArgs& drop, uint64_t bhq, int64_t m0,
                                               int64_t key0, int64_t k_len, int g, int t,
                                               uint32_t (&kb)[kM / 8]) {
   static_assert(kM % 16 == 0, "pairs of query blocks");
-  const uint64_t per_row = static_cast<uint64_t>((k_len + 7) / 8);
 #pragma unroll
   for (int n = 0; n < kM / 8; n += 2) {
-    const uint64_t query = bhq + m0 + 8 * (n + g / 4) + 2 * t + g % 2;
-    const uint32_t byte = attn_keep_byte(drop, query * per_row + key0 / 8 + (g / 2) % 2);
+    const uint32_t byte = attn_dropout::col_draw(drop, bhq, m0, key0, k_len, n, g, t);
 #pragma unroll
     for (int dn = 0; dn < 2; ++dn) {
-      uint32_t bits = 0;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t b = __shfl_sync(0xffffffffu, byte, 4 * (4 * dn + 2 * r + h) + t);
-          bits |= ((b >> g) & 1u) << (2 * r + h);
-        }
-      }
-      kb[n + dn] = bits;
+      kb[n + dn] = attn_dropout::col_gather(
+          [&](int lane) { return __shfl_sync(0xffffffffu, byte, lane); }, dn, g, t);
     }
   }
 }
