@@ -3,11 +3,11 @@
 // read of the other lanes' draws, give each entry a thread holds exactly the bit of the attention
 // numbering (attn_keep_bits, common/philox.cuh) — the same entries the unfused softmax drops.
 // The kernels (flash_attention.cuh) call these very functions with __shfl_sync.
+#include "templates/common/attn_dropout.cuh"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
-
-#include "templates/common/attn_dropout.cuh"
 
 namespace lightseq::kern {
 namespace {
@@ -55,8 +55,8 @@ int64_t check_col_layout(const DropoutArgs& drop, int64_t bh, int64_t q_len, int
   for (int n = 0; n < kM / 8; n += 2) {
     uint32_t bytes[32];
     for (int lane = 0; lane < 32; ++lane) {
-      bytes[lane] = attn_dropout::col_draw(drop, static_cast<uint64_t>(bh * q_len), m0, key0,
-                                           k_len, n, lane / 4, lane % 4);
+      bytes[lane] = attn_dropout::col_draw(drop, static_cast<uint64_t>(bh * q_len), m0, key0, k_len,
+                                           n, lane / 4, lane % 4);
     }
     for (int lane = 0; lane < 32; ++lane) {
       const int g = lane / 4, t = lane % 4;
@@ -69,8 +69,7 @@ int64_t check_col_layout(const DropoutArgs& drop, int64_t bh, int64_t q_len, int
             if (query >= q_len || key >= k_len) continue;
             const uint32_t want = attn_keep_bits<1>(drop, bh * q_len + query, k_len, key);
             EXPECT_EQ((bits >> (2 * r + h)) & 1u, want)
-                << "lane " << lane << ", query " << query << ", key " << key << ", k_len "
-                << k_len;
+                << "lane " << lane << ", query " << query << ", key " << key << ", k_len " << k_len;
             ++compared;
           }
         }
