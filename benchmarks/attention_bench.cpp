@@ -6,7 +6,8 @@
 // benchmarks/attention_peers.py times torch SDPA's flash and cuDNN backends on the same shapes.
 //
 // Usage: attention_bench [--dtype bf16|fp16] [--dims 64,128] [--seqs 512,...] [--causal]
-//                        [--iters N]   (needs a GPU)
+//                        [--iters N] [--fwd-warps 4|8]   (needs a GPU; --fwd-warps: the
+//                        forward's warps per block, the plans' 4 or the alternative 8)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -51,10 +52,10 @@ struct Kernels {
   KernelInstance fwd, dot, dkdv, dq;
 };
 
-Kernels instances(Precision p, int64_t d, bool causal, bool drop) {
+Kernels instances(Precision p, int64_t d, bool causal, bool drop, int fwd_warps) {
   const auto mask = tv("kMask", causal ? kern::Mask::kCausal : kern::Mask::kNone);
   const auto dropout = tv("kDrop", drop ? kern::Drop::kOn : kern::Drop::kOff);
-  return {instantiate(sig::kFlashFwd, p, {{"kD", d}, mask, dropout}),
+  return {instantiate(sig::kFlashFwd, p, {{"kD", d}, mask, dropout, {"kWarps", fwd_warps}}),
           instantiate(sig::kFlashDot, p, {{"kD", d}}),
           instantiate(sig::kFlashDkDv, p, {{"kD", d}, mask, dropout}),
           instantiate(sig::kFlashDq, p, {{"kD", d}, mask, dropout})};
@@ -84,6 +85,7 @@ int main(int argc, char** argv) {
   try {
     Precision p = Precision::kBf16;
     std::vector<int64_t> dims{64, 128}, seqs{128, 512, 1024, 2048, 4096, 8192};
+    int fwd_warps = kern::kFlashFwdWarps;  // the forward's warps per block (the plans': 4)
     bool causal = false;
     int iters = 20;
     for (int i = 1; i < argc; ++i) {
@@ -101,15 +103,21 @@ int main(int argc, char** argv) {
         dims = parse_list(next());
       } else if (a == "--seqs") {
         seqs = parse_list(next());
+      } else if (a == "--fwd-warps") {
+        fwd_warps = std::atoi(next().c_str());
+        if (fwd_warps != kern::kFlashFwdWarps && fwd_warps != kern::kFlashFwdWarpsAlt) {
+          throw Error(fmt::format("--fwd-warps takes {} or {}", kern::kFlashFwdWarps,
+                                  kern::kFlashFwdWarpsAlt));
+        }
       } else if (a == "--causal") {
         causal = true;
       } else if (a == "--iters") {
         iters = std::max(1, std::atoi(next().c_str()));
       } else {
-        throw Error(
-            fmt::format("unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
-                        "[--dims 64,128] [--seqs 512,1024] [--causal] [--iters N]",
-                        a));
+        throw Error(fmt::format(
+            "unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
+            "[--dims 64,128] [--seqs 512,1024] [--causal] [--iters N] [--fwd-warps 4|8]",
+            a));
       }
     }
     if (device_count() == 0) {
@@ -124,7 +132,7 @@ int main(int argc, char** argv) {
     std::vector<KernelInstance> all;
     for (int64_t d : dims) {
       for (bool drop : {false, true}) {
-        const Kernels k = instances(p, d, causal, drop);
+        const Kernels k = instances(p, d, causal, drop, fwd_warps);
         all.insert(all.end(), {k.fwd, k.dot, k.dkdv, k.dq});
       }
     }
@@ -140,8 +148,8 @@ int main(int argc, char** argv) {
     LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
     fmt::print(
         "attention_bench on {}: {}, hidden 2048 (heads = 2048/d), batch·T = 16384{}, {} "
-        "iterations\n",
-        device_name(0), to_string(p), causal ? ", causal" : "", iters);
+        "iterations, forward blocks of {} warps\n",
+        device_name(0), to_string(p), causal ? ", causal" : "", iters, fwd_warps);
     fmt::print("{:>4} {:>6} {:>5} {:>6} {:>5} {:>10} {:>8} {:>12} {:>8}\n", "d", "T", "batch",
                "heads", "drop", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
     {
@@ -161,7 +169,7 @@ int main(int argc, char** argv) {
           for (const DeviceBuffer* b : {&q, &k, &v, &go})
             LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(b->device_ptr(), eighth, n / 2, stream));
           for (bool drop : {false, true}) {
-            const Kernels ks = instances(p, d, causal, drop);
+            const Kernels ks = instances(p, d, causal, drop, fwd_warps);
             kern::DropoutArgs args = kern::make_dropout_args(1234, 0, drop ? 0.1 : 0.0);
             CUdeviceptr qp = q.device_ptr(), kp = k.device_ptr(), vp = v.device_ptr(), pad = 0,
                         op = o.device_ptr(), lp = lse.device_ptr(), gop = go.device_ptr(),
@@ -185,7 +193,8 @@ int main(int argc, char** argv) {
                      static_cast<size_t>(smem), stream, a, k.label);
             };
             auto fwd = [&] {
-              run(ks.fwd, kern::flash_fwd_grid(bh, T), kern::flash_fwd_block(), 0, fwd_args);
+              run(ks.fwd, kern::flash_fwd_grid(bh, T, fwd_warps), kern::flash_fwd_block(fwd_warps),
+                  0, fwd_args);
             };
             auto bwd = [&] {
               run(ks.dot, kern::flash_dot_grid(rows, T), kern::kElementwiseThreads, 0, dot_args);

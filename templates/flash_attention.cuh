@@ -372,8 +372,9 @@ __device__ __forceinline__ void grad_q_tile(T* grad_q, const T* dst, const T* ks
 // Dropout:   entry (query i, key j) of head bh by the attention numbering (common/philox.cuh,
 //            row bh·q_len + i): the unfused softmax's, so both paths drop the same entries for the
 //            same seed and offset.
-// Grid/Block: flash_fwd_grid(batch·heads, q_len) blocks of flash_fwd_block() threads (4 warps,
-//            16 query rows each, their query fragments in registers); key tiles of kFlashBlockN.
+// Grid/Block: flash_fwd_grid(batch·heads, q_len, kWarps) blocks of flash_fwd_block(kWarps)
+//            threads (kWarps warps of 16 query rows, their query fragments in registers; the plans
+//            use kFlashFwdWarps = 4); key tiles of kFlashBlockN.
 //            Smem: static, 2·kFlashBlockN·(kD + 8) elements: a key tile and a value tile, loaded
 //            with cp.async so that the value tile arrives while q·kᵀ runs and the next key tile
 //            while the softmax and p·v run; B fragments by ldmatrix (.trans for v).
@@ -381,14 +382,15 @@ __device__ __forceinline__ void grad_q_tile(T* grad_q, const T* dst, const T* ks
 // Numerics:  products in fp32 on tensor cores; the softmax in fp32 (exp2 with log2(e) folded in
 //            the scale); probabilities rounded to T before the context product (as the unfused
 //            path stores them); out rounded once.
-template <typename T, int kD, Mask kMask, Drop kDrop>
-__global__ void __launch_bounds__(kFlashThreads)
+template <typename T, int kD, Mask kMask, Drop kDrop, int kWarps>
+__global__ void __launch_bounds__(32 * kWarps)
     flash_attn_fwd_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding, T* out,
                           float* lse, int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
                           float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
-  constexpr int kM = kFlashBlockM, kN = kFlashBlockN;
+  static_assert(kWarps == 4 || kWarps == 8, "kWarps: 4 or 8 warps of 16 query rows");
+  constexpr int kM = 16 * kWarps, kN = kFlashBlockN;
   constexpr int kStride = kD + 8;  // 16 bytes of padding per row: conflict-free ldmatrix
   __shared__ __align__(16) T ks[kN * kStride];
   __shared__ __align__(16) T vs[kN * kStride];

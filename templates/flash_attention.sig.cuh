@@ -11,15 +11,21 @@
 namespace lightseq::kern {
 
 // ---- flash_attention.cuh -----------------------------------------------------------------------
-inline constexpr int kFlashBlockM = 64;  // query rows per block: 4 warps of 16
+inline constexpr int kFlashBlockM = 64;  // query rows per block of grad_q: 4 warps of 16
 inline constexpr int kFlashBlockN = 64;  // keys per tile
 inline constexpr int kFlashThreads = 128;
-LIGHTSEQ_HD constexpr int flash_fwd_block() { return kFlashThreads; }
+// The forward: kWarps warps of 16 query rows per block (a template parameter). The plans launch
+// kFlashFwdWarps; kFlashFwdWarpsAlt is the other geometry attention_bench can time (--fwd-warps),
+// whose results are the same bits (each query row is its warp's work alone).
+inline constexpr int kFlashFwdWarps = 4;
+inline constexpr int kFlashFwdWarpsAlt = 8;
+LIGHTSEQ_HD constexpr int flash_fwd_block(int warps = kFlashFwdWarps) { return 32 * warps; }
 // The most batch · heads the grids below take: CUDA's limit on gridDim.y.
 inline constexpr int64_t kFlashMaxBatchHeads = 65535;
 // x: query tiles, y: batch · heads.
-LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len) {
-  return GridDim{static_cast<uint32_t>(ceil_div(q_len, kFlashBlockM)),
+LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len,
+                                             int warps = kFlashFwdWarps) {
+  return GridDim{static_cast<uint32_t>(ceil_div(q_len, 16 * warps)),
                  static_cast<uint32_t>(batch_heads), 1};
 }
 
@@ -71,10 +77,17 @@ LIGHTSEQ_HD constexpr GridDim flash_dot_grid(int64_t rows, int64_t k_len) {
 
 namespace lightseq::kern::sig {
 
-namespace flash_fwd {
+// The template parameters the backward kernels take; the forward adds its warps per block.
+namespace flash_bwd {
 inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
                                 enum_param("kMask", "mask", kMaskInfo),
                                 enum_param("kDrop", "drop", kDropInfo)};
+}  // namespace flash_bwd
+
+namespace flash_fwd {
+inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
+                                enum_param("kMask", "mask", kMaskInfo),
+                                enum_param("kDrop", "drop", kDropInfo), int_param("kWarps", "w")};
 inline constexpr Param kP[] = {
     in("q", CType::kConstTPtr),   in("k", CType::kConstTPtr),
     in("v", CType::kConstTPtr),   in("key_padding", CType::kConstU8Ptr, Nullable::kYes),
@@ -83,9 +96,10 @@ inline constexpr Param kP[] = {
     scalar("q_len", CType::kI64), scalar("k_len", CType::kI64),
     scalar("scale", CType::kF32), dropout("drop")};
 inline Launch launch(const Values& v) {
+  const int warps = static_cast<int>(v.t[index_of(kT, "kWarps")]);
   return {flash_fwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
-                         v.i[index_of(kP, "q_len")]),
-          flash_fwd_block(), 0};
+                         v.i[index_of(kP, "q_len")], warps),
+          flash_fwd_block(warps), 0};
 }
 }  // namespace flash_fwd
 // The forward and the two gradient kernels each take ~1 s of NVRTC per instance: each its own
@@ -123,11 +137,11 @@ inline constexpr Param kP[] = {
 inline Launch launch(const Values& v) {
   const int64_t k_len = v.i[index_of(kP, "k_len")];
   return {flash_bwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")], k_len),
-          flash_bwd_threads(k_len), flash_bwd_smem(v.t[index_of(flash_fwd::kT, "kD")], k_len)};
+          flash_bwd_threads(k_len), flash_bwd_smem(v.t[index_of(flash_bwd::kT, "kD")], k_len)};
 }
 }  // namespace flash_dkdv
 inline constexpr Kernel kFlashDkDv =
-    make_kernel("flash_attention", "flash_attn_bwd_dkdv_kernel", flash_fwd::kT, flash_dkdv::kP,
+    make_kernel("flash_attention", "flash_attn_bwd_dkdv_kernel", flash_bwd::kT, flash_dkdv::kP,
                 &flash_dkdv::launch, Program::kOwn);
 
 namespace flash_dq {
@@ -140,7 +154,7 @@ inline Launch launch(const Values& v) {
 }  // namespace flash_dq
 #undef LIGHTSEQ_FLASH_BWD_PARAMS
 inline constexpr Kernel kFlashDq =
-    make_kernel("flash_attention", "flash_attn_bwd_dq_kernel", flash_fwd::kT, flash_dq::kP,
+    make_kernel("flash_attention", "flash_attn_bwd_dq_kernel", flash_bwd::kT, flash_dq::kP,
                 &flash_dq::launch, Program::kOwn);
 
 namespace flash_attention {

@@ -3,7 +3,8 @@
 // for the gradients): flash_attn_fwd_kernel and the backward (dot, grad_k/grad_v, grad_q) for
 // fp16/bf16 × head dims 32, 64, 96, 128 × every mask × dropout on/off; query and key lengths 1, 7,
 // 63, 64, 65, 77, 128, 129, 513 and cross-attention shapes with q_len ≠ k_len (the backward in one
-// launch where k_len <= 128, in three past it); a padded-out batch element
+// launch where k_len <= 128, in three past it); the forward with 8 warps per block the same bits as
+// with the plans' 4; a padded-out batch element
 // (its rows fully masked: out 0, lse +inf, no gradient); the dropped entries the same as the
 // unfused softmax's for the same seed and offset; the backward bitwise the same twice.
 #include <gtest/gtest.h>
@@ -173,6 +174,12 @@ Grads reference_grads(const Vec& q, const Vec& k, const Vec& v, const Vec& grad_
   return g;
 }
 
+// Where the forward's other block geometry (kFlashFwdWarpsAlt warps) is checked against the
+// plans' (bit for bit): the head dims of the usual models, no mask and both masks.
+bool alt_warps_checked(int64_t d, Mask m) {
+  return (d == 64 || d == 128) && (m == Mask::kNone || m == Mask::kPaddingCausal);
+}
+
 std::vector<KernelInstance> every_instance() {
   std::vector<KernelInstance> all;
   for (Precision p : kHalves) {
@@ -182,6 +189,9 @@ std::vector<KernelInstance> every_instance() {
         for (bool drop : {false, true}) {
           const codegen::Flash f{d, kern::has_padding(m), kern::has_causal(m), drop};
           all.push_back(codegen::flash_fwd(p, f));
+          if (alt_warps_checked(d, m)) {
+            all.push_back(codegen::flash_fwd(p, f, kern::kFlashFwdWarpsAlt));
+          }
           all.push_back(codegen::flash_dkdv(p, f));
           all.push_back(codegen::flash_dq(p, f));
         }
@@ -263,6 +273,19 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
     }
     EXPECT_TRUE(all_close("lse", finite_got, finite_want, ref::fp32_tolerance()));
     if (HasFailure()) return;
+    if (alt_warps_checked(d, mask)) {  // the other geometry: the same bits, each row its warp's
+      constexpr int kAlt = kern::kFlashFwdWarpsAlt;
+      DeviceArray out2 = poisoned(p, bh * s.q_len * d),
+                  lse2 = poisoned(Precision::kFp32, bh * s.q_len);
+      CUdeviceptr op2 = out2.ptr(), lp2 = lse2.ptr();
+      launch(
+          codegen::flash_fwd(p, {d, kern::has_padding(mask), kern::has_causal(mask), drop}, kAlt),
+          kern::flash_fwd_grid(bh, q_len, kAlt), kern::flash_fwd_block(kAlt),
+          {&qp, &kp, &vp, &pp, &op2, &lp2, &batch, &heads, &q_len, &k_len, &fscale,
+           const_cast<kern::DropoutArgs*>(&args)});
+      EXPECT_EQ(download_bytes(out2), download_bytes(out)) << kAlt << " warps per block: out";
+      EXPECT_EQ(download_bytes(lse2), download_bytes(lse)) << kAlt << " warps per block: lse";
+    }
 
     // The backward from the kernel's own out and lse, as training runs it.
     const Vec go = random(p, bh * s.q_len * d, -1, 1);

@@ -107,7 +107,7 @@ struct Flash {
   int64_t head_dim;
   bool padding, causal, dropout;
 };
-// The forward and the two gradient kernels share their template parameters.
+// The two gradient kernels' template parameters (the forward's, without its warps per block).
 inline KernelInstance flash(const sig::Kernel& k, Precision p, const Flash& c) {
   const int bits = (c.padding ? 1 : 0) | (c.causal ? 2 : 0);
   return instantiate(k, p,
@@ -115,7 +115,15 @@ inline KernelInstance flash(const sig::Kernel& k, Precision p, const Flash& c) {
                       tv("kMask", static_cast<kern::Mask>(bits)),
                       on_off<kern::Drop>("kDrop", c.dropout)});
 }
-inline KernelInstance flash_fwd(Precision p, const Flash& c) { return flash(sig::kFlashFwd, p, c); }
+// The forward with `warps` warps of 16 query rows per block (the plans': kFlashFwdWarps).
+inline KernelInstance flash_fwd(Precision p, const Flash& c, int warps = kern::kFlashFwdWarps) {
+  const int bits = (c.padding ? 1 : 0) | (c.causal ? 2 : 0);
+  return instantiate(sig::kFlashFwd, p,
+                     {{"kD", c.head_dim},
+                      tv("kMask", static_cast<kern::Mask>(bits)),
+                      on_off<kern::Drop>("kDrop", c.dropout),
+                      {"kWarps", warps}});
+}
 inline KernelInstance flash_dkdv(Precision p, const Flash& c) {
   return flash(sig::kFlashDkDv, p, c);
 }

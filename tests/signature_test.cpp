@@ -30,9 +30,13 @@ namespace {
 
 // A valid value for each integer template parameter (the signatures' own names).
 int64_t sample_value(const sig::TParam& t) {
-  static const std::map<std::string, int64_t> values{{"kHidden", 512}, {"kCols", 2048},
-                                                     {"kHeads", 8},    {"kParts", 3},
-                                                     {"kVocab", 1000}, {"kD", 64}};
+  static const std::map<std::string, int64_t> values{{"kHidden", 512},
+                                                     {"kCols", 2048},
+                                                     {"kHeads", 8},
+                                                     {"kParts", 3},
+                                                     {"kVocab", 1000},
+                                                     {"kD", 64},
+                                                     {"kWarps", kern::kFlashFwdWarps}};
   auto it = values.find(t.name);
   if (it == values.end())
     throw InternalError(std::string("signature_test: no sample value for ") + t.name);

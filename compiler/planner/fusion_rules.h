@@ -51,8 +51,8 @@ void finish_partials(State& s, int partials, const std::vector<int>& param_grads
 void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_of_ops);
 kern::Act act_of(Activation a);
 // The fused attention ops (kFlashAttention*, whose q and k are inputs 0 and 1, [B, heads, T | S,
-// d] views): a kernel of flash_attention.cuh for the op's head dim, masks and dropout, and its
-// shape scalars (batch, heads, q_len, k_len, scale).
+// d] views): a kernel of flash_attention.cuh for the op's head dim, masks and dropout (the forward
+// with kFlashFwdWarps warps per block), and its shape scalars (batch, heads, q_len, k_len, scale).
 KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op);
 Scalars flash_scalars(const State& s, const Op& op);
 kern::Pos pos_of(bool learned);
