@@ -584,15 +584,17 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   constexpr int kM = flash_bwd_block_m(kD);
   constexpr int kStride = kD + 8, kSStride = kM + 8;
   // 16 keys per warp: 4 warps (64 keys) or, one block of more than 64 keys, 8 (flash_bwd_warps)
-  const int warps = blockDim.x / 32, kN = 16 * warps;
+  const int block_n = flash_bwd_block_n(k_len);
+  const bool big = block_n == kFlashBwdBlockN;  // the 8-warp block
   extern __shared__ __align__(16) unsigned char flash_bwd_smem_bytes[];
+  const FlashBwdSmem sm = flash_bwd_smem_layout(kD, k_len);
   T* qs = reinterpret_cast<T*>(flash_bwd_smem_bytes);
-  T* gs = qs + kM * kStride;
-  float* lse_s = reinterpret_cast<float*>(gs + kM * kStride);
-  float* dot_s = lse_s + kM;
-  T* ks = reinterpret_cast<T*>(dot_s + kM);  // one key block: the keys (grad_q's B operand)
-  T* dst = ks + kN * kStride;                // one key block: the tile's dSᵀ [key][query]
-  static_assert(16 * kFlashBwdThreads / 32 == kFlashBwdBlockN, "one block: 16 keys per warp");
+  T* gs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.gs);
+  float* lse_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.lse);
+  float* dot_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.dot);
+  T* ks = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.ks);    // one key block: the keys
+  T* dst = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.dst);  // one key block: dSᵀ [key][query]
+  static_assert(16 * kFlashBwdThreads / 32 == kFlashBwdBlockN, "the 8-warp block: 16 keys a warp");
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
   constexpr float kLog2e = 1.4426950408889634f;
   const float scale2 = scale * kLog2e;
@@ -602,7 +604,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   // would leave keys out of grad_q silently.
   if (blockDim.x != static_cast<unsigned>(flash_bwd_threads(k_len))) __trap();
   const int64_t bh = blockIdx.y;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kN;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * block_n;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const T* qh = q + bh * q_len * kD;
@@ -627,7 +629,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   // Query and grad_out tiles by cp.async: the next grad_out tile loads while grad_k's product
   // runs; the next query tile is requested as soon as the last reader of this one is done.
   if (one) {  // the whole key block (zeros past k_len)
-    if (warps == 8) {
+    if (big) {
       flash::load_tile_async<T, kD, 128, kStride>(ks, k + bh * k_len * kD, 0, k_len);
     } else {
       flash::load_tile_async<T, kD, 64, kStride>(ks, k + bh * k_len * kD, 0, k_len);
@@ -640,7 +642,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   flash::cp_async_commit();
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
     // The tile's lse (log2 units) and D, staged once (the previous tile's readers are done).
-    if (one && warps == 8) {
+    if (one && big) {
       flash::stage_dot<T, kD, kM, 256>(dot_s, out + bh * q_len * kD, gh, m0, q_len);
     } else if (one) {
       flash::stage_dot<T, kD, kM, 128>(dot_s, out + bh * q_len * kD, gh, m0, q_len);
@@ -662,7 +664,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
     flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, lane);  // (grad_out·vᵀ)ᵀ[key][query]
     // Masks only where the tile needs them (queries past q_len, keys past k_len, padding, the
     // causal diagonal).
-    const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
+    const bool masked = flash::tile_masked<kMask>(m0, kM, n0, block_n, q_len, k_len);
     uint32_t kb[kM / 8];
     if constexpr (kDrop == Drop::kOn) {
       flash::col_keep_bits<kM>(drop, static_cast<uint64_t>(bh * q_len), m0, key0, k_len, g, t, kb);
@@ -694,7 +696,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
     }
     // grad_q of the tile's rows (while the next tiles load; dSᵀ is rewritten only after the next
     // iteration's first barrier).
-    if (one && warps == 8) {
+    if (one && big) {
       flash::grad_q_tile<T, kD, kM, 128, 8>(grad_q + bh * q_len * kD, dst, ks, m0, q_len, scale,
                                             warp, lane);
     } else if (one) {

@@ -50,13 +50,22 @@ LIGHTSEQ_HD constexpr int flash_bwd_block_n(int64_t k_len) { return 16 * flash_b
 // Query rows per tile of the grad_k/grad_v kernel: 32 past head dim 64 (the block's k and v
 // fragments and its two accumulators already hold kD / 2 registers each per thread).
 LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d) { return d > 64 ? 32 : 64; }
-// Its dynamic shared memory (fp16/bf16 elements, rows padded by 8): a query tile and its grad_out
-// tile, the tile's lse and D; with one key block also the keys and the tile's dSᵀ [keys, queries].
+// Its dynamic shared memory, byte offsets (fp16/bf16 elements, rows padded by 8): a query tile
+// [m, d] at 0 and its grad_out tile, the tile's lse and D (fp32); with one key block also the keys
+// [n, d] and the tile's dSᵀ [n, m]. The kernel carves its buffer by these; `bytes` is the launch's.
+struct FlashBwdSmem {
+  int gs, lse, dot, ks, dst, bytes;
+};
+LIGHTSEQ_HD constexpr FlashBwdSmem flash_bwd_smem_layout(int64_t d, int64_t k_len) {
+  const int m = flash_bwd_block_m(d), n = flash_bwd_block_n(k_len);
+  const int row = static_cast<int>(d + 8) * 2, tile = m * row;
+  FlashBwdSmem l{tile, 2 * tile, 2 * tile + 4 * m, 2 * tile + 8 * m, 0, 0};
+  l.dst = l.ks + n * row;
+  l.bytes = flash_bwd_one_block(k_len) ? l.dst + n * (m + 8) * 2 : l.ks;
+  return l;
+}
 LIGHTSEQ_HD constexpr int flash_bwd_smem(int64_t d, int64_t k_len) {
-  const int64_t m = flash_bwd_block_m(d), n = flash_bwd_block_n(k_len);
-  const int64_t base = 2 * m * (d + 8) * 2 + 2 * m * 4;
-  const int64_t one = n * (d + 8) * 2 + n * (m + 8) * 2;
-  return static_cast<int>(base + (flash_bwd_one_block(k_len) ? one : 0));
+  return flash_bwd_smem_layout(d, k_len).bytes;
 }
 LIGHTSEQ_HD constexpr GridDim flash_bwd_grid(int64_t batch_heads, int64_t k_len) {
   return GridDim{static_cast<uint32_t>(ceil_div(k_len, flash_bwd_block_n(k_len))),
