@@ -106,23 +106,19 @@ inline KernelInstance softmax_fwd(Precision p, const Softmax& c) {
 struct Flash {
   int64_t head_dim;
   bool padding, causal, dropout;
+  TemplateValue mask() const {
+    return tv("kMask", static_cast<kern::Mask>((padding ? 1 : 0) | (causal ? 2 : 0)));
+  }
+  TemplateValue drop() const { return on_off<kern::Drop>("kDrop", dropout); }
 };
 // The two gradient kernels' template parameters (the forward's, without its warps per block).
 inline KernelInstance flash(const sig::Kernel& k, Precision p, const Flash& c) {
-  const int bits = (c.padding ? 1 : 0) | (c.causal ? 2 : 0);
-  return instantiate(k, p,
-                     {{"kD", c.head_dim},
-                      tv("kMask", static_cast<kern::Mask>(bits)),
-                      on_off<kern::Drop>("kDrop", c.dropout)});
+  return instantiate(k, p, {{"kD", c.head_dim}, c.mask(), c.drop()});
 }
 // The forward with `warps` warps of 16 query rows per block (the plans': kFlashFwdWarps).
 inline KernelInstance flash_fwd(Precision p, const Flash& c, int warps = kern::kFlashFwdWarps) {
-  const int bits = (c.padding ? 1 : 0) | (c.causal ? 2 : 0);
   return instantiate(sig::kFlashFwd, p,
-                     {{"kD", c.head_dim},
-                      tv("kMask", static_cast<kern::Mask>(bits)),
-                      on_off<kern::Drop>("kDrop", c.dropout),
-                      {"kWarps", warps}});
+                     {{"kD", c.head_dim}, c.mask(), c.drop(), {"kWarps", warps}});
 }
 inline KernelInstance flash_dkdv(Precision p, const Flash& c) {
   return flash(sig::kFlashDkDv, p, c);
