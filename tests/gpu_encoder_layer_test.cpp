@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 
+#include "runtime/layer_calls.h"
 #include "runtime/model.h"
 #include "tests/gpu_layer_test_util.h"
 #include "tests/reference/layers.h"
@@ -261,6 +262,94 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   EXPECT_TRUE(
       ref::bytes_equal("device seed and offset, saved arena path", a, run(7, 100, true, true)));
   EXPECT_NE(a, run(8, 100, false, true)) << "another seed in device memory must draw other masks";
+}
+
+// LayerCalls (runtime/layer_calls.h), the front ends' path: a call that recurs with the same
+// pointers is run eagerly, then captured, then replayed from its CUDA graph; every one of them
+// writes what the eager call wrote, bit for bit (outputs poisoned before each call), and a replay
+// reads the dropout seed/offset from device memory as it is at replay time.
+TEST_F(GpuEncoderDropout, ReplayedCallsEqualEagerCallsAndDrawTheirDropoutAfresh) {
+  Case c{256, 4, 1024, NormPlacement::kPre, Activation::kGelu, Precision::kBf16, 4, 40, true};
+  ModelSpec spec = spec_for(c);
+  spec.layers[0].dropout = {0.1, 0.1, 0.1};
+  const auto model = model_for(spec);
+  const LayerExecutor& exec = model->stack(0);
+  ref::Rng rng(seed_);
+  ref::LayerConfig cfg{c.hidden, c.heads, c.ffn, c.norm, c.act, false, 1e-5, std::nullopt};
+  ref::EncoderLayerParams params = ref::random_encoder_params(cfg, rng);
+  const Precision p = c.precision;
+  const int64_t rows = c.batch * c.seq;
+  const RunShape shape{c.batch, c.seq, 0};
+  std::map<std::string, DeviceBuffer> mem;  // by manifest name
+  for (auto& [name, v] : ref::named_tensors(params)) {
+    std::vector<uint8_t> bytes = ref::encode(p, *v);
+    mem.emplace(name, upload_bytes(bytes.data(), bytes.size()));
+    mem.emplace("grad." + name, upload_bytes(bytes.data(), bytes.size()));
+  }
+  for (const char* name : {"x", "grad_y"}) {
+    std::vector<uint8_t> b = ref::encode(p, rng.uniform_vec(rows * c.hidden, -1, 1));
+    mem.emplace(name, upload_bytes(b.data(), b.size()));
+  }
+  const size_t act_bytes = static_cast<size_t>(rows * c.hidden) * element_bytes(p);
+  mem.emplace("y", DeviceBuffer(*allocator_, act_bytes, stream_));
+  mem.emplace("grad_x", DeviceBuffer(*allocator_, act_bytes, stream_));
+  const std::vector<uint8_t> pad = test::padding_pattern(c.batch, c.seq);
+  mem.emplace("key_padding_mask", upload_bytes(pad.data(), pad.size()));
+  DeviceBuffer saved(*allocator_, static_cast<size_t>(exec.saved_arena_bytes(shape)), stream_);
+  std::vector<void*> args[2];
+  for (int dir = 0; dir < 2; ++dir) {
+    for (const ManifestEntry& e : exec.manifest(dir == 1)) {
+      ASSERT_TRUE(mem.count(e.name)) << "the test binds no " << e.name;
+      args[dir].push_back(mem.at(e.name).get());
+    }
+  }
+  const uint64_t philox[2] = {7, 100};
+  DeviceBuffer state = upload_bytes(philox, sizeof(philox));
+  DropoutConfig d{0.1, 0.1, 0.1, 0, 0, 0};
+  d.seed_ptr = static_cast<const uint64_t*>(state.get());
+  d.offset_ptr = d.seed_ptr + 1;
+
+  LayerCalls calls(exec);
+  // y and grad_x after a forward and a backward, each eager (graphs false) or through replay()
+  auto step = [&](bool graphs) {
+    const std::vector<uint8_t> nan(act_bytes, 0xff);
+    for (const char* name : {"y", "grad_x"}) {
+      LIGHTSEQ_CU_CHECK(
+          driver().cuMemcpyHtoDAsync(mem.at(name).device_ptr(), nan.data(), act_bytes, stream_));
+    }
+    for (int dir = 0; dir < 2; ++dir) {
+      auto held = std::make_shared<std::vector<DeviceBuffer>>();
+      const ChunkSource chunk = [&](size_t bytes) {
+        held->emplace_back(*allocator_, bytes, stream_);
+        return held->back().get();
+      };
+      const LayerCall call{dir == 1, args[dir], shape, d, saved.get()};
+      if (graphs) {
+        calls.replay(call, stream_, chunk, [&] { return std::shared_ptr<void>(held); });
+      } else {
+        calls.run(call, stream_, chunk);
+      }
+    }
+    std::vector<uint8_t> out(2 * act_bytes);
+    download_bytes(mem.at("y"), out.data(), act_bytes);
+    download_bytes(mem.at("grad_x"), out.data() + act_bytes, act_bytes);
+    return out;
+  };
+  const std::vector<uint8_t> eager = step(false);
+  for (const char* what : {"first call (eager)", "second call (captured)", "third call (replayed)",
+                           "fourth call (replayed)"}) {
+    EXPECT_TRUE(ref::bytes_equal(fmt::format("{}: y and grad_x", what), eager, step(true)));
+  }
+  const CallGraphs::Stats st = calls.graph_stats();
+  EXPECT_EQ(st.captures, 2) << "the forward and the backward captured once each";
+  EXPECT_EQ(st.replays, 6) << "launched from their graphs at the second, third and fourth call";
+  EXPECT_GT(st.pinned_bytes, 0u);
+  // another offset in device memory: the replay draws other masks, those of an eager call
+  const uint64_t next[2] = {7, 100 + kDropoutOffsetStride};
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(state.device_ptr(), next, sizeof(next), stream_));
+  const std::vector<uint8_t> replayed = step(true), fresh = step(false);
+  EXPECT_NE(replayed, eager) << "a replay must read the new offset";
+  EXPECT_TRUE(ref::bytes_equal("replayed with the new offset vs eager", fresh, replayed));
 }
 
 }  // namespace

@@ -5,9 +5,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <deque>
 #include <iostream>
+#include <map>
 #include <random>
-#include <tuple>
+#include <span>
+#include <string>
 
 #include "compiler/errors.h"
 #include "frontends/lsc/timing.h"
@@ -17,53 +20,12 @@
 #include "runtime/device.h"
 #include "runtime/driver.h"
 #include "runtime/host_dtype.h"
+#include "runtime/layer_calls.h"
 #include "runtime/model.h"
 
 namespace lightseq::lsc {
 
 namespace {
-
-struct Buffer {
-  DeviceBuffer mem;
-  Buffer(Allocator& a, size_t bytes, CUstream s) : mem(a, bytes, s) {}
-  void* get() { return mem.get(); }
-};
-
-void upload(void* dst, const std::vector<float>& values, Precision p, CUstream stream) {
-  const std::vector<uint8_t> bytes = encode(values, p);
-  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), bytes.data(),
-                                               bytes.size(), stream));
-  LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
-}
-
-// One layer's parameters and gradients in device memory, random, in the model's dtype.
-class ParamMemory {
- public:
-  ParamMemory(Allocator& a, CUstream s, Precision p, std::mt19937& rng)
-      : alloc_(a), stream_(s), p_(p), rng_(rng) {}
-  // n values ~ N(offset, scale²)
-  void* value(size_t n, float scale, float offset) {
-    std::normal_distribution<float> normal(0.f, 1.f);
-    std::vector<float> v(n);
-    for (float& x : v) x = normal(rng_) * scale + offset;
-    void* d = grad(n);
-    upload(d, v, p_, stream_);
-    return d;
-  }
-  void* weight(size_t n) { return value(n, 0.02f, 0); }
-  // n elements, left as allocated (gradients are written by the step)
-  void* grad(size_t n) {
-    mem_.push_back(std::make_unique<Buffer>(alloc_, n * element_bytes(p_), stream_));
-    return mem_.back()->get();
-  }
-
- private:
-  Allocator& alloc_;
-  CUstream stream_;
-  Precision p_;
-  std::mt19937& rng_;
-  std::vector<std::unique_ptr<Buffer>> mem_;
-};
 
 // Half the batch with its last eighth padded.
 std::vector<uint8_t> bench_mask(int64_t batch, int64_t seq) {
@@ -73,6 +35,122 @@ std::vector<uint8_t> bench_mask(int64_t batch, int64_t seq) {
   }
   return mask;
 }
+
+// One layer stack's tensors, bound by its manifest: per layer, its parameters, their gradients and
+// its saved-activation arena; the activations between layers x0 … xN (layer i reads x_i as "x"
+// and writes x_{i+1} as "y") and their gradients; every other tensor (a padding mask, a decoder's
+// encoder output and its gradient, which every layer adds into) one buffer for the whole stack,
+// by name. Values: parameters ~ N(0, 0.02²), activations ~ N(0, 1), gradients given ~ N(0, 0.001²),
+// padding masks as bench_mask; the rest as allocated.
+class StackMemory {
+ public:
+  StackMemory(const LayerExecutor& exec, int count, const RunShape& shape, Precision p,
+              Allocator& alloc, CUstream stream)
+      : shape_(shape), p_(p), alloc_(alloc), stream_(stream), rng_(1234) {
+    const std::vector<uint64_t> seed_offset{42, 0};
+    seed_offset_ = static_cast<uint64_t*>(buffer(sizeof(uint64_t) * 2));
+    copy_in(seed_offset_, seed_offset.data(), sizeof(uint64_t) * 2);
+    const auto& fwd = exec.manifest(false);
+    const auto& bwd = exec.manifest(true);
+    const ManifestEntry* x = find(fwd, "x");
+    const ManifestEntry* y = find(bwd, "grad_y");
+    if (x == nullptr || y == nullptr || find(fwd, "y") == nullptr ||
+        find(bwd, "grad_x") == nullptr) {
+      throw Error(
+          fmt::format("{}: lsc bench times layers that map x to y (this one's manifest "
+                      "has no x, y, grad_y or grad_x)",
+                      exec.plan().layer.name));
+    }
+    for (int i = 0; i <= count; ++i) {
+      chain_[0].push_back(value(*x, 1.f));
+      chain_[1].push_back(value(*y, 1e-3f));
+    }
+    for (int i = 0; i < count; ++i) {
+      std::map<std::string, void*> own;  // this layer's parameters and gradients, by name
+      for (int dir = 0; dir < 2; ++dir) {
+        std::vector<void*>& args = args_[dir].emplace_back();
+        for (const ManifestEntry& e : dir == 0 ? fwd : bwd) {
+          args.push_back(bind(e, i, own));
+        }
+      }
+      saved_.push_back(buffer(static_cast<size_t>(exec.saved_arena_bytes(shape))));
+    }
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
+  }
+
+  std::span<void* const> args(int layer, bool backward) const {
+    return args_[backward ? 1 : 0][layer];
+  }
+  void* saved(int layer) const { return saved_[layer]; }
+  const uint64_t* seed_offset() const { return seed_offset_; }
+  // The stack's buffers its calls add into (+=): zeroed before each step.
+  const std::vector<std::pair<void*, size_t>>& zeroed_each_step() const { return zeroed_; }
+
+ private:
+  static const ManifestEntry* find(const std::vector<ManifestEntry>& m, std::string_view name) {
+    for (const ManifestEntry& e : m) {
+      if (e.name == name) return &e;
+    }
+    return nullptr;
+  }
+  size_t bytes(const ManifestEntry& e) const {
+    return static_cast<size_t>(shape_numel(e.shape).eval(shape_.batch, shape_.seq, shape_.src_seq) *
+                               elem_bytes(e.type, p_));
+  }
+  void* buffer(size_t n) {
+    return mem_.emplace_back(alloc_, std::max<size_t>(n, 1), stream_).get();
+  }
+  void copy_in(void* dst, const void* src, size_t n) {
+    LIGHTSEQ_CU_CHECK(
+        driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), src, n, stream_));
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream_));  // `src` goes after this
+  }
+  // A buffer for `e` holding what the class comment says for its kind of tensor.
+  void* value(const ManifestEntry& e, float scale) {
+    void* d = buffer(bytes(e));
+    if (e.type == ElemType::kModel) {
+      std::normal_distribution<float> normal(0.f, scale);
+      std::vector<float> v(bytes(e) / elem_bytes(e.type, p_));
+      for (float& f : v) f = normal(rng_);
+      const std::vector<uint8_t> enc = encode(v, p_);
+      copy_in(d, enc.data(), enc.size());
+    } else if (e.type == ElemType::kU8 && e.shape.size() == 2) {  // a padding mask [B, T or S]
+      const std::vector<uint8_t> mask =
+          bench_mask(shape_.batch, e.shape[1].eval(shape_.batch, shape_.seq, shape_.src_seq));
+      copy_in(d, mask.data(), mask.size());
+    } else {
+      LIGHTSEQ_CU_CHECK(
+          driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(d), 0, bytes(e), stream_));
+    }
+    return d;
+  }
+  void* bind(const ManifestEntry& e, int layer, std::map<std::string, void*>& own) {
+    if (e.name == "x") return chain_[0][layer];
+    if (e.name == "y") return chain_[0][layer + 1];
+    if (e.name == "grad_y") return chain_[1][layer + 1];
+    if (e.name == "grad_x") return chain_[1][layer];
+    const bool per_layer = e.role == TensorRole::kParam || e.role == TensorRole::kParamGrad;
+    std::map<std::string, void*>& where = per_layer ? own : shared_;
+    auto it = where.find(e.name);
+    if (it != where.end()) return it->second;
+    void* d = value(e, e.role == TensorRole::kParam ? 0.02f : 1.f);
+    if (e.accumulates) zeroed_.emplace_back(d, bytes(e));
+    return where[e.name] = d;
+  }
+
+  RunShape shape_;
+  Precision p_;
+  Allocator& alloc_;
+  CUstream stream_;
+  std::mt19937 rng_;
+  std::deque<DeviceBuffer> mem_;
+  uint64_t* seed_offset_ = nullptr;
+  std::vector<void*> chain_[2];              // x0 … xN, and their gradients
+  std::vector<std::vector<void*>> args_[2];  // per direction, per layer: the manifest's pointers
+  std::vector<void*> saved_;                 // per layer: its saved-activation arena
+  std::map<std::string, void*> shared_;      // the stack's other tensors, by name
+  std::vector<std::pair<void*, size_t>> zeroed_;
+};
 
 }  // namespace
 
@@ -100,7 +178,6 @@ int run_bench(const BenchOptions& o) {
   ScopedContext ctx(o.device);
   OwnedStream stream;
   StreamOrderedAllocator alloc(o.device);
-  std::mt19937 rng(1234);
   const bool has_decoder =
       std::any_of(spec.layers.begin(), spec.layers.end(),
                   [](const LayerStackSpec& s) { return s.kind == LayerKind::kDecoder; });
@@ -110,112 +187,66 @@ int run_bench(const BenchOptions& o) {
       spec.name, device_name(o.device), device_arch(o.device), to_string(p), o.batch, o.seq,
       o.batch * o.seq,
       has_decoder ? fmt::format(", decoders attend to {} encoder positions", src_seq) : "");
-  const std::vector<uint8_t> mask = bench_mask(o.batch, o.seq),
-                             src_mask = bench_mask(o.batch, src_seq);
-  Buffer mask_dev(alloc, mask.size(), stream), src_mask_dev(alloc, src_mask.size(), stream);
-  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(mask_dev.get()),
-                                               mask.data(), mask.size(), stream));
-  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(src_mask_dev.get()),
-                                               src_mask.data(), src_mask.size(), stream));
-  const auto* pad = static_cast<const uint8_t*>(mask_dev.get());
-  const auto* src_pad = static_cast<const uint8_t*>(src_mask_dev.get());
 
   for (int s = 0; s < static_cast<int>(spec.layers.size()); ++s) {
     const LayerStackSpec& st = spec.layers[s];
-    const bool decoder = st.kind == LayerKind::kDecoder;
-    const int64_t H = st.hidden, F = st.ffn, tokens = o.batch * o.seq,
-                  src_tokens = o.batch * src_seq;
-    ParamMemory mem(alloc, stream, p, rng);
-    // activations between layers: x0 … xN, and their gradients; a decoder stack also reads an
-    // encoder output and sums its gradient
-    std::vector<void*> xs, grads;
-    for (int i = 0; i <= st.count; ++i) xs.push_back(mem.value(tokens * H, 1.f, 0));
-    for (int i = 0; i <= st.count; ++i) grads.push_back(mem.value(tokens * H, 1e-3f, 0));
-    void* enc = decoder ? mem.value(src_tokens * H, 1.f, 0) : nullptr;
-    void* grad_enc = decoder ? mem.grad(src_tokens * H) : nullptr;
-    const RunShape shape{o.batch, o.seq, decoder ? src_seq : 0};
+    const RunShape shape{o.batch, o.seq, st.kind == LayerKind::kDecoder ? src_seq : 0};
+    StackMemory mem(model->stack(s), st.count, shape, p, alloc, stream);
+    // The dropout seed and offset from device memory (graph-safe), layer i at offset i·stride;
+    // every step draws the same masks (the timing does not depend on which).
     DropoutConfig drop{st.dropout.attention,
                        st.dropout.activation,
                        st.dropout.hidden,
                        0,
                        st.dropout.attention_output_p(),
-                       42,
-                       0};
-    Timing t;
-    if (!decoder) {
-      EncoderLayer layer(model, s);
-      std::vector<std::pair<EncoderWeights, EncoderGrads>> layers;
-      for (int i = 0; i < st.count; ++i) {
-        EncoderWeights w{mem.weight(3 * H * H), mem.weight(3 * H),  mem.weight(H * H),
-                         mem.weight(H),         mem.weight(F * H),  mem.weight(F),
-                         mem.weight(H * F),     mem.weight(H),      mem.value(H, 0, 1),
-                         mem.value(H, 0, 0),    mem.value(H, 0, 1), mem.value(H, 0, 0)};
-        EncoderGrads g{mem.grad(3 * H * H), mem.grad(3 * H), mem.grad(H * H), mem.grad(H),
-                       mem.grad(F * H),     mem.grad(F),     mem.grad(H * F), mem.grad(H),
-                       mem.grad(H),         mem.grad(H),     mem.grad(H),     mem.grad(H)};
-        layers.emplace_back(w, g);
+                       0,
+                       0,
+                       mem.seed_offset(),
+                       mem.seed_offset() + 1};
+    // Declared after the stream and the memory: captured graphs (and the temporaries they keep)
+    // go first.
+    LayerCalls calls(model->stack(s));
+    auto step = [&](bool graphs) {
+      for (const auto& [ptr, bytes] : mem.zeroed_each_step()) {
+        LIGHTSEQ_CU_CHECK(
+            driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(ptr), 0, bytes, stream));
       }
-      t = time_steps(o.warmup, o.iters, stream, [&] {
-        std::vector<SavedActivations> saved;
-        for (int i = 0; i < st.count; ++i) {
-          drop.offset += kDropoutOffsetStride;
-          saved.push_back(layer.forward(layers[i].first, {p, xs[i], pad, xs[i + 1]}, shape, drop,
-                                        alloc, stream));
+      for (int k = 0; k < 2 * st.count; ++k) {  // the forwards, then the backwards in reverse
+        const bool backward = k >= st.count;
+        const int i = backward ? 2 * st.count - 1 - k : k;
+        drop.offset = static_cast<uint64_t>(i) * kDropoutOffsetStride;
+        const LayerCall call{backward, mem.args(i, backward), shape, drop, mem.saved(i)};
+        // temporaries from the pool; a captured call's stay as long as its graph
+        auto held = std::make_shared<std::vector<DeviceBuffer>>();
+        const ChunkSource chunk = [&](size_t bytes) {
+          held->emplace_back(alloc, bytes, stream);
+          return held->back().get();
+        };
+        if (graphs) {
+          calls.replay(call, stream, chunk, [&] { return std::shared_ptr<void>(held); });
+        } else {
+          calls.run(call, stream, chunk);
         }
-        for (int i = st.count - 1; i >= 0; --i) {
-          layer.backward(layers[i].first, layers[i].second, {grads[i + 1], grads[i]}, saved[i],
-                         GradMode::kOverwrite, alloc, stream);
-        }
-      });
-    } else {
-      DecoderLayer layer(model, s);
-      std::vector<std::pair<DecoderWeights, DecoderGrads>> layers;
-      for (int i = 0; i < st.count; ++i) {
-        DecoderWeights w;
-        DecoderGrads g;
-        for (auto [aw, ag] : {std::pair{&w.self_attn, &g.self_attn},
-                              std::pair{&w.multihead_attn, &g.multihead_attn}}) {
-          *aw = {mem.weight(3 * H * H), mem.weight(3 * H), mem.weight(H * H), mem.weight(H)};
-          *ag = {mem.grad(3 * H * H), mem.grad(3 * H), mem.grad(H * H), mem.grad(H)};
-        }
-        w.linear1_weight = mem.weight(F * H), w.linear1_bias = mem.weight(F);
-        w.linear2_weight = mem.weight(H * F), w.linear2_bias = mem.weight(H);
-        for (auto [wg, wb, gg, gb] :
-             {std::tuple{&w.norm1_weight, &w.norm1_bias, &g.norm1_weight, &g.norm1_bias},
-              std::tuple{&w.norm2_weight, &w.norm2_bias, &g.norm2_weight, &g.norm2_bias},
-              std::tuple{&w.norm3_weight, &w.norm3_bias, &g.norm3_weight, &g.norm3_bias}}) {
-          *wg = mem.value(H, 0, 1), *wb = mem.value(H, 0, 0), *gg = mem.grad(H), *gb = mem.grad(H);
-        }
-        g.linear1_weight = mem.grad(F * H), g.linear1_bias = mem.grad(F);
-        g.linear2_weight = mem.grad(H * F), g.linear2_bias = mem.grad(H);
-        layers.emplace_back(w, g);
       }
-      const size_t enc_bytes = static_cast<size_t>(src_tokens * H) * element_bytes(p);
-      t = time_steps(o.warmup, o.iters, stream, [&] {
-        std::vector<SavedActivations> saved;
-        for (int i = 0; i < st.count; ++i) {
-          drop.offset += kDropoutOffsetStride;
-          saved.push_back(layer.forward(layers[i].first, {p, xs[i], pad, enc, src_pad, xs[i + 1]},
-                                        shape, drop, alloc, stream));
-        }
-        // the layers' encoder-output gradients sum into one buffer, zeroed first (part of the step)
-        LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(grad_enc), 0,
-                                                   enc_bytes, stream));
-        for (int i = st.count - 1; i >= 0; --i) {
-          layer.backward(layers[i].first, layers[i].second, {grads[i + 1], grads[i], grad_enc},
-                         saved[i], GradMode::kOverwrite, alloc, stream);
-        }
-      });
+    };
+    for (const bool graphs : {false, true}) {
+      if (graphs && o.no_graphs) break;
+      const Timing t = time_steps(o.warmup, o.iters, stream, [&] { step(graphs); });
+      const CallGraphs::Stats g = calls.graph_stats();
+      std::cout << fmt::format(
+                       "layers[{}] {} × {} {}/{}/{} {}-LN {}{}: step {:.3f} ms (median of {}, min "
+                       "{:.3f}), {:.3f} ms per layer fwd+bwd, {:.0f} tokens/s; host issue {:.3f} "
+                       "ms per layer fwd+bwd{}\n",
+                       s, st.count, to_string(st.kind), st.hidden, st.heads, st.ffn,
+                       to_string(st.norm), to_string(st.activation),
+                       graphs ? ", calls replayed from CUDA graphs" : "", t.median, t.count, t.min,
+                       t.median / st.count, o.batch * o.seq / (t.median / 1e3),
+                       t.host_median / st.count,
+                       graphs ? fmt::format(" ({} captures, {} replays, {} eager)", g.captures,
+                                            g.replays, g.eager)
+                              : "")
+                << std::flush;
     }
-    std::cout
-        << fmt::format(
-               "layers[{}] {} × {} {}/{}/{} {}-LN {}: step {:.3f} ms (median of {}, min {:.3f}), "
-               "{:.3f} ms per layer fwd+bwd, {:.0f} tokens/s; host issue {:.3f} ms per layer "
-               "fwd+bwd\n",
-               s, st.count, to_string(st.kind), H, st.heads, F, to_string(st.norm),
-               to_string(st.activation), t.median, t.count, t.min, t.median / st.count,
-               tokens / (t.median / 1e3), t.host_median / st.count)
-        << std::flush;
   }
   LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
   return 0;

@@ -8,8 +8,6 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <atomic>
-#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -21,8 +19,8 @@
 #include "compiler/errors.h"
 #include "compiler/graph/param_arena.h"
 #include "frontends/spec/parse.h"
-#include "runtime/call_graphs.h"
 #include "runtime/device.h"
+#include "runtime/layer_calls.h"
 #include "runtime/model.h"
 #include "runtime/step.h"
 
@@ -31,53 +29,12 @@ namespace py = pybind11;
 namespace lightseq {
 namespace {
 
-constexpr size_t kAlign = 256;
-size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-
-// An Allocator over a Python callback `alloc(nbytes) -> device pointer` whose memory lives until
-// the callback's owner drops it (the Python caller keeps the tensors for the duration of the call).
-// Requests are served from chunks; the first chunk is as large as the whole of the previous call
-// of the same kind (`hint`), so a steady training loop makes one callback per call.
-class CallbackArena final : public Allocator {
- public:
-  CallbackArena(const py::function& alloc, std::atomic<size_t>* hint)
-      : alloc_(alloc), hint_(hint) {}
-  ~CallbackArena() override {
-    const size_t prev = hint_->load();
-    if (total_ > prev) hint_->store(total_);
-  }
-  void* allocate(size_t bytes, CUstream) override {
-    if (bytes == 0) return nullptr;
-    bytes = round_up(bytes);
-    total_ += bytes;
-    if (base_ == 0 || used_ + bytes > capacity_) {
-      const size_t want = std::max(bytes, chunks_ == 0 ? hint_->load() : size_t{0});
-      const auto ptr = alloc_(want).cast<uintptr_t>();
-      if (ptr == 0 || ptr % kAlign != 0) {
-        throw Error(
-            fmt::format("the allocation callback returned {:#x} for {} bytes; it must return a "
-                        "{}-byte aligned device pointer",
-                        ptr, want, kAlign));
-      }
-      base_ = ptr;
-      capacity_ = want;
-      used_ = 0;
-      ++chunks_;
-    }
-    void* p = reinterpret_cast<void*>(base_ + used_);
-    used_ += bytes;
-    return p;
-  }
-  void deallocate(void*, size_t, CUstream) override {}  // the chunks go back when Python drops them
-  size_t total() const { return total_; }               // bytes handed out so far
-
- private:
-  py::function alloc_;
-  std::atomic<size_t>* hint_;
-  uintptr_t base_ = 0;
-  size_t capacity_ = 0, used_ = 0, total_ = 0;
-  int chunks_ = 0;
-};
+// A ChunkSource over a Python callback `alloc(nbytes) -> device pointer` whose memory lives until
+// the callback's owner drops it (the Python caller keeps the tensors for the duration of the call,
+// and a captured call's `keep` for as long as its graph).
+ChunkSource chunks_of(const py::function& alloc) {
+  return [&alloc](size_t bytes) { return reinterpret_cast<void*>(alloc(bytes).cast<uintptr_t>()); };
+}
 
 template <typename T>
 T* ptr(uintptr_t p) {
@@ -131,14 +88,17 @@ py::dict entry_dict(const ManifestEntry& e) {
 class PyLayer {
  public:
   PyLayer(std::shared_ptr<CompiledModel> model, std::string name)
-      : model_(std::move(model)), name_(std::move(name)), exec_(&model_->layer(name_)) {}
+      : model_(std::move(model)), name_(std::move(name)), calls_(model_->layer(name_)) {}
 
   std::vector<py::dict> manifest(bool backward) const {
     std::vector<py::dict> out;
-    for (const ManifestEntry& e : exec_->manifest(backward)) out.push_back(entry_dict(e));
+    for (const ManifestEntry& e : calls_.executor().manifest(backward))
+      out.push_back(entry_dict(e));
     return out;
   }
-  std::vector<py::tuple> saved_slots() const { return slot_tuples(exec_->saved_slots()); }
+  std::vector<py::tuple> saved_slots() const {
+    return slot_tuples(calls_.executor().saved_slots());
+  }
 
   // args: a device pointer (0: null) per forward manifest entry, in order. rng: the device address
   // of two uint64, the dropout seed and offset, read by the kernels when they run (graph-safe:
@@ -146,11 +106,11 @@ class PyLayer {
   void forward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t rng,
                uintptr_t saved_arena, uintptr_t stream, const py::function& alloc) {
-    const RunShape shape = checked_shape(batch, seq, src_seq);
-    CallbackArena arena(alloc, &forward_hint_);
+    const std::vector<void*> ptrs = pointers(args);
     ScopedContext ctx(model_->device());
-    invoke(false, args, shape, dropout(p, seed, offset, rng), saved_arena, false, arena,
-           reinterpret_cast<CUstream>(stream));
+    calls_.run(layer_call(false, ptrs, batch, seq, src_seq, dropout(p, seed, offset, rng),
+                          saved_arena, false),
+               reinterpret_cast<CUstream>(stream), chunks_of(alloc));
   }
 
   // args: a device pointer per backward manifest entry, in order; accumulate: parameter gradients
@@ -159,52 +119,33 @@ class PyLayer {
                 const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t rng,
                 uintptr_t saved_arena, bool accumulate, uintptr_t stream,
                 const py::function& alloc) {
-    const RunShape shape = checked_shape(batch, seq, src_seq);
-    CallbackArena arena(alloc, &backward_hint_);
+    const std::vector<void*> ptrs = pointers(args);
     ScopedContext ctx(model_->device());
-    invoke(true, args, shape, dropout(p, seed, offset, rng), saved_arena, accumulate, arena,
-           reinterpret_cast<CUstream>(stream));
+    calls_.run(layer_call(true, ptrs, batch, seq, src_seq, dropout(p, seed, offset, rng),
+                          saved_arena, accumulate),
+               reinterpret_cast<CUstream>(stream), chunks_of(alloc));
   }
 
   // forward() (backward = false) or backward(), replayed from a CUDA graph when the same call
-  // recurs (runtime/call_graphs.h): the key is everything the launches depend on. `keep` is the
-  // Python object that holds what `alloc` allocated; a captured call keeps it as long as its graph.
+  // recurs (runtime/layer_calls.h). `keep` is the Python object that holds what `alloc`
+  // allocated; a captured call keeps it as long as its graph.
   void call(bool backward, const std::vector<uintptr_t>& args, int64_t batch, int64_t seq,
             int64_t src_seq, const std::vector<double>& p, uintptr_t rng, uintptr_t saved_arena,
             bool accumulate, uintptr_t stream, const py::function& alloc, const py::object& keep) {
-    const RunShape shape = checked_shape(batch, seq, src_seq);
-    const DropoutConfig drop = dropout(p, 0, 0, rng);
-    CallGraphs::Key key{backward ? 1u : 0u,
-                        static_cast<uint64_t>(batch),
-                        static_cast<uint64_t>(seq),
-                        static_cast<uint64_t>(src_seq),
-                        rng,
-                        saved_arena,
-                        accumulate ? 1u : 0u,
-                        stream};
-    for (double q : p) key.push_back(std::bit_cast<uint64_t>(q));
-    key.insert(key.end(), args.begin(), args.end());
-    std::atomic<size_t>* hint = backward ? &backward_hint_ : &forward_hint_;
+    const std::vector<void*> ptrs = pointers(args);
     ScopedContext ctx(model_->device());
-    graphs_.call(
-        key, reinterpret_cast<CUstream>(stream),
-        [&](CUstream s, size_t bytes) {
-          // A capture allocates exactly what this call used eagerly: one chunk, pinned.
-          std::atomic<size_t> exact{bytes};
-          CallbackArena arena(alloc, bytes ? &exact : hint);
-          invoke(backward, args, shape, drop, saved_arena, accumulate, arena, s);
-          return arena.total();
-        },
-        [&] {
-          return std::shared_ptr<void>(new py::object(keep), [](void* o) {
-            py::gil_scoped_acquire gil;
-            delete static_cast<py::object*>(o);
-          });
-        });
+    calls_.replay(layer_call(backward, ptrs, batch, seq, src_seq, dropout(p, 0, 0, rng),
+                             saved_arena, accumulate),
+                  reinterpret_cast<CUstream>(stream), chunks_of(alloc), [&] {
+                    return std::shared_ptr<void>(new py::object(keep), [](void* o) {
+                      py::gil_scoped_acquire gil;
+                      delete static_cast<py::object*>(o);
+                    });
+                  });
   }
 
   py::dict graph_stats() const {
-    const CallGraphs::Stats st = graphs_.stats();
+    const CallGraphs::Stats st = calls_.graph_stats();
     py::dict out;
     out["eager"] = st.eager;
     out["captures"] = st.captures;
@@ -213,24 +154,21 @@ class PyLayer {
     out["pinned_bytes"] = st.pinned_bytes;
     return out;
   }
-  void set_graphs(bool on) { graphs_.set_enabled(on); }
+  void set_graphs(bool on) { calls_.set_graphs(on); }
 
  private:
-  RunShape checked_shape(int64_t batch, int64_t seq, int64_t src_seq) const {
+  // The call after the shape check (a shape the layer cannot take is refused by name).
+  LayerCall layer_call(bool backward, const std::vector<void*>& ptrs, int64_t batch, int64_t seq,
+                       int64_t src_seq, const DropoutConfig& drop, uintptr_t saved_arena,
+                       bool accumulate) const {
     const RunShape shape{batch, seq, src_seq};
     model_->check_run_shape(name_, shape);
-    return shape;
-  }
-  // One forward or backward on stream s, its temporaries from `arena`.
-  void invoke(bool backward, const std::vector<uintptr_t>& args, const RunShape& shape,
-              const DropoutConfig& drop, uintptr_t saved_arena, bool accumulate, Allocator& arena,
-              CUstream s) const {
-    if (backward) {
-      exec_->backward_at(pointers(args), ptr<void>(saved_arena), shape, drop,
-                         accumulate ? GradMode::kAccumulate : GradMode::kOverwrite, arena, s);
-    } else {
-      exec_->forward_at(pointers(args), shape, drop, arena, s, ptr<void>(saved_arena));
-    }
+    return LayerCall{backward,
+                     ptrs,
+                     shape,
+                     drop,
+                     ptr<void>(saved_arena),
+                     accumulate ? GradMode::kAccumulate : GradMode::kOverwrite};
   }
   static std::vector<void*> pointers(const std::vector<uintptr_t>& args) {
     std::vector<void*> out(args.size());
@@ -257,9 +195,7 @@ class PyLayer {
 
   std::shared_ptr<CompiledModel> model_;
   std::string name_;
-  const LayerExecutor* exec_;
-  std::atomic<size_t> forward_hint_{0}, backward_hint_{0};
-  CallGraphs graphs_;
+  LayerCalls calls_;
 };
 
 }  // namespace
