@@ -35,12 +35,15 @@ void CallGraphs::call(const Key& key, CUstream stream,
         return;
       }
       if (!refused_.count(key)) {
+        // Seen before with temporaries that fit: captured now. Otherwise the eager run's bytes
+        // are remembered (the latest: a call's first run at a shape may take more than later ones,
+        // e.g. GEMM workspaces not yet shared).
         auto s = seen_.find(key);
-        if (s == seen_.end()) {
-          remember = true;
-        } else if (s->second <= limits_.max_call_bytes && !full(s->second)) {
+        if (s != seen_.end() && s->second <= limits_.max_call_bytes && !full(s->second)) {
           capture = true;
           call_bytes = s->second;
+        } else {
+          remember = true;
         }
       }
     }

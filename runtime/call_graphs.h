@@ -14,14 +14,14 @@
 // (allocated by the call itself) must outlive the graph: the caller hands over an owner of it
 // when a capture happens, and the cache holds it as long as the graph.
 //
-// Limits keep the pinned memory bounded: a call whose temporaries (as its eager run measured
-// them) exceed max_call_bytes always runs eagerly, and once max_graphs graphs or max_total_bytes of
-// temporaries are held, new keys run eagerly (graphs are never evicted: one may still be running).
-// A call on a stream that is being captured (an outer CUDA graph: torch.cuda.graph, torch.compile's
-// cudagraphs) runs eagerly, into that capture. A capture that fails runs the call eagerly and never
-// retries that key. Thread-safe (no lock is held while `run` runs: it may call back into an
-// interpreter). Not for calls whose launches read host state that changes between calls with the
-// same key.
+// Limits keep the pinned memory bounded: a call whose temporaries (as its latest eager run
+// measured them) exceed max_call_bytes runs eagerly, and once max_graphs graphs or max_total_bytes
+// of temporaries are held, new keys run eagerly (graphs are never evicted: one may still be
+// running). A call on a stream that is being captured (an outer CUDA graph: torch.cuda.graph,
+// torch.compile's cudagraphs) runs eagerly, into that capture. A capture that fails runs the call
+// eagerly and never retries that key. Thread-safe (no lock is held while `run` runs: it may call
+// back into an interpreter). Not for calls whose launches read host state that changes between
+// calls with the same key.
 #pragma once
 
 #include <cuda.h>

@@ -37,7 +37,7 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
   lifetimes_[0] = step_lifetimes(g, plan_.forward);
   lifetimes_[1] = step_lifetimes(g, plan_.backward);
   const char* reuse = std::getenv("LIGHTSEQ_REUSE_TEMPORARIES");
-  reuse_temporaries_ = reuse && std::string_view(reuse) == "1";
+  reuse_temporaries_ = !(reuse && std::string_view(reuse) == "0");
   for (int id : plan_.saved) {
     const Tensor& t = g.tensor(id);
     if (given_by_caller(t.role)) continue;
@@ -427,12 +427,16 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
     a.stride_c = a.stride_d;
   }
   a.epilogue = g.epilogue;
-  if (!f.gemm_workspace) {
-    f.blocks.emplace_back(*f.allocator, kGemmMaxWorkspaceBytes, f.stream);
+  // One workspace for all the call's GEMMs, as large as the largest any GEMM at this shape took
+  // (none before the first call: each GEMM that needs one then allocates its own).
+  std::atomic<size_t>& need = f.shape_plan->gemm_workspace;
+  if (!f.gemm_workspace && need.load() > 0) {
+    f.gemm_workspace_bytes = need.load();
+    f.blocks.emplace_back(*f.allocator, f.gemm_workspace_bytes, f.stream);
     f.gemm_workspace = f.blocks.back().get();
   }
   a.workspace = f.gemm_workspace;
-  a.workspace_bytes = kGemmMaxWorkspaceBytes;
+  a.workspace_bytes = f.gemm_workspace_bytes;
   if (g.bias >= 0) a.bias = f.at(g.bias);
   if (g.aux >= 0) {
     a.aux = f.at(g.aux);
@@ -449,7 +453,9 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
       a.bias_grad = f.at(g.bias_grad);
     }
   }
-  gemm_->run(a, f.stream, *f.allocator);
+  const size_t took = gemm_->run(a, f.stream, *f.allocator);
+  for (size_t prev = need.load(); took > prev && !need.compare_exchange_weak(prev, took);) {
+  }
   if (bias_grad_temp)
     accumulate_into(bias_grad_temp.get(), f.at(g.bias_grad), f.numel(g.bias_grad), f);
 }

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <map>
 #include <vector>
 
@@ -18,6 +19,9 @@ struct LayerExecutor::ShapePlan {
   std::vector<ResolvedLaunch> forward, backward;  // parallel to the plan's steps (GEMMs: unused)
   ScratchExtents scratch;
   std::vector<int64_t> tensor_bytes;  // per tensor id
+  // The most GEMM workspace any GEMM at this shape has taken so far (GemmRunner::run): what a
+  // call allocates once for all its GEMMs.
+  mutable std::atomic<size_t> gemm_workspace{0};
 };
 
 // Everything one forward or backward call needs while it runs.
@@ -46,6 +50,7 @@ struct LayerExecutor::Frame {
   std::map<int, DeviceBuffer> owned;  // zero padding masks made for this call
   std::vector<DeviceBuffer> blocks;   // this call's temporaries (one block) and GEMM workspace
   void* gemm_workspace = nullptr;     // shared by the call's GEMMs (they run in stream order)
+  size_t gemm_workspace_bytes = 0;
 
   int64_t numel(int id) const {
     return shape_numel(graph->tensor(id).shape).eval(shape.batch, shape.seq, shape.src_seq);

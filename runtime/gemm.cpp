@@ -502,7 +502,7 @@ GemmSupport GemmRunner::supported(const GemmArgs& args, CUstream stream) {
   return GemmSupport{choice->supported, choice->reason};
 }
 
-void GemmRunner::run(const GemmArgs& args, CUstream stream, Allocator& allocator) {
+size_t GemmRunner::run(const GemmArgs& args, CUstream stream, Allocator& allocator) {
   validate_gemm_args(args);
   const CUcontext context = stream_context(stream);
   ContextGuard guard(context);
@@ -522,6 +522,7 @@ void GemmRunner::run(const GemmArgs& args, CUstream stream, Allocator& allocator
                                            p.b(), &beta, c_pointer(args), p.c(), args.d, p.d(),
                                            &choice->algo, workspace, choice->workspace, stream),
                             describe(args));
+  return choice->workspace;
 }
 
 }  // namespace lightseq

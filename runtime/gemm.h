@@ -113,8 +113,8 @@ constexpr int64_t relu_mask_ld(int64_t n) { return (n + 127) / 128 * 128; }
 constexpr int64_t relu_mask_bytes(int64_t m, int64_t n) { return m * relu_mask_ld(n) / 8; }
 constexpr int64_t gelu_aux_ld(int64_t n) { return (n + 7) / 8 * 8; }
 
-// The most workspace one GEMM may use (cuBLASLt's recommendation for Hopper); each call allocates
-// only what its algorithm needs, from the caller's allocator.
+// The most workspace one GEMM may use (cuBLASLt's recommendation for Hopper): the heuristic's
+// limit. A GEMM takes only what its chosen algorithm needs (often nothing).
 inline constexpr size_t kGemmMaxWorkspaceBytes = size_t{32} << 20;
 
 struct GemmSupport {
@@ -133,12 +133,14 @@ class GemmRunner {
   GemmRunner(const GemmRunner&) = delete;
   GemmRunner& operator=(const GemmRunner&) = delete;
 
-  // Enqueues the GEMM on `stream`; its workspace comes from `allocator` on `stream`.
+  // Enqueues the GEMM on `stream`. Its workspace is args.workspace where that is large enough,
+  // else it comes from `allocator` on `stream`. Returns the workspace bytes its algorithm takes (a
+  // caller sharing one workspace among several GEMMs sizes it from these).
   // Throws InternalError for inconsistent arguments (a leading dimension below the row length, a
   // missing pointer the epilogue needs, ...), CudaError when cuBLASLt cannot run this combination
   // (the message names epilogue, dtype, transposes, sizes, leading dimensions, alignments and the
   // device) or a call fails.
-  void run(const GemmArgs& args, CUstream stream, Allocator& allocator);
+  size_t run(const GemmArgs& args, CUstream stream, Allocator& allocator);
 
   // Whether run() would find an algorithm (queries and caches the heuristic; validates the
   // arguments like run(), throwing InternalError for inconsistent ones). Enqueues nothing.

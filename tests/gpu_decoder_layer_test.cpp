@@ -229,7 +229,8 @@ TEST_F(GpuDecoderDropout, SameSeedSameBitsOtherOffsetOtherBitsArenaPathSameBits)
     DeviceBuffer denc(*allocator_, enc_bytes, stream_);
     LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(denc.device_ptr(), 0, enc_bytes, stream_));
     const RunShape shape{c.batch, c.seq, c.src_seq};
-    const DropoutConfig d{0.1, 0.1, 0.1, 0, seed, offset};
+    const DropoutConfig d{
+        .attention = 0.1, .activation = 0.1, .hidden = 0.1, .seed = seed, .offset = offset};
     std::vector<uint8_t> nan(arena ? static_cast<size_t>(layer.saved_arena_bytes(shape)) : 0, 0xff);
     DeviceBuffer memory = arena ? upload_bytes(nan.data(), nan.size()) : DeviceBuffer();
     const DecoderInputs in{

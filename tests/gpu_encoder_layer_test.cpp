@@ -232,7 +232,8 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   auto run = [&](uint64_t seed, uint64_t offset, bool arena = false, bool device = false) {
     DeviceBuffer y(*allocator_, xb.size(), stream_), dx(*allocator_, xb.size(), stream_);
     const RunShape shape{c.batch, c.seq, 0};
-    DropoutConfig d{0.1, 0.1, 0.1, 0, seed, offset};
+    DropoutConfig d{
+        .attention = 0.1, .activation = 0.1, .hidden = 0.1, .seed = seed, .offset = offset};
     DeviceBuffer state;
     if (device) {
       const uint64_t philox[2] = {seed, offset};
@@ -305,7 +306,7 @@ TEST_F(GpuEncoderDropout, ReplayedCallsEqualEagerCallsAndDrawTheirDropoutAfresh)
   }
   const uint64_t philox[2] = {7, 100};
   DeviceBuffer state = upload_bytes(philox, sizeof(philox));
-  DropoutConfig d{0.1, 0.1, 0.1, 0, 0, 0};
+  DropoutConfig d{.attention = 0.1, .activation = 0.1, .hidden = 0.1};
   d.seed_ptr = static_cast<const uint64_t*>(state.get());
   d.offset_ptr = d.seed_ptr + 1;
 

@@ -311,7 +311,8 @@ class ModelLayerTest : public test::GpuLayerTest {
     const Vec none;
     auto param = [&](const char* n) -> const Vec& { return params.count(n) ? params.at(n) : none; };
     const Vec& gamma = param("layernorm.weight");
-    const DropoutConfig drop{0, 0, 0, c.dropout ? kDropP : 0.0, rng.next(), rng.next() >> 8};
+    const DropoutConfig drop{
+        .embedding = c.dropout ? kDropP : 0.0, .seed = rng.next(), .offset = rng.next() >> 8};
     const ref::EmbeddingArgs a = emb_args(c, drop);
 
     // Reference. With LayerNorm the kernel normalizes the sum as it stores it (T): so does this.

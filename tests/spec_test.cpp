@@ -245,7 +245,7 @@ TEST(SpecParse, RoundTripsNonDefaultValues) {
                                     .norm = NormPlacement::kPre,
                                     .eps = 0.5,
                                     .causal = true,
-                                    .dropout = {0.999, 0, 1e-9}});
+                                    .dropout = {.attention = 0.999, .hidden = 1e-9}});
   s.layers.push_back(LayerStackSpec{.kind = LayerKind::kDecoder,
                                     .hidden = 24,
                                     .heads = 1,

@@ -140,8 +140,12 @@ TEST(TemplatesDropout, AttentionDrawsAreSixteenBitHalvesPerRow) {
         const uint32_t u = (r.v[(j % 8) / 2] >> (16 * (j % 2))) & 0xFFFFu;
         const uint32_t want = u < attn_keep16(a) ? 1u : 0u;
         ASSERT_EQ(attn_keep_bits<1>(a, row, k_len, j), want) << k_len << " " << row << " " << j;
-        if (j % 2 == 0) ASSERT_EQ(attn_keep_bits<2>(a, row, k_len, j) & 1u, want);
-        if (j % 4 == 0) ASSERT_EQ(attn_keep_bits<4>(a, row, k_len, j) & 1u, want);
+        if (j % 2 == 0) {
+          ASSERT_EQ(attn_keep_bits<2>(a, row, k_len, j) & 1u, want);
+        }
+        if (j % 4 == 0) {
+          ASSERT_EQ(attn_keep_bits<4>(a, row, k_len, j) & 1u, want);
+        }
         if (j % 8 == 0) {
           const uint32_t byte = attn_keep_bits<8>(a, row, k_len, j);
           for (int e = 0; e < 8 && j + e < k_len; ++e) {

@@ -93,7 +93,7 @@ struct DropoutSpec {
   double hidden = 0.0;      // on each sublayer's output, before the residual add
   // On the attention sublayers' outputs instead of `hidden` (DistilBERT has none there); unset:
   // `hidden`. A site of its own kind only when set.
-  std::optional<double> attention_output;
+  std::optional<double> attention_output = std::nullopt;
   double attention_output_p() const { return attention_output.value_or(hidden); }
   bool operator==(const DropoutSpec&) const = default;
 };

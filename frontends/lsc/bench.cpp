@@ -194,15 +194,12 @@ int run_bench(const BenchOptions& o) {
     StackMemory mem(model->stack(s), st.count, shape, p, alloc, stream);
     // The dropout seed and offset from device memory (graph-safe), layer i at offset i·stride;
     // every step draws the same masks (the timing does not depend on which).
-    DropoutConfig drop{st.dropout.attention,
-                       st.dropout.activation,
-                       st.dropout.hidden,
-                       0,
-                       st.dropout.attention_output_p(),
-                       0,
-                       0,
-                       mem.seed_offset(),
-                       mem.seed_offset() + 1};
+    DropoutConfig drop{.attention = st.dropout.attention,
+                       .activation = st.dropout.activation,
+                       .hidden = st.dropout.hidden,
+                       .attention_output = st.dropout.attention_output_p(),
+                       .seed_ptr = mem.seed_offset(),
+                       .offset_ptr = mem.seed_offset() + 1};
     // Declared after the stream and the memory: captured graphs (and the temporaries they keep)
     // go first.
     LayerCalls calls(model->stack(s));
