@@ -19,7 +19,7 @@ struct BenchOptions {
   int device = 0;
   bool step = false;       // --step: time TrainStep::run on a synthetic batch
   int64_t tokens = 4096;   // --step: tokens per batch (batch = tokens / seq)
-  bool no_graphs = false;  // --step: the eager step instead of the CUDA graph replay
+  bool no_graphs = false;  // eager calls only (layers: no replayed timing; --step: the eager step)
   std::string attention;  // --attention: every stack's backend ("unfused", "fused"); "": the spec's
 };
 

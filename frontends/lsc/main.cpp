@@ -209,7 +209,8 @@ int run(int argc, char** argv) {
       ->check(positive)
       ->capture_default_str();
   bench->add_flag("--no-graphs", bench_opts.no_graphs,
-                  "With --step: time the eager step (no CUDA graph replay)");
+                  "Time eager calls only: no layer calls replayed from CUDA graphs (with --step: "
+                  "the eager step)");
   bench
       ->add_option("--attention", bench_opts.attention,
                    "Run every stack's attention unfused or fused (flash_attention.cuh), whatever "
