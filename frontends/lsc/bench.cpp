@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <deque>
 #include <iostream>
 #include <map>
@@ -201,8 +202,11 @@ int run_bench(const BenchOptions& o) {
                        .seed_ptr = mem.seed_offset(),
                        .offset_ptr = mem.seed_offset() + 1};
     // Declared after the stream and the memory: captured graphs (and the temporaries they keep)
-    // go first.
-    LayerCalls calls(model->stack(s));
+    // go first. Every call may be captured, whatever its temporaries (the Python binding's
+    // default limits bound the memory captured calls keep; here it is printed).
+    LayerCalls calls(model->stack(s), CallGraphs::Limits{.max_graphs = 2 * size_t(st.count),
+                                                         .max_call_bytes = SIZE_MAX,
+                                                         .max_total_bytes = SIZE_MAX});
     auto step = [&](bool graphs) {
       for (const auto& [ptr, bytes] : mem.zeroed_each_step()) {
         LIGHTSEQ_CU_CHECK(
@@ -239,9 +243,11 @@ int run_bench(const BenchOptions& o) {
                        graphs ? ", calls replayed from CUDA graphs" : "", t.median, t.count, t.min,
                        t.median / st.count, o.batch * o.seq / (t.median / 1e3),
                        t.host_median / st.count,
-                       graphs ? fmt::format(" ({} captures, {} replays, {} eager)", g.captures,
-                                            g.replays, g.eager)
-                              : "")
+                       graphs
+                           ? fmt::format(" ({} captures, {} replays, {} eager; the captured "
+                                         "calls keep {:.1f} MiB of temporaries)",
+                                         g.captures, g.replays, g.eager, g.pinned_bytes / 1048576.0)
+                           : "")
                 << std::flush;
     }
   }
