@@ -37,7 +37,7 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
   lifetimes_[0] = step_lifetimes(g, plan_.forward);
   lifetimes_[1] = step_lifetimes(g, plan_.backward);
   const char* reuse = std::getenv("LIGHTSEQ_REUSE_TEMPORARIES");
-  reuse_temporaries_ = reuse && std::string_view(reuse) == "1";
+  reuse_temporaries_ = !(reuse && std::string_view(reuse) == "0");
   for (int id : plan_.saved) {
     const Tensor& t = g.tensor(id);
     if (given_by_caller(t.role)) continue;

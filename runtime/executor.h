@@ -193,9 +193,9 @@ class LayerExecutor {
   std::vector<uint8_t> saved_roots_;    // per tensor id: a root of the saved activations (or empty)
   std::vector<uint8_t> from_saved_;     // per tensor id: the backward takes it from the forward
   std::vector<Lifetime> lifetimes_[2];  // per direction, per tensor id (runtime/temp_placement.h)
-  // LIGHTSEQ_REUSE_TEMPORARIES=1: a call's temporaries share memory by lifetime. Off until the
-  // GPU tests have run with it.
-  bool reuse_temporaries_ = false;
+  // A call's temporaries share memory by lifetime (LIGHTSEQ_REUSE_TEMPORARIES=0: each its own,
+  // end to end, for comparison).
+  bool reuse_temporaries_ = true;
   mutable std::mutex shapes_mutex_;
   mutable std::map<std::array<int64_t, 3>, std::unique_ptr<ShapePlan>> shapes_;
 };

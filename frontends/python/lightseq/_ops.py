@@ -327,11 +327,10 @@ def _new(e: Entry, dims, device) -> Tensor:
     return (torch.zeros if e.accumulates else torch.empty)(size, dtype=e.dtype, device=device)
 
 
-# LIGHTSEQ_LAYER_GRAPHS=1: a layer call that recurs with the same pointers (a training loop's) is
-# replayed from a CUDA graph of its launches (runtime/layer_calls.h), so the host issues one launch
-# per direction instead of ~30. Off by default until it has run on a GPU with captures
-# (test_gpu.py::test_repeated_layer_calls_replay_a_graph_with_the_eager_results).
-LAYER_GRAPHS = os.environ.get("LIGHTSEQ_LAYER_GRAPHS", "0") == "1"
+# A layer call that recurs with the same pointers (a training loop's) is replayed from a CUDA graph
+# of its launches (runtime/layer_calls.h), so the host issues one launch per direction instead of
+# ~30. LIGHTSEQ_LAYER_GRAPHS=0 issues every call's launches.
+LAYER_GRAPHS = os.environ.get("LIGHTSEQ_LAYER_GRAPHS", "1") != "0"
 
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
