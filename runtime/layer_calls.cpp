@@ -47,9 +47,7 @@ size_t LayerCalls::issue(const LayerCall& c, CUstream stream, const ChunkSource&
 size_t LayerCalls::eager(const LayerCall& call, CUstream stream, const ChunkSource& chunk) {
   std::atomic<size_t>& hint = hint_[call.backward ? 1 : 0];
   const size_t used = issue(call, stream, chunk, hint.load());
-  size_t prev = hint.load();
-  while (used > prev && !hint.compare_exchange_weak(prev, used)) {
-  }
+  hint.store(used);  // the latest, not the largest: a first call at a shape may take more
   return used;
 }
 

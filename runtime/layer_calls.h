@@ -88,11 +88,11 @@ class LayerCalls {
   // One call; `first_chunk` bytes at least in the first chunk. Returns the bytes it took.
   size_t issue(const LayerCall& call, CUstream stream, const ChunkSource& chunk,
                size_t first_chunk) const;
-  // issue() with the direction's hint as the first chunk, the hint raised to what it took.
+  // issue() with the direction's hint as the first chunk, the hint set to what it took.
   size_t eager(const LayerCall& call, CUstream stream, const ChunkSource& chunk);
 
   const LayerExecutor& exec_;
-  std::atomic<size_t> hint_[2] = {0, 0};  // per direction: what the last eager call took
+  std::atomic<size_t> hint_[2] = {0, 0};  // per direction: what the latest eager call took
   CallGraphs graphs_;
 };
 
