@@ -139,7 +139,7 @@ int param_index(const sig::Kernel& k, std::string_view name) {
 }
 
 KernelInstance instantiate(const sig::Kernel& k, Precision p,
-                           std::initializer_list<TemplateValue> given) {
+                           std::span<const TemplateValue> given) {
   KernelInstance inst;
   inst.sig = &k;
   inst.precision = p;

@@ -51,7 +51,11 @@ TemplateValue on_off(std::string_view name, bool on) {
 // InternalError naming the kernel and the parameter for a missing, unknown, repeated or
 // out-of-range value.
 KernelInstance instantiate(const sig::Kernel& k, Precision p,
-                           std::initializer_list<TemplateValue> values);
+                           std::span<const TemplateValue> values);
+inline KernelInstance instantiate(const sig::Kernel& k, Precision p,
+                                  std::initializer_list<TemplateValue> values) {
+  return instantiate(k, p, std::span<const TemplateValue>(values.begin(), values.size()));
+}
 
 // Every kernel signature of templates/ (generated from templates/*.sig.cuh by the build).
 std::span<const sig::Kernel* const> all_kernel_signatures();

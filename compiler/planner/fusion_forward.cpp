@@ -68,7 +68,9 @@ void add_forward_rules(std::vector<Rule>& r) {
                }});
   r.push_back({"fused attention", {{K::kFlashAttention, false}}, {}, [](State& s, const Match& m) {
                  const Op& op = s.op(*m[0]);
-                 emit(s, m, flash_instance(s, sig::kFlashFwd, op),
+                 // the plans' warps per block (the bench's A/B: kFlashFwdWarpsAlt)
+                 emit(s, m,
+                      flash_instance(s, sig::kFlashFwd, op, {{"kWarps", kern::kFlashFwdWarps}}),
                       {{"q", op.inputs[0]},
                        {"k", op.inputs[1]},
                        {"v", op.inputs[2]},

@@ -51,9 +51,11 @@ void finish_partials(State& s, int partials, const std::vector<int>& param_grads
 void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_of_ops);
 kern::Act act_of(Activation a);
 // The fused attention ops (kFlashAttention*, whose q and k are inputs 0 and 1, [B, heads, T | S,
-// d] views): a kernel of flash_attention.cuh for the op's head dim, masks and dropout (the forward
-// with kFlashFwdWarps warps per block), and its shape scalars (batch, heads, q_len, k_len, scale).
-KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op);
+// d] views): kernel `k` of flash_attention.cuh for the op's head dim, masks and dropout, then the
+// kernel's own template values `extra` (the forward's warps per block), and the shape scalars
+// (batch, heads, q_len, k_len, scale).
+KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op,
+                              std::initializer_list<TemplateValue> extra = {});
 Scalars flash_scalars(const State& s, const Op& op);
 kern::Pos pos_of(bool learned);
 kern::PosFrom pos_from_of(PositionsFrom p);

@@ -189,15 +189,15 @@ void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_o
   }
 }
 
-KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op) {
+KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op,
+                              std::initializer_list<TemplateValue> extra) {
   const OpAttrs::Attention& a = op.attrs.attn;
   const int bits = (a.padding ? 1 : 0) | (a.causal ? 2 : 0);
-  const TemplateValue d{"kD", a.head_dim}, mask = tv("kMask", static_cast<kern::Mask>(bits)),
-                                           drop = on_off<kern::Drop>("kDrop", a.dropout_site >= 0);
-  if (&k == &sig::kFlashFwd) {  // the forward's block geometry: the plans' warps per block
-    return instantiate(k, s.precision, {d, mask, drop, {"kWarps", kern::kFlashFwdWarps}});
-  }
-  return instantiate(k, s.precision, {d, mask, drop});
+  std::vector<TemplateValue> values{{"kD", a.head_dim},
+                                    tv("kMask", static_cast<kern::Mask>(bits)),
+                                    on_off<kern::Drop>("kDrop", a.dropout_site >= 0)};
+  values.insert(values.end(), extra.begin(), extra.end());
+  return instantiate(k, s.precision, values);
 }
 
 Scalars flash_scalars(const State& s, const Op& op) {
