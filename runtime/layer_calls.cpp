@@ -44,15 +44,11 @@ size_t LayerCalls::issue(const LayerCall& c, CUstream stream, const ChunkSource&
   return arena.total();
 }
 
-size_t LayerCalls::eager(const LayerCall& call, CUstream stream, const ChunkSource& chunk) {
+size_t LayerCalls::run(const LayerCall& call, CUstream stream, const ChunkSource& chunk) {
   std::atomic<size_t>& hint = hint_[call.backward ? 1 : 0];
   const size_t used = issue(call, stream, chunk, hint.load());
   hint.store(used);  // the latest, not the largest: a first call at a shape may take more
   return used;
-}
-
-void LayerCalls::run(const LayerCall& call, CUstream stream, const ChunkSource& chunk) {
-  eager(call, stream, chunk);
 }
 
 void LayerCalls::replay(const LayerCall& call, CUstream stream, const ChunkSource& chunk,
@@ -61,7 +57,7 @@ void LayerCalls::replay(const LayerCall& call, CUstream stream, const ChunkSourc
       layer_call_key(call, stream), stream,
       [&](CUstream s, size_t bytes) {
         // a capture takes exactly what the call's eager run took, in one chunk
-        return bytes != 0 ? issue(call, s, chunk, bytes) : eager(call, s, chunk);
+        return bytes != 0 ? issue(call, s, chunk, bytes) : run(call, s, chunk);
       },
       owner);
 }

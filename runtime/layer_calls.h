@@ -70,8 +70,8 @@ class LayerCalls {
 
   const LayerExecutor& executor() const { return exec_; }
 
-  // Issues the call's launches on `stream`.
-  void run(const LayerCall& call, CUstream stream, const ChunkSource& chunk);
+  // Issues the call's launches on `stream`; returns the bytes of temporaries it took.
+  size_t run(const LayerCall& call, CUstream stream, const ChunkSource& chunk);
 
   // The same, replayed from a CUDA graph when a call with the same key (layer_call_key) recurs:
   // the first time eager, the second captured, then one graph launch. owner(): what keeps the
@@ -88,8 +88,6 @@ class LayerCalls {
   // One call; `first_chunk` bytes at least in the first chunk. Returns the bytes it took.
   size_t issue(const LayerCall& call, CUstream stream, const ChunkSource& chunk,
                size_t first_chunk) const;
-  // issue() with the direction's hint as the first chunk, the hint set to what it took.
-  size_t eager(const LayerCall& call, CUstream stream, const ChunkSource& chunk);
 
   const LayerExecutor& exec_;
   std::atomic<size_t> hint_[2] = {0, 0};  // per direction: what the latest eager call took

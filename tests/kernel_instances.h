@@ -98,17 +98,14 @@ inline KernelInstance merge_heads(Precision p, const Heads& c) {
                       on_off<kern::BiasGrad>("kBiasGrad", c.bias)});
 }
 inline KernelInstance softmax_fwd(Precision p, const Softmax& c) {
-  const int bits = (c.padding ? 1 : 0) | (c.causal ? 2 : 0);
   return instantiate(
       sig::kSoftmaxFwd, p,
-      {tv("kMask", static_cast<kern::Mask>(bits)), on_off<kern::Drop>("kDrop", c.dropout)});
+      {tv("kMask", kern::mask_of(c.padding, c.causal)), on_off<kern::Drop>("kDrop", c.dropout)});
 }
 struct Flash {
   int64_t head_dim;
   bool padding, causal, dropout;
-  TemplateValue mask() const {
-    return tv("kMask", static_cast<kern::Mask>((padding ? 1 : 0) | (causal ? 2 : 0)));
-  }
+  TemplateValue mask() const { return tv("kMask", kern::mask_of(padding, causal)); }
   TemplateValue drop() const { return on_off<kern::Drop>("kDrop", dropout); }
 };
 // The two gradient kernels' template parameters (the forward's, without its warps per block).

@@ -45,27 +45,27 @@ void add_forward_rules(std::vector<Rule>& r) {
                       {{"in", b.inputs[0]}, {"bias", b.inputs[1]}, {"out", sp.outputs[0]}},
                       {{"batch", ScalarArg::size(B)}, {"seq", ScalarArg::size(out[3])}});
                }});
-  r.push_back({"mask + softmax + dropout",
-               {{K::kAttentionMask, false}, {K::kSoftmax, false}, {K::kDropout, true}},
-               {},
-               [B](State& s, const Match& m) {
-                 const Op& mask = s.op(*m[0]);
-                 const Shape probs = s.g.tensor(out0(s, m[1])).shape;  // [B, heads, q, k]
-                 const int bits = (mask.attrs.padding_mask ? 1 : 0) | (mask.attrs.causal ? 2 : 0);
-                 mark_internal(s, {m[0]});
-                 emit(s, m,
-                      instantiate(sig::kSoftmaxFwd, s.precision,
-                                  {tv("kMask", static_cast<kern::Mask>(bits)),
-                                   on_off<Drop>("kDrop", m[2].has_value())}),
-                      {{"scores", mask.inputs[0]},
-                       {"key_padding", mask.inputs.size() > 1 ? mask.inputs[1] : -1},
-                       {"probs", out0(s, m[1])},
-                       {"probs_dropped", m[2] ? out0(s, m[2]) : -1}},
-                      {{"batch", ScalarArg::size(B)},
-                       {"heads", ScalarArg::constant(static_cast<double>(probs[1].factor))},
-                       {"q_len", ScalarArg::size(probs[2])},
-                       {"k_len", ScalarArg::size(probs[3])}});
-               }});
+  r.push_back(
+      {"mask + softmax + dropout",
+       {{K::kAttentionMask, false}, {K::kSoftmax, false}, {K::kDropout, true}},
+       {},
+       [B](State& s, const Match& m) {
+         const Op& mask = s.op(*m[0]);
+         const Shape probs = s.g.tensor(out0(s, m[1])).shape;  // [B, heads, q, k]
+         mark_internal(s, {m[0]});
+         emit(s, m,
+              instantiate(sig::kSoftmaxFwd, s.precision,
+                          {tv("kMask", kern::mask_of(mask.attrs.padding_mask, mask.attrs.causal)),
+                           on_off<Drop>("kDrop", m[2].has_value())}),
+              {{"scores", mask.inputs[0]},
+               {"key_padding", mask.inputs.size() > 1 ? mask.inputs[1] : -1},
+               {"probs", out0(s, m[1])},
+               {"probs_dropped", m[2] ? out0(s, m[2]) : -1}},
+              {{"batch", ScalarArg::size(B)},
+               {"heads", ScalarArg::constant(static_cast<double>(probs[1].factor))},
+               {"q_len", ScalarArg::size(probs[2])},
+               {"k_len", ScalarArg::size(probs[3])}});
+       }});
   r.push_back({"fused attention", {{K::kFlashAttention, false}}, {}, [](State& s, const Match& m) {
                  const Op& op = s.op(*m[0]);
                  // the plans' warps per block (the bench's A/B: kFlashFwdWarpsAlt)

@@ -192,9 +192,8 @@ void mark_internal(State& s, std::initializer_list<std::optional<int>> tensors_o
 KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op,
                               std::initializer_list<TemplateValue> extra) {
   const OpAttrs::Attention& a = op.attrs.attn;
-  const int bits = (a.padding ? 1 : 0) | (a.causal ? 2 : 0);
   std::vector<TemplateValue> values{{"kD", a.head_dim},
-                                    tv("kMask", static_cast<kern::Mask>(bits)),
+                                    tv("kMask", kern::mask_of(a.padding, a.causal)),
                                     on_off<kern::Drop>("kDrop", a.dropout_site >= 0)};
   values.insert(values.end(), extra.begin(), extra.end());
   return instantiate(k, s.precision, values);

@@ -53,13 +53,18 @@ class StackMemory {
     copy_in(seed_offset_, seed_offset.data(), sizeof(uint64_t) * 2);
     const auto& fwd = exec.manifest(false);
     const auto& bwd = exec.manifest(true);
-    const ManifestEntry* x = find(fwd, "x");
-    const ManifestEntry* y = find(bwd, "grad_y");
-    if (x == nullptr || y == nullptr || find(fwd, "y") == nullptr ||
-        find(bwd, "grad_x") == nullptr) {
+    auto named = [](std::string_view n) {
+      return [n](const ManifestEntry& e) { return e.name == n; };
+    };
+    auto grad_of = [](std::string_view n) {
+      return [n](const ManifestEntry& e) { return e.grad_of == n; };
+    };
+    const ManifestEntry* x = find(fwd, named("x"));
+    const ManifestEntry* y = find(bwd, grad_of("y"));
+    if (!x || !y || !find(fwd, named("y")) || !find(bwd, grad_of("x"))) {
       throw Error(
           fmt::format("{}: lsc bench times layers that map x to y (this one's manifest "
-                      "has no x, y, grad_y or grad_x)",
+                      "has no x, y or their gradients)",
                       exec.plan().layer.name));
     }
     for (int i = 0; i <= count; ++i) {
@@ -88,11 +93,10 @@ class StackMemory {
   const std::vector<std::pair<void*, size_t>>& zeroed_each_step() const { return zeroed_; }
 
  private:
-  static const ManifestEntry* find(const std::vector<ManifestEntry>& m, std::string_view name) {
-    for (const ManifestEntry& e : m) {
-      if (e.name == name) return &e;
-    }
-    return nullptr;
+  template <class Pred>
+  static const ManifestEntry* find(const std::vector<ManifestEntry>& m, Pred pred) {
+    auto it = std::find_if(m.begin(), m.end(), pred);
+    return it == m.end() ? nullptr : &*it;
   }
   size_t bytes(const ManifestEntry& e) const {
     return static_cast<size_t>(shape_numel(e.shape).eval(shape_.batch, shape_.seq, shape_.src_seq) *
@@ -128,8 +132,8 @@ class StackMemory {
   void* bind(const ManifestEntry& e, int layer, std::map<std::string, void*>& own) {
     if (e.name == "x") return chain_[0][layer];
     if (e.name == "y") return chain_[0][layer + 1];
-    if (e.name == "grad_y") return chain_[1][layer + 1];
-    if (e.name == "grad_x") return chain_[1][layer];
+    if (e.grad_of == "y") return chain_[1][layer + 1];  // their gradients, by what they are of
+    if (e.grad_of == "x") return chain_[1][layer];
     const bool per_layer = e.role == TensorRole::kParam || e.role == TensorRole::kParamGrad;
     std::map<std::string, void*>& where = per_layer ? own : shared_;
     auto it = where.find(e.name);

@@ -106,11 +106,8 @@ class PyLayer {
   void forward(const std::vector<uintptr_t>& args, int64_t batch, int64_t seq, int64_t src_seq,
                const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t rng,
                uintptr_t saved_arena, uintptr_t stream, const py::function& alloc) {
-    const std::vector<void*> ptrs = pointers(args);
-    ScopedContext ctx(model_->device());
-    calls_.run(layer_call(false, ptrs, batch, seq, src_seq, dropout(p, seed, offset, rng),
-                          saved_arena, false),
-               reinterpret_cast<CUstream>(stream), chunks_of(alloc));
+    run(false, args, batch, seq, src_seq, dropout(p, seed, offset, rng), saved_arena, false, stream,
+        alloc);
   }
 
   // args: a device pointer per backward manifest entry, in order; accumulate: parameter gradients
@@ -119,11 +116,8 @@ class PyLayer {
                 const std::vector<double>& p, uint64_t seed, uint64_t offset, uintptr_t rng,
                 uintptr_t saved_arena, bool accumulate, uintptr_t stream,
                 const py::function& alloc) {
-    const std::vector<void*> ptrs = pointers(args);
-    ScopedContext ctx(model_->device());
-    calls_.run(layer_call(true, ptrs, batch, seq, src_seq, dropout(p, seed, offset, rng),
-                          saved_arena, accumulate),
-               reinterpret_cast<CUstream>(stream), chunks_of(alloc));
+    run(true, args, batch, seq, src_seq, dropout(p, seed, offset, rng), saved_arena, accumulate,
+        stream, alloc);
   }
 
   // forward() (backward = false) or backward(), replayed from a CUDA graph when the same call
@@ -157,6 +151,15 @@ class PyLayer {
   void set_graphs(bool on) { calls_.set_graphs(on); }
 
  private:
+  // forward() or backward(): one eager call.
+  void run(bool backward, const std::vector<uintptr_t>& args, int64_t batch, int64_t seq,
+           int64_t src_seq, const DropoutConfig& drop, uintptr_t saved_arena, bool accumulate,
+           uintptr_t stream, const py::function& alloc) {
+    const std::vector<void*> ptrs = pointers(args);
+    ScopedContext ctx(model_->device());
+    calls_.run(layer_call(backward, ptrs, batch, seq, src_seq, drop, saved_arena, accumulate),
+               reinterpret_cast<CUstream>(stream), chunks_of(alloc));
+  }
   // The call after the shape check (a shape the layer cannot take is refused by name).
   LayerCall layer_call(bool backward, const std::vector<void*>& ptrs, int64_t batch, int64_t seq,
                        int64_t src_seq, const DropoutConfig& drop, uintptr_t saved_arena,

@@ -60,6 +60,9 @@ LIGHTSEQ_ENUMS(LIGHTSEQ_DECLARE_ENUM)
 #undef LIGHTSEQ_DECLARE_ENUM
 #undef LIGHTSEQ_ENUMERATOR
 
+LIGHTSEQ_HD constexpr Mask mask_of(bool padding, bool causal) {
+  return static_cast<Mask>((padding ? 1 : 0) | (causal ? 2 : 0));
+}
 LIGHTSEQ_HD constexpr bool has_padding(Mask m) { return (static_cast<int>(m) & 1) != 0; }
 LIGHTSEQ_HD constexpr bool has_causal(Mask m) { return (static_cast<int>(m) & 2) != 0; }
 static_assert(static_cast<int>(Mask::kPaddingCausal) == 3, "Mask is a bit set");
