@@ -13,6 +13,7 @@
 #include "runtime/cuda_check.h"
 #include "runtime/driver.h"
 #include "runtime/frame.h"
+#include "runtime/grad_lane.h"
 #include "runtime/launch.h"
 
 namespace lightseq {
@@ -36,6 +37,10 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
   const Graph& g = plan_.layer.graph;
   lifetimes_[0] = step_lifetimes(g, plan_.forward);
   lifetimes_[1] = step_lifetimes(g, plan_.backward);
+  if (grad_lane_enabled()) {
+    lanes_ = schedule_lanes(g, plan_.backward);
+    extend_side_lifetimes(g, plan_.backward, lanes_, lifetimes_[1]);
+  }
   const char* reuse = std::getenv("LIGHTSEQ_REUSE_TEMPORARIES");
   reuse_temporaries_ = !(reuse && std::string_view(reuse) == "0");
   for (int id : plan_.saved) {
@@ -387,7 +392,7 @@ void LayerExecutor::run_backward(std::span<void* const> args, const SavedActivat
   bind_positional(plan_.manifest[1], args, &f.ptr, plan_.layer.name, &from_saved_);
   allocate_unbound(used, {}, nullptr, f, &lifetimes_[1]);
   bind_zero_masks(used, f);
-  run_steps(plan_.backward, sp.backward, f);
+  run_steps(plan_.backward, sp.backward, f, 0, SIZE_MAX, lanes_.any_side() ? &lanes_ : nullptr);
 }
 
 void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
@@ -427,16 +432,16 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
     a.stride_c = a.stride_d;
   }
   a.epilogue = g.epilogue;
-  // One workspace for all the call's GEMMs, as large as the largest any GEMM at this shape took
-  // (none before the first call: each GEMM that needs one then allocates its own).
+  // One workspace for all the GEMMs of a lane, as large as the largest any GEMM at this shape
+  // took (none before the first call: each GEMM that needs one then allocates its own).
   std::atomic<size_t>& need = f.shape_plan->gemm_workspace;
-  if (!f.gemm_workspace && need.load() > 0) {
-    f.gemm_workspace_bytes = need.load();
-    f.blocks.emplace_back(*f.allocator, f.gemm_workspace_bytes, f.stream);
-    f.gemm_workspace = f.blocks.back().get();
+  if (!f.gemm_workspace[f.lane] && need.load() > 0) {
+    f.gemm_workspace_bytes[f.lane] = need.load();
+    f.blocks.emplace_back(*f.allocator, f.gemm_workspace_bytes[f.lane], f.stream);
+    f.gemm_workspace[f.lane] = f.blocks.back().get();
   }
-  a.workspace = f.gemm_workspace;
-  a.workspace_bytes = f.gemm_workspace_bytes;
+  a.workspace = f.gemm_workspace[f.lane];
+  a.workspace_bytes = f.gemm_workspace_bytes[f.lane];
   if (g.bias >= 0) a.bias = f.at(g.bias);
   if (g.aux >= 0) {
     a.aux = f.at(g.aux);
@@ -460,23 +465,79 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
     accumulate_into(bias_grad_temp.get(), f.at(g.bias_grad), f.numel(g.bias_grad), f);
 }
 
+namespace {
+
+// Which stream a call's steps go to (runtime/grad_lane.h): the side lane forks from the main
+// stream when the main one issued something since the last fork, and joins back before a main
+// step that needs it and when the call ends (also when a step throws).
+class LaneSwitch {
+ public:
+  explicit LaneSwitch(LayerExecutor::Frame& f) : f_(f) {}
+  ~LaneSwitch() {
+    try {
+      finish();
+    } catch (...) {  // already unwinding from the step that threw
+    }
+  }
+  void to_side() {
+    if (!side_) side_ = &side_lane(f_.main_stream);
+    if (main_since_fork_) fork_lane(*side_, f_.main_stream);
+    main_since_fork_ = false;
+    pending_ = true;
+    f_.stream = side_->stream;
+    f_.lane = 1;
+  }
+  void to_main(bool join) {
+    if (join && pending_) {
+      join_lane(*side_, f_.main_stream);
+      pending_ = false;
+    }
+    main_since_fork_ = true;
+    f_.stream = f_.main_stream;
+    f_.lane = 0;
+  }
+  void finish() { to_main(/*join=*/true); }
+
+ private:
+  LayerExecutor::Frame& f_;
+  const SideLane* side_ = nullptr;
+  bool main_since_fork_ = true;  // the side lane has not seen the main stream's latest steps
+  bool pending_ = false;         // side steps issued since the last join
+};
+
+}  // namespace
+
 void LayerExecutor::run_steps(const std::vector<Step>& steps,
                               const std::vector<ResolvedLaunch>& launches, Frame& f, size_t begin,
-                              size_t end) const {
+                              size_t end, const LaneSchedule* lanes) const {
   const Graph& g = *f.graph;
   // A gradient the caller left null (the forward's optional gradients) is not wanted.
   auto unwanted = [&](int id) {
     const TensorRole r = g.tensor(id).role;
     return !f.ptr[id] && (r == TensorRole::kGradOutput || r == TensorRole::kParamGrad);
   };
+  LaneSwitch lane(f);
   for (size_t i = begin; i < std::min(end, steps.size()); ++i) {
-    if (const auto* gm = std::get_if<GemmStep>(&steps[i])) {
-      if (!unwanted(gm->d)) run_gemm(*gm, f);
+    const auto* gm = std::get_if<GemmStep>(&steps[i]);
+    const bool skip = gm ? unwanted(gm->d)
+                         : std::any_of(std::get<KernelStep>(steps[i]).writes.begin(),
+                                       std::get<KernelStep>(steps[i]).writes.end(), unwanted);
+    if (lanes && lanes->side[i]) {
+      if (skip) continue;
+      lane.to_side();
+    } else if (lanes) {
+      lane.to_main(lanes->join_before[i] != 0);  // joins where the schedule says, run or not
+      if (skip) continue;
+    } else if (skip) {
+      continue;
+    }
+    if (gm) {
+      run_gemm(*gm, f);
     } else {
-      const auto& k = std::get<KernelStep>(steps[i]);
-      if (std::none_of(k.writes.begin(), k.writes.end(), unwanted)) enqueue(launches[i], f);
+      enqueue(launches[i], f);
     }
   }
+  lane.finish();
 }
 
 void LayerExecutor::run_chunked_forward(std::span<void* const> args, const RunShape& shape,

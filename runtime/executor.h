@@ -27,6 +27,7 @@
 #include "compiler/planner/plan.h"
 #include "runtime/allocator.h"
 #include "runtime/gemm.h"
+#include "runtime/grad_lane.h"
 #include "runtime/temp_placement.h"
 
 namespace lightseq {
@@ -171,8 +172,11 @@ class LayerExecutor {
                     Allocator& allocator, CUstream stream) const;
   // Steps [begin, end) of `steps` (all of them by default); a step that writes a gradient the
   // caller left null is skipped.
+  // With `lanes` (the backward's), parameter-gradient steps go to a second stream
+  // (runtime/grad_lane.h).
   void run_steps(const std::vector<Step>& steps, const std::vector<ResolvedLaunch>& launches,
-                 Frame& frame, size_t begin = 0, size_t end = SIZE_MAX) const;
+                 Frame& frame, size_t begin = 0, size_t end = SIZE_MAX,
+                 const LaneSchedule* lanes = nullptr) const;
   // The forward of a plan with a chunked region (LayerPlan::row_chunks): temporaries sized for
   // one chunk, the steps before the region at the full shape, the region once per chunk of whole
   // sequences with the caller's batch-sized tensors offset to the chunk.
@@ -190,9 +194,11 @@ class LayerExecutor {
   CUfunction accumulate_fn_ = nullptr;  // the `+=` of epilogue bias gradients (support kernel)
   std::vector<bool> relu_aux_;          // per tensor: holds a ReLU bit mask (sized in bits)
   std::vector<SavedSlot> saved_slots_;
-  std::vector<uint8_t> saved_roots_;    // per tensor id: a root of the saved activations (or empty)
-  std::vector<uint8_t> from_saved_;     // per tensor id: the backward takes it from the forward
-  std::vector<Lifetime> lifetimes_[2];  // per direction, per tensor id (runtime/temp_placement.h)
+  std::vector<uint8_t> saved_roots_;  // per tensor id: a root of the saved activations (or empty)
+  std::vector<uint8_t> from_saved_;   // per tensor id: the backward takes it from the forward
+  std::vector<Lifetime> lifetimes_[2];
+  // The backward's two-lane schedule (runtime/grad_lane.h; empty with LIGHTSEQ_GRAD_LANE=0).
+  LaneSchedule lanes_;  // per direction, per tensor id (runtime/temp_placement.h)
   // A call's temporaries share memory by lifetime (LIGHTSEQ_REUSE_TEMPORARIES=0: each its own,
   // end to end, for comparison).
   bool reuse_temporaries_ = true;

@@ -36,6 +36,7 @@ struct LayerExecutor::Frame {
         mode(m),
         allocator(a),
         stream(st),
+        main_stream(st),
         ptr(g->tensors().size(), nullptr) {}
 
   const Graph* graph;
@@ -45,12 +46,15 @@ struct LayerExecutor::Frame {
   DropoutConfig dropout;
   GradMode mode = GradMode::kOverwrite;
   Allocator* allocator;
-  CUstream stream;
-  std::vector<void*> ptr;             // per tensor id; null = unbound
+  CUstream stream;         // where the current step is issued: main_stream, or the side lane's
+  CUstream main_stream;    // the caller's (runtime/grad_lane.h)
+  int lane = 0;            // 0: the main stream, 1: the side lane
+  std::vector<void*> ptr;  // per tensor id; null = unbound
   std::map<int, DeviceBuffer> owned;  // zero padding masks made for this call
   std::vector<DeviceBuffer> blocks;   // this call's temporaries (one block) and GEMM workspace
-  void* gemm_workspace = nullptr;     // shared by the call's GEMMs (they run in stream order)
-  size_t gemm_workspace_bytes = 0;
+  // Shared by the GEMMs of one lane (they run in its stream's order), one per lane.
+  void* gemm_workspace[2] = {nullptr, nullptr};
+  size_t gemm_workspace_bytes[2] = {0, 0};
 
   int64_t numel(int id) const {
     return shape_numel(graph->tensor(id).shape).eval(shape.batch, shape.seq, shape.src_seq);

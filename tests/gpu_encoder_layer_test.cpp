@@ -265,6 +265,106 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   EXPECT_NE(a, run(8, 100, false, true)) << "another seed in device memory must draw other masks";
 }
 
+// One encoder layer's buffers bound by its manifests (parameters, their gradients, x, grad_y,
+// y, grad_x, a padding mask, the saved arena and a device-resident dropout seed/offset), and one
+// forward + backward through LayerCalls, eager or replayed from CUDA graphs.
+struct BoundEncoder {
+  DeviceBuffer upload_bytes(const void* data, size_t bytes) {
+    DeviceBuffer b(allocator, bytes, stream);
+    LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(b.device_ptr(), data, bytes, stream));
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
+    return b;
+  }
+  void download_bytes(const DeviceBuffer& b, void* data, size_t bytes) {
+    LIGHTSEQ_CU_CHECK(driver().cuMemcpyDtoHAsync(data, b.device_ptr(), bytes, stream));
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
+  }
+
+  BoundEncoder(const LayerExecutor& exec, const Case& c, uint64_t seed, Allocator& allocator,
+               CUstream stream)
+      : exec(exec), c(c), allocator(allocator), stream(stream), shape{c.batch, c.seq, 0} {
+    ref::Rng rng(seed);
+    ref::LayerConfig cfg{c.hidden, c.heads, c.ffn, c.norm, c.act, false, 1e-5, std::nullopt};
+    ref::EncoderLayerParams params = ref::random_encoder_params(cfg, rng);
+    const Precision p = c.precision;
+    const int64_t rows = c.batch * c.seq;
+    for (auto& [name, v] : ref::named_tensors(params)) {
+      std::vector<uint8_t> bytes = ref::encode(p, *v);
+      mem.emplace(name, upload_bytes(bytes.data(), bytes.size()));
+      mem.emplace("grad." + name, upload_bytes(bytes.data(), bytes.size()));
+      outputs.push_back("grad." + name);
+    }
+    for (const char* name : {"x", "grad_y"}) {
+      std::vector<uint8_t> b = ref::encode(p, rng.uniform_vec(rows * c.hidden, -1, 1));
+      mem.emplace(name, upload_bytes(b.data(), b.size()));
+    }
+    const size_t act_bytes = static_cast<size_t>(rows * c.hidden) * element_bytes(p);
+    mem.emplace("y", DeviceBuffer(allocator, act_bytes, stream));
+    mem.emplace("grad_x", DeviceBuffer(allocator, act_bytes, stream));
+    outputs.push_back("y");
+    outputs.push_back("grad_x");
+    const std::vector<uint8_t> pad = test::padding_pattern(c.batch, c.seq);
+    mem.emplace("key_padding_mask", upload_bytes(pad.data(), pad.size()));
+    saved = DeviceBuffer(allocator, static_cast<size_t>(exec.saved_arena_bytes(shape)), stream);
+    for (int dir = 0; dir < 2; ++dir) {
+      for (const ManifestEntry& e : exec.manifest(dir == 1)) {
+        if (!mem.count(e.name)) throw std::runtime_error("the test binds no " + e.name);
+        args[dir].push_back(mem.at(e.name).get());
+      }
+    }
+    const uint64_t philox[2] = {7, 100};
+    state = upload_bytes(philox, sizeof(philox));
+    dropout = DropoutConfig{.attention = 0.1, .activation = 0.1, .hidden = 0.1};
+    dropout.seed_ptr = static_cast<const uint64_t*>(state.get());
+    dropout.offset_ptr = dropout.seed_ptr + 1;
+  }
+
+  // y, grad_x and (with `grads`) every parameter gradient, in `outputs` order, after one forward
+  // and backward (each eager, or through replay()); the outputs are poisoned first.
+  std::vector<uint8_t> step(LayerCalls& calls, bool graphs, bool grads = false,
+                            GradMode mode = GradMode::kOverwrite) {
+    for (const std::string& name : outputs) {
+      if (!grads && name.starts_with("grad.")) continue;
+      if (mode == GradMode::kAccumulate && name.starts_with("grad.")) continue;
+      const std::vector<uint8_t> nan(mem.at(name).bytes(), 0xff);
+      LIGHTSEQ_CU_CHECK(
+          driver().cuMemcpyHtoDAsync(mem.at(name).device_ptr(), nan.data(), nan.size(), stream));
+    }
+    for (int dir = 0; dir < 2; ++dir) {
+      auto held = std::make_shared<std::vector<DeviceBuffer>>();
+      const ChunkSource chunk = [&](size_t bytes) {
+        held->emplace_back(allocator, bytes, stream);
+        return held->back().get();
+      };
+      const LayerCall call{dir == 1, args[dir], shape, dropout, saved.get(), mode};
+      if (graphs) {
+        calls.replay(call, stream, chunk, [&] { return std::shared_ptr<void>(held); });
+      } else {
+        calls.run(call, stream, chunk);
+      }
+    }
+    std::vector<uint8_t> out;
+    for (const std::string& name : outputs) {
+      if (!grads && name.starts_with("grad.")) continue;
+      std::vector<uint8_t> b(mem.at(name).bytes());
+      download_bytes(mem.at(name), b.data(), b.size());
+      out.insert(out.end(), b.begin(), b.end());
+    }
+    return out;
+  }
+
+  const LayerExecutor& exec;
+  Case c;
+  Allocator& allocator;
+  CUstream stream;
+  RunShape shape;
+  std::map<std::string, DeviceBuffer> mem;  // by manifest name
+  std::vector<std::string> outputs;         // the parameter gradients, then y and grad_x
+  DeviceBuffer saved, state;
+  std::vector<void*> args[2];
+  DropoutConfig dropout;
+};
+
 // LayerCalls (runtime/layer_calls.h), the front ends' path: a call that recurs with the same
 // pointers is run eagerly, then captured, then replayed from its CUDA graph; every one of them
 // writes what the eager call wrote, bit for bit (outputs poisoned before each call), and a replay
@@ -274,72 +374,13 @@ TEST_F(GpuEncoderDropout, ReplayedCallsEqualEagerCallsAndDrawTheirDropoutAfresh)
   ModelSpec spec = spec_for(c);
   spec.layers[0].dropout = {0.1, 0.1, 0.1};
   const auto model = model_for(spec);
-  const LayerExecutor& exec = model->stack(0);
-  ref::Rng rng(seed_);
-  ref::LayerConfig cfg{c.hidden, c.heads, c.ffn, c.norm, c.act, false, 1e-5, std::nullopt};
-  ref::EncoderLayerParams params = ref::random_encoder_params(cfg, rng);
-  const Precision p = c.precision;
-  const int64_t rows = c.batch * c.seq;
-  const RunShape shape{c.batch, c.seq, 0};
-  std::map<std::string, DeviceBuffer> mem;  // by manifest name
-  for (auto& [name, v] : ref::named_tensors(params)) {
-    std::vector<uint8_t> bytes = ref::encode(p, *v);
-    mem.emplace(name, upload_bytes(bytes.data(), bytes.size()));
-    mem.emplace("grad." + name, upload_bytes(bytes.data(), bytes.size()));
-  }
-  for (const char* name : {"x", "grad_y"}) {
-    std::vector<uint8_t> b = ref::encode(p, rng.uniform_vec(rows * c.hidden, -1, 1));
-    mem.emplace(name, upload_bytes(b.data(), b.size()));
-  }
-  const size_t act_bytes = static_cast<size_t>(rows * c.hidden) * element_bytes(p);
-  mem.emplace("y", DeviceBuffer(*allocator_, act_bytes, stream_));
-  mem.emplace("grad_x", DeviceBuffer(*allocator_, act_bytes, stream_));
-  const std::vector<uint8_t> pad = test::padding_pattern(c.batch, c.seq);
-  mem.emplace("key_padding_mask", upload_bytes(pad.data(), pad.size()));
-  DeviceBuffer saved(*allocator_, static_cast<size_t>(exec.saved_arena_bytes(shape)), stream_);
-  std::vector<void*> args[2];
-  for (int dir = 0; dir < 2; ++dir) {
-    for (const ManifestEntry& e : exec.manifest(dir == 1)) {
-      ASSERT_TRUE(mem.count(e.name)) << "the test binds no " << e.name;
-      args[dir].push_back(mem.at(e.name).get());
-    }
-  }
-  const uint64_t philox[2] = {7, 100};
-  DeviceBuffer state = upload_bytes(philox, sizeof(philox));
-  DropoutConfig d{.attention = 0.1, .activation = 0.1, .hidden = 0.1};
-  d.seed_ptr = static_cast<const uint64_t*>(state.get());
-  d.offset_ptr = d.seed_ptr + 1;
-
-  LayerCalls calls(exec);
-  // y and grad_x after a forward and a backward, each eager (graphs false) or through replay()
-  auto step = [&](bool graphs) {
-    const std::vector<uint8_t> nan(act_bytes, 0xff);
-    for (const char* name : {"y", "grad_x"}) {
-      LIGHTSEQ_CU_CHECK(
-          driver().cuMemcpyHtoDAsync(mem.at(name).device_ptr(), nan.data(), act_bytes, stream_));
-    }
-    for (int dir = 0; dir < 2; ++dir) {
-      auto held = std::make_shared<std::vector<DeviceBuffer>>();
-      const ChunkSource chunk = [&](size_t bytes) {
-        held->emplace_back(*allocator_, bytes, stream_);
-        return held->back().get();
-      };
-      const LayerCall call{dir == 1, args[dir], shape, d, saved.get()};
-      if (graphs) {
-        calls.replay(call, stream_, chunk, [&] { return std::shared_ptr<void>(held); });
-      } else {
-        calls.run(call, stream_, chunk);
-      }
-    }
-    std::vector<uint8_t> out(2 * act_bytes);
-    download_bytes(mem.at("y"), out.data(), act_bytes);
-    download_bytes(mem.at("grad_x"), out.data() + act_bytes, act_bytes);
-    return out;
-  };
-  const std::vector<uint8_t> eager = step(false);
+  BoundEncoder b(model->stack(0), c, seed_, *allocator_, stream_);
+  LayerCalls calls(model->stack(0));
+  const std::vector<uint8_t> eager = b.step(calls, false, true);
   for (const char* what : {"first call (eager)", "second call (captured)", "third call (replayed)",
                            "fourth call (replayed)"}) {
-    EXPECT_TRUE(ref::bytes_equal(fmt::format("{}: y and grad_x", what), eager, step(true)));
+    EXPECT_TRUE(ref::bytes_equal(fmt::format("{}: y, grad_x and the parameter gradients", what),
+                                 eager, b.step(calls, true, true)));
   }
   const CallGraphs::Stats st = calls.graph_stats();
   EXPECT_EQ(st.captures, 2) << "the forward and the backward captured once each";
@@ -347,10 +388,46 @@ TEST_F(GpuEncoderDropout, ReplayedCallsEqualEagerCallsAndDrawTheirDropoutAfresh)
   EXPECT_GT(st.pinned_bytes, 0u);
   // another offset in device memory: the replay draws other masks, those of an eager call
   const uint64_t next[2] = {7, 100 + kDropoutOffsetStride};
-  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(state.device_ptr(), next, sizeof(next), stream_));
-  const std::vector<uint8_t> replayed = step(true), fresh = step(false);
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(b.state.device_ptr(), next, sizeof(next), stream_));
+  const std::vector<uint8_t> replayed = b.step(calls, true), fresh = b.step(calls, false);
   EXPECT_NE(replayed, eager) << "a replay must read the new offset";
   EXPECT_TRUE(ref::bytes_equal("replayed with the new offset vs eager", fresh, replayed));
+}
+
+// The backward's parameter-gradient steps on a second stream (runtime/grad_lane.h) write what
+// one stream writes, bit for bit: y, grad_x and every parameter gradient, eager and replayed from
+// CUDA graphs, written (=) and accumulated (+=), over repeated calls (a race would show as a
+// difference in some call). LIGHTSEQ_GRAD_LANE=0 when the one-lane model is loaded.
+TEST_F(GpuEncoderDropout, TwoLaneBackwardEqualsOneLaneBitForBit) {
+  for (const Case& c :
+       {Case{256, 4, 1024, NormPlacement::kPost, Activation::kRelu, Precision::kBf16, 4, 40, true},
+        Case{512, 8, 2048, NormPlacement::kPre, Activation::kGelu, Precision::kFp16, 16, 32,
+             true}}) {
+    ModelSpec spec = spec_for(c);
+    spec.layers[0].dropout = {0.1, 0.1, 0.1};
+    // Loaded here, not through model_for's cache: the executors read the variable when built.
+    RuntimeOptions o;
+    if (const char* dir = std::getenv("LIGHTSEQ_TEST_CACHE_DIR")) o.cache_dir = dir;
+    ::setenv("LIGHTSEQ_GRAD_LANE", "0", 1);
+    const auto one = CompiledModel::load(spec, o);
+    ::unsetenv("LIGHTSEQ_GRAD_LANE");
+    const auto two = CompiledModel::load(spec, o);
+    BoundEncoder b1(one->stack(0), c, seed_, *allocator_, stream_);
+    BoundEncoder b2(two->stack(0), c, seed_, *allocator_, stream_);
+    LayerCalls calls1(one->stack(0)), calls2(two->stack(0));
+    const std::vector<uint8_t> want = b1.step(calls1, false, true);
+    for (int i = 0; i < 6; ++i) {
+      const bool graphs = i % 2 == 1;
+      EXPECT_TRUE(ref::bytes_equal(fmt::format("{} call {} ({}): two lanes vs one", case_name(c), i,
+                                               graphs ? "replayed" : "eager"),
+                                   want, b2.step(calls2, graphs, true)));
+    }
+    // Accumulated gradients: both start from the same values and add the same call once.
+    const std::vector<uint8_t> acc1 = b1.step(calls1, false, true, GradMode::kAccumulate);
+    const std::vector<uint8_t> acc2 = b2.step(calls2, false, true, GradMode::kAccumulate);
+    EXPECT_NE(acc1, want) << "accumulating must change the parameter gradients";
+    EXPECT_TRUE(ref::bytes_equal(case_name(c) + " accumulated: two lanes vs one", acc1, acc2));
+  }
 }
 
 }  // namespace
