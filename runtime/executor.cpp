@@ -282,6 +282,26 @@ SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const Ru
                                            const DropoutConfig& dropout, Allocator& allocator,
                                            CUstream stream, void* saved_arena,
                                            GradMode grads) const {
+  return run_forward(args, shape, dropout, allocator, stream, saved_arena, grads, 0, SIZE_MAX);
+}
+
+void LayerExecutor::forward_steps_at(std::span<void* const> args, const RunShape& shape,
+                                     Allocator& allocator, CUstream stream, size_t begin,
+                                     size_t end) const {
+  if (!plan_.saved.empty() || plan_.row_chunks.max_rows > 0 || begin > end ||
+      end > plan_.forward.size()) {
+    throw InternalError(
+        fmt::format("{}: forward_steps_at [{}, {}) of {} steps runs only a plan that saves nothing",
+                    plan_.layer.name, begin, end, plan_.forward.size()));
+  }
+  run_forward(args, shape, DropoutConfig{}, allocator, stream, nullptr, GradMode::kOverwrite, begin,
+              end);
+}
+
+SavedActivations LayerExecutor::run_forward(std::span<void* const> args, const RunShape& shape,
+                                            const DropoutConfig& dropout, Allocator& allocator,
+                                            CUstream stream, void* saved_arena, GradMode grads,
+                                            size_t begin, size_t end) const {
   const Graph& g = plan_.layer.graph;
   if (shape.batch <= 0 || shape.seq <= 0) {
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be positive",
@@ -309,7 +329,7 @@ SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const Ru
     const bool made_here = f.owned.count(id) > 0 && g.tensor(id).role == TensorRole::kInput;
     if (!made_here) saved.ptr_[id] = f.ptr[id];
   }
-  run_steps(plan_.forward, sp.forward, f);
+  run_steps(plan_.forward, sp.forward, f, begin, end);
   return saved;
 }
 

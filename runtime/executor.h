@@ -143,6 +143,11 @@ class LayerExecutor {
                               const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
                               void* saved_arena = nullptr,
                               GradMode grads = GradMode::kOverwrite) const;
+  // The forward's steps [begin, end) only, bound as forward_at binds them, of a plan that saves
+  // nothing: a caller that runs a plan in parts (the model-level step updates each layer's
+  // parameters as soon as their gradients are complete, and finishes the optimizer step once).
+  void forward_steps_at(std::span<void* const> args, const RunShape& shape, Allocator& allocator,
+                        CUstream stream, size_t begin, size_t end) const;
   void backward_at(std::span<void* const> args, void* saved_arena, const RunShape& shape,
                    const DropoutConfig& dropout, GradMode mode, Allocator& allocator,
                    CUstream stream) const;
@@ -168,6 +173,9 @@ class LayerExecutor {
   std::map<int, void*> arena_places(void* arena, const RunShape& shape) const;
   SavedActivations rebuild_saved(void* saved_arena, const std::vector<void*>& inputs_by_id,
                                  const RunShape& shape, const DropoutConfig& dropout) const;
+  SavedActivations run_forward(std::span<void* const> args, const RunShape& shape,
+                               const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
+                               void* saved_arena, GradMode grads, size_t begin, size_t end) const;
   void run_backward(std::span<void* const> args, const SavedActivations& saved, GradMode mode,
                     Allocator& allocator, CUstream stream) const;
   // Steps [begin, end) of `steps` (all of them by default); a step that writes a gradient the

@@ -130,11 +130,11 @@ bool grad_lane_enabled() {
   return !(v && std::string_view(v) == "0");
 }
 
-const SideLane& side_lane(CUstream main) {
+const SideLane& side_lane(CUstream main, int index) {
   CUcontext ctx = nullptr;
   LIGHTSEQ_CU_CHECK(driver().cuCtxGetCurrent(&ctx));
-  thread_local std::map<std::pair<CUcontext, CUstream>, SideLane> lanes;
-  auto [it, fresh] = lanes.try_emplace({ctx, main});
+  thread_local std::map<std::tuple<CUcontext, CUstream, int>, SideLane> lanes;
+  auto [it, fresh] = lanes.try_emplace({ctx, main, index});
   if (fresh) {
     // Creating a stream and events is allowed in relaxed capture mode only.
     CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;

@@ -54,14 +54,17 @@ void extend_side_lifetimes(const Graph& g, const std::vector<Step>& steps,
 // Whether LIGHTSEQ_GRAD_LANE allows a second lane (default: yes).
 bool grad_lane_enabled();
 
-// The side stream of a main stream in this thread and context, with the events that fork and
-// join it: created on first use (in relaxed capture mode, so a first use inside a CUDA graph
-// capture is allowed) and kept for the life of the process.
+// Side stream `index` of a main stream in this thread and context, with the events that fork
+// and join it: created on first use (in relaxed capture mode, so a first use inside a CUDA graph
+// capture is allowed) and kept for the life of the process. kGradLane: a layer backward's
+// parameter-gradient steps; kUpdateLane: the model-level step's early optimizer updates
+// (runtime/step.cpp), which run beside the following layers' backward and their gradient lanes.
+inline constexpr int kGradLane = 0, kUpdateLane = 1;
 struct SideLane {
   CUstream stream = nullptr;
   CUevent fork = nullptr, join = nullptr;
 };
-const SideLane& side_lane(CUstream main);
+const SideLane& side_lane(CUstream main, int index = kGradLane);
 void fork_lane(const SideLane& lane, CUstream main);  // the side stream waits for `main`
 void join_lane(const SideLane& lane, CUstream main);  // `main` waits for the side stream
 

@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstring>
 
+#include "adam.sig.cuh"
 #include "common/adam_types.cuh"
 #include "compiler/errors.h"
 #include "runtime/cuda_check.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
+#include "runtime/grad_lane.h"
 #include "runtime/step_arenas.h"
 
 namespace lightseq {
@@ -175,6 +177,29 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
     c.dropout.offset_ptr = mem_->offset;
     c.dropout.offset = static_cast<uint64_t>(call_index++) * kDropoutOffsetStride;
     c.resolve_slots();
+    c.arena_count = 0;
+    if (c.type != LayerType::kOptimizer) {
+      // Its parameters' span of the arena, if no other call's parameter lies inside it.
+      int64_t lo = INT64_MAX, hi = 0;
+      std::vector<const ArenaEntry*> mine;
+      for (const ManifestEntry& m : ex.manifest(false)) {
+        if (m.role != TensorRole::kParam) continue;
+        const ArenaEntry* e = find_entry(arena_, arena_name(c.type, instance, m.name));
+        if (!e) continue;
+        mine.push_back(e);
+        lo = std::min(lo, e->offset);
+        hi = std::max(hi, e->offset + e->numel);
+      }
+      const bool alone =
+          std::none_of(arena_.entries.begin(), arena_.entries.end(), [&](const auto& e) {
+            return e.offset < hi && e.offset + e.numel > lo &&
+                   std::find(mine.begin(), mine.end(), &e) == mine.end();
+          });
+      if (!mine.empty() && alone) {
+        c.arena_begin = lo;
+        c.arena_count = hi - lo;
+      }
+    }
     return c;
   };
   const LayerExecutor& emb = model_->layer("embedding");
@@ -229,6 +254,18 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   bind_opt("master_params", mem_->master.get());
   bind_opt("lr", mem_->lr);
   bind_opt("optim_state", mem_->state);
+  // Early updates: an optimizer plan that is one update kernel and the step's finishing kernel
+  // (no gradient-norm clipping or overflow check, which need every gradient first) updates a
+  // stack layer's parameters as soon as that layer's backward has run, on a second stream beside
+  // the rest of the backward, and the rest (the embedding's, whose gradient comes last) after it.
+  const std::vector<Step>& opt_steps = opt.exec->plan().forward;
+  auto is = [&](size_t i, const sig::Kernel& k) {
+    const auto* ks = i < opt_steps.size() ? std::get_if<KernelStep>(&opt_steps[i]) : nullptr;
+    return ks && ks->kernel.sig == &k;
+  };
+  const char* early = std::getenv("LIGHTSEQ_EARLY_UPDATES");
+  early_updates_ = opt_steps.size() == 2 && is(0, sig::kAdam) && is(1, sig::kOptimFinish) &&
+                   grad_lane_enabled() && !(early && std::string_view(early) == "0");
   calls_.push_back(std::move(opt));
 }
 
@@ -509,6 +546,30 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
     LIGHTSEQ_CU_CHECK(
         driver().cuMemsetD8Async(grad_memory.device_ptr(), 0, grad_memory.bytes(), s));
   }
+  // The optimizer's update kernel (steps [0, 1) of its plan) or finishing kernel ([1, 2)) over
+  // elements [begin, begin + count) of the arenas, on `stream`.
+  const Call& opt = calls_.back();
+  auto update = [&](int64_t begin, int64_t count, CUstream stream, size_t from, size_t to) {
+    if (count <= 0) return;
+    std::vector<void*> a = opt.fwd;
+    for (const auto& [name, bytes] : {std::pair<const char*, int64_t>{"params", eb},
+                                      {"grads", eb},
+                                      {"exp_avg", 4},
+                                      {"exp_avg_sq", 4},
+                                      {"master_params", 4}}) {
+      const int k = opt.fslot(name);
+      if (k >= 0 && a[k]) a[k] = static_cast<char*>(a[k]) + begin * bytes;
+    }
+    opt.exec->forward_steps_at(a, RunShape{count, 1, 0}, al, stream, from, to);
+  };
+  std::vector<std::pair<int64_t, int64_t>> updated;  // (begin, count)
+  const SideLane* update_lane = early_updates_ ? &side_lane(s, kUpdateLane) : nullptr;
+  auto update_early = [&](const Call& c) {
+    if (!update_lane || c.arena_count == 0) return;
+    fork_lane(*update_lane, s);
+    update(c.arena_begin, c.arena_count, update_lane->stream, 0, 1);
+    updated.push_back({c.arena_begin, c.arena_count});
+  };
   void* dy = g[0];                            // the gradient of the current call's output
   if (!crit.exec->plan().backward.empty()) {  // else its forward wrote the gradients
     std::vector<void*> a = crit.bwd;
@@ -541,12 +602,22 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
     set(a, c.b[Call::kGradEncoderOut], grad_memory.get());
     c.exec->backward_at(a, static_cast<char*>(saved.get()) + saved_at[i], shape, dropout_of(c),
                         GradMode::kOverwrite, al, s);
+    update_early(c);
     dy = dx;
   }
 
-  // ---- update
-  const Call& opt = calls_.back();
-  opt.exec->forward_at(opt.fwd, RunShape{1, 1, 0}, DropoutConfig{}, al, s, nullptr);
+  // ---- update (what early updates left: everything, or the parts no stack call owns)
+  std::vector<std::pair<int64_t, int64_t>> rest;  // [begin, end) element spans
+  std::sort(updated.begin(), updated.end());
+  int64_t at = 0;
+  for (const auto& [b, n] : updated) {
+    if (b > at) rest.push_back({at, b});
+    at = b + n;
+  }
+  if (at < arena_.total) rest.push_back({at, arena_.total});
+  if (!updated.empty()) join_lane(*update_lane, s);
+  for (const auto& [b, e] : rest) update(b, e - b, s, 0, 1);
+  update(0, arena_.total, s, 1, 2);  // the finishing kernel: step += 1 (loss scale, overflow)
 }
 
 void TrainStep::run(const StepBatch& b, CUstream s) {

@@ -84,6 +84,10 @@ struct TrainStep::Call {
                                                      "grad_encoder_out",
                                                      "grad_decoder_out"};
   std::array<int, kSlots> f{}, b{};
+  // The span of the parameter arena this call's parameters occupy ([arena_begin, +arena_count)
+  // elements, nothing else inside), whose update may run as soon as its backward has run; count 0:
+  // none (a call without parameters, or not one span).
+  int64_t arena_begin = 0, arena_count = 0;
   std::vector<int> outputs;  // the forward's model-dtype outputs ("y", the embedding's "out")
   std::vector<int> fgrads;   // parameter gradients the forward writes (the fused criterion)
   void resolve_slots() {

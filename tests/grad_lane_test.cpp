@@ -65,9 +65,10 @@ size_t check_backward(const LayerPlan& lp, const std::string& what) {
       if (role == TensorRole::kParamGrad) continue;
       // Whoever reads that value later is on the side lane too.
       for (size_t j = s + 1; j < n; ++j) {
-        if (r[j].count(t))
+        if (r[j].count(t)) {
           EXPECT_TRUE(lanes.side[j]) << at << ": main step " << j << " (" << step_name(steps[j])
                                      << ") reads its '" << g.tensor(t).name << "'";
+        }
         if (w[j].count(t) && !r[j].count(t)) break;
       }
     }

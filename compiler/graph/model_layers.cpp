@@ -237,11 +237,11 @@ LayerGraph lower_optimizer(const OptimizerSpec& o, const ModelSpec& model) {
                                to_string(o.kind), o.lr, o.beta1, o.beta2, o.eps, o.weight_decay,
                                model.precision == Precision::kFp32 ? "" : ", fp32 master weights");
   Builder b(lg.graph);
-  // The optimizer sees all parameters as one list: the model's parameter arena (param_arena.h),
-  // or, in a spec with nothing else (lightseq.optim: parameters that live elsewhere), an arena
-  // whose element count is the run's `batch`.
-  const bool alone = model.layers.empty() && !model.embedding;
-  const Shape all{alone ? Dim::batch() : Dim::constant(parameter_arena(model).total)};
+  // The optimizer sees its parameters as one list of the run's `batch` elements: the model's
+  // parameter arena (param_arena.h; the model-level step passes its total, or a part of it when
+  // it updates a layer's parameters as soon as their gradients are complete), or, in a spec with
+  // nothing else (lightseq.optim), parameters that live elsewhere.
+  const Shape all{Dim::batch()};
   const Shape one{Dim::constant(1)};
   std::vector<int> in{b.param("params", all),
                       b.tensor("grads", all, TensorRole::kInput),
