@@ -36,7 +36,9 @@ class ChunkTables {
   // the slot pointers advanced by chunk_elems elements each, then the chunk's element count.
   CUdeviceptr get(const std::vector<void*>& bases, const std::vector<int>& slot_bytes,
                   int64_t numel, int64_t chunk_elems, CUstream stream, const std::string& label);
-  static constexpr size_t kMaxTables = 64;  // distinct pointer sets kept per parameter
+  // Distinct pointer sets kept per parameter and shape: a model-level step with early updates
+  // binds one per layer instance (a table is a few KB).
+  static constexpr size_t kMaxTables = 1024;
 
  private:
   std::mutex mu_;
