@@ -1,6 +1,7 @@
-// step_arenas.h — TrainStep's internals that its two source files share (step.cpp: the schedule;
-// step_state.cpp: parameters and checkpoints): the persistent device memory, one layer call's
-// bound arguments, small helpers. Internal to runtime/.
+// step_arenas.h — TrainStep's internals that its source files share (step.cpp: construction,
+// buckets, run; step_enqueue.cpp: one step's launches; step_state.cpp: parameters and
+// checkpoints): the persistent device memory, one layer call's bound arguments, one shape's
+// buffers, small helpers. Internal to runtime/.
 #pragma once
 
 #include <array>
@@ -114,9 +115,59 @@ struct TrainStep::Call {
   }
 };
 
+// One shape's inputs and outputs at fixed addresses (a captured graph reads and writes them),
+// and its graph.
+struct TrainStep::Bucket {
+  RunShape src, tgt;  // {B, S}, {B, T, S}
+  DeviceBuffer src_tokens, tokens, targets;
+  DeviceBuffer token_types;          // a model with token types: the batch's, or zeros
+  DeviceBuffer loss, nll, counters;  // counters: n_tokens (f32) | bad_token | bad_target (i32)
+  bool warm = false;                 // ran once uncaptured
+  CUgraphExec exec = nullptr;
+  ~Bucket() {
+    if (exec) driver().cuGraphExecDestroy(exec);
+  }
+};
+
 namespace step_detail {
 
 inline void sync(CUstream s) { LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(s)); }
+
+inline int64_t align_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+
+// A step's counters, each in its own 16-byte slot (every bound pointer is 16-byte aligned):
+// n_tokens (f32), bad_token, bad_target (i32).
+enum CounterSlot : size_t { kTokensSlot, kBadTokenSlot, kBadTargetSlot, kCounterSlots };
+constexpr size_t kCounterSlotBytes = 16, kCounterBytes = kCounterSlots * kCounterSlotBytes;
+
+struct Io {
+  const int64_t *src_tokens, *tokens, *targets, *token_types;
+  float *loss, *nll, *n_tokens;
+  int *bad_token, *bad_target;
+};
+
+inline Io io_of(const TrainStep::Bucket& b) {
+  auto* c = static_cast<char*>(b.counters.get());
+  return {b.src_tokens.as<int64_t>(),
+          b.tokens.as<int64_t>(),
+          b.targets.as<int64_t>(),
+          b.token_types ? b.token_types.as<int64_t>() : nullptr,
+          b.loss.as<float>(),
+          b.nll.as<float>(),
+          reinterpret_cast<float*>(c + kTokensSlot * kCounterSlotBytes),
+          reinterpret_cast<int*>(c + kBadTokenSlot * kCounterSlotBytes),
+          reinterpret_cast<int*>(c + kBadTargetSlot * kCounterSlotBytes)};
+}
+
+inline void memset32(void* p, uint32_t v, size_t n, CUstream s) {
+  LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(p), v, n, s));
+}
+
+inline void copy_d2d(void* dst, const void* src, int64_t bytes, CUstream s) {
+  if (bytes == 0) return;
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst),
+                                               reinterpret_cast<CUdeviceptr>(src), bytes, s));
+}
 
 // n values of T from device memory (enqueued; read them after sync(s)).
 template <typename T>
