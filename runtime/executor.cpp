@@ -485,48 +485,6 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
     accumulate_into(bias_grad_temp.get(), f.at(g.bias_grad), f.numel(g.bias_grad), f);
 }
 
-namespace {
-
-// Which stream a call's steps go to (runtime/grad_lane.h): the side lane forks from the main
-// stream when the main one issued something since the last fork, and joins back before a main
-// step that needs it and when the call ends (also when a step throws).
-class LaneSwitch {
- public:
-  explicit LaneSwitch(LayerExecutor::Frame& f) : f_(f) {}
-  ~LaneSwitch() {
-    try {
-      finish();
-    } catch (...) {  // already unwinding from the step that threw
-    }
-  }
-  void to_side() {
-    if (!side_) side_ = &side_lane(f_.main_stream);
-    if (main_since_fork_) fork_lane(*side_, f_.main_stream);
-    main_since_fork_ = false;
-    pending_ = true;
-    f_.stream = side_->stream;
-    f_.lane = 1;
-  }
-  void to_main(bool join) {
-    if (join && pending_) {
-      join_lane(*side_, f_.main_stream);
-      pending_ = false;
-    }
-    main_since_fork_ = true;
-    f_.stream = f_.main_stream;
-    f_.lane = 0;
-  }
-  void finish() { to_main(/*join=*/true); }
-
- private:
-  LayerExecutor::Frame& f_;
-  const SideLane* side_ = nullptr;
-  bool main_since_fork_ = true;  // the side lane has not seen the main stream's latest steps
-  bool pending_ = false;         // side steps issued since the last join
-};
-
-}  // namespace
-
 void LayerExecutor::run_steps(const std::vector<Step>& steps,
                               const std::vector<ResolvedLaunch>& launches, Frame& f, size_t begin,
                               size_t end, const LaneSchedule* lanes) const {
@@ -536,7 +494,7 @@ void LayerExecutor::run_steps(const std::vector<Step>& steps,
     const TensorRole r = g.tensor(id).role;
     return !f.ptr[id] && (r == TensorRole::kGradOutput || r == TensorRole::kParamGrad);
   };
-  LaneSwitch lane(f);
+  LaneSwitch lane(f.stream, f.lane);
   for (size_t i = begin; i < std::min(end, steps.size()); ++i) {
     const auto* gm = std::get_if<GemmStep>(&steps[i]);
     const bool skip = gm ? unwanted(gm->d)

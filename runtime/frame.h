@@ -36,7 +36,6 @@ struct LayerExecutor::Frame {
         mode(m),
         allocator(a),
         stream(st),
-        main_stream(st),
         ptr(g->tensors().size(), nullptr) {}
 
   const Graph* graph;
@@ -46,8 +45,7 @@ struct LayerExecutor::Frame {
   DropoutConfig dropout;
   GradMode mode = GradMode::kOverwrite;
   Allocator* allocator;
-  CUstream stream;         // where the current step is issued: main_stream, or the side lane's
-  CUstream main_stream;    // the caller's (runtime/grad_lane.h)
+  CUstream stream;         // where the current step is issued: the caller's, or the side lane's
   int lane = 0;            // 0: the main stream, 1: the side lane
   std::vector<void*> ptr;  // per tensor id; null = unbound
   std::map<int, DeviceBuffer> owned;  // zero padding masks made for this call

@@ -162,4 +162,30 @@ void join_lane(const SideLane& lane, CUstream main) {
   LIGHTSEQ_CU_CHECK(driver().cuStreamWaitEvent(main, lane.join, 0));
 }
 
+LaneSwitch::~LaneSwitch() {
+  try {
+    finish();
+  } catch (...) {  // already unwinding from the step that threw
+  }
+}
+
+void LaneSwitch::to_side() {
+  if (!side_) side_ = &side_lane(main_);
+  if (main_since_fork_) fork_lane(*side_, main_);
+  main_since_fork_ = false;
+  pending_ = true;
+  current_ = side_->stream;
+  lane_ = 1;
+}
+
+void LaneSwitch::to_main(bool join) {
+  if (join && pending_) {
+    join_lane(*side_, main_);
+    pending_ = false;
+  }
+  main_since_fork_ = true;
+  current_ = main_;
+  lane_ = 0;
+}
+
 }  // namespace lightseq

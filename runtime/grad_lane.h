@@ -68,4 +68,27 @@ const SideLane& side_lane(CUstream main, int index = kGradLane);
 void fork_lane(const SideLane& lane, CUstream main);  // the side stream waits for `main`
 void join_lane(const SideLane& lane, CUstream main);  // `main` waits for the side stream
 
+// Which stream a call's steps go to: `current` (and `lane`: 0 main, 1 side) is switched between
+// the main stream (current's value at construction) and the side lane, which forks from the
+// main stream when that issued something since the last fork, and joins back on to_main(true)
+// and at finish() (or destruction, also when a step throws).
+class LaneSwitch {
+ public:
+  LaneSwitch(CUstream& current, int& lane) : current_(current), lane_(lane), main_(current) {}
+  ~LaneSwitch();
+  LaneSwitch(const LaneSwitch&) = delete;
+  LaneSwitch& operator=(const LaneSwitch&) = delete;
+  void to_side();
+  void to_main(bool join);
+  void finish() { to_main(/*join=*/true); }
+
+ private:
+  CUstream& current_;
+  int& lane_;
+  CUstream main_;
+  const SideLane* side_ = nullptr;
+  bool main_since_fork_ = true;  // the side lane has not seen the main stream's latest steps
+  bool pending_ = false;         // side steps issued since the last join
+};
+
 }  // namespace lightseq
