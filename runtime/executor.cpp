@@ -226,7 +226,7 @@ void LayerExecutor::allocate_unbound(const std::vector<int>& used,
     want(t.view_of < 0 ? id : t.view_of);
   }
   // Each tensor at its own offset, or (temporaries, with `lives`) sharing memory with those whose
-  // lifetimes in this call's steps do not meet its own (runtime/temp_placement.h).
+  // lifetimes in this call's steps do not meet its own (compiler/planner/temp_placement.h).
   auto place = [&](const std::vector<int>& ids, std::vector<DeviceBuffer>& owner,
                    const std::vector<Lifetime>* by_life) {
     std::vector<PlacedTensor> items;

@@ -25,10 +25,10 @@
 #include <vector>
 
 #include "compiler/planner/plan.h"
+#include "compiler/planner/temp_placement.h"
 #include "runtime/allocator.h"
 #include "runtime/gemm.h"
 #include "runtime/grad_lane.h"
-#include "runtime/temp_placement.h"
 
 namespace lightseq {
 
@@ -163,7 +163,7 @@ class LayerExecutor {
   // Kept roots (the saved activations) go to `saved`: placed at `kept_at` when that names them
   // (the saved arena), else allocated and owned by `saved`.
   // With `lives` (the direction's step lifetimes) and reuse_temporaries_, temporaries whose
-  // lifetimes do not meet share memory (runtime/temp_placement.h).
+  // lifetimes do not meet share memory (compiler/planner/temp_placement.h).
   void allocate_unbound(const std::vector<int>& used, const std::map<int, void*>& kept_at,
                         SavedActivations* saved, Frame& frame,
                         const std::vector<Lifetime>* lives = nullptr) const;
@@ -202,11 +202,11 @@ class LayerExecutor {
   CUfunction accumulate_fn_ = nullptr;  // the `+=` of epilogue bias gradients (support kernel)
   std::vector<bool> relu_aux_;          // per tensor: holds a ReLU bit mask (sized in bits)
   std::vector<SavedSlot> saved_slots_;
-  std::vector<uint8_t> saved_roots_;  // per tensor id: a root of the saved activations (or empty)
-  std::vector<uint8_t> from_saved_;   // per tensor id: the backward takes it from the forward
-  std::vector<Lifetime> lifetimes_[2];
+  std::vector<uint8_t> saved_roots_;    // per tensor id: a root of the saved activations (or empty)
+  std::vector<uint8_t> from_saved_;     // per tensor id: the backward takes it from the forward
+  std::vector<Lifetime> lifetimes_[2];  // per direction, per tensor id (temp_placement.h)
   // The backward's two-lane schedule (runtime/grad_lane.h; empty with LIGHTSEQ_GRAD_LANE=0).
-  LaneSchedule lanes_;  // per direction, per tensor id (runtime/temp_placement.h)
+  LaneSchedule lanes_;
   // A call's temporaries share memory by lifetime (LIGHTSEQ_REUSE_TEMPORARIES=0: each its own,
   // end to end, for comparison).
   bool reuse_temporaries_ = true;

@@ -5,51 +5,17 @@
 // critical path: no later step of the call reads what they write. At the token counts where a
 // training step is a chain of small latency-bound kernels (a few SMs busy each), running them on a
 // second stream beside the chain that carries the input gradient lets both proceed at once; under
-// CUDA graph capture the two streams become two branches of the graph.
-//
-// The schedule is derived from the plan's reads and writes (schedule_lanes):
-//   side[i]         step i writes only parameter gradients, or temporaries that only side steps
-//                   read after it (decided from the last step back);
-//   fork            before a side step, when a main step was issued since the last fork, the side
-//                   stream waits for the main one (an event), so it sees everything before;
-//   join_before[i]  main step i touches a tensor that a side step since the last join writes, or
-//                   writes one such a step reads: the main stream first waits for the side one.
-// A call ends with a join, so what the caller sees after it is complete, as before. Every tensor
-// a side step touches lives, for temporary placement, until the call's last step
-// (extend_side_lifetimes): no later temporary takes its memory while the side stream may use it.
+// CUDA graph capture the two streams become two branches of the graph. Which steps, and where
+// the main stream waits: compiler/planner/lanes.h.
 //
 // LIGHTSEQ_GRAD_LANE=0 runs every step on the caller's stream (one lane, for comparison).
 #pragma once
 
 #include <cuda.h>
 
-#include <cstdint>
-#include <vector>
-
-#include "compiler/graph/graph.h"
-#include "compiler/planner/plan.h"
-#include "runtime/temp_placement.h"
+#include "compiler/planner/lanes.h"
 
 namespace lightseq {
-
-// The tensors a step writes, and those it reads (a GEMM's D also read when it accumulates).
-std::vector<int> step_writes(const Step& step);
-std::vector<int> step_reads(const Step& step);
-
-struct LaneSchedule {
-  std::vector<uint8_t> side;         // per step: runs on the side stream
-  std::vector<uint8_t> join_before;  // per step: the main stream waits for the side one first
-  bool any_side() const;
-};
-
-// The two-lane schedule of `steps` (a backward). No step is on the side lane when nothing is
-// worth moving (no parameter gradient is written).
-LaneSchedule schedule_lanes(const Graph& g, const std::vector<Step>& steps);
-
-// Lifetimes (step_lifetimes of the same steps) with every tensor a side step touches kept to the
-// last step.
-void extend_side_lifetimes(const Graph& g, const std::vector<Step>& steps,
-                           const LaneSchedule& lanes, std::vector<Lifetime>& lives);
 
 // Whether LIGHTSEQ_GRAD_LANE allows a second lane (default: yes).
 bool grad_lane_enabled();

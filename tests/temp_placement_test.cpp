@@ -1,7 +1,7 @@
-// Temporaries placed by lifetime (runtime/temp_placement.h): on random lifetimes, and on every
-// layer of the example and benchmark plans, no step touches two temporaries that share memory,
-// and the block is no larger than the tensors laid end to end.
-#include "runtime/temp_placement.h"
+// Temporaries placed by lifetime (compiler/planner/temp_placement.h): on random lifetimes, and on
+// every layer of the example and benchmark plans, no step touches two temporaries that share
+// memory, and the block is no larger than the tensors laid end to end.
+#include "compiler/planner/temp_placement.h"
 
 #include <gtest/gtest.h>
 

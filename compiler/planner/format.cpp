@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include "compiler/errors.h"
+#include "compiler/planner/lanes.h"
 #include "compiler/planner/planner.h"
 
 namespace lightseq {
@@ -114,9 +115,17 @@ std::string format_plan(const ModelPlan& plan) {
     for (auto [title, steps] :
          {std::pair{"forward", &l.forward}, std::pair{"backward", &l.backward}}) {
       if (steps->empty()) continue;
-      out += fmt::format("  {}\n", title);
+      // The backward's parameter-gradient lane (compiler/planner/lanes.h), marked ∥.
+      const LaneSchedule lanes = steps == &l.backward ? schedule_lanes(g, *steps) : LaneSchedule{};
+      out += fmt::format("  {}{}\n", title,
+                         lanes.any_side() ? " (∥: on the parameter-gradient lane, a second stream "
+                                            "beside the input-gradient chain)"
+                                          : "");
       for (size_t i = 0; i < steps->size(); ++i) {
         const Step& st = (*steps)[i];
+        const bool side = lanes.any_side() && lanes.side[i];
+        if (lanes.any_side() && lanes.join_before[i])
+          out += "    (the chain waits for the parameter-gradient lane here)\n";
         if (steps == &l.forward && l.row_chunks.max_rows > 0 && i == l.row_chunks.begin) {
           out += fmt::format(
               "    fused linear + cross-entropy: the steps below (forward and backward) run over "
@@ -130,8 +139,8 @@ std::string format_plan(const ModelPlan& plan) {
         size_t pos = 0;
         while (true) {
           size_t nl = text.find('\n', pos);
-          out += "    " + text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos) +
-                 "\n";
+          out += (side && pos == 0 ? "  ∥ " : "    ") +
+                 text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos) + "\n";
           if (nl == std::string::npos) break;
           pos = nl + 1;
         }

@@ -1,5 +1,5 @@
 // temp_placement.cpp — see temp_placement.h.
-#include "runtime/temp_placement.h"
+#include "compiler/planner/temp_placement.h"
 
 #include <algorithm>
 #include <numeric>

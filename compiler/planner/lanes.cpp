@@ -1,0 +1,125 @@
+// lanes.cpp — see lanes.h.
+#include "compiler/planner/lanes.h"
+
+#include <algorithm>
+#include <set>
+
+namespace lightseq {
+
+std::vector<int> step_writes(const Step& step) {
+  if (const auto* gm = std::get_if<GemmStep>(&step)) {
+    std::vector<int> out{gm->d};
+    if (gm->bias_grad >= 0) out.push_back(gm->bias_grad);
+    const bool aux_out =
+        gm->epilogue == Epilogue::kReluAuxBias || gm->epilogue == Epilogue::kGeluAuxBias;
+    if (gm->aux >= 0 && aux_out) out.push_back(gm->aux);
+    return out;
+  }
+  return std::get<KernelStep>(step).writes;
+}
+
+std::vector<int> step_reads(const Step& step) {
+  std::vector<int> out;
+  if (const auto* gm = std::get_if<GemmStep>(&step)) {
+    const bool aux_out =
+        gm->epilogue == Epilogue::kReluAuxBias || gm->epilogue == Epilogue::kGeluAuxBias;
+    for (int id : {gm->a, gm->b, gm->c, gm->bias, aux_out ? -1 : gm->aux})
+      if (id >= 0) out.push_back(id);
+    out.push_back(gm->d);  // read when it accumulates (the step's own flag or the call's mode)
+    return out;
+  }
+  // A kernel's reads, and whatever else it is bound to that it does not write (tensor lists).
+  const auto& k = std::get<KernelStep>(step);
+  out = k.reads;
+  for (int id : step_tensors(step)) {
+    if (std::find(k.writes.begin(), k.writes.end(), id) == k.writes.end()) out.push_back(id);
+  }
+  return out;
+}
+
+bool LaneSchedule::any_side() const {
+  return std::any_of(side.begin(), side.end(), [](uint8_t s) { return s != 0; });
+}
+
+namespace {
+
+std::set<int> roots(const Graph& g, const std::vector<int>& ids) {
+  std::set<int> out;
+  for (int id : ids)
+    if (id >= 0) out.insert(root_of(g, id));
+  return out;
+}
+
+bool meets(const std::set<int>& a, const std::set<int>& b) {
+  return std::any_of(a.begin(), a.end(), [&](int id) { return b.count(id) != 0; });
+}
+
+}  // namespace
+
+LaneSchedule schedule_lanes(const Graph& g, const std::vector<Step>& steps) {
+  const size_t n = steps.size();
+  LaneSchedule out;
+  out.side.assign(n, 0);
+  out.join_before.assign(n, 0);
+  std::vector<std::set<int>> reads(n), writes(n);
+  for (size_t i = 0; i < n; ++i) {
+    writes[i] = roots(g, step_writes(steps[i]));
+    reads[i] = roots(g, step_reads(steps[i]));
+  }
+  // From the last step back: a step goes to the side lane when each tensor it writes is a
+  // parameter gradient, or a temporary whose value (up to its next writer) only side steps read.
+  for (size_t i = n; i-- > 0;) {
+    if (writes[i].empty()) continue;
+    bool side = true;
+    for (int w : writes[i]) {
+      const TensorRole role = g.tensor(w).role;
+      if (role == TensorRole::kParamGrad) continue;
+      if (given_by_caller(role)) {
+        side = false;
+        break;
+      }
+      for (size_t j = i + 1; j < n && side; ++j) {
+        if (reads[j].count(w) && !out.side[j]) side = false;
+        if (writes[j].count(w) && !reads[j].count(w)) break;  // overwritten: a new value
+      }
+      if (!side) break;
+    }
+    out.side[i] = side;
+  }
+  // A backward with no step left on the main stream has nothing to run beside: one lane.
+  if (std::all_of(out.side.begin(), out.side.end(), [](uint8_t x) { return x != 0; })) {
+    out.side.assign(n, 0);
+    return out;
+  }
+  // The joins: a main step meeting what the side lane may still be writing or reading.
+  std::set<int> side_writes, side_reads;
+  for (size_t i = 0; i < n; ++i) {
+    if (out.side[i]) {
+      side_writes.insert(writes[i].begin(), writes[i].end());
+      side_reads.insert(reads[i].begin(), reads[i].end());
+      continue;
+    }
+    if (meets(reads[i], side_writes) || meets(writes[i], side_writes) ||
+        meets(writes[i], side_reads)) {
+      out.join_before[i] = 1;
+      side_writes.clear();
+      side_reads.clear();
+    }
+  }
+  return out;
+}
+
+void extend_side_lifetimes(const Graph& g, const std::vector<Step>& steps,
+                           const LaneSchedule& lanes, std::vector<Lifetime>& lives) {
+  if (steps.empty()) return;
+  std::set<int> touched;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (!lanes.side[i]) continue;
+    for (int id : step_tensors(steps[i])) touched.insert(root_of(g, id));
+  }
+  for (size_t id = 0; id < lives.size(); ++id) {
+    if (touched.count(root_of(g, static_cast<int>(id)))) lives[id].last = steps.size() - 1;
+  }
+}
+
+}  // namespace lightseq
