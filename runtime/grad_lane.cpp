@@ -13,7 +13,9 @@ namespace lightseq {
 
 bool grad_lane_enabled() {
   const char* v = std::getenv("LIGHTSEQ_GRAD_LANE");
-  return !(v && std::string_view(v) == "0");
+  if (v && std::string_view(v) == "0") return false;
+  if (v && std::string_view(v) == "1") return true;
+  return kGradLaneByDefault;
 }
 
 const SideLane& side_lane(CUstream main, int index) {

@@ -8,7 +8,8 @@
 // CUDA graph capture the two streams become two branches of the graph. Which steps, and where
 // the main stream waits: compiler/planner/lanes.h.
 //
-// LIGHTSEQ_GRAD_LANE=0 runs every step on the caller's stream (one lane, for comparison).
+// LIGHTSEQ_GRAD_LANE=1 turns it on (and the step's early updates, runtime/step_enqueue.cpp), =0
+// off; the default is kGradLaneByDefault below.
 #pragma once
 
 #include <cuda.h>
@@ -17,7 +18,10 @@
 
 namespace lightseq {
 
-// Whether LIGHTSEQ_GRAD_LANE allows a second lane (default: yes).
+// Whether layer backwards use the second lane and the model-level step updates early:
+// LIGHTSEQ_GRAD_LANE=1 / =0, else kGradLaneByDefault. Off by default until a GPU run has shown
+// both lanes equal to one and the step faster (written while no GPU could be had: RESULTS.md).
+inline constexpr bool kGradLaneByDefault = false;
 bool grad_lane_enabled();
 
 // Side stream `index` of a main stream in this thread and context, with the events that fork

@@ -160,9 +160,9 @@ class TrainStep {
   int64_t steps_run_ = 0;
   int64_t updates_base_ = 0;  // the optimizer's step count when steps_run_ was 0
   int64_t graphs_captured_ = 0, graph_replays_ = 0;
-  // Stack layers' parameters updated as soon as their backward has run (step.cpp; off with
-  // LIGHTSEQ_EARLY_UPDATES=0 or LIGHTSEQ_GRAD_LANE=0, and where the optimizer needs every
-  // gradient first: clipping, fp16 loss scaling).
+  // Stack layers' parameters updated as soon as their backward has run (step_enqueue.cpp): with
+  // the gradient lane (runtime/grad_lane.h: LIGHTSEQ_GRAD_LANE), unless LIGHTSEQ_EARLY_UPDATES=0
+  // or the optimizer needs every gradient first (clipping, fp16 loss scaling).
   bool early_updates_ = false;
 };
 

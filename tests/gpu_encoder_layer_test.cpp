@@ -397,7 +397,7 @@ TEST_F(GpuEncoderDropout, ReplayedCallsEqualEagerCallsAndDrawTheirDropoutAfresh)
 // The backward's parameter-gradient steps on a second stream (runtime/grad_lane.h) write what
 // one stream writes, bit for bit: y, grad_x and every parameter gradient, eager and replayed from
 // CUDA graphs, written (=) and accumulated (+=), over repeated calls (a race would show as a
-// difference in some call). LIGHTSEQ_GRAD_LANE=0 when the one-lane model is loaded.
+// difference in some call). LIGHTSEQ_GRAD_LANE=0 / =1 when each model is loaded.
 TEST_F(GpuEncoderDropout, TwoLaneBackwardEqualsOneLaneBitForBit) {
   for (const Case& c :
        {Case{256, 4, 1024, NormPlacement::kPost, Activation::kRelu, Precision::kBf16, 4, 40, true},
@@ -408,10 +408,17 @@ TEST_F(GpuEncoderDropout, TwoLaneBackwardEqualsOneLaneBitForBit) {
     // Loaded here, not through model_for's cache: the executors read the variable when built.
     RuntimeOptions o;
     if (const char* dir = std::getenv("LIGHTSEQ_TEST_CACHE_DIR")) o.cache_dir = dir;
+    const char* was = std::getenv("LIGHTSEQ_GRAD_LANE");
+    const std::string before = was ? was : "";
     ::setenv("LIGHTSEQ_GRAD_LANE", "0", 1);
     const auto one = CompiledModel::load(spec, o);
-    ::unsetenv("LIGHTSEQ_GRAD_LANE");
+    ::setenv("LIGHTSEQ_GRAD_LANE", "1", 1);
     const auto two = CompiledModel::load(spec, o);
+    if (was) {
+      ::setenv("LIGHTSEQ_GRAD_LANE", before.c_str(), 1);
+    } else {
+      ::unsetenv("LIGHTSEQ_GRAD_LANE");
+    }
     BoundEncoder b1(one->stack(0), c, seed_, *allocator_, stream_);
     BoundEncoder b2(two->stack(0), c, seed_, *allocator_, stream_);
     LayerCalls calls1(one->stack(0)), calls2(two->stack(0));
