@@ -215,7 +215,11 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
     dy = dx;
   }
 
-  // ---- update (what early updates left: everything, or the parts no stack call owns)
+  // ---- update: everything, or (after early updates) the parts no stack call owns
+  if (updated.empty()) {
+    opt.exec->forward_at(opt.fwd, RunShape{arena_.total, 1, 0}, DropoutConfig{}, al, s, nullptr);
+    return;
+  }
   std::vector<std::pair<int64_t, int64_t>> rest;  // [begin, end) element spans
   std::sort(updated.begin(), updated.end());
   int64_t at = 0;
@@ -224,7 +228,7 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
     at = b + n;
   }
   if (at < arena_.total) rest.push_back({at, arena_.total});
-  if (!updated.empty()) join_lane(*update_lane, s);
+  join_lane(*update_lane, s);
   for (const auto& [b, e] : rest) update(b, e - b, s, 0, 1);
   update(0, arena_.total, s, 1, 2);  // the finishing kernel: step += 1 (loss scale, overflow)
 }
