@@ -13,12 +13,10 @@
 #include <vector>
 
 #include "compiler/planner/planner.h"
-#include "frontends/spec/parse.h"
+#include "tests/plan_specs.h"
 
 namespace lightseq {
 namespace {
-
-const std::string kSource = LIGHTSEQ_SOURCE_DIR;
 
 std::set<int> roots_of(const Graph& g, const std::vector<int>& ids) {
   std::set<int> out;
@@ -133,15 +131,9 @@ class GradLanePlans : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GradLanePlans, SideLaneHoldsOnlyParameterGradientWorkAndJoinsBeforeAnyHazard) {
   size_t layers_with_side = 0, stacks = 0;
-  for (const char* attention : {"unfused", "fused"}) {
-    ModelSpec spec = parse_spec_file(kSource + "/" + GetParam());
-    for (LayerStackSpec& l : spec.layers) {
-      if (std::string(attention) == "fused") l.attention = AttentionBackend::kFused;
-    }
-    if (std::string(attention) == "fused" && spec.precision == Precision::kFp32) continue;
-    const ModelPlan plan = plan_model(spec);
+  for (const auto& [label, plan] : test::plans_by_attention(GetParam())) {
     for (const LayerPlan& lp : plan.layers) {
-      const size_t side = check_backward(lp, GetParam() + " " + attention + " " + lp.layer.name);
+      const size_t side = check_backward(lp, label + " " + lp.layer.name);
       const LayerType type = lp.layer.type;
       if (type == LayerType::kEncoder || type == LayerType::kDecoder) {
         ++stacks;
@@ -153,18 +145,8 @@ TEST_P(GradLanePlans, SideLaneHoldsOnlyParameterGradientWorkAndJoinsBeforeAnyHaz
       << "a stack layer's backward left its weight gradients on main";
 }
 
-INSTANTIATE_TEST_SUITE_P(Specs, GradLanePlans,
-                         ::testing::Values("examples/transformer-base.json",
-                                           "examples/transformer-big.json",
-                                           "examples/bert-base.json", "examples/gpt2-small.json",
-                                           "benchmarks/specs/enc-512-post.json",
-                                           "benchmarks/specs/enc-1024-pre.json"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           for (char& c : n)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Specs, GradLanePlans, ::testing::ValuesIn(test::plan_specs()),
+                         test::plan_spec_name);
 
 }  // namespace
 }  // namespace lightseq

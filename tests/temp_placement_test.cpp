@@ -12,12 +12,11 @@
 #include <vector>
 
 #include "compiler/planner/planner.h"
-#include "frontends/spec/parse.h"
+#include "tests/plan_specs.h"
 
 namespace lightseq {
 namespace {
 
-const std::string kSource = LIGHTSEQ_SOURCE_DIR;
 constexpr int64_t kAlign = 256;
 
 bool disjoint(int64_t a, int64_t a_bytes, int64_t b, int64_t b_bytes) {
@@ -123,35 +122,17 @@ void check_direction(const LayerPlan& lp, int dir, const std::string& what) {
 class TempPlacementPlans : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TempPlacementPlans, NoStepSeesTwoTemporariesInOnePlace) {
-  for (const char* attention : {"unfused", "fused"}) {
-    ModelSpec spec = parse_spec_file(kSource + "/" + GetParam());
-    for (LayerStackSpec& l : spec.layers) {
-      if (std::string(attention) == "fused") l.attention = AttentionBackend::kFused;
-    }
-    if (std::string(attention) == "fused" && spec.precision == Precision::kFp32) continue;
-    const ModelPlan plan = plan_model(spec);
+  for (const auto& [label, plan] : test::plans_by_attention(GetParam())) {
     for (const LayerPlan& lp : plan.layers) {
       if (lp.row_chunks.max_rows > 0) continue;  // the chunked criterion keeps its own layout
-      for (int dir = 0; dir < 2; ++dir) {
-        check_direction(
-            lp, dir, GetParam() + " " + attention + " " + lp.layer.name + (dir ? " bwd" : " fwd"));
-      }
+      for (int dir = 0; dir < 2; ++dir)
+        check_direction(lp, dir, label + " " + lp.layer.name + (dir ? " bwd" : " fwd"));
     }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Specs, TempPlacementPlans,
-                         ::testing::Values("examples/transformer-base.json",
-                                           "examples/transformer-big.json",
-                                           "examples/bert-base.json", "examples/gpt2-small.json",
-                                           "benchmarks/specs/enc-512-post.json",
-                                           "benchmarks/specs/enc-1024-pre.json"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           for (char& c : n)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Specs, TempPlacementPlans, ::testing::ValuesIn(test::plan_specs()),
+                         test::plan_spec_name);
 
 }  // namespace
 }  // namespace lightseq
