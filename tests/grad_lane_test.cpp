@@ -1,8 +1,8 @@
 // The backward's two-lane schedule (runtime/grad_lane.h), on every layer of the example and
 // benchmark plans: the side lane holds only parameter-gradient work, every main step that could
 // meet a side step's tensors waits for it (checked pairwise, independently of the schedule's own
-// bookkeeping), and temporaries placed by the extended lifetimes never hand a side step's memory
-// to a later step.
+// bookkeeping), no side step runs beside more than kJoinWindow main steps, and temporaries placed
+// by the extended lifetimes never hand a side step's memory to a step before the next join.
 #include "runtime/grad_lane.h"
 
 #include <gtest/gtest.h>
@@ -83,8 +83,20 @@ size_t check_backward(const LayerPlan& lp, const std::string& what) {
           << ") meet with no join between";
     }
   }
+  // The window: from a side step, at most kJoinWindow main steps before the chain waits.
+  for (size_t s = 0; s < n; ++s) {
+    if (!lanes.side[s]) continue;
+    size_t mains = 0;
+    for (size_t j = s + 1; j < n; ++j) {
+      if (lanes.side[j]) continue;
+      if (lanes.join_before[j]) break;
+      ++mains;
+    }
+    EXPECT_LE(mains, kJoinWindow) << what << " step " << s << " runs beside " << mains
+                                  << " main steps with no join";
+  }
   // Temporaries placed by the extended lifetimes: nothing a side step touches shares memory
-  // with a temporary any later step touches.
+  // with a temporary that a later step touches before the chain next waits for the lane.
   std::vector<Lifetime> life = step_lifetimes(g, steps);
   extend_side_lifetimes(g, steps, lanes, life);
   std::set<int> saved;
@@ -104,7 +116,7 @@ size_t check_backward(const LayerPlan& lp, const std::string& what) {
       if (!lanes.side[s] || !(r[s].count(temps[a]) || w[s].count(temps[a]))) continue;
       for (size_t b = 0; b < temps.size(); ++b) {
         if (b == a || p.offset[a] != p.offset[b]) continue;
-        for (size_t j = s + 1; j < n; ++j) {
+        for (size_t j = s + 1; j < n && !(!lanes.side[j] && lanes.join_before[j]); ++j) {
           EXPECT_FALSE(r[j].count(temps[b]) || w[j].count(temps[b]))
               << what << ": '" << g.tensor(temps[a]).name << "' (side step " << s << ") and '"
               << g.tensor(temps[b]).name << "' (step " << j << ") share memory";

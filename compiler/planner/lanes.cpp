@@ -91,34 +91,56 @@ LaneSchedule schedule_lanes(const Graph& g, const std::vector<Step>& steps) {
     out.side.assign(n, 0);
     return out;
   }
-  // The joins: a main step meeting what the side lane may still be writing or reading.
+  // The joins: a main step meeting what the side lane may still be writing or reading, or the
+  // kJoinWindow-th main step since the oldest side step not yet joined (what a side step touches
+  // is kept from reuse only until the join after it: a bounded window, not the whole call).
   std::set<int> side_writes, side_reads;
+  size_t mains = 0, pending_since = SIZE_MAX;  // main steps seen; the count at the oldest pending
   for (size_t i = 0; i < n; ++i) {
     if (out.side[i]) {
       side_writes.insert(writes[i].begin(), writes[i].end());
       side_reads.insert(reads[i].begin(), reads[i].end());
+      pending_since = std::min(pending_since, mains);
       continue;
     }
-    if (meets(reads[i], side_writes) || meets(writes[i], side_writes) ||
-        meets(writes[i], side_reads)) {
+    const bool hazard = meets(reads[i], side_writes) || meets(writes[i], side_writes) ||
+                        meets(writes[i], side_reads);
+    const bool window = pending_since != SIZE_MAX && mains - pending_since >= kJoinWindow;
+    if (hazard || window) {
       out.join_before[i] = 1;
       side_writes.clear();
       side_reads.clear();
+      pending_since = SIZE_MAX;
     }
+    ++mains;
   }
   return out;
 }
 
 void extend_side_lifetimes(const Graph& g, const std::vector<Step>& steps,
                            const LaneSchedule& lanes, std::vector<Lifetime>& lives) {
-  if (steps.empty()) return;
-  std::set<int> touched;
-  for (size_t i = 0; i < steps.size(); ++i) {
+  const size_t n = steps.size();
+  // Per root: the last step before the join that follows a side step touching it.
+  std::vector<size_t> until(lives.size(), 0);
+  std::vector<uint8_t> touched(lives.size(), 0);
+  for (size_t i = 0; i < n; ++i) {
     if (!lanes.side[i]) continue;
-    for (int id : step_tensors(steps[i])) touched.insert(root_of(g, id));
+    size_t end = n - 1;
+    for (size_t j = i + 1; j < n; ++j) {
+      if (!lanes.side[j] && lanes.join_before[j]) {
+        end = j - 1;
+        break;
+      }
+    }
+    for (int id : step_tensors(steps[i])) {
+      const int r = root_of(g, id);
+      touched[r] = 1;
+      until[r] = std::max(until[r], end);
+    }
   }
   for (size_t id = 0; id < lives.size(); ++id) {
-    if (touched.count(root_of(g, static_cast<int>(id)))) lives[id].last = steps.size() - 1;
+    const int r = root_of(g, static_cast<int>(id));
+    if (touched[r]) lives[id].last = std::max(lives[id].last, until[r]);
   }
 }
 

@@ -13,10 +13,12 @@
 //   fork            before a side step, when a main step was issued since the last fork, the side
 //                   stream waits for the main one (an event), so it sees everything before;
 //   join_before[i]  main step i touches a tensor that a side step since the last join writes, or
-//                   writes one such a step reads: the main stream first waits for the side one.
+//                   writes one such a step reads, or is the kJoinWindow-th main step since the
+//                   oldest side step not yet joined: the main stream first waits for the side one.
 // A call ends with a join, so what the caller sees after it is complete, as before. Every tensor
-// a side step touches lives, for temporary placement, until the call's last step
-// (extend_side_lifetimes): no later temporary takes its memory while the side stream may use it.
+// a side step touches lives, for temporary placement, until the step before the next join
+// (extend_side_lifetimes): no later temporary takes its memory while the side stream may use it,
+// and the window bounds what the lane adds to a call's temporaries.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +34,11 @@ namespace lightseq {
 std::vector<int> step_writes(const Step& step);
 std::vector<int> step_reads(const Step& step);
 
+// How many main steps a side step may run beside before the chain waits for it (a guess until
+// measured: 6 lets an encoder layer's FFN gradients finish beside the FFN and the first attention
+// steps, and frees their temporaries before the attention backward's score-sized ones).
+inline constexpr size_t kJoinWindow = 6;
+
 struct LaneSchedule {
   std::vector<uint8_t> side;         // per step: runs on the side stream
   std::vector<uint8_t> join_before;  // per step: the main stream waits for the side one first
@@ -44,7 +51,7 @@ struct LaneSchedule {
 LaneSchedule schedule_lanes(const Graph& g, const std::vector<Step>& steps);
 
 // Lifetimes (step_lifetimes of the same steps) with every tensor a side step touches kept to the
-// last step.
+// step before the join that follows it (the call's last step if none does).
 void extend_side_lifetimes(const Graph& g, const std::vector<Step>& steps,
                            const LaneSchedule& lanes, std::vector<Lifetime>& lives);
 
