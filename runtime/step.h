@@ -126,6 +126,9 @@ class TrainStep {
   // How many graphs were captured / replays launched (for tests and `lsc bench`).
   int64_t graphs_captured() const { return graphs_captured_; }
   int64_t graph_replays() const { return graph_replays_; }
+  // Whether stack layers' parameters are updated as soon as their backward has run (step.h's
+  // early_updates_ below).
+  bool early_updates() const { return early_updates_; }
 
   // Training state (parameters, master weights, moments, optimizer state, the dropout stream's
   // position) as one file, written atomically (temp file, fsync, rename); load() restores it so

@@ -20,6 +20,7 @@
 #include "runtime/cuda_check.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
+#include "runtime/grad_lane.h"
 #include "runtime/host_dtype.h"
 #include "runtime/layer_calls.h"
 #include "runtime/model.h"
@@ -244,9 +245,10 @@ int run_bench(const BenchOptions& o) {
                        "ms per layer fwd+bwd{}\n",
                        s, st.count, to_string(st.kind), st.hidden, st.heads, st.ffn,
                        to_string(st.norm), to_string(st.activation),
-                       graphs ? ", calls replayed from CUDA graphs" : "", t.median, t.count, t.min,
-                       t.median / st.count, o.batch * o.seq / (t.median / 1e3),
-                       t.host_median / st.count,
+                       std::string(graphs ? ", calls replayed from CUDA graphs" : "") +
+                           (grad_lane_enabled() ? ", parameter-gradient lane" : ""),
+                       t.median, t.count, t.min, t.median / st.count,
+                       o.batch * o.seq / (t.median / 1e3), t.host_median / st.count,
                        graphs
                            ? fmt::format(" ({} captures, {} replays, {} eager; the captured "
                                          "calls keep {:.1f} MiB of temporaries)",

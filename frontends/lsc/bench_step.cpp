@@ -17,6 +17,7 @@
 #include "runtime/cuda_check.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
+#include "runtime/grad_lane.h"
 #include "runtime/step.h"
 
 namespace lightseq::lsc {
@@ -108,7 +109,9 @@ int run_step_bench(const BenchOptions& o) {
                    spec.name, device_name(o.device), device_arch(o.device),
                    to_string(spec.precision), batch, len,
                    two ? fmt::format(", source len {}", src_len) : "", batch * len, counted,
-                   o.no_graphs ? "eager (--no-graphs)" : "CUDA graphs")
+                   std::string(o.no_graphs ? "eager (--no-graphs)" : "CUDA graphs") +
+                       (grad_lane_enabled() ? ", parameter-gradient lane" : "") +
+                       (step.early_updates() ? ", early updates" : ""))
             << std::flush;
 
   // the first run of the shape is eager, the second captures its graph: both warm up
