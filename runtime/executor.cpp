@@ -497,18 +497,16 @@ void LayerExecutor::run_steps(const std::vector<Step>& steps,
   LaneSwitch lane(f.stream, f.lane);
   for (size_t i = begin; i < std::min(end, steps.size()); ++i) {
     const auto* gm = std::get_if<GemmStep>(&steps[i]);
-    const bool skip = gm ? unwanted(gm->d)
-                         : std::any_of(std::get<KernelStep>(steps[i]).writes.begin(),
-                                       std::get<KernelStep>(steps[i]).writes.end(), unwanted);
+    const auto* k = std::get_if<KernelStep>(&steps[i]);
+    const bool skip =
+        gm ? unwanted(gm->d) : std::any_of(k->writes.begin(), k->writes.end(), unwanted);
     if (lanes && lanes->side[i]) {
-      if (skip) continue;
+      if (skip) continue;  // a step not run forks nothing
       lane.to_side();
     } else if (lanes) {
       lane.to_main(lanes->join_before[i] != 0);  // joins where the schedule says, run or not
-      if (skip) continue;
-    } else if (skip) {
-      continue;
     }
+    if (skip) continue;
     if (gm) {
       run_gemm(*gm, f);
     } else {

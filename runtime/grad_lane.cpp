@@ -22,22 +22,23 @@ const SideLane& side_lane(CUstream main, int index) {
   CUcontext ctx = nullptr;
   LIGHTSEQ_CU_CHECK(driver().cuCtxGetCurrent(&ctx));
   thread_local std::map<std::tuple<CUcontext, CUstream, int>, SideLane> lanes;
-  auto [it, fresh] = lanes.try_emplace({ctx, main, index});
-  if (fresh) {
-    // Creating a stream and events is allowed in relaxed capture mode only.
-    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
-    LIGHTSEQ_CU_CHECK(driver().cuThreadExchangeStreamCaptureMode(&mode));
-    SideLane& l = it->second;
-    CUresult r = driver().cuStreamCreate(&l.stream, CU_STREAM_NON_BLOCKING);
-    if (r == CUDA_SUCCESS) r = driver().cuEventCreate(&l.fork, CU_EVENT_DISABLE_TIMING);
-    if (r == CUDA_SUCCESS) r = driver().cuEventCreate(&l.join, CU_EVENT_DISABLE_TIMING);
-    driver().cuThreadExchangeStreamCaptureMode(&mode);
-    if (r != CUDA_SUCCESS) {
-      lanes.erase(it);
-      LIGHTSEQ_CU_CHECK(r);
-    }
+  const auto key = std::make_tuple(ctx, main, index);
+  if (auto it = lanes.find(key); it != lanes.end()) return it->second;
+  // Creating a stream and events is allowed in relaxed capture mode only. A lane is kept only
+  // once all three exist.
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  LIGHTSEQ_CU_CHECK(driver().cuThreadExchangeStreamCaptureMode(&mode));
+  SideLane l;
+  CUresult r = driver().cuStreamCreate(&l.stream, CU_STREAM_NON_BLOCKING);
+  if (r == CUDA_SUCCESS) r = driver().cuEventCreate(&l.fork, CU_EVENT_DISABLE_TIMING);
+  if (r == CUDA_SUCCESS) r = driver().cuEventCreate(&l.join, CU_EVENT_DISABLE_TIMING);
+  driver().cuThreadExchangeStreamCaptureMode(&mode);
+  if (r != CUDA_SUCCESS) {
+    if (l.fork) driver().cuEventDestroy(l.fork);
+    if (l.stream) driver().cuStreamDestroy(l.stream);
+    LIGHTSEQ_CU_CHECK(r);
   }
-  return it->second;
+  return lanes.emplace(key, l).first->second;
 }
 
 void fork_lane(const SideLane& lane, CUstream main) {

@@ -130,7 +130,6 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
     c.dropout.offset_ptr = mem_->offset;
     c.dropout.offset = static_cast<uint64_t>(call_index++) * kDropoutOffsetStride;
     c.resolve_slots();
-    c.arena_count = 0;
     if (c.type != LayerType::kOptimizer) {
       // Its parameters' span of the arena, if no other call's parameter lies inside it.
       int64_t lo = INT64_MAX, hi = 0;

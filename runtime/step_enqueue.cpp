@@ -158,16 +158,14 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
   // The optimizer's update kernel (steps [0, 1) of its plan) or finishing kernel ([1, 2)) over
   // elements [begin, begin + count) of the arenas, on `stream`.
   const Call& opt = calls_.back();
+  const std::vector<ManifestEntry>& opt_args = opt.exec->manifest(false);
   auto update = [&](int64_t begin, int64_t count, CUstream stream, size_t from, size_t to) {
     if (count <= 0) return;
+    // The tensors the optimizer sizes by the run's batch are the arenas: each from `begin` on.
     std::vector<void*> a = opt.fwd;
-    for (const auto& [name, bytes] : {std::pair<const char*, int64_t>{"params", eb},
-                                      {"grads", eb},
-                                      {"exp_avg", 4},
-                                      {"exp_avg_sq", 4},
-                                      {"master_params", 4}}) {
-      const int k = opt.fslot(name);
-      if (k >= 0 && a[k]) a[k] = static_cast<char*>(a[k]) + begin * bytes;
+    for (size_t k = 0; k < opt_args.size(); ++k) {
+      if (a[k] && opt_args[k].shape == Shape{Dim::batch()})
+        a[k] = static_cast<char*>(a[k]) + begin * elem_bytes(opt_args[k].type, p);
     }
     opt.exec->forward_steps_at(a, RunShape{count, 1, 0}, al, stream, from, to);
   };

@@ -12,6 +12,7 @@
 #include "runtime/model.h"
 #include "tests/gpu_layer_test_util.h"
 #include "tests/reference/layers.h"
+#include "tests/test_util.h"
 
 namespace lightseq {
 namespace {
@@ -408,17 +409,11 @@ TEST_F(GpuEncoderDropout, TwoLaneBackwardEqualsOneLaneBitForBit) {
     // Loaded here, not through model_for's cache: the executors read the variable when built.
     RuntimeOptions o;
     if (const char* dir = std::getenv("LIGHTSEQ_TEST_CACHE_DIR")) o.cache_dir = dir;
-    const char* was = std::getenv("LIGHTSEQ_GRAD_LANE");
-    const std::string before = was ? was : "";
-    ::setenv("LIGHTSEQ_GRAD_LANE", "0", 1);
-    const auto one = CompiledModel::load(spec, o);
-    ::setenv("LIGHTSEQ_GRAD_LANE", "1", 1);
-    const auto two = CompiledModel::load(spec, o);
-    if (was) {
-      ::setenv("LIGHTSEQ_GRAD_LANE", before.c_str(), 1);
-    } else {
-      ::unsetenv("LIGHTSEQ_GRAD_LANE");
-    }
+    auto load = [&](const char* lane) {
+      test::ScopedEnv env("LIGHTSEQ_GRAD_LANE", lane);
+      return CompiledModel::load(spec, o);
+    };
+    const auto one = load("0"), two = load("1");
     BoundEncoder b1(one->stack(0), c, seed_, *allocator_, stream_);
     BoundEncoder b2(two->stack(0), c, seed_, *allocator_, stream_);
     LayerCalls calls1(one->stack(0)), calls2(two->stack(0));

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "runtime/step.h"
 #include "tests/gpu_test_util.h"
 #include "tests/reference/compare.h"
+#include "tests/test_util.h"
 
 namespace lightseq {
 namespace {
@@ -36,29 +38,26 @@ constexpr std::string_view kSpec = R"({
 
 class GpuStepLanes : public test::GpuTest {};
 
-// `env` = "0" / "1" while the model and the step are built (both read LIGHTSEQ_GRAD_LANE then).
-std::shared_ptr<const CompiledModel> model_with_lanes(const ModelSpec& spec, const char* env) {
-  ::setenv("LIGHTSEQ_GRAD_LANE", env, 1);
+// A model and its step built with LIGHTSEQ_GRAD_LANE=`lane` (both read it then).
+struct Built {
+  std::shared_ptr<const CompiledModel> model;
+  std::unique_ptr<TrainStep> step;
+};
+Built build_with_lanes(const ModelSpec& spec, const char* lane) {
+  test::ScopedEnv env("LIGHTSEQ_GRAD_LANE", lane);
   RuntimeOptions o;
   if (const char* dir = std::getenv("LIGHTSEQ_TEST_CACHE_DIR")) o.cache_dir = dir;
-  return CompiledModel::load(spec, o);
+  StepOptions so;
+  so.seed = 5;
+  Built b{CompiledModel::load(spec, o), nullptr};
+  b.step = std::make_unique<TrainStep>(b.model, so);
+  return b;
 }
 
 TEST_F(GpuStepLanes, TwoStreamsEqualOneBitForBit) {
   const ModelSpec spec = parse_spec_string(kSpec);
-  const char* was = std::getenv("LIGHTSEQ_GRAD_LANE");
-  const std::string before = was ? was : "";
-  StepOptions so;
-  so.seed = 5;
-  auto one_model = model_with_lanes(spec, "0");
-  TrainStep one(one_model, so);
-  auto two_model = model_with_lanes(spec, "1");
-  TrainStep two(two_model, so);
-  if (was) {
-    ::setenv("LIGHTSEQ_GRAD_LANE", before.c_str(), 1);
-  } else {
-    ::unsetenv("LIGHTSEQ_GRAD_LANE");
-  }
+  const Built built_one = build_with_lanes(spec, "0"), built_two = build_with_lanes(spec, "1");
+  TrainStep &one = *built_one.step, &two = *built_two.step;
   one.init_parameters(3);
   two.init_parameters(3);
   one.set_lr(1e-3f, stream_);

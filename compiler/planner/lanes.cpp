@@ -10,9 +10,7 @@ std::vector<int> step_writes(const Step& step) {
   if (const auto* gm = std::get_if<GemmStep>(&step)) {
     std::vector<int> out{gm->d};
     if (gm->bias_grad >= 0) out.push_back(gm->bias_grad);
-    const bool aux_out =
-        gm->epilogue == Epilogue::kReluAuxBias || gm->epilogue == Epilogue::kGeluAuxBias;
-    if (gm->aux >= 0 && aux_out) out.push_back(gm->aux);
+    if (gm->aux >= 0 && writes_aux(gm->epilogue)) out.push_back(gm->aux);
     return out;
   }
   return std::get<KernelStep>(step).writes;
@@ -21,9 +19,7 @@ std::vector<int> step_writes(const Step& step) {
 std::vector<int> step_reads(const Step& step) {
   std::vector<int> out;
   if (const auto* gm = std::get_if<GemmStep>(&step)) {
-    const bool aux_out =
-        gm->epilogue == Epilogue::kReluAuxBias || gm->epilogue == Epilogue::kGeluAuxBias;
-    for (int id : {gm->a, gm->b, gm->c, gm->bias, aux_out ? -1 : gm->aux})
+    for (int id : {gm->a, gm->b, gm->c, gm->bias, writes_aux(gm->epilogue) ? -1 : gm->aux})
       if (id >= 0) out.push_back(id);
     out.push_back(gm->d);  // read when it accumulates (the step's own flag or the call's mode)
     return out;

@@ -23,6 +23,9 @@ enum class Epilogue {
   kBGradA,       // D = op(A)·op(B); bias grad = Σ_k op(A) (the weight-gradient GEMM's bias)
 };
 std::string_view to_string(Epilogue e);
+// Whether the epilogue writes its aux tensor (the forward's activation epilogues; the backward's
+// read it).
+bool writes_aux(Epilogue e);
 
 struct GemmStep {
   std::string name;  // the graph op's name: "sa.qkv_proj"

@@ -36,6 +36,8 @@ std::string_view to_string(Epilogue e) {
   throw InternalError("unknown Epilogue");
 }
 
+bool writes_aux(Epilogue e) { return e == Epilogue::kReluAuxBias || e == Epilogue::kGeluAuxBias; }
+
 std::vector<KernelInstance> ModelPlan::kernels() const {
   std::vector<KernelInstance> out;
   std::set<std::string> seen;
