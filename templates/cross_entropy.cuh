@@ -151,17 +151,21 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ce_grad_scale_kernel — n = #{r < rows : 0 <= targets[r] < vocab} (ignore_index rows and bad
-//   targets do not count); grad_scale[0] = *loss_scale / max(n, 1) (loss_scale null: 1);
-//   n_tokens[0] = n. The mean reduction of torch.nn.functional.cross_entropy, computed on the
-//   device so that a captured step scales each batch by its own token count.
+//   targets do not count); grad_scale[0] = *loss_scale / max(N, 1) (loss_scale null: 1), where N
+//   is *total_tokens when given (the count over every process of a data-parallel group, summed
+//   before: the mean over the whole batch) and n otherwise; n_tokens[0] = n. The mean reduction
+//   of torch.nn.functional.cross_entropy, computed on the device so that a captured step scales
+//   each batch by its own token count.
 // Fuses:     the token count + the loss scale + the reduction's divisor.
-// Shapes:    targets [rows] int64; loss_scale, grad_scale, n_tokens [1] fp32. All `=`.
+// Shapes:    targets [rows] int64; loss_scale, total_tokens, grad_scale, n_tokens [1] fp32.
+//            All `=`.
 // Grid/Block: one block of ce_scale_block() threads (a grid-stride loop over the targets).
 // Constants: none. Numerics: the count is exact (int64, fixed-order reduction).
 template <typename T>
 __global__ void __launch_bounds__(ce_scale_block())
-    ce_grad_scale_kernel(const int64_t* targets, const float* loss_scale, float* grad_scale,
-                         float* n_tokens, int64_t rows, int64_t vocab, int64_t ignore_index) {
+    ce_grad_scale_kernel(const int64_t* targets, const float* loss_scale,
+                         const float* total_tokens, float* grad_scale, float* n_tokens,
+                         int64_t rows, int64_t vocab, int64_t ignore_index) {
   constexpr int kThreads = ce_scale_block();
   __shared__ long long warp_counts[kThreads / 32];
   long long n = 0;
@@ -177,7 +181,8 @@ __global__ void __launch_bounds__(ce_scale_block())
     long long total = 0;
     for (int w = 0; w < kThreads / 32; ++w) total += warp_counts[w];
     const float scale = loss_scale != nullptr ? *loss_scale : 1.f;
-    grad_scale[0] = scale / static_cast<float>(total > 0 ? total : 1);
+    const float count = total_tokens != nullptr ? *total_tokens : static_cast<float>(total);
+    grad_scale[0] = scale / (count > 1.f ? count : 1.f);
     n_tokens[0] = static_cast<float>(total);
   }
 }

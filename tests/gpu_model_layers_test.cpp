@@ -247,6 +247,7 @@ Names crit_bindings(const CritCase& c, bool backward) {
             "nll",
             "bad_target",
             "loss_scale",
+            "total_tokens",
             "n_tokens",
             "grad_decoder_out",
             "grad." + crit_weight(c)};
@@ -488,6 +489,31 @@ class ModelLayerTest : public test::GpuLayerTest {
         ref::all_close("accumulated grad." + crit_weight(c), down(dw2, V * H, p), sum, tol));
     EXPECT_TRUE(ref::all_close("grad_decoder_out (kAccumulate: written)", down(dh2, rows * H, p),
                                want.grad_h, tol));
+
+    // A data-parallel group's count (total_tokens: every process's targets, here twice this
+    // call's): the gradients are this call's share of the group's mean, half of the above; the
+    // loss and n_tokens stay this call's own.
+    const float total = 2.f * static_cast<float>(counted);
+    DeviceBuffer d_total = upload_bytes(&total, sizeof(total)), n_tokens4 = poisoned(1, Precision::kFp32);
+    DeviceBuffer dh4 = poisoned(rows * H, p), dw4 = poisoned(V * H, p),
+                 loss4 = poisoned(rows, Precision::kFp32);
+    Bindings fb4 = inputs;
+    fb4["total_tokens"] = d_total.get();
+    fb4["n_tokens"] = n_tokens4.get();
+    fb4["loss"] = loss4.get();
+    fb4["grad_decoder_out"] = dh4.get();
+    fb4["grad." + crit_weight(c)] = dw4.get();
+    exec.forward(fb4, shape, DropoutConfig{}, *allocator_, stream_);
+    sync();
+    Vec half_h = want.grad_h, half_w = want.grad_w;
+    for (double& g : half_h) g *= 0.5;
+    for (double& g : half_w) g *= 0.5;
+    EXPECT_EQ(down(n_tokens4, 1, Precision::kFp32)[0], static_cast<double>(counted))
+        << "n_tokens with total_tokens bound";
+    EXPECT_EQ(down(loss4, rows, Precision::kFp32), got_loss) << "loss with total_tokens bound";
+    EXPECT_TRUE(ref::all_close("grad_decoder_out (total_tokens)", down(dh4, rows * H, p), half_h, tol));
+    EXPECT_TRUE(ref::all_close("grad." + crit_weight(c) + " (total_tokens)", down(dw4, V * H, p),
+                               half_w, tol));
 
     // Evaluation: no gradients bound, the same loss bit for bit and nothing else written.
     DeviceBuffer loss3 = poisoned(rows, Precision::kFp32);

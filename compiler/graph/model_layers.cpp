@@ -113,7 +113,7 @@ namespace {
 // logits' gradient (`d_role`: internal to the fused linear + cross-entropy, an output of a loss
 // over given logits), the bad-target flag, and the mean reduction's scale and count.
 struct CeTensors {
-  int loss, nll, d_logits, bad, loss_scale, grad_scale, n_tokens;
+  int loss, nll, d_logits, bad, loss_scale, total_tokens, grad_scale, n_tokens;
 };
 
 CeTensors declare_cross_entropy(Builder& b, Dim rows, Dim vocab, TensorRole d_role,
@@ -129,6 +129,11 @@ CeTensors declare_cross_entropy(Builder& b, Dim rows, Dim vocab, TensorRole d_ro
   // multiplied by loss_scale / their count, both in device memory (the optimizer's loss scale; a
   // captured step counts each batch's targets on the device).
   t.loss_scale = b.tensor("loss_scale", one, TensorRole::kInput, ElemType::kF32);
+  // Optional: the count of targets over every process of a data-parallel group (runtime/comm.h),
+  // which divides instead of this call's own count, so that each process's gradients are its
+  // share of the whole batch's mean and their sum is that mean's gradient.
+  t.total_tokens = b.tensor("total_tokens", one, TensorRole::kInput, ElemType::kF32);
+  b.graph().tensor(t.total_tokens).optional = true;
   t.grad_scale = b.tensor("grad_scale", one, TensorRole::kActivation, ElemType::kF32);
   t.n_tokens = b.tensor("n_tokens", one, TensorRole::kOutput, ElemType::kF32);
   return t;
@@ -158,7 +163,8 @@ LayerGraph lower_logits_criterion(const CriterionSpec& c, const EmbeddingSpec& e
   int targets = b.tensor("targets", {Dim::batch(), Dim::seq()}, TensorRole::kInput, ElemType::kI64);
   const CeTensors t = declare_cross_entropy(b, bt, V, TensorRole::kOutput, "grad_logits");
   const OpAttrs ce = cross_entropy_attrs(c, e);
-  b.op(OpKind::kGradScale, "grad_scale", {targets, t.loss_scale}, {t.grad_scale, t.n_tokens}, ce);
+  b.op(OpKind::kGradScale, "grad_scale", {targets, t.loss_scale, t.total_tokens},
+       {t.grad_scale, t.n_tokens}, ce);
   b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, t.grad_scale},
        {t.loss, t.nll, t.d_logits, t.bad}, ce);
   lg.graph.begin_backward();
@@ -186,7 +192,8 @@ LayerGraph lower_criterion(const CriterionSpec& c, const EmbeddingSpec& e) {
   OpAttrs ce = cross_entropy_attrs(c, e);
   ce.logits_chunk_bytes = c.logits_chunk_mib << 20;
   // First: the count is over every row, also when the rest runs in chunks of rows.
-  b.op(OpKind::kGradScale, "grad_scale", {targets, t.loss_scale}, {t.grad_scale, t.n_tokens}, ce);
+  b.op(OpKind::kGradScale, "grad_scale", {targets, t.loss_scale, t.total_tokens},
+       {t.grad_scale, t.n_tokens}, ce);
   int logits = b.tensor("logits", {bt, V});
   b.gemm("output_proj", h, Transpose::kNo, w, Transpose::kYes, logits, bt, V, H);
   b.op(OpKind::kCrossEntropy, "cross_entropy", {logits, targets, t.grad_scale},

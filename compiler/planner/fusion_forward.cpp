@@ -227,6 +227,7 @@ void add_forward_rules(std::vector<Rule>& r) {
          emit(s, m, instantiate(sig::kCeGradScale, s.precision, {}),
               {{"targets", op.inputs[0]},
                {"loss_scale", op.inputs[1]},
+               {"total_tokens", op.inputs[2]},
                {"grad_scale", op.outputs[0]},
                {"n_tokens", op.outputs[1]}},
               {{"rows", ScalarArg::size(Dim::tokens())},

@@ -57,7 +57,8 @@ def _criterion_forward(layer_id: int, named: dict, rows: int, device, wanted: di
     like = next(iter(named.values()))
     named = dict(named, loss_scale=torch.full((1,), _grad_scale(like.dtype), dtype=torch.float32, device=device))
     outs = {e.name: _ops._new(e, dims, device) for e in lay.forward if wanted.get(e.role, False)}
-    ordered = [outs.get(e.name) if e.role in wanted else named[e.name] for e in lay.forward]
+    ordered = [outs.get(e.name) if e.role in wanted else (named.get(e.name) if e.optional else named[e.name])
+               for e in lay.forward]
     saved = torch.empty(_ops._saved_bytes(lay, *dims), dtype=torch.uint8, device=device)
     lay.handle.forward(_ops._ptrs(ordered), *dims, [0.0] * 5, 0, 0, 0, saved.data_ptr(),
                        _ops.stream_of(like.get_device()), _ops._allocator(device)[0])
