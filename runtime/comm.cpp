@@ -56,8 +56,7 @@ void nccl_check(ncclResult_t r, const char* what, ncclComm_t comm, int rank) {
   if (r == ncclSuccess || r == ncclInProgress) return;
   const char* last = ncclGetLastError(comm);
   throw CudaError(fmt::format("NCCL {} failed on rank {}: {}{}{}", what, rank,
-                              ncclGetErrorString(r), last && *last ? ": " : "",
-                              last ? last : ""));
+                              ncclGetErrorString(r), last && *last ? ": " : "", last ? last : ""));
 }
 
 }  // namespace
@@ -134,10 +133,9 @@ void Communicator::all_reduce_host(double* values, size_t count) const {
 
 void Communicator::check() const {
   ncclResult_t async = ncclSuccess;
-  nccl_check(ncclCommGetAsyncError(as_comm(comm_), &async), "ncclCommGetAsyncError",
-             as_comm(comm_), rank_);
-  nccl_check(async, "(asynchronously: a peer failed or the network broke)", as_comm(comm_),
+  nccl_check(ncclCommGetAsyncError(as_comm(comm_), &async), "ncclCommGetAsyncError", as_comm(comm_),
              rank_);
+  nccl_check(async, "(asynchronously: a peer failed or the network broke)", as_comm(comm_), rank_);
 }
 
 #else  // built without nccl.h

@@ -288,11 +288,18 @@ SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const Ru
 void LayerExecutor::forward_steps_at(std::span<void* const> args, const RunShape& shape,
                                      Allocator& allocator, CUstream stream, size_t begin,
                                      size_t end) const {
-  if (!plan_.saved.empty() || plan_.row_chunks.max_rows > 0 || begin > end ||
-      end > plan_.forward.size()) {
-    throw InternalError(
-        fmt::format("{}: forward_steps_at [{}, {}) of {} steps runs only a plan that saves nothing",
-                    plan_.layer.name, begin, end, plan_.forward.size()));
+  const bool chunked = plan_.row_chunks.max_rows > 0;
+  if (!plan_.saved.empty() || begin > end ||
+      end > (chunked ? plan_.row_chunks.begin : plan_.forward.size())) {
+    throw InternalError(fmt::format(
+        "{}: forward_steps_at [{}, {}) of {} steps runs only a plan that saves nothing (of a "
+        "chunked plan, the steps before the chunks)",
+        plan_.layer.name, begin, end, plan_.forward.size()));
+  }
+  if (chunked) {
+    run_chunked_forward(args, shape, DropoutConfig{}, GradMode::kOverwrite, allocator, stream,
+                        begin, end);
+    return;
   }
   run_forward(args, shape, DropoutConfig{}, allocator, stream, nullptr, GradMode::kOverwrite, begin,
               end);
@@ -518,7 +525,8 @@ void LayerExecutor::run_steps(const std::vector<Step>& steps,
 
 void LayerExecutor::run_chunked_forward(std::span<void* const> args, const RunShape& shape,
                                         const DropoutConfig& dropout, GradMode grads,
-                                        Allocator& allocator, CUstream stream) const {
+                                        Allocator& allocator, CUstream stream, size_t begin,
+                                        size_t end) const {
   const Graph& g = plan_.layer.graph;
   const LayerPlan::RowChunks& rc = plan_.row_chunks;
   const int64_t per = std::max<int64_t>(1, rc.max_rows / shape.seq);  // sequences per chunk
@@ -547,7 +555,8 @@ void LayerExecutor::run_chunked_forward(std::span<void* const> args, const RunSh
   const ShapePlan& sp_full = resolve(shape);
   f.shape = shape;
   f.shape_plan = &sp_full;
-  run_steps(plan_.forward, sp_full.forward, f, 0, rc.begin);
+  run_steps(plan_.forward, sp_full.forward, f, begin, std::min(end, rc.begin));
+  if (end <= rc.begin) return;
   for (int64_t b0 = 0; b0 < shape.batch; b0 += per) {
     const RunShape cs{std::min(per, shape.batch - b0), shape.seq, shape.src_seq};
     const ShapePlan& sp = resolve(cs);

@@ -144,8 +144,10 @@ class LayerExecutor {
                               void* saved_arena = nullptr,
                               GradMode grads = GradMode::kOverwrite) const;
   // The forward's steps [begin, end) only, bound as forward_at binds them, of a plan that saves
-  // nothing: a caller that runs a plan in parts (the model-level step updates each layer's
-  // parameters as soon as their gradients are complete, and finishes the optimizer step once).
+  // nothing (and of a plan with a chunked region, steps before the region only): a caller that
+  // runs a plan in parts (the model-level step updates each layer's parameters as soon as their
+  // gradients are complete, and finishes the optimizer step once; with a process group it counts
+  // the criterion's targets before the forward).
   void forward_steps_at(std::span<void* const> args, const RunShape& shape, Allocator& allocator,
                         CUstream stream, size_t begin, size_t end) const;
   void backward_at(std::span<void* const> args, void* saved_arena, const RunShape& shape,
@@ -188,9 +190,10 @@ class LayerExecutor {
   // The forward of a plan with a chunked region (LayerPlan::row_chunks): temporaries sized for
   // one chunk, the steps before the region at the full shape, the region once per chunk of whole
   // sequences with the caller's batch-sized tensors offset to the chunk.
+  // [begin, end): of the steps before the region only (forward_steps_at), else all.
   void run_chunked_forward(std::span<void* const> args, const RunShape& shape,
                            const DropoutConfig& dropout, GradMode grads, Allocator& allocator,
-                           CUstream stream) const;
+                           CUstream stream, size_t begin = 0, size_t end = SIZE_MAX) const;
   void run_gemm(const GemmStep& g, Frame& frame) const;
   // out[i] += in[i] for n elements of the model's dtype (the `+=` of epilogue bias gradients).
   void accumulate_into(const void* in, void* out, int64_t n, Frame& frame) const;

@@ -8,6 +8,8 @@
 // The functions comm.cpp calls are defined here with NCCL's own names and signatures, hidden
 // (-fvisibility=hidden), so they never interpose on another NCCL in the process.
 #if LIGHTSEQ_HAVE_NCCL
+#include "runtime/nccl_loader.h"
+
 #include <dlfcn.h>
 #include <nccl.h>
 
@@ -15,7 +17,6 @@
 #include <string>
 
 #include "compiler/errors.h"
-#include "runtime/nccl_loader.h"
 
 namespace lightseq {
 namespace {
@@ -89,12 +90,12 @@ LIGHTSEQ_NCCL_FORWARD(ncclResult_t, ncclCommInitRank,
                       (comm, nranks, id, rank))
 LIGHTSEQ_NCCL_FORWARD(ncclResult_t, ncclCommDestroy, (ncclComm_t comm), (comm))
 LIGHTSEQ_NCCL_FORWARD(ncclResult_t, ncclCommAbort, (ncclComm_t comm), (comm))
-LIGHTSEQ_NCCL_FORWARD(ncclResult_t, ncclCommGetAsyncError,
-                      (ncclComm_t comm, ncclResult_t * error), (comm, error))
+LIGHTSEQ_NCCL_FORWARD(ncclResult_t, ncclCommGetAsyncError, (ncclComm_t comm, ncclResult_t* error),
+                      (comm, error))
 LIGHTSEQ_NCCL_FORWARD(const char*, ncclGetErrorString, (ncclResult_t result), (result))
 LIGHTSEQ_NCCL_FORWARD(const char*, ncclGetLastError, (ncclComm_t comm), (comm))
 LIGHTSEQ_NCCL_FORWARD(ncclResult_t, ncclAllReduce,
-                      (const void* in, void* out, size_t count, ncclDataType_t type,
-                       ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream),
+                      (const void* in, void* out, size_t count, ncclDataType_t type, ncclRedOp_t op,
+                       ncclComm_t comm, cudaStream_t stream),
                       (in, out, count, type, op, comm, stream))
 #endif  // LIGHTSEQ_HAVE_NCCL

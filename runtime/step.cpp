@@ -219,6 +219,32 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   early_updates_ = opt_steps.size() == 2 && is(0, sig::kAdam) && is(1, sig::kOptimFinish) &&
                    grad_lane_enabled() && !(early && std::string_view(early) == "0");
   calls_.push_back(std::move(opt));
+  if (options_.comm) {
+    if (options_.comm->device() != model_->device()) {
+      throw Error(fmt::format(
+          "TrainStep: the process group's communicator is on device {}, the model on device {}: "
+          "make both on the device this process trains on",
+          options_.comm->device(), model_->device()));
+    }
+    // The criterion's forward steps up to the one that counts the targets: a step with a
+    // process group runs them first, so that the group's count is summed while the forward runs.
+    const Call& crit = calls_[calls_.size() - 2];
+    const int n_tokens = crit.fslot("n_tokens"), total = crit.fslot("total_tokens");
+    const std::vector<Step>& steps = crit.exec->plan().forward;
+    for (size_t i = 0; i < steps.size() && n_tokens >= 0; ++i) {
+      const auto* ks = std::get_if<KernelStep>(&steps[i]);
+      const int t = crit.exec->manifest(false)[static_cast<size_t>(n_tokens)].tensor;
+      if (ks && std::find(ks->writes.begin(), ks->writes.end(), t) != ks->writes.end()) {
+        count_steps_ = i + 1;
+        break;
+      }
+    }
+    if (count_steps_ == 0 || total < 0) {
+      throw InternalError(
+          "TrainStep: the criterion's plan has no step counting the targets (n_tokens) or no "
+          "total_tokens input, which a process group needs");
+    }
+  }
 }
 
 TrainStep::~TrainStep() {

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "compiler/graph/param_arena.h"
+#include "runtime/comm.h"
 #include "runtime/model.h"
 
 namespace lightseq {
@@ -40,6 +41,14 @@ struct StepOptions {
   uint64_t seed = 0;                // the dropout stream's Philox seed
   std::optional<float> loss_scale;  // the initial loss scale; default 65536 for fp16, else 1
   bool cuda_graphs = true;          // capture each shape's step and replay it
+  // Data parallelism (runtime/comm.h): each process of the group runs its own batch, and every
+  // step's gradient is the mean over all of the group's batches (their targets counted over the
+  // group), summed through NCCL as the backward produces it: each stack layer's span of the
+  // gradient arena as soon as its backward has run, beside the following layers' backward (and
+  // then its early update), the rest once the backward ends. Every process must run the same
+  // steps in the same order, with parameters equal at the start (init_parameters with one seed,
+  // or one checkpoint). Give each process its own `seed` so that their dropout masks differ.
+  std::shared_ptr<const Communicator> comm;
 };
 
 // One batch, in device memory: int64 token ids, rows batch-major (b · len + t). Padding is the
@@ -167,6 +176,8 @@ class TrainStep {
   // the gradient lane (runtime/grad_lane.h: LIGHTSEQ_GRAD_LANE), unless LIGHTSEQ_EARLY_UPDATES=0
   // or the optimizer needs every gradient first (clipping, fp16 loss scaling).
   bool early_updates_ = false;
+  // With a process group: the criterion's forward steps [0, count_steps_) count the targets.
+  size_t count_steps_ = 0;
 };
 
 }  // namespace lightseq

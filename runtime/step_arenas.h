@@ -56,6 +56,7 @@ struct TrainStep::Call {
     kNll,
     kBadTarget,
     kLossScale,
+    kTotalTokens,
     kNTokens,
     kGradOut,
     kGradY,
@@ -78,6 +79,7 @@ struct TrainStep::Call {
                                                      "nll",
                                                      "bad_target",
                                                      "loss_scale",
+                                                     "total_tokens",
                                                      "n_tokens",
                                                      "grad_out",
                                                      "grad_y",
@@ -136,14 +138,22 @@ inline void sync(CUstream s) { LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(s)
 inline int64_t align_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
 
 // A step's counters, each in its own 16-byte slot (every bound pointer is 16-byte aligned):
-// n_tokens (f32), bad_token, bad_target (i32).
-enum CounterSlot : size_t { kTokensSlot, kBadTokenSlot, kBadTargetSlot, kCounterSlots };
+// n_tokens (f32), bad_token, bad_target (i32), and with a process group the group's n_tokens
+// summed (f32: exact up to 2^24 targets a step).
+enum CounterSlot : size_t {
+  kTokensSlot,
+  kBadTokenSlot,
+  kBadTargetSlot,
+  kTotalTokensSlot,
+  kCounterSlots
+};
 constexpr size_t kCounterSlotBytes = 16, kCounterBytes = kCounterSlots * kCounterSlotBytes;
 
 struct Io {
   const int64_t *src_tokens, *tokens, *targets, *token_types;
   float *loss, *nll, *n_tokens;
   int *bad_token, *bad_target;
+  float* total_tokens;
 };
 
 inline Io io_of(const TrainStep::Bucket& b) {
@@ -156,7 +166,8 @@ inline Io io_of(const TrainStep::Bucket& b) {
           b.nll.as<float>(),
           reinterpret_cast<float*>(c + kTokensSlot * kCounterSlotBytes),
           reinterpret_cast<int*>(c + kBadTokenSlot * kCounterSlotBytes),
-          reinterpret_cast<int*>(c + kBadTargetSlot * kCounterSlotBytes)};
+          reinterpret_cast<int*>(c + kBadTargetSlot * kCounterSlotBytes),
+          reinterpret_cast<float*>(c + kTotalTokensSlot * kCounterSlotBytes)};
 }
 
 inline void memset32(void* p, uint32_t v, size_t n, CUstream s) {

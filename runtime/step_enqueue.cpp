@@ -79,6 +79,36 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
   auto set = [](std::vector<void*>& args, int slot, const void* ptr) {
     if (slot >= 0) args[slot] = const_cast<void*>(ptr);
   };
+  // With a process group (StepOptions::comm): the parameter-gradient arena is summed over the
+  // group on `lane` as the backward completes each call's span, and the targets are counted over
+  // the group while the forward runs. The lane also carries the early updates (after the sum).
+  const Communicator* comm = train ? options_.comm.get() : nullptr;
+  const SideLane* lane = train && (early_updates_ || comm) ? &side_lane(s, kUpdateLane) : nullptr;
+  const Call& crit = calls_[n_calls - 2];
+  auto crit_args = [&](std::vector<void*>& a, void* decoder_out, bool group_count) {
+    set(a, crit.f[Call::kDecoderOut], decoder_out);
+    set(a, crit.f[Call::kTargets], io.targets);
+    set(a, crit.f[Call::kLoss], io.loss);
+    set(a, crit.f[Call::kNll], io.nll);
+    set(a, crit.f[Call::kBadTarget], io.bad_target);
+    set(a, crit.f[Call::kLossScale], &mem_->state->loss_scale);
+    set(a, crit.f[Call::kNTokens], io.n_tokens);
+    set(a, crit.f[Call::kTotalTokens], group_count ? io.total_tokens : nullptr);
+    // Fused linear + cross-entropy: its gradients come with the forward (none in evaluation).
+    set(a, crit.f[Call::kGradDecoderOut], g[0]);
+    if (!train) {
+      for (int k : crit.fgrads) a[k] = nullptr;
+    }
+  };
+  bool counting = false;  // the group's target count is being summed on the lane
+  if (comm) {
+    std::vector<void*> a = crit.fwd;
+    crit_args(a, out_of(n_calls - 3), /*group_count=*/false);
+    crit.exec->forward_steps_at(a, shape_of(crit), al, s, 0, count_steps_);
+    fork_lane(*lane, s);
+    comm->all_reduce_sum(io.n_tokens, io.total_tokens, 1, CommType::kF32, lane->stream);
+    counting = true;
+  }
 
   // ---- forward
   std::vector<std::vector<void*>> fargs(n_calls);
@@ -113,18 +143,8 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
         set(a, c.f[Call::kX], prev);
         break;
       case LayerType::kCriterion:
-        set(a, c.f[Call::kDecoderOut], prev);
-        set(a, c.f[Call::kTargets], io.targets);
-        set(a, c.f[Call::kLoss], io.loss);
-        set(a, c.f[Call::kNll], io.nll);
-        set(a, c.f[Call::kBadTarget], io.bad_target);
-        set(a, c.f[Call::kLossScale], &mem_->state->loss_scale);
-        set(a, c.f[Call::kNTokens], io.n_tokens);
-        // Fused linear + cross-entropy: its gradients come with the forward (none in evaluation).
-        set(a, c.f[Call::kGradDecoderOut], g[0]);
-        if (!train) {
-          for (int k : c.fgrads) a[k] = nullptr;
-        }
+        crit_args(a, prev, comm != nullptr);
+        if (counting) join_lane(*lane, s);  // the group's count divides
         break;
       default:
         break;
@@ -141,7 +161,6 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
 
   // ---- backward, in reverse. The embedding's gradients (both streams add into them) start at
   // zero, except a tied output projection's, which the criterion wrote.
-  const Call& crit = calls_[n_calls - 2];
   for (const ArenaEntry& e : arena_.entries) {
     if (e.layer != "embedding") continue;
     if (spec.embedding->tie_output && e.param == "embed_tokens.weight") continue;
@@ -169,13 +188,19 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
     }
     opt.exec->forward_steps_at(a, RunShape{count, 1, 0}, al, stream, from, to);
   };
-  std::vector<std::pair<int64_t, int64_t>> updated;  // (begin, count)
-  const SideLane* update_lane = early_updates_ ? &side_lane(s, kUpdateLane) : nullptr;
-  auto update_early = [&](const Call& c) {
-    if (!update_lane || c.arena_count == 0) return;
-    fork_lane(*update_lane, s);
-    update(c.arena_begin, c.arena_count, update_lane->stream, 0, 1);
-    updated.push_back({c.arena_begin, c.arena_count});
+  // Elements [begin, begin + count) of the gradient arena summed over the group, on `stream`.
+  const CommType grad_type = comm_type(p);
+  auto reduce = [&](int64_t begin, int64_t count, CUstream stream) {
+    void* at = static_cast<char*>(mem_->grads.get()) + begin * eb;
+    comm->all_reduce_sum(at, at, static_cast<size_t>(count), grad_type, stream);
+  };
+  std::vector<std::pair<int64_t, int64_t>> done;  // (begin, count): summed and/or updated early
+  auto after_backward = [&](const Call& c) {
+    if (!lane || c.arena_count == 0) return;
+    fork_lane(*lane, s);
+    if (comm) reduce(c.arena_begin, c.arena_count, lane->stream);
+    if (early_updates_) update(c.arena_begin, c.arena_count, lane->stream, 0, 1);
+    done.push_back({c.arena_begin, c.arena_count});
   };
   void* dy = g[0];                            // the gradient of the current call's output
   if (!crit.exec->plan().backward.empty()) {  // else its forward wrote the gradients
@@ -209,24 +234,28 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
     set(a, c.b[Call::kGradEncoderOut], grad_memory.get());
     c.exec->backward_at(a, static_cast<char*>(saved.get()) + saved_at[i], shape, dropout_of(c),
                         GradMode::kOverwrite, al, s);
-    update_early(c);
+    after_backward(c);
     dy = dx;
   }
 
-  // ---- update: everything, or (after early updates) the parts no stack call owns
-  if (updated.empty()) {
-    opt.exec->forward_at(opt.fwd, RunShape{arena_.total, 1, 0}, DropoutConfig{}, al, s, nullptr);
-    return;
-  }
+  // ---- the rest of the gradient summed (the parts no stack call owns: the embedding's, the
+  // criterion's), then the update: everything, or (after early updates) that rest
   std::vector<std::pair<int64_t, int64_t>> rest;  // [begin, end) element spans
-  std::sort(updated.begin(), updated.end());
+  std::sort(done.begin(), done.end());
   int64_t at = 0;
-  for (const auto& [b, n] : updated) {
+  for (const auto& [b, n] : done) {
     if (b > at) rest.push_back({at, b});
     at = b + n;
   }
   if (at < arena_.total) rest.push_back({at, arena_.total});
-  join_lane(*update_lane, s);
+  if (lane && !done.empty()) join_lane(*lane, s);
+  if (comm) {
+    for (const auto& [b, e] : rest) reduce(b, e - b, s);
+  }
+  if (!early_updates_ || done.empty()) {
+    opt.exec->forward_at(opt.fwd, RunShape{arena_.total, 1, 0}, DropoutConfig{}, al, s, nullptr);
+    return;
+  }
   for (const auto& [b, e] : rest) update(b, e - b, s, 0, 1);
   update(0, arena_.total, s, 1, 2);  // the finishing kernel: step += 1 (loss scale, overflow)
 }

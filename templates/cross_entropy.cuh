@@ -163,9 +163,9 @@ __global__ void __launch_bounds__(kThreads)
 // Constants: none. Numerics: the count is exact (int64, fixed-order reduction).
 template <typename T>
 __global__ void __launch_bounds__(ce_scale_block())
-    ce_grad_scale_kernel(const int64_t* targets, const float* loss_scale,
-                         const float* total_tokens, float* grad_scale, float* n_tokens,
-                         int64_t rows, int64_t vocab, int64_t ignore_index) {
+    ce_grad_scale_kernel(const int64_t* targets, const float* loss_scale, const float* total_tokens,
+                         float* grad_scale, float* n_tokens, int64_t rows, int64_t vocab,
+                         int64_t ignore_index) {
   constexpr int kThreads = ce_scale_block();
   __shared__ long long warp_counts[kThreads / 32];
   long long n = 0;

@@ -68,14 +68,14 @@ inline constexpr const Kernel& kCrossEntropy = cross_entropy::kKernel;
 
 namespace ce_grad_scale {
 inline constexpr TParam kT[] = {kDTypeParam};
-inline constexpr Param kP[] = {
-    in("targets", CType::kConstI64Ptr),
-    in("loss_scale", CType::kConstF32Ptr, Nullable::kYes),
-    in("total_tokens", CType::kConstF32Ptr, Nullable::kYes),
-    out("grad_scale", CType::kF32Ptr),
-    out("n_tokens", CType::kF32Ptr),
-    scalar("rows", CType::kI64),        scalar("vocab", CType::kI64),
-    scalar("ignore_index", CType::kI64)};
+inline constexpr Param kP[] = {in("targets", CType::kConstI64Ptr),
+                               in("loss_scale", CType::kConstF32Ptr, Nullable::kYes),
+                               in("total_tokens", CType::kConstF32Ptr, Nullable::kYes),
+                               out("grad_scale", CType::kF32Ptr),
+                               out("n_tokens", CType::kF32Ptr),
+                               scalar("rows", CType::kI64),
+                               scalar("vocab", CType::kI64),
+                               scalar("ignore_index", CType::kI64)};
 inline Launch launch(const Values&) { return {grid_1d(1), ce_scale_block(), 0}; }
 }  // namespace ce_grad_scale
 inline constexpr Kernel kCeGradScale =

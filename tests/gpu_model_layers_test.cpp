@@ -494,7 +494,8 @@ class ModelLayerTest : public test::GpuLayerTest {
     // call's): the gradients are this call's share of the group's mean, half of the above; the
     // loss and n_tokens stay this call's own.
     const float total = 2.f * static_cast<float>(counted);
-    DeviceBuffer d_total = upload_bytes(&total, sizeof(total)), n_tokens4 = poisoned(1, Precision::kFp32);
+    DeviceBuffer d_total = upload_bytes(&total, sizeof(total)),
+                 n_tokens4 = poisoned(1, Precision::kFp32);
     DeviceBuffer dh4 = poisoned(rows * H, p), dw4 = poisoned(V * H, p),
                  loss4 = poisoned(rows, Precision::kFp32);
     Bindings fb4 = inputs;
@@ -511,7 +512,8 @@ class ModelLayerTest : public test::GpuLayerTest {
     EXPECT_EQ(down(n_tokens4, 1, Precision::kFp32)[0], static_cast<double>(counted))
         << "n_tokens with total_tokens bound";
     EXPECT_EQ(down(loss4, rows, Precision::kFp32), got_loss) << "loss with total_tokens bound";
-    EXPECT_TRUE(ref::all_close("grad_decoder_out (total_tokens)", down(dh4, rows * H, p), half_h, tol));
+    EXPECT_TRUE(
+        ref::all_close("grad_decoder_out (total_tokens)", down(dh4, rows * H, p), half_h, tol));
     EXPECT_TRUE(ref::all_close("grad." + crit_weight(c) + " (total_tokens)", down(dw4, V * H, p),
                                half_w, tol));
 

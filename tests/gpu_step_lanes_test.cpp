@@ -1,7 +1,8 @@
 // The whole-model step with the parameter-gradient lane and early updates (runtime/grad_lane.h,
 // runtime/step_enqueue.cpp) against the same step on one stream: after an eager step, a captured
 // one and replayed ones, every parameter, gradient, Adam moment and master weight, and the loss,
-// are the same bit for bit (bf16, dropout on, a padded encoder-decoder batch). A race between the
+// are the same bit for bit (bf16, dropout on, a padded encoder-decoder batch); and the step in a
+// process group of one against the step alone. A race between the
 // streams, a missing join or an update run before its gradient is complete shows as a difference.
 #include <gtest/gtest.h>
 
@@ -36,32 +37,39 @@ constexpr std::string_view kSpec = R"({
   "optimizer": {"type": "adamw", "lr": 1e-3, "weight_decay": 0.01}
 })";
 
-class GpuStepLanes : public test::GpuTest {};
-
-// A model and its step built with LIGHTSEQ_GRAD_LANE=`lane` (both read it then).
+// A model and its step built with LIGHTSEQ_GRAD_LANE=`lane` (both read it then), in the process
+// group `comm` when given.
 struct Built {
   std::shared_ptr<const CompiledModel> model;
   std::unique_ptr<TrainStep> step;
 };
-Built build_with_lanes(const ModelSpec& spec, const char* lane) {
+Built build_with_lanes(const ModelSpec& spec, const char* lane,
+                       std::shared_ptr<const Communicator> comm = nullptr) {
   test::ScopedEnv env("LIGHTSEQ_GRAD_LANE", lane);
   RuntimeOptions o;
   if (const char* dir = std::getenv("LIGHTSEQ_TEST_CACHE_DIR")) o.cache_dir = dir;
   StepOptions so;
   so.seed = 5;
+  so.comm = std::move(comm);
   Built b{CompiledModel::load(spec, o), nullptr};
   b.step = std::make_unique<TrainStep>(b.model, so);
   return b;
 }
 
-TEST_F(GpuStepLanes, TwoStreamsEqualOneBitForBit) {
-  const ModelSpec spec = parse_spec_string(kSpec);
-  const Built built_one = build_with_lanes(spec, "0"), built_two = build_with_lanes(spec, "1");
-  TrainStep &one = *built_one.step, &two = *built_two.step;
+// `one` and `two`, initialized alike, run the same padded encoder-decoder batches for 5 steps
+// (eager, captured, replayed): after each, the loss, the counted targets and every parameter,
+// gradient, Adam moment and master weight are the same bit for bit.
+class GpuStepLanes : public test::GpuTest {
+ protected:
+  void expect_steps_equal(TrainStep& one, TrainStep& two, const ModelSpec& spec);
+};
+
+void GpuStepLanes::expect_steps_equal(TrainStep& one, TrainStep& two, const ModelSpec& spec) {
+  const CUstream stream = stream_;
   one.init_parameters(3);
   two.init_parameters(3);
-  one.set_lr(1e-3f, stream_);
-  two.set_lr(1e-3f, stream_);
+  one.set_lr(1e-3f, stream);
+  two.set_lr(1e-3f, stream);
 
   // source, target tokens and targets: ids in [2, 96), the odd sequences' last quarter padded
   const int64_t batch = 6, src_len = 20, len = 16;
@@ -87,15 +95,15 @@ TEST_F(GpuStepLanes, TwoStreamsEqualOneBitForBit) {
   auto bytes_at = [&](void* p, size_t bytes) {
     std::vector<uint8_t> v(bytes);
     LIGHTSEQ_CU_CHECK(
-        driver().cuMemcpyDtoHAsync(v.data(), reinterpret_cast<CUdeviceptr>(p), bytes, stream_));
-    sync();
+        driver().cuMemcpyDtoHAsync(v.data(), reinterpret_cast<CUdeviceptr>(p), bytes, stream));
+    LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
     return v;
   };
   for (int i = 0; i < 5; ++i) {  // eager, captured, then replayed
     SCOPED_TRACE(testing::Message() << "step " << i);
-    one.run(b, stream_);
-    two.run(b, stream_);
-    const StepStats a = one.stats(stream_), c = two.stats(stream_);
+    one.run(b, stream);
+    two.run(b, stream);
+    const StepStats a = one.stats(stream), c = two.stats(stream);
     EXPECT_EQ(a.loss, c.loss);
     EXPECT_EQ(a.tokens, c.tokens);
     EXPECT_TRUE(ref::bytes_equal("parameters", bytes_at(one.params(), n * eb),
@@ -111,8 +119,32 @@ TEST_F(GpuStepLanes, TwoStreamsEqualOneBitForBit) {
   }
   EXPECT_EQ(two.graphs_captured(), 1);
   EXPECT_EQ(two.graph_replays(), 4) << "launched after its capture and at the three steps after";
-  const StepStats last = two.stats(stream_);
+  const StepStats last = two.stats(stream);
   EXPECT_EQ(last.updates, 5) << "every step updated the parameters";
+}
+
+TEST_F(GpuStepLanes, TwoStreamsEqualOneBitForBit) {
+  const ModelSpec spec = parse_spec_string(kSpec);
+  const Built one = build_with_lanes(spec, "0"), two = build_with_lanes(spec, "1");
+  EXPECT_TRUE(two.step->early_updates());
+  expect_steps_equal(*one.step, *two.step, spec);
+}
+
+// A process group of one (NCCL, runtime/comm.h) runs every group path of the step — the targets
+// counted before the forward and summed, each span's gradient summed on the lane as the
+// backward completes it (then updated early), the rest summed at the end — and a sum over one
+// process is the identity: the step equals the step without a group bit for bit, with the lane
+// and early updates and without. (Several GPUs: scripts/gpu-step's `group` stage.)
+TEST_F(GpuStepLanes, GroupOfOneEqualsNoGroupBitForBit) {
+  if (const std::string why = Communicator::unavailable_reason(); !why.empty())
+    GTEST_SKIP() << "NCCL unavailable: " << why;
+  const ModelSpec spec = parse_spec_string(kSpec);
+  auto comm = std::make_shared<const Communicator>(Communicator::new_id(), 0, 1, 0);
+  for (const char* lane : {"0", "1"}) {
+    SCOPED_TRACE(testing::Message() << "LIGHTSEQ_GRAD_LANE=" << lane);
+    const Built alone = build_with_lanes(spec, lane), grouped = build_with_lanes(spec, lane, comm);
+    expect_steps_equal(*alone.step, *grouped.step, spec);
+  }
 }
 
 }  // namespace
