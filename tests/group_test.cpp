@@ -103,7 +103,8 @@ TEST(GroupExchange, EveryRankGetsRankZerosId) {
   for (int r = world - 1; r >= 0; --r) {
     got.push_back(std::async(std::launch::async, [=] {
       if (r == 0) std::this_thread::sleep_for(milliseconds(300));
-      return exchange_id(member(r, world, port), [] { return id_of(7); }, milliseconds(20000));
+      return exchange_id(
+          member(r, world, port), [] { return id_of(7); }, milliseconds(20000));
     }));
   }
   for (auto& f : got) EXPECT_EQ(f.get().bytes, id_of(7).bytes);
@@ -112,7 +113,8 @@ TEST(GroupExchange, EveryRankGetsRankZerosId) {
 TEST(GroupExchange, AStrangerDoesNotStopIt) {
   const int port = free_local_port();
   auto server = std::async(std::launch::async, [=] {
-    return exchange_id(member(0, 2, port), [] { return id_of(1); }, milliseconds(20000));
+    return exchange_id(
+        member(0, 2, port), [] { return id_of(1); }, milliseconds(20000));
   });
   std::this_thread::sleep_for(milliseconds(200));
   {  // connects, says something else, goes away
@@ -125,7 +127,8 @@ TEST(GroupExchange, AStrangerDoesNotStopIt) {
     ASSERT_EQ(::send(s, "GET / HTTP/1.0\r\n\r\n", 18, 0), 18);
     ::close(s);
   }
-  const CommId mine = exchange_id(member(1, 2, port), [] { return id_of(9); }, milliseconds(20000));
+  const CommId mine = exchange_id(
+      member(1, 2, port), [] { return id_of(9); }, milliseconds(20000));
   EXPECT_EQ(mine.bytes, id_of(1).bytes);
   EXPECT_EQ(server.get().bytes, id_of(1).bytes);
 }
@@ -133,14 +136,16 @@ TEST(GroupExchange, AStrangerDoesNotStopIt) {
 TEST(GroupExchange, TimesOutNamingWhatIsMissing) {
   const int port = free_local_port();
   try {
-    exchange_id(member(1, 2, port), [] { return id_of(0); }, milliseconds(400));
+    exchange_id(
+        member(1, 2, port), [] { return id_of(0); }, milliseconds(400));
     ADD_FAILURE() << "a rank without rank 0 returned";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(fmt::format("127.0.0.1:{}", port)), std::string::npos)
         << e.what();
   }
   try {
-    exchange_id(member(0, 3, port), [] { return id_of(0); }, milliseconds(400));
+    exchange_id(
+        member(0, 3, port), [] { return id_of(0); }, milliseconds(400));
     ADD_FAILURE() << "rank 0 without the others returned";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("2 of the 2 other ranks did not connect"),
@@ -152,7 +157,10 @@ TEST(GroupExchange, TimesOutNamingWhatIsMissing) {
 TEST(GroupExchange, AGroupOfOneNeedsNoNetwork) {
   GroupEnv e = member(0, 1, 1);
   e.addr = "no.such.host.invalid";
-  EXPECT_EQ(exchange_id(e, [] { return id_of(3); }, milliseconds(100)).bytes, id_of(3).bytes);
+  EXPECT_EQ(exchange_id(
+                e, [] { return id_of(3); }, milliseconds(100))
+                .bytes,
+            id_of(3).bytes);
 }
 
 TEST(GroupLaunch, EveryRankSeesTheGroupsVariables) {
@@ -172,8 +180,9 @@ TEST(GroupLaunch, TheFirstFailureStopsTheOthers) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
   // a rank that ignores SIGTERM is killed after the grace period
   EXPECT_EQ(run_group(2, "/bin/sh",
-                      {"-c", "test \"$RANK\" = 0 && exit 3; trap '' TERM; sleep 60 & wait; "
-                             "sleep 60"},
+                      {"-c",
+                       "test \"$RANK\" = 0 && exit 3; trap '' TERM; sleep 60 & wait; "
+                       "sleep 60"},
                       milliseconds(300)),
             3);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(40));

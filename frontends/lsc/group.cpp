@@ -102,9 +102,10 @@ sockaddr_in resolve(const GroupEnv& env) {
   addrinfo* res = nullptr;
   const int r = ::getaddrinfo(env.addr.c_str(), nullptr, &hints, &res);
   if (r != 0 || !res) {
-    throw Error(fmt::format("MASTER_ADDR={}: cannot resolve it ({}): give rank 0's IPv4 address "
-                            "or host name",
-                            env.addr, ::gai_strerror(r)));
+    throw Error(
+        fmt::format("MASTER_ADDR={}: cannot resolve it ({}): give rank 0's IPv4 address "
+                    "or host name",
+                    env.addr, ::gai_strerror(r)));
   }
   sockaddr_in a;
   std::memcpy(&a, res->ai_addr, sizeof(a));
@@ -162,7 +163,8 @@ CommId fetch(const GroupEnv& env, Clock::time_point deadline) {
   std::string last = "no answer";
   while (Clock::now() < deadline) {
     Fd c(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (c.get() < 0) throw Error(fmt::format("rank {}: socket(): {}", env.rank, std::strerror(errno)));
+    if (c.get() < 0)
+      throw Error(fmt::format("rank {}: socket(): {}", env.rank, std::strerror(errno)));
     int r = ::connect(c.get(), reinterpret_cast<const sockaddr*>(&a), sizeof(a));
     if (r != 0 && errno == EINPROGRESS) {
       const Clock::time_point by = std::min(deadline, Clock::now() + std::chrono::seconds(2));
@@ -251,9 +253,9 @@ int run_group(int n, const std::string& program, const std::vector<std::string>&
   };
   for (int rank = 0; rank < n; ++rank) {
     std::vector<std::string> env_strings = {
-        fmt::format("RANK={}", rank),       fmt::format("LOCAL_RANK={}", rank),
-        fmt::format("WORLD_SIZE={}", n),    fmt::format("LOCAL_WORLD_SIZE={}", n),
-        "MASTER_ADDR=127.0.0.1",            fmt::format("MASTER_PORT={}", port)};
+        fmt::format("RANK={}", rank),    fmt::format("LOCAL_RANK={}", rank),
+        fmt::format("WORLD_SIZE={}", n), fmt::format("LOCAL_WORLD_SIZE={}", n),
+        "MASTER_ADDR=127.0.0.1",         fmt::format("MASTER_PORT={}", port)};
     // Everything the child needs is made before fork(): after it, only async-signal-safe calls.
     std::string prog = program;
     std::vector<std::string> copy = args;
@@ -298,7 +300,7 @@ int run_group(int n, const std::string& program, const std::vector<std::string>&
       if (q == p) q = -1;
     }
     --running;
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status)
+    const int code = WIFEXITED(status)     ? WEXITSTATUS(status)
                      : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
                                            : 1;
     if (code != 0 && result == 0) {

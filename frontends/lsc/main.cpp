@@ -295,6 +295,13 @@ int run(int argc, char** argv) {
   train->add_option("--device", train_opts.device, "GPU ordinal")
       ->check(non_negative)
       ->capture_default_str();
+  train
+      ->add_option("--gpus", train_opts.gpus,
+                   "Train on N GPUs, one process each (GPUs 0..N-1), each on its own batches of "
+                   "--tokens-per-batch, their gradients summed through NCCL; under torchrun "
+                   "the group comes from its environment instead")
+      ->check(positive);
+  train_opts.args.assign(argv + 1, argv + argc);
 
   try {
     app.parse(argc, argv);

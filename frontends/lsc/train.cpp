@@ -15,6 +15,7 @@
 #include "compiler/errors.h"
 #include "frontends/lsc/batcher.h"
 #include "frontends/lsc/data.h"
+#include "frontends/lsc/group.h"
 #include "frontends/lsc/progress.h"
 #include "frontends/lsc/schedule.h"
 #include "frontends/lsc/train_state.h"
@@ -32,6 +33,9 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// How long the ranks of a group wait for each other to meet (each compiles its kernels first).
+constexpr std::chrono::minutes kGroupTimeout{10};
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -97,7 +101,7 @@ Data prepare_data(const TrainOptions& o, const TokenRules& rules, int64_t max_le
 class Trainer {
  public:
   Trainer(const TrainOptions& o, const ModelSpec& spec, const TokenRules& rules, Data& data,
-          TrainState identity)
+          TrainState identity, const std::optional<GroupEnv>& group)
       : o_(o), rules_(rules), data_(data), identity_(std::move(identity)) {
     const Clock::time_point t0 = Clock::now();
     model_ = CompiledModel::load(spec, RuntimeOptions{o.device, std::nullopt});
@@ -109,6 +113,18 @@ class Trainer {
     alloc_ = std::make_unique<StreamOrderedAllocator>(o.device);
     StepOptions so;
     so.seed = static_cast<uint64_t>(o.seed);
+    if (group) {  // every rank meets rank 0 (kernels compiled first, in parallel)
+      const Clock::time_point t1 = Clock::now();
+      const CommId id = exchange_id(*group, &Communicator::new_id, kGroupTimeout);
+      comm_ = std::make_shared<const Communicator>(id, group->rank, group->world, o.device);
+      // The weights start equal on every rank (one seed); the dropout masks differ by rank.
+      so.seed += static_cast<uint64_t>(group->rank) * 0x9e3779b97f4a7c15ull;
+      so.comm = comm_;
+      std::cout << fmt::format(
+          "group: {} processes (rank {} reports), their gradients summed through NCCL; joined in "
+          "{:.2f} s\n",
+          group->world, group->rank, seconds_since(t1));
+    }
     so.cuda_graphs = !o.no_graphs;
     step_ = std::make_unique<TrainStep>(model_, so);
     uploader_ = std::make_unique<BatchUploader>(*alloc_, *stream_, 3 * o.tokens_per_batch);
@@ -146,7 +162,13 @@ class Trainer {
       interval_s += s, train_s_ += s;
     };
     while (done_ < o_.steps) {
-      const TrainBatches::Batch b = data_.train->next();
+      // Each step takes the stream's next world() batches, one per rank: every rank moves the
+      // stream alike, so a saved position means the same on each.
+      TrainBatches::Batch b = data_.train->next();
+      for (int k = 1; k < world(); ++k) {
+        TrainBatches::Batch other = data_.train->next();
+        if (k == rank()) b = std::move(other);
+      }
       const BatchUploader::Uploaded up = uploader_->upload(*b.examples, b.rows, rules_);
       const int64_t s = ++done_;
       const double lr = schedule_.at(s);
@@ -158,7 +180,7 @@ class Trainer {
                          ((o_.valid_every > 0 && s % o_.valid_every == 0) || s == o_.steps);
       const bool save = !save_dir().empty() && (s % o_.save_every == 0 || s == o_.steps);
       if (s % o_.log_every == 0 || s == o_.steps || valid) {
-        const StepStats st = step_->stats(*stream_);  // synchronizes
+        const StepStats st = group_stats(step_->stats(*stream_), interval_targets);  // syncs
         const double t = seconds_since(segment);
         interval_s += t, train_s_ += t;
         log(s, st, lr, interval_s, interval_steps, interval_targets, s - first);
@@ -177,6 +199,25 @@ class Trainer {
 
  private:
   fs::path save_dir() const { return !o_.save.empty() ? o_.save : o_.resume; }
+  int world() const { return comm_ ? comm_->world() : 1; }
+  int rank() const { return comm_ ? comm_->rank() : 0; }
+
+  // The group's sums of a step's statistics (and of `targets`, the interval's): every rank's
+  // loss, NLL and targets; a bad id on any rank. Ranks agree on the rest (one optimizer state).
+  StepStats group_stats(StepStats st, int64_t& targets) const {
+    if (world() == 1) return st;
+    double v[] = {st.loss,
+                  st.nll,
+                  static_cast<double>(st.tokens),
+                  static_cast<double>(targets),
+                  st.bad_token ? 1.0 : 0.0,
+                  st.bad_target ? 1.0 : 0.0};
+    comm_->all_reduce_host(v, std::size(v));
+    st.loss = v[0], st.nll = v[1], st.tokens = static_cast<int64_t>(v[2]);
+    targets = static_cast<int64_t>(v[3]);
+    st.bad_token = v[4] > 0, st.bad_target = v[5] > 0;
+    return st;
+  }
 
   void log(int64_t s, const StepStats& st, double lr, double interval_s, int64_t interval_steps,
            int64_t interval_targets, int64_t steps_this_run) {
@@ -217,10 +258,17 @@ class Trainer {
     const Clock::time_point t0 = Clock::now();
     double loss = 0, nll = 0;
     int64_t targets = 0;
-    for (const std::vector<uint32_t>& rows : data_.valid_batches) {
-      const BatchUploader::Uploaded up = uploader_->upload(data_.valid, rows, rules_);
+    for (size_t i = static_cast<size_t>(rank()); i < data_.valid_batches.size();
+         i += static_cast<size_t>(world())) {  // the ranks share the batches
+      const BatchUploader::Uploaded up =
+          uploader_->upload(data_.valid, data_.valid_batches[i], rules_);
       const StepStats st = step_->evaluate(up.batch, *stream_);
       loss += st.loss, nll += st.nll, targets += st.tokens;
+    }
+    if (world() > 1) {
+      double v[] = {loss, nll, static_cast<double>(targets)};
+      comm_->all_reduce_host(v, std::size(v));
+      loss = v[0], nll = v[1], targets = static_cast<int64_t>(v[2]);
     }
     const double n = std::max<double>(static_cast<double>(targets), 1.0);
     if (!curve_.empty() && curve_.back().step == s) {
@@ -234,7 +282,9 @@ class Trainer {
   }
 
   // The new checkpoint, then the state naming it (atomically), then the old checkpoint removed.
+  // In a group rank 0 writes it (every rank holds the same state).
   void checkpoint(int64_t s) {
+    if (rank() != 0) return;
     const Clock::time_point t0 = Clock::now();
     const fs::path dir = save_dir();
     std::error_code ec;
@@ -295,6 +345,7 @@ class Trainer {
   std::unique_ptr<ScopedContext> ctx_;
   std::unique_ptr<OwnedStream> stream_;
   std::unique_ptr<StreamOrderedAllocator> alloc_;
+  std::shared_ptr<const Communicator> comm_;  // the process group, if any
   std::unique_ptr<TrainStep> step_;
   std::unique_ptr<BatchUploader> uploader_;
   int64_t done_ = 0;
@@ -317,7 +368,38 @@ std::string train_usage_error(const TrainOptions& o) {
   return "";
 }
 
-int run_train(const TrainOptions& o) {
+namespace {
+
+// What the CPU can check before a GPU is touched, and what training then starts from.
+struct Prepared {
+  ModelSpec spec;
+  TokenRules rules;
+  Data data;
+  TrainState identity;
+  double peak = 0;
+  int64_t warmup = 0;
+  std::optional<TrainState> saved;
+};
+
+// std::cout dropped for the scope (a group's ranks but one; the launcher's own checks).
+class QuietCout {
+ public:
+  explicit QuietCout(bool quiet) : old_(quiet ? std::cout.rdbuf(nullptr) : nullptr) {}
+  ~QuietCout() {
+    if (old_) {
+      std::cout.rdbuf(old_);
+      std::cout.clear();
+    }
+  }
+  QuietCout(const QuietCout&) = delete;
+  QuietCout& operator=(const QuietCout&) = delete;
+
+ private:
+  std::streambuf* old_;
+};
+
+// nullopt: a resumed run that has trained its --steps already (said so).
+std::optional<Prepared> prepare(const TrainOptions& o) {
   const ModelSpec spec = parse_spec_file(o.spec);
   const TokenRules rules = token_rules(spec);
   // every length a batch has is rounded up to a multiple of 8 and must stay within the positions
@@ -371,7 +453,7 @@ int run_train(const TrainOptions& o) {
           "{} has trained {} steps already, --steps is {}: nothing to do (raise --steps to go "
           "on)\n",
           o.resume, saved->step, o.steps);
-      return 0;
+      return std::nullopt;
     }
     data.train->seek(saved->data);
     // the saved schedule goes on unless --lr / --warmup say otherwise
@@ -399,18 +481,72 @@ int run_train(const TrainOptions& o) {
           o.save, kStateFile, o.save));
     }
   }
+  return Prepared{spec, rules, std::move(data), std::move(identity), peak, warmup, saved};
+}
+
+void check_gpus(const TrainOptions& o, int needed) {
   if (device_count() == 0) {
     throw Error(fmt::format(
         "lsc train needs an NVIDIA GPU: {}; run it on a machine with one (lsc build {} compiles "
         "the kernels without a GPU)",
         no_gpu_reason(), o.spec));
   }
-  if (o.device >= device_count()) {
-    throw Error(fmt::format("--device {}: this machine has {} GPU(s): give 0 to {}", o.device,
-                            device_count(), device_count() - 1));
+  if (needed > device_count()) {
+    throw Error(fmt::format(
+        "{}: this machine has {} GPU(s): give 0 to {}",
+        o.gpus > 1 ? fmt::format("--gpus {}", o.gpus) : fmt::format("--device {}", o.device),
+        device_count(), device_count() - 1));
   }
-  Trainer trainer(o, spec, rules, data, identity);
-  trainer.start(saved, peak, warmup);
+}
+
+// `--gpus N` outside a group: the CPU checks once here (their errors said once), then N copies of
+// this command as the ranks of a group (frontends/lsc/group.h); rank 0 reports.
+int launch_group(const TrainOptions& o) {
+  bool nothing_to_do = false;
+  {
+    QuietCout quiet(true);
+    nothing_to_do = !prepare(o);
+  }
+  if (nothing_to_do) return prepare(o) ? 1 : 0;  // says so
+  check_gpus(o, o.gpus);
+  if (const std::string why = Communicator::unavailable_reason(); !why.empty()) {
+    throw Error("--gpus " + std::to_string(o.gpus) + " trains through NCCL: " + why);
+  }
+  std::cout << fmt::format("lsc train: {} processes, ranks 0..{} on GPUs 0..{}; rank 0 reports\n",
+                           o.gpus, o.gpus - 1, o.gpus - 1)
+            << std::flush;
+  const int status = run_group(o.gpus, "/proc/self/exe", o.args);
+  if (status != 0)
+    std::cerr << fmt::format("lsc train: a rank failed (status {}); the group stopped\n", status);
+  return status;
+}
+
+}  // namespace
+
+int run_train(const TrainOptions& given) {
+  const std::optional<GroupEnv> group =
+      group_env([](const char* name) -> const char* { return std::getenv(name); });
+  if (group && given.gpus > 0 && given.gpus != group->world) {
+    throw Error(
+        fmt::format("--gpus {} but this process is one of a group of WORLD_SIZE={}: leave "
+                    "--gpus out under torchrun",
+                    given.gpus, group->world));
+  }
+  if (group && given.device != 0) {
+    throw Error(fmt::format(
+        "--device {}: a rank of a group trains on the GPU LOCAL_RANK names ({}); leave --device "
+        "out (CUDA_VISIBLE_DEVICES chooses a host's GPUs)",
+        given.device, group->local_rank));
+  }
+  if (!group && given.gpus > 1) return launch_group(given);
+  TrainOptions o = given;
+  if (group) o.device = group->local_rank;
+  QuietCout quiet(group && group->rank > 0);
+  std::optional<Prepared> p = prepare(o);
+  if (!p) return 0;
+  check_gpus(o, o.device + 1);
+  Trainer trainer(o, p->spec, p->rules, p->data, p->identity, group);
+  trainer.start(p->saved, p->peak, p->warmup);
   trainer.run();
   return 0;
 }

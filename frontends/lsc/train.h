@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace lightseq::lsc {
 
@@ -26,6 +27,10 @@ struct TrainOptions {
   int64_t log_every = 100;
   bool no_graphs = false;
   int device = 0;
+  // --gpus N: N processes, one per GPU, each on its own batches, their gradients summed
+  // (frontends/lsc/group.h); 0: one, or what torchrun's environment says.
+  int gpus = 0;
+  std::vector<std::string> args;  // the command line after the program's name (to start ranks)
 };
 
 // A usage error of a combination of options (exit 2), or "" when there is none.
