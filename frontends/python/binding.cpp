@@ -365,17 +365,41 @@ PYBIND11_MODULE(_C, m) {
     d["bad_target"] = s.bad_target;
     return d;
   };
+  // A process group's NCCL communicator (runtime/comm.h): rank 0 makes the id, which the
+  // frontend hands to the other ranks (torch.distributed), then every rank constructs one.
+  m.def("comm_unavailable_reason", &Communicator::unavailable_reason);
+  m.def("comm_new_id", [] {
+    const CommId id = Communicator::new_id();
+    return py::bytes(id.bytes.data(), id.bytes.size());
+  });
+  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
+      .def(py::init([](const py::bytes& id, int rank, int world, int device) {
+             const std::string b = id;
+             if (b.size() != CommId::kBytes) {
+               throw Error(fmt::format("a process group's id is {} bytes, not {}", CommId::kBytes,
+                                       b.size()));
+             }
+             CommId c;
+             std::copy(b.begin(), b.end(), c.bytes.begin());
+             py::gil_scoped_release unlocked;  // collective: waits for every rank
+             return std::make_shared<Communicator>(c, rank, world, device);
+           }),
+           py::arg("id"), py::arg("rank"), py::arg("world"), py::arg("device"))
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("world", &Communicator::world);
   py::class_<TrainStep>(m, "TrainStep")
       .def(py::init([](std::shared_ptr<CompiledModel> model, uint64_t seed,
-                       std::optional<float> loss_scale, bool cuda_graphs) {
+                       std::optional<float> loss_scale, bool cuda_graphs,
+                       std::shared_ptr<Communicator> comm) {
              StepOptions o;
              o.seed = seed;
              o.loss_scale = loss_scale;
              o.cuda_graphs = cuda_graphs;
+             o.comm = std::move(comm);
              return std::make_unique<TrainStep>(std::move(model), o);
            }),
            py::arg("model"), py::arg("seed") = 0, py::arg("loss_scale") = py::none(),
-           py::arg("cuda_graphs") = true)
+           py::arg("cuda_graphs") = true, py::arg("comm") = py::none())
       .def(
           "parameters",
           [=](const TrainStep& t) {

@@ -528,3 +528,76 @@ def test_python_train_step_encoder_only_with_token_types_and_a_bert_embedding():
     assert step.evaluate(tokens, targets, token_types=types)["loss"] < first
     with pytest.raises(lightseq.ArgumentError, match="token_types is"):
         step(tokens, targets, token_types=types[:, :5])
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_python_train_step_in_a_process_group_of_one_equals_the_step_alone():
+    """process_group (torch.distributed, NCCL, one process): the id handed through the group, the
+    parameters broadcast from rank 0, the targets counted and every gradient summed by lightseq's
+    communicator: over one process a sum is the identity, so the losses and the parameters after 4
+    steps equal the step without a group bit for bit."""
+    import torch.distributed as dist
+    if lightseq._C.comm_unavailable_reason():
+        pytest.skip("NCCL unavailable: " + lightseq._C.comm_unavailable_reason())
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                            device_id=torch.device("cuda", 0))
+    try:
+        torch.manual_seed(3)
+        a = MT().cuda()
+        b = copy.deepcopy(a)
+        opts = [torch.optim.AdamW(m.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD) for m in (a, b)]
+        alone = python_step(a, opts[0], seed=9)
+        grouped = python_step(b, opts[1], seed=9, process_group=dist.group.WORLD)
+        for i, batch in enumerate(batches(4, seed=13)):
+            la, lb = alone(*batch), grouped(*batch)
+            assert la.item() == lb.item(), f"step {i}"
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), name
+    finally:
+        dist.destroy_process_group()
+
+
+def _group_rank(rank, world, port, out):
+    import torch.distributed as dist
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            device_id=torch.device("cuda", rank))
+    try:
+        torch.manual_seed(4)
+        model = MT().cuda()  # every rank builds the same; the step broadcasts rank 0's anyway
+        opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
+        step = python_step(model, opt, process_group=dist.group.WORLD)
+        src, tgt, y = batches(1, B=2 * world, seed=14)[0]
+        share = slice(2 * rank, 2 * rank + 2)
+        step(src[share], tgt[share], y[share])
+        grads = {n: step.gradient(n).detach().cpu() for n in step.parameter_names()}
+        params = {n: p.detach().cpu() for n, p in model.named_parameters()}
+        torch.save({"grads": grads, "params": params}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_python_train_step_on_two_gpus_equals_one_gpu_on_the_whole_batch(tmp_path):
+    """Two processes (torch.multiprocessing, NCCL), each on half of a batch: the summed gradient is
+    the one the step computes alone on the whole batch (fp32, to summation order), and both ranks
+    hold the same parameters after the update, bit for bit."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 GPUs, this machine has {torch.cuda.device_count()} (scripts/gpu-step OUT group)")
+    import torch.multiprocessing as mp
+    mp.spawn(_group_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for name in r0["params"]:
+        assert torch.equal(r0["params"][name], r1["params"][name]), name
+    torch.manual_seed(4)
+    model = MT().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
+    alone = python_step(model, opt)
+    alone(*batches(1, B=4, seed=14)[0])
+    for name in alone.parameter_names():
+        assert rel_err(r0["grads"][name], alone.gradient(name)) <= 1e-5, name

@@ -224,6 +224,24 @@ def _check_coverage(s: _Structure, optimizer, layout) -> None:
             raise Unsupported(f"lightseq.TrainStep: {name} does not require grad (the step updates every parameter)")
 
 
+def _communicator(C, group, device: torch.device):
+    """lightseq's NCCL communicator over the ranks of a torch.distributed group: rank 0's id
+    broadcast through the group, then every rank joins (collective)."""
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_initialized():
+        raise ArgumentError("lightseq.TrainStep: process_group needs torch.distributed initialized "
+                            "(torch.distributed.init_process_group)")
+    why = C.comm_unavailable_reason()
+    if why:
+        raise ArgumentError(f"lightseq.TrainStep: process_group: {why}")
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    if rank < 0:
+        raise ArgumentError("lightseq.TrainStep: this process is not a member of process_group")
+    box = [C.comm_new_id() if rank == 0 else None]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group, device=device)
+    return C.Communicator(box[0], rank, world, device.index or 0)
+
+
 class TrainStep:
     """The whole training step of a Transformer (encoder-decoder, or encoder-only) whose parts are
     PyTorch modules, run by lightseq's C++ step: see the module docstring.
@@ -248,6 +266,12 @@ class TrainStep:
     clip_norm: global gradient-norm clipping (0: off). loss_scale: fp16's initial dynamic loss scale.
     pad_to_multiple: lengths are padded up to a multiple of it (padding tokens, ignored targets),
       so that varied lengths replay few CUDA graphs.
+    process_group: data parallelism over a torch.distributed group (e.g. torch.distributed.group.WORLD,
+      NCCL backend, one GPU per process): each process calls step() on its own batch and the update
+      uses the mean gradient over every process's targets, summed through lightseq's own NCCL
+      communicator as the backward produces it (each layer's gradient while the layers below run
+      their backward, as DDP's buckets do). The parameters start as the group's rank 0 has them;
+      each rank draws its own dropout masks. step() returns this process's loss.
     """
 
     def __init__(self, *, embedding: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module,
@@ -257,7 +281,7 @@ class TrainStep:
                  embed_scale: Optional[float] = None, embed_dropout: Optional[float] = None, causal: bool = False,
                  clip_norm: float = 0.0, loss_scale: Optional[float] = None, cuda_graphs: bool = True,
                  pad_to_multiple: int = 1, attention: str = "unfused", seed: Optional[int] = None,
-                 cache_dir: Optional[str] = None):
+                 cache_dir: Optional[str] = None, process_group=None):
         if transformer is not None:
             if encoder is not None or decoder is not None:
                 raise ArgumentError("lightseq.TrainStep: give transformer= or encoder=/decoder=, not both")
@@ -298,7 +322,12 @@ class TrainStep:
         self._model = C.CompiledModel.load(self.spec, self.device.index or 0, cache_dir)
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))
-        self._step = C.TrainStep(self._model, seed=seed, loss_scale=loss_scale, cuda_graphs=cuda_graphs)
+        self._group = process_group
+        self._comm = _communicator(C, process_group, self.device) if process_group is not None else None
+        if self._comm is not None:  # each rank its own dropout masks
+            seed = (seed + self._comm.rank * 0x9E3779B97F4A7C15) % 2 ** 64
+        self._step = C.TrainStep(self._model, seed=seed, loss_scale=loss_scale, cuda_graphs=cuda_graphs,
+                                 comm=self._comm)
         layout, total = self._step.layout()
         _check_coverage(s, optimizer, layout)
         self.optimizer = optimizer
@@ -321,6 +350,12 @@ class TrainStep:
                 self._view(self._params, name).copy_(p)
                 if self._masters is not None:
                     self._view(self._masters, name).copy_(p)
+            if self._comm is not None:  # the group starts from rank 0's parameters, as DDP does
+                import torch.distributed as dist
+                src = dist.get_global_rank(process_group, 0)
+                for arena in (self._params, self._masters):
+                    if arena is not None:
+                        dist.broadcast(arena, src, group=process_group)
             torch.cuda.current_stream(self.device).synchronize()
             for name, p in s.tensors.items():
                 p.data = self._view(self._module_arena, name)
