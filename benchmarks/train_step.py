@@ -19,7 +19,13 @@ enqueues it, median), and peak device memory (torch: max_memory_allocated; light
 the high-water marks of the CUDA memory pool it allocates from and of its graphs' memory,
 after the warm-up).
 
-usage: python3 benchmarks/train_step.py [--modes ...] [--tokens 512 4096 16384 65536] [--iters 20]
+With --gpus N (N > 1) every mode runs as N processes (torch.distributed.run, one GPU each), each on
+its own batch of the given tokens: lightseq's TrainStep in a process group (its gradients summed
+through NCCL as the backward produces them), PyTorch's modes under DistributedDataParallel (NCCL,
+its default buckets). Rows are rank 0's: ms per step and tokens/s per GPU; scaling efficiency is a
+row's tokens/s per GPU over the --gpus 1 row's.
+
+usage: python3 benchmarks/train_step.py [--modes ...] [--tokens 512 4096 16384 65536] [--iters 20] [--gpus N]
 """
 import argparse
 import json
@@ -40,9 +46,9 @@ def spec():
     return json.loads((ROOT / "examples" / "transformer-base.json").read_text())
 
 
-def batch(tokens, V, device):
+def batch(tokens, V, device, rank=0):
     import torch
-    g = torch.Generator().manual_seed(tokens)
+    g = torch.Generator().manual_seed(tokens + 1000003 * rank)
     B = max(1, tokens // SEQ)
     mk = lambda: torch.randint(2, V, (B, SEQ), generator=g).to(device)  # noqa: E731
     return mk(), mk(), mk()
@@ -98,30 +104,44 @@ def run_mode(mode, tokens_list, iters):
     V = s["embedding"]["vocab"]
     o = s["optimizer"]
     rows = []
+    # Under torch.distributed.run (--gpus N): this process is one rank, on GPU LOCAL_RANK.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    group = None
+    if world > 1:
+        import torch.distributed as dist
+        dist.init_process_group("nccl", device_id=device)
+        group = dist.group.WORLD
     if mode.startswith("lightseq"):
-        model = lightseq._C.CompiledModel.load(json.dumps(s), 0, None)
-        step = lightseq._C.TrainStep(model, seed=1, cuda_graphs=(mode == "lightseq"))
+        model = lightseq._C.CompiledModel.load(json.dumps(s), device.index, None)
+        comm = lightseq._train._communicator(lightseq._C, group, device) if group is not None else None
+        step = lightseq._C.TrainStep(model, seed=1 + rank, cuda_graphs=(mode == "lightseq"), comm=comm)
         step.init_parameters(1)
         stream = torch.cuda.Stream()
         sid = stream.cuda_stream
         for tokens in tokens_list:
-            src, tgt, y = batch(tokens, V, "cuda")
+            src, tgt, y = batch(tokens, V, device, rank)
             call = lambda: step.run(src.data_ptr(), tgt.data_ptr(), y.data_ptr(), src.shape[0],  # noqa: E731
                                     SEQ, SEQ, sid)
             # After the warm-up (an uncaptured run, then the capture): the pool holds the arenas,
             # the graph its replays' temporaries.
-            reset = lambda: (lightseq._C.pool_peak_bytes(0, True), lightseq._C.graph_peak_bytes(0, True))  # noqa: E731
-            peak = lambda: lightseq._C.pool_peak_bytes(0, False) + lightseq._C.graph_peak_bytes(0, False)  # noqa: E731
+            d = device.index
+            reset = lambda: (lightseq._C.pool_peak_bytes(d, True), lightseq._C.graph_peak_bytes(d, True))  # noqa: E731
+            peak = lambda: lightseq._C.pool_peak_bytes(d, False) + lightseq._C.graph_peak_bytes(d, False)  # noqa: E731
             rows.append(measure(mode, tokens, call, stream, iters, peak=peak, reset=reset))
             st = step.stats(sid)
             rows[-1]["loss"] = st["loss"] / st["tokens"]
         return rows
     torch.manual_seed(0)
-    net = torch_model(s).cuda()
+    net = torch_model(s).to(device)
     if mode != "eager-amp":
         net = net.to(torch.bfloat16)
     if mode == "layers":
         net = lightseq.compile(net)
+    if group is not None:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index])
     opt = torch.optim.AdamW(net.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
                             weight_decay=o["weight_decay"], fused=True)
     fwd = net
@@ -131,7 +151,7 @@ def run_mode(mode, tokens_list, iters):
         fwd = torch.compile(net, mode="reduce-overhead")
     stream = torch.cuda.Stream()
     for tokens in tokens_list:
-        src, tgt, y = batch(tokens, V, "cuda")
+        src, tgt, y = batch(tokens, V, device, rank)
 
         def call():
             with torch.cuda.stream(stream):
@@ -175,20 +195,29 @@ def main():
     ap.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     ap.add_argument("--tokens", nargs="+", type=int, default=[512, 4096, 16384, 65536])
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--gpus", type=int, default=1)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        for r in run_mode(a.one, a.tokens, a.iters):
-            print("ROW " + json.dumps(r), flush=True)
+        rows = run_mode(a.one, a.tokens, a.iters)
+        if os.environ.get("RANK", "0") == "0":
+            for r in rows:
+                print("ROW " + json.dumps(dict(r, gpus=int(os.environ.get("WORLD_SIZE", "1")))), flush=True)
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
         return
     import torch
     print(f"# {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {SEQ} source and target "
-          f"tokens per sequence, bf16, dropout 0.1")
+          f"tokens per sequence, bf16, dropout 0.1, {a.gpus} GPU(s): tokens and tok/s per GPU")
     print(f"{'mode':<15} {'tokens':>6} {'ms/step':>8} {'issue ms':>8} {'tok/s':>10} {'peak GiB':>8} {'loss':>7}")
     for mode in a.modes:
         cmd = [sys.executable, __file__, "--one", mode, "--iters", str(a.iters), "--tokens",
                *map(str, a.tokens)]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if a.gpus > 1:
+            cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.gpus}"]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NCCL_NVLS_ENABLE="0")
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         rows = [json.loads(l[4:]) for l in p.stdout.splitlines() if l.startswith("ROW ")]
         for r in rows:
             print(f"{r['mode']:<15} {r['tokens']:>6} {r['ms']:>8.2f} {r['issue_ms']:>8.2f} "
