@@ -419,6 +419,17 @@ void LayerExecutor::run_backward(std::span<void* const> args, const SavedActivat
   bind_positional(plan_.manifest[1], args, &f.ptr, plan_.layer.name, &from_saved_);
   allocate_unbound(used, {}, nullptr, f, &lifetimes_[1]);
   bind_zero_masks(used, f);
+  if (lanes_.any_side()) {
+    // Both lanes' GEMM workspaces from the main stream before the fork, so that they are freed
+    // on it after the join: one allocated on the side stream would be freed there after its last
+    // join, a fork that CUDA graph capture refuses as unjoined.
+    const size_t need = sp.gemm_workspace.load();
+    for (int l = 0; l < 2 && need > 0; ++l) {
+      f.gemm_workspace_bytes[l] = need;
+      f.blocks.emplace_back(*f.allocator, need, f.stream);
+      f.gemm_workspace[l] = f.blocks.back().get();
+    }
+  }
   run_steps(plan_.backward, sp.backward, f, 0, SIZE_MAX, lanes_.any_side() ? &lanes_ : nullptr);
 }
 
@@ -532,9 +543,18 @@ void LayerExecutor::run_chunked_forward(std::span<void* const> args, const RunSh
   const int64_t per = std::max<int64_t>(1, rc.max_rows / shape.seq);  // sequences per chunk
   const RunShape first{std::min(per, shape.batch), shape.seq, shape.src_seq};
   const ShapePlan& sp_first = resolve(first);
-  // Temporaries (the logits and their gradient) for the largest chunk, the first.
+  // Temporaries (the logits and their gradient) for the largest chunk, the first; only those of
+  // steps [begin, end) when they all precede the region (the count of a data-parallel step).
   Frame f(&g, &sp_first, precision_, first, dropout, grads, &allocator, stream);
-  const std::vector<int>& used = plan_.used[0];
+  std::vector<int> used = plan_.used[0];
+  if (end <= rc.begin) {
+    std::vector<uint8_t> touched(g.tensors().size(), 0);
+    for (size_t i = begin; i < end; ++i) {
+      for (int id : step_reads(plan_.forward[i])) touched[id] = 1;
+      for (int id : step_writes(plan_.forward[i])) touched[id] = 1;
+    }
+    std::erase_if(used, [&](int id) { return !touched[id]; });
+  }
   bind_positional(plan_.manifest[0], args, &f.ptr, plan_.layer.name, nullptr);
   allocate_unbound(used, {}, nullptr, f);
   bind_zero_masks(used, f);

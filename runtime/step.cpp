@@ -408,6 +408,12 @@ void TrainStep::run(const StepBatch& b, CUstream s) {
       // Captured on the step's own stream (the caller's may be the legacy default stream, which
       // cannot capture); capturing runs nothing, and the graph is launched on the caller's.
       const CUstream c = capture_stream_;
+      // The side lanes the capture forks into exist before it (made in relaxed capture mode
+      // otherwise: allowed, but nothing need be created while capturing).
+      if (grad_lane_enabled() || options_.comm) {
+        side_lane(c, kGradLane);
+        side_lane(c, kUpdateLane);
+      }
       LIGHTSEQ_CU_CHECK(driver().cuStreamBeginCapture(c, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
       try {
         enqueue(bk, /*train=*/true, c);

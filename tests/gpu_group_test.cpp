@@ -64,7 +64,8 @@ TEST(GpuGroup, GradientsEqualOneGpusOnTheWholeBatch) {
 
 TEST(GpuGroupRank, Body) {
   const auto group = lsc::group_env([](const char* v) -> const char* { return std::getenv(v); });
-  if (!group) GTEST_SKIP() << "a rank of GpuGroup.GradientsEqualOneGpusOnTheWholeBatch, started by it";
+  if (!group)
+    GTEST_SKIP() << "a rank of GpuGroup.GradientsEqualOneGpusOnTheWholeBatch, started by it";
   const int rank = group->rank, world = group->world, device = group->local_rank;
   SCOPED_TRACE(testing::Message() << "rank " << rank << " of " << world);
   ScopedContext ctx(device);
@@ -105,8 +106,8 @@ TEST(GpuGroupRank, Body) {
   LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(d.device_ptr(), host.data(),
                                                host.size() * sizeof(int64_t), stream));
   const int64_t* whole = d.as<int64_t>();
-  StepBatch all{whole, whole + batch * src_len, whole + batch * (src_len + len),
-                batch, src_len, len};
+  StepBatch all{whole, whole + batch * src_len, whole + batch * (src_len + len), batch, src_len,
+                len};
   StepBatch mine = all;
   mine.src_tokens += rank * per * src_len;
   mine.tokens += rank * per * len;

@@ -48,6 +48,14 @@ TEST(GroupEnv, ReadsTorchrunsVariables) {
   EXPECT_EQ(e->port, 29500);
 }
 
+TEST(GroupEnv, UnderTorchrunRankZeroServesOnThePortAfterItsStore) {
+  std::map<std::string, std::string> m = kGood;
+  m["TORCHELASTIC_RUN_ID"] = "none";
+  EXPECT_EQ(group_env(env_of(m))->port, 29501);
+  m["LIGHTSEQ_GROUP_PORT"] = "31000";
+  EXPECT_EQ(group_env(env_of(m))->port, 31000);
+}
+
 TEST(GroupEnv, NamesWhatIsMissingOrWrong) {
   struct Case {
     std::string var, value, expect;  // value "" : removed

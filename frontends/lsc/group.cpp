@@ -207,7 +207,16 @@ std::optional<GroupEnv> group_env(const std::function<const char*(const char*)>&
   e.world = int_var(get, "WORLD_SIZE", 1, 1 << 20, "the number of processes");
   e.rank = int_var(get, "RANK", 0, e.world - 1, "this process's rank, below WORLD_SIZE");
   e.local_rank = int_var(get, "LOCAL_RANK", 0, 1 << 16, "this process's GPU on its host");
-  e.port = int_var(get, "MASTER_PORT", 1, 65535, "rank 0's TCP port");
+  // torchrun's agent serves its own store at MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE, PyTorch
+  // 2.4 and later): under torchrun (TORCHELASTIC_RUN_ID set) rank 0 listens on the port after it.
+  // LIGHTSEQ_GROUP_PORT names another.
+  if (get("LIGHTSEQ_GROUP_PORT")) {
+    e.port = int_var(get, "LIGHTSEQ_GROUP_PORT", 1, 65535, "the TCP port rank 0 serves the id on");
+  } else {
+    const bool torchrun = get("TORCHELASTIC_RUN_ID") != nullptr;
+    e.port = int_var(get, "MASTER_PORT", 1, torchrun ? 65534 : 65535, "rank 0's TCP port") +
+             (torchrun ? 1 : 0);
+  }
   const char* addr = get("MASTER_ADDR");
   if (!addr || !*addr) {
     throw Error(

@@ -21,6 +21,8 @@ namespace lightseq::lsc {
 struct GroupEnv {
   int rank = 0, world = 1, local_rank = 0;
   std::string addr;
+  // Where rank 0 serves the id: MASTER_PORT, or under torchrun (whose agent's store holds
+  // MASTER_PORT) MASTER_PORT + 1; LIGHTSEQ_GROUP_PORT overrides both.
   int port = 0;
 };
 
