@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <sstream>
 
@@ -321,6 +322,9 @@ int run(int argc, char** argv) {
       return 2;
     }
   }
+  // A rank of a group (lsc train --gpus N, torchrun) says which it is.
+  const char* rank = std::getenv("WORLD_SIZE") ? std::getenv("RANK") : nullptr;
+  const std::string lsc = rank ? fmt::format("lsc (rank {})", rank) : "lsc";
   try {
     if (*build) return cmd_build(spec, archs, cache_dir, jobs, quiet);
     if (*plan) return cmd_plan(spec);
@@ -333,16 +337,16 @@ int run(int argc, char** argv) {
     if (*bench) return run_bench(bench_opts);
     if (*train) return run_train(train_opts);
   } catch (const SpecError& e) {
-    std::cerr << "lsc: error: " << e.what() << "\n";
+    std::cerr << lsc << ": error: " << e.what() << "\n";
     return 1;
   } catch (const CompileError& e) {
-    std::cerr << "lsc: error: " << e.what() << "\n";
+    std::cerr << lsc << ": error: " << e.what() << "\n";
     return 1;
   } catch (const Error& e) {
-    std::cerr << "lsc: error: " << e.what() << "\n";
+    std::cerr << lsc << ": error: " << e.what() << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "lsc: internal error: " << e.what() << "\n";
+    std::cerr << lsc << ": internal error: " << e.what() << "\n";
     return 3;
   }
   return 2;
