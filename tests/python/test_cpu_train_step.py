@@ -147,3 +147,19 @@ def test_an_optimizer_of_cpu_parameters_says_so_at_its_first_step():
     with pytest.raises(lightseq.ArgumentError, match="on cpu; lightseq's Adam runs on CUDA devices"):
         opt.step()
     assert isinstance(opt, torch.optim.Optimizer) and opt.param_groups[0]["decoupled_weight_decay"] is False
+
+
+def test_an_optimizer_of_sharded_parameters_is_refused_with_what_to_use(tmp_path):
+    """FSDP2 (fully_shard) keeps DTensor parameters whose shards it all-gathers itself: lightseq's
+    optimizers, which move parameters into their own arena, refuse them instead of training them
+    wrong (a one-process gloo group on the CPU makes one)."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import Replicate, distribute_tensor, init_device_mesh
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        p = nn.Parameter(distribute_tensor(torch.zeros(4, 4), mesh, [Replicate()]))
+        with pytest.raises(lightseq.Unsupported, match="DTensor parameter.*fully_shard"):
+            lightseq.optim.AdamW([p])
+    finally:
+        dist.destroy_process_group()

@@ -35,6 +35,14 @@ from ._errors import ArgumentError, Unsupported
 __all__ = ["Adam", "AdamW"]
 
 
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
 def flat_view(flat: Tensor, offset: int, shape) -> Tensor:
     """The tensor of `shape` at element `offset` of a flat arena (this module's, or the C++ step's
     in lightseq.TrainStep)."""
@@ -170,6 +178,16 @@ class Adam(torch.optim.Optimizer):
                         capturable=True, differentiable=False, fused=None,
                         decoupled_weight_decay=self._decoupled)
         super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if _is_dtensor(p):
+                    # Its arena would take the parameters' storage from under FSDP2, whose
+                    # all-gathers read its own shards: refused rather than trained wrong.
+                    raise Unsupported(
+                        f"lightseq.optim.{type(self).__name__}: a DTensor parameter (torch.distributed's "
+                        "fully_shard / FSDP2 or tensor parallelism) is not supported yet: use "
+                        "torch.optim.AdamW(fused=True) for sharded parameters (compiled layers work under "
+                        "fully_shard), or lightseq.TrainStep(process_group=...) for data parallelism")
         self.cache_dir = cache_dir
         if not (math.isfinite(loss_scale) and loss_scale > 0):
             raise ArgumentError(f"lightseq.optim.{type(self).__name__}: loss_scale={loss_scale} must be positive")
