@@ -19,8 +19,9 @@
 namespace lightseq {
 
 // Whether layer backwards use the second lane and the model-level step updates early:
-// LIGHTSEQ_GRAD_LANE=1 / =0, else kGradLaneByDefault. Off by default until a GPU run has shown
-// both lanes equal to one and the step faster (written while no GPU could be had: RESULTS.md).
+// LIGHTSEQ_GRAD_LANE=1 / =0, else kGradLaneByDefault. Off by default: on an H100 the step with
+// the lane and early updates equals the one-stream step bit for bit but is barely faster (3.15 ->
+// 3.10 ms at 512 tokens, none at 4096; RESULTS.md), until a profile shows why.
 inline constexpr bool kGradLaneByDefault = false;
 bool grad_lane_enabled();
 
