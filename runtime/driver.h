@@ -37,6 +37,8 @@
   X(cuCtxGetDevice)                    \
   X(cuStreamGetCtx)                    \
   X(cuStreamCreate)                    \
+  X(cuStreamCreateWithPriority)        \
+  X(cuCtxGetStreamPriorityRange)       \
   X(cuStreamDestroy)                   \
   X(cuStreamSynchronize)               \
   X(cuStreamIsCapturing)               \

@@ -64,7 +64,14 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   ScopedContext ctx(model_->device());
   arena_ = parameter_arena(spec);
   allocator_ = std::make_unique<StreamOrderedAllocator>(model_->device());
-  LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&capture_stream_, CU_STREAM_NON_BLOCKING));
+  // The graph's nodes keep the priority of the stream they were captured on, and the graph runs
+  // by them (CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY below): the chain's kernels at the
+  // highest priority, the side lanes' (runtime/grad_lane.h, made at the default, lowest) behind
+  // them where both wait for SMs.
+  int least = 0, greatest = 0;
+  LIGHTSEQ_CU_CHECK(driver().cuCtxGetStreamPriorityRange(&least, &greatest));
+  LIGHTSEQ_CU_CHECK(
+      driver().cuStreamCreateWithPriority(&capture_stream_, CU_STREAM_NON_BLOCKING, greatest));
   mem_ = std::make_unique<Arenas>();
   const Precision p = spec.precision;
   const int64_t n = arena_.total;
@@ -425,7 +432,8 @@ void TrainStep::run(const StepBatch& b, CUstream s) {
       }
       CUgraph graph = nullptr;
       LIGHTSEQ_CU_CHECK(driver().cuStreamEndCapture(c, &graph));
-      const CUresult r = driver().cuGraphInstantiate(&bk.exec, graph, 0);
+      const CUresult r = driver().cuGraphInstantiate(&bk.exec, graph,
+                                                     CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY);
       driver().cuGraphDestroy(graph);
       LIGHTSEQ_CU_CHECK(r);
       ++graphs_captured_;
