@@ -64,14 +64,16 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   ScopedContext ctx(model_->device());
   arena_ = parameter_arena(spec);
   allocator_ = std::make_unique<StreamOrderedAllocator>(model_->device());
-  // The graph's nodes keep the priority of the stream they were captured on, and the graph runs
-  // by them (CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY below): the chain's kernels at the
-  // highest priority, the side lanes' (runtime/grad_lane.h, made at the default, lowest) behind
-  // them where both wait for SMs.
+  // With side lanes (runtime/grad_lane.h, made at the default, lowest priority): the graph's
+  // nodes keep the priority of the stream they were captured on and the graph runs by them
+  // (CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY below), so the chain's kernels, captured at the
+  // highest priority, are dispatched ahead of the lanes' where both wait for SMs. Not yet
+  // measured (benchmarks/RESULTS.md): the one-stream step is captured as before.
+  prioritized_ = grad_lane_enabled() || options_.comm != nullptr;
   int least = 0, greatest = 0;
   LIGHTSEQ_CU_CHECK(driver().cuCtxGetStreamPriorityRange(&least, &greatest));
-  LIGHTSEQ_CU_CHECK(
-      driver().cuStreamCreateWithPriority(&capture_stream_, CU_STREAM_NON_BLOCKING, greatest));
+  LIGHTSEQ_CU_CHECK(driver().cuStreamCreateWithPriority(&capture_stream_, CU_STREAM_NON_BLOCKING,
+                                                        prioritized_ ? greatest : least));
   mem_ = std::make_unique<Arenas>();
   const Precision p = spec.precision;
   const int64_t n = arena_.total;
@@ -417,7 +419,7 @@ void TrainStep::run(const StepBatch& b, CUstream s) {
       const CUstream c = capture_stream_;
       // The side lanes the capture forks into exist before it (made in relaxed capture mode
       // otherwise: allowed, but nothing need be created while capturing).
-      if (grad_lane_enabled() || options_.comm) {
+      if (prioritized_) {
         side_lane(c, kGradLane);
         side_lane(c, kUpdateLane);
       }
@@ -432,8 +434,8 @@ void TrainStep::run(const StepBatch& b, CUstream s) {
       }
       CUgraph graph = nullptr;
       LIGHTSEQ_CU_CHECK(driver().cuStreamEndCapture(c, &graph));
-      const CUresult r = driver().cuGraphInstantiate(&bk.exec, graph,
-                                                     CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY);
+      const CUresult r = driver().cuGraphInstantiate(
+          &bk.exec, graph, prioritized_ ? CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY : 0);
       driver().cuGraphDestroy(graph);
       LIGHTSEQ_CU_CHECK(r);
       ++graphs_captured_;

@@ -178,6 +178,8 @@ class TrainStep {
   bool early_updates_ = false;
   // With a process group: the criterion's forward steps [0, count_steps_) count the targets.
   size_t count_steps_ = 0;
+  // Side lanes in use (the gradient lane, a process group): captured by priority (step.cpp).
+  bool prioritized_ = false;
 };
 
 }  // namespace lightseq
