@@ -117,7 +117,7 @@ def run_mode(mode, tokens_list, iters):
     if mode.startswith("lightseq"):
         model = lightseq._C.CompiledModel.load(json.dumps(s), device.index, None)
         comm = lightseq._train._communicator(lightseq._C, group, device) if group is not None else None
-        step = lightseq._C.TrainStep(model, seed=1 + rank, cuda_graphs=(mode == "lightseq"), comm=comm)
+        step = lightseq._C.TrainStep(model, seed=1, cuda_graphs=(mode == "lightseq"), comm=comm)
         step.init_parameters(1)
         stream = torch.cuda.Stream()
         sid = stream.cuda_stream

@@ -100,8 +100,9 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   const kern::OptimState st = kern::initial_optim_state(scale);
   LIGHTSEQ_CU_CHECK(
       driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(mem_->state), &st, sizeof(st), s));
-  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(mem_->seed),
-                                               &options_.seed, sizeof(uint64_t), s));
+  const uint64_t seed = rank_seed();
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(mem_->seed), &seed,
+                                               sizeof(uint64_t), s));
   set_lr(static_cast<float>(spec.optimizer->lr), s);
   sync(s);
 
@@ -262,6 +263,11 @@ TrainStep::~TrainStep() {
   buckets_.clear();
   mem_.reset();
   if (capture_stream_) driver().cuStreamDestroy(capture_stream_);
+}
+
+uint64_t TrainStep::rank_seed() const {
+  const uint64_t rank = options_.comm ? static_cast<uint64_t>(options_.comm->rank()) : 0;
+  return options_.seed + rank * 0x9e3779b97f4a7c15ull;  // 2^64 / golden ratio: ranks far apart
 }
 
 void* TrainStep::params() const { return mem_->params.get(); }

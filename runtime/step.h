@@ -47,7 +47,8 @@ struct StepOptions {
   // gradient arena as soon as its backward has run, beside the following layers' backward (and
   // then its early update), the rest once the backward ends. Every process must run the same
   // steps in the same order, with parameters equal at the start (init_parameters with one seed,
-  // or one checkpoint). Give each process its own `seed` so that their dropout masks differ.
+  // or one checkpoint). Give every process the same `seed`: each draws its dropout masks from a
+  // seed derived from it and its rank (rank_seed), also after load() of rank 0's checkpoint.
   std::shared_ptr<const Communicator> comm;
 };
 
@@ -145,6 +146,10 @@ class TrainStep {
   // atomics, whose summation order varies). load() refuses a file of another model.
   void save(const std::filesystem::path& file, CUstream stream) const;
   void load(const std::filesystem::path& file, CUstream stream);
+
+  // The dropout stream's seed this process draws from: options.seed, offset by the rank in a
+  // process group (rank 0: options.seed itself).
+  uint64_t rank_seed() const;
 
   struct Bucket;  // one shape's buffers and graph (step.cpp)
   struct Call;    // one layer call's bound arguments (step.cpp)

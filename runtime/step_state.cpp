@@ -238,9 +238,13 @@ void TrainStep::load(const std::filesystem::path& file, CUstream s) {
   sync(s);
   steps_run_ = std::stoll(kv["steps"]);
   updates_base_ = std::stoll(kv["updates_base"]);
-  // The dropout seed came with the scalars; keep the host's copy in step.
-  std::memcpy(&options_.seed, d.data() + head + total - mem_->scalars.bytes() + Arenas::kSeedAt,
-              sizeof(uint64_t));
+  // The run's seed (the header's: a checkpoint's scalars hold its writer's rank_seed); this
+  // process draws from its own rank's.
+  options_.seed = std::stoull(kv["seed"]);
+  const uint64_t seed = rank_seed();
+  LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(mem_->seed), &seed,
+                                               sizeof(uint64_t), s));
+  sync(s);
 }
 
 }  // namespace lightseq

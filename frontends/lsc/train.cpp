@@ -117,8 +117,8 @@ class Trainer {
       const Clock::time_point t1 = Clock::now();
       const CommId id = exchange_id(*group, &Communicator::new_id, kGroupTimeout);
       comm_ = std::make_shared<const Communicator>(id, group->rank, group->world, o.device);
-      // The weights start equal on every rank (one seed); the dropout masks differ by rank.
-      so.seed += static_cast<uint64_t>(group->rank) * 0x9e3779b97f4a7c15ull;
+      // One seed: the weights start equal on every rank; TrainStep gives each rank its own
+      // dropout masks (rank_seed).
       so.comm = comm_;
       std::cout << fmt::format(
           "group: {} processes (rank {} reports), their gradients summed through NCCL; joined in "

@@ -324,8 +324,6 @@ class TrainStep:
             seed = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))
         self._group = process_group
         self._comm = _communicator(C, process_group, self.device) if process_group is not None else None
-        if self._comm is not None:  # each rank its own dropout masks
-            seed = (seed + self._comm.rank * 0x9E3779B97F4A7C15) % 2 ** 64
         self._step = C.TrainStep(self._model, seed=seed, loss_scale=loss_scale, cuda_graphs=cuda_graphs,
                                  comm=self._comm)
         layout, total = self._step.layout()
