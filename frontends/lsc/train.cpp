@@ -503,11 +503,14 @@ void check_gpus(const TrainOptions& o, int needed) {
 // this command as the ranks of a group (frontends/lsc/group.h); rank 0 reports.
 int launch_group(const TrainOptions& o) {
   bool nothing_to_do = false;
-  {
+  {  // the checks' data is dropped before the ranks start
     QuietCout quiet(true);
     nothing_to_do = !prepare(o);
   }
-  if (nothing_to_do) return prepare(o) ? 1 : 0;  // says so
+  if (nothing_to_do) {
+    prepare(o);  // again, aloud: it says why there is nothing to do
+    return 0;
+  }
   check_gpus(o, o.gpus);
   if (const std::string why = Communicator::unavailable_reason(); !why.empty()) {
     throw Error("--gpus " + std::to_string(o.gpus) + " trains through NCCL: " + why);
