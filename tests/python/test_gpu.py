@@ -99,7 +99,7 @@ def clear_relu_kinks(model, dtype, forward):
     The margin is a multiple of the rounding, not a proof against it: on the CPU, PyTorch's own
     16-bit pre-activation errors near zero reached 0.45 of it (48 seeds, no flips left, against 28
     to 1543 before). In bf16 most units move, some by more than the initial bias range (the fused
-    test.s d 128: up to 1.2); about half of each layer's units stay active, so the masks are still
+    test's d 128: up to 1.2); about half of each layer's units stay active, so the masks are still
     exercised, but the bf16 models are no longer at their initial values."""
     relu = torch.nn.functional.relu
     modules = dict(model.named_modules())
