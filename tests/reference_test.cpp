@@ -10,17 +10,36 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <stdexcept>
+#include <vector>
 
 #include "tests/reference/compare.h"
 #include "tests/reference/dtype.h"
 #include "tests/reference/finite_diff.h"
 #include "tests/reference/kernels.h"
 #include "tests/reference/layers.h"
+#include "tests/reference/parallel.h"
 
 namespace lightseq::ref {
 namespace {
 
 // ---- Philox -----------------------------------------------------------------------------------
+
+TEST(ReferenceParallel, EveryIndexOnceAndErrorsRethrown) {
+  for (int64_t n : {0, 1, 3, 1000}) {
+    std::vector<int> hits(static_cast<size_t>(n) + 2, 0);
+    parallel_for(1, n + 1, [&](int64_t i) { ++hits[static_cast<size_t>(i)]; });
+    for (int64_t i = 0; i < n + 2; ++i) {
+      EXPECT_EQ(hits[static_cast<size_t>(i)], i >= 1 && i <= n ? 1 : 0)
+          << "n = " << n << ", i = " << i;
+    }
+  }
+  EXPECT_THROW(parallel_for(0, 100,
+                            [](int64_t i) {
+                              if (i == 77) throw std::runtime_error("77");
+                            }),
+               std::runtime_error);
+}
 
 TEST(ReferencePhilox, Random123KnownAnswerVectors) {
   // Random123 tests/kat_vectors, the three "philox4x32 10" lines: counter[4] key[2] -> out[4].
