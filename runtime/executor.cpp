@@ -287,7 +287,7 @@ SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const Ru
 
 void LayerExecutor::forward_steps_at(std::span<void* const> args, const RunShape& shape,
                                      Allocator& allocator, CUstream stream, size_t begin,
-                                     size_t end) const {
+                                     size_t end, unsigned max_blocks) const {
   const bool chunked = plan_.row_chunks.max_rows > 0;
   if (!plan_.saved.empty() || begin > end ||
       end > (chunked ? plan_.row_chunks.begin : plan_.forward.size())) {
@@ -298,17 +298,17 @@ void LayerExecutor::forward_steps_at(std::span<void* const> args, const RunShape
   }
   if (chunked) {
     run_chunked_forward(args, shape, DropoutConfig{}, GradMode::kOverwrite, allocator, stream,
-                        begin, end);
+                        begin, end, max_blocks);
     return;
   }
   run_forward(args, shape, DropoutConfig{}, allocator, stream, nullptr, GradMode::kOverwrite, begin,
-              end);
+              end, max_blocks);
 }
 
 SavedActivations LayerExecutor::run_forward(std::span<void* const> args, const RunShape& shape,
                                             const DropoutConfig& dropout, Allocator& allocator,
                                             CUstream stream, void* saved_arena, GradMode grads,
-                                            size_t begin, size_t end) const {
+                                            size_t begin, size_t end, unsigned max_blocks) const {
   const Graph& g = plan_.layer.graph;
   if (shape.batch <= 0 || shape.seq <= 0) {
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be positive",
@@ -323,6 +323,7 @@ SavedActivations LayerExecutor::run_forward(std::span<void* const> args, const R
   }
   const ShapePlan& sp = resolve(shape);
   Frame f(&g, &sp, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream);
+  f.max_blocks = max_blocks;
   const std::vector<int>& used = plan_.used[0];
   bind_positional(plan_.manifest[0], args, &f.ptr, plan_.layer.name, nullptr);
 
@@ -537,7 +538,7 @@ void LayerExecutor::run_steps(const std::vector<Step>& steps,
 void LayerExecutor::run_chunked_forward(std::span<void* const> args, const RunShape& shape,
                                         const DropoutConfig& dropout, GradMode grads,
                                         Allocator& allocator, CUstream stream, size_t begin,
-                                        size_t end) const {
+                                        size_t end, unsigned max_blocks) const {
   const Graph& g = plan_.layer.graph;
   const LayerPlan::RowChunks& rc = plan_.row_chunks;
   const int64_t per = std::max<int64_t>(1, rc.max_rows / shape.seq);  // sequences per chunk
@@ -546,6 +547,7 @@ void LayerExecutor::run_chunked_forward(std::span<void* const> args, const RunSh
   // Temporaries (the logits and their gradient) for the largest chunk, the first; only those of
   // steps [begin, end) when they all precede the region (the count of a data-parallel step).
   Frame f(&g, &sp_first, precision_, first, dropout, grads, &allocator, stream);
+  f.max_blocks = max_blocks;
   std::vector<int> used = plan_.used[0];
   if (end <= rc.begin) {
     std::vector<uint8_t> touched(g.tensors().size(), 0);

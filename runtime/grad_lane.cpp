@@ -1,11 +1,15 @@
 // grad_lane.cpp — see grad_lane.h.
 #include "runtime/grad_lane.h"
 
+#include <fmt/format.h>
+
+#include <charconv>
 #include <cstdlib>
 #include <map>
 #include <string_view>
 #include <tuple>
 
+#include "compiler/errors.h"
 #include "runtime/cuda_check.h"
 #include "runtime/driver.h"
 
@@ -16,6 +20,21 @@ bool grad_lane_enabled() {
   if (v && std::string_view(v) == "0") return false;
   if (v && std::string_view(v) == "1") return true;
   return kGradLaneByDefault;
+}
+
+unsigned update_lane_blocks() {
+  const char* v = std::getenv("LIGHTSEQ_UPDATE_LANE_BLOCKS");
+  if (v == nullptr || *v == '\0') return 0;
+  unsigned n = 0;
+  const std::string_view s(v);
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  if (ec != std::errc() || end != s.data() + s.size() || n > (1u << 20)) {
+    throw Error(fmt::format(
+        "LIGHTSEQ_UPDATE_LANE_BLOCKS='{}': expected the most blocks of an early update, an "
+        "integer from 0 (no cap) to {}; unset it to launch one block per chunk",
+        s, 1u << 20));
+  }
+  return n;
 }
 
 const SideLane& side_lane(CUstream main, int index) {

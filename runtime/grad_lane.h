@@ -20,10 +20,16 @@ namespace lightseq {
 
 // Whether layer backwards use the second lane and the model-level step updates early:
 // LIGHTSEQ_GRAD_LANE=1 / =0, else kGradLaneByDefault. Off by default: on an H100 the step with
-// the lane and early updates equals the one-stream step bit for bit but is barely faster (3.15 ->
-// 3.10 ms at 512 tokens, none at 4096; RESULTS.md), until a profile shows why.
+// the lane and early updates equals the one-stream step bit for bit but is barely faster (3.17 ->
+// 3.02 ms at 512 tokens, none at 4096; RESULTS.md): the branches overlap, but every kernel they
+// overlap slows by about as much.
 inline constexpr bool kGradLaneByDefault = false;
 bool grad_lane_enabled();
+// LIGHTSEQ_UPDATE_LANE_BLOCKS=N: the step's early updates (on the update lane, beside the
+// backward) launch their AdamW kernel with at most N blocks, so that it takes fewer SMs from the
+// backward's kernels; unset or 0: one block per chunk. An experiment knob (not yet measured to
+// pay: benchmarks/RESULTS.md); throws Error for anything but a non-negative integer.
+unsigned update_lane_blocks();
 
 // Side stream `index` of a main stream in this thread and context, with the events that fork
 // and join it: created on first use (in relaxed capture mode, so a first use inside a CUDA graph

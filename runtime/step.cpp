@@ -228,6 +228,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   const char* early = std::getenv("LIGHTSEQ_EARLY_UPDATES");
   early_updates_ = opt_steps.size() == 2 && is(0, sig::kAdam) && is(1, sig::kOptimFinish) &&
                    grad_lane_enabled() && !(early && std::string_view(early) == "0");
+  lane_blocks_ = update_lane_blocks();
   calls_.push_back(std::move(opt));
   if (options_.comm) {
     if (options_.comm->device() != model_->device()) {

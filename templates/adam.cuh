@@ -83,8 +83,10 @@ __device__ __forceinline__ void adam_elements(const AdamChunk<T>& c, int64_t i, 
 // Shapes:    chunks [n_chunks] in device memory; chunk c covers elements [0, n) of its arrays.
 //            master, param, exp_avg, exp_avg_sq updated in place. lr and state in device memory
 //            (a CUDA graph replays with their current values).
-// Grid/Block: adam_grid(n_chunks) blocks (one per chunk) of adam_block() threads, grid-stride
-//            within the chunk. Split tensors into chunks of about kAdamChunkElems elements.
+// Grid/Block: adam_grid(n_chunks) blocks (one per chunk) of adam_block() threads, block-stride
+//            within the chunk; any grid.x from 1 up does every chunk (block b takes chunks b,
+//            b + gridDim.x, ...: sig::GridStride::kX). Split tensors into chunks of about
+//            kAdamChunkElems elements.
 // Constants: none. Every element of every chunk, odd sizes included: 4-element vectors where all
 //            the chunk's pointers allow it, scalars for the tail and for unaligned chunks.
 // Numerics:  fp32 (bias corrections in fp64).
@@ -108,21 +110,23 @@ __global__ void __launch_bounds__(adam_block())
     const float coef = max_norm / (norm + 1e-6f);
     if (coef < 1.f) args.grad_scale *= coef;
   }
-  const AdamChunk<T> c = chunks[blockIdx.x];
-  int64_t vec_end = 0;
-  const bool aligned = (c.master == nullptr || is_aligned(c.master, 16)) &&
-                       is_aligned(c.param, kAdamVec * DType<T>::kBytes) &&
-                       is_aligned(c.grad, kAdamVec * DType<T>::kBytes) &&
-                       is_aligned(c.exp_avg, 16) && is_aligned(c.exp_avg_sq, 16);
-  if (aligned) {
-    vec_end = c.n / kAdamVec * kAdamVec;
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kAdamVec; i < vec_end;
-         i += static_cast<int64_t>(kThreads) * kAdamVec) {
-      adam_elements<kMode, kAdamVec, T>(c, i, args);
+  for (int ci = static_cast<int>(blockIdx.x); ci < n_chunks; ci += static_cast<int>(gridDim.x)) {
+    const AdamChunk<T> c = chunks[ci];
+    int64_t vec_end = 0;
+    const bool aligned = (c.master == nullptr || is_aligned(c.master, 16)) &&
+                         is_aligned(c.param, kAdamVec * DType<T>::kBytes) &&
+                         is_aligned(c.grad, kAdamVec * DType<T>::kBytes) &&
+                         is_aligned(c.exp_avg, 16) && is_aligned(c.exp_avg_sq, 16);
+    if (aligned) {
+      vec_end = c.n / kAdamVec * kAdamVec;
+      for (int64_t i = static_cast<int64_t>(threadIdx.x) * kAdamVec; i < vec_end;
+           i += static_cast<int64_t>(kThreads) * kAdamVec) {
+        adam_elements<kMode, kAdamVec, T>(c, i, args);
+      }
     }
-  }
-  for (int64_t i = vec_end + threadIdx.x; i < c.n; i += kThreads) {
-    adam_elements<kMode, 1, T>(c, i, args);
+    for (int64_t i = vec_end + threadIdx.x; i < c.n; i += kThreads) {
+      adam_elements<kMode, 1, T>(c, i, args);
+    }
   }
 }
 

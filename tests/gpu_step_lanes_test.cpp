@@ -10,6 +10,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "frontends/spec/parse.h"
@@ -126,6 +127,26 @@ void GpuStepLanes::expect_steps_equal(TrainStep& one, TrainStep& two, const Mode
 TEST_F(GpuStepLanes, TwoStreamsEqualOneBitForBit) {
   const ModelSpec spec = parse_spec_string(kSpec);
   const Built one = build_with_lanes(spec, "0"), two = build_with_lanes(spec, "1");
+  EXPECT_TRUE(two.step->early_updates());
+  expect_steps_equal(*one.step, *two.step, spec);
+}
+
+// The early updates with their AdamW grid capped (LIGHTSEQ_UPDATE_LANE_BLOCKS): layers of ~330K
+// parameters (6 chunks of kAdamChunkElems each), updated by 2 blocks striding over the chunks;
+// the step still equals one stream bit for bit.
+TEST_F(GpuStepLanes, CappedEarlyUpdatesEqualOneStreamBitForBit) {
+  std::string wide(kSpec);
+  for (const auto& [from, to] :
+       {std::pair<std::string, std::string>{"\"hidden\": 64", "\"hidden\": 128"},
+        {"\"ffn\": 256", "\"ffn\": 1024"}}) {
+    for (size_t at = wide.find(from); at != std::string::npos; at = wide.find(from, at + to.size()))
+      wide.replace(at, from.size(), to);
+  }
+  const ModelSpec spec = parse_spec_string(wide);
+  ASSERT_EQ(spec.layers.at(0).hidden, 128);
+  const Built one = build_with_lanes(spec, "0");
+  test::ScopedEnv blocks("LIGHTSEQ_UPDATE_LANE_BLOCKS", "2");
+  const Built two = build_with_lanes(spec, "1");
   EXPECT_TRUE(two.step->early_updates());
   expect_steps_equal(*one.step, *two.step, spec);
 }

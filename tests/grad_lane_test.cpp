@@ -8,12 +8,16 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "compiler/errors.h"
 #include "compiler/planner/planner.h"
 #include "tests/plan_specs.h"
+#include "tests/test_util.h"
 
 namespace lightseq {
 namespace {
@@ -159,6 +163,30 @@ TEST_P(GradLanePlans, SideLaneHoldsOnlyParameterGradientWorkAndJoinsBeforeAnyHaz
 
 INSTANTIATE_TEST_SUITE_P(Specs, GradLanePlans, ::testing::ValuesIn(test::plan_specs()),
                          test::plan_spec_name);
+
+TEST(UpdateLaneBlocks, ReadsANonNegativeIntegerAndRefusesAnythingElse) {
+  for (const auto& [value, want] :
+       {std::pair<std::optional<std::string>, unsigned>{std::nullopt, 0},
+        {"", 0},
+        {"0", 0},
+        {"16", 16},
+        {"1048576", 1u << 20}}) {
+    test::ScopedEnv env("LIGHTSEQ_UPDATE_LANE_BLOCKS", value);
+    EXPECT_EQ(update_lane_blocks(), want) << value.value_or("(unset)");
+  }
+  for (const char* bad : {"-1", "abc", "16x", " 16", "1.5", "1048577", "99999999999999999999"}) {
+    test::ScopedEnv env("LIGHTSEQ_UPDATE_LANE_BLOCKS", bad);
+    try {
+      update_lane_blocks();
+      ADD_FAILURE() << "'" << bad << "' was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(
+          std::string(e.what()).find("LIGHTSEQ_UPDATE_LANE_BLOCKS='" + std::string(bad) + "'"),
+          std::string::npos)
+          << e.what();
+    }
+  }
+}
 
 }  // namespace
 }  // namespace lightseq
