@@ -41,6 +41,7 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
     lanes_ = schedule_lanes(g, plan_.backward);
     extend_side_lifetimes(g, plan_.backward, lanes_, lifetimes_[1]);
   }
+  lane_gemm_sms_ = lanes_.any_side() ? lane_gemm_sms() : 0;
   const char* reuse = std::getenv("LIGHTSEQ_REUSE_TEMPORARIES");
   reuse_temporaries_ = !(reuse && std::string_view(reuse) == "0");
   for (int id : plan_.saved) {
@@ -471,6 +472,7 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
     a.stride_c = a.stride_d;
   }
   a.epilogue = g.epilogue;
+  if (f.lane == 1) a.sm_count_target = static_cast<int32_t>(lane_gemm_sms_);
   // One workspace for all the GEMMs of a lane, as large as the largest any GEMM at this shape
   // took (none before the first call: each GEMM that needs one then allocates its own).
   std::atomic<size_t>& need = f.shape_plan->gemm_workspace;

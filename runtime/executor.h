@@ -213,6 +213,7 @@ class LayerExecutor {
   std::vector<Lifetime> lifetimes_[2];  // per direction, per tensor id (temp_placement.h)
   // The backward's two-lane schedule (runtime/grad_lane.h; empty with LIGHTSEQ_GRAD_LANE=0).
   LaneSchedule lanes_;
+  unsigned lane_gemm_sms_ = 0;  // the side lane's GEMMs: cuBLASLt's SM target (lane_gemm_sms())
   // A call's temporaries share memory by lifetime (LIGHTSEQ_REUSE_TEMPORARIES=0: each its own,
   // end to end, for comparison).
   bool reuse_temporaries_ = true;

@@ -165,6 +165,7 @@ void build(const GemmArgs& g, LtProblem& p) {
   set(p.op(), CUBLASLT_MATMUL_DESC_TRANSA, static_cast<int32_t>(op(g.trans_b)));
   set(p.op(), CUBLASLT_MATMUL_DESC_TRANSB, static_cast<int32_t>(op(g.trans_a)));
   set(p.op(), CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<uint32_t>(lt_epilogue(g.epilogue)));
+  if (g.sm_count_target > 0) set(p.op(), CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, g.sm_count_target);
   if (const void* vector = epilogue_vector(g)) {
     set(p.op(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, vector);
     set(p.op(), CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(type));
@@ -206,6 +207,7 @@ std::string describe(const GemmArgs& g) {
     out += ")";
   }
   if (g.dtype == Precision::kFp32 && g.tf32 == Tf32::kAllow) out += ", TF32 allowed";
+  if (g.sm_count_target > 0) out += fmt::format(", planned for {} SMs", g.sm_count_target);
   out += fmt::format(", alignment (bytes) A/B/C/D = {}/{}/{}/{}",
                      operand_alignment(g.a, g.stride_a, g.batch, g.dtype),
                      operand_alignment(g.b, g.stride_b, g.batch, g.dtype),
@@ -223,6 +225,7 @@ void validate_gemm_args(const GemmArgs& g) {
   if (g.m < 1 || g.n < 1 || g.k < 1 || g.batch < 1) fail("m, n, k and batch must be ≥ 1");
   if (g.a == nullptr || g.b == nullptr || g.d == nullptr) fail("a, b and d must be non-null");
   if (g.tf32 == Tf32::kAllow && g.dtype != Precision::kFp32) fail("TF32 applies to fp32 only");
+  if (g.sm_count_target < 0) fail("sm_count_target must be ≥ 0 (0: all of the device's SMs)");
   const bool ta = g.trans_a == Transpose::kYes, tb = g.trans_b == Transpose::kYes;
   if (g.lda < (ta ? g.m : g.k))
     fail(fmt::format("lda must be ≥ {} (row length of A as stored)", ta ? "m" : "k"));
@@ -323,6 +326,7 @@ LtCall lt_call(const GemmArgs& g) {
   call.aux_stride = get<int64_t>(p.op(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE);
   call.compute_type = get<int32_t>(p.op(), CUBLASLT_MATMUL_DESC_COMPUTE_TYPE);
   call.scale_type = get<int32_t>(p.op(), CUBLASLT_MATMUL_DESC_SCALE_TYPE);
+  call.sm_count_target = get<int32_t>(p.op(), CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET);
   call.alpha = g.alpha;
   call.beta = g.beta;
   return call;
@@ -345,6 +349,7 @@ struct Key {
   int64_t aux_ld, aux_stride;
   bool beta_nonzero, c_is_d;
   uint32_t align_a, align_b, align_c, align_d, align_vector, align_aux;
+  int32_t sm_count_target;
   auto operator<=>(const Key&) const = default;
 };
 
@@ -379,7 +384,8 @@ Key make_key(const GemmArgs& g, int device) {
              operand_alignment(c_pointer(g), c_stride(g), g.batch, g.dtype),
              operand_alignment(g.d, g.stride_d, g.batch, g.dtype),
              alignment(epilogue_vector(g)),
-             aux ? alignment(g.aux) : 256u};
+             aux ? alignment(g.aux) : 256u,
+             g.sm_count_target};
 }
 
 struct Choice {

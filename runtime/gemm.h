@@ -102,6 +102,10 @@ struct GemmArgs {
   int64_t aux_ld = 0, aux_stride = 0;
   void* bias_grad = nullptr;  // kD*BGrad: [n]; kBGradA: [m]
 
+  // >0: CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, the SMs cuBLASLt should plan for, where other work
+  // runs beside this GEMM (a layer backward's side lane: LIGHTSEQ_LANE_GEMM_SMS); 0: the device's.
+  int32_t sm_count_target = 0;
+
   // Workspace for cuBLASLt (stream-ordered; several GEMMs on one stream may share it). Null or
   // smaller than the chosen algorithm needs: run() allocates one from its allocator.
   void* workspace = nullptr;
@@ -176,6 +180,7 @@ struct LtCall {
   const void* aux = nullptr;
   int64_t aux_ld = 0, aux_stride = 0;
   int32_t compute_type = -1, scale_type = -1;
+  int32_t sm_count_target = 0;  // CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET
   float alpha = 1.0f, beta = 0.0f;
 };
 LtCall lt_call(const GemmArgs& args);

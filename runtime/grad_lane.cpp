@@ -22,19 +22,35 @@ bool grad_lane_enabled() {
   return kGradLaneByDefault;
 }
 
-unsigned update_lane_blocks() {
-  const char* v = std::getenv("LIGHTSEQ_UPDATE_LANE_BLOCKS");
+namespace {
+
+// Environment variable `name` as an integer in [0, max]; unset or empty: 0. Throws Error naming
+// the variable, what it means and how to undo it.
+unsigned env_count(const char* name, unsigned max, std::string_view meaning,
+                   std::string_view unset) {
+  const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return 0;
   unsigned n = 0;
   const std::string_view s(v);
   const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
-  if (ec != std::errc() || end != s.data() + s.size() || n > (1u << 20)) {
-    throw Error(fmt::format(
-        "LIGHTSEQ_UPDATE_LANE_BLOCKS='{}': expected the most blocks of an early update, an "
-        "integer from 0 (no cap) to {}; unset it to launch one block per chunk",
-        s, 1u << 20));
+  if (ec != std::errc() || end != s.data() + s.size() || n > max) {
+    throw Error(fmt::format("{}='{}': expected {}, an integer from 0 to {}; unset it to {}", name,
+                            s, meaning, max, unset));
   }
   return n;
+}
+
+}  // namespace
+
+unsigned update_lane_blocks() {
+  return env_count("LIGHTSEQ_UPDATE_LANE_BLOCKS", 1u << 20,
+                   "the most blocks of an early update (0: no cap)", "launch one block per chunk");
+}
+
+unsigned lane_gemm_sms() {
+  return env_count("LIGHTSEQ_LANE_GEMM_SMS", 4096,
+                   "the SMs cuBLASLt plans the side lane's GEMMs for (0: the device's)",
+                   "plan them for the whole device");
 }
 
 const SideLane& side_lane(CUstream main, int index) {

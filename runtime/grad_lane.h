@@ -30,6 +30,11 @@ bool grad_lane_enabled();
 // backward's kernels; unset or 0: one block per chunk. An experiment knob (not yet measured to
 // pay: benchmarks/RESULTS.md); throws Error for anything but a non-negative integer.
 unsigned update_lane_blocks();
+// LIGHTSEQ_LANE_GEMM_SMS=N: the GEMMs a layer backward runs on the gradient lane ask cuBLASLt to
+// plan for N SMs (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET), the chain's GEMMs running beside them;
+// unset or 0: the whole device. An experiment knob like the one above (the eleventh session's
+// profile: beside the lane, the chain's GEMMs slowed by a third); throws Error likewise.
+unsigned lane_gemm_sms();
 
 // Side stream `index` of a main stream in this thread and context, with the events that fork
 // and join it: created on first use (in relaxed capture mode, so a first use inside a CUDA graph

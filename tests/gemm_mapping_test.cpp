@@ -14,6 +14,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "compiler/errors.h"
 #include "tests/gemm_reference.h"
 
 namespace lightseq::test {
@@ -245,6 +246,20 @@ TEST(GemmMapping, DataTypesAndComputeType) {
   GemmArgs g = host_args(p);
   g.tf32 = Tf32::kAllow;
   EXPECT_EQ(lt_call(g).compute_type, CUBLAS_COMPUTE_32F_FAST_TF32);
+}
+
+// The SM target (a side lane's GEMMs, LIGHTSEQ_LANE_GEMM_SMS) reaches the matmul descriptor; a
+// GEMM without one leaves cuBLASLt's default (0: the device's SMs); a negative one is refused.
+TEST(GemmMapping, SmCountTarget) {
+  std::mt19937_64 rng(14);
+  HostProblem p = make_problem(GemmCase{Precision::kBf16, Epilogue::kNone, kN, kT, 4, 8, 8}, rng);
+  GemmArgs g = host_args(p);
+  EXPECT_EQ(lt_call(g).sm_count_target, 0);
+  g.sm_count_target = 24;
+  EXPECT_EQ(lt_call(g).sm_count_target, 24);
+  EXPECT_NE(describe(g).find("planned for 24 SMs"), std::string::npos) << describe(g);
+  g.sm_count_target = -1;
+  EXPECT_THROW(lt_call(g), lightseq::InternalError);
 }
 
 }  // namespace

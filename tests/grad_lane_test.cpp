@@ -164,6 +164,16 @@ TEST_P(GradLanePlans, SideLaneHoldsOnlyParameterGradientWorkAndJoinsBeforeAnyHaz
 INSTANTIATE_TEST_SUITE_P(Specs, GradLanePlans, ::testing::ValuesIn(test::plan_specs()),
                          test::plan_spec_name);
 
+TEST(LaneGemmSms, ReadsANonNegativeIntegerAndRefusesAnythingElse) {
+  for (const auto& [value, want] :
+       {std::pair<std::optional<std::string>, unsigned>{std::nullopt, 0}, {"0", 0}, {"32", 32}}) {
+    test::ScopedEnv env("LIGHTSEQ_LANE_GEMM_SMS", value);
+    EXPECT_EQ(lane_gemm_sms(), want) << value.value_or("(unset)");
+  }
+  test::ScopedEnv env("LIGHTSEQ_LANE_GEMM_SMS", "4097");
+  EXPECT_THROW(lane_gemm_sms(), Error);
+}
+
 TEST(UpdateLaneBlocks, ReadsANonNegativeIntegerAndRefusesAnythingElse) {
   for (const auto& [value, want] :
        {std::pair<std::optional<std::string>, unsigned>{std::nullopt, 0},
