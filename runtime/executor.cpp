@@ -41,7 +41,7 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
     lanes_ = schedule_lanes(g, plan_.backward);
     extend_side_lifetimes(g, plan_.backward, lanes_, lifetimes_[1]);
   }
-  lane_gemm_sms_ = lanes_.any_side() ? lane_gemm_sms() : 0;
+  lane_gemm_sms_ = lane_gemm_sms();  // read (and checked) whether or not a side lane uses it
   const char* reuse = std::getenv("LIGHTSEQ_REUSE_TEMPORARIES");
   reuse_temporaries_ = !(reuse && std::string_view(reuse) == "0");
   for (int id : plan_.saved) {
@@ -499,6 +499,9 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
       a.bias_grad = f.at(g.bias_grad);
     }
   }
+  // The SM target is a hint: where cuBLASLt has no algorithm planned for it, the GEMM runs as
+  // planned for the whole device (supported() caches the answer, one lookup per call after).
+  if (a.sm_count_target > 0 && !gemm_->supported(a, f.stream).supported) a.sm_count_target = 0;
   const size_t took = gemm_->run(a, f.stream, *f.allocator);
   for (size_t prev = need.load(); took > prev && !need.compare_exchange_weak(prev, took);) {
   }

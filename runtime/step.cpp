@@ -61,6 +61,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
           spec.name, i));
     }
   }
+  lane_blocks_ = update_lane_blocks();  // before anything is allocated: a bad value throws
   ScopedContext ctx(model_->device());
   arena_ = parameter_arena(spec);
   allocator_ = std::make_unique<StreamOrderedAllocator>(model_->device());
@@ -228,7 +229,6 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
   const char* early = std::getenv("LIGHTSEQ_EARLY_UPDATES");
   early_updates_ = opt_steps.size() == 2 && is(0, sig::kAdam) && is(1, sig::kOptimFinish) &&
                    grad_lane_enabled() && !(early && std::string_view(early) == "0");
-  lane_blocks_ = update_lane_blocks();
   calls_.push_back(std::move(opt));
   if (options_.comm) {
     if (options_.comm->device() != model_->device()) {

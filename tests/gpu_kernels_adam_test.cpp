@@ -91,16 +91,18 @@ class AdamKernels : public GpuKernelTest {
     return s;
   }
   // One adam_kernel launch with lr and `st` in device memory; returns the state as it is after
-  // (the kernel only reads it).
+  // (the kernel only reads it). blocks > 0: that many blocks striding over the chunks
+  // (sig::GridStride::kX, the step's capped early updates) instead of one per chunk.
   kern::OptimState launch_adam(Precision p, OptimizerKind kind, State& s, const Hyper& h,
-                               const kern::OptimState& st) {
+                               const kern::OptimState& st, unsigned blocks = 0) {
     DeviceArray lr = upload_pod(std::vector<float>{h.lr});
     DeviceArray state = upload_pod(std::vector<kern::OptimState>{st});
     CUdeviceptr chunks = s.chunks.ptr(), lr_ptr = lr.ptr(), state_ptr = state.ptr(),
                 norm_partials = 0;  // no clipping (the optimizer layer test clips)
     int n = s.n_chunks;
     float b1 = h.beta1, b2 = h.beta2, eps = h.eps, wd = h.weight_decay, max_norm = 0;
-    launch(codegen::adam(p, kind), kern::adam_grid(n), kern::adam_block(),
+    const kern::GridDim grid = blocks > 0 ? kern::GridDim{blocks, 1, 1} : kern::adam_grid(n);
+    launch(codegen::adam(p, kind), grid, kern::adam_block(),
            {&chunks, &n, &b1, &b2, &eps, &wd, &lr_ptr, &state_ptr, &norm_partials, &max_norm});
     return download_pod<kern::OptimState>(state)[0];
   }
@@ -159,9 +161,11 @@ TEST_P(GpuAdam, StepsMatchReferenceAndFoundInfSkips) {
     SCOPED_TRACE(testing::Message() << "step " << step);
     const Vec grad = random(p, total, -loss_scale, loss_scale);
     write(s.grad, grad);
-    // The device state before update number `step`.
+    // The device state before update number `step`. Step 1: one block per chunk; steps 2 and 3:
+    // 1 and 3 blocks striding over the 20 chunks (every chunk updated once, or the check fails).
     const kern::OptimState st{static_cast<float>(loss_scale), step - 1, 0, 7};
-    EXPECT_TRUE(same_state(launch_adam(p, kind, s, hyper, st), st))
+    const unsigned blocks = step == 1 ? 0u : step == 2 ? 1u : 3u;
+    EXPECT_TRUE(same_state(launch_adam(p, kind, s, hyper, st, blocks), st))
         << "adam_kernel only reads the state";
 
     ref::AdamHyper h;

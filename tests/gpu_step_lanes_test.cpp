@@ -131,9 +131,9 @@ TEST_F(GpuStepLanes, TwoStreamsEqualOneBitForBit) {
   expect_steps_equal(*one.step, *two.step, spec);
 }
 
-// The early updates with their AdamW grid capped (LIGHTSEQ_UPDATE_LANE_BLOCKS): layers of ~330K
-// parameters (6 chunks of kAdamChunkElems each), updated by 2 blocks striding over the chunks;
-// the step still equals one stream bit for bit.
+// The early updates with their AdamW grid capped (LIGHTSEQ_UPDATE_LANE_BLOCKS): encoder layers of
+// ~330K parameters and decoder layers of ~396K (6 and 7 chunks of kAdamChunkElems), each updated
+// by 2 blocks striding over its chunks; the step still equals one stream bit for bit.
 TEST_F(GpuStepLanes, CappedEarlyUpdatesEqualOneStreamBitForBit) {
   std::string wide(kSpec);
   for (const auto& [from, to] :

@@ -166,7 +166,10 @@ INSTANTIATE_TEST_SUITE_P(Specs, GradLanePlans, ::testing::ValuesIn(test::plan_sp
 
 TEST(LaneGemmSms, ReadsANonNegativeIntegerAndRefusesAnythingElse) {
   for (const auto& [value, want] :
-       {std::pair<std::optional<std::string>, unsigned>{std::nullopt, 0}, {"0", 0}, {"32", 32}}) {
+       {std::pair<std::optional<std::string>, unsigned>{std::nullopt, 0},
+        {"", 0},
+        {"0", 0},
+        {"32", 32}}) {
     test::ScopedEnv env("LIGHTSEQ_LANE_GEMM_SMS", value);
     EXPECT_EQ(lane_gemm_sms(), want) << value.value_or("(unset)");
   }
