@@ -499,9 +499,6 @@ void LayerExecutor::run_gemm(const GemmStep& g, Frame& f) const {
       a.bias_grad = f.at(g.bias_grad);
     }
   }
-  // The SM target is a hint: where cuBLASLt has no algorithm planned for it, the GEMM runs as
-  // planned for the whole device (supported() caches the answer, one lookup per call after).
-  if (a.sm_count_target > 0 && !gemm_->supported(a, f.stream).supported) a.sm_count_target = 0;
   const size_t took = gemm_->run(a, f.stream, *f.allocator);
   for (size_t prev = need.load(); took > prev && !need.compare_exchange_weak(prev, took);) {
   }

@@ -513,6 +513,11 @@ size_t GemmRunner::run(const GemmArgs& args, CUstream stream, Allocator& allocat
   const CUcontext context = stream_context(stream);
   ContextGuard guard(context);
   const auto [choice, dev] = state_->choose(args, context_device(context), stream);
+  if (!choice->supported && args.sm_count_target > 0) {  // a hint: plan for the whole device
+    GemmArgs whole = args;
+    whole.sm_count_target = 0;
+    return run(whole, stream, allocator);
+  }
   if (!choice->supported) throw CudaError(choice->reason);
 
   DeviceBuffer own_workspace;

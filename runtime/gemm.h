@@ -104,6 +104,7 @@ struct GemmArgs {
 
   // >0: CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, the SMs cuBLASLt should plan for, where other work
   // runs beside this GEMM (a layer backward's side lane: LIGHTSEQ_LANE_GEMM_SMS); 0: the device's.
+  // A hint: where cuBLASLt has no algorithm planned for it, run() plans for the whole device.
   int32_t sm_count_target = 0;
 
   // Workspace for cuBLASLt (stream-ordered; several GEMMs on one stream may share it). Null or
