@@ -1,6 +1,7 @@
 // attention_bench — the fused attention kernels alone (templates/flash_attention.cuh): forward and
 // forward + backward (dot, dK/dV, dQ) time and TFLOP/s per head dim, sequence length and dropout,
-// in the layout the planner runs them ([batch·heads, T, d] q/k/v, fp32 log-sum-exp). Shapes follow
+// in the layout the planner runs them (the token layout: q, k, v column slices of one packed
+// [batch·T, 3·hidden] projection, out [batch·T, hidden], fp32 log-sum-exp). Shapes follow
 // FlashAttention's benchmark: batch·T = 16384 tokens, hidden 2048 (heads = 2048 / d), no mask
 // unless --causal. FLOPs: forward 4·B·H·T²·d (halved when causal), backward 2.5× the forward.
 // benchmarks/attention_peers.py times torch SDPA's flash and cuDNN backends on the same shapes.
@@ -158,32 +159,33 @@ int main(int argc, char** argv) {
       for (int64_t d : dims) {
         for (int64_t T : seqs) {
           int64_t batch = std::max<int64_t>(1, 16384 / T), heads = 2048 / d;
-          const int64_t bh = batch * heads, n = bh * T * d, rows = bh * T;
-          DeviceBuffer q(allocator, n * elem, stream), k(allocator, n * elem, stream),
-              v(allocator, n * elem, stream), o(allocator, n * elem, stream),
-              go(allocator, n * elem, stream), gq(allocator, n * elem, stream),
-              gk(allocator, n * elem, stream), gv(allocator, n * elem, stream),
+          const int64_t bh = batch * heads, n = bh * T * d, rows = bh * T, hidden = heads * d;
+          // q, k, v and their gradients: column slices of packed [batch·T, 3·hidden] rows
+          int64_t ld = 3 * hidden;
+          DeviceBuffer qkv(allocator, 3 * n * elem, stream), o(allocator, n * elem, stream),
+              go(allocator, n * elem, stream), gqkv(allocator, 3 * n * elem, stream),
               lse(allocator, rows * 4, stream), dot(allocator, rows * 4, stream);
           // 0.125 in either dtype: a well-defined softmax (the timing does not depend on values).
           const unsigned eighth = p == Precision::kBf16 ? 0x3E003E00u : 0x30003000u;
-          for (const DeviceBuffer* b : {&q, &k, &v, &go})
-            LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(b->device_ptr(), eighth, n / 2, stream));
+          LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(qkv.device_ptr(), eighth, 3 * n / 2, stream));
+          LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(go.device_ptr(), eighth, n / 2, stream));
           for (bool drop : {false, true}) {
             const Kernels ks = instances(p, d, causal, drop, fwd_warps);
             kern::DropoutArgs args = kern::make_dropout_args(1234, 0, drop ? 0.1 : 0.0);
-            CUdeviceptr qp = q.device_ptr(), kp = k.device_ptr(), vp = v.device_ptr(), pad = 0,
+            const CUdeviceptr slice = hidden * elem;  // bytes from q's columns to k's
+            CUdeviceptr qp = qkv.device_ptr(), kp = qp + slice, vp = qp + 2 * slice, pad = 0,
                         op = o.device_ptr(), lp = lse.device_ptr(), gop = go.device_ptr(),
-                        dotp = dot.device_ptr(), gqp = gq.device_ptr(), gkp = gk.device_ptr(),
-                        gvp = gv.device_ptr();
+                        dotp = dot.device_ptr(), gqp = gqkv.device_ptr(), gkp = gqp + slice,
+                        gvp = gqp + 2 * slice;
             float scale = 1.0f / std::sqrt(static_cast<float>(d));
             int64_t n_rows = rows;
-            void* fwd_args[] = {&qp,    &kp,    &vp, &pad, &op,    &lp,
-                                &batch, &heads, &T,  &T,   &scale, &args};
-            void* dot_args[] = {&op, &gop, &dotp, &n_rows, &T};
-            void* dkdv_args[] = {&qp,  &kp,  &vp,    &pad,   &gop, &lp, &dotp,  &op,  &gqp,
-                                 &gkp, &gvp, &batch, &heads, &T,   &T,  &scale, &args};
-            void* dq_args[] = {&qp,  &kp,    &vp,    &pad, &gop, &lp,    &dotp,
-                               &gqp, &batch, &heads, &T,   &T,   &scale, &args};
+            void* fwd_args[] = {&qp,    &kp, &vp, &pad, &op, &lp,    &batch,
+                                &heads, &T,  &T,  &ld,  &ld, &scale, &args};
+            void* dot_args[] = {&op, &gop, &dotp, &n_rows, &heads, &T, &T};
+            void* dkdv_args[] = {&qp,  &kp,    &vp,    &pad, &gop, &lp, &dotp, &op,    &gqp, &gkp,
+                                 &gvp, &batch, &heads, &T,   &T,   &ld, &ld,   &scale, &args};
+            void* dq_args[] = {&qp,    &kp,    &vp, &pad, &gop, &lp, &dotp,  &gqp,
+                               &batch, &heads, &T,  &T,   &ld,  &ld, &scale, &args};
             // The grids and shared memory of flash_attention.sig.cuh; an empty grid launches
             // nothing (the D and grad_q kernels where one key block holds every key).
             auto run = [&](const KernelInstance& k, kern::GridDim g, int block, int smem,

@@ -76,17 +76,26 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(smem_addr(row)));
 }
 
-// Rows [row0, row0 + kRows) of a [rows, kD] head into shared memory (row stride kStride) with
-// cp.async (16 bytes per copy, bypassing L1), zeros past `rows`; the caller commits the group and
-// waits for it (cp_async_wait) before reading.
+// Head `bh` (= b·heads + h) of a token-layout tensor: rows of `ld` elements, batch element b's
+// `len` rows after one another, head h in columns [h·kD, (h + 1)·kD) of each row (after the
+// pointer's own column offset: q, k and v are column slices of one [B·T, 3·H] projection).
+template <int kD, typename P>
+__device__ __forceinline__ P* head_of(P* p, int64_t bh, int64_t heads, int64_t len, int64_t ld) {
+  return p + (bh / heads) * len * ld + (bh % heads) * kD;
+}
+
+// Rows [row0, row0 + kRows) of a head (`rows` rows of kD elements, `ld` apart) into shared memory
+// (row stride kStride) with cp.async (16 bytes per copy, bypassing L1), zeros past `rows`; the
+// caller commits the group and waits for it (cp_async_wait) before reading.
 template <typename T, int kD, int kRows, int kStride>
-__device__ __forceinline__ void load_tile_async(T* smem, const T* src, int64_t row0, int64_t rows) {
+__device__ __forceinline__ void load_tile_async(T* smem, const T* src, int64_t ld, int64_t row0,
+                                                int64_t rows) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kVecsPerRow = kD / kVec;
   for (int i = threadIdx.x; i < kRows * kVecsPerRow; i += blockDim.x) {
     const int r = i / kVecsPerRow, c = (i % kVecsPerRow) * kVec;
     const bool in = row0 + r < rows;
-    const T* from = in ? src + (row0 + r) * kD + c : src;  // any valid address: 0 bytes read
+    const T* from = in ? src + (row0 + r) * ld + c : src;  // any valid address: 0 bytes read
     asm volatile(
         "cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem + r * kStride + c)),
         "l"(from), "r"(in ? 16 : 0));
@@ -135,20 +144,20 @@ __device__ __forceinline__ void col_keep_bits(const DropoutArgs& drop, uint64_t 
   }
 }
 
-// The A fragments of 16 rows (row0, row0 + 16) of a [rows, kD] head read from global memory, zeros
-// past `rows`: for every 16 columns.
+// The A fragments of 16 rows (row0, row0 + 16) of a head (`rows` rows, `ld` apart) read from
+// global memory, zeros past `rows`: for every 16 columns.
 template <typename T, int kD>
-__device__ __forceinline__ void row_fragments(uint32_t (&f)[kD / 16][4], const T* src, int64_t row0,
-                                              int64_t rows, int g, int t) {
+__device__ __forceinline__ void row_fragments(uint32_t (&f)[kD / 16][4], const T* src, int64_t ld,
+                                              int64_t row0, int64_t rows, int g, int t) {
   const T zero = from_float<T>(0.f);
   const int64_t r0 = row0 + g, r1 = row0 + g + 8;
 #pragma unroll
   for (int c = 0; c < kD / 16; ++c) {
     const int col = c * 16 + 2 * t;
-    f[c][0] = r0 < rows ? pair_at(src + r0 * kD + col) : pack<T>(zero, zero);
-    f[c][1] = r1 < rows ? pair_at(src + r1 * kD + col) : pack<T>(zero, zero);
-    f[c][2] = r0 < rows ? pair_at(src + r0 * kD + col + 8) : pack<T>(zero, zero);
-    f[c][3] = r1 < rows ? pair_at(src + r1 * kD + col + 8) : pack<T>(zero, zero);
+    f[c][0] = r0 < rows ? pair_at(src + r0 * ld + col) : pack<T>(zero, zero);
+    f[c][1] = r1 < rows ? pair_at(src + r1 * ld + col) : pack<T>(zero, zero);
+    f[c][2] = r0 < rows ? pair_at(src + r0 * ld + col + 8) : pack<T>(zero, zero);
+    f[c][3] = r1 < rows ? pair_at(src + r1 * ld + col + 8) : pack<T>(zero, zero);
   }
 }
 
@@ -257,29 +266,30 @@ __device__ __forceinline__ void zero(float (&a)[N][4]) {
   for (int n = 0; n < N; ++n) a[n][0] = a[n][1] = a[n][2] = a[n][3] = 0.f;
 }
 
-// dst rows row[0], row[1] (those below `rows`) = a C-layout accumulator of kD columns times
-// mul[r], rounded to T.
+// dst rows row[0], row[1] (those below `rows`; rows `ld` apart) = a C-layout accumulator of kD
+// columns times mul[r], rounded to T.
 template <typename T, int kD>
-__device__ __forceinline__ void store_rows(T* dst, const int64_t (&row)[2], int64_t rows,
-                                           const float (&acc)[kD / 8][4], const float (&mul)[2],
-                                           int t) {
+__device__ __forceinline__ void store_rows(T* dst, int64_t ld, const int64_t (&row)[2],
+                                           int64_t rows, const float (&acc)[kD / 8][4],
+                                           const float (&mul)[2], int t) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (row[r] >= rows) continue;
 #pragma unroll
     for (int n = 0; n < kD / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(dst + row[r] * kD + n * 8 + 2 * t) =
+      *reinterpret_cast<uint32_t*>(dst + row[r] * ld + n * 8 + 2 * t) =
           pack_float<T>(acc[n][2 * r] * mul[r], acc[n][2 * r + 1] * mul[r]);
     }
   }
 }
 
 // The D of query rows [m0, m0 + kM) of a head (Σ_d grad_out·out in fp32) into dot[kM] (0 past
-// `rows`): kThreads / kM consecutive threads per row, each summing pairs of elements, then a
-// fixed-order shuffle sum (the same bits every run). Every thread of the block takes part.
+// `rows`; rows `ld` apart): kThreads / kM consecutive threads per row, each summing pairs of
+// elements, then a fixed-order shuffle sum (the same bits every run). Every thread of the block
+// takes part.
 template <typename T, int kD, int kM, int kThreads>
-__device__ __forceinline__ void stage_dot(float* dot, const T* out, const T* grad_out, int64_t m0,
-                                          int64_t rows) {
+__device__ __forceinline__ void stage_dot(float* dot, const T* out, const T* grad_out, int64_t ld,
+                                          int64_t m0, int64_t rows) {
   constexpr int kPer = kThreads / kM;
   static_assert(
       kThreads % kM == 0 && kPer <= 32 && (kPer & (kPer - 1)) == 0 && kD % (2 * kPer) == 0,
@@ -290,8 +300,8 @@ __device__ __forceinline__ void stage_dot(float* dot, const T* out, const T* gra
   if (row < rows) {
 #pragma unroll
     for (int c = 2 * part; c < kD; c += 2 * kPer) {
-      const T* o = out + row * kD + c;
-      const T* go = grad_out + row * kD + c;
+      const T* o = out + row * ld + c;
+      const T* go = grad_out + row * ld + c;
       acc += to_float(o[0]) * to_float(go[0]) + to_float(o[1]) * to_float(go[1]);
     }
   }
@@ -314,13 +324,14 @@ __device__ __forceinline__ void store_rows_t(T* dst, const float (&c)[kCols / 8]
   }
 }
 
-// grad_q rows [m0, m0 + kM) of a head (those below `rows`) = scale · dS · k over kN keys: dS from
-// dSᵀ [kN keys, kM queries] in shared memory (A fragments by ldmatrix.trans), k from the [kN, kD]
-// key tile (B fragments by ldmatrix.trans). Warp w takes the 16 rows w % (kM / 16) and the pairs of
-// 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...
+// grad_q rows [m0, m0 + kM) of a head (those below `rows`, `ld` apart) = scale · dS · k over kN
+// keys: dS from dSᵀ [kN keys, kM queries] in shared memory (A fragments by ldmatrix.trans), k from
+// the [kN, kD] key tile (B fragments by ldmatrix.trans). Warp w takes the 16 rows w % (kM / 16) and
+// the pairs of 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...
 template <typename T, int kD, int kM, int kN, int kWarps>
-__device__ __forceinline__ void grad_q_tile(T* grad_q, const T* dst, const T* ks, int64_t m0,
-                                            int64_t rows, float scale, int warp, int lane) {
+__device__ __forceinline__ void grad_q_tile(T* grad_q, int64_t ld, const T* dst, const T* ks,
+                                            int64_t m0, int64_t rows, float scale, int warp,
+                                            int lane) {
   constexpr int kRowBlocks = kM / 16, kGroups = kWarps / kRowBlocks, kPairs = kD / 16;
   constexpr int kMine = (kPairs + kGroups - 1) / kGroups;
   constexpr int kStride = kD + 8, kSStride = kM + 8;
@@ -351,7 +362,7 @@ __device__ __forceinline__ void grad_q_tile(T* grad_q, const T* dst, const T* ks
       if (row >= rows) continue;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        *reinterpret_cast<uint32_t*>(grad_q + row * kD + (2 * pair + h) * 8 + 2 * t) =
+        *reinterpret_cast<uint32_t*>(grad_q + row * ld + (2 * pair + h) * 8 + 2 * t) =
             pack_float<T>(acc[h][2 * rr] * scale, acc[h][2 * rr + 1] * scale);
       }
     }
@@ -364,9 +375,12 @@ __device__ __forceinline__ void grad_q_tile(T* grad_q, const T* dst, const T* ks
 //   the natural log of each query row's softmax denominator, max included (+inf for a row whose
 //   keys are all masked, whose output is then 0).
 // Fuses:     the scores GEMM, mask, softmax, dropout and the context GEMM of the unfused path.
-// Shapes:    q, out [batch·heads, q_len, kD]; k, v [batch·heads, k_len, kD]; key_padding [batch,
-//            k_len] bytes (nonzero: the key is padding; read when kMask has kPadding); lse
-//            [batch·heads, q_len] fp32. out, lse `=`.
+// Layout:    the token layout of the projections around it (no head split or merge): q [batch,
+//            q_len, ld_q] and k, v [batch, k_len, ld_kv] rows, head h in columns [h·kD, (h+1)·kD)
+//            of a row (q, k, v: column slices of one packed projection, e.g. [B·T, 3·H] with
+//            ld = 3·H); out [batch, q_len, heads·kD] (the [B·T, H] input of the output
+//            projection); key_padding [batch, k_len] bytes (nonzero: the key is padding; read when
+//            kMask has kPadding); lse [batch·heads, q_len] fp32. out, lse `=`.
 // Masks:     padding by key; causal keeps key j for query i when j <= i + k_len - q_len (the
 //            unfused softmax's rule).
 // Dropout:   entry (query i, key j) of head bh by the attention numbering (common/philox.cuh,
@@ -378,7 +392,8 @@ __device__ __forceinline__ void grad_q_tile(T* grad_q, const T* dst, const T* ks
 //            Smem: static, 2·kFlashBlockN·(kD + 8) elements: a key tile and a value tile, loaded
 //            with cp.async so that the value tile arrives while q·kᵀ runs and the next key tile
 //            while the softmax and p·v run; B fragments by ldmatrix (.trans for v).
-// Constants: kD a multiple of 16 in [16, 128] (static_assert). Pointers 16-byte aligned.
+// Constants: kD a multiple of 16 in [16, 128] (static_assert). Pointers 16-byte aligned, ld_q and
+//            ld_kv multiples of 8 elements (the planner checks: flash_ld_ok).
 // Numerics:  products in fp32 on tensor cores; the softmax in fp32 (exp2 with log2(e) folded in
 //            the scale); probabilities rounded to T before the context product (as the unfused
 //            path stores them); out rounded once.
@@ -386,7 +401,7 @@ template <typename T, int kD, Mask kMask, Drop kDrop, int kWarps>
 __global__ void __launch_bounds__(32 * kWarps)
     flash_attn_fwd_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding, T* out,
                           float* lse, int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
-                          float scale, DropoutArgs drop) {
+                          int64_t ld_q, int64_t ld_kv, float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
   static_assert(kWarps == 4 || kWarps == 8, "kWarps: 4 or 8 warps of 16 query rows");
@@ -400,21 +415,22 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const T* kh = k + bh * k_len * kD;
-  const T* vh = v + bh * k_len * kD;
+  const T* kh = flash::head_of<kD>(k, bh, heads, k_len, ld_kv);
+  const T* vh = flash::head_of<kD>(v, bh, heads, k_len, ld_kv);
   const uint8_t* pad = has_padding(kMask) ? key_padding + (bh / heads) * k_len : nullptr;
   constexpr float kLog2e = 1.4426950408889634f;
   const float scale2 = scale * kLog2e;
 
   const int64_t n_end = flash::key_end<kMask>(m0, kM, q_len, k_len);
   if (n_end > 0) {
-    flash::load_tile_async<T, kD, kN, kStride>(ks, kh, 0, k_len);
+    flash::load_tile_async<T, kD, kN, kStride>(ks, kh, ld_kv, 0, k_len);
     flash::cp_async_commit();
   }
   // The warp's 16 query rows as A fragments, straight from global memory (while the first key
   // tile is in flight).
   uint32_t qf[kD / 16][4];
-  flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, m0 + warp * 16, q_len, g, t);
+  flash::row_fragments<T, kD>(qf, flash::head_of<kD>(q, bh, heads, q_len, ld_q), ld_q,
+                              m0 + warp * 16, q_len, g, t);
   // This thread's two query rows (g and g + 8 of its warp's 16).
   const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
   uint64_t flat[2];
@@ -426,7 +442,7 @@ __global__ void __launch_bounds__(32 * kWarps)
 
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
     // The value tile (its buffer's readers finished with the previous tile's p·v).
-    flash::load_tile_async<T, kD, kN, kStride>(vs, vh, n0, k_len);
+    flash::load_tile_async<T, kD, kN, kStride>(vs, vh, ld_kv, n0, k_len);
     flash::cp_async_commit();
     flash::cp_async_wait<1>();  // the key tile (the value tile may still be in flight)
     __syncthreads();
@@ -438,7 +454,7 @@ __global__ void __launch_bounds__(32 * kWarps)
     __syncthreads();  // every warp is done with the key tile: fetch the next one
     const bool more = n0 + kN < n_end;
     if (more) {
-      flash::load_tile_async<T, kD, kN, kStride>(ks, kh, n0 + kN, k_len);
+      flash::load_tile_async<T, kD, kN, kStride>(ks, kh, ld_kv, n0 + kN, k_len);
       flash::cp_async_commit();
     }
 
@@ -516,7 +532,9 @@ __global__ void __launch_bounds__(32 * kWarps)
   float inv[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) inv[r] = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
-  flash::store_rows<T, kD>(out + bh * q_len * kD, row, q_len, acc, inv, t);
+  const int64_t ld_o = heads * kD;
+  flash::store_rows<T, kD>(flash::head_of<kD>(out, bh, heads, q_len, ld_o), ld_o, row, q_len, acc,
+                           inv, t);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (t == 0 && row[r] < q_len) {
@@ -535,15 +553,16 @@ __global__ void __launch_bounds__(32 * kWarps)
 // row, then grad_k and grad_v per key block (looping over query tiles), then grad_q per query tile
 // (looping over key tiles).
 
-// flash_attn_bwd_dot_kernel — dot[r] = Σ_d grad_out[r, d]·out[r, d] in fp32.
-// Shapes:    out, grad_out [rows, kD]; dot [rows] fp32 `=`.
-// Grid/Block: flash_dot_grid(rows, k_len) blocks of kElementwiseThreads, one row per thread; none
-//            (k_len only decides that) when one key block holds every key: the grad_k/grad_v kernel
-//            computes D itself then.
+// flash_attn_bwd_dot_kernel — D of every (query, head): Σ_d grad_out·out in fp32.
+// Shapes:    out, grad_out [batch, q_len, heads·kD] (token layout: `rows` = batch·q_len·heads head
+//            rows of kD); dot [batch·heads, q_len] fp32 `=` (the lse's layout).
+// Grid/Block: flash_dot_grid(rows, k_len) blocks of kElementwiseThreads, one head row per thread;
+//            none (k_len only decides that) when one key block holds every key: the grad_k/grad_v
+//            kernel computes D itself then.
 template <typename T, int kD>
 __global__ void __launch_bounds__(kElementwiseThreads)
     flash_attn_bwd_dot_kernel(const T* out, const T* grad_out, float* dot, int64_t rows,
-                              int64_t k_len) {
+                              int64_t heads, int64_t q_len, int64_t k_len) {
   constexpr int kVec = 16 / sizeof(T);
   static_assert(kD % kVec == 0, "kD: a multiple of the 16-byte vector");
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kElementwiseThreads + threadIdx.x;
@@ -556,7 +575,8 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 #pragma unroll
     for (int e = 0; e < kVec; ++e) acc += to_float(o.v[e]) * to_float(g.v[e]);
   }
-  dot[r] = acc;
+  const int64_t token = r / heads, b = token / q_len;
+  dot[(b * heads + r % heads) * q_len + token % q_len] = acc;
 }
 
 // flash_attn_bwd_dkdv_kernel — grad_k, grad_v of one block of keys (16 per warp, 4 or 8 warps:
@@ -565,10 +585,12 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 //   When the block holds every key (flash_bwd_one_block(k_len)), it also computes each query
 //   tile's D from out and grad_out, and grad_q = scale·dS·k (dSᵀ through shared memory): the whole
 //   backward in one launch, one recomputation of P and one dropout draw per entry.
-// Shapes:    q, grad_out, out, grad_q [batch·heads, q_len, kD]; k, v, grad_k, grad_v [batch·heads,
-//            k_len, kD]; lse, dot [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_
-//            kernel's, read only with several key blocks). grad_k, grad_v `=`; grad_q `=` with one
-//            key block (otherwise flash_attn_bwd_dq_kernel writes it; out is then not read).
+// Layout:    the forward's token layout: q and grad_q rows ld_q apart, k, v, grad_k and grad_v rows
+//            ld_kv apart (the gradients column slices of one packed [B·T, 3·H] gradient, as q, k
+//            and v of the projection), out and grad_out [batch, q_len, heads·kD]; lse, dot
+//            [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_kernel's, read only with
+//            several key blocks). grad_k, grad_v `=`; grad_q `=` with one key block (otherwise
+//            flash_attn_bwd_dq_kernel writes it; out is then not read).
 // Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of flash_bwd_threads(k_len); dynamic smem
 //            flash_bwd_smem(kD, k_len): a query tile and its grad_out tile (kM = flash_bwd_block_m
 //            rows, by cp.async), the tile's lse and D; with one key block also the keys and the
@@ -578,7 +600,8 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
                                const T* grad_out, const float* lse, const float* dot, const T* out,
                                T* grad_q, T* grad_k, T* grad_v, int64_t batch, int64_t heads,
-                               int64_t q_len, int64_t k_len, float scale, DropoutArgs drop) {
+                               int64_t q_len, int64_t k_len, int64_t ld_q, int64_t ld_kv,
+                               float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
   constexpr int kM = flash_bwd_block_m(kD);
@@ -607,14 +630,18 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * block_n;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const T* qh = q + bh * q_len * kD;
-  const T* gh = grad_out + bh * q_len * kD;
+  const int64_t ld_o = heads * kD;
+  const T* qh = flash::head_of<kD>(q, bh, heads, q_len, ld_q);
+  const T* gh = flash::head_of<kD>(grad_out, bh, heads, q_len, ld_o);
+  const T* oh = flash::head_of<kD>(out, bh, heads, q_len, ld_o);
+  const T* kh = flash::head_of<kD>(k, bh, heads, k_len, ld_kv);
   const uint8_t* pad = has_padding(kMask) ? key_padding + (bh / heads) * k_len : nullptr;
   // This warp's 16 keys: their k and v rows as A fragments.
   const int64_t key0 = n0 + warp * 16;
   uint32_t kf[kD / 16][4], vf[kD / 16][4];
-  flash::row_fragments<T, kD>(kf, k + bh * k_len * kD, key0, k_len, g, t);
-  flash::row_fragments<T, kD>(vf, v + bh * k_len * kD, key0, k_len, g, t);
+  flash::row_fragments<T, kD>(kf, kh, ld_kv, key0, k_len, g, t);
+  flash::row_fragments<T, kD>(vf, flash::head_of<kD>(v, bh, heads, k_len, ld_kv), ld_kv, key0,
+                              k_len, g, t);
   const int64_t key[2] = {key0 + g, key0 + g + 8};
   float dk[kD / 8][4], dv[kD / 8][4];
   flash::zero(dk);
@@ -630,22 +657,22 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   // runs; the next query tile is requested as soon as the last reader of this one is done.
   if (one) {  // the whole key block (zeros past k_len)
     if (big) {
-      flash::load_tile_async<T, kD, 128, kStride>(ks, k + bh * k_len * kD, 0, k_len);
+      flash::load_tile_async<T, kD, 128, kStride>(ks, kh, ld_kv, 0, k_len);
     } else {
-      flash::load_tile_async<T, kD, 64, kStride>(ks, k + bh * k_len * kD, 0, k_len);
+      flash::load_tile_async<T, kD, 64, kStride>(ks, kh, ld_kv, 0, k_len);
     }
   }
   if (m_begin < q_len) {
-    flash::load_tile_async<T, kD, kM, kStride>(qs, qh, m_begin, q_len);
-    flash::load_tile_async<T, kD, kM, kStride>(gs, gh, m_begin, q_len);
+    flash::load_tile_async<T, kD, kM, kStride>(qs, qh, ld_q, m_begin, q_len);
+    flash::load_tile_async<T, kD, kM, kStride>(gs, gh, ld_o, m_begin, q_len);
   }
   flash::cp_async_commit();
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
     // The tile's lse (log2 units) and D, staged once (the previous tile's readers are done).
     if (one && big) {
-      flash::stage_dot<T, kD, kM, 256>(dot_s, out + bh * q_len * kD, gh, m0, q_len);
+      flash::stage_dot<T, kD, kM, 256>(dot_s, oh, gh, ld_o, m0, q_len);
     } else if (one) {
-      flash::stage_dot<T, kD, kM, 128>(dot_s, out + bh * q_len * kD, gh, m0, q_len);
+      flash::stage_dot<T, kD, kM, 128>(dot_s, oh, gh, ld_o, m0, q_len);
     } else {
       for (int i = threadIdx.x; i < kM; i += blockDim.x) {
         dot_s[i] = m0 + i < q_len ? dot[bh * q_len + m0 + i] : 0.f;
@@ -685,35 +712,37 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
     if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
     __syncthreads();  // every warp is done with gs (and has stored its dSᵀ rows)
     if (more) {
-      flash::load_tile_async<T, kD, kM, kStride>(gs, gh, m0 + kM, q_len);
+      flash::load_tile_async<T, kD, kM, kStride>(gs, gh, ld_o, m0 + kM, q_len);
       flash::cp_async_commit();
     }
     flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, lane);  // grad_k += dSᵀ·q (scaled below)
     __syncthreads();                                     // every warp is done with qs
     if (more) {
-      flash::load_tile_async<T, kD, kM, kStride>(qs, qh, m0 + kM, q_len);
+      flash::load_tile_async<T, kD, kM, kStride>(qs, qh, ld_q, m0 + kM, q_len);
       flash::cp_async_commit();
     }
     // grad_q of the tile's rows (while the next tiles load; dSᵀ is rewritten only after the next
     // iteration's first barrier).
+    T* gqh = one ? flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q) : nullptr;
     if (one && big) {
-      flash::grad_q_tile<T, kD, kM, 128, 8>(grad_q + bh * q_len * kD, dst, ks, m0, q_len, scale,
-                                            warp, lane);
+      flash::grad_q_tile<T, kD, kM, 128, 8>(gqh, ld_q, dst, ks, m0, q_len, scale, warp, lane);
     } else if (one) {
-      flash::grad_q_tile<T, kD, kM, 64, 4>(grad_q + bh * q_len * kD, dst, ks, m0, q_len, scale,
-                                           warp, lane);
+      flash::grad_q_tile<T, kD, kM, 64, 4>(gqh, ld_q, dst, ks, m0, q_len, scale, warp, lane);
     }
   }
   flash::cp_async_wait<0>();  // no copy left in flight (the key tile, when no query tile ran)
   const float scales[2] = {scale, scale}, ones[2] = {1.f, 1.f};
-  flash::store_rows<T, kD>(grad_k + bh * k_len * kD, key, k_len, dk, scales, t);
-  flash::store_rows<T, kD>(grad_v + bh * k_len * kD, key, k_len, dv, ones, t);
+  flash::store_rows<T, kD>(flash::head_of<kD>(grad_k, bh, heads, k_len, ld_kv), ld_kv, key, k_len,
+                           dk, scales, t);
+  flash::store_rows<T, kD>(flash::head_of<kD>(grad_v, bh, heads, k_len, ld_kv), ld_kv, key, k_len,
+                           dv, ones, t);
 }
 
 // flash_attn_bwd_dq_kernel — grad_q of one tile of 64 query rows per block (4 warps of 16), over
 //   every key tile.
-// Shapes:    q, grad_out, grad_q [batch·heads, q_len, kD]; k, v [batch·heads, k_len, kD]; lse,
-//            dot [batch·heads, q_len] fp32. grad_q `=`.
+// Layout:    flash_attn_bwd_dkdv_kernel's: q and grad_q rows ld_q apart, k and v rows ld_kv
+//            apart, grad_out [batch, q_len, heads·kD]; lse, dot [batch·heads, q_len] fp32.
+//            grad_q `=`.
 // Grid/Block: flash_dq_grid(batch·heads, q_len, k_len) blocks of kFlashThreads (none when one key
 //            block holds every key: flash_attn_bwd_dkdv_kernel writes grad_q then). Smem: static,
 //            2·kFlashBlockN·(kD + 8) elements (a key tile and its value tile, by cp.async).
@@ -722,7 +751,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     flash_attn_bwd_dq_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
                              const T* grad_out, const float* lse, const float* dot, T* grad_q,
                              int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
-                             float scale, DropoutArgs drop) {
+                             int64_t ld_q, int64_t ld_kv, float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
   constexpr int kM = kFlashBlockM, kN = kFlashBlockN;
@@ -740,8 +769,11 @@ __global__ void __launch_bounds__(kFlashThreads)
   const uint8_t* pad = has_padding(kMask) ? key_padding + (bh / heads) * k_len : nullptr;
   const int64_t row0 = m0 + warp * 16;
   uint32_t qf[kD / 16][4], gf[kD / 16][4];
-  flash::row_fragments<T, kD>(qf, q + bh * q_len * kD, row0, q_len, g, t);
-  flash::row_fragments<T, kD>(gf, grad_out + bh * q_len * kD, row0, q_len, g, t);
+  const int64_t ld_o = heads * kD;
+  flash::row_fragments<T, kD>(qf, flash::head_of<kD>(q, bh, heads, q_len, ld_q), ld_q, row0, q_len,
+                              g, t);
+  flash::row_fragments<T, kD>(gf, flash::head_of<kD>(grad_out, bh, heads, q_len, ld_o), ld_o, row0,
+                              q_len, g, t);
   const int64_t row[2] = {row0 + g, row0 + g + 8};
   uint64_t flat[2];
   flash::flat_rows(flat, row, bh, q_len);
@@ -754,13 +786,13 @@ __global__ void __launch_bounds__(kFlashThreads)
   float dq[kD / 8][4];
   flash::zero(dq);
   const int64_t n_end = flash::key_end<kMask>(m0, kM, q_len, k_len);
-  const T* kh = k + bh * k_len * kD;
-  const T* vh = v + bh * k_len * kD;
+  const T* kh = flash::head_of<kD>(k, bh, heads, k_len, ld_kv);
+  const T* vh = flash::head_of<kD>(v, bh, heads, k_len, ld_kv);
   // Key and value tiles by cp.async: the next value tile loads while dS and grad_q's product run;
   // the next key tile is requested as soon as the last reader of this one is done.
   if (n_end > 0) {
-    flash::load_tile_async<T, kD, kN, kStride>(ks, kh, 0, k_len);
-    flash::load_tile_async<T, kD, kN, kStride>(vs, vh, 0, k_len);
+    flash::load_tile_async<T, kD, kN, kStride>(ks, kh, ld_kv, 0, k_len);
+    flash::load_tile_async<T, kD, kN, kStride>(vs, vh, ld_kv, 0, k_len);
     flash::cp_async_commit();
   }
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
@@ -774,7 +806,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     flash::mma_abt<T, kD, kN, kStride>(dp, gf, vs, lane);  // grad_out·vᵀ
     __syncthreads();                                       // every warp is done with vs
     if (more) {
-      flash::load_tile_async<T, kD, kN, kStride>(vs, vh, n0 + kN, k_len);
+      flash::load_tile_async<T, kD, kN, kStride>(vs, vh, ld_kv, n0 + kN, k_len);
       flash::cp_async_commit();
     }
     // Masks only where the tile needs them (the keys past k_len, padding, the causal diagonal).
@@ -796,12 +828,13 @@ __global__ void __launch_bounds__(kFlashThreads)
     flash::mma_pb<T, kD, kN, kStride>(dq, s, ks, lane);  // grad_q += dS·k (scaled below)
     __syncthreads();                                     // every warp is done with ks
     if (more) {
-      flash::load_tile_async<T, kD, kN, kStride>(ks, kh, n0 + kN, k_len);
+      flash::load_tile_async<T, kD, kN, kStride>(ks, kh, ld_kv, n0 + kN, k_len);
       flash::cp_async_commit();
     }
   }
   const float scales[2] = {scale, scale};
-  flash::store_rows<T, kD>(grad_q + bh * q_len * kD, row, q_len, dq, scales, t);
+  flash::store_rows<T, kD>(flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q), ld_q, row, q_len, dq,
+                           scales, t);
 }
 
 }  // namespace lightseq::kern

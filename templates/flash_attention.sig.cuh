@@ -22,6 +22,11 @@ inline constexpr int kFlashFwdWarpsAlt = 8;
 LIGHTSEQ_HD constexpr int flash_fwd_block(int warps = kFlashFwdWarps) { return 32 * warps; }
 // The most batch · heads the grids below take: CUDA's limit on gridDim.y.
 inline constexpr int64_t kFlashMaxBatchHeads = 65535;
+// The kernels read and write the token layout of the projections around them (q, k and v column
+// slices of packed [B·T, P·H] rows, ld = P·H elements apart; out [B·T, heads·kD]) with 16-byte
+// copies: every row start must stay 16-byte aligned, so ld and the slices' column offsets are
+// multiples of 8 elements.
+LIGHTSEQ_HD constexpr bool flash_ld_ok(int64_t ld) { return ld > 0 && ld % 8 == 0; }
 // x: query tiles, y: batch · heads.
 LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len,
                                              int warps = kFlashFwdWarps) {
@@ -103,6 +108,7 @@ inline constexpr Param kP[] = {
     out("out", CType::kTPtr),     out("lse", CType::kF32Ptr),
     scalar("batch", CType::kI64), scalar("heads", CType::kI64),
     scalar("q_len", CType::kI64), scalar("k_len", CType::kI64),
+    scalar("ld_q", CType::kI64),  scalar("ld_kv", CType::kI64),
     scalar("scale", CType::kF32), dropout("drop")};
 inline Launch launch(const Values& v) {
   const int warps = static_cast<int>(v.t[index_of(kT, "kWarps")]);
@@ -120,7 +126,8 @@ inline constexpr Kernel kFlashFwd =
 namespace flash_dot {
 inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d")};
 inline constexpr Param kP[] = {in("out", CType::kConstTPtr), in("grad_out", CType::kConstTPtr),
-                               out("dot", CType::kF32Ptr), scalar("rows", CType::kI64),
+                               out("dot", CType::kF32Ptr),   scalar("rows", CType::kI64),
+                               scalar("heads", CType::kI64), scalar("q_len", CType::kI64),
                                scalar("k_len", CType::kI64)};
 inline Launch launch(const Values& v) {
   return {flash_dot_grid(v.i[index_of(kP, "rows")], v.i[index_of(kP, "k_len")]),
@@ -136,7 +143,8 @@ inline constexpr Kernel kFlashDot = make_kernel("flash_attention", "flash_attn_b
       in("key_padding", CType::kConstU8Ptr, Nullable::kYes), in("grad_out", CType::kConstTPtr), \
       in("lse", CType::kConstF32Ptr), in("dot", CType::kConstF32Ptr), __VA_ARGS__,              \
       scalar("batch", CType::kI64), scalar("heads", CType::kI64), scalar("q_len", CType::kI64), \
-      scalar("k_len", CType::kI64), scalar("scale", CType::kF32), dropout("drop")
+      scalar("k_len", CType::kI64), scalar("ld_q", CType::kI64), scalar("ld_kv", CType::kI64),  \
+      scalar("scale", CType::kF32), dropout("drop")
 
 // grad_q: written only when one key block holds every key (flash_bwd_one_block); `out` read then.
 namespace flash_dkdv {

@@ -68,6 +68,69 @@ TEST(AttentionBackend, UnfusedRewritesForwardAndBackwardAndSaysWhy) {
   }
 }
 
+// The fused backend runs in the projections' token layout: no head split or merge (nor their
+// gradients) is left, q/k/v and their gradients are column slices of the packed projection and its
+// gradient, the context is the output projection's input, and the plan puts the QKV bias in the
+// projection's epilogue and its gradient in the weight-gradient GEMM's.
+TEST(AttentionBackend, FusedRunsInTheTokenLayoutWithoutHeadMoves) {
+  ModelSpec spec = example("transformer-base");
+  for (LayerStackSpec& s : spec.layers) s.attention = AttentionBackend::kFused;
+  for (LayerGraph l : lower_model(spec)) {
+    if (l.type != LayerType::kEncoder && l.type != LayerType::kDecoder) continue;
+    const int attentions = count(l.graph, OpKind::kAttention);
+    choose_attention(l, spec.precision);
+    const Graph& g = l.graph;
+    for (OpKind k : {OpKind::kSplitHeads, OpKind::kMergeHeads, OpKind::kSplitHeadsGrad,
+                     OpKind::kMergeHeadsGrad}) {
+      EXPECT_EQ(count(g, k), 0) << l.name << ": " << to_string(k);
+    }
+    EXPECT_EQ(count(g, OpKind::kFlashAttention), attentions);
+    EXPECT_EQ(count(g, OpKind::kFlashAttentionGrad), attentions);
+    EXPECT_NO_THROW(g.verify());
+    const int64_t H = spec.layers[0].hidden;
+    for (const Op& o : g.ops()) {
+      if (o.kind != OpKind::kFlashAttention && o.kind != OpKind::kFlashAttentionGrad) continue;
+      const bool cross = o.name.rfind("ca.", 0) == 0;
+      const bool fwd = o.kind == OpKind::kFlashAttention;
+      // q, k, v (both directions) and grad_q, grad_k, grad_v: [B·T, H] token rows, k and v column
+      // slices [H, 2H) and [2H, 3H) of the packed rows (cross: [0, H) and [H, 2H) of [B·S, 2H]).
+      std::vector<int> tensors{o.inputs[0], o.inputs[1], o.inputs[2]};
+      if (!fwd) tensors.insert(tensors.end(), o.outputs.begin(), o.outputs.end());
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        const Tensor& t = g.tensor(tensors[i]);
+        const int part = static_cast<int>(i % 3);
+        SCOPED_TRACE(l.name + " " + o.name + " " + t.name);
+        ASSERT_EQ(t.shape.size(), 2u);
+        EXPECT_EQ(t.shape[1], Dim::constant(H));
+        if (cross && part == 0) {
+          EXPECT_EQ(t.view_of, -1);
+          EXPECT_EQ(t.row_stride, 0);
+        } else {
+          ASSERT_GE(t.view_of, 0);
+          EXPECT_EQ(t.row_stride, (cross ? 2 : 3) * H);
+          EXPECT_EQ(t.view_offset, (cross ? part - 1 : part) * H);
+          EXPECT_EQ(g.tensor(t.view_of).shape[1], Dim::constant(t.row_stride));
+        }
+      }
+      // the context (forward output, backward input 5) and its gradient (backward input 3)
+      const std::vector<int> ctx =
+          fwd ? std::vector<int>{o.outputs[0]} : std::vector<int>{o.inputs[3], o.inputs[5]};
+      for (int c : ctx) {
+        EXPECT_EQ(g.tensor(c).view_of, -1) << g.tensor(c).name;
+        EXPECT_EQ(g.tensor(c).shape, (Shape{Dim::tokens(), Dim::constant(H)})) << g.tensor(c).name;
+      }
+    }
+  }
+  const std::string plan = format_plan(plan_model(spec));
+  EXPECT_EQ(plan.find("split_heads"), std::string::npos);
+  EXPECT_EQ(plan.find("merge_heads"), std::string::npos);
+  EXPECT_NE(plan.find("epilogue bias, bias self_attn.in_proj_bias"), std::string::npos);
+  EXPECT_NE(plan.find("epilogue bgrad(A), bias grad grad.self_attn.in_proj_bias"),
+            std::string::npos);
+  EXPECT_NE(plan.find("epilogue bgrad(A), bias grad grad.multihead_attn.in_proj_bias[kv]"),
+            std::string::npos);
+}
+
 TEST(AttentionBackend, AGradientWithoutItsForwardIsAnInternalError) {
   const ModelSpec spec = example("bert-base");
   for (LayerGraph l : lower_model(spec)) {

@@ -6,7 +6,10 @@
 // launch where k_len <= 128, in three past it); the forward with 8 warps per block the same bits as
 // with the plans' 4; a padded-out batch element
 // (its rows fully masked: out 0, lse +inf, no gradient); the dropped entries the same as the
-// unfused softmax's for the same seed and offset; the backward bitwise the same twice.
+// unfused softmax's for the same seed and offset; the backward bitwise the same twice. In the token
+// layout the plans use: q, k and v column slices of one packed [B·T, 3·H] buffer where q_len =
+// k_len (self-attention), q [B·T, H] beside packed k, v [B·S, 2·H] otherwise, each buffer with 8
+// guard columns the kernels must neither read (NaN there) nor write (poison kept).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -49,6 +52,74 @@ const Shape kShapes[] = {{2, 3, 1, 1},
                          // one launch) over many query tiles; just past it, two blocks
                          {1, 2, 300, 64},
                          {2, 1, 129, 129}};
+
+// The token layout (flash_attention.cuh): element (bh, i, c) of a head-layout [batch·heads, len, d]
+// array sits in row b·len + i (rows `ld` apart) at column col + h·d + c.
+struct Tokens {
+  int64_t heads, len, d, ld, col;
+  int64_t at(int64_t bh, int64_t i, int64_t c) const {
+    return ((bh / heads) * len + i) * ld + col + (bh % heads) * d + c;
+  }
+  void put(Vec& dst, const Vec& heads_layout) const {
+    for (size_t e = 0; e < heads_layout.size(); ++e) {
+      const int64_t c = e % d, i = (e / d) % len, bh = e / (d * len);
+      dst[at(bh, i, c)] = heads_layout[e];
+    }
+  }
+  Vec take(const Vec& src, int64_t bh_count) const {
+    Vec out(bh_count * len * d);
+    for (size_t e = 0; e < out.size(); ++e) {
+      const int64_t c = e % d, i = (e / d) % len, bh = e / (d * len);
+      out[e] = src[at(bh, i, c)];
+    }
+    return out;
+  }
+};
+constexpr int64_t kGuard = 8;  // columns past the slices of each packed buffer
+
+// The packed buffers of one shape: one [B·T, 3·H + guard] for q, k, v when q_len = k_len, else
+// q [B·T, H + guard] and k, v [B·S, 2·H + guard]; the gradients in the same layout.
+struct Packing {
+  bool self;
+  Tokens q, k, v;
+  int64_t q_elems, kv_elems;  // the buffers' sizes (one buffer when self)
+};
+Packing packing(const Shape& s, int64_t d) {
+  const int64_t H = s.heads * d;
+  if (s.q_len == s.k_len) {
+    const int64_t ld = 3 * H + kGuard;
+    return {true,
+            {s.heads, s.q_len, d, ld, 0},
+            {s.heads, s.k_len, d, ld, H},
+            {s.heads, s.k_len, d, ld, 2 * H},
+            s.batch * s.q_len * ld,
+            0};
+  }
+  const int64_t ld_q = H + kGuard, ld_kv = 2 * H + kGuard;
+  return {false,
+          {s.heads, s.q_len, d, ld_q, 0},
+          {s.heads, s.k_len, d, ld_kv, 0},
+          {s.heads, s.k_len, d, ld_kv, H},
+          s.batch * s.q_len * ld_q,
+          s.batch * s.k_len * ld_kv};
+}
+
+// Whether every element of a packed buffer outside the slices is NaN (never written).
+bool guard_kept(const Vec& packed, const std::vector<const Tokens*>& slices, int64_t bh_count) {
+  std::vector<char> in_slice(packed.size(), 0);
+  for (const Tokens* t : slices) {
+    for (int64_t bh = 0; bh < bh_count; ++bh)
+      for (int64_t i = 0; i < t->len; ++i)
+        for (int64_t c = 0; c < t->d; ++c) in_slice[t->at(bh, i, c)] = 1;
+  }
+  for (size_t e = 0; e < packed.size(); ++e) {
+    if (!in_slice[e] && !std::isnan(packed[e])) {
+      ADD_FAILURE() << "element " << e << " outside the slices was written: " << packed[e];
+      return false;
+    }
+  }
+  return true;
+}
 
 KernelInstance instance(Precision p, int64_t d, Mask m, bool drop) {
   return codegen::flash_fwd(p, {d, kern::has_padding(m), kern::has_causal(m), drop});
@@ -239,7 +310,7 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
   for (const Shape& s : kShapes) {
     SCOPED_TRACE(testing::Message() << "batch " << s.batch << ", heads " << s.heads << ", q_len "
                                     << s.q_len << ", k_len " << s.k_len);
-    const int64_t bh = s.batch * s.heads;
+    const int64_t bh = s.batch * s.heads, H = s.heads * d;
     const Vec q = random(p, bh * s.q_len * d, -1, 1), k = random(p, bh * s.k_len * d, -1, 1),
               v = random(p, bh * s.k_len * d, -1, 1);
     std::vector<uint8_t> pad = key_padding(s);
@@ -251,16 +322,30 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
     const double p_drop = drop ? 0.2 : 0.0, u = unit_roundoff(p);
     const kern::DropoutArgs args = kern::make_dropout_args(rng().next(), rng().next() >> 8, p_drop);
     const Expected e = reference(q, k, v, ref_pad, s, d, scale, mask, drop, args, u);
-    DeviceArray dq = upload(p, q), dk = upload(p, k), dv = upload(p, v), dpad = upload_pod(pad);
+    // q, k, v packed into the token layout, NaN in the guard columns.
+    const Packing pk = packing(s, d);
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    Vec q_buf(pk.q_elems, nan), kv_buf(pk.kv_elems, nan);
+    pk.q.put(q_buf, q);
+    pk.k.put(pk.self ? q_buf : kv_buf, k);
+    pk.v.put(pk.self ? q_buf : kv_buf, v);
+    DeviceArray dq_buf = upload(p, q_buf), dpad = upload_pod(pad);
+    DeviceArray dkv_buf = pk.self ? DeviceArray{} : upload(p, kv_buf);
+    const CUdeviceptr kv_base = pk.self ? dq_buf.ptr() : dkv_buf.ptr();
+    const size_t eb = element_bytes(p);
+    CUdeviceptr qp = dq_buf.ptr(), kp = kv_base + pk.k.col * eb, vp = kv_base + pk.v.col * eb,
+                pp = dpad.ptr();
+    const Tokens o_tok{s.heads, s.q_len, d, H, 0};  // out, grad_out: [B·T, H]
     DeviceArray out = poisoned(p, bh * s.q_len * d), lse = poisoned(Precision::kFp32, bh * s.q_len);
-    int64_t batch = s.batch, heads = s.heads, q_len = s.q_len, k_len = s.k_len;
+    int64_t batch = s.batch, heads = s.heads, q_len = s.q_len, k_len = s.k_len, ld_q = pk.q.ld,
+            ld_kv = pk.k.ld;
     float fscale = static_cast<float>(scale);
-    CUdeviceptr qp = dq.ptr(), kp = dk.ptr(), vp = dv.ptr(), pp = dpad.ptr(), op = out.ptr(),
-                lp = lse.ptr();
+    CUdeviceptr op = out.ptr(), lp = lse.ptr();
     launch(instance(p, d, mask, drop), kern::flash_fwd_grid(bh, q_len), kern::flash_fwd_block(),
-           {&qp, &kp, &vp, &pp, &op, &lp, &batch, &heads, &q_len, &k_len, &fscale,
+           {&qp, &kp, &vp, &pp, &op, &lp, &batch, &heads, &q_len, &k_len, &ld_q, &ld_kv, &fscale,
             const_cast<kern::DropoutArgs*>(&args)});
-    EXPECT_TRUE(all_close("out", download(out), e.out, tolerance_for(p), e.out_slack));
+    EXPECT_TRUE(
+        all_close("out", o_tok.take(download(out), bh), e.out, tolerance_for(p), e.out_slack));
     const Vec got_lse = download(lse);
     Vec finite_got, finite_want;
     for (size_t r = 0; r < got_lse.size(); ++r) {
@@ -281,7 +366,7 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
       launch(
           codegen::flash_fwd(p, {d, kern::has_padding(mask), kern::has_causal(mask), drop}, kAlt),
           kern::flash_fwd_grid(bh, q_len, kAlt), kern::flash_fwd_block(kAlt),
-          {&qp, &kp, &vp, &pp, &op2, &lp2, &batch, &heads, &q_len, &k_len, &fscale,
+          {&qp, &kp, &vp, &pp, &op2, &lp2, &batch, &heads, &q_len, &k_len, &ld_q, &ld_kv, &fscale,
            const_cast<kern::DropoutArgs*>(&args)});
       EXPECT_EQ(download_bytes(out2), download_bytes(out)) << kAlt << " warps per block: out";
       EXPECT_EQ(download_bytes(lse2), download_bytes(lse)) << kAlt << " warps per block: lse";
@@ -290,7 +375,9 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
     // The backward from the kernel's own out and lse, as training runs it.
     const Vec go = random(p, bh * s.q_len * d, -1, 1);
     const Grads want = reference_grads(q, k, v, go, e, s, d, scale, drop, args, p_drop, u);
-    DeviceArray dgo = upload(p, go), dot = poisoned(Precision::kFp32, bh * s.q_len);
+    Vec go_tok(bh * s.q_len * d);
+    o_tok.put(go_tok, go);
+    DeviceArray dgo = upload(p, go_tok), dot = poisoned(Precision::kFp32, bh * s.q_len);
     int64_t rows = bh * s.q_len;
     CUdeviceptr gop = dgo.ptr(), dotp = dot.ptr();
     // The grids of flash_attention.sig.cuh: where one key block holds every key the grad_k/grad_v
@@ -301,30 +388,45 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
       launch(kernel, grid, block, smem, std::move(a));
     };
     run_grid(codegen::flash_dot(p, d), kern::flash_dot_grid(rows, k_len), kern::kElementwiseThreads,
-             0, {&op, &gop, &dotp, &rows, &k_len});
+             0, {&op, &gop, &dotp, &rows, &heads, &q_len, &k_len});
     const codegen::Flash f{d, kern::has_padding(mask), kern::has_causal(mask), drop};
-    std::vector<uint8_t> first[3];
+    std::vector<uint8_t> first[2];
     for (int run = 0; run < 2; ++run) {
-      DeviceArray gq = poisoned(p, bh * s.q_len * d), gk = poisoned(p, bh * s.k_len * d),
-                  gv = poisoned(p, bh * s.k_len * d);
-      CUdeviceptr gqp = gq.ptr(), gkp = gk.ptr(), gvp = gv.ptr();
+      // The gradients in the inputs' layout, every element poisoned (the guard columns must stay).
+      DeviceArray gq_buf = poisoned(p, pk.q_elems);
+      DeviceArray gkv_buf = pk.self ? DeviceArray{} : poisoned(p, pk.kv_elems);
+      const CUdeviceptr gkv_base = pk.self ? gq_buf.ptr() : gkv_buf.ptr();
+      CUdeviceptr gqp = gq_buf.ptr(), gkp = gkv_base + pk.k.col * eb,
+                  gvp = gkv_base + pk.v.col * eb;
       run_grid(codegen::flash_dkdv(p, f), kern::flash_bwd_grid(bh, k_len),
                kern::flash_bwd_threads(k_len), kern::flash_bwd_smem(d, k_len),
                {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &op, &gqp, &gkp, &gvp, &batch, &heads, &q_len,
-                &k_len, &fscale, const_cast<kern::DropoutArgs*>(&args)});
+                &k_len, &ld_q, &ld_kv, &fscale, const_cast<kern::DropoutArgs*>(&args)});
       run_grid(codegen::flash_dq(p, f), kern::flash_dq_grid(bh, q_len, k_len), kern::kFlashThreads,
                0,
-               {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &gqp, &batch, &heads, &q_len, &k_len, &fscale,
-                const_cast<kern::DropoutArgs*>(&args)});
+               {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &gqp, &batch, &heads, &q_len, &k_len, &ld_q,
+                &ld_kv, &fscale, const_cast<kern::DropoutArgs*>(&args)});
+      const Vec got_q = download(gq_buf), got_kv = pk.self ? got_q : download(gkv_buf);
       if (run == 0) {
-        EXPECT_TRUE(all_close("grad_q", download(gq), want.q, tolerance_for(p), want.q_slack));
-        EXPECT_TRUE(all_close("grad_k", download(gk), want.k, tolerance_for(p), want.k_slack));
-        EXPECT_TRUE(all_close("grad_v", download(gv), want.v, tolerance_for(p), want.v_slack));
-        first[0] = download_bytes(gq), first[1] = download_bytes(gk), first[2] = download_bytes(gv);
+        EXPECT_TRUE(
+            all_close("grad_q", pk.q.take(got_q, bh), want.q, tolerance_for(p), want.q_slack));
+        EXPECT_TRUE(
+            all_close("grad_k", pk.k.take(got_kv, bh), want.k, tolerance_for(p), want.k_slack));
+        EXPECT_TRUE(
+            all_close("grad_v", pk.v.take(got_kv, bh), want.v, tolerance_for(p), want.v_slack));
+        if (pk.self) {
+          EXPECT_TRUE(guard_kept(got_q, {&pk.q, &pk.k, &pk.v}, bh)) << "packed q, k, v gradient";
+        } else {
+          EXPECT_TRUE(guard_kept(got_q, {&pk.q}, bh)) << "grad_q";
+          EXPECT_TRUE(guard_kept(got_kv, {&pk.k, &pk.v}, bh)) << "packed k, v gradient";
+        }
+        first[0] = download_bytes(gq_buf);
+        if (!pk.self) first[1] = download_bytes(gkv_buf);
       } else {
-        EXPECT_EQ(download_bytes(gq), first[0]) << "grad_q differs between two runs";
-        EXPECT_EQ(download_bytes(gk), first[1]) << "grad_k differs between two runs";
-        EXPECT_EQ(download_bytes(gv), first[2]) << "grad_v differs between two runs";
+        EXPECT_EQ(download_bytes(gq_buf), first[0]) << "the q-side gradient differs between runs";
+        if (!pk.self) {
+          EXPECT_EQ(download_bytes(gkv_buf), first[1]) << "grad_k, grad_v differ between runs";
+        }
       }
     }
     if (HasFailure()) return;

@@ -73,6 +73,11 @@ struct Tensor {
   // ≥ 0: the view starts this many elements into its parent instead (an unequal slice: the q rows
   // and the k/v rows of a packed in_proj_weight).
   int64_t view_offset = -1;
+  // > 0: a column slice of a [rows, row_stride] parent (with view_offset its first column): `shape`
+  // [rows, cols], row r's elements at view_offset + r·row_stride. Only kernels that take a row
+  // stride read or write such a view (the fused attention's q, k, v and their gradients, column
+  // slices of the packed projection [B·T, 3·H]).
+  int64_t row_stride = 0;
   // A gradient's forward tensor (grad_y of y, grad_x of x, grad.<p> of p); -1 for others.
   int grad_of = -1;
   // A scratch tensor whose extent the kernel that writes it computes (its signature's extent

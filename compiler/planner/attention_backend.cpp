@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <set>
 
 #include "compiler/errors.h"
 #include "compiler/spec/rules.h"
@@ -131,32 +132,119 @@ void unfused_backward(Rewriter& r, const Op& op, const Saved& s) {
          z.seq_q, z.bh, a.scale, a.scale_text);
 }
 
+// The fused kernels read and write the token layout of the projections around the attention
+// (flash_attention.cuh): q, k and v as column slices of the packed projection [B·T, P·H], the
+// context as the output projection's input [B·T, H], the gradients likewise. The lowering's head
+// split before the attention and merge after it, and their gradients, are dropped for them.
+class TokenLayout {
+ public:
+  explicit TokenLayout(Graph& g) : g_(g) {}
+
+  // Records what the fused attention op (or its gradient) at `op` reads and writes in the token
+  // layout, and the head moves around it that go.
+  void forward(const Op& op) {
+    for (int i = 0; i < 3; ++i) replace_[op.inputs[i]] = columns(op.inputs[i], OpKind::kSplitHeads);
+    replace_[op.outputs[0]] = merged(op.outputs[0], OpKind::kMergeHeads, /*after=*/true);
+  }
+  void backward(const Op& op) {
+    replace_[op.inputs[0]] = merged(op.inputs[0], OpKind::kMergeHeadsGrad, /*after=*/false);
+    for (int i = 0; i < 3; ++i) {
+      replace_[op.outputs[i]] = columns(op.outputs[i], OpKind::kSplitHeadsGrad);
+    }
+  }
+  int operator()(int tensor) const {
+    auto it = replace_.find(tensor);
+    return it == replace_.end() ? tensor : it->second;
+  }
+  bool dropped(int op) const { return dropped_.count(op) > 0; }
+
+ private:
+  const Op& the_op(int tensor, OpKind kind, bool reader) {
+    const int heads = g_.tensor(tensor).view_of;
+    if (heads >= 0) {
+      const std::vector<int> ops =
+          reader ? g_.consumers(heads) : std::vector<int>{g_.producer(heads)};
+      for (int o : ops) {
+        if (o >= 0 && g_.ops()[o].kind == kind) {
+          dropped_.insert(o);
+          return g_.ops()[o];
+        }
+      }
+    }
+    throw InternalError(fmt::format("attention backend: '{}' is no part of a {} of heads",
+                                    g_.tensor(tensor).name, to_string(kind)));
+  }
+  // Part i of a [P, B, heads, T, d] tensor split from (or merged into) packed rows [B·T, P·H]: the
+  // column slice [i·H, (i + 1)·H) of those rows, or the rows themselves where P = 1.
+  int columns(int part, OpKind move) {
+    const bool split = move == OpKind::kSplitHeads;
+    const Op& o = the_op(part, move, /*reader=*/!split);
+    const int packed = split ? o.inputs[0] : o.outputs[0];
+    const int parts = o.attrs.parts;
+    if (parts == 1) return packed;
+    const Tensor& whole = g_.tensor(packed);
+    const Tensor& head_part = g_.tensor(part);
+    const int64_t width = whole.shape.back().factor / parts;
+    static constexpr const char* kNames[] = {"q", "k", "v"};
+    const int first = parts == 2 ? 1 : 0;  // [kv]: the cross-attention's key and value
+    Tensor t{fmt::format("{}[{}]", whole.name, kNames[first + head_part.part]),
+             {whole.shape[0], Dim::constant(width)},
+             whole.role,
+             whole.type};
+    t.view_of = packed;
+    t.view_offset = head_part.part * width;
+    t.row_stride = parts * width;
+    return g_.add_tensor(std::move(t));
+  }
+  // The one part of a [1, B, heads, T, d] tensor merged into (or split from) [B·T, H] rows.
+  int merged(int part, OpKind move, bool after) {
+    const Op& o = the_op(part, move, /*reader=*/after);
+    if (o.attrs.parts != 1) {
+      throw InternalError(
+          fmt::format("attention backend: '{}' moves {} parts, not 1", o.name, o.attrs.parts));
+    }
+    return after ? o.outputs[0] : o.inputs[0];
+  }
+
+  Graph& g_;
+  std::map<int, int> replace_;
+  std::set<int> dropped_;
+};
+
 // The fused backend (templates/flash_attention.cuh): one forward op saving the context and the
-// log-sum-exp, and a backward of three ops recomputing the probabilities.
-Saved fused_forward(Rewriter& r, const Op& op) {
+// log-sum-exp, and a backward of three ops recomputing the probabilities; both in the token
+// layout (TokenLayout).
+Saved fused_forward(Rewriter& r, const Op& op, const TokenLayout& tokens) {
   const std::string p = prefix_of(op.name);
   const Sizes z = sizes_of(r, op);
   const Shape q = r.t(op.inputs[0]).shape;  // [B, heads, T, d]
   Saved s;
   s.fused = true;
-  s.ctx = op.outputs[0];
+  s.ctx = tokens(op.outputs[0]);
   s.lse = r.tensor(p + ".lse", {q[0], q[1], z.seq_q}, TensorRole::kActivation, ElemType::kF32);
   OpAttrs at = op.attrs;
   at.dropout_site = op.attrs.attn.dropout_site;
   at.dropout_kind = DropoutKind::kAttention;
-  r.op(OpKind::kFlashAttention, p + ".flash_attention", op.inputs, {s.ctx, s.lse}, at);
+  std::vector<int> in{tokens(op.inputs[0]), tokens(op.inputs[1]), tokens(op.inputs[2])};
+  if (op.attrs.attn.padding) in.push_back(op.inputs.at(3));
+  r.op(OpKind::kFlashAttention, p + ".flash_attention", in, {s.ctx, s.lse}, at);
   return s;
 }
 
-void fused_backward(Rewriter& r, const Op& op, const Saved& s) {
+void fused_backward(Rewriter& r, const Op& op, const Saved& s, const TokenLayout& tokens) {
   const std::string p = prefix_of(op.attrs.attn.forward_op);
-  const int d_ctx = op.inputs[0], q = op.inputs[1], k = op.inputs[2], v = op.inputs[3];
-  std::vector<int> in{q, k, v, d_ctx, s.lse, s.ctx};
+  std::vector<int> in{tokens(op.inputs[1]),
+                      tokens(op.inputs[2]),
+                      tokens(op.inputs[3]),
+                      tokens(op.inputs[0]),
+                      s.lse,
+                      s.ctx};
   if (op.attrs.attn.padding) in.push_back(op.inputs.at(4));
   OpAttrs at = op.attrs;
   at.dropout_site = op.attrs.attn.dropout_site;
   at.dropout_kind = DropoutKind::kAttention;
-  r.op(OpKind::kFlashAttentionGrad, p + ".flash_grad", in, op.outputs, at);
+  r.op(OpKind::kFlashAttentionGrad, p + ".flash_grad", in,
+       {tokens(op.outputs[0]), tokens(op.outputs[1]), tokens(op.outputs[2])}, at);
 }
 
 // Why an attention op may not run fused ("" when it may): the kernels' limits.
@@ -179,10 +267,22 @@ std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision preci
   Rewriter r(g);
   std::vector<AttentionChoice> choices;
   std::map<std::string, Saved> saved;  // forward op name → what its gradient reads
+  // The fused ops' token layout, first: it drops head moves that come before them.
+  TokenLayout tokens(g);
+  std::set<std::string> fused;
+  for (const Op& op : old) {
+    if (op.kind == OpKind::kAttention && op.attrs.attn.fused) {
+      tokens.forward(op);
+      fused.insert(op.name);
+    } else if (op.kind == OpKind::kAttentionGrad && fused.count(op.attrs.attn.forward_op)) {
+      tokens.backward(op);
+    }
+  }
   int split = -1;
   for (int i = 0; i < static_cast<int>(old.size()); ++i) {
     if (i == old_split) split = static_cast<int>(r.ops().size());
     const Op& op = old[i];
+    if (tokens.dropped(i)) continue;
     if (op.kind == OpKind::kAttention) {
       if (op.attrs.attn.fused) {
         const std::string why = fused_refusal(op, precision);
@@ -193,8 +293,9 @@ std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision preci
         choices.push_back({op.name, "fused",
                            "the spec asks for it (\"attention\": \"fused\"): scores never "
                            "materialized; the backward recomputes them from q, k and the "
-                           "log-sum-exp"});
-        saved[op.name] = fused_forward(r, op);
+                           "log-sum-exp, in the projections' token layout (no head split or "
+                           "merge)"});
+        saved[op.name] = fused_forward(r, op, tokens);
       } else {
         choices.push_back({op.name, "unfused",
                            "the spec's default (\"attention\": \"unfused\"; on an H100 the "
@@ -210,7 +311,7 @@ std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision preci
                         op.name, op.attrs.attn.forward_op));
       }
       if (it->second.fused) {
-        fused_backward(r, op, it->second);
+        fused_backward(r, op, it->second, tokens);
       } else {
         unfused_backward(r, op, it->second);
       }

@@ -66,19 +66,19 @@ void add_forward_rules(std::vector<Rule>& r) {
                {"q_len", ScalarArg::size(probs[2])},
                {"k_len", ScalarArg::size(probs[3])}});
        }});
-  r.push_back({"fused attention", {{K::kFlashAttention, false}}, {}, [](State& s, const Match& m) {
-                 const Op& op = s.op(*m[0]);
-                 // the plans' warps per block (the bench's A/B: kFlashFwdWarpsAlt)
-                 emit(s, m,
-                      flash_instance(s, sig::kFlashFwd, op, {{"kWarps", kern::kFlashFwdWarps}}),
-                      {{"q", op.inputs[0]},
-                       {"k", op.inputs[1]},
-                       {"v", op.inputs[2]},
-                       {"key_padding", op.inputs.size() > 3 ? op.inputs[3] : -1},
-                       {"out", op.outputs[0]},
-                       {"lse", op.outputs[1]}},
-                      flash_scalars(s, op));
-               }});
+  r.push_back(
+      {"fused attention", {{K::kFlashAttention, false}}, {}, [](State& s, const Match& m) {
+         const Op& op = s.op(*m[0]);
+         // the plans' warps per block (the bench's A/B: kFlashFwdWarpsAlt)
+         emit(s, m, flash_instance(s, sig::kFlashFwd, op, {{"kWarps", kern::kFlashFwdWarps}}),
+              {{"q", op.inputs[0]},
+               {"k", op.inputs[1]},
+               {"v", op.inputs[2]},
+               {"key_padding", op.inputs.size() > 3 ? op.inputs[3] : -1},
+               {"out", op.outputs[0]},
+               {"lse", op.outputs[1]}},
+              flash_scalars(s, op, {op.inputs[0]}, {op.inputs[1], op.inputs[2]}, op.outputs[0]));
+       }});
   r.push_back({"merge heads", {{K::kMergeHeads, false}}, {}, [B](State& s, const Match& m) {
                  const Op& op = s.op(*m[0]);
                  const Shape in = s.g.tensor(op.inputs[0]).shape;  // [parts, B, heads, seq, d]

@@ -199,14 +199,57 @@ KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op
   return instantiate(k, s.precision, values);
 }
 
-Scalars flash_scalars(const State& s, const Op& op) {
-  const Shape& q = s.g.tensor(op.inputs[0]).shape;  // [B, heads, T, d]
-  const Shape& k = s.g.tensor(op.inputs[1]).shape;  // [B, heads, S, d]
-  return {{"batch", ScalarArg::size(q[0])},
-          {"heads", ScalarArg::constant(static_cast<double>(q[1].factor))},
-          {"q_len", ScalarArg::size(q[2])},
-          {"k_len", ScalarArg::size(k[2])},
-          {"scale", ScalarArg::constant(op.attrs.attn.scale)}};
+namespace {
+
+// The sequence length of token rows B·T (or B·S): T (S).
+Dim seq_of_rows(const State& s, int tensor) {
+  const Tensor& t = s.g.tensor(tensor);
+  const Dim rows = t.shape.at(0);
+  if (t.shape.size() != 2 || rows.factor != 1 || rows.b != 1) {
+    throw InternalError(fmt::format("planner: '{}' {} is not token rows [B·T, cols]", t.name,
+                                    shape_to_string(t.shape)));
+  }
+  return Dim{1, 0, rows.t, rows.s};
+}
+
+// The elements from one row of a token-layout tensor to the next: a column slice's parent's row,
+// or the tensor's own.
+int64_t row_elems(const State& s, int tensor) {
+  const Tensor& t = s.g.tensor(tensor);
+  return t.row_stride > 0 ? t.row_stride : cols_of(s, tensor);
+}
+
+}  // namespace
+
+Scalars flash_scalars(const State& s, const Op& op, const std::vector<int>& q_side,
+                      const std::vector<int>& kv_side, int out) {
+  const OpAttrs::Attention& a = op.attrs.attn;
+  // Each side's tensors share one row stride (the kernels take one per side); the output is the
+  // heads merged, [B·T, heads·d].
+  auto ld_of = [&](const std::vector<int>& side) {
+    const int64_t ld = row_elems(s, side.at(0));
+    for (int t : side) {
+      if (row_elems(s, t) != ld || cols_of(s, t) != a.heads * a.head_dim ||
+          !kern::flash_ld_ok(ld) || std::max<int64_t>(s.g.tensor(t).view_offset, 0) % 8 != 0) {
+        throw InternalError(fmt::format(
+            "planner: '{}': '{}' is not a [B·T, {}] token-layout slice with the row stride {} of "
+            "its side (a multiple of 8)",
+            op.name, s.g.tensor(t).name, a.heads * a.head_dim, ld));
+      }
+    }
+    return ld;
+  };
+  if (cols_of(s, out) != a.heads * a.head_dim || row_elems(s, out) != cols_of(s, out)) {
+    throw InternalError(fmt::format("planner: '{}': '{}' is not the merged heads [B·T, {}]",
+                                    op.name, s.g.tensor(out).name, a.heads * a.head_dim));
+  }
+  return {{"batch", ScalarArg::size(Dim::batch())},
+          {"heads", ScalarArg::constant(static_cast<double>(a.heads))},
+          {"q_len", ScalarArg::size(seq_of_rows(s, q_side.at(0)))},
+          {"k_len", ScalarArg::size(seq_of_rows(s, kv_side.at(0)))},
+          {"ld_q", ScalarArg::constant(static_cast<double>(ld_of(q_side)))},
+          {"ld_kv", ScalarArg::constant(static_cast<double>(ld_of(kv_side)))},
+          {"scale", ScalarArg::constant(a.scale)}};
 }
 
 kern::Act act_of(Activation a) {
