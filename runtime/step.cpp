@@ -61,7 +61,15 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
           spec.name, i));
     }
   }
-  lane_blocks_ = update_lane_blocks();  // before anything is allocated: a bad value throws
+  // Before anything is allocated (the destructor does not run for a constructor that throws):
+  // a bad lane variable, a communicator on another device.
+  lane_blocks_ = update_lane_blocks();
+  if (options_.comm && options_.comm->device() != model_->device()) {
+    throw Error(fmt::format(
+        "TrainStep: the process group's communicator is on device {}, the model on device {}: "
+        "make both on the device this process trains on",
+        options_.comm->device(), model_->device()));
+  }
   ScopedContext ctx(model_->device());
   arena_ = parameter_arena(spec);
   allocator_ = std::make_unique<StreamOrderedAllocator>(model_->device());
@@ -231,12 +239,6 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
                    grad_lane_enabled() && !(early && std::string_view(early) == "0");
   calls_.push_back(std::move(opt));
   if (options_.comm) {
-    if (options_.comm->device() != model_->device()) {
-      throw Error(fmt::format(
-          "TrainStep: the process group's communicator is on device {}, the model on device {}: "
-          "make both on the device this process trains on",
-          options_.comm->device(), model_->device()));
-    }
     // The criterion's forward steps up to the one that counts the targets: a step with a
     // process group runs them first, so that the group's count is summed while the forward runs.
     const Call& crit = calls_[calls_.size() - 2];
