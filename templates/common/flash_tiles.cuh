@@ -1,0 +1,371 @@
+// flash_tiles.cuh — the tile pieces of the fused attention kernels (flash_attention.cuh): mma.sync
+// m16n8k16 products, ldmatrix and cp.async, fragments and tiles of the token layout's heads, the
+// masks and dropout bits of a tile, the backward's recomputed entries, D and grad_q tiles. Device
+// code only; NVRTC compiles it with the kernels.
+#pragma once
+
+#include "common/attn_dropout.cuh"
+#include "common/enums.cuh"
+#include "common/philox.cuh"
+#include "common/types.cuh"
+
+namespace lightseq::kern {
+namespace flash {
+
+// d[4] += a[4] · b[2]: one m16n8k16 tensor-core product, fp32 accumulators. Fragments (PTX ISA,
+// "Matrix Fragments for mma.m16n8k16"), lane = 4·g + t: a0 = A[g][2t..2t+1], a1 = A[g+8][2t..],
+// a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]; b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]; d0,d1 =
+// D[g][2t..2t+1], d2,d3 = D[g+8][2t..2t+1].
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
+                                          const uint32_t (&b)[2]) {
+  if constexpr (IsSame<T, __nv_bfloat16>::kValue) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+// Two adjacent elements of T as the 32 bits of a fragment register.
+template <typename T>
+__device__ __forceinline__ uint32_t pair_at(const T* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+// Two elements 16 bits apart in register order (lo = first).
+template <typename T>
+__device__ __forceinline__ uint32_t pack(T lo, T hi) {
+  union {
+    T two[2];
+    uint32_t bits;
+  } u;
+  u.two[0] = lo;
+  u.two[1] = hi;
+  return u.bits;
+}
+template <typename T>
+__device__ __forceinline__ uint32_t pack_float(float lo, float hi) {
+  return pack<T>(from_float<T>(lo), from_float<T>(hi));
+}
+
+// A shared-memory address as the 32-bit operand of ldmatrix / cp.async.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8x8 matrices of 16-bit elements from shared memory: lane l gives the address of row l % 8
+// of matrix l / 8 (16 bytes); register m of lane 4g + t holds row g, elements 2t, 2t + 1 of
+// matrix m (with .trans: row 2t and 2t + 1, element g, i.e. the matrix transposed).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+
+// Head `bh` (= b·heads + h) of a token-layout tensor: rows of `ld` elements, batch element b's
+// `len` rows after one another, head h in columns [h·kD, (h + 1)·kD) of each row (after the
+// pointer's own column offset: q, k and v are column slices of one [B·T, 3·H] projection).
+template <int kD, typename P>
+__device__ __forceinline__ P* head_of(P* p, int64_t bh, int64_t heads, int64_t len, int64_t ld) {
+  return p + (bh / heads) * len * ld + (bh % heads) * kD;
+}
+
+// Rows [row0, row0 + kRows) of a head (`rows` rows of kD elements, `ld` apart) into shared memory
+// (row stride kStride) with cp.async (16 bytes per copy, bypassing L1), zeros past `rows`; the
+// caller commits the group and waits for it (cp_async_wait) before reading.
+template <typename T, int kD, int kRows, int kStride>
+__device__ __forceinline__ void load_tile_async(T* smem, const T* src, int64_t ld, int64_t row0,
+                                                int64_t rows) {
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kVecsPerRow = kD / kVec;
+  for (int i = threadIdx.x; i < kRows * kVecsPerRow; i += blockDim.x) {
+    const int r = i / kVecsPerRow, c = (i % kVecsPerRow) * kVec;
+    const bool in = row0 + r < rows;
+    const T* from = in ? src + (row0 + r) * ld + c : src;  // any valid address: 0 bytes read
+    asm volatile(
+        "cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem + r * kStride + c)),
+        "l"(from), "r"(in ? 16 : 0));
+  }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+// Waits until at most kPending of this thread's most recent groups are in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// The dropout keep bits of a thread's entries of a [16 queries, kN keys] tile in the C layout
+// (queries as rows: the forward, grad_q): kb[n][r] bit h <-> query row r (g, g + 8; its flat row
+// rows[r] = bh·q_len + row), key n0 + 8n + 2t + h, n0 a multiple of 8. One Philox call per 8 keys
+// of a row, split between the 4 threads of a quad and exchanged by shuffles
+// (common/attn_dropout.cuh).
+template <int kN>
+__device__ __forceinline__ void row_keep_bits(const DropoutArgs& drop, const uint64_t (&rows)[2],
+                                              int64_t n0, int64_t k_len, int t,
+                                              uint32_t (&kb)[kN / 8][2]) {
+  uint32_t mine[attn_dropout::Row<kN>::kWords];
+  attn_dropout::row_draw<kN>(drop, rows, n0, k_len, t, mine);
+  const int quad = (threadIdx.x % 32) & ~3;
+  attn_dropout::row_gather<kN>(
+      [&](int src, int w) { return __shfl_sync(0xffffffffu, mine[w], quad | src); }, t, kb);
+}
+
+// The same for a [16 keys, kM queries] tile with the keys as rows (grad_k, grad_v): kb[n] bit
+// 2r + h <-> key key0 + g + 8r (key0 a multiple of 16), query m0 + 8n + 2t + h, flat row bhq +
+// query. One call per thread per two query blocks, the bits gathered by shuffles
+// (common/attn_dropout.cuh).
+template <int kM>
+__device__ __forceinline__ void col_keep_bits(const DropoutArgs& drop, uint64_t bhq, int64_t m0,
+                                              int64_t key0, int64_t k_len, int g, int t,
+                                              uint32_t (&kb)[kM / 8]) {
+  static_assert(kM % 16 == 0, "pairs of query blocks");
+#pragma unroll
+  for (int n = 0; n < kM / 8; n += 2) {
+    const uint32_t byte = attn_dropout::col_draw(drop, bhq, m0, key0, k_len, n, g, t);
+#pragma unroll
+    for (int dn = 0; dn < 2; ++dn) {
+      kb[n + dn] = attn_dropout::col_gather(
+          [&](int lane) { return __shfl_sync(0xffffffffu, byte, lane); }, dn, g, t);
+    }
+  }
+}
+
+// The A fragments of 16 rows (row0, row0 + 16) of a head (`rows` rows, `ld` apart) read from
+// global memory, zeros past `rows`: for every 16 columns.
+template <typename T, int kD>
+__device__ __forceinline__ void row_fragments(uint32_t (&f)[kD / 16][4], const T* src, int64_t ld,
+                                              int64_t row0, int64_t rows, int g, int t) {
+  const T zero = from_float<T>(0.f);
+  const int64_t r0 = row0 + g, r1 = row0 + g + 8;
+#pragma unroll
+  for (int c = 0; c < kD / 16; ++c) {
+    const int col = c * 16 + 2 * t;
+    f[c][0] = r0 < rows ? pair_at(src + r0 * ld + col) : pack<T>(zero, zero);
+    f[c][1] = r1 < rows ? pair_at(src + r1 * ld + col) : pack<T>(zero, zero);
+    f[c][2] = r0 < rows ? pair_at(src + r0 * ld + col + 8) : pack<T>(zero, zero);
+    f[c][3] = r1 < rows ? pair_at(src + r1 * ld + col + 8) : pack<T>(zero, zero);
+  }
+}
+
+// c[n] (16 x kCols, C layout) += A(16 x kD, fragments) · Bᵀ where B is a [kCols, kD] tile in
+// shared memory (row stride kStride): B operand element (kdim, n) = tile[n][kdim]. One ldmatrix.x4
+// gives the B fragments of two 8-column blocks for one 16-deep step: matrices (n, kdim 0..7),
+// (n, 8..15), (n + 1, 0..7), (n + 1, 8..15).
+template <typename T, int kD, int kCols, int kStride>
+__device__ __forceinline__ void mma_abt(float (&c)[kCols / 8][4], const uint32_t (&a)[kD / 16][4],
+                                        const T* tile, int lane) {
+  static_assert(kCols % 16 == 0, "pairs of 8-column blocks");
+  const int m = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int k = 0; k < kD / 16; ++k) {
+#pragma unroll
+    for (int n = 0; n < kCols / 8; n += 2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, tile + ((n + m / 2) * 8 + r) * kStride + k * 16 + (m % 2) * 8);
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_16816<T>(c[n], a[k], b0);
+      mma_16816<T>(c[n + 1], a[k], b1);
+    }
+  }
+}
+
+// acc[n] (16 x kD, C layout) += P(16 x kRows, C layout fragments in p) · tile where tile is a
+// [kRows, kD] tile in shared memory: B operand element (row, dim) = tile[row][dim]. One
+// ldmatrix.x4.trans gives the B fragments of two 8-column blocks for one 16-row step: matrices
+// (rows 0..7, n), (rows 8..15, n), (rows 0..7, n + 1), (rows 8..15, n + 1).
+template <typename T, int kD, int kRows, int kStride>
+__device__ __forceinline__ void mma_pb(float (&acc)[kD / 8][4], const float (&p)[kRows / 8][4],
+                                       const T* tile, int lane) {
+  const int m = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int c = 0; c < kRows / 16; ++c) {
+    uint32_t a[4] = {pack_float<T>(p[2 * c][0], p[2 * c][1]),
+                     pack_float<T>(p[2 * c][2], p[2 * c][3]),
+                     pack_float<T>(p[2 * c + 1][0], p[2 * c + 1][1]),
+                     pack_float<T>(p[2 * c + 1][2], p[2 * c + 1][3])};
+#pragma unroll
+    for (int n = 0; n < kD / 8; n += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, tile + (c * 16 + (m % 2) * 8 + r) * kStride + (n + m / 2) * 8);
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_16816<T>(acc[n], a, b0);
+      mma_16816<T>(acc[n + 1], a, b1);
+    }
+  }
+}
+
+// Whether query i may attend to key j (both in range).
+template <Mask kMask>
+__device__ __forceinline__ bool attends(int64_t i, int64_t j, int64_t q_len, int64_t k_len,
+                                        const uint8_t* pad) {
+  if (i >= q_len || j >= k_len) return false;
+  if constexpr (has_padding(kMask)) {
+    if (pad[j] != 0) return false;
+  }
+  if constexpr (has_causal(kMask)) {
+    if (j > i + (k_len - q_len)) return false;
+  }
+  return true;
+}
+
+// One recomputed entry of the backward, query i and key j: the probability P = exp2(s·scale2 -
+// lse2) (0 where masked), its dropped value P̃ = P·keep, and dS = P ∘ (dP·keep - D), dP the entry
+// of grad_out·vᵀ; keep is the dropout factor of the entry (1/(1-p) kept, 0 dropped; 1 without
+// dropout). Returns dS; *dropped gets P̃.
+__device__ __forceinline__ float recompute(bool on, float s, float scale2, float lse2, float dp,
+                                           float dot, float keep, float* dropped) {
+  const float p = on ? exp2f(s * scale2 - lse2) : 0.f;
+  *dropped = p * keep;
+  return on ? p * (dp * keep - dot) : 0.f;
+}
+
+// ---- what the three tile loops share -----------------------------------------------------------
+
+// The end of the keys a query tile [m0, m0 + kM) may see: k_len, or (causal) its last query's
+// limit, clamped to [0, k_len].
+template <Mask kMask>
+__device__ __forceinline__ int64_t key_end(int64_t m0, int kM, int64_t q_len, int64_t k_len) {
+  if constexpr (!has_causal(kMask)) return k_len;
+  const int64_t lim = m0 + kM + (k_len - q_len);  // one past the last query's last key
+  return lim < k_len ? (lim > 0 ? lim : 0) : k_len;
+}
+
+// Whether the tile of queries [m0, m0 + kM) and keys [n0, n0 + kN) needs its entries masked one by
+// one: queries or keys past the end, key padding, or the causal diagonal crossing it.
+template <Mask kMask>
+__device__ __forceinline__ bool tile_masked(int64_t m0, int kM, int64_t n0, int kN, int64_t q_len,
+                                            int64_t k_len) {
+  bool masked = m0 + kM > q_len || n0 + kN > k_len || has_padding(kMask);
+  if constexpr (has_causal(kMask)) masked = masked || n0 + kN - 1 > m0 + (k_len - q_len);
+  return masked;
+}
+
+// The flat rows of this thread's two query rows (the dropout numbering's): bh·q_len + row.
+__device__ __forceinline__ void flat_rows(uint64_t (&flat)[2], const int64_t (&row)[2], int64_t bh,
+                                          int64_t q_len) {
+  for (int r = 0; r < 2; ++r) flat[r] = static_cast<uint64_t>(bh * q_len + row[r]);
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&a)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) a[n][0] = a[n][1] = a[n][2] = a[n][3] = 0.f;
+}
+
+// dst rows row[0], row[1] (those below `rows`; rows `ld` apart) = a C-layout accumulator of kD
+// columns times mul[r], rounded to T.
+template <typename T, int kD>
+__device__ __forceinline__ void store_rows(T* dst, int64_t ld, const int64_t (&row)[2],
+                                           int64_t rows, const float (&acc)[kD / 8][4],
+                                           const float (&mul)[2], int t) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (row[r] >= rows) continue;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(dst + row[r] * ld + n * 8 + 2 * t) =
+          pack_float<T>(acc[n][2 * r] * mul[r], acc[n][2 * r + 1] * mul[r]);
+    }
+  }
+}
+
+// The D of query rows [m0, m0 + kM) of a head (Σ_d grad_out·out in fp32) into dot[kM] (0 past
+// `rows`; rows `ld` apart): kThreads / kM consecutive threads per row, each summing pairs of
+// elements, then a fixed-order shuffle sum (the same bits every run). Every thread of the block
+// takes part.
+template <typename T, int kD, int kM, int kThreads>
+__device__ __forceinline__ void stage_dot(float* dot, const T* out, const T* grad_out, int64_t ld,
+                                          int64_t m0, int64_t rows) {
+  constexpr int kPer = kThreads / kM;
+  static_assert(
+      kThreads % kM == 0 && kPer <= 32 && (kPer & (kPer - 1)) == 0 && kD % (2 * kPer) == 0,
+      "kThreads / kM threads per row, a power of two dividing the row's pairs");
+  const int i = threadIdx.x / kPer, part = threadIdx.x % kPer;
+  const int64_t row = m0 + i;
+  float acc = 0.f;
+  if (row < rows) {
+#pragma unroll
+    for (int c = 2 * part; c < kD; c += 2 * kPer) {
+      const T* o = out + row * ld + c;
+      const T* go = grad_out + row * ld + c;
+      acc += to_float(o[0]) * to_float(go[0]) + to_float(o[1]) * to_float(go[1]);
+    }
+  }
+#pragma unroll
+  for (int off = kPer / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (part == 0) dot[i] = acc;
+}
+
+// A warp's [16 rows, kCols] C-layout fragments (c[n][2r + h]: row g + 8r, column 8n + 2t + h) into
+// shared memory rounded to T (row stride kStride elements).
+template <typename T, int kCols, int kStride>
+__device__ __forceinline__ void store_rows_t(T* dst, const float (&c)[kCols / 8][4], int g, int t) {
+#pragma unroll
+  for (int n = 0; n < kCols / 8; ++n) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      *reinterpret_cast<uint32_t*>(dst + (g + 8 * r) * kStride + 8 * n + 2 * t) =
+          pack_float<T>(c[n][2 * r], c[n][2 * r + 1]);
+    }
+  }
+}
+
+// grad_q rows [m0, m0 + kM) of a head (those below `rows`, `ld` apart) = scale · dS · k over kN
+// keys: dS from dSᵀ [kN keys, kM queries] in shared memory (A fragments by ldmatrix.trans), k from
+// the [kN, kD] key tile (B fragments by ldmatrix.trans). Warp w takes the 16 rows w % (kM / 16) and
+// the pairs of 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...
+template <typename T, int kD, int kM, int kN, int kWarps>
+__device__ __forceinline__ void grad_q_tile(T* grad_q, int64_t ld, const T* dst, const T* ks,
+                                            int64_t m0, int64_t rows, float scale, int warp,
+                                            int lane) {
+  constexpr int kRowBlocks = kM / 16, kGroups = kWarps / kRowBlocks, kPairs = kD / 16;
+  constexpr int kMine = (kPairs + kGroups - 1) / kGroups;
+  constexpr int kStride = kD + 8, kSStride = kM + 8;
+  static_assert(kWarps % kRowBlocks == 0, "whole row blocks per warp group");
+  const int rb = warp % kRowBlocks, grp = warp / kRowBlocks;
+  const int m = lane / 8, r = lane % 8, g = lane / 4, t = lane % 4;
+  uint32_t a[kN / 16][4];  // dS rows rb·16.., keys 16c..16c+15
+#pragma unroll
+  for (int c = 0; c < kN / 16; ++c) {
+    ldmatrix_x4_trans(a[c], dst + (c * 16 + (m / 2) * 8 + r) * kSStride + rb * 16 + (m % 2) * 8);
+  }
+#pragma unroll
+  for (int i = 0; i < kMine; ++i) {
+    const int pair = grp + i * kGroups;
+    if (pair >= kPairs) break;
+    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int c = 0; c < kN / 16; ++c) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, ks + (c * 16 + (m % 2) * 8 + r) * kStride + (2 * pair + m / 2) * 8);
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_16816<T>(acc[0], a[c], b0);
+      mma_16816<T>(acc[1], a[c], b1);
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int64_t row = m0 + rb * 16 + g + 8 * rr;
+      if (row >= rows) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        *reinterpret_cast<uint32_t*>(grad_q + row * ld + (2 * pair + h) * 8 + 2 * t) =
+            pack_float<T>(acc[h][2 * rr] * scale, acc[h][2 * rr + 1] * scale);
+      }
+    }
+  }
+}
+
+}  // namespace flash
+}  // namespace lightseq::kern
