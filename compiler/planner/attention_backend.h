@@ -8,8 +8,12 @@
 //            Materializes [B, heads, T, S] scores: memory and bandwidth grow with T·S.
 //   fused    templates/flash_attention.cuh: one kernel forward (saving the context and the
 //            log-sum-exp), three backward (D = Σ grad·out, grad k/v per key tile, grad q per query
-//            tile), recomputing the probabilities; scores never stored. fp16/bf16, head_dim a
-//            multiple of 16 up to 128.
+//            tile; one where every key fits one block), recomputing the probabilities; scores
+//            never stored. fp16/bf16, head_dim a multiple of 16 up to 128. The kernels work in
+//            the projections' token layout: the pass drops the lowering's head split and merge
+//            (and their gradients) around a fused op and hands it column slices of the packed
+//            projection [B·T, 3·H] and of its gradient (Tensor::row_stride) and the [B·T, H]
+//            context; the QKV bias then goes to the projection GEMM's epilogue.
 // The spec chooses per stack ("attention": "unfused" | "fused"; the validator refuses "fused"
 // where its kernels cannot run). No "auto" rule yet: measured on an H100 (benchmarks/RESULTS.md,
 // "Fused attention"), the fused kernels win where every key fits one backward block (k_len <= 128;
