@@ -121,6 +121,32 @@ TEST(AttentionBackend, FusedRunsInTheTokenLayoutWithoutHeadMoves) {
       }
     }
   }
+  // A column slice outside its parent's rows, or read by a GEMM, is refused.
+  for (LayerGraph l : lower_model(spec)) {
+    if (l.type != LayerType::kEncoder) continue;
+    choose_attention(l, spec.precision);
+    Graph g = l.graph;
+    int slice = -1;
+    for (int id = 0; id < static_cast<int>(g.tensors().size()); ++id) {
+      if (slice < 0 && g.tensor(id).row_stride > 0) slice = id;  // sa.qkv_biased[q]
+    }
+    ASSERT_GE(slice, 0);
+    g.tensor(slice).view_offset = g.tensor(slice).row_stride;  // past the row's end
+    EXPECT_THROW(g.verify(), InternalError);
+    g = l.graph;
+    std::vector<Op> ops = g.ops();
+    for (Op& o : ops) {
+      if (o.kind == OpKind::kGemm && o.name == "sa.out_proj") o.inputs[0] = slice;
+    }
+    g.set_ops(ops, g.backward_begin());
+    try {
+      g.verify();
+      FAIL() << "a GEMM read a column slice";
+    } catch (const InternalError& e) {
+      EXPECT_NE(std::string(e.what()).find("a GEMM cannot take"), std::string::npos) << e.what();
+    }
+    break;
+  }
   const std::string plan = format_plan(plan_model(spec));
   EXPECT_EQ(plan.find("split_heads"), std::string::npos);
   EXPECT_EQ(plan.find("merge_heads"), std::string::npos);

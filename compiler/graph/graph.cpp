@@ -260,6 +260,25 @@ void Graph::verify() const {
                                         tensors_[out].name, op.name));
       }
     }
+    for (const std::vector<int>* ids : {&op.inputs, &op.outputs}) {
+      for (int id : *ids) {
+        const Tensor& t = tensors_[id];
+        if (t.row_stride <= 0) continue;
+        // A column slice: rows of the parent's, columns inside its rows; only kernels that take a
+        // row stride may see it (a GEMM would read it as contiguous).
+        const Tensor* parent = t.view_of >= 0 ? &tensors_[t.view_of] : nullptr;
+        const bool fits = parent && t.shape.size() == 2 && parent->shape.size() == 2 &&
+                          t.shape[0] == parent->shape[0] && t.shape[1].is_constant() &&
+                          parent->shape[1] == Dim::constant(t.row_stride) && t.view_offset >= 0 &&
+                          t.view_offset + t.shape[1].factor <= t.row_stride;
+        if (!fits || op.kind == OpKind::kGemm) {
+          throw InternalError(fmt::format(
+              "graph: op '{}' uses '{}' {}, a column slice (offset {}, row stride {}) that {}",
+              op.name, t.name, shape_to_string(t.shape), t.view_offset, t.row_stride,
+              fits ? "a GEMM cannot take" : "does not lie inside its parent's rows"));
+        }
+      }
+    }
     if (op.kind == OpKind::kGemm) {
       if (op.inputs.size() < 2 || op.outputs.empty()) {
         throw InternalError(fmt::format("graph: gemm '{}' needs A, B and an output", op.name));
