@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -336,6 +337,61 @@ TEST(KernelSignature, EveryExamplePlanResolvesAtSeveralShapes) {
       }
     }
   }
+}
+
+// The fused attention's launches in the token layout, resolved on the CPU: the row strides of
+// the packed projections (self-attention q, k, v: 3·H; cross-attention q: H, k and v: 2·H), the
+// sizes, and the D kernel's head rows (B·T·heads).
+TEST(KernelSignature, FusedAttentionResolvesTheTokenLayoutsStrides) {
+  ModelSpec spec =
+      parse_spec_file(std::string(LIGHTSEQ_SOURCE_DIR) + "/examples/transformer-base.json");
+  for (LayerStackSpec& l : spec.layers) l.attention = AttentionBackend::kFused;
+  const ModelPlan plan = plan_model(spec);
+  const int64_t H = spec.layers[0].hidden, heads = spec.layers[0].heads;
+  const RunShape shape{3, 200, 150};  // several key blocks: D and grad_q launch too
+  int checked = 0;
+  for (const LayerPlan& lp : plan.layers) {
+    if (lp.layer.type != LayerType::kDecoder) continue;
+    ScratchExtents scratch;
+    scratch.of.assign(lp.layer.graph.tensors().size(), sig::Extent{-1, -1});
+    for (const auto* steps : {&lp.forward, &lp.backward}) {
+      for (const Step& st : *steps) {
+        const auto* k = std::get_if<KernelStep>(&st);
+        if (!k || std::string(k->kernel.sig->family) != "flash_attention") continue;
+        const ResolvedLaunch r = resolve_launch(*k, nullptr, lp.layer.graph, shape, scratch);
+        const sig::Kernel& sg = *k->kernel.sig;
+        auto scalar = [&](const char* name) {
+          for (int i = 0; i < sg.n_params; ++i) {
+            if (sig::same(sg.params[i].name, name)) {
+              int64_t v;
+              std::memcpy(&v, r.storage.data() + r.offsets[i], sizeof v);
+              return v;
+            }
+          }
+          ADD_FAILURE() << sg.name << " has no parameter " << name;
+          return int64_t{-1};
+        };
+        // the first pointer parameter (q, or out for D) tells self- from cross-attention
+        const bool cross = lp.layer.graph.tensor(r.pointers.at(0).tensor).name.rfind("ca.", 0) == 0;
+        const int64_t q_len = shape.seq, k_len = cross ? shape.src_seq : shape.seq;
+        SCOPED_TRACE(std::string(sg.name) + (cross ? " (cross)" : " (self)"));
+        EXPECT_EQ(scalar("heads"), heads);
+        EXPECT_EQ(scalar("q_len"), q_len);
+        EXPECT_EQ(scalar("k_len"), k_len);
+        if (&sg == &sig::kFlashDot) {
+          EXPECT_EQ(scalar("rows"), shape.batch * shape.seq * heads);
+          EXPECT_EQ(r.grid.x * static_cast<int64_t>(r.block.x) >= scalar("rows"), true);
+        } else {
+          EXPECT_EQ(scalar("batch"), shape.batch);
+          EXPECT_EQ(scalar("ld_q"), (cross ? 1 : 3) * H);
+          EXPECT_EQ(scalar("ld_kv"), (cross ? 2 : 3) * H);
+          EXPECT_EQ(static_cast<int64_t>(r.grid.y), shape.batch * heads);
+        }
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 2 * 4);  // self and cross: forward, D, grad_k/grad_v, grad_q
 }
 
 }  // namespace
