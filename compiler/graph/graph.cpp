@@ -264,18 +264,23 @@ void Graph::verify() const {
       for (int id : *ids) {
         const Tensor& t = tensors_[id];
         if (t.row_stride <= 0) continue;
-        // A column slice: rows of the parent's, columns inside its rows; only kernels that take a
-        // row stride may see it (a GEMM would read it as contiguous).
+        // A column slice: rows of the parent's, columns inside its rows; only the fused attention
+        // takes a row stride (any other op would read it as contiguous).
         const Tensor* parent = t.view_of >= 0 ? &tensors_[t.view_of] : nullptr;
         const bool fits = parent && t.shape.size() == 2 && parent->shape.size() == 2 &&
                           t.shape[0] == parent->shape[0] && t.shape[1].is_constant() &&
                           parent->shape[1] == Dim::constant(t.row_stride) && t.view_offset >= 0 &&
                           t.view_offset + t.shape[1].factor <= t.row_stride;
-        if (!fits || op.kind == OpKind::kGemm) {
+        const bool strided_op =
+            op.kind == OpKind::kFlashAttention || op.kind == OpKind::kFlashAttentionGrad;
+        if (!fits || !strided_op) {
           throw InternalError(fmt::format(
               "graph: op '{}' uses '{}' {}, a column slice (offset {}, row stride {}) that {}",
               op.name, t.name, shape_to_string(t.shape), t.view_offset, t.row_stride,
-              fits ? "a GEMM cannot take" : "does not lie inside its parent's rows"));
+              fits
+                  ? fmt::format("a {} op cannot take (only the fused attention's take row strides)",
+                                to_string(op.kind))
+                  : std::string("does not lie inside its parent's rows")));
         }
       }
     }
