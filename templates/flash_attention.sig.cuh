@@ -26,7 +26,8 @@ inline constexpr int64_t kFlashMaxBatchHeads = 65535;
 // slices of packed [B·T, P·H] rows, ld = P·H elements apart; out [B·T, heads·kD]) with 16-byte
 // copies: every row start must stay 16-byte aligned, so ld and the slices' column offsets are
 // multiples of 8 elements.
-LIGHTSEQ_HD constexpr bool flash_ld_ok(int64_t ld) { return ld > 0 && ld % 8 == 0; }
+LIGHTSEQ_HD constexpr bool flash_aligned(int64_t elems) { return elems % 8 == 0; }
+LIGHTSEQ_HD constexpr bool flash_ld_ok(int64_t ld) { return ld > 0 && flash_aligned(ld); }
 // x: query tiles, y: batch · heads.
 LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len,
                                              int warps = kFlashFwdWarps) {

@@ -77,7 +77,7 @@ void add_forward_rules(std::vector<Rule>& r) {
                {"key_padding", op.inputs.size() > 3 ? op.inputs[3] : -1},
                {"out", op.outputs[0]},
                {"lse", op.outputs[1]}},
-              flash_scalars(s, op, {op.inputs[0]}, {op.inputs[1], op.inputs[2]}, op.outputs[0]));
+              flash_scalars(s, op, {op.inputs[0]}, {op.inputs[1], op.inputs[2]}, {op.outputs[0]}));
        }});
   r.push_back({"merge heads", {{K::kMergeHeads, false}}, {}, [B](State& s, const Match& m) {
                  const Op& op = s.op(*m[0]);

@@ -57,9 +57,10 @@ kern::Act act_of(Activation a);
 KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op,
                               std::initializer_list<TemplateValue> extra = {});
 // The fused attention kernels' scalars: sizes, the row strides of the query side (q, grad_q) and
-// the key side (k, v, grad_k, grad_v) of the token layout, checked against `out` ([B·T, heads·d]).
+// the key side (k, v, grad_k, grad_v) of the token layout; `merged` (out, grad_out) checked to be
+// [B·T, heads·d].
 Scalars flash_scalars(const State& s, const Op& op, const std::vector<int>& q_side,
-                      const std::vector<int>& kv_side, int out);
+                      const std::vector<int>& kv_side, const std::vector<int>& merged);
 kern::Pos pos_of(bool learned);
 kern::PosFrom pos_from_of(PositionsFrom p);
 // The scalars every embedding kernel's row rule reads (embedding.cuh's embedding_row): batch, seq,

@@ -222,15 +222,16 @@ int64_t row_elems(const State& s, int tensor) {
 }  // namespace
 
 Scalars flash_scalars(const State& s, const Op& op, const std::vector<int>& q_side,
-                      const std::vector<int>& kv_side, int out) {
+                      const std::vector<int>& kv_side, const std::vector<int>& merged) {
   const OpAttrs::Attention& a = op.attrs.attn;
-  // Each side's tensors share one row stride (the kernels take one per side); the output is the
-  // heads merged, [B·T, heads·d].
+  // Each side's tensors share one row stride (the kernels take one per side); the output and its
+  // gradient are the heads merged, [B·T, heads·d].
   auto ld_of = [&](const std::vector<int>& side) {
     const int64_t ld = row_elems(s, side.at(0));
     for (int t : side) {
       if (row_elems(s, t) != ld || cols_of(s, t) != a.heads * a.head_dim ||
-          !kern::flash_ld_ok(ld) || std::max<int64_t>(s.g.tensor(t).view_offset, 0) % 8 != 0) {
+          !kern::flash_ld_ok(ld) ||
+          !kern::flash_aligned(std::max<int64_t>(s.g.tensor(t).view_offset, 0))) {
         throw InternalError(fmt::format(
             "planner: '{}': '{}' is not a [B·T, {}] token-layout slice with the row stride {} of "
             "its side (a multiple of 8)",
@@ -239,9 +240,11 @@ Scalars flash_scalars(const State& s, const Op& op, const std::vector<int>& q_si
     }
     return ld;
   };
-  if (cols_of(s, out) != a.heads * a.head_dim || row_elems(s, out) != cols_of(s, out)) {
-    throw InternalError(fmt::format("planner: '{}': '{}' is not the merged heads [B·T, {}]",
-                                    op.name, s.g.tensor(out).name, a.heads * a.head_dim));
+  for (int out : merged) {
+    if (cols_of(s, out) != a.heads * a.head_dim || row_elems(s, out) != cols_of(s, out)) {
+      throw InternalError(fmt::format("planner: '{}': '{}' is not the merged heads [B·T, {}]",
+                                      op.name, s.g.tensor(out).name, a.heads * a.head_dim));
+    }
   }
   return {{"batch", ScalarArg::size(Dim::batch())},
           {"heads", ScalarArg::constant(static_cast<double>(a.heads))},
