@@ -27,6 +27,17 @@ int elem_bytes(const Tensor& t, Precision p) { return elem_bytes(t.type, p); }
 LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelTable kernels,
                              GemmRunner* gemm)
     : plan_(plan), precision_(precision), kernels_(std::move(kernels)), gemm_(gemm) {
+  if (plan_.fused) {
+    fused_ = std::make_unique<LayerExecutor>(*plan_.fused, precision, kernels_, gemm);
+    for (int dir = 0; dir < 2; ++dir) {
+      if (fused_->manifest(dir == 1) != manifest(dir == 1)) {
+        throw InternalError(fmt::format(
+            "executor: {}: the fused and unfused plans of an \"auto\" layer bind different {} "
+            "manifests",
+            plan_.layer.name, dir == 1 ? "backward" : "forward"));
+      }
+    }
+  }
   relu_aux_.assign(plan_.layer.graph.tensors().size(), false);
   for (const Step& st : plan_.forward) {
     if (const auto* g = std::get_if<GemmStep>(&st); g && g->epilogue == Epilogue::kReluAuxBias) {
@@ -70,7 +81,12 @@ LayerExecutor::LayerExecutor(const LayerPlan& plan, Precision precision, KernelT
 
 LayerExecutor::~LayerExecutor() = default;
 
+const LayerExecutor& LayerExecutor::at(const RunShape& s) const {
+  return fused_ && plan_.fused_rule.takes(s.batch, s.seq, s.src_seq) ? *fused_ : *this;
+}
+
 const LayerExecutor::ShapePlan& LayerExecutor::resolve(const RunShape& shape) const {
+  if (const LayerExecutor& e = at(shape); &e != this) return e.resolve(shape);
   const std::array<int64_t, 3> key{shape.batch, shape.seq, shape.src_seq};
   std::lock_guard<std::mutex> lock(shapes_mutex_);
   auto it = shapes_.find(key);
@@ -182,6 +198,7 @@ void* view_address(const Tensor& t, void* parent, int64_t numel, int elem) {
 }  // namespace
 
 int64_t LayerExecutor::saved_arena_bytes(const RunShape& s) const {
+  if (const LayerExecutor& e = at(s); &e != this) return e.saved_arena_bytes(s);
   int64_t total = 0;
   for (const SavedSlot& slot : saved_slots_) total += slot_extent(slot, s);
   return total;
@@ -283,12 +300,16 @@ SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const Ru
                                            const DropoutConfig& dropout, Allocator& allocator,
                                            CUstream stream, void* saved_arena,
                                            GradMode grads) const {
+  if (const LayerExecutor& e = at(shape); &e != this)
+    return e.forward_at(args, shape, dropout, allocator, stream, saved_arena, grads);
   return run_forward(args, shape, dropout, allocator, stream, saved_arena, grads, 0, SIZE_MAX);
 }
 
 void LayerExecutor::forward_steps_at(std::span<void* const> args, const RunShape& shape,
                                      Allocator& allocator, CUstream stream, size_t begin,
                                      size_t end, unsigned max_blocks) const {
+  if (const LayerExecutor& e = at(shape); &e != this)
+    return e.forward_steps_at(args, shape, allocator, stream, begin, end, max_blocks);
   const bool chunked = plan_.row_chunks.max_rows > 0;
   if (!plan_.saved.empty() || begin > end ||
       end > (chunked ? plan_.row_chunks.begin : plan_.forward.size())) {
@@ -345,6 +366,8 @@ SavedActivations LayerExecutor::run_forward(std::span<void* const> args, const R
 SavedActivations LayerExecutor::saved_from_arena(void* saved_arena, const Bindings& inputs,
                                                  const RunShape& shape,
                                                  const DropoutConfig& dropout) const {
+  if (const LayerExecutor& e = at(shape); &e != this)
+    return e.saved_from_arena(saved_arena, inputs, shape, dropout);
   std::vector<void*> by_id(plan_.layer.graph.tensors().size(), nullptr);
   for (int id : plan_.saved) {
     auto it = inputs.find(plan_.layer.graph.tensor(id).name);
@@ -385,6 +408,8 @@ SavedActivations LayerExecutor::rebuild_saved(void* saved_arena, const std::vect
 
 void LayerExecutor::backward(const Bindings& given, const SavedActivations& saved, GradMode mode,
                              Allocator& allocator, CUstream stream) const {
+  if (const LayerExecutor& e = at(saved.shape()); &e != this)
+    return e.backward(given, saved, mode, allocator, stream);
   std::vector<void*> args = by_manifest(plan_.manifest[1], given);
   run_backward(args, saved, mode, allocator, stream);
 }
@@ -392,6 +417,8 @@ void LayerExecutor::backward(const Bindings& given, const SavedActivations& save
 void LayerExecutor::backward_at(std::span<void* const> args, void* saved_arena,
                                 const RunShape& shape, const DropoutConfig& dropout, GradMode mode,
                                 Allocator& allocator, CUstream stream) const {
+  if (const LayerExecutor& e = at(shape); &e != this)
+    return e.backward_at(args, saved_arena, shape, dropout, mode, allocator, stream);
   // The forward's inputs the backward reads come with the arguments; they and the arena are what
   // the forward saved.
   if (args.size() != plan_.manifest[1].size()) {

@@ -102,6 +102,14 @@ class LayerExecutor {
 
   const LayerPlan& plan() const { return plan_; }
 
+  // The executor that runs a call of `shape`: this one, or, for an "auto" layer, its fused plan's
+  // where LayerPlan::fused_rule admits the shape. Every call below that takes a shape (or saved
+  // activations, which carry theirs) goes there itself; both plans bind the same manifest. What
+  // takes no shape (plan(), saved_slots()) is this plan's: ask at(shape) for the other's.
+  const LayerExecutor& at(const RunShape& shape) const;
+  // An "auto" layer's fused plan's executor (null for every other layer).
+  const LayerExecutor* fused() const { return fused_.get(); }
+
   // Runs the forward. `given` binds every input and parameter and the output(s). Throws
   // lightseq::Error naming a missing binding, a misaligned pointer or a bad shape. With
   // `saved_arena` (saved_arena_bytes(shape) bytes, 256-byte aligned) the saved activations are
@@ -202,6 +210,7 @@ class LayerExecutor {
   void accumulate_into(const void* in, void* out, int64_t n, Frame& frame) const;
 
   LayerPlan plan_;
+  std::unique_ptr<LayerExecutor> fused_;  // an "auto" layer's fused plan (LayerPlan::fused)
   Precision precision_;
   KernelTable kernels_;
   GemmRunner* gemm_;

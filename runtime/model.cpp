@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "compiler/errors.h"
 #include "compiler/planner/planner.h"
 #include "compiler/spec/validate.h"
@@ -96,7 +98,9 @@ void check_scores(const LayerStackSpec& s, const RunShape& shape, int64_t keys, 
   }
 }
 
-void check_shape(const LayerStackSpec& s, const RunShape& shape, const std::string& where) {
+// `exec`: the stack's executor (an "auto" stack runs a shape fused or unfused as it picks).
+void check_shape(const LayerStackSpec& s, const LayerExecutor& exec, const RunShape& shape,
+                 const std::string& where) {
   if (shape.batch < 1 || shape.seq < 1) {
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be at least 1", where,
                             shape.batch, shape.seq));
@@ -109,7 +113,9 @@ void check_shape(const LayerStackSpec& s, const RunShape& shape, const std::stri
   }
   // The fused attention never materializes the scores (the validator allows it only where its
   // kernels run): no limit from them.
-  if (s.attention == AttentionBackend::kFused) {
+  const std::vector<AttentionChoice>& runs = exec.at(shape).plan().attention;
+  if (std::any_of(runs.begin(), runs.end(),
+                  [](const AttentionChoice& a) { return a.backend == "fused"; })) {
     if (shape.batch * s.heads > kern::kFlashMaxBatchHeads) {
       throw Error(fmt::format(
           "{}: the fused attention runs batch × heads = {} × {} = {} blocks in a grid dimension "
@@ -152,7 +158,7 @@ void CompiledModel::check_run_shape(std::string_view name, const RunShape& shape
   const LayerExecutor& exec = layer(name);  // throws for a layer that does not exist
   for (size_t i = 0; i < stack_to_layer_.size(); ++i) {
     if (executors_.at(stack_to_layer_[i]).get() == &exec) {
-      check_shape(plan_.spec.layers[i], shape,
+      check_shape(plan_.spec.layers[i], exec, shape,
                   fmt::format("{} ({})", name, exec.plan().layer.description));
       return;
     }
@@ -179,7 +185,7 @@ SavedActivations StackLayer::run_forward(const Bindings& b, Precision dtype, con
                                          const DropoutConfig& dropout, Allocator& allocator,
                                          CUstream stream, void* saved_arena) const {
   check_dtype(dtype, model_->spec().precision, where());
-  check_shape(spec_, shape, where());
+  check_shape(spec_, *exec_, shape, where());
   ScopedContext ctx(model_->device());
   return exec_->forward(b, shape, dropout, allocator, stream, saved_arena);
 }
@@ -187,7 +193,7 @@ SavedActivations StackLayer::run_forward(const Bindings& b, Precision dtype, con
 SavedActivations StackLayer::rebuild_saved(void* saved_arena, const Bindings& inputs,
                                            const RunShape& shape,
                                            const DropoutConfig& dropout) const {
-  check_shape(spec_, shape, where());
+  check_shape(spec_, *exec_, shape, where());
   return exec_->saved_from_arena(saved_arena, inputs, shape, dropout);
 }
 

@@ -6,10 +6,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <set>
 #include <string>
 
 #include "compiler/errors.h"
 #include "compiler/planner/planner.h"
+#include "compiler/spec/rules.h"
+#include "compiler/spec/validate.h"
+#include "flash_attention.sig.cuh"
 #include "frontends/spec/parse.h"
 
 namespace lightseq {
@@ -180,13 +184,112 @@ TEST(AttentionBackend, AGradientWithoutItsForwardIsAnInternalError) {
 
 TEST(AttentionBackend, LscPlanPrintsEachChoice) {
   ModelSpec spec = example("bert-base");
-  EXPECT_NE(
-      format_plan(plan_model(spec)).find("attention sa.attention: unfused (the spec's default"),
-      std::string::npos);
+  EXPECT_NE(format_plan(plan_model(spec))
+                .find("attention sa.attention: unfused (the spec's \"attention\": \"unfused\""),
+            std::string::npos);
   spec.layers[0].attention = AttentionBackend::kFused;
   EXPECT_NE(
       format_plan(plan_model(spec)).find("attention sa.attention: fused (the spec asks for it"),
       std::string::npos);
+}
+
+// "auto": the model plan holds each stack planned twice, the unfused plan with the fused one
+// hanging off it; both bind the same manifests (the runtime switches between them per call), the
+// model's kernels are both plans', and `lsc plan` prints both with the rule.
+TEST(AttentionBackend, AutoPlansBothBackendsBehindOneCallingConvention) {
+  ModelSpec spec = example("transformer-base");
+  for (LayerStackSpec& s : spec.layers) s.attention = AttentionBackend::kAuto;
+  const ModelPlan plan = plan_model(spec);
+  std::set<std::string> labels;
+  for (const KernelInstance& k : plan.kernels()) labels.insert(k.label);
+  int stacks = 0;
+  for (const LayerPlan& lp : plan.layers) {
+    SCOPED_TRACE(lp.layer.name);
+    if (lp.layer.type != LayerType::kEncoder && lp.layer.type != LayerType::kDecoder) {
+      EXPECT_EQ(lp.fused, nullptr) << "no attention, no second plan";
+      continue;
+    }
+    ++stacks;
+    ASSERT_NE(lp.fused, nullptr);
+    EXPECT_EQ(lp.fused_rule.max_keys, spec_detail::kAutoFusedMaxKeys);
+    EXPECT_EQ(lp.fused_rule.max_batch, kern::kFlashMaxBatchHeads / spec.layers[0].heads);
+    ASSERT_EQ(lp.attention.size(), lp.fused->attention.size());
+    for (size_t i = 0; i < lp.attention.size(); ++i) {
+      EXPECT_EQ(lp.attention[i].backend, "unfused");
+      EXPECT_EQ(lp.fused->attention[i].backend, "fused");
+      for (const std::string& why : {lp.attention[i].reason, lp.fused->attention[i].reason})
+        EXPECT_NE(why.find("\"attention\": \"auto\""), std::string::npos) << why;
+    }
+    EXPECT_EQ(lp.fused->fused, nullptr);
+    EXPECT_EQ(lp.fused->layer.name, lp.layer.name);
+    for (int dir = 0; dir < 2; ++dir) EXPECT_EQ(lp.fused->manifest[dir], lp.manifest[dir]);
+    EXPECT_NE(lp.fused->saved, lp.saved) << "the fused plan keeps the log-sum-exp, not the scores";
+    for (const LayerPlan* v : {&lp, lp.fused.get()}) {
+      for (const auto* steps : {&v->forward, &v->backward}) {
+        for (const Step& st : *steps) {
+          if (const auto* k = std::get_if<KernelStep>(&st))
+            EXPECT_TRUE(labels.count(k->kernel.label)) << k->kernel.label;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(stacks, 2);
+  // The kernels: the fused-only model's and the unfused-only model's, together.
+  for (AttentionBackend b : {AttentionBackend::kUnfused, AttentionBackend::kFused}) {
+    ModelSpec one = spec;
+    for (LayerStackSpec& s : one.layers) s.attention = b;
+    for (const KernelInstance& k : plan_model(one).kernels())
+      EXPECT_TRUE(labels.count(k.label)) << to_string(b) << ": " << k.label;
+  }
+  const std::string text = format_plan(plan);
+  EXPECT_NE(text.find("layers[0], its fused plan — the calls whose batch is at most 8191 and "
+                      "whose attentions have at most 512 keys"),
+            std::string::npos);
+  EXPECT_NE(text.find("where the \"auto\" layers run their fused plans"), std::string::npos);
+}
+
+// Where the fused kernels cannot run, "auto" plans the unfused path alone and says why; the
+// validator accepts it (unlike "fused").
+TEST(AttentionBackend, AutoWithoutTheFusedKernelsPlansTheUnfusedPathAlone) {
+  struct Case {
+    Precision precision;
+    int64_t heads;  // hidden 640: head dim 640 / heads
+    const char* why;
+  };
+  for (const Case& c : {Case{Precision::kFp32, 10, "run fp16 and bf16"},
+                        Case{Precision::kBf16, 16, "head_dim 40"}}) {
+    ModelSpec spec = example("bert-base");
+    spec.precision = c.precision;
+    for (LayerStackSpec& s : spec.layers) {
+      s.hidden = 640, s.heads = c.heads, s.ffn = 2560;
+      s.attention = AttentionBackend::kAuto;
+    }
+    spec.embedding->hidden = 640;
+    for (const SpecIssue& i : validate_spec(spec)) ADD_FAILURE() << i.to_string();
+    for (const LayerPlan& lp : plan_model(spec).layers) {
+      if (lp.layer.type != LayerType::kEncoder) continue;
+      EXPECT_EQ(lp.fused, nullptr) << to_string(c.precision);
+      ASSERT_EQ(lp.attention.size(), 1u);
+      EXPECT_EQ(lp.attention[0].backend, "unfused");
+      EXPECT_NE(lp.attention[0].reason.find("but the fused kernels cannot run"), std::string::npos)
+          << lp.attention[0].reason;
+      EXPECT_NE(lp.attention[0].reason.find(c.why), std::string::npos) << lp.attention[0].reason;
+    }
+    for (LayerStackSpec& s : spec.layers) s.attention = AttentionBackend::kFused;
+    EXPECT_FALSE(validate_spec(spec).empty()) << "\"fused\" is refused where \"auto\" is not";
+  }
+}
+
+// The rule: the fused plan up to max_keys keys in every attention (the self-attention's T, a
+// decoder's cross-attention's S) and max_batch, the unfused plan past either.
+TEST(AttentionBackend, TheAutoRuleBoundsKeysAndBatch) {
+  const FusedRule r{512, 8191};
+  EXPECT_TRUE(r.takes(1, 1, 0));
+  EXPECT_TRUE(r.takes(8191, 512, 0));
+  EXPECT_TRUE(r.takes(4, 512, 512));
+  EXPECT_FALSE(r.takes(4, 513, 0));
+  EXPECT_FALSE(r.takes(4, 64, 513)) << "a cross-attention over 513 encoder positions";
+  EXPECT_FALSE(r.takes(8192, 64, 0));
 }
 
 }  // namespace

@@ -432,5 +432,51 @@ TEST_F(GpuEncoderDropout, TwoLaneBackwardEqualsOneLaneBitForBit) {
   }
 }
 
+// "attention": "auto" (compiler/planner/attention_backend.h): a call runs the fused plan up to
+// the rule's key limit and the unfused plan past it, bit for bit as a model compiled with that
+// backend alone — y, grad_x and every parameter gradient with dropout, padding, eager and replayed
+// from CUDA graphs — with that backend's saved arena. Shapes on both sides of the limit alternate
+// through one LayerCalls, as a front end with varying lengths calls it.
+TEST_F(GpuEncoderDropout, AutoRunsTheFusedPlanUpToTheKeyLimitAndUnfusedPastIt) {
+  auto spec_with = [](const Case& c, AttentionBackend a) {
+    ModelSpec spec = spec_for(c);
+    spec.layers[0].dropout = {0.1, 0.1, 0.1};
+    spec.layers[0].attention = a;
+    return spec;
+  };
+  const Case base{128, 2, 256, NormPlacement::kPost, Activation::kRelu, Precision::kBf16,
+                  2,   0, true};
+  const auto automatic = model_for(spec_with(base, AttentionBackend::kAuto));
+  const LayerExecutor& exec = automatic->stack(0);
+  ASSERT_NE(exec.fused(), nullptr);
+  LayerCalls calls(exec);
+  const int64_t limit = exec.plan().fused_rule.max_keys;
+  for (int round = 0; round < 2; ++round) {
+    for (int64_t seq : {int64_t{40}, limit, limit + 1}) {
+      Case c = base;
+      c.seq = seq;
+      const bool fused = seq <= limit;
+      SCOPED_TRACE(
+          fmt::format("T = {} (round {}): the {} plan", seq, round, fused ? "fused" : "unfused"));
+      const auto alone =
+          model_for(spec_with(c, fused ? AttentionBackend::kFused : AttentionBackend::kUnfused));
+      EXPECT_EQ(&exec.at(RunShape{c.batch, seq, 0}), fused ? exec.fused() : &exec);
+      EXPECT_EQ(exec.saved_arena_bytes(RunShape{c.batch, seq, 0}),
+                alone->stack(0).saved_arena_bytes(RunShape{c.batch, seq, 0}));
+      BoundEncoder a(exec, c, seed_, *allocator_, stream_);
+      BoundEncoder w(alone->stack(0), c, seed_, *allocator_, stream_);
+      LayerCalls wcalls(alone->stack(0));
+      const std::vector<uint8_t> want = w.step(wcalls, false, true);
+      EXPECT_TRUE(ref::bytes_equal("auto, eager", want, a.step(calls, false, true)));
+      EXPECT_TRUE(ref::bytes_equal("auto, replayed", want, a.step(calls, true, true)));
+      EXPECT_TRUE(ref::bytes_equal("auto, replayed again", want, a.step(calls, true, true)));
+    }
+  }
+  // The typed layer takes a length past the limit (the unfused plan, its score limit checked).
+  EncoderLayer layer(automatic, 0);
+  EXPECT_EQ(layer.saved_arena_bytes(RunShape{2, limit + 1, 0}),
+            exec.saved_arena_bytes(RunShape{2, limit + 1, 0}));
+}
+
 }  // namespace
 }  // namespace lightseq

@@ -176,8 +176,11 @@ struct OpAttrs {
     std::string scale_text;  // "1/sqrt(64)"
     bool padding = false;    // a key padding mask is the 4th (forward) / 5th (gradient) input
     bool causal = false;
-    int dropout_site = -1;   // -1: no attention dropout
-    bool fused = false;      // the spec asks for the fused backend (layers[].attention)
+    int dropout_site = -1;  // -1: no attention dropout
+    // The spec's layers[].attention; and whether the backend pass runs this op fused: "fused", or
+    // the fused plan of an "auto" stack (plan_model plans such a layer twice).
+    AttentionBackend backend = AttentionBackend::kUnfused;
+    bool fused = false;
     std::string forward_op;  // the kAttention op a kAttentionGrad differentiates
   } attn;
   // embedding

@@ -85,6 +85,7 @@ class LayerLowering {
     at.attn.padding = sub.key_padding >= 0;
     at.attn.causal = !sub.cross && s_.causal;
     at.attn.dropout_site = sub.attn_site;
+    at.attn.backend = s_.attention;
     at.attn.fused = s_.attention == AttentionBackend::kFused;
     at.attn.forward_op = sub.p + ".attention";
     return at;

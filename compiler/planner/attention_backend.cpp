@@ -7,6 +7,7 @@
 
 #include "compiler/errors.h"
 #include "compiler/spec/rules.h"
+#include "flash_attention.sig.cuh"
 
 namespace lightseq {
 
@@ -258,7 +259,56 @@ std::string fused_refusal(const Op& op, Precision precision) {
   return "";
 }
 
+// An "auto" attention's rule (one per layer: its attentions share heads).
+FusedRule fused_rule_of(const Op& op) {
+  return {spec_detail::kAutoFusedMaxKeys, kern::kFlashMaxBatchHeads / op.attrs.attn.heads};
+}
+
+// Why the pass runs `op` as it does, for `lsc plan`.
+std::string choice_reason(const Op& op, Precision precision) {
+  const OpAttrs::Attention& a = op.attrs.attn;
+  const bool by_rule = a.backend == AttentionBackend::kAuto;
+  if (a.fused) {
+    const std::string why =
+        by_rule ? fmt::format(
+                      "\"attention\": \"auto\", for calls whose attentions have at most "
+                      "{} keys and whose batch is at most {}: measured faster there "
+                      "(compiler/spec/rules.h)",
+                      fused_rule_of(op).max_keys, fused_rule_of(op).max_batch)
+                : std::string("the spec asks for it (\"attention\": \"fused\")");
+    return why +
+           ": scores never materialized; the backward recomputes them from q, k and the "
+           "log-sum-exp, in the projections' token layout (no head split or merge)";
+  }
+  const std::string refusal = fused_refusal(op, precision);
+  const std::string why =
+      !by_rule ? std::string("the spec's \"attention\": \"unfused\" (its default)")
+      : refusal.empty()
+          ? fmt::format(
+                "\"attention\": \"auto\", for calls with more than {} keys or a batch "
+                "above {} (the layer's fused plan runs the others)",
+                fused_rule_of(op).max_keys, fused_rule_of(op).max_batch)
+          : fmt::format("\"attention\": \"auto\", but the fused kernels cannot run: {}", refusal);
+  return why + ": scores materialized as [B, heads, T, S]";
+}
+
 }  // namespace
+
+std::optional<FusedVariant> auto_fused_variant(const LayerGraph& layer, Precision precision) {
+  FusedVariant v{layer, {}};
+  std::vector<Op> ops = layer.graph.ops();
+  bool any = false;
+  for (Op& op : ops) {
+    if (op.kind != OpKind::kAttention || op.attrs.attn.backend != AttentionBackend::kAuto) continue;
+    if (!fused_refusal(op, precision).empty()) return std::nullopt;
+    op.attrs.attn.fused = true;
+    v.rule = fused_rule_of(op);
+    any = true;
+  }
+  if (!any) return std::nullopt;
+  v.layer.graph.set_ops(std::move(ops), layer.graph.backward_begin());
+  return v;
+}
 
 std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision precision) {
   Graph& g = layer.graph;
@@ -290,17 +340,10 @@ std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision preci
           throw InternalError(
               fmt::format("attention backend: '{}' cannot run fused: {}", op.name, why));
         }
-        choices.push_back({op.name, "fused",
-                           "the spec asks for it (\"attention\": \"fused\"): scores never "
-                           "materialized; the backward recomputes them from q, k and the "
-                           "log-sum-exp, in the projections' token layout (no head split or "
-                           "merge)"});
+        choices.push_back({op.name, "fused", choice_reason(op, precision)});
         saved[op.name] = fused_forward(r, op, tokens);
       } else {
-        choices.push_back({op.name, "unfused",
-                           "the spec's default (\"attention\": \"unfused\"; on an H100 the "
-                           "fused kernels win only where k_len <= 128, benchmarks/RESULTS.md): "
-                           "scores materialized as [B, heads, T, S]"});
+        choices.push_back({op.name, "unfused", choice_reason(op, precision)});
         saved[op.name] = unfused_forward(r, op);
       }
     } else if (op.kind == OpKind::kAttentionGrad) {

@@ -14,15 +14,17 @@
 //            (and their gradients) around a fused op and hands it column slices of the packed
 //            projection [B·T, 3·H] and of its gradient (Tensor::row_stride) and the [B·T, H]
 //            context; the QKV bias then goes to the projection GEMM's epilogue.
-// The spec chooses per stack ("attention": "unfused" | "fused"; the validator refuses "fused"
-// where its kernels cannot run). No "auto" rule yet: measured on an H100 (benchmarks/RESULTS.md,
-// "Fused attention"), the fused kernels win where every key fits one backward block (k_len <= 128;
-// the Transformer-base step, the 768/12 layer at T = 128) and lose 3-17 % per layer at T = 32, 64
-// and >= 512. The lengths are run-time sizes while the backend is chosen per plan, so a length
-// rule needs both backends planned and a choice per call; until then the default stays unfused.
-// `lsc plan` prints each choice with its reason.
+// The spec chooses per stack ("attention": "unfused" | "fused" | "auto"; the validator refuses
+// "fused" where its kernels cannot run). "auto" chooses per call, by the call's lengths: the model
+// plan holds such a layer planned twice (LayerPlan::fused, planned from auto_fused_variant's
+// graph) and the runtime runs the fused plan where LayerPlan::fused_rule admits the call — at most
+// kAutoFusedMaxKeys keys (compiler/spec/rules.h: measured on an H100, the fused kernels win up to
+// T = 512 and lose 19 % at T = 1024), and a batch the fused grids take — the unfused plan
+// elsewhere. Where the fused kernels cannot run at all (fp32, a head dim they lack) "auto" plans
+// the unfused path alone. `lsc plan` prints each choice with its reason.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,5 +37,14 @@ namespace lightseq {
 // and op names as before: "<sub>.scores", "<sub>.softmax", ...). Throws InternalError for a
 // kAttentionGrad without its forward op.
 std::vector<AttentionChoice> choose_attention(LayerGraph& layer, Precision precision);
+
+// The fused plan of a layer with "auto" attention: a copy of `layer` (as lowered, before
+// choose_attention) with every attention op marked fused, and the rule that sends a call to it.
+// nullopt where the layer has no "auto" attention op or the fused kernels cannot run one.
+struct FusedVariant {
+  LayerGraph layer;
+  FusedRule rule;
+};
+std::optional<FusedVariant> auto_fused_variant(const LayerGraph& layer, Precision precision);
 
 }  // namespace lightseq

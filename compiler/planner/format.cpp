@@ -95,20 +95,42 @@ std::string manifest_summary(const std::vector<ManifestEntry>& m, const char* di
 std::string format_plan(const ModelPlan& plan) {
   const ModelSpec& spec = plan.spec;
   std::string out;
-  size_t launches = 0, gemms = 0;
+  // Per training step: launches and GEMMs, with the "auto" layers' unfused plans ([0]) and their
+  // fused plans ([1]).
+  size_t launches[2] = {0, 0}, gemms[2] = {0, 0};
+  bool any_fused = false;
   for (const LayerPlan& l : plan.layers) {
-    for (const auto* steps : {&l.forward, &l.backward}) {
-      for (const Step& st : *steps)
-        (std::holds_alternative<GemmStep>(st) ? gemms : launches) += l.layer.count;
+    for (int f = 0; f < 2; ++f) {
+      const LayerPlan& v = f == 1 && l.fused ? *l.fused : l;
+      any_fused = any_fused || l.fused;
+      for (const auto* steps : {&v.forward, &v.backward}) {
+        for (const Step& st : *steps)
+          (std::holds_alternative<GemmStep>(st) ? gemms : launches)[f] += l.layer.count;
+      }
     }
   }
   out += fmt::format(
-      "model {} ({}): {} distinct kernels; per training step {} kernel launches and {} GEMMs\n",
-      spec.name, to_string(spec.precision), plan.kernels().size(), launches, gemms);
+      "model {} ({}): {} distinct kernels; per training step {} kernel launches and {} GEMMs{}\n",
+      spec.name, to_string(spec.precision), plan.kernels().size(), launches[0], gemms[0],
+      any_fused ? fmt::format(" ({} and {} where the \"auto\" layers run their fused plans)",
+                              launches[1], gemms[1])
+                : "");
   out += "shapes: B = batch, T = sequence length, S = source length (cross-attention)\n";
+  std::vector<std::pair<const LayerPlan*, std::string>> shown;
   for (const LayerPlan& l : plan.layers) {
+    shown.emplace_back(&l, fmt::format("{} — {}", l.layer.name, l.layer.description));
+    if (l.fused) {
+      shown.emplace_back(
+          l.fused.get(),
+          fmt::format("{}, its fused plan — the calls whose batch is at most {} and whose "
+                      "attentions have at most {} keys",
+                      l.layer.name, l.fused_rule.max_batch, l.fused_rule.max_keys));
+    }
+  }
+  for (const auto& [lp, heading] : shown) {
+    const LayerPlan& l = *lp;
     const Graph& g = l.layer.graph;
-    out += fmt::format("\n{} — {}\n", l.layer.name, l.layer.description);
+    out += fmt::format("\n{}\n", heading);
     for (const AttentionChoice& a : l.attention) {
       out += fmt::format("  attention {}: {} ({})\n", a.op, a.backend, a.reason);
     }

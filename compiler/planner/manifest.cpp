@@ -1,7 +1,11 @@
 // manifest.cpp — a layer plan's calling convention (LayerPlan::used, LayerPlan::manifest): what
 // each direction's steps touch, and which of those tensors a call binds, with their roles.
+#include <fmt/format.h>
+
+#include <map>
 #include <set>
 
+#include "compiler/errors.h"
 #include "compiler/planner/passes.h"
 
 namespace lightseq::planner {
@@ -77,6 +81,26 @@ void build_manifest(LayerPlan& lp) {
       e.grad_of = t.grad_of >= 0 ? g.tensor(t.grad_of).name : "";
       lp.manifest[dir].push_back(std::move(e));
     }
+  }
+}
+
+void share_manifests(LayerPlan& a, LayerPlan& b) {
+  for (int dir = 0; dir < 2; ++dir) {
+    std::map<int, ManifestEntry> all;
+    for (const LayerPlan* lp : {&a, &b}) {
+      for (const ManifestEntry& e : lp->manifest[dir]) {
+        auto [it, added] = all.emplace(e.tensor, e);
+        if (!added && !(it->second == e)) {
+          throw InternalError(
+              fmt::format("planner: {}: its two plans bind different tensors as #{} ('{}', '{}')",
+                          a.layer.name, e.tensor, it->second.name, e.name));
+        }
+      }
+    }
+    std::vector<ManifestEntry> merged;
+    for (auto& [id, e] : all) merged.push_back(std::move(e));
+    a.manifest[dir] = merged;
+    b.manifest[dir] = std::move(merged);
   }
 }
 

@@ -35,6 +35,12 @@ bool plan_kernel(State& s, int op);
 
 // The plan's calling convention: LayerPlan::used and LayerPlan::manifest, from its steps.
 void build_manifest(LayerPlan& lp);
+// An "auto" layer's two plans (LayerPlan::fused) take one calling convention: each direction's
+// manifest becomes the union of both, ordered by tensor id as build_manifest orders (the lowering's
+// inputs, parameters and gradients keep their ids in both graphs). A plan is then given, and
+// ignores, what only the other reads: the unfused backward the padding masks the fused one
+// re-reads. InternalError when one tensor id names different entries.
+void share_manifests(LayerPlan& a, LayerPlan& b);
 
 // Would a fusion rule match a chain starting at `op`? (Used by pass 1 to leave a bias to a
 // kernel rather than a GEMM epilogue.)

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <variant>
 #include <vector>
@@ -102,11 +103,27 @@ struct ManifestEntry {
   bool accumulates = false;  // the call adds into it (or only ever sets an error flag in it): the
                              // caller zeroes it (or passes a sum)
   std::string grad_of;       // a gradient's forward tensor ("y" for grad_y); empty otherwise
+  bool operator==(const ManifestEntry&) const = default;
+};
+
+// Which plan of an "auto" layer (layers[].attention) runs a call: the fused one when the call's
+// batch is at most max_batch (the fused grids' limit on batch · heads) and each of its attentions
+// has at most max_keys keys (T; S for a decoder's cross-attention); the unfused one otherwise.
+// compiler/planner/attention_backend.h sets it; the runtime and the Python front end read it.
+struct FusedRule {
+  int64_t max_keys = 0, max_batch = 0;
+  bool takes(int64_t batch, int64_t seq, int64_t src_seq) const {
+    return batch <= max_batch && seq <= max_keys && src_seq <= max_keys;
+  }
 };
 
 struct LayerPlan {
   LayerGraph layer;  // as planned: after the attention backend pass rewrote it
   std::vector<AttentionChoice> attention;  // the backend chosen for each attention op
+  // An "auto" layer: this plan runs its attention unfused, `fused` is the same layer planned with
+  // the fused attention, and `fused_rule` says which runs a call. Null: this plan runs every call.
+  std::shared_ptr<const LayerPlan> fused;
+  FusedRule fused_rule;
   std::vector<Step> forward, backward;
   std::vector<int> saved;  // forward tensors the backward reads (kept between them)
   // Per direction (0 forward, 1 backward): the tensors its steps touch (views' parents included),
@@ -132,7 +149,7 @@ struct LayerPlan {
 
 struct ModelPlan {
   ModelSpec spec;
-  std::vector<LayerPlan> layers;
+  std::vector<LayerPlan> layers;  // an "auto" layer's fused plan hangs off its LayerPlan::fused
   // Every distinct kernel the model needs (by label), in first-use order.
   std::vector<KernelInstance> kernels() const;
 };

@@ -41,7 +41,7 @@ bool writes_aux(Epilogue e) { return e == Epilogue::kReluAuxBias || e == Epilogu
 std::vector<KernelInstance> ModelPlan::kernels() const {
   std::vector<KernelInstance> out;
   std::set<std::string> seen;
-  for (const LayerPlan& l : layers) {
+  auto add = [&](const LayerPlan& l) {
     for (const auto* steps : {&l.forward, &l.backward}) {
       for (const Step& st : *steps) {
         if (const auto* k = std::get_if<KernelStep>(&st)) {
@@ -52,6 +52,10 @@ std::vector<KernelInstance> ModelPlan::kernels() const {
     for (const KernelInstance& k : l.support_kernels) {
       if (seen.insert(k.label).second) out.push_back(k);
     }
+  };
+  for (const LayerPlan& l : layers) {
+    add(l);
+    if (l.fused) add(*l.fused);  // an "auto" layer's fused plan
   }
   return out;
 }
@@ -242,8 +246,16 @@ LayerPlan plan_layer(LayerGraph layer, Precision precision) {
 ModelPlan plan_model(const ModelSpec& spec) {
   ModelPlan plan;
   plan.spec = spec;
-  for (LayerGraph& lg : lower_model(spec))
+  for (LayerGraph& lg : lower_model(spec)) {
+    std::optional<FusedVariant> fused = auto_fused_variant(lg, spec.precision);
     plan.layers.push_back(plan_layer(std::move(lg), spec.precision));
+    if (fused) {
+      LayerPlan f = plan_layer(std::move(fused->layer), spec.precision);
+      planner::share_manifests(plan.layers.back(), f);
+      plan.layers.back().fused = std::make_shared<const LayerPlan>(std::move(f));
+      plan.layers.back().fused_rule = fused->rule;
+    }
+  }
   return plan;
 }
 

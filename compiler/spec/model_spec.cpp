@@ -43,6 +43,8 @@ std::string_view to_string(AttentionBackend a) {
       return "unfused";
     case AttentionBackend::kFused:
       return "fused";
+    case AttentionBackend::kAuto:
+      return "auto";
   }
   bad_enum("AttentionBackend", static_cast<int>(a));
 }

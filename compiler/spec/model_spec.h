@@ -32,9 +32,10 @@ enum class PositionsFrom { kIndex, kTokens };
 enum class PaddingRows { kZero, kEmbedded };
 enum class LayerKind { kEncoder, kDecoder };
 // How a stack's attention runs (compiler/planner/attention_backend.h): the unfused GEMM + softmax
-// path, or the fused kernels of templates/flash_attention.cuh (fp16/bf16, head_dim a multiple of
-// 16 up to 128).
-enum class AttentionBackend { kUnfused, kFused };
+// path, the fused kernels of templates/flash_attention.cuh (fp16/bf16, head_dim a multiple of
+// 16 up to 128), or per call by a measured rule on its lengths (both planned; unfused alone where
+// the fused kernels cannot run).
+enum class AttentionBackend { kUnfused, kFused, kAuto };
 enum class OptimizerKind { kAdam, kAdamW };
 enum class CriterionKind { kCrossEntropy };
 // What the criterion reads: the last stack's output, projected to the vocabulary in chunks by its
@@ -48,7 +49,7 @@ std::string_view to_string(PositionKind p);      // "sinusoidal", "learned"
 std::string_view to_string(PositionsFrom p);     // "index", "tokens"
 std::string_view to_string(PaddingRows p);       // "zero", "embedded"
 std::string_view to_string(LayerKind k);         // "encoder", "decoder"
-std::string_view to_string(AttentionBackend a);  // "unfused", "fused"
+std::string_view to_string(AttentionBackend a);  // "unfused", "fused", "auto"
 std::string_view to_string(OptimizerKind k);     // "adam", "adamw"
 std::string_view to_string(CriterionKind k);     // "cross_entropy"
 std::string_view to_string(CriterionInput i);    // "hidden", "logits"
@@ -61,8 +62,8 @@ inline constexpr std::array kPositionKinds{PositionKind::kSinusoidal, PositionKi
 inline constexpr std::array kPositionsFromValues{PositionsFrom::kIndex, PositionsFrom::kTokens};
 inline constexpr std::array kPaddingRowsValues{PaddingRows::kZero, PaddingRows::kEmbedded};
 inline constexpr std::array kLayerKinds{LayerKind::kEncoder, LayerKind::kDecoder};
-inline constexpr std::array kAttentionBackends{AttentionBackend::kUnfused,
-                                               AttentionBackend::kFused};
+inline constexpr std::array kAttentionBackends{AttentionBackend::kUnfused, AttentionBackend::kFused,
+                                               AttentionBackend::kAuto};
 inline constexpr std::array kOptimizerKinds{OptimizerKind::kAdam, OptimizerKind::kAdamW};
 inline constexpr std::array kCriterionKinds{CriterionKind::kCrossEntropy};
 inline constexpr std::array kCriterionInputs{CriterionInput::kHidden, CriterionInput::kLogits};

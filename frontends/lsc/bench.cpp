@@ -163,8 +163,9 @@ class StackMemory {
 ModelSpec bench_spec(const BenchOptions& o) {
   ModelSpec spec = parse_spec_file(o.spec);
   if (!o.attention.empty()) {
-    for (LayerStackSpec& l : spec.layers) {
-      l.attention = o.attention == "fused" ? AttentionBackend::kFused : AttentionBackend::kUnfused;
+    for (AttentionBackend a : kAttentionBackends) {  // main.cpp checked the name
+      if (to_string(a) != o.attention) continue;
+      for (LayerStackSpec& l : spec.layers) l.attention = a;
     }
   }
   return spec;

@@ -99,6 +99,17 @@ class PyLayer {
   std::vector<py::tuple> saved_slots() const {
     return slot_tuples(calls_.executor().saved_slots());
   }
+  // An "auto" layer's fused plan (LayerPlan::fused_rule): (max_keys, max_batch, its saved slots),
+  // or None. The front end sizes a call's saved arena by the plan the rule picks.
+  py::object fused_plan() const {
+    const LayerExecutor* f = calls_.executor().fused();
+    if (!f) return py::none();
+    const FusedRule& r = calls_.executor().plan().fused_rule;
+    return py::make_tuple(r.max_keys, r.max_batch, slot_tuples(f->saved_slots()));
+  }
+  int64_t saved_arena_bytes(int64_t batch, int64_t seq, int64_t src_seq) const {
+    return calls_.executor().saved_arena_bytes(RunShape{batch, seq, src_seq});
+  }
 
   // args: a device pointer (0: null) per forward manifest entry, in order. rng: the device address
   // of two uint64, the dropout seed and offset, read by the kernels when they run (graph-safe:
@@ -311,6 +322,12 @@ PYBIND11_MODULE(_C, m) {
       .def("saved_slots", &PyLayer::saved_slots,
            "[(name, bytes factor, power of B, power of T, power of S)] of the saved-activation "
            "arena")
+      .def("fused_plan", &PyLayer::fused_plan,
+           "an \"auto\" layer's fused plan: (max_keys, max_batch, saved slots), which runs the "
+           "calls whose batch is at most max_batch and whose attentions have at most max_keys "
+           "keys; None for other layers")
+      .def("saved_arena_bytes", &PyLayer::saved_arena_bytes, py::arg("batch"), py::arg("seq"),
+           py::arg("src_seq"), "bytes of the saved-activation arena of a call of this shape")
       .def("forward", &PyLayer::forward)
       .def("backward", &PyLayer::backward)
       .def("call", &PyLayer::call,

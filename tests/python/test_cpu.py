@@ -379,6 +379,37 @@ def test_fused_attention_is_asked_for_and_explained():
         lightseq.compile(encoder(), attention="flash")
 
 
+def test_auto_attention_is_passed_to_the_compiler_and_explained():
+    """attention="auto": every spec asks the compiler to choose per call (fp32 and head dims the
+    fused kernels lack included: the compiler plans the unfused path alone there), and explain()
+    says how it chooses, or why it cannot."""
+    layer = lightseq.compile(encoder(norm_first=True).to(torch.bfloat16), attention="auto")
+    assert "attention chosen per call by its lengths" in lightseq.explain(layer)
+    assert all('"attention": "auto"' in s for s in layer._lightseq.specs.values())
+    narrow = lightseq.compile(encoder(64, 8, 128), attention="auto")
+    assert "attention unfused: head_dim 8" in lightseq.explain(narrow)
+
+
+def _fake_layer(fused):
+    from lightseq import _ops
+    slot = (("saved", 4, 1, 1, 0),)  # 4·B·T bytes
+    return _ops.Layer(None, "layers[0]", slot, (), (), fused)
+
+
+def test_an_auto_layers_saved_arena_follows_its_rule():
+    """The saved arena of an "auto" layer's call is its fused plan's where the rule admits the
+    shape (at most max_keys in T and S, at most max_batch), the unfused plan's elsewhere."""
+    from lightseq import _ops
+    fused = (512, 100, (("lse", 2, 1, 1, 0),))  # 2·B·T bytes
+    lay = _fake_layer(fused)
+    align = lambda n: (n + 255) // 256 * 256  # noqa: E731
+    assert _ops._saved_bytes(lay, 4, 512, 0) == align(2 * 4 * 512)
+    assert _ops._saved_bytes(lay, 4, 513, 0) == align(4 * 4 * 513)
+    assert _ops._saved_bytes(lay, 4, 64, 513) == align(4 * 4 * 64), "a cross-attention past the limit"
+    assert _ops._saved_bytes(lay, 101, 64, 0) == align(4 * 101 * 64), "a batch past the fused grids"
+    assert _ops._saved_bytes(_fake_layer(None), 4, 64, 0) == align(4 * 4 * 64)
+
+
 def test_assume_constant_result_marks_as_torch_does(monkeypatch):
     """lightseq marks its layer lookups for torch.compile without importing torch._dynamo: the mark
     must be the one torch._dynamo.assume_constant_result sets."""

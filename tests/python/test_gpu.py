@@ -218,6 +218,33 @@ def test_fused_attention_matches_pytorch(dtype, mask):
     compare_models(reference, compiled, dtype, x, grad_out, ref_kw, kw, copy.deepcopy(model).to(dtype))
 
 
+def test_auto_attention_runs_fused_up_to_the_limit_and_unfused_past_it():
+    """lightseq.compile(..., attention="auto"): each call runs the plan the compiler's rule picks by
+    its length, bit for bit as the layer compiled with that backend alone (dropout on, the same
+    torch seed): fused at T = 40 and 512, unfused at 513, alternating through one module; under
+    torch.compile (dynamic lengths) too."""
+    torch.manual_seed(5)
+    layer = nn.TransformerEncoderLayer(128, 2, 256, dropout=0.1, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).cuda().to(torch.bfloat16)
+    models = {a: lightseq.compile(copy.deepcopy(model), attention=a) for a in ("auto", "fused", "unfused")}
+    assert "chosen per call by its lengths" in lightseq.explain(models["auto"])
+    compiled_auto = torch.compile(models["auto"], dynamic=True)
+    for seq in (40, 512, 513, 40, 513):
+        x = torch.randn(2, seq, 128, device="cuda", dtype=torch.bfloat16)
+        g = torch.randn_like(x)
+        outs = {}
+        for name, m in (("auto", models["auto"]), ("alone", models["fused" if seq <= 512 else "unfused"]),
+                        ("auto under torch.compile", compiled_auto)):
+            torch.manual_seed(17)
+            outs[name] = run(m, x, g)
+        for name in ("auto", "auto under torch.compile"):
+            y, _, grads, dx = outs[name]
+            y0, _, grads0, dx0 = outs["alone"]
+            assert torch.equal(y, y0) and torch.equal(dx, dx0), f"{name} at T = {seq}"
+            for n in grads0:
+                assert torch.equal(grads[n], grads0[n]), f"{name} at T = {seq}: {n}"
+
+
 def dropout_model(dtype=torch.bfloat16):
     torch.manual_seed(3)
     layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.2, batch_first=True)

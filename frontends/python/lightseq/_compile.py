@@ -362,6 +362,13 @@ _CALL_NOTE = ("; on CUDA inputs; inputs on another device (CPU) run PyTorch's im
 
 def _attention_note(config: EncoderConfig, dtype: torch.dtype, attention: str) -> str:
     """What explain() says of a layer's attention backend."""
+    if attention == "auto":
+        why = config.fused_attention_refusal(torch.bfloat16)
+        if why:
+            return f"; attention unfused: {why}"
+        return ("; attention chosen per call by its lengths: fused up to the measured limit (`lsc plan` "
+                "says it) in fp16/bf16 (and under autocast), unfused beyond it" +
+                (" and in fp32" if dtype == torch.float32 else ""))
     if attention != "fused":
         return ""
     why = config.fused_attention_refusal(torch.bfloat16)
@@ -388,7 +395,8 @@ def compile(model: nn.Module, *, cache_dir: Optional[str] = None, dtype: Optiona
     `cache_dir` or the default). `attention="fused"` runs the layers' attention with the fused
     kernels (templates/flash_attention.cuh: scores never stored) wherever they can: fp16/bf16
     (autocast included) and head dims 16..128 by 16; elsewhere, and by default, the unfused
-    GEMM + softmax path. explain(model) lists what was replaced and why the rest was not."""
+    GEMM + softmax path. `attention="auto"` chooses per call by its lengths: fused where the
+    compiler's measured rule says it is faster (short sequences), unfused elsewhere. explain(model) lists what was replaced and why the rest was not."""
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"lightseq.compile takes an nn.Module, not {a_type(model)}")
     if dtype is not None:

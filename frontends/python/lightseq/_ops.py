@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import _native, _spec
-from ._errors import ArgumentError
+from ._errors import ArgumentError, Error
 
 _ARENA_ALIGN = 256
 
@@ -55,6 +55,10 @@ class Layer:
     slots: tuple         # the saved arena's slots
     forward: Tuple[Entry, ...]
     backward: Tuple[Entry, ...]
+    # An "auto" layer's fused plan: (max_keys, max_batch, its saved arena's slots), which runs the
+    # calls whose batch is at most max_batch and whose attentions have at most max_keys keys; None
+    # for other layers (LayerPlan::fused_rule: both plans bind the same manifest).
+    fused: Optional[tuple] = None
     fwd_in: tuple = field(init=False)     # the forward's inputs and parameters (a call's args)
     fwd_out: tuple = field(init=False)    # what the forward writes
     bwd_in: tuple = field(init=False)
@@ -132,6 +136,10 @@ class _Shapes:
         self.fwd_in, self.fwd_out = expect(lay.fwd_in), sizes(lay.fwd_out)
         self.bwd_in, self.bwd_out = expect(lay.bwd_in), sizes(lay.bwd_out)
         self.saved_bytes = _saved_bytes(lay, *dims)
+        native = self.saved_bytes if lay.handle is None else lay.handle.saved_arena_bytes(*dims)
+        if self.saved_bytes != native:  # the rule's two readers disagree (_slots_at)
+            raise Error(f"lightseq internal error: {lay.name} at (B, T, S) = {tuple(dims)}: the saved "
+                        f"arena is {self.saved_bytes} bytes here and {native} in the runtime")
 
 
 _lock = threading.Lock()
@@ -174,8 +182,11 @@ def layer_id(spec_json: str, device: int, cache_dir: Optional[str], name: Option
             _models[key[:3]] = model
         handle = C.Layer(model, name)
         dtype = _MODEL_DTYPES[spec.get("precision", "fp32")]
+        fused = handle.fused_plan()
+        if fused is not None:
+            fused = (fused[0], fused[1], tuple(fused[2]))
         _layers.append(Layer(handle, name, tuple(handle.saved_slots()), _entries(handle.manifest(False), dtype),
-                             _entries(handle.manifest(True), dtype)))
+                             _entries(handle.manifest(True), dtype), fused))
         _keys[named] = _keys[key] = len(_layers) - 1
         return _keys[key]
 
@@ -223,10 +234,21 @@ def _size(dims: Sequence, batch, seq, src_seq):
     return [f * batch**b * seq**t * src_seq**s for f, b, t, s in dims]
 
 
+def _slots_at(lay: Layer, batch, seq, src_seq) -> tuple:
+    """The saved arena's slots of the plan that runs a call of (B, T, S): an "auto" layer's fused
+    plan where its rule admits the call (as LayerExecutor::at picks; on SymInts, torch.compile
+    guards on it), else the layer's own."""
+    if lay.fused is not None:
+        max_keys, max_batch, slots = lay.fused
+        if batch <= max_batch and seq <= max_keys and src_seq <= max_keys:
+            return slots
+    return lay.slots
+
+
 def _saved_bytes(lay: Layer, batch, seq, src_seq):
     """Bytes of the saved-activation arena; works on SymInts."""
     total = 0
-    for _name, factor, pb, pt, ps in lay.slots:
+    for _name, factor, pb, pt, ps in _slots_at(lay, batch, seq, src_seq):
         n = factor * batch**pb * seq**pt * src_seq**ps
         total = total + (n + _ARENA_ALIGN - 1) // _ARENA_ALIGN * _ARENA_ALIGN
     return total

@@ -73,7 +73,8 @@ class EncoderConfig:
         """The JSON model spec of one layer of this configuration. Dropout sites are compiled in
         only where `dropout_on` and the probability is non-zero (eval mode compiles none).
         attention "fused" runs the fused attention kernels where they can (fp16/bf16 and their
-        head dims; elsewhere unfused)."""
+        head dims; elsewhere unfused); "auto" lets the compiler choose per call by its lengths
+        (compiler/planner/attention_backend.h; unfused alone where the fused kernels cannot run)."""
         def p(v: float) -> float:
             return v if dropout_on else 0.0
 
@@ -96,6 +97,8 @@ class EncoderConfig:
             layer["causal"] = True
         if attention == "fused" and not self.fused_attention_refusal(dtype):
             layer["attention"] = "fused"
+        elif attention == "auto":
+            layer["attention"] = "auto"
         return {"name": "torch-encoder-layer", "precision": dtype_name(dtype), "layers": [layer]}
 
 
