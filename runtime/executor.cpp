@@ -307,9 +307,9 @@ SavedActivations LayerExecutor::forward_at(std::span<void* const> args, const Ru
 
 void LayerExecutor::forward_steps_at(std::span<void* const> args, const RunShape& shape,
                                      Allocator& allocator, CUstream stream, size_t begin,
-                                     size_t end, unsigned max_blocks) const {
+                                     size_t end) const {
   if (const LayerExecutor& e = at(shape); &e != this)
-    return e.forward_steps_at(args, shape, allocator, stream, begin, end, max_blocks);
+    return e.forward_steps_at(args, shape, allocator, stream, begin, end);
   const bool chunked = plan_.row_chunks.max_rows > 0;
   if (!plan_.saved.empty() || begin > end ||
       end > (chunked ? plan_.row_chunks.begin : plan_.forward.size())) {
@@ -320,17 +320,17 @@ void LayerExecutor::forward_steps_at(std::span<void* const> args, const RunShape
   }
   if (chunked) {
     run_chunked_forward(args, shape, DropoutConfig{}, GradMode::kOverwrite, allocator, stream,
-                        begin, end, max_blocks);
+                        begin, end);
     return;
   }
   run_forward(args, shape, DropoutConfig{}, allocator, stream, nullptr, GradMode::kOverwrite, begin,
-              end, max_blocks);
+              end);
 }
 
 SavedActivations LayerExecutor::run_forward(std::span<void* const> args, const RunShape& shape,
                                             const DropoutConfig& dropout, Allocator& allocator,
                                             CUstream stream, void* saved_arena, GradMode grads,
-                                            size_t begin, size_t end, unsigned max_blocks) const {
+                                            size_t begin, size_t end) const {
   const Graph& g = plan_.layer.graph;
   if (shape.batch <= 0 || shape.seq <= 0) {
     throw Error(fmt::format("{}: batch ({}) and sequence length ({}) must be positive",
@@ -345,7 +345,6 @@ SavedActivations LayerExecutor::run_forward(std::span<void* const> args, const R
   }
   const ShapePlan& sp = resolve(shape);
   Frame f(&g, &sp, precision_, shape, dropout, GradMode::kOverwrite, &allocator, stream);
-  f.max_blocks = max_blocks;
   const std::vector<int>& used = plan_.used[0];
   bind_positional(plan_.manifest[0], args, &f.ptr, plan_.layer.name, nullptr);
 
@@ -567,7 +566,7 @@ void LayerExecutor::run_steps(const std::vector<Step>& steps,
 void LayerExecutor::run_chunked_forward(std::span<void* const> args, const RunShape& shape,
                                         const DropoutConfig& dropout, GradMode grads,
                                         Allocator& allocator, CUstream stream, size_t begin,
-                                        size_t end, unsigned max_blocks) const {
+                                        size_t end) const {
   const Graph& g = plan_.layer.graph;
   const LayerPlan::RowChunks& rc = plan_.row_chunks;
   const int64_t per = std::max<int64_t>(1, rc.max_rows / shape.seq);  // sequences per chunk
@@ -576,7 +575,6 @@ void LayerExecutor::run_chunked_forward(std::span<void* const> args, const RunSh
   // Temporaries (the logits and their gradient) for the largest chunk, the first; only those of
   // steps [begin, end) when they all precede the region (the count of a data-parallel step).
   Frame f(&g, &sp_first, precision_, first, dropout, grads, &allocator, stream);
-  f.max_blocks = max_blocks;
   std::vector<int> used = plan_.used[0];
   if (end <= rc.begin) {
     std::vector<uint8_t> touched(g.tensors().size(), 0);

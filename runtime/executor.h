@@ -155,10 +155,9 @@ class LayerExecutor {
   // nothing (and of a plan with a chunked region, steps before the region only): a caller that
   // runs a plan in parts (the model-level step updates each layer's parameters as soon as their
   // gradients are complete, and finishes the optimizer step once; with a process group it counts
-  // the criterion's targets before the forward). max_blocks > 0: the steps' kernels whose blocks
-  // stride over x (sig::GridStride::kX) launch at most that many blocks (work beside other work).
+  // the criterion's targets before the forward).
   void forward_steps_at(std::span<void* const> args, const RunShape& shape, Allocator& allocator,
-                        CUstream stream, size_t begin, size_t end, unsigned max_blocks = 0) const;
+                        CUstream stream, size_t begin, size_t end) const;
   void backward_at(std::span<void* const> args, void* saved_arena, const RunShape& shape,
                    const DropoutConfig& dropout, GradMode mode, Allocator& allocator,
                    CUstream stream) const;
@@ -186,8 +185,7 @@ class LayerExecutor {
                                  const RunShape& shape, const DropoutConfig& dropout) const;
   SavedActivations run_forward(std::span<void* const> args, const RunShape& shape,
                                const DropoutConfig& dropout, Allocator& allocator, CUstream stream,
-                               void* saved_arena, GradMode grads, size_t begin, size_t end,
-                               unsigned max_blocks = 0) const;
+                               void* saved_arena, GradMode grads, size_t begin, size_t end) const;
   void run_backward(std::span<void* const> args, const SavedActivations& saved, GradMode mode,
                     Allocator& allocator, CUstream stream) const;
   // Steps [begin, end) of `steps` (all of them by default); a step that writes a gradient the
@@ -203,8 +201,7 @@ class LayerExecutor {
   // [begin, end): of the steps before the region only (forward_steps_at), else all.
   void run_chunked_forward(std::span<void* const> args, const RunShape& shape,
                            const DropoutConfig& dropout, GradMode grads, Allocator& allocator,
-                           CUstream stream, size_t begin = 0, size_t end = SIZE_MAX,
-                           unsigned max_blocks = 0) const;
+                           CUstream stream, size_t begin = 0, size_t end = SIZE_MAX) const;
   void run_gemm(const GemmStep& g, Frame& frame) const;
   // out[i] += in[i] for n elements of the model's dtype (the `+=` of epilogue bias gradients).
   void accumulate_into(const void* in, void* out, int64_t n, Frame& frame) const;

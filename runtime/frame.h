@@ -45,12 +45,9 @@ struct LayerExecutor::Frame {
   DropoutConfig dropout;
   GradMode mode = GradMode::kOverwrite;
   Allocator* allocator;
-  CUstream stream;  // where the current step is issued: the caller's, or the side lane's
-  int lane = 0;     // 0: the main stream, 1: the side lane
-  // >0: kernels whose blocks stride over x (sig::GridStride::kX) launch at most this many
-  // blocks along x (forward_steps_at's max_blocks); 0: as their launch formula says.
-  unsigned max_blocks = 0;
-  std::vector<void*> ptr;             // per tensor id; null = unbound
+  CUstream stream;         // where the current step is issued: the caller's, or the side lane's
+  int lane = 0;            // 0: the main stream, 1: the side lane
+  std::vector<void*> ptr;  // per tensor id; null = unbound
   std::map<int, DeviceBuffer> owned;  // zero padding masks made for this call
   std::vector<DeviceBuffer> blocks;   // this call's temporaries (one block) and GEMM workspace
   // Shared by the GEMMs of one lane (they run in its stream's order), one per lane.

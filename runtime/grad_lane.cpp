@@ -42,11 +42,6 @@ unsigned env_count(const char* name, unsigned max, std::string_view meaning,
 
 }  // namespace
 
-unsigned update_lane_blocks() {
-  return env_count("LIGHTSEQ_UPDATE_LANE_BLOCKS", 1u << 20,
-                   "the most blocks of an early update (0: no cap)", "launch one block per chunk");
-}
-
 unsigned lane_gemm_sms() {
   return env_count("LIGHTSEQ_LANE_GEMM_SMS", 4096,
                    "the SMs cuBLASLt plans the side lane's GEMMs for (0: the device's)",

@@ -25,15 +25,11 @@ namespace lightseq {
 // overlap slows by about as much.
 inline constexpr bool kGradLaneByDefault = false;
 bool grad_lane_enabled();
-// LIGHTSEQ_UPDATE_LANE_BLOCKS=N: the step's early updates (on the update lane, beside the
-// backward) launch their AdamW kernel with at most N blocks, so that it takes fewer SMs from the
-// backward's kernels; unset or 0: one block per chunk. An experiment knob (not yet measured to
-// pay: benchmarks/RESULTS.md); throws Error for anything but a non-negative integer.
-unsigned update_lane_blocks();
 // LIGHTSEQ_LANE_GEMM_SMS=N: the GEMMs a layer backward runs on the gradient lane ask cuBLASLt to
 // plan for N SMs (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET), the chain's GEMMs running beside them;
-// unset or 0: the whole device. An experiment knob like the one above (the eleventh session's
-// profile: beside the lane, the chain's GEMMs slowed by a third); throws Error likewise.
+// unset or 0: the whole device. An experiment knob (the eleventh session's profile: beside the
+// lane, the chain's GEMMs slowed by a third; planned for 66 SMs the step took ~0.5 % longer on
+// an H100, RESULTS.md twelfth session); throws Error for anything but an integer in range.
 unsigned lane_gemm_sms();
 
 // Side stream `index` of a main stream in this thread and context, with the events that fork

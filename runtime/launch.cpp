@@ -320,10 +320,7 @@ void enqueue(const ResolvedLaunch& r, const LayerExecutor::Frame& f) {
   }
   std::array<void*, sig::kMaxParams> args{};
   for (size_t i = 0; i < r.offsets.size(); ++i) args[i] = storage.data() + r.offsets[i];
-  Dim3 grid = r.grid;
-  if (f.max_blocks > 0 && r.step->kernel.sig->grid_stride == sig::GridStride::kX)
-    grid.x = std::min(grid.x, f.max_blocks);
-  launch(r.fn, grid, r.block, r.smem_bytes, f.stream, args.data(), r.step->kernel.label);
+  launch(r.fn, r.grid, r.block, r.smem_bytes, f.stream, args.data(), r.step->kernel.label);
 }
 
 }  // namespace lightseq

@@ -62,8 +62,7 @@ TrainStep::TrainStep(std::shared_ptr<const CompiledModel> model, const StepOptio
     }
   }
   // Before anything is allocated (the destructor does not run for a constructor that throws):
-  // a bad lane variable, a communicator on another device.
-  lane_blocks_ = update_lane_blocks();
+  // a communicator on another device.
   if (options_.comm && options_.comm->device() != model_->device()) {
     throw Error(fmt::format(
         "TrainStep: the process group's communicator is on device {}, the model on device {}: "

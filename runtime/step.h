@@ -181,10 +181,6 @@ class TrainStep {
   // the gradient lane (runtime/grad_lane.h: LIGHTSEQ_GRAD_LANE), unless LIGHTSEQ_EARLY_UPDATES=0
   // or the optimizer needs every gradient first (clipping, fp16 loss scaling).
   bool early_updates_ = false;
-  // The early updates' blocks at most (LIGHTSEQ_UPDATE_LANE_BLOCKS; 0: one per chunk, as the
-  // update at the end): an experiment in leaving SMs to the backward beside them (RESULTS.md,
-  // eleventh session: uncapped, the spans slow every kernel of the backward they overlap).
-  unsigned lane_blocks_ = 0;
   // With a process group: the criterion's forward steps [0, count_steps_) count the targets.
   size_t count_steps_ = 0;
   // Side lanes in use (the gradient lane, a process group): captured by priority (step.cpp).

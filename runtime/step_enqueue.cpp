@@ -178,8 +178,7 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
   // elements [begin, begin + count) of the arenas, on `stream`.
   const Call& opt = calls_.back();
   const std::vector<ManifestEntry>& opt_args = opt.exec->manifest(false);
-  auto update = [&](int64_t begin, int64_t count, CUstream stream, size_t from, size_t to,
-                    unsigned max_blocks = 0) {
+  auto update = [&](int64_t begin, int64_t count, CUstream stream, size_t from, size_t to) {
     if (count <= 0) return;
     // The tensors the optimizer sizes by the run's batch are the arenas: each from `begin` on.
     std::vector<void*> a = opt.fwd;
@@ -187,7 +186,7 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
       if (a[k] && opt_args[k].shape == Shape{Dim::batch()})
         a[k] = static_cast<char*>(a[k]) + begin * elem_bytes(opt_args[k].type, p);
     }
-    opt.exec->forward_steps_at(a, RunShape{count, 1, 0}, al, stream, from, to, max_blocks);
+    opt.exec->forward_steps_at(a, RunShape{count, 1, 0}, al, stream, from, to);
   };
   // Elements [begin, begin + count) of the gradient arena summed over the group, on `stream`.
   const CommType grad_type = comm_type(p);
@@ -200,7 +199,7 @@ void TrainStep::enqueue(Bucket& bk, bool train, CUstream s) {
     if (!lane || c.arena_count == 0) return;
     fork_lane(*lane, s);
     if (comm) reduce(c.arena_begin, c.arena_count, lane->stream);
-    if (early_updates_) update(c.arena_begin, c.arena_count, lane->stream, 0, 1, lane_blocks_);
+    if (early_updates_) update(c.arena_begin, c.arena_count, lane->stream, 0, 1);
     done.push_back({c.arena_begin, c.arena_count});
   };
   void* dy = g[0];                            // the gradient of the current call's output

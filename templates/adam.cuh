@@ -85,7 +85,7 @@ __device__ __forceinline__ void adam_elements(const AdamChunk<T>& c, int64_t i, 
 //            (a CUDA graph replays with their current values).
 // Grid/Block: adam_grid(n_chunks) blocks (one per chunk) of adam_block() threads, block-stride
 //            within the chunk; any grid.x from 1 up does every chunk (block b takes chunks b,
-//            b + gridDim.x, ...: sig::GridStride::kX). Split tensors into chunks of about
+//            b + gridDim.x, ...). Split tensors into chunks of about
 //            kAdamChunkElems elements.
 // Constants: none. Every element of every chunk, odd sizes included: 4-element vectors where all
 //            the chunk's pointers allow it, scalars for the tail and for unaligned chunks.

@@ -59,10 +59,8 @@ inline Launch launch(const Values& v) {
   return {adam_grid(v.i[index_of(kP, "n_chunks")]), adam_block(), 0};
 }
 }  // namespace adam_step
-// Its blocks stride over the chunks: the model-level step's early updates may run it on fewer SMs
-// beside the backward (LIGHTSEQ_UPDATE_LANE_BLOCKS, runtime/step.h).
-inline constexpr Kernel kAdam = make_kernel("adam", "adam_kernel", adam_step::kT, adam_step::kP,
-                                            &adam_step::launch, Program::kFamily, GridStride::kX);
+inline constexpr Kernel kAdam =
+    make_kernel("adam", "adam_kernel", adam_step::kT, adam_step::kP, &adam_step::launch);
 
 namespace check_finite {
 inline constexpr TParam kT[] = {kDTypeParam};

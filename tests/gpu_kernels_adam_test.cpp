@@ -92,7 +92,7 @@ class AdamKernels : public GpuKernelTest {
   }
   // One adam_kernel launch with lr and `st` in device memory; returns the state as it is after
   // (the kernel only reads it). blocks > 0: that many blocks striding over the chunks
-  // (sig::GridStride::kX, the step's capped early updates) instead of one per chunk.
+  // instead of one per chunk (the kernel's grid stride).
   kern::OptimState launch_adam(Precision p, OptimizerKind kind, State& s, const Hyper& h,
                                const kern::OptimState& st, unsigned blocks = 0) {
     DeviceArray lr = upload_pod(std::vector<float>{h.lr});

@@ -177,29 +177,5 @@ TEST(LaneGemmSms, ReadsANonNegativeIntegerAndRefusesAnythingElse) {
   EXPECT_THROW(lane_gemm_sms(), Error);
 }
 
-TEST(UpdateLaneBlocks, ReadsANonNegativeIntegerAndRefusesAnythingElse) {
-  for (const auto& [value, want] :
-       {std::pair<std::optional<std::string>, unsigned>{std::nullopt, 0},
-        {"", 0},
-        {"0", 0},
-        {"16", 16},
-        {"1048576", 1u << 20}}) {
-    test::ScopedEnv env("LIGHTSEQ_UPDATE_LANE_BLOCKS", value);
-    EXPECT_EQ(update_lane_blocks(), want) << value.value_or("(unset)");
-  }
-  for (const char* bad : {"-1", "abc", "16x", " 16", "1.5", "1048577", "99999999999999999999"}) {
-    test::ScopedEnv env("LIGHTSEQ_UPDATE_LANE_BLOCKS", bad);
-    try {
-      update_lane_blocks();
-      ADD_FAILURE() << "'" << bad << "' was accepted";
-    } catch (const Error& e) {
-      EXPECT_NE(
-          std::string(e.what()).find("LIGHTSEQ_UPDATE_LANE_BLOCKS='" + std::string(bad) + "'"),
-          std::string::npos)
-          << e.what();
-    }
-  }
-}
-
 }  // namespace
 }  // namespace lightseq

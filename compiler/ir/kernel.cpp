@@ -125,8 +125,7 @@ std::string format_signatures() {
       p.push_back(fmt::format("{} {} [{}{}{}]", ctype_text(pp.type), pp.name, role_text(pp), slots,
                               pp.nullable == sig::Nullable::kYes ? ", may be null" : ""));
     }
-    out += fmt::format("- `{}.cuh`: `{}<{}>`{}\n  ({})\n", k->family, k->name, fmt::join(t, ", "),
-                       k->grid_stride == sig::GridStride::kX ? " (blocks stride over grid.x)" : "",
+    out += fmt::format("- `{}.cuh`: `{}<{}>`\n  ({})\n", k->family, k->name, fmt::join(t, ", "),
                        fmt::join(p, ", "));
   }
   return out;

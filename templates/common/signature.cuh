@@ -137,10 +137,6 @@ struct Launch {
 // instantiation is expensive compiles in parallel with the rest instead of lengthening its
 // family's serial NVRTC run; compiler/codegen/program.h).
 enum class Program { kFamily, kOwn };
-// kX: the kernel is correct for any gridDim.x from 1 to its launch's (its blocks stride over the
-// work along x), so a caller may launch fewer blocks than the launch formula gives: the runtime
-// caps grid.x where a step should leave SMs to concurrent work (LayerExecutor's max_blocks).
-enum class GridStride { kNo, kX };
 
 struct Kernel {
   const char* family;  // template file: "layernorm" -> templates/layernorm.cuh
@@ -151,7 +147,6 @@ struct Kernel {
   int n_params;
   Launch (*launch)(const Values&);
   Program program = Program::kFamily;
-  GridStride grid_stride = GridStride::kNo;
 };
 
 // ---- compile-time lookup by name (a misspelt name does not compile) -------------------------
@@ -189,10 +184,9 @@ consteval int index_of(const TParam (&ts)[N], const char* name) {
 template <int NT, int NP>
 constexpr Kernel make_kernel(const char* family, const char* name, const TParam (&t)[NT],
                              const Param (&p)[NP], Launch (*launch)(const Values&),
-                             Program program = Program::kFamily,
-                             GridStride grid_stride = GridStride::kNo) {
+                             Program program = Program::kFamily) {
   static_assert(NT <= kMaxTParams && NP <= kMaxParams, "raise kMaxTParams / kMaxParams");
-  return Kernel{family, name, t, NT, p, NP, launch, program, grid_stride};
+  return Kernel{family, name, t, NT, p, NP, launch, program};
 }
 
 // The usual derived vector width: 16-byte accesses of T, halved until they divide template
