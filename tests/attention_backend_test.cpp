@@ -243,7 +243,7 @@ TEST(AttentionBackend, AutoPlansBothBackendsBehindOneCallingConvention) {
   }
   const std::string text = format_plan(plan);
   EXPECT_NE(text.find("layers[0], its fused plan — the calls whose batch is at most 8191 and "
-                      "whose attentions have at most 512 keys"),
+                      "whose attentions have at most 128 keys"),
             std::string::npos);
   EXPECT_NE(text.find("where the \"auto\" layers run their fused plans"), std::string::npos);
 }

@@ -26,10 +26,11 @@ constexpr bool fused_head_dim_ok(int64_t d) {
 }
 // "attention": "auto" runs a call fused when each of its attentions has at most this many keys
 // (T, and S for a decoder's cross-attention), unfused above (compiler/planner/attention_backend.h).
-// Measured per layer fwd+bwd on an H100 (benchmarks/RESULTS.md, twelfth session), fused against
-// unfused: -9 % at T = 32, -7 % at 64, -10.5 % at 128, -1.4 % at 512, +19 % at 1024 (head dim
-// 128); the whole Transformer-base step (T = 128) -5 to -10 %.
-inline constexpr int64_t kAutoFusedMaxKeys = 512;
+// Measured per layer fwd+bwd on the H200 (benchmarks/RESULTS.md, thirteenth session), fused
+// against unfused: -8 % at T = 32, -3 % at 64, -7 % at 128 (where one backward block holds every
+// key: flash_bwd_one_block), then +0 to +6 % at 256, +4 % at 384, +7 % at 512, +10 to +20 % at
+// 1024. (On an H100 the fused kernels still won at 512: twelfth session.)
+inline constexpr int64_t kAutoFusedMaxKeys = 128;
 inline constexpr int64_t kMaxCount = 1024;  // layers in one stack
 inline constexpr int64_t kMaxStacks = 256;  // stacks in `layers`: identical layers share one stack
 inline constexpr int64_t kMaxVocab = 2147483647;  // token ids are int32 on the device

@@ -221,22 +221,25 @@ def test_fused_attention_matches_pytorch(dtype, mask):
 def test_auto_attention_runs_fused_up_to_the_limit_and_unfused_past_it():
     """lightseq.compile(..., attention="auto"): each call runs the plan the compiler's rule picks by
     its length, bit for bit as the layer compiled with that backend alone (dropout on, the same
-    torch seed): fused at T = 40 and 512, unfused at 513, alternating through one module; under
-    torch.compile (dynamic lengths) too."""
+    torch seed): fused at T = 40 and at the rule's limit, unfused one past it, alternating through
+    one module; under torch.compile (dynamic lengths) too."""
     torch.manual_seed(5)
     layer = nn.TransformerEncoderLayer(128, 2, 256, dropout=0.1, batch_first=True)
     model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).cuda().to(torch.bfloat16)
     models = {a: lightseq.compile(copy.deepcopy(model), attention=a) for a in ("auto", "fused", "unfused")}
     assert "chosen per call by its lengths" in lightseq.explain(models["auto"])
     compiled_auto = torch.compile(models["auto"], dynamic=True)
-    for seq in (40, 512, 513, 40, 513):
+    models["auto"](torch.randn(1, 8, 128, device="cuda", dtype=torch.bfloat16))  # compiles the layer
+    limit = max(lay.fused[0] for lay in lightseq._ops._layers if lay.fused is not None)
+    for seq in (40, limit, limit + 1, 40, limit + 1):
         x = torch.randn(2, seq, 128, device="cuda", dtype=torch.bfloat16)
         g = torch.randn_like(x)
         outs = {}
-        for name, m in (("auto", models["auto"]), ("alone", models["fused" if seq <= 512 else "unfused"]),
+        for name, m in (("auto", models["auto"]), ("alone", models["fused" if seq <= limit else "unfused"]),
                         ("auto under torch.compile", compiled_auto)):
             torch.manual_seed(17)
-            outs[name] = run(m, x, g)
+            y, loss, grads, dx = run(m, x, g)
+            outs[name] = y, loss, {n.removeprefix("_orig_mod."): v for n, v in grads.items()}, dx
         for name in ("auto", "auto under torch.compile"):
             y, _, grads, dx = outs[name]
             y0, _, grads0, dx0 = outs["alone"]
