@@ -224,13 +224,15 @@ int64_t row_elems(const State& s, int tensor) {
 Scalars flash_scalars(const State& s, const Op& op, const std::vector<int>& q_side,
                       const std::vector<int>& kv_side, const std::vector<int>& merged) {
   const OpAttrs::Attention& a = op.attrs.attn;
-  // Each side's tensors share one row stride (the kernels take one per side); the output and its
-  // gradient are the heads merged, [B·T, heads·d].
+  // Each side's tensors share one row stride and one length (the kernels take one of each per
+  // side); the output and its gradient are the heads merged, [B·T, heads·d], of the q side's rows.
+  const Dim q_len = seq_of_rows(s, q_side.at(0));
   auto ld_of = [&](const std::vector<int>& side) {
     const int64_t ld = row_elems(s, side.at(0));
+    const Dim len = seq_of_rows(s, side.at(0));
     for (int t : side) {
-      if (row_elems(s, t) != ld || cols_of(s, t) != a.heads * a.head_dim ||
-          !kern::flash_ld_ok(ld) ||
+      if (row_elems(s, t) != ld || seq_of_rows(s, t) != len ||
+          cols_of(s, t) != a.heads * a.head_dim || !kern::flash_ld_ok(ld) ||
           !kern::flash_aligned(std::max<int64_t>(s.g.tensor(t).view_offset, 0))) {
         throw InternalError(fmt::format(
             "planner: '{}': '{}' is not a [B·T, {}] token-layout slice with the row stride {} of "
@@ -241,14 +243,15 @@ Scalars flash_scalars(const State& s, const Op& op, const std::vector<int>& q_si
     return ld;
   };
   for (int out : merged) {
-    if (cols_of(s, out) != a.heads * a.head_dim || row_elems(s, out) != cols_of(s, out)) {
+    if (cols_of(s, out) != a.heads * a.head_dim || row_elems(s, out) != cols_of(s, out) ||
+        seq_of_rows(s, out) != q_len) {
       throw InternalError(fmt::format("planner: '{}': '{}' is not the merged heads [B·T, {}]",
                                       op.name, s.g.tensor(out).name, a.heads * a.head_dim));
     }
   }
   return {{"batch", ScalarArg::size(Dim::batch())},
           {"heads", ScalarArg::constant(static_cast<double>(a.heads))},
-          {"q_len", ScalarArg::size(seq_of_rows(s, q_side.at(0)))},
+          {"q_len", ScalarArg::size(q_len)},
           {"k_len", ScalarArg::size(seq_of_rows(s, kv_side.at(0)))},
           {"ld_q", ScalarArg::constant(static_cast<double>(ld_of(q_side)))},
           {"ld_kv", ScalarArg::constant(static_cast<double>(ld_of(kv_side)))},
