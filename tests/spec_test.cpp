@@ -133,8 +133,8 @@ TEST(SpecStack, FinalNormParsesPrintsValidatesAndNamesItsParameters) {
   EXPECT_EQ(spec_to_json(base).dump().find("final_norm"), std::string::npos);
 }
 
-// layers[].attention: "unfused" (default, not printed) or "fused", which needs fp16/bf16 and a
-// head_dim the fused kernels take.
+// layers[].attention: "unfused" (default, not printed), "fused", which needs fp16/bf16 and a
+// head_dim the fused kernels take, or "auto" (valid everywhere: the planner decides).
 TEST(SpecStack, AttentionBackendParsesPrintsAndValidates) {
   ModelSpec s = parse_spec_file(kExamples / "bert-base.json");
   EXPECT_EQ(s.layers[0].attention, AttentionBackend::kUnfused);
@@ -156,9 +156,16 @@ TEST(SpecStack, AttentionBackendParsesPrintsAndValidates) {
                               "bf16 (tensor cores); use \"unfused\" for an fp32 model"}));
   ModelSpec wide = s;
   wide.layers[0].heads = 3;  // head_dim 256
-  // The MT examples run fused (measured: benchmarks/RESULTS.md, twelfth session).
+  // The MT examples choose per call (measured: benchmarks/RESULTS.md, thirteenth session), and
+  // "auto" prints, parses back and is valid where "fused" is not.
   EXPECT_EQ(parse_spec_file(kExamples / "transformer-base.json").layers[1].attention,
-            AttentionBackend::kFused);
+            AttentionBackend::kAuto);
+  ModelSpec chosen = wide;
+  chosen.layers[0].attention = AttentionBackend::kAuto;
+  const std::string auto_json = spec_to_json(chosen).dump();
+  EXPECT_NE(auto_json.find("\"attention\":\"auto\""), std::string::npos) << auto_json;
+  EXPECT_EQ(parse_spec_string(auto_json, "<test>"), chosen);
+  EXPECT_TRUE(issues(chosen).empty());
   EXPECT_EQ(issues(wide),
             (std::vector<std::string>{
                 "layers[0].attention = \"fused\": the fused attention takes head_dim "
