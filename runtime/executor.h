@@ -165,7 +165,8 @@ class LayerExecutor {
   struct Frame;      // one call's state (runtime/frame.h), internal
   struct ShapePlan;  // the plan resolved at one shape (runtime/frame.h), internal
 
-  // The plan resolved for `shape` (computed on first use, then cached; thread-safe).
+  // This plan resolved for `shape` (computed on first use, then cached; thread-safe); an "auto"
+  // layer's other plan: at(shape).resolve(shape).
   const ShapePlan& resolve(const RunShape& shape) const;
 
  private:

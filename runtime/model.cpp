@@ -113,9 +113,8 @@ void check_shape(const LayerStackSpec& s, const LayerExecutor& exec, const RunSh
   }
   // The fused attention never materializes the scores (the validator allows it only where its
   // kernels run): no limit from them.
-  const std::vector<AttentionChoice>& runs = exec.at(shape).plan().attention;
-  if (std::any_of(runs.begin(), runs.end(),
-                  [](const AttentionChoice& a) { return a.backend == "fused"; })) {
+  if (s.attention == AttentionBackend::kFused ||
+      (exec.fused() && &exec.at(shape) == exec.fused())) {
     if (shape.batch * s.heads > kern::kFlashMaxBatchHeads) {
       throw Error(fmt::format(
           "{}: the fused attention runs batch × heads = {} × {} = {} blocks in a grid dimension "

@@ -73,7 +73,10 @@ class CompiledModel {
 class StackLayer {
  public:
   int64_t saved_arena_bytes(const RunShape& shape) const { return exec_->saved_arena_bytes(shape); }
-  const std::vector<SavedSlot>& saved_slots() const { return exec_->saved_slots(); }
+  // The arena's layout for a call of `shape` (an "auto" stack's plans lay it out differently).
+  const std::vector<SavedSlot>& saved_slots(const RunShape& shape) const {
+    return exec_->at(shape).saved_slots();
+  }
   const LayerStackSpec& spec() const { return spec_; }
 
  protected:

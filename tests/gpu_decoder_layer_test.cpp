@@ -248,7 +248,7 @@ TEST_F(GpuDecoderDropout, SameSeedSameBitsOtherOffsetOtherBitsArenaPathSameBits)
   const auto a = run(7, 100), b = run(7, 100), other = run(7, 100 + kDropoutOffsetStride);
   EXPECT_TRUE(ref::bytes_equal("same seed and offset: y, grad_x and grad_encoder_out", a, b));
   EXPECT_NE(a, other) << "a different offset must draw different dropout masks";
-  EXPECT_FALSE(layer.saved_slots().empty());
+  EXPECT_FALSE(layer.saved_slots(RunShape{c.batch, c.seq, c.src_seq}).empty());
   EXPECT_TRUE(ref::bytes_equal("saved arena path: y, grad_x and grad_encoder_out", a,
                                run(7, 100, /*arena=*/true)));
 }

@@ -257,7 +257,7 @@ TEST_F(GpuEncoderDropout, SameSeedSameBitsOtherOffsetOtherBits) {
   const auto a = run(7, 100), b = run(7, 100), other = run(7, 100 + kDropoutOffsetStride);
   EXPECT_TRUE(ref::bytes_equal("same seed and offset: y and grad_x", a, b));
   EXPECT_NE(a, other) << "a different offset must draw different dropout masks";
-  EXPECT_FALSE(layer.saved_slots().empty());
+  EXPECT_FALSE(layer.saved_slots(RunShape{c.batch, c.seq, 0}).empty());
   EXPECT_TRUE(ref::bytes_equal("saved arena path: y and grad_x", a, run(7, 100, /*arena=*/true)));
   EXPECT_TRUE(ref::bytes_equal("seed and offset from device memory: y and grad_x", a,
                                run(7, 100, /*arena=*/false, /*device=*/true)));

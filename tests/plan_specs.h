@@ -33,17 +33,17 @@ inline std::string plan_spec_name(const ::testing::TestParamInfo<std::string>& i
   return n;
 }
 
-// (label, plan) of the spec at `path` (relative to the source tree): "<path> unfused", and
-// "<path> fused" unless the spec is fp32.
+// (label, plan) of the spec at `path` (relative to the source tree) with every stack's attention
+// set: "<path> unfused", and "<path> fused" unless the spec is fp32 (an "auto" stack's two plans
+// are these two).
 inline std::vector<std::pair<std::string, ModelPlan>> plans_by_attention(const std::string& path) {
   std::vector<std::pair<std::string, ModelPlan>> out;
   for (const char* attention : {"unfused", "fused"}) {
     ModelSpec spec = parse_spec_file(std::string(LIGHTSEQ_SOURCE_DIR) + "/" + path);
     const bool fused = std::string(attention) == "fused";
     if (fused && spec.precision == Precision::kFp32) continue;
-    for (LayerStackSpec& l : spec.layers) {
-      if (fused) l.attention = AttentionBackend::kFused;
-    }
+    for (LayerStackSpec& l : spec.layers)
+      l.attention = fused ? AttentionBackend::kFused : AttentionBackend::kUnfused;
     out.emplace_back(path + " " + attention, plan_model(spec));
   }
   return out;

@@ -8,6 +8,8 @@
 
 #include "compiler/errors.h"
 #include "compiler/planner/planner.h"
+#include "compiler/spec/rules.h"
+#include "flash_attention.sig.cuh"
 #include "runtime/device.h"
 #include "runtime/executor.h"
 #include "runtime/model.h"
@@ -278,6 +280,58 @@ TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) 
   for (const SavedSlot& slot : exec.saved_slots()) any_s |= slot.bytes.s > 0;
   EXPECT_TRUE(any_s);
   EXPECT_GT(exec.saved_arena_bytes({2, 8, 16}), exec.saved_arena_bytes({2, 8, 8}));
+}
+
+// "attention": "auto": the executor hands a call to its fused plan exactly where the rule admits
+// the shape — at the key limit, not one past it (a decoder's S as its T), and not past the fused
+// grids' batch — and answers for it: the saved arena is that plan's, and a forward checks its
+// inputs there (before any memory is asked for).
+TEST(RuntimeExecutor, AutoHandsACallToTheFusedPlanExactlyWhereTheRuleSays) {
+  ModelSpec spec = encoder_spec();
+  LayerStackSpec d = spec.layers[0];
+  d.kind = LayerKind::kDecoder;
+  d.causal = true;
+  spec.layers.push_back(d);
+  for (LayerStackSpec& l : spec.layers) l.attention = AttentionBackend::kAuto;
+  const ModelPlan plan = plan_model(spec);
+  KernelTable kernels;
+  for (const KernelInstance& k : plan.kernels()) kernels[k.label] = nullptr;
+  GemmRunner gemm;
+  for (const LayerPlan& lp : plan.layers) {
+    SCOPED_TRACE(lp.layer.name);
+    ASSERT_NE(lp.fused, nullptr);
+    LayerExecutor exec(lp, Precision::kBf16, kernels, &gemm);
+    ASSERT_NE(exec.fused(), nullptr);
+    const bool decoder = lp.layer.type == LayerType::kDecoder;
+    const int64_t keys = lp.fused_rule.max_keys, batch = lp.fused_rule.max_batch;
+    EXPECT_EQ(keys, spec_detail::kAutoFusedMaxKeys);
+    EXPECT_EQ(batch, kern::kFlashMaxBatchHeads / spec.layers[0].heads);
+    const int64_t s = decoder ? 7 : 0;
+    for (const auto& [shape, fused] :
+         {std::pair{RunShape{2, 1, s}, true}, std::pair{RunShape{2, keys, s}, true},
+          std::pair{RunShape{2, keys + 1, s}, false}, std::pair{RunShape{batch, 3, s}, true},
+          std::pair{RunShape{batch + 1, 3, s}, false}}) {
+      SCOPED_TRACE(fmt::format("B {} T {} S {}", shape.batch, shape.seq, shape.src_seq));
+      const LayerExecutor& runs = exec.at(shape);
+      EXPECT_EQ(&runs, fused ? exec.fused() : &exec);
+      EXPECT_EQ(exec.saved_arena_bytes(shape), runs.saved_arena_bytes(shape));
+    }
+    if (decoder) {
+      EXPECT_EQ(&exec.at(RunShape{2, 3, keys}), exec.fused());
+      EXPECT_EQ(&exec.at(RunShape{2, 3, keys + 1}), &exec) << "the cross-attention's keys";
+    }
+    // The plans differ where it shows: the unfused one saves the [B, heads, T, T] probabilities.
+    const RunShape at{2, keys, s};
+    EXPECT_GT(exec.saved_arena_bytes(RunShape{2, keys + 1, s}),
+              exec.fused()->saved_arena_bytes(RunShape{2, keys + 1, s}));
+    NoAllocator none;
+    try {
+      exec.forward(Bindings{}, at, DropoutConfig{}, none, nullptr);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

@@ -18,10 +18,10 @@
 // "fused" where its kernels cannot run). "auto" chooses per call, by the call's lengths: the model
 // plan holds such a layer planned twice (LayerPlan::fused, planned from auto_fused_variant's
 // graph) and the runtime runs the fused plan where LayerPlan::fused_rule admits the call — at most
-// kAutoFusedMaxKeys keys (compiler/spec/rules.h: measured on an H100, the fused kernels win up to
-// T = 512 and lose 19 % at T = 1024), and a batch the fused grids take — the unfused plan
-// elsewhere. Where the fused kernels cannot run at all (fp32, a head dim they lack) "auto" plans
-// the unfused path alone. `lsc plan` prints each choice with its reason.
+// kAutoFusedMaxKeys keys (compiler/spec/rules.h, with the measurements that set it) and a batch
+// the fused grids take — the unfused plan elsewhere. Where the fused kernels cannot run at all
+// (fp32, a head dim they lack) "auto" plans the unfused path alone. `lsc plan` prints each choice
+// with its reason.
 #pragma once
 
 #include <optional>

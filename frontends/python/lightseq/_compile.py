@@ -366,9 +366,9 @@ def _attention_note(config: EncoderConfig, dtype: torch.dtype, attention: str) -
         why = config.fused_attention_refusal(torch.bfloat16)
         if why:
             return f"; attention unfused: {why}"
-        return ("; attention chosen per call by its lengths: fused up to the measured limit (`lsc plan` "
-                "says it) in fp16/bf16 (and under autocast), unfused beyond it" +
-                (" and in fp32" if dtype == torch.float32 else ""))
+        return ("; attention chosen per call by its lengths: fused up to the measured limit "
+                "(`lsc plan` says it) in fp16/bf16 (and under autocast), unfused beyond it"
+                + (" and in fp32" if dtype == torch.float32 else ""))
     if attention != "fused":
         return ""
     why = config.fused_attention_refusal(torch.bfloat16)
