@@ -578,6 +578,30 @@ def test_whole_transformer_matches_pytorch():
         check_close(f"grad {n}", got[3][n], want[3][n], TOL[torch.float32])
 
 
+def test_auto_attention_decoder_chooses_by_the_memory_length_too():
+    """An "auto" decoder: the cross-attention's keys are the memory's length, so a short target
+    over a memory one past the rule's limit runs the unfused plan, and within it the fused one,
+    bit for bit as the layer compiled with that backend alone (dropout on, the same torch seed)."""
+    torch.manual_seed(6)
+    layer = nn.TransformerDecoderLayer(128, 2, 256, dropout=0.1, batch_first=True)
+    model = nn.TransformerDecoder(layer, 2).cuda().to(torch.bfloat16)
+    models = {a: lightseq.compile(copy.deepcopy(model), attention=a) for a in ("auto", "fused", "unfused")}
+    tgt = torch.randn(2, 24, 128, device="cuda", dtype=torch.bfloat16)
+    run_decoder(models["auto"], tgt, tgt, torch.randn_like(tgt), tgt_is_causal=True)  # compiles the layers
+    limit = max(lay.fused[0] for lay in lightseq._ops._layers if lay.fused is not None)
+    for src in (limit, limit + 1):
+        memory = torch.randn(2, src, 128, device="cuda", dtype=torch.bfloat16)
+        g = torch.randn_like(tgt)
+        outs = {}
+        for name in ("auto", "fused" if src <= limit else "unfused"):
+            torch.manual_seed(23)
+            outs[name] = run_decoder(models[name], tgt, memory, g, tgt_is_causal=True)
+        got, want = outs["auto"], outs["fused" if src <= limit else "unfused"]
+        for i in range(3):
+            assert torch.equal(got[i], want[i]), f"S = {src}: output {i}"
+        assert all(torch.equal(got[3][n], want[3][n]) for n in want[3]), f"S = {src}"
+
+
 def test_decoder_dropout_same_seed_same_bits_and_checkpoint():
     torch.manual_seed(3)
     layer = nn.TransformerDecoderLayer(64, 4, 128, dropout=0.1, batch_first=True)
