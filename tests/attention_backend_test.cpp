@@ -10,6 +10,7 @@
 #include <string>
 
 #include "compiler/errors.h"
+#include "compiler/planner/passes.h"
 #include "compiler/planner/planner.h"
 #include "compiler/spec/rules.h"
 #include "compiler/spec/validate.h"
@@ -246,6 +247,26 @@ TEST(AttentionBackend, AutoPlansBothBackendsBehindOneCallingConvention) {
                       "whose attentions have at most 128 keys"),
             std::string::npos);
   EXPECT_NE(text.find("where the \"auto\" layers run their fused plans"), std::string::npos);
+}
+
+// Two plans that name one tensor id differently cannot share a calling convention: a planner bug,
+// refused rather than merged.
+TEST(AttentionBackend, PlansThatDisagreeOnATensorCannotShareAManifest) {
+  ModelSpec spec = example("transformer-base");
+  for (LayerStackSpec& s : spec.layers) s.attention = AttentionBackend::kAuto;
+  const ModelPlan plan = plan_model(spec);
+  const LayerPlan& lp = plan.layers.at(1);
+  ASSERT_NE(lp.fused, nullptr);
+  LayerPlan a = lp, b = *lp.fused;
+  ASSERT_FALSE(b.manifest[0].empty());
+  b.manifest[0][0].name += "_renamed";
+  try {
+    planner::share_manifests(a, b);
+    FAIL() << "no error";
+  } catch (const InternalError& e) {
+    EXPECT_NE(std::string(e.what()).find("its two plans bind different tensors"), std::string::npos)
+        << e.what();
+  }
 }
 
 // Where the fused kernels cannot run, "auto" plans the unfused path alone and says why; the

@@ -236,26 +236,32 @@ int run_bench(const BenchOptions& o) {
         }
       }
     };
+    // How its attention runs at this shape: an "auto" stack's choice is per call.
+    const LayerExecutor& exec = model->stack(s);
+    const std::string attention =
+        exec.fused() ? fmt::format("{} (\"auto\" at this shape)",
+                                   &exec.at(shape) == exec.fused() ? "fused" : "unfused")
+                     : std::string(to_string(st.attention));
     for (const bool graphs : {false, true}) {
       if (graphs && o.no_graphs) break;
       const Timing t = time_steps(o.warmup, o.iters, stream, [&] { step(graphs); });
       const CallGraphs::Stats g = calls.graph_stats();
-      std::cout << fmt::format(
-                       "layers[{}] {} × {} {}/{}/{} {}-LN {}{}: step {:.3f} ms (median of {}, min "
-                       "{:.3f}), {:.3f} ms per layer fwd+bwd, {:.0f} tokens/s; host issue {:.3f} "
-                       "ms per layer fwd+bwd{}\n",
-                       s, st.count, to_string(st.kind), st.hidden, st.heads, st.ffn,
-                       to_string(st.norm), to_string(st.activation),
-                       std::string(graphs ? ", calls replayed from CUDA graphs" : "") +
-                           (grad_lane_enabled() ? ", parameter-gradient lane" : ""),
-                       t.median, t.count, t.min, t.median / st.count,
-                       o.batch * o.seq / (t.median / 1e3), t.host_median / st.count,
-                       graphs
-                           ? fmt::format(" ({} captures, {} replays, {} eager; the captured "
-                                         "calls keep {:.1f} MiB of temporaries)",
-                                         g.captures, g.replays, g.eager, g.pinned_bytes / 1048576.0)
-                           : "")
-                << std::flush;
+      std::cout
+          << fmt::format(
+                 "layers[{}] {} × {} {}/{}/{} {}-LN {}, attention {}{}: step {:.3f} ms (median "
+                 "of {}, min {:.3f}), {:.3f} ms per layer fwd+bwd, {:.0f} tokens/s; host "
+                 "issue {:.3f} ms per layer fwd+bwd{}\n",
+                 s, st.count, to_string(st.kind), st.hidden, st.heads, st.ffn, to_string(st.norm),
+                 to_string(st.activation), attention,
+                 std::string(graphs ? ", calls replayed from CUDA graphs" : "") +
+                     (grad_lane_enabled() ? ", parameter-gradient lane" : ""),
+                 t.median, t.count, t.min, t.median / st.count, o.batch * o.seq / (t.median / 1e3),
+                 t.host_median / st.count,
+                 graphs ? fmt::format(" ({} captures, {} replays, {} eager; the captured "
+                                      "calls keep {:.1f} MiB of temporaries)",
+                                      g.captures, g.replays, g.eager, g.pinned_bytes / 1048576.0)
+                        : "")
+          << std::flush;
     }
   }
   LIGHTSEQ_CU_CHECK(driver().cuStreamSynchronize(stream));
