@@ -39,6 +39,16 @@ ModelSpec encoder_spec() {
   return s;
 }
 
+// encoder_spec() and a decoder stack of the same sizes after it.
+ModelSpec encoder_decoder_spec() {
+  ModelSpec s = encoder_spec();
+  LayerStackSpec d = s.layers[0];
+  d.kind = LayerKind::kDecoder;
+  d.causal = true;
+  s.layers.push_back(d);
+  return s;
+}
+
 struct Fixture {
   ModelPlan plan = plan_model(encoder_spec());
   KernelTable kernels;
@@ -210,11 +220,7 @@ namespace {
 // The decoder's graph names are the contract DecoderLayer (runtime/model.cpp) binds: PyTorch's
 // nn.TransformerDecoderLayer names, the cross-attention's packed in_proj split in q and k/v rows.
 TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) {
-  ModelSpec spec = encoder_spec();
-  LayerStackSpec d = spec.layers[0];
-  d.kind = LayerKind::kDecoder;
-  d.causal = true;
-  spec.layers.push_back(d);
+  ModelSpec spec = encoder_decoder_spec();
   const ModelPlan plan = plan_model(spec);
   KernelTable kernels;
   for (const KernelInstance& k : plan.kernels()) kernels[k.label] = nullptr;
@@ -287,11 +293,7 @@ TEST(RuntimeExecutor, DecoderBindingsAreTheTypedApisNamesAndItsArenaGrowsWithS) 
 // grids' batch — and answers for it: the saved arena is that plan's, and a forward checks its
 // inputs there (before any memory is asked for).
 TEST(RuntimeExecutor, AutoHandsACallToTheFusedPlanExactlyWhereTheRuleSays) {
-  ModelSpec spec = encoder_spec();
-  LayerStackSpec d = spec.layers[0];
-  d.kind = LayerKind::kDecoder;
-  d.causal = true;
-  spec.layers.push_back(d);
+  ModelSpec spec = encoder_decoder_spec();
   for (LayerStackSpec& l : spec.layers) l.attention = AttentionBackend::kAuto;
   const ModelPlan plan = plan_model(spec);
   KernelTable kernels;
