@@ -107,8 +107,10 @@ class LayerExecutor {
   // activations, which carry theirs) goes there itself; both plans bind the same manifest. What
   // takes no shape (plan(), saved_slots()) is this plan's: ask at(shape) for the other's.
   const LayerExecutor& at(const RunShape& shape) const;
-  // An "auto" layer's fused plan's executor (null for every other layer).
+  // An "auto" layer's fused plan's executor (null for every other layer), and whether it runs a
+  // call of `shape`.
   const LayerExecutor* fused() const { return fused_.get(); }
+  bool fused_at(const RunShape& shape) const { return fused_ && &at(shape) == fused_.get(); }
 
   // Runs the forward. `given` binds every input and parameter and the output(s). Throws
   // lightseq::Error naming a missing binding, a misaligned pointer or a bad shape. With

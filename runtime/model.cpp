@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <algorithm>
-
 #include "compiler/errors.h"
 #include "compiler/planner/planner.h"
 #include "compiler/spec/validate.h"
@@ -113,8 +111,7 @@ void check_shape(const LayerStackSpec& s, const LayerExecutor& exec, const RunSh
   }
   // The fused attention never materializes the scores (the validator allows it only where its
   // kernels run): no limit from them.
-  if (s.attention == AttentionBackend::kFused ||
-      (exec.fused() && &exec.at(shape) == exec.fused())) {
+  if (s.attention == AttentionBackend::kFused || exec.fused_at(shape)) {
     if (shape.batch * s.heads > kern::kFlashMaxBatchHeads) {
       throw Error(fmt::format(
           "{}: the fused attention runs batch × heads = {} × {} = {} blocks in a grid dimension "

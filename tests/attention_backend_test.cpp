@@ -225,7 +225,7 @@ TEST(AttentionBackend, AutoPlansBothBackendsBehindOneCallingConvention) {
     EXPECT_EQ(lp.fused->layer.name, lp.layer.name);
     for (int dir = 0; dir < 2; ++dir) EXPECT_EQ(lp.fused->manifest[dir], lp.manifest[dir]);
     EXPECT_NE(lp.fused->saved, lp.saved) << "the fused plan keeps the log-sum-exp, not the scores";
-    for (const LayerPlan* v : {&lp, lp.fused.get()}) {
+    for (const LayerPlan* v : lp.plans()) {
       for (const auto* steps : {&v->forward, &v->backward}) {
         for (const Step& st : *steps) {
           if (const auto* k = std::get_if<KernelStep>(&st))

@@ -254,8 +254,7 @@ TEST(Plan, SharedKernelsAreListedOnce) {
   // everything but their attention's: fewer than each plan's own kernels summed
   size_t own = 0;
   for (const LayerPlan& lp : plan.layers) {
-    for (const LayerPlan* v : {&lp, lp.fused.get()}) {
-      if (!v) continue;
+    for (const LayerPlan* v : lp.plans()) {
       std::set<std::string> mine;
       for (const auto* steps : {&v->forward, &v->backward}) {
         for (const Step& st : *steps) {

@@ -95,15 +95,16 @@ std::string manifest_summary(const std::vector<ManifestEntry>& m, const char* di
 std::string format_plan(const ModelPlan& plan) {
   const ModelSpec& spec = plan.spec;
   std::string out;
-  // Per training step: launches and GEMMs, with the "auto" layers' unfused plans ([0]) and their
-  // fused plans ([1]).
+  // Per training step: launches and GEMMs with each layer's first plan ([0]), and with the "auto"
+  // layers' fused plans instead ([1]).
   size_t launches[2] = {0, 0}, gemms[2] = {0, 0};
   bool any_fused = false;
   for (const LayerPlan& l : plan.layers) {
+    const std::vector<const LayerPlan*> v = l.plans();
+    any_fused = any_fused || v.size() > 1;
     for (int f = 0; f < 2; ++f) {
-      const LayerPlan& v = f == 1 && l.fused ? *l.fused : l;
-      any_fused = any_fused || l.fused;
-      for (const auto* steps : {&v.forward, &v.backward}) {
+      const LayerPlan* runs = f == 0 ? v.front() : v.back();
+      for (const auto* steps : {&runs->forward, &runs->backward}) {
         for (const Step& st : *steps)
           (std::holds_alternative<GemmStep>(st) ? gemms : launches)[f] += l.layer.count;
       }
@@ -116,15 +117,14 @@ std::string format_plan(const ModelPlan& plan) {
                               launches[1], gemms[1])
                 : "");
   out += "shapes: B = batch, T = sequence length, S = source length (cross-attention)\n";
-  std::vector<std::pair<const LayerPlan*, std::string>> shown;
+  std::vector<std::pair<const LayerPlan*, std::string>> shown;  // every plan, with its heading
   for (const LayerPlan& l : plan.layers) {
-    shown.emplace_back(&l, fmt::format("{} — {}", l.layer.name, l.layer.description));
-    if (l.fused) {
+    for (const LayerPlan* v : l.plans()) {
       shown.emplace_back(
-          l.fused.get(),
-          fmt::format("{}, its fused plan — the calls whose batch is at most {} and whose "
-                      "attentions have at most {} keys",
-                      l.layer.name, l.fused_rule.max_batch, l.fused_rule.max_keys));
+          v, v == &l ? fmt::format("{} — {}", l.layer.name, l.layer.description)
+                     : fmt::format("{}, its fused plan — the calls whose batch is at most {} and "
+                                   "whose attentions have at most {} keys",
+                                   l.layer.name, l.fused_rule.max_batch, l.fused_rule.max_keys));
     }
   }
   for (const auto& [lp, heading] : shown) {

@@ -124,6 +124,12 @@ struct LayerPlan {
   // the fused attention, and `fused_rule` says which runs a call. Null: this plan runs every call.
   std::shared_ptr<const LayerPlan> fused;
   FusedRule fused_rule;
+  // This plan, then an "auto" layer's fused plan: every plan of the layer.
+  std::vector<const LayerPlan*> plans() const {
+    std::vector<const LayerPlan*> out{this};
+    if (fused) out.push_back(fused.get());
+    return out;
+  }
   std::vector<Step> forward, backward;
   std::vector<int> saved;  // forward tensors the backward reads (kept between them)
   // Per direction (0 forward, 1 backward): the tensors its steps touch (views' parents included),

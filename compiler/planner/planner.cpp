@@ -41,21 +41,19 @@ bool writes_aux(Epilogue e) { return e == Epilogue::kReluAuxBias || e == Epilogu
 std::vector<KernelInstance> ModelPlan::kernels() const {
   std::vector<KernelInstance> out;
   std::set<std::string> seen;
-  auto add = [&](const LayerPlan& l) {
-    for (const auto* steps : {&l.forward, &l.backward}) {
-      for (const Step& st : *steps) {
-        if (const auto* k = std::get_if<KernelStep>(&st)) {
-          if (seen.insert(k->kernel.label).second) out.push_back(k->kernel);
+  for (const LayerPlan& layer : layers) {
+    for (const LayerPlan* l : layer.plans()) {
+      for (const auto* steps : {&l->forward, &l->backward}) {
+        for (const Step& st : *steps) {
+          if (const auto* k = std::get_if<KernelStep>(&st)) {
+            if (seen.insert(k->kernel.label).second) out.push_back(k->kernel);
+          }
         }
       }
+      for (const KernelInstance& k : l->support_kernels) {
+        if (seen.insert(k.label).second) out.push_back(k);
+      }
     }
-    for (const KernelInstance& k : l.support_kernels) {
-      if (seen.insert(k.label).second) out.push_back(k);
-    }
-  };
-  for (const LayerPlan& l : layers) {
-    add(l);
-    if (l.fused) add(*l.fused);  // an "auto" layer's fused plan
   }
   return out;
 }

@@ -67,6 +67,13 @@ inline constexpr std::array kAttentionBackends{AttentionBackend::kUnfused, Atten
 inline constexpr std::array kOptimizerKinds{OptimizerKind::kAdam, OptimizerKind::kAdamW};
 inline constexpr std::array kCriterionKinds{CriterionKind::kCrossEntropy};
 inline constexpr std::array kCriterionInputs{CriterionInput::kHidden, CriterionInput::kLogits};
+// Their names (to_string of each value, in that order): the command line's and Python's choices.
+template <typename E, size_t N>
+std::vector<std::string> names_of(const std::array<E, N>& values) {
+  std::vector<std::string> out;
+  for (E v : values) out.emplace_back(to_string(v));
+  return out;
+}
 
 // Bytes of one element of the model's activations and parameters.
 int element_bytes(Precision p);

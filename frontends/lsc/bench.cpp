@@ -239,9 +239,9 @@ int run_bench(const BenchOptions& o) {
     // How its attention runs at this shape: an "auto" stack's choice is per call.
     const LayerExecutor& exec = model->stack(s);
     const std::string attention =
-        exec.fused() ? fmt::format("{} (\"auto\" at this shape)",
-                                   &exec.at(shape) == exec.fused() ? "fused" : "unfused")
-                     : std::string(to_string(st.attention));
+        exec.fused()
+            ? fmt::format("{} (\"auto\" at this shape)", exec.fused_at(shape) ? "fused" : "unfused")
+            : std::string(to_string(st.attention));
     for (const bool graphs : {false, true}) {
       if (graphs && o.no_graphs) break;
       const Timing t = time_steps(o.warmup, o.iters, stream, [&] { step(graphs); });

@@ -83,13 +83,6 @@ int cmd_build(const std::string& spec_path, const std::string& archs, const std:
   return 0;
 }
 
-// The spec's attention backends by name (--attention).
-std::vector<std::string> attention_names() {
-  std::vector<std::string> out;
-  for (AttentionBackend a : kAttentionBackends) out.emplace_back(to_string(a));
-  return out;
-}
-
 int cmd_plan(const std::string& spec_path) {
   std::cout << format_plan(plan_model(parse_spec_file(spec_path)));
   return 0;
@@ -223,7 +216,7 @@ int run(int argc, char** argv) {
       ->add_option("--attention", bench_opts.attention,
                    "Run every stack's attention unfused, fused (flash_attention.cuh) or auto (per "
                    "call by its lengths), whatever the spec says")
-      ->check(CLI::IsMember(attention_names()));
+      ->check(CLI::IsMember(names_of(kAttentionBackends)));
 
   TrainOptions train_opts;
   auto* train = app.add_subcommand(

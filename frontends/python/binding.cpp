@@ -258,23 +258,18 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "spec_choices",
       [] {
-        auto names = [](const auto& values) {
-          std::vector<std::string> out;
-          for (auto v : values) out.emplace_back(to_string(v));
-          return out;
-        };
         py::dict d;
-        d["precision"] = names(kPrecisions);
-        d["embedding.positions"] = names(kPositionKinds);
-        d["embedding.positions_from"] = names(kPositionsFromValues);
-        d["embedding.padding_rows"] = names(kPaddingRowsValues);
-        d["layers.type"] = names(kLayerKinds);
-        d["layers.activation"] = names(kActivations);
-        d["layers.norm"] = names(kNormPlacements);
-        d["layers.attention"] = names(kAttentionBackends);
-        d["criterion.type"] = names(kCriterionKinds);
-        d["criterion.input"] = names(kCriterionInputs);
-        d["optimizer.type"] = names(kOptimizerKinds);
+        d["precision"] = names_of(kPrecisions);
+        d["embedding.positions"] = names_of(kPositionKinds);
+        d["embedding.positions_from"] = names_of(kPositionsFromValues);
+        d["embedding.padding_rows"] = names_of(kPaddingRowsValues);
+        d["layers.type"] = names_of(kLayerKinds);
+        d["layers.activation"] = names_of(kActivations);
+        d["layers.norm"] = names_of(kNormPlacements);
+        d["layers.attention"] = names_of(kAttentionBackends);
+        d["criterion.type"] = names_of(kCriterionKinds);
+        d["criterion.input"] = names_of(kCriterionInputs);
+        d["optimizer.type"] = names_of(kOptimizerKinds);
         return d;
       },
       "{spec path: [the names it takes]} for every enumerated field of a spec (docs/spec.md), as "
