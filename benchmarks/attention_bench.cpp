@@ -7,8 +7,10 @@
 // benchmarks/attention_peers.py times torch SDPA's flash and cuDNN backends on the same shapes.
 //
 // Usage: attention_bench [--dtype bf16|fp16] [--dims 64,128] [--seqs 512,...] [--causal]
-//                        [--iters N] [--fwd-warps 4|8]   (needs a GPU; --fwd-warps: the
-//                        forward's warps per block, the plans' 4 or the alternative 8)
+//                        [--iters N] [--fwd-warps 4|8] [--bwd-blocks 1|2]   (needs a GPU;
+//                        --fwd-warps: the forward's warps per block, the plans' 4 or the
+//                        alternative 8; --bwd-blocks: the blocks per SM the grad_k/grad_v kernel
+//                        is built for, default the plans' flash_bwd_blocks(d), 2 only up to d 64)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -53,12 +55,12 @@ struct Kernels {
   KernelInstance fwd, dot, dkdv, dq;
 };
 
-Kernels instances(Precision p, int64_t d, bool causal, bool drop, int fwd_warps) {
+Kernels instances(Precision p, int64_t d, bool causal, bool drop, int fwd_warps, int bwd_blocks) {
   const auto mask = tv("kMask", causal ? kern::Mask::kCausal : kern::Mask::kNone);
   const auto dropout = tv("kDrop", drop ? kern::Drop::kOn : kern::Drop::kOff);
   return {instantiate(sig::kFlashFwd, p, {{"kD", d}, mask, dropout, {"kWarps", fwd_warps}}),
           instantiate(sig::kFlashDot, p, {{"kD", d}}),
-          instantiate(sig::kFlashDkDv, p, {{"kD", d}, mask, dropout}),
+          instantiate(sig::kFlashDkDv, p, {{"kD", d}, mask, dropout, {"kBlocks", bwd_blocks}}),
           instantiate(sig::kFlashDq, p, {{"kD", d}, mask, dropout})};
 }
 
@@ -87,6 +89,7 @@ int main(int argc, char** argv) {
     Precision p = Precision::kBf16;
     std::vector<int64_t> dims{64, 128}, seqs{128, 512, 1024, 2048, 4096, 8192};
     int fwd_warps = kern::kFlashFwdWarps;  // the forward's warps per block (the plans': 4)
+    int bwd_blocks_arg = 0;                // 0: the plans' flash_bwd_blocks(d)
     bool causal = false;
     int iters = 20;
     for (int i = 1; i < argc; ++i) {
@@ -110,6 +113,9 @@ int main(int argc, char** argv) {
           throw Error(fmt::format("--fwd-warps takes {} or {}", kern::kFlashFwdWarps,
                                   kern::kFlashFwdWarpsAlt));
         }
+      } else if (a == "--bwd-blocks") {
+        bwd_blocks_arg = std::atoi(next().c_str());
+        if (bwd_blocks_arg != 1 && bwd_blocks_arg != 2) throw Error("--bwd-blocks takes 1 or 2");
       } else if (a == "--causal") {
         causal = true;
       } else if (a == "--iters") {
@@ -117,7 +123,8 @@ int main(int argc, char** argv) {
       } else {
         throw Error(fmt::format(
             "unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
-            "[--dims 64,128] [--seqs 512,1024] [--causal] [--iters N] [--fwd-warps 4|8]",
+            "[--dims 64,128] [--seqs 512,1024] [--causal] [--iters N] [--fwd-warps 4|8] "
+            "[--bwd-blocks 1|2]",
             a));
       }
     }
@@ -129,11 +136,19 @@ int main(int argc, char** argv) {
     ContextGuard guard(context.get());
     const std::string arch = fmt::format("sm_{}", device_arch(0));
 
+    // The grad_k/grad_v kernel's blocks per SM at head dim d.
+    auto bwd_blocks = [&](int64_t d) {
+      const int b = bwd_blocks_arg ? bwd_blocks_arg : kern::flash_bwd_blocks(d);
+      if (!kern::flash_bwd_blocks_ok(d, b)) {
+        throw Error(fmt::format("--bwd-blocks {}: head dim {} takes only 1", b, d));
+      }
+      return b;
+    };
     // Every instance, compiled once.
     std::vector<KernelInstance> all;
     for (int64_t d : dims) {
       for (bool drop : {false, true}) {
-        const Kernels k = instances(p, d, causal, drop, fwd_warps);
+        const Kernels k = instances(p, d, causal, drop, fwd_warps, bwd_blocks(d));
         all.insert(all.end(), {k.fwd, k.dot, k.dkdv, k.dq});
       }
     }
@@ -149,8 +164,9 @@ int main(int argc, char** argv) {
     LIGHTSEQ_CU_CHECK(driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
     fmt::print(
         "attention_bench on {}: {}, hidden 2048 (heads = 2048/d), batch·T = 16384{}, {} "
-        "iterations, forward blocks of {} warps\n",
-        device_name(0), to_string(p), causal ? ", causal" : "", iters, fwd_warps);
+        "iterations, forward blocks of {} warps, grad_k/grad_v built for {} blocks per SM\n",
+        device_name(0), to_string(p), causal ? ", causal" : "", iters, fwd_warps,
+        bwd_blocks_arg ? std::to_string(bwd_blocks_arg) : std::string("the plans'"));
     fmt::print("{:>4} {:>6} {:>5} {:>6} {:>5} {:>10} {:>8} {:>12} {:>8}\n", "d", "T", "batch",
                "heads", "drop", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
     {
@@ -170,7 +186,7 @@ int main(int argc, char** argv) {
           LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(qkv.device_ptr(), eighth, 3 * n / 2, stream));
           LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(go.device_ptr(), eighth, n / 2, stream));
           for (bool drop : {false, true}) {
-            const Kernels ks = instances(p, d, causal, drop, fwd_warps);
+            const Kernels ks = instances(p, d, causal, drop, fwd_warps, bwd_blocks(d));
             kern::DropoutArgs args = kern::make_dropout_args(1234, 0, drop ? 0.1 : 0.0);
             const CUdeviceptr slice = hidden * elem;  // bytes from q's columns to k's
             CUdeviceptr qp = qkv.device_ptr(), kp = qp + slice, vp = qp + 2 * slice, pad = 0,
@@ -201,7 +217,7 @@ int main(int argc, char** argv) {
             auto bwd = [&] {
               run(ks.dot, kern::flash_dot_grid(rows, T), kern::kElementwiseThreads, 0, dot_args);
               run(ks.dkdv, kern::flash_bwd_grid(bh, T), kern::flash_bwd_threads(T),
-                  kern::flash_bwd_smem(d, T), dkdv_args);
+                  kern::flash_bwd_smem(d, T, bwd_blocks(d)), dkdv_args);
               run(ks.dq, kern::flash_dq_grid(bh, T, T), kern::kFlashThreads, 0, dq_args);
             };
             const double fwd_ms = time_ms(stream, iters, fwd);

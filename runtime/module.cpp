@@ -153,6 +153,13 @@ void launch(CUfunction function, Dim3 grid, Dim3 block, size_t smem_bytes, CUstr
           fmt::format("launch of {}: {} bytes of dynamic shared memory exceed what the device "
                       "allows this kernel",
                       name, smem_bytes));
+      // A kernel past the default limit asks for the most shared memory per SM, so that as many
+      // of its blocks fit as its registers allow (the driver's default carveout may leave room
+      // for fewer: flash_attn_bwd_dkdv is built for two blocks per SM).
+      LIGHTSEQ_CU_CHECK_MSG(
+          api.cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                                 CU_SHAREDMEM_CARVEOUT_MAX_SHARED),
+          fmt::format("launch of {}: the shared memory carveout", name));
     }
   }
   LIGHTSEQ_CU_CHECK_MSG(

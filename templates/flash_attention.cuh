@@ -231,11 +231,13 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 //            several key blocks). grad_k, grad_v `=`; grad_q `=` with one key block (otherwise
 //            flash_attn_bwd_dq_kernel writes it; out is then not read).
 // Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of flash_bwd_threads(k_len); dynamic smem
-//            flash_bwd_smem(kD, k_len): a query tile and its grad_out tile (kM = flash_bwd_block_m
-//            rows, by cp.async), the tile's lse and D; with one key block also the keys and the
-//            tile's dSᵀ.
-template <typename T, int kD, Mask kMask, Drop kDrop>
-__global__ void __launch_bounds__(kFlashBwdThreads)
+//            flash_bwd_smem(kD, k_len, kBlocks): a query tile and its grad_out tile (kM =
+//            flash_bwd_block_m rows, by cp.async), the tile's lse and D; with one key block also
+//            the keys and the tile's dSᵀ; with kBlocks = 2 the block's keys and values, whose
+//            fragments each tile reads by ldmatrix (kBlocks: the blocks per SM it is built for,
+//            flash_bwd_blocks; the results are the same bits either way).
+template <typename T, int kD, Mask kMask, Drop kDrop, int kBlocks>
+__global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
                                const T* grad_out, const float* lse, const float* dot, const T* out,
                                T* grad_q, T* grad_k, T* grad_v, int64_t batch, int64_t heads,
@@ -243,18 +245,21 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
                                float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
-  constexpr int kM = flash_bwd_block_m(kD);
+  static_assert(flash_bwd_blocks_ok(kD, kBlocks), "kBlocks: 1, or 2 up to head dim 64");
+  constexpr bool kLean = kBlocks > 1;  // k and v fragments from shared memory, per tile
+  constexpr int kM = flash_bwd_block_m(kD, kBlocks);
   constexpr int kStride = kD + 8, kSStride = kM + 8;
   // 16 keys per warp: 4 warps (64 keys) or, one block of more than 64 keys, 8 (flash_bwd_warps)
   const int block_n = flash_bwd_block_n(k_len);
   const bool big = block_n == kFlashBwdBlockN;  // the 8-warp block
   extern __shared__ __align__(16) unsigned char flash_bwd_smem_bytes[];
-  const FlashBwdSmem sm = flash_bwd_smem_layout(kD, k_len);
+  const FlashBwdSmem sm = flash_bwd_smem_layout(kD, k_len, kBlocks);
   T* qs = reinterpret_cast<T*>(flash_bwd_smem_bytes);
   T* gs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.gs);
   float* lse_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.lse);
   float* dot_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.dot);
-  T* ks = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.ks);    // one key block: the keys
+  T* ks = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.ks);    // one key block or kLean: the keys
+  T* vs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.vs);    // kLean: the values
   T* dst = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.dst);  // one key block: dSᵀ [key][query]
   static_assert(16 * kFlashBwdThreads / 32 == kFlashBwdBlockN, "the 8-warp block: 16 keys a warp");
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
@@ -275,12 +280,15 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   const T* oh = flash::head_of<kD>(out, bh, heads, q_len, ld_o);
   const T* kh = flash::head_of<kD>(k, bh, heads, k_len, ld_kv);
   const uint8_t* pad = has_padding(kMask) ? key_padding + (bh / heads) * k_len : nullptr;
-  // This warp's 16 keys: their k and v rows as A fragments.
+  const T* vh = flash::head_of<kD>(v, bh, heads, k_len, ld_kv);
+  // This warp's 16 keys: their k and v rows as A fragments, held across the query loop (kLean:
+  // read from the block's key and value tiles per query tile).
   const int64_t key0 = n0 + warp * 16;
   uint32_t kf[kD / 16][4], vf[kD / 16][4];
-  flash::row_fragments<T, kD>(kf, kh, ld_kv, key0, k_len, g, t);
-  flash::row_fragments<T, kD>(vf, flash::head_of<kD>(v, bh, heads, k_len, ld_kv), ld_kv, key0,
-                              k_len, g, t);
+  if constexpr (!kLean) {
+    flash::row_fragments<T, kD>(kf, kh, ld_kv, key0, k_len, g, t);
+    flash::row_fragments<T, kD>(vf, vh, ld_kv, key0, k_len, g, t);
+  }
   const int64_t key[2] = {key0 + g, key0 + g + 8};
   float dk[kD / 8][4], dv[kD / 8][4];
   flash::zero(dk);
@@ -294,13 +302,17 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
   }
   // Query and grad_out tiles by cp.async: the next grad_out tile loads while grad_k's product
   // runs; the next query tile is requested as soon as the last reader of this one is done.
-  if (one) {  // the whole key block (zeros past k_len)
+  // The block's keys (one key block: grad_q's; kLean: the fragments') and values (kLean), zeros
+  // past k_len.
+  auto load_keys = [&](T* tile, const T* head) {
     if (big) {
-      flash::load_tile_async<T, kD, 128, kStride>(ks, kh, ld_kv, 0, k_len);
+      flash::load_tile_async<T, kD, kFlashBwdBlockN, kStride>(tile, head, ld_kv, n0, k_len);
     } else {
-      flash::load_tile_async<T, kD, 64, kStride>(ks, kh, ld_kv, 0, k_len);
+      flash::load_tile_async<T, kD, kFlashBwdBlockN / 2, kStride>(tile, head, ld_kv, n0, k_len);
     }
-  }
+  };
+  if (one || kLean) load_keys(ks, kh);
+  if (kLean) load_keys(vs, vh);
   if (m_begin < q_len) {
     flash::load_tile_async<T, kD, kM, kStride>(qs, qh, ld_q, m_begin, q_len);
     flash::load_tile_async<T, kD, kM, kStride>(gs, gh, ld_o, m_begin, q_len);
@@ -326,7 +338,9 @@ __global__ void __launch_bounds__(kFlashBwdThreads)
     float s[kM / 8][4], dp[kM / 8][4];
     flash::zero(s);
     flash::zero(dp);
-    flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, lane);   // sᵀ[key][query]
+    if constexpr (kLean) flash::tile_fragments<T, kD, kStride>(kf, ks + warp * 16 * kStride, lane);
+    flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, lane);  // sᵀ[key][query]
+    if constexpr (kLean) flash::tile_fragments<T, kD, kStride>(vf, vs + warp * 16 * kStride, lane);
     flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, lane);  // (grad_out·vᵀ)ᵀ[key][query]
     // Masks only where the tile needs them (queries past q_len, keys past k_len, padding, the
     // causal diagonal).

@@ -53,25 +53,41 @@ LIGHTSEQ_HD constexpr int flash_bwd_warps(int64_t k_len) {
 }
 LIGHTSEQ_HD constexpr int flash_bwd_threads(int64_t k_len) { return 32 * flash_bwd_warps(k_len); }
 LIGHTSEQ_HD constexpr int flash_bwd_block_n(int64_t k_len) { return 16 * flash_bwd_warps(k_len); }
-// Query rows per tile of the grad_k/grad_v kernel: 32 past head dim 64 (the block's k and v
-// fragments and its two accumulators already hold kD / 2 registers each per thread).
-LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d) { return d > 64 ? 32 : 64; }
+// Blocks per SM the grad_k/grad_v kernel is built for (its template parameter kBlocks): 1, k and v
+// fragments held in registers across the query loop (~255 registers: one 8-warp block per SM,
+// whose barriers and loads nothing hides), or 2 (head dims up to 64): query tiles of 32 rows and
+// the k and v fragments read from shared memory per tile, at most 128 registers
+// (__launch_bounds__), so that a second block runs while the first waits. The plans take
+// flash_bwd_blocks(d); attention_bench times either (--bwd-blocks).
+LIGHTSEQ_HD constexpr bool flash_bwd_blocks_ok(int64_t d, int blocks) {
+  return blocks == 1 || (blocks == 2 && d <= 64);
+}
+LIGHTSEQ_HD constexpr int flash_bwd_blocks(int64_t d) { return d <= 64 ? 2 : 1; }
+// Query rows per tile of the grad_k/grad_v kernel: 64, or 32 past head dim 64 (the block's k and v
+// fragments and its two accumulators already hold kD / 2 registers each per thread) and in the
+// two-block geometry.
+LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d, int blocks) {
+  return d > 64 || blocks > 1 ? 32 : 64;
+}
 // Its dynamic shared memory, byte offsets (fp16/bf16 elements, rows padded by 8): a query tile
-// [m, d] at 0 and its grad_out tile, the tile's lse and D (fp32); with one key block also the keys
-// [n, d] and the tile's dSᵀ [n, m]. The kernel carves its buffer by these; `bytes` is the launch's.
+// [m, d] at 0 and its grad_out tile, the tile's lse and D (fp32); the block's keys [n, d] with one
+// key block or two blocks per SM, its values [n, d] with two blocks per SM, and with one key block
+// the tile's dSᵀ [n, m]. The kernel carves its buffer by these; `bytes` is the launch's.
 struct FlashBwdSmem {
-  int gs, lse, dot, ks, dst, bytes;
+  int gs, lse, dot, ks, vs, dst, bytes;
 };
-LIGHTSEQ_HD constexpr FlashBwdSmem flash_bwd_smem_layout(int64_t d, int64_t k_len) {
-  const int m = flash_bwd_block_m(d), n = flash_bwd_block_n(k_len);
+LIGHTSEQ_HD constexpr FlashBwdSmem flash_bwd_smem_layout(int64_t d, int64_t k_len, int blocks) {
+  const int m = flash_bwd_block_m(d, blocks), n = flash_bwd_block_n(k_len);
   const int row = static_cast<int>(d + 8) * 2, tile = m * row;
-  FlashBwdSmem l{tile, 2 * tile, 2 * tile + 4 * m, 2 * tile + 8 * m, 0, 0};
-  l.dst = l.ks + n * row;
-  l.bytes = flash_bwd_one_block(k_len) ? l.dst + n * (m + 8) * 2 : l.ks;
+  const bool one = flash_bwd_one_block(k_len), lean = blocks > 1;
+  FlashBwdSmem l{tile, 2 * tile, 2 * tile + 4 * m, 2 * tile + 8 * m, 0, 0, 0};
+  l.vs = l.ks + (one || lean ? n * row : 0);
+  l.dst = l.vs + (lean ? n * row : 0);
+  l.bytes = l.dst + (one ? n * (m + 8) * 2 : 0);
   return l;
 }
-LIGHTSEQ_HD constexpr int flash_bwd_smem(int64_t d, int64_t k_len) {
-  return flash_bwd_smem_layout(d, k_len).bytes;
+LIGHTSEQ_HD constexpr int flash_bwd_smem(int64_t d, int64_t k_len, int blocks) {
+  return flash_bwd_smem_layout(d, k_len, blocks).bytes;
 }
 LIGHTSEQ_HD constexpr GridDim flash_bwd_grid(int64_t batch_heads, int64_t k_len) {
   return GridDim{static_cast<uint32_t>(ceil_div(k_len, flash_bwd_block_n(k_len))),
@@ -92,7 +108,8 @@ LIGHTSEQ_HD constexpr GridDim flash_dot_grid(int64_t rows, int64_t k_len) {
 
 namespace lightseq::kern::sig {
 
-// The template parameters the backward kernels take; the forward adds its warps per block.
+// The template parameters of the D and grad_q kernels; the forward adds its warps per block, the
+// grad_k/grad_v kernel its blocks per SM.
 namespace flash_bwd {
 inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
                                 enum_param("kMask", "mask", kMaskInfo),
@@ -149,17 +166,22 @@ inline constexpr Kernel kFlashDot = make_kernel("flash_attention", "flash_attn_b
 
 // grad_q: written only when one key block holds every key (flash_bwd_one_block); `out` read then.
 namespace flash_dkdv {
+inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
+                                enum_param("kMask", "mask", kMaskInfo),
+                                enum_param("kDrop", "drop", kDropInfo), int_param("kBlocks", "b")};
 inline constexpr Param kP[] = {
     LIGHTSEQ_FLASH_BWD_PARAMS(in("out", CType::kConstTPtr), out("grad_q", CType::kTPtr),
                               out("grad_k", CType::kTPtr), out("grad_v", CType::kTPtr))};
 inline Launch launch(const Values& v) {
   const int64_t k_len = v.i[index_of(kP, "k_len")];
   return {flash_bwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")], k_len),
-          flash_bwd_threads(k_len), flash_bwd_smem(v.t[index_of(flash_bwd::kT, "kD")], k_len)};
+          flash_bwd_threads(k_len),
+          flash_bwd_smem(v.t[index_of(kT, "kD")], k_len,
+                         static_cast<int>(v.t[index_of(kT, "kBlocks")]))};
 }
 }  // namespace flash_dkdv
 inline constexpr Kernel kFlashDkDv =
-    make_kernel("flash_attention", "flash_attn_bwd_dkdv_kernel", flash_bwd::kT, flash_dkdv::kP,
+    make_kernel("flash_attention", "flash_attn_bwd_dkdv_kernel", flash_dkdv::kT, flash_dkdv::kP,
                 &flash_dkdv::launch, Program::kOwn);
 
 namespace flash_dq {

@@ -264,6 +264,8 @@ std::vector<KernelInstance> every_instance() {
             all.push_back(codegen::flash_fwd(p, f, kern::kFlashFwdWarpsAlt));
           }
           all.push_back(codegen::flash_dkdv(p, f));
+          const int other = 3 - kern::flash_bwd_blocks(d);
+          if (kern::flash_bwd_blocks_ok(d, other)) all.push_back(codegen::flash_dkdv(p, f, other));
           all.push_back(codegen::flash_dq(p, f));
         }
       }
@@ -390,16 +392,24 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
     run_grid(codegen::flash_dot(p, d), kern::flash_dot_grid(rows, k_len), kern::kElementwiseThreads,
              0, {&op, &gop, &dotp, &rows, &heads, &q_len, &k_len});
     const codegen::Flash f{d, kern::has_padding(mask), kern::has_causal(mask), drop};
+    // The plans' geometry twice (deterministic), then the other blocks-per-SM geometry where the
+    // head dim has one: the same bits (flash_bwd_blocks; every product sums in the same order).
+    const int plans = kern::flash_bwd_blocks(d), other = 3 - plans;
+    std::vector<int> geometries{plans, plans};
+    if (kern::flash_bwd_blocks_ok(d, other)) geometries.push_back(other);
     std::vector<uint8_t> first[2];
-    for (int run = 0; run < 2; ++run) {
+    for (size_t run = 0; run < geometries.size(); ++run) {
+      const int blocks = geometries[run];
+      SCOPED_TRACE(testing::Message()
+                   << "grad_k/grad_v kernel built for " << blocks << " blocks per SM");
       // The gradients in the inputs' layout, every element poisoned (the guard columns must stay).
       DeviceArray gq_buf = poisoned(p, pk.q_elems);
       DeviceArray gkv_buf = pk.self ? DeviceArray{} : poisoned(p, pk.kv_elems);
       const CUdeviceptr gkv_base = pk.self ? gq_buf.ptr() : gkv_buf.ptr();
       CUdeviceptr gqp = gq_buf.ptr(), gkp = gkv_base + pk.k.col * eb,
                   gvp = gkv_base + pk.v.col * eb;
-      run_grid(codegen::flash_dkdv(p, f), kern::flash_bwd_grid(bh, k_len),
-               kern::flash_bwd_threads(k_len), kern::flash_bwd_smem(d, k_len),
+      run_grid(codegen::flash_dkdv(p, f, blocks), kern::flash_bwd_grid(bh, k_len),
+               kern::flash_bwd_threads(k_len), kern::flash_bwd_smem(d, k_len, blocks),
                {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &op, &gqp, &gkp, &gvp, &batch, &heads, &q_len,
                 &k_len, &ld_q, &ld_kv, &fscale, const_cast<kern::DropoutArgs*>(&args)});
       run_grid(codegen::flash_dq(p, f), kern::flash_dq_grid(bh, q_len, k_len), kern::kFlashThreads,

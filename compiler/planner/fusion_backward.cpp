@@ -279,7 +279,10 @@ void add_backward_rules(std::vector<Rule>& r) {
                    {"grad_q", op.outputs[0]}};
          Args kv = args;
          kv.insert({{"out", ctx}, {"grad_k", op.outputs[1]}, {"grad_v", op.outputs[2]}});
-         emit(s, m, flash_instance(s, sig::kFlashDkDv, op), kv, scalars);
+         emit(s, m,
+              flash_instance(s, sig::kFlashDkDv, op,
+                             {{"kBlocks", kern::flash_bwd_blocks(op.attrs.attn.head_dim)}}),
+              kv, scalars);
          emit(s, m, flash_instance(s, sig::kFlashDq, op), args, scalars, one_block);
        }});
   r.push_back({"split heads grad + bias grad",

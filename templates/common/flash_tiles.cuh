@@ -159,6 +159,17 @@ __device__ __forceinline__ void row_fragments(uint32_t (&f)[kD / 16][4], const T
   }
 }
 
+// The same A fragments from 16 rows of a tile in shared memory (row stride kStride), by ldmatrix:
+// matrices (rows 0..7, columns 16c..16c+7), (rows 8..15, the same), (rows 0..7, 16c+8..16c+15),
+// (rows 8..15, the same), lane l giving row l % 16 of columns 16c + 8·(l / 16).
+template <typename T, int kD, int kStride>
+__device__ __forceinline__ void tile_fragments(uint32_t (&f)[kD / 16][4], const T* rows, int lane) {
+#pragma unroll
+  for (int c = 0; c < kD / 16; ++c) {
+    ldmatrix_x4(f[c], rows + (lane % 16) * kStride + c * 16 + (lane / 16) * 8);
+  }
+}
+
 // c[n] (16 x kCols, C layout) += A(16 x kD, fragments) · Bᵀ where B is a [kCols, kD] tile in
 // shared memory (row stride kStride): B operand element (kdim, n) = tile[n][kdim]. One ldmatrix.x4
 // gives the B fragments of two 8-column blocks for one 16-deep step: matrices (n, kdim 0..7),
@@ -282,30 +293,34 @@ __device__ __forceinline__ void store_rows(T* dst, int64_t ld, const int64_t (&r
 }
 
 // The D of query rows [m0, m0 + kM) of a head (Σ_d grad_out·out in fp32) into dot[kM] (0 past
-// `rows`; rows `ld` apart): kThreads / kM consecutive threads per row, each summing pairs of
-// elements, then a fixed-order shuffle sum (the same bits every run). Every thread of the block
-// takes part.
+// `rows`; rows `ld` apart): kDotThreads consecutive threads per row, kThreads / kDotThreads rows at
+// a time, each thread summing pairs of elements, then a fixed-order shuffle sum (the same bits
+// every run, whatever the block's geometry). Every thread of the block takes part.
+inline constexpr int kDotThreads = 4;
 template <typename T, int kD, int kM, int kThreads>
 __device__ __forceinline__ void stage_dot(float* dot, const T* out, const T* grad_out, int64_t ld,
                                           int64_t m0, int64_t rows) {
-  constexpr int kPer = kThreads / kM;
-  static_assert(
-      kThreads % kM == 0 && kPer <= 32 && (kPer & (kPer - 1)) == 0 && kD % (2 * kPer) == 0,
-      "kThreads / kM threads per row, a power of two dividing the row's pairs");
-  const int i = threadIdx.x / kPer, part = threadIdx.x % kPer;
-  const int64_t row = m0 + i;
-  float acc = 0.f;
-  if (row < rows) {
+  constexpr int kPer = kDotThreads, kRowsAtOnce = kThreads / kPer;
+  static_assert(kThreads % 32 == 0 && kD % (2 * kPer) == 0,
+                "whole warps; each row's pairs split evenly between its threads");
+  const int part = threadIdx.x % kPer;
 #pragma unroll
-    for (int c = 2 * part; c < kD; c += 2 * kPer) {
-      const T* o = out + row * ld + c;
-      const T* go = grad_out + row * ld + c;
-      acc += to_float(o[0]) * to_float(go[0]) + to_float(o[1]) * to_float(go[1]);
+  for (int i0 = 0; i0 < kM; i0 += kRowsAtOnce) {
+    const int i = i0 + static_cast<int>(threadIdx.x) / kPer;
+    const int64_t row = m0 + i;
+    float acc = 0.f;
+    if (i < kM && row < rows) {
+#pragma unroll
+      for (int c = 2 * part; c < kD; c += 2 * kPer) {
+        const T* o = out + row * ld + c;
+        const T* go = grad_out + row * ld + c;
+        acc += to_float(o[0]) * to_float(go[0]) + to_float(o[1]) * to_float(go[1]);
+      }
     }
-  }
 #pragma unroll
-  for (int off = kPer / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  if (part == 0) dot[i] = acc;
+    for (int off = kPer / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (part == 0 && i < kM) dot[i] = acc;
+  }
 }
 
 // A warp's [16 rows, kCols] C-layout fragments (c[n][2r + h]: row g + 8r, column 8n + 2t + h) into
