@@ -37,7 +37,8 @@ int64_t sample_value(const sig::TParam& t) {
                                                      {"kParts", 3},
                                                      {"kVocab", 1000},
                                                      {"kD", 64},
-                                                     {"kWarps", kern::kFlashFwdWarps}};
+                                                     {"kWarps", kern::kFlashFwdWarps},
+                                                     {"kBlocks", kern::flash_bwd_blocks(64)}};
   auto it = values.find(t.name);
   if (it == values.end())
     throw InternalError(std::string("signature_test: no sample value for ") + t.name);
