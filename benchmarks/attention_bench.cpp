@@ -11,17 +11,24 @@
 //                        --fwd-warps: the forward's warps per block, the plans' 4 or the
 //                        alternative 8; --bwd-blocks: the blocks per SM the grad_k/grad_v kernel
 //                        is built for, default the plans' flash_bwd_blocks(d), 2 only up to d 64)
+//                        [--templates DIR]   (an experiment: the device code from DIR's copies of
+//                        templates/ files, e.g. DIR/flash_attention.cuh, in place of the built-in
+//                        ones; the launch formulas stay the built-in flash_attention.sig.cuh's)
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "common/philox.cuh"
+#include "compiler/codegen/embedded_templates.h"
 #include "compiler/codegen/program.h"
 #include "compiler/compiler.h"
 #include "compiler/errors.h"
@@ -92,6 +99,7 @@ int main(int argc, char** argv) {
     int bwd_blocks_arg = 0;                // 0: the plans' flash_bwd_blocks(d)
     bool causal = false;
     int iters = 20;
+    std::string templates_dir;  // empty: the built-in templates
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
       auto next = [&]() -> std::string {
@@ -116,6 +124,8 @@ int main(int argc, char** argv) {
       } else if (a == "--bwd-blocks") {
         bwd_blocks_arg = std::atoi(next().c_str());
         if (bwd_blocks_arg != 1 && bwd_blocks_arg != 2) throw Error("--bwd-blocks takes 1 or 2");
+      } else if (a == "--templates") {
+        templates_dir = next();
       } else if (a == "--causal") {
         causal = true;
       } else if (a == "--iters") {
@@ -124,7 +134,7 @@ int main(int argc, char** argv) {
         throw Error(fmt::format(
             "unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
             "[--dims 64,128] [--seqs 512,1024] [--causal] [--iters N] [--fwd-warps 4|8] "
-            "[--bwd-blocks 1|2]",
+            "[--bwd-blocks 1|2] [--templates DIR]",
             a));
       }
     }
@@ -152,10 +162,29 @@ int main(int argc, char** argv) {
         all.insert(all.end(), {k.fwd, k.dot, k.dkdv, k.dq});
       }
     }
+    // The headers NVRTC sees: the built-in templates, each replaced by DIR's copy where it has one.
+    std::vector<std::string> texts;
+    std::vector<EmbeddedFile> headers(embedded_templates().begin(), embedded_templates().end());
+    if (!templates_dir.empty()) {
+      if (!std::filesystem::is_directory(templates_dir)) {
+        throw Error("attention_bench: --templates " + templates_dir + " is not a directory");
+      }
+      texts.reserve(headers.size());
+      for (EmbeddedFile& h : headers) {
+        const std::filesystem::path f = std::filesystem::path(templates_dir) / h.path;
+        if (!std::filesystem::is_regular_file(f)) continue;
+        std::ifstream in(f);
+        std::ostringstream text;
+        text << in.rdbuf();
+        texts.push_back(text.str());
+        h.text = texts.back();
+        fmt::print("attention_bench: {} from {}\n", h.path, f.string());
+      }
+    }
     std::vector<KernelModule> modules;
     std::map<std::string, CUfunction> fns;
     for (const ProgramSource& prog : codegen::generate_programs(all, p)) {
-      const CacheEntry entry = to_cache_entry(prog, compile_program(prog, arch));
+      const CacheEntry entry = to_cache_entry(prog, compile_program(prog, arch, headers));
       modules.emplace_back(entry, 0);
       for (const std::string& label : prog.labels) fns[label] = modules.back().function(label);
     }
