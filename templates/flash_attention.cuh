@@ -232,10 +232,11 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 //            flash_attn_bwd_dq_kernel writes it; out is then not read).
 // Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of flash_bwd_threads(k_len); dynamic smem
 //            flash_bwd_smem(kD, k_len, kBlocks): a query tile and its grad_out tile (kM =
-//            flash_bwd_block_m rows, by cp.async), the tile's lse and D; with one key block also
-//            the keys and the tile's dSᵀ; with kBlocks = 2 the block's keys and values, whose
-//            fragments each tile reads by ldmatrix (kBlocks: the blocks per SM it is built for,
-//            flash_bwd_blocks; the results are the same bits either way).
+//            flash_bwd_block_m rows), the tile's lse and D (several key blocks) or out tile (one:
+//            D computed from it per warp), all by cp.async, prefetched a tile ahead; with one key
+//            block also the keys and the tile's dSᵀ; with kBlocks = 2 the block's keys and values,
+//            whose fragments each tile reads by ldmatrix (kBlocks: the blocks per SM it is built
+//            for, flash_bwd_blocks; the results are the same bits either way).
 template <typename T, int kD, Mask kMask, Drop kDrop, int kBlocks>
 __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
@@ -257,7 +258,8 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   T* qs = reinterpret_cast<T*>(flash_bwd_smem_bytes);
   T* gs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.gs);
   float* lse_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.lse);
-  float* dot_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.dot);
+  float* dot_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.dot);  // several key blocks
+  T* os = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.os);    // one key block: the out tile
   T* ks = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.ks);    // one key block or kLean: the keys
   T* vs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.vs);    // kLean: the values
   T* dst = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.dst);  // one key block: dSᵀ [key][query]
@@ -300,8 +302,6 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     const int64_t first = n0 - (k_len - q_len);
     if (!one) m_begin = first > 0 ? first / kM * kM : 0;
   }
-  // Query and grad_out tiles by cp.async: the next grad_out tile loads while grad_k's product
-  // runs; the next query tile is requested as soon as the last reader of this one is done.
   // The block's keys (one key block: grad_q's; kLean: the fragments') and values (kLean), zeros
   // past k_len.
   auto load_keys = [&](T* tile, const T* head) {
@@ -313,27 +313,31 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   };
   if (one || kLean) load_keys(ks, kh);
   if (kLean) load_keys(vs, vh);
+  // A query tile's rows, all by cp.async (zeros past q_len), each requested as soon as the last
+  // reader of the previous tile's copy is done: its grad_out rows, lse and D (with one key block
+  // its out rows instead, for D) while grad_k's product runs, its query rows during grad_q's. No
+  // global load waits inside the loop but the tiles'.
+  auto load_rows = [&](int64_t m) {
+    flash::load_tile_async<T, kD, kM, kStride>(gs, gh, ld_o, m, q_len);
+    flash::load_floats_async<kM>(lse_s, lse + bh * q_len, m, q_len);
+    if (one) {
+      flash::load_tile_async<T, kD, kM, kStride>(os, oh, ld_o, m, q_len);
+    } else {
+      flash::load_floats_async<kM>(dot_s, dot + bh * q_len, m, q_len);
+    }
+  };
   if (m_begin < q_len) {
     flash::load_tile_async<T, kD, kM, kStride>(qs, qh, ld_q, m_begin, q_len);
-    flash::load_tile_async<T, kD, kM, kStride>(gs, gh, ld_o, m_begin, q_len);
+    load_rows(m_begin);
   }
   flash::cp_async_commit();
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
-    // The tile's lse (log2 units) and D, staged once (the previous tile's readers are done).
-    if (one && big) {
-      flash::stage_dot<T, kD, kM, 256>(dot_s, oh, gh, ld_o, m0, q_len);
-    } else if (one) {
-      flash::stage_dot<T, kD, kM, 128>(dot_s, oh, gh, ld_o, m0, q_len);
-    } else {
-      for (int i = threadIdx.x; i < kM; i += blockDim.x) {
-        dot_s[i] = m0 + i < q_len ? dot[bh * q_len + m0 + i] : 0.f;
-      }
-    }
-    for (int i = threadIdx.x; i < kM; i += blockDim.x) {
-      lse_s[i] = m0 + i < q_len ? lse[bh * q_len + m0 + i] * kLog2e : 0.f;
-    }
     flash::cp_async_wait<0>();
     __syncthreads();
+    // With one key block, D of the tile's rows from its out and grad_out tiles: lane l sums rows
+    // l, l + 32, ... (every warp the same, in a fixed order); the entries take them by shuffles.
+    float dots[kM / 32];
+    if (one) flash::tile_dots<T, kD, kM, kStride>(dots, os, gs, lane);
     const bool more = m0 + kM < q_len;
     float s[kM / 8][4], dp[kM / 8][4];
     flash::zero(s);
@@ -357,15 +361,17 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
         const int r = e / 2, qi = n * 8 + 2 * t + (e % 2);
         const bool on = !masked || flash::attends<kMask>(m0 + qi, key[r], q_len, k_len, pad);
         const float keep = kDrop == Drop::kOn ? ((kb[n] >> e) & 1u ? drop.scale : 0.f) : 1.f;
+        // row qi of the tile: lane qi % 32's dots[qi / 32] (n / 4: 2t + e % 2 < 8)
+        const float d = one ? __shfl_sync(0xffffffffu, dots[n / 4], qi % 32) : dot_s[qi];
         s[n][e] =
-            flash::recompute(on, s[n][e], scale2, lse_s[qi], dp[n][e], dot_s[qi], keep, &pd[n][e]);
+            flash::recompute(on, s[n][e], scale2, lse_s[qi] * kLog2e, dp[n][e], d, keep, &pd[n][e]);
       }
     }
     flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out
     if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
-    __syncthreads();  // every warp is done with gs (and has stored its dSᵀ rows)
+    __syncthreads();  // every warp is done with gs, os, lse_s, dot_s (and has stored its dSᵀ rows)
     if (more) {
-      flash::load_tile_async<T, kD, kM, kStride>(gs, gh, ld_o, m0 + kM, q_len);
+      load_rows(m0 + kM);
       flash::cp_async_commit();
     }
     flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, lane);  // grad_k += dSᵀ·q (scaled below)

@@ -292,34 +292,40 @@ __device__ __forceinline__ void store_rows(T* dst, int64_t ld, const int64_t (&r
   }
 }
 
-// The D of query rows [m0, m0 + kM) of a head (Σ_d grad_out·out in fp32) into dot[kM] (0 past
-// `rows`; rows `ld` apart): kDotThreads consecutive threads per row, kThreads / kDotThreads rows at
-// a time, each thread summing pairs of elements, then a fixed-order shuffle sum (the same bits
-// every run, whatever the block's geometry). Every thread of the block takes part.
-inline constexpr int kDotThreads = 4;
-template <typename T, int kD, int kM, int kThreads>
-__device__ __forceinline__ void stage_dot(float* dot, const T* out, const T* grad_out, int64_t ld,
-                                          int64_t m0, int64_t rows) {
-  constexpr int kPer = kDotThreads, kRowsAtOnce = kThreads / kPer;
-  static_assert(kThreads % 32 == 0 && kD % (2 * kPer) == 0,
-                "whole warps; each row's pairs split evenly between its threads");
-  const int part = threadIdx.x % kPer;
+// The D of a tile's kM rows (Σ_d grad_out·out in fp32) from its out and grad_out tiles in shared
+// memory (row stride kStride): lane l sums rows l, l + 32, ... into d[0], d[1], ..., element by
+// element in order (the same bits in every warp and geometry). 16-byte reads: a quarter warp's 8
+// rows fall in distinct banks (rows kStride = kD + 8 elements apart).
+template <typename T, int kD, int kM, int kStride>
+__device__ __forceinline__ void tile_dots(float (&d)[kM / 32], const T* os, const T* gs, int lane) {
+  static_assert(kM % 32 == 0 && kD % 8 == 0, "whole warps of rows, 16-byte columns");
 #pragma unroll
-  for (int i0 = 0; i0 < kM; i0 += kRowsAtOnce) {
-    const int i = i0 + static_cast<int>(threadIdx.x) / kPer;
-    const int64_t row = m0 + i;
+  for (int r = 0; r < kM / 32; ++r) {
+    const T* o = os + (lane + 32 * r) * kStride;
+    const T* g = gs + (lane + 32 * r) * kStride;
     float acc = 0.f;
-    if (i < kM && row < rows) {
 #pragma unroll
-      for (int c = 2 * part; c < kD; c += 2 * kPer) {
-        const T* o = out + row * ld + c;
-        const T* go = grad_out + row * ld + c;
-        acc += to_float(o[0]) * to_float(go[0]) + to_float(o[1]) * to_float(go[1]);
-      }
+    for (int c = 0; c < kD; c += 8) {
+      const uint4 ov = *reinterpret_cast<const uint4*>(o + c);
+      const uint4 gv = *reinterpret_cast<const uint4*>(g + c);
+      const T* oe = reinterpret_cast<const T*>(&ov);
+      const T* ge = reinterpret_cast<const T*>(&gv);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc = fmaf(to_float(oe[e]), to_float(ge[e]), acc);
     }
-#pragma unroll
-    for (int off = kPer / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (part == 0 && i < kM) dot[i] = acc;
+    d[r] = acc;
+  }
+}
+
+// kN floats [row0, row0 + kN) of a row-indexed fp32 array (lse, D) into shared memory by cp.async
+// (4 bytes per copy), zeros past `rows`; committed and waited for with the tiles.
+template <int kN>
+__device__ __forceinline__ void load_floats_async(float* smem, const float* src, int64_t row0,
+                                                  int64_t rows) {
+  for (int i = threadIdx.x; i < kN; i += blockDim.x) {
+    const bool in = row0 + i < rows;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem + i)),
+                 "l"(in ? src + row0 + i : src), "r"(in ? 4 : 0));
   }
 }
 
