@@ -37,7 +37,7 @@ namespace lightseq::kern {
 //            the scale); probabilities rounded to T before the context product (as the unfused
 //            path stores them); out rounded once.
 template <typename T, int kD, Mask kMask, Drop kDrop, int kWarps>
-__global__ void __launch_bounds__(32 * kWarps)
+__global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
     flash_attn_fwd_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding, T* out,
                           float* lse, int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
                           int64_t ld_q, int64_t ld_kv, float scale, DropoutArgs drop) {

@@ -20,6 +20,12 @@ inline constexpr int kFlashThreads = 128;
 inline constexpr int kFlashFwdWarps = 4;
 inline constexpr int kFlashFwdWarpsAlt = 8;
 LIGHTSEQ_HD constexpr int flash_fwd_block(int warps = kFlashFwdWarps) { return 32 * warps; }
+// The forward's register cap, as __launch_bounds__'s blocks per SM: up to head dim 64, 16 warps
+// (128 registers: four blocks of the plans' 4 warps; 4-8 % faster with dropout at T 128-512 on an
+// H100, the same without, fourteenth session); past it the compiler's choice (d 128 holds ~170).
+LIGHTSEQ_HD constexpr int flash_fwd_min_blocks(int64_t d, int warps) {
+  return d <= 64 ? 16 / warps : 1;
+}
 // The most batch · heads the grids below take: CUDA's limit on gridDim.y.
 inline constexpr int64_t kFlashMaxBatchHeads = 65535;
 // The kernels read and write the token layout of the projections around them (q, k and v column
