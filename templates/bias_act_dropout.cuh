@@ -46,7 +46,11 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 }
 
 // bias_act_dropout_bwd_kernel — grad_x = act'(x + bias) * dropout_mask(grad_out); per-block column
-//   partials of the bias gradient sum_rows grad_x.
+//   partials of the bias gradient sum_rows grad_x. kFrom = kOutput (ReLU): x is the forward's
+//   output y instead, and grad_x = [y > 0] · grad_out (· the dropout scale): y is positive exactly
+//   where x + bias was and the entry was kept (its scale > 1 keeps a positive value from rounding
+//   to 0), so the same values as kInput's (a zero's sign aside), without the pre-activation or a
+//   Philox draw.
 // Fuses:     dropout backward + activation backward + bias-gradient reduction (first stage).
 // Shapes:    grad_out, x, grad_x [rows, kCols]; bias [kCols]; partials [bad_bwd_blocks(rows),
 //            kCols] fp32. All `=` (every block writes its whole partials row). grad_x may alias
@@ -56,14 +60,17 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 //            [partial_row_begin(rows, gridDim.x, x), ...(x + 1)). Smem: kTx*kTy*kVec*4 B static.
 // Constants: kCols % kVec == 0, kVec | 16 / sizeof(T) (static_assert).
 // Numerics:  fp32; the partials sum the fp32 grad_x before rounding. Deterministic.
-template <typename T, int kCols, int kVec, Act kAct, Drop kDrop>
+template <typename T, int kCols, int kVec, Act kAct, Drop kDrop, ActFrom kFrom>
 __global__ void __launch_bounds__(bad_bwd_block(kCols, kVec))
     bias_act_dropout_bwd_kernel(const T* grad_out, const T* x, const T* bias, T* grad_x,
                                 float* partials, int64_t rows, DropoutArgs drop) {
   static_assert(kCols > 0 && kVec >= 1 && kCols % kVec == 0, "kVec must divide kCols");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
-  drop = load_dropout_state(drop);
+  static_assert(kFrom == ActFrom::kInput || kAct == Act::kRelu,
+                "only ReLU's derivative follows from its output");
+  constexpr bool kFromOutput = kFrom == ActFrom::kOutput;
+  if constexpr (!kFromOutput) drop = load_dropout_state(drop);
   constexpr int kNvc = kCols / kVec;
   constexpr int kTx = coltile_tx(kNvc);
   constexpr int kTy = coltile_ty(kNvc);
@@ -79,18 +86,23 @@ __global__ void __launch_bounds__(bad_bwd_block(kCols, kVec))
 
   float acc[kVec] = {};
   float b[kVec] = {};
-  if (col_ok) load_float<kVec>(bias + c, b);
+  if (!kFromOutput && col_ok) load_float<kVec>(bias + c, b);
 
   // Vectors are carried raw (kVec T values, 16 bytes) and converted to fp32 when processed.
   auto process = [&](int64_t off, const Vec<T, kVec>& gv, const Vec<T, kVec>& xv) {
     float d[kVec];
     uint32_t keep = ~0u;
-    if constexpr (kDrop == Drop::kOn) keep = dropout_keep_bits<kVec>(drop, off);
+    if constexpr (kDrop == Drop::kOn && !kFromOutput) keep = dropout_keep_bits<kVec>(drop, off);
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
       float g = to_float(gv.v[e]);
-      if constexpr (kDrop == Drop::kOn) g = ((keep >> e) & 1u) ? g * drop.scale : 0.f;
-      d[e] = activate_grad<kAct>(to_float(xv.v[e]) + b[e]) * g;
+      if constexpr (kFromOutput) {  // ReLU' · the kept mask, both from y > 0
+        if constexpr (kDrop == Drop::kOn) g *= drop.scale;
+        d[e] = to_float(xv.v[e]) > 0.f ? g : 0.f;
+      } else {
+        if constexpr (kDrop == Drop::kOn) g = ((keep >> e) & 1u) ? g * drop.scale : 0.f;
+        d[e] = activate_grad<kAct>(to_float(xv.v[e]) + b[e]) * g;
+      }
       acc[e] += d[e];
     }
     store_float<kVec>(grad_x + off, d);

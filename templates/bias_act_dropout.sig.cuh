@@ -47,11 +47,17 @@ inline constexpr Kernel kBiasActDropoutFwd = make_kernel(
 
 namespace bad_bwd {
 inline Extent partials(const Values& v);
-// The same template parameters as the forward.
-inline constexpr const auto& kT = bad_fwd::kT;
+// The forward's template parameters and where the derivative is taken from.
+inline constexpr TParam kT[] = {kDTypeParam,
+                                int_param("kCols", "cols"),
+                                int_param("kVec", "vec", vec_of<1>),
+                                enum_param("kAct", "act", kActInfo),
+                                enum_param("kDrop", "drop", kDropInfo),
+                                enum_param("kFrom", "from", kActFromInfo)};
+// x: the forward's input (kFrom = kInput) or its output (kOutput; bias then unread, may be null).
 inline constexpr Param kP[] = {in("grad_out", CType::kConstTPtr),
                                in("x", CType::kConstTPtr),
-                               in("bias", CType::kConstTPtr),
+                               in("bias", CType::kConstTPtr, Nullable::kYes),
                                out("grad_x", CType::kTPtr),
                                scratch("partials", CType::kF32Ptr, &partials, Nullable::kNo),
                                scalar("rows", CType::kI64),

@@ -49,6 +49,9 @@ class BiasActKernels : public GpuKernelTest {
         for (const Variant& v : kVariants) {
           all.push_back(codegen::bias_act_dropout_fwd(p, {c, v.act, v.dropout}));
           all.push_back(codegen::bias_act_dropout_bwd(p, {c, v.act, v.dropout}));
+          if (v.act == Activation::kRelu) {
+            all.push_back(codegen::bias_act_dropout_bwd(p, {c, v.act, v.dropout}, true));
+          }
         }
       }
       all.push_back(codegen::column_sum(p));
@@ -64,11 +67,12 @@ class BiasActKernels : public GpuKernelTest {
            kern::bad_fwd_grid(rows, cols, vec), kern::bad_fwd_block(),
            {&x, &bias, &out, &rows, &drop});
   }
+  // from_output: x is the forward's output y (kern::ActFrom::kOutput, ReLU), bias unread.
   void launch_bwd(Precision p, int64_t cols, const Variant& v, CUdeviceptr grad_out, CUdeviceptr x,
                   CUdeviceptr bias, CUdeviceptr grad_x, CUdeviceptr partials, int64_t rows,
-                  kern::DropoutArgs drop) {
+                  kern::DropoutArgs drop, bool from_output = false) {
     const int vec = codegen::vec_width(p, cols);
-    launch(codegen::bias_act_dropout_bwd(p, {cols, v.act, v.dropout}),
+    launch(codegen::bias_act_dropout_bwd(p, {cols, v.act, v.dropout}, from_output),
            kern::bad_bwd_grid(rows, cols, vec), kern::bad_bwd_block(cols, vec),
            {&grad_out, &x, &bias, &grad_x, &partials, &rows, &drop});
   }
@@ -146,6 +150,44 @@ TEST_P(GpuBiasAct, BackwardMatchesReferenceIncludingPartialsAndAliasing) {
                           ref::column_sum(download(partials), blocks, s.cols, 0, s.cols, {},
                                           kern::Accumulate::kOverwrite),
                           r.dbias, fp32_tolerance()));
+    if (HasFailure()) return;
+  }
+}
+
+// ReLU's derivative from the forward's output y (kFrom = kOutput, what the plans run for ReLU):
+// grad_x and the bias-gradient partials equal, value for value, those taken from x + bias with the
+// dropout mask regenerated, for the forward's own y (x + bias near 0 often: x in [-1, 1]).
+TEST_P(GpuBiasAct, ReluFromTheOutputEqualsReluFromTheInput) {
+  const auto [p, v] = GetParam();
+  if (v.act != Activation::kRelu) GTEST_SKIP() << "only ReLU's derivative follows from its output";
+  for (const Size& s : kSizes) {
+    SCOPED_TRACE(testing::Message() << "cols " << s.cols << ", rows " << s.rows);
+    const int64_t n = s.rows * s.cols, blocks = kern::bad_bwd_blocks(s.rows);
+    const Vec x = random(p, n, -1, 1), bias = random(p, s.cols, -1, 1), g = random(p, n, -1, 1);
+    const kern::DropoutArgs drop = random_dropout(v.dropout ? 0.3 : 0.0);
+    DeviceArray d_x = upload(p, x), d_bias = upload(p, bias), d_g = upload(p, g);
+    DeviceArray y = poisoned(p, n);
+    launch_fwd(p, s.cols, v, d_x.ptr(), d_bias.ptr(), y.ptr(), s.rows, drop);
+    DeviceArray gx_in = poisoned(p, n), part_in = poisoned(Precision::kFp32, blocks * s.cols);
+    DeviceArray gx_out = poisoned(p, n), part_out = poisoned(Precision::kFp32, blocks * s.cols);
+    launch_bwd(p, s.cols, v, d_g.ptr(), d_x.ptr(), d_bias.ptr(), gx_in.ptr(), part_in.ptr(), s.rows,
+               drop);
+    // No bias (null) and a dropout state whose seed differs: neither may be read.
+    kern::DropoutArgs other = drop;
+    other.seed ^= 0x5bd1e995u;
+    launch_bwd(p, s.cols, v, d_g.ptr(), y.ptr(), 0, gx_out.ptr(), part_out.ptr(), s.rows, other,
+               true);
+    const Vec a = download(gx_in), b = download(gx_out);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n; ++i) differ += !(a[i] == b[i]);  // +0 == -0; NaN (poison) differs
+    EXPECT_EQ(differ, 0) << "grad_x elements that differ from the input-side kernel's";
+    const Vec pa = download(part_in), pb = download(part_out);
+    int64_t pdiffer = 0;
+    for (size_t i = 0; i < pa.size(); ++i) pdiffer += !(pa[i] == pb[i]);
+    EXPECT_EQ(pdiffer, 0) << "bias-gradient partials that differ";
+    const ref::BiasActBackward r = ref::bias_act_dropout_bwd(
+        g, x, bias, s.rows, s.cols, act_of(v.act), v.dropout ? Drop::kOn : Drop::kOff, drop);
+    EXPECT_TRUE(all_close("grad_x from the output", b, r.grad_x, tolerance_for(p)));
     if (HasFailure()) return;
   }
 }

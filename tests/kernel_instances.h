@@ -78,10 +78,14 @@ inline KernelInstance bias_act_dropout_fwd(Precision p, const BiasAct& c) {
       sig::kBiasActDropoutFwd, p,
       {{"kCols", c.cols}, tv("kAct", act(c.act)), on_off<kern::Drop>("kDrop", c.dropout)});
 }
-inline KernelInstance bias_act_dropout_bwd(Precision p, const BiasAct& c) {
-  return instantiate(
-      sig::kBiasActDropoutBwd, p,
-      {{"kCols", c.cols}, tv("kAct", act(c.act)), on_off<kern::Drop>("kDrop", c.dropout)});
+// from_output: ReLU's derivative from the forward's output (kern::ActFrom::kOutput).
+inline KernelInstance bias_act_dropout_bwd(Precision p, const BiasAct& c,
+                                           bool from_output = false) {
+  return instantiate(sig::kBiasActDropoutBwd, p,
+                     {{"kCols", c.cols},
+                      tv("kAct", act(c.act)),
+                      on_off<kern::Drop>("kDrop", c.dropout),
+                      tv("kFrom", from_output ? kern::ActFrom::kOutput : kern::ActFrom::kInput)});
 }
 inline KernelInstance split_heads(Precision p, const Heads& c) {
   return instantiate(sig::kSplitHeads, p,

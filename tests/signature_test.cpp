@@ -5,6 +5,7 @@
 #include <cxxabi.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -53,6 +54,13 @@ KernelInstance sample_instance(const sig::Kernel& k, Precision p) {
     if (t.kind == sig::TKind::kDType || t.derive) continue;
     given.emplace_back(t.name,
                        t.kind == sig::TKind::kEnum ? t.enum_info->count - 1 : sample_value(t));
+  }
+  // The one combination a template rejects: ActFrom::kOutput follows ReLU's derivative only.
+  const bool from_output =
+      std::any_of(k.tparams, k.tparams + k.n_tparams,
+                  [](const sig::TParam& t) { return std::string_view(t.name) == "kFrom"; });
+  for (auto& [name, value] : given) {
+    if (name == "kAct" && from_output) value = static_cast<int64_t>(kern::Act::kRelu);
   }
   // instantiate takes an initializer_list: build it from the vector through a small switch.
   std::vector<TemplateValue> v(given.begin(), given.end());

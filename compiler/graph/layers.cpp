@@ -371,10 +371,12 @@ class LayerLowering {
                       DropoutKind::kActivation);
     }
     int d_h = b_.tensor(sub.p + ".d_h", {bt, F}, TensorRole::kGrad);
-    // The activation's derivative is taken at h + b1 (the pre-activation).
+    // The activation's derivative is taken at h + b1 (the pre-activation); the forward's output
+    // (after its dropout: what linear2 read) comes along, from which ReLU's follows (kOutput).
     OpAttrs act;
     act.activation = s_.activation;
-    b_.op(OpKind::kActivationGrad, sub.p + ".activation_grad", {d_act, sub.h, sub.b1}, {d_h}, act);
+    b_.op(OpKind::kActivationGrad, sub.p + ".activation_grad",
+          {d_act, sub.h, sub.b1, sub.act_dropped}, {d_h}, act);
     b_.op(OpKind::kBiasGrad, sub.p + ".linear1_bias_grad", {d_h}, {b_.grad_of_param(sub.b1)});
     int d_in = b_.tensor(sub.p + ".d_branch_in", {bt, H}, TensorRole::kGrad);
     b_.gemm(sub.p + ".linear1_dgrad", d_h, Transpose::kNo, sub.w1, Transpose::kNo, d_in, bt, H, F);

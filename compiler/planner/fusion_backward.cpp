@@ -186,29 +186,34 @@ void add_backward_rules(std::vector<Rule>& r) {
                       args, {{"rows", ScalarArg::size(rows)}});
                  if (partials >= 0) finish_partials(s, partials, finish, hidden);
                }});
-  r.push_back({"dropout grad + activation grad + bias grad",
-               {{K::kDropoutGrad, true}, {K::kActivationGrad, false}, {K::kBiasGrad, false}},
-               {},
-               [](State& s, const Match& m) {
-                 const Op& ag = s.op(*m[1]);
-                 if (m[0]) mark_internal(s, {m[0]});
-                 const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : ag.inputs[0];
-                 const int64_t cols = cols_of(s, ag.inputs[1]);
-                 const int partials = add_scratch(s, ag.name + ".partials", ElemType::kF32);
-                 const int bias_grad = out0(s, m[2]);
-                 emit(s, m,
-                      instantiate(sig::kBiasActDropoutBwd, s.precision,
-                                  {{"kCols", cols},
-                                   tv("kAct", act_of(s.op(*m[1]).attrs.activation)),
-                                   on_off<Drop>("kDrop", m[0].has_value())}),
-                      {{"grad_out", grad_in},
-                       {"x", ag.inputs[1]},
-                       {"bias", ag.inputs[2]},
-                       {"grad_x", ag.outputs[0]},
-                       {"partials", partials}},
-                      {{"rows", ScalarArg::size(rows_of(s, ag.inputs[1]))}});
-                 finish_partials(s, partials, {bias_grad}, cols);
-               }});
+  r.push_back(
+      {"dropout grad + activation grad + bias grad",
+       {{K::kDropoutGrad, true}, {K::kActivationGrad, false}, {K::kBiasGrad, false}},
+       {},
+       [](State& s, const Match& m) {
+         const Op& ag = s.op(*m[1]);
+         if (m[0]) mark_internal(s, {m[0]});
+         const int grad_in = m[0] ? s.op(*m[0]).inputs[0] : ag.inputs[0];
+         const int64_t cols = cols_of(s, ag.inputs[1]);
+         const int partials = add_scratch(s, ag.name + ".partials", ElemType::kF32);
+         const int bias_grad = out0(s, m[2]);
+         // ReLU's derivative from the forward's output (ActFrom::kOutput): the
+         // pre-activation is then not saved for the backward at all.
+         const bool from_out = ag.attrs.activation == Activation::kRelu && ag.inputs.size() > 3;
+         emit(s, m,
+              instantiate(sig::kBiasActDropoutBwd, s.precision,
+                          {{"kCols", cols},
+                           tv("kAct", act_of(ag.attrs.activation)),
+                           on_off<Drop>("kDrop", m[0].has_value()),
+                           tv("kFrom", from_out ? kern::ActFrom::kOutput : kern::ActFrom::kInput)}),
+              {{"grad_out", grad_in},
+               {"x", from_out ? ag.inputs[3] : ag.inputs[1]},
+               {"bias", from_out ? -1 : ag.inputs[2]},
+               {"grad_x", ag.outputs[0]},
+               {"partials", partials}},
+              {{"rows", ScalarArg::size(rows_of(s, ag.inputs[1]))}});
+         finish_partials(s, partials, {bias_grad}, cols);
+       }});
   r.push_back(
       {"merge heads grad", {{K::kMergeHeadsGrad, false}}, {}, [B](State& s, const Match& m) {
          const Op& op = s.op(*m[0]);

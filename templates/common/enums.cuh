@@ -22,6 +22,11 @@
 // tanh approximation (GPT-2's "gelu_new", nn.GELU(approximate="tanh")).
 #define LIGHTSEQ_ENUM_Act(X) \
   X(kNone, "none") X(kRelu, "relu") X(kGelu, "gelu") X(kGeluTanh, "gelu_tanh")
+// bias_act_dropout_bwd: where the activation's derivative is taken from: its input x + bias, or
+// (ReLU only) the forward's output, positive exactly where x + bias was and the entry was kept, so
+// that the pre-activation need not be saved and no dropout mask is regenerated (PyTorch's ReLU
+// backward reads its output too).
+#define LIGHTSEQ_ENUM_ActFrom(X) X(kInput, "input") X(kOutput, "output")
 // split_heads: whether the QKV bias is added.
 #define LIGHTSEQ_ENUM_BiasAdd(X) X(kOff, "off") X(kOn, "on")
 // merge_heads: whether column sums (a bias gradient) are written as partials.
@@ -50,7 +55,8 @@
   E(Drop)                 \
   E(ResidualIn)           \
   E(BranchOut)            \
-  E(Act) E(BiasAdd) E(BiasGrad) E(Mask) E(Pos) E(PosFrom) E(Key) E(AdamMode) E(Accumulate)
+  E(Act)                  \
+  E(ActFrom) E(BiasAdd) E(BiasGrad) E(Mask) E(Pos) E(PosFrom) E(Key) E(AdamMode) E(Accumulate)
 
 namespace lightseq::kern {
 
