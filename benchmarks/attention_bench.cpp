@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -163,19 +164,18 @@ int main(int argc, char** argv) {
       }
     }
     // The headers NVRTC sees: the built-in templates, each replaced by DIR's copy where it has one.
-    std::vector<std::string> texts;
+    std::deque<std::string> texts;  // stable addresses: the headers' views point into them
     std::vector<EmbeddedFile> headers(embedded_templates().begin(), embedded_templates().end());
     if (!templates_dir.empty()) {
       if (!std::filesystem::is_directory(templates_dir)) {
         throw Error("attention_bench: --templates " + templates_dir + " is not a directory");
       }
-      texts.reserve(headers.size());
       for (EmbeddedFile& h : headers) {
         const std::filesystem::path f = std::filesystem::path(templates_dir) / h.path;
         if (!std::filesystem::is_regular_file(f)) continue;
         std::ifstream in(f);
         std::ostringstream text;
-        text << in.rdbuf();
+        if (!(text << in.rdbuf())) throw Error("attention_bench: cannot read " + f.string());
         texts.push_back(text.str());
         h.text = texts.back();
         fmt::print("attention_bench: {} from {}\n", h.path, f.string());

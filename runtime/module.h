@@ -65,7 +65,8 @@ class KernelModule {
 // Launches `function` on `stream` (cuLaunchKernel with `args`, one pointer per kernel parameter,
 // in order). The stream's context is made current for the call. When smem_bytes exceeds
 // kDefaultDynamicSmemLimit the kernel's CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES is raised
-// first (once; later launches find it set). Empty grids or blocks, and a failed launch, throw
+// first and its preferred carveout set to the most shared memory (once; later launches find them
+// set). Empty grids or blocks, and a failed launch, throw
 // CudaError naming `label` (pass the kernel label for readable errors). No synchronization:
 // graph-capturable.
 void launch(CUfunction function, Dim3 grid, Dim3 block, size_t smem_bytes, CUstream stream,

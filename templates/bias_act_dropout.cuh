@@ -48,9 +48,11 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 // bias_act_dropout_bwd_kernel — grad_x = act'(x + bias) * dropout_mask(grad_out); per-block column
 //   partials of the bias gradient sum_rows grad_x. kFrom = kOutput (ReLU): x is the forward's
 //   output y instead, and grad_x = [y > 0] · grad_out (· the dropout scale): y is positive exactly
-//   where x + bias was and the entry was kept (its scale > 1 keeps a positive value from rounding
-//   to 0), so the same values as kInput's (a zero's sign aside), without the pre-activation or a
-//   Philox draw.
+//   where x + bias was and the entry was kept (x + bias, a sum of two T values, is a multiple of
+//   T's smallest subnormal, so a positive one never rounds to 0; NVRTC compiles without
+//   flush-to-zero), so the same values as kInput's for finite grad_out (a zero's sign aside;
+//   where ReLU is off kInput gives 0 · inf = NaN for an infinite grad_out, kOutput 0, as PyTorch's
+//   threshold_backward does), without the pre-activation or a Philox draw.
 // Fuses:     dropout backward + activation backward + bias-gradient reduction (first stage).
 // Shapes:    grad_out, x, grad_x [rows, kCols]; bias [kCols]; partials [bad_bwd_blocks(rows),
 //            kCols] fp32. All `=` (every block writes its whole partials row). grad_x may alias

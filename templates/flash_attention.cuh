@@ -32,7 +32,8 @@ namespace lightseq::kern {
 //            with cp.async so that the value tile arrives while q·kᵀ runs and the next key tile
 //            while the softmax and p·v run; B fragments by ldmatrix (.trans for v).
 // Constants: kD a multiple of 16 in [16, 128] (static_assert). Pointers 16-byte aligned, ld_q and
-//            ld_kv multiples of 8 elements (the planner checks: flash_ld_ok).
+//            ld_kv multiples of 8 elements (the planner checks: flash_ld_ok). Built for
+//            flash_fwd_min_blocks(kD, kWarps) blocks per SM (128 registers up to kFlashLeanMaxD).
 // Numerics:  products in fp32 on tensor cores; the softmax in fp32 (exp2 with log2(e) folded in
 //            the scale); probabilities rounded to T before the context product (as the unfused
 //            path stores them); out rounded once.

@@ -20,11 +20,14 @@ inline constexpr int kFlashThreads = 128;
 inline constexpr int kFlashFwdWarps = 4;
 inline constexpr int kFlashFwdWarpsAlt = 8;
 LIGHTSEQ_HD constexpr int flash_fwd_block(int warps = kFlashFwdWarps) { return 32 * warps; }
-// The forward's register cap, as __launch_bounds__'s blocks per SM: up to head dim 64, 16 warps
+// The largest head dim whose kernels fit 128 registers a thread (the forward's state, or the
+// backward's with its k and v fragments in shared memory): the kernels built for 16 warps per SM.
+inline constexpr int64_t kFlashLeanMaxD = 64;
+// The forward's register cap, as __launch_bounds__'s blocks per SM: up to kFlashLeanMaxD, 16 warps
 // (128 registers: four blocks of the plans' 4 warps; 4-8 % faster with dropout at T 128-512 on an
 // H100, the same without, fourteenth session); past it the compiler's choice (d 128 holds ~170).
 LIGHTSEQ_HD constexpr int flash_fwd_min_blocks(int64_t d, int warps) {
-  return d <= 64 ? 16 / warps : 1;
+  return d <= kFlashLeanMaxD ? 16 / warps : 1;
 }
 // The most batch · heads the grids below take: CUDA's limit on gridDim.y.
 inline constexpr int64_t kFlashMaxBatchHeads = 65535;
@@ -42,13 +45,13 @@ LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len,
 }
 
 // The backward: grad_k/grad_v per block of keys, 16 per warp (x: key blocks, y: batch · heads),
-// looping over query tiles of flash_bwd_block_m(kD) rows; grad_q per query tile as the forward;
-// D (Σ grad_out·out) one row per thread. When one key block holds every key (flash_bwd_one_block:
-// up to kFlashBwdBlockN keys), the grad_k/grad_v kernel also writes grad_q and computes D itself:
-// the D and grad_q kernels' grids are then empty (nothing launched), and the backward is one
-// launch. Blocks of 8 warps only where they make one block of more than 64 keys; 4 otherwise
-// (measured on an H100: with several blocks, 8 warps were 8-10 % slower than 4 — one block per
-// SM at ~255 registers instead of two).
+// looping over query tiles of flash_bwd_block_m(kD, kBlocks) rows; grad_q per query tile as the
+// forward; D (Σ grad_out·out) one row per thread. When one key block holds every key
+// (flash_bwd_one_block: up to kFlashBwdBlockN keys), the grad_k/grad_v kernel also writes grad_q
+// and computes D itself: the D and grad_q kernels' grids are then empty (nothing launched), and the
+// backward is one launch. Blocks of 8 warps only where they make one block of more than 64 keys; 4
+// otherwise (measured on an H100 with the ~255-register geometry: with several blocks, 8 warps
+// were 8-10 % slower than 4 — one block per SM instead of two).
 inline constexpr int kFlashBwdBlockN = 128;   // the most keys of one block (8 warps)
 inline constexpr int kFlashBwdThreads = 256;  // the most threads of one block
 LIGHTSEQ_HD constexpr bool flash_bwd_one_block(int64_t k_len) {
@@ -64,22 +67,29 @@ LIGHTSEQ_HD constexpr int flash_bwd_block_n(int64_t k_len) { return 16 * flash_b
 // whose barriers and loads nothing hides), or 2 (head dims up to 64): query tiles of 32 rows and
 // the k and v fragments read from shared memory per tile, at most 128 registers
 // (__launch_bounds__), so that a second block runs while the first waits. The plans take
-// flash_bwd_blocks(d); attention_bench times either (--bwd-blocks).
+// flash_bwd_blocks(d); attention_bench times either (--bwd-blocks). Measured on an H100 (228 KiB
+// of shared memory per SM: two one-key-block blocks of ~61 KiB fit); on an SM with ~100 KiB
+// (sm_86/89) only one would, and the register cap would cost without the second block: not
+// measured, the plans do not yet decide by architecture.
 LIGHTSEQ_HD constexpr bool flash_bwd_blocks_ok(int64_t d, int blocks) {
-  return blocks == 1 || (blocks == 2 && d <= 64);
+  return blocks == 1 || (blocks == 2 && d <= kFlashLeanMaxD);
 }
-LIGHTSEQ_HD constexpr int flash_bwd_blocks(int64_t d) { return d <= 64 ? 2 : 1; }
+LIGHTSEQ_HD constexpr int flash_bwd_blocks(int64_t d) { return flash_bwd_blocks_ok(d, 2) ? 2 : 1; }
+// The other geometry of head dim d, where it has one (attention_bench and the tests' A/B), else 0.
+LIGHTSEQ_HD constexpr int flash_bwd_other_blocks(int64_t d) {
+  return flash_bwd_blocks(d) == 2 ? 1 : (flash_bwd_blocks_ok(d, 2) ? 2 : 0);
+}
 // Query rows per tile of the grad_k/grad_v kernel: 64, or 32 past head dim 64 (the block's k and v
 // fragments and its two accumulators already hold kD / 2 registers each per thread) and in the
 // two-block geometry.
 LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d, int blocks) {
-  return d > 64 || blocks > 1 ? 32 : 64;
+  return d > kFlashLeanMaxD || blocks > 1 ? 32 : 64;
 }
 // Its dynamic shared memory, byte offsets (fp16/bf16 elements, rows padded by 8): a query tile
 // [m, d] at 0 and its grad_out tile, with one key block its out tile (for D), the tile's lse and
-// (several key blocks) D (fp32); the block's keys [n, d] with one key block or two blocks per SM,
-// its values [n, d] with two blocks per SM, and with one key block the tile's dSᵀ [n, m]. The
-// kernel carves its buffer by these; `bytes` is the launch's.
+// D (fp32; D read only with several key blocks, its slot kept either way); the block's keys [n, d]
+// with one key block or two blocks per SM, its values [n, d] with two blocks per SM, and with one
+// key block the tile's dSᵀ [n, m]. The kernel carves its buffer by these; `bytes` is the launch's.
 struct FlashBwdSmem {
   int gs, os, lse, dot, ks, vs, dst, bytes;
 };

@@ -228,8 +228,9 @@ TEST(AttentionBackend, AutoPlansBothBackendsBehindOneCallingConvention) {
     for (const LayerPlan* v : lp.plans()) {
       for (const auto* steps : {&v->forward, &v->backward}) {
         for (const Step& st : *steps) {
-          if (const auto* k = std::get_if<KernelStep>(&st))
+          if (const auto* k = std::get_if<KernelStep>(&st)) {
             EXPECT_TRUE(labels.count(k->kernel.label)) << k->kernel.label;
+          }
         }
       }
     }

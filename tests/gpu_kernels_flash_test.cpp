@@ -264,8 +264,9 @@ std::vector<KernelInstance> every_instance() {
             all.push_back(codegen::flash_fwd(p, f, kern::kFlashFwdWarpsAlt));
           }
           all.push_back(codegen::flash_dkdv(p, f));
-          const int other = 3 - kern::flash_bwd_blocks(d);
-          if (kern::flash_bwd_blocks_ok(d, other)) all.push_back(codegen::flash_dkdv(p, f, other));
+          if (const int other = kern::flash_bwd_other_blocks(d)) {
+            all.push_back(codegen::flash_dkdv(p, f, other));
+          }
           all.push_back(codegen::flash_dq(p, f));
         }
       }
@@ -394,9 +395,9 @@ TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
     const codegen::Flash f{d, kern::has_padding(mask), kern::has_causal(mask), drop};
     // The plans' geometry twice (deterministic), then the other blocks-per-SM geometry where the
     // head dim has one: the same bits (flash_bwd_blocks; every product sums in the same order).
-    const int plans = kern::flash_bwd_blocks(d), other = 3 - plans;
+    const int plans = kern::flash_bwd_blocks(d), other = kern::flash_bwd_other_blocks(d);
     std::vector<int> geometries{plans, plans};
-    if (kern::flash_bwd_blocks_ok(d, other)) geometries.push_back(other);
+    if (other != 0) geometries.push_back(other);
     std::vector<uint8_t> first[2];
     for (size_t run = 0; run < geometries.size(); ++run) {
       const int blocks = geometries[run];

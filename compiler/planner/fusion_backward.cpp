@@ -200,6 +200,10 @@ void add_backward_rules(std::vector<Rule>& r) {
          // ReLU's derivative from the forward's output (ActFrom::kOutput): the
          // pre-activation is then not saved for the backward at all.
          const bool from_out = ag.attrs.activation == Activation::kRelu && ag.inputs.size() > 3;
+         if (!from_out && ag.inputs[2] < 0) {  // the kernel's bias is nullable for kOutput only
+           throw InternalError(fmt::format(
+               "planner: '{}': the activation's derivative at x + bias needs the bias", ag.name));
+         }
          emit(s, m,
               instantiate(sig::kBiasActDropoutBwd, s.precision,
                           {{"kCols", cols},
