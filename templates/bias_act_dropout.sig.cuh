@@ -48,12 +48,8 @@ inline constexpr Kernel kBiasActDropoutFwd = make_kernel(
 namespace bad_bwd {
 inline Extent partials(const Values& v);
 // The forward's template parameters and where the derivative is taken from.
-inline constexpr TParam kT[] = {kDTypeParam,
-                                int_param("kCols", "cols"),
-                                int_param("kVec", "vec", vec_of<1>),
-                                enum_param("kAct", "act", kActInfo),
-                                enum_param("kDrop", "drop", kDropInfo),
-                                enum_param("kFrom", "from", kActFromInfo)};
+inline constexpr auto kTList = extend(bad_fwd::kT, enum_param("kFrom", "from", kActFromInfo));
+inline constexpr const auto& kT = kTList.v;
 // x: the forward's input (kFrom = kInput) or its output (kOutput; bias then unread, may be null).
 inline constexpr Param kP[] = {in("grad_out", CType::kConstTPtr),
                                in("x", CType::kConstTPtr),

@@ -139,9 +139,8 @@ inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
 }  // namespace flash_bwd
 
 namespace flash_fwd {
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
-                                enum_param("kMask", "mask", kMaskInfo),
-                                enum_param("kDrop", "drop", kDropInfo), int_param("kWarps", "w")};
+inline constexpr auto kTList = extend(flash_bwd::kT, int_param("kWarps", "w"));
+inline constexpr const auto& kT = kTList.v;
 inline constexpr Param kP[] = {
     in("q", CType::kConstTPtr),   in("k", CType::kConstTPtr),
     in("v", CType::kConstTPtr),   in("key_padding", CType::kConstU8Ptr, Nullable::kYes),
@@ -188,9 +187,8 @@ inline constexpr Kernel kFlashDot = make_kernel("flash_attention", "flash_attn_b
 
 // grad_q: written only when one key block holds every key (flash_bwd_one_block); `out` read then.
 namespace flash_dkdv {
-inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
-                                enum_param("kMask", "mask", kMaskInfo),
-                                enum_param("kDrop", "drop", kDropInfo), int_param("kBlocks", "b")};
+inline constexpr auto kTList = extend(flash_bwd::kT, int_param("kBlocks", "b"));
+inline constexpr const auto& kT = kTList.v;
 inline constexpr Param kP[] = {
     LIGHTSEQ_FLASH_BWD_PARAMS(in("out", CType::kConstTPtr), out("grad_q", CType::kTPtr),
                               out("grad_k", CType::kTPtr), out("grad_v", CType::kTPtr))};

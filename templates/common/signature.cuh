@@ -189,6 +189,21 @@ constexpr Kernel make_kernel(const char* family, const char* name, const TParam 
   return Kernel{family, name, t, NT, p, NP, launch, program};
 }
 
+// A kernel's template parameters that extend another kernel's: `base` followed by `more`. Use
+// `.v` where a template parameter array is taken (make_kernel, index_of).
+template <size_t N, size_t M>
+struct TParamList {
+  TParam v[N + M];
+};
+template <size_t N, typename... More>
+consteval TParamList<N, sizeof...(More)> extend(const TParam (&base)[N], More... more) {
+  TParamList<N, sizeof...(More)> out{};
+  for (size_t i = 0; i < N; ++i) out.v[i] = base[i];
+  size_t i = N;
+  ((out.v[i++] = more), ...);
+  return out;
+}
+
 // The usual derived vector width: 16-byte accesses of T, halved until they divide template
 // parameter kSizeIndex (the row length). T is template parameter 0.
 template <int kSizeIndex>
