@@ -25,9 +25,12 @@ LIGHTSEQ_HD constexpr int flash_fwd_block(int warps = kFlashFwdWarps) { return 3
 inline constexpr int64_t kFlashLeanMaxD = 64;
 // The forward's register cap, as __launch_bounds__'s blocks per SM: up to kFlashLeanMaxD, 16 warps
 // (128 registers: four blocks of the plans' 4 warps; 4-8 % faster with dropout at T 128-512 on an
-// H100, the same without, fourteenth session); past it the compiler's choice (d 128 holds ~170).
+// H100, the same without, fourteenth session); past it 0, no cap: the compiler's own choice (168
+// registers at d 96 and 128, three blocks of 4 warps). An explicit 1 is not the same: ptxas then
+// takes up to 255 (199 at d 128: two blocks), and the forward at d 96-128 ran 15-25 % slower (H100,
+// fifteenth session).
 LIGHTSEQ_HD constexpr int flash_fwd_min_blocks(int64_t d, int warps) {
-  return d <= kFlashLeanMaxD ? 16 / warps : 1;
+  return d <= kFlashLeanMaxD ? 16 / warps : 0;
 }
 // The most batch · heads the grids below take: CUDA's limit on gridDim.y.
 inline constexpr int64_t kFlashMaxBatchHeads = 65535;
