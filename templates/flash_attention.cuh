@@ -234,7 +234,8 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 // Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of flash_bwd_threads(k_len); dynamic smem
 //            flash_bwd_smem(kD, k_len, kBlocks): a query tile and its grad_out tile (kM =
 //            flash_bwd_block_m rows), the tile's lse and D (several key blocks) or out tile (one:
-//            D computed from it per warp), all by cp.async, prefetched a tile ahead; with one key
+//            D computed from it, each row once per block), all by cp.async, prefetched a tile
+//            ahead; with one key
 //            block also the keys and the tile's dSᵀ; with kBlocks = 2 the block's keys and values,
 //            whose fragments each tile reads by ldmatrix (kBlocks: the blocks per SM it is built
 //            for, flash_bwd_blocks; the results are the same bits either way).
@@ -259,7 +260,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   T* qs = reinterpret_cast<T*>(flash_bwd_smem_bytes);
   T* gs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.gs);
   float* lse_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.lse);
-  float* dot_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.dot);  // several key blocks
+  float* dot_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.dot);  // the tile's D
   T* os = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.os);    // one key block: the out tile
   T* ks = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.ks);    // one key block or kLean: the keys
   T* vs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.vs);    // kLean: the values
@@ -335,10 +336,9 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
     flash::cp_async_wait<0>();
     __syncthreads();
-    // With one key block, D of the tile's rows from its out and grad_out tiles: lane l sums rows
-    // l, l + 32, ... (every warp the same, in a fixed order); the entries take them by shuffles.
-    float dots[kM / 32];
-    if (one) flash::tile_dots<T, kD, kM, kStride>(dots, os, gs, lane);
+    // With one key block, D of the tile's rows from its out and grad_out tiles, each row once
+    // per block (read after the barrier below, the products between).
+    if (one) flash::stage_dots<T, kD, kM, kStride>(dot_s, os, gs);
     const bool more = m0 + kM < q_len;
     float s[kM / 8][4], dp[kM / 8][4];
     flash::zero(s);
@@ -347,6 +347,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, lane);  // sᵀ[key][query]
     if constexpr (kLean) flash::tile_fragments<T, kD, kStride>(vf, vs + warp * 16 * kStride, lane);
     flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, lane);  // (grad_out·vᵀ)ᵀ[key][query]
+    if (one) __syncthreads();                              // the tile's D staged
     // Masks only where the tile needs them (queries past q_len, keys past k_len, padding, the
     // causal diagonal).
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, block_n, q_len, k_len);
@@ -362,10 +363,8 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
         const int r = e / 2, qi = n * 8 + 2 * t + (e % 2);
         const bool on = !masked || flash::attends<kMask>(m0 + qi, key[r], q_len, k_len, pad);
         const float keep = kDrop == Drop::kOn ? ((kb[n] >> e) & 1u ? drop.scale : 0.f) : 1.f;
-        // row qi of the tile: lane qi % 32's dots[qi / 32] (n / 4: 2t + e % 2 < 8)
-        const float d = one ? __shfl_sync(0xffffffffu, dots[n / 4], qi % 32) : dot_s[qi];
-        s[n][e] =
-            flash::recompute(on, s[n][e], scale2, lse_s[qi] * kLog2e, dp[n][e], d, keep, &pd[n][e]);
+        s[n][e] = flash::recompute(on, s[n][e], scale2, lse_s[qi] * kLog2e, dp[n][e], dot_s[qi],
+                                   keep, &pd[n][e]);
       }
     }
     flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out

@@ -90,9 +90,10 @@ LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d, int blocks) {
 }
 // Its dynamic shared memory, byte offsets (fp16/bf16 elements, rows padded by 8): a query tile
 // [m, d] at 0 and its grad_out tile, with one key block its out tile (for D), the tile's lse and
-// D (fp32; D read only with several key blocks, its slot kept either way); the block's keys [n, d]
-// with one key block or two blocks per SM, its values [n, d] with two blocks per SM, and with one
-// key block the tile's dSᵀ [n, m]. The kernel carves its buffer by these; `bytes` is the launch's.
+// D (fp32; flash_attn_bwd_dot_kernel's with several key blocks, staged from the out tile with
+// one); the block's keys [n, d] with one key block or two blocks per SM, its values [n, d] with
+// two blocks per SM, and with one key block the tile's dSᵀ [n, m]. The kernel carves its buffer by
+// these; `bytes` is the launch's.
 struct FlashBwdSmem {
   int gs, os, lse, dot, ks, vs, dst, bytes;
 };

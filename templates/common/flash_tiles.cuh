@@ -293,19 +293,22 @@ __device__ __forceinline__ void store_rows(T* dst, int64_t ld, const int64_t (&r
 }
 
 // The D of a tile's kM rows (Σ_d grad_out·out in fp32) from its out and grad_out tiles in shared
-// memory (row stride kStride): lane l sums rows l, l + 32, ... into d[0], d[1], ..., element by
-// element in order (the same bits in every warp and geometry). 16-byte reads: a quarter warp's 8
-// rows fall in distinct banks (rows kStride = kD + 8 elements apart).
+// memory (row stride kStride) into dot[kM] in shared memory, each row once per block: two lanes a
+// row, lane 2i summing the first half of row i's elements and lane 2i + 1 the second, each in
+// order, then one shuffle: the same bits in every geometry (block size, kM). A quarter warp's
+// 16-byte reads (4 rows, both halves) fall in distinct banks (rows kStride = kD + 8 elements
+// apart). Every thread of the block calls it; the caller synchronizes before reading dot.
 template <typename T, int kD, int kM, int kStride>
-__device__ __forceinline__ void tile_dots(float (&d)[kM / 32], const T* os, const T* gs, int lane) {
-  static_assert(kM % 32 == 0 && kD % 8 == 0, "whole warps of rows, 16-byte columns");
-#pragma unroll
-  for (int r = 0; r < kM / 32; ++r) {
-    const T* o = os + (lane + 32 * r) * kStride;
-    const T* g = gs + (lane + 32 * r) * kStride;
+__device__ __forceinline__ void stage_dots(float* dot, const T* os, const T* gs) {
+  static_assert(kM % 16 == 0 && kD % 16 == 0, "whole warps of rows, 16-byte halves");
+  const int half = threadIdx.x % 2;
+  // a warp's 32 lanes take 16 whole rows: every lane of a warp is in the loop or none is
+  for (int i = threadIdx.x / 2; i < kM; i += blockDim.x / 2) {
+    const T* o = os + i * kStride + half * (kD / 2);
+    const T* g = gs + i * kStride + half * (kD / 2);
     float acc = 0.f;
 #pragma unroll
-    for (int c = 0; c < kD; c += 8) {
+    for (int c = 0; c < kD / 2; c += 8) {
       const uint4 ov = *reinterpret_cast<const uint4*>(o + c);
       const uint4 gv = *reinterpret_cast<const uint4*>(g + c);
       const T* oe = reinterpret_cast<const T*>(&ov);
@@ -313,7 +316,8 @@ __device__ __forceinline__ void tile_dots(float (&d)[kM / 32], const T* os, cons
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc = fmaf(to_float(oe[e]), to_float(ge[e]), acc);
     }
-    d[r] = acc;
+    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+    if (half == 0) dot[i] = acc;
   }
 }
 
