@@ -3,6 +3,7 @@
 // 'none') semantics; the caller reduces loss and folds the reduction into grad_scale).
 #pragma once
 
+#include "common/math.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"
 #include "cross_entropy.sig.cuh"
@@ -22,7 +23,8 @@ namespace lightseq::kern {
 //            ce_cached(kVocab, kThreads, kVec), else it is read twice (the second read mostly hits
 //            L2). Smem: 512 B static.
 // Constants: kVocab % kVec == 0, kVec | 16 / sizeof(T), kThreads a power of two in [32, 1024].
-// Numerics:  fp32, expf / logf; sums in a fixed order (deterministic).
+// Numerics:  fp32, softmax_exp (expf for fp32 logits, ex2.approx for 16-bit) / logf; sums in a
+//            fixed order (deterministic). With the row cached each exponential is computed once.
 template <typename T, int kVocab, int kThreads, int kVec>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_kernel(const T* logits, const int64_t* targets, float* loss, float* nll,
@@ -59,23 +61,29 @@ __global__ void __launch_bounds__(kThreads)
   const float off_target = scale * label_smoothing / kVocab;
   const float on_target = scale * (1.f - label_smoothing);
 
+  const int64_t y_vec = y / kVec;  // the vector holding the target, and its element
+  const int y_elem = static_cast<int>(y % kVec);
   float m, lse, sum_x;
   auto finish_stats = [&](float m_row, float sum_e, float sx) {
     m = m_row;
     lse = m_row + logf(sum_e);
     sum_x = sx;
   };
-  // grad of vector v from its fp32 logits.
-  auto write_grad = [&](int v, float(&x)[kVec], float inv_sum) {
+  // grad of vector v from its softmax numerators (scale·p - off_target, - on_target at y).
+  auto write_grad = [&](int v, float(&ex)[kVec], float p_scale) {
+    float g[kVec];
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      x[e] = scale * expf(x[e] - m) * inv_sum - off_target;
-      if (v * kVec + e == y) x[e] -= on_target;
+    for (int e = 0; e < kVec; ++e) g[e] = ex[e] * p_scale - off_target;
+    if (v == y_vec) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) g[e] -= e == y_elem ? on_target : 0.f;
     }
-    store_float<kVec>(grad_logits + base + v * kVec, x);
+    store_float<kVec>(grad_logits + base + v * kVec, g);
   };
 
   if constexpr (ce_cached(kVocab, kThreads, kVec)) {
+    // The row in registers, each exponential computed once and kept for the gradient: the special
+    // function unit's ex2 (16 a clock per SM) otherwise costs as much time as the row's bytes.
     constexpr int kSlots = (kNvec + kThreads - 1) / kThreads;
     Vec<T, kVec> raw[kSlots];
     float vm = neg_inf();
@@ -89,6 +97,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     const float m_row = block_max<kThreads>(vm, smem);
+    float ex[kSlots][kVec];
     float sums[2] = {0.f, 0.f};  // sum exp(x - m), sum x
 #pragma unroll
     for (int k = 0; k < kSlots; ++k) {
@@ -96,23 +105,19 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const float x = to_float(raw[k].v[e]);
-          sums[0] += expf(x - m_row);
+          ex[k][e] = softmax_exp<T>(x - m_row);
+          sums[0] += ex[k][e];
           sums[1] += x;
         }
       }
     }
     block_sum<kThreads, 2>(sums, smem + 32);
     finish_stats(m_row, sums[0], sums[1]);
-    const float inv_sum = 1.f / sums[0];
+    const float p_scale = scale / sums[0];  // grad = scale·p - off_target (- on_target at y)
 #pragma unroll
     for (int k = 0; k < kSlots; ++k) {
       const int v = k * kThreads + tid;
-      if (v < kNvec) {
-        float x[kVec];
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) x[e] = to_float(raw[k].v[e]);
-        write_grad(v, x, inv_sum);
-      }
+      if (v < kNvec) write_grad(v, ex[k], p_scale);
     }
   } else {
     // Per-thread online max/sum over the row, then the row max, then the rescaled sums.
@@ -127,20 +132,22 @@ __global__ void __launch_bounds__(kThreads)
         sx += x[e];
       }
       if (vm == neg_inf()) continue;  // nothing finite yet (-inf logits contribute 0)
-      ts *= expf(tm - vm);            // exp(-inf) = 0 while ts is still 0
+      ts *= softmax_exp<T>(tm - vm);  // exp(-inf) = 0 while ts is still 0
       tm = vm;
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) ts += expf(x[e] - tm);
+      for (int e = 0; e < kVec; ++e) ts += softmax_exp<T>(x[e] - tm);
     }
     const float m_row = block_max<kThreads>(tm, smem);
-    float sums[2] = {tm == neg_inf() ? 0.f : ts * expf(tm - m_row), sx};
+    float sums[2] = {tm == neg_inf() ? 0.f : ts * softmax_exp<T>(tm - m_row), sx};
     block_sum<kThreads, 2>(sums, smem + 32);
     finish_stats(m_row, sums[0], sums[1]);
-    const float inv_sum = 1.f / sums[0];
+    const float p_scale = scale / sums[0];
     for (int v = tid; v < kNvec; v += kThreads) {
       float x[kVec];
       load_float<kVec>(logits + base + v * kVec, x);
-      write_grad(v, x, inv_sum);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) x[e] = softmax_exp<T>(x[e] - m);
+      write_grad(v, x, p_scale);
     }
   }
   if (tid == 0) {

@@ -14,6 +14,7 @@
 // Pointers (key_padding included) must be 16-byte aligned.
 #pragma once
 
+#include "common/math.cuh"
 #include "common/philox.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"
@@ -51,18 +52,6 @@ __device__ __forceinline__ float softmax_row_sum(float v, int lanes, float* smem
   float a[1] = {v};
   group_sum<1>(a, lanes, smem);
   return a[0];
-}
-
-// exp(x) for x <= 0 (max-subtracted). fp32 outputs get expf (PyTorch's accuracy); 16-bit outputs,
-// whose rounding error is ~1e3 times larger, get ex2.approx (2 ulp; the x * log2(e) rounding adds
-// |x| * 2^-24 relative, negligible at the magnitudes that survive the final rounding).
-template <typename T>
-__device__ __forceinline__ float softmax_exp(float x) {
-  if constexpr (IsSame<T, float>::kValue) {
-    return expf(x);
-  } else {
-    return exp2f(x * 1.4426950408889634f);
-  }
 }
 
 // The masks of one row: key_padding row (kPadding) and the last visible key (kCausal).

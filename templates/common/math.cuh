@@ -1,9 +1,10 @@
 // math.cuh — activations and their derivatives in fp32. gelu is the exact erf form (PyTorch's
 // default, approximate='none'); gelu_tanh the tanh approximation (approximate='tanh', GPT-2's
-// gelu_new). Device-only.
+// gelu_new); softmax_exp the exponential of softmaxes. Device-only.
 #pragma once
 
 #include "common/enums.cuh"
+#include "common/types.cuh"
 
 namespace lightseq::kern {
 
@@ -29,6 +30,19 @@ __device__ __forceinline__ float gelu_tanh_grad(float x) {
   const float du = 0.79788456080286536f * (1.f + 0.134145f * x * x);
   return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * du;
 }
+// exp(x) for x <= 0 (max-subtracted: a softmax's or a cross-entropy's). fp32 data gets expf
+// (PyTorch's accuracy); 16-bit data, whose rounding error is ~1e3 times larger, gets ex2.approx (2
+// ulp; the x * log2(e) rounding adds |x| * 2^-24 relative, negligible at the magnitudes that
+// survive the final rounding).
+template <typename T>
+__device__ __forceinline__ float softmax_exp(float x) {
+  if constexpr (IsSame<T, float>::kValue) {
+    return expf(x);
+  } else {
+    return exp2f(x * 1.4426950408889634f);
+  }
+}
+
 __device__ __forceinline__ float relu(float x) { return x > 0.f ? x : 0.f; }
 // relu'(0) = 0, as PyTorch (threshold_backward passes the gradient only where x > 0).
 __device__ __forceinline__ float relu_grad(float x) { return x > 0.f ? 1.f : 0.f; }
