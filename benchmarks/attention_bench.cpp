@@ -11,25 +11,21 @@
 //                        --fwd-warps: the forward's warps per block, the plans' 4 or the
 //                        alternative 8; --bwd-blocks: the blocks per SM the grad_k/grad_v kernel
 //                        is built for, default the plans' flash_bwd_blocks(d), 2 only up to d 64)
-//                        [--templates DIR]   (an experiment: the device code from DIR's copies of
-//                        templates/ files, e.g. DIR/flash_attention.cuh, in place of the built-in
-//                        ones; the launch formulas stay the built-in flash_attention.sig.cuh's)
+//                        [--templates DIR]   (an experiment: LIGHTSEQ_TEMPLATES_DIR=DIR, the device
+//                        code from DIR's copies of templates/ files, e.g. DIR/flash_attention.cuh,
+//                        in place of the built-in ones; the launch formulas stay the built-in
+//                        *.sig.cuh's; compiler/codegen/embedded_templates.h)
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
-#include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "common/philox.cuh"
-#include "compiler/codegen/embedded_templates.h"
 #include "compiler/codegen/program.h"
 #include "compiler/compiler.h"
 #include "compiler/errors.h"
@@ -100,7 +96,6 @@ int main(int argc, char** argv) {
     int bwd_blocks_arg = 0;                // 0: the plans' flash_bwd_blocks(d)
     bool causal = false;
     int iters = 20;
-    std::string templates_dir;  // empty: the built-in templates
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
       auto next = [&]() -> std::string {
@@ -125,8 +120,10 @@ int main(int argc, char** argv) {
       } else if (a == "--bwd-blocks") {
         bwd_blocks_arg = std::atoi(next().c_str());
         if (bwd_blocks_arg != 1 && bwd_blocks_arg != 2) throw Error("--bwd-blocks takes 1 or 2");
-      } else if (a == "--templates") {
-        templates_dir = next();
+      } else if (a == "--templates") {  // read by templates() at the first compile
+        if (setenv("LIGHTSEQ_TEMPLATES_DIR", next().c_str(), 1) != 0) {
+          throw Error("--templates: cannot set LIGHTSEQ_TEMPLATES_DIR");
+        }
       } else if (a == "--causal") {
         causal = true;
       } else if (a == "--iters") {
@@ -163,28 +160,10 @@ int main(int argc, char** argv) {
         all.insert(all.end(), {k.fwd, k.dot, k.dkdv, k.dq});
       }
     }
-    // The headers NVRTC sees: the built-in templates, each replaced by DIR's copy where it has one.
-    std::deque<std::string> texts;  // stable addresses: the headers' views point into them
-    std::vector<EmbeddedFile> headers(embedded_templates().begin(), embedded_templates().end());
-    if (!templates_dir.empty()) {
-      if (!std::filesystem::is_directory(templates_dir)) {
-        throw Error("attention_bench: --templates " + templates_dir + " is not a directory");
-      }
-      for (EmbeddedFile& h : headers) {
-        const std::filesystem::path f = std::filesystem::path(templates_dir) / h.path;
-        if (!std::filesystem::is_regular_file(f)) continue;
-        std::ifstream in(f);
-        std::ostringstream text;
-        if (!(text << in.rdbuf())) throw Error("attention_bench: cannot read " + f.string());
-        texts.push_back(text.str());
-        h.text = texts.back();
-        fmt::print("attention_bench: {} from {}\n", h.path, f.string());
-      }
-    }
     std::vector<KernelModule> modules;
     std::map<std::string, CUfunction> fns;
     for (const ProgramSource& prog : codegen::generate_programs(all, p)) {
-      const CacheEntry entry = to_cache_entry(prog, compile_program(prog, arch, headers));
+      const CacheEntry entry = to_cache_entry(prog, compile_program(prog, arch));
       modules.emplace_back(entry, 0);
       for (const std::string& label : prog.labels) fns[label] = modules.back().function(label);
     }

@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <deque>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <set>
 #include <string>
@@ -13,6 +15,7 @@
 
 #include "compiler/cache/cache_key.h"
 #include "compiler/cache/disk_cache.h"
+#include "compiler/codegen/embedded_templates.h"
 #include "compiler/errors.h"
 #include "compiler/util/atomic_file.h"
 #include "tests/cache_test_util.h"
@@ -128,6 +131,47 @@ TEST(CacheKey, ChangesWhenAnyInputChanges) {
             key(program, "sm_90", options, "13.0", current_generator_identity()));
   EXPECT_EQ(current_generator_identity().generator_version, kGeneratorVersion);
   EXPECT_EQ(current_generator_identity().templates_hash, templates_hash());
+}
+
+// LIGHTSEQ_TEMPLATES_DIR's mechanism: a directory's copies replace the embedded files of the same
+// relative path and nothing else; a directory that is not there is an error naming it.
+TEST(Templates, ADirectorysCopiesReplaceTheEmbeddedFilesOfTheirPath) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("lightseq-templates-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir / "common");
+  std::ofstream(dir / "softmax.cuh") << "// replaced softmax\n";
+  std::ofstream(dir / "common" / "types.cuh") << "// replaced types\n";
+  std::ofstream(dir / "not_a_template.cuh") << "// ignored\n";
+  std::deque<std::string> texts;
+  const std::vector<EmbeddedFile> got = templates_in(dir.string(), texts);
+  const std::span<const EmbeddedFile> builtin = embedded_templates();
+  ASSERT_EQ(got.size(), builtin.size());
+  int replaced = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].path, builtin[i].path);
+    if (got[i].path == "softmax.cuh") {
+      EXPECT_EQ(got[i].text, "// replaced softmax\n");
+      ++replaced;
+    } else if (got[i].path == "common/types.cuh") {
+      EXPECT_EQ(got[i].text, "// replaced types\n");
+      ++replaced;
+    } else {
+      EXPECT_EQ(got[i].text, builtin[i].text) << got[i].path;
+    }
+  }
+  EXPECT_EQ(replaced, 2);
+  std::deque<std::string> none;
+  const std::vector<EmbeddedFile> same = templates_in("", none);
+  ASSERT_EQ(same.size(), builtin.size());
+  for (size_t i = 0; i < same.size(); ++i) EXPECT_EQ(same[i].text, builtin[i].text);
+  try {
+    templates_in((dir / "missing").string(), none);
+    ADD_FAILURE() << "a missing directory was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("LIGHTSEQ_TEMPLATES_DIR"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(CacheKey, Sha256MatchesKnownVectors) {

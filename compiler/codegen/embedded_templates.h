@@ -3,9 +3,11 @@
 // ("layernorm.cuh", "common/types.cuh").
 #pragma once
 
+#include <deque>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace lightseq {
 
@@ -16,7 +18,19 @@ struct EmbeddedFile {
 
 std::span<const EmbeddedFile> embedded_templates();
 
-// SHA-256 (hex) over every embedded path and text, computed once; part of every cache key.
+// The headers NVRTC compiles with: embedded_templates(), each replaced by its copy in
+// $LIGHTSEQ_TEMPLATES_DIR where that directory has one (same relative path; a development aid:
+// an experiment's device code timed beside the built-in one's without a rebuild, the launch
+// formulas staying the built-in *.sig.cuh's; each copy that differs is reported on stderr). Read
+// once.
+// Throws lightseq::Error when the variable names no directory or a copy cannot be read.
+std::span<const EmbeddedFile> templates();
+// What templates() does for a directory `dir` (empty: the embedded set unchanged); the replaced
+// texts are kept in `texts`, which must outlive the result.
+std::vector<EmbeddedFile> templates_in(const std::string& dir, std::deque<std::string>& texts);
+
+// SHA-256 (hex) over every path and text of templates(), computed once; part of every cache key
+// (so kernels compiled from replaced templates never mix with the built-in ones in the cache).
 const std::string& templates_hash();
 
 }  // namespace lightseq

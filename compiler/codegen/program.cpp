@@ -22,7 +22,7 @@ std::vector<ProgramSource> generate_programs(const std::vector<KernelInstance>& 
     const std::string& family = fk.first;
     const std::string header = family + ".cuh";
     bool found = false;
-    for (const EmbeddedFile& f : embedded_templates()) found |= f.path == header;
+    for (const EmbeddedFile& f : templates()) found |= f.path == header;
     if (!found) {
       throw InternalError(
           fmt::format("codegen: kernel family '{}' has no template '{}'", family, header));

@@ -353,7 +353,7 @@ fs::path dump_dir() {
 }
 
 CompiledProgram compile_program(const ProgramSource& program, const std::string& arch) {
-  return compile_program(program, arch, embedded_templates());
+  return compile_program(program, arch, templates());
 }
 
 CompiledProgram compile_program(const ProgramSource& program, const std::string& arch,

@@ -72,8 +72,9 @@ std::string cuda_include_dir();
 // The exact NVRTC options used for `arch` (they are part of the cache key). Validates the arch.
 std::vector<std::string> nvrtc_options(const std::string& arch);
 
-// Compiles `program` for `arch`. The embedded templates are supplied as in-memory headers, under
-// their paths relative to templates/ (`#include "layernorm.cuh"`). Thread-safe: several threads
+// Compiles `program` for `arch`. The templates (templates(): the embedded ones, or their
+// $LIGHTSEQ_TEMPLATES_DIR copies) are supplied as in-memory headers, under their paths relative to
+// templates/ (`#include "layernorm.cuh"`). Thread-safe: several threads
 // may compile different programs at once.
 // Throws CompileError (program name, labels, options, NVRTC version, full log, path of the dumped
 // source) when NVRTC rejects the program. The source is dumped to
@@ -82,7 +83,7 @@ std::vector<std::string> nvrtc_options(const std::string& arch);
 // InternalError when labels and name_expressions differ in length.
 CompiledProgram compile_program(const ProgramSource& program, const std::string& arch);
 
-// The same with an explicit header set instead of embedded_templates() (tests, tools).
+// The same with an explicit header set instead of templates() (tests, tools).
 CompiledProgram compile_program(const ProgramSource& program, const std::string& arch,
                                 std::span<const EmbeddedFile> headers);
 
