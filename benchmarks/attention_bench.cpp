@@ -1,8 +1,7 @@
 // attention_bench — the fused attention kernels alone (templates/flash_attention.cuh): forward and
 // forward + backward (dot, dK/dV, dQ) time and TFLOP/s per head dim, sequence length and dropout,
 // in the layout the planner runs them (the token layout: q, k, v column slices of one packed
-// [batch·T, 3·hidden] projection, out [batch·T, hidden], fp32 log-sum-exp; the backward writes the
-// projection's bias-gradient partials, as the plans' do). Shapes follow
+// [batch·T, 3·hidden] projection, out [batch·T, hidden], fp32 log-sum-exp). Shapes follow
 // FlashAttention's benchmark: batch·T = 16384 tokens, hidden 2048 (heads = 2048 / d), no mask
 // unless --causal. FLOPs: forward 4·B·H·T²·d (halved when causal), backward 2.5× the forward.
 // benchmarks/attention_peers.py times torch SDPA's flash and cuDNN backends on the same shapes.
@@ -190,10 +189,6 @@ int main(int argc, char** argv) {
           DeviceBuffer qkv(allocator, 3 * n * elem, stream), o(allocator, n * elem, stream),
               go(allocator, n * elem, stream), gqkv(allocator, 3 * n * elem, stream),
               lse(allocator, rows * 4, stream), dot(allocator, rows * 4, stream);
-          // the packed projection's bias gradient partials, as the plans pass them
-          DeviceBuffer qpart(allocator, batch * kern::flash_q_partial_blocks(T, T) * hidden * 4,
-                             stream),
-              kvpart(allocator, batch * kern::flash_kv_partial_blocks(T) * 2 * hidden * 4, stream);
           // 0.125 in either dtype: a well-defined softmax (the timing does not depend on values).
           const unsigned eighth = p == Precision::kBf16 ? 0x3E003E00u : 0x30003000u;
           LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(qkv.device_ptr(), eighth, 3 * n / 2, stream));
@@ -205,16 +200,15 @@ int main(int argc, char** argv) {
             CUdeviceptr qp = qkv.device_ptr(), kp = qp + slice, vp = qp + 2 * slice, pad = 0,
                         op = o.device_ptr(), lp = lse.device_ptr(), gop = go.device_ptr(),
                         dotp = dot.device_ptr(), gqp = gqkv.device_ptr(), gkp = gqp + slice,
-                        gvp = gqp + 2 * slice, qpp = qpart.device_ptr(), kvpp = kvpart.device_ptr();
+                        gvp = gqp + 2 * slice;
             float scale = 1.0f / std::sqrt(static_cast<float>(d));
             int64_t n_rows = rows;
             void* fwd_args[] = {&qp,    &kp, &vp, &pad, &op, &lp,    &batch,
                                 &heads, &T,  &T,  &ld,  &ld, &scale, &args};
             void* dot_args[] = {&op, &gop, &dotp, &n_rows, &heads, &T, &T};
-            void* dkdv_args[] = {&qp,    &kp,  &vp,  &pad, &gop,  &lp,    &dotp,
-                                 &op,    &gqp, &gkp, &gvp, &kvpp, &qpp,   &batch,
-                                 &heads, &T,   &T,   &ld,  &ld,   &scale, &args};
-            void* dq_args[] = {&qp,    &kp,    &vp, &pad, &gop, &lp, &dotp,  &gqp, &qpp,
+            void* dkdv_args[] = {&qp,  &kp,    &vp,    &pad, &gop, &lp, &dotp, &op,    &gqp, &gkp,
+                                 &gvp, &batch, &heads, &T,   &T,   &ld, &ld,   &scale, &args};
+            void* dq_args[] = {&qp,    &kp,    &vp, &pad, &gop, &lp, &dotp,  &gqp,
                                &batch, &heads, &T,  &T,   &ld,  &ld, &scale, &args};
             // The grids and shared memory of flash_attention.sig.cuh; an empty grid launches
             // nothing (the D and grad_q kernels where one key block holds every key).

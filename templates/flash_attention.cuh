@@ -230,12 +230,7 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 //            and v of the projection), out and grad_out [batch, q_len, heads·kD]; lse, dot
 //            [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_kernel's, read only with
 //            several key blocks). grad_k, grad_v `=`; grad_q `=` with one key block (otherwise
-//            flash_attn_bwd_dq_kernel writes it; out is then not read). kv_partials, q_partials
-//            (each nullable: the projection's bias gradient is not wanted): this block's column
-//            sums of grad_k and grad_v (fp32, before rounding) into its head's columns of row
-//            (b, key block) of [batch · key blocks, 2 · heads · kD], and with one key block
-//            grad_q's into row b of [batch, heads · kD] (flash_q_partial_blocks,
-//            flash_kv_partial_blocks; `=`), for column_sum to finish.
+//            flash_attn_bwd_dq_kernel writes it; out is then not read).
 // Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of flash_bwd_threads(k_len); dynamic smem
 //            flash_bwd_smem(kD, k_len, kBlocks): a query tile and its grad_out tile (kM =
 //            flash_bwd_block_m rows), the tile's lse and D (several key blocks) or out tile (one:
@@ -248,10 +243,9 @@ template <typename T, int kD, Mask kMask, Drop kDrop, int kBlocks>
 __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
                                const T* grad_out, const float* lse, const float* dot, const T* out,
-                               T* grad_q, T* grad_k, T* grad_v, float* kv_partials,
-                               float* q_partials, int64_t batch, int64_t heads, int64_t q_len,
-                               int64_t k_len, int64_t ld_q, int64_t ld_kv, float scale,
-                               DropoutArgs drop) {
+                               T* grad_q, T* grad_k, T* grad_v, int64_t batch, int64_t heads,
+                               int64_t q_len, int64_t k_len, int64_t ld_q, int64_t ld_kv,
+                               float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
   static_assert(flash_bwd_blocks_ok(kD, kBlocks), "kBlocks: 1, or 2 up to head dim 64");
@@ -271,10 +265,6 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   T* ks = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.ks);    // one key block or kLean: the keys
   T* vs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.vs);    // kLean: the values
   T* dst = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.dst);  // one key block: dSᵀ [key][query]
-  // one key block with q_partials: grad_q's column sums, kFlashQSumSlots rows of kD
-  float* qsum = flash_bwd_one_block(k_len) && q_partials != nullptr
-                    ? reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.qsum)
-                    : nullptr;
   static_assert(16 * kFlashBwdThreads / 32 == kFlashBwdBlockN, "the 8-warp block: 16 keys a warp");
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
   constexpr float kLog2e = 1.4426950408889634f;
@@ -323,9 +313,6 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
       flash::load_tile_async<T, kD, kFlashBwdBlockN / 2, kStride>(tile, head, ld_kv, n0, k_len);
     }
   };
-  if (qsum != nullptr) {  // zeros before the loop's first barrier
-    for (int i = threadIdx.x; i < kFlashQSumSlots * kD; i += blockDim.x) qsum[i] = 0.f;
-  }
   if (one || kLean) load_keys(ks, kh);
   if (kLean) load_keys(vs, vh);
   // A query tile's rows, all by cp.async (zeros past q_len), each requested as soon as the last
@@ -397,63 +384,24 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     // iteration's first barrier).
     T* gqh = one ? flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q) : nullptr;
     if (one && big) {
-      flash::grad_q_tile<T, kD, kM, 128, 8, kFlashQSumSlots>(gqh, ld_q, dst, ks, m0, q_len, scale,
-                                                             warp, lane, qsum);
+      flash::grad_q_tile<T, kD, kM, 128, 8>(gqh, ld_q, dst, ks, m0, q_len, scale, warp, lane);
     } else if (one) {
-      flash::grad_q_tile<T, kD, kM, 64, 4, kFlashQSumSlots>(gqh, ld_q, dst, ks, m0, q_len, scale,
-                                                            warp, lane, qsum);
+      flash::grad_q_tile<T, kD, kM, 64, 4>(gqh, ld_q, dst, ks, m0, q_len, scale, warp, lane);
     }
   }
   flash::cp_async_wait<0>();  // no copy left in flight (the key tile, when no query tile ran)
-  // The bias gradients' partials: this block's column sums of grad_k and grad_v (its keys) into
-  // row (b, key block) of kv_partials, and with one key block grad_q's (every query) into row b of
-  // q_partials; the head's columns, each summed in a fixed order (warps, then slots). The warps'
-  // sums go into the query tile, which no warp reads past the loop's last barrier.
-  static_assert(2 * kD * 4 * (kFlashBwdThreads / 32) <= kM * kStride * 2, "red in the q tile");
-  float* red = reinterpret_cast<float*>(qs);  // [warps][grad_k's kD, grad_v's kD]
-  if (kv_partials != nullptr) {
-    const bool in0 = key[0] < k_len, in1 = key[1] < k_len;
-    flash::warp_column_sums<kD>(red + warp * 2 * kD, dk, in0, in1, lane);
-    flash::warp_column_sums<kD>(red + warp * 2 * kD + kD, dv, in0, in1, lane);
-  }
   const float scales[2] = {scale, scale}, ones[2] = {1.f, 1.f};
   flash::store_rows<T, kD>(flash::head_of<kD>(grad_k, bh, heads, k_len, ld_kv), ld_kv, key, k_len,
                            dk, scales, t);
   flash::store_rows<T, kD>(flash::head_of<kD>(grad_v, bh, heads, k_len, ld_kv), ld_kv, key, k_len,
                            dv, ones, t);
-  if (kv_partials == nullptr && qsum == nullptr) return;  // the same in every thread
-  __syncthreads();  // every warp has written its sums and added into qsum
-  const int64_t b = bh / heads, h = bh % heads, hd = heads * kD;
-  if (kv_partials != nullptr) {
-    float* row = kv_partials + (b * gridDim.x + blockIdx.x) * 2 * hd;
-    const int warps = blockDim.x / 32;
-    for (int i = threadIdx.x; i < 2 * kD; i += blockDim.x) {
-      float sum = 0.f;
-      for (int w = 0; w < warps; ++w) sum += red[w * 2 * kD + i];
-      if (i < kD) {
-        row[h * kD + i] = sum * scale;
-      } else {
-        row[hd + h * kD + i - kD] = sum;
-      }
-    }
-  }
-  if (qsum != nullptr) {
-    float* row = q_partials + b * hd + h * kD;
-    for (int i = threadIdx.x; i < kD; i += blockDim.x) {
-      float sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < kFlashQSumSlots; ++j) sum += qsum[j * kD + i];
-      row[i] = sum * scale;
-    }
-  }
 }
 
 // flash_attn_bwd_dq_kernel — grad_q of one tile of 64 query rows per block (4 warps of 16), over
 //   every key tile.
 // Layout:    flash_attn_bwd_dkdv_kernel's: q and grad_q rows ld_q apart, k and v rows ld_kv
 //            apart, grad_out [batch, q_len, heads·kD]; lse, dot [batch·heads, q_len] fp32.
-//            grad_q `=`. q_partials (nullable): the tile's column sums of grad_q into its head's
-//            columns of row (b, tile) of [batch · query tiles, heads · kD] fp32 (`=`).
+//            grad_q `=`.
 // Grid/Block: flash_dq_grid(batch·heads, q_len, k_len) blocks of kFlashThreads (none when one key
 //            block holds every key: flash_attn_bwd_dkdv_kernel writes grad_q then). Smem: static,
 //            2·kFlashBlockN·(kD + 8) elements (a key tile and its value tile, by cp.async).
@@ -461,9 +409,8 @@ template <typename T, int kD, Mask kMask, Drop kDrop>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_attn_bwd_dq_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
                              const T* grad_out, const float* lse, const float* dot, T* grad_q,
-                             float* q_partials, int64_t batch, int64_t heads, int64_t q_len,
-                             int64_t k_len, int64_t ld_q, int64_t ld_kv, float scale,
-                             DropoutArgs drop) {
+                             int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
+                             int64_t ld_q, int64_t ld_kv, float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
   constexpr int kM = kFlashBlockM, kN = kFlashBlockN;
@@ -547,22 +494,6 @@ __global__ void __launch_bounds__(kFlashThreads)
   const float scales[2] = {scale, scale};
   flash::store_rows<T, kD>(flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q), ld_q, row, q_len, dq,
                            scales, t);
-  // The query bias gradient's partial: this tile's column sums into row (b, tile) of q_partials,
-  // the head's columns (warps summed in order).
-  if (q_partials == nullptr) return;  // the same in every thread
-  __syncthreads();                    // every warp is done with the key tile (now red)
-  static_assert(kD * 4 * (kFlashThreads / 32) <= kN * kStride * 2, "red in the key tile");
-  float* red = reinterpret_cast<float*>(ks);  // [warps][kD]
-  flash::warp_column_sums<kD>(red + warp * kD, dq, row[0] < q_len, row[1] < q_len, lane);
-  __syncthreads();
-  const int64_t b = bh / heads, h = bh % heads;
-  float* prow = q_partials + (b * gridDim.x + blockIdx.x) * heads * kD + h * kD;
-  for (int i = threadIdx.x; i < kD; i += blockDim.x) {
-    float sum = 0.f;
-#pragma unroll
-    for (int w = 0; w < kFlashThreads / 32; ++w) sum += red[w * kD + i];
-    prow[i] = sum * scale;
-  }
 }
 
 }  // namespace lightseq::kern

@@ -55,10 +55,7 @@ LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len,
 // backward is one launch. Blocks of 8 warps only where they make one block of more than 64 keys; 4
 // otherwise (measured on an H100 with the ~255-register geometry: with several blocks, 8 warps
 // were 8-10 % slower than 4 — one block per SM instead of two).
-inline constexpr int kFlashBwdBlockN = 128;  // the most keys of one block (8 warps)
-// grad_q's column sums with one key block: the 16-row blocks of the queries summed into
-// (block index) % kFlashQSumSlots, the same rows per slot at either tile height (32 or 64 rows).
-inline constexpr int kFlashQSumSlots = 4;
+inline constexpr int kFlashBwdBlockN = 128;   // the most keys of one block (8 warps)
 inline constexpr int kFlashBwdThreads = 256;  // the most threads of one block
 LIGHTSEQ_HD constexpr bool flash_bwd_one_block(int64_t k_len) {
   return k_len > 0 && k_len <= kFlashBwdBlockN;
@@ -95,11 +92,10 @@ LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d, int blocks) {
 // [m, d] at 0 and its grad_out tile, with one key block its out tile (for D), the tile's lse and
 // D (fp32; flash_attn_bwd_dot_kernel's with several key blocks, staged from the out tile with
 // one); the block's keys [n, d] with one key block or two blocks per SM, its values [n, d] with
-// two blocks per SM, and with one key block the tile's dSᵀ [n, m] and grad_q's column-sum slots
-// [kFlashQSumSlots, d] fp32 (the query bias gradient's). The kernel carves its buffer by these;
-// `bytes` is the launch's.
+// two blocks per SM, and with one key block the tile's dSᵀ [n, m]. The kernel carves its buffer by
+// these; `bytes` is the launch's.
 struct FlashBwdSmem {
-  int gs, os, lse, dot, ks, vs, dst, qsum, bytes;
+  int gs, os, lse, dot, ks, vs, dst, bytes;
 };
 LIGHTSEQ_HD constexpr FlashBwdSmem flash_bwd_smem_layout(int64_t d, int64_t k_len, int blocks) {
   const int m = flash_bwd_block_m(d, blocks), n = flash_bwd_block_n(k_len);
@@ -113,8 +109,7 @@ LIGHTSEQ_HD constexpr FlashBwdSmem flash_bwd_smem_layout(int64_t d, int64_t k_le
   l.ks = l.dot + 4 * m;
   l.vs = l.ks + (one || lean ? n * row : 0);
   l.dst = l.vs + (lean ? n * row : 0);
-  l.qsum = l.dst + (one ? n * (m + 8) * 2 : 0);
-  l.bytes = l.qsum + (one ? 4 * static_cast<int>(d) * kFlashQSumSlots : 0);
+  l.bytes = l.dst + (one ? n * (m + 8) * 2 : 0);
   return l;
 }
 LIGHTSEQ_HD constexpr int flash_bwd_smem(int64_t d, int64_t k_len, int blocks) {
@@ -126,16 +121,6 @@ LIGHTSEQ_HD constexpr GridDim flash_bwd_grid(int64_t batch_heads, int64_t k_len)
 }
 LIGHTSEQ_HD constexpr GridDim flash_dq_grid(int64_t batch_heads, int64_t q_len, int64_t k_len) {
   return flash_bwd_one_block(k_len) ? GridDim{0, 1, 1} : flash_fwd_grid(batch_heads, q_len);
-}
-// The bias-gradient partials of the fused backward (its projections' biases: column sums of
-// grad_q, and of grad_k and grad_v): one fp32 row per batch row and query tile (grad_q, from
-// flash_attn_bwd_dq; one row when one key block holds every key, from flash_attn_bwd_dkdv) or key
-// block (grad_k, grad_v), its head's columns from each of that row's blocks; column_sum finishes.
-LIGHTSEQ_HD constexpr int64_t flash_q_partial_blocks(int64_t q_len, int64_t k_len) {
-  return flash_bwd_one_block(k_len) ? 1 : flash_fwd_grid(1, q_len).x;
-}
-LIGHTSEQ_HD constexpr int64_t flash_kv_partial_blocks(int64_t k_len) {
-  return flash_bwd_grid(1, k_len).x;
 }
 LIGHTSEQ_HD constexpr GridDim flash_dot_grid(int64_t rows, int64_t k_len) {
   return flash_bwd_one_block(k_len) ? GridDim{0, 1, 1}
@@ -195,52 +180,22 @@ inline Launch launch(const Values& v) {
 inline constexpr Kernel kFlashDot = make_kernel("flash_attention", "flash_attn_bwd_dot_kernel",
                                                 flash_dot::kT, flash_dot::kP, &flash_dot::launch);
 
-// The bias-gradient partials (nullable: a projection without a bias), [flash_q_partial_blocks ·
-// batch, heads · kD] and [flash_kv_partial_blocks · batch, 2 · heads · kD] fp32.
-// Their extents from a kernel's values: the indices of its batch, heads, q_len and k_len (kD is
-// its template parameter 1).
-struct FlashSizesAt {
-  int batch, heads, q_len, k_len;
-};
-inline Extent flash_q_partials_of(const Values& v, FlashSizesAt at) {
-  return {v.i[at.batch] * flash_q_partial_blocks(v.i[at.q_len], v.i[at.k_len]),
-          v.i[at.heads] * v.t[1]};
-}
-inline Extent flash_kv_partials_of(const Values& v, FlashSizesAt at) {
-  return {v.i[at.batch] * flash_kv_partial_blocks(v.i[at.k_len]), 2 * v.i[at.heads] * v.t[1]};
-}
-#define LIGHTSEQ_FLASH_SIZES_AT                                                                \
-  FlashSizesAt {                                                                               \
-    index_of(kP, "batch"), index_of(kP, "heads"), index_of(kP, "q_len"), index_of(kP, "k_len") \
-  }
-
-// The two gradient kernels' parameters (their own in place of `...`: out, grad_q, grad_k, grad_v
-// and kv_partials, or grad_q), the query side's bias-gradient partials after them.
+// The two gradient kernels' parameters (grad_k and grad_v, or grad_q, in place of `grads`).
 #define LIGHTSEQ_FLASH_BWD_PARAMS(...)                                                          \
   in("q", CType::kConstTPtr), in("k", CType::kConstTPtr), in("v", CType::kConstTPtr),           \
       in("key_padding", CType::kConstU8Ptr, Nullable::kYes), in("grad_out", CType::kConstTPtr), \
       in("lse", CType::kConstF32Ptr), in("dot", CType::kConstF32Ptr), __VA_ARGS__,              \
-      scratch("q_partials", CType::kF32Ptr, &q_partials, Nullable::kYes),                       \
       scalar("batch", CType::kI64), scalar("heads", CType::kI64), scalar("q_len", CType::kI64), \
       scalar("k_len", CType::kI64), scalar("ld_q", CType::kI64), scalar("ld_kv", CType::kI64),  \
       scalar("scale", CType::kF32), dropout("drop")
 
 // grad_q: written only when one key block holds every key (flash_bwd_one_block); `out` read then.
 namespace flash_dkdv {
-inline Extent q_partials(const Values& v);
-inline Extent kv_partials(const Values& v);
 inline constexpr auto kTList = extend(flash_bwd::kT, int_param("kBlocks", "b"));
 inline constexpr const auto& kT = kTList.v;
-inline constexpr Param kP[] = {LIGHTSEQ_FLASH_BWD_PARAMS(
-    in("out", CType::kConstTPtr), out("grad_q", CType::kTPtr), out("grad_k", CType::kTPtr),
-    out("grad_v", CType::kTPtr),
-    scratch("kv_partials", CType::kF32Ptr, &kv_partials, Nullable::kYes))};
-inline Extent q_partials(const Values& v) {
-  return flash_q_partials_of(v, LIGHTSEQ_FLASH_SIZES_AT);
-}
-inline Extent kv_partials(const Values& v) {
-  return flash_kv_partials_of(v, LIGHTSEQ_FLASH_SIZES_AT);
-}
+inline constexpr Param kP[] = {
+    LIGHTSEQ_FLASH_BWD_PARAMS(in("out", CType::kConstTPtr), out("grad_q", CType::kTPtr),
+                              out("grad_k", CType::kTPtr), out("grad_v", CType::kTPtr))};
 inline Launch launch(const Values& v) {
   const int64_t k_len = v.i[index_of(kP, "k_len")];
   return {flash_bwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")], k_len),
@@ -254,11 +209,7 @@ inline constexpr Kernel kFlashDkDv =
                 &flash_dkdv::launch, Program::kOwn);
 
 namespace flash_dq {
-inline Extent q_partials(const Values& v);
 inline constexpr Param kP[] = {LIGHTSEQ_FLASH_BWD_PARAMS(out("grad_q", CType::kTPtr))};
-inline Extent q_partials(const Values& v) {
-  return flash_q_partials_of(v, LIGHTSEQ_FLASH_SIZES_AT);
-}
 inline Launch launch(const Values& v) {
   return {flash_dq_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
                         v.i[index_of(kP, "q_len")], v.i[index_of(kP, "k_len")]),
@@ -266,7 +217,6 @@ inline Launch launch(const Values& v) {
 }
 }  // namespace flash_dq
 #undef LIGHTSEQ_FLASH_BWD_PARAMS
-#undef LIGHTSEQ_FLASH_SIZES_AT
 inline constexpr Kernel kFlashDq =
     make_kernel("flash_attention", "flash_attn_bwd_dq_kernel", flash_bwd::kT, flash_dq::kP,
                 &flash_dq::launch, Program::kOwn);

@@ -157,18 +157,10 @@ TEST(AttentionBackend, FusedRunsInTheTokenLayoutWithoutHeadMoves) {
   EXPECT_EQ(plan.find("split_heads"), std::string::npos);
   EXPECT_EQ(plan.find("merge_heads"), std::string::npos);
   EXPECT_NE(plan.find("epilogue bias, bias self_attn.in_proj_bias"), std::string::npos);
-  // The projections' bias gradients: the backward kernels' column sums (partials, column_sum),
-  // not a weight-gradient GEMM's epilogue; q's and the adjacent k and v columns' of the packed
-  // self-attention projection, the cross-attention's q and kv projections each theirs.
-  EXPECT_EQ(plan.find("bgrad(A)"), std::string::npos);
-  for (const char* expected : {"fuses sa.flash_grad → sa.qkv_bias_grad",
-                               "grad.self_attn.in_proj_bias[q] = Σ of per-block partials",
-                               "grad.self_attn.in_proj_bias[kv] = Σ of per-block partials",
-                               "fuses ca.flash_grad → ca.q_bias_grad → ca.kv_bias_grad",
-                               "grad.multihead_attn.in_proj_bias[q] = Σ of per-block partials",
-                               "grad.multihead_attn.in_proj_bias[kv] = Σ of per-block partials"}) {
-    EXPECT_NE(plan.find(expected), std::string::npos) << expected;
-  }
+  EXPECT_NE(plan.find("epilogue bgrad(A), bias grad grad.self_attn.in_proj_bias"),
+            std::string::npos);
+  EXPECT_NE(plan.find("epilogue bgrad(A), bias grad grad.multihead_attn.in_proj_bias[kv]"),
+            std::string::npos);
 }
 
 TEST(AttentionBackend, AGradientWithoutItsForwardIsAnInternalError) {

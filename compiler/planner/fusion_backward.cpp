@@ -119,80 +119,6 @@ void emit_embedding_backward(State& s, const Match& m, Dim batch) {
   }
 }
 
-// The fused backward's bias gradients: the kBiasGrad ops (not yet claimed) of the projections
-// whose gradients grad_q, grad_k and grad_v are (column slices of the packed [rows, P·H] gradient:
-// self-attention's one op over [q | k | v], cross-attention's over q and over [k | v]), each
-// bias-gradient part as the tensor column_sum writes (the op's output, or a slice of it). The
-// kernels' column sums cover grad_q's H columns and grad_k's and grad_v's 2·H (adjacent); an op
-// whose columns they would not cover exactly is left to the weight-gradient GEMM's epilogue.
-struct FlashBiasGrads {
-  std::vector<int> ops;  // the bias-gradient ops taken
-  int q = -1, kv = -1;   // the tensors column_sum writes: [H] and [2·H]
-};
-FlashBiasGrads flash_bias_grads(State& s, const Op& op) {
-  const int64_t width = op.attrs.attn.heads * op.attrs.attn.head_dim;
-  auto root = [&](int t) {
-    const Tensor& x = s.g.tensor(t);
-    return x.view_of >= 0 ? x.view_of : t;
-  };
-  auto first_col = [&](int t) {  // the column of the root where t starts
-    const Tensor& x = s.g.tensor(t);
-    return x.view_of >= 0 ? x.view_offset : int64_t{0};
-  };
-  auto bias_op = [&](int packed) {
-    for (int i = s.begin; i < s.end; ++i) {
-      if (!s.claimed[i] && s.op(i).kind == OpKind::kBiasGrad && s.op(i).inputs[0] == packed) {
-        return i;
-      }
-    }
-    return -1;
-  };
-  // A slice [first, first + cols) of a bias gradient `of`, or `of` itself when it is all of it.
-  auto part = [&](int of, int64_t first, int64_t cols, const char* name) {
-    if (first == 0 && cols_of(s, of) == cols) return of;
-    const Tensor parent = s.g.tensor(of);
-    Tensor t{
-        fmt::format("{}[{}]", parent.name, name), {Dim::constant(cols)}, parent.role, parent.type};
-    t.view_of = parent.view_of >= 0 ? parent.view_of : of;
-    t.view_offset = (parent.view_of >= 0 ? parent.view_offset : 0) + first;
-    return s.g.add_tensor(std::move(t));
-  };
-  const int gq = op.outputs[0], gk = op.outputs[1], gv = op.outputs[2];
-  const int rq = root(gq), rk = root(gk);
-  const int q_op = bias_op(rq), kv_op = bias_op(rk);
-  const bool kv_adjacent = root(gv) == rk && first_col(gv) == first_col(gk) + width;
-  FlashBiasGrads out;
-  auto covers = [&](int packed, std::vector<std::pair<int64_t, int64_t>> spans) {
-    std::sort(spans.begin(), spans.end());
-    int64_t next = 0;
-    for (auto [first, cols] : spans) {
-      if (first != next) return false;
-      next += cols;
-    }
-    return next == cols_of(s, packed);
-  };
-  if (rq == rk) {  // one packed projection: its bias gradient is q's, k's and v's
-    if (q_op < 0 || !kv_adjacent ||
-        !covers(rq, {{first_col(gq), width}, {first_col(gk), 2 * width}})) {
-      return out;
-    }
-    const int b = s.op(q_op).outputs[0];
-    out.ops = {q_op};
-    out.q = part(b, first_col(gq), width, "q");
-    out.kv = part(b, first_col(gk), 2 * width, "kv");
-    return out;
-  }
-  if (q_op >= 0 && covers(rq, {{first_col(gq), width}})) {
-    out.ops.push_back(q_op);
-    out.q = s.op(q_op).outputs[0];
-  }
-  if (kv_op >= 0 && kv_adjacent && covers(rk, {{first_col(gk), 2 * width}})) {
-    out.ops.push_back(kv_op);
-    out.kv = s.op(kv_op).outputs[0];
-  }
-  return out;
-}
-
 }  // namespace
 
 void add_backward_rules(std::vector<Rule>& r) {
@@ -352,15 +278,6 @@ void add_backward_rules(std::vector<Rule>& r) {
                {"q_len", scalars.at("q_len")},
                {"k_len", scalars.at("k_len")}},
               one_block);
-         // The projections' bias gradients as the kernels' column sums (per-block partials,
-         // finished by column_sum) instead of a GEMM epilogue's pass over the gradient.
-         const FlashBiasGrads bias = flash_bias_grads(s, op);
-         Match with_bias = m;
-         for (int b : bias.ops) with_bias.push_back(b);
-         const int q_partials =
-             bias.q >= 0 ? add_scratch(s, op.name + ".q_partials", ElemType::kF32) : -1;
-         const int kv_partials =
-             bias.kv >= 0 ? add_scratch(s, op.name + ".kv_partials", ElemType::kF32) : -1;
          Args args{{"q", q},
                    {"k", op.inputs[1]},
                    {"v", op.inputs[2]},
@@ -368,21 +285,14 @@ void add_backward_rules(std::vector<Rule>& r) {
                    {"lse", lse},
                    {"dot", dot},
                    {"key_padding", op.inputs.size() > 6 ? op.inputs[6] : -1},
-                   {"grad_q", op.outputs[0]},
-                   {"q_partials", q_partials}};
+                   {"grad_q", op.outputs[0]}};
          Args kv = args;
-         kv.insert({{"out", ctx},
-                    {"grad_k", op.outputs[1]},
-                    {"grad_v", op.outputs[2]},
-                    {"kv_partials", kv_partials}});
-         emit(s, with_bias,
+         kv.insert({{"out", ctx}, {"grad_k", op.outputs[1]}, {"grad_v", op.outputs[2]}});
+         emit(s, m,
               flash_instance(s, sig::kFlashDkDv, op,
                              {{"kBlocks", kern::flash_bwd_blocks(op.attrs.attn.head_dim)}}),
               kv, scalars);
-         emit(s, with_bias, flash_instance(s, sig::kFlashDq, op), args, scalars, one_block);
-         const int64_t width = op.attrs.attn.heads * op.attrs.attn.head_dim;
-         if (q_partials >= 0) finish_partials(s, q_partials, {bias.q}, width);
-         if (kv_partials >= 0) finish_partials(s, kv_partials, {bias.kv}, 2 * width);
+         emit(s, m, flash_instance(s, sig::kFlashDq, op), args, scalars, one_block);
        }});
   r.push_back({"split heads grad + bias grad",
                {{K::kSplitHeadsGrad, false}, {K::kBiasGrad, true}},

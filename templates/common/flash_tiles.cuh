@@ -347,30 +347,15 @@ __device__ __forceinline__ void store_rows_t(T* dst, const float (&c)[kCols / 8]
   }
 }
 
-// The sum over a warp's 16 rows g, g + 8 (a C fragment's two values of one column, `a` of row g
-// and `b` of row g + 8) of a column, in every lane of the column's 4-lane group t (fixed order).
-__device__ __forceinline__ float column_of_16(float a, float b) {
-  float v = a + b;
-  v += __shfl_xor_sync(0xffffffffu, v, 4);
-  v += __shfl_xor_sync(0xffffffffu, v, 8);
-  v += __shfl_xor_sync(0xffffffffu, v, 16);
-  return v;
-}
-
 // grad_q rows [m0, m0 + kM) of a head (those below `rows`, `ld` apart) = scale · dS · k over kN
 // keys: dS from dSᵀ [kN keys, kM queries] in shared memory (A fragments by ldmatrix.trans), k from
 // the [kN, kD] key tile (B fragments by ldmatrix.trans). Warp w takes the 16 rows w % (kM / 16) and
-// the pairs of 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ... qsum (null: none): the
-// unscaled column sums of the 16-row blocks added into qsum[slot · kD + column], slot = (m0 / 16 +
-// the row block) % kSlots, each slot's column by one thread per tile: every slot sums the same
-// rows in the same order whatever the tile height, a multiple of 16 dividing 16 · kSlots (the same
-// bits in both geometries of the backward).
-template <typename T, int kD, int kM, int kN, int kWarps, int kSlots>
+// the pairs of 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...
+template <typename T, int kD, int kM, int kN, int kWarps>
 __device__ __forceinline__ void grad_q_tile(T* grad_q, int64_t ld, const T* dst, const T* ks,
                                             int64_t m0, int64_t rows, float scale, int warp,
-                                            int lane, float* qsum) {
+                                            int lane) {
   constexpr int kRowBlocks = kM / 16, kGroups = kWarps / kRowBlocks, kPairs = kD / 16;
-  static_assert(kSlots % kRowBlocks == 0, "a tile's row blocks in distinct slots, in order");
   constexpr int kMine = (kPairs + kGroups - 1) / kGroups;
   constexpr int kStride = kD + 8, kSStride = kM + 8;
   static_assert(kWarps % kRowBlocks == 0, "whole row blocks per warp group");
@@ -403,35 +388,6 @@ __device__ __forceinline__ void grad_q_tile(T* grad_q, int64_t ld, const T* dst,
         *reinterpret_cast<uint32_t*>(grad_q + row * ld + (2 * pair + h) * 8 + 2 * t) =
             pack_float<T>(acc[h][2 * rr] * scale, acc[h][2 * rr + 1] * scale);
       }
-    }
-    if (qsum != nullptr) {  // the same in every thread of the block
-      const bool in0 = m0 + rb * 16 + g < rows, in1 = m0 + rb * 16 + g + 8 < rows;
-      float* slot = qsum + ((m0 / 16 + rb) % kSlots) * kD;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float v = column_of_16(in0 ? acc[h][c] : 0.f, in1 ? acc[h][2 + c] : 0.f);
-          if (g == 0) slot[(2 * pair + h) * 8 + 2 * t + c] += v;
-        }
-      }
-    }
-  }
-}
-
-// The column sums of a warp's [16 rows, kD] C fragments (rows g and g + 8: in0, in1 say whether
-// each counts) into red[0, kD) (lanes of row group g = 0 write), each column summed in a fixed
-// order.
-template <int kD>
-__device__ __forceinline__ void warp_column_sums(float* red, const float (&acc)[kD / 8][4],
-                                                 bool in0, bool in1, int lane) {
-  const int g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int n = 0; n < kD / 8; ++n) {
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const float v = column_of_16(in0 ? acc[n][c] : 0.f, in1 ? acc[n][2 + c] : 0.f);
-      if (g == 0) red[n * 8 + 2 * t + c] = v;
     }
   }
 }
