@@ -294,6 +294,35 @@ TEST(FlashKernelsCompile, TheExtremeInstancesCompileForSm90) {
   }
 }
 
+// Without a GPU: the resources the kernels were designed and measured for, from ptxas's report
+// (kernel_resources; `lsc build --resources` prints them for a spec). Past head dim 64 the forward
+// runs three 4-warp blocks per SM at the compiler's own choice (168 registers); an explicit
+// one-block cap let ptxas take 199 and cost 15-25 % (fifteenth session). The two-block backward at
+// head dim 64 is capped at 128 registers by its launch bounds; its stack frame measures what spills
+// in its loop: 64-72 bytes as measured, and a change that took it to 136-144 made the kernel 24 %
+// slower (31 µs a call at 16384 tokens, the same session). A failure here is a prompt to measure,
+// not a proof of a loss.
+TEST(FlashKernelsCompile, TheirRegistersAndStackFramesStayWithinTheirMeasuredBudgets) {
+  const Precision p = Precision::kBf16;
+  const codegen::Flash padded_dropout{128, true, false, true};
+  const KernelInstance fwd = codegen::flash_fwd(p, padded_dropout);
+  const std::vector<ProgramSource> fwd_programs = codegen::generate_programs({fwd}, p);
+  ASSERT_EQ(fwd_programs.size(), 1u);
+  for (const KernelResources& r : kernel_resources(fwd_programs[0], "sm_90")) {
+    EXPECT_LE(r.registers, 65536 / (3 * kern::flash_fwd_block())) << r.label;
+  }
+  for (const bool causal : {false, true}) {
+    const KernelInstance dkdv =
+        codegen::flash_dkdv(p, codegen::Flash{64, true, causal, true}, /*blocks=*/2);
+    for (const ProgramSource& prog : codegen::generate_programs({dkdv}, p)) {
+      for (const KernelResources& r : kernel_resources(prog, "sm_90")) {
+        EXPECT_LE(r.registers, 65536 / (2 * kern::kFlashBwdThreads)) << r.label;
+        EXPECT_LE(r.stack_frame, 96) << r.label;
+      }
+    }
+  }
+}
+
 class FlashKernels : public GpuKernelTest {
  public:
   static void SetUpTestSuite() { prepare_kernels(every_instance()); }

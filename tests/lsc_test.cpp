@@ -111,6 +111,18 @@ TEST(Lsc, FileSizeLimitFallsBackToMemory) {
       << "the failed write's temp file is removed";
 }
 
+// --resources: every kernel of the spec with ptxas's numbers, nothing written to the cache.
+TEST(Lsc, BuildResourcesPrintsEachKernelsRegistersAndWritesNoCache) {
+  TempDir dir;
+  Result r = run("build " + example("bert-base") + " --arch sm_90 --resources --cache " +
+                 (dir.path() / "cache").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("bert-base for sm_90 (ptxas -v; bytes)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("regs  frame spill-st"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("ln_fwd:fp16:h=768"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir.path() / "cache"));
+}
+
 TEST(Lsc, PlanPrintsKernelsAndGemms) {
   Result r = run("plan " + example("transformer-base"));
   ASSERT_EQ(r.status, 0) << r.output;

@@ -355,5 +355,35 @@ TEST(NvrtcCompile, ParallelCompilesFromSeveralThreads) {
   }
 }
 
+// ptxas's verbose report, as NVRTC 13 writes it, parsed per kernel; a kernel it does not name is
+// an internal error, not a row of zeros.
+TEST(PtxasResources, ParsesEachEntryFunctionsReport) {
+  const std::string log =
+      "ptxas info    : 0 bytes gmem\n"
+      "ptxas info    : Compiling entry function '_Z1av' for 'sm_90'\n"
+      "ptxas info    : Function properties for _Z1av\n"
+      "ptxas         .     72 bytes stack frame, 60 bytes spill stores, 88 bytes spill loads\n"
+      "ptxas info    : Used 128 registers, used 1 barriers, 1024 bytes smem, 400 bytes cmem[0]\n"
+      "ptxas info    : Compile time = 8.157 ms\n"
+      "ptxas info    : Compiling entry function '_Z1bv' for 'sm_90'\n"
+      "ptxas info    : Function properties for _Z1bv\n"
+      "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+      "ptxas info    : Used 48 registers, used 0 barriers\n";
+  const std::vector<KernelResources> r =
+      parse_ptxas_resources(log, {"_Z1bv", "_Z1av"}, {"b:bf16", "a:bf16"});
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[0].label, "b:bf16");
+  EXPECT_EQ(r[0].registers, 48);
+  EXPECT_EQ(r[0].stack_frame, 0);
+  EXPECT_EQ(r[0].shared, 0);
+  EXPECT_EQ(r[1].label, "a:bf16");
+  EXPECT_EQ(r[1].registers, 128);
+  EXPECT_EQ(r[1].stack_frame, 72);
+  EXPECT_EQ(r[1].spill_stores, 60);
+  EXPECT_EQ(r[1].spill_loads, 88);
+  EXPECT_EQ(r[1].shared, 1024);
+  EXPECT_THROW(parse_ptxas_resources(log, {"_Z1cv"}, {"c:bf16"}), InternalError);
+}
+
 }  // namespace
 }  // namespace lightseq

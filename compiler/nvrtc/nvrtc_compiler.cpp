@@ -4,8 +4,11 @@
 #include <nvrtc.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
+#include <map>
 #include <optional>
+#include <sstream>
 #include <string_view>
 #include <system_error>
 
@@ -356,8 +359,88 @@ CompiledProgram compile_program(const ProgramSource& program, const std::string&
   return compile_program(program, arch, templates());
 }
 
+namespace {
+
+// compile_program with `extra` options after the usual ones.
+CompiledProgram compile_with(const ProgramSource& program, const std::string& arch,
+                             std::span<const EmbeddedFile> headers,
+                             const std::vector<std::string>& extra);
+
+}  // namespace
+
 CompiledProgram compile_program(const ProgramSource& program, const std::string& arch,
                                 std::span<const EmbeddedFile> headers) {
+  return compile_with(program, arch, headers, {});
+}
+
+std::vector<KernelResources> kernel_resources(const ProgramSource& program,
+                                              const std::string& arch) {
+  const std::string target_arch = validate_arch(arch);
+  if (select_nvrtc_target(target_arch, supported_archs()).is_ptx) {
+    throw Error(fmt::format(
+        "{}: NVRTC {} builds PTX for it (no ptxas runs, so no register report); name an arch it "
+        "compiles to a cubin",
+        target_arch, nvrtc_version()));
+  }
+  const CompiledProgram c = compile_with(program, arch, templates(), {"--ptxas-options=-v"});
+  return parse_ptxas_resources(c.log, c.lowered_names, program.labels);
+}
+
+std::vector<KernelResources> parse_ptxas_resources(const std::string& log,
+                                                   const std::vector<std::string>& lowered_names,
+                                                   const std::vector<std::string>& labels) {
+  // ptxas -v: per entry function "Compiling entry function '<name>' for 'sm_90'", "Function
+  // properties for <name>", "<n> bytes stack frame, <n> bytes spill stores, <n> bytes spill
+  // loads", "Used <n> registers, used <n> barriers[, <n> bytes smem][, ...]".
+  std::map<std::string, KernelResources> by_name;
+  std::string entry, props;
+  auto number_before = [](const std::string& line, const std::string& what) -> int64_t {
+    const size_t at = line.find(what);
+    if (at == std::string::npos) return 0;
+    size_t begin = line.find_last_not_of(' ', at - 1);
+    if (begin == std::string::npos) return 0;
+    size_t first = begin;
+    while (first > 0 && std::isdigit(static_cast<unsigned char>(line[first - 1]))) --first;
+    return std::stoll(line.substr(first, begin - first + 1));
+  };
+  std::istringstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    if (const size_t at = line.find("Compiling entry function '"); at != std::string::npos) {
+      const size_t begin = at + std::string("Compiling entry function '").size();
+      entry = line.substr(begin, line.find('\'', begin) - begin);
+    } else if (const size_t at2 = line.find("Function properties for "); at2 != std::string::npos) {
+      props = line.substr(at2 + std::string("Function properties for ").size());
+      while (!props.empty() && (props.back() == ' ' || props.back() == '\r')) props.pop_back();
+    } else if (line.find("bytes stack frame") != std::string::npos && !props.empty()) {
+      KernelResources& r = by_name[props];
+      r.stack_frame = number_before(line, "bytes stack frame");
+      r.spill_stores = number_before(line, "bytes spill stores");
+      r.spill_loads = number_before(line, "bytes spill loads");
+    } else if (line.find("Used ") != std::string::npos && !entry.empty()) {
+      KernelResources& r = by_name[entry];
+      r.registers = static_cast<int>(number_before(line, "registers"));
+      r.shared = number_before(line, "bytes smem");
+    }
+  }
+  std::vector<KernelResources> out;
+  for (size_t i = 0; i < lowered_names.size(); ++i) {
+    auto it = by_name.find(lowered_names[i]);
+    if (it == by_name.end() || it->second.registers == 0) {
+      throw InternalError(fmt::format("ptxas reported no registers for kernel '{}' ({})",
+                                      i < labels.size() ? labels[i] : "?", lowered_names[i]));
+    }
+    KernelResources r = it->second;
+    r.label = i < labels.size() ? labels[i] : lowered_names[i];
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+namespace {
+
+CompiledProgram compile_with(const ProgramSource& program, const std::string& arch,
+                             std::span<const EmbeddedFile> headers,
+                             const std::vector<std::string>& extra) {
   if (program.labels.size() != program.name_expressions.size()) {
     throw InternalError(fmt::format(
         "program '{}' has {} kernel labels but {} name expressions; they must be parallel",
@@ -365,7 +448,8 @@ CompiledProgram compile_program(const ProgramSource& program, const std::string&
   }
   const std::string target_arch = validate_arch(arch);
   const NvrtcTarget target = select_nvrtc_target(target_arch, supported_archs());
-  const std::vector<std::string> options = options_for(target_arch);
+  std::vector<std::string> options = options_for(target_arch);
+  options.insert(options.end(), extra.begin(), extra.end());
   const std::string stem = program_file_stem(program);
   const std::string file_name = stem + ".cu";
 
@@ -413,5 +497,7 @@ CompiledProgram compile_program(const ProgramSource& program, const std::string&
   compiled.log = std::move(log);
   return compiled;
 }
+
+}  // namespace
 
 }  // namespace lightseq

@@ -87,6 +87,27 @@ CompiledProgram compile_program(const ProgramSource& program, const std::string&
 CompiledProgram compile_program(const ProgramSource& program, const std::string& arch,
                                 std::span<const EmbeddedFile> headers);
 
+// What ptxas reports for one kernel (--ptxas-options=-v): the resources that decide its occupancy
+// and whether its loops touch local memory. Bytes, but registers.
+struct KernelResources {
+  std::string label;
+  int registers = 0;
+  int64_t stack_frame = 0, spill_stores = 0, spill_loads = 0, shared = 0;  // shared: static
+};
+
+// Compiles `program` for `arch` (a cubin target) with ptxas's report and returns it per kernel,
+// parallel to program.labels. Not cached: a developer's check without a GPU (`lsc build
+// --resources`, tests of the kernels' register and spill budgets). Throws lightseq::Error where
+// the target is PTX (no ptxas runs), as compile_program otherwise.
+std::vector<KernelResources> kernel_resources(const ProgramSource& program,
+                                              const std::string& arch);
+
+// ptxas's verbose log -> the resources of the kernels `lowered_names` (labelled by the parallel
+// `labels`). Throws InternalError when the log lacks one of them.
+std::vector<KernelResources> parse_ptxas_resources(const std::string& log,
+                                                   const std::vector<std::string>& lowered_names,
+                                                   const std::vector<std::string>& labels);
+
 // Where a failing program's source goes: $LIGHTSEQ_DUMP_DIR, else <temp>/lightseq-dump.
 std::filesystem::path dump_dir();
 

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "compiler/codegen/program.h"
 #include "compiler/compiler.h"
 #include "compiler/errors.h"
 #include "compiler/ir/kernel.h"
@@ -79,6 +80,27 @@ int cmd_build(const std::string& spec_path, const std::string& archs, const std:
         "{}: {} kernels in {} programs for {}: {} compiled, {} from cache, {:.2f} s\ncache: {}{}\n",
         spec.name, r.kernels, r.programs, fmt::join(r.archs, ","), r.compiled, r.cached, r.seconds,
         cache.dir().string(), cache.persistent() ? "" : " (not writable: kept in memory)");
+  }
+  return 0;
+}
+
+// lsc build --resources: every kernel of the spec compiled with ptxas's report (no cache, no
+// GPU): registers, stack frame, spills, static shared memory, per arch.
+int cmd_resources(const std::string& spec_path, const std::string& archs) {
+  const ModelSpec spec = parse_spec_file(spec_path);
+  const ModelPlan plan = plan_model(spec);
+  const std::vector<ProgramSource> programs =
+      codegen::generate_programs(plan.kernels(), spec.precision);
+  for (const std::string& arch : split_archs(archs)) {
+    std::cout << fmt::format("{} for {} (ptxas -v; bytes):\n{:<72} {:>5} {:>6} {:>7} {:>7} {:>7}\n",
+                             spec.name, validate_arch(arch), "kernel", "regs", "frame", "spill-st",
+                             "spill-ld", "smem");
+    for (const ProgramSource& p : programs) {
+      for (const KernelResources& r : kernel_resources(p, arch)) {
+        std::cout << fmt::format("{:<72} {:>5} {:>6} {:>7} {:>7} {:>7}\n", r.label, r.registers,
+                                 r.stack_frame, r.spill_stores, r.spill_loads, r.shared);
+      }
+    }
   }
   return 0;
 }
@@ -163,6 +185,11 @@ int run(int argc, char** argv) {
   build->add_option("-j,--jobs", jobs, "Parallel compiles (default: one per core)")
       ->check(whole_number_at_least(0, "0 = one per core"));
   build->add_flag("-q,--quiet", quiet, "Print nothing on success");
+  bool resources = false;
+  build->add_flag("--resources", resources,
+                  "Instead of filling the cache, compile every kernel with ptxas's report and "
+                  "print each one's registers, stack frame, spill bytes and static shared memory "
+                  "(no GPU needed)");
 
   auto* plan =
       app.add_subcommand("plan", "Print the fusion plan: kernels, fused ops, GEMMs and epilogues.");
@@ -326,6 +353,7 @@ int run(int argc, char** argv) {
   const char* rank = std::getenv("WORLD_SIZE") ? std::getenv("RANK") : nullptr;
   const std::string lsc = rank ? fmt::format("lsc (rank {})", rank) : "lsc";
   try {
+    if (*build && resources) return cmd_resources(spec, archs);
     if (*build) return cmd_build(spec, archs, cache_dir, jobs, quiet);
     if (*plan) return cmd_plan(spec);
     if (*kernels) {
