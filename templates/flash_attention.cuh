@@ -235,10 +235,10 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 //            flash_bwd_smem(kD, k_len, kBlocks): a query tile and its grad_out tile (kM =
 //            flash_bwd_block_m rows), the tile's lse and D (several key blocks) or out tile (one:
 //            D computed from it, each row once per block), all by cp.async, prefetched a tile
-//            ahead; with one key
-//            block also the keys and the tile's dSᵀ; with kBlocks = 2 the block's keys and values,
-//            whose fragments each tile reads by ldmatrix (kBlocks: the blocks per SM it is built
-//            for, flash_bwd_blocks; the results are the same bits either way).
+//            ahead; with one key block also the keys and the tile's dSᵀ; with kBlocks = 2 the
+//            block's keys and values, whose fragments each tile reads by ldmatrix (kBlocks: the
+//            blocks per SM it is built for, flash_bwd_blocks; the results are the same bits
+//            either way).
 template <typename T, int kD, Mask kMask, Drop kDrop, int kBlocks>
 __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,

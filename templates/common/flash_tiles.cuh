@@ -296,8 +296,9 @@ __device__ __forceinline__ void store_rows(T* dst, int64_t ld, const int64_t (&r
 // memory (row stride kStride) into dot[kM] in shared memory, each row once per block: two lanes a
 // row, lane 2i summing the first half of row i's elements and lane 2i + 1 the second, each in
 // order, then one shuffle: the same bits in every geometry (block size, kM). A quarter warp's
-// 16-byte reads (4 rows, both halves) fall in distinct banks (rows kStride = kD + 8 elements
-// apart). Every thread of the block calls it; the caller synchronizes before reading dot.
+// 16-byte reads (4 rows, both halves; rows kStride = kD + 8 elements apart) fall in distinct banks
+// where kD / 4 words ≡ 16 (mod 32), as at d 64; at d 128 the halves share banks (2-way). Every
+// thread of the block calls it; the caller synchronizes before reading dot.
 template <typename T, int kD, int kM, int kStride>
 __device__ __forceinline__ void stage_dots(float* dot, const T* os, const T* gs) {
   static_assert(kM % 16 == 0 && kD % 16 == 0, "whole warps of rows, 16-byte halves");
