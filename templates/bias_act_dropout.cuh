@@ -69,8 +69,7 @@ __global__ void __launch_bounds__(bad_bwd_block(kCols, kVec))
   static_assert(kCols > 0 && kVec >= 1 && kCols % kVec == 0, "kVec must divide kCols");
   static_assert(kMaxVec<T> % kVec == 0, "kVec must divide 16 / sizeof(T)");
   static_assert(kDrop == Drop::kOff || kDrop == Drop::kOn, "Drop");
-  static_assert(kFrom == ActFrom::kInput || kAct == Act::kRelu,
-                "only ReLU's derivative follows from its output");
+  static_assert(act_from_ok(kAct, kFrom), "only ReLU's derivative follows from its output");
   constexpr bool kFromOutput = kFrom == ActFrom::kOutput;
   if constexpr (!kFromOutput) drop = load_dropout_state(drop);
   constexpr int kNvc = kCols / kVec;

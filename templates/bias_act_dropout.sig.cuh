@@ -21,6 +21,11 @@ LIGHTSEQ_HD constexpr int bad_bwd_block(int64_t cols, int vec) { return coltile_
 LIGHTSEQ_HD constexpr GridDim bad_bwd_grid(int64_t rows, int64_t cols, int vec) {
   return coltile_grid(rows, cols / vec);
 }
+// Where the backward may take the activation's derivative from: its input always, its output only
+// for ReLU (y > 0 exactly where x + bias > 0 and the entry was kept).
+LIGHTSEQ_HD constexpr bool act_from_ok(Act act, ActFrom from) {
+  return from == ActFrom::kInput || act == Act::kRelu;
+}
 
 }  // namespace lightseq::kern
 
@@ -67,9 +72,16 @@ inline Launch launch(const Values& v) {
   const int vec = static_cast<int>(v.t[index_of(kT, "kVec")]);
   return {bad_bwd_grid(rows, cols, vec), bad_bwd_block(cols, vec), 0};
 }
+inline const char* reject(const Values& v) {
+  return act_from_ok(static_cast<Act>(v.t[index_of(kT, "kAct")]),
+                     static_cast<ActFrom>(v.t[index_of(kT, "kFrom")]))
+             ? nullptr
+             : "from=output takes act=relu only (only ReLU's derivative follows from its output)";
+}
 }  // namespace bad_bwd
-inline constexpr Kernel kBiasActDropoutBwd = make_kernel(
-    "bias_act_dropout", "bias_act_dropout_bwd_kernel", bad_bwd::kT, bad_bwd::kP, &bad_bwd::launch);
+inline constexpr Kernel kBiasActDropoutBwd =
+    make_kernel("bias_act_dropout", "bias_act_dropout_bwd_kernel", bad_bwd::kT, bad_bwd::kP,
+                &bad_bwd::launch, Program::kFamily, &bad_bwd::reject);
 
 namespace bias_act_dropout {
 inline constexpr const Kernel* kKernels[] = {&kBiasActDropoutFwd, &kBiasActDropoutBwd};

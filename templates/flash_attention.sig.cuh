@@ -203,10 +203,16 @@ inline Launch launch(const Values& v) {
           flash_bwd_smem(v.t[index_of(kT, "kD")], k_len,
                          static_cast<int>(v.t[index_of(kT, "kBlocks")]))};
 }
+inline const char* reject(const Values& v) {
+  return flash_bwd_blocks_ok(v.t[index_of(kT, "kD")],
+                             static_cast<int>(v.t[index_of(kT, "kBlocks")]))
+             ? nullptr
+             : "b (blocks per SM) is 1, or 2 up to head dim kFlashLeanMaxD";
+}
 }  // namespace flash_dkdv
 inline constexpr Kernel kFlashDkDv =
     make_kernel("flash_attention", "flash_attn_bwd_dkdv_kernel", flash_dkdv::kT, flash_dkdv::kP,
-                &flash_dkdv::launch, Program::kOwn);
+                &flash_dkdv::launch, Program::kOwn, &flash_dkdv::reject);
 
 namespace flash_dq {
 inline constexpr Param kP[] = {LIGHTSEQ_FLASH_BWD_PARAMS(out("grad_q", CType::kTPtr))};

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "bias_act_dropout.sig.cuh"
 #include "compiler/codegen/program.h"
 #include "compiler/errors.h"
 #include "compiler/ir/kernel.h"
@@ -46,22 +47,9 @@ int64_t sample_value(const sig::TParam& t) {
   return it->second;
 }
 
-// One instance of `k` with the last enumerator of every enum (the most features switched on).
-KernelInstance sample_instance(const sig::Kernel& k, Precision p) {
-  std::vector<std::pair<std::string, int64_t>> given;
-  for (int i = 0; i < k.n_tparams; ++i) {
-    const sig::TParam& t = k.tparams[i];
-    if (t.kind == sig::TKind::kDType || t.derive) continue;
-    given.emplace_back(t.name,
-                       t.kind == sig::TKind::kEnum ? t.enum_info->count - 1 : sample_value(t));
-  }
-  // The one combination a template rejects: ActFrom::kOutput follows ReLU's derivative only.
-  const bool from_output =
-      std::any_of(k.tparams, k.tparams + k.n_tparams,
-                  [](const sig::TParam& t) { return std::string_view(t.name) == "kFrom"; });
-  for (auto& [name, value] : given) {
-    if (name == "kAct" && from_output) value = static_cast<int64_t>(kern::Act::kRelu);
-  }
+// instantiate() of (name, value) pairs.
+KernelInstance make(const sig::Kernel& k, Precision p,
+                    const std::vector<std::pair<std::string, int64_t>>& given) {
   // instantiate takes an initializer_list: build it from the vector through a small switch.
   std::vector<TemplateValue> v(given.begin(), given.end());
   switch (v.size()) {
@@ -81,6 +69,39 @@ KernelInstance sample_instance(const sig::Kernel& k, Precision p) {
       return instantiate(k, p, {v[0], v[1], v[2], v[3], v[4], v[5]});
   }
   throw InternalError("signature_test: too many template parameters");
+}
+
+bool instantiates(const sig::Kernel& k, Precision p,
+                  const std::vector<std::pair<std::string, int64_t>>& given) {
+  try {
+    make(k, p, given);
+    return true;
+  } catch (const InternalError&) {
+    return false;
+  }
+}
+
+// One instance of `k` with the last enumerator of every enum (the most features switched on).
+KernelInstance sample_instance(const sig::Kernel& k, Precision p) {
+  std::vector<std::pair<std::string, int64_t>> given;
+  for (int i = 0; i < k.n_tparams; ++i) {
+    const sig::TParam& t = k.tparams[i];
+    if (t.kind == sig::TKind::kDType || t.derive) continue;
+    given.emplace_back(t.name,
+                       t.kind == sig::TKind::kEnum ? t.enum_info->count - 1 : sample_value(t));
+  }
+  // Where the signature rejects that combination (Kernel::reject), lower the enums one at a time,
+  // the first parameters first, until it takes one.
+  for (size_t e = 0; e < given.size(); ++e) {
+    const sig::TParam* t = nullptr;
+    for (int i = 0; i < k.n_tparams; ++i) {
+      if (given[e].first == k.tparams[i].name) t = &k.tparams[i];
+    }
+    if (t == nullptr || t->kind != sig::TKind::kEnum) continue;
+    while (given[e].second > 0 && !instantiates(k, p, given)) --given[e].second;
+    if (instantiates(k, p, given)) break;
+  }
+  return make(k, p, given);
 }
 
 // How the demangler spells a parameter of C type `c` when T is `t`.
@@ -294,6 +315,31 @@ TEST(KernelSignature, InstantiateRefusesWrongValues) {
               instantiate(sig::kSoftmaxBwd, Precision::kFp16, {{"kDrop", 2}});
             }).find("not an enumerator of Drop"),
             std::string::npos);
+  // Combinations a template's static_assert refuses, refused here first (Kernel::reject), with the
+  // rule's words; the valid neighbours instantiate.
+  auto bad_bwd = [](kern::Act act, kern::ActFrom from) {
+    return instantiate(
+        sig::kBiasActDropoutBwd, Precision::kBf16,
+        {{"kCols", 2048}, tv("kAct", act), tv("kDrop", kern::Drop::kOn), tv("kFrom", from)});
+  };
+  EXPECT_NE(msg([&] {
+              bad_bwd(kern::Act::kGelu, kern::ActFrom::kOutput);
+            }).find("from=output takes act=relu only"),
+            std::string::npos);
+  EXPECT_NO_THROW(bad_bwd(kern::Act::kRelu, kern::ActFrom::kOutput));
+  EXPECT_NO_THROW(bad_bwd(kern::Act::kGelu, kern::ActFrom::kInput));
+  auto dkdv = [](int64_t d, int64_t blocks) {
+    return instantiate(sig::kFlashDkDv, Precision::kBf16,
+                       {{"kD", d},
+                        tv("kMask", kern::Mask::kNone),
+                        tv("kDrop", kern::Drop::kOff),
+                        {"kBlocks", blocks}});
+  };
+  EXPECT_NE(msg([&] { dkdv(128, 2); }).find("b (blocks per SM) is 1, or 2 up to head dim"),
+            std::string::npos);
+  EXPECT_NE(msg([&] { dkdv(64, 3); }).find("cannot be instantiated"), std::string::npos);
+  EXPECT_NO_THROW(dkdv(64, 2));
+  EXPECT_NO_THROW(dkdv(128, 1));
 }
 
 // Every kernel step of every example plan resolves through its signature at several shapes:

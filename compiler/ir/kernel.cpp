@@ -194,6 +194,12 @@ KernelInstance instantiate(const sig::Kernel& k, Precision p,
     }
     if (t.label) label += fmt::format(":{}={}", t.label, shown);
   }
+  if (k.reject != nullptr) {
+    if (const char* why = k.reject(v)) {
+      throw InternalError(
+          fmt::format("kernel {}: these template values cannot be instantiated: {}", label, why));
+    }
+  }
   inst.values.assign(v.t, v.t + k.n_tparams);
   inst.label = std::move(label);
   return inst;

@@ -147,6 +147,10 @@ struct Kernel {
   int n_params;
   Launch (*launch)(const Values&);
   Program program = Program::kFamily;
+  // Why a combination of template values cannot be instantiated (null: it can), from the same
+  // constexpr rule the template's static_assert reads; instantiate() throws with it before NVRTC
+  // would. Null: every combination instantiates.
+  const char* (*reject)(const Values&) = nullptr;
 };
 
 // ---- compile-time lookup by name (a misspelt name does not compile) -------------------------
@@ -184,9 +188,10 @@ consteval int index_of(const TParam (&ts)[N], const char* name) {
 template <int NT, int NP>
 constexpr Kernel make_kernel(const char* family, const char* name, const TParam (&t)[NT],
                              const Param (&p)[NP], Launch (*launch)(const Values&),
-                             Program program = Program::kFamily) {
+                             Program program = Program::kFamily,
+                             const char* (*reject)(const Values&) = nullptr) {
   static_assert(NT <= kMaxTParams && NP <= kMaxParams, "raise kMaxTParams / kMaxParams");
-  return Kernel{family, name, t, NT, p, NP, launch, program};
+  return Kernel{family, name, t, NT, p, NP, launch, program, reject};
 }
 
 // A kernel's template parameters that extend another kernel's: `base` followed by `more`. Use
