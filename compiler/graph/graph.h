@@ -122,6 +122,9 @@ enum class OpKind {
   // backward
   kLayerNormGrad,
   kDropoutGrad,
+  // inputs the output's gradient, the pre-activation h, the bias, and the forward's output after
+  // its dropout (what the next GEMM read: ReLU's derivative and the kept mask follow from it);
+  // output the pre-activation's gradient
   kActivationGrad,
   kBiasGrad,
   kGradAdd,

@@ -197,9 +197,15 @@ void add_backward_rules(std::vector<Rule>& r) {
          const int64_t cols = cols_of(s, ag.inputs[1]);
          const int partials = add_scratch(s, ag.name + ".partials", ElemType::kF32);
          const int bias_grad = out0(s, m[2]);
+         if (ag.inputs.size() != 4) {  // graph.h, kActivationGrad
+           throw InternalError(
+               fmt::format("planner: '{}' has {} inputs, not the 4 of an "
+                           "activation gradient",
+                           ag.name, ag.inputs.size()));
+         }
          // ReLU's derivative from the forward's output (ActFrom::kOutput): the
          // pre-activation is then not saved for the backward at all.
-         const bool from_out = ag.attrs.activation == Activation::kRelu && ag.inputs.size() > 3;
+         const bool from_out = ag.attrs.activation == Activation::kRelu;
          if (!from_out && ag.inputs[2] < 0) {  // the kernel's bias is nullable for kOutput only
            throw InternalError(fmt::format(
                "planner: '{}': the activation's derivative at x + bias needs the bias", ag.name));
