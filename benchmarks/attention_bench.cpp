@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
     }
     PrimaryContext context(0);
     ContextGuard guard(context.get());
-    const std::string arch = fmt::format("sm_{}", device_arch(0));
+    const std::string arch = device_target(0);
 
     // The grad_k/grad_v kernel's blocks per SM at head dim d.
     auto bwd_blocks = [&](int64_t d) {

@@ -3,9 +3,11 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 #include "compiler/errors.h"
+#include "compiler/nvrtc/nvrtc_compiler.h"
 #include "runtime/cuda_check.h"
 #include "runtime/driver.h"
 
@@ -60,6 +62,25 @@ int device_arch(int ordinal) {
   LIGHTSEQ_CU_CHECK(
       driver().cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device));
   return major * 10 + minor;
+}
+
+std::string device_target(int ordinal) {
+  const int arch = device_arch(ordinal);
+  const char* env = std::getenv("LIGHTSEQ_ARCH");
+  if (env == nullptr || *env == '\0') return jit_target(arch);
+  std::string target;
+  try {
+    target = validate_arch(env);
+  } catch (const Error& e) {
+    throw Error(fmt::format("LIGHTSEQ_ARCH='{}': {}", env, e.what()));
+  }
+  if (parse_arch(target) != arch) {
+    throw Error(fmt::format(
+        "LIGHTSEQ_ARCH='{}' names another GPU than device {} (compute capability {}.{}): set it "
+        "to sm_{} or sm_{}a, or unset it for {}",
+        env, ordinal, arch / 10, arch % 10, arch, arch, jit_target(arch)));
+  }
+  return target;
 }
 
 std::string device_name(int ordinal) {

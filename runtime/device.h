@@ -23,6 +23,13 @@ std::string no_gpu_reason();
 // outside [0, device_count()).
 int device_arch(int ordinal);
 
+// The target a device's kernels are compiled for: jit_target(device_arch(ordinal)) ("sm_90a" on
+// an H100), or LIGHTSEQ_ARCH where set (e.g. "sm_90": the portable mma.sync kernels on a Hopper
+// GPU, for comparison), which must name the device's own compute capability. Throws CudaError
+// like device_arch, and lightseq::Error naming the variable for a LIGHTSEQ_ARCH that is malformed
+// or another device's.
+std::string device_target(int ordinal);
+
 // "NVIDIA H100 80GB HBM3".
 std::string device_name(int ordinal);
 

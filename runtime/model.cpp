@@ -26,7 +26,7 @@ std::shared_ptr<CompiledModel> CompiledModel::load(const ModelSpec& spec,
   m->plan_ = plan_model(spec);
   DiskCache cache(options.cache_dir);
   BuildOptions build;
-  build.archs = {fmt::format("sm_{}", device_arch(options.device))};
+  build.archs = {device_target(options.device)};
   m->report_ = build_plan(m->plan_, cache, build);
 
   ScopedContext ctx(options.device);

@@ -46,9 +46,16 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
   static_assert(kWarps == 4 || kWarps == 8, "kWarps: 4 or 8 warps of 16 query rows");
   constexpr int kM = 16 * kWarps, kN = kFlashBlockN;
-  constexpr int kStride = kD + 8;  // 16 bytes of padding per row: conflict-free ldmatrix
-  __shared__ __align__(16) T ks[kN * kStride];
-  __shared__ __align__(16) T vs[kN * kStride];
+  // sm_90a at head dims 64 and 128: both products by wgmma (a warpgroup per 64 query rows), the
+  // tiles swizzled (common/wgmma.cuh); else mma.sync with rows padded by 16 bytes (conflict-free
+  // ldmatrix).
+  constexpr bool kWg = flash::wgmma_tiles(kD);
+  constexpr int kStride = kWg ? kD : kD + 8;
+  __shared__ __align__(1024) T ks[kN * kStride];
+  __shared__ __align__(1024) T vs[kN * kStride];
+  auto load_tile = [&](T* tile, const T* head, int64_t n0) {
+    flash::load_kv_async<T, kD, kN, kStride, kWg>(tile, head, ld_kv, n0, k_len);
+  };
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
 
   const int64_t bh = blockIdx.y;
@@ -63,7 +70,7 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
 
   const int64_t n_end = flash::key_end<kMask>(m0, kM, q_len, k_len);
   if (n_end > 0) {
-    flash::load_tile_async<T, kD, kN, kStride>(ks, kh, ld_kv, 0, k_len);
+    load_tile(ks, kh, 0);
     flash::cp_async_commit();
   }
   // The warp's 16 query rows as A fragments, straight from global memory (while the first key
@@ -82,19 +89,24 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
 
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
     // The value tile (its buffer's readers finished with the previous tile's p·v).
-    flash::load_tile_async<T, kD, kN, kStride>(vs, vh, ld_kv, n0, k_len);
+    load_tile(vs, vh, n0);
     flash::cp_async_commit();
     flash::cp_async_wait<1>();  // the key tile (the value tile may still be in flight)
+    if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
 
     // s = q·kᵀ for the warp's 16 rows and the tile's kN keys: kN / 8 fragments.
     float s[kN / 8][4];
     flash::zero(s);
-    flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);
+    if constexpr (kWg) {
+      flash::wg_abt<T, kD, kN>(s, qf, ks);
+    } else {
+      flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);
+    }
     __syncthreads();  // every warp is done with the key tile: fetch the next one
     const bool more = n0 + kN < n_end;
     if (more) {
-      flash::load_tile_async<T, kD, kN, kStride>(ks, kh, ld_kv, n0 + kN, k_len);
+      load_tile(ks, kh, n0 + kN);
       flash::cp_async_commit();
     }
 
@@ -158,9 +170,14 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
     } else {
       flash::cp_async_wait<0>();
     }
+    if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
-    flash::mma_pb<T, kD, kN, kStride>(acc, s, vs, lane);  // acc += p · v
-    __syncthreads();                                      // every warp is done with the value tile
+    if constexpr (kWg) {
+      flash::wg_pb<T, kD, kN>(acc, s, vs);  // acc += p · v
+    } else {
+      flash::mma_pb<T, kD, kN, kStride>(acc, s, vs, lane);
+    }
+    __syncthreads();  // every warp is done with the value tile
   }
 
   // The denominators: the row's 4 threads' parts summed; out = acc / l, lse = ln(l) + max.

@@ -84,7 +84,7 @@ void prepare_kernels(const std::vector<KernelInstance>& kernels) {
   }
   if (sources.empty()) return;
 
-  const std::string arch = "sm_" + std::to_string(device_arch(0));
+  const std::string arch = device_target(0);
   std::vector<CompiledProgram> compiled(sources.size());
   std::vector<std::exception_ptr> errors(sources.size());
   std::atomic<size_t> next{0};

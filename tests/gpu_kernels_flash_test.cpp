@@ -277,8 +277,9 @@ std::vector<KernelInstance> every_instance() {
 
 // Without a GPU: the instances at the ends of what the GPU tests launch (the smallest and largest
 // head dim, where registers and shared memory run out; no mask and both masks; dropout off and
-// on) compile for sm_90 (NVRTC needs no device). All of them take minutes on 2 cores.
-TEST(FlashKernelsCompile, TheExtremeInstancesCompileForSm90) {
+// on) compile for sm_80 and for sm_90a, the Hopper target whose build of head dims 64 and 128 runs
+// its products on wgmma (NVRTC needs no device). All of them take minutes on 2 cores.
+TEST(FlashKernelsCompile, TheExtremeInstancesCompileForSm80AndSm90a) {
   for (Precision p : kHalves) {
     std::vector<KernelInstance> mine;
     for (const KernelInstance& k : every_instance()) {
@@ -288,8 +289,10 @@ TEST(FlashKernelsCompile, TheExtremeInstancesCompileForSm90) {
       if (k.precision == p && (d == 32 || d == 128) && extreme_mask) mine.push_back(k);
     }
     for (const ProgramSource& prog : codegen::generate_programs(mine, p)) {
-      const CompiledProgram c = compile_program(prog, "sm_90");
-      EXPECT_EQ(c.lowered_names.size(), prog.labels.size());
+      for (const std::string& target : {std::string("sm_80"), jit_target(90)}) {
+        const CompiledProgram c = compile_program(prog, target);
+        EXPECT_EQ(c.lowered_names.size(), prog.labels.size()) << target;
+      }
     }
   }
 }
@@ -312,8 +315,13 @@ TEST(FlashKernelsCompile, TheirRegistersAndStackFramesStayWithinTheirMeasuredBud
   const KernelInstance fwd = codegen::flash_fwd(p, padded_dropout);
   const std::vector<ProgramSource> fwd_programs = codegen::generate_programs({fwd}, p);
   ASSERT_EQ(fwd_programs.size(), 1u);
-  for (const KernelResources& r : kernel_resources(fwd_programs[0], "sm_90")) {
-    EXPECT_LE(r.registers, fits(kWideForwardBlocks, kern::flash_fwd_block())) << r.label;
+  // Both builds of the forward: mma.sync (sm_90) and wgmma (sm_90a, jit_target).
+  for (const std::string& target : {std::string("sm_90"), jit_target(90)}) {
+    for (const KernelResources& r : kernel_resources(fwd_programs[0], target)) {
+      EXPECT_LE(r.registers, fits(kWideForwardBlocks, kern::flash_fwd_block()))
+          << r.label << " " << target;
+      EXPECT_EQ(r.stack_frame, 0) << r.label << " " << target;
+    }
   }
   for (const bool causal : {false, true}) {
     const int blocks = kern::flash_bwd_blocks(64);  // the plans' two-block geometry

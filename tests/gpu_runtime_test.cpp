@@ -15,6 +15,7 @@
 #include "runtime/module.h"
 #include "tests/gemm_reference.h"
 #include "tests/gpu_test_util.h"
+#include "tests/test_util.h"
 
 namespace lightseq::test {
 namespace {
@@ -106,6 +107,31 @@ TEST_F(GpuRuntime, ScopedContextRestoresThePreviousContext) {
   EXPECT_GE(device_arch(0), 70);
   EXPECT_FALSE(device_name(0).empty());
   EXPECT_EQ(no_gpu_reason(), "");
+}
+
+// The target the runtime compiles for: jit_target of the device, or LIGHTSEQ_ARCH when it names
+// the device's own compute capability; junk or another GPU's arch is an error naming the variable.
+TEST_F(GpuRuntime, TheDeviceTargetIsTheJitTargetOrLightseqArch) {
+  const int arch = device_arch(0);
+  {
+    test::ScopedEnv unset("LIGHTSEQ_ARCH", std::nullopt);
+    EXPECT_EQ(device_target(0), jit_target(arch));
+  }
+  {
+    test::ScopedEnv plain("LIGHTSEQ_ARCH", "sm_" + std::to_string(arch));
+    EXPECT_EQ(device_target(0), "sm_" + std::to_string(arch));
+  }
+  for (const std::string bad :
+       {std::string("junk"), "sm_" + std::to_string(arch == 80 ? 90 : 80)}) {
+    test::ScopedEnv env("LIGHTSEQ_ARCH", bad);
+    try {
+      device_target(0);
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("LIGHTSEQ_ARCH='" + bad + "'"), std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 TEST_F(GpuRuntime, AllocatorRoundTrip) {

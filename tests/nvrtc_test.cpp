@@ -110,6 +110,17 @@ TEST(NvrtcArch, ValidateRejectsArchsOlderThanVolta) {
   EXPECT_THROW(validate_arch("junk"), Error);
 }
 
+// The runtime's target per compute capability: Hopper's arch-specific sm_90a (the fused
+// attention's wgmma), plain sm_NN elsewhere; both valid and compilable here.
+TEST(NvrtcArch, TheJitTargetIsSm90aOnHopperAndThePlainArchElsewhere) {
+  EXPECT_EQ(jit_target(90), "sm_90a");
+  EXPECT_EQ(jit_target(80), "sm_80");
+  EXPECT_EQ(jit_target(89), "sm_89");
+  EXPECT_EQ(jit_target(100), "sm_100");
+  EXPECT_EQ(validate_arch(jit_target(90)), "sm_90a");
+  EXPECT_EQ(parse_arch(jit_target(90)), 90);
+}
+
 TEST(NvrtcTarget, CubinWhenTheArchIsSupported) {
   const std::vector<int> supported = {75, 80, 86, 90, 100};
   NvrtcTarget t = select_nvrtc_target("sm_90", supported);

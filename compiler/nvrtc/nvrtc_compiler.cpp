@@ -302,6 +302,10 @@ std::string validate_arch(const std::string& arch) {
   return canonical(parts);
 }
 
+std::string jit_target(int arch) {
+  return arch == 90 ? std::string("sm_90a") : fmt::format("sm_{}", arch);
+}
+
 std::string nvrtc_version() {
   static const std::string version = [] {
     int major = 0;

@@ -47,6 +47,12 @@ std::string canonical_arch(const std::string& arch);
 // it is select_nvrtc_target's question.)
 std::string validate_arch(const std::string& arch);
 
+// The target the kernels of a device of compute capability `arch` (90 for an H100) are compiled
+// for: the arch-specific "sm_90a" on Hopper, whose wgmma the fused attention uses
+// (templates/common/wgmma.cuh), "sm_<arch>" elsewhere (no other arch's specific features are
+// used). `lsc build`'s default and the runtime's choice both come from here.
+std::string jit_target(int arch);
+
 // NVRTC's version, "13.0".
 std::string nvrtc_version();
 

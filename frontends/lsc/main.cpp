@@ -168,7 +168,7 @@ int run(int argc, char** argv) {
   app.set_version_flag("--version", std::string("lsc ") + LIGHTSEQ_VERSION);
   app.require_subcommand(1);
 
-  std::string spec, archs = "sm_90", cache_dir;
+  std::string spec, archs = jit_target(90), cache_dir;  // what an H100 or H200 runs
   int jobs = 0;
   bool quiet = false;
   const CLI::Validator cache_check =
@@ -177,7 +177,10 @@ int run(int argc, char** argv) {
   const CLI::Validator non_negative = whole_number_at_least(0);
   auto* build = app.add_subcommand("build", "Compile every kernel the spec needs for training.");
   build->add_option("spec", spec, "Model spec (JSON, see docs/spec.md)")->required();
-  build->add_option("--arch", archs, "Comma-separated GPU archs, e.g. sm_80,sm_90")
+  build
+      ->add_option(
+          "--arch", archs,
+          "Comma-separated GPU archs, e.g. sm_80,sm_90a (Hopper: the runtime compiles for sm_90a)")
       ->check(arch_list())
       ->capture_default_str();
   build->add_option("--cache", cache_dir, "Cache directory (default: see above)")

@@ -8,6 +8,7 @@
 #include "common/enums.cuh"
 #include "common/philox.cuh"
 #include "common/types.cuh"
+#include "common/wgmma.cuh"
 
 namespace lightseq::kern {
 namespace flash {
@@ -215,6 +216,65 @@ __device__ __forceinline__ void mma_pb(float (&acc)[kD / 8][4], const float (&p)
       mma_16816<T>(acc[n + 1], a, b1);
     }
   }
+}
+
+// ---- wgmma (sm_90a)
+// ------------------------------------------------------------------------------- Whether the
+// kernels' products at head dim kD run on wgmma: an sm_90a build and whole 64-column panels of the
+// swizzled tiles (kD 64 or 128; the other head dims keep mma.sync).
+__device__ __forceinline__ constexpr bool wgmma_tiles(int kD) {
+  return wg::kHaveWgmma && (kD == 64 || kD == 128);
+}
+
+// A key or value tile (rows [row0, row0 + kRows) of a head, zeros past `rows`) by cp.async in the
+// layout its products read: swizzled for wgmma (kWg), else rows kStride elements apart.
+template <typename T, int kD, int kRows, int kStride, bool kWg>
+__device__ __forceinline__ void load_kv_async(T* smem, const T* src, int64_t ld, int64_t row0,
+                                              int64_t rows) {
+  if constexpr (kWg) {
+    wg::load_tile_sw128_async<T, kD, kRows>(smem, src, ld, row0, rows);
+  } else {
+    load_tile_async<T, kD, kRows, kStride>(smem, src, ld, row0, rows);
+  }
+}
+
+// mma_abt's product on wgmma, every warp of the warpgroup together: c (64 x kCols: each warp's 16
+// rows, C layout) += A · Bᵀ, A the warps' fragments (kD deep), B the swizzled [kCols, kD] tile.
+template <typename T, int kD, int kCols>
+__device__ __forceinline__ void wg_abt(float (&c)[kCols / 8][4], const uint32_t (&a)[kD / 16][4],
+                                       const T* tile) {
+  wg::pin(c);
+  wg::fence();
+#pragma unroll
+  for (int k = 0; k < kD / 16; ++k)
+    wg::mma_rs<T, kCols, 0>(c, a[k], wg::desc_k_major<kCols>(tile, k));
+  wg::commit();
+  wg::wait<0>();
+  wg::pin(c);
+}
+
+// mma_pb's product on wgmma: acc (64 x kD) += P · tile, P the warps' C-layout probabilities
+// (kRows deep, rounded to T as mma_pb rounds them), tile the swizzled [kRows, kD] one (MN-major B).
+template <typename T, int kD, int kRows>
+__device__ __forceinline__ void wg_pb(float (&acc)[kD / 8][4], const float (&p)[kRows / 8][4],
+                                      const T* tile) {
+  uint32_t a[kRows / 16][4];
+#pragma unroll
+  for (int c = 0; c < kRows / 16; ++c) {
+    a[c][0] = pack_float<T>(p[2 * c][0], p[2 * c][1]);
+    a[c][1] = pack_float<T>(p[2 * c][2], p[2 * c][3]);
+    a[c][2] = pack_float<T>(p[2 * c + 1][0], p[2 * c + 1][1]);
+    a[c][3] = pack_float<T>(p[2 * c + 1][2], p[2 * c + 1][3]);
+  }
+  wg::pin(acc);
+  wg::fence();
+#pragma unroll
+  for (int c = 0; c < kRows / 16; ++c) {
+    wg::mma_rs<T, kD, 1>(acc, a[c], wg::desc_mn_major<kRows>(tile, c));
+  }
+  wg::commit();
+  wg::wait<0>();
+  wg::pin(acc);
 }
 
 // Whether query i may attend to key j (both in range).
