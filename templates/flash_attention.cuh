@@ -269,6 +269,11 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   constexpr bool kLean = kBlocks > 1;  // k and v fragments from shared memory, per tile
   constexpr int kM = flash_bwd_block_m(kD, kBlocks);
   constexpr int kStride = kD + 8, kSStride = kM + 8;
+  // sm_90a at head dims 64 and 128: the four products of a query tile by wgmma (a warpgroup per 64
+  // keys, its k and v rows read from the block's key and value tiles: no fragments held), every
+  // tile swizzled (common/wgmma.cuh; FlashBwdSmem aligns the offsets to 1 KiB for it).
+  constexpr bool kWg = flash::wgmma_tiles(kD);
+  constexpr int kTStride = kWg ? kD : kStride;  // the tiles' row stride (kD: swizzled)
   // 16 keys per warp: 4 warps (64 keys) or, one block of more than 64 keys, 8 (flash_bwd_warps)
   const int block_n = flash_bwd_block_n(k_len);
   const bool big = block_n == kFlashBwdBlockN;  // the 8-warp block
@@ -306,7 +311,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   // read from the block's key and value tiles per query tile).
   const int64_t key0 = n0 + warp * 16;
   uint32_t kf[kD / 16][4], vf[kD / 16][4];
-  if constexpr (!kLean) {
+  if constexpr (!kLean && !kWg) {
     flash::row_fragments<T, kD>(kf, kh, ld_kv, key0, k_len, g, t);
     flash::row_fragments<T, kD>(vf, vh, ld_kv, key0, k_len, g, t);
   }
@@ -325,46 +330,61 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   // past k_len.
   auto load_keys = [&](T* tile, const T* head) {
     if (big) {
-      flash::load_tile_async<T, kD, kFlashBwdBlockN, kStride>(tile, head, ld_kv, n0, k_len);
+      flash::load_kv_async<T, kD, kFlashBwdBlockN, kStride, kWg>(tile, head, ld_kv, n0, k_len);
     } else {
-      flash::load_tile_async<T, kD, kFlashBwdBlockN / 2, kStride>(tile, head, ld_kv, n0, k_len);
+      flash::load_kv_async<T, kD, kFlashBwdBlockN / 2, kStride, kWg>(tile, head, ld_kv, n0, k_len);
     }
   };
-  if (one || kLean) load_keys(ks, kh);
-  if (kLean) load_keys(vs, vh);
+  if (one || kLean || kWg) load_keys(ks, kh);
+  if (kLean || kWg) load_keys(vs, vh);
   // A query tile's rows, all by cp.async (zeros past q_len), each requested as soon as the last
   // reader of the previous tile's copy is done: its grad_out rows, lse and D (with one key block
   // its out rows instead, for D) while grad_k's product runs, its query rows during grad_q's. No
   // global load waits inside the loop but the tiles'.
+  auto load_query_side = [&](T* tile, const T* head, int64_t ld, int64_t m) {
+    flash::load_kv_async<T, kD, kM, kStride, kWg>(tile, head, ld, m, q_len);
+  };
+  if constexpr (kWg) {  // the swizzle's 1024-byte atoms (the layout aligns the offsets)
+    if ((flash::smem_addr(qs) & 1023u) != 0) __trap();
+  }
   auto load_rows = [&](int64_t m) {
-    flash::load_tile_async<T, kD, kM, kStride>(gs, gh, ld_o, m, q_len);
+    load_query_side(gs, gh, ld_o, m);
     flash::load_floats_async<kM>(lse_s, lse + bh * q_len, m, q_len);
     if (one) {
-      flash::load_tile_async<T, kD, kM, kStride>(os, oh, ld_o, m, q_len);
+      load_query_side(os, oh, ld_o, m);
     } else {
       flash::load_floats_async<kM>(dot_s, dot + bh * q_len, m, q_len);
     }
   };
   if (m_begin < q_len) {
-    flash::load_tile_async<T, kD, kM, kStride>(qs, qh, ld_q, m_begin, q_len);
+    load_query_side(qs, qh, ld_q, m_begin);
     load_rows(m_begin);
   }
   flash::cp_async_commit();
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
     flash::cp_async_wait<0>();
+    if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
     // With one key block, D of the tile's rows from its out and grad_out tiles, each row once
     // per block (read after the barrier below, the products between).
-    if (one) flash::stage_dots<T, kD, kM, kStride>(dot_s, os, gs);
+    if (one) flash::stage_dots<T, kD, kM, kTStride>(dot_s, os, gs);
     const bool more = m0 + kM < q_len;
     float s[kM / 8][4], dp[kM / 8][4];
     flash::zero(s);
     flash::zero(dp);
-    if constexpr (kLean) flash::tile_fragments<T, kD, kStride>(kf, ks + warp * 16 * kStride, lane);
-    flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, lane);  // sᵀ[key][query]
-    if constexpr (kLean) flash::tile_fragments<T, kD, kStride>(vf, vs + warp * 16 * kStride, lane);
-    flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, lane);  // (grad_out·vᵀ)ᵀ[key][query]
-    if (one) __syncthreads();                              // the tile's D staged
+    if constexpr (kWg) {  // the warpgroup's 64 keys: rows 64·(warp / 4) of the tiles
+      const int at = (warp / 4) * 64 * kD;
+      flash::wg_abt_ss<T, kD, kM>(s, ks + at, block_n, qs);   // sᵀ[key][query]
+      flash::wg_abt_ss<T, kD, kM>(dp, vs + at, block_n, gs);  // (grad_out·vᵀ)ᵀ[key][query]
+    } else {
+      if constexpr (kLean)
+        flash::tile_fragments<T, kD, kStride>(kf, ks + warp * 16 * kStride, lane);
+      flash::mma_abt<T, kD, kM, kStride>(s, kf, qs, lane);
+      if constexpr (kLean)
+        flash::tile_fragments<T, kD, kStride>(vf, vs + warp * 16 * kStride, lane);
+      flash::mma_abt<T, kD, kM, kStride>(dp, vf, gs, lane);
+    }
+    if (one) __syncthreads();  // the tile's D staged
     // Masks only where the tile needs them (queries past q_len, keys past k_len, padding, the
     // causal diagonal).
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, block_n, q_len, k_len);
@@ -384,26 +404,36 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
                                    keep, &pd[n][e]);
       }
     }
-    flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out
+    if constexpr (kWg) {  // grad_v += P̃ᵀ·grad_out
+      flash::wg_pb<T, kD, kM>(dv, pd, gs);
+    } else {
+      flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);
+    }
     if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
     __syncthreads();  // every warp is done with gs, os, lse_s, dot_s (and has stored its dSᵀ rows)
     if (more) {
       load_rows(m0 + kM);
       flash::cp_async_commit();
     }
-    flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, lane);  // grad_k += dSᵀ·q (scaled below)
-    __syncthreads();                                     // every warp is done with qs
+    if constexpr (kWg) {  // grad_k += dSᵀ·q (scaled below)
+      flash::wg_pb<T, kD, kM>(dk, s, qs);
+    } else {
+      flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, lane);
+    }
+    __syncthreads();  // every warp is done with qs
     if (more) {
-      flash::load_tile_async<T, kD, kM, kStride>(qs, qh, ld_q, m0 + kM, q_len);
+      load_query_side(qs, qh, ld_q, m0 + kM);
       flash::cp_async_commit();
     }
     // grad_q of the tile's rows (while the next tiles load; dSᵀ is rewritten only after the next
     // iteration's first barrier).
     T* gqh = one ? flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q) : nullptr;
     if (one && big) {
-      flash::grad_q_tile<T, kD, kM, 128, 8>(gqh, ld_q, dst, ks, m0, q_len, scale, warp, lane);
+      flash::grad_q_tile<T, kD, kM, 128, 8, kTStride>(gqh, ld_q, dst, ks, m0, q_len, scale, warp,
+                                                      lane);
     } else if (one) {
-      flash::grad_q_tile<T, kD, kM, 64, 4>(gqh, ld_q, dst, ks, m0, q_len, scale, warp, lane);
+      flash::grad_q_tile<T, kD, kM, 64, 4, kTStride>(gqh, ld_q, dst, ks, m0, q_len, scale, warp,
+                                                     lane);
     }
   }
   flash::cp_async_wait<0>();  // no copy left in flight (the key tile, when no query tile ran)

@@ -379,7 +379,9 @@ TEST(PtxasResources, ParsesEachEntryFunctionsReport) {
       "ptxas info    : Compiling entry function '_Z1bv' for 'sm_90'\n"
       "ptxas info    : Function properties for _Z1bv\n"
       "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
-      "ptxas info    : Used 48 registers, used 0 barriers\n";
+      "ptxas info    : Used 48 registers, used 0 barriers\n"
+      "ptxas info    : (C7512) Potential Performance Loss: wgmma.mma_async instructions are "
+      "serialized due to insufficient register resources for the function '_Z1av'\n";
   const std::vector<KernelResources> r =
       parse_ptxas_resources(log, {"_Z1bv", "_Z1av"}, {"b:bf16", "a:bf16"});
   ASSERT_EQ(r.size(), 2u);
@@ -393,6 +395,11 @@ TEST(PtxasResources, ParsesEachEntryFunctionsReport) {
   EXPECT_EQ(r[1].spill_stores, 60);
   EXPECT_EQ(r[1].spill_loads, 88);
   EXPECT_EQ(r[1].shared, 1024);
+  EXPECT_TRUE(r[0].notes.empty());
+  ASSERT_EQ(r[1].notes.size(), 1u);
+  EXPECT_EQ(r[1].notes[0],
+            "(C7512) Potential Performance Loss: wgmma.mma_async instructions are serialized due "
+            "to insufficient register resources");
   EXPECT_THROW(parse_ptxas_resources(log, {"_Z1cv"}, {"c:bf16"}), InternalError);
 }
 

@@ -420,6 +420,16 @@ std::vector<KernelResources> parse_ptxas_resources(const std::string& log,
       r.stack_frame = number_before(line, "bytes stack frame");
       r.spill_stores = number_before(line, "bytes spill stores");
       r.spill_loads = number_before(line, "bytes spill loads");
+    } else if (const size_t at3 = line.find("Potential Performance Loss");
+               at3 != std::string::npos) {
+      // "... (C7512) Potential Performance Loss: <what> for the function '<name>'"
+      const size_t open = line.rfind(" '"), close = line.rfind('\'');
+      if (open != std::string::npos && close > open + 2) {
+        const size_t code = line.rfind('(', at3);
+        std::string note = line.substr(code == std::string::npos ? at3 : code);
+        note = note.substr(0, note.rfind(" for the function"));
+        by_name[line.substr(open + 2, close - open - 2)].notes.push_back(note);
+      }
     } else if (line.find("Used ") != std::string::npos && !entry.empty()) {
       KernelResources& r = by_name[entry];
       r.registers = static_cast<int>(number_before(line, "registers"));

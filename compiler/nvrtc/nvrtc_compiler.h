@@ -99,6 +99,9 @@ struct KernelResources {
   std::string label;
   int registers = 0;
   int64_t stack_frame = 0, spill_stores = 0, spill_loads = 0, shared = 0;  // shared: static
+  // ptxas's performance advisories naming the kernel, e.g. "(C7512) Potential Performance Loss:
+  // wgmma.mma_async instructions are serialized due to insufficient register resources".
+  std::vector<std::string> notes;
 };
 
 // Compiles `program` for `arch` (a cubin target) with ptxas's report and returns it per kernel,

@@ -99,6 +99,7 @@ int cmd_resources(const std::string& spec_path, const std::string& archs) {
       for (const KernelResources& r : kernel_resources(p, arch)) {
         std::cout << fmt::format("{:<72} {:>5} {:>6} {:>7} {:>7} {:>7}\n", r.label, r.registers,
                                  r.stack_frame, r.spill_stores, r.spill_loads, r.shared);
+        for (const std::string& note : r.notes) std::cout << "    ptxas: " << note << "\n";
       }
     }
   }

@@ -218,6 +218,18 @@ __device__ __forceinline__ void mma_pb(float (&acc)[kD / 8][4], const float (&p)
   }
 }
 
+// The element offset of (row r, column c) in a tile of kRows rows: rows kStride elements apart,
+// or, where kStride is the head dim itself (no padding), the swizzled layout of wgmma's operands
+// (c a multiple of 8 there: whole 16-byte chunks).
+template <int kRows, int kStride>
+__device__ __forceinline__ int tile_offset(int r, int c) {
+  if constexpr (kStride % 64 == 0) {
+    return wg::sw128_offset<kRows>(r, c);
+  } else {
+    return r * kStride + c;
+  }
+}
+
 // ---- wgmma (sm_90a)
 // ------------------------------------------------------------------------------- Whether the
 // kernels' products at head dim kD run on wgmma: an sm_90a build and whole 64-column panels of the
@@ -248,6 +260,23 @@ __device__ __forceinline__ void wg_abt(float (&c)[kCols / 8][4], const uint32_t 
 #pragma unroll
   for (int k = 0; k < kD / 16; ++k)
     wg::mma_rs<T, kCols, 0>(c, a[k], wg::desc_k_major<kCols>(tile, k));
+  wg::commit();
+  wg::wait<0>();
+  wg::pin(c);
+}
+
+// The same with A from shared memory too: c (64 x kCols) += A · Bᵀ, A the warpgroup's 64 rows of
+// a swizzled [rows, kD] tile (`a` its first row; panels `rows` high), B the swizzled [kCols, kD]
+// tile.
+template <typename T, int kD, int kCols>
+__device__ __forceinline__ void wg_abt_ss(float (&c)[kCols / 8][4], const T* a, int rows,
+                                          const T* tile) {
+  wg::pin(c);
+  wg::fence();
+#pragma unroll
+  for (int k = 0; k < kD / 16; ++k) {
+    wg::mma_ss<T, kCols, 0, 0>(c, wg::desc_k_major(a, k, rows), wg::desc_k_major<kCols>(tile, k));
+  }
   wg::commit();
   wg::wait<0>();
   wg::pin(c);
@@ -365,13 +394,12 @@ __device__ __forceinline__ void stage_dots(float* dot, const T* os, const T* gs)
   const int half = threadIdx.x % 2;
   // a warp's 32 lanes take 16 whole rows: every lane of a warp is in the loop or none is
   for (int i = threadIdx.x / 2; i < kM; i += blockDim.x / 2) {
-    const T* o = os + i * kStride + half * (kD / 2);
-    const T* g = gs + i * kStride + half * (kD / 2);
     float acc = 0.f;
 #pragma unroll
     for (int c = 0; c < kD / 2; c += 8) {
-      const uint4 ov = *reinterpret_cast<const uint4*>(o + c);
-      const uint4 gv = *reinterpret_cast<const uint4*>(g + c);
+      const int at = tile_offset<kM, kStride>(i, half * (kD / 2) + c);
+      const uint4 ov = *reinterpret_cast<const uint4*>(os + at);
+      const uint4 gv = *reinterpret_cast<const uint4*>(gs + at);
       const T* oe = reinterpret_cast<const T*>(&ov);
       const T* ge = reinterpret_cast<const T*>(&gv);
 #pragma unroll
@@ -410,15 +438,16 @@ __device__ __forceinline__ void store_rows_t(T* dst, const float (&c)[kCols / 8]
 
 // grad_q rows [m0, m0 + kM) of a head (those below `rows`, `ld` apart) = scale · dS · k over kN
 // keys: dS from dSᵀ [kN keys, kM queries] in shared memory (A fragments by ldmatrix.trans), k from
-// the [kN, kD] key tile (B fragments by ldmatrix.trans). Warp w takes the 16 rows w % (kM / 16) and
+// the [kN, kD] key tile (B fragments by ldmatrix.trans; rows kStride apart, or swizzled:
+// tile_offset). Warp w takes the 16 rows w % (kM / 16) and
 // the pairs of 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...
-template <typename T, int kD, int kM, int kN, int kWarps>
+template <typename T, int kD, int kM, int kN, int kWarps, int kStride>
 __device__ __forceinline__ void grad_q_tile(T* grad_q, int64_t ld, const T* dst, const T* ks,
                                             int64_t m0, int64_t rows, float scale, int warp,
                                             int lane) {
   constexpr int kRowBlocks = kM / 16, kGroups = kWarps / kRowBlocks, kPairs = kD / 16;
   constexpr int kMine = (kPairs + kGroups - 1) / kGroups;
-  constexpr int kStride = kD + 8, kSStride = kM + 8;
+  constexpr int kSStride = kM + 8;
   static_assert(kWarps % kRowBlocks == 0, "whole row blocks per warp group");
   const int rb = warp % kRowBlocks, grp = warp / kRowBlocks;
   const int m = lane / 8, r = lane % 8, g = lane / 4, t = lane % 4;
@@ -435,7 +464,8 @@ __device__ __forceinline__ void grad_q_tile(T* grad_q, int64_t ld, const T* dst,
 #pragma unroll
     for (int c = 0; c < kN / 16; ++c) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, ks + (c * 16 + (m % 2) * 8 + r) * kStride + (2 * pair + m / 2) * 8);
+      ldmatrix_x4_trans(
+          b, ks + tile_offset<kN, kStride>(c * 16 + (m % 2) * 8 + r, (2 * pair + m / 2) * 8));
       const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
       mma_16816<T>(acc[0], a[c], b0);
       mma_16816<T>(acc[1], a[c], b1);

@@ -49,8 +49,8 @@ __device__ __forceinline__ void load_tile_sw128_async(T* smem, const T* src, int
     const int r = i / kChunks, c = (i % kChunks) * 8;
     const bool in = row0 + r < rows;
     const T* from = in ? src + (row0 + r) * ld + c : src;  // any valid address: 0 bytes read
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
-                     static_cast<uint32_t>(__cvta_generic_to_shared(smem + sw128_offset<kRows>(r, c)))),
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(static_cast<uint32_t>(
+                     __cvta_generic_to_shared(smem + sw128_offset<kRows>(r, c)))),
                  "l"(from), "r"(in ? 16 : 0));
   }
 }
@@ -66,11 +66,15 @@ __device__ __forceinline__ uint64_t desc_sw128(const void* p, uint32_t leading, 
          (static_cast<uint64_t>((leading >> 4) & 0x3fff) << 16) |
          (static_cast<uint64_t>((stride >> 4) & 0x3fff) << 32) | (1ull << 62);
 }
-// K-major operand, K step k (16 elements = 32 bytes) of a swizzled [kRows, kD] tile.
+// K-major operand, K step k (16 elements = 32 bytes) of a swizzled tile whose panels are `rows`
+// rows high; `tile` may point at a row of it that starts an 8-row atom (a warpgroup's 64 rows).
+__device__ __forceinline__ uint64_t desc_k_major(const void* tile, int k, int rows) {
+  const char* p = static_cast<const char*>(tile) + (k / 4) * rows * 128 + (k % 4) * 32;
+  return desc_sw128(p, 16, 1024);
+}
 template <int kRows>
 __device__ __forceinline__ uint64_t desc_k_major(const void* tile, int k) {
-  const char* p = static_cast<const char*>(tile) + (k / 4) * kRows * 128 + (k % 4) * 32;
-  return desc_sw128(p, 16, 1024);
+  return desc_k_major(tile, k, kRows);
 }
 // MN-major operand, K step k (rows 16k..16k+15) of a swizzled [kRows, kCols] tile.
 template <int kRows>
@@ -110,11 +114,15 @@ __device__ __forceinline__ void pin(float (&d)[N][4]) {
 
 // ---- the products ------------------------------------------------------------------------------
 #define LIGHTSEQ_WG_D(n) "+f"(d[n][0]), "+f"(d[n][1]), "+f"(d[n][2]), "+f"(d[n][3])
-#define LIGHTSEQ_WG_D4(n) LIGHTSEQ_WG_D(n), LIGHTSEQ_WG_D(n + 1), LIGHTSEQ_WG_D(n + 2), LIGHTSEQ_WG_D(n + 3)
+#define LIGHTSEQ_WG_D4(n) \
+  LIGHTSEQ_WG_D(n), LIGHTSEQ_WG_D(n + 1), LIGHTSEQ_WG_D(n + 2), LIGHTSEQ_WG_D(n + 3)
 #define LIGHTSEQ_WG_R16 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
-#define LIGHTSEQ_WG_R32 LIGHTSEQ_WG_R16 ",%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
-#define LIGHTSEQ_WG_R48 LIGHTSEQ_WG_R32 ",%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47"
-#define LIGHTSEQ_WG_R64 LIGHTSEQ_WG_R48 ",%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+#define LIGHTSEQ_WG_R32 \
+  LIGHTSEQ_WG_R16 ",%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+#define LIGHTSEQ_WG_R48 \
+  LIGHTSEQ_WG_R32 ",%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47"
+#define LIGHTSEQ_WG_R64 \
+  LIGHTSEQ_WG_R48 ",%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
 // A from registers: the d operands, then a0..a3, the B descriptor, scale-d (1: accumulate) and
 // trans-b, numbered after the N / 2 accumulators (ARGS names them for each N).
 template <typename T, int kN, int kTransB>
@@ -123,19 +131,20 @@ __device__ __forceinline__ void mma_rs(float (&d)[kN / 8][4], const uint32_t (&a
   static_assert(kN == 32 || kN == 64 || kN == 128, "N: 32, 64 or 128");
   constexpr bool kBf16 = IsSame<T, __nv_bfloat16>::kValue;
   const int one = 1;
-#define LIGHTSEQ_WG_ASM_RS(SHAPE, TY, REGS, SCALE, ARGS, ...)                                  \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE ", 0;\nwgmma.mma_async.sync.aligned." \
-               SHAPE ".f32." TY "." TY " {" REGS "}, " ARGS ";\n}\n"                          \
-               : __VA_ARGS__                                                                    \
+#define LIGHTSEQ_WG_ASM_RS(SHAPE, TY, REGS, SCALE, ARGS, ...)                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE                                          \
+               ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " {" REGS "}, " ARGS \
+               ";\n}\n"                                                                           \
+               : __VA_ARGS__                                                                      \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(one), "n"(kTransB))
-#define LIGHTSEQ_WG_RS_32(TY)                                                                  \
-  LIGHTSEQ_WG_ASM_RS("m64n32k16", TY, LIGHTSEQ_WG_R16, "%21",                                  \
+#define LIGHTSEQ_WG_RS_32(TY)                                 \
+  LIGHTSEQ_WG_ASM_RS("m64n32k16", TY, LIGHTSEQ_WG_R16, "%21", \
                      "{%16,%17,%18,%19}, %20, p, 1, 1, %22", LIGHTSEQ_WG_D4(0))
-#define LIGHTSEQ_WG_RS_64(TY)                                                                  \
-  LIGHTSEQ_WG_ASM_RS("m64n64k16", TY, LIGHTSEQ_WG_R32, "%37",                                  \
+#define LIGHTSEQ_WG_RS_64(TY)                                 \
+  LIGHTSEQ_WG_ASM_RS("m64n64k16", TY, LIGHTSEQ_WG_R32, "%37", \
                      "{%32,%33,%34,%35}, %36, p, 1, 1, %38", LIGHTSEQ_WG_D4(0), LIGHTSEQ_WG_D4(4))
-#define LIGHTSEQ_WG_RS_128(TY)                                                                 \
-  LIGHTSEQ_WG_ASM_RS("m64n128k16", TY, LIGHTSEQ_WG_R64, "%69",                                 \
+#define LIGHTSEQ_WG_RS_128(TY)                                                                     \
+  LIGHTSEQ_WG_ASM_RS("m64n128k16", TY, LIGHTSEQ_WG_R64, "%69",                                     \
                      "{%64,%65,%66,%67}, %68, p, 1, 1, %70", LIGHTSEQ_WG_D4(0), LIGHTSEQ_WG_D4(4), \
                      LIGHTSEQ_WG_D4(8), LIGHTSEQ_WG_D4(12))
   if constexpr (kN == 32) {
@@ -161,6 +170,43 @@ __device__ __forceinline__ void mma_rs(float (&d)[kN / 8][4], const uint32_t (&a
 #undef LIGHTSEQ_WG_RS_64
 #undef LIGHTSEQ_WG_RS_128
 #undef LIGHTSEQ_WG_ASM_RS
+}
+
+// A and B from shared memory (descriptors; trans-a / trans-b: MN-major), the d operands first.
+template <typename T, int kN, int kTransA, int kTransB>
+__device__ __forceinline__ void mma_ss(float (&d)[kN / 8][4], uint64_t a, uint64_t b) {
+  static_assert(sizeof(T) == 2, "16-bit operands");
+  static_assert(kN == 32 || kN == 64, "N: 32 or 64");
+  constexpr bool kBf16 = IsSame<T, __nv_bfloat16>::kValue;
+  const int one = 1;
+#define LIGHTSEQ_WG_ASM_SS(SHAPE, TY, REGS, SCALE, ARGS, ...)                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE                                          \
+               ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " {" REGS "}, " ARGS \
+               ";\n}\n"                                                                           \
+               : __VA_ARGS__                                                                      \
+               : "l"(a), "l"(b), "r"(one), "n"(kTransA), "n"(kTransB))
+#define LIGHTSEQ_WG_SS_32(TY)                                                                \
+  LIGHTSEQ_WG_ASM_SS("m64n32k16", TY, LIGHTSEQ_WG_R16, "%18", "%16, %17, p, 1, 1, %19, %20", \
+                     LIGHTSEQ_WG_D4(0))
+#define LIGHTSEQ_WG_SS_64(TY)                                                                \
+  LIGHTSEQ_WG_ASM_SS("m64n64k16", TY, LIGHTSEQ_WG_R32, "%34", "%32, %33, p, 1, 1, %35, %36", \
+                     LIGHTSEQ_WG_D4(0), LIGHTSEQ_WG_D4(4))
+  if constexpr (kN == 32) {
+    if constexpr (kBf16) {
+      LIGHTSEQ_WG_SS_32("bf16");
+    } else {
+      LIGHTSEQ_WG_SS_32("f16");
+    }
+  } else {
+    if constexpr (kBf16) {
+      LIGHTSEQ_WG_SS_64("bf16");
+    } else {
+      LIGHTSEQ_WG_SS_64("f16");
+    }
+  }
+#undef LIGHTSEQ_WG_SS_32
+#undef LIGHTSEQ_WG_SS_64
+#undef LIGHTSEQ_WG_ASM_SS
 }
 
 }  // namespace wg
