@@ -1,6 +1,7 @@
 // flash_attention.cuh — fused attention forward on tensor cores (FlashAttention-2's schedule with
-// mma.sync m16n8k16, sm_80 and later): softmax(q·kᵀ·scale + mask) (dropped) · v without
-// materializing the [B, heads, T, S] scores. Saves the output and the log-sum-exp of each query
+// mma.sync m16n8k16, sm_80 and later; built for sm_90a at head dims 64 and 128, the products run
+// on wgmma: common/wgmma.cuh): softmax(q·kᵀ·scale + mask) (dropped) · v without materializing the
+// [B, heads, T, S] scores. Saves the output and the log-sum-exp of each query
 // row; the backward recomputes the probabilities from them. Chosen per stack by the spec
 // ("attention": "fused"; compiler/planner/attention_backend.h).
 #pragma once
