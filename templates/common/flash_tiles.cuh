@@ -250,6 +250,21 @@ __device__ __forceinline__ void load_kv_async(T* smem, const T* src, int64_t ld,
   }
 }
 
+// A key tile and a value tile of kN rows in static shared memory (the forward's and the grad_q
+// kernel's), in the layout their products read: swizzled for wgmma (kWg), else rows padded by 16
+// bytes (conflict-free ldmatrix); load() copies rows [n0, n0 + kN) of a head into one of them.
+template <typename T, int kD, int kN>
+struct KvTiles {
+  static constexpr bool kWg = wgmma_tiles(kD);
+  static constexpr int kStride = kWg ? kD : kD + 8;
+  alignas(1024) T k[kN * kStride];
+  alignas(1024) T v[kN * kStride];
+  __device__ __forceinline__ static void load(T* tile, const T* head, int64_t ld, int64_t n0,
+                                              int64_t rows) {
+    load_kv_async<T, kD, kN, kStride, kWg>(tile, head, ld, n0, rows);
+  }
+};
+
 // mma_abt's product on wgmma, every warp of the warpgroup together: c (64 x kCols: each warp's 16
 // rows, C layout) += A · Bᵀ, A the warps' fragments (kD deep), B the swizzled [kCols, kD] tile.
 template <typename T, int kD, int kCols>
