@@ -189,9 +189,9 @@ int run_bench(const BenchOptions& o) {
       std::any_of(spec.layers.begin(), spec.layers.end(),
                   [](const LayerStackSpec& s) { return s.kind == LayerKind::kDecoder; });
   std::cout << fmt::format(
-      "lsc bench {} on {} (sm_{}), {}, batch {} × seq {} ({} tokens){}, "
+      "lsc bench {} on {} ({}), {}, batch {} × seq {} ({} tokens){}, "
       "half the batch with its last eighth padded\n",
-      spec.name, device_name(o.device), device_arch(o.device), to_string(p), o.batch, o.seq,
+      spec.name, device_name(o.device), device_target(o.device), to_string(p), o.batch, o.seq,
       o.batch * o.seq,
       has_decoder ? fmt::format(", decoders attend to {} encoder positions", src_seq) : "");
 

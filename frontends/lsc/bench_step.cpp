@@ -104,9 +104,9 @@ int run_step_bench(const BenchOptions& o) {
   step.init_parameters(1);
   step.set_lr(static_cast<float>(spec.optimizer->lr), stream);
   std::cout << fmt::format(
-                   "lsc bench --step {} on {} (sm_{}), {}: batch {} × len {}{} ({} tokens, {} "
+                   "lsc bench --step {} on {} ({}), {}: batch {} × len {}{} ({} tokens, {} "
                    "targets; half the batch with its last eighth padded), {}\n",
-                   spec.name, device_name(o.device), device_arch(o.device),
+                   spec.name, device_name(o.device), device_target(o.device),
                    to_string(spec.precision), batch, len,
                    two ? fmt::format(", source len {}", src_len) : "", batch * len, counted,
                    std::string(o.no_graphs ? "eager (--no-graphs)" : "CUDA graphs") +

@@ -143,9 +143,9 @@ class Trainer {
     int64_t params = 0;
     for (const ArenaEntry& e : step_->arena().entries) params += e.numel;
     std::cout << fmt::format(
-        "lsc train {} on {} (sm_{}), {}, {:.1f}M parameters: steps {}..{} of at most {} tokens, "
+        "lsc train {} on {} ({}), {}, {:.1f}M parameters: steps {}..{} of at most {} tokens, "
         "lr {:.2e} (inverse_sqrt, warmup {}), seed {}, CUDA graphs {}\n",
-        spec.name, device_name(o_.device), device_arch(o_.device), to_string(spec.precision),
+        spec.name, device_name(o_.device), device_target(o_.device), to_string(spec.precision),
         params / 1e6, done_ + 1, o_.steps, o_.tokens_per_batch, peak, warmup, o_.seed,
         o_.no_graphs ? "off" : "on");
   }
