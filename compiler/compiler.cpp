@@ -5,13 +5,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <exception>
 #include <mutex>
-#include <thread>
 
 #include "compiler/cache/cache_key.h"
 #include "compiler/codegen/program.h"
 #include "compiler/errors.h"
+#include "compiler/parallel.h"
 
 namespace lightseq {
 
@@ -60,49 +59,37 @@ BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptio
   report.programs = static_cast<int>(tasks.size());
   report.modules.resize(tasks.size());
 
-  std::atomic<size_t> next{0};
   std::atomic<int> compiled{0}, cached{0};
   std::mutex mu;
   int done = 0;
-  std::exception_ptr first_error;
-  auto worker = [&] {
-    for (size_t i = next++; i < tasks.size(); i = next++) {
-      const Task& t = tasks[i];
-      const auto start = std::chrono::steady_clock::now();
-      try {
-        const std::vector<std::string> opts = nvrtc_options(t.arch);
-        const std::string key = make_cache_key(*t.program, t.arch, opts, version);
-        std::optional<CacheEntry> entry = cache.get(key);
-        const bool hit = entry.has_value();
-        if (!hit) {
-          entry = to_cache_entry(*t.program, compile_program(*t.program, t.arch));
-          cache.put(key, *entry);
-          ++compiled;
-        } else {
-          ++cached;
-        }
-        report.modules[i] = CompiledModule{key, std::move(*entry)};
-        std::lock_guard<std::mutex> lock(mu);
-        ++done;
-        if (options.on_progress) {
-          options.on_progress(
-              {done, static_cast<int>(tasks.size()), t.program->name, t.arch, hit, since(start)});
-        }
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mu);
-        ++done;
-        if (!first_error) first_error = std::current_exception();
+  parallel_for(tasks.size(), options.jobs, [&](size_t i) {
+    const Task& t = tasks[i];
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      const std::vector<std::string> opts = nvrtc_options(t.arch);
+      const std::string key = make_cache_key(*t.program, t.arch, opts, version);
+      std::optional<CacheEntry> entry = cache.get(key);
+      const bool hit = entry.has_value();
+      if (!hit) {
+        entry = to_cache_entry(*t.program, compile_program(*t.program, t.arch));
+        cache.put(key, *entry);
+        ++compiled;
+      } else {
+        ++cached;
       }
+      report.modules[i] = CompiledModule{key, std::move(*entry)};
+      std::lock_guard<std::mutex> lock(mu);
+      ++done;
+      if (options.on_progress) {
+        options.on_progress(
+            {done, static_cast<int>(tasks.size()), t.program->name, t.arch, hit, since(start)});
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      ++done;
+      throw;
     }
-  };
-  int jobs =
-      options.jobs > 0 ? options.jobs : static_cast<int>(std::thread::hardware_concurrency());
-  jobs = std::max(1, std::min<int>(jobs, static_cast<int>(tasks.size())));
-  std::vector<std::thread> threads;
-  for (int j = 1; j < jobs; ++j) threads.emplace_back(worker);
-  worker();
-  for (std::thread& th : threads) th.join();
-  if (first_error) std::rethrow_exception(first_error);
+  });
   report.compiled = compiled;
   report.cached = cached;
   report.seconds = since(t0);

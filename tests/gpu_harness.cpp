@@ -14,6 +14,7 @@
 #include "compiler/compiler.h"
 #include "compiler/errors.h"
 #include "compiler/nvrtc/nvrtc_compiler.h"
+#include "compiler/parallel.h"
 #include "runtime/cuda_check.h"
 #include "runtime/driver.h"
 #include "runtime/module.h"
@@ -87,21 +88,13 @@ void prepare_kernels(const std::vector<KernelInstance>& kernels) {
   const std::string arch = device_target(0);
   std::vector<CompiledProgram> compiled(sources.size());
   std::vector<std::exception_ptr> errors(sources.size());
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t i = next++; i < sources.size(); i = next++) {
-      try {
-        compiled[i] = compile_program(sources[i], arch);
-      } catch (...) {
-        errors[i] = std::current_exception();
-      }
+  parallel_for(sources.size(), 0, [&](size_t i) {
+    try {
+      compiled[i] = compile_program(sources[i], arch);
+    } catch (...) {
+      errors[i] = std::current_exception();
     }
-  };
-  const size_t n_threads =
-      std::min<size_t>(sources.size(), std::max(1u, std::thread::hardware_concurrency()));
-  std::vector<std::thread> threads;
-  for (size_t t = 0; t < n_threads; ++t) threads.emplace_back(work);
-  for (std::thread& t : threads) t.join();
+  });
 
   for (size_t i = 0; i < sources.size(); ++i) {
     if (!errors[i]) {

@@ -111,16 +111,29 @@ TEST(Lsc, FileSizeLimitFallsBackToMemory) {
       << "the failed write's temp file is removed";
 }
 
-// --resources: every kernel of the spec with ptxas's numbers, nothing written to the cache.
+// --resources: every kernel of the spec with ptxas's numbers for each arch, in order whatever
+// --jobs, nothing written to the cache (LIGHTSEQ_CACHE_DIR, the default, stays absent); --cache
+// with it is a usage error, not silently ignored.
 TEST(Lsc, BuildResourcesPrintsEachKernelsRegistersAndWritesNoCache) {
   TempDir dir;
-  Result r = run("build " + example("bert-base") + " --arch sm_90 --resources --cache " +
-                 (dir.path() / "cache").string());
+  const std::string cache = (dir.path() / "cache").string();
+  Result r = run_shell("LIGHTSEQ_CACHE_DIR=" + cache + " " + kLsc + " build " +
+                       example("bert-base") + " --arch sm_80,sm_90a --resources -j 2");
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("bert-base for sm_90 (ptxas -v; bytes)"), std::string::npos) << r.output;
+  const size_t sm80 = r.output.find("bert-base for sm_80 (ptxas -v; bytes)");
+  const size_t sm90a = r.output.find("bert-base for sm_90a (ptxas -v; bytes)");
+  ASSERT_NE(sm80, std::string::npos) << r.output;
+  ASSERT_NE(sm90a, std::string::npos) << r.output;
+  EXPECT_LT(sm80, sm90a) << r.output;
   EXPECT_NE(r.output.find("regs  frame spill-st"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("ln_fwd:fp16:h=768"), std::string::npos) << r.output;
-  EXPECT_FALSE(fs::exists(dir.path() / "cache"));
+  const size_t ln = r.output.find("ln_fwd:fp16:h=768");
+  EXPECT_LT(ln, sm90a) << r.output;
+  EXPECT_NE(r.output.find("ln_fwd:fp16:h=768", sm90a), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(cache));
+  Result with_cache = run("build " + example("bert-base") + " --resources --cache " + cache);
+  EXPECT_EQ(with_cache.status, 2) << with_cache.output;
+  EXPECT_NE(with_cache.output.find("leave out --cache"), std::string::npos) << with_cache.output;
+  EXPECT_FALSE(fs::exists(cache));
 }
 
 TEST(Lsc, PlanPrintsKernelsAndGemms) {

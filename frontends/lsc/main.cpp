@@ -16,6 +16,7 @@
 #include "compiler/compiler.h"
 #include "compiler/errors.h"
 #include "compiler/ir/kernel.h"
+#include "compiler/parallel.h"
 #include "compiler/planner/planner.h"
 #include "frontends/lsc/args.h"
 #include "frontends/lsc/bench.h"
@@ -86,17 +87,24 @@ int cmd_build(const std::string& spec_path, const std::string& archs, const std:
 
 // lsc build --resources: every kernel of the spec compiled with ptxas's report (no cache, no
 // GPU): registers, stack frame, spills, static shared memory, per arch.
-int cmd_resources(const std::string& spec_path, const std::string& archs) {
+int cmd_resources(const std::string& spec_path, const std::string& archs, int jobs) {
   const ModelSpec spec = parse_spec_file(spec_path);
   const ModelPlan plan = plan_model(spec);
   const std::vector<ProgramSource> programs =
       codegen::generate_programs(plan.kernels(), spec.precision);
-  for (const std::string& arch : split_archs(archs)) {
+  std::vector<std::string> targets;
+  for (const std::string& arch : split_archs(archs)) targets.push_back(validate_arch(arch));
+  // every (arch, program) compiled in parallel (--jobs), printed in order
+  std::vector<std::vector<KernelResources>> found(targets.size() * programs.size());
+  parallel_for(found.size(), jobs, [&](size_t i) {
+    found[i] = kernel_resources(programs[i % programs.size()], targets[i / programs.size()]);
+  });
+  for (size_t a = 0; a < targets.size(); ++a) {
     std::cout << fmt::format("{} for {} (ptxas -v; bytes):\n{:<72} {:>5} {:>6} {:>7} {:>7} {:>7}\n",
-                             spec.name, validate_arch(arch), "kernel", "regs", "frame", "spill-st",
+                             spec.name, targets[a], "kernel", "regs", "frame", "spill-st",
                              "spill-ld", "smem");
-    for (const ProgramSource& p : programs) {
-      for (const KernelResources& r : kernel_resources(p, arch)) {
+    for (size_t p = 0; p < programs.size(); ++p) {
+      for (const KernelResources& r : found[a * programs.size() + p]) {
         std::cout << fmt::format("{:<72} {:>5} {:>6} {:>7} {:>7} {:>7}\n", r.label, r.registers,
                                  r.stack_frame, r.spill_stores, r.spill_loads, r.shared);
         for (const std::string& note : r.notes) std::cout << "    ptxas: " << note << "\n";
@@ -357,7 +365,14 @@ int run(int argc, char** argv) {
   const char* rank = std::getenv("WORLD_SIZE") ? std::getenv("RANK") : nullptr;
   const std::string lsc = rank ? fmt::format("lsc (rank {})", rank) : "lsc";
   try {
-    if (*build && resources) return cmd_resources(spec, archs);
+    if (*build && resources) {
+      if (!cache_dir.empty()) {
+        std::cerr << "lsc build: --resources compiles each kernel afresh for ptxas's report and "
+                     "neither reads nor fills a cache: leave out --cache\n";
+        return 2;
+      }
+      return cmd_resources(spec, archs, jobs);
+    }
     if (*build) return cmd_build(spec, archs, cache_dir, jobs, quiet);
     if (*plan) return cmd_plan(spec);
     if (*kernels) {
