@@ -375,7 +375,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash::zero(dp);
     if constexpr (kWg) {  // the warpgroup's 64 keys: rows 64·(warp / 4) of the tiles
       const int at = wg::sw128_offset<kFlashBwdBlockN>(warp / 4 * 64, 0);  // panel 0, row 64·wg
-      flash::wg_abt_ss<T, kD, kM>(s, ks + at, block_n, qs);   // sᵀ[key][query]
+      flash::wg_abt_ss<T, kD, kM>(s, ks + at, block_n, qs);                // sᵀ[key][query]
       flash::wg_abt_ss<T, kD, kM>(dp, vs + at, block_n, gs);  // (grad_out·vᵀ)ᵀ[key][query]
     } else {
       if constexpr (kLean)
