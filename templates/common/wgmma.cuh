@@ -209,5 +209,12 @@ __device__ __forceinline__ void mma_ss(float (&d)[kN / 8][4], uint64_t a, uint64
 #undef LIGHTSEQ_WG_ASM_SS
 }
 
+#undef LIGHTSEQ_WG_D
+#undef LIGHTSEQ_WG_D4
+#undef LIGHTSEQ_WG_R16
+#undef LIGHTSEQ_WG_R32
+#undef LIGHTSEQ_WG_R48
+#undef LIGHTSEQ_WG_R64
+
 }  // namespace wg
 }  // namespace lightseq::kern
