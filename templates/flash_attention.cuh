@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
   __shared__ __align__(1024) T ks[kN * kStride];
   __shared__ __align__(1024) T vs[kN * kStride];
   auto load_tile = [&](T* tile, const T* head, int64_t n0) {
-    flash::load_kv_async<T, kD, kN, kStride, kWg>(tile, head, ld_kv, n0, k_len);
+    flash::load_kv_async<T, kD, kN, kStride>(tile, head, ld_kv, n0, k_len);
   };
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
 
@@ -331,9 +331,9 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   // past k_len.
   auto load_keys = [&](T* tile, const T* head) {
     if (big) {
-      flash::load_kv_async<T, kD, kFlashBwdBlockN, kStride, kWg>(tile, head, ld_kv, n0, k_len);
+      flash::load_kv_async<T, kD, kFlashBwdBlockN, kTStride>(tile, head, ld_kv, n0, k_len);
     } else {
-      flash::load_kv_async<T, kD, kFlashBwdBlockN / 2, kStride, kWg>(tile, head, ld_kv, n0, k_len);
+      flash::load_kv_async<T, kD, kFlashBwdBlockN / 2, kTStride>(tile, head, ld_kv, n0, k_len);
     }
   };
   if (one || kLean || kWg) load_keys(ks, kh);
@@ -343,7 +343,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   // its out rows instead, for D) while grad_k's product runs, its query rows during grad_q's. No
   // global load waits inside the loop but the tiles'.
   auto load_query_side = [&](T* tile, const T* head, int64_t ld, int64_t m) {
-    flash::load_kv_async<T, kD, kM, kStride, kWg>(tile, head, ld, m, q_len);
+    flash::load_kv_async<T, kD, kM, kTStride>(tile, head, ld, m, q_len);
   };
   if constexpr (kWg) {  // the swizzle's 1024-byte atoms (the layout aligns the offsets)
     if ((flash::smem_addr(qs) & 1023u) != 0) __trap();

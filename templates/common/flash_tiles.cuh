@@ -193,6 +193,16 @@ __device__ __forceinline__ void mma_abt(float (&c)[kCols / 8][4], const uint32_t
   }
 }
 
+// The A fragment of the 16-deep step c of C-layout values p (a warp's rows × kRows), rounded to
+// T: a C layout's two 8-column blocks 2c, 2c + 1 are an A fragment's two halves.
+template <typename T, int N>
+__device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const float (&p)[N][4], int c) {
+  a[0] = pack_float<T>(p[2 * c][0], p[2 * c][1]);
+  a[1] = pack_float<T>(p[2 * c][2], p[2 * c][3]);
+  a[2] = pack_float<T>(p[2 * c + 1][0], p[2 * c + 1][1]);
+  a[3] = pack_float<T>(p[2 * c + 1][2], p[2 * c + 1][3]);
+}
+
 // acc[n] (16 x kD, C layout) += P(16 x kRows, C layout fragments in p) · tile where tile is a
 // [kRows, kD] tile in shared memory: B operand element (row, dim) = tile[row][dim]. One
 // ldmatrix.x4.trans gives the B fragments of two 8-column blocks for one 16-row step: matrices
@@ -203,10 +213,8 @@ __device__ __forceinline__ void mma_pb(float (&acc)[kD / 8][4], const float (&p)
   const int m = lane / 8, r = lane % 8;
 #pragma unroll
   for (int c = 0; c < kRows / 16; ++c) {
-    uint32_t a[4] = {pack_float<T>(p[2 * c][0], p[2 * c][1]),
-                     pack_float<T>(p[2 * c][2], p[2 * c][3]),
-                     pack_float<T>(p[2 * c + 1][0], p[2 * c + 1][1]),
-                     pack_float<T>(p[2 * c + 1][2], p[2 * c + 1][3])};
+    uint32_t a[4];
+    a_fragment<T>(a, p, c);
 #pragma unroll
     for (int n = 0; n < kD / 8; n += 2) {
       uint32_t b[4];
@@ -218,32 +226,35 @@ __device__ __forceinline__ void mma_pb(float (&acc)[kD / 8][4], const float (&p)
   }
 }
 
-// The element offset of (row r, column c) in a tile of kRows rows: rows kStride elements apart,
-// or, where kStride is the head dim itself (no padding), the swizzled layout of wgmma's operands
-// (c a multiple of 8 there: whole 16-byte chunks).
+// A tile's row stride says its layout: kD + 8 elements (rows padded by 16 bytes: conflict-free
+// ldmatrix for mma.sync), or the head dim itself, 64 or 128, unpadded: the swizzled layout of
+// wgmma's operands (common/wgmma.cuh).
+__device__ __forceinline__ constexpr bool swizzled(int kStride) { return kStride % 64 == 0; }
+
+// The element offset of (row r, column c) in a tile of kRows rows of stride kStride (c a multiple
+// of 8 where swizzled: whole 16-byte chunks).
 template <int kRows, int kStride>
 __device__ __forceinline__ int tile_offset(int r, int c) {
-  if constexpr (kStride % 64 == 0) {
+  if constexpr (swizzled(kStride)) {
     return wg::sw128_offset<kRows>(r, c);
   } else {
     return r * kStride + c;
   }
 }
 
-// ---- wgmma (sm_90a)
-// ------------------------------------------------------------------------------- Whether the
-// kernels' products at head dim kD run on wgmma: an sm_90a build and whole 64-column panels of the
-// swizzled tiles (kD 64 or 128; the other head dims keep mma.sync).
+// ---- wgmma (sm_90a) -----------------------------------------------------------------------------
+// Whether the kernels' products at head dim kD run on wgmma: an sm_90a build and whole 64-column
+// panels of the swizzled tiles (kD 64 or 128; the other head dims keep mma.sync).
 __device__ __forceinline__ constexpr bool wgmma_tiles(int kD) {
   return wg::kHaveWgmma && (kD == 64 || kD == 128);
 }
 
-// A key or value tile (rows [row0, row0 + kRows) of a head, zeros past `rows`) by cp.async in the
-// layout its products read: swizzled for wgmma (kWg), else rows kStride elements apart.
-template <typename T, int kD, int kRows, int kStride, bool kWg>
+// A tile (rows [row0, row0 + kRows) of a head, zeros past `rows`) by cp.async in the layout its
+// stride says (swizzled).
+template <typename T, int kD, int kRows, int kStride>
 __device__ __forceinline__ void load_kv_async(T* smem, const T* src, int64_t ld, int64_t row0,
                                               int64_t rows) {
-  if constexpr (kWg) {
+  if constexpr (swizzled(kStride)) {
     wg::load_tile_sw128_async<T, kD, kRows>(smem, src, ld, row0, rows);
   } else {
     load_tile_async<T, kD, kRows, kStride>(smem, src, ld, row0, rows);
@@ -289,12 +300,7 @@ __device__ __forceinline__ void wg_pb(float (&acc)[kD / 8][4], const float (&p)[
                                       const T* tile) {
   uint32_t a[kRows / 16][4];
 #pragma unroll
-  for (int c = 0; c < kRows / 16; ++c) {
-    a[c][0] = pack_float<T>(p[2 * c][0], p[2 * c][1]);
-    a[c][1] = pack_float<T>(p[2 * c][2], p[2 * c][3]);
-    a[c][2] = pack_float<T>(p[2 * c + 1][0], p[2 * c + 1][1]);
-    a[c][3] = pack_float<T>(p[2 * c + 1][2], p[2 * c + 1][3]);
-  }
+  for (int c = 0; c < kRows / 16; ++c) a_fragment<T>(a[c], p, c);
   wg::pin(acc);
   wg::fence();
 #pragma unroll

@@ -123,53 +123,52 @@ __device__ __forceinline__ void pin(float (&d)[N][4]) {
   LIGHTSEQ_WG_R32 ",%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47"
 #define LIGHTSEQ_WG_R64 \
   LIGHTSEQ_WG_R48 ",%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
-// A from registers: the d operands, then a0..a3, the B descriptor, scale-d (1: accumulate) and
-// trans-b, numbered after the N / 2 accumulators (ARGS names them for each N).
-template <typename T, int kN, int kTransB>
-__device__ __forceinline__ void mma_rs(float (&d)[kN / 8][4], const uint32_t (&a)[4], uint64_t b) {
-  static_assert(sizeof(T) == 2, "16-bit operands");
-  static_assert(kN == 32 || kN == 64 || kN == 128, "N: 32, 64 or 128");
-  constexpr bool kBf16 = IsSame<T, __nv_bfloat16>::kValue;
-  const int one = 1;
-#define LIGHTSEQ_WG_ASM_RS(SHAPE, TY, REGS, SCALE, ARGS, ...)                                     \
+// One wgmma: SHAPE ("m64n64k16"), TY ("bf16"), REGS the accumulators' operand numbers, SCALE the
+// scale-d operand's, ARGS the rest of the instruction's operands, INS a macro naming the inputs,
+// then the accumulators (the outputs). scale-d is a predicate, set from the input `one`.
+#define LIGHTSEQ_WG_ASM(SHAPE, TY, REGS, SCALE, ARGS, INS, ...)                                   \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE                                          \
                ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " {" REGS "}, " ARGS \
                ";\n}\n"                                                                           \
                : __VA_ARGS__                                                                      \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(one), "n"(kTransB))
-#define LIGHTSEQ_WG_RS_32(TY)                                 \
-  LIGHTSEQ_WG_ASM_RS("m64n32k16", TY, LIGHTSEQ_WG_R16, "%21", \
-                     "{%16,%17,%18,%19}, %20, p, 1, 1, %22", LIGHTSEQ_WG_D4(0))
-#define LIGHTSEQ_WG_RS_64(TY)                                 \
-  LIGHTSEQ_WG_ASM_RS("m64n64k16", TY, LIGHTSEQ_WG_R32, "%37", \
-                     "{%32,%33,%34,%35}, %36, p, 1, 1, %38", LIGHTSEQ_WG_D4(0), LIGHTSEQ_WG_D4(4))
-#define LIGHTSEQ_WG_RS_128(TY)                                                                     \
-  LIGHTSEQ_WG_ASM_RS("m64n128k16", TY, LIGHTSEQ_WG_R64, "%69",                                     \
-                     "{%64,%65,%66,%67}, %68, p, 1, 1, %70", LIGHTSEQ_WG_D4(0), LIGHTSEQ_WG_D4(4), \
-                     LIGHTSEQ_WG_D4(8), LIGHTSEQ_WG_D4(12))
-  if constexpr (kN == 32) {
-    if constexpr (kBf16) {
-      LIGHTSEQ_WG_RS_32("bf16");
-    } else {
-      LIGHTSEQ_WG_RS_32("f16");
-    }
-  } else if constexpr (kN == 64) {
-    if constexpr (kBf16) {
-      LIGHTSEQ_WG_RS_64("bf16");
-    } else {
-      LIGHTSEQ_WG_RS_64("f16");
-    }
-  } else {
-    if constexpr (kBf16) {
-      LIGHTSEQ_WG_RS_128("bf16");
-    } else {
-      LIGHTSEQ_WG_RS_128("f16");
-    }
+               : INS)
+// M("bf16") or M("f16") by the element type T.
+#define LIGHTSEQ_WG_BY_TYPE(M)                      \
+  if constexpr (IsSame<T, __nv_bfloat16>::kValue) { \
+    M("bf16");                                      \
+  } else {                                          \
+    M("f16");                                       \
   }
+
+// A from registers: the d operands, then a0..a3, the B descriptor, scale-d (1: accumulate) and
+// trans-b, numbered after the N / 2 accumulators.
+template <typename T, int kN, int kTransB>
+__device__ __forceinline__ void mma_rs(float (&d)[kN / 8][4], const uint32_t (&a)[4], uint64_t b) {
+  static_assert(sizeof(T) == 2, "16-bit operands");
+  static_assert(kN == 32 || kN == 64 || kN == 128, "N: 32, 64 or 128");
+  const int one = 1;
+#define LIGHTSEQ_WG_RS_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(one), "n"(kTransB)
+#define LIGHTSEQ_WG_RS_32(TY)                                                                      \
+  LIGHTSEQ_WG_ASM("m64n32k16", TY, LIGHTSEQ_WG_R16, "%21", "{%16,%17,%18,%19}, %20, p, 1, 1, %22", \
+                  LIGHTSEQ_WG_RS_IN, LIGHTSEQ_WG_D4(0))
+#define LIGHTSEQ_WG_RS_64(TY)                                                                      \
+  LIGHTSEQ_WG_ASM("m64n64k16", TY, LIGHTSEQ_WG_R32, "%37", "{%32,%33,%34,%35}, %36, p, 1, 1, %38", \
+                  LIGHTSEQ_WG_RS_IN, LIGHTSEQ_WG_D4(0), LIGHTSEQ_WG_D4(4))
+#define LIGHTSEQ_WG_RS_128(TY)                                                                  \
+  LIGHTSEQ_WG_ASM("m64n128k16", TY, LIGHTSEQ_WG_R64, "%69",                                     \
+                  "{%64,%65,%66,%67}, %68, p, 1, 1, %70", LIGHTSEQ_WG_RS_IN, LIGHTSEQ_WG_D4(0), \
+                  LIGHTSEQ_WG_D4(4), LIGHTSEQ_WG_D4(8), LIGHTSEQ_WG_D4(12))
+  if constexpr (kN == 32) {
+    LIGHTSEQ_WG_BY_TYPE(LIGHTSEQ_WG_RS_32)
+  } else if constexpr (kN == 64) {
+    LIGHTSEQ_WG_BY_TYPE(LIGHTSEQ_WG_RS_64)
+  } else {
+    LIGHTSEQ_WG_BY_TYPE(LIGHTSEQ_WG_RS_128)
+  }
+#undef LIGHTSEQ_WG_RS_IN
 #undef LIGHTSEQ_WG_RS_32
 #undef LIGHTSEQ_WG_RS_64
 #undef LIGHTSEQ_WG_RS_128
-#undef LIGHTSEQ_WG_ASM_RS
 }
 
 // A and B from shared memory (descriptors; trans-a / trans-b: MN-major), the d operands first.
@@ -177,38 +176,26 @@ template <typename T, int kN, int kTransA, int kTransB>
 __device__ __forceinline__ void mma_ss(float (&d)[kN / 8][4], uint64_t a, uint64_t b) {
   static_assert(sizeof(T) == 2, "16-bit operands");
   static_assert(kN == 32 || kN == 64, "N: 32 or 64");
-  constexpr bool kBf16 = IsSame<T, __nv_bfloat16>::kValue;
   const int one = 1;
-#define LIGHTSEQ_WG_ASM_SS(SHAPE, TY, REGS, SCALE, ARGS, ...)                                     \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE                                          \
-               ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " {" REGS "}, " ARGS \
-               ";\n}\n"                                                                           \
-               : __VA_ARGS__                                                                      \
-               : "l"(a), "l"(b), "r"(one), "n"(kTransA), "n"(kTransB))
-#define LIGHTSEQ_WG_SS_32(TY)                                                                \
-  LIGHTSEQ_WG_ASM_SS("m64n32k16", TY, LIGHTSEQ_WG_R16, "%18", "%16, %17, p, 1, 1, %19, %20", \
-                     LIGHTSEQ_WG_D4(0))
-#define LIGHTSEQ_WG_SS_64(TY)                                                                \
-  LIGHTSEQ_WG_ASM_SS("m64n64k16", TY, LIGHTSEQ_WG_R32, "%34", "%32, %33, p, 1, 1, %35, %36", \
-                     LIGHTSEQ_WG_D4(0), LIGHTSEQ_WG_D4(4))
+#define LIGHTSEQ_WG_SS_IN "l"(a), "l"(b), "r"(one), "n"(kTransA), "n"(kTransB)
+#define LIGHTSEQ_WG_SS_32(TY)                                                             \
+  LIGHTSEQ_WG_ASM("m64n32k16", TY, LIGHTSEQ_WG_R16, "%18", "%16, %17, p, 1, 1, %19, %20", \
+                  LIGHTSEQ_WG_SS_IN, LIGHTSEQ_WG_D4(0))
+#define LIGHTSEQ_WG_SS_64(TY)                                                             \
+  LIGHTSEQ_WG_ASM("m64n64k16", TY, LIGHTSEQ_WG_R32, "%34", "%32, %33, p, 1, 1, %35, %36", \
+                  LIGHTSEQ_WG_SS_IN, LIGHTSEQ_WG_D4(0), LIGHTSEQ_WG_D4(4))
   if constexpr (kN == 32) {
-    if constexpr (kBf16) {
-      LIGHTSEQ_WG_SS_32("bf16");
-    } else {
-      LIGHTSEQ_WG_SS_32("f16");
-    }
+    LIGHTSEQ_WG_BY_TYPE(LIGHTSEQ_WG_SS_32)
   } else {
-    if constexpr (kBf16) {
-      LIGHTSEQ_WG_SS_64("bf16");
-    } else {
-      LIGHTSEQ_WG_SS_64("f16");
-    }
+    LIGHTSEQ_WG_BY_TYPE(LIGHTSEQ_WG_SS_64)
   }
+#undef LIGHTSEQ_WG_SS_IN
 #undef LIGHTSEQ_WG_SS_32
 #undef LIGHTSEQ_WG_SS_64
-#undef LIGHTSEQ_WG_ASM_SS
 }
 
+#undef LIGHTSEQ_WG_ASM
+#undef LIGHTSEQ_WG_BY_TYPE
 #undef LIGHTSEQ_WG_D
 #undef LIGHTSEQ_WG_D4
 #undef LIGHTSEQ_WG_R16
