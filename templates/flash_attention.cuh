@@ -48,14 +48,15 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
   static_assert(kWarps == 4 || kWarps == 8, "kWarps: 4 or 8 warps of 16 query rows");
   constexpr int kM = 16 * kWarps, kN = kFlashBlockN;
   // sm_90a at head dims 64 and 128: both products by wgmma (a warpgroup per 64 query rows), the
-  // tiles swizzled (common/wgmma.cuh); else mma.sync with rows padded by 16 bytes (conflict-free
-  // ldmatrix).
-  constexpr bool kWg = flash::wgmma_tiles(kD);
-  constexpr int kStride = kWg ? kD : kD + 8;
-  __shared__ __align__(1024) T ks[kN * kStride];
-  __shared__ __align__(1024) T vs[kN * kStride];
+  // tiles swizzled (common/wgmma.cuh); else mma.sync.
+  using Tiles = flash::KvTiles<T, kD, kN>;
+  constexpr bool kWg = Tiles::kWg;
+  constexpr int kStride = Tiles::kStride;
+  __shared__ Tiles tiles;
+  T* ks = tiles.k;
+  T* vs = tiles.v;
   auto load_tile = [&](T* tile, const T* head, int64_t n0) {
-    flash::load_kv_async<T, kD, kN, kStride>(tile, head, ld_kv, n0, k_len);
+    Tiles::load(tile, head, ld_kv, n0, k_len);
   };
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
 
@@ -375,8 +376,15 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash::zero(dp);
     if constexpr (kWg) {  // the warpgroup's 64 keys: rows 64·(warp / 4) of the tiles
       const int at = wg::sw128_offset<kFlashBwdBlockN>(warp / 4 * 64, 0);  // panel 0, row 64·wg
-      flash::wg_abt_ss<T, kD, kM>(s, ks + at, block_n, qs);                // sᵀ[key][query]
-      flash::wg_abt_ss<T, kD, kM>(dp, vs + at, block_n, gs);  // (grad_out·vᵀ)ᵀ[key][query]
+      wg::pin(s);
+      wg::pin(dp);
+      wg::fence();
+      flash::wg_abt_ss_issue<T, kD, kM>(s, ks + at, block_n, qs);  // sᵀ[key][query]
+      flash::wg_abt_ss_issue<T, kD, kM>(dp, vs + at, block_n, gs);  // (grad_out·vᵀ)ᵀ[key][query]
+      wg::commit();
+      wg::wait<0>();
+      wg::pin(s);
+      wg::pin(dp);
     } else {
       if constexpr (kLean)
         flash::tile_fragments<T, kD, kStride>(kf, ks + warp * 16 * kStride, lane);
@@ -405,26 +413,43 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
                                    keep, &pd[n][e]);
       }
     }
-    if constexpr (kWg) {  // grad_v += P̃ᵀ·grad_out
-      flash::wg_pb<T, kD, kM>(dv, pd, gs);
+    if constexpr (kWg) {
+      // grad_v += P̃ᵀ·grad_out and grad_k += dSᵀ·q (scaled below) in flight together while the
+      // dSᵀ rows are stored; then one barrier frees every tile of the query side for the next.
+      uint32_t pa[kM / 16][4], sa[kM / 16][4];
+      flash::a_fragments<T, kM>(pa, pd);
+      flash::a_fragments<T, kM>(sa, s);
+      wg::pin(dv);
+      wg::pin(dk);
+      wg::fence();
+      flash::wg_pb_issue<T, kD, kM>(dv, pa, gs);
+      flash::wg_pb_issue<T, kD, kM>(dk, sa, qs);
+      wg::commit();
+      if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
+      wg::wait<0>();
+      wg::pin(dv);
+      wg::pin(dk);
+      __syncthreads();  // every warp is done with qs, gs, os, lse_s, dot_s; its dSᵀ rows stored
+      if (more) {
+        load_query_side(qs, qh, ld_q, m0 + kM);
+        load_rows(m0 + kM);
+        flash::cp_async_commit();
+      }
     } else {
-      flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);
-    }
-    if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
-    __syncthreads();  // every warp is done with gs, os, lse_s, dot_s (and has stored its dSᵀ rows)
-    if (more) {
-      load_rows(m0 + kM);
-      flash::cp_async_commit();
-    }
-    if constexpr (kWg) {  // grad_k += dSᵀ·q (scaled below)
-      flash::wg_pb<T, kD, kM>(dk, s, qs);
-    } else {
-      flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, lane);
-    }
-    __syncthreads();  // every warp is done with qs
-    if (more) {
-      load_query_side(qs, qh, ld_q, m0 + kM);
-      flash::cp_async_commit();
+      flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out
+      if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
+      __syncthreads();  // every warp is done with gs, os, lse_s, dot_s (and has stored its dSᵀ
+                        // rows)
+      if (more) {
+        load_rows(m0 + kM);
+        flash::cp_async_commit();
+      }
+      flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, lane);  // grad_k += dSᵀ·q (scaled below)
+      __syncthreads();                                     // every warp is done with qs
+      if (more) {
+        load_query_side(qs, qh, ld_q, m0 + kM);
+        flash::cp_async_commit();
+      }
     }
     // grad_q of the tile's rows (while the next tiles load; dSᵀ is rewritten only after the next
     // iteration's first barrier).
@@ -462,9 +487,16 @@ __global__ void __launch_bounds__(kFlashThreads)
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
   constexpr int kM = kFlashBlockM, kN = kFlashBlockN;
-  constexpr int kStride = kD + 8;
-  __shared__ __align__(16) T ks[kN * kStride];
-  __shared__ __align__(16) T vs[kN * kStride];
+  // sm_90a at head dims 64 and 128: the three products by wgmma on swizzled tiles, as the forward.
+  using Tiles = flash::KvTiles<T, kD, kN>;
+  constexpr bool kWg = Tiles::kWg;
+  constexpr int kStride = Tiles::kStride;
+  __shared__ Tiles tiles;
+  T* ks = tiles.k;
+  T* vs = tiles.v;
+  auto load_tile = [&](T* tile, const T* head, int64_t n0) {
+    Tiles::load(tile, head, ld_kv, n0, k_len);
+  };
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
   constexpr float kLog2e = 1.4426950408889634f;
   const float scale2 = scale * kLog2e;
@@ -498,22 +530,38 @@ __global__ void __launch_bounds__(kFlashThreads)
   // Key and value tiles by cp.async: the next value tile loads while dS and grad_q's product run;
   // the next key tile is requested as soon as the last reader of this one is done.
   if (n_end > 0) {
-    flash::load_tile_async<T, kD, kN, kStride>(ks, kh, ld_kv, 0, k_len);
-    flash::load_tile_async<T, kD, kN, kStride>(vs, vh, ld_kv, 0, k_len);
+    load_tile(ks, kh, 0);
+    load_tile(vs, vh, 0);
     flash::cp_async_commit();
   }
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
     flash::cp_async_wait<0>();
+    if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
     const bool more = n0 + kN < n_end;
     float s[kN / 8][4], dp[kN / 8][4];
     flash::zero(s);
     flash::zero(dp);
-    flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);   // s[query][key]
-    flash::mma_abt<T, kD, kN, kStride>(dp, gf, vs, lane);  // grad_out·vᵀ
-    __syncthreads();                                       // every warp is done with vs
+    if constexpr (kWg) {
+      wg::pin(s);
+      wg::pin(dp);
+      wg::fence();
+#pragma unroll
+      for (int k = 0; k < kD / 16; ++k) {  // s[query][key] and grad_out·vᵀ, in flight together
+        wg::mma_rs<T, kN, 0>(s, qf[k], wg::desc_k_major<kN>(ks, k));
+        wg::mma_rs<T, kN, 0>(dp, gf[k], wg::desc_k_major<kN>(vs, k));
+      }
+      wg::commit();
+      wg::wait<0>();
+      wg::pin(s);
+      wg::pin(dp);
+    } else {
+      flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);   // s[query][key]
+      flash::mma_abt<T, kD, kN, kStride>(dp, gf, vs, lane);  // grad_out·vᵀ
+    }
+    __syncthreads();  // every warp is done with vs
     if (more) {
-      flash::load_tile_async<T, kD, kN, kStride>(vs, vh, ld_kv, n0 + kN, k_len);
+      load_tile(vs, vh, n0 + kN);
       flash::cp_async_commit();
     }
     // Masks only where the tile needs them (the keys past k_len, padding, the causal diagonal).
@@ -532,10 +580,14 @@ __global__ void __launch_bounds__(kFlashThreads)
         s[n][e] = flash::recompute(on, s[n][e], scale2, lse2[r], dp[n][e], dot_r[r], keep, &unused);
       }
     }
-    flash::mma_pb<T, kD, kN, kStride>(dq, s, ks, lane);  // grad_q += dS·k (scaled below)
-    __syncthreads();                                     // every warp is done with ks
+    if constexpr (kWg) {  // grad_q += dS·k (scaled below)
+      flash::wg_pb<T, kD, kN>(dq, s, ks);
+    } else {
+      flash::mma_pb<T, kD, kN, kStride>(dq, s, ks, lane);
+    }
+    __syncthreads();  // every warp is done with ks
     if (more) {
-      flash::load_tile_async<T, kD, kN, kStride>(ks, kh, ld_kv, n0 + kN, k_len);
+      load_tile(ks, kh, n0 + kN);
       flash::cp_async_commit();
     }
   }

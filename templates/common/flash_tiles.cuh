@@ -261,6 +261,21 @@ __device__ __forceinline__ void load_kv_async(T* smem, const T* src, int64_t ld,
   }
 }
 
+// A key tile and a value tile of kN rows in static shared memory (the forward's and the grad_q
+// kernel's), in the layout their products read: swizzled for wgmma (kWg), else rows padded by 16
+// bytes (conflict-free ldmatrix); load() copies rows [n0, n0 + kN) of a head into one of them.
+template <typename T, int kD, int kN>
+struct KvTiles {
+  static constexpr bool kWg = wgmma_tiles(kD);
+  static constexpr int kStride = kWg ? kD : kD + 8;
+  alignas(1024) T k[kN * kStride];
+  alignas(1024) T v[kN * kStride];
+  __device__ __forceinline__ static void load(T* tile, const T* head, int64_t ld, int64_t n0,
+                                              int64_t rows) {
+    load_kv_async<T, kD, kN, kStride>(tile, head, ld, n0, rows);
+  }
+};
+
 // mma_abt's product on wgmma, every warp of the warpgroup together: c (64 x kCols: each warp's 16
 // rows, C layout) += A · Bᵀ, A the warps' fragments (kD deep), B the swizzled [kCols, kD] tile.
 template <typename T, int kD, int kCols>
@@ -276,21 +291,36 @@ __device__ __forceinline__ void wg_abt(float (&c)[kCols / 8][4], const uint32_t 
   wg::pin(c);
 }
 
-// The same with A from shared memory too: c (64 x kCols) += A · Bᵀ, A the warpgroup's 64 rows of
-// a swizzled [rows, kD] tile (`a` its first row; panels `rows` high), B the swizzled [kCols, kD]
+// The same with A from shared memory too, issued only (the caller fences before, commits and waits
+// after: several products in flight at once): c (64 x kCols) += A · Bᵀ, A the warpgroup's 64 rows
+// of a swizzled [rows, kD] tile (`a` its first row; panels `rows` high), B the swizzled [kCols, kD]
 // tile.
 template <typename T, int kD, int kCols>
-__device__ __forceinline__ void wg_abt_ss(float (&c)[kCols / 8][4], const T* a, int rows,
-                                          const T* tile) {
-  wg::pin(c);
-  wg::fence();
+__device__ __forceinline__ void wg_abt_ss_issue(float (&c)[kCols / 8][4], const T* a, int rows,
+                                                const T* tile) {
 #pragma unroll
   for (int k = 0; k < kD / 16; ++k) {
     wg::mma_ss<T, kCols, 0, 0>(c, wg::desc_k_major(a, k, rows), wg::desc_k_major<kCols>(tile, k));
   }
-  wg::commit();
-  wg::wait<0>();
-  wg::pin(c);
+}
+
+// C-layout values (kRows deep, the warps' rows) rounded to T as A fragments (mma_pb's rounding).
+template <typename T, int kRows>
+__device__ __forceinline__ void a_fragments(uint32_t (&a)[kRows / 16][4],
+                                            const float (&p)[kRows / 8][4]) {
+#pragma unroll
+  for (int c = 0; c < kRows / 16; ++c) a_fragment<T>(a[c], p, c);
+}
+
+// acc (64 x kD) += A · tile, A fragments (kRows deep), tile the swizzled [kRows, kD] one (MN-major
+// B); issued only, as wg_abt_ss_issue.
+template <typename T, int kD, int kRows>
+__device__ __forceinline__ void wg_pb_issue(float (&acc)[kD / 8][4],
+                                            const uint32_t (&a)[kRows / 16][4], const T* tile) {
+#pragma unroll
+  for (int c = 0; c < kRows / 16; ++c) {
+    wg::mma_rs<T, kD, 1>(acc, a[c], wg::desc_mn_major<kRows>(tile, c));
+  }
 }
 
 // mma_pb's product on wgmma: acc (64 x kD) += P · tile, P the warps' C-layout probabilities
@@ -299,14 +329,10 @@ template <typename T, int kD, int kRows>
 __device__ __forceinline__ void wg_pb(float (&acc)[kD / 8][4], const float (&p)[kRows / 8][4],
                                       const T* tile) {
   uint32_t a[kRows / 16][4];
-#pragma unroll
-  for (int c = 0; c < kRows / 16; ++c) a_fragment<T>(a[c], p, c);
+  a_fragments<T, kRows>(a, p);
   wg::pin(acc);
   wg::fence();
-#pragma unroll
-  for (int c = 0; c < kRows / 16; ++c) {
-    wg::mma_rs<T, kD, 1>(acc, a[c], wg::desc_mn_major<kRows>(tile, c));
-  }
+  wg_pb_issue<T, kD, kRows>(acc, a, tile);
   wg::commit();
   wg::wait<0>();
   wg::pin(acc);
