@@ -253,11 +253,11 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 // Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of flash_bwd_threads(k_len); dynamic smem
 //            flash_bwd_smem(kD, k_len, kBlocks): a query tile and its grad_out tile (kM =
 //            flash_bwd_block_m rows), the tile's lse and D (several key blocks) or out tile (one:
-//            D computed from it, each row once per block), all by cp.async, prefetched a tile
-//            ahead; with one key block also the keys and the tile's dSᵀ; with kBlocks = 2 the
-//            block's keys and values, whose fragments each tile reads by ldmatrix (kBlocks: the
-//            blocks per SM it is built for, flash_bwd_blocks; the results are the same bits
-//            either way).
+//            D computed from it, each row once per block), all by cp.async into a ring of
+//            kFlashBwdStages stages, a tile ahead; with one key block also the keys and the tile's
+//            dSᵀ; with kBlocks = 2 the block's keys and values, whose fragments each tile reads by
+//            ldmatrix (kBlocks: the blocks per SM it is built for, flash_bwd_blocks; the results
+//            are the same bits either way).
 template <typename T, int kD, Mask kMask, Drop kDrop, int kBlocks>
 __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
@@ -281,11 +281,18 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   const bool big = block_n == kFlashBwdBlockN;  // the 8-warp block
   extern __shared__ __align__(16) unsigned char flash_bwd_smem_bytes[];
   const FlashBwdSmem sm = flash_bwd_smem_layout(kD, k_len, kBlocks);
-  T* qs = reinterpret_cast<T*>(flash_bwd_smem_bytes);
-  T* gs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.gs);
-  float* lse_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.lse);
-  float* dot_s = reinterpret_cast<float*>(flash_bwd_smem_bytes + sm.dot);  // the tile's D
-  T* os = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.os);    // one key block: the out tile
+  // The query side's stage s (a ring of kFlashBwdStages): its query, grad_out and (one key
+  // block) out tiles, lse and D.
+  struct QuerySide {
+    T *qs, *gs, *os;
+    float *lse_s, *dot_s;
+  };
+  auto stage = [&](int s) {
+    unsigned char* b = flash_bwd_smem_bytes + s * sm.stage;
+    return QuerySide{reinterpret_cast<T*>(b), reinterpret_cast<T*>(b + sm.gs),
+                     reinterpret_cast<T*>(b + sm.os), reinterpret_cast<float*>(b + sm.lse),
+                     reinterpret_cast<float*>(b + sm.dot)};
+  };
   T* ks = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.ks);    // one key block or kLean: the keys
   T* vs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.vs);    // kLean: the values
   T* dst = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.dst);  // one key block: dSᵀ [key][query]
@@ -339,38 +346,42 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   };
   if (one || kLean || kWg) load_keys(ks, kh);
   if (kLean || kWg) load_keys(vs, vh);
-  // A query tile's rows, all by cp.async (zeros past q_len), each requested as soon as the last
-  // reader of the previous tile's copy is done: its grad_out rows, lse and D (with one key block
-  // its out rows instead, for D) while grad_k's product runs, its query rows during grad_q's. No
-  // global load waits inside the loop but the tiles'.
-  auto load_query_side = [&](T* tile, const T* head, int64_t ld, int64_t m) {
-    flash::load_kv_async<T, kD, kM, kTStride>(tile, head, ld, m, q_len);
-  };
+  // A query tile's rows into a stage, all by cp.async (zeros past q_len): its query and
+  // grad_out rows, lse and D (with one key block its out rows instead, for D). Tile i + 1 is
+  // requested when tile i starts (its stage's last readers, tile i - 1's, passed the barrier
+  // before tile i - 1's grad_q), so it arrives while tile i's products run. No global load waits
+  // inside the loop but the tiles'.
   if constexpr (kWg) {  // the swizzle's 1024-byte atoms (the layout aligns the offsets)
-    if ((flash::smem_addr(qs) & 1023u) != 0) __trap();
+    if ((flash::smem_addr(flash_bwd_smem_bytes) & 1023u) != 0) __trap();
   }
-  auto load_rows = [&](int64_t m) {
-    load_query_side(gs, gh, ld_o, m);
-    flash::load_floats_async<kM>(lse_s, lse + bh * q_len, m, q_len);
+  auto load_query_side = [&](const QuerySide& st, int64_t m) {
+    flash::load_kv_async<T, kD, kM, kTStride>(st.qs, qh, ld_q, m, q_len);
+    flash::load_kv_async<T, kD, kM, kTStride>(st.gs, gh, ld_o, m, q_len);
+    flash::load_floats_async<kM>(st.lse_s, lse + bh * q_len, m, q_len);
     if (one) {
-      load_query_side(os, oh, ld_o, m);
+      flash::load_kv_async<T, kD, kM, kTStride>(st.os, oh, ld_o, m, q_len);
     } else {
-      flash::load_floats_async<kM>(dot_s, dot + bh * q_len, m, q_len);
+      flash::load_floats_async<kM>(st.dot_s, dot + bh * q_len, m, q_len);
     }
   };
-  if (m_begin < q_len) {
-    load_query_side(qs, qh, ld_q, m_begin);
-    load_rows(m_begin);
-  }
+  if (m_begin < q_len) load_query_side(stage(0), m_begin);
   flash::cp_async_commit();
-  for (int64_t m0 = m_begin; m0 < q_len; m0 += kM) {
-    flash::cp_async_wait<0>();
+  int cur = 0;  // the stage of tile m0
+  for (int64_t m0 = m_begin; m0 < q_len; m0 += kM, cur = (cur + 1) % kFlashBwdStages) {
+    const bool more = m0 + kM < q_len;
+    if (more) {
+      load_query_side(stage((cur + 1) % kFlashBwdStages), m0 + kM);
+      flash::cp_async_commit();
+      flash::cp_async_wait<1>();  // tile m0's copies (the next tile's may still be in flight)
+    } else {
+      flash::cp_async_wait<0>();
+    }
     if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
+    const auto [qs, gs, os, lse_s, dot_s] = stage(cur);
     // With one key block, D of the tile's rows from its out and grad_out tiles, each row once
     // per block (read after the barrier below, the products between).
     if (one) flash::stage_dots<T, kD, kM, kTStride>(dot_s, os, gs);
-    const bool more = m0 + kM < q_len;
     float s[kM / 8][4], dp[kM / 8][4];
     flash::zero(s);
     flash::zero(dp);
@@ -429,28 +440,14 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
       wg::wait<0>();
       wg::pin(dv);
       wg::pin(dk);
-      __syncthreads();  // every warp is done with qs, gs, os, lse_s, dot_s; its dSᵀ rows stored
-      if (more) {
-        load_query_side(qs, qh, ld_q, m0 + kM);
-        load_rows(m0 + kM);
-        flash::cp_async_commit();
-      }
     } else {
       flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out
       if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
-      __syncthreads();  // every warp is done with gs, os, lse_s, dot_s (and has stored its dSᵀ
-                        // rows)
-      if (more) {
-        load_rows(m0 + kM);
-        flash::cp_async_commit();
-      }
       flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, lane);  // grad_k += dSᵀ·q (scaled below)
-      __syncthreads();                                     // every warp is done with qs
-      if (more) {
-        load_query_side(qs, qh, ld_q, m0 + kM);
-        flash::cp_async_commit();
-      }
     }
+    // Every warp is done with the stage (free for tile m0 + 2·kM from the next iteration on) and
+    // has stored its dSᵀ rows (one key block: read by grad_q below).
+    __syncthreads();
     // grad_q of the tile's rows (while the next tiles load; dSᵀ is rewritten only after the next
     // iteration's first barrier).
     T* gqh = one ? flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q) : nullptr;

@@ -88,29 +88,33 @@ LIGHTSEQ_HD constexpr int flash_bwd_other_blocks(int64_t d) {
 LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d, int blocks) {
   return d > kFlashLeanMaxD || blocks > 1 ? 32 : 64;
 }
-// Its dynamic shared memory, byte offsets (fp16/bf16 elements, rows padded by 8): a query tile
-// [m, d] at 0 and its grad_out tile (each rounded up to 1 KiB), with one key block its out tile
-// (for D), the tile's lse and D (fp32; flash_attn_bwd_dot_kernel's with several key blocks, staged
-// from the out tile with one); the block's keys [n, d] (at a 1 KiB boundary) and values [n, d]
-// (read by the sm_90a build, and by the mma.sync build with two blocks per SM; its keys also for
-// grad_q with one key block), and with one key block the tile's dSᵀ [n, m]. The kernel carves its
-// buffer by these; `bytes` is the launch's.
+// Its dynamic shared memory, byte offsets (fp16/bf16 elements, rows padded by 8): the query side
+// in kFlashBwdStages stages `stage` bytes apart (a ring: tile i in stage i % stages, the next
+// tile's copies in flight while this one's products run), each a query tile [m, d] at 0 and its
+// grad_out tile (each rounded up to 1 KiB), with one key block its out tile (for D), the tile's lse
+// and D (fp32; flash_attn_bwd_dot_kernel's with several key blocks, staged from the out tile with
+// one); then the block's keys [n, d] (at a 1 KiB boundary) and values [n, d] (read by the sm_90a
+// build, and by the mma.sync build with two blocks per SM; its keys also for grad_q with one key
+// block), and with one key block the tile's dSᵀ [n, m]. The kernel carves its buffer by these;
+// `bytes` is the launch's. Offsets gs..dot are within stage 0.
+inline constexpr int kFlashBwdStages = 2;
 struct FlashBwdSmem {
-  int gs, os, lse, dot, ks, vs, dst, bytes;
+  int gs, os, lse, dot, stage, ks, vs, dst, bytes;
 };
 LIGHTSEQ_HD constexpr FlashBwdSmem flash_bwd_smem_layout(int64_t d, int64_t k_len, int blocks) {
   const int m = flash_bwd_block_m(d, blocks), n = flash_bwd_block_n(k_len);
-  // the query-side tiles 1024 bytes apart (the sm_90a build's swizzle atoms; its tiles are unpadded
-  // and fit the padded rows' room)
+  // the tiles 1024 bytes apart (the sm_90a build's swizzle atoms; its tiles are unpadded and fit
+  // the padded rows' room)
   const int row = static_cast<int>(d + 8) * 2,
             tile = static_cast<int>(ceil_div(m * row, 1024)) * 1024;
-  const bool one = flash_bwd_one_block(k_len), lean = blocks > 1;
+  const bool one = flash_bwd_one_block(k_len);
   FlashBwdSmem l{};
   l.gs = tile;
   l.os = 2 * tile;
   l.lse = l.os + (one ? tile : 0);
   l.dot = l.lse + 4 * m;
-  l.ks = static_cast<int>(ceil_div(l.dot + 4 * m, 1024)) * 1024;
+  l.stage = static_cast<int>(ceil_div(l.dot + 4 * m, 1024)) * 1024;
+  l.ks = kFlashBwdStages * l.stage;
   l.vs = l.ks + n * row;
   l.dst = l.vs + n * row;
   l.bytes = l.dst + (one ? n * (m + 8) * 2 : 0);
