@@ -3,6 +3,7 @@
 // 'none') semantics; the caller reduces loss and folds the reduction into grad_scale).
 #pragma once
 
+#include "common/cp_async.cuh"
 #include "common/math.cuh"
 #include "common/reduce.cuh"
 #include "common/types.cuh"
@@ -20,8 +21,9 @@ namespace lightseq::kern {
 // Shapes:    logits, grad_logits [rows, kVocab]; targets [rows] int64; loss, nll [rows] fp32.
 //            All `=`. grad_logits may alias logits.
 // Grid/Block: ce_grid(rows) blocks of kThreads, one row each; the row stays in registers when
-//            ce_cached(kVocab, kThreads, kVec), else it is read twice (the second read mostly hits
-//            L2). Smem: 512 B static.
+//            ce_cached(kVocab, kThreads, kVec), else in ce_smem(...) bytes of dynamic shared
+//            memory (copied by cp.async) when that is not 0, else it is read twice (the second
+//            read mostly hits L2). Smem: 512 B static (+ the staged row).
 // Constants: kVocab % kVec == 0, kVec | 16 / sizeof(T), kThreads a power of two in [32, 1024].
 // Numerics:  fp32, softmax_exp (expf for fp32 logits, ex2.approx for 16-bit) / logf; sums in a
 //            fixed order (deterministic). With the row cached each exponential is computed once.
@@ -120,11 +122,25 @@ __global__ void __launch_bounds__(kThreads)
       if (v < kNvec) write_grad(v, ex[k], p_scale);
     }
   } else {
+    // The row staged in shared memory (all its copies in flight at once), or read from global
+    // memory twice.
+    const T* row = logits + base;
+    constexpr int kStaged = ce_smem(kVocab, kThreads, kVec, sizeof(T));
+    if constexpr (kStaged > 0) {
+      extern __shared__ __align__(16) unsigned char ce_row_bytes[];
+      T* staged = reinterpret_cast<T*>(ce_row_bytes);
+      for (int v = tid; v < kNvec; v += kThreads)
+        cp_async<kVec * sizeof(T)>(staged + v * kVec, row + v * kVec, true);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+      row = staged;
+    }
     // Per-thread online max/sum over the row, then the row max, then the rescaled sums.
     float tm = neg_inf(), ts = 0.f, sx = 0.f;
     for (int v = tid; v < kNvec; v += kThreads) {
       float x[kVec];
-      load_float<kVec>(logits + base + v * kVec, x);
+      load_float<kVec>(row + v * kVec, x);
       float vm = tm;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
@@ -144,7 +160,7 @@ __global__ void __launch_bounds__(kThreads)
     const float p_scale = scale / sums[0];
     for (int v = tid; v < kNvec; v += kThreads) {
       float x[kVec];
-      load_float<kVec>(logits + base + v * kVec, x);
+      load_float<kVec>(row + v * kVec, x);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) x[e] = softmax_exp<T>(x[e] - m);
       write_grad(v, x, p_scale);

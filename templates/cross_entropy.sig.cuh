@@ -12,18 +12,37 @@
 namespace lightseq::kern {
 
 // ---- cross_entropy.cuh -------------------------------------------------------------------------
-// One block of `threads` per row; the row is cached in registers when each thread keeps at most
-// kCeMaxElems values, else streamed (two passes; the second mostly hits L2).
+// One block of `threads` per row, the row read once from global memory and kept on chip when it
+// fits: in registers when each thread keeps at most kCeMaxElems values with at most
+// kCeMaxCachedThreads threads ("cached": one exponential an element), else in shared memory when
+// it takes at most kCeMaxStagedBytes ("staged", ce_smem: two exponentials an element, several
+// rows per SM so that one row's copies overlap another's arithmetic), else streamed from global
+// memory twice (the second read mostly hits L2). A 1024-thread block caching the row in
+// registers (58 registers a thread) left one row per SM in flight: vocab 32000 bf16 at ~65 % of
+// the H200's bandwidth (sixteenth session).
 inline constexpr int kCeMaxElems = 32;
+inline constexpr int kCeMaxCachedThreads = 256;
+inline constexpr int kCeThreads = 512;  // staged and streamed rows
+// 96 KiB: what one block may take on every sm_80+ GPU (99 KiB on sm_86/89), two blocks per SM on
+// an A100 and H100 at vocab 32000 bf16 (64 KiB), three on an H100.
+inline constexpr int64_t kCeMaxStagedBytes = 96 * 1024;
 LIGHTSEQ_HD constexpr bool ce_cached(int64_t vocab, int threads, int vec) {
-  return ceil_div(vocab / vec, threads) * vec <= kCeMaxElems;
+  return threads <= kCeMaxCachedThreads && ceil_div(vocab / vec, threads) * vec <= kCeMaxElems;
 }
-// A good kThreads for a vocabulary: the fewest threads (>= 128) that cache the row, else 512.
+// kThreads for a vocabulary: the fewest (>= 128) that cache the row, else kCeThreads.
 LIGHTSEQ_HD constexpr int ce_threads(int64_t vocab, int vec) {
-  for (int t = 128; t <= 1024; t *= 2) {
+  for (int t = 128; t <= kCeMaxCachedThreads; t *= 2) {
     if (ce_cached(vocab, t, vec)) return t;
   }
-  return 512;
+  return kCeThreads;
+}
+// The staged row's dynamic shared memory in bytes, 0 when the row is cached or streamed (copies of
+// vec elements: at least 4 bytes for cp.async).
+LIGHTSEQ_HD constexpr int ce_smem(int64_t vocab, int threads, int vec, int elem_bytes) {
+  return !ce_cached(vocab, threads, vec) && vec * elem_bytes >= 4 &&
+                 vocab * elem_bytes <= kCeMaxStagedBytes
+             ? static_cast<int>(vocab * elem_bytes)
+             : 0;
 }
 LIGHTSEQ_HD constexpr int ce_block(int threads) { return threads; }
 LIGHTSEQ_HD constexpr GridDim ce_grid(int64_t rows) { return grid_1d(rows); }
@@ -57,8 +76,10 @@ inline constexpr Param kP[] = {in("logits", CType::kConstTPtr),
                                scalar("label_smoothing", CType::kF32),
                                in("grad_scale", CType::kConstF32Ptr, Nullable::kYes)};
 inline Launch launch(const Values& v) {
-  return {ce_grid(v.i[index_of(kP, "rows")]),
-          ce_block(static_cast<int>(v.t[index_of(kT, "kThreads")])), 0};
+  const int threads = static_cast<int>(v.t[index_of(kT, "kThreads")]);
+  return {ce_grid(v.i[index_of(kP, "rows")]), ce_block(threads),
+          ce_smem(v.t[index_of(kT, "kVocab")], threads, static_cast<int>(v.t[index_of(kT, "kVec")]),
+                  static_cast<int>(v.t[0]))};
 }
 static_assert(index_of(kT, "kVocab") == 1, "vocab_vec reads kVocab at 1");
 inline constexpr const Kernel kKernel =

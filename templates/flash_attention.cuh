@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
   const int64_t n_end = flash::key_end<kMask>(m0, kM, q_len, k_len);
   if (n_end > 0) {
     load_tile(ks, kh, 0);
-    flash::cp_async_commit();
+    cp_async_commit();
   }
   // The warp's 16 query rows as A fragments, straight from global memory (while the first key
   // tile is in flight).
@@ -92,8 +92,8 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
     // The value tile (its buffer's readers finished with the previous tile's p·v).
     load_tile(vs, vh, n0);
-    flash::cp_async_commit();
-    flash::cp_async_wait<1>();  // the key tile (the value tile may still be in flight)
+    cp_async_commit();
+    cp_async_wait<1>();  // the key tile (the value tile may still be in flight)
     if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
 
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
     const bool more = n0 + kN < n_end;
     if (more) {
       load_tile(ks, kh, n0 + kN);
-      flash::cp_async_commit();
+      cp_async_commit();
     }
 
     // Mask (only where the tile needs it), scale (log2 units), the new running max of each row.
@@ -168,9 +168,9 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
       }
     }
     if (more) {
-      flash::cp_async_wait<1>();  // the value tile (the next key tile may still be in flight)
+      cp_async_wait<1>();  // the value tile (the next key tile may still be in flight)
     } else {
-      flash::cp_async_wait<0>();
+      cp_async_wait<0>();
     }
     if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
@@ -352,7 +352,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   // before tile i - 1's grad_q), so it arrives while tile i's products run. No global load waits
   // inside the loop but the tiles'.
   if constexpr (kWg) {  // the swizzle's 1024-byte atoms (the layout aligns the offsets)
-    if ((flash::smem_addr(flash_bwd_smem_bytes) & 1023u) != 0) __trap();
+    if ((smem_addr(flash_bwd_smem_bytes) & 1023u) != 0) __trap();
   }
   auto load_query_side = [&](const QuerySide& st, int64_t m) {
     flash::load_kv_async<T, kD, kM, kTStride>(st.qs, qh, ld_q, m, q_len);
@@ -365,16 +365,16 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     }
   };
   if (m_begin < q_len) load_query_side(stage(0), m_begin);
-  flash::cp_async_commit();
+  cp_async_commit();
   int cur = 0;  // the stage of tile m0
   for (int64_t m0 = m_begin; m0 < q_len; m0 += kM, cur = (cur + 1) % kFlashBwdStages) {
     const bool more = m0 + kM < q_len;
     if (more) {
       load_query_side(stage((cur + 1) % kFlashBwdStages), m0 + kM);
-      flash::cp_async_commit();
-      flash::cp_async_wait<1>();  // tile m0's copies (the next tile's may still be in flight)
+      cp_async_commit();
+      cp_async_wait<1>();  // tile m0's copies (the next tile's may still be in flight)
     } else {
-      flash::cp_async_wait<0>();
+      cp_async_wait<0>();
     }
     if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
@@ -459,7 +459,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
                                                      lane);
     }
   }
-  flash::cp_async_wait<0>();  // no copy left in flight (the key tile, when no query tile ran)
+  cp_async_wait<0>();  // no copy left in flight (the key tile, when no query tile ran)
   const float scales[2] = {scale, scale}, ones[2] = {1.f, 1.f};
   flash::store_rows<T, kD>(flash::head_of<kD>(grad_k, bh, heads, k_len, ld_kv), ld_kv, key, k_len,
                            dk, scales, t);
@@ -529,10 +529,10 @@ __global__ void __launch_bounds__(kFlashThreads)
   if (n_end > 0) {
     load_tile(ks, kh, 0);
     load_tile(vs, vh, 0);
-    flash::cp_async_commit();
+    cp_async_commit();
   }
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
-    flash::cp_async_wait<0>();
+    cp_async_wait<0>();
     if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
     const bool more = n0 + kN < n_end;
@@ -559,7 +559,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     __syncthreads();  // every warp is done with vs
     if (more) {
       load_tile(vs, vh, n0 + kN);
-      flash::cp_async_commit();
+      cp_async_commit();
     }
     // Masks only where the tile needs them (the keys past k_len, padding, the causal diagonal).
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
@@ -585,7 +585,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     __syncthreads();  // every warp is done with ks
     if (more) {
       load_tile(ks, kh, n0 + kN);
-      flash::cp_async_commit();
+      cp_async_commit();
     }
   }
   const float scales[2] = {scale, scale};

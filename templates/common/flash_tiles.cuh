@@ -5,6 +5,7 @@
 #pragma once
 
 #include "common/attn_dropout.cuh"
+#include "common/cp_async.cuh"
 #include "common/enums.cuh"
 #include "common/philox.cuh"
 #include "common/types.cuh"
@@ -56,11 +57,6 @@ __device__ __forceinline__ uint32_t pack_float(float lo, float hi) {
   return pack<T>(from_float<T>(lo), from_float<T>(hi));
 }
 
-// A shared-memory address as the 32-bit operand of ldmatrix / cp.async.
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // Four 8x8 matrices of 16-bit elements from shared memory: lane l gives the address of row l % 8
 // of matrix l / 8 (16 bytes); register m of lane 4g + t holds row g, elements 2t, 2t + 1 of
 // matrix m (with .trans: row 2t and 2t + 1, element g, i.e. the matrix transposed).
@@ -95,16 +91,8 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* src, int64_t l
     const int r = i / kVecsPerRow, c = (i % kVecsPerRow) * kVec;
     const bool in = row0 + r < rows;
     const T* from = in ? src + (row0 + r) * ld + c : src;  // any valid address: 0 bytes read
-    asm volatile(
-        "cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem + r * kStride + c)),
-        "l"(from), "r"(in ? 16 : 0));
+    cp_async<16>(smem + r * kStride + c, from, in);
   }
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-// Waits until at most kPending of this thread's most recent groups are in flight.
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
 // The dropout keep bits of a thread's entries of a [16 queries, kN keys] tile in the C layout
@@ -449,8 +437,7 @@ __device__ __forceinline__ void load_floats_async(float* smem, const float* src,
                                                   int64_t rows) {
   for (int i = threadIdx.x; i < kN; i += blockDim.x) {
     const bool in = row0 + i < rows;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem + i)),
-                 "l"(in ? src + row0 + i : src), "r"(in ? 4 : 0));
+    cp_async<4>(smem + i, in ? src + row0 + i : src, in);
   }
 }
 

@@ -13,6 +13,7 @@
 // B (and A from shared memory) by descriptor, in the 128-byte swizzled layout below.
 #pragma once
 
+#include "common/cp_async.cuh"
 #include "common/types.cuh"
 
 namespace lightseq::kern {
@@ -49,9 +50,7 @@ __device__ __forceinline__ void load_tile_sw128_async(T* smem, const T* src, int
     const int r = i / kChunks, c = (i % kChunks) * 8;
     const bool in = row0 + r < rows;
     const T* from = in ? src + (row0 + r) * ld + c : src;  // any valid address: 0 bytes read
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(static_cast<uint32_t>(
-                     __cvta_generic_to_shared(smem + sw128_offset<kRows>(r, c)))),
-                 "l"(from), "r"(in ? 16 : 0));
+    cp_async<16>(smem + sw128_offset<kRows>(r, c), from, in);
   }
 }
 
@@ -61,7 +60,7 @@ __device__ __forceinline__ void load_tile_sw128_async(T* smem, const T* src, int
 // MN-major operand wider than 64 elements, bytes between its 64-column panels (ignored for a
 // K-major one whose 16 K elements lie inside one 128-byte row).
 __device__ __forceinline__ uint64_t desc_sw128(const void* p, uint32_t leading, uint32_t stride) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  const uint32_t addr = smem_addr(p);
   return static_cast<uint64_t>((addr & 0x3ffff) >> 4) |
          (static_cast<uint64_t>((leading >> 4) & 0x3fff) << 16) |
          (static_cast<uint64_t>((stride >> 4) & 0x3fff) << 32) | (1ull << 62);
