@@ -1,8 +1,9 @@
 // gpu_kernels_cross_entropy_test.cpp — templates/cross_entropy.cuh on the GPU against the float64
-// reference: cross_entropy_kernel for fp32/fp16/bf16 × vocab 7, 30522, 32000, 50257 (vector widths
-// 1, 2, 4/8, 1) × rows 1…513 × label smoothing 0 / 0.1 × ignore_index -100 / 1 × grad_scale;
-// loss, nll, grad_logits (also aliasing logits); ignored rows exactly zero; out-of-range targets
-// set the flag and count as ignored.
+// reference: cross_entropy_kernel for fp32/fp16/bf16 × vocab 7, 8000, 30522, 32000, 50257 (vector
+// widths 1, 4/8, 2, 4/8, 1: the row cached in registers at 7 and 8000, staged in shared memory at
+// 30522 and 32000 in fp16/bf16, streamed otherwise) × rows 1…513 × label smoothing 0 / 0.1 ×
+// ignore_index -100 / 1 × grad_scale; loss, nll, grad_logits (also aliasing logits); ignored rows
+// exactly zero; out-of-range targets set the flag and count as ignored.
 #include <gtest/gtest.h>
 
 #include "tests/gpu_harness.h"
@@ -16,7 +17,7 @@ using ref::all_close;
 using ref::fp32_tolerance;
 using ref::tolerance_for;
 
-const int64_t kVocabs[] = {7, 30522, 32000, 50257};
+const int64_t kVocabs[] = {7, 8000, 30522, 32000, 50257};
 struct Case {
   int64_t rows;
   double smoothing;
@@ -55,7 +56,9 @@ class GpuCrossEntropy : public GpuKernelTest,
     CUdeviceptr scale = c.grad_scale == 1.0 ? 0 : scale_buf.ptr();
     const KernelInstance inst = codegen::cross_entropy(p, vocab);
     const int threads = std::stoi(inst.template_args.at(2));  // kThreads
+    const int vec = std::stoi(inst.template_args.at(3));      // kVec
     launch(inst, kern::ce_grid(rows), kern::ce_block(threads),
+           kern::ce_smem(vocab, threads, vec, static_cast<int>(element_bytes(p))),
            {&lg, &tg, &loss, &nll, &grad, &bad, &rows, &ignore, &eps, &scale});
     return o;
   }

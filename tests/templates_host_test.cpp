@@ -412,12 +412,22 @@ TEST(TemplatesLaunch, SoftmaxLayout) {
 }
 
 TEST(TemplatesLaunch, CrossEntropy) {
-  EXPECT_EQ(ce_threads(32000, 8), 1024);
-  EXPECT_TRUE(ce_cached(32000, 1024, 8));
-  EXPECT_FALSE(ce_cached(32000, 512, 8));
+  // cached in registers: at most kCeMaxCachedThreads threads of kCeMaxElems values
   EXPECT_EQ(ce_threads(1000, 8), 128);
-  EXPECT_EQ(ce_threads(256000, 8), 512);
-  EXPECT_FALSE(ce_cached(256000, 512, 8));
+  EXPECT_EQ(ce_threads(8000, 8), 256);
+  EXPECT_TRUE(ce_cached(8000, 256, 8));
+  EXPECT_EQ(ce_smem(8000, 256, 8, 2), 0);
+  // staged in shared memory up to 96 KiB a row
+  EXPECT_EQ(ce_threads(32000, 8), kCeThreads);
+  EXPECT_FALSE(ce_cached(32000, 1024, 8));
+  EXPECT_EQ(ce_smem(32000, kCeThreads, 8, 2), 64000);
+  EXPECT_EQ(ce_smem(30522, kCeThreads, 2, 2), 61044);
+  EXPECT_EQ(ce_smem(49152, kCeThreads, 8, 2), 96 * 1024);
+  // streamed: past 96 KiB, or copies narrower than cp.async's 4 bytes
+  EXPECT_EQ(ce_smem(32000, kCeThreads, 4, 4), 0);
+  EXPECT_EQ(ce_smem(50257, kCeThreads, 1, 2), 0);
+  EXPECT_EQ(ce_threads(256000, 8), kCeThreads);
+  EXPECT_EQ(ce_smem(256000, kCeThreads, 8, 2), 0);
   EXPECT_EQ(ce_grid(4096).x, 4096u);
   EXPECT_EQ(ce_block(512), 512);
 }
