@@ -220,7 +220,7 @@ int main(int argc, char** argv) {
             };
             auto fwd = [&] {
               run(ks.fwd, kern::flash_fwd_grid(bh, T, fwd_warps), kern::flash_fwd_block(fwd_warps),
-                  kern::flash_fwd_smem(d), fwd_args);
+                  0, fwd_args);
             };
             auto bwd = [&] {
               run(ks.dot, kern::flash_dot_grid(rows, T), kern::kElementwiseThreads, 0, dot_args);

@@ -29,9 +29,9 @@ namespace lightseq::kern {
 // Grid/Block: flash_fwd_grid(batch·heads, q_len, kWarps) blocks of flash_fwd_block(kWarps)
 //            threads (kWarps warps of 16 query rows, their query fragments in registers; the plans
 //            use kFlashFwdWarps = 4); key tiles of kFlashBlockN.
-//            Smem: dynamic, flash_fwd_smem(kD): two stages of a key tile and a value tile, loaded
-//            with cp.async a tile ahead (one barrier a tile); B fragments by ldmatrix (.trans for
-//            v), or wgmma's descriptors.
+//            Smem: static, 2·kFlashBlockN·(kD + 8) elements: a key tile and a value tile, loaded
+//            with cp.async so that the value tile arrives while q·kᵀ runs and the next key tile
+//            while the softmax and p·v run; B fragments by ldmatrix (.trans for v).
 // Constants: kD a multiple of 16 in [16, 128] (static_assert). Pointers 16-byte aligned, ld_q and
 //            ld_kv multiples of 8 elements (the planner checks: flash_ld_ok). Built for
 //            flash_fwd_min_blocks(kD, kWarps) blocks per SM (128 registers up to kFlashLeanMaxD).
@@ -48,21 +48,16 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
   static_assert(kWarps == 4 || kWarps == 8, "kWarps: 4 or 8 warps of 16 query rows");
   constexpr int kM = 16 * kWarps, kN = kFlashBlockN;
   // sm_90a at head dims 64 and 128: both products by wgmma (a warpgroup per 64 query rows), the
-  // tiles swizzled (common/wgmma.cuh); else mma.sync with rows padded by 16 bytes (conflict-free
-  // ldmatrix). Key and value tiles in kFlashFwdStages stages (flash_fwd_smem): tile i in stage
-  // i % 2, tile i + 1's copies in flight while tile i's products run.
-  constexpr bool kWg = flash::wgmma_tiles(kD);
-  constexpr int kStride = kWg ? kD : kD + 8;
-  static_assert(kFlashFwdStages == 2, "the loop alternates two stages");
-  extern __shared__ __align__(1024) unsigned char flash_fwd_smem_bytes[];
-  constexpr int kTileBytes = flash_fwd_tile_bytes(kD);
-  // The key tile of the stage `stage_bytes` into the buffer (its value tile follows it).
-  auto key_tile = [&](int stage_bytes) {
-    return reinterpret_cast<T*>(flash_fwd_smem_bytes + stage_bytes);
+  // tiles swizzled (common/wgmma.cuh); else mma.sync.
+  using Tiles = flash::KvTiles<T, kD, kN>;
+  constexpr bool kWg = Tiles::kWg;
+  constexpr int kStride = Tiles::kStride;
+  __shared__ Tiles tiles;
+  T* ks = tiles.k;
+  T* vs = tiles.v;
+  auto load_tile = [&](T* tile, const T* head, int64_t n0) {
+    Tiles::load(tile, head, ld_kv, n0, k_len);
   };
-  if constexpr (kWg) {  // the swizzle's 1024-byte atoms
-    if ((smem_addr(flash_fwd_smem_bytes) & 1023u) != 0) __trap();
-  }
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
 
   const int64_t bh = blockIdx.y;
@@ -76,13 +71,10 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
   const float scale2 = scale * kLog2e;
 
   const int64_t n_end = flash::key_end<kMask>(m0, kM, q_len, k_len);
-  auto load_tiles = [&](int stage_bytes, int64_t n0) {
-    T* tile = key_tile(stage_bytes);
-    flash::load_kv_async<T, kD, kN, kStride>(tile, kh, ld_kv, n0, k_len);
-    flash::load_kv_async<T, kD, kN, kStride>(tile + kTileBytes / sizeof(T), vh, ld_kv, n0, k_len);
+  if (n_end > 0) {
+    load_tile(ks, kh, 0);
     cp_async_commit();
-  };
-  if (n_end > 0) load_tiles(0, 0);
+  }
   // The warp's 16 query rows as A fragments, straight from global memory (while the first key
   // tile is in flight).
   uint32_t qf[kD / 16][4];
@@ -97,16 +89,13 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
   float acc[kD / 8][4];
   flash::zero(acc);
 
-  constexpr int kStageBytes = 2 * kTileBytes;
-  int cur = 0;  // the stage of tile n0, as its byte offset: 0 or kStageBytes
-  for (int64_t n0 = 0; n0 < n_end; n0 += kN, cur ^= kStageBytes) {
-    cp_async_wait<0>();  // this thread's copies of tile n0 (requested a tile earlier)
+  for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
+    // The value tile (its buffer's readers finished with the previous tile's p·v).
+    load_tile(vs, vh, n0);
+    cp_async_commit();
+    cp_async_wait<1>();  // the key tile (the value tile may still be in flight)
     if constexpr (kWg) wg::fence_async_smem();
-    // Every thread's copies of tile n0 have landed, and every warp is done with the other stage
-    // (tile n0 - kN's): tile n0 + kN goes there.
     __syncthreads();
-    const T* ks = key_tile(cur);
-    const T* vs = ks + kTileBytes / sizeof(T);
 
     // s = q·kᵀ for the warp's 16 rows and the tile's kN keys: kN / 8 fragments.
     float s[kN / 8][4];
@@ -116,8 +105,12 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
     } else {
       flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);
     }
-    if (n0 + kN < n_end)
-      load_tiles(cur ^ kStageBytes, n0 + kN);  // in flight through the softmax and p·v
+    __syncthreads();  // every warp is done with the key tile: fetch the next one
+    const bool more = n0 + kN < n_end;
+    if (more) {
+      load_tile(ks, kh, n0 + kN);
+      cp_async_commit();
+    }
 
     // Mask (only where the tile needs it), scale (log2 units), the new running max of each row.
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
@@ -174,11 +167,19 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
         s[n][2 * r + 1] = p1;
       }
     }
+    if (more) {
+      cp_async_wait<1>();  // the value tile (the next key tile may still be in flight)
+    } else {
+      cp_async_wait<0>();
+    }
+    if constexpr (kWg) wg::fence_async_smem();
+    __syncthreads();
     if constexpr (kWg) {
       flash::wg_pb<T, kD, kN>(acc, s, vs);  // acc += p · v
     } else {
       flash::mma_pb<T, kD, kN, kStride>(acc, s, vs, lane);
     }
+    __syncthreads();  // every warp is done with the value tile
   }
 
   // The denominators: the row's 4 threads' parts summed; out = acc / l, lse = ln(l) + max.

@@ -32,17 +32,6 @@ inline constexpr int64_t kFlashLeanMaxD = 64;
 LIGHTSEQ_HD constexpr int flash_fwd_min_blocks(int64_t d, int warps) {
   return d <= kFlashLeanMaxD ? 16 / warps : 0;
 }
-// The forward's dynamic shared memory: kFlashFwdStages stages of a key tile and a value tile of
-// kFlashBlockN rows, each tile at a 1 KiB boundary (rows padded by 8 elements: the sm_90a build's
-// unpadded swizzled tiles fit the room). 36 KiB at head dim 64, 68 KiB at 128 (three blocks per
-// SM on an H100).
-inline constexpr int kFlashFwdStages = 2;
-LIGHTSEQ_HD constexpr int flash_fwd_tile_bytes(int64_t d) {
-  return static_cast<int>(ceil_div(kFlashBlockN * (d + 8) * 2, 1024)) * 1024;
-}
-LIGHTSEQ_HD constexpr int flash_fwd_smem(int64_t d) {
-  return 2 * kFlashFwdStages * flash_fwd_tile_bytes(d);
-}
 // The most batch · heads the grids below take: CUDA's limit on gridDim.y.
 inline constexpr int64_t kFlashMaxBatchHeads = 65535;
 // The kernels read and write the token layout of the projections around them (q, k and v column
@@ -176,7 +165,7 @@ inline Launch launch(const Values& v) {
   const int warps = static_cast<int>(v.t[index_of(kT, "kWarps")]);
   return {flash_fwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
                          v.i[index_of(kP, "q_len")], warps),
-          flash_fwd_block(warps), flash_fwd_smem(v.t[index_of(kT, "kD")])};
+          flash_fwd_block(warps), 0};
 }
 }  // namespace flash_fwd
 // The forward and the two gradient kernels each take ~1 s of NVRTC per instance: each its own

@@ -249,9 +249,9 @@ __device__ __forceinline__ void load_kv_async(T* smem, const T* src, int64_t ld,
   }
 }
 
-// A key tile and a value tile of kN rows in static shared memory (the grad_q kernel's), in the
-// layout their products read: swizzled for wgmma (kWg), else rows padded by 16 bytes (conflict-free
-// ldmatrix); load() copies rows [n0, n0 + kN) of a head into one of them.
+// A key tile and a value tile of kN rows in static shared memory (the forward's and the grad_q
+// kernel's), in the layout their products read: swizzled for wgmma (kWg), else rows padded by 16
+// bytes (conflict-free ldmatrix); load() copies rows [n0, n0 + kN) of a head into one of them.
 template <typename T, int kD, int kN>
 struct KvTiles {
   static constexpr bool kWg = wgmma_tiles(kD);
