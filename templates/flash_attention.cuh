@@ -48,15 +48,14 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
   static_assert(kWarps == 4 || kWarps == 8, "kWarps: 4 or 8 warps of 16 query rows");
   constexpr int kM = 16 * kWarps, kN = kFlashBlockN;
   // sm_90a at head dims 64 and 128: both products by wgmma (a warpgroup per 64 query rows), the
-  // tiles swizzled (common/wgmma.cuh); else mma.sync.
-  using Tiles = flash::KvTiles<T, kD, kN>;
-  constexpr bool kWg = Tiles::kWg;
-  constexpr int kStride = Tiles::kStride;
-  __shared__ Tiles tiles;
-  T* ks = tiles.k;
-  T* vs = tiles.v;
+  // tiles swizzled (common/wgmma.cuh); else mma.sync with rows padded by 16 bytes (conflict-free
+  // ldmatrix).
+  constexpr bool kWg = flash::wgmma_tiles(kD);
+  constexpr int kStride = kWg ? kD : kD + 8;
+  __shared__ __align__(1024) T ks[kN * kStride];
+  __shared__ __align__(1024) T vs[kN * kStride];
   auto load_tile = [&](T* tile, const T* head, int64_t n0) {
-    Tiles::load(tile, head, ld_kv, n0, k_len);
+    flash::load_kv_async<T, kD, kN, kStride>(tile, head, ld_kv, n0, k_len);
   };
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
 
