@@ -249,9 +249,11 @@ __device__ __forceinline__ void load_kv_async(T* smem, const T* src, int64_t ld,
   }
 }
 
-// A key tile and a value tile of kN rows in static shared memory (the forward's and the grad_q
-// kernel's), in the layout their products read: swizzled for wgmma (kWg), else rows padded by 16
-// bytes (conflict-free ldmatrix); load() copies rows [n0, n0 + kN) of a head into one of them.
+// A key tile and a value tile of kN rows in static shared memory (the grad_q kernel's), in the
+// layout their products read: swizzled for wgmma (kWg), else rows padded by 16 bytes
+// (conflict-free ldmatrix); load() copies rows [n0, n0 + kN) of a head into one of them. The
+// forward declares the same two tiles as arrays: through this struct its sm_90a SASS changed
+// (register allocation and addressing), and that build is the one measured (sixteenth session).
 template <typename T, int kD, int kN>
 struct KvTiles {
   static constexpr bool kWg = wgmma_tiles(kD);
