@@ -23,8 +23,8 @@ namespace lightseq::kern {
 inline constexpr int kCeMaxElems = 32;
 inline constexpr int kCeMaxCachedThreads = 256;
 inline constexpr int kCeThreads = 512;  // staged and streamed rows
-// 96 KiB: what one block may take on every sm_80+ GPU (99 KiB on sm_86/89), two blocks per SM on
-// an A100 and H100 at vocab 32000 bf16 (64 KiB), three on an H100.
+// 96 KiB: what one block may take on every sm_80+ GPU (99 KiB on sm_86/89). At vocab 32000 bf16
+// (64 KB a row): two rows per SM on an A100 (164 KiB), three on an H100 or H200 (228 KiB).
 inline constexpr int64_t kCeMaxStagedBytes = 96 * 1024;
 LIGHTSEQ_HD constexpr bool ce_cached(int64_t vocab, int threads, int vec) {
   return threads <= kCeMaxCachedThreads && ceil_div(vocab / vec, threads) * vec <= kCeMaxElems;
