@@ -377,7 +377,9 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     }
     if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
-    const auto [qs, gs, os, lse_s, dot_s] = stage(cur);
+    const QuerySide side = stage(cur);  // named copies: a lambda cannot capture a binding
+    T *const qs = side.qs, *const gs = side.gs, *const os = side.os;
+    float *const lse_s = side.lse_s, *const dot_s = side.dot_s;
     // With one key block, D of the tile's rows from its out and grad_out tiles, each row once
     // per block (read after the barrier below, the products between).
     if (one) flash::stage_dots<T, kD, kM, kTStride>(dot_s, os, gs);
@@ -386,15 +388,12 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash::zero(dp);
     if constexpr (kWg) {  // the warpgroup's 64 keys: rows 64·(warp / 4) of the tiles
       const int at = wg::sw128_offset<kFlashBwdBlockN>(warp / 4 * 64, 0);  // panel 0, row 64·wg
-      wg::pin(s);
-      wg::pin(dp);
-      wg::fence();
-      flash::wg_abt_ss_issue<T, kD, kM>(s, ks + at, block_n, qs);  // sᵀ[key][query]
-      flash::wg_abt_ss_issue<T, kD, kM>(dp, vs + at, block_n, gs);  // (grad_out·vᵀ)ᵀ[key][query]
-      wg::commit();
-      wg::wait<0>();
-      wg::pin(s);
-      wg::pin(dp);
+      wg::in_flight(
+          [&] {
+            flash::wg_abt_ss_issue<T, kD, kM>(s, ks + at, block_n, qs);   // sᵀ[key][query]
+            flash::wg_abt_ss_issue<T, kD, kM>(dp, vs + at, block_n, gs);  // (grad_out·vᵀ)ᵀ
+          },
+          s, dp);
     } else {
       if constexpr (kLean)
         flash::tile_fragments<T, kD, kStride>(kf, ks + warp * 16 * kStride, lane);
@@ -429,16 +428,15 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
       uint32_t pa[kM / 16][4], sa[kM / 16][4];
       flash::a_fragments<T, kM>(pa, pd);
       flash::a_fragments<T, kM>(sa, s);
-      wg::pin(dv);
-      wg::pin(dk);
-      wg::fence();
-      flash::wg_pb_issue<T, kD, kM>(dv, pa, gs);
-      flash::wg_pb_issue<T, kD, kM>(dk, sa, qs);
-      wg::commit();
-      if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
-      wg::wait<0>();
-      wg::pin(dv);
-      wg::pin(dk);
+      wg::in_flight_with(
+          [&] {
+            flash::wg_pb_issue<T, kD, kM>(dv, pa, gs);
+            flash::wg_pb_issue<T, kD, kM>(dk, sa, qs);
+          },
+          [&] {
+            if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
+          },
+          dv, dk);
     } else {
       flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out
       if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
@@ -539,18 +537,15 @@ __global__ void __launch_bounds__(kFlashThreads)
     flash::zero(s);
     flash::zero(dp);
     if constexpr (kWg) {
-      wg::pin(s);
-      wg::pin(dp);
-      wg::fence();
+      wg::in_flight(
+          [&] {
 #pragma unroll
-      for (int k = 0; k < kD / 16; ++k) {  // s[query][key] and grad_out·vᵀ, in flight together
-        wg::mma_rs<T, kN, 0>(s, qf[k], wg::desc_k_major<kN>(ks, k));
-        wg::mma_rs<T, kN, 0>(dp, gf[k], wg::desc_k_major<kN>(vs, k));
-      }
-      wg::commit();
-      wg::wait<0>();
-      wg::pin(s);
-      wg::pin(dp);
+            for (int k = 0; k < kD / 16; ++k) {  // s[query][key] and grad_out·vᵀ together
+              wg::mma_rs<T, kN, 0>(s, qf[k], wg::desc_k_major<kN>(ks, k));
+              wg::mma_rs<T, kN, 0>(dp, gf[k], wg::desc_k_major<kN>(vs, k));
+            }
+          },
+          s, dp);
     } else {
       flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);   // s[query][key]
       flash::mma_abt<T, kD, kN, kStride>(dp, gf, vs, lane);  // grad_out·vᵀ

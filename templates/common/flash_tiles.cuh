@@ -271,18 +271,17 @@ struct KvTiles {
 template <typename T, int kD, int kCols>
 __device__ __forceinline__ void wg_abt(float (&c)[kCols / 8][4], const uint32_t (&a)[kD / 16][4],
                                        const T* tile) {
-  wg::pin(c);
-  wg::fence();
+  wg::in_flight(
+      [&] {
 #pragma unroll
-  for (int k = 0; k < kD / 16; ++k)
-    wg::mma_rs<T, kCols, 0>(c, a[k], wg::desc_k_major<kCols>(tile, k));
-  wg::commit();
-  wg::wait<0>();
-  wg::pin(c);
+        for (int k = 0; k < kD / 16; ++k)
+          wg::mma_rs<T, kCols, 0>(c, a[k], wg::desc_k_major<kCols>(tile, k));
+      },
+      c);
 }
 
-// The same with A from shared memory too, issued only (the caller fences before, commits and waits
-// after: several products in flight at once): c (64 x kCols) += A · Bᵀ, A the warpgroup's 64 rows
+// The same with A from shared memory too, issued only (inside the caller's wg::in_flight: several
+// products in flight at once): c (64 x kCols) += A · Bᵀ, A the warpgroup's 64 rows
 // of a swizzled [rows, kD] tile (`a` its first row; panels `rows` high), B the swizzled [kCols, kD]
 // tile.
 template <typename T, int kD, int kCols>
@@ -320,12 +319,7 @@ __device__ __forceinline__ void wg_pb(float (&acc)[kD / 8][4], const float (&p)[
                                       const T* tile) {
   uint32_t a[kRows / 16][4];
   a_fragments<T, kRows>(a, p);
-  wg::pin(acc);
-  wg::fence();
-  wg_pb_issue<T, kD, kRows>(acc, a, tile);
-  wg::commit();
-  wg::wait<0>();
-  wg::pin(acc);
+  wg::in_flight([&] { wg_pb_issue<T, kD, kRows>(acc, a, tile); }, acc);
 }
 
 // Whether query i may attend to key j (both in range).

@@ -111,6 +111,26 @@ __device__ __forceinline__ void pin(float (&d)[N][4]) {
   }
 }
 
+// The products `issue` emits, in flight together, under wgmma's register contract: the
+// accumulators pinned and the warpgroup fenced before, the group committed, `meanwhile` run while
+// it is in flight (work that touches none of them), then waited for and the accumulators pinned
+// again. in_flight: nothing meanwhile.
+template <typename Issue, typename Meanwhile, typename... Acc>
+__device__ __forceinline__ void in_flight_with(Issue&& issue, Meanwhile&& meanwhile, Acc&... acc) {
+  (pin(acc), ...);
+  fence();
+  issue();
+  commit();
+  meanwhile();
+  wait<0>();
+  (pin(acc), ...);
+}
+template <typename Issue, typename... Acc>
+__device__ __forceinline__ void in_flight(Issue&& issue, Acc&... acc) {
+  in_flight_with(
+      issue, [] {}, acc...);
+}
+
 // ---- the products ------------------------------------------------------------------------------
 #define LIGHTSEQ_WG_D(n) "+f"(d[n][0]), "+f"(d[n][1]), "+f"(d[n][2]), "+f"(d[n][3])
 #define LIGHTSEQ_WG_D4(n) \
