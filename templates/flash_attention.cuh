@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
 
     // Mask (only where the tile needs it), scale (log2 units), the new running max of each row.
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
-    flash::ColumnMask<kMask, kN> cm;
+    flash::ColumnMask<kMask, kN, false> cm;
     if (masked) cm.set(pad, n0, q_len, k_len, row, lane, t);
     float m_new[2] = {m_run[0], m_run[1]};
 #pragma unroll
@@ -560,7 +560,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     }
     // Masks only where the tile needs them (the keys past k_len, padding, the causal diagonal).
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
-    flash::ColumnMask<kMask, kN> cm;
+    flash::ColumnMask<kMask, kN, true> cm;
     if (masked) cm.set(pad, n0, q_len, k_len, row, lane, t);
     uint32_t kb[kN / 8][2];
     if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, flat, n0, k_len, t, kb);

@@ -339,13 +339,15 @@ __device__ __forceinline__ int clamp_int(int64_t v, int lo, int hi) {
 // The rule for a thread's entries of a tile whose rows are queries and whose columns are the keys
 // [n0, n0 + kN) (the forward's and the grad_q kernel's tiles; C layout: rows row[0], row[1],
 // columns 8n + 2t + h). The keys' part (past k_len, padding) is taken once a tile for the warp, a
-// key a lane, by ballot; the queries' part (past q_len, causal) as a limit per row; each entry is
-// then a test of constants: on(r, 8n + h).
-template <Mask kMask, int kN>
+// key a lane, by ballot; the queries' part (causal; past q_len when kRows) as a limit per row;
+// each entry is then a test of constants: on(r, 8n + h). kRows false (the forward): rows past
+// q_len are not masked (never stored), which keeps the non-causal mask to one 64-bit word.
+template <Mask kMask, int kN, bool kRows>
 struct ColumnMask {
   static_assert(kN % 32 == 0 && kN <= 64, "a bit per key of the tile");
+  static constexpr bool kLimits = kRows || has_causal(kMask);
   uint64_t off = 0;                // bit c: key n0 + 2t + c is past k_len or padding
-  int last[2] = {kN - 1, kN - 1};  // the last c row r sees: -1 (past q_len), or its causal limit
+  int last[2] = {kN - 1, kN - 1};  // kLimits: the last c row r sees (-1: none)
   // Every lane of the warp together (a ballot).
   __device__ __forceinline__ void set(const uint8_t* pad, int64_t n0, int64_t q_len, int64_t k_len,
                                       const int64_t (&row)[2], int lane, int t) {
@@ -358,16 +360,19 @@ struct ColumnMask {
       bits |= static_cast<uint64_t>(__ballot_sync(0xffffffffu, out)) << (32 * h);
     }
     off = bits >> (2 * t);
+    if constexpr (kLimits) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      last[r] = row[r] < q_len ? kN - 1 : -1;
-      if constexpr (has_causal(kMask)) {
-        if (row[r] < q_len) last[r] = clamp_int(row[r] + (k_len - q_len) - n0 - 2 * t, -1, kN - 1);
+      for (int r = 0; r < 2; ++r) {
+        last[r] = has_causal(kMask) ? clamp_int(row[r] + (k_len - q_len) - n0 - 2 * t, -1, kN - 1)
+                                    : kN - 1;
+        if (kRows && row[r] >= q_len) last[r] = -1;
       }
     }
   }
   __device__ __forceinline__ bool on(int r, int c) const {
-    return ((off >> c) & 1u) == 0 && c <= last[r];
+    const bool key_on = ((off >> c) & 1u) == 0;
+    if constexpr (kLimits) return key_on && c <= last[r];
+    return key_on;
   }
 };
 
