@@ -3,11 +3,14 @@
 // in the layout the planner runs them (the token layout: q, k, v column slices of one packed
 // [batch·T, 3·hidden] projection, out [batch·T, hidden], fp32 log-sum-exp). Shapes follow
 // FlashAttention's benchmark: batch·T = 16384 tokens, hidden 2048 (heads = 2048 / d), no mask
-// unless --causal. FLOPs: forward 4·B·H·T²·d (halved when causal), backward 2.5× the forward.
-// benchmarks/attention_peers.py times torch SDPA's flash and cuDNN backends on the same shapes.
+// unless --causal or --padding (the kernels built with the key-padding mask, as the models' plans
+// run them, every key kept: what evaluating the mask costs). FLOPs: forward 4·B·H·T²·d (halved when
+// causal), backward 2.5× the forward. benchmarks/attention_peers.py times torch SDPA's flash and
+// cuDNN backends on the same shapes.
 //
 // Usage: attention_bench [--dtype bf16|fp16] [--dims 64,128] [--seqs 512,...] [--causal]
-//                        [--iters N] [--fwd-warps 4|8] [--bwd-blocks 1|2]   (needs a GPU;
+//                        [--padding] [--iters N] [--fwd-warps 4|8] [--bwd-blocks 1|2]   (needs a
+//                        GPU;
 //                        --fwd-warps: the forward's warps per block, the plans' 4 or the
 //                        alternative 8; --bwd-blocks: the blocks per SM the grad_k/grad_v kernel
 //                        is built for, default the plans' flash_bwd_blocks(d), 2 only up to d 64)
@@ -59,8 +62,8 @@ struct Kernels {
   KernelInstance fwd, dot, dkdv, dq;
 };
 
-Kernels instances(Precision p, int64_t d, bool causal, bool drop, int fwd_warps, int bwd_blocks) {
-  const auto mask = tv("kMask", causal ? kern::Mask::kCausal : kern::Mask::kNone);
+Kernels instances(Precision p, int64_t d, kern::Mask m, bool drop, int fwd_warps, int bwd_blocks) {
+  const auto mask = tv("kMask", m);
   const auto dropout = tv("kDrop", drop ? kern::Drop::kOn : kern::Drop::kOff);
   return {instantiate(sig::kFlashFwd, p, {{"kD", d}, mask, dropout, {"kWarps", fwd_warps}}),
           instantiate(sig::kFlashDot, p, {{"kD", d}}),
@@ -94,7 +97,7 @@ int main(int argc, char** argv) {
     std::vector<int64_t> dims{64, 128}, seqs{128, 512, 1024, 2048, 4096, 8192};
     int fwd_warps = kern::kFlashFwdWarps;  // the forward's warps per block (the plans': 4)
     int bwd_blocks_arg = 0;                // 0: the plans' flash_bwd_blocks(d)
-    bool causal = false;
+    bool causal = false, padding = false;
     int iters = 20;
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -126,14 +129,17 @@ int main(int argc, char** argv) {
         }
       } else if (a == "--causal") {
         causal = true;
+      } else if (a == "--padding") {
+        padding = true;
       } else if (a == "--iters") {
         iters = std::max(1, std::atoi(next().c_str()));
       } else {
-        throw Error(fmt::format(
-            "unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
-            "[--dims 64,128] [--seqs 512,1024] [--causal] [--iters N] [--fwd-warps 4|8] "
-            "[--bwd-blocks 1|2] [--templates DIR]",
-            a));
+        throw Error(
+            fmt::format("unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
+                        "[--dims 64,128] [--seqs 512,1024] [--causal] [--padding] [--iters N] "
+                        "[--fwd-warps 4|8] "
+                        "[--bwd-blocks 1|2] [--templates DIR]",
+                        a));
       }
     }
     if (device_count() == 0) {
@@ -156,7 +162,8 @@ int main(int argc, char** argv) {
     std::vector<KernelInstance> all;
     for (int64_t d : dims) {
       for (bool drop : {false, true}) {
-        const Kernels k = instances(p, d, causal, drop, fwd_warps, bwd_blocks(d));
+        const Kernels k =
+            instances(p, d, kern::mask_of(padding, causal), drop, fwd_warps, bwd_blocks(d));
         all.insert(all.end(), {k.fwd, k.dot, k.dkdv, k.dq});
       }
     }
@@ -173,7 +180,9 @@ int main(int argc, char** argv) {
     fmt::print(
         "attention_bench on {}: {}, hidden 2048 (heads = 2048/d), batch·T = 16384{}, {} "
         "iterations, forward blocks of {} warps, grad_k/grad_v built for {} blocks per SM\n",
-        device_name(0), to_string(p), causal ? ", causal" : "", iters, fwd_warps,
+        device_name(0), to_string(p),
+        std::string(causal ? ", causal" : "") + (padding ? ", key-padding mask (none padded)" : ""),
+        iters, fwd_warps,
         bwd_blocks_arg ? std::to_string(bwd_blocks_arg) : std::string("the plans'"));
     fmt::print("{:>4} {:>6} {:>5} {:>6} {:>5} {:>10} {:>8} {:>12} {:>8}\n", "d", "T", "batch",
                "heads", "drop", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
@@ -188,19 +197,23 @@ int main(int argc, char** argv) {
           int64_t ld = 3 * hidden;
           DeviceBuffer qkv(allocator, 3 * n * elem, stream), o(allocator, n * elem, stream),
               go(allocator, n * elem, stream), gqkv(allocator, 3 * n * elem, stream),
-              lse(allocator, rows * 4, stream), dot(allocator, rows * 4, stream);
+              lse(allocator, rows * 4, stream), dot(allocator, rows * 4, stream),
+              key_padding(allocator, batch * T, stream);
+          LIGHTSEQ_CU_CHECK(
+              driver().cuMemsetD8Async(key_padding.device_ptr(), 0, batch * T, stream));
           // 0.125 in either dtype: a well-defined softmax (the timing does not depend on values).
           const unsigned eighth = p == Precision::kBf16 ? 0x3E003E00u : 0x30003000u;
           LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(qkv.device_ptr(), eighth, 3 * n / 2, stream));
           LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(go.device_ptr(), eighth, n / 2, stream));
           for (bool drop : {false, true}) {
-            const Kernels ks = instances(p, d, causal, drop, fwd_warps, bwd_blocks(d));
+            const Kernels ks =
+                instances(p, d, kern::mask_of(padding, causal), drop, fwd_warps, bwd_blocks(d));
             kern::DropoutArgs args = kern::make_dropout_args(1234, 0, drop ? 0.1 : 0.0);
             const CUdeviceptr slice = hidden * elem;  // bytes from q's columns to k's
-            CUdeviceptr qp = qkv.device_ptr(), kp = qp + slice, vp = qp + 2 * slice, pad = 0,
-                        op = o.device_ptr(), lp = lse.device_ptr(), gop = go.device_ptr(),
-                        dotp = dot.device_ptr(), gqp = gqkv.device_ptr(), gkp = gqp + slice,
-                        gvp = gqp + 2 * slice;
+            CUdeviceptr qp = qkv.device_ptr(), kp = qp + slice, vp = qp + 2 * slice,
+                        pad = padding ? key_padding.device_ptr() : 0, op = o.device_ptr(),
+                        lp = lse.device_ptr(), gop = go.device_ptr(), dotp = dot.device_ptr(),
+                        gqp = gqkv.device_ptr(), gkp = gqp + slice, gvp = gqp + 2 * slice;
             float scale = 1.0f / std::sqrt(static_cast<float>(d));
             int64_t n_rows = rows;
             void* fwd_args[] = {&qp,    &kp, &vp, &pad, &op, &lp,    &batch,
