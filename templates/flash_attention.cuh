@@ -113,19 +113,15 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
 
     // Mask (only where the tile needs it), scale (log2 units), the new running max of each row.
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
+    flash::ColumnMask<kMask, kN, false> cm;
+    if (masked) cm.set(pad, n0, q_len, k_len, row, lane, t);
     float m_new[2] = {m_run[0], m_run[1]};
 #pragma unroll
     for (int n = 0; n < kN / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2;
-        bool keep = true;
-        if (masked) {
-          const int64_t j = n0 + n * 8 + 2 * t + (e % 2);
-          keep = j < k_len;
-          if constexpr (has_padding(kMask)) keep = keep && pad[j < k_len ? j : 0] == 0;
-          if constexpr (has_causal(kMask)) keep = keep && j <= row[r] + (k_len - q_len);
-        }
+        const bool keep = !masked || cm.on(r, n * 8 + e % 2);
         s[n][e] = keep ? s[n][e] * scale2 : neg_inf();
         m_new[r] = fmaxf(m_new[r], s[n][e]);
       }
@@ -324,6 +320,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash::row_fragments<T, kD>(vf, vh, ld_kv, key0, k_len, g, t);
   }
   const int64_t key[2] = {key0 + g, key0 + g + 8};
+  flash::KeyRowMask<kMask> km(key, q_len, k_len, pad);  // the mask of its entries, per tile
   float dk[kD / 8][4], dv[kD / 8][4];
   flash::zero(dk);
   flash::zero(dv);
@@ -406,6 +403,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     // Masks only where the tile needs them (queries past q_len, keys past k_len, padding, the
     // causal diagonal).
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, block_n, q_len, k_len);
+    if (masked) km.tile<kM>(m0, q_len, t);
     uint32_t kb[kM / 8];
     if constexpr (kDrop == Drop::kOn) {
       flash::col_keep_bits<kM>(drop, static_cast<uint64_t>(bh * q_len), m0, key0, k_len, g, t, kb);
@@ -416,7 +414,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2, qi = n * 8 + 2 * t + (e % 2);
-        const bool on = !masked || flash::attends<kMask>(m0 + qi, key[r], q_len, k_len, pad);
+        const bool on = !masked || km.on(r, n * 8 + e % 2);
         const float keep = kDrop == Drop::kOn ? ((kb[n] >> e) & 1u ? drop.scale : 0.f) : 1.f;
         s[n][e] = flash::recompute(on, s[n][e], scale2, lse_s[qi] * kLog2e, dp[n][e], dot_s[qi],
                                    keep, &pd[n][e]);
@@ -557,6 +555,8 @@ __global__ void __launch_bounds__(kFlashThreads)
     }
     // Masks only where the tile needs them (the keys past k_len, padding, the causal diagonal).
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
+    flash::ColumnMask<kMask, kN, true> cm;
+    if (masked) cm.set(pad, n0, q_len, k_len, row, lane, t);
     uint32_t kb[kN / 8][2];
     if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, flat, n0, k_len, t, kb);
 #pragma unroll
@@ -564,8 +564,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2, h = e % 2;
-        const bool on =
-            !masked || flash::attends<kMask>(row[r], n0 + n * 8 + 2 * t + h, q_len, k_len, pad);
+        const bool on = !masked || cm.on(r, n * 8 + h);
         const float keep = kDrop == Drop::kOn ? ((kb[n][r] >> h) & 1u ? drop.scale : 0.f) : 1.f;
         float unused;
         s[n][e] = flash::recompute(on, s[n][e], scale2, lse2[r], dp[n][e], dot_r[r], keep, &unused);

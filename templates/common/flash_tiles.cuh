@@ -322,19 +322,82 @@ __device__ __forceinline__ void wg_pb(float (&acc)[kD / 8][4], const float (&p)[
   wg::in_flight([&] { wg_pb_issue<T, kD, kRows>(acc, a, tile); }, acc);
 }
 
-// Whether query i may attend to key j (both in range).
-template <Mask kMask>
-__device__ __forceinline__ bool attends(int64_t i, int64_t j, int64_t q_len, int64_t k_len,
-                                        const uint8_t* pad) {
-  if (i >= q_len || j >= k_len) return false;
-  if constexpr (has_padding(kMask)) {
-    if (pad[j] != 0) return false;
-  }
-  if constexpr (has_causal(kMask)) {
-    if (j > i + (k_len - q_len)) return false;
-  }
-  return true;
+// The masks' rule: query i attends key j when i < q_len, j < k_len, key j is not padding (kMask
+// has kPadding) and, causal, j <= i + (k_len - q_len) (the unfused softmax's). ColumnMask and
+// KeyRowMask evaluate it for a thread's entries of the two tile orientations.
+// A value clamped to [lo, hi] as an int (tile-relative offsets of 64-bit positions).
+__device__ __forceinline__ int clamp_int(int64_t v, int lo, int hi) {
+  return static_cast<int>(v < lo ? lo : (v > hi ? hi : v));
 }
+
+// The rule for a thread's entries of a tile whose rows are queries and whose columns are the keys
+// [n0, n0 + kN) (the forward's and the grad_q kernel's tiles; C layout: rows row[0], row[1],
+// columns 8n + 2t + h). The keys' part (past k_len, padding) is taken once a tile for the warp, a
+// key a lane, by ballot; the queries' part (causal; past q_len when kRows) as a limit per row;
+// each entry is then a test of constants: on(r, 8n + h). kRows false (the forward): rows past
+// q_len are not masked (never stored), which keeps the non-causal mask to one 64-bit word.
+template <Mask kMask, int kN, bool kRows>
+struct ColumnMask {
+  static_assert(kN % 32 == 0 && kN <= 64, "a bit per key of the tile");
+  static constexpr bool kLimits = kRows || has_causal(kMask);
+  uint64_t off = 0;                // bit c: key n0 + 2t + c is past k_len or padding
+  int last[2] = {kN - 1, kN - 1};  // kLimits: the last c row r sees (-1: none)
+  // Every lane of the warp together (a ballot).
+  __device__ __forceinline__ void set(const uint8_t* pad, int64_t n0, int64_t q_len, int64_t k_len,
+                                      const int64_t (&row)[2], int lane, int t) {
+    uint64_t bits = 0;
+#pragma unroll
+    for (int h = 0; h < kN / 32; ++h) {
+      const int64_t j = n0 + 32 * h + lane;
+      bool out = j >= k_len;
+      if constexpr (has_padding(kMask)) out = out || pad[j < k_len ? j : 0] != 0;
+      bits |= static_cast<uint64_t>(__ballot_sync(0xffffffffu, out)) << (32 * h);
+    }
+    off = bits >> (2 * t);
+    if constexpr (kLimits) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        last[r] = has_causal(kMask) ? clamp_int(row[r] + (k_len - q_len) - n0 - 2 * t, -1, kN - 1)
+                                    : kN - 1;
+        if (kRows && row[r] >= q_len) last[r] = -1;
+      }
+    }
+  }
+  __device__ __forceinline__ bool on(int r, int c) const {
+    const bool key_on = ((off >> c) & 1u) == 0;
+    if constexpr (kLimits) return key_on && c <= last[r];
+    return key_on;
+  }
+};
+
+// The rule for a thread's entries of the backward's transposed tiles (rows: its two keys, fixed
+// across the query loop; columns: the queries [m0, m0 + kM), 8n + 2t + h): the keys' part once per
+// kernel, the queries' part as a range of columns per tile (tile()); each entry is then a test
+// of constants: on(r, 8n + h).
+template <Mask kMask>
+struct KeyRowMask {
+  bool key_on[2];      // in range and not padding
+  int64_t first_q[2];  // causal: the first query that sees the key
+  int begin[2], end;   // a tile's columns c (less 2t) on for key r: [begin[r], end)
+  __device__ __forceinline__ KeyRowMask(const int64_t (&key)[2], int64_t q_len, int64_t k_len,
+                                        const uint8_t* pad) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      key_on[r] = key[r] < k_len;
+      if constexpr (has_padding(kMask)) key_on[r] = key_on[r] && pad[key[r]] == 0;
+      first_q[r] = has_causal(kMask) ? key[r] - (k_len - q_len) : 0;
+    }
+  }
+  template <int kM>
+  __device__ __forceinline__ void tile(int64_t m0, int64_t q_len, int t) {
+    end = clamp_int(q_len - m0 - 2 * t, 0, kM);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) begin[r] = clamp_int(first_q[r] - m0 - 2 * t, 0, kM);
+  }
+  __device__ __forceinline__ bool on(int r, int c) const {
+    return key_on[r] && c < end && c >= begin[r];
+  }
+};
 
 // One recomputed entry of the backward, query i and key j: the probability P = exp2(s·scale2 -
 // lse2) (0 where masked), its dropped value P̃ = P·keep, and dS = P ∘ (dP·keep - D), dP the entry
@@ -342,7 +405,7 @@ __device__ __forceinline__ bool attends(int64_t i, int64_t j, int64_t q_len, int
 // dropout). Returns dS; *dropped gets P̃.
 __device__ __forceinline__ float recompute(bool on, float s, float scale2, float lse2, float dp,
                                            float dot, float keep, float* dropped) {
-  const float p = on ? exp2f(s * scale2 - lse2) : 0.f;
+  const float p = exp2f(on ? s * scale2 - lse2 : neg_inf());  // exp2(-inf) = 0: no branch
   *dropped = p * keep;
   return on ? p * (dp * keep - dot) : 0.f;
 }
