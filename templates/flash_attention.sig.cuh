@@ -11,7 +11,12 @@
 namespace lightseq::kern {
 
 // ---- flash_attention.cuh -----------------------------------------------------------------------
+inline constexpr int kFlashBlockM = 64;  // query rows per block of grad_q: 4 warps of 16
 inline constexpr int kFlashBlockN = 64;  // keys per tile
+inline constexpr int kFlashThreads = 128;
+// The forward: kWarps warps of 16 query rows per block (a template parameter). The plans launch
+// kFlashFwdWarps; kFlashFwdWarpsAlt is the other geometry attention_bench can time (--fwd-warps),
+// whose results are the same bits (each query row is its warp's work alone).
 inline constexpr int kFlashFwdWarps = 4;
 inline constexpr int kFlashFwdWarpsAlt = 8;
 LIGHTSEQ_HD constexpr int flash_fwd_block(int warps = kFlashFwdWarps) { return 32 * warps; }
@@ -42,18 +47,14 @@ LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len,
                  static_cast<uint32_t>(batch_heads), 1};
 }
 
-// The backward: one kernel, grad_k/grad_v per block of keys, 16 per warp (x: key blocks, y: batch
-// · heads), looping over query tiles of flash_bwd_block_m(kD, kBlocks) rows, each block adding its
-// part of grad_q = scale·dS·k; before it, with several key blocks, D (Σ grad_out·out) one row per
-// thread. When one key block holds every key (flash_bwd_one_block: up to kFlashBwdBlockN keys),
-// its grad_q rows are whole and written directly, and it computes D itself: the D grid is then
-// empty (nothing launched), and the backward is one launch. With several key blocks the parts of a
-// query tile's grad_q are summed in fp32 in a fixed order of the key blocks (ascending; causal:
-// descending, the order in which they reach the tile), each block waiting for its turn on the
-// tile's counter: the same bits in every run (flash_attn_bwd_dkdv_kernel). Blocks of 8 warps only
-// where they make one block of more than 64 keys; 4 otherwise (measured on an H100 with the
-// ~255-register geometry: with several blocks, 8 warps were 8-10 % slower than 4 — one block per
-// SM instead of two).
+// The backward: grad_k/grad_v per block of keys, 16 per warp (x: key blocks, y: batch · heads),
+// looping over query tiles of flash_bwd_block_m(kD, kBlocks) rows; grad_q per query tile as the
+// forward; D (Σ grad_out·out) one row per thread. When one key block holds every key
+// (flash_bwd_one_block: up to kFlashBwdBlockN keys), the grad_k/grad_v kernel also writes grad_q
+// and computes D itself: the D and grad_q kernels' grids are then empty (nothing launched), and the
+// backward is one launch. Blocks of 8 warps only where they make one block of more than 64 keys; 4
+// otherwise (measured on an H100 with the ~255-register geometry: with several blocks, 8 warps
+// were 8-10 % slower than 4 — one block per SM instead of two).
 inline constexpr int kFlashBwdBlockN = 128;   // the most keys of one block (8 warps)
 inline constexpr int kFlashBwdThreads = 256;  // the most threads of one block
 LIGHTSEQ_HD constexpr bool flash_bwd_one_block(int64_t k_len) {
@@ -92,10 +93,10 @@ LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d, int blocks) {
 // tile's copies in flight while this one's products run), each a query tile [m, d] at 0 and its
 // grad_out tile (each rounded up to 1 KiB), with one key block its out tile (for D), the tile's lse
 // and D (fp32; flash_attn_bwd_dot_kernel's with several key blocks, staged from the out tile with
-// one); then the block's keys [n, d] (at a 1 KiB boundary; grad_q's product reads them) and values
-// [n, d] (read by the sm_90a build, and by the mma.sync build with two blocks per SM), and the
-// tile's dSᵀ [n, m] (grad_q's). The kernel carves its buffer by these; `bytes` is the launch's.
-// Offsets gs..dot are within stage 0.
+// one); then the block's keys [n, d] (at a 1 KiB boundary) and values [n, d] (read by the sm_90a
+// build, and by the mma.sync build with two blocks per SM; its keys also for grad_q with one key
+// block), and with one key block the tile's dSᵀ [n, m]. The kernel carves its buffer by these;
+// `bytes` is the launch's. Offsets gs..dot are within stage 0.
 inline constexpr int kFlashBwdStages = 2;
 struct FlashBwdSmem {
   int gs, os, lse, dot, stage, ks, vs, dst, bytes;
@@ -116,7 +117,7 @@ LIGHTSEQ_HD constexpr FlashBwdSmem flash_bwd_smem_layout(int64_t d, int64_t k_le
   l.ks = kFlashBwdStages * l.stage;
   l.vs = l.ks + n * row;
   l.dst = l.vs + n * row;
-  l.bytes = l.dst + n * (m + 8) * 2;
+  l.bytes = l.dst + (one ? n * (m + 8) * 2 : 0);
   return l;
 }
 LIGHTSEQ_HD constexpr int flash_bwd_smem(int64_t d, int64_t k_len, int blocks) {
@@ -126,22 +127,8 @@ LIGHTSEQ_HD constexpr GridDim flash_bwd_grid(int64_t batch_heads, int64_t k_len)
   return GridDim{static_cast<uint32_t>(ceil_div(k_len, flash_bwd_block_n(k_len))),
                  static_cast<uint32_t>(batch_heads), 1};
 }
-// The grad_q accumulation of several key blocks (flash_attn_bwd_dkdv_kernel's scratch): the query
-// tiles of a head, and the launch's sync words: word 0 the blocks' start tickets, then one turn
-// counter per (batch · head, query tile), zeroed before the launch. None with one key block.
-LIGHTSEQ_HD constexpr int64_t flash_bwd_q_tiles(int64_t d, int64_t q_len, int blocks) {
-  return ceil_div(q_len, flash_bwd_block_m(d, blocks));
-}
-LIGHTSEQ_HD constexpr int64_t flash_bwd_sync_words(int64_t batch_heads, int64_t d, int64_t q_len,
-                                                   int64_t k_len, int blocks) {
-  return flash_bwd_one_block(k_len) ? 0 : 1 + batch_heads * flash_bwd_q_tiles(d, q_len, blocks);
-}
-// grad_q's fp32 accumulator rows (kD columns each): every query tile of every head, whole.
-LIGHTSEQ_HD constexpr int64_t flash_bwd_acc_rows(int64_t batch_heads, int64_t d, int64_t q_len,
-                                                 int64_t k_len, int blocks) {
-  return flash_bwd_one_block(k_len)
-             ? 0
-             : batch_heads * flash_bwd_q_tiles(d, q_len, blocks) * flash_bwd_block_m(d, blocks);
+LIGHTSEQ_HD constexpr GridDim flash_dq_grid(int64_t batch_heads, int64_t q_len, int64_t k_len) {
+  return flash_bwd_one_block(k_len) ? GridDim{0, 1, 1} : flash_fwd_grid(batch_heads, q_len);
 }
 LIGHTSEQ_HD constexpr GridDim flash_dot_grid(int64_t rows, int64_t k_len) {
   return flash_bwd_one_block(k_len) ? GridDim{0, 1, 1}
@@ -155,8 +142,8 @@ LIGHTSEQ_HD constexpr GridDim flash_dot_grid(int64_t rows, int64_t k_len) {
 
 namespace lightseq::kern::sig {
 
-// The fused attention's template parameters; the forward adds its warps per block, the
-// backward its blocks per SM.
+// The template parameters of the D and grad_q kernels; the forward adds its warps per block, the
+// grad_k/grad_v kernel its blocks per SM.
 namespace flash_bwd {
 inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
                                 enum_param("kMask", "mask", kMaskInfo),
@@ -181,7 +168,7 @@ inline Launch launch(const Values& v) {
           flash_fwd_block(warps), 0};
 }
 }  // namespace flash_fwd
-// The forward and the backward each take ~1 s of NVRTC per instance: each its own
+// The forward and the two gradient kernels each take ~1 s of NVRTC per instance: each its own
 // program, so that a model's instances compile in parallel.
 inline constexpr Kernel kFlashFwd =
     make_kernel("flash_attention", "flash_attn_fwd_kernel", flash_fwd::kT, flash_fwd::kP,
@@ -201,57 +188,28 @@ inline Launch launch(const Values& v) {
 inline constexpr Kernel kFlashDot = make_kernel("flash_attention", "flash_attn_bwd_dot_kernel",
                                                 flash_dot::kT, flash_dot::kP, &flash_dot::launch);
 
-// grad_q: each key block's part summed in dq_acc in a fixed order (dq_sync its tickets and turns),
-// the tile's last part written as T; with one key block written directly and `out` read for D
-// (the scratch is then empty).
+// The two gradient kernels' parameters (grad_k and grad_v, or grad_q, in place of `grads`).
+#define LIGHTSEQ_FLASH_BWD_PARAMS(...)                                                          \
+  in("q", CType::kConstTPtr), in("k", CType::kConstTPtr), in("v", CType::kConstTPtr),           \
+      in("key_padding", CType::kConstU8Ptr, Nullable::kYes), in("grad_out", CType::kConstTPtr), \
+      in("lse", CType::kConstF32Ptr), in("dot", CType::kConstF32Ptr), __VA_ARGS__,              \
+      scalar("batch", CType::kI64), scalar("heads", CType::kI64), scalar("q_len", CType::kI64), \
+      scalar("k_len", CType::kI64), scalar("ld_q", CType::kI64), scalar("ld_kv", CType::kI64),  \
+      scalar("scale", CType::kF32), dropout("drop")
+
+// grad_q: written only when one key block holds every key (flash_bwd_one_block); `out` read then.
 namespace flash_dkdv {
-inline Extent dq_acc(const Values& v);
-inline Extent dq_sync(const Values& v);
 inline constexpr auto kTList = extend(flash_bwd::kT, int_param("kBlocks", "b"));
 inline constexpr const auto& kT = kTList.v;
 inline constexpr Param kP[] = {
-    in("q", CType::kConstTPtr),
-    in("k", CType::kConstTPtr),
-    in("v", CType::kConstTPtr),
-    in("key_padding", CType::kConstU8Ptr, Nullable::kYes),
-    in("grad_out", CType::kConstTPtr),
-    in("lse", CType::kConstF32Ptr),
-    in("dot", CType::kConstF32Ptr),
-    in("out", CType::kConstTPtr),
-    out("grad_q", CType::kTPtr),
-    out("grad_k", CType::kTPtr),
-    out("grad_v", CType::kTPtr),
-    scratch("dq_acc", CType::kF32Ptr, &dq_acc, Nullable::kYes),
-    scratch("dq_sync", CType::kI32Ptr, &dq_sync, Nullable::kYes, ScratchInit::kZero),
-    scalar("batch", CType::kI64),
-    scalar("heads", CType::kI64),
-    scalar("q_len", CType::kI64),
-    scalar("k_len", CType::kI64),
-    scalar("ld_q", CType::kI64),
-    scalar("ld_kv", CType::kI64),
-    scalar("scale", CType::kF32),
-    dropout("drop")};
-struct Sizes {
-  int64_t bh, d, q_len, k_len;
-  int blocks;
-};
-inline Sizes sizes(const Values& v) {
-  return {v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")], v.t[index_of(kT, "kD")],
-          v.i[index_of(kP, "q_len")], v.i[index_of(kP, "k_len")],
-          static_cast<int>(v.t[index_of(kT, "kBlocks")])};
-}
-inline Extent dq_acc(const Values& v) {
-  const Sizes z = sizes(v);
-  return {flash_bwd_acc_rows(z.bh, z.d, z.q_len, z.k_len, z.blocks), z.d};
-}
-inline Extent dq_sync(const Values& v) {
-  const Sizes z = sizes(v);
-  return {flash_bwd_sync_words(z.bh, z.d, z.q_len, z.k_len, z.blocks), 1};
-}
+    LIGHTSEQ_FLASH_BWD_PARAMS(in("out", CType::kConstTPtr), out("grad_q", CType::kTPtr),
+                              out("grad_k", CType::kTPtr), out("grad_v", CType::kTPtr))};
 inline Launch launch(const Values& v) {
-  const Sizes z = sizes(v);
-  return {flash_bwd_grid(z.bh, z.k_len), flash_bwd_threads(z.k_len),
-          flash_bwd_smem(z.d, z.k_len, z.blocks)};
+  const int64_t k_len = v.i[index_of(kP, "k_len")];
+  return {flash_bwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")], k_len),
+          flash_bwd_threads(k_len),
+          flash_bwd_smem(v.t[index_of(kT, "kD")], k_len,
+                         static_cast<int>(v.t[index_of(kT, "kBlocks")]))};
 }
 inline const char* reject(const Values& v) {
   return flash_bwd_blocks_ok(v.t[index_of(kT, "kD")],
@@ -264,8 +222,21 @@ inline constexpr Kernel kFlashDkDv =
     make_kernel("flash_attention", "flash_attn_bwd_dkdv_kernel", flash_dkdv::kT, flash_dkdv::kP,
                 &flash_dkdv::launch, Program::kOwn, &flash_dkdv::reject);
 
+namespace flash_dq {
+inline constexpr Param kP[] = {LIGHTSEQ_FLASH_BWD_PARAMS(out("grad_q", CType::kTPtr))};
+inline Launch launch(const Values& v) {
+  return {flash_dq_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
+                        v.i[index_of(kP, "q_len")], v.i[index_of(kP, "k_len")]),
+          kFlashThreads, 0};
+}
+}  // namespace flash_dq
+#undef LIGHTSEQ_FLASH_BWD_PARAMS
+inline constexpr Kernel kFlashDq =
+    make_kernel("flash_attention", "flash_attn_bwd_dq_kernel", flash_bwd::kT, flash_dq::kP,
+                &flash_dq::launch, Program::kOwn);
+
 namespace flash_attention {
-inline constexpr const Kernel* kKernels[] = {&kFlashFwd, &kFlashDot, &kFlashDkDv};
+inline constexpr const Kernel* kKernels[] = {&kFlashFwd, &kFlashDot, &kFlashDkDv, &kFlashDq};
 }
 
 }  // namespace lightseq::kern::sig

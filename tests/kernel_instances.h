@@ -112,6 +112,10 @@ struct Flash {
   TemplateValue mask() const { return tv("kMask", kern::mask_of(padding, causal)); }
   TemplateValue drop() const { return on_off<kern::Drop>("kDrop", dropout); }
 };
+// The D and grad_q kernels' template parameters (the forward's, without its warps per block).
+inline KernelInstance flash(const sig::Kernel& k, Precision p, const Flash& c) {
+  return instantiate(k, p, {{"kD", c.head_dim}, c.mask(), c.drop()});
+}
 // The forward with `warps` warps of 16 query rows per block (the plans': kFlashFwdWarps).
 inline KernelInstance flash_fwd(Precision p, const Flash& c, int warps = kern::kFlashFwdWarps) {
   return instantiate(sig::kFlashFwd, p,
@@ -125,6 +129,7 @@ inline KernelInstance flash_dkdv(Precision p, const Flash& c, int blocks) {
 inline KernelInstance flash_dkdv(Precision p, const Flash& c) {
   return flash_dkdv(p, c, kern::flash_bwd_blocks(c.head_dim));
 }
+inline KernelInstance flash_dq(Precision p, const Flash& c) { return flash(sig::kFlashDq, p, c); }
 inline KernelInstance flash_dot(Precision p, int64_t head_dim) {
   return instantiate(sig::kFlashDot, p, {{"kD", head_dim}});
 }

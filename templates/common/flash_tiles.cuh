@@ -249,6 +249,23 @@ __device__ __forceinline__ void load_kv_async(T* smem, const T* src, int64_t ld,
   }
 }
 
+// A key tile and a value tile of kN rows in static shared memory (the grad_q kernel's), in the
+// layout their products read: swizzled for wgmma (kWg), else rows padded by 16 bytes
+// (conflict-free ldmatrix); load() copies rows [n0, n0 + kN) of a head into one of them. The
+// forward declares the same two tiles as arrays: through this struct its sm_90a SASS changed
+// (register allocation and addressing), and that build is the one measured (sixteenth session).
+template <typename T, int kD, int kN>
+struct KvTiles {
+  static constexpr bool kWg = wgmma_tiles(kD);
+  static constexpr int kStride = kWg ? kD : kD + 8;
+  alignas(1024) T k[kN * kStride];
+  alignas(1024) T v[kN * kStride];
+  __device__ __forceinline__ static void load(T* tile, const T* head, int64_t ld, int64_t n0,
+                                              int64_t rows) {
+    load_kv_async<T, kD, kN, kStride>(tile, head, ld, n0, rows);
+  }
+};
+
 // mma_abt's product on wgmma, every warp of the warpgroup together: c (64 x kCols: each warp's 16
 // rows, C layout) += A · Bᵀ, A the warps' fragments (kD deep), B the swizzled [kCols, kD] tile.
 template <typename T, int kD, int kCols>
@@ -497,21 +514,21 @@ __device__ __forceinline__ void store_rows_t(T* dst, const float (&c)[kCols / 8]
   }
 }
 
-// dS · k of a query tile over kN keys, in pieces: dS from dSᵀ [kN keys, kM queries] in shared
-// memory (A fragments by ldmatrix.trans), k from the [kN, kD] key tile (B fragments by
-// ldmatrix.trans; rows kStride apart, or swizzled: tile_offset). Warp w takes the 16 rows
-// w % (kM / 16) and the pairs of 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...; each
-// pair's [16, 16] product goes to piece(r0, c0, acc): rows r0 + g + 8·rr, columns c0 + 8·h + 2t,
-// + 1 of the tile in acc[h][2·rr], acc[h][2·rr + 1].
-template <typename T, int kD, int kM, int kN, int kWarps, int kStride, typename Piece>
-__device__ __forceinline__ void grad_q_products(const T* dst, const T* ks, int warp, int lane,
-                                                Piece&& piece) {
+// grad_q rows [m0, m0 + kM) of a head (those below `rows`, `ld` apart) = scale · dS · k over kN
+// keys: dS from dSᵀ [kN keys, kM queries] in shared memory (A fragments by ldmatrix.trans), k from
+// the [kN, kD] key tile (B fragments by ldmatrix.trans; rows kStride apart, or swizzled:
+// tile_offset). Warp w takes the 16 rows w % (kM / 16) and
+// the pairs of 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...
+template <typename T, int kD, int kM, int kN, int kWarps, int kStride>
+__device__ __forceinline__ void grad_q_tile(T* grad_q, int64_t ld, const T* dst, const T* ks,
+                                            int64_t m0, int64_t rows, float scale, int warp,
+                                            int lane) {
   constexpr int kRowBlocks = kM / 16, kGroups = kWarps / kRowBlocks, kPairs = kD / 16;
   constexpr int kMine = (kPairs + kGroups - 1) / kGroups;
   constexpr int kSStride = kM + 8;
   static_assert(kWarps % kRowBlocks == 0, "whole row blocks per warp group");
   const int rb = warp % kRowBlocks, grp = warp / kRowBlocks;
-  const int m = lane / 8, r = lane % 8;
+  const int m = lane / 8, r = lane % 8, g = lane / 4, t = lane % 4;
   uint32_t a[kN / 16][4];  // dS rows rb·16.., keys 16c..16c+15
 #pragma unroll
   for (int c = 0; c < kN / 16; ++c) {
@@ -531,118 +548,17 @@ __device__ __forceinline__ void grad_q_products(const T* dst, const T* ks, int w
       mma_16816<T>(acc[0], a[c], b0);
       mma_16816<T>(acc[1], a[c], b1);
     }
-    piece(rb * 16, pair * 16, acc);
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int64_t row = m0 + rb * 16 + g + 8 * rr;
+      if (row >= rows) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        *reinterpret_cast<uint32_t*>(grad_q + row * ld + (2 * pair + h) * 8 + 2 * t) =
+            pack_float<T>(acc[h][2 * rr] * scale, acc[h][2 * rr + 1] * scale);
+      }
+    }
   }
-}
-
-// grad_q rows [m0, m0 + kM) of a head (those below `rows`, `ld` apart) = scale · dS · k, whole
-// (one key block holds every key).
-template <typename T, int kD, int kM, int kN, int kWarps, int kStride>
-__device__ __forceinline__ void grad_q_tile(T* grad_q, int64_t ld, const T* dst, const T* ks,
-                                            int64_t m0, int64_t rows, float scale, int warp,
-                                            int lane) {
-  const int g = lane / 4, t = lane % 4;
-  grad_q_products<T, kD, kM, kN, kWarps, kStride>(
-      dst, ks, warp, lane, [&](int r0, int c0, const float(&acc)[2][4]) {
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          const int64_t row = m0 + r0 + g + 8 * rr;
-          if (row >= rows) continue;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            *reinterpret_cast<uint32_t*>(grad_q + row * ld + c0 + h * 8 + 2 * t) =
-                pack_float<T>(acc[h][2 * rr] * scale, acc[h][2 * rr + 1] * scale);
-          }
-        }
-      });
-}
-
-// ---- grad_q over several key blocks ----------------------------------------------------------
-// Each key block's dS · k of a query tile is one part of that tile's grad_q. The parts are summed
-// in fp32 in a fixed order per tile, so that grad_q is the same bits in every run: the part of
-// rank 0 is stored into the tile's accumulator, those of ranks 1 .. n - 2 added to it (red.add,
-// fp32), and the last (rank n - 1) read back, added, scaled and written as T into grad_q. A part
-// waits for its turn on the tile's counter (zeroed before the launch): the block of rank r waits
-// until it reads r (thread 0, then a barrier), adds its part, and after the next barrier thread 0
-// writes r + 1 (a fence first: every thread's part is then visible before the turn passes). Blocks
-// take their place in the grid from a ticket drawn at their start (dq_sync word 0), so a block
-// only ever waits for blocks that started before it: no wait can outlast a block that is not
-// running.
-__device__ __forceinline__ int ld_relaxed_gpu(const int* p) {
-  int v;
-  asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_relaxed_gpu(int* p, int v) {
-  asm volatile("st.relaxed.gpu.global.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-__device__ __forceinline__ void fence_acq_rel_gpu() {
-  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-}
-__device__ __forceinline__ void red_add(float* p, float v) {
-  asm volatile("red.relaxed.gpu.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");
-}
-
-// A block's place in one query tile's sum.
-struct GradQTurn {
-  int* turn;  // the tile's counter
-  int rank;   // this block's part: the rank-th added
-  bool last;  // the tile's last part: it writes grad_q
-};
-
-// Thread 0: waits until the tile's counter says `rank` (`seen`: an earlier read of it), then
-// orders what the parts before wrote before this block's reads and writes (the caller's barrier
-// passes that on to the block).
-__device__ __forceinline__ void wait_turn(const GradQTurn& q, int seen) {
-  while (seen != q.rank) {
-    __nanosleep(32);
-    seen = ld_relaxed_gpu(q.turn);
-  }
-  fence_acq_rel_gpu();
-}
-// Thread 0, after a barrier that follows every thread's part: passes the turn on.
-__device__ __forceinline__ void pass_turn(const GradQTurn& q) {
-  fence_acq_rel_gpu();
-  st_relaxed_gpu(q.turn, q.rank + 1);
-}
-
-// This block's part of grad_q rows [m0, m0 + kM) (grad_q_products' pieces) into the tile's
-// accumulator acc [kM, kD] (fp32, contiguous), or with the last part into grad_q (rows below
-// `rows`, `ld` apart, times scale, rounded to T).
-template <typename T, int kD, int kM, int kN, int kWarps, int kStride>
-__device__ __forceinline__ void grad_q_part(const GradQTurn& q, float* acc, T* grad_q, int64_t ld,
-                                            const T* dst, const T* ks, int64_t m0, int64_t rows,
-                                            float scale, int warp, int lane) {
-  const int g = lane / 4, t = lane % 4;
-  grad_q_products<T, kD, kM, kN, kWarps, kStride>(
-      dst, ks, warp, lane, [&](int r0, int c0, const float(&part)[2][4]) {
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          const int r = r0 + g + 8 * rr;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int c = c0 + h * 8 + 2 * t;
-            float* a = acc + r * kD + c;
-            float v0 = part[h][2 * rr], v1 = part[h][2 * rr + 1];
-            if (q.last) {
-              if (q.rank > 0) {
-                const float2 sum = __ldcg(reinterpret_cast<const float2*>(a));
-                v0 = sum.x + v0;
-                v1 = sum.y + v1;
-              }
-              if (m0 + r < rows) {
-                *reinterpret_cast<uint32_t*>(grad_q + (m0 + r) * ld + c) =
-                    pack_float<T>(v0 * scale, v1 * scale);
-              }
-            } else if (q.rank == 0) {
-              __stcg(reinterpret_cast<float2*>(a), make_float2(v0, v1));
-            } else {
-              red_add(a, v0);
-              red_add(a + 1, v1);
-            }
-          }
-        }
-      });
 }
 
 }  // namespace flash
