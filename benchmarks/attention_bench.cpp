@@ -9,8 +9,8 @@
 // cuDNN backends on the same shapes.
 //
 // Usage: attention_bench [--dtype bf16|fp16] [--dims 64,128] [--seqs 512,...] [--causal]
-//                        [--padding] [--iters N] [--fwd-warps 4|8] [--bwd-blocks 1|2]   (needs a
-//                        GPU;
+//                        [--padding] [--iters N] [--fwd-warps 4|8] [--bwd-blocks 1|2]
+//                        (needs a GPU;
 //                        --fwd-warps: the forward's warps per block, the plans' 4 or the
 //                        alternative 8; --bwd-blocks: the blocks per SM the grad_k/grad_v kernel
 //                        is built for, default the plans' flash_bwd_blocks(d), 2 only up to d 64)
@@ -137,8 +137,7 @@ int main(int argc, char** argv) {
         throw Error(
             fmt::format("unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
                         "[--dims 64,128] [--seqs 512,1024] [--causal] [--padding] [--iters N] "
-                        "[--fwd-warps 4|8] "
-                        "[--bwd-blocks 1|2] [--templates DIR]",
+                        "[--fwd-warps 4|8] [--bwd-blocks 1|2] [--templates DIR]",
                         a));
       }
     }
