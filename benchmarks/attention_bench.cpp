@@ -59,7 +59,7 @@ std::vector<int64_t> parse_list(const std::string& s) {
 }
 
 struct Kernels {
-  KernelInstance fwd, dot, dkdv;
+  KernelInstance fwd, dot, dkdv, dq;
 };
 
 Kernels instances(Precision p, int64_t d, kern::Mask m, bool drop, int fwd_warps, int bwd_blocks) {
@@ -67,7 +67,8 @@ Kernels instances(Precision p, int64_t d, kern::Mask m, bool drop, int fwd_warps
   const auto dropout = tv("kDrop", drop ? kern::Drop::kOn : kern::Drop::kOff);
   return {instantiate(sig::kFlashFwd, p, {{"kD", d}, mask, dropout, {"kWarps", fwd_warps}}),
           instantiate(sig::kFlashDot, p, {{"kD", d}}),
-          instantiate(sig::kFlashDkDv, p, {{"kD", d}, mask, dropout, {"kBlocks", bwd_blocks}})};
+          instantiate(sig::kFlashDkDv, p, {{"kD", d}, mask, dropout, {"kBlocks", bwd_blocks}}),
+          instantiate(sig::kFlashDq, p, {{"kD", d}, mask, dropout})};
 }
 
 // Milliseconds per call of `issue` (events around `iters` calls, after 3 warm-up calls).
@@ -162,7 +163,7 @@ int main(int argc, char** argv) {
       for (bool drop : {false, true}) {
         const Kernels k =
             instances(p, d, kern::mask_of(padding, causal), drop, fwd_warps, bwd_blocks(d));
-        all.insert(all.end(), {k.fwd, k.dot, k.dkdv});
+        all.insert(all.end(), {k.fwd, k.dot, k.dkdv, k.dq});
       }
     }
     std::vector<KernelModule> modules;
@@ -197,13 +198,6 @@ int main(int argc, char** argv) {
               go(allocator, n * elem, stream), gqkv(allocator, 3 * n * elem, stream),
               lse(allocator, rows * 4, stream), dot(allocator, rows * 4, stream),
               key_padding(allocator, batch * T, stream);
-          // grad_q's parts over several key blocks (flash_dq_turn): the sig's extents, the turn
-          // counters zeroed before each backward as the runtime zeroes them (ScratchInit::kZero).
-          const size_t sync_bytes =
-              4 * kern::flash_dq_sync_words(bh, T, T, kern::flash_bwd_block_m(d, bwd_blocks(d)));
-          DeviceBuffer dq_acc(
-              allocator, std::max<size_t>(4, 4 * d * kern::flash_dq_acc_rows(bh, T, T)), stream),
-              dq_sync(allocator, std::max<size_t>(4, sync_bytes), stream);
           LIGHTSEQ_CU_CHECK(
               driver().cuMemsetD8Async(key_padding.device_ptr(), 0, batch * T, stream));
           // 0.125 in either dtype: a well-defined softmax (the timing does not depend on values).
@@ -218,18 +212,18 @@ int main(int argc, char** argv) {
             CUdeviceptr qp = qkv.device_ptr(), kp = qp + slice, vp = qp + 2 * slice,
                         pad = padding ? key_padding.device_ptr() : 0, op = o.device_ptr(),
                         lp = lse.device_ptr(), gop = go.device_ptr(), dotp = dot.device_ptr(),
-                        gqp = gqkv.device_ptr(), gkp = gqp + slice, gvp = gqp + 2 * slice,
-                        accp = dq_acc.device_ptr(), syncp = dq_sync.device_ptr();
+                        gqp = gqkv.device_ptr(), gkp = gqp + slice, gvp = gqp + 2 * slice;
             float scale = 1.0f / std::sqrt(static_cast<float>(d));
             int64_t n_rows = rows;
             void* fwd_args[] = {&qp,    &kp, &vp, &pad, &op, &lp,    &batch,
                                 &heads, &T,  &T,  &ld,  &ld, &scale, &args};
             void* dot_args[] = {&op, &gop, &dotp, &n_rows, &heads, &T, &T};
-            void* dkdv_args[] = {&qp,    &kp,  &vp,  &pad, &gop,  &lp,    &dotp,
-                                 &op,    &gqp, &gkp, &gvp, &accp, &syncp, &batch,
-                                 &heads, &T,   &T,   &ld,  &ld,   &scale, &args};
+            void* dkdv_args[] = {&qp,  &kp,    &vp,    &pad, &gop, &lp, &dotp, &op,    &gqp, &gkp,
+                                 &gvp, &batch, &heads, &T,   &T,   &ld, &ld,   &scale, &args};
+            void* dq_args[] = {&qp,    &kp,    &vp, &pad, &gop, &lp, &dotp,  &gqp,
+                               &batch, &heads, &T,  &T,   &ld,  &ld, &scale, &args};
             // The grids and shared memory of flash_attention.sig.cuh; an empty grid launches
-            // nothing (the D kernel where one key block holds every key).
+            // nothing (the D and grad_q kernels where one key block holds every key).
             auto run = [&](const KernelInstance& k, kern::GridDim g, int block, int smem,
                            void** a) {
               if (g.x == 0 || g.y == 0 || g.z == 0) return;
@@ -242,11 +236,9 @@ int main(int argc, char** argv) {
             };
             auto bwd = [&] {
               run(ks.dot, kern::flash_dot_grid(rows, T), kern::kElementwiseThreads, 0, dot_args);
-              if (sync_bytes > 0) {
-                LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(syncp, 0, sync_bytes, stream));
-              }
               run(ks.dkdv, kern::flash_bwd_grid(bh, T), kern::flash_bwd_threads(T),
                   kern::flash_bwd_smem(d, T, bwd_blocks(d)), dkdv_args);
+              run(ks.dq, kern::flash_dq_grid(bh, T, T), kern::kFlashThreads, 0, dq_args);
             };
             const double fwd_ms = time_ms(stream, iters, fwd);
             const double all_ms = time_ms(stream, iters, [&] {

@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
 
     // Mask (only where the tile needs it), scale (log2 units), the new running max of each row.
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
-    flash::ColumnMask<kMask, kN> cm;
+    flash::ColumnMask<kMask, kN, false> cm;
     if (masked) cm.set(pad, n0, q_len, k_len, row, lane, t);
     float m_new[2] = {m_run[0], m_run[1]};
 #pragma unroll
@@ -202,10 +202,10 @@ __global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
 // The gradients of out = P̃·v, P̃ = dropout(P), P = softmax(s), s = q·kᵀ·scale + mask, recomputing P
 // from q, k and the forward's lse: with dP = dropout_mask(grad_out·vᵀ) and D_i = Σ_d grad_out[i]·
 // out[i] (= Σ_j P_ij·dP_ij), dS = P ∘ (dP - D), grad_q = scale·dS·k, grad_k = scale·dSᵀ·q,
-// grad_v = P̃ᵀ·grad_out, deterministic (the same bits every run). Keys in one block (k_len <= 128,
-// the common training lengths): one kernel, grad_k/grad_v/grad_q and D together. Longer: two, D per
-// query row, then grad_k and grad_v per key block (looping over query tiles), each block adding its
-// part of every query tile's grad_q in turn (flash_dq_turn).
+// grad_v = P̃ᵀ·grad_out. No atomics (deterministic). Keys in one block (k_len <= 128, the common
+// training lengths): one kernel, grad_k/grad_v/grad_q and D together. Longer: three, D per query
+// row, then grad_k and grad_v per key block (looping over query tiles), then grad_q per query tile
+// (looping over key tiles).
 
 // flash_attn_bwd_dot_kernel — D of every (query, head): Σ_d grad_out·out in fp32.
 // Shapes:    out, grad_out [batch, q_len, heads·kD] (token layout: `rows` = batch·q_len·heads head
@@ -235,35 +235,31 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 
 // flash_attn_bwd_dkdv_kernel — grad_k, grad_v of one block of keys (16 per warp, 4 or 8 warps:
 //   flash_bwd_warps), over every query tile: sᵀ = k·qᵀ and dPᵀ = v·grad_outᵀ with the
-//   keys as rows, so the probabilities' fragments feed the products for grad_v and grad_k directly;
-//   and the block's part of each tile's grad_q = scale·dS·k (dSᵀ through shared memory): one
-//   recomputation of P and one dropout draw per entry. When the block holds every key
-//   (flash_bwd_one_block(k_len)) it also computes each query tile's D from out and grad_out and
-//   writes grad_q directly: the whole backward in one launch. With several key blocks the parts
-//   meet in dq_acc, in a fixed order per tile (flash_dq_turn): each block waits for the previous
-//   part of a tile before adding its own, the blocks numbered in start order through dq_sync.
+//   keys as rows, so the probabilities' fragments feed the products for grad_v and grad_k directly.
+//   When the block holds every key (flash_bwd_one_block(k_len)), it also computes each query
+//   tile's D from out and grad_out, and grad_q = scale·dS·k (dSᵀ through shared memory): the whole
+//   backward in one launch, one recomputation of P and one dropout draw per entry.
 // Layout:    the forward's token layout: q and grad_q rows ld_q apart, k, v, grad_k and grad_v rows
 //            ld_kv apart (the gradients column slices of one packed [B·T, 3·H] gradient, as q, k
 //            and v of the projection), out and grad_out [batch, q_len, heads·kD]; lse, dot
 //            [batch·heads, q_len] fp32 (the forward's; flash_attn_bwd_dot_kernel's, read only with
-//            several key blocks). grad_q, grad_k, grad_v `=`; out read only with one key block;
-//            dq_acc fp32 [batch·heads·q_len, kD] and dq_sync int32 (zeroed before the launch):
-//            flash_dq_acc_rows, flash_dq_sync_words (none with one key block).
+//            several key blocks). grad_k, grad_v `=`; grad_q `=` with one key block (otherwise
+//            flash_attn_bwd_dq_kernel writes it; out is then not read).
 // Grid/Block: flash_bwd_grid(batch·heads, k_len) blocks of flash_bwd_threads(k_len); dynamic smem
 //            flash_bwd_smem(kD, k_len, kBlocks): a query tile and its grad_out tile (kM =
 //            flash_bwd_block_m rows), the tile's lse and D (several key blocks) or out tile (one:
 //            D computed from it, each row once per block), all by cp.async into a ring of
-//            kFlashBwdStages stages, a tile ahead; the block's keys and the tile's dSᵀ (grad_q's
-//            operands); with kBlocks = 2 or on wgmma the block's values too, the k and v fragments
-//            read from the tiles by ldmatrix (kBlocks: the blocks per SM it is built for,
-//            flash_bwd_blocks; the results are the same bits either way).
+//            kFlashBwdStages stages, a tile ahead; with one key block also the keys and the tile's
+//            dSᵀ; with kBlocks = 2 the block's keys and values, whose fragments each tile reads by
+//            ldmatrix (kBlocks: the blocks per SM it is built for, flash_bwd_blocks; the results
+//            are the same bits either way).
 template <typename T, int kD, Mask kMask, Drop kDrop, int kBlocks>
 __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash_attn_bwd_dkdv_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
                                const T* grad_out, const float* lse, const float* dot, const T* out,
-                               T* grad_q, T* grad_k, T* grad_v, float* dq_acc, int* dq_sync,
-                               int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
-                               int64_t ld_q, int64_t ld_kv, float scale, DropoutArgs drop) {
+                               T* grad_q, T* grad_k, T* grad_v, int64_t batch, int64_t heads,
+                               int64_t q_len, int64_t k_len, int64_t ld_q, int64_t ld_kv,
+                               float scale, DropoutArgs drop) {
   static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
   static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
   static_assert(flash_bwd_blocks_ok(kD, kBlocks), "kBlocks: 1, or 2 up to head dim 64");
@@ -292,9 +288,9 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
                      reinterpret_cast<T*>(b + sm.os), reinterpret_cast<float*>(b + sm.lse),
                      reinterpret_cast<float*>(b + sm.dot)};
   };
-  T* ks = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.ks);    // the keys
-  T* vs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.vs);    // kLean or kWg: the values
-  T* dst = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.dst);  // dSᵀ [key][query]
+  T* ks = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.ks);    // one key block or kLean: the keys
+  T* vs = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.vs);    // kLean: the values
+  T* dst = reinterpret_cast<T*>(flash_bwd_smem_bytes + sm.dst);  // one key block: dSᵀ [key][query]
   static_assert(16 * kFlashBwdThreads / 32 == kFlashBwdBlockN, "the 8-warp block: 16 keys a warp");
   if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
   constexpr float kLog2e = 1.4426950408889634f;
@@ -304,42 +300,8 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   // The launch's block must hold the keys its grid assumes (flash_bwd_threads): a smaller one
   // would leave keys out of grad_q silently.
   if (blockDim.x != static_cast<unsigned>(flash_bwd_threads(k_len))) __trap();
-  // With several key blocks the places handed out must be the grid's key blocks.
-  if (gridDim.x != flash_bwd_grid(1, k_len).x) __trap();
   const int64_t bh = blockIdx.y;
-  // The block's key block: its grid position, or with several key blocks its place among its
-  // head's blocks in start order (flash_dq_turn: ascending, causal descending), so that the part a
-  // tile waits for comes from a block that started earlier. It, the head's dq_acc rows and its
-  // turn counters are read from shared memory where used (volatile), as blockIdx can be read
-  // again: held in registers across the loop they cost the capped two-block build 100-250 more
-  // bytes of spills (ptxas -v, d 64, sm_90a: padding 32 / 36 / 32 bytes of frame / spill stores /
-  // spill loads with them in shared memory, 64 / 88 / 108 without; causal 48 / 72 / 76, 152 / 236 /
-  // 232).
-  const int blocks = static_cast<int>(gridDim.x);
-  int* const head_sync =
-      one ? nullptr : dq_sync + bh * (1 + ceil_div(q_len, static_cast<int64_t>(kM)));
-  struct DqShared {
-    float* acc;  // the head's dq_acc rows
-    int* turns;  // the head's tiles' turn counters
-    int place;   // the key block
-  };
-  static_assert(sizeof(DqShared) <= kFlashDqSharedBytes && alignof(DqShared) <= 16,
-                "FlashBwdSmem reserves kFlashDqSharedBytes at `dq`, 16-byte aligned");
-  auto dq_shared = [&] {  // volatile: read where used, never held
-    return reinterpret_cast<volatile DqShared*>(flash_bwd_smem_bytes +
-                                                flash_bwd_smem_layout(kD, k_len, kBlocks).dq);
-  };
-  if (!one) {
-    if (threadIdx.x == 0) {
-      const int i = atomicAdd(head_sync, 1);
-      dq_shared()->place = has_causal(kMask) ? blocks - 1 - i : i;
-      dq_shared()->acc = dq_acc + bh * q_len * kD;
-      dq_shared()->turns = head_sync + 1;
-    }
-    __syncthreads();
-  }
-  auto key_block = [&]() -> int { return one ? static_cast<int>(blockIdx.x) : dq_shared()->place; };
-  const int64_t n0 = static_cast<int64_t>(key_block()) * block_n;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * block_n;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t ld_o = heads * kD;
@@ -358,20 +320,19 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     flash::row_fragments<T, kD>(vf, vh, ld_kv, key0, k_len, g, t);
   }
   const int64_t key[2] = {key0 + g, key0 + g + 8};
-  flash::KeyRowMask<kMask> km(key, k_len, pad);  // the mask of its entries, per tile
+  flash::KeyRowMask<kMask> km(key, q_len, k_len, pad);  // the mask of its entries, per tile
   float dk[kD / 8][4], dv[kD / 8][4];
   flash::zero(dk);
   flash::zero(dv);
   // Causal: no query before the first that may see the block's first key (with one key block
-  // every query tile is visited: each writes its grad_q rows, zeros where no key is visible; with
-  // several, key block 0 zeros the rows of the tiles before its first, which no block visits).
-  const int64_t m_begin = one ? 0 : flash_bwd_m_begin(has_causal(kMask), n0, kM, q_len, k_len);
-  if (has_causal(kMask) && !one && n0 == 0) {
-    flash::zero_rows<T, kD>(flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q), ld_q,
-                            m_begin < q_len ? m_begin : q_len);
+  // every query tile is visited: each writes its grad_q rows, zeros where no key is visible).
+  int64_t m_begin = 0;
+  if constexpr (has_causal(kMask)) {
+    const int64_t first = n0 - (k_len - q_len);
+    if (!one) m_begin = first > 0 ? first / kM * kM : 0;
   }
-  // The block's keys (grad_q's B operand; kLean, kWg: the fragments') and values (kLean, kWg),
-  // zeros past k_len.
+  // The block's keys (one key block: grad_q's; kLean: the fragments') and values (kLean), zeros
+  // past k_len.
   auto load_keys = [&](T* tile, const T* head) {
     if (big) {
       flash::load_kv_async<T, kD, kFlashBwdBlockN, kTStride>(tile, head, ld_kv, n0, k_len);
@@ -379,7 +340,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
       flash::load_kv_async<T, kD, kFlashBwdBlockN / 2, kTStride>(tile, head, ld_kv, n0, k_len);
     }
   };
-  load_keys(ks, kh);
+  if (one || kLean || kWg) load_keys(ks, kh);
   if (kLean || kWg) load_keys(vs, vh);
   // A query tile's rows into a stage, all by cp.async (zeros past q_len): its query and
   // grad_out rows, lse and D (with one key block its out rows instead, for D). Tile i + 1 is
@@ -402,14 +363,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
   if (m_begin < q_len) load_query_side(stage(0), m_begin);
   cp_async_commit();
   int cur = 0;  // the stage of tile m0
-  // Several key blocks: the tile's turn (this part's rank among its parts) on its counter
-  // turns[tile], what thread 0 saw of it, and the count the previous tile's counter is to get
-  // (0: none, this part was its last).
-  auto turns_at = [&](int i) { return dq_shared()->turns + i; };
-  FlashDqTurn turn{0, 1};
-  int pass = 0, seen = 0;
-  int tile = static_cast<int>(m_begin / kM);
-  for (int64_t m0 = m_begin; m0 < q_len; m0 += kM, ++tile, cur = (cur + 1) % kFlashBwdStages) {
+  for (int64_t m0 = m_begin; m0 < q_len; m0 += kM, cur = (cur + 1) % kFlashBwdStages) {
     const bool more = m0 + kM < q_len;
     if (more) {
       load_query_side(stage((cur + 1) % kFlashBwdStages), m0 + kM);
@@ -420,13 +374,6 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     }
     if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
-    if (!one) {
-      // Every thread's part of the previous tile is out (the barrier above): its turn passes on.
-      if (threadIdx.x == 0) {
-        if (pass > 0) flash::turn_pass(turns_at(tile - 1), pass);
-        seen = flash::turn_peek(turns_at(tile));
-      }
-    }
     const QuerySide side = stage(cur);  // named copies: a lambda cannot capture a binding
     T *const qs = side.qs, *const gs = side.gs, *const os = side.os;
     float *const lse_s = side.lse_s, *const dot_s = side.dot_s;
@@ -456,7 +403,7 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
     // Masks only where the tile needs them (queries past q_len, keys past k_len, padding, the
     // causal diagonal).
     const bool masked = flash::tile_masked<kMask>(m0, kM, n0, block_n, q_len, k_len);
-    if (masked) km.tile<kM>(m0, q_len, k_len, key_block() * block_n + warp * 16 + g, t);
+    if (masked) km.tile<kM>(m0, q_len, t);
     uint32_t kb[kM / 8];
     if constexpr (kDrop == Drop::kOn) {
       flash::col_keep_bits<kM>(drop, static_cast<uint64_t>(bh * q_len), m0, key0, k_len, g, t, kb);
@@ -484,44 +431,159 @@ __global__ void __launch_bounds__(kFlashBwdThreads, kBlocks)
             flash::wg_pb_issue<T, kD, kM>(dv, pa, gs);
             flash::wg_pb_issue<T, kD, kM>(dk, sa, qs);
           },
-          [&] { flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t); }, dv,
-          dk);
+          [&] {
+            if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
+          },
+          dv, dk);
     } else {
       flash::mma_pb<T, kD, kM, kStride>(dv, pd, gs, lane);  // grad_v += P̃ᵀ·grad_out
-      flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
+      if (one) flash::store_rows_t<T, kM, kSStride>(dst + warp * 16 * kSStride, s, g, t);
       flash::mma_pb<T, kD, kM, kStride>(dk, s, qs, lane);  // grad_k += dSᵀ·q (scaled below)
     }
-    // Several key blocks: the tile's earlier parts are in dq_acc before this one's go out.
-    if (!one) {
-      turn = flash_dq_turn(has_causal(kMask), key_block(), blocks, m0, kM, kFlashBwdBlockN / 2,
-                           q_len, k_len);
-      pass = turn.rank + 1 < turn.parts ? turn.rank + 1 : 0;
-      if (threadIdx.x == 0) flash::turn_wait(turns_at(tile), turn.rank, seen);
-    }
     // Every warp is done with the stage (free for tile m0 + 2·kM from the next iteration on) and
-    // has stored its dSᵀ rows (read by grad_q below).
+    // has stored its dSᵀ rows (one key block: read by grad_q below).
     __syncthreads();
-    // The block's part of grad_q of the tile's rows (while the next tiles load; dSᵀ is rewritten
-    // only after the next iteration's first barrier).
-    const flash::DqSink<T, kD> put{flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q), ld_q,
-                                   one ? nullptr : dq_shared()->acc, scale,
-                                   flash::dq_part(turn.rank, turn.parts)};
-    if (big) {
-      flash::grad_q_tile<T, kD, kM, 128, 8, kTStride>(put, dst, ks, m0, q_len, warp, lane);
-    } else {
-      flash::grad_q_tile<T, kD, kM, 64, 4, kTStride>(put, dst, ks, m0, q_len, warp, lane);
+    // grad_q of the tile's rows (while the next tiles load; dSᵀ is rewritten only after the next
+    // iteration's first barrier).
+    T* gqh = one ? flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q) : nullptr;
+    if (one && big) {
+      flash::grad_q_tile<T, kD, kM, 128, 8, kTStride>(gqh, ld_q, dst, ks, m0, q_len, scale, warp,
+                                                      lane);
+    } else if (one) {
+      flash::grad_q_tile<T, kD, kM, 64, 4, kTStride>(gqh, ld_q, dst, ks, m0, q_len, scale, warp,
+                                                     lane);
     }
   }
   cp_async_wait<0>();  // no copy left in flight (the key tile, when no query tile ran)
-  if (!one) {          // the last tile's turn
-    __syncthreads();
-    if (threadIdx.x == 0 && pass > 0) flash::turn_pass(turns_at(tile - 1), pass);
-  }
   const float scales[2] = {scale, scale}, ones[2] = {1.f, 1.f};
   flash::store_rows<T, kD>(flash::head_of<kD>(grad_k, bh, heads, k_len, ld_kv), ld_kv, key, k_len,
                            dk, scales, t);
   flash::store_rows<T, kD>(flash::head_of<kD>(grad_v, bh, heads, k_len, ld_kv), ld_kv, key, k_len,
                            dv, ones, t);
+}
+
+// flash_attn_bwd_dq_kernel — grad_q of one tile of 64 query rows per block (4 warps of 16), over
+//   every key tile.
+// Layout:    flash_attn_bwd_dkdv_kernel's: q and grad_q rows ld_q apart, k and v rows ld_kv
+//            apart, grad_out [batch, q_len, heads·kD]; lse, dot [batch·heads, q_len] fp32.
+//            grad_q `=`.
+// Grid/Block: flash_dq_grid(batch·heads, q_len, k_len) blocks of kFlashThreads (none when one key
+//            block holds every key: flash_attn_bwd_dkdv_kernel writes grad_q then). Smem: static,
+//            2·kFlashBlockN·(kD + 8) elements (a key tile and its value tile, by cp.async).
+template <typename T, int kD, Mask kMask, Drop kDrop>
+__global__ void __launch_bounds__(kFlashThreads)
+    flash_attn_bwd_dq_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding,
+                             const T* grad_out, const float* lse, const float* dot, T* grad_q,
+                             int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
+                             int64_t ld_q, int64_t ld_kv, float scale, DropoutArgs drop) {
+  static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
+  static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
+  constexpr int kM = kFlashBlockM, kN = kFlashBlockN;
+  // sm_90a at head dims 64 and 128: the three products by wgmma on swizzled tiles, as the forward.
+  using Tiles = flash::KvTiles<T, kD, kN>;
+  constexpr bool kWg = Tiles::kWg;
+  constexpr int kStride = Tiles::kStride;
+  __shared__ Tiles tiles;
+  T* ks = tiles.k;
+  T* vs = tiles.v;
+  auto load_tile = [&](T* tile, const T* head, int64_t n0) {
+    Tiles::load(tile, head, ld_kv, n0, k_len);
+  };
+  if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float scale2 = scale * kLog2e;
+
+  const int64_t bh = blockIdx.y;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kM;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const uint8_t* pad = has_padding(kMask) ? key_padding + (bh / heads) * k_len : nullptr;
+  const int64_t row0 = m0 + warp * 16;
+  uint32_t qf[kD / 16][4], gf[kD / 16][4];
+  const int64_t ld_o = heads * kD;
+  flash::row_fragments<T, kD>(qf, flash::head_of<kD>(q, bh, heads, q_len, ld_q), ld_q, row0, q_len,
+                              g, t);
+  flash::row_fragments<T, kD>(gf, flash::head_of<kD>(grad_out, bh, heads, q_len, ld_o), ld_o, row0,
+                              q_len, g, t);
+  const int64_t row[2] = {row0 + g, row0 + g + 8};
+  uint64_t flat[2];
+  flash::flat_rows(flat, row, bh, q_len);
+  float lse2[2], dot_r[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lse2[r] = row[r] < q_len ? lse[bh * q_len + row[r]] * kLog2e : 0.f;
+    dot_r[r] = row[r] < q_len ? dot[bh * q_len + row[r]] : 0.f;
+  }
+  float dq[kD / 8][4];
+  flash::zero(dq);
+  const int64_t n_end = flash::key_end<kMask>(m0, kM, q_len, k_len);
+  const T* kh = flash::head_of<kD>(k, bh, heads, k_len, ld_kv);
+  const T* vh = flash::head_of<kD>(v, bh, heads, k_len, ld_kv);
+  // Key and value tiles by cp.async: the next value tile loads while dS and grad_q's product run;
+  // the next key tile is requested as soon as the last reader of this one is done.
+  if (n_end > 0) {
+    load_tile(ks, kh, 0);
+    load_tile(vs, vh, 0);
+    cp_async_commit();
+  }
+  for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
+    cp_async_wait<0>();
+    if constexpr (kWg) wg::fence_async_smem();
+    __syncthreads();
+    const bool more = n0 + kN < n_end;
+    float s[kN / 8][4], dp[kN / 8][4];
+    flash::zero(s);
+    flash::zero(dp);
+    if constexpr (kWg) {
+      wg::in_flight(
+          [&] {
+#pragma unroll
+            for (int k = 0; k < kD / 16; ++k) {  // s[query][key] and grad_out·vᵀ together
+              wg::mma_rs<T, kN, 0>(s, qf[k], wg::desc_k_major<kN>(ks, k));
+              wg::mma_rs<T, kN, 0>(dp, gf[k], wg::desc_k_major<kN>(vs, k));
+            }
+          },
+          s, dp);
+    } else {
+      flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);   // s[query][key]
+      flash::mma_abt<T, kD, kN, kStride>(dp, gf, vs, lane);  // grad_out·vᵀ
+    }
+    __syncthreads();  // every warp is done with vs
+    if (more) {
+      load_tile(vs, vh, n0 + kN);
+      cp_async_commit();
+    }
+    // Masks only where the tile needs them (the keys past k_len, padding, the causal diagonal).
+    const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
+    flash::ColumnMask<kMask, kN, true> cm;
+    if (masked) cm.set(pad, n0, q_len, k_len, row, lane, t);
+    uint32_t kb[kN / 8][2];
+    if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, flat, n0, k_len, t, kb);
+#pragma unroll
+    for (int n = 0; n < kN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2, h = e % 2;
+        const bool on = !masked || cm.on(r, n * 8 + h);
+        const float keep = kDrop == Drop::kOn ? ((kb[n][r] >> h) & 1u ? drop.scale : 0.f) : 1.f;
+        float unused;
+        s[n][e] = flash::recompute(on, s[n][e], scale2, lse2[r], dp[n][e], dot_r[r], keep, &unused);
+      }
+    }
+    if constexpr (kWg) {  // grad_q += dS·k (scaled below)
+      flash::wg_pb<T, kD, kN>(dq, s, ks);
+    } else {
+      flash::mma_pb<T, kD, kN, kStride>(dq, s, ks, lane);
+    }
+    __syncthreads();  // every warp is done with ks
+    if (more) {
+      load_tile(ks, kh, n0 + kN);
+      cp_async_commit();
+    }
+  }
+  const float scales[2] = {scale, scale};
+  flash::store_rows<T, kD>(flash::head_of<kD>(grad_q, bh, heads, q_len, ld_q), ld_q, row, q_len, dq,
+                           scales, t);
 }
 
 }  // namespace lightseq::kern
