@@ -375,6 +375,11 @@ def test_fused_attention_is_asked_for_and_explained():
     layer.dropout.p = 0.3
     state, why = lightseq._compile._call_state(layer.train())
     assert why is None and state.attention == "fused" and state is not None
+
+
+def test_an_unknown_attention_backend_is_refused():
+    # the names come from the compiler's own list (lightseq._C.spec_choices())
+    pytest.importorskip("lightseq._C", reason="the extension is not built")
     with pytest.raises(lightseq.ArgumentError, match="attention='flash'"):
         lightseq.compile(encoder(), attention="flash")
 
