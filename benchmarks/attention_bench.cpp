@@ -25,7 +25,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
-#include <span>
 #include <string>
 #include <vector>
 
@@ -223,20 +222,23 @@ int main(int argc, char** argv) {
                                  &gvp, &batch, &heads, &T,   &T,   &ld, &ld,   &scale, &args};
             void* dq_args[] = {&qp,    &kp,    &vp, &pad, &gop, &lp, &dotp,  &gqp,
                                &batch, &heads, &T,  &T,   &ld,  &ld, &scale, &args};
-            // Each launch's shape from its signature (launch_of); an empty grid launches nothing
-            // (the D and grad_q kernels where one key block holds every key).
-            auto run = [&](const KernelInstance& k, std::span<void* const> a) {
-              const kern::sig::Launch l = launch_of(k, a);
-              if (l.grid.x == 0 || l.grid.y == 0 || l.grid.z == 0) return;
-              launch(fns.at(k.label), Dim3{l.grid.x, l.grid.y, l.grid.z},
-                     Dim3{static_cast<unsigned>(l.block)}, static_cast<size_t>(l.smem_bytes),
-                     stream, const_cast<void**>(a.data()), k.label);
+            // The grids and shared memory of flash_attention.sig.cuh; an empty grid launches
+            // nothing (the D and grad_q kernels where one key block holds every key).
+            auto run = [&](const KernelInstance& k, kern::GridDim g, int block, int smem,
+                           void** a) {
+              if (g.x == 0 || g.y == 0 || g.z == 0) return;
+              launch(fns.at(k.label), Dim3{g.x, g.y, g.z}, Dim3{static_cast<unsigned>(block)},
+                     static_cast<size_t>(smem), stream, a, k.label);
             };
-            auto fwd = [&] { run(ks.fwd, fwd_args); };
+            auto fwd = [&] {
+              run(ks.fwd, kern::flash_fwd_grid(bh, T, fwd_warps), kern::flash_fwd_block(fwd_warps),
+                  0, fwd_args);
+            };
             auto bwd = [&] {
-              run(ks.dot, dot_args);
-              run(ks.dkdv, dkdv_args);
-              run(ks.dq, dq_args);
+              run(ks.dot, kern::flash_dot_grid(rows, T), kern::kElementwiseThreads, 0, dot_args);
+              run(ks.dkdv, kern::flash_bwd_grid(bh, T), kern::flash_bwd_threads(T),
+                  kern::flash_bwd_smem(d, T, bwd_blocks(d)), dkdv_args);
+              run(ks.dq, kern::flash_dq_grid(bh, T, T), kern::kFlashThreads, 0, dq_args);
             };
             const double fwd_ms = time_ms(stream, iters, fwd);
             const double all_ms = time_ms(stream, iters, [&] {

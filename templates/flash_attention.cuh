@@ -7,128 +7,45 @@
 #pragma once
 
 #include "common/flash_tiles.cuh"
-#include "common/mbarrier.cuh"
 #include "flash_attention.sig.cuh"
 
 namespace lightseq::kern {
 
-namespace flash {
-
-// The forward's state of a thread's two query rows (g and g + 8 of its warp's 16) across key tiles:
-// the running max (log2 units), the thread's part of the denominator, the output accumulator.
-template <int kD>
-struct FwdRows {
-  int64_t row[2];
-  uint64_t flat[2];  // the dropout numbering's rows: bh·q_len + row
-  float m_run[2] = {neg_inf(), neg_inf()};
-  float l_run[2] = {0.f, 0.f};
-  float acc[kD / 8][4];
-  __device__ __forceinline__ FwdRows(int64_t first, int64_t bh, int64_t q_len) {
-    row[0] = first;
-    row[1] = first + 8;
-    flash::flat_rows(flat, row, bh, q_len);
-    flash::zero(acc);
-  }
-  // The accumulator onto a new running max (fwd_softmax's factors).
-  __device__ __forceinline__ void rescale(const float (&by)[2]) {
-#pragma unroll
-    for (int n = 0; n < kD / 8; ++n) {
-      acc[n][0] *= by[0], acc[n][1] *= by[0];
-      acc[n][2] *= by[1], acc[n][3] *= by[1];
-    }
-  }
-};
-
-// One key tile [n0, n0 + kN) of the online softmax, between its two products: s (the warp's q·kᵀ,
-// C layout) masked (only where the tile needs it: `masked`), scaled to log2 units, the running max
-// and denominator updated, and s replaced by p = exp2(s - max) (dropped: the denominator takes p
-// undropped, the product the dropped p; masked keys have p = 0 already; rows past q_len are never
-// stored). `by`: the factors that take the accumulator onto the new max (FwdRows::rescale), which
-// the caller applies once the accumulator is its own (the sm_90a ring's p·v may still be adding
-// the previous tile into it).
-template <Mask kMask, Drop kDrop, int kN, int kD>
-__device__ __forceinline__ void fwd_softmax(float (&s)[kN / 8][4], FwdRows<kD>& st, float (&by)[2],
-                                            bool masked, const uint8_t* pad, int64_t n0,
-                                            int64_t q_len, int64_t k_len, float scale2,
-                                            const DropoutArgs& drop, int lane, int t) {
-  flash::ColumnMask<kMask, kN, false> cm;
-  if (masked) cm.set(pad, n0, q_len, k_len, st.row, lane, t);
-  float m_new[2] = {st.m_run[0], st.m_run[1]};
-#pragma unroll
-  for (int n = 0; n < kN / 8; ++n) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = e / 2;
-      const bool keep = !masked || cm.on(r, n * 8 + e % 2);
-      s[n][e] = keep ? s[n][e] * scale2 : neg_inf();
-      m_new[r] = fmaxf(m_new[r], s[n][e]);
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {  // the row's 4 threads (t = 0..3) hold its kN values
-    m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 1));
-    m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 2));
-  }
-  float shift[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    shift[r] = m_new[r] == neg_inf() ? 0.f : m_new[r];  // all masked so far: exp2(-inf) = 0
-    by[r] = exp2f(st.m_run[r] - shift[r]);              // m_run = -inf: 0 (nothing to rescale)
-    st.m_run[r] = m_new[r];
-    st.l_run[r] *= by[r];
-  }
-  uint32_t kb[kN / 8][2];
-  if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, st.flat, n0, k_len, t, kb);
-#pragma unroll
-  for (int n = 0; n < kN / 8; ++n) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float p0 = exp2f(s[n][2 * r] - shift[r]), p1 = exp2f(s[n][2 * r + 1] - shift[r]);
-      st.l_run[r] += p0 + p1;
-      if constexpr (kDrop == Drop::kOn) {
-        p0 = (kb[n][r] & 1u) ? p0 * drop.scale : 0.f;
-        p1 = (kb[n][r] & 2u) ? p1 * drop.scale : 0.f;
-      }
-      s[n][2 * r] = p0;
-      s[n][2 * r + 1] = p1;
-    }
-  }
-}
-
-// The rows' end: the denominators (the row's 4 threads' parts summed); out = acc / l, lse = ln(l)
-// + max (+inf where every key was masked: l = 0, out 0).
-template <typename T, int kD>
-__device__ __forceinline__ void fwd_store(FwdRows<kD>& st, T* out, float* lse, int64_t bh,
-                                          int64_t heads, int64_t q_len, int t) {
-  constexpr float kLog2e = 1.4426950408889634f;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    st.l_run[r] += __shfl_xor_sync(0xffffffffu, st.l_run[r], 1);
-    st.l_run[r] += __shfl_xor_sync(0xffffffffu, st.l_run[r], 2);
-  }
-  float inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) inv[r] = st.l_run[r] > 0.f ? 1.f / st.l_run[r] : 0.f;
-  const int64_t ld_o = heads * kD;
-  flash::store_rows<T, kD>(flash::head_of<kD>(out, bh, heads, q_len, ld_o), ld_o, st.row, q_len,
-                           st.acc, inv, t);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (t == 0 && st.row[r] < q_len) {
-      lse[bh * q_len + st.row[r]] = st.l_run[r] > 0.f ? (st.m_run[r] + log2f(st.l_run[r])) / kLog2e
-                                                      : __int_as_float(0x7f800000);
-    }
-  }
-}
-
-// The 4-warp geometry (flash_fwd_ring false): one key tile and one value tile in static shared
-// memory, loaded with cp.async so that the value tile arrives while q·kᵀ runs and the next key tile
-// while the softmax and p·v run; the block synchronizes twice a tile.
+// flash_attn_fwd_kernel — out = softmax(q·kᵀ·scale + mask) (dropped) · v per (batch, head); lse =
+//   the natural log of each query row's softmax denominator, max included (+inf for a row whose
+//   keys are all masked, whose output is then 0).
+// Fuses:     the scores GEMM, mask, softmax, dropout and the context GEMM of the unfused path.
+// Layout:    the token layout of the projections around it (no head split or merge): q [batch,
+//            q_len, ld_q] and k, v [batch, k_len, ld_kv] rows, head h in columns [h·kD, (h+1)·kD)
+//            of a row (q, k, v: column slices of one packed projection, e.g. [B·T, 3·H] with
+//            ld = 3·H); out [batch, q_len, heads·kD] (the [B·T, H] input of the output
+//            projection); key_padding [batch, k_len] bytes (nonzero: the key is padding; read when
+//            kMask has kPadding); lse [batch·heads, q_len] fp32. out, lse `=`.
+// Masks:     padding by key; causal keeps key j for query i when j <= i + k_len - q_len (the
+//            unfused softmax's rule).
+// Dropout:   entry (query i, key j) of head bh by the attention numbering (common/philox.cuh,
+//            row bh·q_len + i): the unfused softmax's, so both paths drop the same entries for the
+//            same seed and offset.
+// Grid/Block: flash_fwd_grid(batch·heads, q_len, kWarps) blocks of flash_fwd_block(kWarps)
+//            threads (kWarps warps of 16 query rows, their query fragments in registers; the plans
+//            use kFlashFwdWarps = 4); key tiles of kFlashBlockN.
+//            Smem: static, 2·kFlashBlockN·(kD + 8) elements: a key tile and a value tile, loaded
+//            with cp.async so that the value tile arrives while q·kᵀ runs and the next key tile
+//            while the softmax and p·v run; B fragments by ldmatrix (.trans for v).
+// Constants: kD a multiple of 16 in [16, 128] (static_assert). Pointers 16-byte aligned, ld_q and
+//            ld_kv multiples of 8 elements (the planner checks: flash_ld_ok). Built for
+//            flash_fwd_min_blocks(kD, kWarps) blocks per SM (128 registers up to kFlashLeanMaxD).
+// Numerics:  products in fp32 on tensor cores; the softmax in fp32 (exp2 with log2(e) folded in
+//            the scale); probabilities rounded to T before the context product (as the unfused
+//            path stores them); out rounded once.
 template <typename T, int kD, Mask kMask, Drop kDrop, int kWarps>
-__device__ __forceinline__ void fwd_tiles(const T* q, const T* k, const T* v,
-                                          const uint8_t* key_padding, T* out, float* lse,
-                                          int64_t heads, int64_t q_len, int64_t k_len, int64_t ld_q,
-                                          int64_t ld_kv, float scale, const DropoutArgs& drop) {
+__global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
+    flash_attn_fwd_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding, T* out,
+                          float* lse, int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
+                          int64_t ld_q, int64_t ld_kv, float scale, DropoutArgs drop) {
+  static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
+  static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
+  static_assert(kWarps == 4 || kWarps == 8, "kWarps: 4 or 8 warps of 16 query rows");
   constexpr int kM = 16 * kWarps, kN = kFlashBlockN;
   // sm_90a at head dims 64 and 128: both products by wgmma (a warpgroup per 64 query rows), the
   // tiles swizzled (common/wgmma.cuh); else mma.sync with rows padded by 16 bytes (conflict-free
@@ -140,6 +57,7 @@ __device__ __forceinline__ void fwd_tiles(const T* q, const T* k, const T* v,
   auto load_tile = [&](T* tile, const T* head, int64_t n0) {
     flash::load_kv_async<T, kD, kN, kStride>(tile, head, ld_kv, n0, k_len);
   };
+  if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
 
   const int64_t bh = blockIdx.y;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kM;
@@ -161,7 +79,14 @@ __device__ __forceinline__ void fwd_tiles(const T* q, const T* k, const T* v,
   uint32_t qf[kD / 16][4];
   flash::row_fragments<T, kD>(qf, flash::head_of<kD>(q, bh, heads, q_len, ld_q), ld_q,
                               m0 + warp * 16, q_len, g, t);
-  FwdRows<kD> st(m0 + warp * 16 + g, bh, q_len);
+  // This thread's two query rows (g and g + 8 of its warp's 16).
+  const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
+  uint64_t flat[2];
+  flash::flat_rows(flat, row, bh, q_len);
+  float m_run[2] = {neg_inf(), neg_inf()};  // running max, in log2 units
+  float l_run[2] = {0.f, 0.f};              // this thread's part of the denominator
+  float acc[kD / 8][4];
+  flash::zero(acc);
 
   for (int64_t n0 = 0; n0 < n_end; n0 += kN) {
     // The value tile (its buffer's readers finished with the previous tile's p·v).
@@ -186,11 +111,57 @@ __device__ __forceinline__ void fwd_tiles(const T* q, const T* k, const T* v,
       cp_async_commit();
     }
 
-    float by[2];
-    fwd_softmax<kMask, kDrop, kN, kD>(s, st, by,
-                                      flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len), pad,
-                                      n0, q_len, k_len, scale2, drop, lane, t);
-    st.rescale(by);
+    // Mask (only where the tile needs it), scale (log2 units), the new running max of each row.
+    const bool masked = flash::tile_masked<kMask>(m0, kM, n0, kN, q_len, k_len);
+    flash::ColumnMask<kMask, kN, false> cm;
+    if (masked) cm.set(pad, n0, q_len, k_len, row, lane, t);
+    float m_new[2] = {m_run[0], m_run[1]};
+#pragma unroll
+    for (int n = 0; n < kN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const bool keep = !masked || cm.on(r, n * 8 + e % 2);
+        s[n][e] = keep ? s[n][e] * scale2 : neg_inf();
+        m_new[r] = fmaxf(m_new[r], s[n][e]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {  // the row's 4 threads (t = 0..3) hold its kN values
+      m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 1));
+      m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 2));
+    }
+    float shift[2], rescale[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      shift[r] = m_new[r] == neg_inf() ? 0.f : m_new[r];  // all masked so far: exp2(-inf) = 0
+      rescale[r] = exp2f(m_run[r] - shift[r]);            // m_run = -inf: 0 (nothing to rescale)
+      m_run[r] = m_new[r];
+      l_run[r] *= rescale[r];
+    }
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      acc[n][0] *= rescale[0], acc[n][1] *= rescale[0];
+      acc[n][2] *= rescale[1], acc[n][3] *= rescale[1];
+    }
+    // p = exp2(s - max); the denominator takes p undropped, the product the dropped p (masked
+    // keys have p = 0 already; rows past q_len are never stored).
+    uint32_t kb[kN / 8][2];
+    if constexpr (kDrop == Drop::kOn) flash::row_keep_bits<kN>(drop, flat, n0, k_len, t, kb);
+#pragma unroll
+    for (int n = 0; n < kN / 8; ++n) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float p0 = exp2f(s[n][2 * r] - shift[r]), p1 = exp2f(s[n][2 * r + 1] - shift[r]);
+        l_run[r] += p0 + p1;
+        if constexpr (kDrop == Drop::kOn) {
+          p0 = (kb[n][r] & 1u) ? p0 * drop.scale : 0.f;
+          p1 = (kb[n][r] & 2u) ? p1 * drop.scale : 0.f;
+        }
+        s[n][2 * r] = p0;
+        s[n][2 * r + 1] = p1;
+      }
+    }
     if (more) {
       cp_async_wait<1>();  // the value tile (the next key tile may still be in flight)
     } else {
@@ -199,207 +170,31 @@ __device__ __forceinline__ void fwd_tiles(const T* q, const T* k, const T* v,
     if constexpr (kWg) wg::fence_async_smem();
     __syncthreads();
     if constexpr (kWg) {
-      flash::wg_pb<T, kD, kN>(st.acc, s, vs);  // acc += p · v
+      flash::wg_pb<T, kD, kN>(acc, s, vs);  // acc += p · v
     } else {
-      flash::mma_pb<T, kD, kN, kStride>(st.acc, s, vs, lane);
+      flash::mma_pb<T, kD, kN, kStride>(acc, s, vs, lane);
     }
     __syncthreads();  // every warp is done with the value tile
   }
-  fwd_store<T, kD>(st, out, lse, bh, heads, q_len, t);
-}
 
-// The 8-warp geometry (flash_fwd_ring): a ring of kFlashFwdStages key/value tile pairs in dynamic
-// shared memory (flash_fwd_smem). Tile j sits in slot j % kFlashFwdStages; every thread copies its
-// share of a tile kFlashFwdStages - 1 tiles ahead of the one whose p·v it runs, and each warp
-// publishes its share on the slot's mbarrier once its copies landed (kWarps arrivals a phase). A
-// warp waits only for the tile it needs, never for the whole block: the two warpgroups drift apart,
-// one's products overlapping the other's softmax. On wgmma (sm_90a) a warpgroup also overlaps its
-// own: tile j + 1's q·kᵀ and tile j's p·v are issued together and the softmax of tile j + 1 runs
-// while p·v is in flight (the accumulator rescaled after it lands: the same operations in the same
-// order as one tile after another, so the same bits).
-// Why a refilled slot is free without a barrier of its own: a warp publishes tile j + kAhead only
-// after its products of tile j, and so of every tile before, have read their slots; the refill at
-// the end of tile j (the slot of tile j - 1) comes after this warp waited for tile j + kAhead - 1,
-// i.e. after every warp finished tile j - 1. (A model of the protocol under random interleavings:
-// tests/protocol/flash_fwd_ring_sim.py.)
-template <typename T, int kD, Mask kMask, Drop kDrop, int kWarps>
-__device__ __forceinline__ void fwd_ring(const T* q, const T* k, const T* v,
-                                         const uint8_t* key_padding, T* out, float* lse,
-                                         int64_t heads, int64_t q_len, int64_t k_len, int64_t ld_q,
-                                         int64_t ld_kv, float scale, const DropoutArgs& drop) {
-  constexpr int kM = 16 * kWarps, kN = kFlashBlockN, kStages = kFlashFwdStages;
-  constexpr bool kWg = flash::wgmma_tiles(kD);  // as fwd_tiles
-  constexpr int kStride = kWg ? kD : kD + 8;
-  constexpr int kPitch = flash_fwd_tile_elems(kD);  // a slot's key tile, then its value tile
-  // Tiles published ahead of the one whose p·v runs: its own, and with wgmma the next one (whose
-  // q·kᵀ is issued with it); one slot more is in flight, one more being refilled.
-  constexpr int kAhead = kWg ? 2 : 1;
-  static_assert(kStages >= kAhead + 2, "a slot being refilled and one in flight");
-  extern __shared__ __align__(16) unsigned char flash_fwd_smem_bytes[];
-  T* ring = reinterpret_cast<T*>(flash_fwd_smem_bytes);
-  uint64_t* full = reinterpret_cast<uint64_t*>(flash_fwd_smem_bytes + flash_fwd_ring_bytes(kD));
-  // The swizzled tiles need 1 KiB alignment: the dynamic buffer's, with no static shared memory.
-  if constexpr (kWg) {
-    if ((smem_addr(flash_fwd_smem_bytes) & 1023u) != 0) __trap();
-  }
-
-  const int64_t bh = blockIdx.y;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kM;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;
-  const T* kh = flash::head_of<kD>(k, bh, heads, k_len, ld_kv);
-  const T* vh = flash::head_of<kD>(v, bh, heads, k_len, ld_kv);
-  const uint8_t* pad = has_padding(kMask) ? key_padding + (bh / heads) * k_len : nullptr;
-  constexpr float kLog2e = 1.4426950408889634f;
-  const float scale2 = scale * kLog2e;
-  const int64_t tiles = ceil_div(flash::key_end<kMask>(m0, kM, q_len, k_len), kN);
-
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kStages; ++i) mbar::init(&full[i], kWarps);
-  }
-  __syncthreads();
-  auto slot = [&](int64_t j) { return ring + (j % kStages) * 2 * kPitch; };
-  auto phase = [](int64_t j) { return static_cast<uint32_t>((j / kStages) & 1); };
-  // This thread's copies of tile j into its slot as one commit group (empty past the last tile:
-  // the group count stays the same each iteration).
-  auto copy = [&](int64_t j) {
-    if (j < tiles) {
-      T* to = slot(j);
-      flash::load_kv_async<T, kD, kN, kStride>(to, kh, ld_kv, j * kN, k_len);
-      flash::load_kv_async<T, kD, kN, kStride>(to + kPitch, vh, ld_kv, j * kN, k_len);
-    }
-    cp_async_commit();
-  };
-  // After this thread waited for its copies of tile j: the warp's share published.
-  auto publish = [&](int64_t j) {
-    if (j >= tiles) return;
-    if constexpr (kWg) wg::fence_async_smem();  // for wgmma's reads (the async proxy)
-    __syncwarp();
-    if (lane == 0) mbar::arrive(&full[j % kStages]);
-  };
-  // The end of tile j's p·v (its reads of the slot done): the refill of the slot tile j - 1 used
-  // with tile j + kStages - 1 (free: see above), and the publication of tile j + kAhead.
-  auto advance = [&](int64_t j) {
-    copy(j + kStages - 1);
-    cp_async_wait<kStages - 1 - kAhead>();  // tile j + kAhead (later groups may be in flight)
-    publish(j + kAhead);
-  };
-  auto masked = [&](int64_t j) {
-    return flash::tile_masked<kMask>(m0, kM, j * kN, kN, q_len, k_len);
-  };
-  for (int j = 0; j < kStages - 1; ++j) copy(j);
-  uint32_t qf[kD / 16][4];  // the warp's 16 query rows as A fragments (the copies in flight)
-  flash::row_fragments<T, kD>(qf, flash::head_of<kD>(q, bh, heads, q_len, ld_q), ld_q,
-                              m0 + warp * 16, q_len, g, t);
-  FwdRows<kD> st(m0 + warp * 16 + g, bh, q_len);
-  cp_async_wait<kStages - 1 - kAhead>();  // tiles 0 .. kAhead - 1
-  for (int j = 0; j < kAhead; ++j) publish(j);
-
-  float s[kN / 8][4];
-  float by[2];
-  if constexpr (kWg) {
-    uint32_t pa[kN / 16][4];  // tile j's probabilities as p·v's A fragments
-    if (tiles > 0) {
-      mbar::wait(&full[0], 0);
-      flash::zero(s);
-      flash::wg_abt<T, kD, kN>(s, qf, slot(0));
-      fwd_softmax<kMask, kDrop, kN, kD>(s, st, by, masked(0), pad, 0, q_len, k_len, scale2, drop,
-                                        lane, t);
-      st.rescale(by);
-      flash::a_fragments<T, kN>(pa, s);
-    }
-    for (int64_t j = 0; j < tiles; ++j) {
-      const bool next = j + 1 < tiles;
-      if (next) mbar::wait(&full[(j + 1) % kStages], phase(j + 1));
-      flash::zero(s);
-      wg::pin(s);
-      wg::pin(st.acc);
-      wg::fence();
-      if (next) {
+  // The denominators: the row's 4 threads' parts summed; out = acc / l, lse = ln(l) + max.
 #pragma unroll
-        for (int c = 0; c < kD / 16; ++c) {
-          wg::mma_rs<T, kN, 0>(s, qf[c], wg::desc_k_major<kN>(slot(j + 1), c));
-        }
-      }
-      wg::commit();
-      flash::wg_pb_issue<T, kD, kN>(st.acc, pa, slot(j) + kPitch);
-      wg::commit();
-      wg::wait<1>();  // tile j + 1's scores (p·v may still be in flight)
-      wg::pin(s);
-      if (next) {
-        fwd_softmax<kMask, kDrop, kN, kD>(s, st, by, masked(j + 1), pad, (j + 1) * kN, q_len, k_len,
-                                          scale2, drop, lane, t);
-      }
-      wg::wait<0>();  // p·v: the accumulator is ours again and the slot read
-      wg::pin(st.acc);
-      advance(j);
-      if (next) {
-        st.rescale(by);
-        flash::a_fragments<T, kN>(pa, s);
-      }
-    }
-  } else {
-    for (int64_t j = 0; j < tiles; ++j) {
-      const T* ks = slot(j);
-      mbar::wait(&full[j % kStages], phase(j));
-      flash::zero(s);
-      flash::mma_abt<T, kD, kN, kStride>(s, qf, ks, lane);
-      fwd_softmax<kMask, kDrop, kN, kD>(s, st, by, masked(j), pad, j * kN, q_len, k_len, scale2,
-                                        drop, lane, t);
-      st.rescale(by);
-      flash::mma_pb<T, kD, kN, kStride>(st.acc, s, ks + kPitch, lane);
-      advance(j);
-    }
+  for (int r = 0; r < 2; ++r) {
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
   }
-  fwd_store<T, kD>(st, out, lse, bh, heads, q_len, t);
-}
-
-}  // namespace flash
-
-// flash_attn_fwd_kernel — out = softmax(q·kᵀ·scale + mask) (dropped) · v per (batch, head); lse =
-//   the natural log of each query row's softmax denominator, max included (+inf for a row whose
-//   keys are all masked, whose output is then 0).
-// Fuses:     the scores GEMM, mask, softmax, dropout and the context GEMM of the unfused path.
-// Layout:    the token layout of the projections around it (no head split or merge): q [batch,
-//            q_len, ld_q] and k, v [batch, k_len, ld_kv] rows, head h in columns [h·kD, (h+1)·kD)
-//            of a row (q, k, v: column slices of one packed projection, e.g. [B·T, 3·H] with
-//            ld = 3·H); out [batch, q_len, heads·kD] (the [B·T, H] input of the output
-//            projection); key_padding [batch, k_len] bytes (nonzero: the key is padding; read when
-//            kMask has kPadding); lse [batch·heads, q_len] fp32. out, lse `=`.
-// Masks:     padding by key; causal keeps key j for query i when j <= i + k_len - q_len (the
-//            unfused softmax's rule).
-// Dropout:   entry (query i, key j) of head bh by the attention numbering (common/philox.cuh,
-//            row bh·q_len + i): the unfused softmax's, so both paths drop the same entries for the
-//            same seed and offset.
-// Grid/Block: flash_fwd_grid(batch·heads, q_len, kWarps) blocks of flash_fwd_block(kWarps)
-//            threads (kWarps warps of 16 query rows, their query fragments in registers; the plans
-//            use kFlashFwdWarps = 4); key tiles of kFlashBlockN. Smem by the geometry
-//            (flash_fwd_ring): 4 warps, static, a key tile and a value tile (flash::fwd_tiles); 8
-//            warps, dynamic, flash_fwd_smem(kD, kWarps): a ring of tile pairs (flash::fwd_ring).
-//            B fragments by ldmatrix (.trans for v), or wgmma descriptors on sm_90a at kD 64, 128.
-// Constants: kD a multiple of 16 in [16, 128] (static_assert). Pointers 16-byte aligned, ld_q and
-//            ld_kv multiples of 8 elements (the planner checks: flash_ld_ok). Built for
-//            flash_fwd_min_blocks(kD, kWarps) blocks per SM (128 registers up to kFlashLeanMaxD).
-// Numerics:  products in fp32 on tensor cores; the softmax in fp32 (exp2 with log2(e) folded in
-//            the scale); probabilities rounded to T before the context product (as the unfused
-//            path stores them); out rounded once. Both geometries give the same bits (each query
-//            row is its warp's alone, its tiles in the same order).
-template <typename T, int kD, Mask kMask, Drop kDrop, int kWarps>
-__global__ void __launch_bounds__(32 * kWarps, flash_fwd_min_blocks(kD, kWarps))
-    flash_attn_fwd_kernel(const T* q, const T* k, const T* v, const uint8_t* key_padding, T* out,
-                          float* lse, int64_t batch, int64_t heads, int64_t q_len, int64_t k_len,
-                          int64_t ld_q, int64_t ld_kv, float scale, DropoutArgs drop) {
-  static_assert(kD % 16 == 0 && kD >= 16 && kD <= 128, "kD: a multiple of 16 in [16, 128]");
-  static_assert(sizeof(T) == 2, "tensor cores: fp16 or bf16");
-  static_assert(kWarps == 4 || kWarps == 8, "kWarps: 4 or 8 warps of 16 query rows");
-  (void)batch;
-  if constexpr (kDrop == Drop::kOn) drop = load_dropout_state(drop);
-  if constexpr (flash_fwd_ring(kWarps)) {
-    flash::fwd_ring<T, kD, kMask, kDrop, kWarps>(q, k, v, key_padding, out, lse, heads, q_len,
-                                                 k_len, ld_q, ld_kv, scale, drop);
-  } else {
-    flash::fwd_tiles<T, kD, kMask, kDrop, kWarps>(q, k, v, key_padding, out, lse, heads, q_len,
-                                                  k_len, ld_q, ld_kv, scale, drop);
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) inv[r] = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
+  const int64_t ld_o = heads * kD;
+  flash::store_rows<T, kD>(flash::head_of<kD>(out, bh, heads, q_len, ld_o), ld_o, row, q_len, acc,
+                           inv, t);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (t == 0 && row[r] < q_len) {
+      lse[bh * q_len + row[r]] =
+          l_run[r] > 0.f ? (m_run[r] + log2f(l_run[r])) / kLog2e : __int_as_float(0x7f800000);
+    }
   }
 }
 

@@ -20,31 +20,6 @@ inline constexpr int kFlashThreads = 128;
 inline constexpr int kFlashFwdWarps = 4;
 inline constexpr int kFlashFwdWarpsAlt = 8;
 LIGHTSEQ_HD constexpr int flash_fwd_block(int warps = kFlashFwdWarps) { return 32 * warps; }
-// The geometries: 4 warps (one warpgroup of 64 query rows) hold one key tile and one value tile in
-// static shared memory, loaded by the block between two __syncthreads a tile; 8 warps (two
-// warpgroups, 128 query rows: every key and value read from L2 half as often per query) share a
-// ring of kFlashFwdStages key/value tile pairs in dynamic shared memory whose slots they fill and
-// publish through mbarriers (common/mbarrier.cuh), kFlashFwdStages - 1 tiles ahead, so that one
-// warpgroup's products run while the other's softmax does and neither waits for a whole block
-// (slots: the tile whose p·v runs, on sm_90a the next one whose q·kᵀ runs with it, one landing,
-// one being refilled).
-inline constexpr int kFlashFwdStages = 4;
-LIGHTSEQ_HD constexpr bool flash_fwd_ring(int warps) { return warps == kFlashFwdWarpsAlt; }
-// A ring slot's key (or value) tile in elements: kFlashBlockN rows padded to d + 8 (the mma.sync
-// build's layout; the swizzled wgmma tiles are smaller and fit), a multiple of 1 KiB in bytes for
-// d a multiple of 16 (the swizzle atoms' alignment).
-LIGHTSEQ_HD constexpr int flash_fwd_tile_elems(int64_t d) {
-  return kFlashBlockN * static_cast<int>(d + 8);
-}
-// Bytes of the ring's tiles (16-bit elements); its kFlashFwdStages barriers (8 bytes each) follow
-// them.
-LIGHTSEQ_HD constexpr int flash_fwd_ring_bytes(int64_t d) {
-  return kFlashFwdStages * 2 * flash_fwd_tile_elems(d) * 2;
-}
-// The launch's dynamic shared memory: the ring and its barriers, or none (4 warps: static).
-LIGHTSEQ_HD constexpr int flash_fwd_smem(int64_t d, int warps) {
-  return flash_fwd_ring(warps) ? flash_fwd_ring_bytes(d) + kFlashFwdStages * 8 : 0;
-}
 // The largest head dim whose kernels fit 128 registers a thread (the forward's state, or the
 // backward's with its k and v fragments in shared memory): the kernels built for 16 warps per SM.
 inline constexpr int64_t kFlashLeanMaxD = 64;
@@ -55,7 +30,7 @@ inline constexpr int64_t kFlashLeanMaxD = 64;
 // takes up to 255 (199 at d 128: two blocks), and the forward at d 96-128 ran 15-25 % slower (H100,
 // fifteenth session).
 LIGHTSEQ_HD constexpr int flash_fwd_min_blocks(int64_t d, int warps) {
-  return d <= kFlashLeanMaxD && warps == kFlashFwdWarps ? 16 / warps : 0;
+  return d <= kFlashLeanMaxD ? 16 / warps : 0;
 }
 // The most batch · heads the grids below take: CUDA's limit on gridDim.y.
 inline constexpr int64_t kFlashMaxBatchHeads = 65535;
@@ -190,7 +165,7 @@ inline Launch launch(const Values& v) {
   const int warps = static_cast<int>(v.t[index_of(kT, "kWarps")]);
   return {flash_fwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
                          v.i[index_of(kP, "q_len")], warps),
-          flash_fwd_block(warps), flash_fwd_smem(v.t[index_of(kT, "kD")], warps)};
+          flash_fwd_block(warps), 0};
 }
 }  // namespace flash_fwd
 // The forward and the two gradient kernels each take ~1 s of NVRTC per instance: each its own

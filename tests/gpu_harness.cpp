@@ -229,12 +229,6 @@ void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int
   launch(kernel, grid, block, 0, std::move(args));
 }
 
-void GpuKernelTest::launch(const KernelInstance& kernel, std::vector<void*> args) {
-  const sig::Launch l = launch_of(kernel, args);
-  if (l.grid.x == 0 || l.grid.y == 0 || l.grid.z == 0) return;  // an empty grid: nothing to run
-  launch(kernel, l.grid, l.block, l.smem_bytes, std::move(args));
-}
-
 void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int block,
                            int smem_bytes, std::vector<void*> args) {
   CUfunction f = kernel_function(kernel);

@@ -15,9 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "adam.sig.cuh"
 #include "bias_act_dropout.sig.cuh"
-#include "common/philox.cuh"
 #include "compiler/codegen/program.h"
 #include "compiler/errors.h"
 #include "compiler/ir/kernel.h"
@@ -342,43 +340,6 @@ TEST(KernelSignature, InstantiateRefusesWrongValues) {
   EXPECT_NE(msg([&] { dkdv(64, 3); }).find("cannot be instantiated"), std::string::npos);
   EXPECT_NO_THROW(dkdv(64, 2));
   EXPECT_NO_THROW(dkdv(128, 1));
-}
-
-// launch_of (what tests and benchmarks launch by): the signature's formula over the instance's
-// template values and the scalars behind the argument pointers, read by each parameter's C type;
-// a wrong number of arguments is refused.
-TEST(KernelSignature, LaunchOfReadsTheScalarsBehindTheArguments) {
-  for (const int warps : {kern::kFlashFwdWarps, kern::kFlashFwdWarpsAlt}) {
-    const KernelInstance fwd = instantiate(sig::kFlashFwd, Precision::kBf16,
-                                           {{"kD", 128},
-                                            tv("kMask", kern::Mask::kPadding),
-                                            tv("kDrop", kern::Drop::kOn),
-                                            {"kWarps", warps}});
-    uint64_t ptr = 0;  // pointers are not read
-    int64_t batch = 3, heads = 5, q_len = 300, k_len = 200, ld = 3 * 5 * 128;
-    float scale = 0.125f;
-    kern::DropoutArgs drop{};
-    std::vector<void*> args = {&ptr,   &ptr,   &ptr,   &ptr, &ptr, &ptr,   &batch,
-                               &heads, &q_len, &k_len, &ld,  &ld,  &scale, &drop};
-    const sig::Launch l = launch_of(fwd, args);
-    const kern::GridDim want = kern::flash_fwd_grid(batch * heads, q_len, warps);
-    EXPECT_EQ(l.grid.x, want.x) << warps;
-    EXPECT_EQ(l.grid.y, want.y) << warps;
-    EXPECT_EQ(l.block, kern::flash_fwd_block(warps));
-    EXPECT_EQ(l.smem_bytes, kern::flash_fwd_smem(128, warps));
-    EXPECT_EQ(l.smem_bytes > 0, kern::flash_fwd_ring(warps));
-    args.pop_back();
-    EXPECT_THROW(launch_of(fwd, args), InternalError);
-  }
-  // An int32 scalar: the chunks of check_finite_kernel's tensor list.
-  const KernelInstance check = instantiate(sig::kCheckFinite, Precision::kBf16, {});
-  uint64_t ptr = 0;
-  int32_t n_chunks = 1000;
-  const sig::Launch l = launch_of(check, std::vector<void*>{&ptr, &n_chunks, &ptr});
-  EXPECT_EQ(l.grid.x, kern::check_finite_grid(n_chunks).x);
-  EXPECT_EQ(l.block, kern::check_finite_block());
-  // The ring's shared memory within an H100's opt-in limit (227 KiB) at the largest head dim.
-  EXPECT_LE(kern::flash_fwd_smem(128, kern::kFlashFwdWarpsAlt), 227 * 1024);
 }
 
 // Every kernel step of every example plan resolves through its signature at several shapes:
