@@ -25,7 +25,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
-#include <span>
 #include <string>
 #include <vector>
 
@@ -60,7 +59,7 @@ std::vector<int64_t> parse_list(const std::string& s) {
 }
 
 struct Kernels {
-  KernelInstance fwd, dot, dkdv;
+  KernelInstance fwd, dot, dkdv, dq;
 };
 
 Kernels instances(Precision p, int64_t d, kern::Mask m, bool drop, int fwd_warps, int bwd_blocks) {
@@ -68,7 +67,8 @@ Kernels instances(Precision p, int64_t d, kern::Mask m, bool drop, int fwd_warps
   const auto dropout = tv("kDrop", drop ? kern::Drop::kOn : kern::Drop::kOff);
   return {instantiate(sig::kFlashFwd, p, {{"kD", d}, mask, dropout, {"kWarps", fwd_warps}}),
           instantiate(sig::kFlashDot, p, {{"kD", d}}),
-          instantiate(sig::kFlashDkDv, p, {{"kD", d}, mask, dropout, {"kBlocks", bwd_blocks}})};
+          instantiate(sig::kFlashDkDv, p, {{"kD", d}, mask, dropout, {"kBlocks", bwd_blocks}}),
+          instantiate(sig::kFlashDq, p, {{"kD", d}, mask, dropout})};
 }
 
 // Milliseconds per call of `issue` (events around `iters` calls, after 3 warm-up calls).
@@ -163,7 +163,7 @@ int main(int argc, char** argv) {
       for (bool drop : {false, true}) {
         const Kernels k =
             instances(p, d, kern::mask_of(padding, causal), drop, fwd_warps, bwd_blocks(d));
-        all.insert(all.end(), {k.fwd, k.dot, k.dkdv});
+        all.insert(all.end(), {k.fwd, k.dot, k.dkdv, k.dq});
       }
     }
     std::vector<KernelModule> modules;
@@ -212,54 +212,33 @@ int main(int argc, char** argv) {
             CUdeviceptr qp = qkv.device_ptr(), kp = qp + slice, vp = qp + 2 * slice,
                         pad = padding ? key_padding.device_ptr() : 0, op = o.device_ptr(),
                         lp = lse.device_ptr(), gop = go.device_ptr(), dotp = dot.device_ptr(),
-                        gqp = gqkv.device_ptr(), gkp = gqp + slice, gvp = gqp + 2 * slice, accp = 0,
-                        syncp = 0;
+                        gqp = gqkv.device_ptr(), gkp = gqp + slice, gvp = gqp + 2 * slice;
             float scale = 1.0f / std::sqrt(static_cast<float>(d));
             int64_t n_rows = rows;
             void* fwd_args[] = {&qp,    &kp, &vp, &pad, &op, &lp,    &batch,
                                 &heads, &T,  &T,  &ld,  &ld, &scale, &args};
             void* dot_args[] = {&op, &gop, &dotp, &n_rows, &heads, &T, &T};
-            void* dkdv_args[] = {&qp,    &kp,  &vp,  &pad, &gop,  &lp,    &dotp,
-                                 &op,    &gqp, &gkp, &gvp, &accp, &syncp, &batch,
-                                 &heads, &T,   &T,   &ld,  &ld,   &scale, &args};
-            // The grad_k/grad_v kernel's scratch (grad_q's parts over several key blocks) as the
-            // runtime provides it: sized by the signature's extents at these arguments; the buffers
-            // it zeroes (ScratchInit::kZero: the turn counters) zeroed before each backward.
-            std::vector<DeviceBuffer> scratch;
-            std::vector<std::pair<CUdeviceptr, size_t>> zero_first;
-            {
-              const kern::sig::Kernel& sk = *ks.dkdv.sig;
-              const kern::sig::Values v = values_of(ks.dkdv, dkdv_args);
-              for (int i = 0; i < sk.n_params; ++i) {
-                const kern::sig::Param& prm = sk.params[i];
-                if (prm.role != kern::sig::Role::kScratch) continue;
-                const kern::sig::Extent e = prm.extent(v);
-                const size_t width = prm.type == kern::sig::CType::kTPtr ? elem : 4;  // fp32, int32
-                const size_t bytes = static_cast<size_t>(e.rows * e.cols) * width;
-                if (bytes == 0) continue;  // the pointer stays null
-                scratch.emplace_back(allocator, bytes, stream);
-                *static_cast<CUdeviceptr*>(dkdv_args[i]) = scratch.back().device_ptr();
-                if (prm.init == kern::sig::ScratchInit::kZero) {
-                  zero_first.emplace_back(scratch.back().device_ptr(), bytes);
-                }
-              }
-            }
-            // Each launch's shape from its signature (launch_of); an empty grid launches nothing
-            // (the D kernel where one key block holds every key).
-            auto run = [&](const KernelInstance& k, std::span<void* const> a) {
-              const kern::sig::Launch l = launch_of(k, a);
-              if (l.grid.x == 0 || l.grid.y == 0 || l.grid.z == 0) return;
-              launch(fns.at(k.label), Dim3{l.grid.x, l.grid.y, l.grid.z},
-                     Dim3{static_cast<unsigned>(l.block)}, static_cast<size_t>(l.smem_bytes),
-                     stream, const_cast<void**>(a.data()), k.label);
+            void* dkdv_args[] = {&qp,  &kp,    &vp,    &pad, &gop, &lp, &dotp, &op,    &gqp, &gkp,
+                                 &gvp, &batch, &heads, &T,   &T,   &ld, &ld,   &scale, &args};
+            void* dq_args[] = {&qp,    &kp,    &vp, &pad, &gop, &lp, &dotp,  &gqp,
+                               &batch, &heads, &T,  &T,   &ld,  &ld, &scale, &args};
+            // The grids and shared memory of flash_attention.sig.cuh; an empty grid launches
+            // nothing (the D and grad_q kernels where one key block holds every key).
+            auto run = [&](const KernelInstance& k, kern::GridDim g, int block, int smem,
+                           void** a) {
+              if (g.x == 0 || g.y == 0 || g.z == 0) return;
+              launch(fns.at(k.label), Dim3{g.x, g.y, g.z}, Dim3{static_cast<unsigned>(block)},
+                     static_cast<size_t>(smem), stream, a, k.label);
             };
-            auto fwd = [&] { run(ks.fwd, fwd_args); };
+            auto fwd = [&] {
+              run(ks.fwd, kern::flash_fwd_grid(bh, T, fwd_warps), kern::flash_fwd_block(fwd_warps),
+                  0, fwd_args);
+            };
             auto bwd = [&] {
-              run(ks.dot, dot_args);
-              for (const auto& [ptr, bytes] : zero_first) {
-                LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(ptr, 0, bytes, stream));
-              }
-              run(ks.dkdv, dkdv_args);
+              run(ks.dot, kern::flash_dot_grid(rows, T), kern::kElementwiseThreads, 0, dot_args);
+              run(ks.dkdv, kern::flash_bwd_grid(bh, T), kern::flash_bwd_threads(T),
+                  kern::flash_bwd_smem(d, T, bwd_blocks(d)), dkdv_args);
+              run(ks.dq, kern::flash_dq_grid(bh, T, T), kern::kFlashThreads, 0, dq_args);
             };
             const double fwd_ms = time_ms(stream, iters, fwd);
             const double all_ms = time_ms(stream, iters, [&] {

@@ -315,7 +315,6 @@ void enqueue(const ResolvedLaunch& r, const LayerExecutor::Frame& f) {
     std::memcpy(storage.data() + l.offset, &table, sizeof(table));
   }
   for (int id : r.zero_first) {
-    if (f.bytes(id) == 0) continue;  // a scratch this launch's shape does not use (none to zero)
     LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(f.at(id)), 0,
                                                static_cast<size_t>(f.bytes(id)), f.stream));
   }

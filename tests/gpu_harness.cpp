@@ -229,47 +229,6 @@ void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int
   launch(kernel, grid, block, 0, std::move(args));
 }
 
-std::map<std::string, DeviceArray> GpuKernelTest::scratch(const KernelInstance& kernel,
-                                                          const std::vector<void*>& args) {
-  const sig::Kernel& k = *kernel.sig;
-  const sig::Values v = values_of(kernel, args);
-  std::map<std::string, DeviceArray> out;
-  for (int i = 0; i < k.n_params; ++i) {
-    const sig::Param& p = k.params[i];
-    if (p.role != sig::Role::kScratch) continue;
-    if (!p.extent) {
-      throw InternalError(
-          fmt::format("{}: scratch '{}' has no extent in its signature", kernel.label, p.name));
-    }
-    const sig::Extent e = p.extent(v);
-    const int64_t n = e.rows * e.cols;
-    size_t elem = 0;
-    switch (p.type) {
-      case sig::CType::kF32Ptr:
-      case sig::CType::kI32Ptr:
-        elem = 4;
-        break;
-      case sig::CType::kTPtr:
-        elem = element_bytes(kernel.precision);
-        break;
-      default:
-        throw InternalError(
-            fmt::format("{}: scratch '{}' of an unexpected C type", kernel.label, p.name));
-    }
-    DeviceArray a = zeroed_raw(static_cast<size_t>(std::max<int64_t>(1, n)), elem);
-    if (p.init != sig::ScratchInit::kZero) poison(a);
-    *static_cast<CUdeviceptr*>(args[i]) = n > 0 ? a.ptr() : 0;
-    out.emplace(p.name, std::move(a));
-  }
-  return out;
-}
-
-void GpuKernelTest::launch(const KernelInstance& kernel, std::vector<void*> args) {
-  const sig::Launch l = launch_of(kernel, args);
-  if (l.grid.x == 0 || l.grid.y == 0 || l.grid.z == 0) return;  // an empty grid: nothing to run
-  launch(kernel, l.grid, l.block, l.smem_bytes, std::move(args));
-}
-
 void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int block,
                            int smem_bytes, std::vector<void*> args) {
   CUfunction f = kernel_function(kernel);

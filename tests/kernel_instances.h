@@ -129,6 +129,7 @@ inline KernelInstance flash_dkdv(Precision p, const Flash& c, int blocks) {
 inline KernelInstance flash_dkdv(Precision p, const Flash& c) {
   return flash_dkdv(p, c, kern::flash_bwd_blocks(c.head_dim));
 }
+inline KernelInstance flash_dq(Precision p, const Flash& c) { return flash(sig::kFlashDq, p, c); }
 inline KernelInstance flash_dot(Precision p, int64_t head_dim) {
   return instantiate(sig::kFlashDot, p, {{"kD", head_dim}});
 }

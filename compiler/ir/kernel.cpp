@@ -31,38 +31,6 @@ int64_t KernelInstance::value(std::string_view name) const {
   throw InternalError(fmt::format("kernel {} has no template parameter '{}'", kernel, name));
 }
 
-sig::Values values_of(const KernelInstance& k, std::span<void* const> args) {
-  const sig::Kernel& s = *k.sig;
-  if (static_cast<int>(args.size()) != s.n_params) {
-    throw InternalError(fmt::format("{}: {} arguments for a signature of {} parameters", k.label,
-                                    args.size(), s.n_params));
-  }
-  sig::Values v;
-  for (int i = 0; i < s.n_tparams; ++i) v.t[i] = k.values.at(i);
-  for (int i = 0; i < s.n_params; ++i) {
-    if (s.params[i].role != sig::Role::kScalar) continue;
-    switch (s.params[i].type) {
-      case sig::CType::kI64:
-        v.i[i] = *static_cast<const int64_t*>(args[i]);
-        break;
-      case sig::CType::kI32:
-        v.i[i] = *static_cast<const int32_t*>(args[i]);
-        break;
-      case sig::CType::kF32:
-        v.f[i] = *static_cast<const float*>(args[i]);
-        break;
-      default:
-        throw InternalError(
-            fmt::format("{}: scalar '{}' of an unexpected C type", k.label, s.params[i].name));
-    }
-  }
-  return v;
-}
-
-sig::Launch launch_of(const KernelInstance& k, std::span<void* const> args) {
-  return k.sig->launch(values_of(k, args));
-}
-
 namespace {
 
 const char* ctype_text(sig::CType c) {

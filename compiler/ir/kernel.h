@@ -57,16 +57,6 @@ inline KernelInstance instantiate(const sig::Kernel& k, Precision p,
   return instantiate(k, p, std::span<const TemplateValue>(values.begin(), values.size()));
 }
 
-// The launch shape of `k` called with `args`, as a kernel launch takes them: one pointer per
-// run-time parameter, in the signature's order, to a value of the parameter's C type. The
-// signature's launch formula over k's template values and the scalars in args (grid, block,
-// dynamic shared memory): tests and benchmarks that call kernels directly launch by it instead of
-// restating the formulas. InternalError if args does not hold one pointer per parameter.
-sig::Launch launch_of(const KernelInstance& k, std::span<void* const> args);
-// What launch_of computes the shape from, also what the scratch extents read (sig::Param::extent):
-// k's template values and the scalars behind the argument pointers.
-sig::Values values_of(const KernelInstance& k, std::span<void* const> args);
-
 // Every kernel signature of templates/ (generated from templates/*.sig.cuh by the build).
 std::span<const sig::Kernel* const> all_kernel_signatures();
 
