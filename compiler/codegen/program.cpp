@@ -42,6 +42,7 @@ std::vector<ProgramSource> generate_programs(const std::vector<KernelInstance>& 
       p.name_expressions.push_back(k->name_expression());
     }
     p.source += fmt::format("#include \"{}\"\n", header);
+    p.own = !kernel.empty();
     programs.push_back(std::move(p));
   }
   return programs;

@@ -29,6 +29,9 @@ struct ProgramSource {
   std::vector<std::string> labels;
   // One per kernel, parallel to labels: "&lightseq::kern::ln_fwd_kernel<...>".
   std::vector<std::string> name_expressions;
+  // A kernel of its own program (sig::Program::kOwn: an instance whose NVRTC time alone is ~1-2 s,
+  // against ~0.1-0.3 s per kernel of a family program): the builds start these first.
+  bool own = false;
 };
 
 }  // namespace lightseq
