@@ -1,19 +1,15 @@
-// attention_bench — the fused attention kernels alone (templates/flash_attention.cuh, run through
-// runtime/fused_attention.h as lightseq.attention runs them): forward and forward + backward (D,
-// grad_k/grad_v with grad_q) time and TFLOP/s per head dim, sequence length and dropout, in the
-// layout the planner runs them (the token layout: q, k, v column slices of one packed
+// attention_bench — the fused attention kernels alone (templates/flash_attention.cuh): forward and
+// forward + backward (dot, dK/dV, dQ) time and TFLOP/s per head dim, sequence length and dropout,
+// in the layout the planner runs them (the token layout: q, k, v column slices of one packed
 // [batch·T, 3·hidden] projection, out [batch·T, hidden], fp32 log-sum-exp). Shapes follow
 // FlashAttention's benchmark: batch·T = 16384 tokens, hidden 2048 (heads = 2048 / d), no mask
 // unless --causal or --padding (the kernels built with the key-padding mask, as the models' plans
 // run them, every key kept: what evaluating the mask costs). FLOPs: forward 4·B·H·T²·d (halved when
 // causal), backward 2.5× the forward. benchmarks/attention_peers.py times torch SDPA's flash and
-// cuDNN backends on the same shapes. --packed: the same batch as a packed one of variable lengths
-// (cu_seqlens; each sequence's length uniform in [T/2, T], fixed seed), FLOPs counted over the
-// sequences' own lengths (Σ len², what a padded run at T also spends on its padding): against a
-// --padding run at the same T, what packing saves.
+// cuDNN backends on the same shapes.
 //
 // Usage: attention_bench [--dtype bf16|fp16] [--dims 64,128] [--seqs 512,...] [--causal]
-//                        [--padding | --packed] [--iters N] [--fwd-warps 4|8] [--bwd-blocks 1|2]
+//                        [--padding] [--iters N] [--fwd-warps 4|8] [--bwd-blocks 1|2]
 //                        (needs a GPU;
 //                        --fwd-warps: the forward's warps per block, the plans' 4 or the
 //                        alternative 8; --bwd-blocks: the blocks per SM the grad_k/grad_v kernel
@@ -29,18 +25,20 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
-#include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
+#include "common/philox.cuh"
+#include "compiler/codegen/program.h"
+#include "compiler/compiler.h"
 #include "compiler/errors.h"
+#include "compiler/ir/kernel.h"
+#include "compiler/nvrtc/nvrtc_compiler.h"
 #include "flash_attention.sig.cuh"
 #include "runtime/allocator.h"
 #include "runtime/cuda_check.h"
 #include "runtime/device.h"
 #include "runtime/driver.h"
-#include "runtime/fused_attention.h"
 #include "runtime/module.h"
 
 namespace {
@@ -58,6 +56,19 @@ std::vector<int64_t> parse_list(const std::string& s) {
     pos = comma + 1;
   }
   return out;
+}
+
+struct Kernels {
+  KernelInstance fwd, dot, dkdv, dq;
+};
+
+Kernels instances(Precision p, int64_t d, kern::Mask m, bool drop, int fwd_warps, int bwd_blocks) {
+  const auto mask = tv("kMask", m);
+  const auto dropout = tv("kDrop", drop ? kern::Drop::kOn : kern::Drop::kOff);
+  return {instantiate(sig::kFlashFwd, p, {{"kD", d}, mask, dropout, {"kWarps", fwd_warps}}),
+          instantiate(sig::kFlashDot, p, {{"kD", d}}),
+          instantiate(sig::kFlashDkDv, p, {{"kD", d}, mask, dropout, {"kBlocks", bwd_blocks}}),
+          instantiate(sig::kFlashDq, p, {{"kD", d}, mask, dropout})};
 }
 
 // Milliseconds per call of `issue` (events around `iters` calls, after 3 warm-up calls).
@@ -86,7 +97,7 @@ int main(int argc, char** argv) {
     std::vector<int64_t> dims{64, 128}, seqs{128, 512, 1024, 2048, 4096, 8192};
     int fwd_warps = kern::kFlashFwdWarps;  // the forward's warps per block (the plans': 4)
     int bwd_blocks_arg = 0;                // 0: the plans' flash_bwd_blocks(d)
-    bool causal = false, padding = false, packed = false;
+    bool causal = false, padding = false;
     int iters = 20;
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -120,16 +131,14 @@ int main(int argc, char** argv) {
         causal = true;
       } else if (a == "--padding") {
         padding = true;
-      } else if (a == "--packed") {
-        packed = true;
       } else if (a == "--iters") {
         iters = std::max(1, std::atoi(next().c_str()));
       } else {
-        throw Error(fmt::format(
-            "unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
-            "[--dims 64,128] [--seqs 512,1024] [--causal] [--padding | --packed] [--iters N] "
-            "[--fwd-warps 4|8] [--bwd-blocks 1|2] [--templates DIR]",
-            a));
+        throw Error(
+            fmt::format("unknown argument '{}'; usage: attention_bench [--dtype bf16|fp16] "
+                        "[--dims 64,128] [--seqs 512,1024] [--causal] [--padding] [--iters N] "
+                        "[--fwd-warps 4|8] [--bwd-blocks 1|2] [--templates DIR]",
+                        a));
       }
     }
     if (device_count() == 0) {
@@ -140,12 +149,29 @@ int main(int argc, char** argv) {
     ContextGuard guard(context.get());
     const std::string arch = device_target(0);
 
-    // One FusedAttention per head dim (runtime/fused_attention.h: the kernels, their launches
-    // and the backward's scratch, all from the signatures), in the geometry asked for.
-    std::map<int64_t, std::unique_ptr<FusedAttention>> attention;
+    // The grad_k/grad_v kernel's blocks per SM at head dim d.
+    auto bwd_blocks = [&](int64_t d) {
+      const int b = bwd_blocks_arg ? bwd_blocks_arg : kern::flash_bwd_blocks(d);
+      if (!kern::flash_bwd_blocks_ok(d, b)) {
+        throw Error(fmt::format("--bwd-blocks {}: head dim {} takes only 1", b, d));
+      }
+      return b;
+    };
+    // Every instance, compiled once.
+    std::vector<KernelInstance> all;
     for (int64_t d : dims) {
-      attention[d] = std::make_unique<FusedAttention>(
-          AttentionOptions{p, d, 0, {}, fwd_warps, bwd_blocks_arg});
+      for (bool drop : {false, true}) {
+        const Kernels k =
+            instances(p, d, kern::mask_of(padding, causal), drop, fwd_warps, bwd_blocks(d));
+        all.insert(all.end(), {k.fwd, k.dot, k.dkdv, k.dq});
+      }
+    }
+    std::vector<KernelModule> modules;
+    std::map<std::string, CUfunction> fns;
+    for (const ProgramSource& prog : codegen::generate_programs(all, p)) {
+      const CacheEntry entry = to_cache_entry(prog, compile_program(prog, arch));
+      modules.emplace_back(entry, 0);
+      for (const std::string& label : prog.labels) fns[label] = modules.back().function(label);
     }
 
     CUstream stream = nullptr;
@@ -154,9 +180,7 @@ int main(int argc, char** argv) {
         "attention_bench on {}: {}, hidden 2048 (heads = 2048/d), batch·T = 16384{}, {} "
         "iterations, forward blocks of {} warps, grad_k/grad_v built for {} blocks per SM\n",
         device_name(0), to_string(p),
-        std::string(causal ? ", causal" : "") +
-            (padding ? ", key-padding mask (none padded)" : "") +
-            (packed ? ", packed: lengths uniform in [T/2, T]" : ""),
+        std::string(causal ? ", causal" : "") + (padding ? ", key-padding mask (none padded)" : ""),
         iters, fwd_warps,
         bwd_blocks_arg ? std::to_string(bwd_blocks_arg) : std::string("the plans'"));
     fmt::print("{:>4} {:>6} {:>5} {:>6} {:>5} {:>10} {:>8} {:>12} {:>8}\n", "d", "T", "batch",
@@ -165,67 +189,63 @@ int main(int argc, char** argv) {
       StreamOrderedAllocator allocator(0);
       const size_t elem = p == Precision::kFp32 ? 4 : 2;
       for (int64_t d : dims) {
-        FusedAttention& attn = *attention.at(d);
         for (int64_t T : seqs) {
-          const int64_t batch = std::max<int64_t>(1, 16384 / T), heads = 2048 / d;
+          int64_t batch = std::max<int64_t>(1, 16384 / T), heads = 2048 / d;
           const int64_t bh = batch * heads, n = bh * T * d, rows = bh * T, hidden = heads * d;
           // q, k, v and their gradients: column slices of packed [batch·T, 3·hidden] rows
-          const int64_t ld = 3 * hidden;
+          int64_t ld = 3 * hidden;
           DeviceBuffer qkv(allocator, 3 * n * elem, stream), o(allocator, n * elem, stream),
               go(allocator, n * elem, stream), gqkv(allocator, 3 * n * elem, stream),
-              lse(allocator, rows * 4, stream), key_padding(allocator, batch * T, stream);
+              lse(allocator, rows * 4, stream), dot(allocator, rows * 4, stream),
+              key_padding(allocator, batch * T, stream);
           LIGHTSEQ_CU_CHECK(
               driver().cuMemsetD8Async(key_padding.device_ptr(), 0, batch * T, stream));
           // 0.125 in either dtype: a well-defined softmax (the timing does not depend on values).
           const unsigned eighth = p == Precision::kBf16 ? 0x3E003E00u : 0x30003000u;
           LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(qkv.device_ptr(), eighth, 3 * n / 2, stream));
           LIGHTSEQ_CU_CHECK(driver().cuMemsetD32Async(go.device_ptr(), eighth, n / 2, stream));
-          // --packed: the sequences' lengths and offsets (the buffers above hold the padded size)
-          std::vector<int32_t> cu{0};
-          double pairs = static_cast<double>(batch) * T * T;  // Σ q_len·k_len
-          if (packed) {
-            std::mt19937 gen(static_cast<uint32_t>(T));
-            std::uniform_int_distribution<int64_t> len(T / 2, T);
-            pairs = 0;
-            for (int64_t b = 0; b < batch; ++b) {
-              const int64_t l = len(gen);
-              cu.push_back(cu.back() + static_cast<int32_t>(l));
-              pairs += static_cast<double>(l) * l;
-            }
-          }
-          DeviceBuffer cu_dev(allocator, cu.size() * sizeof(int32_t), stream);
-          LIGHTSEQ_CU_CHECK(driver().cuMemcpyHtoDAsync(cu_dev.device_ptr(), cu.data(),
-                                                       cu.size() * sizeof(int32_t), stream));
           for (bool drop : {false, true}) {
-            const size_t slice = hidden * elem;  // bytes from q's columns to k's
-            auto at = [](const DeviceBuffer& b, size_t bytes) {
-              return static_cast<char*>(b.get()) + bytes;
+            const Kernels ks =
+                instances(p, d, kern::mask_of(padding, causal), drop, fwd_warps, bwd_blocks(d));
+            kern::DropoutArgs args = kern::make_dropout_args(1234, 0, drop ? 0.1 : 0.0);
+            const CUdeviceptr slice = hidden * elem;  // bytes from q's columns to k's
+            CUdeviceptr qp = qkv.device_ptr(), kp = qp + slice, vp = qp + 2 * slice,
+                        pad = padding ? key_padding.device_ptr() : 0, op = o.device_ptr(),
+                        lp = lse.device_ptr(), gop = go.device_ptr(), dotp = dot.device_ptr(),
+                        gqp = gqkv.device_ptr(), gkp = gqp + slice, gvp = gqp + 2 * slice;
+            float scale = 1.0f / std::sqrt(static_cast<float>(d));
+            int64_t n_rows = rows;
+            void* fwd_args[] = {&qp,    &kp, &vp, &pad, &op, &lp,    &batch,
+                                &heads, &T,  &T,  &ld,  &ld, &scale, &args};
+            void* dot_args[] = {&op, &gop, &dotp, &n_rows, &heads, &T, &T};
+            void* dkdv_args[] = {&qp,  &kp,    &vp,    &pad, &gop, &lp, &dotp, &op,    &gqp, &gkp,
+                                 &gvp, &batch, &heads, &T,   &T,   &ld, &ld,   &scale, &args};
+            void* dq_args[] = {&qp,    &kp,    &vp, &pad, &gop, &lp, &dotp,  &gqp,
+                               &batch, &heads, &T,  &T,   &ld,  &ld, &scale, &args};
+            // The grids and shared memory of flash_attention.sig.cuh; an empty grid launches
+            // nothing (the D and grad_q kernels where one key block holds every key).
+            auto run = [&](const KernelInstance& k, kern::GridDim g, int block, int smem,
+                           void** a) {
+              if (g.x == 0 || g.y == 0 || g.z == 0) return;
+              launch(fns.at(k.label), Dim3{g.x, g.y, g.z}, Dim3{static_cast<unsigned>(block)},
+                     static_cast<size_t>(smem), stream, a, k.label);
             };
-            AttentionArgs a;
-            a.q = at(qkv, 0), a.k = at(qkv, slice), a.v = at(qkv, 2 * slice);
-            a.ld_q = a.ld_kv = ld;
-            a.key_padding = padding ? key_padding.as<uint8_t>() : nullptr;
-            a.batch = batch, a.heads = heads, a.q_len = T, a.k_len = T;
-            a.total_q = a.total_k = batch * T;
-            if (packed) {
-              a.cu_seqlens_q = a.cu_seqlens_k = cu_dev.as<int>();
-              a.total_q = a.total_k = cu.back();
-            }
-            a.causal = causal;
-            a.scale = 1.0f / std::sqrt(static_cast<float>(d));
-            a.dropout = drop ? 0.1 : 0.0;
-            a.seed = 1234;
-            auto fwd = [&] { attn.forward(a, o.get(), lse.as<float>(), nullptr, stream); };
+            auto fwd = [&] {
+              run(ks.fwd, kern::flash_fwd_grid(bh, T, fwd_warps), kern::flash_fwd_block(fwd_warps),
+                  0, fwd_args);
+            };
             auto bwd = [&] {
-              attn.backward(a, o.get(), lse.as<float>(), go.get(), at(gqkv, 0), at(gqkv, slice),
-                            at(gqkv, 2 * slice), allocator, stream);
+              run(ks.dot, kern::flash_dot_grid(rows, T), kern::kElementwiseThreads, 0, dot_args);
+              run(ks.dkdv, kern::flash_bwd_grid(bh, T), kern::flash_bwd_threads(T),
+                  kern::flash_bwd_smem(d, T, bwd_blocks(d)), dkdv_args);
+              run(ks.dq, kern::flash_dq_grid(bh, T, T), kern::kFlashThreads, 0, dq_args);
             };
             const double fwd_ms = time_ms(stream, iters, fwd);
             const double all_ms = time_ms(stream, iters, [&] {
               fwd();
               bwd();
             });
-            const double flops = 4.0 * pairs * heads * d * (causal ? 0.5 : 1.0);
+            const double flops = 4.0 * batch * heads * T * T * d * (causal ? 0.5 : 1.0);
             fmt::print("{:>4} {:>6} {:>5} {:>6} {:>5} {:>10.3f} {:>8.1f} {:>12.3f} {:>8.1f}\n", d,
                        T, batch, heads, drop ? 0.1 : 0.0, fwd_ms, flops / fwd_ms * 1e-9, all_ms,
                        3.5 * flops / all_ms * 1e-9);

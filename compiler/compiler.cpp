@@ -30,11 +30,6 @@ double since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptions& options) {
-  return build_kernels(plan.kernels(), plan.spec.precision, cache, options);
-}
-
-BuildReport build_kernels(const std::vector<KernelInstance>& kernels, Precision precision,
-                          DiskCache& cache, const BuildOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
   if (options.archs.empty()) throw Error("no target arch given: pass at least one, e.g. sm_90");
   std::vector<std::string> archs;  // in the order given, each once
@@ -43,7 +38,9 @@ BuildReport build_kernels(const std::vector<KernelInstance>& kernels, Precision 
     if (std::find(archs.begin(), archs.end(), arch) == archs.end())
       archs.push_back(std::move(arch));
   }
-  const std::vector<ProgramSource> programs = codegen::generate_programs(kernels, precision);
+  const std::vector<KernelInstance> kernels = plan.kernels();
+  const std::vector<ProgramSource> programs =
+      codegen::generate_programs(kernels, plan.spec.precision);
   const std::string version = nvrtc_version();
   // What killed writers left behind goes now (best effort: a failure here costs disk space only).
   if (cache.persistent()) cache.remove_stale_temp_files();

@@ -51,9 +51,5 @@ struct BuildReport {
 // Throws CompileError for a rejected program (after the other programs finished), Error for a bad
 // arch.
 BuildReport build_plan(const ModelPlan& plan, DiskCache& cache, const BuildOptions& options);
-// The same for a list of kernel instances of one precision (a plan's, or a caller's own: the fused
-// attention as a function, runtime/fused_attention.h).
-BuildReport build_kernels(const std::vector<KernelInstance>& kernels, Precision precision,
-                          DiskCache& cache, const BuildOptions& options);
 
 }  // namespace lightseq

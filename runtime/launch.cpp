@@ -37,6 +37,31 @@ Layout layout_of(sig::CType c) {
   }
 }
 
+// The element type a pointer parameter's tensor must have (kModel for T).
+ElemType elem_of(sig::CType c) {
+  switch (c) {
+    case sig::CType::kTPtr:
+    case sig::CType::kConstTPtr:
+      return ElemType::kModel;
+    case sig::CType::kF32Ptr:
+    case sig::CType::kConstF32Ptr:
+      return ElemType::kF32;
+    case sig::CType::kConstI64Ptr:
+      return ElemType::kI64;
+    case sig::CType::kConstU8Ptr:
+    case sig::CType::kU8Ptr:
+      return ElemType::kU8;
+    case sig::CType::kI32Ptr:
+    case sig::CType::kConstI32Ptr:
+      return ElemType::kI32;
+    case sig::CType::kOptimStatePtr:
+    case sig::CType::kConstOptimStatePtr:
+      return ElemType::kOptimState;
+    default:
+      throw InternalError("elem_of: not a tensor pointer type");
+  }
+}
+
 template <typename V>
 void put(ResolvedLaunch& r, int param, const V& v) {
   std::memcpy(r.storage.data() + r.offsets[param], &v, sizeof(V));
@@ -290,7 +315,6 @@ void enqueue(const ResolvedLaunch& r, const LayerExecutor::Frame& f) {
     std::memcpy(storage.data() + l.offset, &table, sizeof(table));
   }
   for (int id : r.zero_first) {
-    if (f.bytes(id) == 0) continue;  // a scratch this launch's shape does not use (none to zero)
     LIGHTSEQ_CU_CHECK(driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(f.at(id)), 0,
                                                static_cast<size_t>(f.bytes(id)), f.stream));
   }

@@ -11,38 +11,15 @@
 namespace lightseq::kern {
 
 // ---- flash_attention.cuh -----------------------------------------------------------------------
-inline constexpr int kFlashBlockN = 64;  // keys per tile of the forward
+inline constexpr int kFlashBlockM = 64;  // query rows per block of grad_q: 4 warps of 16
+inline constexpr int kFlashBlockN = 64;  // keys per tile
+inline constexpr int kFlashThreads = 128;
 // The forward: kWarps warps of 16 query rows per block (a template parameter). The plans launch
 // kFlashFwdWarps; kFlashFwdWarpsAlt is the other geometry attention_bench can time (--fwd-warps),
 // whose results are the same bits (each query row is its warp's work alone).
 inline constexpr int kFlashFwdWarps = 4;
 inline constexpr int kFlashFwdWarpsAlt = 8;
 LIGHTSEQ_HD constexpr int flash_fwd_block(int warps = kFlashFwdWarps) { return 32 * warps; }
-// The geometries: 4 warps (one warpgroup of 64 query rows) hold one key tile and one value tile in
-// static shared memory, loaded by the block between two __syncthreads a tile; 8 warps (two
-// warpgroups, 128 query rows: every key and value read from L2 half as often per query) share a
-// ring of kFlashFwdStages key/value tile pairs in dynamic shared memory whose slots they fill and
-// publish through mbarriers (common/mbarrier.cuh), kFlashFwdStages - 1 tiles ahead, so that one
-// warpgroup's products run while the other's softmax does and neither waits for a whole block
-// (slots: the tile whose p·v runs, on sm_90a the next one whose q·kᵀ runs with it, one landing,
-// one being refilled).
-inline constexpr int kFlashFwdStages = 4;
-LIGHTSEQ_HD constexpr bool flash_fwd_ring(int warps) { return warps == kFlashFwdWarpsAlt; }
-// A ring slot's key (or value) tile in elements: kFlashBlockN rows padded to d + 8 (the mma.sync
-// build's layout; the swizzled wgmma tiles are smaller and fit), a multiple of 1 KiB in bytes for
-// d a multiple of 16 (the swizzle atoms' alignment).
-LIGHTSEQ_HD constexpr int flash_fwd_tile_elems(int64_t d) {
-  return kFlashBlockN * static_cast<int>(d + 8);
-}
-// Bytes of the ring's tiles (16-bit elements); its kFlashFwdStages barriers (8 bytes each) follow
-// them.
-LIGHTSEQ_HD constexpr int flash_fwd_ring_bytes(int64_t d) {
-  return kFlashFwdStages * 2 * flash_fwd_tile_elems(d) * 2;
-}
-// The launch's dynamic shared memory: the ring and its barriers, or none (4 warps: static).
-LIGHTSEQ_HD constexpr int flash_fwd_smem(int64_t d, int warps) {
-  return flash_fwd_ring(warps) ? flash_fwd_ring_bytes(d) + kFlashFwdStages * 8 : 0;
-}
 // The largest head dim whose kernels fit 128 registers a thread (the forward's state, or the
 // backward's with its k and v fragments in shared memory): the kernels built for 16 warps per SM.
 inline constexpr int64_t kFlashLeanMaxD = 64;
@@ -53,7 +30,7 @@ inline constexpr int64_t kFlashLeanMaxD = 64;
 // takes up to 255 (199 at d 128: two blocks), and the forward at d 96-128 ran 15-25 % slower (H100,
 // fifteenth session).
 LIGHTSEQ_HD constexpr int flash_fwd_min_blocks(int64_t d, int warps) {
-  return d <= kFlashLeanMaxD && warps == kFlashFwdWarps ? 16 / warps : 0;
+  return d <= kFlashLeanMaxD ? 16 / warps : 0;
 }
 // The most batch · heads the grids below take: CUDA's limit on gridDim.y.
 inline constexpr int64_t kFlashMaxBatchHeads = 65535;
@@ -71,17 +48,15 @@ LIGHTSEQ_HD constexpr GridDim flash_fwd_grid(int64_t batch_heads, int64_t q_len,
 }
 
 // The backward: grad_k/grad_v per block of keys, 16 per warp (x: key blocks, y: batch · heads),
-// looping over query tiles of flash_bwd_block_m(kD, kBlocks) rows; D (Σ grad_out·out) one row per
-// thread. grad_q: each key block adds its part of every query tile it visits (flash_dq_turn below).
-// When one key block holds every key (flash_bwd_one_block: up to kFlashBwdBlockN keys), the
-// grad_k/grad_v kernel computes D itself and writes grad_q directly: the D kernel's grid is then
-// empty (nothing launched), and the backward is one launch. Blocks of 8 warps only where they make
-// one block of more than 64 keys; 4 otherwise (measured on an H100 with the ~255-register geometry:
-// with several blocks, 8 warps were 8-10 % slower than 4 — one block per SM instead of two).
-inline constexpr int kFlashBwdBlockN = 128;  // the most keys of one block (8 warps)
-inline constexpr int kFlashBwdBlockNSmall = kFlashBwdBlockN / 2;  // 4 warps: each of several
-inline constexpr int kFlashBwdThreads = 256;                      // the most threads of one block
-// (k_len 0: no block, nothing written; the runtime rejects empty sequences before.)
+// looping over query tiles of flash_bwd_block_m(kD, kBlocks) rows; grad_q per query tile as the
+// forward; D (Σ grad_out·out) one row per thread. When one key block holds every key
+// (flash_bwd_one_block: up to kFlashBwdBlockN keys), the grad_k/grad_v kernel also writes grad_q
+// and computes D itself: the D and grad_q kernels' grids are then empty (nothing launched), and the
+// backward is one launch. Blocks of 8 warps only where they make one block of more than 64 keys; 4
+// otherwise (measured on an H100 with the ~255-register geometry: with several blocks, 8 warps
+// were 8-10 % slower than 4 — one block per SM instead of two).
+inline constexpr int kFlashBwdBlockN = 128;   // the most keys of one block (8 warps)
+inline constexpr int kFlashBwdThreads = 256;  // the most threads of one block
 LIGHTSEQ_HD constexpr bool flash_bwd_one_block(int64_t k_len) {
   return k_len > 0 && k_len <= kFlashBwdBlockN;
 }
@@ -118,16 +93,13 @@ LIGHTSEQ_HD constexpr int flash_bwd_block_m(int64_t d, int blocks) {
 // tile's copies in flight while this one's products run), each a query tile [m, d] at 0 and its
 // grad_out tile (each rounded up to 1 KiB), with one key block its out tile (for D), the tile's lse
 // and D (fp32; flash_attn_bwd_dot_kernel's with several key blocks, staged from the out tile with
-// one); then the block's keys [n, d] (at a 1 KiB boundary; grad_q's B operand, and the fragments'
-// source in the sm_90a build and the two-block mma.sync build) and values [n, d] (read by those two
-// builds), the tile's dSᵀ [n, m] (grad_q's A operand), and at `dq` what the block shares about its
-// part of grad_q over several key blocks (not static shared memory: that would move this buffer
-// off its 1 KiB alignment). The kernel carves its buffer by these;
+// one); then the block's keys [n, d] (at a 1 KiB boundary) and values [n, d] (read by the sm_90a
+// build, and by the mma.sync build with two blocks per SM; its keys also for grad_q with one key
+// block), and with one key block the tile's dSᵀ [n, m]. The kernel carves its buffer by these;
 // `bytes` is the launch's. Offsets gs..dot are within stage 0.
 inline constexpr int kFlashBwdStages = 2;
-inline constexpr int kFlashDqSharedBytes = 32;  // the kernel's DqShared (static_assert there)
 struct FlashBwdSmem {
-  int gs, os, lse, dot, stage, ks, vs, dst, dq, bytes;
+  int gs, os, lse, dot, stage, ks, vs, dst, bytes;
 };
 LIGHTSEQ_HD constexpr FlashBwdSmem flash_bwd_smem_layout(int64_t d, int64_t k_len, int blocks) {
   const int m = flash_bwd_block_m(d, blocks), n = flash_bwd_block_n(k_len);
@@ -145,8 +117,7 @@ LIGHTSEQ_HD constexpr FlashBwdSmem flash_bwd_smem_layout(int64_t d, int64_t k_le
   l.ks = kFlashBwdStages * l.stage;
   l.vs = l.ks + n * row;
   l.dst = l.vs + n * row;
-  l.dq = l.dst + n * (m + 8) * 2;
-  l.bytes = l.dq + kFlashDqSharedBytes;
+  l.bytes = l.dst + (one ? n * (m + 8) * 2 : 0);
   return l;
 }
 LIGHTSEQ_HD constexpr int flash_bwd_smem(int64_t d, int64_t k_len, int blocks) {
@@ -156,42 +127,8 @@ LIGHTSEQ_HD constexpr GridDim flash_bwd_grid(int64_t batch_heads, int64_t k_len)
   return GridDim{static_cast<uint32_t>(ceil_div(k_len, flash_bwd_block_n(k_len))),
                  static_cast<uint32_t>(batch_heads), 1};
 }
-// grad_q over several key blocks: query tile m (rows [m, m + kM)) gets a part from every key block
-// that visits it, summed in fp32 in a fixed order: key blocks ascending, or (causal) descending,
-// so that the last part is always key block 0's. Parts go into the kernel's dq_acc scratch (fp32
-// [batch·heads·q_len, kD]): part 0 stores, the middle parts add, the last reads the sum back and
-// writes grad_q rounded once. Each part waits for its turn on the tile's counter in the dq_sync
-// scratch (int32, zeroed by the runtime before each launch; per head a word that hands out its key
-// blocks' places in start order, then its tiles' counters: a block waits only on blocks that
-// started before it, which are resident or done). Causal: key block j visits tile m iff j·block_n <
-// m + kM + k_len - q_len (its first query tile, m_begin, is the tile holding query j·block_n -
-// (k_len - q_len), or 0); rows of tiles no block visits get zeros from key block 0.
-struct FlashDqTurn {
-  int rank;   // this part's place in the tile's order (0: stores)
-  int parts;  // the parts the tile sums (rank parts - 1: the last, writes grad_q)
-};
-LIGHTSEQ_HD constexpr FlashDqTurn flash_dq_turn(bool causal, int64_t j, int64_t blocks, int64_t m,
-                                                int kM, int block_n, int64_t q_len, int64_t k_len) {
-  if (!causal) return {static_cast<int>(j), static_cast<int>(blocks)};
-  const int64_t reach = m + kM + k_len - q_len;  // keys below it see some row of the tile
-  const int64_t n = reach <= 0 ? 0 : ceil_div(reach, block_n);
-  const int64_t parts = n < blocks ? n : blocks;
-  return {static_cast<int>(parts - 1 - j), static_cast<int>(parts)};
-}
-// A key block's first query tile: 0, or (causal) the tile holding the first query that may see
-// its first key n0.
-LIGHTSEQ_HD constexpr int64_t flash_bwd_m_begin(bool causal, int64_t n0, int kM, int64_t q_len,
-                                                int64_t k_len) {
-  const int64_t first = n0 - (k_len - q_len);
-  return causal && first > 0 ? first / kM * kM : 0;
-}
-// The scratch of several key blocks (zero-sized with one): dq_acc rows and dq_sync words.
-LIGHTSEQ_HD constexpr int64_t flash_dq_acc_rows(int64_t batch_heads, int64_t q_len, int64_t k_len) {
-  return flash_bwd_one_block(k_len) ? 0 : batch_heads * q_len;
-}
-LIGHTSEQ_HD constexpr int64_t flash_dq_sync_words(int64_t batch_heads, int64_t q_len, int64_t k_len,
-                                                  int kM) {
-  return flash_bwd_one_block(k_len) ? 0 : batch_heads * (1 + ceil_div(q_len, kM));
+LIGHTSEQ_HD constexpr GridDim flash_dq_grid(int64_t batch_heads, int64_t q_len, int64_t k_len) {
+  return flash_bwd_one_block(k_len) ? GridDim{0, 1, 1} : flash_fwd_grid(batch_heads, q_len);
 }
 LIGHTSEQ_HD constexpr GridDim flash_dot_grid(int64_t rows, int64_t k_len) {
   return flash_bwd_one_block(k_len) ? GridDim{0, 1, 1}
@@ -205,45 +142,33 @@ LIGHTSEQ_HD constexpr GridDim flash_dot_grid(int64_t rows, int64_t k_len) {
 
 namespace lightseq::kern::sig {
 
-// The template parameters the fused attention's kernels share; the forward adds its warps per
-// block, the grad_k/grad_v kernel its blocks per SM.
+// The template parameters of the D and grad_q kernels; the forward adds its warps per block, the
+// grad_k/grad_v kernel its blocks per SM.
 namespace flash_bwd {
-inline constexpr TParam kT[] = {
-    kDTypeParam, int_param("kD", "d"), enum_param("kMask", "mask", kMaskInfo),
-    enum_param("kDrop", "drop", kDropInfo), enum_param("kSeqs", "seqs", kSeqsInfo)};
-
-// The operands and sizes the forward and the grad_k/grad_v kernel share (flash_attention.cuh):
-// q, k, v, the optional key padding and the packed batches' cumulative offsets; batch, heads,
-// lengths (packed: the longest), the packed rows of each side (total_q, total_k: the bounds of
-// their offsets, and lse's [heads, total_q]), row strides, scale and the dropout stream.
-inline constexpr Param kOperands[] = {in("q", CType::kConstTPtr),
-                                      in("k", CType::kConstTPtr),
-                                      in("v", CType::kConstTPtr),
-                                      in("key_padding", CType::kConstU8Ptr, Nullable::kYes),
-                                      in("cu_seqlens_q", CType::kConstI32Ptr, Nullable::kYes),
-                                      in("cu_seqlens_k", CType::kConstI32Ptr, Nullable::kYes)};
-inline constexpr Param kSizes[] = {scalar("batch", CType::kI64),   scalar("heads", CType::kI64),
-                                   scalar("q_len", CType::kI64),   scalar("k_len", CType::kI64),
-                                   scalar("total_q", CType::kI64), scalar("total_k", CType::kI64),
-                                   scalar("ld_q", CType::kI64),    scalar("ld_kv", CType::kI64),
-                                   scalar("scale", CType::kF32),   dropout("drop")};
+inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d"),
+                                enum_param("kMask", "mask", kMaskInfo),
+                                enum_param("kDrop", "drop", kDropInfo)};
 }  // namespace flash_bwd
 
 namespace flash_fwd {
 inline constexpr auto kTList = extend(flash_bwd::kT, int_param("kWarps", "w"));
 inline constexpr const auto& kT = kTList.v;
-inline constexpr Param kOutputs[] = {out("out", CType::kTPtr), out("lse", CType::kF32Ptr),
-                                     error_flag("bad_seqlens")};
-inline constexpr auto kPList = join(flash_bwd::kOperands, kOutputs, flash_bwd::kSizes);
-inline constexpr const auto& kP = kPList.v;
+inline constexpr Param kP[] = {
+    in("q", CType::kConstTPtr),   in("k", CType::kConstTPtr),
+    in("v", CType::kConstTPtr),   in("key_padding", CType::kConstU8Ptr, Nullable::kYes),
+    out("out", CType::kTPtr),     out("lse", CType::kF32Ptr),
+    scalar("batch", CType::kI64), scalar("heads", CType::kI64),
+    scalar("q_len", CType::kI64), scalar("k_len", CType::kI64),
+    scalar("ld_q", CType::kI64),  scalar("ld_kv", CType::kI64),
+    scalar("scale", CType::kF32), dropout("drop")};
 inline Launch launch(const Values& v) {
   const int warps = static_cast<int>(v.t[index_of(kT, "kWarps")]);
   return {flash_fwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
                          v.i[index_of(kP, "q_len")], warps),
-          flash_fwd_block(warps), flash_fwd_smem(v.t[index_of(kT, "kD")], warps)};
+          flash_fwd_block(warps), 0};
 }
 }  // namespace flash_fwd
-// The forward and the grad_k/grad_v kernel each take ~1 s of NVRTC per instance: each its own
+// The forward and the two gradient kernels each take ~1 s of NVRTC per instance: each its own
 // program, so that a model's instances compile in parallel.
 inline constexpr Kernel kFlashFwd =
     make_kernel("flash_attention", "flash_attn_fwd_kernel", flash_fwd::kT, flash_fwd::kP,
@@ -251,13 +176,9 @@ inline constexpr Kernel kFlashFwd =
 
 namespace flash_dot {
 inline constexpr TParam kT[] = {kDTypeParam, int_param("kD", "d")};
-inline constexpr Param kP[] = {in("out", CType::kConstTPtr),
-                               in("grad_out", CType::kConstTPtr),
-                               in("cu_seqlens_q", CType::kConstI32Ptr, Nullable::kYes),
-                               out("dot", CType::kF32Ptr),
-                               scalar("rows", CType::kI64),
-                               scalar("heads", CType::kI64),
-                               scalar("q_len", CType::kI64),
+inline constexpr Param kP[] = {in("out", CType::kConstTPtr), in("grad_out", CType::kConstTPtr),
+                               out("dot", CType::kF32Ptr),   scalar("rows", CType::kI64),
+                               scalar("heads", CType::kI64), scalar("q_len", CType::kI64),
                                scalar("k_len", CType::kI64)};
 inline Launch launch(const Values& v) {
   return {flash_dot_grid(v.i[index_of(kP, "rows")], v.i[index_of(kP, "k_len")]),
@@ -267,40 +188,22 @@ inline Launch launch(const Values& v) {
 inline constexpr Kernel kFlashDot = make_kernel("flash_attention", "flash_attn_bwd_dot_kernel",
                                                 flash_dot::kT, flash_dot::kP, &flash_dot::launch);
 
-// `out` is read (for D) and `dot` ignored when one key block holds every key
-// (flash_bwd_one_block); with several, `dot` is flash_attn_bwd_dot_kernel's and dq_acc, dq_sync
-// sum grad_q's parts (flash_dq_turn).
+// The two gradient kernels' parameters (grad_k and grad_v, or grad_q, in place of `grads`).
+#define LIGHTSEQ_FLASH_BWD_PARAMS(...)                                                          \
+  in("q", CType::kConstTPtr), in("k", CType::kConstTPtr), in("v", CType::kConstTPtr),           \
+      in("key_padding", CType::kConstU8Ptr, Nullable::kYes), in("grad_out", CType::kConstTPtr), \
+      in("lse", CType::kConstF32Ptr), in("dot", CType::kConstF32Ptr), __VA_ARGS__,              \
+      scalar("batch", CType::kI64), scalar("heads", CType::kI64), scalar("q_len", CType::kI64), \
+      scalar("k_len", CType::kI64), scalar("ld_q", CType::kI64), scalar("ld_kv", CType::kI64),  \
+      scalar("scale", CType::kF32), dropout("drop")
+
+// grad_q: written only when one key block holds every key (flash_bwd_one_block); `out` read then.
 namespace flash_dkdv {
 inline constexpr auto kTList = extend(flash_bwd::kT, int_param("kBlocks", "b"));
 inline constexpr const auto& kT = kTList.v;
-inline Extent dq_acc(const Values& v);
-inline Extent dq_sync(const Values& v);
-inline constexpr Param kGrads[] = {
-    in("grad_out", CType::kConstTPtr),
-    in("lse", CType::kConstF32Ptr),
-    in("dot", CType::kConstF32Ptr),
-    in("out", CType::kConstTPtr),
-    out("grad_q", CType::kTPtr),
-    out("grad_k", CType::kTPtr),
-    out("grad_v", CType::kTPtr),
-    scratch("dq_acc", CType::kF32Ptr, &dq_acc, Nullable::kYes),
-    scratch("dq_sync", CType::kI32Ptr, &dq_sync, Nullable::kYes, ScratchInit::kZero)};
-inline constexpr auto kPList = join(flash_bwd::kOperands, kGrads, flash_bwd::kSizes);
-inline constexpr const auto& kP = kPList.v;
-inline int64_t batch_heads(const Values& v) {
-  return v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")];
-}
-inline Extent dq_acc(const Values& v) {
-  return {flash_dq_acc_rows(batch_heads(v), v.i[index_of(kP, "q_len")], v.i[index_of(kP, "k_len")]),
-          v.t[index_of(kT, "kD")]};
-}
-inline Extent dq_sync(const Values& v) {
-  const int m =
-      flash_bwd_block_m(v.t[index_of(kT, "kD")], static_cast<int>(v.t[index_of(kT, "kBlocks")]));
-  return {flash_dq_sync_words(batch_heads(v), v.i[index_of(kP, "q_len")],
-                              v.i[index_of(kP, "k_len")], m),
-          1};
-}
+inline constexpr Param kP[] = {
+    LIGHTSEQ_FLASH_BWD_PARAMS(in("out", CType::kConstTPtr), out("grad_q", CType::kTPtr),
+                              out("grad_k", CType::kTPtr), out("grad_v", CType::kTPtr))};
 inline Launch launch(const Values& v) {
   const int64_t k_len = v.i[index_of(kP, "k_len")];
   return {flash_bwd_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")], k_len),
@@ -319,8 +222,21 @@ inline constexpr Kernel kFlashDkDv =
     make_kernel("flash_attention", "flash_attn_bwd_dkdv_kernel", flash_dkdv::kT, flash_dkdv::kP,
                 &flash_dkdv::launch, Program::kOwn, &flash_dkdv::reject);
 
+namespace flash_dq {
+inline constexpr Param kP[] = {LIGHTSEQ_FLASH_BWD_PARAMS(out("grad_q", CType::kTPtr))};
+inline Launch launch(const Values& v) {
+  return {flash_dq_grid(v.i[index_of(kP, "batch")] * v.i[index_of(kP, "heads")],
+                        v.i[index_of(kP, "q_len")], v.i[index_of(kP, "k_len")]),
+          kFlashThreads, 0};
+}
+}  // namespace flash_dq
+#undef LIGHTSEQ_FLASH_BWD_PARAMS
+inline constexpr Kernel kFlashDq =
+    make_kernel("flash_attention", "flash_attn_bwd_dq_kernel", flash_bwd::kT, flash_dq::kP,
+                &flash_dq::launch, Program::kOwn);
+
 namespace flash_attention {
-inline constexpr const Kernel* kKernels[] = {&kFlashFwd, &kFlashDot, &kFlashDkDv};
+inline constexpr const Kernel* kKernels[] = {&kFlashFwd, &kFlashDot, &kFlashDkDv, &kFlashDq};
 }
 
 }  // namespace lightseq::kern::sig

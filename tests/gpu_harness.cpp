@@ -13,7 +13,6 @@
 #include "compiler/codegen/program.h"
 #include "compiler/compiler.h"
 #include "compiler/errors.h"
-#include "compiler/graph/graph.h"
 #include "compiler/nvrtc/nvrtc_compiler.h"
 #include "compiler/parallel.h"
 #include "runtime/cuda_check.h"
@@ -228,24 +227,6 @@ Vec GpuKernelTest::download(const DeviceArray& a) {
 void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int block,
                            std::vector<void*> args) {
   launch(kernel, grid, block, 0, std::move(args));
-}
-
-std::map<std::string, DeviceArray> GpuKernelTest::scratch(const KernelInstance& kernel,
-                                                          const std::vector<void*>& args) {
-  std::map<std::string, DeviceArray> out;
-  for (const ScratchNeed& need : scratch_of(kernel, args)) {
-    DeviceArray a = zeroed_raw(std::max<size_t>(1, need.bytes), 1);
-    if (!need.zeroed) poison(a);
-    *static_cast<CUdeviceptr*>(args[need.param]) = need.bytes > 0 ? a.ptr() : 0;
-    out.emplace(need.name, std::move(a));
-  }
-  return out;
-}
-
-void GpuKernelTest::launch(const KernelInstance& kernel, std::vector<void*> args) {
-  const sig::Launch l = launch_of(kernel, args);
-  if (l.grid.x == 0 || l.grid.y == 0 || l.grid.z == 0) return;  // an empty grid: nothing to run
-  launch(kernel, l.grid, l.block, l.smem_bytes, std::move(args));
 }
 
 void GpuKernelTest::launch(const KernelInstance& kernel, kern::GridDim grid, int block,

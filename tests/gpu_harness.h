@@ -9,7 +9,6 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
-#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -92,18 +91,7 @@ class GpuKernelTest : public ::testing::Test {
     return v;
   }
 
-  // Launches and synchronizes with the launch shape of the kernel's signature (launch_of: grid,
-  // block and dynamic shared memory from its formulas; an empty grid launches nothing); a launch
-  // or execution error throws CudaError naming the label. args: one pointer per kernel parameter,
-  // each to a value of exactly the parameter's type.
-  void launch(const KernelInstance& kernel, std::vector<void*> args);
-  // The scratch buffers `kernel` takes (its kScratch parameters), as the runtime provides them:
-  // each sized by its signature's extent at the scalars in `args`, zeroed where its ScratchInit
-  // says so and poisoned otherwise; the CUdeviceptr each such argument points at is set to its
-  // buffer (0 where the extent is empty). By parameter name; call before launch(kernel, args).
-  std::map<std::string, DeviceArray> scratch(const KernelInstance& kernel,
-                                             const std::vector<void*>& args);
-  // The same with a launch shape of the caller's (a test of a shape the formulas would not give).
+  // Launches and synchronizes; a launch or execution error throws CudaError naming the label.
   // args: one pointer per kernel parameter, each to a value of exactly the parameter's type.
   void launch(const KernelInstance& kernel, kern::GridDim grid, int block, std::vector<void*> args);
   // The same with `smem_bytes` of dynamic shared memory.

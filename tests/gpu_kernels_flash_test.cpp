@@ -3,8 +3,7 @@
 // for the gradients): flash_attn_fwd_kernel and the backward (dot, grad_k/grad_v, grad_q) for
 // fp16/bf16 × head dims 32, 64, 96, 128 × every mask × dropout on/off; query and key lengths 1, 7,
 // 63, 64, 65, 77, 128, 129, 513 and cross-attention shapes with q_len ≠ k_len (the backward in one
-// launch where k_len <= 128, in two past it); T = 1024, 4096, 8192 at head dims 64 and 128 (bf16,
-// both masks, dropout: GpuLongFlash); the forward with 8 warps per block the same bits as
+// launch where k_len <= 128, in three past it); the forward with 8 warps per block the same bits as
 // with the plans' 4; a padded-out batch element
 // (its rows fully masked: out 0, lse +inf, no gradient); the dropped entries the same as the
 // unfused softmax's for the same seed and offset; the backward bitwise the same twice. In the token
@@ -15,8 +14,6 @@
 
 #include <cmath>
 #include <limits>
-#include <map>
-#include <span>
 
 #include "compiler/codegen/program.h"
 #include "compiler/nvrtc/nvrtc_compiler.h"
@@ -54,13 +51,7 @@ const Shape kShapes[] = {{2, 3, 1, 1},
                          // one key block (every key in one grad_k/grad_v block: the backward in
                          // one launch) over many query tiles; just past it, two blocks
                          {1, 2, 300, 64},
-                         {2, 1, 129, 129},
-                         // several key blocks, more queries than keys: causal, the first query
-                         // tiles see no key (no block adds to them: key block 0 zeros them)
-                         {2, 2, 400, 150},
-                         // more grad_k/grad_v blocks (64 heads × 5 key blocks) than an H100 holds
-                         // at once: blocks wait on parts of blocks that started before them
-                         {8, 8, 40, 320}};
+                         {2, 1, 129, 129}};
 
 // The token layout (flash_attention.cuh): element (bh, i, c) of a head-layout [batch·heads, len, d]
 // array sits in row b·len + i (rows `ld` apart) at column col + h·d + c.
@@ -254,6 +245,12 @@ Grads reference_grads(const Vec& q, const Vec& k, const Vec& v, const Vec& grad_
   return g;
 }
 
+// Where the forward's other block geometry (kFlashFwdWarpsAlt warps) is checked against the
+// plans' (bit for bit): the head dims of the usual models, no mask and both masks.
+bool alt_warps_checked(int64_t d, Mask m) {
+  return (d == 64 || d == 128) && (m == Mask::kNone || m == Mask::kPaddingCausal);
+}
+
 std::vector<KernelInstance> every_instance() {
   std::vector<KernelInstance> all;
   for (Precision p : kHalves) {
@@ -262,13 +259,15 @@ std::vector<KernelInstance> every_instance() {
       for (Mask m : kAllMasks) {
         for (bool drop : {false, true}) {
           const codegen::Flash f{d, kern::has_padding(m), kern::has_causal(m), drop};
-          // both geometries of the forward (flash_fwd_ring: the 8-warp one is code of its own)
           all.push_back(codegen::flash_fwd(p, f));
-          all.push_back(codegen::flash_fwd(p, f, kern::kFlashFwdWarpsAlt));
+          if (alt_warps_checked(d, m)) {
+            all.push_back(codegen::flash_fwd(p, f, kern::kFlashFwdWarpsAlt));
+          }
           all.push_back(codegen::flash_dkdv(p, f));
           if (const int other = kern::flash_bwd_other_blocks(d)) {
             all.push_back(codegen::flash_dkdv(p, f, other));
           }
+          all.push_back(codegen::flash_dq(p, f));
         }
       }
     }
@@ -314,50 +313,25 @@ TEST(FlashKernelsCompile, TheirRegistersAndStackFramesStayWithinTheirMeasuredBud
   constexpr int kWideForwardBlocks = 3;  // past head dim 64, as measured (above)
   const codegen::Flash padded_dropout{128, true, false, true};
   const KernelInstance fwd = codegen::flash_fwd(p, padded_dropout);
-  // Both builds of the forward, the plans' (padded batches) and the packed batches' (cu_seqlens):
-  // mma.sync (sm_90) and wgmma (sm_90a, jit_target).
-  for (const bool packed : {false, true}) {
-    codegen::Flash f = padded_dropout;
-    f.packed = packed;
-    const std::vector<ProgramSource> programs =
-        codegen::generate_programs({codegen::flash_fwd(p, f)}, p);
-    ASSERT_EQ(programs.size(), 1u);
-    for (const std::string& target : {std::string("sm_90"), jit_target(90)}) {
-      for (const KernelResources& r : kernel_resources(programs[0], target)) {
-        EXPECT_LE(r.registers, fits(kWideForwardBlocks, kern::flash_fwd_block()))
-            << r.label << " " << target;
-        EXPECT_EQ(r.stack_frame, 0) << r.label << " " << target;
-      }
+  const std::vector<ProgramSource> fwd_programs = codegen::generate_programs({fwd}, p);
+  ASSERT_EQ(fwd_programs.size(), 1u);
+  // Both builds of the forward: mma.sync (sm_90) and wgmma (sm_90a, jit_target).
+  for (const std::string& target : {std::string("sm_90"), jit_target(90)}) {
+    for (const KernelResources& r : kernel_resources(fwd_programs[0], target)) {
+      EXPECT_LE(r.registers, fits(kWideForwardBlocks, kern::flash_fwd_block()))
+          << r.label << " " << target;
+      EXPECT_EQ(r.stack_frame, 0) << r.label << " " << target;
     }
   }
-  // The ring geometry (one 8-warp block per SM past head dim 64, its registers the compiler's):
-  // nothing spilled at either end of the head dims, with the most state (padding, causal, dropout).
-  for (const int64_t d : {int64_t{64}, int64_t{128}}) {
-    const KernelInstance ring =
-        codegen::flash_fwd(p, codegen::Flash{d, true, true, true}, kern::kFlashFwdWarpsAlt);
-    for (const ProgramSource& prog : codegen::generate_programs({ring}, p)) {
+  for (const bool causal : {false, true}) {
+    const int blocks = kern::flash_bwd_blocks(64);  // the plans' two-block geometry
+    const KernelInstance dkdv =
+        codegen::flash_dkdv(p, codegen::Flash{64, true, causal, true}, blocks);
+    for (const ProgramSource& prog : codegen::generate_programs({dkdv}, p)) {
       for (const std::string& target : {std::string("sm_90"), jit_target(90)}) {
         for (const KernelResources& r : kernel_resources(prog, target)) {
-          EXPECT_EQ(r.stack_frame, 0) << r.label << " " << target;
-        }
-      }
-    }
-  }
-  // (padded: the plans' builds, within the measured budget; packed: cu_seqlens' builds, whose spans
-  // take a few more bytes: nvcc 13.0 put sm_90's padding + causal build at 104, sm_90a's at 64-88;
-  // not measured yet, so bounded only against a regression)
-  for (const bool packed : {false, true}) {
-    for (const bool causal : {false, true}) {
-      const int blocks = kern::flash_bwd_blocks(64);  // the plans' two-block geometry
-      const KernelInstance dkdv =
-          codegen::flash_dkdv(p, codegen::Flash{64, true, causal, true, packed}, blocks);
-      for (const ProgramSource& prog : codegen::generate_programs({dkdv}, p)) {
-        for (const std::string& target : {std::string("sm_90"), jit_target(90)}) {
-          for (const KernelResources& r : kernel_resources(prog, target)) {
-            EXPECT_LE(r.registers, fits(blocks, kern::kFlashBwdThreads))
-                << r.label << " " << target;
-            EXPECT_LE(r.stack_frame, packed ? 128 : 96) << r.label << " " << target;
-          }
+          EXPECT_LE(r.registers, fits(blocks, kern::kFlashBwdThreads)) << r.label << " " << target;
+          EXPECT_LE(r.stack_frame, 96) << r.label << " " << target;
         }
       }
     }
@@ -387,38 +361,11 @@ class FlashKernels : public GpuKernelTest {
 
 class GpuFlashFwd : public FlashKernels,
                     public testing::WithParamInterface<std::tuple<Precision, int64_t, Mask, bool>> {
- protected:
-  // The forward and the backward at each shape against the float64 reference (below).
-  void check(Precision p, int64_t d, Mask mask, bool drop, std::span<const Shape> shapes);
 };
 
 TEST_P(GpuFlashFwd, ForwardAndBackwardMatchTheReferenceAndTheUnfusedDropout) {
   const auto [p, d, mask, drop] = GetParam();
-  check(p, d, mask, drop, kShapes);
-}
-
-// The long sequences issue 12 lists (T = 1024, 4096, 8192: many key blocks and query tiles, the
-// grad_q parts of up to 128 key blocks in turn), at the head dims the models run, with both masks
-// and dropout: its own suite, as the float64 reference takes ~10-40 s per shape on one core.
-class GpuLongFlash : public GpuFlashFwd {};
-const Shape kLongShapes[] = {{2, 1, 1024, 1024}, {1, 1, 4096, 4096}, {1, 1, 8192, 8192}};
-
-TEST_P(GpuLongFlash, ForwardAndBackwardMatchTheReferenceAtLongSequences) {
-  const auto [p, d, mask, drop] = GetParam();
-  check(p, d, mask, drop, kLongShapes);
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    Gpu, GpuLongFlash,
-    testing::Combine(testing::Values(Precision::kBf16), testing::Values<int64_t>(64, 128),
-                     testing::Values(Mask::kPaddingCausal), testing::Values(true)),
-    [](const auto& info) {
-      return "bf16_d" + std::to_string(std::get<1>(info.param)) + "_padding_causal_drop";
-    });
-
-void GpuFlashFwd::check(Precision p, int64_t d, Mask mask, bool drop,
-                        std::span<const Shape> shapes) {
-  for (const Shape& s : shapes) {
+  for (const Shape& s : kShapes) {
     SCOPED_TRACE(testing::Message() << "batch " << s.batch << ", heads " << s.heads << ", q_len "
                                     << s.q_len << ", k_len " << s.k_len);
     const int64_t bh = s.batch * s.heads, H = s.heads * d;
@@ -449,12 +396,12 @@ void GpuFlashFwd::check(Precision p, int64_t d, Mask mask, bool drop,
     const Tokens o_tok{s.heads, s.q_len, d, H, 0};  // out, grad_out: [B·T, H]
     DeviceArray out = poisoned(p, bh * s.q_len * d), lse = poisoned(Precision::kFp32, bh * s.q_len);
     int64_t batch = s.batch, heads = s.heads, q_len = s.q_len, k_len = s.k_len, ld_q = pk.q.ld,
-            ld_kv = pk.k.ld, rows_q = s.batch * s.q_len, rows_k = s.batch * s.k_len;
+            ld_kv = pk.k.ld;
     float fscale = static_cast<float>(scale);
-    CUdeviceptr op = out.ptr(), lp = lse.ptr(), none = 0;  // padded: no cu_seqlens, no flag
-    launch(instance(p, d, mask, drop),
-           {&qp, &kp, &vp, &pp, &none, &none, &op, &lp, &none, &batch, &heads, &q_len, &k_len,
-            &rows_q, &rows_k, &ld_q, &ld_kv, &fscale, const_cast<kern::DropoutArgs*>(&args)});
+    CUdeviceptr op = out.ptr(), lp = lse.ptr();
+    launch(instance(p, d, mask, drop), kern::flash_fwd_grid(bh, q_len), kern::flash_fwd_block(),
+           {&qp, &kp, &vp, &pp, &op, &lp, &batch, &heads, &q_len, &k_len, &ld_q, &ld_kv, &fscale,
+            const_cast<kern::DropoutArgs*>(&args)});
     EXPECT_TRUE(
         all_close("out", o_tok.take(download(out), bh), e.out, tolerance_for(p), e.out_slack));
     const Vec got_lse = download(lse);
@@ -469,15 +416,16 @@ void GpuFlashFwd::check(Precision p, int64_t d, Mask mask, bool drop,
     }
     EXPECT_TRUE(all_close("lse", finite_got, finite_want, ref::fp32_tolerance()));
     if (HasFailure()) return;
-    {  // the other geometry (its ring of tiles): the same bits, each row its warp's
+    if (alt_warps_checked(d, mask)) {  // the other geometry: the same bits, each row its warp's
       constexpr int kAlt = kern::kFlashFwdWarpsAlt;
       DeviceArray out2 = poisoned(p, bh * s.q_len * d),
                   lse2 = poisoned(Precision::kFp32, bh * s.q_len);
       CUdeviceptr op2 = out2.ptr(), lp2 = lse2.ptr();
       launch(
           codegen::flash_fwd(p, {d, kern::has_padding(mask), kern::has_causal(mask), drop}, kAlt),
-          {&qp, &kp, &vp, &pp, &none, &none, &op2, &lp2, &none, &batch, &heads, &q_len, &k_len,
-           &rows_q, &rows_k, &ld_q, &ld_kv, &fscale, const_cast<kern::DropoutArgs*>(&args)});
+          kern::flash_fwd_grid(bh, q_len, kAlt), kern::flash_fwd_block(kAlt),
+          {&qp, &kp, &vp, &pp, &op2, &lp2, &batch, &heads, &q_len, &k_len, &ld_q, &ld_kv, &fscale,
+           const_cast<kern::DropoutArgs*>(&args)});
       EXPECT_EQ(download_bytes(out2), download_bytes(out)) << kAlt << " warps per block: out";
       EXPECT_EQ(download_bytes(lse2), download_bytes(lse)) << kAlt << " warps per block: lse";
     }
@@ -490,9 +438,15 @@ void GpuFlashFwd::check(Precision p, int64_t d, Mask mask, bool drop,
     DeviceArray dgo = upload(p, go_tok), dot = poisoned(Precision::kFp32, bh * s.q_len);
     int64_t rows = bh * s.q_len;
     CUdeviceptr gop = dgo.ptr(), dotp = dot.ptr();
-    // Launched with the signatures' shapes: where one key block holds every key the grad_k/grad_v
-    // kernel does everything (the D kernel's grid is empty, nothing launched).
-    launch(codegen::flash_dot(p, d), {&op, &gop, &none, &dotp, &rows, &heads, &q_len, &k_len});
+    // The grids of flash_attention.sig.cuh: where one key block holds every key the grad_k/grad_v
+    // kernel does everything (the D and grad_q grids are empty, nothing launched).
+    auto run_grid = [&](const KernelInstance& kernel, kern::GridDim grid, int block, int smem,
+                        std::vector<void*> a) {
+      if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+      launch(kernel, grid, block, smem, std::move(a));
+    };
+    run_grid(codegen::flash_dot(p, d), kern::flash_dot_grid(rows, k_len), kern::kElementwiseThreads,
+             0, {&op, &gop, &dotp, &rows, &heads, &q_len, &k_len});
     const codegen::Flash f{d, kern::has_padding(mask), kern::has_causal(mask), drop};
     // The plans' geometry twice (deterministic), then the other blocks-per-SM geometry where the
     // head dim has one: the same bits (flash_bwd_blocks; every product sums in the same order).
@@ -510,41 +464,14 @@ void GpuFlashFwd::check(Precision p, int64_t d, Mask mask, bool drop,
       const CUdeviceptr gkv_base = pk.self ? gq_buf.ptr() : gkv_buf.ptr();
       CUdeviceptr gqp = gq_buf.ptr(), gkp = gkv_base + pk.k.col * eb,
                   gvp = gkv_base + pk.v.col * eb;
-      // grad_q's parts over several key blocks: the scratch the signature sizes (none with one
-      // block), the accumulator poisoned (its first part stores, never reads) and the turn
-      // counters zeroed, as the runtime provides them (ScratchInit::kZero).
-      CUdeviceptr accp = 0, syncp = 0;
-      const KernelInstance dkdv = codegen::flash_dkdv(p, f, blocks);
-      const std::vector<void*> dkdv_args = {
-          &qp,     &kp,    &vp,    &pp,     &none,
-          &none,   &gop,   &lp,    &dotp,   &op,
-          &gqp,    &gkp,   &gvp,   &accp,   &syncp,
-          &batch,  &heads, &q_len, &k_len,  &rows_q,
-          &rows_k, &ld_q,  &ld_kv, &fscale, const_cast<kern::DropoutArgs*>(&args)};
-      std::map<std::string, DeviceArray> buffers = scratch(dkdv, dkdv_args);
-      launch(dkdv, dkdv_args);
-      // The extent formula itself, against the turns' layout: per head a word, then one per tile.
-      const int64_t sync_words =
-          kern::flash_dq_sync_words(bh, q_len, k_len, kern::flash_bwd_block_m(d, blocks));
-      EXPECT_EQ(syncp != 0, sync_words > 0);
-      if (sync_words > 0) {  // per head: every block took a place, every tile's turn reached
-                             // its last part
-        const std::vector<int32_t> turns = download_pod<int32_t>(buffers.at("dq_sync"));
-        const kern::GridDim grid = kern::flash_bwd_grid(bh, k_len);
-        const int m = kern::flash_bwd_block_m(d, blocks);
-        const int64_t tiles = (q_len + m - 1) / m;
-        ASSERT_EQ(sync_words, bh * (1 + tiles));
-        for (int64_t h = 0; h < bh; ++h) {
-          const int32_t* head = turns.data() + h * (1 + tiles);
-          EXPECT_EQ(head[0], static_cast<int32_t>(grid.x)) << "places handed out, head " << h;
-          for (int64_t i = 0; i < tiles; ++i) {
-            const kern::FlashDqTurn last =
-                kern::flash_dq_turn(kern::has_causal(mask), 0, grid.x, i * m, m,
-                                    kern::flash_bwd_block_n(k_len), q_len, k_len);
-            ASSERT_EQ(head[1 + i], std::max(0, last.parts - 1)) << "tile " << i << ", head " << h;
-          }
-        }
-      }
+      run_grid(codegen::flash_dkdv(p, f, blocks), kern::flash_bwd_grid(bh, k_len),
+               kern::flash_bwd_threads(k_len), kern::flash_bwd_smem(d, k_len, blocks),
+               {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &op, &gqp, &gkp, &gvp, &batch, &heads, &q_len,
+                &k_len, &ld_q, &ld_kv, &fscale, const_cast<kern::DropoutArgs*>(&args)});
+      run_grid(codegen::flash_dq(p, f), kern::flash_dq_grid(bh, q_len, k_len), kern::kFlashThreads,
+               0,
+               {&qp, &kp, &vp, &pp, &gop, &lp, &dotp, &gqp, &batch, &heads, &q_len, &k_len, &ld_q,
+                &ld_kv, &fscale, const_cast<kern::DropoutArgs*>(&args)});
       const Vec got_q = download(gq_buf), got_kv = pk.self ? got_q : download(gkv_buf);
       if (run == 0) {
         EXPECT_TRUE(

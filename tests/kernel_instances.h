@@ -109,26 +109,27 @@ inline KernelInstance softmax_fwd(Precision p, const Softmax& c) {
 struct Flash {
   int64_t head_dim;
   bool padding, causal, dropout;
-  bool packed = false;  // a packed batch's build (cu_seqlens), else the plans' padded one
   TemplateValue mask() const { return tv("kMask", kern::mask_of(padding, causal)); }
   TemplateValue drop() const { return on_off<kern::Drop>("kDrop", dropout); }
-  TemplateValue seqs() const {
-    return tv("kSeqs", packed ? kern::Seqs::kPacked : kern::Seqs::kPadded);
-  }
 };
+// The D and grad_q kernels' template parameters (the forward's, without its warps per block).
+inline KernelInstance flash(const sig::Kernel& k, Precision p, const Flash& c) {
+  return instantiate(k, p, {{"kD", c.head_dim}, c.mask(), c.drop()});
+}
 // The forward with `warps` warps of 16 query rows per block (the plans': kFlashFwdWarps).
 inline KernelInstance flash_fwd(Precision p, const Flash& c, int warps = kern::kFlashFwdWarps) {
   return instantiate(sig::kFlashFwd, p,
-                     {{"kD", c.head_dim}, c.mask(), c.drop(), c.seqs(), {"kWarps", warps}});
+                     {{"kD", c.head_dim}, c.mask(), c.drop(), {"kWarps", warps}});
 }
 // The grad_k/grad_v kernel built for `blocks` blocks per SM (the plans': flash_bwd_blocks).
 inline KernelInstance flash_dkdv(Precision p, const Flash& c, int blocks) {
   return instantiate(sig::kFlashDkDv, p,
-                     {{"kD", c.head_dim}, c.mask(), c.drop(), c.seqs(), {"kBlocks", blocks}});
+                     {{"kD", c.head_dim}, c.mask(), c.drop(), {"kBlocks", blocks}});
 }
 inline KernelInstance flash_dkdv(Precision p, const Flash& c) {
   return flash_dkdv(p, c, kern::flash_bwd_blocks(c.head_dim));
 }
+inline KernelInstance flash_dq(Precision p, const Flash& c) { return flash(sig::kFlashDq, p, c); }
 inline KernelInstance flash_dot(Precision p, int64_t head_dim) {
   return instantiate(sig::kFlashDot, p, {{"kD", head_dim}});
 }

@@ -224,7 +224,7 @@ TEST(Plan, FusedAttentionRunsTheFlashKernelsAndSavesNoScores) {
       EXPECT_EQ(count["flash_attn_fwd"], n_attn);
       EXPECT_EQ(count["flash_attn_bwd_dot"], n_attn);
       EXPECT_EQ(count["flash_attn_bwd_dkdv"], n_attn);
-      EXPECT_EQ(count["flash_attn_bwd_dq"], 0u);  // grad_q: in the grad_k/grad_v kernel
+      EXPECT_EQ(count["flash_attn_bwd_dq"], n_attn);
       EXPECT_EQ(count["attn_softmax_fwd"] + count["attn_softmax_bwd"], 0u);
       // GEMMs: forward qkv|q+kv, out, ffn1, ffn2; backward two each
       EXPECT_EQ(gemms(lp.forward).size(), kind == LayerKind::kDecoder ? 7u : 4u);

@@ -25,30 +25,6 @@ int elem_bytes(ElemType t, Precision model) {
   throw InternalError("unknown ElemType");
 }
 
-ElemType elem_of(kern::sig::CType c) {
-  switch (c) {
-    case kern::sig::CType::kTPtr:
-    case kern::sig::CType::kConstTPtr:
-      return ElemType::kModel;
-    case kern::sig::CType::kF32Ptr:
-    case kern::sig::CType::kConstF32Ptr:
-      return ElemType::kF32;
-    case kern::sig::CType::kConstI64Ptr:
-      return ElemType::kI64;
-    case kern::sig::CType::kConstU8Ptr:
-    case kern::sig::CType::kU8Ptr:
-      return ElemType::kU8;
-    case kern::sig::CType::kI32Ptr:
-    case kern::sig::CType::kConstI32Ptr:
-      return ElemType::kI32;
-    case kern::sig::CType::kOptimStatePtr:
-    case kern::sig::CType::kConstOptimStatePtr:
-      return ElemType::kOptimState;
-    default:
-      throw InternalError("elem_of: not a tensor pointer type");
-  }
-}
-
 int64_t Dim::eval(int64_t batch, int64_t seq, int64_t src_seq) const {
   int64_t v = factor;
   for (int i = 0; i < b; ++i) v *= batch;

@@ -13,7 +13,6 @@
 #include <string>
 #include <vector>
 
-#include "common/signature.cuh"
 #include "compiler/spec/model_spec.h"
 
 namespace lightseq {
@@ -61,9 +60,6 @@ bool given_by_caller(TensorRole r);
 // optimizer's device-resident step, loss scale and overflow flag.
 enum class ElemType { kModel, kF32, kI64, kU8, kI32, kOptimState };
 int elem_bytes(ElemType t, Precision model);  // bytes of one element
-// The element type a kernel's pointer parameter of C type c points at (kModel for T); InternalError
-// for a type that is not a tensor pointer.
-ElemType elem_of(kern::sig::CType c);
 
 struct Tensor {
   std::string name;

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include "compiler/errors.h"
-#include "compiler/graph/graph.h"
 
 namespace lightseq {
 
@@ -30,58 +29,6 @@ int64_t KernelInstance::value(std::string_view name) const {
     if (name == sig->tparams[i].name) return values.at(i);
   }
   throw InternalError(fmt::format("kernel {} has no template parameter '{}'", kernel, name));
-}
-
-sig::Values values_of(const KernelInstance& k, std::span<void* const> args) {
-  const sig::Kernel& s = *k.sig;
-  if (static_cast<int>(args.size()) != s.n_params) {
-    throw InternalError(fmt::format("{}: {} arguments for a signature of {} parameters", k.label,
-                                    args.size(), s.n_params));
-  }
-  sig::Values v;
-  for (int i = 0; i < s.n_tparams; ++i) v.t[i] = k.values.at(i);
-  for (int i = 0; i < s.n_params; ++i) {
-    if (s.params[i].role != sig::Role::kScalar) continue;
-    switch (s.params[i].type) {
-      case sig::CType::kI64:
-        v.i[i] = *static_cast<const int64_t*>(args[i]);
-        break;
-      case sig::CType::kI32:
-        v.i[i] = *static_cast<const int32_t*>(args[i]);
-        break;
-      case sig::CType::kF32:
-        v.f[i] = *static_cast<const float*>(args[i]);
-        break;
-      default:
-        throw InternalError(
-            fmt::format("{}: scalar '{}' of an unexpected C type", k.label, s.params[i].name));
-    }
-  }
-  return v;
-}
-
-sig::Launch launch_of(const KernelInstance& k, std::span<void* const> args) {
-  return k.sig->launch(values_of(k, args));
-}
-
-std::vector<ScratchNeed> scratch_of(const KernelInstance& k, std::span<void* const> args) {
-  const sig::Kernel& s = *k.sig;
-  const sig::Values v = values_of(k, args);
-  std::vector<ScratchNeed> out;
-  for (int i = 0; i < s.n_params; ++i) {
-    const sig::Param& p = s.params[i];
-    if (p.role != sig::Role::kScratch) continue;
-    if (!p.extent) {
-      throw InternalError(
-          fmt::format("{}: scratch '{}' has no extent in its signature", k.label, p.name));
-    }
-    const sig::Extent e = p.extent(v);
-    const int64_t n = e.rows * e.cols;
-    const size_t elem = static_cast<size_t>(elem_bytes(elem_of(p.type), k.precision));
-    out.push_back(
-        {i, p.name, n > 0 ? static_cast<size_t>(n) * elem : 0, p.init == sig::ScratchInit::kZero});
-  }
-  return out;
 }
 
 namespace {

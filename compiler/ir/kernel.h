@@ -57,29 +57,6 @@ inline KernelInstance instantiate(const sig::Kernel& k, Precision p,
   return instantiate(k, p, std::span<const TemplateValue>(values.begin(), values.size()));
 }
 
-// The launch shape of `k` called with `args`, as a kernel launch takes them: one pointer per
-// run-time parameter, in the signature's order, to a value of the parameter's C type. The
-// signature's launch formula over k's template values and the scalars in args (grid, block,
-// dynamic shared memory): tests and benchmarks that call kernels directly launch by it instead of
-// restating the formulas. InternalError if args does not hold one pointer per parameter.
-sig::Launch launch_of(const KernelInstance& k, std::span<void* const> args);
-// What launch_of computes the shape from, also what the scratch extents read (sig::Param::extent):
-// k's template values and the scalars behind the argument pointers.
-sig::Values values_of(const KernelInstance& k, std::span<void* const> args);
-// The kScratch buffers of `k` called with `args` (as launch_of takes them), from the signature's
-// extents: per scratch parameter, its index and name, its bytes (0: none needed, the pointer
-// stays null) and whether it must be zeroed before the launch (ScratchInit::kZero; otherwise its
-// contents are never read before written). What the test harness, attention_bench and the fused
-// attention as a function (runtime/fused_attention.h) size scratch by. Throws InternalError for a
-// scratch parameter without an extent (a plan's scratch tensors are sized by their own shapes).
-struct ScratchNeed {
-  int param;
-  std::string name;
-  size_t bytes;
-  bool zeroed;
-};
-std::vector<ScratchNeed> scratch_of(const KernelInstance& k, std::span<void* const> args);
-
 // Every kernel signature of templates/ (generated from templates/*.sig.cuh by the build).
 std::span<const sig::Kernel* const> all_kernel_signatures();
 

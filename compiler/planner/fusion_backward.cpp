@@ -252,9 +252,8 @@ void add_backward_rules(std::vector<Rule>& r) {
               {{"rows", ScalarArg::size(rows_of(s, sg.inputs[1]))},
                {"k_len", ScalarArg::size(probs[3])}});
        }});
-  // The fused backward: D = Σ grad·out (no launch where one key block holds every key, which then
-  // computes D itself), then grad q, k, v in one launch (several key blocks add their parts of
-  // grad q in dq_acc, in turn through dq_sync); flash_attention.sig.cuh's grids and extents decide
+  // The fused backward: D = Σ grad·out (no launch where one key block holds every key), grad k, v
+  // (and then grad q and D too), grad q (no launch then); flash_attention.sig.cuh's grids decide
   // by k_len at run time.
   r.push_back(
       {"fused attention grad", {{K::kFlashAttentionGrad, false}}, {}, [](State& s, const Match& m) {
@@ -285,23 +284,21 @@ void add_backward_rules(std::vector<Rule>& r) {
                {"q_len", scalars.at("q_len")},
                {"k_len", scalars.at("k_len")}},
               one_block);
+         Args args{{"q", q},
+                   {"k", op.inputs[1]},
+                   {"v", op.inputs[2]},
+                   {"grad_out", op.inputs[3]},
+                   {"lse", lse},
+                   {"dot", dot},
+                   {"key_padding", op.inputs.size() > 6 ? op.inputs[6] : -1},
+                   {"grad_q", op.outputs[0]}};
+         Args kv = args;
+         kv.insert({{"out", ctx}, {"grad_k", op.outputs[1]}, {"grad_v", op.outputs[2]}});
          emit(s, m,
               flash_instance(s, sig::kFlashDkDv, op,
                              {{"kBlocks", kern::flash_bwd_blocks(op.attrs.attn.head_dim)}}),
-              {{"q", q},
-               {"k", op.inputs[1]},
-               {"v", op.inputs[2]},
-               {"grad_out", op.inputs[3]},
-               {"lse", lse},
-               {"dot", dot},
-               {"key_padding", op.inputs.size() > 6 ? op.inputs[6] : -1},
-               {"out", ctx},
-               {"grad_q", op.outputs[0]},
-               {"grad_k", op.outputs[1]},
-               {"grad_v", op.outputs[2]},
-               {"dq_acc", add_scratch(s, op.name + ".dq_acc", ElemType::kF32)},
-               {"dq_sync", add_scratch(s, op.name + ".dq_sync", ElemType::kI32)}},
-              scalars);
+              kv, scalars);
+         emit(s, m, flash_instance(s, sig::kFlashDq, op), args, scalars, one_block);
        }});
   r.push_back({"split heads grad + bias grad",
                {{K::kSplitHeadsGrad, false}, {K::kBiasGrad, true}},

@@ -194,8 +194,7 @@ KernelInstance flash_instance(const State& s, const sig::Kernel& k, const Op& op
   const OpAttrs::Attention& a = op.attrs.attn;
   std::vector<TemplateValue> values{{"kD", a.head_dim},
                                     tv("kMask", kern::mask_of(a.padding, a.causal)),
-                                    on_off<kern::Drop>("kDrop", a.dropout_site >= 0),
-                                    tv("kSeqs", kern::Seqs::kPadded)};  // plans: padded batches
+                                    on_off<kern::Drop>("kDrop", a.dropout_site >= 0)};
   values.insert(values.end(), extra.begin(), extra.end());
   return instantiate(k, s.precision, values);
 }
@@ -254,9 +253,6 @@ Scalars flash_scalars(const State& s, const Op& op, const std::vector<int>& q_si
           {"heads", ScalarArg::constant(static_cast<double>(a.heads))},
           {"q_len", ScalarArg::size(q_len)},
           {"k_len", ScalarArg::size(seq_of_rows(s, kv_side.at(0)))},
-          // the sides' token rows (the packed bounds; padded plans pass no offsets)
-          {"total_q", ScalarArg::size(rows_of(s, q_side.at(0)))},
-          {"total_k", ScalarArg::size(rows_of(s, kv_side.at(0)))},
           {"ld_q", ScalarArg::constant(static_cast<double>(ld_of(q_side)))},
           {"ld_kv", ScalarArg::constant(static_cast<double>(ld_of(kv_side)))},
           {"scale", ScalarArg::constant(a.scale)}};

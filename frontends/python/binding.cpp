@@ -20,7 +20,6 @@
 #include "compiler/graph/param_arena.h"
 #include "frontends/spec/parse.h"
 #include "runtime/device.h"
-#include "runtime/fused_attention.h"
 #include "runtime/layer_calls.h"
 #include "runtime/model.h"
 #include "runtime/step.h"
@@ -213,35 +212,6 @@ class PyLayer {
   LayerCalls calls_;
 };
 
-// A fused attention call from Python (lightseq/_attention.py): (q, k, v, ld_q, ld_kv,
-// cu_seqlens_q, cu_seqlens_k, key_padding, batch, heads, q_len, k_len, total_q, total_k, causal,
-// scale, dropout, rng), device pointers as integers (0: none); rng the device address of the
-// dropout seed and offset (two int64, read where the kernels run: graph-safe), 0 without dropout.
-AttentionArgs attention_args(const py::tuple& t) {
-  if (t.size() != 18) throw Error(fmt::format("attention: a call of 18 values, got {}", t.size()));
-  AttentionArgs a;
-  a.q = ptr<const void>(t[0].cast<uintptr_t>());
-  a.k = ptr<const void>(t[1].cast<uintptr_t>());
-  a.v = ptr<const void>(t[2].cast<uintptr_t>());
-  a.ld_q = t[3].cast<int64_t>();
-  a.ld_kv = t[4].cast<int64_t>();
-  a.cu_seqlens_q = ptr<const int>(t[5].cast<uintptr_t>());
-  a.cu_seqlens_k = ptr<const int>(t[6].cast<uintptr_t>());
-  a.key_padding = ptr<const uint8_t>(t[7].cast<uintptr_t>());
-  a.batch = t[8].cast<int64_t>();
-  a.heads = t[9].cast<int64_t>();
-  a.q_len = t[10].cast<int64_t>();
-  a.k_len = t[11].cast<int64_t>();
-  a.total_q = t[12].cast<int64_t>();
-  a.total_k = t[13].cast<int64_t>();
-  a.causal = t[14].cast<bool>();
-  a.scale = t[15].cast<float>();
-  a.dropout = t[16].cast<double>();
-  const auto* rng = ptr<const uint64_t>(t[17].cast<uintptr_t>());
-  if (rng != nullptr) a.seed_ptr = rng, a.offset_ptr = rng + 1;
-  return a;
-}
-
 }  // namespace
 }  // namespace lightseq
 
@@ -409,63 +379,6 @@ PYBIND11_MODULE(_C, m) {
   };
   // A process group's NCCL communicator (runtime/comm.h): rank 0 makes the id, which the
   // frontend hands to the other ranks (torch.distributed), then every rank constructs one.
-  py::class_<FusedAttention>(m, "FusedAttention")
-      .def(py::init([](const std::string& precision, int64_t head_dim, int device,
-                       std::optional<std::string> cache_dir) {
-             const Precision p = precision == "fp16"   ? Precision::kFp16
-                                 : precision == "bf16" ? Precision::kBf16
-                                                       : Precision::kFp32;
-             return std::make_unique<FusedAttention>(AttentionOptions{
-                 p, head_dim, device,
-                 cache_dir ? std::filesystem::path(*cache_dir) : std::filesystem::path()});
-           }),
-           py::arg("precision"), py::arg("head_dim"), py::arg("device"), py::arg("cache_dir"),
-           "the fused attention of one precision and head dim on one device "
-           "(runtime/fused_attention.h)")
-      .def(
-          "forward",
-          [](FusedAttention& f, const py::tuple& call, uintptr_t out, uintptr_t lse,
-             uintptr_t bad_seqlens, uintptr_t stream) {
-            f.forward(attention_args(call), ptr<void>(out), ptr<float>(lse), ptr<int>(bad_seqlens),
-                      reinterpret_cast<CUstream>(stream));
-          },
-          py::arg("call"), py::arg("out"), py::arg("lse"), py::arg("bad_seqlens"),
-          py::arg("stream"))
-      .def(
-          "backward",
-          [](FusedAttention& f, const py::tuple& call, uintptr_t out, uintptr_t lse,
-             uintptr_t grad_out, uintptr_t grad_q, uintptr_t grad_k, uintptr_t grad_v,
-             uintptr_t workspace, size_t workspace_bytes, uintptr_t stream) {
-            // the workspace (workspace_bytes() of it, from PyTorch's allocator) as one chunk
-            const ChunkSource one = [&, given = false](size_t bytes) mutable -> void* {
-              if (given || bytes > workspace_bytes) {
-                throw InternalError(
-                    fmt::format("attention: the backward asked for {} bytes of a {}-byte workspace",
-                                bytes, workspace_bytes));
-              }
-              given = true;
-              return ptr<void>(workspace);
-            };
-            ChunkArena arena(one, workspace_bytes);
-            f.backward(attention_args(call), ptr<const void>(out), ptr<const float>(lse),
-                       ptr<const void>(grad_out), ptr<void>(grad_q), ptr<void>(grad_k),
-                       ptr<void>(grad_v), arena, reinterpret_cast<CUstream>(stream));
-          },
-          py::arg("call"), py::arg("out"), py::arg("lse"), py::arg("grad_out"), py::arg("grad_q"),
-          py::arg("grad_k"), py::arg("grad_v"), py::arg("workspace"), py::arg("workspace_bytes"),
-          py::arg("stream"))
-      .def(
-          "workspace_bytes",
-          [](const FusedAttention& f, const py::tuple& call) {
-            return f.backward_workspace(attention_args(call));
-          },
-          py::arg("call"), "bytes the backward's D rows and grad_q parts take at this call")
-      .def(
-          "check",
-          [](const FusedAttention& f, const py::tuple& call) {
-            (void)f.instances(attention_args(call));
-          },
-          py::arg("call"), "raises lightseq.Error for a call the kernels cannot take");
   m.def("comm_unavailable_reason", &Communicator::unavailable_reason);
   m.def("comm_new_id", [] {
     const CommId id = Communicator::new_id();

@@ -34,9 +34,6 @@
 // Attention mask, a bit set: kPadding (key_padding) | kCausal.
 #define LIGHTSEQ_ENUM_Mask(X) \
   X(kNone, "none") X(kPadding, "padding") X(kCausal, "causal") X(kPaddingCausal, "padding+causal")
-// The fused attention's batch: padded (every sequence q_len / k_len rows) or packed (variable
-// lengths by cumulative offsets, cu_seqlens; flash_attention.cuh). A padded build reads no offsets.
-#define LIGHTSEQ_ENUM_Seqs(X) X(kPadded, "padded") X(kPacked, "packed")
 // Position embedding of embedding_fwd/bwd. kNone: no position term.
 #define LIGHTSEQ_ENUM_Pos(X) X(kNone, "none") X(kSinusoidal, "sinusoidal") X(kLearned, "learned")
 // Which position a token of embedding_fwd/bwd has: its index t, or padding_idx + the count of
@@ -59,8 +56,7 @@
   E(ResidualIn)           \
   E(BranchOut)            \
   E(Act)                  \
-  E(ActFrom)              \
-  E(BiasAdd) E(BiasGrad) E(Mask) E(Seqs) E(Pos) E(PosFrom) E(Key) E(AdamMode) E(Accumulate)
+  E(ActFrom) E(BiasAdd) E(BiasGrad) E(Mask) E(Pos) E(PosFrom) E(Key) E(AdamMode) E(Accumulate)
 
 namespace lightseq::kern {
 

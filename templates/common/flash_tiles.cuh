@@ -71,46 +71,12 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(smem_addr(row)));
 }
 
-// The token layout: rows of `ld` elements, head h in columns [h·kD, (h + 1)·kD) of each row (after
-// the pointer's own column offset: q, k and v are column slices of one [B·T, 3·H] projection).
-// The rows of batch element b: padded (cu null: `len` rows from b·len on) or packed (cu the
-// cumulative sequence offsets, int32 [batch + 1]: rows cu[b] .. cu[b + 1] of the `total` rows the
-// tensor has). Offsets outside [0, total], decreasing, or a sequence longer than `len` (the
-// launch's most rows: its grid and the dropout numbering's row length) are cut to what fits and
-// reported through `bad` (when given): nothing outside the tensors is read or written, and the
-// rows past the cut are not computed.
-struct Span {
-  int64_t first, rows;
-};
-template <Seqs kSeqs>
-__device__ __forceinline__ Span span_of(const int* cu, int64_t b, int64_t len, int64_t total,
-                                        int* bad) {
-  // a padded build reads no offsets (its code and registers are the padded kernels' own)
-  if (kSeqs == Seqs::kPadded || cu == nullptr) return {b * len, len};
-  // int32 offsets (the packed rows are counted in int32), compared in int32: fewer registers
-  // held in the kernels that call this at their start
-  const int first = cu[b], end = cu[b + 1], t = static_cast<int>(total), n = static_cast<int>(len);
-  if (static_cast<unsigned>(first) <= static_cast<unsigned>(end) && end <= t && end - first <= n) {
-    return {first, end - first};
-  }
-  if (bad != nullptr) *bad = 1;
-  const int f = min(max(first, 0), t), e = min(max(end, f), t);
-  return {f, min(e - f, n)};
-}
-// Where a head's query rows start in lse and D (one fp32 per query row and head): padded, [batch ·
-// heads, q_len] (row i of head bh at bh·q_len + i); packed, [heads, total_q] (FlashAttention's
-// varlen layout: row i of head h of the sequence whose rows start at qs.first at h·total_q +
-// qs.first + i), so that they take heads·total_q entries whatever the lengths.
-template <Seqs kSeqs>
-__device__ __forceinline__ int64_t row_stats_at(const int* cu_q, const Span& qs, int64_t bh,
-                                                int64_t heads, int64_t q_len, int64_t total_q) {
-  if (kSeqs == Seqs::kPadded || cu_q == nullptr) return bh * q_len;
-  return (bh % heads) * total_q + qs.first;
-}
-// Head h of a span's rows (`ld` elements apart; head h in columns [h·kD, (h + 1)·kD)).
+// Head `bh` (= b·heads + h) of a token-layout tensor: rows of `ld` elements, batch element b's
+// `len` rows after one another, head h in columns [h·kD, (h + 1)·kD) of each row (after the
+// pointer's own column offset: q, k and v are column slices of one [B·T, 3·H] projection).
 template <int kD, typename P>
-__device__ __forceinline__ P* head_at(P* p, const Span& s, int64_t h, int64_t ld) {
-  return p + s.first * ld + h * kD;
+__device__ __forceinline__ P* head_of(P* p, int64_t bh, int64_t heads, int64_t len, int64_t ld) {
+  return p + (bh / heads) * len * ld + (bh % heads) * kD;
 }
 
 // Rows [row0, row0 + kRows) of a head (`rows` rows of kD elements, `ld` apart) into shared memory
@@ -130,7 +96,7 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* src, int64_t l
 }
 
 // The dropout keep bits of a thread's entries of a [16 queries, kN keys] tile in the C layout
-// (queries as rows: the forward): kb[n][r] bit h <-> query row r (g, g + 8; its flat row
+// (queries as rows: the forward, grad_q): kb[n][r] bit h <-> query row r (g, g + 8; its flat row
 // rows[r] = bh·q_len + row), key n0 + 8n + 2t + h, n0 a multiple of 8. One Philox call per 8 keys
 // of a row, split between the 4 threads of a quad and exchanged by shuffles
 // (common/attn_dropout.cuh).
@@ -283,6 +249,23 @@ __device__ __forceinline__ void load_kv_async(T* smem, const T* src, int64_t ld,
   }
 }
 
+// A key tile and a value tile of kN rows in static shared memory (the grad_q kernel's), in the
+// layout their products read: swizzled for wgmma (kWg), else rows padded by 16 bytes
+// (conflict-free ldmatrix); load() copies rows [n0, n0 + kN) of a head into one of them. The
+// forward declares the same two tiles as arrays: through this struct its sm_90a SASS changed
+// (register allocation and addressing), and that build is the one measured (sixteenth session).
+template <typename T, int kD, int kN>
+struct KvTiles {
+  static constexpr bool kWg = wgmma_tiles(kD);
+  static constexpr int kStride = kWg ? kD : kD + 8;
+  alignas(1024) T k[kN * kStride];
+  alignas(1024) T v[kN * kStride];
+  __device__ __forceinline__ static void load(T* tile, const T* head, int64_t ld, int64_t n0,
+                                              int64_t rows) {
+    load_kv_async<T, kD, kN, kStride>(tile, head, ld, n0, rows);
+  }
+};
+
 // mma_abt's product on wgmma, every warp of the warpgroup together: c (64 x kCols: each warp's 16
 // rows, C layout) += A · Bᵀ, A the warps' fragments (kD deep), B the swizzled [kCols, kD] tile.
 template <typename T, int kD, int kCols>
@@ -348,15 +331,15 @@ __device__ __forceinline__ int clamp_int(int64_t v, int lo, int hi) {
 }
 
 // The rule for a thread's entries of a tile whose rows are queries and whose columns are the keys
-// [n0, n0 + kN) (the forward's tiles; C layout: rows row[0], row[1], columns 8n + 2t + h). The
-// keys' part (past k_len, padding) is taken once a tile for the warp, a key a lane, by ballot; the
-// queries' part (causal) as a limit per row; each entry is then a test of constants: on(r, 8n +
-// h). Rows past q_len are not masked (never stored), which keeps the non-causal mask to one 64-bit
-// word.
-template <Mask kMask, int kN>
+// [n0, n0 + kN) (the forward's and the grad_q kernel's tiles; C layout: rows row[0], row[1],
+// columns 8n + 2t + h). The keys' part (past k_len, padding) is taken once a tile for the warp, a
+// key a lane, by ballot; the queries' part (causal; past q_len when kRows) as a limit per row;
+// each entry is then a test of constants: on(r, 8n + h). kRows false (the forward): rows past
+// q_len are not masked (never stored), which keeps the non-causal mask to one 64-bit word.
+template <Mask kMask, int kN, bool kRows>
 struct ColumnMask {
   static_assert(kN % 32 == 0 && kN <= 64, "a bit per key of the tile");
-  static constexpr bool kLimits = has_causal(kMask);
+  static constexpr bool kLimits = kRows || has_causal(kMask);
   uint64_t off = 0;                // bit c: key n0 + 2t + c is past k_len or padding
   int last[2] = {kN - 1, kN - 1};  // kLimits: the last c row r sees (-1: none)
   // Every lane of the warp together (a ballot).
@@ -374,7 +357,9 @@ struct ColumnMask {
     if constexpr (kLimits) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        last[r] = clamp_int(row[r] + (k_len - q_len) - n0 - 2 * t, -1, kN - 1);
+        last[r] = has_causal(kMask) ? clamp_int(row[r] + (k_len - q_len) - n0 - 2 * t, -1, kN - 1)
+                                    : kN - 1;
+        if (kRows && row[r] >= q_len) last[r] = -1;
       }
     }
   }
@@ -391,28 +376,23 @@ struct ColumnMask {
 // of constants: on(r, 8n + h).
 template <Mask kMask>
 struct KeyRowMask {
-  bool key_on[2];     // in range and not padding
-  int begin[2], end;  // a tile's columns c (less 2t) on for key r: [begin[r], end)
-  __device__ __forceinline__ KeyRowMask(const int64_t (&key)[2], int64_t k_len,
+  bool key_on[2];      // in range and not padding
+  int64_t first_q[2];  // causal: the first query that sees the key
+  int begin[2], end;   // a tile's columns c (less 2t) on for key r: [begin[r], end)
+  __device__ __forceinline__ KeyRowMask(const int64_t (&key)[2], int64_t q_len, int64_t k_len,
                                         const uint8_t* pad) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       key_on[r] = key[r] < k_len;
       if constexpr (has_padding(kMask)) key_on[r] = key_on[r] && pad[key[r]] == 0;
+      first_q[r] = has_causal(kMask) ? key[r] - (k_len - q_len) : 0;
     }
   }
-  // The tile's queries' part; key: the thread's first key (its second is key + 8), passed per tile
-  // so that nothing key-derived stays in registers across the loop.
   template <int kM>
-  __device__ __forceinline__ void tile(int64_t m0, int64_t q_len, int64_t k_len, int64_t key,
-                                       int t) {
+  __device__ __forceinline__ void tile(int64_t m0, int64_t q_len, int t) {
     end = clamp_int(q_len - m0 - 2 * t, 0, kM);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      // causal: the first query that sees key r
-      const int64_t first_q = has_causal(kMask) ? key + 8 * r - (k_len - q_len) : 0;
-      begin[r] = clamp_int(first_q - m0 - 2 * t, 0, kM);
-    }
+    for (int r = 0; r < 2; ++r) begin[r] = clamp_int(first_q[r] - m0 - 2 * t, 0, kM);
   }
   __device__ __forceinline__ bool on(int r, int c) const {
     return key_on[r] && c < end && c >= begin[r];
@@ -534,14 +514,15 @@ __device__ __forceinline__ void store_rows_t(T* dst, const float (&c)[kCols / 8]
   }
 }
 
-// grad_q rows [m0, m0 + kM) of a head (those below `rows`) += dS · k over kN keys, each value pair
-// (row, columns col, col + 1) handed to `put(row, col, a, b)` unscaled (DqSink): dS from dSᵀ [kN
-// keys, kM queries] in shared memory (A fragments by ldmatrix.trans), k from the [kN, kD] key tile
-// (B fragments by ldmatrix.trans; rows kStride apart, or swizzled: tile_offset). Warp w takes the
-// 16 rows w % (kM / 16) and the pairs of 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...
-template <typename T, int kD, int kM, int kN, int kWarps, int kStride, typename Put>
-__device__ __forceinline__ void grad_q_tile(const Put& put, const T* dst, const T* ks, int64_t m0,
-                                            int64_t rows, int warp, int lane) {
+// grad_q rows [m0, m0 + kM) of a head (those below `rows`, `ld` apart) = scale · dS · k over kN
+// keys: dS from dSᵀ [kN keys, kM queries] in shared memory (A fragments by ldmatrix.trans), k from
+// the [kN, kD] key tile (B fragments by ldmatrix.trans; rows kStride apart, or swizzled:
+// tile_offset). Warp w takes the 16 rows w % (kM / 16) and
+// the pairs of 8-column blocks w / (kM / 16), + kWarps / (kM / 16), ...
+template <typename T, int kD, int kM, int kN, int kWarps, int kStride>
+__device__ __forceinline__ void grad_q_tile(T* grad_q, int64_t ld, const T* dst, const T* ks,
+                                            int64_t m0, int64_t rows, float scale, int warp,
+                                            int lane) {
   constexpr int kRowBlocks = kM / 16, kGroups = kWarps / kRowBlocks, kPairs = kD / 16;
   constexpr int kMine = (kPairs + kGroups - 1) / kGroups;
   constexpr int kSStride = kM + 8;
@@ -572,79 +553,11 @@ __device__ __forceinline__ void grad_q_tile(const Put& put, const T* dst, const 
       const int64_t row = m0 + rb * 16 + g + 8 * rr;
       if (row >= rows) continue;
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        put(row, (2 * pair + h) * 8 + 2 * t, acc[h][2 * rr], acc[h][2 * rr + 1]);
+      for (int h = 0; h < 2; ++h) {
+        *reinterpret_cast<uint32_t*>(grad_q + row * ld + (2 * pair + h) * 8 + 2 * t) =
+            pack_float<T>(acc[h][2 * rr] * scale, acc[h][2 * rr + 1] * scale);
+      }
     }
-  }
-}
-
-// ---- grad_q over several key blocks (flash_dq_turn) ---------------------------------------------
-// What a key block's part of a query tile does with its values (a tile's parts in turn order):
-// the tile's only part, or the last, writes grad_q = scale · (Σ parts) rounded to T once; the
-// first of several stores its fp32 values into dq_acc (the head's rows, kD apart), the middle
-// ones add theirs there (in turn: each part's adds follow the previous part's, so every sum runs
-// in one order: the same bits every run), and the last reads the sum back before adding its own.
-enum class DqPart : int { kOnly, kFirst, kMiddle, kLast };
-__device__ __forceinline__ DqPart dq_part(int rank, int parts) {
-  return parts == 1          ? DqPart::kOnly
-         : rank == 0         ? DqPart::kFirst
-         : rank == parts - 1 ? DqPart::kLast
-                             : DqPart::kMiddle;
-}
-template <typename T, int kD>
-struct DqSink {
-  T* grad_q;  // the head's grad_q rows, ld apart
-  int64_t ld;
-  float* acc;  // the head's dq_acc rows (several key blocks)
-  float scale;
-  DqPart part;
-  __device__ __forceinline__ void operator()(int64_t row, int col, float a, float b) const {
-    float* p = acc + row * kD + col;
-    if (part == DqPart::kFirst) {
-      __stcg(reinterpret_cast<float2*>(p), make_float2(a, b));
-      return;
-    }
-    if (part == DqPart::kMiddle) {
-      atomicAdd(p, a);  // result unused: a reduction (RED), no round trip
-      atomicAdd(p + 1, b);
-      return;
-    }
-    if (part == DqPart::kLast) {
-      const float2 sum = __ldcg(reinterpret_cast<const float2*>(p));
-      a = sum.x + a;
-      b = sum.y + b;
-    }
-    *reinterpret_cast<uint32_t*>(grad_q + row * ld + col) = pack_float<T>(a * scale, b * scale);
-  }
-};
-
-// A tile's turn counter (the parts done): read early by one thread (relaxed, its latency hidden
-// behind the tile's products), waited on before the part's values go out (acquire: the previous
-// parts' stores and adds are then visible to the block, after its barrier), and passed on once
-// every thread's values are out (after a barrier; release: they are visible before the count).
-__device__ __forceinline__ int turn_peek(const int* counter) {
-  int v;
-  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
-  return v;
-}
-__device__ __forceinline__ void turn_wait(const int* counter, int rank, int seen) {
-  if (rank == 0) return;  // the tile's first part waits for nothing
-  while (seen < rank) {
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-  }
-  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-}
-__device__ __forceinline__ void turn_pass(int* counter, int done) {
-  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(counter), "r"(done) : "memory");
-}
-
-// Rows [0, rows) of a head's grad_q (`ld` apart) set to zero by the whole block, 16 bytes a store.
-template <typename T, int kD>
-__device__ __forceinline__ void zero_rows(T* grad_q, int64_t ld, int64_t rows) {
-  constexpr int kChunks = kD * static_cast<int>(sizeof(T)) / 16;
-  for (int64_t i = threadIdx.x; i < rows * kChunks; i += blockDim.x) {
-    *reinterpret_cast<uint4*>(grad_q + (i / kChunks) * ld + (i % kChunks) * 8) =
-        make_uint4(0, 0, 0, 0);
   }
 }
 

@@ -27,7 +27,7 @@ enum class TKind : int {
 };
 
 inline constexpr int kMaxTParams = 8;
-inline constexpr int kMaxParams = 28;
+inline constexpr int kMaxParams = 24;
 
 // What a launch is computed from: template values (dtype: element bytes; enum: its value) and
 // the scalar run-time parameters, both by position in the signature.
@@ -206,23 +206,6 @@ consteval TParamList<N, sizeof...(More)> extend(const TParam (&base)[N], More...
   for (size_t i = 0; i < N; ++i) out.v[i] = base[i];
   size_t i = N;
   ((out.v[i++] = more), ...);
-  return out;
-}
-// A kernel's run-time parameters from parts it shares with other kernels' (the operands of a
-// family, its sizes): the parts one after another. Use `.v` (make_kernel, index_of).
-template <size_t N>
-struct ParamList {
-  Param v[N];
-};
-template <size_t... Ns>
-consteval ParamList<(Ns + ...)> join(const Param (&... parts)[Ns]) {
-  ParamList<(Ns + ...)> out{};
-  size_t i = 0;
-  (
-      [&](const auto& part) {
-        for (const Param& p : part) out.v[i++] = p;
-      }(parts),
-      ...);
   return out;
 }
 
